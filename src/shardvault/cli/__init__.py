@@ -1,0 +1,1 @@
+"""The `shardvault` command: a thin skin over the library."""

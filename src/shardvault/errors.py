@@ -1,0 +1,119 @@
+"""One exception tree for everything shardvault raises.
+
+Grouped by what the caller can do about it::
+
+    ShardvaultError
+    ├── InvalidInput          fix the request (exit 2, HTTP 400)
+    │   └── ConfigError       fix the config file (exit 2)
+    ├── NotFound              nothing there (exit 1, HTTP 404)
+    ├── Conflict              precondition failed; re-read and retry (exit 1, HTTP 409)
+    ├── Refused               do not retry: a rule said no (exit 1, HTTP 403)
+    │   ├── ResidencyRefused  the home jurisdiction cannot take the write
+    │   ├── AccessDenied      policy or tenant isolation said no
+    │   └── SubjectForgotten  the subject's key was destroyed
+    ├── Unavailable           retry later (exit 1, HTTP 503)
+    │   ├── TooFewNodes       not enough eligible nodes for a stripe
+    │   ├── KeyUnavailable    the custodian could not (or would not) unwrap
+    │   ├── AuditUnavailable  the audit entry could not be written
+    │   └── StorageError      a shard store failed (disk full, I/O error)
+    └── IntegrityError        alert: data damaged beyond what the code can repair (exit 1, HTTP 500)
+
+Adapters re-raise foreign exceptions as one of these with ``raise ... from exc``.
+"""
+
+from __future__ import annotations
+
+
+class ShardvaultError(Exception):
+    """Root of every error shardvault raises on purpose."""
+
+    exit_code = 1
+    http_status = 500
+
+
+class InvalidInput(ShardvaultError):
+    """The request itself is wrong: a malformed key, an unknown tenant, a bad flag."""
+
+    exit_code = 2
+    http_status = 400
+
+
+class ConfigError(InvalidInput):
+    """The configuration file is missing, unparsable, or names something invalid."""
+
+
+class NotFound(ShardvaultError):
+    """The object, version, subject or node does not exist."""
+
+    http_status = 404
+
+
+class Conflict(ShardvaultError):
+    """A precondition (if-match version, already exists) did not hold."""
+
+    http_status = 409
+
+
+class Refused(ShardvaultError):
+    """A rule refused the request; retrying will not help."""
+
+    http_status = 403
+
+
+class ResidencyRefused(Refused):
+    """The data cannot be kept in its home jurisdiction, so it is not written at all."""
+
+
+class AccessDenied(Refused):
+    """Policy or tenant isolation denied the access."""
+
+
+class SubjectForgotten(Refused):
+    """The subject was forgotten: its key is destroyed and its data unreadable."""
+
+    http_status = 410
+
+
+class Unavailable(ShardvaultError):
+    """Something needed is not available right now; retry later."""
+
+    http_status = 503
+
+
+class TooFewNodes(Unavailable):
+    """Fewer eligible nodes than a stripe needs."""
+
+
+class KeyUnavailable(Unavailable):
+    """The key custodian could not, or would not, provide the key."""
+
+
+class AuditUnavailable(Unavailable):
+    """The audit entry could not be written, so the access is refused."""
+
+
+class StorageError(Unavailable):
+    """A shard store failed: disk full, permission, I/O error."""
+
+
+class IntegrityError(ShardvaultError):
+    """Stored data failed verification beyond what erasure coding can repair."""
+
+
+__all__ = [
+    "AccessDenied",
+    "AuditUnavailable",
+    "ConfigError",
+    "Conflict",
+    "IntegrityError",
+    "InvalidInput",
+    "KeyUnavailable",
+    "NotFound",
+    "Refused",
+    "ResidencyRefused",
+    "ShardvaultError",
+    "StorageError",
+    "SubjectForgotten",
+    "TooFewNodes",
+    "Unavailable",
+]

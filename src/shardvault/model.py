@@ -1,0 +1,181 @@
+"""Domain values: small frozen types that cross layers instead of bare strings.
+
+Every constructor validates, so a value that exists is a valid one. Object keys
+and subject ids are never used to build a path; they are still held to strict
+rules so that a caller's mistake (a traversal attempt, an invisible character)
+is reported rather than stored.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+import unicodedata
+from dataclasses import dataclass, field
+
+from shardvault.errors import InvalidInput
+
+MAX_KEY_BYTES = 1024
+MAX_SUBJECT_CHARS = 128
+
+_JURISDICTION = re.compile(r"[A-Z]{2,8}")
+_TENANT = re.compile(r"[a-z][a-z0-9-]{0,62}")
+_NODE_ID = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")
+_SUBJECT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]{0,127}")
+_FACILITY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
+
+
+def _check(pattern: re.Pattern[str], value: object, what: str, hint: str) -> str:
+    if not isinstance(value, str) or not pattern.fullmatch(value):
+        raise InvalidInput(f"invalid {what} {value!r}: {hint}")
+    return value
+
+
+def jurisdiction_code(value: object) -> str:
+    """A jurisdiction code: ISO 3166-1 alpha-2 (``US``) or a declared group (``EU``)."""
+    return _check(_JURISDICTION, value, "jurisdiction", "use an upper-case code such as US or EU")
+
+
+def tenant_name(value: object) -> str:
+    return _check(_TENANT, value, "tenant", "use lower-case letters, digits and '-'")
+
+
+def node_id(value: object) -> str:
+    return _check(_NODE_ID, value, "node id", "use lower-case letters, digits, '.', '_', '-'")
+
+
+def facility_name(value: object) -> str:
+    return _check(_FACILITY, value, "facility", "use letters, digits, '.', '_', '-'")
+
+
+def subject_id(value: object) -> str:
+    return _check(
+        _SUBJECT,
+        value,
+        "subject id",
+        f"1-{MAX_SUBJECT_CHARS} characters of letters, digits and . _ @ + - (not first)",
+    )
+
+
+def object_key(value: object) -> str:
+    """Validate an object key: printable NFC text, path-like but never traversing."""
+    if not isinstance(value, str) or not value:
+        raise InvalidInput("invalid object key: it must not be empty")
+    try:
+        encoded = value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidInput(f"invalid object key {value!r}: not valid Unicode text") from None
+    if len(encoded) > MAX_KEY_BYTES:
+        raise InvalidInput(f"invalid object key: {len(encoded)} bytes, the limit is {MAX_KEY_BYTES}")
+    if unicodedata.normalize("NFC", value) != value:
+        raise InvalidInput(f"invalid object key {value!r}: normalise it to Unicode NFC first")
+    for char in value:
+        category = unicodedata.category(char)
+        if category[0] in "CZ" and char != " ":
+            raise InvalidInput(
+                f"invalid object key {value!r}: it contains the control or invisible "
+                f"character U+{ord(char):04X}"
+            )
+    if "\\" in value:
+        raise InvalidInput(f"invalid object key {value!r}: use '/' rather than '\\'")
+    if value.startswith("/") or value.endswith("/"):
+        raise InvalidInput(f"invalid object key {value!r}: it must not start or end with '/'")
+    parts = value.split("/")
+    if any(part in ("", ".", "..") for part in parts):
+        raise InvalidInput(f"invalid object key {value!r}: empty, '.' or '..' path segment")
+    return value
+
+
+class NodeState(enum.StrEnum):
+    ACTIVE = "active"
+    DRAINING = "draining"
+    DOWN = "down"
+
+
+class DataClass(enum.StrEnum):
+    PROTECTED = "protected"
+    PUBLIC = "public"
+
+
+@dataclass(frozen=True, slots=True)
+class NodeSpec:
+    """A place that stores shards, and the failure domain it belongs to."""
+
+    id: str
+    jurisdiction: str
+    facility: str
+    backend: str
+    location: str
+    operator: str = "operator"
+    capacity: int = 1
+    state: NodeState = NodeState.ACTIVE
+
+    def __post_init__(self) -> None:
+        node_id(self.id)
+        jurisdiction_code(self.jurisdiction)
+        facility_name(self.facility)
+        if self.capacity < 1:
+            raise InvalidInput(f"node {self.id}: capacity must be a positive integer")
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectRef:
+    """Names one object: (tenant, subject, key)."""
+
+    tenant: str
+    subject: str
+    key: str
+
+    def __post_init__(self) -> None:
+        tenant_name(self.tenant)
+        subject_id(self.subject)
+        object_key(self.key)
+
+    def __str__(self) -> str:
+        return f"{self.tenant}/{self.subject}/{self.key}"
+
+
+@dataclass(frozen=True, slots=True)
+class Justification:
+    """Why a key is used: sent to the custodian with every unwrap."""
+
+    principal: str
+    purpose: str
+    request_id: str
+    requester_jurisdiction: str | None = None
+    approval_id: str | None = None
+
+    def as_dict(self) -> dict[str, str | None]:
+        return {
+            "principal": self.principal,
+            "purpose": self.purpose,
+            "request_id": self.request_id,
+            "requester_jurisdiction": self.requester_jurisdiction,
+            "approval_id": self.approval_id,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ShardLocation:
+    """Where one shard of one segment lives."""
+
+    segment: int
+    index: int
+    node: str
+    jurisdiction: str
+    facility: str
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectInfo:
+    """What `stat` and `ls` show: never the data, never the keys."""
+
+    ref: ObjectRef
+    version: int
+    size: int
+    created_at: float
+    segments: int
+    k: int
+    m: int
+    nodes: tuple[str, ...] = field(default=())
+    content_hash: str = ""

@@ -66,7 +66,9 @@ def object_key(value: object) -> str:
     except UnicodeEncodeError:
         raise InvalidInput(f"invalid object key {value!r}: not valid Unicode text") from None
     if len(encoded) > MAX_KEY_BYTES:
-        raise InvalidInput(f"invalid object key: {len(encoded)} bytes, the limit is {MAX_KEY_BYTES}")
+        raise InvalidInput(
+            f"invalid object key: {len(encoded)} bytes, the limit is {MAX_KEY_BYTES}"
+        )
     if unicodedata.normalize("NFC", value) != value:
         raise InvalidInput(f"invalid object key {value!r}: normalise it to Unicode NFC first")
     for char in value:
@@ -179,3 +181,32 @@ class ObjectInfo:
     m: int
     nodes: tuple[str, ...] = field(default=())
     content_hash: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class RequestContext:
+    """Who is acting, why, and under which request id: carried by every vault call."""
+
+    principal: str
+    purpose: str
+    request_id: str
+    location: str | None = None
+
+    def justification(self, approval_id: str | None = None) -> Justification:
+        return Justification(
+            principal=self.principal,
+            purpose=self.purpose,
+            request_id=self.request_id,
+            requester_jurisdiction=self.location,
+            approval_id=approval_id,
+        )
+
+
+LOCAL_ADMIN = "local-admin"
+
+
+def local_context(purpose: str = "operations", request_id: str | None = None) -> RequestContext:
+    """The embedded deployment's administrator, acting on this machine."""
+    import uuid
+
+    return RequestContext(LOCAL_ADMIN, purpose, request_id or uuid.uuid4().hex)

@@ -1,0 +1,161 @@
+"""In-memory catalog: the reference semantics for the contract suite."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import replace
+
+from shardvault.catalog.port import DamageRecord, SubjectRecord, VersionRecord, VersionState
+from shardvault.errors import Conflict, NotFound
+from shardvault.model import ObjectRef
+
+
+class MemoryCatalog:
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._subjects: dict[tuple[str, str], SubjectRecord] = {}
+        self._versions: dict[ObjectRef, dict[int, VersionRecord]] = {}
+        self._damage: list[DamageRecord] = []
+
+    def add_subject(self, record: SubjectRecord) -> None:
+        with self._lock:
+            key = (record.tenant, record.subject)
+            if key in self._subjects:
+                raise Conflict(f"subject {record.subject} of tenant {record.tenant} already exists")
+            self._subjects[key] = record
+
+    def get_subject(self, tenant: str, subject: str) -> SubjectRecord | None:
+        with self._lock:
+            return self._subjects.get((tenant, subject))
+
+    def forget_subject(self, tenant: str, subject: str, when: float) -> int:
+        with self._lock:
+            record = self._subjects.get((tenant, subject))
+            if record is None:
+                raise NotFound(f"no subject {subject} in tenant {tenant}")
+            self._subjects[(tenant, subject)] = replace(record, wrapped_key=None, forgotten_at=when)
+            marked = 0
+            for ref, versions in self._versions.items():
+                if ref.tenant == tenant and ref.subject == subject:
+                    for number, rec in versions.items():
+                        if rec.state is not VersionState.DELETED:
+                            versions[number] = replace(rec, state=VersionState.DELETED)
+                            marked += 1
+            return marked
+
+    def reserve(self, ref: ObjectRef, object_id: bytes, when: float) -> int:
+        with self._lock:
+            versions = self._versions.setdefault(ref, {})
+            number = max(versions, default=0) + 1
+            versions[number] = VersionRecord(
+                ref, number, VersionState.PENDING, object_id, 0, when, None
+            )
+            return number
+
+    def _current(self, ref: ObjectRef) -> VersionRecord | None:
+        committed = [
+            rec
+            for rec in self._versions.get(ref, {}).values()
+            if rec.state is VersionState.COMMITTED
+        ]
+        return max(committed, key=lambda rec: rec.version, default=None)
+
+    def commit(
+        self, ref: ObjectRef, version: int, manifest: bytes, size: int, if_match: int | None
+    ) -> None:
+        with self._lock:
+            record = self._versions.get(ref, {}).get(version)
+            if record is None or record.state is not VersionState.PENDING:
+                raise Conflict(f"{ref} v{version} is not pending (was it collected?)")
+            if if_match is not None:
+                current = self._current(ref)
+                found = current.version if current else 0
+                if found != if_match:
+                    raise Conflict(f"{ref}: expected version {if_match}, current is {found}")
+            self._versions[ref][version] = replace(
+                record, state=VersionState.COMMITTED, manifest=manifest, size=size
+            )
+
+    def abandon(self, ref: ObjectRef, version: int) -> None:
+        with self._lock:
+            versions = self._versions.get(ref, {})
+            record = versions.get(version)
+            if record is not None and record.state is VersionState.PENDING:
+                del versions[version]
+
+    def get_version(self, ref: ObjectRef, version: int | None = None) -> VersionRecord | None:
+        with self._lock:
+            if version is None:
+                return self._current(ref)
+            record = self._versions.get(ref, {}).get(version)
+            return record if record and record.state is VersionState.COMMITTED else None
+
+    def list_latest(
+        self, tenant: str, subject: str, prefix: str, start_after: str, limit: int
+    ) -> list[VersionRecord]:
+        with self._lock:
+            found = []
+            for ref in sorted(self._versions, key=lambda r: r.key.encode()):
+                if (
+                    ref.tenant == tenant
+                    and ref.subject == subject
+                    and ref.key.startswith(prefix)
+                    and ref.key.encode() > start_after.encode()
+                ):
+                    current = self._current(ref)
+                    if current is not None:
+                        found.append(current)
+                        if len(found) == limit:
+                            break
+            return found
+
+    def list_versions(self, ref: ObjectRef) -> list[VersionRecord]:
+        with self._lock:
+            return sorted(
+                (
+                    r
+                    for r in self._versions.get(ref, {}).values()
+                    if r.state is VersionState.COMMITTED
+                ),
+                key=lambda r: -r.version,
+            )
+
+    def mark_deleted(self, ref: ObjectRef, version: int | None = None) -> int:
+        with self._lock:
+            marked = 0
+            for number, rec in self._versions.get(ref, {}).items():
+                if rec.state is VersionState.COMMITTED and version in (None, number):
+                    self._versions[ref][number] = replace(rec, state=VersionState.DELETED)
+                    marked += 1
+            return marked
+
+    def collectable(self, pending_before: float) -> list[VersionRecord]:
+        with self._lock:
+            return [
+                rec
+                for versions in self._versions.values()
+                for rec in versions.values()
+                if rec.state is VersionState.DELETED
+                or (rec.state is VersionState.PENDING and rec.created_at < pending_before)
+            ]
+
+    def purge(self, ref: ObjectRef, version: int) -> None:
+        with self._lock:
+            self._versions.get(ref, {}).pop(version, None)
+
+    def known_object_ids(self) -> set[bytes]:
+        with self._lock:
+            return {
+                rec.object_id for versions in self._versions.values() for rec in versions.values()
+            }
+
+    def record_damage(self, damage: DamageRecord) -> None:
+        with self._lock:
+            self._damage.append(damage)
+
+    def damage(self) -> list[DamageRecord]:
+        with self._lock:
+            return list(self._damage)
+
+    def close(self) -> None:
+        pass

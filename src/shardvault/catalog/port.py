@@ -1,0 +1,107 @@
+"""The catalog port: one per cell, so metadata stays in its jurisdiction too.
+
+Versions move pending → committed → deleted. Only committed versions are ever
+read; the latest committed version is the object's current one, so concurrent
+writers resolve last-writer-wins by version number, or get a Conflict when
+they asked for a precondition (``if_match``).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Protocol
+
+from shardvault.model import ObjectRef
+
+
+class VersionState(enum.StrEnum):
+    PENDING = "pending"
+    COMMITTED = "committed"
+    DELETED = "deleted"
+
+
+@dataclass(frozen=True, slots=True)
+class SubjectRecord:
+    tenant: str
+    subject: str
+    jurisdiction: str
+    key_id: str
+    wrapped_key: bytes | None
+    created_at: float
+    forgotten_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class VersionRecord:
+    ref: ObjectRef
+    version: int
+    state: VersionState
+    object_id: bytes
+    size: int
+    created_at: float
+    manifest: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class DamageRecord:
+    ref: ObjectRef
+    version: int
+    segment: int
+    index: int
+    node: str
+    reason: str
+    seen_at: float
+
+
+class Catalog(Protocol):
+    def add_subject(self, record: SubjectRecord) -> None:
+        """Raises Conflict when the subject exists."""
+
+    def get_subject(self, tenant: str, subject: str) -> SubjectRecord | None: ...
+
+    def forget_subject(self, tenant: str, subject: str, when: float) -> int:
+        """Drop the wrapped key, mark every version deleted; returns versions marked."""
+
+    def reserve(self, ref: ObjectRef, object_id: bytes, when: float) -> int:
+        """Record a pending version one above every version of ref; returns it."""
+
+    def commit(
+        self, ref: ObjectRef, version: int, manifest: bytes, size: int, if_match: int | None
+    ) -> None:
+        """Make a pending version committed in one transaction.
+
+        ``if_match`` is the version the caller expects to be current (0: none);
+        raises Conflict when it is not, leaving the version pending.
+        """
+
+    def abandon(self, ref: ObjectRef, version: int) -> None:
+        """Remove a pending version's row."""
+
+    def get_version(self, ref: ObjectRef, version: int | None = None) -> VersionRecord | None:
+        """A committed version (the latest when version is None)."""
+
+    def list_latest(
+        self, tenant: str, subject: str, prefix: str, start_after: str, limit: int
+    ) -> list[VersionRecord]:
+        """Latest committed version per key, in key order, after `start_after`."""
+
+    def list_versions(self, ref: ObjectRef) -> list[VersionRecord]:
+        """Committed versions of one key, newest first."""
+
+    def mark_deleted(self, ref: ObjectRef, version: int | None = None) -> int: ...
+
+    def collectable(self, pending_before: float) -> list[VersionRecord]:
+        """Deleted versions, and pending versions reserved before `pending_before`."""
+
+    def purge(self, ref: ObjectRef, version: int) -> None:
+        """Remove a version's row for good (after its shards are gone)."""
+
+    def known_object_ids(self) -> set[bytes]:
+        """Object ids of every row, in any state: shards of others are orphans."""
+
+    def record_damage(self, damage: DamageRecord) -> None: ...
+
+    def damage(self) -> list[DamageRecord]: ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,298 @@
+"""SQLite catalog: the embedded default, one database file per cell.
+
+WAL mode so readers never block the writer. A commit of a manifest is
+synchronous=FULL (fsynced before put returns); reserving a pending version is
+synchronous=NORMAL, because losing a reservation to a power cut only leaves
+orphan shards, which gc finds by listing the nodes. The schema is versioned
+with ``PRAGMA user_version`` and migrated forward on open; a database from a
+newer shardvault is refused rather than guessed at.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from shardvault.catalog.port import DamageRecord, SubjectRecord, VersionRecord, VersionState
+from shardvault.errors import ConfigError, Conflict, NotFound, StorageError
+from shardvault.model import ObjectRef
+
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE subjects (
+        tenant TEXT NOT NULL, subject TEXT NOT NULL, jurisdiction TEXT NOT NULL,
+        key_id TEXT NOT NULL, wrapped_key BLOB, created_at REAL NOT NULL, forgotten_at REAL,
+        PRIMARY KEY (tenant, subject)
+    );
+    CREATE TABLE versions (
+        tenant TEXT NOT NULL, subject TEXT NOT NULL, key TEXT NOT NULL, version INTEGER NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('pending', 'committed', 'deleted')),
+        object_id BLOB NOT NULL, size INTEGER NOT NULL, created_at REAL NOT NULL, manifest BLOB,
+        PRIMARY KEY (tenant, subject, key, version)
+    );
+    CREATE INDEX versions_state ON versions (state, created_at);
+    CREATE TABLE damage (
+        tenant TEXT NOT NULL, subject TEXT NOT NULL, key TEXT NOT NULL, version INTEGER NOT NULL,
+        segment INTEGER NOT NULL, shard INTEGER NOT NULL, node TEXT NOT NULL,
+        reason TEXT NOT NULL, seen_at REAL NOT NULL
+    );
+    """,
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+_VERSION_COLUMNS = "tenant, subject, key, version, state, object_id, size, created_at, manifest"
+
+
+def _version(row: tuple) -> VersionRecord:  # type: ignore[type-arg]
+    tenant, subject, key, version, state, object_id, size, created_at, manifest = row
+    return VersionRecord(
+        ObjectRef(tenant, subject, key),
+        version,
+        VersionState(state),
+        object_id,
+        size,
+        created_at,
+        manifest,
+    )
+
+
+class SqliteCatalog:
+    def __init__(self, path: Path | str) -> None:
+        self.path = path
+        self._lock = threading.RLock()
+        try:
+            if isinstance(path, Path):
+                path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(
+                str(path), isolation_level=None, check_same_thread=False, timeout=30.0
+            )
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._migrate()
+        except sqlite3.DatabaseError as exc:
+            raise StorageError(f"catalog {path}: {exc}") from exc
+
+    def _migrate(self) -> None:
+        (current,) = self._db.execute("PRAGMA user_version").fetchone()
+        if current > SCHEMA_VERSION:
+            raise ConfigError(
+                f"catalog {self.path} has schema version {current}; this shardvault knows "
+                f"up to {SCHEMA_VERSION}: upgrade shardvault"
+            )
+        for number in range(current, SCHEMA_VERSION):
+            self._db.executescript(
+                f"BEGIN IMMEDIATE;{MIGRATIONS[number]};PRAGMA user_version={number + 1};COMMIT;"
+            )
+
+    @contextmanager
+    def _transaction(self, durable: bool = True) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            if not durable:
+                self._db.execute("PRAGMA synchronous=NORMAL")
+            try:
+                if not self._db.in_transaction:
+                    self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._db
+                except BaseException:
+                    if self._db.in_transaction:
+                        self._db.execute("ROLLBACK")
+                    raise
+                if self._db.in_transaction:
+                    self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                raise StorageError(f"catalog {self.path}: {exc}") from exc
+            finally:
+                if not durable:
+                    self._db.execute("PRAGMA synchronous=FULL")
+
+    def _query(self, sql: str, params: tuple = ()) -> list[tuple]:  # type: ignore[type-arg]
+        with self._lock:
+            try:
+                return self._db.execute(sql, params).fetchall()
+            except sqlite3.Error as exc:
+                raise StorageError(f"catalog {self.path}: {exc}") from exc
+
+    def add_subject(self, record: SubjectRecord) -> None:
+        with self._transaction() as db:
+            try:
+                db.execute(
+                    "INSERT INTO subjects VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        record.tenant,
+                        record.subject,
+                        record.jurisdiction,
+                        record.key_id,
+                        record.wrapped_key,
+                        record.created_at,
+                        record.forgotten_at,
+                    ),
+                )
+            except sqlite3.IntegrityError:
+                raise Conflict(
+                    f"subject {record.subject} of tenant {record.tenant} already exists"
+                ) from None
+
+    def get_subject(self, tenant: str, subject: str) -> SubjectRecord | None:
+        rows = self._query(
+            "SELECT tenant, subject, jurisdiction, key_id, wrapped_key, created_at, forgotten_at"
+            " FROM subjects WHERE tenant = ? AND subject = ?",
+            (tenant, subject),
+        )
+        return SubjectRecord(*rows[0]) if rows else None
+
+    def forget_subject(self, tenant: str, subject: str, when: float) -> int:
+        with self._transaction() as db:
+            updated = db.execute(
+                "UPDATE subjects SET wrapped_key = NULL, forgotten_at = ?"
+                " WHERE tenant = ? AND subject = ?",
+                (when, tenant, subject),
+            ).rowcount
+            if not updated:
+                raise NotFound(f"no subject {subject} in tenant {tenant}")
+            return db.execute(
+                "UPDATE versions SET state = 'deleted'"
+                " WHERE tenant = ? AND subject = ? AND state != 'deleted'",
+                (tenant, subject),
+            ).rowcount
+
+    def reserve(self, ref: ObjectRef, object_id: bytes, when: float) -> int:
+        with self._transaction(durable=False) as db:
+            (top,) = db.execute(
+                "SELECT COALESCE(MAX(version), 0) FROM versions"
+                " WHERE tenant = ? AND subject = ? AND key = ?",
+                (ref.tenant, ref.subject, ref.key),
+            ).fetchone()
+            db.execute(
+                "INSERT INTO versions VALUES (?, ?, ?, ?, 'pending', ?, 0, ?, NULL)",
+                (ref.tenant, ref.subject, ref.key, top + 1, object_id, when),
+            )
+            return int(top) + 1
+
+    def _current_version(self, db: sqlite3.Connection, ref: ObjectRef) -> int:
+        (current,) = db.execute(
+            "SELECT COALESCE(MAX(version), 0) FROM versions"
+            " WHERE tenant = ? AND subject = ? AND key = ? AND state = 'committed'",
+            (ref.tenant, ref.subject, ref.key),
+        ).fetchone()
+        return int(current)
+
+    def commit(
+        self, ref: ObjectRef, version: int, manifest: bytes, size: int, if_match: int | None
+    ) -> None:
+        with self._transaction() as db:
+            if if_match is not None:
+                current = self._current_version(db, ref)
+                if current != if_match:
+                    raise Conflict(f"{ref}: expected version {if_match}, current is {current}")
+            updated = db.execute(
+                "UPDATE versions SET state = 'committed', manifest = ?, size = ?"
+                " WHERE tenant = ? AND subject = ? AND key = ? AND version = ?"
+                " AND state = 'pending'",
+                (manifest, size, ref.tenant, ref.subject, ref.key, version),
+            ).rowcount
+            if not updated:
+                raise Conflict(f"{ref} v{version} is not pending (was it collected?)")
+
+    def abandon(self, ref: ObjectRef, version: int) -> None:
+        with self._transaction(durable=False) as db:
+            db.execute(
+                "DELETE FROM versions WHERE tenant = ? AND subject = ? AND key = ?"
+                " AND version = ? AND state = 'pending'",
+                (ref.tenant, ref.subject, ref.key, version),
+            )
+
+    def get_version(self, ref: ObjectRef, version: int | None = None) -> VersionRecord | None:
+        where = "tenant = ? AND subject = ? AND key = ? AND state = 'committed'"
+        params: tuple = (ref.tenant, ref.subject, ref.key)  # type: ignore[type-arg]
+        if version is not None:
+            where += " AND version = ?"
+            params += (version,)
+        rows = self._query(
+            f"SELECT {_VERSION_COLUMNS} FROM versions WHERE {where} ORDER BY version DESC LIMIT 1",
+            params,
+        )
+        return _version(rows[0]) if rows else None
+
+    def list_latest(
+        self, tenant: str, subject: str, prefix: str, start_after: str, limit: int
+    ) -> list[VersionRecord]:
+        rows = self._query(
+            f"SELECT {_VERSION_COLUMNS} FROM versions v WHERE tenant = ? AND subject = ?"
+            " AND state = 'committed' AND key > ? AND substr(key, 1, ?) = ?"
+            " AND version = (SELECT MAX(version) FROM versions w WHERE w.tenant = v.tenant"
+            " AND w.subject = v.subject AND w.key = v.key AND w.state = 'committed')"
+            " ORDER BY key LIMIT ?",
+            (tenant, subject, start_after, len(prefix), prefix, limit),
+        )
+        return [_version(row) for row in rows]
+
+    def list_versions(self, ref: ObjectRef) -> list[VersionRecord]:
+        rows = self._query(
+            f"SELECT {_VERSION_COLUMNS} FROM versions WHERE tenant = ? AND subject = ?"
+            " AND key = ? AND state = 'committed' ORDER BY version DESC",
+            (ref.tenant, ref.subject, ref.key),
+        )
+        return [_version(row) for row in rows]
+
+    def mark_deleted(self, ref: ObjectRef, version: int | None = None) -> int:
+        with self._transaction() as db:
+            sql = (
+                "UPDATE versions SET state = 'deleted' WHERE tenant = ? AND subject = ?"
+                " AND key = ? AND state = 'committed'"
+            )
+            params: tuple = (ref.tenant, ref.subject, ref.key)  # type: ignore[type-arg]
+            if version is not None:
+                sql += " AND version = ?"
+                params += (version,)
+            return db.execute(sql, params).rowcount
+
+    def collectable(self, pending_before: float) -> list[VersionRecord]:
+        rows = self._query(
+            f"SELECT {_VERSION_COLUMNS} FROM versions WHERE state = 'deleted'"
+            " OR (state = 'pending' AND created_at < ?)",
+            (pending_before,),
+        )
+        return [_version(row) for row in rows]
+
+    def purge(self, ref: ObjectRef, version: int) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "DELETE FROM versions WHERE tenant = ? AND subject = ? AND key = ? AND version = ?",
+                (ref.tenant, ref.subject, ref.key, version),
+            )
+
+    def known_object_ids(self) -> set[bytes]:
+        return {row[0] for row in self._query("SELECT object_id FROM versions")}
+
+    def record_damage(self, damage: DamageRecord) -> None:
+        with self._transaction(durable=False) as db:
+            ref = damage.ref
+            db.execute(
+                "INSERT INTO damage VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    ref.tenant,
+                    ref.subject,
+                    ref.key,
+                    damage.version,
+                    damage.segment,
+                    damage.index,
+                    damage.node,
+                    damage.reason,
+                    damage.seen_at,
+                ),
+            )
+
+    def damage(self) -> list[DamageRecord]:
+        rows = self._query(
+            "SELECT tenant, subject, key, version, segment, shard, node, reason, seen_at"
+            " FROM damage ORDER BY seen_at"
+        )
+        return [DamageRecord(ObjectRef(t, s, k), *rest) for t, s, k, *rest in rows]
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()

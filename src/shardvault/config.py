@@ -1,0 +1,265 @@
+"""The deployment file: parsed once, validated whole, frozen, passed down.
+
+This is the only module that reads the environment (``SHARDVAULT_CONFIG``).
+Every problem found is reported at once, each naming the key at fault, e.g.
+``nodes[3].facility: missing``. Format version 1 is described in docs/formats.md.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from shardvault.errors import ConfigError, InvalidInput
+from shardvault.model import (
+    NodeSpec,
+    NodeState,
+    facility_name,
+    jurisdiction_code,
+    node_id,
+    tenant_name,
+)
+
+FORMAT_VERSION = 1
+DEFAULT_FILE = "shardvault.toml"
+ENV_VAR = "SHARDVAULT_CONFIG"
+MIN_SEGMENT = 4096
+MAX_SEGMENT = 64 << 20
+BACKENDS = ("local", "memory")
+CUSTODIANS = ("keyring", "memory")
+
+
+@dataclass(frozen=True, slots=True)
+class TenantSpec:
+    name: str
+    display_name: str
+    jurisdictions: tuple[str, ...] | None = None
+
+    def allows(self, jurisdiction: str) -> bool:
+        return self.jurisdictions is None or jurisdiction in self.jurisdictions
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    path: Path
+    state_dir: Path
+    segment_size: int
+    k: int
+    m: int
+    custodian: str
+    keyring_path: Path
+    jurisdictions: dict[str, str]
+    tenants: dict[str, TenantSpec]
+    nodes: tuple[NodeSpec, ...] = field(default=())
+
+    @property
+    def base_dir(self) -> Path:
+        return self.path.parent
+
+    def nodes_in(self, jurisdiction: str) -> list[NodeSpec]:
+        return [node for node in self.nodes if node.jurisdiction == jurisdiction]
+
+    def node(self, node_id: str) -> NodeSpec:
+        for node in self.nodes:
+            if node.id == node_id:
+                return node
+        raise InvalidInput(f"unknown node {node_id!r}")
+
+    def tenant(self, name: str) -> TenantSpec:
+        spec = self.tenants.get(name)
+        if spec is None:
+            known = ", ".join(sorted(self.tenants)) or "none"
+            raise InvalidInput(f"unknown tenant {name!r} (configured: {known})")
+        return spec
+
+    def jurisdiction(self, code: str) -> str:
+        jurisdiction_code(code)
+        if code not in self.jurisdictions:
+            known = ", ".join(sorted(self.jurisdictions)) or "none"
+            raise InvalidInput(f"unknown jurisdiction {code!r} (configured: {known})")
+        return code
+
+
+def resolve_path(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """--config, else $SHARDVAULT_CONFIG, else ./shardvault.toml."""
+    if explicit:
+        return Path(explicit)
+    from_env = os.environ.get(ENV_VAR)
+    return Path(from_env) if from_env else Path(DEFAULT_FILE)
+
+
+def load(path: Path) -> Config:
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(
+            f"config {path} not found: pass --config, set {ENV_VAR}, "
+            "or create one with 'shardvault init --demo DIR'"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"config {path}: {exc.strerror}") from exc
+    try:
+        doc = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config {path}: not valid TOML: {exc}") from exc
+    return parse(doc, path.resolve())
+
+
+class _Problems:
+    def __init__(self) -> None:
+        self.items: list[str] = []
+
+    def add(self, where: str, what: str) -> None:
+        self.items.append(f"{where}: {what}")
+
+
+def _get(
+    table: dict[str, Any],
+    key: str,
+    kind: type,
+    where: str,
+    problems: _Problems,
+    default: Any = None,
+    required: bool = False,
+) -> Any:
+    if key not in table:
+        if required:
+            problems.add(f"{where}{key}", "missing")
+        return default
+    value = table[key]
+    if (kind is int and isinstance(value, bool)) or not isinstance(value, kind):
+        problems.add(f"{where}{key}", f"expected {kind.__name__}, got {type(value).__name__}")
+        return default
+    return value
+
+
+def _check_name(check: Any, value: Any, where: str, problems: _Problems) -> bool:
+    try:
+        check(value)
+    except InvalidInput as exc:
+        problems.add(where, str(exc))
+        return False
+    return True
+
+
+def parse(doc: dict[str, Any], path: Path) -> Config:
+    """Validate a parsed TOML document; raises ConfigError naming every bad key."""
+    problems = _Problems()
+    known_top = {"version", "storage", "custodian", "jurisdictions", "tenants", "nodes"}
+    for key in sorted(set(doc) - known_top):
+        problems.add(key, "unknown key")
+    version = doc.get("version")
+    if version != FORMAT_VERSION:
+        problems.add("version", f"must be {FORMAT_VERSION} (found {version!r})")
+    base = path.parent
+
+    storage = _get(doc, "storage", dict, "", problems, default={})
+    state_dir = _get(storage, "state_dir", str, "storage.", problems, default="state")
+    segment_size = _get(storage, "segment_size", int, "storage.", problems, default=1 << 20)
+    if not MIN_SEGMENT <= segment_size <= MAX_SEGMENT:
+        problems.add("storage.segment_size", f"must be between {MIN_SEGMENT} and {MAX_SEGMENT}")
+    k = _get(storage, "k", int, "storage.", problems, default=4)
+    m = _get(storage, "m", int, "storage.", problems, default=2)
+    if k < 1 or m < 1 or k + m > 32:
+        problems.add("storage.k", f"k={k}, m={m}: need k >= 1, m >= 1 and k + m <= 32")
+
+    custodian = _get(doc, "custodian", dict, "", problems, default={})
+    custodian_backend = _get(custodian, "backend", str, "custodian.", problems, default="keyring")
+    if custodian_backend not in CUSTODIANS:
+        problems.add("custodian.backend", f"must be one of {', '.join(CUSTODIANS)}")
+    keyring = _get(custodian, "path", str, "custodian.", problems, default="keys/keyring.json")
+
+    jurisdictions: dict[str, str] = {}
+    for code, spec in _get(doc, "jurisdictions", dict, "", problems, default={}).items():
+        where = f"jurisdictions.{code}"
+        if _check_name(jurisdiction_code, code, where, problems) and isinstance(spec, dict):
+            jurisdictions[code] = _get(spec, "name", str, where + ".", problems, default=code)
+    if not jurisdictions:
+        problems.add("jurisdictions", "declare at least one jurisdiction")
+
+    tenants: dict[str, TenantSpec] = {}
+    for name, spec in _get(doc, "tenants", dict, "", problems, default={}).items():
+        where = f"tenants.{name}"
+        if not (_check_name(tenant_name, name, where, problems) and isinstance(spec, dict)):
+            continue
+        allowed = _get(spec, "jurisdictions", list, where + ".", problems)
+        for code in allowed or ():
+            if code not in jurisdictions:
+                problems.add(where + ".jurisdictions", f"{code!r} is not a declared jurisdiction")
+        tenants[name] = TenantSpec(
+            name,
+            _get(spec, "name", str, where + ".", problems, default=name),
+            tuple(allowed) if allowed is not None else None,
+        )
+
+    nodes: list[NodeSpec] = []
+    seen: set[str] = set()
+    for number, spec in enumerate(_get(doc, "nodes", list, "", problems, default=[])):
+        node = _parse_node(spec, f"nodes[{number}]", base, jurisdictions, problems)
+        if node is not None:
+            if node.id in seen:
+                problems.add(f"nodes[{number}].id", f"duplicate node id {node.id!r}")
+            seen.add(node.id)
+            nodes.append(node)
+
+    if problems.items:
+        raise ConfigError(f"config {path}: " + "; ".join(problems.items))
+    return Config(
+        path=path,
+        state_dir=(base / state_dir).resolve(),
+        segment_size=segment_size,
+        k=k,
+        m=m,
+        custodian=custodian_backend,
+        keyring_path=(base / keyring).resolve(),
+        jurisdictions=jurisdictions,
+        tenants=tenants,
+        nodes=tuple(nodes),
+    )
+
+
+def _parse_node(
+    spec: Any, where: str, base: Path, jurisdictions: dict[str, str], problems: _Problems
+) -> NodeSpec | None:
+    if not isinstance(spec, dict):
+        problems.add(where, "expected a table")
+        return None
+    before = len(problems.items)
+    ident = _get(spec, "id", str, where + ".", problems, required=True)
+    jurisdiction = _get(spec, "jurisdiction", str, where + ".", problems, required=True)
+    facility = _get(spec, "facility", str, where + ".", problems, required=True)
+    backend = _get(spec, "backend", str, where + ".", problems, default="local")
+    location = _get(spec, "path", str, where + ".", problems, default="")
+    capacity = _get(spec, "capacity", int, where + ".", problems, default=1)
+    state = _get(spec, "state", str, where + ".", problems, default="active")
+    operator = _get(spec, "operator", str, where + ".", problems, default="operator")
+    if ident is not None:
+        _check_name(node_id, ident, where + ".id", problems)
+    if facility is not None:
+        _check_name(facility_name, facility, where + ".facility", problems)
+    if jurisdiction is not None and jurisdiction not in jurisdictions:
+        problems.add(where + ".jurisdiction", f"{jurisdiction!r} is not a declared jurisdiction")
+    if backend not in BACKENDS:
+        problems.add(where + ".backend", f"must be one of {', '.join(BACKENDS)}")
+    if backend == "local" and not location:
+        problems.add(where + ".path", "missing (a local node needs a directory)")
+    if state not in {s.value for s in NodeState}:
+        problems.add(where + ".state", "must be active, draining or down")
+    if capacity < 1:
+        problems.add(where + ".capacity", "must be a positive integer")
+    if len(problems.items) != before:
+        return None
+    resolved = str((base / location).resolve()) if location else ""
+    return NodeSpec(
+        id=ident,
+        jurisdiction=jurisdiction,
+        facility=facility,
+        backend=backend,
+        location=resolved,
+        operator=operator,
+        capacity=capacity,
+        state=NodeState(state),
+    )

@@ -1,0 +1,102 @@
+"""Local keyring file: the embedded default custodian.
+
+One JSON file, mode 0600, holding a random 256-bit root key per (tenant,
+jurisdiction) and the tombstones of destroyed subject keys. Rewritten
+atomically (temp file, fsync, rename). In production this role is played by
+the partner's HSM; the file stands in for it on one machine.
+
+Format (docs/formats.md, "keyring")::
+
+    {"format": "shardvault-keyring", "version": 1,
+     "roots": {"intl/US": "<base64>"}, "destroyed": {"intl/US": ["<key id>"]}}
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import stat
+import threading
+from pathlib import Path
+from typing import Any
+
+from shardvault.errors import ConfigError, KeyUnavailable
+from shardvault.keys.port import KeyScope
+from shardvault.keys.rootkey import CustodianGate, open_key, refuse_destroyed, seal_key
+from shardvault.model import Justification
+
+FORMAT = "shardvault-keyring"
+VERSION = 1
+
+
+class KeyringCustodian:
+    def __init__(self, path: Path, gate: CustodianGate | None = None) -> None:
+        self.path = path
+        self.gate = gate
+        self._lock = threading.Lock()
+        self._roots: dict[str, bytes] = {}
+        self._destroyed: dict[str, set[str]] = {}
+        if path.exists():
+            self._load()
+
+    def _load(self) -> None:
+        mode = stat.S_IMODE(self.path.stat().st_mode)
+        if mode & 0o077:
+            raise KeyUnavailable(
+                f"keyring {self.path} is readable by others (mode {mode:o}); run chmod 600 on it"
+            )
+        try:
+            doc: Any = json.loads(self.path.read_text())
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"keyring {self.path} is unreadable or not JSON: {exc}") from exc
+        if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+            raise ConfigError(f"{self.path} is not a shardvault keyring")
+        if doc.get("version") != VERSION:
+            raise ConfigError(
+                f"keyring {self.path} has format version {doc.get('version')}; "
+                f"this shardvault reads version {VERSION}"
+            )
+        self._roots = {label: base64.b64decode(b64) for label, b64 in doc["roots"].items()}
+        self._destroyed = {label: set(ids) for label, ids in doc["destroyed"].items()}
+
+    def _save(self) -> None:
+        doc = {
+            "format": FORMAT,
+            "version": VERSION,
+            "roots": {k: base64.b64encode(v).decode() for k, v in sorted(self._roots.items())},
+            "destroyed": {k: sorted(v) for k, v in sorted(self._destroyed.items())},
+        }
+        temp = self.path.with_name(self.path.name + ".tmp")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, json.dumps(doc, indent=1).encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(temp, self.path)
+
+    def _root(self, scope: KeyScope) -> bytes:
+        with self._lock:
+            root = self._roots.get(scope.label())
+            if root is None:
+                root = os.urandom(32)
+                self._roots[scope.label()] = root
+                self._save()
+            return root
+
+    def wrap(self, scope: KeyScope, key_id: str, key: bytes, why: Justification) -> bytes:
+        return seal_key(self._root(scope), scope, key_id, key)
+
+    def unwrap(self, scope: KeyScope, key_id: str, blob: bytes, why: Justification) -> bytes:
+        if key_id in self._destroyed.get(scope.label(), ()):
+            raise refuse_destroyed(scope, key_id)
+        if self.gate is not None:
+            self.gate(scope, key_id, why)
+        return open_key(self._root(scope), scope, key_id, blob)
+
+    def destroy(self, scope: KeyScope, key_id: str, why: Justification) -> None:
+        with self._lock:
+            self._destroyed.setdefault(scope.label(), set()).add(key_id)
+            self._save()

@@ -1,0 +1,122 @@
+"""The manifest: everything needed to find, verify and decrypt one object version.
+
+Kept in the home cell's catalog, never on a storage node. Serialized as
+(docs/formats.md, "manifest")::
+
+    b"SVMF" | u8 format version (1) | u32 BE length L | L bytes canonical JSON | block hashes
+
+where the block hashes are segments x n digests of 32 bytes, segment-major.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import struct
+from dataclasses import dataclass
+
+from shardvault.codec.hashing import HASH_BYTES
+from shardvault.errors import IntegrityError
+from shardvault.model import ObjectRef
+
+MAGIC = b"SVMF"
+FORMAT_VERSION = 1
+_HEAD = struct.Struct(">4sBI")
+
+
+@dataclass(frozen=True, slots=True)
+class Manifest:
+    ref: ObjectRef
+    version: int
+    object_id: bytes
+    size: int
+    segment_size: int
+    segments: int
+    k: int
+    m: int
+    backend: str
+    nodes: tuple[str, ...]
+    block_size: int
+    last_block_size: int
+    block_hashes: bytes
+    wrapped_data_key: bytes
+    subject_key_id: str
+    created_at: float
+
+    @property
+    def n(self) -> int:
+        return self.k + self.m
+
+    def block_hash(self, segment: int, index: int) -> bytes:
+        start = (segment * self.n + index) * HASH_BYTES
+        return self.block_hashes[start : start + HASH_BYTES]
+
+    def block_length(self, segment: int) -> int:
+        return self.last_block_size if segment == self.segments - 1 else self.block_size
+
+    def segment_length(self, segment: int) -> int:
+        """Plaintext bytes in this segment."""
+        if segment < self.segments - 1:
+            return self.segment_size
+        return self.size - self.segment_size * (self.segments - 1)
+
+    def to_bytes(self) -> bytes:
+        doc = {
+            "tenant": self.ref.tenant,
+            "subject": self.ref.subject,
+            "key": self.ref.key,
+            "version": self.version,
+            "object_id": self.object_id.hex(),
+            "size": self.size,
+            "segment_size": self.segment_size,
+            "segments": self.segments,
+            "k": self.k,
+            "m": self.m,
+            "backend": self.backend,
+            "nodes": list(self.nodes),
+            "block_size": self.block_size,
+            "last_block_size": self.last_block_size,
+            "wrapped_data_key": base64.b64encode(self.wrapped_data_key).decode(),
+            "subject_key_id": self.subject_key_id,
+            "created_at": self.created_at,
+        }
+        body = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+        return _HEAD.pack(MAGIC, FORMAT_VERSION, len(body)) + body + self.block_hashes
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Manifest:
+        if len(data) < _HEAD.size:
+            raise IntegrityError("manifest is truncated")
+        magic, version, length = _HEAD.unpack_from(data)
+        if magic != MAGIC:
+            raise IntegrityError("not a shardvault manifest")
+        if version != FORMAT_VERSION:
+            raise IntegrityError(
+                f"manifest format version {version} is not supported (this reads {FORMAT_VERSION})"
+            )
+        try:
+            doc = json.loads(data[_HEAD.size : _HEAD.size + length])
+        except ValueError as exc:
+            raise IntegrityError("manifest body is not valid JSON") from exc
+        hashes = data[_HEAD.size + length :]
+        manifest = cls(
+            ref=ObjectRef(doc["tenant"], doc["subject"], doc["key"]),
+            version=doc["version"],
+            object_id=bytes.fromhex(doc["object_id"]),
+            size=doc["size"],
+            segment_size=doc["segment_size"],
+            segments=doc["segments"],
+            k=doc["k"],
+            m=doc["m"],
+            backend=doc["backend"],
+            nodes=tuple(doc["nodes"]),
+            block_size=doc["block_size"],
+            last_block_size=doc["last_block_size"],
+            block_hashes=hashes,
+            wrapped_data_key=base64.b64decode(doc["wrapped_data_key"]),
+            subject_key_id=doc["subject_key_id"],
+            created_at=doc["created_at"],
+        )
+        if len(hashes) != manifest.segments * manifest.n * HASH_BYTES:
+            raise IntegrityError("manifest block hash table has the wrong length")
+        return manifest

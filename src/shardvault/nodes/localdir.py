@@ -1,0 +1,144 @@
+"""Local-directory shard store: the embedded default.
+
+Layout under the node's root::
+
+    shards/ab/cd/<name>    committed shards, fanned out by the name's first 4 hex digits
+    tmp/<name>.<random>    shards being written
+
+A write goes to tmp/, is fsynced, renamed into place, and the target directory
+is fsynced, so a shard is either wholly there or not there at all.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+from shardvault.errors import NotFound, StorageError
+from shardvault.nodes.port import check_shard_name
+
+
+def _storage_error(node_id: str, what: str, exc: OSError) -> StorageError:
+    reason = "disk full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
+    return StorageError(f"node {node_id}: {what} failed: {reason}")
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class LocalShardWriter:
+    def __init__(self, store: LocalDirShardStore, name: str) -> None:
+        self._store = store
+        self._final = store.shard_path(name)
+        self._temp = store.tmp_dir / f"{name}.{secrets.token_hex(6)}"
+        try:
+            self._fd: int | None = os.open(
+                self._temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600
+            )
+        except OSError as exc:
+            raise _storage_error(store.node_id, "creating a shard", exc) from exc
+
+    def write(self, data: bytes | memoryview) -> None:
+        if self._fd is None:
+            raise StorageError(f"node {self._store.node_id}: write after commit or abort")
+        view = memoryview(data)
+        try:
+            while view:
+                written = os.write(self._fd, view)
+                view = view[written:]
+        except OSError as exc:
+            self.abort()
+            raise _storage_error(self._store.node_id, "writing a shard", exc) from exc
+
+    def commit(self) -> None:
+        if self._fd is None:
+            raise StorageError(f"node {self._store.node_id}: commit after abort")
+        try:
+            os.fsync(self._fd)
+            os.close(self._fd)
+            self._fd = None
+            self._final.parent.mkdir(parents=True, exist_ok=True)
+            os.rename(self._temp, self._final)
+            _fsync_dir(self._final.parent)
+        except OSError as exc:
+            self.abort()
+            raise _storage_error(self._store.node_id, "committing a shard", exc) from exc
+
+    def abort(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        self._temp.unlink(missing_ok=True)
+
+
+class LocalShardReader:
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+
+    def read_at(self, offset: int, length: int) -> bytes:
+        return os.pread(self._fd, length, offset)
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+class LocalDirShardStore:
+    def __init__(self, node_id: str, root: Path) -> None:
+        self.node_id = node_id
+        self.root = root
+        self.shard_dir = root / "shards"
+        self.tmp_dir = root / "tmp"
+        try:
+            self.shard_dir.mkdir(parents=True, exist_ok=True)
+            self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise _storage_error(node_id, f"opening {root}", exc) from exc
+
+    def shard_path(self, name: str) -> Path:
+        check_shard_name(name)
+        return self.shard_dir / name[:2] / name[2:4] / name
+
+    def open_writer(self, name: str) -> LocalShardWriter:
+        return LocalShardWriter(self, check_shard_name(name))
+
+    def open_reader(self, name: str) -> LocalShardReader:
+        path = self.shard_path(name)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise NotFound(f"shard {name} not on node {self.node_id}") from None
+        except OSError as exc:
+            raise _storage_error(self.node_id, "opening a shard", exc) from exc
+        return LocalShardReader(fd)
+
+    def delete(self, name: str) -> bool:
+        try:
+            self.shard_path(name).unlink()
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            raise _storage_error(self.node_id, "deleting a shard", exc) from exc
+        return True
+
+    def names(self) -> Iterator[str]:
+        for path in sorted(self.shard_dir.glob("*/*/*")):
+            yield path.name
+
+    def collect_temporaries(self, older_than: float) -> int:
+        removed = 0
+        for path in self.tmp_dir.iterdir():
+            try:
+                if path.stat().st_mtime < older_than:
+                    path.unlink()
+                    removed += 1
+            except FileNotFoundError:
+                continue
+        return removed

@@ -1,0 +1,68 @@
+"""In-memory shard store: for tests and for measuring the pipeline without disks."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+from shardvault.errors import NotFound
+from shardvault.nodes.port import check_shard_name
+
+
+class MemoryShardWriter:
+    def __init__(self, store: MemoryShardStore, name: str) -> None:
+        self._store = store
+        self._name = name
+        self._parts: list[bytes] = []
+        self._done = False
+
+    def write(self, data: bytes | memoryview) -> None:
+        self._parts.append(bytes(data))
+
+    def commit(self) -> None:
+        with self._store.lock:
+            self._store.shards[self._name] = b"".join(self._parts)
+        self._done = True
+
+    def abort(self) -> None:
+        self._parts.clear()
+        self._done = True
+
+
+class MemoryShardReader:
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+
+    def read_at(self, offset: int, length: int) -> bytes:
+        return self._data[offset : offset + length]
+
+    def close(self) -> None:
+        pass
+
+
+class MemoryShardStore:
+    def __init__(self, node_id: str) -> None:
+        self.node_id = node_id
+        self.shards: dict[str, bytes] = {}
+        self.lock = threading.Lock()
+
+    def open_writer(self, name: str) -> MemoryShardWriter:
+        return MemoryShardWriter(self, check_shard_name(name))
+
+    def open_reader(self, name: str) -> MemoryShardReader:
+        with self.lock:
+            data = self.shards.get(check_shard_name(name))
+        if data is None:
+            raise NotFound(f"shard {name} not on node {self.node_id}")
+        return MemoryShardReader(data)
+
+    def delete(self, name: str) -> bool:
+        with self.lock:
+            return self.shards.pop(check_shard_name(name), None) is not None
+
+    def names(self) -> Iterator[str]:
+        with self.lock:
+            return iter(sorted(self.shards))
+
+    def collect_temporaries(self, older_than: float) -> int:
+        return 0

@@ -1,0 +1,72 @@
+"""Where a stripe's shards go: one pure function, no I/O.
+
+Weighted rendezvous hashing (highest random weight) ranks every eligible node
+for an object; the stripe takes nodes in rank order, skipping a node whose
+facility already holds m shards, so losing a whole facility loses at most m
+shards and the object stays readable. Only active nodes of the subject's home
+jurisdiction are eligible: a node elsewhere is never chosen, and if the home
+cell is too small the write is refused rather than spilled.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Iterable
+
+from blake3 import blake3
+
+from shardvault.errors import ResidencyRefused, TooFewNodes
+from shardvault.model import NodeSpec, NodeState
+
+_SCALE = float(1 << 64)
+
+
+def _score(seed: bytes, node: NodeSpec) -> float:
+    digest = blake3(seed + b"\x00" + node.id.encode()).digest(8)
+    # uniform in (0, 1], never 0 so the log is finite
+    unit = (int.from_bytes(digest, "big") + 1) / _SCALE
+    return -node.capacity / math.log(unit) if unit < 1.0 else math.inf
+
+
+def rank_nodes(seed: bytes, nodes: Iterable[NodeSpec]) -> list[NodeSpec]:
+    """All nodes, best first, for this seed (stable: ties break on node id)."""
+    return sorted(nodes, key=lambda node: (-_score(seed, node), node.id))
+
+
+def place_stripe(
+    seed: bytes, nodes: Iterable[NodeSpec], jurisdiction: str, k: int, m: int
+) -> list[NodeSpec]:
+    """Choose n = k + m distinct nodes for shard indices 0..n-1.
+
+    Raises ResidencyRefused when the jurisdiction has no nodes at all, and
+    TooFewNodes (with the numbers) when it has fewer active nodes than n.
+    """
+    all_nodes = list(nodes)
+    home = [node for node in all_nodes if node.jurisdiction == jurisdiction]
+    if not home:
+        raise ResidencyRefused(
+            f"no storage nodes in jurisdiction {jurisdiction}: the write is refused "
+            "rather than stored elsewhere"
+        )
+    eligible = [node for node in home if node.state is NodeState.ACTIVE]
+    n = k + m
+    if len(eligible) < n:
+        raise TooFewNodes(
+            f"jurisdiction {jurisdiction} has {len(eligible)} active nodes of {len(home)}, "
+            f"a stripe needs {n} (k={k}, m={m}); add nodes or bring them back"
+        )
+    ranked = rank_nodes(seed, eligible)
+    per_facility = Counter(node.facility for node in eligible)
+    spreadable = sum(min(count, m) for count in per_facility.values()) >= n
+    if not spreadable:
+        return ranked[:n]
+    chosen: list[NodeSpec] = []
+    used: Counter[str] = Counter()
+    for node in ranked:
+        if used[node.facility] < m:
+            chosen.append(node)
+            used[node.facility] += 1
+            if len(chosen) == n:
+                break
+    return chosen

@@ -1,0 +1,72 @@
+"""A cell per jurisdiction: its catalog and its nodes' shard stores.
+
+This is the wiring module: the only place that names adapters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from shardvault.catalog.memory import MemoryCatalog
+from shardvault.catalog.port import Catalog
+from shardvault.catalog.sqlite import SqliteCatalog
+from shardvault.config import Config
+from shardvault.errors import ConfigError
+from shardvault.keys.keyring import KeyringCustodian
+from shardvault.keys.memory import MemoryCustodian
+from shardvault.keys.port import KeyCustodian
+from shardvault.model import NodeSpec
+from shardvault.nodes.localdir import LocalDirShardStore
+from shardvault.nodes.memory import MemoryShardStore
+from shardvault.nodes.port import ShardStore
+
+
+@dataclass
+class Cell:
+    jurisdiction: str
+    catalog: Catalog
+    nodes: list[NodeSpec]
+    stores: dict[str, ShardStore] = field(default_factory=dict)
+
+    def store(self, node_id: str) -> ShardStore:
+        return self.stores[node_id]
+
+
+def open_store(node: NodeSpec) -> ShardStore:
+    if node.backend == "local":
+        return LocalDirShardStore(node.id, Path(node.location))
+    if node.backend == "memory":
+        return MemoryShardStore(node.id)
+    raise ConfigError(f"node {node.id}: unknown backend {node.backend!r}")
+
+
+CatalogFactory = Callable[[str], Catalog]
+
+
+def sqlite_catalogs(state_dir: Path) -> CatalogFactory:
+    return lambda code: SqliteCatalog(state_dir / "cells" / code / "catalog.sqlite")
+
+
+def memory_catalogs() -> CatalogFactory:
+    return lambda code: MemoryCatalog()
+
+
+def open_cells(config: Config, catalogs: CatalogFactory) -> dict[str, Cell]:
+    cells: dict[str, Cell] = {}
+    for code in config.jurisdictions:
+        nodes = config.nodes_in(code)
+        cells[code] = Cell(
+            jurisdiction=code,
+            catalog=catalogs(code),
+            nodes=nodes,
+            stores={node.id: open_store(node) for node in nodes},
+        )
+    return cells
+
+
+def open_custodian(config: Config) -> KeyCustodian:
+    if config.custodian == "memory":
+        return MemoryCustodian()
+    return KeyringCustodian(config.keyring_path)

@@ -1,0 +1,435 @@
+"""The Vault: register subjects, put, get, list, delete, forget, where, gc.
+
+Every call carries a RequestContext; every use of a subject key goes to the
+custodian with the context's justification. A write reserves a pending
+version, writes and commits every shard, then commits the manifest in one
+catalog transaction, so a crash at any point leaves the old version or the
+new one, never a mix.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from blake3 import blake3
+
+from shardvault.allocator import tune_allocator
+from shardvault.catalog.port import DamageRecord, SubjectRecord, VersionRecord
+from shardvault.codec.erasure import ErasureCode
+from shardvault.codec.segment import SegmentBinding, SegmentCipher
+from shardvault.config import Config
+from shardvault.directory import SubjectDirectory
+from shardvault.errors import InvalidInput, NotFound, SubjectForgotten
+from shardvault.keys import hierarchy
+from shardvault.keys.port import KeyCustodian, KeyScope
+from shardvault.manifest import Manifest
+from shardvault.model import (
+    NodeSpec,
+    ObjectInfo,
+    ObjectRef,
+    RequestContext,
+    ShardLocation,
+    jurisdiction_code,
+    local_context,
+    subject_id,
+)
+from shardvault.placement import place_stripe
+from shardvault.vault.cells import CatalogFactory, Cell, open_cells, open_custodian, sqlite_catalogs
+from shardvault.vault.gc import GcReport, collect_cell, collect_versions
+from shardvault.vault.reader import ObjectReader
+from shardvault.vault.writer import Progress, ShardSetWriter, StepHook
+
+MAX_LIST_LIMIT = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class ListPage:
+    items: list[ObjectInfo]
+    next_after: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ForgetResult:
+    tenant: str
+    subject: str
+    jurisdiction: str
+    key_id: str
+    versions_deleted: int
+    shards_removed: int
+    forgotten_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class NodeUsage:
+    node: NodeSpec
+    shards: int
+    bytes_used: int
+
+
+def _no_step(step: str) -> None:
+    return None
+
+
+class Vault:
+    """The embedded vault over a deployment's cells."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        cells: dict[str, Cell],
+        custodian: KeyCustodian,
+        directory: SubjectDirectory,
+        clock: Callable[[], float] = time.time,
+        on_step: StepHook = _no_step,
+    ) -> None:
+        tune_allocator()
+        self.config = config
+        self.cells = cells
+        self.custodian = custodian
+        self.directory = directory
+        self.code = ErasureCode(config.k, config.m)
+        self._clock = clock
+        self._on_step = on_step
+        self._pool = ThreadPoolExecutor(
+            max_workers=max(8, 2 * self.code.n), thread_name_prefix="shardvault-io"
+        )
+
+    @classmethod
+    def open(
+        cls,
+        config: Config,
+        *,
+        catalogs: CatalogFactory | None = None,
+        custodian: KeyCustodian | None = None,
+        clock: Callable[[], float] = time.time,
+        on_step: StepHook = _no_step,
+    ) -> Vault:
+        cells = open_cells(config, catalogs or sqlite_catalogs(config.state_dir))
+        return cls(
+            config,
+            cells=cells,
+            custodian=custodian or open_custodian(config),
+            directory=SubjectDirectory.open(config.state_dir),
+            clock=clock,
+            on_step=on_step,
+        )
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+        for cell in self.cells.values():
+            cell.catalog.close()
+        self.directory.close()
+
+    def __enter__(self) -> Vault:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # subjects -----------------------------------------------------------------
+
+    def register_subject(
+        self, tenant: str, subject: str, jurisdiction: str, ctx: RequestContext | None = None
+    ) -> SubjectRecord:
+        """Give a subject a home jurisdiction and a fresh subject key."""
+        ctx = ctx or local_context("register-subject")
+        spec = self.config.tenant(tenant)
+        subject_id(subject)
+        self.config.jurisdiction(jurisdiction_code(jurisdiction))
+        if not spec.allows(jurisdiction):
+            raise InvalidInput(
+                f"tenant {tenant} does not keep users in {jurisdiction} "
+                f"(it allows {', '.join(spec.jurisdictions or ())})"
+            )
+        key_id = hierarchy.new_key_id()
+        wrapped = self.custodian.wrap(
+            KeyScope(tenant, jurisdiction), key_id, hierarchy.new_key(), ctx.justification()
+        )
+        record = SubjectRecord(tenant, subject, jurisdiction, key_id, wrapped, self._clock())
+        self.directory.add(tenant, subject, jurisdiction)
+        try:
+            self.cells[jurisdiction].catalog.add_subject(record)
+        except BaseException:
+            self.directory.remove(tenant, subject)
+            raise
+        return record
+
+    def subject(self, tenant: str, subject: str) -> SubjectRecord:
+        self.config.tenant(tenant)
+        subject_id(subject)
+        home = self.directory.home(tenant, subject)
+        record = self.cells[home].catalog.get_subject(tenant, subject) if home else None
+        if record is None:
+            raise NotFound(
+                f"no subject {subject} in tenant {tenant}: register it with "
+                "'shardvault subject add'"
+            )
+        return record
+
+    def _live_subject(self, tenant: str, subject: str) -> SubjectRecord:
+        record = self.subject(tenant, subject)
+        if record.forgotten_at is not None or record.wrapped_key is None:
+            when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(record.forgotten_at or 0))
+            raise SubjectForgotten(
+                f"subject {subject} of tenant {tenant} was forgotten on {when}; "
+                "its data is unrecoverable"
+            )
+        return record
+
+    def _subject_key(self, record: SubjectRecord, ctx: RequestContext) -> bytes:
+        assert record.wrapped_key is not None
+        scope = KeyScope(record.tenant, record.jurisdiction)
+        return self.custodian.unwrap(scope, record.key_id, record.wrapped_key, ctx.justification())
+
+    # writes -------------------------------------------------------------------
+
+    def put(
+        self,
+        ref: ObjectRef,
+        data: bytes | BinaryIO,
+        *,
+        if_match: int | None = None,
+        ctx: RequestContext | None = None,
+        progress: Progress | None = None,
+    ) -> ObjectInfo:
+        """Store a new version of ref; returns it once durable and visible."""
+        ctx = ctx or local_context("write")
+        subject = self._live_subject(ref.tenant, ref.subject)
+        cell = self.cells[subject.jurisdiction]
+        seed = blake3(f"{ref.tenant}\x00{ref.subject}\x00{ref.key}".encode()).digest()
+        nodes = place_stripe(seed, cell.nodes, subject.jurisdiction, self.code.k, self.code.m)
+        subject_key = self._subject_key(subject, ctx)
+        object_id = os.urandom(16)
+        created = self._clock()
+        version = cell.catalog.reserve(ref, object_id, created)
+        self._on_step("reserved")
+        binding = SegmentBinding(ref, version, object_id)
+        data_key = hierarchy.new_key()
+        writer = ShardSetWriter(
+            stores=[cell.store(node.id) for node in nodes],
+            object_id=object_id,
+            version=version,
+            code=self.code,
+            cipher=SegmentCipher(data_key, binding),
+            segment_size=self.config.segment_size,
+            pool=self._pool,
+            on_step=self._on_step,
+        )
+        source = io.BytesIO(data) if isinstance(data, bytes | bytearray | memoryview) else data
+        try:
+            written = writer.write(source, progress)
+            manifest = Manifest(
+                ref=ref,
+                version=version,
+                object_id=object_id,
+                size=written.size,
+                segment_size=self.config.segment_size,
+                segments=written.segments,
+                k=self.code.k,
+                m=self.code.m,
+                backend=self.code.backend,
+                nodes=tuple(node.id for node in nodes),
+                block_size=written.block_size,
+                last_block_size=written.last_block_size,
+                block_hashes=written.block_hashes,
+                wrapped_data_key=hierarchy.wrap_data_key(subject_key, data_key, binding),
+                subject_key_id=subject.key_id,
+                created_at=created,
+            )
+            cell.catalog.commit(ref, version, manifest.to_bytes(), written.size, if_match)
+        except BaseException:
+            writer.discard()
+            cell.catalog.abandon(ref, version)
+            raise
+        self._on_step("committed")
+        return _info(manifest)
+
+    def delete(
+        self, ref: ObjectRef, version: int | None = None, ctx: RequestContext | None = None
+    ) -> int:
+        """Mark the object (or one version) deleted; gc removes the shards."""
+        subject = self.subject(ref.tenant, ref.subject)
+        marked = self.cells[subject.jurisdiction].catalog.mark_deleted(ref, version)
+        if not marked:
+            what = f"{ref} v{version}" if version else str(ref)
+            raise NotFound(f"no object {what}")
+        return marked
+
+    def forget(self, tenant: str, subject: str, ctx: RequestContext | None = None) -> ForgetResult:
+        """Destroy the subject's key at the custodian, then collect every shard of theirs."""
+        ctx = ctx or local_context("forget-subject")
+        record = self._live_subject(tenant, subject)
+        scope = KeyScope(tenant, record.jurisdiction)
+        self.custodian.destroy(scope, record.key_id, ctx.justification())
+        cell = self.cells[record.jurisdiction]
+        when = self._clock()
+        deleted = cell.catalog.forget_subject(tenant, subject, when)
+        removed = collect_versions(
+            cell,
+            [
+                r
+                for r in cell.catalog.collectable(0.0)
+                if r.ref.subject == subject and r.ref.tenant == tenant
+            ],
+            self.code.n,
+        )
+        return ForgetResult(
+            tenant, subject, record.jurisdiction, record.key_id, deleted, removed, when
+        )
+
+    # reads --------------------------------------------------------------------
+
+    def _record(self, ref: ObjectRef, version: int | None) -> tuple[Cell, VersionRecord]:
+        subject = self._live_subject(ref.tenant, ref.subject)
+        cell = self.cells[subject.jurisdiction]
+        record = cell.catalog.get_version(ref, version)
+        if record is None or record.manifest is None:
+            what = f"{ref} v{version}" if version else str(ref)
+            raise NotFound(f"no object {what}")
+        return cell, record
+
+    def stat(self, ref: ObjectRef, version: int | None = None) -> ObjectInfo:
+        _, record = self._record(ref, version)
+        assert record.manifest is not None
+        return _info(Manifest.from_bytes(record.manifest))
+
+    def open_read(
+        self, ref: ObjectRef, version: int | None = None, ctx: RequestContext | None = None
+    ) -> ObjectReader:
+        """A streaming reader; iterate it for plaintext, then check .damage."""
+        ctx = ctx or local_context("read")
+        cell, record = self._record(ref, version)
+        assert record.manifest is not None
+        manifest = Manifest.from_bytes(record.manifest)
+        subject = self._live_subject(ref.tenant, ref.subject)
+        subject_key = self._subject_key(subject, ctx)
+        binding = SegmentBinding(ref, manifest.version, manifest.object_id)
+        data_key = hierarchy.unwrap_data_key(subject_key, manifest.wrapped_data_key, binding)
+        code = (
+            self.code
+            if (manifest.k, manifest.m) == (self.code.k, self.code.m)
+            else (ErasureCode(manifest.k, manifest.m, manifest.backend))
+        )
+        return ObjectReader(
+            info=_info(manifest),
+            manifest=manifest,
+            cipher=SegmentCipher(data_key, binding),
+            stores=[cell.store(node_id) for node_id in manifest.nodes],
+            code=code,
+            pool=self._pool,
+        )
+
+    def get(
+        self, ref: ObjectRef, version: int | None = None, ctx: RequestContext | None = None
+    ) -> bytes:
+        with self.open_read(ref, version, ctx) as reader:
+            data = reader.read_all()
+        self.report_damage(reader.damage)
+        return data
+
+    def report_damage(self, damage: list[DamageRecord]) -> None:
+        """Queue damaged shards found by a read for repair."""
+        for item in damage:
+            home = self.directory.home(item.ref.tenant, item.ref.subject)
+            if home is not None:
+                self.cells[home].catalog.record_damage(item)
+
+    def list(
+        self,
+        tenant: str,
+        subject: str,
+        *,
+        prefix: str = "",
+        start_after: str = "",
+        limit: int = 1000,
+    ) -> ListPage:
+        if not 1 <= limit <= MAX_LIST_LIMIT:
+            raise InvalidInput(f"limit must be between 1 and {MAX_LIST_LIMIT}")
+        record = self._live_subject(tenant, subject)
+        rows = self.cells[record.jurisdiction].catalog.list_latest(
+            tenant, subject, prefix, start_after, limit + 1
+        )
+        items = [_info(Manifest.from_bytes(row.manifest)) for row in rows[:limit] if row.manifest]
+        return ListPage(items, items[-1].ref.key if len(rows) > limit else None)
+
+    def iter_objects(self, tenant: str, subject: str, prefix: str = "") -> Iterator[ObjectInfo]:
+        after = ""
+        while True:
+            page = self.list(tenant, subject, prefix=prefix, start_after=after)
+            yield from page.items
+            if page.next_after is None:
+                return
+            after = page.next_after
+
+    def versions(self, ref: ObjectRef) -> list[ObjectInfo]:
+        subject = self._live_subject(ref.tenant, ref.subject)
+        rows = self.cells[subject.jurisdiction].catalog.list_versions(ref)
+        if not rows:
+            raise NotFound(f"no object {ref}")
+        return [_info(Manifest.from_bytes(row.manifest)) for row in rows if row.manifest]
+
+    def where(self, ref: ObjectRef, version: int | None = None) -> list[ShardLocation]:
+        """Every shard of the version: segment, index, node, jurisdiction, facility."""
+        _, record = self._record(ref, version)
+        assert record.manifest is not None
+        manifest = Manifest.from_bytes(record.manifest)
+        specs = {node.id: node for node in self.config.nodes}
+        return [
+            ShardLocation(
+                segment, index, node_id, specs[node_id].jurisdiction, specs[node_id].facility
+            )
+            for segment in range(manifest.segments)
+            for index, node_id in enumerate(manifest.nodes)
+        ]
+
+    # operations ---------------------------------------------------------------
+
+    def gc(self, grace_seconds: float = 3600.0) -> GcReport:
+        """Collect deleted and abandoned versions, orphan shards and stale temporaries."""
+        cutoff = self._clock() - grace_seconds
+        report = GcReport()
+        for cell in self.cells.values():
+            report = report + collect_cell(cell, cutoff, self.code.n)
+        return report
+
+    def node_usage(self) -> list[NodeUsage]:
+        usage = []
+        for cell in self.cells.values():
+            for node in cell.nodes:
+                names = list(cell.store(node.id).names())
+                usage.append(NodeUsage(node, len(names), _bytes_used(node)))
+        return usage
+
+
+def _bytes_used(node: NodeSpec) -> int:
+    if node.backend != "local":
+        return 0
+    total = 0
+    for root, _dirs, files in os.walk(node.location):
+        for name in files:
+            try:
+                total += os.stat(os.path.join(root, name)).st_size
+            except FileNotFoundError:
+                continue
+    return total
+
+
+def _info(manifest: Manifest) -> ObjectInfo:
+    return ObjectInfo(
+        ref=manifest.ref,
+        version=manifest.version,
+        size=manifest.size,
+        created_at=manifest.created_at,
+        segments=manifest.segments,
+        k=manifest.k,
+        m=manifest.m,
+        nodes=manifest.nodes,
+        content_hash=blake3(manifest.block_hashes).hexdigest(),
+    )

@@ -1,0 +1,74 @@
+"""Garbage collection of one cell: what no committed version needs any more.
+
+Deleted versions and pending versions older than the grace period lose their
+shards, then their rows. Shards whose object id the catalog does not know at
+all (a put killed before its reservation became durable) are orphans and go
+too, as do temporary files older than the grace period.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from shardvault.catalog.port import VersionRecord
+from shardvault.manifest import Manifest
+from shardvault.nodes.port import object_id_of, shard_name
+from shardvault.vault.cells import Cell
+
+
+@dataclass(frozen=True, slots=True)
+class GcReport:
+    versions: int = 0
+    shards: int = 0
+    orphans: int = 0
+    temporaries: int = 0
+
+    def __add__(self, other: GcReport) -> GcReport:
+        return GcReport(
+            self.versions + other.versions,
+            self.shards + other.shards,
+            self.orphans + other.orphans,
+            self.temporaries + other.temporaries,
+        )
+
+
+def collect_versions(cell: Cell, records: list[VersionRecord], n: int) -> int:
+    """Delete the shards of these versions, then their rows.
+
+    A committed or deleted version's manifest names its nodes; a pending one
+    has none yet, so every node of the cell is tried. Anything missed is an
+    orphan once the row is gone, and the next sweep takes it.
+    """
+    removed = 0
+    for record in records:
+        if record.manifest is not None:
+            manifest = Manifest.from_bytes(record.manifest)
+            targets = [
+                (cell.stores[node], index)
+                for index, node in enumerate(manifest.nodes)
+                if node in cell.stores
+            ]
+        else:
+            targets = [(store, index) for store in cell.stores.values() for index in range(n)]
+        for store, index in targets:
+            if store.delete(shard_name(record.object_id, record.version, index)):
+                removed += 1
+        cell.catalog.purge(record.ref, record.version)
+    return removed
+
+
+def collect_cell(cell: Cell, cutoff: float, n: int) -> GcReport:
+    records = cell.catalog.collectable(cutoff)
+    shards = collect_versions(cell, records, n)
+    # List shards before reading the known ids: a shard on disk was reserved
+    # before it was written, so a put racing this sweep is never taken for an orphan.
+    listed = {node: list(store.names()) for node, store in cell.stores.items()}
+    known = {object_id.hex() for object_id in cell.catalog.known_object_ids()}
+    orphans = temporaries = 0
+    for node, names in listed.items():
+        store = cell.stores[node]
+        for name in names:
+            if object_id_of(name) not in known and store.delete(name):
+                orphans += 1
+        temporaries += store.collect_temporaries(cutoff)
+    return GcReport(len(records), shards, orphans, temporaries)

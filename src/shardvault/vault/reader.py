@@ -1,0 +1,196 @@
+"""The get pipeline: read any k verified blocks per segment, decode, decrypt, stream.
+
+Blocks are read and hashed in the I/O pool, the data blocks first (the code is
+systematic, so those decode by concatenation). A block that is missing,
+short, or whose hash differs from the manifest is an erasure: the reader takes
+another shard and records the damage for repair. With fewer than k good
+blocks it raises IntegrityError naming the object and segment; it never
+returns bytes that did not verify. The next segment is fetched while the
+current one is decoded and decrypted.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from concurrent.futures import Executor, Future
+from dataclasses import dataclass
+
+from shardvault.catalog.port import DamageRecord
+from shardvault.codec.erasure import ErasureCode
+from shardvault.codec.hashing import block_matches
+from shardvault.codec.segment import TAG_BYTES, SegmentCipher
+from shardvault.codec.shardfile import HEADER, ShardHeader, block_offset
+from shardvault.errors import IntegrityError, NotFound, ShardvaultError
+from shardvault.manifest import Manifest
+from shardvault.model import ObjectInfo
+from shardvault.nodes.port import ShardReader, ShardStore, shard_name
+
+
+@dataclass(frozen=True, slots=True)
+class _Fetched:
+    index: int
+    block: bytes | None
+    reason: str = ""
+
+
+class _ShardHandle:
+    """Opens a shard once, checks its header, then serves block reads."""
+
+    def __init__(self, store: ShardStore, name: str, manifest: Manifest, index: int) -> None:
+        self.reader: ShardReader | None = None
+        self.problem = ""
+        try:
+            reader = store.open_reader(name)
+        except NotFound:
+            self.problem = "missing"
+            return
+        except ShardvaultError as exc:
+            self.problem = f"unreadable: {exc}"
+            return
+        header = ShardHeader.parse(reader.read_at(0, HEADER.size))
+        expected = (manifest.object_id, manifest.version, index, manifest.block_size)
+        if (
+            header is None
+            or (header.object_id, header.version, header.index, header.block_size) != expected
+        ):
+            reader.close()
+            self.problem = "bad header"
+            return
+        self.reader = reader
+
+
+class ObjectReader:
+    """Iterates an object version's plaintext, segment by segment."""
+
+    def __init__(
+        self,
+        *,
+        info: ObjectInfo,
+        manifest: Manifest,
+        cipher: SegmentCipher,
+        stores: list[ShardStore],
+        code: ErasureCode,
+        pool: Executor,
+    ) -> None:
+        self.info = info
+        self.damage: list[DamageRecord] = []
+        self._manifest = manifest
+        self._cipher = cipher
+        self._stores = stores
+        self._code = code
+        self._pool = pool
+        self._handles: dict[int, Future[_ShardHandle]] = {}
+        self._bad: set[int] = set()
+        self._closed = False
+
+    def __enter__(self) -> ObjectReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _handle(self, index: int) -> Future[_ShardHandle]:
+        future = self._handles.get(index)
+        if future is None:
+            name = shard_name(self._manifest.object_id, self._manifest.version, index)
+            future = self._pool.submit(
+                _ShardHandle, self._stores[index], name, self._manifest, index
+            )
+            self._handles[index] = future
+        return future
+
+    def _fetch(self, segment: int, index: int) -> _Fetched:
+        handle = self._handle(index).result()
+        if handle.reader is None:
+            return _Fetched(index, None, handle.problem)
+        length = self._manifest.block_length(segment)
+        offset = block_offset(segment, self._manifest.block_size)
+        try:
+            block = handle.reader.read_at(offset, length)
+        except OSError as exc:
+            return _Fetched(index, None, f"read failed: {exc.strerror}")
+        if len(block) != length:
+            return _Fetched(index, None, "truncated")
+        if not block_matches(block, self._manifest.block_hash(segment, index)):
+            return _Fetched(index, None, "hash mismatch")
+        return _Fetched(index, block)
+
+    def _start(self, segment: int) -> list[Future[_Fetched]]:
+        wanted = [i for i in range(self._manifest.n) if i not in self._bad][: self._code.k]
+        return [self._pool.submit(self._fetch, segment, index) for index in wanted]
+
+    def _note_damage(self, segment: int, fetched: _Fetched) -> None:
+        if fetched.reason in ("missing", "bad header"):
+            self._bad.add(fetched.index)
+        self.damage.append(
+            DamageRecord(
+                ref=self.info.ref,
+                version=self.info.version,
+                segment=segment,
+                index=fetched.index,
+                node=self._manifest.nodes[fetched.index],
+                reason=fetched.reason,
+                seen_at=time.time(),
+            )
+        )
+
+    def _collect(self, segment: int, started: list[Future[_Fetched]]) -> list[bytes]:
+        good: dict[int, bytes] = {}
+        tried: set[int] = set()
+        pending = started
+        while True:
+            for future in pending:
+                fetched = future.result()
+                tried.add(fetched.index)
+                if fetched.block is None:
+                    self._note_damage(segment, fetched)
+                else:
+                    good[fetched.index] = fetched.block
+            missing = self._code.k - len(good)
+            if missing <= 0:
+                return [good[index] for index in sorted(good)][: self._code.k]
+            spare = [i for i in range(self._manifest.n) if i not in tried]
+            if not spare:
+                raise IntegrityError(
+                    f"{self.info.ref} v{self.info.version} segment {segment}: only {len(good)} "
+                    f"of the {self._code.k} shards needed are intact; the object cannot be read"
+                )
+            pending = [self._pool.submit(self._fetch, segment, i) for i in spare[:missing]]
+
+    def __iter__(self) -> Iterator[bytes]:
+        manifest = self._manifest
+        upcoming = self._start(0)
+        for segment in range(manifest.segments):
+            current = upcoming
+            blocks = self._collect(segment, current)
+            if segment + 1 < manifest.segments:
+                upcoming = self._start(segment + 1)
+            sealed = self._code.decode(blocks)
+            expected = manifest.segment_length(segment) + TAG_BYTES
+            if len(sealed) != expected:
+                raise IntegrityError(
+                    f"{self.info.ref} v{self.info.version} segment {segment}: decoded "
+                    f"{len(sealed)} bytes, expected {expected}"
+                )
+            try:
+                yield self._cipher.open(segment, sealed)
+            except IntegrityError:
+                raise IntegrityError(
+                    f"{self.info.ref} v{self.info.version} segment {segment}: failed authentication"
+                ) from None
+
+    def read_all(self) -> bytes:
+        return b"".join(self)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for future in self._handles.values():
+            try:
+                handle = future.result()
+            except Exception:
+                continue
+            if handle.reader is not None:
+                handle.reader.close()

@@ -1,0 +1,164 @@
+"""The put pipeline: segment → encrypt → erasure-code → hash → write, streaming.
+
+The calling thread reads, encrypts and encodes segment i while the I/O pool
+hashes and writes segment i-1 (AES-GCM, BLAKE3 and file writes release the
+GIL, so this uses the second core). At most two segments are in flight, so
+memory stays bounded whatever the object's size. Nothing becomes visible until
+every shard is committed; on any failure all shards written so far are removed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import Executor, Future
+from dataclasses import dataclass, replace
+from typing import BinaryIO
+
+from shardvault.codec.erasure import ErasureCode
+from shardvault.codec.hashing import block_hash
+from shardvault.codec.segment import TAG_BYTES, SegmentCipher
+from shardvault.codec.shardfile import ShardHeader
+from shardvault.nodes.port import ShardStore, ShardWriter, shard_name
+
+StepHook = Callable[[str], None]
+Progress = Callable[[int], None]
+
+
+@dataclass(frozen=True, slots=True)
+class WrittenShards:
+    size: int
+    segments: int
+    block_size: int
+    last_block_size: int
+    block_hashes: bytes
+
+
+def _hash_and_write(writer: ShardWriter, block: bytes) -> bytes:
+    digest = block_hash(block)
+    writer.write(block)
+    return digest
+
+
+def _read_full(source: BinaryIO, buffer: bytearray) -> int:
+    view = memoryview(buffer)
+    filled = 0
+    while filled < len(buffer):
+        got = source.readinto(view[filled:])  # type: ignore[attr-defined]
+        if not got:
+            break
+        filled += got
+    return filled
+
+
+def _wait_all(futures: list[Future[bytes]]) -> list[bytes]:
+    """Results in order; the first failure is raised after all have finished."""
+    results: list[bytes] = []
+    error: BaseException | None = None
+    for future in futures:
+        try:
+            results.append(future.result())
+        except BaseException as exc:
+            error = error or exc
+    if error is not None:
+        raise error
+    return results
+
+
+class ShardSetWriter:
+    """Writes one object version's n shards across n stores."""
+
+    def __init__(
+        self,
+        *,
+        stores: list[ShardStore],
+        object_id: bytes,
+        version: int,
+        code: ErasureCode,
+        cipher: SegmentCipher,
+        segment_size: int,
+        pool: Executor,
+        on_step: StepHook,
+    ) -> None:
+        self._stores = stores
+        self._names = [shard_name(object_id, version, index) for index in range(len(stores))]
+        self._code = code
+        self._cipher = cipher
+        self._segment_size = segment_size
+        self._pool = pool
+        self._on_step = on_step
+        self._header = ShardHeader(
+            index=0,
+            k=code.k,
+            m=code.m,
+            object_id=object_id,
+            version=version,
+            segment_size=segment_size,
+            block_size=code.block_size(segment_size + TAG_BYTES),
+        )
+        self._writers: list[ShardWriter] = []
+        self._committed: list[int] = []
+
+    def write(self, source: BinaryIO, progress: Progress | None = None) -> WrittenShards:
+        try:
+            return self._write(source, progress)
+        except BaseException:
+            self.discard()
+            raise
+
+    def _write(self, source: BinaryIO, progress: Progress | None) -> WrittenShards:
+        for index, store in enumerate(self._stores):
+            self._writers.append(store.open_writer(self._names[index]))
+        for index, writer in enumerate(self._writers):
+            writer.write(replace(self._header, index=index).to_bytes())
+        buffer = bytearray(self._segment_size)
+        hashes: list[bytes] = []
+        in_flight: list[Future[bytes]] = []
+        size = segments = last_block = 0
+        while True:
+            filled = _read_full(source, buffer)
+            if filled == 0 and segments > 0:
+                break
+            sealed = self._cipher.seal(segments, memoryview(buffer)[:filled])
+            blocks = self._code.encode(sealed)
+            hashes.extend(_wait_all(in_flight))
+            in_flight = [
+                self._pool.submit(_hash_and_write, writer, block)
+                for writer, block in zip(self._writers, blocks, strict=True)
+            ]
+            last_block = len(blocks[0])
+            size += filled
+            segments += 1
+            self._on_step("segment-written")
+            if progress is not None:
+                progress(filled)
+            if filled < self._segment_size:
+                break
+        hashes.extend(_wait_all(in_flight))
+        self._on_step("shards-written")
+        self._commit_all()
+        self._on_step("shards-committed")
+        return WrittenShards(
+            size=size,
+            segments=segments,
+            block_size=self._header.block_size,
+            last_block_size=last_block,
+            block_hashes=b"".join(hashes),
+        )
+
+    def _commit_all(self) -> None:
+        def commit(index: int) -> bytes:
+            self._writers[index].commit()
+            self._committed.append(index)
+            return b""
+
+        _wait_all([self._pool.submit(commit, index) for index in range(len(self._writers))])
+
+    def discard(self) -> None:
+        """Remove every shard of this version, committed or not (best effort)."""
+        for index, writer in enumerate(self._writers):
+            try:
+                writer.abort()
+                if index in self._committed:
+                    self._stores[index].delete(self._names[index])
+            except Exception:
+                continue

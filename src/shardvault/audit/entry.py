@@ -1,0 +1,261 @@
+"""Audit entries: one access decision as versioned, canonical JSON.
+
+The bytes of an entry are what the Merkle tree commits to, so they must be
+reproducible by anyone: RFC 8785-style canonical JSON (sorted keys, no
+whitespace, UTF-8, integers only). A reader refuses a version it does not know,
+unknown fields, duplicate keys and any non-canonical encoding, because two
+encodings of one entry would let an operator change the bytes without changing
+the meaning, or the other way round.
+
+Subject ids and object keys are personal data; an audit log is kept for years
+and shown to outsiders. They are carried as keyed HMAC-SHA256 pseudonyms under a
+per-cell audit key (`AuditHasher`): an auditor holding the key can check that a
+given user's accesses are in the log, nobody else can read them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from shardvault.errors import IntegrityError, InvalidInput
+
+ENTRY_VERSION = 1
+DECISIONS = frozenset({"allow", "deny", "approval-required"})
+PSEUDONYM_PREFIX = "hmac-sha256:"
+MAX_ENTRY_BYTES = 64 * 1024
+_SAFE_INT = 2**53 - 1
+
+_FIELDS = (
+    "time",
+    "request_id",
+    "principal",
+    "tenant",
+    "action",
+    "resource",
+    "purpose",
+    "decision",
+    "rule",
+    "result",
+)
+_TIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z")
+_DETAIL_KEY = re.compile(r"[a-z][a-z0-9_]{0,63}")
+
+DetailValue = str | int | bool | None
+
+
+def format_time(at: datetime) -> str:
+    """RFC 3339 in UTC with microseconds: one spelling per instant, so entries are canonical."""
+    if at.tzinfo is None or at.utcoffset() is None:
+        raise InvalidInput("audit time must be timezone-aware (pass a UTC datetime)")
+    return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _check_time(value: str) -> None:
+    if not _TIME.fullmatch(value):
+        raise InvalidInput(
+            f"audit time {value!r} is not RFC 3339 UTC (YYYY-MM-DDTHH:MM:SS.ffffffZ)"
+        )
+    try:
+        datetime.strptime(value, "%Y-%m-%dT%H:%M:%S.%fZ")
+    except ValueError:
+        raise InvalidInput(f"audit time {value!r} is not a real date and time") from None
+
+
+def _check_text(name: str, value: object) -> None:
+    if not isinstance(value, str) or not value:
+        raise InvalidInput(f"audit field {name!r} must be a non-empty string")
+    if any(ord(c) < 0x20 or 0xD800 <= ord(c) <= 0xDFFF for c in value):
+        raise InvalidInput(f"audit field {name!r} contains a control character or a lone surrogate")
+
+
+def _check_details(details: Mapping[str, DetailValue]) -> None:
+    for key, value in details.items():
+        if not isinstance(key, str) or not _DETAIL_KEY.fullmatch(key):
+            raise InvalidInput(f"audit detail name {key!r}: use lower-case letters, digits, '_'")
+        if isinstance(value, bool) or value is None:
+            continue
+        if isinstance(value, int):
+            if abs(value) > _SAFE_INT:
+                raise InvalidInput(f"audit detail {key!r}: integer out of the JSON-safe range")
+        elif isinstance(value, str):
+            if any(ord(c) < 0x20 or 0xD800 <= ord(c) <= 0xDFFF for c in value):
+                raise InvalidInput(f"audit detail {key!r} contains a control character")
+        else:
+            raise InvalidInput(
+                f"audit detail {key!r}: only strings, integers, booleans and null are allowed"
+            )
+
+
+def canonical_json(value: Mapping[str, Any]) -> bytes:
+    """RFC 8785-style bytes for the restricted JSON subset entries use (no floats)."""
+    return json.dumps(
+        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    ).encode("utf-8")
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """One access decision. Every field is already safe to show an outsider."""
+
+    time: str
+    request_id: str
+    principal: str
+    tenant: str
+    action: str
+    resource: str
+    purpose: str
+    decision: str
+    rule: str
+    result: str
+    details: Mapping[str, DetailValue] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _check_time(self.time)
+        for name in _FIELDS[1:]:
+            _check_text(name, getattr(self, name))
+        if self.decision not in DECISIONS:
+            raise InvalidInput(f"audit decision {self.decision!r}: use one of {sorted(DECISIONS)}")
+        _check_details(self.details)
+        object.__setattr__(self, "details", dict(self.details))
+
+    def as_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"v": ENTRY_VERSION}
+        for name in _FIELDS:
+            data[name] = getattr(self, name)
+        if self.details:
+            data["details"] = dict(self.details)
+        return data
+
+    def to_bytes(self) -> bytes:
+        """The canonical bytes that are hashed into the tree."""
+        data = canonical_json(self.as_dict())
+        if len(data) > MAX_ENTRY_BYTES:
+            raise InvalidInput(f"audit entry is {len(data)} bytes, the limit is {MAX_ENTRY_BYTES}")
+        return data
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> AuditEntry:
+        """Parse and check an entry; anything but a canonical v1 entry is `IntegrityError`."""
+        if len(data) > MAX_ENTRY_BYTES:
+            raise IntegrityError(f"audit entry is over the {MAX_ENTRY_BYTES}-byte limit")
+        try:
+            raw = json.loads(data.decode("utf-8"), object_pairs_hook=_no_duplicates)
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise IntegrityError(f"audit entry is not valid JSON: {exc}") from None
+        if not isinstance(raw, dict):
+            raise IntegrityError("audit entry is not a JSON object")
+        version = raw.get("v")
+        if version != ENTRY_VERSION or isinstance(version, bool):
+            raise IntegrityError(
+                f"audit entry version {version!r} is not known to this reader "
+                f"(it reads version {ENTRY_VERSION})"
+            )
+        unknown = set(raw) - {"v", "details", *_FIELDS}
+        missing = set(_FIELDS) - set(raw)
+        if unknown or missing:
+            raise IntegrityError(
+                f"audit entry fields: unknown {sorted(unknown)}, missing {sorted(missing)}"
+            )
+        details = raw.get("details", {})
+        if not isinstance(details, dict) or ("details" in raw and not details):
+            raise IntegrityError("audit entry 'details' must be a non-empty object when present")
+        try:
+            entry = cls(**{name: raw[name] for name in _FIELDS}, details=details)
+        except InvalidInput as exc:
+            raise IntegrityError(f"audit entry is invalid: {exc}") from None
+        if canonical_json(raw) != data:
+            raise IntegrityError("audit entry is not in canonical JSON form")
+        return entry
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise ValueError(f"duplicate key {key!r}")
+        result[key] = value
+    return result
+
+
+class AuditHasher:
+    """Keyed pseudonyms for personal data in audit entries (HMAC-SHA256, per-cell key).
+
+    A label separates kinds of values, so a subject id and an object key that
+    happen to be equal strings do not get the same pseudonym.
+    """
+
+    __slots__ = ("_key",)
+
+    def __init__(self, key: bytes) -> None:
+        if not isinstance(key, bytes) or len(key) < 32:
+            raise InvalidInput("the audit HMAC key must be at least 32 random bytes")
+        self._key = key
+
+    def __repr__(self) -> str:
+        return "AuditHasher(<key hidden>)"
+
+    def pseudonym(self, label: str, value: str) -> str:
+        """``hmac-sha256:<hex>`` of ``label || 0x00 || value``."""
+        message = label.encode("utf-8") + b"\x00" + value.encode("utf-8")
+        return PSEUDONYM_PREFIX + hmac.new(self._key, message, hashlib.sha256).hexdigest()
+
+    def resource(self, tenant: str, subject: str | None = None, key: str | None = None) -> str:
+        """``tenant[/subject-pseudonym[/key-pseudonym]]``: names an object without revealing it."""
+        parts = [tenant]
+        if subject is not None:
+            parts.append(self.pseudonym("subject", subject))
+            if key is not None:
+                parts.append(self.pseudonym("key", key))
+        elif key is not None:
+            raise InvalidInput("an audit resource with an object key needs its subject")
+        return "/".join(parts)
+
+
+def new_entry(
+    *,
+    at: datetime,
+    hasher: AuditHasher,
+    request_id: str,
+    principal: str,
+    tenant: str,
+    action: str,
+    purpose: str,
+    decision: str,
+    rule: str,
+    result: str,
+    subject: str | None = None,
+    key: str | None = None,
+    details: Mapping[str, DetailValue] | None = None,
+) -> AuditEntry:
+    """Build an entry from plaintext request values; subject and key are pseudonymised here."""
+    return AuditEntry(
+        time=format_time(at),
+        request_id=request_id,
+        principal=principal,
+        tenant=tenant,
+        action=str(action),
+        resource=hasher.resource(tenant, subject, key),
+        purpose=purpose,
+        decision=str(decision),
+        rule=rule,
+        result=result,
+        details=details or {},
+    )
+
+
+__all__ = [
+    "DECISIONS",
+    "ENTRY_VERSION",
+    "AuditEntry",
+    "AuditHasher",
+    "canonical_json",
+    "format_time",
+    "new_entry",
+]

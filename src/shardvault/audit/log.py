@@ -1,0 +1,388 @@
+"""The append-only, file-backed audit log of one cell, with group commit.
+
+Layout of a log directory (all integers big-endian)::
+
+    entries.log   b"SVAUDE" u16 version=1, then records: u32 length, u32 CRC-32, entry bytes
+    index.log     b"SVAUDI" u16 version=1, then per entry: u64 end offset in entries.log, leaf hash
+    heads/        <tree size, 20 digits>.note: signed (and cosigned) checkpoints
+    LOCK          held with flock while open: one writer process per log
+
+Why this shape: the index holds every leaf hash, so heads and proofs never
+rehash entries, and the in-memory `Frontier` makes each append O(log n).
+`append` returns only once its entry is on disk (fsync of both files); appends
+from many threads that arrive while a write is in flight share the next fsync.
+
+Fail closed: if a batch cannot be made durable, the files are truncated back to
+their previous length and every caller in the batch gets `AuditUnavailable`, so
+the access it was about to allow is refused. After a failed fsync the page cache
+cannot be trusted, so the log refuses further appends until it is reopened.
+Opening recovers from a crash: an index tail that does not match its entry, and
+entry records that were never indexed (so never acknowledged), are cut off.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import struct
+import threading
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+from shardvault.audit import merkle
+from shardvault.audit.checkpoint import Checkpoint
+from shardvault.audit.entry import MAX_ENTRY_BYTES, AuditEntry
+from shardvault.audit.note import SignedNote
+from shardvault.errors import AuditUnavailable, IntegrityError, InvalidInput
+
+LOG_VERSION = 1
+_ENTRIES_MAGIC = b"SVAUDE"
+_INDEX_MAGIC = b"SVAUDI"
+_HEADER = 8
+_REC = struct.Struct(">II")
+_IDX = struct.Struct(">Q32s")
+
+
+def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view, offset = view[written:], offset + written
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _open_file(path: Path, magic: bytes) -> int:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    header = os.pread(fd, _HEADER, 0)
+    if len(header) < _HEADER and not os.pread(fd, 1, len(header)):
+        if any(header):
+            raise IntegrityError(f"{path} has a truncated header")
+        os.ftruncate(fd, 0)
+        _pwrite_all(fd, magic + struct.pack(">H", LOG_VERSION), 0)
+        os.fsync(fd)
+        _fsync_dir(path.parent)
+        return fd
+    if header[:6] != magic:
+        os.close(fd)
+        raise IntegrityError(f"{path} is not a shardvault audit log file")
+    version = struct.unpack(">H", header[6:])[0]
+    if version != LOG_VERSION:
+        os.close(fd)
+        raise IntegrityError(
+            f"{path} is audit log format version {version}; this reader knows {LOG_VERSION}"
+        )
+    return fd
+
+
+class _Batch:
+    __slots__ = ("error", "first", "leaves", "payloads")
+
+    def __init__(self, payloads: list[bytes]) -> None:
+        self.payloads = payloads
+        self.leaves = [merkle.leaf_hash(p) for p in payloads]
+        self.first = -1
+        self.error: BaseException | None = None
+
+
+class AuditLog:
+    """One cell's audit log. Thread-safe; one process at a time (flock)."""
+
+    def __init__(self, directory: Path, efd: int, ifd: int, lock_fd: int) -> None:
+        self.directory = directory
+        self._efd, self._ifd, self._lock_fd = efd, ifd, lock_fd
+        self._cond = threading.Condition(threading.Lock())
+        self._queue: list[_Batch] = []
+        self._writing = False
+        self._broken: BaseException | None = None
+        self._closed = False
+        self._frontier = merkle.Frontier()
+        self._entries_end = _HEADER
+        self._recover()
+
+    @classmethod
+    def open(cls, directory: str | os.PathLike[str]) -> AuditLog:
+        """Open (creating if needed) the log in ``directory``; recovers from a crash.
+
+        Raises `AuditUnavailable` if the files cannot be opened or written,
+        `IntegrityError` if they are damaged or of an unknown version.
+        """
+        path = Path(directory)
+        fds: list[int] = []
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            (path / "heads").mkdir(exist_ok=True)
+            lock_fd = os.open(path / "LOCK", os.O_RDWR | os.O_CREAT, 0o600)
+            fds.append(lock_fd)
+            try:
+                fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise AuditUnavailable(f"audit log {path} is open in another process") from None
+            fds.append(_open_file(path / "entries.log", _ENTRIES_MAGIC))
+            fds.append(_open_file(path / "index.log", _INDEX_MAGIC))
+            return cls(path, fds[1], fds[2], lock_fd)
+        except OSError as exc:
+            for fd in fds:
+                os.close(fd)
+            raise AuditUnavailable(f"audit log {path} cannot be opened: {exc}") from exc
+        except BaseException:
+            for fd in fds:
+                os.close(fd)
+            raise
+
+    # -- recovery -------------------------------------------------------------
+
+    def _index_record(self, i: int) -> tuple[int, bytes]:
+        end, leaf = _IDX.unpack(os.pread(self._ifd, _IDX.size, _HEADER + i * _IDX.size))
+        return end, leaf
+
+    def _read_record(self, start: int, limit: int) -> bytes | None:
+        """The entry record at ``start`` if it is whole and its CRC matches, else None."""
+        if limit - start < _REC.size:
+            return None
+        length, crc = _REC.unpack(os.pread(self._efd, _REC.size, start))
+        if not 0 < length <= MAX_ENTRY_BYTES or start + _REC.size + length > limit:
+            return None
+        payload = os.pread(self._efd, length, start + _REC.size)
+        return payload if zlib.crc32(payload) == crc else None
+
+    def _recover(self) -> None:
+        entries_size = os.fstat(self._efd).st_size
+        count = (os.fstat(self._ifd).st_size - _HEADER) // _IDX.size
+        while count:  # cut index records whose entry is not exactly there
+            end, leaf = self._index_record(count - 1)
+            start = self._index_record(count - 2)[0] if count > 1 else _HEADER
+            payload = self._read_record(start, entries_size) if end <= entries_size else None
+            if (
+                payload is not None
+                and start + _REC.size + len(payload) == end
+                and merkle.leaf_hash(payload) == leaf
+            ):
+                break
+            count -= 1
+        pos = self._index_record(count - 1)[0] if count else _HEADER
+        salvaged = []
+        while (payload := self._read_record(pos, entries_size)) is not None:
+            try:
+                AuditEntry.from_bytes(payload)
+            except IntegrityError:
+                break
+            pos += _REC.size + len(payload)
+            salvaged.append(_IDX.pack(pos, merkle.leaf_hash(payload)))
+        index_end = _HEADER + count * _IDX.size
+        os.ftruncate(self._efd, pos)
+        _pwrite_all(self._ifd, b"".join(salvaged), index_end)
+        os.ftruncate(self._ifd, index_end + len(salvaged) * _IDX.size)
+        os.fsync(self._efd)
+        os.fsync(self._ifd)
+        self._entries_end = pos
+        self._load_frontier(count + len(salvaged))
+
+    def _load_frontier(self, count: int) -> None:
+        heads = {}
+        for head in self.heads():
+            checkpoint = Checkpoint.parse(head.text)
+            heads[checkpoint.size] = checkpoint.root_hash
+        if heads and max(heads) > count:
+            raise IntegrityError(
+                f"audit log {self.directory} has {count} entries but a signed head for "
+                f"{max(heads)}: acknowledged entries are missing"
+            )
+        frontier = self._frontier
+        if 0 in heads and heads[0] != merkle.EMPTY_ROOT:
+            raise IntegrityError("stored head for size 0 has the wrong root")
+        for leaf in self.leaf_hashes(0, count):
+            frontier.append(leaf)
+            if frontier.size in heads and frontier.root() != heads[frontier.size]:
+                raise IntegrityError(
+                    f"audit log {self.directory} does not match its signed head "
+                    f"for size {frontier.size}"
+                )
+
+    # -- appending --------------------------------------------------------------
+
+    def append(self, entry: AuditEntry) -> int:
+        """Write ``entry`` durably; return its index. Raises `AuditUnavailable` on failure."""
+        return self.append_many([entry])[0]
+
+    def append_many(self, entries: list[AuditEntry]) -> list[int]:
+        """Write several entries in one batch (all or none); return their indexes."""
+        if not entries:
+            return []
+        batch = _Batch([e.to_bytes() for e in entries])
+        with self._cond:
+            self._queue.append(batch)
+            while batch.first < 0 and batch.error is None:
+                if self._writing:
+                    self._cond.wait()
+                    continue
+                self._lead()
+        if batch.error is not None:
+            raise AuditUnavailable(f"audit entry not written: {batch.error}") from batch.error
+        return list(range(batch.first, batch.first + len(batch.payloads)))
+
+    def _lead(self) -> None:
+        """Write every queued batch with one fsync per file. Called with the lock held."""
+        batches, self._queue = self._queue, []
+        if self._closed or self._broken is not None:
+            reason = "closed" if self._closed else f"broken ({self._broken}); reopen it"
+            for b in batches:
+                b.error = AuditUnavailable(f"audit log {self.directory} is {reason}")
+            return
+        self._writing = True
+        first, entries_end = self._frontier.size, self._entries_end
+        self._cond.release()
+        try:
+            error = self._write(batches, first, entries_end)
+        finally:
+            self._cond.acquire()
+            self._writing = False
+        if error is None:
+            for b in batches:
+                b.first = self._frontier.size
+                for leaf in b.leaves:
+                    self._frontier.append(leaf)
+                self._entries_end += sum(_REC.size + len(p) for p in b.payloads)
+        else:
+            for b in batches:
+                b.error = error
+        self._cond.notify_all()
+
+    def _write(self, batches: list[_Batch], first: int, entries_end: int) -> OSError | None:
+        records, index, pos = [], [], entries_end
+        for b in batches:
+            for payload, leaf in zip(b.payloads, b.leaves, strict=True):
+                records.append(_REC.pack(len(payload), zlib.crc32(payload)) + payload)
+                pos += _REC.size + len(payload)
+                index.append(_IDX.pack(pos, leaf))
+        index_end = _HEADER + first * _IDX.size
+        stage = "write"
+        try:
+            _pwrite_all(self._efd, b"".join(records), entries_end)
+            stage = "fsync"
+            os.fsync(self._efd)
+            stage = "write"
+            _pwrite_all(self._ifd, b"".join(index), index_end)
+            stage = "fsync"
+            os.fsync(self._ifd)
+            return None
+        except OSError as exc:
+            try:
+                os.ftruncate(self._efd, entries_end)
+                os.ftruncate(self._ifd, index_end)
+                os.fsync(self._efd)
+                os.fsync(self._ifd)
+            except OSError as undo:
+                self._broken = undo
+            if stage == "fsync":
+                self._broken = exc
+            return exc
+
+    # -- reading ----------------------------------------------------------------
+
+    @property
+    def size(self) -> int:
+        with self._cond:
+            return self._frontier.size
+
+    def root(self) -> bytes:
+        with self._cond:
+            return self._frontier.root()
+
+    def checkpoint(self, origin: str) -> Checkpoint:
+        """The current head, unsigned: sign it with `sign_checkpoint` and `store_head` it."""
+        with self._cond:
+            return Checkpoint(origin, self._frontier.size, self._frontier.root())
+
+    def leaf_hashes(self, start: int, end: int) -> list[bytes]:
+        if not 0 <= start <= end:
+            raise InvalidInput(f"bad leaf range {start}..{end}")
+        data = os.pread(self._ifd, (end - start) * _IDX.size, _HEADER + start * _IDX.size)
+        if len(data) != (end - start) * _IDX.size:
+            raise InvalidInput(f"leaf range {start}..{end} is beyond the end of the log")
+        return [leaf for _, leaf in _IDX.iter_unpack(data)]
+
+    def iter_entry_bytes(self, start: int = 0, end: int | None = None) -> Iterator[bytes]:
+        """The canonical bytes of entries ``start..end`` (default: all committed)."""
+        end = self.size if end is None else end
+        if not 0 <= start <= end <= self.size:
+            raise InvalidInput(f"entry range {start}..{end} is outside 0..{self.size}")
+        pos = self._index_record(start - 1)[0] if start else _HEADER
+        for _ in range(start, end):
+            length, crc = _REC.unpack(os.pread(self._efd, _REC.size, pos))
+            payload = os.pread(self._efd, length, pos + _REC.size)
+            if zlib.crc32(payload) != crc:
+                raise IntegrityError(f"audit log {self.directory}: entry at byte {pos} is damaged")
+            yield payload
+            pos += _REC.size + length
+
+    def entry(self, index: int) -> AuditEntry:
+        return AuditEntry.from_bytes(next(self.iter_entry_bytes(index, index + 1)))
+
+    def root_at(self, size: int) -> bytes:
+        return merkle.root_of(self.leaf_hashes(0, size))
+
+    def inclusion_proof(self, index: int, size: int | None = None) -> list[bytes]:
+        size = self.size if size is None else size
+        return merkle.inclusion_proof(self.leaf_hashes(0, size), index)
+
+    def consistency_proof(self, old_size: int, new_size: int | None = None) -> list[bytes]:
+        new_size = self.size if new_size is None else new_size
+        return merkle.consistency_proof(self.leaf_hashes(0, new_size), old_size)
+
+    # -- heads ------------------------------------------------------------------
+
+    def store_head(self, note: SignedNote) -> None:
+        """Keep a signed head with the log (replacing one of the same size, e.g. once cosigned).
+
+        Refuses (`IntegrityError`) a head whose root is not this log's root at its size.
+        """
+        checkpoint = Checkpoint.parse(note.text)
+        if checkpoint.size > self.size or self.root_at(checkpoint.size) != checkpoint.root_hash:
+            raise IntegrityError("refusing to store a head that does not match this log")
+        heads = self.directory / "heads"
+        final = heads / f"{checkpoint.size:020d}.note"
+        temp = heads / f".{checkpoint.size:020d}.note.tmp"
+        try:
+            with open(temp, "wb") as f:
+                f.write(note.to_bytes())
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(temp, final)
+            _fsync_dir(heads)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                temp.unlink()
+            raise AuditUnavailable(f"signed head not stored: {exc}") from exc
+
+    def heads(self) -> list[SignedNote]:
+        """Stored signed heads, smallest tree first."""
+        paths = sorted((self.directory / "heads").glob("[0-9]*.note"))
+        return [SignedNote.parse(p.read_bytes()) for p in paths]
+
+    def close(self) -> None:
+        with self._cond:
+            while self._writing:
+                self._cond.wait()
+            if self._closed:
+                return
+            self._closed = True
+        for fd in (self._efd, self._ifd, self._lock_fd):
+            os.close(fd)
+
+    def __enter__(self) -> AuditLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+__all__ = ["LOG_VERSION", "AuditLog"]

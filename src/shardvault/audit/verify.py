@@ -1,0 +1,192 @@
+"""Verify an audit export with nothing but the export, a signed head and public keys.
+
+What is checked, and why it catches every change:
+
+1. every head in the export carries a valid signature by the cell's key (and
+   the partner's cosignature when its key is given), all for one origin;
+2. every entry is a canonical v1 entry (so no byte can change unnoticed);
+3. the Merkle root over the first ``size`` entries equals the root of every
+   head of that size. An edited, deleted, inserted or reordered entry changes
+   the root of every head at or after it;
+4. the export ends exactly at its newest head, and the trusted head (from the
+   partner) is covered by the export and matches it: cutting entries off the
+   end is caught;
+5. no two heads have the same size and different roots (a fork). Successive
+   heads are consistent because each root is recomputed from a prefix of the
+   same entry sequence, which is what a consistency proof establishes.
+
+Any failure raises `IntegrityError` naming the first problem found.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tarfile
+from collections.abc import Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from shardvault.audit import merkle
+from shardvault.audit.checkpoint import VerifiedHead, open_checkpoint
+from shardvault.audit.entry import AuditEntry
+from shardvault.audit.export import ENTRIES_NAME, FORMAT_TEXT, HEADS_DIR
+from shardvault.audit.note import NoteVerifier
+from shardvault.errors import IntegrityError, InvalidInput
+
+_HEAD_NAME = re.compile(rf"{HEADS_DIR}/(\d{{20}})\.note")
+_KNOWN = {"FORMAT", ENTRIES_NAME}
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyReport:
+    """What was proven: this many entries match these heads of this log."""
+
+    origin: str
+    entries: int
+    root_hash: bytes
+    heads: tuple[VerifiedHead, ...]
+
+
+def _key(value: str | NoteVerifier) -> NoteVerifier:
+    return value if isinstance(value, NoteVerifier) else NoteVerifier.from_vkey(value)
+
+
+class _Source:
+    """Reads the named members of an export directory or tar file, nothing else."""
+
+    def __init__(self, path: Path, stack: ExitStack) -> None:
+        self._dir: Path | None = None
+        self._tar: tarfile.TarFile | None = None
+        if path.is_dir():
+            self._dir = path
+            names = {p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file()}
+        else:
+            try:
+                self._tar = stack.enter_context(tarfile.open(path, "r:"))  # noqa: SIM115
+            except (OSError, tarfile.TarError) as exc:
+                raise IntegrityError(f"{path} is not an audit export: {exc}") from None
+            members = [m for m in self._tar.getmembers() if m.isfile()]
+            names = {m.name for m in members}
+            if len(names) != len(members):
+                raise IntegrityError("export contains the same file twice")
+        unknown = {n for n in names - _KNOWN if not _HEAD_NAME.fullmatch(n)}
+        if unknown:
+            raise IntegrityError(f"export contains unexpected files: {sorted(unknown)[:5]}")
+        self.names = names
+        self._stack = stack
+
+    def open(self, name: str) -> IO[bytes]:
+        if name not in self.names:
+            raise IntegrityError(f"export has no {name}")
+        if self._dir is not None:
+            return self._stack.enter_context(open(self._dir / name, "rb"))
+        assert self._tar is not None
+        member = self._tar.extractfile(name)
+        if member is None:
+            raise IntegrityError(f"export member {name} is not a file")
+        return member
+
+
+def _lines(stream: IO[bytes]) -> Iterator[bytes]:
+    for line in stream:
+        if not line.endswith(b"\n"):
+            raise IntegrityError(f"{ENTRIES_NAME} does not end with a newline")
+        yield line[:-1]
+
+
+def verify_export(
+    path: str | os.PathLike[str],
+    log_key: str | NoteVerifier,
+    *,
+    trusted_head: bytes | None = None,
+    cosigner_key: str | NoteVerifier | None = None,
+    origin: str | None = None,
+) -> VerifyReport:
+    """Check an export (directory or tar file) end to end; see the module docstring.
+
+    ``log_key`` and ``cosigner_key`` are vkey strings (``name+keyid+base64``).
+    ``trusted_head`` is a signed head obtained independently (from the partner).
+    Raises `IntegrityError` if anything does not verify, `InvalidInput` for a
+    malformed key argument.
+    """
+    log_verifier = _key(log_key)
+    cosigner = _key(cosigner_key) if cosigner_key is not None else None
+    with ExitStack() as stack:
+        source = _Source(Path(path), stack)
+        if source.open("FORMAT").read() != FORMAT_TEXT.encode("utf-8"):
+            raise IntegrityError(
+                "export FORMAT is missing or of a version this reader does not know"
+            )
+        heads = _open_heads(source, log_verifier, cosigner, origin)
+        trusted = None
+        if trusted_head is not None:
+            trusted = _open(trusted_head, "trusted head", log_verifier, cosigner, origin)
+            if heads and trusted.checkpoint.origin != heads[0].checkpoint.origin:
+                raise IntegrityError("trusted head is for another log than the export")
+        by_size: dict[int, bytes] = {}
+        for head in [*heads, *([trusted] if trusted else [])]:
+            cp = head.checkpoint
+            if by_size.setdefault(cp.size, cp.root_hash) != cp.root_hash:
+                raise IntegrityError(f"forked log: two different roots for size {cp.size}")
+        if not heads:
+            raise IntegrityError("export has no signed head")
+        last = heads[-1].checkpoint.size
+        frontier = merkle.Frontier()
+        _check_root(frontier, by_size)
+        for line in _lines(source.open(ENTRIES_NAME)):
+            if frontier.size == last:
+                raise IntegrityError(f"export has entries after its newest head (size {last})")
+            AuditEntry.from_bytes(line)
+            frontier.append(merkle.leaf_hash(line))
+            _check_root(frontier, by_size)
+        if frontier.size != last:
+            raise IntegrityError(
+                f"export has {frontier.size} entries but its newest head covers {last}"
+            )
+        if trusted is not None and trusted.checkpoint.size > last:
+            raise IntegrityError(
+                f"export stops at {last} entries; the trusted head covers "
+                f"{trusted.checkpoint.size}: entries are missing"
+            )
+        return VerifyReport(heads[0].checkpoint.origin, last, frontier.root(), tuple(heads))
+
+
+def _check_root(frontier: merkle.Frontier, by_size: dict[int, bytes]) -> None:
+    expected = by_size.get(frontier.size)
+    if expected is not None and frontier.root() != expected:
+        raise IntegrityError(f"entries do not match the signed head for size {frontier.size}")
+
+
+def _open(
+    data: bytes, what: str, key: NoteVerifier, cosigner: NoteVerifier | None, origin: str | None
+) -> VerifiedHead:
+    try:
+        return open_checkpoint(data, key, cosigner_key=cosigner, origin=origin)
+    except InvalidInput as exc:
+        raise IntegrityError(f"{what} is malformed: {exc}") from None
+    except IntegrityError as exc:
+        raise IntegrityError(f"{what}: {exc}") from None
+
+
+def _open_heads(
+    source: _Source, key: NoteVerifier, cosigner: NoteVerifier | None, origin: str | None
+) -> list[VerifiedHead]:
+    heads = []
+    for name in sorted(n for n in source.names if _HEAD_NAME.fullmatch(n)):
+        head = _open(source.open(name).read(), name, key, cosigner, origin)
+        match = _HEAD_NAME.fullmatch(name)
+        assert match is not None
+        if int(match.group(1)) != head.checkpoint.size:
+            raise IntegrityError(f"{name} holds a head of size {head.checkpoint.size}")
+        if origin is None:
+            origin = head.checkpoint.origin
+        elif head.checkpoint.origin != origin:
+            raise IntegrityError(f"{name} is for log {head.checkpoint.origin!r}, not {origin!r}")
+        heads.append(head)
+    return heads
+
+
+__all__ = ["VerifyReport", "verify_export"]

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
+from typing import Annotated
 
 import click
 import typer
 
+from shardvault.cli.state import CliState
 from shardvault.errors import ShardvaultError
 
 app = typer.Typer(
@@ -18,9 +21,26 @@ app = typer.Typer(
 )
 
 
-def _register_commands() -> None:
-    from shardvault.cli import scan_cmd
+@app.callback()
+def _global_options(
+    ctx: typer.Context,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            help="Deployment file (default: $SHARDVAULT_CONFIG, else ./shardvault.toml).",
+        ),
+    ] = None,
+) -> None:
+    ctx.obj = CliState(config_path=config)
+    ctx.call_on_close(ctx.obj.close)
 
+
+def _register_commands() -> None:
+    from shardvault.cli import admin, objects, scan_cmd
+
+    admin.register(app)
+    objects.register(app)
     scan_cmd.register(app)
 
 

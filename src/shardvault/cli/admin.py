@@ -1,0 +1,131 @@
+"""Deployment commands: init, subject add, forget, nodes, gc."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from shardvault.cli.output import human_size, print_json, print_table, say
+from shardvault.cli.state import state
+from shardvault.demo import write_demo
+from shardvault.errors import InvalidInput
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+
+subject_app = typer.Typer(
+    help="Register subjects (users) with their home jurisdiction.", no_args_is_help=True
+)
+
+
+def init(
+    demo: Annotated[
+        Path | None, typer.Option("--demo", help="Write a three-cell demo deployment in DIR.")
+    ] = None,
+) -> None:
+    """Create a deployment (today: the demo one, --demo DIR)."""
+    if demo is None:
+        raise InvalidInput("say where: shardvault init --demo DIR")
+    path = write_demo(demo)
+    say(f"wrote {path}; use it with: shardvault --config {path} ...")
+
+
+@subject_app.command("add")
+def subject_add(
+    ctx: typer.Context,
+    tenant: str,
+    subject: str,
+    jurisdiction: Annotated[str, typer.Option("--jurisdiction", "-j", help="Home, e.g. US.")],
+    json_out: JsonFlag = False,
+) -> None:
+    """Register SUBJECT of TENANT, living in --jurisdiction."""
+    record = state(ctx).vault().register_subject(tenant, subject, jurisdiction)
+    if json_out:
+        print_json(
+            {
+                "tenant": tenant,
+                "subject": subject,
+                "jurisdiction": record.jurisdiction,
+                "key_id": record.key_id,
+            }
+        )
+    else:
+        say(f"registered {tenant}/{subject} in {record.jurisdiction}")
+
+
+def forget(ctx: typer.Context, tenant: str, subject: str, json_out: JsonFlag = False) -> None:
+    """Forget a subject: destroy their key, then remove every shard of theirs."""
+    result = state(ctx).vault().forget(tenant, subject)
+    if json_out:
+        print_json(result)
+    else:
+        say(
+            f"forgot {tenant}/{subject}: key {result.key_id} destroyed, "
+            f"{result.versions_deleted} version(s) and {result.shards_removed} shard(s) removed"
+        )
+
+
+def nodes(ctx: typer.Context, json_out: JsonFlag = False) -> None:
+    """List storage nodes with their cell, facility, state and usage."""
+    usage = state(ctx).vault().node_usage()
+    if json_out:
+        print_json(
+            [
+                {
+                    "id": u.node.id,
+                    "jurisdiction": u.node.jurisdiction,
+                    "facility": u.node.facility,
+                    "backend": u.node.backend,
+                    "state": u.node.state.value,
+                    "capacity": u.node.capacity,
+                    "shards": u.shards,
+                    "bytes": u.bytes_used,
+                }
+                for u in usage
+            ]
+        )
+        return
+    print_table(
+        "nodes",
+        ["node", "jurisdiction", "facility", "state", "shards", "used"],
+        [
+            [
+                u.node.id,
+                u.node.jurisdiction,
+                u.node.facility,
+                u.node.state.value,
+                u.shards,
+                human_size(u.bytes_used),
+            ]
+            for u in usage
+        ],
+    )
+
+
+def gc(
+    ctx: typer.Context,
+    grace: Annotated[
+        float, typer.Option(help="Seconds a pending write or temp file is left alone.")
+    ] = 3600.0,
+    json_out: JsonFlag = False,
+) -> None:
+    """Collect deleted versions, abandoned writes, orphan shards and stale temp files."""
+    if grace < 0:
+        raise InvalidInput("--grace must not be negative")
+    report = state(ctx).vault().gc(grace)
+    if json_out:
+        print_json(report)
+    else:
+        say(
+            f"collected {report.versions} version(s), {report.shards} shard(s), "
+            f"{report.orphans} orphan(s), {report.temporaries} temporary file(s)"
+        )
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(init)
+    app.add_typer(subject_app, name="subject")
+    app.command()(forget)
+    app.command()(nodes)
+    app.command()(gc)

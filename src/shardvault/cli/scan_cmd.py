@@ -1,0 +1,94 @@
+"""``shardvault scan``: a thin skin over ``shardvault.scan.scan_tree``.
+
+Exit codes: 0 nothing at or above ``--fail-on``, 1 something is, 2 bad usage or input.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import typer
+
+from shardvault.errors import InvalidInput, Refused
+from shardvault.scan import (
+    Limits,
+    Policy,
+    ScanOptions,
+    Severity,
+    WalkOptions,
+    load_baseline,
+    load_policy,
+    scan_tree,
+    write_baseline,
+)
+from shardvault.scan.render import render_json, render_table
+from shardvault.scan.sarif import render_sarif
+
+_RENDER = {"table": render_table, "json": render_json, "sarif": render_sarif}
+
+
+def scan(
+    path: Path = typer.Argument(..., help="Source tree (or one file) to scan."),
+    policy: Path | None = typer.Option(None, "--policy", help="TOML policy file (version = 1)."),
+    output_format: str = typer.Option("table", "--format", help="table, json or sarif."),
+    fail_on: str = typer.Option("high", "--fail-on", help="Exit 1 at high, medium or low."),
+    baseline: Path | None = typer.Option(None, "--baseline", help="Accept findings listed here."),
+    write_baseline_to: Path | None = typer.Option(
+        None, "--write-baseline", help="Write all current findings as a baseline, exit 0."
+    ),
+    output: Path | None = typer.Option(None, "--output", "-o", help="Write the report here."),
+    jobs: int = typer.Option(0, "--jobs", "-j", help="Worker processes (0: one per CPU)."),
+    include_vendored: bool = typer.Option(
+        False, "--include-vendored", help="Also scan node_modules, vendor, Pods, ..."
+    ),
+    no_gitignore: bool = typer.Option(False, "--no-gitignore", help="Ignore .gitignore files."),
+    follow_symlinks: bool = typer.Option(False, "--follow-symlinks", help="Follow symlinks."),
+    max_file_bytes: int = typer.Option(8 * 1024 * 1024, help="Skip files larger than this."),
+    max_line_chars: int = typer.Option(
+        20_000, help="Skip files with a longer line (minified); 0 means no limit."
+    ),
+) -> None:
+    """Scan source for hard-coded foreign endpoints and clipboard reads."""
+    if output_format not in _RENDER:
+        raise InvalidInput(f"--format must be table, json or sarif, not {output_format!r}")
+    try:
+        threshold = Severity.parse(fail_on)
+    except ValueError as exc:
+        raise InvalidInput(f"--fail-on: {exc}") from exc
+    if jobs < 0:
+        raise InvalidInput("--jobs must be 0 (one per CPU) or more")
+    if max_file_bytes <= 0 or max_line_chars < 0:
+        raise InvalidInput("--max-file-bytes must be positive and --max-line-chars not negative")
+    options = ScanOptions(
+        policy=load_policy(policy) if policy is not None else Policy(),
+        walk=WalkOptions(
+            include_vendored=include_vendored,
+            use_gitignore=not no_gitignore,
+            follow_symlinks=follow_symlinks,
+        ),
+        limits=Limits(max_file_bytes=max_file_bytes, max_line_chars=max_line_chars),
+        jobs=jobs,
+        baseline=load_baseline(baseline) if baseline is not None else None,
+    )
+    report = scan_tree(path, options)
+    if write_baseline_to is not None:
+        count = write_baseline(write_baseline_to, report.all_findings())
+        print(f"wrote {count} finding(s) to baseline {write_baseline_to}", file=sys.stderr)
+        return
+    text = _RENDER[output_format](report)
+    if output is not None:
+        try:
+            output.write_text(text, encoding="utf-8")
+        except OSError as exc:
+            raise InvalidInput(f"cannot write {output}: {exc.strerror}") from exc
+    else:
+        sys.stdout.write(text)
+    if failing := report.failing(threshold):
+        # Refused maps to exit 1 with one line on stderr, like every other rule that says no.
+        raise Refused(f"{len(failing)} finding(s) at or above --fail-on {threshold.label}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``scan`` command to the shardvault CLI."""
+    app.command("scan")(scan)

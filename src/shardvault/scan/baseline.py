@@ -1,0 +1,77 @@
+"""Baselines: adopt the scanner on an old codebase and fail only on new findings.
+
+A baseline stores each accepted finding's fingerprint (rule, file, matched text and the
+line's content, not its number) with a count, so lines moving does not resurface old
+findings, while a second copy of an accepted line is new.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterable
+from pathlib import Path
+
+from shardvault.errors import InvalidInput
+from shardvault.scan.findings import Finding
+
+BASELINE_FORMAT = "shardvault-scan-baseline"
+BASELINE_VERSION = 1
+
+
+def write_baseline(path: Path, findings: Iterable[Finding]) -> int:
+    """Write every finding as accepted; returns how many were written."""
+    entries = sorted(
+        (
+            {"fingerprint": f.fingerprint, "rule_id": f.rule_id, "path": f.path, "text": f.text}
+            for f in findings
+        ),
+        key=lambda e: (e["path"], e["rule_id"], e["fingerprint"]),
+    )
+    doc = {"format": BASELINE_FORMAT, "version": BASELINE_VERSION, "findings": entries}
+    try:
+        path.write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    except OSError as exc:
+        raise InvalidInput(f"cannot write baseline {path}: {exc.strerror}") from exc
+    return len(entries)
+
+
+def load_baseline(path: Path) -> Counter[str]:
+    """Fingerprints accepted by the baseline, with how many times each was accepted."""
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise InvalidInput(f"cannot read baseline {path}: {exc.strerror}") from exc
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidInput(f"baseline {path} is not valid JSON: {exc}") from exc
+    if (
+        not isinstance(doc, dict)
+        or doc.get("format") != BASELINE_FORMAT
+        or doc.get("version") != BASELINE_VERSION
+        or not isinstance(doc.get("findings"), list)
+    ):
+        raise InvalidInput(
+            f"baseline {path} is not a {BASELINE_FORMAT} file of version {BASELINE_VERSION}"
+        )
+    counts: Counter[str] = Counter()
+    for entry in doc["findings"]:
+        if not isinstance(entry, dict) or not isinstance(entry.get("fingerprint"), str):
+            raise InvalidInput(f"baseline {path}: every finding needs a fingerprint")
+        counts[entry["fingerprint"]] += 1
+    return counts
+
+
+def split_by_baseline(
+    findings: Iterable[Finding], accepted: Counter[str]
+) -> tuple[list[Finding], list[Finding]]:
+    """(new findings, findings the baseline accepts); each accepted entry absorbs one match."""
+    remaining = Counter(accepted)
+    new: list[Finding] = []
+    known: list[Finding] = []
+    for finding in sorted(findings, key=Finding.sort_key):
+        if remaining[finding.fingerprint] > 0:
+            remaining[finding.fingerprint] -= 1
+            known.append(finding)
+        else:
+            new.append(finding)
+    return new, known

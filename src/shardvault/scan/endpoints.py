@@ -1,0 +1,198 @@
+"""Finding network endpoints in one line of source: IP literals, URLs and hostnames.
+
+Each detector is a regular expression plus a check that turns a look-alike away: an IP
+needs four octets with nothing numeric glued on (so OIDs and ``1.2.3.4.5`` fail), a
+dotted quad after ``version``/``ver``/``build`` is a version, an IPv6 candidate must
+parse. Obfuscations that still travel on one line are undone: string literals joined
+with ``+`` and IPv4 addresses written as one integer.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from urllib.parse import unquote
+
+from shardvault.scan.geo import IPAddress
+
+_OCTET = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
+_IPV4 = re.compile(rf"(?<![\w.]){_OCTET}(?:\.{_OCTET}){{3}}(?![\w]|\.\d)")
+_IPV6 = re.compile(
+    r"(?<![\w:.])(?=[0-9A-Fa-f]*:[0-9A-Fa-f]*:)[0-9A-Fa-f:]{2,39}"
+    r"(?:(?<=:)\d{1,3}(?:\.\d{1,3}){3})?(?:%[\w]+)?(?![\w:.])"
+)
+_URL = re.compile(r"\b([A-Za-z][A-Za-z0-9+.-]{1,20})://([^\s/?#\"'`<>\\|{}^,;()]*)")
+_URL_TAIL = re.compile(r"[^\s\"'`<>\\|{}^,;]*")
+_INTEGER = re.compile(r"(?<![\w.])(0[xX][0-9A-Fa-f]{7,8}|\d{8,10})(?![\w.])")
+_NET_CONTEXT = re.compile(r"(?i)inet|addr|\bip\b|host|socket|connect|server|endpoint|htonl")
+_VERSION_BEFORE = re.compile(
+    r"(?i)(?:version|\bver\b|\brev\b|release|\bbuild|semver|\bsdk)\w*\W{0,6}$|[\w-]+:[\w.-]+:$"
+)
+_VERSION_AFTER = re.compile(r"-[A-Za-z]")
+_VERSION_KEY_LINE = re.compile(r"(?i)version\w*(?:</key>)?\W*$")
+_LITERAL = r"\"[^\"\\\n]*\"|'[^'\\\n]*'"
+_CONCAT = re.compile(rf"(?:{_LITERAL})(?:\s*\+\s*(?:{_LITERAL}))+")
+_LITERAL_ONE = re.compile(_LITERAL)
+_TLDS = (
+    "com|net|org|io|co|dev|app|info|biz|cloud|ai|me|tv|xyz|online|site|tech|"
+    "us|uk|de|fr|cn|ru|jp|kr|in|br|eu|ch|nl|se|no|fi|es|it|cz|at|be|dk|ie|au|ca|hk|tw|sg|ir|kp"
+)
+_QUOTED_HOST = re.compile(
+    r"[\"'`]((?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+(?:" + _TLDS + r"))"
+    r"(?::\d{1,5})?[\"'`]"
+)
+_HOSTNAME = re.compile(r"^(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}$")
+_NO_HOST_SCHEMES = frozenset({"file", "content", "data", "jar", "android.resource", "res"})
+
+#: Pieces of the engine's combined pre-filter: a line can only yield an endpoint if one of
+#: these matches it, so most lines cost one search.
+PREFILTER_PARTS = (
+    r"://",
+    r"\d\.\d{1,3}\.\d{1,3}\.\d",
+    r"[0-9A-Fa-f]:[0-9A-Fa-f]{0,4}:",
+    r"0[xX][0-9A-Fa-f]{7}|\d{8}",
+    r"[\"']\s*\+\s*[\"']",
+    r"\.(?:" + _TLDS + r")[\"'`:]",
+)
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One endpoint found on a line; ``start`` is a 0-based offset into that line."""
+
+    start: int
+    text: str
+    address: IPAddress | None = None
+    host: str | None = None
+    how: str = ""
+
+
+def domain_pattern(domains: Iterable[str]) -> re.Pattern[str] | None:
+    """Exact matcher for the policy's domains (and their subdomains) as bare words."""
+    names = sorted({d.lower() for d in domains}, key=len, reverse=True)
+    if not names:
+        return None
+    alternatives = "|".join(re.escape(n) for n in names)
+    return re.compile(
+        rf"(?<![\w.-])(?:[A-Za-z0-9-]+\.)*(?:{alternatives})(?![\w-]|\.[\w-])", re.IGNORECASE
+    )
+
+
+def find_endpoints(
+    line: str, domains: re.Pattern[str] | None = None, previous: str = ""
+) -> list[Endpoint]:
+    """Every endpoint on ``line``, once each: URL hosts first, then bare literals outside URLs.
+
+    ``previous`` is the line before, for versions whose key sits on its own line (plists).
+    """
+    found: list[Endpoint] = []
+    taken: list[tuple[int, int]] = []
+    for m in _URL.finditer(line):
+        tail = _URL_TAIL.match(line, m.end())
+        end = tail.end() if tail else m.end()
+        taken.append((m.start(), end))
+        endpoint = _url_endpoint(m.group(1).lower(), m.group(2), m.start(), line[m.start() : end])
+        if endpoint is not None:
+            found.append(endpoint)
+
+    def free(start: int, end: int) -> bool:
+        return all(end <= s or start >= e for s, e in taken)
+
+    for m in _IPV6.finditer(line):
+        address = _parse_ipv6(m.group())
+        if address is not None and free(*m.span()):
+            taken.append(m.span())
+            found.append(Endpoint(m.start(), m.group(), address))
+    version_key = bool(previous) and _VERSION_KEY_LINE.search(previous) is not None
+    for m in _IPV4.finditer(line):
+        if free(*m.span()) and not (version_key or _looks_like_version(line, *m.span())):
+            found.append(Endpoint(m.start(), m.group(), ipaddress.IPv4Address(m.group())))
+    if _NET_CONTEXT.search(line):
+        for m in _INTEGER.finditer(line):
+            address = _integer_ipv4(m.group())
+            if address is not None and free(*m.span()):
+                found.append(Endpoint(m.start(), m.group(), address, how="integer-encoded"))
+    for pattern, group in ((domains, 0), (_QUOTED_HOST, 1)):
+        if pattern is None:
+            continue
+        for m in pattern.finditer(line):
+            if free(*m.span(group)):
+                taken.append(m.span(group))
+                found.append(Endpoint(m.start(group), m.group(group), host=m.group(group).lower()))
+    found.extend(_split_literals(line, domains))
+    return found
+
+
+def _url_endpoint(scheme: str, authority: str, start: int, text: str) -> Endpoint | None:
+    if scheme in _NO_HOST_SCHEMES or not authority:
+        return None
+    hostport = unquote(authority.rsplit("@", 1)[-1])
+    if hostport.startswith("["):
+        address = _parse_ipv6(hostport[1:].split("]", 1)[0])
+        return Endpoint(start, text, address, how="in URL") if address else None
+    host = hostport.split(":", 1)[0].rstrip(".")
+    try:
+        return Endpoint(start, text, ipaddress.IPv4Address(host), how="in URL")
+    except ValueError:
+        pass
+    integer = _integer_ipv4(host, minimum=0)
+    if integer is not None:
+        return Endpoint(start, text, integer, how="integer-encoded host in URL")
+    if _HOSTNAME.match(host):
+        return Endpoint(start, text, host=host.lower(), how="in URL")
+    return None
+
+
+def _looks_like_version(line: str, start: int, end: int) -> bool:
+    """A dotted quad in a version context: ``version = "1.2.3.4"``, ``v1.2.3.4``, ``1.2.3.4-rc``."""
+    return bool(
+        _VERSION_BEFORE.search(line, max(0, start - 40), start) or _VERSION_AFTER.match(line, end)
+    )
+
+
+def _parse_ipv6(text: str) -> ipaddress.IPv6Address | None:
+    if text.count(":") < 2:
+        return None
+    try:
+        return ipaddress.IPv6Address(text.split("%", 1)[0])
+    except ValueError:
+        return None
+
+
+def _integer_ipv4(text: str, minimum: int = 1 << 24) -> ipaddress.IPv4Address | None:
+    """``134744072`` or ``0x08080808`` as the IPv4 address it encodes, if it is one."""
+    try:
+        value = int(text, 16) if text[:2].lower() == "0x" else int(text, 10)
+    except ValueError:
+        return None
+    if text.isdigit() and len(text) > 1 and text.startswith("0"):
+        return None
+    if not minimum <= value <= 0xFFFFFFFF:
+        return None
+    return ipaddress.IPv4Address(value)
+
+
+def _split_literals(line: str, domains: re.Pattern[str] | None) -> list[Endpoint]:
+    """Endpoints that only appear once ``"8.8" + ".8.8"``-style literals are joined.
+
+    A joined match that overlaps an endpoint already whole inside one literal is dropped:
+    ``"2001:db8::1" + "77.88.8.8"`` names two addresses, not a third spliced one.
+    """
+    out: list[Endpoint] = []
+    for m in _CONCAT.finditer(line):
+        parts = [p.group()[1:-1] for p in _LITERAL_ONE.finditer(m.group())]
+        whole: list[tuple[int, int]] = []
+        pos = 0
+        for part in parts:
+            for inner in find_endpoints(part, domains):
+                whole.append((pos + inner.start, pos + inner.start + len(inner.text)))
+            pos += len(part)
+        for inner in find_endpoints("".join(parts), domains):
+            start, end = inner.start, inner.start + len(inner.text)
+            if any(start < e and s < end for s, e in whole):
+                continue
+            how = "assembled from split string literals"
+            out.append(Endpoint(m.start(), m.group(), inner.address, inner.host, how))
+    return out

@@ -1,0 +1,245 @@
+"""Scanning files for findings, in parallel over files.
+
+One combined pre-filter regex is searched over each whole file; only the lines it hits
+are handed to the detectors, so most files and most lines cost that one search.
+Files are shipped to a process pool in batches (regexes are CPU-bound, so threads
+would share one core); ``jobs=1`` scans in-process, which tests use for speed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass, field
+
+from shardvault.scan import clipboard, endpoints
+from shardvault.scan.findings import RULES, Finding, SkippedFile, SkipReason
+from shardvault.scan.geo import place
+from shardvault.scan.languages import CommentMap
+from shardvault.scan.policy import Policy
+from shardvault.scan.walk import SourceFile
+
+_SUPPRESS = re.compile(r"shardvault:\s*ignore(?:\[([A-Z0-9, ]+)\])?")
+_COMMENT_ONLY = re.compile(r"^\s*(?://|#|/\*|\*|<!--|;|!)")
+_BATCH = 128
+_MAX_TEXT = 200
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What the scanner will not read: files too large, or minified beyond review."""
+
+    max_file_bytes: int = 8 * 1024 * 1024
+    max_line_chars: int = 20_000
+
+
+@dataclass
+class FileResults:
+    """What scanning a batch of files produced; summed into the report."""
+
+    findings: list[Finding] = field(default_factory=list)
+    suppressed: list[Finding] = field(default_factory=list)
+    skipped: list[SkippedFile] = field(default_factory=list)
+    files: int = 0
+    bytes: int = 0
+
+    def merge(self, other: FileResults) -> None:
+        self.findings.extend(other.findings)
+        self.suppressed.extend(other.suppressed)
+        self.skipped.extend(other.skipped)
+        self.files += other.files
+        self.bytes += other.bytes
+
+
+class Scanner:
+    """Everything compiled once per process: the policy's matchers and the pre-filter."""
+
+    def __init__(self, policy: Policy, limits: Limits) -> None:
+        self.policy = policy
+        self.limits = limits
+        self.domains = endpoints.domain_pattern(policy.known_domains())
+        parts = [*endpoints.PREFILTER_PARTS, clipboard.PREFILTER_PART]
+        if self.domains is not None:
+            parts.append(self.domains.pattern)
+        self.prefilter = re.compile("|".join(f"(?:{p})" for p in parts))
+
+    def scan_batch(self, files: Iterable[SourceFile]) -> FileResults:
+        results = FileResults()
+        for source in files:
+            self.scan_file(source, results)
+        return results
+
+    def scan_file(self, source: SourceFile, out: FileResults) -> None:
+        """Scan one file into ``out``; any problem reading it is a skip, never an exception."""
+        try:
+            size = os.stat(source.path).st_size
+            if size > self.limits.max_file_bytes:
+                out.skipped.append(
+                    SkippedFile(source.rel, SkipReason.TOO_LARGE, f"{size} bytes over the limit")
+                )
+                return
+            with open(source.path, "rb") as fh:
+                data = fh.read()
+        except OSError as exc:
+            out.skipped.append(
+                SkippedFile(source.rel, SkipReason.UNREADABLE, exc.strerror or str(exc))
+            )
+            return
+        if b"\0" in data[:8192]:
+            return  # binary: not source, whatever its name says
+        out.files += 1
+        out.bytes += len(data)
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            # Scanned anyway: skipping would let one stray byte hide an address.
+            text = data.decode("utf-8", errors="replace")
+            out.skipped.append(
+                SkippedFile(
+                    source.rel,
+                    SkipReason.INVALID_UTF8,
+                    f"invalid UTF-8 at byte {exc.start}; scanned with replacement characters",
+                    scanned=True,
+                )
+            )
+        if self.limits.max_line_chars and _longest_line(text) > self.limits.max_line_chars:
+            out.skipped.append(
+                SkippedFile(
+                    source.rel,
+                    SkipReason.MINIFIED,
+                    f"a line is over {self.limits.max_line_chars} characters (minified?)",
+                )
+            )
+            return
+        self._scan_text(source, text, out)
+
+    def _scan_text(self, source: SourceFile, text: str, out: FileResults) -> None:
+        comments: CommentMap | None = None
+        pos, line_no, line_start = 0, 1, 0
+        previous = ""
+        search = self.prefilter.search
+        while (m := search(text, pos)) is not None:
+            start = text.rfind("\n", 0, m.start()) + 1
+            end = text.find("\n", m.end())
+            end = len(text) if end < 0 else end
+            line_no += text.count("\n", line_start, start)
+            if start != line_start:
+                prev_start = text.rfind("\n", 0, start - 1) + 1
+                previous = text[prev_start : start - 1]
+            line_start = start
+            line = text[start:end]
+            for finding in self._line_findings(source, line, line_no, previous):
+                if not self.policy.scan_comments:
+                    if comments is None:
+                        comments = CommentMap(text, source.language.family)
+                    if comments.contains(start + finding.column - 1):
+                        continue
+                if _suppressed(finding.rule_id, line, previous):
+                    out.suppressed.append(finding)
+                else:
+                    out.findings.append(finding)
+            pos = end + 1
+            if pos > len(text):
+                break
+
+    def _line_findings(
+        self, source: SourceFile, line: str, line_no: int, previous: str
+    ) -> Iterator[Finding]:
+        context = line.strip()
+        for ep in endpoints.find_endpoints(line, self.domains, previous):
+            country: str | None = None
+            if ep.address is not None:
+                placement = place(ep.address)
+                if placement.special is not None:
+                    continue
+                country = placement.country
+                verdict = self.policy.judge_country(country)
+            else:
+                assert ep.host is not None
+                found, country = self.policy.judge_host(ep.host)
+                if found is None:
+                    continue
+                verdict = found
+            explanation = verdict.explanation + (f" ({ep.how})" if ep.how else "")
+            yield Finding(
+                rule_id=verdict.rule_id,
+                severity=RULES[verdict.rule_id].severity,
+                path=source.rel,
+                line=line_no,
+                column=ep.start + 1,
+                text=ep.text[:_MAX_TEXT],
+                explanation=explanation,
+                country=country,
+                context=context,
+            )
+        if source.language.source or source.language.name == "xml":
+            for use in clipboard.find_clipboard(line, source.language.name):
+                yield Finding(
+                    rule_id=use.rule_id,
+                    severity=RULES[use.rule_id].severity,
+                    path=source.rel,
+                    line=line_no,
+                    column=use.start + 1,
+                    text=use.text[:_MAX_TEXT],
+                    explanation=use.explanation,
+                    context=context,
+                )
+
+
+def _longest_line(text: str) -> int:
+    if len(text) <= 20_000:
+        return len(text)
+    return max(map(len, text.split("\n")))
+
+
+def _suppressed(rule_id: str, line: str, previous: str) -> bool:
+    """``shardvault: ignore`` or ``shardvault: ignore[SV101]`` on the line, or alone on the
+    line above (a trailing marker on the line above covers only that line)."""
+    above = previous if _COMMENT_ONLY.match(previous) else ""
+    for candidate in (line, above):
+        m = _SUPPRESS.search(candidate)
+        if m is None:
+            continue
+        if m.group(1) is None or rule_id in {r.strip() for r in m.group(1).split(",")}:
+            return True
+    return False
+
+
+# --- process pool plumbing -------------------------------------------------------------
+
+_WORKER: Scanner | None = None
+
+
+def _init_worker(policy: Policy, limits: Limits) -> None:
+    global _WORKER
+    _WORKER = Scanner(policy, limits)
+
+
+def _worker_batch(batch: list[SourceFile]) -> FileResults:
+    assert _WORKER is not None
+    return _WORKER.scan_batch(batch)
+
+
+def scan_files(
+    files: Iterable[SourceFile], policy: Policy, limits: Limits, jobs: int
+) -> FileResults:
+    """Scan ``files`` with ``jobs`` processes (1: in this process); order is not kept."""
+    total = FileResults()
+    if jobs <= 1:
+        total.merge(Scanner(policy, limits).scan_batch(files))
+        return total
+    pending: list[Future[FileResults]] = []
+    with ProcessPoolExecutor(jobs, initializer=_init_worker, initargs=(policy, limits)) as pool:
+        batch: list[SourceFile] = []
+        for source in files:
+            batch.append(source)
+            if len(batch) >= _BATCH:
+                pending.append(pool.submit(_worker_batch, batch))
+                batch = []
+        if batch:
+            pending.append(pool.submit(_worker_batch, batch))
+        for future in pending:
+            total.merge(future.result())
+    return total

@@ -104,6 +104,7 @@ class AuditLog:
         self._writing = False
         self._broken: BaseException | None = None
         self._closed = False
+        self._commits = 0
         self._frontier = merkle.Frontier()
         self._entries_end = _HEADER
         self._recover()
@@ -154,19 +155,29 @@ class AuditLog:
         payload = os.pread(self._efd, length, start + _REC.size)
         return payload if zlib.crc32(payload) == crc else None
 
+    def _index_tail_is_torn(self, count: int, entries_size: int) -> bool:
+        """Whether index record ``count - 1`` is a torn write to cut (False: it is sound).
+
+        An index record is written only after its entry was fsync'd, so a record
+        pointing at a damaged entry means the entry was damaged after it was
+        acknowledged: that is an `IntegrityError`, never something to cut.
+        """
+        raw = os.pread(self._ifd, _IDX.size, _HEADER + (count - 1) * _IDX.size)
+        end, leaf = _IDX.unpack(raw)
+        start = self._index_record(count - 2)[0] if count > 1 else _HEADER
+        if not any(raw) or not start < end <= entries_size:
+            return True
+        payload = self._read_record(start, entries_size)
+        if payload is None:
+            raise IntegrityError(
+                f"audit log {self.directory}: acknowledged entry {count - 1} is damaged"
+            )
+        return start + _REC.size + len(payload) != end or merkle.leaf_hash(payload) != leaf
+
     def _recover(self) -> None:
         entries_size = os.fstat(self._efd).st_size
         count = (os.fstat(self._ifd).st_size - _HEADER) // _IDX.size
-        while count:  # cut index records whose entry is not exactly there
-            end, leaf = self._index_record(count - 1)
-            start = self._index_record(count - 2)[0] if count > 1 else _HEADER
-            payload = self._read_record(start, entries_size) if end <= entries_size else None
-            if (
-                payload is not None
-                and start + _REC.size + len(payload) == end
-                and merkle.leaf_hash(payload) == leaf
-            ):
-                break
+        while count and self._index_tail_is_torn(count, entries_size):
             count -= 1
         pos = self._index_record(count - 1)[0] if count else _HEADER
         salvaged = []
@@ -178,6 +189,7 @@ class AuditLog:
             pos += _REC.size + len(payload)
             salvaged.append(_IDX.pack(pos, merkle.leaf_hash(payload)))
         index_end = _HEADER + count * _IDX.size
+        self._check_heads_covered(count + len(salvaged))  # before anything is cut
         os.ftruncate(self._efd, pos)
         _pwrite_all(self._ifd, b"".join(salvaged), index_end)
         os.ftruncate(self._ifd, index_end + len(salvaged) * _IDX.size)
@@ -186,16 +198,23 @@ class AuditLog:
         self._entries_end = pos
         self._load_frontier(count + len(salvaged))
 
-    def _load_frontier(self, count: int) -> None:
-        heads = {}
+    def _stored_roots(self) -> dict[int, bytes]:
+        roots = {}
         for head in self.heads():
             checkpoint = Checkpoint.parse(head.text)
-            heads[checkpoint.size] = checkpoint.root_hash
+            roots[checkpoint.size] = checkpoint.root_hash
+        return roots
+
+    def _check_heads_covered(self, count: int) -> None:
+        heads = self._stored_roots()
         if heads and max(heads) > count:
             raise IntegrityError(
                 f"audit log {self.directory} has {count} entries but a signed head for "
                 f"{max(heads)}: acknowledged entries are missing"
             )
+
+    def _load_frontier(self, count: int) -> None:
+        heads = self._stored_roots()
         frontier = self._frontier
         if 0 in heads and heads[0] != merkle.EMPTY_ROOT:
             raise IntegrityError("stored head for size 0 has the wrong root")
@@ -246,6 +265,7 @@ class AuditLog:
             self._cond.acquire()
             self._writing = False
         if error is None:
+            self._commits += 1
             for b in batches:
                 b.first = self._frontier.size
                 for leaf in b.leaves:
@@ -292,6 +312,12 @@ class AuditLog:
     def size(self) -> int:
         with self._cond:
             return self._frontier.size
+
+    @property
+    def commit_count(self) -> int:
+        """Durable batches written since open: fewer than appends when group commit works."""
+        with self._cond:
+            return self._commits
 
     def root(self) -> bytes:
         with self._cond:

@@ -1,0 +1,134 @@
+"""Audit entries: canonical bytes, versioning, pseudonyms."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+
+from shardvault.audit.entry import AuditEntry, AuditHasher, format_time, new_entry
+from shardvault.errors import IntegrityError, InvalidInput
+
+KEY = bytes(range(32))
+AT = datetime(2026, 3, 1, 12, 30, 5, 250000, tzinfo=UTC)
+
+
+def sample(**overrides: object) -> AuditEntry:
+    values: dict = dict(
+        at=AT,
+        hasher=AuditHasher(KEY),
+        request_id="req-1",
+        principal="svc-api",
+        tenant="chat",
+        action="read",
+        purpose="serve-user",
+        decision="allow",
+        rule="allow-service-read",
+        result="ok",
+        subject="alice@example.com",
+        key="photos/1.jpg",
+    )
+    values.update(overrides)
+    return new_entry(**values)
+
+
+def pseudo(label: str, value: str) -> str:
+    mac = hmac.new(KEY, label.encode() + b"\x00" + value.encode(), hashlib.sha256)
+    return "hmac-sha256:" + mac.hexdigest()
+
+
+def test_known_answer_bytes() -> None:
+    expected = (
+        '{"action":"read","decision":"allow","principal":"svc-api","purpose":"serve-user",'
+        '"request_id":"req-1","resource":"chat/'
+        + pseudo("subject", "alice@example.com")
+        + "/"
+        + pseudo("key", "photos/1.jpg")
+        + '","result":"ok","rule":"allow-service-read","tenant":"chat",'
+        '"time":"2026-03-01T12:30:05.250000Z","v":1}'
+    )
+    assert sample().to_bytes() == expected.encode()
+
+
+def test_sensitive_values_never_appear_in_plaintext() -> None:
+    data = sample(details={"reason": "ticket 42"}).to_bytes()
+    assert b"alice" not in data and b"photos" not in data
+    other_key = sample(hasher=AuditHasher(b"\x01" * 32)).to_bytes()
+    assert other_key != sample().to_bytes()
+
+
+def test_same_string_as_subject_and_key_gives_different_pseudonyms() -> None:
+    hasher = AuditHasher(KEY)
+    assert hasher.pseudonym("subject", "x") != hasher.pseudonym("key", "x")
+
+
+def test_round_trip_with_details_and_unicode() -> None:
+    entry = sample(purpose="Überprüfung ✓", details={"bytes": 12, "cached": False, "note": None})
+    assert AuditEntry.from_bytes(entry.to_bytes()) == entry
+    assert "Überprüfung ✓".encode() in entry.to_bytes()
+
+
+def test_time_is_normalised_to_utc() -> None:
+    local = AT.astimezone(timezone(timedelta(hours=2)))
+    assert format_time(local) == "2026-03-01T12:30:05.250000Z"
+    with pytest.raises(InvalidInput, match="timezone"):
+        format_time(datetime(2026, 1, 1))
+
+
+def raw() -> dict:
+    return json.loads(sample().to_bytes())
+
+
+def encode(value: dict) -> bytes:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda d: d.update(v=2), "version 2 is not known"),
+        (lambda d: d.update(v="1"), "version"),
+        (lambda d: d.pop("v"), "version None"),
+        (lambda d: d.update(extra="x"), "unknown"),
+        (lambda d: d.pop("rule"), "missing"),
+        (lambda d: d.update(decision="maybe"), "decision"),
+        (lambda d: d.update(time="2026-03-01 12:30:05Z"), "RFC 3339"),
+        (lambda d: d.update(time="2026-02-30T12:30:05.000000Z"), "real date"),
+        (lambda d: d.update(details={}), "details"),
+        (lambda d: d.update(details={"n": 1.5}), "only strings"),
+        (lambda d: d.update(principal=""), "non-empty"),
+    ],
+)
+def test_reader_refuses_unknown_or_invalid_entries(mutate, message: str) -> None:
+    data = raw()
+    mutate(data)
+    with pytest.raises(IntegrityError, match=message):
+        AuditEntry.from_bytes(encode(data))
+
+
+def test_reader_refuses_non_canonical_encodings() -> None:
+    data = raw()
+    spaced = json.dumps(data, sort_keys=True).encode()
+    unsorted = json.dumps(dict(reversed(list(data.items()))), separators=(",", ":")).encode()
+    escaped = json.dumps(data, sort_keys=True, separators=(",", ":")).replace("/", "\\/").encode()
+    duplicated = sample().to_bytes()[:-1] + b',"v":1}'
+    for bad in (spaced, unsorted, escaped, duplicated, b"[1]", b"\xff", b"{"):
+        with pytest.raises(IntegrityError):
+            AuditEntry.from_bytes(bad)
+
+
+def test_bad_input_is_reported_when_building() -> None:
+    with pytest.raises(InvalidInput, match="32 random bytes"):
+        AuditHasher(b"short")
+    with pytest.raises(InvalidInput, match="control character"):
+        sample(principal="a\nb")
+    with pytest.raises(InvalidInput, match="needs its subject"):
+        AuditHasher(KEY).resource("chat", None, "k")
+    with pytest.raises(InvalidInput, match="detail name"):
+        sample(details={"Bad Key": 1})
+    with pytest.raises(InvalidInput, match="limit"):
+        sample(details={"blob": "x" * 70000}).to_bytes()
+    assert "key hidden" in repr(AuditHasher(KEY))

@@ -1,0 +1,223 @@
+"""Export and verification: every single mutation of a sample log must be detected."""
+
+from __future__ import annotations
+
+import shutil
+import tarfile
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from tests.audit.conftest import (
+    LOG_SIGNER,
+    LOG_VKEY,
+    ORIGIN,
+    WITNESS,
+    WITNESS_VKEY,
+    make_entry,
+    publish_head,
+)
+
+from shardvault.audit.checkpoint import Checkpoint, sign_checkpoint
+from shardvault.audit.export import export_to_directory, export_to_file
+from shardvault.audit.log import AuditLog
+from shardvault.audit.note import NoteSigner
+from shardvault.audit.verify import verify_export
+from shardvault.errors import IntegrityError, InvalidInput, NotFound
+
+N_ENTRIES = 50
+HEAD_SIZES = (1, 10, 23, 37, 50)
+
+
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, bytes]:
+    """A 50-entry log with five cosigned heads, exported to a directory."""
+    base = tmp_path_factory.mktemp("sample")
+    log = AuditLog.open(base / "log")
+    previous = None
+    for i in range(N_ENTRIES):
+        log.append(make_entry(i, decision="deny" if i % 5 == 0 else "allow"))
+        if i + 1 in HEAD_SIZES:
+            previous = publish_head(log, previous, timestamp=1_760_000_000 + i)
+    export_to_directory(log, base / "export")
+    export_to_file(log, base / "export.tar")
+    trusted = log.heads()[-1].to_bytes()
+    log.close()
+    return base / "export", trusted
+
+
+def verify(path: Path, trusted: bytes | None = None) -> None:
+    verify_export(path, LOG_VKEY, cosigner_key=WITNESS_VKEY, trusted_head=trusted, origin=ORIGIN)
+
+
+def test_intact_export_verifies(sample: tuple[Path, bytes]) -> None:
+    export, trusted = sample
+    report = verify_export(export, LOG_VKEY, cosigner_key=WITNESS_VKEY, trusted_head=trusted)
+    assert report.entries == N_ENTRIES and report.origin == ORIGIN
+    assert [h.checkpoint.size for h in report.heads] == list(HEAD_SIZES)
+    assert all(h.cosigned_at for h in report.heads)
+    report = verify_export(export.with_suffix(".tar"), LOG_VKEY, cosigner_key=WITNESS_VKEY)
+    assert report.entries == N_ENTRIES
+
+
+def lines_of(export: Path) -> list[bytes]:
+    return (export / "entries.jsonl").read_bytes().splitlines(keepends=True)
+
+
+def detected(export: Path, trusted: bytes, name: str, data: bytes) -> bool:
+    """Write ``data`` as ``name``, verify, restore; True if verification failed."""
+    target = export / name
+    original = target.read_bytes()
+    target.write_bytes(data)
+    try:
+        verify(export, trusted)
+    except IntegrityError:
+        return True
+    finally:
+        target.write_bytes(original)
+    return False
+
+
+def test_every_entry_mutation_is_detected(sample: tuple[Path, bytes]) -> None:
+    export, trusted = sample
+    lines = lines_of(export)
+    rogue = make_entry(999).to_bytes() + b"\n"
+    missed = []
+    for i, line in enumerate(lines):
+        mutations: dict[str, list[bytes]] = {}
+        for pos in {0, len(line) // 3, len(line) // 2, len(line) - 3, len(line) - 1}:
+            flipped = bytearray(line)
+            flipped[pos] ^= 0x01
+            mutations[f"flip byte {pos}"] = [*lines[:i], bytes(flipped), *lines[i + 1 :]]
+        mutations["delete"] = lines[:i] + lines[i + 1 :]
+        mutations["insert before"] = [*lines[:i], rogue, *lines[i:]]
+        mutations["duplicate"] = [*lines[: i + 1], line, *lines[i + 1 :]]
+        if i + 1 < len(lines):
+            mutations["swap with next"] = [*lines[:i], lines[i + 1], line, *lines[i + 2 :]]
+        mutations["truncate here"] = lines[:i]
+        for what, new in mutations.items():
+            if not detected(export, trusted, "entries.jsonl", b"".join(new)):
+                missed.append((i, what))
+    mutations_append = [*lines, rogue]
+    if not detected(export, trusted, "entries.jsonl", b"".join(mutations_append)):
+        missed.append(("end", "append"))
+    assert missed == []
+
+
+def test_every_head_byte_mutation_is_detected(sample: tuple[Path, bytes]) -> None:
+    export, trusted = sample
+    missed = []
+    for size in HEAD_SIZES:
+        name = f"heads/{size:020d}.note"
+        original = (export / name).read_bytes()
+        for pos in range(len(original)):
+            for flip in (0x01, 0x80):
+                changed = bytearray(original)
+                changed[pos] ^= flip
+                if not detected(export, trusted, name, bytes(changed)):
+                    missed.append((size, pos, flip))
+        if not detected(export, trusted, name, original[:-1]):
+            missed.append((size, "truncated"))
+    assert missed == []
+
+
+def forked_head(size: int) -> bytes:
+    """A head genuinely signed by the cell's key, for another tree of the same size: a fork."""
+    checkpoint = Checkpoint(ORIGIN, size, bytes(32))
+    note = sign_checkpoint(checkpoint, LOG_SIGNER)
+    return note.with_signature(WITNESS.sign_at(note.text, 1_760_000_100)).to_bytes()
+
+
+@pytest.mark.parametrize("size", HEAD_SIZES)
+def test_forked_head_in_export_is_detected(sample: tuple[Path, bytes], size: int) -> None:
+    export, trusted = sample
+    assert detected(export, trusted, f"heads/{size:020d}.note", forked_head(size))
+
+
+def test_forked_trusted_head_is_detected(sample: tuple[Path, bytes]) -> None:
+    export, _ = sample
+    for size in HEAD_SIZES:
+        with pytest.raises(IntegrityError, match=r"forked|do not match"):
+            verify(export, forked_head(size))
+
+
+def test_export_that_stops_short_of_the_trusted_head_is_detected(
+    sample: tuple[Path, bytes], tmp_path: Path
+) -> None:
+    export, trusted = sample
+    short = tmp_path / "short"
+    shutil.copytree(export, short)
+    (short / "heads" / f"{50:020d}.note").unlink()
+    lines = lines_of(short)[:37]
+    (short / "entries.jsonl").write_bytes(b"".join(lines))
+    verify(short)  # self-consistent on its own...
+    with pytest.raises(IntegrityError, match="entries are missing"):
+        verify(short, trusted)  # ...but the partner's head proves entries were cut
+
+
+def test_head_signed_by_another_key_or_missing_cosignature_fails(
+    sample: tuple[Path, bytes], tmp_path: Path
+) -> None:
+    export, _ = sample
+    stranger = NoteSigner(ORIGIN, Ed25519PrivateKey.generate())
+    with pytest.raises(IntegrityError, match="not signed by"):
+        verify_export(export, stranger.verifier_key())
+    with pytest.raises(IntegrityError, match="not signed by"):
+        verify_export(export, LOG_VKEY, cosigner_key=stranger.verifier_key())
+    with pytest.raises(InvalidInput):
+        verify_export(export, "not-a-key")
+
+
+def test_unexpected_or_missing_files_and_unknown_format_fail(
+    sample: tuple[Path, bytes], tmp_path: Path
+) -> None:
+    export, trusted = sample
+    for change in (
+        lambda p: (p / "extra.txt").write_text("x"),
+        lambda p: (p / "FORMAT").write_text("shardvault-audit-export\nversion 2\n"),
+        lambda p: (p / "entries.jsonl").unlink(),
+        lambda p: shutil.rmtree(p / "heads"),
+        lambda p: (p / "heads" / f"{50:020d}.note").rename(p / "heads" / f"{51:020d}.note"),
+    ):
+        copy = tmp_path / "copy"
+        shutil.rmtree(copy, ignore_errors=True)
+        shutil.copytree(export, copy)
+        change(copy)
+        with pytest.raises(IntegrityError):
+            verify(copy, trusted)
+
+
+def test_tampered_tar_export_is_detected(sample: tuple[Path, bytes], tmp_path: Path) -> None:
+    export, trusted = sample
+    tar_path = tmp_path / "bad.tar"
+    data = (export / "entries.jsonl").read_bytes().replace(b'"deny"', b'"allow"', 1)
+    with tarfile.open(tar_path, "w") as tar:
+        for name in (
+            "FORMAT",
+            "entries.jsonl",
+            *sorted(f"heads/{p.name}" for p in (export / "heads").iterdir()),
+        ):
+            path = export / name
+            if name == "entries.jsonl":
+                path = tmp_path / "entries.jsonl"
+                path.write_bytes(data)
+            tar.add(path, arcname=name)
+    with pytest.raises(IntegrityError, match="do not match"):
+        verify(tar_path, trusted)
+    (tmp_path / "junk.tar").write_bytes(b"not a tar")
+    with pytest.raises(IntegrityError, match="not an audit export"):
+        verify(tmp_path / "junk.tar")
+
+
+def test_export_needs_a_head_and_a_fresh_destination(tmp_path: Path) -> None:
+    with AuditLog.open(tmp_path / "log") as log:
+        log.append(make_entry(0))
+        with pytest.raises(NotFound, match="no signed head"):
+            export_to_directory(log, tmp_path / "out")
+        publish_head(log, None)
+        log.append(make_entry(1))  # not covered by a head: not exported
+        summary = export_to_directory(log, tmp_path / "out")
+        assert (summary.entries, summary.heads) == (1, 1)
+        with pytest.raises(InvalidInput, match="exists"):
+            export_to_directory(log, tmp_path / "out")
+    verify(tmp_path / "out")

@@ -5,6 +5,11 @@ jurisdiction) and the tombstones of destroyed subject keys. Rewritten
 atomically (temp file, fsync, rename). In production this role is played by
 the partner's HSM; the file stands in for it on one machine.
 
+Several processes may hold the same keyring (a server and a CLI run), so every
+change is a read-merge-write under an exclusive lock on ``<file>.lock``: a root
+once written is never replaced, tombstones only accumulate, and an unwrap sees
+tombstones written by others since it last looked.
+
 Format (docs/formats.md, "keyring")::
 
     {"format": "shardvault-keyring", "version": 1,
@@ -14,10 +19,13 @@ Format (docs/formats.md, "keyring")::
 from __future__ import annotations
 
 import base64
+import fcntl
 import json
 import os
 import stat
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -37,11 +45,14 @@ class KeyringCustodian:
         self._lock = threading.Lock()
         self._roots: dict[str, bytes] = {}
         self._destroyed: dict[str, set[str]] = {}
+        self._seen: tuple[int, int, int] | None = None
         if path.exists():
             self._load()
 
     def _load(self) -> None:
-        mode = stat.S_IMODE(self.path.stat().st_mode)
+        """Merge the file in: roots already held are kept, tombstones only grow."""
+        info = self.path.stat()
+        mode = stat.S_IMODE(info.st_mode)
         if mode & 0o077:
             raise KeyUnavailable(
                 f"keyring {self.path} is readable by others (mode {mode:o}); run chmod 600 on it"
@@ -57,8 +68,33 @@ class KeyringCustodian:
                 f"keyring {self.path} has format version {doc.get('version')}; "
                 f"this shardvault reads version {VERSION}"
             )
-        self._roots = {label: base64.b64decode(b64) for label, b64 in doc["roots"].items()}
-        self._destroyed = {label: set(ids) for label, ids in doc["destroyed"].items()}
+        for label, b64 in doc["roots"].items():
+            self._roots.setdefault(label, base64.b64decode(b64))
+        for label, ids in doc["destroyed"].items():
+            self._destroyed.setdefault(label, set()).update(ids)
+        self._seen = (info.st_ino, info.st_mtime_ns, info.st_size)
+
+    def _refresh(self) -> None:
+        """Pick up what another process wrote since this one last read the file."""
+        try:
+            info = self.path.stat()
+        except FileNotFoundError:
+            return
+        if (info.st_ino, info.st_mtime_ns, info.st_size) != self._seen:
+            self._load()
+
+    @contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """Hold the cross-process lock and the latest file contents for a change."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        lock = os.open(self.path.with_name(self.path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if self.path.exists():
+                self._load()
+            yield
+        finally:
+            os.close(lock)
 
     def _save(self) -> None:
         doc = {
@@ -76,20 +112,28 @@ class KeyringCustodian:
         finally:
             os.close(fd)
         os.replace(temp, self.path)
+        info = self.path.stat()
+        self._seen = (info.st_ino, info.st_mtime_ns, info.st_size)
 
     def _root(self, scope: KeyScope) -> bytes:
         with self._lock:
             root = self._roots.get(scope.label())
-            if root is None:
-                root = os.urandom(32)
-                self._roots[scope.label()] = root
-                self._save()
+            if root is not None:
+                return root
+            with self._exclusive():
+                root = self._roots.get(scope.label())
+                if root is None:
+                    root = os.urandom(32)
+                    self._roots[scope.label()] = root
+                    self._save()
             return root
 
     def wrap(self, scope: KeyScope, key_id: str, key: bytes, why: Justification) -> bytes:
         return seal_key(self._root(scope), scope, key_id, key)
 
     def unwrap(self, scope: KeyScope, key_id: str, blob: bytes, why: Justification) -> bytes:
+        with self._lock:
+            self._refresh()
         if key_id in self._destroyed.get(scope.label(), ()):
             raise refuse_destroyed(scope, key_id)
         if self.gate is not None:
@@ -97,6 +141,6 @@ class KeyringCustodian:
         return open_key(self._root(scope), scope, key_id, blob)
 
     def destroy(self, scope: KeyScope, key_id: str, why: Justification) -> None:
-        with self._lock:
+        with self._lock, self._exclusive():
             self._destroyed.setdefault(scope.label(), set()).add(key_id)
             self._save()

@@ -1,0 +1,267 @@
+"""One contract for every catalog: memory and SQLite run the same tests."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from shardvault.catalog.memory import MemoryCatalog
+from shardvault.catalog.port import Catalog, DamageRecord, SubjectRecord, VersionState
+from shardvault.catalog.sqlite import SCHEMA_VERSION, SqliteCatalog
+from shardvault.errors import ConfigError, Conflict, NotFound
+from shardvault.model import ObjectRef
+
+REF = ObjectRef("intl", "alice", "a.txt")
+
+
+def oid(number: int) -> bytes:
+    return number.to_bytes(16, "big")
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def catalog(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Catalog]:
+    cat: Catalog = (
+        MemoryCatalog() if request.param == "memory" else SqliteCatalog(tmp_path / "c.sqlite")
+    )
+    yield cat
+    cat.close()
+
+
+def put(catalog: Catalog, ref: ObjectRef, number: int, when: float = 1.0) -> int:
+    version = catalog.reserve(ref, oid(number), when)
+    catalog.commit(ref, version, b"manifest-%d" % number, number, None)
+    return version
+
+
+def subject(name: str = "alice", tenant: str = "intl") -> SubjectRecord:
+    return SubjectRecord(tenant, name, "US", "kid-" + name, b"wrapped", 1.0)
+
+
+def test_subjects(catalog: Catalog) -> None:
+    assert catalog.get_subject("intl", "alice") is None
+    catalog.add_subject(subject())
+    assert catalog.get_subject("intl", "alice") == subject()
+    assert catalog.get_subject("other", "alice") is None
+    with pytest.raises(Conflict, match="already exists"):
+        catalog.add_subject(subject())
+
+
+def test_reserve_then_commit(catalog: Catalog) -> None:
+    version = catalog.reserve(REF, oid(1), 5.0)
+    assert version == 1
+    assert catalog.get_version(REF) is None  # pending is invisible
+    assert catalog.list_versions(REF) == []
+    catalog.commit(REF, version, b"m1", 42, None)
+    record = catalog.get_version(REF)
+    assert record is not None
+    assert (record.version, record.state, record.size, record.manifest) == (
+        1,
+        VersionState.COMMITTED,
+        42,
+        b"m1",
+    )
+    assert (record.object_id, record.created_at, record.ref) == (oid(1), 5.0, REF)
+
+
+def test_reserve_numbers_above_every_version(catalog: Catalog) -> None:
+    assert catalog.reserve(REF, oid(1), 1.0) == 1
+    assert catalog.reserve(REF, oid(2), 1.0) == 2
+    catalog.commit(REF, 1, b"m", 1, None)
+    assert catalog.reserve(REF, oid(3), 1.0) == 3
+    assert catalog.reserve(ObjectRef("intl", "alice", "b"), oid(4), 1.0) == 1
+
+
+def test_commit_twice_or_unknown_is_a_conflict(catalog: Catalog) -> None:
+    version = put(catalog, REF, 1)
+    with pytest.raises(Conflict, match="not pending"):
+        catalog.commit(REF, version, b"again", 1, None)
+    with pytest.raises(Conflict, match="not pending"):
+        catalog.commit(REF, 99, b"never", 1, None)
+
+
+def test_abandon_removes_only_pending(catalog: Catalog) -> None:
+    committed = put(catalog, REF, 1)
+    pending = catalog.reserve(REF, oid(2), 1.0)
+    catalog.abandon(REF, pending)
+    catalog.abandon(REF, committed)  # not pending: kept
+    assert [r.version for r in catalog.list_versions(REF)] == [1]
+    assert catalog.collectable(1e12) == []
+    with pytest.raises(Conflict):
+        catalog.commit(REF, pending, b"late", 1, None)
+
+
+def test_if_match(catalog: Catalog) -> None:
+    first = catalog.reserve(REF, oid(1), 1.0)
+    with pytest.raises(Conflict, match="expected version 1, current is 0"):
+        catalog.commit(REF, first, b"m1", 1, 1)
+    catalog.commit(REF, first, b"m1", 1, 0)  # 0: must not exist yet
+    second = catalog.reserve(REF, oid(2), 1.0)
+    with pytest.raises(Conflict, match="expected version 0, current is 1"):
+        catalog.commit(REF, second, b"m2", 2, 0)
+    # the failed commit left it pending, so it can still commit with the right precondition
+    catalog.commit(REF, second, b"m2", 2, 1)
+    current = catalog.get_version(REF)
+    assert current is not None and current.version == 2
+
+
+def test_latest_committed_wins(catalog: Catalog) -> None:
+    one = catalog.reserve(REF, oid(1), 1.0)
+    two = catalog.reserve(REF, oid(2), 1.0)
+    catalog.commit(REF, two, b"m2", 2, None)
+    catalog.commit(REF, one, b"m1", 1, None)  # a slower writer commits later
+    current = catalog.get_version(REF)
+    assert current is not None and current.version == 2
+    old = catalog.get_version(REF, 1)
+    assert old is not None and old.manifest == b"m1"
+    assert catalog.get_version(REF, 3) is None
+    assert [r.version for r in catalog.list_versions(REF)] == [2, 1]
+
+
+def test_list_latest_order_prefix_and_pagination(catalog: Catalog) -> None:
+    keys = ["b", "a/2", "a/10", "a/1", "é", "z", "Z", "a/1/x", "ab"]
+    for number, key in enumerate(keys, start=1):
+        put(catalog, ObjectRef("intl", "alice", key), number)
+    put(catalog, ObjectRef("intl", "alice", "b"), 50)  # second version of b
+    put(catalog, ObjectRef("intl", "bob", "a/3"), 60)
+    put(catalog, ObjectRef("other", "alice", "a/4"), 70)
+    pending_only = ObjectRef("intl", "alice", "a/pending")
+    catalog.reserve(pending_only, oid(80), 1.0)
+
+    everything = catalog.list_latest("intl", "alice", "", "", 100)
+    by_bytes = sorted(keys, key=lambda key: key.encode())
+    assert [r.ref.key for r in everything] == by_bytes
+    assert next(r for r in everything if r.ref.key == "b").version == 2
+
+    pages, after = [], ""
+    while True:
+        page = catalog.list_latest("intl", "alice", "", after, 2)
+        if not page:
+            break
+        assert len(page) <= 2
+        pages.append([r.ref.key for r in page])
+        after = page[-1].ref.key
+    assert [key for page in pages for key in page] == by_bytes
+
+    assert [r.ref.key for r in catalog.list_latest("intl", "alice", "a/", "", 100)] == [
+        "a/1",
+        "a/1/x",
+        "a/10",
+        "a/2",
+    ]
+    assert [r.ref.key for r in catalog.list_latest("intl", "alice", "a/", "a/1/x", 2)] == [
+        "a/10",
+        "a/2",
+    ]
+    assert catalog.list_latest("intl", "alice", "nothing", "", 100) == []
+    assert [r.ref.key for r in catalog.list_latest("intl", "bob", "", "", 100)] == ["a/3"]
+
+
+def test_list_latest_skips_deleted(catalog: Catalog) -> None:
+    put(catalog, REF, 1)
+    put(catalog, ObjectRef("intl", "alice", "b"), 2)
+    catalog.mark_deleted(REF)
+    assert [r.ref.key for r in catalog.list_latest("intl", "alice", "", "", 10)] == ["b"]
+
+
+def test_mark_deleted_one_version_or_all(catalog: Catalog) -> None:
+    for number in (1, 2, 3):
+        put(catalog, REF, number)
+    assert catalog.mark_deleted(REF, 3) == 1
+    current = catalog.get_version(REF)
+    assert current is not None and current.version == 2
+    assert catalog.mark_deleted(REF, 3) == 0
+    assert catalog.mark_deleted(REF) == 2
+    assert catalog.get_version(REF) is None
+    assert catalog.list_versions(REF) == []
+    assert catalog.mark_deleted(REF) == 0
+
+
+def test_collectable_with_cutoff_and_purge(catalog: Catalog) -> None:
+    put(catalog, REF, 1, when=10.0)
+    deleted = put(catalog, REF, 2, when=10.0)
+    catalog.mark_deleted(REF, deleted)
+    old_pending = catalog.reserve(REF, oid(3), 10.0)
+    catalog.reserve(REF, oid(4), 20.0)
+    found = {(r.version, r.state) for r in catalog.collectable(15.0)}
+    assert found == {(deleted, VersionState.DELETED), (old_pending, VersionState.PENDING)}
+    assert len(catalog.collectable(25.0)) == 3
+    assert len(catalog.collectable(10.0)) == 1  # strictly before the cutoff
+    for record in catalog.collectable(15.0):
+        catalog.purge(record.ref, record.version)
+    assert {r.version for r in catalog.collectable(15.0)} == set()
+    assert catalog.known_object_ids() == {oid(1), oid(4)}
+    current = catalog.get_version(REF)
+    assert current is not None and current.version == 1
+
+
+def test_known_object_ids_covers_every_state(catalog: Catalog) -> None:
+    put(catalog, REF, 1)
+    catalog.reserve(REF, oid(2), 1.0)
+    put(catalog, ObjectRef("intl", "alice", "b"), 3)
+    catalog.mark_deleted(ObjectRef("intl", "alice", "b"))
+    assert catalog.known_object_ids() == {oid(1), oid(2), oid(3)}
+
+
+def test_forget_subject(catalog: Catalog) -> None:
+    catalog.add_subject(subject())
+    catalog.add_subject(subject("bob"))
+    put(catalog, REF, 1)
+    put(catalog, REF, 2)
+    put(catalog, ObjectRef("intl", "alice", "b"), 3)
+    put(catalog, ObjectRef("intl", "bob", "a.txt"), 4)
+    assert catalog.forget_subject("intl", "alice", 99.0) == 3
+    record = catalog.get_subject("intl", "alice")
+    assert record is not None
+    assert record.wrapped_key is None and record.forgotten_at == 99.0
+    assert record.key_id == "kid-alice"
+    assert catalog.get_version(REF) is None
+    assert {r.ref.subject for r in catalog.collectable(0.0)} == {"alice"}
+    bob = catalog.get_subject("intl", "bob")
+    assert bob is not None and bob.wrapped_key == b"wrapped"
+    assert catalog.get_version(ObjectRef("intl", "bob", "a.txt")) is not None
+    with pytest.raises(NotFound):
+        catalog.forget_subject("intl", "nobody", 1.0)
+
+
+def test_damage_log(catalog: Catalog) -> None:
+    assert catalog.damage() == []
+    first = DamageRecord(REF, 1, 0, 3, "us-n2", "hash mismatch", 5.0)
+    second = DamageRecord(REF, 1, 2, 0, "us-n1", "missing", 6.0)
+    catalog.record_damage(first)
+    catalog.record_damage(second)
+    assert catalog.damage() == [first, second]
+
+
+# SQLite only ----------------------------------------------------------------
+
+
+def test_sqlite_records_its_schema_version_and_survives_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "c.sqlite"
+    catalog = SqliteCatalog(path)
+    put(catalog, REF, 1)
+    catalog.close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION >= 1
+    again = SqliteCatalog(path)
+    record = again.get_version(REF)
+    again.close()
+    assert record is not None and record.manifest == b"manifest-1"
+
+
+def test_sqlite_refuses_a_newer_schema(tmp_path: Path) -> None:
+    path = tmp_path / "c.sqlite"
+    SqliteCatalog(path).close()
+    db = sqlite3.connect(path)
+    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    db.close()
+    with pytest.raises(ConfigError, match=f"schema version {SCHEMA_VERSION + 1}.*upgrade"):
+        SqliteCatalog(path)
+
+
+def test_sqlite_creates_missing_directories(tmp_path: Path) -> None:
+    path = tmp_path / "cells" / "US" / "catalog.sqlite"
+    SqliteCatalog(path).close()
+    assert path.exists()

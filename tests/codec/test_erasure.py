@@ -1,0 +1,81 @@
+"""Reed-Solomon k+m: every loss pattern of up to m blocks decodes; more does not."""
+
+from __future__ import annotations
+
+import itertools
+import os
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from shardvault.codec.erasure import ErasureCode
+from shardvault.errors import IntegrityError, InvalidInput
+
+COMBOS = [(4, 2), (3, 2), (2, 1), (6, 3)]
+SIZES = [1, 1000, 65536 + 16]
+
+
+@pytest.mark.parametrize(("k", "m"), COMBOS)
+@pytest.mark.parametrize("size", SIZES)
+def test_every_loss_of_up_to_m_blocks_decodes(k: int, m: int, size: int) -> None:
+    code = ErasureCode(k, m)
+    segment = os.urandom(size)
+    blocks = code.encode(segment)
+    assert len(blocks) == k + m
+    assert len({len(block) for block in blocks}) == 1
+    assert len(blocks[0]) == code.block_size(size)
+    for lost in range(m + 1):
+        for gone in itertools.combinations(range(k + m), lost):
+            kept = [block for index, block in enumerate(blocks) if index not in gone]
+            assert code.decode(kept) == segment, (k, m, gone)
+
+
+@pytest.mark.parametrize(("k", "m"), COMBOS)
+def test_any_k_blocks_in_any_order_decode(k: int, m: int) -> None:
+    code = ErasureCode(k, m)
+    segment = os.urandom(777)
+    blocks = code.encode(segment)
+    for chosen in itertools.combinations(range(k + m), k):
+        assert code.decode([blocks[i] for i in reversed(chosen)]) == segment
+
+
+@pytest.mark.parametrize(("k", "m"), COMBOS)
+def test_losing_more_than_m_blocks_is_an_integrity_error(k: int, m: int) -> None:
+    code = ErasureCode(k, m)
+    blocks = code.encode(os.urandom(500))
+    for gone in itertools.combinations(range(k + m), m + 1):
+        kept = [block for index, block in enumerate(blocks) if index not in gone]
+        with pytest.raises(IntegrityError, match=f"need {k} blocks to decode, have {k - 1}"):
+            code.decode(kept)
+    with pytest.raises(IntegrityError):
+        code.decode([])
+
+
+def test_empty_segment_round_trips() -> None:
+    code = ErasureCode(4, 2)
+    blocks = code.encode(b"")
+    assert code.decode(blocks[2:]) == b""
+    assert code.block_size(0) == len(blocks[0])
+
+
+@pytest.mark.parametrize(("k", "m"), [(0, 2), (4, 0), (30, 3), (-1, 1)])
+def test_invalid_parameters_are_refused(k: int, m: int) -> None:
+    with pytest.raises(InvalidInput, match="erasure code"):
+        ErasureCode(k, m)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    segment=st.binary(max_size=2000),
+    params=st.sampled_from(COMBOS),
+    data=st.data(),
+)
+def test_random_segment_and_loss_pattern(
+    segment: bytes, params: tuple[int, int], data: st.DataObject
+) -> None:
+    k, m = params
+    code = ErasureCode(k, m)
+    blocks = code.encode(segment)
+    keep = data.draw(st.sets(st.integers(0, k + m - 1), min_size=k, max_size=k + m))
+    assert code.decode([blocks[i] for i in sorted(keep)]) == segment

@@ -1,0 +1,165 @@
+"""Persisted byte formats: shard header and manifest, pinned by known-answer bytes.
+
+The expected bytes are written out from the layouts documented in
+codec/shardfile.py and manifest.py, not produced by the code under test.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import replace
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from shardvault.codec.shardfile import HEADER, ShardHeader, block_offset
+from shardvault.errors import IntegrityError
+from shardvault.manifest import Manifest
+from shardvault.model import ObjectRef
+
+HEADER_VALUE = ShardHeader(
+    index=2, k=4, m=2, object_id=bytes(range(16)), version=7, segment_size=65536, block_size=16404
+)
+HEADER_HEX = (
+    "53565348"  # b"SVSH"
+    "01"  # format version
+    "02"  # shard index
+    "04"  # k
+    "02"  # m
+    "000102030405060708090a0b0c0d0e0f"  # object id
+    "0000000000000007"  # object version, u64 BE
+    "00010000"  # segment size 65536, u32 BE
+    "00004014"  # block size 16404, u32 BE
+)
+
+
+def test_shard_header_known_answer() -> None:
+    assert HEADER.size == 40
+    assert HEADER_VALUE.to_bytes().hex() == HEADER_HEX
+
+
+def test_shard_header_round_trip_and_trailing_bytes_ignored() -> None:
+    raw = bytes.fromhex(HEADER_HEX)
+    assert ShardHeader.parse(raw) == HEADER_VALUE
+    assert ShardHeader.parse(raw + b"block data") == HEADER_VALUE
+
+
+def test_block_offsets_follow_the_header() -> None:
+    assert block_offset(0, 100) == 40
+    assert block_offset(3, 100) == 340
+
+
+@pytest.mark.parametrize("version", [0, 2, 255])
+def test_shard_header_with_unknown_version_is_refused(version: int) -> None:
+    raw = bytearray.fromhex(HEADER_HEX)
+    raw[4] = version
+    assert ShardHeader.parse(bytes(raw)) is None
+
+
+def test_shard_header_with_wrong_magic_or_too_short_is_refused() -> None:
+    raw = bytes.fromhex(HEADER_HEX)
+    assert ShardHeader.parse(b"XVSH" + raw[4:]) is None
+    assert ShardHeader.parse(raw[:-1]) is None
+    assert ShardHeader.parse(b"") is None
+
+
+@given(
+    index=st.integers(0, 31),
+    k=st.integers(1, 31),
+    m=st.integers(1, 31),
+    object_id=st.binary(min_size=16, max_size=16),
+    version=st.integers(1, 2**64 - 1),
+    segment_size=st.integers(0, 2**32 - 1),
+    block_size=st.integers(0, 2**32 - 1),
+)
+def test_shard_header_round_trips(
+    index: int, k: int, m: int, object_id: bytes, version: int, segment_size: int, block_size: int
+) -> None:
+    header = ShardHeader(index, k, m, object_id, version, segment_size, block_size)
+    raw = header.to_bytes()
+    assert len(raw) == HEADER.size
+    assert ShardHeader.parse(raw) == header
+
+
+MANIFEST = Manifest(
+    ref=ObjectRef("intl", "alice", "a.txt"),
+    version=2,
+    object_id=bytes(range(16)),
+    size=5,
+    segment_size=65536,
+    segments=1,
+    k=1,
+    m=1,
+    backend="isa_l_rs_vand",
+    nodes=("us-n1", "us-n2"),
+    block_size=64,
+    last_block_size=32,
+    block_hashes=b"\x11" * 32 + b"\x22" * 32,
+    wrapped_data_key=b"\x01\x02\x03",
+    subject_key_id="0123",
+    created_at=1700000000.5,
+)
+MANIFEST_BODY = (
+    b'{"backend":"isa_l_rs_vand","block_size":64,"created_at":1700000000.5,"k":1,'
+    b'"key":"a.txt","last_block_size":32,"m":1,"nodes":["us-n1","us-n2"],'
+    b'"object_id":"000102030405060708090a0b0c0d0e0f","segment_size":65536,"segments":1,'
+    b'"size":5,"subject":"alice","subject_key_id":"0123","tenant":"intl","version":2,'
+    b'"wrapped_data_key":"AQID"}'
+)
+MANIFEST_BYTES = (
+    bytes.fromhex("53564d460100000148")  # b"SVMF", version 1, body length 328
+    + MANIFEST_BODY
+    + b"\x11" * 32
+    + b"\x22" * 32
+)
+
+
+def test_manifest_known_answer() -> None:
+    assert len(MANIFEST_BODY) == 0x148
+    assert MANIFEST.to_bytes() == MANIFEST_BYTES
+
+
+def test_manifest_round_trip() -> None:
+    assert Manifest.from_bytes(MANIFEST_BYTES) == MANIFEST
+    assert MANIFEST.block_hash(0, 1) == b"\x22" * 32
+    assert MANIFEST.segment_length(0) == 5
+
+
+def test_manifest_geometry_of_several_segments() -> None:
+    big = replace(
+        MANIFEST, size=65536 * 2 + 10, segments=3, block_hashes=bytes(range(192)), k=1, m=1
+    )
+    again = Manifest.from_bytes(big.to_bytes())
+    assert again == big
+    assert [again.segment_length(s) for s in range(3)] == [65536, 65536, 10]
+    assert [again.block_length(s) for s in range(3)] == [64, 64, 32]
+    assert again.block_hash(2, 0) == bytes(range(128, 160))
+
+
+@pytest.mark.parametrize("version", [0, 2, 9])
+def test_manifest_with_unknown_version_is_refused(version: int) -> None:
+    raw = bytearray(MANIFEST_BYTES)
+    raw[4] = version
+    with pytest.raises(IntegrityError, match=f"manifest format version {version} is not supported"):
+        Manifest.from_bytes(bytes(raw))
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (b"SVM", "truncated"),
+        (b"XXXX" + MANIFEST_BYTES[4:], "not a shardvault manifest"),
+        (MANIFEST_BYTES[:-1], "block hash table has the wrong length"),
+        (MANIFEST_BYTES + b"\x00", "block hash table has the wrong length"),
+        (MANIFEST_BYTES[:9] + b"[" + MANIFEST_BYTES[10:], "not valid JSON"),
+    ],
+)
+def test_damaged_manifest_is_refused(raw: bytes, message: str) -> None:
+    with pytest.raises(IntegrityError, match=message):
+        Manifest.from_bytes(raw)
+
+
+def test_manifest_header_layout() -> None:
+    magic, version, length = struct.unpack(">4sBI", MANIFEST_BYTES[:9])
+    assert (magic, version, length) == (b"SVMF", 1, len(MANIFEST_BODY))

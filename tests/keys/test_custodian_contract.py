@@ -1,0 +1,224 @@
+"""One contract for every key custodian: memory and keyring run the same tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from shardvault.errors import AccessDenied, ConfigError, KeyUnavailable, SubjectForgotten
+from shardvault.keys import hierarchy
+from shardvault.keys.keyring import KeyringCustodian
+from shardvault.keys.memory import MemoryCustodian
+from shardvault.keys.port import KeyCustodian, KeyScope
+from shardvault.keys.rootkey import CustodianGate
+from shardvault.model import Justification
+
+US = KeyScope("intl", "US")
+WHY = Justification("svc-feed", "serve-feed", "req-1", "US")
+
+Factory = Callable[..., KeyCustodian]
+
+
+@pytest.fixture(params=["memory", "keyring"])
+def make(request: pytest.FixtureRequest, tmp_path: Path) -> Factory:
+    """Builds the adapter; for the keyring, every call opens the same file anew."""
+    if request.param == "memory":
+        shared: list[MemoryCustodian] = []
+
+        def memory(gate: CustodianGate | None = None) -> KeyCustodian:
+            if not shared:
+                shared.append(MemoryCustodian())
+            shared[0].gate = gate
+            return shared[0]
+
+        return memory
+
+    def keyring(gate: CustodianGate | None = None) -> KeyCustodian:
+        return KeyringCustodian(tmp_path / "keys" / "keyring.json", gate)
+
+    return keyring
+
+
+def test_wrap_unwrap_round_trip(make: Factory) -> None:
+    custodian = make()
+    key = hierarchy.new_key()
+    blob = custodian.wrap(US, "kid-1", key, WHY)
+    assert key not in blob
+    assert custodian.unwrap(US, "kid-1", blob, WHY) == key
+    assert make().unwrap(US, "kid-1", blob, WHY) == key  # and after reopening
+
+
+def test_each_wrap_is_fresh(make: Factory) -> None:
+    custodian = make()
+    key = hierarchy.new_key()
+    assert custodian.wrap(US, "kid", key, WHY) != custodian.wrap(US, "kid", key, WHY)
+
+
+@pytest.mark.parametrize(
+    ("scope", "key_id"),
+    [
+        (KeyScope("domestic", "US"), "kid-1"),
+        (KeyScope("intl", "SG"), "kid-1"),
+        (US, "kid-2"),
+    ],
+    ids=["other-tenant", "other-jurisdiction", "other-key-id"],
+)
+def test_blob_is_bound_to_scope_and_key_id(make: Factory, scope: KeyScope, key_id: str) -> None:
+    custodian = make()
+    custodian.wrap(scope, "warm-up", hierarchy.new_key(), WHY)  # the other root exists too
+    blob = custodian.wrap(US, "kid-1", hierarchy.new_key(), WHY)
+    with pytest.raises(KeyUnavailable, match="could not unwrap"):
+        custodian.unwrap(scope, key_id, blob, WHY)
+
+
+def test_tampered_or_unknown_version_blob_is_refused(make: Factory) -> None:
+    custodian = make()
+    blob = bytearray(custodian.wrap(US, "kid", hierarchy.new_key(), WHY))
+    blob[-1] ^= 1
+    with pytest.raises(KeyUnavailable):
+        custodian.unwrap(US, "kid", bytes(blob), WHY)
+    blob[-1] ^= 1
+    blob[0] = 2
+    with pytest.raises(KeyUnavailable, match="format version 2 is not supported"):
+        custodian.unwrap(US, "kid", bytes(blob), WHY)
+    with pytest.raises(KeyUnavailable):
+        custodian.unwrap(US, "kid", b"", WHY)
+
+
+def test_destroy_is_forever(make: Factory) -> None:
+    custodian = make()
+    key = hierarchy.new_key()
+    blob = custodian.wrap(US, "kid", key, WHY)
+    other = custodian.wrap(US, "kid-other", key, WHY)
+    custodian.destroy(US, "kid", WHY)
+    for _ in range(2):
+        with pytest.raises(SubjectForgotten, match="kid of intl/US was destroyed"):
+            custodian.unwrap(US, "kid", blob, WHY)
+    with pytest.raises(SubjectForgotten):
+        make().unwrap(US, "kid", blob, WHY)
+    # only that key: the same key id elsewhere and other keys still work
+    assert custodian.unwrap(US, "kid-other", other, WHY) == key
+    elsewhere = custodian.wrap(KeyScope("intl", "SG"), "kid", key, WHY)
+    assert custodian.unwrap(KeyScope("intl", "SG"), "kid", elsewhere, WHY) == key
+
+
+def test_every_unwrap_shows_the_justification_to_the_gate(make: Factory) -> None:
+    seen: list[tuple[KeyScope, str, Justification]] = []
+
+    def gate(scope: KeyScope, key_id: str, why: Justification) -> None:
+        seen.append((scope, key_id, why))
+        if why.requester_jurisdiction == "CN":
+            raise AccessDenied("custodian refuses foreign requests")
+
+    custodian = make(gate)
+    key = hierarchy.new_key()
+    blob = custodian.wrap(US, "kid", key, WHY)
+    assert custodian.unwrap(US, "kid", blob, WHY) == key
+    foreign = Justification("agency", "law-enforcement", "req-2", "CN")
+    with pytest.raises(AccessDenied):
+        custodian.unwrap(US, "kid", blob, foreign)
+    assert seen == [(US, "kid", WHY), (US, "kid", foreign)]
+
+
+def test_memory_custodian_records_every_call_with_its_justification() -> None:
+    custodian = MemoryCustodian()
+    blob = custodian.wrap(US, "kid", hierarchy.new_key(), WHY)
+    custodian.unwrap(US, "kid", blob, WHY)
+    custodian.destroy(US, "kid", WHY)
+    with pytest.raises(SubjectForgotten):
+        custodian.unwrap(US, "kid", blob, WHY)
+    assert [(op, scope, kid) for op, scope, kid, _ in custodian.justifications] == [
+        ("wrap", US, "kid"),
+        ("unwrap", US, "kid"),
+        ("destroy", US, "kid"),
+        ("unwrap", US, "kid"),
+    ]
+    assert all(why == WHY for *_, why in custodian.justifications)
+
+
+# keyring only -----------------------------------------------------------------
+
+
+def keyring_at(tmp_path: Path) -> Path:
+    path = tmp_path / "keyring.json"
+    KeyringCustodian(path).wrap(US, "kid", hierarchy.new_key(), WHY)
+    return path
+
+
+def test_keyring_file_is_private(tmp_path: Path) -> None:
+    path = keyring_at(tmp_path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    doc = json.loads(path.read_text())
+    assert (doc["format"], doc["version"]) == ("shardvault-keyring", 1)
+    assert list(doc["roots"]) == ["intl/US"]
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o660])
+def test_keyring_readable_by_others_is_refused(tmp_path: Path, mode: int) -> None:
+    path = keyring_at(tmp_path)
+    os.chmod(path, mode)
+    with pytest.raises(KeyUnavailable, match=r"readable by others.*chmod 600"):
+        KeyringCustodian(path)
+
+
+def test_keyring_of_unknown_version_is_refused(tmp_path: Path) -> None:
+    path = keyring_at(tmp_path)
+    doc = json.loads(path.read_text())
+    doc["version"] = 2
+    path.write_text(json.dumps(doc))
+    with pytest.raises(ConfigError, match="format version 2"):
+        KeyringCustodian(path)
+
+
+@pytest.mark.parametrize("text", ["{", "[]", '{"format": "other", "version": 1}'])
+def test_keyring_that_is_not_a_keyring_is_refused(tmp_path: Path, text: str) -> None:
+    path = keyring_at(tmp_path)
+    path.write_text(text)
+    with pytest.raises(ConfigError):
+        KeyringCustodian(path)
+
+
+def test_keyring_survives_reopen_with_tombstones(tmp_path: Path) -> None:
+    path = tmp_path / "keyring.json"
+    key = hierarchy.new_key()
+    first = KeyringCustodian(path)
+    blob = first.wrap(US, "kid", key, WHY)
+    kept = first.wrap(US, "kid-2", key, WHY)
+    first.destroy(US, "kid", WHY)
+    again = KeyringCustodian(path)
+    assert again.unwrap(US, "kid-2", kept, WHY) == key
+    with pytest.raises(SubjectForgotten):
+        again.unwrap(US, "kid", blob, WHY)
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_keyring_shared_by_two_processes_loses_no_root_and_no_tombstone(tmp_path: Path) -> None:
+    """A long-running server and a CLI run each hold the keyring open.
+
+    Whatever one of them creates (a root) or destroys (a subject key), the
+    other must neither overwrite nor ignore: a lost root makes every key of
+    that scope unreadable, a lost tombstone un-forgets a subject.
+    """
+    path = tmp_path / "keyring.json"
+    sg = KeyScope("intl", "SG")
+    key = hierarchy.new_key()
+    server = KeyringCustodian(path)
+    cli = KeyringCustodian(path)
+    us_blob = cli.wrap(US, "kid-us", key, WHY)
+    sg_blob = server.wrap(sg, "kid-sg", key, WHY)
+    assert server.unwrap(US, "kid-us", us_blob, WHY) == key
+    assert KeyringCustodian(path).unwrap(US, "kid-us", us_blob, WHY) == key
+    assert KeyringCustodian(path).unwrap(sg, "kid-sg", sg_blob, WHY) == key
+
+    cli.destroy(US, "kid-us", WHY)
+    with pytest.raises(SubjectForgotten):
+        server.unwrap(US, "kid-us", us_blob, WHY)
+    server.wrap(KeyScope("domestic", "EU"), "kid-eu", key, WHY)  # the server saves again
+    with pytest.raises(SubjectForgotten):
+        KeyringCustodian(path).unwrap(US, "kid-us", us_blob, WHY)
+    assert cli.unwrap(sg, "kid-sg", sg_blob, WHY) == key

@@ -1,0 +1,181 @@
+"""One contract for every shard store: memory and local directory run the same tests."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from shardvault.errors import InvalidInput, NotFound
+from shardvault.nodes.localdir import LocalDirShardStore
+from shardvault.nodes.memory import MemoryShardStore
+from shardvault.nodes.port import ShardStore, check_shard_name, object_id_of, shard_name
+
+OID = bytes.fromhex("0123456789abcdef0123456789abcdef")
+NAME = shard_name(OID, 1, 0)
+
+
+@pytest.fixture(params=["memory", "localdir"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ShardStore]:
+    if request.param == "memory":
+        yield MemoryShardStore("node-a")
+    else:
+        yield LocalDirShardStore("node-a", tmp_path / "node-a")
+
+
+def put(store: ShardStore, name: str, *parts: bytes) -> None:
+    writer = store.open_writer(name)
+    for part in parts:
+        writer.write(part)
+    writer.commit()
+
+
+def read(store: ShardStore, name: str, offset: int = 0, length: int = 1 << 20) -> bytes:
+    reader = store.open_reader(name)
+    try:
+        return reader.read_at(offset, length)
+    finally:
+        reader.close()
+
+
+def test_written_and_committed_shard_is_visible(store: ShardStore) -> None:
+    put(store, NAME, b"header", b"", memoryview(b"-block-"), bytearray(b"tail"))
+    assert read(store, NAME) == b"header-block-tail"
+    assert list(store.names()) == [NAME]
+
+
+def test_uncommitted_shard_is_invisible(store: ShardStore) -> None:
+    writer = store.open_writer(NAME)
+    writer.write(b"half a shard")
+    assert list(store.names()) == []
+    with pytest.raises(NotFound):
+        store.open_reader(NAME)
+    writer.commit()
+    assert list(store.names()) == [NAME]
+
+
+def test_abort_leaves_nothing(store: ShardStore) -> None:
+    writer = store.open_writer(NAME)
+    writer.write(b"doomed")
+    writer.abort()
+    writer.abort()  # safe twice
+    assert list(store.names()) == []
+    with pytest.raises(NotFound):
+        store.open_reader(NAME)
+    if isinstance(store, LocalDirShardStore):
+        assert list(store.tmp_dir.iterdir()) == []
+        assert [p for p in store.root.rglob("*") if p.is_file()] == []
+
+
+def test_commit_replaces_an_existing_shard_whole(store: ShardStore) -> None:
+    put(store, NAME, b"old contents, longer")
+    put(store, NAME, b"new")
+    assert read(store, NAME) == b"new"
+
+
+def test_read_at_offsets_and_short_reads(store: ShardStore) -> None:
+    put(store, NAME, bytes(range(100)))
+    assert read(store, NAME, 10, 5) == bytes(range(10, 15))
+    assert read(store, NAME, 95, 10) == bytes(range(95, 100))
+    assert read(store, NAME, 100, 10) == b""
+    assert read(store, NAME, 200, 10) == b""
+
+
+def test_missing_shard_is_not_found(store: ShardStore) -> None:
+    with pytest.raises(NotFound, match="not on node node-a"):
+        store.open_reader(NAME)
+
+
+def test_delete(store: ShardStore) -> None:
+    put(store, NAME, b"x")
+    assert store.delete(NAME) is True
+    assert store.delete(NAME) is False
+    assert list(store.names()) == []
+    with pytest.raises(NotFound):
+        store.open_reader(NAME)
+
+
+def test_names_lists_every_committed_shard_sorted(store: ShardStore) -> None:
+    other = bytes.fromhex("ff" * 16)
+    names = [shard_name(OID, 1, i) for i in range(3)] + [shard_name(other, 12, 5)]
+    for name in reversed(names):
+        put(store, name, name.encode())
+    assert list(store.names()) == sorted(names)
+    for name in names:
+        assert read(store, name) == name.encode()
+
+
+def test_collect_temporaries_removes_only_old_uncommitted_files(store: ShardStore) -> None:
+    put(store, NAME, b"committed")
+    stale = store.open_writer(shard_name(OID, 2, 0))
+    stale.write(b"stale")
+    assert store.collect_temporaries(older_than=time.time() - 3600) == 0
+    removed = store.collect_temporaries(older_than=time.time() + 1)
+    assert list(store.names()) == [NAME]
+    assert read(store, NAME) == b"committed"
+    if isinstance(store, LocalDirShardStore):
+        assert removed == 1
+        assert list(store.tmp_dir.iterdir()) == []
+    stale.abort()
+
+
+INVALID_NAMES = [
+    "",
+    "../../etc/passwd",
+    "..",
+    "/etc/passwd",
+    f"../{NAME}",
+    f"{NAME}/../x",
+    f"sub/{NAME}",
+    f"{NAME}\x00",
+    f"{NAME}\n",
+    f"..\\{NAME}",
+    NAME.upper(),
+    "0123456789abcdef0123456789abcde.v1.s0",  # 31 hex digits
+    "0123456789abcdef0123456789abcdef.v1.s100",
+    "0123456789abcdef0123456789abcdef.v.s0",
+    "0123456789abcdef0123456789abcdef.v1",
+    "\uff10123456789abcdef0123456789abcdef.v1.s0",  # fullwidth digit zero
+]
+
+
+@pytest.mark.parametrize("name", INVALID_NAMES)
+def test_invalid_names_are_refused_everywhere(store: ShardStore, name: str) -> None:
+    with pytest.raises(InvalidInput, match="invalid shard name"):
+        store.open_writer(name)
+    with pytest.raises(InvalidInput):
+        store.open_reader(name)
+    with pytest.raises(InvalidInput):
+        store.delete(name)
+
+
+def test_refused_names_write_nothing_anywhere(tmp_path: Path) -> None:
+    root = tmp_path / "node"
+    store = LocalDirShardStore("node", root)
+    for name in INVALID_NAMES:
+        with pytest.raises(InvalidInput):
+            store.open_writer(name)
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
+
+
+def test_shard_names() -> None:
+    assert NAME == "0123456789abcdef0123456789abcdef.v1.s0"
+    assert check_shard_name(NAME) == NAME
+    assert object_id_of(shard_name(OID, 42, 17)) == OID.hex()
+
+
+def test_localdir_layout_and_atomic_rename(tmp_path: Path) -> None:
+    store = LocalDirShardStore("node", tmp_path / "node")
+    writer = store.open_writer(NAME)
+    writer.write(b"abc")
+    (temp,) = list(store.tmp_dir.iterdir())
+    assert temp.name.startswith(NAME + ".")
+    assert not store.shard_path(NAME).exists()
+    writer.commit()
+    assert store.shard_path(NAME) == store.shard_dir / "01" / "23" / NAME
+    assert store.shard_path(NAME).read_bytes() == b"abc"
+    assert list(store.tmp_dir.iterdir()) == []
+    assert os.stat(store.shard_path(NAME)).st_mode & 0o077 == 0

@@ -1,0 +1,165 @@
+"""place_stripe: residency, distinctness, facility spread, determinism, capacity balance."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from shardvault.errors import ResidencyRefused, TooFewNodes
+from shardvault.model import NodeSpec, NodeState
+from shardvault.placement import place_stripe, rank_nodes
+
+CODES = ["US", "SG", "EU"]
+
+
+def node(
+    ident: str,
+    jurisdiction: str = "US",
+    facility: str = "f1",
+    capacity: int = 1,
+    state: NodeState = NodeState.ACTIVE,
+) -> NodeSpec:
+    return NodeSpec(ident, jurisdiction, facility, "memory", "", capacity=capacity, state=state)
+
+
+@st.composite
+def clusters(draw: st.DrawFn) -> list[NodeSpec]:
+    count = draw(st.integers(0, 30))
+    nodes = []
+    for number in range(count):
+        nodes.append(
+            node(
+                f"n{number}",
+                draw(st.sampled_from(CODES)),
+                f"fac-{draw(st.integers(0, 5))}",
+                draw(st.integers(1, 4)),
+                draw(st.sampled_from(list(NodeState))),
+            )
+        )
+    return nodes
+
+
+params = st.sampled_from([(4, 2), (3, 2), (2, 1), (6, 3), (1, 1)])
+
+
+@settings(max_examples=150)
+@given(nodes=clusters(), km=params, seed=st.binary(min_size=1, max_size=32))
+def test_stripe_properties(nodes: list[NodeSpec], km: tuple[int, int], seed: bytes) -> None:
+    k, m = km
+    n = k + m
+    home = [x for x in nodes if x.jurisdiction == "US"]
+    active = [x for x in home if x.state is NodeState.ACTIVE]
+    if not home:
+        with pytest.raises(ResidencyRefused):
+            place_stripe(seed, nodes, "US", k, m)
+        return
+    if len(active) < n:
+        with pytest.raises(TooFewNodes):
+            place_stripe(seed, nodes, "US", k, m)
+        return
+    chosen = place_stripe(seed, nodes, "US", k, m)
+    assert len(chosen) == n
+    assert len({x.id for x in chosen}) == n
+    assert all(x.jurisdiction == "US" for x in chosen)
+    assert all(x.state is NodeState.ACTIVE for x in chosen)
+    per_facility = Counter(x.facility for x in active)
+    if sum(min(count, m) for count in per_facility.values()) >= n:
+        assert max(Counter(x.facility for x in chosen).values()) <= m
+    assert place_stripe(seed, list(reversed(nodes)), "US", k, m) == chosen
+
+
+@settings(max_examples=100)
+@given(seed=st.binary(min_size=1, max_size=16), foreign=st.integers(0, 60))
+def test_never_another_jurisdiction_even_when_it_is_much_bigger(seed: bytes, foreign: int) -> None:
+    nodes = [node(f"sg{i}", "SG", f"sg-f{i % 6}", capacity=4) for i in range(foreign)]
+    nodes += [node(f"us{i}", "US", f"us-f{i % 3}") for i in range(6)]
+    chosen = place_stripe(seed, nodes, "US", 4, 2)
+    assert {x.jurisdiction for x in chosen} == {"US"}
+    assert sorted(x.id for x in chosen) == [f"us{i}" for i in range(6)]
+
+
+def test_no_nodes_in_the_jurisdiction_is_a_residency_refusal() -> None:
+    nodes = [node(f"sg{i}", "SG", f"f{i}") for i in range(20)]
+    with pytest.raises(ResidencyRefused, match="no storage nodes in jurisdiction US"):
+        place_stripe(b"seed", nodes, "US", 4, 2)
+
+
+def test_too_few_active_nodes_gives_the_numbers() -> None:
+    nodes = [node(f"us{i}", facility=f"f{i}") for i in range(4)]
+    nodes += [node("us-down", state=NodeState.DOWN), node("us-drain", state=NodeState.DRAINING)]
+    nodes += [node(f"sg{i}", "SG", f"f{i}") for i in range(10)]
+    with pytest.raises(TooFewNodes) as caught:
+        place_stripe(b"seed", nodes, "US", 4, 2)
+    message = str(caught.value)
+    assert "has 4 active nodes of 6" in message
+    assert "needs 6 (k=4, m=2)" in message
+
+
+@given(seed=st.binary(min_size=1, max_size=16))
+def test_down_and_draining_nodes_are_never_chosen(seed: bytes) -> None:
+    nodes = [node(f"a{i}", facility=f"f{i % 3}", capacity=4) for i in range(6)]
+    nodes += [
+        node(f"d{i}", facility=f"f{i % 3}", capacity=4, state=NodeState.DOWN) for i in range(6)
+    ]
+    nodes += [
+        node(f"r{i}", facility=f"f{i % 3}", capacity=4, state=NodeState.DRAINING) for i in range(6)
+    ]
+    chosen = place_stripe(seed, nodes, "US", 3, 2)
+    assert all(x.id.startswith("a") for x in chosen)
+
+
+def test_facility_spread_limits_each_facility_to_m() -> None:
+    # facility f0 holds most nodes and most capacity, yet gets at most m shards
+    nodes = [node(f"big{i}", facility="f0", capacity=4) for i in range(10)]
+    nodes += [node(f"s{i}", facility=f"f{1 + i % 2}") for i in range(4)]
+    for number in range(200):
+        chosen = place_stripe(number.to_bytes(4, "big"), nodes, "US", 4, 2)
+        assert Counter(x.facility for x in chosen)["f0"] == 2
+
+
+def test_unspreadable_cell_still_places_on_distinct_nodes() -> None:
+    nodes = [node(f"n{i}", facility="only") for i in range(6)]
+    chosen = place_stripe(b"x", nodes, "US", 4, 2)
+    assert sorted(x.id for x in chosen) == sorted(x.id for x in nodes)
+
+
+def test_deterministic_for_a_seed_and_varies_across_seeds() -> None:
+    nodes = [node(f"n{i}", facility=f"f{i % 4}") for i in range(16)]
+    first = place_stripe(b"object-1", nodes, "US", 4, 2)
+    assert place_stripe(b"object-1", nodes, "US", 4, 2) == first
+    layouts = {tuple(x.id for x in place_stripe(bytes([i]), nodes, "US", 4, 2)) for i in range(50)}
+    assert len(layouts) > 20
+
+
+def test_rank_nodes_is_a_total_order_of_all_nodes() -> None:
+    nodes = [node(f"n{i}") for i in range(10)]
+    ranked = rank_nodes(b"seed", nodes)
+    assert sorted(x.id for x in ranked) == sorted(x.id for x in nodes)
+    assert rank_nodes(b"seed", reversed(nodes)) == ranked
+
+
+def test_balanced_by_capacity() -> None:
+    """Over many seeds a capacity-3 node holds about 3x the shards of a capacity-1 node."""
+    nodes = [node(f"one{i}", facility=f"f{i}") for i in range(20)]
+    nodes += [node(f"three{i}", facility=f"g{i}", capacity=3) for i in range(20)]
+    counts: Counter[str] = Counter()
+    for number in range(6000):
+        for chosen in place_stripe(number.to_bytes(4, "big"), nodes, "US", 1, 1):
+            counts[chosen.id] += 1
+    light = sum(counts[f"one{i}"] for i in range(20))
+    heavy = sum(counts[f"three{i}"] for i in range(20))
+    assert 2.5 < heavy / light < 3.5
+    # and no single node is starved or hogging
+    assert min(counts[f"one{i}"] for i in range(20)) > 0.5 * light / 20
+    assert max(counts[f"three{i}"] for i in range(20)) < 1.5 * heavy / 20
+
+
+def test_first_choice_frequency_is_proportional_to_capacity() -> None:
+    nodes = [node("c1", capacity=1), node("c3", capacity=3), node("c6", capacity=6)]
+    firsts = Counter(rank_nodes(i.to_bytes(4, "big"), nodes)[0].id for i in range(20000))
+    assert firsts["c1"] / 20000 == pytest.approx(0.1, abs=0.02)
+    assert firsts["c3"] / 20000 == pytest.approx(0.3, abs=0.02)
+    assert firsts["c6"] / 20000 == pytest.approx(0.6, abs=0.02)

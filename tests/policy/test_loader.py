@@ -1,0 +1,97 @@
+"""Policy and case files: versions, strict validation, clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from shardvault.errors import ConfigError, InvalidInput
+from shardvault.policy import Action, PrincipalKind, load_policy, parse_cases, parse_policy
+from shardvault.policy.model import Principal, Resource
+
+RULE = """
+[[rule]]
+id = "r1"
+effect = "allow"
+actions = ["read"]
+"""
+
+
+def test_minimal_policy_and_wildcards() -> None:
+    policy = parse_policy("version = 1\n" + RULE.replace('["read"]', '["*"]'))
+    assert policy.rules[0].actions is None
+    assert parse_policy("version = 1\n" + RULE).rules[0].actions == frozenset({Action.READ})
+    assert parse_policy("version = 1").rules == ()
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (RULE, "version None"),
+        ("version = 2\n" + RULE, "version 2"),
+        ("version = 1\n" + RULE + "colour = 'red'\n", "unknown keys \\['colour'\\]"),
+        ("version = 1\n" + RULE.replace('"read"', '"raed"'), "'raed' is not one of"),
+        ("version = 1\n" + RULE.replace('"allow"', '"permit"'), "'permit' is not one of"),
+        ("version = 1\n" + RULE.replace('actions = ["read"]', ""), "'actions' is required"),
+        ("version = 1\n" + RULE.replace('"r1"', '"invariant:x"'), "invalid rule id"),
+        ("version = 1\n" + RULE + RULE, "used twice"),
+        ("version = 1\n" + RULE + 'tenants = ["Chat"]\n', "tenant"),
+        ("version = 1\n" + RULE + "purposes = []\n", "non-empty list"),
+        ("version = 1\n" + RULE + 'jurisdictions = ["us"]\n', "jurisdiction"),
+        ("version = 1\nrule = 3\n", "array of tables"),
+        ("version = 1\n[[rule\n", "not valid TOML"),
+        ("version = 1\nextra = 1\n", "unknown keys"),
+    ],
+)
+def test_bad_policy_files_are_config_errors(text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_policy(text)
+
+
+def test_unreadable_policy_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_policy(tmp_path / "missing.toml")
+
+
+CASE = """
+version = 1
+[[case]]
+name = "n"
+principal = { id = "a", tenant = "chat", kind = "service", location = "US" }
+action = "read"
+resource = { tenant = "chat", jurisdiction = "US" }
+purpose = "p"
+expect = "deny"
+"""
+
+
+def test_case_file_parses_and_defaults_to_protected() -> None:
+    (case,) = parse_cases(CASE)
+    assert case.resource.data_class == "protected" and case.rule is None
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        ('expect = "deny"', 'expect = "no"', "case #1"),
+        ('kind = "service"', 'kind = "robot"', "'robot' is not one of"),
+        ('kind = "service"', 'kind = "external-requester"', "needs an authority"),
+        ('location = "US"', 'location = "USA!"', "jurisdiction"),
+        ('purpose = "p"', 'purpose = "two words"', "purpose"),
+        ('name = "n"', 'nam = "n"', "unknown keys"),
+        ("version = 1", "version = 3", "version 3"),
+    ],
+)
+def test_bad_case_files_are_config_errors(old: str, new: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_cases(CASE.replace(old, new))
+
+
+def test_domain_types_validate() -> None:
+    with pytest.raises(InvalidInput, match="only an external requester"):
+        Principal("a", "chat", PrincipalKind.SERVICE, "US", authority="x", authority_country="US")
+    with pytest.raises(InvalidInput):
+        Resource("chat", "US", key="k")
+    with pytest.raises(InvalidInput, match="principal kind 'wizard' is not one of"):
+        Principal("a", "chat", "wizard", "US")  # type: ignore[arg-type]

@@ -1,0 +1,226 @@
+"""The key custodian's own policy: whether to honour one unwrap (pure, plus a loader).
+
+The custodian is held by the partner, not the operator, and must not trust the
+operator's access policy: it decides again, from the `Justification` that comes
+with every unwrap and the scope of the key, under its own versioned file::
+
+    version = 1
+    approval_purposes = ["forget", "move", "lawful-request"]   # need an approval id
+
+    [[grant]]
+    id = "serve-users"
+    purposes = ["serve-user"]
+    principals = ["*"]          # optional; "*" or absent = anyone
+    tenants = ["chat"]          # optional
+    jurisdictions = ["US"]      # optional: the key's jurisdiction
+    requires_approval = false   # optional
+
+Fixed rules, not configurable: the justification must name a principal, a
+purpose and a request id; the requester's jurisdiction must be given and equal
+the key's; a purpose in ``approval_purposes`` (or a grant that requires it)
+needs an approval id. Anything no grant covers is refused (default deny).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from shardvault.errors import AccessDenied, ConfigError, InvalidInput
+from shardvault.model import Justification, jurisdiction_code, tenant_name
+
+CUSTODIAN_POLICY_VERSION = 1
+JUSTIFICATION_REQUIRED = "custodian:justification"
+SAME_JURISDICTION = "custodian:same-jurisdiction"
+APPROVAL_REQUIRED = "custodian:approval"
+DEFAULT_DENY = "custodian:default-deny"
+
+_ID = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+_TOKEN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@:/-]{0,127}")
+_GRANT_KEYS = {"id", "purposes", "principals", "tenants", "jurisdictions", "requires_approval"}
+
+
+@dataclass(frozen=True, slots=True)
+class KeyScope:
+    """Which root key an unwrap would use: one per (tenant, jurisdiction)."""
+
+    tenant: str
+    jurisdiction: str
+
+    def __post_init__(self) -> None:
+        tenant_name(self.tenant)
+        jurisdiction_code(self.jurisdiction)
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """Purposes (and optionally principals, tenants, key jurisdictions) the custodian honours."""
+
+    id: str
+    purposes: frozenset[str]
+    principals: frozenset[str] | None = None
+    tenants: frozenset[str] | None = None
+    jurisdictions: frozenset[str] | None = None
+    requires_approval: bool = False
+
+    def covers(self, justification: Justification, key: KeyScope) -> bool:
+        return (
+            justification.purpose in self.purposes
+            and (self.principals is None or justification.principal in self.principals)
+            and (self.tenants is None or key.tenant in self.tenants)
+            and (self.jurisdictions is None or key.jurisdiction in self.jurisdictions)
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class CustodianPolicy:
+    grants: tuple[Grant, ...] = ()
+    approval_purposes: frozenset[str] = frozenset()
+    version: int = CUSTODIAN_POLICY_VERSION
+
+
+@dataclass(frozen=True, slots=True)
+class UnwrapDecision:
+    """Whether to unwrap, the rule (grant id or fixed rule) that decided, and why."""
+
+    allowed: bool
+    rule: str
+    reason: str
+
+
+def _valid(value: str | None, pattern: re.Pattern[str]) -> bool:
+    return isinstance(value, str) and pattern.fullmatch(value) is not None
+
+
+def decide_unwrap(
+    policy: CustodianPolicy, justification: Justification, key: KeyScope
+) -> UnwrapDecision:
+    """Decide one unwrap. Pure; every refusal names its rule so it can be audited."""
+    j = justification
+    if not (
+        _valid(j.principal, _TOKEN) and _valid(j.purpose, _TOKEN) and _valid(j.request_id, _TOKEN)
+    ):
+        return UnwrapDecision(
+            False, JUSTIFICATION_REQUIRED, "principal, purpose and request id are required"
+        )
+    if j.requester_jurisdiction != key.jurisdiction:
+        return UnwrapDecision(
+            False,
+            SAME_JURISDICTION,
+            f"requester jurisdiction {j.requester_jurisdiction!r} is not the key's "
+            f"({key.jurisdiction})",
+        )
+    grant = next((g for g in policy.grants if g.covers(j, key)), None)
+    if grant is None:
+        return UnwrapDecision(False, DEFAULT_DENY, f"no grant covers purpose {j.purpose!r}")
+    if (grant.requires_approval or j.purpose in policy.approval_purposes) and not _valid(
+        j.approval_id, _TOKEN
+    ):
+        return UnwrapDecision(
+            False, APPROVAL_REQUIRED, f"purpose {j.purpose!r} needs an approval id"
+        )
+    return UnwrapDecision(True, grant.id, f"grant {grant.id} covers purpose {j.purpose!r}")
+
+
+def require_unwrap(
+    policy: CustodianPolicy, justification: Justification, key: KeyScope
+) -> UnwrapDecision:
+    """`decide_unwrap`, raising `AccessDenied` (with the rule id) when it refuses."""
+    decision = decide_unwrap(policy, justification, key)
+    if not decision.allowed:
+        raise AccessDenied(f"key custodian refused the unwrap ({decision.rule}): {decision.reason}")
+    return decision
+
+
+def _names(table: dict[str, Any], key: str, where: str, check: Any) -> frozenset[str] | None:
+    if key not in table:
+        return None
+    value = table[key]
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{where}.{key} must be a non-empty list of strings")
+    if value == ["*"]:
+        return None
+    try:
+        return frozenset(check(v) for v in value)
+    except InvalidInput as exc:
+        raise ConfigError(f"{where}.{key}: {exc}") from None
+
+
+def _token(value: str) -> str:
+    if not _TOKEN.fullmatch(value):
+        raise InvalidInput(f"{value!r} is not a valid name")
+    return value
+
+
+def parse_custodian_policy(text: str, source: str = "custodian policy") -> CustodianPolicy:
+    """Parse and validate a whole custodian policy file (`ConfigError` on any problem)."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source} is not valid TOML: {exc}") from None
+    version = data.get("version")
+    if version != CUSTODIAN_POLICY_VERSION or isinstance(version, bool):
+        raise ConfigError(f"{source} has version {version!r}; this reader knows version 1")
+    extra = set(data) - {"version", "approval_purposes", "grant"}
+    if extra:
+        raise ConfigError(f"{source}: unknown keys {sorted(extra)}")
+    approval = _names(data, "approval_purposes", source, _token) or frozenset()
+    grants_raw = data.get("grant", [])
+    if not isinstance(grants_raw, list):
+        raise ConfigError(f"{source}: 'grant' must be an array of tables ([[grant]])")
+    grants, seen = [], set()
+    for i, table in enumerate(grants_raw):
+        where = f"{source} grant #{i + 1}"
+        extra = set(table) - _GRANT_KEYS
+        if extra:
+            raise ConfigError(f"{where}: unknown keys {sorted(extra)}")
+        grant_id = table.get("id")
+        if not _valid(grant_id, _ID) or grant_id in seen:
+            raise ConfigError(f"{where}: id {grant_id!r} is missing, invalid or used twice")
+        seen.add(grant_id)
+        purposes = _names(table, "purposes", where, _token)
+        if purposes is None:
+            raise ConfigError(f"{where}: 'purposes' must list the purposes it grants")
+        requires = table.get("requires_approval", False)
+        if not isinstance(requires, bool):
+            raise ConfigError(f"{where}.requires_approval must be true or false")
+        grants.append(
+            Grant(
+                id=grant_id,
+                purposes=purposes,
+                principals=_names(table, "principals", where, _token),
+                tenants=_names(table, "tenants", where, tenant_name),
+                jurisdictions=_names(table, "jurisdictions", where, jurisdiction_code),
+                requires_approval=requires,
+            )
+        )
+    return CustodianPolicy(tuple(grants), approval)
+
+
+def load_custodian_policy(path: str | os.PathLike[str]) -> CustodianPolicy:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from None
+    return parse_custodian_policy(text, str(path))
+
+
+__all__ = [
+    "APPROVAL_REQUIRED",
+    "CUSTODIAN_POLICY_VERSION",
+    "DEFAULT_DENY",
+    "JUSTIFICATION_REQUIRED",
+    "SAME_JURISDICTION",
+    "CustodianPolicy",
+    "Grant",
+    "KeyScope",
+    "UnwrapDecision",
+    "decide_unwrap",
+    "load_custodian_policy",
+    "parse_custodian_policy",
+    "require_unwrap",
+]

@@ -1,0 +1,159 @@
+"""The custodian's independent unwrap policy (src/shardvault/custodian_policy.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from shardvault.custodian_policy import (
+    APPROVAL_REQUIRED,
+    DEFAULT_DENY,
+    JUSTIFICATION_REQUIRED,
+    SAME_JURISDICTION,
+    CustodianPolicy,
+    KeyScope,
+    decide_unwrap,
+    load_custodian_policy,
+    parse_custodian_policy,
+    require_unwrap,
+)
+from shardvault.errors import AccessDenied, ConfigError, InvalidInput
+from shardvault.model import Justification
+
+POLICY_TEXT = """
+version = 1
+approval_purposes = ["forget", "move", "lawful-request"]
+
+[[grant]]
+id = "serve-users"
+purposes = ["serve-user", "support-ticket"]
+
+[[grant]]
+id = "chat-analytics-us"
+purposes = ["analytics"]
+principals = ["analytics"]
+tenants = ["chat"]
+jurisdictions = ["US"]
+
+[[grant]]
+id = "incident-with-approval"
+purposes = ["incident"]
+requires_approval = true
+
+[[grant]]
+id = "privacy"
+purposes = ["forget", "move", "lawful-request"]
+"""
+POLICY = parse_custodian_policy(POLICY_TEXT)
+US_KEY = KeyScope("chat", "US")
+
+
+def just(purpose: str = "serve-user", **kw: object) -> Justification:
+    values: dict = dict(
+        principal="api", purpose=purpose, request_id="req-1", requester_jurisdiction="US"
+    )
+    values.update(kw)
+    return Justification(**values)
+
+
+@pytest.mark.parametrize(
+    ("justification", "key", "allowed", "rule"),
+    [
+        (just(), US_KEY, True, "serve-users"),
+        (just("support-ticket"), US_KEY, True, "serve-users"),
+        (just("curiosity"), US_KEY, False, DEFAULT_DENY),
+        (just(requester_jurisdiction="SG"), US_KEY, False, SAME_JURISDICTION),
+        (just(requester_jurisdiction=None), US_KEY, False, SAME_JURISDICTION),
+        (just(), KeyScope("chat", "SG"), False, SAME_JURISDICTION),
+        (just(principal=""), US_KEY, False, JUSTIFICATION_REQUIRED),
+        (just(request_id=""), US_KEY, False, JUSTIFICATION_REQUIRED),
+        (just(""), US_KEY, False, JUSTIFICATION_REQUIRED),
+        (just(principal="with space"), US_KEY, False, JUSTIFICATION_REQUIRED),
+        (just("analytics", principal="analytics"), US_KEY, True, "chat-analytics-us"),
+        (just("analytics", principal="api"), US_KEY, False, DEFAULT_DENY),
+        (just("analytics", principal="analytics"), KeyScope("maps", "US"), False, DEFAULT_DENY),
+        (
+            just("analytics", principal="analytics", requester_jurisdiction="SG"),
+            KeyScope("chat", "SG"),
+            False,
+            DEFAULT_DENY,
+        ),
+        (just("incident"), US_KEY, False, APPROVAL_REQUIRED),
+        (just("incident", approval_id="APR-7"), US_KEY, True, "incident-with-approval"),
+        (just("forget"), US_KEY, False, APPROVAL_REQUIRED),
+        (just("forget", approval_id="APR-8"), US_KEY, True, "privacy"),
+        (just("move", approval_id=""), US_KEY, False, APPROVAL_REQUIRED),
+        (just("lawful-request", approval_id="LR-1"), US_KEY, True, "privacy"),
+        (
+            just("lawful-request", approval_id="LR-1", requester_jurisdiction="CN"),
+            US_KEY,
+            False,
+            SAME_JURISDICTION,
+        ),
+    ],
+)
+def test_unwrap_decisions(justification, key, allowed: bool, rule: str) -> None:
+    decision = decide_unwrap(POLICY, justification, key)
+    assert (decision.allowed, decision.rule) == (allowed, rule), decision.reason
+
+
+def test_empty_policy_refuses_everything() -> None:
+    assert decide_unwrap(CustodianPolicy(), just(), US_KEY).rule == DEFAULT_DENY
+
+
+@given(
+    purpose=st.sampled_from(["serve-user", "forget", "analytics", "incident"]),
+    requester=st.sampled_from(["US", "SG", "CN", "EU"]),
+    key_place=st.sampled_from(["US", "SG", "CN", "EU"]),
+    approval=st.none() | st.just("APR-1"),
+)
+def test_never_unwraps_for_another_jurisdiction(purpose, requester, key_place, approval) -> None:
+    decision = decide_unwrap(
+        POLICY,
+        just(purpose, requester_jurisdiction=requester, approval_id=approval),
+        KeyScope("chat", key_place),
+    )
+    if requester != key_place:
+        assert not decision.allowed and decision.rule == SAME_JURISDICTION
+    if purpose == "forget" and approval is None:
+        assert not decision.allowed
+
+
+def test_require_unwrap_raises_access_denied_with_the_rule() -> None:
+    assert require_unwrap(POLICY, just(), US_KEY).allowed
+    with pytest.raises(AccessDenied, match="custodian:same-jurisdiction"):
+        require_unwrap(POLICY, just(requester_jurisdiction="SG"), US_KEY)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        ("version = 1", "version = 2", "version 2"),
+        ('id = "privacy"', 'id = "serve-users"', "used twice"),
+        ('id = "privacy"', 'id = "Bad Id"', "invalid"),
+        ('purposes = ["incident"]', 'purposes = ["*"]', "must list the purposes"),
+        ("requires_approval = true", 'requires_approval = "yes"', "true or false"),
+        ('tenants = ["chat"]', 'tenants = ["Chat"]', "tenant"),
+        ('jurisdictions = ["US"]', 'jurisdictions = ["usa"]', "jurisdiction"),
+        ('principals = ["analytics"]', "principals = []", "non-empty list"),
+        ("approval_purposes", "approval_purpose", "unknown keys"),
+        ("requires_approval = true", "requires_aproval = true", "unknown keys"),
+        ("[[grant]]", "[[grant", "not valid TOML"),
+    ],
+)
+def test_bad_custodian_policy_files(old: str, new: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_custodian_policy(POLICY_TEXT.replace(old, new, 1))
+
+
+def test_load_from_file_and_key_scope_validation(tmp_path: Path) -> None:
+    path = tmp_path / "custodian.toml"
+    path.write_text(POLICY_TEXT)
+    assert load_custodian_policy(path) == POLICY
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_custodian_policy(tmp_path / "missing.toml")
+    with pytest.raises(InvalidInput):
+        KeyScope("chat", "us")

@@ -49,11 +49,17 @@ class _ShardHandle:
             self.problem = f"unreadable: {exc}"
             return
         header = ShardHeader.parse(reader.read_at(0, HEADER.size))
-        expected = (manifest.object_id, manifest.version, index, manifest.block_size)
-        if (
-            header is None
-            or (header.object_id, header.version, header.index, header.block_size) != expected
-        ):
+        # every field, not just the ones the read uses: a flipped bit anywhere is damage
+        expected = ShardHeader(
+            index=index,
+            k=manifest.k,
+            m=manifest.m,
+            object_id=manifest.object_id,
+            version=manifest.version,
+            segment_size=manifest.segment_size,
+            block_size=manifest.block_size,
+        )
+        if header != expected:
             reader.close()
             self.problem = "bad header"
             return

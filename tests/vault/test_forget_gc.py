@@ -1,0 +1,166 @@
+"""Forgetting a subject, and garbage collection that never touches committed data."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import SEGMENT, files_under, make_deployment, manifest_of, shard_paths
+from shardvault.config import load
+from shardvault.errors import NotFound, SubjectForgotten
+from shardvault.keys.memory import MemoryCustodian
+from shardvault.model import ObjectRef, RequestContext
+from shardvault.nodes.port import shard_name
+from shardvault.vault import Vault
+
+
+def test_forget_destroys_the_key_and_the_shards(config_path: Path, tmp_path: Path) -> None:
+    base = config_path.parent
+    backup = tmp_path / "backup"
+    refs = [ObjectRef("intl", "alice", f"k{i}") for i in range(3)]
+    bob = ObjectRef("intl", "bob", "k0")
+    with Vault.open(load(config_path)) as vault:
+        record = vault.register_subject("intl", "alice", "US")
+        vault.register_subject("intl", "bob", "US")
+        for ref in refs:
+            vault.put(ref, os.urandom(SEGMENT + 1))
+            vault.put(ref, b"second version")
+        vault.put(bob, b"bob stays")
+        alice_shards = {p for ref in refs for v in (1, 2) for p in shard_paths(vault, ref, v)}
+        assert len(alice_shards) == 36
+    # a full backup of the cell: catalog and every node directory
+    shutil.copytree(base / "state", backup / "state")
+    shutil.copytree(base / "nodes", backup / "nodes")
+
+    with Vault.open(load(config_path)) as vault:
+        result = vault.forget("intl", "alice")
+        assert (result.versions_deleted, result.shards_removed) == (6, 36)
+        assert result.key_id == record.key_id and result.jurisdiction == "US"
+        for ref in refs:
+            with pytest.raises(SubjectForgotten, match="forgotten"):
+                vault.get(ref)
+        with pytest.raises(SubjectForgotten):
+            vault.put(refs[0], b"new")
+        with pytest.raises(SubjectForgotten):
+            vault.forget("intl", "alice")
+        assert vault.get(bob) == b"bob stays"
+    assert not any(path.exists() for path in alice_shards)
+    keyring = json.loads((base / "keys" / "keyring.json").read_text())
+    assert keyring["destroyed"] == {"intl/US": [record.key_id]}
+
+    # restoring the catalog and the shards from before the forget does not bring alice back
+    shutil.rmtree(base / "state")
+    shutil.rmtree(base / "nodes")
+    shutil.copytree(backup / "state", base / "state")
+    shutil.copytree(backup / "nodes", base / "nodes")
+    with Vault.open(load(config_path)) as vault:
+        assert vault.subject("intl", "alice").wrapped_key is not None  # the old catalog
+        for ref in refs:
+            with pytest.raises(SubjectForgotten, match=f"{record.key_id} of intl/US was destroyed"):
+                vault.get(ref)
+        assert vault.get(bob) == b"bob stays"
+
+
+def test_every_key_use_carries_the_callers_justification(config_path: Path) -> None:
+    custodian = MemoryCustodian()
+    ctx = RequestContext("svc-feed", "serve-feed", "req-42", "US")
+    with Vault.open(load(config_path), custodian=custodian) as vault:
+        vault.register_subject("intl", "alice", "US", ctx)
+        ref = ObjectRef("intl", "alice", "k")
+        vault.put(ref, b"data", ctx=ctx)
+        vault.get(ref, ctx=ctx)
+        with vault.open_read(ref, ctx=ctx) as reader:
+            reader.read_all()
+        vault.forget("intl", "alice", ctx)
+        with pytest.raises(SubjectForgotten):
+            vault.get(ref, ctx=ctx)
+    ops = [op for op, *_ in custodian.justifications]
+    assert ops == ["wrap", "unwrap", "unwrap", "unwrap", "destroy"]
+    assert {why for *_, why in custodian.justifications} == {ctx.justification()}
+
+
+def test_default_context_still_justifies_each_call(vault: Vault) -> None:
+    custodian = MemoryCustodian()
+    vault.custodian = custodian
+    vault.register_subject("intl", "alice", "US")
+    vault.put(ObjectRef("intl", "alice", "k"), b"x")
+    vault.get(ObjectRef("intl", "alice", "k"))
+    purposes = [(op, why.purpose) for op, _, _, why in custodian.justifications]
+    assert purposes == [("wrap", "register-subject"), ("unwrap", "write"), ("unwrap", "read")]
+    assert all(why.principal and why.request_id for *_, why in custodian.justifications)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_gc_collects_leftovers_and_never_committed_shards(tmp_path: Path) -> None:
+    config_path = make_deployment(tmp_path / "deploy")
+    clock = Clock()
+    with Vault.open(load(config_path), clock=clock) as vault:
+        vault.register_subject("intl", "alice", "US")
+        kept = ObjectRef("intl", "alice", "kept")
+        vault.put(kept, os.urandom(2 * SEGMENT))
+        vault.put(kept, b"v2")
+        committed = {p for v in (1, 2) for p in shard_paths(vault, kept, v)}
+        cell = vault.cells["US"]
+        nodes = manifest_of(vault, kept).nodes
+
+        def leftover(key: str, object_id: bytes, age: float) -> set[Path]:
+            """What a put killed after writing its shards leaves behind."""
+            ref = ObjectRef("intl", "alice", key)
+            version = cell.catalog.reserve(ref, object_id, clock.now - age)
+            paths = set()
+            for index, node in enumerate(nodes):
+                store = cell.store(node)
+                writer = store.open_writer(shard_name(object_id, version, index))
+                writer.write(b"half")
+                writer.commit()
+                paths.add(store.shard_path(shard_name(object_id, version, index)))  # type: ignore[attr-defined]
+            return paths
+
+        stale = leftover("stale", b"\x01" * 16, 7200)
+        fresh = leftover("fresh", b"\x02" * 16, 10)
+        orphan_store = cell.store(nodes[0])
+        orphan_name = shard_name(b"\x03" * 16, 1, 0)
+        writer = orphan_store.open_writer(orphan_name)
+        writer.write(b"nobody knows me")
+        writer.commit()
+        old_temp = orphan_store.open_writer(shard_name(b"\x04" * 16, 1, 0))
+        old_temp.write(b"abandoned temp")
+        new_temp = orphan_store.open_writer(shard_name(b"\x05" * 16, 1, 0))
+        new_temp.write(b"in progress")
+        temps = sorted(orphan_store.tmp_dir.iterdir())  # type: ignore[attr-defined]
+        old_path = next(p for p in temps if p.name.startswith("04"))
+        os.utime(old_path, (clock.now - 7200, clock.now - 7200))
+
+        report = vault.gc(grace_seconds=3600)
+        assert (report.versions, report.shards, report.orphans, report.temporaries) == (1, 6, 1, 1)
+        assert not any(p.exists() for p in stale)
+        assert all(p.exists() for p in fresh)
+        assert not orphan_store.shard_path(orphan_name).exists()  # type: ignore[attr-defined]
+        assert not old_path.exists()
+        assert [p.name[:2] for p in orphan_store.tmp_dir.iterdir()] == ["05"]  # type: ignore[attr-defined]
+
+        clock.now += 60
+        report = vault.gc(grace_seconds=0)
+        assert (report.versions, report.shards, report.temporaries) == (1, 6, 1)
+        assert not any(p.exists() for p in fresh)
+        nodes_root = config_path.parent / "nodes"
+        assert files_under(nodes_root) == committed
+        assert vault.get(kept) == b"v2"
+        assert len(vault.get(kept, 1)) == 2 * SEGMENT
+        assert vault.gc(grace_seconds=0).versions == 0
+        with pytest.raises(NotFound):
+            vault.get(ObjectRef("intl", "alice", "stale"))
+        new_temp.abort()
+        old_temp.abort()

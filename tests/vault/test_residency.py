@@ -1,0 +1,181 @@
+"""Residency, refusals and tenant isolation, checked on disk rather than through the API."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conftest import SEGMENT, files_under, make_deployment, manifest_of
+from shardvault.config import load
+from shardvault.errors import (
+    IntegrityError,
+    InvalidInput,
+    KeyUnavailable,
+    ResidencyRefused,
+    TooFewNodes,
+)
+from shardvault.keys.port import KeyScope
+from shardvault.model import ObjectRef, local_context
+from shardvault.vault import Vault
+
+SUBJECT = "resident-7f3a9c"
+KEY = "diary/entry-4b1d2e.txt"
+
+
+def test_shards_stay_in_the_home_jurisdiction(vault: Vault, config_path: Path) -> None:
+    base = config_path.parent
+    vault.register_subject("intl", SUBJECT, "US")
+    for number in range(8):
+        vault.put(ObjectRef("intl", SUBJECT, f"{KEY}.{number}"), os.urandom(SEGMENT + 1 + number))
+    written = files_under(base / "nodes")
+    assert len(written) == 8 * 6
+    assert all(path.relative_to(base / "nodes").parts[0] == "US" for path in written)
+    assert files_under(base / "nodes" / "SG") == set()
+    assert files_under(base / "nodes" / "EU") == set()
+    for number in range(8):
+        ref = ObjectRef("intl", SUBJECT, f"{KEY}.{number}")
+        locations = vault.where(ref)
+        assert len(locations) == 2 * 6
+        assert {loc.jurisdiction for loc in locations} == {"US"}
+        assert len({loc.facility for loc in locations}) == 3
+        assert {loc.node for loc in locations} == set(manifest_of(vault, ref).nodes)
+
+
+def _bytes_of(directory: Path) -> bytes:
+    return b"".join(path.read_bytes() for path in sorted(files_under(directory)))
+
+
+def test_metadata_stays_in_the_home_cell(config_path: Path) -> None:
+    base = config_path.parent
+    with Vault.open(load(config_path)) as vault:
+        vault.register_subject("intl", SUBJECT, "US")
+        vault.register_subject("intl", "someone-else", "SG")
+        vault.put(ObjectRef("intl", SUBJECT, KEY), b"x" * 100)
+        vault.put(ObjectRef("intl", "someone-else", "other"), b"y")
+        cells = base / "state" / "cells"
+        # read while open too: recent writes may still sit in the WAL files
+        for _ in range(2):
+            assert SUBJECT.encode() in _bytes_of(cells / "US")  # the check can see it
+            assert KEY.encode() in _bytes_of(cells / "US")
+            for other in ("SG", "EU"):
+                raw = _bytes_of(cells / other)
+                assert SUBJECT.encode() not in raw
+                assert KEY.encode() not in raw
+                assert b"entry-4b1d2e" not in raw
+            directory = b"".join(path.read_bytes() for path in (base / "state").glob("directory.*"))
+            assert SUBJECT.encode() not in directory
+            assert SUBJECT[:10].encode() not in directory
+            assert KEY.encode() not in directory
+            vault.put(ObjectRef("intl", SUBJECT, KEY), b"z")
+    with sqlite3.connect(base / "state" / "directory.sqlite") as db:
+        rows = db.execute("SELECT token, jurisdiction FROM homes").fetchall()
+    assert sorted(j for _, j in rows) == ["SG", "US"]
+    assert all(len(token) == 64 and SUBJECT not in token for token, _ in rows)
+
+
+def _state_snapshot(base: Path) -> set[Path]:
+    return files_under(base / "nodes")
+
+
+@pytest.fixture
+def refusing_vault(tmp_path: Path) -> Iterator[tuple[Vault, Path]]:
+    """CN is declared with no nodes; three of the six US nodes are down or draining."""
+
+    def edit(text: str) -> str:
+        text = text.replace(
+            "[jurisdictions.EU]\n", '[jurisdictions.CN]\nname = "China"\n\n[jurisdictions.EU]\n'
+        )
+        text = text.replace('id = "us-n1"\n', 'id = "us-n1"\nstate = "down"\n')
+        text = text.replace('id = "us-n2"\n', 'id = "us-n2"\nstate = "draining"\n')
+        text = text.replace('id = "us-n3"\n', 'id = "us-n3"\nstate = "down"\n')
+        return text.replace(
+            '[tenants.domestic]\nname = "Domestic social app"\n',
+            '[tenants.domestic]\nname = "Domestic social app"\njurisdictions = ["SG"]\n',
+        )
+
+    path = make_deployment(tmp_path / "deploy", edit=edit)
+    with Vault.open(load(path)) as vault:
+        yield vault, path.parent
+
+
+def test_no_nodes_in_the_home_jurisdiction_refuses_the_write(
+    refusing_vault: tuple[Vault, Path],
+) -> None:
+    vault, base = refusing_vault
+    vault.register_subject("intl", "li", "CN")
+    with pytest.raises(ResidencyRefused, match="no storage nodes in jurisdiction CN"):
+        vault.put(ObjectRef("intl", "li", "k"), b"data")
+    assert _state_snapshot(base) == set()
+    assert vault.cells["CN"].catalog.collectable(float("inf")) == []
+    assert vault.cells["CN"].catalog.known_object_ids() == set()
+
+
+def test_too_few_active_nodes_refuses_the_write(refusing_vault: tuple[Vault, Path]) -> None:
+    vault, base = refusing_vault
+    vault.register_subject("intl", "amy", "US")
+    with pytest.raises(TooFewNodes, match="US has 3 active nodes of 6, a stripe needs 6"):
+        vault.put(ObjectRef("intl", "amy", "k"), os.urandom(3 * SEGMENT))
+    assert _state_snapshot(base) == set()
+    assert vault.cells["US"].catalog.known_object_ids() == set()
+    # the other cells are not used as a fallback
+    vault.register_subject("intl", "sg-user", "SG")
+    vault.put(ObjectRef("intl", "sg-user", "k"), b"fine")
+    assert {p.relative_to(base / "nodes").parts[0] for p in _state_snapshot(base)} == {"SG"}
+
+
+def test_unknown_tenant_or_jurisdiction_or_disallowed_home_is_refused(
+    refusing_vault: tuple[Vault, Path],
+) -> None:
+    vault, base = refusing_vault
+    with pytest.raises(InvalidInput, match="unknown tenant 'nope'"):
+        vault.register_subject("nope", "amy", "US")
+    with pytest.raises(InvalidInput, match="unknown jurisdiction 'JP'"):
+        vault.register_subject("intl", "amy", "JP")
+    with pytest.raises(InvalidInput, match="invalid jurisdiction"):
+        vault.register_subject("intl", "amy", "us")
+    with pytest.raises(InvalidInput, match="tenant domestic does not keep users in US"):
+        vault.register_subject("domestic", "amy", "US")
+    with pytest.raises(InvalidInput, match="unknown tenant"):
+        vault.put(ObjectRef("nope", "amy", "k"), b"x")
+    for cell in vault.cells.values():
+        assert cell.catalog.get_subject("intl", "amy") is None
+        assert cell.catalog.get_subject("domestic", "amy") is None
+    assert _state_snapshot(base) == set()
+
+
+def test_tenants_are_isolated(vault: Vault) -> None:
+    mine, theirs = ObjectRef("intl", "sam", "notes"), ObjectRef("domestic", "sam", "notes")
+    intl = vault.register_subject("intl", "sam", "US")
+    domestic = vault.register_subject("domestic", "sam", "US")
+    assert intl.key_id != domestic.key_id
+    assert intl.wrapped_key != domestic.wrapped_key
+    vault.put(mine, b"intl's secret")
+    vault.put(theirs, b"domestic's secret")
+    assert vault.get(mine) == b"intl's secret"
+    assert vault.get(theirs) == b"domestic's secret"
+    assert manifest_of(vault, mine).object_id != manifest_of(vault, theirs).object_id
+    assert [i.ref.tenant for i in vault.list("intl", "sam").items] == ["intl"]
+
+    # a subject key wrapped for one tenant's scope does not unwrap in the other's
+    why = local_context("test").justification()
+    assert domestic.wrapped_key is not None
+    with pytest.raises(KeyUnavailable):
+        vault.custodian.unwrap(KeyScope("intl", "US"), domestic.key_id, domestic.wrapped_key, why)
+    with pytest.raises(KeyUnavailable):
+        vault.custodian.unwrap(KeyScope("intl", "US"), intl.key_id, domestic.wrapped_key, why)
+
+    # an operator copying the other tenant's manifest into our row reads nothing of theirs
+    catalog = vault.cells["US"].catalog
+    stolen = catalog.get_version(theirs)
+    assert stolen is not None
+    db = catalog._db  # type: ignore[attr-defined]
+    db.execute(
+        "UPDATE versions SET manifest = ? WHERE tenant = 'intl' AND subject = 'sam'",
+        (stolen.manifest,),
+    )
+    with pytest.raises(IntegrityError, match="failed to unwrap"):
+        vault.get(mine)

@@ -25,7 +25,9 @@ _IPV6 = re.compile(
 )
 _URL = re.compile(r"\b([A-Za-z][A-Za-z0-9+.-]{1,20})://([^\s/?#\"'`<>\\|{}^,;()]*)")
 _URL_TAIL = re.compile(r"[^\s\"'`<>\\|{}^,;]*")
-_INTEGER = re.compile(r"(?<![\w.])(0[xX][0-9A-Fa-f]{7,8}|\d{8,10})(?![\w.])")
+_INTEGER = re.compile(
+    r"(?<![\w.])0[xX][0-9A-Fa-f]{7,8}(?![\w.])|(?:(?<=[(=])|(?<=[(=] ))\d{8,10}(?![\w.])"
+)
 _NET_CONTEXT = re.compile(r"(?i)inet|addr|\bip\b|host|socket|connect|server|endpoint|htonl")
 _VERSION_BEFORE = re.compile(
     r"(?i)(?:version|\bver\b|\brev\b|release|\bbuild|semver|\bsdk)\w*\W{0,6}$|[\w-]+:[\w.-]+:$"
@@ -46,14 +48,17 @@ _QUOTED_HOST = re.compile(
 _HOSTNAME = re.compile(r"^(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}$")
 _NO_HOST_SCHEMES = frozenset({"file", "content", "data", "jar", "android.resource", "res"})
 
-#: Pieces of the engine's combined pre-filter: a line can only yield an endpoint if one of
-#: these matches it, so most lines cost one search.
-PREFILTER_PARTS = (
+#: The engine's pre-filter: a line can only yield an endpoint if one of these matches it.
+#: Each starts with a literal character, which CPython's ``re`` searches for at about
+#: 1 GB/s; one alternation of them all runs at under 50 MB/s (measured; see docs).
+PREFILTER_NEEDLES = (
     r"://",
-    r"\d\.\d{1,3}\.\d{1,3}\.\d",
-    r"[0-9A-Fa-f]:[0-9A-Fa-f]{0,4}:",
-    r"0[xX][0-9A-Fa-f]{7}|\d{8}",
-    r"[\"']\s*\+\s*[\"']",
+    r"\.\d{1,3}\.\d{1,3}\.\d",
+    r":[0-9A-Fa-f]{0,4}:",
+    r"\+\s*[\"']",
+    r"0[xX][0-9A-Fa-f]{7}",
+    r"\( ?\d{8}",
+    r"= ?\d{8}",
     r"\.(?:" + _TLDS + r")[\"'`:]",
 )
 

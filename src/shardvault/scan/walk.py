@@ -81,16 +81,16 @@ def _walk_dir(
     options: WalkOptions,
     ancestors: set[tuple[int, int]],
 ) -> Iterator[SourceFile | SkippedFile]:
-    if options.use_gitignore:
-        spec = _read_gitignore(os.path.join(path, ".gitignore"))
-        if spec is not None:
-            ignores = [*ignores, _Ignore(rel, spec)]
     try:
         with os.scandir(path) as it:
             entries = sorted(it, key=lambda e: e.name)
     except OSError as exc:
         yield SkippedFile(rel or ".", SkipReason.UNREADABLE, _why(exc))
         return
+    if options.use_gitignore and any(e.name == ".gitignore" for e in entries):
+        spec = _read_gitignore(os.path.join(path, ".gitignore"))
+        if spec is not None:
+            ignores = [*ignores, _Ignore(rel, spec)]
     for entry in entries:
         child = f"{rel}/{entry.name}" if rel else entry.name
         try:
@@ -154,10 +154,8 @@ def _read_gitignore(path: str) -> pathspec.GitIgnoreSpec | None:
     try:
         with open(path, encoding="utf-8", errors="replace") as fh:
             return pathspec.GitIgnoreSpec.from_lines(fh.read().splitlines())
-    except (FileNotFoundError, NotADirectoryError):
-        return None
     except OSError:
-        return None
+        return None  # an unreadable .gitignore ignores nothing, like git
 
 
 def _ignored(rel: str, is_dir: bool, ignores: list[_Ignore]) -> bool:

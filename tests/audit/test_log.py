@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import zlib
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,8 @@ from tests.audit.conftest import make_entry, naive_root, publish_head
 from shardvault.audit import merkle
 from shardvault.audit.log import AuditLog
 from shardvault.errors import AuditUnavailable, IntegrityError, InvalidInput
+
+REC = 44  # index record: u64 end offset, 32-byte leaf hash, u32 CRC-32
 
 
 def filled(path: Path, n: int) -> AuditLog:
@@ -131,27 +134,40 @@ def test_missing_acknowledged_entries_refuse_to_open(tmp_path: Path) -> None:
     publish_head(log, None)
     log.close()
     index = (path / "index.log").read_bytes()
-    (path / "index.log").write_bytes(index[: 8 + 9 * 40])
+    (path / "index.log").write_bytes(index[: 8 + 9 * REC])
     data = (path / "entries.log").read_bytes()
     (path / "entries.log").write_bytes(data[:-30])
     with pytest.raises(IntegrityError, match="acknowledged entries are missing"):
         AuditLog.open(path)
 
 
-def test_log_that_does_not_match_its_head_refuses_to_open(tmp_path: Path) -> None:
+def test_index_that_does_not_match_its_head_refuses_to_open(tmp_path: Path) -> None:
     path = tmp_path / "log"
     log = filled(path, 4)
     publish_head(log, None)
     log.close()
-    data = (path / "index.log").read_bytes()
-    # swap the leaf hashes of entries 0 and 1 in the index: still self-consistent records?
-    # no: the walk-back only checks the tail, the head check catches the rest.
-    rec = 40
-    first, second = data[8 : 8 + rec], data[8 + rec : 8 + 2 * rec]
-    swapped = data[:8] + first[:8] + second[8:] + second[:8] + first[8:] + data[8 + 2 * rec :]
-    (path / "index.log").write_bytes(swapped)
-    with pytest.raises(IntegrityError, match="does not match its signed head"):
+    data = bytearray((path / "index.log").read_bytes())
+    # a well-formed index record (valid CRC) with the wrong leaf hash: a buggy or forged cache
+    body = bytes(data[8 + REC : 8 + REC + 8]) + b"\x07" * 32
+    data[8 + REC : 8 + 2 * REC] = body + zlib.crc32(body).to_bytes(4, "big")
+    (path / "index.log").write_bytes(bytes(data))
+    with pytest.raises(IntegrityError, match="does not match its signed head for size 4"):
         AuditLog.open(path)
+
+
+def test_index_torn_in_the_middle_of_its_tail_is_rebuilt(tmp_path: Path) -> None:
+    """Pages of the last index write can reach the disk out of order: zeros, then records."""
+    path = tmp_path / "log"
+    log = filled(path, 12)
+    root = log.root()
+    log.close()
+    intact = (path / "index.log").read_bytes()
+    data = bytearray(intact)
+    data[8 + 8 * REC : 8 + 10 * REC] = bytes(2 * REC)  # records 8 and 9 lost, 10 and 11 kept
+    (path / "index.log").write_bytes(bytes(data))
+    with AuditLog.open(path) as again:
+        assert again.size == 12 and again.root() == root
+    assert (path / "index.log").read_bytes() == intact
 
 
 def test_unknown_file_version_or_foreign_file_is_refused(tmp_path: Path) -> None:

@@ -3,7 +3,8 @@
 Layout of a log directory (all integers big-endian)::
 
     entries.log   b"SVAUDE" u16 version=1, then records: u32 length, u32 CRC-32, entry bytes
-    index.log     b"SVAUDI" u16 version=1, then per entry: u64 end offset in entries.log, leaf hash
+    index.log     b"SVAUDI" u16 version=1, then per entry: u64 end offset in entries.log,
+                  32-byte leaf hash, u32 CRC-32 of those 40 bytes
     heads/        <tree size, 20 digits>.note: signed (and cosigned) checkpoints
     LOCK          held with flock while open: one writer process per log
 
@@ -16,8 +17,11 @@ Fail closed: if a batch cannot be made durable, the files are truncated back to
 their previous length and every caller in the batch gets `AuditUnavailable`, so
 the access it was about to allow is refused. After a failed fsync the page cache
 cannot be trusted, so the log refuses further appends until it is reopened.
-Opening recovers from a crash: an index tail that does not match its entry, and
-entry records that were never indexed (so never acknowledged), are cut off.
+Opening recovers from a crash. The index is written only after the entries it
+points at are durable, so it is a cache: its longest valid prefix is kept, whole
+entries after it are re-indexed, and a torn entry tail (never acknowledged) is
+cut. A damaged acknowledged entry, or fewer entries than a stored signed head
+covers, is an `IntegrityError` and nothing is cut.
 """
 
 from __future__ import annotations
@@ -42,7 +46,13 @@ _ENTRIES_MAGIC = b"SVAUDE"
 _INDEX_MAGIC = b"SVAUDI"
 _HEADER = 8
 _REC = struct.Struct(">II")
-_IDX = struct.Struct(">Q32s")
+_IDX_BODY = struct.Struct(">Q32s")
+_IDX = struct.Struct(">Q32sI")
+
+
+def _index_pack(end: int, leaf: bytes) -> bytes:
+    body = _IDX_BODY.pack(end, leaf)
+    return body + struct.pack(">I", zlib.crc32(body))
 
 
 def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
@@ -142,7 +152,7 @@ class AuditLog:
     # -- recovery -------------------------------------------------------------
 
     def _index_record(self, i: int) -> tuple[int, bytes]:
-        end, leaf = _IDX.unpack(os.pread(self._ifd, _IDX.size, _HEADER + i * _IDX.size))
+        end, leaf, _ = _IDX.unpack(os.pread(self._ifd, _IDX.size, _HEADER + i * _IDX.size))
         return end, leaf
 
     def _read_record(self, start: int, limit: int) -> bytes | None:
@@ -155,31 +165,41 @@ class AuditLog:
         payload = os.pread(self._efd, length, start + _REC.size)
         return payload if zlib.crc32(payload) == crc else None
 
-    def _index_tail_is_torn(self, count: int, entries_size: int) -> bool:
-        """Whether index record ``count - 1`` is a torn write to cut (False: it is sound).
-
-        An index record is written only after its entry was fsync'd, so a record
-        pointing at a damaged entry means the entry was damaged after it was
-        acknowledged: that is an `IntegrityError`, never something to cut.
-        """
-        raw = os.pread(self._ifd, _IDX.size, _HEADER + (count - 1) * _IDX.size)
-        end, leaf = _IDX.unpack(raw)
-        start = self._index_record(count - 2)[0] if count > 1 else _HEADER
-        if not any(raw) or not start < end <= entries_size:
-            return True
-        payload = self._read_record(start, entries_size)
-        if payload is None:
-            raise IntegrityError(
-                f"audit log {self.directory}: acknowledged entry {count - 1} is damaged"
-            )
-        return start + _REC.size + len(payload) != end or merkle.leaf_hash(payload) != leaf
-
     def _recover(self) -> None:
+        """Rebuild the in-memory state, cutting only what was never acknowledged.
+
+        The index is a cache of the entries file, written after the entries are
+        durable: its longest valid prefix (record CRCs, increasing offsets) is
+        kept, entries after it that are whole are re-indexed, and the first torn
+        record ends the log. Nothing is cut before the stored signed heads have
+        been checked against what remains.
+        """
         entries_size = os.fstat(self._efd).st_size
-        count = (os.fstat(self._ifd).st_size - _HEADER) // _IDX.size
-        while count and self._index_tail_is_torn(count, entries_size):
-            count -= 1
-        pos = self._index_record(count - 1)[0] if count else _HEADER
+        heads = self._stored_roots()
+        frontier = self._frontier
+        count, pos = 0, _HEADER
+        total = (os.fstat(self._ifd).st_size - _HEADER) // _IDX.size
+        while count < total:
+            chunk = os.pread(
+                self._ifd, min(total - count, 65536) * _IDX.size, _HEADER + count * _IDX.size
+            )
+            stop = False
+            for end, leaf, crc in _IDX.iter_unpack(chunk[: len(chunk) - len(chunk) % _IDX.size]):
+                if zlib.crc32(_IDX_BODY.pack(end, leaf)) != crc or not pos < end <= entries_size:
+                    stop = True
+                    break
+                pos = end
+                count += 1
+                self._append_leaf(leaf, heads)
+            if stop or not chunk:
+                break
+        if count:
+            start = self._index_record(count - 2)[0] if count > 1 else _HEADER
+            payload = self._read_record(start, entries_size)
+            if payload is None or start + _REC.size + len(payload) != pos:
+                raise IntegrityError(
+                    f"audit log {self.directory}: acknowledged entry {count - 1} is damaged"
+                )
         salvaged = []
         while (payload := self._read_record(pos, entries_size)) is not None:
             try:
@@ -187,44 +207,39 @@ class AuditLog:
             except IntegrityError:
                 break
             pos += _REC.size + len(payload)
-            salvaged.append(_IDX.pack(pos, merkle.leaf_hash(payload)))
+            leaf = merkle.leaf_hash(payload)
+            salvaged.append(_index_pack(pos, leaf))
+            self._append_leaf(leaf, heads)
+        if heads and max(heads) > frontier.size:
+            raise IntegrityError(
+                f"audit log {self.directory} has {frontier.size} entries but a signed head "
+                f"for {max(heads)}: acknowledged entries are missing"
+            )
         index_end = _HEADER + count * _IDX.size
-        self._check_heads_covered(count + len(salvaged))  # before anything is cut
         os.ftruncate(self._efd, pos)
         _pwrite_all(self._ifd, b"".join(salvaged), index_end)
         os.ftruncate(self._ifd, index_end + len(salvaged) * _IDX.size)
         os.fsync(self._efd)
         os.fsync(self._ifd)
         self._entries_end = pos
-        self._load_frontier(count + len(salvaged))
+
+    def _append_leaf(self, leaf: bytes, heads: dict[int, bytes]) -> None:
+        self._frontier.append(leaf)
+        expected = heads.get(self._frontier.size)
+        if expected is not None and self._frontier.root() != expected:
+            raise IntegrityError(
+                f"audit log {self.directory} does not match its signed head "
+                f"for size {self._frontier.size}"
+            )
 
     def _stored_roots(self) -> dict[int, bytes]:
         roots = {}
         for head in self.heads():
             checkpoint = Checkpoint.parse(head.text)
             roots[checkpoint.size] = checkpoint.root_hash
-        return roots
-
-    def _check_heads_covered(self, count: int) -> None:
-        heads = self._stored_roots()
-        if heads and max(heads) > count:
-            raise IntegrityError(
-                f"audit log {self.directory} has {count} entries but a signed head for "
-                f"{max(heads)}: acknowledged entries are missing"
-            )
-
-    def _load_frontier(self, count: int) -> None:
-        heads = self._stored_roots()
-        frontier = self._frontier
-        if 0 in heads and heads[0] != merkle.EMPTY_ROOT:
+        if roots.get(0, merkle.EMPTY_ROOT) != merkle.EMPTY_ROOT:
             raise IntegrityError("stored head for size 0 has the wrong root")
-        for leaf in self.leaf_hashes(0, count):
-            frontier.append(leaf)
-            if frontier.size in heads and frontier.root() != heads[frontier.size]:
-                raise IntegrityError(
-                    f"audit log {self.directory} does not match its signed head "
-                    f"for size {frontier.size}"
-                )
+        return roots
 
     # -- appending --------------------------------------------------------------
 
@@ -282,7 +297,7 @@ class AuditLog:
             for payload, leaf in zip(b.payloads, b.leaves, strict=True):
                 records.append(_REC.pack(len(payload), zlib.crc32(payload)) + payload)
                 pos += _REC.size + len(payload)
-                index.append(_IDX.pack(pos, leaf))
+                index.append(_index_pack(pos, leaf))
         index_end = _HEADER + first * _IDX.size
         stage = "write"
         try:
@@ -334,7 +349,7 @@ class AuditLog:
         data = os.pread(self._ifd, (end - start) * _IDX.size, _HEADER + start * _IDX.size)
         if len(data) != (end - start) * _IDX.size:
             raise InvalidInput(f"leaf range {start}..{end} is beyond the end of the log")
-        return [leaf for _, leaf in _IDX.iter_unpack(data)]
+        return [leaf for _, leaf, _ in _IDX.iter_unpack(data)]
 
     def iter_entry_bytes(self, start: int = 0, end: int | None = None) -> Iterator[bytes]:
         """The canonical bytes of entries ``start..end`` (default: all committed)."""

@@ -77,16 +77,28 @@ _LEXERS: dict[str, re.Pattern[str]] = {
 
 
 class CommentMap:
-    """Answers "is this offset inside a comment?" for one file's text."""
+    """Answers "is this offset inside a comment?" for one file's text.
+
+    Lexes lazily, only as far as the offsets asked about: the engine asks in increasing
+    order and only for lines with a finding, so most of a file is never lexed.
+    """
 
     def __init__(self, text: str, family: str) -> None:
         lexer = _LEXERS.get(family)
-        spans: list[tuple[int, int]] = []
-        if lexer is not None:
-            spans = [m.span() for m in lexer.finditer(text) if m.lastgroup == "c"]
-        self._starts = [s for s, _ in spans]
-        self._ends = [e for _, e in spans]
+        self._tokens = lexer.finditer(text) if lexer is not None else iter(())
+        self._starts: list[int] = []
+        self._ends: list[int] = []
+        self._lexed_to = -1 if lexer is not None else len(text) + 1
 
     def contains(self, offset: int) -> bool:
+        while self._lexed_to <= offset:
+            token = next(self._tokens, None)
+            if token is None:
+                self._lexed_to = 1 << 62
+                break
+            self._lexed_to = token.end()
+            if token.lastgroup == "c":
+                self._starts.append(token.start())
+                self._ends.append(token.end())
         i = bisect.bisect_right(self._starts, offset) - 1
         return i >= 0 and offset < self._ends[i]

@@ -136,6 +136,13 @@ def _get(
     return value
 
 
+def _unknown_keys(table: Any, known: set[str], where: str, problems: _Problems) -> None:
+    """A misspelt key (``staet = "down"``) is reported, never silently ignored."""
+    if isinstance(table, dict):
+        for key in sorted(set(table) - known):
+            problems.add(f"{where}{key}", "unknown key")
+
+
 def _check_name(check: Any, value: Any, where: str, problems: _Problems) -> bool:
     try:
         check(value)
@@ -157,6 +164,7 @@ def parse(doc: dict[str, Any], path: Path) -> Config:
     base = path.parent
 
     storage = _get(doc, "storage", dict, "", problems, default={})
+    _unknown_keys(storage, {"state_dir", "segment_size", "k", "m"}, "storage.", problems)
     state_dir = _get(storage, "state_dir", str, "storage.", problems, default="state")
     segment_size = _get(storage, "segment_size", int, "storage.", problems, default=1 << 20)
     if not MIN_SEGMENT <= segment_size <= MAX_SEGMENT:
@@ -167,6 +175,7 @@ def parse(doc: dict[str, Any], path: Path) -> Config:
         problems.add("storage.k", f"k={k}, m={m}: need k >= 1, m >= 1 and k + m <= 32")
 
     custodian = _get(doc, "custodian", dict, "", problems, default={})
+    _unknown_keys(custodian, {"backend", "path"}, "custodian.", problems)
     custodian_backend = _get(custodian, "backend", str, "custodian.", problems, default="keyring")
     if custodian_backend not in CUSTODIANS:
         problems.add("custodian.backend", f"must be one of {', '.join(CUSTODIANS)}")
@@ -175,7 +184,10 @@ def parse(doc: dict[str, Any], path: Path) -> Config:
     jurisdictions: dict[str, str] = {}
     for code, spec in _get(doc, "jurisdictions", dict, "", problems, default={}).items():
         where = f"jurisdictions.{code}"
-        if _check_name(jurisdiction_code, code, where, problems) and isinstance(spec, dict):
+        if not isinstance(spec, dict):
+            problems.add(where, "expected a table")
+        elif _check_name(jurisdiction_code, code, where, problems):
+            _unknown_keys(spec, {"name"}, where + ".", problems)
             jurisdictions[code] = _get(spec, "name", str, where + ".", problems, default=code)
     if not jurisdictions:
         problems.add("jurisdictions", "declare at least one jurisdiction")
@@ -183,8 +195,12 @@ def parse(doc: dict[str, Any], path: Path) -> Config:
     tenants: dict[str, TenantSpec] = {}
     for name, spec in _get(doc, "tenants", dict, "", problems, default={}).items():
         where = f"tenants.{name}"
-        if not (_check_name(tenant_name, name, where, problems) and isinstance(spec, dict)):
+        if not isinstance(spec, dict):
+            problems.add(where, "expected a table")
             continue
+        if not _check_name(tenant_name, name, where, problems):
+            continue
+        _unknown_keys(spec, {"name", "jurisdictions"}, where + ".", problems)
         allowed = _get(spec, "jurisdictions", list, where + ".", problems)
         for code in allowed or ():
             if code not in jurisdictions:
@@ -228,6 +244,8 @@ def _parse_node(
         problems.add(where, "expected a table")
         return None
     before = len(problems.items)
+    known = {"id", "jurisdiction", "facility", "backend", "path", "capacity", "state", "operator"}
+    _unknown_keys(spec, known, where + ".", problems)
     ident = _get(spec, "id", str, where + ".", problems, required=True)
     jurisdiction = _get(spec, "jurisdiction", str, where + ".", problems, required=True)
     facility = _get(spec, "facility", str, where + ".", problems, required=True)

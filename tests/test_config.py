@@ -1,0 +1,221 @@
+"""The deployment file: parsed once, validated whole, every problem named by its key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from shardvault import config as config_module
+from shardvault.config import ENV_VAR, Config, load, parse, resolve_path
+from shardvault.demo import demo_config_text, write_demo
+from shardvault.errors import ConfigError, InvalidInput
+from shardvault.model import NodeState
+
+DEMO = demo_config_text()
+
+
+def load_text(tmp_path: Path, text: str | bytes) -> Config:
+    path = tmp_path / "shardvault.toml"
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    else:
+        path.write_text(text)
+    return load(path)
+
+
+def error_for(tmp_path: Path, text: str | bytes) -> str:
+    with pytest.raises(ConfigError) as caught:
+        load_text(tmp_path, text)
+    message = str(caught.value)
+    assert "\n" not in message
+    return message
+
+
+def test_demo_config_loads(tmp_path: Path) -> None:
+    cfg = load(write_demo(tmp_path))
+    assert (cfg.segment_size, cfg.k, cfg.m, cfg.custodian) == (1 << 20, 4, 2, "keyring")
+    assert set(cfg.jurisdictions) == {"US", "SG", "EU"}
+    assert set(cfg.tenants) == {"intl", "domestic"}
+    assert len(cfg.nodes) == 18
+    assert {n.jurisdiction for n in cfg.nodes_in("US")} == {"US"}
+    node = cfg.node("us-n4")
+    assert (node.facility, node.state, node.capacity) == ("us-fac-1", NodeState.ACTIVE, 1)
+    assert node.location == str((tmp_path / "nodes" / "US" / "us-n4").resolve())
+    assert cfg.state_dir == (tmp_path / "state").resolve()
+    assert cfg.keyring_path == (tmp_path / "keys" / "keyring.json").resolve()
+    with pytest.raises(InvalidInput, match="unknown node"):
+        cfg.node("xx-n1")
+
+
+def test_write_demo_refuses_to_overwrite(tmp_path: Path) -> None:
+    write_demo(tmp_path)
+    with pytest.raises(InvalidInput, match="already exists"):
+        write_demo(tmp_path)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"not found.*init --demo"):
+        load(tmp_path / "nope.toml")
+
+
+def test_resolve_path_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    assert resolve_path(None) == Path("shardvault.toml")
+    monkeypatch.setenv(ENV_VAR, str(tmp_path / "env.toml"))
+    assert resolve_path(None) == tmp_path / "env.toml"
+    assert resolve_path(tmp_path / "explicit.toml") == tmp_path / "explicit.toml"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("version = 1\n[storage\n", "not valid TOML"),
+        (b"version = 1\n\xff\xfe\n", "not valid TOML"),
+        ("version = 1\nversion = 2\n", "not valid TOML"),
+    ],
+)
+def test_unparsable_config(tmp_path: Path, text: str | bytes, expected: str) -> None:
+    assert expected in error_for(tmp_path, text)
+
+
+def replace_once(old: str, new: str) -> str:
+    assert DEMO.count(old) >= 1, old
+    return DEMO.replace(old, new, 1)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (replace_once("version = 1", 'version = "1"'), "version: must be 1 (found '1')"),
+        (replace_once("version = 1", "version = 2"), "version: must be 1 (found 2)"),
+        (replace_once("version = 1\n", ""), "version: must be 1 (found None)"),
+        (
+            replace_once("segment_size = 1048576", 'segment_size = "1MiB"'),
+            "storage.segment_size: expected int, got str",
+        ),
+        (replace_once("k = 4", "k = 4.0"), "storage.k: expected int, got float"),
+        (replace_once("m = 2", "m = true"), "storage.m: expected int, got bool"),
+        (replace_once("segment_size = 1048576", "segment_size = 100"), "storage.segment_size"),
+        (replace_once("k = 4", "k = 0"), "storage.k: k=0, m=2"),
+        (replace_once("k = 4", "k = 31"), "k + m <= 32"),
+        (replace_once('backend = "keyring"', 'backend = "hsm"'), "custodian.backend"),
+        (replace_once('path = "keys/keyring.json"', "path = 7"), "custodian.path: expected str"),
+        (
+            replace_once('jurisdiction = "US"', "jurisdiction = 1"),
+            "nodes[0].jurisdiction: expected str, got int",
+        ),
+        (
+            replace_once('jurisdiction = "US"', 'jurisdiction = "JP"'),
+            "nodes[0].jurisdiction: 'JP' is not a declared jurisdiction",
+        ),
+        (replace_once('id = "us-n1"', 'id = "US N1"'), "nodes[0].id: invalid node id"),
+        (replace_once('id = "us-n1"\n', ""), "nodes[0].id: missing"),
+        (replace_once('facility = "us-fac-1"', 'facility = "a/b"'), "nodes[0].facility"),
+        (replace_once('backend = "local"', 'backend = "s3"'), "nodes[0].backend"),
+        (replace_once('path = "nodes/US/us-n1"\n', ""), "nodes[0].path: missing"),
+        (
+            replace_once('id = "us-n2"', 'id = "us-n2"\ncapacity = 0'),
+            "nodes[1].capacity: must be a positive integer",
+        ),
+        (
+            replace_once('id = "us-n2"', 'id = "us-n2"\ncapacity = "3"'),
+            "nodes[1].capacity: expected int, got str",
+        ),
+        (
+            replace_once('id = "us-n2"', 'id = "us-n2"\nstate = "broken"'),
+            "nodes[1].state: must be active, draining or down",
+        ),
+        (replace_once('id = "us-n2"', 'id = "us-n1"'), "nodes[1].id: duplicate node id 'us-n1'"),
+        (replace_once("[tenants.intl]", "[tenants.Intl]"), "tenants.Intl: invalid tenant"),
+        (
+            replace_once("[tenants.intl]\n", '[tenants.intl]\njurisdictions = ["JP"]\n'),
+            "tenants.intl.jurisdictions: 'JP' is not a declared jurisdiction",
+        ),
+        (
+            replace_once("[tenants.intl]\n", '[tenants.intl]\njurisdictions = "US"\n'),
+            "tenants.intl.jurisdictions: expected list, got str",
+        ),
+        (replace_once("[jurisdictions.US]", "[jurisdictions.us]"), "jurisdictions.us"),
+        ("version = 1\n", "jurisdictions: declare at least one jurisdiction"),
+        ("version = 1\nnodes = 5\n", "nodes: expected list, got int"),
+        ("storage_dir = 'x'\n" + DEMO, "storage_dir: unknown key"),
+        (DEMO + "\nstorage_dir = 'x'\n", "nodes[17].storage_dir: unknown key"),
+        (
+            replace_once("segment_size = 1048576", "segment_size = 1048576\nsegmnet_size = 4096"),
+            "storage.segmnet_size: unknown key",
+        ),
+        (
+            replace_once('backend = "keyring"', 'backend = "keyring"\npth = "x"'),
+            "custodian.pth: unknown key",
+        ),
+        (
+            replace_once('id = "us-n3"', 'id = "us-n3"\nstaet = "down"'),
+            "nodes[2].staet: unknown key",
+        ),
+        (
+            replace_once("[tenants.intl]\n", '[tenants.intl]\njurisdiction = ["US"]\n'),
+            "tenants.intl.jurisdiction: unknown key",
+        ),
+        (
+            replace_once('name = "Singapore"', 'name = "Singapore"\ncode = "SG"'),
+            "jurisdictions.SG.code: unknown key",
+        ),
+        (
+            'version = 1\n[jurisdictions]\nUS = 5\nSG = {name = "Singapore"}\n',
+            "jurisdictions.US: expected a table",
+        ),
+        (
+            replace_once('[tenants.intl]\nname = "International social app"\n', "").replace(
+                "[tenants.domestic]", "[tenants]\nintl = 5\n\n[tenants.domestic]", 1
+            ),
+            "tenants.intl: expected a table",
+        ),
+    ],
+)
+def test_bad_config_names_the_key(tmp_path: Path, text: str, expected: str) -> None:
+    message = error_for(tmp_path, text)
+    assert expected in message
+    assert message.startswith(f"config {(tmp_path / 'shardvault.toml').resolve()}: ")
+
+
+def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
+    text = DEMO.replace("k = 4", 'k = "four"').replace('id = "sg-n3"', 'id = "sg-n2"')
+    text = text.replace('state_dir = "state"', "state_dir = 1")
+    message = error_for(tmp_path, text)
+    for part in ("storage.k: expected int", "nodes[8].id: duplicate", "storage.state_dir"):
+        assert part in message
+
+
+def test_node_state_and_capacity_are_read(tmp_path: Path) -> None:
+    text = DEMO.replace('id = "us-n2"', 'id = "us-n2"\nstate = "draining"\ncapacity = 3')
+    node = load_text(tmp_path, text).node("us-n2")
+    assert (node.state, node.capacity) == (NodeState.DRAINING, 3)
+
+
+def test_config_is_frozen(tmp_path: Path) -> None:
+    cfg = load_text(tmp_path, DEMO)
+    with pytest.raises(AttributeError):
+        cfg.k = 9  # type: ignore[misc]
+
+
+@settings(max_examples=150, deadline=None)
+@given(cut=st.integers(0, len(DEMO) - 1))
+def test_half_written_config_is_refused_or_a_clean_prefix(
+    tmp_path_factory: pytest.TempPathFactory, cut: int
+) -> None:
+    """Whatever point a write stopped at, loading fails with ConfigError, never anything else.
+
+    A cut exactly between two node tables is indistinguishable from a smaller
+    deployment, so that case must at least load only the nodes written whole.
+    """
+    directory = tmp_path_factory.mktemp("cut")
+    full = parse(config_module.tomllib.loads(DEMO), directory / "shardvault.toml")
+    try:
+        cfg = load_text(directory, DEMO[:cut])
+    except ConfigError as exc:
+        assert "\n" not in str(exc)
+        return
+    assert cfg.nodes == full.nodes[: len(cfg.nodes)]

@@ -10,8 +10,10 @@ Layout of a log directory (all integers big-endian)::
 
 Why this shape: the index holds every leaf hash, so heads and proofs never
 rehash entries, and the in-memory `Frontier` makes each append O(log n).
-`append` returns only once its entry is on disk (fsync of both files); appends
-from many threads that arrive while a write is in flight share the next fsync.
+`append` returns only once its entry is on disk (fdatasync of the entries file);
+appends from many threads that arrive while a write is in flight share the next
+fsync. The index is written after that fsync and is not itself synced: it is a
+cache that `_recover` checks record by record and rebuilds from the entries.
 
 Fail closed: if a batch cannot be made durable, the files are truncated back to
 their previous length and every caller in the batch gets `AuditUnavailable`, so
@@ -264,7 +266,7 @@ class AuditLog:
         return list(range(batch.first, batch.first + len(batch.payloads)))
 
     def _lead(self) -> None:
-        """Write every queued batch with one fsync per file. Called with the lock held."""
+        """Write every queued batch with a single fsync. Called with the lock held."""
         batches, self._queue = self._queue, []
         if self._closed or self._broken is not None:
             reason = "closed" if self._closed else f"broken ({self._broken}); reopen it"
@@ -303,11 +305,11 @@ class AuditLog:
         try:
             _pwrite_all(self._efd, b"".join(records), entries_end)
             stage = "fsync"
-            os.fsync(self._efd)
+            os.fdatasync(self._efd)
             stage = "write"
+            # The index is a cache of durable entries (rebuilt on open if lost), so it
+            # needs no fsync of its own: one fsync per batch, not two.
             _pwrite_all(self._ifd, b"".join(index), index_end)
-            stage = "fsync"
-            os.fsync(self._ifd)
             return None
         except OSError as exc:
             try:
@@ -416,6 +418,8 @@ class AuditLog:
             if self._closed:
                 return
             self._closed = True
+        with contextlib.suppress(OSError):  # a cache: if this fails, open rebuilds it
+            os.fsync(self._ifd)
         for fd in (self._efd, self._ifd, self._lock_fd):
             os.close(fd)
 

@@ -1,9 +1,11 @@
 """SQLite catalog: the embedded default, one database file per cell.
 
-WAL mode so readers never block the writer. A commit of a manifest is
-synchronous=FULL (fsynced before put returns); reserving a pending version is
-synchronous=NORMAL, because losing a reservation to a power cut only leaves
-orphan shards, which gc finds by listing the nodes. The schema is versioned
+WAL mode so readers never block the writer, with synchronous=NORMAL: a
+transaction that must be durable (a manifest commit, a forget) is followed by
+the filesystem's group commit (shardvault.durability) before the call returns,
+so concurrent puts share one sync of the WAL instead of one fsync each.
+Reserving a pending version is not made durable, because losing a reservation
+to a power cut only leaves orphan shards, which gc finds by listing the nodes. The schema is versioned
 with ``PRAGMA user_version`` and migrated forward on open; a database from a
 newer shardvault is refused rather than guessed at.
 """
@@ -17,6 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from shardvault.catalog.port import DamageRecord, SubjectRecord, VersionRecord, VersionState
+from shardvault.durability import GroupSync, group_sync_for
 from shardvault.errors import ConfigError, Conflict, NotFound, StorageError
 from shardvault.model import ObjectRef
 
@@ -70,8 +73,11 @@ class SqliteCatalog:
                 str(path), isolation_level=None, check_same_thread=False, timeout=30.0
             )
             self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
             self._migrate()
+            self._group: GroupSync | None = (
+                group_sync_for(path.parent) if isinstance(path, Path) else None
+            )
         except sqlite3.DatabaseError as exc:
             raise StorageError(f"catalog {path}: {exc}") from exc
 
@@ -90,24 +96,19 @@ class SqliteCatalog:
     @contextmanager
     def _transaction(self, durable: bool = True) -> Iterator[sqlite3.Connection]:
         with self._lock:
-            if not durable:
-                self._db.execute("PRAGMA synchronous=NORMAL")
             try:
-                if not self._db.in_transaction:
-                    self._db.execute("BEGIN IMMEDIATE")
+                self._db.execute("BEGIN IMMEDIATE")
                 try:
                     yield self._db
                 except BaseException:
                     if self._db.in_transaction:
                         self._db.execute("ROLLBACK")
                     raise
-                if self._db.in_transaction:
-                    self._db.execute("COMMIT")
+                self._db.execute("COMMIT")
             except sqlite3.Error as exc:
                 raise StorageError(f"catalog {self.path}: {exc}") from exc
-            finally:
-                if not durable:
-                    self._db.execute("PRAGMA synchronous=FULL")
+        if durable and self._group is not None:
+            self._group.sync()
 
     def _query(self, sql: str, params: tuple = ()) -> list[tuple]:  # type: ignore[type-arg]
         with self._lock:

@@ -6,7 +6,6 @@ import sys
 from pathlib import Path
 from typing import Annotated
 
-import click
 import typer
 
 from shardvault.cli.state import CliState
@@ -45,24 +44,26 @@ def _register_commands() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI; a user's mistake is one line on stderr and an exit code, never a traceback."""
+    """Run the CLI; a user's mistake is one line on stderr and an exit code, never a traceback.
+
+    Usage errors are left to the command framework's standalone mode (exit 2
+    with its usage line); our own errors are mapped here by their class.
+    """
     _register_commands()
     command = typer.main.get_command(app)
     try:
-        command.main(args=argv, prog_name="shardvault", standalone_mode=False)
+        command.main(args=argv, prog_name="shardvault", standalone_mode=True)
     except ShardvaultError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except click.exceptions.Abort:
-        print("error: aborted", file=sys.stderr)
-        return 1
-    except click.exceptions.Exit as exc:
-        return exc.exit_code
-    except click.ClickException as exc:
-        exc.show()
-        return exc.exit_code
+    except SystemExit as exc:
+        code = exc.code
+        return code if isinstance(code, int) else (0 if code is None else 1)
     except BrokenPipeError:
         return 1
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
     return 0
 
 

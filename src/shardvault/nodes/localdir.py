@@ -5,8 +5,11 @@ Layout under the node's root::
     shards/ab/cd/<name>    committed shards, fanned out by the name's first 4 hex digits
     tmp/<name>.<random>    shards being written
 
-A write goes to tmp/, is fsynced, renamed into place, and the target directory
-is fsynced, so a shard is either wholly there or not there at all.
+A write goes to tmp/ and is renamed into place once durable, so a shard is
+either wholly there or not there at all. A large shard is fsynced on its own
+(then its directory); a small one is renamed and then made durable by the
+filesystem's group commit (shardvault.durability), so concurrent small puts
+share one journal commit instead of paying one each.
 """
 
 from __future__ import annotations
@@ -17,8 +20,11 @@ import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
+from shardvault.durability import GroupSync, group_sync_for
 from shardvault.errors import NotFound, StorageError
 from shardvault.nodes.port import check_shard_name
+
+SMALL_SHARD = 256 << 10
 
 
 def _storage_error(node_id: str, what: str, exc: OSError) -> StorageError:
@@ -39,6 +45,7 @@ class LocalShardWriter:
         self._store = store
         self._final = store.shard_path(name)
         self._temp = store.tmp_dir / f"{name}.{secrets.token_hex(6)}"
+        self._written = 0
         try:
             self._fd: int | None = os.open(
                 self._temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600
@@ -54,6 +61,7 @@ class LocalShardWriter:
             while view:
                 written = os.write(self._fd, view)
                 view = view[written:]
+                self._written += written
         except OSError as exc:
             self.abort()
             raise _storage_error(self._store.node_id, "writing a shard", exc) from exc
@@ -61,13 +69,18 @@ class LocalShardWriter:
     def commit(self) -> None:
         if self._fd is None:
             raise StorageError(f"node {self._store.node_id}: commit after abort")
+        small = self._written <= SMALL_SHARD
         try:
-            os.fsync(self._fd)
+            if not small:
+                os.fsync(self._fd)
             os.close(self._fd)
             self._fd = None
             self._final.parent.mkdir(parents=True, exist_ok=True)
             os.rename(self._temp, self._final)
-            _fsync_dir(self._final.parent)
+            if small:
+                self._store.group_sync.sync()
+            else:
+                _fsync_dir(self._final.parent)
         except OSError as exc:
             self.abort()
             raise _storage_error(self._store.node_id, "committing a shard", exc) from exc
@@ -99,6 +112,7 @@ class LocalDirShardStore:
         try:
             self.shard_dir.mkdir(parents=True, exist_ok=True)
             self.tmp_dir.mkdir(parents=True, exist_ok=True)
+            self.group_sync: GroupSync = group_sync_for(self.root)
         except OSError as exc:
             raise _storage_error(node_id, f"opening {root}", exc) from exc
 

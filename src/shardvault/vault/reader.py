@@ -11,6 +11,7 @@ current one is decoded and decrypted.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import Executor, Future
@@ -86,7 +87,8 @@ class ObjectReader:
         self._stores = stores
         self._code = code
         self._pool = pool
-        self._handles: dict[int, Future[_ShardHandle]] = {}
+        self._handles: dict[int, _ShardHandle] = {}
+        self._handles_lock = threading.Lock()
         self._bad: set[int] = set()
         self._closed = False
 
@@ -96,18 +98,19 @@ class ObjectReader:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _handle(self, index: int) -> Future[_ShardHandle]:
-        future = self._handles.get(index)
-        if future is None:
-            name = shard_name(self._manifest.object_id, self._manifest.version, index)
-            future = self._pool.submit(
-                _ShardHandle, self._stores[index], name, self._manifest, index
-            )
-            self._handles[index] = future
-        return future
+    def _handle(self, index: int) -> _ShardHandle:
+        # Opened inside the fetching task, never as a task of its own: a pool
+        # task that waited on another could deadlock a saturated pool.
+        with self._handles_lock:
+            handle = self._handles.get(index)
+            if handle is None:
+                name = shard_name(self._manifest.object_id, self._manifest.version, index)
+                handle = _ShardHandle(self._stores[index], name, self._manifest, index)
+                self._handles[index] = handle
+            return handle
 
     def _fetch(self, segment: int, index: int) -> _Fetched:
-        handle = self._handle(index).result()
+        handle = self._handle(index)
         if handle.reader is None:
             return _Fetched(index, None, handle.problem)
         length = self._manifest.block_length(segment)

@@ -1,0 +1,191 @@
+"""`make bench`: the vault's throughput beside the pipeline limit measured in the same run.
+
+Prints (a) the pipeline limit: encrypt + erasure-code + hash of the same data in
+memory on one core; (b) put and get of a 256 MiB object through the vault on
+local-directory nodes, and their ratio to (a); (c) put and get ops/s of 1 KiB
+objects, one client and eight; (d) peak RSS of a streamed 2 GiB put and get.
+Not a test: nothing here asserts a speed. Options: --large-mib, --small-count,
+--stream-gib, --dir (where the node directories go; default: a temp dir under .).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from shardvault.allocator import tune_allocator
+from shardvault.codec.erasure import ErasureCode
+from shardvault.codec.hashing import block_hash, block_matches
+from shardvault.codec.segment import SegmentBinding, SegmentCipher
+from shardvault.config import load
+from shardvault.demo import write_demo
+from shardvault.model import ObjectRef
+from shardvault.vault import Vault
+
+MIB = 1 << 20
+SEGMENT = MIB
+
+
+def pipeline_limit(total_mib: int) -> tuple[float, float]:
+    """MiB/s of seal → encode → hash (write) and verify → decode → open (read), one thread."""
+    code = ErasureCode(4, 2)
+    cipher = SegmentCipher(os.urandom(32), SegmentBinding(ObjectRef("t", "s", "k"), 1, bytes(16)))
+    segment = os.urandom(SEGMENT)
+    start = time.perf_counter()
+    for index in range(total_mib):
+        blocks = code.encode(cipher.seal(index, segment))
+        hashes = [block_hash(block) for block in blocks]
+    write = total_mib / (time.perf_counter() - start)
+    start = time.perf_counter()
+    for _ in range(total_mib):
+        assert all(block_matches(b, h) for b, h in zip(blocks[:4], hashes[:4], strict=True))
+        cipher.open(total_mib - 1, code.decode(blocks[:4]))
+    read = total_mib / (time.perf_counter() - start)
+    return write, read
+
+
+class RandomSource:
+    """A file-like source of `size` pseudo-random bytes that never holds them all."""
+
+    def __init__(self, size: int) -> None:
+        self.remaining = size
+        self.block = os.urandom(4 * MIB)
+
+    def readinto(self, buffer: memoryview | bytearray) -> int:
+        count = min(len(buffer), self.remaining, len(self.block))
+        buffer[:count] = self.block[:count]
+        self.remaining -= count
+        return count
+
+
+def open_vault(root: Path) -> Vault:
+    vault = Vault.open(load(write_demo(root)))
+    vault.register_subject("intl", "bench", "US")
+    return vault
+
+
+def large_object(vault: Vault, size_mib: int, repeats: int) -> tuple[float, float]:
+    ref = ObjectRef("intl", "bench", "large")
+    data = os.urandom(size_mib * MIB)
+    puts, gets = [], []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        vault.put(ref, data)
+        puts.append(size_mib / (time.perf_counter() - start))
+        start = time.perf_counter()
+        with vault.open_read(ref) as reader:
+            received = sum(len(chunk) for chunk in reader)
+        gets.append(size_mib / (time.perf_counter() - start))
+        assert received == len(data)
+    return max(puts), max(gets)
+
+
+def small_objects(vault: Vault, count: int, clients: int) -> tuple[float, float]:
+    payload = os.urandom(1024)
+    refs = [ObjectRef("intl", "bench", f"small/{clients}/{i}") for i in range(count)]
+    with ThreadPoolExecutor(clients) as pool:
+        start = time.perf_counter()
+        list(pool.map(lambda ref: vault.put(ref, payload), refs))
+        puts = count / (time.perf_counter() - start)
+        start = time.perf_counter()
+        list(pool.map(vault.get, refs))
+        gets = count / (time.perf_counter() - start)
+    return puts, gets
+
+
+def stream_child(root: str, size: int) -> None:
+    """Run in a subprocess: stream a put and a get of `size` bytes, print peak RSS."""
+    vault = open_vault(Path(root))
+    ref = ObjectRef("intl", "bench", "stream")
+    start = time.perf_counter()
+    vault.put(ref, RandomSource(size))  # type: ignore[arg-type]
+    put_s = time.perf_counter() - start
+    put_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start = time.perf_counter()
+    with vault.open_read(ref) as reader:
+        received = sum(len(chunk) for chunk in reader)
+    get_s = time.perf_counter() - start
+    assert received == size
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"put_rss_kib": put_rss, "rss_kib": rss, "put_s": put_s, "get_s": get_s}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--large-mib", type=int, default=256)
+    parser.add_argument("--small-count", type=int, default=2000)
+    parser.add_argument("--stream-gib", type=float, default=2.0)
+    parser.add_argument("--dir", type=Path, default=Path("."))
+    parser.add_argument("--stream-child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.stream_child:
+        stream_child(args.stream_child, int(args.stream_gib * (1 << 30)))
+        return
+    tuned = tune_allocator()
+    work = Path(tempfile.mkdtemp(prefix="bench-", dir=args.dir))
+    try:
+        run(args, work, tuned)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def run(args: argparse.Namespace, work: Path, tuned: bool) -> None:
+    print(
+        f"machine: {os.cpu_count()} cores, python {sys.version.split()[0]}, "
+        f"allocator tuned: {tuned}, node dirs under {work}"
+    )
+    limit_write, limit_read = pipeline_limit(256)
+    print(
+        f"(a) pipeline limit, 1 core, RS 4+2, 1 MiB segments: "
+        f"write {limit_write:,.0f} MiB/s, read {limit_read:,.0f} MiB/s"
+    )
+    vault = open_vault(work / "vault")
+    put_rate, get_rate = large_object(vault, args.large_mib, repeats=3)
+    print(
+        f"(b) {args.large_mib} MiB object, local-directory nodes: put {put_rate:,.0f} MiB/s "
+        f"({put_rate / limit_write:.0%} of limit), get {get_rate:,.0f} MiB/s "
+        f"({get_rate / limit_read:.0%} of limit)"
+    )
+    for clients in (1, 8):
+        puts, gets = small_objects(vault, args.small_count, clients)
+        print(
+            f"(c) 1 KiB objects, {clients} client thread(s): {puts:,.0f} durable puts/s, "
+            f"{gets:,.0f} gets/s"
+        )
+    vault.close()
+    child = subprocess.run(
+        [
+            sys.executable,
+            __file__,
+            "--stream-child",
+            str(work / "stream"),
+            "--stream-gib",
+            str(args.stream_gib),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    figures = json.loads(child.stdout.strip().splitlines()[-1])
+    gib = args.stream_gib
+    print(
+        f"(d) streamed {gib:g} GiB: peak RSS after put {figures['put_rss_kib'] / 1024:,.0f} MiB, "
+        f"after get {figures['rss_kib'] / 1024:,.0f} MiB "
+        f"(put {gib * 1024 / figures['put_s']:,.0f} MiB/s, "
+        f"get {gib * 1024 / figures['get_s']:,.0f} MiB/s)"
+    )
+
+
+if __name__ == "__main__":
+    threading.current_thread().name = "bench"
+    main()

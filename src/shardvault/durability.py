@@ -1,0 +1,91 @@
+"""Group commit: one filesystem sync makes many small writes durable at once.
+
+A durable small write costs a journal commit; done per file, that caps a 4+2
+put of a 1 KiB object near 600/s on this machine. Instead, a committer that
+needs durability asks the filesystem's GroupSync, which runs one ``syncfs(2)``
+for every committer waiting at that moment: concurrent puts share one journal
+commit. Large shards still use their own fsync, which flushes only that file.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import threading
+from pathlib import Path
+
+from shardvault.errors import StorageError
+
+
+def _load_syncfs():  # type: ignore[no-untyped-def]
+    name = ctypes.util.find_library("c")
+    if not name:
+        return None
+    try:
+        func = ctypes.CDLL(name, use_errno=True).syncfs
+    except (OSError, AttributeError):
+        return None
+    func.argtypes = [ctypes.c_int]
+    func.restype = ctypes.c_int
+    return func
+
+
+_syncfs = _load_syncfs()
+
+
+def sync_filesystem(fd: int) -> None:
+    """syncfs(2) where libc has it, else the global sync(2)."""
+    if _syncfs is None:
+        os.sync()
+        return
+    if _syncfs(fd) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+class GroupSync:
+    """Coalesces concurrent durability requests on one filesystem into one sync."""
+
+    def __init__(self, path: Path) -> None:
+        self._fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        self._cond = threading.Condition()
+        self._requested = 0
+        self._completed = 0
+        self._running = False
+
+    def sync(self) -> None:
+        """Return once everything written before this call is on stable storage."""
+        with self._cond:
+            self._requested += 1
+            ticket = self._requested
+            while self._completed < ticket:
+                if self._running:
+                    self._cond.wait()
+                    continue
+                self._running = True
+                target = self._requested
+                self._cond.release()
+                try:
+                    sync_filesystem(self._fd)
+                except OSError as exc:
+                    raise StorageError(f"filesystem sync failed: {exc.strerror}") from exc
+                finally:
+                    self._cond.acquire()
+                    self._running = False
+                    self._cond.notify_all()
+                self._completed = max(self._completed, target)
+
+
+_registry: dict[int, GroupSync] = {}
+_registry_lock = threading.Lock()
+
+
+def group_sync_for(path: Path) -> GroupSync:
+    """The process's GroupSync for the filesystem holding `path` (one per device)."""
+    device = os.stat(path).st_dev
+    with _registry_lock:
+        found = _registry.get(device)
+        if found is None:
+            found = _registry[device] = GroupSync(path)
+        return found

@@ -201,3 +201,31 @@ def test_register_twice_is_a_conflict(vault: Vault, alice: ObjectRef) -> None:
     with pytest.raises(Conflict):
         vault.register_subject("intl", "alice", "SG")
     assert vault.subject("intl", "alice").jurisdiction == "US"
+
+
+def _open_files_under(root: Path) -> list[str]:
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith(str(root)) and ".v" in os.path.basename(target):
+            found.append(target)
+    return found
+
+
+def test_puts_and_reads_close_every_shard_file(
+    vault: Vault, alice: ObjectRef, config_path: Path
+) -> None:
+    """A leaked descriptor per shard per read exhausts the process's files, and pins disks."""
+    nodes = config_path.parent / "nodes"
+    vault.put(alice, payload(2 * SEGMENT + 3))
+    assert _open_files_under(nodes) == []
+    vault.get(alice)
+    assert _open_files_under(nodes) == []
+    with vault.open_read(alice) as reader:
+        next(iter(reader))  # a reader abandoned half way is closed too
+    shard_paths(vault, alice)[0].unlink()
+    vault.get(alice)
+    assert _open_files_under(nodes) == []

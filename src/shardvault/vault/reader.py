@@ -107,6 +107,10 @@ class ObjectReader:
                 name = shard_name(self._manifest.object_id, self._manifest.version, index)
                 handle = _ShardHandle(self._stores[index], name, self._manifest, index)
                 self._handles[index] = handle
+                if self._closed and handle.reader is not None:
+                    # a prefetch that finished opening after close(): do not leak it
+                    handle.reader.close()
+                    handle.reader, handle.problem = None, "reader closed"
             return handle
 
     def _fetch(self, segment: int, index: int) -> _Fetched:
@@ -193,13 +197,11 @@ class ObjectReader:
         return b"".join(self)
 
     def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        for future in self._handles.values():
-            try:
-                handle = future.result()
-            except Exception:
-                continue
+        with self._handles_lock:
+            if self._closed:
+                return
+            self._closed = True
+            handles = list(self._handles.values())
+        for handle in handles:
             if handle.reader is not None:
                 handle.reader.close()

@@ -1,0 +1,262 @@
+"""Bad input is refused with one clear line: keys, subject ids, names, a full disk."""
+
+from __future__ import annotations
+
+import io
+import os
+import posixpath
+import subprocess
+import unicodedata
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from conftest import SEGMENT, files_under, make_deployment, shard_paths
+from shardvault.config import load
+from shardvault.errors import InvalidInput, StorageError, Unavailable
+from shardvault.model import (
+    MAX_KEY_BYTES,
+    ObjectRef,
+    jurisdiction_code,
+    node_id,
+    object_key,
+    subject_id,
+    tenant_name,
+)
+from shardvault.vault import Vault
+
+BAD_KEYS = {
+    "empty": "",
+    "overlong": "a" * (MAX_KEY_BYTES + 1),
+    "overlong-multibyte": "é" * 513,
+    "parent": "../etc/passwd",
+    "inner-parent": "photos/../../etc/passwd",
+    "just-dots": "..",
+    "dot-segment": "photos/./cat",
+    "absolute": "/etc/passwd",
+    "trailing-slash": "photos/",
+    "double-slash": "photos//cat",
+    "nul": "cat\x00.jpg",
+    "newline": "cat\n.jpg",
+    "tab": "cat\t.jpg",
+    "del": "cat\x7f",
+    "backslash": "photos\\cat.jpg",
+    "windows-traversal": "..\\..\\windows",
+    "non-nfc": "cafe\u0301",
+    "zero-width-space": "ca\u200bt",
+    "zero-width-joiner": "ca\u200dt",
+    "bom": "\ufeffcat",
+    "bidi-override": "cat\u202egpj.exe",
+    "bidi-isolate": "cat\u2066x",
+    "line-separator": "a\u2028b",
+    "nbsp": "a\u00a0b",
+    "lone-surrogate": "a\ud800b",
+    "private-use": "a\ue000b",
+    "not-a-string": 42,
+}
+
+GOOD_KEYS = [
+    "a",
+    "a" * MAX_KEY_BYTES,
+    "é" * (MAX_KEY_BYTES // 2),
+    "photos/2024/cat.jpg",
+    "with space.txt",
+    "...",
+    "a..b/c..",
+    ".hidden",
+    "日本語/ファイル.txt",
+    "café",
+    "emoji-😀",
+]
+
+
+@pytest.mark.parametrize("key", BAD_KEYS.values(), ids=BAD_KEYS.keys())
+def test_bad_object_keys_are_refused_with_one_line(key: object) -> None:
+    with pytest.raises(InvalidInput) as caught:
+        object_key(key)
+    message = str(caught.value)
+    assert message.startswith("invalid object key")
+    assert "\n" not in message and len(message) < 2000
+    with pytest.raises(InvalidInput):
+        ObjectRef("intl", "alice", key)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("key", GOOD_KEYS)
+def test_good_object_keys_are_accepted(key: str) -> None:
+    assert object_key(key) == key
+    assert str(ObjectRef("intl", "alice", key)) == f"intl/alice/{key}"
+
+
+@given(st.text(max_size=80) | st.text(alphabet="./\\a\x00\u200b\u202e\u0301", max_size=12))
+def test_any_text_is_a_safe_key_or_refused_cleanly(key: str) -> None:
+    try:
+        accepted = object_key(key)
+    except InvalidInput as exc:
+        assert "\n" not in str(exc)
+        return
+    assert accepted == key
+    assert posixpath.normpath(key) == key and not posixpath.isabs(key)
+    assert ".." not in key.split("/") and "\\" not in key
+    assert unicodedata.normalize("NFC", key) == key
+    assert all(unicodedata.category(c)[0] not in "CZ" or c == " " for c in key)
+    assert len(key.encode()) <= MAX_KEY_BYTES
+
+
+BAD_SUBJECTS = [
+    "",
+    "-alice",
+    ".alice",
+    "a" * 129,
+    "al/ice",
+    "../alice",
+    "al ice",
+    "alice\x00",
+    "alice\n",
+    "alicé",
+    "al\u200bice",
+    "\u202ealice",
+    "ALICE\\",
+    None,
+]
+
+
+@pytest.mark.parametrize("subject", BAD_SUBJECTS)
+def test_bad_subject_ids_are_refused(subject: object) -> None:
+    with pytest.raises(InvalidInput) as caught:
+        subject_id(subject)
+    assert str(caught.value).startswith("invalid subject id")
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("subject", ["a", "a" * 128, "alice@example.com", "u+1_2.3-4", "0"])
+def test_good_subject_ids(subject: str) -> None:
+    assert subject_id(subject) == subject
+
+
+@given(st.text(max_size=140))
+def test_any_text_is_a_subject_id_or_refused_cleanly(subject: str) -> None:
+    try:
+        subject_id(subject)
+    except InvalidInput as exc:
+        assert "\n" not in str(exc)
+        return
+    assert subject.isascii() and "/" not in subject and ".." not in subject[:2]
+    assert 1 <= len(subject) <= 128
+
+
+@pytest.mark.parametrize(
+    ("check", "value"),
+    [
+        (tenant_name, "Intl"),
+        (tenant_name, "../intl"),
+        (tenant_name, ""),
+        (jurisdiction_code, "us"),
+        (jurisdiction_code, "U"),
+        (jurisdiction_code, "US/../SG"),
+        (node_id, "../n1"),
+        (node_id, "N1"),
+    ],
+)
+def test_bad_names_are_refused(check: object, value: str) -> None:
+    with pytest.raises(InvalidInput):
+        check(value)  # type: ignore[operator]
+
+
+def test_vault_refuses_bad_input_before_touching_anything(vault: Vault, config_path: Path) -> None:
+    base = config_path.parent
+    before = files_under(base)
+    with pytest.raises(InvalidInput, match="invalid subject id"):
+        vault.register_subject("intl", "../alice", "US")
+    with pytest.raises(InvalidInput, match="unknown tenant"):
+        vault.register_subject("evil", "alice", "US")
+    with pytest.raises(InvalidInput, match="unknown jurisdiction"):
+        vault.register_subject("intl", "alice", "ZZ")
+    with pytest.raises(InvalidInput, match="invalid subject id"):
+        vault.list("intl", "a/../b")
+    with pytest.raises(InvalidInput, match="unknown tenant"):
+        vault.subject("evil", "alice")
+    assert files_under(base) == before
+
+
+# a full disk -------------------------------------------------------------------
+
+
+@pytest.fixture
+def small_disk_vault(tmp_path: Path) -> Iterator[tuple[Vault, Path]]:
+    """The six US node directories live on a 2 MiB tmpfs."""
+    path = make_deployment(tmp_path / "deploy")
+    us = path.parent / "nodes" / "US"
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(us)], check=True)
+    try:
+        for number in range(1, 7):
+            (us / f"us-n{number}").mkdir()
+        with Vault.open(load(path)) as vault:
+            yield vault, path.parent
+    finally:
+        # a process-wide handle (the group-sync registry) may still hold the mount:
+        # detach it lazily then, so no test run leaves a mount behind
+        if subprocess.run(["umount", str(us)], check=False).returncode != 0:
+            subprocess.run(["umount", "-l", str(us)], check=True)
+
+
+def outside_nodes(base: Path) -> set[Path]:
+    return {p for p in files_under(base) if "nodes" not in p.relative_to(base).parts}
+
+
+def test_full_disk_refuses_the_write_and_keeps_the_old_version(
+    small_disk_vault: tuple[Vault, Path],
+) -> None:
+    vault, base = small_disk_vault
+    vault.register_subject("intl", "alice", "US")
+    ref = ObjectRef("intl", "alice", "big")
+    old = os.urandom(SEGMENT + 100)
+    vault.put(ref, old)
+    on_nodes, elsewhere = files_under(base / "nodes"), outside_nodes(base)
+    assert on_nodes == set(shard_paths(vault, ref))
+
+    with pytest.raises(StorageError, match="disk full") as caught:
+        vault.put(ref, io.BytesIO(os.urandom(8 << 20)))
+    assert isinstance(caught.value, Unavailable)
+    assert "\n" not in str(caught.value)
+
+    assert files_under(base / "nodes") == on_nodes  # no shard, no temp file left
+    assert outside_nodes(base) == elsewhere
+    assert vault.cells["US"].catalog.collectable(float("inf")) == []
+    assert vault.get(ref) == old
+    assert [info.version for info in vault.versions(ref)] == [1]
+    # the space was given back: a write that fits succeeds
+    assert vault.put(ref, b"small").version == 2
+    assert vault.get(ref) == b"small"
+
+
+class FailingSource(io.RawIOBase):
+    """A client stream that breaks after a few segments."""
+
+    def __init__(self, good: int) -> None:
+        self.left = good
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        if self.left <= 0:
+            raise ConnectionResetError("client went away")
+        n = min(len(buffer), self.left)
+        buffer[:n] = os.urandom(n)
+        self.left -= n
+        return n
+
+
+def test_broken_source_stream_leaves_nothing(
+    vault: Vault, alice: ObjectRef, config_path: Path
+) -> None:
+    vault.put(alice, b"previous")
+    before = files_under(config_path.parent / "nodes")
+    with pytest.raises(ConnectionResetError):
+        vault.put(alice, FailingSource(3 * SEGMENT + 10))  # type: ignore[arg-type]
+    assert files_under(config_path.parent / "nodes") == before
+    assert vault.cells["US"].catalog.collectable(float("inf")) == []
+    assert vault.get(alice) == b"previous"

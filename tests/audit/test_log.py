@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -267,3 +268,22 @@ def test_entry_file_damage_is_found_when_reading(tmp_path: Path) -> None:
         list(log.iter_entry_bytes())
     log.close()
     assert os.path.exists(path / "LOCK")
+
+
+def test_index_is_a_cache_written_in_chunks(tmp_path: Path) -> None:
+    """Index records are kept in memory and written in chunks; a crash loses only the cache."""
+    entries = [make_entry(i) for i in range(4700)]
+    leaves = [merkle.leaf_hash(e.to_bytes()) for e in entries]
+    log = AuditLog.open(tmp_path / "log")
+    for first in (0, 1100, 2200, 3300, 4400):
+        log.append_many(entries[first : first + (1100 if first < 4400 else 300)])
+    written = ((tmp_path / "log" / "index.log").stat().st_size - 8) // REC
+    assert written == 4400, "the first 4400 records were flushed, the last 300 are pending"
+    assert log.leaf_hashes(4300, 4700) == leaves[4300:4700]
+    assert log.root() == merkle.root_of(leaves)
+    assert log.entry(4500) == entries[4500]
+    shutil.copytree(tmp_path / "log", tmp_path / "crashed")  # as if the process died now
+    with AuditLog.open(tmp_path / "crashed") as crashed:
+        assert crashed.size == 4700 and crashed.root() == log.root()
+    log.close()
+    assert (tmp_path / "log" / "index.log").stat().st_size == 8 + 4700 * REC

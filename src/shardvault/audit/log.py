@@ -12,8 +12,10 @@ Why this shape: the index holds every leaf hash, so heads and proofs never
 rehash entries, and the in-memory `Frontier` makes each append O(log n).
 `append` returns only once its entry is on disk (fdatasync of the entries file);
 appends from many threads that arrive while a write is in flight share the next
-fsync. The index is written after that fsync and is not itself synced: it is a
-cache that `_recover` checks record by record and rebuilds from the entries.
+fsync. The index is a cache of durable entries that `_recover` checks record by
+record and rebuilds from the entries file: it is written in chunks of
+`_INDEX_FLUSH` records (and on close), never synced on the append path, so that
+each fsync flushes only entry bytes.
 
 Fail closed: if a batch cannot be made durable, the files are truncated back to
 their previous length and every caller in the batch gets `AuditUnavailable`, so
@@ -50,6 +52,7 @@ _HEADER = 8
 _REC = struct.Struct(">II")
 _IDX_BODY = struct.Struct(">Q32s")
 _IDX = struct.Struct(">Q32sI")
+_INDEX_FLUSH = 4096  # index records kept in memory before they are written
 
 
 def _index_pack(end: int, leaf: bytes) -> bytes:
@@ -119,6 +122,8 @@ class AuditLog:
         self._commits = 0
         self._frontier = merkle.Frontier()
         self._entries_end = _HEADER
+        self._index_written = 0  # index records in index.log
+        self._index_pending: list[bytes] = []  # records of later entries, not yet written
         self._recover()
 
     @classmethod
@@ -154,8 +159,22 @@ class AuditLog:
     # -- recovery -------------------------------------------------------------
 
     def _index_record(self, i: int) -> tuple[int, bytes]:
-        end, leaf, _ = _IDX.unpack(os.pread(self._ifd, _IDX.size, _HEADER + i * _IDX.size))
+        if i >= self._index_written:
+            raw = self._index_pending[i - self._index_written]
+        else:
+            raw = os.pread(self._ifd, _IDX.size, _HEADER + i * _IDX.size)
+        end, leaf, _ = _IDX.unpack(raw)
         return end, leaf
+
+    def _flush_index(self) -> None:
+        """Write pending index records. A failure is harmless: they stay pending."""
+        if not self._index_pending:
+            return
+        offset = _HEADER + self._index_written * _IDX.size
+        with contextlib.suppress(OSError):
+            _pwrite_all(self._ifd, b"".join(self._index_pending), offset)
+            self._index_written += len(self._index_pending)
+            self._index_pending.clear()
 
     def _read_record(self, start: int, limit: int) -> bytes | None:
         """The entry record at ``start`` if it is whole and its CRC matches, else None."""
@@ -181,6 +200,7 @@ class AuditLog:
         frontier = self._frontier
         count, pos = 0, _HEADER
         total = (os.fstat(self._ifd).st_size - _HEADER) // _IDX.size
+        self._index_written = total
         while count < total:
             chunk = os.pread(
                 self._ifd, min(total - count, 65536) * _IDX.size, _HEADER + count * _IDX.size
@@ -224,6 +244,7 @@ class AuditLog:
         os.fsync(self._efd)
         os.fsync(self._ifd)
         self._entries_end = pos
+        self._index_written = count + len(salvaged)
 
     def _append_leaf(self, leaf: bytes, heads: dict[int, bytes]) -> None:
         self._frontier.append(leaf)
@@ -274,15 +295,18 @@ class AuditLog:
                 b.error = AuditUnavailable(f"audit log {self.directory} is {reason}")
             return
         self._writing = True
-        first, entries_end = self._frontier.size, self._entries_end
+        entries_end = self._entries_end
         self._cond.release()
         try:
-            error = self._write(batches, first, entries_end)
+            error, index = self._write(batches, entries_end)
         finally:
             self._cond.acquire()
             self._writing = False
         if error is None:
             self._commits += 1
+            self._index_pending.extend(index)
+            if len(self._index_pending) >= _INDEX_FLUSH:
+                self._flush_index()
             for b in batches:
                 b.first = self._frontier.size
                 for leaf in b.leaves:
@@ -293,35 +317,29 @@ class AuditLog:
                 b.error = error
         self._cond.notify_all()
 
-    def _write(self, batches: list[_Batch], first: int, entries_end: int) -> OSError | None:
+    def _write(self, batches: list[_Batch], entries_end: int) -> tuple[OSError | None, list[bytes]]:
+        """Make the batches durable in entries.log; return their index records."""
         records, index, pos = [], [], entries_end
         for b in batches:
             for payload, leaf in zip(b.payloads, b.leaves, strict=True):
                 records.append(_REC.pack(len(payload), zlib.crc32(payload)) + payload)
                 pos += _REC.size + len(payload)
                 index.append(_index_pack(pos, leaf))
-        index_end = _HEADER + first * _IDX.size
         stage = "write"
         try:
             _pwrite_all(self._efd, b"".join(records), entries_end)
             stage = "fsync"
             os.fdatasync(self._efd)
-            stage = "write"
-            # The index is a cache of durable entries (rebuilt on open if lost), so it
-            # needs no fsync of its own: one fsync per batch, not two.
-            _pwrite_all(self._ifd, b"".join(index), index_end)
-            return None
+            return None, index
         except OSError as exc:
             try:
                 os.ftruncate(self._efd, entries_end)
-                os.ftruncate(self._ifd, index_end)
                 os.fsync(self._efd)
-                os.fsync(self._ifd)
             except OSError as undo:
                 self._broken = undo
             if stage == "fsync":
                 self._broken = exc
-            return exc
+            return exc, []
 
     # -- reading ----------------------------------------------------------------
 
@@ -346,19 +364,30 @@ class AuditLog:
             return Checkpoint(origin, self._frontier.size, self._frontier.root())
 
     def leaf_hashes(self, start: int, end: int) -> list[bytes]:
-        if not 0 <= start <= end:
-            raise InvalidInput(f"bad leaf range {start}..{end}")
-        data = os.pread(self._ifd, (end - start) * _IDX.size, _HEADER + start * _IDX.size)
-        if len(data) != (end - start) * _IDX.size:
-            raise InvalidInput(f"leaf range {start}..{end} is beyond the end of the log")
-        return [leaf for _, leaf, _ in _IDX.iter_unpack(data)]
+        """Leaf hashes of entries ``start..end``, from the index (no entry is rehashed)."""
+        with self._cond:
+            if not 0 <= start <= end <= self._frontier.size:
+                raise InvalidInput(f"leaf range {start}..{end} is outside 0..{self._frontier.size}")
+            written = self._index_written
+            pending = self._index_pending[max(start, written) - written : end - written]
+        file_end = min(end, written)
+        data = b""
+        if start < file_end:
+            size = (file_end - start) * _IDX.size
+            data = os.pread(self._ifd, size, _HEADER + start * _IDX.size)
+            if len(data) != size:
+                raise IntegrityError(
+                    f"audit log {self.directory}: index.log is shorter than expected"
+                )
+        return [leaf for _, leaf, _ in _IDX.iter_unpack(data + b"".join(pending))]
 
     def iter_entry_bytes(self, start: int = 0, end: int | None = None) -> Iterator[bytes]:
         """The canonical bytes of entries ``start..end`` (default: all committed)."""
         end = self.size if end is None else end
         if not 0 <= start <= end <= self.size:
             raise InvalidInput(f"entry range {start}..{end} is outside 0..{self.size}")
-        pos = self._index_record(start - 1)[0] if start else _HEADER
+        with self._cond:
+            pos = self._index_record(start - 1)[0] if start else _HEADER
         for _ in range(start, end):
             length, crc = _REC.unpack(os.pread(self._efd, _REC.size, pos))
             payload = os.pread(self._efd, length, pos + _REC.size)
@@ -418,6 +447,7 @@ class AuditLog:
             if self._closed:
                 return
             self._closed = True
+            self._flush_index()
         with contextlib.suppress(OSError):  # a cache: if this fails, open rebuilds it
             os.fsync(self._ifd)
         for fd in (self._efd, self._ifd, self._lock_fd):

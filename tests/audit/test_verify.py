@@ -209,6 +209,13 @@ def test_tampered_tar_export_is_detected(sample: tuple[Path, bytes], tmp_path: P
         verify(tmp_path / "junk.tar")
 
 
+def test_tar_made_by_the_tar_tool_verifies(sample: tuple[Path, bytes], tmp_path: Path) -> None:
+    export, trusted = sample
+    with tarfile.open(tmp_path / "retarred.tar", "w") as tar:
+        tar.add(export, arcname=".")  # names like ./FORMAT, plus directory members
+    assert verify_export(tmp_path / "retarred.tar", LOG_VKEY, trusted_head=trusted).entries == 50
+
+
 def test_export_needs_a_head_and_a_fresh_destination(tmp_path: Path) -> None:
     with AuditLog.open(tmp_path / "log") as log:
         log.append(make_entry(0))

@@ -60,6 +60,7 @@ class _Source:
     def __init__(self, path: Path, stack: ExitStack) -> None:
         self._dir: Path | None = None
         self._tar: tarfile.TarFile | None = None
+        self._members: dict[str, tarfile.TarInfo] = {}
         if path.is_dir():
             self._dir = path
             names = {p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file()}
@@ -69,7 +70,9 @@ class _Source:
             except (OSError, tarfile.TarError) as exc:
                 raise IntegrityError(f"{path} is not an audit export: {exc}") from None
             members = [m for m in self._tar.getmembers() if m.isfile()]
-            names = {m.name for m in members}
+            # accept "./FORMAT" as written by `tar -C export .`
+            self._members = {m.name.removeprefix("./"): m for m in members}
+            names = set(self._members)
             if len(names) != len(members):
                 raise IntegrityError("export contains the same file twice")
         unknown = {n for n in names - _KNOWN if not _HEAD_NAME.fullmatch(n)}
@@ -84,7 +87,7 @@ class _Source:
         if self._dir is not None:
             return self._stack.enter_context(open(self._dir / name, "rb"))
         assert self._tar is not None
-        member = self._tar.extractfile(name)
+        member = self._tar.extractfile(self._members[name])
         if member is None:
             raise IntegrityError(f"export member {name} is not a file")
         return member

@@ -35,12 +35,20 @@ def _global_options(
     ctx.call_on_close(ctx.obj.close)
 
 
+_registered = False
+
+
 def _register_commands() -> None:
+    """Once per process: main() may run many times in one process (tests, embedding)."""
+    global _registered
+    if _registered:
+        return
     from shardvault.cli import admin, objects, scan_cmd
 
     admin.register(app)
     objects.register(app)
     scan_cmd.register(app)
+    _registered = True
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,9 +5,9 @@ transaction that must be durable (a manifest commit, a forget) is followed by
 the filesystem's group commit (shardvault.durability) before the call returns,
 so concurrent puts share one sync of the WAL instead of one fsync each.
 Reserving a pending version is not made durable, because losing a reservation
-to a power cut only leaves orphan shards, which gc finds by listing the nodes. The schema is versioned
-with ``PRAGMA user_version`` and migrated forward on open; a database from a
-newer shardvault is refused rather than guessed at.
+to a power cut only leaves orphan shards, which gc finds by listing the nodes.
+The schema is versioned with ``PRAGMA user_version`` and migrated forward on
+open; a database from a newer shardvault is refused rather than guessed at.
 """
 
 from __future__ import annotations

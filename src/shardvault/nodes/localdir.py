@@ -109,6 +109,7 @@ class LocalDirShardStore:
         self.root = root
         self.shard_dir = root / "shards"
         self.tmp_dir = root / "tmp"
+        self._shard_root = str(self.shard_dir)
         try:
             self.shard_dir.mkdir(parents=True, exist_ok=True)
             self.tmp_dir.mkdir(parents=True, exist_ok=True)
@@ -117,14 +118,17 @@ class LocalDirShardStore:
             raise _storage_error(node_id, f"opening {root}", exc) from exc
 
     def shard_path(self, name: str) -> Path:
+        return Path(self._shard_file(name))
+
+    def _shard_file(self, name: str) -> str:
         check_shard_name(name)
-        return self.shard_dir / name[:2] / name[2:4] / name
+        return os.path.join(self._shard_root, name[:2], name[2:4], name)
 
     def open_writer(self, name: str) -> LocalShardWriter:
         return LocalShardWriter(self, check_shard_name(name))
 
     def open_reader(self, name: str) -> LocalShardReader:
-        path = self.shard_path(name)
+        path = self._shard_file(name)
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:

@@ -286,17 +286,19 @@ class Vault:
 
     # reads --------------------------------------------------------------------
 
-    def _record(self, ref: ObjectRef, version: int | None) -> tuple[Cell, VersionRecord]:
+    def _record(
+        self, ref: ObjectRef, version: int | None
+    ) -> tuple[Cell, SubjectRecord, VersionRecord]:
         subject = self._live_subject(ref.tenant, ref.subject)
         cell = self.cells[subject.jurisdiction]
         record = cell.catalog.get_version(ref, version)
         if record is None or record.manifest is None:
             what = f"{ref} v{version}" if version else str(ref)
             raise NotFound(f"no object {what}")
-        return cell, record
+        return cell, subject, record
 
     def stat(self, ref: ObjectRef, version: int | None = None) -> ObjectInfo:
-        _, record = self._record(ref, version)
+        _, _, record = self._record(ref, version)
         assert record.manifest is not None
         return _info(Manifest.from_bytes(record.manifest))
 
@@ -305,10 +307,9 @@ class Vault:
     ) -> ObjectReader:
         """A streaming reader; iterate it for plaintext, then check .damage."""
         ctx = ctx or local_context("read")
-        cell, record = self._record(ref, version)
+        cell, subject, record = self._record(ref, version)
         assert record.manifest is not None
         manifest = Manifest.from_bytes(record.manifest)
-        subject = self._live_subject(ref.tenant, ref.subject)
         subject_key = self._subject_key(subject, ctx)
         binding = SegmentBinding(ref, manifest.version, manifest.object_id)
         data_key = hierarchy.unwrap_data_key(subject_key, manifest.wrapped_data_key, binding)
@@ -377,7 +378,7 @@ class Vault:
 
     def where(self, ref: ObjectRef, version: int | None = None) -> list[ShardLocation]:
         """Every shard of the version: segment, index, node, jurisdiction, facility."""
-        _, record = self._record(ref, version)
+        _, _, record = self._record(ref, version)
         assert record.manifest is not None
         manifest = Manifest.from_bytes(record.manifest)
         specs = {node.id: node for node in self.config.nodes}

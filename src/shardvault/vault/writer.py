@@ -10,7 +10,7 @@ every shard is committed; on any failure all shards written so far are removed.
 from __future__ import annotations
 
 from collections.abc import Callable
-from concurrent.futures import Executor, Future
+from concurrent.futures import Executor, Future, wait
 from dataclasses import dataclass, replace
 from typing import BinaryIO
 
@@ -97,6 +97,7 @@ class ShardSetWriter:
         )
         self._writers: list[ShardWriter] = []
         self._committed: list[int] = []
+        self._in_flight: list[Future[bytes]] = []
 
     def write(self, source: BinaryIO, progress: Progress | None = None) -> WrittenShards:
         try:
@@ -121,7 +122,7 @@ class ShardSetWriter:
             sealed = self._cipher.seal(segments, memoryview(buffer)[:filled])
             blocks = self._code.encode(sealed)
             hashes.extend(_wait_all(in_flight))
-            in_flight = [
+            in_flight = self._in_flight = [
                 self._pool.submit(_hash_and_write, writer, block)
                 for writer, block in zip(self._writers, blocks, strict=True)
             ]
@@ -155,6 +156,9 @@ class ShardSetWriter:
 
     def discard(self) -> None:
         """Remove every shard of this version, committed or not (best effort)."""
+        # a block still being written (the source failed meanwhile) must finish
+        # before its file is aborted, or the write lands on a closed descriptor
+        wait(self._in_flight)
         for index, writer in enumerate(self._writers):
             try:
                 writer.abort()

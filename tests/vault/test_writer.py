@@ -1,0 +1,91 @@
+"""The put pipeline's cleanup: no shard is aborted while its block is still being written."""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from shardvault.codec.erasure import ErasureCode
+from shardvault.codec.segment import SegmentBinding, SegmentCipher
+from shardvault.model import ObjectRef
+from shardvault.vault.writer import ShardSetWriter
+
+
+class SlowWriter:
+    """A shard writer whose block writes take a while, recording misuse."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        self.busy = 0
+        self.aborted = False
+        self.lock = threading.Lock()
+
+    def write(self, data: bytes | memoryview) -> None:
+        with self.lock:
+            if self.aborted:
+                self.problems.append("write after abort")
+            self.busy += 1
+        time.sleep(0.05 if len(data) > 100 else 0)  # headers are quick, blocks are not
+        with self.lock:
+            self.busy -= 1
+
+    def commit(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        with self.lock:
+            if self.busy:
+                self.problems.append("abort during write")
+            self.aborted = True
+
+
+class SlowStore:
+    def __init__(self, problems: list[str]) -> None:
+        self.node_id = "slow"
+        self.problems = problems
+
+    def open_writer(self, name: str) -> SlowWriter:
+        return SlowWriter(self.problems)
+
+    def delete(self, name: str) -> bool:
+        return False
+
+
+class BreaksAfterOneSegment(io.RawIOBase):
+    def __init__(self, size: int) -> None:
+        self.left = size
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        if self.left <= 0:
+            raise ConnectionResetError("client went away")
+        n = min(len(buffer), self.left)
+        buffer[:n] = b"x" * n
+        self.left -= n
+        return n
+
+
+def test_a_failing_source_waits_for_in_flight_writes_before_discarding() -> None:
+    problems: list[str] = []
+    ref = ObjectRef("intl", "alice", "k")
+    with ThreadPoolExecutor(12) as pool:
+        writer = ShardSetWriter(
+            stores=[SlowStore(problems) for _ in range(6)],  # type: ignore[misc]
+            object_id=bytes(16),
+            version=1,
+            code=ErasureCode(4, 2),
+            cipher=SegmentCipher(bytes(32), SegmentBinding(ref, 1, bytes(16))),
+            segment_size=4096,
+            pool=pool,
+            on_step=lambda step: None,
+        )
+        with pytest.raises(ConnectionResetError):
+            writer.write(BreaksAfterOneSegment(4096))  # type: ignore[arg-type]
+        time.sleep(0.1)
+    assert problems == []

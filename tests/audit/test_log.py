@@ -171,6 +171,28 @@ def test_index_torn_in_the_middle_of_its_tail_is_rebuilt(tmp_path: Path) -> None
     assert (path / "index.log").read_bytes() == intact
 
 
+def test_unindexed_entry_of_unknown_version_is_refused_not_cut(tmp_path: Path) -> None:
+    path = tmp_path / "log"
+    filled(path, 3).close()
+    future = make_entry(3).to_bytes().replace(b'"v":1', b'"v":2')
+    with open(path / "entries.log", "ab") as f:
+        f.write(len(future).to_bytes(4, "big") + zlib.crc32(future).to_bytes(4, "big") + future)
+    before = snapshot(path)
+    with pytest.raises(IntegrityError, match=r"entry 3 cannot be read: .*version 2 is not known"):
+        AuditLog.open(path)
+    assert snapshot(path) == before
+
+
+def test_damaged_stored_head_is_an_integrity_error(tmp_path: Path) -> None:
+    path = tmp_path / "log"
+    log = filled(path, 2)
+    publish_head(log, None)
+    log.close()
+    (path / "heads" / f"{2:020d}.note").write_bytes(b"garbage")
+    with pytest.raises(IntegrityError, match=r"stored head .* is damaged"):
+        AuditLog.open(path)
+
+
 def test_unknown_file_version_or_foreign_file_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "log"
     filled(path, 2).close()

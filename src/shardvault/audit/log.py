@@ -226,8 +226,11 @@ class AuditLog:
         while (payload := self._read_record(pos, entries_size)) is not None:
             try:
                 AuditEntry.from_bytes(payload)
-            except IntegrityError:
-                break
+            except IntegrityError as exc:
+                # a whole record with a valid CRC is no torn write: never cut it
+                raise IntegrityError(
+                    f"audit log {self.directory}: entry {frontier.size} cannot be read: {exc}"
+                ) from None
             pos += _REC.size + len(payload)
             leaf = merkle.leaf_hash(payload)
             salvaged.append(_index_pack(pos, leaf))
@@ -437,8 +440,13 @@ class AuditLog:
 
     def heads(self) -> list[SignedNote]:
         """Stored signed heads, smallest tree first."""
-        paths = sorted((self.directory / "heads").glob("[0-9]*.note"))
-        return [SignedNote.parse(p.read_bytes()) for p in paths]
+        heads = []
+        for path in sorted((self.directory / "heads").glob("[0-9]*.note")):
+            try:
+                heads.append(SignedNote.parse(path.read_bytes()))
+            except InvalidInput as exc:
+                raise IntegrityError(f"stored head {path} is damaged: {exc}") from None
+        return heads
 
     def close(self) -> None:
         with self._cond:

@@ -45,17 +45,20 @@ def sync_filesystem(fd: int) -> None:
 
 
 class GroupSync:
-    """Coalesces concurrent durability requests on one filesystem into one sync."""
+    """Coalesces concurrent durability requests on one filesystem into one sync.
 
-    def __init__(self, path: Path) -> None:
-        self._fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    Holds no file descriptor between syncs: the leader opens the directory it
+    was asked about, syncs, and closes it, so nothing pins a mount.
+    """
+
+    def __init__(self) -> None:
         self._cond = threading.Condition()
         self._requested = 0
         self._completed = 0
         self._running = False
 
-    def sync(self) -> None:
-        """Return once everything written before this call is on stable storage."""
+    def sync(self, path: Path) -> None:
+        """Return once everything written on path's filesystem before this call is stable."""
         with self._cond:
             self._requested += 1
             ticket = self._requested
@@ -67,14 +70,23 @@ class GroupSync:
                 target = self._requested
                 self._cond.release()
                 try:
-                    sync_filesystem(self._fd)
-                except OSError as exc:
-                    raise StorageError(f"filesystem sync failed: {exc.strerror}") from exc
+                    _sync_path(path)
                 finally:
                     self._cond.acquire()
                     self._running = False
                     self._cond.notify_all()
                 self._completed = max(self._completed, target)
+
+
+def _sync_path(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            sync_filesystem(fd)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise StorageError(f"filesystem sync of {path} failed: {exc.strerror}") from exc
 
 
 _registry: dict[int, GroupSync] = {}
@@ -85,7 +97,4 @@ def group_sync_for(path: Path) -> GroupSync:
     """The process's GroupSync for the filesystem holding `path` (one per device)."""
     device = os.stat(path).st_dev
     with _registry_lock:
-        found = _registry.get(device)
-        if found is None:
-            found = _registry[device] = GroupSync(path)
-        return found
+        return _registry.setdefault(device, GroupSync())

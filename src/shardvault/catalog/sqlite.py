@@ -72,12 +72,17 @@ class SqliteCatalog:
             self._db = sqlite3.connect(
                 str(path), isolation_level=None, check_same_thread=False, timeout=30.0
             )
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._migrate()
+            try:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=NORMAL")
+                self._migrate()
+            except BaseException:
+                self._db.close()
+                raise
             self._group: GroupSync | None = (
                 group_sync_for(path.parent) if isinstance(path, Path) else None
             )
+            self._dir = path.parent if isinstance(path, Path) else None
         except sqlite3.DatabaseError as exc:
             raise StorageError(f"catalog {path}: {exc}") from exc
 
@@ -107,8 +112,8 @@ class SqliteCatalog:
                 self._db.execute("COMMIT")
             except sqlite3.Error as exc:
                 raise StorageError(f"catalog {self.path}: {exc}") from exc
-        if durable and self._group is not None:
-            self._group.sync()
+        if durable and self._group is not None and self._dir is not None:
+            self._group.sync(self._dir)
 
     def _query(self, sql: str, params: tuple = ()) -> list[tuple]:  # type: ignore[type-arg]
         with self._lock:

@@ -78,7 +78,7 @@ class LocalShardWriter:
             self._final.parent.mkdir(parents=True, exist_ok=True)
             os.rename(self._temp, self._final)
             if small:
-                self._store.group_sync.sync()
+                self._store.group_sync.sync(self._store.root)
             else:
                 _fsync_dir(self._final.parent)
         except OSError as exc:

@@ -34,6 +34,7 @@ def _load_syncfs():  # type: ignore[no-untyped-def]
 _syncfs = _load_syncfs()
 
 
+
 def sync_filesystem(fd: int) -> None:
     """syncfs(2) where libc has it, else the global sync(2)."""
     if _syncfs is None:
@@ -45,29 +46,36 @@ def sync_filesystem(fd: int) -> None:
 
 
 class GroupSync:
-    """Coalesces concurrent durability requests on one filesystem into one sync.
+    """Coalesces durability requests on one filesystem into as few syncs as possible.
 
-    Holds no file descriptor between syncs: the leader opens the directory it
-    was asked about, syncs, and closes it, so nothing pins a mount.
+    Each write that needs to become durable takes a ticket (``note_write``); a
+    sync that *starts* after a ticket was taken covers it. ``sync(upto)`` waits
+    for such a sync, starting one only if none is running that covers it, so
+    six shards committed together, or many puts from many threads, share one.
+    Holds no file descriptor between syncs, so nothing pins a mount.
     """
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
-        self._requested = 0
-        self._completed = 0
+        self._written = 0
+        self._durable = 0
         self._running = False
 
-    def sync(self, path: Path) -> None:
-        """Return once everything written on path's filesystem before this call is stable."""
+    def note_write(self) -> int:
         with self._cond:
-            self._requested += 1
-            ticket = self._requested
-            while self._completed < ticket:
+            self._written += 1
+            return self._written
+
+    def sync(self, path: Path, upto: int | None = None) -> None:
+        """Return once the write with ticket `upto` (default: all so far) is durable."""
+        with self._cond:
+            wanted = self._written if upto is None else upto
+            while self._durable < wanted:
                 if self._running:
                     self._cond.wait()
                     continue
                 self._running = True
-                target = self._requested
+                target = self._written
                 self._cond.release()
                 try:
                     _sync_path(path)
@@ -75,7 +83,7 @@ class GroupSync:
                     self._cond.acquire()
                     self._running = False
                     self._cond.notify_all()
-                self._completed = max(self._completed, target)
+                self._durable = max(self._durable, target)
 
 
 def _sync_path(path: Path) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import errno
 import os
 import secrets
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -66,7 +67,7 @@ class LocalShardWriter:
             self.abort()
             raise _storage_error(self._store.node_id, "writing a shard", exc) from exc
 
-    def commit(self) -> None:
+    def commit(self, durable: bool = True) -> None:
         if self._fd is None:
             raise StorageError(f"node {self._store.node_id}: commit after abort")
         small = self._written <= SMALL_SHARD
@@ -75,15 +76,22 @@ class LocalShardWriter:
                 os.fsync(self._fd)
             os.close(self._fd)
             self._fd = None
-            self._final.parent.mkdir(parents=True, exist_ok=True)
-            os.rename(self._temp, self._final)
-            if small:
-                self._store.group_sync.sync(self._store.root)
-            else:
+            try:
+                os.rename(self._temp, self._final)
+            except FileNotFoundError:
+                self._final.parent.mkdir(parents=True, exist_ok=True)
+                os.rename(self._temp, self._final)
+            if not small:
                 _fsync_dir(self._final.parent)
         except OSError as exc:
             self.abort()
             raise _storage_error(self._store.node_id, "committing a shard", exc) from exc
+        if small:
+            ticket = self._store.group_sync.note_write()
+            if durable:
+                self._store.group_sync.sync(self._store.root, ticket)
+            else:
+                self._store.owe_sync(ticket)
 
     def abort(self) -> None:
         if self._fd is not None:
@@ -110,12 +118,24 @@ class LocalDirShardStore:
         self.shard_dir = root / "shards"
         self.tmp_dir = root / "tmp"
         self._shard_root = str(self.shard_dir)
+        self._owed = 0
+        self._owed_lock = threading.Lock()
         try:
             self.shard_dir.mkdir(parents=True, exist_ok=True)
             self.tmp_dir.mkdir(parents=True, exist_ok=True)
             self.group_sync: GroupSync = group_sync_for(self.root)
         except OSError as exc:
             raise _storage_error(node_id, f"opening {root}", exc) from exc
+
+    def owe_sync(self, ticket: int) -> None:
+        with self._owed_lock:
+            self._owed = max(self._owed, ticket)
+
+    def sync(self) -> None:
+        with self._owed_lock:
+            owed = self._owed
+        if owed:
+            self.group_sync.sync(self.root, owed)
 
     def shard_path(self, name: str) -> Path:
         return Path(self._shard_file(name))

@@ -19,7 +19,7 @@ class MemoryShardWriter:
     def write(self, data: bytes | memoryview) -> None:
         self._parts.append(bytes(data))
 
-    def commit(self) -> None:
+    def commit(self, durable: bool = True) -> None:
         with self._store.lock:
             self._store.shards[self._name] = b"".join(self._parts)
         self._done = True
@@ -63,6 +63,9 @@ class MemoryShardStore:
     def names(self) -> Iterator[str]:
         with self.lock:
             return iter(sorted(self.shards))
+
+    def sync(self) -> None:
+        pass
 
     def collect_temporaries(self, older_than: float) -> int:
         return 0

@@ -35,8 +35,12 @@ def object_id_of(name: str) -> str:
 class ShardWriter(Protocol):
     def write(self, data: bytes | memoryview) -> None: ...
 
-    def commit(self) -> None:
-        """Make the shard durable and visible under its name (atomic)."""
+    def commit(self, durable: bool = True) -> None:
+        """Make the shard visible under its name (atomic), and durable unless told not to.
+
+        With ``durable=False`` the caller must call the store's ``sync()``
+        before relying on the shard: that lets n shards share one sync.
+        """
 
     def abort(self) -> None:
         """Discard everything written; safe to call after a failure or twice."""
@@ -64,6 +68,9 @@ class ShardStore(Protocol):
 
     def names(self) -> Iterator[str]:
         """Every committed shard name on this node."""
+
+    def sync(self) -> None:
+        """Make every shard committed with ``durable=False`` on this store durable."""
 
     def collect_temporaries(self, older_than: float) -> int:
         """Remove uncommitted leftovers last touched before `older_than` (epoch seconds)."""

@@ -20,6 +20,7 @@ from shardvault.codec.segment import TAG_BYTES, SegmentCipher
 from shardvault.codec.shardfile import ShardHeader
 from shardvault.nodes.port import ShardStore, ShardWriter, shard_name
 
+INLINE_BLOCK = 64 << 10
 StepHook = Callable[[str], None]
 Progress = Callable[[int], None]
 
@@ -33,10 +34,9 @@ class WrittenShards:
     block_hashes: bytes
 
 
-def _hash_and_write(writer: ShardWriter, block: bytes) -> bytes:
-    digest = block_hash(block)
+def _write_block(writer: ShardWriter, block: bytes) -> bytes:
     writer.write(block)
-    return digest
+    return b""
 
 
 def _read_full(source: BinaryIO, buffer: bytearray) -> int:
@@ -121,11 +121,17 @@ class ShardSetWriter:
                 break
             sealed = self._cipher.seal(segments, memoryview(buffer)[:filled])
             blocks = self._code.encode(sealed)
-            hashes.extend(_wait_all(in_flight))
-            in_flight = self._in_flight = [
-                self._pool.submit(_hash_and_write, writer, block)
-                for writer, block in zip(self._writers, blocks, strict=True)
-            ]
+            hashes.extend(block_hash(block) for block in blocks)
+            _wait_all(in_flight)
+            if segments == 0 and filled < self._segment_size and len(blocks[0]) <= INLINE_BLOCK:
+                # A small object: n tiny writes cost less here than handed to threads.
+                for writer, block in zip(self._writers, blocks, strict=True):
+                    writer.write(block)
+            else:
+                in_flight = self._in_flight = [
+                    self._pool.submit(_write_block, writer, block)
+                    for writer, block in zip(self._writers, blocks, strict=True)
+                ]
             last_block = len(blocks[0])
             size += filled
             segments += 1
@@ -134,9 +140,9 @@ class ShardSetWriter:
                 progress(filled)
             if filled < self._segment_size:
                 break
-        hashes.extend(_wait_all(in_flight))
+        _wait_all(in_flight)
         self._on_step("shards-written")
-        self._commit_all()
+        self._commit_all(inline=segments == 1 and last_block <= INLINE_BLOCK)
         self._on_step("shards-committed")
         return WrittenShards(
             size=size,
@@ -146,13 +152,25 @@ class ShardSetWriter:
             block_hashes=b"".join(hashes),
         )
 
-    def _commit_all(self) -> None:
+    def _commit_all(self, inline: bool) -> None:
+        """Commit every shard, then make them durable together.
+
+        Committing without durability and then syncing each store lets stores
+        that share a filesystem share one sync (see shardvault.durability).
+        """
+
         def commit(index: int) -> bytes:
-            self._writers[index].commit()
+            self._writers[index].commit(durable=False)
             self._committed.append(index)
             return b""
 
-        _wait_all([self._pool.submit(commit, index) for index in range(len(self._writers))])
+        if inline:
+            for index in range(len(self._writers)):
+                commit(index)
+        else:
+            _wait_all([self._pool.submit(commit, index) for index in range(len(self._writers))])
+        for store in self._stores:
+            store.sync()
 
     def discard(self) -> None:
         """Remove every shard of this version, committed or not (best effort)."""

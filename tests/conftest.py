@@ -1,7 +1,9 @@
 """Shared fixtures: a demo deployment on disk, opened as an embedded vault.
 
 The demo writes 1 MiB segments; tests rewrite it to SEGMENT bytes so that
-multi-segment objects stay small and the suite stays fast.
+multi-segment objects stay small and the suite stays fast. Nodes keep every
+shard as its own file here (``pack_limit = 0``), so tests can damage a shard
+by path; tests/vault/test_packs.py covers the packed layout the demo uses.
 """
 
 from __future__ import annotations
@@ -26,11 +28,13 @@ def make_deployment(
     directory: Path,
     *,
     segment_size: int = SEGMENT,
+    pack_limit: int = 0,
     edit: Callable[[str], str] | None = None,
 ) -> Path:
     """A demo deployment in `directory` with a small segment size; returns the config path."""
     path = write_demo(directory)
     text = path.read_text().replace("segment_size = 1048576", f"segment_size = {segment_size}")
+    text = text.replace('backend = "local"', f'backend = "local"\npack_limit = {pack_limit}')
     if edit is not None:
         text = edit(text)
     path.write_text(text)

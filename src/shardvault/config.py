@@ -244,7 +244,17 @@ def _parse_node(
         problems.add(where, "expected a table")
         return None
     before = len(problems.items)
-    known = {"id", "jurisdiction", "facility", "backend", "path", "capacity", "state", "operator"}
+    known = {
+        "id",
+        "jurisdiction",
+        "facility",
+        "backend",
+        "path",
+        "capacity",
+        "state",
+        "operator",
+        "pack_limit",
+    }
     _unknown_keys(spec, known, where + ".", problems)
     ident = _get(spec, "id", str, where + ".", problems, required=True)
     jurisdiction = _get(spec, "jurisdiction", str, where + ".", problems, required=True)
@@ -252,6 +262,7 @@ def _parse_node(
     backend = _get(spec, "backend", str, where + ".", problems, default="local")
     location = _get(spec, "path", str, where + ".", problems, default="")
     capacity = _get(spec, "capacity", int, where + ".", problems, default=1)
+    pack_limit = _get(spec, "pack_limit", int, where + ".", problems, default=64 << 10)
     state = _get(spec, "state", str, where + ".", problems, default="active")
     operator = _get(spec, "operator", str, where + ".", problems, default="operator")
     if ident is not None:
@@ -268,6 +279,8 @@ def _parse_node(
         problems.add(where + ".state", "must be active, draining or down")
     if capacity < 1:
         problems.add(where + ".capacity", "must be a positive integer")
+    if not 0 <= pack_limit <= 16 << 20:
+        problems.add(where + ".pack_limit", "must be between 0 (no packs) and 16 MiB")
     if len(problems.items) != before:
         return None
     resolved = str((base / location).resolve()) if location else ""
@@ -280,4 +293,5 @@ def _parse_node(
         operator=operator,
         capacity=capacity,
         state=NodeState(state),
+        pack_limit=pack_limit,
     )

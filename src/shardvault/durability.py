@@ -1,10 +1,11 @@
-"""Group commit: one filesystem sync makes many small writes durable at once.
+"""Group commit: one flush makes many small writes durable at once.
 
-A durable small write costs a journal commit; done per file, that caps a 4+2
-put of a 1 KiB object near 600/s on this machine. Instead, a committer that
-needs durability asks the filesystem's GroupSync, which runs one ``syncfs(2)``
-for every committer waiting at that moment: concurrent puts share one journal
-commit. Large shards still use their own fsync, which flushes only that file.
+A durable small write costs a flush to stable storage; paid per write, that
+caps small puts at a few hundred a second here. Instead each write takes a
+ticket (``note_write``), which wakes this file's flusher thread; the flusher
+runs one flush for every write noted before it began, and ``sync(ticket)``
+waits until a flush has covered the ticket. The n shards of one put (one per
+node, so one flusher each) flush in parallel, and concurrent puts share flushes.
 """
 
 from __future__ import annotations
@@ -13,9 +14,87 @@ import ctypes
 import ctypes.util
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from shardvault.errors import StorageError
+
+
+class GroupSync:
+    """Coalesces durability requests for one file into as few flushes as possible."""
+
+    def __init__(self, flush: Callable[[], None], name: str = "flush") -> None:
+        self._flush = flush
+        self._name = name
+        self._cond = threading.Condition()
+        self._written = 0
+        self._settled = 0  # every ticket up to here has had its flush, good or failed
+        self._failed: list[tuple[int, int, str]] = []  # (after, upto, why): flushes that failed
+        self._closed = False
+        self._thread: threading.Thread | None = None
+
+    def note_write(self) -> int:
+        """Take a ticket for a write just made; its flush starts at once."""
+        with self._cond:
+            if self._closed:
+                raise StorageError(f"{self._name}: closed")
+            self._written += 1
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name=f"shardvault-{self._name}", daemon=True
+                )
+                self._thread.start()
+            self._cond.notify_all()
+            return self._written
+
+    def sync(self, upto: int | None = None) -> None:
+        """Return once the write with ticket `upto` (default: every one so far) is durable."""
+        with self._cond:
+            wanted = self._written if upto is None else upto
+            while True:
+                for after, until, why in self._failed:
+                    if after < wanted <= until:
+                        raise StorageError(f"{self._name}: {why}")
+                if self._settled >= wanted:
+                    return
+                if self._closed and self._thread is None:
+                    raise StorageError(f"{self._name}: closed before the write was durable")
+                self._cond.wait()
+
+    def _run(self) -> None:
+        with self._cond:
+            while True:
+                while self._settled >= self._written and not self._closed:
+                    self._cond.wait()
+                if self._settled >= self._written:
+                    return
+                after, target = self._settled, self._written
+                self._cond.release()
+                failure = ""
+                try:
+                    self._flush()
+                except (OSError, StorageError) as exc:
+                    failure = str(exc)
+                finally:
+                    self._cond.acquire()
+                if failure:
+                    # Those writes may be lost (the kernel can drop pages a failed
+                    # fsync could not write): report them, never call them durable.
+                    self._failed.append((after, target, failure))
+                self._settled = target
+                self._cond.notify_all()
+
+    def close(self) -> None:
+        """Flush what is pending, then stop the flusher."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+            thread = self._thread
+        if thread is not None:
+            thread.join()
+            with self._cond:
+                self._thread = None
+                self._cond.notify_all()
 
 
 def _load_syncfs():  # type: ignore[no-untyped-def]
@@ -34,75 +113,35 @@ def _load_syncfs():  # type: ignore[no-untyped-def]
 _syncfs = _load_syncfs()
 
 
-
-def sync_filesystem(fd: int) -> None:
-    """syncfs(2) where libc has it, else the global sync(2)."""
+def sync_filesystem(path: Path) -> None:
+    """syncfs(2) on the filesystem holding `path` (the global sync(2) where libc lacks it)."""
     if _syncfs is None:
         os.sync()
         return
-    if _syncfs(fd) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-
-
-class GroupSync:
-    """Coalesces durability requests on one filesystem into as few syncs as possible.
-
-    Each write that needs to become durable takes a ticket (``note_write``); a
-    sync that *starts* after a ticket was taken covers it. ``sync(upto)`` waits
-    for such a sync, starting one only if none is running that covers it, so
-    six shards committed together, or many puts from many threads, share one.
-    Holds no file descriptor between syncs, so nothing pins a mount.
-    """
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._written = 0
-        self._durable = 0
-        self._running = False
-
-    def note_write(self) -> int:
-        with self._cond:
-            self._written += 1
-            return self._written
-
-    def sync(self, path: Path, upto: int | None = None) -> None:
-        """Return once the write with ticket `upto` (default: all so far) is durable."""
-        with self._cond:
-            wanted = self._written if upto is None else upto
-            while self._durable < wanted:
-                if self._running:
-                    self._cond.wait()
-                    continue
-                self._running = True
-                target = self._written
-                self._cond.release()
-                try:
-                    _sync_path(path)
-                finally:
-                    self._cond.acquire()
-                    self._running = False
-                    self._cond.notify_all()
-                self._durable = max(self._durable, target)
-
-
-def _sync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            sync_filesystem(fd)
-        finally:
-            os.close(fd)
-    except OSError as exc:
-        raise StorageError(f"filesystem sync of {path} failed: {exc.strerror}") from exc
+        if _syncfs(fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
+    finally:
+        os.close(fd)
 
 
-_registry: dict[int, GroupSync] = {}
-_registry_lock = threading.Lock()
+_devices: dict[int, GroupSync] = {}
+_devices_lock = threading.Lock()
 
 
-def group_sync_for(path: Path) -> GroupSync:
-    """The process's GroupSync for the filesystem holding `path` (one per device)."""
+def filesystem_sync(path: Path) -> GroupSync:
+    """The process's group commit for the filesystem holding `path`: one syncfs for all.
+
+    Pack appends on every node and catalog commits of a deployment on one disk
+    share it, so a put's n shards need one flush, not n.
+    """
     device = os.stat(path).st_dev
-    with _registry_lock:
-        return _registry.setdefault(device, GroupSync())
+    with _devices_lock:
+        found = _devices.get(device)
+        if found is None:
+            found = _devices[device] = GroupSync(
+                lambda: sync_filesystem(path), f"filesystem sync of {path}"
+            )
+        return found

@@ -111,6 +111,7 @@ class NodeSpec:
     operator: str = "operator"
     capacity: int = 1
     state: NodeState = NodeState.ACTIVE
+    pack_limit: int = 64 << 10
 
     def __post_init__(self) -> None:
         node_id(self.id)
@@ -118,6 +119,8 @@ class NodeSpec:
         facility_name(self.facility)
         if self.capacity < 1:
             raise InvalidInput(f"node {self.id}: capacity must be a positive integer")
+        if self.pack_limit < 0:
+            raise InvalidInput(f"node {self.id}: pack_limit must not be negative")
 
 
 @dataclass(frozen=True, slots=True)

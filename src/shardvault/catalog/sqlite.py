@@ -1,17 +1,19 @@
 """SQLite catalog: the embedded default, one database file per cell.
 
-WAL mode so readers never block the writer, with synchronous=NORMAL: a
-transaction that must be durable (a manifest commit, a forget) is followed by
-the filesystem's group commit (shardvault.durability) before the call returns,
-so concurrent puts share one sync of the WAL instead of one fsync each.
-Reserving a pending version is not made durable, because losing a reservation
-to a power cut only leaves orphan shards, which gc finds by listing the nodes.
+WAL mode so readers never block the writer, with synchronous=NORMAL. A
+transaction that must be durable (a manifest commit, a forget) then waits for
+a group commit of the WAL file (shardvault.durability): one fdatasync of the
+WAL covers every transaction committed before it began, so concurrent puts
+share it instead of queueing behind one fsync each under the catalog lock.
+Reserving a pending version does not wait, because losing a reservation to a
+power cut only leaves orphan shards, which gc finds by listing the nodes.
 The schema is versioned with ``PRAGMA user_version`` and migrated forward on
 open; a database from a newer shardvault is refused rather than guessed at.
 """
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -19,7 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from shardvault.catalog.port import DamageRecord, SubjectRecord, VersionRecord, VersionState
-from shardvault.durability import GroupSync, group_sync_for
+from shardvault.durability import GroupSync, filesystem_sync
 from shardvault.errors import ConfigError, Conflict, NotFound, StorageError
 from shardvault.model import ObjectRef
 
@@ -66,9 +68,12 @@ class SqliteCatalog:
     def __init__(self, path: Path | str) -> None:
         self.path = path
         self._lock = threading.RLock()
+        self._wal_fd: int | None = None
+        self._wal_sync: GroupSync | None = None
         try:
             if isinstance(path, Path):
                 path.parent.mkdir(parents=True, exist_ok=True)
+                self._wal_sync = filesystem_sync(path.parent)
             self._db = sqlite3.connect(
                 str(path), isolation_level=None, check_same_thread=False, timeout=30.0
             )
@@ -79,10 +84,6 @@ class SqliteCatalog:
             except BaseException:
                 self._db.close()
                 raise
-            self._group: GroupSync | None = (
-                group_sync_for(path.parent) if isinstance(path, Path) else None
-            )
-            self._dir = path.parent if isinstance(path, Path) else None
         except sqlite3.DatabaseError as exc:
             raise StorageError(f"catalog {path}: {exc}") from exc
 
@@ -98,6 +99,12 @@ class SqliteCatalog:
                 f"BEGIN IMMEDIATE;{MIGRATIONS[number]};PRAGMA user_version={number + 1};COMMIT;"
             )
 
+    def _flush_wal(self) -> None:
+        """fdatasync the WAL: makes every transaction committed so far durable."""
+        if self._wal_fd is None:
+            self._wal_fd = os.open(f"{self.path}-wal", os.O_RDONLY | os.O_CLOEXEC)
+        os.fdatasync(self._wal_fd)
+
     @contextmanager
     def _transaction(self, durable: bool = True) -> Iterator[sqlite3.Connection]:
         with self._lock:
@@ -112,8 +119,9 @@ class SqliteCatalog:
                 self._db.execute("COMMIT")
             except sqlite3.Error as exc:
                 raise StorageError(f"catalog {self.path}: {exc}") from exc
-        if durable and self._group is not None and self._dir is not None:
-            self._group.sync(self._dir)
+            ticket = self._wal_sync.note_write() if durable and self._wal_sync else 0
+        if ticket and self._wal_sync is not None:
+            self._wal_sync.sync(ticket)
 
     def _query(self, sql: str, params: tuple = ()) -> list[tuple]:  # type: ignore[type-arg]
         with self._lock:
@@ -302,3 +310,6 @@ class SqliteCatalog:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+            if self._wal_fd is not None:
+                os.close(self._wal_fd)
+                self._wal_fd = None

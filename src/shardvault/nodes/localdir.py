@@ -2,14 +2,17 @@
 
 Layout under the node's root::
 
-    shards/ab/cd/<name>    committed shards, fanned out by the name's first 4 hex digits
-    tmp/<name>.<random>    shards being written
+    shards/ab/cd/<name>    shards larger than the pack limit, one file each,
+                           fanned out by the name's first 4 hex digits
+    packs/<random>.pack    smaller shards, appended to this store's pack (nodes/packs.py)
+    tmp/<name>.<random>    large shards being written
 
-A write goes to tmp/ and is renamed into place once durable, so a shard is
-either wholly there or not there at all. A large shard is fsynced on its own
-(then its directory); a small one is renamed and then made durable by the
-filesystem's group commit (shardvault.durability), so concurrent small puts
-share one journal commit instead of paying one each.
+A large shard goes to tmp/, is fsynced, renamed into place and its directory
+fsynced, so it is either wholly there or not there at all. A small one is
+held in memory until commit, appended to the pack in one write, and made
+durable by group commit on the pack (shardvault.durability), so many small
+puts share one fdatasync. No path is ever built from user input:
+shard names are checked against the vault's own pattern.
 """
 
 from __future__ import annotations
@@ -21,11 +24,12 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from shardvault.durability import GroupSync, group_sync_for
+from shardvault.durability import filesystem_sync
 from shardvault.errors import NotFound, StorageError
+from shardvault.nodes.packs import PackedShard, PackSet
 from shardvault.nodes.port import check_shard_name
 
-SMALL_SHARD = 256 << 10
+DEFAULT_PACK_LIMIT = 64 << 10
 
 
 def _storage_error(node_id: str, what: str, exc: OSError) -> StorageError:
@@ -42,38 +46,64 @@ def _fsync_dir(path: Path) -> None:
 
 
 class LocalShardWriter:
+    """Buffers a shard in memory while it fits the pack limit, then spills to a file."""
+
     def __init__(self, store: LocalDirShardStore, name: str) -> None:
         self._store = store
+        self._name = name
         self._final = store.shard_path(name)
         self._temp = store.tmp_dir / f"{name}.{secrets.token_hex(6)}"
-        self._written = 0
+        self._buffer: bytearray | None = bytearray()
+        self._fd: int | None = None
+        self._done = False
+
+    def _spill(self) -> None:
+        """Move to a temporary file: the shard outgrew the pack limit."""
         try:
-            self._fd: int | None = os.open(
+            self._fd = os.open(
                 self._temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600
             )
         except OSError as exc:
-            raise _storage_error(store.node_id, "creating a shard", exc) from exc
+            raise _storage_error(self._store.node_id, "creating a shard", exc) from exc
+        pending, self._buffer = self._buffer, None
+        if pending:
+            self._write_file(pending)
 
-    def write(self, data: bytes | memoryview) -> None:
-        if self._fd is None:
-            raise StorageError(f"node {self._store.node_id}: write after commit or abort")
+    def _write_file(self, data: bytes | bytearray | memoryview) -> None:
+        assert self._fd is not None
         view = memoryview(data)
         try:
             while view:
-                written = os.write(self._fd, view)
-                view = view[written:]
-                self._written += written
+                view = view[os.write(self._fd, view) :]
         except OSError as exc:
             self.abort()
             raise _storage_error(self._store.node_id, "writing a shard", exc) from exc
 
+    def write(self, data: bytes | memoryview) -> None:
+        if self._done:
+            raise StorageError(f"node {self._store.node_id}: write after commit or abort")
+        if self._buffer is not None:
+            if len(self._buffer) + len(data) <= self._store.pack_limit:
+                self._buffer += data
+                return
+            self._spill()
+        self._write_file(data)
+
     def commit(self, durable: bool = True) -> None:
-        if self._fd is None:
-            raise StorageError(f"node {self._store.node_id}: commit after abort")
-        small = self._written <= SMALL_SHARD
+        if self._done:
+            raise StorageError(f"node {self._store.node_id}: commit after commit or abort")
+        self._done = True
+        if self._buffer is not None:
+            ticket = self._store.packs.add(self._name, bytes(self._buffer))
+            self._buffer = None
+            if durable:
+                self._store.packs.group.sync(ticket)
+            else:
+                self._store.owe_sync(ticket)
+            return
+        assert self._fd is not None
         try:
-            if not small:
-                os.fsync(self._fd)
+            os.fsync(self._fd)
             os.close(self._fd)
             self._fd = None
             try:
@@ -81,19 +111,14 @@ class LocalShardWriter:
             except FileNotFoundError:
                 self._final.parent.mkdir(parents=True, exist_ok=True)
                 os.rename(self._temp, self._final)
-            if not small:
-                _fsync_dir(self._final.parent)
+            _fsync_dir(self._final.parent)
         except OSError as exc:
             self.abort()
             raise _storage_error(self._store.node_id, "committing a shard", exc) from exc
-        if small:
-            ticket = self._store.group_sync.note_write()
-            if durable:
-                self._store.group_sync.sync(self._store.root, ticket)
-            else:
-                self._store.owe_sync(ticket)
 
     def abort(self) -> None:
+        self._done = True
+        self._buffer = None
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
@@ -111,10 +136,23 @@ class LocalShardReader:
         os.close(self._fd)
 
 
+class PackedShardReader:
+    def __init__(self, packs: PackSet, located: PackedShard) -> None:
+        self._packs = packs
+        self._located = located
+
+    def read_at(self, offset: int, length: int) -> bytes:
+        return self._packs.read(self._located, offset, length)
+
+    def close(self) -> None:
+        pass
+
+
 class LocalDirShardStore:
-    def __init__(self, node_id: str, root: Path) -> None:
+    def __init__(self, node_id: str, root: Path, pack_limit: int = DEFAULT_PACK_LIMIT) -> None:
         self.node_id = node_id
         self.root = root
+        self.pack_limit = pack_limit
         self.shard_dir = root / "shards"
         self.tmp_dir = root / "tmp"
         self._shard_root = str(self.shard_dir)
@@ -123,9 +161,9 @@ class LocalDirShardStore:
         try:
             self.shard_dir.mkdir(parents=True, exist_ok=True)
             self.tmp_dir.mkdir(parents=True, exist_ok=True)
-            self.group_sync: GroupSync = group_sync_for(self.root)
         except OSError as exc:
             raise _storage_error(node_id, f"opening {root}", exc) from exc
+        self.packs = PackSet(root / "packs", node_id, filesystem_sync(root))
 
     def owe_sync(self, ticket: int) -> None:
         with self._owed_lock:
@@ -135,9 +173,10 @@ class LocalDirShardStore:
         with self._owed_lock:
             owed = self._owed
         if owed:
-            self.group_sync.sync(self.root, owed)
+            self.packs.group.sync(owed)
 
     def shard_path(self, name: str) -> Path:
+        """Where a large (file) shard lives; small shards are in packs/."""
         return Path(self._shard_file(name))
 
     def _shard_file(self, name: str) -> str:
@@ -147,30 +186,45 @@ class LocalDirShardStore:
     def open_writer(self, name: str) -> LocalShardWriter:
         return LocalShardWriter(self, check_shard_name(name))
 
-    def open_reader(self, name: str) -> LocalShardReader:
+    def open_reader(self, name: str) -> LocalShardReader | PackedShardReader:
         path = self._shard_file(name)
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
-            raise NotFound(f"shard {name} not on node {self.node_id}") from None
+            located = self._locate(name)
+            if located is None:
+                raise NotFound(f"shard {name} not on node {self.node_id}") from None
+            return PackedShardReader(self.packs, located)
         except OSError as exc:
             raise _storage_error(self.node_id, "opening a shard", exc) from exc
         return LocalShardReader(fd)
 
+    def _locate(self, name: str) -> PackedShard | None:
+        try:
+            return self.packs.locate(name)
+        except OSError as exc:
+            raise _storage_error(self.node_id, "reading packs", exc) from exc
+
     def delete(self, name: str) -> bool:
         try:
-            self.shard_path(name).unlink()
+            os.unlink(self._shard_file(name))
+            return True
         except FileNotFoundError:
-            return False
+            pass
         except OSError as exc:
             raise _storage_error(self.node_id, "deleting a shard", exc) from exc
-        return True
+        try:
+            return self.packs.delete(name)
+        except OSError as exc:
+            raise _storage_error(self.node_id, "deleting a packed shard", exc) from exc
 
     def names(self) -> Iterator[str]:
-        for path in sorted(self.shard_dir.glob("*/*/*")):
-            yield path.name
+        found = {path.name for path in self.shard_dir.glob("*/*/*")}
+        found.update(self.packs.names())
+        return iter(sorted(found))
 
     def collect_temporaries(self, older_than: float) -> int:
+        """Remove stale temporary files and rewrite packs that only dead writers held."""
         removed = 0
         for path in self.tmp_dir.iterdir():
             try:
@@ -179,4 +233,11 @@ class LocalDirShardStore:
                     removed += 1
             except FileNotFoundError:
                 continue
+        try:
+            self.packs.compact()
+        except OSError as exc:
+            raise _storage_error(self.node_id, "compacting packs", exc) from exc
         return removed
+
+    def close(self) -> None:
+        self.packs.close()

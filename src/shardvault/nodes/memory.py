@@ -69,3 +69,6 @@ class MemoryShardStore:
 
     def collect_temporaries(self, older_than: float) -> int:
         return 0
+
+    def close(self) -> None:
+        pass

@@ -73,4 +73,8 @@ class ShardStore(Protocol):
         """Make every shard committed with ``durable=False`` on this store durable."""
 
     def collect_temporaries(self, older_than: float) -> int:
-        """Remove uncommitted leftovers last touched before `older_than` (epoch seconds)."""
+        """Remove uncommitted leftovers last touched before `older_than` (epoch seconds),
+        and reclaim the space of deleted shards where the adapter defers that."""
+
+    def close(self) -> None:
+        """Release files and locks; the store is not used afterwards."""

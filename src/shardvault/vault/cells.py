@@ -36,7 +36,7 @@ class Cell:
 
 def open_store(node: NodeSpec) -> ShardStore:
     if node.backend == "local":
-        return LocalDirShardStore(node.id, Path(node.location))
+        return LocalDirShardStore(node.id, Path(node.location), node.pack_limit)
     if node.backend == "memory":
         return MemoryShardStore(node.id)
     raise ConfigError(f"node {node.id}: unknown backend {node.backend!r}")

@@ -125,6 +125,8 @@ class Vault:
         self._pool.shutdown(wait=True)
         for cell in self.cells.values():
             cell.catalog.close()
+            for store in cell.stores.values():
+                store.close()
         self.directory.close()
 
     def __enter__(self) -> Vault:

@@ -9,7 +9,8 @@ every shard is committed; on any failure all shards written so far are removed.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import io
+from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, Future, wait
 from dataclasses import dataclass, replace
 from typing import BinaryIO
@@ -37,6 +38,30 @@ class WrittenShards:
 def _write_block(writer: ShardWriter, block: bytes) -> bytes:
     writer.write(block)
     return b""
+
+
+def _segments(source: BinaryIO, segment_size: int) -> Iterator[memoryview]:
+    """The source's segments, at least one (empty) even for an empty source.
+
+    An in-memory source is sliced without copying; anything else is read into
+    one reused buffer, so a stream of any size needs one segment of memory.
+    """
+    if isinstance(source, io.BytesIO):
+        whole = source.getbuffer()
+        if not whole:
+            yield whole
+        for start in range(0, len(whole), segment_size):
+            yield whole[start : start + segment_size]
+        return
+    buffer = bytearray(segment_size)
+    first = True
+    while True:
+        filled = _read_full(source, buffer)
+        if filled or first:
+            yield memoryview(buffer)[:filled]
+        if filled < segment_size:
+            return
+        first = False
 
 
 def _read_full(source: BinaryIO, buffer: bytearray) -> int:
@@ -111,15 +136,12 @@ class ShardSetWriter:
             self._writers.append(store.open_writer(self._names[index]))
         for index, writer in enumerate(self._writers):
             writer.write(replace(self._header, index=index).to_bytes())
-        buffer = bytearray(self._segment_size)
         hashes: list[bytes] = []
         in_flight: list[Future[bytes]] = []
         size = segments = last_block = 0
-        while True:
-            filled = _read_full(source, buffer)
-            if filled == 0 and segments > 0:
-                break
-            sealed = self._cipher.seal(segments, memoryview(buffer)[:filled])
+        for segment in _segments(source, self._segment_size):
+            filled = len(segment)
+            sealed = self._cipher.seal(segments, segment)
             blocks = self._code.encode(sealed)
             hashes.extend(block_hash(block) for block in blocks)
             _wait_all(in_flight)
@@ -155,8 +177,9 @@ class ShardSetWriter:
     def _commit_all(self, inline: bool) -> None:
         """Commit every shard, then make them durable together.
 
-        Committing without durability and then syncing each store lets stores
-        that share a filesystem share one sync (see shardvault.durability).
+        A commit without durability starts the store's flush at once (for
+        packed shards, see shardvault.durability), so the n flushes run in
+        parallel and each covers concurrent puts' shards too; then wait for all.
         """
 
         def commit(index: int) -> bytes:
@@ -169,7 +192,7 @@ class ShardSetWriter:
                 commit(index)
         else:
             _wait_all([self._pool.submit(commit, index) for index in range(len(self._writers))])
-        for store in self._stores:
+        for store in self._stores:  # each store's flush already started at its commit
             store.sync()
 
     def discard(self) -> None:

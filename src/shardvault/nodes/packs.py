@@ -1,0 +1,325 @@
+"""Append-only pack files: a node's small shards, many to a file.
+
+A durable 1 KiB put writes six shards; as six files each needs a create, a
+rename and a journal commit, which caps small puts at a few hundred a second
+here. Appending them to a pack file that this store holds open costs one
+write each, and the filesystem's group commit makes many appends durable at
+once (shardvault.durability).
+
+Each store instance appends only to its own pack (``packs/<random>.pack``),
+held under an exclusive flock for its life, so processes never interleave
+records. Appends are made durable by group commit on that file
+(shardvault.durability): one fdatasync covers every append made before it
+began. Every instance indexes every pack by scanning it, lazily and again on a
+miss, so a shard another process just wrote is found. Deleting appends a
+tombstone; ``compact`` copies the live records of packs no live writer holds
+into this store's pack and removes the old files. Shard names are never
+reused, so a tombstone lost in a crash or dropped by compaction can at worst
+bring back a dead record, which gc's orphan sweep removes again.
+
+Pack file (docs/formats.md, "pack file"), version 1::
+
+    b"SVPK" | u8 version (1) | 3 zero bytes
+    record*: b"SVPR" | u8 kind (1 shard, 2 tombstone) | u8 0 | u16 BE name length
+             | u32 BE data length | name | data | u32 BE CRC-32 of everything before it
+
+A record cut short or failing its CRC ends the scan of that file (a torn tail).
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import secrets
+import struct
+import threading
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from shardvault.durability import GroupSync
+from shardvault.errors import StorageError
+
+FILE_MAGIC = b"SVPK"
+FILE_VERSION = 1
+FILE_HEADER = FILE_MAGIC + bytes([FILE_VERSION, 0, 0, 0])
+RECORD = struct.Struct(">4sBBHI")
+RECORD_MAGIC = b"SVPR"
+SHARD, TOMBSTONE = 1, 2
+CRC = struct.Struct(">I")
+ROTATE_AT = 64 << 20
+SMALL_PACK = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class PackedShard:
+    pack: str
+    offset: int
+    length: int
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def encode_record(kind: int, name: str, data: bytes) -> bytes:
+    encoded = name.encode()
+    body = RECORD.pack(RECORD_MAGIC, kind, 0, len(encoded), len(data)) + encoded + data
+    return body + CRC.pack(zlib.crc32(body))
+
+
+class PackSet:
+    """The small shards of one node, across every pack file in its packs/ folder."""
+
+    def __init__(self, directory: Path, node_id: str, group: GroupSync | None = None) -> None:
+        self.directory = directory
+        self.node_id = node_id
+        self._lock = threading.RLock()
+        # Guards only the active fd, so the flusher never waits on _lock (which
+        # compaction holds while it waits on the flusher).
+        self._fd_lock = threading.Lock()
+        self._index: dict[str, PackedShard] = {}
+        self._dead: set[str] = set()
+        self._scanned: dict[str, int] = {}
+        self._fds: dict[str, int] = {}
+        self._active: str | None = None
+        self._active_fd: int | None = None
+        self._active_size = 0
+        self.group = group or GroupSync(self._flush, f"pack flusher of node {node_id}")
+        self._own_group = group is None
+
+    # -- writing ---------------------------------------------------------------
+
+    def _open_active(self) -> int:
+        if self._active_fd is not None and self._active_size < ROTATE_AT:
+            return self._active_fd
+        self._retire_active()
+        self.directory.mkdir(parents=True, exist_ok=True)
+        name = f"{secrets.token_hex(8)}.pack"
+        fd = os.open(
+            self.directory / name, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600
+        )
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.write(fd, FILE_HEADER)
+        with self._fd_lock:
+            self._active, self._active_fd, self._active_size = name, fd, len(FILE_HEADER)
+        self._scanned[name] = len(FILE_HEADER)
+        self._fds[name] = os.dup(fd)
+        return fd
+
+    def _flush(self) -> None:
+        with self._fd_lock:
+            fd = None if self._active_fd is None else os.dup(self._active_fd)
+        if fd is None:
+            return
+        try:
+            os.fdatasync(fd)
+        except OSError as exc:
+            raise StorageError(
+                f"node {self.node_id}: syncing a pack failed: {exc.strerror}"
+            ) from exc
+        finally:
+            os.close(fd)
+
+    def _retire_active(self) -> None:
+        with self._fd_lock:
+            if self._active_fd is not None:
+                os.close(self._active_fd)  # releases the flock: compaction may take it now
+            self._active, self._active_fd = None, None
+
+    def _append(self, kind: int, name: str, data: bytes) -> PackedShard:
+        record = encode_record(kind, name, data)
+        with self._lock:
+            try:
+                fd = self._open_active()
+                offset = self._active_size
+                written = os.pwrite(fd, record, offset)
+                if written != len(record):
+                    raise OSError(errno.ENOSPC, "short write")
+            except OSError as exc:
+                self._undo_tail()
+                reason = "disk full" if exc.errno == errno.ENOSPC else exc.strerror
+                raise StorageError(
+                    f"node {self.node_id}: appending to a pack failed: {reason}"
+                ) from exc
+            assert self._active is not None
+            self._active_size += len(record)
+            self._scanned[self._active] = self._active_size
+            start = offset + RECORD.size + len(name.encode())
+            return PackedShard(self._active, start, len(data))
+
+    def _undo_tail(self) -> None:
+        """Cut a failed append off, or give up on this pack if even that fails."""
+        if self._active_fd is None:
+            return
+        try:
+            os.ftruncate(self._active_fd, self._active_size)
+        except OSError:
+            self._retire_active()
+
+    def add(self, name: str, data: bytes) -> int:
+        """Append a shard; returns the ticket to pass to ``group.sync`` for durability."""
+        located = self._append(SHARD, name, data)
+        with self._lock:
+            self._index[name] = located
+        return self.group.note_write()
+
+    def delete(self, name: str) -> bool:
+        with self._lock:
+            if self.locate(name) is None:
+                return False
+            self._append(TOMBSTONE, name, b"")
+            self._index.pop(name, None)
+            self._dead.add(name)
+            return True
+
+    # -- reading ---------------------------------------------------------------
+
+    def locate(self, name: str) -> PackedShard | None:
+        with self._lock:
+            found = self._index.get(name)
+            if found is None and name not in self._dead:
+                self.refresh()
+                found = self._index.get(name)
+            return found
+
+    def read(self, located: PackedShard, offset: int, length: int) -> bytes:
+        length = max(0, min(length, located.length - offset))
+        fd = self._fd(located.pack)
+        return os.pread(fd, length, located.offset + offset)
+
+    def _fd(self, pack: str) -> int:
+        with self._lock:
+            fd = self._fds.get(pack)
+            if fd is None:
+                fd = os.open(self.directory / pack, os.O_RDONLY | os.O_CLOEXEC)
+                self._fds[pack] = fd
+            return fd
+
+    def names(self) -> list[str]:
+        with self._lock:
+            self.refresh()
+            return sorted(self._index)
+
+    def refresh(self) -> None:
+        """Index records appended since the last look, in every pack (ours and others')."""
+        with self._lock:
+            try:
+                packs = sorted(p.name for p in self.directory.glob("*.pack"))
+            except OSError:
+                return
+            for gone in set(self._scanned) - set(packs):
+                self._forget_pack(gone)
+            for pack in packs:
+                if pack != self._active:
+                    self._scan(pack)
+
+    def _forget_pack(self, pack: str) -> None:
+        self._scanned.pop(pack, None)
+        fd = self._fds.pop(pack, None)
+        if fd is not None:
+            os.close(fd)
+        for name in [n for n, loc in self._index.items() if loc.pack == pack]:
+            del self._index[name]
+
+    def _scan(self, pack: str) -> None:
+        try:
+            fd = self._fd(pack)
+            size = os.fstat(fd).st_size
+        except FileNotFoundError:
+            self._forget_pack(pack)
+            return
+        position = self._scanned.get(pack, 0)
+        if position == 0:
+            header = os.pread(fd, len(FILE_HEADER), 0)
+            if len(header) < len(FILE_HEADER):
+                return
+            if header[:4] != FILE_MAGIC or header[4] != FILE_VERSION:
+                raise StorageError(
+                    f"node {self.node_id}: pack {pack} has unknown format version {header[4]}"
+                )
+            position = len(FILE_HEADER)
+        data = os.pread(fd, size - position, position)
+        cursor = 0
+        while cursor + RECORD.size <= len(data):
+            magic, kind, _, name_len, data_len = RECORD.unpack_from(data, cursor)
+            end = cursor + RECORD.size + name_len + data_len
+            if magic != RECORD_MAGIC or end + CRC.size > len(data):
+                break
+            (crc,) = CRC.unpack_from(data, end)
+            if crc != zlib.crc32(data[cursor:end]):
+                break
+            name = data[cursor + RECORD.size : cursor + RECORD.size + name_len].decode()
+            if kind == TOMBSTONE:
+                self._dead.add(name)
+                self._index.pop(name, None)
+            elif name not in self._dead:
+                start = position + cursor + RECORD.size + name_len
+                self._index[name] = PackedShard(pack, start, data_len)
+            cursor = end + CRC.size
+        self._scanned[pack] = position + cursor
+
+    # -- collection ------------------------------------------------------------
+
+    def compact(self) -> int:
+        """Rewrite the live shards of packs no live writer holds; returns packs removed.
+
+        The copies are made durable before the old file goes.
+        """
+        removed = 0
+        with self._lock:
+            self.refresh()
+            for pack in list(self._scanned):
+                if pack == self._active or not self._worth_compacting(pack):
+                    continue
+                claim = self._claim(pack)
+                if claim is None:
+                    continue
+                try:
+                    self._scan(pack)
+                    live = [(n, loc) for n, loc in self._index.items() if loc.pack == pack]
+                    for name, located in live:
+                        self.add(name, self.read(located, 0, located.length))
+                    self.group.sync()
+                    self._forget_pack(pack)
+                    (self.directory / pack).unlink(missing_ok=True)
+                    removed += 1
+                finally:
+                    os.close(claim)
+        return removed
+
+    def _worth_compacting(self, pack: str) -> bool:
+        """A quarter dead, or small enough to fold into one file with the others."""
+        try:
+            size = (self.directory / pack).stat().st_size
+        except FileNotFoundError:
+            return False
+        live = sum(loc.length for loc in self._index.values() if loc.pack == pack)
+        return size < SMALL_PACK or live < size * 3 // 4
+
+    def _claim(self, pack: str) -> int | None:
+        """An fd holding the pack's flock, or None while a live writer (or compactor) has it."""
+        try:
+            fd = os.open(self.directory / pack, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        return fd
+
+    def close(self) -> None:
+        if self._own_group:
+            self.group.close()
+        with self._lock:
+            self._retire_active()
+            for fd in self._fds.values():
+                os.close(fd)
+            self._fds.clear()

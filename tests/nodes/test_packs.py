@@ -1,0 +1,192 @@
+"""The packed layout of the local-directory store: small shards appended to pack files."""
+
+from __future__ import annotations
+
+import os
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from shardvault.errors import NotFound, StorageError
+from shardvault.nodes.localdir import LocalDirShardStore
+from shardvault.nodes.packs import FILE_HEADER, RECORD, encode_record
+from shardvault.nodes.port import shard_name
+
+OID = bytes.fromhex("00112233445566778899aabbccddeeff")
+
+
+def name(version: int, index: int = 0) -> str:
+    return shard_name(OID, version, index)
+
+
+def put(store: LocalDirShardStore, shard: str, data: bytes) -> None:
+    writer = store.open_writer(shard)
+    writer.write(data)
+    writer.commit()
+
+
+def read(store: LocalDirShardStore, shard: str) -> bytes:
+    reader = store.open_reader(shard)
+    try:
+        return reader.read_at(0, 1 << 20)
+    finally:
+        reader.close()
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    return tmp_path / "node"
+
+
+def test_small_shards_go_to_one_pack_and_large_ones_to_files(root: Path) -> None:
+    store = LocalDirShardStore("n", root, pack_limit=1024)
+    put(store, name(1), b"s" * 1024)
+    put(store, name(2), b"L" * 1025)
+    assert [p.name for p in (root / "shards").rglob("*") if p.is_file()] == [name(2)]
+    packs = list((root / "packs").glob("*.pack"))
+    assert len(packs) == 1 and packs[0].read_bytes().startswith(FILE_HEADER)
+    assert read(store, name(1)) == b"s" * 1024
+    assert read(store, name(2)) == b"L" * 1025
+    assert list(store.names()) == sorted([name(1), name(2)])
+    store.close()
+
+
+def test_the_pack_file_format_is_pinned(root: Path) -> None:
+    record = encode_record(1, "ab", b"xyz")
+    assert record.hex() == "535650520100000200000003616278797a" + record[-4:].hex()
+    assert RECORD.size == 12
+    assert FILE_HEADER == b"SVPK\x01\x00\x00\x00"
+    store = LocalDirShardStore("n", root)
+    put(store, name(1), b"payload")
+    (pack,) = (root / "packs").glob("*.pack")
+    assert pack.read_bytes() == FILE_HEADER + encode_record(1, name(1), b"payload")
+    store.close()
+
+
+def test_another_store_instance_sees_shards_written_since_it_looked(root: Path) -> None:
+    first, second = LocalDirShardStore("n", root), LocalDirShardStore("n", root)
+    put(first, name(1), b"one")
+    assert read(second, name(1)) == b"one"
+    put(first, name(2), b"two")
+    assert read(second, name(2)) == b"two"
+    assert second.delete(name(1))
+    third = LocalDirShardStore("n", root)
+    with pytest.raises(NotFound):
+        third.open_reader(name(1))
+    assert list(third.names()) == [name(2)]
+    for store in (first, second, third):
+        store.close()
+
+
+def test_a_torn_tail_is_ignored_and_never_hides_later_appends(root: Path) -> None:
+    store = LocalDirShardStore("n", root)
+    put(store, name(1), b"whole")
+    store.close()
+    (pack,) = (root / "packs").glob("*.pack")
+    with pack.open("ab") as handle:  # a crash in the middle of an append
+        handle.write(encode_record(1, name(2), b"cut short")[:-6])
+    reopened = LocalDirShardStore("n", root)
+    assert read(reopened, name(1)) == b"whole"
+    with pytest.raises(NotFound):
+        reopened.open_reader(name(2))
+    put(reopened, name(3), b"after")  # goes to a new pack of its own
+    assert read(LocalDirShardStore("n", root), name(3)) == b"after"
+    reopened.close()
+
+
+def test_a_record_with_a_bad_checksum_ends_the_scan(root: Path) -> None:
+    store = LocalDirShardStore("n", root)
+    put(store, name(1), b"first")
+    put(store, name(2), b"second")
+    store.close()
+    (pack,) = (root / "packs").glob("*.pack")
+    data = bytearray(pack.read_bytes())
+    second_record = len(FILE_HEADER) + len(encode_record(1, name(1), b"first"))
+    data[second_record + RECORD.size + 2] ^= 0x01  # a flipped bit in the second name
+    pack.write_bytes(bytes(data))
+    reopened = LocalDirShardStore("n", root)
+    assert list(reopened.names()) == [name(1)]
+    reopened.close()
+
+
+def test_unknown_pack_version_is_refused(root: Path) -> None:
+    (root / "packs").mkdir(parents=True)
+    (root / "packs" / "future.pack").write_bytes(b"SVPK\x02\x00\x00\x00")
+    store = LocalDirShardStore("n", root)
+    with pytest.raises(StorageError, match="unknown format version 2"):
+        store.open_reader(name(1))
+
+
+def test_compaction_keeps_live_shards_and_drops_dead_packs(root: Path) -> None:
+    writer = LocalDirShardStore("n", root)
+    for version in range(1, 11):
+        put(writer, name(version), bytes([version]) * 100)
+    for version in range(1, 9):
+        assert writer.delete(name(version))
+    writer.close()  # a writer that is gone no longer holds its pack
+    collector = LocalDirShardStore("n", root)
+    old = set((root / "packs").glob("*.pack"))
+    assert collector.collect_temporaries(older_than=time.time()) == 0
+    new = set((root / "packs").glob("*.pack"))
+    assert not (old & new)
+    assert list(collector.names()) == sorted([name(9), name(10)])
+    assert read(LocalDirShardStore("n", root), name(10)) == bytes([10]) * 100
+    collector.close()
+
+
+def test_compaction_leaves_a_live_writers_pack_alone(root: Path) -> None:
+    live = LocalDirShardStore("n", root)
+    put(live, name(1), b"kept")
+    live.delete(name(1))
+    put(live, name(2), b"still here")
+    collector = LocalDirShardStore("n", root)
+    before = sorted(p.name for p in (root / "packs").glob("*.pack"))
+    collector.collect_temporaries(older_than=time.time())
+    assert sorted(p.name for p in (root / "packs").glob("*.pack")) == before
+    put(live, name(3), b"appends still land")
+    assert read(collector, name(3)) == b"appends still land"
+    live.close()
+    collector.close()
+
+
+def test_a_failed_append_is_cut_off_and_loses_nothing(tmp_path: Path) -> None:
+    """A file-size limit makes the append fail part way, like a full disk."""
+    script = f"""
+import resource, signal, sys
+from pathlib import Path
+from shardvault.errors import StorageError
+from shardvault.nodes.localdir import LocalDirShardStore
+from shardvault.nodes.port import shard_name
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+store = LocalDirShardStore("n", Path({str(tmp_path / "node")!r}))
+oid = bytes(16)
+w = store.open_writer(shard_name(oid, 1, 0)); w.write(b"a" * 100); w.commit()
+resource.setrlimit(resource.RLIMIT_FSIZE, (400, 400))
+w = store.open_writer(shard_name(oid, 2, 0)); w.write(b"b" * 1000)
+try:
+    w.commit()
+except StorageError as exc:
+    print("refused:", exc)
+    sys.exit(0)
+sys.exit("the append did not fail")
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "appending to a pack failed" in done.stdout
+    store = LocalDirShardStore("n", tmp_path / "node")
+    assert list(store.names()) == [shard_name(bytes(16), 1, 0)]
+    assert read(store, shard_name(bytes(16), 1, 0)) == b"a" * 100
+    (pack,) = (tmp_path / "node" / "packs").glob("*.pack")
+    expected = len(FILE_HEADER) + len(encode_record(1, shard_name(bytes(16), 1, 0), b"a" * 100))
+    assert os.path.getsize(pack) == expected  # the partial record was cut off
+    store.close()
+
+
+def test_pack_records_survive_struct_layout(root: Path) -> None:
+    magic, kind, zero, name_len, data_len = RECORD.unpack(encode_record(2, "x", b"")[:12])
+    assert (magic, kind, zero, name_len, data_len) == (b"SVPR", 2, 0, 1, 0)
+    assert struct.calcsize(">4sBBHI") == 12

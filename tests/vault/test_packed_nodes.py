@@ -1,0 +1,183 @@
+"""The vault over packed nodes (the demo's default): small shards appended to pack files.
+
+The rest of tests/vault runs with one file per shard so damage can be done by
+path; here the same promises are checked with shards inside packs: round
+trips, reads around damaged or missing packs, residency, forget and gc, and a
+kill -9 in the middle of a put.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conftest import SEGMENT, make_deployment, manifest_of
+from shardvault.config import load
+from shardvault.errors import IntegrityError
+from shardvault.model import ObjectRef
+from shardvault.nodes.localdir import LocalDirShardStore
+from shardvault.nodes.port import shard_name
+from shardvault.vault import Vault
+
+PACK_LIMIT = 64 << 10
+
+
+@pytest.fixture
+def packed_config(tmp_path: Path) -> Path:
+    return make_deployment(tmp_path / "deploy", pack_limit=PACK_LIMIT)
+
+
+@pytest.fixture
+def packed(packed_config: Path) -> Iterator[Vault]:
+    vault = Vault.open(load(packed_config))
+    vault.register_subject("intl", "alice", "US")
+    vault.register_subject("intl", "bao", "SG")
+    yield vault
+    vault.close()
+
+
+def packs_of(vault: Vault, ref: ObjectRef) -> list[Path]:
+    """The pack directory of each node holding a shard of ref, by shard index."""
+    manifest = manifest_of(vault, ref)
+    cell = vault.cells[vault.subject(ref.tenant, ref.subject).jurisdiction]
+    dirs = []
+    for node in manifest.nodes:
+        store = cell.store(node)
+        assert isinstance(store, LocalDirShardStore)
+        dirs.append(store.packs.directory)
+    return dirs
+
+
+@pytest.mark.parametrize("size", [0, 1, 1000, SEGMENT, 3 * SEGMENT + 7])
+def test_round_trip_with_every_shard_in_a_pack(packed: Vault, size: int) -> None:
+    ref = ObjectRef("intl", "alice", f"obj/{size}")
+    data = os.urandom(size)
+    packed.put(ref, data)
+    assert packed.get(ref) == data
+    root = Path(packed.config.nodes[0].location).parent.parent
+    assert not [p for p in root.rglob("shards/*/*/*") if p.is_file()]  # nothing outside packs
+
+
+def test_damage_inside_a_pack_is_read_around_and_reported(packed: Vault) -> None:
+    ref = ObjectRef("intl", "alice", "damaged")
+    data = os.urandom(20_000)
+    packed.put(ref, data)
+    manifest = manifest_of(packed, ref)
+    cell = packed.cells["US"]
+    store = cell.store(manifest.nodes[0])
+    assert isinstance(store, LocalDirShardStore)
+    located = store.packs.locate(shard_name(manifest.object_id, manifest.version, 0))
+    assert located is not None
+    pack = store.packs.directory / located.pack
+    raw = bytearray(pack.read_bytes())
+    raw[located.offset + located.length - 10] ^= 0x40  # inside shard 0's block
+    pack.write_bytes(bytes(raw))
+    with packed.open_read(ref) as reader:
+        assert reader.read_all() == data
+    assert [(d.index, d.reason) for d in reader.damage] == [(0, "hash mismatch")]
+
+
+def test_losing_m_packs_loses_nothing_and_more_is_an_integrity_error(packed: Vault) -> None:
+    ref = ObjectRef("intl", "alice", "lossy")
+    data = os.urandom(5000)
+    packed.put(ref, data)
+    dirs = packs_of(packed, ref)
+    m = packed.code.m
+    for directory in dirs[:m]:
+        for pack in directory.glob("*.pack"):
+            pack.unlink()
+    fresh = Vault.open(packed.config)  # a process that never saw those packs
+    try:
+        assert fresh.get(ref) == data
+        for pack in dirs[m].glob("*.pack"):
+            pack.unlink()
+        again = Vault.open(packed.config)
+        try:
+            with pytest.raises(IntegrityError, match="segment 0"):
+                again.get(ref)
+        finally:
+            again.close()
+    finally:
+        fresh.close()
+
+
+def test_packs_stay_in_the_home_jurisdiction(packed: Vault) -> None:
+    packed.put(ObjectRef("intl", "alice", "a"), b"alice's")
+    packed.put(ObjectRef("intl", "bao", "b"), b"bao's")
+    root = Path(packed.config.nodes[0].location).parents[1]
+    by_cell = {
+        cell: sorted(p for p in (root / cell).rglob("*.pack") if p.stat().st_size > 8)
+        for cell in ("US", "SG", "EU")
+    }
+    assert len(by_cell["US"]) == 6 and len(by_cell["SG"]) == 6 and by_cell["EU"] == []
+
+
+def test_forget_then_gc_removes_the_packed_bytes(packed_config: Path) -> None:
+    vault = Vault.open(load(packed_config))
+    vault.register_subject("intl", "alice", "US")
+    ref = ObjectRef("intl", "alice", "secret")
+    vault.put(ref, os.urandom(3000))
+    manifest = manifest_of(vault, ref)
+    block_tail = []
+    for index, node in enumerate(manifest.nodes):
+        store = vault.cells["US"].store(node)
+        reader = store.open_reader(shard_name(manifest.object_id, manifest.version, index))
+        block_tail.append(reader.read_at(40, 1 << 16)[-32:])
+    vault.forget("intl", "alice")
+    vault.close()  # the writer's packs are now free to be compacted
+    collector = Vault.open(load(packed_config))
+    collector.gc(grace_seconds=0)
+    collector.close()
+    root = Path(packed_config).parent / "nodes" / "US"
+    everything = b"".join(p.read_bytes() for p in root.rglob("*.pack"))
+    assert not any(tail in everything for tail in block_tail)
+
+
+CHILD = r"""
+import os, signal, sys
+from pathlib import Path
+from shardvault.config import load
+from shardvault.model import ObjectRef
+from shardvault.vault import Vault
+
+def on_step(name):
+    if name == sys.argv[2]:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+vault = Vault.open(load(Path(sys.argv[1])), on_step=on_step)
+vault.put(ObjectRef("intl", "alice", "target"), b"new" * 1000)
+"""
+
+
+@pytest.mark.parametrize("step", ["reserved", "shards-written", "shards-committed"])
+def test_kill_9_mid_put_leaves_the_old_version_and_gc_collects_the_rest(
+    packed_config: Path, step: str
+) -> None:
+    vault = Vault.open(load(packed_config))
+    vault.register_subject("intl", "alice", "US")
+    ref = ObjectRef("intl", "alice", "target")
+    vault.put(ref, b"old" * 1000)
+    vault.close()
+    child = subprocess.run([sys.executable, "-c", CHILD, str(packed_config), step], check=False)
+    assert child.returncode == -signal.SIGKILL
+    after = Vault.open(load(packed_config))
+    try:
+        assert after.get(ref) == b"old" * 1000
+        after.gc(grace_seconds=0)
+        live = manifest_of(after, ref)
+        names = {
+            name
+            for cell in after.cells.values()
+            for s in cell.stores.values()
+            for name in s.names()
+        }
+        assert names == {shard_name(live.object_id, live.version, i) for i in range(6)}
+        assert after.get(ref) == b"old" * 1000
+    finally:
+        after.close()

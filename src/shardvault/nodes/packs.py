@@ -8,14 +8,14 @@ once (shardvault.durability).
 
 Each store instance appends only to its own pack (``packs/<random>.pack``),
 held under an exclusive flock for its life, so processes never interleave
-records. Appends are made durable by group commit on that file
-(shardvault.durability): one fdatasync covers every append made before it
-began. Every instance indexes every pack by scanning it, lazily and again on a
-miss, so a shard another process just wrote is found. Deleting appends a
-tombstone; ``compact`` copies the live records of packs no live writer holds
-into this store's pack and removes the old files. Shard names are never
-reused, so a tombstone lost in a crash or dropped by compaction can at worst
-bring back a dead record, which gc's orphan sweep removes again.
+records. Appends are made durable by the filesystem's group commit
+(shardvault.durability): one sync covers every append made before it began.
+Every instance indexes every pack by scanning it, lazily and again on a miss,
+so a shard another process just wrote is found. Deleting appends a tombstone;
+``compact`` copies the live records of packs no live writer holds into this
+store's pack and removes the old files. Shard names are never reused, so a
+tombstone lost in a crash or dropped by compaction can at worst bring back a
+dead record, which gc's orphan sweep removes again.
 
 Pack file (docs/formats.md, "pack file"), version 1::
 
@@ -76,13 +76,10 @@ def encode_record(kind: int, name: str, data: bytes) -> bytes:
 class PackSet:
     """The small shards of one node, across every pack file in its packs/ folder."""
 
-    def __init__(self, directory: Path, node_id: str, group: GroupSync | None = None) -> None:
+    def __init__(self, directory: Path, node_id: str, group: GroupSync) -> None:
         self.directory = directory
         self.node_id = node_id
         self._lock = threading.RLock()
-        # Guards only the active fd, so the flusher never waits on _lock (which
-        # compaction holds while it waits on the flusher).
-        self._fd_lock = threading.Lock()
         self._index: dict[str, PackedShard] = {}
         self._dead: set[str] = set()
         self._scanned: dict[str, int] = {}
@@ -90,8 +87,7 @@ class PackSet:
         self._active: str | None = None
         self._active_fd: int | None = None
         self._active_size = 0
-        self.group = group or GroupSync(self._flush, f"pack flusher of node {node_id}")
-        self._own_group = group is None
+        self.group = group
 
     # -- writing ---------------------------------------------------------------
 
@@ -106,31 +102,15 @@ class PackSet:
         )
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         os.write(fd, FILE_HEADER)
-        with self._fd_lock:
-            self._active, self._active_fd, self._active_size = name, fd, len(FILE_HEADER)
+        self._active, self._active_fd, self._active_size = name, fd, len(FILE_HEADER)
         self._scanned[name] = len(FILE_HEADER)
         self._fds[name] = os.dup(fd)
         return fd
 
-    def _flush(self) -> None:
-        with self._fd_lock:
-            fd = None if self._active_fd is None else os.dup(self._active_fd)
-        if fd is None:
-            return
-        try:
-            os.fdatasync(fd)
-        except OSError as exc:
-            raise StorageError(
-                f"node {self.node_id}: syncing a pack failed: {exc.strerror}"
-            ) from exc
-        finally:
-            os.close(fd)
-
     def _retire_active(self) -> None:
-        with self._fd_lock:
-            if self._active_fd is not None:
-                os.close(self._active_fd)  # releases the flock: compaction may take it now
-            self._active, self._active_fd = None, None
+        if self._active_fd is not None:
+            os.close(self._active_fd)  # releases the flock: compaction may take it now
+        self._active, self._active_fd = None, None
 
     def _append(self, kind: int, name: str, data: bytes) -> PackedShard:
         record = encode_record(kind, name, data)
@@ -316,8 +296,6 @@ class PackSet:
         return fd
 
     def close(self) -> None:
-        if self._own_group:
-            self.group.close()
         with self._lock:
             self._retire_active()
             for fd in self._fds.values():

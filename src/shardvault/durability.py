@@ -16,6 +16,7 @@ import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from shardvault.errors import StorageError
 
@@ -97,7 +98,7 @@ class GroupSync:
                 self._cond.notify_all()
 
 
-def _load_syncfs():  # type: ignore[no-untyped-def]
+def _load_syncfs() -> Any:
     name = ctypes.util.find_library("c")
     if not name:
         return None

@@ -64,7 +64,8 @@ def _check_time(value: str) -> None:
             f"audit time {value!r} is not RFC 3339 UTC (YYYY-MM-DDTHH:MM:SS.ffffffZ)"
         )
     try:
-        datetime(*(int(part) for part in match.groups()))
+        year, month, day, hour, minute, second, *_ = (int(part) for part in match.groups())
+        datetime(year, month, day, hour, minute, second)
     except ValueError:
         raise InvalidInput(f"audit time {value!r} is not a real date and time") from None
 

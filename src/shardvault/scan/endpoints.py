@@ -116,9 +116,9 @@ def find_endpoints(
             found.append(Endpoint(m.start(), m.group(), ipaddress.IPv4Address(m.group())))
     if _NET_CONTEXT.search(line):
         for m in _INTEGER.finditer(line):
-            address = _integer_ipv4(m.group())
-            if address is not None and free(*m.span()):
-                found.append(Endpoint(m.start(), m.group(), address, how="integer-encoded"))
+            integer_ip = _integer_ipv4(m.group())
+            if integer_ip is not None and free(*m.span()):
+                found.append(Endpoint(m.start(), m.group(), integer_ip, how="integer-encoded"))
     for pattern, group in ((domains, 0), (_QUOTED_HOST, 1)):
         if pattern is None:
             continue

@@ -188,6 +188,9 @@ class LocalDirShardStore:
 
     def open_reader(self, name: str) -> LocalShardReader | PackedShardReader:
         path = self._shard_file(name)
+        known = self.packs.known(name)  # no I/O: small shards skip the file lookup
+        if known is not None:
+            return PackedShardReader(self.packs, known)
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:

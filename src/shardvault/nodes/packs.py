@@ -160,6 +160,11 @@ class PackSet:
 
     # -- reading ---------------------------------------------------------------
 
+    def known(self, name: str) -> PackedShard | None:
+        """Where the index already places a shard, without looking at the disk."""
+        with self._lock:
+            return self._index.get(name)
+
     def locate(self, name: str) -> PackedShard | None:
         with self._lock:
             found = self._index.get(name)

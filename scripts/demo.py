@@ -2,8 +2,12 @@
 
 Makes a three-cell deployment in ./demo-run, registers users in several
 jurisdictions, stores and reads objects, shows where their shards are,
-destroys two storage nodes and still reads everything, then forgets a user.
-Every step prints the command it runs, so it doubles as a tutorial.
+destroys two storage nodes and still reads everything. Then governance:
+principals with tokens, a foreign government's request refused by rule, a read
+the operator's policy allows but the partner's custodian refuses, a domestic
+legal request approved by two officers, the forget of a user (approved, with a
+signed receipt), an outside verification of the audit log and a transparency
+report. Every step prints the command it runs, so it doubles as a tutorial.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tarfile
+import time
 from pathlib import Path
 
 ROOT = Path.cwd() / "demo-run"
@@ -25,14 +31,17 @@ def step(title: str) -> None:
     print(f"\n\033[1m== {title}\033[0m")
 
 
-def run(*args: str, expect: int = 0, show: bool = True) -> str:
-    shown = " ".join(shlex.quote(a) for a in ("shardvault", *args))
+def run(*args: str, expect: int = 0, show: bool = True, config: bool = True) -> str:
+    shown = " ".join(
+        shlex.quote(a) if not a.startswith("svt_") else a[:12] + "…" for a in ("shardvault", *args)
+    )
     print(f"$ {shown}")
     done = subprocess.run(
-        [CLI, "--config", str(ROOT / "shardvault.toml"), *args],
+        [CLI, *(["--config", str(ROOT / "shardvault.toml")] if config else []), *args],
         capture_output=True,
         text=True,
         check=False,
+        cwd=ROOT if not config else None,
     )
     if show and done.stdout:
         print(done.stdout.rstrip())
@@ -40,7 +49,7 @@ def run(*args: str, expect: int = 0, show: bool = True) -> str:
         print(done.stderr.rstrip())
     if done.returncode != expect:
         sys.exit(f"demo: expected exit {expect}, got {done.returncode}")
-    return done.stdout
+    return done.stdout if done.returncode == 0 else done.stderr
 
 
 def sha256(path: Path) -> str:
@@ -93,14 +102,105 @@ def main() -> None:
     assert sha256(files / "beach.again") == sha256(files / "photo.bin")
     print(f"still identical with {', '.join(doomed)} gone: any 4 of 6 shards suffice")
 
-    step("Forget alice: her key is destroyed and every shard of hers collected")
-    run("forget", "intl", "alice")
+    governance(files)
+
+    step("Forget alice: needs two approvals; her key is destroyed, her shards collected")
+    approval = pending(run("forget", "intl", "alice", expect=1, show=False))
+    for officer in OFFICERS:
+        run("--token", TOKENS[officer], "approval", "approve", approval)
+    receipt = files / "receipt.note"
+    run("--approval", approval, "forget", "intl", "alice", "--receipt", str(receipt), show=False)
+    print(f"(the signed receipt, {receipt.stat().st_size} bytes, is in {receipt})")
+    keys = json.loads(run("audit", "keys", "--json", show=False))
+    run("receipt", "verify", str(files / "receipt.note"), "--key", keys["cells"]["US"],
+        "--cosigner", keys["partner"], config=False)  # fmt: skip
     run("get", "intl", "alice", "notes/today.txt", expect=1)
     run("gc", "--grace", "0")
     run("nodes")
+
+    audit_and_report(files)
     print(
         f"\nThe deployment is in {ROOT}; try: shardvault --config {ROOT / 'shardvault.toml'} --help"
     )
+
+
+OFFICERS = ("dpo", "partner-officer")
+TOKENS: dict[str, str] = {}
+
+
+def pending(error_line: str) -> str:
+    """The approval id in a refusal's 'retry with --approval ID'."""
+    return error_line.strip().rsplit("--approval ", 1)[1]
+
+
+def principal(ident: str, *options: str) -> None:
+    TOKENS[ident] = run("principal", "add", ident, "--tenant", "intl", *options, show=False).strip()
+
+
+def governance(files: Path) -> None:
+    step("Principals: each with a tenant, a kind, a location; API tokens stored as salted hashes")
+    principal("svc-api", "--kind", "service", "--location", "US")
+    principal("sam", "--kind", "employee", "--location", "US", "--role", "support")
+    principal("dpo", "--kind", "employee", "--location", "US", "--role", "privacy")
+    principal("partner-officer", "--kind", "partner-auditor", "--location", "US")
+    for ident, authority, country in (
+        ("cn-mps", "ministry-of-public-security", "CN"),
+        ("us-doj", "us-department-of-justice", "US"),
+    ):
+        principal(
+            ident, "--kind", "external-requester", "--location", country,
+            "--authority", authority, "--authority-country", country,
+        )  # fmt: skip
+    run("principal", "ls")
+    run("--token", TOKENS["svc-api"], "--purpose", "serve-user",
+        "get", "intl", "alice", "notes/today.txt")  # fmt: skip
+
+    step("A foreign government asks for a US user's data: refused by rule, and logged")
+    run("--token", TOKENS["cn-mps"], "--purpose", "lawful-request",
+        "get", "intl", "alice", "notes/today.txt", expect=1)  # fmt: skip
+
+    step("Support may read by the operator's policy, but the partner's custodian refuses the key")
+    run("policy", "check", "--principal", "sam", "--action", "read", "--tenant", "intl",
+        "--jurisdiction", "US", "--purpose", "support-ticket", show=False)  # fmt: skip
+    run("--token", TOKENS["sam"], "--purpose", "support-ticket",
+        "get", "intl", "alice", "notes/today.txt", expect=1)  # fmt: skip
+
+    step("A domestic legal request: pending until an operator and a partner officer approve")
+    request = ("--token", TOKENS["us-doj"], "--purpose", "lawful-request")
+    approval = pending(
+        run(*request, "get", "intl", "alice", "notes/today.txt", expect=1, show=False)
+    )
+    run(*request, "--approval", approval, "get", "intl", "alice", "notes/today.txt", expect=1)
+    for officer in OFFICERS:
+        run("--token", TOKENS[officer], "approval", "approve", approval)
+    run(*request, "--approval", approval, "get", "intl", "alice", "notes/today.txt")
+
+
+def audit_and_report(files: Path) -> None:
+    step("An outsider verifies the US audit log: the export, public keys, a head from the partner")
+    keys = json.loads(run("audit", "keys", "--json", show=False))
+    run("audit", "head", "--cell", "US", "-o", str(files / "head-from-partner.note"))
+    run("audit", "export", "--cell", "US", str(files / "audit-us.tar"))
+    run("audit", "verify", str(files / "audit-us.tar"), "--key", keys["cells"]["US"],
+        "--cosigner", keys["partner"], "--head", str(files / "head-from-partner.note"),
+        config=False)  # fmt: skip
+    proof = json.loads(run("audit", "prove-inclusion", "--cell", "US", "0", show=False))
+    print(f"inclusion proof of entry 0: {len(proof['proof'])} hashes up to root {proof['root']}")
+
+    step("Someone edits one entry of the export: verification fails")
+    tampered = files / "audit-us-tampered"
+    with tarfile.open(files / "audit-us.tar") as tar:
+        tar.extractall(tampered, filter="data")
+    entries = tampered / "entries.jsonl"
+    entries.write_bytes(
+        entries.read_bytes().replace(b'"decision":"deny"', b'"decision":"allow"', 1)
+    )
+    run("audit", "verify", str(tampered), "--key", keys["cells"]["US"], expect=1, config=False)
+
+    step("Transparency report, computed from the audit log alone, tied to signed heads")
+    today = time.strftime("%Y-%m-%d", time.gmtime())
+    run("report", "transparency", "--from", today, "--to", today)
+    run("report", "transparency", "--from", today, "--to", today, "--format", "csv")
 
 
 if __name__ == "__main__":

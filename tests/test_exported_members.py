@@ -11,6 +11,7 @@ from shardvault.errors import ShardvaultError
 
 EXPECTED = [
     "AccessDenied",
+    "ApprovalRequired",
     "AuditUnavailable",
     "ConfigError",
     "Conflict",

@@ -26,6 +26,7 @@ from shardvault.model import (
 FORMAT_VERSION = 1
 DEFAULT_FILE = "shardvault.toml"
 ENV_VAR = "SHARDVAULT_CONFIG"
+TOKEN_ENV_VAR = "SHARDVAULT_TOKEN"
 MIN_SEGMENT = 4096
 MAX_SEGMENT = 64 << 20
 BACKENDS = ("local", "memory")
@@ -43,6 +44,33 @@ class TenantSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class GovernanceSpec:
+    """Where the access policy, the partner's custodian policy and keys live; approval rules."""
+
+    policy_path: Path
+    custodian_policy_path: Path
+    partner_dir: Path
+    origin_prefix: str = "shardvault.local"
+    partner_name: str = "partner.shardvault.local/witness"
+    local_admin: bool = True
+    approvers: tuple[str, ...] = ()
+    approval_quorum: int = 2
+    approval_ttl: int = 86400
+
+    def origin(self, jurisdiction: str) -> str:
+        """The audit log origin (and cell key name), e.g. ``shardvault.local/cell-us``."""
+        return f"{self.origin_prefix}/cell-{jurisdiction.lower()}"
+
+
+def default_governance(base: Path) -> GovernanceSpec:
+    return GovernanceSpec(
+        policy_path=(base / "policy.toml").resolve(),
+        custodian_policy_path=(base / "partner" / "custodian-policy.toml").resolve(),
+        partner_dir=(base / "partner").resolve(),
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     path: Path
     state_dir: Path
@@ -54,6 +82,7 @@ class Config:
     jurisdictions: dict[str, str]
     tenants: dict[str, TenantSpec]
     nodes: tuple[NodeSpec, ...] = field(default=())
+    governance: GovernanceSpec | None = None
 
     @property
     def base_dir(self) -> Path:
@@ -89,6 +118,11 @@ def resolve_path(explicit: str | os.PathLike[str] | None = None) -> Path:
         return Path(explicit)
     from_env = os.environ.get(ENV_VAR)
     return Path(from_env) if from_env else Path(DEFAULT_FILE)
+
+
+def token_from_env() -> str | None:
+    """An API token from $SHARDVAULT_TOKEN, for the CLI when --token is not given."""
+    return os.environ.get(TOKEN_ENV_VAR) or None
 
 
 def load(path: Path) -> Config:
@@ -155,7 +189,15 @@ def _check_name(check: Any, value: Any, where: str, problems: _Problems) -> bool
 def parse(doc: dict[str, Any], path: Path) -> Config:
     """Validate a parsed TOML document; raises ConfigError naming every bad key."""
     problems = _Problems()
-    known_top = {"version", "storage", "custodian", "jurisdictions", "tenants", "nodes"}
+    known_top = {
+        "version",
+        "storage",
+        "custodian",
+        "jurisdictions",
+        "tenants",
+        "nodes",
+        "governance",
+    }
     for key in sorted(set(doc) - known_top):
         problems.add(key, "unknown key")
     version = doc.get("version")
@@ -221,6 +263,8 @@ def parse(doc: dict[str, Any], path: Path) -> Config:
             seen.add(node.id)
             nodes.append(node)
 
+    governance = _parse_governance(doc, base, problems)
+
     if problems.items:
         raise ConfigError(f"config {path}: " + "; ".join(problems.items))
     return Config(
@@ -234,6 +278,64 @@ def parse(doc: dict[str, Any], path: Path) -> Config:
         jurisdictions=jurisdictions,
         tenants=tenants,
         nodes=tuple(nodes),
+        governance=governance,
+    )
+
+
+_GOVERNANCE_KEYS = {
+    "policy",
+    "custodian_policy",
+    "partner_dir",
+    "origin_prefix",
+    "partner_name",
+    "local_admin",
+    "approvers",
+    "approval_quorum",
+    "approval_ttl",
+}
+
+
+def _parse_governance(doc: dict[str, Any], base: Path, problems: _Problems) -> GovernanceSpec:
+    table = _get(doc, "governance", dict, "", problems, default={})
+    where = "governance."
+    _unknown_keys(table, _GOVERNANCE_KEYS, where, problems)
+    policy = _get(table, "policy", str, where, problems, default="policy.toml")
+    partner = _get(table, "partner_dir", str, where, problems, default="partner")
+    custodian_policy = _get(
+        table, "custodian_policy", str, where, problems, default=f"{partner}/custodian-policy.toml"
+    )
+    prefix = _get(table, "origin_prefix", str, where, problems, default="shardvault.local")
+    partner_name = _get(
+        table, "partner_name", str, where, problems, default="partner.shardvault.local/witness"
+    )
+    for key, value in (("origin_prefix", prefix), ("partner_name", partner_name)):
+        if not value or any(c.isspace() or c == "+" for c in value):
+            problems.add(where + key, "must be non-empty, without spaces or '+'")
+    local_admin = _get(table, "local_admin", bool, where, problems, default=True)
+    approvers = _get(table, "approvers", list, where, problems, default=[])
+    if not all(isinstance(a, str) and a for a in approvers):
+        problems.add(where + "approvers", "must be a list of principal ids")
+        approvers = []
+    quorum = _get(table, "approval_quorum", int, where, problems, default=2)
+    if quorum < 1:
+        problems.add(where + "approval_quorum", "must be at least 1")
+    elif approvers and quorum > len(approvers):
+        problems.add(
+            where + "approval_quorum", f"{quorum} is more than the {len(approvers)} approvers"
+        )
+    ttl = _get(table, "approval_ttl", int, where, problems, default=86400)
+    if ttl < 1:
+        problems.add(where + "approval_ttl", "must be a positive number of seconds")
+    return GovernanceSpec(
+        policy_path=(base / policy).resolve(),
+        custodian_policy_path=(base / custodian_policy).resolve(),
+        partner_dir=(base / partner).resolve(),
+        origin_prefix=prefix,
+        partner_name=partner_name,
+        local_admin=local_admin,
+        approvers=tuple(approvers),
+        approval_quorum=quorum,
+        approval_ttl=ttl,
     )
 
 

@@ -1,4 +1,9 @@
-"""`shardvault init --demo DIR`: a three-cell deployment on one machine."""
+"""`shardvault init --demo DIR`: a three-cell deployment on one machine.
+
+Besides the deployment file it writes the operator's access policy
+(``policy.toml``) and, in the partner's directory, the custodian's own policy
+(``partner/custodian-policy.toml``), so the governed vault works out of the box.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,85 @@ from shardvault.errors import InvalidInput
 
 DEMO_JURISDICTIONS = {"US": "United States", "SG": "Singapore", "EU": "European Union"}
 DEMO_TENANTS = {"intl": "International social app", "domestic": "Domestic social app"}
+DEMO_APPROVERS = ("dpo", "partner-officer")
 NODES_PER_CELL = 6
+
+DEMO_POLICY = """\
+# The operator's access policy (docs/policy.md). The invariants (tenant
+# isolation, residency of protected data, refusal of foreign governments,
+# approval for forget and move) hold whatever this file says.
+version = 1
+
+[[rule]]
+id = "embedded-local-admin"
+effect = "allow"
+description = "the embedded deployment's administrator runs the demo on this machine"
+actions = ["*"]
+principals = ["local-admin"]
+
+[[rule]]
+id = "service-serves-users"
+effect = "allow"
+description = "the app's backend reads and writes its users' data to serve them"
+actions = ["read", "write", "delete", "list", "stat"]
+principal_kinds = ["service"]
+purposes = ["serve-user"]
+
+[[rule]]
+id = "support-reads-with-ticket"
+effect = "allow"
+description = "support staff may look at a user's data while handling their ticket"
+actions = ["read", "list", "stat"]
+principal_kinds = ["employee"]
+roles = ["support"]
+purposes = ["support-ticket"]
+
+[[rule]]
+id = "privacy-team-forgets"
+effect = "allow"
+actions = ["forget"]
+principal_kinds = ["employee"]
+roles = ["privacy"]
+purposes = ["user-request"]
+
+[[rule]]
+id = "lawful-request-reviewed"
+effect = "approval-required"
+description = "a domestic authority's request is reviewed before anything is released"
+actions = ["read", "list", "stat"]
+principal_kinds = ["external-requester"]
+purposes = ["lawful-request"]
+
+[[rule]]
+id = "auditor-audits"
+effect = "allow"
+actions = ["audit", "list", "stat"]
+principal_kinds = ["partner-auditor"]
+purposes = ["audit"]
+"""
+
+DEMO_CUSTODIAN_POLICY = """\
+# The key custodian's own policy, held by the partner (docs/policy.md,
+# "Custodian policy"). It decides every unwrap again, whatever the operator's
+# policy said. Support tickets are deliberately not granted: the partner does
+# not let support staff read user data, even where the operator would.
+version = 1
+approval_purposes = ["lawful-request", "user-request"]
+
+[[grant]]
+id = "serve-users"
+purposes = ["serve-user"]
+
+[[grant]]
+id = "embedded-local-admin"
+purposes = ["operations", "register-subject", "write", "read"]
+principals = ["local-admin"]
+
+[[grant]]
+id = "lawful-requests"
+purposes = ["lawful-request"]
+requires_approval = true
+"""
 FACILITIES_PER_CELL = 3
 
 
@@ -26,6 +109,17 @@ def demo_config_text() -> str:
         "[custodian]",
         'backend = "keyring"',
         'path = "keys/keyring.json"',
+        "",
+        "[governance]",
+        'policy = "policy.toml"',
+        'partner_dir = "partner"',
+        'custodian_policy = "partner/custodian-policy.toml"',
+        'origin_prefix = "demo.shardvault.local"',
+        'partner_name = "partner.demo.shardvault.local/witness"',
+        "local_admin = true",
+        f"approvers = {list(DEMO_APPROVERS)!r}".replace("'", '"'),
+        "approval_quorum = 2",
+        "approval_ttl = 86400",
         "",
     ]
     for code, name in DEMO_JURISDICTIONS.items():
@@ -59,6 +153,9 @@ def write_demo(directory: Path) -> Path:
             (directory / "nodes" / code / f"{code.lower()}-n{number}").mkdir(
                 parents=True, exist_ok=True
             )
+    (directory / "partner").mkdir(mode=0o700, exist_ok=True)
+    (directory / "policy.toml").write_text(DEMO_POLICY)
+    (directory / "partner" / "custodian-policy.toml").write_text(DEMO_CUSTODIAN_POLICY)
     temp = config_path.with_suffix(".toml.tmp")
     temp.write_text(demo_config_text())
     temp.replace(config_path)

@@ -9,7 +9,8 @@ Grouped by what the caller can do about it::
     ├── Conflict              precondition failed; re-read and retry (exit 1, HTTP 409)
     ├── Refused               do not retry: a rule said no (exit 1, HTTP 403)
     │   ├── ResidencyRefused  the home jurisdiction cannot take the write
-    │   ├── AccessDenied      policy or tenant isolation said no
+    │   ├── AccessDenied      policy, tenant isolation or the key custodian said no
+    │   ├── ApprovalRequired  the access needs a k-of-n approval first (carries its id)
     │   └── SubjectForgotten  the subject's key was destroyed
     ├── Unavailable           retry later (exit 1, HTTP 503)
     │   ├── TooFewNodes       not enough eligible nodes for a stripe
@@ -65,7 +66,23 @@ class ResidencyRefused(Refused):
 
 
 class AccessDenied(Refused):
-    """Policy or tenant isolation denied the access."""
+    """Policy, tenant isolation or the key custodian denied the access.
+
+    ``rule`` names the rule or invariant that decided, when one did, so the
+    refusal can be audited and explained.
+    """
+
+    def __init__(self, message: str, rule: str | None = None) -> None:
+        super().__init__(message)
+        self.rule = rule
+
+
+class ApprovalRequired(Refused):
+    """The access needs a k-of-n approval; ``approval_id`` names the pending one to sign."""
+
+    def __init__(self, message: str, approval_id: str | None = None) -> None:
+        super().__init__(message)
+        self.approval_id = approval_id
 
 
 class SubjectForgotten(Refused):
@@ -102,6 +119,7 @@ class IntegrityError(ShardvaultError):
 
 __all__ = [
     "AccessDenied",
+    "ApprovalRequired",
     "AuditUnavailable",
     "ConfigError",
     "Conflict",

@@ -188,12 +188,19 @@ class ObjectInfo:
 
 @dataclass(frozen=True, slots=True)
 class RequestContext:
-    """Who is acting, why, and under which request id: carried by every vault call."""
+    """Who is acting, why, and under which request id: carried by every vault call.
+
+    ``principal`` is a registered principal's id (or `LOCAL_ADMIN`); the vault
+    resolves it to the registered kind, tenant, roles and location. ``location``
+    is used only for the local administrator, who has no registered location.
+    ``approval_id`` names a met k-of-n approval when the policy requires one.
+    """
 
     principal: str
     purpose: str
     request_id: str
     location: str | None = None
+    approval_id: str | None = None
 
     def justification(self, approval_id: str | None = None) -> Justification:
         return Justification(
@@ -201,15 +208,26 @@ class RequestContext:
             purpose=self.purpose,
             request_id=self.request_id,
             requester_jurisdiction=self.location,
-            approval_id=approval_id,
+            approval_id=approval_id or self.approval_id,
         )
 
 
 LOCAL_ADMIN = "local-admin"
 
 
-def local_context(purpose: str = "operations", request_id: str | None = None) -> RequestContext:
-    """The embedded deployment's administrator, acting on this machine."""
+def new_request_id() -> str:
     import uuid
 
-    return RequestContext(LOCAL_ADMIN, purpose, request_id or uuid.uuid4().hex)
+    return uuid.uuid4().hex
+
+
+def local_context(
+    purpose: str = "operations",
+    request_id: str | None = None,
+    *,
+    approval_id: str | None = None,
+) -> RequestContext:
+    """The embedded deployment's administrator, acting on this machine."""
+    return RequestContext(
+        LOCAL_ADMIN, purpose, request_id or new_request_id(), approval_id=approval_id
+    )

@@ -184,7 +184,18 @@ def test_listing_and_metadata_commands(alice: Cli, tmp_path: Path) -> None:
     assert (report["versions"], report["shards"]) == (2, 12)
     assert "no object" in alice.fails(1, "stat", "intl", "alice", "b")
 
-    forgotten = alice.json("forget", "intl", "alice")
+    pending = alice.fails(1, "forget", "intl", "alice")
+    approval = pending.split("--approval ")[-1]
+    assert "needs approval (invariant:forget-approval)" in pending
+    tokens = {
+        ident: alice.ok(
+            "principal", "add", ident, "--tenant", "intl", "--kind", kind, "--location", "US"
+        ).decode().strip()
+        for ident, kind in (("dpo", "employee"), ("partner-officer", "partner-auditor"))
+    }
+    for token in tokens.values():
+        alice.ok("--token", token, "approval", "approve", approval)
+    forgotten = alice.json("--approval", approval, "forget", "intl", "alice")
     assert (forgotten["versions_deleted"], forgotten["shards_removed"]) == (2, 12)
     assert "forgotten" in alice.fails(1, "get", "intl", "alice", "a/1")
     assert sum(n["shards"] for n in alice.json("nodes")) == 0
@@ -317,4 +328,5 @@ def test_commands_are_registered_once_however_often_main_runs(cli: Cli) -> None:
         cli("--help", config=False)
     names = [command.name or command.callback.__name__ for command in app.registered_commands]  # type: ignore[union-attr]
     assert len(names) == len(set(names))
-    assert len(app.registered_groups) == 1
+    groups = [group.name for group in app.registered_groups]
+    assert len(groups) == len(set(groups)) == 7

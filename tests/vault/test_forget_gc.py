@@ -11,11 +11,13 @@ from pathlib import Path
 import pytest
 
 from conftest import SEGMENT, files_under, make_deployment, manifest_of, shard_paths
+from governance_support import forget_approved
 from shardvault.config import load
 from shardvault.errors import NotFound, SubjectForgotten
 from shardvault.keys.memory import MemoryCustodian
-from shardvault.model import ObjectRef, RequestContext
+from shardvault.model import Justification, ObjectRef, RequestContext
 from shardvault.nodes.port import shard_name
+from shardvault.policy import Principal, PrincipalKind
 from shardvault.vault import Vault
 
 
@@ -38,7 +40,7 @@ def test_forget_destroys_the_key_and_the_shards(config_path: Path, tmp_path: Pat
     shutil.copytree(base / "nodes", backup / "nodes")
 
     with Vault.open(load(config_path)) as vault:
-        result = vault.forget("intl", "alice")
+        result = forget_approved(vault, "intl", "alice")
         assert (result.versions_deleted, result.shards_removed) == (6, 36)
         assert result.key_id == record.key_id and result.jurisdiction == "US"
         for ref in refs:
@@ -68,20 +70,28 @@ def test_forget_destroys_the_key_and_the_shards(config_path: Path, tmp_path: Pat
 
 def test_every_key_use_carries_the_callers_justification(config_path: Path) -> None:
     custodian = MemoryCustodian()
-    ctx = RequestContext("svc-feed", "serve-feed", "req-42", "US")
+    ctx = RequestContext("svc-feed", "serve-user", "req-42")
     with Vault.open(load(config_path), custodian=custodian) as vault:
+        service = Principal("svc-feed", "intl", PrincipalKind.SERVICE, "US")
+        vault.governance.registry.add(service, token_ttl=None)
         vault.register_subject("intl", "alice", "US", ctx)
         ref = ObjectRef("intl", "alice", "k")
         vault.put(ref, b"data", ctx=ctx)
         vault.get(ref, ctx=ctx)
         with vault.open_read(ref, ctx=ctx) as reader:
             reader.read_all()
-        vault.forget("intl", "alice", ctx)
+        forgotten = forget_approved(vault, "intl", "alice")
         with pytest.raises(SubjectForgotten):
             vault.get(ref, ctx=ctx)
     ops = [op for op, *_ in custodian.justifications]
     assert ops == ["wrap", "unwrap", "unwrap", "unwrap", "destroy"]
-    assert {why for *_, why in custodian.justifications} == {ctx.justification()}
+    # the registered location, not a claimed one, is what the custodian sees
+    assert {why for *_, why in custodian.justifications[:4]} == {
+        Justification("svc-feed", "serve-user", "req-42", "US")
+    }
+    destroy = custodian.justifications[4][3]
+    assert (destroy.principal, destroy.purpose) == ("local-admin", "forget-subject")
+    assert (destroy.approval_id or "").startswith("apr-us-") and forgotten.audit_index > 0
 
 
 def test_default_context_still_justifies_each_call(vault: Vault) -> None:

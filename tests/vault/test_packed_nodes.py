@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from conftest import SEGMENT, make_deployment, manifest_of
+from governance_support import forget_approved
 from shardvault.config import load
 from shardvault.errors import IntegrityError
 from shardvault.model import ObjectRef
@@ -129,7 +130,7 @@ def test_forget_then_gc_removes_the_packed_bytes(packed_config: Path) -> None:
         store = vault.cells["US"].store(node)
         reader = store.open_reader(shard_name(manifest.object_id, manifest.version, index))
         block_tail.append(reader.read_at(40, 1 << 16)[-32:])
-    vault.forget("intl", "alice")
+    forget_approved(vault, "intl", "alice")  # forget needs a k-of-n approval
     vault.close()  # the writer's packs are now free to be compacted
     collector = Vault.open(load(packed_config))
     collector.gc(grace_seconds=0)

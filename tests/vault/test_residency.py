@@ -19,7 +19,7 @@ from shardvault.errors import (
     TooFewNodes,
 )
 from shardvault.keys.port import KeyScope
-from shardvault.model import ObjectRef, local_context
+from shardvault.model import LOCAL_ADMIN, ObjectRef, RequestContext
 from shardvault.vault import Vault
 
 SUBJECT = "resident-7f3a9c"
@@ -161,7 +161,7 @@ def test_tenants_are_isolated(vault: Vault) -> None:
     assert [i.ref.tenant for i in vault.list("intl", "sam").items] == ["intl"]
 
     # a subject key wrapped for one tenant's scope does not unwrap in the other's
-    why = local_context("test").justification()
+    why = RequestContext(LOCAL_ADMIN, "read", "req-1", "US").justification()
     assert domestic.wrapped_key is not None
     with pytest.raises(KeyUnavailable):
         vault.custodian.unwrap(KeyScope("intl", "US"), domestic.key_id, domestic.wrapped_key, why)

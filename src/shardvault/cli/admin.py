@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -40,7 +41,10 @@ def subject_add(
     json_out: JsonFlag = False,
 ) -> None:
     """Register SUBJECT of TENANT, living in --jurisdiction."""
-    record = state(ctx).vault().register_subject(tenant, subject, jurisdiction)
+    cli = state(ctx)
+    record = cli.vault().register_subject(
+        tenant, subject, jurisdiction, cli.request("register-subject")
+    )
     if json_out:
         print_json(
             {
@@ -54,16 +58,35 @@ def subject_add(
         say(f"registered {tenant}/{subject} in {record.jurisdiction}")
 
 
-def forget(ctx: typer.Context, tenant: str, subject: str, json_out: JsonFlag = False) -> None:
-    """Forget a subject: destroy their key, then remove every shard of theirs."""
-    result = state(ctx).vault().forget(tenant, subject)
+def forget(
+    ctx: typer.Context,
+    tenant: str,
+    subject: str,
+    receipt: Annotated[
+        Path | None, typer.Option("--receipt", help="Also write the signed receipt here.")
+    ] = None,
+    json_out: JsonFlag = False,
+) -> None:
+    """Forget a subject (needs a met approval): destroy their key, remove their shards.
+
+    Prints the signed deletion receipt on stdout (or the whole result with --json).
+    """
+    cli = state(ctx)
+    result = cli.vault().forget(tenant, subject, cli.request("forget-subject"))
+    if receipt is not None:
+        try:
+            receipt.write_text(result.receipt)
+        except OSError as exc:
+            raise InvalidInput(f"cannot write {receipt}: {exc.strerror}") from None
     if json_out:
         print_json(result)
-    else:
-        say(
-            f"forgot {tenant}/{subject}: key {result.key_id} destroyed, "
-            f"{result.versions_deleted} version(s) and {result.shards_removed} shard(s) removed"
-        )
+        return
+    say(
+        f"forgot {tenant}/{subject}: key {result.key_id} destroyed, "
+        f"{result.versions_deleted} version(s) and {result.shards_removed} shard(s) removed; "
+        f"audit entry {result.audit_index}; signed receipt:"
+    )
+    sys.stdout.write(result.receipt)
 
 
 def nodes(ctx: typer.Context, json_out: JsonFlag = False) -> None:

@@ -30,8 +30,26 @@ def _global_options(
             help="Deployment file (default: $SHARDVAULT_CONFIG, else ./shardvault.toml).",
         ),
     ] = None,
+    principal: Annotated[
+        str | None,
+        typer.Option(
+            "--as", help="Act as this principal (needs its --token; default: local-admin)."
+        ),
+    ] = None,
+    token: Annotated[
+        str | None,
+        typer.Option("--token", help="API token (default: $SHARDVAULT_TOKEN).", show_default=False),
+    ] = None,
+    purpose: Annotated[
+        str | None, typer.Option("--purpose", help="Why: recorded in the audit log.")
+    ] = None,
+    approval: Annotated[
+        str | None, typer.Option("--approval", help="A met approval id for this request.")
+    ] = None,
 ) -> None:
-    ctx.obj = CliState(config_path=config)
+    ctx.obj = CliState(
+        config_path=config, principal=principal, token=token, purpose=purpose, approval=approval
+    )
     ctx.call_on_close(ctx.obj.close)
 
 
@@ -43,10 +61,12 @@ def _register_commands() -> None:
     global _registered
     if _registered:
         return
-    from shardvault.cli import admin, objects, scan_cmd
+    from shardvault.cli import admin, audit_cmds, governance_cmds, objects, scan_cmd
 
     admin.register(app)
     objects.register(app)
+    governance_cmds.register(app)
+    audit_cmds.register(app)
     scan_cmd.register(app)
     _registered = True
 

@@ -50,7 +50,10 @@ def put(
     source, size = _open_source(file)
     try:
         with transfer_bar(f"put {key}", size) as advance:
-            info = state(ctx).vault().put(ref, source, if_match=if_match, progress=advance)
+            cli = state(ctx)
+            info = cli.vault().put(
+                ref, source, if_match=if_match, ctx=cli.request("write"), progress=advance
+            )
     finally:
         if source is not sys.stdin.buffer:
             source.close()
@@ -71,8 +74,9 @@ def get(
     version: Version = None,
 ) -> None:
     """Read KEY (the current version unless --version) to stdout or a file."""
-    vault = state(ctx).vault()
-    reader = vault.open_read(ObjectRef(tenant, subject, key), version)
+    cli = state(ctx)
+    vault = cli.vault()
+    reader = vault.open_read(ObjectRef(tenant, subject, key), version, cli.request("read"))
     with reader, transfer_bar(f"get {key}", reader.info.size) as advance:
         if output is None:
             sink = sys.stdout.buffer
@@ -116,10 +120,9 @@ def ls(
     json_out: JsonFlag = False,
 ) -> None:
     """List a subject's objects (current versions), one page at a time."""
-    page = (
-        state(ctx)
-        .vault()
-        .list(tenant, subject, prefix=prefix, start_after=start_after, limit=limit)
+    cli = state(ctx)
+    page = cli.vault().list(
+        tenant, subject, prefix=prefix, start_after=start_after, limit=limit, ctx=cli.request()
     )
     if json_out:
         print_json({"items": page.items, "next_after": page.next_after})
@@ -138,7 +141,8 @@ def stat(
     json_out: JsonFlag = False,
 ) -> None:
     """Show an object's metadata (never its data or keys)."""
-    info = state(ctx).vault().stat(ObjectRef(tenant, subject, key), version)
+    cli = state(ctx)
+    info = cli.vault().stat(ObjectRef(tenant, subject, key), version, cli.request())
     if json_out:
         print_json(info)
         return
@@ -155,7 +159,8 @@ def rm(
     json_out: JsonFlag = False,
 ) -> None:
     """Delete an object (all versions, or one); gc collects its shards."""
-    removed = state(ctx).vault().delete(ObjectRef(tenant, subject, key), version)
+    cli = state(ctx)
+    removed = cli.vault().delete(ObjectRef(tenant, subject, key), version, cli.request())
     if json_out:
         print_json({"deleted_versions": removed})
     else:
@@ -166,7 +171,8 @@ def versions(
     ctx: typer.Context, tenant: str, subject: str, key: str, json_out: JsonFlag = False
 ) -> None:
     """List the committed versions of one key, newest first."""
-    found = state(ctx).vault().versions(ObjectRef(tenant, subject, key))
+    cli = state(ctx)
+    found = cli.vault().versions(ObjectRef(tenant, subject, key), cli.request())
     if json_out:
         print_json({"versions": found})
         return
@@ -185,9 +191,10 @@ def where(
 ) -> None:
     """Show where every shard of an object lives: node, jurisdiction, facility."""
     ref = ObjectRef(tenant, subject, key)
-    vault = state(ctx).vault()
-    info = vault.stat(ref, version)
-    shards = vault.where(ref, version)
+    cli = state(ctx)
+    vault = cli.vault()
+    info = vault.stat(ref, version, cli.request())
+    shards = vault.where(ref, version, cli.request())
     if json_out:
         print_json(
             {

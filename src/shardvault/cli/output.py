@@ -52,13 +52,19 @@ def print_json(value: Any) -> None:
     sys.stdout.write(json.dumps(to_plain(value), indent=2, sort_keys=True) + "\n")
 
 
-def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+def print_table(
+    title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], min_width: int = 0
+) -> None:
+    """A table on stdout; ``min_width`` keeps wide tables readable when stdout is a pipe."""
     table = Table(title=title)
     for column in columns:
         table.add_column(column)
     for row in rows:
         table.add_row(*(str(cell) for cell in row))
-    Console().print(table)
+    console = Console()
+    if console.width < min_width:
+        console = Console(width=min_width)
+    console.print(table)
 
 
 def human_size(size: int) -> str:

@@ -1,4 +1,4 @@
-"""What every command shares: the config path, and the vault opened from it on demand."""
+"""What every command shares: the config, the acting principal, and the vault opened on demand."""
 
 from __future__ import annotations
 
@@ -8,24 +8,73 @@ from pathlib import Path
 import typer
 
 from shardvault import config as config_module
+from shardvault.errors import AccessDenied, InvalidInput
+from shardvault.governance import Governance
+from shardvault.model import LOCAL_ADMIN, RequestContext, new_request_id
 from shardvault.vault import Vault
 
 
 @dataclass
 class CliState:
     config_path: Path | None = None
+    principal: str | None = None
+    token: str | None = None
+    purpose: str | None = None
+    approval: str | None = None
+    _config: config_module.Config | None = field(default=None, repr=False)
+    _governance: Governance | None = field(default=None, repr=False)
     _vault: Vault | None = field(default=None, repr=False)
+
+    def config(self) -> config_module.Config:
+        if self._config is None:
+            self._config = config_module.load(config_module.resolve_path(self.config_path))
+        return self._config
+
+    def governance(self) -> Governance:
+        if self._governance is None:
+            self._governance = Governance.open(self.config())
+        return self._governance
 
     def vault(self) -> Vault:
         if self._vault is None:
-            cfg = config_module.load(config_module.resolve_path(self.config_path))
-            self._vault = Vault.open(cfg)
+            self._vault = Vault.open(self.config(), governance=self.governance())
         return self._vault
+
+    def request(self, default_purpose: str = "operations") -> RequestContext:
+        """The request context: the token's principal (or the local administrator)."""
+        token = self.token or config_module.token_from_env()
+        if token:
+            principal = self.governance().registry.authenticate(token).id
+            if self.principal not in (None, principal):
+                raise InvalidInput(f"--as {self.principal} is not the token's principal")
+        else:
+            principal = self.principal or LOCAL_ADMIN
+            if principal != LOCAL_ADMIN:
+                raise AccessDenied(
+                    f"acting as {principal} needs its token: pass --token or set "
+                    f"{config_module.TOKEN_ENV_VAR}"
+                )
+        return RequestContext(
+            principal,
+            self.purpose or default_purpose,
+            new_request_id(),
+            approval_id=self.approval,
+        )
+
+    def require_local_admin(self, what: str) -> None:
+        """Administration of the deployment itself is for the local administrator only."""
+        if self.request().principal != LOCAL_ADMIN:
+            raise AccessDenied(
+                f"{what} is for the local administrator (run it without --as/--token)"
+            )
 
     def close(self) -> None:
         if self._vault is not None:
             self._vault.close()
             self._vault = None
+        if self._governance is not None:
+            self._governance.close()
+            self._governance = None
 
 
 def state(ctx: typer.Context) -> CliState:

@@ -17,6 +17,7 @@ from shardvault.errors import ConfigError
 from shardvault.keys.keyring import KeyringCustodian
 from shardvault.keys.memory import MemoryCustodian
 from shardvault.keys.port import KeyCustodian
+from shardvault.keys.rootkey import CustodianGate
 from shardvault.model import NodeSpec
 from shardvault.nodes.localdir import LocalDirShardStore
 from shardvault.nodes.memory import MemoryShardStore
@@ -66,7 +67,8 @@ def open_cells(config: Config, catalogs: CatalogFactory) -> dict[str, Cell]:
     return cells
 
 
-def open_custodian(config: Config) -> KeyCustodian:
+def open_custodian(config: Config, gate: CustodianGate | None = None) -> KeyCustodian:
+    """The configured custodian; ``gate`` (the partner's custodian policy) runs before unwraps."""
     if config.custodian == "memory":
-        return MemoryCustodian()
-    return KeyringCustodian(config.keyring_path)
+        return MemoryCustodian(gate)
+    return KeyringCustodian(config.keyring_path, gate)

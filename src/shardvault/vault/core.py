@@ -1,8 +1,11 @@
 """The Vault: register subjects, put, get, list, delete, forget, where, gc.
 
-Every call carries a RequestContext; every use of a subject key goes to the
-custodian with the context's justification. A write reserves a pending
-version, writes and commits every shard, then commits the manifest in one
+Every call carries a RequestContext (none means the local administrator). The
+governance guard decides it and audits the decision durably before anything
+happens; every use of a subject key then goes to the custodian with the
+justification of the allowed access, and a custodian refusal is audited too.
+A write reserves a pending version, writes and commits every shard, then
+commits the manifest in one
 catalog transaction, so a crash at any point leaves the old version or the
 new one, never a mix.
 """
@@ -25,7 +28,9 @@ from shardvault.codec.erasure import ErasureCode
 from shardvault.codec.segment import SegmentBinding, SegmentCipher
 from shardvault.config import Config
 from shardvault.directory import SubjectDirectory
-from shardvault.errors import InvalidInput, NotFound, SubjectForgotten
+from shardvault.errors import AccessDenied, InvalidInput, NotFound, SubjectForgotten
+from shardvault.governance.guard import Access, Governance
+from shardvault.governance.receipts import Forgotten, make_receipt
 from shardvault.keys import hierarchy
 from shardvault.keys.port import KeyCustodian, KeyScope
 from shardvault.manifest import Manifest
@@ -40,6 +45,7 @@ from shardvault.model import (
     subject_id,
 )
 from shardvault.placement import place_stripe
+from shardvault.policy import Action
 from shardvault.vault.cells import CatalogFactory, Cell, open_cells, open_custodian, sqlite_catalogs
 from shardvault.vault.gc import GcReport, collect_cell, collect_versions
 from shardvault.vault.reader import ObjectReader
@@ -63,6 +69,8 @@ class ForgetResult:
     versions_deleted: int
     shards_removed: int
     forgotten_at: float
+    audit_index: int = -1
+    receipt: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,12 +96,15 @@ class Vault:
         directory: SubjectDirectory,
         clock: Callable[[], float] = time.time,
         on_step: StepHook = _no_step,
+        governance: Governance | None = None,
     ) -> None:
         tune_allocator()
         self.config = config
         self.cells = cells
         self.custodian = custodian
         self.directory = directory
+        self._owns_governance = governance is None
+        self.governance = governance or Governance.open(config, clock)
         self.code = ErasureCode(config.k, config.m)
         self._clock = clock
         self._on_step = on_step
@@ -110,16 +121,29 @@ class Vault:
         custodian: KeyCustodian | None = None,
         clock: Callable[[], float] = time.time,
         on_step: StepHook = _no_step,
+        governance: Governance | None = None,
     ) -> Vault:
-        cells = open_cells(config, catalogs or sqlite_catalogs(config.state_dir))
-        return cls(
-            config,
-            cells=cells,
-            custodian=custodian or open_custodian(config),
-            directory=SubjectDirectory.open(config.state_dir),
-            clock=clock,
-            on_step=on_step,
-        )
+        """Open every cell; the custodian's gate is the partner's custodian policy."""
+        owned = governance is None
+        governance = governance or Governance.open(config, clock)
+        try:
+            cells = open_cells(config, catalogs or sqlite_catalogs(config.state_dir))
+            custodian = custodian or open_custodian(config, gate=governance.custodian_gate())
+            vault = cls(
+                config,
+                cells=cells,
+                custodian=custodian,
+                directory=SubjectDirectory.open(config.state_dir),
+                clock=clock,
+                on_step=on_step,
+                governance=governance,
+            )
+        except BaseException:
+            if owned:
+                governance.close()
+            raise
+        vault._owns_governance = owned
+        return vault
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
@@ -128,6 +152,8 @@ class Vault:
             for store in cell.stores.values():
                 store.close()
         self.directory.close()
+        if self._owns_governance:
+            self.governance.close()
 
     def __enter__(self) -> Vault:
         return self
@@ -150,9 +176,10 @@ class Vault:
                 f"tenant {tenant} does not keep users in {jurisdiction} "
                 f"(it allows {', '.join(spec.jurisdictions or ())})"
             )
+        access = self.governance.authorize(ctx, Action.WRITE, tenant, jurisdiction, subject)
         key_id = hierarchy.new_key_id()
         wrapped = self.custodian.wrap(
-            KeyScope(tenant, jurisdiction), key_id, hierarchy.new_key(), ctx.justification()
+            KeyScope(tenant, jurisdiction), key_id, hierarchy.new_key(), access.justification()
         )
         record = SubjectRecord(tenant, subject, jurisdiction, key_id, wrapped, self._clock())
         self.directory.add(tenant, subject, jurisdiction)
@@ -176,19 +203,26 @@ class Vault:
         return record
 
     def _live_subject(self, tenant: str, subject: str) -> SubjectRecord:
-        record = self.subject(tenant, subject)
-        if record.forgotten_at is not None or record.wrapped_key is None:
-            when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(record.forgotten_at or 0))
-            raise SubjectForgotten(
-                f"subject {subject} of tenant {tenant} was forgotten on {when}; "
-                "its data is unrecoverable"
-            )
-        return record
+        return _live(self.subject(tenant, subject))
 
-    def _subject_key(self, record: SubjectRecord, ctx: RequestContext) -> bytes:
+    def _authorized(
+        self, ctx: RequestContext, action: Action, tenant: str, subject: str, key: str | None = None
+    ) -> tuple[SubjectRecord, Access]:
+        """Decide and audit the access in the subject's home cell, then check it is live."""
+        record = self.subject(tenant, subject)
+        access = self.governance.authorize(ctx, action, tenant, record.jurisdiction, subject, key)
+        return _live(record), access
+
+    def _subject_key(self, record: SubjectRecord, access: Access) -> bytes:
         assert record.wrapped_key is not None
         scope = KeyScope(record.tenant, record.jurisdiction)
-        return self.custodian.unwrap(scope, record.key_id, record.wrapped_key, ctx.justification())
+        try:
+            return self.custodian.unwrap(
+                scope, record.key_id, record.wrapped_key, access.justification()
+            )
+        except AccessDenied as refusal:
+            self.governance.record_custodian_refusal(access, refusal)
+            raise
 
     # writes -------------------------------------------------------------------
 
@@ -203,11 +237,11 @@ class Vault:
     ) -> ObjectInfo:
         """Store a new version of ref; returns it once durable and visible."""
         ctx = ctx or local_context("write")
-        subject = self._live_subject(ref.tenant, ref.subject)
+        subject, access = self._authorized(ctx, Action.WRITE, ref.tenant, ref.subject, ref.key)
         cell = self.cells[subject.jurisdiction]
         seed = blake3(f"{ref.tenant}\x00{ref.subject}\x00{ref.key}".encode()).digest()
         nodes = place_stripe(seed, cell.nodes, subject.jurisdiction, self.code.k, self.code.m)
-        subject_key = self._subject_key(subject, ctx)
+        subject_key = self._subject_key(subject, access)
         object_id = os.urandom(16)
         created = self._clock()
         version = cell.catalog.reserve(ref, object_id, created)
@@ -257,7 +291,8 @@ class Vault:
         self, ref: ObjectRef, version: int | None = None, ctx: RequestContext | None = None
     ) -> int:
         """Mark the object (or one version) deleted; gc removes the shards."""
-        subject = self.subject(ref.tenant, ref.subject)
+        ctx = ctx or local_context()
+        subject, _ = self._authorized(ctx, Action.DELETE, ref.tenant, ref.subject, ref.key)
         marked = self.cells[subject.jurisdiction].catalog.mark_deleted(ref, version)
         if not marked:
             what = f"{ref} v{version}" if version else str(ref)
@@ -265,11 +300,17 @@ class Vault:
         return marked
 
     def forget(self, tenant: str, subject: str, ctx: RequestContext | None = None) -> ForgetResult:
-        """Destroy the subject's key at the custodian, then collect every shard of theirs."""
+        """Destroy the subject's key at the custodian, then collect every shard of theirs.
+
+        Needs a met approval (an invariant of the policy). Returns a deletion
+        receipt signed by the cell, with the audit entry of the forget and its
+        inclusion proof under a head cosigned by the partner.
+        """
         ctx = ctx or local_context("forget-subject")
-        record = self._live_subject(tenant, subject)
+        record = self._live_subject(tenant, subject)  # nothing to approve for a forgotten one
+        access = self.governance.authorize(ctx, Action.FORGET, tenant, record.jurisdiction, subject)
         scope = KeyScope(tenant, record.jurisdiction)
-        self.custodian.destroy(scope, record.key_id, ctx.justification())
+        self.custodian.destroy(scope, record.key_id, access.justification())
         cell = self.cells[record.jurisdiction]
         when = self._clock()
         deleted = cell.catalog.forget_subject(tenant, subject, when)
@@ -282,25 +323,38 @@ class Vault:
             ],
             self.code.n,
         )
+        index = self.governance.record_outcome(
+            access, "forgotten", key_id=record.key_id, versions_deleted=deleted,
+            shards_removed=removed,
+        )  # fmt: skip
+        what = Forgotten(
+            tenant, subject, record.jurisdiction, record.key_id, deleted, removed,
+            time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(when)),
+        )  # fmt: skip
+        head = self.governance.publish_head(record.jurisdiction)
+        receipt = make_receipt(self.governance.cell(record.jurisdiction), head, index, what)
         return ForgetResult(
-            tenant, subject, record.jurisdiction, record.key_id, deleted, removed, when
-        )
+            tenant, subject, record.jurisdiction, record.key_id, deleted, removed, when,
+            index, receipt.to_bytes().decode("utf-8"),
+        )  # fmt: skip
 
     # reads --------------------------------------------------------------------
 
     def _record(
-        self, ref: ObjectRef, version: int | None
-    ) -> tuple[Cell, SubjectRecord, VersionRecord]:
-        subject = self._live_subject(ref.tenant, ref.subject)
+        self, ref: ObjectRef, version: int | None, ctx: RequestContext, action: Action
+    ) -> tuple[Cell, SubjectRecord, VersionRecord, Access]:
+        subject, access = self._authorized(ctx, action, ref.tenant, ref.subject, ref.key)
         cell = self.cells[subject.jurisdiction]
         record = cell.catalog.get_version(ref, version)
         if record is None or record.manifest is None:
             what = f"{ref} v{version}" if version else str(ref)
             raise NotFound(f"no object {what}")
-        return cell, subject, record
+        return cell, subject, record, access
 
-    def stat(self, ref: ObjectRef, version: int | None = None) -> ObjectInfo:
-        _, _, record = self._record(ref, version)
+    def stat(
+        self, ref: ObjectRef, version: int | None = None, ctx: RequestContext | None = None
+    ) -> ObjectInfo:
+        _, _, record, _ = self._record(ref, version, ctx or local_context(), Action.STAT)
         assert record.manifest is not None
         return _info(Manifest.from_bytes(record.manifest))
 
@@ -309,10 +363,10 @@ class Vault:
     ) -> ObjectReader:
         """A streaming reader; iterate it for plaintext, then check .damage."""
         ctx = ctx or local_context("read")
-        cell, subject, record = self._record(ref, version)
+        cell, subject, record, access = self._record(ref, version, ctx, Action.READ)
         assert record.manifest is not None
         manifest = Manifest.from_bytes(record.manifest)
-        subject_key = self._subject_key(subject, ctx)
+        subject_key = self._subject_key(subject, access)
         binding = SegmentBinding(ref, manifest.version, manifest.object_id)
         data_key = hierarchy.unwrap_data_key(subject_key, manifest.wrapped_data_key, binding)
         code = (
@@ -352,35 +406,41 @@ class Vault:
         prefix: str = "",
         start_after: str = "",
         limit: int = 1000,
+        ctx: RequestContext | None = None,
     ) -> ListPage:
         if not 1 <= limit <= MAX_LIST_LIMIT:
             raise InvalidInput(f"limit must be between 1 and {MAX_LIST_LIMIT}")
-        record = self._live_subject(tenant, subject)
+        record, _ = self._authorized(ctx or local_context(), Action.LIST, tenant, subject)
         rows = self.cells[record.jurisdiction].catalog.list_latest(
             tenant, subject, prefix, start_after, limit + 1
         )
         items = [_info(Manifest.from_bytes(row.manifest)) for row in rows[:limit] if row.manifest]
         return ListPage(items, items[-1].ref.key if len(rows) > limit else None)
 
-    def iter_objects(self, tenant: str, subject: str, prefix: str = "") -> Iterator[ObjectInfo]:
+    def iter_objects(
+        self, tenant: str, subject: str, prefix: str = "", ctx: RequestContext | None = None
+    ) -> Iterator[ObjectInfo]:
         after = ""
         while True:
-            page = self.list(tenant, subject, prefix=prefix, start_after=after)
+            page = self.list(tenant, subject, prefix=prefix, start_after=after, ctx=ctx)
             yield from page.items
             if page.next_after is None:
                 return
             after = page.next_after
 
-    def versions(self, ref: ObjectRef) -> list[ObjectInfo]:
-        subject = self._live_subject(ref.tenant, ref.subject)
+    def versions(self, ref: ObjectRef, ctx: RequestContext | None = None) -> list[ObjectInfo]:
+        ctx = ctx or local_context()
+        subject, _ = self._authorized(ctx, Action.STAT, ref.tenant, ref.subject, ref.key)
         rows = self.cells[subject.jurisdiction].catalog.list_versions(ref)
         if not rows:
             raise NotFound(f"no object {ref}")
         return [_info(Manifest.from_bytes(row.manifest)) for row in rows if row.manifest]
 
-    def where(self, ref: ObjectRef, version: int | None = None) -> list[ShardLocation]:
+    def where(
+        self, ref: ObjectRef, version: int | None = None, ctx: RequestContext | None = None
+    ) -> list[ShardLocation]:
         """Every shard of the version: segment, index, node, jurisdiction, facility."""
-        _, _, record = self._record(ref, version)
+        _, _, record, _ = self._record(ref, version, ctx or local_context(), Action.STAT)
         assert record.manifest is not None
         manifest = Manifest.from_bytes(record.manifest)
         specs = {node.id: node for node in self.config.nodes}
@@ -436,3 +496,14 @@ def _info(manifest: Manifest) -> ObjectInfo:
         nodes=manifest.nodes,
         content_hash=blake3(manifest.block_hashes).hexdigest(),
     )
+
+
+def _live(record: SubjectRecord) -> SubjectRecord:
+    """The record, unless the subject was forgotten (`SubjectForgotten`)."""
+    if record.forgotten_at is not None or record.wrapped_key is None:
+        when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(record.forgotten_at or 0))
+        raise SubjectForgotten(
+            f"subject {record.subject} of tenant {record.tenant} was forgotten on {when}; "
+            "its data is unrecoverable"
+        )
+    return record

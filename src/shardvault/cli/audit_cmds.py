@@ -1,0 +1,294 @@
+"""Audit commands (head, keys, export, verify, prove-*), the transparency report, receipts.
+
+`audit verify` and `receipt verify` read no config and no state: an outsider runs
+them with an export (or a receipt), public keys and a head from the partner.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from shardvault.audit import Checkpoint, export_to_directory, export_to_file, verify_export
+from shardvault.audit.merkle import leaf_hash, verify_consistency, verify_inclusion
+from shardvault.cli.output import print_json, print_table, say
+from shardvault.cli.state import state
+from shardvault.errors import InvalidInput, NotFound
+from shardvault.governance.guard import Governance
+from shardvault.governance.receipts import verify_receipt
+from shardvault.governance.transparency import transparency_report
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+Cell = Annotated[str, typer.Option("--cell", help="The cell (jurisdiction), e.g. US.")]
+Key = Annotated[str, typer.Option("--key", help="The cell's public key (vkey).")]
+Cosigner = Annotated[
+    str | None, typer.Option("--cosigner", help="The partner's public key (vkey).")
+]
+
+audit_app = typer.Typer(help="The tamper-evident audit log of each cell.", no_args_is_help=True)
+report_app = typer.Typer(help="Reports computed from the audit log.", no_args_is_help=True)
+receipt_app = typer.Typer(help="Deletion receipts.", no_args_is_help=True)
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+@audit_app.command("keys")
+def audit_keys(ctx: typer.Context, json_out: JsonFlag = False) -> None:
+    """Print each cell's public key and the partner's: what verifiers are given."""
+    gov = state(ctx).governance()
+    keys = {code: gov.cell(code).signer.verifier_key() for code in gov.jurisdictions}
+    partner = gov.partner.vkey()
+    if json_out:
+        print_json({"cells": keys, "partner": partner})
+        return
+    for code, vkey in keys.items():
+        print(f"{code} {vkey}")
+    print(f"partner {partner}")
+
+
+@audit_app.command("head")
+def audit_head(
+    ctx: typer.Context,
+    cell: Cell,
+    output: Annotated[
+        Path | None, typer.Option("-o", "--output", help="Also write it here.")
+    ] = None,
+    json_out: JsonFlag = False,
+) -> None:
+    """Sign the cell's current head, have the partner cosign it, store it, print it."""
+    gov = state(ctx).governance()
+    note = gov.publish_head(cell)
+    data = note.to_bytes()
+    if output is not None:
+        output.write_bytes(data)
+    checkpoint = Checkpoint.parse(note.text)
+    if json_out:
+        print_json(
+            {
+                "cell": cell,
+                "origin": checkpoint.origin,
+                "size": checkpoint.size,
+                "root": _b64(checkpoint.root_hash),
+                "note": data.decode("utf-8"),
+                "key": gov.cell(cell).signer.verifier_key(),
+                "cosigner": gov.partner.vkey(),
+            }
+        )
+        return
+    sys.stdout.write(data.decode("utf-8"))
+
+
+@audit_app.command("export")
+def audit_export(
+    ctx: typer.Context,
+    cell: Cell,
+    destination: Annotated[Path, typer.Argument(help="A new directory, or a FILE.tar.")],
+    json_out: JsonFlag = False,
+) -> None:
+    """Sign a fresh head, then write the cell's log and every head for outside verification."""
+    gov = state(ctx).governance()
+    gov.publish_head(cell)
+    log = gov.cell(cell).log
+    if destination.suffix == ".tar":
+        summary = export_to_file(log, destination)
+    else:
+        summary = export_to_directory(log, destination)
+    if json_out:
+        print_json(
+            {
+                "path": str(summary.path),
+                "entries": summary.entries,
+                "heads": summary.heads,
+                "key": gov.cell(cell).signer.verifier_key(),
+                "cosigner": gov.partner.vkey(),
+            }
+        )
+        return
+    say(f"exported {summary.entries} entries and {summary.heads} head(s) to {summary.path}")
+
+
+@audit_app.command("verify")
+def audit_verify(
+    export: Annotated[Path, typer.Argument(help="An export directory or tar file.")],
+    key: Key,
+    cosigner: Cosigner = None,
+    head: Annotated[
+        Path | None, typer.Option("--head", help="A signed head obtained from the partner.")
+    ] = None,
+    json_out: JsonFlag = False,
+) -> None:
+    """Verify an export with nothing but it, the public key(s) and a head: no config, no state."""
+    trusted = None
+    if head is not None:
+        try:
+            trusted = head.read_bytes()
+        except OSError as exc:
+            raise InvalidInput(f"cannot read {head}: {exc.strerror}") from None
+    if not export.exists():
+        raise InvalidInput(f"no export at {export}")
+    report = verify_export(export, key, trusted_head=trusted, cosigner_key=cosigner)
+    newest = report.heads[-1]
+    if json_out:
+        print_json(
+            {
+                "origin": report.origin,
+                "entries": report.entries,
+                "root": _b64(report.root_hash),
+                "heads": len(report.heads),
+                "cosigned": cosigner is not None,
+                "trusted_head": head is not None,
+            }
+        )
+        return
+    say(
+        f"verified: {report.entries} entries of {report.origin}, {len(report.heads)} signed "
+        f"head(s), root {_b64(report.root_hash)}"
+        + (f"; cosigned by the partner at {newest.cosigned_at}" if cosigner else "")
+        + ("; consistent with the trusted head" if head else "")
+    )
+
+
+def _newest_size(gov: Governance, cell: str) -> int:
+    heads = gov.cell(cell).log.heads()
+    note = heads[-1] if heads else gov.publish_head(cell)
+    return Checkpoint.parse(note.text).size
+
+
+@audit_app.command("prove-inclusion")
+def audit_prove_inclusion(
+    ctx: typer.Context,
+    cell: Cell,
+    index: Annotated[int, typer.Argument(help="The entry's index (0-based).")],
+    size: Annotated[
+        int | None, typer.Option("--size", help="Tree size (default: the newest signed head).")
+    ] = None,
+) -> None:
+    """Print (as JSON) the RFC 9162 inclusion proof of entry INDEX, checked before printing."""
+    gov = state(ctx).governance()
+    log = gov.cell(cell).log
+    size = _newest_size(gov, cell) if size is None else size
+    if not 0 <= index < size <= log.size:
+        raise InvalidInput(f"need 0 <= INDEX < SIZE <= {log.size} (got {index}, {size})")
+    entry = next(iter(log.iter_entry_bytes(index, index + 1)))
+    proof = log.inclusion_proof(index, size)
+    root = log.root_at(size)
+    verify_inclusion(leaf_hash(entry), index, size, proof, root)
+    print_json(
+        {
+            "origin": gov.cell(cell).origin,
+            "index": index,
+            "size": size,
+            "entry": entry.decode("utf-8"),
+            "leaf_hash": _b64(leaf_hash(entry)),
+            "proof": [_b64(h) for h in proof],
+            "root": _b64(root),
+        }
+    )
+
+
+@audit_app.command("prove-consistency")
+def audit_prove_consistency(
+    ctx: typer.Context,
+    cell: Cell,
+    old: Annotated[int, typer.Argument(help="The older tree size.")],
+    new: Annotated[
+        int | None, typer.Argument(help="The newer size (default: newest head).")
+    ] = None,
+) -> None:
+    """Print (as JSON) the RFC 9162 consistency proof from size OLD to NEW, checked first."""
+    gov = state(ctx).governance()
+    log = gov.cell(cell).log
+    new = _newest_size(gov, cell) if new is None else new
+    if not 0 <= old <= new <= log.size:
+        raise InvalidInput(f"need 0 <= OLD <= NEW <= {log.size} (got {old}, {new})")
+    proof = log.consistency_proof(old, new)
+    old_root, new_root = log.root_at(old), log.root_at(new)
+    verify_consistency(old, new, proof, old_root, new_root)
+    print_json(
+        {
+            "origin": gov.cell(cell).origin,
+            "old_size": old,
+            "new_size": new,
+            "old_root": _b64(old_root),
+            "new_root": _b64(new_root),
+            "proof": [_b64(h) for h in proof],
+        }
+    )
+
+
+@report_app.command("transparency")
+def report_transparency(
+    ctx: typer.Context,
+    start: Annotated[str, typer.Option("--from", help="First day, YYYY-MM-DD.")],
+    end: Annotated[str, typer.Option("--to", help="Last day (inclusive), YYYY-MM-DD.")],
+    fmt: Annotated[str, typer.Option("--format", help="table, json or csv.")] = "table",
+) -> None:
+    """Requests by requester kind, authority country, data class and decision, per signed head."""
+    if fmt not in ("table", "json", "csv"):
+        raise InvalidInput("--format must be table, json or csv")
+    report = transparency_report(state(ctx).governance(), start, end)
+    columns = ["cell", "requester_kind", "authority_country", "data_class", "decision"]
+    if fmt == "json":
+        print_json(report)
+        return
+    if fmt == "csv":
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow([*columns, "requests", "head_origin", "head_size", "head_root"])
+        heads = {h.cell: h for h in report.heads}
+        for row in report.rows:
+            head = heads[row.cell]
+            writer.writerow(
+                [row.cell, row.requester_kind, row.authority_country, row.data_class,
+                 row.decision, row.requests, head.origin, head.size, head.root]
+            )  # fmt: skip
+        return
+    print_table(
+        f"requests {report.start} .. {report.end} (exclusive)",
+        ["cell", "requester kind", "authority country", "data class", "decision", "requests",
+         "head size"],
+        [
+            [r.cell, r.requester_kind, r.authority_country, r.data_class, r.decision,
+             r.requests, r.head_size]
+            for r in report.rows
+        ],
+        min_width=120,
+    )  # fmt: skip
+    for head in report.heads:
+        say(f"{head.cell}: computed from head {head.origin} size {head.size} root {head.root}")
+
+
+@receipt_app.command("verify")
+def receipt_verify(
+    receipt: Annotated[Path, typer.Argument(help="A deletion receipt (signed note).")],
+    key: Key,
+    cosigner: Cosigner = None,
+    json_out: JsonFlag = False,
+) -> None:
+    """Check a deletion receipt with public keys only: signature, head, inclusion proof."""
+    try:
+        data = receipt.read_bytes()
+    except OSError as exc:
+        raise NotFound(f"cannot read {receipt}: {exc.strerror}") from None
+    body = verify_receipt(data, key, cosigner)
+    if json_out:
+        print_json({k: v for k, v in body.items() if k != "audit"})
+        return
+    say(
+        f"valid receipt: {body['tenant']}/{body['subject']} forgotten at {body['forgotten_at']}, "
+        f"key {body['key_id']} destroyed, {body['shards_removed']} shard(s) removed; audit entry "
+        f"{body['audit']['index']} is in {body['audit']['origin']}"
+        + (" (head cosigned by the partner)" if cosigner else "")
+    )
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(audit_app, name="audit")
+    app.add_typer(report_app, name="report")
+    app.add_typer(receipt_app, name="receipt")

@@ -1,0 +1,334 @@
+"""Governance commands: principal, approval and policy (check, test)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from shardvault.cli.output import print_json, print_table, say
+from shardvault.cli.state import state
+from shardvault.errors import InvalidInput, Refused
+from shardvault.governance.approvals import Approval
+from shardvault.policy import Action, Principal, PrincipalKind, Resource, explain, load_policy
+from shardvault.policy.model import as_enum
+from shardvault.policy.table import load_cases, run_table
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+TtlDays = Annotated[float, typer.Option("--ttl-days", help="Token lifetime in days.")]
+
+principal_app = typer.Typer(help="Principals and their API tokens.", no_args_is_help=True)
+approval_app = typer.Typer(help="k-of-n approvals of sensitive requests.", no_args_is_help=True)
+policy_app = typer.Typer(help="Explain and test the access policy.", no_args_is_help=True)
+
+
+def _iso(epoch: float | None) -> str:
+    return "-" if epoch is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
+
+
+def _principal(
+    ident: str,
+    tenant: str,
+    kind: str,
+    location: str,
+    roles: list[str] | None,
+    authority: str | None,
+    authority_country: str | None,
+) -> Principal:
+    return Principal(
+        id=ident,
+        tenant=tenant,
+        kind=as_enum(PrincipalKind, kind, "principal kind"),
+        location=location,
+        roles=frozenset(roles or ()),
+        authority=authority,
+        authority_country=authority_country,
+    )
+
+
+Kind = Annotated[
+    str,
+    typer.Option("--kind", help="service, employee, partner-auditor or external-requester."),
+]
+Roles = Annotated[list[str] | None, typer.Option("--role", help="A role (repeatable).")]
+Authority = Annotated[
+    str | None, typer.Option("--authority", help="External requester: the authority.")
+]
+AuthorityCountry = Annotated[
+    str | None, typer.Option("--authority-country", help="External requester: its country.")
+]
+
+
+@principal_app.command("add")
+def principal_add(
+    ctx: typer.Context,
+    ident: Annotated[str, typer.Argument(metavar="ID")],
+    tenant: Annotated[str, typer.Option("--tenant", help="The tenant it belongs to.")],
+    kind: Kind,
+    location: Annotated[str, typer.Option("--location", help="Where it acts from, e.g. US.")],
+    role: Roles = None,
+    authority: Authority = None,
+    authority_country: AuthorityCountry = None,
+    ttl_days: TtlDays = 90.0,
+    json_out: JsonFlag = False,
+) -> None:
+    """Register a principal; prints its first API token (shown only once) on stdout."""
+    cli = state(ctx)
+    cli.require_local_admin("principal add")
+    cli.config().tenant(tenant)
+    principal = _principal(ident, tenant, kind, location, role, authority, authority_country)
+    issued = cli.governance().registry.add(principal, token_ttl=ttl_days * 86400)
+    assert issued is not None
+    if json_out:
+        print_json({"id": ident, "token": issued.token, "expires_at": _iso(issued.expires_at)})
+        return
+    say(f"added {kind} {ident} of {tenant} in {location}; token expires {_iso(issued.expires_at)}")
+    print(issued.token)
+
+
+@principal_app.command("token")
+def principal_token(
+    ctx: typer.Context,
+    ident: Annotated[str, typer.Argument(metavar="ID")],
+    ttl_days: TtlDays = 90.0,
+    json_out: JsonFlag = False,
+) -> None:
+    """Issue another API token for a principal (shown only once)."""
+    cli = state(ctx)
+    cli.require_local_admin("principal token")
+    if ttl_days <= 0:
+        raise InvalidInput("--ttl-days must be positive")
+    issued = cli.governance().registry.issue_token(ident, ttl_days * 86400)
+    if json_out:
+        print_json({"id": ident, "token": issued.token, "expires_at": _iso(issued.expires_at)})
+        return
+    print(issued.token)
+
+
+@principal_app.command("ls")
+def principal_ls(ctx: typer.Context, json_out: JsonFlag = False) -> None:
+    """List principals: kind, tenant, roles, location, authority, live tokens, revoked."""
+    records = state(ctx).governance().registry.all()
+    rows = [
+        {
+            "id": r.id,
+            "tenant": r.principal.tenant,
+            "kind": r.principal.kind.value,
+            "location": r.principal.location,
+            "roles": sorted(r.principal.roles),
+            "authority": r.principal.authority,
+            "authority_country": r.principal.authority_country,
+            "active_tokens": r.active_tokens,
+            "revoked_at": None if r.revoked_at is None else _iso(r.revoked_at),
+        }
+        for r in records
+    ]
+    if json_out:
+        print_json(rows)
+        return
+    print_table(
+        "principals",
+        ["id", "tenant", "kind", "location", "roles", "authority", "tokens", "revoked"],
+        [
+            [
+                r["id"], r["tenant"], r["kind"], r["location"], ",".join(r["roles"]) or "-",
+                f"{r['authority']} ({r['authority_country']})" if r["authority"] else "-",
+                r["active_tokens"], r["revoked_at"] or "-",
+            ]
+            for r in rows
+        ],
+        min_width=140,
+    )  # fmt: skip
+
+
+@principal_app.command("revoke")
+def principal_revoke(
+    ctx: typer.Context,
+    ident: Annotated[str, typer.Argument(metavar="ID")],
+    token_id: Annotated[
+        str | None, typer.Option("--token-id", help="Revoke only this token (16 hex digits).")
+    ] = None,
+) -> None:
+    """Revoke a principal and all its tokens (or one token with --token-id)."""
+    cli = state(ctx)
+    cli.require_local_admin("principal revoke")
+    registry = cli.governance().registry
+    if token_id is not None:
+        registry.revoke_token(token_id)
+        say(f"revoked token {token_id}")
+    else:
+        count = registry.revoke(ident)
+        say(f"revoked {ident} and {count} token(s)")
+
+
+def _approval_json(a: Approval) -> dict[str, object]:
+    return {
+        "id": a.id,
+        "status": a.status,
+        "requester": a.requester,
+        "action": a.action,
+        "tenant": a.tenant,
+        "subject": a.subject,
+        "key": a.key,
+        "purpose": a.purpose,
+        "quorum": a.quorum,
+        "approvals": a.approvals,
+        "approvers": list(a.approvers),
+        "signatures": [{"approver": w, "verdict": v, "at": _iso(t)} for w, v, t in a.signatures],
+        "created_at": _iso(a.created_at),
+        "expires_at": _iso(a.expires_at),
+    }
+
+
+@approval_app.command("ls")
+def approval_ls(
+    ctx: typer.Context,
+    every: Annotated[bool, typer.Option("--all", help="Include decided and expired ones.")] = False,
+    json_out: JsonFlag = False,
+) -> None:
+    """List pending approvals (every one with --all)."""
+    found = [a for a in state(ctx).governance().approvals.all() if every or a.status == "pending"]
+    if json_out:
+        print_json([_approval_json(a) for a in found])
+        return
+    print_table(
+        "approvals",
+        ["id", "status", "requester", "action", "resource", "purpose", "signed", "expires"],
+        [
+            [
+                a.id, a.status, a.requester, a.action,
+                "/".join(p for p in (a.tenant, a.subject, a.key) if p), a.purpose,
+                f"{a.approvals}/{a.quorum}", _iso(a.expires_at),
+            ]
+            for a in found
+        ],
+        min_width=150,
+    )  # fmt: skip
+
+
+def _sign(ctx: typer.Context, approval_id: str, verdict: str, json_out: bool) -> None:
+    cli = state(ctx)
+    approval = cli.governance().sign_approval(approval_id, cli.request("approval"), verdict)
+    if json_out:
+        print_json(_approval_json(approval))
+        return
+    say(
+        f"{approval.id}: {verdict} recorded; {approval.approvals} of {approval.quorum}, "
+        f"now {approval.status}"
+    )
+
+
+@approval_app.command("approve")
+def approval_approve(
+    ctx: typer.Context,
+    approval_id: Annotated[str, typer.Argument(metavar="ID")],
+    json_out: JsonFlag = False,
+) -> None:
+    """Sign an approval as the acting principal (--as/--token), who must be a named approver."""
+    _sign(ctx, approval_id, "approve", json_out)
+
+
+@approval_app.command("deny")
+def approval_deny(
+    ctx: typer.Context,
+    approval_id: Annotated[str, typer.Argument(metavar="ID")],
+    json_out: JsonFlag = False,
+) -> None:
+    """Veto an approval as the acting principal: one denial ends it."""
+    _sign(ctx, approval_id, "deny", json_out)
+
+
+@policy_app.command("check")
+def policy_check(
+    ctx: typer.Context,
+    action: Annotated[str, typer.Option("--action", help="read, write, forget, ...")],
+    tenant: Annotated[str, typer.Option("--tenant", help="The data's tenant.")],
+    jurisdiction: Annotated[
+        str, typer.Option("--jurisdiction", help="The data's (subject's) jurisdiction.")
+    ],
+    purpose: Annotated[str, typer.Option("--purpose", help="The declared purpose.")],
+    principal: Annotated[
+        str, typer.Option("--principal", help="A registered principal, or the id of one below.")
+    ],
+    kind: Annotated[
+        str | None, typer.Option("--kind", help="Describe the principal inline instead.")
+    ] = None,
+    principal_tenant: Annotated[
+        str | None, typer.Option("--principal-tenant", help="Inline: its tenant.")
+    ] = None,
+    location: Annotated[str | None, typer.Option("--location", help="Inline: location.")] = None,
+    role: Roles = None,
+    authority: Authority = None,
+    authority_country: AuthorityCountry = None,
+    data_class: Annotated[str, typer.Option("--data-class")] = "protected",
+    policy_file: Annotated[
+        Path | None, typer.Option("--policy", help="Policy file (default: the deployment's).")
+    ] = None,
+    json_out: JsonFlag = False,
+) -> None:
+    """Explain the decision for one request: every invariant and rule, in order."""
+    cli = state(ctx)
+    policy = load_policy(policy_file) if policy_file else cli.governance().policy
+    if kind is not None:
+        who = _principal(
+            principal, principal_tenant or tenant, kind, location or jurisdiction, role,
+            authority, authority_country,
+        )  # fmt: skip
+    else:
+        who = cli.governance().registry.get(principal).principal
+    resource = Resource(tenant, jurisdiction, data_class)  # type: ignore[arg-type]
+    result = explain(policy, who, as_enum(Action, action, "action"), resource, purpose)
+    decision = result.decision
+    if json_out:
+        print_json(
+            {
+                "effect": decision.effect.value,
+                "rule": decision.rule,
+                "reason": decision.reason,
+                "trace": [
+                    {
+                        "rule": t.rule,
+                        "matched": t.matched,
+                        "effect": t.effect.value if t.effect else None,
+                    }
+                    for t in result.trace
+                ],
+            }
+        )
+        return
+    print_table(
+        f"{action} by {who.id} on {tenant}/{jurisdiction} ({data_class}) for {purpose}",
+        ["rule", "matched", "effect", "note"],
+        [
+            [t.rule, "yes" if t.matched else "no", t.effect.value if t.effect else "-", t.note]
+            for t in result.trace
+        ],
+    )
+    say(f"decision: {decision.effect.value} by {decision.rule}: {decision.reason}")
+
+
+@policy_app.command("test")
+def policy_test(
+    ctx: typer.Context,
+    cases_file: Annotated[Path, typer.Argument(metavar="FILE", help="A decision table (TOML).")],
+    policy_file: Annotated[
+        Path | None, typer.Option("--policy", help="Policy file (default: the deployment's).")
+    ] = None,
+) -> None:
+    """Run a table of expected decisions; exit 1 if any case fails."""
+    policy = load_policy(policy_file) if policy_file else state(ctx).governance().policy
+    results = run_table(policy, load_cases(cases_file))
+    for result in results:
+        print(result.describe())
+    failed = sum(1 for r in results if not r.passed)
+    if failed:
+        raise Refused(f"{failed} of {len(results)} policy case(s) failed")
+    say(f"all {len(results)} policy case(s) passed")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(principal_app, name="principal")
+    app.add_typer(approval_app, name="approval")
+    app.add_typer(policy_app, name="policy")

@@ -1,0 +1,300 @@
+"""k-of-n approvals: a request the policy sends for approval waits for named approvers.
+
+An approval is created, pending, when the policy answers ``approval-required``.
+It names the request it covers (requesting principal, action, tenant, subject,
+key or any key of the subject, purpose), the approvers who may sign (from the
+config, fixed when it is created), the quorum ``k`` and an expiry. Each named
+approver signs once, approve or deny; one denial ends it (a veto), ``k``
+approvals make it met. A met approval lets exactly the request it names through
+until it expires. Nobody approves their own request, and approvers belong to
+the request's tenant.
+
+Approvals live in the home cell of the subject
+(``state/cells/<J>/approvals.sqlite``): they name the subject, which is
+personal data and stays in its jurisdiction. The approval id carries the cell
+(``apr-us-<16 hex>``) so it can be found without a global index.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from shardvault.errors import AccessDenied, Conflict, InvalidInput, NotFound, Unavailable
+from shardvault.policy import Principal
+
+_ID = re.compile(r"apr-([a-z]{2,8})-([0-9a-f]{16})")
+
+PENDING, APPROVED, DENIED, EXPIRED = "pending", "approved", "denied", "expired"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS approvals (
+    id TEXT PRIMARY KEY, requester TEXT NOT NULL, action TEXT NOT NULL, tenant TEXT NOT NULL,
+    subject TEXT, key TEXT, purpose TEXT NOT NULL, request_id TEXT NOT NULL,
+    created_at REAL NOT NULL, expires_at REAL NOT NULL, quorum INTEGER NOT NULL,
+    approvers TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS signatures (
+    approval TEXT NOT NULL REFERENCES approvals(id), approver TEXT NOT NULL,
+    verdict TEXT NOT NULL CHECK (verdict IN ('approve', 'deny')), at REAL NOT NULL,
+    PRIMARY KEY (approval, approver)
+);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Approval:
+    """One approval: the request it covers, who may sign, and the signatures so far."""
+
+    id: str
+    jurisdiction: str
+    requester: str
+    action: str
+    tenant: str
+    subject: str | None
+    key: str | None
+    purpose: str
+    request_id: str
+    created_at: float
+    expires_at: float
+    quorum: int
+    approvers: tuple[str, ...]
+    signatures: tuple[tuple[str, str, float], ...] = ()
+    status: str = PENDING
+
+    @property
+    def approvals(self) -> int:
+        return sum(1 for _, verdict, _ in self.signatures if verdict == "approve")
+
+    def covers(
+        self,
+        principal: str,
+        action: str,
+        tenant: str,
+        subject: str | None,
+        key: str | None,
+        purpose: str,
+    ) -> bool:
+        return (principal, action, tenant, subject, purpose) == (
+            self.requester,
+            self.action,
+            self.tenant,
+            self.subject,
+            self.purpose,
+        ) and (self.key is None or self.key == key)
+
+
+def approval_cell(approval_id: str) -> str:
+    """The jurisdiction an approval id belongs to; `InvalidInput` if it is malformed."""
+    match = _ID.fullmatch(approval_id) if isinstance(approval_id, str) else None
+    if match is None:
+        raise InvalidInput(f"invalid approval id {approval_id!r}: expected apr-<cell>-<16 hex>")
+    return match.group(1).upper()
+
+
+def _status(approval: Approval, now: float) -> str:
+    if any(verdict == "deny" for _, verdict, _ in approval.signatures):
+        return DENIED
+    if now >= approval.expires_at:
+        return EXPIRED
+    return APPROVED if approval.approvals >= approval.quorum else PENDING
+
+
+class ApprovalBook:
+    """Every cell's approvals. Thread-safe; several processes may share the files."""
+
+    def __init__(
+        self, state_dir: Path, jurisdictions: list[str], clock: Callable[[], float] = time.time
+    ) -> None:
+        self._state_dir = state_dir
+        self._jurisdictions = list(jurisdictions)
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._dbs: dict[str, sqlite3.Connection] = {}
+
+    def _db(self, jurisdiction: str) -> sqlite3.Connection:
+        if jurisdiction not in self._jurisdictions:
+            raise NotFound(f"no cell {jurisdiction!r} for this approval")
+        db = self._dbs.get(jurisdiction)
+        if db is None:
+            path = self._state_dir / "cells" / jurisdiction / "approvals.sqlite"
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA busy_timeout=5000")
+                db.executescript(_SCHEMA)
+            except sqlite3.Error as exc:
+                raise Unavailable(f"approvals of cell {jurisdiction}: {exc}") from exc
+            self._dbs[jurisdiction] = db
+        return db
+
+    def close(self) -> None:
+        for db in self._dbs.values():
+            db.close()
+        self._dbs.clear()
+
+    @staticmethod
+    def new_id(jurisdiction: str) -> str:
+        return f"apr-{jurisdiction.lower()}-{os.urandom(8).hex()}"
+
+    def create(self, approval: Approval) -> Approval:
+        if approval_cell(approval.id) != approval.jurisdiction:
+            raise InvalidInput("approval id and cell disagree")
+        with self._lock:
+            db = self._db(approval.jurisdiction)
+            try:
+                db.execute(
+                    "INSERT INTO approvals VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        approval.id,
+                        approval.requester,
+                        approval.action,
+                        approval.tenant,
+                        approval.subject,
+                        approval.key,
+                        approval.purpose,
+                        approval.request_id,
+                        approval.created_at,
+                        approval.expires_at,
+                        approval.quorum,
+                        json.dumps(list(approval.approvers)),
+                    ),
+                )
+            except sqlite3.Error as exc:
+                raise Unavailable(f"approval not recorded: {exc}") from exc
+        return approval
+
+    def get(self, approval_id: str) -> Approval:
+        jurisdiction = approval_cell(approval_id)
+        with self._lock:
+            db = self._db(jurisdiction)
+            try:
+                row = db.execute("SELECT * FROM approvals WHERE id = ?", (approval_id,)).fetchone()
+                signatures = db.execute(
+                    "SELECT approver, verdict, at FROM signatures WHERE approval = ? ORDER BY at",
+                    (approval_id,),
+                ).fetchall()
+            except sqlite3.Error as exc:
+                raise Unavailable(f"approvals of cell {jurisdiction}: {exc}") from exc
+        if row is None:
+            raise NotFound(f"no approval {approval_id}")
+        approval = Approval(
+            id=row[0],
+            jurisdiction=jurisdiction,
+            requester=row[1],
+            action=row[2],
+            tenant=row[3],
+            subject=row[4],
+            key=row[5],
+            purpose=row[6],
+            request_id=row[7],
+            created_at=row[8],
+            expires_at=row[9],
+            quorum=row[10],
+            approvers=tuple(json.loads(row[11])),
+            signatures=tuple((a, v, t) for a, v, t in signatures),
+        )
+        return replace(approval, status=_status(approval, self._clock()))
+
+    def all(self, jurisdiction: str | None = None) -> list[Approval]:
+        found = []
+        for code in [jurisdiction] if jurisdiction else self._jurisdictions:
+            path = self._state_dir / "cells" / code / "approvals.sqlite"
+            if not path.exists() and code not in self._dbs:
+                continue
+            with self._lock:
+                ids = [r[0] for r in self._db(code).execute("SELECT id FROM approvals")]
+            found += [self.get(ident) for ident in ids]
+        return sorted(found, key=lambda a: a.created_at)
+
+    def check_signer(self, approval: Approval, approver: Principal) -> None:
+        """Whether ``approver`` may sign now; `AccessDenied` naming the reason otherwise."""
+        if approval.status != PENDING:
+            raise AccessDenied(
+                f"approval {approval.id} is {approval.status}; it can no longer be signed",
+                rule=f"approval:{approval.status}",
+            )
+        if approver.id not in approval.approvers:
+            raise AccessDenied(
+                f"{approver.id} is not an approver of {approval.id} "
+                f"(approvers: {', '.join(approval.approvers) or 'none configured'})",
+                rule="approval:not-an-approver",
+            )
+        if approver.id == approval.requester:
+            raise AccessDenied("nobody approves their own request", rule="approval:self")
+        if approver.tenant != approval.tenant:
+            raise AccessDenied(
+                f"{approver.id} belongs to tenant {approver.tenant}, not {approval.tenant}",
+                rule="approval:cross-tenant",
+            )
+        if any(who == approver.id for who, _, _ in approval.signatures):
+            raise AccessDenied(f"{approver.id} already signed {approval.id}", rule="approval:twice")
+
+    def sign(self, approval_id: str, approver: Principal, verdict: str) -> Approval:
+        """Record one approver's verdict (call `check_signer` and audit it first)."""
+        if verdict not in ("approve", "deny"):
+            raise InvalidInput("verdict must be approve or deny")
+        jurisdiction = approval_cell(approval_id)
+        with self._lock:
+            db = self._db(jurisdiction)
+            try:
+                db.execute(
+                    "INSERT INTO signatures VALUES (?, ?, ?, ?)",
+                    (approval_id, approver.id, verdict, self._clock()),
+                )
+            except sqlite3.IntegrityError as exc:
+                raise Conflict(f"{approver.id} already signed {approval_id}") from exc
+            except sqlite3.Error as exc:
+                raise Unavailable(f"signature not recorded: {exc}") from exc
+        return self.get(approval_id)
+
+    def check_use(
+        self,
+        approval_id: str,
+        *,
+        principal: str,
+        action: str,
+        tenant: str,
+        subject: str | None,
+        key: str | None,
+        purpose: str,
+    ) -> Approval:
+        """The met approval covering this request; `AccessDenied` with the reason otherwise."""
+        try:
+            approval = self.get(approval_id)
+        except NotFound:
+            raise AccessDenied(f"no approval {approval_id}", rule="approval:unknown") from None
+        if not approval.covers(principal, action, tenant, subject, key, purpose):
+            raise AccessDenied(
+                f"approval {approval_id} does not cover this request", rule="approval:mismatch"
+            )
+        if approval.status != APPROVED:
+            detail = (
+                f"{approval.approvals} of {approval.quorum} approvals"
+                if approval.status == PENDING
+                else approval.status
+            )
+            raise AccessDenied(
+                f"approval {approval_id} is {approval.status} ({detail})",
+                rule=f"approval:{approval.status}",
+            )
+        return approval
+
+
+__all__ = [
+    "APPROVED",
+    "DENIED",
+    "EXPIRED",
+    "PENDING",
+    "Approval",
+    "ApprovalBook",
+    "approval_cell",
+]

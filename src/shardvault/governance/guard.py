@@ -1,0 +1,440 @@
+"""The one place that decides an access, audits it, and only then lets it happen.
+
+Per vault call, `Governance.authorize`:
+
+1. resolves the request's principal in the registry (or the built-in local
+   administrator), so roles, kind and location are the registered ones;
+2. asks the pure policy engine (`shardvault.policy.decide`);
+3. checks a k-of-n approval when the decision requires one (or creates a
+   pending one and refuses with its id);
+4. appends the decision to the home cell's audit log and waits until it is
+   durable. If that fails the access is refused (`AuditUnavailable`) and
+   nothing else happens: fail closed;
+5. raises `AccessDenied` on deny, or returns an `Access` the vault acts under.
+
+Every later step that can still refuse (the custodian, on unwrap) is audited
+too, as are approval signatures and the outcome of a forget.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from shardvault import custodian_policy as cp
+from shardvault.audit import AuditEntry, SignedNote, new_entry
+from shardvault.config import Config, GovernanceSpec, default_governance
+from shardvault.errors import (
+    AccessDenied,
+    ApprovalRequired,
+    ConfigError,
+    InvalidInput,
+    ShardvaultError,
+)
+from shardvault.governance.approvals import APPROVED, Approval, ApprovalBook, approval_cell
+from shardvault.governance.heads import CellAudit, PartnerWitness, publish_head
+from shardvault.governance.principals import PrincipalRegistry
+from shardvault.keys.port import KeyScope
+from shardvault.keys.rootkey import CustodianGate
+from shardvault.model import LOCAL_ADMIN, DataClass, Justification, RequestContext
+from shardvault.policy import (
+    Action,
+    Decision,
+    Effect,
+    Policy,
+    Principal,
+    PrincipalKind,
+    Resource,
+    decide,
+    load_policy,
+)
+from shardvault.policy.model import token
+
+Details = dict[str, str | int | bool | None]
+
+
+@dataclass(frozen=True, slots=True)
+class Access:
+    """An allowed access: who (as registered), what, the decision and its audit index."""
+
+    principal: Principal
+    purpose: str
+    request_id: str
+    action: Action
+    resource: Resource
+    decision: Decision
+    audit_index: int
+    approval_id: str | None = None
+
+    def justification(self) -> Justification:
+        """What the key custodian is shown with every unwrap for this access."""
+        return Justification(
+            principal=self.principal.id,
+            purpose=self.purpose,
+            request_id=self.request_id,
+            requester_jurisdiction=self.principal.location,
+            approval_id=self.approval_id,
+        )
+
+
+def _details(
+    principal: Principal | None, resource: Resource, stage: str, **more: object
+) -> Details:
+    details: Details = {
+        "stage": stage,
+        "jurisdiction": resource.jurisdiction,
+        "data_class": resource.data_class.value,
+    }
+    if principal is not None:
+        details["kind"] = principal.kind.value
+        details["location"] = principal.location
+        if principal.kind is PrincipalKind.EXTERNAL_REQUESTER:
+            details["authority"] = principal.authority
+            details["authority_country"] = principal.authority_country
+    for name, value in more.items():
+        if value is not None:
+            assert isinstance(value, str | int | bool)
+            details[name] = value
+    return details
+
+
+class Governance:
+    """Principals, policy, approvals, the custodian's policy and every cell's audit log."""
+
+    def __init__(
+        self,
+        spec: GovernanceSpec,
+        *,
+        jurisdictions: list[str],
+        registry: PrincipalRegistry,
+        approvals: ApprovalBook,
+        policy: Policy,
+        custodian_policy: cp.CustodianPolicy,
+        cells: dict[str, CellAudit],
+        partner: PartnerWitness,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.spec = spec
+        self.jurisdictions = jurisdictions
+        self.registry = registry
+        self.approvals = approvals
+        self.policy = policy
+        self.custodian_policy = custodian_policy
+        self.cells = cells
+        self.partner = partner
+        self._clock = clock
+
+    @classmethod
+    def open(cls, config: Config, clock: Callable[[], float] = time.time) -> Governance:
+        spec = config.governance or default_governance(config.base_dir)
+        for what, path in (
+            ("access policy", spec.policy_path),
+            ("custodian policy", spec.custodian_policy_path),
+        ):
+            if not path.is_file():
+                raise ConfigError(
+                    f"{what} {path} not found: write one (docs/policy.md) or start from "
+                    "'shardvault init --demo DIR'"
+                )
+        codes = list(config.jurisdictions)
+        state = config.state_dir
+        return cls(
+            spec,
+            jurisdictions=codes,
+            registry=PrincipalRegistry(state / "governance.sqlite", clock),
+            approvals=ApprovalBook(state, codes, clock),
+            policy=load_policy(spec.policy_path),
+            custodian_policy=cp.load_custodian_policy(spec.custodian_policy_path),
+            cells={
+                code: CellAudit(code, state / "cells" / code / "audit", spec.origin(code))
+                for code in codes
+            },
+            partner=PartnerWitness(spec.partner_dir, spec.partner_name),
+            clock=clock,
+        )
+
+    def release_logs(self) -> None:
+        """Close every cell's audit log (reopened on next use), so another process may append.
+
+        A log has one writer process at a time (it is flock'ed while open).
+        """
+        for cell in self.cells.values():
+            cell.close()
+
+    def close(self) -> None:
+        self.release_logs()
+        self.approvals.close()
+        self.registry.close()
+
+    def cell(self, jurisdiction: str) -> CellAudit:
+        found = self.cells.get(jurisdiction)
+        if found is None:
+            raise InvalidInput(f"no cell {jurisdiction!r} (cells: {', '.join(self.cells)})")
+        return found
+
+    # principals -----------------------------------------------------------------
+
+    def resolve(self, ctx: RequestContext, tenant: str, jurisdiction: str) -> Principal:
+        """The registered principal behind ``ctx`` (`AccessDenied` with a rule if none)."""
+        if ctx.principal == LOCAL_ADMIN:
+            if not self.spec.local_admin:
+                raise AccessDenied(
+                    "the local administrator is disabled in this deployment",
+                    rule="governance:local-admin-disabled",
+                )
+            # On one machine every cell is local: the administrator acts from the
+            # cell it touches unless the caller says otherwise.
+            return Principal(
+                LOCAL_ADMIN,
+                tenant,
+                PrincipalKind.EMPLOYEE,
+                ctx.location or jurisdiction,
+                frozenset({"admin"}),
+            )
+        record = self.registry.find(ctx.principal)
+        if record is None:
+            raise AccessDenied(
+                f"unknown principal {ctx.principal!r}", rule="governance:unknown-principal"
+            )
+        if record.revoked_at is not None:
+            raise AccessDenied(
+                f"principal {ctx.principal!r} is revoked", rule="governance:revoked-principal"
+            )
+        return record.principal
+
+    # the decision -----------------------------------------------------------------
+
+    def _append(
+        self,
+        resource: Resource,
+        *,
+        principal: str,
+        request_id: str,
+        action: str,
+        purpose: str,
+        decision: str,
+        rule: str,
+        result: str,
+        details: Mapping[str, str | int | bool | None],
+    ) -> int:
+        cell = self.cell(resource.jurisdiction)
+        entry = new_entry(
+            at=datetime.fromtimestamp(self._clock(), UTC),
+            hasher=cell.hasher,
+            request_id=request_id,
+            principal=principal,
+            tenant=resource.tenant,
+            action=action,
+            purpose=purpose,
+            decision=decision,
+            rule=rule,
+            result=result,
+            subject=resource.subject,
+            key=resource.key,
+            details=details,
+        )
+        return cell.append(entry)
+
+    def authorize(
+        self,
+        ctx: RequestContext,
+        action: Action,
+        tenant: str,
+        jurisdiction: str,
+        subject: str | None = None,
+        key: str | None = None,
+    ) -> Access:
+        """Decide, audit durably, then allow (return) or refuse (raise). See the module doc."""
+        token(ctx.principal, "principal id")
+        token(ctx.purpose, "purpose")
+        token(ctx.request_id, "request id")
+        if ctx.approval_id is not None:
+            approval_cell(ctx.approval_id)
+        resource = Resource(tenant, jurisdiction, DataClass.PROTECTED, subject, key)
+        audit = dict(
+            principal=ctx.principal, request_id=ctx.request_id, action=str(action),
+            purpose=ctx.purpose,
+        )  # fmt: skip
+        try:
+            principal = self.resolve(ctx, tenant, jurisdiction)
+        except AccessDenied as exc:
+            self._append(
+                resource, **audit, decision="deny", rule=exc.rule or "governance:principal",
+                result="refused", details=_details(None, resource, "policy"),
+            )  # fmt: skip
+            raise
+        decision = decide(self.policy, principal, action, resource, ctx.purpose)
+        approval_id = None
+        if ctx.approval_id is not None and decision.effect is not Effect.DENY:
+            try:
+                self.approvals.check_use(
+                    ctx.approval_id, principal=principal.id, action=str(action), tenant=tenant,
+                    subject=subject, key=key, purpose=ctx.purpose,
+                )  # fmt: skip
+            except AccessDenied as exc:
+                rule = exc.rule or "approval:invalid"
+                self._append(
+                    resource, **audit, decision="deny", rule=rule, result="refused",
+                    details=_details(principal, resource, "policy", approval_id=ctx.approval_id),
+                )  # fmt: skip
+                raise AccessDenied(f"{action} refused ({rule}): {exc}", rule=rule) from None
+            approval_id = ctx.approval_id
+        if decision.effect is Effect.APPROVAL_REQUIRED and approval_id is None:
+            self._request_approval(ctx, principal, action, resource, decision)
+        if decision.effect is Effect.DENY:
+            self._append(
+                resource, **audit, decision="deny", rule=decision.rule, result="refused",
+                details=_details(principal, resource, "policy", reason=decision.reason),
+            )  # fmt: skip
+            raise AccessDenied(
+                f"{action} refused ({decision.rule}): {decision.reason}", rule=decision.rule
+            )
+        index = self._append(
+            resource, **audit, decision="allow", rule=decision.rule, result="allowed",
+            details=_details(principal, resource, "policy", approval_id=approval_id),
+        )  # fmt: skip
+        return Access(
+            principal, ctx.purpose, ctx.request_id, action, resource, decision, index, approval_id
+        )
+
+    def _request_approval(
+        self,
+        ctx: RequestContext,
+        principal: Principal,
+        action: Action,
+        resource: Resource,
+        decision: Decision,
+    ) -> None:
+        approval_id = self.approvals.new_id(resource.jurisdiction)
+        self._append(
+            resource, principal=principal.id, request_id=ctx.request_id, action=str(action),
+            purpose=ctx.purpose, decision="approval-required", rule=decision.rule,
+            result="pending", details=_details(principal, resource, "policy",
+                                               approval_id=approval_id),
+        )  # fmt: skip
+        now = self._clock()
+        self.approvals.create(
+            Approval(
+                id=approval_id, jurisdiction=resource.jurisdiction, requester=principal.id,
+                action=str(action), tenant=resource.tenant, subject=resource.subject,
+                key=resource.key, purpose=ctx.purpose, request_id=ctx.request_id,
+                created_at=now, expires_at=now + self.spec.approval_ttl,
+                quorum=self.spec.approval_quorum, approvers=self.spec.approvers,
+            )
+        )  # fmt: skip
+        approvers = ", ".join(self.spec.approvers) or "no approvers configured"
+        raise ApprovalRequired(
+            f"{action} needs approval ({decision.rule}): approval {approval_id} is pending; "
+            f"{self.spec.approval_quorum} of [{approvers}] must run 'shardvault approval "
+            f"approve {approval_id}', then retry with --approval {approval_id}",
+            approval_id=approval_id,
+        )
+
+    # after the decision --------------------------------------------------------------
+
+    def record_custodian_refusal(self, access: Access, refusal: AccessDenied) -> int:
+        """Audit that the key custodian refused an unwrap the policy had allowed."""
+        rule = refusal.rule or "custodian:refused"
+        return self._append(
+            access.resource, principal=access.principal.id, request_id=access.request_id,
+            action=str(access.action), purpose=access.purpose, decision="deny", rule=rule,
+            result="refused", details=_details(access.principal, access.resource, "custodian",
+                                               approval_id=access.approval_id),
+        )  # fmt: skip
+
+    def record_outcome(self, access: Access, result: str, **details: str | int) -> int:
+        """Audit what an allowed access did (e.g. a forget's destroyed key and shards)."""
+        return self._append(
+            access.resource, principal=access.principal.id, request_id=access.request_id,
+            action=str(access.action), purpose=access.purpose, decision="allow",
+            rule=access.decision.rule, result=result,
+            details=_details(access.principal, access.resource, "outcome",
+                             approval_id=access.approval_id, **details),
+        )  # fmt: skip
+
+    def custodian_gate(self) -> CustodianGate:
+        """The partner's check before every unwrap: its own policy, and any approval named."""
+        policy = self.custodian_policy
+        approvals = self.approvals
+
+        def gate(scope: KeyScope, key_id: str, why: Justification) -> None:
+            decision = cp.decide_unwrap(policy, why, cp.KeyScope(scope.tenant, scope.jurisdiction))
+            if not decision.allowed:
+                raise AccessDenied(
+                    f"key custodian refused the unwrap ({decision.rule}): {decision.reason}",
+                    rule=decision.rule,
+                )
+            if why.approval_id is not None:
+                try:
+                    approval = approvals.get(why.approval_id)
+                except ShardvaultError as exc:
+                    raise AccessDenied(
+                        f"key custodian refused the unwrap ({cp.APPROVAL_REQUIRED}): {exc}",
+                        rule=cp.APPROVAL_REQUIRED,
+                    ) from None
+                if (
+                    approval.status != APPROVED
+                    or approval.requester != why.principal
+                    or approval.purpose != why.purpose
+                    or approval.tenant != scope.tenant
+                    or approval.jurisdiction != scope.jurisdiction
+                ):
+                    raise AccessDenied(
+                        f"key custodian refused the unwrap ({cp.APPROVAL_REQUIRED}): approval "
+                        f"{why.approval_id} is {approval.status} or is for another request",
+                        rule=cp.APPROVAL_REQUIRED,
+                    )
+
+        return gate
+
+    # approvals ------------------------------------------------------------------------
+
+    def sign_approval(self, approval_id: str, ctx: RequestContext, verdict: str) -> Approval:
+        """One approver's approve or deny, audited in the approval's cell before it counts."""
+        approval = self.approvals.get(approval_id)
+        resource = Resource(
+            approval.tenant, approval.jurisdiction, DataClass.PROTECTED, approval.subject,
+            approval.key,
+        )  # fmt: skip
+        audit = dict(
+            principal=ctx.principal, request_id=ctx.request_id, action=approval.action,
+            purpose=ctx.purpose,
+        )  # fmt: skip
+        principal: Principal | None = None
+        try:
+            principal = self.resolve(ctx, approval.tenant, approval.jurisdiction)
+            self.approvals.check_signer(approval, principal)
+        except AccessDenied as exc:
+            self._append(
+                resource, **audit, decision="deny", rule=exc.rule or "approval:refused",
+                result="refused", details=_details(principal, resource, "approval",
+                                                   approval_id=approval_id),
+            )  # fmt: skip
+            raise
+        count = approval.approvals + (1 if verdict == "approve" else 0)
+        result = (
+            "vetoed" if verdict == "deny"
+            else "quorum-met" if count >= approval.quorum
+            else f"signed-{count}-of-{approval.quorum}"
+        )  # fmt: skip
+        self._append(
+            resource, **audit, decision="allow" if verdict == "approve" else "deny",
+            rule=f"approval:{verdict}", result=result,
+            details=_details(principal, resource, "approval", approval_id=approval_id),
+        )  # fmt: skip
+        return self.approvals.sign(approval_id, principal, verdict)
+
+    # heads --------------------------------------------------------------------------
+
+    def publish_head(self, jurisdiction: str) -> SignedNote:
+        """A fresh head of the cell's log, signed by the cell and cosigned by the partner."""
+        return publish_head(self.cell(jurisdiction), self.partner, int(self._clock()))
+
+    def entries(self, jurisdiction: str, end: int) -> list[AuditEntry]:
+        log = self.cell(jurisdiction).log
+        return [AuditEntry.from_bytes(raw) for raw in log.iter_entry_bytes(0, end)]
+
+
+__all__ = ["Access", "Governance"]

@@ -1,0 +1,233 @@
+"""Each cell's audit log, its keys, and signed heads countersigned by the partner.
+
+Who holds what (see docs/trust-model.md):
+
+- the cell (operator) holds, in ``state/cells/<J>/audit/``: the log (``log/``),
+  the HMAC key that pseudonymises subjects and object keys (``hmac.key``) and
+  the Ed25519 key that signs its heads (``cell.skey``, Go ``note`` format);
+- the partner holds, in its own directory (``partner/`` by default): the
+  witness key that cosigns heads (``witness.skey``), the last head it cosigned
+  per cell (``cosigned/<J>.note``), and its custodian policy.
+
+The partner cosigns a new head only after checking the cell's signature and a
+consistency proof from the last head it cosigned, so the operator cannot fork or
+rewrite the log without the partner noticing. Keys are created on first use,
+mode 0600.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import threading
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from shardvault.audit import (
+    AuditEntry,
+    AuditHasher,
+    AuditLog,
+    Checkpoint,
+    Cosigner,
+    NoteSigner,
+    SignedNote,
+    cosign_checkpoint,
+    open_checkpoint,
+    sign_checkpoint,
+    signer_from_skey,
+)
+from shardvault.audit.note import COSIGNATURE_V1, ED25519, NoteVerifier, key_id
+from shardvault.errors import AuditUnavailable, ConfigError, IntegrityError, InvalidInput
+
+
+def _write_secret(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    try:
+        os.link(temp, path)  # never replace a key another process created meanwhile
+    except FileExistsError:
+        pass
+    finally:
+        temp.unlink()
+
+
+def _read_secret(path: Path) -> bytes:
+    mode = path.stat().st_mode & 0o777
+    if mode & 0o077:
+        raise ConfigError(f"{path} is readable by others (mode {mode:o}); run chmod 600 on it")
+    return path.read_bytes()
+
+
+def format_skey(name: str, sig_type: int, seed: bytes) -> str:
+    """Go ``note`` private key text: ``PRIVATE+KEY+<name>+<key id>+<base64(type||seed)>``."""
+    public = Ed25519PrivateKey.from_private_bytes(seed).public_key().public_bytes_raw()
+    blob = base64.b64encode(bytes([sig_type]) + seed).decode("ascii")
+    return f"PRIVATE+KEY+{name}+{key_id(name, sig_type, public).hex()}+{blob}"
+
+
+def load_signer(path: Path, name: str, sig_type: int = ED25519) -> NoteSigner:
+    """The signer stored at ``path``, created (random seed) on first use."""
+    try:
+        if not path.exists():
+            _write_secret(path, format_skey(name, sig_type, os.urandom(32)).encode())
+        signer = signer_from_skey(_read_secret(path).decode("ascii").strip())
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"signing key {path}: {exc}") from exc
+    except InvalidInput as exc:
+        raise ConfigError(f"signing key {path}: {exc}") from None
+    if signer.sig_type != sig_type:
+        raise ConfigError(f"signing key {path} is not of the expected type")
+    return signer
+
+
+_open_lock = threading.Lock()
+_open_logs: dict[Path, tuple[AuditLog, int]] = {}
+
+
+def _acquire_log(directory: Path) -> AuditLog:
+    """The process's one handle on a log: a log has one writer process (flock), and
+    several vaults in one process share it rather than lock each other out."""
+    key = directory.resolve()
+    with _open_lock:
+        log, users = _open_logs.get(key) or (AuditLog.open(key), 0)
+        _open_logs[key] = (log, users + 1)
+        return log
+
+
+def _release_log(directory: Path) -> None:
+    key = directory.resolve()
+    with _open_lock:
+        log, users = _open_logs[key]
+        if users > 1:
+            _open_logs[key] = (log, users - 1)
+        else:
+            del _open_logs[key]
+            log.close()
+
+
+class CellAudit:
+    """One cell's audit log (opened on first use), pseudonym key and head-signing key."""
+
+    def __init__(self, jurisdiction: str, directory: Path, origin: str) -> None:
+        self.jurisdiction = jurisdiction
+        self.directory = directory
+        self.origin = origin
+        self._lock = threading.Lock()
+        self._log: AuditLog | None = None
+        self._hasher: AuditHasher | None = None
+        self._signer: NoteSigner | None = None
+
+    @property
+    def hasher(self) -> AuditHasher:
+        if self._hasher is None:
+            path = self.directory / "hmac.key"
+            try:
+                if not path.exists():
+                    _write_secret(path, os.urandom(32))
+                self._hasher = AuditHasher(_read_secret(path))
+            except OSError as exc:
+                raise AuditUnavailable(f"audit key {path}: {exc}") from exc
+        return self._hasher
+
+    @property
+    def signer(self) -> NoteSigner:
+        if self._signer is None:
+            self._signer = load_signer(self.directory / "cell.skey", self.origin)
+        return self._signer
+
+    @property
+    def verifier(self) -> NoteVerifier:
+        return NoteVerifier.from_vkey(self.signer.verifier_key())
+
+    @property
+    def log(self) -> AuditLog:
+        with self._lock:
+            if self._log is None:
+                self._log = _acquire_log(self.directory / "log")
+            return self._log
+
+    def append(self, entry: AuditEntry) -> int:
+        """Make one entry durable; `AuditUnavailable` if it cannot be (fail closed)."""
+        return self.log.append(entry)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._log is not None:
+                self._log = None
+                _release_log(self.directory / "log")
+
+
+class PartnerWitness:
+    """The partner's cosigner: checks consistency with what it saw, then countersigns."""
+
+    def __init__(self, directory: Path, name: str) -> None:
+        self.directory = directory
+        self.name = name
+        self._cosigner: Cosigner | None = None
+
+    @property
+    def cosigner(self) -> Cosigner:
+        if self._cosigner is None:
+            signer = load_signer(self.directory / "witness.skey", self.name, COSIGNATURE_V1)
+            assert isinstance(signer, Cosigner)
+            self._cosigner = signer
+        return self._cosigner
+
+    def vkey(self) -> str:
+        return self.cosigner.verifier_key()
+
+    def _last_path(self, jurisdiction: str) -> Path:
+        return self.directory / "cosigned" / f"{jurisdiction}.note"
+
+    def last(self, cell: CellAudit) -> Checkpoint | None:
+        path = self._last_path(cell.jurisdiction)
+        if not path.exists():
+            return None
+        try:
+            return open_checkpoint(path.read_bytes(), cell.verifier).checkpoint
+        except InvalidInput as exc:
+            raise IntegrityError(f"partner's last cosigned head {path} is damaged: {exc}") from None
+
+    def cosign(self, cell: CellAudit, note: SignedNote, timestamp: int) -> SignedNote:
+        """Countersign ``note`` if it extends the last head this partner cosigned for the cell."""
+        previous = self.last(cell)
+        size = Checkpoint.parse(note.text).size
+        proof = cell.log.consistency_proof(previous.size, size) if previous else []
+        cosigned = cosign_checkpoint(
+            note.to_bytes(),
+            cell.verifier,
+            self.cosigner,
+            timestamp=timestamp,
+            previous=previous,
+            proof=proof,
+        )
+        _write_secret_replace(self._last_path(cell.jurisdiction), cosigned.to_bytes())
+        return cosigned
+
+
+def _write_secret_replace(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(temp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temp, path)
+
+
+def publish_head(cell: CellAudit, partner: PartnerWitness, timestamp: int) -> SignedNote:
+    """Sign the cell's current head, have the partner cosign it, and store it with the log."""
+    note = sign_checkpoint(cell.log.checkpoint(cell.origin), cell.signer)
+    cosigned = partner.cosign(cell, note, timestamp)
+    cell.log.store_head(cosigned)
+    return cosigned
+
+
+__all__ = ["CellAudit", "PartnerWitness", "format_skey", "load_signer", "publish_head"]

@@ -1,0 +1,113 @@
+"""Deletion receipts: a signed, self-verifying statement that a user was forgotten.
+
+A receipt is a C2SP signed note, signed by the cell's audit key, whose text is
+one line of canonical JSON (version 1)::
+
+    {"type": "shardvault-deletion-receipt", "v": 1, "tenant", "subject",
+     "jurisdiction", "key_id", "key_destroyed": true, "versions_deleted",
+     "shards_removed", "forgotten_at",
+     "audit": {"origin", "index", "entry": <base64 of the audit entry>,
+               "inclusion_proof": [<base64 hash>...], "head": <the cosigned head note>}}
+
+Anyone with the cell's public key (and the partner's) can check, with
+`verify_receipt` and nothing else, that the receipt is genuine, that the head is
+signed by the cell and cosigned by the partner, and that the forget's audit entry
+is in the log under that head (RFC 9162 inclusion proof). The subject id is in
+clear: the receipt is for the user (or their regulator), not for the public log.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from shardvault.audit import AuditEntry, Checkpoint, SignedNote, open_checkpoint
+from shardvault.audit.entry import canonical_json
+from shardvault.audit.merkle import leaf_hash, verify_inclusion
+from shardvault.audit.note import NoteVerifier, open_note
+from shardvault.errors import IntegrityError, InvalidInput
+from shardvault.governance.heads import CellAudit
+
+RECEIPT_TYPE = "shardvault-deletion-receipt"
+RECEIPT_VERSION = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Forgotten:
+    """What a forget did, as the receipt states it."""
+
+    tenant: str
+    subject: str
+    jurisdiction: str
+    key_id: str
+    versions_deleted: int
+    shards_removed: int
+    forgotten_at: str
+
+
+def make_receipt(cell: CellAudit, head: SignedNote, index: int, what: Forgotten) -> SignedNote:
+    """Sign a receipt for ``what``, proving audit entry ``index`` is under ``head``."""
+    size = Checkpoint.parse(head.text).size
+    entry = next(iter(cell.log.iter_entry_bytes(index, index + 1)))
+    proof = cell.log.inclusion_proof(index, size)
+    body = {
+        "type": RECEIPT_TYPE,
+        "v": RECEIPT_VERSION,
+        "tenant": what.tenant,
+        "subject": what.subject,
+        "jurisdiction": what.jurisdiction,
+        "key_id": what.key_id,
+        "key_destroyed": True,
+        "versions_deleted": what.versions_deleted,
+        "shards_removed": what.shards_removed,
+        "forgotten_at": what.forgotten_at,
+        "audit": {
+            "origin": cell.origin,
+            "index": index,
+            "entry": base64.b64encode(entry).decode("ascii"),
+            "inclusion_proof": [base64.b64encode(h).decode("ascii") for h in proof],
+            "head": head.to_bytes().decode("utf-8"),
+        },
+    }
+    text = canonical_json(body).decode("utf-8") + "\n"
+    return SignedNote(text, (cell.signer.sign(text),))
+
+
+def verify_receipt(data: bytes, cell_key: str, cosigner_key: str | None = None) -> dict[str, Any]:
+    """Check a receipt with public keys only; returns its fields or raises `IntegrityError`."""
+    try:
+        note = SignedNote.parse(data)
+        verifier = NoteVerifier.from_vkey(cell_key)
+        cosigner = NoteVerifier.from_vkey(cosigner_key) if cosigner_key else None
+    except InvalidInput as exc:
+        raise IntegrityError(f"not a valid receipt: {exc}") from None
+    open_note(note, verifier)
+    try:
+        body = json.loads(note.text)
+        audit = body["audit"]
+        if body.get("type") != RECEIPT_TYPE or body.get("v") != RECEIPT_VERSION:
+            raise IntegrityError(f"not a version {RECEIPT_VERSION} deletion receipt")
+        head = open_checkpoint(
+            audit["head"].encode("utf-8"), verifier, cosigner_key=cosigner, origin=audit["origin"]
+        )
+        raw_entry = base64.b64decode(audit["entry"], validate=True)
+        proof = [base64.b64decode(h, validate=True) for h in audit["inclusion_proof"]]
+        index = audit["index"]
+    except (KeyError, TypeError, ValueError, InvalidInput) as exc:
+        raise IntegrityError(f"malformed deletion receipt: {exc}") from None
+    checkpoint = head.checkpoint
+    verify_inclusion(leaf_hash(raw_entry), index, checkpoint.size, proof, checkpoint.root_hash)
+    entry = AuditEntry.from_bytes(raw_entry)
+    if (
+        entry.action != "forget"
+        or entry.result != "forgotten"
+        or entry.details.get("key_id") != body.get("key_id")
+        or entry.tenant != body.get("tenant")
+    ):
+        raise IntegrityError("the audit entry in the receipt is not this forget")
+    return dict(body)
+
+
+__all__ = ["RECEIPT_TYPE", "RECEIPT_VERSION", "Forgotten", "make_receipt", "verify_receipt"]

@@ -1,0 +1,150 @@
+"""The vault under governance: policy, invariants, the custodian's own say, and the log."""
+
+from __future__ import annotations
+
+import pytest
+from tests.governance.helpers import (
+    CN_POLICE,
+    OTHER_TENANT,
+    SERVICE,
+    SG_SUPPORT,
+    SUPPORT,
+    as_,
+    entries,
+    entries_of,
+    register,
+)
+
+from shardvault.errors import AccessDenied, InvalidInput, SubjectForgotten
+from shardvault.model import ObjectRef, RequestContext
+from shardvault.vault import Vault
+
+REF = ObjectRef("intl", "alice", "notes/today.txt")
+
+
+@pytest.fixture
+def story(vault: Vault) -> Vault:
+    register(vault)
+    vault.register_subject("intl", "alice", "US")
+    vault.put(REF, b"alice's note")
+    return vault
+
+
+def test_policy_allows_and_the_custodian_refuses_and_both_are_audited(story: Vault) -> None:
+    ctx = as_(SUPPORT, "support-ticket")
+    with pytest.raises(AccessDenied, match=r"custodian:default-deny") as refused:
+        story.get(REF, ctx=ctx)
+    assert refused.value.rule == "custodian:default-deny"
+    policy, custodian = entries_of(story, ctx)
+    assert (policy.decision, policy.rule, policy.details["stage"]) == (
+        "allow", "support-reads-with-ticket", "policy",
+    )  # fmt: skip
+    assert (custodian.decision, custodian.rule, custodian.details["stage"]) == (
+        "deny", "custodian:default-deny", "custodian",
+    )  # fmt: skip
+    # the same principal may see metadata (no key is unwrapped for it)
+    assert story.stat(REF, ctx=as_(SUPPORT, "support-ticket")).size == len(b"alice's note")
+    # and the service the partner does grant reads the data
+    assert story.get(REF, ctx=as_(SERVICE, "serve-user")) == b"alice's note"
+
+
+def test_foreign_government_request_is_refused_by_rule_and_logged(story: Vault) -> None:
+    ctx = as_(CN_POLICE, "lawful-request")
+    with pytest.raises(AccessDenied, match=r"invariant:foreign-government"):
+        story.get(REF, ctx=ctx)
+    (entry,) = entries_of(story, ctx)
+    assert (entry.decision, entry.rule, entry.result) == (
+        "deny", "invariant:foreign-government", "refused",
+    )  # fmt: skip
+    assert entry.details["kind"] == "external-requester"
+    assert entry.details["authority_country"] == "CN"
+    assert entry.details["data_class"] == "protected"
+    assert "alice" not in entry.to_bytes().decode()  # subject and key are pseudonyms
+
+
+@pytest.mark.parametrize(
+    ("principal", "purpose", "rule"),
+    [
+        (SG_SUPPORT, "support-ticket", "invariant:protected-read-location"),
+        (OTHER_TENANT, "serve-user", "invariant:cross-tenant"),
+        (SERVICE, "marketing", "default:deny"),
+    ],
+)
+def test_invariants_and_default_deny_hold_through_the_vault(
+    story: Vault, principal: object, purpose: str, rule: str
+) -> None:
+    ctx = as_(principal, purpose)  # type: ignore[arg-type]
+    for call in (
+        lambda: story.get(REF, ctx=ctx),
+        lambda: story.stat(REF, ctx=ctx),
+        lambda: story.list("intl", "alice", ctx=ctx),
+    ):
+        with pytest.raises(AccessDenied, match=rule):
+            call()
+    assert {e.rule for e in entries_of(story, ctx)} == {rule}
+
+
+def test_unknown_and_revoked_principals_are_refused_and_logged(story: Vault) -> None:
+    ghost = RequestContext("ghost", "serve-user", "req-ghost")
+    with pytest.raises(AccessDenied, match="unknown principal"):
+        story.get(REF, ctx=ghost)
+    assert entries_of(story, ghost)[0].rule == "governance:unknown-principal"
+    assert story.get(REF, ctx=as_(SERVICE, "serve-user")) == b"alice's note"
+    story.governance.registry.revoke(SERVICE.id)
+    revoked = as_(SERVICE, "serve-user")
+    with pytest.raises(AccessDenied, match="revoked"):
+        story.get(REF, ctx=revoked)
+    assert entries_of(story, revoked)[0].rule == "governance:revoked-principal"
+
+
+def test_every_vault_call_is_decided_and_logged_before_it_acts(story: Vault) -> None:
+    before = len(entries(story))
+    ctx = as_(SERVICE, "serve-user")
+    story.put(ObjectRef("intl", "alice", "b"), b"x", ctx=ctx)
+    story.get(ObjectRef("intl", "alice", "b"), ctx=ctx)
+    story.stat(ObjectRef("intl", "alice", "b"), ctx=ctx)
+    story.versions(ObjectRef("intl", "alice", "b"), ctx=ctx)
+    story.where(ObjectRef("intl", "alice", "b"), ctx=ctx)
+    story.list("intl", "alice", ctx=ctx)
+    story.delete(ObjectRef("intl", "alice", "b"), ctx=ctx)
+    logged = entries(story)[before:]
+    assert [e.action for e in logged] == ["write", "read", "stat", "stat", "stat", "list", "delete"]
+    assert {(e.principal, e.decision, e.rule) for e in logged} == {
+        ("svc-api", "allow", "service-serves-users")
+    }
+    # nothing of another cell's log moved
+    assert entries(story, "SG") == [] and entries(story, "EU") == []
+
+
+def test_a_forgotten_subject_is_still_decided_and_logged(story: Vault) -> None:
+    from governance_support import forget_approved
+
+    forget_approved(story, "intl", "alice")
+    ctx = as_(SERVICE, "serve-user")
+    with pytest.raises(SubjectForgotten):
+        story.get(REF, ctx=ctx)
+    assert [e.decision for e in entries_of(story, ctx)] == ["allow"]
+
+
+def test_local_admin_can_be_switched_off(config_path) -> None:  # type: ignore[no-untyped-def]
+    from shardvault.config import load
+
+    text = config_path.read_text().replace("local_admin = true", "local_admin = false")
+    config_path.write_text(text)
+    with (
+        Vault.open(load(config_path)) as vault,
+        pytest.raises(AccessDenied, match="local administrator is disabled"),
+    ):
+        vault.register_subject("intl", "alice", "US")
+
+
+def test_malformed_request_context_is_bad_input_and_not_logged(story: Vault) -> None:
+    before = len(entries(story))
+    for ctx in (
+        RequestContext("", "serve-user", "r1"),
+        RequestContext("svc-api", "has space", "r1"),
+        RequestContext("svc-api", "serve-user", "r1", approval_id="not-an-approval"),
+    ):
+        with pytest.raises(InvalidInput):
+            story.get(REF, ctx=ctx)
+    assert len(entries(story)) == before

@@ -1,0 +1,173 @@
+"""k-of-n approvals: quorum, veto, expiry, who may sign, and the custodian's own check."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from tests.governance.helpers import SERVICE, SUPPORT, US_COURT, as_, entries, register
+
+from governance_support import ensure_approvers
+from shardvault.config import load
+from shardvault.errors import AccessDenied, ApprovalRequired
+from shardvault.model import ObjectRef, RequestContext, new_request_id
+from shardvault.vault import Vault
+
+REF = ObjectRef("intl", "alice", "chat/2026.log")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def court(config_path: Path, clock: Clock) -> Iterator[Vault]:
+    with Vault.open(load(config_path), clock=clock) as vault:
+        register(vault, SERVICE, SUPPORT, US_COURT)
+        ensure_approvers(vault.governance)
+        vault.register_subject("intl", "alice", "US")
+        vault.put(REF, b"evidence")
+        yield vault
+
+
+def sign(vault: Vault, approval: str, who: str, verdict: str = "approve") -> str:
+    ctx = RequestContext(who, "approval", new_request_id())
+    return vault.governance.sign_approval(approval, ctx, verdict).status
+
+
+def pending(vault: Vault) -> str:
+    with pytest.raises(ApprovalRequired) as caught:
+        vault.get(REF, ctx=as_(US_COURT, "lawful-request"))
+    assert caught.value.approval_id is not None
+    assert f"--approval {caught.value.approval_id}" in str(caught.value)
+    return caught.value.approval_id
+
+
+def read_with(vault: Vault, approval: str) -> bytes:
+    return vault.get(REF, ctx=as_(US_COURT, "lawful-request", approval))
+
+
+def test_quorum_of_two_named_approvers_lets_the_request_through(court: Vault) -> None:
+    approval = pending(court)
+    with pytest.raises(AccessDenied, match=r"approval:pending.*|is pending \(0 of 2"):
+        read_with(court, approval)
+    assert sign(court, approval, "dpo") == "pending"
+    with pytest.raises(AccessDenied, match=r"1 of 2"):
+        read_with(court, approval)
+    assert sign(court, approval, "partner-officer") == "approved"
+    assert read_with(court, approval) == b"evidence"
+    assert read_with(court, approval) == b"evidence"  # usable until it expires
+    steps = [
+        (e.principal, e.decision, e.rule, e.result)
+        for e in entries(court)
+        if e.details.get("approval_id") == approval
+    ]
+    assert steps == [
+        ("us-doj", "approval-required", "lawful-request-reviewed", "pending"),
+        ("us-doj", "deny", "approval:pending", "refused"),
+        ("dpo", "allow", "approval:approve", "signed-1-of-2"),
+        ("us-doj", "deny", "approval:pending", "refused"),
+        ("partner-officer", "allow", "approval:approve", "quorum-met"),
+        ("us-doj", "allow", "lawful-request-reviewed", "allowed"),
+        ("us-doj", "allow", "lawful-request-reviewed", "allowed"),
+    ]
+
+
+def test_one_denial_vetoes(court: Vault) -> None:
+    approval = pending(court)
+    assert sign(court, approval, "dpo") == "pending"
+    assert sign(court, approval, "partner-officer", "deny") == "denied"
+    with pytest.raises(AccessDenied, match="approval:denied"):
+        read_with(court, approval)
+    with pytest.raises(AccessDenied, match="denied; it can no longer be signed"):
+        sign(court, approval, "dpo")
+
+
+def test_an_approval_expires(court: Vault, clock: Clock) -> None:
+    approval = pending(court)
+    clock.now += 3600
+    sign(court, approval, "dpo")
+    clock.now += 86400  # the demo's approval_ttl
+    with pytest.raises(AccessDenied, match="expired; it can no longer be signed"):
+        sign(court, approval, "partner-officer")
+    with pytest.raises(AccessDenied, match="approval:expired"):
+        read_with(court, approval)
+    # met, then expired: no longer usable either
+    second = pending(court)
+    sign(court, second, "dpo")
+    sign(court, second, "partner-officer")
+    assert read_with(court, second) == b"evidence"
+    clock.now += 86401
+    with pytest.raises(AccessDenied, match="approval:expired"):
+        read_with(court, second)
+
+
+def test_who_may_sign(court: Vault) -> None:
+    approval = pending(court)
+    with pytest.raises(AccessDenied, match="not an approver"):
+        sign(court, approval, SUPPORT.id)
+    with pytest.raises(AccessDenied, match="unknown principal"):
+        sign(court, approval, "nobody")
+    sign(court, approval, "dpo")
+    with pytest.raises(AccessDenied, match="already signed"):
+        sign(court, approval, "dpo")
+    refusals = [e.rule for e in entries(court) if e.details.get("stage") == "approval"]
+    assert refusals == [
+        "approval:not-an-approver",
+        "governance:unknown-principal",
+        "approval:approve",
+        "approval:twice",
+    ]
+
+
+def test_an_approval_covers_only_its_own_request(court: Vault) -> None:
+    approval = pending(court)
+    sign(court, approval, "dpo")
+    sign(court, approval, "partner-officer")
+    court.put(ObjectRef("intl", "alice", "other"), b"not covered")
+    with pytest.raises(AccessDenied, match="approval:mismatch"):
+        court.get(
+            ObjectRef("intl", "alice", "other"), ctx=as_(US_COURT, "lawful-request", approval)
+        )
+    with pytest.raises(AccessDenied, match="approval:mismatch"):
+        court.get(REF, ctx=as_(SERVICE, "serve-user", approval))
+
+
+def test_the_custodian_refuses_an_approval_purpose_without_a_met_approval(court: Vault) -> None:
+    """Even if the operator's policy let it through, the partner wants a met approval."""
+    from shardvault.keys.port import KeyScope
+    from shardvault.model import Justification
+
+    gate = court.governance.custodian_gate()
+    why = Justification("us-doj", "lawful-request", "r1", "US")
+    with pytest.raises(AccessDenied, match="custodian:approval"):
+        gate(KeyScope("intl", "US"), "k", why)
+    approval = pending(court)
+    sign(court, approval, "dpo")
+    with pytest.raises(AccessDenied, match="custodian:approval"):  # pending is not met
+        gate(
+            KeyScope("intl", "US"),
+            "k",
+            Justification("us-doj", "lawful-request", "r1", "US", approval),
+        )
+    sign(court, approval, "partner-officer")
+    gate(
+        KeyScope("intl", "US"), "k", Justification("us-doj", "lawful-request", "r1", "US", approval)
+    )
+    with pytest.raises(AccessDenied, match="custodian:same-jurisdiction"):
+        gate(
+            KeyScope("intl", "US"),
+            "k",
+            Justification("us-doj", "lawful-request", "r1", "SG", approval),
+        )

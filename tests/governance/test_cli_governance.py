@@ -1,0 +1,193 @@
+"""Governance through the CLI: tokens, export → verify by an outsider, tamper, proofs, report."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from tests.cli.test_cli import Cli
+
+from shardvault.audit.merkle import leaf_hash, verify_consistency, verify_inclusion
+
+BINARY = Path(sys.executable).parent / "shardvault"
+
+
+@pytest.fixture
+def cli(tmp_path: Path, capsysbinary: pytest.CaptureFixture[bytes]) -> Cli:
+    from conftest import make_deployment
+
+    cli = Cli(make_deployment(tmp_path / "deploy"), capsysbinary)
+    cli.ok("subject", "add", "intl", "alice", "-j", "US")
+    note = tmp_path / "note.txt"
+    note.write_bytes(b"hello")
+    cli.ok("put", "intl", "alice", "note", str(note))
+    return cli
+
+
+def add(cli: Cli, ident: str, *options: str) -> str:
+    return cli.ok("principal", "add", ident, "--tenant", "intl", *options).decode().strip()
+
+
+def test_tokens_through_the_cli(cli: Cli) -> None:
+    token = add(cli, "svc", "--kind", "service", "--location", "US")
+    assert cli.ok("--token", token, "--purpose", "serve-user", "get", "intl", "alice", "note") == (
+        b"hello"
+    )
+    assert "needs its token" in cli.fails(1, "--as", "svc", "get", "intl", "alice", "note")
+    forged = token[:-2] + ("xx" if not token.endswith("xx") else "yy")
+    assert "token refused" in cli.fails(1, "--token", forged, "get", "intl", "alice", "note")
+    other = add(cli, "svc2", "--kind", "service", "--location", "US")
+    assert "not the token's principal" in cli.fails(
+        2, "--token", other, "--as", "svc", "ls", "intl", "alice"
+    )
+    # only the local administrator manages principals
+    assert "local administrator" in cli.fails(1, "--token", token, "principal", "revoke", "svc2")
+    cli.ok("principal", "revoke", "svc")
+    assert "token refused" in cli.fails(1, "--token", token, "get", "intl", "alice", "note")
+    listed = {p["id"]: p for p in cli.json("principal", "ls")}
+    assert listed["svc"]["revoked_at"] is not None and listed["svc2"]["active_tokens"] == 1
+    expired = cli.json("principal", "token", "svc2", "--ttl-days", "0.000001")["token"]
+    time.sleep(0.1)  # its lifetime was 86 ms
+    assert "token refused" in cli.fails(1, "--token", expired, "ls", "intl", "alice")
+    assert "external requester" in cli.fails(
+        2, "principal", "add", "x", "--tenant", "intl", "--kind", "external-requester",
+        "--location", "US",
+    )  # fmt: skip
+
+
+def test_policy_check_and_test(cli: Cli, tmp_path: Path) -> None:
+    add(cli, "cn-mps", "--kind", "external-requester", "--location", "CN", "--authority", "mps",
+        "--authority-country", "CN")  # fmt: skip
+    checked = cli.json(
+        "policy", "check", "--principal", "cn-mps", "--action", "read", "--tenant", "intl",
+        "--jurisdiction", "US", "--purpose", "lawful-request",
+    )  # fmt: skip
+    assert (checked["effect"], checked["rule"]) == ("deny", "invariant:foreign-government")
+    inline = cli.json(
+        "policy", "check", "--principal", "x", "--kind", "employee", "--role", "support",
+        "--location", "US", "--action", "read", "--tenant", "intl", "--jurisdiction", "US",
+        "--purpose", "support-ticket",
+    )  # fmt: skip
+    assert (inline["effect"], inline["rule"]) == ("allow", "support-reads-with-ticket")
+    root = Path(__file__).resolve().parents[1]
+    cases = root / "policy" / "cases.toml"
+    out = cli.ok("policy", "test", str(cases), "--policy", str(root / "policy" / "policy.toml"))
+    assert out.count(b"ok: ") >= 40 and b"FAIL" not in out
+    # the demo policy fails the example table's expectations: exit 1, one line on stderr
+    assert "policy case(s) failed" in cli.fails(1, "policy", "test", str(cases))
+
+
+def export(cli: Cli, tmp_path: Path, name: str = "export") -> tuple[Path, str, str, Path]:
+    keys = cli.json("audit", "keys")
+    head = tmp_path / "head-from-partner.note"
+    cli.ok("audit", "head", "--cell", "US", "-o", str(head))
+    destination = tmp_path / name
+    cli.ok("audit", "export", "--cell", "US", str(destination))
+    return destination, keys["cells"]["US"], keys["partner"], head
+
+
+def outsider(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """The installed command in a bare environment: no config, no state, no token."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SHARDVAULT_")}
+    return subprocess.run(
+        [str(BINARY), *args], cwd=cwd, env=env, capture_output=True, text=True, check=False
+    )
+
+
+def test_export_then_verify_by_an_outsider_and_every_tamper_is_caught(
+    cli: Cli, tmp_path: Path
+) -> None:
+    for i in range(5):
+        cli.ok("ls", "intl", "alice")
+        cli.fails(1, "--purpose", f"p{i}", "get", "intl", "nobody", "x")
+    destination, key, partner, head = export(cli, tmp_path)
+    elsewhere = tmp_path / "outsider"
+    elsewhere.mkdir()
+    shutil.copytree(destination, elsewhere / "export")
+    shutil.copy(head, elsewhere / "head.note")
+    args = ["--key", key, "--cosigner", partner, "--head", "head.note"]
+    good = outsider("audit", "verify", "export", *args, "--json", cwd=elsewhere)
+    assert good.returncode == 0, good.stderr
+    report = json.loads(good.stdout)
+    assert report["entries"] >= 7 and report["cosigned"] and report["trusted_head"]
+
+    entries = elsewhere / "export" / "entries.jsonl"
+    original = entries.read_bytes()
+    lines = original.splitlines(keepends=True)
+    tampered = {
+        "flip a byte": original.replace(b'"allow"', b'"allaw"', 1),
+        "drop an entry": b"".join(lines[:2] + lines[3:]),
+        "swap two entries": b"".join([lines[1], lines[0], *lines[2:]]),
+        "cut the tail": b"".join(lines[:-1]),
+        "change a decision": original.replace(b'"decision":"allow"', b'"decision":"deny"', 1),
+    }
+    for what, data in tampered.items():
+        entries.write_bytes(data)
+        bad = outsider("audit", "verify", "export", *args, cwd=elsewhere)
+        assert bad.returncode == 1, what
+        assert bad.stderr.startswith("error: ") and len(bad.stderr.strip().splitlines()) == 1, what
+    entries.write_bytes(original)
+    assert outsider("audit", "verify", "export", *args, cwd=elsewhere).returncode == 0
+    # a head not cosigned by the partner's key, or signed by another key, is refused
+    other = cli.json("audit", "keys")["cells"]["SG"]
+    assert outsider("audit", "verify", "export", "--key", other, cwd=elsewhere).returncode == 1
+    note = next((elsewhere / "export" / "heads").iterdir())
+    note.write_bytes(note.read_bytes().replace(b"cell-us\n", b"cell-uk\n", 1))
+    assert outsider("audit", "verify", "export", *args, cwd=elsewhere).returncode == 1
+
+
+def test_proofs_check_out_with_the_merkle_math_alone(cli: Cli, tmp_path: Path) -> None:
+    cli.ok("audit", "head", "--cell", "US")
+    old = json.loads(cli.ok("audit", "prove-consistency", "--cell", "US", "0"))["new_size"]
+    for _ in range(3):
+        cli.ok("ls", "intl", "alice")
+    cli.ok("audit", "head", "--cell", "US")
+    consistency = cli.ok("audit", "prove-consistency", "--cell", "US", str(old))
+    c = json.loads(consistency)
+    verify_consistency(
+        c["old_size"], c["new_size"], [base64.b64decode(h) for h in c["proof"]],
+        base64.b64decode(c["old_root"]), base64.b64decode(c["new_root"]),
+    )  # fmt: skip
+    proof = json.loads(cli.ok("audit", "prove-inclusion", "--cell", "US", "1"))
+    leaf = leaf_hash(proof["entry"].encode())
+    assert base64.b64encode(leaf).decode() == proof["leaf_hash"]
+    verify_inclusion(
+        leaf, 1, proof["size"], [base64.b64decode(h) for h in proof["proof"]],
+        base64.b64decode(proof["root"]),
+    )  # fmt: skip
+    assert "INDEX < SIZE" in cli.fails(2, "audit", "prove-inclusion", "--cell", "US", "999")
+
+
+def test_forget_prints_a_receipt_an_outsider_verifies(cli: Cli, tmp_path: Path) -> None:
+    pending = cli.fails(1, "forget", "intl", "alice")
+    approval = pending.rsplit("--approval ", 1)[1]
+    tokens = [
+        add(cli, ident, "--kind", kind, "--location", "US")
+        for ident, kind in (("dpo", "employee"), ("partner-officer", "partner-auditor"))
+    ]
+    assert "not an approver" in cli.fails(1, "approval", "approve", approval)
+    for token in tokens:
+        cli.ok("--token", token, "approval", "approve", approval)
+    assert cli.json("approval", "ls") == []
+    assert cli.json("approval", "ls", "--all")[0]["status"] == "approved"
+    receipt = tmp_path / "receipt.note"
+    out = cli.ok("--approval", approval, "forget", "intl", "alice", "--receipt", str(receipt))
+    assert out == receipt.read_bytes() and b"shardvault-deletion-receipt" in out
+    keys = cli.json("audit", "keys")
+    checked = outsider(
+        "receipt", "verify", str(receipt), "--key", keys["cells"]["US"], "--cosigner",
+        keys["partner"], "--json", cwd=tmp_path,
+    )  # fmt: skip
+    assert checked.returncode == 0, checked.stderr
+    body = json.loads(checked.stdout)
+    assert (body["subject"], body["key_destroyed"], body["shards_removed"]) == ("alice", True, 6)
+    receipt.write_bytes(out.replace(b'"shards_removed":6', b'"shards_removed":0'))
+    forged = outsider("receipt", "verify", str(receipt), "--key", keys["cells"]["US"], cwd=tmp_path)
+    assert forged.returncode == 1 and forged.stderr.startswith("error: ")

@@ -1,0 +1,85 @@
+"""Fail closed: an access whose audit entry cannot be made durable does not happen."""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from tests.governance.helpers import SERVICE, as_, entries, register
+
+from conftest import files_under, make_deployment
+from shardvault.config import load
+from shardvault.errors import AuditUnavailable
+from shardvault.model import ObjectRef
+from shardvault.vault import Vault
+
+
+@pytest.fixture
+def small_log(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
+    """A deployment whose US audit log lives on a 256 KiB tmpfs; yields (config, filler)."""
+    path = make_deployment(tmp_path / "deploy")
+    log_dir = path.parent / "state" / "cells" / "US" / "audit" / "log"
+    log_dir.mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(log_dir)], check=True)
+    try:
+        yield path, log_dir / "filler"
+    finally:
+        if subprocess.run(["umount", str(log_dir)], check=False).returncode != 0:
+            subprocess.run(["umount", "-l", str(log_dir)], check=True)
+
+
+def fill(path: Path) -> None:
+    """Take every free byte of the file system ``path`` is on."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        while True:
+            os.write(fd, b"\0" * 512)
+    except OSError as exc:
+        assert exc.errno == errno.ENOSPC
+    finally:
+        os.close(fd)
+
+
+def test_an_unwritable_log_refuses_the_access_and_loses_nothing(
+    small_log: tuple[Path, Path],
+) -> None:
+    config, filler = small_log
+    ref = ObjectRef("intl", "alice", "k")
+    with Vault.open(load(config)) as vault:
+        register(vault, SERVICE)
+        vault.register_subject("intl", "alice", "US")
+        vault.put(ref, b"version 1", ctx=as_(SERVICE, "serve-user"))
+        nodes = files_under(config.parent / "nodes")
+        fill(filler)
+        # the log's last page still has room for a few entries: use it up with the
+        # smallest entries there are (a list names no object key)
+        for _ in range(64):
+            try:
+                vault.list("intl", "alice", ctx=as_(SERVICE, "serve-user"))
+            except AuditUnavailable:
+                break
+        else:
+            pytest.fail("the audit log never filled up")
+        logged = [e.to_bytes() for e in entries(vault)]
+
+        for attempt in (
+            lambda: vault.put(ref, b"version 2", ctx=as_(SERVICE, "serve-user")),
+            lambda: vault.get(ref, ctx=as_(SERVICE, "serve-user")),
+            lambda: vault.register_subject("intl", "bob", "US"),
+        ):
+            with pytest.raises(AuditUnavailable, match="audit entry not written"):
+                attempt()
+        # nothing happened: no shard, no pending version, no subject, no half entry
+        assert files_under(config.parent / "nodes") == nodes
+        assert vault.cells["US"].catalog.collectable(float("inf")) == []
+        assert vault.directory.home("intl", "bob") is None
+        filler.unlink()
+        vault.governance.release_logs()
+        # every entry written before is intact, and the log works again once there is room
+        assert [e.to_bytes() for e in entries(vault)] == logged
+        assert vault.get(ref, ctx=as_(SERVICE, "serve-user")) == b"version 1"
+        assert [i.version for i in vault.versions(ref)] == [1]

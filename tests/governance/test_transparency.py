@@ -1,0 +1,150 @@
+"""The transparency report on a generated history matches counts kept by the test itself."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from tests.governance.helpers import (
+    CN_POLICE,
+    OTHER_TENANT,
+    SERVICE,
+    SG_SUPPORT,
+    SUPPORT,
+    US_COURT,
+    as_,
+    register,
+)
+
+from governance_support import approve, ensure_approvers
+from shardvault.audit import AuditEntry, export_to_directory, verify_export
+from shardvault.config import load
+from shardvault.errors import AccessDenied, ApprovalRequired, InvalidInput
+from shardvault.governance.transparency import count_requests, period, transparency_report
+from shardvault.model import ObjectRef, RequestContext, new_request_id
+from shardvault.vault import Vault
+
+REF = ObjectRef("intl", "alice", "inbox")
+JAN_1 = datetime(2026, 1, 1, tzinfo=UTC).timestamp()
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = JAN_1
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def history(config_path: Path) -> Iterator[tuple[Vault, Counter[tuple[str, str, str, str]]]]:
+    """90 days of requests; returns the vault and the February figures the test expects."""
+    clock = Clock()
+    rng = random.Random(7)
+    expected: Counter[tuple[str, str, str, str]] = Counter()
+    with Vault.open(load(config_path), clock=clock) as vault:
+        register(vault)
+        ensure_approvers(vault.governance)
+        vault.register_subject("intl", "alice", "US")
+        vault.put(REF, b"mail", ctx=as_(SERVICE, "serve-user"))
+        for _ in range(160):
+            clock.now = JAN_1 + rng.uniform(0, 90) * 86400
+            in_february = datetime.fromtimestamp(clock.now, UTC).month == 2
+            kind, outcome = _one_request(vault, rng)
+            if in_february:
+                for entry in outcome:
+                    expected[(kind[0], kind[1], "protected", entry)] += 1
+        yield vault, expected
+
+
+def _one_request(vault: Vault, rng: random.Random) -> tuple[tuple[str, str], list[str]]:
+    """Make one random request; return (kind, country) and the decision of each request id."""
+    choice = rng.randrange(7)
+    if choice == 0:
+        vault.get(REF, ctx=as_(SERVICE, "serve-user"))
+        return ("service", "-"), ["allow"]
+    if choice == 1:
+        with pytest.raises(AccessDenied, match="custodian"):
+            vault.get(REF, ctx=as_(SUPPORT, "support-ticket"))
+        return ("employee", "-"), ["deny"]
+    if choice == 2:
+        with pytest.raises(AccessDenied, match="protected-read-location"):
+            vault.list("intl", "alice", ctx=as_(SG_SUPPORT, "support-ticket"))
+        return ("employee", "-"), ["deny"]
+    if choice == 3:
+        with pytest.raises(AccessDenied, match="foreign-government"):
+            vault.get(REF, ctx=as_(CN_POLICE, "lawful-request"))
+        return ("external-requester", "CN"), ["deny"]
+    if choice == 4:
+        with pytest.raises(ApprovalRequired):
+            vault.get(REF, ctx=as_(US_COURT, "lawful-request"))
+        return ("external-requester", "US"), ["approval-required"]
+    if choice == 5:
+        with pytest.raises(ApprovalRequired) as pending:
+            vault.get(REF, ctx=as_(US_COURT, "lawful-request"))
+        assert pending.value.approval_id is not None
+        approve(vault.governance, pending.value.approval_id)
+        vault.get(REF, ctx=as_(US_COURT, "lawful-request", pending.value.approval_id))
+        return ("external-requester", "US"), ["approval-required", "allow"]
+    with pytest.raises(AccessDenied, match="cross-tenant"):
+        vault.stat(REF, ctx=as_(OTHER_TENANT, "serve-user"))
+    return ("service", "-"), ["deny"]
+
+
+def test_report_matches_independent_counts(
+    history: tuple[Vault, Counter[tuple[str, str, str, str]]], tmp_path: Path
+) -> None:
+    vault, expected = history
+    assert sum(expected.values()) > 40
+    report = transparency_report(vault.governance, "2026-02-01", "2026-02-28")
+    us = Counter(
+        {
+            (r.requester_kind, r.authority_country, r.data_class, r.decision): r.requests
+            for r in report.rows
+            if r.cell == "US"
+        }
+    )
+    assert us == expected
+    assert {r.cell for r in report.rows} == {"US"}
+    # each figure is tied to a cosigned head covering the whole log
+    heads = {h.cell: h for h in report.heads}
+    assert heads["US"].size == vault.governance.cell("US").log.size
+    assert all(r.head_size == heads["US"].size for r in report.rows)
+
+    # an outsider recomputes the same figures from a verified export
+    vault.governance.publish_head("US")
+    export_to_directory(vault.governance.cell("US").log, tmp_path / "export")
+    verified = verify_export(
+        tmp_path / "export",
+        vault.governance.cell("US").signer.verifier_key(),
+        cosigner_key=vault.governance.partner.vkey(),
+    )
+    lines = (tmp_path / "export" / "entries.jsonl").read_bytes().splitlines()
+    assert len(lines) == verified.entries
+    start, end = period("2026-02-01", "2026-02-28")
+    assert count_requests((AuditEntry.from_bytes(raw) for raw in lines), start, end) == expected
+
+
+def test_the_period_is_strict() -> None:
+    assert period("2026-02-01", "2026-02-28") == (
+        "2026-02-01T00:00:00.000000Z",
+        "2026-03-01T00:00:00.000000Z",
+    )
+    for bad in (("2026-02-30", "2026-03-01"), ("2026-03-01", "2026-02-01"), ("feb", "mar")):
+        with pytest.raises(InvalidInput, match=r"YYYY-MM-DD|before"):
+            period(*bad)
+
+
+def test_unknown_requesters_are_counted_too(vault: Vault) -> None:
+    vault.register_subject("intl", "alice", "US")
+    ghost = RequestContext("ghost", "lawful-request", new_request_id())
+    with pytest.raises(AccessDenied):
+        vault.list("intl", "alice", ctx=ghost)
+    today = datetime.now(UTC).date().isoformat()
+    report = transparency_report(vault.governance, today, today)
+    unknown = [r for r in report.rows if r.requester_kind == "unknown"]
+    assert [(r.decision, r.requests) for r in unknown] == [("deny", 1)]

@@ -1,0 +1,42 @@
+"""Helpers for tests that need a k-of-n approval: the demo's two approvers sign it."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from shardvault.errors import ApprovalRequired
+from shardvault.governance import Governance
+from shardvault.model import RequestContext, local_context, new_request_id
+from shardvault.policy import Principal, PrincipalKind
+from shardvault.vault import Vault
+from shardvault.vault.core import ForgetResult
+
+APPROVERS = {"dpo": PrincipalKind.EMPLOYEE, "partner-officer": PrincipalKind.PARTNER_AUDITOR}
+
+
+def ensure_approvers(governance: Governance, tenant: str = "intl", location: str = "US") -> None:
+    """Register the demo config's approvers (an operator officer and a partner officer)."""
+    for ident, kind in APPROVERS.items():
+        if governance.registry.find(ident) is None:
+            governance.registry.add(Principal(ident, tenant, kind, location), token_ttl=None)
+
+
+def approve(governance: Governance, approval_id: str, tenant: str = "intl") -> None:
+    ensure_approvers(governance, tenant)
+    for ident in APPROVERS:
+        ctx = RequestContext(ident, "approval", new_request_id())
+        governance.sign_approval(approval_id, ctx, "approve")
+
+
+def forget_approved(
+    vault: Vault, tenant: str, subject: str, ctx: RequestContext | None = None
+) -> ForgetResult:
+    """Forget, getting the approval the forget invariant demands signed by both approvers."""
+    ctx = ctx or local_context("forget-subject")
+    try:
+        return vault.forget(tenant, subject, ctx)
+    except ApprovalRequired as pending:
+        assert pending.approval_id is not None
+        approve(vault.governance, pending.approval_id, tenant)
+        retry = replace(ctx, request_id=new_request_id(), approval_id=pending.approval_id)
+        return vault.forget(tenant, subject, retry)

@@ -1,0 +1,74 @@
+"""Dependencies point downward (docs/architecture.md), checked from the source itself.
+
+Pure modules do no I/O; core and ports never reach up into orchestration or
+interfaces. A test of the imports stands in for an import-linter contract.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "shardvault"
+IO_MODULES = {
+    "os",
+    "io",
+    "sqlite3",
+    "socket",
+    "subprocess",
+    "shutil",
+    "pathlib",
+    "tempfile",
+    "fcntl",
+    "threading",
+    "concurrent",
+}
+PURE = ["codec", "placement.py", "manifest.py", "audit/merkle.py"]
+LOWER = [
+    "codec",
+    "placement.py",
+    "manifest.py",
+    "model.py",
+    "errors.py",
+    "keys",
+    "nodes",
+    "catalog",
+    "directory.py",
+    "durability.py",
+    "allocator.py",
+]
+UPPER = ("shardvault.vault", "shardvault.cli", "shardvault.governance")
+
+
+def _modules(entry: str) -> list[Path]:
+    path = SRC / entry
+    return sorted(path.rglob("*.py")) if path.is_dir() else [path]
+
+
+def _imports(path: Path) -> set[str]:
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+    return found
+
+
+@pytest.mark.parametrize("path", [p for e in PURE for p in _modules(e)], ids=str)
+def test_pure_modules_do_no_io(path: Path) -> None:
+    used = {name.split(".")[0] for name in _imports(path)}
+    assert not used & IO_MODULES, f"{path.relative_to(SRC)} imports {used & IO_MODULES}"
+
+
+@pytest.mark.parametrize("path", [p for e in LOWER for p in _modules(e)], ids=str)
+def test_core_and_ports_never_import_upper_layers(path: Path) -> None:
+    upward = {name for name in _imports(path) if name.startswith(UPPER)}
+    assert not upward, f"{path.relative_to(SRC)} imports {upward}"
+
+
+def test_the_checks_see_the_modules_they_guard() -> None:
+    assert len([p for e in LOWER for p in _modules(e)]) > 20
+    assert "shardvault.errors" in _imports(SRC / "placement.py")

@@ -68,6 +68,29 @@ class RandomSource:
         return count
 
 
+def disk_ceiling(root: Path, object_mib: int, n: int = 6, k: int = 4) -> float:
+    """Object MiB/s the disk allows: write and fsync n/k times the object over n files."""
+    root.mkdir(parents=True, exist_ok=True)
+    block = os.urandom(MIB // k)
+    per_file = object_mib  # blocks of 1/k MiB: each file gets 1/k of the object
+
+    def one(index: int) -> None:
+        fd = os.open(root / f"f{index}", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            for _ in range(per_file):
+                os.write(fd, block)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(n) as pool:
+        list(pool.map(one, range(n)))
+    elapsed = time.perf_counter() - start
+    shutil.rmtree(root)
+    return object_mib / elapsed
+
+
 def open_vault(root: Path) -> Vault:
     vault = Vault.open(load(write_demo(root)))
     vault.register_subject("intl", "bench", "US")
@@ -103,6 +126,18 @@ def small_objects(vault: Vault, count: int, clients: int) -> tuple[float, float]
     return puts, gets
 
 
+def peak_rss_kib() -> int:
+    """This process's peak resident set (VmHWM).
+
+    Not getrusage's ru_maxrss: Linux carries that over fork and exec, so a
+    child would report its parent's peak.
+    """
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
 def stream_child(root: str, size: int) -> None:
     """Run in a subprocess: stream a put and a get of `size` bytes, print peak RSS."""
     vault = open_vault(Path(root))
@@ -110,13 +145,13 @@ def stream_child(root: str, size: int) -> None:
     start = time.perf_counter()
     vault.put(ref, RandomSource(size))  # type: ignore[arg-type]
     put_s = time.perf_counter() - start
-    put_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    put_rss = peak_rss_kib()
     start = time.perf_counter()
     with vault.open_read(ref) as reader:
         received = sum(len(chunk) for chunk in reader)
     get_s = time.perf_counter() - start
     assert received == size
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    rss = peak_rss_kib()
     print(json.dumps({"put_rss_kib": put_rss, "rss_kib": rss, "put_s": put_s, "get_s": get_s}))
 
 

@@ -62,7 +62,10 @@ print(json.dumps({
     "size": size, "stored": info.size, "segments": info.segments, "largest_chunk": largest,
     "same": digest.digest() == source.digest.digest(), "damage": damage,
     "put_s": put_s, "get_s": get_s,
-    "maxrss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+    # VmHWM, not ru_maxrss: Linux carries ru_maxrss over fork and exec from the parent
+    "maxrss_kib": int(next(
+        line.split()[1] for line in open("/proc/self/status") if line.startswith("VmHWM:")
+    )),
 }))
 """
 

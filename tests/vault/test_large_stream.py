@@ -12,7 +12,7 @@ import pytest
 from shardvault.demo import write_demo
 
 CHILD = r"""
-import io, json, os, resource, sys, time
+import io, json, os, sys, time
 from pathlib import Path
 from blake3 import blake3
 from shardvault.config import load

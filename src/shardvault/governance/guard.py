@@ -31,12 +31,11 @@ from shardvault.errors import (
     ApprovalRequired,
     ConfigError,
     InvalidInput,
-    ShardvaultError,
 )
-from shardvault.governance.approvals import APPROVED, Approval, ApprovalBook, approval_cell
+from shardvault.governance.approvals import Approval, ApprovalBook, approval_cell
+from shardvault.governance.custodian_gate import custodian_gate
 from shardvault.governance.heads import CellAudit, PartnerWitness, publish_head
 from shardvault.governance.principals import PrincipalRegistry
-from shardvault.keys.port import KeyScope
 from shardvault.keys.rootkey import CustodianGate
 from shardvault.model import LOCAL_ADMIN, DataClass, Justification, RequestContext
 from shardvault.policy import (
@@ -356,38 +355,7 @@ class Governance:
 
     def custodian_gate(self) -> CustodianGate:
         """The partner's check before every unwrap: its own policy, and any approval named."""
-        policy = self.custodian_policy
-        approvals = self.approvals
-
-        def gate(scope: KeyScope, key_id: str, why: Justification) -> None:
-            decision = cp.decide_unwrap(policy, why, cp.KeyScope(scope.tenant, scope.jurisdiction))
-            if not decision.allowed:
-                raise AccessDenied(
-                    f"key custodian refused the unwrap ({decision.rule}): {decision.reason}",
-                    rule=decision.rule,
-                )
-            if why.approval_id is not None:
-                try:
-                    approval = approvals.get(why.approval_id)
-                except ShardvaultError as exc:
-                    raise AccessDenied(
-                        f"key custodian refused the unwrap ({cp.APPROVAL_REQUIRED}): {exc}",
-                        rule=cp.APPROVAL_REQUIRED,
-                    ) from None
-                if (
-                    approval.status != APPROVED
-                    or approval.requester != why.principal
-                    or approval.purpose != why.purpose
-                    or approval.tenant != scope.tenant
-                    or approval.jurisdiction != scope.jurisdiction
-                ):
-                    raise AccessDenied(
-                        f"key custodian refused the unwrap ({cp.APPROVAL_REQUIRED}): approval "
-                        f"{why.approval_id} is {approval.status} or is for another request",
-                        rule=cp.APPROVAL_REQUIRED,
-                    )
-
-        return gate
+        return custodian_gate(self.custodian_policy, self.approvals)
 
     # approvals ------------------------------------------------------------------------
 

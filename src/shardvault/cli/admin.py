@@ -136,7 +136,9 @@ def gc(
     """Collect deleted versions, abandoned writes, orphan shards and stale temp files."""
     if grace < 0:
         raise InvalidInput("--grace must not be negative")
-    report = state(ctx).vault().gc(grace)
+    cli = state(ctx)
+    cli.require_local_admin("gc")
+    report = cli.vault().gc(grace)
     if json_out:
         print_json(report)
     else:

@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test lint bench clean
+.PHONY: venv demo test lint bench bench-all clean
 
 venv: $(STAMP)
 
@@ -19,14 +19,23 @@ demo: venv
 
 test: venv
 	$(BIN)/ruff check src tests bench scripts
+	$(BIN)/mypy
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: venv
 	$(BIN)/ruff check src tests bench scripts
 	$(BIN)/ruff format --check src tests bench scripts
+	$(BIN)/mypy
 
 bench: venv
 	$(BIN)/python bench/bench_vault.py
+
+# every benchmark behind docs/performance.md (about 10 minutes on 2 cores)
+bench-all: bench
+	$(BIN)/python bench/bench_erasure.py
+	$(BIN)/python bench/bench_scan.py
+	$(BIN)/python bench/bench_audit.py
+	$(BIN)/python bench/bench_governance.py
 
 clean:
 	rm -rf $(VENV) build dist .pytest_cache .hypothesis

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated
 
@@ -22,6 +23,11 @@ TtlDays = Annotated[float, typer.Option("--ttl-days", help="Token lifetime in da
 principal_app = typer.Typer(help="Principals and their API tokens.", no_args_is_help=True)
 approval_app = typer.Typer(help="k-of-n approvals of sensitive requests.", no_args_is_help=True)
 policy_app = typer.Typer(help="Explain and test the access policy.", no_args_is_help=True)
+
+
+def _roles(row: Mapping[str, object]) -> list[str]:
+    roles = row["roles"]
+    return [str(role) for role in roles] if isinstance(roles, list) else []
 
 
 def _iso(epoch: float | None) -> str:
@@ -133,7 +139,7 @@ def principal_ls(ctx: typer.Context, json_out: JsonFlag = False) -> None:
         ["id", "tenant", "kind", "location", "roles", "authority", "tokens", "revoked"],
         [
             [
-                r["id"], r["tenant"], r["kind"], r["location"], ",".join(r["roles"]) or "-",
+                r["id"], r["tenant"], r["kind"], r["location"], ",".join(_roles(r)) or "-",
                 f"{r['authority']} ({r['authority_country']})" if r["authority"] else "-",
                 r["active_tokens"], r["revoked_at"] or "-",
             ]

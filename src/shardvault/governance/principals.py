@@ -245,7 +245,7 @@ def _record(row: tuple[object, ...]) -> PrincipalRecord:
     principal = Principal(
         id=str(ident),
         tenant=str(tenant),
-        kind=PrincipalKind(kind),
+        kind=PrincipalKind(str(kind)),
         location=str(location),
         roles=frozenset(json.loads(roles)),
         authority=authority if isinstance(authority, str) else None,

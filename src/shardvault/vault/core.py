@@ -12,6 +12,7 @@ new one, never a mix.
 
 from __future__ import annotations
 
+import builtins
 import io
 import os
 import time
@@ -428,7 +429,9 @@ class Vault:
                 return
             after = page.next_after
 
-    def versions(self, ref: ObjectRef, ctx: RequestContext | None = None) -> list[ObjectInfo]:
+    def versions(
+        self, ref: ObjectRef, ctx: RequestContext | None = None
+    ) -> builtins.list[ObjectInfo]:
         ctx = ctx or local_context()
         subject, _ = self._authorized(ctx, Action.STAT, ref.tenant, ref.subject, ref.key)
         rows = self.cells[subject.jurisdiction].catalog.list_versions(ref)
@@ -438,7 +441,7 @@ class Vault:
 
     def where(
         self, ref: ObjectRef, version: int | None = None, ctx: RequestContext | None = None
-    ) -> list[ShardLocation]:
+    ) -> builtins.list[ShardLocation]:
         """Every shard of the version: segment, index, node, jurisdiction, facility."""
         _, _, record, _ = self._record(ref, version, ctx or local_context(), Action.STAT)
         assert record.manifest is not None
@@ -462,7 +465,7 @@ class Vault:
             report = report + collect_cell(cell, cutoff, self.code.n)
         return report
 
-    def node_usage(self) -> list[NodeUsage]:
+    def node_usage(self) -> builtins.list[NodeUsage]:
         usage = []
         for cell in self.cells.values():
             for node in cell.nodes:

@@ -11,21 +11,6 @@ from pathlib import Path
 import typer
 
 from shardvault.errors import InvalidInput, Refused
-from shardvault.scan import (
-    Limits,
-    Policy,
-    ScanOptions,
-    Severity,
-    WalkOptions,
-    load_baseline,
-    load_policy,
-    scan_tree,
-    write_baseline,
-)
-from shardvault.scan.render import render_json, render_table
-from shardvault.scan.sarif import render_sarif
-
-_RENDER = {"table": render_table, "json": render_json, "sarif": render_sarif}
 
 
 def scan(
@@ -50,7 +35,23 @@ def scan(
     ),
 ) -> None:
     """Scan source for hard-coded foreign endpoints and clipboard reads."""
-    if output_format not in _RENDER:
+    # imported here, not at start-up: every other command would pay for the scanner
+    from shardvault.scan import (
+        Limits,
+        Policy,
+        ScanOptions,
+        Severity,
+        WalkOptions,
+        load_baseline,
+        load_policy,
+        scan_tree,
+        write_baseline,
+    )
+    from shardvault.scan.render import render_json, render_table
+    from shardvault.scan.sarif import render_sarif
+
+    renderers = {"table": render_table, "json": render_json, "sarif": render_sarif}
+    if output_format not in renderers:
         raise InvalidInput(f"--format must be table, json or sarif, not {output_format!r}")
     try:
         threshold = Severity.parse(fail_on)
@@ -76,7 +77,7 @@ def scan(
         count = write_baseline(write_baseline_to, report.all_findings())
         print(f"wrote {count} finding(s) to baseline {write_baseline_to}", file=sys.stderr)
         return
-    text = _RENDER[output_format](report)
+    text = renderers[output_format](report)
     if output is not None:
         try:
             output.write_text(text, encoding="utf-8")

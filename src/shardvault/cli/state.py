@@ -4,14 +4,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from shardvault import config as config_module
 from shardvault.errors import AccessDenied, InvalidInput
-from shardvault.governance import Governance
 from shardvault.model import LOCAL_ADMIN, RequestContext, new_request_id
-from shardvault.vault import Vault
+
+if TYPE_CHECKING:  # loaded on first use: commands that never open the vault start faster
+    from shardvault.governance import Governance
+    from shardvault.vault import Vault
 
 
 @dataclass
@@ -32,11 +35,15 @@ class CliState:
 
     def governance(self) -> Governance:
         if self._governance is None:
+            from shardvault.governance import Governance
+
             self._governance = Governance.open(self.config())
         return self._governance
 
     def vault(self) -> Vault:
         if self._vault is None:
+            from shardvault.vault import Vault
+
             self._vault = Vault.open(self.config(), governance=self.governance())
         return self._vault
 

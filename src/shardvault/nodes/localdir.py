@@ -24,12 +24,13 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from shardvault.durability import filesystem_sync
+from shardvault.durability import filesystem_sync, start_writeback
 from shardvault.errors import NotFound, StorageError
 from shardvault.nodes.packs import PackedShard, PackSet
 from shardvault.nodes.port import check_shard_name
 
 DEFAULT_PACK_LIMIT = 64 << 10
+WRITEBACK_CHUNK = 8 << 20
 
 
 def _storage_error(node_id: str, what: str, exc: OSError) -> StorageError:
@@ -56,6 +57,7 @@ class LocalShardWriter:
         self._buffer: bytearray | None = bytearray()
         self._fd: int | None = None
         self._done = False
+        self._size = self._kicked = 0
 
     def _spill(self) -> None:
         """Move to a temporary file: the shard outgrew the pack limit."""
@@ -75,6 +77,10 @@ class LocalShardWriter:
         try:
             while view:
                 view = view[os.write(self._fd, view) :]
+            self._size += len(data)
+            if self._size - self._kicked >= WRITEBACK_CHUNK:
+                start_writeback(self._fd, self._kicked, self._size - self._kicked)
+                self._kicked = self._size
         except OSError as exc:
             self.abort()
             raise _storage_error(self._store.node_id, "writing a shard", exc) from exc

@@ -1,10 +1,12 @@
 """The put pipeline: segment → encrypt → erasure-code → hash → write, streaming.
 
-The calling thread reads, encrypts and encodes segment i while the I/O pool
-hashes and writes segment i-1 (AES-GCM, BLAKE3 and file writes release the
-GIL, so this uses the second core). At most two segments are in flight, so
-memory stays bounded whatever the object's size. Nothing becomes visible until
-every shard is committed; on any failure all shards written so far are removed.
+The calling thread reads, encrypts, encodes and hashes segment i while the
+I/O pool writes segment i-1 (file writes release the GIL, so this uses the
+second core; hashing stays here because BLAKE3 convoys behind the GIL when
+handed to threads). At most two segments are in flight, so memory stays
+bounded whatever the object's size. A small object is written in the calling
+thread. Nothing becomes visible until every shard is committed; on any failure
+all shards written so far are removed.
 """
 
 from __future__ import annotations

@@ -52,8 +52,7 @@ class LocalShardWriter:
     def __init__(self, store: LocalDirShardStore, name: str) -> None:
         self._store = store
         self._name = name
-        self._final = store.shard_path(name)
-        self._temp = store.tmp_dir / f"{name}.{secrets.token_hex(6)}"
+        self._temp: Path | None = None  # only a shard that outgrows the pack limit has files
         self._buffer: bytearray | None = bytearray()
         self._fd: int | None = None
         self._done = False
@@ -61,6 +60,7 @@ class LocalShardWriter:
 
     def _spill(self) -> None:
         """Move to a temporary file: the shard outgrew the pack limit."""
+        self._temp = self._store.tmp_dir / f"{self._name}.{secrets.token_hex(6)}"
         try:
             self._fd = os.open(
                 self._temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600
@@ -107,17 +107,18 @@ class LocalShardWriter:
             else:
                 self._store.owe_sync(ticket)
             return
-        assert self._fd is not None
+        assert self._fd is not None and self._temp is not None
+        final = self._store.shard_path(self._name)
         try:
             os.fsync(self._fd)
             os.close(self._fd)
             self._fd = None
             try:
-                os.rename(self._temp, self._final)
+                os.rename(self._temp, final)
             except FileNotFoundError:
-                self._final.parent.mkdir(parents=True, exist_ok=True)
-                os.rename(self._temp, self._final)
-            _fsync_dir(self._final.parent)
+                final.parent.mkdir(parents=True, exist_ok=True)
+                os.rename(self._temp, final)
+            _fsync_dir(final.parent)
         except OSError as exc:
             self.abort()
             raise _storage_error(self._store.node_id, "committing a shard", exc) from exc
@@ -128,7 +129,8 @@ class LocalShardWriter:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
-        self._temp.unlink(missing_ok=True)
+        if self._temp is not None:
+            self._temp.unlink(missing_ok=True)
 
 
 class LocalShardReader:

@@ -9,7 +9,7 @@ from shardvault.governance import Governance
 from shardvault.model import RequestContext, local_context, new_request_id
 from shardvault.policy import Principal, PrincipalKind
 from shardvault.vault import Vault
-from shardvault.vault.core import ForgetResult
+from shardvault.vault import ForgetResult
 
 APPROVERS = {"dpo": PrincipalKind.EMPLOYEE, "partner-officer": PrincipalKind.PARTNER_AUDITOR}
 

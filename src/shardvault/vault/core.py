@@ -18,7 +18,6 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import BinaryIO
 
 from blake3 import blake3
@@ -36,7 +35,6 @@ from shardvault.keys import hierarchy
 from shardvault.keys.port import KeyCustodian, KeyScope
 from shardvault.manifest import Manifest
 from shardvault.model import (
-    NodeSpec,
     ObjectInfo,
     ObjectRef,
     RequestContext,
@@ -50,35 +48,10 @@ from shardvault.policy import Action
 from shardvault.vault.cells import CatalogFactory, Cell, open_cells, open_custodian, sqlite_catalogs
 from shardvault.vault.gc import GcReport, collect_cell, collect_versions
 from shardvault.vault.reader import ObjectReader
+from shardvault.vault.views import ForgetResult, ListPage, NodeUsage, info_of, node_usage
 from shardvault.vault.writer import Progress, ShardSetWriter, StepHook
 
 MAX_LIST_LIMIT = 10_000
-
-
-@dataclass(frozen=True, slots=True)
-class ListPage:
-    items: list[ObjectInfo]
-    next_after: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class ForgetResult:
-    tenant: str
-    subject: str
-    jurisdiction: str
-    key_id: str
-    versions_deleted: int
-    shards_removed: int
-    forgotten_at: float
-    audit_index: int = -1
-    receipt: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class NodeUsage:
-    node: NodeSpec
-    shards: int
-    bytes_used: int
 
 
 def _no_step(step: str) -> None:
@@ -286,7 +259,7 @@ class Vault:
             cell.catalog.abandon(ref, version)
             raise
         self._on_step("committed")
-        return _info(manifest)
+        return info_of(manifest)
 
     def delete(
         self, ref: ObjectRef, version: int | None = None, ctx: RequestContext | None = None
@@ -357,7 +330,7 @@ class Vault:
     ) -> ObjectInfo:
         _, _, record, _ = self._record(ref, version, ctx or local_context(), Action.STAT)
         assert record.manifest is not None
-        return _info(Manifest.from_bytes(record.manifest))
+        return info_of(Manifest.from_bytes(record.manifest))
 
     def open_read(
         self, ref: ObjectRef, version: int | None = None, ctx: RequestContext | None = None
@@ -376,7 +349,7 @@ class Vault:
             else (ErasureCode(manifest.k, manifest.m, manifest.backend))
         )
         return ObjectReader(
-            info=_info(manifest),
+            info=info_of(manifest),
             manifest=manifest,
             cipher=SegmentCipher(data_key, binding),
             stores=[cell.store(node_id) for node_id in manifest.nodes],
@@ -415,7 +388,7 @@ class Vault:
         rows = self.cells[record.jurisdiction].catalog.list_latest(
             tenant, subject, prefix, start_after, limit + 1
         )
-        items = [_info(Manifest.from_bytes(row.manifest)) for row in rows[:limit] if row.manifest]
+        items = [info_of(Manifest.from_bytes(row.manifest)) for row in rows[:limit] if row.manifest]
         return ListPage(items, items[-1].ref.key if len(rows) > limit else None)
 
     def iter_objects(
@@ -437,7 +410,7 @@ class Vault:
         rows = self.cells[subject.jurisdiction].catalog.list_versions(ref)
         if not rows:
             raise NotFound(f"no object {ref}")
-        return [_info(Manifest.from_bytes(row.manifest)) for row in rows if row.manifest]
+        return [info_of(Manifest.from_bytes(row.manifest)) for row in rows if row.manifest]
 
     def where(
         self, ref: ObjectRef, version: int | None = None, ctx: RequestContext | None = None
@@ -466,39 +439,7 @@ class Vault:
         return report
 
     def node_usage(self) -> builtins.list[NodeUsage]:
-        usage = []
-        for cell in self.cells.values():
-            for node in cell.nodes:
-                names = list(cell.store(node.id).names())
-                usage.append(NodeUsage(node, len(names), _bytes_used(node)))
-        return usage
-
-
-def _bytes_used(node: NodeSpec) -> int:
-    if node.backend != "local":
-        return 0
-    total = 0
-    for root, _dirs, files in os.walk(node.location):
-        for name in files:
-            try:
-                total += os.stat(os.path.join(root, name)).st_size
-            except FileNotFoundError:
-                continue
-    return total
-
-
-def _info(manifest: Manifest) -> ObjectInfo:
-    return ObjectInfo(
-        ref=manifest.ref,
-        version=manifest.version,
-        size=manifest.size,
-        created_at=manifest.created_at,
-        segments=manifest.segments,
-        k=manifest.k,
-        m=manifest.m,
-        nodes=manifest.nodes,
-        content_hash=blake3(manifest.block_hashes).hexdigest(),
-    )
+        return node_usage(self.cells.values())
 
 
 def _live(record: SubjectRecord) -> SubjectRecord:

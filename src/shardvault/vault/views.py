@@ -1,0 +1,76 @@
+"""What the Vault returns besides bytes: pages, forget results, node usage, object info."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from blake3 import blake3
+
+from shardvault.manifest import Manifest
+from shardvault.model import NodeSpec, ObjectInfo
+from shardvault.vault.cells import Cell
+
+
+@dataclass(frozen=True, slots=True)
+class ListPage:
+    items: list[ObjectInfo]
+    next_after: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ForgetResult:
+    tenant: str
+    subject: str
+    jurisdiction: str
+    key_id: str
+    versions_deleted: int
+    shards_removed: int
+    forgotten_at: float
+    audit_index: int = -1
+    receipt: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class NodeUsage:
+    node: NodeSpec
+    shards: int
+    bytes_used: int
+
+
+def node_usage(cells: Iterable[Cell]) -> list[NodeUsage]:
+    """Shard count and bytes on disk of every node of these cells."""
+    return [
+        NodeUsage(node, sum(1 for _ in cell.store(node.id).names()), _bytes_used(node))
+        for cell in cells
+        for node in cell.nodes
+    ]
+
+
+def _bytes_used(node: NodeSpec) -> int:
+    if node.backend != "local":
+        return 0
+    total = 0
+    for root, _dirs, files in os.walk(node.location):
+        for name in files:
+            try:
+                total += os.stat(os.path.join(root, name)).st_size
+            except FileNotFoundError:
+                continue
+    return total
+
+
+def info_of(manifest: Manifest) -> ObjectInfo:
+    """What stat and ls show of a version: never its data or keys."""
+    return ObjectInfo(
+        ref=manifest.ref,
+        version=manifest.version,
+        size=manifest.size,
+        created_at=manifest.created_at,
+        segments=manifest.segments,
+        k=manifest.k,
+        m=manifest.m,
+        nodes=manifest.nodes,
+        content_hash=blake3(manifest.block_hashes).hexdigest(),
+    )

@@ -8,8 +8,7 @@ from shardvault.errors import ApprovalRequired
 from shardvault.governance import Governance
 from shardvault.model import RequestContext, local_context, new_request_id
 from shardvault.policy import Principal, PrincipalKind
-from shardvault.vault import Vault
-from shardvault.vault import ForgetResult
+from shardvault.vault import ForgetResult, Vault
 
 APPROVERS = {"dpo": PrincipalKind.EMPLOYEE, "partner-officer": PrincipalKind.PARTNER_AUDITOR}
 

@@ -98,20 +98,30 @@ class GroupSync:
                 self._cond.notify_all()
 
 
-def _load_syncfs() -> Any:
-    name = ctypes.util.find_library("c")
-    if not name:
+def _libc_function(name: str, argtypes: list[Any]) -> Any:
+    """A libc function with its signature, or None where libc lacks it."""
+    library = ctypes.util.find_library("c")
+    if not library:
         return None
     try:
-        func = ctypes.CDLL(name, use_errno=True).syncfs
+        func = ctypes.CDLL(library, use_errno=True)[name]
     except (OSError, AttributeError):
         return None
-    func.argtypes = [ctypes.c_int]
+    func.argtypes = argtypes
     func.restype = ctypes.c_int
     return func
 
 
-_syncfs = _load_syncfs()
+def fsync_directory(path: Path) -> None:
+    """Make a directory's entries (a new or renamed file's name) durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+_syncfs = _libc_function("syncfs", [ctypes.c_int])
 
 
 def sync_filesystem(path: Path) -> None:
@@ -148,20 +158,9 @@ def filesystem_sync(path: Path) -> GroupSync:
         return found
 
 
-def _load_sync_file_range() -> Any:
-    name = ctypes.util.find_library("c")
-    if not name:
-        return None
-    try:
-        func = ctypes.CDLL(name, use_errno=True).sync_file_range
-    except (OSError, AttributeError):
-        return None
-    func.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-    func.restype = ctypes.c_int
-    return func
-
-
-_sync_file_range = _load_sync_file_range()
+_sync_file_range = _libc_function(
+    "sync_file_range", [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+)
 _SYNC_FILE_RANGE_WRITE = 2
 
 

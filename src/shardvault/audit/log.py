@@ -43,6 +43,7 @@ from shardvault.audit import merkle
 from shardvault.audit.checkpoint import Checkpoint
 from shardvault.audit.entry import MAX_ENTRY_BYTES, AuditEntry
 from shardvault.audit.note import SignedNote
+from shardvault.durability import fsync_directory
 from shardvault.errors import AuditUnavailable, IntegrityError, InvalidInput
 
 LOG_VERSION = 1
@@ -67,14 +68,6 @@ def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
         view, offset = view[written:], offset + written
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _open_file(path: Path, magic: bytes) -> int:
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     header = os.pread(fd, _HEADER, 0)
@@ -84,7 +77,7 @@ def _open_file(path: Path, magic: bytes) -> int:
         os.ftruncate(fd, 0)
         _pwrite_all(fd, magic + struct.pack(">H", LOG_VERSION), 0)
         os.fsync(fd)
-        _fsync_dir(path.parent)
+        fsync_directory(path.parent)
         return fd
     if header[:6] != magic:
         os.close(fd)
@@ -432,7 +425,7 @@ class AuditLog:
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(temp, final)
-            _fsync_dir(heads)
+            fsync_directory(heads)
         except OSError as exc:
             with contextlib.suppress(OSError):
                 temp.unlink()

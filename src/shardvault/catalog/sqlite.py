@@ -13,7 +13,6 @@ open; a database from a newer shardvault is refused rather than guessed at.
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -68,7 +67,6 @@ class SqliteCatalog:
     def __init__(self, path: Path | str) -> None:
         self.path = path
         self._lock = threading.RLock()
-        self._wal_fd: int | None = None
         self._wal_sync: GroupSync | None = None
         try:
             if isinstance(path, Path):
@@ -98,12 +96,6 @@ class SqliteCatalog:
             self._db.executescript(
                 f"BEGIN IMMEDIATE;{MIGRATIONS[number]};PRAGMA user_version={number + 1};COMMIT;"
             )
-
-    def _flush_wal(self) -> None:
-        """fdatasync the WAL: makes every transaction committed so far durable."""
-        if self._wal_fd is None:
-            self._wal_fd = os.open(f"{self.path}-wal", os.O_RDONLY | os.O_CLOEXEC)
-        os.fdatasync(self._wal_fd)
 
     @contextmanager
     def _transaction(self, durable: bool = True) -> Iterator[sqlite3.Connection]:
@@ -310,6 +302,3 @@ class SqliteCatalog:
     def close(self) -> None:
         with self._lock:
             self._db.close()
-            if self._wal_fd is not None:
-                os.close(self._wal_fd)
-                self._wal_fd = None

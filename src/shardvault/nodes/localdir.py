@@ -24,7 +24,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from shardvault.durability import filesystem_sync, start_writeback
+from shardvault.durability import filesystem_sync, fsync_directory, start_writeback
 from shardvault.errors import NotFound, StorageError
 from shardvault.nodes.packs import PackedShard, PackSet
 from shardvault.nodes.port import check_shard_name
@@ -36,14 +36,6 @@ WRITEBACK_CHUNK = 8 << 20
 def _storage_error(node_id: str, what: str, exc: OSError) -> StorageError:
     reason = "disk full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
     return StorageError(f"node {node_id}: {what} failed: {reason}")
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class LocalShardWriter:
@@ -118,7 +110,7 @@ class LocalShardWriter:
             except FileNotFoundError:
                 final.parent.mkdir(parents=True, exist_ok=True)
                 os.rename(self._temp, final)
-            _fsync_dir(final.parent)
+            fsync_directory(final.parent)
         except OSError as exc:
             self.abort()
             raise _storage_error(self._store.node_id, "committing a shard", exc) from exc

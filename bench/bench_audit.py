@@ -36,41 +36,10 @@ from shardvault.audit import (
     sign_checkpoint,
     verify_export,
 )
+from shardvault.demo import DEMO_POLICY
 from shardvault.model import DataClass
 from shardvault.policy import Action, Principal, PrincipalKind, Resource, decide, parse_policy
 
-POLICY = """
-version = 1
-[[rule]]
-id = "service-serves-users"
-effect = "allow"
-actions = ["read", "write", "delete", "list", "stat"]
-principal_kinds = ["service"]
-purposes = ["serve-user"]
-[[rule]]
-id = "support-reads-with-ticket"
-effect = "allow"
-actions = ["read", "list", "stat"]
-principal_kinds = ["employee"]
-roles = ["support"]
-purposes = ["support-ticket"]
-[[rule]]
-id = "support-never-writes"
-effect = "deny"
-actions = ["write", "delete"]
-roles = ["support"]
-[[rule]]
-id = "public-content-readable"
-effect = "allow"
-actions = ["read", "list", "stat"]
-data_classes = ["public"]
-[[rule]]
-id = "sg-analytics-ban"
-effect = "deny"
-actions = ["read"]
-jurisdictions = ["SG"]
-purposes = ["analytics"]
-"""
 ORIGIN = "audit.us.example/bench"
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 HASHER = AuditHasher(b"\x42" * 32)
@@ -109,7 +78,7 @@ def row(label: str, value: str, baseline_label: str, baseline: str) -> None:
 
 
 def bench_policy_and_entry() -> None:
-    policy = parse_policy(POLICY)
+    policy = parse_policy(DEMO_POLICY)
     principal = Principal("svc-api", "chat", PrincipalKind.SERVICE, "US")
     resource = Resource("chat", "US", DataClass.PROTECTED, "u1", "inbox/1")
     data = entry(0).to_bytes()
@@ -126,7 +95,7 @@ def bench_policy_and_entry() -> None:
 
 
 def bench_append_latency(base: Path, n: int) -> None:
-    policy = parse_policy(POLICY)
+    policy = parse_policy(DEMO_POLICY)
     principal = Principal("svc-api", "chat", PrincipalKind.SERVICE, "US")
     resource = Resource("chat", "US", DataClass.PROTECTED, "u1", "inbox/1")
     data = entry(0).to_bytes()

@@ -2,10 +2,11 @@
 
 A durable small write costs a flush to stable storage; paid per write, that
 caps small puts at a few hundred a second here. Instead each write takes a
-ticket (``note_write``), which wakes this file's flusher thread; the flusher
-runs one flush for every write noted before it began, and ``sync(ticket)``
-waits until a flush has covered the ticket. The n shards of one put (one per
-node, so one flusher each) flush in parallel, and concurrent puts share flushes.
+ticket (``note_write``); ``sync(ticket)`` wakes the flusher thread if no flush
+has covered the ticket yet and waits until one has. The flusher runs one flush
+for every write noted before it began. Noting does not start a flush, so a put
+appends all n shards before the one flush that covers them, and concurrent puts
+share flushes.
 """
 
 from __future__ import annotations
@@ -27,31 +28,36 @@ class GroupSync:
     def __init__(self, flush: Callable[[], None], name: str = "flush") -> None:
         self._flush = flush
         self._name = name
-        self._cond = threading.Condition()
+        lock = threading.Lock()
+        self._work = threading.Condition(lock)  # the flusher waits here for a sync request
+        self._done = threading.Condition(lock)  # callers wait here for a flush to end
         self._written = 0
+        self._requested = 0  # the highest ticket someone waits for
         self._settled = 0  # every ticket up to here has had its flush, good or failed
         self._failed: list[tuple[int, int, str]] = []  # (after, upto, why): flushes that failed
         self._closed = False
         self._thread: threading.Thread | None = None
 
     def note_write(self) -> int:
-        """Take a ticket for a write just made; its flush starts at once."""
-        with self._cond:
+        """Take a ticket for a write just made; ``sync`` it to make it durable."""
+        with self._work:
             if self._closed:
                 raise StorageError(f"{self._name}: closed")
             self._written += 1
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._run, name=f"shardvault-{self._name}", daemon=True
-                )
-                self._thread.start()
-            self._cond.notify_all()
             return self._written
 
     def sync(self, upto: int | None = None) -> None:
         """Return once the write with ticket `upto` (default: every one so far) is durable."""
-        with self._cond:
+        with self._work:
             wanted = self._written if upto is None else upto
+            if self._settled < wanted and self._requested < wanted:
+                self._requested = wanted
+                if self._thread is None and not self._closed:
+                    self._thread = threading.Thread(
+                        target=self._run, name=f"shardvault-{self._name}", daemon=True
+                    )
+                    self._thread.start()
+                self._work.notify()
             while True:
                 for after, until, why in self._failed:
                     if after < wanted <= until:
@@ -60,42 +66,45 @@ class GroupSync:
                     return
                 if self._closed and self._thread is None:
                     raise StorageError(f"{self._name}: closed before the write was durable")
-                self._cond.wait()
+                self._done.wait()
 
     def _run(self) -> None:
-        with self._cond:
+        with self._work:
             while True:
-                while self._settled >= self._written and not self._closed:
-                    self._cond.wait()
+                while self._settled >= self._requested and not self._closed:
+                    self._work.wait()
                 if self._settled >= self._written:
-                    return
+                    if self._closed:
+                        return
+                    continue
                 after, target = self._settled, self._written
-                self._cond.release()
+                self._work.release()
                 failure = ""
                 try:
                     self._flush()
                 except (OSError, StorageError) as exc:
                     failure = str(exc)
                 finally:
-                    self._cond.acquire()
+                    self._work.acquire()
                 if failure:
                     # Those writes may be lost (the kernel can drop pages a failed
                     # fsync could not write): report them, never call them durable.
                     self._failed.append((after, target, failure))
                 self._settled = target
-                self._cond.notify_all()
+                self._done.notify_all()
 
     def close(self) -> None:
         """Flush what is pending, then stop the flusher."""
-        with self._cond:
+        with self._work:
             self._closed = True
-            self._cond.notify_all()
+            self._requested = self._written
+            self._work.notify_all()
             thread = self._thread
         if thread is not None:
             thread.join()
-            with self._cond:
+            with self._work:
                 self._thread = None
-                self._cond.notify_all()
+                self._done.notify_all()
 
 
 def _libc_function(name: str, argtypes: list[Any]) -> Any:

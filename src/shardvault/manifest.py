@@ -16,6 +16,7 @@ import struct
 from dataclasses import dataclass
 
 from shardvault.codec.hashing import HASH_BYTES
+from shardvault.codec.shardfile import ShardHeader
 from shardvault.errors import IntegrityError
 from shardvault.model import ObjectRef
 
@@ -50,6 +51,12 @@ class Manifest:
     def block_hash(self, segment: int, index: int) -> bytes:
         start = (segment * self.n + index) * HASH_BYTES
         return self.block_hashes[start : start + HASH_BYTES]
+
+    def shard_header(self, index: int) -> bytes:
+        """The header shard ``index`` of this version carries, byte for byte."""
+        return ShardHeader(
+            index, self.k, self.m, self.object_id, self.version, self.segment_size, self.block_size
+        ).to_bytes()
 
     def block_length(self, segment: int) -> int:
         return self.last_block_size if segment == self.segments - 1 else self.block_size

@@ -9,8 +9,8 @@ import shardvault.policy
 
 def test_audit_exports() -> None:
     assert set(shardvault.audit.__all__) == {
-        "ENTRY_VERSION", "AuditEntry", "AuditHasher", "AuditLog", "Checkpoint", "Cosigner",
-        "ExportSummary", "NoteSigner", "NoteVerifier", "SignedNote", "VerifiedHead",
+        "ENTRY_VERSION", "AuditEntry", "AuditHasher", "AuditLog", "AuditTicket", "Checkpoint",
+        "Cosigner", "ExportSummary", "NoteSigner", "NoteVerifier", "SignedNote", "VerifiedHead",
         "VerifyReport", "cosign_checkpoint", "export_to_directory", "export_to_file",
         "format_time", "new_entry", "open_checkpoint", "sign_checkpoint", "signer_from_skey",
         "verify_export",

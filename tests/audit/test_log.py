@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import subprocess
@@ -86,6 +87,52 @@ def test_append_many_is_one_batch(tmp_path: Path) -> None:
         assert log.append_many([make_entry(i) for i in range(5)]) == [0, 1, 2, 3, 4]
         assert log.commit_count == 1
         assert log.append_many([]) == []
+
+
+def test_submit_fixes_indexes_at_once_and_wait_makes_them_durable(tmp_path: Path) -> None:
+    log = filled(tmp_path / "log", 2)
+    tickets = [log.submit([make_entry(i)]) for i in range(2, 5)]
+    assert [t.first for t in tickets] == [2, 3, 4]
+    assert [t.wait() for t in tickets] == [2, 3, 4]
+    assert log.size == 5 and log.root() == naive_root(log)
+    log.close()
+    assert AuditLog.open(tmp_path / "log").size == 5
+
+
+def test_a_failed_write_fails_the_batches_queued_behind_it(tmp_path: Path) -> None:
+    """Their indexes assumed the failed batch: none may be acknowledged, all are refused."""
+    log = filled(tmp_path / "log", 2)
+    real_write = log._write
+    entered, release = threading.Event(), threading.Event()
+
+    def failing_write(batches: object, end: int) -> tuple[OSError, list[bytes]]:
+        entered.set()
+        release.wait(10)
+        return OSError(errno.EIO, "injected write failure"), []
+
+    log._write = failing_write  # type: ignore[method-assign]
+    failed = log.submit([make_entry(2)])
+    assert entered.wait(10)
+    behind = log.submit([make_entry(3), make_entry(4)])
+    assert (failed.first, behind.first) == (2, 3)
+    log._write = real_write  # type: ignore[method-assign]
+    release.set()
+    for ticket in (failed, behind):
+        with pytest.raises(AuditUnavailable, match="injected write failure"):
+            ticket.wait()
+    assert log.size == 2
+    assert log.append(make_entry(2)) == 2, "indexes of failed batches are handed out again"
+    assert log.root() == naive_root(log)
+    log.close()
+    assert AuditLog.open(tmp_path / "log").size == 3
+
+
+def test_close_writes_what_was_submitted(tmp_path: Path) -> None:
+    log = AuditLog.open(tmp_path / "log")
+    ticket = log.submit([make_entry(0), make_entry(1)])
+    log.close()
+    assert ticket.wait() == 0
+    assert AuditLog.open(tmp_path / "log").size == 2
 
 
 def test_torn_tail_is_cut_on_open(tmp_path: Path) -> None:

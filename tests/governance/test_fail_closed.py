@@ -32,6 +32,21 @@ def small_log(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
             subprocess.run(["umount", "-l", str(log_dir)], check=True)
 
 
+class CountingCustodian:
+    """The real custodian, counting unwraps: a refused access must never reach it."""
+
+    def __init__(self, inner: object) -> None:
+        self.inner = inner
+        self.unwraps = 0
+
+    def unwrap(self, *args: object) -> bytes:
+        self.unwraps += 1
+        return self.inner.unwrap(*args)  # type: ignore[attr-defined,no-any-return]
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+
 def fill(path: Path) -> None:
     """Take every free byte of the file system ``path`` is on."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
@@ -65,6 +80,8 @@ def test_an_unwritable_log_refuses_the_access_and_loses_nothing(
         else:
             pytest.fail("the audit log never filled up")
         logged = [e.to_bytes() for e in entries(vault)]
+        custodian = CountingCustodian(vault.custodian)
+        vault.custodian = custodian  # type: ignore[assignment]
 
         for attempt in (
             lambda: vault.put(ref, b"version 2", ctx=as_(SERVICE, "serve-user")),
@@ -73,6 +90,9 @@ def test_an_unwritable_log_refuses_the_access_and_loses_nothing(
         ):
             with pytest.raises(AuditUnavailable, match="audit entry not written"):
                 attempt()
+        # put and get overlap the audit fsync with shard I/O, but the custodian is
+        # asked for a key only once the entry is durable: never, here
+        assert custodian.unwraps == 0
         # nothing happened: no shard, no pending version, no subject, no half entry
         assert files_under(config.parent / "nodes") == nodes
         assert vault.cells["US"].catalog.collectable(float("inf")) == []

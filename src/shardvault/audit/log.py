@@ -10,16 +10,20 @@ Layout of a log directory (all integers big-endian)::
 
 Why this shape: the index holds every leaf hash, so heads and proofs never
 rehash entries, and the in-memory `Frontier` makes each append O(log n).
-`append` returns only once its entry is on disk (fdatasync of the entries file);
-appends from many threads that arrive while a write is in flight share the next
-fsync. The index is a cache of durable entries that `_recover` checks record by
+`append` returns only once its entry is on disk (fdatasync of the entries file).
+`submit` fixes an entry's index at once and hands the write to the log's flusher
+thread, so a caller can do work that needs no audit (reading shards, writing
+invisible ones) while the fsync runs, and waits on the returned ticket before
+anything becomes visible. Entries submitted while a write is in flight share the
+next fsync. The index is a cache of durable entries that `_recover` checks record by
 record and rebuilds from the entries file: it is written in chunks of
 `_INDEX_FLUSH` records (and on close), never synced on the append path, so that
 each fsync flushes only entry bytes.
 
 Fail closed: if a batch cannot be made durable, the files are truncated back to
-their previous length and every caller in the batch gets `AuditUnavailable`, so
-the access it was about to allow is refused. After a failed fsync the page cache
+their previous length and every caller in the batch, and every one queued behind
+it (their indexes assumed it), gets `AuditUnavailable`, so the access it was
+about to allow is refused. After a failed fsync the page cache
 cannot be trusted, so the log refuses further appends until it is reopened.
 Opening recovers from a crash. The index is written only after the entries it
 points at are durable, so it is a cache: its longest valid prefix is kept, whole
@@ -92,13 +96,33 @@ def _open_file(path: Path, magic: bytes) -> int:
 
 
 class _Batch:
-    __slots__ = ("error", "first", "leaves", "payloads")
+    __slots__ = ("done", "error", "first", "leaves", "payloads")
 
     def __init__(self, payloads: list[bytes]) -> None:
         self.payloads = payloads
         self.leaves = [merkle.leaf_hash(p) for p in payloads]
         self.first = -1
+        self.done = False
         self.error: BaseException | None = None
+
+
+class AuditTicket:
+    """Entries on their way to disk: indexes fixed at submit, durability awaited."""
+
+    __slots__ = ("_batch", "_log")
+
+    def __init__(self, log: AuditLog, batch: _Batch) -> None:
+        self._log = log
+        self._batch = batch
+
+    @property
+    def first(self) -> int:
+        """Index of the first entry; final only once `wait` has returned."""
+        return self._batch.first
+
+    def wait(self) -> int:
+        """Block until durable; the first index, or `AuditUnavailable` (fail closed)."""
+        return self._log.wait(self._batch)
 
 
 class AuditLog:
@@ -110,6 +134,7 @@ class AuditLog:
         self._cond = threading.Condition(threading.Lock())
         self._queue: list[_Batch] = []
         self._writing = False
+        self._flusher: threading.Thread | None = None
         self._broken: BaseException | None = None
         self._closed = False
         self._commits = 0
@@ -118,6 +143,7 @@ class AuditLog:
         self._index_written = 0  # index records in index.log
         self._index_pending: list[bytes] = []  # records of later entries, not yet written
         self._recover()
+        self._reserved = self._frontier.size  # indexes handed out, durable or in flight
 
     @classmethod
     def open(cls, directory: str | os.PathLike[str]) -> AuditLog:
@@ -264,31 +290,65 @@ class AuditLog:
 
     def append(self, entry: AuditEntry) -> int:
         """Write ``entry`` durably; return its index. Raises `AuditUnavailable` on failure."""
-        return self.append_many([entry])[0]
+        return self.submit([entry]).wait()
 
     def append_many(self, entries: list[AuditEntry]) -> list[int]:
         """Write several entries in one batch (all or none); return their indexes."""
         if not entries:
             return []
+        first = self.submit(entries).wait()
+        return list(range(first, first + len(entries)))
+
+    def submit(self, entries: list[AuditEntry]) -> AuditTicket:
+        """Queue entries (all or none) for the flusher; their indexes are fixed now.
+
+        Raises `AuditUnavailable` at once if the log is closed or broken.
+        """
         batch = _Batch([e.to_bytes() for e in entries])
         with self._cond:
+            self._check_usable()
+            batch.first = self._reserved
+            self._reserved += len(batch.payloads)
             self._queue.append(batch)
-            while batch.first < 0 and batch.error is None:
-                if self._writing:
+            if self._flusher is None:
+                self._flusher = threading.Thread(
+                    target=self._flush_loop, name=f"audit-{self.directory.parent.name}",
+                    daemon=True,
+                )  # fmt: skip
+                self._flusher.start()
+            elif not self._writing:
+                self._cond.notify_all()
+        return AuditTicket(self, batch)
+
+    def wait(self, batch: _Batch) -> int:
+        with self._cond:
+            while not batch.done and batch.error is None:
+                self._cond.wait()
+        if batch.error is not None:
+            raise AuditUnavailable(f"audit entry not written: {batch.error}") from batch.error
+        return batch.first
+
+    def _check_usable(self) -> None:
+        if self._closed or self._broken is not None:
+            reason = "closed" if self._closed else f"broken ({self._broken}); reopen it"
+            raise AuditUnavailable(f"audit log {self.directory} is {reason}")
+
+    def _flush_loop(self) -> None:
+        """The flusher: writes whatever is queued with one fsync, until closed and drained."""
+        with self._cond:
+            while True:
+                if not self._queue:
+                    if self._closed:
+                        return
                     self._cond.wait()
                     continue
                 self._lead()
-        if batch.error is not None:
-            raise AuditUnavailable(f"audit entry not written: {batch.error}") from batch.error
-        return list(range(batch.first, batch.first + len(batch.payloads)))
 
     def _lead(self) -> None:
         """Write every queued batch with a single fsync. Called with the lock held."""
         batches, self._queue = self._queue, []
-        if self._closed or self._broken is not None:
-            reason = "closed" if self._closed else f"broken ({self._broken}); reopen it"
-            for b in batches:
-                b.error = AuditUnavailable(f"audit log {self.directory} is {reason}")
+        if self._broken is not None:
+            self._fail(batches, AuditUnavailable(f"audit log {self.directory} is broken"))
             return
         self._writing = True
         entries_end = self._entries_end
@@ -298,19 +358,27 @@ class AuditLog:
         finally:
             self._cond.acquire()
             self._writing = False
-        if error is None:
-            self._commits += 1
-            self._index_pending.extend(index)
-            if len(self._index_pending) >= _INDEX_FLUSH:
-                self._flush_index()
-            for b in batches:
-                b.first = self._frontier.size
-                for leaf in b.leaves:
-                    self._frontier.append(leaf)
-                self._entries_end += sum(_REC.size + len(p) for p in b.payloads)
-        else:
-            for b in batches:
-                b.error = error
+        if error is not None:
+            self._fail(batches, error)
+            return
+        self._commits += 1
+        self._index_pending.extend(index)
+        if len(self._index_pending) >= _INDEX_FLUSH:
+            self._flush_index()
+        for b in batches:
+            assert b.first == self._frontier.size
+            for leaf in b.leaves:
+                self._frontier.append(leaf)
+            self._entries_end += sum(_REC.size + len(p) for p in b.payloads)
+            b.done = True
+        self._cond.notify_all()
+
+    def _fail(self, batches: list[_Batch], error: BaseException) -> None:
+        """Fail these batches and every one queued behind them: their indexes assumed these."""
+        for b in batches + self._queue:
+            b.error = error
+        self._queue = []
+        self._reserved = self._frontier.size
         self._cond.notify_all()
 
     def _write(self, batches: list[_Batch], entries_end: int) -> tuple[OSError | None, list[bytes]]:
@@ -442,12 +510,16 @@ class AuditLog:
         return heads
 
     def close(self) -> None:
+        """Write what is queued, stop the flusher, then close the files."""
         with self._cond:
-            while self._writing:
-                self._cond.wait()
             if self._closed:
                 return
             self._closed = True
+            self._cond.notify_all()
+            flusher = self._flusher
+        if flusher is not None:
+            flusher.join()
+        with self._cond:
             self._flush_index()
         with contextlib.suppress(OSError):  # a cache: if this fails, open rebuilds it
             os.fsync(self._ifd)
@@ -461,4 +533,4 @@ class AuditLog:
         self.close()
 
 
-__all__ = ["LOG_VERSION", "AuditLog"]
+__all__ = ["LOG_VERSION", "AuditLog", "AuditTicket"]

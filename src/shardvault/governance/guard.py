@@ -12,6 +12,13 @@ Per vault call, `Governance.authorize`:
    nothing else happens: fail closed;
 5. raises `AccessDenied` on deny, or returns an `Access` the vault acts under.
 
+A caller may ask not to wait in step 4 (``durable=False``) to overlap the fsync
+with work nobody can see (reading and verifying shards, writing shards of a
+version not yet committed). It must then call `Access.wait_audited` before the
+custodian is asked for a key, before any byte or answer is returned and before
+anything is committed; that call raises `AuditUnavailable` if the entry could not
+be written. Refusals are always durable before they are raised.
+
 Every later step that can still refuse (the custodian, on unwrap) is audited
 too, as are approval signatures and the outcome of a forget.
 """
@@ -20,11 +27,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from shardvault import custodian_policy as cp
-from shardvault.audit import AuditEntry, SignedNote, new_entry
+from shardvault.audit import AuditEntry, AuditTicket, SignedNote, new_entry
 from shardvault.config import Config, GovernanceSpec, default_governance
 from shardvault.errors import (
     AccessDenied,
@@ -66,6 +73,12 @@ class Access:
     decision: Decision
     audit_index: int
     approval_id: str | None = None
+    audit: AuditTicket | None = field(default=None, compare=False, repr=False)
+
+    def wait_audited(self) -> None:
+        """Return once the decision's audit entry is durable (`AuditUnavailable` if not)."""
+        if self.audit is not None:
+            self.audit.wait()
 
     def justification(self) -> Justification:
         """What the key custodian is shown with every unwrap for this access."""
@@ -205,7 +218,7 @@ class Governance:
 
     # the decision -----------------------------------------------------------------
 
-    def _append(
+    def _audit(
         self,
         resource: Resource,
         *,
@@ -217,7 +230,8 @@ class Governance:
         rule: str,
         result: str,
         details: Mapping[str, str | int | bool | None],
-    ) -> int:
+    ) -> AuditTicket:
+        """Queue one entry in the resource's cell; `.wait()` on it before acting on it."""
         cell = self.cell(resource.jurisdiction)
         entry = new_entry(
             at=datetime.fromtimestamp(self._clock(), UTC),
@@ -234,7 +248,7 @@ class Governance:
             key=resource.key,
             details=details,
         )
-        return cell.append(entry)
+        return cell.submit(entry)
 
     def authorize(
         self,
@@ -244,8 +258,10 @@ class Governance:
         jurisdiction: str,
         subject: str | None = None,
         key: str | None = None,
+        *,
+        durable: bool = True,
     ) -> Access:
-        """Decide, audit durably, then allow (return) or refuse (raise). See the module doc."""
+        """Decide, audit, then allow (return) or refuse (raise). See the module doc."""
         token(ctx.principal, "principal id")
         token(ctx.purpose, "purpose")
         token(ctx.request_id, "request id")
@@ -259,10 +275,10 @@ class Governance:
         try:
             principal = self.resolve(ctx, tenant, jurisdiction)
         except AccessDenied as exc:
-            self._append(
+            self._audit(
                 resource, **audit, decision="deny", rule=exc.rule or "governance:principal",
                 result="refused", details=_details(None, resource, "policy"),
-            )  # fmt: skip
+            ).wait()  # fmt: skip
             raise
         decision = decide(self.policy, principal, action, resource, ctx.purpose)
         approval_id = None
@@ -274,29 +290,32 @@ class Governance:
                 )  # fmt: skip
             except AccessDenied as exc:
                 rule = exc.rule or "approval:invalid"
-                self._append(
+                self._audit(
                     resource, **audit, decision="deny", rule=rule, result="refused",
                     details=_details(principal, resource, "policy", approval_id=ctx.approval_id),
-                )  # fmt: skip
+                ).wait()  # fmt: skip
                 raise AccessDenied(f"{action} refused ({rule}): {exc}", rule=rule) from None
             approval_id = ctx.approval_id
         if decision.effect is Effect.APPROVAL_REQUIRED and approval_id is None:
             self._request_approval(ctx, principal, action, resource, decision)
         if decision.effect is Effect.DENY:
-            self._append(
+            self._audit(
                 resource, **audit, decision="deny", rule=decision.rule, result="refused",
                 details=_details(principal, resource, "policy", reason=decision.reason),
-            )  # fmt: skip
+            ).wait()  # fmt: skip
             raise AccessDenied(
                 f"{action} refused ({decision.rule}): {decision.reason}", rule=decision.rule
             )
-        index = self._append(
+        ticket = self._audit(
             resource, **audit, decision="allow", rule=decision.rule, result="allowed",
             details=_details(principal, resource, "policy", approval_id=approval_id),
         )  # fmt: skip
+        if durable:
+            ticket.wait()
         return Access(
-            principal, ctx.purpose, ctx.request_id, action, resource, decision, index, approval_id
-        )
+            principal, ctx.purpose, ctx.request_id, action, resource, decision, ticket.first,
+            approval_id, ticket,
+        )  # fmt: skip
 
     def _request_approval(
         self,
@@ -307,12 +326,12 @@ class Governance:
         decision: Decision,
     ) -> None:
         approval_id = self.approvals.new_id(resource.jurisdiction)
-        self._append(
+        self._audit(
             resource, principal=principal.id, request_id=ctx.request_id, action=str(action),
             purpose=ctx.purpose, decision="approval-required", rule=decision.rule,
             result="pending", details=_details(principal, resource, "policy",
                                                approval_id=approval_id),
-        )  # fmt: skip
+        ).wait()  # fmt: skip
         now = self._clock()
         self.approvals.create(
             Approval(
@@ -336,22 +355,22 @@ class Governance:
     def record_custodian_refusal(self, access: Access, refusal: AccessDenied) -> int:
         """Audit that the key custodian refused an unwrap the policy had allowed."""
         rule = refusal.rule or "custodian:refused"
-        return self._append(
+        return self._audit(
             access.resource, principal=access.principal.id, request_id=access.request_id,
             action=str(access.action), purpose=access.purpose, decision="deny", rule=rule,
             result="refused", details=_details(access.principal, access.resource, "custodian",
                                                approval_id=access.approval_id),
-        )  # fmt: skip
+        ).wait()  # fmt: skip
 
     def record_outcome(self, access: Access, result: str, **details: str | int) -> int:
         """Audit what an allowed access did (e.g. a forget's destroyed key and shards)."""
-        return self._append(
+        return self._audit(
             access.resource, principal=access.principal.id, request_id=access.request_id,
             action=str(access.action), purpose=access.purpose, decision="allow",
             rule=access.decision.rule, result=result,
             details=_details(access.principal, access.resource, "outcome",
                              approval_id=access.approval_id, **details),
-        )  # fmt: skip
+        ).wait()  # fmt: skip
 
     def custodian_gate(self) -> CustodianGate:
         """The partner's check before every unwrap: its own policy, and any approval named."""
@@ -375,11 +394,11 @@ class Governance:
             principal = self.resolve(ctx, approval.tenant, approval.jurisdiction)
             self.approvals.check_signer(approval, principal)
         except AccessDenied as exc:
-            self._append(
+            self._audit(
                 resource, **audit, decision="deny", rule=exc.rule or "approval:refused",
                 result="refused", details=_details(principal, resource, "approval",
                                                    approval_id=approval_id),
-            )  # fmt: skip
+            ).wait()  # fmt: skip
             raise
         count = approval.approvals + (1 if verdict == "approve" else 0)
         result = (
@@ -387,11 +406,11 @@ class Governance:
             else "quorum-met" if count >= approval.quorum
             else f"signed-{count}-of-{approval.quorum}"
         )  # fmt: skip
-        self._append(
+        self._audit(
             resource, **audit, decision="allow" if verdict == "approve" else "deny",
             rule=f"approval:{verdict}", result=result,
             details=_details(principal, resource, "approval", approval_id=approval_id),
-        )  # fmt: skip
+        ).wait()  # fmt: skip
         return self.approvals.sign(approval_id, principal, verdict)
 
     # heads --------------------------------------------------------------------------

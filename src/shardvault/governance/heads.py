@@ -28,6 +28,7 @@ from shardvault.audit import (
     AuditEntry,
     AuditHasher,
     AuditLog,
+    AuditTicket,
     Checkpoint,
     Cosigner,
     NoteSigner,
@@ -156,6 +157,10 @@ class CellAudit:
     def append(self, entry: AuditEntry) -> int:
         """Make one entry durable; `AuditUnavailable` if it cannot be (fail closed)."""
         return self.log.append(entry)
+
+    def submit(self, entry: AuditEntry) -> AuditTicket:
+        """Queue one entry; wait on the ticket before acting on it."""
+        return self.log.submit([entry])
 
     def close(self) -> None:
         with self._lock:

@@ -4,6 +4,10 @@ Every call carries a RequestContext (none means the local administrator). The
 governance guard decides it and audits the decision durably before anything
 happens; every use of a subject key then goes to the custodian with the
 justification of the allowed access, and a custodian refusal is audited too.
+Put and get overlap that audit fsync with work nobody can observe (writing the
+shards of a version not yet committed, reading and verifying shards) and wait
+for the entry before the custodian sees the request and before anything is
+committed or returned.
 A write reserves a pending version, writes and commits every shard, then
 commits the manifest in one
 catalog transaction, so a crash at any point leaves the old version or the
@@ -180,15 +184,28 @@ class Vault:
         return _live(self.subject(tenant, subject))
 
     def _authorized(
-        self, ctx: RequestContext, action: Action, tenant: str, subject: str, key: str | None = None
+        self,
+        ctx: RequestContext,
+        action: Action,
+        tenant: str,
+        subject: str,
+        key: str | None = None,
+        *,
+        durable: bool = True,
     ) -> tuple[SubjectRecord, Access]:
         """Decide and audit the access in the subject's home cell, then check it is live."""
         record = self.subject(tenant, subject)
-        access = self.governance.authorize(ctx, action, tenant, record.jurisdiction, subject, key)
+        access = self.governance.authorize(
+            ctx, action, tenant, record.jurisdiction, subject, key, durable=durable
+        )
+        if record.forgotten_at is not None:
+            access.wait_audited()
         return _live(record), access
 
     def _subject_key(self, record: SubjectRecord, access: Access) -> bytes:
+        """The subject key, from the custodian, for an access whose audit entry is durable."""
         assert record.wrapped_key is not None
+        access.wait_audited()
         scope = KeyScope(record.tenant, record.jurisdiction)
         try:
             return self.custodian.unwrap(
@@ -211,11 +228,12 @@ class Vault:
     ) -> ObjectInfo:
         """Store a new version of ref; returns it once durable and visible."""
         ctx = ctx or local_context("write")
-        subject, access = self._authorized(ctx, Action.WRITE, ref.tenant, ref.subject, ref.key)
+        subject, access = self._authorized(
+            ctx, Action.WRITE, ref.tenant, ref.subject, ref.key, durable=False
+        )
         cell = self.cells[subject.jurisdiction]
         seed = blake3(f"{ref.tenant}\x00{ref.subject}\x00{ref.key}".encode()).digest()
         nodes = place_stripe(seed, cell.nodes, subject.jurisdiction, self.code.k, self.code.m)
-        subject_key = self._subject_key(subject, access)
         object_id = os.urandom(16)
         created = self._clock()
         version = cell.catalog.reserve(ref, object_id, created)
@@ -235,6 +253,8 @@ class Vault:
         source = io.BytesIO(data) if isinstance(data, bytes | bytearray | memoryview) else data
         try:
             written = writer.write(source, progress)
+            # the data key is fresh, so shards need no custodian; wrapping it does
+            subject_key = self._subject_key(subject, access)
             manifest = Manifest(
                 ref=ref,
                 version=version,
@@ -315,12 +335,21 @@ class Vault:
     # reads --------------------------------------------------------------------
 
     def _record(
-        self, ref: ObjectRef, version: int | None, ctx: RequestContext, action: Action
+        self,
+        ref: ObjectRef,
+        version: int | None,
+        ctx: RequestContext,
+        action: Action,
+        *,
+        durable: bool = True,
     ) -> tuple[Cell, SubjectRecord, VersionRecord, Access]:
-        subject, access = self._authorized(ctx, action, ref.tenant, ref.subject, ref.key)
+        subject, access = self._authorized(
+            ctx, action, ref.tenant, ref.subject, ref.key, durable=durable
+        )
         cell = self.cells[subject.jurisdiction]
         record = cell.catalog.get_version(ref, version)
         if record is None or record.manifest is None:
+            access.wait_audited()
             what = f"{ref} v{version}" if version else str(ref)
             raise NotFound(f"no object {what}")
         return cell, subject, record, access
@@ -337,25 +366,30 @@ class Vault:
     ) -> ObjectReader:
         """A streaming reader; iterate it for plaintext, then check .damage."""
         ctx = ctx or local_context("read")
-        cell, subject, record, access = self._record(ref, version, ctx, Action.READ)
+        cell, subject, record, access = self._record(ref, version, ctx, Action.READ, durable=False)
         assert record.manifest is not None
         manifest = Manifest.from_bytes(record.manifest)
-        subject_key = self._subject_key(subject, access)
-        binding = SegmentBinding(ref, manifest.version, manifest.object_id)
-        data_key = hierarchy.unwrap_data_key(subject_key, manifest.wrapped_data_key, binding)
         code = (
             self.code
             if (manifest.k, manifest.m) == (self.code.k, self.code.m)
             else (ErasureCode(manifest.k, manifest.m, manifest.backend))
         )
-        return ObjectReader(
+        reader = ObjectReader(  # starts fetching and verifying shards: no key needed
             info=info_of(manifest),
             manifest=manifest,
-            cipher=SegmentCipher(data_key, binding),
             stores=[cell.store(node_id) for node_id in manifest.nodes],
             code=code,
             pool=self._pool,
         )
+        try:
+            subject_key = self._subject_key(subject, access)
+            binding = SegmentBinding(ref, manifest.version, manifest.object_id)
+            data_key = hierarchy.unwrap_data_key(subject_key, manifest.wrapped_data_key, binding)
+            reader.unlock(SegmentCipher(data_key, binding))
+        except BaseException:
+            reader.close()
+            raise
+        return reader
 
     def get(
         self, ref: ObjectRef, version: int | None = None, ctx: RequestContext | None = None

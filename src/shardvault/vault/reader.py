@@ -7,6 +7,12 @@ another shard and records the damage for repair. With fewer than k good
 blocks it raises IntegrityError naming the object and segment; it never
 returns bytes that did not verify. The next segment is fetched while the
 current one is decoded and decrypted.
+
+The first segment's fetch starts when the reader is made, before it holds a
+key: the vault hands over the cipher (`unlock`) only once the access's audit
+entry is durable and the custodian has released the key, so reading and
+verifying shards overlaps that wait. Each shard's header is read with its first
+block, in one read.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from shardvault.catalog.port import DamageRecord
 from shardvault.codec.erasure import ErasureCode
 from shardvault.codec.hashing import block_matches
 from shardvault.codec.segment import TAG_BYTES, SegmentCipher
-from shardvault.codec.shardfile import HEADER, ShardHeader, block_offset
+from shardvault.codec.shardfile import block_offset
 from shardvault.errors import IntegrityError, NotFound, ShardvaultError
 from shardvault.manifest import Manifest
 from shardvault.model import ObjectInfo
@@ -38,10 +44,11 @@ class _Fetched:
 
 
 class _ShardHandle:
-    """Opens a shard once, checks its header, then serves block reads."""
+    """Opens a shard once, checks its header and keeps its first block, then serves reads."""
 
-    def __init__(self, store: ShardStore, name: str, manifest: Manifest, index: int) -> None:
+    def __init__(self, store: ShardStore, name: str, header: bytes, first_length: int) -> None:
         self.reader: ShardReader | None = None
+        self.first_block: bytes | None = None
         self.problem = ""
         try:
             reader = store.open_reader(name)
@@ -51,22 +58,19 @@ class _ShardHandle:
         except ShardvaultError as exc:
             self.problem = f"unreadable: {exc}"
             return
-        header = ShardHeader.parse(reader.read_at(0, HEADER.size))
+        try:
+            head = reader.read_at(0, len(header) + first_length)
+        except OSError as exc:
+            reader.close()
+            self.problem = f"read failed: {exc.strerror}"
+            return
         # every field, not just the ones the read uses: a flipped bit anywhere is damage
-        expected = ShardHeader(
-            index=index,
-            k=manifest.k,
-            m=manifest.m,
-            object_id=manifest.object_id,
-            version=manifest.version,
-            segment_size=manifest.segment_size,
-            block_size=manifest.block_size,
-        )
-        if header != expected:
+        if head[: len(header)] != header:
             reader.close()
             self.problem = "bad header"
             return
         self.reader = reader
+        self.first_block = head[len(header) :]
 
 
 class ObjectReader:
@@ -77,7 +81,6 @@ class ObjectReader:
         *,
         info: ObjectInfo,
         manifest: Manifest,
-        cipher: SegmentCipher,
         stores: list[ShardStore],
         code: ErasureCode,
         pool: Executor,
@@ -85,7 +88,7 @@ class ObjectReader:
         self.info = info
         self.damage: list[DamageRecord] = []
         self._manifest = manifest
-        self._cipher = cipher
+        self._cipher: SegmentCipher | None = None
         self._stores = stores
         self._code = code
         self._pool = pool
@@ -94,6 +97,11 @@ class ObjectReader:
         self._bad: set[int] = set()
         self._closed = False
         self._inline = manifest.segments == 1 and manifest.last_block_size <= INLINE_BLOCK
+        self._first = self._start(0)
+
+    def unlock(self, cipher: SegmentCipher) -> None:
+        """Hand over the object's cipher: only now can the plaintext be read."""
+        self._cipher = cipher
 
     def __enter__(self) -> ObjectReader:
         return self
@@ -108,7 +116,12 @@ class ObjectReader:
             handle = self._handles.get(index)
             if handle is None:
                 name = shard_name(self._manifest.object_id, self._manifest.version, index)
-                handle = _ShardHandle(self._stores[index], name, self._manifest, index)
+                handle = _ShardHandle(
+                    self._stores[index],
+                    name,
+                    self._manifest.shard_header(index),
+                    self._manifest.block_length(0),
+                )
                 self._handles[index] = handle
                 if self._closed and handle.reader is not None:
                     # a prefetch that finished opening after close(): do not leak it
@@ -121,27 +134,28 @@ class ObjectReader:
         if handle.reader is None:
             return _Fetched(index, None, handle.problem)
         length = self._manifest.block_length(segment)
-        offset = block_offset(segment, self._manifest.block_size)
-        try:
-            block = handle.reader.read_at(offset, length)
-        except OSError as exc:
-            return _Fetched(index, None, f"read failed: {exc.strerror}")
+        if segment == 0 and handle.first_block is not None:
+            block, handle.first_block = handle.first_block, None
+        else:
+            offset = block_offset(segment, self._manifest.block_size)
+            try:
+                block = handle.reader.read_at(offset, length)
+            except OSError as exc:
+                return _Fetched(index, None, f"read failed: {exc.strerror}")
         if len(block) != length:
             return _Fetched(index, None, "truncated")
         if not block_matches(block, self._manifest.block_hash(segment, index)):
             return _Fetched(index, None, "hash mismatch")
         return _Fetched(index, block)
 
-    def _submit(self, segment: int, index: int) -> Future[_Fetched]:
+    def _submit(self, segment: int, index: int) -> Future[_Fetched] | _Fetched:
         """Fetch in the pool; a small single-segment object is fetched right here,
         where a few file reads cost less than handing them to another thread."""
         if self._inline:
-            done: Future[_Fetched] = Future()
-            done.set_result(self._fetch(segment, index))
-            return done
+            return self._fetch(segment, index)
         return self._pool.submit(self._fetch, segment, index)
 
-    def _start(self, segment: int) -> list[Future[_Fetched]]:
+    def _start(self, segment: int) -> list[Future[_Fetched] | _Fetched]:
         wanted = [i for i in range(self._manifest.n) if i not in self._bad][: self._code.k]
         return [self._submit(segment, index) for index in wanted]
 
@@ -160,13 +174,13 @@ class ObjectReader:
             )
         )
 
-    def _collect(self, segment: int, started: list[Future[_Fetched]]) -> list[bytes]:
+    def _collect(self, segment: int, started: list[Future[_Fetched] | _Fetched]) -> list[bytes]:
         good: dict[int, bytes] = {}
         tried: set[int] = set()
         pending = started
         while True:
-            for future in pending:
-                fetched = future.result()
+            for item in pending:
+                fetched = item if isinstance(item, _Fetched) else item.result()
                 tried.add(fetched.index)
                 if fetched.block is None:
                     self._note_damage(segment, fetched)
@@ -184,8 +198,12 @@ class ObjectReader:
             pending = [self._submit(segment, i) for i in spare[:missing]]
 
     def __iter__(self) -> Iterator[bytes]:
-        manifest = self._manifest
-        upcoming = self._start(0)
+        manifest, cipher = self._manifest, self._cipher
+        if cipher is None:
+            raise RuntimeError("ObjectReader iterated before unlock(): no key was released")
+        upcoming, self._first = self._first, []
+        if not upcoming:
+            raise RuntimeError("an ObjectReader is read once")
         for segment in range(manifest.segments):
             current = upcoming
             blocks = self._collect(segment, current)
@@ -199,7 +217,7 @@ class ObjectReader:
                     f"{len(sealed)} bytes, expected {expected}"
                 )
             try:
-                yield self._cipher.open(segment, sealed)
+                yield cipher.open(segment, sealed)
             except IntegrityError:
                 raise IntegrityError(
                     f"{self.info.ref} v{self.info.version} segment {segment}: failed authentication"

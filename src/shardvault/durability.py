@@ -151,6 +151,16 @@ _devices: dict[int, GroupSync] = {}
 _devices_lock = threading.Lock()
 
 
+def _forget_devices_after_fork() -> None:
+    """A forked child has none of its parent's flusher threads: it starts its own."""
+    global _devices_lock
+    _devices.clear()
+    _devices_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_devices_after_fork)
+
+
 def filesystem_sync(path: Path) -> GroupSync:
     """The process's group commit for the filesystem holding `path`: one syncfs for all.
 

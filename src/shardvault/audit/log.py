@@ -6,30 +6,34 @@ Layout of a log directory (all integers big-endian)::
     index.log     b"SVAUDI" u16 version=1, then per entry: u64 end offset in entries.log,
                   32-byte leaf hash, u32 CRC-32 of those 40 bytes
     heads/        <tree size, 20 digits>.note: signed (and cosigned) checkpoints
-    LOCK          held with flock while open: one writer process per log
+    LOCK          flock'ed by whoever is appending or recovering
 
 Why this shape: the index holds every leaf hash, so heads and proofs never
 rehash entries, and the in-memory `Frontier` makes each append O(log n).
 `append` returns only once its entry is on disk (fdatasync of the entries file).
-`submit` fixes an entry's index at once and hands the write to the log's flusher
-thread, so a caller can do work that needs no audit (reading shards, writing
-invisible ones) while the fsync runs, and waits on the returned ticket before
-anything becomes visible. Entries submitted while a write is in flight share the
-next fsync. The index is a cache of durable entries that `_recover` checks record by
-record and rebuilds from the entries file: it is written in chunks of
-`_INDEX_FLUSH` records (and on close), never synced on the append path, so that
-each fsync flushes only entry bytes.
+`submit` hands the entry to the log's flusher thread and returns a ticket, so a
+caller can do work that needs no audit (reading shards, writing invisible ones)
+while the fsync runs, and waits on the ticket before anything becomes visible.
+Entries submitted while a write is in flight share the next fsync.
+
+Several processes may append to one log (a cell served by several workers, or
+the CLI beside a server). A batch is written under an exclusive flock of
+``LOCK``: the writer first catches up with what other processes appended (their
+index records, or their whole entries if one died before indexing them), then
+appends at the end, fsyncs, writes the index records and unlocks. So an entry's
+index is known only once it is written (`AuditTicket.wait` returns it). The
+index is a cache of durable entries, written after them and never synced on the
+append path, so each fsync flushes only entry bytes.
 
 Fail closed: if a batch cannot be made durable, the files are truncated back to
-their previous length and every caller in the batch, and every one queued behind
-it (their indexes assumed it), gets `AuditUnavailable`, so the access it was
-about to allow is refused. After a failed fsync the page cache
-cannot be trusted, so the log refuses further appends until it is reopened.
-Opening recovers from a crash. The index is written only after the entries it
-points at are durable, so it is a cache: its longest valid prefix is kept, whole
-entries after it are re-indexed, and a torn entry tail (never acknowledged) is
-cut. A damaged acknowledged entry, or fewer entries than a stored signed head
-covers, is an `IntegrityError` and nothing is cut.
+their previous length and every caller in the batch gets `AuditUnavailable`, so
+the access it was about to allow is refused. After a failed fsync the page cache
+cannot be trusted, so the process refuses further appends until it reopens the
+log (so it does if its index cannot be written). Opening, and catching up,
+recover from a crash: the index's longest valid prefix is kept, whole entries
+after it are re-indexed, and a torn entry tail (never acknowledged) is cut. A
+damaged acknowledged entry, or fewer entries than a stored signed head covers,
+is an `IntegrityError` and nothing is cut.
 """
 
 from __future__ import annotations
@@ -57,7 +61,6 @@ _HEADER = 8
 _REC = struct.Struct(">II")
 _IDX_BODY = struct.Struct(">Q32s")
 _IDX = struct.Struct(">Q32sI")
-_INDEX_FLUSH = 4096  # index records kept in memory before they are written
 
 
 def _index_pack(end: int, leaf: bytes) -> bytes:
@@ -101,7 +104,7 @@ class _Batch:
     def __init__(self, payloads: list[bytes]) -> None:
         self.payloads = payloads
         self.leaves = [merkle.leaf_hash(p) for p in payloads]
-        self.first = -1
+        self.first = -1  # set when written: other processes may append first
         self.done = False
         self.error: BaseException | None = None
 
@@ -115,20 +118,16 @@ class AuditTicket:
         self._log = log
         self._batch = batch
 
-    @property
-    def first(self) -> int:
-        """Index of the first entry; final only once `wait` has returned."""
-        return self._batch.first
-
     def wait(self) -> int:
         """Block until durable; the first index, or `AuditUnavailable` (fail closed)."""
         return self._log.wait(self._batch)
 
 
 class AuditLog:
-    """One cell's audit log. Thread-safe; one process at a time (flock)."""
+    """One cell's audit log. Thread-safe, and processes may share it (flock per batch)."""
 
     def __init__(self, directory: Path, efd: int, ifd: int, lock_fd: int) -> None:
+        """Takes over the three descriptors; the caller holds the flock (see `open`)."""
         self.directory = directory
         self._efd, self._ifd, self._lock_fd = efd, ifd, lock_fd
         self._cond = threading.Condition(threading.Lock())
@@ -139,11 +138,16 @@ class AuditLog:
         self._closed = False
         self._commits = 0
         self._frontier = merkle.Frontier()
-        self._entries_end = _HEADER
-        self._index_written = 0  # index records in index.log
-        self._index_pending: list[bytes] = []  # records of later entries, not yet written
-        self._recover()
-        self._reserved = self._frontier.size  # indexes handed out, durable or in flight
+        self._entries_end = _HEADER  # end of the last entry in the frontier
+        heads = self._stored_roots()
+        self._catch_up(heads)
+        if heads and max(heads) > self._frontier.size:
+            raise IntegrityError(
+                f"audit log {self.directory} has {self._frontier.size} entries but a signed "
+                f"head for {max(heads)}: acknowledged entries are missing"
+            )
+        os.fsync(self._efd)
+        os.fsync(self._ifd)
 
     @classmethod
     def open(cls, directory: str | os.PathLike[str]) -> AuditLog:
@@ -157,15 +161,15 @@ class AuditLog:
         try:
             path.mkdir(parents=True, exist_ok=True)
             (path / "heads").mkdir(exist_ok=True)
-            lock_fd = os.open(path / "LOCK", os.O_RDWR | os.O_CREAT, 0o600)
+            lock_fd = os.open(path / "LOCK", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             fds.append(lock_fd)
+            fcntl.flock(lock_fd, fcntl.LOCK_EX)
             try:
-                fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise AuditUnavailable(f"audit log {path} is open in another process") from None
-            fds.append(_open_file(path / "entries.log", _ENTRIES_MAGIC))
-            fds.append(_open_file(path / "index.log", _INDEX_MAGIC))
-            return cls(path, fds[1], fds[2], lock_fd)
+                fds.append(_open_file(path / "entries.log", _ENTRIES_MAGIC))
+                fds.append(_open_file(path / "index.log", _INDEX_MAGIC))
+                return cls(path, fds[1], fds[2], lock_fd)
+            finally:
+                fcntl.flock(lock_fd, fcntl.LOCK_UN)
         except OSError as exc:
             for fd in fds:
                 os.close(fd)
@@ -175,25 +179,23 @@ class AuditLog:
                 os.close(fd)
             raise
 
-    # -- recovery -------------------------------------------------------------
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """The flock that orders appends between processes. Never taken under ``_cond``."""
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
-    def _index_record(self, i: int) -> tuple[int, bytes]:
-        if i >= self._index_written:
-            raw = self._index_pending[i - self._index_written]
-        else:
-            raw = os.pread(self._ifd, _IDX.size, _HEADER + i * _IDX.size)
-        end, leaf, _ = _IDX.unpack(raw)
-        return end, leaf
+    # -- recovery and catching up ----------------------------------------------
 
-    def _flush_index(self) -> None:
-        """Write pending index records. A failure is harmless: they stay pending."""
-        if not self._index_pending:
-            return
-        offset = _HEADER + self._index_written * _IDX.size
-        with contextlib.suppress(OSError):
-            _pwrite_all(self._ifd, b"".join(self._index_pending), offset)
-            self._index_written += len(self._index_pending)
-            self._index_pending.clear()
+    def _index_end(self, i: int) -> int:
+        """Where entry ``i`` ends in entries.log (-1: before the first entry)."""
+        if i < 0:
+            return _HEADER
+        end, _, _ = _IDX.unpack(os.pread(self._ifd, _IDX.size, _HEADER + i * _IDX.size))
+        return int(end)
 
     def _read_record(self, start: int, limit: int) -> bytes | None:
         """The entry record at ``start`` if it is whole and its CRC matches, else None."""
@@ -205,21 +207,22 @@ class AuditLog:
         payload = os.pread(self._efd, length, start + _REC.size)
         return payload if zlib.crc32(payload) == crc else None
 
-    def _recover(self) -> None:
-        """Rebuild the in-memory state, cutting only what was never acknowledged.
+    def _catch_up(self, heads: dict[int, bytes] | None = None) -> None:
+        """Take in what is on disk past this process's view; holding the flock.
 
-        The index is a cache of the entries file, written after the entries are
-        durable: its longest valid prefix (record CRCs, increasing offsets) is
-        kept, entries after it that are whole are re-indexed, and the first torn
-        record ends the log. Nothing is cut before the stored signed heads have
-        been checked against what remains.
+        On open the view is empty, so this is crash recovery; later it picks up
+        other processes' appends. Index records after the view are kept while
+        valid (CRCs, increasing offsets), whole entries after them are indexed,
+        and the first torn record (never acknowledged) ends the log and is cut.
         """
         entries_size = os.fstat(self._efd).st_size
-        heads = self._stored_roots()
-        frontier = self._frontier
-        count, pos = 0, _HEADER
-        total = (os.fstat(self._ifd).st_size - _HEADER) // _IDX.size
-        self._index_written = total
+        index_size = os.fstat(self._ifd).st_size
+        start = self._frontier.size
+        if entries_size == self._entries_end and index_size == _HEADER + start * _IDX.size:
+            return  # nobody else appended: the common case
+        heads = heads or {}
+        count, pos = start, self._entries_end
+        total = (index_size - _HEADER) // _IDX.size
         while count < total:
             chunk = os.pread(
                 self._ifd, min(total - count, 65536) * _IDX.size, _HEADER + count * _IDX.size
@@ -234,10 +237,10 @@ class AuditLog:
                 self._append_leaf(leaf, heads)
             if stop or not chunk:
                 break
-        if count:
-            start = self._index_record(count - 2)[0] if count > 1 else _HEADER
-            payload = self._read_record(start, entries_size)
-            if payload is None or start + _REC.size + len(payload) != pos:
+        if count > start:
+            first = self._index_end(count - 2)
+            payload = self._read_record(first, entries_size)
+            if payload is None or first + _REC.size + len(payload) != pos:
                 raise IntegrityError(
                     f"audit log {self.directory}: acknowledged entry {count - 1} is damaged"
                 )
@@ -248,25 +251,20 @@ class AuditLog:
             except IntegrityError as exc:
                 # a whole record with a valid CRC is no torn write: never cut it
                 raise IntegrityError(
-                    f"audit log {self.directory}: entry {frontier.size} cannot be read: {exc}"
+                    f"audit log {self.directory}: entry {self._frontier.size} cannot be read: {exc}"
                 ) from None
             pos += _REC.size + len(payload)
             leaf = merkle.leaf_hash(payload)
             salvaged.append(_index_pack(pos, leaf))
             self._append_leaf(leaf, heads)
-        if heads and max(heads) > frontier.size:
-            raise IntegrityError(
-                f"audit log {self.directory} has {frontier.size} entries but a signed head "
-                f"for {max(heads)}: acknowledged entries are missing"
-            )
         index_end = _HEADER + count * _IDX.size
-        os.ftruncate(self._efd, pos)
-        _pwrite_all(self._ifd, b"".join(salvaged), index_end)
-        os.ftruncate(self._ifd, index_end + len(salvaged) * _IDX.size)
-        os.fsync(self._efd)
-        os.fsync(self._ifd)
+        if entries_size != pos:
+            os.ftruncate(self._efd, pos)
+        if salvaged:
+            _pwrite_all(self._ifd, b"".join(salvaged), index_end)
+        if index_size != index_end + len(salvaged) * _IDX.size:
+            os.ftruncate(self._ifd, index_end + len(salvaged) * _IDX.size)
         self._entries_end = pos
-        self._index_written = count + len(salvaged)
 
     def _append_leaf(self, leaf: bytes, heads: dict[int, bytes]) -> None:
         self._frontier.append(leaf)
@@ -286,6 +284,15 @@ class AuditLog:
             raise IntegrityError("stored head for size 0 has the wrong root")
         return roots
 
+    def refresh(self) -> None:
+        """Take in entries other processes appended (a broken log keeps its view)."""
+        with self._cond:
+            if self._closed:
+                raise AuditUnavailable(f"audit log {self.directory} is closed")
+        with self._locked(), self._cond:
+            if self._broken is None:
+                self._catch_up()
+
     # -- appending --------------------------------------------------------------
 
     def append(self, entry: AuditEntry) -> int:
@@ -300,15 +307,13 @@ class AuditLog:
         return list(range(first, first + len(entries)))
 
     def submit(self, entries: list[AuditEntry]) -> AuditTicket:
-        """Queue entries (all or none) for the flusher; their indexes are fixed now.
+        """Queue entries (all or none) for the flusher; `wait` on the ticket for their index.
 
         Raises `AuditUnavailable` at once if the log is closed or broken.
         """
         batch = _Batch([e.to_bytes() for e in entries])
         with self._cond:
             self._check_usable()
-            batch.first = self._reserved
-            self._reserved += len(batch.payloads)
             self._queue.append(batch)
             if self._flusher is None:
                 self._flusher = threading.Thread(
@@ -342,59 +347,68 @@ class AuditLog:
                         return
                     self._cond.wait()
                     continue
-                self._lead()
+                batches, self._queue = self._queue, []
+                self._writing = True
+                self._cond.release()
+                try:
+                    error = self._write_batches(batches)
+                except BaseException as exc:  # never let the flusher die with callers waiting
+                    error = exc
+                finally:
+                    self._cond.acquire()
+                    self._writing = False
+                for b in batches:
+                    b.error = error
+                    b.done = error is None
+                self._cond.notify_all()
 
-    def _lead(self) -> None:
-        """Write every queued batch with a single fsync. Called with the lock held."""
-        batches, self._queue = self._queue, []
-        if self._broken is not None:
-            self._fail(batches, AuditUnavailable(f"audit log {self.directory} is broken"))
-            return
-        self._writing = True
-        entries_end = self._entries_end
-        self._cond.release()
-        try:
-            error, index = self._write(batches, entries_end)
-        finally:
-            self._cond.acquire()
-            self._writing = False
-        if error is not None:
-            self._fail(batches, error)
-            return
-        self._commits += 1
-        self._index_pending.extend(index)
-        if len(self._index_pending) >= _INDEX_FLUSH:
-            self._flush_index()
-        for b in batches:
-            assert b.first == self._frontier.size
-            for leaf in b.leaves:
-                self._frontier.append(leaf)
-            self._entries_end += sum(_REC.size + len(p) for p in b.payloads)
-            b.done = True
-        self._cond.notify_all()
+    def _write_batches(self, batches: list[_Batch]) -> BaseException | None:
+        """Under the flock: catch up, append, fsync, index. None, or why it failed."""
+        with self._locked():
+            with self._cond:
+                if self._broken is not None:
+                    return AuditUnavailable(f"audit log {self.directory} is broken")
+                try:
+                    self._catch_up()
+                except (OSError, IntegrityError) as exc:
+                    self._broken = exc
+                    return exc
+                first, entries_end = self._frontier.size, self._entries_end
+            records, index, pos = [], [], entries_end
+            for b in batches:
+                b.first = first
+                first += len(b.payloads)
+                for payload, leaf in zip(b.payloads, b.leaves, strict=True):
+                    records.append(_REC.pack(len(payload), zlib.crc32(payload)) + payload)
+                    pos += _REC.size + len(payload)
+                    index.append(_index_pack(pos, leaf))
+            error = self._write(b"".join(records), entries_end)
+            if error is not None:
+                return error
+            with self._cond:
+                try:
+                    _pwrite_all(
+                        self._ifd, b"".join(index), _HEADER + self._frontier.size * _IDX.size
+                    )
+                except OSError as exc:
+                    # durable but unindexed: whoever catches up next indexes them
+                    self._broken = exc
+                    return exc
+                for b in batches:
+                    for leaf in b.leaves:
+                        self._frontier.append(leaf)
+                self._entries_end = pos
+                self._commits += 1
+        return None
 
-    def _fail(self, batches: list[_Batch], error: BaseException) -> None:
-        """Fail these batches and every one queued behind them: their indexes assumed these."""
-        for b in batches + self._queue:
-            b.error = error
-        self._queue = []
-        self._reserved = self._frontier.size
-        self._cond.notify_all()
-
-    def _write(self, batches: list[_Batch], entries_end: int) -> tuple[OSError | None, list[bytes]]:
-        """Make the batches durable in entries.log; return their index records."""
-        records, index, pos = [], [], entries_end
-        for b in batches:
-            for payload, leaf in zip(b.payloads, b.leaves, strict=True):
-                records.append(_REC.pack(len(payload), zlib.crc32(payload)) + payload)
-                pos += _REC.size + len(payload)
-                index.append(_index_pack(pos, leaf))
+    def _write(self, records: bytes, entries_end: int) -> OSError | None:
+        """Make the records durable at the end of entries.log; undo them on failure."""
         stage = "write"
         try:
-            _pwrite_all(self._efd, b"".join(records), entries_end)
+            _pwrite_all(self._efd, records, entries_end)
             stage = "fsync"
             os.fdatasync(self._efd)
-            return None, index
+            return None
         except OSError as exc:
             try:
                 os.ftruncate(self._efd, entries_end)
@@ -403,7 +417,7 @@ class AuditLog:
                 self._broken = undo
             if stage == "fsync":
                 self._broken = exc
-            return exc, []
+            return exc
 
     # -- reading ----------------------------------------------------------------
 
@@ -423,7 +437,9 @@ class AuditLog:
             return self._frontier.root()
 
     def checkpoint(self, origin: str) -> Checkpoint:
-        """The current head, unsigned: sign it with `sign_checkpoint` and `store_head` it."""
+        """The current head, other processes' entries included, unsigned: sign it with
+        `sign_checkpoint` and `store_head` it."""
+        self.refresh()
         with self._cond:
             return Checkpoint(origin, self._frontier.size, self._frontier.root())
 
@@ -432,18 +448,11 @@ class AuditLog:
         with self._cond:
             if not 0 <= start <= end <= self._frontier.size:
                 raise InvalidInput(f"leaf range {start}..{end} is outside 0..{self._frontier.size}")
-            written = self._index_written
-            pending = self._index_pending[max(start, written) - written : end - written]
-        file_end = min(end, written)
-        data = b""
-        if start < file_end:
-            size = (file_end - start) * _IDX.size
-            data = os.pread(self._ifd, size, _HEADER + start * _IDX.size)
-            if len(data) != size:
-                raise IntegrityError(
-                    f"audit log {self.directory}: index.log is shorter than expected"
-                )
-        return [leaf for _, leaf, _ in _IDX.iter_unpack(data + b"".join(pending))]
+        size = (end - start) * _IDX.size
+        data = os.pread(self._ifd, size, _HEADER + start * _IDX.size)
+        if len(data) != size:
+            raise IntegrityError(f"audit log {self.directory}: index.log is shorter than expected")
+        return [leaf for _, leaf, _ in _IDX.iter_unpack(data)]
 
     def iter_entry_bytes(self, start: int = 0, end: int | None = None) -> Iterator[bytes]:
         """The canonical bytes of entries ``start..end`` (default: all committed)."""
@@ -451,7 +460,7 @@ class AuditLog:
         if not 0 <= start <= end <= self.size:
             raise InvalidInput(f"entry range {start}..{end} is outside 0..{self.size}")
         with self._cond:
-            pos = self._index_record(start - 1)[0] if start else _HEADER
+            pos = self._index_end(start - 1)
         for _ in range(start, end):
             length, crc = _REC.unpack(os.pread(self._efd, _REC.size, pos))
             payload = os.pread(self._efd, length, pos + _REC.size)
@@ -519,8 +528,6 @@ class AuditLog:
             flusher = self._flusher
         if flusher is not None:
             flusher.join()
-        with self._cond:
-            self._flush_index()
         with contextlib.suppress(OSError):  # a cache: if this fails, open rebuilds it
             os.fsync(self._ifd)
         for fd in (self._efd, self._ifd, self._lock_fd):

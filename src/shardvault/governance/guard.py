@@ -71,14 +71,17 @@ class Access:
     action: Action
     resource: Resource
     decision: Decision
-    audit_index: int
+    audit: AuditTicket = field(compare=False, repr=False)
     approval_id: str | None = None
-    audit: AuditTicket | None = field(default=None, compare=False, repr=False)
 
     def wait_audited(self) -> None:
         """Return once the decision's audit entry is durable (`AuditUnavailable` if not)."""
-        if self.audit is not None:
-            self.audit.wait()
+        self.audit.wait()
+
+    @property
+    def audit_index(self) -> int:
+        """The decision's index in its cell's log, once durable."""
+        return self.audit.wait()
 
     def justification(self) -> Justification:
         """What the key custodian is shown with every unwrap for this access."""
@@ -168,10 +171,8 @@ class Governance:
         )
 
     def release_logs(self) -> None:
-        """Close every cell's audit log (reopened on next use), so another process may append.
-
-        A log has one writer process at a time (it is flock'ed while open).
-        """
+        """Close every cell's audit log; the next use reopens it (and so recovers a log
+        this process found broken)."""
         for cell in self.cells.values():
             cell.close()
 
@@ -313,9 +314,8 @@ class Governance:
         if durable:
             ticket.wait()
         return Access(
-            principal, ctx.purpose, ctx.request_id, action, resource, decision, ticket.first,
-            approval_id, ticket,
-        )  # fmt: skip
+            principal, ctx.purpose, ctx.request_id, action, resource, decision, ticket, approval_id
+        )
 
     def _request_approval(
         self,

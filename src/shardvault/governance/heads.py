@@ -92,9 +92,19 @@ _open_lock = threading.Lock()
 _open_logs: dict[Path, tuple[AuditLog, int]] = {}
 
 
+def _forget_logs_after_fork() -> None:
+    """A forked child opens its own handles: the parent's flusher threads are not in it."""
+    global _open_lock
+    _open_logs.clear()
+    _open_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_logs_after_fork)
+
+
 def _acquire_log(directory: Path) -> AuditLog:
-    """The process's one handle on a log: a log has one writer process (flock), and
-    several vaults in one process share it rather than lock each other out."""
+    """The process's one handle on a log: several vaults in one process share its
+    flusher, so their appends share fsyncs (other processes append through their own)."""
     key = directory.resolve()
     with _open_lock:
         log, users = _open_logs.get(key) or (AuditLog.open(key), 0)

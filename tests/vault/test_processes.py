@@ -1,0 +1,58 @@
+"""Several processes on one deployment: the way a cell is served by several workers."""
+
+from __future__ import annotations
+
+import multiprocessing
+from pathlib import Path
+
+from tests.governance.helpers import SERVICE, as_, register
+
+from conftest import make_deployment
+from shardvault.audit import AuditEntry
+from shardvault.config import load
+from shardvault.model import ObjectRef
+from shardvault.vault import Vault
+
+
+def _child_puts_and_reads(config: str, index: int) -> None:
+    """Runs in a forked worker: opens its own vault after the parent has used one."""
+    with Vault.open(load(Path(config))) as vault:
+        ctx = as_(SERVICE, "serve-user")
+        for i in range(20):
+            vault.put(
+                ObjectRef("intl", "alice", f"child{index}/{i}"), f"{index}-{i}".encode(), ctx=ctx
+            )
+        assert vault.get(ObjectRef("intl", "alice", "parent"), ctx=ctx) == b"from the parent"
+
+
+def test_forked_workers_share_a_deployment_and_its_audit_logs(tmp_path: Path) -> None:
+    config = make_deployment(tmp_path / "deploy", pack_limit=64 << 10)
+    with Vault.open(load(config)) as vault:
+        register(vault, SERVICE)
+        vault.register_subject("intl", "alice", "US")
+        ctx = as_(SERVICE, "serve-user")
+        # the parent's flusher threads exist before the fork; the children need their own
+        vault.put(ObjectRef("intl", "alice", "parent"), b"from the parent", ctx=ctx)
+        fork = multiprocessing.get_context("fork")
+        workers = [
+            fork.Process(target=_child_puts_and_reads, args=(str(config), n), daemon=True)
+            for n in range(2)
+        ]
+        for worker in workers:
+            worker.start()
+        for _ in range(20):  # the parent keeps appending to the same logs meanwhile
+            vault.get(ObjectRef("intl", "alice", "parent"), ctx=as_(SERVICE, "serve-user"))
+        for worker in workers:
+            worker.join(60)
+            if worker.exitcode is None:
+                worker.kill()
+        assert [w.exitcode for w in workers] == [0, 0], "a worker failed or hung"
+        for n in range(2):
+            for i in range(20):
+                ref = ObjectRef("intl", "alice", f"child{n}/{i}")
+                assert vault.get(ref, ctx=ctx) == f"{n}-{i}".encode()
+        log = vault.governance.cell("US").log
+        log.refresh()
+        actions = [AuditEntry.from_bytes(raw).action for raw in log.iter_entry_bytes()]
+        assert actions.count("write") == 1 + 40 + 1  # the parent's, the workers', the subject
+        assert actions.count("read") == 20 + 2 + 40

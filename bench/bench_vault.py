@@ -3,7 +3,8 @@
 Prints (a) the pipeline limit: encrypt + erasure-code + hash of the same data in
 memory on one core; (b) put and get of a 256 MiB object through the vault on
 local-directory nodes, and their ratio to (a); (c) put and get ops/s of 1 KiB
-objects, one client and eight; (d) peak RSS of a streamed 2 GiB put and get.
+objects: one client thread, eight, and two worker processes of four threads on
+one deployment (how a cell is served); (d) peak RSS of a streamed 2 GiB put and get.
 Not a test: nothing here asserts a speed. Options: --large-mib, --small-count,
 --stream-gib, --dir (where the node directories go; default: a temp dir under .).
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import resource
 import shutil
@@ -22,6 +24,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 from shardvault.allocator import tune_allocator
 from shardvault.codec.erasure import ErasureCode
@@ -126,6 +129,47 @@ def small_objects(vault: Vault, count: int, clients: int) -> tuple[float, float]
     return puts, gets
 
 
+def _small_worker(config: Path, keys: list[str], clients: int, barrier: Any, results: Any) -> None:
+    """One worker process: its own vault on the shared deployment, puts then gets."""
+    with Vault.open(load(config)) as vault:
+        payload = os.urandom(1024)
+        refs = [ObjectRef("intl", "bench", key) for key in keys]
+        spans = []
+        with ThreadPoolExecutor(clients) as pool:
+            for work in (lambda ref: vault.put(ref, payload), vault.get):
+                barrier.wait()
+                start = time.time()
+                list(pool.map(work, refs))
+                spans.append((start, time.time()))
+        results.put(spans)
+
+
+def small_objects_processes(
+    config: Path, count: int, processes: int, clients: int
+) -> tuple[float, float]:
+    """Puts/s and gets/s of `processes` workers sharing the deployment, as `serve` would."""
+    fork = multiprocessing.get_context("fork")
+    barrier, results = fork.Barrier(processes), fork.Queue()
+    keys = [f"small/p{processes}/{i}" for i in range(count)]
+    workers = [
+        fork.Process(
+            target=_small_worker, args=(config, keys[n::processes], clients, barrier, results)
+        )
+        for n in range(processes)
+    ]
+    for worker in workers:
+        worker.start()
+    spans = [results.get(timeout=600) for _ in workers]
+    for worker in workers:
+        worker.join()
+    rates = []
+    for phase in (0, 1):
+        start = min(s[phase][0] for s in spans)
+        end = max(s[phase][1] for s in spans)
+        rates.append(count / (end - start))
+    return rates[0], rates[1]
+
+
 def peak_rss_kib() -> int:
     """This process's peak resident set (VmHWM).
 
@@ -203,6 +247,11 @@ def run(args: argparse.Namespace, work: Path, tuned: bool) -> None:
             f"{gets:,.0f} gets/s"
         )
     vault.close()
+    puts, gets = small_objects_processes(work / "vault" / "shardvault.toml", args.small_count, 2, 4)
+    print(
+        f"(c) 1 KiB objects, 2 worker processes x 4 threads on one deployment: "
+        f"{puts:,.0f} durable puts/s, {gets:,.0f} gets/s"
+    )
     child = subprocess.run(
         [
             sys.executable,

@@ -11,6 +11,7 @@ where the block hashes are segments x n digests of 32 bytes, segment-major.
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import struct
 from dataclasses import dataclass
@@ -92,6 +93,14 @@ class Manifest:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Manifest:
+        """Parse and check a manifest. A small one is parsed once per process: it is
+        immutable, and every read of a small object would otherwise parse it again."""
+        if len(data) <= _CACHED_BYTES:
+            return _parse_small(bytes(data))
+        return cls._parse(data)
+
+    @classmethod
+    def _parse(cls, data: bytes) -> Manifest:
         if len(data) < _HEAD.size:
             raise IntegrityError("manifest is truncated")
         magic, version, length = _HEAD.unpack_from(data)
@@ -127,3 +136,11 @@ class Manifest:
         if len(hashes) != manifest.segments * manifest.n * HASH_BYTES:
             raise IntegrityError("manifest block hash table has the wrong length")
         return manifest
+
+
+_CACHED_BYTES = 2048  # a single-segment manifest is about 700 bytes
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_small(data: bytes) -> Manifest:
+    return Manifest._parse(data)

@@ -126,6 +126,17 @@ def test_manifest_round_trip() -> None:
     assert MANIFEST.segment_length(0) == 5
 
 
+def test_small_manifests_are_parsed_once_and_large_ones_every_time() -> None:
+    """A read of a small object reuses the parsed (immutable) manifest; bytes decide."""
+    assert Manifest.from_bytes(bytes(MANIFEST_BYTES)) is Manifest.from_bytes(MANIFEST_BYTES)
+    other = replace(MANIFEST, version=3).to_bytes()
+    assert Manifest.from_bytes(other).version == 3
+    large = replace(MANIFEST, segments=40, block_hashes=bytes(40 * 2 * 32)).to_bytes()
+    assert len(large) > 2048
+    assert Manifest.from_bytes(large) is not Manifest.from_bytes(large)
+    assert Manifest.from_bytes(large) == Manifest.from_bytes(large)
+
+
 def test_manifest_geometry_of_several_segments() -> None:
     big = replace(
         MANIFEST, size=65536 * 2 + 10, segments=3, block_hashes=bytes(range(192)), k=1, m=1

@@ -50,10 +50,11 @@ SCHEMA_VERSION = len(MIGRATIONS)
 _VERSION_COLUMNS = "tenant, subject, key, version, state, object_id, size, created_at, manifest"
 
 
-def _version(row: tuple) -> VersionRecord:  # type: ignore[type-arg]
+def _version(row: tuple, ref: ObjectRef | None = None) -> VersionRecord:  # type: ignore[type-arg]
+    """A row as a record; ``ref`` (already checked) spares re-validating the names."""
     tenant, subject, key, version, state, object_id, size, created_at, manifest = row
     return VersionRecord(
-        ObjectRef(tenant, subject, key),
+        ref or ObjectRef(tenant, subject, key),
         version,
         VersionState(state),
         object_id,
@@ -221,7 +222,7 @@ class SqliteCatalog:
             f"SELECT {_VERSION_COLUMNS} FROM versions WHERE {where} ORDER BY version DESC LIMIT 1",
             params,
         )
-        return _version(rows[0]) if rows else None
+        return _version(rows[0], ref) if rows else None
 
     def list_latest(
         self, tenant: str, subject: str, prefix: str, start_after: str, limit: int

@@ -187,10 +187,10 @@ class LocalDirShardStore:
         return LocalShardWriter(self, check_shard_name(name))
 
     def open_reader(self, name: str) -> LocalShardReader | PackedShardReader:
-        path = self._shard_file(name)
         known = self.packs.known(name)  # no I/O: small shards skip the file lookup
-        if known is not None:
+        if known is not None:  # only checked names are ever indexed
             return PackedShardReader(self.packs, known)
+        path = self._shard_file(name)
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:

@@ -190,7 +190,9 @@ def test_listing_and_metadata_commands(alice: Cli, tmp_path: Path) -> None:
     tokens = {
         ident: alice.ok(
             "principal", "add", ident, "--tenant", "intl", "--kind", kind, "--location", "US"
-        ).decode().strip()
+        )
+        .decode()
+        .strip()
         for ident, kind in (("dpo", "employee"), ("partner-officer", "partner-auditor"))
     }
     for token in tokens.values():

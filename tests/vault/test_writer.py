@@ -12,7 +12,7 @@ import pytest
 from shardvault.codec.erasure import ErasureCode
 from shardvault.codec.segment import SegmentBinding, SegmentCipher
 from shardvault.model import ObjectRef
-from shardvault.vault.writer import ShardSetWriter
+from shardvault.vault.writer import ShardSetWriter, _segments
 
 
 class SlowWriter:
@@ -89,3 +89,15 @@ def test_a_failing_source_waits_for_in_flight_writes_before_discarding() -> None
             writer.write(BreaksAfterOneSegment(4096))  # type: ignore[arg-type]
         time.sleep(0.1)
     assert problems == []
+
+
+def test_bytes_in_memory_are_segmented_without_a_copy() -> None:
+    """A put of bytes slices them: a BytesIO would copy the whole object first."""
+    data = bytes(range(256)) * 40
+    segments = list(_segments(memoryview(data), 4096))
+    assert [len(s) for s in segments] == [4096, 4096, 2048]
+    assert all(s.obj is data for s in segments)
+    assert b"".join(segments) == data
+    assert [len(s) for s in _segments(memoryview(b""), 4096)] == [0]
+    wide = memoryview(bytearray(8192)).cast("I")  # any buffer format is cut by bytes
+    assert [len(s) for s in _segments(wide, 4096)] == [4096, 4096]

@@ -17,7 +17,6 @@ new one, never a mix.
 from __future__ import annotations
 
 import builtins
-import io
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -250,7 +249,7 @@ class Vault:
             pool=self._pool,
             on_step=self._on_step,
         )
-        source = io.BytesIO(data) if isinstance(data, bytes | bytearray | memoryview) else data
+        source = memoryview(data) if isinstance(data, bytes | bytearray | memoryview) else data
         try:
             written = writer.write(source, progress)
             # the data key is fresh, so shards need no custodian; wrapping it does

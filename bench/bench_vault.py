@@ -4,7 +4,8 @@ Prints (a) the pipeline limit: encrypt + erasure-code + hash of the same data in
 memory on one core; (b) put and get of a 256 MiB object through the vault on
 local-directory nodes, and their ratio to (a); (c) put and get ops/s of 1 KiB
 objects: one client thread, eight, and two worker processes of four threads on
-one deployment (how a cell is served); (d) peak RSS of a streamed 2 GiB put and get.
+one deployment (how a cell is served), each with the CPU time per request;
+(d) peak RSS of a streamed 2 GiB put and get.
 Not a test: nothing here asserts a speed. Options: --large-mib, --small-count,
 --stream-gib, --dir (where the node directories go; default: a temp dir under .).
 """
@@ -22,6 +23,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -116,17 +118,40 @@ def large_object(vault: Vault, size_mib: int, repeats: int) -> tuple[float, floa
     return max(puts), max(gets)
 
 
-def small_objects(vault: Vault, count: int, clients: int) -> tuple[float, float]:
+Span = tuple[float, float, float]  # wall start, wall end, CPU seconds of the process
+
+
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)  # every thread of this process
+    return usage.ru_utime + usage.ru_stime
+
+
+def _run_all(
+    pool: ThreadPoolExecutor, work: Callable[[ObjectRef], object], refs: list[ObjectRef]
+) -> Span:
+    cpu, start = _cpu_seconds(), time.time()
+    list(pool.map(work, refs))
+    return start, time.time(), _cpu_seconds() - cpu
+
+
+def _rates(spans: list[list[Span]], count: int) -> list[tuple[float, float]]:
+    """Per phase: ops/s over the union of the spans, and CPU ms per op over all processes."""
+    rates = []
+    for phase in range(len(spans[0])):
+        wall = max(s[phase][1] for s in spans) - min(s[phase][0] for s in spans)
+        cpu = sum(s[phase][2] for s in spans)
+        rates.append((count / wall, cpu / count * 1000))
+    return rates
+
+
+def small_objects(vault: Vault, count: int, clients: int) -> list[tuple[float, float]]:
+    """(ops/s, CPU ms per op) of 1 KiB puts, then gets, from `clients` threads."""
     payload = os.urandom(1024)
     refs = [ObjectRef("intl", "bench", f"small/{clients}/{i}") for i in range(count)]
     with ThreadPoolExecutor(clients) as pool:
-        start = time.perf_counter()
-        list(pool.map(lambda ref: vault.put(ref, payload), refs))
-        puts = count / (time.perf_counter() - start)
-        start = time.perf_counter()
-        list(pool.map(vault.get, refs))
-        gets = count / (time.perf_counter() - start)
-    return puts, gets
+        put = _run_all(pool, lambda ref: vault.put(ref, payload), refs)
+        get = _run_all(pool, vault.get, refs)
+    return _rates([[put, get]], count)
 
 
 def _small_worker(config: Path, keys: list[str], clients: int, barrier: Any, results: Any) -> None:
@@ -138,16 +163,14 @@ def _small_worker(config: Path, keys: list[str], clients: int, barrier: Any, res
         with ThreadPoolExecutor(clients) as pool:
             for work in (lambda ref: vault.put(ref, payload), vault.get):
                 barrier.wait()
-                start = time.time()
-                list(pool.map(work, refs))
-                spans.append((start, time.time()))
+                spans.append(_run_all(pool, work, refs))
         results.put(spans)
 
 
 def small_objects_processes(
     config: Path, count: int, processes: int, clients: int
-) -> tuple[float, float]:
-    """Puts/s and gets/s of `processes` workers sharing the deployment, as `serve` would."""
+) -> list[tuple[float, float]]:
+    """As `small_objects`, from `processes` workers sharing the deployment, as `serve` would."""
     fork = multiprocessing.get_context("fork")
     barrier, results = fork.Barrier(processes), fork.Queue()
     keys = [f"small/p{processes}/{i}" for i in range(count)]
@@ -162,12 +185,7 @@ def small_objects_processes(
     spans = [results.get(timeout=600) for _ in workers]
     for worker in workers:
         worker.join()
-    rates = []
-    for phase in (0, 1):
-        start = min(s[phase][0] for s in spans)
-        end = max(s[phase][1] for s in spans)
-        rates.append(count / (end - start))
-    return rates[0], rates[1]
+    return _rates(spans, count)
 
 
 def peak_rss_kib() -> int:
@@ -218,6 +236,14 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
+def report_small(who: str, rates: list[tuple[float, float]]) -> None:
+    (puts, put_cpu), (gets, get_cpu) = rates
+    print(
+        f"(c) 1 KiB objects, {who}: {puts:,.0f} durable puts/s ({put_cpu:.2f} ms CPU each), "
+        f"{gets:,.0f} gets/s ({get_cpu:.2f} ms CPU each)"
+    )
+
+
 def run(args: argparse.Namespace, work: Path, tuned: bool) -> None:
     print(
         f"machine: {os.cpu_count()} cores, python {sys.version.split()[0]}, "
@@ -241,16 +267,12 @@ def run(args: argparse.Namespace, work: Path, tuned: bool) -> None:
         f"get {get_rate:,.0f} MiB/s ({get_rate / limit_read:.0%} of limit)"
     )
     for clients in (1, 8):
-        puts, gets = small_objects(vault, args.small_count, clients)
-        print(
-            f"(c) 1 KiB objects, {clients} client thread(s): {puts:,.0f} durable puts/s, "
-            f"{gets:,.0f} gets/s"
-        )
+        report_small(f"{clients} client thread(s)", small_objects(vault, args.small_count, clients))
     vault.close()
-    puts, gets = small_objects_processes(work / "vault" / "shardvault.toml", args.small_count, 2, 4)
-    print(
-        f"(c) 1 KiB objects, 2 worker processes x 4 threads on one deployment: "
-        f"{puts:,.0f} durable puts/s, {gets:,.0f} gets/s"
+    config = work / "vault" / "shardvault.toml"
+    report_small(
+        "2 worker processes x 4 threads on one deployment",
+        small_objects_processes(config, args.small_count, 2, 4),
     )
     child = subprocess.run(
         [

@@ -9,12 +9,14 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 import zlib
 from pathlib import Path
 
 import pytest
 from tests.audit.conftest import make_entry, naive_root, publish_head
 
+from shardvault.audit import log as audit_log
 from shardvault.audit import merkle
 from shardvault.audit.log import AuditLog
 from shardvault.errors import AuditUnavailable, IntegrityError, InvalidInput
@@ -174,6 +176,23 @@ def test_damaged_acknowledged_entry_is_an_integrity_error(tmp_path: Path) -> Non
     assert snapshot(path) == damaged, "recovery must not cut acknowledged (damaged) entries"
 
 
+def test_damage_under_a_lost_index_is_refused_before_anything_is_cut(tmp_path: Path) -> None:
+    """Without the index, a damaged middle entry looks like a torn tail: the stored head
+    says entries after it were acknowledged, so open refuses and cuts nothing."""
+    path = tmp_path / "log"
+    log = filled(path, 5)
+    publish_head(log, None)
+    log.close()
+    os.truncate(path / "index.log", 8)  # the index is a cache: a crash may lose it
+    data = bytearray((path / "entries.log").read_bytes())
+    data[8 + 8 + 20] ^= 0x01  # inside entry 0
+    (path / "entries.log").write_bytes(bytes(data))
+    damaged = snapshot(path)
+    with pytest.raises(IntegrityError, match="signed head for 5"):
+        AuditLog.open(path)
+    assert snapshot(path) == damaged
+
+
 def test_missing_acknowledged_entries_refuse_to_open(tmp_path: Path) -> None:
     path = tmp_path / "log"
     log = filled(path, 10)
@@ -293,6 +312,77 @@ def test_processes_append_to_one_log_and_lose_nothing(tmp_path: Path) -> None:
     log.close()
     with AuditLog.open(path) as reopened:
         assert reopened.size == total and reopened.root() == naive_root(reopened)
+
+
+def test_refresh_while_this_process_appends_loses_and_doubles_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A flock belongs to the open file, not the thread: refresh (as a head being
+    published) must still wait for this process's own batch in flight."""
+    real_write = AuditLog._write
+
+    def slow_write(self: AuditLog, records: bytes, entries_end: int) -> OSError | None:
+        error = real_write(self, records, entries_end)
+        time.sleep(0.003)  # a slow disk: the window between fsync and index write
+        return error
+
+    monkeypatch.setattr(AuditLog, "_write", slow_write)
+    path = tmp_path / "log"
+    log = AuditLog.open(path)
+    stop = threading.Event()
+
+    def publisher() -> None:
+        while not stop.is_set():
+            log.refresh()
+
+    thread = threading.Thread(target=publisher)
+    thread.start()
+    try:
+        indexes = [log.append(make_entry(i)) for i in range(40)]
+    finally:
+        stop.set()
+        thread.join()
+    assert indexes == list(range(40))
+    assert log.size == 40 and log.root() == naive_root(log)
+    log.close()
+    with AuditLog.open(path) as reopened:
+        assert reopened.size == 40 and reopened.root() == naive_root(reopened)
+
+
+def test_a_catch_up_that_fails_changes_nothing_and_breaks_the_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "log"
+    mine = filled(path, 1)
+    other = AuditLog.open(path)
+    other.append_many([make_entry(i) for i in (1, 2, 3)])
+    other.close()
+    os.truncate(path / "index.log", 8 + 1 * REC)  # the other writer died before indexing
+    real_pwrite = audit_log._pwrite_all
+
+    def full_index(fd: int, data: bytes, offset: int) -> None:
+        if fd == mine._ifd:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_pwrite(fd, data, offset)
+
+    monkeypatch.setattr(audit_log, "_pwrite_all", full_index)
+    with pytest.raises(AuditUnavailable, match="No space left"):
+        mine.refresh()
+    assert mine.size == 1, "the view did not move"
+    with pytest.raises(AuditUnavailable, match="broken"):
+        mine.append(make_entry(4))  # fail closed until reopened
+    monkeypatch.setattr(audit_log, "_pwrite_all", real_pwrite)
+    mine.close()
+    with AuditLog.open(path) as reopened:
+        assert reopened.size == 4 and reopened.root() == naive_root(reopened)
+
+
+def test_a_closed_log_refuses_reads_and_refresh(tmp_path: Path) -> None:
+    log = filled(tmp_path / "log", 2)
+    log.close()
+    for call in (log.refresh, lambda: log.leaf_hashes(0, 1), lambda: list(log.iter_entry_bytes())):
+        with pytest.raises(AuditUnavailable, match="closed"):
+            call()
 
 
 def test_catching_up_indexes_entries_another_writer_left_unindexed(tmp_path: Path) -> None:

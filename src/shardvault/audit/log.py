@@ -130,7 +130,11 @@ class AuditLog:
         """Takes over the three descriptors; the caller holds the flock (see `open`)."""
         self.directory = directory
         self._efd, self._ifd, self._lock_fd = efd, ifd, lock_fd
+        # Thread lock, then flock, then _cond. The flock belongs to the open file,
+        # not to a thread, so threads of this process take turns on _append_lock.
+        self._append_lock = threading.Lock()
         self._cond = threading.Condition(threading.Lock())
+        self._files_closed = False
         self._queue: list[_Batch] = []
         self._writing = False
         self._flusher: threading.Thread | None = None
@@ -139,13 +143,7 @@ class AuditLog:
         self._commits = 0
         self._frontier = merkle.Frontier()
         self._entries_end = _HEADER  # end of the last entry in the frontier
-        heads = self._stored_roots()
-        self._catch_up(heads)
-        if heads and max(heads) > self._frontier.size:
-            raise IntegrityError(
-                f"audit log {self.directory} has {self._frontier.size} entries but a signed "
-                f"head for {max(heads)}: acknowledged entries are missing"
-            )
+        self._catch_up(self._stored_roots())
         os.fsync(self._efd)
         os.fsync(self._ifd)
 
@@ -181,12 +179,18 @@ class AuditLog:
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
-        """The flock that orders appends between processes. Never taken under ``_cond``."""
-        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+        """Exclusive use of the files, against this process's threads and other processes.
+
+        Never taken under ``_cond``.
+        """
+        with self._append_lock:
+            if self._files_closed:
+                raise AuditUnavailable(f"audit log {self.directory} is closed")
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
     # -- recovery and catching up ----------------------------------------------
 
@@ -208,12 +212,15 @@ class AuditLog:
         return payload if zlib.crc32(payload) == crc else None
 
     def _catch_up(self, heads: dict[int, bytes] | None = None) -> None:
-        """Take in what is on disk past this process's view; holding the flock.
+        """Take in what is on disk past this process's view; holding the flock and ``_cond``.
 
-        On open the view is empty, so this is crash recovery; later it picks up
-        other processes' appends. Index records after the view are kept while
-        valid (CRCs, increasing offsets), whole entries after them are indexed,
-        and the first torn record (never acknowledged) ends the log and is cut.
+        On open the view is empty and ``heads`` are the stored signed heads, so
+        this is crash recovery; later it picks up other processes' appends.
+        Index records after the view are kept while valid (CRCs, increasing
+        offsets), whole entries after them are indexed, and the first torn
+        record (never acknowledged) ends the log and is cut, but only once the
+        stored heads are known to be covered. The view changes only if all of
+        that succeeds; otherwise nothing was cut and the exception says why.
         """
         entries_size = os.fstat(self._efd).st_size
         index_size = os.fstat(self._ifd).st_size
@@ -221,6 +228,7 @@ class AuditLog:
         if entries_size == self._entries_end and index_size == _HEADER + start * _IDX.size:
             return  # nobody else appended: the common case
         heads = heads or {}
+        frontier = self._frontier.copy()
         count, pos = start, self._entries_end
         total = (index_size - _HEADER) // _IDX.size
         while count < total:
@@ -234,7 +242,7 @@ class AuditLog:
                     break
                 pos = end
                 count += 1
-                self._append_leaf(leaf, heads)
+                self._append_leaf(frontier, leaf, heads)
             if stop or not chunk:
                 break
         if count > start:
@@ -251,12 +259,17 @@ class AuditLog:
             except IntegrityError as exc:
                 # a whole record with a valid CRC is no torn write: never cut it
                 raise IntegrityError(
-                    f"audit log {self.directory}: entry {self._frontier.size} cannot be read: {exc}"
+                    f"audit log {self.directory}: entry {frontier.size} cannot be read: {exc}"
                 ) from None
             pos += _REC.size + len(payload)
             leaf = merkle.leaf_hash(payload)
             salvaged.append(_index_pack(pos, leaf))
-            self._append_leaf(leaf, heads)
+            self._append_leaf(frontier, leaf, heads)
+        if heads and max(heads) > frontier.size:
+            raise IntegrityError(
+                f"audit log {self.directory} has {frontier.size} entries but a signed "
+                f"head for {max(heads)}: acknowledged entries are missing"
+            )
         index_end = _HEADER + count * _IDX.size
         if entries_size != pos:
             os.ftruncate(self._efd, pos)
@@ -264,15 +277,17 @@ class AuditLog:
             _pwrite_all(self._ifd, b"".join(salvaged), index_end)
         if index_size != index_end + len(salvaged) * _IDX.size:
             os.ftruncate(self._ifd, index_end + len(salvaged) * _IDX.size)
-        self._entries_end = pos
+        self._frontier, self._entries_end = frontier, pos
 
-    def _append_leaf(self, leaf: bytes, heads: dict[int, bytes]) -> None:
-        self._frontier.append(leaf)
-        expected = heads.get(self._frontier.size)
-        if expected is not None and self._frontier.root() != expected:
+    def _append_leaf(
+        self, frontier: merkle.Frontier, leaf: bytes, heads: dict[int, bytes]
+    ) -> None:
+        frontier.append(leaf)
+        expected = heads.get(frontier.size)
+        if expected is not None and frontier.root() != expected:
             raise IntegrityError(
                 f"audit log {self.directory} does not match its signed head "
-                f"for size {self._frontier.size}"
+                f"for size {frontier.size}"
             )
 
     def _stored_roots(self) -> dict[int, bytes]:
@@ -285,13 +300,22 @@ class AuditLog:
         return roots
 
     def refresh(self) -> None:
-        """Take in entries other processes appended (a broken log keeps its view)."""
-        with self._cond:
-            if self._closed:
-                raise AuditUnavailable(f"audit log {self.directory} is closed")
+        """Take in entries other processes appended (a broken log keeps its view).
+
+        Raises `AuditUnavailable` if the files cannot be read or repaired, and
+        `IntegrityError` if they are damaged; either way the log is then broken.
+        """
         with self._locked(), self._cond:
-            if self._broken is None:
+            if self._broken is not None:
+                return
+            try:
                 self._catch_up()
+            except IntegrityError as exc:
+                self._broken = exc
+                raise
+            except OSError as exc:
+                self._broken = exc
+                raise AuditUnavailable(f"audit log {self.directory}: {exc}") from exc
 
     # -- appending --------------------------------------------------------------
 
@@ -332,6 +356,10 @@ class AuditLog:
         if batch.error is not None:
             raise AuditUnavailable(f"audit entry not written: {batch.error}") from batch.error
         return batch.first
+
+    def _check_open(self) -> None:
+        if self._files_closed:
+            raise AuditUnavailable(f"audit log {self.directory} is closed")
 
     def _check_usable(self) -> None:
         if self._closed or self._broken is not None:
@@ -410,13 +438,15 @@ class AuditLog:
             os.fdatasync(self._efd)
             return None
         except OSError as exc:
+            broken: OSError | None = exc if stage == "fsync" else None
             try:
                 os.ftruncate(self._efd, entries_end)
                 os.fsync(self._efd)
             except OSError as undo:
-                self._broken = undo
-            if stage == "fsync":
-                self._broken = exc
+                broken = undo
+            if broken is not None:
+                with self._cond:
+                    self._broken = broken
             return exc
 
     # -- reading ----------------------------------------------------------------
@@ -446,6 +476,7 @@ class AuditLog:
     def leaf_hashes(self, start: int, end: int) -> list[bytes]:
         """Leaf hashes of entries ``start..end``, from the index (no entry is rehashed)."""
         with self._cond:
+            self._check_open()
             if not 0 <= start <= end <= self._frontier.size:
                 raise InvalidInput(f"leaf range {start}..{end} is outside 0..{self._frontier.size}")
         size = (end - start) * _IDX.size
@@ -460,6 +491,7 @@ class AuditLog:
         if not 0 <= start <= end <= self.size:
             raise InvalidInput(f"entry range {start}..{end} is outside 0..{self.size}")
         with self._cond:
+            self._check_open()
             pos = self._index_end(start - 1)
         for _ in range(start, end):
             length, crc = _REC.unpack(os.pread(self._efd, _REC.size, pos))
@@ -528,10 +560,12 @@ class AuditLog:
             flusher = self._flusher
         if flusher is not None:
             flusher.join()
-        with contextlib.suppress(OSError):  # a cache: if this fails, open rebuilds it
-            os.fsync(self._ifd)
-        for fd in (self._efd, self._ifd, self._lock_fd):
-            os.close(fd)
+        with self._append_lock, self._cond:
+            with contextlib.suppress(OSError):  # a cache: if this fails, open rebuilds it
+                os.fsync(self._ifd)
+            for fd in (self._efd, self._ifd, self._lock_fd):
+                os.close(fd)
+            self._files_closed = True
 
     def __enter__(self) -> AuditLog:
         return self

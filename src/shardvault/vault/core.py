@@ -62,7 +62,12 @@ def _no_step(step: str) -> None:
 
 
 class Vault:
-    """The embedded vault over a deployment's cells."""
+    """The embedded vault over a deployment's cells.
+
+    Thread-safe. Several processes may open one deployment at once; open the
+    vault in each worker after a fork, never carry one across it (its SQLite
+    connections and flusher threads do not survive a fork).
+    """
 
     def __init__(
         self,

@@ -70,7 +70,7 @@ class _ShardHandle:
             self.problem = "bad header"
             return
         self.reader = reader
-        self.first_block = head[len(header) :]
+        self.first_block = head[len(header) :] if first_length else None
 
 
 class ObjectReader:
@@ -109,7 +109,7 @@ class ObjectReader:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _handle(self, index: int) -> _ShardHandle:
+    def _handle(self, index: int, segment: int) -> _ShardHandle:
         # Opened inside the fetching task, never as a task of its own: a pool
         # task that waited on another could deadlock a saturated pool.
         with self._handles_lock:
@@ -120,7 +120,7 @@ class ObjectReader:
                     self._stores[index],
                     name,
                     self._manifest.shard_header(index),
-                    self._manifest.block_length(0),
+                    self._manifest.block_length(0) if segment == 0 else 0,
                 )
                 self._handles[index] = handle
                 if self._closed and handle.reader is not None:
@@ -130,7 +130,7 @@ class ObjectReader:
             return handle
 
     def _fetch(self, segment: int, index: int) -> _Fetched:
-        handle = self._handle(index)
+        handle = self._handle(index, segment)
         if handle.reader is None:
             return _Fetched(index, None, handle.problem)
         length = self._manifest.block_length(segment)

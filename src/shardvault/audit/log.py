@@ -184,8 +184,7 @@ class AuditLog:
         Never taken under ``_cond``.
         """
         with self._append_lock:
-            if self._files_closed:
-                raise AuditUnavailable(f"audit log {self.directory} is closed")
+            self._check_open()
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
             try:
                 yield

@@ -278,9 +278,7 @@ class AuditLog:
             os.ftruncate(self._ifd, index_end + len(salvaged) * _IDX.size)
         self._frontier, self._entries_end = frontier, pos
 
-    def _append_leaf(
-        self, frontier: merkle.Frontier, leaf: bytes, heads: dict[int, bytes]
-    ) -> None:
+    def _append_leaf(self, frontier: merkle.Frontier, leaf: bytes, heads: dict[int, bytes]) -> None:
         frontier.append(leaf)
         expected = heads.get(frontier.size)
         if expected is not None and frontier.root() != expected:

@@ -82,3 +82,22 @@ def test_close_flushes_what_was_noted_and_refuses_new_writes() -> None:
     assert flushes.count == 2
     with pytest.raises(StorageError, match="closed"):
         group.note_write()
+
+
+def test_a_ticket_beyond_the_last_write_waits_for_every_write_and_never_hangs() -> None:
+    flushes = Flushes()
+    group = GroupSync(flushes, "test")
+    group.note_write()
+    group.sync(5)  # no such ticket: everything written is made durable
+    assert flushes.count == 1
+    group.sync(group.note_write())  # the group still works
+    assert flushes.count == 2
+    group.close()
+
+
+def test_close_flushes_writes_nobody_waited_for() -> None:
+    flushes = Flushes()
+    group = GroupSync(flushes, "test")
+    group.note_write()
+    group.close()  # no flusher was running: close starts one to flush
+    assert flushes.count == 1

@@ -49,14 +49,11 @@ class GroupSync:
     def sync(self, upto: int | None = None) -> None:
         """Return once the write with ticket `upto` (default: every one so far) is durable."""
         with self._work:
-            wanted = self._written if upto is None else upto
+            wanted = self._written if upto is None else min(upto, self._written)
             if self._settled < wanted and self._requested < wanted:
                 self._requested = wanted
-                if self._thread is None and not self._closed:
-                    self._thread = threading.Thread(
-                        target=self._run, name=f"shardvault-{self._name}", daemon=True
-                    )
-                    self._thread.start()
+                if not self._closed:
+                    self._start_flusher()
                 self._work.notify()
             while True:
                 for after, until, why in self._failed:
@@ -67,6 +64,14 @@ class GroupSync:
                 if self._closed and self._thread is None:
                     raise StorageError(f"{self._name}: closed before the write was durable")
                 self._done.wait()
+
+    def _start_flusher(self) -> None:
+        """Start the flusher thread if it is not running; called with the lock held."""
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._run, name=f"shardvault-{self._name}", daemon=True
+            )
+            self._thread.start()
 
     def _run(self) -> None:
         with self._work:
@@ -98,6 +103,8 @@ class GroupSync:
         with self._work:
             self._closed = True
             self._requested = self._written
+            if self._settled < self._written:
+                self._start_flusher()
             self._work.notify_all()
             thread = self._thread
         if thread is not None:

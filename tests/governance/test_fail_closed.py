@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import errno
+import io
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.governance.helpers import SERVICE, as_, entries, register
+from tests.governance.helpers import SERVICE, as_, entries, entries_of, register
 
 from conftest import files_under, make_deployment
+from shardvault.audit import AuditLog
 from shardvault.config import load
 from shardvault.errors import AuditUnavailable
 from shardvault.model import ObjectRef
@@ -103,3 +106,33 @@ def test_an_unwritable_log_refuses_the_access_and_loses_nothing(
         assert [e.to_bytes() for e in entries(vault)] == logged
         assert vault.get(ref, ctx=as_(SERVICE, "serve-user")) == b"version 1"
         assert [i.version for i in vault.versions(ref)] == [1]
+
+
+def test_a_failed_put_answers_only_once_its_decision_is_durable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Put overlaps the audit fsync with shard writes; an error is an answer too."""
+
+    class Failing(io.RawIOBase):
+        def readable(self) -> bool:
+            return True
+
+        def readinto(self, buffer: object) -> int:
+            raise OSError(5, "the source broke")
+
+    real_write = AuditLog._write
+
+    def slow_write(self: AuditLog, records: bytes, entries_end: int) -> OSError | None:
+        time.sleep(0.3)  # a slow disk: the put fails long before the entry is durable
+        return real_write(self, records, entries_end)
+
+    with Vault.open(load(make_deployment(tmp_path / "deploy"))) as vault:
+        register(vault, SERVICE)
+        vault.register_subject("intl", "alice", "US")
+        log = vault.governance.cell("US").log
+        monkeypatch.setattr(AuditLog, "_write", slow_write)
+        ctx = as_(SERVICE, "serve-user")
+        with pytest.raises(OSError, match="the source broke"):
+            vault.put(ObjectRef("intl", "alice", "k"), Failing(), ctx=ctx)  # type: ignore[arg-type]
+        assert [e.result for e in entries_of(vault, ctx)] == ["allowed"]
+        assert log.size == len(entries(vault))

@@ -14,14 +14,16 @@ from shardvault.model import ObjectRef
 from shardvault.vault import Vault
 
 
-def _child_puts_and_reads(config: str, index: int) -> None:
-    """Runs in a forked worker: opens its own vault after the parent has used one."""
+def _child_puts_and_reads(config: str, index: int, inherited: Vault) -> None:
+    """Runs in a forked worker: opens its own vault after the parent has used one, and
+    drops the one it inherited half way, which must not take the child's logs with it."""
     with Vault.open(load(Path(config))) as vault:
         ctx = as_(SERVICE, "serve-user")
         for i in range(20):
-            vault.put(
-                ObjectRef("intl", "alice", f"child{index}/{i}"), f"{index}-{i}".encode(), ctx=ctx
-            )
+            if i == 10:
+                inherited.close()
+            ref = ObjectRef("intl", "alice", f"child{index}/{i}")
+            vault.put(ref, f"{index}-{i}".encode(), ctx=ctx)
         assert vault.get(ObjectRef("intl", "alice", "parent"), ctx=ctx) == b"from the parent"
 
 
@@ -35,7 +37,7 @@ def test_forked_workers_share_a_deployment_and_its_audit_logs(tmp_path: Path) ->
         vault.put(ObjectRef("intl", "alice", "parent"), b"from the parent", ctx=ctx)
         fork = multiprocessing.get_context("fork")
         workers = [
-            fork.Process(target=_child_puts_and_reads, args=(str(config), n), daemon=True)
+            fork.Process(target=_child_puts_and_reads, args=(str(config), n, vault), daemon=True)
             for n in range(2)
         ]
         for worker in workers:

@@ -124,6 +124,19 @@ def test_versions_latest_wins_and_old_versions_stay_readable(
         vault.get(alice, 9)
 
 
+def test_bytes_like_data_of_any_layout(vault: Vault, alice: ObjectRef, config_path: Path) -> None:
+    data = payload(SEGMENT + 5)
+    vault.put(alice, bytearray(data))
+    assert vault.get(alice) == data
+    vault.put(alice, memoryview(data).cast("B", (len(data),)))
+    assert vault.get(alice) == data
+    before = files_under(config_path.parent / "nodes")
+    with pytest.raises(InvalidInput, match="contiguous"):
+        vault.put(alice, memoryview(data)[::2])
+    assert files_under(config_path.parent / "nodes") == before
+    assert vault.cells["US"].catalog.collectable(float("inf")) == []
+
+
 def test_if_match_conflict_leaves_nothing_behind(
     vault: Vault, alice: ObjectRef, config_path: Path
 ) -> None:

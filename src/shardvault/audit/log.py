@@ -564,6 +564,24 @@ class AuditLog:
                 os.close(fd)
             self._files_closed = True
 
+    def abandon_after_fork(self) -> None:
+        """In a forked child: let go of the parent's log without touching its state.
+
+        The parent's flusher thread is not in the child and its locks may be
+        held by threads that are not either. The child's copies of the
+        descriptors are closed (so a dead parent's flock dies with it, and no
+        later file can reuse the numbers under this object) and every later use
+        raises `AuditUnavailable`. Only for an at-fork hook: the child has one
+        thread then.
+        """
+        self._append_lock = threading.Lock()
+        self._cond = threading.Condition(threading.Lock())
+        self._closed = self._files_closed = True
+        self._flusher, self._queue = None, []
+        for fd in (self._efd, self._ifd, self._lock_fd):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
     def __enter__(self) -> AuditLog:
         return self
 

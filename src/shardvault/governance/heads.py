@@ -95,6 +95,8 @@ _open_logs: dict[Path, tuple[AuditLog, int]] = {}
 def _forget_logs_after_fork() -> None:
     """A forked child opens its own handles: the parent's flusher threads are not in it."""
     global _open_lock
+    for log, _ in _open_logs.values():
+        log.abandon_after_fork()
     _open_logs.clear()
     _open_lock = threading.Lock()
 
@@ -112,12 +114,15 @@ def _acquire_log(directory: Path) -> AuditLog:
         return log
 
 
-def _release_log(directory: Path) -> None:
+def _release_log(directory: Path, log: AuditLog) -> None:
+    """One user fewer; the last closes it. A log inherited over a fork is not ours."""
     key = directory.resolve()
     with _open_lock:
-        log, users = _open_logs[key]
-        if users > 1:
-            _open_logs[key] = (log, users - 1)
+        entry = _open_logs.get(key)
+        if entry is None or entry[0] is not log:
+            return
+        if entry[1] > 1:
+            _open_logs[key] = (log, entry[1] - 1)
         else:
             del _open_logs[key]
             log.close()
@@ -175,8 +180,8 @@ class CellAudit:
     def close(self) -> None:
         with self._lock:
             if self._log is not None:
-                self._log = None
-                _release_log(self.directory / "log")
+                log, self._log = self._log, None
+                _release_log(self.directory / "log", log)
 
 
 class PartnerWitness:

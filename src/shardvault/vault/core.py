@@ -17,6 +17,7 @@ new one, never a mix.
 from __future__ import annotations
 
 import builtins
+import contextlib
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -31,7 +32,13 @@ from shardvault.codec.erasure import ErasureCode
 from shardvault.codec.segment import SegmentBinding, SegmentCipher
 from shardvault.config import Config
 from shardvault.directory import SubjectDirectory
-from shardvault.errors import AccessDenied, InvalidInput, NotFound, SubjectForgotten
+from shardvault.errors import (
+    AccessDenied,
+    AuditUnavailable,
+    InvalidInput,
+    NotFound,
+    SubjectForgotten,
+)
 from shardvault.governance.guard import Access, Governance
 from shardvault.governance.receipts import Forgotten, make_receipt
 from shardvault.keys import hierarchy
@@ -230,11 +237,30 @@ class Vault:
         ctx: RequestContext | None = None,
         progress: Progress | None = None,
     ) -> ObjectInfo:
-        """Store a new version of ref; returns it once durable and visible."""
+        """Store a new version of ref; returns it once durable and visible.
+
+        Bytes-like data is read in place, not copied: leave it unchanged until
+        put returns.
+        """
         ctx = ctx or local_context("write")
+        source = memoryview(data) if isinstance(data, bytes | bytearray | memoryview) else data
+        if isinstance(source, memoryview) and not source.c_contiguous:
+            raise InvalidInput("put needs contiguous bytes: pass bytes(data)")
         subject, access = self._authorized(
             ctx, Action.WRITE, ref.tenant, ref.subject, ref.key, durable=False
         )
+        with _answered_after_audit(access):
+            return self._write_version(ref, source, subject, access, if_match, progress)
+
+    def _write_version(
+        self,
+        ref: ObjectRef,
+        source: BinaryIO | memoryview,
+        subject: SubjectRecord,
+        access: Access,
+        if_match: int | None,
+        progress: Progress | None,
+    ) -> ObjectInfo:
         cell = self.cells[subject.jurisdiction]
         seed = blake3(f"{ref.tenant}\x00{ref.subject}\x00{ref.key}".encode()).digest()
         nodes = place_stripe(seed, cell.nodes, subject.jurisdiction, self.code.k, self.code.m)
@@ -254,7 +280,6 @@ class Vault:
             pool=self._pool,
             on_step=self._on_step,
         )
-        source = memoryview(data) if isinstance(data, bytes | bytearray | memoryview) else data
         try:
             written = writer.write(source, progress)
             # the data key is fresh, so shards need no custodian; wrapping it does
@@ -371,6 +396,13 @@ class Vault:
         """A streaming reader; iterate it for plaintext, then check .damage."""
         ctx = ctx or local_context("read")
         cell, subject, record, access = self._record(ref, version, ctx, Action.READ, durable=False)
+        with _answered_after_audit(access):
+            return self._open_reader(ref, cell, subject, record, access)
+
+    def _open_reader(
+        self, ref: ObjectRef, cell: Cell, subject: SubjectRecord, record: VersionRecord,
+        access: Access,
+    ) -> ObjectReader:  # fmt: skip
         assert record.manifest is not None
         manifest = Manifest.from_bytes(record.manifest)
         code = (
@@ -478,6 +510,18 @@ class Vault:
 
     def node_usage(self) -> builtins.list[NodeUsage]:
         return node_usage(self.cells.values())
+
+
+@contextlib.contextmanager
+def _answered_after_audit(access: Access) -> Iterator[None]:
+    """An error is an answer too: raise it only once the access's audit entry is durable
+    (if that fails as well, the first error still says what went wrong)."""
+    try:
+        yield
+    except BaseException:
+        with contextlib.suppress(AuditUnavailable):
+            access.wait_audited()
+        raise
 
 
 def _live(record: SubjectRecord) -> SubjectRecord:

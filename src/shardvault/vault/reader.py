@@ -111,23 +111,26 @@ class ObjectReader:
 
     def _handle(self, index: int, segment: int) -> _ShardHandle:
         # Opened inside the fetching task, never as a task of its own: a pool
-        # task that waited on another could deadlock a saturated pool.
+        # task that waited on another could deadlock a saturated pool. Opened
+        # outside the lock, so the shards' first reads run in parallel.
         with self._handles_lock:
-            handle = self._handles.get(index)
-            if handle is None:
-                name = shard_name(self._manifest.object_id, self._manifest.version, index)
-                handle = _ShardHandle(
-                    self._stores[index],
-                    name,
-                    self._manifest.shard_header(index),
-                    self._manifest.block_length(0) if segment == 0 else 0,
-                )
-                self._handles[index] = handle
-                if self._closed and handle.reader is not None:
-                    # a prefetch that finished opening after close(): do not leak it
-                    handle.reader.close()
-                    handle.reader, handle.problem = None, "reader closed"
-            return handle
+            found = self._handles.get(index)
+        if found is not None:
+            return found
+        name = shard_name(self._manifest.object_id, self._manifest.version, index)
+        handle = _ShardHandle(
+            self._stores[index],
+            name,
+            self._manifest.shard_header(index),
+            self._manifest.block_length(0) if segment == 0 else 0,
+        )
+        with self._handles_lock:
+            found = self._handles.setdefault(index, handle)
+            if handle.reader is not None and (found is not handle or self._closed):
+                # opened twice, or a prefetch that finished after close(): do not leak it
+                handle.reader.close()
+                handle.reader, handle.problem = None, "reader closed"
+            return found
 
     def _fetch(self, segment: int, index: int) -> _Fetched:
         handle = self._handle(index, segment)
@@ -227,6 +230,9 @@ class ObjectReader:
         return b"".join(self)
 
     def close(self) -> None:
+        for item in self._first:  # a refused read need not finish its prefetch
+            if isinstance(item, Future):
+                item.cancel()
         with self._handles_lock:
             if self._closed:
                 return

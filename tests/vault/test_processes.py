@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import multiprocessing
+import subprocess
+import sys
 from pathlib import Path
 
 from tests.governance.helpers import SERVICE, as_, register
@@ -58,3 +60,27 @@ def test_forked_workers_share_a_deployment_and_its_audit_logs(tmp_path: Path) ->
         actions = [AuditEntry.from_bytes(raw).action for raw in log.iter_entry_bytes()]
         assert actions.count("write") == 1 + 40 + 1  # the parent's, the workers', the subject
         assert actions.count("read") == 20 + 2 + 40
+
+
+def test_the_command_line_works_beside_an_open_vault(tmp_path: Path) -> None:
+    """The CLI in its own process reads and writes while this process holds the vault."""
+    config = make_deployment(tmp_path / "deploy", pack_limit=64 << 10)
+    command = Path(sys.executable).parent / "shardvault"
+    with Vault.open(load(config)) as vault:
+        vault.register_subject("intl", "alice", "US")
+        vault.put(ObjectRef("intl", "alice", "held"), b"written while held open")
+        (tmp_path / "in.txt").write_bytes(b"from the command line")
+        for args in (
+            ["put", "intl", "alice", "cli", str(tmp_path / "in.txt")],
+            ["get", "intl", "alice", "held", "-o", str(tmp_path / "out.txt")],
+        ):
+            done = subprocess.run(
+                [str(command), "--config", str(config), *args], capture_output=True, timeout=60
+            )
+            assert done.returncode == 0, done.stderr
+        assert (tmp_path / "out.txt").read_bytes() == b"written while held open"
+        assert vault.get(ObjectRef("intl", "alice", "cli")) == b"from the command line"
+        log = vault.governance.cell("US").log
+        log.refresh()
+        actions = [AuditEntry.from_bytes(raw).action for raw in log.iter_entry_bytes()]
+        assert actions == ["write", "write", "write", "read", "read"]

@@ -120,7 +120,7 @@ class AuditTicket:
 
     def wait(self) -> int:
         """Block until durable; the first index, or `AuditUnavailable` (fail closed)."""
-        return self._log.wait(self._batch)
+        return self._log._wait(self._batch)
 
 
 class AuditLog:
@@ -346,7 +346,7 @@ class AuditLog:
                 self._cond.notify_all()
         return AuditTicket(self, batch)
 
-    def wait(self, batch: _Batch) -> int:
+    def _wait(self, batch: _Batch) -> int:
         with self._cond:
             while not batch.done and batch.error is None:
                 self._cond.wait()

@@ -169,12 +169,9 @@ class CellAudit:
                 self._log = _acquire_log(self.directory / "log")
             return self._log
 
-    def append(self, entry: AuditEntry) -> int:
-        """Make one entry durable; `AuditUnavailable` if it cannot be (fail closed)."""
-        return self.log.append(entry)
-
     def submit(self, entry: AuditEntry) -> AuditTicket:
-        """Queue one entry; wait on the ticket before acting on it."""
+        """Queue one entry; wait on the ticket (fail closed: `AuditUnavailable`) before
+        acting on it."""
         return self.log.submit([entry])
 
     def close(self) -> None:

@@ -1,14 +1,18 @@
-"""Group commit: one flush covers every write noted before it began, and none is lost."""
+"""Group commit covers every write noted before it began; background flushes lose no error."""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
-from shardvault.durability import GroupSync
+from shardvault.durability import BackgroundFlush, GroupSync
 from shardvault.errors import StorageError
+from shardvault.nodes.localdir import WRITEBACK_CHUNK, LocalDirShardStore
+from shardvault.nodes.port import shard_name
 
 
 class Flushes:
@@ -101,3 +105,89 @@ def test_close_flushes_writes_nobody_waited_for() -> None:
     group.note_write()
     group.close()  # no flusher was running: close starts one to flush
     assert flushes.count == 1
+
+
+class SlowFlushes:
+    """Stands in for os.fdatasync: records the descriptors, can hold or fail the flush."""
+
+    def __init__(self) -> None:
+        self.fds: list[int] = []
+        self.release = threading.Event()
+        self.release.set()
+        self.error: OSError | None = None
+
+    def __call__(self, fd: int) -> None:
+        self.fds.append(fd)
+        self.release.wait(10)
+        if self.error is not None:
+            raise self.error
+        os.fstat(fd)  # the descriptor must still be open
+
+
+def test_background_flush_starts_every_chunk_and_skips_while_one_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    flushes = SlowFlushes()
+    monkeypatch.setattr(os, "fdatasync", flushes)
+    fd = os.open(tmp_path / "f", os.O_WRONLY | os.O_CREAT)
+    flush = BackgroundFlush(fd, every=100)
+    flush.wrote(99)
+    flush.finish()
+    assert flushes.fds == [], "below the chunk nothing is flushed"
+    flushes.release.clear()
+    flush.wrote(1)  # reaches the chunk: a flush starts and is held
+    flush.wrote(100)  # another chunk while it runs: no second flush
+    flushes.release.set()
+    flush.finish()
+    assert flushes.fds == [fd]
+    flush.wrote(100)  # the last one is done: the pending bytes start a new flush
+    flush.finish()
+    assert flushes.fds == [fd, fd]
+    os.close(fd)
+
+
+def test_a_background_flush_error_is_raised_by_finish_not_lost(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    flushes = SlowFlushes()
+    flushes.error = OSError(5, "Input/output error")
+    monkeypatch.setattr(os, "fdatasync", flushes)
+    fd = os.open(tmp_path / "f", os.O_WRONLY | os.O_CREAT)
+    flush = BackgroundFlush(fd, every=10)
+    flush.wrote(10)
+    assert isinstance(flush.wait(), OSError)
+    with pytest.raises(OSError, match="Input/output error"):
+        flush.finish()
+    os.close(fd)
+
+
+def test_a_shard_whose_background_flush_failed_is_not_committed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = LocalDirShardStore("n1", tmp_path, pack_limit=16)
+    flushes = SlowFlushes()
+    flushes.error = OSError(5, "Input/output error")
+    monkeypatch.setattr(os, "fdatasync", flushes)
+    name = shard_name(b"\x01" * 16, 1, 0)
+    writer = store.open_writer(name)
+    writer.write(b"x" * (WRITEBACK_CHUNK + 1))
+    with pytest.raises(StorageError, match="Input/output error"):
+        writer.commit()
+    assert flushes.fds, "the shard outgrew a chunk, so a background flush ran"
+    assert not store.shard_path(name).exists()
+    assert list((tmp_path / "tmp").iterdir()) == []
+
+
+def test_abort_waits_for_the_running_flush_before_closing_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = LocalDirShardStore("n1", tmp_path, pack_limit=16)
+    flushes = SlowFlushes()
+    flushes.release.clear()
+    monkeypatch.setattr(os, "fdatasync", flushes)
+    writer = store.open_writer(shard_name(b"\x02" * 16, 1, 0))
+    writer.write(b"x" * WRITEBACK_CHUNK)
+    threading.Timer(0.2, flushes.release.set).start()
+    writer.abort()  # raises nothing; a flush on a closed descriptor would fail its fstat
+    assert flushes.release.is_set() and len(flushes.fds) == 1
+    assert list((tmp_path / "tmp").iterdir()) == []

@@ -2,11 +2,12 @@
 
 A durable small write costs a flush to stable storage; paid per write, that
 caps small puts at a few hundred a second here. Instead each write takes a
-ticket (``note_write``); ``sync(ticket)`` wakes the flusher thread if no flush
-has covered the ticket yet and waits until one has. The flusher runs one flush
-for every write noted before it began. Noting does not start a flush, so a put
-appends all n shards before the one flush that covers them, and concurrent puts
-share flushes.
+ticket (``note_write``); ``sync(ticket)`` returns once a flush that began after
+the write has ended. The first caller that finds no flush running runs one
+itself, covering every write noted before it began; callers arriving meanwhile
+wait and share the next. Noting does not flush, so a put appends all n shards
+before the one flush that covers them. No flusher thread: handing each sync to
+one cost two thread switches per request.
 """
 
 from __future__ import annotations
@@ -24,24 +25,21 @@ from shardvault.errors import StorageError
 
 
 class GroupSync:
-    """Coalesces durability requests for one file into as few flushes as possible."""
+    """Coalesces durability requests for one file or filesystem into as few flushes as possible."""
 
     def __init__(self, flush: Callable[[], None], name: str = "flush") -> None:
         self._flush = flush
         self._name = name
-        lock = threading.Lock()
-        self._work = threading.Condition(lock)  # the flusher waits here for a sync request
-        self._done = threading.Condition(lock)  # callers wait here for a flush to end
+        self._cond = threading.Condition(threading.Lock())
         self._written = 0
-        self._requested = 0  # the highest ticket someone waits for
         self._settled = 0  # every ticket up to here has had its flush, good or failed
+        self._flushing = False
         self._failed: list[tuple[int, int, str]] = []  # (after, upto, why): flushes that failed
         self._closed = False
-        self._thread: threading.Thread | None = None
 
     def note_write(self) -> int:
         """Take a ticket for a write just made; ``sync`` it to make it durable."""
-        with self._work:
+        with self._cond:
             if self._closed:
                 raise StorageError(f"{self._name}: closed")
             self._written += 1
@@ -49,70 +47,47 @@ class GroupSync:
 
     def sync(self, upto: int | None = None) -> None:
         """Return once the write with ticket `upto` (default: every one so far) is durable."""
-        with self._work:
+        with self._cond:
             wanted = self._written if upto is None else min(upto, self._written)
-            if self._settled < wanted and self._requested < wanted:
-                self._requested = wanted
-                if not self._closed:
-                    self._start_flusher()
-                self._work.notify()
             while True:
                 for after, until, why in self._failed:
                     if after < wanted <= until:
                         raise StorageError(f"{self._name}: {why}")
                 if self._settled >= wanted:
                     return
-                if self._closed and self._thread is None:
-                    raise StorageError(f"{self._name}: closed before the write was durable")
-                self._done.wait()
+                if self._flushing:
+                    self._cond.wait()
+                else:
+                    self._flush_now()
 
-    def _start_flusher(self) -> None:
-        """Start the flusher thread if it is not running; called with the lock held."""
-        if self._thread is None:
-            self._thread = threading.Thread(
-                target=self._run, name=f"shardvault-{self._name}", daemon=True
-            )
-            self._thread.start()
-
-    def _run(self) -> None:
-        with self._work:
-            while True:
-                while self._settled >= self._requested and not self._closed:
-                    self._work.wait()
-                if self._settled >= self._written:
-                    if self._closed:
-                        return
-                    continue
-                after, target = self._settled, self._written
-                self._work.release()
-                failure = ""
-                try:
-                    self._flush()
-                except (OSError, StorageError) as exc:
-                    failure = str(exc)
-                finally:
-                    self._work.acquire()
-                if failure:
-                    # Those writes may be lost (the kernel can drop pages a failed
-                    # fsync could not write): report them, never call them durable.
-                    self._failed.append((after, target, failure))
-                self._settled = target
-                self._done.notify_all()
+    def _flush_now(self) -> None:
+        """One flush for every write noted so far; called holding the lock, nobody flushing."""
+        after, target = self._settled, self._written
+        self._flushing = True
+        self._cond.release()
+        failure = ""
+        try:
+            self._flush()
+        except (OSError, StorageError) as exc:
+            failure = str(exc)
+        finally:
+            self._cond.acquire()
+            self._flushing = False
+            self._cond.notify_all()
+        if failure:
+            # Those writes may be lost (the kernel can drop pages a failed
+            # fsync could not write): report them, never call them durable.
+            self._failed.append((after, target, failure))
+        self._settled = target
 
     def close(self) -> None:
-        """Flush what is pending, then stop the flusher."""
-        with self._work:
+        """Flush what is pending (writes nobody waited for); refuse new writes."""
+        with self._cond:
             self._closed = True
-            self._requested = self._written
+            while self._flushing:
+                self._cond.wait()
             if self._settled < self._written:
-                self._start_flusher()
-            self._work.notify_all()
-            thread = self._thread
-        if thread is not None:
-            thread.join()
-            with self._work:
-                self._thread = None
-                self._done.notify_all()
+                self._flush_now()
 
 
 def _libc_function(name: str, argtypes: list[Any]) -> Any:

@@ -101,6 +101,15 @@ def test_submitted_entries_keep_their_order_and_wait_makes_them_durable(tmp_path
     assert AuditLog.open(tmp_path / "log").size == 5
 
 
+def test_close_writes_entries_nobody_waited_for(tmp_path: Path) -> None:
+    log = filled(tmp_path / "log", 2)
+    log.submit([make_entry(2)])  # queued: the first waiter, or close, writes it
+    log.close()
+    reopened = AuditLog.open(tmp_path / "log")
+    assert reopened.size == 3 and reopened.entry(2) == make_entry(2)
+    reopened.close()
+
+
 def test_a_failed_write_fails_its_batch_and_the_next_takes_its_place(tmp_path: Path) -> None:
     """Indexes are given when a batch is written, so a failure leaves no gap."""
     log = filled(tmp_path / "log", 2)
@@ -114,10 +123,22 @@ def test_a_failed_write_fails_its_batch_and_the_next_takes_its_place(tmp_path: P
 
     log._write = failing_write  # type: ignore[method-assign]
     failed = log.submit([make_entry(2)])
+    outcome: list[BaseException] = []
+
+    def wait_failed() -> None:  # its waiter writes it
+        try:
+            failed.wait()
+        except AuditUnavailable as exc:
+            outcome.append(exc)
+
+    waiter = threading.Thread(target=wait_failed)
+    waiter.start()
     assert entered.wait(10)
     behind = log.submit([make_entry(3), make_entry(4)])  # queued while the write is failing
     log._write = real_write  # type: ignore[method-assign]
     release.set()
+    waiter.join(10)
+    assert len(outcome) == 1 and "injected write failure" in str(outcome[0])
     with pytest.raises(AuditUnavailable, match="injected write failure"):
         failed.wait()
     assert behind.wait() == 2

@@ -11,10 +11,12 @@ Layout of a log directory (all integers big-endian)::
 Why this shape: the index holds every leaf hash, so heads and proofs never
 rehash entries, and the in-memory `Frontier` makes each append O(log n).
 `append` returns only once its entry is on disk (fdatasync of the entries file).
-`submit` hands the entry to the log's flusher thread and returns a ticket, so a
-caller can do work that needs no audit (reading shards, writing invisible ones)
-while the fsync runs, and waits on the ticket before anything becomes visible.
-Entries submitted while a write is in flight share the next fsync.
+`submit` queues the entry and returns a ticket; the caller waits on it before
+anything becomes visible. The first waiter finding no write in flight writes
+every queued entry with one fsync, in its own thread, and entries queued
+meanwhile share the next one (leader-based group commit). There is no flusher
+thread: handing each entry to one cost a thread switch each way per request,
+measured at about a sixth of a small get's CPU (docs/performance.md).
 
 Several processes may append to one log (a cell served by several workers, or
 the CLI beside a server). A batch is written under an exclusive flock of
@@ -136,8 +138,7 @@ class AuditLog:
         self._cond = threading.Condition(threading.Lock())
         self._files_closed = False
         self._queue: list[_Batch] = []
-        self._writing = False
-        self._flusher: threading.Thread | None = None
+        self._writing = False  # a waiter is writing the batches it took from the queue
         self._broken: BaseException | None = None
         self._closed = False
         self._commits = 0
@@ -328,7 +329,7 @@ class AuditLog:
         return list(range(first, first + len(entries)))
 
     def submit(self, entries: list[AuditEntry]) -> AuditTicket:
-        """Queue entries (all or none) for the flusher; `wait` on the ticket for their index.
+        """Queue entries (all or none); `wait` on the ticket to write them and get their index.
 
         Raises `AuditUnavailable` at once if the log is closed or broken.
         """
@@ -336,23 +337,37 @@ class AuditLog:
         with self._cond:
             self._check_usable()
             self._queue.append(batch)
-            if self._flusher is None:
-                self._flusher = threading.Thread(
-                    target=self._flush_loop, name=f"audit-{self.directory.parent.name}",
-                    daemon=True,
-                )  # fmt: skip
-                self._flusher.start()
-            elif not self._writing:
-                self._cond.notify_all()
         return AuditTicket(self, batch)
 
     def _wait(self, batch: _Batch) -> int:
         with self._cond:
             while not batch.done and batch.error is None:
-                self._cond.wait()
+                if self._writing:
+                    self._cond.wait()  # the writer may be writing this batch too
+                else:
+                    self._write_queue()  # the queue holds this batch: write it
         if batch.error is not None:
             raise AuditUnavailable(f"audit entry not written: {batch.error}") from batch.error
         return batch.first
+
+    def _write_queue(self) -> None:
+        """Write every queued batch with one fsync; called holding ``_cond``, nobody writing."""
+        batches, self._queue = self._queue, []
+        self._writing = True
+        self._cond.release()
+        error: BaseException | None = None
+        try:
+            error = self._write_batches(batches)
+        except BaseException as exc:  # callers waiting on these batches must hear of it
+            error = exc
+            raise
+        finally:
+            self._cond.acquire()
+            self._writing = False
+            for b in batches:
+                b.error = error
+                b.done = error is None
+            self._cond.notify_all()
 
     def _check_open(self) -> None:
         if self._files_closed:
@@ -362,30 +377,6 @@ class AuditLog:
         if self._closed or self._broken is not None:
             reason = "closed" if self._closed else f"broken ({self._broken}); reopen it"
             raise AuditUnavailable(f"audit log {self.directory} is {reason}")
-
-    def _flush_loop(self) -> None:
-        """The flusher: writes whatever is queued with one fsync, until closed and drained."""
-        with self._cond:
-            while True:
-                if not self._queue:
-                    if self._closed:
-                        return
-                    self._cond.wait()
-                    continue
-                batches, self._queue = self._queue, []
-                self._writing = True
-                self._cond.release()
-                try:
-                    error = self._write_batches(batches)
-                except BaseException as exc:  # never let the flusher die with callers waiting
-                    error = exc
-                finally:
-                    self._cond.acquire()
-                    self._writing = False
-                for b in batches:
-                    b.error = error
-                    b.done = error is None
-                self._cond.notify_all()
 
     def _write_batches(self, batches: list[_Batch]) -> BaseException | None:
         """Under the flock: catch up, append, fsync, index. None, or why it failed."""
@@ -548,15 +539,16 @@ class AuditLog:
         return heads
 
     def close(self) -> None:
-        """Write what is queued, stop the flusher, then close the files."""
+        """Write what is queued (entries nobody waited for), then close the files."""
         with self._cond:
             if self._closed:
                 return
-            self._closed = True
-            self._cond.notify_all()
-            flusher = self._flusher
-        if flusher is not None:
-            flusher.join()
+            self._closed = True  # submit refuses from now on
+            while self._writing:
+                self._cond.wait()
+            if self._queue:
+                with contextlib.suppress(Exception):  # their waiters get the error
+                    self._write_queue()
         with self._append_lock, self._cond:
             with contextlib.suppress(OSError):  # a cache: if this fails, open rebuilds it
                 os.fsync(self._ifd)
@@ -567,8 +559,7 @@ class AuditLog:
     def abandon_after_fork(self) -> None:
         """In a forked child: let go of the parent's log without touching its state.
 
-        The parent's flusher thread is not in the child and its locks may be
-        held by threads that are not either. The child's copies of the
+        Its locks may be held by parent threads that are not in the child. The child's copies of the
         descriptors are closed (so a dead parent's flock dies with it, and no
         later file can reuse the numbers under this object) and every later use
         raises `AuditUnavailable`. Only for an at-fork hook: the child has one
@@ -577,7 +568,7 @@ class AuditLog:
         self._append_lock = threading.Lock()
         self._cond = threading.Condition(threading.Lock())
         self._closed = self._files_closed = True
-        self._flusher, self._queue = None, []
+        self._queue = []
         for fd in (self._efd, self._ifd, self._lock_fd):
             with contextlib.suppress(OSError):
                 os.close(fd)

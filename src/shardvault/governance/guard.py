@@ -12,9 +12,10 @@ Per vault call, `Governance.authorize`:
    nothing else happens: fail closed;
 5. raises `AccessDenied` on deny, or returns an `Access` the vault acts under.
 
-A caller may ask not to wait in step 4 (``durable=False``) to overlap the fsync
-with work nobody can see (reading and verifying shards, writing shards of a
-version not yet committed). It must then call `Access.wait_audited` before the
+A caller may ask not to wait in step 4 (``durable=False``) to do work nobody
+can see first (reading and verifying shards, writing shards of a version not
+yet committed); an entry queued behind another's write overlaps it that way.
+It must then call `Access.wait_audited` before the
 custodian is asked for a key, before any byte or answer is returned and before
 anything is committed; that call raises `AuditUnavailable` if the entry could not
 be written. Refusals are always durable before they are raised.

@@ -93,7 +93,7 @@ _open_logs: dict[Path, tuple[AuditLog, int]] = {}
 
 
 def _forget_logs_after_fork() -> None:
-    """A forked child opens its own handles: the parent's flusher threads are not in it."""
+    """A forked child opens its own handles: the parent's locks may be held by threads it lacks."""
     global _open_lock
     for log, _ in _open_logs.values():
         log.abandon_after_fork()
@@ -106,7 +106,7 @@ os.register_at_fork(after_in_child=_forget_logs_after_fork)
 
 def _acquire_log(directory: Path) -> AuditLog:
     """The process's one handle on a log: several vaults in one process share its
-    flusher, so their appends share fsyncs (other processes append through their own)."""
+    group commit, so their appends share fsyncs (other processes append through their own)."""
     key = directory.resolve()
     with _open_lock:
         log, users = _open_logs.get(key) or (AuditLog.open(key), 0)

@@ -4,10 +4,10 @@ Every call carries a RequestContext (none means the local administrator). The
 governance guard decides it and audits the decision durably before anything
 happens; every use of a subject key then goes to the custodian with the
 justification of the allowed access, and a custodian refusal is audited too.
-Put and get overlap that audit fsync with work nobody can observe (writing the
-shards of a version not yet committed, reading and verifying shards) and wait
-for the entry before the custodian sees the request and before anything is
-committed or returned.
+Put and get do the work nobody can observe first (writing the shards of a
+version not yet committed, reading and verifying shards) and wait for the entry
+before the custodian sees the request and before anything is committed or
+returned.
 A write reserves a pending version, writes and commits every shard, then
 commits the manifest in one
 catalog transaction, so a crash at any point leaves the old version or the
@@ -73,7 +73,7 @@ class Vault:
 
     Thread-safe. Several processes may open one deployment at once; open the
     vault in each worker after a fork, never carry one across it (its SQLite
-    connections and flusher threads do not survive a fork).
+    connections and I/O pool threads do not survive a fork).
     """
 
     def __init__(

@@ -10,11 +10,12 @@ from pathlib import Path
 import pytest
 
 from conftest import SEGMENT, files_under, make_deployment, manifest_of
-from shardvault.config import load
+from shardvault.config import Config, load
 from shardvault.errors import (
     IntegrityError,
     InvalidInput,
     KeyUnavailable,
+    NotFound,
     ResidencyRefused,
     TooFewNodes,
 )
@@ -179,3 +180,22 @@ def test_tenants_are_isolated(vault: Vault) -> None:
     )
     with pytest.raises(IntegrityError, match="failed to unwrap"):
         vault.get(mine)
+
+
+def test_a_remembered_home_is_asked_again_when_its_registration_was_undone(
+    deployment: tuple[Config, Vault],
+) -> None:
+    """Homes are cached per process; another process's failed registration must not stick."""
+    config, vault = deployment
+    other = Vault.open(config)  # stands in for another process: its own directory handle
+    try:
+        other.directory.add("intl", "bob", "US")  # a registration in progress elsewhere
+        with pytest.raises(NotFound):
+            vault.subject("intl", "bob")  # this vault now remembers US for bob
+        other.directory.remove("intl", "bob")  # ... which failed and was undone
+        other.register_subject("intl", "bob", "SG")
+        assert vault.subject("intl", "bob").jurisdiction == "SG"
+        ref = ObjectRef("intl", "bob", "note.txt")
+        assert vault.put(ref, b"hi").version == 1 and vault.get(ref) == b"hi"
+    finally:
+        other.close()

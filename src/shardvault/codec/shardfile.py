@@ -29,11 +29,12 @@ class ShardHeader:
     segment_size: int
     block_size: int
 
-    def to_bytes(self) -> bytes:
+    def to_bytes(self, index: int | None = None) -> bytes:
+        """The header's bytes; `index` gives those of the same stripe's shard `index`."""
         return HEADER.pack(
             MAGIC,
             FORMAT_VERSION,
-            self.index,
+            self.index if index is None else index,
             self.k,
             self.m,
             self.object_id,

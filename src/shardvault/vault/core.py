@@ -184,6 +184,11 @@ class Vault:
         subject_id(subject)
         home = self.directory.home(tenant, subject)
         record = self.cells[home].catalog.get_subject(tenant, subject) if home else None
+        if record is None and home is not None:
+            # a remembered home whose registration failed (in another process): ask again
+            self.directory.forget_cached(tenant, subject)
+            home = self.directory.home(tenant, subject)
+            record = self.cells[home].catalog.get_subject(tenant, subject) if home else None
         if record is None:
             raise NotFound(
                 f"no subject {subject} in tenant {tenant}: register it with "

@@ -14,7 +14,7 @@ from __future__ import annotations
 import io
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, Future, wait
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import BinaryIO
 
 from shardvault.codec.erasure import ErasureCode
@@ -140,7 +140,7 @@ class ShardSetWriter:
         for index, store in enumerate(self._stores):
             self._writers.append(store.open_writer(self._names[index]))
         for index, writer in enumerate(self._writers):
-            writer.write(replace(self._header, index=index).to_bytes())
+            writer.write(self._header.to_bytes(index))
         hashes: list[bytes] = []
         in_flight: list[Future[bytes]] = []
         size = segments = last_block = 0

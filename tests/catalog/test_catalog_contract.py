@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import fcntl
+import multiprocessing
+import os
 import sqlite3
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -265,3 +269,41 @@ def test_sqlite_creates_missing_directories(tmp_path: Path) -> None:
     path = tmp_path / "cells" / "US" / "catalog.sqlite"
     SqliteCatalog(path).close()
     assert path.exists()
+
+
+def test_sqlite_writers_take_turns_on_the_lock_file(tmp_path: Path) -> None:
+    """Another process's writer holds the flock: a write waits for it, then goes on."""
+    catalog = SqliteCatalog(tmp_path / "c.sqlite")
+    other = os.open(tmp_path / "c.sqlite.lock", os.O_RDWR)  # its own open file: conflicts
+    fcntl.flock(other, fcntl.LOCK_EX)
+    done = threading.Event()
+    writer = threading.Thread(target=lambda: (put(catalog, REF, 1), done.set()))
+    writer.start()
+    assert not done.wait(0.3), "the write went ahead while another writer held the lock"
+    fcntl.flock(other, fcntl.LOCK_UN)
+    assert done.wait(10)
+    writer.join()
+    os.close(other)
+    catalog.close()
+
+
+def _reserve_many(path: Path, count: int) -> None:
+    catalog = SqliteCatalog(path)
+    for number in range(count):
+        catalog.reserve(REF, oid(number), 1.0)
+    catalog.close()
+
+
+def test_sqlite_reservations_of_concurrent_processes_never_collide(tmp_path: Path) -> None:
+    path = tmp_path / "c.sqlite"
+    SqliteCatalog(path).close()
+    context = multiprocessing.get_context("fork")
+    workers = [context.Process(target=_reserve_many, args=(path, 60)) for _ in range(3)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(60)
+        assert worker.exitcode == 0
+    with sqlite3.connect(path) as db:
+        versions = [row[0] for row in db.execute("SELECT version FROM versions")]
+    assert sorted(versions) == list(range(1, 181))

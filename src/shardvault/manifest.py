@@ -24,6 +24,7 @@ from shardvault.model import ObjectRef
 MAGIC = b"SVMF"
 FORMAT_VERSION = 1
 _HEAD = struct.Struct(">4sBI")
+_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"))  # one, not one per put
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +89,7 @@ class Manifest:
             "subject_key_id": self.subject_key_id,
             "created_at": self.created_at,
         }
-        body = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+        body = _ENCODER.encode(doc).encode()
         return _HEAD.pack(MAGIC, FORMAT_VERSION, len(body)) + body + self.block_hashes
 
     @classmethod

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
@@ -132,3 +133,26 @@ def test_bad_input_is_reported_when_building() -> None:
     with pytest.raises(InvalidInput, match="limit"):
         sample(details={"blob": "x" * 70000}).to_bytes()
     assert "key hidden" in repr(AuditHasher(KEY))
+
+
+def test_checks_are_cached_only_for_what_passed() -> None:
+    """Details and seconds are checked once and remembered; equal values of another
+    type, and anything refused, are still checked every time."""
+    sample(details={"n": 1})
+    with pytest.raises(InvalidInput, match="only strings"):
+        sample(details={"n": 1.0})  # equal to the cached 1, but a float
+    for _ in range(2):
+        with pytest.raises(InvalidInput, match="control character"):
+            sample(details={"note": "a\x00b"})
+    entry = sample()
+    replace(entry, time="2026-02-28T10:00:00.000000Z")
+    for _ in range(2):
+        with pytest.raises(InvalidInput, match="real date"):
+            replace(entry, time="2026-02-30T10:00:00.000000Z")
+
+
+def test_pseudonyms_are_the_same_whether_remembered_or_not() -> None:
+    fresh, warm = AuditHasher(KEY), AuditHasher(KEY)
+    warm.pseudonym("subject", "alice")
+    assert warm.pseudonym("subject", "alice") == fresh.pseudonym("subject", "alice")
+    assert warm.pseudonym("key", "alice") != warm.pseudonym("subject", "alice")

@@ -21,6 +21,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 from shardvault.errors import IntegrityError, InvalidInput
@@ -46,6 +47,7 @@ _FIELDS = (
 _TIME = re.compile(r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})\.(\d{6})Z")
 _FORBIDDEN = re.compile(r"[\x00-\x1f\ud800-\udfff]")  # control characters, lone surrogates
 _DETAIL_KEY = re.compile(r"[a-z][a-z0-9_]{0,63}")
+_RECENT_PSEUDONYMS = 4096  # per hasher; cleared when full
 
 DetailValue = str | int | bool | None
 
@@ -58,16 +60,22 @@ def format_time(at: datetime) -> str:
 
 
 def _check_time(value: str) -> None:
-    match = _TIME.fullmatch(value) if isinstance(value, str) else None
-    if match is None:
+    if not isinstance(value, str) or _TIME.fullmatch(value) is None:
         raise InvalidInput(
             f"audit time {value!r} is not RFC 3339 UTC (YYYY-MM-DDTHH:MM:SS.ffffffZ)"
         )
+    if not _real_second(value[:19]):
+        raise InvalidInput(f"audit time {value!r} is not a real date and time")
+
+
+@lru_cache(maxsize=256)
+def _real_second(stamp: str) -> bool:
+    """Whether ``YYYY-MM-DDTHH:MM:SS`` names a real second (entries of one second share it)."""
     try:
-        year, month, day, hour, minute, second, *_ = (int(part) for part in match.groups())
-        datetime(year, month, day, hour, minute, second)
+        datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S")
     except ValueError:
-        raise InvalidInput(f"audit time {value!r} is not a real date and time") from None
+        return False
+    return True
 
 
 def _check_text(name: str, value: object) -> None:
@@ -78,7 +86,16 @@ def _check_text(name: str, value: object) -> None:
 
 
 def _check_details(details: Mapping[str, DetailValue]) -> None:
-    for key, value in details.items():
+    # the type is part of the cache key: 1, 1.0 and True are equal but not all allowed
+    _check_detail_items(tuple((key, type(value), value) for key, value in details.items()))
+
+
+@lru_cache(maxsize=4096)
+def _check_detail_items(items: tuple[tuple[str, type, DetailValue], ...]) -> None:
+    """Raises on the first bad detail. Cached: guards write the same few details
+    (stage, jurisdiction, data class, kind, location) on every entry; a raise is
+    not cached, so a bad detail is refused every time."""
+    for key, _, value in items:
         if not isinstance(key, str) or not _DETAIL_KEY.fullmatch(key):
             raise InvalidInput(f"audit detail name {key!r}: use lower-case letters, digits, '_'")
         if isinstance(value, bool) or value is None:
@@ -95,11 +112,14 @@ def _check_details(details: Mapping[str, DetailValue]) -> None:
             )
 
 
+_CANONICAL = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+)  # made once: json.dumps with options builds an encoder per call
+
+
 def canonical_json(value: Mapping[str, Any]) -> bytes:
     """RFC 8785-style bytes for the restricted JSON subset entries use (no floats)."""
-    return json.dumps(
-        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    ).encode("utf-8")
+    return _CANONICAL.encode(value).encode("utf-8")
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,20 +209,27 @@ class AuditHasher:
     happen to be equal strings do not get the same pseudonym.
     """
 
-    __slots__ = ("_key",)
+    __slots__ = ("_key", "_recent")
 
     def __init__(self, key: bytes) -> None:
         if not isinstance(key, bytes) or len(key) < 32:
             raise InvalidInput("the audit HMAC key must be at least 32 random bytes")
         self._key = key
+        self._recent: dict[tuple[str, str], str] = {}  # a subject's requests come in runs
 
     def __repr__(self) -> str:
         return "AuditHasher(<key hidden>)"
 
     def pseudonym(self, label: str, value: str) -> str:
         """``hmac-sha256:<hex>`` of ``label || 0x00 || value``."""
-        message = label.encode("utf-8") + b"\x00" + value.encode("utf-8")
-        return PSEUDONYM_PREFIX + hmac.digest(self._key, message, "sha256").hex()
+        found = self._recent.get((label, value))
+        if found is None:
+            message = label.encode("utf-8") + b"\x00" + value.encode("utf-8")
+            found = PSEUDONYM_PREFIX + hmac.digest(self._key, message, "sha256").hex()
+            if len(self._recent) >= _RECENT_PSEUDONYMS:
+                self._recent.clear()
+            self._recent[(label, value)] = found
+        return found
 
     def resource(self, tenant: str, subject: str | None = None, key: str | None = None) -> str:
         """``tenant[/subject-pseudonym[/key-pseudonym]]``: names an object without revealing it."""

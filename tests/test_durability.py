@@ -8,6 +8,12 @@ import time
 from pathlib import Path
 
 import pytest
+from tests.interrupts import (
+    Interrupted,
+    interrupted_when_relocking,
+    interrupts_on_sigusr1,
+    returns_within,
+)
 
 from shardvault.durability import BackgroundFlush, GroupSync
 from shardvault.errors import StorageError
@@ -191,3 +197,15 @@ def test_abort_waits_for_the_running_flush_before_closing_the_file(
     writer.abort()  # raises nothing; a flush on a closed descriptor would fail its fstat
     assert flushes.release.is_set() and len(flushes.fds) == 1
     assert list((tmp_path / "tmp").iterdir()) == []
+
+
+def test_a_leader_interrupted_while_taking_its_lock_back_leaves_nobody_hanging() -> None:
+    group = GroupSync(lambda: None, "test")
+    group._flush = interrupted_when_relocking(group._cond, lambda: None)  # type: ignore[method-assign]
+    group.note_write()
+    with interrupts_on_sigusr1(), pytest.raises(Interrupted):
+        group.sync()
+    group._flush = lambda: None  # type: ignore[method-assign]
+    group.note_write()
+    assert returns_within(group.sync), "a later sync hung behind the interrupted leader"
+    group.close()

@@ -17,7 +17,6 @@ from pathlib import Path
 from shardvault.errors import Conflict, StorageError
 
 KEY_BYTES = 32
-CACHE_LIMIT = 100_000  # homes remembered per process; cleared when full
 
 
 def _load_or_create_key(path: Path) -> bytes:
@@ -43,7 +42,6 @@ class SubjectDirectory:
     def __init__(self, db_path: Path | str, key: bytes) -> None:
         self._key = key
         self._lock = threading.Lock()
-        self._homes: dict[tuple[str, str], str] = {}
         self._db = sqlite3.connect(
             str(db_path), isolation_level=None, check_same_thread=False, timeout=30.0
         )
@@ -63,29 +61,11 @@ class SubjectDirectory:
         return hmac.new(self._key, message, hashlib.sha256).hexdigest()
 
     def home(self, tenant: str, subject: str) -> str | None:
-        """The subject's home jurisdiction, or None if it was never registered.
-
-        A home found is remembered: a registered subject's home never changes
-        (forgetting keeps the entry). Only a registration that failed removes
-        one; a caller that finds no subject where a remembered home points calls
-        `forget_cached` and asks again.
-        """
-        found = self._homes.get((tenant, subject))
-        if found is not None:
-            return found
         with self._lock:
             row = self._db.execute(
                 "SELECT jurisdiction FROM homes WHERE token = ?", (self._token(tenant, subject),)
             ).fetchone()
-        if row is None:
-            return None
-        if len(self._homes) >= CACHE_LIMIT:
-            self._homes.clear()
-        self._homes[(tenant, subject)] = row[0]
-        return str(row[0])
-
-    def forget_cached(self, tenant: str, subject: str) -> None:
-        self._homes.pop((tenant, subject), None)
+        return row[0] if row else None
 
     def add(self, tenant: str, subject: str, jurisdiction: str) -> None:
         try:
@@ -99,7 +79,6 @@ class SubjectDirectory:
             raise StorageError(f"subject directory: {exc}") from exc
 
     def remove(self, tenant: str, subject: str) -> None:
-        self.forget_cached(tenant, subject)
         with self._lock:
             self._db.execute("DELETE FROM homes WHERE token = ?", (self._token(tenant, subject),))
 

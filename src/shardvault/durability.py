@@ -63,22 +63,28 @@ class GroupSync:
     def _flush_now(self) -> None:
         """One flush for every write noted so far; called holding the lock, nobody flushing."""
         after, target = self._settled, self._written
+        failure = ""
+        interrupted: BaseException | None = None
         self._flushing = True
         self._cond.release()
-        failure = ""
         try:
             self._flush()
         except (OSError, StorageError) as exc:
             failure = str(exc)
-        finally:
-            self._cond.acquire()
-            self._flushing = False
-            self._cond.notify_all()
-        if failure:
-            # Those writes may be lost (the kernel can drop pages a failed
-            # fsync could not write): report them, never call them durable.
-            self._failed.append((after, target, failure))
-        self._settled = target
+        except BaseException as exc:  # Ctrl-C in this caller: the next waiter flushes
+            interrupted = exc
+        pending = reacquire(self._cond)
+        self._flushing = False
+        if interrupted is None:
+            if failure:
+                # Those writes may be lost (the kernel can drop pages a failed
+                # fsync could not write): report them, never call them durable.
+                self._failed.append((after, target, failure))
+            self._settled = target
+        self._cond.notify_all()
+        raise_now = interrupted or pending
+        if raise_now is not None:
+            raise raise_now
 
     def close(self) -> None:
         """Flush what is pending (writes nobody waited for); refuse new writes."""
@@ -88,6 +94,22 @@ class GroupSync:
                 self._cond.wait()
             if self._settled < self._written:
                 self._flush_now()
+
+
+def reacquire(lock: threading.Lock | threading.Condition) -> BaseException | None:
+    """Take back a lock released for slow work, even if Ctrl-C arrives while waiting.
+
+    A group commit's leader must restore the state others wait on before
+    anything else happens; an exception raised meanwhile is returned for the
+    caller to raise once it has.
+    """
+    pending: BaseException | None = None
+    while True:
+        try:
+            lock.acquire()
+            return pending
+        except BaseException as exc:
+            pending = pending or exc
 
 
 def _libc_function(name: str, argtypes: list[Any]) -> Any:
@@ -205,7 +227,10 @@ class BackgroundFlush:
                 return  # the disk is behind: the next write tries again
             self._collect()
         self._unflushed = 0
-        self._running = _background_pool().submit(os.fdatasync, self._fd)
+        try:
+            self._running = _background_pool().submit(os.fdatasync, self._fd)
+        except RuntimeError:  # the interpreter is shutting down: the closing fsync does it
+            self._running = None
 
     def _collect(self) -> None:
         assert self._running is not None

@@ -156,3 +156,32 @@ def test_pseudonyms_are_the_same_whether_remembered_or_not() -> None:
     warm.pseudonym("subject", "alice")
     assert warm.pseudonym("subject", "alice") == fresh.pseudonym("subject", "alice")
     assert warm.pseudonym("key", "alice") != warm.pseudonym("subject", "alice")
+
+
+class _Lookalike(str):
+    """A name that claims to equal any other: it must be checked by what it spells."""
+
+    def __hash__(self) -> int:
+        return hash("stage")
+
+    def __eq__(self, other: object) -> bool:
+        return True
+
+
+def test_cached_checks_cannot_be_fooled_by_unhashable_or_lookalike_values() -> None:
+    with pytest.raises(InvalidInput, match="only strings"):
+        sample(details={"n": [1]})  # unhashable: checked without the cache, still refused
+    sample(details={"stage": "x"})
+    with pytest.raises(InvalidInput, match="detail name"):
+        sample(details={_Lookalike("BAD KEY\n"): "x"})
+    entry = sample()
+    with pytest.raises(InvalidInput, match="RFC 3339"):  # Arabic-Indic digits: a second spelling
+        replace(entry, time="٢٠٢٦-02-28T10:00:00.000000Z")
+
+
+def test_an_entry_with_an_unhashable_detail_on_disk_is_an_integrity_error() -> None:
+    raw = json.loads(sample(details={"n": 1}).to_bytes())
+    raw["details"] = {"n": [1]}
+    forged = json.dumps(raw, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    with pytest.raises(IntegrityError, match="invalid"):
+        AuditEntry.from_bytes(forged.encode())

@@ -15,6 +15,12 @@ from pathlib import Path
 
 import pytest
 from tests.audit.conftest import make_entry, naive_root, publish_head
+from tests.interrupts import (
+    Interrupted,
+    interrupted_when_relocking,
+    interrupts_on_sigusr1,
+    returns_within,
+)
 
 from shardvault.audit import log as audit_log
 from shardvault.audit import merkle
@@ -511,4 +517,27 @@ def test_index_is_a_cache_a_crash_can_lose(tmp_path: Path) -> None:
         assert crashed.size == 700 and crashed.root() == log.root()
         assert crashed.entry(500) == entries[500]
     assert (tmp_path / "crashed" / "index.log").stat().st_size == 8 + 700 * REC
+    log.close()
+
+
+def test_a_writer_interrupted_while_taking_its_lock_back_leaves_nobody_hanging(
+    tmp_path: Path,
+) -> None:
+    log = filled(tmp_path / "log", 2)
+    real = log._write_batches
+    log._write_batches = interrupted_when_relocking(log._cond, real)  # type: ignore[method-assign]
+    with interrupts_on_sigusr1(), pytest.raises(Interrupted):
+        log.append(make_entry(2))
+    log._write_batches = real  # type: ignore[method-assign]
+    assert returns_within(lambda: log.append(make_entry(3))), "a later append hung"
+    assert log.size == 4 and log.root() == naive_root(log)
+    log.close()
+
+
+def test_an_entry_taken_by_a_writer_that_never_reported_fails_closed(tmp_path: Path) -> None:
+    log = filled(tmp_path / "log", 2)
+    ticket = log.submit([make_entry(2)])
+    log._queue.clear()  # as if a writer took it and was interrupted before marking it
+    with pytest.raises(AuditUnavailable, match="interrupted"):
+        ticket.wait()
     log.close()

@@ -182,16 +182,16 @@ def test_tenants_are_isolated(vault: Vault) -> None:
         vault.get(mine)
 
 
-def test_a_remembered_home_is_asked_again_when_its_registration_was_undone(
+def test_a_registration_undone_elsewhere_and_redone_in_another_cell_is_seen_at_once(
     deployment: tuple[Config, Vault],
 ) -> None:
-    """Homes are cached per process; another process's failed registration must not stick."""
+    """The home is asked of the directory every time: nothing stale sends data elsewhere."""
     config, vault = deployment
     other = Vault.open(config)  # stands in for another process: its own directory handle
     try:
         other.directory.add("intl", "bob", "US")  # a registration in progress elsewhere
         with pytest.raises(NotFound):
-            vault.subject("intl", "bob")  # this vault now remembers US for bob
+            vault.subject("intl", "bob")  # the directory says US, the US cell has no bob
         other.directory.remove("intl", "bob")  # ... which failed and was undone
         other.register_subject("intl", "bob", "SG")
         assert vault.subject("intl", "bob").jurisdiction == "SG"

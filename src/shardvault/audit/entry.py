@@ -44,7 +44,7 @@ _FIELDS = (
     "rule",
     "result",
 )
-_TIME = re.compile(r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})\.(\d{6})Z")
+_TIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z", re.ASCII)  # one spelling
 _FORBIDDEN = re.compile(r"[\x00-\x1f\ud800-\udfff]")  # control characters, lone surrogates
 _DETAIL_KEY = re.compile(r"[a-z][a-z0-9_]{0,63}")
 _RECENT_PSEUDONYMS = 4096  # per hasher; cleared when full
@@ -86,16 +86,18 @@ def _check_text(name: str, value: object) -> None:
 
 
 def _check_details(details: Mapping[str, DetailValue]) -> None:
-    # the type is part of the cache key: 1, 1.0 and True are equal but not all allowed
-    _check_detail_items(tuple((key, type(value), value) for key, value in details.items()))
+    # Types are part of the cache key: 1, 1.0 and True are equal but not all
+    # allowed, and a str subclass may claim equality with a name it does not spell.
+    items = tuple((key, type(key), value, type(value)) for key, value in details.items())
+    try:
+        _checked_detail_items(items)
+    except TypeError:  # an unhashable value (a list, an object): check it uncached
+        _check_detail_items(items)
 
 
-@lru_cache(maxsize=4096)
-def _check_detail_items(items: tuple[tuple[str, type, DetailValue], ...]) -> None:
-    """Raises on the first bad detail. Cached: guards write the same few details
-    (stage, jurisdiction, data class, kind, location) on every entry; a raise is
-    not cached, so a bad detail is refused every time."""
-    for key, _, value in items:
+def _check_detail_items(items: tuple[tuple[str, type, DetailValue, type], ...]) -> None:
+    """Raise on the first bad detail."""
+    for key, _, value, _ in items:
         if not isinstance(key, str) or not _DETAIL_KEY.fullmatch(key):
             raise InvalidInput(f"audit detail name {key!r}: use lower-case letters, digits, '_'")
         if isinstance(value, bool) or value is None:
@@ -110,6 +112,11 @@ def _check_detail_items(items: tuple[tuple[str, type, DetailValue], ...]) -> Non
             raise InvalidInput(
                 f"audit detail {key!r}: only strings, integers, booleans and null are allowed"
             )
+
+
+# Guards write the same few details (stage, jurisdiction, data class, kind,
+# location) on every entry. A raise is not cached: a bad detail is refused every time.
+_checked_detail_items = lru_cache(maxsize=4096)(_check_detail_items)
 
 
 _CANONICAL = json.JSONEncoder(

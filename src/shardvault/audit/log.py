@@ -53,7 +53,7 @@ from shardvault.audit import merkle
 from shardvault.audit.checkpoint import Checkpoint
 from shardvault.audit.entry import MAX_ENTRY_BYTES, AuditEntry
 from shardvault.audit.note import SignedNote
-from shardvault.durability import fsync_directory
+from shardvault.durability import fsync_directory, reacquire
 from shardvault.errors import AuditUnavailable, IntegrityError, InvalidInput
 
 LOG_VERSION = 1
@@ -344,8 +344,10 @@ class AuditLog:
             while not batch.done and batch.error is None:
                 if self._writing:
                     self._cond.wait()  # the writer may be writing this batch too
-                else:
-                    self._write_queue()  # the queue holds this batch: write it
+                elif batch in self._queue:
+                    self._write_queue()
+                else:  # taken by a writer interrupted before it could say how it went
+                    batch.error = AuditUnavailable("the write of this entry was interrupted")
         if batch.error is not None:
             raise AuditUnavailable(f"audit entry not written: {batch.error}") from batch.error
         return batch.first
@@ -353,21 +355,23 @@ class AuditLog:
     def _write_queue(self) -> None:
         """Write every queued batch with one fsync; called holding ``_cond``, nobody writing."""
         batches, self._queue = self._queue, []
+        error: BaseException | None = None
+        interrupted: BaseException | None = None
         self._writing = True
         self._cond.release()
-        error: BaseException | None = None
         try:
             error = self._write_batches(batches)
-        except BaseException as exc:  # callers waiting on these batches must hear of it
-            error = exc
-            raise
-        finally:
-            self._cond.acquire()
-            self._writing = False
-            for b in batches:
-                b.error = error
-                b.done = error is None
-            self._cond.notify_all()
+        except BaseException as exc:  # Ctrl-C in this caller: its batches fail closed
+            error = interrupted = exc
+        pending = reacquire(self._cond)
+        self._writing = False
+        for b in batches:
+            b.error = error
+            b.done = error is None
+        self._cond.notify_all()
+        raise_now = interrupted or pending
+        if raise_now is not None:
+            raise raise_now
 
     def _check_open(self) -> None:
         if self._files_closed:
@@ -568,7 +572,7 @@ class AuditLog:
         self._append_lock = threading.Lock()
         self._cond = threading.Condition(threading.Lock())
         self._closed = self._files_closed = True
-        self._queue = []
+        self._queue, self._writing = [], False  # a ticket carried over fails, never hangs
         for fd in (self._efd, self._ifd, self._lock_fd):
             with contextlib.suppress(OSError):
                 os.close(fd)

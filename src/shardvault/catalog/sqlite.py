@@ -74,7 +74,8 @@ def _version(row: tuple, ref: ObjectRef | None = None) -> VersionRecord:  # type
 class SqliteCatalog:
     def __init__(self, path: Path | str) -> None:
         self.path = path
-        self._lock = threading.RLock()
+        self._lock = threading.RLock()  # the connection: readers and writers
+        self._write_lock = threading.Lock()  # this process's writers, before the flock
         self._wal_sync: GroupSync | None = None
         self._writer_fd: int | None = None  # flock'ed around every write (not in memory)
         try:
@@ -118,16 +119,22 @@ class SqliteCatalog:
 
     @contextmanager
     def _writing(self) -> Iterator[None]:
-        """This process's threads take turns on the lock, processes on the flock."""
-        with self._lock:
-            if self._writer_fd is None:
-                yield
-                return
-            fcntl.flock(self._writer_fd, fcntl.LOCK_EX)
+        """This process's writers take turns on a thread lock, processes on the flock.
+
+        Only then the connection's lock: a writer waiting for another process
+        does not hold up this process's readers. No timeout: a dead process's
+        flock is released by the kernel; a stopped one stalls writers until it
+        runs again.
+        """
+        with self._write_lock:
+            if self._writer_fd is not None:
+                fcntl.flock(self._writer_fd, fcntl.LOCK_EX)
             try:
-                yield
+                with self._lock:
+                    yield
             finally:
-                fcntl.flock(self._writer_fd, fcntl.LOCK_UN)
+                if self._writer_fd is not None:
+                    fcntl.flock(self._writer_fd, fcntl.LOCK_UN)
 
     @contextmanager
     def _transaction(self, durable: bool = True) -> Iterator[sqlite3.Connection]:

@@ -184,11 +184,6 @@ class Vault:
         subject_id(subject)
         home = self.directory.home(tenant, subject)
         record = self.cells[home].catalog.get_subject(tenant, subject) if home else None
-        if record is None and home is not None:
-            # a remembered home whose registration failed (in another process): ask again
-            self.directory.forget_cached(tenant, subject)
-            home = self.directory.home(tenant, subject)
-            record = self.cells[home].catalog.get_subject(tenant, subject) if home else None
         if record is None:
             raise NotFound(
                 f"no subject {subject} in tenant {tenant}: register it with "
@@ -381,7 +376,8 @@ class Vault:
             ctx, action, ref.tenant, ref.subject, ref.key, durable=durable
         )
         cell = self.cells[subject.jurisdiction]
-        record = cell.catalog.get_version(ref, version)
+        with _answered_after_audit(access):  # a failed lookup waits for the entry too
+            record = cell.catalog.get_version(ref, version)
         if record is None or record.manifest is None:
             access.wait_audited()
             what = f"{ref} v{version}" if version else str(ref)

@@ -1,0 +1,59 @@
+"""Deliver an exception to the main thread while it waits to take a lock back.
+
+Group commit's leader is whichever caller comes first, often the main thread,
+where Ctrl-C lands. These helpers make a signal interrupt it exactly while it
+re-takes the lock it released for the slow work, with another thread inside.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+
+class Interrupted(Exception):
+    """Raised by the test's signal handler, standing in for KeyboardInterrupt."""
+
+
+@contextmanager
+def interrupts_on_sigusr1() -> Iterator[None]:
+    def handler(signum: int, frame: object) -> None:
+        raise Interrupted()
+
+    previous = signal.signal(signal.SIGUSR1, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+
+
+def interrupted_when_relocking(lock: Any, work: Callable[..., Any]) -> Callable[..., Any]:
+    """`work`, after which another thread holds `lock` while the main thread is signalled."""
+
+    def wrapped(*args: Any) -> Any:
+        result = work(*args)
+        held = threading.Event()
+
+        def hold_and_signal() -> None:
+            with lock:
+                held.set()
+                time.sleep(0.2)  # the leader is now blocked re-taking the lock
+                signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGUSR1)
+                time.sleep(0.2)
+
+        threading.Thread(target=hold_and_signal).start()
+        held.wait(5)
+        return result
+
+    return wrapped
+
+
+def returns_within(call: Callable[[], object], seconds: float = 5.0) -> bool:
+    thread = threading.Thread(target=call, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    return not thread.is_alive()

@@ -157,7 +157,8 @@ _devices_lock = threading.Lock()
 
 
 def _forget_threads_after_fork() -> None:
-    """A forked child has none of its parent's flusher threads: it starts its own."""
+    """A forked child has none of its parent's threads, and their locks may be held:
+    it starts its own group syncs and flush pool."""
     global _devices_lock, _flush_pool, _flush_pool_lock
     _devices.clear()
     _devices_lock = threading.Lock()
@@ -185,14 +186,14 @@ def filesystem_sync(path: Path) -> GroupSync:
 
 _flush_pool: ThreadPoolExecutor | None = None
 _flush_pool_lock = threading.Lock()
-FLUSH_THREADS = 8
+_FLUSH_THREADS = 8
 
 
 def _background_pool() -> ThreadPoolExecutor:
     global _flush_pool
     with _flush_pool_lock:
         if _flush_pool is None:
-            _flush_pool = ThreadPoolExecutor(FLUSH_THREADS, "shardvault-writeback")
+            _flush_pool = ThreadPoolExecutor(_FLUSH_THREADS, "shardvault-writeback")
         return _flush_pool
 
 

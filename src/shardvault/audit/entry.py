@@ -90,7 +90,7 @@ def _check_details(details: Mapping[str, DetailValue]) -> None:
     # allowed, and a str subclass may claim equality with a name it does not spell.
     items = tuple((key, type(key), value, type(value)) for key, value in details.items())
     try:
-        _checked_detail_items(items)
+        _check_detail_items_cached(items)
     except TypeError:  # an unhashable value (a list, an object): check it uncached
         _check_detail_items(items)
 
@@ -116,7 +116,7 @@ def _check_detail_items(items: tuple[tuple[str, type, DetailValue, type], ...]) 
 
 # Guards write the same few details (stage, jurisdiction, data class, kind,
 # location) on every entry. A raise is not cached: a bad detail is refused every time.
-_checked_detail_items = lru_cache(maxsize=4096)(_check_detail_items)
+_check_detail_items_cached = lru_cache(maxsize=4096)(_check_detail_items)
 
 
 _CANONICAL = json.JSONEncoder(

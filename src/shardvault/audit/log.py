@@ -563,10 +563,10 @@ class AuditLog:
     def abandon_after_fork(self) -> None:
         """In a forked child: let go of the parent's log without touching its state.
 
-        Its locks may be held by parent threads that are not in the child. The child's copies of the
-        descriptors are closed (so a dead parent's flock dies with it, and no
-        later file can reuse the numbers under this object) and every later use
-        raises `AuditUnavailable`. Only for an at-fork hook: the child has one
+        Its locks may be held by parent threads that are not in the child. The
+        child's copies of the descriptors are closed (so a dead parent's flock
+        dies with it, and no later file can reuse the numbers under this object)
+        and every later use raises `AuditUnavailable`. Only for an at-fork hook: the child has one
         thread then.
         """
         self._append_lock = threading.Lock()

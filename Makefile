@@ -30,12 +30,13 @@ lint: venv
 bench: venv
 	$(BIN)/python bench/bench_vault.py
 
-# every benchmark behind docs/performance.md (about 10 minutes on 2 cores)
+# every benchmark behind docs/performance.md (about 13 minutes on 2 cores)
 bench-all: bench
 	$(BIN)/python bench/bench_erasure.py
 	$(BIN)/python bench/bench_scan.py
 	$(BIN)/python bench/bench_audit.py
 	$(BIN)/python bench/bench_governance.py
+	$(BIN)/python bench/bench_instructions.py
 
 clean:
 	rm -rf $(VENV) build dist .pytest_cache .hypothesis

@@ -1,0 +1,117 @@
+"""Instructions per governed 1 KiB get and put (callgrind): CPU work, measured repeatably.
+
+This VM's CPU time per request moves by ±20 % between identical runs; the
+instruction count of the same work does not. Each request loop runs under
+valgrind twice (N and 3N requests) and the difference is divided by 2N, so
+start-up and set-up cancel out. Flushes (fsync, fdatasync, syncfs) are stubbed:
+what is counted is the user-space work of a request, not the disk. The baseline,
+in the same run, is the codec work alone for one 1 KiB object (seal, erasure-code
+and hash for a put; verify, decode and open for a get). Needs valgrind.
+Options: --requests N (default 100).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+MODES = ("get", "put")
+
+
+def _stub_flushes() -> None:
+    import shardvault.durability as durability
+
+    os.fsync = os.fdatasync = lambda fd: None
+    durability.sync_filesystem = lambda path: None  # type: ignore[assignment]
+
+
+def _vault_loop(mode: str, count: int) -> None:
+    from shardvault.config import load
+    from shardvault.demo import write_demo
+    from shardvault.model import ObjectRef
+    from shardvault.vault import Vault
+
+    root = Path(tempfile.mkdtemp(prefix="bench-instructions-", dir="."))
+    try:
+        vault = Vault.open(load(write_demo(root)))
+        vault.register_subject("intl", "bench", "US")
+        payload = os.urandom(1024)
+        warm = [ObjectRef("intl", "bench", f"warm-{i}") for i in range(50)]
+        for ref in warm:
+            vault.put(ref, payload)
+            vault.get(ref)
+        for i in range(count):
+            if mode == "get":
+                vault.get(warm[i % len(warm)])
+            else:
+                vault.put(ObjectRef("intl", "bench", f"new-{i}"), payload)
+        vault.close()
+    finally:
+        shutil.rmtree(root)
+
+
+def _codec_loop(mode: str, count: int) -> None:
+    from shardvault.codec.erasure import ErasureCode
+    from shardvault.codec.hashing import block_hash, block_matches
+    from shardvault.codec.segment import SegmentBinding, SegmentCipher
+    from shardvault.model import ObjectRef
+
+    code = ErasureCode(4, 2)
+    cipher = SegmentCipher(os.urandom(32), SegmentBinding(ObjectRef("t", "s", "k"), 1, bytes(16)))
+    payload = os.urandom(1024)
+    blocks = code.encode(cipher.seal(0, payload))
+    hashes = [block_hash(block) for block in blocks]
+    for _ in range(count):
+        if mode == "put":
+            blocks = code.encode(cipher.seal(0, payload))
+            hashes = [block_hash(block) for block in blocks]
+        else:
+            assert all(block_matches(b, h) for b, h in zip(blocks[:4], hashes[:4], strict=True))
+            cipher.open(0, code.decode(blocks[:4]))
+
+
+def _instructions(kind: str, mode: str, count: int) -> int:
+    command = [
+        "valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
+        sys.executable, __file__, "--child", kind, mode, str(count),
+    ]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, check=True)
+    found = re.search(r"Collected : (\d+)", done.stderr)
+    if found is None:
+        raise SystemExit(f"callgrind printed no total:\n{done.stderr[-2000:]}")
+    return int(found.group(1))
+
+
+def per_request(kind: str, mode: str, count: int) -> float:
+    return (_instructions(kind, mode, 3 * count) - _instructions(kind, mode, count)) / (2 * count)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=100)
+    parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        kind, mode, count = args.child
+        _stub_flushes()
+        (_vault_loop if kind == "vault" else _codec_loop)(mode, int(count))
+        return
+    if shutil.which("valgrind") is None:
+        raise SystemExit("valgrind is not installed: apt-get install valgrind")
+    for mode in MODES:
+        vault = per_request("vault", mode, args.requests)
+        codec = per_request("codec", mode, args.requests)
+        print(
+            f"1 KiB {mode}: {vault / 1e6:.2f} M instructions through the vault | "
+            f"codec alone {codec / 1e3:.1f} k ({vault / codec:.0f}x)"
+        )
+
+
+if __name__ == "__main__":
+    main()

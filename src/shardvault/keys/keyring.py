@@ -75,13 +75,18 @@ class KeyringCustodian:
         self._seen = (info.st_ino, info.st_mtime_ns, info.st_size)
 
     def _refresh(self) -> None:
-        """Pick up what another process wrote since this one last read the file."""
+        """Pick up what another process wrote since this one last read the file.
+
+        The stat runs outside the lock: it releases the GIL, and threads queueing
+        on a lock held across it would each cost a context switch.
+        """
         try:
             info = self.path.stat()
         except FileNotFoundError:
             return
         if (info.st_ino, info.st_mtime_ns, info.st_size) != self._seen:
-            self._load()
+            with self._lock:
+                self._load()
 
     @contextmanager
     def _exclusive(self) -> Iterator[None]:
@@ -132,8 +137,7 @@ class KeyringCustodian:
         return seal_key(self._root(scope), scope, key_id, key)
 
     def unwrap(self, scope: KeyScope, key_id: str, blob: bytes, why: Justification) -> bytes:
-        with self._lock:
-            self._refresh()
+        self._refresh()
         if key_id in self._destroyed.get(scope.label(), ()):
             raise refuse_destroyed(scope, key_id)
         if self.gate is not None:

@@ -15,7 +15,7 @@ from tests.interrupts import (
     returns_within,
 )
 
-from shardvault.durability import BackgroundFlush, GroupSync
+from shardvault.durability import BackgroundFlush, GroupSync, WaitRoom
 from shardvault.errors import StorageError
 from shardvault.nodes.localdir import WRITEBACK_CHUNK, LocalDirShardStore
 from shardvault.nodes.port import shard_name
@@ -201,7 +201,7 @@ def test_abort_waits_for_the_running_flush_before_closing_the_file(
 
 def test_a_leader_interrupted_while_taking_its_lock_back_leaves_nobody_hanging() -> None:
     group = GroupSync(lambda: None, "test")
-    group._flush = interrupted_when_relocking(group._cond, lambda: None)  # type: ignore[method-assign]
+    group._flush = interrupted_when_relocking(group._lock, lambda: None)  # type: ignore[method-assign]
     group.note_write()
     with interrupts_on_sigusr1(), pytest.raises(Interrupted):
         group.sync()
@@ -209,3 +209,33 @@ def test_a_leader_interrupted_while_taking_its_lock_back_leaves_nobody_hanging()
     group.note_write()
     assert returns_within(group.sync), "a later sync hung behind the interrupted leader"
     group.close()
+
+
+def test_the_end_of_a_write_wakes_its_waiters_and_one_leader_only() -> None:
+    lock = threading.Lock()
+    room = WaitRoom(lock)
+    woke: list[str] = []
+    waiting = threading.Semaphore(0)
+
+    def waiter(name: str, covered: bool) -> None:
+        with lock:
+            waiting.release()
+            room.wait(covered)
+            woke.append(name)
+
+    threads = [
+        threading.Thread(target=waiter, args=(name, covered))
+        for name, covered in (("covered", True), ("later-1", False), ("later-2", False))
+    ]
+    for thread in threads:
+        thread.start()
+        assert waiting.acquire(timeout=5)
+    with lock:  # every waiter is asleep once it has released the lock in wait()
+        room.write_ended()
+    time.sleep(0.3)
+    assert sorted(woke)[0] == "covered" and len(woke) == 2, woke  # one later waiter leads
+    with lock:  # that leader's write ends: it covered the other later waiter
+        room.write_ended()
+    for thread in threads:
+        thread.join(5)
+    assert sorted(woke) == ["covered", "later-1", "later-2"]

@@ -24,22 +24,50 @@ from typing import Any
 from shardvault.errors import StorageError
 
 
+class WaitRoom:
+    """Where a group commit's callers wait, split by the write that will answer them.
+
+    With one condition, the end of every write woke all waiters and those that
+    needed the next write went back to sleep: with 16 threads a put paid about
+    ten wasted thread switches. Here the end of a write wakes the callers it
+    covered, and one caller waiting for the next write, to lead it.
+    """
+
+    def __init__(self, lock: threading.Lock) -> None:
+        self._lock = lock
+        self._covered = threading.Condition(lock)  # answered by the running write
+        self._later = threading.Condition(lock)  # need a write not yet started
+
+    def wait(self, covered: bool) -> None:
+        """Sleep (holding the lock) until the running write ends, or the next one may start."""
+        (self._covered if covered else self._later).wait()
+
+    def write_ended(self) -> None:
+        """Holding the lock: wake the callers the write covered and the next leader."""
+        ended, self._covered = self._covered, self._later
+        self._later = threading.Condition(self._lock)
+        ended.notify_all()
+        self._covered.notify()
+
+
 class GroupSync:
     """Coalesces durability requests for one file or filesystem into as few flushes as possible."""
 
     def __init__(self, flush: Callable[[], None], name: str = "flush") -> None:
         self._flush = flush
         self._name = name
-        self._cond = threading.Condition(threading.Lock())
+        self._lock = threading.Lock()
+        self._room = WaitRoom(self._lock)
         self._written = 0
         self._settled = 0  # every ticket up to here has had its flush, good or failed
         self._flushing = False
+        self._target = 0  # what the running flush covers
         self._failed: list[tuple[int, int, str]] = []  # (after, upto, why): flushes that failed
         self._closed = False
 
     def note_write(self) -> int:
         """Take a ticket for a write just made; ``sync`` it to make it durable."""
-        with self._cond:
+        with self._lock:
             if self._closed:
                 raise StorageError(f"{self._name}: closed")
             self._written += 1
@@ -47,7 +75,7 @@ class GroupSync:
 
     def sync(self, upto: int | None = None) -> None:
         """Return once the write with ticket `upto` (default: every one so far) is durable."""
-        with self._cond:
+        with self._lock:
             wanted = self._written if upto is None else min(upto, self._written)
             while True:
                 for after, until, why in self._failed:
@@ -56,7 +84,7 @@ class GroupSync:
                 if self._settled >= wanted:
                     return
                 if self._flushing:
-                    self._cond.wait()
+                    self._room.wait(covered=wanted <= self._target)
                 else:
                     self._flush_now()
 
@@ -65,15 +93,15 @@ class GroupSync:
         after, target = self._settled, self._written
         failure = ""
         interrupted: BaseException | None = None
-        self._flushing = True
-        self._cond.release()
+        self._flushing, self._target = True, target
+        self._lock.release()
         try:
             self._flush()
         except (OSError, StorageError) as exc:
             failure = str(exc)
         except BaseException as exc:  # Ctrl-C in this caller: the next waiter flushes
             interrupted = exc
-        pending = reacquire(self._cond)
+        pending = reacquire(self._lock)
         self._flushing = False
         if interrupted is None:
             if failure:
@@ -81,17 +109,17 @@ class GroupSync:
                 # fsync could not write): report them, never call them durable.
                 self._failed.append((after, target, failure))
             self._settled = target
-        self._cond.notify_all()
+        self._room.write_ended()
         raise_now = interrupted or pending
         if raise_now is not None:
             raise raise_now
 
     def close(self) -> None:
         """Flush what is pending (writes nobody waited for); refuse new writes."""
-        with self._cond:
+        with self._lock:
             self._closed = True
             while self._flushing:
-                self._cond.wait()
+                self._room.wait(covered=True)
             if self._settled < self._written:
                 self._flush_now()
 

@@ -525,7 +525,7 @@ def test_a_writer_interrupted_while_taking_its_lock_back_leaves_nobody_hanging(
 ) -> None:
     log = filled(tmp_path / "log", 2)
     real = log._write_batches
-    log._write_batches = interrupted_when_relocking(log._cond, real)  # type: ignore[method-assign]
+    log._write_batches = interrupted_when_relocking(log._state, real)  # type: ignore[method-assign]
     with interrupts_on_sigusr1(), pytest.raises(Interrupted):
         log.append(make_entry(2))
     log._write_batches = real  # type: ignore[method-assign]

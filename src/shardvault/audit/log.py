@@ -53,7 +53,7 @@ from shardvault.audit import merkle
 from shardvault.audit.checkpoint import Checkpoint
 from shardvault.audit.entry import MAX_ENTRY_BYTES, AuditEntry
 from shardvault.audit.note import SignedNote
-from shardvault.durability import fsync_directory, reacquire
+from shardvault.durability import WaitRoom, fsync_directory, reacquire
 from shardvault.errors import AuditUnavailable, IntegrityError, InvalidInput
 
 LOG_VERSION = 1
@@ -100,6 +100,12 @@ def _open_file(path: Path, magic: bytes) -> int:
     return fd
 
 
+def _state_lock() -> tuple[threading.Lock, WaitRoom]:
+    """The log's state lock, and the room where group commit's waiters sleep under it."""
+    lock = threading.Lock()
+    return lock, WaitRoom(lock)
+
+
 class _Batch:
     __slots__ = ("done", "error", "first", "leaves", "payloads")
 
@@ -132,10 +138,10 @@ class AuditLog:
         """Takes over the three descriptors; the caller holds the flock (see `open`)."""
         self.directory = directory
         self._efd, self._ifd, self._lock_fd = efd, ifd, lock_fd
-        # Thread lock, then flock, then _cond. The flock belongs to the open file,
+        # Thread lock, then flock, then _state. The flock belongs to the open file,
         # not to a thread, so threads of this process take turns on _append_lock.
         self._append_lock = threading.Lock()
-        self._cond = threading.Condition(threading.Lock())
+        self._state, self._room = _state_lock()
         self._files_closed = False
         self._queue: list[_Batch] = []
         self._writing = False  # a waiter is writing the batches it took from the queue
@@ -182,7 +188,7 @@ class AuditLog:
     def _locked(self) -> Iterator[None]:
         """Exclusive use of the files, against this process's threads and other processes.
 
-        Never taken under ``_cond``.
+        Never taken under ``_state``.
         """
         with self._append_lock:
             self._check_open()
@@ -211,8 +217,16 @@ class AuditLog:
         payload = os.pread(self._efd, length, start + _REC.size)
         return payload if zlib.crc32(payload) == crc else None
 
+    def _file_sizes(self) -> tuple[int, int]:
+        return os.fstat(self._efd).st_size, os.fstat(self._ifd).st_size
+
+    def _view_is_current(self) -> bool:
+        """Whether the files end where this process's view does; holding the flock."""
+        expected = (self._entries_end, _HEADER + self._frontier.size * _IDX.size)
+        return self._file_sizes() == expected
+
     def _catch_up(self, heads: dict[int, bytes] | None = None) -> None:
-        """Take in what is on disk past this process's view; holding the flock and ``_cond``.
+        """Take in what is on disk past this process's view; holding the flock and ``_state``.
 
         On open the view is empty and ``heads`` are the stored signed heads, so
         this is crash recovery; later it picks up other processes' appends.
@@ -222,10 +236,9 @@ class AuditLog:
         stored heads are known to be covered. The view changes only if all of
         that succeeds; otherwise nothing was cut and the exception says why.
         """
-        entries_size = os.fstat(self._efd).st_size
-        index_size = os.fstat(self._ifd).st_size
+        entries_size, index_size = self._file_sizes()
         start = self._frontier.size
-        if entries_size == self._entries_end and index_size == _HEADER + start * _IDX.size:
+        if (entries_size, index_size) == (self._entries_end, _HEADER + start * _IDX.size):
             return  # nobody else appended: the common case
         heads = heads or {}
         frontier = self._frontier.copy()
@@ -303,7 +316,7 @@ class AuditLog:
         Raises `AuditUnavailable` if the files cannot be read or repaired, and
         `IntegrityError` if they are damaged; either way the log is then broken.
         """
-        with self._locked(), self._cond:
+        with self._locked(), self._state:
             if self._broken is not None:
                 return
             try:
@@ -334,16 +347,16 @@ class AuditLog:
         Raises `AuditUnavailable` at once if the log is closed or broken.
         """
         batch = _Batch([e.to_bytes() for e in entries])
-        with self._cond:
+        with self._state:
             self._check_usable()
             self._queue.append(batch)
         return AuditTicket(self, batch)
 
     def _wait(self, batch: _Batch) -> int:
-        with self._cond:
+        with self._state:
             while not batch.done and batch.error is None:
-                if self._writing:
-                    self._cond.wait()  # the writer may be writing this batch too
+                if self._writing:  # woken when the write covering this batch ends
+                    self._room.wait(covered=batch not in self._queue)
                 elif batch in self._queue:
                     self._write_queue()
                 else:  # taken by a writer interrupted before it could say how it went
@@ -353,22 +366,22 @@ class AuditLog:
         return batch.first
 
     def _write_queue(self) -> None:
-        """Write every queued batch with one fsync; called holding ``_cond``, nobody writing."""
+        """Write every queued batch with one fsync; called holding ``_state``, nobody writing."""
         batches, self._queue = self._queue, []
         error: BaseException | None = None
         interrupted: BaseException | None = None
         self._writing = True
-        self._cond.release()
+        self._state.release()
         try:
             error = self._write_batches(batches)
         except BaseException as exc:  # Ctrl-C in this caller: its batches fail closed
             error = interrupted = exc
-        pending = reacquire(self._cond)
+        pending = reacquire(self._state)
         self._writing = False
         for b in batches:
             b.error = error
             b.done = error is None
-        self._cond.notify_all()
+        self._room.write_ended()
         raise_now = interrupted or pending
         if raise_now is not None:
             raise raise_now
@@ -385,15 +398,21 @@ class AuditLog:
     def _write_batches(self, batches: list[_Batch]) -> BaseException | None:
         """Under the flock: catch up, append, fsync, index. None, or why it failed."""
         with self._locked():
-            with self._cond:
+            # Only holders of _append_lock change the view, so it is read here without
+            # _state, and no syscall runs under _state: each releases the GIL, and threads
+            # queueing behind it on _state would each cost a context switch.
+            with self._state:
                 if self._broken is not None:
                     return AuditUnavailable(f"audit log {self.directory} is broken")
-                try:
-                    self._catch_up()
-                except (OSError, IntegrityError) as exc:
+            try:
+                if not self._view_is_current():
+                    with self._state:
+                        self._catch_up()
+            except (OSError, IntegrityError) as exc:
+                with self._state:
                     self._broken = exc
-                    return exc
-                first, entries_end = self._frontier.size, self._entries_end
+                return exc
+            first, entries_end = self._frontier.size, self._entries_end
             records, index, pos = [], [], entries_end
             for b in batches:
                 b.first = first
@@ -405,15 +424,14 @@ class AuditLog:
             error = self._write(b"".join(records), entries_end)
             if error is not None:
                 return error
-            with self._cond:
-                try:
-                    _pwrite_all(
-                        self._ifd, b"".join(index), _HEADER + self._frontier.size * _IDX.size
-                    )
-                except OSError as exc:
-                    # durable but unindexed: whoever catches up next indexes them
+            try:
+                _pwrite_all(self._ifd, b"".join(index), _HEADER + self._frontier.size * _IDX.size)
+            except OSError as exc:
+                # durable but unindexed: whoever catches up next indexes them
+                with self._state:
                     self._broken = exc
-                    return exc
+                return exc
+            with self._state:
                 for b in batches:
                     for leaf in b.leaves:
                         self._frontier.append(leaf)
@@ -437,7 +455,7 @@ class AuditLog:
             except OSError as undo:
                 broken = undo
             if broken is not None:
-                with self._cond:
+                with self._state:
                     self._broken = broken
             return exc
 
@@ -445,29 +463,29 @@ class AuditLog:
 
     @property
     def size(self) -> int:
-        with self._cond:
+        with self._state:
             return self._frontier.size
 
     @property
     def commit_count(self) -> int:
         """Durable batches written since open: fewer than appends when group commit works."""
-        with self._cond:
+        with self._state:
             return self._commits
 
     def root(self) -> bytes:
-        with self._cond:
+        with self._state:
             return self._frontier.root()
 
     def checkpoint(self, origin: str) -> Checkpoint:
         """The current head, other processes' entries included, unsigned: sign it with
         `sign_checkpoint` and `store_head` it."""
         self.refresh()
-        with self._cond:
+        with self._state:
             return Checkpoint(origin, self._frontier.size, self._frontier.root())
 
     def leaf_hashes(self, start: int, end: int) -> list[bytes]:
         """Leaf hashes of entries ``start..end``, from the index (no entry is rehashed)."""
-        with self._cond:
+        with self._state:
             self._check_open()
             if not 0 <= start <= end <= self._frontier.size:
                 raise InvalidInput(f"leaf range {start}..{end} is outside 0..{self._frontier.size}")
@@ -482,7 +500,7 @@ class AuditLog:
         end = self.size if end is None else end
         if not 0 <= start <= end <= self.size:
             raise InvalidInput(f"entry range {start}..{end} is outside 0..{self.size}")
-        with self._cond:
+        with self._state:
             self._check_open()
             pos = self._index_end(start - 1)
         for _ in range(start, end):
@@ -544,16 +562,16 @@ class AuditLog:
 
     def close(self) -> None:
         """Write what is queued (entries nobody waited for), then close the files."""
-        with self._cond:
+        with self._state:
             if self._closed:
                 return
             self._closed = True  # submit refuses from now on
             while self._writing:
-                self._cond.wait()
+                self._room.wait(covered=True)
             if self._queue:
                 with contextlib.suppress(Exception):  # their waiters get the error
                     self._write_queue()
-        with self._append_lock, self._cond:
+        with self._append_lock, self._state:
             with contextlib.suppress(OSError):  # a cache: if this fails, open rebuilds it
                 os.fsync(self._ifd)
             for fd in (self._efd, self._ifd, self._lock_fd):
@@ -570,7 +588,7 @@ class AuditLog:
         thread then.
         """
         self._append_lock = threading.Lock()
-        self._cond = threading.Condition(threading.Lock())
+        self._state, self._room = _state_lock()
         self._closed = self._files_closed = True
         self._queue, self._writing = [], False  # a ticket carried over fails, never hangs
         for fd in (self._efd, self._ifd, self._lock_fd):

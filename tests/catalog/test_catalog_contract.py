@@ -307,3 +307,26 @@ def test_sqlite_reservations_of_concurrent_processes_never_collide(tmp_path: Pat
     with sqlite3.connect(path) as db:
         versions = [row[0] for row in db.execute("SELECT version FROM versions")]
     assert sorted(versions) == list(range(1, 181))
+
+
+def test_lookup_answers_subject_and_version_together(catalog: Catalog) -> None:
+    assert catalog.lookup(REF) == (None, None)
+    catalog.add_subject(subject())
+    assert catalog.lookup(REF) == (subject(), None)
+    catalog.reserve(REF, oid(9), 1.0)  # pending: invisible
+    assert catalog.lookup(REF) == (subject(), None)
+    put(catalog, REF, 1)
+    put(catalog, REF, 2)
+    put(catalog, ObjectRef("intl", "bob", REF.key), 3)  # another subject's object, same key
+    for version in (None, 1, 2, 3):
+        assert catalog.lookup(REF, version) == (
+            subject(),
+            catalog.get_version(REF, version),
+        )
+    found = catalog.lookup(REF)[1]
+    assert found is not None and (found.version, found.manifest) == (3, b"manifest-2")
+    assert catalog.lookup(REF, 99) == (subject(), None)
+    catalog.mark_deleted(REF, 3)
+    found = catalog.lookup(REF)[1]
+    assert found is not None and found.version == 2
+    assert catalog.lookup(ObjectRef("other", "alice", REF.key)) == (None, None)

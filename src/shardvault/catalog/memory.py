@@ -90,6 +90,13 @@ class MemoryCatalog:
             record = self._versions.get(ref, {}).get(version)
             return record if record and record.state is VersionState.COMMITTED else None
 
+    def lookup(
+        self, ref: ObjectRef, version: int | None = None
+    ) -> tuple[SubjectRecord | None, VersionRecord | None]:
+        with self._lock:
+            record = self.get_subject(ref.tenant, ref.subject)
+            return record, (self.get_version(ref, version) if record else None)
+
     def list_latest(
         self, tenant: str, subject: str, prefix: str, start_after: str, limit: int
     ) -> list[VersionRecord]:

@@ -81,6 +81,12 @@ class Catalog(Protocol):
     def get_version(self, ref: ObjectRef, version: int | None = None) -> VersionRecord | None:
         """A committed version (the latest when version is None)."""
 
+    def lookup(
+        self, ref: ObjectRef, version: int | None = None
+    ) -> tuple[SubjectRecord | None, VersionRecord | None]:
+        """The subject's record and `get_version` of ref, in one query: a read's two
+        questions to its cell (each query costs a read transaction)."""
+
     def list_latest(
         self, tenant: str, subject: str, prefix: str, start_after: str, limit: int
     ) -> list[VersionRecord]:

@@ -54,7 +54,12 @@ MIGRATIONS: tuple[str, ...] = (
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
+_SUBJECT_COLUMNS = "tenant, subject, jurisdiction, key_id, wrapped_key, created_at, forgotten_at"
 _VERSION_COLUMNS = "tenant, subject, key, version, state, object_id, size, created_at, manifest"
+
+
+def _prefixed(table: str, columns: str) -> str:
+    return ", ".join(f"{table}.{column}" for column in columns.split(", "))
 
 
 def _version(row: tuple, ref: ObjectRef | None = None) -> VersionRecord:  # type: ignore[type-arg]
@@ -206,8 +211,7 @@ class SqliteCatalog:
 
     def get_subject(self, tenant: str, subject: str) -> SubjectRecord | None:
         rows = self._query(
-            "SELECT tenant, subject, jurisdiction, key_id, wrapped_key, created_at, forgotten_at"
-            " FROM subjects WHERE tenant = ? AND subject = ?",
+            f"SELECT {_SUBJECT_COLUMNS} FROM subjects WHERE tenant = ? AND subject = ?",
             (tenant, subject),
         )
         return SubjectRecord(*rows[0]) if rows else None
@@ -283,6 +287,27 @@ class SqliteCatalog:
             params,
         )
         return _version(rows[0], ref) if rows else None
+
+    def lookup(
+        self, ref: ObjectRef, version: int | None = None
+    ) -> tuple[SubjectRecord | None, VersionRecord | None]:
+        join = (
+            "v.tenant = s.tenant AND v.subject = s.subject AND v.key = ?3 AND v.state = 'committed'"
+        )
+        params: tuple = (ref.tenant, ref.subject, ref.key)  # type: ignore[type-arg]
+        if version is not None:
+            join += " AND v.version = ?4"
+            params += (version,)
+        rows = self._query(
+            f"SELECT {_prefixed('s', _SUBJECT_COLUMNS)}, {_prefixed('v', _VERSION_COLUMNS)}"
+            f" FROM subjects s LEFT JOIN versions v ON {join}"
+            " WHERE s.tenant = ?1 AND s.subject = ?2 ORDER BY v.version DESC LIMIT 1",
+            params,
+        )
+        if not rows:
+            return None, None
+        subject, found = rows[0][:7], rows[0][7:]
+        return SubjectRecord(*subject), (_version(found, ref) if found[3] is not None else None)
 
     def list_latest(
         self, tenant: str, subject: str, prefix: str, start_after: str, limit: int

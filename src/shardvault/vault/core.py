@@ -212,7 +212,7 @@ class Vault:
         """
         home = self._home(tenant, subject)
         access = self.governance.authorize(ctx, action, tenant, home, subject, key, durable=durable)
-        with _answered_after_audit(access):  # a subject missing or forgotten is an answer
+        with _AnsweredAfterAudit(access):  # a subject missing or forgotten is an answer
             record = self.cells[home].catalog.get_subject(tenant, subject)
             return _live(_registered(record, tenant, subject)), access
 
@@ -252,7 +252,7 @@ class Vault:
         subject, access = self._authorized(
             ctx, Action.WRITE, ref.tenant, ref.subject, ref.key, durable=False
         )
-        with _answered_after_audit(access):
+        with _AnsweredAfterAudit(access):
             return self._write_version(ref, source, subject, access, if_match, progress)
 
     def _write_version(
@@ -381,7 +381,7 @@ class Vault:
             ctx, action, ref.tenant, home, ref.subject, ref.key, durable=durable
         )
         cell = self.cells[home]
-        with _answered_after_audit(access):
+        with _AnsweredAfterAudit(access):
             subject, record = cell.catalog.lookup(ref, version)
             subject = _live(_registered(subject, ref.tenant, ref.subject))
             if record is None or record.manifest is None:
@@ -402,7 +402,7 @@ class Vault:
         """A streaming reader; iterate it for plaintext, then check .damage."""
         ctx = ctx or local_context("read")
         cell, subject, record, access = self._record(ref, version, ctx, Action.READ, durable=False)
-        with _answered_after_audit(access):
+        with _AnsweredAfterAudit(access):
             return self._open_reader(ref, cell, subject, record, access)
 
     def _open_reader(
@@ -518,16 +518,23 @@ class Vault:
         return node_usage(self.cells.values())
 
 
-@contextlib.contextmanager
-def _answered_after_audit(access: Access) -> Iterator[None]:
+class _AnsweredAfterAudit:
     """An error is an answer too: raise it only once the access's audit entry is durable
-    (if that fails as well, the first error still says what went wrong)."""
-    try:
-        yield
-    except BaseException:
-        with contextlib.suppress(AuditUnavailable):
-            access.wait_audited()
-        raise
+    (if that fails as well, the first error still says what went wrong). A class, not
+    a @contextmanager generator: every read passes through two of these."""
+
+    __slots__ = ("_access",)
+
+    def __init__(self, access: Access) -> None:
+        self._access = access
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, *rest: object) -> None:
+        if kind is not None:
+            with contextlib.suppress(AuditUnavailable):
+                self._access.wait_audited()
 
 
 def _registered(found: _T | None, tenant: str, subject: str) -> _T:

@@ -136,16 +136,50 @@ class ObjectReader:
         handle = self._handle(index, segment)
         if handle.reader is None:
             return _Fetched(index, None, handle.problem)
-        length = self._manifest.block_length(segment)
         if segment == 0 and handle.first_block is not None:
             block, handle.first_block = handle.first_block, None
         else:
             offset = block_offset(segment, self._manifest.block_size)
             try:
-                block = handle.reader.read_at(offset, length)
+                block = handle.reader.read_at(offset, self._manifest.block_length(segment))
             except OSError as exc:
                 return _Fetched(index, None, f"read failed: {exc.strerror}")
-        if len(block) != length:
+        return self._checked(index, segment, block, 0)
+
+    def _fetch_whole(self, index: int) -> _Fetched:
+        """A small single-segment object's shard: header and block in one read.
+
+        No handle is kept (the shard is read once), so none of the bookkeeping
+        that lets a large object's segments share an open shard.
+        """
+        manifest = self._manifest
+        header = manifest.shard_header(index)
+        length = manifest.block_length(0)
+        try:
+            reader = self._stores[index].open_reader(
+                shard_name(manifest.object_id, manifest.version, index)
+            )
+        except NotFound:
+            return _Fetched(index, None, "missing")
+        except ShardvaultError as exc:
+            return _Fetched(index, None, f"unreadable: {exc}")
+        try:
+            head = reader.read_at(0, len(header) + length)
+        except OSError as exc:
+            return _Fetched(index, None, f"read failed: {exc.strerror}")
+        finally:
+            reader.close()
+        return self._checked(index, 0, head, len(header), header)
+
+    def _checked(
+        self, index: int, segment: int, data: bytes, start: int, header: bytes = b""
+    ) -> _Fetched:
+        """The block at data[start:], if the header before it and its hash are right."""
+        # every header field, not just the ones the read uses: a flipped bit is damage
+        if data[:start] != header:
+            return _Fetched(index, None, "bad header")
+        block = data[start:] if start else data
+        if len(block) != self._manifest.block_length(segment):
             return _Fetched(index, None, "truncated")
         if not block_matches(block, self._manifest.block_hash(segment, index)):
             return _Fetched(index, None, "hash mismatch")
@@ -155,7 +189,7 @@ class ObjectReader:
         """Fetch in the pool; a small single-segment object is fetched right here,
         where a few file reads cost less than handing them to another thread."""
         if self._inline:
-            return self._fetch(segment, index)
+            return self._fetch_whole(index)
         return self._pool.submit(self._fetch, segment, index)
 
     def _start(self, segment: int) -> list[Future[_Fetched] | _Fetched]:

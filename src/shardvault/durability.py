@@ -45,8 +45,8 @@ class WaitRoom:
     def write_ended(self) -> None:
         """Holding the lock: wake the callers the write covered and the next leader."""
         ended, self._covered = self._covered, self._later
-        self._later = threading.Condition(self._lock)
-        ended.notify_all()
+        ended.notify_all()  # takes its waiters off it: it can serve the generation after
+        self._later = ended
         self._covered.notify()
 
 

@@ -56,7 +56,7 @@ def format_time(at: datetime) -> str:
     """RFC 3339 in UTC with microseconds: one spelling per instant, so entries are canonical."""
     if at.tzinfo is None or at.utcoffset() is None:
         raise InvalidInput("audit time must be timezone-aware (pass a UTC datetime)")
-    return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return at.astimezone(UTC).isoformat(timespec="microseconds")[:-6] + "Z"  # drop +00:00
 
 
 def _check_time(value: str) -> None:

@@ -3,8 +3,9 @@
 Prints (a) the pipeline limit: encrypt + erasure-code + hash of the same data in
 memory on one core; (b) put and get of a 256 MiB object through the vault on
 local-directory nodes, and their ratio to (a); (c) put and get ops/s of 1 KiB
-objects: one client thread, eight, and two worker processes of four threads on
-one deployment (how a cell is served), each with the CPU time per request;
+objects: one client thread, eight, and two worker processes of four and of
+sixteen threads on one deployment (how a cell is served; more threads share
+more of each group commit), each with the CPU time per request;
 (d) peak RSS of a streamed 2 GiB put and get.
 Not a test: nothing here asserts a speed. Options: --large-mib, --small-count,
 --stream-gib, --dir (where the node directories go; default: a temp dir under .).
@@ -173,7 +174,7 @@ def small_objects_processes(
     """As `small_objects`, from `processes` workers sharing the deployment, as `serve` would."""
     fork = multiprocessing.get_context("fork")
     barrier, results = fork.Barrier(processes), fork.Queue()
-    keys = [f"small/p{processes}/{i}" for i in range(count)]
+    keys = [f"small/p{processes}x{clients}/{i}" for i in range(count)]
     workers = [
         fork.Process(
             target=_small_worker, args=(config, keys[n::processes], clients, barrier, results)
@@ -270,10 +271,11 @@ def run(args: argparse.Namespace, work: Path, tuned: bool) -> None:
         report_small(f"{clients} client thread(s)", small_objects(vault, args.small_count, clients))
     vault.close()
     config = work / "vault" / "shardvault.toml"
-    report_small(
-        "2 worker processes x 4 threads on one deployment",
-        small_objects_processes(config, args.small_count, 2, 4),
-    )
+    for threads in (4, 16):
+        report_small(
+            f"2 worker processes x {threads} threads on one deployment",
+            small_objects_processes(config, args.small_count, 2, threads),
+        )
     child = subprocess.run(
         [
             sys.executable,

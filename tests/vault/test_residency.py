@@ -199,3 +199,26 @@ def test_a_registration_undone_elsewhere_and_redone_in_another_cell_is_seen_at_o
         assert vault.put(ref, b"hi").version == 1 and vault.get(ref) == b"hi"
     finally:
         other.close()
+
+
+def test_a_subject_record_naming_another_home_is_refused(
+    deployment: tuple[Config, Vault],
+) -> None:
+    """The directory sends bob to US, whose catalog holds a record saying SG (tampering
+    or a restore gone wrong): the access was decided in US and its data would go to SG,
+    so it is refused rather than guessed."""
+    _, vault = deployment
+    record = vault.register_subject("intl", "bob", "SG")
+    vault.directory.remove("intl", "bob")
+    vault.directory.add("intl", "bob", "US")
+    vault.cells["US"].catalog.add_subject(record)
+    ref = ObjectRef("intl", "bob", "note.txt")
+    with pytest.raises(IntegrityError, match="recorded in US's catalog as living in SG"):
+        vault.put(ref, b"hi")
+    with pytest.raises(IntegrityError, match="living in SG"):
+        vault.get(ref)
+    with pytest.raises(IntegrityError, match="living in SG"):
+        vault.list("intl", "bob")
+    for cell in ("US", "SG"):  # refused before anything was reserved, let alone written
+        assert vault.cells[cell].catalog.collectable(float("inf")) == []
+        assert vault.cells[cell].catalog.list_versions(ref) == []

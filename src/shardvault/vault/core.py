@@ -35,6 +35,7 @@ from shardvault.directory import SubjectDirectory
 from shardvault.errors import (
     AccessDenied,
     AuditUnavailable,
+    IntegrityError,
     InvalidInput,
     NotFound,
     SubjectForgotten,
@@ -214,7 +215,7 @@ class Vault:
         access = self.governance.authorize(ctx, action, tenant, home, subject, key, durable=durable)
         with _AnsweredAfterAudit(access):  # a subject missing or forgotten is an answer
             record = self.cells[home].catalog.get_subject(tenant, subject)
-            return _live(_registered(record, tenant, subject)), access
+            return _live(_at_home(_registered(record, tenant, subject), home)), access
 
     def _subject_key(self, record: SubjectRecord, access: Access) -> bytes:
         """The subject key, from the custodian, for an access whose audit entry is durable."""
@@ -383,7 +384,7 @@ class Vault:
         cell = self.cells[home]
         with _AnsweredAfterAudit(access):
             subject, record = cell.catalog.lookup(ref, version)
-            subject = _live(_registered(subject, ref.tenant, ref.subject))
+            subject = _live(_at_home(_registered(subject, ref.tenant, ref.subject), home))
             if record is None or record.manifest is None:
                 what = f"{ref} v{version}" if version else str(ref)
                 raise NotFound(f"no object {what}")
@@ -544,6 +545,18 @@ def _registered(found: _T | None, tenant: str, subject: str) -> _T:
             f"no subject {subject} in tenant {tenant}: register it with 'shardvault subject add'"
         )
     return found
+
+
+def _at_home(record: SubjectRecord, home: str) -> SubjectRecord:
+    """The record, if it names the cell the directory sent the request to: the access
+    was decided and audited there, and its data goes where the record says."""
+    if record.jurisdiction != home:
+        raise IntegrityError(
+            f"subject {record.subject} of tenant {record.tenant} is recorded in {home}'s "
+            f"catalog as living in {record.jurisdiction}: refusing to guess; restore the "
+            "catalog or the directory"
+        )
+    return record
 
 
 def _live(record: SubjectRecord) -> SubjectRecord:

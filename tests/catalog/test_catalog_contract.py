@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from shardvault.catalog import sqlite as sqlite_module
 from shardvault.catalog.memory import MemoryCatalog
 from shardvault.catalog.port import Catalog, DamageRecord, SubjectRecord, VersionState
-from shardvault.catalog.sqlite import SCHEMA_VERSION, SqliteCatalog
+from shardvault.catalog.sqlite import _FLOCK_TURNS, SCHEMA_VERSION, SqliteCatalog
 from shardvault.errors import ConfigError, Conflict, NotFound
 from shardvault.model import ObjectRef
 
@@ -330,3 +331,31 @@ def test_lookup_answers_subject_and_version_together(catalog: Catalog) -> None:
     found = catalog.lookup(REF)[1]
     assert found is not None and found.version == 2
     assert catalog.lookup(ObjectRef("other", "alice", REF.key)) == (None, None)
+
+
+def test_sqlite_writers_of_one_process_pass_the_flock_on_but_never_keep_it_idle(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Queued writers of this process share a turn on the flock (fewer flock calls
+    under load), at most _FLOCK_TURNS writes long; with nobody queued it is let go."""
+    catalog = SqliteCatalog(tmp_path / "c.sqlite")
+    calls: list[int] = []
+    real_flock = fcntl.flock
+
+    def flock(fd: int, operation: int) -> None:
+        calls.append(operation)
+        real_flock(fd, operation)
+
+    monkeypatch.setattr(sqlite_module.fcntl, "flock", flock)
+    catalog._queued.append(None)  # as if another writer of this process were waiting
+    for number in range(_FLOCK_TURNS):  # reserve + commit: two writes each
+        put(catalog, REF, number)
+    assert calls.count(fcntl.LOCK_EX) == 2 and calls.count(fcntl.LOCK_UN) == 2
+    catalog._queued.pop()
+    calls.clear()
+    put(catalog, REF, 99)
+    assert calls == [fcntl.LOCK_EX, fcntl.LOCK_UN, fcntl.LOCK_EX, fcntl.LOCK_UN]
+    other = os.open(tmp_path / "c.sqlite.lock", os.O_RDWR)
+    fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)  # idle: another process gets it at once
+    os.close(other)
+    catalog.close()

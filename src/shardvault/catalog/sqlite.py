@@ -54,6 +54,7 @@ MIGRATIONS: tuple[str, ...] = (
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
+_FLOCK_TURNS = 8  # consecutive writes of one process before the others get a turn
 _SUBJECT_COLUMNS = "tenant, subject, jurisdiction, key_id, wrapped_key, created_at, forgotten_at"
 _VERSION_COLUMNS = "tenant, subject, key, version, state, object_id, size, created_at, manifest"
 
@@ -83,6 +84,8 @@ class SqliteCatalog:
         self._write_lock = threading.Lock()  # this process's writers, before the flock
         self._wal_sync: GroupSync | None = None
         self._writer_fd: int | None = None  # flock'ed around every write (not in memory)
+        self._queued: list[None] = []  # one item per writer of this process waiting
+        self._flock_turns = 0  # writes since this process took the flock (0: not held)
         try:
             if isinstance(path, Path):
                 path.parent.mkdir(parents=True, exist_ok=True)
@@ -129,17 +132,25 @@ class SqliteCatalog:
         Only then the connection's lock: a writer waiting for another process
         does not hold up this process's readers. No timeout: a dead process's
         flock is released by the kernel; a stopped one stalls writers until it
-        runs again.
+        runs again. While more of this process's writers queue, the flock passes
+        from one to the next, up to `_FLOCK_TURNS` writes: each flock call
+        releases the GIL inside this critical section, and under load the
+        holder then waits for the GIL while every writer waits for it.
         """
+        self._queued.append(None)  # list operations are atomic: no lock to count
         with self._write_lock:
-            if self._writer_fd is not None:
+            self._queued.pop()
+            if self._writer_fd is not None and not self._flock_turns:
                 fcntl.flock(self._writer_fd, fcntl.LOCK_EX)
+            self._flock_turns += 1
             try:
                 with self._lock:
                     yield
             finally:
-                if self._writer_fd is not None:
-                    fcntl.flock(self._writer_fd, fcntl.LOCK_UN)
+                if not self._queued or self._flock_turns >= _FLOCK_TURNS:
+                    self._flock_turns = 0
+                    if self._writer_fd is not None:
+                        fcntl.flock(self._writer_fd, fcntl.LOCK_UN)
 
     @contextmanager
     def _transaction(self, durable: bool = True) -> Iterator[sqlite3.Connection]:

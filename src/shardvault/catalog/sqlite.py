@@ -63,6 +63,20 @@ def _prefixed(table: str, columns: str) -> str:
     return ", ".join(f"{table}.{column}" for column in columns.split(", "))
 
 
+def _lookup_sql(version_given: bool) -> str:
+    """A subject's row, left-joined with the newest committed version of one key."""
+    join = "v.tenant = s.tenant AND v.subject = s.subject AND v.key = ?3 AND v.state = 'committed'"
+    return (
+        f"SELECT {_prefixed('s', _SUBJECT_COLUMNS)}, {_prefixed('v', _VERSION_COLUMNS)}"
+        f" FROM subjects s LEFT JOIN versions v ON {join}"
+        + (" AND v.version = ?4" if version_given else "")
+        + " WHERE s.tenant = ?1 AND s.subject = ?2 ORDER BY v.version DESC LIMIT 1"
+    )
+
+
+_LOOKUP_LATEST, _LOOKUP_VERSION = _lookup_sql(False), _lookup_sql(True)
+
+
 def _version(row: tuple, ref: ObjectRef | None = None) -> VersionRecord:  # type: ignore[type-arg]
     """A row as a record; ``ref`` (already checked) spares re-validating the names."""
     tenant, subject, key, version, state, object_id, size, created_at, manifest = row
@@ -302,19 +316,10 @@ class SqliteCatalog:
     def lookup(
         self, ref: ObjectRef, version: int | None = None
     ) -> tuple[SubjectRecord | None, VersionRecord | None]:
-        join = (
-            "v.tenant = s.tenant AND v.subject = s.subject AND v.key = ?3 AND v.state = 'committed'"
-        )
-        params: tuple = (ref.tenant, ref.subject, ref.key)  # type: ignore[type-arg]
-        if version is not None:
-            join += " AND v.version = ?4"
-            params += (version,)
-        rows = self._query(
-            f"SELECT {_prefixed('s', _SUBJECT_COLUMNS)}, {_prefixed('v', _VERSION_COLUMNS)}"
-            f" FROM subjects s LEFT JOIN versions v ON {join}"
-            " WHERE s.tenant = ?1 AND s.subject = ?2 ORDER BY v.version DESC LIMIT 1",
-            params,
-        )
+        if version is None:
+            rows = self._query(_LOOKUP_LATEST, (ref.tenant, ref.subject, ref.key))
+        else:
+            rows = self._query(_LOOKUP_VERSION, (ref.tenant, ref.subject, ref.key, version))
         if not rows:
             return None, None
         subject, found = rows[0][:7], rows[0][7:]

@@ -10,7 +10,7 @@ to decrypt instead of yielding someone else's bytes.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -30,8 +30,9 @@ class SegmentBinding:
     ref: ObjectRef
     version: int
     object_id: bytes
+    _prefix: bytes = field(init=False, repr=False, compare=False)
 
-    def prefix(self) -> bytes:
+    def __post_init__(self) -> None:
         fields = [
             _AAD_LABEL,
             self.ref.tenant.encode(),
@@ -40,7 +41,12 @@ class SegmentBinding:
             self.object_id,
         ]
         encoded = b"".join(struct.pack(">I", len(f)) + f for f in fields)
-        return encoded + struct.pack(">Q", self.version)
+        object.__setattr__(self, "_prefix", encoded + struct.pack(">Q", self.version))
+
+    def prefix(self) -> bytes:
+        """The associated data of every segment, before its index (built once: a put
+        and a get each need it twice, for the data key's wrap and for the segments)."""
+        return self._prefix
 
 
 class SegmentCipher:

@@ -57,3 +57,28 @@ def returns_within(call: Callable[[], object], seconds: float = 5.0) -> bool:
     thread.start()
     thread.join(seconds)
     return not thread.is_alive()
+
+
+def main_thread_leaves_when_woken(room: Any, leave: Callable[[], bool]) -> list[str]:
+    """Patch a WaitRoom so the main thread raises `Interrupted` right after a wait
+    returns while `leave()` holds (as Ctrl-C can, once it was woken to lead the next
+    write). Returns the names of threads as they start waiting, in order."""
+    real_wait = room.wait
+    waiting: list[str] = []
+
+    def wait(covered: bool) -> None:
+        waiting.append(threading.current_thread().name)
+        real_wait(covered)
+        if threading.current_thread() is threading.main_thread() and leave():
+            raise Interrupted()
+
+    room.wait = wait
+    return waiting
+
+
+def wait_for(condition: Callable[[], bool], seconds: float = 5.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out waiting")
+        time.sleep(0.005)

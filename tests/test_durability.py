@@ -12,7 +12,9 @@ from tests.interrupts import (
     Interrupted,
     interrupted_when_relocking,
     interrupts_on_sigusr1,
+    main_thread_leaves_when_woken,
     returns_within,
+    wait_for,
 )
 
 from shardvault.durability import BackgroundFlush, GroupSync, WaitRoom
@@ -232,10 +234,48 @@ def test_the_end_of_a_write_wakes_its_waiters_and_one_leader_only() -> None:
         assert waiting.acquire(timeout=5)
     with lock:  # every waiter is asleep once it has released the lock in wait()
         room.write_ended()
-    time.sleep(0.3)
+    wait_for(lambda: len(woke) >= 2)
+    time.sleep(0.2)  # room for a wrongly woken third waiter to show up
     assert sorted(woke)[0] == "covered" and len(woke) == 2, woke  # one later waiter leads
     with lock:  # that leader's write ends: it covered the other later waiter
         room.write_ended()
     for thread in threads:
         thread.join(5)
     assert sorted(woke) == ["covered", "later-1", "later-2"]
+
+
+def test_a_caller_woken_to_lead_that_leaves_hands_the_lead_on() -> None:
+    """Woken to lead the next flush, the main thread is interrupted before it starts
+    it: the other caller waiting for that flush must be woken to run it."""
+    release, flushes = threading.Event(), []
+
+    def flush() -> None:
+        flushes.append(threading.current_thread().name)
+        if len(flushes) == 1:
+            release.wait(5)
+
+    group = GroupSync(flush, "test")
+    waiting = main_thread_leaves_when_woken(
+        group._room, lambda: len(flushes) == 1 and not group._flushing
+    )
+    group.note_write()
+    threading.Thread(target=group.sync, name="first").start()
+    wait_for(lambda: group._flushing)
+    group.note_write()  # the main thread's write needs the next flush, and so will later's
+
+    def later() -> None:
+        group.note_write()
+        group.sync()
+
+    def stage() -> None:
+        wait_for(lambda: waiting == ["MainThread"])
+        time.sleep(0.05)  # main is asleep: it is first in line to lead
+        threading.Thread(target=later, name="later", daemon=True).start()
+        wait_for(lambda: waiting == ["MainThread", "later"])
+        time.sleep(0.05)
+        release.set()
+
+    threading.Thread(target=stage).start()
+    with pytest.raises(Interrupted):
+        group.sync()
+    wait_for(lambda: flushes == ["first", "later"])

@@ -49,6 +49,12 @@ class WaitRoom:
         self._later = ended
         self._covered.notify()
 
+    def hand_on(self) -> None:
+        """Holding the lock, no write running: a caller leaving by an exception (Ctrl-C)
+        may have been the one woken to lead; wake another (every waiter is covered
+        now), or the rest would sleep until some later caller writes."""
+        self._covered.notify()
+
 
 class GroupSync:
     """Coalesces durability requests for one file or filesystem into as few flushes as possible."""
@@ -77,16 +83,21 @@ class GroupSync:
         """Return once the write with ticket `upto` (default: every one so far) is durable."""
         with self._lock:
             wanted = self._written if upto is None else min(upto, self._written)
-            while True:
-                for after, until, why in self._failed:
-                    if after < wanted <= until:
-                        raise StorageError(f"{self._name}: {why}")
-                if self._settled >= wanted:
-                    return
-                if self._flushing:
-                    self._room.wait(covered=wanted <= self._target)
-                else:
-                    self._flush_now()
+            try:
+                while True:
+                    for after, until, why in self._failed:
+                        if after < wanted <= until:
+                            raise StorageError(f"{self._name}: {why}")
+                    if self._settled >= wanted:
+                        return
+                    if self._flushing:
+                        self._room.wait(covered=wanted <= self._target)
+                    else:
+                        self._flush_now()
+            except BaseException:
+                if not self._flushing:
+                    self._room.hand_on()
+                raise
 
     def _flush_now(self) -> None:
         """One flush for every write noted so far; called holding the lock, nobody flushing."""

@@ -19,7 +19,9 @@ from tests.interrupts import (
     Interrupted,
     interrupted_when_relocking,
     interrupts_on_sigusr1,
+    main_thread_leaves_when_woken,
     returns_within,
+    wait_for,
 )
 
 from shardvault.audit import log as audit_log
@@ -540,4 +542,43 @@ def test_an_entry_taken_by_a_writer_that_never_reported_fails_closed(tmp_path: P
     log._queue.clear()  # as if a writer took it and was interrupted before marking it
     with pytest.raises(AuditUnavailable, match="interrupted"):
         ticket.wait()
+    log.close()
+
+
+def test_a_caller_woken_to_write_that_leaves_hands_the_write_on(tmp_path: Path) -> None:
+    """Woken to write the next batch, the main thread is interrupted before it takes
+    the queue: the other caller whose entry is queued must be woken to write it."""
+    log = AuditLog.open(tmp_path / "log")
+    release, writers = threading.Event(), []
+    real = log._write_batches
+
+    def write_batches(batches: list[audit_log._Batch]) -> BaseException | None:
+        writers.append(threading.current_thread().name)
+        if len(writers) == 1:
+            release.wait(5)
+        return real(batches)
+
+    log._write_batches = write_batches  # type: ignore[method-assign]
+    waiting = main_thread_leaves_when_woken(
+        log._room, lambda: len(writers) == 1 and not log._writing
+    )
+    threading.Thread(target=log.append, args=(make_entry(0),), name="first").start()
+    wait_for(lambda: log._writing)
+    mine = log.submit([make_entry(1)])
+    later = threading.Thread(target=log.append, args=(make_entry(2),), name="later", daemon=True)
+
+    def stage() -> None:
+        wait_for(lambda: waiting == ["MainThread"])
+        time.sleep(0.05)  # main is asleep: it is first in line to write
+        later.start()
+        wait_for(lambda: waiting == ["MainThread", "later"])
+        time.sleep(0.05)
+        release.set()
+
+    threading.Thread(target=stage).start()
+    with pytest.raises(Interrupted):
+        mine.wait()
+    later.join(5)
+    assert not later.is_alive(), "the other caller's append hung"
+    assert writers == ["first", "later"] and log.size == 3
     log.close()

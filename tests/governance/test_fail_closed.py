@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from tests.governance.helpers import SERVICE, as_, entries, entries_of, register
+from tests.governance_support import forget_approved
 
 from conftest import files_under, make_deployment
 from shardvault.audit import AuditLog
@@ -136,3 +137,49 @@ def test_a_failed_put_answers_only_once_its_decision_is_durable(
             vault.put(ObjectRef("intl", "alice", "k"), Failing(), ctx=ctx)  # type: ignore[arg-type]
         assert [e.result for e in entries_of(vault, ctx)] == ["allowed"]
         assert log.size == len(entries(vault))
+
+
+def _audit_writes_fail(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(
+        AuditLog, "_write_batches", lambda self, batches: OSError(errno.ENOSPC, "disk full")
+    )
+
+
+@pytest.mark.parametrize("call", ["get", "open_read", "stat", "where"])
+def test_not_found_is_not_answered_without_its_audit_entry(
+    vault: Vault, monkeypatch: pytest.MonkeyPatch, call: str
+) -> None:
+    vault.register_subject("intl", "alice", "US")
+    _audit_writes_fail(monkeypatch)
+    with pytest.raises(AuditUnavailable):
+        getattr(vault, call)(ObjectRef("intl", "alice", "nothing-here"))
+
+
+@pytest.mark.parametrize("call", ["get", "put", "list"])
+def test_forgotten_is_not_answered_without_its_audit_entry(
+    vault: Vault, monkeypatch: pytest.MonkeyPatch, call: str
+) -> None:
+    ref = ObjectRef("intl", "alice", "k")
+    vault.register_subject("intl", "alice", "US")
+    vault.put(ref, b"x")
+    forget_approved(vault, "intl", "alice")
+    _audit_writes_fail(monkeypatch)
+    attempts = {
+        "get": lambda: vault.get(ref),
+        "put": lambda: vault.put(ref, b"y"),
+        "list": lambda: vault.list("intl", "alice"),
+    }
+    with pytest.raises(AuditUnavailable):
+        attempts[call]()
+
+
+def test_a_record_naming_another_home_is_not_answered_without_its_audit_entry(
+    vault: Vault, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    record = vault.register_subject("intl", "bob", "SG")
+    vault.directory.remove("intl", "bob")
+    vault.directory.add("intl", "bob", "US")
+    vault.cells["US"].catalog.add_subject(record)
+    _audit_writes_fail(monkeypatch)
+    with pytest.raises(AuditUnavailable):
+        vault.get(ObjectRef("intl", "bob", "k"))

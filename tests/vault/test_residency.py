@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from tests.governance_support import forget_approved
 
 from conftest import SEGMENT, files_under, make_deployment, manifest_of
 from shardvault.config import Config, load
@@ -219,6 +220,10 @@ def test_a_subject_record_naming_another_home_is_refused(
         vault.get(ref)
     with pytest.raises(IntegrityError, match="living in SG"):
         vault.list("intl", "bob")
+    with pytest.raises(IntegrityError, match="living in SG"):
+        forget_approved(vault, "intl", "bob")
     for cell in ("US", "SG"):  # refused before anything was reserved, let alone written
         assert vault.cells[cell].catalog.collectable(float("inf")) == []
         assert vault.cells[cell].catalog.list_versions(ref) == []
+        found = vault.cells[cell].catalog.get_subject("intl", "bob")
+        assert found is not None and found.forgotten_at is None  # nothing forgotten

@@ -354,13 +354,18 @@ class AuditLog:
 
     def _wait(self, batch: _Batch) -> int:
         with self._state:
-            while not batch.done and batch.error is None:
-                if self._writing:  # woken when the write covering this batch ends
-                    self._room.wait(covered=batch not in self._queue)
-                elif batch in self._queue:
-                    self._write_queue()
-                else:  # taken by a writer interrupted before it could say how it went
-                    batch.error = AuditUnavailable("the write of this entry was interrupted")
+            try:
+                while not batch.done and batch.error is None:
+                    if self._writing:  # woken when the write covering this batch ends
+                        self._room.wait(covered=batch not in self._queue)
+                    elif batch in self._queue:
+                        self._write_queue()
+                    else:  # taken by a writer interrupted before it could say how it went
+                        batch.error = AuditUnavailable("the write of this entry was interrupted")
+            except BaseException:
+                if not self._writing:
+                    self._room.hand_on()
+                raise
         if batch.error is not None:
             raise AuditUnavailable(f"audit entry not written: {batch.error}") from batch.error
         return batch.first

@@ -70,7 +70,8 @@ def _lookup_sql(version_given: bool) -> str:
         f"SELECT {_prefixed('s', _SUBJECT_COLUMNS)}, {_prefixed('v', _VERSION_COLUMNS)}"
         f" FROM subjects s LEFT JOIN versions v ON {join}"
         + (" AND v.version = ?4" if version_given else "")
-        + " WHERE s.tenant = ?1 AND s.subject = ?2 ORDER BY v.version DESC LIMIT 1"
+        + " WHERE s.tenant = ?1 AND s.subject = ?2"
+        + ("" if version_given else " ORDER BY v.version DESC LIMIT 1")
     )
 
 

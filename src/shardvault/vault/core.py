@@ -183,7 +183,8 @@ class Vault:
 
     def subject(self, tenant: str, subject: str) -> SubjectRecord:
         home = self._home(tenant, subject)
-        return _registered(self.cells[home].catalog.get_subject(tenant, subject), tenant, subject)
+        record = self.cells[home].catalog.get_subject(tenant, subject)
+        return _at_home(_registered(record, tenant, subject), home)
 
     def _home(self, tenant: str, subject: str) -> str:
         """The subject's home jurisdiction, from the directory (`NotFound` if unregistered)."""
@@ -207,9 +208,9 @@ class Vault:
     ) -> tuple[SubjectRecord, Access]:
         """Decide and audit the access in the subject's home cell, then check it is live.
 
-        The cell is asked only after the decision: its entry waits in the audit
-        queue meanwhile, so more entries share each audit write (at 16 threads a
-        get made a third as many fdatasyncs as when it looked the subject up first).
+        The cell is asked only after the decision: the decision's entry waits in
+        the audit queue meanwhile, so more entries share each audit write (reads
+        do the same in `_record`: docs/performance.md).
         """
         home = self._home(tenant, subject)
         access = self.governance.authorize(ctx, action, tenant, home, subject, key, durable=durable)
@@ -519,10 +520,18 @@ class Vault:
         return node_usage(self.cells.values())
 
 
+_ANSWERS = (NotFound, SubjectForgotten, IntegrityError)
+"""Errors that tell the caller something about the data: given only once audited."""
+
+
 class _AnsweredAfterAudit:
-    """An error is an answer too: raise it only once the access's audit entry is durable
-    (if that fails as well, the first error still says what went wrong). A class, not
-    a @contextmanager generator: every read passes through two of these."""
+    """An error is an answer too: raise it only once the access's audit entry is durable.
+
+    If the entry cannot be written, an answer about the data (not found, forgotten,
+    inconsistent) becomes `AuditUnavailable`: fail closed. A failure (the catalog
+    unreadable, say) keeps its own message. A class, not a @contextmanager
+    generator: every read passes through two of these.
+    """
 
     __slots__ = ("_access",)
 
@@ -533,9 +542,13 @@ class _AnsweredAfterAudit:
         return None
 
     def __exit__(self, kind: type[BaseException] | None, *rest: object) -> None:
-        if kind is not None:
-            with contextlib.suppress(AuditUnavailable):
-                self._access.wait_audited()
+        if kind is None:
+            return
+        if issubclass(kind, _ANSWERS):
+            self._access.wait_audited()
+            return
+        with contextlib.suppress(AuditUnavailable):
+            self._access.wait_audited()
 
 
 def _registered(found: _T | None, tenant: str, subject: str) -> _T:

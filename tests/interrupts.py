@@ -82,3 +82,20 @@ def wait_for(condition: Callable[[], bool], seconds: float = 5.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("timed out waiting")
         time.sleep(0.005)
+
+
+def queue_behind_main(
+    waiting: list[str], later: threading.Thread, release: threading.Event
+) -> None:
+    """In the background: once the main thread waits for the next write, start `later`
+    (named "later") so it waits behind it, then let the running write end."""
+
+    def stage() -> None:
+        wait_for(lambda: waiting == ["MainThread"])
+        time.sleep(0.05)  # main is asleep: it is first in line to lead
+        later.start()
+        wait_for(lambda: waiting == ["MainThread", "later"])
+        time.sleep(0.05)
+        release.set()
+
+    threading.Thread(target=stage, daemon=True).start()

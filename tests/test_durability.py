@@ -13,6 +13,7 @@ from tests.interrupts import (
     interrupted_when_relocking,
     interrupts_on_sigusr1,
     main_thread_leaves_when_woken,
+    queue_behind_main,
     returns_within,
     wait_for,
 )
@@ -267,15 +268,7 @@ def test_a_caller_woken_to_lead_that_leaves_hands_the_lead_on() -> None:
         group.note_write()
         group.sync()
 
-    def stage() -> None:
-        wait_for(lambda: waiting == ["MainThread"])
-        time.sleep(0.05)  # main is asleep: it is first in line to lead
-        threading.Thread(target=later, name="later", daemon=True).start()
-        wait_for(lambda: waiting == ["MainThread", "later"])
-        time.sleep(0.05)
-        release.set()
-
-    threading.Thread(target=stage).start()
+    queue_behind_main(waiting, threading.Thread(target=later, name="later", daemon=True), release)
     with pytest.raises(Interrupted):
         group.sync()
     wait_for(lambda: flushes == ["first", "later"])

@@ -20,6 +20,7 @@ from tests.interrupts import (
     interrupted_when_relocking,
     interrupts_on_sigusr1,
     main_thread_leaves_when_woken,
+    queue_behind_main,
     returns_within,
     wait_for,
 )
@@ -566,16 +567,7 @@ def test_a_caller_woken_to_write_that_leaves_hands_the_write_on(tmp_path: Path) 
     wait_for(lambda: log._writing)
     mine = log.submit([make_entry(1)])
     later = threading.Thread(target=log.append, args=(make_entry(2),), name="later", daemon=True)
-
-    def stage() -> None:
-        wait_for(lambda: waiting == ["MainThread"])
-        time.sleep(0.05)  # main is asleep: it is first in line to write
-        later.start()
-        wait_for(lambda: waiting == ["MainThread", "later"])
-        time.sleep(0.05)
-        release.set()
-
-    threading.Thread(target=stage).start()
+    queue_behind_main(waiting, later, release)
     with pytest.raises(Interrupted):
         mine.wait()
     later.join(5)

@@ -404,8 +404,9 @@ class AuditLog:
         """Under the flock: catch up, append, fsync, index. None, or why it failed."""
         with self._locked():
             # Only holders of _append_lock change the view, so it is read here without
-            # _state, and no syscall runs under _state: each releases the GIL, and threads
-            # queueing behind it on _state would each cost a context switch.
+            # _state, and the common path runs no syscall under _state: each releases
+            # the GIL, and threads queueing behind it on _state would each cost a
+            # context switch. Catching up with other processes still does (rare).
             with self._state:
                 if self._broken is not None:
                     return AuditUnavailable(f"audit log {self.directory} is broken")

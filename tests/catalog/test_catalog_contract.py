@@ -5,12 +5,14 @@ from __future__ import annotations
 import fcntl
 import multiprocessing
 import os
+import signal
 import sqlite3
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from tests.interrupts import Interrupted, interrupts_on_sigusr1
 
 from shardvault.catalog import sqlite as sqlite_module
 from shardvault.catalog.memory import MemoryCatalog
@@ -357,5 +359,26 @@ def test_sqlite_writers_of_one_process_pass_the_flock_on_but_never_keep_it_idle(
     assert calls == [fcntl.LOCK_EX, fcntl.LOCK_UN, fcntl.LOCK_EX, fcntl.LOCK_UN]
     other = os.open(tmp_path / "c.sqlite.lock", os.O_RDWR)
     fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)  # idle: another process gets it at once
+    os.close(other)
+    catalog.close()
+
+
+def test_sqlite_a_writer_interrupted_while_queued_does_not_keep_the_flock(
+    tmp_path: Path,
+) -> None:
+    """Ctrl-C while waiting for this process's write lock must not leave the writer
+    counted as queued: the flock would then be passed on forever, never let go."""
+    catalog = SqliteCatalog(tmp_path / "c.sqlite")
+    catalog._write_lock.acquire()  # another writer of this process holds the lock
+    threading.Timer(
+        0.2, signal.pthread_kill, (threading.main_thread().ident or 0, signal.SIGUSR1)
+    ).start()
+    with interrupts_on_sigusr1(), pytest.raises(Interrupted):
+        put(catalog, REF, 1)
+    assert catalog._queued == []
+    catalog._write_lock.release()
+    put(catalog, REF, 2)
+    other = os.open(tmp_path / "c.sqlite.lock", os.O_RDWR)
+    fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)  # let go once nobody queues
     os.close(other)
     catalog.close()

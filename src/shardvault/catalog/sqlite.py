@@ -153,8 +153,11 @@ class SqliteCatalog:
         holder then waits for the GIL while every writer waits for it.
         """
         self._queued.append(None)  # list operations are atomic: no lock to count
-        with self._write_lock:
+        try:
+            self._write_lock.acquire()
+        finally:  # also when interrupted: a stale count would keep the flock forever
             self._queued.pop()
+        try:
             if self._writer_fd is not None and not self._flock_turns:
                 fcntl.flock(self._writer_fd, fcntl.LOCK_EX)
             self._flock_turns += 1
@@ -166,6 +169,8 @@ class SqliteCatalog:
                     self._flock_turns = 0
                     if self._writer_fd is not None:
                         fcntl.flock(self._writer_fd, fcntl.LOCK_UN)
+        finally:
+            self._write_lock.release()
 
     @contextmanager
     def _transaction(self, durable: bool = True) -> Iterator[sqlite3.Connection]:

@@ -30,13 +30,14 @@ lint: venv
 bench: venv
 	$(BIN)/python bench/bench_vault.py
 
-# every benchmark behind docs/performance.md (about 13 minutes on 2 cores)
+# every benchmark behind docs/performance.md (about 14 minutes on 2 cores)
 bench-all: bench
 	$(BIN)/python bench/bench_erasure.py
 	$(BIN)/python bench/bench_scan.py
 	$(BIN)/python bench/bench_audit.py
 	$(BIN)/python bench/bench_governance.py
 	$(BIN)/python bench/bench_instructions.py
+	$(BIN)/python bench/bench_switches.py
 
 clean:
 	rm -rf $(VENV) build dist .pytest_cache .hypothesis

@@ -43,20 +43,24 @@ class _Fetched:
     reason: str = ""
 
 
+def _open_shard(store: ShardStore, name: str) -> tuple[ShardReader | None, str]:
+    """The shard's reader, or None and why it cannot be had (damage, not an error)."""
+    try:
+        return store.open_reader(name), ""
+    except NotFound:
+        return None, "missing"
+    except ShardvaultError as exc:
+        return None, f"unreadable: {exc}"
+
+
 class _ShardHandle:
     """Opens a shard once, checks its header and keeps its first block, then serves reads."""
 
     def __init__(self, store: ShardStore, name: str, header: bytes, first_length: int) -> None:
         self.reader: ShardReader | None = None
         self.first_block: bytes | None = None
-        self.problem = ""
-        try:
-            reader = store.open_reader(name)
-        except NotFound:
-            self.problem = "missing"
-            return
-        except ShardvaultError as exc:
-            self.problem = f"unreadable: {exc}"
+        reader, self.problem = _open_shard(store, name)
+        if reader is None:
             return
         try:
             head = reader.read_at(0, len(header) + first_length)
@@ -155,14 +159,10 @@ class ObjectReader:
         manifest = self._manifest
         header = manifest.shard_header(index)
         length = manifest.block_length(0)
-        try:
-            reader = self._stores[index].open_reader(
-                shard_name(manifest.object_id, manifest.version, index)
-            )
-        except NotFound:
-            return _Fetched(index, None, "missing")
-        except ShardvaultError as exc:
-            return _Fetched(index, None, f"unreadable: {exc}")
+        name = shard_name(manifest.object_id, manifest.version, index)
+        reader, problem = _open_shard(self._stores[index], name)
+        if reader is None:
+            return _Fetched(index, None, problem)
         try:
             head = reader.read_at(0, len(header) + length)
         except OSError as exc:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from shardvault.catalog.sqlite import SCHEMA_VERSION
 from shardvault.cli import app as cli_app
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,6 +46,6 @@ def test_every_persisted_format_is_documented_with_its_version() -> None:
         "Manifest (version 1)",
         "Keyring (version 1)",
         "Config (version 1)",
-        "Catalog schema (version 1)",
+        f"Catalog schema (version {SCHEMA_VERSION})",
     ):
         assert heading in formats

@@ -26,6 +26,7 @@ EXPECTED = [
     "SubjectForgotten",
     "TooFewNodes",
     "Unavailable",
+    "WriteRaced",
 ]
 
 
@@ -61,6 +62,7 @@ def test_the_tree_groups_errors_by_what_the_caller_can_do() -> None:
         "KeyUnavailable": "Unavailable",
         "AuditUnavailable": "Unavailable",
         "StorageError": "Unavailable",
+        "WriteRaced": "Conflict",
     }
     for child, parent in parents.items():
         assert getattr(errors, child).__bases__ == (getattr(errors, parent),)

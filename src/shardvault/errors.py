@@ -7,6 +7,7 @@ Grouped by what the caller can do about it::
     │   └── ConfigError       fix the config file (exit 2)
     ├── NotFound              nothing there (exit 1, HTTP 404)
     ├── Conflict              precondition failed; re-read and retry (exit 1, HTTP 409)
+    │   └── WriteRaced        an unreserved write lost its version or its shards: write again
     ├── Refused               do not retry: a rule said no (exit 1, HTTP 403)
     │   ├── ResidencyRefused  the home jurisdiction cannot take the write
     │   ├── AccessDenied      policy, tenant isolation or the key custodian said no
@@ -53,6 +54,14 @@ class Conflict(ShardvaultError):
     """A precondition (if-match version, already exists) did not hold."""
 
     http_status = 409
+
+
+class WriteRaced(Conflict):
+    """An unreserved write's version was taken, or a gc sweep may have taken its shards.
+
+    The vault writes again under a fresh id and version; a caller sees it only
+    after several tries in a row lost.
+    """
 
 
 class Refused(ShardvaultError):
@@ -134,4 +143,5 @@ __all__ = [
     "SubjectForgotten",
     "TooFewNodes",
     "Unavailable",
+    "WriteRaced",
 ]

@@ -16,9 +16,15 @@ from tests.interrupts import Interrupted, interrupts_on_sigusr1
 
 from shardvault.catalog import sqlite as sqlite_module
 from shardvault.catalog.memory import MemoryCatalog
-from shardvault.catalog.port import Catalog, DamageRecord, SubjectRecord, VersionState
-from shardvault.catalog.sqlite import _FLOCK_TURNS, SCHEMA_VERSION, SqliteCatalog
-from shardvault.errors import ConfigError, Conflict, NotFound
+from shardvault.catalog.port import (
+    Catalog,
+    DamageRecord,
+    SubjectRecord,
+    VersionRecord,
+    VersionState,
+)
+from shardvault.catalog.sqlite import _FLOCK_TURNS, MIGRATIONS, SCHEMA_VERSION, SqliteCatalog
+from shardvault.errors import ConfigError, Conflict, NotFound, WriteRaced
 from shardvault.model import ObjectRef
 
 REF = ObjectRef("intl", "alice", "a.txt")
@@ -112,6 +118,64 @@ def test_if_match(catalog: Catalog) -> None:
     catalog.commit(REF, second, b"m2", 2, 1)
     current = catalog.get_version(REF)
     assert current is not None and current.version == 2
+
+
+def committed(
+    version: int, number: int, minted: float = 10.0, ref: ObjectRef = REF
+) -> VersionRecord:
+    """The row of an unreserved write."""
+    return VersionRecord(
+        ref, version, VersionState.COMMITTED, oid(number), number, minted, b"m%d" % number
+    )
+
+
+def test_unreserved_write_inserts_a_committed_version(catalog: Catalog) -> None:
+    assert catalog.next_version(REF) == 1
+    catalog.insert_committed(committed(1, 7), None)
+    assert catalog.get_version(REF) == committed(1, 7)
+    assert catalog.next_version(REF) == 2
+    assert oid(7) in catalog.known_object_ids()
+    assert catalog.collectable(float("inf")) == []
+
+
+def test_unreserved_write_loses_a_taken_version(catalog: Catalog) -> None:
+    catalog.insert_committed(committed(1, 1), None)
+    with pytest.raises(WriteRaced, match="v1"):
+        catalog.insert_committed(committed(1, 2), None)
+    pending = catalog.reserve(REF, oid(3), 1.0)  # a reservation takes a version too
+    assert pending == catalog.next_version(REF) - 1 == 2
+    with pytest.raises(WriteRaced):
+        catalog.insert_committed(committed(2, 4), None)
+    # and nothing below the newest version, which would not read as the latest
+    catalog.commit(REF, pending, b"m3", 3, None)
+    with pytest.raises(WriteRaced):
+        catalog.insert_committed(committed(1, 5), None)
+    assert [(r.version, r.object_id) for r in catalog.list_versions(REF)] == [
+        (2, oid(3)),
+        (1, oid(1)),
+    ]
+
+
+def test_unreserved_write_minted_before_a_sweep_is_refused(catalog: Catalog) -> None:
+    catalog.note_sweep(10.0)
+    with pytest.raises(WriteRaced, match="gc sweep"):
+        catalog.insert_committed(committed(1, 1, minted=10.0), None)
+    catalog.note_sweep(5.0)  # an earlier cutoff (a longer grace) does not lower it
+    with pytest.raises(WriteRaced):
+        catalog.insert_committed(committed(1, 1, minted=9.0), None)
+    assert catalog.get_version(REF) is None and catalog.known_object_ids() == set()
+    catalog.insert_committed(committed(1, 2, minted=10.001), None)
+    assert catalog.get_version(REF) == committed(1, 2, minted=10.001)
+
+
+def test_unreserved_write_with_if_match(catalog: Catalog) -> None:
+    with pytest.raises(Conflict, match="expected version 1, current is 0"):
+        catalog.insert_committed(committed(1, 1), 1)
+    catalog.insert_committed(committed(1, 1), 0)
+    with pytest.raises(Conflict, match="expected version 0, current is 1"):
+        catalog.insert_committed(committed(2, 2), 0)
+    catalog.insert_committed(committed(2, 2), 1)
+    assert [r.version for r in catalog.list_versions(REF)] == [2, 1]
 
 
 def test_latest_committed_wins(catalog: Catalog) -> None:
@@ -258,6 +322,29 @@ def test_sqlite_records_its_schema_version_and_survives_reopen(tmp_path: Path) -
     assert record is not None and record.manifest == b"manifest-1"
 
 
+def test_sqlite_migrates_a_first_schema_catalog_forward(tmp_path: Path) -> None:
+    path = tmp_path / "c.sqlite"
+    with sqlite3.connect(path, isolation_level=None) as db:
+        db.executescript(f"BEGIN;{MIGRATIONS[0]};PRAGMA user_version=1;COMMIT;")
+        db.execute(
+            "INSERT INTO versions VALUES (?, ?, ?, 1, 'committed', ?, 3, 1.0, ?)",
+            (REF.tenant, REF.subject, REF.key, oid(1), b"old"),
+        )
+    db.close()
+    catalog = SqliteCatalog(path)
+    try:
+        old = catalog.get_version(REF)
+        assert old is not None and old.manifest == b"old"
+        catalog.note_sweep(5.0)  # the second schema's sweep record exists
+        with pytest.raises(WriteRaced):
+            catalog.insert_committed(committed(2, 2, minted=4.0), None)
+        catalog.insert_committed(committed(2, 2, minted=6.0), None)
+    finally:
+        catalog.close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+
+
 def test_sqlite_refuses_a_newer_schema(tmp_path: Path) -> None:
     path = tmp_path / "c.sqlite"
     SqliteCatalog(path).close()
@@ -310,6 +397,37 @@ def test_sqlite_reservations_of_concurrent_processes_never_collide(tmp_path: Pat
     with sqlite3.connect(path) as db:
         versions = [row[0] for row in db.execute("SELECT version FROM versions")]
     assert sorted(versions) == list(range(1, 181))
+
+
+def _insert_unreserved(path: Path, first: int, count: int) -> None:
+    catalog = SqliteCatalog(path)
+    for number in range(first, first + count):
+        while True:
+            try:
+                catalog.insert_committed(committed(catalog.next_version(REF), number), None)
+                break
+            except WriteRaced:
+                continue
+    catalog.close()
+
+
+def test_sqlite_unreserved_writes_of_concurrent_processes_never_collide(tmp_path: Path) -> None:
+    path = tmp_path / "c.sqlite"
+    SqliteCatalog(path).close()
+    context = multiprocessing.get_context("fork")
+    workers = [
+        context.Process(target=_insert_unreserved, args=(path, 100 * n, 40)) for n in range(3)
+    ]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(60)
+        assert worker.exitcode == 0
+    catalog = SqliteCatalog(path)
+    versions = catalog.list_versions(REF)
+    catalog.close()
+    assert sorted(r.version for r in versions) == list(range(1, 121))
+    assert len({r.object_id for r in versions}) == 120
 
 
 def test_lookup_answers_subject_and_version_together(catalog: Catalog) -> None:

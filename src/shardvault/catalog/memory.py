@@ -6,7 +6,7 @@ import threading
 from dataclasses import replace
 
 from shardvault.catalog.port import DamageRecord, SubjectRecord, VersionRecord, VersionState
-from shardvault.errors import Conflict, NotFound
+from shardvault.errors import Conflict, NotFound, WriteRaced
 from shardvault.model import ObjectRef
 
 
@@ -16,6 +16,7 @@ class MemoryCatalog:
         self._subjects: dict[tuple[str, str], SubjectRecord] = {}
         self._versions: dict[ObjectRef, dict[int, VersionRecord]] = {}
         self._damage: list[DamageRecord] = []
+        self._swept_until = 0.0
 
     def add_subject(self, record: SubjectRecord) -> None:
         with self._lock:
@@ -60,6 +61,13 @@ class MemoryCatalog:
         ]
         return max(committed, key=lambda rec: rec.version, default=None)
 
+    def _check_current(self, ref: ObjectRef, if_match: int | None) -> None:
+        if if_match is not None:
+            current = self._current(ref)
+            found = current.version if current else 0
+            if found != if_match:
+                raise Conflict(f"{ref}: expected version {if_match}, current is {found}")
+
     def commit(
         self, ref: ObjectRef, version: int, manifest: bytes, size: int, if_match: int | None
     ) -> None:
@@ -67,11 +75,7 @@ class MemoryCatalog:
             record = self._versions.get(ref, {}).get(version)
             if record is None or record.state is not VersionState.PENDING:
                 raise Conflict(f"{ref} v{version} is not pending (was it collected?)")
-            if if_match is not None:
-                current = self._current(ref)
-                found = current.version if current else 0
-                if found != if_match:
-                    raise Conflict(f"{ref}: expected version {if_match}, current is {found}")
+            self._check_current(ref, if_match)
             self._versions[ref][version] = replace(
                 record, state=VersionState.COMMITTED, manifest=manifest, size=size
             )
@@ -82,6 +86,24 @@ class MemoryCatalog:
             record = versions.get(version)
             if record is not None and record.state is VersionState.PENDING:
                 del versions[version]
+
+    def next_version(self, ref: ObjectRef) -> int:
+        with self._lock:
+            return max(self._versions.get(ref, {}), default=0) + 1
+
+    def insert_committed(self, record: VersionRecord, if_match: int | None) -> None:
+        assert record.state is VersionState.COMMITTED and record.manifest is not None
+        with self._lock:
+            self._check_current(record.ref, if_match)
+            if record.created_at <= self._swept_until:
+                raise WriteRaced(f"{record.ref}: a gc sweep began after its shards were written")
+            if self.next_version(record.ref) > record.version:
+                raise WriteRaced(f"{record.ref} v{record.version} was taken meanwhile")
+            self._versions.setdefault(record.ref, {})[record.version] = record
+
+    def note_sweep(self, minted_until: float) -> None:
+        with self._lock:
+            self._swept_until = max(self._swept_until, minted_until)
 
     def get_version(self, ref: ObjectRef, version: int | None = None) -> VersionRecord | None:
         with self._lock:

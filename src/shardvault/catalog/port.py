@@ -78,6 +78,24 @@ class Catalog(Protocol):
     def abandon(self, ref: ObjectRef, version: int) -> None:
         """Remove a pending version's row."""
 
+    def next_version(self, ref: ObjectRef) -> int:
+        """One above every version of ref, in any state: what an unreserved write tries."""
+
+    def insert_committed(self, record: VersionRecord, if_match: int | None) -> None:
+        """Add a committed version (``record``, with its manifest) whose shards were
+        written without a reservation.
+
+        ``record.created_at`` must be the time minted into ``record.object_id``
+        (shardvault.objectid). Raises WriteRaced, adding nothing, when the
+        version is no longer above every version of the ref, or when a sweep
+        that may collect unreserved shards minted then has begun
+        (`note_sweep`); Conflict when ``if_match`` does not hold.
+        """
+
+    def note_sweep(self, minted_until: float) -> None:
+        """Durably note, before a gc sweep lists shards, that it may collect
+        unreserved shards minted at or before `minted_until` (the latest noted wins)."""
+
     def get_version(self, ref: ObjectRef, version: int | None = None) -> VersionRecord | None:
         """A committed version (the latest when version is None)."""
 

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from shardvault.catalog.port import DamageRecord, SubjectRecord, VersionRecord, VersionState
 from shardvault.durability import GroupSync, filesystem_sync
-from shardvault.errors import ConfigError, Conflict, NotFound, StorageError
+from shardvault.errors import ConfigError, Conflict, NotFound, StorageError, WriteRaced
 from shardvault.model import ObjectRef
 
 MIGRATIONS: tuple[str, ...] = (
@@ -51,10 +51,19 @@ MIGRATIONS: tuple[str, ...] = (
         reason TEXT NOT NULL, seen_at REAL NOT NULL
     );
     """,
+    """
+    CREATE TABLE sweeps (minted_until REAL NOT NULL);
+    INSERT INTO sweeps VALUES (0);
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _FLOCK_TURNS = 8  # consecutive writes of one process before the others get a turn
+_INSERT_COMMITTED = (
+    "INSERT INTO versions SELECT ?1, ?2, ?3, ?4, 'committed', ?5, ?6, ?7, ?8"
+    " WHERE ?7 > (SELECT minted_until FROM sweeps) AND NOT EXISTS (SELECT 1 FROM versions"
+    " WHERE tenant = ?1 AND subject = ?2 AND key = ?3 AND version >= ?4)"
+)
 _SUBJECT_COLUMNS = "tenant, subject, jurisdiction, key_id, wrapped_key, created_at, forgotten_at"
 _VERSION_COLUMNS = "tenant, subject, key, version, state, object_id, size, created_at, manifest"
 
@@ -272,13 +281,57 @@ class SqliteCatalog:
         )
         return int(rows[0][0])
 
-    def _current_version(self, db: sqlite3.Connection, ref: ObjectRef) -> int:
-        (current,) = db.execute(
-            "SELECT COALESCE(MAX(version), 0) FROM versions"
-            " WHERE tenant = ? AND subject = ? AND key = ? AND state = 'committed'",
+    def next_version(self, ref: ObjectRef) -> int:
+        rows = self._query(
+            "SELECT COALESCE(MAX(version), 0) + 1 FROM versions"
+            " WHERE tenant = ? AND subject = ? AND key = ?",
             (ref.tenant, ref.subject, ref.key),
-        ).fetchone()
-        return int(current)
+        )
+        return int(rows[0][0])
+
+    def insert_committed(self, record: VersionRecord, if_match: int | None) -> None:
+        """One statement, so one write transaction per put: the row goes in only if
+        its version is still above every other and no sweep began since its mint."""
+        assert record.state is VersionState.COMMITTED and record.manifest is not None
+        ref = record.ref
+        params = (
+            ref.tenant,
+            ref.subject,
+            ref.key,
+            record.version,
+            record.object_id,
+            record.size,
+            record.created_at,
+            record.manifest,
+        )
+        if not self._write_if_current(_INSERT_COMMITTED, params, ref, if_match):
+            raise WriteRaced(
+                f"{ref} v{record.version}: the version was taken or a gc sweep began meanwhile"
+            )
+
+    def note_sweep(self, minted_until: float) -> None:
+        with self._transaction() as db:
+            db.execute("UPDATE sweeps SET minted_until = MAX(minted_until, ?)", (minted_until,))
+
+    def _write_if_current(
+        self,
+        sql: str,
+        params: tuple,  # type: ignore[type-arg]
+        ref: ObjectRef,
+        if_match: int | None,
+    ) -> int:
+        """A durable write's row count, once ref's current version is `if_match` (if given)."""
+        if if_match is None:
+            return self._statement(sql, params, durable=True)[1]
+        with self._transaction() as db:
+            (current,) = db.execute(
+                "SELECT COALESCE(MAX(version), 0) FROM versions"
+                " WHERE tenant = ? AND subject = ? AND key = ? AND state = 'committed'",
+                (ref.tenant, ref.subject, ref.key),
+            ).fetchone()
+            if current != if_match:
+                raise Conflict(f"{ref}: expected version {if_match}, current is {current}")
+            return int(db.execute(sql, params).rowcount)
 
     def commit(
         self, ref: ObjectRef, version: int, manifest: bytes, size: int, if_match: int | None
@@ -288,15 +341,7 @@ class SqliteCatalog:
             " WHERE tenant = ? AND subject = ? AND key = ? AND version = ? AND state = 'pending'"
         )
         params = (manifest, size, ref.tenant, ref.subject, ref.key, version)
-        if if_match is None:
-            _, updated = self._statement(sql, params, durable=True)
-        else:
-            with self._transaction() as db:
-                current = self._current_version(db, ref)
-                if current != if_match:
-                    raise Conflict(f"{ref}: expected version {if_match}, current is {current}")
-                updated = db.execute(sql, params).rowcount
-        if not updated:
+        if not self._write_if_current(sql, params, ref, if_match):
             raise Conflict(f"{ref} v{version} is not pending (was it collected?)")
 
     def abandon(self, ref: ObjectRef, version: int) -> None:

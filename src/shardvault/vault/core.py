@@ -9,16 +9,17 @@ version not yet committed, reading and verifying shards) and wait for the entry
 before the custodian sees the request and before anything is committed or
 returned.
 A write reserves a pending version, writes and commits every shard, then
-commits the manifest in one
-catalog transaction, so a crash at any point leaves the old version or the
-new one, never a mix.
+commits the manifest in one catalog transaction, so a crash at any point leaves
+the old version or the new one, never a mix. A one-segment put in memory skips
+the reservation and inserts its committed row in that one transaction
+(`_write_unreserved`).
 """
 
 from __future__ import annotations
 
 import builtins
 import contextlib
-import os
+import functools
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -27,7 +28,7 @@ from typing import BinaryIO, TypeVar
 from blake3 import blake3
 
 from shardvault.allocator import tune_allocator
-from shardvault.catalog.port import DamageRecord, SubjectRecord, VersionRecord
+from shardvault.catalog.port import DamageRecord, SubjectRecord, VersionRecord, VersionState
 from shardvault.codec.erasure import ErasureCode
 from shardvault.codec.segment import SegmentBinding, SegmentCipher
 from shardvault.config import Config
@@ -39,6 +40,7 @@ from shardvault.errors import (
     InvalidInput,
     NotFound,
     SubjectForgotten,
+    WriteRaced,
 )
 from shardvault.governance.guard import Access, Governance
 from shardvault.governance.receipts import Forgotten, make_receipt
@@ -54,6 +56,7 @@ from shardvault.model import (
     local_context,
     subject_id,
 )
+from shardvault.objectid import minted_at, new_object_id
 from shardvault.placement import place_stripe
 from shardvault.policy import Action
 from shardvault.vault.cells import CatalogFactory, Cell, open_cells, open_custodian, sqlite_catalogs
@@ -63,6 +66,7 @@ from shardvault.vault.views import ForgetResult, ListPage, NodeUsage, info_of, n
 from shardvault.vault.writer import Progress, ShardSetWriter, StepHook
 
 MAX_LIST_LIMIT = 10_000
+_UNRESERVED_TRIES = 8  # a small put losing this many races in a row reports WriteRaced
 _T = TypeVar("_T")
 
 
@@ -254,25 +258,63 @@ class Vault:
         subject, access = self._authorized(
             ctx, Action.WRITE, ref.tenant, ref.subject, ref.key, durable=False
         )
+        subject_key = functools.cache(functools.partial(self._subject_key, subject, access))
         with _AnsweredAfterAudit(access):
-            return self._write_version(ref, source, subject, access, if_match, progress)
+            if isinstance(source, memoryview) and source.nbytes <= self.config.segment_size:
+                return self._write_unreserved(ref, source, subject, subject_key, if_match, progress)
+            return self._write_version(ref, source, subject, subject_key, if_match, progress)
+
+    def _write_unreserved(
+        self,
+        ref: ObjectRef,
+        source: memoryview,
+        subject: SubjectRecord,
+        subject_key: Callable[[], bytes],
+        if_match: int | None,
+        progress: Progress | None,
+    ) -> ObjectInfo:
+        """A one-segment put in memory: no reservation, so one catalog write, not two.
+
+        The catalog's write lock was where concurrent small puts queued. A race
+        lost to another writer of the key or to gc costs a rewrite of a small
+        object, so it is simply written again (catalog port, `insert_committed`).
+        """
+        tries = 1
+        while True:
+            try:
+                written = self._write_version(
+                    ref, source, subject, subject_key, if_match, None, reserve=False
+                )
+                break
+            except WriteRaced:
+                if tries == _UNRESERVED_TRIES:
+                    raise
+                tries += 1
+        if progress is not None:
+            progress(written.size)
+        return written
 
     def _write_version(
         self,
         ref: ObjectRef,
         source: BinaryIO | memoryview,
         subject: SubjectRecord,
-        access: Access,
+        subject_key: Callable[[], bytes],
         if_match: int | None,
         progress: Progress | None,
+        *,
+        reserve: bool = True,
     ) -> ObjectInfo:
         cell = self.cells[subject.jurisdiction]
         seed = blake3(f"{ref.tenant}\x00{ref.subject}\x00{ref.key}".encode()).digest()
         nodes = place_stripe(seed, cell.nodes, subject.jurisdiction, self.code.k, self.code.m)
-        object_id = os.urandom(16)
-        created = self._clock()
-        version = cell.catalog.reserve(ref, object_id, created)
-        self._on_step("reserved")
+        object_id = new_object_id(self._clock())
+        created = minted_at(object_id)
+        if reserve:
+            version = cell.catalog.reserve(ref, object_id, created)
+            self._on_step("reserved")
+        else:
+            version = cell.catalog.next_version(ref)
         binding = SegmentBinding(ref, version, object_id)
         data_key = hierarchy.new_key()
         writer = ShardSetWriter(
@@ -288,7 +330,6 @@ class Vault:
         try:
             written = writer.write(source, progress)
             # the data key is fresh, so shards need no custodian; wrapping it does
-            subject_key = self._subject_key(subject, access)
             manifest = Manifest(
                 ref=ref,
                 version=version,
@@ -303,14 +344,27 @@ class Vault:
                 block_size=written.block_size,
                 last_block_size=written.last_block_size,
                 block_hashes=written.block_hashes,
-                wrapped_data_key=hierarchy.wrap_data_key(subject_key, data_key, binding),
+                wrapped_data_key=hierarchy.wrap_data_key(subject_key(), data_key, binding),
                 subject_key_id=subject.key_id,
                 created_at=created,
             )
-            cell.catalog.commit(ref, version, manifest.to_bytes(), written.size, if_match)
+            if reserve:
+                cell.catalog.commit(ref, version, manifest.to_bytes(), written.size, if_match)
+            else:
+                record = VersionRecord(
+                    ref,
+                    version,
+                    VersionState.COMMITTED,
+                    object_id,
+                    written.size,
+                    created,
+                    manifest.to_bytes(),
+                )
+                cell.catalog.insert_committed(record, if_match)
         except BaseException:
             writer.discard()
-            cell.catalog.abandon(ref, version)
+            if reserve:
+                cell.catalog.abandon(ref, version)
             raise
         self._on_step("committed")
         return info_of(manifest)
@@ -510,10 +564,10 @@ class Vault:
 
     def gc(self, grace_seconds: float = 3600.0) -> GcReport:
         """Collect deleted and abandoned versions, orphan shards and stale temporaries."""
-        cutoff = self._clock() - grace_seconds
+        now = self._clock()
         report = GcReport()
         for cell in self.cells.values():
-            report = report + collect_cell(cell, cutoff, self.code.n)
+            report = report + collect_cell(cell, now - grace_seconds, now, self.code.n)
         return report
 
     def node_usage(self) -> builtins.list[NodeUsage]:

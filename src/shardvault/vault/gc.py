@@ -2,8 +2,12 @@
 
 Deleted versions and pending versions older than the grace period lose their
 shards, then their rows. Shards whose object id the catalog does not know at
-all (a put killed before its reservation became durable) are orphans and go
-too, as do temporary files older than the grace period.
+all (a put killed before its reservation became durable, or a small put killed
+before its commit) are orphans and go too once their id's minted time is older
+than the grace period, as do temporary files. A small put writes its shards
+before the catalog knows them (no reservation), so the sweep first notes its
+cutoff in the catalog: such a put's commit then refuses shards minted before it
+and writes them again (shardvault.objectid).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from dataclasses import dataclass
 from shardvault.catalog.port import VersionRecord
 from shardvault.manifest import Manifest
 from shardvault.nodes.port import object_id_of, shard_name
+from shardvault.objectid import minted_during
 from shardvault.vault.cells import Cell
 
 
@@ -57,18 +62,22 @@ def collect_versions(cell: Cell, records: list[VersionRecord], n: int) -> int:
     return removed
 
 
-def collect_cell(cell: Cell, cutoff: float, n: int) -> GcReport:
+def collect_cell(cell: Cell, cutoff: float, now: float, n: int) -> GcReport:
     records = cell.catalog.collectable(cutoff)
     shards = collect_versions(cell, records, n)
-    # List shards before reading the known ids: a shard on disk was reserved
-    # before it was written, so a put racing this sweep is never taken for an orphan.
+    cell.catalog.note_sweep(cutoff)  # from here, unreserved shards minted by then cannot commit
+    # List shards before reading the known ids: a reserved shard was reserved
+    # before it was written, and an unreserved one committed by now is known.
     listed = {node: list(store.names()) for node, store in cell.stores.items()}
     known = {object_id.hex() for object_id in cell.catalog.known_object_ids()}
     orphans = temporaries = 0
     for node, names in listed.items():
         store = cell.stores[node]
         for name in names:
-            if object_id_of(name) not in known and store.delete(name):
+            object_id = object_id_of(name)
+            if object_id in known or minted_during(bytes.fromhex(object_id), cutoff, now):
+                continue
+            if store.delete(name):
                 orphans += 1
         temporaries += store.collect_temporaries(cutoff)
     return GcReport(len(records), shards, orphans, temporaries)

@@ -473,7 +473,6 @@ class Vault:
             else (ErasureCode(manifest.k, manifest.m, manifest.backend))
         )
         reader = ObjectReader(  # starts fetching and verifying shards: no key needed
-            info=info_of(manifest),
             manifest=manifest,
             stores=[cell.store(node_id) for node_id in manifest.nodes],
             code=code,

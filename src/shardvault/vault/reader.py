@@ -17,6 +17,7 @@ block, in one read.
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections.abc import Iterator
@@ -32,6 +33,7 @@ from shardvault.errors import IntegrityError, NotFound, ShardvaultError
 from shardvault.manifest import Manifest
 from shardvault.model import ObjectInfo
 from shardvault.nodes.port import ShardReader, ShardStore, shard_name
+from shardvault.vault.views import info_of
 
 INLINE_BLOCK = 64 << 10
 
@@ -83,13 +85,11 @@ class ObjectReader:
     def __init__(
         self,
         *,
-        info: ObjectInfo,
         manifest: Manifest,
         stores: list[ShardStore],
         code: ErasureCode,
         pool: Executor,
     ) -> None:
-        self.info = info
         self.damage: list[DamageRecord] = []
         self._manifest = manifest
         self._cipher: SegmentCipher | None = None
@@ -102,6 +102,14 @@ class ObjectReader:
         self._closed = False
         self._inline = manifest.segments == 1 and manifest.last_block_size <= INLINE_BLOCK
         self._first = self._start(0)
+
+    @functools.cached_property
+    def info(self) -> ObjectInfo:
+        """What stat shows of the version; built on demand, since a get never asks."""
+        return info_of(self._manifest)
+
+    def _segment_name(self, segment: int) -> str:
+        return f"{self._manifest.ref} v{self._manifest.version} segment {segment}"
 
     def unlock(self, cipher: SegmentCipher) -> None:
         """Hand over the object's cipher: only now can the plaintext be read."""
@@ -201,8 +209,8 @@ class ObjectReader:
             self._bad.add(fetched.index)
         self.damage.append(
             DamageRecord(
-                ref=self.info.ref,
-                version=self.info.version,
+                ref=self._manifest.ref,
+                version=self._manifest.version,
                 segment=segment,
                 index=fetched.index,
                 node=self._manifest.nodes[fetched.index],
@@ -229,7 +237,7 @@ class ObjectReader:
             spare = [i for i in range(self._manifest.n) if i not in tried]
             if not spare:
                 raise IntegrityError(
-                    f"{self.info.ref} v{self.info.version} segment {segment}: only {len(good)} "
+                    f"{self._segment_name(segment)}: only {len(good)} "
                     f"of the {self._code.k} shards needed are intact; the object cannot be read"
                 )
             pending = [self._submit(segment, i) for i in spare[:missing]]
@@ -250,14 +258,14 @@ class ObjectReader:
             expected = manifest.segment_length(segment) + TAG_BYTES
             if len(sealed) != expected:
                 raise IntegrityError(
-                    f"{self.info.ref} v{self.info.version} segment {segment}: decoded "
+                    f"{self._segment_name(segment)}: decoded "
                     f"{len(sealed)} bytes, expected {expected}"
                 )
             try:
                 yield cipher.open(segment, sealed)
             except IntegrityError:
                 raise IntegrityError(
-                    f"{self.info.ref} v{self.info.version} segment {segment}: failed authentication"
+                    f"{self._segment_name(segment)}: failed authentication"
                 ) from None
 
     def read_all(self) -> bytes:

@@ -54,11 +54,12 @@ class Manifest:
         start = (segment * self.n + index) * HASH_BYTES
         return self.block_hashes[start : start + HASH_BYTES]
 
-    def shard_header(self, index: int) -> bytes:
-        """The header shard ``index`` of this version carries, byte for byte."""
+    def stripe_header(self) -> ShardHeader:
+        """The header of this version's shards: ``.to_bytes(index)`` is shard index's, byte for
+        byte (built once per read rather than once per shard)."""
         return ShardHeader(
-            index, self.k, self.m, self.object_id, self.version, self.segment_size, self.block_size
-        ).to_bytes()
+            0, self.k, self.m, self.object_id, self.version, self.segment_size, self.block_size
+        )
 
     def block_length(self, segment: int) -> int:
         return self.last_block_size if segment == self.segments - 1 else self.block_size

@@ -153,9 +153,10 @@ class PackSet:
     # -- reading ---------------------------------------------------------------
 
     def known(self, name: str) -> PackedShard | None:
-        """Where the index already places a shard, without looking at the disk."""
-        with self._lock:
-            return self._index.get(name)
+        """Where the index already places a shard, without looking at the disk.
+
+        No lock: a dict read is atomic, and the index only changes under the lock."""
+        return self._index.get(name)
 
     def locate(self, name: str) -> PackedShard | None:
         with self._lock:
@@ -171,6 +172,9 @@ class PackSet:
         return os.pread(fd, length, located.offset + offset)
 
     def _fd(self, pack: str) -> int:
+        fd = self._fds.get(pack)  # no lock when open (as `known`); one closes under it
+        if fd is not None:
+            return fd
         with self._lock:
             fd = self._fds.get(pack)
             if fd is None:

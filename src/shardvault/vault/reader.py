@@ -101,6 +101,7 @@ class ObjectReader:
         self._bad: set[int] = set()
         self._closed = False
         self._inline = manifest.segments == 1 and manifest.last_block_size <= INLINE_BLOCK
+        self._header = manifest.stripe_header()
         self._first = self._start(0)
 
     @functools.cached_property
@@ -133,7 +134,7 @@ class ObjectReader:
         handle = _ShardHandle(
             self._stores[index],
             name,
-            self._manifest.shard_header(index),
+            self._header.to_bytes(index),
             self._manifest.block_length(0) if segment == 0 else 0,
         )
         with self._handles_lock:
@@ -165,7 +166,7 @@ class ObjectReader:
         that lets a large object's segments share an open shard.
         """
         manifest = self._manifest
-        header = manifest.shard_header(index)
+        header = self._header.to_bytes(index)
         length = manifest.block_length(0)
         name = shard_name(manifest.object_id, manifest.version, index)
         reader, problem = _open_shard(self._stores[index], name)

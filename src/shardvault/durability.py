@@ -42,12 +42,20 @@ class WaitRoom:
         """Sleep (holding the lock) until the running write ends, or the next one may start."""
         (self._covered if covered else self._later).wait()
 
-    def write_ended(self) -> None:
-        """Holding the lock: wake the callers the write covered and the next leader."""
+    def write_ended(self, took_later: bool = False) -> None:
+        """Holding the lock: wake the callers the write covered and the next leader.
+
+        `took_later`: the write also took callers who were waiting for the next
+        one; they are all woken (those still waiting sleep again), since the
+        one woken to lead may be among those already answered.
+        """
         ended, self._covered = self._covered, self._later
         ended.notify_all()  # takes its waiters off it: it can serve the generation after
         self._later = ended
-        self._covered.notify()
+        if took_later:
+            self._covered.notify_all()
+        else:
+            self._covered.notify()
 
     def hand_on(self) -> None:
         """Holding the lock, no write running: a caller leaving by an exception (Ctrl-C)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import shutil
 import subprocess
@@ -546,25 +547,58 @@ def test_an_entry_taken_by_a_writer_that_never_reported_fails_closed(tmp_path: P
     log.close()
 
 
+def test_what_queues_while_a_writer_waits_for_the_flock_goes_in_its_write(
+    tmp_path: Path,
+) -> None:
+    """Another process holds the log's flock: the entries queued meanwhile go in the
+    waiting writer's own write (one fsync), not in a second one after it."""
+    log = filled(tmp_path / "log", 2)
+    writes = log._commits
+    other = os.open(tmp_path / "log" / "LOCK", os.O_RDWR)  # its own open file: conflicts
+    fcntl.flock(other, fcntl.LOCK_EX)
+    first = threading.Thread(target=log.append, args=(make_entry(2),), daemon=True)
+    first.start()
+    wait_for(lambda: log._writing)  # its writer now waits for the flock
+    indexes: list[int] = []
+    waiting = [
+        threading.Thread(target=lambda i=i: indexes.append(log.append(make_entry(i))), daemon=True)
+        for i in (3, 4)
+    ]
+    for queued, thread in enumerate(waiting, start=1):  # each queues, then sleeps
+        thread.start()
+        wait_for(lambda n=queued: len(log._queue) == n)
+    fcntl.flock(other, fcntl.LOCK_UN)
+    os.close(other)
+    for thread in [first, *waiting]:
+        thread.join(5)
+        assert not thread.is_alive(), "an append answered by the write was never woken"
+    assert sorted(indexes) == [3, 4]
+    assert log._commits == writes + 1 and log.size == 5
+    assert log.root() == naive_root(log)
+    log.close()
+
+
 def test_a_caller_woken_to_write_that_leaves_hands_the_write_on(tmp_path: Path) -> None:
     """Woken to write the next batch, the main thread is interrupted before it takes
     the queue: the other caller whose entry is queued must be woken to write it."""
     log = AuditLog.open(tmp_path / "log")
-    release, writers = threading.Event(), []
+    written, release, writers = threading.Event(), threading.Event(), []
     real = log._write_batches
 
     def write_batches(batches: list[audit_log._Batch]) -> BaseException | None:
         writers.append(threading.current_thread().name)
-        if len(writers) == 1:
+        result = real(batches)
+        if len(writers) == 1:  # the first write took only its own entry: hold its end
+            written.set()
             release.wait(5)
-        return real(batches)
+        return result
 
     log._write_batches = write_batches  # type: ignore[method-assign]
     waiting = main_thread_leaves_when_woken(
         log._room, lambda: len(writers) == 1 and not log._writing
     )
     threading.Thread(target=log.append, args=(make_entry(0),), name="first").start()
-    wait_for(lambda: log._writing)
+    assert written.wait(5)
     mine = log.submit([make_entry(1)])
     later = threading.Thread(target=log.append, args=(make_entry(2),), name="later", daemon=True)
     queue_behind_main(waiting, later, release)

@@ -6,7 +6,9 @@ valgrind twice (N and 3N requests) and the difference is divided by 2N, so
 start-up and set-up cancel out. Flushes (fsync, fdatasync, syncfs) are stubbed:
 what is counted is the user-space work of a request, not the disk. The baseline,
 in the same run, is the codec work alone for one 1 KiB object (seal, erasure-code
-and hash for a put; verify, decode and open for a get). Needs valgrind.
+and hash for a put; verify, decode and open for a get). A "get" re-reads one of
+50 objects (its manifest is parsed once per process); a "fresh get" reads each
+object for the first time, as `bench_vault.py` (c) does. Needs valgrind.
 Options: --requests N (default 100).
 """
 
@@ -21,7 +23,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-MODES = ("get", "put")
+MODES = ("get", "fresh get", "put")
 
 
 def _stub_flushes() -> None:
@@ -31,7 +33,7 @@ def _stub_flushes() -> None:
     durability.sync_filesystem = lambda path: None  # type: ignore[assignment]
 
 
-def _vault_loop(mode: str, count: int) -> None:
+def _vault_loop(mode: str, count: int, written: int) -> None:
     from shardvault.config import load
     from shardvault.demo import write_demo
     from shardvault.model import ObjectRef
@@ -46,9 +48,14 @@ def _vault_loop(mode: str, count: int) -> None:
         for ref in warm:
             vault.put(ref, payload)
             vault.get(ref)
+        fresh = [ObjectRef("intl", "bench", f"fresh-{i}") for i in range(written)]
+        for ref in fresh:  # as many in both runs: only the gets differ
+            vault.put(ref, payload)
         for i in range(count):
             if mode == "get":
                 vault.get(warm[i % len(warm)])
+            elif mode == "fresh get":
+                vault.get(fresh[i])
             else:
                 vault.put(ObjectRef("intl", "bench", f"new-{i}"), payload)
         vault.close()
@@ -56,7 +63,7 @@ def _vault_loop(mode: str, count: int) -> None:
         shutil.rmtree(root)
 
 
-def _codec_loop(mode: str, count: int) -> None:
+def _codec_loop(mode: str, count: int, written: int) -> None:
     from shardvault.codec.erasure import ErasureCode
     from shardvault.codec.hashing import block_hash, block_matches
     from shardvault.codec.segment import SegmentBinding, SegmentCipher
@@ -76,10 +83,10 @@ def _codec_loop(mode: str, count: int) -> None:
             cipher.open(0, code.decode(blocks[:4]))
 
 
-def _instructions(kind: str, mode: str, count: int) -> int:
+def _instructions(kind: str, mode: str, count: int, written: int) -> int:
     command = [
         "valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
-        sys.executable, __file__, "--child", kind, mode, str(count),
+        sys.executable, __file__, "--child", kind, mode, str(count), str(written),
     ]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, check=True)
     found = re.search(r"Collected : (\d+)", done.stderr)
@@ -89,18 +96,20 @@ def _instructions(kind: str, mode: str, count: int) -> int:
 
 
 def per_request(kind: str, mode: str, count: int) -> float:
-    return (_instructions(kind, mode, 3 * count) - _instructions(kind, mode, count)) / (2 * count)
+    written = 3 * count if mode == "fresh get" else 0
+    more, fewer = (_instructions(kind, mode, n, written) for n in (3 * count, count))
+    return (more - fewer) / (2 * count)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=100)
-    parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        kind, mode, count = args.child
+        kind, mode, count, written = args.child
         _stub_flushes()
-        (_vault_loop if kind == "vault" else _codec_loop)(mode, int(count))
+        (_vault_loop if kind == "vault" else _codec_loop)(mode, int(count), int(written))
         return
     if shutil.which("valgrind") is None:
         raise SystemExit("valgrind is not installed: apt-get install valgrind")
@@ -108,7 +117,7 @@ def main() -> None:
         vault = per_request("vault", mode, args.requests)
         codec = per_request("codec", mode, args.requests)
         print(
-            f"1 KiB {mode}: {vault / 1e6:.2f} M instructions through the vault | "
+            f"1 KiB {mode}: {vault / 1e6:.3f} M instructions through the vault | "
             f"codec alone {codec / 1e3:.1f} k ({vault / codec:.0f}x)"
         )
 

@@ -377,34 +377,6 @@ def test_sqlite_writers_take_turns_on_the_lock_file(tmp_path: Path) -> None:
     catalog.close()
 
 
-def test_sqlite_a_writer_never_waits_for_this_process_readers(tmp_path: Path) -> None:
-    """Writes have their own connection: a reader busy on the shared one (here, its
-    lock held) does not hold up a writer, which may be holding the flock meanwhile."""
-    catalog = SqliteCatalog(tmp_path / "c.sqlite")
-    reading, release = threading.Event(), threading.Event()
-
-    def busy_reader() -> None:
-        with catalog._lock:
-            reading.set()
-            release.wait(10)
-
-    reader = threading.Thread(target=busy_reader)
-    reader.start()
-    try:
-        assert reading.wait(10)
-        done = threading.Event()
-        writer = threading.Thread(target=lambda: (put(catalog, REF, 1), done.set()))
-        writer.start()
-        assert done.wait(10), "the write waited for a reader"
-        writer.join()
-    finally:
-        release.set()
-        reader.join()
-    record = catalog.get_version(REF)
-    catalog.close()
-    assert record is not None and record.manifest == b"manifest-1"
-
-
 def _reserve_many(path: Path, count: int) -> None:
     catalog = SqliteCatalog(path)
     for number in range(count):

@@ -12,10 +12,6 @@ before SQLite's write lock. SQLite's own busy handler sleeps 1, 2, 5, 10 ms...
 between retries: two worker processes putting 3,000 small objects made it
 sleep about 650 times, each a stall of a millisecond or more; a flock waiter
 wakes as soon as the lock is free (6 sleeps in the same run).
-Writes have a connection of their own: with one shared connection, a writer
-holding the flock waited for this process's readers to finish with it, while
-every other process's writers waited too (puts at 2 processes x 16 threads:
-about 6 % more a second with two connections, interleaved runs).
 The schema is versioned with ``PRAGMA user_version`` and migrated forward on
 open; a database from a newer shardvault is refused rather than guessed at.
 """
@@ -105,22 +101,11 @@ def _version(row: tuple, ref: ObjectRef | None = None) -> VersionRecord:  # type
     )
 
 
-def _connect(path: Path | str) -> sqlite3.Connection:
-    db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=30.0)
-    try:
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=NORMAL")
-    except BaseException:
-        db.close()
-        raise
-    return db
-
-
 class SqliteCatalog:
     def __init__(self, path: Path | str) -> None:
         self.path = path
-        self._lock = threading.RLock()  # the readers' connection
-        self._write_lock = threading.Lock()  # this process's writers and their connection
+        self._lock = threading.RLock()  # the connection: readers and writers
+        self._write_lock = threading.Lock()  # this process's writers, before the flock
         self._wal_sync: GroupSync | None = None
         self._writer_fd: int | None = None  # flock'ed around every write (not in memory)
         self._queued: list[None] = []  # one item per writer of this process waiting
@@ -134,13 +119,16 @@ class SqliteCatalog:
                     os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
                     0o600,
                 )
-            self._wdb = _connect(path)
+            self._db = sqlite3.connect(
+                str(path), isolation_level=None, check_same_thread=False, timeout=30.0
+            )
             try:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=NORMAL")
                 with self._writing():
                     self._migrate()
-                self._db = _connect(path)
             except BaseException:
-                self._wdb.close()
+                self._db.close()
                 raise
         except BaseException as exc:
             if self._writer_fd is not None:
@@ -150,14 +138,14 @@ class SqliteCatalog:
             raise
 
     def _migrate(self) -> None:
-        (current,) = self._wdb.execute("PRAGMA user_version").fetchone()
+        (current,) = self._db.execute("PRAGMA user_version").fetchone()
         if current > SCHEMA_VERSION:
             raise ConfigError(
                 f"catalog {self.path} has schema version {current}; this shardvault knows "
                 f"up to {SCHEMA_VERSION}: upgrade shardvault"
             )
         for number in range(current, SCHEMA_VERSION):
-            self._wdb.executescript(
+            self._db.executescript(
                 f"BEGIN IMMEDIATE;{MIGRATIONS[number]};PRAGMA user_version={number + 1};COMMIT;"
             )
 
@@ -165,8 +153,8 @@ class SqliteCatalog:
     def _writing(self) -> Iterator[None]:
         """This process's writers take turns on a thread lock, processes on the flock.
 
-        The writer connection needs no other lock, and readers never wait for a
-        writer (they have their own connection). No timeout: a dead process's
+        Only then the connection's lock: a writer waiting for another process
+        does not hold up this process's readers. No timeout: a dead process's
         flock is released by the kernel; a stopped one stalls writers until it
         runs again. While more of this process's writers queue, the flock passes
         from one to the next, up to `_FLOCK_TURNS` writes: each flock call
@@ -183,7 +171,8 @@ class SqliteCatalog:
                 fcntl.flock(self._writer_fd, fcntl.LOCK_EX)
             self._flock_turns += 1
             try:
-                yield
+                with self._lock:
+                    yield
             finally:
                 if not self._queued or self._flock_turns >= _FLOCK_TURNS:
                     self._flock_turns = 0
@@ -196,14 +185,14 @@ class SqliteCatalog:
     def _transaction(self, durable: bool = True) -> Iterator[sqlite3.Connection]:
         with self._writing():
             try:
-                self._wdb.execute("BEGIN IMMEDIATE")
+                self._db.execute("BEGIN IMMEDIATE")
                 try:
-                    yield self._wdb
+                    yield self._db
                 except BaseException:
-                    if self._wdb.in_transaction:
-                        self._wdb.execute("ROLLBACK")
+                    if self._db.in_transaction:
+                        self._db.execute("ROLLBACK")
                     raise
-                self._wdb.execute("COMMIT")
+                self._db.execute("COMMIT")
             except sqlite3.Error as exc:
                 raise StorageError(f"catalog {self.path}: {exc}") from exc
             ticket = self._wal_sync.note_write() if durable and self._wal_sync else 0
@@ -224,7 +213,7 @@ class SqliteCatalog:
         """
         with self._writing():
             try:
-                cursor = self._wdb.execute(sql, params)
+                cursor = self._db.execute(sql, params)
                 rows = cursor.fetchall()  # a RETURNING statement ends only when read out
             except sqlite3.Error as exc:
                 raise StorageError(f"catalog {self.path}: {exc}") from exc
@@ -464,9 +453,8 @@ class SqliteCatalog:
         return [DamageRecord(ObjectRef(t, s, k), *rest) for t, s, k, *rest in rows]
 
     def close(self) -> None:
-        with self._write_lock, self._lock:
+        with self._lock:
             self._db.close()
-            self._wdb.close()
             if self._writer_fd is not None:
                 os.close(self._writer_fd)
                 self._writer_fd = None

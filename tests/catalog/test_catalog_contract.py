@@ -129,11 +129,30 @@ def committed(
     )
 
 
+def next_version(catalog: Catalog, ref: ObjectRef = REF) -> int:
+    return catalog.lookup_for_write(ref)[1]
+
+
+def test_lookup_for_write_answers_subject_and_next_version_together(catalog: Catalog) -> None:
+    assert catalog.lookup_for_write(REF) == (None, 0)
+    catalog.add_subject(subject())
+    assert catalog.lookup_for_write(REF) == (subject(), 1)
+    catalog.reserve(REF, oid(1), 1.0)  # any state counts: pending, committed, deleted
+    put(catalog, REF, 2)
+    catalog.mark_deleted(REF, 2)
+    assert catalog.lookup_for_write(REF) == (subject(), 3)
+    other = ObjectRef(REF.tenant, REF.subject, "other")
+    assert catalog.lookup_for_write(other) == (subject(), 1)
+    assert catalog.lookup_for_write(ObjectRef("intl", "bob", REF.key)) == (None, 0)
+
+
 def test_unreserved_write_inserts_a_committed_version(catalog: Catalog) -> None:
-    assert catalog.next_version(REF) == 1
+    assert next_version(catalog) == 0  # no subject yet
+    catalog.add_subject(subject())
+    assert next_version(catalog) == 1
     catalog.insert_committed(committed(1, 7), None)
     assert catalog.get_version(REF) == committed(1, 7)
-    assert catalog.next_version(REF) == 2
+    assert next_version(catalog) == 2
     assert oid(7) in catalog.known_object_ids()
     assert catalog.collectable(float("inf")) == []
 
@@ -142,8 +161,9 @@ def test_unreserved_write_loses_a_taken_version(catalog: Catalog) -> None:
     catalog.insert_committed(committed(1, 1), None)
     with pytest.raises(WriteRaced, match="v1"):
         catalog.insert_committed(committed(1, 2), None)
+    catalog.add_subject(subject())
     pending = catalog.reserve(REF, oid(3), 1.0)  # a reservation takes a version too
-    assert pending == catalog.next_version(REF) - 1 == 2
+    assert pending == next_version(catalog) - 1 == 2
     with pytest.raises(WriteRaced):
         catalog.insert_committed(committed(2, 4), None)
     # and nothing below the newest version, which would not read as the latest
@@ -404,7 +424,7 @@ def _insert_unreserved(path: Path, first: int, count: int) -> None:
     for number in range(first, first + count):
         while True:
             try:
-                catalog.insert_committed(committed(catalog.next_version(REF), number), None)
+                catalog.insert_committed(committed(next_version(catalog), number), None)
                 break
             except WriteRaced:
                 continue
@@ -413,7 +433,9 @@ def _insert_unreserved(path: Path, first: int, count: int) -> None:
 
 def test_sqlite_unreserved_writes_of_concurrent_processes_never_collide(tmp_path: Path) -> None:
     path = tmp_path / "c.sqlite"
-    SqliteCatalog(path).close()
+    created = SqliteCatalog(path)
+    created.add_subject(subject())
+    created.close()
     context = multiprocessing.get_context("fork")
     workers = [
         context.Process(target=_insert_unreserved, args=(path, 100 * n, 40)) for n in range(3)

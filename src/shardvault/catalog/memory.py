@@ -87,9 +87,13 @@ class MemoryCatalog:
             if record is not None and record.state is VersionState.PENDING:
                 del versions[version]
 
-    def next_version(self, ref: ObjectRef) -> int:
+    def lookup_for_write(self, ref: ObjectRef) -> tuple[SubjectRecord | None, int]:
         with self._lock:
-            return max(self._versions.get(ref, {}), default=0) + 1
+            record = self.get_subject(ref.tenant, ref.subject)
+            return record, (self._next_version(ref) if record else 0)
+
+    def _next_version(self, ref: ObjectRef) -> int:
+        return max(self._versions.get(ref, {}), default=0) + 1
 
     def insert_committed(self, record: VersionRecord, if_match: int | None) -> None:
         assert record.state is VersionState.COMMITTED and record.manifest is not None
@@ -97,7 +101,7 @@ class MemoryCatalog:
             self._check_current(record.ref, if_match)
             if record.created_at <= self._swept_until:
                 raise WriteRaced(f"{record.ref}: a gc sweep began after its shards were written")
-            if self.next_version(record.ref) > record.version:
+            if self._next_version(record.ref) > record.version:
                 raise WriteRaced(f"{record.ref} v{record.version} was taken meanwhile")
             self._versions.setdefault(record.ref, {})[record.version] = record
 

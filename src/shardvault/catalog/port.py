@@ -78,8 +78,9 @@ class Catalog(Protocol):
     def abandon(self, ref: ObjectRef, version: int) -> None:
         """Remove a pending version's row."""
 
-    def next_version(self, ref: ObjectRef) -> int:
-        """One above every version of ref, in any state: what an unreserved write tries."""
+    def lookup_for_write(self, ref: ObjectRef) -> tuple[SubjectRecord | None, int]:
+        """The subject's record and one above every version of ref in any state (what an
+        unreserved write tries), in one query; (None, 0) without the subject."""
 
     def insert_committed(self, record: VersionRecord, if_match: int | None) -> None:
         """Add a committed version (``record``, with its manifest) whose shards were

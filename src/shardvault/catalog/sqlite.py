@@ -85,6 +85,11 @@ def _lookup_sql(version_given: bool) -> str:
 
 
 _LOOKUP_LATEST, _LOOKUP_VERSION = _lookup_sql(False), _lookup_sql(True)
+_LOOKUP_FOR_WRITE = (  # the subject, and the version an unreserved write of key ?3 tries
+    f"SELECT {_SUBJECT_COLUMNS}, (SELECT COALESCE(MAX(version), 0) + 1 FROM versions"
+    " WHERE tenant = ?1 AND subject = ?2 AND key = ?3) FROM subjects"
+    " WHERE tenant = ?1 AND subject = ?2"
+)
 
 
 def _version(row: tuple, ref: ObjectRef | None = None) -> VersionRecord:  # type: ignore[type-arg]
@@ -281,13 +286,11 @@ class SqliteCatalog:
         )
         return int(rows[0][0])
 
-    def next_version(self, ref: ObjectRef) -> int:
-        rows = self._query(
-            "SELECT COALESCE(MAX(version), 0) + 1 FROM versions"
-            " WHERE tenant = ? AND subject = ? AND key = ?",
-            (ref.tenant, ref.subject, ref.key),
-        )
-        return int(rows[0][0])
+    def lookup_for_write(self, ref: ObjectRef) -> tuple[SubjectRecord | None, int]:
+        rows = self._query(_LOOKUP_FOR_WRITE, (ref.tenant, ref.subject, ref.key))
+        if not rows:
+            return None, 0
+        return SubjectRecord(*rows[0][:7]), int(rows[0][7])
 
     def insert_committed(self, record: VersionRecord, if_match: int | None) -> None:
         """One statement, so one write transaction per put: the row goes in only if

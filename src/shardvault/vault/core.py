@@ -220,7 +220,7 @@ class Vault:
         access = self.governance.authorize(ctx, action, tenant, home, subject, key, durable=durable)
         with _AnsweredAfterAudit(access):  # a subject missing or forgotten is an answer
             record = self.cells[home].catalog.get_subject(tenant, subject)
-            return _live(_at_home(_registered(record, tenant, subject), home)), access
+            return _live_at_home(record, tenant, subject, home), access
 
     def _subject_key(self, record: SubjectRecord, access: Access) -> bytes:
         """The subject key, from the custodian, for an access whose audit entry is durable."""
@@ -255,20 +255,31 @@ class Vault:
         source = memoryview(data) if isinstance(data, bytes | bytearray | memoryview) else data
         if isinstance(source, memoryview) and not source.c_contiguous:
             raise InvalidInput("put needs contiguous bytes: pass bytes(data)")
-        subject, access = self._authorized(
-            ctx, Action.WRITE, ref.tenant, ref.subject, ref.key, durable=False
+        home = self._home(ref.tenant, ref.subject)
+        access = self.governance.authorize(
+            ctx, Action.WRITE, ref.tenant, home, ref.subject, ref.key, durable=False
         )
-        subject_key = functools.cache(functools.partial(self._subject_key, subject, access))
-        with _AnsweredAfterAudit(access):
+        catalog = self.cells[home].catalog
+        with _AnsweredAfterAudit(access):  # as _authorized, and only after the decision
             if isinstance(source, memoryview) and source.nbytes <= self.config.segment_size:
-                return self._write_unreserved(ref, source, subject, subject_key, if_match, progress)
-            return self._write_version(ref, source, subject, subject_key, if_match, progress)
+                found, version = catalog.lookup_for_write(ref)  # one query for both
+            else:
+                found, version = catalog.get_subject(ref.tenant, ref.subject), None
+            subject = _live_at_home(found, ref.tenant, ref.subject, home)
+            subject_key = functools.cache(functools.partial(self._subject_key, subject, access))
+            if version is None:
+                return self._write_version(ref, source, subject, subject_key, if_match, progress)
+            assert isinstance(source, memoryview)
+            return self._write_unreserved(
+                ref, source, subject, version, subject_key, if_match, progress
+            )
 
     def _write_unreserved(
         self,
         ref: ObjectRef,
         source: memoryview,
         subject: SubjectRecord,
+        version: int,
         subject_key: Callable[[], bytes],
         if_match: int | None,
         progress: Progress | None,
@@ -279,17 +290,19 @@ class Vault:
         lost to another writer of the key or to gc costs a rewrite of a small
         object, so it is simply written again (catalog port, `insert_committed`).
         """
+        catalog = self.cells[subject.jurisdiction].catalog
         tries = 1
         while True:
             try:
                 written = self._write_version(
-                    ref, source, subject, subject_key, if_match, None, reserve=False
+                    ref, source, subject, subject_key, if_match, None, version=version
                 )
                 break
             except WriteRaced:
                 if tries == _UNRESERVED_TRIES:
                     raise
                 tries += 1
+                _, version = catalog.lookup_for_write(ref)
         if progress is not None:
             progress(written.size)
         return written
@@ -303,18 +316,18 @@ class Vault:
         if_match: int | None,
         progress: Progress | None,
         *,
-        reserve: bool = True,
+        version: int | None = None,
     ) -> ObjectInfo:
+        """Write one version: reserved first, unless `version` is the one to try unreserved."""
+        reserve = version is None
         cell = self.cells[subject.jurisdiction]
         seed = blake3(f"{ref.tenant}\x00{ref.subject}\x00{ref.key}".encode()).digest()
         nodes = place_stripe(seed, cell.nodes, subject.jurisdiction, self.code.k, self.code.m)
         object_id = new_object_id(self._clock())
         created = minted_at(object_id)
-        if reserve:
+        if version is None:
             version = cell.catalog.reserve(ref, object_id, created)
             self._on_step("reserved")
-        else:
-            version = cell.catalog.next_version(ref)
         binding = SegmentBinding(ref, version, object_id)
         data_key = hierarchy.new_key()
         writer = ShardSetWriter(
@@ -439,7 +452,7 @@ class Vault:
         cell = self.cells[home]
         with _AnsweredAfterAudit(access):
             subject, record = cell.catalog.lookup(ref, version)
-            subject = _live(_at_home(_registered(subject, ref.tenant, ref.subject), home))
+            subject = _live_at_home(subject, ref.tenant, ref.subject, home)
             if record is None or record.manifest is None:
                 what = f"{ref} v{version}" if version else str(ref)
                 raise NotFound(f"no object {what}")
@@ -623,6 +636,13 @@ def _at_home(record: SubjectRecord, home: str) -> SubjectRecord:
             "catalog or the directory"
         )
     return record
+
+
+def _live_at_home(
+    found: SubjectRecord | None, tenant: str, subject: str, home: str
+) -> SubjectRecord:
+    """The subject's record from its home cell, if registered there, at home and not forgotten."""
+    return _live(_at_home(_registered(found, tenant, subject), home))
 
 
 def _live(record: SubjectRecord) -> SubjectRecord:

@@ -59,8 +59,8 @@ class Conflict(ShardvaultError):
 class WriteRaced(Conflict):
     """An unreserved write's version was taken, or a gc sweep may have taken its shards.
 
-    The vault writes again under a fresh id and version; a caller sees it only
-    after several tries in a row lost.
+    Raised by the catalog port; the vault writes again under a fresh id and
+    version, and after a few lost races in a row takes a reservation instead.
     """
 
 

@@ -1,11 +1,12 @@
-"""Object ids: 16 bytes, the time they were minted (ms, 6 bytes big-endian), then 10 random.
+"""Object ids: 16 bytes, the time they were minted (ms, 6 bytes big-endian), the
+marker ``SV``, then 8 random bytes.
 
 A small put writes its shards before the catalog has any row for them
-(docs/architecture.md, "Writes"), so gc cannot tell them from a dead put's
-leftovers by the catalog alone: the id's minted time lets it leave the young
-ones alone, and lets the commit refuse shards a sweep may have taken. Ids
-minted before this format were all random; their "time" is almost surely far
-from now, and gc treats them as old.
+(docs/architecture.md, "Atomic writes"), so gc cannot tell them from a dead
+put's leftovers by the catalog alone: the id's minted time lets it leave the
+young ones alone, and lets the commit refuse shards a sweep may have taken. Ids
+minted before this format were 16 random bytes; without the marker (all but
+one in 65,536 of them) an id has no time, and gc treats it as old.
 """
 
 from __future__ import annotations
@@ -13,13 +14,13 @@ from __future__ import annotations
 import os
 
 _TIME_BYTES = 6
-_RANDOM_BYTES = 10
-MAX_CLOCK_AHEAD = 86_400.0  # a minted time further ahead of gc's clock is not a time
+MARKER = b"SV"
+_RANDOM_BYTES = 16 - _TIME_BYTES - len(MARKER)
 
 
 def new_object_id(now: float) -> bytes:
     """A fresh id minted at `now` (seconds since the epoch)."""
-    return int(now * 1000).to_bytes(_TIME_BYTES, "big") + os.urandom(_RANDOM_BYTES)
+    return int(now * 1000).to_bytes(_TIME_BYTES, "big") + MARKER + os.urandom(_RANDOM_BYTES)
 
 
 def minted_at(object_id: bytes) -> float:
@@ -27,6 +28,7 @@ def minted_at(object_id: bytes) -> float:
     return int.from_bytes(object_id[:_TIME_BYTES], "big") / 1000
 
 
-def minted_during(object_id: bytes, after: float, until: float) -> bool:
-    """Was the id minted in (after, until + MAX_CLOCK_AHEAD]: a write that may be in flight?"""
-    return after < minted_at(object_id) <= until + MAX_CLOCK_AHEAD
+def minted_after(object_id: bytes, cutoff: float) -> bool:
+    """Is this a time-minted id from after `cutoff`: shards a put may still be writing?"""
+    marked = object_id[_TIME_BYTES : _TIME_BYTES + len(MARKER)] == MARKER
+    return marked and minted_at(object_id) > cutoff

@@ -24,7 +24,7 @@ from shardvault.catalog.port import (
     VersionState,
 )
 from shardvault.catalog.sqlite import _FLOCK_TURNS, MIGRATIONS, SCHEMA_VERSION, SqliteCatalog
-from shardvault.errors import ConfigError, Conflict, NotFound, WriteRaced
+from shardvault.errors import ConfigError, Conflict, NotFound, SubjectForgotten, WriteRaced
 from shardvault.model import ObjectRef
 
 REF = ObjectRef("intl", "alice", "a.txt")
@@ -158,10 +158,10 @@ def test_unreserved_write_inserts_a_committed_version(catalog: Catalog) -> None:
 
 
 def test_unreserved_write_loses_a_taken_version(catalog: Catalog) -> None:
+    catalog.add_subject(subject())
     catalog.insert_committed(committed(1, 1), None)
     with pytest.raises(WriteRaced, match="v1"):
         catalog.insert_committed(committed(1, 2), None)
-    catalog.add_subject(subject())
     pending = catalog.reserve(REF, oid(3), 1.0)  # a reservation takes a version too
     assert pending == next_version(catalog) - 1 == 2
     with pytest.raises(WriteRaced):
@@ -177,6 +177,7 @@ def test_unreserved_write_loses_a_taken_version(catalog: Catalog) -> None:
 
 
 def test_unreserved_write_minted_before_a_sweep_is_refused(catalog: Catalog) -> None:
+    catalog.add_subject(subject())
     catalog.note_sweep(10.0)
     with pytest.raises(WriteRaced, match="gc sweep"):
         catalog.insert_committed(committed(1, 1, minted=10.0), None)
@@ -188,7 +189,18 @@ def test_unreserved_write_minted_before_a_sweep_is_refused(catalog: Catalog) -> 
     assert catalog.get_version(REF) == committed(1, 2, minted=10.001)
 
 
+def test_unreserved_write_for_a_forgotten_subject_is_refused(catalog: Catalog) -> None:
+    with pytest.raises(SubjectForgotten, match="forgotten during the write"):
+        catalog.insert_committed(committed(1, 1), None)  # never registered here
+    catalog.add_subject(subject())
+    catalog.forget_subject("intl", "alice", 2.0)
+    with pytest.raises(SubjectForgotten, match="forgotten during the write"):
+        catalog.insert_committed(committed(1, 1), None)
+    assert catalog.known_object_ids() == set()
+
+
 def test_unreserved_write_with_if_match(catalog: Catalog) -> None:
+    catalog.add_subject(subject())
     with pytest.raises(Conflict, match="expected version 1, current is 0"):
         catalog.insert_committed(committed(1, 1), 1)
     catalog.insert_committed(committed(1, 1), 0)
@@ -355,6 +367,7 @@ def test_sqlite_migrates_a_first_schema_catalog_forward(tmp_path: Path) -> None:
     try:
         old = catalog.get_version(REF)
         assert old is not None and old.manifest == b"old"
+        catalog.add_subject(subject())
         catalog.note_sweep(5.0)  # the second schema's sweep record exists
         with pytest.raises(WriteRaced):
             catalog.insert_committed(committed(2, 2, minted=4.0), None)

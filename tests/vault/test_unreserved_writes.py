@@ -8,14 +8,16 @@ manifest whose shards are gone. A step hook runs the rival at the exact moment.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from conftest import SEGMENT
+from governance_support import forget_approved
 from shardvault.config import load
-from shardvault.errors import Conflict, WriteRaced
+from shardvault.errors import Conflict, InvalidInput, SubjectForgotten
 from shardvault.model import ObjectRef
 from shardvault.nodes.port import shard_name
 from shardvault.vault import Vault
@@ -24,16 +26,31 @@ REF = ObjectRef("intl", "alice", "notes/today.txt")
 
 
 class Steps:
-    """The put steps seen, and what to do at the n-th "shards-committed"."""
+    """The put's steps, and a rival run at each of its "shards-committed" (attempt 1, 2...).
+
+    A rival's own steps are neither recorded nor given rivals.
+    """
 
     def __init__(self) -> None:
+        self.rival: Callable[[int], object] = lambda attempt: None
+        self.reset()
+
+    def reset(self) -> None:
         self.seen: list[str] = []
-        self.rival: Callable[[int], None] = lambda attempt: None
+        self._attempts = 0
+        self._in_rival = False
 
     def __call__(self, step: str) -> None:
+        if self._in_rival:
+            return
         self.seen.append(step)
         if step == "shards-committed":
-            self.rival(self.seen.count(step))
+            self._attempts += 1
+            self._in_rival = True
+            try:
+                self.rival(self._attempts)
+            finally:
+                self._in_rival = False
 
 
 @pytest.fixture
@@ -66,7 +83,7 @@ def live_shard_names(vault: Vault) -> set[str]:
 def test_a_one_segment_put_from_memory_takes_no_reservation(hooked: Vault, steps: Steps) -> None:
     hooked.put(REF, b"x" * SEGMENT)  # exactly one segment
     assert steps.seen == ["segment-written", "shards-written", "shards-committed", "committed"]
-    steps.seen.clear()
+    steps.reset()
     hooked.put(REF, b"x" * (SEGMENT + 1))
     assert steps.seen[0] == "reserved"
     assert [info.version for info in hooked.versions(REF)] == [2, 1]
@@ -105,18 +122,64 @@ def test_a_rival_writer_taking_its_version_makes_it_write_again(
     assert shard_names(hooked) == live_shard_names(hooked)  # the lost attempt left nothing
 
 
-def test_losing_every_race_gives_up_with_a_conflict_and_loses_nothing(
+def test_a_put_that_keeps_losing_races_takes_a_reservation(hooked: Vault, steps: Steps) -> None:
+    rivals = [b"rival %d" % n for n in range(1, 4)]
+    steps.rival = lambda attempt: hooked.put(REF, rivals[attempt - 1]) if attempt <= 3 else None
+    info = hooked.put(REF, b"mine")
+    assert steps.seen.count("reserved") == 1  # the fourth write reserved its version
+    assert info.version == 4 and hooked.get(REF) == b"mine"
+    assert [hooked.get(REF, n) for n in (1, 2, 3)] == rivals
+    hooked.gc(grace_seconds=0)
+    assert shard_names(hooked) == live_shard_names(hooked)  # the lost attempts left nothing
+
+
+def test_a_put_gc_keeps_sweeping_ends_in_a_conflict_and_loses_nothing(
     hooked: Vault, steps: Steps
 ) -> None:
     hooked.put(REF, b"old")
-    steps.seen.clear()
+    steps.reset()
     steps.rival = lambda attempt: hooked.gc(grace_seconds=0)
-    with pytest.raises(WriteRaced, match="gc sweep began meanwhile") as raised:
-        hooked.put(REF, b"never lands")
-    assert isinstance(raised.value, Conflict) and raised.value.exit_code == 1
-    assert steps.seen.count("shards-committed") == 8
+    with pytest.raises(Conflict, match="was it collected"):
+        hooked.put(REF, b"never lands")  # even its reservation was collected
+    assert steps.seen.count("shards-committed") == 4 and steps.seen.count("reserved") == 1
     steps.rival = lambda attempt: None
     assert hooked.get(REF) == b"old"
     assert [v.version for v in hooked.versions(REF)] == [1]
     hooked.gc(grace_seconds=0)
     assert shard_names(hooked) == live_shard_names(hooked)
+
+
+def test_a_subject_forgotten_during_the_put_gets_nothing_committed(
+    hooked: Vault, steps: Steps
+) -> None:
+    """Forgotten after the put's key was unwrapped (a second attempt reuses it):
+    the catalog refuses the row, so no version outlives the forget."""
+    steps.rival = lambda attempt: (
+        hooked.put(REF, b"rival") if attempt == 1 else forget_approved(hooked, "intl", "alice")
+    )
+    with pytest.raises(SubjectForgotten, match="forgotten during the write"):
+        hooked.put(REF, b"too late")
+    assert steps.seen.count("shards-committed") == 2
+    catalog = hooked.cells["US"].catalog
+    assert catalog.list_versions(REF) == []  # the rival's version was deleted by the forget
+    hooked.gc(grace_seconds=0)
+    assert shard_names(hooked) == set()
+
+
+def test_gc_leaves_alone_a_put_whose_clock_runs_days_ahead(
+    config_path: Path, hooked: Vault, steps: Steps
+) -> None:
+    """A minted time far ahead is still a minted time (the id is marked as one)."""
+    with Vault.open(load(config_path), clock=lambda: time.time() + 3 * 86_400) as ahead:
+        swept = []
+        ahead._on_step = lambda step: (  # type: ignore[method-assign]
+            swept.append(hooked.gc(grace_seconds=0)) if step == "shards-committed" else None
+        )
+        ahead.put(REF, b"from the future")
+        assert swept[0].orphans == 0
+        assert ahead.get(REF) == b"from the future"
+
+
+def test_gc_refuses_a_negative_grace(hooked: Vault) -> None:
+    with pytest.raises(InvalidInput, match="zero or more"):
+        hooked.gc(grace_seconds=-1)

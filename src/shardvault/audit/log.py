@@ -387,7 +387,7 @@ class AuditLog:
         for b in batches:
             b.error = error
             b.done = error is None
-        self._room.write_ended(self._took_later)
+        self._room.write_ended(self._took_later or interrupted is not None)
         self._took_later = False
         raise_now = interrupted or pending
         if raise_now is not None:
@@ -413,10 +413,10 @@ class AuditLog:
         """
         with self._locked():
             with self._state:
-                if self._queue:
-                    batches.extend(self._queue)
-                    self._queue = []
+                if self._queue:  # taken before it is listed: an interrupt leaves it failed
+                    later, self._queue = self._queue, []
                     self._took_later = True
+                    batches.extend(later)
             # Only holders of _append_lock change the view, so it is read here without
             # _state, and the common path runs no syscall under _state: each releases
             # the GIL, and threads queueing behind it on _state would each cost a

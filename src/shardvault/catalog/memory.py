@@ -6,7 +6,7 @@ import threading
 from dataclasses import replace
 
 from shardvault.catalog.port import DamageRecord, SubjectRecord, VersionRecord, VersionState
-from shardvault.errors import Conflict, NotFound, WriteRaced
+from shardvault.errors import Conflict, NotFound, SubjectForgotten, WriteRaced
 from shardvault.model import ObjectRef
 
 
@@ -99,6 +99,11 @@ class MemoryCatalog:
         assert record.state is VersionState.COMMITTED and record.manifest is not None
         with self._lock:
             self._check_current(record.ref, if_match)
+            subject = self._subjects.get((record.ref.tenant, record.ref.subject))
+            if subject is None or subject.forgotten_at is not None:
+                raise SubjectForgotten(
+                    f"{record.ref}: subject {record.ref.subject} was forgotten during the write"
+                )
             if record.created_at <= self._swept_until:
                 raise WriteRaced(f"{record.ref}: a gc sweep began after its shards were written")
             if self._next_version(record.ref) > record.version:

@@ -90,7 +90,8 @@ class Catalog(Protocol):
         (shardvault.objectid). Raises WriteRaced, adding nothing, when the
         version is no longer above every version of the ref, or when a sweep
         that may collect unreserved shards minted then has begun
-        (`note_sweep`); Conflict when ``if_match`` does not hold.
+        (`note_sweep`); SubjectForgotten when the subject was forgotten (or is
+        not in this catalog); Conflict when ``if_match`` does not hold.
         """
 
     def note_sweep(self, minted_until: float) -> None:

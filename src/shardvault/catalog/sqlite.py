@@ -28,7 +28,15 @@ from pathlib import Path
 
 from shardvault.catalog.port import DamageRecord, SubjectRecord, VersionRecord, VersionState
 from shardvault.durability import GroupSync, filesystem_sync
-from shardvault.errors import ConfigError, Conflict, NotFound, StorageError, WriteRaced
+from shardvault.errors import (
+    ConfigError,
+    Conflict,
+    NotFound,
+    ShardvaultError,
+    StorageError,
+    SubjectForgotten,
+    WriteRaced,
+)
 from shardvault.model import ObjectRef
 
 MIGRATIONS: tuple[str, ...] = (
@@ -62,7 +70,8 @@ _FLOCK_TURNS = 8  # consecutive writes of one process before the others get a tu
 _INSERT_COMMITTED = (
     "INSERT INTO versions SELECT ?1, ?2, ?3, ?4, 'committed', ?5, ?6, ?7, ?8"
     " WHERE ?7 > (SELECT minted_until FROM sweeps) AND NOT EXISTS (SELECT 1 FROM versions"
-    " WHERE tenant = ?1 AND subject = ?2 AND key = ?3 AND version >= ?4)"
+    " WHERE tenant = ?1 AND subject = ?2 AND key = ?3 AND version >= ?4) AND EXISTS"
+    " (SELECT 1 FROM subjects WHERE tenant = ?1 AND subject = ?2 AND forgotten_at IS NULL)"
 )
 _SUBJECT_COLUMNS = "tenant, subject, jurisdiction, key_id, wrapped_key, created_at, forgotten_at"
 _VERSION_COLUMNS = "tenant, subject, key, version, state, object_id, size, created_at, manifest"
@@ -103,6 +112,21 @@ def _version(row: tuple, ref: ObjectRef | None = None) -> VersionRecord:  # type
         size,
         created_at,
         manifest,
+    )
+
+
+def _refusal(subject: SubjectRecord | None, record: VersionRecord) -> ShardvaultError:
+    """Why an unreserved write added nothing: its subject is gone, or it lost a race.
+
+    Asked after the failed insert: a forget is final, so a subject forgotten by
+    then was forgotten before it, or the put lost a race and is answered the same.
+    """
+    if subject is None or subject.forgotten_at is not None:
+        return SubjectForgotten(
+            f"{record.ref}: subject {record.ref.subject} was forgotten during the write"
+        )
+    return WriteRaced(
+        f"{record.ref} v{record.version}: the version was taken or a gc sweep began meanwhile"
     )
 
 
@@ -308,9 +332,7 @@ class SqliteCatalog:
             record.manifest,
         )
         if not self._write_if_current(_INSERT_COMMITTED, params, ref, if_match):
-            raise WriteRaced(
-                f"{ref} v{record.version}: the version was taken or a gc sweep began meanwhile"
-            )
+            raise _refusal(self.get_subject(ref.tenant, ref.subject), record)
 
     def note_sweep(self, minted_until: float) -> None:
         with self._transaction() as db:

@@ -66,7 +66,7 @@ from shardvault.vault.views import ForgetResult, ListPage, NodeUsage, info_of, n
 from shardvault.vault.writer import Progress, ShardSetWriter, StepHook
 
 MAX_LIST_LIMIT = 10_000
-_UNRESERVED_TRIES = 8  # a small put losing this many races in a row reports WriteRaced
+_UNRESERVED_TRIES = 3  # a small put losing this many races in a row takes a reservation
 _T = TypeVar("_T")
 
 
@@ -288,24 +288,23 @@ class Vault:
 
         The catalog's write lock was where concurrent small puts queued. A race
         lost to another writer of the key or to gc costs a rewrite of a small
-        object, so it is simply written again (catalog port, `insert_committed`).
+        object, so it is written again (catalog port, `insert_committed`); after
+        a few lost races in a row it takes a reservation, which neither can starve.
         """
         catalog = self.cells[subject.jurisdiction].catalog
-        tries = 1
-        while True:
+        for _ in range(_UNRESERVED_TRIES):
             try:
                 written = self._write_version(
                     ref, source, subject, subject_key, if_match, None, version=version
                 )
-                break
             except WriteRaced:
-                if tries == _UNRESERVED_TRIES:
-                    raise
-                tries += 1
-                _, version = catalog.lookup_for_write(ref)
-        if progress is not None:
-            progress(written.size)
-        return written
+                found, version = catalog.lookup_for_write(ref)
+                _live_at_home(found, ref.tenant, ref.subject, subject.jurisdiction)
+                continue
+            if progress is not None:
+                progress(written.size)
+            return written
+        return self._write_version(ref, source, subject, subject_key, if_match, progress)
 
     def _write_version(
         self,
@@ -576,10 +575,12 @@ class Vault:
 
     def gc(self, grace_seconds: float = 3600.0) -> GcReport:
         """Collect deleted and abandoned versions, orphan shards and stale temporaries."""
-        now = self._clock()
+        if not grace_seconds >= 0:
+            raise InvalidInput(f"gc grace must be zero or more seconds, not {grace_seconds}")
+        cutoff = self._clock() - grace_seconds
         report = GcReport()
         for cell in self.cells.values():
-            report = report + collect_cell(cell, now - grace_seconds, now, self.code.n)
+            report = report + collect_cell(cell, cutoff, self.code.n)
         return report
 
     def node_usage(self) -> builtins.list[NodeUsage]:

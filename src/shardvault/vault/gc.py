@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from shardvault.catalog.port import VersionRecord
 from shardvault.manifest import Manifest
 from shardvault.nodes.port import object_id_of, shard_name
-from shardvault.objectid import minted_during
+from shardvault.objectid import minted_after
 from shardvault.vault.cells import Cell
 
 
@@ -62,7 +62,7 @@ def collect_versions(cell: Cell, records: list[VersionRecord], n: int) -> int:
     return removed
 
 
-def collect_cell(cell: Cell, cutoff: float, now: float, n: int) -> GcReport:
+def collect_cell(cell: Cell, cutoff: float, n: int) -> GcReport:
     records = cell.catalog.collectable(cutoff)
     shards = collect_versions(cell, records, n)
     cell.catalog.note_sweep(cutoff)  # from here, unreserved shards minted by then cannot commit
@@ -75,7 +75,7 @@ def collect_cell(cell: Cell, cutoff: float, now: float, n: int) -> GcReport:
         store = cell.stores[node]
         for name in names:
             object_id = object_id_of(name)
-            if object_id in known or minted_during(bytes.fromhex(object_id), cutoff, now):
+            if object_id in known or minted_after(bytes.fromhex(object_id), cutoff):
                 continue
             if store.delete(name):
                 orphans += 1

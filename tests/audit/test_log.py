@@ -578,6 +578,50 @@ def test_what_queues_while_a_writer_waits_for_the_flock_goes_in_its_write(
     log.close()
 
 
+def test_a_writer_interrupted_as_it_takes_the_late_queue_fails_those_entries_cleanly(
+    tmp_path: Path,
+) -> None:
+    """Interrupted after detaching what queued while it waited for the flock, before
+    listing it: those callers are told their entries failed, promptly, and the
+    entries are not written later behind their backs."""
+    log = filled(tmp_path / "log", 2)
+    other = os.open(tmp_path / "log" / "LOCK", os.O_RDWR)
+    fcntl.flock(other, fcntl.LOCK_EX)
+    real = log._write_batches
+
+    class InterruptedWhileListing(list):  # type: ignore[type-arg]
+        def extend(self, items: object) -> None:
+            raise Interrupted
+
+    log._write_batches = lambda batches: real(InterruptedWhileListing(batches))  # type: ignore[method-assign]
+    outcomes: dict[int, str] = {}
+
+    def append(i: int) -> None:
+        try:
+            log.append(make_entry(i))
+            outcomes[i] = "written"
+        except (Interrupted, AuditUnavailable) as exc:
+            outcomes[i] = type(exc).__name__
+
+    threads = [threading.Thread(target=append, args=(2,), daemon=True)]
+    threads[0].start()
+    wait_for(lambda: log._writing)  # the writer of entry 2 waits for the flock
+    for i in (3, 4):
+        threads.append(threading.Thread(target=append, args=(i,), daemon=True))
+        threads[-1].start()
+        wait_for(lambda n=i - 2: len(log._queue) == n)
+    fcntl.flock(other, fcntl.LOCK_UN)
+    os.close(other)
+    for thread in threads:
+        thread.join(5)
+        assert not thread.is_alive(), "a caller was never told how its entry went"
+    assert outcomes == {2: "Interrupted", 3: "AuditUnavailable", 4: "AuditUnavailable"}
+    log._write_batches = real  # type: ignore[method-assign]
+    assert log.append(make_entry(5)) == 2  # nothing of 2-4 was written meanwhile
+    assert log.size == 3 and log.root() == naive_root(log)
+    log.close()
+
+
 def test_a_caller_woken_to_write_that_leaves_hands_the_write_on(tmp_path: Path) -> None:
     """Woken to write the next batch, the main thread is interrupted before it takes
     the queue: the other caller whose entry is queued must be woken to write it."""

@@ -118,8 +118,9 @@ def _version(row: tuple, ref: ObjectRef | None = None) -> VersionRecord:  # type
 def _refusal(subject: SubjectRecord | None, record: VersionRecord) -> ShardvaultError:
     """Why an unreserved write added nothing: its subject is gone, or it lost a race.
 
-    Asked after the failed insert: a forget is final, so a subject forgotten by
-    then was forgotten before it, or the put lost a race and is answered the same.
+    Asked after the failed insert. A forget is final: a subject forgotten by now
+    was forgotten before the insert, or the put lost a race and a retry would be
+    refused anyway.
     """
     if subject is None or subject.forgotten_at is not None:
         return SubjectForgotten(
@@ -318,7 +319,8 @@ class SqliteCatalog:
 
     def insert_committed(self, record: VersionRecord, if_match: int | None) -> None:
         """One statement, so one write transaction per put: the row goes in only if
-        its version is still above every other and no sweep began since its mint."""
+        its version is still above every other, no sweep began since its mint and
+        its subject is not forgotten."""
         assert record.state is VersionState.COMMITTED and record.manifest is not None
         ref = record.ref
         params = (

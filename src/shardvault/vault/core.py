@@ -289,7 +289,8 @@ class Vault:
         The catalog's write lock was where concurrent small puts queued. A race
         lost to another writer of the key or to gc costs a rewrite of a small
         object, so it is written again (catalog port, `insert_committed`); after
-        a few lost races in a row it takes a reservation, which neither can starve.
+        a few lost races in a row it reserves its version, as a large put does, so
+        no rival writer can starve it and a sweep's cutoff no longer matters.
         """
         catalog = self.cells[subject.jurisdiction].catalog
         for _ in range(_UNRESERVED_TRIES):

@@ -170,11 +170,16 @@ def test_gc_leaves_alone_a_put_whose_clock_runs_days_ahead(
     config_path: Path, hooked: Vault, steps: Steps
 ) -> None:
     """A minted time far ahead is still a minted time (the id is marked as one)."""
-    with Vault.open(load(config_path), clock=lambda: time.time() + 3 * 86_400) as ahead:
-        swept = []
-        ahead._on_step = lambda step: (  # type: ignore[method-assign]
-            swept.append(hooked.gc(grace_seconds=0)) if step == "shards-committed" else None
-        )
+    swept = []
+
+    def sweep(step: str) -> None:
+        if step == "shards-committed":
+            swept.append(hooked.gc(grace_seconds=0))
+
+    def days_ahead() -> float:
+        return time.time() + 3 * 86_400
+
+    with Vault.open(load(config_path), clock=days_ahead, on_step=sweep) as ahead:
         ahead.put(REF, b"from the future")
         assert swept[0].orphans == 0
         assert ahead.get(REF) == b"from the future"

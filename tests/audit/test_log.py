@@ -622,6 +622,57 @@ def test_a_writer_interrupted_as_it_takes_the_late_queue_fails_those_entries_cle
     log.close()
 
 
+@pytest.mark.parametrize("failure", [Interrupted(), OSError(errno.EIO, "I/O error")])
+def test_entries_on_disk_when_their_writer_then_fails_are_reported_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failure: BaseException
+) -> None:
+    """Ctrl-C in a writer after its fsync, or its index records failing to write:
+    the entries are on disk, so their callers are told their index, not that the
+    write failed (the writer itself, interrupted, raises)."""
+    log = filled(tmp_path / "log", 2)
+    other = os.open(tmp_path / "log" / "LOCK", os.O_RDWR)
+    fcntl.flock(other, fcntl.LOCK_EX)
+    real = audit_log._pwrite_all
+
+    def interrupted_at_the_index(fd: int, data: bytes, offset: int) -> None:
+        if fd == log._ifd:  # the entries are written and fsynced by now
+            raise failure
+        real(fd, data, offset)
+
+    monkeypatch.setattr(audit_log, "_pwrite_all", interrupted_at_the_index)
+    outcomes: dict[int, object] = {}
+
+    def append(i: int) -> None:
+        try:
+            outcomes[i] = log.append(make_entry(i))
+        except (Interrupted, AuditUnavailable) as exc:
+            outcomes[i] = type(exc).__name__
+
+    writer = threading.Thread(target=append, args=(2,), daemon=True)
+    writer.start()
+    wait_for(lambda: log._writing)  # it waits for the flock; entry 3 joins its write
+    carried = threading.Thread(target=append, args=(3,), daemon=True)
+    carried.start()
+    wait_for(lambda: len(log._queue) == 1)
+    fcntl.flock(other, fcntl.LOCK_UN)
+    os.close(other)
+    for thread in (writer, carried):
+        thread.join(5)
+        assert not thread.is_alive()
+    monkeypatch.setattr(audit_log, "_pwrite_all", real)
+    if isinstance(failure, OSError):
+        assert outcomes == {2: 2, 3: 3}
+        with pytest.raises(AuditUnavailable, match="broken"):  # until reopened
+            log.append(make_entry(4))
+        log.close()
+        log = AuditLog.open(tmp_path / "log")  # recovery indexes 2 and 3
+    else:
+        assert outcomes == {2: "Interrupted", 3: 3}
+    assert log.append(make_entry(4)) == 4  # the next write catches up with 2 and 3
+    assert log.size == 5 and log.root() == naive_root(log)
+    log.close()
+
+
 def test_a_caller_woken_to_write_that_leaves_hands_the_write_on(tmp_path: Path) -> None:
     """Woken to write the next batch, the main thread is interrupted before it takes
     the queue: the other caller whose entry is queued must be woken to write it."""

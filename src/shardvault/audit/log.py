@@ -107,12 +107,13 @@ def _state_lock() -> tuple[threading.Lock, WaitRoom]:
 
 
 class _Batch:
-    __slots__ = ("done", "error", "first", "leaves", "payloads")
+    __slots__ = ("done", "durable", "error", "first", "leaves", "payloads")
 
     def __init__(self, payloads: list[bytes]) -> None:
         self.payloads = payloads
         self.leaves = [merkle.leaf_hash(p) for p in payloads]
         self.first = -1  # set when written: other processes may append first
+        self.durable = False  # fsynced: written, whatever happens to its writer after
         self.done = False
         self.error: BaseException | None = None
 
@@ -384,9 +385,9 @@ class AuditLog:
             error = interrupted = exc
         pending = reacquire(self._state)
         self._writing = False
-        for b in batches:
-            b.error = error
-            b.done = error is None
+        for b in batches:  # an entry on disk is written, even if its writer was then stopped
+            b.done = error is None or b.durable
+            b.error = None if b.done else error
         self._room.write_ended(self._took_later or interrupted is not None)
         self._took_later = False
         raise_now = interrupted or pending
@@ -444,6 +445,8 @@ class AuditLog:
             error = self._write(b"".join(records), entries_end)
             if error is not None:
                 return error
+            for b in batches:  # if the index is lost now, catching up rebuilds it
+                b.durable = True
             try:
                 _pwrite_all(self._ifd, b"".join(index), _HEADER + self._frontier.size * _IDX.size)
             except OSError as exc:

@@ -138,6 +138,34 @@ def test_compaction_keeps_live_shards_and_drops_dead_packs(root: Path) -> None:
     collector.close()
 
 
+def test_a_read_racing_a_compaction_still_reads_its_shard(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read takes the pack's descriptor without the lock; a compaction that retires
+    the pack before the read's pread must not close it under the read."""
+    writer = LocalDirShardStore("n", root)
+    for version in range(1, 11):
+        put(writer, name(version), bytes([version]) * 100)
+    for version in range(1, 9):
+        assert writer.delete(name(version))
+    writer.close()
+    store = LocalDirShardStore("n", root)
+    reader = store.open_reader(name(10))  # located in the pack about to be compacted
+    real_pread = os.pread
+    compacted = set()
+
+    def compact_then_pread(fd: int, length: int, offset: int) -> bytes:
+        monkeypatch.setattr(os, "pread", real_pread)  # the compaction reads for real
+        store.collect_temporaries(older_than=time.time())
+        compacted.update(p.name for p in (root / "packs").glob("*.pack"))
+        return real_pread(fd, length, offset)
+
+    monkeypatch.setattr(os, "pread", compact_then_pread)
+    assert reader.read_at(0, 1 << 20) == bytes([10]) * 100
+    assert compacted and read(store, name(10)) == bytes([10]) * 100  # now from the new pack
+    store.close()
+
+
 def test_compaction_leaves_a_live_writers_pack_alone(root: Path) -> None:
     live = LocalDirShardStore("n", root)
     put(live, name(1), b"kept")

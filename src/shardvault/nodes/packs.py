@@ -13,7 +13,8 @@ records. Appends are made durable by the filesystem's group commit
 Every instance indexes every pack by scanning it, lazily and again on a miss,
 so a shard another process just wrote is found. Deleting appends a tombstone;
 ``compact`` copies the live records of packs no live writer holds into this
-store's pack and removes the old files. Shard names are never reused, so a
+store's pack and removes the old files (their descriptors stay open a minute,
+for reads already under way). Shard names are never reused, so a
 tombstone lost in a crash or dropped by compaction can at worst bring back a
 dead record, which gc's orphan sweep removes again.
 
@@ -34,6 +35,7 @@ import os
 import secrets
 import struct
 import threading
+import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +51,7 @@ RECORD_MAGIC = b"SVPR"
 SHARD, TOMBSTONE = 1, 2
 CRC = struct.Struct(">I")
 ROTATE_AT = 64 << 20
+RETIRED_FD_SECONDS = 60.0  # far longer than any read between taking an fd and its pread
 SMALL_PACK = 1 << 20
 
 
@@ -76,6 +79,7 @@ class PackSet:
         self._dead: set[str] = set()
         self._scanned: dict[str, int] = {}
         self._fds: dict[str, int] = {}
+        self._retired: list[tuple[float, int]] = []  # (when, fd) of packs forgotten
         self._active: str | None = None
         self._active_fd: int | None = None
         self._active_size = 0
@@ -204,9 +208,22 @@ class PackSet:
         self._scanned.pop(pack, None)
         fd = self._fds.pop(pack, None)
         if fd is not None:
-            os.close(fd)
+            self._retire(fd)
         for name in [n for n, loc in self._index.items() if loc.pack == pack]:
             del self._index[name]
+
+    def _retire(self, fd: int) -> None:
+        """Keep a forgotten pack's descriptor open a while: a read that took it without
+        the lock may not have read yet, and closing it could even give its number to
+        another file. The pack's records stay readable through it after the unlink."""
+        now = time.monotonic()
+        keep = []
+        for when, old in self._retired:
+            if now - when > RETIRED_FD_SECONDS:
+                os.close(old)
+            else:
+                keep.append((when, old))
+        self._retired = [*keep, (now, fd)]
 
     def _scan(self, pack: str) -> None:
         try:
@@ -299,6 +316,7 @@ class PackSet:
     def close(self) -> None:
         with self._lock:
             self._retire_active()
-            for fd in self._fds.values():
+            for fd in [*self._fds.values(), *(fd for _, fd in self._retired)]:
                 os.close(fd)
             self._fds.clear()
+            self._retired.clear()

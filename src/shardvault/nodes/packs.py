@@ -176,7 +176,7 @@ class PackSet:
         return os.pread(fd, length, located.offset + offset)
 
     def _fd(self, pack: str) -> int:
-        fd = self._fds.get(pack)  # no lock when open (as `known`); one closes under it
+        fd = self._fds.get(pack)  # no lock when open (as `known`): fds change only under it
         if fd is not None:
             return fd
         with self._lock:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -75,6 +76,7 @@ def test_resolve_path_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
         ("version = 1\n[storage\n", "not valid TOML"),
         (b"version = 1\n\xff\xfe\n", "not valid TOML"),
         ("version = 1\nversion = 2\n", "not valid TOML"),
+        ("x = " + "[" * 5000, "not valid TOML"),
     ],
 )
 def test_unparsable_config(tmp_path: Path, text: str | bytes, expected: str) -> None:
@@ -131,6 +133,27 @@ def replace_once(old: str, new: str) -> str:
         (replace_once('id = "us-n2"', 'id = "us-n1"'), "nodes[1].id: duplicate node id 'us-n1'"),
         (replace_once("[tenants.intl]", "[tenants.Intl]"), "tenants.Intl: invalid tenant"),
         (
+            replace_once("[tenants.intl]\n", "[tenants.intl]\njurisdictions = [[1]]\n"),
+            "tenants.intl.jurisdictions: [1] is not a declared jurisdiction",
+        ),
+        (
+            replace_once('path = "nodes/EU/eu-n1"', 'path = "nodes/US/us-n1"'),
+            "nodes[12].path: ",
+        ),
+        (
+            replace_once('path = "nodes/US/us-n2"', 'path = "nodes/US/us-n1/inner"'),
+            "nodes[1].path: ",
+        ),
+        (replace_once('path = "nodes/US/us-n2"', 'path = "."'), "overlaps storage.state_dir"),
+        (
+            replace_once('path = "nodes/US/us-n2"', 'path = "a\\u0000b"'),
+            "nodes[1].path: contains a NUL",
+        ),
+        (
+            replace_once('state_dir = "state"', 'state_dir = "st\\u0000ate"'),
+            "storage.state_dir: contains a NUL",
+        ),
+        (
             replace_once("[tenants.intl]\n", '[tenants.intl]\njurisdictions = ["JP"]\n'),
             "tenants.intl.jurisdictions: 'JP' is not a declared jurisdiction",
         ),
@@ -179,6 +202,38 @@ def test_bad_config_names_the_key(tmp_path: Path, text: str, expected: str) -> N
     message = error_for(tmp_path, text)
     assert expected in message
     assert message.startswith(f"config {(tmp_path / 'shardvault.toml').resolve()}: ")
+
+
+def test_nodes_sharing_a_directory_are_named(tmp_path: Path) -> None:
+    # one disk would count as two failure domains, and each cell's gc would
+    # delete the other's shards as orphans
+    text = DEMO
+    for n in (1, 2, 3):
+        text = text.replace(f'path = "nodes/EU/eu-n{n}"', f'path = "nodes/US/us-n{n}"')
+    message = error_for(tmp_path, text)
+    us_n1 = (tmp_path / "nodes" / "US" / "us-n1").resolve()
+    assert f"nodes[12].path: {us_n1} overlaps node us-n1's directory {us_n1}" in message
+    assert "nodes[14].path" in message and "give every node a directory of its own" in message
+
+
+@pytest.mark.parametrize("kind", ["fifo", "directory", "device"])
+def test_config_that_is_not_a_regular_file_is_refused_unopened(tmp_path: Path, kind: str) -> None:
+    path = tmp_path / "shardvault.toml"
+    if kind == "fifo":
+        os.mkfifo(path)  # opening it would wait forever for a writer
+    elif kind == "directory":
+        path.mkdir()
+    else:
+        path = Path("/dev/zero")  # reading it would never end
+    with pytest.raises(ConfigError, match="is not a regular file"):
+        load(path)
+
+
+def test_oversized_config_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "shardvault.toml"
+    path.write_bytes(DEMO.encode() + b"#" * config_module.MAX_CONFIG_BYTES)
+    with pytest.raises(ConfigError, match="is larger than"):
+        load(path)
 
 
 def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:

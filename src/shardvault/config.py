@@ -8,6 +8,7 @@ Every problem found is reported at once, each naming the key at fault, e.g.
 from __future__ import annotations
 
 import os
+import stat
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,7 @@ FORMAT_VERSION = 1
 DEFAULT_FILE = "shardvault.toml"
 ENV_VAR = "SHARDVAULT_CONFIG"
 TOKEN_ENV_VAR = "SHARDVAULT_TOKEN"
+MAX_CONFIG_BYTES = 1 << 20  # a deployment file is a few KiB; this bounds a mistaken path
 MIN_SEGMENT = 4096
 MAX_SEGMENT = 64 << 20
 BACKENDS = ("local", "memory")
@@ -126,8 +128,24 @@ def token_from_env() -> str | None:
 
 
 def load(path: Path) -> Config:
+    raw = _read_config(path)
     try:
-        raw = path.read_bytes()
+        doc = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config {path}: not valid TOML: {exc}") from exc
+    except RecursionError:
+        raise ConfigError(f"config {path}: not valid TOML: nested too deeply") from None
+    return parse(doc, path.resolve())
+
+
+def _read_config(path: Path) -> bytes:
+    """The file's bytes; a FIFO or device is refused before it is opened (it could block
+    or never end), and a file over MAX_CONFIG_BYTES is refused rather than read whole."""
+    try:
+        if not stat.S_ISREG(path.stat().st_mode):
+            raise ConfigError(f"config {path} is not a regular file: pass the deployment's TOML")
+        with path.open("rb") as file:
+            raw = file.read(MAX_CONFIG_BYTES + 1)
     except FileNotFoundError:
         raise ConfigError(
             f"config {path} not found: pass --config, set {ENV_VAR}, "
@@ -135,11 +153,11 @@ def load(path: Path) -> Config:
         ) from None
     except OSError as exc:
         raise ConfigError(f"config {path}: {exc.strerror}") from exc
-    try:
-        doc = tomllib.loads(raw.decode("utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"config {path}: not valid TOML: {exc}") from exc
-    return parse(doc, path.resolve())
+    except ValueError as exc:  # a NUL in the path
+        raise ConfigError(f"config path {str(path)!r}: {exc}") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"config {path} is larger than {MAX_CONFIG_BYTES} bytes: is it the TOML?")
+    return raw
 
 
 class _Problems:
@@ -166,6 +184,9 @@ def _get(
     value = table[key]
     if (kind is int and isinstance(value, bool)) or not isinstance(value, kind):
         problems.add(f"{where}{key}", f"expected {kind.__name__}, got {type(value).__name__}")
+        return default
+    if isinstance(value, str) and "\x00" in value:  # no path or name may hold one
+        problems.add(f"{where}{key}", "contains a NUL character")
         return default
     return value
 
@@ -245,7 +266,7 @@ def parse(doc: dict[str, Any], path: Path) -> Config:
         _unknown_keys(spec, {"name", "jurisdictions"}, where + ".", problems)
         allowed = _get(spec, "jurisdictions", list, where + ".", problems)
         for code in allowed or ():
-            if code not in jurisdictions:
+            if not isinstance(code, str) or code not in jurisdictions:
                 problems.add(where + ".jurisdictions", f"{code!r} is not a declared jurisdiction")
         tenants[name] = TenantSpec(
             name,
@@ -253,7 +274,7 @@ def parse(doc: dict[str, Any], path: Path) -> Config:
             tuple(allowed) if allowed is not None else None,
         )
 
-    nodes: list[NodeSpec] = []
+    nodes: dict[str, NodeSpec] = {}  # by "nodes[i]", which names a problem
     seen: set[str] = set()
     for number, spec in enumerate(_get(doc, "nodes", list, "", problems, default=[])):
         node = _parse_node(spec, f"nodes[{number}]", base, jurisdictions, problems)
@@ -261,8 +282,8 @@ def parse(doc: dict[str, Any], path: Path) -> Config:
             if node.id in seen:
                 problems.add(f"nodes[{number}].id", f"duplicate node id {node.id!r}")
             seen.add(node.id)
-            nodes.append(node)
-
+            nodes[f"nodes[{number}]"] = node
+    _check_node_dirs(nodes, (base / state_dir).resolve(), problems)
     governance = _parse_governance(doc, base, problems)
 
     if problems.items:
@@ -277,9 +298,37 @@ def parse(doc: dict[str, Any], path: Path) -> Config:
         keyring_path=(base / keyring).resolve(),
         jurisdictions=jurisdictions,
         tenants=tenants,
-        nodes=tuple(nodes),
+        nodes=tuple(nodes.values()),
         governance=governance,
     )
+
+
+def _check_node_dirs(nodes: dict[str, NodeSpec], state_dir: Path, problems: _Problems) -> None:
+    """Each local node needs a directory of its own, outside the state directory.
+
+    Two nodes sharing one would be one disk counted as two failure domains, and
+    each cell's gc would take the other's shards for orphans and delete them.
+    """
+    seen: list[tuple[NodeSpec, Path]] = []
+    for where, node in nodes.items():
+        if node.backend != "local":
+            continue
+        path = Path(node.location)
+        for other, other_path in seen:
+            if _nested(path, other_path):
+                problems.add(
+                    where + ".path",
+                    f"{path} overlaps node {other.id}'s directory {other_path}: "
+                    "give every node a directory of its own",
+                )
+        if _nested(path, state_dir):
+            problems.add(where + ".path", f"{path} overlaps storage.state_dir {state_dir}")
+        seen.append((node, path))
+
+
+def _nested(one: Path, other: Path) -> bool:
+    """Whether one directory is the other or inside it, either way round."""
+    return one == other or one.is_relative_to(other) or other.is_relative_to(one)
 
 
 _GOVERNANCE_KEYS = {

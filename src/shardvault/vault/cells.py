@@ -13,7 +13,7 @@ from shardvault.catalog.memory import MemoryCatalog
 from shardvault.catalog.port import Catalog
 from shardvault.catalog.sqlite import SqliteCatalog
 from shardvault.config import Config
-from shardvault.errors import ConfigError
+from shardvault.errors import ConfigError, StorageError
 from shardvault.keys.keyring import KeyringCustodian
 from shardvault.keys.memory import MemoryCustodian
 from shardvault.keys.port import KeyCustodian
@@ -22,6 +22,7 @@ from shardvault.model import NodeSpec
 from shardvault.nodes.localdir import LocalDirShardStore
 from shardvault.nodes.memory import MemoryShardStore
 from shardvault.nodes.port import ShardStore
+from shardvault.nodes.unavailable import UnavailableStore
 
 
 @dataclass
@@ -32,10 +33,35 @@ class Cell:
     stores: dict[str, ShardStore] = field(default_factory=dict)
 
     def store(self, node_id: str) -> ShardStore:
-        return self.stores[node_id]
+        """The node's store; one the config no longer lists reads as unavailable."""
+        found = self.stores.get(node_id)
+        if found is None:
+            return UnavailableStore(node_id, "it is not in the configuration")
+        return found
+
+    def usable_stores(self) -> dict[str, ShardStore]:
+        """The stores that could be opened: maintenance skips the others."""
+        return {
+            node: store
+            for node, store in self.stores.items()
+            if not isinstance(store, UnavailableStore)
+        }
+
+    def unavailable_nodes(self) -> list[str]:
+        return sorted(set(self.stores) - set(self.usable_stores()))
 
 
 def open_store(node: NodeSpec) -> ShardStore:
+    """The node's store, or an unavailable one saying why it cannot be opened."""
+    try:
+        return _open_adapter(node)
+    except StorageError as exc:
+        return UnavailableStore(node.id, str(exc).removeprefix(f"node {node.id}: "))
+    except OSError as exc:
+        return UnavailableStore(node.id, f"opening {node.location} failed: {exc.strerror}")
+
+
+def _open_adapter(node: NodeSpec) -> ShardStore:
     if node.backend == "local":
         return LocalDirShardStore(node.id, Path(node.location), node.pack_limit)
     if node.backend == "memory":

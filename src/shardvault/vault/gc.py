@@ -7,7 +7,9 @@ before its commit) are orphans and go too once their id's minted time is older
 than the grace period, as do temporary files. A small put writes its shards
 before the catalog knows them (no reservation), so the sweep first notes its
 cutoff in the catalog: such a put's commit then refuses shards minted before it
-and writes them again (shardvault.objectid).
+and writes them again (shardvault.objectid). A node that is unavailable is
+skipped and named in the report: what it holds of collected versions becomes
+an orphan there, which a later sweep takes once the node is back.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ class GcReport:
     shards: int = 0
     orphans: int = 0
     temporaries: int = 0
+    skipped_nodes: tuple[str, ...] = ()  # unavailable: nothing on them was collected
 
     def __add__(self, other: GcReport) -> GcReport:
         return GcReport(
@@ -34,6 +37,7 @@ class GcReport:
             self.shards + other.shards,
             self.orphans + other.orphans,
             self.temporaries + other.temporaries,
+            self.skipped_nodes + other.skipped_nodes,
         )
 
 
@@ -45,16 +49,15 @@ def collect_versions(cell: Cell, records: list[VersionRecord], n: int) -> int:
     orphan once the row is gone, and the next sweep takes it.
     """
     removed = 0
+    stores = cell.usable_stores()
     for record in records:
         if record.manifest is not None:
             manifest = Manifest.from_bytes(record.manifest)
             targets = [
-                (cell.stores[node], index)
-                for index, node in enumerate(manifest.nodes)
-                if node in cell.stores
+                (stores[node], index) for index, node in enumerate(manifest.nodes) if node in stores
             ]
         else:
-            targets = [(store, index) for store in cell.stores.values() for index in range(n)]
+            targets = [(store, index) for store in stores.values() for index in range(n)]
         for store, index in targets:
             if store.delete(shard_name(record.object_id, record.version, index)):
                 removed += 1
@@ -68,11 +71,12 @@ def collect_cell(cell: Cell, cutoff: float, n: int) -> GcReport:
     cell.catalog.note_sweep(cutoff)  # from here, unreserved shards minted by then cannot commit
     # List shards before reading the known ids: a reserved shard was reserved
     # before it was written, and an unreserved one committed by now is known.
-    listed = {node: list(store.names()) for node, store in cell.stores.items()}
+    stores = cell.usable_stores()
+    listed = {node: list(store.names()) for node, store in stores.items()}
     known = {object_id.hex() for object_id in cell.catalog.known_object_ids()}
     orphans = temporaries = 0
     for node, names in listed.items():
-        store = cell.stores[node]
+        store = stores[node]
         for name in names:
             object_id = object_id_of(name)
             if object_id in known or minted_after(bytes.fromhex(object_id), cutoff):
@@ -80,4 +84,4 @@ def collect_cell(cell: Cell, cutoff: float, n: int) -> GcReport:
             if store.delete(name):
                 orphans += 1
         temporaries += store.collect_temporaries(cutoff)
-    return GcReport(len(records), shards, orphans, temporaries)
+    return GcReport(len(records), shards, orphans, temporaries, tuple(cell.unavailable_nodes()))

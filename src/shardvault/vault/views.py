@@ -10,6 +10,7 @@ from blake3 import blake3
 
 from shardvault.manifest import Manifest
 from shardvault.model import NodeSpec, ObjectInfo
+from shardvault.nodes.unavailable import UnavailableStore
 from shardvault.vault.cells import Cell
 
 
@@ -37,15 +38,20 @@ class NodeUsage:
     node: NodeSpec
     shards: int
     bytes_used: int
+    unavailable: str = ""  # why the node's store could not be opened (then 0 shards)
 
 
 def node_usage(cells: Iterable[Cell]) -> list[NodeUsage]:
-    """Shard count and bytes on disk of every node of these cells."""
-    return [
-        NodeUsage(node, sum(1 for _ in cell.store(node.id).names()), _bytes_used(node))
-        for cell in cells
-        for node in cell.nodes
-    ]
+    """Shard count and bytes on disk of every node of these cells, or why it is unavailable."""
+    usage = []
+    for cell in cells:
+        for node in cell.nodes:
+            store = cell.store(node.id)
+            if isinstance(store, UnavailableStore):
+                usage.append(NodeUsage(node, 0, 0, store.reason))
+            else:
+                usage.append(NodeUsage(node, sum(1 for _ in store.names()), _bytes_used(node)))
+    return usage
 
 
 def _bytes_used(node: NodeSpec) -> int:

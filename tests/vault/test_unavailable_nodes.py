@@ -1,0 +1,106 @@
+"""One node that cannot be opened, or that the config no longer lists, does not stop the vault."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from conftest import manifest_of
+from shardvault.config import Config, load
+from shardvault.errors import StorageError
+from shardvault.model import ObjectRef
+from shardvault.vault import Vault
+
+
+def break_node(config: Config, node_id: str) -> None:
+    """Replace the node's directory by a file, as a failed mount or a slip of rm would."""
+    location = Path(config.node(node_id).location)
+    shutil.rmtree(location)
+    location.write_bytes(b"not a directory")
+
+
+def reopen(config_path: Path) -> Vault:
+    return Vault.open(load(config_path))
+
+
+def test_reads_go_around_a_node_whose_directory_is_broken(
+    vault: Vault, alice: ObjectRef, config_path: Path
+) -> None:
+    data = os.urandom(100_000)
+    vault.put(alice, data)
+    first = manifest_of(vault, alice).nodes[0]  # a data shard: the reader needs it first
+    vault.close()
+    break_node(load(config_path), first)
+    with reopen(config_path) as again:
+        with again.open_read(alice) as reader:
+            assert reader.read_all() == data
+        assert [(d.segment, d.node, d.index) for d in reader.damage] == [
+            (0, first, 0),
+            (1, first, 0),
+        ]
+        reason = reader.damage[0].reason
+        assert reason.startswith(f"unreadable: node {first} is unavailable: opening ")
+        assert reason.endswith("failed: Not a directory")
+        usage = {u.node.id: u for u in again.node_usage()}
+        assert usage[first].unavailable.endswith("failed: Not a directory")
+        assert (usage[first].shards, usage[first].bytes_used) == (0, 0)
+        assert all(not u.unavailable for node, u in usage.items() if node != first)
+        # every put in the US cell needs all six of its nodes: refused, naming the node
+        with pytest.raises(StorageError, match=f"node {first} is unavailable"):
+            again.put(ObjectRef("intl", "alice", "new"), b"x")
+        assert again.get(alice) == data  # the refused put changed nothing
+
+
+def test_gc_skips_a_broken_node_and_says_so(
+    vault: Vault, alice: ObjectRef, config_path: Path
+) -> None:
+    vault.put(alice, b"old")
+    vault.put(alice, b"new")
+    vault.delete(alice, 1)
+    node = manifest_of(vault, alice).nodes[1]
+    vault.close()
+    config = load(config_path)
+    location = Path(config.node(node).location)
+    aside = location.with_name("aside")
+    location.rename(aside)
+    location.write_bytes(b"")
+    with reopen(config_path) as again:
+        report = again.gc(grace_seconds=0)
+        assert report.skipped_nodes == (node,)
+        assert (report.versions, report.shards) == (1, 5)  # every node but the broken one
+    location.unlink()
+    aside.rename(location)
+    with reopen(config_path) as again:
+        report = again.gc(grace_seconds=0)
+        assert (report.skipped_nodes, report.orphans) == ((), 1)  # the one it could not reach
+        assert again.get(alice) == b"new"
+
+
+def test_a_node_dropped_from_the_config_reads_as_lost(
+    vault: Vault, alice: ObjectRef, config_path: Path
+) -> None:
+    data = os.urandom(5000)
+    vault.put(alice, data)
+    dropped = manifest_of(vault, alice).nodes[2]
+    vault.close()
+    text = config_path.read_text()
+    start = text.index(f'id = "{dropped}"')
+    block_start = text.rindex("[[nodes]]", 0, start)
+    block_end = text.find("[[nodes]]", start)
+    config_path.write_text(text[:block_start] + text[block_end:])
+    with reopen(config_path) as again:
+        with again.open_read(alice) as reader:
+            assert reader.read_all() == data
+        assert [(d.node, d.reason) for d in reader.damage] == [
+            (dropped, f"unreadable: node {dropped} is unavailable: it is not in the configuration")
+        ]
+        where = {(s.segment, s.index): s for s in again.where(alice)}
+        assert (where[0, 2].node, where[0, 2].jurisdiction, where[0, 2].facility) == (
+            dropped,
+            "US",
+            "unknown",
+        )
+        assert where[0, 0].facility.startswith("us-fac-")

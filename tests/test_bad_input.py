@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from conftest import SEGMENT, files_under, make_deployment, shard_paths
 from shardvault.config import load
-from shardvault.errors import InvalidInput, StorageError, Unavailable
+from shardvault.errors import ConfigError, InvalidInput, StorageError, Unavailable
 from shardvault.model import (
     MAX_KEY_BYTES,
     ObjectRef,
@@ -181,6 +181,18 @@ def test_vault_refuses_bad_input_before_touching_anything(vault: Vault, config_p
     assert files_under(base) == before
 
 
+@pytest.mark.parametrize("version", [0, -1, 2**63, 10**20])
+def test_out_of_range_versions_are_bad_input(vault: Vault, version: int) -> None:
+    # SQLite cannot even hold the larger ones: an OverflowError, before
+    vault.register_subject("intl", "alice", "US")
+    ref = ObjectRef("intl", "alice", "k")
+    vault.put(ref, b"kept")
+    for call in (vault.get, vault.stat, vault.where, vault.delete, vault.open_read):
+        with pytest.raises(InvalidInput, match=rf"version {version} is out of range: .* 1 to "):
+            call(ref, version)  # type: ignore[operator]
+    assert vault.get(ref, 1) == b"kept"
+
+
 # a full disk -------------------------------------------------------------------
 
 
@@ -230,6 +242,28 @@ def test_full_disk_refuses_the_write_and_keeps_the_old_version(
     # the space was given back: a write that fits succeeds
     assert vault.put(ref, b"small").version == 2
     assert vault.get(ref) == b"small"
+
+
+def test_full_state_disk_is_named_as_such(tmp_path: Path) -> None:
+    # SQLite reports a full disk under WAL as a mere "disk I/O error"
+    path = make_deployment(tmp_path / "deploy")
+    state = path.parent / "state"
+    state.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(state)], check=True)
+    try:
+        (state / "filler").write_bytes(bytes(1024 * 1024 - 60 * 1024))
+        with pytest.raises(Unavailable, match=r"\(its disk has \d+ KiB free: make room\)$"):
+            Vault.open(load(path)).close()
+    finally:
+        if subprocess.run(["umount", str(state)], check=False).returncode != 0:
+            subprocess.run(["umount", "-l", str(state)], check=True)
+
+
+def test_state_dir_that_is_a_file_is_named(tmp_path: Path) -> None:
+    path = make_deployment(tmp_path / "deploy")
+    (path.parent / "state").write_text("")
+    with pytest.raises(ConfigError, match=r"storage\.state_dir .* is not a directory"):
+        Vault.open(load(path))
 
 
 class FailingSource(io.RawIOBase):

@@ -10,61 +10,107 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import secrets
 import sqlite3
 import threading
 from pathlib import Path
 
-from shardvault.errors import Conflict, StorageError
+from shardvault.durability import failure_reason, fsync_directory
+from shardvault.errors import Conflict, IntegrityError, StorageError
 
 KEY_BYTES = 32
 
 
 def _load_or_create_key(path: Path) -> bytes:
+    """The directory's HMAC key, made on first use.
+
+    Written whole to a temporary file and linked into place, so a crash never
+    leaves a short key; one of another length is damage, refused: with a wrong
+    key no subject is found, and each could be registered again elsewhere.
+    """
     try:
-        return path.read_bytes()
+        key = path.read_bytes()
     except FileNotFoundError:
-        pass
-    path.parent.mkdir(parents=True, exist_ok=True)
+        key = _create_key(path)
+    except OSError as exc:
+        raise StorageError(f"subject directory key {path}: {exc.strerror}") from exc
+    if len(key) != KEY_BYTES:
+        raise IntegrityError(
+            f"subject directory key {path} is damaged ({len(key)} bytes, not {KEY_BYTES}): "
+            "restore it from a backup; without it no subject can be found"
+        )
+    return key
+
+
+def _create_key(path: Path) -> bytes:
     key = os.urandom(KEY_BYTES)
+    temp = path.with_name(f"{path.name}.{secrets.token_hex(6)}.tmp")
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return path.read_bytes()
-    try:
-        os.write(fd, key)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, key)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            os.link(temp, path)  # never replaces a key another process made meanwhile
+        except FileExistsError:
+            return path.read_bytes()
+        finally:
+            temp.unlink()
+        fsync_directory(path.parent)
+    except OSError as exc:
+        raise StorageError(
+            f"subject directory key {path} cannot be written: {exc.strerror}"
+        ) from exc
     return key
 
 
 class SubjectDirectory:
     def __init__(self, db_path: Path | str, key: bytes) -> None:
         self._key = key
+        self._path = db_path
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(
-            str(db_path), isolation_level=None, check_same_thread=False, timeout=30.0
-        )
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS homes (token TEXT PRIMARY KEY, jurisdiction TEXT NOT NULL)"
-        )
+        try:
+            self._db = sqlite3.connect(
+                str(db_path), isolation_level=None, check_same_thread=False, timeout=30.0
+            )
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS homes "
+                "(token TEXT PRIMARY KEY, jurisdiction TEXT NOT NULL)"
+            )
+        except sqlite3.Error as exc:
+            raise self._failure(exc) from exc
 
     @classmethod
     def open(cls, state_dir: Path) -> SubjectDirectory:
-        state_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            state_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(f"state directory {state_dir}: {exc.strerror}") from exc
         key = _load_or_create_key(state_dir / "directory.key")
         return cls(state_dir / "directory.sqlite", key)
+
+    def _failure(self, exc: sqlite3.Error) -> StorageError:
+        """A database the directory cannot use is a storage failure naming it, not a crash."""
+        return StorageError(
+            f"subject directory {self._path}: {failure_reason(exc, Path(self._path))}"
+        )
 
     def _token(self, tenant: str, subject: str) -> str:
         message = f"{tenant}\x00{subject}".encode()
         return hmac.new(self._key, message, hashlib.sha256).hexdigest()
 
     def home(self, tenant: str, subject: str) -> str | None:
-        with self._lock:
-            row = self._db.execute(
-                "SELECT jurisdiction FROM homes WHERE token = ?", (self._token(tenant, subject),)
-            ).fetchone()
+        token = self._token(tenant, subject)
+        try:
+            with self._lock:
+                row = self._db.execute(
+                    "SELECT jurisdiction FROM homes WHERE token = ?", (token,)
+                ).fetchone()
+        except sqlite3.Error as exc:
+            raise self._failure(exc) from exc
         return row[0] if row else None
 
     def add(self, tenant: str, subject: str, jurisdiction: str) -> None:
@@ -76,11 +122,16 @@ class SubjectDirectory:
         except sqlite3.IntegrityError:
             raise Conflict(f"subject {subject} of tenant {tenant} is already registered") from None
         except sqlite3.Error as exc:
-            raise StorageError(f"subject directory: {exc}") from exc
+            raise self._failure(exc) from exc
 
     def remove(self, tenant: str, subject: str) -> None:
-        with self._lock:
-            self._db.execute("DELETE FROM homes WHERE token = ?", (self._token(tenant, subject),))
+        try:
+            with self._lock:
+                self._db.execute(
+                    "DELETE FROM homes WHERE token = ?", (self._token(tenant, subject),)
+                )
+        except sqlite3.Error as exc:
+            raise self._failure(exc) from exc
 
     def close(self) -> None:
         self._db.close()

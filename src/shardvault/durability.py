@@ -15,6 +15,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+import shutil
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -171,6 +172,24 @@ def _libc_function(name: str, argtypes: list[Any]) -> Any:
     func.argtypes = argtypes
     func.restype = ctypes.c_int
     return func
+
+
+LOW_DISK_BYTES = 1 << 20
+
+
+def failure_reason(exc: BaseException, path: Path) -> str:
+    """Why a store at ``path`` failed, in words, noting when its disk is (nearly) full:
+    SQLite reports a full disk under WAL as a mere "disk I/O error"."""
+    reason = (exc.strerror or str(exc)) if isinstance(exc, OSError) else str(exc)
+    for folder in (path, *path.parents):
+        try:
+            free = shutil.disk_usage(folder).free
+        except OSError:
+            continue
+        if free < LOW_DISK_BYTES:
+            reason += f" (its disk has {free // 1024} KiB free: make room)"
+        break
+    return reason
 
 
 def fsync_directory(path: Path) -> None:

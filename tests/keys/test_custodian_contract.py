@@ -166,6 +166,13 @@ def test_keyring_readable_by_others_is_refused(tmp_path: Path, mode: int) -> Non
         KeyringCustodian(path)
 
 
+def test_keyring_that_is_a_directory_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "keyring.json"
+    path.mkdir()
+    with pytest.raises(ConfigError, match=r"keyring .* is not a file: check custodian.path"):
+        KeyringCustodian(path)
+
+
 def test_keyring_of_unknown_version_is_refused(tmp_path: Path) -> None:
     path = keyring_at(tmp_path)
     doc = json.loads(path.read_text())

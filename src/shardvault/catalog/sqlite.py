@@ -27,7 +27,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from shardvault.catalog.port import DamageRecord, SubjectRecord, VersionRecord, VersionState
-from shardvault.durability import GroupSync, filesystem_sync
+from shardvault.durability import GroupSync, failure_reason, filesystem_sync
 from shardvault.errors import (
     ConfigError,
     Conflict,
@@ -164,7 +164,8 @@ class SqliteCatalog:
             if self._writer_fd is not None:
                 os.close(self._writer_fd)
             if isinstance(exc, sqlite3.DatabaseError | OSError):
-                raise StorageError(f"catalog {path}: {exc}") from exc
+                where = path if isinstance(path, Path) else Path(".")
+                raise StorageError(f"catalog {path}: {failure_reason(exc, where)}") from exc
             raise
 
     def _migrate(self) -> None:

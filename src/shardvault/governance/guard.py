@@ -156,6 +156,11 @@ class Governance:
                 )
         codes = list(config.jurisdictions)
         state = config.state_dir
+        if state.exists() and not state.is_dir():
+            raise ConfigError(
+                f"storage.state_dir {state} is not a directory: move that file away "
+                "or point state_dir elsewhere"
+            )
         return cls(
             spec,
             jurisdictions=codes,

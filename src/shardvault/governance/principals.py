@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from shardvault.durability import failure_reason
 from shardvault.errors import AccessDenied, Conflict, InvalidInput, NotFound, Unavailable
 from shardvault.model import LOCAL_ADMIN
 from shardvault.policy import Principal, PrincipalKind
@@ -101,8 +102,8 @@ class PrincipalRegistry:
                 )
             self._db.executescript(_SCHEMA)
             self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-        except sqlite3.Error as exc:
-            raise Unavailable(f"principal registry {path}: {exc}") from exc
+        except (sqlite3.Error, OSError) as exc:
+            raise Unavailable(f"principal registry {path}: {failure_reason(exc, path)}") from exc
 
     def close(self) -> None:
         self._db.close()

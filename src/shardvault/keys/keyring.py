@@ -53,6 +53,8 @@ class KeyringCustodian:
         """Merge the file in: roots already held are kept, tombstones only grow."""
         info = self.path.stat()
         mode = stat.S_IMODE(info.st_mode)
+        if not stat.S_ISREG(info.st_mode):
+            raise ConfigError(f"keyring {self.path} is not a file: check custodian.path")
         if mode & 0o077:
             raise KeyUnavailable(
                 f"keyring {self.path} is readable by others (mode {mode:o}); run chmod 600 on it"

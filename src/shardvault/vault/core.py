@@ -66,6 +66,8 @@ from shardvault.vault.views import ForgetResult, ListPage, NodeUsage, info_of, n
 from shardvault.vault.writer import Progress, ShardSetWriter, StepHook
 
 MAX_LIST_LIMIT = 10_000
+MAX_VERSION = 2**63 - 1
+UNKNOWN = "unknown"  # the facility of a node the config no longer lists
 _UNRESERVED_TRIES = 3  # a small put losing this many races in a row takes a reservation
 _T = TypeVar("_T")
 
@@ -387,6 +389,7 @@ class Vault:
     ) -> int:
         """Mark the object (or one version) deleted; gc removes the shards."""
         ctx = ctx or local_context()
+        _check_version(version)
         subject, _ = self._authorized(ctx, Action.DELETE, ref.tenant, ref.subject, ref.key)
         marked = self.cells[subject.jurisdiction].catalog.mark_deleted(ref, version)
         if not marked:
@@ -445,6 +448,7 @@ class Vault:
         durable: bool = True,
     ) -> tuple[Cell, SubjectRecord, VersionRecord, Access]:
         """As `_authorized`, with the version looked up in the same query as the subject."""
+        _check_version(version)
         home = self._home(ref.tenant, ref.subject)
         access = self.governance.authorize(
             ctx, action, ref.tenant, home, ref.subject, ref.key, durable=durable
@@ -560,13 +564,13 @@ class Vault:
         self, ref: ObjectRef, version: int | None = None, ctx: RequestContext | None = None
     ) -> builtins.list[ShardLocation]:
         """Every shard of the version: segment, index, node, jurisdiction, facility."""
-        _, _, record, _ = self._record(ref, version, ctx or local_context(), Action.STAT)
+        cell, _, record, _ = self._record(ref, version, ctx or local_context(), Action.STAT)
         assert record.manifest is not None
         manifest = Manifest.from_bytes(record.manifest)
-        specs = {node.id: node for node in self.config.nodes}
-        return [
+        facilities = {node.id: node.facility for node in cell.nodes}
+        return [  # a node the config no longer lists was still one of this cell's
             ShardLocation(
-                segment, index, node_id, specs[node_id].jurisdiction, specs[node_id].facility
+                segment, index, node_id, cell.jurisdiction, facilities.get(node_id, UNKNOWN)
             )
             for segment in range(manifest.segments)
             for index, node_id in enumerate(manifest.nodes)
@@ -617,6 +621,14 @@ class _AnsweredAfterAudit:
             return
         with contextlib.suppress(AuditUnavailable):
             self._access.wait_audited()
+
+
+def _check_version(version: int | None) -> None:
+    """A version number the catalog can hold (a signed 64-bit integer), or none."""
+    if version is not None and not 1 <= version <= MAX_VERSION:
+        raise InvalidInput(
+            f"version {version} is out of range: versions run from 1 to {MAX_VERSION}"
+        )
 
 
 def _registered(found: _T | None, tenant: str, subject: str) -> _T:

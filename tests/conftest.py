@@ -18,6 +18,7 @@ from shardvault.demo import write_demo
 from shardvault.manifest import Manifest
 from shardvault.model import ObjectRef
 from shardvault.nodes.localdir import LocalDirShardStore
+from shardvault.nodes.marker import MARKER
 from shardvault.nodes.port import shard_name
 from shardvault.vault import Vault
 
@@ -61,7 +62,9 @@ def shard_paths(vault: Vault, ref: ObjectRef, version: int | None = None) -> lis
 
 
 def files_under(root: Path) -> set[Path]:
-    return {path for path in root.rglob("*") if path.is_file()}
+    """Every file under root but the node markers (nodes/marker.py): those name the node,
+    written on first open, and hold no user data."""
+    return {path for path in root.rglob("*") if path.is_file() and path.name != MARKER}
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ from shardvault.keys.port import KeyCustodian
 from shardvault.keys.rootkey import CustodianGate
 from shardvault.model import NodeSpec
 from shardvault.nodes.localdir import LocalDirShardStore
+from shardvault.nodes.marker import claim
 from shardvault.nodes.memory import MemoryShardStore
 from shardvault.nodes.port import ShardStore
 from shardvault.nodes.unavailable import UnavailableStore
@@ -63,6 +64,7 @@ def open_store(node: NodeSpec) -> ShardStore:
 
 def _open_adapter(node: NodeSpec) -> ShardStore:
     if node.backend == "local":
+        claim(Path(node.location), node)
         return LocalDirShardStore(node.id, Path(node.location), node.pack_limit)
     if node.backend == "memory":
         return MemoryShardStore(node.id)

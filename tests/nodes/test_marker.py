@@ -1,0 +1,86 @@
+"""A node directory names its node: a wrong path is refused, never written across a border."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from conftest import make_deployment, manifest_of
+from shardvault.config import load
+from shardvault.errors import StorageError
+from shardvault.model import ObjectRef
+from shardvault.nodes.marker import MARKER
+from shardvault.vault import Vault
+
+
+def test_first_open_marks_every_node_directory(config_path: Path) -> None:
+    config = load(config_path)
+    Vault.open(config).close()
+    for node in config.nodes:
+        marker = json.loads((Path(node.location) / MARKER).read_text())
+        assert marker == {
+            "format": "shardvault-node",
+            "jurisdiction": node.jurisdiction,
+            "node": node.id,
+            "version": 1,
+        }
+    assert not list(Path(config.nodes[0].location).glob("*.tmp"))
+
+
+def swap(text: str, one: str, other: str) -> str:
+    return text.replace(one, "\0").replace(other, one).replace("\0", other)
+
+
+def test_a_us_directory_configured_for_an_eu_node_is_refused(tmp_path: Path) -> None:
+    path = make_deployment(tmp_path / "deploy")
+    Vault.open(load(path)).close()  # marks the directories
+    # an operator's slip: a US disk given to an EU node, and the other way round
+    path.write_text(swap(path.read_text(), "nodes/US/us-n1", "nodes/EU/eu-n1"))
+    with Vault.open(load(path)) as vault:
+        vault.register_subject("intl", "emma", "EU")
+        with pytest.raises(StorageError, match=r"node eu-n1 is unavailable: .*us-n1 belongs to "
+                           r"node us-n1 in US, not eu-n1 in EU: fix the node's path"):  # fmt: skip
+            vault.put(ObjectRef("intl", "emma", "k"), b"stays in the EU")
+        usage = {u.node.id: u.unavailable for u in vault.node_usage()}
+        assert "belongs to node eu-n1 in EU, not us-n1 in US" in usage["us-n1"]
+    us_dir = tmp_path / "deploy" / "nodes" / "US" / "us-n1"
+    assert sorted(p.name for p in us_dir.rglob("*") if p.is_file()) == [MARKER]
+
+
+def test_swapped_paths_within_a_cell_read_around_and_gc_keeps_them(
+    vault: Vault, alice: ObjectRef, config_path: Path
+) -> None:
+    data = os.urandom(3000)
+    vault.put(alice, data)
+    nodes = manifest_of(vault, alice).nodes
+    vault.close()
+    config_path.write_text(
+        swap(config_path.read_text(), f"nodes/US/{nodes[0]}", f"nodes/US/{nodes[1]}")
+    )
+    with Vault.open(load(config_path)) as again:
+        with again.open_read(alice) as reader:
+            assert reader.read_all() == data
+        assert {d.node for d in reader.damage} == {nodes[0], nodes[1]}
+        report = again.gc(grace_seconds=0)
+        assert set(report.skipped_nodes) == {nodes[0], nodes[1]}
+    config_path.write_text(
+        swap(config_path.read_text(), f"nodes/US/{nodes[0]}", f"nodes/US/{nodes[1]}")
+    )
+    with Vault.open(load(config_path)) as fixed:
+        with fixed.open_read(alice) as reader:
+            assert reader.read_all() == data
+        assert reader.damage == []
+
+
+@pytest.mark.parametrize("content", [b"", b"{not json", b'{"format":"other"}', b"[1]"])
+def test_a_damaged_marker_makes_the_node_unavailable(config_path: Path, content: bytes) -> None:
+    config = load(config_path)
+    Vault.open(config).close()
+    (Path(config.node("sg-n2").location) / MARKER).write_bytes(content)
+    with Vault.open(config) as vault:
+        usage = {u.node.id: u.unavailable for u in vault.node_usage()}
+    assert usage["sg-n2"].endswith("is not a shardvault node marker: is this the node's directory?")
+    assert [node for node, why in usage.items() if why] == ["sg-n2"]

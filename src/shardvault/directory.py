@@ -10,23 +10,21 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
-import secrets
 import sqlite3
 import threading
 from pathlib import Path
 
-from shardvault.durability import failure_reason, fsync_directory
+from shardvault.durability import create_whole, failure_reason
 from shardvault.errors import Conflict, IntegrityError, StorageError
 
 KEY_BYTES = 32
 
 
 def _load_or_create_key(path: Path) -> bytes:
-    """The directory's HMAC key, made on first use.
+    """The directory's HMAC key, made (whole) on first use.
 
-    Written whole to a temporary file and linked into place, so a crash never
-    leaves a short key; one of another length is damage, refused: with a wrong
-    key no subject is found, and each could be registered again elsewhere.
+    A key of another length is damage, refused: with a wrong key no subject is
+    found, and each could be registered again elsewhere.
     """
     try:
         key = path.read_bytes()
@@ -43,27 +41,13 @@ def _load_or_create_key(path: Path) -> bytes:
 
 
 def _create_key(path: Path) -> bytes:
-    key = os.urandom(KEY_BYTES)
-    temp = path.with_name(f"{path.name}.{secrets.token_hex(6)}.tmp")
     try:
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            os.write(fd, key)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        try:
-            os.link(temp, path)  # never replaces a key another process made meanwhile
-        except FileExistsError:
-            return path.read_bytes()
-        finally:
-            temp.unlink()
-        fsync_directory(path.parent)
+        create_whole(path, os.urandom(KEY_BYTES))
+        return path.read_bytes()  # ours, or one another process made meanwhile
     except OSError as exc:
         raise StorageError(
             f"subject directory key {path} cannot be written: {exc.strerror}"
         ) from exc
-    return key
 
 
 class SubjectDirectory:

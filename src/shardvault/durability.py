@@ -15,6 +15,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+import secrets
 import shutil
 import threading
 from collections.abc import Callable
@@ -190,6 +191,31 @@ def failure_reason(exc: BaseException, path: Path) -> str:
             reason += f" (its disk has {free // 1024} KiB free: make room)"
         break
     return reason
+
+
+def create_whole(path: Path, content: bytes, mode: int = 0o600) -> bool:
+    """Create ``path`` holding ``content`` durably, whole or not at all; False if it existed.
+
+    Written to a temporary file, fsynced, then linked into place: a crash never
+    leaves a short file, and a file another process created meanwhile is kept
+    (the caller then reads that one). Raises OSError.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+    try:
+        try:
+            os.write(fd, content)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.link(temp, path)
+    except FileExistsError:
+        return False
+    finally:
+        temp.unlink()
+    fsync_directory(path.parent)
+    return True
 
 
 def fsync_directory(path: Path) -> None:

@@ -39,24 +39,12 @@ from shardvault.audit import (
     signer_from_skey,
 )
 from shardvault.audit.note import COSIGNATURE_V1, ED25519, NoteVerifier, key_id
+from shardvault.durability import create_whole
 from shardvault.errors import AuditUnavailable, ConfigError, IntegrityError, InvalidInput
 
 
 def _write_secret(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    try:
-        os.link(temp, path)  # never replace a key another process created meanwhile
-    except FileExistsError:
-        pass
-    finally:
-        temp.unlink()
+    create_whole(path, data)  # never replaces a key another process created meanwhile
 
 
 def _read_secret(path: Path) -> bytes:

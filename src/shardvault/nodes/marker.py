@@ -14,11 +14,9 @@ guard against the same mistake.
 from __future__ import annotations
 
 import json
-import os
-import secrets
 from pathlib import Path
 
-from shardvault.durability import fsync_directory
+from shardvault.durability import create_whole
 from shardvault.errors import StorageError
 from shardvault.model import NodeSpec
 
@@ -61,21 +59,7 @@ def claim(root: Path, node: NodeSpec) -> None:
 
 def _write(path: Path, content: bytes) -> None:
     """Whole or not at all, and never over a marker another process wrote meanwhile."""
-    temp = path.with_name(f"{MARKER}.{secrets.token_hex(6)}.tmp")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-        try:
-            os.write(fd, content)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        try:
-            os.link(temp, path)
-        except FileExistsError:
-            pass
-        finally:
-            temp.unlink()
-        fsync_directory(path.parent)
+        create_whole(path, content, 0o644)
     except OSError as exc:
         raise StorageError(f"marking {path.parent} as a node failed: {exc.strerror}") from exc

@@ -72,6 +72,19 @@ def object_key(value: object) -> str:
         raise InvalidInput(
             f"invalid object key: {len(encoded)} bytes, the limit is {MAX_KEY_BYTES}"
         )
+    if not (value.isascii() and value.isprintable()):  # printable ASCII is NFC and visible
+        _check_visible_nfc(value)
+    if "\\" in value:
+        raise InvalidInput(f"invalid object key {value!r}: use '/' rather than '\\'")
+    if value.startswith("/") or value.endswith("/"):
+        raise InvalidInput(f"invalid object key {value!r}: it must not start or end with '/'")
+    parts = value.split("/")
+    if any(part in ("", ".", "..") for part in parts):
+        raise InvalidInput(f"invalid object key {value!r}: empty, '.' or '..' path segment")
+    return value
+
+
+def _check_visible_nfc(value: str) -> None:
     if unicodedata.normalize("NFC", value) != value:
         raise InvalidInput(f"invalid object key {value!r}: normalise it to Unicode NFC first")
     for char in value:
@@ -81,14 +94,6 @@ def object_key(value: object) -> str:
                 f"invalid object key {value!r}: it contains the control or invisible "
                 f"character U+{ord(char):04X}"
             )
-    if "\\" in value:
-        raise InvalidInput(f"invalid object key {value!r}: use '/' rather than '\\'")
-    if value.startswith("/") or value.endswith("/"):
-        raise InvalidInput(f"invalid object key {value!r}: it must not start or end with '/'")
-    parts = value.split("/")
-    if any(part in ("", ".", "..") for part in parts):
-        raise InvalidInput(f"invalid object key {value!r}: empty, '.' or '..' path segment")
-    return value
 
 
 class NodeState(enum.StrEnum):

@@ -15,6 +15,7 @@ from tests.governance.helpers import (
     register,
 )
 
+from governance_support import forget_approved
 from shardvault.errors import AccessDenied, InvalidInput, SubjectForgotten
 from shardvault.model import ObjectRef, RequestContext
 from shardvault.vault import Vault
@@ -60,6 +61,17 @@ def test_foreign_government_request_is_refused_by_rule_and_logged(story: Vault) 
     assert entry.details["authority_country"] == "CN"
     assert entry.details["data_class"] == "protected"
     assert "alice" not in entry.to_bytes().decode()  # subject and key are pseudonyms
+
+
+@pytest.mark.parametrize("principal", [CN_POLICE, OTHER_TENANT])
+def test_forget_is_decided_before_it_answers_forgotten(story: Vault, principal: object) -> None:
+    # it used to say "forgotten" before any decision: unaudited, uncounted, to anyone
+    forget_approved(story, "intl", "alice")
+    ctx = as_(principal, "lawful-request")  # type: ignore[arg-type]
+    with pytest.raises(AccessDenied, match=r"invariant:(foreign-government|cross-tenant)"):
+        story.forget("intl", "alice", ctx)
+    (entry,) = entries_of(story, ctx)
+    assert (entry.action, entry.decision) == ("forget", "deny")
 
 
 @pytest.mark.parametrize(

@@ -48,8 +48,13 @@ def test_forget_destroys_the_key_and_the_shards(config_path: Path, tmp_path: Pat
                 vault.get(ref)
         with pytest.raises(SubjectForgotten):
             vault.put(refs[0], b"new")
+        # decided and audited like any access, then answered (it used to answer first)
+        audited = vault.governance.cell("US").log.size
         with pytest.raises(SubjectForgotten):
-            vault.forget("intl", "alice")
+            forget_approved(vault, "intl", "alice")
+        log = vault.governance.cell("US").log
+        last = log.entry(log.size - 1)
+        assert log.size > audited and (last.action, last.decision) == ("forget", "allow")
         assert vault.get(bob) == b"bob stays"
     assert not any(path.exists() for path in alice_shards)
     keyring = json.loads((base / "keys" / "keyring.json").read_text())

@@ -199,9 +199,6 @@ class Vault:
         home = self.directory.home(tenant, subject)
         return _registered(home, tenant, subject)
 
-    def _live_subject(self, tenant: str, subject: str) -> SubjectRecord:
-        return _live(self.subject(tenant, subject))
-
     def _authorized(
         self,
         ctx: RequestContext,
@@ -405,8 +402,8 @@ class Vault:
         inclusion proof under a head cosigned by the partner.
         """
         ctx = ctx or local_context("forget-subject")
-        record = self._live_subject(tenant, subject)  # nothing to approve for a forgotten one
-        access = self.governance.authorize(ctx, Action.FORGET, tenant, record.jurisdiction, subject)
+        # decided and audited first, like every access: "already forgotten" is an answer
+        record, access = self._authorized(ctx, Action.FORGET, tenant, subject)
         scope = KeyScope(tenant, record.jurisdiction)
         self.custodian.destroy(scope, record.key_id, access.justification())
         cell = self.cells[record.jurisdiction]

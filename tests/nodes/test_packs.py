@@ -98,7 +98,7 @@ def test_a_torn_tail_is_ignored_and_never_hides_later_appends(root: Path) -> Non
     reopened.close()
 
 
-def test_a_record_with_a_bad_checksum_ends_the_scan(root: Path) -> None:
+def test_a_record_with_a_bad_checksum_at_the_end_ends_the_scan(root: Path) -> None:
     store = LocalDirShardStore("n", root)
     put(store, name(1), b"first")
     put(store, name(2), b"second")
@@ -111,6 +111,44 @@ def test_a_record_with_a_bad_checksum_ends_the_scan(root: Path) -> None:
     reopened = LocalDirShardStore("n", root)
     assert list(reopened.names()) == [name(1)]
     reopened.close()
+
+
+def test_a_damaged_record_does_not_hide_the_records_after_it(root: Path) -> None:
+    # it used to end the scan: one flipped bit lost every later shard of the pack
+    store = LocalDirShardStore("n", root)
+    for version in (1, 2, 3):
+        put(store, name(version), f"shard {version}".encode())
+    store.close()
+    (pack,) = (root / "packs").glob("*.pack")
+    data = bytearray(pack.read_bytes())
+    second_record = len(FILE_HEADER) + len(encode_record(1, name(1), b"shard 1"))
+    data[second_record + RECORD.size + len(name(2)) + 1] ^= 0x01  # in the second's data
+    pack.write_bytes(bytes(data))
+    reopened = LocalDirShardStore("n", root)
+    assert list(reopened.names()) == [name(1), name(3)]
+    assert read(reopened, name(3)) == b"shard 3"
+    with pytest.raises(NotFound):
+        reopened.open_reader(name(2))  # read as missing: the vault reads around it
+    reopened.close()
+
+
+def test_delete_zeroes_the_shard_in_a_live_pack_and_keeps_the_rest(root: Path) -> None:
+    store = LocalDirShardStore("n", root)
+    secret = os.urandom(3000)
+    put(store, name(1), b"before")
+    put(store, name(2), secret)
+    put(store, name(3), b"after")
+    assert store.delete(name(2))
+    store.sync()
+    (pack,) = (root / "packs").glob("*.pack")  # still this store's live pack
+    assert secret[:64] not in pack.read_bytes() and secret[-64:] not in pack.read_bytes()
+    other = LocalDirShardStore("n", root)  # another process scanning the pack
+    assert list(other.names()) == [name(1), name(3)]
+    assert (read(other, name(1)), read(other, name(3))) == (b"before", b"after")
+    put(store, name(4), b"later")  # appends still follow the erased record
+    assert read(LocalDirShardStore("n", root), name(4)) == b"later"
+    other.close()
+    store.close()
 
 
 def test_unknown_pack_version_is_refused(root: Path) -> None:

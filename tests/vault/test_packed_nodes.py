@@ -119,25 +119,54 @@ def test_packs_stay_in_the_home_jurisdiction(packed: Vault) -> None:
     assert len(by_cell["US"]) == 6 and len(by_cell["SG"]) == 6 and by_cell["EU"] == []
 
 
-def test_forget_then_gc_removes_the_packed_bytes(packed_config: Path) -> None:
+def shard_tails(vault: Vault, ref: ObjectRef) -> list[bytes]:
+    """The last 32 bytes of each of the version's shards, as stored."""
+    manifest = manifest_of(vault, ref)
+    cell = vault.cells[vault.subject(ref.tenant, ref.subject).jurisdiction]
+    tails = []
+    for index, node in enumerate(manifest.nodes):
+        reader = cell.store(node).open_reader(
+            shard_name(manifest.object_id, manifest.version, index)
+        )
+        tails.append(reader.read_at(40, 1 << 16)[-32:])
+    return tails
+
+
+def packed_bytes(config: Path) -> bytes:
+    return b"".join(p.read_bytes() for p in (config.parent / "nodes").rglob("*.pack"))
+
+
+def test_forget_removes_the_packed_bytes_at_once(packed_config: Path) -> None:
+    # the packs are live and shared with another user: compaction would not touch them,
+    # so forget's "shards removed" (and its signed receipt) used to be untrue
     vault = Vault.open(load(packed_config))
     vault.register_subject("intl", "alice", "US")
-    ref = ObjectRef("intl", "alice", "secret")
+    vault.register_subject("intl", "carol", "US")
+    ref, kept = ObjectRef("intl", "alice", "secret"), ObjectRef("intl", "carol", "kept")
+    vault.put(kept, b"carol before")
     vault.put(ref, os.urandom(3000))
-    manifest = manifest_of(vault, ref)
-    block_tail = []
-    for index, node in enumerate(manifest.nodes):
-        store = vault.cells["US"].store(node)
-        reader = store.open_reader(shard_name(manifest.object_id, manifest.version, index))
-        block_tail.append(reader.read_at(40, 1 << 16)[-32:])
-    forget_approved(vault, "intl", "alice")  # forget needs a k-of-n approval
-    vault.close()  # the writer's packs are now free to be compacted
-    collector = Vault.open(load(packed_config))
-    collector.gc(grace_seconds=0)
-    collector.close()
-    root = Path(packed_config).parent / "nodes" / "US"
-    everything = b"".join(p.read_bytes() for p in root.rglob("*.pack"))
-    assert not any(tail in everything for tail in block_tail)
+    vault.put(kept, b"carol after")
+    tails = shard_tails(vault, ref)
+    assert all(tail in packed_bytes(packed_config) for tail in tails)
+    result = forget_approved(vault, "intl", "alice")  # forget needs a k-of-n approval
+    assert result.shards_removed == 6
+    assert not any(tail in packed_bytes(packed_config) for tail in tails)
+    assert vault.get(kept) == b"carol after"
+    assert vault.get(kept, 1) == b"carol before"
+    vault.close()
+    with Vault.open(load(packed_config)) as again:  # a fresh scan steps over the zeroed records
+        assert again.get(kept) == b"carol after"
+
+
+def test_rm_then_gc_removes_the_packed_bytes(packed: Vault, packed_config: Path) -> None:
+    ref = ObjectRef("intl", "alice", "old")
+    packed.put(ref, os.urandom(2000))
+    tails = shard_tails(packed, ref)
+    packed.put(ref, b"new")
+    packed.delete(ref, 1)
+    assert packed.gc(grace_seconds=0).shards == 6
+    assert not any(tail in packed_bytes(packed_config) for tail in tails)
+    assert packed.get(ref) == b"new"
 
 
 CHILD = r"""

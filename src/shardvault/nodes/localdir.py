@@ -219,9 +219,12 @@ class LocalDirShardStore:
         except OSError as exc:
             raise _storage_error(self.node_id, "deleting a shard", exc) from exc
         try:
-            return self.packs.delete(name)
+            deleted = self.packs.delete(name)
         except OSError as exc:
             raise _storage_error(self.node_id, "deleting a packed shard", exc) from exc
+        if deleted:  # its tombstone and zeroed bytes are durable at the next sync()
+            self.owe_sync(self.packs.group.note_write())
+        return deleted
 
     def names(self) -> Iterator[str]:
         found = {path.name for path in self.shard_dir.glob("*/*/*")}

@@ -24,7 +24,10 @@ Pack file (docs/formats.md, "pack file"), version 1::
     record*: b"SVPR" | u8 kind (1 shard, 2 tombstone) | u8 0 | u16 BE name length
              | u32 BE data length | name | data | u32 BE CRC-32 of everything before it
 
-A record cut short or failing its CRC ends the scan of that file (a torn tail).
+A record cut short, or failing its CRC with no record after it, ends the scan of
+that file (a torn tail). A record failing its CRC with a record after it is
+stepped over: a deleted shard's data is zeroed in place (``delete``), and a
+damaged record must not hide the shards after it.
 """
 
 from __future__ import annotations
@@ -146,13 +149,34 @@ class PackSet:
         return self.group.note_write()
 
     def delete(self, name: str) -> bool:
+        """Tombstone the shard and overwrite its bytes with zeros (not yet synced).
+
+        Compaction alone would leave a deleted (or forgotten) user's ciphertext in
+        a pack for as long as the pack is live, or more than a quarter alive.
+        """
         with self._lock:
-            if self.locate(name) is None:
+            located = self.locate(name)
+            if located is None:
                 return False
             self._append(TOMBSTONE, name, b"")
             self._index.pop(name, None)
             self._dead.add(name)
+            self._erase(located)
             return True
+
+    def _erase(self, located: PackedShard) -> None:
+        """Zero a dead record's data in place. Its CRC then fails, and the scan steps
+        over it (its framing is intact). A pack compacted away meanwhile needs nothing;
+        a copy its compactor made is an orphan, erased when gc deletes it."""
+        try:
+            fd = os.open(self.directory / located.pack, os.O_WRONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return
+        try:
+            if os.pwrite(fd, bytes(located.length), located.offset) != located.length:
+                raise OSError(errno.ENOSPC, "short write")
+        finally:
+            os.close(fd)
 
     # -- reading ---------------------------------------------------------------
 
@@ -251,7 +275,11 @@ class PackSet:
                 break
             (crc,) = CRC.unpack_from(data, end)
             if crc != zlib.crc32(data[cursor:end]):
-                break
+                if not data.startswith(RECORD_MAGIC, end + CRC.size):
+                    break  # a torn tail: nothing whole follows
+                # erased or damaged, and framed: its shard reads as missing, the rest stays
+                cursor = end + CRC.size
+                continue
             name = data[cursor + RECORD.size : cursor + RECORD.size + name_len].decode()
             if kind == TOMBSTONE:
                 self._dead.add(name)

@@ -14,11 +14,12 @@ an orphan there, which a later sweep takes once the node is back.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from shardvault.catalog.port import VersionRecord
 from shardvault.manifest import Manifest
-from shardvault.nodes.port import object_id_of, shard_name
+from shardvault.nodes.port import ShardStore, object_id_of, shard_name
 from shardvault.objectid import minted_after
 from shardvault.vault.cells import Cell
 
@@ -62,7 +63,14 @@ def collect_versions(cell: Cell, records: list[VersionRecord], n: int) -> int:
             if store.delete(shard_name(record.object_id, record.version, index)):
                 removed += 1
         cell.catalog.purge(record.ref, record.version)
+    _sync(stores.values())
     return removed
+
+
+def _sync(stores: Iterable[ShardStore]) -> None:
+    """Make the deletions durable: a pack's tombstones and zeroed bytes share one sync."""
+    for store in stores:
+        store.sync()
 
 
 def collect_cell(cell: Cell, cutoff: float, n: int) -> GcReport:
@@ -84,4 +92,5 @@ def collect_cell(cell: Cell, cutoff: float, n: int) -> GcReport:
             if store.delete(name):
                 orphans += 1
         temporaries += store.collect_temporaries(cutoff)
+    _sync(stores.values())
     return GcReport(len(records), shards, orphans, temporaries, tuple(cell.unavailable_nodes()))

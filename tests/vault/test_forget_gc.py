@@ -179,3 +179,26 @@ def test_gc_collects_leftovers_and_never_committed_shards(tmp_path: Path) -> Non
             vault.get(ObjectRef("intl", "alice", "stale"))
         new_temp.abort()
         old_temp.abort()
+
+
+def test_forget_leaves_no_name_of_the_subject_in_its_cell_files(config_path: Path) -> None:
+    # damage records and approvals kept the subject id and object keys in the clear
+    with Vault.open(load(config_path)) as vault:
+        vault.register_subject("intl", "dmgvictim", "US")
+        ref = ObjectRef("intl", "dmgvictim", "medical/diagnosis-hiv.pdf")
+        vault.put(ref, os.urandom(5000))
+        shard_paths(vault, ref)[0].unlink()
+        assert vault.get(ref)  # read around the loss, and record it for repair
+        assert [d.ref for d in vault.cells["US"].catalog.damage()] == [ref]
+        forget_approved(vault, "intl", "dmgvictim")  # leaves an approval naming the subject
+        assert vault.cells["US"].catalog.damage() == []
+        [approval] = vault.governance.approvals.all("US")
+        assert approval.subject is not None and approval.subject.startswith("hmac-sha256:")
+        cell_dir = config_path.parent / "state" / "cells" / "US"
+        for path in sorted(cell_dir.glob("*.sqlite*")):  # the files themselves, WAL included
+            raw = path.read_bytes()
+            assert b"diagnosis-hiv" not in raw, path.name
+            if path.name.startswith("approvals"):
+                assert b"dmgvictim" not in raw, path.name
+        # the catalog keeps the subject's own row, keyless, so that it answers "forgotten"
+        # and refuses a new registration of that id

@@ -35,6 +35,9 @@ class MemoryCatalog:
             if record is None:
                 raise NotFound(f"no subject {subject} in tenant {tenant}")
             self._subjects[(tenant, subject)] = replace(record, wrapped_key=None, forgotten_at=when)
+            self._damage = [
+                d for d in self._damage if (d.ref.tenant, d.ref.subject) != (tenant, subject)
+            ]
             marked = 0
             for ref, versions in self._versions.items():
                 if ref.tenant == tenant and ref.subject == subject:
@@ -180,12 +183,16 @@ class MemoryCatalog:
     def purge(self, ref: ObjectRef, version: int) -> None:
         with self._lock:
             self._versions.get(ref, {}).pop(version, None)
+            self._damage = [d for d in self._damage if (d.ref, d.version) != (ref, version)]
 
     def known_object_ids(self) -> set[bytes]:
         with self._lock:
             return {
                 rec.object_id for versions in self._versions.values() for rec in versions.values()
             }
+
+    def erase_freed(self) -> None:
+        """Nothing outlives a dropped row in memory."""
 
     def record_damage(self, damage: DamageRecord) -> None:
         with self._lock:

@@ -126,6 +126,9 @@ class Catalog(Protocol):
     def known_object_ids(self) -> set[bytes]:
         """Object ids of every row, in any state: shards of others are orphans."""
 
+    def erase_freed(self) -> None:
+        """Overwrite what purged rows left behind in the catalog's files (after a forget)."""
+
     def record_damage(self, damage: DamageRecord) -> None: ...
 
     def damage(self) -> list[DamageRecord]: ...

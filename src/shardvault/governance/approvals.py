@@ -130,6 +130,7 @@ class ApprovalBook:
                 db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
                 db.execute("PRAGMA journal_mode=WAL")
                 db.execute("PRAGMA busy_timeout=5000")
+                db.execute("PRAGMA secure_delete=ON")  # a forgotten subject's id is overwritten
                 db.executescript(_SCHEMA)
             except sqlite3.Error as exc:
                 raise Unavailable(f"approvals of cell {jurisdiction}: {exc}") from exc
@@ -214,6 +215,39 @@ class ApprovalBook:
                 ids = [r[0] for r in self._db(code).execute("SELECT id FROM approvals")]
             found += [self.get(ident) for ident in ids]
         return sorted(found, key=lambda a: a.created_at)
+
+    def forget_subject(
+        self, jurisdiction: str, tenant: str, subject: str, pseudonym: Callable[[str, str], str]
+    ) -> int:
+        """Replace a forgotten subject's id and object keys in its approvals by their audit
+        pseudonyms: the approvals stay as evidence (they match the log's entries), the
+        names go. Returns how many approvals changed."""
+        with self._lock:
+            db = self._db(jurisdiction)
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    rows = db.execute(
+                        "SELECT id, key FROM approvals WHERE tenant = ? AND subject = ?",
+                        (tenant, subject),
+                    ).fetchall()
+                    for ident, key in rows:
+                        db.execute(
+                            "UPDATE approvals SET subject = ?, key = ? WHERE id = ?",
+                            (
+                                pseudonym("subject", subject),
+                                pseudonym("key", key) if key is not None else None,
+                                ident,
+                            ),
+                        )
+                    db.execute("COMMIT")
+                except BaseException:
+                    db.execute("ROLLBACK")
+                    raise
+                db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the old rows' frames too
+            except sqlite3.Error as exc:
+                raise Unavailable(f"approvals of cell {jurisdiction}: {exc}") from exc
+        return len(rows)
 
     def check_signer(self, approval: Approval, approver: Principal) -> None:
         """Whether ``approver`` may sign now; `AccessDenied` naming the reason otherwise."""

@@ -176,6 +176,12 @@ class Governance:
             clock=clock,
         )
 
+    def forget_subject(self, jurisdiction: str, tenant: str, subject: str) -> None:
+        """After a forget: the subject's approvals keep only the pseudonyms its audit
+        entries carry, so they still match the log but no longer name anyone."""
+        hasher = self.cell(jurisdiction).hasher
+        self.approvals.forget_subject(jurisdiction, tenant, subject, hasher.pseudonym)
+
     def release_logs(self) -> None:
         """Close every cell's audit log; the next use reopens it (and so recovers a log
         this process found broken)."""

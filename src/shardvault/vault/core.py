@@ -418,6 +418,8 @@ class Vault:
             ],
             self.code.n,
         )
+        cell.catalog.erase_freed()
+        self.governance.forget_subject(record.jurisdiction, tenant, subject)
         index = self.governance.record_outcome(
             access, "forgotten", key_id=record.key_id, versions_deleted=deleted,
             shards_removed=removed,

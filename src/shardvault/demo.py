@@ -7,6 +7,7 @@ Besides the deployment file it writes the operator's access policy
 
 from __future__ import annotations
 
+from contextlib import suppress
 from pathlib import Path
 
 from shardvault.errors import InvalidInput
@@ -143,20 +144,66 @@ def demo_config_text() -> str:
 
 
 def write_demo(directory: Path) -> Path:
-    """Write DIR/shardvault.toml and create the node directories; refuse to overwrite."""
+    """Write DIR/shardvault.toml, the two policies and the node directories.
+
+    Refuses to overwrite any file it would write. On failure (a read-only
+    path, a full disk) it removes what it made, so running it again works.
+    """
     config_path = directory / "shardvault.toml"
-    if config_path.exists():
-        raise InvalidInput(f"{config_path} already exists: choose an empty directory")
-    directory.mkdir(parents=True, exist_ok=True)
-    for code in DEMO_JURISDICTIONS:
-        for number in range(1, NODES_PER_CELL + 1):
-            (directory / "nodes" / code / f"{code.lower()}-n{number}").mkdir(
-                parents=True, exist_ok=True
-            )
-    (directory / "partner").mkdir(mode=0o700, exist_ok=True)
-    (directory / "policy.toml").write_text(DEMO_POLICY)
-    (directory / "partner" / "custodian-policy.toml").write_text(DEMO_CUSTODIAN_POLICY)
-    temp = config_path.with_suffix(".toml.tmp")
-    temp.write_text(demo_config_text())
-    temp.replace(config_path)
+    files = {
+        directory / "policy.toml": DEMO_POLICY,
+        directory / "partner" / "custodian-policy.toml": DEMO_CUSTODIAN_POLICY,
+        config_path: demo_config_text(),
+    }
+    _refuse_to_overwrite(directory, list(files))
+    made: list[Path] = []
+    try:
+        for code in DEMO_JURISDICTIONS:
+            for number in range(1, NODES_PER_CELL + 1):
+                _make_dirs(directory / "nodes" / code / f"{code.lower()}-n{number}", made)
+        _make_dirs(directory / "partner", made, mode=0o700)
+        for path, text in files.items():
+            _write_new(path, text, made)
+    except BaseException as exc:
+        _remove(made)
+        if isinstance(exc, OSError):
+            raise InvalidInput(
+                f"cannot write the demo deployment in {directory}: {exc.strerror or exc}"
+            ) from None
+        raise
     return config_path
+
+
+def _refuse_to_overwrite(directory: Path, paths: list[Path]) -> None:
+    if directory.exists() and not directory.is_dir():
+        raise InvalidInput(f"{directory} exists and is not a directory: choose a directory")
+    for path in paths:
+        if path.exists() or path.is_symlink():
+            raise InvalidInput(f"{path} already exists: choose an empty directory")
+
+
+def _make_dirs(path: Path, made: list[Path], mode: int = 0o777) -> None:
+    """mkdir -p, recording each directory it creates (parents first) for `_remove`."""
+    missing = [p for p in (path, *path.parents) if not p.exists()]
+    for each in reversed(missing):
+        each.mkdir(mode=mode if each == path else 0o777)
+        made.append(each)
+
+
+def _write_new(path: Path, text: str, made: list[Path]) -> None:
+    """Write under a temporary name, then rename: a crash leaves no half-written file."""
+    temp = path.with_name(f".{path.name}.tmp")
+    made.append(temp)
+    temp.write_text(text)
+    temp.replace(path)
+    made[-1] = path
+
+
+def _remove(made: list[Path]) -> None:
+    """Undo a failed `write_demo`, newest first; what cannot be removed is left."""
+    for path in reversed(made):
+        with suppress(OSError):
+            if path.is_dir() and not path.is_symlink():
+                path.rmdir()
+            else:
+                path.unlink()

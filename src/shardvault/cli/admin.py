@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from shardvault.cli.output import human_size, print_json, print_table, say
+from shardvault.cli.output import human_size, print_json, print_table, say, warn, write_out
 from shardvault.cli.state import state
 from shardvault.demo import write_demo
 from shardvault.errors import InvalidInput
@@ -22,13 +21,17 @@ subject_app = typer.Typer(
 
 def init(
     demo: Annotated[
-        Path | None, typer.Option("--demo", help="Write a three-cell demo deployment in DIR.")
+        str | None,
+        typer.Option("--demo", metavar="DIR", help="Write a three-cell demo deployment in DIR."),
     ] = None,
 ) -> None:
     """Create a deployment (today: the demo one, --demo DIR)."""
     if demo is None:
         raise InvalidInput("say where: shardvault init --demo DIR")
-    path = write_demo(demo)
+    if not demo:
+        # taken as a str: a Path would turn '' into '.', writing into the current directory
+        raise InvalidInput("--demo needs a directory, not an empty string (use . for here)")
+    path = write_demo(Path(demo))
     say(f"wrote {path}; use it with: shardvault --config {path} ...")
 
 
@@ -86,7 +89,7 @@ def forget(
         f"{result.versions_deleted} version(s) and {result.shards_removed} shard(s) removed; "
         f"audit entry {result.audit_index}; signed receipt:"
     )
-    sys.stdout.write(result.receipt)
+    write_out(result.receipt)
 
 
 def nodes(ctx: typer.Context, json_out: JsonFlag = False) -> None:
@@ -104,6 +107,7 @@ def nodes(ctx: typer.Context, json_out: JsonFlag = False) -> None:
                     "capacity": u.node.capacity,
                     "shards": u.shards,
                     "bytes": u.bytes_used,
+                    "unavailable": u.unavailable or None,
                 }
                 for u in usage
             ]
@@ -117,13 +121,16 @@ def nodes(ctx: typer.Context, json_out: JsonFlag = False) -> None:
                 u.node.id,
                 u.node.jurisdiction,
                 u.node.facility,
-                u.node.state.value,
+                "unavailable" if u.unavailable else u.node.state.value,
                 u.shards,
                 human_size(u.bytes_used),
             ]
             for u in usage
         ],
     )
+    for u in usage:
+        if u.unavailable:
+            warn(f"node {u.node.id} is unavailable: {u.unavailable}")
 
 
 def gc(
@@ -145,6 +152,11 @@ def gc(
         say(
             f"collected {report.versions} version(s), {report.shards} shard(s), "
             f"{report.orphans} orphan(s), {report.temporaries} temporary file(s)"
+        )
+    if report.skipped_nodes:
+        warn(
+            f"skipped unavailable node(s) {', '.join(report.skipped_nodes)}: "
+            "see 'shardvault nodes'; run gc again once they are back"
         )
 
 

@@ -85,14 +85,32 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
     except SystemExit as exc:
+        if _caused_by_interrupt(exc):
+            return _interrupted()
         code = exc.code
         return code if isinstance(code, int) else (0 if code is None else 1)
     except BrokenPipeError:
         return 1
     except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
+        return _interrupted()
     return 0
+
+
+def _caused_by_interrupt(exc: BaseException) -> bool:
+    """Typer turns Ctrl-C into a silent exit 130; the KeyboardInterrupt is in the chain."""
+    visited: set[int] = set()
+    link: BaseException | None = exc
+    while link is not None and id(link) not in visited:
+        if isinstance(link, KeyboardInterrupt):
+            return True
+        visited.add(id(link))
+        link = link.__cause__ or link.__context__
+    return False
+
+
+def _interrupted() -> int:
+    print("error: interrupted", file=sys.stderr)
+    return 130
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import base64
 import csv
-import sys
+import io
 from pathlib import Path
 from typing import Annotated
 
@@ -16,7 +16,7 @@ import typer
 
 from shardvault.audit import Checkpoint, export_to_directory, export_to_file, verify_export
 from shardvault.audit.merkle import leaf_hash, verify_consistency, verify_inclusion
-from shardvault.cli.output import print_json, print_table, say
+from shardvault.cli.output import print_json, print_table, say, write_out
 from shardvault.cli.state import state
 from shardvault.errors import InvalidInput, NotFound
 from shardvault.governance.guard import Governance
@@ -48,9 +48,8 @@ def audit_keys(ctx: typer.Context, json_out: JsonFlag = False) -> None:
     if json_out:
         print_json({"cells": keys, "partner": partner})
         return
-    for code, vkey in keys.items():
-        print(f"{code} {vkey}")
-    print(f"partner {partner}")
+    lines = [f"{code} {vkey}" for code, vkey in keys.items()] + [f"partner {partner}"]
+    write_out("".join(f"{line}\n" for line in lines))
 
 
 @audit_app.command("head")
@@ -82,7 +81,7 @@ def audit_head(
             }
         )
         return
-    sys.stdout.write(data.decode("utf-8"))
+    write_out(data.decode("utf-8"))
 
 
 @audit_app.command("export")
@@ -239,7 +238,8 @@ def report_transparency(
         print_json(report)
         return
     if fmt == "csv":
-        writer = csv.writer(sys.stdout, lineterminator="\n")
+        text = io.StringIO()
+        writer = csv.writer(text, lineterminator="\n")
         writer.writerow([*columns, "requests", "head_origin", "head_size", "head_root"])
         heads = {h.cell: h for h in report.heads}
         for row in report.rows:
@@ -248,6 +248,7 @@ def report_transparency(
                 [row.cell, row.requester_kind, row.authority_country, row.data_class,
                  row.decision, row.requests, head.origin, head.size, head.root]
             )  # fmt: skip
+        write_out(text.getvalue())
         return
     print_table(
         f"requests {report.start} .. {report.end} (exclusive)",

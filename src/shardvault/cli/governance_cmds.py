@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from shardvault.cli.output import print_json, print_table, say
+from shardvault.cli.output import print_json, print_table, say, write_out
 from shardvault.cli.state import state
 from shardvault.errors import InvalidInput, Refused
 from shardvault.governance.approvals import Approval
@@ -91,7 +91,7 @@ def principal_add(
         print_json({"id": ident, "token": issued.token, "expires_at": _iso(issued.expires_at)})
         return
     say(f"added {kind} {ident} of {tenant} in {location}; token expires {_iso(issued.expires_at)}")
-    print(issued.token)
+    write_out(f"{issued.token}\n")
 
 
 @principal_app.command("token")
@@ -110,7 +110,7 @@ def principal_token(
     if json_out:
         print_json({"id": ident, "token": issued.token, "expires_at": _iso(issued.expires_at)})
         return
-    print(issued.token)
+    write_out(f"{issued.token}\n")
 
 
 @principal_app.command("ls")
@@ -327,7 +327,7 @@ def policy_test(
     policy = load_policy(policy_file) if policy_file else state(ctx).governance().policy
     results = run_table(policy, load_cases(cases_file))
     for result in results:
-        print(result.describe())
+        write_out(f"{result.describe()}\n")
     failed = sum(1 for r in results if not r.passed)
     if failed:
         raise Refused(f"{failed} of {len(results)} policy case(s) failed")

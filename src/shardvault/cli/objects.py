@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 import os
+import stat as stat_module
 import sys
+from collections.abc import Callable, Iterable
+from contextlib import suppress
 from pathlib import Path
 from typing import Annotated, BinaryIO
 
 import typer
 
-from shardvault.cli.output import info_rows, print_json, print_table, say, to_plain
+from shardvault.cli.output import (
+    info_rows,
+    print_json,
+    print_table,
+    say,
+    to_plain,
+    warn,
+    write_out,
+)
 from shardvault.cli.progress import transfer_bar
 from shardvault.cli.state import state
 from shardvault.errors import InvalidInput
@@ -20,17 +31,26 @@ Version = Annotated[int | None, typer.Option("--version", "-v", help="A specific
 
 
 def _open_source(file: str) -> tuple[BinaryIO, int | None]:
+    """Open FILE (or stdin) to read; a FIFO or device is refused before opening, where it
+    could block forever or never end."""
     if file == "-":
+        if sys.stdin is None:
+            raise InvalidInput("stdin is closed: give a FILE, or pipe the data in")
         return sys.stdin.buffer, None
-    path = Path(file)
     try:
-        handle = path.open("rb")
+        if not stat_module.S_ISREG(os.stat(file).st_mode):
+            raise InvalidInput(f"cannot read {file}: not a regular file")
+        # O_NONBLOCK: should the path become a FIFO after the check, open still returns
+        fd = os.open(file, os.O_RDONLY | os.O_NONBLOCK)
     except OSError as exc:
         raise InvalidInput(f"cannot read {file}: {exc.strerror}") from None
-    if not path.is_file():
+    handle = os.fdopen(fd, "rb")
+    info = os.fstat(fd)
+    if not stat_module.S_ISREG(info.st_mode):
         handle.close()
         raise InvalidInput(f"cannot read {file}: not a regular file")
-    return handle, os.fstat(handle.fileno()).st_size
+    os.set_blocking(fd, True)
+    return handle, info.st_size
 
 
 def put(
@@ -55,7 +75,7 @@ def put(
                 ref, source, if_match=if_match, ctx=cli.request("write"), progress=advance
             )
     finally:
-        if source is not sys.stdin.buffer:
+        if file != "-":
             source.close()
     if json_out:
         print_json(info)
@@ -74,39 +94,81 @@ def get(
     version: Version = None,
 ) -> None:
     """Read KEY (the current version unless --version) to stdout or a file."""
+    if output is not None:
+        _check_output(output)
     cli = state(ctx)
     vault = cli.vault()
     reader = vault.open_read(ObjectRef(tenant, subject, key), version, cli.request("read"))
     with reader, transfer_bar(f"get {key}", reader.info.size) as advance:
         if output is None:
-            sink = sys.stdout.buffer
             for chunk in reader:
-                sink.write(chunk)
+                write_out(chunk)
                 advance(len(chunk))
-            sink.flush()
         else:
-            _write_file_atomically(output, reader, advance)
+            _write_output(output, reader, advance)
     vault.report_damage(reader.damage)
     if reader.damage:
-        say(
-            f"[yellow]warning:[/] read around {len(reader.damage)} damaged or missing "
-            "shard block(s); queued for repair"
+        warn(
+            f"read around {len(reader.damage)} damaged or missing shard block(s); queued for repair"
         )
 
 
-def _write_file_atomically(path: Path, chunks: object, advance: object) -> None:
-    temp = path.with_name(f".{path.name}.partial-{os.getpid()}")
+def _check_output(path: Path) -> None:
+    """Refuse a directory before reading anything: the data needs a file name."""
+    if not path.name or path.is_dir():
+        raise InvalidInput(f"-o {path} is a directory; give a file name")
+
+
+def _write_output(path: Path, chunks: Iterable[bytes], advance: Callable[[int], None]) -> None:
+    """Write the object to PATH, leaving PATH untouched if the read fails.
+
+    A device or FIFO is written into, as a shell redirection would: replacing it
+    (``-o /dev/null`` as root) would break the system. A symlink stays a link:
+    the file it points to is the one replaced.
+    """
+    target = Path(os.path.realpath(path))
     try:
-        with temp.open("wb") as sink:
-            for chunk in chunks:  # type: ignore[attr-defined]
+        mode = target.stat().st_mode
+    except OSError:
+        mode = None  # absent (or unreadable): write it atomically, errors reported there
+    if mode is not None and not stat_module.S_ISREG(mode):
+        _write_into(target, chunks, advance, shown=path)
+    else:
+        _write_atomically(target, chunks, advance, shown=path)
+
+
+def _write_into(
+    target: Path, chunks: Iterable[bytes], advance: Callable[[int], None], shown: Path
+) -> None:
+    """Stream into an existing device or FIFO (never created: O_CREAT is not passed)."""
+    try:
+        with os.fdopen(os.open(target, os.O_WRONLY), "wb") as sink:
+            for chunk in chunks:
                 sink.write(chunk)
-                advance(len(chunk))  # type: ignore[operator]
-        temp.replace(path)
+                advance(len(chunk))
     except OSError as exc:
-        temp.unlink(missing_ok=True)
-        raise InvalidInput(f"cannot write {path}: {exc.strerror}") from None
-    except BaseException:
-        temp.unlink(missing_ok=True)
+        raise InvalidInput(f"cannot write {shown}: {exc.strerror}") from None
+
+
+def _write_atomically(
+    target: Path, chunks: Iterable[bytes], advance: Callable[[int], None], shown: Path
+) -> None:
+    """Write a temporary file next to TARGET, then rename it over TARGET."""
+    temp = target.with_name(f".{target.name[:200]}.partial-{os.getpid()}")
+    created = False
+    try:
+        with temp.open("xb") as sink:
+            created = True
+            for chunk in chunks:
+                sink.write(chunk)
+                advance(len(chunk))
+        temp.replace(target)
+    except BaseException as exc:
+        if created:
+            with suppress(OSError):  # the original error is the one to report
+                temp.unlink()
+        if isinstance(exc, OSError):
+            raise InvalidInput(f"cannot write {shown}: {exc.strerror}") from None
         raise
 
 

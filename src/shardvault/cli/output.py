@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -12,8 +14,15 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
+from shardvault.errors import Unavailable
 from shardvault.model import ObjectInfo
+
+
+class OutputFailed(Unavailable):
+    """stdout cannot take the output (closed, disk full): exit 1, the request was fine.
+    A CLI matter, so not among the library's errors."""
 
 
 def to_plain(value: Any) -> Any:
@@ -48,23 +57,74 @@ def _iso(epoch: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
 
 
+def write_out(data: str | bytes) -> None:
+    """Write and flush data to stdout, or fail with one line: closed or full stdout is no crash.
+
+    A broken pipe is left to the framework, which exits 1 quietly as ``cat`` would.
+    """
+    stream = sys.stdout
+    if stream is None:
+        raise OutputFailed("stdout is closed: redirect it to a file or use --output")
+    try:
+        if isinstance(data, bytes):
+            stream.buffer.write(data)
+            stream.buffer.flush()
+        else:
+            stream.write(data)
+            stream.flush()
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        _discard_stdout()
+        raise OutputFailed(f"cannot write to stdout: {exc.strerror or exc}") from None
+
+
+def _discard_stdout() -> None:
+    """Point the process's stdout at /dev/null, so the exit-time flush of what is still
+    buffered does not fail again (a second error and exit status 120)."""
+    stream = sys.stdout
+    if stream is not sys.__stdout__ or stream is None:
+        return  # not the process's own stdout (an embedding or a test): nothing flushes it
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, stream.fileno())
+    finally:
+        os.close(devnull)
+
+
 def print_json(value: Any) -> None:
-    sys.stdout.write(json.dumps(to_plain(value), indent=2, sort_keys=True) + "\n")
+    write_out(json.dumps(to_plain(value), indent=2, sort_keys=True) + "\n")
 
 
 def print_table(
     title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], min_width: int = 0
 ) -> None:
-    """A table on stdout; ``min_width`` keeps wide tables readable when stdout is a pipe."""
-    table = Table(title=title)
+    """A table on stdout; ``min_width`` keeps wide tables readable when stdout is a pipe.
+
+    The title and cells are plain Text: keys and names are the user's, and Rich
+    would read ``[bold]`` or ``[/]`` in them as markup (or fail on it).
+    """
+    table = Table(title=Text(title))
     for column in columns:
         table.add_column(column)
     for row in rows:
-        table.add_row(*(str(cell) for cell in row))
-    console = Console()
-    if console.width < min_width:
-        console = Console(width=min_width)
-    console.print(table)
+        table.add_row(*(Text(str(cell)) for cell in row))
+    write_out(_render(table, min_width))
+
+
+def _render(table: Table, min_width: int) -> str:
+    """Render for stdout as it is (terminal or not, its width) without Rich writing to it:
+    `write_out` does, so a closed or full stdout is one error line."""
+    stdout = Console()
+    terminal = stdout.is_terminal
+    buffer = io.StringIO()
+    Console(
+        file=buffer,
+        width=max(stdout.width, min_width),
+        force_terminal=terminal,
+        color_system="auto" if terminal else None,
+    ).print(table)
+    return buffer.getvalue()
 
 
 def human_size(size: int) -> str:
@@ -82,6 +142,19 @@ def info_rows(items: Sequence[ObjectInfo]) -> list[list[Any]]:
     ]
 
 
+def _stderr_console() -> Console:
+    return Console(stderr=True, soft_wrap=True, markup=False, emoji=False, highlight=False)
+
+
 def say(message: str) -> None:
-    """A human-readable note on stderr, so stdout stays clean for data."""
-    Console(stderr=True, soft_wrap=True).print(message)
+    """A human-readable note on stderr, so stdout stays clean for data.
+
+    Printed as plain text: messages carry the user's keys and paths, which must
+    come out exactly as given, never read as Rich markup.
+    """
+    _stderr_console().print(message)
+
+
+def warn(message: str) -> None:
+    """Like `say`, after a yellow ``warning:`` (our styling; the message stays plain)."""
+    _stderr_console().print(Text.assemble(("warning:", "yellow"), " ", message))

@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -31,5 +32,5 @@ def transfer_bar(label: str, total: int | None) -> Iterator[Callable[[int], None
         transient=True,
     )
     with bar:
-        task = bar.add_task(label, total=total)
+        task = bar.add_task(escape(label), total=total)  # the label holds a user's key
         yield lambda nbytes: bar.advance(task, nbytes)

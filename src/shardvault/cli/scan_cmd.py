@@ -10,6 +10,7 @@ from pathlib import Path
 
 import typer
 
+from shardvault.cli.output import write_out
 from shardvault.errors import InvalidInput, Refused
 
 
@@ -84,7 +85,7 @@ def scan(
         except OSError as exc:
             raise InvalidInput(f"cannot write {output}: {exc.strerror}") from exc
     else:
-        sys.stdout.write(text)
+        write_out(text)
     if failing := report.failing(threshold):
         # Refused maps to exit 1 with one line on stderr, like every other rule that says no.
         raise Refused(f"{len(failing)} finding(s) at or above --fail-on {threshold.label}")

@@ -531,6 +531,12 @@ class Vault:
     ) -> ListPage:
         if not 1 <= limit <= MAX_LIST_LIMIT:
             raise InvalidInput(f"limit must be between 1 and {MAX_LIST_LIMIT}")
+        for what, text in (("prefix", prefix), ("start-after key", start_after)):
+            if not text.isascii():  # lone surrogates (undecodable argv bytes) cannot be stored
+                try:
+                    text.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise InvalidInput(f"invalid {what} {text!r}: not valid UTF-8 text") from None
         record, _ = self._authorized(ctx or local_context(), Action.LIST, tenant, subject)
         rows = self.cells[record.jurisdiction].catalog.list_latest(
             tenant, subject, prefix, start_after, limit + 1

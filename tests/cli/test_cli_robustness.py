@@ -1,0 +1,370 @@
+"""The CLI under hostile input and surroundings: odd output targets, markup in keys,
+closed or full standard streams, a full disk, FIFOs, Ctrl-C. Each is one line, never a
+traceback, and leaves nothing half-made behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from test_cli import BINARY, Cli
+
+MAX_VERSION = 2**63 - 1
+
+
+@pytest.fixture
+def alice(tmp_path: Path, capsysbinary: pytest.CaptureFixture[bytes]) -> Cli:
+    """A fresh `init --demo` deployment through the CLI, with intl/alice and key k."""
+    demo = tmp_path / "demo"
+    cli = Cli(demo / "shardvault.toml", capsysbinary)
+    code, _, err = cli("init", "--demo", str(demo), config=False)
+    assert code == 0, err
+    cli.ok("subject", "add", "intl", "alice", "--jurisdiction", "US")
+    source = tmp_path / "in.txt"
+    source.write_bytes(b"payload\n")
+    cli.ok("put", "intl", "alice", "k", str(source))
+    return cli
+
+
+@contextmanager
+def tmpfs(directory: Path, options: str) -> Iterator[Path]:
+    """A small tmpfs at DIRECTORY (the suite runs as root, locally and in CI)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(directory)], check=True)
+    try:
+        yield directory
+    finally:
+        subprocess.run(["umount", "-l", str(directory)], check=True)
+
+
+def shardvault(
+    config: Path, *args: str, stdin: bytes | None = None, **popen: object
+) -> subprocess.CompletedProcess[bytes]:
+    """The installed command in its own process, for what needs real file descriptors."""
+    env = {**os.environ, "SHARDVAULT_CONFIG": str(config)}
+    return subprocess.run(  # type: ignore[call-overload, no-any-return]
+        [str(BINARY), *args],
+        input=stdin,
+        stderr=subprocess.PIPE,
+        env=env,
+        timeout=60,
+        check=False,
+        **popen,
+    )
+
+
+def one_error_line(done: subprocess.CompletedProcess[bytes], code: int) -> str:
+    err = done.stderr.decode()
+    assert done.returncode == code, err
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    return lines[0]
+
+
+# 1. get -o: devices, FIFOs and symlinks are written through, not replaced --------
+
+
+def test_get_into_a_fifo_writes_through_it(alice: Cli, tmp_path: Path) -> None:
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    received: list[bytes] = []
+    reader = threading.Thread(target=lambda: received.append(fifo.read_bytes()), daemon=True)
+    reader.start()
+    assert alice.ok("get", "intl", "alice", "k", "-o", str(fifo)) == b""
+    reader.join(10)
+    assert received == [b"payload\n"]
+    assert stat.S_ISFIFO(fifo.lstat().st_mode)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["demo", "in.txt", "pipe"]
+
+
+def test_get_through_a_symlink_replaces_its_target_and_keeps_the_link(
+    alice: Cli, tmp_path: Path
+) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    real = elsewhere / "real.txt"
+    real.write_bytes(b"old")
+    links = tmp_path / "links"
+    links.mkdir()
+    (links / "link").symlink_to(real)
+    alice.ok("get", "intl", "alice", "k", "-o", str(links / "link"))
+    assert (links / "link").is_symlink()
+    assert os.readlink(links / "link") == str(real)
+    assert real.read_bytes() == b"payload\n"
+    assert [p.name for p in elsewhere.iterdir()] == ["real.txt"]
+    assert [p.name for p in links.iterdir()] == ["link"]
+
+
+def test_get_to_dev_null_leaves_it_a_char_device(alice: Cli) -> None:
+    before = os.stat("/dev/null")
+    try:
+        alice.ok("get", "intl", "alice", "k", "-o", "/dev/null")
+        after = os.lstat("/dev/null")
+        assert stat.S_ISCHR(after.st_mode)
+        assert (after.st_rdev, after.st_ino) == (before.st_rdev, before.st_ino)
+    finally:
+        if not stat.S_ISCHR(os.lstat("/dev/null").st_mode):  # repair what a regression broke
+            os.unlink("/dev/null")
+            os.mknod("/dev/null", 0o666 | stat.S_IFCHR, before.st_rdev)
+            os.chmod("/dev/null", 0o666)
+
+
+def test_get_to_a_user_made_char_device_writes_into_it(alice: Cli, tmp_path: Path) -> None:
+    device = tmp_path / "null"
+    os.mknod(device, 0o600 | stat.S_IFCHR, os.makedev(1, 3))  # root: must not be refused
+    alice.ok("get", "intl", "alice", "k", "-o", str(device))
+    assert stat.S_ISCHR(device.lstat().st_mode)
+
+
+# 2. user text is never Rich markup --------------------------------------------------
+
+MARKUP_KEYS = ["x[/]y", "[bold]b", "[bold red]z", "a/[red]c[/red]"]
+
+
+def test_keys_that_look_like_markup_round_trip_exactly(alice: Cli, tmp_path: Path) -> None:
+    source = tmp_path / "in.txt"
+    for key in MARKUP_KEYS:
+        code, out, err = alice("put", "intl", "alice", key, str(source))
+        assert (code, out) == (0, b""), err
+        assert err.strip() == f"stored intl/alice/{key} version 1 (8 bytes, 1 segments)"
+        assert alice.json("put", "intl", "alice", key, str(source))["key"] == key
+
+    page = alice.json("ls", "intl", "alice")
+    assert sorted(item["key"] for item in page["items"]) == sorted([*MARKUP_KEYS, "k"])
+    table = alice.ok("ls", "intl", "alice").decode()
+    for key in MARKUP_KEYS:
+        assert f"│ {key} " in table, table
+        assert alice.json("stat", "intl", "alice", key)["key"] == key
+        assert f"│ key        │ {key} " in alice.ok("stat", "intl", "alice", key).decode()
+        assert f"intl/alice/{key} " in alice.ok("stat", "intl", "alice", key).decode()
+        assert alice.json("where", "intl", "alice", key)["key"] == key
+        assert f"intl/alice/{key} v2" in alice.ok("where", "intl", "alice", key).decode()
+        assert alice.json("rm", "intl", "alice", key, "--version", "2") == {"deleted_versions": 1}
+        code, _, err = alice("rm", "intl", "alice", key)
+        assert (code, err.strip()) == (0, f"deleted 1 version(s) of intl/alice/{key}")
+
+
+def test_init_into_a_directory_named_like_markup(
+    tmp_path: Path, capsysbinary: pytest.CaptureFixture[bytes]
+) -> None:
+    target = tmp_path / "br[/]x"
+    code, _, err = Cli(tmp_path / "unused", capsysbinary)(
+        "init", "--demo", str(target), config=False
+    )
+    assert code == 0, err
+    assert f"wrote {target}/shardvault.toml;" in err
+
+
+# 3. tracebacks that are now one line --------------------------------------------
+
+
+@pytest.mark.parametrize("option", ["--prefix", "--start-after"])
+def test_ls_with_undecodable_bytes_is_exit_2(alice: Cli, option: str) -> None:
+    line = alice.fails(2, "ls", "intl", "alice", option, "\udcff")
+    assert "not valid UTF-8" in line
+    assert ("invalid prefix" in line) == (option == "--prefix")
+    assert ("invalid start-after key" in line) == (option == "--start-after")
+
+
+@pytest.mark.parametrize("command", ["get", "stat", "rm", "where"])
+@pytest.mark.parametrize("version", ["0", "-1", str(MAX_VERSION + 1), "99999999999999999999"])
+def test_versions_outside_the_catalog_range_are_exit_2(
+    alice: Cli, command: str, version: str
+) -> None:
+    line = alice.fails(2, command, "intl", "alice", "k", "--version", version)
+    assert f"version {int(version)} is out of range: versions run from 1 to {MAX_VERSION}" in line
+
+
+@pytest.mark.parametrize("command", ["get", "stat", "rm", "where"])
+def test_the_largest_version_is_looked_up(alice: Cli, command: str) -> None:
+    assert "no object" in alice.fails(
+        1, command, "intl", "alice", "k", "--version", str(MAX_VERSION)
+    )
+
+
+@pytest.mark.parametrize("target", [".", "/", "sub"])
+def test_get_to_a_directory_is_exit_2(alice: Cli, tmp_path: Path, target: str) -> None:
+    (tmp_path / "sub").mkdir()
+    path = target if target != "sub" else str(tmp_path / "sub")
+    line = alice.fails(2, "get", "intl", "alice", "k", "-o", path)
+    assert line == f"error: -o {path} is a directory; give a file name"
+
+
+def test_get_onto_a_read_only_mount_is_one_line(alice: Cli, tmp_path: Path) -> None:
+    with tmpfs(tmp_path / "ro", "ro,size=1m") as readonly:
+        line = alice.fails(2, "get", "intl", "alice", "k", "-o", str(readonly / "out"))
+    assert "Read-only file system" in line
+
+
+def test_put_with_stdin_closed_is_exit_2(alice: Cli) -> None:
+    done = shardvault(
+        alice.config, "put", "intl", "alice", "k2", "-", preexec_fn=lambda: os.close(0)
+    )
+    assert one_error_line(done, 2) == "error: stdin is closed: give a FILE, or pipe the data in"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["get", "intl", "alice", "k"], ["ls", "intl", "alice", "--json"], ["ls", "intl", "alice"]],
+)
+def test_closed_stdout_is_exit_1(alice: Cli, argv: list[str]) -> None:
+    done = shardvault(alice.config, *argv, preexec_fn=lambda: os.close(1))
+    assert "stdout is closed" in one_error_line(done, 1)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["get", "intl", "alice", "k"],
+        ["ls", "intl", "alice"],
+        ["ls", "intl", "alice", "--json"],
+        ["stat", "intl", "alice", "k"],
+        ["audit", "keys"],
+    ],
+)
+def test_full_stdout_is_exit_1(alice: Cli, argv: list[str]) -> None:
+    with open("/dev/full", "wb") as full:
+        done = shardvault(alice.config, *argv, stdout=full)
+    assert one_error_line(done, 1) == "error: cannot write to stdout: No space left on device"
+
+
+# 3 and 4. init: refuses to overwrite and leaves nothing half-made --------------
+
+
+def init(capsys: pytest.CaptureFixture[bytes], tmp_path: Path, target: str) -> tuple[int, str]:
+    code, _, err = Cli(tmp_path / "unused", capsys)("init", "--demo", target, config=False)
+    assert "Traceback" not in err
+    return code, err
+
+
+def test_init_onto_a_file_or_empty_dir_is_exit_2(
+    tmp_path: Path, capsysbinary: pytest.CaptureFixture[bytes]
+) -> None:
+    existing = tmp_path / "f.txt"
+    existing.write_text("mine")
+    assert init(capsysbinary, tmp_path, str(existing)) == (
+        2,
+        f"error: {existing} exists and is not a directory: choose a directory\n",
+    )
+    assert existing.read_text() == "mine"
+    here = Path.cwd()
+    before = sorted(here.iterdir())
+    code, err = init(capsysbinary, tmp_path, "")
+    assert (code, err.startswith("error: --demo needs a directory")) == (2, True)
+    assert sorted(here.iterdir()) == before
+
+
+@pytest.mark.parametrize("existing", ["policy.toml", "partner/custodian-policy.toml"])
+def test_init_refuses_to_overwrite_any_file_it_would_write(
+    tmp_path: Path, capsysbinary: pytest.CaptureFixture[bytes], existing: str
+) -> None:
+    target = tmp_path / "demo"
+    (target / "partner").mkdir(parents=True)
+    (target / existing).write_text("# mine\n")
+    code, err = init(capsysbinary, tmp_path, str(target))
+    assert (code, err) == (
+        2,
+        f"error: {target / existing} already exists: choose an empty directory\n",
+    )
+    assert (target / existing).read_text() == "# mine\n"
+    assert sorted(str(p.relative_to(target)) for p in target.rglob("*")) == ["partner", existing]
+
+
+def test_a_failed_init_removes_what_it_made(
+    tmp_path: Path, capsysbinary: pytest.CaptureFixture[bytes]
+) -> None:
+    target = tmp_path / "demo"
+    target.mkdir()
+    (target / "partner").write_text("a file where the partner's directory goes")
+    code, err = init(capsysbinary, tmp_path, str(target))
+    assert (code, err.startswith(f"error: cannot write the demo deployment in {target}")) == (
+        2,
+        True,
+    )
+    assert [p.name for p in target.iterdir()] == ["partner"]
+    (target / "partner").unlink()
+    assert init(capsysbinary, tmp_path, str(target))[0] == 0
+
+
+@pytest.mark.parametrize("options", ["size=16k", "ro,size=1m"])
+def test_init_on_a_full_or_read_only_disk_leaves_nothing(
+    tmp_path: Path, capsysbinary: pytest.CaptureFixture[bytes], options: str
+) -> None:
+    with tmpfs(tmp_path / "disk", options) as disk:
+        if "ro" not in options:
+            (disk / "filler").write_bytes(b"\0" * 12288)
+        before = sorted(disk.rglob("*"))
+        for target in (disk / "demo", disk):
+            code, err = init(capsysbinary, tmp_path, str(target))
+            assert code == 2 and err.startswith("error: cannot write the demo deployment"), err
+            assert err.count("\n") == 1
+            assert sorted(disk.rglob("*")) == before
+        if "ro" not in options:
+            (disk / "filler").unlink()
+            assert init(capsysbinary, tmp_path, str(disk / "demo"))[0] == 0
+
+
+# 5. put refuses what is not a regular file without opening it --------------------
+
+
+def test_put_from_a_fifo_is_refused_without_blocking(alice: Cli, tmp_path: Path) -> None:
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    done = shardvault(alice.config, "put", "intl", "alice", "k2", str(fifo))
+    assert one_error_line(done, 2) == f"error: cannot read {fifo}: not a regular file"
+    line = alice.fails(2, "put", "intl", "alice", "k2", "/dev/zero")
+    assert line == "error: cannot read /dev/zero: not a regular file"
+
+
+# 6. Ctrl-C ----------------------------------------------------------------------
+
+
+def test_interrupted_put_says_so_and_exits_130(alice: Cli) -> None:
+    env = {**os.environ, "SHARDVAULT_CONFIG": str(alice.config)}
+    process = subprocess.Popen(
+        [str(BINARY), "put", "intl", "alice", "stream", "-"],
+        stdin=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    assert process.stdin is not None
+    process.stdin.write(os.urandom(1 << 20))  # the command is now reading a stream that goes on
+    process.stdin.flush()
+    time.sleep(1.0)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert (process.returncode, err.decode()) == (130, "error: interrupted\n")
+    listing = json.loads(
+        shardvault(alice.config, "ls", "intl", "alice", "--json", stdout=subprocess.PIPE).stdout
+    )
+    assert [item["key"] for item in listing["items"]] == ["k"]
+
+
+# a broken node -------------------------------------------------------------------
+
+
+def test_a_broken_node_is_shown_and_read_around(alice: Cli, tmp_path: Path) -> None:
+    node = tmp_path / "demo" / "nodes" / "SG" / "sg-n1"
+    for child in sorted(node.rglob("*"), reverse=True):
+        child.unlink() if child.is_file() else child.rmdir()
+    node.rmdir()
+    node.write_text("")  # the node's directory is now a file
+    assert alice.ok("get", "intl", "alice", "k") == b"payload\n"  # a US object: untouched
+    by_id = {n["id"]: n for n in alice.json("nodes")}
+    assert by_id["sg-n1"]["unavailable"] == f"opening {node} failed: Not a directory"
+    assert by_id["sg-n2"]["unavailable"] is None
+    code, out, err = alice("nodes")
+    assert code == 0 and b"unavailable" in out
+    assert f"warning: node sg-n1 is unavailable: opening {node} failed" in err
+    code, _, err = alice("gc", "--grace", "0")
+    assert code == 0 and "warning: skipped unavailable node(s) sg-n1:" in err

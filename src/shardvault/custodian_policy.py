@@ -1,8 +1,9 @@
-"""The key custodian's own policy: whether to honour one unwrap (pure, plus a loader).
+"""The key custodian's own policy: whether to honour one key use (pure, plus a loader).
 
 The custodian is held by the partner, not the operator, and must not trust the
-operator's access policy: it decides again, from the `Justification` that comes
-with every unwrap and the scope of the key, under its own versioned file::
+operator's access policy: it decides again every wrap (a subject registered),
+unwrap (a read or write) and destroy (a forget), from the `Justification` that
+comes with it and the scope of the key, under its own versioned file::
 
     version = 1
     approval_purposes = ["forget", "move", "lawful-request"]   # need an approval id
@@ -14,6 +15,7 @@ with every unwrap and the scope of the key, under its own versioned file::
     tenants = ["chat"]          # optional
     jurisdictions = ["US"]      # optional: the key's jurisdiction
     requires_approval = false   # optional
+    operations = ["unwrap"]     # optional: of wrap, unwrap, destroy; absent = all three
 
 Fixed rules, not configurable: the justification must name a principal, a
 purpose and a request id; the requester's jurisdiction must be given and equal
@@ -31,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from shardvault.errors import AccessDenied, ConfigError, InvalidInput
+from shardvault.keys.port import KeyOperation
 from shardvault.model import Justification, jurisdiction_code, tenant_name
 
 CUSTODIAN_POLICY_VERSION = 1
@@ -41,12 +44,16 @@ DEFAULT_DENY = "custodian:default-deny"
 
 _ID = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 _TOKEN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@:/-]{0,127}")
-_GRANT_KEYS = {"id", "purposes", "principals", "tenants", "jurisdictions", "requires_approval"}
+_GRANT_KEYS = {
+    "id", "purposes", "principals", "tenants", "jurisdictions", "requires_approval", "operations",
+}  # fmt: skip
+ALL_OPERATIONS = frozenset(KeyOperation)
+_OPERATION_NAMES = tuple(op.value for op in KeyOperation)
 
 
 @dataclass(frozen=True, slots=True)
 class KeyScope:
-    """Which root key an unwrap would use: one per (tenant, jurisdiction)."""
+    """Which root key a key use would touch: one per (tenant, jurisdiction)."""
 
     tenant: str
     jurisdiction: str
@@ -58,7 +65,8 @@ class KeyScope:
 
 @dataclass(frozen=True, slots=True)
 class Grant:
-    """Purposes (and optionally principals, tenants, key jurisdictions) the custodian honours."""
+    """Purposes (and optionally principals, tenants, key jurisdictions) the custodian
+    honours, for the key operations it names (all three unless restricted)."""
 
     id: str
     purposes: frozenset[str]
@@ -66,10 +74,12 @@ class Grant:
     tenants: frozenset[str] | None = None
     jurisdictions: frozenset[str] | None = None
     requires_approval: bool = False
+    operations: frozenset[KeyOperation] = ALL_OPERATIONS
 
-    def covers(self, justification: Justification, key: KeyScope) -> bool:
+    def covers(self, operation: KeyOperation, justification: Justification, key: KeyScope) -> bool:
         return (
-            justification.purpose in self.purposes
+            operation in self.operations
+            and justification.purpose in self.purposes
             and (self.principals is None or justification.principal in self.principals)
             and (self.tenants is None or key.tenant in self.tenants)
             and (self.jurisdictions is None or key.jurisdiction in self.jurisdictions)
@@ -84,55 +94,76 @@ class CustodianPolicy:
 
 
 @dataclass(frozen=True, slots=True)
-class UnwrapDecision:
-    """Whether to unwrap, the rule (grant id or fixed rule) that decided, and why."""
+class CustodianDecision:
+    """Whether to do the key operation, the rule (grant id or fixed rule) that decided, and why."""
 
     allowed: bool
     rule: str
     reason: str
+    operation: KeyOperation
+
+    def refusal(self) -> AccessDenied:
+        """The `AccessDenied` a refusal raises: names the operation and carries the rule."""
+        return AccessDenied(
+            f"key custodian refused the {self.operation} ({self.rule}): {self.reason}",
+            rule=self.rule,
+        )
 
 
 def _valid(value: str | None, pattern: re.Pattern[str]) -> bool:
     return isinstance(value, str) and pattern.fullmatch(value) is not None
 
 
-def decide_unwrap(
-    policy: CustodianPolicy, justification: Justification, key: KeyScope
-) -> UnwrapDecision:
-    """Decide one unwrap. Pure; every refusal names its rule so it can be audited."""
+def decide_key_use(
+    policy: CustodianPolicy,
+    operation: KeyOperation,
+    justification: Justification,
+    key: KeyScope,
+) -> CustodianDecision:
+    """Decide one wrap, unwrap or destroy. Pure; every refusal names its rule so it can
+    be audited. The fixed rules are the same for the three operations."""
     j = justification
+
+    def decision(allowed: bool, rule: str, reason: str) -> CustodianDecision:
+        return CustodianDecision(allowed, rule, reason, operation)
+
     if not (
         _valid(j.principal, _TOKEN) and _valid(j.purpose, _TOKEN) and _valid(j.request_id, _TOKEN)
     ):
-        return UnwrapDecision(
+        return decision(
             False, JUSTIFICATION_REQUIRED, "principal, purpose and request id are required"
         )
     if j.requester_jurisdiction != key.jurisdiction:
-        return UnwrapDecision(
+        return decision(
             False,
             SAME_JURISDICTION,
             f"requester jurisdiction {j.requester_jurisdiction!r} is not the key's "
             f"({key.jurisdiction})",
         )
-    grant = next((g for g in policy.grants if g.covers(j, key)), None)
+    grant = next((g for g in policy.grants if g.covers(operation, j, key)), None)
     if grant is None:
-        return UnwrapDecision(False, DEFAULT_DENY, f"no grant covers purpose {j.purpose!r}")
+        return decision(
+            False, DEFAULT_DENY, f"no grant covers the {operation} for purpose {j.purpose!r}"
+        )
     if (grant.requires_approval or j.purpose in policy.approval_purposes) and not _valid(
         j.approval_id, _TOKEN
     ):
-        return UnwrapDecision(
-            False, APPROVAL_REQUIRED, f"purpose {j.purpose!r} needs an approval id"
-        )
-    return UnwrapDecision(True, grant.id, f"grant {grant.id} covers purpose {j.purpose!r}")
+        return decision(False, APPROVAL_REQUIRED, f"purpose {j.purpose!r} needs an approval id")
+    return decision(
+        True, grant.id, f"grant {grant.id} covers the {operation} for purpose {j.purpose!r}"
+    )
 
 
-def require_unwrap(
-    policy: CustodianPolicy, justification: Justification, key: KeyScope
-) -> UnwrapDecision:
-    """`decide_unwrap`, raising `AccessDenied` (with the rule id) when it refuses."""
-    decision = decide_unwrap(policy, justification, key)
+def require_key_use(
+    policy: CustodianPolicy,
+    operation: KeyOperation,
+    justification: Justification,
+    key: KeyScope,
+) -> CustodianDecision:
+    """`decide_key_use`, raising `AccessDenied` (with the rule) when it refuses."""
+    decision = decide_key_use(policy, operation, justification, key)
     if not decision.allowed:
-        raise AccessDenied(f"key custodian refused the unwrap ({decision.rule}): {decision.reason}")
+        raise decision.refusal()
     return decision
 
 
@@ -148,6 +179,19 @@ def _names(table: dict[str, Any], key: str, where: str, check: Any) -> frozenset
         return frozenset(check(v) for v in value)
     except InvalidInput as exc:
         raise ConfigError(f"{where}.{key}: {exc}") from None
+
+
+def _operations(table: dict[str, Any], where: str) -> frozenset[KeyOperation]:
+    if "operations" not in table:
+        return ALL_OPERATIONS
+    value = table["operations"]
+    known = ", ".join(_OPERATION_NAMES)
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{where}.operations must be a non-empty list of: {known}")
+    unknown = [v for v in value if v not in _OPERATION_NAMES]
+    if unknown:
+        raise ConfigError(f"{where}.operations: {unknown[0]!r} is not one of: {known}")
+    return frozenset(KeyOperation(v) for v in value)
 
 
 def _token(value: str) -> str:
@@ -196,6 +240,7 @@ def parse_custodian_policy(text: str, source: str = "custodian policy") -> Custo
                 tenants=_names(table, "tenants", where, tenant_name),
                 jurisdictions=_names(table, "jurisdictions", where, jurisdiction_code),
                 requires_approval=requires,
+                operations=_operations(table, where),
             )
         )
     return CustodianPolicy(tuple(grants), approval)
@@ -215,12 +260,13 @@ __all__ = [
     "DEFAULT_DENY",
     "JUSTIFICATION_REQUIRED",
     "SAME_JURISDICTION",
+    "CustodianDecision",
     "CustodianPolicy",
     "Grant",
+    "KeyOperation",
     "KeyScope",
-    "UnwrapDecision",
-    "decide_unwrap",
+    "decide_key_use",
     "load_custodian_policy",
     "parse_custodian_policy",
-    "require_unwrap",
+    "require_key_use",
 ]

@@ -73,24 +73,41 @@ purposes = ["audit"]
 
 DEMO_CUSTODIAN_POLICY = """\
 # The key custodian's own policy, held by the partner (docs/policy.md,
-# "Custodian policy"). It decides every unwrap again, whatever the operator's
-# policy said. Support tickets are deliberately not granted: the partner does
-# not let support staff read user data, even where the operator would.
+# "Custodian policy"). It decides every wrap (a user registered), unwrap (a
+# read or write) and destroy (a forget) again, whatever the operator's policy
+# said. Support tickets are deliberately not granted: the partner does not let
+# support staff read user data, even where the operator would. Nothing
+# destroys a key without an approval the partner's officer signed.
 version = 1
 approval_purposes = ["lawful-request", "user-request"]
 
 [[grant]]
 id = "serve-users"
 purposes = ["serve-user"]
+operations = ["wrap", "unwrap"]
 
 [[grant]]
 id = "embedded-local-admin"
-purposes = ["operations", "register-subject", "write", "read"]
+purposes = ["operations", "write", "read"]
 principals = ["local-admin"]
+operations = ["unwrap"]
+
+[[grant]]
+id = "register-subjects"
+purposes = ["register-subject"]
+principals = ["local-admin"]
+operations = ["wrap"]
+
+[[grant]]
+id = "forget-subjects"
+purposes = ["forget-subject", "user-request"]
+operations = ["destroy"]
+requires_approval = true
 
 [[grant]]
 id = "lawful-requests"
 purposes = ["lawful-request"]
+operations = ["unwrap"]
 requires_approval = true
 """
 FACILITIES_PER_CELL = 3

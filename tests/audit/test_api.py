@@ -32,6 +32,6 @@ def test_policy_exports() -> None:
 
 
 def test_custodian_policy_exports() -> None:
-    assert {"decide_unwrap", "require_unwrap", "KeyScope", "load_custodian_policy"} <= set(
+    assert {"decide_key_use", "require_key_use", "KeyScope", "load_custodian_policy"} <= set(
         shardvault.custodian_policy.__all__
     )

@@ -146,27 +146,32 @@ def test_an_approval_covers_only_its_own_request(court: Vault) -> None:
 
 def test_the_custodian_refuses_an_approval_purpose_without_a_met_approval(court: Vault) -> None:
     """Even if the operator's policy let it through, the partner wants a met approval."""
-    from shardvault.keys.port import KeyScope
+    from shardvault.keys.port import KeyOperation, KeyScope
     from shardvault.model import Justification
 
     gate = court.governance.custodian_gate()
     why = Justification("us-doj", "lawful-request", "r1", "US")
     with pytest.raises(AccessDenied, match="custodian:approval"):
-        gate(KeyScope("intl", "US"), "k", why)
+        gate(KeyOperation.UNWRAP, KeyScope("intl", "US"), "k", why)
     approval = pending(court)
     sign(court, approval, "dpo")
     with pytest.raises(AccessDenied, match="custodian:approval"):  # pending is not met
         gate(
+            KeyOperation.UNWRAP,
             KeyScope("intl", "US"),
             "k",
             Justification("us-doj", "lawful-request", "r1", "US", approval),
         )
     sign(court, approval, "partner-officer")
     gate(
-        KeyScope("intl", "US"), "k", Justification("us-doj", "lawful-request", "r1", "US", approval)
+        KeyOperation.UNWRAP,
+        KeyScope("intl", "US"),
+        "k",
+        Justification("us-doj", "lawful-request", "r1", "US", approval),
     )
     with pytest.raises(AccessDenied, match="custodian:same-jurisdiction"):
         gate(
+            KeyOperation.UNWRAP,
             KeyScope("intl", "US"),
             "k",
             Justification("us-doj", "lawful-request", "r1", "SG", approval),

@@ -14,7 +14,7 @@ from shardvault.errors import AccessDenied, ConfigError, KeyUnavailable, Subject
 from shardvault.keys import hierarchy
 from shardvault.keys.keyring import KeyringCustodian
 from shardvault.keys.memory import MemoryCustodian
-from shardvault.keys.port import KeyCustodian, KeyScope
+from shardvault.keys.port import KeyCustodian, KeyOperation, KeyScope
 from shardvault.keys.rootkey import CustodianGate
 from shardvault.model import Justification
 
@@ -108,10 +108,10 @@ def test_destroy_is_forever(make: Factory) -> None:
 
 
 def test_every_unwrap_shows_the_justification_to_the_gate(make: Factory) -> None:
-    seen: list[tuple[KeyScope, str, Justification]] = []
+    seen: list[tuple[KeyOperation, KeyScope, str, Justification]] = []
 
-    def gate(scope: KeyScope, key_id: str, why: Justification) -> None:
-        seen.append((scope, key_id, why))
+    def gate(operation: KeyOperation, scope: KeyScope, key_id: str, why: Justification) -> None:
+        seen.append((operation, scope, key_id, why))
         if why.requester_jurisdiction == "CN":
             raise AccessDenied("custodian refuses foreign requests")
 
@@ -122,7 +122,61 @@ def test_every_unwrap_shows_the_justification_to_the_gate(make: Factory) -> None
     foreign = Justification("agency", "law-enforcement", "req-2", "CN")
     with pytest.raises(AccessDenied):
         custodian.unwrap(US, "kid", blob, foreign)
-    assert seen == [(US, "kid", WHY), (US, "kid", foreign)]
+    custodian.destroy(US, "kid", WHY)
+    assert seen == [
+        (KeyOperation.WRAP, US, "kid", WHY),
+        (KeyOperation.UNWRAP, US, "kid", WHY),
+        (KeyOperation.UNWRAP, US, "kid", foreign),
+        (KeyOperation.DESTROY, US, "kid", WHY),
+    ]
+
+
+def refusing(*refused: KeyOperation) -> CustodianGate:
+    """A gate that refuses the operations named, as the partner's policy would."""
+
+    def gate(operation: KeyOperation, scope: KeyScope, key_id: str, why: Justification) -> None:
+        if operation in refused:
+            raise AccessDenied(f"no {operation} for you", rule="custodian:default-deny")
+
+    return gate
+
+
+def keyring_file(tmp_path: Path) -> bytes | None:
+    path = tmp_path / "keys" / "keyring.json"
+    return path.read_bytes() if path.exists() else None
+
+
+def test_a_refused_wrap_creates_nothing(make: Factory, tmp_path: Path) -> None:
+    custodian = make(refusing(KeyOperation.WRAP))
+    with pytest.raises(AccessDenied, match="no wrap") as refused:
+        custodian.wrap(US, "kid", hierarchy.new_key(), WHY)
+    assert refused.value.rule == "custodian:default-deny"
+    assert keyring_file(tmp_path) is None  # not even the scope's root key
+    # once the gate allows it, the same call works: the refusal left nothing half-made
+    blob = make().wrap(US, "kid", key := hierarchy.new_key(), WHY)
+    assert make().unwrap(US, "kid", blob, WHY) == key
+
+
+def test_a_refused_destroy_leaves_the_key_usable(make: Factory, tmp_path: Path) -> None:
+    key = hierarchy.new_key()
+    blob = make().wrap(US, "kid", key, WHY)
+    before = keyring_file(tmp_path)
+    custodian = make(refusing(KeyOperation.DESTROY))
+    with pytest.raises(AccessDenied, match="no destroy"):
+        custodian.destroy(US, "kid", WHY)
+    assert keyring_file(tmp_path) == before
+    assert custodian.unwrap(US, "kid", blob, WHY) == key
+    assert make().unwrap(US, "kid", blob, WHY) == key  # and after reopening
+
+
+def test_a_refused_unwrap_changes_nothing(make: Factory, tmp_path: Path) -> None:
+    key = hierarchy.new_key()
+    blob = make().wrap(US, "kid", key, WHY)
+    before = keyring_file(tmp_path)
+    with pytest.raises(AccessDenied, match="no unwrap"):
+        make(refusing(KeyOperation.UNWRAP)).unwrap(US, "kid", blob, WHY)
+    assert keyring_file(tmp_path) == before
+    assert make().unwrap(US, "kid", blob, WHY) == key
 
 
 def test_memory_custodian_records_every_call_with_its_justification() -> None:

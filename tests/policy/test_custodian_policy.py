@@ -15,12 +15,13 @@ from shardvault.custodian_policy import (
     SAME_JURISDICTION,
     CustodianPolicy,
     KeyScope,
-    decide_unwrap,
+    decide_key_use,
     load_custodian_policy,
     parse_custodian_policy,
-    require_unwrap,
+    require_key_use,
 )
 from shardvault.errors import AccessDenied, ConfigError, InvalidInput
+from shardvault.keys.port import KeyOperation
 from shardvault.model import Justification
 
 POLICY_TEXT = """
@@ -96,12 +97,14 @@ def just(purpose: str = "serve-user", **kw: object) -> Justification:
     ],
 )
 def test_unwrap_decisions(justification, key, allowed: bool, rule: str) -> None:
-    decision = decide_unwrap(POLICY, justification, key)
+    decision = decide_key_use(POLICY, KeyOperation.UNWRAP, justification, key)
     assert (decision.allowed, decision.rule) == (allowed, rule), decision.reason
 
 
 def test_empty_policy_refuses_everything() -> None:
-    assert decide_unwrap(CustodianPolicy(), just(), US_KEY).rule == DEFAULT_DENY
+    assert (
+        decide_key_use(CustodianPolicy(), KeyOperation.UNWRAP, just(), US_KEY).rule == DEFAULT_DENY
+    )
 
 
 @given(
@@ -111,8 +114,9 @@ def test_empty_policy_refuses_everything() -> None:
     approval=st.none() | st.just("APR-1"),
 )
 def test_never_unwraps_for_another_jurisdiction(purpose, requester, key_place, approval) -> None:
-    decision = decide_unwrap(
+    decision = decide_key_use(
         POLICY,
+        KeyOperation.UNWRAP,
         just(purpose, requester_jurisdiction=requester, approval_id=approval),
         KeyScope("chat", key_place),
     )
@@ -123,9 +127,9 @@ def test_never_unwraps_for_another_jurisdiction(purpose, requester, key_place, a
 
 
 def test_require_unwrap_raises_access_denied_with_the_rule() -> None:
-    assert require_unwrap(POLICY, just(), US_KEY).allowed
+    assert require_key_use(POLICY, KeyOperation.UNWRAP, just(), US_KEY).allowed
     with pytest.raises(AccessDenied, match="custodian:same-jurisdiction"):
-        require_unwrap(POLICY, just(requester_jurisdiction="SG"), US_KEY)
+        require_key_use(POLICY, KeyOperation.UNWRAP, just(requester_jurisdiction="SG"), US_KEY)
 
 
 @pytest.mark.parametrize(

@@ -1,52 +1,65 @@
-"""The key custodian's gate: the partner's own decision before every unwrap.
+"""The key custodian's gate: the partner's own decision before every key use.
 
-The custodian does not trust the operator's policy. Before each unwrap it runs
-its own policy file (`shardvault.custodian_policy`) on the justification that
-comes with the call, and when the justification names an approval it checks
-that the approval is met, unexpired and for this principal, purpose, tenant and
-jurisdiction (the partner's officer is one of the approvers, so the partner can
-see the signatures). A refusal raises `AccessDenied` carrying the custodian's
-rule; the vault audits it and stops the read.
+The custodian does not trust the operator's policy. Before each wrap (a subject
+registered), unwrap (a read or write) and destroy (a forget) it runs its own
+policy file (`shardvault.custodian_policy`) on the operation and the
+justification that comes with the call, and when the justification names an
+approval it checks that the approval is met, unexpired and for this principal,
+purpose, tenant and jurisdiction (the partner's officer is one of the
+approvers, so the partner can see the signatures); a destroy, which cannot be
+undone, also needs the approval to be one of a forget. A refusal raises
+`AccessDenied` naming the operation and carrying the custodian's rule; the
+vault audits it and stops the call before anything changes.
 """
 
 from __future__ import annotations
 
 from shardvault import custodian_policy as cp
 from shardvault.errors import AccessDenied, ShardvaultError
-from shardvault.governance.approvals import APPROVED, ApprovalBook
-from shardvault.keys.port import KeyScope
+from shardvault.governance.approvals import APPROVED, Approval, ApprovalBook
+from shardvault.keys.port import KeyOperation, KeyScope
 from shardvault.keys.rootkey import CustodianGate
 from shardvault.model import Justification
+from shardvault.policy import Action
+
+_ACTION_OF = {KeyOperation.DESTROY: str(Action.FORGET)}
+"""The action an approval must be for when it is used for this operation (if any)."""
+
+
+def _refused(operation: KeyOperation, reason: str) -> AccessDenied:
+    return AccessDenied(
+        f"key custodian refused the {operation} ({cp.APPROVAL_REQUIRED}): {reason}",
+        rule=cp.APPROVAL_REQUIRED,
+    )
+
+
+def _matches(
+    approval: Approval, operation: KeyOperation, scope: KeyScope, why: Justification
+) -> bool:
+    return (
+        approval.status == APPROVED
+        and approval.requester == why.principal
+        and approval.purpose == why.purpose
+        and approval.tenant == scope.tenant
+        and approval.jurisdiction == scope.jurisdiction
+        and approval.action == _ACTION_OF.get(operation, approval.action)
+    )
 
 
 def custodian_gate(policy: cp.CustodianPolicy, approvals: ApprovalBook) -> CustodianGate:
-    def gate(scope: KeyScope, key_id: str, why: Justification) -> None:
-        decision = cp.decide_unwrap(policy, why, cp.KeyScope(scope.tenant, scope.jurisdiction))
-        if not decision.allowed:
-            raise AccessDenied(
-                f"key custodian refused the unwrap ({decision.rule}): {decision.reason}",
-                rule=decision.rule,
-            )
+    def gate(operation: KeyOperation, scope: KeyScope, key_id: str, why: Justification) -> None:
+        key = cp.KeyScope(scope.tenant, scope.jurisdiction)
+        cp.require_key_use(policy, operation, why, key)
         if why.approval_id is None:
             return
         try:
             approval = approvals.get(why.approval_id)
         except ShardvaultError as exc:
-            raise AccessDenied(
-                f"key custodian refused the unwrap ({cp.APPROVAL_REQUIRED}): {exc}",
-                rule=cp.APPROVAL_REQUIRED,
-            ) from None
-        if (
-            approval.status != APPROVED
-            or approval.requester != why.principal
-            or approval.purpose != why.purpose
-            or approval.tenant != scope.tenant
-            or approval.jurisdiction != scope.jurisdiction
-        ):
-            raise AccessDenied(
-                f"key custodian refused the unwrap ({cp.APPROVAL_REQUIRED}): approval "
-                f"{why.approval_id} is {approval.status} or is for another request",
-                rule=cp.APPROVAL_REQUIRED,
+            raise _refused(operation, str(exc)) from None
+        if not _matches(approval, operation, scope, why):
+            raise _refused(
+                operation,
+                f"approval {why.approval_id} is {approval.status} or is for another request",
             )
 
     return gate

@@ -1,5 +1,5 @@
 """Key custody (port + adapters) and the subject/data key hierarchy."""
 
-from shardvault.keys.port import KeyCustodian, KeyScope
+from shardvault.keys.port import KeyCustodian, KeyOperation, KeyScope
 
-__all__ = ["KeyCustodian", "KeyScope"]
+__all__ = ["KeyCustodian", "KeyOperation", "KeyScope"]

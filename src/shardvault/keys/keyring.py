@@ -8,7 +8,8 @@ the partner's HSM; the file stands in for it on one machine.
 Several processes may hold the same keyring (a server and a CLI run), so every
 change is a read-merge-write under an exclusive lock on ``<file>.lock``: a root
 once written is never replaced, tombstones only accumulate, and an unwrap sees
-tombstones written by others since it last looked.
+tombstones written by others since it last looked. The gate (the partner's
+policy) decides every wrap, unwrap and destroy before the file is touched.
 
 Format (docs/formats.md, "keyring")::
 
@@ -30,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from shardvault.errors import ConfigError, KeyUnavailable
-from shardvault.keys.port import KeyScope
+from shardvault.keys.port import KeyOperation, KeyScope
 from shardvault.keys.rootkey import CustodianGate, open_key, refuse_destroyed, seal_key
 from shardvault.model import Justification
 
@@ -135,18 +136,26 @@ class KeyringCustodian:
                     self._save()
             return root
 
+    def _gate(
+        self, operation: KeyOperation, scope: KeyScope, key_id: str, why: Justification
+    ) -> None:
+        """The gate, before the file is touched: a refusal creates no root and no tombstone."""
+        if self.gate is not None:
+            self.gate(operation, scope, key_id, why)
+
     def wrap(self, scope: KeyScope, key_id: str, key: bytes, why: Justification) -> bytes:
+        self._gate(KeyOperation.WRAP, scope, key_id, why)
         return seal_key(self._root(scope), scope, key_id, key)
 
     def unwrap(self, scope: KeyScope, key_id: str, blob: bytes, why: Justification) -> bytes:
         self._refresh()
         if key_id in self._destroyed.get(scope.label(), ()):
             raise refuse_destroyed(scope, key_id)
-        if self.gate is not None:
-            self.gate(scope, key_id, why)
+        self._gate(KeyOperation.UNWRAP, scope, key_id, why)
         return open_key(self._root(scope), scope, key_id, blob)
 
     def destroy(self, scope: KeyScope, key_id: str, why: Justification) -> None:
+        self._gate(KeyOperation.DESTROY, scope, key_id, why)
         with self._lock, self._exclusive():
             self._destroyed.setdefault(scope.label(), set()).add(key_id)
             self._save()

@@ -14,14 +14,15 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from shardvault.errors import KeyUnavailable, SubjectForgotten
-from shardvault.keys.port import KeyScope
+from shardvault.keys.port import KeyOperation, KeyScope
 from shardvault.model import Justification
 
 BLOB_VERSION = 1
 _NONCE = 12
 
-CustodianGate = Callable[[KeyScope, str, Justification], None]
-"""Called before every unwrap; raises to refuse (the custodian's own policy)."""
+CustodianGate = Callable[[KeyOperation, KeyScope, str, Justification], None]
+"""Called before every wrap, unwrap and destroy, before anything is done; raises
+`AccessDenied` to refuse (the custodian's own policy)."""
 
 
 def _aad(scope: KeyScope, key_id: str) -> bytes:

@@ -96,7 +96,8 @@ def open_cells(config: Config, catalogs: CatalogFactory) -> dict[str, Cell]:
 
 
 def open_custodian(config: Config, gate: CustodianGate | None = None) -> KeyCustodian:
-    """The configured custodian; ``gate`` (the partner's custodian policy) runs before unwraps."""
+    """The configured custodian; ``gate`` (the partner's custodian policy) runs before
+    every wrap, unwrap and destroy."""
     if config.custodian == "memory":
         return MemoryCustodian(gate)
     return KeyringCustodian(config.keyring_path, gate)

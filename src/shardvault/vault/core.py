@@ -163,7 +163,11 @@ class Vault:
     def register_subject(
         self, tenant: str, subject: str, jurisdiction: str, ctx: RequestContext | None = None
     ) -> SubjectRecord:
-        """Give a subject a home jurisdiction and a fresh subject key."""
+        """Give a subject a home jurisdiction and a fresh subject key.
+
+        The custodian wraps the key before anything is recorded: if it refuses
+        (audited), the subject is in neither the directory nor the catalog.
+        """
         ctx = ctx or local_context("register-subject")
         spec = self.config.tenant(tenant)
         subject_id(subject)
@@ -175,9 +179,7 @@ class Vault:
             )
         access = self.governance.authorize(ctx, Action.WRITE, tenant, jurisdiction, subject)
         key_id = hierarchy.new_key_id()
-        wrapped = self.custodian.wrap(
-            KeyScope(tenant, jurisdiction), key_id, hierarchy.new_key(), access.justification()
-        )
+        wrapped = self._wrap_subject_key(access, KeyScope(tenant, jurisdiction), key_id)
         record = SubjectRecord(tenant, subject, jurisdiction, key_id, wrapped, self._clock())
         self.directory.add(tenant, subject, jurisdiction)
         try:
@@ -186,6 +188,15 @@ class Vault:
             self.directory.remove(tenant, subject)
             raise
         return record
+
+    def _wrap_subject_key(self, access: Access, scope: KeyScope, key_id: str) -> bytes:
+        """A fresh subject key, wrapped by the custodian; its refusal is audited."""
+        access.wait_audited()
+        try:
+            return self.custodian.wrap(scope, key_id, hierarchy.new_key(), access.justification())
+        except AccessDenied as refusal:
+            self.governance.record_custodian_refusal(access, refusal)
+            raise
 
     def subject(self, tenant: str, subject: str) -> SubjectRecord:
         home = self._home(tenant, subject)
@@ -404,8 +415,7 @@ class Vault:
         ctx = ctx or local_context("forget-subject")
         # decided and audited first, like every access: "already forgotten" is an answer
         record, access = self._authorized(ctx, Action.FORGET, tenant, subject)
-        scope = KeyScope(tenant, record.jurisdiction)
-        self.custodian.destroy(scope, record.key_id, access.justification())
+        self._destroy_subject_key(access, record)
         cell = self.cells[record.jurisdiction]
         when = self._clock()
         deleted = cell.catalog.forget_subject(tenant, subject, when)
@@ -434,6 +444,17 @@ class Vault:
             tenant, subject, record.jurisdiction, record.key_id, deleted, removed, when,
             index, receipt.to_bytes().decode("utf-8"),
         )  # fmt: skip
+
+    def _destroy_subject_key(self, access: Access, record: SubjectRecord) -> None:
+        """The custodian's tombstone for the subject key, before anything else of the
+        forget; a refusal is audited and leaves the catalog and the shards as they were."""
+        access.wait_audited()
+        scope = KeyScope(record.tenant, record.jurisdiction)
+        try:
+            self.custodian.destroy(scope, record.key_id, access.justification())
+        except AccessDenied as refusal:
+            self.governance.record_custodian_refusal(access, refusal)
+            raise
 
     # reads --------------------------------------------------------------------
 

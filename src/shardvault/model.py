@@ -202,6 +202,9 @@ class RequestContext:
     resolves it to the registered kind, tenant, roles and location. ``location``
     is used only for the local administrator, who has no registered location.
     ``approval_id`` names a met k-of-n approval when the policy requires one.
+    ``refused_credential`` says the caller showed the principal's genuine token
+    but it is ``revoked`` or ``expired``: the request is refused, and audited
+    (and counted) as that principal's.
     """
 
     principal: str
@@ -209,6 +212,7 @@ class RequestContext:
     request_id: str
     location: str | None = None
     approval_id: str | None = None
+    refused_credential: str | None = None
 
     def justification(self, approval_id: str | None = None) -> Justification:
         return Justification(

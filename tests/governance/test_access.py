@@ -90,10 +90,12 @@ def test_invariants_and_default_deny_hold_through_the_vault(
         lambda: story.get(REF, ctx=ctx),
         lambda: story.stat(REF, ctx=ctx),
         lambda: story.list("intl", "alice", ctx=ctx),
+        lambda: story.delete(REF, ctx=ctx),  # it answered what stat refuses: what exists
     ):
         with pytest.raises(AccessDenied, match=rule):
             call()
     assert {e.rule for e in entries_of(story, ctx)} == {rule}
+    assert story.get(REF) == b"alice's note"
 
 
 def test_unknown_and_revoked_principals_are_refused_and_logged(story: Vault) -> None:

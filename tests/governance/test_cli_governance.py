@@ -15,6 +15,8 @@ import pytest
 from tests.cli.test_cli import Cli
 
 from shardvault.audit.merkle import leaf_hash, verify_consistency, verify_inclusion
+from shardvault.config import load
+from shardvault.governance import Governance
 
 BINARY = Path(sys.executable).parent / "shardvault"
 
@@ -191,3 +193,38 @@ def test_forget_prints_a_receipt_an_outsider_verifies(cli: Cli, tmp_path: Path) 
     receipt.write_bytes(out.replace(b'"shards_removed":6', b'"shards_removed":0'))
     forged = outsider("receipt", "verify", str(receipt), "--key", keys["cells"]["US"], cwd=tmp_path)
     assert forged.returncode == 1 and forged.stderr.startswith("error: ")
+
+
+def test_approvals_and_principals_are_shown_only_to_whom_may_see_them(cli: Cli) -> None:
+    # approval ls named subjects and object keys of every cell to anyone, unaudited
+    approval = cli.fails(1, "forget", "intl", "alice").rsplit("--approval ", 1)[1]
+    dpo = add(cli, "dpo", "--kind", "employee", "--location", "US")
+    svc = add(cli, "svc", "--kind", "service", "--location", "US")
+    cn = add(cli, "cn-mps", "--kind", "external-requester", "--location", "CN", "--authority",
+             "mps", "--authority-country", "CN")  # fmt: skip
+    for outsider_token in (svc, cn):
+        assert cli.json("--token", outsider_token, "approval", "ls", "--all") == []
+    [seen] = cli.json("--token", dpo, "approval", "ls")  # named to sign it
+    assert (seen["id"], seen["subject"]) == (approval, "alice")
+    assert [a["id"] for a in cli.json("approval", "ls")] == [approval]  # the administrator
+    governance = Governance.open(load(cli.config))
+    log = governance.cell("US").log
+    tail = governance.entries("US", log.size)[-2:]
+    governance.close()
+    assert [(e.principal, e.rule, e.result) for e in tail] == [
+        ("dpo", "approval:visible", "shown"), ("local-admin", "approval:visible", "shown"),
+    ]  # fmt: skip
+    assert "local administrator" in cli.fails(1, "--token", svc, "principal", "ls")
+
+
+def test_administration_is_refused_when_the_local_admin_is_disabled(
+    tmp_path: Path, capsysbinary: pytest.CaptureFixture[bytes]
+) -> None:
+    from conftest import make_deployment
+
+    path = make_deployment(
+        tmp_path / "deploy", edit=lambda t: t.replace("local_admin = true", "local_admin = false")
+    )
+    cli = Cli(path, capsysbinary)
+    for command in (["principal", "ls"], ["gc"], ["approval", "ls"]):
+        assert "disabled in this deployment" in cli.fails(1, *command)

@@ -148,3 +148,48 @@ def test_unknown_requesters_are_counted_too(vault: Vault) -> None:
     report = transparency_report(vault.governance, today, today)
     unknown = [r for r in report.rows if r.requester_kind == "unknown"]
     assert [(r.decision, r.requests) for r in unknown] == [("deny", 1)]
+
+
+def test_a_revoked_authority_is_still_counted_under_its_country(config_path: Path) -> None:
+    # its refused request was counted as "unknown": the foreign request vanished from
+    # the country's figures
+    with Vault.open(load(config_path)) as vault:
+        register(vault)
+        vault.register_subject("intl", "alice", "US")
+        vault.put(REF, b"mail", ctx=as_(SERVICE, "serve-user"))
+        for revoke in (False, True):
+            if revoke:
+                vault.governance.registry.revoke(CN_POLICE.id)
+            with pytest.raises(AccessDenied, match=r"foreign-government|revoked"):
+                vault.get(REF, ctx=as_(CN_POLICE, "lawful-request"))
+        today = datetime.now(UTC).strftime("%Y-%m-%d")
+        report = transparency_report(vault.governance, today, today)
+        counted = {
+            (r.requester_kind, r.authority_country): r.requests
+            for r in report.rows
+            if r.cell == "US" and r.decision == "deny"
+        }
+        assert counted == {("external-requester", "CN"): 2}
+
+
+def test_a_revoked_token_through_the_cli_is_audited_as_its_principal(
+    config_path: Path, capsysbinary: pytest.CaptureFixture[bytes]
+) -> None:
+    # the CLI refused it before any decision: neither logged nor counted
+    from tests.cli.test_cli import Cli
+
+    with Vault.open(load(config_path)) as vault:
+        vault.register_subject("intl", "alice", "US")
+        issued = vault.governance.registry.add(CN_POLICE, token_ttl=3600)
+        assert issued is not None
+        vault.governance.registry.revoke(CN_POLICE.id)
+    cli = Cli(config_path, capsysbinary)
+    line = cli.fails(1, "--token", issued.token, "get", "intl", "alice", "inbox")
+    assert line == f"error: token refused: the token of {CN_POLICE.id} is revoked"
+    with Vault.open(load(config_path)) as vault:
+        log = vault.governance.cell("US").log
+        last = AuditEntry.from_bytes(next(log.iter_entry_bytes(log.size - 1, log.size)))
+    assert (last.principal, last.decision, last.rule) == (CN_POLICE.id, "deny", "governance:token")
+    assert (last.details["kind"], last.details["authority_country"]) == (
+        "external-requester", "CN"
+    )  # fmt: skip

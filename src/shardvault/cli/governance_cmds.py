@@ -116,7 +116,9 @@ def principal_token(
 @principal_app.command("ls")
 def principal_ls(ctx: typer.Context, json_out: JsonFlag = False) -> None:
     """List principals: kind, tenant, roles, location, authority, live tokens, revoked."""
-    records = state(ctx).governance().registry.all()
+    cli = state(ctx)
+    cli.require_local_admin("principal ls")
+    records = cli.governance().registry.all()
     rows = [
         {
             "id": r.id,
@@ -194,8 +196,10 @@ def approval_ls(
     every: Annotated[bool, typer.Option("--all", help="Include decided and expired ones.")] = False,
     json_out: JsonFlag = False,
 ) -> None:
-    """List pending approvals (every one with --all)."""
-    found = [a for a in state(ctx).governance().approvals.all() if every or a.status == "pending"]
+    """List the pending approvals the acting principal may see (every one with --all):
+    all for the local administrator, else those it requested or is named to sign."""
+    cli = state(ctx)
+    found = cli.governance().visible_approvals(cli.request("approval"), decided=every)
     if json_out:
         print_json([_approval_json(a) for a in found])
         return

@@ -50,8 +50,9 @@ class CliState:
     def request(self, default_purpose: str = "operations") -> RequestContext:
         """The request context: the token's principal (or the local administrator)."""
         token = self.token or config_module.token_from_env()
-        if token:
-            principal = self.governance().registry.authenticate(token).id
+        refused = None
+        if token:  # a genuine but revoked or expired token: refused by the guard, audited
+            principal, refused = self.governance().registry.identify(token)
             if self.principal not in (None, principal):
                 raise InvalidInput(f"--as {self.principal} is not the token's principal")
         else:
@@ -66,13 +67,21 @@ class CliState:
             self.purpose or default_purpose,
             new_request_id(),
             approval_id=self.approval,
+            refused_credential=refused,
         )
 
     def require_local_admin(self, what: str) -> None:
-        """Administration of the deployment itself is for the local administrator only."""
+        """Administration of the deployment itself is for the local administrator only,
+        and only where the deployment enables it (``governance.local_admin``)."""
         if self.request().principal != LOCAL_ADMIN:
             raise AccessDenied(
                 f"{what} is for the local administrator (run it without --as/--token)"
+            )
+        spec = self.config().governance
+        if spec is not None and not spec.local_admin:
+            raise AccessDenied(
+                f"{what} is for the local administrator, who is disabled in this deployment "
+                "(governance.local_admin = false)"
             )
 
     def close(self) -> None:

@@ -20,8 +20,8 @@ custodian is asked for a key, before any byte or answer is returned and before
 anything is committed; that call raises `AuditUnavailable` if the entry could not
 be written. Refusals are always durable before they are raised.
 
-Every later step that can still refuse (the custodian, on unwrap) is audited
-too, as are approval signatures and the outcome of a forget.
+Every later step that can still refuse (the custodian, on a wrap, unwrap or
+destroy) is audited too, as are approval signatures and the outcome of a forget.
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ class Access:
         return self.audit.wait()
 
     def justification(self) -> Justification:
-        """What the key custodian is shown with every unwrap for this access."""
+        """What the key custodian is shown with every key use for this access."""
         return Justification(
             principal=self.principal.id,
             purpose=self.purpose,
@@ -203,12 +203,8 @@ class Governance:
 
     def resolve(self, ctx: RequestContext, tenant: str, jurisdiction: str) -> Principal:
         """The registered principal behind ``ctx`` (`AccessDenied` with a rule if none)."""
-        if ctx.principal == LOCAL_ADMIN:
-            if not self.spec.local_admin:
-                raise AccessDenied(
-                    "the local administrator is disabled in this deployment",
-                    rule="governance:local-admin-disabled",
-                )
+        principal = self._registered(ctx)
+        if principal is None:
             # On one machine every cell is local: the administrator acts from the
             # cell it touches unless the caller says otherwise.
             return Principal(
@@ -218,6 +214,22 @@ class Governance:
                 ctx.location or jurisdiction,
                 frozenset({"admin"}),
             )
+        return principal
+
+    def _registered(self, ctx: RequestContext) -> Principal | None:
+        """``ctx``'s registered principal, or None for the (enabled) local administrator."""
+        if ctx.refused_credential is not None:
+            raise AccessDenied(
+                f"token refused: the token of {ctx.principal} is {ctx.refused_credential}",
+                rule="governance:token",
+            )
+        if ctx.principal == LOCAL_ADMIN:
+            if not self.spec.local_admin:
+                raise AccessDenied(
+                    "the local administrator is disabled in this deployment",
+                    rule="governance:local-admin-disabled",
+                )
+            return None
         record = self.registry.find(ctx.principal)
         if record is None:
             raise AccessDenied(
@@ -288,9 +300,11 @@ class Governance:
         try:
             principal = self.resolve(ctx, tenant, jurisdiction)
         except AccessDenied as exc:
+            known = self.registry.find(ctx.principal)  # revoked: still counted as what it is
             self._audit(
                 resource, **audit, decision="deny", rule=exc.rule or "governance:principal",
-                result="refused", details=_details(None, resource, "policy"),
+                result="refused",
+                details=_details(known.principal if known else None, resource, "policy"),
             ).wait()  # fmt: skip
             raise
         decision = decide(self.policy, principal, action, resource, ctx.purpose)
@@ -365,7 +379,7 @@ class Governance:
     # after the decision --------------------------------------------------------------
 
     def record_custodian_refusal(self, access: Access, refusal: AccessDenied) -> int:
-        """Audit that the key custodian refused an unwrap the policy had allowed."""
+        """Audit that the key custodian refused a key use the policy had allowed."""
         rule = refusal.rule or "custodian:refused"
         return self._audit(
             access.resource, principal=access.principal.id, request_id=access.request_id,
@@ -385,10 +399,41 @@ class Governance:
         ).wait()  # fmt: skip
 
     def custodian_gate(self) -> CustodianGate:
-        """The partner's check before every unwrap: its own policy, and any approval named."""
+        """The partner's check before every wrap, unwrap and destroy: its own policy, and
+        any approval named."""
         return custodian_gate(self.custodian_policy, self.approvals)
 
     # approvals ------------------------------------------------------------------------
+
+    def visible_approvals(self, ctx: RequestContext, *, decided: bool = False) -> list[Approval]:
+        """The approvals ``ctx``'s principal may see, each shown audited in its cell.
+
+        They name subjects and object keys: the local administrator sees every one,
+        any other principal those it requested or is named to sign. Pending ones
+        only, unless ``decided``.
+        """
+        self._registered(ctx)  # an unknown or revoked principal sees nothing at all
+        shown = []
+        for approval in self.approvals.all():
+            if not decided and approval.status != "pending":
+                continue
+            principal = self.resolve(ctx, approval.tenant, approval.jurisdiction)
+            if principal.id != LOCAL_ADMIN and principal.id not in (
+                approval.requester,
+                *approval.approvers,
+            ):
+                continue
+            resource = Resource(
+                approval.tenant, approval.jurisdiction, DataClass.PROTECTED, approval.subject,
+                approval.key,
+            )  # fmt: skip
+            self._audit(
+                resource, principal=principal.id, request_id=ctx.request_id, action="list",
+                purpose=ctx.purpose, decision="allow", rule="approval:visible", result="shown",
+                details=_details(principal, resource, "approval", approval_id=approval.id),
+            ).wait()  # fmt: skip
+            shown.append(approval)
+        return shown
 
     def sign_approval(self, approval_id: str, ctx: RequestContext, verdict: str) -> Approval:
         """One approver's approve or deny, audited in the approval's cell before it counts."""

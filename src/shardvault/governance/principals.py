@@ -215,6 +215,18 @@ class PrincipalRegistry:
 
     def authenticate(self, token: str) -> Principal:
         """The principal a token stands for; `AccessDenied` (one opaque message) otherwise."""
+        principal_id, problem = self.identify(token)
+        if problem is not None:
+            raise AccessDenied(_REFUSED, rule="governance:token")
+        return self.get(principal_id).principal
+
+    def identify(self, token: str) -> tuple[str, str | None]:
+        """Whose genuine token this is, and why it no longer works (``revoked``,
+        ``expired``) or None. A token that is not genuine names nobody: `AccessDenied`.
+
+        A refused request with a genuine token is still that principal's, and is
+        audited and counted as such (a foreign authority's, say).
+        """
         match = _TOKEN.fullmatch(token) if isinstance(token, str) else None
         if match is None:
             raise AccessDenied(_REFUSED, rule="governance:token")
@@ -230,14 +242,14 @@ class PrincipalRegistry:
             raise AccessDenied(_REFUSED, rule="governance:token")
         salt, digest, expires_at, revoked, principal_revoked, principal_id = rows[0]
         assert isinstance(salt, bytes) and isinstance(digest, bytes)
-        genuine = hmac.compare_digest(_digest(salt, secret), digest)
-        assert isinstance(expires_at, float)
-        if not genuine or revoked is not None or principal_revoked is not None:
+        assert isinstance(expires_at, float) and isinstance(principal_id, str)
+        if not hmac.compare_digest(_digest(salt, secret), digest):
             raise AccessDenied(_REFUSED, rule="governance:token")
+        if revoked is not None or principal_revoked is not None:
+            return principal_id, "revoked"
         if self._clock() >= expires_at:
-            raise AccessDenied(_REFUSED, rule="governance:token")
-        assert isinstance(principal_id, str)
-        return self.get(principal_id).principal
+            return principal_id, "expired"
+        return principal_id, None
 
 
 def _record(row: tuple[object, ...]) -> PrincipalRecord:

@@ -39,8 +39,16 @@ INVARIANTS = (
     MOVE_APPROVAL,
 )
 
-DISCLOSING_ACTIONS = frozenset({Action.READ, Action.LIST, Action.STAT})
-"""Actions that reveal protected data or its metadata: allowed only from its jurisdiction."""
+DISCLOSING_ACTIONS = frozenset({Action.READ, Action.LIST, Action.STAT, Action.DELETE})
+"""Actions that reveal protected data or its metadata: allowed only from its jurisdiction.
+A delete answers whether a name exists and how many versions it had."""
+
+_DONE = {
+    Action.READ: "read",
+    Action.LIST: "listed",
+    Action.STAT: "inspected",
+    Action.DELETE: "deleted",
+}
 
 _APPROVAL_FLOORS = {Action.FORGET: FORGET_APPROVAL, Action.MOVE: MOVE_APPROVAL}
 
@@ -73,7 +81,7 @@ def _protected_read_location(p: Principal, a: Action, r: Resource) -> str | None
         and p.location != r.jurisdiction
     ):
         return (
-            f"protected data of {r.jurisdiction} cannot be read from {p.location}; "
+            f"protected data of {r.jurisdiction} cannot be {_DONE[a]} from {p.location}; "
             "only from inside its jurisdiction"
         )
     return None

@@ -222,6 +222,19 @@ def test_closed_stdout_is_exit_1(alice: Cli, argv: list[str]) -> None:
     assert "stdout is closed" in one_error_line(done, 1)
 
 
+def test_closed_stderr_keeps_errors_out_of_stdout(alice: Cli) -> None:
+    # print(file=None) falls back to stdout: the error line landed in the data
+    done = subprocess.run(
+        [str(BINARY), "get", "intl", "alice", "missing"],
+        env={**os.environ, "SHARDVAULT_CONFIG": str(alice.config)},
+        stdout=subprocess.PIPE,
+        preexec_fn=lambda: os.close(2),
+        timeout=60,
+        check=False,
+    )
+    assert (done.returncode, done.stdout) == (1, b"")
+
+
 @pytest.mark.parametrize(
     "argv",
     [

@@ -111,3 +111,14 @@ def test_registry_refuses_bad_principals(registry: PrincipalRegistry) -> None:
         registry.revoke("nobody")
     with pytest.raises(InvalidInput):
         registry.issue_token("sam", 0)
+
+
+@pytest.mark.parametrize("ttl", [0, -1, float("nan"), float("inf"), 1e308, 11 * 366 * 86400])
+def test_a_token_lifetime_must_expire(registry: PrincipalRegistry, ttl: float) -> None:
+    # a NaN lifetime never expired (every comparison with it is false); 1e308 days crashed
+    with pytest.raises(InvalidInput, match="lifetime must be more than 0 and at most 3660 days"):
+        registry.add(SAM, token_ttl=ttl)
+    assert registry.find("sam") is None  # refused whole: no principal without its token
+    registry.add(SAM, token_ttl=None)
+    with pytest.raises(InvalidInput, match="lifetime"):
+        registry.issue_token("sam", ttl)

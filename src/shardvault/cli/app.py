@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         command.main(args=argv, prog_name="shardvault", standalone_mode=True)
     except ShardvaultError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        _error(str(exc))
         return exc.exit_code
     except SystemExit as exc:
         if _caused_by_interrupt(exc):
@@ -109,8 +109,15 @@ def _caused_by_interrupt(exc: BaseException) -> bool:
 
 
 def _interrupted() -> int:
-    print("error: interrupted", file=sys.stderr)
+    _error("interrupted")
     return 130
+
+
+def _error(message: str) -> None:
+    """One line on stderr; with stderr closed, none (print would fall back to stdout,
+    mixing an error into the data a script reads): the exit code still says it."""
+    if sys.stderr is not None:
+        print(f"error: {message}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import typer
 
 from shardvault.cli.output import print_json, print_table, say, write_out
 from shardvault.cli.state import state
-from shardvault.errors import InvalidInput, Refused
+from shardvault.errors import Refused
 from shardvault.governance.approvals import Approval
 from shardvault.policy import Action, Principal, PrincipalKind, Resource, explain, load_policy
 from shardvault.policy.model import as_enum
@@ -104,8 +104,6 @@ def principal_token(
     """Issue another API token for a principal (shown only once)."""
     cli = state(ctx)
     cli.require_local_admin("principal token")
-    if ttl_days <= 0:
-        raise InvalidInput("--ttl-days must be positive")
     issued = cli.governance().registry.issue_token(ident, ttl_days * 86400)
     if json_out:
         print_json({"id": ident, "token": issued.token, "expires_at": _iso(issued.expires_at)})

@@ -37,6 +37,18 @@ from shardvault.policy import Principal, PrincipalKind
 SCHEMA_VERSION = 1
 TOKEN_PREFIX = "svt_"
 DEFAULT_TOKEN_TTL = 90 * 86400
+MAX_TOKEN_TTL = 10 * 366 * 86400  # ten years: a longer-lived secret is a standing risk
+
+
+def _check_ttl(ttl: float) -> None:
+    """A lifetime that expires: NaN compares false with everything, so a token with it
+    would never expire; an infinite one cannot even be printed."""
+    if not 0 < ttl <= MAX_TOKEN_TTL:
+        raise InvalidInput(
+            f"a token's lifetime must be more than 0 and at most {MAX_TOKEN_TTL // 86400} days"
+        )
+
+
 _TOKEN = re.compile(r"svt_([0-9a-f]{16})_([A-Za-z0-9_-]{43})")
 _REFUSED = "token refused: unknown, forged, expired or revoked"
 
@@ -128,6 +140,8 @@ class PrincipalRegistry:
         """Register a principal; returns its first token unless ``token_ttl`` is None."""
         if principal.id == LOCAL_ADMIN:
             raise InvalidInput(f"{LOCAL_ADMIN!r} is built in and cannot be registered")
+        if token_ttl is not None:
+            _check_ttl(token_ttl)  # before the principal is written: all or nothing
         if self.find(principal.id) is not None:
             raise Conflict(f"principal {principal.id!r} already exists")
         self._run(
@@ -189,8 +203,7 @@ class PrincipalRegistry:
     # tokens -------------------------------------------------------------------
 
     def issue_token(self, principal_id: str, ttl: float = DEFAULT_TOKEN_TTL) -> IssuedToken:
-        if ttl <= 0:
-            raise InvalidInput("a token's lifetime must be positive")
+        _check_ttl(ttl)
         record = self.get(principal_id)
         if record.revoked_at is not None:
             raise InvalidInput(f"principal {principal_id!r} is revoked")

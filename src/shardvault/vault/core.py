@@ -48,6 +48,7 @@ from shardvault.keys import hierarchy
 from shardvault.keys.port import KeyCustodian, KeyScope
 from shardvault.manifest import Manifest
 from shardvault.model import (
+    Justification,
     ObjectInfo,
     ObjectRef,
     RequestContext,
@@ -179,7 +180,8 @@ class Vault:
             )
         access = self.governance.authorize(ctx, Action.WRITE, tenant, jurisdiction, subject)
         key_id = hierarchy.new_key_id()
-        wrapped = self._wrap_subject_key(access, KeyScope(tenant, jurisdiction), key_id)
+        scope, key = KeyScope(tenant, jurisdiction), hierarchy.new_key()
+        wrapped = self._key_use(access, lambda why: self.custodian.wrap(scope, key_id, key, why))
         record = SubjectRecord(tenant, subject, jurisdiction, key_id, wrapped, self._clock())
         self.directory.add(tenant, subject, jurisdiction)
         try:
@@ -188,15 +190,6 @@ class Vault:
             self.directory.remove(tenant, subject)
             raise
         return record
-
-    def _wrap_subject_key(self, access: Access, scope: KeyScope, key_id: str) -> bytes:
-        """A fresh subject key, wrapped by the custodian; its refusal is audited."""
-        access.wait_audited()
-        try:
-            return self.custodian.wrap(scope, key_id, hierarchy.new_key(), access.justification())
-        except AccessDenied as refusal:
-            self.governance.record_custodian_refusal(access, refusal)
-            raise
 
     def subject(self, tenant: str, subject: str) -> SubjectRecord:
         home = self._home(tenant, subject)
@@ -233,14 +226,20 @@ class Vault:
             return _live_at_home(record, tenant, subject, home), access
 
     def _subject_key(self, record: SubjectRecord, access: Access) -> bytes:
-        """The subject key, from the custodian, for an access whose audit entry is durable."""
-        assert record.wrapped_key is not None
-        access.wait_audited()
+        """The subject key, from the custodian."""
+        wrapped = record.wrapped_key
+        assert wrapped is not None
         scope = KeyScope(record.tenant, record.jurisdiction)
+        return self._key_use(
+            access, lambda why: self.custodian.unwrap(scope, record.key_id, wrapped, why)
+        )
+
+    def _key_use(self, access: Access, use: Callable[[Justification], _T]) -> _T:
+        """A custodian call (wrap, unwrap, destroy) for an access, once its audit entry is
+        durable, with its justification; a refusal by the custodian is audited too."""
+        access.wait_audited()
         try:
-            return self.custodian.unwrap(
-                scope, record.key_id, record.wrapped_key, access.justification()
-            )
+            return use(access.justification())
         except AccessDenied as refusal:
             self.governance.record_custodian_refusal(access, refusal)
             raise
@@ -415,7 +414,9 @@ class Vault:
         ctx = ctx or local_context("forget-subject")
         # decided and audited first, like every access: "already forgotten" is an answer
         record, access = self._authorized(ctx, Action.FORGET, tenant, subject)
-        self._destroy_subject_key(access, record)
+        scope = KeyScope(tenant, record.jurisdiction)
+        # the custodian's tombstone first: refused, the catalog and shards stay as they were
+        self._key_use(access, lambda why: self.custodian.destroy(scope, record.key_id, why))
         cell = self.cells[record.jurisdiction]
         when = self._clock()
         deleted = cell.catalog.forget_subject(tenant, subject, when)
@@ -444,17 +445,6 @@ class Vault:
             tenant, subject, record.jurisdiction, record.key_id, deleted, removed, when,
             index, receipt.to_bytes().decode("utf-8"),
         )  # fmt: skip
-
-    def _destroy_subject_key(self, access: Access, record: SubjectRecord) -> None:
-        """The custodian's tombstone for the subject key, before anything else of the
-        forget; a refusal is audited and leaves the catalog and the shards as they were."""
-        access.wait_audited()
-        scope = KeyScope(record.tenant, record.jurisdiction)
-        try:
-            self.custodian.destroy(scope, record.key_id, access.justification())
-        except AccessDenied as refusal:
-            self.governance.record_custodian_refusal(access, refusal)
-            raise
 
     # reads --------------------------------------------------------------------
 

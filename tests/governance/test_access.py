@@ -16,7 +16,7 @@ from tests.governance.helpers import (
 )
 
 from governance_support import forget_approved
-from shardvault.errors import AccessDenied, InvalidInput, SubjectForgotten
+from shardvault.errors import AccessDenied, InvalidInput, NotFound, SubjectForgotten
 from shardvault.model import ObjectRef, RequestContext
 from shardvault.vault import Vault
 
@@ -61,6 +61,32 @@ def test_foreign_government_request_is_refused_by_rule_and_logged(story: Vault) 
     assert entry.details["authority_country"] == "CN"
     assert entry.details["data_class"] == "protected"
     assert "alice" not in entry.to_bytes().decode()  # subject and key are pseudonyms
+
+
+@pytest.mark.parametrize(
+    ("principal", "purpose", "rule"),
+    [
+        (CN_POLICE, "lawful-request", "invariant:foreign-government"),
+        (OTHER_TENANT, "serve-user", "invariant:cross-tenant"),
+    ],
+)
+def test_who_is_not_registered_is_told_only_to_whom_may_know(
+    story: Vault, principal: object, purpose: str, rule: str
+) -> None:
+    # "no subject bob" was answered before any decision: another tenant, or a foreign
+    # authority, learned unaudited which ids are registered
+    ctx = as_(principal, purpose)  # type: ignore[arg-type]
+    nobody = ObjectRef("intl", "bob", "x")
+    for call in (
+        lambda: story.get(nobody, ctx=ctx),
+        lambda: story.put(nobody, b"x", ctx=ctx),
+        lambda: story.list("intl", "bob", ctx=ctx),
+    ):
+        with pytest.raises(AccessDenied, match=rule):
+            call()
+    assert [(e.decision, e.rule) for e in entries_of(story, ctx)] == [("deny", rule)] * 3
+    with pytest.raises(NotFound, match="no subject bob"):  # the tenant's own service may know
+        story.get(nobody, ctx=as_(SERVICE, "serve-user"))
 
 
 @pytest.mark.parametrize("principal", [CN_POLICE, OTHER_TENANT])

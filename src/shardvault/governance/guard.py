@@ -116,6 +116,14 @@ def _details(
     return details
 
 
+def _request_fields(ctx: RequestContext, action: Action | str) -> dict[str, str]:
+    """What every audit entry of a request names: who, which request, what, why."""
+    return dict(
+        principal=ctx.principal, request_id=ctx.request_id, action=str(action),
+        purpose=ctx.purpose,
+    )  # fmt: skip
+
+
 class Governance:
     """Principals, policy, approvals, the custodian's policy and every cell's audit log."""
 
@@ -293,20 +301,8 @@ class Governance:
         if ctx.approval_id is not None:
             approval_cell(ctx.approval_id)
         resource = Resource(tenant, jurisdiction, DataClass.PROTECTED, subject, key)
-        audit = dict(
-            principal=ctx.principal, request_id=ctx.request_id, action=str(action),
-            purpose=ctx.purpose,
-        )  # fmt: skip
-        try:
-            principal = self.resolve(ctx, tenant, jurisdiction)
-        except AccessDenied as exc:
-            known = self.registry.find(ctx.principal)  # revoked: still counted as what it is
-            self._audit(
-                resource, **audit, decision="deny", rule=exc.rule or "governance:principal",
-                result="refused",
-                details=_details(known.principal if known else None, resource, "policy"),
-            ).wait()  # fmt: skip
-            raise
+        audit = _request_fields(ctx, action)
+        principal = self._resolve_audited(ctx, action, resource)
         decision = decide(self.policy, principal, action, resource, ctx.purpose)
         approval_id = None
         if ctx.approval_id is not None and decision.effect is not Effect.DENY:
@@ -326,13 +322,7 @@ class Governance:
         if decision.effect is Effect.APPROVAL_REQUIRED and approval_id is None:
             self._request_approval(ctx, principal, action, resource, decision)
         if decision.effect is Effect.DENY:
-            self._audit(
-                resource, **audit, decision="deny", rule=decision.rule, result="refused",
-                details=_details(principal, resource, "policy", reason=decision.reason),
-            ).wait()  # fmt: skip
-            raise AccessDenied(
-                f"{action} refused ({decision.rule}): {decision.reason}", rule=decision.rule
-            )
+            raise self._refused(ctx, action, principal, resource, decision)
         ticket = self._audit(
             resource, **audit, decision="allow", rule=decision.rule, result="allowed",
             details=_details(principal, resource, "policy", approval_id=approval_id),
@@ -341,6 +331,69 @@ class Governance:
             ticket.wait()
         return Access(
             principal, ctx.purpose, ctx.request_id, action, resource, decision, ticket, approval_id
+        )
+
+    def _resolve_audited(
+        self, ctx: RequestContext, action: Action, resource: Resource
+    ) -> Principal:
+        """`resolve`, auditing a refusal in the resource's cell; a revoked principal is
+        still recorded (and counted) as what it is."""
+        try:
+            return self.resolve(ctx, resource.tenant, resource.jurisdiction)
+        except AccessDenied as exc:
+            known = self.registry.find(ctx.principal)
+            self._audit(
+                resource, **_request_fields(ctx, action), decision="deny",
+                rule=exc.rule or "governance:principal", result="refused",
+                details=_details(known.principal if known else None, resource, "policy"),
+            ).wait()  # fmt: skip
+            raise
+
+    def check_unregistered(
+        self,
+        ctx: RequestContext,
+        action: Action,
+        tenant: str,
+        jurisdictions: list[str],
+        subject: str,
+        key: str | None = None,
+    ) -> None:
+        """May ``ctx`` learn that ``subject`` is registered in no cell? Raise if not.
+
+        Only a principal the policy would let act on the subject in one of the
+        tenant's ``jurisdictions`` may. Anyone else (another tenant, a foreign
+        authority, an unknown or revoked principal) gets the refusal they would
+        get for a registered subject, audited and counted in the tenant's first
+        cell: otherwise "not registered" would tell them, unaudited, who is.
+        """
+        first = Resource(tenant, jurisdictions[0], DataClass.PROTECTED, subject, key)
+        principal = self._resolve_audited(ctx, action, first)
+        refusal = None
+        for jurisdiction in jurisdictions:
+            resource = Resource(tenant, jurisdiction, DataClass.PROTECTED, subject, key)
+            decision = decide(self.policy, principal, action, resource, ctx.purpose)
+            if decision.effect is not Effect.DENY:
+                return
+            refusal = refusal or decision
+        assert refusal is not None
+        raise self._refused(ctx, action, principal, first, refusal)
+
+    def _refused(
+        self,
+        ctx: RequestContext,
+        action: Action,
+        principal: Principal,
+        resource: Resource,
+        decision: Decision,
+    ) -> AccessDenied:
+        """Audit the policy's refusal (durably) and return the error that says it."""
+        self._audit(
+            resource, **_request_fields(ctx, action), decision="deny", rule=decision.rule,
+            result="refused",
+            details=_details(principal, resource, "policy", reason=decision.reason),
+        ).wait()  # fmt: skip
+        return AccessDenied(
+            f"{action} refused ({decision.rule}): {decision.reason}", rule=decision.rule
         )
 
     def _request_approval(
@@ -442,10 +495,7 @@ class Governance:
             approval.tenant, approval.jurisdiction, DataClass.PROTECTED, approval.subject,
             approval.key,
         )  # fmt: skip
-        audit = dict(
-            principal=ctx.principal, request_id=ctx.request_id, action=approval.action,
-            purpose=ctx.purpose,
-        )  # fmt: skip
+        audit = _request_fields(ctx, approval.action)
         principal: Principal | None = None
         try:
             principal = self.resolve(ctx, approval.tenant, approval.jurisdiction)

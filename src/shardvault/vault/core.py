@@ -192,15 +192,32 @@ class Vault:
         return record
 
     def subject(self, tenant: str, subject: str) -> SubjectRecord:
+        """The subject's record, for the embedding program itself: undecided and unaudited,
+        so never reachable with a caller's request context (the CLI does not offer it)."""
         home = self._home(tenant, subject)
         record = self.cells[home].catalog.get_subject(tenant, subject)
         return _at_home(_registered(record, tenant, subject), home)
 
-    def _home(self, tenant: str, subject: str) -> str:
-        """The subject's home jurisdiction, from the directory (`NotFound` if unregistered)."""
-        self.config.tenant(tenant)
+    def _home(
+        self,
+        tenant: str,
+        subject: str,
+        ctx: RequestContext | None = None,
+        action: Action = Action.STAT,
+        key: str | None = None,
+    ) -> str:
+        """The subject's home jurisdiction, from the directory (`NotFound` if unregistered).
+
+        With a request context, "not registered" is said only to a principal the
+        policy would let act on the subject somewhere; anyone else gets, audited,
+        the refusal a registered subject would give them.
+        """
+        spec = self.config.tenant(tenant)
         subject_id(subject)
         home = self.directory.home(tenant, subject)
+        if home is None and ctx is not None:
+            where = list(spec.jurisdictions or self.config.jurisdictions)
+            self.governance.check_unregistered(ctx, action, tenant, where, subject, key)
         return _registered(home, tenant, subject)
 
     def _authorized(
@@ -219,7 +236,7 @@ class Vault:
         the audit queue meanwhile, so more entries share each audit write (reads
         do the same in `_record`: docs/performance.md).
         """
-        home = self._home(tenant, subject)
+        home = self._home(tenant, subject, ctx, action, key)
         access = self.governance.authorize(ctx, action, tenant, home, subject, key, durable=durable)
         with _AnsweredAfterAudit(access):  # a subject missing or forgotten is an answer
             record = self.cells[home].catalog.get_subject(tenant, subject)
@@ -264,7 +281,7 @@ class Vault:
         source = memoryview(data) if isinstance(data, bytes | bytearray | memoryview) else data
         if isinstance(source, memoryview) and not source.c_contiguous:
             raise InvalidInput("put needs contiguous bytes: pass bytes(data)")
-        home = self._home(ref.tenant, ref.subject)
+        home = self._home(ref.tenant, ref.subject, ctx, Action.WRITE, ref.key)
         access = self.governance.authorize(
             ctx, Action.WRITE, ref.tenant, home, ref.subject, ref.key, durable=False
         )
@@ -459,7 +476,7 @@ class Vault:
     ) -> tuple[Cell, SubjectRecord, VersionRecord, Access]:
         """As `_authorized`, with the version looked up in the same query as the subject."""
         _check_version(version)
-        home = self._home(ref.tenant, ref.subject)
+        home = self._home(ref.tenant, ref.subject, ctx, action, ref.key)
         access = self.governance.authorize(
             ctx, action, ref.tenant, home, ref.subject, ref.key, durable=durable
         )

@@ -236,7 +236,7 @@ def test_full_disk_refuses_the_write_and_keeps_the_old_version(
 
     assert files_under(base / "nodes") == on_nodes  # no shard, no temp file left
     assert outside_nodes(base) == elsewhere
-    assert vault.cells["US"].catalog.collectable(float("inf")) == []
+    assert vault.cells["US"].catalog.claim_collectable(float("inf")) == []
     assert vault.get(ref) == old
     assert [info.version for info in vault.versions(ref)] == [1]
     # the space was given back: a write that fits succeeds
@@ -292,5 +292,5 @@ def test_broken_source_stream_leaves_nothing(
     with pytest.raises(ConnectionResetError):
         vault.put(alice, FailingSource(3 * SEGMENT + 10))  # type: ignore[arg-type]
     assert files_under(config_path.parent / "nodes") == before
-    assert vault.cells["US"].catalog.collectable(float("inf")) == []
+    assert vault.cells["US"].catalog.claim_collectable(float("inf")) == []
     assert vault.get(alice) == b"previous"

@@ -101,7 +101,7 @@ def test_abandon_removes_only_pending(catalog: Catalog) -> None:
     catalog.abandon(REF, pending)
     catalog.abandon(REF, committed)  # not pending: kept
     assert [r.version for r in catalog.list_versions(REF)] == [1]
-    assert catalog.collectable(1e12) == []
+    assert catalog.claim_collectable(1e12) == []
     with pytest.raises(Conflict):
         catalog.commit(REF, pending, b"late", 1, None)
 
@@ -154,7 +154,7 @@ def test_unreserved_write_inserts_a_committed_version(catalog: Catalog) -> None:
     assert catalog.get_version(REF) == committed(1, 7)
     assert next_version(catalog) == 2
     assert oid(7) in catalog.known_object_ids()
-    assert catalog.collectable(float("inf")) == []
+    assert catalog.claim_collectable(float("inf")) == []
 
 
 def test_unreserved_write_loses_a_taken_version(catalog: Catalog) -> None:
@@ -282,19 +282,35 @@ def test_mark_deleted_one_version_or_all(catalog: Catalog) -> None:
     assert catalog.mark_deleted(REF) == 0
 
 
+def test_a_claimed_pending_version_can_no_longer_commit(catalog: Catalog) -> None:
+    # gc read pending rows, a put committed one, and gc then took its shards and its row:
+    # an acknowledged put was lost. Claiming marks the row first; the commit then fails.
+    late = catalog.reserve(REF, oid(1), 10.0)
+    assert [r.version for r in catalog.claim_collectable(15.0)] == [late]
+    with pytest.raises(Conflict, match="not pending"):
+        catalog.commit(REF, late, b"manifest", 1, None)
+    committed = catalog.reserve(REF, oid(2), 10.0)
+    catalog.commit(REF, committed, b"manifest", 1, None)  # committed before gc looks
+    assert committed not in {r.version for r in catalog.claim_collectable(15.0)}
+    catalog.purge(REF, committed)  # a purge never takes a committed row
+    assert catalog.get_version(REF, committed) is not None
+
+
 def test_collectable_with_cutoff_and_purge(catalog: Catalog) -> None:
     put(catalog, REF, 1, when=10.0)
     deleted = put(catalog, REF, 2, when=10.0)
     catalog.mark_deleted(REF, deleted)
     old_pending = catalog.reserve(REF, oid(3), 10.0)
-    catalog.reserve(REF, oid(4), 20.0)
-    found = {(r.version, r.state) for r in catalog.collectable(15.0)}
-    assert found == {(deleted, VersionState.DELETED), (old_pending, VersionState.PENDING)}
-    assert len(catalog.collectable(25.0)) == 3
-    assert len(catalog.collectable(10.0)) == 1  # strictly before the cutoff
-    for record in catalog.collectable(15.0):
+    young = catalog.reserve(REF, oid(4), 20.0)
+    found = {(r.version, r.state) for r in catalog.claim_collectable(10.0)}
+    assert found == {(deleted, VersionState.DELETED)}  # strictly before the cutoff
+    found = {(r.version, r.state) for r in catalog.claim_collectable(15.0)}
+    assert found == {(deleted, VersionState.DELETED), (old_pending, VersionState.DELETED)}
+    for record in catalog.claim_collectable(15.0):
         catalog.purge(record.ref, record.version)
-    assert {r.version for r in catalog.collectable(15.0)} == set()
+    assert {r.version for r in catalog.claim_collectable(15.0)} == set()
+    catalog.purge(REF, young)  # a pending row is not purged: gc claims it first
+    catalog.purge(REF, 1)  # nor a committed one
     assert catalog.known_object_ids() == {oid(1), oid(4)}
     current = catalog.get_version(REF)
     assert current is not None and current.version == 1
@@ -321,7 +337,7 @@ def test_forget_subject(catalog: Catalog) -> None:
     assert record.wrapped_key is None and record.forgotten_at == 99.0
     assert record.key_id == "kid-alice"
     assert catalog.get_version(REF) is None
-    assert {r.ref.subject for r in catalog.collectable(0.0)} == {"alice"}
+    assert {r.ref.subject for r in catalog.claim_collectable(0.0)} == {"alice"}
     bob = catalog.get_subject("intl", "bob")
     assert bob is not None and bob.wrapped_key == b"wrapped"
     assert catalog.get_version(ObjectRef("intl", "bob", "a.txt")) is not None

@@ -99,7 +99,7 @@ def test_an_unwritable_log_refuses_the_access_and_loses_nothing(
         assert custodian.unwraps == 0
         # nothing happened: no shard, no pending version, no subject, no half entry
         assert files_under(config.parent / "nodes") == nodes
-        assert vault.cells["US"].catalog.collectable(float("inf")) == []
+        assert vault.cells["US"].catalog.claim_collectable(float("inf")) == []
         assert vault.directory.home("intl", "bob") is None
         filler.unlink()
         vault.governance.release_logs()

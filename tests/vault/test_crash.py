@@ -71,7 +71,7 @@ def assert_only_committed_shards_after_gc(vault: Vault, ref: ObjectRef, nodes: P
     vault.gc(grace_seconds=0)
     assert files_under(nodes) == committed_shards(vault, ref)
     catalog = vault.cells["US"].catalog
-    assert catalog.collectable(float("inf")) == []
+    assert catalog.claim_collectable(float("inf")) == []
 
 
 @pytest.mark.parametrize(
@@ -100,12 +100,13 @@ def test_kill_at_each_step(
 
     expected = old if survivor == "old" else new
     assert vault.get(ref) == expected
-    pending = vault.cells["US"].catalog.collectable(float("inf"))
+    pending = vault.cells["US"].catalog.claim_collectable(float("inf"))
     if step == "committed":
         assert pending == []
         assert [info.version for info in vault.versions(ref)] == [2, 1]
     else:
-        assert [(r.ref, r.version, r.state.value) for r in pending] == [(ref, 2, "pending")]
+        # claimed for collection: the killed put's row can no longer commit
+        assert [(r.ref, r.version, r.state.value) for r in pending] == [(ref, 2, "deleted")]
     left = files_under(nodes) - before
     if step == "shards-committed":
         assert len(left) == 6 and all("shards" in p.parts for p in left)

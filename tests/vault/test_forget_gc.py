@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import threading
 import time
 from pathlib import Path
 
@@ -12,8 +13,9 @@ import pytest
 
 from conftest import SEGMENT, files_under, make_deployment, manifest_of, shard_paths
 from governance_support import forget_approved
+from shardvault.catalog.port import VersionRecord
 from shardvault.config import load
-from shardvault.errors import NotFound, SubjectForgotten
+from shardvault.errors import Conflict, NotFound, SubjectForgotten
 from shardvault.keys.memory import MemoryCustodian
 from shardvault.model import Justification, ObjectRef, RequestContext
 from shardvault.nodes.port import shard_name
@@ -202,3 +204,51 @@ def test_forget_leaves_no_name_of_the_subject_in_its_cell_files(config_path: Pat
                 assert b"dmgvictim" not in raw, path.name
         # the catalog keeps the subject's own row, keyless, so that it answers "forgotten"
         # and refuses a new registration of that id
+
+
+def test_gc_racing_a_large_put_never_loses_an_acknowledged_version(config_path: Path) -> None:
+    # gc read a pending row, the put then committed it and returned, and gc went on to
+    # delete its shards and its row: an acknowledged version was gone (a stress run)
+    config = load(config_path)
+    ref = ObjectRef("intl", "alice", "big")
+    with Vault.open(config) as setup:
+        setup.register_subject("intl", "alice", "US")
+        setup.put(ref, b"version one")
+    collector = Vault.open(config)
+    catalog = collector.cells["US"].catalog
+    claim = catalog.claim_collectable
+    start_gc, gc_has_read, put_is_done = (threading.Event() for _ in range(3))
+
+    def claim_then_wait(pending_before: float) -> list[VersionRecord]:
+        found = claim(pending_before)
+        gc_has_read.set()
+        put_is_done.wait(10)  # the put commits (or fails to) while gc holds its list
+        return found
+
+    catalog.claim_collectable = claim_then_wait  # type: ignore[method-assign]
+    gc_thread = threading.Thread(target=lambda: start_gc.wait(10) and collector.gc(0))
+    gc_thread.start()
+
+    def gc_just_before_the_commit(step: str) -> None:
+        if step == "shards-committed":
+            start_gc.set()
+            assert gc_has_read.wait(10)
+
+    try:
+        with Vault.open(config, on_step=gc_just_before_the_commit) as writer:
+            try:
+                writer.put(ref, os.urandom(3 * SEGMENT))  # large: reserved first
+                acknowledged = True
+            except Conflict:
+                acknowledged = False
+            finally:
+                put_is_done.set()
+            gc_thread.join(10)
+            expected_versions = [2, 1] if acknowledged else [1]
+            assert [info.version for info in writer.versions(ref)] == expected_versions
+            assert not acknowledged  # gc claimed the version first, so the put said so
+            assert writer.get(ref, 1) == b"version one"
+    finally:
+        put_is_done.set()
+        gc_thread.join(10)
+        collector.close()

@@ -112,7 +112,7 @@ def test_no_nodes_in_the_home_jurisdiction_refuses_the_write(
     with pytest.raises(ResidencyRefused, match="no storage nodes in jurisdiction CN"):
         vault.put(ObjectRef("intl", "li", "k"), b"data")
     assert _state_snapshot(base) == set()
-    assert vault.cells["CN"].catalog.collectable(float("inf")) == []
+    assert vault.cells["CN"].catalog.claim_collectable(float("inf")) == []
     assert vault.cells["CN"].catalog.known_object_ids() == set()
 
 
@@ -223,7 +223,7 @@ def test_a_subject_record_naming_another_home_is_refused(
     with pytest.raises(IntegrityError, match="living in SG"):
         forget_approved(vault, "intl", "bob")
     for cell in ("US", "SG"):  # refused before anything was reserved, let alone written
-        assert vault.cells[cell].catalog.collectable(float("inf")) == []
+        assert vault.cells[cell].catalog.claim_collectable(float("inf")) == []
         assert vault.cells[cell].catalog.list_versions(ref) == []
         found = vault.cells[cell].catalog.get_subject("intl", "bob")
         assert found is not None and found.forgotten_at is None  # nothing forgotten

@@ -134,7 +134,7 @@ def test_bytes_like_data_of_any_layout(vault: Vault, alice: ObjectRef, config_pa
     with pytest.raises(InvalidInput, match="contiguous"):
         vault.put(alice, memoryview(data)[::2])
     assert files_under(config_path.parent / "nodes") == before
-    assert vault.cells["US"].catalog.collectable(float("inf")) == []
+    assert vault.cells["US"].catalog.claim_collectable(float("inf")) == []
 
 
 def test_if_match_conflict_leaves_nothing_behind(
@@ -148,7 +148,7 @@ def test_if_match_conflict_leaves_nothing_behind(
     with pytest.raises(Conflict, match="expected version 0, current is 2"):
         vault.put(alice, b"new?", if_match=0)
     assert files_under(config_path.parent / "nodes") == before
-    assert vault.cells["US"].catalog.collectable(float("inf")) == []
+    assert vault.cells["US"].catalog.claim_collectable(float("inf")) == []
     assert vault.get(alice) == b"two"
     assert vault.put(alice, b"three", if_match=2).version > 2
     assert vault.get(alice) == b"three"

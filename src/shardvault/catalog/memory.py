@@ -170,19 +170,24 @@ class MemoryCatalog:
                     marked += 1
             return marked
 
-    def collectable(self, pending_before: float) -> list[VersionRecord]:
+    def claim_collectable(self, pending_before: float) -> list[VersionRecord]:
         with self._lock:
+            for versions in self._versions.values():
+                for number, rec in versions.items():
+                    if rec.state is VersionState.PENDING and rec.created_at < pending_before:
+                        versions[number] = replace(rec, state=VersionState.DELETED)
             return [
                 rec
                 for versions in self._versions.values()
                 for rec in versions.values()
                 if rec.state is VersionState.DELETED
-                or (rec.state is VersionState.PENDING and rec.created_at < pending_before)
             ]
 
     def purge(self, ref: ObjectRef, version: int) -> None:
         with self._lock:
-            self._versions.get(ref, {}).pop(version, None)
+            versions = self._versions.get(ref, {})
+            if version in versions and versions[version].state is VersionState.DELETED:
+                del versions[version]
             self._damage = [d for d in self._damage if (d.ref, d.version) != (ref, version)]
 
     def known_object_ids(self) -> set[bytes]:

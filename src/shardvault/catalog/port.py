@@ -117,11 +117,14 @@ class Catalog(Protocol):
 
     def mark_deleted(self, ref: ObjectRef, version: int | None = None) -> int: ...
 
-    def collectable(self, pending_before: float) -> list[VersionRecord]:
-        """Deleted versions, and pending versions reserved before `pending_before`."""
+    def claim_collectable(self, pending_before: float) -> list[VersionRecord]:
+        """Deleted versions, and pending versions reserved before `pending_before`, which
+        are first marked deleted in the same transaction: a put still writing one can
+        then no longer commit it (its commit fails, unacknowledged), so gc never takes
+        the shards of a version that commits."""
 
     def purge(self, ref: ObjectRef, version: int) -> None:
-        """Remove a version's row for good (after its shards are gone)."""
+        """Remove a deleted version's row for good (after its shards are gone)."""
 
     def known_object_ids(self) -> set[bytes]:
         """Object ids of every row, in any state: shards of others are orphans."""

@@ -441,12 +441,15 @@ class SqliteCatalog:
                 params += (version,)
             return db.execute(sql, params).rowcount
 
-    def collectable(self, pending_before: float) -> list[VersionRecord]:
-        rows = self._query(
-            f"SELECT {_VERSION_COLUMNS} FROM versions WHERE state = 'deleted'"
-            " OR (state = 'pending' AND created_at < ?)",
-            (pending_before,),
-        )
+    def claim_collectable(self, pending_before: float) -> list[VersionRecord]:
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE versions SET state = 'deleted' WHERE state = 'pending' AND created_at < ?",
+                (pending_before,),
+            )
+            rows = db.execute(
+                f"SELECT {_VERSION_COLUMNS} FROM versions WHERE state = 'deleted'"
+            ).fetchall()
         return [_version(row) for row in rows]
 
     def purge(self, ref: ObjectRef, version: int) -> None:
@@ -454,7 +457,7 @@ class SqliteCatalog:
             for table in ("versions", "damage"):
                 db.execute(
                     f"DELETE FROM {table} WHERE tenant = ? AND subject = ? AND key = ?"
-                    " AND version = ?",
+                    " AND version = ?" + (" AND state = 'deleted'" if table == "versions" else ""),
                     (ref.tenant, ref.subject, ref.key, version),
                 )
 

@@ -441,7 +441,7 @@ class Vault:
             cell,
             [
                 r
-                for r in cell.catalog.collectable(0.0)
+                for r in cell.catalog.claim_collectable(0.0)
                 if r.ref.subject == subject and r.ref.tenant == tenant
             ],
             self.code.n,

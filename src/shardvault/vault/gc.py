@@ -74,7 +74,7 @@ def _sync(stores: Iterable[ShardStore]) -> None:
 
 
 def collect_cell(cell: Cell, cutoff: float, n: int) -> GcReport:
-    records = cell.catalog.collectable(cutoff)
+    records = cell.catalog.claim_collectable(cutoff)
     shards = collect_versions(cell, records, n)
     cell.catalog.note_sweep(cutoff)  # from here, unreserved shards minted by then cannot commit
     # List shards before reading the known ids: a reserved shard was reserved

@@ -43,6 +43,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import secrets
 import struct
 import threading
 import zlib
@@ -560,9 +561,9 @@ class AuditLog:
             raise IntegrityError("refusing to store a head that does not match this log")
         heads = self.directory / "heads"
         final = heads / f"{checkpoint.size:020d}.note"
-        temp = heads / f".{checkpoint.size:020d}.note.tmp"
+        temp = heads / f".{checkpoint.size:020d}.note.{secrets.token_hex(6)}.tmp"  # per writer
         try:
-            with open(temp, "wb") as f:
+            with open(temp, "xb") as f:
                 f.write(note.to_bytes())
                 f.flush()
                 os.fsync(f.fileno())

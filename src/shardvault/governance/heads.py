@@ -18,8 +18,12 @@ mode 0600.
 from __future__ import annotations
 
 import base64
+import contextlib
+import fcntl
 import os
+import secrets
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -191,6 +195,19 @@ class PartnerWitness:
     def _last_path(self, jurisdiction: str) -> Path:
         return self.directory / "cosigned" / f"{jurisdiction}.note"
 
+    @contextlib.contextmanager
+    def turn(self, jurisdiction: str) -> Iterator[None]:
+        """One publisher of the cell's heads at a time, across processes: each takes the
+        log's head under it, so the heads the partner cosigns only ever grow."""
+        path = self._last_path(jurisdiction).with_suffix(".lock")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the flock
+
     def last(self, cell: CellAudit) -> Checkpoint | None:
         path = self._last_path(cell.jurisdiction)
         if not path.exists():
@@ -219,7 +236,7 @@ class PartnerWitness:
 
 def _write_secret_replace(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
     with open(temp, "wb") as handle:
         handle.write(data)
         handle.flush()
@@ -228,10 +245,16 @@ def _write_secret_replace(path: Path, data: bytes) -> None:
 
 
 def publish_head(cell: CellAudit, partner: PartnerWitness, timestamp: int) -> SignedNote:
-    """Sign the cell's current head, have the partner cosign it, and store it with the log."""
-    note = sign_checkpoint(cell.log.checkpoint(cell.origin), cell.signer)
-    cosigned = partner.cosign(cell, note, timestamp)
-    cell.log.store_head(cosigned)
+    """Sign the cell's current head, have the partner cosign it, and store it with the log.
+
+    Processes take turns (`PartnerWitness.turn`): two publishing at once could each
+    sign a head, and the smaller one, cosigned second, would be refused as older
+    than the partner's last (the stress run saw a forget fail that way).
+    """
+    with partner.turn(cell.jurisdiction):
+        note = sign_checkpoint(cell.log.checkpoint(cell.origin), cell.signer)
+        cosigned = partner.cosign(cell, note, timestamp)
+        cell.log.store_head(cosigned)
     return cosigned
 
 

@@ -1,0 +1,50 @@
+"""Several processes publishing one cell's heads at once (forget, `audit head`, `export`)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import make_deployment
+from shardvault.audit import Checkpoint
+from shardvault.config import load
+from shardvault.model import ObjectRef
+from shardvault.vault import Vault
+
+PUBLISHER = """
+import sys
+from pathlib import Path
+from shardvault.config import load
+from shardvault.model import ObjectRef
+from shardvault.vault import Vault
+
+with Vault.open(load(Path(sys.argv[1]))) as vault:
+    for i in range(int(sys.argv[2])):
+        vault.get(ObjectRef("intl", "alice", "x"))  # the log grows between heads
+        vault.governance.publish_head("US")
+"""
+
+
+def test_concurrent_publishers_all_succeed_and_heads_only_grow(tmp_path: Path) -> None:
+    # they shared one temporary file name (a quarter of them failed), and a smaller head
+    # cosigned after a larger one would be refused as older than the partner's last
+    config = make_deployment(tmp_path / "deploy")
+    with Vault.open(load(config)) as vault:
+        vault.register_subject("intl", "alice", "US")
+        vault.put(ObjectRef("intl", "alice", "x"), b"x")
+    publishers = [
+        subprocess.Popen(
+            [sys.executable, "-c", PUBLISHER, str(config), "40"], stderr=subprocess.PIPE
+        )
+        for _ in range(3)
+    ]
+    for publisher in publishers:
+        _, err = publisher.communicate(timeout=300)
+        assert publisher.returncode == 0, err.decode()[-2000:]
+    with Vault.open(load(config)) as vault:
+        cell = vault.governance.cell("US")
+        sizes = [Checkpoint.parse(note.text).size for note in cell.log.heads()]
+        last = vault.governance.partner.last(cell)
+        assert last is not None and last.size == max(sizes) == cell.log.size
+        assert not list((cell.log.directory / "heads").glob(".*"))  # no temporary left

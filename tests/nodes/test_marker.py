@@ -84,3 +84,20 @@ def test_a_damaged_marker_makes_the_node_unavailable(config_path: Path, content:
         usage = {u.node.id: u.unavailable for u in vault.node_usage()}
     assert usage["sg-n2"].endswith("is not a shardvault node marker: is this the node's directory?")
     assert [node for node, why in usage.items() if why] == ["sg-n2"]
+
+
+def test_a_missing_node_directory_is_not_made_again(vault: Vault, config_path: Path) -> None:
+    # an unmounted disk was recreated on the disk beneath it and took new shards
+    vault.close()
+    config = load(config_path)
+    location = Path(config.node("us-n1").location)
+    location.rename(location.with_name("unmounted"))
+    with Vault.open(config) as again:
+        usage = {u.node.id: u.unavailable for u in again.node_usage()}
+        assert usage["us-n1"] == (
+            f"opening {location} failed: no such directory (create it, or mount the node's disk)"
+        )
+        again.register_subject("intl", "alice", "US")
+        with pytest.raises(StorageError, match="node us-n1 is unavailable"):
+            again.put(ObjectRef("intl", "alice", "k"), b"x")
+    assert not location.exists()

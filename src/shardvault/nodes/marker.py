@@ -1,5 +1,8 @@
 """A node directory says which node it is, so a wrong path cannot move data across borders.
 
+A node's directory must exist: one that is missing (a disk not mounted) makes
+the node unavailable rather than be created again on the disk beneath it.
+
 The first open of a local node writes ``NODE`` in its directory: the node's id
 and jurisdiction (format below, docs/formats.md). Every later open checks it.
 A directory that names another node or jurisdiction (paths swapped in the
@@ -27,6 +30,10 @@ VERSION = 1
 
 def claim(root: Path, node: NodeSpec) -> None:
     """Check that ``root`` is this node's directory, marking it so on first use."""
+    if not root.exists():  # an unmounted disk: never recreate it on the disk beneath
+        raise StorageError(
+            f"opening {root} failed: no such directory (create it, or mount the node's disk)"
+        )
     path = root / MARKER
     expected = {
         "format": FORMAT,

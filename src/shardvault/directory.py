@@ -14,6 +14,7 @@ import sqlite3
 import threading
 from pathlib import Path
 
+from shardvault import sqlite_connections
 from shardvault.durability import create_whole, failure_reason
 from shardvault.errors import Conflict, IntegrityError, StorageError
 
@@ -56,8 +57,8 @@ class SubjectDirectory:
         self._path = db_path
         self._lock = threading.Lock()
         try:
-            self._db = sqlite3.connect(
-                str(db_path), isolation_level=None, check_same_thread=False, timeout=30.0
+            self._db = sqlite_connections.connect(
+                str(db_path), f"subject directory {db_path}", timeout=30.0
             )
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute(

@@ -6,24 +6,23 @@ import multiprocessing
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from tests.governance.helpers import SERVICE, as_, register
 
 from conftest import make_deployment
 from shardvault.audit import AuditEntry
 from shardvault.config import load
+from shardvault.errors import StorageError
 from shardvault.model import ObjectRef
 from shardvault.vault import Vault
 
 
-def _child_puts_and_reads(config: str, index: int, inherited: Vault) -> None:
-    """Runs in a forked worker: opens its own vault after the parent has used one, and
-    drops the one it inherited half way, which must not take the child's logs with it."""
+def _child_puts_and_reads(config: str, index: int) -> None:
+    """Runs in a forked worker: opens its own vault, after the parent used (and closed) one."""
     with Vault.open(load(Path(config))) as vault:
         ctx = as_(SERVICE, "serve-user")
         for i in range(20):
-            if i == 10:
-                inherited.close()
             ref = ObjectRef("intl", "alice", f"child{index}/{i}")
             vault.put(ref, f"{index}-{i}".encode(), ctx=ctx)
         assert vault.get(ObjectRef("intl", "alice", "parent"), ctx=ctx) == b"from the parent"
@@ -37,14 +36,15 @@ def test_forked_workers_share_a_deployment_and_its_audit_logs(tmp_path: Path) ->
         ctx = as_(SERVICE, "serve-user")
         # the parent's flusher threads exist before the fork; the children need their own
         vault.put(ObjectRef("intl", "alice", "parent"), b"from the parent", ctx=ctx)
-        fork = multiprocessing.get_context("fork")
-        workers = [
-            fork.Process(target=_child_puts_and_reads, args=(str(config), n, vault), daemon=True)
-            for n in range(2)
-        ]
-        for worker in workers:
-            worker.start()
-        for _ in range(20):  # the parent keeps appending to the same logs meanwhile
+    fork = multiprocessing.get_context("fork")  # forked with no database open
+    workers = [
+        fork.Process(target=_child_puts_and_reads, args=(str(config), n), daemon=True)
+        for n in range(2)
+    ]
+    for worker in workers:
+        worker.start()
+    with Vault.open(load(config)) as vault:
+        for _ in range(20):  # the parent appends to the same logs meanwhile
             vault.get(ObjectRef("intl", "alice", "parent"), ctx=as_(SERVICE, "serve-user"))
         for worker in workers:
             worker.join(60)
@@ -60,6 +60,39 @@ def test_forked_workers_share_a_deployment_and_its_audit_logs(tmp_path: Path) ->
         actions = [AuditEntry.from_bytes(raw).action for raw in log.iter_entry_bytes()]
         assert actions.count("write") == 1 + 40 + 1  # the parent's, the workers', the subject
         assert actions.count("read") == 20 + 2 + 40
+
+
+def _child_of_an_open_vault(config: str, inherited: Vault, answer: Any) -> None:
+    """Forked while the parent's vault is open: opening one here must be refused, and
+    closing the inherited one must leave the parent's databases alone."""
+    try:
+        Vault.open(load(Path(config)))
+        answer.put("opened")
+    except StorageError as exc:
+        answer.put(str(exc))
+    inherited.close()
+
+
+def test_a_child_forked_from_an_open_vault_may_not_open_one(tmp_path: Path) -> None:
+    # its new SQLite connections took no real locks (the lock state is per process, and
+    # it had inherited the parent's): when the parent closed, SQLite deleted the WAL
+    # under the child, and the child's acknowledged puts were lost (a stress run)
+    config = make_deployment(tmp_path / "deploy", pack_limit=64 << 10)
+    with Vault.open(load(config)) as vault:
+        vault.register_subject("intl", "alice", "US")
+        fork = multiprocessing.get_context("fork")
+        answer = fork.SimpleQueue()
+        child = fork.Process(target=_child_of_an_open_vault, args=(str(config), vault, answer))
+        child.start()
+        child.join(60)
+        assert child.exitcode == 0
+        refused = answer.get()
+        assert "forked while its parent had the deployment's databases open" in refused
+        assert "'spawn' or 'forkserver'" in refused
+        assert (config.parent / "state" / "cells" / "US" / "catalog.sqlite-wal").exists()
+        vault.put(ObjectRef("intl", "alice", "after"), b"still the parent's")
+    with Vault.open(load(config)) as again:
+        assert again.get(ObjectRef("intl", "alice", "after")) == b"still the parent's"
 
 
 def test_the_command_line_works_beside_an_open_vault(tmp_path: Path) -> None:

@@ -26,6 +26,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from shardvault import sqlite_connections
 from shardvault.catalog.port import DamageRecord, SubjectRecord, VersionRecord, VersionState
 from shardvault.durability import GroupSync, failure_reason, filesystem_sync
 from shardvault.errors import (
@@ -149,9 +150,7 @@ class SqliteCatalog:
                     os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
                     0o600,
                 )
-            self._db = sqlite3.connect(
-                str(path), isolation_level=None, check_same_thread=False, timeout=30.0
-            )
+            self._db = sqlite_connections.connect(str(path), f"catalog {path}", timeout=30.0)
             try:
                 self._db.execute("PRAGMA journal_mode=WAL")
                 self._db.execute("PRAGMA synchronous=NORMAL")

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from shardvault import sqlite_connections
 from shardvault.errors import AccessDenied, Conflict, InvalidInput, NotFound, Unavailable
 from shardvault.policy import Principal
 
@@ -127,7 +128,7 @@ class ApprovalBook:
             path = self._state_dir / "cells" / jurisdiction / "approvals.sqlite"
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
-                db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+                db = sqlite_connections.connect(path, f"approvals of cell {jurisdiction}")
                 db.execute("PRAGMA journal_mode=WAL")
                 db.execute("PRAGMA busy_timeout=5000")
                 db.execute("PRAGMA secure_delete=ON")  # a forgotten subject's id is overwritten

@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from shardvault import sqlite_connections
 from shardvault.durability import failure_reason
 from shardvault.errors import AccessDenied, Conflict, InvalidInput, NotFound, Unavailable
 from shardvault.model import LOCAL_ADMIN
@@ -103,7 +104,7 @@ class PrincipalRegistry:
         self._lock = threading.Lock()
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            self._db = sqlite_connections.connect(path, f"principal registry {path}")
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA busy_timeout=5000")
             version = self._db.execute("PRAGMA user_version").fetchone()[0]

@@ -80,9 +80,11 @@ def _no_step(step: str) -> None:
 class Vault:
     """The embedded vault over a deployment's cells.
 
-    Thread-safe. Several processes may open one deployment at once; open the
-    vault in each worker after a fork, never carry one across it (its SQLite
-    connections and I/O pool threads do not survive a fork).
+    Thread-safe. Several processes may open one deployment at once. Fork
+    workers while no vault is open in the parent (or start them with
+    'spawn'/'forkserver'), and open the vault in each: SQLite's locks do not
+    survive a fork, so a process forked from an open vault refuses to open one
+    (`shardvault.sqlite_connections`).
     """
 
     def __init__(

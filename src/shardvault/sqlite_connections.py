@@ -1,0 +1,63 @@
+"""SQLite connections and fork(): a child may not open what its parent holds open.
+
+SQLite keeps a process's POSIX locks on a database file in memory that all its
+connections to the file share. A child forked while the parent held a
+connection inherits that memory, so the child's own new connections take no
+real locks: the parent's last close then believes nobody else reads the
+database, checkpoints it and deletes the WAL under the child, whose later
+commits go to an unlinked file (a stress run lost acknowledged puts that way).
+So a process forked while any of these connections was open refuses to open
+one (fail closed, saying what to do instead). The connections it inherited are
+the parent's: closing one in the child does nothing, and they are kept alive
+so that garbage collection never closes them either.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import weakref
+from pathlib import Path
+
+from shardvault.errors import StorageError
+
+
+class Connection(sqlite3.Connection):
+    """A connection that knows the process that opened it."""
+
+    pid: int
+    closed: bool
+
+    def close(self) -> None:
+        if self.pid == os.getpid():  # in a forked child, the parent's: leave it be
+            self.closed = True
+            super().close()
+
+
+_open: weakref.WeakSet[Connection] = weakref.WeakSet()
+_kept: list[Connection] = []  # a forked child's inherited connections, never collected
+
+
+def connect(path: str | Path, what: str, timeout: float = 5.0) -> Connection:
+    """`sqlite3.connect` in autocommit mode, shareable by threads (each user holds its own
+    lock around it); refused in a process forked while connections were open."""
+    if _kept:
+        raise StorageError(
+            f"{what}: this process was forked while its parent had the deployment's "
+            "databases open, and SQLite's locks do not survive fork(): fork workers before "
+            "opening a vault (or close it first), or start them with multiprocessing "
+            "'spawn' or 'forkserver'"
+        )
+    connection = sqlite3.connect(
+        path, timeout, isolation_level=None, check_same_thread=False, factory=Connection
+    )
+    connection.pid, connection.closed = os.getpid(), False
+    _open.add(connection)
+    return connection
+
+
+def _keep_inherited() -> None:
+    _kept.extend(c for c in _open if not c.closed)
+
+
+os.register_at_fork(after_in_child=_keep_inherited)

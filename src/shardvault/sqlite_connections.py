@@ -8,8 +8,10 @@ database, checkpoints it and deletes the WAL under the child, whose later
 commits go to an unlinked file (a stress run lost acknowledged puts that way).
 So a process forked while any of these connections was open refuses to open
 one (fail closed, saying what to do instead). The connections it inherited are
-the parent's: closing one in the child does nothing, and they are kept alive
-so that garbage collection never closes them either.
+the parent's: using one in the child is refused the same way (a vault carried
+across the fork would otherwise write through them, and lose those writes the
+same way), closing one does nothing, and they are kept alive so that garbage
+collection never closes them either.
 """
 
 from __future__ import annotations
@@ -18,22 +20,38 @@ import os
 import sqlite3
 import weakref
 from pathlib import Path
+from typing import Any
 
 from shardvault.errors import StorageError
 
 
 class Connection(sqlite3.Connection):
-    """A connection that knows the process that opened it."""
+    """A connection that knows whether it was inherited through a fork."""
 
-    pid: int
+    inherited: bool
     closed: bool
 
+    def execute(self, sql: str, parameters: Any = (), /) -> sqlite3.Cursor:
+        if self.inherited:
+            raise StorageError(_INHERITED)
+        return super().execute(sql, parameters)
+
+    def executescript(self, script: str, /) -> sqlite3.Cursor:
+        if self.inherited:
+            raise StorageError(_INHERITED)
+        return super().executescript(script)
+
     def close(self) -> None:
-        if self.pid == os.getpid():  # in a forked child, the parent's: leave it be
+        if not self.inherited:  # in a forked child, the parent's: leave it be
             self.closed = True
             super().close()
 
 
+_INHERITED = (
+    "this connection belongs to the process this one was forked from, and SQLite's "
+    "locks do not survive fork(): open the vault in the worker (forked before any was "
+    "open), or start workers with multiprocessing 'spawn' or 'forkserver'"
+)
 _open: weakref.WeakSet[Connection] = weakref.WeakSet()
 _kept: list[Connection] = []  # a forked child's inherited connections, never collected
 
@@ -51,13 +69,16 @@ def connect(path: str | Path, what: str, timeout: float = 5.0) -> Connection:
     connection = sqlite3.connect(
         path, timeout, isolation_level=None, check_same_thread=False, factory=Connection
     )
-    connection.pid, connection.closed = os.getpid(), False
+    connection.inherited, connection.closed = False, False
     _open.add(connection)
     return connection
 
 
 def _keep_inherited() -> None:
-    _kept.extend(c for c in _open if not c.closed)
+    for connection in _open:
+        if not connection.closed:
+            connection.inherited = True
+            _kept.append(connection)
 
 
 os.register_at_fork(after_in_child=_keep_inherited)

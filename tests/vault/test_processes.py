@@ -63,13 +63,17 @@ def test_forked_workers_share_a_deployment_and_its_audit_logs(tmp_path: Path) ->
 
 
 def _child_of_an_open_vault(config: str, inherited: Vault, answer: Any) -> None:
-    """Forked while the parent's vault is open: opening one here must be refused, and
-    closing the inherited one must leave the parent's databases alone."""
-    try:
-        Vault.open(load(Path(config)))
-        answer.put("opened")
-    except StorageError as exc:
-        answer.put(str(exc))
+    """Forked while the parent's vault is open: opening one here, or writing through the
+    inherited one, must be refused, and closing that must leave the parent's files alone."""
+    for attempt in (
+        lambda: Vault.open(load(Path(config))),
+        lambda: inherited.put(ObjectRef("intl", "alice", "child"), b"lost, once"),
+    ):
+        try:
+            attempt()
+            answer.put("allowed")
+        except StorageError as exc:
+            answer.put(str(exc))
     inherited.close()
 
 
@@ -86,9 +90,11 @@ def test_a_child_forked_from_an_open_vault_may_not_open_one(tmp_path: Path) -> N
         child.start()
         child.join(60)
         assert child.exitcode == 0
-        refused = answer.get()
+        refused, written = answer.get(), answer.get()
         assert "forked while its parent had the deployment's databases open" in refused
         assert "'spawn' or 'forkserver'" in refused
+        # the inherited vault wrote through the parent's connections: acknowledged, then lost
+        assert "belongs to the process this one was forked from" in written
         assert (config.parent / "state" / "cells" / "US" / "catalog.sqlite-wal").exists()
         vault.put(ObjectRef("intl", "alice", "after"), b"still the parent's")
     with Vault.open(load(config)) as again:

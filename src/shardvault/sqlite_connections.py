@@ -26,25 +26,26 @@ from shardvault.errors import StorageError
 
 
 class Connection(sqlite3.Connection):
-    """A connection that knows whether it was inherited through a fork."""
+    """A connection this process opened (no override on the query path: it is hot)."""
 
-    inherited: bool
     closed: bool
 
+    def close(self) -> None:
+        self.closed = True
+        super().close()
+
+
+class InheritedConnection(Connection):
+    """What a connection becomes in a child forked while it was open: the parent's."""
+
     def execute(self, sql: str, parameters: Any = (), /) -> sqlite3.Cursor:
-        if self.inherited:
-            raise StorageError(_INHERITED)
-        return super().execute(sql, parameters)
+        raise StorageError(_INHERITED)
 
     def executescript(self, script: str, /) -> sqlite3.Cursor:
-        if self.inherited:
-            raise StorageError(_INHERITED)
-        return super().executescript(script)
+        raise StorageError(_INHERITED)
 
     def close(self) -> None:
-        if not self.inherited:  # in a forked child, the parent's: leave it be
-            self.closed = True
-            super().close()
+        """Left to the parent: closing it here could checkpoint and delete its WAL."""
 
 
 _INHERITED = (
@@ -69,7 +70,7 @@ def connect(path: str | Path, what: str, timeout: float = 5.0) -> Connection:
     connection = sqlite3.connect(
         path, timeout, isolation_level=None, check_same_thread=False, factory=Connection
     )
-    connection.inherited, connection.closed = False, False
+    connection.closed = False
     _open.add(connection)
     return connection
 
@@ -77,7 +78,7 @@ def connect(path: str | Path, what: str, timeout: float = 5.0) -> Connection:
 def _keep_inherited() -> None:
     for connection in _open:
         if not connection.closed:
-            connection.inherited = True
+            connection.__class__ = InheritedConnection
             _kept.append(connection)
 
 

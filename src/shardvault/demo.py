@@ -10,6 +10,7 @@ from __future__ import annotations
 from contextlib import suppress
 from pathlib import Path
 
+from shardvault.durability import write_failure
 from shardvault.errors import InvalidInput
 
 DEMO_JURISDICTIONS = {"US": "United States", "SG": "Singapore", "EU": "European Union"}
@@ -184,9 +185,7 @@ def write_demo(directory: Path) -> Path:
     except BaseException as exc:
         _remove(made)
         if isinstance(exc, OSError):
-            raise InvalidInput(
-                f"cannot write the demo deployment in {directory}: {exc.strerror or exc}"
-            ) from None
+            raise write_failure(f"the demo deployment in {directory}", exc) from None
         raise
     return config_path
 

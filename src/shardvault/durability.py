@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import errno
 import os
 import secrets
 import shutil
@@ -23,7 +24,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from shardvault.errors import StorageError
+from shardvault.errors import InvalidInput, ShardvaultError, StorageError
 
 
 class WaitRoom:
@@ -176,6 +177,15 @@ def _libc_function(name: str, argtypes: list[Any]) -> Any:
 
 
 LOW_DISK_BYTES = 1 << 20
+_NO_ROOM = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO})
+
+
+def write_failure(what: str, exc: OSError) -> ShardvaultError:
+    """``cannot write <what>: <reason>``. A full disk or an I/O error is a failure
+    (`StorageError`, exit 1: make room and retry); anything else (no such directory,
+    permission, a read-only file system) is the path given (`InvalidInput`, exit 2)."""
+    message = f"cannot write {what}: {exc.strerror or exc}"
+    return StorageError(message) if exc.errno in _NO_ROOM else InvalidInput(message)
 
 
 def failure_reason(exc: BaseException, path: Path) -> str:

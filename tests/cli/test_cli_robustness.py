@@ -206,6 +206,15 @@ def test_get_onto_a_read_only_mount_is_one_line(alice: Cli, tmp_path: Path) -> N
     assert "Read-only file system" in line
 
 
+def test_get_onto_a_full_disk_is_a_failure_not_bad_input(alice: Cli, tmp_path: Path) -> None:
+    # exit 1 (make room, retry), not 2: the path given was fine
+    with tmpfs(tmp_path / "full", "size=16k") as full:
+        (full / "filler").write_bytes(b"\0" * 16384)
+        line = alice.fails(1, "get", "intl", "alice", "k", "-o", str(full / "out"))
+        assert sorted(p.name for p in full.iterdir()) == ["filler"]  # no partial file
+    assert line == f"error: cannot write {full / 'out'}: No space left on device"
+
+
 def test_put_with_stdin_closed_is_exit_2(alice: Cli) -> None:
     done = shardvault(
         alice.config, "put", "intl", "alice", "k2", "-", preexec_fn=lambda: os.close(0)
@@ -319,7 +328,8 @@ def test_init_on_a_full_or_read_only_disk_leaves_nothing(
         before = sorted(disk.rglob("*"))
         for target in (disk / "demo", disk):
             code, err = init(capsysbinary, tmp_path, str(target))
-            assert code == 2 and err.startswith("error: cannot write the demo deployment"), err
+            expected = 2 if "ro" in options else 1  # a full disk is a failure, not bad input
+            assert code == expected and err.startswith("error: cannot write the demo deployment")
             assert err.count("\n") == 1
             assert sorted(disk.rglob("*")) == before
         if "ro" not in options:

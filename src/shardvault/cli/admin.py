@@ -10,6 +10,7 @@ import typer
 from shardvault.cli.output import human_size, print_json, print_table, say, warn, write_out
 from shardvault.cli.state import state
 from shardvault.demo import write_demo
+from shardvault.durability import write_failure
 from shardvault.errors import InvalidInput
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
@@ -80,7 +81,7 @@ def forget(
         try:
             receipt.write_text(result.receipt)
         except OSError as exc:
-            raise InvalidInput(f"cannot write {receipt}: {exc.strerror}") from None
+            raise write_failure(str(receipt), exc) from None
     if json_out:
         print_json(result)
         return

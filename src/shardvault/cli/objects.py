@@ -23,6 +23,7 @@ from shardvault.cli.output import (
 )
 from shardvault.cli.progress import transfer_bar
 from shardvault.cli.state import state
+from shardvault.durability import write_failure
 from shardvault.errors import InvalidInput
 from shardvault.model import ObjectRef
 
@@ -147,7 +148,7 @@ def _write_into(
                 sink.write(chunk)
                 advance(len(chunk))
     except OSError as exc:
-        raise InvalidInput(f"cannot write {shown}: {exc.strerror}") from None
+        raise write_failure(str(shown), exc) from None
 
 
 def _write_atomically(
@@ -168,7 +169,7 @@ def _write_atomically(
             with suppress(OSError):  # the original error is the one to report
                 temp.unlink()
         if isinstance(exc, OSError):
-            raise InvalidInput(f"cannot write {shown}: {exc.strerror}") from None
+            raise write_failure(str(shown), exc) from None
         raise
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import typer
 
 from shardvault.cli.output import write_out
+from shardvault.durability import write_failure
 from shardvault.errors import InvalidInput, Refused
 
 
@@ -83,7 +84,7 @@ def scan(
         try:
             output.write_text(text, encoding="utf-8")
         except OSError as exc:
-            raise InvalidInput(f"cannot write {output}: {exc.strerror}") from exc
+            raise write_failure(str(output), exc) from exc
     else:
         write_out(text)
     if failing := report.failing(threshold):

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from shardvault.durability import GroupSync
 from shardvault.errors import NotFound, StorageError
 from shardvault.nodes.localdir import LocalDirShardStore
-from shardvault.nodes.packs import FILE_HEADER, RECORD, encode_record
+from shardvault.nodes.packs import FILE_HEADER, RECORD, PackSet, encode_record
 from shardvault.nodes.port import shard_name
 
 OID = bytes.fromhex("00112233445566778899aabbccddeeff")
@@ -256,3 +257,53 @@ def test_pack_records_survive_struct_layout(root: Path) -> None:
     magic, kind, zero, name_len, data_len = RECORD.unpack(encode_record(2, "x", b"")[:12])
     assert (magic, kind, zero, name_len, data_len) == (b"SVPR", 2, 0, 1, 0)
     assert struct.calcsize(">4sBBHI") == 12
+
+
+def packset(root: Path) -> PackSet:
+    return PackSet(root, "n1", GroupSync(lambda: None))
+
+
+SECRET = b"SECRET-CIPHERTEXT" * 4
+
+
+def on_disk(root: Path) -> bytes:
+    return b"".join(p.read_bytes() for p in root.glob("*.pack"))
+
+
+def test_deleting_a_shard_another_process_moved_zeroes_its_copy(tmp_path: Path) -> None:
+    # the delete zeroed the old, compacted-away location (a no-op), so the copy kept the
+    # ciphertext; once the tombstone's pack was compacted too, the shard came back
+    writer = packset(tmp_path)
+    writer.add("X", SECRET)
+    writer.add("Y", b"other")
+    writer.close()
+    deleter = packset(tmp_path)
+    assert deleter.locate("X") is not None  # its index now points at the old pack
+    compactor = packset(tmp_path)
+    assert compactor.compact() == 1  # X copied into the compactor's live pack
+    assert deleter.delete("X")
+    assert SECRET not in on_disk(tmp_path)
+    deleter.close()
+    assert packset(tmp_path).compact() == 1  # folds the tombstone's pack away
+    compactor.close()
+    assert packset(tmp_path).locate("X") is None
+
+
+def test_a_delete_racing_a_compaction_zeroes_the_copy_too(tmp_path: Path) -> None:
+    writer = packset(tmp_path)
+    writer.add("X", SECRET)
+    writer.close()
+    deleter, compactor = packset(tmp_path), packset(tmp_path)
+    assert deleter.locate("X") is not None
+    sync = compactor.group.sync
+
+    def delete_between_copy_and_unlink(*args: object) -> None:
+        sync(*args)  # type: ignore[arg-type]
+        assert deleter.delete("X")  # zeroes the old record, which still exists
+
+    compactor.group.sync = delete_between_copy_and_unlink  # type: ignore[method-assign]
+    assert compactor.compact() == 1
+    assert SECRET not in on_disk(tmp_path)
+    deleter.close()
+    compactor.close()
+    assert packset(tmp_path).locate("X") is None

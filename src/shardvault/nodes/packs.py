@@ -56,6 +56,7 @@ CRC = struct.Struct(">I")
 ROTATE_AT = 64 << 20
 RETIRED_FD_SECONDS = 60.0  # far longer than any read between taking an fd and its pread
 SMALL_PACK = 1 << 20
+_ERASE_TRIES = 3  # a shard moved by a compaction each time it is looked up, in a row
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,34 +150,44 @@ class PackSet:
         return self.group.note_write()
 
     def delete(self, name: str) -> bool:
-        """Tombstone the shard and overwrite its bytes with zeros (not yet synced).
+        """Overwrite the shard's bytes with zeros, then tombstone it (neither synced yet).
 
-        Compaction alone would leave a deleted (or forgotten) user's ciphertext in
-        a pack for as long as the pack is live, or more than a quarter alive.
+        Compaction alone would leave a deleted (or forgotten) user's ciphertext in a
+        pack for as long as the pack is live, or more than a quarter alive. Zeroing
+        comes first, so a failure leaves the shard live for the next attempt.
         """
         with self._lock:
             located = self.locate(name)
             if located is None:
                 return False
+            for _ in range(_ERASE_TRIES):
+                if self._erase(located):
+                    break
+                # another process compacted that pack: the shard was copied elsewhere
+                self._forget_pack(located.pack)
+                self.refresh()
+                found = self._index.get(name)
+                if found is None:
+                    break
+                located = found
             self._append(TOMBSTONE, name, b"")
             self._index.pop(name, None)
             self._dead.add(name)
-            self._erase(located)
             return True
 
-    def _erase(self, located: PackedShard) -> None:
-        """Zero a dead record's data in place. Its CRC then fails, and the scan steps
-        over it (its framing is intact). A pack compacted away meanwhile needs nothing;
-        a copy its compactor made is an orphan, erased when gc deletes it."""
+    def _erase(self, located: PackedShard) -> bool:
+        """Zero a record's data in place; False if its pack is gone (compacted). Its CRC
+        then fails, and the scan steps over it (its framing is intact)."""
         try:
             fd = os.open(self.directory / located.pack, os.O_WRONLY | os.O_CLOEXEC)
         except FileNotFoundError:
-            return
+            return False
         try:
             if os.pwrite(fd, bytes(located.length), located.offset) != located.length:
                 raise OSError(errno.ENOSPC, "short write")
         finally:
             os.close(fd)
+        return True
 
     # -- reading ---------------------------------------------------------------
 
@@ -309,15 +320,26 @@ class PackSet:
                 try:
                     self._scan(pack)
                     live = [(n, loc) for n, loc in self._index.items() if loc.pack == pack]
+                    copies = {}
                     for name, located in live:
                         self.add(name, self.read(located, 0, located.length))
+                        copies[name] = self._index[name]
                     self.group.sync()
+                    self._erase_copies_deleted_meanwhile(copies)
                     self._forget_pack(pack)
                     (self.directory / pack).unlink(missing_ok=True)
                     removed += 1
                 finally:
                     os.close(claim)
         return removed
+
+    def _erase_copies_deleted_meanwhile(self, copies: dict[str, PackedShard]) -> None:
+        """A delete racing the copy zeroed the old record, not the copy: zero that too
+        (found by the tombstones appended since; a delete after this finds the copy)."""
+        self.refresh()
+        for name, copy in copies.items():
+            if name in self._dead:
+                self._erase(copy)
 
     def _worth_compacting(self, pack: str) -> bool:
         """A quarter dead, or small enough to fold into one file with the others."""

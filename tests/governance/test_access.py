@@ -85,8 +85,23 @@ def test_who_is_not_registered_is_told_only_to_whom_may_know(
         with pytest.raises(AccessDenied, match=rule):
             call()
     assert [(e.decision, e.rule) for e in entries_of(story, ctx)] == [("deny", rule)] * 3
+    allowed = as_(SERVICE, "serve-user")
     with pytest.raises(NotFound, match="no subject bob"):  # the tenant's own service may know
-        story.get(nobody, ctx=as_(SERVICE, "serve-user"))
+        story.get(nobody, ctx=allowed)
+    [answer] = entries_of(story, allowed)  # and that answer is audited too
+    assert (answer.decision, answer.result) == ("allow", "not-registered")
+
+
+def test_a_refusal_does_not_say_where_the_data_lives(story: Vault) -> None:
+    # "... for protected data of jurisdiction SG is refused" told a foreign authority
+    # where each registered subject lives, and which ids were not registered
+    story.register_subject("intl", "sook", "SG")
+    messages = set()
+    for subject in ("alice", "sook", "nobody"):
+        with pytest.raises(AccessDenied, match="foreign-government") as refused:
+            story.get(ObjectRef("intl", subject, "x"), ctx=as_(CN_POLICE, "lawful-request"))
+        messages.add(str(refused.value))
+    assert len(messages) == 1 and "another jurisdiction" in messages.pop()
 
 
 @pytest.mark.parametrize("principal", [CN_POLICE, OTHER_TENANT])

@@ -361,10 +361,11 @@ class Governance:
         """May ``ctx`` learn that ``subject`` is registered in no cell? Raise if not.
 
         Only a principal the policy would let act on the subject in one of the
-        tenant's ``jurisdictions`` may. Anyone else (another tenant, a foreign
-        authority, an unknown or revoked principal) gets the refusal they would
-        get for a registered subject, audited and counted in the tenant's first
-        cell: otherwise "not registered" would tell them, unaudited, who is.
+        tenant's ``jurisdictions`` may (with an approval, if it needs one there:
+        docs/trust-model.md); the answer is audited in that cell. Anyone else
+        (another tenant, a foreign authority, an unknown or revoked principal) gets
+        a refusal, audited and counted in the tenant's first cell: otherwise "not
+        registered" would tell them, unaudited, who is.
         """
         first = Resource(tenant, jurisdictions[0], DataClass.PROTECTED, subject, key)
         principal = self._resolve_audited(ctx, action, first)
@@ -373,6 +374,11 @@ class Governance:
             resource = Resource(tenant, jurisdiction, DataClass.PROTECTED, subject, key)
             decision = decide(self.policy, principal, action, resource, ctx.purpose)
             if decision.effect is not Effect.DENY:
+                self._audit(
+                    resource, **_request_fields(ctx, action), decision=decision.effect.value,
+                    rule=decision.rule, result="not-registered",
+                    details=_details(principal, resource, "policy"),
+                ).wait()  # fmt: skip
                 return
             refusal = refusal or decision
         assert refusal is not None

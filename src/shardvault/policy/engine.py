@@ -67,9 +67,12 @@ def _foreign_government(p: Principal, a: Action, r: Resource) -> str | None:
         and r.data_class is DataClass.PROTECTED
         and p.authority_country != r.jurisdiction
     ):
+        # the data's jurisdiction is not named: it would tell the requester where a
+        # registered subject lives, and that an unregistered one is not (the audit
+        # entry records it)
         return (
             f"request by {p.authority!r} ({p.authority_country}) for protected data "
-            f"of jurisdiction {r.jurisdiction} is refused"
+            "of another jurisdiction is refused"
         )
     return None
 
@@ -81,7 +84,7 @@ def _protected_read_location(p: Principal, a: Action, r: Resource) -> str | None
         and p.location != r.jurisdiction
     ):
         return (
-            f"protected data of {r.jurisdiction} cannot be {_DONE[a]} from {p.location}; "
+            f"protected data cannot be {_DONE[a]} from {p.location}; "
             "only from inside its jurisdiction"
         )
     return None

@@ -13,6 +13,7 @@ import pytest
 
 from shardvault.durability import GroupSync
 from shardvault.errors import NotFound, StorageError
+from shardvault.nodes import packs
 from shardvault.nodes.localdir import LocalDirShardStore
 from shardvault.nodes.packs import FILE_HEADER, RECORD, PackSet, encode_record
 from shardvault.nodes.port import shard_name
@@ -307,3 +308,17 @@ def test_a_delete_racing_a_compaction_zeroes_the_copy_too(tmp_path: Path) -> Non
     deleter.close()
     compactor.close()
     assert packset(tmp_path).locate("X") is None
+
+
+def test_a_node_unmounted_while_open_is_not_made_again(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a new pack's mkdir(parents=True) recreated the node's root on the disk beneath
+    store = LocalDirShardStore("n", root)
+    put(store, name(1), b"before")
+    root.rename(root.with_name("unmounted"))
+    monkeypatch.setattr(packs, "ROTATE_AT", 0)  # the next append starts a new pack
+    with pytest.raises(StorageError, match="appending to a pack failed"):
+        put(store, name(2), b"after")
+    assert not root.exists()
+    store.close()

@@ -108,7 +108,8 @@ class LocalShardWriter:
             try:
                 os.rename(self._temp, final)
             except FileNotFoundError:
-                final.parent.mkdir(parents=True, exist_ok=True)
+                final.parent.parent.mkdir(exist_ok=True)  # the fan-out, never shards/ itself
+                final.parent.mkdir(exist_ok=True)
                 os.rename(self._temp, final)
             fsync_directory(final.parent)
         except OSError as exc:
@@ -161,6 +162,8 @@ class LocalDirShardStore:
         self._owed = 0
         self._owed_lock = threading.Lock()
         try:
+            # the vault checks first that the root exists (nodes/marker.py); later
+            # mkdirs never make it again, so a disk unmounted meanwhile stays so
             self.shard_dir.mkdir(parents=True, exist_ok=True)
             self.tmp_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:

@@ -95,7 +95,7 @@ class PackSet:
         if self._active_fd is not None and self._active_size < ROTATE_AT:
             return self._active_fd
         self._retire_active()
-        self.directory.mkdir(parents=True, exist_ok=True)
+        self.directory.mkdir(exist_ok=True)  # never the node's root: an unmounted disk stays so
         name = f"{secrets.token_hex(8)}.pack"
         fd = os.open(
             self.directory / name, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600

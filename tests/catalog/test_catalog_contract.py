@@ -296,6 +296,28 @@ def test_a_claimed_pending_version_can_no_longer_commit(catalog: Catalog) -> Non
     assert catalog.get_version(REF, committed) is not None
 
 
+def test_claims_come_in_bounded_batches_of_one_subject_and_of_their_time(
+    catalog: Catalog,
+) -> None:
+    # gc and forget work through a backlog a batch at a time, in bounded memory, and
+    # stop: what is created after they start is left for the next time
+    bob = ObjectRef("intl", "bob", "a.txt")
+    for number, when in enumerate((30.0, 10.0, 20.0, 40.0), start=1):
+        catalog.mark_deleted(REF, put(catalog, REF, number, when=when))
+    catalog.mark_deleted(bob, put(catalog, bob, 5, when=5.0))
+    bob_pending = catalog.reserve(bob, oid(6), 1.0)
+    alice_pending = catalog.reserve(REF, oid(7), 1.0)
+    first = catalog.claim_collectable(2.0, subject=("intl", "alice"), limit=2)
+    assert [r.created_at for r in first] == [1.0, 10.0]  # oldest first, alice's only
+    assert first[0].version == alice_pending and first[0].state is VersionState.DELETED
+    catalog.commit(bob, bob_pending, b"manifest-6", 6, None)  # bob's pending was not claimed
+    for record in first:
+        catalog.purge(record.ref, record.version)
+    rest = catalog.claim_collectable(0.0, subject=("intl", "alice"), created_until=30.0)
+    assert [r.created_at for r in rest] == [20.0, 30.0]  # the one created at 40 waits
+    assert {r.ref.subject for r in catalog.claim_collectable(2.0, limit=10)} == {"alice", "bob"}
+
+
 def test_collectable_with_cutoff_and_purge(catalog: Catalog) -> None:
     put(catalog, REF, 1, when=10.0)
     deleted = put(catalog, REF, 2, when=10.0)

@@ -8,6 +8,7 @@ import shutil
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,6 +22,7 @@ from shardvault.model import Justification, ObjectRef, RequestContext
 from shardvault.nodes.port import shard_name
 from shardvault.policy import Principal, PrincipalKind
 from shardvault.vault import Vault
+from shardvault.vault import gc as gc_module
 
 
 def test_forget_destroys_the_key_and_the_shards(config_path: Path, tmp_path: Path) -> None:
@@ -118,6 +120,29 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
+
+
+def test_gc_and_forget_work_through_a_backlog_in_batches(
+    config_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # claims come a batch at a time (bounded memory): every batch must be collected
+    monkeypatch.setattr(gc_module, "_CLAIM_BATCH", 2)
+    alice = [ObjectRef("intl", "alice", f"a{i}") for i in range(5)]
+    bob = [ObjectRef("intl", "bob", f"b{i}") for i in range(5)]
+    with Vault.open(load(config_path)) as vault:
+        for name in ("alice", "bob"):
+            vault.register_subject("intl", name, "US")
+        for ref in alice + bob:
+            vault.put(ref, os.urandom(SEGMENT + 1))
+        paths = {ref: shard_paths(vault, ref) for ref in alice + bob}
+        for ref in bob:
+            vault.delete(ref)
+        report = vault.gc(grace_seconds=0)
+        assert (report.versions, report.shards) == (5, 30)
+        assert not any(path.exists() for ref in bob for path in paths[ref])
+        result = forget_approved(vault, "intl", "alice")
+        assert (result.versions_deleted, result.shards_removed) == (5, 30)
+        assert not any(path.exists() for ref in alice for path in paths[ref])
 
 
 def test_gc_collects_leftovers_and_never_committed_shards(tmp_path: Path) -> None:
@@ -219,8 +244,8 @@ def test_gc_racing_a_large_put_never_loses_an_acknowledged_version(config_path: 
     claim = catalog.claim_collectable
     start_gc, gc_has_read, put_is_done = (threading.Event() for _ in range(3))
 
-    def claim_then_wait(pending_before: float) -> list[VersionRecord]:
-        found = claim(pending_before)
+    def claim_then_wait(pending_before: float, **batch: Any) -> list[VersionRecord]:
+        found = claim(pending_before, **batch)
         gc_has_read.set()
         put_is_done.wait(10)  # the put commits (or fails to) while gc holds its list
         return found

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import threading
 from dataclasses import replace
 
@@ -170,18 +171,26 @@ class MemoryCatalog:
                     marked += 1
             return marked
 
-    def claim_collectable(self, pending_before: float) -> list[VersionRecord]:
+    def claim_collectable(
+        self,
+        pending_before: float,
+        *,
+        created_until: float = math.inf,
+        subject: tuple[str, str] | None = None,
+        limit: int | None = None,
+    ) -> list[VersionRecord]:
         with self._lock:
-            for versions in self._versions.values():
+            found = []
+            for ref, versions in self._versions.items():
+                if subject not in (None, (ref.tenant, ref.subject)):
+                    continue
                 for number, rec in versions.items():
                     if rec.state is VersionState.PENDING and rec.created_at < pending_before:
-                        versions[number] = replace(rec, state=VersionState.DELETED)
-            return [
-                rec
-                for versions in self._versions.values()
-                for rec in versions.values()
-                if rec.state is VersionState.DELETED
-            ]
+                        versions[number] = rec = replace(rec, state=VersionState.DELETED)
+                    if rec.state is VersionState.DELETED and rec.created_at <= created_until:
+                        found.append(rec)
+            found.sort(key=lambda rec: rec.created_at)
+            return found if limit is None else found[:limit]
 
     def purge(self, ref: ObjectRef, version: int) -> None:
         with self._lock:

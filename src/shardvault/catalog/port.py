@@ -9,6 +9,7 @@ they asked for a precondition (``if_match``).
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -117,11 +118,23 @@ class Catalog(Protocol):
 
     def mark_deleted(self, ref: ObjectRef, version: int | None = None) -> int: ...
 
-    def claim_collectable(self, pending_before: float) -> list[VersionRecord]:
+    def claim_collectable(
+        self,
+        pending_before: float,
+        *,
+        created_until: float = math.inf,
+        subject: tuple[str, str] | None = None,
+        limit: int | None = None,
+    ) -> list[VersionRecord]:
         """Deleted versions, and pending versions reserved before `pending_before`, which
         are first marked deleted in the same transaction: a put still writing one can
         then no longer commit it (its commit fails, unacknowledged), so gc never takes
-        the shards of a version that commits."""
+        the shards of a version that commits.
+
+        Only versions created at or before `created_until`, of one (tenant, subject) if
+        given, and at most `limit` of them, oldest first: a caller that purges what
+        it is given and asks again works through any backlog in bounded memory, and
+        stops, since what is created meanwhile is left for the next time."""
 
     def purge(self, ref: ObjectRef, version: int) -> None:
         """Remove a deleted version's row for good (after its shards are gone)."""

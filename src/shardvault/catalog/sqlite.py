@@ -19,6 +19,7 @@ open; a database from a newer shardvault is refused rather than guessed at.
 from __future__ import annotations
 
 import fcntl
+import math
 import os
 import sqlite3
 import threading
@@ -440,14 +441,26 @@ class SqliteCatalog:
                 params += (version,)
             return db.execute(sql, params).rowcount
 
-    def claim_collectable(self, pending_before: float) -> list[VersionRecord]:
+    def claim_collectable(
+        self,
+        pending_before: float,
+        *,
+        created_until: float = math.inf,
+        subject: tuple[str, str] | None = None,
+        limit: int | None = None,
+    ) -> list[VersionRecord]:
+        whose = "" if subject is None else " AND tenant = ? AND subject = ?"
+        params = () if subject is None else subject
         with self._transaction() as db:
             db.execute(
-                "UPDATE versions SET state = 'deleted' WHERE state = 'pending' AND created_at < ?",
-                (pending_before,),
+                "UPDATE versions SET state = 'deleted' WHERE state = 'pending' AND created_at < ?"
+                + whose,
+                (pending_before, *params),
             )
             rows = db.execute(
                 f"SELECT {_VERSION_COLUMNS} FROM versions WHERE state = 'deleted'"
+                f" AND created_at <= ?{whose} ORDER BY created_at LIMIT ?",
+                (created_until, *params, -1 if limit is None else limit),
             ).fetchall()
         return [_version(row) for row in rows]
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import builtins
 import contextlib
 import functools
+import math
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -61,7 +62,7 @@ from shardvault.objectid import minted_at, new_object_id
 from shardvault.placement import place_stripe
 from shardvault.policy import Action
 from shardvault.vault.cells import CatalogFactory, Cell, open_cells, open_custodian, sqlite_catalogs
-from shardvault.vault.gc import GcReport, collect_cell, collect_versions
+from shardvault.vault.gc import GcReport, collect_cell, collect_claimed
 from shardvault.vault.reader import ObjectReader
 from shardvault.vault.views import ForgetResult, ListPage, NodeUsage, info_of, node_usage
 from shardvault.vault.writer import Progress, ShardSetWriter, StepHook
@@ -439,15 +440,7 @@ class Vault:
         cell = self.cells[record.jurisdiction]
         when = self._clock()
         deleted = cell.catalog.forget_subject(tenant, subject, when)
-        removed = collect_versions(
-            cell,
-            [
-                r
-                for r in cell.catalog.claim_collectable(0.0)
-                if r.ref.subject == subject and r.ref.tenant == tenant
-            ],
-            self.code.n,
-        )
+        _, removed = collect_claimed(cell, self.code.n, 0.0, math.inf, (tenant, subject))
         cell.catalog.erase_freed()
         self.governance.forget_subject(record.jurisdiction, tenant, subject)
         index = self.governance.record_outcome(
@@ -617,10 +610,10 @@ class Vault:
         """Collect deleted and abandoned versions, orphan shards and stale temporaries."""
         if not grace_seconds >= 0:
             raise InvalidInput(f"gc grace must be zero or more seconds, not {grace_seconds}")
-        cutoff = self._clock() - grace_seconds
+        started = self._clock()
         report = GcReport()
         for cell in self.cells.values():
-            report = report + collect_cell(cell, cutoff, self.code.n)
+            report = report + collect_cell(cell, started - grace_seconds, started, self.code.n)
         return report
 
     def node_usage(self) -> builtins.list[NodeUsage]:

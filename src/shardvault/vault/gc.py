@@ -42,6 +42,28 @@ class GcReport:
         )
 
 
+_CLAIM_BATCH = 1000  # versions per claim: gc's memory stays bounded however many wait
+
+
+def collect_claimed(
+    cell: Cell,
+    n: int,
+    pending_before: float,
+    created_until: float,
+    subject: tuple[str, str] | None = None,
+) -> tuple[int, int]:
+    """Claim and collect what is collectable, a batch at a time: (versions, shards)."""
+    versions = shards = 0
+    while True:
+        batch = cell.catalog.claim_collectable(
+            pending_before, created_until=created_until, subject=subject, limit=_CLAIM_BATCH
+        )
+        shards += collect_versions(cell, batch, n)
+        versions += len(batch)
+        if len(batch) < _CLAIM_BATCH:
+            return versions, shards
+
+
 def collect_versions(cell: Cell, records: list[VersionRecord], n: int) -> int:
     """Delete the shards of these versions, then their rows.
 
@@ -73,9 +95,8 @@ def _sync(stores: Iterable[ShardStore]) -> None:
         store.sync()
 
 
-def collect_cell(cell: Cell, cutoff: float, n: int) -> GcReport:
-    records = cell.catalog.claim_collectable(cutoff)
-    shards = collect_versions(cell, records, n)
+def collect_cell(cell: Cell, cutoff: float, started: float, n: int) -> GcReport:
+    versions, shards = collect_claimed(cell, n, cutoff, started)
     cell.catalog.note_sweep(cutoff)  # from here, unreserved shards minted by then cannot commit
     # List shards before reading the known ids: a reserved shard was reserved
     # before it was written, and an unreserved one committed by now is known.
@@ -93,4 +114,4 @@ def collect_cell(cell: Cell, cutoff: float, n: int) -> GcReport:
                 orphans += 1
         temporaries += store.collect_temporaries(cutoff)
     _sync(stores.values())
-    return GcReport(len(records), shards, orphans, temporaries, tuple(cell.unavailable_nodes()))
+    return GcReport(versions, shards, orphans, temporaries, tuple(cell.unavailable_nodes()))

@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 from tests.governance.helpers import SERVICE, SUPPORT, US_COURT, as_, entries, register
 
-from governance_support import ensure_approvers
+from governance_support import ensure_approvers, forget_approved
+from shardvault.audit.entry import PSEUDONYM_PREFIX
 from shardvault.config import load
 from shardvault.errors import AccessDenied, ApprovalRequired
-from shardvault.model import ObjectRef, RequestContext, new_request_id
+from shardvault.model import ObjectRef, RequestContext, local_context, new_request_id
 from shardvault.vault import Vault
 
 REF = ObjectRef("intl", "alice", "chat/2026.log")
@@ -176,3 +177,23 @@ def test_the_custodian_refuses_an_approval_purpose_without_a_met_approval(court:
             "k",
             Justification("us-doj", "lawful-request", "r1", "SG", approval),
         )
+
+
+def test_a_forgotten_subjects_approvals_stay_listable_and_signable(court: Vault) -> None:
+    # after a forget the approvals keep only pseudonyms, which are no subject id: listing
+    # them failed for everyone ("invalid subject id"), exit 2 through the CLI
+    approval = pending(court)
+    forget_approved(court, "intl", "alice")
+    admin = local_context("approval")
+    shown = court.governance.visible_approvals(admin, decided=True)
+    assert len(shown) == 2  # the court's read, the forget's own
+    assert all(a.subject is not None and a.subject.startswith(PSEUDONYM_PREFIX) for a in shown)
+    assert [a.id for a in court.governance.visible_approvals(as_(US_COURT, "approval"))] == [
+        approval
+    ]
+    assert sign(court, approval, "dpo") == "pending"  # decided and audited, at the tenant
+    last = entries(court)[-1]
+    assert (last.principal, last.rule, last.details["approval_id"]) == (
+        "dpo", "approval:approve", approval,
+    )  # fmt: skip
+    assert last.resource == "intl"

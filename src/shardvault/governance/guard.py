@@ -33,6 +33,7 @@ from datetime import UTC, datetime
 
 from shardvault import custodian_policy as cp
 from shardvault.audit import AuditEntry, AuditTicket, SignedNote, new_entry
+from shardvault.audit.entry import PSEUDONYM_PREFIX
 from shardvault.config import Config, GovernanceSpec, default_governance
 from shardvault.errors import (
     AccessDenied,
@@ -93,6 +94,17 @@ class Access:
             requester_jurisdiction=self.principal.location,
             approval_id=self.approval_id,
         )
+
+
+def _approval_resource(approval: Approval) -> Resource:
+    """What an approval is about, for its audit entries. A forgotten subject's approvals
+    keep only audit pseudonyms, which are no subject id: those name the tenant, and
+    the entry's ``approval_id`` leads to the approval and its pseudonyms."""
+    if approval.subject is not None and approval.subject.startswith(PSEUDONYM_PREFIX):
+        return Resource(approval.tenant, approval.jurisdiction, DataClass.PROTECTED)
+    return Resource(
+        approval.tenant, approval.jurisdiction, DataClass.PROTECTED, approval.subject, approval.key
+    )
 
 
 def _details(
@@ -482,10 +494,7 @@ class Governance:
                 *approval.approvers,
             ):
                 continue
-            resource = Resource(
-                approval.tenant, approval.jurisdiction, DataClass.PROTECTED, approval.subject,
-                approval.key,
-            )  # fmt: skip
+            resource = _approval_resource(approval)
             self._audit(
                 resource, principal=principal.id, request_id=ctx.request_id, action="list",
                 purpose=ctx.purpose, decision="allow", rule="approval:visible", result="shown",
@@ -497,10 +506,7 @@ class Governance:
     def sign_approval(self, approval_id: str, ctx: RequestContext, verdict: str) -> Approval:
         """One approver's approve or deny, audited in the approval's cell before it counts."""
         approval = self.approvals.get(approval_id)
-        resource = Resource(
-            approval.tenant, approval.jurisdiction, DataClass.PROTECTED, approval.subject,
-            approval.key,
-        )  # fmt: skip
+        resource = _approval_resource(approval)
         audit = _request_fields(ctx, approval.action)
         principal: Principal | None = None
         try:

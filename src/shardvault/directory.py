@@ -17,8 +17,10 @@ from pathlib import Path
 from shardvault import sqlite_connections
 from shardvault.durability import create_whole, failure_reason
 from shardvault.errors import Conflict, IntegrityError, StorageError
+from shardvault.sqlite_schema import stamp_schema
 
 KEY_BYTES = 32
+SCHEMA_VERSION = 1  # PRAGMA user_version of directory.sqlite (docs/formats.md)
 
 
 def _load_or_create_key(path: Path) -> bytes:
@@ -61,6 +63,7 @@ class SubjectDirectory:
                 str(db_path), f"subject directory {db_path}", timeout=30.0
             )
             self._db.execute("PRAGMA journal_mode=WAL")
+            stamp_schema(self._db, SCHEMA_VERSION, f"subject directory {db_path}")
             self._db.execute(
                 "CREATE TABLE IF NOT EXISTS homes "
                 "(token TEXT PRIMARY KEY, jurisdiction TEXT NOT NULL)"

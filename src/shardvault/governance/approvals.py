@@ -30,10 +30,12 @@ from pathlib import Path
 from shardvault import sqlite_connections
 from shardvault.errors import AccessDenied, Conflict, InvalidInput, NotFound, Unavailable
 from shardvault.policy import Principal
+from shardvault.sqlite_schema import stamp_schema
 
 _ID = re.compile(r"apr-([a-z]{2,8})-([0-9a-f]{16})")
 
 PENDING, APPROVED, DENIED, EXPIRED = "pending", "approved", "denied", "expired"
+SCHEMA_VERSION = 1  # PRAGMA user_version of approvals.sqlite (docs/formats.md)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS approvals (
@@ -132,6 +134,7 @@ class ApprovalBook:
                 db.execute("PRAGMA journal_mode=WAL")
                 db.execute("PRAGMA busy_timeout=5000")
                 db.execute("PRAGMA secure_delete=ON")  # a forgotten subject's id is overwritten
+                stamp_schema(db, SCHEMA_VERSION, f"approvals of cell {jurisdiction}")
                 db.executescript(_SCHEMA)
             except sqlite3.Error as exc:
                 raise Unavailable(f"approvals of cell {jurisdiction}: {exc}") from exc

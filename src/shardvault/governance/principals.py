@@ -34,6 +34,7 @@ from shardvault.durability import failure_reason
 from shardvault.errors import AccessDenied, Conflict, InvalidInput, NotFound, Unavailable
 from shardvault.model import LOCAL_ADMIN
 from shardvault.policy import Principal, PrincipalKind
+from shardvault.sqlite_schema import stamp_schema
 
 SCHEMA_VERSION = 1
 TOKEN_PREFIX = "svt_"
@@ -107,14 +108,8 @@ class PrincipalRegistry:
             self._db = sqlite_connections.connect(path, f"principal registry {path}")
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA busy_timeout=5000")
-            version = self._db.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise InvalidInput(
-                    f"{path} has governance schema {version}; this shardvault knows "
-                    f"{SCHEMA_VERSION}"
-                )
+            stamp_schema(self._db, SCHEMA_VERSION, f"principal registry {path}")
             self._db.executescript(_SCHEMA)
-            self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         except (sqlite3.Error, OSError) as exc:
             raise Unavailable(f"principal registry {path}: {failure_reason(exc, path)}") from exc
 

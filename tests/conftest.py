@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from shardvault import durability
 from shardvault.config import Config, load
 from shardvault.demo import write_demo
 from shardvault.manifest import Manifest
@@ -93,3 +94,17 @@ def alice(vault: Vault) -> ObjectRef:
     """A US subject of tenant intl, and a ref to one of her objects."""
     vault.register_subject("intl", "alice", "US")
     return ObjectRef("intl", "alice", "photos/cat.jpg")
+
+
+@pytest.fixture
+def synced_directories(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """Every directory `durability.fsync_directory` makes durable, in order (it still does)."""
+    synced: list[Path] = []
+    real = durability.fsync_directory
+
+    def record(path: Path) -> None:
+        synced.append(path)
+        real(path)
+
+    monkeypatch.setattr(durability, "fsync_directory", record)
+    return synced

@@ -228,6 +228,29 @@ def create_whole(path: Path, content: bytes, mode: int = 0o600) -> bool:
     return True
 
 
+def replace_whole(path: Path, content: bytes, mode: int = 0o600) -> None:
+    """Put ``content`` at ``path`` durably, replacing what was there, whole or not at all.
+
+    Written to a temporary file of its own, fsynced, renamed over ``path``, and
+    the directory fsynced: until the rename a crash leaves the old content, and
+    once this returns the new one survives a crash too (without the directory's
+    fsync the rename itself could be lost). Raises OSError, leaving no temporary.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(content)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    fsync_directory(path.parent)
+
+
 def fsync_directory(path: Path) -> None:
     """Make a directory's entries (a new or renamed file's name) durable."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)

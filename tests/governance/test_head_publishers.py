@@ -48,3 +48,19 @@ def test_concurrent_publishers_all_succeed_and_heads_only_grow(tmp_path: Path) -
         last = vault.governance.partner.last(cell)
         assert last is not None and last.size == max(sizes) == cell.log.size
         assert not list((cell.log.directory / "heads").glob(".*"))  # no temporary left
+
+
+def test_the_partners_last_cosigned_head_is_durable_before_it_is_answered(
+    tmp_path: Path, synced_directories: list[Path]
+) -> None:
+    # the partner's memory of its last head is what stops a rewritten history being
+    # cosigned: its rename must survive a crash, so the directory is fsynced after it
+    synced = synced_directories
+    config = make_deployment(tmp_path / "deploy")
+    with Vault.open(load(config)) as vault:
+        vault.register_subject("intl", "alice", "US")
+        synced.clear()
+        vault.governance.publish_head("US")
+        cosigned = vault.governance.partner.directory / "cosigned"
+    assert cosigned in synced
+    assert sorted(p.name for p in cosigned.iterdir()) == ["US.lock", "US.note"]

@@ -283,3 +283,22 @@ def test_keyring_shared_by_two_processes_loses_no_root_and_no_tombstone(tmp_path
     with pytest.raises(SubjectForgotten):
         KeyringCustodian(path).unwrap(US, "kid-us", us_blob, WHY)
     assert cli.unwrap(sg, "kid-sg", sg_blob, WHY) == key
+
+
+def test_keyring_changes_are_durable_with_their_directory(
+    tmp_path: Path, synced_directories: list[Path]
+) -> None:
+    # a new root wraps keys the catalog commits, and a tombstone is a forget: each
+    # rename must survive a crash, so the keyring's directory is fsynced after it
+    synced = synced_directories
+    directory = tmp_path / "keys"
+    custodian = KeyringCustodian(directory / "keyring.json")
+    blob = custodian.wrap(US, "kid", hierarchy.new_key(), WHY)  # creates the root
+    assert synced == [directory]
+    custodian.wrap(US, "kid-2", hierarchy.new_key(), WHY)  # the root exists: nothing written
+    assert synced == [directory]
+    custodian.destroy(US, "kid", WHY)
+    assert synced == [directory, directory]
+    assert sorted(p.name for p in directory.iterdir()) == ["keyring.json", "keyring.json.lock"]
+    with pytest.raises(SubjectForgotten):
+        KeyringCustodian(directory / "keyring.json").unwrap(US, "kid", blob, WHY)

@@ -21,7 +21,6 @@ import base64
 import contextlib
 import fcntl
 import os
-import secrets
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -43,7 +42,7 @@ from shardvault.audit import (
     signer_from_skey,
 )
 from shardvault.audit.note import COSIGNATURE_V1, ED25519, NoteVerifier, key_id
-from shardvault.durability import create_whole
+from shardvault.durability import create_whole, replace_whole
 from shardvault.errors import AuditUnavailable, ConfigError, IntegrityError, InvalidInput
 
 
@@ -230,18 +229,10 @@ class PartnerWitness:
             previous=previous,
             proof=proof,
         )
-        _write_secret_replace(self._last_path(cell.jurisdiction), cosigned.to_bytes())
+        # durable before it is answered: a partner that forgot its last head after a
+        # crash could be walked back and cosign a rewritten history
+        replace_whole(self._last_path(cell.jurisdiction), cosigned.to_bytes(), 0o644)
         return cosigned
-
-
-def _write_secret_replace(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    with open(temp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temp, path)
 
 
 def publish_head(cell: CellAudit, partner: PartnerWitness, timestamp: int) -> SignedNote:

@@ -30,6 +30,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from shardvault import durability
 from shardvault.errors import ConfigError, KeyUnavailable
 from shardvault.keys.port import KeyOperation, KeyScope
 from shardvault.keys.rootkey import CustodianGate, open_key, refuse_destroyed, seal_key
@@ -111,15 +112,9 @@ class KeyringCustodian:
             "roots": {k: base64.b64encode(v).decode() for k, v in sorted(self._roots.items())},
             "destroyed": {k: sorted(v) for k, v in sorted(self._destroyed.items())},
         }
-        temp = self.path.with_name(self.path.name + ".tmp")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, json.dumps(doc, indent=1).encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(temp, self.path)
+        # a new root must survive a crash (keys wrapped under it are committed), and so
+        # must a tombstone: the rename is made durable with its directory
+        durability.replace_whole(self.path, json.dumps(doc, indent=1).encode(), 0o600)
         info = self.path.stat()
         self._seen = (info.st_ino, info.st_mtime_ns, info.st_size)
 

@@ -137,7 +137,8 @@ def nodes(ctx: typer.Context, json_out: JsonFlag = False) -> None:
 def gc(
     ctx: typer.Context,
     grace: Annotated[
-        float, typer.Option(help="Seconds a pending write or temp file is left alone.")
+        float,
+        typer.Option(help="Seconds a pending write, temp file or unknown shard is left alone."),
     ] = 3600.0,
     json_out: JsonFlag = False,
 ) -> None:

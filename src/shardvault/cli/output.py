@@ -64,7 +64,9 @@ def write_out(data: str | bytes) -> None:
     """
     stream = sys.stdout
     if stream is None:
-        raise OutputFailed("stdout is closed: redirect it to a file or use --output")
+        raise OutputFailed(
+            "stdout is closed: redirect it to a file (get, scan and audit head also take -o)"
+        )
     try:
         if isinstance(data, bytes):
             stream.buffer.write(data)

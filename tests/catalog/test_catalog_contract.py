@@ -410,10 +410,14 @@ def test_sqlite_migrates_a_first_schema_catalog_forward(tmp_path: Path) -> None:
         with pytest.raises(WriteRaced):
             catalog.insert_committed(committed(2, 2, minted=4.0), None)
         catalog.insert_committed(committed(2, 2, minted=6.0), None)
+        catalog.mark_deleted(REF)
+        for record in catalog.claim_collectable(0.0):
+            catalog.purge(record.ref, record.version)
+        assert next_version(catalog) == 3  # the third schema's record of collected numbers
     finally:
         catalog.close()
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
 
 
 def test_sqlite_refuses_a_newer_schema(tmp_path: Path) -> None:
@@ -573,3 +577,21 @@ def test_sqlite_a_writer_interrupted_while_queued_does_not_keep_the_flock(
     fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)  # let go once nobody queues
     os.close(other)
     catalog.close()
+
+
+def test_version_numbers_are_never_reused_once_collected(catalog: Catalog) -> None:
+    # numbers restarted at 1 once gc purged a deleted key's rows: a writer holding
+    # "v2" from before could then --if-match over content it never saw (ABA)
+    catalog.add_subject(subject())
+    put(catalog, REF, 1)
+    put(catalog, REF, 2)
+    catalog.mark_deleted(REF)
+    for record in catalog.claim_collectable(0.0):
+        catalog.purge(record.ref, record.version)
+    assert catalog.get_version(REF) is None
+    assert next_version(catalog) == 3
+    with pytest.raises(Conflict, match="expected version 2, current is 0"):
+        catalog.insert_committed(committed(3, 3), if_match=2)
+    with pytest.raises(WriteRaced):
+        catalog.insert_committed(committed(2, 4), None)  # a number already used
+    assert catalog.reserve(REF, oid(5), 1.0) == 3

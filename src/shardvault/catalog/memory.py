@@ -18,6 +18,7 @@ class MemoryCatalog:
         self._versions: dict[ObjectRef, dict[int, VersionRecord]] = {}
         self._damage: list[DamageRecord] = []
         self._swept_until = 0.0
+        self._retired: dict[ObjectRef, int] = {}  # the last number of each collected key
 
     def add_subject(self, record: SubjectRecord) -> None:
         with self._lock:
@@ -39,6 +40,8 @@ class MemoryCatalog:
             self._damage = [
                 d for d in self._damage if (d.ref.tenant, d.ref.subject) != (tenant, subject)
             ]
+            for ref in [r for r in self._retired if (r.tenant, r.subject) == (tenant, subject)]:
+                del self._retired[ref]
             marked = 0
             for ref, versions in self._versions.items():
                 if ref.tenant == tenant and ref.subject == subject:
@@ -50,8 +53,8 @@ class MemoryCatalog:
 
     def reserve(self, ref: ObjectRef, object_id: bytes, when: float) -> int:
         with self._lock:
+            number = self._next_version(ref)
             versions = self._versions.setdefault(ref, {})
-            number = max(versions, default=0) + 1
             versions[number] = VersionRecord(
                 ref, number, VersionState.PENDING, object_id, 0, when, None
             )
@@ -97,7 +100,7 @@ class MemoryCatalog:
             return record, (self._next_version(ref) if record else 0)
 
     def _next_version(self, ref: ObjectRef) -> int:
-        return max(self._versions.get(ref, {}), default=0) + 1
+        return max(max(self._versions.get(ref, {}), default=0), self._retired.get(ref, 0)) + 1
 
     def insert_committed(self, record: VersionRecord, if_match: int | None) -> None:
         assert record.state is VersionState.COMMITTED and record.manifest is not None
@@ -197,6 +200,9 @@ class MemoryCatalog:
             versions = self._versions.get(ref, {})
             if version in versions and versions[version].state is VersionState.DELETED:
                 del versions[version]
+                subject = self._subjects.get((ref.tenant, ref.subject))
+                if subject is not None and subject.forgotten_at is None:
+                    self._retired[ref] = max(self._retired.get(ref, 0), version)
             self._damage = [d for d in self._damage if (d.ref, d.version) != (ref, version)]
 
     def known_object_ids(self) -> set[bytes]:

@@ -65,15 +65,30 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE TABLE sweeps (minted_until REAL NOT NULL);
     INSERT INTO sweeps VALUES (0);
     """,
+    """
+    CREATE TABLE retired (
+        tenant TEXT NOT NULL, subject TEXT NOT NULL, key TEXT NOT NULL, version INTEGER NOT NULL,
+        PRIMARY KEY (tenant, subject, key)
+    );
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _FLOCK_TURNS = 8  # consecutive writes of one process before the others get a turn
+_NEXT_VERSION = (  # of key ?3: above every row's, and every collected row's (never reused)
+    "(SELECT MAX(COALESCE((SELECT MAX(version) FROM versions"
+    " WHERE tenant = ?1 AND subject = ?2 AND key = ?3), 0), COALESCE((SELECT version"
+    " FROM retired WHERE tenant = ?1 AND subject = ?2 AND key = ?3), 0)) + 1)"
+)
 _INSERT_COMMITTED = (
     "INSERT INTO versions SELECT ?1, ?2, ?3, ?4, 'committed', ?5, ?6, ?7, ?8"
-    " WHERE ?7 > (SELECT minted_until FROM sweeps) AND NOT EXISTS (SELECT 1 FROM versions"
-    " WHERE tenant = ?1 AND subject = ?2 AND key = ?3 AND version >= ?4) AND EXISTS"
+    f" WHERE ?7 > (SELECT minted_until FROM sweeps) AND ?4 >= {_NEXT_VERSION} AND EXISTS"
     " (SELECT 1 FROM subjects WHERE tenant = ?1 AND subject = ?2 AND forgotten_at IS NULL)"
+)
+_RETIRE = (  # unless the subject is forgotten: then nothing may name its keys
+    "INSERT INTO retired SELECT ?1, ?2, ?3, ?4 WHERE EXISTS (SELECT 1 FROM subjects"
+    " WHERE tenant = ?1 AND subject = ?2 AND forgotten_at IS NULL)"
+    " ON CONFLICT (tenant, subject, key) DO UPDATE SET version = MAX(version, excluded.version)"
 )
 _SUBJECT_COLUMNS = "tenant, subject, jurisdiction, key_id, wrapped_key, created_at, forgotten_at"
 _VERSION_COLUMNS = "tenant, subject, key, version, state, object_id, size, created_at, manifest"
@@ -97,9 +112,7 @@ def _lookup_sql(version_given: bool) -> str:
 
 _LOOKUP_LATEST, _LOOKUP_VERSION = _lookup_sql(False), _lookup_sql(True)
 _LOOKUP_FOR_WRITE = (  # the subject, and the version an unreserved write of key ?3 tries
-    f"SELECT {_SUBJECT_COLUMNS}, (SELECT COALESCE(MAX(version), 0) + 1 FROM versions"
-    " WHERE tenant = ?1 AND subject = ?2 AND key = ?3) FROM subjects"
-    " WHERE tenant = ?1 AND subject = ?2"
+    f"SELECT {_SUBJECT_COLUMNS}, {_NEXT_VERSION} FROM subjects WHERE tenant = ?1 AND subject = ?2"
 )
 
 
@@ -299,7 +312,10 @@ class SqliteCatalog:
             ).rowcount
             if not updated:
                 raise NotFound(f"no subject {subject} in tenant {tenant}")
-            db.execute("DELETE FROM damage WHERE tenant = ? AND subject = ?", (tenant, subject))
+            for table in ("damage", "retired"):  # they name the subject's keys
+                db.execute(
+                    f"DELETE FROM {table} WHERE tenant = ? AND subject = ?", (tenant, subject)
+                )
             return db.execute(
                 "UPDATE versions SET state = 'deleted'"
                 " WHERE tenant = ? AND subject = ? AND state != 'deleted'",
@@ -308,9 +324,8 @@ class SqliteCatalog:
 
     def reserve(self, ref: ObjectRef, object_id: bytes, when: float) -> int:
         rows, _ = self._statement(
-            "INSERT INTO versions SELECT ?1, ?2, ?3, COALESCE(MAX(version), 0) + 1,"
-            " 'pending', ?4, 0, ?5, NULL FROM versions"
-            " WHERE tenant = ?1 AND subject = ?2 AND key = ?3 RETURNING version",
+            f"INSERT INTO versions SELECT ?1, ?2, ?3, {_NEXT_VERSION}, 'pending', ?4, 0, ?5, NULL"
+            " RETURNING version",
             (ref.tenant, ref.subject, ref.key, object_id, when),
             durable=False,
         )
@@ -465,13 +480,16 @@ class SqliteCatalog:
         return [_version(row) for row in rows]
 
     def purge(self, ref: ObjectRef, version: int) -> None:
+        params = (ref.tenant, ref.subject, ref.key, version)
         with self._transaction() as db:
             for table in ("versions", "damage"):
-                db.execute(
+                gone = db.execute(
                     f"DELETE FROM {table} WHERE tenant = ? AND subject = ? AND key = ?"
                     " AND version = ?" + (" AND state = 'deleted'" if table == "versions" else ""),
-                    (ref.tenant, ref.subject, ref.key, version),
-                )
+                    params,
+                ).rowcount
+                if table == "versions" and gone:  # its number is never given again
+                    db.execute(_RETIRE, params)
 
     def known_object_ids(self) -> set[bytes]:
         return {row[0] for row in self._query("SELECT object_id FROM versions")}

@@ -3,9 +3,12 @@
 Kept in the home cell's catalog, never on a storage node. Serialized as
 (docs/formats.md, "manifest")::
 
-    b"SVMF" | u8 format version (1) | u32 BE length L | L bytes canonical JSON | block hashes
+    b"SVMF" | u8 format version (2) | u32 BE length L | L bytes canonical JSON | block hashes
 
 where the block hashes are segments x n digests of 32 bytes, segment-major.
+Version 2 adds ``locations``: per shard, where its store put it (a packed
+shard's pack and offset), so a reader need not look it up; version 1 is read
+as having none.
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ from shardvault.errors import IntegrityError
 from shardvault.model import ObjectRef
 
 MAGIC = b"SVMF"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READS_VERSIONS = (1, 2)
 _HEAD = struct.Struct(">4sBI")
 _ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"))  # one, not one per put
 
@@ -45,6 +49,10 @@ class Manifest:
     wrapped_data_key: bytes
     subject_key_id: str
     created_at: float
+    locations: tuple[str | None, ...] = ()  # per shard index; () when none were kept
+
+    def location(self, index: int) -> str | None:
+        return self.locations[index] if self.locations else None
 
     @property
     def n(self) -> int:
@@ -89,6 +97,7 @@ class Manifest:
             "wrapped_data_key": base64.b64encode(self.wrapped_data_key).decode(),
             "subject_key_id": self.subject_key_id,
             "created_at": self.created_at,
+            "locations": list(self.locations),
         }
         body = _ENCODER.encode(doc).encode()
         return _HEAD.pack(MAGIC, FORMAT_VERSION, len(body)) + body + self.block_hashes
@@ -108,9 +117,9 @@ class Manifest:
         magic, version, length = _HEAD.unpack_from(data)
         if magic != MAGIC:
             raise IntegrityError("not a shardvault manifest")
-        if version != FORMAT_VERSION:
+        if version not in READS_VERSIONS:
             raise IntegrityError(
-                f"manifest format version {version} is not supported (this reads {FORMAT_VERSION})"
+                f"manifest format version {version} is not supported (this reads 1 and 2)"
             )
         try:
             doc = json.loads(data[_HEAD.size : _HEAD.size + length])
@@ -134,13 +143,23 @@ class Manifest:
             wrapped_data_key=base64.b64decode(doc["wrapped_data_key"]),
             subject_key_id=doc["subject_key_id"],
             created_at=doc["created_at"],
+            locations=_locations(doc.get("locations", [])),
         )
+        if manifest.locations and len(manifest.locations) != manifest.n:
+            raise IntegrityError("manifest has a location list of the wrong length")
         if len(hashes) != manifest.segments * manifest.n * HASH_BYTES:
             raise IntegrityError("manifest block hash table has the wrong length")
         return manifest
 
 
-_CACHED_BYTES = 2048  # a single-segment manifest is about 700 bytes
+_CACHED_BYTES = 2048  # a single-segment manifest is about 900 bytes
+
+
+def _locations(found: object) -> tuple[str | None, ...]:
+    """Only strings or nulls: a store checks a location's contents before any use."""
+    if not isinstance(found, list) or not all(x is None or isinstance(x, str) for x in found):
+        raise IntegrityError("manifest locations are not a list of strings")
+    return tuple(found)
 
 
 @functools.lru_cache(maxsize=4096)

@@ -99,25 +99,46 @@ MANIFEST = Manifest(
     wrapped_data_key=b"\x01\x02\x03",
     subject_key_id="0123",
     created_at=1700000000.5,
+    locations=("0123456789abcdef.pack:60", None),
 )
 MANIFEST_BODY = (
     b'{"backend":"isa_l_rs_vand","block_size":64,"created_at":1700000000.5,"k":1,'
-    b'"key":"a.txt","last_block_size":32,"m":1,"nodes":["us-n1","us-n2"],'
+    b'"key":"a.txt","last_block_size":32,"locations":["0123456789abcdef.pack:60",null],'
+    b'"m":1,"nodes":["us-n1","us-n2"],'
     b'"object_id":"000102030405060708090a0b0c0d0e0f","segment_size":65536,"segments":1,'
     b'"size":5,"subject":"alice","subject_key_id":"0123","tenant":"intl","version":2,'
     b'"wrapped_data_key":"AQID"}'
 )
 MANIFEST_BYTES = (
-    bytes.fromhex("53564d460100000148")  # b"SVMF", version 1, body length 328
+    bytes.fromhex("53564d460200000176")  # b"SVMF", version 2, body length 374
     + MANIFEST_BODY
     + b"\x11" * 32
     + b"\x22" * 32
 )
+V1_BODY = MANIFEST_BODY.replace(b'"locations":["0123456789abcdef.pack:60",null],', b"")
+V1_BYTES = bytes.fromhex("53564d460100000148") + V1_BODY + b"\x11" * 32 + b"\x22" * 32
 
 
 def test_manifest_known_answer() -> None:
-    assert len(MANIFEST_BODY) == 0x148
+    assert len(MANIFEST_BODY) == 0x176
     assert MANIFEST.to_bytes() == MANIFEST_BYTES
+
+
+def test_a_version_1_manifest_is_read_as_keeping_no_locations() -> None:
+    assert len(V1_BODY) == 0x148
+    old = Manifest.from_bytes(V1_BYTES)
+    assert old == replace(MANIFEST, locations=())
+    assert old.location(0) is None and old.location(1) is None
+
+
+@pytest.mark.parametrize(
+    "locations", [b'"here"', b"[1,null]", b'["a"]', b'["a","b","c"]'], ids=repr
+)
+def test_a_manifest_with_bad_locations_is_refused(locations: bytes) -> None:
+    body = MANIFEST_BODY.replace(b'["0123456789abcdef.pack:60",null]', locations)
+    raw = bytes.fromhex("53564d4602") + len(body).to_bytes(4, "big") + body + b"\x11" * 64
+    with pytest.raises(IntegrityError, match="location"):
+        Manifest.from_bytes(raw)
 
 
 def test_manifest_round_trip() -> None:
@@ -148,7 +169,7 @@ def test_manifest_geometry_of_several_segments() -> None:
     assert again.block_hash(2, 0) == bytes(range(128, 160))
 
 
-@pytest.mark.parametrize("version", [0, 2, 9])
+@pytest.mark.parametrize("version", [0, 3, 9])
 def test_manifest_with_unknown_version_is_refused(version: int) -> None:
     raw = bytearray(MANIFEST_BYTES)
     raw[4] = version
@@ -173,4 +194,4 @@ def test_damaged_manifest_is_refused(raw: bytes, message: str) -> None:
 
 def test_manifest_header_layout() -> None:
     magic, version, length = struct.unpack(">4sBI", MANIFEST_BYTES[:9])
-    assert (magic, version, length) == (b"SVMF", 1, len(MANIFEST_BODY))
+    assert (magic, version, length) == (b"SVMF", 2, len(MANIFEST_BODY))

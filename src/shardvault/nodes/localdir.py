@@ -49,6 +49,7 @@ class LocalShardWriter:
         self._fd: int | None = None
         self._flush: BackgroundFlush | None = None
         self._done = False
+        self.location: str | None = None  # a packed shard's, once committed
 
     def _spill(self) -> None:
         """Move to a temporary file: the shard outgrew the pack limit."""
@@ -90,7 +91,8 @@ class LocalShardWriter:
             raise StorageError(f"node {self._store.node_id}: commit after commit or abort")
         self._done = True
         if self._buffer is not None:
-            ticket = self._store.packs.add(self._name, bytes(self._buffer))
+            ticket, located = self._store.packs.add(self._name, bytes(self._buffer))
+            self.location = located.location
             self._buffer = None
             if durable:
                 self._store.packs.group.sync(ticket)
@@ -191,11 +193,20 @@ class LocalDirShardStore:
     def open_writer(self, name: str) -> LocalShardWriter:
         return LocalShardWriter(self, check_shard_name(name))
 
-    def open_reader(self, name: str) -> LocalShardReader | PackedShardReader:
+    def open_reader(
+        self, name: str, location: str | None = None
+    ) -> LocalShardReader | PackedShardReader:
         known = self.packs.known(name)  # no I/O: small shards skip the file lookup
         if known is not None:  # only checked names are ever indexed
             return PackedShardReader(self.packs, known)
         path = self._shard_file(name)
+        if location is not None:  # the manifest's: straight to the record, no scan
+            try:
+                found = self.packs.at(name, location)
+            except OSError as exc:
+                raise _storage_error(self.node_id, "reading a pack", exc) from exc
+            if found is not None:
+                return PackedShardReader(self.packs, found)
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:

@@ -15,6 +15,7 @@ class MemoryShardWriter:
         self._name = name
         self._parts: list[bytes] = []
         self._done = False
+        self.location: str | None = None  # a name is all this store needs
 
     def write(self, data: bytes | memoryview) -> None:
         self._parts.append(bytes(data))
@@ -49,7 +50,7 @@ class MemoryShardStore:
     def open_writer(self, name: str) -> MemoryShardWriter:
         return MemoryShardWriter(self, check_shard_name(name))
 
-    def open_reader(self, name: str) -> MemoryShardReader:
+    def open_reader(self, name: str, location: str | None = None) -> MemoryShardReader:
         with self.lock:
             data = self.shards.get(check_shard_name(name))
         if data is None:

@@ -10,8 +10,12 @@ Each store instance appends only to its own pack (``packs/<random>.pack``),
 held under an exclusive flock for its life, so processes never interleave
 records. Appends are made durable by the filesystem's group commit
 (shardvault.durability): one sync covers every append made before it began.
-Every instance indexes every pack by scanning it, lazily and again on a miss,
-so a shard another process just wrote is found. Deleting appends a tombstone;
+A shard's location (pack and offset) is kept in its manifest, so a reader goes
+straight to it (`at`), checking that the record there names the shard; only
+without one, or when it is stale (a compaction moved the record), does an
+instance index every pack by scanning it, lazily and again on a miss, so a
+shard another process just wrote is found. A process that only reads by
+location never scans, whatever the packs hold. Deleting appends a tombstone;
 ``compact`` copies the live records of packs no live writer holds into this
 store's pack and removes the old files (their descriptors stay open a minute,
 for reads already under way). Shard names are never reused, so a
@@ -35,6 +39,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import re
 import secrets
 import struct
 import threading
@@ -57,6 +62,9 @@ ROTATE_AT = 64 << 20
 RETIRED_FD_SECONDS = 60.0  # far longer than any read between taking an fd and its pread
 SMALL_PACK = 1 << 20
 _ERASE_TRIES = 3  # a shard moved by a compaction each time it is looked up, in a row
+_PACK_NAME = re.compile(r"[0-9a-f]{16}\.pack")  # a location is checked before any path is built
+PRUNE_SECONDS = 10.0  # how often reads by location let go of packs compacted away
+_PREFETCH = 4096  # a read by location takes the record's header and a small shard in one pread
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +72,12 @@ class PackedShard:
     pack: str
     offset: int
     length: int
+    prefetched: bytes | None = None  # the data itself, when a read by location took it
+
+    @property
+    def location(self) -> str:
+        """What a manifest keeps to find the shard again: ``<pack>:<data offset>``."""
+        return f"{self.pack}:{self.offset}"
 
 
 def encode_record(kind: int, name: str, data: bytes) -> bytes:
@@ -87,6 +101,7 @@ class PackSet:
         self._active: str | None = None
         self._active_fd: int | None = None
         self._active_size = 0
+        self._next_prune = 0.0
         self.group = group
 
     # -- writing ---------------------------------------------------------------
@@ -142,12 +157,13 @@ class PackSet:
         except OSError:
             self._retire_active()
 
-    def add(self, name: str, data: bytes) -> int:
-        """Append a shard; returns the ticket to pass to ``group.sync`` for durability."""
+    def add(self, name: str, data: bytes) -> tuple[int, PackedShard]:
+        """Append a shard; returns the ticket to pass to ``group.sync`` for durability,
+        and where it went."""
         located = self._append(SHARD, name, data)
         with self._lock:
             self._index[name] = located
-        return self.group.note_write()
+        return self.group.note_write(), located
 
     def delete(self, name: str) -> bool:
         """Overwrite the shard's bytes with zeros, then tombstone it (neither synced yet).
@@ -205,8 +221,52 @@ class PackSet:
                 found = self._index.get(name)
             return found
 
+    def at(self, name: str, location: str) -> PackedShard | None:
+        """The shard at a location its manifest kept, if the record there is whole and
+        names it; None if not (a compaction moved it, or the location is bad), and the
+        caller looks it up instead. Its data is checked by the reader (block hash)."""
+        pack, _, offset = location.partition(":")
+        if not _PACK_NAME.fullmatch(pack) or not offset.isdigit():
+            return None
+        encoded = name.encode()
+        start = int(offset)
+        record = start - RECORD.size - len(encoded)
+        if record < len(FILE_HEADER):
+            return None
+        self._prune_gone()
+        try:
+            head = os.pread(self._fd(pack), _PREFETCH, record)
+        except FileNotFoundError:
+            return None
+        if len(head) < RECORD.size + len(encoded):
+            return None
+        magic, kind, _, name_len, data_len = RECORD.unpack_from(head)
+        if (magic, kind, name_len) != (RECORD_MAGIC, SHARD, len(encoded)) or (
+            head[RECORD.size : RECORD.size + name_len] != encoded
+        ):
+            return None
+        data = head[RECORD.size + name_len : RECORD.size + name_len + data_len]
+        return PackedShard(pack, start, data_len, data if len(data) == data_len else None)
+
+    def _prune_gone(self) -> None:
+        """Now and then, let go of packs removed since (compacted by another process):
+        reads by location never scan, which is what otherwise notices them."""
+        now = time.monotonic()
+        if now < self._next_prune:
+            return
+        with self._lock:
+            self._next_prune = now + PRUNE_SECONDS
+            try:
+                present = set(os.listdir(self.directory))
+            except OSError:
+                return
+            for pack in [pack for pack in self._fds if pack not in present]:
+                self._forget_pack(pack)
+
     def read(self, located: PackedShard, offset: int, length: int) -> bytes:
         length = max(0, min(length, located.length - offset))
+        if located.prefetched is not None:
+            return located.prefetched[offset : offset + length]
         fd = self._fd(located.pack)
         return os.pread(fd, length, located.offset + offset)
 

@@ -33,6 +33,10 @@ def object_id_of(name: str) -> str:
 
 
 class ShardWriter(Protocol):
+    location: str | None
+    """After commit, where the store can find the shard again without looking it up
+    (kept in the manifest and passed back to ``open_reader``); None if its name is enough."""
+
     def write(self, data: bytes | memoryview) -> None: ...
 
     def commit(self, durable: bool = True) -> None:
@@ -60,8 +64,9 @@ class ShardStore(Protocol):
 
     def open_writer(self, name: str) -> ShardWriter: ...
 
-    def open_reader(self, name: str) -> ShardReader:
-        """Raises NotFound when the shard does not exist."""
+    def open_reader(self, name: str, location: str | None = None) -> ShardReader:
+        """Raises NotFound when the shard does not exist. A ``location`` from the
+        shard's writer is a hint: a stale or bad one costs a lookup, never a wrong shard."""
 
     def delete(self, name: str) -> bool:
         """Remove a shard; returns whether it existed."""

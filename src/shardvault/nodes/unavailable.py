@@ -27,7 +27,7 @@ class UnavailableStore:
     def open_writer(self, name: str) -> NoReturn:
         self._refuse()
 
-    def open_reader(self, name: str) -> NoReturn:
+    def open_reader(self, name: str, location: str | None = None) -> NoReturn:
         self._refuse()
 
     def delete(self, name: str) -> NoReturn:

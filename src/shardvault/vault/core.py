@@ -386,6 +386,7 @@ class Vault:
                 block_size=written.block_size,
                 last_block_size=written.last_block_size,
                 block_hashes=written.block_hashes,
+                locations=written.locations,
                 wrapped_data_key=hierarchy.wrap_data_key(subject_key(), data_key, binding),
                 subject_key_id=subject.key_id,
                 created_at=created,

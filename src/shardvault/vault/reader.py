@@ -45,10 +45,12 @@ class _Fetched:
     reason: str = ""
 
 
-def _open_shard(store: ShardStore, name: str) -> tuple[ShardReader | None, str]:
+def _open_shard(
+    store: ShardStore, name: str, location: str | None
+) -> tuple[ShardReader | None, str]:
     """The shard's reader, or None and why it cannot be had (damage, not an error)."""
     try:
-        return store.open_reader(name), ""
+        return store.open_reader(name, location), ""
     except NotFound:
         return None, "missing"
     except ShardvaultError as exc:
@@ -58,10 +60,17 @@ def _open_shard(store: ShardStore, name: str) -> tuple[ShardReader | None, str]:
 class _ShardHandle:
     """Opens a shard once, checks its header and keeps its first block, then serves reads."""
 
-    def __init__(self, store: ShardStore, name: str, header: bytes, first_length: int) -> None:
+    def __init__(
+        self,
+        store: ShardStore,
+        name: str,
+        location: str | None,
+        header: bytes,
+        first_length: int,
+    ) -> None:
         self.reader: ShardReader | None = None
         self.first_block: bytes | None = None
-        reader, self.problem = _open_shard(store, name)
+        reader, self.problem = _open_shard(store, name, location)
         if reader is None:
             return
         try:
@@ -134,6 +143,7 @@ class ObjectReader:
         handle = _ShardHandle(
             self._stores[index],
             name,
+            self._manifest.location(index),
             self._header.to_bytes(index),
             self._manifest.block_length(0) if segment == 0 else 0,
         )
@@ -169,7 +179,7 @@ class ObjectReader:
         header = self._header.to_bytes(index)
         length = manifest.block_length(0)
         name = shard_name(manifest.object_id, manifest.version, index)
-        reader, problem = _open_shard(self._stores[index], name)
+        reader, problem = _open_shard(self._stores[index], name, manifest.location(index))
         if reader is None:
             return _Fetched(index, None, problem)
         try:

@@ -35,6 +35,7 @@ class WrittenShards:
     block_size: int
     last_block_size: int
     block_hashes: bytes
+    locations: tuple[str | None, ...]  # per shard, where its store put it (manifest v2)
 
 
 def _write_block(writer: ShardWriter, block: bytes) -> bytes:
@@ -177,6 +178,7 @@ class ShardSetWriter:
             block_size=self._header.block_size,
             last_block_size=last_block,
             block_hashes=b"".join(hashes),
+            locations=tuple(writer.location for writer in self._writers),
         )
 
     def _commit_all(self, inline: bool) -> None:

@@ -423,3 +423,41 @@ def test_a_location_a_compaction_moved_is_looked_up_and_the_old_pack_let_go(
     assert str(kept[10]).split(":")[0] not in reader.packs._fds
     reader.close()
     assert not [path for path in open_files() if str(root) in path]
+
+
+def test_a_shard_a_compaction_copied_stays_findable_by_a_reader_that_saw_both(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A reader that first scanned the packs while a compaction had copied a shard but
+    # not yet removed the old pack saw it twice: the copy first (its pack sorts first),
+    # the old record last, and kept that one. When the old pack went, the reader
+    # dropped the name although the copy was still there: "missing" on read (a stress
+    # run saw it), and a compaction of the copy's pack by that process would have left
+    # the live shard behind for good.
+    names = iter(["f" * 16, "0" * 16])  # the writer's pack, then the compactor's
+    monkeypatch.setattr(packs.secrets, "token_hex", lambda _: next(names))
+    writer = LocalDirShardStore("n", root)
+    put(writer, name(1), b"live" * 40)
+    put(writer, name(2), b"dead" * 40)
+    assert writer.delete(name(2))  # the pack is worth compacting now
+    writer.close()
+    reader = LocalDirShardStore("n", root)
+    real_unlink = Path.unlink
+
+    def reader_looks_first(path: Path, missing_ok: bool = False) -> None:
+        if path.suffix == ".pack":
+            reader.packs.refresh()  # its first scan: the copy, then the old record
+        real_unlink(path, missing_ok=missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", reader_looks_first)
+    compactor = LocalDirShardStore("n", root)
+    compactor.collect_temporaries(older_than=time.time())
+    monkeypatch.setattr(Path, "unlink", real_unlink)
+    assert not (root / "packs" / ("f" * 16 + ".pack")).exists()
+    assert name(1) in list(reader.names())  # noticed the old pack gone, kept the copy
+    assert read(LocalDirShardStore("n", root), name(1)) == b"live" * 40
+    reader.collect_temporaries(older_than=time.time())  # compacts the copy's pack
+    compactor.close()
+    assert read(reader, name(1)) == b"live" * 40
+    reader.close()
+    assert read(LocalDirShardStore("n", root), name(1)) == b"live" * 40

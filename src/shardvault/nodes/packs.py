@@ -102,6 +102,7 @@ class PackSet:
         self._active_fd: int | None = None
         self._active_size = 0
         self._next_prune = 0.0
+        self._rescan = False  # a removed pack took indexed names: scan all again
         self.group = group
 
     # -- writing ---------------------------------------------------------------
@@ -287,25 +288,39 @@ class PackSet:
             return sorted(self._index)
 
     def refresh(self) -> None:
-        """Index records appended since the last look, in every pack (ours and others')."""
+        """Index records appended since the last look, in every pack (ours and others'),
+        and all of every pack again once a removed pack took indexed names with it."""
         with self._lock:
-            try:
-                packs = sorted(p.name for p in self.directory.glob("*.pack"))
-            except OSError:
-                return
-            for gone in set(self._scanned) - set(packs):
-                self._forget_pack(gone)
-            for pack in packs:
-                if pack != self._active:
-                    self._scan(pack)
+            while True:
+                try:
+                    packs = sorted(p.name for p in self.directory.glob("*.pack"))
+                except OSError:
+                    return
+                for gone in set(self._scanned) - set(packs):
+                    self._forget_pack(gone)
+                if self._rescan:
+                    self._rescan = False
+                    for pack in packs:
+                        if pack != self._active:
+                            self._scanned.pop(pack, None)
+                for pack in packs:
+                    if pack != self._active:
+                        self._scan(pack)
+                if not self._rescan:  # a pack removed during the scan: once more
+                    return
 
     def _forget_pack(self, pack: str) -> None:
+        """Drop a removed pack. A name indexed there may have a copy in another pack
+        this set scanned earlier (a compaction copies before it removes), which only a
+        scan of every pack from the start finds again: the next `refresh` makes one."""
         self._scanned.pop(pack, None)
         fd = self._fds.pop(pack, None)
         if fd is not None:
             self._retire(fd)
-        for name in [n for n, loc in self._index.items() if loc.pack == pack]:
+        dropped = [n for n, loc in self._index.items() if loc.pack == pack]
+        for name in dropped:
             del self._index[name]
+        self._rescan = self._rescan or bool(dropped)
 
     def _retire(self, fd: int) -> None:
         """Keep a forgotten pack's descriptor open a while: a read that took it without

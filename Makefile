@@ -41,4 +41,4 @@ bench-all: bench
 	$(BIN)/python bench/bench_switches.py
 
 clean:
-	rm -rf $(VENV) build dist .pytest_cache .hypothesis
+	rm -rf $(VENV) .venv-system build dist .pytest_cache .hypothesis

@@ -6,7 +6,7 @@ import struct
 
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from shardvault.codec.segment import TAG_BYTES, SegmentBinding, SegmentCipher
@@ -40,6 +40,20 @@ def test_known_answer_pins_nonce_and_associated_data_layout() -> None:
     nonce = bytes(4) + struct.pack(">Q", 7)
     expected = AESGCM(KEY).encrypt(nonce, b"hello segment", aad)
     assert cipher().seal(7, b"hello segment") == expected
+
+
+@given(version=st.integers(0, 2**64 - 1), index=st.integers(0, 2**64 - 1))
+@example(version=2**64 - 1, index=2**64 - 1)
+def test_version_and_index_are_unsigned_64_bit_in_nonce_and_associated_data(
+    version: int, index: int
+) -> None:
+    """docs/formats.md: u64 version, u64 index; the top half of the range is valid too."""
+    fields = [b"shardvault/segment/v1", b"intl", b"alice", b"photos/cat.jpg", OBJECT_ID]
+    aad = b"".join(struct.pack(">I", len(f)) + f for f in fields)
+    aad += version.to_bytes(8, "big") + index.to_bytes(8, "big")
+    nonce = bytes(4) + index.to_bytes(8, "big")
+    expected = AESGCM(KEY).encrypt(nonce, b"x", aad)
+    assert cipher(SegmentBinding(REF, version, OBJECT_ID)).seal(index, b"x") == expected
 
 
 @pytest.mark.parametrize(

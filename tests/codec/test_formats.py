@@ -45,6 +45,13 @@ def test_shard_header_round_trip_and_trailing_bytes_ignored() -> None:
     assert ShardHeader.parse(raw + b"block data") == HEADER_VALUE
 
 
+def test_header_of_another_shard_of_the_same_stripe_differs_only_in_its_index() -> None:
+    raw = HEADER_VALUE.to_bytes(index=5)
+    assert raw[6:] == bytes.fromhex(HEADER_HEX)[6:]
+    assert ShardHeader.parse(raw) == replace(HEADER_VALUE, index=5)
+    assert HEADER_VALUE.to_bytes(index=0)[5] == 0
+
+
 def test_block_offsets_follow_the_header() -> None:
     assert block_offset(0, 100) == 40
     assert block_offset(3, 100) == 340

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shardvault.codec.erasure import ErasureCode
+from shardvault.codec.erasure import BACKEND, MAX_SHARDS, ErasureCode
 from shardvault.errors import IntegrityError, InvalidInput
 
 COMBOS = [(4, 2), (3, 2), (2, 1), (6, 3)]
@@ -63,6 +63,17 @@ def test_empty_segment_round_trips() -> None:
 def test_invalid_parameters_are_refused(k: int, m: int) -> None:
     with pytest.raises(InvalidInput, match="erasure code"):
         ErasureCode(k, m)
+
+
+@pytest.mark.parametrize(("k", "m"), [(1, 1), (1, MAX_SHARDS - 1), (MAX_SHARDS - 1, 1), (16, 16)])
+def test_the_smallest_and_widest_codes_are_accepted(k: int, m: int) -> None:
+    """k=1 (plain replication) and k+m = MAX_SHARDS are inside the documented limits."""
+    code = ErasureCode(k, m)
+    assert (code.k, code.m, code.n, code.backend) == (k, m, k + m, BACKEND)
+    segment = os.urandom(300)
+    blocks = code.encode(segment)
+    assert len(blocks) == code.n
+    assert code.decode(blocks[m:]) == segment
 
 
 @settings(max_examples=40, deadline=None)

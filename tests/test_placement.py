@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from shardvault import placement
 from shardvault.errors import ResidencyRefused, TooFewNodes
 from shardvault.model import NodeSpec, NodeState
 from shardvault.placement import place_stripe, rank_nodes
@@ -163,3 +164,21 @@ def test_first_choice_frequency_is_proportional_to_capacity() -> None:
     assert firsts["c1"] / 20000 == pytest.approx(0.1, abs=0.02)
     assert firsts["c3"] / 20000 == pytest.approx(0.3, abs=0.02)
     assert firsts["c6"] / 20000 == pytest.approx(0.6, abs=0.02)
+
+
+def test_extreme_hash_values_rank_first_and_last_without_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The all-ones hash maps to 1.0 (log 0) and all-zeros to the smallest unit: both rank."""
+    digests = {b"top": b"\xff" * 8, b"mid": b"\x80" + bytes(7), b"bottom": bytes(8)}
+
+    class FixedHash:
+        def __init__(self, data: bytes) -> None:
+            self._digest = next(d for name, d in digests.items() if data.endswith(name))
+
+        def digest(self, length: int) -> bytes:
+            return self._digest[:length]
+
+    monkeypatch.setattr(placement, "blake3", FixedHash)
+    nodes = [node("bottom"), node("mid"), node("top")]
+    assert [x.id for x in rank_nodes(b"seed", nodes)] == ["top", "mid", "bottom"]

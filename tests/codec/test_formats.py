@@ -176,6 +176,14 @@ def test_manifest_geometry_of_several_segments() -> None:
     assert again.block_hash(2, 0) == bytes(range(128, 160))
 
 
+def test_manifest_stripe_header_is_the_header_each_shard_was_written_with() -> None:
+    """A read compares shard files against these bytes: every field comes from the manifest."""
+    header = MANIFEST.stripe_header()
+    for index in range(MANIFEST.n):
+        written = ShardHeader(index, 1, 1, bytes(range(16)), 2, 65536, 64)
+        assert header.to_bytes(index) == written.to_bytes()
+
+
 @pytest.mark.parametrize("version", [0, 3, 9])
 def test_manifest_with_unknown_version_is_refused(version: int) -> None:
     raw = bytearray(MANIFEST_BYTES)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import itertools
 import os
 import shutil
@@ -12,6 +13,7 @@ import pytest
 from conftest import SEGMENT, manifest_of, shard_paths
 from shardvault.errors import IntegrityError
 from shardvault.model import ObjectRef
+from shardvault.nodes.port import ShardReader
 from shardvault.vault import Vault
 
 K, M = 4, 2
@@ -69,6 +71,17 @@ def test_every_loss_pattern_up_to_m(vault: Vault, alice: ObjectRef, tmp_path: Pa
         assert data_shards_lost <= {d.index for d in damage}
         for index in gone:
             shutil.move(aside / str(index), paths[index])
+
+
+def test_a_missing_shard_is_reported_once_and_not_tried_again(
+    vault: Vault, alice: ObjectRef
+) -> None:
+    data = os.urandom(3 * SEGMENT)
+    vault.put(alice, data)
+    shard_paths(vault, alice)[1].unlink()
+    got, damage = read(vault, alice)
+    assert got == data
+    assert damage == [(0, 1, "missing")]
 
 
 def test_get_records_damage_for_repair(vault: Vault, alice: ObjectRef) -> None:
@@ -214,3 +227,45 @@ def test_every_shard_of_a_segment_corrupted(vault: Vault, alice: ObjectRef) -> N
         flip_bit(path, HEADER + 1)
     with pytest.raises(IntegrityError, match="segment 0: only 0 of the 4"):
         vault.get(alice)
+
+
+class FailingReader:
+    """A shard on a disk that answers EIO for every read at or past `from_offset`."""
+
+    def __init__(self, inner: ShardReader, from_offset: int) -> None:
+        self._inner = inner
+        self._from = from_offset
+
+    def read_at(self, offset: int, length: int) -> bytes:
+        if offset >= self._from:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        return self._inner.read_at(offset, length)
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+@pytest.mark.parametrize(
+    ("size", "from_offset", "segments"),
+    [(100, 0, [0]), (2 * SEGMENT + 1, 0, [0, 1, 2]), (2 * SEGMENT + 1, 1, [1, 2])],
+    ids=["small-object", "first-read", "later-segments"],
+)
+def test_a_shard_read_that_fails_is_read_around_and_reported(
+    vault: Vault,
+    alice: ObjectRef,
+    monkeypatch: pytest.MonkeyPatch,
+    size: int,
+    from_offset: int,
+    segments: list[int],
+) -> None:
+    data = os.urandom(size)
+    vault.put(alice, data)
+    store = vault.cells["US"].store(manifest_of(vault, alice).nodes[1])
+    open_reader = store.open_reader
+    monkeypatch.setattr(
+        store, "open_reader", lambda name: FailingReader(open_reader(name), from_offset)
+    )
+    got, damage = read(vault, alice)
+    assert got == data
+    reason = f"read failed: {os.strerror(errno.EIO)}"
+    assert damage == [(segment, 1, reason) for segment in segments]

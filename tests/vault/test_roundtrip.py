@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import io
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
-from conftest import SEGMENT, files_under, shard_paths
+from conftest import SEGMENT, files_under, manifest_of, shard_paths
 from shardvault.config import Config, load
 from shardvault.errors import Conflict, InvalidInput, NotFound
 from shardvault.model import ObjectRef
 from shardvault.vault import Vault
+from shardvault.vault.reader import ObjectReader
 
 SIZES = [0, 1, SEGMENT - 1, SEGMENT, SEGMENT + 1, 3 * SEGMENT + 17]
 
@@ -242,3 +244,24 @@ def test_puts_and_reads_close_every_shard_file(
     shard_paths(vault, alice)[0].unlink()
     vault.get(alice)
     assert _open_files_under(nodes) == []
+
+
+def test_a_reader_is_read_once(vault: Vault, alice: ObjectRef) -> None:
+    """A second pass raises: an empty answer would pass for an empty object."""
+    vault.put(alice, b"some bytes")
+    with vault.open_read(alice) as reader:
+        assert reader.read_all() == b"some bytes"
+        with pytest.raises(RuntimeError):
+            reader.read_all()
+
+
+def test_a_reader_yields_nothing_before_its_key_is_released(vault: Vault, alice: ObjectRef) -> None:
+    vault.put(alice, b"secret bytes")
+    manifest = manifest_of(vault, alice)
+    stores = [vault.cells["US"].store(node) for node in manifest.nodes]
+    with (
+        ThreadPoolExecutor(2) as pool,
+        ObjectReader(manifest=manifest, stores=stores, code=vault.code, pool=pool) as reader,
+        pytest.raises(RuntimeError),
+    ):
+        reader.read_all()

@@ -263,7 +263,9 @@ def test_a_shard_read_that_fails_is_read_around_and_reported(
     store = vault.cells["US"].store(manifest_of(vault, alice).nodes[1])
     open_reader = store.open_reader
     monkeypatch.setattr(
-        store, "open_reader", lambda name: FailingReader(open_reader(name), from_offset)
+        store,
+        "open_reader",
+        lambda name, location=None: FailingReader(open_reader(name, location), from_offset),
     )
     got, damage = read(vault, alice)
     assert got == data

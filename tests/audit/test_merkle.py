@@ -227,6 +227,27 @@ def test_frontier_root_equals_full_recomputation(entries: list[bytes]) -> None:
     assert frontier.copy().root() == frontier.root()
 
 
+def test_frontier_copy_carries_its_size_and_grows_on_its_own() -> None:
+    leaves = leaves_of(CT_LEAVES)
+    frontier = merkle.Frontier()
+    for leaf in leaves[:5]:
+        frontier.append(leaf)
+    copy = frontier.copy()
+    assert copy.size == 5
+    for leaf in leaves[5:]:
+        copy.append(leaf)
+    assert (copy.size, copy.root()) == (8, merkle.root_of(leaves))
+    assert (frontier.size, frontier.root()) == (5, merkle.root_of(leaves[:5]))
+
+
+def test_inclusion_at_an_index_one_past_the_end_is_refused() -> None:
+    """A one-leaf tree's root is its leaf: index 1 of size 1 must not pass on that alone."""
+    leaf = merkle.leaf_hash(b"entry")
+    merkle.verify_inclusion(leaf, 0, 1, [], leaf)
+    with pytest.raises(IntegrityError):
+        merkle.verify_inclusion(leaf, 1, 1, [], leaf)
+
+
 def test_bad_arguments_are_reported_clearly() -> None:
     leaves = leaves_of(CT_LEAVES)
     with pytest.raises(InvalidInput, match="outside"):

@@ -359,6 +359,9 @@ def test_interrupted_put_says_so_and_exits_130(alice: Cli) -> None:
         stdin=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env=env,
+        # a shell starting a job in the background (`.ci/run &`) makes its children
+        # ignore SIGINT, and Python then installs no handler: give the child Ctrl-C back
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     assert process.stdin is not None
     process.stdin.write(os.urandom(1 << 20))  # the command is now reading a stream that goes on

@@ -461,3 +461,69 @@ def test_a_shard_a_compaction_copied_stays_findable_by_a_reader_that_saw_both(
     assert read(reader, name(1)) == b"live" * 40
     reader.close()
     assert read(LocalDirShardStore("n", root), name(1)) == b"live" * 40
+
+
+def test_a_compaction_overlapping_another_keeps_track_of_what_it_copied(tmp_path: Path) -> None:
+    # The compactor copied X into its own pack; another process's compaction removed a
+    # pack meanwhile, so the compactor's next look rescanned every pack but its own and
+    # pointed X back at the old record, then forgot it with the old pack: its deletes
+    # missed X (its ciphertext stayed) and its reads said "missing" (found in review).
+    def pack_set() -> PackSet:
+        return PackSet(tmp_path, "n", GroupSync(lambda: None))
+
+    secret = {shard: shard.encode() * 100 for shard in (name(1), name(2))}
+    for shard, data in secret.items():
+        writer = pack_set()
+        writer.add(shard, data)  # one pack each
+        writer.close()
+    compactor, other = pack_set(), pack_set()
+    other.refresh()
+    real_sync, overlapped = compactor.group.sync, []
+
+    def other_compacts_meanwhile(*args: int) -> None:
+        real_sync(*args)
+        if not overlapped:
+            overlapped.append(other.compact())
+
+    compactor.group.sync = other_compacts_meanwhile  # type: ignore[method-assign]
+    assert compactor.compact() >= 1 and overlapped == [1]
+    other.close()
+    assert sorted(compactor.names()) == sorted(secret)
+    for shard in secret:
+        assert compactor.delete(shard)
+    compactor.close()
+    for pack in (tmp_path).glob("*.pack"):
+        assert not any(data in pack.read_bytes() for data in secret.values())
+
+
+def test_a_rotated_pack_can_be_compacted_while_its_writer_lives(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the writer's read descriptor was a dup of its append descriptor, so it shared
+    # the flock and kept holding it after rotation: no compaction could take the pack
+    monkeypatch.setattr(packs, "ROTATE_AT", 200)
+    writer = LocalDirShardStore("n", root)
+    put(writer, name(1), b"a" * 300)
+    first = {p.name for p in (root / "packs").glob("*.pack")}
+    put(writer, name(2), b"b" * 300)  # past ROTATE_AT: a new pack
+    assert writer.delete(name(1))
+    collector = LocalDirShardStore("n", root)
+    collector.collect_temporaries(older_than=time.time())
+    assert not first & {p.name for p in (root / "packs").glob("*.pack")}
+    assert read(writer, name(2)) == b"b" * 300
+    with pytest.raises(NotFound):
+        read(writer, name(1))
+    collector.close()
+    writer.close()
+
+
+def test_a_malformed_location_costs_a_lookup_not_an_error(root: Path) -> None:
+    writer = LocalDirShardStore("n", root)
+    location = put_located(writer, name(1), b"one" * 50)
+    writer.close()
+    assert location is not None
+    pack = location.split(":")[0]
+    for offset in ("²", "9" * 5000, str(1 << 64), "-5", " 60"):
+        reader = LocalDirShardStore("n", root)
+        assert read_at_location(reader, name(1), f"{pack}:{offset}") == b"one" * 50
+        reader.close()

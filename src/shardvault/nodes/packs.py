@@ -62,7 +62,7 @@ ROTATE_AT = 64 << 20
 RETIRED_FD_SECONDS = 60.0  # far longer than any read between taking an fd and its pread
 SMALL_PACK = 1 << 20
 _ERASE_TRIES = 3  # a shard moved by a compaction each time it is looked up, in a row
-_PACK_NAME = re.compile(r"[0-9a-f]{16}\.pack")  # a location is checked before any path is built
+_LOCATION = re.compile(r"([0-9a-f]{16}\.pack):([0-9]{1,18})")  # checked before any path is built
 PRUNE_SECONDS = 10.0  # how often reads by location let go of packs compacted away
 _PREFETCH = 4096  # a read by location takes the record's header and a small shard in one pread
 
@@ -120,7 +120,9 @@ class PackSet:
         os.write(fd, FILE_HEADER)
         self._active, self._active_fd, self._active_size = name, fd, len(FILE_HEADER)
         self._scanned[name] = len(FILE_HEADER)
-        self._fds[name] = os.dup(fd)
+        # reads get an open file of their own: a dup would share the flock, and keep
+        # holding it after rotation, so that no compaction could ever take the pack
+        self._fds[name] = os.open(self.directory / name, os.O_RDONLY | os.O_CLOEXEC)
         return fd
 
     def _retire_active(self) -> None:
@@ -226,11 +228,10 @@ class PackSet:
         """The shard at a location its manifest kept, if the record there is whole and
         names it; None if not (a compaction moved it, or the location is bad), and the
         caller looks it up instead. Its data is checked by the reader (block hash)."""
-        pack, _, offset = location.partition(":")
-        if not _PACK_NAME.fullmatch(pack) or not offset.isdigit():
+        parsed = _LOCATION.fullmatch(location)
+        if parsed is None:
             return None
-        encoded = name.encode()
-        start = int(offset)
+        pack, start, encoded = parsed[1], int(parsed[2]), name.encode()
         record = start - RECORD.size - len(encoded)
         if record < len(FILE_HEADER):
             return None
@@ -263,6 +264,7 @@ class PackSet:
                 return
             for pack in [pack for pack in self._fds if pack not in present]:
                 self._forget_pack(pack)
+            self._close_expired()
 
     def read(self, located: PackedShard, offset: int, length: int) -> bytes:
         length = max(0, min(length, located.length - offset))
@@ -298,16 +300,20 @@ class PackSet:
                     return
                 for gone in set(self._scanned) - set(packs):
                     self._forget_pack(gone)
-                if self._rescan:
+                if self._rescan:  # every pack, this set's own active one included
                     self._rescan = False
-                    for pack in packs:
-                        if pack != self._active:
-                            self._scanned.pop(pack, None)
+                    self._scanned.clear()
                 for pack in packs:
-                    if pack != self._active:
+                    if pack != self._active or pack not in self._scanned:
                         self._scan(pack)
                 if not self._rescan:  # a pack removed during the scan: once more
                     return
+
+    def _in_active(self, name: str) -> bool:
+        """Whether the index places a shard in this set's own active pack: that record is
+        the newest copy (a compaction appends there), and no other process removes it."""
+        found = self._index.get(name)
+        return found is not None and found.pack == self._active
 
     def _forget_pack(self, pack: str) -> None:
         """Drop a removed pack. A name indexed there may have a copy in another pack
@@ -326,6 +332,10 @@ class PackSet:
         """Keep a forgotten pack's descriptor open a while: a read that took it without
         the lock may not have read yet, and closing it could even give its number to
         another file. The pack's records stay readable through it after the unlink."""
+        self._close_expired()
+        self._retired.append((time.monotonic(), fd))
+
+    def _close_expired(self) -> None:
         now = time.monotonic()
         keep = []
         for when, old in self._retired:
@@ -333,7 +343,7 @@ class PackSet:
                 os.close(old)
             else:
                 keep.append((when, old))
-        self._retired = [*keep, (now, fd)]
+        self._retired = keep
 
     def _scan(self, pack: str) -> None:
         try:
@@ -370,7 +380,7 @@ class PackSet:
             if kind == TOMBSTONE:
                 self._dead.add(name)
                 self._index.pop(name, None)
-            elif name not in self._dead:
+            elif name not in self._dead and not self._in_active(name):
                 start = position + cursor + RECORD.size + name_len
                 self._index[name] = PackedShard(pack, start, data_len)
             cursor = end + CRC.size

@@ -210,15 +210,8 @@ def create_whole(path: Path, content: bytes, mode: int = 0o600) -> bool:
     leaves a short file, and a file another process created meanwhile is kept
     (the caller then reads that one). Raises OSError.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+    temp = _synced_temporary(path, content, mode)
     try:
-        try:
-            os.write(fd, content)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
         os.link(temp, path)
     except FileExistsError:
         return False
@@ -236,6 +229,18 @@ def replace_whole(path: Path, content: bytes, mode: int = 0o600) -> None:
     once this returns the new one survives a crash too (without the directory's
     fsync the rename itself could be lost). Raises OSError, leaving no temporary.
     """
+    temp = _synced_temporary(path, content, mode)
+    try:
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    fsync_directory(path.parent)
+
+
+def _synced_temporary(path: Path, content: bytes, mode: int) -> Path:
+    """``content`` in a new temporary file of its own beside ``path``, fsynced; none is
+    left behind if that fails."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
@@ -244,11 +249,10 @@ def replace_whole(path: Path, content: bytes, mode: int = 0o600) -> None:
             out.write(content)
             out.flush()
             os.fsync(out.fileno())
-        os.replace(temp, path)
     except BaseException:
         temp.unlink(missing_ok=True)
         raise
-    fsync_directory(path.parent)
+    return temp
 
 
 def fsync_directory(path: Path) -> None:

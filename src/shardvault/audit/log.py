@@ -43,7 +43,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import secrets
 import struct
 import threading
 import zlib
@@ -54,7 +53,7 @@ from shardvault.audit import merkle
 from shardvault.audit.checkpoint import Checkpoint
 from shardvault.audit.entry import MAX_ENTRY_BYTES, AuditEntry
 from shardvault.audit.note import SignedNote
-from shardvault.durability import WaitRoom, fsync_directory, reacquire
+from shardvault.durability import WaitRoom, fsync_directory, reacquire, replace_whole
 from shardvault.errors import AuditUnavailable, IntegrityError, InvalidInput
 
 LOG_VERSION = 1
@@ -559,19 +558,10 @@ class AuditLog:
         checkpoint = Checkpoint.parse(note.text)
         if checkpoint.size > self.size or self.root_at(checkpoint.size) != checkpoint.root_hash:
             raise IntegrityError("refusing to store a head that does not match this log")
-        heads = self.directory / "heads"
-        final = heads / f"{checkpoint.size:020d}.note"
-        temp = heads / f".{checkpoint.size:020d}.note.{secrets.token_hex(6)}.tmp"  # per writer
+        final = self.directory / "heads" / f"{checkpoint.size:020d}.note"
         try:
-            with open(temp, "xb") as f:
-                f.write(note.to_bytes())
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(temp, final)
-            fsync_directory(heads)
+            replace_whole(final, note.to_bytes(), 0o644)  # a temporary of its own per writer
         except OSError as exc:
-            with contextlib.suppress(OSError):
-                temp.unlink()
             raise AuditUnavailable(f"signed head not stored: {exc}") from exc
 
     def heads(self) -> list[SignedNote]:

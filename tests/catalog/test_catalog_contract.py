@@ -9,6 +9,7 @@ import signal
 import sqlite3
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -346,6 +347,35 @@ def test_known_object_ids_covers_every_state(catalog: Catalog) -> None:
     assert catalog.known_object_ids() == {oid(1), oid(2), oid(3)}
 
 
+def test_versions_with_finds_rows_of_given_object_ids_in_any_state(catalog: Catalog) -> None:
+    put(catalog, REF, 1)
+    catalog.reserve(REF, oid(2), 1.0)
+    other = ObjectRef("intl", "alice", "b")
+    put(catalog, other, 3)
+    catalog.mark_deleted(other)
+    found = catalog.versions_with({oid(2), oid(3), oid(9)})
+    assert sorted((r.ref.key, r.version, r.state) for r in found) == [
+        ("a.txt", 2, VersionState.PENDING),
+        ("b", 1, VersionState.DELETED),
+    ]
+    assert catalog.versions_with(set()) == []
+    many = {oid(n) for n in range(100, 1300)} | {oid(1)}  # more than one query's worth
+    assert [r.object_id for r in catalog.versions_with(many)] == [oid(1)]
+
+
+def test_replace_manifests_swaps_only_rows_still_holding_the_old_one(catalog: Catalog) -> None:
+    put(catalog, REF, 1)
+    other = ObjectRef("intl", "alice", "b")
+    put(catalog, other, 2)
+    first, second = catalog.versions_with({oid(1), oid(2)})
+    stale = replace(second, manifest=b"not what the row holds")
+    gone = replace(first, version=7)  # no such row
+    assert catalog.replace_manifests([(first, b"moved-1"), (stale, b"x"), (gone, b"y")]) == 1
+    assert catalog.replace_manifests([]) == 0
+    assert (catalog.get_version(REF) or first).manifest == b"moved-1"
+    assert (catalog.get_version(other) or first).manifest == b"manifest-2"
+
+
 def test_forget_subject(catalog: Catalog) -> None:
     catalog.add_subject(subject())
     catalog.add_subject(subject("bob"))
@@ -410,6 +440,8 @@ def test_sqlite_migrates_a_first_schema_catalog_forward(tmp_path: Path) -> None:
         with pytest.raises(WriteRaced):
             catalog.insert_committed(committed(2, 2, minted=4.0), None)
         catalog.insert_committed(committed(2, 2, minted=6.0), None)
+        found = catalog.versions_with({oid(1)})  # the fourth schema's index on object ids
+        assert [(r.version, r.manifest) for r in found] == [(1, b"old")]
         catalog.mark_deleted(REF)
         for record in catalog.claim_collectable(0.0):
             catalog.purge(record.ref, record.version)
@@ -417,7 +449,11 @@ def test_sqlite_migrates_a_first_schema_catalog_forward(tmp_path: Path) -> None:
     finally:
         catalog.close()
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+        plan = db.execute(
+            "EXPLAIN QUERY PLAN SELECT * FROM versions WHERE object_id IN (?)", (oid(1),)
+        ).fetchall()
+        assert "versions_object" in str(plan)  # found by the index, not a scan
 
 
 def test_sqlite_refuses_a_newer_schema(tmp_path: Path) -> None:

@@ -6,7 +6,6 @@ import os
 import struct
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -170,11 +169,15 @@ def test_compaction_keeps_live_shards_and_drops_dead_packs(root: Path) -> None:
     writer.close()  # a writer that is gone no longer holds its pack
     collector = LocalDirShardStore("n", root)
     old = set((root / "packs").glob("*.pack"))
-    assert collector.collect_temporaries(older_than=time.time()) == 0
+    moved = collector.compact()
     new = set((root / "packs").glob("*.pack"))
     assert not (old & new)
-    assert list(collector.names()) == sorted([name(9), name(10)])
-    assert read(LocalDirShardStore("n", root), name(10)) == bytes([10]) * 100
+    assert list(collector.names()) == sorted(moved) == sorted([name(9), name(10)])
+    fresh = LocalDirShardStore("n", root)
+    fresh.packs.refresh = None  # type: ignore[method-assign, assignment]  # must not scan
+    for version in (9, 10):  # each new location leads straight to its record
+        reader = fresh.open_reader(name(version), location=moved[name(version)])
+        assert reader.read_at(0, 1 << 20) == bytes([version]) * 100
     collector.close()
 
 
@@ -196,7 +199,7 @@ def test_a_read_racing_a_compaction_still_reads_its_shard(
 
     def compact_then_pread(fd: int, length: int, offset: int) -> bytes:
         monkeypatch.setattr(os, "pread", real_pread)  # the compaction reads for real
-        store.collect_temporaries(older_than=time.time())
+        store.compact()
         compacted.update(p.name for p in (root / "packs").glob("*.pack"))
         return real_pread(fd, length, offset)
 
@@ -213,7 +216,7 @@ def test_compaction_leaves_a_live_writers_pack_alone(root: Path) -> None:
     put(live, name(2), b"still here")
     collector = LocalDirShardStore("n", root)
     before = sorted(p.name for p in (root / "packs").glob("*.pack"))
-    collector.collect_temporaries(older_than=time.time())
+    assert collector.compact() == {}
     assert sorted(p.name for p in (root / "packs").glob("*.pack")) == before
     put(live, name(3), b"appends still land")
     assert read(collector, name(3)) == b"appends still land"
@@ -281,11 +284,11 @@ def test_deleting_a_shard_another_process_moved_zeroes_its_copy(tmp_path: Path) 
     deleter = packset(tmp_path)
     assert deleter.locate("X") is not None  # its index now points at the old pack
     compactor = packset(tmp_path)
-    assert compactor.compact() == 1  # X copied into the compactor's live pack
+    assert compactor.compact().packs == 1  # X copied into the compactor's live pack
     assert deleter.delete("X")
     assert SECRET not in on_disk(tmp_path)
     deleter.close()
-    assert packset(tmp_path).compact() == 1  # folds the tombstone's pack away
+    assert packset(tmp_path).compact().packs == 1  # folds the tombstone's pack away
     compactor.close()
     assert packset(tmp_path).locate("X") is None
 
@@ -303,7 +306,7 @@ def test_a_delete_racing_a_compaction_zeroes_the_copy_too(tmp_path: Path) -> Non
         assert deleter.delete("X")  # zeroes the old record, which still exists
 
     compactor.group.sync = delete_between_copy_and_unlink  # type: ignore[method-assign]
-    assert compactor.compact() == 1
+    assert compactor.compact().packs == 1
     assert SECRET not in on_disk(tmp_path)
     deleter.close()
     compactor.close()
@@ -414,7 +417,7 @@ def test_a_location_a_compaction_moved_is_looked_up_and_the_old_pack_let_go(
     reader = LocalDirShardStore("n", root)
     assert read_at_location(reader, name(10), kept[10]) == bytes([10]) * 100  # holds the pack
     collector = LocalDirShardStore("n", root)
-    collector.collect_temporaries(older_than=time.time())  # moves it
+    collector.compact()  # moves it
     collector.close()
     assert not (root / "packs" / str(kept[10]).split(":")[0]).exists()
     assert read_at_location(reader, name(10), kept[10]) == bytes([10]) * 100
@@ -451,12 +454,12 @@ def test_a_shard_a_compaction_copied_stays_findable_by_a_reader_that_saw_both(
 
     monkeypatch.setattr(Path, "unlink", reader_looks_first)
     compactor = LocalDirShardStore("n", root)
-    compactor.collect_temporaries(older_than=time.time())
+    compactor.compact()
     monkeypatch.setattr(Path, "unlink", real_unlink)
     assert not (root / "packs" / ("f" * 16 + ".pack")).exists()
     assert name(1) in list(reader.names())  # noticed the old pack gone, kept the copy
     assert read(LocalDirShardStore("n", root), name(1)) == b"live" * 40
-    reader.collect_temporaries(older_than=time.time())  # compacts the copy's pack
+    reader.compact()  # compacts the copy's pack
     compactor.close()
     assert read(reader, name(1)) == b"live" * 40
     reader.close()
@@ -483,10 +486,10 @@ def test_a_compaction_overlapping_another_keeps_track_of_what_it_copied(tmp_path
     def other_compacts_meanwhile(*args: int) -> None:
         real_sync(*args)
         if not overlapped:
-            overlapped.append(other.compact())
+            overlapped.append(other.compact().packs)
 
     compactor.group.sync = other_compacts_meanwhile  # type: ignore[method-assign]
-    assert compactor.compact() >= 1 and overlapped == [1]
+    assert compactor.compact().packs >= 1 and overlapped == [1]
     other.close()
     assert sorted(compactor.names()) == sorted(secret)
     for shard in secret:
@@ -508,7 +511,7 @@ def test_a_rotated_pack_can_be_compacted_while_its_writer_lives(
     put(writer, name(2), b"b" * 300)  # past ROTATE_AT: a new pack
     assert writer.delete(name(1))
     collector = LocalDirShardStore("n", root)
-    collector.collect_temporaries(older_than=time.time())
+    collector.compact()
     assert not first & {p.name for p in (root / "packs").glob("*.pack")}
     assert read(writer, name(2)) == b"b" * 300
     with pytest.raises(NotFound):

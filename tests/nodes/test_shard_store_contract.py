@@ -12,7 +12,13 @@ import pytest
 from shardvault.errors import InvalidInput, NotFound
 from shardvault.nodes.localdir import LocalDirShardStore
 from shardvault.nodes.memory import MemoryShardStore
-from shardvault.nodes.port import ShardStore, check_shard_name, object_id_of, shard_name
+from shardvault.nodes.port import (
+    ShardStore,
+    check_shard_name,
+    object_id_of,
+    parse_shard_name,
+    shard_name,
+)
 
 OID = bytes.fromhex("0123456789abcdef0123456789abcdef")
 NAME = shard_name(OID, 1, 0)
@@ -125,6 +131,28 @@ def test_collect_temporaries_removes_only_old_uncommitted_files(store: ShardStor
         assert removed == (1 if store.pack_limit == 0 else 0)
         assert list(store.tmp_dir.iterdir()) == []
     stale.abort()
+
+
+def test_compact_keeps_every_shard_and_says_where_it_moved_them(store: ShardStore) -> None:
+    names = [shard_name(OID, version, 0) for version in range(1, 9)]
+    for name in names:
+        put(store, name, name.encode() * 10)
+    for name in names[:6]:
+        assert store.delete(name)
+    moved = store.compact()
+    assert set(moved) <= set(names[6:])
+    assert list(store.names()) == names[6:]
+    for name in names[6:]:
+        assert read(store, name) == name.encode() * 10
+        reader = store.open_reader(name, location=moved.get(name))
+        assert reader.read_at(0, 1 << 20) == name.encode() * 10
+        reader.close()
+
+
+def test_parse_shard_name_inverts_shard_name() -> None:
+    assert parse_shard_name(shard_name(OID, 12, 5)) == (OID, 12, 5)
+    with pytest.raises(InvalidInput):
+        parse_shard_name("../" + NAME)
 
 
 INVALID_NAMES = [

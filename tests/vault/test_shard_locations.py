@@ -17,9 +17,22 @@ from shardvault.vault import Vault
 REFS = [ObjectRef("intl", "alice", f"notes/{i}") for i in range(20)]
 
 
-def test_a_new_process_reads_small_objects_without_scanning_any_pack(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def refuse(self: PackSet) -> None:
+    raise AssertionError("scanned the packs")
+
+
+def read_without_scanning(config_path: Path, payloads: dict[ObjectRef, bytes]) -> None:
+    """Read every object in a new vault (a new process's view), with scans refused."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(PackSet, "refresh", refuse)
+        with Vault.open(load(config_path)) as fresh:
+            for ref, data in payloads.items():
+                with fresh.open_read(ref) as reader:
+                    assert reader.read_all() == data
+                assert reader.damage == []
+
+
+def test_a_new_process_reads_small_objects_without_scanning_any_pack(tmp_path: Path) -> None:
     # it used to index every pack of a node on its first read: the start of every
     # process, `shardvault get` included, grew with the number of small objects
     config_path = make_deployment(tmp_path / "deploy", pack_limit=64 << 10)
@@ -33,12 +46,26 @@ def test_a_new_process_reads_small_objects_without_scanning_any_pack(
         manifest = Manifest.from_bytes(record.manifest)
         assert len(manifest.locations) == manifest.n and all(manifest.locations)
 
-    def refuse(self: PackSet) -> None:
-        raise AssertionError("scanned the packs")
+    read_without_scanning(config_path, payloads)
 
-    monkeypatch.setattr(PackSet, "refresh", refuse)
-    with Vault.open(load(config_path)) as fresh:
-        for ref, data in payloads.items():
-            with fresh.open_read(ref) as reader:
-                assert reader.read_all() == data
-            assert reader.damage == []
+
+def test_after_gc_compacts_the_packs_a_new_process_still_reads_without_scanning(
+    tmp_path: Path,
+) -> None:
+    # a compaction moves shards into the collector's pack; the manifests kept the old
+    # locations, so after every gc each process reading a moved shard indexed the packs
+    config_path = make_deployment(tmp_path / "deploy", pack_limit=64 << 10)
+    payloads = {ref: os.urandom(1000 + i) for i, ref in enumerate(REFS)}
+    with Vault.open(load(config_path)) as vault:
+        vault.register_subject("intl", "alice", "US")
+    for start in range(0, len(REFS), 5):  # four processes' worth of packs, each left behind
+        with Vault.open(load(config_path)) as writer:
+            for ref in REFS[start : start + 5]:
+                writer.put(ref, payloads[ref])
+    with Vault.open(load(config_path)) as collector:
+        collector.delete(REFS[0])
+        report = collector.gc(grace_seconds=0)
+        assert report.versions == 1 and report.moved == 19 * 6  # every live shard, each node
+
+    del payloads[REFS[0]]
+    read_without_scanning(config_path, payloads)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import threading
+from collections.abc import Collection, Sequence
 from dataclasses import replace
 
 from shardvault.catalog.port import DamageRecord, SubjectRecord, VersionRecord, VersionState
@@ -210,6 +211,27 @@ class MemoryCatalog:
             return {
                 rec.object_id for versions in self._versions.values() for rec in versions.values()
             }
+
+    def versions_with(self, object_ids: Collection[bytes]) -> list[VersionRecord]:
+        wanted = set(object_ids)
+        with self._lock:
+            return [
+                rec
+                for versions in self._versions.values()
+                for rec in versions.values()
+                if rec.object_id in wanted
+            ]
+
+    def replace_manifests(self, changes: Sequence[tuple[VersionRecord, bytes]]) -> int:
+        changed = 0
+        with self._lock:
+            for record, manifest in changes:
+                versions = self._versions.get(record.ref, {})
+                current = versions.get(record.version)
+                if current is not None and current.manifest == record.manifest:
+                    versions[record.version] = replace(current, manifest=manifest)
+                    changed += 1
+        return changed
 
     def erase_freed(self) -> None:
         """Nothing outlives a dropped row in memory."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import math
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -141,6 +142,14 @@ class Catalog(Protocol):
 
     def known_object_ids(self) -> set[bytes]:
         """Object ids of every row, in any state: shards of others are orphans."""
+
+    def versions_with(self, object_ids: Collection[bytes]) -> list[VersionRecord]:
+        """The rows, in any state, of these object ids (found by an index, not a scan)."""
+
+    def replace_manifests(self, changes: Sequence[tuple[VersionRecord, bytes]]) -> int:
+        """Give each row a new manifest if it still holds the record's (a shard's new
+        location after a compaction); returns how many changed. Not synced: a
+        location is a hint, and one lost to a crash costs a reader a lookup."""
 
     def erase_freed(self) -> None:
         """Overwrite what purged rows left behind in the catalog's files (after a forget)."""

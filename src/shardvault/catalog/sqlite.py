@@ -23,7 +23,7 @@ import math
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -71,9 +71,13 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (tenant, subject, key)
     );
     """,
+    """
+    CREATE INDEX versions_object ON versions (object_id);
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
+_IDS_PER_QUERY = 500  # well under SQLite's limit on parameters
 _FLOCK_TURNS = 8  # consecutive writes of one process before the others get a turn
 _NEXT_VERSION = (  # of key ?3: above every row's, and every collected row's (never reused)
     "(SELECT MAX(COALESCE((SELECT MAX(version) FROM versions"
@@ -493,6 +497,30 @@ class SqliteCatalog:
 
     def known_object_ids(self) -> set[bytes]:
         return {row[0] for row in self._query("SELECT object_id FROM versions")}
+
+    def versions_with(self, object_ids: Collection[bytes]) -> list[VersionRecord]:
+        wanted, found = list(object_ids), list[VersionRecord]()
+        for start in range(0, len(wanted), _IDS_PER_QUERY):
+            chunk = wanted[start : start + _IDS_PER_QUERY]
+            marks = ", ".join("?" * len(chunk))
+            sql = f"SELECT {_VERSION_COLUMNS} FROM versions WHERE object_id IN ({marks})"
+            rows = self._query(sql, tuple(chunk))
+            found.extend(_version(row) for row in rows)
+        return found
+
+    def replace_manifests(self, changes: Sequence[tuple[VersionRecord, bytes]]) -> int:
+        if not changes:
+            return 0
+        changed = 0
+        with self._transaction(durable=False) as db:
+            for record, manifest in changes:
+                ref = record.ref
+                changed += db.execute(
+                    "UPDATE versions SET manifest = ? WHERE tenant = ? AND subject = ?"
+                    " AND key = ? AND version = ? AND manifest = ?",
+                    (manifest, ref.tenant, ref.subject, ref.key, record.version, record.manifest),
+                ).rowcount
+        return changed
 
     def erase_freed(self) -> None:
         """Copy the WAL into the database and truncate it: the frames holding purged rows

@@ -153,7 +153,8 @@ def gc(
     else:
         say(
             f"collected {report.versions} version(s), {report.shards} shard(s), "
-            f"{report.orphans} orphan(s), {report.temporaries} temporary file(s)"
+            f"{report.orphans} orphan(s), {report.temporaries} temporary file(s); "
+            f"moved {report.moved} shard(s) to compact packs"
         )
     if report.skipped_nodes:
         warn(

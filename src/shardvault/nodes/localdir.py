@@ -246,7 +246,6 @@ class LocalDirShardStore:
         return iter(sorted(found))
 
     def collect_temporaries(self, older_than: float) -> int:
-        """Remove stale temporary files and rewrite packs that only dead writers held."""
         removed = 0
         for path in self.tmp_dir.iterdir():
             try:
@@ -255,11 +254,14 @@ class LocalDirShardStore:
                     removed += 1
             except FileNotFoundError:
                 continue
+        return removed
+
+    def compact(self) -> dict[str, str]:
+        """Rewrite the packs that only dead writers held (nodes/packs.py)."""
         try:
-            self.packs.compact()
+            return self.packs.compact().moved
         except OSError as exc:
             raise _storage_error(self.node_id, "compacting packs", exc) from exc
-        return removed
 
     def close(self) -> None:
         self.packs.close()

@@ -18,7 +18,8 @@ shard another process just wrote is found. A process that only reads by
 location never scans, whatever the packs hold. Deleting appends a tombstone;
 ``compact`` copies the live records of packs no live writer holds into this
 store's pack and removes the old files (their descriptors stay open a minute,
-for reads already under way). Shard names are never reused, so a
+for reads already under way), and says where each shard went, so that gc can
+rewrite the locations manifests keep (shardvault.vault.gc). Shard names are never reused, so a
 tombstone lost in a crash or dropped by compaction can at worst bring back a
 dead record, which gc's orphan sweep removes again.
 
@@ -78,6 +79,12 @@ class PackedShard:
     def location(self) -> str:
         """What a manifest keeps to find the shard again: ``<pack>:<data offset>``."""
         return f"{self.pack}:{self.offset}"
+
+
+@dataclass(frozen=True, slots=True)
+class Compaction:
+    packs: int  # removed
+    moved: dict[str, str]  # shard name -> its new location, for each shard copied
 
 
 def encode_record(kind: int, name: str, data: bytes) -> bytes:
@@ -388,12 +395,15 @@ class PackSet:
 
     # -- collection ------------------------------------------------------------
 
-    def compact(self) -> int:
-        """Rewrite the live shards of packs no live writer holds; returns packs removed.
+    def compact(self) -> Compaction:
+        """Rewrite the live shards of packs no live writer holds.
 
-        The copies are made durable before the old file goes.
+        The copies are made durable before the old file goes. Returns the packs
+        removed and where each shard they held went, so the manifests that kept
+        the old locations can be told (shardvault.vault.gc).
         """
         removed = 0
+        moved: dict[str, str] = {}
         with self._lock:
             self.refresh()
             for pack in list(self._scanned):
@@ -414,9 +424,14 @@ class PackSet:
                     self._forget_pack(pack)
                     (self.directory / pack).unlink(missing_ok=True)
                     removed += 1
+                    moved.update(
+                        (name, copy.location)
+                        for name, copy in copies.items()
+                        if name not in self._dead
+                    )
                 finally:
                     os.close(claim)
-        return removed
+        return Compaction(removed, moved)
 
     def _erase_copies_deleted_meanwhile(self, copies: dict[str, PackedShard]) -> None:
         """A delete racing the copy zeroed the old record, not the copy: zero that too

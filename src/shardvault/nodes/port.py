@@ -32,6 +32,12 @@ def object_id_of(name: str) -> str:
     return name.split(".", 1)[0]
 
 
+def parse_shard_name(name: str) -> tuple[bytes, int, int]:
+    """(object id, version, shard index) of a name made by `shard_name`."""
+    object_id, version, index = check_shard_name(name).split(".")
+    return bytes.fromhex(object_id), int(version[1:]), int(index[1:])
+
+
 class ShardWriter(Protocol):
     location: str | None
     """After commit, where the store can find the shard again without looking it up
@@ -78,8 +84,11 @@ class ShardStore(Protocol):
         """Make every shard committed with ``durable=False`` on this store durable."""
 
     def collect_temporaries(self, older_than: float) -> int:
-        """Remove uncommitted leftovers last touched before `older_than` (epoch seconds),
-        and reclaim the space of deleted shards where the adapter defers that."""
+        """Remove uncommitted leftovers last touched before `older_than` (epoch seconds)."""
+
+    def compact(self) -> dict[str, str]:
+        """Reclaim the space of deleted shards where the adapter defers that; returns the
+        new location of every shard it moved (name -> location), for its manifest."""
 
     def close(self) -> None:
         """Release files and locks; the store is not used afterwards."""

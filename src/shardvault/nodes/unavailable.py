@@ -42,5 +42,8 @@ class UnavailableStore:
     def collect_temporaries(self, older_than: float) -> NoReturn:
         self._refuse()
 
+    def compact(self) -> NoReturn:
+        self._refuse()
+
     def close(self) -> None:
         """Nothing is open."""

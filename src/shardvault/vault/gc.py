@@ -10,16 +10,20 @@ cutoff in the catalog: such a put's commit then refuses shards minted before it
 and writes them again (shardvault.objectid). A node that is unavailable is
 skipped and named in the report: what it holds of collected versions becomes
 an orphan there, which a later sweep takes once the node is back.
+
+Last, each node compacts its packs, and the manifests of the shards it moved
+are given their new locations: without that, every process reading one of
+them would have to index the node's packs (nodes/packs.py).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from shardvault.catalog.port import VersionRecord
 from shardvault.manifest import Manifest
-from shardvault.nodes.port import ShardStore, object_id_of, shard_name
+from shardvault.nodes.port import ShardStore, object_id_of, parse_shard_name, shard_name
 from shardvault.objectid import minted_after
 from shardvault.vault.cells import Cell
 
@@ -31,6 +35,7 @@ class GcReport:
     orphans: int = 0
     temporaries: int = 0
     skipped_nodes: tuple[str, ...] = ()  # unavailable: nothing on them was collected
+    moved: int = 0  # shards a compaction moved, their manifests told where
 
     def __add__(self, other: GcReport) -> GcReport:
         return GcReport(
@@ -39,10 +44,12 @@ class GcReport:
             self.orphans + other.orphans,
             self.temporaries + other.temporaries,
             self.skipped_nodes + other.skipped_nodes,
+            self.moved + other.moved,
         )
 
 
 _CLAIM_BATCH = 1000  # versions per claim: gc's memory stays bounded however many wait
+_RELOCATE_BATCH = 1000  # object versions per catalog lookup and update
 
 
 def collect_claimed(
@@ -114,4 +121,37 @@ def collect_cell(cell: Cell, cutoff: float, started: float, n: int) -> GcReport:
                 orphans += 1
         temporaries += store.collect_temporaries(cutoff)
     _sync(stores.values())
-    return GcReport(versions, shards, orphans, temporaries, tuple(cell.unavailable_nodes()))
+    moved = {node: store.compact() for node, store in stores.items()}
+    relocate(cell, moved)
+    unavailable = tuple(cell.unavailable_nodes())
+    return GcReport(
+        versions, shards, orphans, temporaries, unavailable, sum(map(len, moved.values()))
+    )
+
+
+def relocate(cell: Cell, moved: dict[str, dict[str, str]]) -> None:
+    """Give the manifests of shards a compaction moved (node -> name -> location) their
+    new locations: one update per version, however many of its nodes moved it."""
+    wanted: dict[tuple[bytes, int], dict[int, tuple[str, str]]] = {}
+    for node, names in moved.items():
+        for name, location in names.items():
+            object_id, version, index = parse_shard_name(name)
+            wanted.setdefault((object_id, version), {})[index] = (node, location)
+    keys = list(wanted)
+    for start in range(0, len(keys), _RELOCATE_BATCH):
+        chunk = keys[start : start + _RELOCATE_BATCH]
+        records = cell.catalog.versions_with({object_id for object_id, _ in chunk})
+        changes = []
+        for record in records:
+            new = wanted.get((record.object_id, record.version))
+            if new is None or record.manifest is None:
+                continue
+            manifest = Manifest.from_bytes(record.manifest)
+            locations = list(manifest.locations or (None,) * manifest.n)
+            for index, (node, location) in new.items():
+                if index < manifest.n and manifest.nodes[index] == node:
+                    locations[index] = location
+            updated = replace(manifest, locations=tuple(locations)).to_bytes()
+            if updated != record.manifest:
+                changes.append((record, updated))
+        cell.catalog.replace_manifests(changes)

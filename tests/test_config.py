@@ -35,6 +35,12 @@ def error_for(tmp_path: Path, text: str | bytes) -> str:
     return message
 
 
+def test_load_takes_a_path_as_a_string_too(tmp_path: Path) -> None:
+    # a library caller passing str(path) got an AttributeError from deep inside
+    path = write_demo(tmp_path)
+    assert load(str(path)) == load(path)
+
+
 def test_demo_config_loads(tmp_path: Path) -> None:
     cfg = load(write_demo(tmp_path))
     assert (cfg.segment_size, cfg.k, cfg.m, cfg.custodian) == (1 << 20, 4, 2, "keyring")

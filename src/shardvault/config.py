@@ -127,7 +127,9 @@ def token_from_env() -> str | None:
     return os.environ.get(TOKEN_ENV_VAR) or None
 
 
-def load(path: Path) -> Config:
+def load(path: str | os.PathLike[str]) -> Config:
+    """The deployment in the TOML file at `path`, validated whole (`ConfigError` if not)."""
+    path = Path(path)
     raw = _read_config(path)
     try:
         doc = tomllib.loads(raw.decode("utf-8"))

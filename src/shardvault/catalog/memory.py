@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import replace
 
 from shardvault.catalog.port import DamageRecord, SubjectRecord, VersionRecord, VersionState
@@ -196,15 +196,17 @@ class MemoryCatalog:
             found.sort(key=lambda rec: rec.created_at)
             return found if limit is None else found[:limit]
 
-    def purge(self, ref: ObjectRef, version: int) -> None:
+    def purge(self, versions: Iterable[tuple[ObjectRef, int]]) -> None:
         with self._lock:
-            versions = self._versions.get(ref, {})
-            if version in versions and versions[version].state is VersionState.DELETED:
-                del versions[version]
-                subject = self._subjects.get((ref.tenant, ref.subject))
-                if subject is not None and subject.forgotten_at is None:
-                    self._retired[ref] = max(self._retired.get(ref, 0), version)
-            self._damage = [d for d in self._damage if (d.ref, d.version) != (ref, version)]
+            gone = set(versions)
+            for ref, version in gone:
+                rows = self._versions.get(ref, {})
+                if version in rows and rows[version].state is VersionState.DELETED:
+                    del rows[version]
+                    subject = self._subjects.get((ref.tenant, ref.subject))
+                    if subject is not None and subject.forgotten_at is None:
+                        self._retired[ref] = max(self._retired.get(ref, 0), version)
+            self._damage = [d for d in self._damage if (d.ref, d.version) not in gone]
 
     def known_object_ids(self) -> set[bytes]:
         with self._lock:

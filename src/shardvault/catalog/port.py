@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -137,8 +137,9 @@ class Catalog(Protocol):
         it is given and asks again works through any backlog in bounded memory, and
         stops, since what is created meanwhile is left for the next time."""
 
-    def purge(self, ref: ObjectRef, version: int) -> None:
-        """Remove a deleted version's row for good (after its shards are gone)."""
+    def purge(self, versions: Iterable[tuple[ObjectRef, int]]) -> None:
+        """Remove deleted versions' rows for good (after their shards are gone), in one
+        transaction: one sync for a whole batch of a gc or forget, not one per version."""
 
     def known_object_ids(self) -> set[bytes]:
         """Object ids of every row, in any state: shards of others are orphans."""

@@ -23,7 +23,7 @@ import math
 import os
 import sqlite3
 import threading
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -73,6 +73,7 @@ MIGRATIONS: tuple[str, ...] = (
     """,
     """
     CREATE INDEX versions_object ON versions (object_id);
+    CREATE INDEX damage_version ON damage (tenant, subject, key, version);
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -483,17 +484,24 @@ class SqliteCatalog:
             ).fetchall()
         return [_version(row) for row in rows]
 
-    def purge(self, ref: ObjectRef, version: int) -> None:
-        params = (ref.tenant, ref.subject, ref.key, version)
+    def purge(self, versions: Iterable[tuple[ObjectRef, int]]) -> None:
+        rows = [(ref.tenant, ref.subject, ref.key, version) for ref, version in versions]
+        if not rows:
+            return
         with self._transaction() as db:
-            for table in ("versions", "damage"):
+            for params in rows:
                 gone = db.execute(
-                    f"DELETE FROM {table} WHERE tenant = ? AND subject = ? AND key = ?"
-                    " AND version = ?" + (" AND state = 'deleted'" if table == "versions" else ""),
+                    "DELETE FROM versions WHERE tenant = ? AND subject = ? AND key = ?"
+                    " AND version = ? AND state = 'deleted'",
                     params,
                 ).rowcount
-                if table == "versions" and gone:  # its number is never given again
+                if gone:  # its number is never given again
                     db.execute(_RETIRE, params)
+                db.execute(
+                    "DELETE FROM damage WHERE tenant = ? AND subject = ? AND key = ?"
+                    " AND version = ?",
+                    params,
+                )
 
     def known_object_ids(self) -> set[bytes]:
         return {row[0] for row in self._query("SELECT object_id FROM versions")}

@@ -91,8 +91,8 @@ def collect_versions(cell: Cell, records: list[VersionRecord], n: int) -> int:
         for store, index in targets:
             if store.delete(shard_name(record.object_id, record.version, index)):
                 removed += 1
-        cell.catalog.purge(record.ref, record.version)
-    _sync(stores.values())
+    _sync(stores.values())  # the shards are gone for good before their rows go
+    cell.catalog.purge((record.ref, record.version) for record in records)
     return removed
 
 

@@ -46,6 +46,7 @@ import struct
 import threading
 import time
 import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,6 +63,7 @@ CRC = struct.Struct(">I")
 ROTATE_AT = 64 << 20
 RETIRED_FD_SECONDS = 60.0  # far longer than any read between taking an fd and its pread
 SMALL_PACK = 1 << 20
+_COMPACT_BATCH = 64  # packs claimed, copied and synced together (two fds each meanwhile)
 _ERASE_TRIES = 3  # a shard moved by a compaction each time it is looked up, in a row
 _LOCATION = re.compile(r"([0-9a-f]{16}\.pack):([0-9]{1,18})")  # checked before any path is built
 PRUNE_SECONDS = 10.0  # how often reads by location let go of packs compacted away
@@ -81,10 +83,19 @@ class PackedShard:
         return f"{self.pack}:{self.offset}"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Compaction:
     packs: int  # removed
     moved: dict[str, str]  # shard name -> its new location, for each shard copied
+
+
+class NamesByPack(dict[str, list[str]]):
+    """Indexed names per pack, and the state of the scans it was taken at."""
+
+    def __init__(self, rescans: int, scanned: dict[str, int]) -> None:
+        super().__init__()
+        self.rescans = rescans
+        self.scanned = scanned
 
 
 def encode_record(kind: int, name: str, data: bytes) -> bytes:
@@ -110,6 +121,8 @@ class PackSet:
         self._active_size = 0
         self._next_prune = 0.0
         self._rescan = False  # a removed pack took indexed names: scan all again
+        self._rescans = 0  # how many times every pack was scanned again from the start
+        self._grouped: NamesByPack | None = None  # during a compaction: names per pack
         self.group = group
 
     # -- writing ---------------------------------------------------------------
@@ -309,6 +322,7 @@ class PackSet:
                     self._forget_pack(gone)
                 if self._rescan:  # every pack, this set's own active one included
                     self._rescan = False
+                    self._rescans += 1
                     self._scanned.clear()
                 for pack in packs:
                     if pack != self._active or pack not in self._scanned:
@@ -322,15 +336,17 @@ class PackSet:
         found = self._index.get(name)
         return found is not None and found.pack == self._active
 
-    def _forget_pack(self, pack: str) -> None:
+    def _forget_pack(self, pack: str, names: Iterable[str] | None = None) -> None:
         """Drop a removed pack. A name indexed there may have a copy in another pack
         this set scanned earlier (a compaction copies before it removes), which only a
-        scan of every pack from the start finds again: the next `refresh` makes one."""
+        scan of every pack from the start finds again: the next `refresh` makes one.
+        `names`: all that can be indexed there, when the caller knows (else all are tried)."""
         self._scanned.pop(pack, None)
         fd = self._fds.pop(pack, None)
         if fd is not None:
             self._retire(fd)
-        dropped = [n for n, loc in self._index.items() if loc.pack == pack]
+        candidates = self._index if names is None else names
+        dropped = [n for n in candidates if self._indexed(n, pack)]
         for name in dropped:
             del self._index[name]
         self._rescan = self._rescan or bool(dropped)
@@ -398,40 +414,56 @@ class PackSet:
     def compact(self) -> Compaction:
         """Rewrite the live shards of packs no live writer holds.
 
-        The copies are made durable before the old file goes. Returns the packs
-        removed and where each shard they held went, so the manifests that kept
-        the old locations can be told (shardvault.vault.gc).
+        The copies are made durable before the old files go: a batch of packs at a
+        time, so a sync and a look for deletes made meanwhile cover many packs (per
+        pack, both grow with the number of packs). Returns the packs removed and
+        where each shard they held went, so the manifests that kept the old
+        locations can be told (shardvault.vault.gc).
         """
-        removed = 0
-        moved: dict[str, str] = {}
+        done = Compaction(0, {})
         with self._lock:
             self.refresh()
-            for pack in list(self._scanned):
-                if pack == self._active or not self._worth_compacting(pack):
-                    continue
-                claim = self._claim(pack)
-                if claim is None:
-                    continue
-                try:
-                    self._scan(pack)
-                    live = [(n, loc) for n, loc in self._index.items() if loc.pack == pack]
-                    copies = {}
-                    for name, located in live:
+            self._grouped = None
+            try:
+                claimed: list[tuple[str, int]] = []
+                for pack in list(self._scanned):
+                    if pack == self._active or not self._worth_compacting(pack):
+                        continue
+                    claim = self._claim(pack)
+                    if claim is not None:
+                        claimed.append((pack, claim))
+                    if len(claimed) == _COMPACT_BATCH:
+                        self._fold(claimed, done)
+                        claimed = []
+                if claimed:
+                    self._fold(claimed, done)
+            finally:
+                self._grouped = None
+        return done
+
+    def _fold(self, claimed: list[tuple[str, int]], done: Compaction) -> None:
+        """Copy the live shards of claimed packs into ours, sync, then remove the packs."""
+        try:
+            copies = {}
+            for pack, _ in claimed:
+                self._scan(pack)  # what a writer appended before it died
+                for name in self._names_in(pack):
+                    located = self._indexed(name, pack)
+                    if located is not None:  # not deleted, nor found elsewhere, meanwhile
                         self.add(name, self.read(located, 0, located.length))
                         copies[name] = self._index[name]
-                    self.group.sync()
-                    self._erase_copies_deleted_meanwhile(copies)
-                    self._forget_pack(pack)
-                    (self.directory / pack).unlink(missing_ok=True)
-                    removed += 1
-                    moved.update(
-                        (name, copy.location)
-                        for name, copy in copies.items()
-                        if name not in self._dead
-                    )
-                finally:
-                    os.close(claim)
-        return Compaction(removed, moved)
+            self.group.sync()
+            self._erase_copies_deleted_meanwhile(copies)
+            for pack, _ in claimed:
+                self._forget_pack(pack, self._names_in(pack))
+                (self.directory / pack).unlink(missing_ok=True)
+            done.packs += len(claimed)
+            done.moved.update(
+                (name, copy.location) for name, copy in copies.items() if name not in self._dead
+            )
+        finally:
+            for _, claim in claimed:
+                os.close(claim)
 
     def _erase_copies_deleted_meanwhile(self, copies: dict[str, PackedShard]) -> None:
         """A delete racing the copy zeroed the old record, not the copy: zero that too
@@ -441,13 +473,37 @@ class PackSet:
             if name in self._dead:
                 self._erase(copy)
 
+    def _names_in(self, pack: str) -> list[str]:
+        """Every name indexed in `pack`, perhaps with some since dropped or moved (callers
+        check), from a grouping of the whole index: one pass, not one per pack.
+
+        The grouping is made again only once it may miss one: names are indexed in a
+        pack (ours aside, never compacted) only by scanning it, from the start in a
+        rescan of every pack, or records appended to it since.
+        """
+        grouped = self._grouped
+        if (
+            grouped is None
+            or grouped.rescans != self._rescans
+            or grouped.scanned.get(pack) != self._scanned.get(pack)
+        ):
+            grouped = self._grouped = NamesByPack(self._rescans, dict(self._scanned))
+            for name, located in self._index.items():
+                grouped.setdefault(located.pack, []).append(name)
+        return grouped.get(pack, [])
+
+    def _indexed(self, name: str, pack: str) -> PackedShard | None:
+        """Where the index places a shard, if that is in `pack`."""
+        found = self._index.get(name)
+        return found if found is not None and found.pack == pack else None
+
     def _worth_compacting(self, pack: str) -> bool:
         """A quarter dead, or small enough to fold into one file with the others."""
         try:
             size = (self.directory / pack).stat().st_size
         except FileNotFoundError:
             return False
-        live = sum(loc.length for loc in self._index.values() if loc.pack == pack)
+        live = sum(found.length for n in self._names_in(pack) if (found := self._indexed(n, pack)))
         return size < SMALL_PACK or live < size * 3 // 4
 
     def _claim(self, pack: str) -> int | None:

@@ -149,6 +149,23 @@ def test_compact_keeps_every_shard_and_says_where_it_moved_them(store: ShardStor
         reader.close()
 
 
+def test_delete_takes_the_writers_location_and_survives_a_wrong_one(store: ShardStore) -> None:
+    names = [shard_name(OID, version, 0) for version in (1, 2, 3)]
+    locations = []
+    for name in names:
+        writer = store.open_writer(name)
+        writer.write(name.encode())
+        writer.commit()
+        locations.append(writer.location)
+    assert store.delete(names[0], locations[0])
+    assert store.delete(names[1], locations[2])  # another shard's: looked up instead
+    assert store.delete(names[2], "0123456789abcdef.pack:999")  # stale or bad
+    assert not store.delete(names[0], locations[0])  # already gone
+    assert list(store.names()) == []
+    with pytest.raises(InvalidInput):
+        store.delete("../" + NAME, locations[0])
+
+
 def test_parse_shard_name_inverts_shard_name() -> None:
     assert parse_shard_name(shard_name(OID, 12, 5)) == (OID, 12, 5)
     with pytest.raises(InvalidInput):

@@ -8,10 +8,13 @@ from pathlib import Path
 import pytest
 
 from conftest import make_deployment
+from governance_support import forget_approved
 from shardvault.config import load
 from shardvault.manifest import Manifest
 from shardvault.model import ObjectRef
+from shardvault.nodes.localdir import LocalDirShardStore
 from shardvault.nodes.packs import PackSet
+from shardvault.nodes.port import shard_name
 from shardvault.vault import Vault
 
 REFS = [ObjectRef("intl", "alice", f"notes/{i}") for i in range(20)]
@@ -19,6 +22,24 @@ REFS = [ObjectRef("intl", "alice", f"notes/{i}") for i in range(20)]
 
 def refuse(self: PackSet) -> None:
     raise AssertionError("scanned the packs")
+
+
+def packed_shards(vault: Vault, ref: ObjectRef) -> list[bytes]:
+    """The bytes of each packed shard of ref's current version, found by location."""
+    cell = vault.cells["US"]
+    record = cell.catalog.get_version(ref)
+    assert record is not None and record.manifest is not None
+    manifest = Manifest.from_bytes(record.manifest)
+    found = []
+    for index, node in enumerate(manifest.nodes):
+        store = cell.store(node)
+        assert isinstance(store, LocalDirShardStore)
+        location = manifest.location(index)
+        assert location is not None
+        packed = store.packs.at(shard_name(manifest.object_id, manifest.version, index), location)
+        assert packed is not None and packed.prefetched is not None
+        found.append(packed.prefetched)
+    return found
 
 
 def read_without_scanning(config_path: Path, payloads: dict[ObjectRef, bytes]) -> None:
@@ -69,3 +90,24 @@ def test_after_gc_compacts_the_packs_a_new_process_still_reads_without_scanning(
 
     del payloads[REFS[0]]
     read_without_scanning(config_path, payloads)
+
+
+def test_forgetting_a_user_takes_their_packed_shards_without_scanning_any_pack(
+    tmp_path: Path,
+) -> None:
+    # a forget found each shard it deleted by indexing every pack of the node: its
+    # time and memory grew with everyone's objects, not the forgotten user's
+    config_path = make_deployment(tmp_path / "deploy", pack_limit=64 << 10)
+    bob = [ObjectRef("intl", "bob", f"b/{i}") for i in range(3)]
+    with Vault.open(load(config_path)) as vault:
+        vault.register_subject("intl", "alice", "US")
+        vault.register_subject("intl", "bob", "US")
+        for ref in [*REFS, *bob]:
+            vault.put(ref, ref.key.encode() * 50)
+        ciphertext = [shard for ref in bob for shard in packed_shards(vault, ref)]
+    with pytest.MonkeyPatch.context() as patch, Vault.open(load(config_path)) as fresh:
+        patch.setattr(PackSet, "refresh", refuse)
+        assert forget_approved(fresh, "intl", "bob").shards_removed == 3 * 6
+    packs = b"".join(p.read_bytes() for p in (tmp_path / "deploy").rglob("*.pack"))
+    assert len(ciphertext) == 3 * 6 and not any(shard in packs for shard in ciphertext)
+    read_without_scanning(config_path, {ref: ref.key.encode() * 50 for ref in REFS})

@@ -224,7 +224,7 @@ class LocalDirShardStore:
         except OSError as exc:
             raise _storage_error(self.node_id, "reading packs", exc) from exc
 
-    def delete(self, name: str) -> bool:
+    def delete(self, name: str, location: str | None = None) -> bool:
         try:
             os.unlink(self._shard_file(name))
             return True
@@ -233,7 +233,7 @@ class LocalDirShardStore:
         except OSError as exc:
             raise _storage_error(self.node_id, "deleting a shard", exc) from exc
         try:
-            deleted = self.packs.delete(name)
+            deleted = self.packs.delete(name, location)
         except OSError as exc:
             raise _storage_error(self.node_id, "deleting a packed shard", exc) from exc
         if deleted:  # its tombstone and zeroed bytes are durable at the next sync()

@@ -57,7 +57,7 @@ class MemoryShardStore:
             raise NotFound(f"shard {name} not on node {self.node_id}")
         return MemoryShardReader(data)
 
-    def delete(self, name: str) -> bool:
+    def delete(self, name: str, location: str | None = None) -> bool:
         with self.lock:
             return self.shards.pop(check_shard_name(name), None) is not None
 

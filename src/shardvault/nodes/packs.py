@@ -188,15 +188,21 @@ class PackSet:
             self._index[name] = located
         return self.group.note_write(), located
 
-    def delete(self, name: str) -> bool:
+    def delete(self, name: str, location: str | None = None) -> bool:
         """Overwrite the shard's bytes with zeros, then tombstone it (neither synced yet).
 
         Compaction alone would leave a deleted (or forgotten) user's ciphertext in a
         pack for as long as the pack is live, or more than a quarter alive. Zeroing
-        comes first, so a failure leaves the shard live for the next attempt.
+        comes first, so a failure leaves the shard live for the next attempt. With
+        the location its manifest kept, the shard is found without indexing every
+        pack: a forget then costs what the subject holds, not what the node does.
         """
         with self._lock:
-            located = self.locate(name)
+            located = self._index.get(name)
+            if located is None and location is not None and name not in self._dead:
+                located = self.at(name, location)
+            if located is None:
+                located = self.locate(name)
             if located is None:
                 return False
             for _ in range(_ERASE_TRIES):

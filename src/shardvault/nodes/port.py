@@ -74,8 +74,9 @@ class ShardStore(Protocol):
         """Raises NotFound when the shard does not exist. A ``location`` from the
         shard's writer is a hint: a stale or bad one costs a lookup, never a wrong shard."""
 
-    def delete(self, name: str) -> bool:
-        """Remove a shard; returns whether it existed."""
+    def delete(self, name: str, location: str | None = None) -> bool:
+        """Remove a shard; returns whether it existed. A ``location`` from its writer is
+        a hint, as for ``open_reader``: it spares a lookup, and a stale one costs one."""
 
     def names(self) -> Iterator[str]:
         """Every committed shard name on this node."""

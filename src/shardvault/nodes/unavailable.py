@@ -30,7 +30,7 @@ class UnavailableStore:
     def open_reader(self, name: str, location: str | None = None) -> NoReturn:
         self._refuse()
 
-    def delete(self, name: str) -> NoReturn:
+    def delete(self, name: str, location: str | None = None) -> NoReturn:
         self._refuse()
 
     def names(self) -> Iterator[str]:

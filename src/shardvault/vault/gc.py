@@ -84,12 +84,14 @@ def collect_versions(cell: Cell, records: list[VersionRecord], n: int) -> int:
         if record.manifest is not None:
             manifest = Manifest.from_bytes(record.manifest)
             targets = [
-                (stores[node], index) for index, node in enumerate(manifest.nodes) if node in stores
+                (stores[node], index, manifest.location(index))
+                for index, node in enumerate(manifest.nodes)
+                if node in stores
             ]
         else:
-            targets = [(store, index) for store in stores.values() for index in range(n)]
-        for store, index in targets:
-            if store.delete(shard_name(record.object_id, record.version, index)):
+            targets = [(store, index, None) for store in stores.values() for index in range(n)]
+        for store, index, location in targets:
+            if store.delete(shard_name(record.object_id, record.version, index), location):
                 removed += 1
     _sync(stores.values())  # the shards are gone for good before their rows go
     cell.catalog.purge((record.ref, record.version) for record in records)

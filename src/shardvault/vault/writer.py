@@ -212,6 +212,6 @@ class ShardSetWriter:
             try:
                 writer.abort()
                 if index in self._committed:
-                    self._stores[index].delete(self._names[index])
+                    self._stores[index].delete(self._names[index], writer.location)
             except Exception:
                 continue

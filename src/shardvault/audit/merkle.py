@@ -83,10 +83,22 @@ class Frontier:
         return node
 
     def copy(self) -> Frontier:
-        other = Frontier()
-        other._size = self._size
-        other._stack = list(self._stack)
-        return other
+        return Frontier.restore(self._size, self._stack)
+
+    @property
+    def stack(self) -> tuple[bytes, ...]:
+        """The subtree roots, largest first: with the size, all a frontier is."""
+        return tuple(self._stack)
+
+    @classmethod
+    def restore(cls, size: int, stack: Sequence[bytes]) -> Frontier:
+        """A frontier from its size and `stack`; ValueError if they cannot go together."""
+        if size < 0 or len(stack) != size.bit_count() or any(len(h) != 32 for h in stack):
+            raise ValueError(f"a frontier of {size} leaves has {size.bit_count()} subtree roots")
+        frontier = cls()
+        frontier._size = size
+        frontier._stack = list(stack)
+        return frontier
 
 
 def root_of(leaf_hashes: Sequence[bytes]) -> bytes:

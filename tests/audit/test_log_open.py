@@ -1,0 +1,133 @@
+"""Opening a log starts from the frontier the last process left, when it still agrees."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from pathlib import Path
+
+import pytest
+from tests.audit.conftest import make_entry, naive_root, publish_head
+
+from shardvault.audit import merkle
+from shardvault.audit.log import AuditLog
+from shardvault.errors import IntegrityError
+
+REC = 44  # index record: u64 end offset, 32-byte leaf hash, u32 CRC-32
+
+
+def filled(path: Path, n: int) -> AuditLog:
+    log = AuditLog.open(path)
+    log.append_many([make_entry(i) for i in range(log.size, log.size + n)])
+    return log
+
+
+def leaves_taken_on_open(path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[int, AuditLog]:
+    """How many leaves opening the log folded into its Merkle state, and the open log."""
+    count = 0
+    real_append = merkle.Frontier.append
+
+    def counting(frontier: merkle.Frontier, leaf: bytes) -> None:
+        nonlocal count
+        count += 1
+        real_append(frontier, leaf)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(merkle.Frontier, "append", counting)
+        log = AuditLog.open(path)
+    return count, log
+
+
+def frontier_file(size: int, end: int, last: bytes, stack: list[bytes]) -> bytes:
+    """The frontier format (docs/formats.md), built here independently of the log."""
+    data = struct.pack(">6sHQQ32sB", b"SVAUDF", 1, size, end, last, len(stack)) + b"".join(stack)
+    return data + struct.pack(">I", zlib.crc32(data))
+
+
+def test_an_open_takes_in_only_what_was_appended_since_the_last_close(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # every open rebuilt the Merkle state from every index record: at a million
+    # entries 1.5 s of every CLI command (a scale probe)
+    path = tmp_path / "log"
+    filled(path, 50).close()
+    count, log = leaves_taken_on_open(path, monkeypatch)
+    assert count == 0 and log.size == 50 and log.root() == naive_root(log)
+    still_open = filled(path, 0)
+    still_open.append_many([make_entry(i) for i in range(50, 53)])  # not closed: not saved
+    count, again = leaves_taken_on_open(path, monkeypatch)
+    assert count == 3 and again.size == 53 and again.root() == naive_root(again)
+    for opened in (log, still_open, again):
+        opened.close()
+
+
+@pytest.mark.parametrize(
+    "damage",
+    ["truncated", "bit flipped", "other version", "disagrees with the index", "too few roots"],
+)
+def test_a_frontier_that_cannot_be_trusted_costs_a_full_rebuild(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, damage: str
+) -> None:
+    path = tmp_path / "log"
+    log = filled(path, 12)
+    root = log.root()
+    log.close()
+    saved = (path / "frontier").read_bytes()
+    index = (path / "index.log").read_bytes()
+    end, last, _ = struct.unpack(">Q32sI", index[8 + 11 * REC : 8 + 12 * REC])
+    stack = [saved[57 + 32 * i : 57 + 32 * (i + 1)] for i in range(saved[56])]
+    assert frontier_file(12, end, last, stack) == saved  # the format as documented
+    broken = {
+        "truncated": saved[:40],
+        "bit flipped": saved[:60] + bytes([saved[60] ^ 1]) + saved[61:],
+        "other version": saved[:6] + b"\x00\x02" + saved[8:],
+        "disagrees with the index": frontier_file(12, end, b"\x07" * 32, stack),
+        "too few roots": frontier_file(12, end, last, stack[:1]),
+    }[damage]
+    (path / "frontier").write_bytes(broken)
+    count, again = leaves_taken_on_open(path, monkeypatch)
+    assert count == 12 and again.root() == root
+    again.close()
+    assert (path / "frontier").read_bytes() == saved  # made again
+
+
+def test_a_frontier_the_index_no_longer_reaches_is_ignored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "log"
+    log = filled(path, 12)
+    root = log.root()
+    log.close()
+    with open(path / "index.log", "r+b") as index:
+        index.truncate(8 + 8 * REC)  # entries 8..11 unindexed: opening indexes them again
+    count, again = leaves_taken_on_open(path, monkeypatch)
+    assert count == 12 and again.size == 12 and again.root() == root
+    again.close()
+
+
+def test_a_frontier_is_checked_against_the_signed_head_at_its_size(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a forged frontier that agrees with the index's last record but not with the
+    # stored head is ignored, and the rebuild checks every head as before
+    path = tmp_path / "log"
+    log = filled(path, 6)
+    publish_head(log, None)
+    root = log.root()
+    log.close()
+    index = (path / "index.log").read_bytes()
+    end, last, _ = struct.unpack(">Q32sI", index[8 + 5 * REC : 8 + 6 * REC])
+    (path / "frontier").write_bytes(frontier_file(6, end, last, [b"\x01" * 32, b"\x02" * 32]))
+    count, again = leaves_taken_on_open(path, monkeypatch)
+    assert count == 6 and again.root() == root
+    again.close()
+
+
+def test_the_last_entry_a_frontier_covers_is_still_checked_whole(tmp_path: Path) -> None:
+    path = tmp_path / "log"
+    filled(path, 10).close()
+    data = bytearray((path / "entries.log").read_bytes())
+    data[-5] ^= 0x01  # inside the last acknowledged entry
+    (path / "entries.log").write_bytes(bytes(data))
+    with pytest.raises(IntegrityError, match="acknowledged entry 9 is damaged"):
+        AuditLog.open(path)

@@ -99,6 +99,19 @@ _SUBJECT_COLUMNS = "tenant, subject, jurisdiction, key_id, wrapped_key, created_
 _VERSION_COLUMNS = "tenant, subject, key, version, state, object_id, size, created_at, manifest"
 
 
+def _above_prefix(prefix: str) -> str | None:
+    """The least string above every string starting with `prefix` (None if none is), so
+    a listing by prefix reads a range of the key index instead of the rest of it."""
+    chars = list(prefix)
+    while chars:
+        following = ord(chars.pop()) + 1
+        if 0xD800 <= following <= 0xDFFF:  # surrogates are not characters UTF-8 can hold
+            following = 0xE000
+        if following <= 0x10FFFF:
+            return "".join(chars) + chr(following)
+    return None
+
+
 def _prefixed(table: str, columns: str) -> str:
     return ", ".join(f"{table}.{column}" for column in columns.split(", "))
 
@@ -431,13 +444,25 @@ class SqliteCatalog:
     def list_latest(
         self, tenant: str, subject: str, prefix: str, start_after: str, limit: int
     ) -> list[VersionRecord]:
+        above = _above_prefix(prefix)  # keys are compared as UTF-8 bytes: code point order
+        below = "" if above is None else " AND key < ?"
         rows = self._query(
             f"SELECT {_VERSION_COLUMNS} FROM versions v WHERE tenant = ? AND subject = ?"
-            " AND state = 'committed' AND key > ? AND substr(key, 1, ?) = ?"
+            f" AND state = 'committed' AND key > ? AND key >= ?{below}"
+            " AND substr(key, 1, ?) = ?"
             " AND version = (SELECT MAX(version) FROM versions w WHERE w.tenant = v.tenant"
             " AND w.subject = v.subject AND w.key = v.key AND w.state = 'committed')"
             " ORDER BY key LIMIT ?",
-            (tenant, subject, start_after, len(prefix), prefix, limit),
+            (
+                tenant,
+                subject,
+                start_after,
+                prefix,
+                *([above] if above else []),
+                len(prefix),
+                prefix,
+                limit,
+            ),
         )
         return [_version(row) for row in rows]
 

@@ -21,7 +21,7 @@ from tests.audit.conftest import (
 from shardvault.audit.checkpoint import Checkpoint, sign_checkpoint
 from shardvault.audit.export import export_to_directory, export_to_file
 from shardvault.audit.log import AuditLog
-from shardvault.audit.note import NoteSigner
+from shardvault.audit.note import NoteSigner, NoteVerifier, SignedNote
 from shardvault.audit.verify import verify_export
 from shardvault.errors import IntegrityError, InvalidInput, NotFound
 
@@ -228,3 +228,104 @@ def test_export_needs_a_head_and_a_fresh_destination(tmp_path: Path) -> None:
         with pytest.raises(InvalidInput, match="exists"):
             export_to_directory(log, tmp_path / "out")
     verify(tmp_path / "out")
+
+
+def test_keys_may_be_given_as_verifier_objects(sample: tuple[Path, bytes]) -> None:
+    export, trusted = sample
+    report = verify_export(
+        export,
+        NoteVerifier.from_vkey(LOG_VKEY),
+        cosigner_key=NoteVerifier.from_vkey(WITNESS_VKEY),
+        trusted_head=trusted,
+    )
+    assert report.entries == N_ENTRIES
+
+
+def test_report_names_the_root_of_the_newest_head(sample: tuple[Path, bytes]) -> None:
+    export, trusted = sample
+    report = verify_export(export, LOG_VKEY, trusted_head=trusted)
+    newest = Checkpoint.parse(SignedNote.parse(trusted).text)
+    assert newest.size == N_ENTRIES
+    assert report.root_hash == newest.root_hash == report.heads[-1].checkpoint.root_hash
+
+
+def head_for_origin(data: bytes, origin: str) -> bytes:
+    """The same tree as the head ``data``, signed by the cell and cosigned, under ``origin``."""
+    checkpoint = Checkpoint.parse(SignedNote.parse(data).text)
+    other = Checkpoint(origin, checkpoint.size, checkpoint.root_hash)
+    note = sign_checkpoint(other, LOG_SIGNER)
+    return note.with_signature(WITNESS.sign_at(note.text, 1_760_000_200)).to_bytes()
+
+
+def test_expected_origin_is_checked_without_a_trusted_head(sample: tuple[Path, bytes]) -> None:
+    export, _ = sample
+    with pytest.raises(IntegrityError, match="for log"):
+        verify_export(export, LOG_VKEY, cosigner_key=WITNESS_VKEY, origin="other.example/log")
+
+
+def test_heads_of_one_export_must_share_one_origin(
+    sample: tuple[Path, bytes], tmp_path: Path
+) -> None:
+    # the cell's key signs heads for one log only by convention: a head it signed for
+    # another origin, even over the same tree, does not belong in this log's export
+    export, _ = sample
+    copy = tmp_path / "copy"
+    shutil.copytree(export, copy)
+    name = copy / "heads" / f"{23:020d}.note"
+    name.write_bytes(head_for_origin(name.read_bytes(), "other.example/log"))
+    with pytest.raises(IntegrityError, match=r"is for log 'other\.example/log'"):
+        verify_export(copy, LOG_VKEY, cosigner_key=WITNESS_VKEY)
+
+
+def test_trusted_head_needs_the_partners_cosignature(sample: tuple[Path, bytes]) -> None:
+    export, trusted = sample
+    uncosigned = sign_checkpoint(Checkpoint.parse(SignedNote.parse(trusted).text), LOG_SIGNER)
+    with pytest.raises(IntegrityError, match="trusted head: note is not signed by"):
+        verify(export, uncosigned.to_bytes())
+
+
+def test_trusted_head_for_another_log_is_refused(sample: tuple[Path, bytes]) -> None:
+    export, trusted = sample
+    with pytest.raises(IntegrityError, match="trusted head is for another log"):
+        verify_export(
+            export,
+            LOG_VKEY,
+            cosigner_key=WITNESS_VKEY,
+            trusted_head=head_for_origin(trusted, "other.example/log"),
+        )
+
+
+def test_export_with_one_head_verifies_against_its_trusted_head(tmp_path: Path) -> None:
+    with AuditLog.open(tmp_path / "log") as log:
+        for i in range(3):
+            log.append(make_entry(i))
+        publish_head(log, None)
+        export_to_directory(log, tmp_path / "out")
+        trusted = log.heads()[-1].to_bytes()
+    report = verify_export(
+        tmp_path / "out", LOG_VKEY, cosigner_key=WITNESS_VKEY, trusted_head=trusted
+    )
+    assert (report.entries, len(report.heads)) == (3, 1)
+    with pytest.raises(IntegrityError, match="trusted head is for another log"):
+        verify_export(
+            tmp_path / "out", LOG_VKEY, trusted_head=head_for_origin(trusted, "other.example/log")
+        )
+
+
+def test_tar_holding_a_file_twice_is_refused(sample: tuple[Path, bytes], tmp_path: Path) -> None:
+    # which copy a verifier reads and which one `tar -x` keeps need not be the same
+    export, trusted = sample
+    with tarfile.open(tmp_path / "twice.tar", "w") as tar:
+        tar.add(export, arcname=".")
+        tar.add(export / "entries.jsonl", arcname="entries.jsonl")
+    with pytest.raises(IntegrityError, match="same file twice"):
+        verify(tmp_path / "twice.tar", trusted)
+
+
+def test_compressed_tar_is_not_an_audit_export(sample: tuple[Path, bytes], tmp_path: Path) -> None:
+    # an export is an uncompressed tar: the verifier does not run a decompressor on it
+    export, trusted = sample
+    with tarfile.open(tmp_path / "export.tar.gz", "w:gz") as tar:
+        tar.add(export, arcname=".")
+    with pytest.raises(IntegrityError, match="not an audit export"):
+        verify(tmp_path / "export.tar.gz", trusted)

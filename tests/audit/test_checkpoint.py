@@ -92,3 +92,43 @@ def test_witness_checks_consistency_with_what_it_saw_before() -> None:
         cosign_checkpoint(
             sign_checkpoint(head(15), stranger).to_bytes(), LOG_KEY, WITNESS, timestamp=5
         )
+
+
+def test_origin_may_hold_spaces_but_no_other_whitespace() -> None:
+    root = merkle.root_of([])
+    assert Checkpoint.parse(Checkpoint("log with spaces", 0, root).body()).origin == (
+        "log with spaces"
+    )
+    for origin in ("a\nb", "a\tb", "a\x85b", "a\u2028b"):
+        with pytest.raises(InvalidInput, match="one non-empty line"):
+            Checkpoint(origin, 0, root)
+    with pytest.raises(InvalidInput, match="one non-empty line"):
+        Checkpoint.parse(Checkpoint("o", 0, root).body().replace("o", "o\x85p", 1))
+
+
+def test_size_is_from_0_to_2_64_minus_1() -> None:
+    root = bytes(32)
+    for size in (0, 2**64 - 1):
+        assert Checkpoint.parse(Checkpoint(ORIGIN, size, root).body()).size == size
+    for size in (-1, 2**64):
+        with pytest.raises(InvalidInput, match="out of range"):
+            Checkpoint(ORIGIN, size, root)
+    too_big = Checkpoint(ORIGIN, 1, root).body().replace("\n1\n", f"\n{2**64}\n")
+    with pytest.raises(InvalidInput, match="out of range"):
+        Checkpoint.parse(too_big)
+
+
+def test_extension_lines_are_single_non_empty_lines() -> None:
+    for extensions in (("one\ntwo",), ("",)):
+        with pytest.raises(InvalidInput, match="extension"):
+            Checkpoint(ORIGIN, 1, bytes(32), extensions)
+
+
+def test_witness_refuses_a_previous_head_of_another_log() -> None:
+    # the same tree under another origin passes the consistency check: only the origin
+    # tells the witness this head does not extend what it cosigned
+    proof = merkle.consistency_proof(LEAVES[:15], 10)
+    note = sign_checkpoint(head(15), LOG).to_bytes()
+    previous = Checkpoint("other.example/log", 10, head(10).root_hash)
+    with pytest.raises(IntegrityError, match="previous head is for another log"):
+        cosign_checkpoint(note, LOG_KEY, WITNESS, timestamp=5, previous=previous, proof=proof)

@@ -131,3 +131,13 @@ def test_the_last_entry_a_frontier_covers_is_still_checked_whole(tmp_path: Path)
     (path / "entries.log").write_bytes(bytes(data))
     with pytest.raises(IntegrityError, match="acknowledged entry 9 is damaged"):
         AuditLog.open(path)
+
+
+def test_a_head_file_named_with_other_digits_is_a_damaged_head_not_a_crash(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "log"
+    filled(path, 3).close()
+    (path / "heads" / "1\u00b2.note").write_bytes(b"not a note")  # isdigit(), not int()
+    with pytest.raises(IntegrityError, match="damaged"):
+        AuditLog.open(path)

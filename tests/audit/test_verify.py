@@ -329,3 +329,20 @@ def test_compressed_tar_is_not_an_audit_export(sample: tuple[Path, bytes], tmp_p
         tar.add(export, arcname=".")
     with pytest.raises(IntegrityError, match="not an audit export"):
         verify(tmp_path / "export.tar.gz", trusted)
+
+
+def test_a_head_named_in_another_scripts_digits_cannot_pose_as_the_newest(
+    sample: tuple[Path, bytes], tmp_path: Path
+) -> None:
+    # \d matched Arabic-Indic digits, which int() reads and which sort after every ASCII
+    # name: the head of size 10 became the "newest", and an export cut to 10 entries
+    # verified though it carried the cosigned head of 50 (found by mutation testing)
+    export = tmp_path / "export"
+    shutil.copytree(sample[0], export)
+    ten = f"{10:020d}"
+    arabic = "".join(chr(0x0660 + int(digit)) for digit in ten)
+    (export / "heads" / f"{ten}.note").rename(export / "heads" / f"{arabic}.note")
+    lines = (export / "entries.jsonl").read_bytes().splitlines(keepends=True)
+    (export / "entries.jsonl").write_bytes(b"".join(lines[:10]))
+    with pytest.raises(IntegrityError, match="unexpected"):
+        verify(export)

@@ -641,7 +641,7 @@ class AuditLog:
         """Stored signed heads of trees of `smallest` entries or more, smallest first."""
         heads = []
         for path in sorted((self.directory / "heads").glob("[0-9]*.note")):
-            if path.stem.isdigit() and int(path.stem) < smallest:
+            if path.stem.isascii() and path.stem.isdigit() and int(path.stem) < smallest:
                 continue
             try:
                 heads.append(SignedNote.parse(path.read_bytes()))

@@ -36,7 +36,7 @@ from shardvault.audit.export import ENTRIES_NAME, FORMAT_TEXT, HEADS_DIR
 from shardvault.audit.note import NoteVerifier
 from shardvault.errors import IntegrityError, InvalidInput
 
-_HEAD_NAME = re.compile(rf"{HEADS_DIR}/(\d{{20}})\.note")
+_HEAD_NAME = re.compile(rf"{HEADS_DIR}/([0-9]{{20}})\.note")  # \d takes any script's digits
 _KNOWN = {"FORMAT", ENTRIES_NAME}
 
 
@@ -189,7 +189,7 @@ def _open_heads(
         elif head.checkpoint.origin != origin:
             raise IntegrityError(f"{name} is for log {head.checkpoint.origin!r}, not {origin!r}")
         heads.append(head)
-    return heads
+    return sorted(heads, key=lambda head: head.checkpoint.size)  # the newest is the largest
 
 
 __all__ = ["VerifyReport", "verify_export"]

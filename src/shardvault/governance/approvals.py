@@ -49,7 +49,14 @@ CREATE TABLE IF NOT EXISTS signatures (
     verdict TEXT NOT NULL CHECK (verdict IN ('approve', 'deny')), at REAL NOT NULL,
     PRIMARY KEY (approval, approver)
 );
+CREATE INDEX IF NOT EXISTS approvals_expiry ON approvals (expires_at);
+CREATE INDEX IF NOT EXISTS approvals_subject ON approvals (tenant, subject);
 """
+_PENDING = (  # as _status: unexpired, no denial, fewer approvals than the quorum
+    "SELECT id FROM approvals a WHERE expires_at > ? AND NOT EXISTS (SELECT 1 FROM signatures"
+    " WHERE approval = a.id AND verdict = 'deny') AND (SELECT COUNT(*) FROM signatures"
+    " WHERE approval = a.id AND verdict = 'approve') < quorum"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,16 +216,28 @@ class ApprovalBook:
         )
         return replace(approval, status=_status(approval, self._clock()))
 
-    def all(self, jurisdiction: str | None = None) -> list[Approval]:
+    def all(self, jurisdiction: str | None = None, *, pending: bool = False) -> list[Approval]:
+        """Every approval (of one cell if given), oldest first; only the pending ones if
+        `pending`, found by the expiry index rather than by reading every approval."""
         found = []
         for code in [jurisdiction] if jurisdiction else self._jurisdictions:
             path = self._state_dir / "cells" / code / "approvals.sqlite"
             if not path.exists() and code not in self._dbs:
                 continue
             with self._lock:
-                ids = [r[0] for r in self._db(code).execute("SELECT id FROM approvals")]
-            found += [self.get(ident) for ident in ids]
-        return sorted(found, key=lambda a: a.created_at)
+                try:
+                    db = self._db(code)
+                    rows = (
+                        db.execute(_PENDING, (self._clock(),))
+                        if pending
+                        else db.execute("SELECT id FROM approvals")
+                    ).fetchall()
+                except sqlite3.Error as exc:
+                    raise Unavailable(f"approvals of cell {code}: {exc}") from exc
+            found += [self.get(ident) for (ident,) in rows]
+        return sorted(
+            (a for a in found if not pending or a.status == PENDING), key=lambda a: a.created_at
+        )
 
     def forget_subject(
         self, jurisdiction: str, tenant: str, subject: str, pseudonym: Callable[[str, str], str]

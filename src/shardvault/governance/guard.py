@@ -485,9 +485,7 @@ class Governance:
         """
         self._registered(ctx)  # an unknown or revoked principal sees nothing at all
         shown = []
-        for approval in self.approvals.all():
-            if not decided and approval.status != "pending":
-                continue
+        for approval in self.approvals.all(pending=not decided):
             principal = self.resolve(ctx, approval.tenant, approval.jurisdiction)
             if principal.id != LOCAL_ADMIN and principal.id not in (
                 approval.requester,

@@ -579,3 +579,26 @@ def test_a_compaction_syncs_once_for_a_batch_of_packs(tmp_path: Path) -> None:
     assert (done.packs, len(syncs), sorted(done.moved)) == (5, 1, [f"S{n}" for n in range(5)])
     assert len(list(tmp_path.glob("*.pack"))) == 1
     compactor.close()
+
+
+def test_dropping_the_index_keeps_every_shard_findable_and_every_delete_dead(
+    tmp_path: Path,
+) -> None:
+    # gc lets go of a node's index once it is done with it (about 240 bytes a shard)
+    old = packset(tmp_path)
+    for number in range(5):
+        old.add(f"OLD{number}", b"old %d" % number)
+    old.close()
+    live = packset(tmp_path)
+    live.add("NEW", b"new")
+    assert live.delete("OLD1")  # its tombstone is in live's own pack
+    live.refresh()
+    live.drop_index()
+    assert {n: loc.pack for n, loc in live._index.items()} == {"NEW": live._active}
+    assert live.locate("OLD1") is None  # the tombstone is read again: not brought back
+    assert sorted(live.names()) == ["NEW", "OLD0", "OLD2", "OLD3", "OLD4"]
+    found = live.locate("OLD3")
+    assert found is not None and live.read(found, 0, 10) == b"old 3"
+    live.add("NEWER", b"newer")  # the active pack still takes appends
+    assert sorted(packset(tmp_path).names()) == ["NEW", "NEWER", "OLD0", "OLD2", "OLD3", "OLD4"]
+    live.close()

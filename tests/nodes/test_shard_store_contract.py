@@ -166,6 +166,16 @@ def test_delete_takes_the_writers_location_and_survives_a_wrong_one(store: Shard
         store.delete("../" + NAME, locations[0])
 
 
+def test_dropping_caches_loses_no_shard(store: ShardStore) -> None:
+    names = [shard_name(OID, version, 0) for version in (1, 2, 3)]
+    for name in names:
+        put(store, name, name.encode())
+    assert store.delete(names[1])
+    store.drop_caches()
+    assert list(store.names()) == [names[0], names[2]]
+    assert [read(store, name) for name in (names[0], names[2])] == [n.encode() for n in names[::2]]
+
+
 def test_parse_shard_name_inverts_shard_name() -> None:
     assert parse_shard_name(shard_name(OID, 12, 5)) == (OID, 12, 5)
     with pytest.raises(InvalidInput):

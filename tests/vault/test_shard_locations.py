@@ -111,3 +111,19 @@ def test_forgetting_a_user_takes_their_packed_shards_without_scanning_any_pack(
     packs = b"".join(p.read_bytes() for p in (tmp_path / "deploy").rglob("*.pack"))
     assert len(ciphertext) == 3 * 6 and not any(shard in packs for shard in ciphertext)
     read_without_scanning(config_path, {ref: ref.key.encode() * 50 for ref in REFS})
+
+
+def test_gc_lets_go_of_each_nodes_index_when_done_with_it(tmp_path: Path) -> None:
+    # gc indexed every pack of every node and kept it all: about 2 KB a small object
+    config_path = make_deployment(tmp_path / "deploy", pack_limit=64 << 10)
+    with Vault.open(load(config_path)) as live, Vault.open(load(config_path)) as collector:
+        live.register_subject("intl", "alice", "US")
+        for ref in REFS:  # into packs the live writer holds: not compacted, but indexed
+            live.put(ref, ref.key.encode())
+        collector.delete(REFS[0])
+        assert collector.gc(grace_seconds=0).versions == 1
+        for node in collector.cells["US"].nodes:
+            packs = collector.cells["US"].store(node.id).packs  # type: ignore[attr-defined]
+            assert {found.pack for found in packs._index.values()} <= {packs._active}
+            assert packs.locate(shard_name(b"\0" * 16, 1, 0)) is None  # it can look again
+        assert collector.get(REFS[1]) == REFS[1].key.encode()

@@ -256,6 +256,9 @@ class LocalDirShardStore:
                 continue
         return removed
 
+    def drop_caches(self) -> None:
+        self.packs.drop_index()
+
     def compact(self) -> dict[str, str]:
         """Rewrite the packs that only dead writers held (nodes/packs.py)."""
         try:

@@ -71,6 +71,9 @@ class MemoryShardStore:
     def collect_temporaries(self, older_than: float) -> int:
         return 0
 
+    def drop_caches(self) -> None:
+        """The shards are the memory: nothing else is kept."""
+
     def compact(self) -> dict[str, str]:
         return {}  # a deleted shard's memory is freed at once
 

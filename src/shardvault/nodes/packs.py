@@ -336,6 +336,16 @@ class PackSet:
                 if not self._rescan:  # a pack removed during the scan: once more
                     return
 
+    def drop_index(self) -> None:
+        """Forget every indexed name but those of our active pack (about 240 bytes a
+        shard); the next look scans every pack again, as a new process would."""
+        with self._lock:
+            active = self._active
+            self._index = {n: loc for n, loc in self._index.items() if loc.pack == active}
+            self._dead = set()
+            self._scanned.clear()  # our active pack too: its tombstones fill _dead again
+            self._rescans += 1
+
     def _in_active(self, name: str) -> bool:
         """Whether the index places a shard in this set's own active pack: that record is
         the newest copy (a compaction appends there), and no other process removes it."""

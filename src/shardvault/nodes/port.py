@@ -87,6 +87,10 @@ class ShardStore(Protocol):
     def collect_temporaries(self, older_than: float) -> int:
         """Remove uncommitted leftovers last touched before `older_than` (epoch seconds)."""
 
+    def drop_caches(self) -> None:
+        """Let go of what the store keeps in memory about its shards (gc, done with a
+        node, gives that memory back); it is learned again if needed."""
+
     def compact(self) -> dict[str, str]:
         """Reclaim the space of deleted shards where the adapter defers that; returns the
         new location of every shard it moved (name -> location), for its manifest."""

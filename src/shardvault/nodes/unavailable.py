@@ -42,6 +42,9 @@ class UnavailableStore:
     def collect_temporaries(self, older_than: float) -> NoReturn:
         self._refuse()
 
+    def drop_caches(self) -> None:
+        """Nothing is kept."""
+
     def compact(self) -> NoReturn:
         self._refuse()
 

@@ -11,9 +11,11 @@ and writes them again (shardvault.objectid). A node that is unavailable is
 skipped and named in the report: what it holds of collected versions becomes
 an orphan there, which a later sweep takes once the node is back.
 
-Last, each node compacts its packs, and the manifests of the shards it moved
-are given their new locations: without that, every process reading one of
-them would have to index the node's packs (nodes/packs.py).
+Each node in turn is swept, then compacts its packs and lets go of what it
+learned of its shards, so one node's names are in memory at a time. Last, the
+manifests of the shards compaction moved are given their new locations:
+without that, every process reading one of them would have to index the
+node's packs (nodes/packs.py).
 """
 
 from __future__ import annotations
@@ -107,28 +109,38 @@ def _sync(stores: Iterable[ShardStore]) -> None:
 def collect_cell(cell: Cell, cutoff: float, started: float, n: int) -> GcReport:
     versions, shards = collect_claimed(cell, n, cutoff, started)
     cell.catalog.note_sweep(cutoff)  # from here, unreserved shards minted by then cannot commit
-    # List shards before reading the known ids: a reserved shard was reserved
-    # before it was written, and an unreserved one committed by now is known.
-    stores = cell.usable_stores()
-    listed = {node: list(store.names()) for node, store in stores.items()}
-    known = {object_id.hex() for object_id in cell.catalog.known_object_ids()}
     orphans = temporaries = 0
-    for node, names in listed.items():
-        store = stores[node]
-        for name in names:
-            object_id = object_id_of(name)
-            if object_id in known or minted_after(bytes.fromhex(object_id), cutoff):
-                continue
-            if store.delete(name):
-                orphans += 1
-        temporaries += store.collect_temporaries(cutoff)
-    _sync(stores.values())
-    moved = {node: store.compact() for node, store in stores.items()}
+    moved = {}
+    for node, store in cell.usable_stores().items():  # one at a time: one node's names in memory
+        swept, stale, moved[node] = _sweep_node(cell, store, cutoff)
+        orphans += swept
+        temporaries += stale
     relocate(cell, moved)
     unavailable = tuple(cell.unavailable_nodes())
     return GcReport(
         versions, shards, orphans, temporaries, unavailable, sum(map(len, moved.values()))
     )
+
+
+def _sweep_node(cell: Cell, store: ShardStore, cutoff: float) -> tuple[int, int, dict[str, str]]:
+    """One node's orphans and temporaries, then its compaction: (orphans, temporaries,
+    moved). The store then lets go of what it learned of its shards meanwhile."""
+    # List shards before reading the known ids: a reserved shard was reserved
+    # before it was written, and an unreserved one committed by now is known.
+    names = list(store.names())
+    known = {object_id.hex() for object_id in cell.catalog.known_object_ids()}
+    orphans = 0
+    for name in names:
+        object_id = object_id_of(name)
+        if object_id in known or minted_after(bytes.fromhex(object_id), cutoff):
+            continue
+        if store.delete(name):
+            orphans += 1
+    temporaries = store.collect_temporaries(cutoff)
+    store.sync()
+    moved = store.compact()
+    store.drop_caches()
+    return orphans, temporaries, moved
 
 
 def relocate(cell: Cell, moved: dict[str, dict[str, str]]) -> None:

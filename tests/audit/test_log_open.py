@@ -141,3 +141,54 @@ def test_a_head_file_named_with_other_digits_is_a_damaged_head_not_a_crash(
     (path / "heads" / "1\u00b2.note").write_bytes(b"not a note")  # isdigit(), not int()
     with pytest.raises(IntegrityError, match="damaged"):
         AuditLog.open(path)
+
+
+def test_a_log_rolled_back_below_a_signed_head_is_refused_with_a_frontier_too(
+    tmp_path: Path,
+) -> None:
+    # the frontier agreed with the cut files, nothing had been appended since it, so
+    # the check that every stored head is covered was never reached (found in review)
+    path = tmp_path / "log"
+    filled(path, 10).close()  # the frontier is saved at 10
+    cut = {name: (path / name).stat().st_size for name in ("entries.log", "index.log")}
+    log = filled(path, 40)
+    publish_head(log, None)  # a signed head of 50; then the process dies (no close)
+    log.abandon_after_fork()
+    for name, size in cut.items():
+        with open(path / name, "r+b") as file:
+            file.truncate(size)  # a restore from an old backup, or tampering
+    with pytest.raises(IntegrityError, match="acknowledged entries are missing"):
+        AuditLog.open(path)
+
+
+def test_an_index_record_damaged_below_the_frontier_fails_closed_then_is_rebuilt(
+    tmp_path: Path,
+) -> None:
+    # records an open took on trust were never read: a bad one made every proof and
+    # every later head wrong (store_head refused them all) until the cache was deleted
+    path = tmp_path / "log"
+    log = filled(path, 12)
+    root = log.root()
+    log.close()
+    data = bytearray((path / "index.log").read_bytes())
+    data[8 + 3 * REC + 10] ^= 0x01  # the leaf hash of entry 3: its CRC fails
+    (path / "index.log").write_bytes(bytes(data))
+    with (
+        AuditLog.open(path) as trusting,
+        pytest.raises(IntegrityError, match="index record 3 is damaged"),
+    ):
+        trusting.root_at(12)
+    with AuditLog.open(path) as rebuilt:  # the frontier went: the index was rebuilt
+        assert rebuilt.root_at(12) == rebuilt.root() == root == naive_root(rebuilt)
+        publish_head(rebuilt, None)
+
+
+def test_a_frontier_larger_than_the_index_is_ignored_not_a_crash(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "log"
+    filled(path, 3).close()
+    (path / "frontier").write_bytes(frontier_file(2**62, 0, b"\0" * 32, [b"\1" * 32]))
+    count, log = leaves_taken_on_open(path, monkeypatch)
+    assert count == 3 and log.size == 3
+    log.close()

@@ -414,6 +414,14 @@ def test_sqlite_purges_a_batch_with_one_sync(tmp_path: Path) -> None:
     catalog.close()
 
 
+def test_known_among_says_which_ids_have_rows(catalog: Catalog) -> None:
+    put(catalog, REF, 1)
+    catalog.reserve(REF, oid(2), 1.0)
+    assert catalog.known_among({oid(1), oid(2), oid(3)}) == {oid(1), oid(2)}
+    many = {oid(n) for n in range(100, 1300)} | {oid(2)}  # more than one query's worth
+    assert catalog.known_among(many) == {oid(2)} and catalog.known_among(set()) == set()
+
+
 def test_versions_with_finds_rows_of_given_object_ids_in_any_state(catalog: Catalog) -> None:
     put(catalog, REF, 1)
     catalog.reserve(REF, oid(2), 1.0)

@@ -296,3 +296,26 @@ def test_a_collected_keys_version_numbers_are_not_given_again(vault: Vault) -> N
     with pytest.raises(Conflict, match="expected version 2, current is 3"):
         vault.put(ref, b"stale writer", if_match=2)
     assert vault.put(ref, os.urandom(3 * SEGMENT)).version == 4  # reserved first: same rule
+
+
+def test_a_collected_versions_row_goes_only_after_its_shards_deletions_are_durable(
+    vault: Vault, alice: ObjectRef, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a crash between the two then leaves a row to collect again, never a row gone
+    # with its shards' zeroing still in the page cache
+    events: list[str] = []
+    cell = vault.cells["US"]
+    for node in cell.nodes:
+        store = cell.store(node.id)
+        real_sync = store.sync
+        monkeypatch.setattr(store, "sync", lambda s=real_sync: events.append("sync") or s())
+    real_purge = cell.catalog.purge
+    monkeypatch.setattr(
+        cell.catalog, "purge", lambda versions: events.append("purge") or real_purge(versions)
+    )
+    vault.put(alice, b"to be collected")
+    vault.delete(alice)
+    events.clear()  # the put's own syncs
+    assert vault.gc(grace_seconds=0).versions == 1
+    first_purge = events.index("purge")
+    assert events[:first_purge].count("sync") == len(cell.nodes)

@@ -165,7 +165,13 @@ class AuditLog:
         self._frontier = merkle.Frontier()
         self._entries_end = _HEADER  # end of the last entry in the frontier
         self._saved_size = self._restore_frontier()
-        self._catch_up(self._stored_roots(self._saved_size))
+        roots = self._stored_roots(self._saved_size)
+        self._catch_up(roots)
+        if roots and max(roots) > self._frontier.size:  # also when nothing was appended since
+            raise IntegrityError(
+                f"audit log {self.directory} has {self._frontier.size} entries but a signed "
+                f"head for {max(roots)}: acknowledged entries are missing"
+            )
         os.fsync(self._efd)
         os.fsync(self._ifd)
         self._save_frontier()
@@ -348,13 +354,11 @@ class AuditLog:
             return 0
         if (magic, version, crc) != (_FRONTIER_MAGIC, 1, zlib.crc32(data[:body])) or size < 1:
             return 0
+        if _HEADER + size * _IDX.size > os.fstat(self._ifd).st_size:
+            return 0  # the index lost entries since (a crash), or was replaced
         record = os.pread(self._ifd, _IDX.size, _HEADER + (size - 1) * _IDX.size)
-        if len(record) != _IDX.size or _IDX.unpack(record) != (
-            end,
-            last,
-            zlib.crc32(_IDX_BODY.pack(end, last)),
-        ):
-            return 0  # the index lost entries since (a crash), or was rebuilt otherwise
+        if _IDX.unpack(record) != (end, last, zlib.crc32(_IDX_BODY.pack(end, last))):
+            return 0  # the index was rebuilt otherwise
         if self._stored_roots(size).get(size, frontier.root()) != frontier.root():
             return 0
         first = self._index_end(size - 2)
@@ -580,7 +584,11 @@ class AuditLog:
             return Checkpoint(origin, self._frontier.size, self._frontier.root())
 
     def leaf_hashes(self, start: int, end: int) -> list[bytes]:
-        """Leaf hashes of entries ``start..end``, from the index (no entry is rehashed)."""
+        """Leaf hashes of entries ``start..end``, from the index (no entry is rehashed).
+
+        Each record's CRC is checked: the records an open took on trust from the
+        frontier were not read then. A damaged one is an `IntegrityError`, and the
+        frontier goes, so the next open rebuilds the index from the entries."""
         with self._state:
             self._check_open()
             if not 0 <= start <= end <= self._frontier.size:
@@ -589,7 +597,16 @@ class AuditLog:
         data = os.pread(self._ifd, size, _HEADER + start * _IDX.size)
         if len(data) != size:
             raise IntegrityError(f"audit log {self.directory}: index.log is shorter than expected")
-        return [leaf for _, leaf, _ in _IDX.iter_unpack(data)]
+        leaves = []
+        for number, (offset, leaf, crc) in enumerate(_IDX.iter_unpack(data), start):
+            if zlib.crc32(_IDX_BODY.pack(offset, leaf)) != crc:
+                (self.directory / "frontier").unlink(missing_ok=True)
+                raise IntegrityError(
+                    f"audit log {self.directory}: index record {number} is damaged; "
+                    "open the log again to rebuild the index from the entries"
+                )
+            leaves.append(leaf)
+        return leaves
 
     def iter_entry_bytes(self, start: int = 0, end: int | None = None) -> Iterator[bytes]:
         """The canonical bytes of entries ``start..end`` (default: all committed)."""

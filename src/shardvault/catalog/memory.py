@@ -214,6 +214,9 @@ class MemoryCatalog:
                 rec.object_id for versions in self._versions.values() for rec in versions.values()
             }
 
+    def known_among(self, object_ids: Collection[bytes]) -> set[bytes]:
+        return self.known_object_ids() & set(object_ids)
+
     def versions_with(self, object_ids: Collection[bytes]) -> list[VersionRecord]:
         wanted = set(object_ids)
         with self._lock:

@@ -144,6 +144,10 @@ class Catalog(Protocol):
     def known_object_ids(self) -> set[bytes]:
         """Object ids of every row, in any state: shards of others are orphans."""
 
+    def known_among(self, object_ids: Collection[bytes]) -> set[bytes]:
+        """Which of these object ids some row (in any state) has: found by an index, so
+        gc can check a node's shards a batch at a time, not hold every id of the cell."""
+
     def versions_with(self, object_ids: Collection[bytes]) -> list[VersionRecord]:
         """The rows, in any state, of these object ids (found by an index, not a scan)."""
 

@@ -531,14 +531,21 @@ class SqliteCatalog:
     def known_object_ids(self) -> set[bytes]:
         return {row[0] for row in self._query("SELECT object_id FROM versions")}
 
+    def known_among(self, object_ids: Collection[bytes]) -> set[bytes]:
+        return {row[0] for row in self._rows_with("object_id", object_ids)}
+
     def versions_with(self, object_ids: Collection[bytes]) -> list[VersionRecord]:
-        wanted, found = list(object_ids), list[VersionRecord]()
+        return [_version(row) for row in self._rows_with(_VERSION_COLUMNS, object_ids)]
+
+    def _rows_with(self, columns: str, object_ids: Collection[bytes]) -> list[tuple]:  # type: ignore[type-arg]
+        """`columns` of the rows of these object ids, a bounded number of ids per query."""
+        wanted, found = list(object_ids), []
         for start in range(0, len(wanted), _IDS_PER_QUERY):
             chunk = wanted[start : start + _IDS_PER_QUERY]
             marks = ", ".join("?" * len(chunk))
-            sql = f"SELECT {_VERSION_COLUMNS} FROM versions WHERE object_id IN ({marks})"
-            rows = self._query(sql, tuple(chunk))
-            found.extend(_version(row) for row in rows)
+            found += self._query(
+                f"SELECT {columns} FROM versions WHERE object_id IN ({marks})", tuple(chunk)
+            )
         return found
 
     def replace_manifests(self, changes: Sequence[tuple[VersionRecord, bytes]]) -> int:

@@ -337,13 +337,13 @@ class PackSet:
                     return
 
     def drop_index(self) -> None:
-        """Forget every indexed name but those of our active pack (about 240 bytes a
-        shard); the next look scans every pack again, as a new process would."""
+        """Forget every indexed name (about 240 bytes a shard), our active pack's too: it
+        is retired first, so the next look scans every pack, as a new process would."""
         with self._lock:
-            active = self._active
-            self._index = {n: loc for n, loc in self._index.items() if loc.pack == active}
+            self._retire_active()
+            self._index = {}
             self._dead = set()
-            self._scanned.clear()  # our active pack too: its tombstones fill _dead again
+            self._scanned.clear()
             self._rescans += 1
 
     def _in_active(self, name: str) -> bool:
@@ -473,6 +473,9 @@ class PackSet:
             for pack, _ in claimed:
                 self._forget_pack(pack, self._names_in(pack))
                 (self.directory / pack).unlink(missing_ok=True)
+            # a delete going by a manifest's old location may have zeroed an old record
+            # after the look above: its copy goes too (once the packs are gone, none can)
+            self._erase_copies_deleted_meanwhile(copies)
             done.packs += len(claimed)
             done.moved.update(
                 (name, copy.location) for name, copy in copies.items() if name not in self._dead

@@ -52,6 +52,7 @@ class GcReport:
 
 _CLAIM_BATCH = 1000  # versions per claim: gc's memory stays bounded however many wait
 _RELOCATE_BATCH = 1000  # object versions per catalog lookup and update
+_ORPHAN_BATCH = 5000  # shards whose ids are asked of the catalog at once
 
 
 def collect_claimed(
@@ -128,14 +129,15 @@ def _sweep_node(cell: Cell, store: ShardStore, cutoff: float) -> tuple[int, int,
     # List shards before reading the known ids: a reserved shard was reserved
     # before it was written, and an unreserved one committed by now is known.
     names = list(store.names())
-    known = {object_id.hex() for object_id in cell.catalog.known_object_ids()}
     orphans = 0
-    for name in names:
-        object_id = object_id_of(name)
-        if object_id in known or minted_after(bytes.fromhex(object_id), cutoff):
-            continue
-        if store.delete(name):
-            orphans += 1
+    for start in range(0, len(names), _ORPHAN_BATCH):
+        chunk = names[start : start + _ORPHAN_BATCH]
+        batch = {name: bytes.fromhex(object_id_of(name)) for name in chunk}
+        candidates = {oid for oid in batch.values() if not minted_after(oid, cutoff)}
+        known = cell.catalog.known_among(candidates)
+        for name, object_id in batch.items():
+            if object_id in candidates and object_id not in known and store.delete(name):
+                orphans += 1
     temporaries = store.collect_temporaries(cutoff)
     store.sync()
     moved = store.compact()

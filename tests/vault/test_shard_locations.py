@@ -127,3 +127,18 @@ def test_gc_lets_go_of_each_nodes_index_when_done_with_it(tmp_path: Path) -> Non
             assert packs._index == {}
             assert packs.locate(shard_name(b"\0" * 16, 1, 0)) is None  # it can look again
         assert collector.get(REFS[1]) == REFS[1].key.encode()
+
+
+def test_counting_shards_per_node_keeps_one_nodes_index_at_a_time(tmp_path: Path) -> None:
+    # `shardvault nodes` indexed every pack of every node and kept them all (250 MiB
+    # at 100,000 objects, a scale probe)
+    config_path = make_deployment(tmp_path / "deploy", pack_limit=64 << 10)
+    with Vault.open(load(config_path)) as vault:
+        vault.register_subject("intl", "alice", "US")
+        for ref in REFS:
+            vault.put(ref, ref.key.encode())
+    with Vault.open(load(config_path)) as fresh:
+        counts = {u.node.id: u.shards for u in fresh.node_usage()}
+        assert [counts[node.id] for node in fresh.cells["US"].nodes] == [len(REFS)] * 6
+        for node in fresh.cells["US"].nodes:
+            assert fresh.cells["US"].store(node.id).packs._index == {}  # type: ignore[attr-defined]

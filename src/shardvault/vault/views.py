@@ -51,6 +51,7 @@ def node_usage(cells: Iterable[Cell]) -> list[NodeUsage]:
                 usage.append(NodeUsage(node, 0, 0, store.reason))
             else:
                 usage.append(NodeUsage(node, sum(1 for _ in store.names()), _bytes_used(node)))
+                store.drop_caches()  # counting indexed the node: one node's index at a time
     return usage
 
 

@@ -293,11 +293,16 @@ def test_deleting_a_shard_another_process_moved_zeroes_its_copy(tmp_path: Path) 
     assert packset(tmp_path).locate("X") is None
 
 
-def test_a_delete_racing_a_compaction_zeroes_the_copy_too(tmp_path: Path) -> None:
+def secret_packed(tmp_path: Path) -> tuple[str, PackSet, PackSet]:
+    """SECRET as shard X in a pack nobody writes to: its location, a deleter, a compactor."""
     writer = packset(tmp_path)
-    writer.add("X", SECRET)
+    old = writer.add("X", SECRET)[1]
     writer.close()
-    deleter, compactor = packset(tmp_path), packset(tmp_path)
+    return old.location, packset(tmp_path), packset(tmp_path)
+
+
+def test_a_delete_racing_a_compaction_zeroes_the_copy_too(tmp_path: Path) -> None:
+    _, deleter, compactor = secret_packed(tmp_path)
     assert deleter.locate("X") is not None
     sync = compactor.group.sync
 
@@ -319,19 +324,38 @@ def test_a_delete_by_old_location_just_before_the_unlink_zeroes_the_copy_too(
     # a forget's delete goes by the manifest's location: the old record, until gc
     # rewrites it; between the compactor's look for deletes and its unlink, only the
     # old record was zeroed and the copy kept the ciphertext (found in review)
-    writer = packset(tmp_path)
-    old = writer.add("X", SECRET)[1]
-    writer.close()
-    deleter, compactor = packset(tmp_path), packset(tmp_path)
+    location, deleter, compactor = secret_packed(tmp_path)
     real_forget = compactor._forget_pack
 
     def delete_just_before(pack: str, names: object = None) -> None:
-        assert deleter.delete("X", old.location)  # the old record, found by its location
+        assert deleter.delete("X", location)  # the old record, found by its location
         real_forget(pack, names)  # type: ignore[arg-type]
 
     monkeypatch.setattr(compactor, "_forget_pack", delete_just_before)
     assert compactor.compact().packs == 1
     assert SECRET not in on_disk(tmp_path)
+    deleter.close()
+    compactor.close()
+
+
+def test_a_delete_zeroing_a_pack_as_it_is_compacted_away_zeroes_the_copy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the delete opened the old pack just before the compactor unlinked it, then zeroed
+    # the unlinked file, and the copy kept the ciphertext (found in review)
+    location, deleter, compactor = secret_packed(tmp_path)
+    real_pwrite, compacted = os.pwrite, []
+
+    def compaction_between_open_and_write(fd: int, data: bytes, offset: int) -> int:
+        if not compacted:
+            compacted.append(None)  # the compactor's own writes go straight through
+            compacted.append(compactor.compact().packs)  # copy, sync, look, unlink
+        return real_pwrite(fd, data, offset)
+
+    monkeypatch.setattr(os, "pwrite", compaction_between_open_and_write)
+    assert deleter.delete("X", location)
+    monkeypatch.setattr(os, "pwrite", real_pwrite)
+    assert compacted == [None, 1] and SECRET not in on_disk(tmp_path)
     deleter.close()
     compactor.close()
 
@@ -617,7 +641,7 @@ def test_dropping_the_index_keeps_every_shard_findable_and_every_delete_dead(
     assert live.delete("OLD1")  # its tombstone is in live's own pack
     live.refresh()
     live.drop_index()
-    assert live._index == {} and live._active is None  # retired: its flock let go
+    assert {n: loc.pack for n, loc in live._index.items()} == {"NEW": live._active}
     assert live.locate("OLD1") is None  # the tombstone is read again: not brought back
     assert sorted(live.names()) == ["NEW", "OLD0", "OLD2", "OLD3", "OLD4"]
     found = live.locate("OLD3")

@@ -124,7 +124,7 @@ def test_gc_lets_go_of_each_nodes_index_when_done_with_it(tmp_path: Path) -> Non
         assert collector.gc(grace_seconds=0).versions == 1
         for node in collector.cells["US"].nodes:
             packs = collector.cells["US"].store(node.id).packs  # type: ignore[attr-defined]
-            assert packs._index == {}
+            assert {found.pack for found in packs._index.values()} <= {packs._active}
             assert packs.locate(shard_name(b"\0" * 16, 1, 0)) is None  # it can look again
         assert collector.get(REFS[1]) == REFS[1].key.encode()
 
@@ -142,3 +142,16 @@ def test_counting_shards_per_node_keeps_one_nodes_index_at_a_time(tmp_path: Path
         assert [counts[node.id] for node in fresh.cells["US"].nodes] == [len(REFS)] * 6
         for node in fresh.cells["US"].nodes:
             assert fresh.cells["US"].store(node.id).packs._index == {}  # type: ignore[attr-defined]
+
+
+def test_counting_shards_leaves_the_pack_a_writer_appends_to(tmp_path: Path) -> None:
+    # counting retired each node's pack: a process polling node usage between puts
+    # made a new pack per node per poll, and kept a descriptor of each (found in review)
+    config_path = make_deployment(tmp_path / "deploy", pack_limit=64 << 10)
+    with Vault.open(load(config_path)) as vault:
+        vault.register_subject("intl", "alice", "US")
+        for ref in REFS[:5]:
+            vault.put(ref, ref.key.encode())
+            vault.node_usage()
+    packs = sorted((tmp_path / "deploy").rglob("*.pack"))
+    assert len(packs) == 6  # one per node of the cell

@@ -587,8 +587,8 @@ class AuditLog:
         """Leaf hashes of entries ``start..end``, from the index (no entry is rehashed).
 
         Each record's CRC is checked: the records an open took on trust from the
-        frontier were not read then. A damaged one is an `IntegrityError`, and the
-        frontier goes, so the next open rebuilds the index from the entries."""
+        frontier were not read then. A damaged one is written again from its entry
+        (`_rebuilt_leaf`); if the entry cannot be found or read, `IntegrityError`."""
         with self._state:
             self._check_open()
             if not 0 <= start <= end <= self._frontier.size:
@@ -597,16 +597,39 @@ class AuditLog:
         data = os.pread(self._ifd, size, _HEADER + start * _IDX.size)
         if len(data) != size:
             raise IntegrityError(f"audit log {self.directory}: index.log is shorter than expected")
-        leaves = []
+        leaves: list[bytes] = []
+        previous_end = self._checked_end(start - 1)
         for number, (offset, leaf, crc) in enumerate(_IDX.iter_unpack(data), start):
             if zlib.crc32(_IDX_BODY.pack(offset, leaf)) != crc:
-                (self.directory / "frontier").unlink(missing_ok=True)
-                raise IntegrityError(
-                    f"audit log {self.directory}: index record {number} is damaged; "
-                    "open the log again to rebuild the index from the entries"
-                )
+                offset, leaf = self._rebuilt_record(number, previous_end)
             leaves.append(leaf)
+            previous_end = offset
         return leaves
+
+    def _checked_end(self, number: int) -> int:
+        """Where entry ``number`` ends, from its index record, whose CRC must hold."""
+        if number < 0:
+            return _HEADER
+        offset, leaf, crc = _IDX.unpack(
+            os.pread(self._ifd, _IDX.size, _HEADER + number * _IDX.size)
+        )
+        if zlib.crc32(_IDX_BODY.pack(offset, leaf)) != crc:
+            raise IntegrityError(f"audit log {self.directory}: index record {number} is damaged")
+        return int(offset)
+
+    def _rebuilt_record(self, number: int, start: int) -> tuple[int, bytes]:
+        """Rehash entry ``number`` (at byte ``start`` of entries.log) and write its damaged
+        index record again, under the flock: (end offset, leaf hash)."""
+        with self._locked():
+            payload = self._read_record(start, os.fstat(self._efd).st_size)
+            if payload is None:
+                raise IntegrityError(
+                    f"audit log {self.directory}: index record {number} is damaged, and its "
+                    "entry cannot be read to rebuild it"
+                )
+            end, leaf = start + _REC.size + len(payload), merkle.leaf_hash(payload)
+            _pwrite_all(self._ifd, _index_pack(end, leaf), _HEADER + number * _IDX.size)
+        return end, leaf
 
     def iter_entry_bytes(self, start: int = 0, end: int | None = None) -> Iterator[bytes]:
         """The canonical bytes of entries ``start..end`` (default: all committed)."""

@@ -230,6 +230,8 @@ class PackSet:
         try:
             if os.pwrite(fd, bytes(located.length), located.offset) != located.length:
                 raise OSError(errno.ENOSPC, "short write")
+            if os.fstat(fd).st_nlink == 0:  # compacted away while we wrote: find the copy
+                return False
         finally:
             os.close(fd)
         return True
@@ -337,13 +339,15 @@ class PackSet:
                     return
 
     def drop_index(self) -> None:
-        """Forget every indexed name (about 240 bytes a shard), our active pack's too: it
-        is retired first, so the next look scans every pack, as a new process would."""
+        """Forget every indexed name (about 240 bytes a shard) but our active pack's (at
+        most a pack's worth, ROTATE_AT); the next look scans every pack again. The
+        active pack is kept: retiring it would leave a pack per call, and let another
+        process's compaction move what this one's gc has yet to tell manifests about."""
         with self._lock:
-            self._retire_active()
-            self._index = {}
+            active = self._active
+            self._index = {n: loc for n, loc in self._index.items() if loc.pack == active}
             self._dead = set()
-            self._scanned.clear()
+            self._scanned.clear()  # our active pack too: its tombstones fill _dead again
             self._rescans += 1
 
     def _in_active(self, name: str) -> bool:
@@ -474,7 +478,8 @@ class PackSet:
                 self._forget_pack(pack, self._names_in(pack))
                 (self.directory / pack).unlink(missing_ok=True)
             # a delete going by a manifest's old location may have zeroed an old record
-            # after the look above: its copy goes too (once the packs are gone, none can)
+            # after the look above: its copy goes too (one zeroing a pack already
+            # unlinked sees that, and looks the copy up: `_erase`)
             self._erase_copies_deleted_meanwhile(copies)
             done.packs += len(claimed)
             done.moved.update(

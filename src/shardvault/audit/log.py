@@ -165,6 +165,7 @@ class AuditLog:
         self._frontier = merkle.Frontier()
         self._entries_end = _HEADER  # end of the last entry in the frontier
         self._saved_size = self._restore_frontier()
+        self._unchecked_below = self._saved_size  # index records taken on trust, unread
         roots = self._stored_roots(self._saved_size)
         self._catch_up(roots)
         if roots and max(roots) > self._frontier.size:  # also when nothing was appended since
@@ -586,9 +587,10 @@ class AuditLog:
     def leaf_hashes(self, start: int, end: int) -> list[bytes]:
         """Leaf hashes of entries ``start..end``, from the index (no entry is rehashed).
 
-        Each record's CRC is checked: the records an open took on trust from the
-        frontier were not read then. A damaged one is written again from its entry
-        (`_rebuilt_leaf`); if the entry cannot be found or read, `IntegrityError`."""
+        The records an open took on trust from the frontier were not read then: until
+        a read has covered them all, their CRCs are checked here. A damaged one is
+        written again from its entry (`_rebuilt_record`); if the entry cannot be
+        found or read either, `IntegrityError`."""
         with self._state:
             self._check_open()
             if not 0 <= start <= end <= self._frontier.size:
@@ -597,13 +599,18 @@ class AuditLog:
         data = os.pread(self._ifd, size, _HEADER + start * _IDX.size)
         if len(data) != size:
             raise IntegrityError(f"audit log {self.directory}: index.log is shorter than expected")
+        unchecked = self._unchecked_below
+        if start >= unchecked:
+            return [leaf for _, leaf, _ in _IDX.iter_unpack(data)]
         leaves: list[bytes] = []
         previous_end = self._checked_end(start - 1)
         for number, (offset, leaf, crc) in enumerate(_IDX.iter_unpack(data), start):
-            if zlib.crc32(_IDX_BODY.pack(offset, leaf)) != crc:
+            if number < unchecked and zlib.crc32(_IDX_BODY.pack(offset, leaf)) != crc:
                 offset, leaf = self._rebuilt_record(number, previous_end)
             leaves.append(leaf)
             previous_end = offset
+        if start == 0 and end >= unchecked:
+            self._unchecked_below = 0  # all read once, as an open without a frontier does
         return leaves
 
     def _checked_end(self, number: int) -> int:

@@ -31,7 +31,7 @@ lint: venv
 bench: venv
 	$(BIN)/python bench/bench_vault.py
 
-# every benchmark behind docs/performance.md (about 14 minutes on 2 cores)
+# every benchmark behind docs/performance.md (about 15 minutes on 2 cores)
 bench-all: bench
 	$(BIN)/python bench/bench_erasure.py
 	$(BIN)/python bench/bench_scan.py
@@ -39,6 +39,7 @@ bench-all: bench
 	$(BIN)/python bench/bench_governance.py
 	$(BIN)/python bench/bench_instructions.py
 	$(BIN)/python bench/bench_switches.py
+	$(BIN)/python bench/bench_scale.py
 
 clean:
 	rm -rf $(VENV) .venv-system build dist .pytest_cache .hypothesis

@@ -142,7 +142,8 @@ class Catalog(Protocol):
         transaction: one sync for a whole batch of a gc or forget, not one per version."""
 
     def known_object_ids(self) -> set[bytes]:
-        """Object ids of every row, in any state: shards of others are orphans."""
+        """Object ids of every row, in any state. Sized by the cell: gc asks
+        `known_among` a batch at a time instead; this one answers whole-cell checks."""
 
     def known_among(self, object_ids: Collection[bytes]) -> set[bytes]:
         """Which of these object ids some row (in any state) has: found by an index, so

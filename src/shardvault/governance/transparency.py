@@ -17,12 +17,13 @@ and check it against the same head.
 from __future__ import annotations
 
 import base64
+import json
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
-from shardvault.audit import AuditEntry, Checkpoint, format_time
+from shardvault.audit import ENTRY_VERSION, AuditEntry, Checkpoint, format_time
 from shardvault.errors import InvalidInput
 
 _STRENGTH = {"allow": 0, "approval-required": 1, "deny": 2}
@@ -73,30 +74,94 @@ def period(start: str, end: str) -> tuple[str, str]:
     return format_time(lo), format_time(hi)
 
 
+_Fact = tuple[object, str, str, str, Mapping[str, object]]
+"""What counting needs of one entry: (stage, request id, time, decision, details)."""
+
+
+def _facts(entries: Iterable[AuditEntry]) -> Iterator[_Fact]:
+    for entry in entries:
+        details = entry.details
+        yield details.get("stage"), entry.request_id, entry.time, entry.decision, details
+
+
+def _raw_facts(raws: Iterable[bytes]) -> Iterator[_Fact]:
+    """`_facts` of canonical entry bytes, without building each `AuditEntry`.
+
+    Building and validating each entry was three quarters of a report's time (29
+    of 37 µs per entry). An entry of another version, or whose counted fields are
+    not what the writer writes, is read the strict way instead, which raises
+    `IntegrityError` for it. Fields the count does not use are left to `audit
+    verify`, which checks every entry.
+    """
+    for raw in raws:
+        try:
+            doc = json.loads(raw)
+            details, rid, when, decided = (
+                doc[k] for k in ("details", "request_id", "time", "decision")
+            )
+            stage = details.get("stage")
+            if not (
+                doc.get("v") == ENTRY_VERSION
+                and isinstance(stage, str | None)
+                and all(isinstance(field, str) for field in (rid, when, decided))
+                and decided in _STRENGTH
+            ):
+                raise ValueError("not the fields the writer writes")
+        except (ValueError, KeyError, TypeError, AttributeError):
+            yield from _facts([AuditEntry.from_bytes(raw)])
+            continue
+        yield stage, rid, when, decided, details
+
+
 def count_requests(entries: Iterable[AuditEntry], start: str, end: str) -> Counter[Key]:
     """Requests whose first entry falls in ``[start, end)``, by requester and decision."""
-    first_time: dict[str, str] = {}
-    decision: dict[str, str] = {}
-    who: dict[str, tuple[str, str, str]] = {}
-    for entry in entries:
-        stage = entry.details.get("stage")
+    return _count(_facts(entries), start, end)
+
+
+def count_request_bytes(raws: Iterable[bytes], start: str, end: str) -> Counter[Key]:
+    """`count_requests` of entries' canonical bytes (a log's or an export's lines)."""
+    return _count(_raw_facts(raws), start, end)
+
+
+_DECISIONS = sorted(_STRENGTH, key=_STRENGTH.__getitem__)
+
+
+class _Request:
+    """A request that started in the period: its strongest decision and requester."""
+
+    __slots__ = ("strength", "who")
+
+    def __init__(self) -> None:
+        self.strength = 0
+        self.who: tuple[str, str, str] | None = None
+
+
+def _count(facts: Iterable[_Fact], start: str, end: str) -> Counter[Key]:
+    """Count by each request's first entry. Only requests that start in the period keep
+    more than their id (a million requests held 560 MiB), and requesters are held once."""
+    requests: dict[str, _Request | None] = {}  # None: started outside the period
+    requesters: dict[tuple[str, str, str], tuple[str, str, str]] = {}
+    for stage, rid, when, decided, details in facts:
         if stage not in COUNTED_STAGES:
             continue
-        rid = entry.request_id
-        first_time.setdefault(rid, entry.time)
-        if _STRENGTH[entry.decision] >= _STRENGTH.get(decision.get(rid, "allow"), 0):
-            decision[rid] = entry.decision
-        if stage == "policy" and rid not in who:
-            who[rid] = (
-                str(entry.details.get("kind") or "unknown"),
-                str(entry.details.get("authority_country") or "-"),
-                str(entry.details.get("data_class") or "protected"),
+        if rid not in requests:
+            requests[rid] = _Request() if start <= when < end else None
+        request = requests[rid]
+        if request is None:
+            continue
+        request.strength = max(request.strength, _STRENGTH[decided])
+        if stage == "policy" and request.who is None:
+            who = (
+                str(details.get("kind") or "unknown"),
+                str(details.get("authority_country") or "-"),
+                str(details.get("data_class") or "protected"),
             )
+            request.who = requesters.setdefault(who, who)
     counts: Counter[Key] = Counter()
-    for rid, when in first_time.items():
-        if start <= when < end:
-            kind, country, data_class = who.get(rid, ("unknown", "-", "protected"))
-            counts[(kind, country, data_class, decision[rid])] += 1
+    for request in requests.values():
+        if request is not None:
+            kind, country, data_class = request.who or ("unknown", "-", "protected")
+            counts[(kind, country, data_class, _DECISIONS[request.strength])] += 1
     return counts
 
 
@@ -129,6 +194,7 @@ __all__ = [
     "ReportRow",
     "TransparencyReport",
     "build_report",
+    "count_request_bytes",
     "count_requests",
     "head_ref",
     "period",
@@ -146,6 +212,5 @@ def transparency_report(governance: object, start: str, end: str) -> Transparenc
     for code in governance.jurisdictions:
         ref = head_ref(code, governance.publish_head(code).to_bytes())
         log = governance.cell(code).log
-        entries = (AuditEntry.from_bytes(raw) for raw in log.iter_entry_bytes(0, ref.size))
-        per_cell.append((ref, count_requests(entries, lo, hi)))
+        per_cell.append((ref, count_request_bytes(log.iter_entry_bytes(0, ref.size), lo, hi)))
     return build_report(lo, hi, per_cell)

@@ -48,7 +48,7 @@ def test_every_persisted_format_is_documented_with_its_version() -> None:
     for heading in (
         "Shard file (version 1)",
         "Manifest (version 2)",
-        "Keyring (version 1)",
+        "Keyring (version 2)",
         "Config (version 1)",
         f"Catalog schema (version {SCHEMA_VERSION})",
     ):

@@ -35,6 +35,7 @@ from shardvault.governance.custodian_gate import custodian_gate
 from shardvault.keys import KeyOperation
 from shardvault.keys import port as keys
 from shardvault.keys.keyring import KeyringCustodian
+from shardvault.keys.tombstones import tombstones_path
 from shardvault.model import Justification, ObjectRef, RequestContext, local_context, new_request_id
 from shardvault.vault import Vault
 
@@ -51,7 +52,8 @@ def story(vault: Vault) -> Vault:
 
 
 def keyring_bytes(config: Config) -> bytes:
-    return config.keyring_path.read_bytes()
+    """The keyring's roots and its tombstones: a refusal changes neither."""
+    return config.keyring_path.read_bytes() + tombstones_path(config.keyring_path).read_bytes()
 
 
 def custodian_entry(vault: Vault, ctx: RequestContext, rule: str) -> None:

@@ -16,6 +16,7 @@ from shardvault.keys.keyring import KeyringCustodian
 from shardvault.keys.memory import MemoryCustodian
 from shardvault.keys.port import KeyCustodian, KeyOperation, KeyScope
 from shardvault.keys.rootkey import CustodianGate
+from shardvault.keys.tombstones import tombstones_path
 from shardvault.model import Justification
 
 US = KeyScope("intl", "US")
@@ -141,9 +142,14 @@ def refusing(*refused: KeyOperation) -> CustodianGate:
     return gate
 
 
-def keyring_file(tmp_path: Path) -> bytes | None:
+def keyring_files(tmp_path: Path) -> tuple[bytes | None, bytes | None]:
+    """The keyring's bytes and its tombstones' (None where missing): a refusal changes neither."""
     path = tmp_path / "keys" / "keyring.json"
-    return path.read_bytes() if path.exists() else None
+
+    def read(file: Path) -> bytes | None:
+        return file.read_bytes() if file.exists() else None
+
+    return read(path), read(tombstones_path(path))
 
 
 def test_a_refused_wrap_creates_nothing(make: Factory, tmp_path: Path) -> None:
@@ -151,7 +157,7 @@ def test_a_refused_wrap_creates_nothing(make: Factory, tmp_path: Path) -> None:
     with pytest.raises(AccessDenied, match="no wrap") as refused:
         custodian.wrap(US, "kid", hierarchy.new_key(), WHY)
     assert refused.value.rule == "custodian:default-deny"
-    assert keyring_file(tmp_path) is None  # not even the scope's root key
+    assert keyring_files(tmp_path) == (None, None)  # not even the scope's root key
     # once the gate allows it, the same call works: the refusal left nothing half-made
     blob = make().wrap(US, "kid", key := hierarchy.new_key(), WHY)
     assert make().unwrap(US, "kid", blob, WHY) == key
@@ -160,11 +166,11 @@ def test_a_refused_wrap_creates_nothing(make: Factory, tmp_path: Path) -> None:
 def test_a_refused_destroy_leaves_the_key_usable(make: Factory, tmp_path: Path) -> None:
     key = hierarchy.new_key()
     blob = make().wrap(US, "kid", key, WHY)
-    before = keyring_file(tmp_path)
+    before = keyring_files(tmp_path)
     custodian = make(refusing(KeyOperation.DESTROY))
     with pytest.raises(AccessDenied, match="no destroy"):
         custodian.destroy(US, "kid", WHY)
-    assert keyring_file(tmp_path) == before
+    assert keyring_files(tmp_path) == before
     assert custodian.unwrap(US, "kid", blob, WHY) == key
     assert make().unwrap(US, "kid", blob, WHY) == key  # and after reopening
 
@@ -172,10 +178,10 @@ def test_a_refused_destroy_leaves_the_key_usable(make: Factory, tmp_path: Path) 
 def test_a_refused_unwrap_changes_nothing(make: Factory, tmp_path: Path) -> None:
     key = hierarchy.new_key()
     blob = make().wrap(US, "kid", key, WHY)
-    before = keyring_file(tmp_path)
+    before = keyring_files(tmp_path)
     with pytest.raises(AccessDenied, match="no unwrap"):
         make(refusing(KeyOperation.UNWRAP)).unwrap(US, "kid", blob, WHY)
-    assert keyring_file(tmp_path) == before
+    assert keyring_files(tmp_path) == before
     assert make().unwrap(US, "kid", blob, WHY) == key
 
 
@@ -208,8 +214,10 @@ def test_keyring_file_is_private(tmp_path: Path) -> None:
     path = keyring_at(tmp_path)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     doc = json.loads(path.read_text())
-    assert (doc["format"], doc["version"]) == ("shardvault-keyring", 1)
+    assert (doc["format"], doc["version"]) == ("shardvault-keyring", 2)
+    assert list(doc) == ["format", "version", "roots"]  # the tombstones live beside it
     assert list(doc["roots"]) == ["intl/US"]
+    assert stat.S_IMODE(tombstones_path(path).stat().st_mode) == 0o600
 
 
 @pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o660])
@@ -230,9 +238,9 @@ def test_keyring_that_is_a_directory_is_named(tmp_path: Path) -> None:
 def test_keyring_of_unknown_version_is_refused(tmp_path: Path) -> None:
     path = keyring_at(tmp_path)
     doc = json.loads(path.read_text())
-    doc["version"] = 2
+    doc["version"] = 3
     path.write_text(json.dumps(doc))
-    with pytest.raises(ConfigError, match="format version 2"):
+    with pytest.raises(ConfigError, match=r"version 3; this shardvault reads versions 1 and 2$"):
         KeyringCustodian(path)
 
 
@@ -288,17 +296,25 @@ def test_keyring_shared_by_two_processes_loses_no_root_and_no_tombstone(tmp_path
 def test_keyring_changes_are_durable_with_their_directory(
     tmp_path: Path, synced_directories: list[Path]
 ) -> None:
-    # a new root wraps keys the catalog commits, and a tombstone is a forget: each
-    # rename must survive a crash, so the keyring's directory is fsynced after it
+    # a new root wraps keys the catalog commits: its rename must survive a crash, so
+    # the keyring's directory is fsynced after it (and after the tombstones' creation)
     synced = synced_directories
     directory = tmp_path / "keys"
     custodian = KeyringCustodian(directory / "keyring.json")
     blob = custodian.wrap(US, "kid", hierarchy.new_key(), WHY)  # creates the root
-    assert synced == [directory]
-    custodian.wrap(US, "kid-2", hierarchy.new_key(), WHY)  # the root exists: nothing written
-    assert synced == [directory]
-    custodian.destroy(US, "kid", WHY)
     assert synced == [directory, directory]
-    assert sorted(p.name for p in directory.iterdir()) == ["keyring.json", "keyring.json.lock"]
+    custodian.wrap(US, "kid-2", hierarchy.new_key(), WHY)  # the root exists: nothing written
+    assert synced == [directory, directory]
+    # a tombstone is a forget: SQLite commits it with synchronous=EXTRA (the journal's
+    # deletion made durable with the directory), and leaves no journal behind
+    custodian.destroy(US, "kid", WHY)
+    handle = custodian._tombstones._handle()
+    assert handle.db.execute("PRAGMA synchronous").fetchone() == (3,)  # EXTRA
+    assert handle.db.execute("PRAGMA journal_mode").fetchone() == ("delete",)
+    assert sorted(p.name for p in directory.iterdir()) == [
+        "keyring.destroyed.sqlite",
+        "keyring.json",
+        "keyring.json.lock",
+    ]
     with pytest.raises(SubjectForgotten):
         KeyringCustodian(directory / "keyring.json").unwrap(US, "kid", blob, WHY)

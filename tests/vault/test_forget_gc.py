@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
+import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -18,6 +18,7 @@ from shardvault.catalog.port import VersionRecord
 from shardvault.config import load
 from shardvault.errors import Conflict, NotFound, SubjectForgotten
 from shardvault.keys.memory import MemoryCustodian
+from shardvault.keys.tombstones import tombstones_path
 from shardvault.model import Justification, ObjectRef, RequestContext
 from shardvault.nodes.port import shard_name
 from shardvault.policy import Principal, PrincipalKind
@@ -61,8 +62,8 @@ def test_forget_destroys_the_key_and_the_shards(config_path: Path, tmp_path: Pat
         assert log.size > audited and (last.action, last.decision) == ("forget", "allow")
         assert vault.get(bob) == b"bob stays"
     assert not any(path.exists() for path in alice_shards)
-    keyring = json.loads((base / "keys" / "keyring.json").read_text())
-    assert keyring["destroyed"] == {"intl/US": [record.key_id]}
+    with sqlite3.connect(tombstones_path(base / "keys" / "keyring.json")) as tombstones:
+        assert list(tombstones.execute("SELECT * FROM destroyed")) == [("intl/US", record.key_id)]
 
     # restoring the catalog and the shards from before the forget does not bring alice back
     shutil.rmtree(base / "state")

@@ -1,20 +1,29 @@
-"""Local keyring file: the embedded default custodian.
+"""Local keyring: the embedded default custodian.
 
-One JSON file, mode 0600, holding a random 256-bit root key per (tenant,
-jurisdiction) and the tombstones of destroyed subject keys. Rewritten
-atomically (temp file, fsync, rename). In production this role is played by
-the partner's HSM; the file stands in for it on one machine.
+A JSON file, mode 0600, holding a random 256-bit root key per (tenant,
+jurisdiction), and beside it a SQLite file of the tombstones of destroyed
+subject keys (`keys.tombstones`). In production this role is played by the
+partner's HSM; the files stand in for it on one machine.
 
-Several processes may hold the same keyring (a server and a CLI run), so every
-change is a read-merge-write under an exclusive lock on ``<file>.lock``: a root
-once written is never replaced, tombstones only accumulate, and an unwrap sees
-tombstones written by others since it last looked. The gate (the partner's
-policy) decides every wrap, unwrap and destroy before the file is touched.
+Several processes may hold the same keyring (a server and a CLI run). A root
+is added by a read-merge-write of the JSON under an exclusive lock on
+``<file>.lock``, rewritten atomically (temp file, fsync, rename): a root once
+written is never replaced. A destroy only inserts a row (durable before it
+returns), so a forget costs the same however many users were forgotten before,
+and opening reads only the roots. Every unwrap looks its key id up in the
+database, so a destroy committed by any process refuses the very next unwrap
+anywhere; a database that cannot be read refuses it too. The gate (the
+partner's policy) decides every wrap, unwrap and destroy before a file is
+touched.
 
-Format (docs/formats.md, "keyring")::
+Format version 2 (docs/formats.md, "Keyring")::
 
-    {"format": "shardvault-keyring", "version": 1,
-     "roots": {"intl/US": "<base64>"}, "destroyed": {"intl/US": ["<key id>"]}}
+    {"format": "shardvault-keyring", "version": 2, "roots": {"intl/US": "<base64>"}}
+
+A version-1 file also held ``"destroyed": {"intl/US": ["<key id>"]}``. Opened,
+it is migrated under the lock: its tombstones are committed to the database
+first, then the file is rewritten as version 2, so a crash between the two
+loses none (the next open inserts them again, harmlessly, and rewrites it).
 """
 
 from __future__ import annotations
@@ -23,7 +32,6 @@ import base64
 import fcntl
 import json
 import os
-import stat
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -31,13 +39,22 @@ from pathlib import Path
 from typing import Any
 
 from shardvault import durability
-from shardvault.errors import ConfigError, KeyUnavailable
+from shardvault.errors import ConfigError
 from shardvault.keys.port import KeyOperation, KeyScope
 from shardvault.keys.rootkey import CustodianGate, open_key, refuse_destroyed, seal_key
+from shardvault.keys.tombstones import (
+    Tombstones,
+    TombstonesMissing,
+    require_private,
+    tombstones_path,
+)
 from shardvault.model import Justification
 
 FORMAT = "shardvault-keyring"
-VERSION = 1
+VERSION = 2
+READS = (1, 2)  # version 1 is migrated on open
+
+V1Tombstones = dict[str, list[str]]
 
 
 class KeyringCustodian:
@@ -46,84 +63,84 @@ class KeyringCustodian:
         self.gate = gate
         self._lock = threading.Lock()
         self._roots: dict[str, bytes] = {}
-        self._destroyed: dict[str, set[str]] = {}
-        self._seen: tuple[int, int, int] | None = None
-        if path.exists():
-            self._load()
+        self._tombstones = Tombstones(tombstones_path(path))
+        if path.exists() and self._load() is not None:
+            self._settle()  # a version-1 keyring: migrated before any use
 
-    def _load(self) -> None:
-        """Merge the file in: roots already held are kept, tombstones only grow."""
-        info = self.path.stat()
-        mode = stat.S_IMODE(info.st_mode)
-        if not stat.S_ISREG(info.st_mode):
-            raise ConfigError(f"keyring {self.path} is not a file: check custodian.path")
-        if mode & 0o077:
-            raise KeyUnavailable(
-                f"keyring {self.path} is readable by others (mode {mode:o}); run chmod 600 on it"
-            )
+    def _load(self) -> V1Tombstones | None:
+        """Merge the file's roots in (those held are kept); a version-1 file's tombstones."""
+        require_private(self.path.stat(), self.path, "keyring")
         try:
             doc: Any = json.loads(self.path.read_text())
         except (OSError, ValueError) as exc:
             raise ConfigError(f"keyring {self.path} is unreadable or not JSON: {exc}") from exc
         if not isinstance(doc, dict) or doc.get("format") != FORMAT:
             raise ConfigError(f"{self.path} is not a shardvault keyring")
-        if doc.get("version") != VERSION:
+        if doc.get("version") not in READS:
             raise ConfigError(
                 f"keyring {self.path} has format version {doc.get('version')}; "
-                f"this shardvault reads version {VERSION}"
+                f"this shardvault reads versions {' and '.join(map(str, READS))}"
             )
         for label, b64 in doc["roots"].items():
             self._roots.setdefault(label, base64.b64decode(b64))
-        for label, ids in doc["destroyed"].items():
-            self._destroyed.setdefault(label, set()).update(ids)
-        self._seen = (info.st_ino, info.st_mtime_ns, info.st_size)
-
-    def _refresh(self) -> None:
-        """Pick up what another process wrote since this one last read the file.
-
-        The stat runs outside the lock: it releases the GIL, and threads queueing
-        on a lock held across it would each cost a context switch.
-        """
-        try:
-            info = self.path.stat()
-        except FileNotFoundError:
-            return
-        if (info.st_ino, info.st_mtime_ns, info.st_size) != self._seen:
-            with self._lock:
-                self._load()
+        return doc["destroyed"] if doc["version"] == 1 else None
 
     @contextmanager
-    def _exclusive(self) -> Iterator[None]:
-        """Hold the cross-process lock and the latest file contents for a change."""
+    def _flocked(self) -> Iterator[None]:
+        """Hold the cross-process lock for a change."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         lock = os.open(self.path.with_name(self.path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            if self.path.exists():
-                self._load()
             yield
         finally:
             os.close(lock)
+
+    def _catch_up(self) -> None:
+        """Holding the flock: read the latest file, and give a keyring its database.
+
+        A keyring without a file yet gets the database first (a version-2 file
+        always has one beside it). A version-1 file's tombstones are committed
+        to the database before the file is rewritten as version 2 without them.
+        A version-2 keyring whose database is missing does not get a new, empty
+        one: that would bring back every key it had destroyed.
+        """
+        if not self.path.exists():
+            self._tombstones.create()
+            return
+        earlier = self._load()
+        if earlier is not None:
+            self._tombstones.create()
+            # in key order: a million random inserts took 6 s, thrashing SQLite's page cache
+            self._tombstones.add(
+                sorted((label, kid) for label, ids in earlier.items() for kid in ids)
+            )
+            self._save()
+
+    def _settle(self) -> None:
+        """Catch up under both locks: migrates a version-1 keyring, makes a new one's database."""
+        with self._lock, self._flocked():
+            self._catch_up()
 
     def _save(self) -> None:
         doc = {
             "format": FORMAT,
             "version": VERSION,
             "roots": {k: base64.b64encode(v).decode() for k, v in sorted(self._roots.items())},
-            "destroyed": {k: sorted(v) for k, v in sorted(self._destroyed.items())},
         }
-        # a new root must survive a crash (keys wrapped under it are committed), and so
-        # must a tombstone: the rename is made durable with its directory
+        # a new root must survive a crash (keys wrapped under it are committed): the
+        # rename is made durable with its directory
         durability.replace_whole(self.path, json.dumps(doc, indent=1).encode(), 0o600)
-        info = self.path.stat()
-        self._seen = (info.st_ino, info.st_mtime_ns, info.st_size)
 
     def _root(self, scope: KeyScope) -> bytes:
+        """The scope's root: held, or read from the file (another process may have made
+        it; roots are only ever added), or made now."""
         with self._lock:
             root = self._roots.get(scope.label())
             if root is not None:
                 return root
-            with self._exclusive():
+            with self._flocked():
+                self._catch_up()
                 root = self._roots.get(scope.label())
                 if root is None:
                     root = os.urandom(32)
@@ -134,7 +151,7 @@ class KeyringCustodian:
     def _gate(
         self, operation: KeyOperation, scope: KeyScope, key_id: str, why: Justification
     ) -> None:
-        """The gate, before the file is touched: a refusal creates no root and no tombstone."""
+        """The gate, before the files are touched: a refusal creates no root and no tombstone."""
         if self.gate is not None:
             self.gate(operation, scope, key_id, why)
 
@@ -143,14 +160,15 @@ class KeyringCustodian:
         return seal_key(self._root(scope), scope, key_id, key)
 
     def unwrap(self, scope: KeyScope, key_id: str, blob: bytes, why: Justification) -> bytes:
-        self._refresh()
-        if key_id in self._destroyed.get(scope.label(), ()):
+        if self._tombstones.holds(scope.label(), key_id):
             raise refuse_destroyed(scope, key_id)
         self._gate(KeyOperation.UNWRAP, scope, key_id, why)
         return open_key(self._root(scope), scope, key_id, blob)
 
     def destroy(self, scope: KeyScope, key_id: str, why: Justification) -> None:
         self._gate(KeyOperation.DESTROY, scope, key_id, why)
-        with self._lock, self._exclusive():
-            self._destroyed.setdefault(scope.label(), set()).add(key_id)
-            self._save()
+        try:
+            self._tombstones.add([(scope.label(), key_id)])
+        except TombstonesMissing:
+            self._settle()  # a new keyring gets its database; a lost one is not remade
+            self._tombstones.add([(scope.label(), key_id)])

@@ -1,0 +1,238 @@
+"""The keyring's tombstones: every destroyed subject key id, in a SQLite file.
+
+A forget must not cost more, and a process must not start slower, the more
+users were ever forgotten, so the tombstones are rows looked up by key, not a
+set every process reads and every forget rewrites (docs/formats.md, "Keyring").
+
+Schema 1 (``PRAGMA user_version``)::
+
+    destroyed(scope TEXT, key_id TEXT, PRIMARY KEY (scope, key_id)) WITHOUT ROWID
+
+Fail closed: a missing or unreadable database refuses every lookup
+(`KeyUnavailable`; one of a newer schema, `ConfigError`) rather than answering
+"not destroyed"; so does one that others may read (mode 0600, as the keyring).
+
+Connections, one per thread and process: each thread asks through its own, so
+a lookup (the hot path: one per object read) waits on no other thread's query.
+A connection carried across a fork is never used, nor closed, in the child (it
+opens its own, `os.getpid` is checked), and a fork waits until no query is
+running, so the child inherits no SQLite lock state it does not hold. (Not
+`sqlite_connections.connect`: a child forked while one of those is open may
+open none, and a custodian outlives the vault that used it, open connections
+and all: workers forked after a vault was closed must still work.)
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import stat
+import threading
+import weakref
+from collections.abc import Iterable
+from pathlib import Path
+from urllib.parse import quote
+
+from shardvault import durability
+from shardvault.errors import ConfigError, KeyUnavailable
+from shardvault.sqlite_schema import stamp_schema
+
+SCHEMA_VERSION = 1
+SUFFIX = ".destroyed.sqlite"
+_SCHEMA = """CREATE TABLE IF NOT EXISTS destroyed (
+    scope TEXT NOT NULL,
+    key_id TEXT NOT NULL,
+    PRIMARY KEY (scope, key_id)
+) WITHOUT ROWID"""
+_HOLDS = "SELECT 1 FROM destroyed WHERE scope = ? AND key_id = ?"
+_INSERT = "INSERT OR IGNORE INTO destroyed (scope, key_id) VALUES (?, ?)"
+_BUSY_SECONDS = 10.0
+
+
+def tombstones_path(keyring: Path) -> Path:
+    """``keys/keyring.json`` keeps its tombstones in ``keys/keyring.destroyed.sqlite``."""
+    return keyring.with_suffix(SUFFIX)
+
+
+def require_private(info: os.stat_result, path: Path, what: str) -> None:
+    """A key file must be a regular file only its owner can read: refuse it otherwise."""
+    mode = stat.S_IMODE(info.st_mode)
+    if not stat.S_ISREG(info.st_mode):
+        raise ConfigError(f"{what} {path} is not a file: check custodian.path")
+    if mode & 0o077:
+        raise KeyUnavailable(
+            f"{what} {path} is readable by others (mode {mode:o}); run chmod 600 on it"
+        )
+
+
+class TombstonesMissing(KeyUnavailable):
+    """The database does not exist: nothing can be said about any key id."""
+
+
+class _Handle:
+    """One thread's connection, the process that opened it, and the lock a fork waits on."""
+
+    __slots__ = ("__weakref__", "db", "lock", "pid")
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+        self.pid = os.getpid()
+        self.lock = threading.Lock()
+
+
+class Tombstones:
+    """The destroyed key ids of one keyring; thread-safe, shared by processes."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._local = threading.local()
+
+    def holds(self, scope: str, key_id: str) -> bool:
+        """Whether the key id was destroyed, as committed by any process up to now."""
+        handle = self._handle()
+        with handle.lock:
+            try:
+                row = handle.db.execute(_HOLDS, (scope, key_id)).fetchone()
+            except sqlite3.Error as exc:
+                raise self._failed(handle, "read", exc) from exc
+        return row is not None
+
+    def add(self, pairs: Iterable[tuple[str, str]]) -> None:
+        """Record (scope, key id) pairs in one transaction, durable when this returns."""
+        handle = self._handle()
+        with handle.lock:
+            try:
+                with handle.db:  # commits, or rolls back on any error
+                    handle.db.execute("BEGIN IMMEDIATE")
+                    handle.db.executemany(_INSERT, pairs)
+            except sqlite3.Error as exc:
+                raise self._failed(handle, "write", exc) from exc
+
+    def create(self) -> None:
+        """Make the database, mode 0600, if it is missing or was left half-made.
+
+        Only for a keyring that has none yet (or a version-1 one being moved to
+        it): the caller holds the keyring's flock. Making a new, empty one for a
+        keyring that lost its own would bring every destroyed key back.
+        """
+        if not self.path.exists():
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
+            durability.fsync_directory(self.path.parent)
+        self._handle(create=True)
+
+    def _handle(self, create: bool = False) -> _Handle:
+        """This thread's connection, opened on first use in this process."""
+        handle: _Handle | None = getattr(self._local, "handle", None)
+        if handle is not None and handle.pid == os.getpid():
+            return handle
+        if handle is not None:
+            _inherited.append(handle)  # the parent's: closing it here could drop its locks
+        handle = _Handle(self._connect(create))
+        with _registry_lock:
+            _handles.add(handle)
+        self._local.handle = handle
+        return handle
+
+    def _connect(self, create: bool) -> sqlite3.Connection:
+        """A connection to the existing file, checked private and of a known schema."""
+        try:
+            info = os.stat(self.path)
+        except FileNotFoundError:
+            raise TombstonesMissing(
+                f"keyring tombstones {self.path} do not exist: a keyring with keys has them "
+                "beside it (restore them with it, or check custodian.path)"
+            ) from None
+        require_private(info, self.path, "keyring tombstones")
+        try:
+            db = sqlite3.connect(
+                f"file:{quote(str(self.path))}?mode=rw",
+                _BUSY_SECONDS,
+                isolation_level=None,
+                check_same_thread=False,  # a fork's wait and garbage collection touch it too
+                uri=True,
+            )
+        except sqlite3.Error as exc:
+            raise self._failed(None, "open", exc) from exc
+        try:
+            self._prepare(db, create)
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    def _prepare(self, db: sqlite3.Connection, create: bool) -> None:
+        """Durability settings, then the schema: made if `create`, else checked.
+
+        A rollback journal, not WAL: a WAL connection holds a lock on the shared
+        memory file for as long as it is open, and a forked child's connections
+        would share its parent's record of that lock (sqlite_connections.py says
+        what that cost the catalog); a journal connection holds no lock between
+        queries. The journal and any other file SQLite makes beside the
+        database take the database's mode, 0600. Destroys are rare, so each
+        commits with ``synchronous=EXTRA``: the journal's deletion, which is the
+        commit, is made durable with its directory before a destroy returns.
+        """
+        what = f"keyring tombstones {self.path}"
+        try:
+            db.execute("PRAGMA journal_mode=DELETE").fetchall()
+            db.execute("PRAGMA synchronous=EXTRA")
+            if create:
+                with db:
+                    db.execute("BEGIN IMMEDIATE")
+                    db.execute(_SCHEMA)
+                    stamp_schema(db, SCHEMA_VERSION, what)
+                return
+            (found,) = db.execute("PRAGMA user_version").fetchone()
+        except sqlite3.Error as exc:
+            raise self._failed(None, "open", exc) from exc
+        if found == 0:
+            raise KeyUnavailable(f"{what} holds no tombstone table: restore it from a backup")
+        stamp_schema(db, SCHEMA_VERSION, what)
+
+    def _failed(self, handle: _Handle | None, doing: str, exc: sqlite3.Error) -> KeyUnavailable:
+        """The refusal; a connection that failed is closed, so the next use opens the file
+        anew (one restored from a backup, say) rather than trusting what it had read."""
+        if handle is not None:
+            self._local.handle = None
+            handle.db.close()
+        then = "the key was not destroyed" if doing == "write" else "no key is unwrapped until then"
+        return KeyUnavailable(f"cannot {doing} keyring tombstones {self.path}: {exc} ({then})")
+
+
+# Fork: a query running in another thread at the fork would leave the child a
+# record of a lock it does not hold, so the fork waits for every query to end
+# (a destroy queued behind another process's write: up to the busy timeout).
+_registry_lock = threading.Lock()
+_handles: weakref.WeakSet[_Handle] = weakref.WeakSet()
+_held: list[_Handle] = []  # what the fork is waiting on, between its hooks
+_inherited: list[_Handle] = []  # a child's copies of its parent's: never used, never closed
+
+
+def _before_fork() -> None:
+    """Wait until no query runs; hold every connection's lock across the fork."""
+    _registry_lock.acquire()
+    _held[:] = list(_handles)
+    for handle in _held:
+        handle.lock.acquire()
+
+
+def _after_fork_in_parent() -> None:
+    for handle in _held:
+        handle.lock.release()
+    _held.clear()
+    _registry_lock.release()
+
+
+def _after_fork_in_child() -> None:
+    """Every connection is the parent's now: kept alive, unused (its pid differs)."""
+    _inherited.extend(_held)
+    _handles.clear()
+    _after_fork_in_parent()
+
+
+os.register_at_fork(
+    before=_before_fork,
+    after_in_parent=_after_fork_in_parent,
+    after_in_child=_after_fork_in_child,
+)

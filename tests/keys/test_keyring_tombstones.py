@@ -1,0 +1,352 @@
+"""The keyring's tombstones in SQLite (format version 2): seen at once by every
+process, migrated from version 1 without losing one, and failing closed."""
+
+from __future__ import annotations
+
+import base64
+import json
+import multiprocessing
+import os
+import sqlite3
+import stat
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from shardvault.errors import AccessDenied, ConfigError, KeyUnavailable, SubjectForgotten
+from shardvault.keys import hierarchy
+from shardvault.keys.keyring import KeyringCustodian
+from shardvault.keys.port import KeyOperation, KeyScope
+from shardvault.keys.rootkey import seal_key
+from shardvault.keys.tombstones import Tombstones, tombstones_path
+from shardvault.model import Justification
+
+US = KeyScope("intl", "US")
+SG = KeyScope("intl", "SG")
+WHY = Justification("svc-feed", "serve-feed", "req-1", "US")
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> Path:
+    return tmp_path / "keys" / "keyring.json"
+
+
+def rows(path: Path) -> set[tuple[str, str]]:
+    """The tombstones as committed, read by a connection of its own."""
+    with sqlite3.connect(tombstones_path(path)) as db:
+        return set(db.execute("SELECT scope, key_id FROM destroyed"))
+
+
+def file_state(path: Path) -> tuple[int, int, int]:
+    info = path.stat()
+    return info.st_ino, info.st_mtime_ns, info.st_size
+
+
+# across processes -------------------------------------------------------------------
+
+DESTROY = """
+import sys
+from pathlib import Path
+from shardvault.keys.keyring import KeyringCustodian
+from shardvault.keys.port import KeyScope
+from shardvault.model import Justification
+KeyringCustodian(Path(sys.argv[1])).destroy(
+    KeyScope("intl", "US"), sys.argv[2], Justification("dpo", "forget-subject", "r", "US")
+)
+"""
+
+
+def test_a_destroy_in_another_process_refuses_the_next_unwrap_here(path: Path) -> None:
+    key = hierarchy.new_key()
+    server = KeyringCustodian(path)
+    blob = server.wrap(US, "kid", key, WHY)
+    other = KeyringCustodian(path)  # opened before the destroy too, never used yet
+    assert server.unwrap(US, "kid", blob, WHY) == key  # its connection is open
+    subprocess.run([sys.executable, "-c", DESTROY, str(path), "kid"], check=True)
+    with pytest.raises(SubjectForgotten, match="kid of intl/US was destroyed"):
+        server.unwrap(US, "kid", blob, WHY)
+    with pytest.raises(SubjectForgotten):
+        other.unwrap(US, "kid", blob, WHY)
+
+
+def forked_destroy(custodian: KeyringCustodian, blob: bytes, key: bytes) -> None:
+    """In a forked child: the parent's custodian, its connection inherited, still works,
+    through a connection of the child's own."""
+    assert custodian.unwrap(US, "kid-kept", blob, WHY) == key
+    custodian.destroy(US, "kid", WHY)
+    assert custodian._tombstones._handle().pid == os.getpid()
+
+
+def test_a_forked_child_opens_its_own_connection(path: Path) -> None:
+    key = hierarchy.new_key()
+    custodian = KeyringCustodian(path)
+    blob = custodian.wrap(US, "kid", key, WHY)
+    kept = custodian.wrap(US, "kid-kept", key, WHY)
+    assert custodian.unwrap(US, "kid", blob, WHY) == key
+    parent = custodian._tombstones._handle()
+    child = multiprocessing.get_context("fork").Process(
+        target=forked_destroy, args=(custodian, kept, key)
+    )
+    child.start()
+    child.join(30)
+    assert child.exitcode == 0
+    with pytest.raises(SubjectForgotten):
+        custodian.unwrap(US, "kid", blob, WHY)
+    assert custodian.unwrap(US, "kid-kept", kept, WHY) == key
+    assert custodian._tombstones._handle() is parent  # the parent's own, still usable
+
+
+def test_a_fork_waits_for_a_running_query(path: Path) -> None:
+    """A child forked mid-query would inherit SQLite's record of a lock it does not hold."""
+    custodian = KeyringCustodian(path)
+    custodian.wrap(US, "kid", hierarchy.new_key(), WHY)
+    handle = custodian._tombstones._handle()
+    events: list[str] = []
+
+    def fork() -> None:
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0)
+        events.append("forked")
+        os.waitpid(pid, 0)
+
+    with handle.lock:  # as `holds` does around its query
+        forker = threading.Thread(target=fork)
+        forker.start()
+        forker.join(0.3)
+        events.append("query done")
+    forker.join(10)
+    assert events == ["query done", "forked"]
+
+
+def test_threads_each_see_a_destroy_at_once(path: Path) -> None:
+    key = hierarchy.new_key()
+    custodian = KeyringCustodian(path)
+    blob = custodian.wrap(US, "kid", key, WHY)
+    opened, destroyed = threading.Barrier(9), threading.Event()
+    answers: list[str] = []
+
+    def reader() -> None:
+        assert custodian.unwrap(US, "kid", blob, WHY) == key  # each opens its connection
+        opened.wait(10)
+        destroyed.wait(10)
+        try:
+            custodian.unwrap(US, "kid", blob, WHY)
+            answers.append("unwrapped")
+        except SubjectForgotten:
+            answers.append("refused")
+
+    threads = [threading.Thread(target=reader) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    opened.wait(10)
+    KeyringCustodian(path).destroy(US, "kid", WHY)
+    destroyed.set()
+    for thread in threads:
+        thread.join()
+    assert answers == ["refused"] * 8
+
+
+# migration from version 1 -----------------------------------------------------------
+
+
+def write_version_1(path: Path, destroyed: dict[str, list[str]]) -> bytes:
+    """A keyring as version 1 wrote it: roots and tombstones in one file. Returns US's root."""
+    root = os.urandom(32)
+    doc = {
+        "format": "shardvault-keyring",
+        "version": 1,
+        "roots": {"intl/US": base64.b64encode(root).decode()},
+        "destroyed": destroyed,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc, indent=1))
+    os.chmod(path, 0o600)
+    return root
+
+
+def test_a_version_1_keyring_is_migrated_and_keeps_every_tombstone(path: Path) -> None:
+    key = hierarchy.new_key()
+    root = write_version_1(path, {"intl/US": ["kid-gone"], "intl/SG": ["kid-sg"]})
+    roots = json.loads(path.read_text())["roots"]
+    kept = seal_key(root, US, "kid-kept", key)  # wrapped by version 1: the same recipe
+    gone = seal_key(root, US, "kid-gone", key)
+    custodian = KeyringCustodian(path)
+    doc = json.loads(path.read_text())
+    assert doc == {"format": "shardvault-keyring", "version": 2, "roots": roots}
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(tombstones_path(path).stat().st_mode) == 0o600
+    assert rows(path) == {("intl/US", "kid-gone"), ("intl/SG", "kid-sg")}
+    for opened in (custodian, KeyringCustodian(path)):
+        assert opened.unwrap(US, "kid-kept", kept, WHY) == key
+        with pytest.raises(SubjectForgotten, match="kid-gone of intl/US"):
+            opened.unwrap(US, "kid-gone", gone, WHY)
+        with pytest.raises(SubjectForgotten):
+            opened.unwrap(SG, "kid-sg", b"any", WHY)
+
+
+class Crash(BaseException):
+    """The process dying at that point: nothing after it runs."""
+
+
+@pytest.mark.parametrize("at", ["add", "save"])
+def test_a_crash_during_migration_loses_no_tombstone(
+    path: Path, monkeypatch: pytest.MonkeyPatch, at: str
+) -> None:
+    key = hierarchy.new_key()
+    root = write_version_1(path, {"intl/US": ["kid-gone"]})
+    gone = seal_key(root, US, "kid-gone", key)
+    original = path.read_bytes()
+    with monkeypatch.context() as patch:
+        target = (Tombstones, "add") if at == "add" else (KeyringCustodian, "_save")
+
+        def crash(*args: object) -> None:
+            raise Crash
+
+        patch.setattr(*target, crash)
+        with pytest.raises(Crash):
+            KeyringCustodian(path)
+    assert path.read_bytes() == original  # still version 1, with its tombstones
+    if at == "save":
+        assert rows(path) == {("intl/US", "kid-gone")}  # committed before the rewrite
+    custodian = KeyringCustodian(path)  # the next open completes the migration
+    assert json.loads(path.read_text())["version"] == 2
+    assert rows(path) == {("intl/US", "kid-gone")}
+    with pytest.raises(SubjectForgotten):
+        custodian.unwrap(US, "kid-gone", gone, WHY)
+
+
+# failing closed ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def wrapped(path: Path) -> tuple[bytes, bytes]:
+    """A keyring with a destroyed key and a live one; returns the live one's (key, blob)."""
+    key = hierarchy.new_key()
+    custodian = KeyringCustodian(path)
+    blob = custodian.wrap(US, "kid", key, WHY)
+    custodian.wrap(US, "kid-gone", key, WHY)
+    custodian.destroy(US, "kid-gone", WHY)
+    return key, blob
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o660])
+def test_tombstones_readable_by_others_are_refused(
+    path: Path, wrapped: tuple[bytes, bytes], mode: int
+) -> None:
+    os.chmod(tombstones_path(path), mode)
+    custodian = KeyringCustodian(path)
+    with pytest.raises(KeyUnavailable, match=r"tombstones .* readable by others.*chmod 600"):
+        custodian.unwrap(US, "kid", wrapped[1], WHY)
+    with pytest.raises(KeyUnavailable, match="readable by others"):
+        custodian.destroy(US, "kid", WHY)
+
+
+@contextmanager
+def replaced(file: Path, content: bytes) -> Iterator[None]:
+    """The file's bytes overwritten in place (the same inode an open connection holds)."""
+    saved = file.read_bytes()
+    with open(file, "r+b") as out:
+        out.write(content)
+        out.truncate()
+    yield
+    file.write_bytes(saved)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"not a database" * 300, b""],
+    ids=["garbage", "empty"],
+)
+def test_unreadable_tombstones_refuse_every_unwrap(
+    path: Path, wrapped: tuple[bytes, bytes], content: bytes
+) -> None:
+    key, blob = wrapped
+    running = KeyringCustodian(path)
+    assert running.unwrap(US, "kid", blob, WHY) == key  # its connection is open
+    with replaced(tombstones_path(path), content):
+        for custodian in (running, KeyringCustodian(path)):
+            with pytest.raises(KeyUnavailable, match="tombstones"):
+                custodian.unwrap(US, "kid", blob, WHY)
+    assert running.unwrap(US, "kid", blob, WHY) == key  # readable again: answered again
+
+
+def test_lost_tombstones_refuse_and_are_not_remade(
+    path: Path, wrapped: tuple[bytes, bytes]
+) -> None:
+    key, blob = wrapped
+    tombstones_path(path).unlink()
+    custodian = KeyringCustodian(path)
+    with pytest.raises(KeyUnavailable, match="do not exist"):
+        custodian.unwrap(US, "kid", blob, WHY)
+    with pytest.raises(KeyUnavailable, match="do not exist"):
+        custodian.destroy(US, "kid", WHY)
+    custodian.wrap(SG, "kid-sg", key, WHY)  # a new root: the keyring is rewritten, still
+    assert not tombstones_path(path).exists()  # no empty database brings kid-gone back
+
+
+def test_tombstones_of_a_newer_schema_are_refused(path: Path, wrapped: tuple[bytes, bytes]) -> None:
+    with sqlite3.connect(tombstones_path(path)) as db:
+        db.execute("PRAGMA user_version=2")
+    with pytest.raises(ConfigError, match=r"schema version 2; .*upgrade shardvault"):
+        KeyringCustodian(path).unwrap(US, "kid", wrapped[1], WHY)
+
+
+def test_a_refused_destroy_writes_no_tombstone(path: Path) -> None:
+    def refuse_destroy(operation: KeyOperation, *args: object) -> None:
+        if operation is KeyOperation.DESTROY:
+            raise AccessDenied("no destroy")
+
+    with pytest.raises(AccessDenied):  # a new keyring: not even the database is made
+        KeyringCustodian(path, refuse_destroy).destroy(US, "kid", WHY)
+    assert not path.parent.exists() or not list(path.parent.iterdir())
+    blob = KeyringCustodian(path).wrap(US, "kid", key := hierarchy.new_key(), WHY)
+    with pytest.raises(AccessDenied):
+        KeyringCustodian(path, refuse_destroy).destroy(US, "kid", WHY)
+    assert rows(path) == set()
+    assert KeyringCustodian(path).unwrap(US, "kid", blob, WHY) == key
+
+
+# what does not grow -----------------------------------------------------------------
+
+TOMBSTONES = 20_000
+
+
+def io_bytes() -> tuple[int, int]:
+    """Bytes this process has read and written by system calls (rchar, wchar)."""
+    fields = dict(line.split(": ") for line in Path("/proc/self/io").read_text().splitlines())
+    return int(fields["rchar"]), int(fields["wchar"])
+
+
+def test_a_destroy_among_many_writes_a_row_not_the_keyring(path: Path) -> None:
+    """At 20,000 tombstones (filled by migrating a version-1 file: 20,000 durable destroys
+    would take minutes), a destroy leaves the keyring file alone and writes a few pages,
+    and an open reads the roots, not the tombstones: version 1 rewrote and read them all
+    (about 760 KB here)."""
+    key = hierarchy.new_key()
+    ids = [hierarchy.new_key_id() for _ in range(TOMBSTONES)]
+    root = write_version_1(path, {"intl/US": ids})
+    KeyringCustodian(path)  # migrates
+    before = file_state(path)
+    custodian = KeyringCustodian(path)
+    for n in range(20):
+        custodian.destroy(US, f"kid-{n}", WHY)
+    read, written = io_bytes()
+    custodian.destroy(US, "kid-last", WHY)
+    assert io_bytes()[1] - written < 64 * 1024
+    assert file_state(path) == before  # not rewritten, not even touched
+    assert len(rows(path)) == TOMBSTONES + 21
+    read, written = io_bytes()
+    opened = KeyringCustodian(path)
+    blob = seal_key(root, US, "kid-live", key)
+    assert opened.unwrap(US, "kid-live", blob, WHY) == key
+    with pytest.raises(SubjectForgotten):
+        opened.unwrap(US, ids[12345], seal_key(root, US, ids[12345], key), WHY)
+    with pytest.raises(SubjectForgotten):
+        opened.unwrap(US, "kid-last", blob, WHY)
+    assert io_bytes()[0] - read < 64 * 1024

@@ -40,6 +40,7 @@ bench-all: bench
 	$(BIN)/python bench/bench_instructions.py
 	$(BIN)/python bench/bench_switches.py
 	$(BIN)/python bench/bench_scale.py
+	$(BIN)/python bench/bench_keyring.py
 
 clean:
 	rm -rf $(VENV) .venv-system build dist .pytest_cache .hypothesis

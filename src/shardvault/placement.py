@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from blake3 import blake3
 
 from shardvault.errors import ResidencyRefused, TooFewNodes
-from shardvault.model import NodeSpec, NodeState
+from shardvault.model import NodeSpec, NodeState, ObjectRef
 
 _SCALE = float(1 << 64)
 
@@ -27,6 +27,11 @@ def _score(seed: bytes, node: NodeSpec) -> float:
     # uniform in (0, 1], never 0 so the log is finite
     unit = (int.from_bytes(digest, "big") + 1) / _SCALE
     return -node.capacity / math.log(unit) if unit < 1.0 else math.inf
+
+
+def placement_seed(ref: ObjectRef) -> bytes:
+    """What ranks the nodes for an object: its name, so each key has its own order."""
+    return blake3(f"{ref.tenant}\x00{ref.subject}\x00{ref.key}".encode()).digest()
 
 
 def rank_nodes(seed: bytes, nodes: Iterable[NodeSpec]) -> list[NodeSpec]:

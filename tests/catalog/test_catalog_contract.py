@@ -476,9 +476,43 @@ def test_damage_log(catalog: Catalog) -> None:
     assert catalog.damage() == []
     first = DamageRecord(REF, 1, 0, 3, "us-n2", "hash mismatch", 5.0)
     second = DamageRecord(REF, 1, 2, 0, "us-n1", "missing", 6.0)
-    catalog.record_damage(first)
-    catalog.record_damage(second)
-    assert catalog.damage() == [first, second]
+    other = DamageRecord(REF, 2, 0, 1, "us-n1", "missing", 7.0)
+    for record in (first, second, other):
+        catalog.record_damage(record)
+    assert catalog.damage() == [first, second, other]
+    assert catalog.clear_damage(REF, 1) == 2
+    assert catalog.damage() == [other]
+    assert catalog.clear_damage(REF, 1) == 0
+
+
+def test_committed_after_walks_committed_versions_in_object_id_order(catalog: Catalog) -> None:
+    refs = [ObjectRef("intl", "alice", f"k{i}") for i in range(7)]
+    for number, ref in zip([5, 3, 9, 1, 7, 2, 8], refs, strict=True):
+        put(catalog, ref, number)
+    catalog.mark_deleted(refs[3])  # oid 1
+    catalog.reserve(ObjectRef("intl", "alice", "pending"), oid(4), 1.0)
+    seen, cursor = [], b""
+    while batch := catalog.committed_after(cursor, 2):
+        assert len(batch) <= 2
+        seen += [record.object_id for record in batch]
+        cursor = batch[-1].object_id
+    assert seen == [oid(n) for n in (2, 3, 5, 7, 8, 9)]
+
+
+def test_sqlite_replaces_manifests_durably_only_when_asked(tmp_path: Path) -> None:
+    # a location is a hint, but a rebuilt shard's node is not: repair deletes the old copy
+    catalog = SqliteCatalog(tmp_path / "c.sqlite")
+    put(catalog, REF, 1)
+    assert catalog._wal_sync is not None
+    syncs = []
+    real_sync = catalog._wal_sync.sync
+    catalog._wal_sync.sync = lambda *a: syncs.append(real_sync(*a))  # type: ignore[method-assign]
+    (record,) = catalog.versions_with({oid(1)})
+    assert catalog.replace_manifests([(record, b"hint")]) == 1 and syncs == []
+    (record,) = catalog.versions_with({oid(1)})
+    assert catalog.replace_manifests([(record, b"moved")], durable=True) == 1
+    assert len(syncs) == 1 and (catalog.get_version(REF) or record).manifest == b"moved"
+    catalog.close()
 
 
 # SQLite only ----------------------------------------------------------------

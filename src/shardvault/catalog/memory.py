@@ -227,7 +227,9 @@ class MemoryCatalog:
                 if rec.object_id in wanted
             ]
 
-    def replace_manifests(self, changes: Sequence[tuple[VersionRecord, bytes]]) -> int:
+    def replace_manifests(
+        self, changes: Sequence[tuple[VersionRecord, bytes]], durable: bool = False
+    ) -> int:
         changed = 0
         with self._lock:
             for record, manifest in changes:
@@ -244,6 +246,21 @@ class MemoryCatalog:
     def record_damage(self, damage: DamageRecord) -> None:
         with self._lock:
             self._damage.append(damage)
+
+    def committed_after(self, object_id: bytes, limit: int) -> list[VersionRecord]:
+        with self._lock:
+            found = sorted(
+                (rec for versions in self._versions.values() for rec in versions.values()
+                 if rec.state is VersionState.COMMITTED and rec.object_id > object_id),
+                key=lambda rec: rec.object_id,
+            )  # fmt: skip
+        return found[:limit]
+
+    def clear_damage(self, ref: ObjectRef, version: int) -> int:
+        with self._lock:
+            kept = [d for d in self._damage if (d.ref, d.version) != (ref, version)]
+            cleared, self._damage = len(self._damage) - len(kept), kept
+        return cleared
 
     def damage(self) -> list[DamageRecord]:
         with self._lock:

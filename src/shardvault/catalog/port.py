@@ -152,10 +152,20 @@ class Catalog(Protocol):
     def versions_with(self, object_ids: Collection[bytes]) -> list[VersionRecord]:
         """The rows, in any state, of these object ids (found by an index, not a scan)."""
 
-    def replace_manifests(self, changes: Sequence[tuple[VersionRecord, bytes]]) -> int:
+    def replace_manifests(
+        self, changes: Sequence[tuple[VersionRecord, bytes]], durable: bool = False
+    ) -> int:
         """Give each row a new manifest if it still holds the record's (a shard's new
-        location after a compaction); returns how many changed. Not synced: a
-        location is a hint, and one lost to a crash costs a reader a lookup."""
+        location after a compaction, a rebuilt shard's node); returns how many
+        changed. Synced only if ``durable``: a location is a hint, and one lost to a
+        crash costs a reader a lookup; a node is not (repair deletes the old copy)."""
+
+    def committed_after(self, object_id: bytes, limit: int) -> list[VersionRecord]:
+        """Up to ``limit`` committed versions whose object id sorts after ``object_id``,
+        in object id order: a cursor over the cell for a scrub, a batch at a time."""
+
+    def clear_damage(self, ref: ObjectRef, version: int) -> int:
+        """Drop the damage recorded for one version (repaired, or gone); how many."""
 
     def erase_freed(self) -> None:
         """Overwrite what purged rows left behind in the catalog's files (after a forget)."""

@@ -548,11 +548,13 @@ class SqliteCatalog:
             )
         return found
 
-    def replace_manifests(self, changes: Sequence[tuple[VersionRecord, bytes]]) -> int:
+    def replace_manifests(
+        self, changes: Sequence[tuple[VersionRecord, bytes]], durable: bool = False
+    ) -> int:
         if not changes:
             return 0
         changed = 0
-        with self._transaction(durable=False) as db:
+        with self._transaction(durable=durable) as db:
             for record, manifest in changes:
                 ref = record.ref
                 changed += db.execute(
@@ -588,6 +590,21 @@ class SqliteCatalog:
                     damage.seen_at,
                 ),
             )
+
+    def committed_after(self, object_id: bytes, limit: int) -> list[VersionRecord]:
+        rows = self._query(
+            f"SELECT {_VERSION_COLUMNS} FROM versions WHERE object_id > ?"
+            " AND state = 'committed' ORDER BY object_id LIMIT ?",
+            (object_id, limit),
+        )
+        return [_version(row) for row in rows]
+
+    def clear_damage(self, ref: ObjectRef, version: int) -> int:
+        with self._transaction(durable=False) as db:
+            return db.execute(
+                "DELETE FROM damage WHERE tenant = ? AND subject = ? AND key = ? AND version = ?",
+                (ref.tenant, ref.subject, ref.key, version),
+            ).rowcount
 
     def damage(self) -> list[DamageRecord]:
         rows = self._query(

@@ -163,9 +163,37 @@ def gc(
         )
 
 
+def repair(
+    ctx: typer.Context,
+    scrub: Annotated[
+        bool,
+        typer.Option(
+            "--scrub", help="Check every shard of every version, not only those reads found bad."
+        ),
+    ] = False,
+    json_out: JsonFlag = False,
+) -> None:
+    """Rebuild damaged or lost shards, and shards on nodes that are not active, elsewhere.
+
+    Exits 1 if a version could not be repaired (each is named, with why).
+    """
+    cli = state(ctx)
+    cli.require_local_admin("repair")
+    report = cli.vault().repair(scrub)
+    if json_out:
+        print_json(report)
+    else:
+        say(f"checked {report.versions} version(s), rebuilt {report.rebuilt} shard(s)")
+    for problem in report.problems:
+        warn(f"not repaired: {problem}")
+    if report.problems:
+        raise typer.Exit(1)
+
+
 def register(app: typer.Typer) -> None:
     app.command()(init)
     app.add_typer(subject_app, name="subject")
     app.command()(forget)
     app.command()(nodes)
     app.command()(gc)
+    app.command()(repair)

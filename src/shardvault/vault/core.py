@@ -26,8 +26,6 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import BinaryIO, TypeVar
 
-from blake3 import blake3
-
 from shardvault.allocator import tune_allocator
 from shardvault.catalog.port import DamageRecord, SubjectRecord, VersionRecord, VersionState
 from shardvault.codec.erasure import ErasureCode
@@ -59,11 +57,12 @@ from shardvault.model import (
     subject_id,
 )
 from shardvault.objectid import minted_at, new_object_id
-from shardvault.placement import place_stripe
+from shardvault.placement import place_stripe, placement_seed
 from shardvault.policy import Action
 from shardvault.vault.cells import CatalogFactory, Cell, open_cells, open_custodian, sqlite_catalogs
 from shardvault.vault.gc import GcReport, collect_cell, collect_claimed
 from shardvault.vault.reader import ObjectReader
+from shardvault.vault.repair import RepairReport, repair_cell
 from shardvault.vault.views import ForgetResult, ListPage, NodeUsage, info_of, node_usage
 from shardvault.vault.writer import Progress, ShardSetWriter, StepHook
 
@@ -350,7 +349,7 @@ class Vault:
         """Write one version: reserved first, unless `version` is the one to try unreserved."""
         reserve = version is None
         cell = self.cells[subject.jurisdiction]
-        seed = blake3(f"{ref.tenant}\x00{ref.subject}\x00{ref.key}".encode()).digest()
+        seed = placement_seed(ref)
         nodes = place_stripe(seed, cell.nodes, subject.jurisdiction, self.code.k, self.code.m)
         object_id = new_object_id(self._clock())
         created = minted_at(object_id)
@@ -615,6 +614,14 @@ class Vault:
         report = GcReport()
         for cell in self.cells.values():
             report = report + collect_cell(cell, started - grace_seconds, started, self.code.n)
+        return report
+
+    def repair(self, scrub: bool = False) -> RepairReport:
+        """Rebuild the shards reads found damaged (with ``scrub``: every shard found bad
+        or on a node that is not active) on other nodes of their cells."""
+        report = RepairReport()
+        for cell in self.cells.values():
+            report = report + repair_cell(cell, self.code, scrub)
         return report
 
     def node_usage(self) -> builtins.list[NodeUsage]:

@@ -1,0 +1,272 @@
+"""Repair: rebuild lost or damaged shards from the others, on nodes that can hold them.
+
+Reads survive any m bad shards per segment, but each loss spends redundancy;
+without repair, a cell would lose data at its (m+1)th failure over its life.
+Repair looks at the versions reads recorded damage for and, with ``scrub``,
+at every committed version of the cell (a cursor over object ids, a batch at
+a time). Every block of every shard is read and checked against the
+manifest's hashes. A shard is bad if its header or any block is missing,
+short or wrong, or if its node is not active (draining, down, no longer
+configured, or unavailable).
+
+A bad shard is rebuilt whole, segment by segment: k good blocks are decoded
+and the segment encoded again, and every rebuilt block must hash to the
+manifest's, so repair never writes a block that did not verify. It goes to a
+node of the same cell that is active, holds no shard of the version, and
+keeps at most m of the stripe's shards per facility whenever the cell allows
+(the placement rule, ranked as placement ranks). It is never written in place:
+pack files never reuse a shard name (nodes/packs.py), so a cell with no such
+node leaves the shard as it is and says so. The manifest is replaced, durably,
+only if it is still the one that was read (a delete, a gc or another repair
+meanwhile wins, and the rebuilt copies go); only then do the bad copies go,
+from nodes that can be reached.
+
+Repair sees only ciphertext: no key is unwrapped and no plaintext exists. Like
+gc, it is the operator's maintenance, not an access the policy decides.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+
+from shardvault.catalog.port import VersionRecord
+from shardvault.codec.erasure import ErasureCode
+from shardvault.codec.hashing import block_matches
+from shardvault.codec.shardfile import block_offset
+from shardvault.errors import IntegrityError, NotFound, ShardvaultError
+from shardvault.manifest import Manifest
+from shardvault.model import NodeSpec, NodeState
+from shardvault.nodes.port import ShardReader, ShardStore, ShardWriter, shard_name
+from shardvault.nodes.unavailable import UnavailableStore
+from shardvault.placement import placement_seed, rank_nodes
+from shardvault.vault.cells import Cell
+
+_SCRUB_BATCH = 500  # committed versions read from the catalog at a time
+
+
+@dataclass(frozen=True, slots=True)
+class RepairReport:
+    versions: int = 0  # versions checked
+    rebuilt: int = 0  # shards rebuilt on another node
+    problems: tuple[str, ...] = ()  # versions left as they were, and why
+
+    def __add__(self, other: RepairReport) -> RepairReport:
+        return RepairReport(
+            self.versions + other.versions,
+            self.rebuilt + other.rebuilt,
+            self.problems + other.problems,
+        )
+
+
+def repair_cell(cell: Cell, code: ErasureCode, scrub: bool) -> RepairReport:
+    """Check the cell's damaged versions (every committed one with ``scrub``); rebuild."""
+    report = RepairReport()
+    for record in _candidates(cell, scrub):
+        report = report + _repair_version(cell, code, record)
+    return report
+
+
+def _candidates(cell: Cell, scrub: bool) -> Iterator[VersionRecord]:
+    """The versions with recorded damage, then (``scrub``) every committed one."""
+    damaged = {(d.ref, d.version) for d in cell.catalog.damage()}
+    for ref, version in sorted(damaged, key=lambda rv: (str(rv[0]), rv[1])):
+        record = cell.catalog.get_version(ref, version)
+        if record is None:  # deleted or collected since: nothing to repair
+            cell.catalog.clear_damage(ref, version)
+        elif not scrub:
+            yield record
+    cursor = b""
+    while scrub and (batch := cell.catalog.committed_after(cursor, _SCRUB_BATCH)):
+        yield from batch
+        cursor = batch[-1].object_id
+
+
+def _repair_version(cell: Cell, code: ErasureCode, record: VersionRecord) -> RepairReport:
+    assert record.manifest is not None
+    manifest = Manifest.from_bytes(record.manifest)
+    what = f"{manifest.ref} v{manifest.version}"
+    bad = _bad_shards(cell, manifest)
+    if not bad:
+        cell.catalog.clear_damage(manifest.ref, manifest.version)
+        return RepairReport(1)
+    if manifest.n - len(bad) < manifest.k:
+        return _left(what, f"only {manifest.n - len(bad)} of {manifest.n} shards are good")
+    targets = _targets(cell, manifest, sorted(bad))
+    if targets is None:
+        return _left(
+            what,
+            f"{len(bad)} bad shard(s) and no active node in {cell.jurisdiction} holding "
+            "none of its shards: add a node, then repair again",
+        )
+    try:
+        locations = _rebuild(cell, code, manifest, bad, targets)
+    except (IntegrityError, ShardvaultError, OSError) as exc:
+        return _left(what, f"rebuild failed: {exc}")
+    nodes, kept = list(manifest.nodes), list(manifest.locations or (None,) * manifest.n)
+    for index, node in targets.items():
+        nodes[index], kept[index] = node.id, locations[index]
+    updated = replace(manifest, nodes=tuple(nodes), locations=tuple(kept))
+    if not cell.catalog.replace_manifests([(record, updated.to_bytes())], durable=True):
+        _delete(cell, manifest, {i: (n.id, locations[i]) for i, n in targets.items()})
+        return _left(what, "it changed while being repaired; repair again")
+    old = {i: (manifest.nodes[i], manifest.location(i)) for i in targets}
+    _delete(cell, manifest, old)  # unreachable nodes keep theirs, stale and unnamed
+    cell.catalog.clear_damage(manifest.ref, manifest.version)
+    return RepairReport(1, len(targets))
+
+
+def _left(what: str, why: str) -> RepairReport:
+    return RepairReport(1, 0, (f"{what}: {why}",))
+
+
+def _active(cell: Cell) -> dict[str, NodeSpec]:
+    """The cell's active nodes whose stores could be opened."""
+    return {
+        node.id: node
+        for node in cell.nodes
+        if node.state is NodeState.ACTIVE and not isinstance(cell.store(node.id), UnavailableStore)
+    }
+
+
+def _bad_shards(cell: Cell, manifest: Manifest) -> set[int]:
+    """Indexes of shards on a node that is not active, or not whole and verified."""
+    active = _active(cell)
+    return {
+        index
+        for index, node in enumerate(manifest.nodes)
+        if node not in active or not _verified(cell.store(node), manifest, index)
+    }
+
+
+def _open(store: ShardStore, manifest: Manifest, index: int) -> ShardReader | None:
+    name = shard_name(manifest.object_id, manifest.version, index)
+    try:
+        return store.open_reader(name, manifest.location(index))
+    except (NotFound, ShardvaultError, OSError):
+        return None
+
+
+def _verified(store: ShardStore, manifest: Manifest, index: int) -> bool:
+    """Whether the shard's header and every block are there and match the manifest."""
+    reader = _open(store, manifest, index)
+    if reader is None:
+        return False
+    try:
+        expected = manifest.stripe_header().to_bytes(index)
+        if reader.read_at(0, len(expected)) != expected:
+            return False
+        return all(
+            _block(reader, manifest, segment, index) is not None
+            for segment in range(manifest.segments)
+        )
+    except OSError:
+        return False
+    finally:
+        reader.close()
+
+
+def _block(reader: ShardReader, manifest: Manifest, segment: int, index: int) -> bytes | None:
+    """The shard's block of `segment`, if it hashes to the manifest's."""
+    length = manifest.block_length(segment)
+    block = reader.read_at(block_offset(segment, manifest.block_size), length)
+    if len(block) != length or not block_matches(block, manifest.block_hash(segment, index)):
+        return None
+    return block
+
+
+def _targets(cell: Cell, manifest: Manifest, bad: list[int]) -> dict[int, NodeSpec] | None:
+    """A new node for each bad shard (see the module docstring), or None if not enough."""
+    active = _active(cell)
+    facility = {node.id: node.facility for node in cell.nodes}
+    used = Counter(facility.get(manifest.nodes[i]) for i in range(manifest.n) if i not in bad)
+    spare = [node for node in active.values() if node.id not in manifest.nodes]
+    if len(spare) < len(bad):
+        return None
+    ranked = rank_nodes(placement_seed(manifest.ref), spare)
+    chosen: list[NodeSpec] = []
+    for node in ranked:  # the facility rule first, as placement keeps it
+        if len(chosen) < len(bad) and used[node.facility] < manifest.m:
+            chosen.append(node)
+            used[node.facility] += 1
+    chosen += [node for node in ranked if node not in chosen][: len(bad) - len(chosen)]
+    return dict(zip(bad, chosen, strict=True))
+
+
+def _rebuild(
+    cell: Cell,
+    code: ErasureCode,
+    manifest: Manifest,
+    bad: set[int],
+    targets: dict[int, NodeSpec],
+) -> dict[int, str | None]:
+    """Write every bad shard anew on its target; their locations. Nothing is left
+    written if this fails."""
+    readers = {
+        i: reader
+        for i in range(manifest.n)
+        if i not in bad and (reader := _open(cell.store(manifest.nodes[i]), manifest, i))
+    }
+    writers: dict[int, ShardWriter] = {}
+    try:
+        for index, node in targets.items():
+            name = shard_name(manifest.object_id, manifest.version, index)
+            writers[index] = cell.store(node.id).open_writer(name)
+            writers[index].write(manifest.stripe_header().to_bytes(index))
+        for segment in range(manifest.segments):
+            blocks = _rebuilt_blocks(code, manifest, segment, readers, bad)
+            for index, writer in writers.items():
+                writer.write(blocks[index])
+        for writer in writers.values():
+            writer.commit(durable=False)
+        for node in targets.values():
+            cell.store(node.id).sync()
+        return {index: writer.location for index, writer in writers.items()}
+    except BaseException:
+        for writer in writers.values():
+            writer.abort()
+        raise
+    finally:
+        for reader in readers.values():
+            reader.close()
+
+
+def _rebuilt_blocks(
+    code: ErasureCode,
+    manifest: Manifest,
+    segment: int,
+    readers: dict[int, ShardReader],
+    bad: set[int],
+) -> list[bytes]:
+    """The segment's n blocks, from k good ones; each rebuilt one checked against its hash."""
+    good = []
+    for index, reader in readers.items():
+        block = _block(reader, manifest, segment, index)
+        if block is not None:
+            good.append(block)
+            if len(good) == manifest.k:
+                break
+    if len(good) < manifest.k:
+        raise IntegrityError(f"segment {segment}: only {len(good)} good blocks of {manifest.k}")
+    blocks = code.encode(code.decode(good))
+    for index in bad:
+        if not block_matches(blocks[index], manifest.block_hash(segment, index)):
+            raise IntegrityError(f"segment {segment}: rebuilt shard {index} does not match")
+    return blocks
+
+
+def _delete(cell: Cell, manifest: Manifest, where: dict[int, tuple[str, str | None]]) -> None:
+    """Delete these shards (index -> node, location) where their nodes can be reached."""
+    touched = set()
+    for index, (node, location) in where.items():
+        store = cell.store(node)
+        if isinstance(store, UnavailableStore):
+            continue
+        try:
+            store.delete(shard_name(manifest.object_id, manifest.version, index), location)
+            touched.add(node)
+        except (ShardvaultError, OSError):
+            continue  # a stale copy the manifest no longer names
+    for node in touched:
+        cell.store(node).sync()

@@ -1,0 +1,204 @@
+"""Repair: lost and damaged shards rebuilt on other nodes of the cell, or named if they cannot."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from conftest import SEGMENT, make_deployment, manifest_of, shard_paths
+from shardvault.catalog.port import Catalog, VersionRecord
+from shardvault.config import load
+from shardvault.model import ObjectRef
+from shardvault.vault import Vault
+
+K, M = 4, 2
+SPARES = """
+[[nodes]]
+id = "us-n7"
+jurisdiction = "US"
+facility = "us-fac-1"
+backend = "local"
+pack_limit = {pack_limit}
+path = "nodes/US/us-n7"
+
+[[nodes]]
+id = "us-n8"
+jurisdiction = "US"
+facility = "us-fac-2"
+backend = "local"
+pack_limit = {pack_limit}
+path = "nodes/US/us-n8"
+"""
+REFS = [ObjectRef("intl", "alice", f"k{i}") for i in range(12)]
+
+
+def deployment(tmp_path: Path, spares: bool = True, pack_limit: int = 0) -> Path:
+    config = make_deployment(
+        tmp_path / "deploy",
+        pack_limit=pack_limit,
+        edit=(lambda t: t + SPARES.format(pack_limit=pack_limit)) if spares else None,
+    )
+    for spare in ("us-n7", "us-n8"):
+        (tmp_path / "deploy" / "nodes" / "US" / spare).mkdir()
+    return config
+
+
+def filled(config: Path) -> dict[ObjectRef, bytes]:
+    """Twelve objects of alice (US): small ones and ones of several segments."""
+    payloads = {ref: os.urandom(100 + i * SEGMENT // 3) for i, ref in enumerate(REFS)}
+    with Vault.open(load(config)) as vault:
+        vault.register_subject("intl", "alice", "US")
+        for ref, data in payloads.items():
+            vault.put(ref, data)
+    return payloads
+
+
+def with_node_state(config: Path, node: str, state: str) -> None:
+    text = config.read_text()
+    entry = f'id = "{node}"\n'
+    config.write_text(text.replace(entry, entry + f'state = "{state}"\n'))
+
+
+def reads_back_whole(vault: Vault, payloads: dict[ObjectRef, bytes]) -> None:
+    for ref, data in payloads.items():
+        with vault.open_read(ref) as reader:
+            assert reader.read_all() == data
+            assert reader.damage == []
+
+
+def spread(vault: Vault, ref: ObjectRef) -> Counter[str]:
+    facility = {node.id: node.facility for node in vault.cells["US"].nodes}
+    return Counter(facility[node] for node in manifest_of(vault, ref).nodes)
+
+
+@pytest.mark.parametrize("pack_limit", [0, 64 << 10])
+def test_the_shards_of_a_node_taken_down_are_rebuilt_on_spare_nodes(
+    tmp_path: Path, pack_limit: int
+) -> None:
+    config = deployment(tmp_path, pack_limit=pack_limit)
+    payloads = filled(config)
+    with Vault.open(load(config)) as vault:
+        on_n1 = [ref for ref in REFS if "us-n1" in manifest_of(vault, ref).nodes]
+    assert on_n1
+    with_node_state(config, "us-n1", "down")
+    with Vault.open(load(config)) as vault:
+        report = vault.repair(scrub=True)
+        assert (report.versions, report.rebuilt, report.problems) == (len(REFS), len(on_n1), ())
+        for ref in REFS:
+            nodes = manifest_of(vault, ref).nodes
+            assert "us-n1" not in nodes and len(set(nodes)) == K + M
+            assert max(spread(vault, ref).values()) <= M  # a whole facility can still go
+        reads_back_whole(vault, payloads)
+        again = vault.repair(scrub=True)
+        assert (again.rebuilt, again.problems) == (0, ())
+
+
+def test_damage_a_read_found_is_rebuilt_elsewhere_and_the_bad_copy_goes(tmp_path: Path) -> None:
+    config = deployment(tmp_path)
+    payloads = filled(config)
+    ref = REFS[7]
+    with Vault.open(load(config)) as vault:
+        path = shard_paths(vault, ref)[2]
+        damaged_node = manifest_of(vault, ref).nodes[2]
+        raw = bytearray(path.read_bytes())
+        raw[-3] ^= 0x10
+        path.write_bytes(bytes(raw))
+        assert vault.get(ref) == payloads[ref]  # and records the damage it read around
+        assert vault.cells["US"].catalog.damage()
+        catalog = vault.cells["US"].catalog
+        swaps: list[bool] = []
+        real_replace = catalog.replace_manifests
+
+        def replace(changes: Sequence[tuple[VersionRecord, bytes]], durable: bool = False) -> int:
+            swaps.append(durable)
+            return real_replace(changes, durable)
+
+        catalog.replace_manifests = replace  # type: ignore[method-assign]
+        report = vault.repair()  # no scrub: the versions reads found damaged
+        assert swaps == [True]  # the old copy goes next: the new node must be on disk first
+        assert (report.versions, report.rebuilt, report.problems) == (1, 1, ())
+        assert vault.cells["US"].catalog.damage() == []
+        assert manifest_of(vault, ref).nodes[2] != damaged_node
+        assert not path.exists()
+        reads_back_whole(vault, payloads)
+
+
+def test_only_a_scrub_finds_damage_nobody_read(tmp_path: Path) -> None:
+    config = deployment(tmp_path)
+    payloads = filled(config)
+    with Vault.open(load(config)) as vault:
+        shard_paths(vault, REFS[3])[0].unlink()
+        assert vault.repair().versions == 0
+        report = vault.repair(scrub=True)
+        assert (report.versions, report.rebuilt, report.problems) == (len(REFS), 1, ())
+        reads_back_whole(vault, payloads)
+
+
+def test_without_a_spare_node_the_shard_is_left_and_named(tmp_path: Path) -> None:
+    # pack files never reuse a shard name, so a shard is never rewritten in place
+    config = deployment(tmp_path, spares=False)
+    payloads = filled(config)
+    with Vault.open(load(config)) as vault:
+        shard_paths(vault, REFS[5])[1].unlink()
+        before = manifest_of(vault, REFS[5])
+        report = vault.repair(scrub=True)
+        assert report.rebuilt == 0
+        assert [p.split(":")[0] for p in report.problems] == ["intl/alice/k5 v1"]
+        assert "add a node" in report.problems[0]
+        assert manifest_of(vault, REFS[5]) == before
+        assert vault.get(REFS[5]) == payloads[REFS[5]]
+
+
+def test_more_than_m_bad_shards_are_named_and_nothing_changes(tmp_path: Path) -> None:
+    config = deployment(tmp_path)
+    filled(config)
+    with Vault.open(load(config)) as vault:
+        for path in shard_paths(vault, REFS[0])[: M + 1]:
+            path.unlink()
+        before = manifest_of(vault, REFS[0])
+        report = vault.repair(scrub=True)
+        assert report.problems == ("intl/alice/k0 v1: only 3 of 6 shards are good",)
+        assert manifest_of(vault, REFS[0]) == before
+
+
+def test_a_version_changed_meanwhile_keeps_its_manifest_and_loses_the_rebuilt_copies(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = deployment(tmp_path)
+    payloads = filled(config)
+    with Vault.open(load(config)) as vault:
+        shard_paths(vault, REFS[4])[3].unlink()
+        before = manifest_of(vault, REFS[4])
+        catalog: Catalog = vault.cells["US"].catalog
+        monkeypatch.setattr(catalog, "replace_manifests", lambda changes, durable=False: 0)
+        report = vault.repair(scrub=True)
+        assert [p.split(": ")[1] for p in report.problems] == [
+            "it changed while being repaired; repair again"
+        ]
+        assert manifest_of(vault, REFS[4]) == before
+        stores = vault.cells["US"].stores.values()
+        held = [name for store in stores for name in store.names()]
+        assert sum(name.startswith(before.object_id.hex()) for name in held) == K + M - 1
+        monkeypatch.undo()
+        assert vault.repair(scrub=True).rebuilt == 1
+        reads_back_whole(vault, payloads)
+
+
+def test_the_cli_repairs_and_exits_1_naming_what_it_could_not(tmp_path: Path) -> None:
+    config = deployment(tmp_path)
+    filled(config)
+    with Vault.open(load(config)) as vault:
+        shard_paths(vault, REFS[1])[0].unlink()
+        for path in shard_paths(vault, REFS[2])[:3]:
+            path.unlink()
+    command = [sys.executable, "-m", "shardvault.cli.app", "--config", str(config), "repair"]
+    done = subprocess.run([*command, "--scrub", "--json"], capture_output=True, text=True)
+    assert done.returncode == 1, done.stderr
+    assert '"rebuilt": 1' in done.stdout and "intl/alice/k2 v1: only 3 of 6" in done.stderr
+    assert "Traceback" not in done.stderr

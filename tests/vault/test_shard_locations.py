@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from shardvault.model import ObjectRef
 from shardvault.nodes.localdir import LocalDirShardStore
 from shardvault.nodes.packs import PackSet
 from shardvault.nodes.port import shard_name
-from shardvault.vault import Vault
+from shardvault.vault import Vault, gc
 
 REFS = [ObjectRef("intl", "alice", f"notes/{i}") for i in range(20)]
 
@@ -155,3 +156,24 @@ def test_counting_shards_leaves_the_pack_a_writer_appends_to(tmp_path: Path) -> 
             vault.node_usage()
     packs = sorted((tmp_path / "deploy").rglob("*.pack"))
     assert len(packs) == 6  # one per node of the cell
+
+
+def test_gc_holds_moves_on_disk_and_gives_them_back_a_version_at_a_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # held in a dict they took about 0.5 KB each: 222 MiB for a gc folding 50,000
+    # small objects' packs; each version must still be rewritten once, all nodes at once
+    monkeypatch.setattr(gc, "_RELOCATE_BATCH", 2)
+    ids = [bytes([i]) * 16 for i in (5, 1, 3)]
+    with contextlib.closing(gc._Moves()) as moves:
+        for node, index in (("us-n1", 0), ("us-n2", 1)):
+            moves.add(node, {shard_name(i, 1, index): f"{node}:{i[0]}" for i in ids})
+        moves.add("us-n3", {shard_name(ids[0], 2, 4): "p:9"})
+        batches = list(moves.by_version())
+        assert moves.count == 7
+    assert batches == [
+        {(ids[1], 1): {0: ("us-n1", "us-n1:1"), 1: ("us-n2", "us-n2:1")},
+         (ids[2], 1): {0: ("us-n1", "us-n1:3"), 1: ("us-n2", "us-n2:3")}},
+        {(ids[0], 1): {0: ("us-n1", "us-n1:5"), 1: ("us-n2", "us-n2:5")},
+         (ids[0], 2): {4: ("us-n3", "p:9")}},
+    ]  # fmt: skip

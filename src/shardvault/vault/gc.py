@@ -15,15 +15,20 @@ Each node in turn is swept, then compacts its packs and lets go of what it
 learned of its shards, so one node's names are in memory at a time. Last, the
 manifests of the shards compaction moved are given their new locations:
 without that, every process reading one of them would have to index the
-node's packs (nodes/packs.py).
+node's packs (nodes/packs.py). Until then the moves wait in a private
+temporary SQLite database (`_Moves`), not in memory, and each version is
+rewritten once, however many of its nodes moved it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+import sqlite3
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 
 from shardvault.catalog.port import VersionRecord
+from shardvault.errors import StorageError
 from shardvault.manifest import Manifest
 from shardvault.nodes.port import ShardStore, object_id_of, parse_shard_name, shard_name
 from shardvault.objectid import minted_after
@@ -111,16 +116,15 @@ def collect_cell(cell: Cell, cutoff: float, started: float, n: int) -> GcReport:
     versions, shards = collect_claimed(cell, n, cutoff, started)
     cell.catalog.note_sweep(cutoff)  # from here, unreserved shards minted by then cannot commit
     orphans = temporaries = 0
-    moved = {}
-    for node, store in cell.usable_stores().items():  # one at a time: one node's names in memory
-        swept, stale, moved[node] = _sweep_node(cell, store, cutoff)
-        orphans += swept
-        temporaries += stale
-    relocate(cell, moved)
+    with contextlib.closing(_Moves()) as moves:
+        for node, store in cell.usable_stores().items():  # one at a time: one node's names held
+            swept, stale, moved = _sweep_node(cell, store, cutoff)
+            orphans += swept
+            temporaries += stale
+            moves.add(node, moved)
+        relocate(cell, moves)
     unavailable = tuple(cell.unavailable_nodes())
-    return GcReport(
-        versions, shards, orphans, temporaries, unavailable, sum(map(len, moved.values()))
-    )
+    return GcReport(versions, shards, orphans, temporaries, unavailable, moves.count)
 
 
 def _sweep_node(cell: Cell, store: ShardStore, cutoff: float) -> tuple[int, int, dict[str, str]]:
@@ -145,18 +149,63 @@ def _sweep_node(cell: Cell, store: ShardStore, cutoff: float) -> tuple[int, int,
     return orphans, temporaries, moved
 
 
-def relocate(cell: Cell, moved: dict[str, dict[str, str]]) -> None:
-    """Give the manifests of shards a compaction moved (node -> name -> location) their
-    new locations: one update per version, however many of its nodes moved it."""
-    wanted: dict[tuple[bytes, int], dict[int, tuple[str, str]]] = {}
-    for node, names in moved.items():
-        for name, location in names.items():
-            object_id, version, index = parse_shard_name(name)
-            wanted.setdefault((object_id, version), {})[index] = (node, location)
-    keys = list(wanted)
-    for start in range(0, len(keys), _RELOCATE_BATCH):
-        chunk = keys[start : start + _RELOCATE_BATCH]
-        records = cell.catalog.versions_with({object_id for object_id, _ in chunk})
+class _Moves:
+    """Where compaction moved shards, until their manifests are told.
+
+    Rows of a private temporary SQLite database (on disk once past its page
+    cache) rather than a dict: held in memory, about 0.5 KB a move, a gc folding
+    the packs of 50,000 small objects from 100 writers peaked at 222 MiB.
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+        with _temporary_storage():
+            self._db = sqlite3.connect("")  # "": private, deleted when closed
+            self._db.execute(
+                "CREATE TABLE moved (object_id BLOB, version INTEGER, shard INTEGER, node TEXT,"
+                " location TEXT)"
+            )
+
+    def add(self, node: str, moved: dict[str, str]) -> None:
+        rows = ((*parse_shard_name(name), node, location) for name, location in moved.items())
+        with _temporary_storage():
+            self._db.executemany("INSERT INTO moved VALUES (?, ?, ?, ?, ?)", rows)
+        self.count += len(moved)
+
+    def by_version(self) -> Iterator[dict[tuple[bytes, int], dict[int, tuple[str, str]]]]:
+        """Batches of up to `_RELOCATE_BATCH` versions: (object id, version) -> shard
+        index -> (node, new location)."""
+        batch: dict[tuple[bytes, int], dict[int, tuple[str, str]]] = {}
+        with _temporary_storage():  # rows stream from disk: the sort is SQLite's
+            rows = self._db.execute("SELECT * FROM moved ORDER BY object_id, version")
+            for object_id, version, shard, node, location in rows:
+                key = (object_id, version)
+                if key not in batch and len(batch) == _RELOCATE_BATCH:
+                    yield batch
+                    batch = {}
+                batch.setdefault(key, {})[shard] = (node, location)
+        if batch:
+            yield batch
+
+    def close(self) -> None:
+        self._db.close()
+
+
+@contextlib.contextmanager
+def _temporary_storage() -> Iterator[None]:
+    """A failure of the temporary database (its disk full, say) as a StorageError: the
+    shards stay where compaction put them, and readers of them look them up."""
+    try:
+        yield
+    except sqlite3.Error as exc:
+        raise StorageError(f"gc could not hold where it moved shards: {exc}") from exc
+
+
+def relocate(cell: Cell, moves: _Moves) -> None:
+    """Give the manifests of the shards a compaction moved their new locations: one
+    update per version, however many of its nodes moved it."""
+    for wanted in moves.by_version():
+        records = cell.catalog.versions_with({object_id for object_id, _ in wanted})
         changes = []
         for record in records:
             new = wanted.get((record.object_id, record.version))

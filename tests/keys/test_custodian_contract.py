@@ -235,6 +235,25 @@ def test_keyring_that_is_a_directory_is_named(tmp_path: Path) -> None:
         KeyringCustodian(path)
 
 
+@pytest.mark.parametrize(
+    "doc",
+    [
+        {"format": "shardvault-keyring", "version": 2},
+        {"format": "shardvault-keyring", "version": 2, "roots": ["intl/US"]},
+        {"format": "shardvault-keyring", "version": 2, "roots": {"intl/US": "not base64!"}},
+        {"format": "shardvault-keyring", "version": 1, "roots": {}},
+        {"format": "shardvault-keyring", "version": 1, "roots": {}, "destroyed": ["kid"]},
+    ],
+)
+def test_a_damaged_keyring_is_a_one_line_config_error(tmp_path: Path, doc: object) -> None:
+    # a missing or malformed field was a bare KeyError or TypeError out of the loader
+    path = keyring_at(tmp_path)
+    path.write_text(json.dumps(doc))
+    with pytest.raises(ConfigError, match=r"keyring .* is damaged") as refused:
+        KeyringCustodian(path)
+    assert "\n" not in str(refused.value)
+
+
 def test_keyring_of_unknown_version_is_refused(tmp_path: Path) -> None:
     path = keyring_at(tmp_path)
     doc = json.loads(path.read_text())

@@ -81,9 +81,20 @@ class KeyringCustodian:
                 f"keyring {self.path} has format version {doc.get('version')}; "
                 f"this shardvault reads versions {' and '.join(map(str, READS))}"
             )
-        for label, b64 in doc["roots"].items():
-            self._roots.setdefault(label, base64.b64decode(b64))
-        return doc["destroyed"] if doc["version"] == 1 else None
+        try:
+            roots = {
+                label: base64.b64decode(b64, validate=True) for label, b64 in doc["roots"].items()
+            }
+            destroyed: V1Tombstones | None = doc["destroyed"] if doc["version"] == 1 else None
+            if destroyed is not None and not isinstance(destroyed, dict):
+                raise TypeError("'destroyed' is not a map")
+        except (KeyError, AttributeError, TypeError, ValueError) as exc:
+            raise ConfigError(
+                f"keyring {self.path} is damaged: {type(exc).__name__} {exc}"
+            ) from None
+        for label, root in roots.items():
+            self._roots.setdefault(label, root)
+        return destroyed
 
     @contextmanager
     def _flocked(self) -> Iterator[None]:

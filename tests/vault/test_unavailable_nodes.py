@@ -8,11 +8,21 @@ from pathlib import Path
 
 import pytest
 
-from conftest import manifest_of
+from conftest import make_deployment, manifest_of
 from shardvault.config import Config, load
-from shardvault.errors import StorageError
+from shardvault.errors import TooFewNodes
 from shardvault.model import ObjectRef
 from shardvault.vault import Vault
+
+SPARE = """
+[[nodes]]
+id = "{node}"
+jurisdiction = "US"
+facility = "{facility}"
+backend = "local"
+pack_limit = 0
+path = "nodes/US/{node}"
+"""
 
 
 def break_node(config: Config, node_id: str) -> None:
@@ -49,9 +59,28 @@ def test_reads_go_around_a_node_whose_directory_is_broken(
         assert (usage[first].shards, usage[first].bytes_used) == (0, 0)
         assert all(not u.unavailable for node, u in usage.items() if node != first)
         # every put in the US cell needs all six of its nodes: refused, naming the node
-        with pytest.raises(StorageError, match=f"node {first} is unavailable"):
+        with pytest.raises(TooFewNodes, match=f"5 active nodes of 6.*unavailable: {first} "):
             again.put(ObjectRef("intl", "alice", "new"), b"x")
         assert again.get(alice) == data  # the refused put changed nothing
+
+
+def test_puts_go_around_a_broken_node_while_the_cell_has_enough_others(tmp_path: Path) -> None:
+    # a put placed on it failed: with one disk of a larger cell gone, every put whose
+    # stripe ranked that node was refused, though enough other nodes were there
+    def spare(text: str) -> str:
+        return text + SPARE.format(node="us-n7", facility="us-fac-1")
+
+    config_path = make_deployment(tmp_path / "deploy", edit=spare)
+    (tmp_path / "deploy" / "nodes" / "US" / "us-n7").mkdir()
+    break_node(load(config_path), "us-n2")
+    with reopen(config_path) as vault:
+        vault.register_subject("intl", "alice", "US")
+        refs = [ObjectRef("intl", "alice", f"k{i}") for i in range(12)]
+        for ref in refs:
+            vault.put(ref, ref.key.encode())
+        for ref in refs:
+            assert "us-n2" not in manifest_of(vault, ref).nodes
+            assert vault.get(ref) == ref.key.encode()
 
 
 def test_gc_skips_a_broken_node_and_says_so(

@@ -6,7 +6,7 @@ This is the wiring module: the only place that names adapters.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from shardvault.catalog.memory import MemoryCatalog
@@ -18,7 +18,7 @@ from shardvault.keys.keyring import KeyringCustodian
 from shardvault.keys.memory import MemoryCustodian
 from shardvault.keys.port import KeyCustodian
 from shardvault.keys.rootkey import CustodianGate
-from shardvault.model import NodeSpec
+from shardvault.model import NodeSpec, NodeState
 from shardvault.nodes.localdir import LocalDirShardStore
 from shardvault.nodes.marker import claim
 from shardvault.nodes.memory import MemoryShardStore
@@ -32,6 +32,7 @@ class Cell:
     catalog: Catalog
     nodes: list[NodeSpec]
     stores: dict[str, ShardStore] = field(default_factory=dict)
+    _placeable: list[NodeSpec] | None = field(default=None, init=False, repr=False)
 
     def store(self, node_id: str) -> ShardStore:
         """The node's store; one the config no longer lists reads as unavailable."""
@@ -50,6 +51,25 @@ class Cell:
 
     def unavailable_nodes(self) -> list[str]:
         return sorted(set(self.stores) - set(self.usable_stores()))
+
+    def placeable_nodes(self) -> list[NodeSpec]:
+        """The nodes as placement should see them: one whose store could not be opened
+        counts as down, so writes go to the others while the cell has enough."""
+        if self._placeable is None:
+            usable = self.usable_stores()
+            self._placeable = [
+                node if node.id in usable else replace(node, state=NodeState.DOWN)
+                for node in self.nodes
+            ]
+        return self._placeable
+
+    def unavailable_reasons(self) -> str:
+        """'node (why), ...' for the nodes whose stores could not be opened."""
+        return ", ".join(
+            f"{node} ({store.reason})"
+            for node, store in sorted(self.stores.items())
+            if isinstance(store, UnavailableStore)
+        )
 
 
 def open_store(node: NodeSpec) -> ShardStore:

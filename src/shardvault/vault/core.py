@@ -39,6 +39,7 @@ from shardvault.errors import (
     InvalidInput,
     NotFound,
     SubjectForgotten,
+    TooFewNodes,
     WriteRaced,
 )
 from shardvault.governance.guard import Access, Governance
@@ -48,6 +49,7 @@ from shardvault.keys.port import KeyCustodian, KeyScope
 from shardvault.manifest import Manifest
 from shardvault.model import (
     Justification,
+    NodeSpec,
     ObjectInfo,
     ObjectRef,
     RequestContext,
@@ -349,8 +351,7 @@ class Vault:
         """Write one version: reserved first, unless `version` is the one to try unreserved."""
         reserve = version is None
         cell = self.cells[subject.jurisdiction]
-        seed = placement_seed(ref)
-        nodes = place_stripe(seed, cell.nodes, subject.jurisdiction, self.code.k, self.code.m)
+        nodes = _placed(cell, placement_seed(ref), self.code)
         object_id = new_object_id(self._clock())
         created = minted_at(object_id)
         if version is None:
@@ -657,6 +658,17 @@ class _AnsweredAfterAudit:
             return
         with contextlib.suppress(AuditUnavailable):
             self._access.wait_audited()
+
+
+def _placed(cell: Cell, seed: bytes, code: ErasureCode) -> list[NodeSpec]:
+    """The stripe's nodes, among those whose stores could be opened; too few names them."""
+    try:
+        return place_stripe(seed, cell.placeable_nodes(), cell.jurisdiction, code.k, code.m)
+    except TooFewNodes as exc:
+        unavailable = cell.unavailable_reasons()
+        if not unavailable:
+            raise
+        raise TooFewNodes(f"{exc}; unavailable: {unavailable}") from None
 
 
 def _check_version(version: int | None) -> None:

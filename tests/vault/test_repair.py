@@ -15,6 +15,7 @@ from conftest import SEGMENT, make_deployment, manifest_of, shard_paths
 from shardvault.catalog.port import Catalog, VersionRecord
 from shardvault.config import load
 from shardvault.model import ObjectRef
+from shardvault.nodes.port import shard_name
 from shardvault.vault import Vault
 
 K, M = 4, 2
@@ -167,13 +168,22 @@ def test_more_than_m_bad_shards_are_named_and_nothing_changes(tmp_path: Path) ->
         assert manifest_of(vault, REFS[0]) == before
 
 
+def lose(vault: Vault, ref: ObjectRef, index: int) -> None:
+    """Delete one shard of ref's current version from its node, packed or not."""
+    manifest = manifest_of(vault, ref)
+    store = vault.cells["US"].store(manifest.nodes[index])
+    assert store.delete(shard_name(manifest.object_id, 1, index), manifest.location(index))
+    store.sync()
+
+
+@pytest.mark.parametrize("pack_limit", [0, 64 << 10])
 def test_a_version_changed_meanwhile_keeps_its_manifest_and_loses_the_rebuilt_copies(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pack_limit: int
 ) -> None:
-    config = deployment(tmp_path)
+    config = deployment(tmp_path, pack_limit=pack_limit)
     payloads = filled(config)
     with Vault.open(load(config)) as vault:
-        shard_paths(vault, REFS[4])[3].unlink()
+        lose(vault, REFS[4], 3)
         before = manifest_of(vault, REFS[4])
         catalog: Catalog = vault.cells["US"].catalog
         monkeypatch.setattr(catalog, "replace_manifests", lambda changes, durable=False: 0)
@@ -182,11 +192,18 @@ def test_a_version_changed_meanwhile_keeps_its_manifest_and_loses_the_rebuilt_co
             "it changed while being repaired; repair again"
         ]
         assert manifest_of(vault, REFS[4]) == before
-        stores = vault.cells["US"].stores.values()
-        held = [name for store in stores for name in store.names()]
+        stores = vault.cells["US"].stores
+        held = [name for store in stores.values() for name in store.names()]
         assert sum(name.startswith(before.object_id.hex()) for name in held) == K + M - 1
+        # a pack keeps the undone copy's tombstone: its name is never written there again
+        name = shard_name(before.object_id, 1, 3)
+        traced = {
+            n for n, store in stores.items() if n not in before.nodes and store.has_trace(name)
+        }
+        assert len(traced) == (1 if pack_limit else 0)
         monkeypatch.undo()
         assert vault.repair(scrub=True).rebuilt == 1
+        assert manifest_of(vault, REFS[4]).nodes[3] not in traced
         reads_back_whole(vault, payloads)
 
 

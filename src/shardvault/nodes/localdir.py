@@ -240,6 +240,14 @@ class LocalDirShardStore:
             self.owe_sync(self.packs.group.note_write())
         return deleted
 
+    def has_trace(self, name: str) -> bool:
+        if os.path.lexists(self._shard_file(name)):
+            return True
+        try:
+            return self.packs.has_trace(name)
+        except OSError as exc:
+            raise _storage_error(self.node_id, "reading packs", exc) from exc
+
     def names(self) -> Iterator[str]:
         found = {path.name for path in self.shard_dir.glob("*/*/*")}
         found.update(self.packs.names())

@@ -61,6 +61,11 @@ class MemoryShardStore:
         with self.lock:
             return self.shards.pop(check_shard_name(name), None) is not None
 
+    def has_trace(self, name: str) -> bool:
+        """A deleted name leaves nothing here, so it may be written again."""
+        with self.lock:
+            return check_shard_name(name) in self.shards
+
     def names(self) -> Iterator[str]:
         with self.lock:
             return iter(sorted(self.shards))

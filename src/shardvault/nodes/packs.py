@@ -252,6 +252,12 @@ class PackSet:
                 found = self._index.get(name)
             return found
 
+    def has_trace(self, name: str) -> bool:
+        """Whether a record or a tombstone of this name is in the packs, as of now."""
+        with self._lock:
+            self.refresh()
+            return name in self._index or name in self._dead
+
     def at(self, name: str, location: str) -> PackedShard | None:
         """The shard at a location its manifest kept, if the record there is whole and
         names it; None if not (a compaction moved it, or the location is bad), and the

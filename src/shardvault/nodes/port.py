@@ -81,6 +81,11 @@ class ShardStore(Protocol):
     def names(self) -> Iterator[str]:
         """Every committed shard name on this node."""
 
+    def has_trace(self, name: str) -> bool:
+        """Whether the node holds the shard, or a record of its deletion. A node is given
+        a name at most once (pack files rely on it: nodes/packs.py), so repair writes a
+        rebuilt shard only to a node where its name has no trace."""
+
     def sync(self) -> None:
         """Make every shard committed with ``durable=False`` on this store durable."""
 

@@ -12,11 +12,12 @@ configured, or unavailable).
 A bad shard is rebuilt whole, segment by segment: k good blocks are decoded
 and the segment encoded again, and every rebuilt block must hash to the
 manifest's, so repair never writes a block that did not verify. It goes to a
-node of the same cell that is active, holds no shard of the version, and
-keeps at most m of the stripe's shards per facility whenever the cell allows
-(the placement rule, ranked as placement ranks). It is never written in place:
-pack files never reuse a shard name (nodes/packs.py), so a cell with no such
-node leaves the shard as it is and says so. The manifest is replaced, durably,
+node of the same cell that is active, holds no shard of the version, has
+never held that shard's name (`ShardStore.has_trace`: pack files never reuse
+a name, nodes/packs.py), and keeps at most m of the stripe's shards per
+facility whenever the cell allows (the placement rule, ranked as placement
+ranks). So it is never written in place, and a cell with no such node leaves
+the shard as it is and says so. The manifest is replaced, durably,
 only if it is still the one that was read (a delete, a gc or another repair
 meanwhile wins, and the rebuilt copies go); only then do the bad copies go,
 from nodes that can be reached.
@@ -178,20 +179,29 @@ def _block(reader: ShardReader, manifest: Manifest, segment: int, index: int) ->
 
 def _targets(cell: Cell, manifest: Manifest, bad: list[int]) -> dict[int, NodeSpec] | None:
     """A new node for each bad shard (see the module docstring), or None if not enough."""
-    active = _active(cell)
     facility = {node.id: node.facility for node in cell.nodes}
     used = Counter(facility.get(manifest.nodes[i]) for i in range(manifest.n) if i not in bad)
-    spare = [node for node in active.values() if node.id not in manifest.nodes]
-    if len(spare) < len(bad):
-        return None
+    spare = [node for node in _active(cell).values() if node.id not in manifest.nodes]
     ranked = rank_nodes(placement_seed(manifest.ref), spare)
-    chosen: list[NodeSpec] = []
-    for node in ranked:  # the facility rule first, as placement keeps it
-        if len(chosen) < len(bad) and used[node.facility] < manifest.m:
-            chosen.append(node)
-            used[node.facility] += 1
-    chosen += [node for node in ranked if node not in chosen][: len(bad) - len(chosen)]
-    return dict(zip(bad, chosen, strict=True))
+    chosen: dict[int, NodeSpec] = {}
+    for index in bad:
+        name = shard_name(manifest.object_id, manifest.version, index)
+        fresh = [n for n in ranked if n not in chosen.values() and _untouched(cell, n, name)]
+        if not fresh:
+            return None
+        node = next((n for n in fresh if used[n.facility] < manifest.m), fresh[0])
+        chosen[index] = node
+        used[node.facility] += 1
+    return chosen
+
+
+def _untouched(cell: Cell, node: NodeSpec, name: str) -> bool:
+    """Whether the node never held this shard name: no copy, no record of a delete
+    (an earlier repair's, interrupted or undone)."""
+    try:
+        return not cell.store(node.id).has_trace(name)
+    except (ShardvaultError, OSError):
+        return False
 
 
 def _rebuild(

@@ -485,6 +485,20 @@ def test_damage_log(catalog: Catalog) -> None:
     assert catalog.clear_damage(REF, 1) == 0
 
 
+def test_stale_nodes_are_noted_and_cleared_unless_noted_again(catalog: Catalog) -> None:
+    assert catalog.stale_nodes() == {}
+    catalog.note_stale("us-n1", 5.0)
+    catalog.note_stale("us-n1", 3.0)  # an older note does not move it back
+    catalog.note_stale("us-n2", 4.0)
+    assert catalog.stale_nodes() == {"us-n1": 5.0, "us-n2": 4.0}
+    catalog.clear_stale("us-n1", 4.0)  # noted again after the sweep began: kept
+    catalog.clear_stale("us-n2", 4.0)
+    assert catalog.stale_nodes() == {"us-n1": 5.0}
+    catalog.clear_stale("us-n1", 5.0)
+    catalog.clear_stale("us-n9", 5.0)  # never noted: nothing to do
+    assert catalog.stale_nodes() == {}
+
+
 def test_committed_after_walks_committed_versions_in_object_id_order(catalog: Catalog) -> None:
     refs = [ObjectRef("intl", "alice", f"k{i}") for i in range(7)]
     for number, ref in zip([5, 3, 9, 1, 7, 2, 8], refs, strict=True):
@@ -555,10 +569,12 @@ def test_sqlite_migrates_a_first_schema_catalog_forward(tmp_path: Path) -> None:
         for record in catalog.claim_collectable(0.0):
             catalog.purge([(record.ref, record.version)])
         assert next_version(catalog) == 3  # the third schema's record of collected numbers
+        catalog.note_stale("us-n1", 7.0)  # the fifth schema's record of stale nodes
+        assert catalog.stale_nodes() == {"us-n1": 7.0}
     finally:
         catalog.close()
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
         plan = db.execute(
             "EXPLAIN QUERY PLAN SELECT * FROM versions WHERE object_id IN (?)", (oid(1),)
         ).fetchall()

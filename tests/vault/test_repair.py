@@ -219,3 +219,39 @@ def test_the_cli_repairs_and_exits_1_naming_what_it_could_not(tmp_path: Path) ->
     assert done.returncode == 1, done.stderr
     assert '"rebuilt": 1' in done.stdout and "intl/alice/k2 v1: only 3 of 6" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("pack_limit", [0, 64 << 10])
+def test_copies_left_on_a_node_that_was_unreachable_go_once_it_is_back(
+    tmp_path: Path, pack_limit: int
+) -> None:
+    # repair could not delete them, no manifest names them, and gc's orphan sweep kept
+    # them for good, since it knows their object ids: a returning disk's worth leaked
+    config = deployment(tmp_path, pack_limit=pack_limit)
+    payloads = filled(config)
+    node_dir = tmp_path / "deploy" / "nodes" / "US" / "us-n1"
+    node_dir.rename(tmp_path / "aside")
+    with Vault.open(load(config)) as vault:
+        report = vault.repair(scrub=True)
+        assert report.rebuilt > 0 and report.problems == ()
+        assert set(vault.cells["US"].catalog.stale_nodes()) == {"us-n1"}
+    (tmp_path / "aside").rename(node_dir)
+    with Vault.open(load(config)) as vault:
+        cell = vault.cells["US"]
+        later = {ObjectRef("intl", "alice", f"later/{i}"): os.urandom(5000) for i in range(8)}
+        for ref, data in later.items():  # some on us-n1, named there: these stay
+            vault.put(ref, data)
+        payloads.update(later)
+        with cell.maintenance(wait=True):  # a repair under way: gc leaves the check for later
+            assert vault.gc(grace_seconds=0).stale == 0
+        assert set(cell.catalog.stale_nodes()) == {"us-n1"}
+        assert vault.gc(grace_seconds=0).stale == report.rebuilt
+        assert cell.catalog.stale_nodes() == {}
+        named = {
+            shard_name(m.object_id, m.version, i)
+            for m in (manifest_of(vault, ref) for ref in payloads)
+            for i, node in enumerate(m.nodes)
+            if node == "us-n1"
+        }
+        assert named and set(cell.store("us-n1").names()) == named
+        reads_back_whole(vault, payloads)

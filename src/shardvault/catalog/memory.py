@@ -19,6 +19,7 @@ class MemoryCatalog:
         self._versions: dict[ObjectRef, dict[int, VersionRecord]] = {}
         self._damage: list[DamageRecord] = []
         self._swept_until = 0.0
+        self._stale: dict[str, float] = {}
         self._retired: dict[ObjectRef, int] = {}  # the last number of each collected key
 
     def add_subject(self, record: SubjectRecord) -> None:
@@ -261,6 +262,19 @@ class MemoryCatalog:
             kept = [d for d in self._damage if (d.ref, d.version) != (ref, version)]
             cleared, self._damage = len(self._damage) - len(kept), kept
         return cleared
+
+    def note_stale(self, node: str, when: float) -> None:
+        with self._lock:
+            self._stale[node] = max(self._stale.get(node, when), when)
+
+    def stale_nodes(self) -> dict[str, float]:
+        with self._lock:
+            return dict(self._stale)
+
+    def clear_stale(self, node: str, noted_until: float) -> None:
+        with self._lock:
+            if self._stale.get(node, math.inf) <= noted_until:
+                del self._stale[node]
 
     def damage(self) -> list[DamageRecord]:
         with self._lock:

@@ -172,6 +172,17 @@ class Catalog(Protocol):
 
     def record_damage(self, damage: DamageRecord) -> None: ...
 
+    def note_stale(self, node: str, when: float) -> None:
+        """Remember that the node may hold shards no manifest names: repair moved them
+        off it while it could not be reached. gc checks such a node's shards against
+        the manifests once it can (`stale_nodes`, then `clear_stale`)."""
+
+    def stale_nodes(self) -> dict[str, float]:
+        """Nodes noted stale, with when they were last noted."""
+
+    def clear_stale(self, node: str, noted_until: float) -> None:
+        """Forget the note, unless it was made again after ``noted_until``."""
+
     def damage(self) -> list[DamageRecord]: ...
 
     def close(self) -> None: ...

@@ -75,6 +75,9 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX versions_object ON versions (object_id);
     CREATE INDEX damage_version ON damage (tenant, subject, key, version);
     """,
+    """
+    CREATE TABLE stale_nodes (node TEXT PRIMARY KEY, noted_at REAL NOT NULL);
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -605,6 +608,23 @@ class SqliteCatalog:
                 "DELETE FROM damage WHERE tenant = ? AND subject = ? AND key = ? AND version = ?",
                 (ref.tenant, ref.subject, ref.key, version),
             ).rowcount
+
+    def note_stale(self, node: str, when: float) -> None:
+        with self._transaction() as db:  # durable: a lost note is a shard leaked for good
+            db.execute(
+                "INSERT INTO stale_nodes VALUES (?, ?) ON CONFLICT (node)"
+                " DO UPDATE SET noted_at = MAX(noted_at, excluded.noted_at)",
+                (node, when),
+            )
+
+    def stale_nodes(self) -> dict[str, float]:
+        return dict(self._query("SELECT node, noted_at FROM stale_nodes"))
+
+    def clear_stale(self, node: str, noted_until: float) -> None:
+        with self._transaction(durable=False) as db:
+            db.execute(
+                "DELETE FROM stale_nodes WHERE node = ? AND noted_at <= ?", (node, noted_until)
+            )
 
     def damage(self) -> list[DamageRecord]:
         rows = self._query(

@@ -154,7 +154,8 @@ def gc(
         say(
             f"collected {report.versions} version(s), {report.shards} shard(s), "
             f"{report.orphans} orphan(s), {report.temporaries} temporary file(s); "
-            f"moved {report.moved} shard(s) to compact packs"
+            f"moved {report.moved} shard(s) to compact packs; "
+            f"removed {report.stale} stale copy(ies) repair had replaced"
         )
     if report.skipped_nodes:
         warn(

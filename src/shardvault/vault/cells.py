@@ -5,7 +5,10 @@ This is the wiring module: the only place that names adapters.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import fcntl
+import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -32,6 +35,7 @@ class Cell:
     catalog: Catalog
     nodes: list[NodeSpec]
     stores: dict[str, ShardStore] = field(default_factory=dict)
+    maintenance_lock: Path | None = None
     _placeable: list[NodeSpec] | None = field(default=None, init=False, repr=False)
 
     def store(self, node_id: str) -> ShardStore:
@@ -51,6 +55,26 @@ class Cell:
 
     def unavailable_nodes(self) -> list[str]:
         return sorted(set(self.stores) - set(self.usable_stores()))
+
+    @contextlib.contextmanager
+    def maintenance(self, wait: bool) -> Iterator[bool]:
+        """Repair and gc's check of stale nodes take turns, across processes: gc could
+        take for stale a shard repair has written and not yet named. Yields whether it
+        is held (always, if ``wait``)."""
+        if self.maintenance_lock is None:
+            yield True
+            return
+        self.maintenance_lock.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.maintenance_lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            yield True
+        finally:
+            os.close(fd)  # releases the flock
 
     def placeable_nodes(self) -> list[NodeSpec]:
         """The nodes as placement should see them: one whose store could not be opened
@@ -111,6 +135,7 @@ def open_cells(config: Config, catalogs: CatalogFactory) -> dict[str, Cell]:
             catalog=catalogs(code),
             nodes=nodes,
             stores={node.id: open_store(node) for node in nodes},
+            maintenance_lock=config.state_dir / "cells" / code / "maintenance.lock",
         )
     return cells
 

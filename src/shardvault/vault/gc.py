@@ -9,7 +9,10 @@ before the catalog knows them (no reservation), so the sweep first notes its
 cutoff in the catalog: such a put's commit then refuses shards minted before it
 and writes them again (shardvault.objectid). A node that is unavailable is
 skipped and named in the report: what it holds of collected versions becomes
-an orphan there, which a later sweep takes once the node is back.
+an orphan there, which a later sweep takes once the node is back. On a node
+repair noted stale (it rebuilt shards elsewhere while the node could not be
+reached), the sweep also deletes what no manifest names there, unless a repair
+holds the cell's maintenance lock.
 
 Each node in turn is swept, then compacts its packs and lets go of what it
 learned of its shards, so one node's names are in memory at a time. Last, the
@@ -43,6 +46,7 @@ class GcReport:
     temporaries: int = 0
     skipped_nodes: tuple[str, ...] = ()  # unavailable: nothing on them was collected
     moved: int = 0  # shards a compaction moved, their manifests told where
+    stale: int = 0  # copies repair moved elsewhere while their node was unreachable
 
     def __add__(self, other: GcReport) -> GcReport:
         return GcReport(
@@ -52,6 +56,7 @@ class GcReport:
             self.temporaries + other.temporaries,
             self.skipped_nodes + other.skipped_nodes,
             self.moved + other.moved,
+            self.stale + other.stale,
         )
 
 
@@ -115,25 +120,33 @@ def _sync(stores: Iterable[ShardStore]) -> None:
 def collect_cell(cell: Cell, cutoff: float, started: float, n: int) -> GcReport:
     versions, shards = collect_claimed(cell, n, cutoff, started)
     cell.catalog.note_sweep(cutoff)  # from here, unreserved shards minted by then cannot commit
-    orphans = temporaries = 0
-    with contextlib.closing(_Moves()) as moves:
+    orphans = temporaries = stale_copies = 0
+    noted = cell.catalog.stale_nodes()
+    with contextlib.closing(_Moves()) as moves, cell.maintenance(wait=False) as turn:
         for node, store in cell.usable_stores().items():  # one at a time: one node's names held
-            swept, stale, moved = _sweep_node(cell, store, cutoff)
+            check = turn and node in noted  # not while a repair runs: see Cell.maintenance
+            swept, stale, moved, removed = _sweep_node(cell, store, cutoff, check)
             orphans += swept
             temporaries += stale
+            stale_copies += removed
             moves.add(node, moved)
+            if check:
+                cell.catalog.clear_stale(node, noted[node])
         relocate(cell, moves)
     unavailable = tuple(cell.unavailable_nodes())
-    return GcReport(versions, shards, orphans, temporaries, unavailable, moves.count)
+    return GcReport(versions, shards, orphans, temporaries, unavailable, moves.count, stale_copies)
 
 
-def _sweep_node(cell: Cell, store: ShardStore, cutoff: float) -> tuple[int, int, dict[str, str]]:
-    """One node's orphans and temporaries, then its compaction: (orphans, temporaries,
-    moved). The store then lets go of what it learned of its shards meanwhile."""
+def _sweep_node(
+    cell: Cell, store: ShardStore, cutoff: float, check_stale: bool
+) -> tuple[int, int, dict[str, str], int]:
+    """One node's orphans, temporaries and (``check_stale``) copies no manifest names,
+    then its compaction: (orphans, temporaries, moved, stale copies). The store then
+    lets go of what it learned of its shards meanwhile."""
     # List shards before reading the known ids: a reserved shard was reserved
     # before it was written, and an unreserved one committed by now is known.
     names = list(store.names())
-    orphans = 0
+    orphans = stale = 0
     for start in range(0, len(names), _ORPHAN_BATCH):
         chunk = names[start : start + _ORPHAN_BATCH]
         batch = {name: bytes.fromhex(object_id_of(name)) for name in chunk}
@@ -142,11 +155,39 @@ def _sweep_node(cell: Cell, store: ShardStore, cutoff: float) -> tuple[int, int,
         for name, object_id in batch.items():
             if object_id in candidates and object_id not in known and store.delete(name):
                 orphans += 1
+        if check_stale:
+            stale += _remove_unnamed(cell, store, chunk)
     temporaries = store.collect_temporaries(cutoff)
     store.sync()
     moved = store.compact()
     store.drop_caches()
-    return orphans, temporaries, moved
+    return orphans, temporaries, moved, stale
+
+
+def _remove_unnamed(cell: Cell, store: ShardStore, names: list[str]) -> int:
+    """Delete the shards among ``names`` whose version's manifest names another node
+    for them: copies repair rebuilt elsewhere while this node could not be reached.
+    A version without a manifest (a write under way) keeps all of its shards."""
+    records = cell.catalog.versions_with({bytes.fromhex(object_id_of(name)) for name in names})
+    named: set[str] = set()
+    unfinished: set[bytes] = set()
+    for record in records:
+        if record.manifest is None:
+            unfinished.add(record.object_id)
+            continue
+        manifest = Manifest.from_bytes(record.manifest)
+        named.update(
+            shard_name(record.object_id, record.version, index)
+            for index, node in enumerate(manifest.nodes)
+            if node == store.node_id
+        )
+    known = {record.object_id for record in records}
+    removed = 0
+    for name in names:
+        object_id = bytes.fromhex(object_id_of(name))
+        if object_id in known and object_id not in unfinished and name not in named:
+            removed += store.delete(name)
+    return removed
 
 
 class _Moves:

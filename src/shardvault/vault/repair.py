@@ -19,8 +19,11 @@ facility whenever the cell allows (the placement rule, ranked as placement
 ranks). So it is never written in place, and a cell with no such node leaves
 the shard as it is and says so. The manifest is replaced, durably,
 only if it is still the one that was read (a delete, a gc or another repair
-meanwhile wins, and the rebuilt copies go); only then do the bad copies go,
-from nodes that can be reached.
+meanwhile wins, and the rebuilt copies go); only then do the bad copies go.
+A node that cannot be reached keeps its copy, which no manifest names; repair
+notes the node (`Catalog.note_stale`) and gc deletes such copies once it can
+reach it. Repair holds the cell's maintenance lock (`Cell.maintenance`) while
+it runs, so that check never takes a rebuilt shard not yet named.
 
 Repair sees only ciphertext: no key is unwrapped and no plaintext exists. Like
 gc, it is the operator's maintenance, not an access the policy decides.
@@ -29,7 +32,7 @@ gc, it is the operator's maintenance, not an access the policy decides.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 
 from shardvault.catalog.port import VersionRecord
@@ -61,11 +64,14 @@ class RepairReport:
         )
 
 
-def repair_cell(cell: Cell, code: ErasureCode, scrub: bool) -> RepairReport:
+def repair_cell(
+    cell: Cell, code: ErasureCode, scrub: bool, clock: Callable[[], float]
+) -> RepairReport:
     """Check the cell's damaged versions (every committed one with ``scrub``); rebuild."""
     report = RepairReport()
-    for record in _candidates(cell, scrub):
-        report = report + _repair_version(cell, code, record)
+    with cell.maintenance(wait=True):  # gc then leaves the stale copies check to later
+        for record in _candidates(cell, scrub):
+            report = report + _repair_version(cell, code, record, clock)
     return report
 
 
@@ -84,7 +90,9 @@ def _candidates(cell: Cell, scrub: bool) -> Iterator[VersionRecord]:
         cursor = batch[-1].object_id
 
 
-def _repair_version(cell: Cell, code: ErasureCode, record: VersionRecord) -> RepairReport:
+def _repair_version(
+    cell: Cell, code: ErasureCode, record: VersionRecord, clock: Callable[[], float]
+) -> RepairReport:
     assert record.manifest is not None
     manifest = Manifest.from_bytes(record.manifest)
     what = f"{manifest.ref} v{manifest.version}"
@@ -110,10 +118,10 @@ def _repair_version(cell: Cell, code: ErasureCode, record: VersionRecord) -> Rep
         nodes[index], kept[index] = node.id, locations[index]
     updated = replace(manifest, nodes=tuple(nodes), locations=tuple(kept))
     if not cell.catalog.replace_manifests([(record, updated.to_bytes())], durable=True):
-        _delete(cell, manifest, {i: (n.id, locations[i]) for i, n in targets.items()})
+        _delete(cell, manifest, {i: (n.id, locations[i]) for i, n in targets.items()}, clock)
         return _left(what, "it changed while being repaired; repair again")
     old = {i: (manifest.nodes[i], manifest.location(i)) for i in targets}
-    _delete(cell, manifest, old)  # unreachable nodes keep theirs, stale and unnamed
+    _delete(cell, manifest, old, clock)
     cell.catalog.clear_damage(manifest.ref, manifest.version)
     return RepairReport(1, len(targets))
 
@@ -266,17 +274,27 @@ def _rebuilt_blocks(
     return blocks
 
 
-def _delete(cell: Cell, manifest: Manifest, where: dict[int, tuple[str, str | None]]) -> None:
-    """Delete these shards (index -> node, location) where their nodes can be reached."""
-    touched = set()
+def _delete(
+    cell: Cell,
+    manifest: Manifest,
+    where: dict[int, tuple[str, str | None]],
+    clock: Callable[[], float],
+) -> None:
+    """Delete these shards (index -> node, location); a node that cannot be reached
+    keeps its copy, no manifest names it, and gc removes it once it can (note_stale)."""
+    touched, unreached = set(), set()
     for index, (node, location) in where.items():
-        store = cell.store(node)
-        if isinstance(store, UnavailableStore):
-            continue
         try:
-            store.delete(shard_name(manifest.object_id, manifest.version, index), location)
+            cell.store(node).delete(
+                shard_name(manifest.object_id, manifest.version, index), location
+            )
             touched.add(node)
         except (ShardvaultError, OSError):
-            continue  # a stale copy the manifest no longer names
-    for node in touched:
-        cell.store(node).sync()
+            unreached.add(node)
+    for node in touched - unreached:
+        try:
+            cell.store(node).sync()
+        except (ShardvaultError, OSError):
+            unreached.add(node)
+    for node in unreached:
+        cell.catalog.note_stale(node, clock())

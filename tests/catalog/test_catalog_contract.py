@@ -449,6 +449,12 @@ def test_replace_manifests_swaps_only_rows_still_holding_the_old_one(catalog: Ca
     assert catalog.replace_manifests([]) == 0
     assert (catalog.get_version(REF) or first).manifest == b"moved-1"
     assert (catalog.get_version(other) or first).manifest == b"manifest-2"
+    # deleted since it was read (a forget's claim): the swap is refused, so a repair
+    # cannot name a node the collector, going by what it read, will not clean
+    catalog.mark_deleted(other)
+    assert catalog.replace_manifests([(second, b"rebuilt elsewhere")]) == 0
+    (deleted,) = catalog.versions_with({oid(2)})
+    assert (deleted.state, deleted.manifest) == (VersionState.DELETED, b"manifest-2")
 
 
 def test_forget_subject(catalog: Catalog) -> None:

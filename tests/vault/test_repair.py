@@ -14,9 +14,11 @@ import pytest
 from conftest import SEGMENT, make_deployment, manifest_of, shard_paths
 from shardvault.catalog.port import Catalog, VersionRecord
 from shardvault.config import load
+from shardvault.manifest import Manifest
 from shardvault.model import ObjectRef
 from shardvault.nodes.port import shard_name
-from shardvault.vault import Vault
+from shardvault.vault import Vault, repair
+from shardvault.vault.cells import Cell
 
 K, M = 4, 2
 SPARES = """
@@ -255,3 +257,25 @@ def test_copies_left_on_a_node_that_was_unreachable_go_once_it_is_back(
         }
         assert named and set(cell.store("us-n1").names()) == named
         reads_back_whole(vault, payloads)
+
+
+def test_a_version_collected_while_being_checked_is_no_problem(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a stress run saw it: a scrub reached a version just as its subject was forgotten,
+    # found none of its shards, and reported it unrepairable
+    config = deployment(tmp_path)
+    filled(config)
+    with Vault.open(load(config)) as vault:
+        real_bad_shards = repair._bad_shards
+        victim = REFS[6]
+
+        def collected_first(cell: Cell, manifest: Manifest) -> set[int]:
+            if manifest.ref == victim:
+                vault.delete(victim)
+                vault.gc(grace_seconds=0)
+            return real_bad_shards(cell, manifest)
+
+        monkeypatch.setattr(repair, "_bad_shards", collected_first)
+        report = vault.repair(scrub=True)
+        assert (report.versions, report.problems) == (len(REFS), ())

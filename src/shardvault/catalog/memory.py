@@ -236,7 +236,10 @@ class MemoryCatalog:
             for record, manifest in changes:
                 versions = self._versions.get(record.ref, {})
                 current = versions.get(record.version)
-                if current is not None and current.manifest == record.manifest:
+                if current is not None and (current.manifest, current.state) == (
+                    record.manifest,
+                    record.state,
+                ):
                     versions[record.version] = replace(current, manifest=manifest)
                     changed += 1
         return changed

@@ -155,8 +155,9 @@ class Catalog(Protocol):
     def replace_manifests(
         self, changes: Sequence[tuple[VersionRecord, bytes]], durable: bool = False
     ) -> int:
-        """Give each row a new manifest if it still holds the record's (a shard's new
-        location after a compaction, a rebuilt shard's node); returns how many
+        """Give each row a new manifest if it still holds the record's, in the record's
+        state (a shard's new location after a compaction, a rebuilt shard's node: a
+        version deleted meanwhile is the collector's to finish); returns how many
         changed. Synced only if ``durable``: a location is a hint, and one lost to a
         crash costs a reader a lookup; a node is not (repair deletes the old copy)."""
 

@@ -562,9 +562,12 @@ class SqliteCatalog:
                 ref = record.ref
                 changed += db.execute(
                     "UPDATE versions SET manifest = ? WHERE tenant = ? AND subject = ?"
-                    " AND key = ? AND version = ? AND manifest = ?",
-                    (manifest, ref.tenant, ref.subject, ref.key, record.version, record.manifest),
-                ).rowcount
+                    " AND key = ? AND version = ? AND manifest = ? AND state = ?",
+                    (
+                        manifest, ref.tenant, ref.subject, ref.key, record.version,
+                        record.manifest, record.state.value,
+                    ),
+                ).rowcount  # fmt: skip
         return changed
 
     def erase_freed(self) -> None:

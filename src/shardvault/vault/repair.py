@@ -101,6 +101,8 @@ def _repair_version(
         cell.catalog.clear_damage(manifest.ref, manifest.version)
         return RepairReport(1)
     if manifest.n - len(bad) < manifest.k:
+        if _moved_on(cell, record):  # deleted or forgotten meanwhile: its shards went
+            return RepairReport(1)
         return _left(what, f"only {manifest.n - len(bad)} of {manifest.n} shards are good")
     targets = _targets(cell, manifest, sorted(bad))
     if targets is None:
@@ -112,6 +114,8 @@ def _repair_version(
     try:
         locations = _rebuild(cell, code, manifest, bad, targets)
     except (IntegrityError, ShardvaultError, OSError) as exc:
+        if _moved_on(cell, record):
+            return RepairReport(1)
         return _left(what, f"rebuild failed: {exc}")
     nodes, kept = list(manifest.nodes), list(manifest.locations or (None,) * manifest.n)
     for index, node in targets.items():
@@ -124,6 +128,13 @@ def _repair_version(
     _delete(cell, manifest, old, clock)
     cell.catalog.clear_damage(manifest.ref, manifest.version)
     return RepairReport(1, len(targets))
+
+
+def _moved_on(cell: Cell, record: VersionRecord) -> bool:
+    """Whether the version is no longer the committed one that was read: its shards may
+    have gone with a delete, a forget or a gc, which is no damage."""
+    current = cell.catalog.get_version(record.ref, record.version)
+    return current is None or current.manifest != record.manifest
 
 
 def _left(what: str, why: str) -> RepairReport:

@@ -279,3 +279,42 @@ def test_a_version_collected_while_being_checked_is_no_problem(
         monkeypatch.setattr(repair, "_bad_shards", collected_first)
         report = vault.repair(scrub=True)
         assert (report.versions, report.problems) == (len(REFS), ())
+
+
+def test_a_node_back_with_a_stale_copy_is_not_given_another_shard_of_it(tmp_path: Path) -> None:
+    # only the nodes the manifest named were left out: a node unreachable during one
+    # repair kept its old copy of a shard, and the next repair gave it another one
+    config = deployment(tmp_path)
+    payloads = filled(config)
+    ref = REFS[9]
+    nodes_dir = tmp_path / "deploy" / "nodes" / "US"
+    with Vault.open(load(config)) as vault:
+        away = manifest_of(vault, ref).nodes[0]
+    (nodes_dir / away).rename(tmp_path / "away")
+    with Vault.open(load(config)) as vault:
+        assert vault.repair(scrub=True).problems == ()
+        named = manifest_of(vault, ref).nodes
+    (tmp_path / "away").rename(nodes_dir / away)  # back, with its old copy of shard 0
+    for node in {f"us-n{i}" for i in range(1, 9)} - {*named, away}:
+        (nodes_dir / node).rename(tmp_path / node)  # out of service: away is the only spare
+    with Vault.open(load(config)) as vault:
+        lose(vault, ref, 3)
+        report = vault.repair(scrub=True)
+        assert [p.split(": ", 1)[0] for p in report.problems] == [f"{ref} v1"]
+        assert "no active node" in report.problems[0]
+        assert manifest_of(vault, ref).nodes == named
+        assert vault.get(ref) == payloads[ref]
+
+
+def test_repair_rebuilds_with_the_code_the_version_was_written_with(tmp_path: Path) -> None:
+    # it used the configured k and m: after a change to them it crashed (IndexError)
+    # or could never rebuild the older objects
+    config = deployment(tmp_path)
+    payloads = filled(config)
+    with Vault.open(load(config)) as vault:
+        lose(vault, REFS[8], 1)
+    config.write_text(config.read_text().replace("k = 4", "k = 3"))
+    with Vault.open(load(config)) as vault:
+        report = vault.repair(scrub=True)
+        assert (report.rebuilt, report.problems) == (1, ())
+        reads_back_whole(vault, payloads)

@@ -172,8 +172,8 @@ def test_gc_holds_moves_on_disk_and_gives_them_back_a_version_at_a_time(
         batches = list(moves.by_version())
         assert moves.count == 7
     assert batches == [
-        {(ids[1], 1): {0: ("us-n1", "us-n1:1"), 1: ("us-n2", "us-n2:1")},
-         (ids[2], 1): {0: ("us-n1", "us-n1:3"), 1: ("us-n2", "us-n2:3")}},
-        {(ids[0], 1): {0: ("us-n1", "us-n1:5"), 1: ("us-n2", "us-n2:5")},
-         (ids[0], 2): {4: ("us-n3", "p:9")}},
+        {(ids[1], 1): {(0, "us-n1"): "us-n1:1", (1, "us-n2"): "us-n2:1"},
+         (ids[2], 1): {(0, "us-n1"): "us-n1:3", (1, "us-n2"): "us-n2:3"}},
+        {(ids[0], 1): {(0, "us-n1"): "us-n1:5", (1, "us-n2"): "us-n2:5"},
+         (ids[0], 2): {(4, "us-n3"): "p:9"}},
     ]  # fmt: skip

@@ -44,6 +44,13 @@ class ErasureCode:
         except ECDriverError as exc:
             raise IntegrityError(f"erasure decode failed: {exc}") from exc
 
+    def matching(self, k: int, m: int, backend: str) -> ErasureCode:
+        """This code if it is the one asked for, else that one: an object written
+        under an earlier ``storage.k``/``m`` is read and repaired with its own."""
+        if (k, m, backend) == (self.k, self.m, self.backend):
+            return self
+        return ErasureCode(k, m, backend)
+
     def block_size(self, segment_bytes: int) -> int:
         """Size of each block for a segment of this many (ciphertext) bytes."""
         info = self._driver.get_segment_info(max(segment_bytes, 1), max(segment_bytes, 1))

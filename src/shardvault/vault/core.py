@@ -507,11 +507,7 @@ class Vault:
     ) -> ObjectReader:  # fmt: skip
         assert record.manifest is not None
         manifest = Manifest.from_bytes(record.manifest)
-        code = (
-            self.code
-            if (manifest.k, manifest.m) == (self.code.k, self.code.m)
-            else (ErasureCode(manifest.k, manifest.m, manifest.backend))
-        )
+        code = self.code.matching(manifest.k, manifest.m, manifest.backend)
         reader = ObjectReader(  # starts fetching and verifying shards: no key needed
             manifest=manifest,
             stores=[cell.store(node_id) for node_id in manifest.nodes],

@@ -213,10 +213,11 @@ class _Moves:
             self._db.executemany("INSERT INTO moved VALUES (?, ?, ?, ?, ?)", rows)
         self.count += len(moved)
 
-    def by_version(self) -> Iterator[dict[tuple[bytes, int], dict[int, tuple[str, str]]]]:
-        """Batches of up to `_RELOCATE_BATCH` versions: (object id, version) -> shard
-        index -> (node, new location)."""
-        batch: dict[tuple[bytes, int], dict[int, tuple[str, str]]] = {}
+    def by_version(self) -> Iterator[dict[tuple[bytes, int], dict[tuple[int, str], str]]]:
+        """Batches of up to `_RELOCATE_BATCH` versions: (object id, version) -> (shard
+        index, node) -> new location. By node too: a stale copy elsewhere (see
+        repair) may have moved as well."""
+        batch: dict[tuple[bytes, int], dict[tuple[int, str], str]] = {}
         with _temporary_storage():  # rows stream from disk: the sort is SQLite's
             rows = self._db.execute("SELECT * FROM moved ORDER BY object_id, version")
             for object_id, version, shard, node, location in rows:
@@ -224,7 +225,7 @@ class _Moves:
                 if key not in batch and len(batch) == _RELOCATE_BATCH:
                     yield batch
                     batch = {}
-                batch.setdefault(key, {})[shard] = (node, location)
+                batch.setdefault(key, {})[shard, node] = location
         if batch:
             yield batch
 
@@ -254,7 +255,7 @@ def relocate(cell: Cell, moves: _Moves) -> None:
                 continue
             manifest = Manifest.from_bytes(record.manifest)
             locations = list(manifest.locations or (None,) * manifest.n)
-            for index, (node, location) in new.items():
+            for (index, node), location in new.items():
                 if index < manifest.n and manifest.nodes[index] == node:
                     locations[index] = location
             updated = replace(manifest, locations=tuple(locations)).to_bytes()

@@ -112,7 +112,9 @@ def _repair_version(
             "none of its shards: add a node, then repair again",
         )
     try:
-        locations = _rebuild(cell, code, manifest, bad, targets)
+        locations = _rebuild(
+            cell, code.matching(manifest.k, manifest.m, manifest.backend), manifest, bad, targets
+        )
     except (IntegrityError, ShardvaultError, OSError) as exc:
         if _moved_on(cell, record):
             return RepairReport(1)
@@ -200,25 +202,31 @@ def _targets(cell: Cell, manifest: Manifest, bad: list[int]) -> dict[int, NodeSp
     """A new node for each bad shard (see the module docstring), or None if not enough."""
     facility = {node.id: node.facility for node in cell.nodes}
     used = Counter(facility.get(manifest.nodes[i]) for i in range(manifest.n) if i not in bad)
-    spare = [node for node in _active(cell).values() if node.id not in manifest.nodes]
-    ranked = rank_nodes(placement_seed(manifest.ref), spare)
+    names = [shard_name(manifest.object_id, manifest.version, i) for i in range(manifest.n)]
+    spare = [
+        node
+        for node in _active(cell).values()
+        if node.id not in manifest.nodes and _untouched(cell, node, names)
+    ]
+    fresh = rank_nodes(placement_seed(manifest.ref), spare)
+    if len(fresh) < len(bad):
+        return None
     chosen: dict[int, NodeSpec] = {}
     for index in bad:
-        name = shard_name(manifest.object_id, manifest.version, index)
-        fresh = [n for n in ranked if n not in chosen.values() and _untouched(cell, n, name)]
-        if not fresh:
-            return None
         node = next((n for n in fresh if used[n.facility] < manifest.m), fresh[0])
+        fresh.remove(node)
         chosen[index] = node
         used[node.facility] += 1
     return chosen
 
 
-def _untouched(cell: Cell, node: NodeSpec, name: str) -> bool:
-    """Whether the node never held this shard name: no copy, no record of a delete
-    (an earlier repair's, interrupted or undone)."""
+def _untouched(cell: Cell, node: NodeSpec, names: list[str]) -> bool:
+    """Whether the node never held any shard of the version: no copy (a stale one
+    left while it was unreachable), no record of a delete (an earlier repair's,
+    interrupted or undone)."""
+    store = cell.store(node.id)
     try:
-        return not cell.store(node.id).has_trace(name)
+        return not any(store.has_trace(name) for name in names)
     except (ShardvaultError, OSError):
         return False
 

@@ -12,7 +12,7 @@ import stat
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -350,3 +350,35 @@ def test_a_destroy_among_many_writes_a_row_not_the_keyring(path: Path) -> None:
     with pytest.raises(SubjectForgotten):
         opened.unwrap(US, "kid-last", blob, WHY)
     assert io_bytes()[0] - read < 64 * 1024
+
+
+def test_a_keyring_gone_while_its_roots_are_held_is_never_made_again(tmp_path: Path) -> None:
+    # a review found a destroy, after the keys directory went away, made a new empty
+    # tombstone file: every key destroyed before unwrapped again with the held roots
+    path = tmp_path / "keys" / "keyring.json"
+    custodian = KeyringCustodian(path)
+    blob = custodian.wrap(US, "alice-key", hierarchy.new_key(), WHY)
+    custodian.destroy(US, "alice-key", WHY)
+    os.rename(tmp_path / "keys", tmp_path / "keys-lost")
+
+    def in_a_new_thread(call: Callable[[], object]) -> BaseException | None:
+        caught: list[BaseException] = []
+        thread = threading.Thread(target=lambda: _catching(call, caught))
+        thread.start()
+        thread.join()
+        return caught[0] if caught else None
+
+    for call in (
+        lambda: custodian.destroy(US, "bob-key", WHY),
+        lambda: custodian.unwrap(US, "alice-key", blob, WHY),
+        lambda: custodian.wrap(KeyScope("intl", "SG"), "sg-key", hierarchy.new_key(), WHY),
+    ):
+        assert isinstance(in_a_new_thread(call), KeyUnavailable)
+    assert not path.exists() and not tombstones_path(path).exists()  # nothing made again
+
+
+def _catching(call: Callable[[], object], caught: list[BaseException]) -> None:
+    try:
+        call()
+    except BaseException as exc:  # the test asks which
+        caught.append(exc)

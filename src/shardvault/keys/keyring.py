@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from shardvault import durability
-from shardvault.errors import ConfigError
+from shardvault.errors import ConfigError, KeyUnavailable
 from shardvault.keys.port import KeyOperation, KeyScope
 from shardvault.keys.rootkey import CustodianGate, open_key, refuse_destroyed, seal_key
 from shardvault.keys.tombstones import (
@@ -114,9 +114,15 @@ class KeyringCustodian:
         always has one beside it). A version-1 file's tombstones are committed
         to the database before the file is rewritten as version 2 without them.
         A version-2 keyring whose database is missing does not get a new, empty
-        one: that would bring back every key it had destroyed.
+        one: that would bring back every key it had destroyed; nor does a keyring
+        whose file went while this process held its roots.
         """
         if not self.path.exists():
+            if self._roots:  # it was there: lost or moved, never a new keyring
+                raise KeyUnavailable(
+                    f"keyring {self.path} is gone, though this process read its roots: "
+                    "restore it with its tombstones, then retry"
+                )
             self._tombstones.create()
             return
         earlier = self._load()

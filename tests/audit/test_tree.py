@@ -18,7 +18,7 @@ from shardvault.audit.tree import WIDTH, TreeNodes
 from shardvault.errors import IntegrityError, InvalidInput
 
 LEAVES = [hashlib.sha256(i.to_bytes(4, "big")).digest() for i in range(WIDTH**2 + 3 * WIDTH + 5)]
-RECORD = 37  # u8 marker, 32-byte node hash, u32 CRC-32
+RECORD = 69  # u8 marker, 32-byte node hash, 32-byte last leaf hash, u32 CRC-32
 
 
 class CountingLeaves:
@@ -34,9 +34,10 @@ class CountingLeaves:
         return self.leaves[lo:hi]
 
 
-def record(level: int, index: int, node: bytes) -> bytes:
+def record(level: int, index: int, node: bytes, last: bytes) -> bytes:
     """A record as docs/audit-log.md describes it, built here independently of tree.py."""
-    return b"\x01" + node + struct.pack(">I", zlib.crc32(struct.pack(">BQ", level, index) + node))
+    crc = zlib.crc32(struct.pack(">BQ", level, index) + node + last)
+    return b"\x01" + node + last + struct.pack(">I", crc)
 
 
 def test_the_first_root_stores_nodes_and_the_next_reads_few_leaves(tmp_path: Path) -> None:
@@ -44,18 +45,21 @@ def test_the_first_root_stores_nodes_and_the_next_reads_few_leaves(tmp_path: Pat
     tree = TreeNodes(tmp_path, source)
     size = len(LEAVES)
     assert tree.subtree(0, size) == merkle.root_of(LEAVES)
-    assert source.read == size  # every leaf once, to fill the levels
+    assert size <= source.read < size + size // WIDTH + 10  # every leaf, and each node's last
     level1 = (tmp_path / "tree-1.log").read_bytes()
     assert level1[:8] == b"SVAUDT\x00\x01"
     assert len(level1) == 8 + (size // WIDTH) * RECORD
-    assert level1[8 + 5 * RECORD :][:RECORD] == record(1, 5, merkle.root_of(LEAVES[1280:1536]))
+    assert level1[8 + 5 * RECORD :][:RECORD] == record(
+        1, 5, merkle.root_of(LEAVES[1280:1536]), LEAVES[1535]
+    )
     assert (tmp_path / "tree-2.log").stat().st_size == 8 + RECORD
     tree.close()
 
     again = CountingLeaves(LEAVES)
     reopened = TreeNodes(tmp_path, again)
     assert reopened.subtree(0, size) == merkle.root_of(LEAVES)
-    assert again.read == size % WIDTH  # only the leaves past the last stored node
+    # the leaves past the last stored node, and the last leaf of each node used
+    assert again.read == size % WIDTH + 1 + (size - WIDTH**2) // WIDTH
     reopened.close()
 
 
@@ -93,7 +97,7 @@ def test_a_record_that_does_not_hold_is_computed_again_and_written_back(
     path.write_bytes(good[:8] + b"".join(records))
     source = CountingLeaves(LEAVES)
     assert TreeNodes(tmp_path, source).subtree(0, size) == merkle.root_of(LEAVES[:size])
-    assert source.read == WIDTH  # that node's leaves, no others
+    assert source.read == WIDTH + 4  # that node's leaves, and each node's last leaf
     assert path.read_bytes() == good
 
 
@@ -102,7 +106,7 @@ def test_a_file_of_another_version_is_left_alone_and_nodes_are_computed(tmp_path
     path.write_bytes(b"SVAUDT\x00\x02" + b"\xff" * 100)
     source = CountingLeaves(LEAVES)
     assert TreeNodes(tmp_path, source).subtree(0, 2 * WIDTH) == merkle.root_of(LEAVES[: 2 * WIDTH])
-    assert source.read == 2 * WIDTH
+    assert source.read == 2 * WIDTH + 2  # and each node's last leaf
     assert path.read_bytes() == b"SVAUDT\x00\x02" + b"\xff" * 100
 
 
@@ -157,8 +161,9 @@ def test_a_forged_node_fails_the_proofs_checks_and_removing_the_files_repairs(
     log = filled_log(path, n)
     root = log.root()
     log.root_at(n)
+    last = log.leaf_hashes(WIDTH - 1, WIDTH)[0]
     log.close()  # leaves its frontier, so the next open keeps the stored nodes
-    forged = record(1, 0, b"\x07" * 32)  # a valid CRC: written on purpose
+    forged = record(1, 0, b"\x07" * 32, last)  # a valid CRC: written on purpose
     data = (path / "tree-1.log").read_bytes()
     (path / "tree-1.log").write_bytes(data[:8] + forged + data[8 + RECORD :])
     reopened = AuditLog.open(path)
@@ -170,3 +175,22 @@ def test_a_forged_node_fails_the_proofs_checks_and_removing_the_files_repairs(
         stored.unlink()
     with AuditLog.open(path) as repaired:
         merkle.verify_inclusion(leaf, n - 1, n, repaired.inclusion_proof(n - 1), root)
+
+
+def test_nodes_left_by_another_history_of_the_log_are_computed_again(tmp_path: Path) -> None:
+    # a review restored a log's files (its frontier too) under newer tree files and
+    # appended other entries: roots and proofs came from the old history's nodes
+    path = tmp_path / "log"
+    log = filled_log(path, 300)
+    log.close()
+    saved = {name: (path / name).read_bytes() for name in ("entries.log", "index.log", "frontier")}
+    with AuditLog.open(path) as grown:
+        grown.append_many([make_entry(i) for i in range(300, 600)])
+        grown.root_at(600)  # stores level-1 nodes 0 and 1
+    for name, data in saved.items():
+        (path / name).write_bytes(data)
+    with AuditLog.open(path) as restored:
+        restored.append_many([make_entry(i, "deny") for i in range(300, 600)])
+        leaves = restored.leaf_hashes(0, 600)
+        assert restored.root_at(600) == merkle.root_of(leaves) == restored.root()
+        assert restored.inclusion_proof(290) == merkle.inclusion_proof(leaves, 290)

@@ -17,6 +17,7 @@ from tests.cli.test_cli import Cli
 from shardvault.audit.merkle import leaf_hash, verify_consistency, verify_inclusion
 from shardvault.config import load
 from shardvault.governance import Governance
+from shardvault.vault import Vault
 
 BINARY = Path(sys.executable).parent / "shardvault"
 
@@ -165,6 +166,28 @@ def test_proofs_check_out_with_the_merkle_math_alone(cli: Cli, tmp_path: Path) -
         base64.b64decode(proof["root"]),
     )  # fmt: skip
     assert "INDEX < SIZE" in cli.fails(2, "audit", "prove-inclusion", "--cell", "US", "999")
+
+
+def test_a_proof_from_a_forged_tree_node_is_refused_not_printed(cli: Cli) -> None:
+    # the commands checked a proof against a root built from the same stored nodes
+    # (audit/tree.py), so a wrong node printed a wrong proof and root, exit 0
+    from tests.audit.conftest import make_entry
+    from tests.audit.test_tree import RECORD, record
+
+    with Vault.open(load(cli.config)) as vault:
+        log = vault.governance.cell("US").log
+        log.append_many([make_entry(i) for i in range(300)])
+        size = log.size
+        log.root_at(size)  # stores the level-1 nodes
+        last = log.leaf_hashes(255, 256)[0]
+        tree = log.directory / "tree-1.log"
+    data = tree.read_bytes()
+    tree.write_bytes(data[:8] + record(1, 0, b"\x07" * 32, last) + data[8 + RECORD :])
+    args = ("--cell", "US", str(size - 1), "--size", str(size))
+    message = cli.fails(1, "audit", "prove-inclusion", *args)
+    assert "inclusion proof" in message
+    message = cli.fails(1, "audit", "prove-consistency", "--cell", "US", "300", str(size))
+    assert "consistency" in message or "does not extend" in message
 
 
 def test_forget_prints_a_receipt_an_outsider_verifies(cli: Cli, tmp_path: Path) -> None:

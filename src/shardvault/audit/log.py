@@ -692,6 +692,22 @@ class AuditLog:
         size = self._tree_size(size)
         return self._tree.subtree(0, size) if size else merkle.EMPTY_ROOT
 
+    def trusted_root(self, size: int) -> bytes:
+        """The root of the first ``size`` entries from what stored tree nodes cannot
+        sway, to check proofs against: the frontier at the log's size, else the
+        stored signed head of that size, else every leaf hash (O(n))."""
+        size = self._tree_size(size)
+        with self._state:
+            if size == self._frontier.size:
+                return self._frontier.root()
+        try:
+            note = SignedNote.parse((self.directory / "heads" / f"{size:020d}.note").read_bytes())
+            return Checkpoint.parse(note.text).root_hash
+        except FileNotFoundError:
+            return merkle.root_of(self.leaf_hashes(0, size))
+        except InvalidInput as exc:
+            raise IntegrityError(f"stored head for size {size} is damaged: {exc}") from None
+
     def inclusion_proof(self, index: int, size: int | None = None) -> list[bytes]:
         return merkle.inclusion_path(self._tree_size(size), index, self._tree.subtree)
 

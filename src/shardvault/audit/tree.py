@@ -5,8 +5,8 @@ the RFC 9162 tree of every size that covers it, so its hash never changes once
 its last leaf is in. ``tree-<L>.log`` keeps those hashes, record i covering
 leaves ``i * 256^L .. (i + 1) * 256^L``::
 
-    b"SVAUDT" u16 version=1, then per record: u8 1, the 32-byte node hash,
-    u32 CRC-32 of (u8 L, u64 i, node hash)
+    b"SVAUDT" u16 version=1, then per record: u8 1, the 32-byte node hash, the
+    32-byte leaf hash of its last entry, u32 CRC-32 of (u8 L, u64 i, both hashes)
 
 A root or proof then combines at most 255 stored nodes per level and at most
 255 leaf hashes at each end, instead of every leaf hash of the log (at a
@@ -14,10 +14,11 @@ million entries that was 2.8 s and 178 MiB per head).
 
 The files are a cache of the index, filled when first asked for and trusted as
 far as the index is: a record whose marker or CRC does not hold (never written,
-torn, damaged, moved) is computed again from the level below and written back;
-an unknown header or an unwritable directory means computing without storing.
-The log drops the files whenever it rebuilds its state from the whole index,
-since that is when what they summarise may have changed (a crash, a restore).
+torn, damaged, moved), or that names another last leaf than the index has
+there (left by another history of the log: a restore, a crash), is computed
+again from the level below and written back; an unknown header or an
+unwritable directory means computing without storing. The log also drops the
+files whenever it rebuilds its state from the whole index.
 A record that is wrong but whose CRC holds can only have been written on
 purpose: the proofs built from it then fail their checks (a refusal, never a
 wrong receipt), and removing the files repairs it.
@@ -42,7 +43,7 @@ WIDTH = 1 << HEIGHT
 
 _MAGIC = b"SVAUDT"
 _HEADER = struct.pack(">6sH", _MAGIC, TREE_VERSION)
-_RECORD = struct.Struct(">B32sI")
+_RECORD = struct.Struct(">B32s32sI")
 _WHERE = struct.Struct(">BQ")
 _PRESENT = 1
 
@@ -50,18 +51,19 @@ Leaves = Callable[[int, int], list[bytes]]
 """Leaf hashes of entries ``lo..hi``, from the index."""
 
 
-def _record(level: int, index: int, node: bytes) -> bytes:
-    return _RECORD.pack(_PRESENT, node, zlib.crc32(_WHERE.pack(level, index) + node))
+def _record(level: int, index: int, node: bytes, last: bytes) -> bytes:
+    crc = zlib.crc32(_WHERE.pack(level, index) + node + last)
+    return _RECORD.pack(_PRESENT, node, last, crc)
 
 
-def _stored(record: bytes, level: int, index: int) -> bytes | None:
-    """The node hash in ``record`` if it is whole and stored for (level, index)."""
+def _stored(record: bytes, level: int, index: int) -> tuple[bytes, bytes] | None:
+    """(node hash, last leaf hash) of ``record`` if it is whole and for (level, index)."""
     if len(record) != _RECORD.size:
         return None
-    marker, node, crc = _RECORD.unpack(record)
-    if marker != _PRESENT or zlib.crc32(_WHERE.pack(level, index) + node) != crc:
+    marker, node, last, crc = _RECORD.unpack(record)
+    if marker != _PRESENT or zlib.crc32(_WHERE.pack(level, index) + node + last) != crc:
         return None
-    return bytes(node)
+    return bytes(node), bytes(last)
 
 
 class TreeNodes:
@@ -96,15 +98,25 @@ class TreeNodes:
         nodes = []
         for j in range(count):
             index = start + j
-            node = _stored(data[j * _RECORD.size : (j + 1) * _RECORD.size], level, index)
-            if node is None:
-                node = self._compute(level, index)
-                if fd is not None:
-                    with contextlib.suppress(OSError):  # a cache: the next reader computes it
-                        offset = len(_HEADER) + index * _RECORD.size
-                        os.pwrite(fd, _record(level, index, node), offset)
+            stored = _stored(data[j * _RECORD.size : (j + 1) * _RECORD.size], level, index)
+            last = self._last_leaf(level, index)
+            if stored is not None and stored[1] == last:
+                nodes.append(stored[0])
+                continue
+            node = self._compute(level, index)
+            if fd is not None:
+                with contextlib.suppress(OSError):  # a cache: the next reader computes it
+                    offset = len(_HEADER) + index * _RECORD.size
+                    os.pwrite(fd, _record(level, index, node, last), offset)
             nodes.append(node)
         return nodes
+
+    def _last_leaf(self, level: int, index: int) -> bytes:
+        """The leaf hash of the node's last entry, which its record must name: a record
+        left by another history of the log (a restore, a crash that lost entries)
+        names another leaf, and is computed again."""
+        end = (index + 1) * WIDTH**level
+        return self._leaves(end - 1, end)[0]
 
     def _compute(self, level: int, index: int) -> bytes:
         lo = index * WIDTH

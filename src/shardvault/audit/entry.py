@@ -119,6 +119,15 @@ def _check_detail_items(items: tuple[tuple[str, type, DetailValue, type], ...]) 
 _check_detail_items_cached = lru_cache(maxsize=4096)(_check_detail_items)
 
 
+def check_time_and_details(time: object, details: object) -> None:
+    """The strict parse's checks of an entry's time and details, for a reader that takes
+    only some fields of its JSON (the transparency report); `InvalidInput` if not."""
+    _check_time(time)  # type: ignore[arg-type]  # checks the type too
+    if not isinstance(details, dict):
+        raise InvalidInput("audit entry 'details' must be an object")
+    _check_details(details)
+
+
 _CANONICAL = json.JSONEncoder(
     sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
 )  # made once: json.dumps with options builds an encoder per call

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -318,3 +319,19 @@ def test_repair_rebuilds_with_the_code_the_version_was_written_with(tmp_path: Pa
         report = vault.repair(scrub=True)
         assert (report.rebuilt, report.problems) == (1, ())
         reads_back_whole(vault, payloads)
+
+
+def test_repairs_of_one_cell_take_turns(tmp_path: Path) -> None:
+    # two repairs at once chose the same node for one shard, and the one whose swap
+    # lost deleted the copy the winner's manifest named (a review reproduced it)
+    config = deployment(tmp_path)
+    filled(config)
+    with Vault.open(load(config)) as holder, Vault.open(load(config)) as other:
+        lose(other, REFS[2], 0)
+        finished = threading.Event()
+        with holder.cells["US"].maintenance(wait=True):  # as another process's repair
+            worker = threading.Thread(target=lambda: (other.repair(), finished.set()))
+            worker.start()
+            assert not finished.wait(0.5)  # it waits its turn
+        worker.join(timeout=60)
+        assert finished.is_set()

@@ -15,6 +15,7 @@ import pytest
 from conftest import SEGMENT, make_deployment, manifest_of, shard_paths
 from shardvault.catalog.port import Catalog, VersionRecord
 from shardvault.config import load
+from shardvault.errors import StorageError
 from shardvault.manifest import Manifest
 from shardvault.model import ObjectRef
 from shardvault.nodes.port import shard_name
@@ -335,3 +336,29 @@ def test_repairs_of_one_cell_take_turns(tmp_path: Path) -> None:
             assert not finished.wait(0.5)  # it waits its turn
         worker.join(timeout=60)
         assert finished.is_set()
+
+
+def test_a_rebuild_that_fails_after_a_commit_leaves_no_copy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = deployment(tmp_path)
+    payloads = filled(config)
+    with Vault.open(load(config)) as vault:
+        lose(vault, REFS[3], 4)
+        object_id = manifest_of(vault, REFS[3]).object_id.hex()
+
+        def broken_sync() -> None:
+            raise StorageError("the disk went away")
+
+        named = manifest_of(vault, REFS[3]).nodes
+        for node, store in vault.cells["US"].stores.items():
+            if node not in named:  # where it could go
+                monkeypatch.setattr(store, "sync", broken_sync)
+        report = vault.repair(scrub=True)
+        assert [p.split(": ", 1)[1] for p in report.problems] == [
+            "rebuild failed: the disk went away"
+        ]
+        monkeypatch.undo()
+        stores = vault.cells["US"].stores.values()
+        assert sum(n.startswith(object_id) for s in stores for n in s.names()) == K + M - 1
+        assert vault.get(REFS[3]) == payloads[REFS[3]]

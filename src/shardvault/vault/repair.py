@@ -31,6 +31,7 @@ gc, it is the operator's maintenance, not an access the policy decides.
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
@@ -238,14 +239,16 @@ def _rebuild(
     bad: set[int],
     targets: dict[int, NodeSpec],
 ) -> dict[int, str | None]:
-    """Write every bad shard anew on its target; their locations. Nothing is left
-    written if this fails."""
+    """Write every bad shard anew on its target; their locations. If this fails, what
+    was written is removed (a committed copy is deleted, leaving a trace that the
+    next repair keeps away from)."""
     readers = {
         i: reader
         for i in range(manifest.n)
         if i not in bad and (reader := _open(cell.store(manifest.nodes[i]), manifest, i))
     }
     writers: dict[int, ShardWriter] = {}
+    committed: dict[int, str | None] = {}
     try:
         for index, node in targets.items():
             name = shard_name(manifest.object_id, manifest.version, index)
@@ -255,14 +258,20 @@ def _rebuild(
             blocks = _rebuilt_blocks(code, manifest, segment, readers, bad)
             for index, writer in writers.items():
                 writer.write(blocks[index])
-        for writer in writers.values():
+        for index, writer in writers.items():
             writer.commit(durable=False)
+            committed[index] = writer.location
         for node in targets.values():
             cell.store(node.id).sync()
-        return {index: writer.location for index, writer in writers.items()}
+        return committed
     except BaseException:
         for writer in writers.values():
             writer.abort()
+        with contextlib.suppress(ShardvaultError, OSError):
+            for index, location in committed.items():
+                cell.store(targets[index].id).delete(
+                    shard_name(manifest.object_id, manifest.version, index), location
+                )
         raise
     finally:
         for reader in readers.values():

@@ -382,27 +382,3 @@ def _catching(call: Callable[[], object], caught: list[BaseException]) -> None:
         call()
     except BaseException as exc:  # the test asks which
         caught.append(exc)
-
-
-def test_a_key_id_found_live_is_asked_again_only_after_a_commit(
-    path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # every read of an object asks; the query (12 µs and a shared file lock) is spared
-    # while the database's change counter says nothing was committed since
-    custodian = KeyringCustodian(path)
-    blob = custodian.wrap(US, "kid", hierarchy.new_key(), WHY)
-    tombstones = Tombstones(tombstones_path(path))
-    assert not tombstones.holds("intl/US", "kid")
-
-    def no_query(self: Tombstones, create: bool = False) -> None:
-        raise AssertionError("queried")
-
-    with monkeypatch.context() as patch:
-        patch.setattr(Tombstones, "_handle", no_query)
-        assert not tombstones.holds("intl/US", "kid")  # answered from memory
-        with pytest.raises(AssertionError, match="queried"):
-            tombstones.holds("intl/US", "other")  # never seen: asked
-    subprocess.run([sys.executable, "-c", DESTROY, str(path), "kid"], check=True)
-    assert tombstones.holds("intl/US", "kid")  # a commit since: asked again, destroyed
-    with pytest.raises(SubjectForgotten):
-        custodian.unwrap(US, "kid", blob, WHY)

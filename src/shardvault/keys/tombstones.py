@@ -47,7 +47,6 @@ _SCHEMA = """CREATE TABLE IF NOT EXISTS destroyed (
 _HOLDS = "SELECT 1 FROM destroyed WHERE scope = ? AND key_id = ?"
 _INSERT = "INSERT OR IGNORE INTO destroyed (scope, key_id) VALUES (?, ?)"
 _BUSY_SECONDS = 10.0
-_LIVE_LIMIT = 1 << 16  # key ids remembered as not destroyed, per counter value
 
 
 def tombstones_path(keyring: Path) -> Path:
@@ -87,55 +86,16 @@ class Tombstones:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._local = threading.local()
-        self._stamp_fd: tuple[int, int] | None = None  # (pid, fd) for `_stamp`
-        self._live: tuple[bytes, set[tuple[str, str]]] = (b"", set())
 
     def holds(self, scope: str, key_id: str) -> bool:
-        """Whether the key id was destroyed, as committed by any process up to now.
-
-        A key id found not destroyed is remembered with the database's change
-        counter, read first; while the counter stays the same, no commit (no
-        destroy, anywhere) came since, so the answer stands without a query. Every
-        read of an object asks: the query took about 12 µs and a shared file lock
-        per read, which two worker processes of sixteen threads contended on.
-        """
-        stamp = self._stamp()
-        seen, live = self._live
-        if seen == stamp and (scope, key_id) in live:
-            return False
+        """Whether the key id was destroyed, as committed by any process up to now."""
         handle = self._handle()
         with handle.lock:
             try:
                 row = handle.db.execute(_HOLDS, (scope, key_id)).fetchone()
             except sqlite3.Error as exc:
                 raise self._failed(handle, "read", exc) from exc
-        if row is not None:
-            return True
-        if seen != stamp or len(live) >= _LIVE_LIMIT:
-            live = set()
-            self._live = (stamp, live)
-        live.add((scope, key_id))
-        return False
-
-    def _stamp(self) -> bytes:
-        """The file change counter in the database header (bytes 24-27), which SQLite
-        bumps on every commit in rollback-journal mode; read through a descriptor of
-        this process's, not under a lock: a commit under way reads as before it or
-        after, and either way the lookup that follows sees the truth."""
-        held = self._stamp_fd
-        if held is None or held[0] != os.getpid():
-            try:
-                fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
-            except FileNotFoundError:
-                raise self._missing() from None
-            except OSError as exc:
-                raise KeyUnavailable(f"cannot read keyring tombstones {self.path}: {exc}") from exc
-            weakref.finalize(self, os.close, fd)
-            held = self._stamp_fd = (os.getpid(), fd)
-        try:
-            return os.pread(held[1], 4, 24)
-        except OSError as exc:
-            raise KeyUnavailable(f"cannot read keyring tombstones {self.path}: {exc}") from exc
+        return row is not None
 
     def add(self, pairs: Iterable[tuple[str, str]]) -> None:
         """Record (scope, key id) pairs in one transaction, durable when this returns."""
@@ -179,7 +139,10 @@ class Tombstones:
         try:
             info = os.stat(self.path)
         except FileNotFoundError:
-            raise self._missing() from None
+            raise TombstonesMissing(
+                f"keyring tombstones {self.path} do not exist: a keyring with keys has them "
+                "beside it (restore them with it, or check custodian.path)"
+            ) from None
         require_private(info, self.path, "keyring tombstones")
         try:
             db = sqlite3.connect(
@@ -197,12 +160,6 @@ class Tombstones:
             db.close()
             raise
         return db
-
-    def _missing(self) -> TombstonesMissing:
-        return TombstonesMissing(
-            f"keyring tombstones {self.path} do not exist: a keyring with keys has them "
-            "beside it (restore them with it, or check custodian.path)"
-        )
 
     def _prepare(self, db: sqlite3.Connection, create: bool) -> None:
         """Durability settings, then the schema: made if `create`, else checked.

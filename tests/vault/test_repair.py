@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -9,6 +10,7 @@ import threading
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -362,3 +364,47 @@ def test_a_rebuild_that_fails_after_a_commit_leaves_no_copy(
         stores = vault.cells["US"].stores.values()
         assert sum(n.startswith(object_id) for s in stores for n in s.names()) == K + M - 1
         assert vault.get(REFS[3]) == payloads[REFS[3]]
+
+
+def test_a_version_deleted_during_its_rebuild_is_no_problem(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # its swap lost to the delete's claim, and it was reported as changed: exit 1
+    config = deployment(tmp_path)
+    filled(config)
+    with Vault.open(load(config)) as vault:
+        lose(vault, REFS[5], 2)
+        real_rebuild = repair._rebuild
+
+        def deleted_meanwhile(*args: Any) -> dict[int, str | None]:
+            vault.delete(REFS[5])
+            return real_rebuild(*args)
+
+        monkeypatch.setattr(repair, "_rebuild", deleted_meanwhile)
+        report = vault.repair(scrub=True)
+        assert (report.rebuilt, report.problems) == (0, ())
+
+
+def test_a_version_gc_relocated_during_the_check_is_still_named_if_lost(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a changed manifest passed for "deleted meanwhile": a version with three shards
+    # lost went unreported (exit 0) when a gc rewrote its locations during the check
+    config = deployment(tmp_path)
+    filled(config)
+    with Vault.open(load(config)) as vault:
+        for index in range(M + 1):
+            lose(vault, REFS[2], index)
+        catalog = vault.cells["US"].catalog
+        real_bad_shards = repair._bad_shards
+
+        def relocated_first(cell: Cell, manifest: Manifest) -> set[int]:
+            if manifest.ref == REFS[2]:
+                (record,) = catalog.versions_with({manifest.object_id})
+                moved = dataclasses.replace(manifest, locations=(None,) * manifest.n)
+                assert catalog.replace_manifests([(record, moved.to_bytes())]) == 1
+            return real_bad_shards(cell, manifest)
+
+        monkeypatch.setattr(repair, "_bad_shards", relocated_first)
+        report = vault.repair(scrub=True)
+        assert report.problems == ("intl/alice/k2 v1: only 3 of 6 shards are good",)

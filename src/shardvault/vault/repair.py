@@ -31,7 +31,6 @@ gc, it is the operator's maintenance, not an access the policy decides.
 
 from __future__ import annotations
 
-import contextlib
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
@@ -113,9 +112,8 @@ def _repair_version(
             "none of its shards: add a node, then repair again",
         )
     try:
-        locations = _rebuild(
-            cell, code.matching(manifest.k, manifest.m, manifest.backend), manifest, bad, targets
-        )
+        code = code.matching(manifest.k, manifest.m, manifest.backend)
+        locations = _rebuild(cell, code, manifest, bad, targets, clock)
     except (IntegrityError, ShardvaultError, OSError) as exc:
         if _moved_on(cell, record):
             return RepairReport(1)
@@ -126,6 +124,8 @@ def _repair_version(
     updated = replace(manifest, nodes=tuple(nodes), locations=tuple(kept))
     if not cell.catalog.replace_manifests([(record, updated.to_bytes())], durable=True):
         _delete(cell, manifest, {i: (n.id, locations[i]) for i, n in targets.items()}, clock)
+        if _moved_on(cell, record):
+            return RepairReport(1)
         return _left(what, "it changed while being repaired; repair again")
     old = {i: (manifest.nodes[i], manifest.location(i)) for i in targets}
     _delete(cell, manifest, old, clock)
@@ -134,10 +134,10 @@ def _repair_version(
 
 
 def _moved_on(cell: Cell, record: VersionRecord) -> bool:
-    """Whether the version is no longer the committed one that was read: its shards may
-    have gone with a delete, a forget or a gc, which is no damage."""
-    current = cell.catalog.get_version(record.ref, record.version)
-    return current is None or current.manifest != record.manifest
+    """Whether the version is no longer committed: its shards may have gone with a
+    delete, a forget or a gc, which is no damage. (A manifest changed by gc's
+    relocation is the same version, still to be repaired.)"""
+    return cell.catalog.get_version(record.ref, record.version) is None
 
 
 def _left(what: str, why: str) -> RepairReport:
@@ -238,10 +238,11 @@ def _rebuild(
     manifest: Manifest,
     bad: set[int],
     targets: dict[int, NodeSpec],
+    clock: Callable[[], float],
 ) -> dict[int, str | None]:
     """Write every bad shard anew on its target; their locations. If this fails, what
     was written is removed (a committed copy is deleted, leaving a trace that the
-    next repair keeps away from)."""
+    next repair keeps away from; one that cannot be is noted for gc, see `_delete`)."""
     readers = {
         i: reader
         for i in range(manifest.n)
@@ -267,11 +268,7 @@ def _rebuild(
     except BaseException:
         for writer in writers.values():
             writer.abort()
-        with contextlib.suppress(ShardvaultError, OSError):
-            for index, location in committed.items():
-                cell.store(targets[index].id).delete(
-                    shard_name(manifest.object_id, manifest.version, index), location
-                )
+        _delete(cell, manifest, {i: (targets[i].id, at) for i, at in committed.items()}, clock)
         raise
     finally:
         for reader in readers.values():

@@ -280,6 +280,7 @@ def test_an_entry_whose_counted_fields_the_writer_never_wrote_is_an_integrity_er
         good.replace(b'"v":1', b'"v":2'),
         good.replace(b'"request_id":"r1"', b'"request_id":1'),
         good.replace(b'"v":1', b'"v":true'),  # equal to 1 in Python: a review found it
+        good.replace(b'"request_id":"r1"', b'"request_id":"r1\\u0001"'),  # and these
         good.replace(b'"time":"2026-02-01', b'"time":"2026-02-31'),
         good.replace(b'"stage":"policy"', b'"stage":"policy","kind":{"x":1}'),
     ):

@@ -121,5 +121,13 @@ class SubjectDirectory:
         except sqlite3.Error as exc:
             raise self._failure(exc) from exc
 
+    def empty(self) -> bool:
+        """Whether no subject was ever registered (or every registration was undone)."""
+        try:
+            with self._lock:
+                return self._db.execute("SELECT 1 FROM homes LIMIT 1").fetchone() is None
+        except sqlite3.Error as exc:
+            raise self._failure(exc) from exc
+
     def close(self) -> None:
         self._db.close()

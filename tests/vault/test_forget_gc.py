@@ -16,7 +16,7 @@ from conftest import SEGMENT, files_under, make_deployment, manifest_of, shard_p
 from governance_support import forget_approved
 from shardvault.catalog.port import VersionRecord
 from shardvault.config import load
-from shardvault.errors import Conflict, NotFound, SubjectForgotten
+from shardvault.errors import Conflict, KeyUnavailable, NotFound, SubjectForgotten
 from shardvault.keys.memory import MemoryCustodian
 from shardvault.keys.tombstones import tombstones_path
 from shardvault.model import Justification, ObjectRef, RequestContext
@@ -320,3 +320,26 @@ def test_a_collected_versions_row_goes_only_after_its_shards_deletions_are_durab
     assert vault.gc(grace_seconds=0).versions == 1
     first_purge = events.index("purge")
     assert events[:first_purge].count("sync") == len(cell.nodes)
+
+
+def test_a_lost_keyring_is_never_made_again_by_another_process(tmp_path: Path) -> None:
+    # a second review: with the keys directory gone, a fresh process (a CLI forget or
+    # put) took the deployment for a new one and made an empty tombstone file, and a
+    # server still holding the roots then unwrapped every key destroyed before
+    config = load(make_deployment(tmp_path / "deploy"))
+    with Vault.open(config) as server:
+        server.register_subject("intl", "alice", "US")
+        server.register_subject("intl", "bob", "US")
+        server.put(ObjectRef("intl", "bob", "x"), b"bob's")
+        forget_approved(server, "intl", "bob")
+        keys = config.keyring_path.parent
+        keys.rename(tmp_path / "keys-lost")
+        with Vault.open(config) as fresh:
+            with pytest.raises(KeyUnavailable, match="restore it with its tombstones"):
+                fresh.register_subject("intl", "carol", "US")
+            with pytest.raises(KeyUnavailable):
+                fresh.put(ObjectRef("intl", "alice", "y"), b"y")
+        assert not config.keyring_path.exists()
+        assert not tombstones_path(config.keyring_path).exists()
+        with pytest.raises((KeyUnavailable, SubjectForgotten)):
+            server.get(ObjectRef("intl", "bob", "x"))

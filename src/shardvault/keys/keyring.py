@@ -33,7 +33,7 @@ import fcntl
 import json
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -58,9 +58,17 @@ V1Tombstones = dict[str, list[str]]
 
 
 class KeyringCustodian:
-    def __init__(self, path: Path, gate: CustodianGate | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        gate: CustodianGate | None = None,
+        may_create: Callable[[], bool] | None = None,
+    ) -> None:
+        """``may_create`` says whether a missing keyring may be made now (the vault: only
+        while no subject is registered); without it, unless this process read roots."""
         self.path = path
         self.gate = gate
+        self._may_create = may_create
         self._lock = threading.Lock()
         self._roots: dict[str, bytes] = {}
         self._tombstones = Tombstones(tombstones_path(path))
@@ -118,9 +126,9 @@ class KeyringCustodian:
         whose file went while this process held its roots.
         """
         if not self.path.exists():
-            if self._roots:  # it was there: lost or moved, never a new keyring
-                raise KeyUnavailable(
-                    f"keyring {self.path} is gone, though this process read its roots: "
+            if self._roots or (self._may_create is not None and not self._may_create()):
+                raise KeyUnavailable(  # it was there: lost or moved, never a new keyring
+                    f"keyring {self.path} is missing, though keys were made with it: "
                     "restore it with its tombstones, then retry"
                 )
             self._tombstones.create()

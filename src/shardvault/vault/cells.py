@@ -140,9 +140,13 @@ def open_cells(config: Config, catalogs: CatalogFactory) -> dict[str, Cell]:
     return cells
 
 
-def open_custodian(config: Config, gate: CustodianGate | None = None) -> KeyCustodian:
+def open_custodian(
+    config: Config,
+    gate: CustodianGate | None = None,
+    may_create: Callable[[], bool] | None = None,
+) -> KeyCustodian:
     """The configured custodian; ``gate`` (the partner's custodian policy) runs before
-    every wrap, unwrap and destroy."""
+    every wrap, unwrap and destroy; a missing keyring is made only if ``may_create``."""
     if config.custodian == "memory":
         return MemoryCustodian(gate)
-    return KeyringCustodian(config.keyring_path, gate)
+    return KeyringCustodian(config.keyring_path, gate, may_create)

@@ -130,12 +130,17 @@ class Vault:
         governance = governance or Governance.open(config, clock)
         try:
             cells = open_cells(config, catalogs or sqlite_catalogs(config.state_dir))
-            custodian = custodian or open_custodian(config, gate=governance.custodian_gate())
+            directory = SubjectDirectory.open(config.state_dir)
+            # a keyring is made only for a deployment with no subject yet: one that has
+            # some lost its keyring, and a new one would bring destroyed keys back
+            custodian = custodian or open_custodian(
+                config, gate=governance.custodian_gate(), may_create=directory.empty
+            )
             vault = cls(
                 config,
                 cells=cells,
                 custodian=custodian,
-                directory=SubjectDirectory.open(config.state_dir),
+                directory=directory,
                 clock=clock,
                 on_step=on_step,
                 governance=governance,

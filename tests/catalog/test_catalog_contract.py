@@ -21,6 +21,7 @@ from shardvault.catalog.memory import MemoryCatalog
 from shardvault.catalog.port import (
     Catalog,
     DamageRecord,
+    Leftover,
     SubjectRecord,
     VersionRecord,
     VersionState,
@@ -491,18 +492,16 @@ def test_damage_log(catalog: Catalog) -> None:
     assert catalog.clear_damage(REF, 1) == 0
 
 
-def test_stale_nodes_are_noted_and_cleared_unless_noted_again(catalog: Catalog) -> None:
-    assert catalog.stale_nodes() == {}
-    catalog.note_stale("us-n1", 5.0)
-    catalog.note_stale("us-n1", 3.0)  # an older note does not move it back
-    catalog.note_stale("us-n2", 4.0)
-    assert catalog.stale_nodes() == {"us-n1": 5.0, "us-n2": 4.0}
-    catalog.clear_stale("us-n1", 4.0)  # noted again after the sweep began: kept
-    catalog.clear_stale("us-n2", 4.0)
-    assert catalog.stale_nodes() == {"us-n1": 5.0}
-    catalog.clear_stale("us-n1", 5.0)
-    catalog.clear_stale("us-n9", 5.0)  # never noted: nothing to do
-    assert catalog.stale_nodes() == {}
+def test_leftovers_are_noted_durably_updated_and_dropped(catalog: Catalog) -> None:
+    assert catalog.leftovers() == []
+    first = Leftover(oid(1), 1, 2, "us-n7", None)
+    second = Leftover(oid(1), 1, 3, "us-n1", "p.pack:9")
+    catalog.note_leftovers([first, second])
+    located = Leftover(oid(1), 1, 2, "us-n7", "q.pack:4")
+    catalog.note_leftovers([located])  # the same copy, now with where it went
+    assert sorted(catalog.leftovers(), key=lambda x: x.shard) == [located, second]
+    catalog.drop_leftovers([first, Leftover(oid(9), 1, 0, "us-n1", None)])
+    assert catalog.leftovers() == [second]
 
 
 def test_committed_after_walks_committed_versions_in_object_id_order(catalog: Catalog) -> None:
@@ -575,8 +574,9 @@ def test_sqlite_migrates_a_first_schema_catalog_forward(tmp_path: Path) -> None:
         for record in catalog.claim_collectable(0.0):
             catalog.purge([(record.ref, record.version)])
         assert next_version(catalog) == 3  # the third schema's record of collected numbers
-        catalog.note_stale("us-n1", 7.0)  # the fifth schema's record of stale nodes
-        assert catalog.stale_nodes() == {"us-n1": 7.0}
+        left = Leftover(oid(1), 1, 0, "us-n1", None)
+        catalog.note_leftovers([left])  # the fifth schema's record of repair's leftovers
+        assert catalog.leftovers() == [left]
     finally:
         catalog.close()
     with sqlite3.connect(path) as db:

@@ -7,7 +7,13 @@ import threading
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import replace
 
-from shardvault.catalog.port import DamageRecord, SubjectRecord, VersionRecord, VersionState
+from shardvault.catalog.port import (
+    DamageRecord,
+    Leftover,
+    SubjectRecord,
+    VersionRecord,
+    VersionState,
+)
 from shardvault.errors import Conflict, NotFound, SubjectForgotten, WriteRaced
 from shardvault.model import ObjectRef
 
@@ -19,7 +25,7 @@ class MemoryCatalog:
         self._versions: dict[ObjectRef, dict[int, VersionRecord]] = {}
         self._damage: list[DamageRecord] = []
         self._swept_until = 0.0
-        self._stale: dict[str, float] = {}
+        self._leftovers: dict[tuple[bytes, int, int, str], Leftover] = {}
         self._retired: dict[ObjectRef, int] = {}  # the last number of each collected key
 
     def add_subject(self, record: SubjectRecord) -> None:
@@ -266,18 +272,19 @@ class MemoryCatalog:
             cleared, self._damage = len(self._damage) - len(kept), kept
         return cleared
 
-    def note_stale(self, node: str, when: float) -> None:
+    def note_leftovers(self, leftovers: Iterable[Leftover]) -> None:
         with self._lock:
-            self._stale[node] = max(self._stale.get(node, when), when)
+            for x in leftovers:
+                self._leftovers[(x.object_id, x.version, x.shard, x.node)] = x
 
-    def stale_nodes(self) -> dict[str, float]:
+    def leftovers(self) -> list[Leftover]:
         with self._lock:
-            return dict(self._stale)
+            return list(self._leftovers.values())
 
-    def clear_stale(self, node: str, noted_until: float) -> None:
+    def drop_leftovers(self, leftovers: Iterable[Leftover]) -> None:
         with self._lock:
-            if self._stale.get(node, math.inf) <= noted_until:
-                del self._stale[node]
+            for x in leftovers:
+                self._leftovers.pop((x.object_id, x.version, x.shard, x.node), None)
 
     def damage(self) -> list[DamageRecord]:
         with self._lock:

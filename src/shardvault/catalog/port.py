@@ -46,6 +46,18 @@ class VersionRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class Leftover:
+    """A copy of a shard repair wrote or replaced, which may end up named by no manifest
+    (a repair killed mid-way, a node it could not reach): gc resolves it."""
+
+    object_id: bytes
+    version: int
+    shard: int
+    node: str
+    location: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class DamageRecord:
     ref: ObjectRef
     version: int
@@ -173,16 +185,15 @@ class Catalog(Protocol):
 
     def record_damage(self, damage: DamageRecord) -> None: ...
 
-    def note_stale(self, node: str, when: float) -> None:
-        """Remember that the node may hold shards no manifest names: repair moved them
-        off it while it could not be reached. gc checks such a node's shards against
-        the manifests once it can (`stale_nodes`, then `clear_stale`)."""
+    def note_leftovers(self, leftovers: Iterable[Leftover]) -> None:
+        """Remember copies that may end up named by no manifest, durably: repair notes
+        its targets before writing them and the old copies before its swap."""
 
-    def stale_nodes(self) -> dict[str, float]:
-        """Nodes noted stale, with when they were last noted."""
+    def leftovers(self) -> list[Leftover]:
+        """Every copy noted and not yet dropped."""
 
-    def clear_stale(self, node: str, noted_until: float) -> None:
-        """Forget the note, unless it was made again after ``noted_until``."""
+    def drop_leftovers(self, leftovers: Iterable[Leftover]) -> None:
+        """Forget these notes: the copies are named, or gone."""
 
     def damage(self) -> list[DamageRecord]: ...
 

@@ -28,7 +28,13 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from shardvault import sqlite_connections
-from shardvault.catalog.port import DamageRecord, SubjectRecord, VersionRecord, VersionState
+from shardvault.catalog.port import (
+    DamageRecord,
+    Leftover,
+    SubjectRecord,
+    VersionRecord,
+    VersionState,
+)
 from shardvault.durability import GroupSync, failure_reason, filesystem_sync
 from shardvault.errors import (
     ConfigError,
@@ -76,7 +82,10 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX damage_version ON damage (tenant, subject, key, version);
     """,
     """
-    CREATE TABLE stale_nodes (node TEXT PRIMARY KEY, noted_at REAL NOT NULL);
+    CREATE TABLE leftovers (
+        object_id BLOB NOT NULL, version INTEGER NOT NULL, shard INTEGER NOT NULL,
+        node TEXT NOT NULL, location TEXT, PRIMARY KEY (object_id, version, shard, node)
+    );
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -612,21 +621,22 @@ class SqliteCatalog:
                 (ref.tenant, ref.subject, ref.key, version),
             ).rowcount
 
-    def note_stale(self, node: str, when: float) -> None:
-        with self._transaction() as db:  # durable: a lost note is a shard leaked for good
-            db.execute(
-                "INSERT INTO stale_nodes VALUES (?, ?) ON CONFLICT (node)"
-                " DO UPDATE SET noted_at = MAX(noted_at, excluded.noted_at)",
-                (node, when),
+    def note_leftovers(self, leftovers: Iterable[Leftover]) -> None:
+        with self._transaction() as db:  # durable: a lost note is a copy leaked for good
+            db.executemany(
+                "INSERT OR REPLACE INTO leftovers VALUES (?, ?, ?, ?, ?)",
+                [(x.object_id, x.version, x.shard, x.node, x.location) for x in leftovers],
             )
 
-    def stale_nodes(self) -> dict[str, float]:
-        return dict(self._query("SELECT node, noted_at FROM stale_nodes"))
+    def leftovers(self) -> list[Leftover]:
+        return [Leftover(*row) for row in self._query("SELECT * FROM leftovers")]
 
-    def clear_stale(self, node: str, noted_until: float) -> None:
+    def drop_leftovers(self, leftovers: Iterable[Leftover]) -> None:
         with self._transaction(durable=False) as db:
-            db.execute(
-                "DELETE FROM stale_nodes WHERE node = ? AND noted_at <= ?", (node, noted_until)
+            db.executemany(
+                "DELETE FROM leftovers WHERE object_id = ? AND version = ? AND shard = ?"
+                " AND node = ?",
+                [(x.object_id, x.version, x.shard, x.node) for x in leftovers],
             )
 
     def damage(self) -> list[DamageRecord]:

@@ -155,7 +155,7 @@ def gc(
             f"collected {report.versions} version(s), {report.shards} shard(s), "
             f"{report.orphans} orphan(s), {report.temporaries} temporary file(s); "
             f"moved {report.moved} shard(s) to compact packs; "
-            f"removed {report.stale} stale copy(ies) repair had replaced"
+            f"removed {report.stale} copy(ies) repair left"
         )
     if report.skipped_nodes:
         warn(

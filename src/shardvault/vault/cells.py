@@ -58,8 +58,8 @@ class Cell:
 
     @contextlib.contextmanager
     def maintenance(self, wait: bool) -> Iterator[bool]:
-        """Repair and gc's check of stale nodes take turns, across processes: gc could
-        take for stale a shard repair has written and not yet named. Yields whether it
+        """Repair and gc's resolution of repair's leftovers take turns, across processes:
+        gc could take a shard repair has written and not yet named. Yields whether it
         is held (always, if ``wait``)."""
         if self.maintenance_lock is None:
             yield True

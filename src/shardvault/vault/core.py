@@ -623,7 +623,7 @@ class Vault:
         or on a node that is not active) on other nodes of their cells."""
         report = RepairReport()
         for cell in self.cells.values():
-            report = report + repair_cell(cell, self.code, scrub, self._clock)
+            report = report + repair_cell(cell, self.code, scrub)
         return report
 
     def node_usage(self) -> builtins.list[NodeUsage]:

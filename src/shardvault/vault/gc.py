@@ -9,10 +9,9 @@ before the catalog knows them (no reservation), so the sweep first notes its
 cutoff in the catalog: such a put's commit then refuses shards minted before it
 and writes them again (shardvault.objectid). A node that is unavailable is
 skipped and named in the report: what it holds of collected versions becomes
-an orphan there, which a later sweep takes once the node is back. On a node
-repair noted stale (it rebuilt shards elsewhere while the node could not be
-reached), the sweep also deletes what no manifest names there, unless a repair
-holds the cell's maintenance lock.
+an orphan there, which a later sweep takes once the node is back. First, unless
+a repair holds the cell's maintenance lock, gc resolves the copies repair noted
+as leftovers: deleted where no manifest names them (`_resolve_leftovers`).
 
 Each node in turn is swept, then compacts its packs and lets go of what it
 learned of its shards, so one node's names are in memory at a time. Last, the
@@ -31,7 +30,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 
 from shardvault.catalog.port import VersionRecord
-from shardvault.errors import StorageError
+from shardvault.errors import ShardvaultError, StorageError
 from shardvault.manifest import Manifest
 from shardvault.nodes.port import ShardStore, object_id_of, parse_shard_name, shard_name
 from shardvault.objectid import minted_after
@@ -120,33 +119,26 @@ def _sync(stores: Iterable[ShardStore]) -> None:
 def collect_cell(cell: Cell, cutoff: float, started: float, n: int) -> GcReport:
     versions, shards = collect_claimed(cell, n, cutoff, started)
     cell.catalog.note_sweep(cutoff)  # from here, unreserved shards minted by then cannot commit
-    orphans = temporaries = stale_copies = 0
-    noted = cell.catalog.stale_nodes()
+    orphans = temporaries = 0
     with contextlib.closing(_Moves()) as moves, cell.maintenance(wait=False) as turn:
+        stale_copies = _resolve_leftovers(cell) if turn else 0  # not while a repair runs
         for node, store in cell.usable_stores().items():  # one at a time: one node's names held
-            check = turn and node in noted  # not while a repair runs: see Cell.maintenance
-            swept, stale, moved, removed = _sweep_node(cell, store, cutoff, check)
+            swept, stale, moved = _sweep_node(cell, store, cutoff)
             orphans += swept
             temporaries += stale
-            stale_copies += removed
             moves.add(node, moved)
-            if check:
-                cell.catalog.clear_stale(node, noted[node])
         relocate(cell, moves)
     unavailable = tuple(cell.unavailable_nodes())
     return GcReport(versions, shards, orphans, temporaries, unavailable, moves.count, stale_copies)
 
 
-def _sweep_node(
-    cell: Cell, store: ShardStore, cutoff: float, check_stale: bool
-) -> tuple[int, int, dict[str, str], int]:
-    """One node's orphans, temporaries and (``check_stale``) copies no manifest names,
-    then its compaction: (orphans, temporaries, moved, stale copies). The store then
-    lets go of what it learned of its shards meanwhile."""
+def _sweep_node(cell: Cell, store: ShardStore, cutoff: float) -> tuple[int, int, dict[str, str]]:
+    """One node's orphans and temporaries, then its compaction: (orphans, temporaries,
+    moved). The store then lets go of what it learned of its shards meanwhile."""
     # List shards before reading the known ids: a reserved shard was reserved
     # before it was written, and an unreserved one committed by now is known.
     names = list(store.names())
-    orphans = stale = 0
+    orphans = 0
     for start in range(0, len(names), _ORPHAN_BATCH):
         chunk = names[start : start + _ORPHAN_BATCH]
         batch = {name: bytes.fromhex(object_id_of(name)) for name in chunk}
@@ -155,38 +147,41 @@ def _sweep_node(
         for name, object_id in batch.items():
             if object_id in candidates and object_id not in known and store.delete(name):
                 orphans += 1
-        if check_stale:
-            stale += _remove_unnamed(cell, store, chunk)
     temporaries = store.collect_temporaries(cutoff)
     store.sync()
     moved = store.compact()
     store.drop_caches()
-    return orphans, temporaries, moved, stale
+    return orphans, temporaries, moved
 
 
-def _remove_unnamed(cell: Cell, store: ShardStore, names: list[str]) -> int:
-    """Delete the shards among ``names`` whose version's manifest names another node
-    for them: copies repair rebuilt elsewhere while this node could not be reached.
-    A version without a manifest (a write under way) keeps all of its shards."""
-    records = cell.catalog.versions_with({bytes.fromhex(object_id_of(name)) for name in names})
-    named: set[str] = set()
-    unfinished: set[bytes] = set()
-    for record in records:
-        if record.manifest is None:
-            unfinished.add(record.object_id)
-            continue
-        manifest = Manifest.from_bytes(record.manifest)
-        named.update(
-            shard_name(record.object_id, record.version, index)
-            for index, node in enumerate(manifest.nodes)
-            if node == store.node_id
-        )
-    known = {record.object_id for record in records}
-    removed = 0
-    for name in names:
-        object_id = bytes.fromhex(object_id_of(name))
-        if object_id in known and object_id not in unfinished and name not in named:
-            removed += store.delete(name)
+def _resolve_leftovers(cell: Cell) -> int:
+    """Copies repair noted (`Catalog.note_leftovers`): each one its version's manifest
+    names on its node is live; any other, on a node that can be reached, is deleted
+    (a repair killed before or after its swap, a node it could not reach). How many
+    were. Holding the cell's maintenance lock, so no repair is between its steps."""
+    leftovers = cell.catalog.leftovers()
+    stores = cell.usable_stores()
+    reachable = [x for x in leftovers if x.node in stores]
+    records = {r.object_id: r for r in cell.catalog.versions_with({x.object_id for x in reachable})}
+    done, touched, removed = [], set(), 0
+    for x in reachable:
+        record = records.get(x.object_id)
+        if record is not None and record.manifest is not None:
+            manifest = Manifest.from_bytes(record.manifest)
+            if x.shard < manifest.n and manifest.nodes[x.shard] == x.node:
+                done.append(x)  # named: the version's own copy
+                continue
+        try:
+            removed += stores[x.node].delete(
+                shard_name(x.object_id, x.version, x.shard), x.location
+            )
+        except (ShardvaultError, OSError):
+            continue  # noted still: the next gc tries again
+        touched.add(x.node)
+        done.append(x)
+    for node in touched:
+        stores[node].sync()  # gone for good before their notes go
+    cell.catalog.drop_leftovers(done)
     return removed
 
 

@@ -20,10 +20,12 @@ ranks). So it is never written in place, and a cell with no such node leaves
 the shard as it is and says so. The manifest is replaced, durably,
 only if it is still the one that was read (a delete, a gc or another repair
 meanwhile wins, and the rebuilt copies go); only then do the bad copies go.
-A node that cannot be reached keeps its copy, which no manifest names; repair
-notes the node (`Catalog.note_stale`) and gc deletes such copies once it can
-reach it. Repair holds the cell's maintenance lock (`Cell.maintenance`) while
-it runs, so that check never takes a rebuilt shard not yet named.
+Every copy that could end up named by no manifest is noted first
+(`Catalog.note_leftovers`): the rebuilt ones before they are written, the old
+ones before the swap. A repair killed at any step, or a node it cannot reach,
+leaves notes, and gc deletes each noted copy its version's manifest does not
+name, once it reaches the node. Repair holds the cell's maintenance lock
+(`Cell.maintenance`) while it runs, so gc never judges a copy between steps.
 
 Repair sees only ciphertext: no key is unwrapped and no plaintext exists. Like
 gc, it is the operator's maintenance, not an access the policy decides.
@@ -32,10 +34,10 @@ gc, it is the operator's maintenance, not an access the policy decides.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
-from shardvault.catalog.port import VersionRecord
+from shardvault.catalog.port import Leftover, VersionRecord
 from shardvault.codec.erasure import ErasureCode
 from shardvault.codec.hashing import block_matches
 from shardvault.codec.shardfile import block_offset
@@ -64,14 +66,12 @@ class RepairReport:
         )
 
 
-def repair_cell(
-    cell: Cell, code: ErasureCode, scrub: bool, clock: Callable[[], float]
-) -> RepairReport:
+def repair_cell(cell: Cell, code: ErasureCode, scrub: bool) -> RepairReport:
     """Check the cell's damaged versions (every committed one with ``scrub``); rebuild."""
     report = RepairReport()
     with cell.maintenance(wait=True):  # gc then leaves the stale copies check to later
         for record in _candidates(cell, scrub):
-            report = report + _repair_version(cell, code, record, clock)
+            report = report + _repair_version(cell, code, record)
     return report
 
 
@@ -90,9 +90,7 @@ def _candidates(cell: Cell, scrub: bool) -> Iterator[VersionRecord]:
         cursor = batch[-1].object_id
 
 
-def _repair_version(
-    cell: Cell, code: ErasureCode, record: VersionRecord, clock: Callable[[], float]
-) -> RepairReport:
+def _repair_version(cell: Cell, code: ErasureCode, record: VersionRecord) -> RepairReport:
     assert record.manifest is not None
     manifest = Manifest.from_bytes(record.manifest)
     what = f"{manifest.ref} v{manifest.version}"
@@ -111,26 +109,35 @@ def _repair_version(
             f"{len(bad)} bad shard(s) and no active node in {cell.jurisdiction} holding "
             "none of its shards: add a node, then repair again",
         )
+    # noted before they are written: a repair killed now leaves them to gc
+    rebuilt = [_leftover(manifest, i, node.id, None) for i, node in targets.items()]
+    cell.catalog.note_leftovers(rebuilt)
     try:
         code = code.matching(manifest.k, manifest.m, manifest.backend)
-        locations = _rebuild(cell, code, manifest, bad, targets, clock)
+        locations = _rebuild(cell, code, manifest, bad, targets)
     except (IntegrityError, ShardvaultError, OSError) as exc:
         if _moved_on(cell, record):
             return RepairReport(1)
         return _left(what, f"rebuild failed: {exc}")
+    rebuilt = [_leftover(manifest, i, node.id, locations[i]) for i, node in targets.items()]
+    old = [_leftover(manifest, i, manifest.nodes[i], manifest.location(i)) for i in targets]
+    cell.catalog.note_leftovers([*rebuilt, *old])  # and the copies the swap will replace
     nodes, kept = list(manifest.nodes), list(manifest.locations or (None,) * manifest.n)
     for index, node in targets.items():
         nodes[index], kept[index] = node.id, locations[index]
     updated = replace(manifest, nodes=tuple(nodes), locations=tuple(kept))
     if not cell.catalog.replace_manifests([(record, updated.to_bytes())], durable=True):
-        _delete(cell, manifest, {i: (n.id, locations[i]) for i, n in targets.items()}, clock)
+        cell.catalog.drop_leftovers([*_delete(cell, rebuilt), *old])
         if _moved_on(cell, record):
             return RepairReport(1)
         return _left(what, "it changed while being repaired; repair again")
-    old = {i: (manifest.nodes[i], manifest.location(i)) for i in targets}
-    _delete(cell, manifest, old, clock)
+    cell.catalog.drop_leftovers([*rebuilt, *_delete(cell, old)])  # those left, gc takes
     cell.catalog.clear_damage(manifest.ref, manifest.version)
     return RepairReport(1, len(targets))
+
+
+def _leftover(manifest: Manifest, index: int, node: str, location: str | None) -> Leftover:
+    return Leftover(manifest.object_id, manifest.version, index, node, location)
 
 
 def _moved_on(cell: Cell, record: VersionRecord) -> bool:
@@ -238,11 +245,10 @@ def _rebuild(
     manifest: Manifest,
     bad: set[int],
     targets: dict[int, NodeSpec],
-    clock: Callable[[], float],
 ) -> dict[int, str | None]:
     """Write every bad shard anew on its target; their locations. If this fails, what
     was written is removed (a committed copy is deleted, leaving a trace that the
-    next repair keeps away from; one that cannot be is noted for gc, see `_delete`)."""
+    next repair keeps away from; one that cannot be stays noted for gc)."""
     readers = {
         i: reader
         for i in range(manifest.n)
@@ -268,7 +274,7 @@ def _rebuild(
     except BaseException:
         for writer in writers.values():
             writer.abort()
-        _delete(cell, manifest, {i: (targets[i].id, at) for i, at in committed.items()}, clock)
+        _delete(cell, [_leftover(manifest, i, targets[i].id, at) for i, at in committed.items()])
         raise
     finally:
         for reader in readers.values():
@@ -299,27 +305,20 @@ def _rebuilt_blocks(
     return blocks
 
 
-def _delete(
-    cell: Cell,
-    manifest: Manifest,
-    where: dict[int, tuple[str, str | None]],
-    clock: Callable[[], float],
-) -> None:
-    """Delete these shards (index -> node, location); a node that cannot be reached
-    keeps its copy, no manifest names it, and gc removes it once it can (note_stale)."""
-    touched, unreached = set(), set()
-    for index, (node, location) in where.items():
+def _delete(cell: Cell, copies: list[Leftover]) -> list[Leftover]:
+    """Delete these copies where their nodes can be reached, durably; those deleted (the
+    others stay noted, and gc takes them once it can: `gc._resolve_leftovers`)."""
+    gone, failed = [], set()
+    for copy in copies:
         try:
-            cell.store(node).delete(
-                shard_name(manifest.object_id, manifest.version, index), location
-            )
-            touched.add(node)
+            name = shard_name(copy.object_id, copy.version, copy.shard)
+            cell.store(copy.node).delete(name, copy.location)
+            gone.append(copy)
         except (ShardvaultError, OSError):
-            unreached.add(node)
-    for node in touched - unreached:
+            failed.add(copy.node)
+    for node in {copy.node for copy in gone}:
         try:
             cell.store(node).sync()
         except (ShardvaultError, OSError):
-            unreached.add(node)
-    for node in unreached:
-        cell.catalog.note_stale(node, clock())
+            failed.add(node)
+    return [copy for copy in gone if copy.node not in failed]

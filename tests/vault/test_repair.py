@@ -466,3 +466,14 @@ def test_a_repair_killed_at_any_step_leaves_no_copy_for_good(
         assert {node: names for node, names in held.items() if names} == named
         vault.repair(scrub=True)
         reads_back_whole(vault, payloads)
+
+
+def test_an_unusable_maintenance_lock_is_a_storage_error_not_a_traceback(tmp_path: Path) -> None:
+    config = deployment(tmp_path)
+    filled(config)
+    lock = tmp_path / "deploy" / "state" / "cells" / "US" / "maintenance.lock"
+    lock.mkdir(parents=True)  # a directory where the lock file goes
+    with Vault.open(load(config)) as vault:
+        for run in (vault.repair, lambda: vault.gc(grace_seconds=0)):
+            with pytest.raises(StorageError, match="cell US: maintenance lock"):
+                run()

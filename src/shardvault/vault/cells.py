@@ -64,14 +64,19 @@ class Cell:
         if self.maintenance_lock is None:
             yield True
             return
-        self.maintenance_lock.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.maintenance_lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            self.maintenance_lock.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.maintenance_lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise StorageError(f"cell {self.jurisdiction}: maintenance lock: {exc}") from exc
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 yield False
                 return
+            except OSError as exc:
+                raise StorageError(f"cell {self.jurisdiction}: maintenance lock: {exc}") from exc
             yield True
         finally:
             os.close(fd)  # releases the flock

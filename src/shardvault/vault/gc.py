@@ -45,7 +45,7 @@ class GcReport:
     temporaries: int = 0
     skipped_nodes: tuple[str, ...] = ()  # unavailable: nothing on them was collected
     moved: int = 0  # shards a compaction moved, their manifests told where
-    stale: int = 0  # copies repair moved elsewhere while their node was unreachable
+    stale: int = 0  # copies repair left (noted) that no manifest names, deleted
 
     def __add__(self, other: GcReport) -> GcReport:
         return GcReport(
@@ -120,8 +120,9 @@ def collect_cell(cell: Cell, cutoff: float, started: float, n: int) -> GcReport:
     versions, shards = collect_claimed(cell, n, cutoff, started)
     cell.catalog.note_sweep(cutoff)  # from here, unreserved shards minted by then cannot commit
     orphans = temporaries = 0
-    with contextlib.closing(_Moves()) as moves, cell.maintenance(wait=False) as turn:
+    with cell.maintenance(wait=False) as turn:  # held only for this: repairs need not wait
         stale_copies = _resolve_leftovers(cell) if turn else 0  # not while a repair runs
+    with contextlib.closing(_Moves()) as moves:
         for node, store in cell.usable_stores().items():  # one at a time: one node's names held
             swept, stale, moved = _sweep_node(cell, store, cutoff)
             orphans += swept

@@ -45,7 +45,6 @@ from shardvault.errors import IntegrityError, NotFound, ShardvaultError
 from shardvault.manifest import Manifest
 from shardvault.model import NodeSpec, NodeState
 from shardvault.nodes.port import ShardReader, ShardStore, ShardWriter, shard_name
-from shardvault.nodes.unavailable import UnavailableStore
 from shardvault.placement import placement_seed, rank_nodes
 from shardvault.vault.cells import Cell
 
@@ -152,12 +151,8 @@ def _left(what: str, why: str) -> RepairReport:
 
 
 def _active(cell: Cell) -> dict[str, NodeSpec]:
-    """The cell's active nodes whose stores could be opened."""
-    return {
-        node.id: node
-        for node in cell.nodes
-        if node.state is NodeState.ACTIVE and not isinstance(cell.store(node.id), UnavailableStore)
-    }
+    """The cell's active nodes whose stores could be opened, as placement sees them."""
+    return {node.id: node for node in cell.placeable_nodes() if node.state is NodeState.ACTIVE}
 
 
 def _bad_shards(cell: Cell, manifest: Manifest) -> set[int]:

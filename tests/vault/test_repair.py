@@ -72,6 +72,15 @@ def with_node_state(config: Path, node: str, state: str) -> None:
     config.write_text(text.replace(entry, entry + f'state = "{state}"\n'))
 
 
+def copies(vault: Vault, object_id: bytes) -> dict[str, set[str]]:
+    """The shard names of one version each US node holds (nodes holding none left out)."""
+    held = {
+        node: {name for name in store.names() if name.startswith(object_id.hex())}
+        for node, store in vault.cells["US"].stores.items()
+    }
+    return {node: names for node, names in held.items() if names}
+
+
 def reads_back_whole(vault: Vault, payloads: dict[ObjectRef, bytes]) -> None:
     for ref, data in payloads.items():
         with vault.open_read(ref) as reader:
@@ -198,9 +207,8 @@ def test_a_version_changed_meanwhile_keeps_its_manifest_and_loses_the_rebuilt_co
             "it changed while being repaired; repair again"
         ]
         assert manifest_of(vault, REFS[4]) == before
+        assert sum(map(len, copies(vault, before.object_id).values())) == K + M - 1
         stores = vault.cells["US"].stores
-        held = [name for store in stores.values() for name in store.names()]
-        assert sum(name.startswith(before.object_id.hex()) for name in held) == K + M - 1
         # a pack keeps the undone copy's tombstone: its name is never written there again
         name = shard_name(before.object_id, 1, 3)
         traced = {
@@ -348,7 +356,7 @@ def test_a_rebuild_that_fails_after_a_commit_leaves_no_copy(
     payloads = filled(config)
     with Vault.open(load(config)) as vault:
         lose(vault, REFS[3], 4)
-        object_id = manifest_of(vault, REFS[3]).object_id.hex()
+        object_id = manifest_of(vault, REFS[3]).object_id
 
         def broken_sync() -> None:
             raise StorageError("the disk went away")
@@ -362,8 +370,7 @@ def test_a_rebuild_that_fails_after_a_commit_leaves_no_copy(
             "rebuild failed: the disk went away"
         ]
         monkeypatch.undo()
-        stores = vault.cells["US"].stores.values()
-        assert sum(n.startswith(object_id) for s in stores for n in s.names()) == K + M - 1
+        assert sum(map(len, copies(vault, object_id).values())) == K + M - 1
         assert vault.get(REFS[3]) == payloads[REFS[3]]
 
 
@@ -458,12 +465,8 @@ def test_a_repair_killed_at_any_step_leaves_no_copy_for_good(
         vault.gc(grace_seconds=0)
         assert catalog.leftovers() == []
         after = manifest_of(vault, ref)
-        held = {
-            node: {n for n in store.names() if n.startswith(before.object_id.hex())}
-            for node, store in vault.cells["US"].stores.items()
-        }
         named = {node: {shard_name(before.object_id, 1, i)} for i, node in enumerate(after.nodes)}
-        assert {node: names for node, names in held.items() if names} == named
+        assert copies(vault, before.object_id) == named
         vault.repair(scrub=True)
         reads_back_whole(vault, payloads)
 

@@ -18,7 +18,8 @@ from tests.interrupts import (
     wait_for,
 )
 
-from shardvault.durability import BackgroundFlush, GroupSync, WaitRoom
+from shardvault import durability
+from shardvault.durability import BackgroundFlush, GroupSync, WaitRoom, filesystem_sync
 from shardvault.errors import StorageError
 from shardvault.nodes.localdir import WRITEBACK_CHUNK, LocalDirShardStore
 from shardvault.nodes.port import shard_name
@@ -272,3 +273,22 @@ def test_a_caller_woken_to_lead_that_leaves_hands_the_lead_on() -> None:
     with pytest.raises(Interrupted):
         group.sync()
     wait_for(lambda: flushes == ["first", "later"])
+
+
+def test_a_filesystem_sync_outlives_the_directory_it_was_first_asked_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A process that closed one deployment and removed it (a library user's temporary
+    deployment, a node directory taken away) must still sync the next one on that disk."""
+    monkeypatch.setattr(durability, "_devices", {})  # as in a new process
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir()
+    second.mkdir()
+    shared = filesystem_sync(first)
+    assert filesystem_sync(second) is shared  # one group commit per filesystem
+    first.rmdir()
+    ticket = shared.note_write()
+    shared.sync(ticket)  # before the fix: StorageError naming the removed directory
+    second.rmdir()
+    with pytest.raises(StorageError, match="no directory"):
+        shared.sync(shared.note_write())

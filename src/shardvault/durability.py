@@ -281,7 +281,7 @@ def sync_filesystem(path: Path) -> None:
         os.close(fd)
 
 
-_devices: dict[int, GroupSync] = {}
+_devices: dict[int, tuple[GroupSync, dict[Path, None]]] = {}  # device: sync, its paths in order
 _devices_lock = threading.Lock()
 
 
@@ -301,16 +301,42 @@ def filesystem_sync(path: Path) -> GroupSync:
     """The process's group commit for the filesystem holding `path`: one syncfs for all.
 
     Pack appends on every node and catalog commits of a deployment on one disk
-    share it, so a put's n shards need one flush, not n.
+    share it, so a put's n shards need one flush, not n. It flushes through the
+    directory asked for last that still exists: one asked for earlier may be gone
+    (a deployment closed and removed, a node's directory taken away), and syncing
+    through it would fail every write on the disk.
     """
     device = os.stat(path).st_dev
     with _devices_lock:
         found = _devices.get(device)
         if found is None:
-            found = _devices[device] = GroupSync(
-                lambda: sync_filesystem(path), f"filesystem sync of {path}"
+            paths: dict[Path, None] = {}
+            found = _devices[device] = (
+                GroupSync(lambda: _sync_through(paths), "filesystem sync"),
+                paths,
             )
-        return found
+        group, paths = found
+        paths.pop(path, None)
+        paths[path] = None  # the newest last
+        return group
+
+
+def _sync_through(paths: dict[Path, None]) -> None:
+    """syncfs through the newest of `paths` that still exists, forgetting those that do not."""
+    while True:
+        with _devices_lock:
+            if not paths:
+                raise StorageError(
+                    "no directory of this filesystem that this process opened is left "
+                    "to sync it through: reopen the vault"
+                )
+            path = next(reversed(paths))
+        try:
+            sync_filesystem(path)
+            return
+        except FileNotFoundError:
+            with _devices_lock:
+                paths.pop(path, None)
 
 
 _flush_pool: ThreadPoolExecutor | None = None

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from conftest import make_deployment, manifest_of
+from shardvault import durability
 from shardvault.config import Config, load
 from shardvault.errors import TooFewNodes
 from shardvault.model import ObjectRef
@@ -133,3 +134,19 @@ def test_a_node_dropped_from_the_config_reads_as_lost(
             "unknown",
         )
         assert where[0, 0].facility.startswith("us-fac-")
+
+
+@pytest.mark.parametrize("pack_limit", [0, 1 << 20], ids=["files", "packs"])
+def test_a_deployment_removed_while_the_process_lives_does_not_stop_the_next(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pack_limit: int
+) -> None:
+    """A library user's temporary deployment, closed and deleted, then another on the same
+    disk: the second one's writes must not try to sync through the first one's directories."""
+    monkeypatch.setattr(durability, "_devices", {})  # as in a new process
+    ref = ObjectRef("intl", "alice", "k")
+    for name in ("first", "second"):
+        with reopen(make_deployment(tmp_path / name, pack_limit=pack_limit)) as vault:
+            vault.register_subject("intl", "alice", "US")
+            vault.put(ref, b"kept")
+            assert vault.get(ref) == b"kept"
+        shutil.rmtree(tmp_path / name)

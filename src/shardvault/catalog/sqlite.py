@@ -128,11 +128,18 @@ def _prefixed(table: str, columns: str) -> str:
     return ", ".join(f"{table}.{column}" for column in columns.split(", "))
 
 
+# What a lookup cannot know from its own parameters: not the names it matched on, nor
+# the state it asked for. Each column fetched costs a GIL release in the sqlite3
+# module, and under load each release is a hand-off between threads.
+_LOOKUP_SUBJECT = "jurisdiction, key_id, wrapped_key, created_at, forgotten_at"
+_LOOKUP_VERSION_COLUMNS = "version, object_id, size, created_at, manifest"
+
+
 def _lookup_sql(version_given: bool) -> str:
     """A subject's row, left-joined with the newest committed version of one key."""
     join = "v.tenant = s.tenant AND v.subject = s.subject AND v.key = ?3 AND v.state = 'committed'"
     return (
-        f"SELECT {_prefixed('s', _SUBJECT_COLUMNS)}, {_prefixed('v', _VERSION_COLUMNS)}"
+        f"SELECT {_prefixed('s', _LOOKUP_SUBJECT)}, {_prefixed('v', _LOOKUP_VERSION_COLUMNS)}"
         f" FROM subjects s LEFT JOIN versions v ON {join}"
         + (" AND v.version = ?4" if version_given else "")
         + " WHERE s.tenant = ?1 AND s.subject = ?2"
@@ -450,8 +457,11 @@ class SqliteCatalog:
             rows = self._query(_LOOKUP_VERSION, (ref.tenant, ref.subject, ref.key, version))
         if not rows:
             return None, None
-        subject, found = rows[0][:7], rows[0][7:]
-        return SubjectRecord(*subject), (_version(found, ref) if found[3] is not None else None)
+        row = rows[0]
+        subject = SubjectRecord(ref.tenant, ref.subject, *row[:5])
+        if row[5] is None:
+            return subject, None
+        return subject, VersionRecord(ref, row[5], VersionState.COMMITTED, *row[6:])
 
     def list_latest(
         self, tenant: str, subject: str, prefix: str, start_after: str, limit: int

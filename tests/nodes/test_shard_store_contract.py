@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from shardvault.errors import InvalidInput, NotFound
+from shardvault.errors import InvalidInput, NotFound, StorageError
 from shardvault.nodes.localdir import LocalDirShardStore
 from shardvault.nodes.memory import MemoryShardStore
 from shardvault.nodes.port import (
@@ -243,6 +243,33 @@ def test_shard_names() -> None:
     assert NAME == "0123456789abcdef0123456789abcdef.v1.s0"
     assert check_shard_name(NAME) == NAME
     assert object_id_of(shard_name(OID, 42, 17)) == OID.hex()
+
+
+@pytest.mark.parametrize("pack_limit", [0, 64 << 10])
+def test_a_localdir_store_whose_directory_went_says_so_not_that_a_shard_is_gone(
+    tmp_path: Path, pack_limit: int
+) -> None:
+    # a disk unmounted under an open store hides its shards: "no such shard" let repair
+    # drop its notes of copies still there, and after a remount they stayed for good
+    root = tmp_path / "node"
+    writing = LocalDirShardStore("node", root, pack_limit)
+    writer = writing.open_writer(NAME)
+    writer.write(b"a shard")
+    writer.commit()
+    writing.close()
+    store = LocalDirShardStore("node", root, pack_limit)
+    root.rename(tmp_path / "aside")
+    with pytest.raises(StorageError, match=r"node node: finding .* failed"):
+        store.delete(NAME, writer.location)
+    with pytest.raises(StorageError):
+        store.open_reader(NAME, writer.location)
+    with pytest.raises(StorageError):
+        store.has_trace(NAME)
+    (tmp_path / "aside").rename(root)  # mounted again
+    assert store.has_trace(NAME)
+    assert read(store, NAME) == b"a shard"
+    assert store.delete(NAME, writer.location)
+    store.close()
 
 
 def test_localdir_layout_and_atomic_rename(tmp_path: Path) -> None:

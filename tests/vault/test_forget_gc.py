@@ -343,3 +343,37 @@ def test_a_lost_keyring_is_never_made_again_by_another_process(tmp_path: Path) -
         assert not tombstones_path(config.keyring_path).exists()
         with pytest.raises((KeyUnavailable, SubjectForgotten)):
             server.get(ObjectRef("intl", "bob", "x"))
+
+
+@pytest.mark.parametrize("pack_limit", [0, 64 << 10], ids=["files", "packs"])
+def test_gc_skips_a_node_whose_directory_went_after_it_was_opened_and_sweeps_it_later(
+    tmp_path: Path, pack_limit: int
+) -> None:
+    """A disk unmounted under a running process: gc names the node as skipped rather
+    than stopping at a raw FileNotFoundError, and the copies it could not delete there
+    are orphans the first gc after the remount takes."""
+    config = make_deployment(tmp_path / "d", pack_limit=pack_limit)
+    gone, kept = ObjectRef("intl", "alice", "gone"), ObjectRef("intl", "alice", "kept")
+    with Vault.open(load(config)) as vault:
+        vault.register_subject("intl", "alice", "US")
+        vault.put(gone, os.urandom(3000))
+        vault.put(kept, b"stays")
+        manifest = manifest_of(vault, gone)
+        node = manifest.nodes[0]
+        name = shard_name(manifest.object_id, manifest.version, 0)
+        vault.delete(gone)
+        store = vault.cells["US"].store(node)
+        node_dir = Path(load(config).node(node).location)
+        node_dir.rename(tmp_path / "aside")  # unmounted under the open store
+        report = vault.gc(grace_seconds=0)
+        assert report.skipped_nodes == (node,)
+        assert report.versions == 1  # the rest of the cell was collected
+        (tmp_path / "aside").rename(node_dir)  # mounted again
+        # a shard file could not be deleted there; a packed one was, through the pack
+        # file this process held open (a tombstone)
+        assert (name in set(store.names())) == (pack_limit == 0)
+        again = vault.gc(grace_seconds=0)
+        assert again.skipped_nodes == ()
+        assert again.orphans == (1 if pack_limit == 0 else 0)
+        assert name not in set(store.names())
+        assert vault.get(kept) == b"stays"

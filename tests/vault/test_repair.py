@@ -20,6 +20,7 @@ from shardvault.config import load
 from shardvault.errors import StorageError
 from shardvault.manifest import Manifest
 from shardvault.model import ObjectRef
+from shardvault.nodes.localdir import LocalDirShardStore
 from shardvault.nodes.port import shard_name
 from shardvault.vault import Vault, repair
 from shardvault.vault.cells import Cell
@@ -480,3 +481,57 @@ def test_an_unusable_maintenance_lock_is_a_storage_error_not_a_traceback(tmp_pat
         for run in (vault.repair, lambda: vault.gc(grace_seconds=0)):
             with pytest.raises(StorageError, match="cell US: maintenance lock"):
                 run()
+
+
+def damage(vault: Vault, ref: ObjectRef, index: int) -> Path:
+    """Flip a byte of one shard of ref's current version, packed or not; its node's root."""
+    manifest = manifest_of(vault, ref)
+    store = vault.cells["US"].store(manifest.nodes[index])
+    assert isinstance(store, LocalDirShardStore)
+    location = manifest.location(index)
+    if location is None:
+        path, offset = store.shard_path(shard_name(manifest.object_id, 1, index)), 10
+    else:
+        pack, at = location.split(":")
+        path, offset = store.packs.directory / pack, int(at) + 10
+    with path.open("r+b") as shard:
+        shard.seek(offset)
+        byte = shard.read(1)
+        shard.seek(offset)
+        shard.write(bytes([byte[0] ^ 0x10]))
+    return store.root
+
+
+@pytest.mark.parametrize("pack_limit", [0, 64 << 10])
+def test_a_node_whose_directory_went_after_it_was_opened_keeps_its_copies_noted(
+    tmp_path: Path, pack_limit: int
+) -> None:
+    # its store, opened while the directory was there, answered delete with False (no
+    # such shard) once it had gone: repair dropped the notes of copies it had never
+    # deleted, and after a remount they stayed for good (gc knows their object ids)
+    config = deployment(tmp_path, pack_limit=pack_limit)
+    payloads = filled(config)
+    with Vault.open(load(config)) as vault:
+        node = manifest_of(vault, REFS[7]).nodes[2]
+        held = set(vault.cells["US"].store(node).names())
+    with Vault.open(load(config)) as vault:
+        cell = vault.cells["US"]
+        node_dir = damage(vault, REFS[7], 2)
+        node_dir.rename(tmp_path / "aside")  # unmounted under the open store
+        report = vault.repair(scrub=True)
+        assert report.rebuilt > 0 and report.problems == ()
+        named = {
+            shard_name(m.object_id, m.version, i)
+            for m in (manifest_of(vault, ref) for ref in payloads)
+            for i, at in enumerate(m.nodes)
+            if at == node
+        }
+        assert named == set()  # every copy on it was rebuilt elsewhere
+        left = cell.catalog.leftovers()
+        assert {x.node for x in left} == {node}  # none deleted: all noted still
+        assert {shard_name(x.object_id, x.version, x.shard) for x in left} == held
+        (tmp_path / "aside").rename(node_dir)  # mounted again, with every copy
+        assert vault.gc(grace_seconds=0).stale == len(held)
+        assert cell.catalog.leftovers() == []
+        assert list(cell.store(node).names()) == []
+        reads_back_whole(vault, payloads)

@@ -212,6 +212,7 @@ class LocalDirShardStore:
         except FileNotFoundError:
             located = self._locate(name)
             if located is None:
+                self._check_root()
                 raise NotFound(f"shard {name} not on node {self.node_id}") from None
             return PackedShardReader(self.packs, located)
         except OSError as exc:
@@ -238,24 +239,45 @@ class LocalDirShardStore:
             raise _storage_error(self.node_id, "deleting a packed shard", exc) from exc
         if deleted:  # its tombstone and zeroed bytes are durable at the next sync()
             self.owe_sync(self.packs.group.note_write())
+        else:
+            self._check_root()
         return deleted
 
     def has_trace(self, name: str) -> bool:
         if os.path.lexists(self._shard_file(name)):
             return True
         try:
-            return self.packs.has_trace(name)
+            traced = self.packs.has_trace(name)
         except OSError as exc:
             raise _storage_error(self.node_id, "reading packs", exc) from exc
+        if not traced:
+            self._check_root()
+        return traced
+
+    def _check_root(self) -> None:
+        """Raise unless the store's directory is still there: a shard found nowhere is
+        gone only then. One that went after the store was opened (a disk unmounted, a
+        directory moved) hides its shards, and "no such shard" would let the vault drop
+        its notes of copies still on it (vault/repair.py). shards/ is made at open and
+        never again, so a missing one is the directory gone."""
+        try:
+            os.stat(self._shard_root)
+        except OSError as exc:
+            raise _storage_error(self.node_id, f"finding {self.shard_dir}", exc) from exc
 
     def names(self) -> Iterator[str]:
+        self._check_root()  # a directory gone lists as empty: gc would see nothing to do
         found = {path.name for path in self.shard_dir.glob("*/*/*")}
         found.update(self.packs.names())
         return iter(sorted(found))
 
     def collect_temporaries(self, older_than: float) -> int:
         removed = 0
-        for path in self.tmp_dir.iterdir():
+        try:
+            found = list(self.tmp_dir.iterdir())
+        except OSError as exc:
+            raise _storage_error(self.node_id, f"listing {self.tmp_dir}", exc) from exc
+        for path in found:
             try:
                 if path.stat().st_mtime < older_than:
                     path.unlink()

@@ -43,7 +43,7 @@ class GcReport:
     shards: int = 0
     orphans: int = 0
     temporaries: int = 0
-    skipped_nodes: tuple[str, ...] = ()  # unavailable: nothing on them was collected
+    skipped_nodes: tuple[str, ...] = ()  # unavailable or failing: nothing there was swept
     moved: int = 0  # shards a compaction moved, their manifests told where
     stale: int = 0  # copies repair left (noted) that no manifest names, deleted
 
@@ -87,8 +87,9 @@ def collect_versions(cell: Cell, records: list[VersionRecord], n: int) -> int:
     """Delete the shards of these versions, then their rows.
 
     A committed or deleted version's manifest names its nodes; a pending one
-    has none yet, so every node of the cell is tried. Anything missed is an
-    orphan once the row is gone, and the next sweep takes it.
+    has none yet, so every node of the cell is tried. Anything missed (on a node
+    that could not be opened, or that failed the delete) is an orphan once the
+    row is gone, and the next sweep that reaches its node takes it.
     """
     removed = 0
     stores = cell.usable_stores()
@@ -103,8 +104,11 @@ def collect_versions(cell: Cell, records: list[VersionRecord], n: int) -> int:
         else:
             targets = [(store, index, None) for store in stores.values() for index in range(n)]
         for store, index, location in targets:
-            if store.delete(shard_name(record.object_id, record.version, index), location):
-                removed += 1
+            try:
+                if store.delete(shard_name(record.object_id, record.version, index), location):
+                    removed += 1
+            except (ShardvaultError, OSError):
+                continue  # as on a node that could not be opened: an orphan once the row goes
     _sync(stores.values())  # the shards are gone for good before their rows go
     cell.catalog.purge((record.ref, record.version) for record in records)
     return removed
@@ -122,15 +126,20 @@ def collect_cell(cell: Cell, cutoff: float, started: float, n: int) -> GcReport:
     orphans = temporaries = 0
     with cell.maintenance(wait=False) as turn:  # held only for this: repairs need not wait
         stale_copies = _resolve_leftovers(cell) if turn else 0  # not while a repair runs
+    failing: list[str] = []
     with contextlib.closing(_Moves()) as moves:
         for node, store in cell.usable_stores().items():  # one at a time: one node's names held
-            swept, stale, moved = _sweep_node(cell, store, cutoff)
+            try:
+                swept, stale, moved = _sweep_node(cell, store, cutoff)
+            except (ShardvaultError, OSError):
+                failing.append(node)  # as if unavailable: the next sweep tries again
+                continue
             orphans += swept
             temporaries += stale
             moves.add(node, moved)
         relocate(cell, moves)
-    unavailable = tuple(cell.unavailable_nodes())
-    return GcReport(versions, shards, orphans, temporaries, unavailable, moves.count, stale_copies)
+    skipped = tuple(sorted([*cell.unavailable_nodes(), *failing]))
+    return GcReport(versions, shards, orphans, temporaries, skipped, moves.count, stale_copies)
 
 
 def _sweep_node(cell: Cell, store: ShardStore, cutoff: float) -> tuple[int, int, dict[str, str]]:

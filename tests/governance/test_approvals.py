@@ -12,7 +12,7 @@ from tests.governance.helpers import SERVICE, SUPPORT, US_COURT, as_, entries, r
 from governance_support import ensure_approvers, forget_approved
 from shardvault.audit.entry import PSEUDONYM_PREFIX
 from shardvault.config import load
-from shardvault.errors import AccessDenied, ApprovalRequired
+from shardvault.errors import AccessDenied, ApprovalRequired, NotFound
 from shardvault.model import ObjectRef, RequestContext, local_context, new_request_id
 from shardvault.vault import Vault
 
@@ -223,3 +223,36 @@ def test_pending_approvals_are_found_without_reading_the_decided_ones(
     assert set(read) == set(shown) == {halfway, waiting}  # nothing decided was read
     listed = court.governance.visible_approvals(local_context("approval"))
     assert [a.id for a in listed] == shown
+
+
+def test_who_is_not_registered_is_told_to_a_principal_sent_for_approval_only_with_one(
+    court: Vault,
+) -> None:
+    # a court learned, without any approval, that an id was registered nowhere: the
+    # same request for a registered subject got a pending approval and a refusal
+    nobody = ObjectRef("intl", "bob", "chat/2026.log")
+    with pytest.raises(ApprovalRequired) as caught:
+        court.get(nobody, ctx=as_(US_COURT, "lawful-request"))
+    approval = caught.value.approval_id
+    assert approval is not None
+    with pytest.raises(AccessDenied, match="approval:pending"):  # not yet signed
+        court.get(nobody, ctx=as_(US_COURT, "lawful-request", approval))
+    alices = pending(court)
+    assert sign(court, alices, "dpo") == "pending"
+    assert sign(court, alices, "partner-officer") == "approved"
+    with pytest.raises(AccessDenied, match="approval"):  # met, but for another subject
+        court.get(nobody, ctx=as_(US_COURT, "lawful-request", alices))
+    assert sign(court, approval, "dpo") == "pending"
+    assert sign(court, approval, "partner-officer") == "approved"
+    with pytest.raises(NotFound, match="no subject bob"):
+        court.get(nobody, ctx=as_(US_COURT, "lawful-request", approval))
+    steps = [
+        (e.decision, e.result)
+        for e in entries(court)
+        if e.details.get("approval_id") == approval and e.principal == US_COURT.id
+    ]
+    assert steps == [
+        ("approval-required", "pending"),
+        ("deny", "refused"),
+        ("allow", "not-registered"),
+    ]

@@ -316,25 +316,9 @@ class Governance:
         audit = _request_fields(ctx, action)
         principal = self._resolve_audited(ctx, action, resource)
         decision = decide(self.policy, principal, action, resource, ctx.purpose)
-        approval_id = None
-        if ctx.approval_id is not None and decision.effect is not Effect.DENY:
-            try:
-                self.approvals.check_use(
-                    ctx.approval_id, principal=principal.id, action=str(action), tenant=tenant,
-                    subject=subject, key=key, purpose=ctx.purpose,
-                )  # fmt: skip
-            except AccessDenied as exc:
-                rule = exc.rule or "approval:invalid"
-                self._audit(
-                    resource, **audit, decision="deny", rule=rule, result="refused",
-                    details=_details(principal, resource, "policy", approval_id=ctx.approval_id),
-                ).wait()  # fmt: skip
-                raise AccessDenied(f"{action} refused ({rule}): {exc}", rule=rule) from None
-            approval_id = ctx.approval_id
-        if decision.effect is Effect.APPROVAL_REQUIRED and approval_id is None:
-            self._request_approval(ctx, principal, action, resource, decision)
         if decision.effect is Effect.DENY:
             raise self._refused(ctx, action, principal, resource, decision)
+        approval_id = self._approved(ctx, action, principal, resource, decision)
         ticket = self._audit(
             resource, **audit, decision="allow", rule=decision.rule, result="allowed",
             details=_details(principal, resource, "policy", approval_id=approval_id),
@@ -344,6 +328,37 @@ class Governance:
         return Access(
             principal, ctx.purpose, ctx.request_id, action, resource, decision, ticket, approval_id
         )
+
+    def _approved(
+        self,
+        ctx: RequestContext,
+        action: Action,
+        principal: Principal,
+        resource: Resource,
+        decision: Decision,
+    ) -> str | None:
+        """The request's approval id once checked for exactly this use (None if it brings
+        none and the decision needs none). A decision that needs one it lacks records a
+        pending approval and raises `ApprovalRequired`; a bad one is refused, audited."""
+        if ctx.approval_id is None:
+            if decision.effect is Effect.APPROVAL_REQUIRED:
+                self._request_approval(ctx, principal, action, resource, decision)
+            return None
+        try:
+            self.approvals.check_use(
+                ctx.approval_id, principal=principal.id, action=str(action),
+                tenant=resource.tenant, subject=resource.subject, key=resource.key,
+                purpose=ctx.purpose,
+            )  # fmt: skip
+        except AccessDenied as exc:
+            rule = exc.rule or "approval:invalid"
+            self._audit(
+                resource, **_request_fields(ctx, action), decision="deny", rule=rule,
+                result="refused",
+                details=_details(principal, resource, "policy", approval_id=ctx.approval_id),
+            ).wait()  # fmt: skip
+            raise AccessDenied(f"{action} refused ({rule}): {exc}", rule=rule) from None
+        return ctx.approval_id
 
     def _resolve_audited(
         self, ctx: RequestContext, action: Action, resource: Resource
@@ -373,28 +388,39 @@ class Governance:
         """May ``ctx`` learn that ``subject`` is registered in no cell? Raise if not.
 
         Only a principal the policy would let act on the subject in one of the
-        tenant's ``jurisdictions`` may (with an approval, if it needs one there:
-        docs/trust-model.md); the answer is audited in that cell. Anyone else
+        tenant's ``jurisdictions`` may: where it is allowed, or, where it needs an
+        approval, with one met for exactly this request (without one it gets a
+        pending approval and `ApprovalRequired`, as for a registered subject:
+        docs/trust-model.md). The answer is audited in that cell. Anyone else
         (another tenant, a foreign authority, an unknown or revoked principal) gets
         a refusal, audited and counted in the tenant's first cell: otherwise "not
         registered" would tell them, unaudited, who is.
         """
+        if ctx.approval_id is not None:
+            approval_cell(ctx.approval_id)
         first = Resource(tenant, jurisdictions[0], DataClass.PROTECTED, subject, key)
         principal = self._resolve_audited(ctx, action, first)
-        refusal = None
+        refusal = chosen = None
         for jurisdiction in jurisdictions:
             resource = Resource(tenant, jurisdiction, DataClass.PROTECTED, subject, key)
             decision = decide(self.policy, principal, action, resource, ctx.purpose)
-            if decision.effect is not Effect.DENY:
-                self._audit(
-                    resource, **_request_fields(ctx, action), decision=decision.effect.value,
-                    rule=decision.rule, result="not-registered",
-                    details=_details(principal, resource, "policy"),
-                ).wait()  # fmt: skip
-                return
-            refusal = refusal or decision
-        assert refusal is not None
-        raise self._refused(ctx, action, principal, first, refusal)
+            if decision.effect is Effect.ALLOW:
+                chosen = resource, decision
+                break
+            if decision.effect is Effect.APPROVAL_REQUIRED:
+                chosen = chosen or (resource, decision)
+            else:
+                refusal = refusal or decision
+        if chosen is None:
+            assert refusal is not None
+            raise self._refused(ctx, action, principal, first, refusal)
+        resource, decision = chosen
+        approval_id = self._approved(ctx, action, principal, resource, decision)
+        self._audit(
+            resource, **_request_fields(ctx, action), decision="allow",
+            rule=decision.rule, result="not-registered",
+            details=_details(principal, resource, "policy", approval_id=approval_id),
+        ).wait()  # fmt: skip
 
     def _refused(
         self,

@@ -292,3 +292,23 @@ def test_a_filesystem_sync_outlives_the_directory_it_was_first_asked_for(
     second.rmdir()
     with pytest.raises(StorageError, match="no directory"):
         shared.sync(shared.note_write())
+
+
+def test_a_filesystem_sync_never_goes_through_another_filesystem(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A directory it was given that is now on another filesystem (removed and made
+    again as a mount point) would flush the wrong disk and call the writes durable."""
+    monkeypatch.setattr(durability, "_devices", {})
+    here = tmp_path / "here"
+    here.mkdir()
+    group = filesystem_sync(here)
+    paths = durability._devices[os.stat(here).st_dev][1]
+    elsewhere = Path("/proc")  # always another filesystem than the test's disk
+    paths[elsewhere] = None  # as if given last, then mounted over
+    group.sync(group.note_write())  # through `here`
+    assert list(paths) == [here]
+    here.rmdir()
+    paths[elsewhere] = None
+    with pytest.raises(StorageError, match="no directory"):  # never through /proc
+        group.sync(group.note_write())

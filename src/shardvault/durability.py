@@ -267,13 +267,20 @@ def fsync_directory(path: Path) -> None:
 _syncfs = _libc_function("syncfs", [ctypes.c_int])
 
 
-def sync_filesystem(path: Path) -> None:
-    """syncfs(2) on the filesystem holding `path` (the global sync(2) where libc lacks it)."""
+def sync_filesystem(path: Path, device: int | None = None) -> None:
+    """syncfs(2) on the filesystem holding `path` (the global sync(2) where libc lacks it).
+
+    With `device`, a `path` now on another filesystem (removed, then made again
+    or mounted over) raises `FileNotFoundError`: syncing that one would not
+    flush the writes meant.
+    """
     if _syncfs is None:
         os.sync()
         return
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
+        if device is not None and os.fstat(fd).st_dev != device:
+            raise FileNotFoundError(errno.ENOENT, f"{path} is on another filesystem now")
         if _syncfs(fd) != 0:
             err = ctypes.get_errno()
             raise OSError(err, os.strerror(err))
@@ -302,9 +309,11 @@ def filesystem_sync(path: Path) -> GroupSync:
 
     Pack appends on every node and catalog commits of a deployment on one disk
     share it, so a put's n shards need one flush, not n. It flushes through the
-    directory asked for last that still exists: one asked for earlier may be gone
-    (a deployment closed and removed, a node's directory taken away), and syncing
-    through it would fail every write on the disk.
+    directory asked for last that is still on that filesystem: one asked for
+    earlier may be gone (a deployment closed and removed, a node's directory taken
+    away), and syncing through it would fail every write on the disk, or be on
+    another filesystem now (made again as a mount point), and syncing through it
+    would flush the wrong disk and call the writes durable.
     """
     device = os.stat(path).st_dev
     with _devices_lock:
@@ -312,7 +321,7 @@ def filesystem_sync(path: Path) -> GroupSync:
         if found is None:
             paths: dict[Path, None] = {}
             found = _devices[device] = (
-                GroupSync(lambda: _sync_through(paths), "filesystem sync"),
+                GroupSync(lambda: _sync_through(device, paths), "filesystem sync"),
                 paths,
             )
         group, paths = found
@@ -321,8 +330,8 @@ def filesystem_sync(path: Path) -> GroupSync:
         return group
 
 
-def _sync_through(paths: dict[Path, None]) -> None:
-    """syncfs through the newest of `paths` that still exists, forgetting those that do not."""
+def _sync_through(device: int, paths: dict[Path, None]) -> None:
+    """syncfs through the newest of `paths` still on `device`, forgetting those that are not."""
     while True:
         with _devices_lock:
             if not paths:
@@ -332,9 +341,9 @@ def _sync_through(paths: dict[Path, None]) -> None:
                 )
             path = next(reversed(paths))
         try:
-            sync_filesystem(path)
+            sync_filesystem(path, device)
             return
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             with _devices_lock:
                 paths.pop(path, None)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -268,6 +269,35 @@ def test_a_localdir_store_whose_directory_went_says_so_not_that_a_shard_is_gone(
     (tmp_path / "aside").rename(root)  # mounted again
     assert store.has_trace(NAME)
     assert read(store, NAME) == b"a shard"
+    assert store.delete(NAME, writer.location)
+    store.close()
+
+
+@pytest.mark.parametrize("pack_limit", [0, 64 << 10])
+def test_a_localdir_store_tells_its_directory_from_one_made_again_in_its_place(
+    tmp_path: Path, pack_limit: int
+) -> None:
+    # another process opening the node while its disk was unmounted makes a new,
+    # empty shards/ on the mount point: that one must not answer "no such shard"
+    root = tmp_path / "node"
+    writing = LocalDirShardStore("node", root, pack_limit)
+    writer = writing.open_writer(NAME)
+    writer.write(b"a shard")
+    writer.commit()
+    writing.close()
+    store = LocalDirShardStore("node", root, pack_limit)  # holds no pack open
+    root.rename(tmp_path / "aside")
+    LocalDirShardStore("node", root, pack_limit).close()  # the other process's open
+    for call in (
+        lambda: store.delete(NAME, writer.location),
+        lambda: store.has_trace(NAME),
+        lambda: list(store.names()),
+    ):
+        with pytest.raises(StorageError, match="not the directory this process opened"):
+            call()
+    shutil.rmtree(root)
+    (tmp_path / "aside").rename(root)  # its own disk back
+    assert store.has_trace(NAME)
     assert store.delete(NAME, writer.location)
     store.close()
 

@@ -377,3 +377,19 @@ def test_gc_skips_a_node_whose_directory_went_after_it_was_opened_and_sweeps_it_
         assert again.orphans == (1 if pack_limit == 0 else 0)
         assert name not in set(store.names())
         assert vault.get(kept) == b"stays"
+
+
+def test_node_usage_names_a_node_whose_directory_went_after_it_was_opened(
+    tmp_path: Path,
+) -> None:
+    """The listing said nothing of it (0 shards, available), or after the node check
+    failed as a whole; it shows the node as unavailable, with why, and the rest."""
+    config = make_deployment(tmp_path / "d")
+    with Vault.open(load(config)) as vault:
+        node_dir = Path(load(config).node("us-n1").location)
+        node_dir.rename(tmp_path / "aside")
+        usage = {u.node.id: u for u in vault.node_usage()}
+        assert "us-n1" in usage["us-n1"].unavailable and "finding" in usage["us-n1"].unavailable
+        assert all(not u.unavailable for node, u in usage.items() if node != "us-n1")
+        (tmp_path / "aside").rename(node_dir)
+        assert all(not u.unavailable for u in vault.node_usage())

@@ -168,6 +168,8 @@ class LocalDirShardStore:
             # mkdirs never make it again, so a disk unmounted meanwhile stays so
             self.shard_dir.mkdir(parents=True, exist_ok=True)
             self.tmp_dir.mkdir(parents=True, exist_ok=True)
+            opened = os.stat(self.shard_dir)
+            self._shard_root_id = (opened.st_dev, opened.st_ino)
         except OSError as exc:
             raise _storage_error(node_id, f"opening {root}", exc) from exc
         self.packs = PackSet(root / "packs", node_id, filesystem_sync(root))
@@ -255,15 +257,22 @@ class LocalDirShardStore:
         return traced
 
     def _check_root(self) -> None:
-        """Raise unless the store's directory is still there: a shard found nowhere is
-        gone only then. One that went after the store was opened (a disk unmounted, a
-        directory moved) hides its shards, and "no such shard" would let the vault drop
-        its notes of copies still on it (vault/repair.py). shards/ is made at open and
-        never again, so a missing one is the directory gone."""
+        """Raise unless the store's directory is still the one it opened: a shard found
+        nowhere is gone only then. One that went after the store was opened (a disk
+        unmounted, a directory moved) hides its shards, and "no such shard" would let
+        the vault drop its notes of copies still on it (vault/repair.py). Its shards/
+        is compared by device and inode, not just looked for: another process opening
+        the node meanwhile makes a new one on the empty mount point."""
         try:
-            os.stat(self._shard_root)
+            found = os.stat(self._shard_root)
         except OSError as exc:
             raise _storage_error(self.node_id, f"finding {self.shard_dir}", exc) from exc
+        if (found.st_dev, found.st_ino) != self._shard_root_id:
+            raise StorageError(
+                f"node {self.node_id}: {self.shard_dir} is not the directory this process "
+                "opened (a disk unmounted, or the directory made again): reopen the vault "
+                "once the node's own directory is back"
+            )
 
     def names(self) -> Iterator[str]:
         self._check_root()  # a directory gone lists as empty: gc would see nothing to do

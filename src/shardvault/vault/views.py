@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from blake3 import blake3
 
+from shardvault.errors import ShardvaultError
 from shardvault.manifest import Manifest
 from shardvault.model import NodeSpec, ObjectInfo
 from shardvault.nodes.unavailable import UnavailableStore
@@ -49,9 +50,15 @@ def node_usage(cells: Iterable[Cell]) -> list[NodeUsage]:
             store = cell.store(node.id)
             if isinstance(store, UnavailableStore):
                 usage.append(NodeUsage(node, 0, 0, store.reason))
-            else:
-                usage.append(NodeUsage(node, sum(1 for _ in store.names()), _bytes_used(node)))
+                continue
+            try:
+                shards = sum(1 for _ in store.names())
+            except ShardvaultError as exc:  # its directory went after it was opened, say
+                usage.append(NodeUsage(node, 0, 0, str(exc)))
+                continue
+            finally:
                 store.drop_caches()  # counting indexed the node: one node's index at a time
+            usage.append(NodeUsage(node, shards, _bytes_used(node)))
     return usage
 
 

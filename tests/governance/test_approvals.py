@@ -256,3 +256,26 @@ def test_who_is_not_registered_is_told_to_a_principal_sent_for_approval_only_wit
         ("deny", "refused"),
         ("allow", "not-registered"),
     ]
+
+
+def test_an_approval_covers_only_the_cell_it_was_asked_in(court: Vault) -> None:
+    # approvals used to be made only in a subject's home cell, so none was checked
+    # against the cell of the request; one asked for an id registered nowhere (in the
+    # first cell that needs it) then covered that id once registered in another cell
+    ctx = local_context("forget-subject")
+    with pytest.raises(ApprovalRequired) as caught:
+        court.forget("intl", "bob", ctx)  # the administrator, bob registered nowhere
+    approval = caught.value.approval_id
+    assert approval is not None and approval.startswith("apr-us-")
+    assert sign(court, approval, "dpo") == "pending"
+    assert sign(court, approval, "partner-officer") == "approved"
+    court.register_subject("intl", "bob", "EU")
+    retry = RequestContext(ctx.principal, ctx.purpose, new_request_id(), approval_id=approval)
+    with pytest.raises(AccessDenied, match="approval:mismatch"):
+        court.forget("intl", "bob", retry)
+    [refusal] = [e for e in entries(court, "EU") if e.request_id == retry.request_id]
+    assert (refusal.decision, refusal.rule, refusal.details["stage"]) == (
+        "deny",
+        "approval:mismatch",
+        "policy",
+    )

@@ -88,14 +88,18 @@ class Approval:
         principal: str,
         action: str,
         tenant: str,
+        jurisdiction: str,
         subject: str | None,
         key: str | None,
         purpose: str,
     ) -> bool:
-        return (principal, action, tenant, subject, purpose) == (
+        """Exactly this request, in the cell it was asked for: one asked for an id that
+        was registered nowhere then does not cover that id registered elsewhere later."""
+        return (principal, action, tenant, jurisdiction, subject, purpose) == (
             self.requester,
             self.action,
             self.tenant,
+            self.jurisdiction,
             self.subject,
             self.purpose,
         ) and (self.key is None or self.key == key)
@@ -320,6 +324,7 @@ class ApprovalBook:
         principal: str,
         action: str,
         tenant: str,
+        jurisdiction: str,
         subject: str | None,
         key: str | None,
         purpose: str,
@@ -329,7 +334,7 @@ class ApprovalBook:
             approval = self.get(approval_id)
         except NotFound:
             raise AccessDenied(f"no approval {approval_id}", rule="approval:unknown") from None
-        if not approval.covers(principal, action, tenant, subject, key, purpose):
+        if not approval.covers(principal, action, tenant, jurisdiction, subject, key, purpose):
             raise AccessDenied(
                 f"approval {approval_id} does not cover this request", rule="approval:mismatch"
             )

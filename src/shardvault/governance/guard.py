@@ -347,8 +347,8 @@ class Governance:
         try:
             self.approvals.check_use(
                 ctx.approval_id, principal=principal.id, action=str(action),
-                tenant=resource.tenant, subject=resource.subject, key=resource.key,
-                purpose=ctx.purpose,
+                tenant=resource.tenant, jurisdiction=resource.jurisdiction,
+                subject=resource.subject, key=resource.key, purpose=ctx.purpose,
             )  # fmt: skip
         except AccessDenied as exc:
             rule = exc.rule or "approval:invalid"

@@ -30,7 +30,7 @@ def _stub_flushes() -> None:
     import shardvault.durability as durability
 
     os.fsync = os.fdatasync = lambda fd: None
-    durability.sync_filesystem = lambda path, device=None: None  # type: ignore[assignment]
+    durability.sync_filesystem = lambda fd: None  # type: ignore[assignment]
 
 
 def _vault_loop(mode: str, count: int, written: int) -> None:

@@ -267,34 +267,27 @@ def fsync_directory(path: Path) -> None:
 _syncfs = _libc_function("syncfs", [ctypes.c_int])
 
 
-def sync_filesystem(path: Path, device: int | None = None) -> None:
-    """syncfs(2) on the filesystem holding `path` (the global sync(2) where libc lacks it).
-
-    With `device`, a `path` now on another filesystem (removed, then made again
-    or mounted over) raises `FileNotFoundError`: syncing that one would not
-    flush the writes meant.
-    """
+def sync_filesystem(fd: int) -> None:
+    """syncfs(2) on the filesystem of the open descriptor `fd` (the global sync(2) where
+    libc lacks it); OSError if a write-back error happened since `fd` last said so."""
     if _syncfs is None:
         os.sync()
         return
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        if device is not None and os.fstat(fd).st_dev != device:
-            raise FileNotFoundError(errno.ENOENT, f"{path} is on another filesystem now")
-        if _syncfs(fd) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, os.strerror(err))
-    finally:
-        os.close(fd)
+    if _syncfs(fd) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
 
 
-_devices: dict[int, tuple[GroupSync, dict[Path, None]]] = {}  # device: sync, its paths in order
+_devices: dict[int, GroupSync] = {}
 _devices_lock = threading.Lock()
+_descriptors: list[int] = []  # one per filesystem, open for the process's life
 
 
 def _forget_threads_after_fork() -> None:
     """A forked child has none of its parent's threads, and their locks may be held:
-    it starts its own group syncs and flush pool."""
+    it starts its own group syncs and flush pool (and opens its own descriptors: the
+    parent's, inherited, would report a write-back error to whichever process asks
+    first)."""
     global _devices_lock, _flush_pool, _flush_pool_lock
     _devices.clear()
     _devices_lock = threading.Lock()
@@ -308,44 +301,26 @@ def filesystem_sync(path: Path) -> GroupSync:
     """The process's group commit for the filesystem holding `path`: one syncfs for all.
 
     Pack appends on every node and catalog commits of a deployment on one disk
-    share it, so a put's n shards need one flush, not n. It flushes through the
-    directory asked for last that is still on that filesystem: one asked for
-    earlier may be gone (a deployment closed and removed, a node's directory taken
-    away), and syncing through it would fail every write on the disk, or be on
-    another filesystem now (made again as a mount point), and syncing through it
-    would flush the wrong disk and call the writes durable.
+    share it, so a put's n shards need one flush, not n. It flushes through a
+    descriptor of the first directory it was asked for on that filesystem, kept
+    open: syncfs reports a write-back error to each descriptor open when it
+    happened, once, so one opened for each flush would miss an error another
+    process's sync saw first and call lost writes durable. Held open, it also
+    outlives its directory (a deployment closed and removed) and stays on its
+    filesystem (another mounted over the path).
     """
-    device = os.stat(path).st_dev
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    device = os.fstat(fd).st_dev
     with _devices_lock:
         found = _devices.get(device)
         if found is None:
-            paths: dict[Path, None] = {}
-            found = _devices[device] = (
-                GroupSync(lambda: _sync_through(device, paths), "filesystem sync"),
-                paths,
+            found = _devices[device] = GroupSync(
+                lambda: sync_filesystem(fd), f"filesystem sync of {path}"
             )
-        group, paths = found
-        paths.pop(path, None)
-        paths[path] = None  # the newest last
-        return group
-
-
-def _sync_through(device: int, paths: dict[Path, None]) -> None:
-    """syncfs through the newest of `paths` still on `device`, forgetting those that are not."""
-    while True:
-        with _devices_lock:
-            if not paths:
-                raise StorageError(
-                    "no directory of this filesystem that this process opened is left "
-                    "to sync it through: reopen the vault"
-                )
-            path = next(reversed(paths))
-        try:
-            sync_filesystem(path, device)
-            return
-        except (FileNotFoundError, NotADirectoryError):
-            with _devices_lock:
-                paths.pop(path, None)
+            _descriptors.append(fd)
+            return found
+    os.close(fd)
+    return found
 
 
 _flush_pool: ThreadPoolExecutor | None = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import sqlite3
@@ -20,6 +21,7 @@ from shardvault.errors import Conflict, KeyUnavailable, NotFound, SubjectForgott
 from shardvault.keys.memory import MemoryCustodian
 from shardvault.keys.tombstones import tombstones_path
 from shardvault.model import Justification, ObjectRef, RequestContext
+from shardvault.nodes import packs
 from shardvault.nodes.port import shard_name
 from shardvault.policy import Principal, PrincipalKind
 from shardvault.vault import Vault
@@ -393,3 +395,26 @@ def test_node_usage_names_a_node_whose_directory_went_after_it_was_opened(
         assert all(not u.unavailable for node, u in usage.items() if node != "us-n1")
         (tmp_path / "aside").rename(node_dir)
         assert all(not u.unavailable for u in vault.node_usage())
+
+
+def test_node_usage_names_a_node_whose_packs_cannot_be_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read error listing one node's packs (a bad sector, say) escaped as a bare
+    OSError and failed the whole listing."""
+    with Vault.open(load(make_deployment(tmp_path / "d", pack_limit=64 << 10))) as vault:
+        vault.register_subject("intl", "alice", "US")
+        vault.put(ObjectRef("intl", "alice", "k"), b"small")  # packed on every US node
+        store = vault.cells["US"].store("us-n1")
+        real = packs.PackSet._scan
+
+        def failing(self: packs.PackSet, pack: str) -> None:
+            if self is store.packs:  # type: ignore[attr-defined]
+                raise OSError(errno.EIO, "Input/output error")
+            return real(self, pack)
+
+        monkeypatch.setattr(packs.PackSet, "_scan", failing)
+        store.drop_caches()  # as in a fresh `shardvault nodes`
+        usage = {u.node.id: u for u in vault.node_usage()}
+        assert "listing shards failed: Input/output error" in usage["us-n1"].unavailable
+        assert usage["us-n2"].shards == 1 and not usage["us-n2"].unavailable

@@ -276,8 +276,11 @@ class LocalDirShardStore:
 
     def names(self) -> Iterator[str]:
         self._check_root()  # a directory gone lists as empty: gc would see nothing to do
-        found = {path.name for path in self.shard_dir.glob("*/*/*")}
-        found.update(self.packs.names())
+        try:
+            found = {path.name for path in self.shard_dir.glob("*/*/*")}
+            found.update(self.packs.names())
+        except OSError as exc:
+            raise _storage_error(self.node_id, "listing shards", exc) from exc
         return iter(sorted(found))
 
     def collect_temporaries(self, older_than: float) -> int:

@@ -279,3 +279,11 @@ def test_an_approval_covers_only_the_cell_it_was_asked_in(court: Vault) -> None:
         "approval:mismatch",
         "policy",
     )
+    # and a forget in bob's home cell takes his name out of the other cell's approval
+    forget_approved(court, "intl", "bob")
+    [left] = [a for a in court.governance.approvals.all("US") if a.id == approval]
+    hasher = court.governance.cell("US").hasher
+    assert left.subject == hasher.pseudonym("subject", "bob")
+    assert "bob" not in {
+        a.subject for cell in ("US", "SG", "EU") for a in court.governance.approvals.all(cell)
+    }

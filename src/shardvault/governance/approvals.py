@@ -11,8 +11,10 @@ the request's tenant.
 
 Approvals live in the home cell of the subject
 (``state/cells/<J>/approvals.sqlite``): they name the subject, which is
-personal data and stays in its jurisdiction. The approval id carries the cell
-(``apr-us-<16 hex>``) so it can be found without a global index.
+personal data and stays in its jurisdiction. One asked for an id registered
+nowhere lives in the first cell where the request needs one, and covers only
+requests in that cell. The approval id carries the cell (``apr-us-<16 hex>``)
+so it can be found without a global index.
 """
 
 from __future__ import annotations
@@ -138,7 +140,7 @@ class ApprovalBook:
             raise NotFound(f"no cell {jurisdiction!r} for this approval")
         db = self._dbs.get(jurisdiction)
         if db is None:
-            path = self._state_dir / "cells" / jurisdiction / "approvals.sqlite"
+            path = self._path(jurisdiction)
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 db = sqlite_connections.connect(path, f"approvals of cell {jurisdiction}")
@@ -151,6 +153,9 @@ class ApprovalBook:
                 raise Unavailable(f"approvals of cell {jurisdiction}: {exc}") from exc
             self._dbs[jurisdiction] = db
         return db
+
+    def _path(self, jurisdiction: str) -> Path:
+        return self._state_dir / "cells" / jurisdiction / "approvals.sqlite"
 
     def close(self) -> None:
         for db in self._dbs.values():
@@ -248,8 +253,10 @@ class ApprovalBook:
     ) -> int:
         """Replace a forgotten subject's id and object keys in its approvals by their audit
         pseudonyms: the approvals stay as evidence (they match the log's entries), the
-        names go. Returns how many approvals changed."""
+        names go. Returns how many approvals changed (none in a cell that never had one)."""
         with self._lock:
+            if jurisdiction not in self._dbs and not self._path(jurisdiction).exists():
+                return 0
             db = self._db(jurisdiction)
             try:
                 db.execute("BEGIN IMMEDIATE")

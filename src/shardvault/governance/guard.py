@@ -198,9 +198,12 @@ class Governance:
 
     def forget_subject(self, jurisdiction: str, tenant: str, subject: str) -> None:
         """After a forget: the subject's approvals keep only the pseudonyms its audit
-        entries carry, so they still match the log but no longer name anyone."""
-        hasher = self.cell(jurisdiction).hasher
-        self.approvals.forget_subject(jurisdiction, tenant, subject, hasher.pseudonym)
+        entries carry, so they still match the log but no longer name anyone. In
+        every cell, each with its own pseudonyms: one asked while the id was registered
+        nowhere lives in the first cell that needed it, not in ``jurisdiction``."""
+        self.cell(jurisdiction)  # the home cell must be known
+        for cell, audit in self.cells.items():
+            self.approvals.forget_subject(cell, tenant, subject, audit.hasher.pseudonym)
 
     def release_logs(self) -> None:
         """Close every cell's audit log; the next use reopens it (and so recovers a log

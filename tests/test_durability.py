@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -311,3 +312,27 @@ def test_a_filesystem_sync_flushes_through_one_descriptor_held_open(
     group.sync(group.note_write())
     assert len(flushed) == 2 and flushed[0] == flushed[1]
     assert os.fstat(flushed[0]).st_dev == os.stat(tmp_path).st_dev  # open, on this disk
+
+
+def test_a_filesystem_sync_is_never_shared_by_a_filesystem_mounted_after_its_own_went(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Unmount a tmpfs and mount another: once the first is gone the kernel gives the
+    second its device number, and one group commit for both would flush the wrong one
+    and call the new one's writes durable. The group's held descriptor keeps the first
+    alive, and its number taken. (The suite runs as root, locally and in CI.)"""
+    monkeypatch.setattr(durability, "_devices", {})
+    mount_point = tmp_path / "disk"
+    mount_point.mkdir()
+    groups, devices = [], []
+    for _ in range(2):
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount_point)], check=True
+        )
+        try:
+            devices.append(os.stat(mount_point).st_dev)
+            groups.append(filesystem_sync(mount_point))
+        finally:  # lazily: the group's descriptor holds the filesystem
+            subprocess.run(["umount", "-l", str(mount_point)], check=True)
+    assert devices[0] != devices[1]
+    assert groups[0] is not groups[1]

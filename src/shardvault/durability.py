@@ -307,7 +307,9 @@ def filesystem_sync(path: Path) -> GroupSync:
     happened, once, so one opened for each flush would miss an error another
     process's sync saw first and call lost writes durable. Held open, it also
     outlives its directory (a deployment closed and removed) and stays on its
-    filesystem (another mounted over the path).
+    filesystem (another mounted over the path); and it keeps that filesystem's
+    device number taken, so a filesystem mounted after it is unmounted gets
+    another and is not taken for it.
     """
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     device = os.fstat(fd).st_dev

@@ -246,6 +246,17 @@ def test_shard_names() -> None:
     assert object_id_of(shard_name(OID, 42, 17)) == OID.hex()
 
 
+def reopened_with_a_shard(root: Path, pack_limit: int) -> tuple[LocalDirShardStore, str | None]:
+    """A store on `root` holding NAME, opened after the one that wrote it was closed (so
+    it holds no pack open, as another process's), and NAME's location."""
+    writing = LocalDirShardStore("node", root, pack_limit)
+    writer = writing.open_writer(NAME)
+    writer.write(b"a shard")
+    writer.commit()
+    writing.close()
+    return LocalDirShardStore("node", root, pack_limit), writer.location
+
+
 @pytest.mark.parametrize("pack_limit", [0, 64 << 10])
 def test_a_localdir_store_whose_directory_went_says_so_not_that_a_shard_is_gone(
     tmp_path: Path, pack_limit: int
@@ -253,23 +264,18 @@ def test_a_localdir_store_whose_directory_went_says_so_not_that_a_shard_is_gone(
     # a disk unmounted under an open store hides its shards: "no such shard" let repair
     # drop its notes of copies still there, and after a remount they stayed for good
     root = tmp_path / "node"
-    writing = LocalDirShardStore("node", root, pack_limit)
-    writer = writing.open_writer(NAME)
-    writer.write(b"a shard")
-    writer.commit()
-    writing.close()
-    store = LocalDirShardStore("node", root, pack_limit)
+    store, location = reopened_with_a_shard(root, pack_limit)
     root.rename(tmp_path / "aside")
     with pytest.raises(StorageError, match=r"node node: finding .* failed"):
-        store.delete(NAME, writer.location)
+        store.delete(NAME, location)
     with pytest.raises(StorageError):
-        store.open_reader(NAME, writer.location)
+        store.open_reader(NAME, location)
     with pytest.raises(StorageError):
         store.has_trace(NAME)
     (tmp_path / "aside").rename(root)  # mounted again
     assert store.has_trace(NAME)
     assert read(store, NAME) == b"a shard"
-    assert store.delete(NAME, writer.location)
+    assert store.delete(NAME, location)
     store.close()
 
 
@@ -280,16 +286,11 @@ def test_a_localdir_store_tells_its_directory_from_one_made_again_in_its_place(
     # another process opening the node while its disk was unmounted makes a new,
     # empty shards/ on the mount point: that one must not answer "no such shard"
     root = tmp_path / "node"
-    writing = LocalDirShardStore("node", root, pack_limit)
-    writer = writing.open_writer(NAME)
-    writer.write(b"a shard")
-    writer.commit()
-    writing.close()
-    store = LocalDirShardStore("node", root, pack_limit)  # holds no pack open
+    store, location = reopened_with_a_shard(root, pack_limit)
     root.rename(tmp_path / "aside")
     LocalDirShardStore("node", root, pack_limit).close()  # the other process's open
     for call in (
-        lambda: store.delete(NAME, writer.location),
+        lambda: store.delete(NAME, location),
         lambda: store.has_trace(NAME),
         lambda: list(store.names()),
     ):
@@ -298,7 +299,7 @@ def test_a_localdir_store_tells_its_directory_from_one_made_again_in_its_place(
     shutil.rmtree(root)
     (tmp_path / "aside").rename(root)  # its own disk back
     assert store.has_trace(NAME)
-    assert store.delete(NAME, writer.location)
+    assert store.delete(NAME, location)
     store.close()
 
 

@@ -7,11 +7,14 @@ the users are. The subject id itself lives only in its home cell's catalog.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import hmac
 import os
 import sqlite3
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from shardvault import sqlite_connections
@@ -120,6 +123,25 @@ class SubjectDirectory:
                 )
         except sqlite3.Error as exc:
             raise self._failure(exc) from exc
+
+    @contextmanager
+    def registration(self) -> Iterator[None]:
+        """Registrations take turns, across processes (a flock beside the database).
+
+        So one that finds a home with no subject behind it knows it is not looking
+        at another registration between its two writes (directory, then cell), but
+        at one killed there, which stored nothing under it (`Vault.register_subject`).
+        """
+        path = f"{self._path}.lock"
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise StorageError(f"subject directory lock {path}: {exc.strerror}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # and with it the flock
 
     def empty(self) -> bool:
         """Whether no subject was ever registered (or every registration was undone)."""

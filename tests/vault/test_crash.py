@@ -18,6 +18,8 @@ from pathlib import Path
 import pytest
 
 from conftest import SEGMENT, files_under, shard_paths
+from shardvault.config import load
+from shardvault.errors import Conflict
 from shardvault.model import ObjectRef
 from shardvault.vault import Vault
 
@@ -153,3 +155,39 @@ def test_kill_at_random_moments_during_a_multi_segment_put(
         assert_only_committed_shards_after_gc(vault, ref, nodes)
         assert vault.get(ref) == current
     assert len(outcomes) == 8
+
+
+REGISTER_CHILD = r"""
+import os, signal, sys
+from pathlib import Path
+from shardvault.catalog.sqlite import SqliteCatalog
+from shardvault.config import load
+from shardvault.vault import Vault
+
+def killed(self, record):  # after the directory's row, before the cell's
+    os.kill(os.getpid(), signal.SIGKILL)
+
+SqliteCatalog.add_subject = killed
+Vault.open(load(Path(sys.argv[1]))).register_subject("intl", "carol", "US")
+"""
+
+
+@pytest.mark.parametrize("again_in", ["US", "EU"])
+def test_a_registration_killed_between_its_two_writes_can_be_made_again(
+    config_path: Path, again_in: str
+) -> None:
+    # the directory kept a home with no subject behind it: every use said "register it",
+    # and registering said "already registered", in any cell, for good
+    child = subprocess.run(
+        [sys.executable, "-c", REGISTER_CHILD, str(config_path)], capture_output=True, timeout=60
+    )
+    assert child.returncode == -signal.SIGKILL, child.stderr
+    with Vault.open(load(config_path)) as vault:
+        assert vault.directory.home("intl", "carol") == "US"  # what the kill left
+        vault.register_subject("intl", "carol", again_in)
+        ref = ObjectRef("intl", "carol", "k")
+        vault.put(ref, b"kept")
+        assert vault.get(ref) == b"kept"
+        assert vault.subject("intl", "carol").jurisdiction == again_in
+        with pytest.raises(Conflict, match="already registered"):  # now it is
+            vault.register_subject("intl", "carol", "SG")

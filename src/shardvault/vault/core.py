@@ -192,13 +192,25 @@ class Vault:
         scope, key = KeyScope(tenant, jurisdiction), hierarchy.new_key()
         wrapped = self._key_use(access, lambda why: self.custodian.wrap(scope, key_id, key, why))
         record = SubjectRecord(tenant, subject, jurisdiction, key_id, wrapped, self._clock())
-        self.directory.add(tenant, subject, jurisdiction)
-        try:
-            self.cells[jurisdiction].catalog.add_subject(record)
-        except BaseException:
-            self.directory.remove(tenant, subject)
-            raise
+        with self.directory.registration():
+            self._drop_unfinished_registration(tenant, subject)
+            self.directory.add(tenant, subject, jurisdiction)
+            try:
+                self.cells[jurisdiction].catalog.add_subject(record)
+            except BaseException:
+                self.directory.remove(tenant, subject)
+                raise
         return record
+
+    def _drop_unfinished_registration(self, tenant: str, subject: str) -> None:
+        """A registration killed between its directory row and its cell's row left a home
+        with nothing behind it: no put or read could use it, and the id could never be
+        registered again. Holding the registration turn, such a row is that, not one
+        another registration is about to complete: it goes."""
+        home = self.directory.home(tenant, subject)
+        cell = self.cells.get(home) if home is not None else None
+        if cell is not None and cell.catalog.get_subject(tenant, subject) is None:
+            self.directory.remove(tenant, subject)
 
     def subject(self, tenant: str, subject: str) -> SubjectRecord:
         """The subject's record, for the embedding program itself: undecided and unaudited,

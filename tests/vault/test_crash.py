@@ -191,3 +191,33 @@ def test_a_registration_killed_between_its_two_writes_can_be_made_again(
         assert vault.subject("intl", "carol").jurisdiction == again_in
         with pytest.raises(Conflict, match="already registered"):  # now it is
             vault.register_subject("intl", "carol", "SG")
+
+
+@pytest.mark.parametrize(
+    ("method", "size"),
+    [("insert_committed", 100), ("commit", 3 * SEGMENT + 5)],
+    ids=["small", "reserved"],
+)
+def test_an_interrupt_right_after_the_commit_leaves_the_version_readable(
+    vault: Vault, monkeypatch: pytest.MonkeyPatch, method: str, size: int
+) -> None:
+    # Ctrl-C landing once the catalog had committed (or a flush failing after it) made
+    # the put discard every shard: the version was listed, and could not be read
+    ref = ObjectRef("intl", "alice", KEY)
+    vault.register_subject("intl", "alice", "US")
+    vault.put(ref, b"old")
+    catalog = vault.cells["US"].catalog
+    committed = getattr(catalog, method)
+
+    def then_interrupted(*args: object, **kwargs: object) -> None:
+        committed(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(catalog, method, then_interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        vault.put(ref, payload(7, size))
+    monkeypatch.undo()
+    assert vault.stat(ref).version == 2
+    assert vault.get(ref) == payload(7, size)
+    vault.gc(grace_seconds=0)
+    assert vault.get(ref) == payload(7, size)

@@ -422,9 +422,10 @@ class Vault:
                 )
                 cell.catalog.insert_committed(record, if_match)
         except BaseException:
-            writer.discard()
-            if reserve:
-                cell.catalog.abandon(ref, version)
+            if not _went_through(cell, ref, version, object_id):
+                writer.discard()
+                if reserve:
+                    cell.catalog.abandon(ref, version)
             raise
         self._on_step("committed")
         return info_of(manifest)
@@ -682,6 +683,18 @@ def _placed(cell: Cell, seed: bytes, code: ErasureCode) -> list[NodeSpec]:
         if not unavailable:
             raise
         raise TooFewNodes(f"{exc}; unavailable: {unavailable}") from None
+
+
+def _went_through(cell: Cell, ref: ObjectRef, version: int, object_id: bytes) -> bool:
+    """Whether a put's commit went through though the put failed after it (Ctrl-C, or a
+    flush that failed once the row was written): its shards are then the version's
+    and must stay. Not knowing counts as yes: gc takes shards no row names, while
+    discarding a committed version's would leave it listed and unreadable."""
+    try:
+        record = cell.catalog.get_version(ref, version)
+    except BaseException:
+        return True
+    return record is not None and record.object_id == object_id
 
 
 def _check_version(version: int | None) -> None:

@@ -143,6 +143,17 @@ class SubjectDirectory:
         finally:
             os.close(fd)  # and with it the flock
 
+    def homes_in(self, jurisdiction: str) -> bool:
+        """Whether any subject's home is in this jurisdiction."""
+        try:
+            with self._lock:
+                row = self._db.execute(
+                    "SELECT 1 FROM homes WHERE jurisdiction = ? LIMIT 1", (jurisdiction,)
+                ).fetchone()
+        except sqlite3.Error as exc:
+            raise self._failure(exc) from exc
+        return row is not None
+
     def empty(self) -> bool:
         """Whether no subject was ever registered (or every registration was undone)."""
         try:

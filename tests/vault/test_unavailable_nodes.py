@@ -11,7 +11,7 @@ import pytest
 from conftest import make_deployment, manifest_of
 from shardvault import durability
 from shardvault.config import Config, load
-from shardvault.errors import TooFewNodes
+from shardvault.errors import StorageError, TooFewNodes
 from shardvault.model import ObjectRef
 from shardvault.vault import Vault
 
@@ -150,3 +150,36 @@ def test_a_deployment_removed_while_the_process_lives_does_not_stop_the_next(
             vault.put(ref, b"kept")
             assert vault.get(ref) == b"kept"
         shutil.rmtree(tmp_path / name)
+
+
+@pytest.mark.parametrize("how", ["deleted", "emptied"])
+def test_a_lost_catalog_is_not_made_anew_where_subjects_live(
+    vault: Vault, alice: ObjectRef, config_path: Path, how: str
+) -> None:
+    # a blank catalog was made in its place: every subject of the cell "not registered",
+    # and gc then took every shard on its nodes for an orphan
+    vault.put(alice, os.urandom(3000))
+    vault.close()
+    catalog = load(config_path).state_dir / "cells" / "US" / "catalog.sqlite"
+    if how == "deleted":
+        for path in catalog.parent.glob("catalog.sqlite*"):
+            path.unlink()
+    else:
+        catalog.write_bytes(b"")
+    with pytest.raises(StorageError, match="missing or empty, though subjects live in cell US"):
+        reopen(config_path)
+    nodes = load(config_path).state_dir.parent / "nodes" / "US"
+    shards = [p for p in nodes.rglob("*") if p.is_file() and p.name != "NODE"]
+    assert len(shards) == 6  # still there, for the catalog restored from a backup
+
+
+def test_a_cell_with_no_subject_yet_gets_a_new_catalog(config_path: Path) -> None:
+    """A jurisdiction added to a deployment, or one never used, starts blank."""
+    with reopen(config_path) as vault:
+        vault.register_subject("intl", "alice", "US")
+    catalog = load(config_path).state_dir / "cells" / "SG" / "catalog.sqlite"
+    for path in catalog.parent.glob("catalog.sqlite*"):
+        path.unlink()
+    with reopen(config_path) as vault:
+        vault.register_subject("intl", "sook", "SG")
+        assert vault.subject("intl", "sook").jurisdiction == "SG"

@@ -123,8 +123,31 @@ def _open_adapter(node: NodeSpec) -> ShardStore:
 CatalogFactory = Callable[[str], Catalog]
 
 
-def sqlite_catalogs(state_dir: Path) -> CatalogFactory:
-    return lambda code: SqliteCatalog(state_dir / "cells" / code / "catalog.sqlite")
+def sqlite_catalogs(
+    state_dir: Path, may_create: Callable[[str], bool] | None = None
+) -> CatalogFactory:
+    """Each cell's SQLite catalog. One that is missing or empty is made anew only if
+    ``may_create(cell)``: a cell whose subjects' catalog was lost must not start a
+    blank one, or gc would take every shard on its nodes for an orphan."""
+
+    def open_catalog(code: str) -> SqliteCatalog:
+        path = state_dir / "cells" / code / "catalog.sqlite"
+        if may_create is not None and _blank(path) and not may_create(code):
+            raise StorageError(
+                f"catalog {path} is missing or empty, though subjects live in cell {code}: "
+                "restore it (with its -wal file) from a backup; a new one would lose "
+                "every object of the cell"
+            )
+        return SqliteCatalog(path)
+
+    return open_catalog
+
+
+def _blank(path: Path) -> bool:
+    try:
+        return path.stat().st_size == 0
+    except FileNotFoundError:
+        return True
 
 
 def memory_catalogs() -> CatalogFactory:

@@ -129,8 +129,12 @@ class Vault:
         owned = governance is None
         governance = governance or Governance.open(config, clock)
         try:
-            cells = open_cells(config, catalogs or sqlite_catalogs(config.state_dir))
             directory = SubjectDirectory.open(config.state_dir)
+            # a lost catalog is not made anew where the directory homes subjects
+            catalogs = catalogs or sqlite_catalogs(
+                config.state_dir, lambda cell: not directory.homes_in(cell)
+            )
+            cells = open_cells(config, catalogs)
             # a keyring is made only for a deployment with no subject yet: one that has
             # some lost its keyring, and a new one would bring destroyed keys back
             custodian = custodian or open_custodian(

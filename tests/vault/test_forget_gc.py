@@ -17,14 +17,21 @@ from conftest import SEGMENT, files_under, make_deployment, manifest_of, shard_p
 from governance_support import forget_approved
 from shardvault.catalog.port import VersionRecord
 from shardvault.config import load
-from shardvault.errors import Conflict, KeyUnavailable, NotFound, SubjectForgotten
+from shardvault.errors import (
+    ApprovalRequired,
+    Conflict,
+    KeyUnavailable,
+    NotFound,
+    SubjectForgotten,
+)
 from shardvault.keys.memory import MemoryCustodian
 from shardvault.keys.tombstones import tombstones_path
-from shardvault.model import Justification, ObjectRef, RequestContext
+from shardvault.model import Justification, ObjectRef, RequestContext, new_request_id
 from shardvault.nodes import packs
 from shardvault.nodes.port import shard_name
 from shardvault.policy import Principal, PrincipalKind
 from shardvault.vault import Vault
+from shardvault.vault import core as core_module
 from shardvault.vault import gc as gc_module
 
 
@@ -418,3 +425,41 @@ def test_node_usage_names_a_node_whose_packs_cannot_be_read(
         usage = {u.node.id: u for u in vault.node_usage()}
         assert "listing shards failed: Input/output error" in usage["us-n1"].unavailable
         assert usage["us-n2"].shards == 1 and not usage["us-n2"].unavailable
+
+
+@pytest.mark.parametrize("retry", ["with-its-approval", "asking-anew"])
+def test_a_forget_cut_short_after_its_catalog_mark_is_finished_by_a_retry(
+    vault: Vault, monkeypatch: pytest.MonkeyPatch, retry: str
+) -> None:
+    """A forget killed once the subject was marked forgotten left its shards, and its
+    approval naming the subject in clear; every retry only said "already forgotten".
+    A retry without an approval asked a new one, naming the subject again."""
+    refs = [ObjectRef("intl", "alice", f"k{i}") for i in range(3)]
+    vault.register_subject("intl", "alice", "US")
+    for ref in refs:
+        vault.put(ref, os.urandom(SEGMENT + 1))
+    shards = {p for ref in refs for p in shard_paths(vault, ref)}
+
+    def killed(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("killed here")
+
+    monkeypatch.setattr(core_module, "collect_claimed", killed)
+    with pytest.raises(RuntimeError, match="killed here"):
+        forget_approved(vault, "intl", "alice")
+    monkeypatch.undo()
+    approvals = vault.governance.approvals
+    assert "alice" in {a.subject for a in approvals.all("US")}  # what the kill left
+    assert all(p.exists() for p in shards)
+    if retry == "with-its-approval":
+        [met] = approvals.all("US")
+        again = RequestContext(
+            "local-admin", "forget-subject", new_request_id(), approval_id=met.id
+        )
+        with pytest.raises(SubjectForgotten):
+            vault.forget("intl", "alice", again)
+    else:
+        with pytest.raises(ApprovalRequired):
+            vault.forget("intl", "alice")
+    assert not any(p.exists() for p in shards)
+    assert "alice" not in {a.subject for a in approvals.all("US")}  # nor a new one's
+    assert len(approvals.all("US")) == (1 if retry == "with-its-approval" else 2)

@@ -348,11 +348,7 @@ class Governance:
                 self._request_approval(ctx, principal, action, resource, decision)
             return None
         try:
-            self.approvals.check_use(
-                ctx.approval_id, principal=principal.id, action=str(action),
-                tenant=resource.tenant, jurisdiction=resource.jurisdiction,
-                subject=resource.subject, key=resource.key, purpose=ctx.purpose,
-            )  # fmt: skip
+            self._check_approval(ctx.approval_id, ctx, action, principal, resource)
         except AccessDenied as exc:
             rule = exc.rule or "approval:invalid"
             self._audit(
@@ -362,6 +358,38 @@ class Governance:
             ).wait()  # fmt: skip
             raise AccessDenied(f"{action} refused ({rule}): {exc}", rule=rule) from None
         return ctx.approval_id
+
+    def _check_approval(
+        self,
+        approval_id: str,
+        ctx: RequestContext,
+        action: Action,
+        principal: Principal,
+        resource: Resource,
+    ) -> None:
+        """`ApprovalBook.check_use` for this request: by the subject's and key's names, or
+        by their pseudonyms, which is all a forget leaves in its approvals (so a retry of
+        an interrupted forget, say, still gets its answer)."""
+        names = [(resource.subject, resource.key)]
+        if resource.subject is not None:
+            pseudonym = self.cell(resource.jurisdiction).hasher.pseudonym
+            key = pseudonym("key", resource.key) if resource.key is not None else None
+            names.append((pseudonym("subject", resource.subject), key))
+        mismatch = None
+        for subject, key in names:
+            try:
+                self.approvals.check_use(
+                    approval_id, principal=principal.id, action=str(action),
+                    tenant=resource.tenant, jurisdiction=resource.jurisdiction,
+                    subject=subject, key=key, purpose=ctx.purpose,
+                )  # fmt: skip
+                return
+            except AccessDenied as exc:
+                if exc.rule != "approval:mismatch":
+                    raise
+                mismatch = exc
+        assert mismatch is not None
+        raise mismatch
 
     def _resolve_audited(
         self, ctx: RequestContext, action: Action, resource: Resource

@@ -34,6 +34,7 @@ from shardvault.config import Config
 from shardvault.directory import SubjectDirectory
 from shardvault.errors import (
     AccessDenied,
+    ApprovalRequired,
     AuditUnavailable,
     IntegrityError,
     InvalidInput,
@@ -262,10 +263,35 @@ class Vault:
         do the same in `_record`: docs/performance.md).
         """
         home = self._home(tenant, subject, ctx, action, key)
-        access = self.governance.authorize(ctx, action, tenant, home, subject, key, durable=durable)
+        access = self._decided(ctx, action, tenant, home, subject, key, durable=durable)
         with _AnsweredAfterAudit(access):  # a subject missing or forgotten is an answer
             record = self.cells[home].catalog.get_subject(tenant, subject)
             return _live_at_home(record, tenant, subject, home), access
+
+    def _decided(
+        self,
+        ctx: RequestContext,
+        action: Action,
+        tenant: str,
+        home: str,
+        subject: str,
+        key: str | None = None,
+        *,
+        durable: bool = True,
+    ) -> Access:
+        """`Governance.authorize` in the subject's home cell. An approval it asks for a
+        subject already forgotten would name the subject again, in clear: what a
+        forget does after its catalog mark is done again (`_finish_forget`), which
+        replaces those names by their pseudonyms, before the refusal goes."""
+        try:
+            return self.governance.authorize(
+                ctx, action, tenant, home, subject, key, durable=durable
+            )
+        except ApprovalRequired:
+            record = self.cells[home].catalog.get_subject(tenant, subject)
+            if record is not None and record.forgotten_at is not None:
+                self._finish_forget(tenant, subject)
+            raise
 
     def _subject_key(self, record: SubjectRecord, access: Access) -> bytes:
         """The subject key, from the custodian."""
@@ -307,7 +333,7 @@ class Vault:
         if isinstance(source, memoryview) and not source.c_contiguous:
             raise InvalidInput("put needs contiguous bytes: pass bytes(data)")
         home = self._home(ref.tenant, ref.subject, ctx, Action.WRITE, ref.key)
-        access = self.governance.authorize(
+        access = self._decided(
             ctx, Action.WRITE, ref.tenant, home, ref.subject, ref.key, durable=False
         )
         catalog = self.cells[home].catalog
@@ -456,7 +482,11 @@ class Vault:
         """
         ctx = ctx or local_context("forget-subject")
         # decided and audited first, like every access: "already forgotten" is an answer
-        record, access = self._authorized(ctx, Action.FORGET, tenant, subject)
+        try:
+            record, access = self._authorized(ctx, Action.FORGET, tenant, subject)
+        except SubjectForgotten:
+            self._finish_forget(tenant, subject)
+            raise
         scope = KeyScope(tenant, record.jurisdiction)
         # the custodian's tombstone first: refused, the catalog and shards stay as they were
         self._key_use(access, lambda why: self.custodian.destroy(scope, record.key_id, why))
@@ -481,6 +511,20 @@ class Vault:
             index, receipt.to_bytes().decode("utf-8"),
         )  # fmt: skip
 
+    def _finish_forget(self, tenant: str, subject: str) -> None:
+        """What a forget does after marking the subject forgotten, again: one killed
+        there (its key destroyed, its catalog row marked) left shards, freed pages and
+        approvals naming the subject, and every retry is answered "already forgotten".
+        Each step is idempotent. (Its outcome entry and receipt are not made again: a
+        retry cannot tell whether the first forget wrote them.)"""
+        home = self.directory.home(tenant, subject)
+        if home is None or home not in self.cells:
+            return
+        cell = self.cells[home]
+        collect_claimed(cell, self.code.n, 0.0, math.inf, (tenant, subject))
+        cell.catalog.erase_freed()
+        self.governance.forget_subject(home, tenant, subject)
+
     # reads --------------------------------------------------------------------
 
     def _record(
@@ -495,9 +539,7 @@ class Vault:
         """As `_authorized`, with the version looked up in the same query as the subject."""
         _check_version(version)
         home = self._home(ref.tenant, ref.subject, ctx, action, ref.key)
-        access = self.governance.authorize(
-            ctx, action, ref.tenant, home, ref.subject, ref.key, durable=durable
-        )
+        access = self._decided(ctx, action, ref.tenant, home, ref.subject, ref.key, durable=durable)
         cell = self.cells[home]
         with _AnsweredAfterAudit(access):
             subject, record = cell.catalog.lookup(ref, version)

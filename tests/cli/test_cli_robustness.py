@@ -394,3 +394,29 @@ def test_a_broken_node_is_shown_and_read_around(alice: Cli, tmp_path: Path) -> N
     assert f"warning: node sg-n1 is unavailable: opening {node} failed" in err
     code, _, err = alice("gc", "--grace", "0")
     assert code == 0 and "warning: skipped unavailable node(s) sg-n1:" in err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["get", "intl", "alice", "k", "-o", "{long}"],
+        ["audit", "export", "--cell", "US", "{long}"],
+        ["audit", "head", "--cell", "US", "-o", "{long}"],
+        ["init", "--demo", "{long}"],
+    ],
+    ids=["get", "audit-export", "audit-head", "init"],
+)
+def test_a_path_too_long_is_one_line_and_exit_2(
+    alice: Cli, tmp_path: Path, argv: list[str]
+) -> None:
+    # ENAMETOOLONG escaped these commands as a 36-line traceback
+    long = str(tmp_path / ("n" * 300))
+    line = alice.fails(2, *[a.replace("{long}", long) for a in argv])
+    assert line.startswith("error: File name too long")
+
+
+def test_a_source_that_fails_to_read_is_one_line_and_stores_nothing(alice: Cli) -> None:
+    # reading /proc/self/mem fails with EIO: it escaped put as a traceback
+    line = alice.fails(2, "put", "intl", "alice", "unreadable", "/proc/self/mem")
+    assert line == "error: cannot read /proc/self/mem: Input/output error; nothing was stored"
+    alice.fails(1, "stat", "intl", "alice", "unreadable")

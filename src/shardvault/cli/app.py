@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -93,7 +94,26 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return _interrupted()
+    except OSError as exc:  # a path the user gave that cannot be used, or a failing disk
+        where = f": {exc.filename}" if exc.filename is not None else ""
+        _error(f"{exc.strerror or exc}{where}")
+        return 2 if exc.errno in _BAD_PATH else 1
     return 0
+
+
+# errors of a path as given (too long, missing, not a directory...): bad input, exit 2
+_BAD_PATH = frozenset(
+    {
+        errno.ENAMETOOLONG,
+        errno.ENOENT,
+        errno.ENOTDIR,
+        errno.EISDIR,
+        errno.ELOOP,
+        errno.EACCES,
+        errno.EPERM,
+        errno.EEXIST,
+    }
+)
 
 
 def _caused_by_interrupt(exc: BaseException) -> bool:

@@ -75,6 +75,11 @@ def put(
             info = cli.vault().put(
                 ref, source, if_match=if_match, ctx=cli.request("write"), progress=advance
             )
+    except OSError as exc:  # the vault turns its own I/O errors into StorageError: the source's
+        what = "standard input" if file == "-" else file
+        raise InvalidInput(
+            f"cannot read {what}: {exc.strerror or exc}; nothing was stored"
+        ) from exc
     finally:
         if file != "-":
             source.close()

@@ -420,3 +420,22 @@ def test_a_source_that_fails_to_read_is_one_line_and_stores_nothing(alice: Cli) 
     line = alice.fails(2, "put", "intl", "alice", "unreadable", "/proc/self/mem")
     assert line == "error: cannot read /proc/self/mem: Input/output error; nothing was stored"
     alice.fails(1, "stat", "intl", "alice", "unreadable")
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "said"),
+    [
+        (["--token", ""], None, "error: --token is empty"),
+        (["--as", ""], None, "error: --as is empty"),
+        ([], "", "error: SHARDVAULT_TOKEN is set but empty: set it to a token, or unset it"),
+    ],
+    ids=["token", "as", "env"],
+)
+def test_an_empty_credential_is_refused_not_read_as_none(
+    alice: Cli, monkeypatch: pytest.MonkeyPatch, argv: list[str], env: str | None, said: str
+) -> None:
+    # a script whose token variable came out empty acted, silently, as the administrator
+    if env is not None:
+        monkeypatch.setenv("SHARDVAULT_TOKEN", env)
+    line = alice.fails(2, *argv, "ls", "intl", "alice")
+    assert line.startswith(said)

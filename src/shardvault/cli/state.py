@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -48,7 +49,17 @@ class CliState:
         return self._vault
 
     def request(self, default_purpose: str = "operations") -> RequestContext:
-        """The request context: the token's principal (or the local administrator)."""
+        """The request context: the token's principal (or the local administrator).
+
+        An empty token or principal is refused, not read as none: a script whose
+        token variable came out empty would otherwise act as the administrator."""
+        if self.token == "" or self.principal == "":
+            raise InvalidInput(f"{'--token' if self.token == '' else '--as'} is empty")
+        if self.token is None and os.environ.get(config_module.TOKEN_ENV_VAR) == "":
+            raise InvalidInput(
+                f"{config_module.TOKEN_ENV_VAR} is set but empty: set it to a token, or "
+                "unset it to act as the local administrator"
+            )
         token = self.token or config_module.token_from_env()
         refused = None
         if token:  # a genuine but revoked or expired token: refused by the guard, audited

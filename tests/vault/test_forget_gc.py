@@ -463,3 +463,20 @@ def test_a_forget_cut_short_after_its_catalog_mark_is_finished_by_a_retry(
     assert not any(p.exists() for p in shards)
     assert "alice" not in {a.subject for a in approvals.all("US")}  # nor a new one's
     assert len(approvals.all("US")) == (1 if retry == "with-its-approval" else 2)
+
+
+def test_a_forgotten_subjects_object_names_are_not_left_in_the_catalog_file(
+    vault: Vault, config_path: Path
+) -> None:
+    """secure_delete=FAST zeroes a row only where that costs no I/O: pages a purge
+    freed kept the forgotten subject's key names in the file's bytes."""
+    vault.register_subject("intl", "alice", "US")
+    vault.register_subject("intl", "bob", "US")
+    for i in range(300):
+        vault.put(ObjectRef("intl", "alice", f"secretkeyname{i:04d}.bin"), os.urandom(200))
+        vault.put(ObjectRef("intl", "bob", f"kept{i}"), os.urandom(200))
+    forget_approved(vault, "intl", "alice")
+    catalog = load(config_path).state_dir / "cells" / "US" / "catalog.sqlite"
+    raw = b"".join(p.read_bytes() for p in catalog.parent.glob("catalog.sqlite*"))
+    assert raw.count(b"secretkeyname") == 0
+    assert raw.count(b"kept299") >= 1  # the other subject's are there to be found

@@ -205,9 +205,10 @@ class SqliteCatalog:
             try:
                 self._db.execute("PRAGMA journal_mode=WAL")
                 self._db.execute("PRAGMA synchronous=NORMAL")
-                # a deleted row's bytes are zeroed in its page (no extra I/O): a purged
-                # (forgotten) object's name does not linger in the file
-                self._db.execute("PRAGMA secure_delete=FAST")
+                # a deleted row's bytes are zeroed, and so are pages it frees: a purged
+                # (forgotten) object's name does not linger in the file (FAST left it
+                # in freed pages). Rows are deleted by gc and forget, not by gets or puts
+                self._db.execute("PRAGMA secure_delete=ON")
                 with self._writing():
                     self._migrate()
             except BaseException:

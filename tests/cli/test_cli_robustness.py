@@ -439,3 +439,14 @@ def test_an_empty_credential_is_refused_not_read_as_none(
         monkeypatch.setenv("SHARDVAULT_TOKEN", env)
     line = alice.fails(2, *argv, "ls", "intl", "alice")
     assert line.startswith(said)
+
+
+@pytest.mark.parametrize("if_match", ["-1", "9223372036854775808"])
+def test_an_if_match_outside_the_version_range_is_exit_2(
+    alice: Cli, tmp_path: Path, if_match: str
+) -> None:
+    # it was exit 1, "expected version -1, current is 1": a refusal, not bad input
+    source = tmp_path / "new.txt"
+    source.write_bytes(b"new\n")
+    line = alice.fails(2, "put", "intl", "alice", "k", str(source), "--if-match", if_match)
+    assert line.startswith(f"error: version {if_match} is out of range")

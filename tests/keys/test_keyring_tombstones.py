@@ -382,3 +382,19 @@ def _catching(call: Callable[[], object], caught: list[BaseException]) -> None:
         call()
     except BaseException as exc:  # the test asks which
         caught.append(exc)
+
+
+def test_a_temporary_copy_left_by_a_killed_writer_goes_at_the_next_change(
+    tmp_path: Path,
+) -> None:
+    # a writer killed between its fsynced temporary and the rename left the root keys
+    # beside the keyring, in a file nothing ever removed
+    path = tmp_path / "keys" / "keyring.json"
+    custodian = KeyringCustodian(path)
+    custodian.wrap(US, "kid", hierarchy.new_key(), WHY)
+    stale = path.with_name(f".{path.name}.0123456789ab.tmp")
+    stale.write_bytes(path.read_bytes())
+    os.chmod(stale, 0o600)
+    custodian.wrap(KeyScope("intl", "SG"), "kid2", hierarchy.new_key(), WHY)  # a new root
+    assert not stale.exists()
+    assert sorted(p.name for p in path.parent.iterdir() if p.name.startswith(".")) == []

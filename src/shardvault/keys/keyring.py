@@ -111,9 +111,17 @@ class KeyringCustodian:
         lock = os.open(self.path.with_name(self.path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(lock, fcntl.LOCK_EX)
+            self._drop_stale_temporaries()
             yield
         finally:
             os.close(lock)
+
+    def _drop_stale_temporaries(self) -> None:
+        """Holding the flock: a temporary copy of the keyring beside it (root keys and
+        all) is one a writer killed before its rename left, since writers hold the
+        flock while theirs exists; it goes."""
+        for temp in self.path.parent.glob(f".{self.path.name}.*.tmp"):
+            temp.unlink(missing_ok=True)
 
     def _catch_up(self) -> None:
         """Holding the flock: read the latest file, and give a keyring its database.

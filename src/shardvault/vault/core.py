@@ -329,6 +329,8 @@ class Vault:
         put returns.
         """
         ctx = ctx or local_context("write")
+        if if_match is not None and if_match != 0:  # 0: the key must have no version yet
+            _check_version(if_match)
         source = memoryview(data) if isinstance(data, bytes | bytearray | memoryview) else data
         if isinstance(source, memoryview) and not source.c_contiguous:
             raise InvalidInput("put needs contiguous bytes: pass bytes(data)")

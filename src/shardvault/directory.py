@@ -93,15 +93,18 @@ class SubjectDirectory:
         message = f"{tenant}\x00{subject}".encode()
         return hmac.new(self._key, message, hashlib.sha256).hexdigest()
 
-    def home(self, tenant: str, subject: str) -> str | None:
-        token = self._token(tenant, subject)
+    def _one(self, sql: str, params: tuple[str, ...] = ()) -> tuple[str] | None:
+        """The first row of a query, a failure of the database as `StorageError`."""
         try:
             with self._lock:
-                row = self._db.execute(
-                    "SELECT jurisdiction FROM homes WHERE token = ?", (token,)
-                ).fetchone()
+                row: tuple[str] | None = self._db.execute(sql, params).fetchone()
+                return row
         except sqlite3.Error as exc:
             raise self._failure(exc) from exc
+
+    def home(self, tenant: str, subject: str) -> str | None:
+        token = self._token(tenant, subject)
+        row = self._one("SELECT jurisdiction FROM homes WHERE token = ?", (token,))
         return row[0] if row else None
 
     def add(self, tenant: str, subject: str, jurisdiction: str) -> None:
@@ -145,22 +148,14 @@ class SubjectDirectory:
 
     def homes_in(self, jurisdiction: str) -> bool:
         """Whether any subject's home is in this jurisdiction."""
-        try:
-            with self._lock:
-                row = self._db.execute(
-                    "SELECT 1 FROM homes WHERE jurisdiction = ? LIMIT 1", (jurisdiction,)
-                ).fetchone()
-        except sqlite3.Error as exc:
-            raise self._failure(exc) from exc
-        return row is not None
+        return (
+            self._one("SELECT 1 FROM homes WHERE jurisdiction = ? LIMIT 1", (jurisdiction,))
+            is not None
+        )
 
     def empty(self) -> bool:
         """Whether no subject was ever registered (or every registration was undone)."""
-        try:
-            with self._lock:
-                return self._db.execute("SELECT 1 FROM homes LIMIT 1").fetchone() is None
-        except sqlite3.Error as exc:
-            raise self._failure(exc) from exc
+        return self._one("SELECT 1 FROM homes LIMIT 1") is None
 
     def close(self) -> None:
         self._db.close()

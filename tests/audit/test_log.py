@@ -717,6 +717,213 @@ def test_entries_on_disk_when_their_writer_then_fails_are_reported_written(
     log.close()
 
 
+class HeldFlush:
+    """Stands in for os.fdatasync: holds (or fails) the flush of one descriptor and
+    records, for every flush, the descriptor and the size `watch` shows then."""
+
+    def __init__(self, fd: int, fail: bool = False) -> None:
+        self.fd, self.fail = fd, fail
+        self.entered, self.release = threading.Event(), threading.Event()
+        self.calls: list[tuple[int, int]] = []
+        self.watch: AuditLog | None = None
+        self._real = os.fdatasync
+
+    def __call__(self, fd: int) -> None:
+        self.calls.append((fd, self.watch._frontier.size if self.watch else -1))
+        if fd == self.fd and not self.entered.is_set():
+            self.entered.set()
+            assert self.release.wait(10)
+            if self.fail:
+                raise OSError(errno.EIO, "injected flush failure")
+        self._real(fd)
+
+
+def test_another_process_appends_while_this_ones_flush_is_in_flight(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The flush runs outside the flock (two opens of a log conflict on it as two
+    processes do), and nothing shows an entry before its flush is done."""
+    path = tmp_path / "log"
+    first, second = filled(path, 1), AuditLog.open(path)
+    root_before = first.root()
+    flush = HeldFlush(first._efd)
+    monkeypatch.setattr(os, "fdatasync", flush)
+    indexes: list[int] = []
+    writer = threading.Thread(target=lambda: indexes.append(first.append(make_entry(1))))
+    writer.start()
+    assert flush.entered.wait(5)
+    assert returns_within(lambda: indexes.append(second.append(make_entry(2))))
+    assert indexes == [2], "the second appended after the first's entry, while it flushed"
+    assert (first.size, first.root()) == (1, root_before), "not shown before it is durable"
+    flush.release.set()
+    writer.join(5)
+    assert sorted(indexes) == [1, 2] and first.size == 2
+    first.refresh()
+    assert first.size == 3 and first.root() == naive_root(first)
+    for log in (first, second):
+        log.close()
+    with AuditLog.open(path) as reopened:
+        assert reopened.size == 3 and reopened.root() == naive_root(reopened)
+
+
+def test_a_refresh_syncs_what_it_takes_in_before_it_shows_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another writer's entry, its flush still in flight, is flushed by whoever reads
+    it (a head is signed over it) before it is shown: no head covers what a crash
+    could take back."""
+    path = tmp_path / "log"
+    writer_log, reader = filled(path, 1), AuditLog.open(path)
+    flush = HeldFlush(writer_log._efd)
+    flush.watch = reader
+    monkeypatch.setattr(os, "fdatasync", flush)
+    writer = threading.Thread(target=writer_log.append, args=(make_entry(1),))
+    writer.start()
+    assert flush.entered.wait(5)
+    assert reader.checkpoint("origin").size == 2
+    assert (reader._efd, 1) in flush.calls, "synced while it still showed one entry"
+    flush.release.set()
+    writer.join(5)
+    for log in (writer_log, reader):
+        log.close()
+
+
+def test_a_failed_flush_refuses_its_batch_and_writes_its_entries_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process appended after the batch whose flush then fails: its entries
+    cannot be cut, so they are written again from memory and synced under the flock
+    (the kernel may have dropped the pages), and stay as decisions whose access was
+    refused; the failed log refuses everything until reopened."""
+    path = tmp_path / "log"
+    failing, other = filled(path, 1), AuditLog.open(path)
+    flush = HeldFlush(failing._efd, fail=True)
+    monkeypatch.setattr(os, "fdatasync", flush)
+    written: list[tuple[int, int]] = []
+    real_pwrite = audit_log._pwrite_all
+
+    def recorded(fd: int, data: bytes, offset: int) -> None:
+        written.append((fd, offset))
+        real_pwrite(fd, data, offset)
+
+    monkeypatch.setattr(audit_log, "_pwrite_all", recorded)
+    outcome: list[BaseException] = []
+
+    def refused() -> None:
+        try:
+            failing.append(make_entry(1))
+        except AuditUnavailable as exc:
+            outcome.append(exc)
+
+    writer = threading.Thread(target=refused)
+    writer.start()
+    assert flush.entered.wait(5)
+    entry_at = written[0][1]
+    assert other.append(make_entry(2)) == 2
+    flush.release.set()
+    writer.join(5)
+    assert len(outcome) == 1 and "injected flush failure" in str(outcome[0])
+    assert written.count((failing._efd, entry_at)) == 2, "written again after the failure"
+    assert flush.calls.count((failing._efd, -1)) == 2, "and synced again"
+    with pytest.raises(AuditUnavailable, match="broken"):
+        failing.append(make_entry(3))
+    assert failing.size == 1
+    for log in (failing, other):
+        log.close()
+    with AuditLog.open(path) as reopened:
+        assert reopened.size == 3 and reopened.entry(1) == make_entry(1)
+        assert reopened.root() == naive_root(reopened)
+
+
+def test_a_log_shorter_than_what_this_process_read_is_refused_not_extended(
+    tmp_path: Path,
+) -> None:
+    """A catch-up once made the entries file as long as the view again, with zeros."""
+    path = tmp_path / "log"
+    log = filled(path, 3)
+    size = (path / "entries.log").stat().st_size
+    os.truncate(path / "entries.log", size - 10)  # acknowledged entries lost under it
+    with pytest.raises(IntegrityError, match="shorter than the entries this process has read"):
+        log.refresh()
+    assert (path / "entries.log").stat().st_size == size - 10
+    with pytest.raises(AuditUnavailable, match="broken"):
+        log.append(make_entry(3))
+    log.close()
+
+
+def test_index_records_a_crash_kept_for_entries_it_lost_are_dropped(tmp_path: Path) -> None:
+    """The index is written before the flush, so a crash may keep records of entries
+    whose bytes never reached the disk: open drops them and appends after."""
+    path = tmp_path / "log"
+    filled(path, 3).close()
+    index = (path / "index.log").read_bytes()
+    entry_1_end = int.from_bytes(index[8 + REC : 8 + REC + 8], "big")
+    os.truncate(path / "entries.log", entry_1_end)  # entry 2's bytes were never written
+    (path / "frontier").unlink()
+    with AuditLog.open(path) as log:
+        assert log.size == 2 and log.root() == naive_root(log)
+        assert (path / "index.log").stat().st_size == 8 + 2 * REC
+        assert log.append(make_entry(5)) == 2
+    with AuditLog.open(path) as log:
+        assert log.size == 3 and log.entry(2) == make_entry(5)
+
+
+def entry_ends(path: Path) -> list[int]:
+    index = (path / "index.log").read_bytes()
+    return [int.from_bytes(index[i : i + 8], "big") for i in range(8, len(index), REC)]
+
+
+@pytest.mark.parametrize("mark", ["lagging", "missing", "torn"])
+def test_a_power_loss_that_kept_a_later_page_and_lost_an_earlier_one_cuts_at_the_hole(
+    tmp_path: Path, mark: str
+) -> None:
+    """Index records are written before their entries' flush: after a power loss
+    they may name entries whose bytes were lost, in part (entry 6's page lost,
+    entry 7's kept). Entries past the synced mark are checked against their index
+    records on open, and the log ends before the first that does not match:
+    nothing from there on was acknowledged, since a flush covering it would have
+    covered the lost page too."""
+    path = tmp_path / "log"
+    filled(path, 8).close()
+    ends = entry_ends(path)
+    with open(path / "entries.log", "r+b") as entries:
+        entries.seek(ends[5])
+        entries.write(bytes(ends[6] - ends[5]))
+    (path / "frontier").unlink()  # the last one saved was older than these entries
+    synced = path / "synced"
+    if mark == "lagging":
+        synced.write_bytes(audit_log._synced_mark(ends[5]))
+    elif mark == "missing":
+        synced.unlink()
+    else:
+        synced.write_bytes(audit_log._synced_mark(ends[7])[:-1] + b"\0")
+    with AuditLog.open(path) as log:
+        assert log.size == 6 and log.root() == naive_root(log)
+        assert (path / "entries.log").stat().st_size == ends[5]
+        assert log.append(make_entry(8)) == 6
+    with AuditLog.open(path) as log:
+        assert log.size == 7 and log.entry(6) == make_entry(8)
+
+
+def test_the_synced_mark_follows_each_flush_and_never_leads_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "log"
+    log = filled(path, 2)
+    synced_at = audit_log._read_synced_mark(log._sfd)
+    assert synced_at == (path / "entries.log").stat().st_size
+    flush = HeldFlush(log._efd)
+    monkeypatch.setattr(os, "fdatasync", flush)
+    writer = threading.Thread(target=log.append, args=(make_entry(2),))
+    writer.start()
+    assert flush.entered.wait(5)
+    assert audit_log._read_synced_mark(log._sfd) == synced_at, "not before the flush ends"
+    flush.release.set()
+    writer.join(5)
+    assert audit_log._read_synced_mark(log._sfd) == (path / "entries.log").stat().st_size
+    log.close()
+
+
 def test_a_caller_woken_to_write_that_leaves_hands_the_write_on(tmp_path: Path) -> None:
     """Woken to write the next batch, the main thread is interrupted before it takes
     the queue: the other caller whose entry is queued must be woken to write it."""

@@ -9,8 +9,6 @@ Layout of a log directory (all integers big-endian)::
     frontier      b"SVAUDF" u16 version=1, u64 size, u64 end offset of entry size-1,
                   its 32-byte leaf hash, u8 count, count 32-byte subtree roots, u32 CRC-32
     tree-<L>.log  stored tree nodes, a cache of the index (`audit/tree.py`)
-    synced        b"SVAUDS" u16 version=1, u64 offset, u32 CRC-32: entries.log is durable
-                  at least up to that offset (written in place after each fsync, unsynced)
     LOCK          flock'ed by whoever is appending or recovering
 
 Why this shape: the index holds every leaf hash, so heads and proofs never
@@ -25,22 +23,13 @@ thread: handing each entry to one cost a thread switch each way per request,
 measured at about a sixth of a small get's CPU (docs/performance.md).
 
 Several processes may append to one log (a cell served by several workers, or
-the CLI beside a server). A batch is appended under an exclusive flock of
+the CLI beside a server). A batch is written under an exclusive flock of
 ``LOCK``: the writer first catches up with what other processes appended (their
-index records, or their whole entries if one died before indexing them),
-then appends its entries and their index records at the end and unlocks. It
-fsyncs after unlocking, so another process appends while this one's flush is
-in flight rather than waiting for it; one fdatasync covers every process's
-bytes in the file. An entry's index is known only once it is written
-(`AuditTicket.wait` returns it). The index is a cache, never synced on the
-append path, so each fsync flushes only entry bytes; it may run ahead of what
-is durable. So, opening, every index record past the ``synced`` mark (or the
-saved frontier) is checked against its entry's bytes: after a power loss, what
-was never flushed may be lost, or lost in part (a later page kept, an earlier
-one not), and the first record whose entry does not match ends what is kept.
-A process shows (size, root, heads) only what is durable: its writer
-publishes its view after its fsync, and `refresh` fsyncs what it took in from
-others before it shows it.
+index records, or their whole entries if one died before indexing them), then
+appends at the end, fsyncs, writes the index records and unlocks. So an entry's
+index is known only once it is written (`AuditTicket.wait` returns it). The
+index is a cache of durable entries, written after them and never synced on the
+append path, so each fsync flushes only entry bytes.
 
 Opening starts from ``frontier``, the Merkle state a process left at open or
 close, when it still agrees with the index (the leaf hash and end offset of
@@ -49,16 +38,11 @@ log: at a million entries a full rebuild took 1.5 s of every command. It is a
 cache, written without a sync; a missing, torn or disagreeing one costs the
 full rebuild, which checks every index record and every stored head.
 
-Fail closed: if a batch cannot be written, the files are truncated back to
-their previous length (nobody has seen those bytes: the flock is still held)
-and every caller in the batch gets `AuditUnavailable`. If its fsync fails, the
-callers get `AuditUnavailable` too, so the access they were about to allow is
-refused; its entries cannot be taken back, since other processes may have
-appended after them, so the writer writes them again from memory and syncs
-them under the flock, and they stay in the log as decisions whose access was
-then refused. After a failed fsync the page cache cannot be trusted, so the
-process refuses further appends until it reopens the log (so it does if its
-index cannot be written). Opening, and catching up,
+Fail closed: if a batch cannot be made durable, the files are truncated back to
+their previous length and every caller in the batch gets `AuditUnavailable`, so
+the access it was about to allow is refused. After a failed fsync the page cache
+cannot be trusted, so the process refuses further appends until it reopens the
+log (so it does if its index cannot be written). Opening, and catching up,
 recover from a crash: the index's longest valid prefix is kept, whole entries
 after it are re-indexed, and a torn entry tail (never acknowledged) is cut. A
 damaged acknowledged entry, or fewer entries than a stored signed head covers,
@@ -94,8 +78,6 @@ _IDX = struct.Struct(">Q32sI")
 _FRONTIER_MAGIC = b"SVAUDF"
 _FRONTIER_HEAD = struct.Struct(">6sHQQ32sB")
 _CRC = struct.Struct(">I")
-_SYNCED_MAGIC = b"SVAUDS"
-_SYNCED_BODY = struct.Struct(">6sHQ")
 _READ_AHEAD = 1 << 20
 
 
@@ -109,24 +91,6 @@ def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
     while view:
         written = os.pwrite(fd, view, offset)
         view, offset = view[written:], offset + written
-
-
-def _synced_mark(end: int) -> bytes:
-    body = _SYNCED_BODY.pack(_SYNCED_MAGIC, 1, end)
-    return body + _CRC.pack(zlib.crc32(body))
-
-
-def _read_synced_mark(fd: int) -> int:
-    """Where entries.log is known durable up to, from the ``synced`` file; 0 if unusable."""
-    data = os.pread(fd, _SYNCED_BODY.size + _CRC.size, 0)
-    try:
-        magic, version, end = _SYNCED_BODY.unpack_from(data)
-        (crc,) = _CRC.unpack_from(data, _SYNCED_BODY.size)
-    except struct.error:
-        return 0
-    if (magic, version, crc) != (_SYNCED_MAGIC, 1, zlib.crc32(data[: _SYNCED_BODY.size])):
-        return 0
-    return int(end)
 
 
 def _open_file(path: Path, magic: bytes) -> int:
@@ -170,17 +134,6 @@ class _Batch:
         self.error: BaseException | None = None
 
 
-class _Appended:
-    """A batch's bytes in entries.log, not yet synced, and the view they make."""
-
-    __slots__ = ("end", "frontier", "records", "start", "unindexed")
-
-    def __init__(self, records: bytes, start: int, frontier: merkle.Frontier, end: int) -> None:
-        self.records, self.start = records, start
-        self.frontier, self.end = frontier, end
-        self.unindexed: BaseException | None = None  # why its index records were not written
-
-
 class AuditTicket:
     """Entries on their way to disk: indexes fixed at submit, durability awaited."""
 
@@ -198,10 +151,10 @@ class AuditTicket:
 class AuditLog:
     """One cell's audit log. Thread-safe, and processes may share it (flock per batch)."""
 
-    def __init__(self, directory: Path, efd: int, ifd: int, sfd: int, lock_fd: int) -> None:
-        """Takes over the four descriptors; the caller holds the flock (see `open`)."""
+    def __init__(self, directory: Path, efd: int, ifd: int, lock_fd: int) -> None:
+        """Takes over the three descriptors; the caller holds the flock (see `open`)."""
         self.directory = directory
-        self._efd, self._ifd, self._sfd, self._lock_fd = efd, ifd, sfd, lock_fd
+        self._efd, self._ifd, self._lock_fd = efd, ifd, lock_fd
         # Thread lock, then flock, then _state. The flock belongs to the open file,
         # not to a thread, so threads of this process take turns on _append_lock.
         self._append_lock = threading.Lock()
@@ -221,8 +174,7 @@ class AuditLog:
             self._tree.drop()  # rebuilt from the whole index: what it summarised may differ
         self._unchecked_below = self._saved_size  # index records taken on trust, unread
         roots = self._stored_roots(self._saved_size)
-        synced = max(self._entries_end, _read_synced_mark(sfd))  # both were flushed first
-        self._frontier, self._entries_end = self._caught_up(roots, check_after=synced)
+        self._catch_up(roots)
         if roots and max(roots) > self._frontier.size:  # also when nothing was appended since
             raise IntegrityError(
                 f"audit log {self.directory} has {self._frontier.size} entries but a signed "
@@ -230,7 +182,6 @@ class AuditLog:
             )
         os.fsync(self._efd)
         os.fsync(self._ifd)
-        self._mark_synced(self._entries_end)
         self._save_frontier()
 
     @classmethod
@@ -251,8 +202,7 @@ class AuditLog:
             try:
                 fds.append(_open_file(path / "entries.log", _ENTRIES_MAGIC))
                 fds.append(_open_file(path / "index.log", _INDEX_MAGIC))
-                fds.append(os.open(path / "synced", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
-                return cls(path, fds[1], fds[2], fds[3], lock_fd)
+                return cls(path, fds[1], fds[2], lock_fd)
             finally:
                 fcntl.flock(lock_fd, fcntl.LOCK_UN)
         except OSError as exc:
@@ -272,17 +222,11 @@ class AuditLog:
         """
         with self._append_lock:
             self._check_open()
-            with self._flocked():
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+            try:
                 yield
-
-    @contextlib.contextmanager
-    def _flocked(self) -> Iterator[None]:
-        """The files against other processes; taken holding ``_append_lock``."""
-        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            finally:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
     # -- recovery and catching up ----------------------------------------------
 
@@ -303,48 +247,29 @@ class AuditLog:
         payload = os.pread(self._efd, length, start + _REC.size)
         return payload if zlib.crc32(payload) == crc else None
 
-    def _entry_matches(self, start: int, end: int, leaf: bytes) -> bool:
-        """Whether the entry at ``start`` is whole, ends at ``end`` and hashes to ``leaf``."""
-        payload = self._read_record(start, end)
-        return (
-            payload is not None
-            and start + _REC.size + len(payload) == end
-            and merkle.leaf_hash(payload) == leaf
-        )
-
-    def _mark_synced(self, end: int) -> None:
-        """Note that entries.log is durable up to ``end`` (best effort: a lost or stale
-        mark costs the next open a longer check, never trust it should not give)."""
-        with contextlib.suppress(OSError):
-            os.pwrite(self._sfd, _synced_mark(end), 0)
-
     def _file_sizes(self) -> tuple[int, int]:
         return os.fstat(self._efd).st_size, os.fstat(self._ifd).st_size
 
-    def _caught_up(
-        self, heads: dict[int, bytes] | None = None, check_after: int | None = None
-    ) -> tuple[merkle.Frontier, int]:
-        """This process's view with what is on disk past it: (frontier, end of its last
-        entry), a copy for the caller to publish. Holding the flock.
+    def _view_is_current(self) -> bool:
+        """Whether the files end where this process's view does; holding the flock."""
+        expected = (self._entries_end, _HEADER + self._frontier.size * _IDX.size)
+        return self._file_sizes() == expected
+
+    def _catch_up(self, heads: dict[int, bytes] | None = None) -> None:
+        """Take in what is on disk past this process's view; holding the flock and ``_state``.
 
         On open the view is empty and ``heads`` are the stored signed heads, so
         this is crash recovery; later it picks up other processes' appends.
         Index records after the view are kept while valid (CRCs, increasing
-        offsets; past byte ``check_after``, opening, also the entry each names),
-        whole entries after them are indexed, and the first torn
+        offsets), whole entries after them are indexed, and the first torn
         record (never acknowledged) ends the log and is cut, but only once the
-        stored heads are known to be covered. If any of that fails, nothing
-        was cut and the exception says why.
+        stored heads are known to be covered. The view changes only if all of
+        that succeeds; otherwise nothing was cut and the exception says why.
         """
         entries_size, index_size = self._file_sizes()
         start = self._frontier.size
         if (entries_size, index_size) == (self._entries_end, _HEADER + start * _IDX.size):
-            return self._frontier.copy(), self._entries_end  # nobody else appended: common
-        if entries_size < self._entries_end:
-            raise IntegrityError(
-                f"audit log {self.directory}: entries.log is shorter than the entries this "
-                "process has read: acknowledged entries are missing"
-            )
+            return  # nobody else appended: the common case
         heads = heads or {}
         frontier = self._frontier.copy()
         count, pos = start, self._entries_end
@@ -355,12 +280,7 @@ class AuditLog:
             )
             stop = False
             for end, leaf, crc in _IDX.iter_unpack(chunk[: len(chunk) - len(chunk) % _IDX.size]):
-                if (
-                    zlib.crc32(_IDX_BODY.pack(end, leaf)) != crc
-                    or not pos < end <= entries_size
-                    or (check_after is not None and end > check_after
-                        and not self._entry_matches(pos, end, leaf))
-                ):  # fmt: skip
+                if zlib.crc32(_IDX_BODY.pack(end, leaf)) != crc or not pos < end <= entries_size:
                     stop = True
                     break
                 pos = end
@@ -403,7 +323,7 @@ class AuditLog:
             _pwrite_all(self._ifd, b"".join(salvaged), index_end)
         if index_size != index_end + len(salvaged) * _IDX.size:
             os.ftruncate(self._ifd, index_end + len(salvaged) * _IDX.size)
-        return frontier, pos
+        self._frontier, self._entries_end = frontier, pos
 
     def _append_leaf(self, frontier: merkle.Frontier, leaf: bytes, heads: dict[int, bytes]) -> None:
         frontier.append(leaf)
@@ -486,23 +406,17 @@ class AuditLog:
         Raises `AuditUnavailable` if the files cannot be read or repaired, and
         `IntegrityError` if they are damaged; either way the log is then broken.
         """
-        with self._locked():
-            with self._state:
-                if self._broken is not None:
-                    return
+        with self._locked(), self._state:
+            if self._broken is not None:
+                return
             try:
-                frontier, end = self._caught_up()
-                if end != self._entries_end:  # others' entries, their flush maybe in flight
-                    os.fdatasync(self._efd)
-                    self._mark_synced(end)
-            except (OSError, IntegrityError) as exc:
-                with self._state:
-                    self._broken = exc
-                if isinstance(exc, IntegrityError):
-                    raise
+                self._catch_up()
+            except IntegrityError as exc:
+                self._broken = exc
+                raise
+            except OSError as exc:
+                self._broken = exc
                 raise AuditUnavailable(f"audit log {self.directory}: {exc}") from exc
-            with self._state:
-                self._frontier, self._entries_end = frontier, end
 
     # -- appending --------------------------------------------------------------
 
@@ -578,114 +492,83 @@ class AuditLog:
             raise AuditUnavailable(f"audit log {self.directory} is {reason}")
 
     def _write_batches(self, batches: list[_Batch]) -> BaseException | None:
-        """Append under the flock, fsync outside it, then publish. None, or why it failed.
-
-        The fsync runs once the flock is released, holding only this process's
-        ``_append_lock``: another process appends meanwhile instead of waiting
-        for this flush, and its own flush then finds less to do. With two
-        worker processes of 16 threads, 1 KiB gets ran about 5 % faster (medians)
-        (docs/performance.md). The view is published only once the batch is
-        durable, so nothing this process shows can be taken back by a crash.
-        """
-        with self._append_lock:
-            self._check_open()
-            appended = self._append(batches)
-            if not isinstance(appended, _Appended):
-                return appended
-            error = self._sync(appended)
-            if error is None:
-                self._mark_synced(appended.end)
-                for b in batches:  # if the index is lost, catching up rebuilds it
-                    b.durable = True
-                if appended.unindexed is None:
-                    with self._state:
-                        self._frontier, self._entries_end = appended.frontier, appended.end
-                        self._commits += 1
-            if appended.unindexed is not None and not isinstance(appended.unindexed, OSError):
-                raise appended.unindexed  # interrupted while indexing, raised once synced
-            return error or appended.unindexed
-
-    def _append(self, batches: list[_Batch]) -> _Appended | BaseException:
-        """Under the flock: catch up, write the entries and their index records.
+        """Under the flock: catch up, append, fsync, index. None, or why it failed.
 
         Once the flock is had, `batches` (the caller's list) also takes what was
         queued while waiting for it: with two processes appending, a writer
-        waits for the other's write, and what queued meanwhile would otherwise
-        wait for both again: at two worker processes of 16 threads, a fifth
-        fewer fsyncs per get.
+        waits about as long for the other's fsync as for its own, and what
+        queued meanwhile would otherwise wait for both again: at two worker
+        processes of 16 threads, a fifth fewer fsyncs per get.
         """
-        with self._flocked():
+        with self._locked():
             with self._state:
                 if self._queue:  # taken before it is listed: an interrupt leaves it failed
                     later, self._queue = self._queue, []
                     self._took_later = True
                     batches.extend(later)
             # Only holders of _append_lock change the view, so it is read here without
-            # _state, and no syscall runs under _state: each releases the GIL, and
-            # threads queueing behind it on _state would each cost a context switch.
+            # _state, and the common path runs no syscall under _state: each releases
+            # the GIL, and threads queueing behind it on _state would each cost a
+            # context switch. Catching up with other processes still does (rare).
             with self._state:
                 if self._broken is not None:
                     return AuditUnavailable(f"audit log {self.directory} is broken")
             try:
-                frontier, entries_end = self._caught_up()
+                if not self._view_is_current():
+                    with self._state:
+                        self._catch_up()
             except (OSError, IntegrityError) as exc:
                 with self._state:
                     self._broken = exc
                 return exc
-            start, records, index, pos = frontier.size, [], [], entries_end
+            first, entries_end = self._frontier.size, self._entries_end
+            records, index, pos = [], [], entries_end
             for b in batches:
-                b.first = frontier.size
+                b.first = first
+                first += len(b.payloads)
                 for payload, leaf in zip(b.payloads, b.leaves, strict=True):
                     records.append(_REC.pack(len(payload), zlib.crc32(payload)) + payload)
                     pos += _REC.size + len(payload)
                     index.append(_index_pack(pos, leaf))
-                    frontier.append(leaf)
-            data = b"".join(records)
-            error = self._write(data, entries_end)
+            error = self._write(b"".join(records), entries_end)
             if error is not None:
                 return error
-            appended = _Appended(data, entries_end, frontier, pos)
+            for b in batches:  # if the index is lost now, catching up rebuilds it
+                b.durable = True
             try:
-                _pwrite_all(self._ifd, b"".join(index), _HEADER + start * _IDX.size)
-            except OSError as exc:  # whoever catches up next indexes them
+                _pwrite_all(self._ifd, b"".join(index), _HEADER + self._frontier.size * _IDX.size)
+            except OSError as exc:
+                # durable but unindexed: whoever catches up next indexes them
                 with self._state:
                     self._broken = exc
-                appended.unindexed = exc
-            except BaseException as exc:  # Ctrl-C: the entries are written, sync them first
-                appended.unindexed = exc
-            return appended
+                return exc
+            with self._state:
+                for b in batches:
+                    for leaf in b.leaves:
+                        self._frontier.append(leaf)
+                self._entries_end = pos
+                self._commits += 1
+        return None
 
     def _write(self, records: bytes, entries_end: int) -> OSError | None:
-        """Put the records at the end of entries.log, holding the flock; undo them on failure."""
+        """Make the records durable at the end of entries.log; undo them on failure."""
+        stage = "write"
         try:
             _pwrite_all(self._efd, records, entries_end)
-            return None
-        except OSError as exc:
-            try:  # nobody has seen them: the flock is still held
-                os.ftruncate(self._efd, entries_end)
-                os.fsync(self._efd)
-            except OSError as undo:
-                with self._state:
-                    self._broken = undo
-            return exc
-
-    def _sync(self, appended: _Appended) -> OSError | None:
-        """fdatasync entries.log, outside the flock. On failure the batch is refused and this
-        process's log is broken; its entries cannot be taken back (others may have
-        appended after them), so they are written again from memory and synced under
-        the flock, lest a page the kernel dropped leave a hole among acknowledged ones."""
-        try:
+            stage = "fsync"
             os.fdatasync(self._efd)
             return None
         except OSError as exc:
-            error = exc
-        with self._state:
-            self._broken = error
-        with contextlib.suppress(OSError), self._flocked():
-            if os.fstat(self._efd).st_size >= appended.start + len(appended.records):
-                _pwrite_all(self._efd, appended.records, appended.start)
-                os.fdatasync(self._efd)
-        return error
+            broken: OSError | None = exc if stage == "fsync" else None
+            try:
+                os.ftruncate(self._efd, entries_end)
+                os.fsync(self._efd)
+            except OSError as undo:
+                broken = undo
+            if broken is not None:
+                with self._state:
+                    self._broken = broken
+            return exc
 
     # -- reading ----------------------------------------------------------------
 
@@ -879,7 +762,7 @@ class AuditLog:
                 if self._broken is None:
                     with contextlib.suppress(OSError, struct.error):
                         self._save_frontier()
-            for fd in (self._efd, self._ifd, self._sfd, self._lock_fd):
+            for fd in (self._efd, self._ifd, self._lock_fd):
                 os.close(fd)
             self._tree.close()
             self._files_closed = True
@@ -897,7 +780,7 @@ class AuditLog:
         self._state, self._room = _state_lock()
         self._closed = self._files_closed = True
         self._queue, self._writing = [], False  # a ticket carried over fails, never hangs
-        for fd in (self._efd, self._ifd, self._sfd, self._lock_fd):
+        for fd in (self._efd, self._ifd, self._lock_fd):
             with contextlib.suppress(OSError):
                 os.close(fd)
         self._tree.abandon_after_fork()

@@ -323,6 +323,35 @@ def test_unknown_file_version_or_foreign_file_is_refused(tmp_path: Path) -> None
         AuditLog.open(path)
 
 
+def test_a_log_whose_creation_a_power_loss_cut_short_is_made_again(tmp_path: Path) -> None:
+    """Its files' size reached the disk, their header did not: zeros, and no entry."""
+    path = tmp_path / "log"
+    AuditLog.open(path).close()
+    for name in ("entries.log", "index.log"):
+        (path / name).write_bytes(bytes(8))
+    with AuditLog.open(path) as log:
+        assert log.size == 0 and log.append(make_entry(0)) == 0
+    (path / "entries.log").write_bytes(b"SVAU")
+    with pytest.raises(IntegrityError, match="truncated header"):
+        AuditLog.open(path)
+
+
+def test_a_log_shorter_than_what_this_process_read_is_refused_not_extended(
+    tmp_path: Path,
+) -> None:
+    """A catch-up once made the entries file as long as the view again, with zeros."""
+    path = tmp_path / "log"
+    log = filled(path, 3)
+    size = (path / "entries.log").stat().st_size
+    os.truncate(path / "entries.log", size - 10)  # acknowledged entries lost under it
+    with pytest.raises(IntegrityError, match="shorter than the entries this process has read"):
+        log.refresh()
+    assert (path / "entries.log").stat().st_size == size - 10
+    with pytest.raises(AuditUnavailable, match="broken"):
+        log.append(make_entry(3))
+    log.close()
+
+
 def test_unwritable_location_is_audit_unavailable(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("x")
     with pytest.raises(AuditUnavailable, match="cannot be opened"):

@@ -96,8 +96,8 @@ def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
 def _open_file(path: Path, magic: bytes) -> int:
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     header = os.pread(fd, _HEADER, 0)
-    if len(header) < _HEADER and not os.pread(fd, 1, len(header)):
-        if any(header):
+    if not os.pread(fd, 1, _HEADER) and (len(header) < _HEADER or not any(header)):
+        if any(header):  # new, or its creation cut short by a power loss: zeros
             raise IntegrityError(f"{path} has a truncated header")
         os.ftruncate(fd, 0)
         _pwrite_all(fd, magic + struct.pack(">H", LOG_VERSION), 0)
@@ -270,6 +270,11 @@ class AuditLog:
         start = self._frontier.size
         if (entries_size, index_size) == (self._entries_end, _HEADER + start * _IDX.size):
             return  # nobody else appended: the common case
+        if entries_size < self._entries_end:
+            raise IntegrityError(
+                f"audit log {self.directory}: entries.log is shorter than the entries this "
+                "process has read: acknowledged entries are missing"
+            )
         heads = heads or {}
         frontier = self._frontier.copy()
         count, pos = start, self._entries_end

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from conftest import SEGMENT, files_under, make_deployment, shard_paths
 from shardvault.config import load
 from shardvault.errors import ConfigError, InvalidInput, StorageError, Unavailable
+from shardvault.governance.approvals import approval_cell
 from shardvault.model import (
     MAX_KEY_BYTES,
     ObjectRef,
@@ -55,6 +56,11 @@ BAD_KEYS = {
     "nbsp": "a\u00a0b",
     "lone-surrogate": "a\ud800b",
     "private-use": "a\ue000b",
+    "only-spaces": "   ",
+    "leading-space": " cat.jpg",
+    "trailing-space": "cat.jpg ",
+    "space-segment": "photos/ /cat",
+    "segment-trailing-space": "photos /cat",
     "not-a-string": 42,
 }
 
@@ -64,6 +70,7 @@ GOOD_KEYS = [
     "é" * (MAX_KEY_BYTES // 2),
     "photos/2024/cat.jpg",
     "with space.txt",
+    "a b/c d",
     "...",
     "a..b/c..",
     ".hidden",
@@ -79,7 +86,7 @@ def test_bad_object_keys_are_refused_with_one_line(key: object) -> None:
         object_key(key)
     message = str(caught.value)
     assert message.startswith("invalid object key")
-    assert "\n" not in message and len(message) < 2000
+    assert "\n" not in message and len(message) < 250, "an overlong key is named, not echoed"
     with pytest.raises(InvalidInput):
         ObjectRef("intl", "alice", key)  # type: ignore[arg-type]
 
@@ -102,6 +109,7 @@ def test_any_text_is_a_safe_key_or_refused_cleanly(key: str) -> None:
     assert ".." not in key.split("/") and "\\" not in key
     assert unicodedata.normalize("NFC", key) == key
     assert all(unicodedata.category(c)[0] not in "CZ" or c == " " for c in key)
+    assert all(part == part.strip(" ") for part in key.split("/"))
     assert len(key.encode()) <= MAX_KEY_BYTES
 
 
@@ -110,6 +118,7 @@ BAD_SUBJECTS = [
     "-alice",
     ".alice",
     "a" * 129,
+    "a" * 100_000,
     "al/ice",
     "../alice",
     "al ice",
@@ -128,7 +137,7 @@ def test_bad_subject_ids_are_refused(subject: object) -> None:
     with pytest.raises(InvalidInput) as caught:
         subject_id(subject)
     assert str(caught.value).startswith("invalid subject id")
-    assert "\n" not in str(caught.value)
+    assert "\n" not in str(caught.value) and len(str(caught.value)) < 250
 
 
 @pytest.mark.parametrize("subject", ["a", "a" * 128, "alice@example.com", "u+1_2.3-4", "0"])
@@ -158,11 +167,22 @@ def test_any_text_is_a_subject_id_or_refused_cleanly(subject: str) -> None:
         (jurisdiction_code, "US/../SG"),
         (node_id, "../n1"),
         (node_id, "N1"),
+        (tenant_name, "x" * 100_000),
+        (jurisdiction_code, "X" * 100_000),
     ],
 )
 def test_bad_names_are_refused(check: object, value: str) -> None:
-    with pytest.raises(InvalidInput):
+    with pytest.raises(InvalidInput) as caught:
         check(value)  # type: ignore[operator]
+    assert len(str(caught.value)) < 250, "an overlong name is named, not echoed"
+
+
+def test_an_overlong_unknown_tenant_or_approval_id_is_named_not_echoed(vault: Vault) -> None:
+    with pytest.raises(InvalidInput, match=r"unknown tenant 'x+… \(100000 characters\)"):
+        vault.config.tenant("x" * 100_000)
+    with pytest.raises(InvalidInput, match=r"invalid approval id") as caught:
+        approval_cell("a" * 100_000)
+    assert len(str(caught.value)) < 250
 
 
 def test_vault_refuses_bad_input_before_touching_anything(vault: Vault, config_path: Path) -> None:

@@ -21,6 +21,7 @@ from shardvault.model import (
     facility_name,
     jurisdiction_code,
     node_id,
+    shown,
     tenant_name,
 )
 
@@ -103,7 +104,7 @@ class Config:
         spec = self.tenants.get(name)
         if spec is None:
             known = ", ".join(sorted(self.tenants)) or "none"
-            raise InvalidInput(f"unknown tenant {name!r} (configured: {known})")
+            raise InvalidInput(f"unknown tenant {shown(name)} (configured: {known})")
         return spec
 
     def jurisdiction(self, code: str) -> str:

@@ -28,9 +28,18 @@ _SUBJECT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]{0,127}")
 _FACILITY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 
 
+def shown(value: object, limit: int = 80) -> str:
+    """``repr(value)``, cut to ``limit`` characters: an overlong id is named, not echoed."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    size = f"{len(value)} characters" if isinstance(value, str) else type(value).__name__
+    return f"{text[: limit - 1]}… ({size})"
+
+
 def _check(pattern: re.Pattern[str], value: object, what: str, hint: str) -> str:
     if not isinstance(value, str) or not pattern.fullmatch(value):
-        raise InvalidInput(f"invalid {what} {value!r}: {hint}")
+        raise InvalidInput(f"invalid {what} {shown(value)}: {hint}")
     return value
 
 
@@ -67,7 +76,7 @@ def object_key(value: object) -> str:
     try:
         encoded = value.encode("utf-8")
     except UnicodeEncodeError:
-        raise InvalidInput(f"invalid object key {value!r}: not valid Unicode text") from None
+        raise InvalidInput(f"invalid object key {shown(value)}: not valid Unicode text") from None
     if len(encoded) > MAX_KEY_BYTES:
         raise InvalidInput(
             f"invalid object key: {len(encoded)} bytes, the limit is {MAX_KEY_BYTES}"
@@ -75,23 +84,27 @@ def object_key(value: object) -> str:
     if not (value.isascii() and value.isprintable()):  # printable ASCII is NFC and visible
         _check_visible_nfc(value)
     if "\\" in value:
-        raise InvalidInput(f"invalid object key {value!r}: use '/' rather than '\\'")
+        raise InvalidInput(f"invalid object key {shown(value)}: use '/' rather than '\\'")
     if value.startswith("/") or value.endswith("/"):
-        raise InvalidInput(f"invalid object key {value!r}: it must not start or end with '/'")
+        raise InvalidInput(f"invalid object key {shown(value)}: it must not start or end with '/'")
     parts = value.split("/")
     if any(part in ("", ".", "..") for part in parts):
-        raise InvalidInput(f"invalid object key {value!r}: empty, '.' or '..' path segment")
+        raise InvalidInput(f"invalid object key {shown(value)}: empty, '.' or '..' path segment")
+    if any(part != part.strip(" ") for part in parts):
+        raise InvalidInput(
+            f"invalid object key {shown(value)}: a path segment starts or ends with a space"
+        )
     return value
 
 
 def _check_visible_nfc(value: str) -> None:
     if unicodedata.normalize("NFC", value) != value:
-        raise InvalidInput(f"invalid object key {value!r}: normalise it to Unicode NFC first")
+        raise InvalidInput(f"invalid object key {shown(value)}: normalise it to Unicode NFC first")
     for char in value:
         category = unicodedata.category(char)
         if category[0] in "CZ" and char != " ":
             raise InvalidInput(
-                f"invalid object key {value!r}: it contains the control or invisible "
+                f"invalid object key {shown(value)}: it contains the control or invisible "
                 f"character U+{ord(char):04X}"
             )
 

@@ -450,3 +450,25 @@ def test_an_if_match_outside_the_version_range_is_exit_2(
     source.write_bytes(b"new\n")
     line = alice.fails(2, "put", "intl", "alice", "k", str(source), "--if-match", if_match)
     assert line.startswith(f"error: version {if_match} is out of range")
+
+
+@pytest.mark.parametrize(
+    ("name", "damage", "argv"),
+    [
+        ("cells/US/audit/hmac.key", b"short", ["get", "intl", "alice", "k"]),
+        ("keyring.json", b"{not json", ["get", "intl", "alice", "k"]),
+        ("keyring.json", b'{"format": "other"}', ["get", "intl", "alice", "k"]),
+        ("cells/US/audit/cell.skey", b"PRIVATE+KEY+garbage", ["audit", "head", "--cell", "US"]),
+        ("cells/US/catalog.sqlite", b"not a database" * 300, ["get", "intl", "alice", "k"]),
+    ],
+)
+def test_a_damaged_file_of_the_deployment_is_exit_1_and_names_it(
+    alice: Cli, name: str, damage: bytes, argv: list[str]
+) -> None:
+    # the key files were exit 2, as for a mistake in the command, and the catalog was
+    # a storage failure: damage is a failure to act on, by restoring a backup
+    alice.ok("audit", "head", "--cell", "US")  # every key file exists by now
+    (path,) = [p for p in alice.config.parent.rglob(Path(name).name) if p.match(name)]
+    path.write_bytes(damage)
+    line = alice.fails(1, *argv)
+    assert str(path) in line and "damaged" in line and "backup" in line

@@ -10,7 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from shardvault.errors import AccessDenied, ConfigError, KeyUnavailable, SubjectForgotten
+from shardvault.errors import (
+    AccessDenied,
+    ConfigError,
+    IntegrityError,
+    KeyUnavailable,
+    SubjectForgotten,
+)
 from shardvault.keys import hierarchy
 from shardvault.keys.keyring import KeyringCustodian
 from shardvault.keys.memory import MemoryCustodian
@@ -245,11 +251,12 @@ def test_keyring_that_is_a_directory_is_named(tmp_path: Path) -> None:
         {"format": "shardvault-keyring", "version": 1, "roots": {}, "destroyed": ["kid"]},
     ],
 )
-def test_a_damaged_keyring_is_a_one_line_config_error(tmp_path: Path, doc: object) -> None:
-    # a missing or malformed field was a bare KeyError or TypeError out of the loader
+def test_a_damaged_keyring_is_a_one_line_integrity_error(tmp_path: Path, doc: object) -> None:
+    # a missing or malformed field was a bare KeyError or TypeError out of the loader;
+    # then a ConfigError (exit 2, as for a mistake in the command), though it is damage
     path = keyring_at(tmp_path)
     path.write_text(json.dumps(doc))
-    with pytest.raises(ConfigError, match=r"keyring .* is damaged") as refused:
+    with pytest.raises(IntegrityError, match=r"keyring .* is damaged: .*from a backup") as refused:
         KeyringCustodian(path)
     assert "\n" not in str(refused.value)
 
@@ -267,7 +274,7 @@ def test_keyring_of_unknown_version_is_refused(tmp_path: Path) -> None:
 def test_keyring_that_is_not_a_keyring_is_refused(tmp_path: Path, text: str) -> None:
     path = keyring_at(tmp_path)
     path.write_text(text)
-    with pytest.raises(ConfigError):
+    with pytest.raises(IntegrityError, match="is damaged"):
         KeyringCustodian(path)
 
 

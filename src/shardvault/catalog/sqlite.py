@@ -39,6 +39,7 @@ from shardvault.durability import GroupSync, failure_reason, filesystem_sync
 from shardvault.errors import (
     ConfigError,
     Conflict,
+    IntegrityError,
     NotFound,
     ShardvaultError,
     StorageError,
@@ -109,6 +110,11 @@ _RETIRE = (  # unless the subject is forgotten: then nothing may name its keys
 )
 _SUBJECT_COLUMNS = "tenant, subject, jurisdiction, key_id, wrapped_key, created_at, forgotten_at"
 _VERSION_COLUMNS = "tenant, subject, key, version, state, object_id, size, created_at, manifest"
+
+
+def _damage(exc: sqlite3.DatabaseError) -> bool:
+    """Whether SQLite found the file itself damaged (not a database, or malformed)."""
+    return getattr(exc, "sqlite_errorcode", None) in (sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_CORRUPT)
 
 
 def _above_prefix(prefix: str) -> str | None:
@@ -217,6 +223,10 @@ class SqliteCatalog:
         except BaseException as exc:
             if self._writer_fd is not None:
                 os.close(self._writer_fd)
+            if isinstance(exc, sqlite3.DatabaseError) and _damage(exc):
+                raise IntegrityError(
+                    f"catalog {path} is damaged ({exc}): restore it from a backup"
+                ) from exc
             if isinstance(exc, sqlite3.DatabaseError | OSError):
                 where = path if isinstance(path, Path) else Path(".")
                 raise StorageError(f"catalog {path}: {failure_reason(exc, where)}") from exc

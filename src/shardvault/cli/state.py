@@ -11,7 +11,7 @@ import typer
 
 from shardvault import config as config_module
 from shardvault.errors import AccessDenied, InvalidInput
-from shardvault.model import LOCAL_ADMIN, RequestContext, new_request_id
+from shardvault.model import LOCAL_ADMIN, RequestContext, new_request_id, shown
 
 if TYPE_CHECKING:  # loaded on first use: commands that never open the vault start faster
     from shardvault.governance import Governance
@@ -65,12 +65,12 @@ class CliState:
         if token:  # a genuine but revoked or expired token: refused by the guard, audited
             principal, refused = self.governance().registry.identify(token)
             if self.principal not in (None, principal):
-                raise InvalidInput(f"--as {self.principal} is not the token's principal")
+                raise InvalidInput(f"--as {shown(self.principal, 60)} is not the token's principal")
         else:
             principal = self.principal or LOCAL_ADMIN
             if principal != LOCAL_ADMIN:
                 raise AccessDenied(
-                    f"acting as {principal} needs its token: pass --token or set "
+                    f"acting as {shown(principal, 60)} needs its token: pass --token or set "
                     f"{config_module.TOKEN_ENV_VAR}"
                 )
         return RequestContext(

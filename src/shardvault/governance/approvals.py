@@ -31,6 +31,7 @@ from pathlib import Path
 
 from shardvault import sqlite_connections
 from shardvault.errors import AccessDenied, Conflict, InvalidInput, NotFound, Unavailable
+from shardvault.model import shown
 from shardvault.policy import Principal
 from shardvault.sqlite_schema import stamp_schema
 
@@ -111,7 +112,9 @@ def approval_cell(approval_id: str) -> str:
     """The jurisdiction an approval id belongs to; `InvalidInput` if it is malformed."""
     match = _ID.fullmatch(approval_id) if isinstance(approval_id, str) else None
     if match is None:
-        raise InvalidInput(f"invalid approval id {approval_id!r}: expected apr-<cell>-<16 hex>")
+        raise InvalidInput(
+            f"invalid approval id {shown(approval_id)}: expected apr-<cell>-<16 hex>"
+        )
     return match.group(1).upper()
 
 

@@ -70,12 +70,14 @@ def load_signer(path: Path, name: str, sig_type: int = ED25519) -> NoteSigner:
         if not path.exists():
             _write_secret(path, format_skey(name, sig_type, os.urandom(32)).encode())
         signer = signer_from_skey(_read_secret(path).decode("ascii").strip())
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"signing key {path}: {exc}") from exc
-    except InvalidInput as exc:
-        raise ConfigError(f"signing key {path}: {exc}") from None
+    except OSError as exc:
+        raise AuditUnavailable(f"signing key {path}: {exc}") from exc
+    except (UnicodeDecodeError, InvalidInput) as exc:
+        raise IntegrityError(
+            f"signing key {path} is damaged ({exc}): restore it from a backup"
+        ) from None
     if signer.sig_type != sig_type:
-        raise ConfigError(f"signing key {path} is not of the expected type")
+        raise IntegrityError(f"signing key {path} is not of the expected type")
     return signer
 
 
@@ -138,9 +140,15 @@ class CellAudit:
             try:
                 if not path.exists():
                     _write_secret(path, os.urandom(32))
-                self._hasher = AuditHasher(_read_secret(path))
+                key = _read_secret(path)
             except OSError as exc:
                 raise AuditUnavailable(f"audit key {path}: {exc}") from exc
+            if len(key) < 32:
+                raise IntegrityError(
+                    f"audit key {path} is damaged ({len(key)} bytes, not 32 or more): restore "
+                    "it from a backup; a new one would give every subject new pseudonyms"
+                )
+            self._hasher = AuditHasher(key)
         return self._hasher
 
     @property

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from shardvault import durability
-from shardvault.errors import ConfigError, KeyUnavailable
+from shardvault.errors import ConfigError, IntegrityError, KeyUnavailable
 from shardvault.keys.port import KeyOperation, KeyScope
 from shardvault.keys.rootkey import CustodianGate, open_key, refuse_destroyed, seal_key
 from shardvault.keys.tombstones import (
@@ -55,6 +55,13 @@ VERSION = 2
 READS = (1, 2)  # version 1 is migrated on open
 
 V1Tombstones = dict[str, list[str]]
+
+
+def _damaged(path: Path, why: str) -> IntegrityError:
+    return IntegrityError(
+        f"keyring {path} is damaged: {why}; restore it, with the tombstones beside it, "
+        "from a backup"
+    )
 
 
 class KeyringCustodian:
@@ -80,10 +87,12 @@ class KeyringCustodian:
         require_private(self.path.stat(), self.path, "keyring")
         try:
             doc: Any = json.loads(self.path.read_text())
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"keyring {self.path} is unreadable or not JSON: {exc}") from exc
+        except OSError as exc:
+            raise KeyUnavailable(f"keyring {self.path} cannot be read: {exc.strerror}") from exc
+        except ValueError as exc:
+            raise _damaged(self.path, f"not JSON ({exc})") from None
         if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-            raise ConfigError(f"{self.path} is not a shardvault keyring")
+            raise _damaged(self.path, "not a shardvault keyring")
         if doc.get("version") not in READS:
             raise ConfigError(
                 f"keyring {self.path} has format version {doc.get('version')}; "
@@ -97,9 +106,7 @@ class KeyringCustodian:
             if destroyed is not None and not isinstance(destroyed, dict):
                 raise TypeError("'destroyed' is not a map")
         except (KeyError, AttributeError, TypeError, ValueError) as exc:
-            raise ConfigError(
-                f"keyring {self.path} is damaged: {type(exc).__name__} {exc}"
-            ) from None
+            raise _damaged(self.path, f"{type(exc).__name__} {exc}") from None
         for label, root in roots.items():
             self._roots.setdefault(label, root)
         return destroyed

@@ -105,6 +105,46 @@ def test_get_through_a_symlink_replaces_its_target_and_keeps_the_link(
     assert [p.name for p in links.iterdir()] == ["link"]
 
 
+def test_get_over_a_file_keeps_its_mode_and_owner(alice: Cli, tmp_path: Path) -> None:
+    # it came back 0644 and root's: a 0600 file's data readable by all
+    for mode in (0o600, 0o444):
+        target = tmp_path / f"kept-{mode:o}"
+        target.write_bytes(b"old")
+        target.chmod(mode)
+        os.chown(target, 1234, 5678)
+        alice.ok("get", "intl", "alice", "k", "-o", str(target))
+        after = target.stat()
+        assert target.read_bytes() == b"payload\n"
+        assert (stat.S_IMODE(after.st_mode), after.st_uid, after.st_gid) == (mode, 1234, 5678)
+
+
+def test_get_over_a_file_this_user_may_not_write_is_exit_2_and_reads_nothing(
+    alice: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the suite runs as root, who may write anything: os.access stands in for another user
+    target = tmp_path / "theirs"
+    target.write_bytes(b"old")
+    real_access = os.access
+    monkeypatch.setattr(
+        os,
+        "access",
+        lambda path, mode: real_access(path, mode)
+        and not (Path(path) == target and mode & os.W_OK),
+    )
+    line = alice.fails(2, "get", "intl", "alice", "k", "-o", str(target))
+    assert line == f"error: cannot write {target}: Permission denied"
+    assert target.read_bytes() == b"old"
+
+
+def test_get_onto_a_symlink_loop_is_exit_2_and_leaves_the_links(alice: Cli, tmp_path: Path) -> None:
+    # the loop was broken: its first link replaced by a regular file
+    (tmp_path / "one").symlink_to(tmp_path / "two")
+    (tmp_path / "two").symlink_to(tmp_path / "one")
+    line = alice.fails(2, "get", "intl", "alice", "k", "-o", str(tmp_path / "one"))
+    assert line.endswith("Too many levels of symbolic links")
+    assert (tmp_path / "one").is_symlink() and (tmp_path / "two").is_symlink()
+
+
 def test_get_to_dev_null_leaves_it_a_char_device(alice: Cli) -> None:
     before = os.stat("/dev/null")
     try:

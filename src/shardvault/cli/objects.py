@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import stat as stat_module
 import sys
@@ -120,9 +121,23 @@ def get(
 
 
 def _check_output(path: Path) -> None:
-    """Refuse a directory before reading anything: the data needs a file name."""
+    """Refuse, before anything is read, what a shell redirection would: a directory,
+    a symlink loop, an existing file this user may not write."""
     if not path.name or path.is_dir():
         raise InvalidInput(f"-o {path} is a directory; give a file name")
+    target = _output_target(path)
+    if target.exists() and not os.access(target, os.W_OK):
+        raise write_failure(str(path), PermissionError(errno.EACCES, os.strerror(errno.EACCES)))
+
+
+def _output_target(path: Path) -> Path:
+    """The file ``-o PATH`` writes: where its symlinks lead (made if the last dangles)."""
+    try:
+        return Path(os.path.realpath(path, strict=True))
+    except FileNotFoundError:
+        return Path(os.path.realpath(path))
+    except OSError as exc:  # a loop of symlinks
+        raise write_failure(str(path), exc) from None
 
 
 def _write_output(path: Path, chunks: Iterable[bytes], advance: Callable[[int], None]) -> None:
@@ -130,17 +145,17 @@ def _write_output(path: Path, chunks: Iterable[bytes], advance: Callable[[int], 
 
     A device or FIFO is written into, as a shell redirection would: replacing it
     (``-o /dev/null`` as root) would break the system. A symlink stays a link:
-    the file it points to is the one replaced.
+    the file it points to is the one replaced, keeping its mode and owner.
     """
-    target = Path(os.path.realpath(path))
+    target = _output_target(path)
     try:
-        mode = target.stat().st_mode
+        found: os.stat_result | None = target.stat()
     except OSError:
-        mode = None  # absent (or unreadable): write it atomically, errors reported there
-    if mode is not None and not stat_module.S_ISREG(mode):
+        found = None  # absent (or unreadable): write it atomically, errors reported there
+    if found is not None and not stat_module.S_ISREG(found.st_mode):
         _write_into(target, chunks, advance, shown=path)
     else:
-        _write_atomically(target, chunks, advance, shown=path)
+        _write_atomically(target, chunks, advance, shown=path, replaces=found)
 
 
 def _write_into(
@@ -157,14 +172,23 @@ def _write_into(
 
 
 def _write_atomically(
-    target: Path, chunks: Iterable[bytes], advance: Callable[[int], None], shown: Path
+    target: Path,
+    chunks: Iterable[bytes],
+    advance: Callable[[int], None],
+    shown: Path,
+    replaces: os.stat_result | None = None,
 ) -> None:
-    """Write a temporary file next to TARGET, then rename it over TARGET."""
+    """Write a temporary file next to TARGET, then rename it over TARGET (whose mode and,
+    where this user may give it, owner the new file takes)."""
     temp = target.with_name(f".{target.name[:200]}.partial-{os.getpid()}")
     created = False
     try:
         with temp.open("xb") as sink:
             created = True
+            if replaces is not None:  # before any data: a 0600 file's never shows at 0644
+                os.fchmod(sink.fileno(), stat_module.S_IMODE(replaces.st_mode))
+                with suppress(PermissionError):  # only root may give a file away
+                    os.fchown(sink.fileno(), replaces.st_uid, replaces.st_gid)
             for chunk in chunks:
                 sink.write(chunk)
                 advance(len(chunk))

@@ -59,8 +59,8 @@ V1Tombstones = dict[str, list[str]]
 
 def _damaged(path: Path, why: str) -> IntegrityError:
     return IntegrityError(
-        f"keyring {path} is damaged: {why}; restore it, with the tombstones beside it, "
-        "from a backup"
+        f"keyring {path} is damaged: {why}; restore it from a backup, leaving the "
+        "tombstones beside it as they are (an older copy would undo forgets)"
     )
 
 

@@ -261,6 +261,23 @@ def test_a_damaged_keyring_is_a_one_line_integrity_error(tmp_path: Path, doc: ob
     assert "\n" not in str(refused.value)
 
 
+def test_a_keyring_that_cannot_be_read_is_unavailable_not_a_config_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the suite runs as root, who reads anything: a failing read stands in for EACCES
+    path = keyring_at(tmp_path)
+    real_read = Path.read_text
+
+    def refused(self: Path, *args: object, **kwargs: object) -> str:
+        if self == path:
+            raise PermissionError(13, "Permission denied")
+        return real_read(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Path, "read_text", refused)
+    with pytest.raises(KeyUnavailable, match=r"keyring .* cannot be read: Permission denied$"):
+        KeyringCustodian(path)
+
+
 def test_keyring_of_unknown_version_is_refused(tmp_path: Path) -> None:
     path = keyring_at(tmp_path)
     doc = json.loads(path.read_text())

@@ -90,11 +90,19 @@ def object_key(value: object) -> str:
     parts = value.split("/")
     if any(part in ("", ".", "..") for part in parts):
         raise InvalidInput(f"invalid object key {shown(value)}: empty, '.' or '..' path segment")
-    if any(part != part.strip(" ") for part in parts):
-        raise InvalidInput(
-            f"invalid object key {shown(value)}: a path segment starts or ends with a space"
-        )
     return value
+
+
+def new_object_key(value: object) -> str:
+    """`object_key`, and for a key about to be written also no segment that starts or
+    ends with a space: keys differing only by spaces nobody sees are a mistake to
+    report. Keys stored before this rule stay readable, listable and removable."""
+    key = object_key(value)
+    if any(part != part.strip(" ") for part in key.split("/")):
+        raise InvalidInput(
+            f"invalid object key {shown(key)}: a path segment starts or ends with a space"
+        )
+    return key
 
 
 def _check_visible_nfc(value: str) -> None:

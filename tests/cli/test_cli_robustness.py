@@ -6,9 +6,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import stat
 import subprocess
+import sys
+import tempfile
+import textwrap
 import threading
 import time
 from collections.abc import Iterator
@@ -17,6 +21,9 @@ from pathlib import Path
 
 import pytest
 from test_cli import BINARY, Cli
+
+from shardvault.cli import outfile
+from shardvault.errors import InvalidInput
 
 MAX_VERSION = 2**63 - 1
 
@@ -121,16 +128,17 @@ def test_get_over_a_file_keeps_its_mode_and_owner(alice: Cli, tmp_path: Path) ->
 def test_get_over_a_file_this_user_may_not_write_is_exit_2_and_reads_nothing(
     alice: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # the suite runs as root, who may write anything: os.access stands in for another user
+    # the suite runs as root, who may write anything: a refused open stands in for that
     target = tmp_path / "theirs"
     target.write_bytes(b"old")
-    real_access = os.access
-    monkeypatch.setattr(
-        os,
-        "access",
-        lambda path, mode: real_access(path, mode)
-        and not (Path(path) == target and mode & os.W_OK),
-    )
+    real_open = os.open
+
+    def refused(path: object, flags: int, *args: int, **kwargs: object) -> int:
+        if Path(str(path)) == target and flags & os.O_WRONLY:
+            raise PermissionError(13, "Permission denied")
+        return real_open(path, flags, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "open", refused)
     line = alice.fails(2, "get", "intl", "alice", "k", "-o", str(target))
     assert line == f"error: cannot write {target}: Permission denied"
     assert target.read_bytes() == b"old"
@@ -512,3 +520,156 @@ def test_a_damaged_file_of_the_deployment_is_exit_1_and_names_it(
     path.write_bytes(damage)
     line = alice.fails(1, *argv)
     assert str(path) in line and "damaged" in line and "backup" in line
+
+
+# 7. get -o as a shell redirection would, atomically (cli/outfile.py) ------------
+
+SRC = Path(outfile.__file__).parents[2]
+
+
+def sh(cli: Cli, script: str) -> subprocess.CompletedProcess[bytes]:
+    env = {**os.environ, "SHARDVAULT_CONFIG": str(cli.config), "SV": str(BINARY)}
+    return subprocess.run(
+        ["sh", "-c", script], env=env, capture_output=True, timeout=60, check=False
+    )
+
+
+def test_stdout_a_shell_appends_to_is_written_into_not_replaced(alice: Cli, tmp_path: Path) -> None:
+    # realpath led to the log file, which was replaced by the object alone
+    log = tmp_path / "log"
+    done = sh(
+        alice,
+        f'echo head > {log}; "$SV" get intl alice k -o /dev/stdout >> {log}; echo tail >> {log}',
+    )
+    assert done.returncode == 0, done.stderr
+    assert log.read_bytes() == b"head\npayload\ntail\n"
+
+
+def test_stdout_a_pipe_and_the_file_stdout_writes_are_written_into(
+    alice: Cli, tmp_path: Path
+) -> None:
+    piped = sh(alice, '"$SV" get intl alice k -o /dev/stdout | cat')
+    assert (piped.returncode, piped.stdout) == (0, b"payload\n"), piped.stderr
+    out = tmp_path / "out"
+    same = sh(alice, f'{{ echo head; "$SV" get intl alice k -o {out}; }} > {out}')
+    assert same.returncode == 0, same.stderr
+    assert out.read_bytes() == b"head\npayload\n"
+
+
+def test_a_descriptor_not_open_is_exit_2(alice: Cli) -> None:
+    line = alice.fails(2, "get", "intl", "alice", "k", "-o", "/dev/fd/97")
+    assert line == "error: cannot write /dev/fd/97: Bad file descriptor"
+
+
+def test_a_file_named_with_a_trailing_slash_is_a_directory_and_kept(
+    alice: Cli, tmp_path: Path
+) -> None:
+    # the option's type dropped the slash, and the file NAME was replaced
+    name = tmp_path / "name"
+    name.write_bytes(b"old")
+    line = alice.fails(2, "get", "intl", "alice", "k", "-o", f"{name}/")
+    assert line.endswith("is a directory; give a file name")
+    assert name.read_bytes() == b"old"
+
+
+def test_a_link_through_a_missing_directory_is_refused_as_open_would(
+    alice: Cli, tmp_path: Path
+) -> None:
+    # "nodir/../victim" was resolved as text, and victim replaced
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"old")
+    (tmp_path / "link").symlink_to("nodir/../victim")
+    line = alice.fails(2, "get", "intl", "alice", "k", "-o", str(tmp_path / "link"))
+    assert line.endswith(": No such file or directory")
+    assert victim.read_bytes() == b"old"
+
+
+def test_a_read_only_directory_is_named_before_anything_is_read(alice: Cli, tmp_path: Path) -> None:
+    with tmpfs(tmp_path / "ro", "size=1m,ro") as mount:
+        line = alice.fails(2, "get", "intl", "alice", "k", "-o", str(mount / "out"))
+    assert (
+        line
+        == f"error: cannot write {mount / 'out'} (its directory {mount}): Read-only file system"
+    )
+
+
+def test_set_id_bits_and_a_replaced_files_privacy_are_kept(
+    alice: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the chown after the chmod cleared set-id bits; the temporary was 0644 until then
+    target = tmp_path / "tool"
+    target.write_bytes(b"old")
+    target.chmod(0o6755)
+    created: list[int] = []
+    real_open = os.open
+
+    def recorded(path: object, flags: int, mode: int = 0o777, **kwargs: object) -> int:
+        if ".partial-" in str(path):
+            created.append(mode)
+        return real_open(path, flags, mode, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "open", recorded)
+    alice.ok("get", "intl", "alice", "k", "-o", str(target))
+    assert stat.S_IMODE(target.stat().st_mode) == 0o6755
+    assert created == [0o600], "made private, then given the file's mode"
+
+
+@pytest.fixture
+def shared() -> Iterator[Path]:
+    """A directory another user (uid 1234, not in group 3000) may use."""
+    directory = Path(tempfile.mkdtemp(prefix="outfile-", dir="/tmp"))
+    directory.chmod(0o1777)
+    try:
+        yield directory
+    finally:
+        shutil.rmtree(directory)
+
+
+def as_user(script: str) -> subprocess.CompletedProcess[str]:
+    code = f"import sys; sys.path.insert(0, {str(SRC)!r})\n" + textwrap.dedent(script)
+    return subprocess.run(
+        ["setpriv", "--reuid=1234", "--regid=1234", "--clear-groups", sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+WRITE = """
+from pathlib import Path
+from shardvault.cli.outfile import checked_output, write_output
+from shardvault.errors import InvalidInput
+try:
+    write_output(checked_output({path!r}), [b"new"], lambda n: None)
+except InvalidInput as exc:
+    print("refused:", exc)
+"""
+
+
+def test_another_users_file_is_refused_not_taken(shared: Path) -> None:
+    # replacing it made it this user's: its owner locked out
+    theirs = shared / "theirs"
+    theirs.write_bytes(b"old")
+    theirs.chmod(0o666)
+    done = as_user(WRITE.format(path=str(theirs)))
+    assert "refused: cannot write" in done.stdout and "belongs to another user" in done.stdout
+    assert (theirs.read_bytes(), theirs.stat().st_uid) == (b"old", 0)
+
+
+def test_a_group_this_user_cannot_give_loses_its_permissions(shared: Path) -> None:
+    # the mode was kept on this user's own group: its members could read the file
+    mine = shared / "mine"
+    mine.write_bytes(b"old")
+    os.chown(mine, 1234, 3000)
+    mine.chmod(0o640)
+    done = as_user(WRITE.format(path=str(mine)))
+    assert done.returncode == 0 and not done.stdout, done.stdout + done.stderr
+    after = mine.stat()
+    assert mine.read_bytes() == b"new"
+    assert (after.st_uid, stat.S_IMODE(after.st_mode) & 0o070) == (1234, 0)
+
+
+def test_checked_output_refuses_a_directory(tmp_path: Path) -> None:
+    with pytest.raises(InvalidInput, match="is a directory"):
+        outfile.checked_output(str(tmp_path))

@@ -247,6 +247,7 @@ def test_keyring_that_is_a_directory_is_named(tmp_path: Path) -> None:
         {"format": "shardvault-keyring", "version": 2},
         {"format": "shardvault-keyring", "version": 2, "roots": ["intl/US"]},
         {"format": "shardvault-keyring", "version": 2, "roots": {"intl/US": "not base64!"}},
+        {"format": "shardvault-keyring", "version": 2, "roots": {"intl/US": "AA=="}},
         {"format": "shardvault-keyring", "version": 1, "roots": {}},
         {"format": "shardvault-keyring", "version": 1, "roots": {}, "destroyed": ["kid"]},
     ],

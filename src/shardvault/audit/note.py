@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from shardvault.errors import IntegrityError, InvalidInput
+from shardvault.model import shown
 
 ED25519 = 0x01
 COSIGNATURE_V1 = 0x04
@@ -273,7 +274,9 @@ def signer_from_skey(skey: str) -> NoteSigner:
     private = Ed25519PrivateKey.from_private_bytes(raw[1:])
     signer = (Cosigner if raw[0] == COSIGNATURE_V1 else NoteSigner)(name, private)
     if signer.key_id.hex() != hex_id:
-        raise InvalidInput(f"signer key {name!r}: key ID {hex_id} does not match the key")
+        raise InvalidInput(
+            f"signer key {shown(name)}: key ID {shown(hex_id)} does not match the key"
+        )
     return signer
 
 

@@ -225,7 +225,8 @@ class SqliteCatalog:
                 os.close(self._writer_fd)
             if isinstance(exc, sqlite3.DatabaseError) and _damage(exc):
                 raise IntegrityError(
-                    f"catalog {path} is damaged ({exc}): restore it from a backup"
+                    f"catalog {path} is damaged ({exc}): restore it from a backup, then "
+                    "forget again every subject forgotten since that backup"
                 ) from exc
             if isinstance(exc, sqlite3.DatabaseError | OSError):
                 where = path if isinstance(path, Path) else Path(".")

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import errno
 import os
 import stat as stat_module
 import sys
-from collections.abc import Callable, Iterable
-from contextlib import suppress
-from pathlib import Path
 from typing import Annotated, BinaryIO
 
 import typer
 
+from shardvault.cli.outfile import checked_output, write_output
 from shardvault.cli.output import (
     info_rows,
     print_json,
@@ -24,7 +21,6 @@ from shardvault.cli.output import (
 )
 from shardvault.cli.progress import transfer_bar
 from shardvault.cli.state import state
-from shardvault.durability import write_failure
 from shardvault.errors import InvalidInput
 from shardvault.model import ObjectRef
 
@@ -96,110 +92,27 @@ def get(
     subject: str,
     key: str,
     output: Annotated[
-        Path | None, typer.Option("--output", "-o", help="Write here instead of stdout.")
+        str | None, typer.Option("--output", "-o", help="Write here instead of stdout.")
     ] = None,
     version: Version = None,
 ) -> None:
     """Read KEY (the current version unless --version) to stdout or a file."""
-    if output is not None:
-        _check_output(output)
+    path = None if output is None else checked_output(output)
     cli = state(ctx)
     vault = cli.vault()
     reader = vault.open_read(ObjectRef(tenant, subject, key), version, cli.request("read"))
     with reader, transfer_bar(f"get {key}", reader.info.size) as advance:
-        if output is None:
+        if path is None:
             for chunk in reader:
                 write_out(chunk)
                 advance(len(chunk))
         else:
-            _write_output(output, reader, advance)
+            write_output(path, reader, advance)
     vault.report_damage(reader.damage)
     if reader.damage:
         warn(
             f"read around {len(reader.damage)} damaged or missing shard block(s); queued for repair"
         )
-
-
-def _check_output(path: Path) -> None:
-    """Refuse, before anything is read, what a shell redirection would: a directory,
-    a symlink loop, an existing file this user may not write."""
-    if not path.name or path.is_dir():
-        raise InvalidInput(f"-o {path} is a directory; give a file name")
-    target = _output_target(path)
-    if target.exists() and not os.access(target, os.W_OK):
-        raise write_failure(str(path), PermissionError(errno.EACCES, os.strerror(errno.EACCES)))
-
-
-def _output_target(path: Path) -> Path:
-    """The file ``-o PATH`` writes: where its symlinks lead (made if the last dangles)."""
-    try:
-        return Path(os.path.realpath(path, strict=True))
-    except FileNotFoundError:
-        return Path(os.path.realpath(path))
-    except OSError as exc:  # a loop of symlinks
-        raise write_failure(str(path), exc) from None
-
-
-def _write_output(path: Path, chunks: Iterable[bytes], advance: Callable[[int], None]) -> None:
-    """Write the object to PATH, leaving PATH untouched if the read fails.
-
-    A device or FIFO is written into, as a shell redirection would: replacing it
-    (``-o /dev/null`` as root) would break the system. A symlink stays a link:
-    the file it points to is the one replaced, keeping its mode and owner.
-    """
-    target = _output_target(path)
-    try:
-        found: os.stat_result | None = target.stat()
-    except OSError:
-        found = None  # absent (or unreadable): write it atomically, errors reported there
-    if found is not None and not stat_module.S_ISREG(found.st_mode):
-        _write_into(target, chunks, advance, shown=path)
-    else:
-        _write_atomically(target, chunks, advance, shown=path, replaces=found)
-
-
-def _write_into(
-    target: Path, chunks: Iterable[bytes], advance: Callable[[int], None], shown: Path
-) -> None:
-    """Stream into an existing device or FIFO (never created: O_CREAT is not passed)."""
-    try:
-        with os.fdopen(os.open(target, os.O_WRONLY), "wb") as sink:
-            for chunk in chunks:
-                sink.write(chunk)
-                advance(len(chunk))
-    except OSError as exc:
-        raise write_failure(str(shown), exc) from None
-
-
-def _write_atomically(
-    target: Path,
-    chunks: Iterable[bytes],
-    advance: Callable[[int], None],
-    shown: Path,
-    replaces: os.stat_result | None = None,
-) -> None:
-    """Write a temporary file next to TARGET, then rename it over TARGET (whose mode and,
-    where this user may give it, owner the new file takes)."""
-    temp = target.with_name(f".{target.name[:200]}.partial-{os.getpid()}")
-    created = False
-    try:
-        with temp.open("xb") as sink:
-            created = True
-            if replaces is not None:  # before any data: a 0600 file's never shows at 0644
-                os.fchmod(sink.fileno(), stat_module.S_IMODE(replaces.st_mode))
-                with suppress(PermissionError):  # only root may give a file away
-                    os.fchown(sink.fileno(), replaces.st_uid, replaces.st_gid)
-            for chunk in chunks:
-                sink.write(chunk)
-                advance(len(chunk))
-        temp.replace(target)
-    except BaseException as exc:
-        if created:
-            with suppress(OSError):  # the original error is the one to report
-                temp.unlink()
-        if isinstance(exc, OSError):
-            raise write_failure(str(shown), exc) from None
-        raise
 
 
 def ls(

@@ -46,7 +46,7 @@ from shardvault.governance.custodian_gate import custodian_gate
 from shardvault.governance.heads import CellAudit, PartnerWitness, publish_head
 from shardvault.governance.principals import PrincipalRegistry
 from shardvault.keys.rootkey import CustodianGate
-from shardvault.model import LOCAL_ADMIN, DataClass, Justification, RequestContext
+from shardvault.model import LOCAL_ADMIN, DataClass, Justification, RequestContext, shown
 from shardvault.policy import (
     Action,
     Decision,
@@ -219,7 +219,7 @@ class Governance:
     def cell(self, jurisdiction: str) -> CellAudit:
         found = self.cells.get(jurisdiction)
         if found is None:
-            raise InvalidInput(f"no cell {jurisdiction!r} (cells: {', '.join(self.cells)})")
+            raise InvalidInput(f"no cell {shown(jurisdiction)} (cells: {', '.join(self.cells)})")
         return found
 
     # principals -----------------------------------------------------------------

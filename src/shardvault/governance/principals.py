@@ -32,7 +32,7 @@ from pathlib import Path
 from shardvault import sqlite_connections
 from shardvault.durability import failure_reason
 from shardvault.errors import AccessDenied, Conflict, InvalidInput, NotFound, Unavailable
-from shardvault.model import LOCAL_ADMIN
+from shardvault.model import LOCAL_ADMIN, shown
 from shardvault.policy import Principal, PrincipalKind
 from shardvault.sqlite_schema import stamp_schema
 
@@ -166,7 +166,9 @@ class PrincipalRegistry:
     def get(self, principal_id: str) -> PrincipalRecord:
         record = self.find(principal_id)
         if record is None:
-            raise NotFound(f"no principal {principal_id!r}: add it with 'shardvault principal add'")
+            raise NotFound(
+                f"no principal {shown(principal_id)}: add it with 'shardvault principal add'"
+            )
         return record
 
     def all(self) -> list[PrincipalRecord]:

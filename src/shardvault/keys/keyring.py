@@ -107,6 +107,8 @@ class KeyringCustodian:
                 raise TypeError("'destroyed' is not a map")
         except (KeyError, AttributeError, TypeError, ValueError) as exc:
             raise _damaged(self.path, f"{type(exc).__name__} {exc}") from None
+        if any(len(root) != 32 for root in roots.values()):
+            raise _damaged(self.path, "a root key is not 32 bytes")
         for label, root in roots.items():
             self._roots.setdefault(label, root)
         return destroyed

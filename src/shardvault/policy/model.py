@@ -12,7 +12,14 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from shardvault.errors import InvalidInput
-from shardvault.model import DataClass, jurisdiction_code, object_key, subject_id, tenant_name
+from shardvault.model import (
+    DataClass,
+    jurisdiction_code,
+    object_key,
+    shown,
+    subject_id,
+    tenant_name,
+)
 
 _E = TypeVar("_E", bound=enum.Enum)
 _RULE_ID = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
@@ -56,7 +63,7 @@ class PrincipalKind(enum.StrEnum):
 def token(value: object, what: str) -> str:
     """A principal id, role or purpose: short, printable, no spaces."""
     if not isinstance(value, str) or not _TOKEN.fullmatch(value):
-        raise InvalidInput(f"invalid {what} {value!r}: letters, digits and . _ @ : / - only")
+        raise InvalidInput(f"invalid {what} {shown(value)}: letters, digits and . _ @ : / - only")
     return value
 
 

@@ -57,6 +57,7 @@ from shardvault.model import (
     ShardLocation,
     jurisdiction_code,
     local_context,
+    new_object_key,
     subject_id,
 )
 from shardvault.objectid import minted_at, new_object_id
@@ -329,6 +330,7 @@ class Vault:
         put returns.
         """
         ctx = ctx or local_context("write")
+        new_object_key(ref.key)
         if if_match is not None and if_match != 0:  # 0: the key must have no version yet
             _check_version(if_match)
         source = memoryview(data) if isinstance(data, bytes | bytearray | memoryview) else data

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from shardvault.errors import InvalidInput, ShardvaultError, StorageError
+from shardvault.model import named
 
 
 class WaitRoom:
@@ -184,7 +185,7 @@ def write_failure(what: str, exc: OSError) -> ShardvaultError:
     """``cannot write <what>: <reason>``. A full disk or an I/O error is a failure
     (`StorageError`, exit 1: make room and retry); anything else (no such directory,
     permission, a read-only file system) is the path given (`InvalidInput`, exit 2)."""
-    message = f"cannot write {what}: {exc.strerror or exc}"
+    message = f"cannot write {named(what)}: {exc.strerror or exc}"
     return StorageError(message) if exc.errno in _NO_ROOM else InvalidInput(message)
 
 

@@ -37,6 +37,11 @@ def shown(value: object, limit: int = 80) -> str:
     return f"{text[: limit - 1]}… ({size})"
 
 
+def named(text: str, limit: int = 200) -> str:
+    """A name or path as given, unless it is too long or unprintable to repeat as it is."""
+    return text if len(text) <= limit and text.isprintable() else shown(text, limit)
+
+
 def _check(pattern: re.Pattern[str], value: object, what: str, hint: str) -> str:
     if not isinstance(value, str) or not pattern.fullmatch(value):
         raise InvalidInput(f"invalid {what} {shown(value)}: {hint}")

@@ -11,6 +11,7 @@ import typer
 
 from shardvault.cli.state import CliState
 from shardvault.errors import ShardvaultError
+from shardvault.model import named
 
 app = typer.Typer(
     name="shardvault",
@@ -95,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return _interrupted()
     except OSError as exc:  # a path the user gave that cannot be used, or a failing disk
-        where = f": {exc.filename}" if exc.filename is not None else ""
+        where = f": {named(str(exc.filename))}" if exc.filename is not None else ""
         _error(f"{exc.strerror or exc}{where}")
         return 2 if exc.errno in _BAD_PATH else 1
     return 0

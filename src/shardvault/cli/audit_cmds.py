@@ -22,6 +22,7 @@ from shardvault.errors import InvalidInput, NotFound
 from shardvault.governance.guard import Governance
 from shardvault.governance.receipts import verify_receipt
 from shardvault.governance.transparency import transparency_report
+from shardvault.model import named
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 Cell = Annotated[str, typer.Option("--cell", help="The cell (jurisdiction), e.g. US.")]
@@ -129,7 +130,7 @@ def audit_verify(
         try:
             trusted = head.read_bytes()
         except OSError as exc:
-            raise InvalidInput(f"cannot read {head}: {exc.strerror}") from None
+            raise InvalidInput(f"cannot read {named(str(head))}: {exc.strerror}") from None
     if not export.exists():
         raise InvalidInput(f"no export at {export}")
     report = verify_export(export, key, trusted_head=trusted, cosigner_key=cosigner)
@@ -276,7 +277,7 @@ def receipt_verify(
     try:
         data = receipt.read_bytes()
     except OSError as exc:
-        raise NotFound(f"cannot read {receipt}: {exc.strerror}") from None
+        raise NotFound(f"cannot read {named(str(receipt))}: {exc.strerror}") from None
     body = verify_receipt(data, key, cosigner)
     if json_out:
         print_json({k: v for k, v in body.items() if k != "audit"})

@@ -22,7 +22,7 @@ from shardvault.cli.output import (
 from shardvault.cli.progress import transfer_bar
 from shardvault.cli.state import state
 from shardvault.errors import InvalidInput
-from shardvault.model import ObjectRef
+from shardvault.model import ObjectRef, named
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 Version = Annotated[int | None, typer.Option("--version", "-v", help="A specific version.")]
@@ -37,16 +37,16 @@ def _open_source(file: str) -> tuple[BinaryIO, int | None]:
         return sys.stdin.buffer, None
     try:
         if not stat_module.S_ISREG(os.stat(file).st_mode):
-            raise InvalidInput(f"cannot read {file}: not a regular file")
+            raise InvalidInput(f"cannot read {named(file)}: not a regular file")
         # O_NONBLOCK: should the path become a FIFO after the check, open still returns
         fd = os.open(file, os.O_RDONLY | os.O_NONBLOCK)
     except OSError as exc:
-        raise InvalidInput(f"cannot read {file}: {exc.strerror}") from None
+        raise InvalidInput(f"cannot read {named(file)}: {exc.strerror}") from None
     handle = os.fdopen(fd, "rb")
     info = os.fstat(fd)
     if not stat_module.S_ISREG(info.st_mode):
         handle.close()
-        raise InvalidInput(f"cannot read {file}: not a regular file")
+        raise InvalidInput(f"cannot read {named(file)}: not a regular file")
     os.set_blocking(fd, True)
     return handle, info.st_size
 
@@ -75,7 +75,7 @@ def put(
     except OSError as exc:  # the vault turns its own I/O errors into StorageError: the source's
         what = "standard input" if file == "-" else file
         raise InvalidInput(
-            f"cannot read {what}: {exc.strerror or exc}; nothing was stored"
+            f"cannot read {named(what)}: {exc.strerror or exc}; nothing was stored"
         ) from exc
     finally:
         if file != "-":

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from shardvault.durability import write_failure
 from shardvault.errors import InvalidInput
-from shardvault.model import shown
+from shardvault.model import named
 
 _DESCRIPTOR = re.compile(r"/(?:dev/fd|proc/self/fd)/(\d+)")
 _STANDARD = {"/dev/stdout": 1, "/dev/stderr": 2}
@@ -32,7 +32,7 @@ def checked_output(given: str) -> Path:
     """The path of `-o GIVEN`, once it is known that the object could be written there."""
     path = Path(given)
     if given.endswith("/") or not path.name or path.is_dir():
-        raise InvalidInput(f"-o {_named(given)} is a directory; give a file name")
+        raise InvalidInput(f"-o {named(given)} is a directory; give a file name")
     descriptor = _descriptor(path)
     if descriptor is not None:
         try:
@@ -131,7 +131,7 @@ def _check_file(path: Path, target: Path, found: os.stat_result) -> None:
         raise _refused(path, exc.errno) from None
     if os.geteuid() not in (0, found.st_uid):
         raise InvalidInput(
-            f"cannot write {_named(str(path))}: it belongs to another user, and -o replaces "
+            f"cannot write {named(str(path))}: it belongs to another user, and -o replaces "
             "a file (redirect stdout to write into it)"
         )
 
@@ -139,12 +139,7 @@ def _check_file(path: Path, target: Path, found: os.stat_result) -> None:
 def _refused(path: Path, code: int | None, what: str = "") -> InvalidInput:
     reason = os.strerror(code) if code else "cannot be written"
     where = f" ({what})" if what else ""
-    return InvalidInput(f"cannot write {_named(str(path))}{where}: {reason}")
-
-
-def _named(text: str) -> str:
-    """A path as given, unless it is too long or unprintable to repeat as it is."""
-    return text if len(text) <= 200 and text.isprintable() else shown(text, 200)
+    return InvalidInput(f"cannot write {named(str(path))}{where}: {reason}")
 
 
 def _write_into(

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import stat
 import weakref
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -67,12 +69,28 @@ def connect(path: str | Path, what: str, timeout: float = 5.0) -> Connection:
             "opening a vault (or close it first), or start them with multiprocessing "
             "'spawn' or 'forkserver'"
         )
+    _make_private(Path(path))
     connection = sqlite3.connect(
         path, timeout, isolation_level=None, check_same_thread=False, factory=Connection
     )
     connection.closed = False
     _open.add(connection)
     return connection
+
+
+def _make_private(path: Path) -> None:
+    """Create the database 0600 (SQLite would make it, and its WAL, 0644 under the usual
+    umask: subject ids and object names readable by every local user), and take group
+    and other permissions off one, or its WAL and shared memory, made before."""
+    if str(path) in ("", ":memory:"):
+        return
+    with suppress(OSError):  # it exists, or cannot be made: SQLite says why
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+    for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        with suppress(FileNotFoundError, PermissionError):
+            mode = file.stat().st_mode
+            if mode & 0o077:
+                file.chmod(stat.S_IMODE(mode) & 0o700)
 
 
 def _keep_inherited() -> None:

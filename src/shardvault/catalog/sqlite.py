@@ -112,9 +112,17 @@ _SUBJECT_COLUMNS = "tenant, subject, jurisdiction, key_id, wrapped_key, created_
 _VERSION_COLUMNS = "tenant, subject, key, version, state, object_id, size, created_at, manifest"
 
 
-def _damage(exc: sqlite3.DatabaseError) -> bool:
-    """Whether SQLite found the file itself damaged (not a database, or malformed)."""
-    return getattr(exc, "sqlite_errorcode", None) in (sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_CORRUPT)
+def _failed(path: object, exc: sqlite3.Error | OSError) -> ShardvaultError:
+    """A catalog error as the vault reports it: the file damaged (restore a backup, exit
+    1), or the store failing (its disk full, say: retry)."""
+    damaged = (sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_CORRUPT)
+    if getattr(exc, "sqlite_errorcode", None) in damaged:
+        return IntegrityError(
+            f"catalog {path} is damaged ({exc}): restore it from a backup, then forget "
+            "again every subject forgotten since that backup"
+        )
+    where = path if isinstance(path, Path) else Path(".")
+    return StorageError(f"catalog {path}: {failure_reason(exc, where)}")
 
 
 def _above_prefix(prefix: str) -> str | None:
@@ -223,14 +231,8 @@ class SqliteCatalog:
         except BaseException as exc:
             if self._writer_fd is not None:
                 os.close(self._writer_fd)
-            if isinstance(exc, sqlite3.DatabaseError) and _damage(exc):
-                raise IntegrityError(
-                    f"catalog {path} is damaged ({exc}): restore it from a backup, then "
-                    "forget again every subject forgotten since that backup"
-                ) from exc
             if isinstance(exc, sqlite3.DatabaseError | OSError):
-                where = path if isinstance(path, Path) else Path(".")
-                raise StorageError(f"catalog {path}: {failure_reason(exc, where)}") from exc
+                raise _failed(path, exc) from exc
             raise
 
     def _migrate(self) -> None:
@@ -290,7 +292,7 @@ class SqliteCatalog:
                     raise
                 self._db.execute("COMMIT")
             except sqlite3.Error as exc:
-                raise StorageError(f"catalog {self.path}: {exc}") from exc
+                raise _failed(self.path, exc) from exc
             ticket = self._wal_sync.note_write() if durable and self._wal_sync else 0
         if ticket and self._wal_sync is not None:
             self._wal_sync.sync(ticket)
@@ -312,7 +314,7 @@ class SqliteCatalog:
                 cursor = self._db.execute(sql, params)
                 rows = cursor.fetchall()  # a RETURNING statement ends only when read out
             except sqlite3.Error as exc:
-                raise StorageError(f"catalog {self.path}: {exc}") from exc
+                raise _failed(self.path, exc) from exc
             ticket = self._wal_sync.note_write() if durable and self._wal_sync else 0
         if ticket and self._wal_sync is not None:
             self._wal_sync.sync(ticket)
@@ -323,7 +325,7 @@ class SqliteCatalog:
             try:
                 return self._db.execute(sql, params).fetchall()
             except sqlite3.Error as exc:
-                raise StorageError(f"catalog {self.path}: {exc}") from exc
+                raise _failed(self.path, exc) from exc
 
     def add_subject(self, record: SubjectRecord) -> None:
         with self._transaction() as db:
@@ -608,7 +610,7 @@ class SqliteCatalog:
             try:
                 self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
             except sqlite3.Error as exc:
-                raise StorageError(f"catalog {self.path}: {exc}") from exc
+                raise _failed(self.path, exc) from exc
 
     def record_damage(self, damage: DamageRecord) -> None:
         with self._transaction(durable=False) as db:

@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import signal
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -675,3 +676,16 @@ def test_a_group_this_user_cannot_give_loses_its_permissions(shared: Path) -> No
 def test_checked_output_refuses_a_directory(tmp_path: Path) -> None:
     with pytest.raises(InvalidInput, match="is a directory"):
         outfile.checked_output(str(tmp_path))
+
+
+def test_a_catalog_damaged_past_its_header_is_exit_1_with_its_remedy(alice: Cli) -> None:
+    # found by a query rather than by the open, it was a storage failure: "retry later"
+    (catalog,) = [p for p in alice.config.parent.rglob("catalog.sqlite") if p.match("US/*")]
+    db = sqlite3.connect(catalog)
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    db.close()
+    with catalog.open("r+b") as file:
+        file.seek(2 * 4096)
+        file.write(b"\xff" * 4096)
+    line = alice.fails(1, "get", "intl", "alice", "k")
+    assert f"catalog {catalog} is damaged" in line and "forget again" in line

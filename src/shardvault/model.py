@@ -98,12 +98,11 @@ def object_key(value: object) -> str:
     return value
 
 
-def new_object_key(value: object) -> str:
-    """`object_key`, and for a key about to be written also no segment that starts or
-    ends with a space: keys differing only by spaces nobody sees are a mistake to
+def new_object_key(key: str) -> str:
+    """A valid key (an `ObjectRef`'s) about to be written: also no segment that starts or
+    ends with a space, since keys differing only by spaces nobody sees are a mistake to
     report. Keys stored before this rule stay readable, listable and removable."""
-    key = object_key(value)
-    if any(part != part.strip(" ") for part in key.split("/")):
+    if " " in key and any(part != part.strip(" ") for part in key.split("/")):
         raise InvalidInput(
             f"invalid object key {shown(key)}: a path segment starts or ends with a space"
         )

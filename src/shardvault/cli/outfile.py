@@ -21,7 +21,7 @@ from contextlib import suppress
 from pathlib import Path
 
 from shardvault.durability import write_failure
-from shardvault.errors import InvalidInput
+from shardvault.errors import InvalidInput, ShardvaultError
 from shardvault.model import named
 
 _DESCRIPTOR = re.compile(r"/(?:dev/fd|proc/self/fd)/(\d+)")
@@ -136,10 +136,11 @@ def _check_file(path: Path, target: Path, found: os.stat_result) -> None:
         )
 
 
-def _refused(path: Path, code: int | None, what: str = "") -> InvalidInput:
-    reason = os.strerror(code) if code else "cannot be written"
+def _refused(path: Path, code: int | None, what: str = "") -> ShardvaultError:
+    """What writing PATH would have met (errno CODE), said before anything is read."""
+    code = code or errno.EIO
     where = f" ({what})" if what else ""
-    return InvalidInput(f"cannot write {named(str(path))}{where}: {reason}")
+    return write_failure(f"{path}{where}", OSError(code, os.strerror(code)))
 
 
 def _write_into(

@@ -9,11 +9,13 @@ import multiprocessing
 import os
 import sqlite3
 import stat
+import struct
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
 
 import pytest
@@ -21,6 +23,7 @@ import pytest
 from shardvault.errors import AccessDenied, ConfigError, KeyUnavailable, SubjectForgotten
 from shardvault.keys import hierarchy
 from shardvault.keys.keyring import KeyringCustodian
+from shardvault.keys.live_answers import IDENTITY_SECONDS, Identity, LiveAnswers
 from shardvault.keys.port import KeyOperation, KeyScope
 from shardvault.keys.rootkey import seal_key
 from shardvault.keys.tombstones import Tombstones, tombstones_path
@@ -150,6 +153,126 @@ def test_threads_each_see_a_destroy_at_once(path: Path) -> None:
     for thread in threads:
         thread.join()
     assert answers == ["refused"] * 8
+
+
+# answers remembered until the database changes -----------------------------------------
+
+
+def answered(path: Path) -> tuple[KeyringCustodian, bytes, bytes]:
+    """A custodian that unwrapped "kid" once (found not destroyed), the key and its blob."""
+    key = hierarchy.new_key()
+    custodian = KeyringCustodian(path)
+    blob = custodian.wrap(US, "kid", key, WHY)
+    assert custodian.unwrap(US, "kid", blob, WHY) == key
+    return custodian, key, blob
+
+
+def test_a_key_found_live_is_answered_again_without_a_query(path: Path) -> None:
+    custodian, key, blob = answered(path)
+    asked: list[str] = []
+    custodian._tombstones._handle().db.set_trace_callback(asked.append)
+    assert custodian.unwrap(US, "kid", blob, WHY) == key
+    assert asked == []  # one pread of the header, no read transaction
+    KeyringCustodian(path).destroy(US, "kid", WHY)  # another process's, as far as this knows
+    with pytest.raises(SubjectForgotten):
+        custodian.unwrap(US, "kid", blob, WHY)
+    assert any("SELECT" in statement for statement in asked)
+
+
+def hot_journal(db: Path, before: bytes) -> None:
+    """Leave `db` as a commit killed before deleting its journal does: the new pages (and
+    raised change counter) in the file, and a journal that rolls them back to `before`
+    (sqlite.org/fileformat2.html, "The Rollback Journal"; checksum nonce 0)."""
+    (page,) = struct.unpack_from(">H", before, 16)
+    page = 65536 if page == 1 else page
+    pages = len(before) // page
+    magic = bytes.fromhex("d9d505f920a163d7")
+    journal = bytearray(
+        struct.pack(">8sIIIII", magic, pages, 0, pages, 512, page).ljust(512, b"\0")
+    )
+    for number in range(1, pages + 1):
+        image = before[(number - 1) * page : number * page]
+        checksum = sum(image[page - 200 :: -200]) & 0xFFFFFFFF
+        journal += struct.pack(">I", number) + image + struct.pack(">I", checksum)
+    db.with_name(db.name + "-journal").write_bytes(bytes(journal))
+
+
+def test_a_destroy_killed_at_its_commit_then_made_again_is_refused(path: Path) -> None:
+    # a reverted first version read the counter before its query: the killed commit's
+    # value labelled the rolled-back state, and the real commit, taking the same value
+    # later, was answered "not destroyed" from memory
+    custodian, key, blob = answered(path)
+    database = tombstones_path(path)
+    before = database.read_bytes()
+    KeyringCustodian(path).destroy(US, "kid", WHY)
+    hot_journal(database, before)  # ... killed before its journal went: not committed
+    assert custodian.unwrap(US, "kid", blob, WHY) == key  # rolled back by this query
+    assert not database.with_name(database.name + "-journal").exists()
+    assert database.read_bytes()[24:28] == before[24:28]
+    KeyringCustodian(path).destroy(US, "kid", WHY)  # the forget, retried: the same counter
+    with pytest.raises(SubjectForgotten):
+        custodian.unwrap(US, "kid", blob, WHY)
+
+
+def test_a_tombstone_file_replaced_under_a_process_is_followed(path: Path) -> None:
+    # a restore renames another file into place: remembered answers and open connections
+    # were of the file that went
+    custodian, _, blob = answered(path)
+    database = tombstones_path(path)
+    copy = database.with_name("restored.sqlite")
+    copy.write_bytes(database.read_bytes())
+    os.chmod(copy, 0o600)
+    with closing(sqlite3.connect(copy, isolation_level=None)) as db:
+        db.execute("INSERT INTO destroyed VALUES ('intl/US', 'kid')")
+    os.replace(copy, database)
+    time.sleep(IDENTITY_SECONDS)
+    with pytest.raises(SubjectForgotten):
+        custodian.unwrap(US, "kid", blob, WHY)
+    database.unlink()
+    time.sleep(IDENTITY_SECONDS)
+    with pytest.raises(KeyUnavailable, match="do not exist"):
+        custodian.unwrap(US, "kid-other", blob, WHY)
+
+
+LIVE = ("intl/US", "kid")
+
+
+def followed(tmp_path: Path, journal_mode: str = "DELETE") -> tuple[Path, LiveAnswers, Identity]:
+    """A database of its own, and answers following it."""
+    database = tmp_path / "t.sqlite"
+    with closing(sqlite3.connect(database)) as db:
+        db.execute(f"PRAGMA journal_mode={journal_mode}")
+        db.execute("CREATE TABLE t (x)")
+    answers = LiveAnswers(database)
+    identity = answers.follow()
+    assert identity is not None
+    return database, answers, identity
+
+
+@pytest.mark.parametrize(("journal_mode", "vouches"), [("DELETE", True), ("WAL", False)])
+def test_only_a_rollback_journal_header_vouches_for_answers(
+    tmp_path: Path, journal_mode: str, vouches: bool
+) -> None:
+    # in WAL mode a commit does not raise the header's counter
+    _, answers, identity = followed(tmp_path, journal_mode)
+    answers.remember(LIVE, identity)
+    assert answers.remembers(LIVE) is vouches
+    assert not answers.remembers(("intl/US", "other"))
+
+
+def test_a_header_cut_short_vouches_for_nothing(tmp_path: Path) -> None:
+    database, answers, identity = followed(tmp_path)
+    answers.remember(LIVE, identity)
+    assert answers.remembers(LIVE)
+    database.write_bytes(b"SQLite format 3\0")  # in place: the descriptor held sees it
+    assert not answers.remembers(LIVE)
+
+
+def test_an_answer_found_in_another_file_is_not_remembered(tmp_path: Path) -> None:
+    # a connection opened before the file was replaced answers for the file that went
+    _, answers, identity = followed(tmp_path)
+    answers.remember(LIVE, (identity[0], identity[1] + 1))
+    assert not answers.remembers(LIVE)
 
 
 # migration from version 1 -----------------------------------------------------------

@@ -11,8 +11,9 @@ is added by a read-merge-write of the JSON under an exclusive lock on
 written is never replaced. A destroy only inserts a row (durable before it
 returns), so a forget costs the same however many users were forgotten before,
 and opening reads only the roots. Every unwrap looks its key id up in the
-database, so a destroy committed by any process refuses the very next unwrap
-anywhere; a database that cannot be read refuses it too. The gate (the
+database (or in what this process found there while it is unchanged:
+`keys.live_answers`), so a destroy committed by any process refuses the very
+next unwrap anywhere; a database that cannot be read refuses it too. The gate (the
 partner's policy) decides every wrap, unwrap and destroy before a file is
 touched.
 

@@ -12,8 +12,12 @@ Fail closed: a missing or unreadable database refuses every lookup
 (`KeyUnavailable`; one of a newer schema, `ConfigError`) rather than answering
 "not destroyed"; so does one that others may read (mode 0600, as the keyring).
 
+A key id found not destroyed is remembered until the file's change counter
+moves (`live_answers`), so the hot path (one lookup per object read) is one
+`pread`; a miss asks in a read transaction that also reads the counter.
 Connections, one per thread and process: each thread asks through its own, so
-a lookup (the hot path: one per object read) waits on no other thread's query.
+a lookup waits on no other thread's query; one on a file replaced or removed
+since is reopened on the file there now.
 A connection carried across a fork is never used, nor closed, in the child (it
 opens its own, `os.getpid` is checked), and a fork waits until no query is
 running, so the child inherits no SQLite lock state it does not hold. (Not
@@ -35,6 +39,7 @@ from urllib.parse import quote
 
 from shardvault import durability
 from shardvault.errors import ConfigError, KeyUnavailable
+from shardvault.keys.live_answers import Identity, LiveAnswers
 from shardvault.sqlite_schema import stamp_schema
 
 SCHEMA_VERSION = 1
@@ -72,10 +77,11 @@ class TombstonesMissing(KeyUnavailable):
 class _Handle:
     """One thread's connection, the process that opened it, and the lock a fork waits on."""
 
-    __slots__ = ("__weakref__", "db", "lock", "pid")
+    __slots__ = ("__weakref__", "db", "identity", "lock", "pid")
 
-    def __init__(self, db: sqlite3.Connection) -> None:
+    def __init__(self, db: sqlite3.Connection, identity: Identity) -> None:
         self.db = db
+        self.identity = identity  # the file it was opened on
         self.pid = os.getpid()
         self.lock = threading.Lock()
 
@@ -86,13 +92,28 @@ class Tombstones:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._local = threading.local()
+        self._live = LiveAnswers(path)
 
     def holds(self, scope: str, key_id: str) -> bool:
-        """Whether the key id was destroyed, as committed by any process up to now."""
+        """Whether the key id was destroyed, as committed by any process up to now.
+
+        A key id found not destroyed is remembered until the database changes
+        (`live_answers`): the hot path, one lookup per object read, is then one
+        `pread` of the header instead of a read transaction.
+        """
+        key = (scope, key_id)
+        if self._live.remembers(key):
+            return False
         handle = self._handle()
         with handle.lock:
             try:
-                row = handle.db.execute(_HOLDS, (scope, key_id)).fetchone()
+                handle.db.execute("BEGIN")  # the counter is read under the same shared lock
+                try:
+                    row = handle.db.execute(_HOLDS, key).fetchone()
+                    if row is None:
+                        self._live.remember(key, handle.identity)
+                finally:
+                    handle.db.execute("COMMIT")
             except sqlite3.Error as exc:
                 raise self._failed(handle, "read", exc) from exc
         return row is not None
@@ -124,18 +145,23 @@ class Tombstones:
     def _handle(self, create: bool = False) -> _Handle:
         """This thread's connection, opened on first use in this process."""
         handle: _Handle | None = getattr(self._local, "handle", None)
+        there = self._live.follow()
         if handle is not None and handle.pid == os.getpid():
-            return handle
-        if handle is not None:
+            if handle.identity == there:
+                return handle
+            with handle.lock:  # on a file replaced or removed since: open the one there now
+                handle.db.close()
+        elif handle is not None:
             _inherited.append(handle)  # the parent's: closing it here could drop its locks
-        handle = _Handle(self._connect(create))
+        handle = _Handle(*self._connect(create))
         with _registry_lock:
             _handles.add(handle)
         self._local.handle = handle
         return handle
 
-    def _connect(self, create: bool) -> sqlite3.Connection:
-        """A connection to the existing file, checked private and of a known schema."""
+    def _connect(self, create: bool) -> tuple[sqlite3.Connection, Identity]:
+        """A connection to the existing file, checked private and of a known schema,
+        and which file that is."""
         try:
             info = os.stat(self.path)
         except FileNotFoundError:
@@ -159,7 +185,7 @@ class Tombstones:
         except BaseException:
             db.close()
             raise
-        return db
+        return db, (info.st_dev, info.st_ino)
 
     def _prepare(self, db: sqlite3.Connection, create: bool) -> None:
         """Durability settings, then the schema: made if `create`, else checked.
@@ -193,6 +219,7 @@ class Tombstones:
     def _failed(self, handle: _Handle | None, doing: str, exc: sqlite3.Error) -> KeyUnavailable:
         """The refusal; a connection that failed is closed, so the next use opens the file
         anew (one restored from a backup, say) rather than trusting what it had read."""
+        self._live.forget()
         if handle is not None:
             self._local.handle = None
             handle.db.close()

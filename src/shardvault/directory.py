@@ -2,7 +2,8 @@
 
 The directory is global, so it stores only a keyed HMAC of (tenant, subject)
 and the home jurisdiction: enough to route a request, useless for listing who
-the users are. The subject id itself lives only in its home cell's catalog.
+the users are. The subject id itself lives only in its home cell's catalog
+(and, for the homes a process settled, in that process's memory).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from shardvault.errors import Conflict, IntegrityError, StorageError
 from shardvault.sqlite_schema import stamp_schema
 
 KEY_BYTES = 32
+SETTLED_LIMIT = 1 << 14  # homes remembered per process (about 4 MiB at most)
 SCHEMA_VERSION = 1  # PRAGMA user_version of directory.sqlite (docs/formats.md)
 
 
@@ -57,10 +59,19 @@ def _create_key(path: Path) -> bytes:
 
 
 class SubjectDirectory:
+    """Homes by HMAC token in SQLite, and the settled ones remembered in this process.
+
+    A home is settled once its cell's catalog was seen holding the subject (the
+    vault calls `settle`). Such a row is never removed: only a registration that
+    left nothing in its cell is undone (`Vault.register_subject`), so a settled
+    home is answered without a query, which every read otherwise makes.
+    """
+
     def __init__(self, db_path: Path | str, key: bytes) -> None:
         self._key = key
         self._path = db_path
         self._lock = threading.Lock()
+        self._settled: dict[tuple[str, str], str] = {}
         try:
             self._db = sqlite_connections.connect(
                 str(db_path), f"subject directory {db_path}", timeout=30.0
@@ -103,9 +114,18 @@ class SubjectDirectory:
             raise self._failure(exc) from exc
 
     def home(self, tenant: str, subject: str) -> str | None:
+        settled = self._settled.get((tenant, subject))
+        if settled is not None:
+            return settled
         token = self._token(tenant, subject)
         row = self._one("SELECT jurisdiction FROM homes WHERE token = ?", (token,))
         return row[0] if row else None
+
+    def settle(self, tenant: str, subject: str, jurisdiction: str) -> None:
+        """Remember the home of a subject its cell's catalog holds (see the class)."""
+        if len(self._settled) >= SETTLED_LIMIT:
+            self._settled = {}
+        self._settled[(tenant, subject)] = jurisdiction
 
     def add(self, tenant: str, subject: str, jurisdiction: str) -> None:
         try:
@@ -119,6 +139,7 @@ class SubjectDirectory:
             raise self._failure(exc) from exc
 
     def remove(self, tenant: str, subject: str) -> None:
+        self._settled.pop((tenant, subject), None)
         try:
             with self._lock:
                 self._db.execute(

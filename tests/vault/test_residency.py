@@ -13,6 +13,7 @@ from tests.governance_support import forget_approved
 from conftest import SEGMENT, files_under, make_deployment, manifest_of
 from shardvault.config import Config, load
 from shardvault.errors import (
+    Conflict,
     IntegrityError,
     InvalidInput,
     KeyUnavailable,
@@ -186,20 +187,81 @@ def test_tenants_are_isolated(vault: Vault) -> None:
 def test_a_registration_undone_elsewhere_and_redone_in_another_cell_is_seen_at_once(
     deployment: tuple[Config, Vault],
 ) -> None:
-    """The home is asked of the directory every time: nothing stale sends data elsewhere."""
+    """A home is remembered only once its cell holds the subject: one with nothing behind
+    it is asked of the directory again, so nothing stale sends data elsewhere."""
     config, vault = deployment
     other = Vault.open(config)  # stands in for another process: its own directory handle
     try:
         other.directory.add("intl", "bob", "US")  # a registration in progress elsewhere
+        ref = ObjectRef("intl", "bob", "note.txt")
         with pytest.raises(NotFound):
             vault.subject("intl", "bob")  # the directory says US, the US cell has no bob
+        with pytest.raises(NotFound):
+            vault.get(ref)  # decided in US, where the cell has no bob: not settled
+        with pytest.raises(NotFound):
+            vault.put(ref, b"lost?")
         other.directory.remove("intl", "bob")  # ... which failed and was undone
         other.register_subject("intl", "bob", "SG")
         assert vault.subject("intl", "bob").jurisdiction == "SG"
-        ref = ObjectRef("intl", "bob", "note.txt")
         assert vault.put(ref, b"hi").version == 1 and vault.get(ref) == b"hi"
+        assert vault.cells["US"].catalog.list_versions(ref) == []
     finally:
         other.close()
+
+
+def test_a_settled_home_is_answered_without_asking_the_directory(vault: Vault) -> None:
+    # every read asked the directory's database once: a query contended by every thread
+    vault.register_subject("intl", "bob", "SG")
+    ref = ObjectRef("intl", "bob", "note.txt")
+    vault.put(ref, b"hi")  # its cell was seen holding bob: settled
+    asked: list[str] = []
+    vault.directory._db.set_trace_callback(asked.append)  # type: ignore[attr-defined]
+    assert vault.get(ref) == b"hi" and vault.stat(ref).size == 2
+    assert vault.list("intl", "bob").items[0].ref == ref
+    assert asked == []
+    assert vault.directory.home("intl", "nobody") is None  # anyone else is still asked
+    assert len(asked) == 1
+
+
+def test_a_registration_interrupted_after_its_cell_committed_keeps_its_home(
+    deployment: tuple[Config, Vault], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the undo removed the directory's row although the cell held the subject: a process
+    # that had settled the home would keep sending bob's data to US after bob was
+    # registered again in SG
+    config, vault = deployment
+    catalog = vault.cells["US"].catalog
+    committed = catalog.add_subject
+
+    def then_interrupted(record: object) -> None:
+        committed(record)  # type: ignore[arg-type]
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(catalog, "add_subject", then_interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        vault.register_subject("intl", "bob", "US")
+    monkeypatch.undo()
+    assert vault.directory.home("intl", "bob") == "US"
+    with pytest.raises(Conflict, match="already registered"):
+        vault.register_subject("intl", "bob", "SG")
+    ref = ObjectRef("intl", "bob", "note.txt")
+    vault.put(ref, b"hi")
+    with Vault.open(config) as other:
+        assert other.get(ref) == b"hi"
+
+
+def test_a_registration_failing_before_its_cell_committed_leaves_no_home(
+    vault: Vault, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def fails(record: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(vault.cells["US"].catalog, "add_subject", fails)
+    with pytest.raises(KeyboardInterrupt):
+        vault.register_subject("intl", "bob", "US")
+    monkeypatch.undo()
+    assert vault.directory.home("intl", "bob") is None
+    assert vault.register_subject("intl", "bob", "SG").jurisdiction == "SG"
 
 
 def test_a_subject_record_naming_another_home_is_refused(

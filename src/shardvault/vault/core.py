@@ -39,6 +39,7 @@ from shardvault.errors import (
     IntegrityError,
     InvalidInput,
     NotFound,
+    ShardvaultError,
     SubjectForgotten,
     TooFewNodes,
     WriteRaced,
@@ -204,7 +205,11 @@ class Vault:
             try:
                 self.cells[jurisdiction].catalog.add_subject(record)
             except BaseException:
-                self.directory.remove(tenant, subject)
+                # not if the row was committed before the failure: a home whose cell holds
+                # the subject is never removed (other processes answer it from memory);
+                # one the catalog cannot vouch for stays for the next registration to drop
+                with contextlib.suppress(ShardvaultError):
+                    self._drop_unfinished_registration(tenant, subject)
                 raise
         return record
 
@@ -267,7 +272,15 @@ class Vault:
         access = self._decided(ctx, action, tenant, home, subject, key, durable=durable)
         with _AnsweredAfterAudit(access):  # a subject missing or forgotten is an answer
             record = self.cells[home].catalog.get_subject(tenant, subject)
-            return _live_at_home(record, tenant, subject, home), access
+            return self._settled_at_home(record, tenant, subject, home), access
+
+    def _settled_at_home(
+        self, found: SubjectRecord | None, tenant: str, subject: str, home: str
+    ) -> SubjectRecord:
+        """`_live_at_home`, and the home settled in the directory: its cell holds the subject."""
+        record = _live_at_home(found, tenant, subject, home)
+        self.directory.settle(tenant, subject, home)
+        return record
 
     def _decided(
         self,
@@ -346,7 +359,7 @@ class Vault:
                 found, version = catalog.lookup_for_write(ref)  # one query for both
             else:
                 found, version = catalog.get_subject(ref.tenant, ref.subject), None
-            subject = _live_at_home(found, ref.tenant, ref.subject, home)
+            subject = self._settled_at_home(found, ref.tenant, ref.subject, home)
             subject_key = functools.cache(functools.partial(self._subject_key, subject, access))
             if version is None:
                 return self._write_version(ref, source, subject, subject_key, if_match, progress)
@@ -547,7 +560,7 @@ class Vault:
         cell = self.cells[home]
         with _AnsweredAfterAudit(access):
             subject, record = cell.catalog.lookup(ref, version)
-            subject = _live_at_home(subject, ref.tenant, ref.subject, home)
+            subject = self._settled_at_home(subject, ref.tenant, ref.subject, home)
             if record is None or record.manifest is None:
                 what = f"{ref} v{version}" if version else str(ref)
                 raise NotFound(f"no object {what}")

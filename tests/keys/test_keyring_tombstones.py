@@ -4,6 +4,7 @@ process, migrated from version 1 without losing one, and failing closed."""
 from __future__ import annotations
 
 import base64
+import gc
 import json
 import multiprocessing
 import os
@@ -13,7 +14,6 @@ import struct
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
@@ -23,7 +23,7 @@ import pytest
 from shardvault.errors import AccessDenied, ConfigError, KeyUnavailable, SubjectForgotten
 from shardvault.keys import hierarchy
 from shardvault.keys.keyring import KeyringCustodian
-from shardvault.keys.live_answers import IDENTITY_SECONDS, Identity, LiveAnswers
+from shardvault.keys.live_answers import Identity, LiveAnswers
 from shardvault.keys.port import KeyOperation, KeyScope
 from shardvault.keys.rootkey import seal_key
 from shardvault.keys.tombstones import Tombstones, tombstones_path
@@ -214,24 +214,176 @@ def test_a_destroy_killed_at_its_commit_then_made_again_is_refused(path: Path) -
         custodian.unwrap(US, "kid", blob, WHY)
 
 
+def copy_destroying(database: Path, key_id: str | None) -> Path:
+    """A copy of the tombstones beside them (a backup to restore), with `key_id` destroyed."""
+    copy = database.with_name(f"copy-{key_id}.sqlite")
+    copy.write_bytes(database.read_bytes())
+    os.chmod(copy, 0o600)
+    if key_id is not None:
+        with closing(sqlite3.connect(copy, isolation_level=None)) as db:
+            db.execute("INSERT INTO destroyed VALUES ('intl/US', ?)", (key_id,))
+    return copy
+
+
 def test_a_tombstone_file_replaced_under_a_process_is_followed(path: Path) -> None:
     # a restore renames another file into place: remembered answers and open connections
     # were of the file that went
     custodian, _, blob = answered(path)
     database = tombstones_path(path)
-    copy = database.with_name("restored.sqlite")
-    copy.write_bytes(database.read_bytes())
-    os.chmod(copy, 0o600)
-    with closing(sqlite3.connect(copy, isolation_level=None)) as db:
-        db.execute("INSERT INTO destroyed VALUES ('intl/US', 'kid')")
-    os.replace(copy, database)
-    time.sleep(IDENTITY_SECONDS)
+    os.replace(copy_destroying(database, "kid"), database)
     with pytest.raises(SubjectForgotten):
         custodian.unwrap(US, "kid", blob, WHY)
     database.unlink()
-    time.sleep(IDENTITY_SECONDS)
     with pytest.raises(KeyUnavailable, match="do not exist"):
         custodian.unwrap(US, "kid-other", blob, WHY)
+
+
+def _try_exclusive(database: Path) -> str:
+    """Whether another process may take the database's write lock right now."""
+    script = (
+        "import sqlite3, sys\n"
+        "db = sqlite3.connect(sys.argv[1], 0, isolation_level=None)\n"
+        "try:\n"
+        "    db.execute('BEGIN EXCLUSIVE'); db.execute('ROLLBACK'); print('granted')\n"
+        "except sqlite3.OperationalError:\n"
+        "    print('refused')\n"
+    )
+    run = subprocess.run([sys.executable, "-c", script, str(database)], capture_output=True)
+    return run.stdout.decode().strip()
+
+
+def _lock_mid_lookup(
+    path: Path, monkeypatch: pytest.MonkeyPatch, meanwhile: Callable[[], None] = lambda: None
+) -> list[str]:
+    """Whether another process could take the write lock as a lookup labelled its answer."""
+    custodian = KeyringCustodian(path)
+    blob = custodian.wrap(US, "kid", hierarchy.new_key(), WHY)
+    seen: list[str] = []
+    labelled = LiveAnswers.remember
+
+    def remember(self: LiveAnswers, key: tuple[str, str], identity: Identity) -> None:
+        meanwhile()
+        seen.append(_try_exclusive(tombstones_path(path)))
+        labelled(self, key, identity)
+
+    monkeypatch.setattr(LiveAnswers, "remember", remember)
+    custodian.unwrap(US, "kid", blob, WHY)
+    return seen
+
+
+def test_no_commit_can_land_between_a_lookup_and_its_label(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the shared lock is held while the counter is read
+    assert _lock_mid_lookup(path, monkeypatch) == ["refused"]
+
+
+def test_dropping_a_custodian_keeps_the_locks_of_the_others(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # closing any descriptor of the file drops every POSIX lock the process holds on it:
+    # a second custodian collected mid-read let another process commit under this one
+    def another_custodian_collected() -> None:
+        other = KeyringCustodian(path)
+        other._tombstones._live.follow()
+        del other
+        gc.collect()
+
+    assert _lock_mid_lookup(path, monkeypatch, another_custodian_collected) == ["refused"]
+
+
+def test_answers_found_before_a_change_are_not_carried_past_it(path: Path) -> None:
+    custodian, _, blob = answered(path)  # remembered at c
+    KeyringCustodian(path).destroy(US, "kid", WHY)  # c + 1
+    assert not custodian._tombstones.holds("intl/US", "other")  # a miss labels c + 1
+    with pytest.raises(SubjectForgotten):
+        custodian.unwrap(US, "kid", blob, WHY)
+
+
+def test_a_replacing_file_showing_the_same_counter_is_asked(path: Path) -> None:
+    # counters rise within one file: a copy can show the same value with other contents
+    key = hierarchy.new_key()
+    custodian = KeyringCustodian(path)
+    blob = custodian.wrap(US, "kid", key, WHY)
+    database = tombstones_path(path)
+    twin = copy_destroying(database, "kid")  # one commit each: the same counter
+    KeyringCustodian(path).destroy(US, "unrelated", WHY)
+    assert custodian.unwrap(US, "kid", blob, WHY) == key
+    os.replace(twin, database)
+    with pytest.raises(SubjectForgotten):
+        custodian.unwrap(US, "kid", blob, WHY)
+
+
+def test_an_answer_found_as_the_file_is_replaced_is_not_labelled_with_the_new_one(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a thread that had checked its connection's file, then read the counter again through
+    # whatever file was held by then, labelled an answer of the old file with the new one's
+    key = hierarchy.new_key()
+    custodian = KeyringCustodian(path)
+    blob = custodian.wrap(US, "kid", key, WHY)
+    database = tombstones_path(path)
+    restored = copy_destroying(database, "kid")
+    counter = LiveAnswers._counter
+
+    def replaced_meanwhile(self: LiveAnswers, held: tuple[int, Identity]) -> int | None:
+        if restored.exists():  # once, inside the first lookup's `remember`
+            os.replace(restored, database)
+            thread = threading.Thread(target=custodian._tombstones.holds, args=("intl/US", "x"))
+            thread.start()  # another thread's miss follows the new file
+            thread.join()
+        return counter(self, held)
+
+    monkeypatch.setattr(LiveAnswers, "_counter", replaced_meanwhile)
+    assert custodian.unwrap(US, "kid", blob, WHY) == key  # found in the old file
+    monkeypatch.undo()
+    with pytest.raises(SubjectForgotten):
+        custodian.unwrap(US, "kid", blob, WHY)
+
+
+def test_a_file_opened_as_it_is_replaced_is_refused_not_guessed(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    custodian = KeyringCustodian(path)
+    blob = custodian.wrap(US, "kid", hierarchy.new_key(), WHY)
+    database = tombstones_path(path)
+    other = copy_destroying(database, None)
+    prepare = Tombstones._prepare
+
+    def replaced_meanwhile(self: Tombstones, db: sqlite3.Connection, create: bool) -> None:
+        prepare(self, db, create)
+        if other.exists():
+            os.replace(other, database)
+
+    monkeypatch.setattr(Tombstones, "_prepare", replaced_meanwhile)
+    with pytest.raises(KeyUnavailable, match="replaced while being opened; retry"):
+        KeyringCustodian(path).unwrap(US, "kid", blob, WHY)
+    assert custodian.unwrap(US, "kid", blob, WHY)  # the retry: the file there now
+
+
+def test_a_file_moved_away_and_back_is_asked_again(path: Path) -> None:
+    # the thread's connection, closed when the file went, was handed out again when the
+    # same inode came back: a spurious refusal
+    custodian, key, blob = answered(path)
+    database = tombstones_path(path)
+    away = database.with_name("away.sqlite")
+    os.rename(database, away)
+    with pytest.raises(KeyUnavailable, match="do not exist"):
+        custodian.unwrap(US, "kid", blob, WHY)
+    os.rename(away, database)
+    assert custodian.unwrap(US, "kid", blob, WHY) == key
+    assert custodian._tombstones.holds("intl/US", "other") is False
+
+
+def test_refusals_do_not_leak_descriptors(path: Path) -> None:
+    custodian = KeyringCustodian(path)
+    blob = custodian.wrap(US, "kid", hierarchy.new_key(), WHY)
+    tombstones_path(path).write_bytes(b"not a database" * 100)
+    before = len(os.listdir("/proc/self/fd"))
+    for i in range(50):
+        with pytest.raises(KeyUnavailable):
+            custodian.unwrap(US, f"kid{i}", blob, WHY)
+    assert len(os.listdir("/proc/self/fd")) <= before + 1
 
 
 LIVE = ("intl/US", "kid")

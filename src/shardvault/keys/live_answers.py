@@ -5,7 +5,8 @@ that is a read transaction (file locks, a hot-journal check, seven releases of
 the GIL) that every thread of every serving process contends on. SQLite tells
 whether its own page cache still holds from the file change counter in the
 database header (bytes 24-27), which every commit in rollback-journal mode
-raises; this does the same for answers, reading the counter with one `pread`.
+raises; this does the same for answers, with one `stat` of the path and one
+`pread` of the header.
 
 Why a remembered answer holds while the file shows the counter it was found at:
 
@@ -18,11 +19,17 @@ Why a remembered answer holds while the file shows the counter it was found at:
   that takes that value later is the one a label of it names. (Reading the
   counter before the query instead, as a reverted first version did, labelled
   the rolled-back state with the killed commit's value.)
-- A file replaced or removed under the process (a restore) is noticed by
-  comparing the path's inode with the descriptor's (`follow`) at every miss and
-  at least every half second: then every answer is dropped, and the caller
-  reopens each connection of another file on the one now there. An answer is
-  remembered only if its connection was on the file followed.
+- Counters rise within one file only: a copy put in its place (a restore)
+  can show a label's value with other contents. So a label names its file too
+  (device and inode), and every lookup, hit or miss, first compares the inode
+  at the path with the one held (`follow`): a file replaced or removed is seen
+  at once, its answers are dropped, and the caller reopens each connection on
+  another file. An answer is remembered only if its connection was on the file
+  followed, and is read through the descriptor that check was made on.
+- Descriptors of the file are never closed (`_descriptor`): closing any
+  descriptor of a database file drops the POSIX locks this process's SQLite
+  connections hold on it, which would let another process commit, or roll a
+  journal back, under a read transaction here.
 
 A header not in rollback-journal mode (bytes 18-19 not 1, 1), or too short,
 vouches for nothing: every lookup is then asked of SQLite.
@@ -32,19 +39,15 @@ from __future__ import annotations
 
 import os
 import struct
-import time
-import weakref
+import threading
 from pathlib import Path
 
 _HEADER_AT = 18
 _HEADER = struct.Struct(">BB4xI")  # write and read versions (1: rollback journal), counter
 _ROLLBACK_JOURNAL = (1, 1)
-IDENTITY_SECONDS = 0.5  # how long a replaced file can go unnoticed by hits
 _LIMIT = 1 << 16  # answers remembered per counter value
 
 Key = tuple[str, str]
-
-
 Identity = tuple[int, int]  # (st_dev, st_ino)
 
 
@@ -54,19 +57,19 @@ class LiveAnswers:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._file: tuple[int, Identity] | None = None  # a descriptor, and of which file
-        self._answers: tuple[int, set[Key]] = (-1, set())
-        self._checked = 0.0
-        # every descriptor opened, closed only with this object: one closed while
-        # another thread reads it could be reused for another file by then
-        self._opened: set[int] = set()
-        weakref.finalize(self, _close_all, self._opened)
+        # answers, the file they were found in, and its counter then: replaced whole
+        self._answers: tuple[Identity | None, int, set[Key]] = (None, -1, set())
 
     def remembers(self, key: Key) -> bool:
-        """Whether `key` was found not destroyed in the state the file shows now."""
-        if time.monotonic() - self._checked >= IDENTITY_SECONDS:
-            self.follow()
-        label, answers = self._answers
-        return key in answers and self._counter() == label
+        """Whether `key` was found not destroyed in the state the file at the path shows now."""
+        found_in, label, answers = self._answers
+        if key not in answers:
+            return False
+        identity = self.follow()
+        held = self._file
+        if held is None or held[1] != identity or identity != found_in:
+            return False
+        return self._counter(held) == label
 
     def remember(self, key: Key, identity: Identity) -> None:
         """Record `key` as not destroyed, found by a connection to the file `identity`
@@ -74,19 +77,18 @@ class LiveAnswers:
         held = self._file
         if held is None or held[1] != identity:
             return  # the connection is on a file that went, or one not followed yet
-        counter = self._counter()
+        counter = self._counter(held)  # through the descriptor just checked
         if counter is None:
             return
-        label, answers = self._answers
-        if label != counter or len(answers) >= _LIMIT:
+        found_in, label, answers = self._answers
+        if found_in != identity or label != counter or len(answers) >= _LIMIT:
             answers = set()
-            self._answers = (counter, answers)
+            self._answers = (identity, counter, answers)
         answers.add(key)
 
     def follow(self) -> Identity | None:
         """The file at the path now (None if there is none), held from now on: answers
         found in another are dropped."""
-        self._checked = time.monotonic()
         held = self._file
         try:
             info = os.stat(self.path)
@@ -97,30 +99,24 @@ class LiveAnswers:
         if held is not None and held[1] == identity:
             return identity
         try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+            fd, opened = _descriptor(self.path)
         except OSError:
             self._drop(held)
             return None
-        self._opened.add(fd)
-        opened = os.fstat(fd)
         self._drop(held)
-        self._file = (fd, (opened.st_dev, opened.st_ino))
-        return self._file[1]
+        self._file = (fd, opened)
+        return opened
 
     def forget(self) -> None:
-        """Drop every answer, and look at the file anew (after a failed query)."""
-        self._drop(self._file)
+        """Drop every answer (after a failed query)."""
+        self._answers = (None, -1, set())
 
     def _drop(self, held: tuple[int, Identity] | None) -> None:
         if held is not None and self._file is held:
             self._file = None
-        self._answers = (-1, set())
-        self._checked = 0.0
+        self.forget()
 
-    def _counter(self) -> int | None:
-        held = self._file
-        if held is None:
-            return None
+    def _counter(self, held: tuple[int, Identity]) -> int | None:
         try:
             header = os.pread(held[0], _HEADER.size, _HEADER_AT)
         except OSError:
@@ -131,6 +127,32 @@ class LiveAnswers:
         return counter if (write_version, read_version) == _ROLLBACK_JOURNAL else None
 
 
-def _close_all(fds: set[int]) -> None:
-    for fd in fds:
-        os.close(fd)
+# One read-only descriptor per file (inode), for the process, never closed: closing any
+# descriptor of a database file drops every POSIX lock the process's SQLite connections
+# hold on it, and a closed number could be reused for another file by a reader.
+# (A descriptor held also keeps its inode's number from being given to another file.)
+_descriptors: dict[Identity, int] = {}
+_descriptors_lock = threading.Lock()
+
+
+def _after_fork_in_child() -> None:
+    """A fork in the middle of `_descriptor` in another thread leaves its lock held."""
+    global _descriptors_lock
+    _descriptors_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _descriptor(path: Path) -> tuple[int, Identity]:
+    """This process's descriptor of the file at `path`, opened on first use."""
+    info = os.stat(path)
+    with _descriptors_lock:
+        fd = _descriptors.get((info.st_dev, info.st_ino))
+        if fd is None:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            opened = os.fstat(fd)
+            # (replaced in between by a file already kept: this one is kept too, unnamed)
+            fd = _descriptors.setdefault((opened.st_dev, opened.st_ino), fd)
+            info = opened
+    return fd, (info.st_dev, info.st_ino)

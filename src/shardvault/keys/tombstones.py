@@ -151,6 +151,7 @@ class Tombstones:
                 return handle
             with handle.lock:  # on a file replaced or removed since: open the one there now
                 handle.db.close()
+            self._local.handle = None
         elif handle is not None:
             _inherited.append(handle)  # the parent's: closing it here could drop its locks
         handle = _Handle(*self._connect(create))
@@ -185,6 +186,15 @@ class Tombstones:
         except BaseException:
             db.close()
             raise
+        try:
+            after = os.stat(self.path)
+        except OSError:
+            after = None
+        if after is None or (after.st_dev, after.st_ino) != (info.st_dev, info.st_ino):
+            db.close()  # replaced while opening: which file the connection is on is unknown
+            raise KeyUnavailable(
+                f"keyring tombstones {self.path} were replaced while being opened; retry"
+            )
         return db, (info.st_dev, info.st_ino)
 
     def _prepare(self, db: sqlite3.Connection, create: bool) -> None:

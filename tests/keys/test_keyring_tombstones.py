@@ -375,6 +375,17 @@ def test_a_file_moved_away_and_back_is_asked_again(path: Path) -> None:
     assert custodian._tombstones.holds("intl/US", "other") is False
 
 
+def test_a_custodian_gone_gives_its_descriptors_back(tmp_path: Path) -> None:
+    # descriptors of the file are kept while any custodian of the process may hold
+    # locks on it: one per keyring ever opened, for good, ran a test process out
+    before = len(os.listdir("/proc/self/fd"))
+    for n in range(30):
+        custodian, _, _ = answered(tmp_path / f"k{n}" / "keyring.json")
+        del custodian
+    gc.collect()
+    assert len(os.listdir("/proc/self/fd")) <= before + 1
+
+
 def test_refusals_do_not_leak_descriptors(path: Path) -> None:
     custodian = KeyringCustodian(path)
     blob = custodian.wrap(US, "kid", hierarchy.new_key(), WHY)

@@ -26,10 +26,10 @@ Why a remembered answer holds while the file shows the counter it was found at:
   at once, its answers are dropped, and the caller reopens each connection on
   another file. An answer is remembered only if its connection was on the file
   followed, and is read through the descriptor that check was made on.
-- Descriptors of the file are never closed (`_descriptor`): closing any
-  descriptor of a database file drops the POSIX locks this process's SQLite
-  connections hold on it, which would let another process commit, or roll a
-  journal back, under a read transaction here.
+- A descriptor of the file is closed only when no LiveAnswers of the process
+  holds it (`_descriptor`): closing any descriptor of a database file drops the
+  POSIX locks this process's SQLite connections hold on it, which would let
+  another process commit, or roll a journal back, under a read transaction here.
 
 A header not in rollback-journal mode (bytes 18-19 not 1, 1), or too short,
 vouches for nothing: every lookup is then asked of SQLite.
@@ -40,6 +40,7 @@ from __future__ import annotations
 import os
 import struct
 import threading
+import weakref
 from pathlib import Path
 
 _HEADER_AT = 18
@@ -59,6 +60,8 @@ class LiveAnswers:
         self._file: tuple[int, Identity] | None = None  # a descriptor, and of which file
         # answers, the file they were found in, and its counter then: replaced whole
         self._answers: tuple[Identity | None, int, set[Key]] = (None, -1, set())
+        self._shares: set[Identity] = set()  # of `_descriptors`, given up when this goes
+        weakref.finalize(self, _release, self._shares)
 
     def remembers(self, key: Key) -> bool:
         """Whether `key` was found not destroyed in the state the file at the path shows now."""
@@ -99,7 +102,7 @@ class LiveAnswers:
         if held is not None and held[1] == identity:
             return identity
         try:
-            fd, opened = _descriptor(self.path)
+            fd, opened = _descriptor(self.path, self._shares)
         except OSError:
             self._drop(held)
             return None
@@ -127,11 +130,13 @@ class LiveAnswers:
         return counter if (write_version, read_version) == _ROLLBACK_JOURNAL else None
 
 
-# One read-only descriptor per file (inode), for the process, never closed: closing any
-# descriptor of a database file drops every POSIX lock the process's SQLite connections
-# hold on it, and a closed number could be reused for another file by a reader.
-# (A descriptor held also keeps its inode's number from being given to another file.)
-_descriptors: dict[Identity, int] = {}
+# One read-only descriptor per file (inode) for the process, shared by every LiveAnswers
+# that followed it and closed only when the last of them is gone: closing a descriptor
+# of a database file drops every POSIX lock the process's SQLite connections hold on it,
+# and a Tombstones follows its file before it connects to it, so its LiveAnswers holds a
+# share for as long as any of its connections can. A descriptor held also keeps its
+# inode's number from being given to another file.
+_descriptors: dict[Identity, tuple[list[int], list[int]]] = {}  # descriptors, [holders]
 _descriptors_lock = threading.Lock()
 
 
@@ -144,15 +149,32 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def _descriptor(path: Path) -> tuple[int, Identity]:
-    """This process's descriptor of the file at `path`, opened on first use."""
+def _descriptor(path: Path, held: set[Identity]) -> tuple[int, Identity]:
+    """The process's descriptor of the file at `path`, with a share of it kept in `held`."""
     info = os.stat(path)
+    identity = (info.st_dev, info.st_ino)
     with _descriptors_lock:
-        fd = _descriptors.get((info.st_dev, info.st_ino))
-        if fd is None:
+        kept = _descriptors.get(identity)
+        if kept is None:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
             opened = os.fstat(fd)
-            # (replaced in between by a file already kept: this one is kept too, unnamed)
-            fd = _descriptors.setdefault((opened.st_dev, opened.st_ino), fd)
-            info = opened
-    return fd, (info.st_dev, info.st_ino)
+            identity = (opened.st_dev, opened.st_ino)
+            # (replaced since the stat by a file already kept: this one is kept with it)
+            kept = _descriptors.setdefault(identity, ([], [0]))
+            kept[0].append(fd)
+        if identity not in held:
+            held.add(identity)
+            kept[1][0] += 1
+        return kept[0][0], identity
+
+
+def _release(held: set[Identity]) -> None:
+    """Give up the shares of a LiveAnswers that is gone; close what no one holds."""
+    with _descriptors_lock:
+        for identity in held:
+            fds, holders = _descriptors[identity]
+            holders[0] -= 1
+            if holders[0] == 0:
+                del _descriptors[identity]
+                for fd in fds:
+                    os.close(fd)

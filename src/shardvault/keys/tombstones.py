@@ -13,8 +13,9 @@ Fail closed: a missing or unreadable database refuses every lookup
 "not destroyed"; so does one that others may read (mode 0600, as the keyring).
 
 A key id found not destroyed is remembered until the file's change counter
-moves (`live_answers`), so the hot path (one lookup per object read) is one
-`pread`; a miss asks in a read transaction that also reads the counter.
+moves (`live_answers`), so the hot path (one lookup per object read) is a
+`stat` and a `pread`; a miss asks in a read transaction that also reads the
+counter.
 Connections, one per thread and process: each thread asks through its own, so
 a lookup waits on no other thread's query; one on a file replaced or removed
 since is reopened on the file there now.
@@ -98,8 +99,8 @@ class Tombstones:
         """Whether the key id was destroyed, as committed by any process up to now.
 
         A key id found not destroyed is remembered until the database changes
-        (`live_answers`): the hot path, one lookup per object read, is then one
-        `pread` of the header instead of a read transaction.
+        (`live_answers`): the hot path, one lookup per object read, is then a
+        `stat` of the path and a `pread` of the header, not a read transaction.
         """
         key = (scope, key_id)
         if self._live.remembers(key):

@@ -386,6 +386,121 @@ def test_a_custodian_gone_gives_its_descriptors_back(tmp_path: Path) -> None:
     assert len(os.listdir("/proc/self/fd")) <= before + 1
 
 
+def test_a_file_replaced_between_following_and_connecting_is_refused(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the connection was on a file whose descriptor this custodian held no share of: a
+    # second custodian collected mid-read closed it, and the read's locks with it
+    custodian = KeyringCustodian(path)
+    blob = custodian.wrap(US, "kid", hierarchy.new_key(), WHY)
+    database = tombstones_path(path)
+    restored = copy_destroying(database, None)
+    custodian._tombstones._local.handle = None  # as a thread that has not asked yet
+    follow = LiveAnswers.follow
+
+    def then_replaced(self: LiveAnswers) -> Identity | None:
+        there = follow(self)
+        if restored.exists():
+            os.replace(restored, database)
+        return there
+
+    monkeypatch.setattr(LiveAnswers, "follow", then_replaced)
+    with pytest.raises(KeyUnavailable, match="replaced while being opened; retry"):
+        custodian.unwrap(US, "kid", blob, WHY)
+
+
+def _python(script: str, *args: str) -> str:
+    """What `script` prints, run by a new interpreter; a hang fails the test."""
+    run = subprocess.run(
+        [sys.executable, "-c", script, *args], capture_output=True, timeout=60, check=True
+    )
+    return run.stdout.decode().strip()
+
+
+GC_UNDER_LOCK = """
+import gc, os, sqlite3, sys
+from contextlib import closing
+from pathlib import Path
+from shardvault.keys import live_answers
+from shardvault.keys.tombstones import Tombstones
+d = Path(sys.argv[1])
+for name in ("a.sqlite", "b.sqlite"):
+    with closing(sqlite3.connect(d / name)) as db:
+        db.execute("CREATE TABLE t (x)")
+class Owner:
+    pass
+box = [Tombstones(d / "a.sqlite")]
+box[0]._live.follow()
+gc.disable()
+fstat = os.fstat
+def collecting(fd):  # inside `_descriptor`'s lock: another thread dropped a custodian
+    if box:          # held only by a cycle, and this allocation starts the collection
+        owner = Owner(); owner.tombstones = box.pop(); owner.me = owner; del owner
+        gc.collect()
+    return fstat(fd)
+live_answers.os.fstat = collecting
+print(Tombstones(d / "b.sqlite")._live.follow() is not None, len(live_answers._descriptors))
+"""
+
+
+def test_a_custodian_collected_while_a_descriptor_is_taken_does_not_deadlock(
+    tmp_path: Path,
+) -> None:
+    # the collection ran the release in the thread holding the lock it takes
+    assert _python(GC_UNDER_LOCK, str(tmp_path)) == "True 0"  # and both given back
+
+
+EXIT_DURING_A_READ = """
+import atexit, subprocess, sys, threading, time
+from pathlib import Path
+from shardvault.keys.live_answers import LiveAnswers
+from shardvault.keys.tombstones import Tombstones
+TRY = sys.argv[2]
+database = Path(sys.argv[1])
+atexit.register(lambda: print(subprocess.run(
+    [sys.executable, "-c", TRY, str(database)], capture_output=True).stdout.decode().strip()))
+tombstones = Tombstones(database)
+tombstones.create()
+reading = threading.Event()
+remember = LiveAnswers.remember
+def slow(self, key, identity):  # inside the read transaction
+    reading.set(); time.sleep(30); remember(self, key, identity)
+LiveAnswers.remember = slow
+threading.Thread(target=tombstones.holds, args=("s", "k"), daemon=True).start()
+reading.wait()
+"""
+
+
+def test_exit_keeps_the_locks_of_a_read_still_running(tmp_path: Path) -> None:
+    # at exit the finalizers closed every descriptor while daemon threads still read
+    try_exclusive = (
+        "import sqlite3, sys\n"
+        "db = sqlite3.connect(sys.argv[1], 0, isolation_level=None)\n"
+        "try:\n"
+        "    db.execute('BEGIN EXCLUSIVE'); db.execute('ROLLBACK'); print('granted')\n"
+        "except sqlite3.OperationalError:\n"
+        "    print('refused')\n"
+    )
+    database = tmp_path / "t.destroyed.sqlite"
+    assert _python(EXIT_DURING_A_READ, str(database), try_exclusive) == "refused"
+
+
+def test_a_fifo_at_the_path_is_refused_not_waited_on(tmp_path: Path) -> None:
+    fifo = tmp_path / "keyring.destroyed.sqlite"
+    os.mkfifo(fifo, 0o600)
+    script = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from shardvault.errors import ConfigError\n"
+        "from shardvault.keys.tombstones import Tombstones\n"
+        "try:\n"
+        "    Tombstones(Path(sys.argv[1])).holds('s', 'k')\n"
+        "except ConfigError as exc:\n"
+        "    print(exc)\n"
+    )
+    assert _python(script, str(fifo)).endswith("is not a file: check custodian.path")
+
+
 def test_refusals_do_not_leak_descriptors(path: Path) -> None:
     custodian = KeyringCustodian(path)
     blob = custodian.wrap(US, "kid", hierarchy.new_key(), WHY)

@@ -27,9 +27,11 @@ Why a remembered answer holds while the file shows the counter it was found at:
   another file. An answer is remembered only if its connection was on the file
   followed, and is read through the descriptor that check was made on.
 - A descriptor of the file is closed only when no LiveAnswers of the process
-  holds it (`_descriptor`): closing any descriptor of a database file drops the
-  POSIX locks this process's SQLite connections hold on it, which would let
-  another process commit, or roll a journal back, under a read transaction here.
+  holds it (`_descriptor`), and never at exit (daemon threads may still read):
+  closing any descriptor of a database file drops the POSIX locks this
+  process's SQLite connections hold on it, which would let another process
+  commit, or roll a journal back, under a read transaction here. A connection
+  is used only on the file its LiveAnswers followed, so it always holds a share.
 
 A header not in rollback-journal mode (bytes 18-19 not 1, 1), or too short,
 vouches for nothing: every lookup is then asked of SQLite.
@@ -38,6 +40,7 @@ vouches for nothing: every lookup is then asked of SQLite.
 from __future__ import annotations
 
 import os
+import stat
 import struct
 import threading
 import weakref
@@ -61,7 +64,7 @@ class LiveAnswers:
         # answers, the file they were found in, and its counter then: replaced whole
         self._answers: tuple[Identity | None, int, set[Key]] = (None, -1, set())
         self._shares: set[Identity] = set()  # of `_descriptors`, given up when this goes
-        weakref.finalize(self, _release, self._shares)
+        weakref.finalize(self, _release, self._shares).atexit = False  # exit closes all
 
     def remembers(self, key: Key) -> bool:
         """Whether `key` was found not destroyed in the state the file at the path shows now."""
@@ -156,8 +159,11 @@ def _descriptor(path: Path, held: set[Identity]) -> tuple[int, Identity]:
     with _descriptors_lock:
         kept = _descriptors.get(identity)
         if kept is None:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
             opened = os.fstat(fd)
+            if not stat.S_ISREG(opened.st_mode):
+                os.close(fd)  # (not a database file: no SQLite lock on it)
+                raise OSError(f"{path} is not a file")
             identity = (opened.st_dev, opened.st_ino)
             # (replaced since the stat by a file already kept: this one is kept with it)
             kept = _descriptors.setdefault(identity, ([], [0]))
@@ -165,12 +171,29 @@ def _descriptor(path: Path, held: set[Identity]) -> tuple[int, Identity]:
         if identity not in held:
             held.add(identity)
             kept[1][0] += 1
-        return kept[0][0], identity
+        fd = kept[0][0]
+        _drain()  # releases a collection made while this thread held the lock
+        return fd, identity
+
+
+_pending: list[set[Identity]] = []  # shares given up, not yet counted down
 
 
 def _release(held: set[Identity]) -> None:
-    """Give up the shares of a LiveAnswers that is gone; close what no one holds."""
-    with _descriptors_lock:
+    """Give up the shares of a LiveAnswers that is gone; close what no one holds.
+    Runs inside garbage collection, possibly in a thread holding the lock: never waits."""
+    _pending.append(held)
+    while _pending and _descriptors_lock.acquire(blocking=False):
+        try:
+            _drain()
+        finally:
+            _descriptors_lock.release()
+
+
+def _drain() -> None:
+    """Holding the lock: count down every share given up."""
+    while _pending:
+        held = _pending.pop()
         for identity in held:
             fds, holders = _descriptors[identity]
             holders[0] -= 1

@@ -155,13 +155,13 @@ class Tombstones:
             self._local.handle = None
         elif handle is not None:
             _inherited.append(handle)  # the parent's: closing it here could drop its locks
-        handle = _Handle(*self._connect(create))
+        handle = _Handle(*self._connect(create, there))
         with _registry_lock:
             _handles.add(handle)
         self._local.handle = handle
         return handle
 
-    def _connect(self, create: bool) -> tuple[sqlite3.Connection, Identity]:
+    def _connect(self, create: bool, there: Identity | None) -> tuple[sqlite3.Connection, Identity]:
         """A connection to the existing file, checked private and of a known schema,
         and which file that is."""
         try:
@@ -191,7 +191,9 @@ class Tombstones:
             after = os.stat(self.path)
         except OSError:
             after = None
-        if after is None or (after.st_dev, after.st_ino) != (info.st_dev, info.st_ino):
+        identity = (info.st_dev, info.st_ino)
+        if after is None or (after.st_dev, after.st_ino) != identity or identity != there:
+            # replaced while opening, or since it was followed: no share of its descriptor
             db.close()  # replaced while opening: which file the connection is on is unknown
             raise KeyUnavailable(
                 f"keyring tombstones {self.path} were replaced while being opened; retry"

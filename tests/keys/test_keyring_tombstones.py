@@ -238,18 +238,19 @@ def test_a_tombstone_file_replaced_under_a_process_is_followed(path: Path) -> No
         custodian.unwrap(US, "kid-other", blob, WHY)
 
 
+TRY_EXCLUSIVE = (
+    "import sqlite3, sys\n"
+    "db = sqlite3.connect(sys.argv[1], 0, isolation_level=None)\n"
+    "try:\n"
+    "    db.execute('BEGIN EXCLUSIVE'); db.execute('ROLLBACK'); print('granted')\n"
+    "except sqlite3.OperationalError:\n"
+    "    print('refused')\n"
+)
+
+
 def _try_exclusive(database: Path) -> str:
     """Whether another process may take the database's write lock right now."""
-    script = (
-        "import sqlite3, sys\n"
-        "db = sqlite3.connect(sys.argv[1], 0, isolation_level=None)\n"
-        "try:\n"
-        "    db.execute('BEGIN EXCLUSIVE'); db.execute('ROLLBACK'); print('granted')\n"
-        "except sqlite3.OperationalError:\n"
-        "    print('refused')\n"
-    )
-    run = subprocess.run([sys.executable, "-c", script, str(database)], capture_output=True)
-    return run.stdout.decode().strip()
+    return _python(TRY_EXCLUSIVE, str(database))
 
 
 def _lock_mid_lookup(
@@ -473,16 +474,8 @@ reading.wait()
 
 def test_exit_keeps_the_locks_of_a_read_still_running(tmp_path: Path) -> None:
     # at exit the finalizers closed every descriptor while daemon threads still read
-    try_exclusive = (
-        "import sqlite3, sys\n"
-        "db = sqlite3.connect(sys.argv[1], 0, isolation_level=None)\n"
-        "try:\n"
-        "    db.execute('BEGIN EXCLUSIVE'); db.execute('ROLLBACK'); print('granted')\n"
-        "except sqlite3.OperationalError:\n"
-        "    print('refused')\n"
-    )
     database = tmp_path / "t.destroyed.sqlite"
-    assert _python(EXIT_DURING_A_READ, str(database), try_exclusive) == "refused"
+    assert _python(EXIT_DURING_A_READ, str(database), TRY_EXCLUSIVE) == "refused"
 
 
 def test_a_fifo_at_the_path_is_refused_not_waited_on(tmp_path: Path) -> None:

@@ -8,15 +8,19 @@ import gc
 import json
 import multiprocessing
 import os
+import random
+import signal
 import sqlite3
 import stat
 import struct
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -153,6 +157,72 @@ def test_threads_each_see_a_destroy_at_once(path: Path) -> None:
     for thread in threads:
         thread.join()
     assert answers == ["refused"] * 8
+
+
+def _unwrapping(
+    path: Path, blobs: list[bytes], returned: Any, stop: Any, late: Any, seed: int
+) -> None:
+    """A reader process: three threads unwrap at random; an unwrap of a key whose destroy
+    had returned before the unwrap began, and that succeeds, is counted in `late`."""
+
+    def loop(rng: random.Random) -> None:
+        custodian = KeyringCustodian(path)
+        while not stop.is_set():
+            n = rng.randrange(len(blobs))
+            destroyed = returned[n]
+            try:
+                custodian.unwrap(US, f"k{n}", blobs[n], WHY)
+            except SubjectForgotten:
+                continue
+            if destroyed:
+                with late.get_lock():
+                    late.value += 1
+
+    threads = [threading.Thread(target=loop, args=(random.Random(seed + t),)) for t in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
+def _destroying(path: Path, first: int, count: int, returned: Any) -> None:
+    custodian = KeyringCustodian(path)
+    for n in range(first, count):
+        custodian.destroy(US, f"k{n}", WHY)
+        returned[n] = 1
+        time.sleep(random.random() * 0.02)
+
+
+def test_no_unwrap_after_a_returned_destroy_while_destroyers_are_killed(path: Path) -> None:
+    # a destroyer killed at random leaves hot journals that readers roll back, while
+    # readers in other processes answer from what they remember
+    count, fork = 40, multiprocessing.get_context("fork")
+    key = hierarchy.new_key()
+    blobs = [KeyringCustodian(path).wrap(US, f"k{n}", key, WHY) for n in range(count)]
+    returned, stop, late = fork.Array("b", count, lock=False), fork.Event(), fork.Value("i", 0)
+    readers = [
+        fork.Process(target=_unwrapping, args=(path, blobs, returned, stop, late, seed))
+        for seed in (100, 200)
+    ]
+    for reader in readers:
+        reader.start()
+    rng, kills, hot = random.Random(7), 0, 0
+    journal = tombstones_path(path).with_name(tombstones_path(path).name + "-journal")
+    while not all(returned):
+        first = next(n for n in range(count) if not returned[n])
+        destroyer = fork.Process(target=_destroying, args=(path, first, count, returned))
+        destroyer.start()
+        destroyer.join(rng.random() * 0.05)
+        if destroyer.is_alive():
+            os.kill(destroyer.pid, signal.SIGKILL)
+            destroyer.join()
+            kills, hot = kills + 1, hot + journal.exists()
+    stop.set()
+    for reader in readers:
+        reader.join(30)
+        assert reader.exitcode == 0
+    assert late.value == 0
+    assert kills > 0 and hot > 0  # the crash it is about happened
 
 
 # answers remembered until the database changes -----------------------------------------

@@ -56,7 +56,9 @@ Identity = tuple[int, int]  # (st_dev, st_ino)
 
 
 class LiveAnswers:
-    """Thread-safe without a lock: every shared field is replaced whole, never changed."""
+    """Thread-safe without a lock of its own: the held file and the labelled answers are
+    replaced whole (a label's set only grows), and the shares change under the lock of
+    the descriptor table."""
 
     def __init__(self, path: Path) -> None:
         self.path = path

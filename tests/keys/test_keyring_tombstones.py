@@ -412,13 +412,18 @@ def test_an_answer_found_as_the_file_is_replaced_is_not_labelled_with_the_new_on
         custodian.unwrap(US, "kid", blob, WHY)
 
 
-def test_a_file_opened_as_it_is_replaced_is_refused_not_guessed(
-    path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def beside_a_copy(path: Path) -> tuple[KeyringCustodian, bytes, Path, Path]:
+    """A custodian with "kid" wrapped, its blob, the tombstones, and a copy of them."""
     custodian = KeyringCustodian(path)
     blob = custodian.wrap(US, "kid", hierarchy.new_key(), WHY)
     database = tombstones_path(path)
-    other = copy_destroying(database, None)
+    return custodian, blob, database, copy_destroying(database, None)
+
+
+def test_a_file_opened_as_it_is_replaced_is_refused_not_guessed(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    custodian, blob, database, other = beside_a_copy(path)
     prepare = Tombstones._prepare
 
     def replaced_meanwhile(self: Tombstones, db: sqlite3.Connection, create: bool) -> None:
@@ -462,10 +467,7 @@ def test_a_file_replaced_between_following_and_connecting_is_refused(
 ) -> None:
     # the connection was on a file whose descriptor this custodian held no share of: a
     # second custodian collected mid-read closed it, and the read's locks with it
-    custodian = KeyringCustodian(path)
-    blob = custodian.wrap(US, "kid", hierarchy.new_key(), WHY)
-    database = tombstones_path(path)
-    restored = copy_destroying(database, None)
+    custodian, blob, database, restored = beside_a_copy(path)
     custodian._tombstones._local.handle = None  # as a thread that has not asked yet
     follow = LiveAnswers.follow
 

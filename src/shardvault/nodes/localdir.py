@@ -201,16 +201,16 @@ class LocalDirShardStore:
         known = self.packs.known(name)  # no I/O: small shards skip the file lookup
         if known is not None:  # only checked names are ever indexed
             return PackedShardReader(self.packs, known)
-        path = self._shard_file(name)
+        check_shard_name(name)
         if location is not None:  # the manifest's: straight to the record, no scan
             try:
                 found = self.packs.at(name, location)
             except OSError as exc:
                 raise _storage_error(self.node_id, "reading a pack", exc) from exc
-            if found is not None:
+            if found is not None:  # the file path is built only when it is needed
                 return PackedShardReader(self.packs, found)
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            fd = os.open(self._shard_file(name), os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
             located = self._locate(name)
             if located is None:

@@ -37,6 +37,7 @@ damaged record must not hide the shards after it.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
@@ -46,7 +47,7 @@ import struct
 import threading
 import time
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,6 +69,8 @@ _ERASE_TRIES = 3  # a shard moved by a compaction each time it is looked up, in 
 _LOCATION = re.compile(r"([0-9a-f]{16}\.pack):([0-9]{1,18})")  # checked before any path is built
 PRUNE_SECONDS = 10.0  # how often reads by location let go of packs compacted away
 _PREFETCH = 4096  # a read by location takes the record's header and a small shard in one pread
+_FRAMING = RECORD.size + CRC.size  # of a record, besides its name and data
+LOCK_FILE = "compact.lock"  # held by the one process compacting the node's packs
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +90,40 @@ class PackedShard:
 class Compaction:
     packs: int  # removed
     moved: dict[str, str]  # shard name -> its new location, for each shard copied
+
+
+class Tombstones:
+    """The names a process has seen a tombstone of, and the pack holding it.
+
+    A tombstone outranks every record of its name, but only while it is on disk:
+    compaction drops tombstones, and repair may then write the name to the node
+    again (it checks `has_trace`). So a pack that goes takes its tombstones out of
+    what this process remembers, and the records of those names are looked at again.
+    """
+
+    def __init__(self) -> None:
+        self._pack_of: dict[str, str] = {}
+        self._in_pack: dict[str, set[str]] = {}
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._pack_of
+
+    def pack_of(self, name: str) -> str | None:
+        return self._pack_of.get(name)
+
+    def add(self, name: str, pack: str) -> None:
+        self._pack_of[name] = pack
+        self._in_pack.setdefault(pack, set()).add(name)
+
+    def drop_pack(self, pack: str) -> bool:
+        """Forget the tombstones `pack` held; whether any name was dead by them alone
+        (as far as this process saw: another pack's tombstone is found by a rescan)."""
+        dropped = False
+        for name in self._in_pack.pop(pack, ()):
+            if self._pack_of.get(name) == pack:
+                del self._pack_of[name]
+                dropped = True
+        return dropped
 
 
 class NamesByPack(dict[str, list[str]]):
@@ -112,10 +149,10 @@ class PackSet:
         self.node_id = node_id
         self._lock = threading.RLock()
         self._index: dict[str, PackedShard] = {}
-        self._dead: set[str] = set()
+        self._dead = Tombstones()
         self._scanned: dict[str, int] = {}
         self._fds: dict[str, int] = {}
-        self._retired: list[tuple[float, int]] = []  # (when, fd) of packs forgotten
+        self._retired: dict[str, tuple[float, int]] = {}  # pack -> (when, fd), forgotten
         self._active: str | None = None
         self._active_fd: int | None = None
         self._active_size = 0
@@ -183,6 +220,7 @@ class PackSet:
     def add(self, name: str, data: bytes) -> tuple[int, PackedShard]:
         """Append a shard; returns the ticket to pass to ``group.sync`` for durability,
         and where it went."""
+        self._prune_gone()  # a process that only writes lets go of packs compacted away
         located = self._append(SHARD, name, data)
         with self._lock:
             self._index[name] = located
@@ -199,7 +237,7 @@ class PackSet:
         """
         with self._lock:
             located = self._index.get(name)
-            if located is None and location is not None and name not in self._dead:
+            if located is None and location is not None and not self._dead_on_disk(name):
                 located = self.at(name, location)
             if located is None:
                 located = self.locate(name)
@@ -215,9 +253,9 @@ class PackSet:
                 if found is None:
                     break
                 located = found
-            self._append(TOMBSTONE, name, b"")
+            tombstone = self._append(TOMBSTONE, name, b"")
             self._index.pop(name, None)
-            self._dead.add(name)
+            self._dead.add(name, tombstone.pack)
             return True
 
     def _erase(self, located: PackedShard) -> bool:
@@ -247,10 +285,16 @@ class PackSet:
     def locate(self, name: str) -> PackedShard | None:
         with self._lock:
             found = self._index.get(name)
-            if found is None and name not in self._dead:
+            if found is None and not self._dead_on_disk(name):
                 self.refresh()
                 found = self._index.get(name)
             return found
+
+    def _dead_on_disk(self, name: str) -> bool:
+        """Whether a tombstone this process saw still stands: its pack is still there.
+        If it is gone, a record written since (by repair) may be the name's live one."""
+        pack = self._dead.pack_of(name)
+        return pack is not None and (pack == self._active or (self.directory / pack).exists())
 
     def has_trace(self, name: str) -> bool:
         """Whether a record or a tombstone of this name is in the packs, as of now."""
@@ -304,6 +348,7 @@ class PackSet:
         length = max(0, min(length, located.length - offset))
         if located.prefetched is not None:
             return located.prefetched[offset : offset + length]
+        self._prune_gone()  # a process reading only by its index lets go of packs too
         fd = self._fd(located.pack)
         return os.pread(fd, length, located.offset + offset)
 
@@ -314,6 +359,9 @@ class PackSet:
         with self._lock:
             fd = self._fds.get(pack)
             if fd is None:
+                retired = self._retired.get(pack)
+                if retired is not None:  # a read that located it before it was forgotten
+                    return retired[1]
                 fd = os.open(self.directory / pack, os.O_RDONLY | os.O_CLOEXEC)
                 self._fds[pack] = fd
             return fd
@@ -352,7 +400,7 @@ class PackSet:
         with self._lock:
             active = self._active
             self._index = {n: loc for n, loc in self._index.items() if loc.pack == active}
-            self._dead = set()
+            self._dead = Tombstones()
             self._scanned.clear()  # our active pack too: its tombstones fill _dead again
             self._rescans += 1
 
@@ -370,29 +418,28 @@ class PackSet:
         self._scanned.pop(pack, None)
         fd = self._fds.pop(pack, None)
         if fd is not None:
-            self._retire(fd)
+            self._retire(pack, fd)
         candidates = self._index if names is None else names
         dropped = [n for n in candidates if self._indexed(n, pack)]
         for name in dropped:
             del self._index[name]
-        self._rescan = self._rescan or bool(dropped)
+        undead = self._dead.drop_pack(pack)  # records of those names may be live again
+        self._rescan = self._rescan or bool(dropped) or undead
 
-    def _retire(self, fd: int) -> None:
-        """Keep a forgotten pack's descriptor open a while: a read that took it without
-        the lock may not have read yet, and closing it could even give its number to
-        another file. The pack's records stay readable through it after the unlink."""
+    def _retire(self, pack: str, fd: int) -> None:
+        """Keep a forgotten pack's descriptor open a while: a read that located a shard
+        there may not have read yet (`_fd` still hands it out), and closing it could even
+        give its number to another file. The records stay readable through it after the
+        unlink."""
         self._close_expired()
-        self._retired.append((time.monotonic(), fd))
+        self._retired[pack] = (time.monotonic(), fd)
 
     def _close_expired(self) -> None:
         now = time.monotonic()
-        keep = []
-        for when, old in self._retired:
+        for pack, (when, old) in list(self._retired.items()):
             if now - when > RETIRED_FD_SECONDS:
+                del self._retired[pack]
                 os.close(old)
-            else:
-                keep.append((when, old))
-        self._retired = keep
 
     def _scan(self, pack: str) -> None:
         try:
@@ -404,12 +451,11 @@ class PackSet:
         position = self._scanned.get(pack, 0)
         if position == 0:
             header = os.pread(fd, len(FILE_HEADER), 0)
-            if len(header) < len(FILE_HEADER):
+            if header != FILE_HEADER:
+                # Cut short, zeros a power loss left of a pack never synced, or another
+                # version's: none of its records is read, and it is never compacted (it
+                # is not scanned); the node's other packs serve on.
                 return
-            if header[:4] != FILE_MAGIC or header[4] != FILE_VERSION:
-                raise StorageError(
-                    f"node {self.node_id}: pack {pack} has unknown format version {header[4]}"
-                )
             position = len(FILE_HEADER)
         data = os.pread(fd, size - position, position)
         cursor = 0
@@ -427,7 +473,7 @@ class PackSet:
                 continue
             name = data[cursor + RECORD.size : cursor + RECORD.size + name_len].decode()
             if kind == TOMBSTONE:
-                self._dead.add(name)
+                self._dead.add(name, pack)
                 self._index.pop(name, None)
             elif name not in self._dead and not self._in_active(name):
                 start = position + cursor + RECORD.size + name_len
@@ -447,7 +493,9 @@ class PackSet:
         locations can be told (shardvault.vault.gc).
         """
         done = Compaction(0, {})
-        with self._lock:
+        with self._lock, self._compaction_lock() as mine:
+            if not mine:  # another process is compacting this node's packs
+                return done
             self.refresh()
             self._grouped = None
             try:
@@ -466,6 +514,27 @@ class PackSet:
             finally:
                 self._grouped = None
         return done
+
+    @contextlib.contextmanager
+    def _compaction_lock(self) -> Iterator[bool]:
+        """Whether this process may compact the node's packs now: one at a time. Two
+        compactions side by side can each skip a shard their indexes place in the pack
+        the other is removing, so that neither copies it."""
+        try:
+            fd = os.open(self.directory / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except FileNotFoundError:  # no packs yet
+            yield False
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            os.close(fd)
 
     def _fold(self, claimed: list[tuple[str, int]], done: Compaction) -> None:
         """Copy the live shards of claimed packs into ours, sync, then remove the packs."""
@@ -533,7 +602,11 @@ class PackSet:
             size = (self.directory / pack).stat().st_size
         except FileNotFoundError:
             return False
-        live = sum(found.length for n in self._names_in(pack) if (found := self._indexed(n, pack)))
+        live = sum(
+            _FRAMING + len(n) + found.length
+            for n in self._names_in(pack)
+            if (found := self._indexed(n, pack))
+        )  # whole records: a pack of shards of a few bytes is not mostly dead
         return size < SMALL_PACK or live < size * 3 // 4
 
     def _claim(self, pack: str) -> int | None:
@@ -552,7 +625,7 @@ class PackSet:
     def close(self) -> None:
         with self._lock:
             self._retire_active()
-            for fd in [*self._fds.values(), *(fd for _, fd in self._retired)]:
+            for fd in [*self._fds.values(), *(fd for _, fd in self._retired.values())]:
                 os.close(fd)
             self._fds.clear()
             self._retired.clear()

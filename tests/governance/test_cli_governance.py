@@ -218,6 +218,50 @@ def test_forget_prints_a_receipt_an_outsider_verifies(cli: Cli, tmp_path: Path) 
     assert forged.returncode == 1 and forged.stderr.startswith("error: ")
 
 
+def _approved_forget(cli: Cli) -> str:
+    approval = cli.fails(1, "forget", "intl", "alice").rsplit("--approval ", 1)[1]
+    for ident, kind in (("dpo", "employee"), ("partner-officer", "partner-auditor")):
+        cli.ok("--token", add(cli, ident, "--kind", kind, "--location", "US"), "approval",
+               "approve", approval)  # fmt: skip
+    return approval
+
+
+def test_a_receipt_path_that_cannot_be_written_is_refused_before_the_forget(
+    cli: Cli, tmp_path: Path
+) -> None:
+    """The forget used to run first: a mistyped --receipt then exited 2 with the key
+    destroyed and the receipt, which cannot be made again, lost (found in review)."""
+    approval = _approved_forget(cli)
+    for bad in (tmp_path / "missing" / "receipt.note", tmp_path):
+        message = cli.fails(2, "--approval", approval, "forget", "intl", "alice",
+                            "--receipt", str(bad))  # fmt: skip
+        assert str(bad.name) in message
+    assert cli.ok("get", "intl", "alice", "note") == b"hello"  # nothing was forgotten
+    receipt = tmp_path / "receipt.note"
+    out = cli.ok("--approval", approval, "forget", "intl", "alice", "--receipt", str(receipt))
+    assert out == receipt.read_bytes()
+
+
+def test_a_receipt_that_fails_to_save_after_the_forget_is_still_printed(
+    cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from shardvault.cli import admin
+    from shardvault.errors import StorageError
+
+    approval = _approved_forget(cli)
+
+    def disk_full(*args: object) -> None:
+        raise StorageError("cannot write receipt.note: No space left on device")
+
+    monkeypatch.setattr(admin, "write_output", disk_full)
+    code, out, err = cli("--approval", approval, "forget", "intl", "alice", "--receipt",
+                         str(tmp_path / "receipt.note"))  # fmt: skip
+    assert code == 1 and b"shardvault-deletion-receipt" in out
+    said, error = err.splitlines()  # what was done, then the one error line
+    assert said.startswith("forgot intl/alice") and error.startswith("error: ")
+    assert "was forgotten, but its receipt was not saved" in error and "stdout" in error
+
+
 def test_approvals_and_principals_are_shown_only_to_whom_may_see_them(cli: Cli) -> None:
     # approval ls named subjects and object keys of every cell to anyone, unaudited
     approval = cli.fails(1, "forget", "intl", "alice").rsplit("--approval ", 1)[1]

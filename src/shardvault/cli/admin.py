@@ -7,11 +7,11 @@ from typing import Annotated
 
 import typer
 
+from shardvault.cli.outfile import checked_output, write_output
 from shardvault.cli.output import human_size, print_json, print_table, say, warn, write_out
 from shardvault.cli.state import state
 from shardvault.demo import write_demo
-from shardvault.durability import write_failure
-from shardvault.errors import InvalidInput
+from shardvault.errors import InvalidInput, ShardvaultError, Unavailable
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 
@@ -76,21 +76,27 @@ def forget(
     Prints the signed deletion receipt on stdout (or the whole result with --json).
     """
     cli = state(ctx)
+    # checked before the forget, which cannot be undone and whose receipt cannot be
+    # made again: a mistyped --receipt path once lost it, the forget done
+    receipt_path = None if receipt is None else checked_output(str(receipt))
     result = cli.vault().forget(tenant, subject, cli.request("forget-subject"))
-    if receipt is not None:
-        try:
-            receipt.write_text(result.receipt)
-        except OSError as exc:
-            raise write_failure(str(receipt), exc) from None
     if json_out:
         print_json(result)
-        return
-    say(
-        f"forgot {tenant}/{subject}: key {result.key_id} destroyed, "
-        f"{result.versions_deleted} version(s) and {result.shards_removed} shard(s) removed; "
-        f"audit entry {result.audit_index}; signed receipt:"
-    )
-    write_out(result.receipt)
+    else:
+        say(
+            f"forgot {tenant}/{subject}: key {result.key_id} destroyed, "
+            f"{result.versions_deleted} version(s) and {result.shards_removed} shard(s) "
+            f"removed; audit entry {result.audit_index}; signed receipt:"
+        )
+        write_out(result.receipt)
+    if receipt_path is not None:
+        try:
+            write_output(receipt_path, [result.receipt.encode("utf-8")], lambda _: None)
+        except ShardvaultError as exc:
+            raise Unavailable(
+                f"{tenant}/{subject} was forgotten, but its receipt was not saved: {exc}; "
+                "it is on stdout: keep that copy"
+            ) from None
 
 
 def nodes(ctx: typer.Context, json_out: JsonFlag = False) -> None:

@@ -6,6 +6,8 @@ import os
 import struct
 import subprocess
 import sys
+import threading
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
@@ -286,6 +288,13 @@ def packset(root: Path) -> PackSet:
     return PackSet(root, "n1", GroupSync(lambda: None))
 
 
+def dead_weight(pack_set: PackSet) -> None:
+    """Make the pack a quarter dead, so that a compaction takes it even alone (a lone
+    small pack that is all live is left as it is)."""
+    pack_set.add("dead-weight", bytes(8192))
+    assert pack_set.delete("dead-weight")
+
+
 SECRET = b"SECRET-CIPHERTEXT" * 4
 
 
@@ -299,6 +308,7 @@ def test_deleting_a_shard_another_process_moved_zeroes_its_copy(tmp_path: Path) 
     writer = packset(tmp_path)
     writer.add("X", SECRET)
     writer.add("Y", b"other")
+    dead_weight(writer)
     writer.close()
     deleter = packset(tmp_path)
     assert deleter.locate("X") is not None  # its index now points at the old pack
@@ -316,6 +326,7 @@ def secret_packed(tmp_path: Path) -> tuple[str, PackSet, PackSet]:
     """SECRET as shard X in a pack nobody writes to: its location, a deleter, a compactor."""
     writer = packset(tmp_path)
     old = writer.add("X", SECRET)[1]
+    dead_weight(writer)
     writer.close()
     return old.location, packset(tmp_path), packset(tmp_path)
 
@@ -583,6 +594,7 @@ def test_two_compactions_after_one_killed_half_way_keep_every_shard(
     monkeypatch.setattr(packs.secrets, "token_hex", lambda n: "f" * 16)  # sorts last
     writer = pack_set()
     writer.add(shard, b"live" * 30)
+    dead_weight(writer)
     writer.close()
     monkeypatch.undo()
     long_lived = pack_set()
@@ -701,6 +713,7 @@ def test_a_compaction_copies_what_a_writer_appended_before_it_died(
     # writer that then exits, must still be copied before its pack goes
     writer = packset(tmp_path)
     writer.add("X", b"first" * 20)
+    dead_weight(writer)
     compactor = packset(tmp_path)
     compactor.refresh()  # X indexed; the writer still holds its pack
     assert compactor.compact().packs == 0
@@ -806,7 +819,7 @@ def test_a_read_located_before_its_pack_was_forgotten_still_reads(
     writer = PackSet(tmp_path, "n", GroupSync(lambda: None))
     data = os.urandom(20000)  # more than a read by location takes at once
     located = writer.add(name(1), data)[1]
-    writer.add(name(2), b"dead")
+    writer.add(name(2), bytes(len(data)))
     assert writer.delete(name(2))
     writer.close()
     server = PackSet(tmp_path, "n", GroupSync(lambda: None))
@@ -834,3 +847,68 @@ def test_a_pack_of_tiny_live_shards_is_not_rewritten_by_every_compaction(
     collector = PackSet(tmp_path, "n", GroupSync(lambda: None))
     assert collector.compact().packs == 0
     collector.close()
+
+
+def test_a_delete_whose_pack_is_compacted_before_its_tombstone_zeroes_the_copy(
+    tmp_path: Path,
+) -> None:
+    """A delete zeroed the record just before a compaction removed its pack, and wrote
+    its tombstone just after the compaction's last look for tombstones: the copy kept
+    the ciphertext, and came back once the tombstone was compacted (found in review)."""
+
+    def pack_set() -> PackSet:
+        return PackSet(tmp_path, "n", GroupSync(lambda: None))
+
+    secret, shard = b"SECRET-CIPHERTEXT" * 4, name(1)
+    writer = pack_set()
+    location = writer.add(shard, secret)[1].location
+    dead_weight(writer)
+    writer.close()
+    deleter, compactor = pack_set(), pack_set()
+    zeroed, go_on = threading.Event(), threading.Event()
+    real_append = deleter._append
+
+    def tombstone_late(kind: int, shard_name: str, data: bytes) -> packs.PackedShard:
+        if kind == packs.TOMBSTONE:  # zeroed (its pack still there), tombstone not yet
+            zeroed.set()
+            go_on.wait(5)
+        return real_append(kind, shard_name, data)
+
+    deleter._append = tombstone_late  # type: ignore[method-assign]
+    real_forget = compactor._forget_pack
+    results: list[bool] = []
+    workers: list[threading.Thread] = []
+
+    def delete_meanwhile(pack: str, names: Iterable[str] | None = None) -> None:
+        if not workers:  # after the copy and the first look, before the unlink
+            workers.append(
+                threading.Thread(target=lambda: results.append(deleter.delete(shard, location)))
+            )
+            workers[0].start()
+            zeroed.wait(5)
+        real_forget(pack, names)
+
+    compactor._forget_pack = delete_meanwhile  # type: ignore[method-assign]
+    assert compactor.compact().packs == 1
+    go_on.set()
+    workers[0].join()
+    assert results == [True]
+    deleter.close()
+    compactor.close()
+    assert not any(secret in pack.read_bytes() for pack in tmp_path.glob("*.pack"))
+    assert pack_set().locate(shard) is None
+
+
+def test_a_lone_small_pack_all_live_is_left_as_it_is(tmp_path: Path) -> None:
+    """Copied into a new pack just as small, it would be copied again by every gc, and
+    every manifest pointing into it rewritten each time (found in review)."""
+    writer = packset(tmp_path)
+    writer.add("X", b"x" * 100)
+    writer.close()
+    assert packset(tmp_path).compact().packs == 0
+    other = packset(tmp_path)
+    other.add("Y", b"y" * 100)
+    other.close()
+    assert packset(tmp_path).compact().packs == 2  # two small ones: folded into one
+    assert packset(tmp_path).compact().packs == 0
+    assert len(list(tmp_path.glob("*.pack"))) == 1

@@ -40,6 +40,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import mmap
 import os
 import re
 import secrets
@@ -133,6 +134,21 @@ class NamesByPack(dict[str, list[str]]):
         super().__init__()
         self.rescans = rescans
         self.scanned = scanned
+
+
+def _shard_records(view: mmap.mmap, encoded: bytes) -> Iterator[tuple[int, int]]:
+    """(data offset, length) of each whole shard record named `encoded` in a pack."""
+    at = view.find(encoded, len(FILE_HEADER) + RECORD.size)
+    while at != -1:
+        record = at - RECORD.size
+        magic, kind, _, name_len, data_len = RECORD.unpack_from(view, record)
+        end = at + name_len + data_len
+        if (magic, kind, name_len) == (RECORD_MAGIC, SHARD, len(encoded)) and (
+            end + CRC.size <= len(view)
+            and CRC.unpack_from(view, end)[0] == zlib.crc32(view[record:end])
+        ):
+            yield at + name_len, data_len
+        at = view.find(encoded, at + 1)
 
 
 def encode_record(kind: int, name: str, data: bytes) -> bytes:
@@ -243,8 +259,10 @@ class PackSet:
                 located = self.locate(name)
             if located is None:
                 return False
+            erased = None  # the pack whose record was zeroed
             for _ in range(_ERASE_TRIES):
                 if self._erase(located):
+                    erased = located.pack
                     break
                 # another process compacted that pack: the shard was copied elsewhere
                 self._forget_pack(located.pack)
@@ -256,6 +274,11 @@ class PackSet:
             tombstone = self._append(TOMBSTONE, name, b"")
             self._index.pop(name, None)
             self._dead.add(name, tombstone.pack)
+            if erased is not None and not (self.directory / erased).exists():
+                # Compacted away between the zeroing and the tombstone: the copy may
+                # predate the zeroing, and the compaction's last look for tombstones
+                # may predate ours, so neither zeroed it. Rare: a search of every pack.
+                self._erase_records_of(name)
             return True
 
     def _erase(self, located: PackedShard) -> bool:
@@ -273,6 +296,24 @@ class PackSet:
         finally:
             os.close(fd)
         return True
+
+    def _erase_records_of(self, name: str) -> None:
+        """Zero every whole shard record of `name` in the packs, whatever the index says."""
+        encoded = name.encode()
+        for path in self.directory.glob("*.pack"):
+            try:
+                with (
+                    open(path, "rb") as file,
+                    mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as view,
+                ):
+                    found = [
+                        PackedShard(path.name, start, length)
+                        for start, length in _shard_records(view, encoded)
+                    ]
+            except (FileNotFoundError, ValueError):  # gone, or empty (nothing to map)
+                continue
+            for located in found:
+                self._erase(located)
 
     # -- reading ---------------------------------------------------------------
 
@@ -500,15 +541,22 @@ class PackSet:
             self._grouped = None
             try:
                 claimed: list[tuple[str, int]] = []
+                only_small = True  # so far, every pack claimed is worth it for its size alone
                 for pack in list(self._scanned):
-                    if pack == self._active or not self._worth_compacting(pack):
+                    why = None if pack == self._active else self._worth_compacting(pack)
+                    if why is None:
                         continue
                     claim = self._claim(pack)
                     if claim is not None:
                         claimed.append((pack, claim))
+                        only_small = only_small and why == "small"
                     if len(claimed) == _COMPACT_BATCH:
                         self._fold(claimed, done)
                         claimed = []
+                if len(claimed) == 1 and only_small and not done.packs:
+                    # one small live pack copied into another gains nothing, and would
+                    # be copied again by every gc (found in review)
+                    os.close(claimed.pop()[1])
                 if claimed:
                     self._fold(claimed, done)
             finally:
@@ -596,18 +644,21 @@ class PackSet:
         found = self._index.get(name)
         return found if found is not None and found.pack == pack else None
 
-    def _worth_compacting(self, pack: str) -> bool:
-        """A quarter dead, or small enough to fold into one file with the others."""
+    def _worth_compacting(self, pack: str) -> str | None:
+        """Why the pack is worth rewriting: "dead" (a quarter of it), "small" (enough
+        to fold into one file with the others), or None."""
         try:
             size = (self.directory / pack).stat().st_size
         except FileNotFoundError:
-            return False
+            return None
         live = sum(
             _FRAMING + len(n) + found.length
             for n in self._names_in(pack)
             if (found := self._indexed(n, pack))
         )  # whole records: a pack of shards of a few bytes is not mostly dead
-        return size < SMALL_PACK or live < size * 3 // 4
+        if live < size * 3 // 4:
+            return "dead"
+        return "small" if size < SMALL_PACK else None
 
     def _claim(self, pack: str) -> int | None:
         """An fd holding the pack's flock, or None while a live writer (or compactor) has it."""

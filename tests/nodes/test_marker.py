@@ -101,3 +101,46 @@ def test_a_missing_node_directory_is_not_made_again(vault: Vault, config_path: P
         with pytest.raises(TooFewNodes, match=r"unavailable: us-n1 \(opening .* no such direc"):
             again.put(ObjectRef("intl", "alice", "k"), b"x")
     assert not location.exists()
+
+
+def test_an_empty_mount_point_of_a_node_marked_before_is_not_marked_again(
+    vault: Vault, alice: ObjectRef, config_path: Path
+) -> None:
+    """A disk not mounted leaves its (empty) mount point, which the first open used to
+    mark as a new node, from any command: new shards then went to the disk beneath
+    (found in review)."""
+    data = os.urandom(3000)
+    vault.put(alice, data)
+    node = manifest_of(vault, alice).nodes[0]
+    vault.close()
+    config = load(config_path)
+    mount_point = Path(next(n.location for n in config.nodes if n.id == node))
+    disk = mount_point.with_name("disk-away")
+    mount_point.rename(disk)
+    mount_point.mkdir()  # unmounted: the empty directory stays
+    with Vault.open(config) as unmounted:
+        usage = {u.node.id: u.unavailable for u in unmounted.node_usage()}
+        assert "was marked before: mount its disk" in (usage[node] or "")
+        with unmounted.open_read(alice) as reader:
+            assert reader.read_all() == data
+        with pytest.raises(TooFewNodes, match="was marked before"):  # never to the disk beneath
+            unmounted.put(ObjectRef("intl", "alice", "new"), b"elsewhere")
+    assert list(mount_point.iterdir()) == []
+    record = config.state_dir / "nodes" / node
+    assert str(record) in (usage[node] or "")
+    record.unlink()  # the operator takes an empty replacement disk on purpose
+    with Vault.open(config) as replaced:
+        assert not {u.node.id: u.unavailable for u in replaced.node_usage()}[node]
+    assert (mount_point / MARKER).exists() and record.exists()
+
+
+def test_nodes_marked_before_records_were_kept_are_recorded_at_the_next_open(
+    config_path: Path,
+) -> None:
+    config = load(config_path)
+    Vault.open(config).close()
+    records = config.state_dir / "nodes"
+    for record in records.iterdir():
+        record.unlink()
+    Vault.open(config).close()
+    assert sorted(p.name for p in records.iterdir()) == sorted(n.id for n in config.nodes)

@@ -11,6 +11,13 @@ treats the node as unavailable: no shard is written there, reads go around it,
 gc leaves it alone. MinIO's per-drive ``format.json`` and Ceph's OSD fsid
 guard against the same mistake.
 
+A disk is usually mounted on an empty directory, which stays when the disk is
+not mounted: marking that would put the node's new shards on the disk beneath.
+So the deployment records each node it marked (``<state>/nodes/<node id>``, on
+the state disk), and a directory without a marker is marked only for a node
+never marked before; otherwise it is unavailable until its disk is mounted, or
+the record removed to take an empty replacement disk (repair then refills it).
+
     {"format":"shardvault-node","jurisdiction":"US","node":"us-n1","version":1}
 """
 
@@ -28,8 +35,11 @@ FORMAT = "shardvault-node"
 VERSION = 1
 
 
-def claim(root: Path, node: NodeSpec) -> None:
-    """Check that ``root`` is this node's directory, marking it so on first use."""
+def claim(root: Path, node: NodeSpec, marked: Path | None = None) -> None:
+    """Check that ``root`` is this node's directory, marking it so on first use.
+
+    ``marked``: the directory recording the nodes ever marked (None: not kept).
+    """
     if not root.exists():  # an unmounted disk: never recreate it on the disk beneath
         raise StorageError(
             f"opening {root} failed: no such directory (create it, or mount the node's disk)"
@@ -41,10 +51,17 @@ def claim(root: Path, node: NodeSpec) -> None:
         "node": node.id,
         "version": VERSION,
     }
+    content = json.dumps(expected, sort_keys=True, separators=(",", ":")).encode()
+    record = None if marked is None else marked / node.id
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
-        _write(path, json.dumps(expected, sort_keys=True, separators=(",", ":")).encode())
+        if record is not None and record.exists():
+            raise StorageError(
+                f"{root} has no node marker, but node {node.id} was marked before: mount its "
+                f"disk (or, to take an empty replacement disk, remove {record})"
+            ) from None
+        _write(path, content)
         raw = path.read_bytes()  # another process may have claimed it first
     except OSError as exc:
         raise StorageError(f"opening {root} failed: {exc.strerror}") from exc
@@ -62,6 +79,16 @@ def claim(root: Path, node: NodeSpec) -> None:
             f"{root} belongs to node {found.get('node')} in {found.get('jurisdiction')}, "
             f"not {node.id} in {node.jurisdiction}: fix the node's path in the config"
         )
+    if record is not None and not record.exists():  # marked now, or before records were kept
+        _remember(record, content)
+
+
+def _remember(record: Path, content: bytes) -> None:
+    try:
+        record.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        create_whole(record, content, 0o644)
+    except OSError as exc:
+        raise StorageError(f"recording {record} failed: {exc.strerror}") from exc
 
 
 def _write(path: Path, content: bytes) -> None:

@@ -101,19 +101,20 @@ class Cell:
         )
 
 
-def open_store(node: NodeSpec) -> ShardStore:
-    """The node's store, or an unavailable one saying why it cannot be opened."""
+def open_store(node: NodeSpec, marked: Path | None = None) -> ShardStore:
+    """The node's store, or an unavailable one saying why it cannot be opened.
+    ``marked``: the deployment's record of the nodes ever marked (nodes/marker.py)."""
     try:
-        return _open_adapter(node)
+        return _open_adapter(node, marked)
     except StorageError as exc:
         return UnavailableStore(node.id, str(exc).removeprefix(f"node {node.id}: "))
     except OSError as exc:
         return UnavailableStore(node.id, f"opening {node.location} failed: {exc.strerror}")
 
 
-def _open_adapter(node: NodeSpec) -> ShardStore:
+def _open_adapter(node: NodeSpec, marked: Path | None) -> ShardStore:
     if node.backend == "local":
-        claim(Path(node.location), node)
+        claim(Path(node.location), node, marked)
         return LocalDirShardStore(node.id, Path(node.location), node.pack_limit)
     if node.backend == "memory":
         return MemoryShardStore(node.id)
@@ -162,7 +163,7 @@ def open_cells(config: Config, catalogs: CatalogFactory) -> dict[str, Cell]:
             jurisdiction=code,
             catalog=catalogs(code),
             nodes=nodes,
-            stores={node.id: open_store(node) for node in nodes},
+            stores={node.id: open_store(node, config.state_dir / "nodes") for node in nodes},
             maintenance_lock=config.state_dir / "cells" / code / "maintenance.lock",
         )
     return cells

@@ -346,3 +346,23 @@ def test_a_head_named_in_another_scripts_digits_cannot_pose_as_the_newest(
     (export / "entries.jsonl").write_bytes(b"".join(lines[:10]))
     with pytest.raises(IntegrityError, match="unexpected"):
         verify(export)
+
+
+def test_a_cut_or_damaged_tar_is_an_integrity_error(
+    sample: tuple[Path, bytes], tmp_path: Path
+) -> None:
+    # tarfile's "unexpected end of data" escaped as a traceback, and a file cut at a
+    # member's end (or at a damaged header) was read as a shorter export
+    whole = sample[0].with_suffix(".tar").read_bytes()
+    with tarfile.open(sample[0].with_suffix(".tar")) as tar:
+        last = tar.getmembers()[-1].offset  # its header
+        end = tar.offset  # the end-of-archive block
+    damaged = bytearray(whole)
+    damaged[last + 100] ^= 0xFF  # its mode: the header's checksum fails
+    cut = tmp_path / "cut.tar"
+    for data in [*(whole[:n] for n in range(0, end + tarfile.BLOCKSIZE, 97)), bytes(damaged)]:
+        cut.write_bytes(data)
+        with pytest.raises(IntegrityError, match=r"not an audit export|not a whole audit export"):
+            verify(cut)
+    cut.write_bytes(whole[: end + tarfile.BLOCKSIZE])
+    verify(cut)

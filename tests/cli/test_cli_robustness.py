@@ -689,3 +689,20 @@ def test_a_catalog_damaged_past_its_header_is_exit_1_with_its_remedy(alice: Cli)
         file.write(b"\xff" * 4096)
     line = alice.fails(1, "get", "intl", "alice", "k")
     assert f"catalog {catalog} is damaged" in line and "forget again" in line
+
+
+# 8. audit and receipt files: cut, missing, unwritable, on a full disk -------------
+
+
+def us_key(cli: Cli) -> str:
+    return str(cli.json("audit", "keys")["cells"]["US"])
+
+
+def test_verifying_a_cut_tar_export_is_one_line_and_exit_1(alice: Cli, tmp_path: Path) -> None:
+    # tarfile's "unexpected end of data" came out as a 40-line traceback
+    whole = tmp_path / "x.tar"
+    alice.ok("audit", "export", "--cell", "US", str(whole))
+    cut = tmp_path / "cut.tar"
+    cut.write_bytes(whole.read_bytes()[:1536])  # into the entries' data
+    line = alice.fails(1, "audit", "verify", str(cut), "--key", us_key(alice))
+    assert line.startswith(f"error: {cut} is not a whole audit export (truncated or damaged tar)")

@@ -65,11 +65,8 @@ class _Source:
             self._dir = path
             names = {p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file()}
         else:
-            try:
-                self._tar = stack.enter_context(tarfile.open(path, "r:"))  # noqa: SIM115
-            except (OSError, tarfile.TarError) as exc:
-                raise IntegrityError(f"{path} is not an audit export: {exc}") from None
-            members = [m for m in self._tar.getmembers() if m.isfile()]
+            self._tar, every = _open_tar(path, stack)
+            members = [m for m in every if m.isfile()]
             # accept "./FORMAT" as written by `tar -C export .`
             self._members = {m.name.removeprefix("./"): m for m in members}
             names = set(self._members)
@@ -91,6 +88,27 @@ class _Source:
         if member is None:
             raise IntegrityError(f"export member {name} is not a file")
         return member
+
+
+def _open_tar(path: Path, stack: ExitStack) -> tuple[tarfile.TarFile, list[tarfile.TarInfo]]:
+    """The tar file at PATH and its members, read up to its end-of-archive block:
+    `tarfile` takes a file that ends, or a header that is damaged, after a member
+    for the end of the archive, so a cut export would be read as a shorter one."""
+    try:
+        tar = stack.enter_context(tarfile.open(path, "r:"))  # noqa: SIM115
+    except (OSError, tarfile.TarError) as exc:
+        raise IntegrityError(f"{path} is not an audit export: {exc}") from None
+    try:
+        members = tar.getmembers()
+        assert tar.fileobj is not None
+        tar.fileobj.seek(tar.offset)  # where the member headers stopped
+        if tar.fileobj.read(tarfile.BLOCKSIZE) != bytes(tarfile.BLOCKSIZE):
+            raise tarfile.ReadError("no end-of-archive block after its last member")
+    except (OSError, tarfile.TarError) as exc:
+        raise IntegrityError(
+            f"{path} is not a whole audit export (truncated or damaged tar): {exc}"
+        ) from None
+    return tar, members
 
 
 def _lines(stream: IO[bytes]) -> Iterator[bytes]:

@@ -706,3 +706,13 @@ def test_verifying_a_cut_tar_export_is_one_line_and_exit_1(alice: Cli, tmp_path:
     cut.write_bytes(whole.read_bytes()[:1536])  # into the entries' data
     line = alice.fails(1, "audit", "verify", str(cut), "--key", us_key(alice))
     assert line.startswith(f"error: {cut} is not a whole audit export (truncated or damaged tar)")
+
+
+def test_a_transparency_report_may_run_to_the_last_day_there_is(alice: Cli) -> None:
+    # --to 9999-12-31, an open end, overflowed into a traceback
+    for start in ("0001-01-01", "9999-12-31"):
+        out = alice.ok("report", "transparency", "--from", start, "--to", "9999-12-31",
+                       "--format", "json")  # fmt: skip
+        report = json.loads(out)
+        assert report["end"] == "9999-12-31T24:00:00.000000Z"
+        assert bool(report["rows"]) == (start == "0001-01-01")  # alice's requests are today

@@ -148,6 +148,29 @@ def test_the_period_is_strict() -> None:
             period(*bad)
 
 
+def test_the_period_reaches_both_ends_of_the_calendar() -> None:
+    # --to 9999-12-31 (an open end) overflowed: the day after has no datetime
+    start, end = period("0001-01-01", "9999-12-31")
+    assert (start, end) == ("0001-01-01T00:00:00.000000Z", "9999-12-31T24:00:00.000000Z")
+    assert period("9999-12-31", "9999-12-31") == ("9999-12-31T00:00:00.000000Z", end)
+    last = new_entry(
+        at=datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
+        hasher=AuditHasher(b"\x01" * 32),
+        request_id="r1",
+        principal="p",
+        tenant="intl",
+        action="read",
+        purpose="serve-user",
+        decision="allow",
+        rule="r",
+        result="allowed",
+        details={"stage": "policy"},
+    )
+    expected = {("unknown", "-", "protected", "allow"): 1}
+    assert count_requests([last], start, end) == expected
+    assert count_request_bytes([last.to_bytes()], start, end) == expected
+
+
 def test_unknown_requesters_are_counted_too(vault: Vault) -> None:
     vault.register_subject("intl", "alice", "US")
     ghost = RequestContext("ghost", "lawful-request", new_request_id())

@@ -62,17 +62,25 @@ class TransparencyReport:
     heads: tuple[HeadRef, ...]
 
 
+_END_OF_TIME = "9999-12-31T24:00:00.000000Z"
+"""The end of the last day there is: after every entry's time (they compare as text),
+where the next day, in year 10000, would sort before them all."""
+
+
 def period(start: str, end: str) -> tuple[str, str]:
-    """``--from`` and ``--to`` days (inclusive) as RFC 3339 bounds ``[start, end)``."""
+    """``--from`` and ``--to`` days (inclusive) as RFC 3339 bounds ``[start, end)``;
+    ``--to 9999-12-31`` (an open end) as the end of that day, 24:00 in ISO 8601."""
     try:
         first, last = date.fromisoformat(start), date.fromisoformat(end)
     except ValueError:
         raise InvalidInput(f"dates must be YYYY-MM-DD (got {start!r}, {end!r})") from None
     if last < first:
         raise InvalidInput(f"--to {end} is before --from {start}")
-    lo = datetime(first.year, first.month, first.day, tzinfo=UTC)
+    lo = format_time(datetime(first.year, first.month, first.day, tzinfo=UTC))
+    if last == date.max:
+        return lo, _END_OF_TIME
     hi = datetime(last.year, last.month, last.day, tzinfo=UTC) + timedelta(days=1)
-    return format_time(lo), format_time(hi)
+    return lo, format_time(hi)
 
 
 _Fact = tuple[object, str, str, str, Mapping[str, object]]

@@ -716,3 +716,13 @@ def test_a_transparency_report_may_run_to_the_last_day_there_is(alice: Cli) -> N
         report = json.loads(out)
         assert report["end"] == "9999-12-31T24:00:00.000000Z"
         assert bool(report["rows"]) == (start == "0001-01-01")  # alice's requests are today
+
+
+@pytest.mark.parametrize("name", ["missing", "."])
+def test_receipt_verify_of_a_path_that_cannot_be_read_is_exit_2(
+    alice: Cli, tmp_path: Path, name: str
+) -> None:
+    # exit 1, as if the receipt were refused, where audit verify --head and put exit 2
+    given = tmp_path / name
+    line = alice.fails(2, "receipt", "verify", str(given), "--key", us_key(alice))
+    assert line.startswith(f"error: cannot read {given}: ")

@@ -18,7 +18,7 @@ from shardvault.audit import Checkpoint, export_to_directory, export_to_file, ve
 from shardvault.audit.merkle import leaf_hash, verify_consistency, verify_inclusion
 from shardvault.cli.output import print_json, print_table, say, write_out
 from shardvault.cli.state import state
-from shardvault.errors import InvalidInput, NotFound
+from shardvault.errors import InvalidInput
 from shardvault.governance.guard import Governance
 from shardvault.governance.receipts import verify_receipt
 from shardvault.governance.transparency import transparency_report
@@ -125,12 +125,7 @@ def audit_verify(
     json_out: JsonFlag = False,
 ) -> None:
     """Verify an export with nothing but it, the public key(s) and a head: no config, no state."""
-    trusted = None
-    if head is not None:
-        try:
-            trusted = head.read_bytes()
-        except OSError as exc:
-            raise InvalidInput(f"cannot read {named(str(head))}: {exc.strerror}") from None
+    trusted = None if head is None else _read_given(head)
     if not export.exists():
         raise InvalidInput(f"no export at {export}")
     report = verify_export(export, key, trusted_head=trusted, cosigner_key=cosigner)
@@ -153,6 +148,15 @@ def audit_verify(
         + (f"; cosigned by the partner at {newest.cosigned_at}" if cosigner else "")
         + ("; consistent with the trusted head" if head else "")
     )
+
+
+def _read_given(path: Path) -> bytes:
+    """A file named on the command line: one that cannot be read as given (missing, a
+    directory, not permitted) is a mistake in the command, exit 2."""
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise InvalidInput(f"cannot read {named(str(path))}: {exc.strerror}") from None
 
 
 def _newest_size(gov: Governance, cell: str) -> int:
@@ -274,11 +278,7 @@ def receipt_verify(
     json_out: JsonFlag = False,
 ) -> None:
     """Check a deletion receipt with public keys only: signature, head, inclusion proof."""
-    try:
-        data = receipt.read_bytes()
-    except OSError as exc:
-        raise NotFound(f"cannot read {named(str(receipt))}: {exc.strerror}") from None
-    body = verify_receipt(data, key, cosigner)
+    body = verify_receipt(_read_given(receipt), key, cosigner)
     if json_out:
         print_json({k: v for k, v in body.items() if k != "audit"})
         return

@@ -178,14 +178,18 @@ def _libc_function(name: str, argtypes: list[Any]) -> Any:
 
 
 LOW_DISK_BYTES = 1 << 20
-_NO_ROOM = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO})
+_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+_NO_ROOM = _FULL | {errno.EIO}
 
 
 def write_failure(what: str, exc: OSError) -> ShardvaultError:
     """``cannot write <what>: <reason>``. A full disk or an I/O error is a failure
-    (`StorageError`, exit 1: make room and retry); anything else (no such directory,
-    permission, a read-only file system) is the path given (`InvalidInput`, exit 2)."""
+    (`StorageError`, exit 1: make room and retry, which a full disk's message says);
+    anything else (no such directory, permission, a read-only file system) is the
+    path given (`InvalidInput`, exit 2)."""
     message = f"cannot write {named(what)}: {exc.strerror or exc}"
+    if exc.errno in _FULL:
+        message += "; make room and retry"
     return StorageError(message) if exc.errno in _NO_ROOM else InvalidInput(message)
 
 

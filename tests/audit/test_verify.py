@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import shutil
 import tarfile
 from pathlib import Path
@@ -18,12 +20,13 @@ from tests.audit.conftest import (
     publish_head,
 )
 
+from shardvault.audit import export
 from shardvault.audit.checkpoint import Checkpoint, sign_checkpoint
 from shardvault.audit.export import export_to_directory, export_to_file
 from shardvault.audit.log import AuditLog
 from shardvault.audit.note import NoteSigner, NoteVerifier, SignedNote
 from shardvault.audit.verify import verify_export
-from shardvault.errors import IntegrityError, InvalidInput, NotFound
+from shardvault.errors import IntegrityError, InvalidInput, NotFound, StorageError
 
 N_ENTRIES = 50
 HEAD_SIZES = (1, 10, 23, 37, 50)
@@ -366,3 +369,61 @@ def test_a_cut_or_damaged_tar_is_an_integrity_error(
             verify(cut)
     cut.write_bytes(whole[: end + tarfile.BLOCKSIZE])
     verify(cut)
+
+
+def one_head_log(tmp_path: Path) -> AuditLog:
+    log = AuditLog.open(tmp_path / "log")
+    log.append(make_entry(0))
+    publish_head(log, None)
+    return log
+
+
+@pytest.mark.parametrize("name", ["x", "x.tar"])
+def test_a_failed_export_leaves_nothing_and_names_the_destination(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    # on a full disk the tar form left its spooled entries (.x.tar.partial.entries)
+    # behind, and both named their temporary, not the destination given
+    def full_disk(log: AuditLog, out: object, count: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(export, "_write_entries", full_disk)
+    out = tmp_path / "out"
+    out.mkdir()
+    write = export_to_file if name.endswith(".tar") else export_to_directory
+    with one_head_log(tmp_path) as log, pytest.raises(StorageError) as caught:
+        write(log, out / name)
+    assert str(caught.value) == (
+        f"cannot write {out / name}: No space left on device; make room and retry"
+    )
+    assert list(out.iterdir()) == []
+
+
+def test_an_export_needs_its_directory_and_never_makes_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the directory form made missing parents (mkdir -p); the tar form failed, as a
+    # failure (exit 1) naming its temporary; and an unwritable directory was a failure too
+    (tmp_path / "file").write_bytes(b"")
+    with one_head_log(tmp_path) as log:
+        for destination, reason in (
+            (tmp_path / "missing" / "deep" / "x", "No such file or directory"),
+            (tmp_path / "missing" / "x.tar", "No such file or directory"),
+            (tmp_path / "file" / "x.tar", "Not a directory"),
+        ):
+            write = export_to_file if destination.suffix == ".tar" else export_to_directory
+            with pytest.raises(InvalidInput) as caught:
+                write(log, destination)
+            assert str(caught.value) == f"cannot write {destination}: {reason}"
+        assert not (tmp_path / "missing").exists()
+        unwritable = tmp_path / "unwritable"
+        unwritable.mkdir()
+        real_access = os.access
+        monkeypatch.setattr(  # root may write anywhere: a refused access stands in
+            os, "access", lambda path, mode: Path(path) != unwritable and real_access(path, mode)
+        )
+        for name in ("x", "x.tar"):
+            write = export_to_file if name.endswith(".tar") else export_to_directory
+            with pytest.raises(InvalidInput, match="Permission denied"):
+                write(log, unwritable / name)
+        assert list(unwritable.iterdir()) == []

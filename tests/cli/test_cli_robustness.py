@@ -4,6 +4,8 @@ traceback, and leaves nothing half-made behind."""
 
 from __future__ import annotations
 
+import errno
+import io
 import json
 import os
 import shutil
@@ -23,6 +25,8 @@ from pathlib import Path
 import pytest
 from test_cli import BINARY, Cli
 
+from shardvault.audit import export
+from shardvault.audit.log import AuditLog
 from shardvault.cli import outfile
 from shardvault.errors import InvalidInput
 
@@ -261,7 +265,9 @@ def test_get_onto_a_full_disk_is_a_failure_not_bad_input(alice: Cli, tmp_path: P
         (full / "filler").write_bytes(b"\0" * 16384)
         line = alice.fails(1, "get", "intl", "alice", "k", "-o", str(full / "out"))
         assert sorted(p.name for p in full.iterdir()) == ["filler"]  # no partial file
-    assert line == f"error: cannot write {full / 'out'}: No space left on device"
+    assert (
+        line == f"error: cannot write {full / 'out'}: No space left on device; make room and retry"
+    )
 
 
 def test_put_with_stdin_closed_is_exit_2(alice: Cli) -> None:
@@ -716,6 +722,76 @@ def test_a_transparency_report_may_run_to_the_last_day_there_is(alice: Cli) -> N
         report = json.loads(out)
         assert report["end"] == "9999-12-31T24:00:00.000000Z"
         assert bool(report["rows"]) == (start == "0001-01-01")  # alice's requests are today
+
+
+def test_audit_export_where_it_cannot_be_made_is_exit_2_and_makes_nothing(
+    alice: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a missing directory: the tar form exited 1 naming its temporary (.x.tar.partial),
+    # the directory form made it (mkdir -p); an unwritable directory exited 1
+    for destination in (tmp_path / "missing" / "x.tar", tmp_path / "missing" / "deep" / "dir"):
+        line = alice.fails(2, "audit", "export", "--cell", "US", str(destination))
+        assert line == f"error: cannot write {destination}: No such file or directory"
+    assert not (tmp_path / "missing").exists()
+    unwritable = tmp_path / "unwritable"
+    unwritable.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(  # root may write anywhere: a refused access stands in
+        os, "access", lambda path, mode: Path(path) != unwritable and real_access(path, mode)
+    )
+    for name in ("x.tar", "dir"):
+        line = alice.fails(2, "audit", "export", "--cell", "US", str(unwritable / name))
+        assert line == f"error: cannot write {unwritable / name}: Permission denied"
+    assert list(unwritable.iterdir()) == []
+
+
+def test_audit_export_onto_a_full_disk_is_exit_1_and_leaves_nothing(
+    alice: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the tar form left its spooled entries (.x.tar.partial.entries) behind
+    def full_disk(log: AuditLog, out: object, count: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(export, "_write_entries", full_disk)
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in ("x.tar", "dir"):
+        line = alice.fails(1, "audit", "export", "--cell", "US", str(out / name))
+        assert line == (
+            f"error: cannot write {out / name}: No space left on device; make room and retry"
+        )
+    assert list(out.iterdir()) == []
+
+
+class FullFile(io.BufferedWriter):
+    def write(self, data: object) -> int:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def test_audit_head_onto_a_full_disk_names_the_file_and_leaves_none(
+    alice: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # exit 1 with "error: No space left on device" (no file, nothing to do), and the
+    # file left empty: it was written in place
+    out = tmp_path / "out"
+    out.mkdir()
+    real_open = io.open
+
+    def in_out(file: object) -> bool:
+        name = os.readlink(f"/proc/self/fd/{file}") if isinstance(file, int) else str(file)
+        return Path(os.path.abspath(name)).parent == out.resolve()
+
+    def full_disk(file: object, mode: str = "r", *args: object, **kwargs: object) -> object:
+        if "w" in mode and in_out(file):  # what open() and os.fdopen() open for writing
+            return FullFile(io.FileIO(file, "w"))  # type: ignore[arg-type]
+        return real_open(file, mode, *args, **kwargs)  # type: ignore[call-overload]
+
+    monkeypatch.setattr(io, "open", full_disk)
+    line = alice.fails(1, "audit", "head", "--cell", "US", "-o", str(out / "head.note"))
+    assert line == (
+        f"error: cannot write {out / 'head.note'}: No space left on device; make room and retry"
+    )
+    assert list(out.iterdir()) == []
 
 
 @pytest.mark.parametrize("name", ["missing", "."])

@@ -8,21 +8,28 @@ An export is a directory, or the same names in one uncompressed tar file::
 
 Entries are exported up to the newest stored head exactly: an entry no signed
 head covers cannot be verified, so it is not exported until the next head.
-The export is written under a temporary name and renamed into place.
+The export is written under a temporary name and renamed into place; a failed
+one leaves nothing behind. A missing directory is not made (a mistyped path
+would be): the destination's directory must exist.
 """
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import shutil
 import tarfile
+import tempfile
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from shardvault.audit.checkpoint import Checkpoint
 from shardvault.audit.log import AuditLog
-from shardvault.errors import InvalidInput, NotFound, StorageError
+from shardvault.durability import write_failure
+from shardvault.errors import InvalidInput, NotFound, ShardvaultError
 
 EXPORT_VERSION = 1
 FORMAT_TEXT = f"shardvault-audit-export\nversion {EXPORT_VERSION}\n"
@@ -47,57 +54,81 @@ def _members(log: AuditLog) -> tuple[list[tuple[str, bytes]], int]:
     return named, Checkpoint.parse(heads[-1].text).size
 
 
-def _write_entries(log: AuditLog, out: io.BufferedIOBase, count: int) -> None:
+def _write_entries(log: AuditLog, out: IO[bytes], count: int) -> None:
     for payload in log.iter_entry_bytes(0, count):
         out.write(payload + b"\n")
 
 
+def check_destination(destination: str | os.PathLike[str]) -> Path:
+    """DESTINATION, once it is known that an export could be made there: it does not
+    exist, and its directory exists and may be written. Checked before any head is
+    signed for it, so a mistyped path costs nothing."""
+    final = Path(destination)
+    if os.path.lexists(final):
+        raise InvalidInput(f"export destination {final} already exists")
+    parent = final.parent
+    if not parent.is_dir():
+        raise _refused(final, errno.ENOTDIR if os.path.lexists(parent) else errno.ENOENT)
+    if not os.access(parent, os.W_OK | os.X_OK):
+        read_only = os.statvfs(parent).f_flag & os.ST_RDONLY
+        raise _refused(final, errno.EROFS if read_only else errno.EACCES)
+    return final
+
+
+def _refused(final: Path, code: int) -> ShardvaultError:
+    """What writing FINAL would have met in its directory (errno CODE), said first."""
+    return write_failure(str(final), OSError(code, os.strerror(code)))
+
+
 def export_to_directory(log: AuditLog, destination: str | os.PathLike[str]) -> ExportSummary:
     """Write an export directory at ``destination`` (which must not exist)."""
-    final = Path(destination)
-    if final.exists():
-        raise InvalidInput(f"export destination {final} already exists")
+    final = check_destination(destination)
     temp = final.with_name(f".{final.name}.partial")
     heads, count = _members(log)
     try:
         shutil.rmtree(temp, ignore_errors=True)
-        (temp / HEADS_DIR).mkdir(parents=True)
+        temp.mkdir()
+        (temp / HEADS_DIR).mkdir()
         (temp / "FORMAT").write_text(FORMAT_TEXT, encoding="utf-8")
         with open(temp / ENTRIES_NAME, "wb") as out:
             _write_entries(log, out, count)
         for name, data in heads:
             (temp / name).write_bytes(data)
         os.replace(temp, final)
-    except OSError as exc:
+    except BaseException as exc:
         shutil.rmtree(temp, ignore_errors=True)
-        raise StorageError(f"audit export to {final} failed: {exc}") from exc
+        if isinstance(exc, OSError):  # named by the path given, not the temporary's
+            raise write_failure(str(final), exc) from None
+        raise
     return ExportSummary(final, count, len(heads))
 
 
 def export_to_file(log: AuditLog, destination: str | os.PathLike[str]) -> ExportSummary:
-    """Write the same export as one uncompressed tar file at ``destination``."""
-    final = Path(destination)
-    if final.exists():
-        raise InvalidInput(f"export destination {final} already exists")
+    """Write the same export as one uncompressed tar file at ``destination``.
+
+    The entries are spooled (a tar member's size comes before its data) to an
+    unnamed file beside it, which nothing has to remove."""
+    final = check_destination(destination)
     temp = final.with_name(f".{final.name}.partial")
     heads, count = _members(log)
     try:
         with tarfile.open(temp, "w", format=tarfile.PAX_FORMAT) as tar:
             _add(tar, "FORMAT", FORMAT_TEXT.encode("utf-8"))
-            spool = temp.with_name(temp.name + ".entries")
-            with open(spool, "w+b") as out:
+            with tempfile.TemporaryFile(dir=final.parent) as out:
                 _write_entries(log, out, count)
                 info = tarfile.TarInfo(ENTRIES_NAME)
                 info.size = out.tell()
                 out.seek(0)
                 tar.addfile(info, out)
-            spool.unlink()
             for name, data in heads:
                 _add(tar, name, data)
         os.replace(temp, final)
-    except OSError as exc:
-        temp.unlink(missing_ok=True)
-        raise StorageError(f"audit export to {final} failed: {exc}") from exc
+    except BaseException as exc:
+        with suppress(OSError):  # the original error is the one to report
+            temp.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise write_failure(str(final), exc) from None
+        raise
     return ExportSummary(final, count, len(heads))
 
 
@@ -112,6 +143,7 @@ __all__ = [
     "EXPORT_VERSION",
     "FORMAT_TEXT",
     "ExportSummary",
+    "check_destination",
     "export_to_directory",
     "export_to_file",
 ]

@@ -15,7 +15,9 @@ from typing import Annotated
 import typer
 
 from shardvault.audit import Checkpoint, export_to_directory, export_to_file, verify_export
+from shardvault.audit.export import check_destination
 from shardvault.audit.merkle import leaf_hash, verify_consistency, verify_inclusion
+from shardvault.cli.outfile import checked_output, write_output
 from shardvault.cli.output import print_json, print_table, say, write_out
 from shardvault.cli.state import state
 from shardvault.errors import InvalidInput
@@ -58,16 +60,17 @@ def audit_head(
     ctx: typer.Context,
     cell: Cell,
     output: Annotated[
-        Path | None, typer.Option("-o", "--output", help="Also write it here.")
+        str | None, typer.Option("-o", "--output", help="Also write it here.")
     ] = None,
     json_out: JsonFlag = False,
 ) -> None:
     """Sign the cell's current head, have the partner cosign it, store it, print it."""
+    path = None if output is None else checked_output(output)  # as `get -o` writes
     gov = state(ctx).governance()
     note = gov.publish_head(cell)
     data = note.to_bytes()
-    if output is not None:
-        output.write_bytes(data)
+    if path is not None:
+        write_output(path, [data], lambda _written: None)
     checkpoint = Checkpoint.parse(note.text)
     if json_out:
         print_json(
@@ -93,6 +96,7 @@ def audit_export(
     json_out: JsonFlag = False,
 ) -> None:
     """Sign a fresh head, then write the cell's log and every head for outside verification."""
+    check_destination(destination)  # before a head is signed for it
     gov = state(ctx).governance()
     gov.publish_head(cell)
     log = gov.cell(cell).log

@@ -75,6 +75,19 @@ def write_output(path: Path, chunks: Iterable[bytes], advance: Callable[[int], N
         _replace(path, target, chunks, advance, found)
 
 
+def output_target(path: Path) -> tuple[Path, os.stat_result | None]:
+    """The file a path `checked_output` returned leads to, resolved, and its status (none
+    if the write is to make it); an open descriptor's is the descriptor's."""
+    descriptor = _descriptor(path)
+    if descriptor is not None:
+        return Path(os.path.realpath(path)), os.fstat(descriptor)
+    target = _target(path)
+    try:
+        return target, target.stat()
+    except OSError:
+        return target, None
+
+
 def _descriptor(path: Path) -> int | None:
     """The open descriptor PATH names, or 1 if PATH is the file stdout writes."""
     text = str(path)

@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import errno
+import os
+import signal
 import sys
+import threading
+from collections.abc import Callable
+from contextlib import suppress
 from pathlib import Path
-from typing import Annotated
+from types import FrameType
+from typing import Annotated, Any
 
 import typer
 
@@ -80,6 +86,16 @@ def main(argv: list[str] | None = None) -> int:
     with its usage line); our own errors are mapped here by their class.
     """
     _register_commands()
+    previous = _take_termination()
+    try:
+        return _run(argv)
+    except Terminated as exc:  # one landing outside the command, as its error is reported
+        return _interrupted(exc)
+    finally:
+        _give_back(previous)
+
+
+def _run(argv: list[str] | None) -> int:
     command = typer.main.get_command(app)
     try:
         command.main(args=argv, prog_name="shardvault", standalone_mode=True)
@@ -87,14 +103,15 @@ def main(argv: list[str] | None = None) -> int:
         _error(str(exc))
         return exc.exit_code
     except SystemExit as exc:
-        if _caused_by_interrupt(exc):
-            return _interrupted()
+        interrupt = _interrupt_behind(exc)
+        if interrupt is not None:
+            return _interrupted(interrupt)
         code = exc.code
         return code if isinstance(code, int) else (0 if code is None else 1)
     except BrokenPipeError:
         return 1
-    except KeyboardInterrupt:
-        return _interrupted()
+    except KeyboardInterrupt as exc:
+        return _interrupted(exc)
     except OSError as exc:  # a path the user gave that cannot be used, or a failing disk
         where = f": {named(str(exc.filename))}" if exc.filename is not None else ""
         _error(f"{exc.strerror or exc}{where}")
@@ -117,19 +134,70 @@ _BAD_PATH = frozenset(
 )
 
 
-def _caused_by_interrupt(exc: BaseException) -> bool:
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised in the main thread as Ctrl-C raises KeyboardInterrupt,
+    so that what Ctrl-C cleans up (a `get -o` temporary, a put's shards) is cleaned
+    up for them too: `timeout` or a closed terminal left a partial file behind."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+_TERMINATING = (signal.SIGTERM, signal.SIGHUP)
+_Handlers = dict[int, Callable[[int, FrameType | None], Any] | int | None]
+
+
+def _terminating_in(owner: int) -> Callable[[int, FrameType | None], None]:
+    """The handler for process OWNER; a child forked with it (scan's workers) dies of the
+    signal as by default, rather than unwinding the parent's code."""
+
+    def terminate(signum: int, frame: FrameType | None) -> None:
+        if os.getpid() != owner:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        raise Terminated(signum)
+
+    return terminate
+
+
+def _take_termination() -> _Handlers:
+    """Handle SIGTERM and SIGHUP as Ctrl-C, returning the handlers replaced. Left alone:
+    an ignored signal (`nohup`), and a thread but the main one (which cannot)."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    previous: _Handlers = {}
+    terminate = _terminating_in(os.getpid())
+    for signum in _TERMINATING:
+        if signal.getsignal(signum) is not signal.SIG_IGN:
+            previous[signum] = signal.signal(signum, terminate)
+    return previous
+
+
+def _give_back(previous: _Handlers) -> None:
+    """Restore the handlers main() replaced: it may run many times in one process."""
+    for signum, handler in previous.items():
+        signal.signal(signum, signal.SIG_DFL if handler is None else handler)
+
+
+def _interrupt_behind(exc: BaseException) -> KeyboardInterrupt | None:
     """Typer turns Ctrl-C into a silent exit 130; the KeyboardInterrupt is in the chain."""
     visited: set[int] = set()
     link: BaseException | None = exc
     while link is not None and id(link) not in visited:
         if isinstance(link, KeyboardInterrupt):
-            return True
+            return link
         visited.add(id(link))
         link = link.__cause__ or link.__context__
-    return False
+    return None
 
 
-def _interrupted() -> int:
+def _interrupted(interrupt: KeyboardInterrupt) -> int:
+    """Ctrl-C: exit 130; a SIGTERM or SIGHUP: 128 plus its number, as a shell reports it."""
+    if isinstance(interrupt, Terminated):
+        _error("terminated")
+        return 128 + interrupt.signum
     _error("interrupted")
     return 130
 
@@ -138,7 +206,8 @@ def _error(message: str) -> None:
     """One line on stderr; with stderr closed, none (print would fall back to stdout,
     mixing an error into the data a script reads): the exit code still says it."""
     if sys.stderr is not None:
-        print(f"error: {message}", file=sys.stderr)
+        with suppress(OSError):  # a terminal that hung up: the exit code still says it
+            print(f"error: {message}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -28,9 +28,10 @@ _SUBJECT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]{0,127}")
 _FACILITY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 
 
-def shown(value: object, limit: int = 80) -> str:
-    """``repr(value)``, cut to ``limit`` characters: an overlong id is named, not echoed."""
-    text = repr(value)
+def shown(value: object, limit: int = 80, *, escaped: bool = False) -> str:
+    """``repr(value)``, cut to ``limit`` characters: an overlong id is named, not echoed.
+    ``escaped``: as ``ascii(value)``, where a look-alike must be told apart."""
+    text = ascii(value) if escaped else repr(value)
     if len(text) <= limit:
         return text
     size = f"{len(value)} characters" if isinstance(value, str) else type(value).__name__
@@ -109,9 +110,18 @@ def new_object_key(key: str) -> str:
     return key
 
 
-def _check_visible_nfc(value: str) -> None:
+def nfc_text(value: str, what: str) -> str:
+    """VALUE, if in Unicode NFC; else `InvalidInput` showing it escaped ('e\\u0301'), where
+    as typed it would look the same as its NFC form ('\\xe9')."""
     if unicodedata.normalize("NFC", value) != value:
-        raise InvalidInput(f"invalid object key {shown(value)}: normalise it to Unicode NFC first")
+        raise InvalidInput(
+            f"invalid {what} {shown(value, escaped=True)}: normalise it to Unicode NFC first"
+        )
+    return value
+
+
+def _check_visible_nfc(value: str) -> None:
+    nfc_text(value, "object key")
     for char in value:
         category = unicodedata.category(char)
         if category[0] in "CZ" and char != " ":

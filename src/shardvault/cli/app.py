@@ -36,6 +36,7 @@ def _global_options(
         typer.Option(
             "--config",
             help="Deployment file (default: $SHARDVAULT_CONFIG, else ./shardvault.toml).",
+            readable=False,  # Click's check was a boxed usage error; config.load says one line
         ),
     ] = None,
     principal: Annotated[

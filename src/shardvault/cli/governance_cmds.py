@@ -272,7 +272,8 @@ def policy_check(
     authority_country: AuthorityCountry = None,
     data_class: Annotated[str, typer.Option("--data-class")] = "protected",
     policy_file: Annotated[
-        Path | None, typer.Option("--policy", help="Policy file (default: the deployment's).")
+        Path | None,
+        typer.Option("--policy", help="Policy file (default: the deployment's).", readable=False),
     ] = None,
     json_out: JsonFlag = False,
 ) -> None:
@@ -320,9 +321,12 @@ def policy_check(
 @policy_app.command("test")
 def policy_test(
     ctx: typer.Context,
-    cases_file: Annotated[Path, typer.Argument(metavar="FILE", help="A decision table (TOML).")],
+    cases_file: Annotated[
+        Path, typer.Argument(metavar="FILE", help="A decision table (TOML).", readable=False)
+    ],
     policy_file: Annotated[
-        Path | None, typer.Option("--policy", help="Policy file (default: the deployment's).")
+        Path | None,
+        typer.Option("--policy", help="Policy file (default: the deployment's).", readable=False),
     ] = None,
 ) -> None:
     """Run a table of expected decisions; exit 1 if any case fails."""

@@ -30,6 +30,8 @@ _STANDARD = {"/dev/stdout": 1, "/dev/stderr": 2}
 
 def checked_output(given: str) -> Path:
     """The path of `-o GIVEN`, once it is known that the object could be written there."""
+    if not given:
+        raise InvalidInput("-o is empty; give a file name")
     path = Path(given)
     if given.endswith("/") or not path.name or path.is_dir():
         raise InvalidInput(f"-o {named(given)} is a directory; give a file name")

@@ -16,15 +16,26 @@ from shardvault.errors import InvalidInput, Refused
 
 
 def scan(
-    path: Path = typer.Argument(..., help="Source tree (or one file) to scan."),
-    policy: Path | None = typer.Option(None, "--policy", help="TOML policy file (version = 1)."),
+    # readable=False here and below: Click's own check printed a boxed usage error; the
+    # command's code says in one line what it could not read
+    path: Path = typer.Argument(..., help="Source tree (or one file) to scan.", readable=False),
+    policy: Path | None = typer.Option(
+        None, "--policy", help="TOML policy file (version = 1).", readable=False
+    ),
     output_format: str = typer.Option("table", "--format", help="table, json or sarif."),
     fail_on: str = typer.Option("high", "--fail-on", help="Exit 1 at high, medium or low."),
-    baseline: Path | None = typer.Option(None, "--baseline", help="Accept findings listed here."),
-    write_baseline_to: Path | None = typer.Option(
-        None, "--write-baseline", help="Write all current findings as a baseline, exit 0."
+    baseline: Path | None = typer.Option(
+        None, "--baseline", help="Accept findings listed here.", readable=False
     ),
-    output: Path | None = typer.Option(None, "--output", "-o", help="Write the report here."),
+    write_baseline_to: Path | None = typer.Option(
+        None,
+        "--write-baseline",
+        help="Write all current findings as a baseline, exit 0.",
+        readable=False,
+    ),
+    output: Path | None = typer.Option(
+        None, "--output", "-o", help="Write the report here.", readable=False
+    ),
     jobs: int = typer.Option(0, "--jobs", "-j", help="Worker processes (0: one per CPU)."),
     include_vendored: bool = typer.Option(
         False, "--include-vendored", help="Also scan node_modules, vendor, Pods, ..."

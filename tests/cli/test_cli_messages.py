@@ -1,0 +1,135 @@
+"""Messages that said the wrong thing, or said it as a boxed usage error: each is one line
+saying what was wrong and what to do."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_cli import Cli
+
+from conftest import make_deployment
+
+NFD = "e\u0301"  # looks like the NFC "\xe9"
+
+
+@pytest.fixture
+def alice(tmp_path: Path, capsysbinary: pytest.CaptureFixture[bytes]) -> Cli:
+    cli = Cli(make_deployment(tmp_path / "demo"), capsysbinary)
+    cli.ok("subject", "add", "intl", "alice", "-j", "US")
+    source = tmp_path / "in.txt"
+    source.write_bytes(b"payload\n")
+    cli.ok("put", "intl", "alice", "k", str(source))
+    return cli
+
+
+def unreadable(monkeypatch: pytest.MonkeyPatch, *paths: Path) -> None:
+    """Make PATHS unreadable, not unwritable, as a user other than root finds them (root
+    reads anything): os.access says so, as Click asks it, and opening one to read fails."""
+    denied = {str(p) for p in paths}
+    access, path_open = os.access, pathlib.Path.open
+
+    def may(path: Any, mode: int, *args: Any, **kwargs: Any) -> bool:
+        if mode & os.R_OK and os.fspath(path) in denied:
+            return False
+        return access(path, mode, *args, **kwargs)
+
+    def opened(self: Path, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
+        if str(self) in denied and "r" in mode:
+            raise PermissionError(13, "Permission denied", str(self))
+        return path_open(self, mode, *args, **kwargs)
+
+    monkeypatch.setattr(os, "access", may)
+    monkeypatch.setattr(pathlib.Path, "open", opened)
+
+
+def test_an_unreadable_config_is_one_line_not_a_usage_box(
+    alice: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    unreadable(monkeypatch, alice.config)
+    line = alice.fails(2, "ls", "intl", "alice")
+    assert line == f"error: config {alice.config}: Permission denied"
+
+
+POLICIES = Path(__file__).resolve().parents[1] / "policy"
+CHECK = [
+    "--principal", "x", "--kind", "employee", "--location", "US", "--action", "read",
+    "--tenant", "intl", "--jurisdiction", "US", "--purpose", "p",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("argv", "code", "said"),
+    [
+        (["scan", "{denied}"], 0, ""),  # the scanner's report lists what it could not read
+        (["scan", "{source}", "--policy", "{denied}"], 2, "Permission denied"),
+        (["scan", "{source}", "--baseline", "{denied}"], 2, "Permission denied"),
+        (["scan", "{source}", "-o", "{denied}"], 0, ""),  # written, never read
+        (["scan", "{source}", "--write-baseline", "{denied}"], 0, ""),
+        (["policy", "test", "{denied}", "--policy", str(POLICIES / "policy.toml")], 2, "Perm"),
+        (["policy", "test", str(POLICIES / "cases.toml"), "--policy", "{denied}"], 2, "Perm"),
+        (["policy", "check", *CHECK, "--policy", "{denied}"], 2, "Permission denied"),
+    ],
+    ids=[
+        "scan PATH",
+        "scan --policy",
+        "scan --baseline",
+        "scan -o",
+        "scan --write-baseline",
+        "policy test FILE",
+        "policy test --policy",
+        "policy check --policy",
+    ],
+)
+def test_a_path_option_click_would_find_unreadable_is_the_commands_to_judge(
+    alice: Cli,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    argv: list[str],
+    code: int,
+    said: str,
+) -> None:
+    source, denied = tmp_path / "a.py", tmp_path / "denied"
+    source.write_text("x = 1\n")
+    denied.write_text("x = 1\n")
+    unreadable(monkeypatch, denied)
+    args = [a.format(source=source, denied=denied) for a in argv]
+    if code == 0:
+        alice.ok(*args)
+    else:
+        assert said in alice.fails(code, *args)
+
+
+def test_an_empty_output_name_says_so(alice: Cli) -> None:
+    line = alice.fails(2, "get", "intl", "alice", "k", "-o", "")
+    assert line == "error: -o is empty; give a file name"
+
+
+def test_an_if_match_out_of_range_names_0_as_valid(alice: Cli, tmp_path: Path) -> None:
+    source = tmp_path / "in.txt"
+    line = alice.fails(2, "put", "intl", "alice", "new", str(source), "--if-match", "-1")
+    assert line == (
+        "error: version -1 is out of range: --if-match takes 0 (the key must be new) "
+        f"or a version from 1 to {2**63 - 1}"
+    )
+    alice.ok("put", "intl", "alice", "new", str(source), "--if-match", "0")
+
+
+@pytest.mark.parametrize(
+    ("option", "what"), [("--prefix", "prefix"), ("--start-after", "start-after key")]
+)
+def test_ls_refuses_a_prefix_not_in_nfc_as_get_refuses_the_key(
+    alice: Cli, option: str, what: str
+) -> None:
+    line = alice.fails(2, "ls", "intl", "alice", option, NFD)
+    assert line == f"error: invalid {what} 'e\\u0301': normalise it to Unicode NFC first"
+    alice.ok("ls", "intl", "alice", option, "\xe9")
+
+
+@pytest.mark.parametrize("command", ["get", "stat", "rm", "where"])
+def test_a_key_not_in_nfc_is_shown_escaped(alice: Cli, command: str) -> None:
+    line = alice.fails(2, command, "intl", "alice", f"caf{NFD}")
+    assert line == "error: invalid object key 'cafe\\u0301': normalise it to Unicode NFC first"

@@ -67,7 +67,8 @@ def forget(
     tenant: str,
     subject: str,
     receipt: Annotated[
-        Path | None, typer.Option("--receipt", help="Also write the signed receipt here.")
+        Path | None,
+        typer.Option("--receipt", help="Also write the signed receipt here.", readable=False),
     ] = None,
     json_out: JsonFlag = False,
 ) -> None:

@@ -92,7 +92,9 @@ def audit_head(
 def audit_export(
     ctx: typer.Context,
     cell: Cell,
-    destination: Annotated[Path, typer.Argument(help="A new directory, or a FILE.tar.")],
+    destination: Annotated[
+        Path, typer.Argument(help="A new directory, or a FILE.tar.", readable=False)
+    ],
     json_out: JsonFlag = False,
 ) -> None:
     """Sign a fresh head, then write the cell's log and every head for outside verification."""
@@ -120,11 +122,14 @@ def audit_export(
 
 @audit_app.command("verify")
 def audit_verify(
-    export: Annotated[Path, typer.Argument(help="An export directory or tar file.")],
+    export: Annotated[
+        Path, typer.Argument(help="An export directory or tar file.", readable=False)
+    ],
     key: Key,
     cosigner: Cosigner = None,
     head: Annotated[
-        Path | None, typer.Option("--head", help="A signed head obtained from the partner.")
+        Path | None,
+        typer.Option("--head", help="A signed head obtained from the partner.", readable=False),
     ] = None,
     json_out: JsonFlag = False,
 ) -> None:
@@ -276,7 +281,9 @@ def report_transparency(
 
 @receipt_app.command("verify")
 def receipt_verify(
-    receipt: Annotated[Path, typer.Argument(help="A deletion receipt (signed note).")],
+    receipt: Annotated[
+        Path, typer.Argument(help="A deletion receipt (signed note).", readable=False)
+    ],
     key: Key,
     cosigner: Cosigner = None,
     json_out: JsonFlag = False,

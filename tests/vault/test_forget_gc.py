@@ -480,3 +480,16 @@ def test_a_forgotten_subjects_object_names_are_not_left_in_the_catalog_file(
     raw = b"".join(p.read_bytes() for p in catalog.parent.glob("catalog.sqlite*"))
     assert raw.count(b"secretkeyname") == 0
     assert raw.count(b"kept299") >= 1  # the other subject's are there to be found
+
+
+def test_registering_a_forgotten_subject_again_says_it_was_forgotten(config_path: Path) -> None:
+    """It said "already registered", which reads as a live user (found in review)."""
+    with Vault.open(load(config_path)) as vault:
+        vault.register_subject("intl", "alice", "US")
+        forget_approved(vault, "intl", "alice")
+        for jurisdiction in ("US", "EU"):
+            with pytest.raises(Conflict, match=r"was forgotten on .*give the user a new one"):
+                vault.register_subject("intl", "alice", jurisdiction)
+        vault.register_subject("intl", "bob", "US")
+        with pytest.raises(Conflict, match="already registered"):
+            vault.register_subject("intl", "bob", "US")

@@ -36,6 +36,7 @@ from shardvault.errors import (
     AccessDenied,
     ApprovalRequired,
     AuditUnavailable,
+    Conflict,
     IntegrityError,
     InvalidInput,
     NotFound,
@@ -201,7 +202,11 @@ class Vault:
         record = SubjectRecord(tenant, subject, jurisdiction, key_id, wrapped, self._clock())
         with self.directory.registration():
             self._drop_unfinished_registration(tenant, subject)
-            self.directory.add(tenant, subject, jurisdiction)
+            try:
+                self.directory.add(tenant, subject, jurisdiction)
+            except Conflict as taken:
+                self._refuse_if_forgotten(tenant, subject)
+                raise taken
             try:
                 self.cells[jurisdiction].catalog.add_subject(record)
             except BaseException:
@@ -212,6 +217,18 @@ class Vault:
                     self._drop_unfinished_registration(tenant, subject)
                 raise
         return record
+
+    def _refuse_if_forgotten(self, tenant: str, subject: str) -> None:
+        """A forgotten subject's id stays taken: say so, not "already registered"."""
+        home = self.directory.home(tenant, subject)
+        cell = self.cells.get(home) if home is not None else None
+        found = cell.catalog.get_subject(tenant, subject) if cell is not None else None
+        if found is not None and found.forgotten_at is not None:
+            when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(found.forgotten_at))
+            raise Conflict(
+                f"subject {subject} of tenant {tenant} was forgotten on {when}; its id cannot "
+                "be registered again: give the user a new one"
+            )
 
     def _drop_unfinished_registration(self, tenant: str, subject: str) -> None:
         """A registration killed between its directory row and its cell's row left a home

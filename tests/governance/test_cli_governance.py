@@ -190,6 +190,19 @@ def test_a_proof_from_a_forged_tree_node_is_refused_not_printed(cli: Cli) -> Non
     assert "consistency" in message or "does not extend" in message
 
 
+def test_policy_check_of_a_tenant_or_jurisdiction_not_in_the_deployment_is_exit_2(
+    cli: Cli,
+) -> None:
+    """It answered with a decision about data the deployment cannot hold (found in
+    review); a policy file given with --policy may still be asked about any."""
+    args = ("policy", "check", "--principal", "x", "--kind", "employee", "--role", "support",
+            "--location", "US", "--action", "read", "--purpose", "support-ticket")  # fmt: skip
+    assert "unknown tenant" in cli.fails(2, *args, "--tenant", "nope", "--jurisdiction", "US")
+    message = cli.fails(2, *args, "--tenant", "intl", "--jurisdiction", "XX")
+    assert "unknown jurisdiction 'XX'" in message
+    assert cli.json(*args, "--tenant", "intl", "--jurisdiction", "US")["effect"]
+
+
 def test_forget_prints_a_receipt_an_outsider_verifies(cli: Cli, tmp_path: Path) -> None:
     pending = cli.fails(1, "forget", "intl", "alice")
     approval = pending.rsplit("--approval ", 1)[1]

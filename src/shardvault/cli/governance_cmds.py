@@ -279,6 +279,9 @@ def policy_check(
 ) -> None:
     """Explain the decision for one request: every invariant and rule, in order."""
     cli = state(ctx)
+    if policy_file is None:  # the deployment's policy: about the deployment's data
+        cli.config().tenant(tenant)
+        cli.config().jurisdiction(jurisdiction)
     policy = load_policy(policy_file) if policy_file else cli.governance().policy
     if kind is not None:
         who = _principal(

@@ -23,7 +23,7 @@ from shardvault.cli.output import (
 from shardvault.cli.progress import transfer_bar
 from shardvault.cli.state import state
 from shardvault.errors import InvalidInput
-from shardvault.model import ObjectRef, named, nfc_text
+from shardvault.model import ObjectRef, named
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 Version = Annotated[int | None, typer.Option("--version", "-v", help="A specific version.")]
@@ -52,18 +52,6 @@ def _open_source(file: str) -> tuple[BinaryIO, int | None]:
     return handle, info.st_size
 
 
-def _check_if_match(if_match: int | None) -> None:
-    """Said here, not by the vault: its message for a bad version leaves out 0, which
-    --if-match takes (the key must be new)."""
-    from shardvault.vault.core import MAX_VERSION  # put opens the vault anyway
-
-    if if_match is not None and not 0 <= if_match <= MAX_VERSION:
-        raise InvalidInput(
-            f"version {if_match} is out of range: --if-match takes 0 (the key must be new) "
-            f"or a version from 1 to {MAX_VERSION}"
-        )
-
-
 def put(
     ctx: typer.Context,
     tenant: str,
@@ -78,7 +66,6 @@ def put(
 ) -> None:
     """Store FILE as a new version of KEY."""
     ref = ObjectRef(tenant, subject, key)
-    _check_if_match(if_match)
     source, size = _open_source(file)
     try:
         with transfer_bar(f"put {key}", size) as advance:
@@ -141,9 +128,6 @@ def ls(
     json_out: JsonFlag = False,
 ) -> None:
     """List a subject's objects (current versions), one page at a time."""
-    # no stored key is other than NFC: a prefix that is would match none, silently
-    nfc_text(prefix, "prefix")
-    nfc_text(start_after, "start-after key")
     cli = state(ctx)
     page = cli.vault().list(
         tenant, subject, prefix=prefix, start_after=start_after, limit=limit, ctx=cli.request()

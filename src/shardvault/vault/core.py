@@ -60,6 +60,7 @@ from shardvault.model import (
     jurisdiction_code,
     local_context,
     new_object_key,
+    nfc_text,
     subject_id,
 )
 from shardvault.objectid import minted_at, new_object_id
@@ -361,8 +362,11 @@ class Vault:
         """
         ctx = ctx or local_context("write")
         new_object_key(ref.key)
-        if if_match is not None and if_match != 0:  # 0: the key must have no version yet
-            _check_version(if_match)
+        if if_match is not None and not 0 <= if_match <= MAX_VERSION:
+            raise InvalidInput(
+                f"version {if_match} is out of range: --if-match takes 0 (the key must be "
+                f"new) or a version from 1 to {MAX_VERSION}"
+            )
         source = memoryview(data) if isinstance(data, bytes | bytearray | memoryview) else data
         if isinstance(source, memoryview) and not source.c_contiguous:
             raise InvalidInput("put needs contiguous bytes: pass bytes(data)")
@@ -655,6 +659,8 @@ class Vault:
                     text.encode("utf-8")
                 except UnicodeEncodeError:
                     raise InvalidInput(f"invalid {what} {text!r}: not valid UTF-8 text") from None
+            # no stored key is other than NFC: a prefix that is would match none, silently
+            nfc_text(text, what)
         record, _ = self._authorized(ctx or local_context(), Action.LIST, tenant, subject)
         rows = self.cells[record.jurisdiction].catalog.list_latest(
             tenant, subject, prefix, start_after, limit + 1

@@ -50,8 +50,14 @@ def test_bad_policy_files_are_config_errors(text: str, message: str) -> None:
 
 
 def test_unreadable_policy_file(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="cannot read"):
+    # said in words, not as "[Errno 2] No such file ...: '<path>'" (found in review)
+    with pytest.raises(ConfigError) as refused:
         load_policy(tmp_path / "missing.toml")
+    assert str(refused.value).endswith("missing.toml: No such file or directory")
+    assert "Errno" not in str(refused.value)
+    (tmp_path / "latin1.toml").write_bytes(b"# caf\xe9")
+    with pytest.raises(ConfigError, match="latin1.toml: not UTF-8 text"):
+        load_policy(tmp_path / "latin1.toml")
 
 
 CASE = """

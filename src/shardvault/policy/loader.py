@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from shardvault.errors import ConfigError, InvalidInput
-from shardvault.model import DataClass, jurisdiction_code, tenant_name
+from shardvault.model import DataClass, jurisdiction_code, named, tenant_name
 from shardvault.policy.model import (
     Action,
     Effect,
@@ -134,8 +134,10 @@ def load_policy(path: str | os.PathLike[str]) -> Policy:
 def _read(path: str | os.PathLike[str]) -> str:
     try:
         return Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read {path}: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read {named(str(path))}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"cannot read {named(str(path))}: not UTF-8 text") from None
 
 
 def parse_principal(table: Mapping[str, Any], where: str) -> Principal:

@@ -249,7 +249,9 @@ class ObjectReader:
             if not spare:
                 raise IntegrityError(
                     f"{self._segment_name(segment)}: only {len(good)} "
-                    f"of the {self._code.k} shards needed are intact; the object cannot be read"
+                    f"of the {self._code.k} shards needed are intact; the object cannot be read: "
+                    "bring its unavailable nodes back ('shardvault nodes'), or restore it "
+                    "from a backup"
                 )
             pending = [self._submit(segment, i) for i in spare[:missing]]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 import threading
 import time
@@ -20,7 +21,13 @@ from tests.interrupts import (
 )
 
 from shardvault import durability
-from shardvault.durability import BackgroundFlush, GroupSync, WaitRoom, filesystem_sync
+from shardvault.durability import (
+    BackgroundFlush,
+    GroupSync,
+    WaitRoom,
+    failure_reason,
+    filesystem_sync,
+)
 from shardvault.errors import StorageError
 from shardvault.nodes.localdir import WRITEBACK_CHUNK, LocalDirShardStore
 from shardvault.nodes.port import shard_name
@@ -336,3 +343,16 @@ def test_a_filesystem_sync_is_never_shared_by_a_filesystem_mounted_after_its_own
             subprocess.run(["umount", "-l", str(mount_point)], check=True)
     assert devices[0] != devices[1]
     assert groups[0] is not groups[1]
+
+
+def test_a_read_only_database_says_what_to_do(tmp_path: Path) -> None:
+    """SQLite says only "attempt to write a readonly database" (found in review)."""
+    path = tmp_path / "db.sqlite"
+    sqlite3.connect(path).execute("CREATE TABLE t (x)").connection.commit()
+    readonly = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    with pytest.raises(sqlite3.OperationalError) as caught:
+        readonly.execute("INSERT INTO t VALUES (1)")
+    readonly.close()
+    reason = failure_reason(caught.value, path)
+    assert reason.startswith("attempt to write a readonly database")
+    assert reason.endswith("make the file and its directory writable by this user")

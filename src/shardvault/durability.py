@@ -193,10 +193,15 @@ def write_failure(what: str, exc: OSError) -> ShardvaultError:
     return StorageError(message) if exc.errno in _NO_ROOM else InvalidInput(message)
 
 
+_SQLITE_READONLY = 8  # sqlite3.SQLITE_READONLY; its extended codes share the low byte
+
+
 def failure_reason(exc: BaseException, path: Path) -> str:
     """Why a store at ``path`` failed, in words, noting when its disk is (nearly) full:
     SQLite reports a full disk under WAL as a mere "disk I/O error"."""
     reason = (exc.strerror or str(exc)) if isinstance(exc, OSError) else str(exc)
+    if (getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF == _SQLITE_READONLY:
+        return f"{reason}: make the file and its directory writable by this user"
     for folder in (path, *path.parents):
         try:
             free = shutil.disk_usage(folder).free

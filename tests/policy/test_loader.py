@@ -56,7 +56,7 @@ def test_unreadable_policy_file(tmp_path: Path) -> None:
     assert str(refused.value).endswith("missing.toml: No such file or directory")
     assert "Errno" not in str(refused.value)
     (tmp_path / "latin1.toml").write_bytes(b"# caf\xe9")
-    with pytest.raises(ConfigError, match="latin1.toml: not UTF-8 text"):
+    with pytest.raises(ConfigError, match=r"latin1\.toml: not UTF-8 text"):
         load_policy(tmp_path / "latin1.toml")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import struct
 import subprocess
@@ -775,15 +776,21 @@ def test_dropping_the_index_keeps_every_shard_findable_and_every_delete_dead(
     live.close()
 
 
-def _unlinked_packs_held(directory: Path) -> int:
-    held = 0
+def _descriptors_under(directory: Path) -> list[str]:
+    """What this process's open descriptors name under `directory`."""
+    held = []
     for fd in os.listdir("/proc/self/fd"):
         try:
             target = os.readlink(f"/proc/self/fd/{fd}")
-        except OSError:
+        except OSError:  # the listing's own
             continue
-        held += target.startswith(str(directory)) and target.endswith(".pack (deleted)")
+        if target.startswith(str(directory)):
+            held.append(target)
     return held
+
+
+def _unlinked_packs_held(directory: Path) -> int:
+    return sum(target.endswith(".pack (deleted)") for target in _descriptors_under(directory))
 
 
 def test_a_process_that_only_writes_lets_go_of_packs_compacted_away(
@@ -912,3 +919,25 @@ def test_a_lone_small_pack_all_live_is_left_as_it_is(tmp_path: Path) -> None:
     assert packset(tmp_path).compact().packs == 2  # two small ones: folded into one
     assert packset(tmp_path).compact().packs == 0
     assert len(list(tmp_path.glob("*.pack"))) == 1
+
+
+def test_a_pack_whose_header_cannot_be_written_is_not_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its descriptor stayed open and locked for the process's life, and the empty file
+    stayed, never compacted (found in review)."""
+    pack_set = packset(tmp_path)
+    real_write = os.write
+
+    def disk_full(fd: int, data: bytes) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "write", disk_full)
+    with pytest.raises(StorageError, match="disk full"):
+        pack_set.add("X", b"x" * 100)
+    monkeypatch.setattr(os, "write", real_write)
+    assert list(tmp_path.glob("*.pack")) == []
+    assert _descriptors_under(tmp_path) == []
+    pack_set.add("X", b"x" * 100)  # the next append makes a pack of its own
+    assert len(list(tmp_path.glob("*.pack"))) == 1
+    pack_set.close()

@@ -189,8 +189,15 @@ class PackSet:
         fd = os.open(
             self.directory / name, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600
         )
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        os.write(fd, FILE_HEADER)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if os.write(fd, FILE_HEADER) != len(FILE_HEADER):
+                raise OSError(errno.ENOSPC, "short write")
+        except OSError:
+            # not kept open and locked for the process's life, nor left headerless
+            os.close(fd)
+            (self.directory / name).unlink(missing_ok=True)
+            raise
         self._active, self._active_fd, self._active_size = name, fd, len(FILE_HEADER)
         self._scanned[name] = len(FILE_HEADER)
         # reads get an open file of their own: a dup would share the flock, and keep

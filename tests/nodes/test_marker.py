@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from pathlib import Path
@@ -144,3 +145,24 @@ def test_nodes_marked_before_records_were_kept_are_recorded_at_the_next_open(
         record.unlink()
     Vault.open(config).close()
     assert sorted(p.name for p in records.iterdir()) == sorted(n.id for n in config.nodes)
+
+
+def test_a_state_disk_that_cannot_take_the_record_leaves_the_nodes_serving(
+    config_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Recording a node already marked failed on a full or read-only state disk, and
+    made every node unavailable at once (found in review)."""
+    from shardvault.nodes import marker
+
+    config = load(config_path)
+    Vault.open(config).close()
+    for record in (config.state_dir / "nodes").iterdir():
+        record.unlink()
+
+    def no_room(*args: object) -> bool:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(marker, "create_whole", no_room)
+    with Vault.open(config) as vault:
+        assert not any(u.unavailable for u in vault.node_usage())
+    assert list((config.state_dir / "nodes").iterdir()) == []

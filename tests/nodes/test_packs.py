@@ -358,9 +358,9 @@ def test_a_delete_by_old_location_just_before_the_unlink_zeroes_the_copy_too(
     location, deleter, compactor = secret_packed(tmp_path)
     real_forget = compactor._forget_pack
 
-    def delete_just_before(pack: str, names: object = None) -> None:
+    def delete_just_before(pack: str, names: object = None, **how: bool) -> None:
         assert deleter.delete("X", location)  # the old record, found by its location
-        real_forget(pack, names)  # type: ignore[arg-type]
+        real_forget(pack, names, **how)  # type: ignore[arg-type]
 
     monkeypatch.setattr(compactor, "_forget_pack", delete_just_before)
     assert compactor.compact().packs == 1
@@ -886,14 +886,14 @@ def test_a_delete_whose_pack_is_compacted_before_its_tombstone_zeroes_the_copy(
     results: list[bool] = []
     workers: list[threading.Thread] = []
 
-    def delete_meanwhile(pack: str, names: Iterable[str] | None = None) -> None:
+    def delete_meanwhile(pack: str, names: Iterable[str] | None = None, **how: bool) -> None:
         if not workers:  # after the copy and the first look, before the unlink
             workers.append(
                 threading.Thread(target=lambda: results.append(deleter.delete(shard, location)))
             )
             workers[0].start()
             zeroed.wait(5)
-        real_forget(pack, names)
+        real_forget(pack, names, **how)
 
     compactor._forget_pack = delete_meanwhile  # type: ignore[method-assign]
     assert compactor.compact().packs == 1
@@ -941,3 +941,70 @@ def test_a_pack_whose_header_cannot_be_written_is_not_kept(
     pack_set.add("X", b"x" * 100)  # the next append makes a pack of its own
     assert len(list(tmp_path.glob("*.pack"))) == 1
     pack_set.close()
+
+
+def test_compacting_packs_of_tombstones_reads_no_pack_again(tmp_path: Path) -> None:
+    """Forgetting a compacted pack's tombstones set off a scan of every pack on the
+    node, once per batch (found in review of the fix that made tombstones go with
+    their pack): in the process removing the pack, nothing can need it."""
+    for version in range(1, 6):  # packs of tombstones, and of live shards
+        writer = packset(tmp_path)
+        writer.add(name(version), b"live" * 300)
+        writer.add(name(100 + version), b"dead" * 300)
+        assert writer.delete(name(100 + version))
+        writer.close()
+    compactor = packset(tmp_path)
+    compactor.refresh()
+    before = compactor._rescans
+    assert compactor.compact().packs == 5
+    assert compactor._rescans == before
+    assert sorted(compactor.names()) == [name(v) for v in range(1, 6)]
+    compactor.close()
+
+
+def test_a_read_does_not_wait_for_a_compaction_to_let_go_of_packs(tmp_path: Path) -> None:
+    """Reads of known shards prune now and then; doing so waited for the pack set's
+    lock, which a compaction holds for its whole run (found in review)."""
+    pack_set = packset(tmp_path)
+    located = pack_set.add(name(1), os.urandom(5000))[1]
+    holding, release = threading.Event(), threading.Event()
+
+    def compaction_under_way() -> None:
+        with pack_set._lock:
+            holding.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=compaction_under_way)
+    holder.start()
+    holding.wait(5)
+    pack_set._next_prune = 0.0  # a prune is due
+    reader = threading.Thread(target=pack_set.read, args=(located, 0, located.length))
+    reader.start()
+    reader.join(2)
+    finished = not reader.is_alive()
+    release.set()
+    holder.join()
+    reader.join()
+    assert finished
+    pack_set.close()
+
+
+def test_a_compaction_on_a_read_only_disk_does_nothing_rather_than_fail(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Opening the lock file for writing failed on a disk remounted read-only, and gc
+    reported the node as failing though there was nothing to compact (found in review)."""
+    writer = packset(tmp_path)
+    writer.add("X", b"x" * 100)
+    writer.close()
+    real_open = os.open
+
+    def read_only(path: str | os.PathLike[str], flags: int, *args: int) -> int:
+        if str(path).endswith(packs.LOCK_FILE) and (flags & (os.O_CREAT | os.O_RDWR)):
+            raise OSError(errno.EROFS, "Read-only file system")
+        if str(path).endswith(packs.LOCK_FILE):  # exists only on the real disk
+            raise FileNotFoundError(errno.ENOENT, "No such file or directory")
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(os, "open", read_only)
+    assert packset(tmp_path).compact().packs == 0

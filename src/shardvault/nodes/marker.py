@@ -23,6 +23,7 @@ the record removed to take an empty replacement disk (repair then refills it).
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -84,11 +85,11 @@ def claim(root: Path, node: NodeSpec, marked: Path | None = None) -> None:
 
 
 def _remember(record: Path, content: bytes) -> None:
-    try:
+    """Best effort: a state disk full or read-only must not take every node down with
+    it. The node is marked; its record is made at the next open that can."""
+    with contextlib.suppress(OSError):
         record.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         create_whole(record, content, 0o644)
-    except OSError as exc:
-        raise StorageError(f"recording {record} failed: {exc.strerror}") from exc
 
 
 def _write(path: Path, content: bytes) -> None:

@@ -382,8 +382,11 @@ class PackSet:
         now = time.monotonic()
         if now < self._next_prune:
             return
-        with self._lock:
-            self._next_prune = now + PRUNE_SECONDS
+        self._next_prune = now + PRUNE_SECONDS  # one caller looks; the others go on
+        # never waits: reads call this, and a compaction or a scan holds the lock long
+        if not self._lock.acquire(blocking=False):
+            return
+        try:
             try:
                 present = set(os.listdir(self.directory))
             except OSError:
@@ -391,6 +394,8 @@ class PackSet:
             for pack in [pack for pack in self._fds if pack not in present]:
                 self._forget_pack(pack)
             self._close_expired()
+        finally:
+            self._lock.release()
 
     def read(self, located: PackedShard, offset: int, length: int) -> bytes:
         length = max(0, min(length, located.length - offset))
@@ -458,10 +463,16 @@ class PackSet:
         found = self._index.get(name)
         return found is not None and found.pack == self._active
 
-    def _forget_pack(self, pack: str, names: Iterable[str] | None = None) -> None:
+    def _forget_pack(
+        self, pack: str, names: Iterable[str] | None = None, *, compacted_here: bool = False
+    ) -> None:
         """Drop a removed pack. A name indexed there may have a copy in another pack
         this set scanned earlier (a compaction copies before it removes), which only a
         scan of every pack from the start finds again: the next `refresh` makes one.
+        So may a name its tombstones kept dead: repair may have written it again, and
+        a scan may have passed that record while the name was dead. Not so in the
+        process removing the pack (`compacted_here`): nobody writes the name again
+        before the unlink, which comes after this, so its next scan finds the record.
         `names`: all that can be indexed there, when the caller knows (else all are tried)."""
         self._scanned.pop(pack, None)
         fd = self._fds.pop(pack, None)
@@ -471,7 +482,7 @@ class PackSet:
         dropped = [n for n in candidates if self._indexed(n, pack)]
         for name in dropped:
             del self._index[name]
-        undead = self._dead.drop_pack(pack)  # records of those names may be live again
+        undead = self._dead.drop_pack(pack) and not compacted_here
         self._rescan = self._rescan or bool(dropped) or undead
 
     def _retire(self, pack: str, fd: int) -> None:
@@ -575,11 +586,20 @@ class PackSet:
         """Whether this process may compact the node's packs now: one at a time. Two
         compactions side by side can each skip a shard their indexes place in the pack
         the other is removing, so that neither copies it."""
-        try:
-            fd = os.open(self.directory / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        path = self.directory / LOCK_FILE
+        try:  # read-only: flock needs no more, and a disk remounted read-only can still say
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
         except FileNotFoundError:  # no packs yet
             yield False
             return
+        except OSError as exc:
+            if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):  # nothing to be done
+                yield False
+                return
+            raise
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -605,7 +625,7 @@ class PackSet:
             self.group.sync()
             self._erase_copies_deleted_meanwhile(copies)
             for pack, _ in claimed:
-                self._forget_pack(pack, self._names_in(pack))
+                self._forget_pack(pack, self._names_in(pack), compacted_here=True)
                 (self.directory / pack).unlink(missing_ok=True)
             # a delete going by a manifest's old location may have zeroed an old record
             # after the look above: its copy goes too (one zeroing a pack already

@@ -249,6 +249,12 @@ def test_a_receipt_path_that_cannot_be_written_is_refused_before_the_forget(
         message = cli.fails(2, "--approval", approval, "forget", "intl", "alice",
                             "--receipt", str(bad))  # fmt: skip
         assert str(bad.name) in message
+    keyring = load(cli.config).keyring_path
+    message = cli.fails(2, "--approval", approval, "forget", "intl", "alice", "--receipt",
+                        str(keyring))  # fmt: skip
+    assert "--receipt" in message and "write the receipt outside the deployment's files" in message
+    head = cli.fails(2, "audit", "head", "--cell", "US", "-o", str(keyring))
+    assert "write the head outside the deployment's files" in head
     assert cli.ok("get", "intl", "alice", "note") == b"hello"  # nothing was forgotten
     receipt = tmp_path / "receipt.note"
     out = cli.ok("--approval", approval, "forget", "intl", "alice", "--receipt", str(receipt))

@@ -34,7 +34,9 @@ from shardvault.keys.tombstones import tombstones_path
 from shardvault.model import named
 
 
-def refuse_deployment_file(path: Path, config: Config) -> None:
+def refuse_deployment_file(
+    path: Path, config: Config, option: str = "-o", written: str = "the object"
+) -> None:
     """Raise `InvalidInput` (exit 2) if writing PATH could change a file of the deployment."""
     target, found = output_target(path)
     what = _owner(target, config)
@@ -42,7 +44,7 @@ def refuse_deployment_file(path: Path, config: Config) -> None:
         what = _same_file(found, config)
     if what is not None:
         raise InvalidInput(
-            f"-o {named(str(path))} is {what}: write the object outside the deployment's files"
+            f"{option} {named(str(path))} is {what}: write {written} outside the deployment's files"
         )
 
 

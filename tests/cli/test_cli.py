@@ -295,6 +295,22 @@ def test_help_is_exit_0(cli: Cli) -> None:
 # real processes ------------------------------------------------------------------
 
 
+def test_python_dash_m_runs_the_same_cli(tmp_path: Path) -> None:
+    """`python -m shardvault` said there was no __main__ module (found in review)."""
+    config = make_deployment(tmp_path / "deploy")
+    done = subprocess.run(
+        [sys.executable, "-m", "shardvault", "--config", str(config), "nodes", "--json"],
+        capture_output=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert len(json.loads(done.stdout)) == 18
+    missing = subprocess.run(
+        [sys.executable, "-m", "shardvault", "--config", str(tmp_path / "none.toml"), "nodes"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert missing.returncode == 2 and missing.stderr.startswith("error: ")
+
+
 def run(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run(
         [str(BINARY), *args], input=stdin, capture_output=True, timeout=60, check=False

@@ -106,3 +106,25 @@ def test_a_hard_link_to_a_shard_is_replaced_and_the_shard_kept(alice: Cli, tmp_p
     alice.ok("get", "intl", "alice", "k", "-o", str(tmp_path / "linked"))
     assert (tmp_path / "linked").read_bytes() == b"payload\n"
     assert shard.read_bytes() == kept
+
+
+def test_the_keyrings_files_are_named_exactly(
+    tmp_path: Path, capsysbinary: pytest.CaptureFixture[bytes]
+) -> None:
+    """A keyring named `.keyring.json` left its tombstones and lock writable (a leading
+    dot was stripped from the name tried, not from the keyring's), while a user's
+    `keyring.json.bak` beside it was refused (found in review)."""
+    config = make_deployment(tmp_path / "demo")
+    config.write_text(config.read_text().replace('"keys/keyring.json"', '"keys/.keyring.json"'))
+    cli = Cli(config, capsysbinary)
+    cli.ok("subject", "add", "intl", "alice", "-j", "US")
+    source = tmp_path / "in.txt"
+    source.write_bytes(b"payload\n")
+    cli.ok("put", "intl", "alice", "k", str(source))
+    keys = tmp_path / "demo" / "keys"
+    for name in (".keyring.json", ".keyring.json.lock", ".keyring.destroyed.sqlite"):
+        assert (keys / name).exists()
+        refused(cli, keys / name)
+    for name in (".keyring.json.bak", "keyring.json", ".keyring.json2"):
+        cli.ok("get", "intl", "alice", "k", "-o", str(keys / name))
+        assert (keys / name).read_bytes() == b"payload\n"

@@ -71,9 +71,15 @@ def _files(config: Config) -> Iterator[tuple[Path, str]]:
 
 
 def _keyring_named(name: str, keyring: Path) -> bool:
-    """Whether a file beside the keyring is one of its own: `keyring.json.lock`, a
-    `.keyring.json.*.tmp`, `keyring.destroyed.sqlite` and its `-wal`..."""
-    return name.lstrip(".").startswith((keyring.name, tombstones_path(keyring).name))
+    """Whether a file beside the keyring is one of its own, named exactly as the keyring
+    names them: `keyring.json.lock`, a `.keyring.json.*.tmp`, `keyring.destroyed.sqlite`
+    and its `-wal`, `-shm` and `-journal` (not `keyring.json.bak`: the user's)."""
+    tombstones = tombstones_path(keyring).name
+    return (
+        name in (keyring.name, f"{keyring.name}.lock", tombstones)
+        or (name.startswith(f".{keyring.name}.") and name.endswith(".tmp"))
+        or name in (f"{tombstones}-wal", f"{tombstones}-shm", f"{tombstones}-journal")
+    )
 
 
 def _trees(config: Config) -> Iterator[tuple[Path, str]]:

@@ -763,6 +763,34 @@ def test_audit_export_onto_a_full_disk_is_exit_1_and_leaves_nothing(
     assert list(out.iterdir()) == []
 
 
+def test_audit_export_never_touches_a_file_named_as_its_temporary_nor_the_deployment(
+    alice: Cli, tmp_path: Path
+) -> None:
+    """Its temporary had a fixed name: a user's folder called so was deleted, a symlink
+    called so was written through; and an export could be made inside the state
+    directory or over the keyring's journal (found in review)."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".report.partial").mkdir()
+    (out / ".report.partial" / "notes.txt").write_text("mine")
+    precious = out / "precious.txt"
+    precious.write_text("mine too")
+    (out / ".r.tar.partial").symlink_to(precious)
+    alice.ok("audit", "export", "--cell", "US", str(out / "report"))
+    alice.ok("audit", "export", "--cell", "US", str(out / "r.tar"))
+    assert (out / ".report.partial" / "notes.txt").read_text() == "mine"
+    assert precious.read_text() == "mine too" and (out / "r.tar").is_file()
+    assert not (out / "r.tar").is_symlink()
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [".report.partial", ".r.tar.partial", "precious.txt", "report", "r.tar"]
+    )
+    demo = alice.config.parent
+    for inside in (demo / "state" / "x", demo / "keys" / "keyring.destroyed.sqlite-journal"):
+        line = alice.fails(2, "audit", "export", "--cell", "US", str(inside))
+        assert "write the export outside the deployment's files" in line
+        assert not inside.exists()
+
+
 class FullFile(io.BufferedWriter):
     def write(self, data: object) -> int:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))

@@ -83,11 +83,14 @@ def _refused(final: Path, code: int) -> ShardvaultError:
 def export_to_directory(log: AuditLog, destination: str | os.PathLike[str]) -> ExportSummary:
     """Write an export directory at ``destination`` (which must not exist)."""
     final = check_destination(destination)
-    temp = final.with_name(f".{final.name}.partial")
     heads, count = _members(log)
+    # made here, exclusively, under a name of its own: never a user's file or folder
+    # that happens to be called like it, nor another export's
     try:
-        shutil.rmtree(temp, ignore_errors=True)
-        temp.mkdir()
+        temp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent))
+    except OSError as exc:
+        raise write_failure(str(final), exc) from None
+    try:
         (temp / HEADS_DIR).mkdir()
         (temp / "FORMAT").write_text(FORMAT_TEXT, encoding="utf-8")
         with open(temp / ENTRIES_NAME, "wb") as out:
@@ -109,10 +112,19 @@ def export_to_file(log: AuditLog, destination: str | os.PathLike[str]) -> Export
     The entries are spooled (a tar member's size comes before its data) to an
     unnamed file beside it, which nothing has to remove."""
     final = check_destination(destination)
-    temp = final.with_name(f".{final.name}.partial")
     heads, count = _members(log)
+    try:  # made exclusively (see export_to_directory)
+        fd, temp_name = tempfile.mkstemp(
+            prefix=f".{final.name}.", suffix=".partial", dir=final.parent
+        )
+    except OSError as exc:
+        raise write_failure(str(final), exc) from None
+    temp = Path(temp_name)
     try:
-        with tarfile.open(temp, "w", format=tarfile.PAX_FORMAT) as tar:
+        with (
+            os.fdopen(fd, "wb") as file,
+            tarfile.open(fileobj=file, mode="w", format=tarfile.PAX_FORMAT) as tar,
+        ):
             _add(tar, "FORMAT", FORMAT_TEXT.encode("utf-8"))
             with tempfile.TemporaryFile(dir=final.parent) as out:
                 _write_entries(log, out, count)

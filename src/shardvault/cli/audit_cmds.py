@@ -102,6 +102,7 @@ def audit_export(
 ) -> None:
     """Sign a fresh head, then write the cell's log and every head for outside verification."""
     check_destination(destination)  # before a head is signed for it
+    refuse_deployment_file(destination, state(ctx).config(), "audit export", "the export")
     gov = state(ctx).governance()
     gov.publish_head(cell)
     log = gov.cell(cell).log

@@ -145,3 +145,27 @@ def test_a_terminated_put_stores_nothing_and_gc_runs(alice: Cli) -> None:
     assert [item["key"] for item in listing["items"]] == ["k"]
     alice.ok("gc")
     assert alice.ok("get", "intl", "alice", "k") == b"payload\n"
+
+
+def test_a_hangup_whose_terminal_then_fails_a_write_is_still_exit_129(
+    alice: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, own_handlers: object
+) -> None:
+    """The progress bar, stopping as the hangup unwound, wrote to the hung-up terminal:
+    its EIO was reported as a failure, exit 1 (found in review)."""
+
+    @contextmanager
+    def bar(label: str, total: int | None) -> Iterator[Callable[[int], None]]:
+        def advance(count: int) -> None:
+            os.kill(os.getpid(), signal.SIGHUP)
+
+        try:
+            yield advance
+        finally:  # as rich's Live does on its way out, to a terminal that is gone
+            raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(objects, "transfer_bar", bar)
+    out = tmp_path / "out"
+    out.mkdir()
+    status, _, err = alice("get", "intl", "alice", "k", "-o", str(out / "h.bin"))
+    assert (status, err) == (129, "error: terminated\n")
+    assert list(out.iterdir()) == []

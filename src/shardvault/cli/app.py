@@ -114,6 +114,9 @@ def _run(argv: list[str] | None) -> int:
     except KeyboardInterrupt as exc:
         return _interrupted(exc)
     except OSError as exc:  # a path the user gave that cannot be used, or a failing disk
+        interrupt = _interrupt_behind(exc)  # a hung-up terminal fails the next write (EIO)
+        if interrupt is not None:
+            return _interrupted(interrupt)
         where = f": {named(str(exc.filename))}" if exc.filename is not None else ""
         _error(f"{exc.strerror or exc}{where}")
         return 2 if exc.errno in _BAD_PATH else 1

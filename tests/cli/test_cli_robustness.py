@@ -21,6 +21,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from test_cli import BINARY, Cli
@@ -712,6 +713,33 @@ def test_verifying_a_cut_tar_export_is_one_line_and_exit_1(alice: Cli, tmp_path:
     cut.write_bytes(whole.read_bytes()[:1536])  # into the entries' data
     line = alice.fails(1, "audit", "verify", str(cut), "--key", us_key(alice))
     assert line.startswith(f"error: {cut} is not a whole audit export (truncated or damaged tar)")
+
+
+def test_verifying_an_export_that_cannot_be_read_is_exit_2(
+    alice: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An unreadable tar said "is not an audit export: [Errno 13] ...", exit 1, and an
+    unreadable directory "export has no FORMAT" (found in review)."""
+    tar, folder = tmp_path / "x.tar", tmp_path / "x"
+    alice.ok("audit", "export", "--cell", "US", str(tar))
+    alice.ok("audit", "export", "--cell", "US", str(folder))
+    real_open, real_scandir = Path.open, os.scandir
+
+    def denied_open(self: Path, *args: Any, **kwargs: Any) -> Any:
+        if self == tar:
+            raise PermissionError(errno.EACCES, "Permission denied", str(self))
+        return real_open(self, *args, **kwargs)
+
+    def denied_scandir(path: Any = ".") -> Any:
+        if Path(path) == folder:
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(Path, "open", denied_open)  # root reads anything: stand-ins
+    monkeypatch.setattr(os, "scandir", denied_scandir)
+    for given in (tar, folder):
+        line = alice.fails(2, "audit", "verify", str(given), "--key", us_key(alice))
+        assert line == f"error: cannot read {given}: Permission denied"
 
 
 def test_a_transparency_report_may_run_to_the_last_day_there_is(alice: Cli) -> None:

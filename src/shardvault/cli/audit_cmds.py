@@ -18,6 +18,7 @@ from shardvault.audit import Checkpoint, export_to_directory, export_to_file, ve
 from shardvault.audit.export import check_destination
 from shardvault.audit.merkle import leaf_hash, verify_consistency, verify_inclusion
 from shardvault.cli.deployment_files import refuse_deployment_file
+from shardvault.cli.given import check_readable, read_given
 from shardvault.cli.outfile import checked_output, write_output
 from shardvault.cli.output import print_json, print_table, say, write_out
 from shardvault.cli.state import state
@@ -25,7 +26,6 @@ from shardvault.errors import InvalidInput
 from shardvault.governance.guard import Governance
 from shardvault.governance.receipts import verify_receipt
 from shardvault.governance.transparency import transparency_report
-from shardvault.model import named
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 Cell = Annotated[str, typer.Option("--cell", help="The cell (jurisdiction), e.g. US.")]
@@ -138,9 +138,10 @@ def audit_verify(
     json_out: JsonFlag = False,
 ) -> None:
     """Verify an export with nothing but it, the public key(s) and a head: no config, no state."""
-    trusted = None if head is None else _read_given(head)
+    trusted = None if head is None else read_given(head)
     if not export.exists():
         raise InvalidInput(f"no export at {export}")
+    check_readable(export)  # else a directory it cannot list reads as one missing files
     report = verify_export(export, key, trusted_head=trusted, cosigner_key=cosigner)
     newest = report.heads[-1]
     if json_out:
@@ -161,15 +162,6 @@ def audit_verify(
         + (f"; cosigned by the partner at {newest.cosigned_at}" if cosigner else "")
         + ("; consistent with the trusted head" if head else "")
     )
-
-
-def _read_given(path: Path) -> bytes:
-    """A file named on the command line: one that cannot be read as given (missing, a
-    directory, not permitted) is a mistake in the command, exit 2."""
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise InvalidInput(f"cannot read {named(str(path))}: {exc.strerror}") from None
 
 
 def _newest_size(gov: Governance, cell: str) -> int:
@@ -293,7 +285,7 @@ def receipt_verify(
     json_out: JsonFlag = False,
 ) -> None:
     """Check a deletion receipt with public keys only: signature, head, inclusion proof."""
-    body = verify_receipt(_read_given(receipt), key, cosigner)
+    body = verify_receipt(read_given(receipt), key, cosigner)
     if json_out:
         print_json({k: v for k, v in body.items() if k != "audit"})
         return

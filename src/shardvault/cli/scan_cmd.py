@@ -5,16 +5,15 @@ Exit codes: 0 nothing at or above ``--fail-on``, 1 something is, 2 bad usage or 
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
 import typer
 
+from shardvault.cli.given import check_readable
 from shardvault.cli.output import write_out
 from shardvault.durability import write_failure
 from shardvault.errors import InvalidInput, Refused
-from shardvault.model import named
 
 
 def scan(
@@ -87,7 +86,8 @@ def scan(
         jobs=jobs,
         baseline=load_baseline(baseline) if baseline is not None else None,
     )
-    _check_readable(path)
+    if path.exists():  # a missing one the scanner reports, in its words
+        check_readable(path)  # skipped, it would pass a gate having scanned nothing
     report = scan_tree(path, options)
     if write_baseline_to is not None:
         count = write_baseline(write_baseline_to, report.all_findings())
@@ -104,20 +104,6 @@ def scan(
     if failing := report.failing(threshold):
         # Refused maps to exit 1 with one line on stderr, like every other rule that says no.
         raise Refused(f"{len(failing)} finding(s) at or above --fail-on {threshold.label}")
-
-
-def _check_readable(path: Path) -> None:
-    """The PATH given must be readable: the scan skips an unreadable file deep in a
-    tree, but skipping the one asked for would pass a CI gate having scanned nothing."""
-    try:
-        if path.is_dir():
-            os.scandir(path).close()
-        else:
-            path.open("rb").close()
-    except FileNotFoundError:
-        return  # the scanner says so, in its words
-    except OSError as exc:
-        raise InvalidInput(f"cannot read {named(str(path))}: {exc.strerror or exc}") from None
 
 
 def register(app: typer.Typer) -> None:

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
+from multiprocessing import Process
 
 from shardvault.scan import clipboard, endpoints
 from shardvault.scan.findings import RULES, Finding, SkippedFile, SkipReason
@@ -232,6 +234,9 @@ _WORKER: Scanner | None = None
 
 def _init_worker(policy: Policy, limits: Limits) -> None:
     global _WORKER
+    # Ctrl-C reaches the whole process group: the parent stops the scan; a worker that
+    # took it as its own went on to its next batch, and the scan ran to its end
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _WORKER = Scanner(policy, limits)
 
 
@@ -246,6 +251,14 @@ def _worker_batch(batch: list[tuple[str, str, str]]) -> FileResults:
     return _WORKER.scan_batch(sources)
 
 
+def _stop_workers(pool: ProcessPoolExecutor) -> None:
+    """Terminate the pool's workers mid-batch: their results are not wanted. Python 3.14
+    has `terminate_workers`; before it, the executor's own table of them is all there is."""
+    workers: dict[int, Process] = getattr(pool, "_processes", None) or {}
+    for worker in list(workers.values()):
+        worker.terminate()
+
+
 def scan_files(
     files: Iterable[SourceFile], policy: Policy, limits: Limits, jobs: int
 ) -> FileResults:
@@ -255,7 +268,8 @@ def scan_files(
         total.merge(Scanner(policy, limits).scan_batch(files))
         return total
     pending: list[Future[FileResults]] = []
-    with ProcessPoolExecutor(jobs, initializer=_init_worker, initargs=(policy, limits)) as pool:
+    pool = ProcessPoolExecutor(jobs, initializer=_init_worker, initargs=(policy, limits))
+    try:
         batch: list[tuple[str, str, str]] = []
         for source in files:
             batch.append((source.rel, source.path, os.path.basename(source.path)))
@@ -266,4 +280,11 @@ def scan_files(
             pending.append(pool.submit(_worker_batch, batch))
         for future in pending:
             total.merge(future.result())
+    except BaseException:
+        # stopped (Ctrl-C, SIGTERM) or failed: the batches not started are dropped and the
+        # workers stopped, rather than the whole scan run out before the error is said
+        _stop_workers(pool)  # first: shutdown forgets them
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
     return total

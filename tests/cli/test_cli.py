@@ -62,6 +62,15 @@ def alice(cli: Cli) -> Cli:
     return cli
 
 
+def alice_holding_k(cli: Cli, tmp_path: Path) -> Cli:
+    """CLI, with intl/alice registered and holding key k = b"payload\\n"."""
+    cli.ok("subject", "add", "intl", "alice", "-j", "US")
+    source = tmp_path / "in.txt"
+    source.write_bytes(b"payload\n")
+    cli.ok("put", "intl", "alice", "k", str(source))
+    return cli
+
+
 def test_init_demo(tmp_path: Path, capsysbinary: pytest.CaptureFixture[bytes]) -> None:
     cli = Cli(tmp_path / "unused.toml", capsysbinary)
     target = tmp_path / "demo"

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
-from test_cli import Cli
+from test_cli import Cli, alice_holding_k
 
 from conftest import make_deployment
 
@@ -17,12 +17,7 @@ REFUSED = "write the object outside the deployment's files"
 @pytest.fixture
 def alice(tmp_path: Path, capsysbinary: pytest.CaptureFixture[bytes]) -> Cli:
     """A demo deployment with intl/alice and key k holding b"payload\\n"."""
-    cli = Cli(make_deployment(tmp_path / "demo"), capsysbinary)
-    cli.ok("subject", "add", "intl", "alice", "-j", "US")
-    source = tmp_path / "in.txt"
-    source.write_bytes(b"payload\n")
-    cli.ok("put", "intl", "alice", "k", str(source))
-    return cli
+    return alice_holding_k(Cli(make_deployment(tmp_path / "demo"), capsysbinary), tmp_path)
 
 
 def files_of(directory: Path) -> dict[str, bytes]:

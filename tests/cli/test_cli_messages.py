@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_cli import Cli
+from test_cli import Cli, alice_holding_k
 
 from conftest import make_deployment
 
@@ -18,12 +18,7 @@ NFD = "e\u0301"  # looks like the NFC "\xe9"
 
 @pytest.fixture
 def alice(tmp_path: Path, capsysbinary: pytest.CaptureFixture[bytes]) -> Cli:
-    cli = Cli(make_deployment(tmp_path / "demo"), capsysbinary)
-    cli.ok("subject", "add", "intl", "alice", "-j", "US")
-    source = tmp_path / "in.txt"
-    source.write_bytes(b"payload\n")
-    cli.ok("put", "intl", "alice", "k", str(source))
-    return cli
+    return alice_holding_k(Cli(make_deployment(tmp_path / "demo"), capsysbinary), tmp_path)
 
 
 def unreadable(monkeypatch: pytest.MonkeyPatch, *paths: Path) -> None:

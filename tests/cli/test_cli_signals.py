@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from test_cli import BINARY, Cli
+from test_cli import BINARY, Cli, alice_holding_k
 
 from conftest import make_deployment
 from shardvault.cli import objects
@@ -29,12 +29,8 @@ class NotHandled(Exception):
 @pytest.fixture
 def alice(tmp_path: Path, capsysbinary: pytest.CaptureFixture[bytes]) -> Cli:
     """A demo deployment (1 MiB segments) with intl/alice and key k."""
-    cli = Cli(make_deployment(tmp_path / "demo", segment_size=1 << 20), capsysbinary)
-    cli.ok("subject", "add", "intl", "alice", "-j", "US")
-    source = tmp_path / "in.txt"
-    source.write_bytes(b"payload\n")
-    cli.ok("put", "intl", "alice", "k", str(source))
-    return cli
+    config = make_deployment(tmp_path / "demo", segment_size=1 << 20)
+    return alice_holding_k(Cli(config, capsysbinary), tmp_path)
 
 
 @pytest.fixture

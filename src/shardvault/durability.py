@@ -193,6 +193,13 @@ def write_failure(what: str, exc: OSError) -> ShardvaultError:
     return StorageError(message) if exc.errno in _NO_ROOM else InvalidInput(message)
 
 
+def write_refused(what: str, code: int | None) -> ShardvaultError:
+    """`write_failure` for what writing WHAT would meet (errno CODE, else EIO), said
+    before anything is written."""
+    code = code or errno.EIO
+    return write_failure(what, OSError(code, os.strerror(code)))
+
+
 _SQLITE_READONLY = 8  # sqlite3.SQLITE_READONLY; its extended codes share the low byte
 
 

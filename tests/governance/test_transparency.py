@@ -148,13 +148,10 @@ def test_the_period_is_strict() -> None:
             period(*bad)
 
 
-def test_the_period_reaches_both_ends_of_the_calendar() -> None:
-    # --to 9999-12-31 (an open end) overflowed: the day after has no datetime
-    start, end = period("0001-01-01", "9999-12-31")
-    assert (start, end) == ("0001-01-01T00:00:00.000000Z", "9999-12-31T24:00:00.000000Z")
-    assert period("9999-12-31", "9999-12-31") == ("9999-12-31T00:00:00.000000Z", end)
-    last = new_entry(
-        at=datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
+def _allowed_read(at: datetime) -> AuditEntry:
+    """One allowed read by principal p of tenant intl, decided by the policy at AT."""
+    return new_entry(
+        at=at,
         hasher=AuditHasher(b"\x01" * 32),
         request_id="r1",
         principal="p",
@@ -166,6 +163,14 @@ def test_the_period_reaches_both_ends_of_the_calendar() -> None:
         result="allowed",
         details={"stage": "policy"},
     )
+
+
+def test_the_period_reaches_both_ends_of_the_calendar() -> None:
+    # --to 9999-12-31 (an open end) overflowed: the day after has no datetime
+    start, end = period("0001-01-01", "9999-12-31")
+    assert (start, end) == ("0001-01-01T00:00:00.000000Z", "9999-12-31T24:00:00.000000Z")
+    assert period("9999-12-31", "9999-12-31") == ("9999-12-31T00:00:00.000000Z", end)
+    last = _allowed_read(datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC))
     expected = {("unknown", "-", "protected", "allow"): 1}
     assert count_requests([last], start, end) == expected
     assert count_request_bytes([last.to_bytes()], start, end) == expected
@@ -284,19 +289,7 @@ def test_counting_entries_or_their_bytes_follows_the_documented_rule(
 
 
 def test_an_entry_whose_counted_fields_the_writer_never_wrote_is_an_integrity_error() -> None:
-    good = new_entry(
-        at=datetime(2026, 2, 1, tzinfo=UTC),
-        hasher=AuditHasher(b"\x01" * 32),
-        request_id="r1",
-        principal="p",
-        tenant="intl",
-        action="read",
-        purpose="serve-user",
-        decision="allow",
-        rule="r",
-        result="allowed",
-        details={"stage": "policy"},
-    ).to_bytes()
+    good = _allowed_read(datetime(2026, 2, 1, tzinfo=UTC)).to_bytes()
     for bad in (
         good.replace(b'"decision":"allow"', b'"decision":"maybe"'),
         good.replace(b'"stage":"policy"', b'"stage":["policy"]'),

@@ -28,8 +28,8 @@ from typing import IO
 
 from shardvault.audit.checkpoint import Checkpoint
 from shardvault.audit.log import AuditLog
-from shardvault.durability import write_failure
-from shardvault.errors import InvalidInput, NotFound, ShardvaultError
+from shardvault.durability import write_failure, write_refused
+from shardvault.errors import InvalidInput, NotFound
 
 EXPORT_VERSION = 1
 FORMAT_TEXT = f"shardvault-audit-export\nversion {EXPORT_VERSION}\n"
@@ -68,16 +68,11 @@ def check_destination(destination: str | os.PathLike[str]) -> Path:
         raise InvalidInput(f"export destination {final} already exists")
     parent = final.parent
     if not parent.is_dir():
-        raise _refused(final, errno.ENOTDIR if os.path.lexists(parent) else errno.ENOENT)
+        raise write_refused(str(final), errno.ENOTDIR if os.path.lexists(parent) else errno.ENOENT)
     if not os.access(parent, os.W_OK | os.X_OK):
         read_only = os.statvfs(parent).f_flag & os.ST_RDONLY
-        raise _refused(final, errno.EROFS if read_only else errno.EACCES)
+        raise write_refused(str(final), errno.EROFS if read_only else errno.EACCES)
     return final
-
-
-def _refused(final: Path, code: int) -> ShardvaultError:
-    """What writing FINAL would have met in its directory (errno CODE), said first."""
-    return write_failure(str(final), OSError(code, os.strerror(code)))
 
 
 def export_to_directory(log: AuditLog, destination: str | os.PathLike[str]) -> ExportSummary:

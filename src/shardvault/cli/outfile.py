@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable
 from contextlib import suppress
 from pathlib import Path
 
-from shardvault.durability import write_failure
+from shardvault.durability import write_failure, write_refused
 from shardvault.errors import InvalidInput, ShardvaultError
 from shardvault.model import named
 
@@ -153,9 +153,7 @@ def _check_file(path: Path, target: Path, found: os.stat_result) -> None:
 
 def _refused(path: Path, code: int | None, what: str = "") -> ShardvaultError:
     """What writing PATH would have met (errno CODE), said before anything is read."""
-    code = code or errno.EIO
-    where = f" ({what})" if what else ""
-    return write_failure(f"{path}{where}", OSError(code, os.strerror(code)))
+    return write_refused(f"{path} ({what})" if what else str(path), code)
 
 
 def _write_into(

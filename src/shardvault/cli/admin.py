@@ -7,8 +7,8 @@ from typing import Annotated
 
 import typer
 
-from shardvault.cli.deployment_files import refuse_deployment_file
-from shardvault.cli.outfile import checked_output, write_output
+from shardvault.cli.deployment_files import output_outside
+from shardvault.cli.outfile import write_output
 from shardvault.cli.output import human_size, print_json, print_table, say, warn, write_out
 from shardvault.cli.state import state
 from shardvault.demo import write_demo
@@ -80,9 +80,8 @@ def forget(
     cli = state(ctx)
     # checked before the forget, which cannot be undone and whose receipt cannot be
     # made again: a mistyped --receipt path once lost it, the forget done
-    receipt_path = None if receipt is None else checked_output(str(receipt))
-    if receipt_path is not None:
-        refuse_deployment_file(receipt_path, cli.config(), "--receipt", "the receipt")
+    given = None if receipt is None else str(receipt)
+    receipt_path = output_outside(given, cli.config(), "--receipt", "the receipt")
     result = cli.vault().forget(tenant, subject, cli.request("forget-subject"))
     if json_out:
         print_json(result)

@@ -17,9 +17,9 @@ import typer
 from shardvault.audit import Checkpoint, export_to_directory, export_to_file, verify_export
 from shardvault.audit.export import check_destination
 from shardvault.audit.merkle import leaf_hash, verify_consistency, verify_inclusion
-from shardvault.cli.deployment_files import refuse_deployment_file
+from shardvault.cli.deployment_files import output_outside, refuse_deployment_file
 from shardvault.cli.given import check_readable, read_given
-from shardvault.cli.outfile import checked_output, write_output
+from shardvault.cli.outfile import write_output
 from shardvault.cli.output import print_json, print_table, say, write_out
 from shardvault.cli.state import state
 from shardvault.errors import InvalidInput
@@ -66,9 +66,7 @@ def audit_head(
     json_out: JsonFlag = False,
 ) -> None:
     """Sign the cell's current head, have the partner cosign it, store it, print it."""
-    path = None if output is None else checked_output(output)  # as `get -o` writes
-    if path is not None:
-        refuse_deployment_file(path, state(ctx).config(), "-o", "the head")
+    path = output_outside(output, state(ctx).config(), "-o", "the head")  # as `get -o`
     gov = state(ctx).governance()
     note = gov.publish_head(cell)
     data = note.to_bytes()

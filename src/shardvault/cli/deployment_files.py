@@ -27,11 +27,23 @@ from collections.abc import Iterator
 from contextlib import suppress
 from pathlib import Path
 
-from shardvault.cli.outfile import output_target
+from shardvault.cli.outfile import checked_output, output_target
 from shardvault.config import Config
 from shardvault.errors import InvalidInput
 from shardvault.keys.tombstones import tombstones_path
 from shardvault.model import named
+
+
+def output_outside(
+    given: str | None, config: Config, option: str = "-o", written: str = "the object"
+) -> Path | None:
+    """The path of `OPTION GIVEN` (none if not given), checked as `get -o` checks one and
+    kept out of the deployment's files, before anything is read or done."""
+    if given is None:
+        return None
+    path = checked_output(given)
+    refuse_deployment_file(path, config, option, written)
+    return path
 
 
 def refuse_deployment_file(

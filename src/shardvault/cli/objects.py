@@ -9,8 +9,8 @@ from typing import Annotated, BinaryIO
 
 import typer
 
-from shardvault.cli.deployment_files import refuse_deployment_file
-from shardvault.cli.outfile import checked_output, write_output
+from shardvault.cli.deployment_files import output_outside
+from shardvault.cli.outfile import write_output
 from shardvault.cli.output import (
     info_rows,
     print_json,
@@ -98,10 +98,8 @@ def get(
     version: Version = None,
 ) -> None:
     """Read KEY (the current version unless --version) to stdout or a file."""
-    path = None if output is None else checked_output(output)
     cli = state(ctx)
-    if path is not None:
-        refuse_deployment_file(path, cli.config())
+    path = output_outside(output, cli.config())
     vault = cli.vault()
     reader = vault.open_read(ObjectRef(tenant, subject, key), version, cli.request("read"))
     with reader, transfer_bar(f"get {key}", reader.info.size) as advance:

@@ -225,10 +225,9 @@ class Vault:
         cell = self.cells.get(home) if home is not None else None
         found = cell.catalog.get_subject(tenant, subject) if cell is not None else None
         if found is not None and found.forgotten_at is not None:
-            when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(found.forgotten_at))
             raise Conflict(
-                f"subject {subject} of tenant {tenant} was forgotten on {when}; its id cannot "
-                "be registered again: give the user a new one"
+                f"subject {subject} of tenant {tenant} was forgotten on {_forgotten_on(found)}; "
+                "its id cannot be registered again: give the user a new one"
             )
 
     def _drop_unfinished_registration(self, tenant: str, subject: str) -> None:
@@ -822,9 +821,12 @@ def _live_at_home(
 def _live(record: SubjectRecord) -> SubjectRecord:
     """The record, unless the subject was forgotten (`SubjectForgotten`)."""
     if record.forgotten_at is not None or record.wrapped_key is None:
-        when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(record.forgotten_at or 0))
         raise SubjectForgotten(
-            f"subject {record.subject} of tenant {record.tenant} was forgotten on {when}; "
-            "its data is unrecoverable"
+            f"subject {record.subject} of tenant {record.tenant} was forgotten on "
+            f"{_forgotten_on(record)}; its data is unrecoverable"
         )
     return record
+
+
+def _forgotten_on(record: SubjectRecord) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(record.forgotten_at or 0))

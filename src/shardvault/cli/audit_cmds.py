@@ -259,7 +259,9 @@ def report_transparency(
         write_out(text.getvalue())
         return
     print_table(
-        f"requests {report.start} .. {report.end} (exclusive)",
+        f"requests {report.start} .. {report.end} (exclusive)"
+        if report.end
+        else f"requests from {report.start}, no end",
         ["cell", "requester kind", "authority country", "data class", "decision", "requests",
          "head size"],
         [

@@ -57,19 +57,15 @@ class ReportRow:
 @dataclass(frozen=True, slots=True)
 class TransparencyReport:
     start: str
-    end: str
+    end: str | None  # None: open (--to 9999-12-31)
     rows: tuple[ReportRow, ...]
     heads: tuple[HeadRef, ...]
 
 
-_END_OF_TIME = "9999-12-31T24:00:00.000000Z"
-"""The end of the last day there is: after every entry's time (they compare as text),
-where the next day, in year 10000, would sort before them all."""
-
-
-def period(start: str, end: str) -> tuple[str, str]:
+def period(start: str, end: str) -> tuple[str, str | None]:
     """``--from`` and ``--to`` days (inclusive) as RFC 3339 bounds ``[start, end)``;
-    ``--to 9999-12-31`` (an open end) as the end of that day, 24:00 in ISO 8601."""
+    ``--to 9999-12-31`` as an open end, None: the day after it, in year 10000, has no
+    RFC 3339 form (and as text would sort before every entry's time)."""
     try:
         first, last = date.fromisoformat(start), date.fromisoformat(end)
     except ValueError:
@@ -78,7 +74,7 @@ def period(start: str, end: str) -> tuple[str, str]:
         raise InvalidInput(f"--to {end} is before --from {start}")
     lo = format_time(datetime(first.year, first.month, first.day, tzinfo=UTC))
     if last == date.max:
-        return lo, _END_OF_TIME
+        return lo, None
     hi = datetime(last.year, last.month, last.day, tzinfo=UTC) + timedelta(days=1)
     return lo, format_time(hi)
 
@@ -121,12 +117,12 @@ def _raw_facts(raws: Iterable[bytes]) -> Iterator[_Fact]:
         yield stage, rid, when, decided, details
 
 
-def count_requests(entries: Iterable[AuditEntry], start: str, end: str) -> Counter[Key]:
+def count_requests(entries: Iterable[AuditEntry], start: str, end: str | None) -> Counter[Key]:
     """Requests whose first entry falls in ``[start, end)``, by requester and decision."""
     return _count(_facts(entries), start, end)
 
 
-def count_request_bytes(raws: Iterable[bytes], start: str, end: str) -> Counter[Key]:
+def count_request_bytes(raws: Iterable[bytes], start: str, end: str | None) -> Counter[Key]:
     """`count_requests` of entries' canonical bytes (a log's or an export's lines)."""
     return _count(_raw_facts(raws), start, end)
 
@@ -144,7 +140,7 @@ class _Request:
         self.who: tuple[str, str, str] | None = None
 
 
-def _count(facts: Iterable[_Fact], start: str, end: str) -> Counter[Key]:
+def _count(facts: Iterable[_Fact], start: str, end: str | None) -> Counter[Key]:
     """Count by each request's first entry. Only requests that start in the period keep
     more than their id (a million requests held 560 MiB), and requesters are held once."""
     requests: dict[str, _Request | None] = {}  # None: started outside the period
@@ -153,7 +149,8 @@ def _count(facts: Iterable[_Fact], start: str, end: str) -> Counter[Key]:
         if stage not in COUNTED_STAGES:
             continue
         if rid not in requests:
-            requests[rid] = _Request() if start <= when < end else None
+            within = start <= when and (end is None or when < end)
+            requests[rid] = _Request() if within else None
         request = requests[rid]
         if request is None:
             continue
@@ -186,7 +183,7 @@ def head_ref(cell: str, note_text: bytes) -> HeadRef:
 
 
 def build_report(
-    start: str, end: str, per_cell: list[tuple[HeadRef, Counter[Key]]]
+    start: str, end: str | None, per_cell: list[tuple[HeadRef, Counter[Key]]]
 ) -> TransparencyReport:
     rows = [
         ReportRow(head.cell, *key, requests=count, head_size=head.size)

@@ -81,7 +81,7 @@ def forget(
     # checked before the forget, which cannot be undone and whose receipt cannot be
     # made again: a mistyped --receipt path once lost it, the forget done
     given = None if receipt is None else str(receipt)
-    receipt_path = output_outside(given, cli.config(), "--receipt", "the receipt")
+    receipt_output = output_outside(given, cli.config(), "--receipt", "the receipt")
     result = cli.vault().forget(tenant, subject, cli.request("forget-subject"))
     if json_out:
         print_json(result)
@@ -92,9 +92,9 @@ def forget(
             f"removed; audit entry {result.audit_index}; signed receipt:"
         )
         write_out(result.receipt)
-    if receipt_path is not None:
+    if receipt_output is not None:
         try:
-            write_output(receipt_path, [result.receipt.encode("utf-8")], lambda _: None)
+            write_output(receipt_output, [result.receipt.encode("utf-8")], lambda _: None)
         except ShardvaultError as exc:
             raise Unavailable(
                 f"{tenant}/{subject} was forgotten, but its receipt was not saved: {exc}; "

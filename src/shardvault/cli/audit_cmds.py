@@ -66,12 +66,12 @@ def audit_head(
     json_out: JsonFlag = False,
 ) -> None:
     """Sign the cell's current head, have the partner cosign it, store it, print it."""
-    path = output_outside(output, state(ctx).config(), "-o", "the head")  # as `get -o`
+    destination = output_outside(output, state(ctx).config(), "-o", "the head")  # as get -o
     gov = state(ctx).governance()
     note = gov.publish_head(cell)
     data = note.to_bytes()
-    if path is not None:
-        write_output(path, [data], lambda _written: None)
+    if destination is not None:
+        write_output(destination, [data], lambda _written: None)
     checkpoint = Checkpoint.parse(note.text)
     if json_out:
         print_json(

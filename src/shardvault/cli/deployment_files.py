@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from contextlib import suppress
 from pathlib import Path
 
-from shardvault.cli.outfile import checked_output, output_target
+from shardvault.cli.outfile import Output, checked_output, output_target
 from shardvault.config import Config
 from shardvault.errors import InvalidInput
 from shardvault.keys.tombstones import tombstones_path
@@ -36,21 +36,35 @@ from shardvault.model import named
 
 def output_outside(
     given: str | None, config: Config, option: str = "-o", written: str = "the object"
-) -> Path | None:
-    """The path of `OPTION GIVEN` (none if not given), checked as `get -o` checks one and
-    kept out of the deployment's files, before anything is read or done."""
+) -> Output | None:
+    """`OPTION GIVEN` (none if not given), checked as `get -o` checks one and kept out of
+    the deployment's files, before anything is read or done."""
     if given is None:
         return None
-    path = checked_output(given)
-    refuse_deployment_file(path, config, option, written)
-    return path
+    output = checked_output(given)
+    try:
+        _refuse(output.given, output.target, output.found, config, option, written)
+    except BaseException:
+        output.close()
+        raise
+    return output
 
 
 def refuse_deployment_file(
     path: Path, config: Config, option: str = "-o", written: str = "the object"
 ) -> None:
     """Raise `InvalidInput` (exit 2) if writing PATH could change a file of the deployment."""
-    target, found = output_target(path)
+    _refuse(path, *output_target(path), config, option, written)
+
+
+def _refuse(
+    path: Path,
+    target: Path,
+    found: os.stat_result | None,
+    config: Config,
+    option: str,
+    written: str,
+) -> None:
     what = _owner(target, config)
     if what is None and found is not None and stat.S_ISREG(found.st_mode) and found.st_nlink > 1:
         what = _same_file(found, config)

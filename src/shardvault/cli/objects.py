@@ -99,16 +99,16 @@ def get(
 ) -> None:
     """Read KEY (the current version unless --version) to stdout or a file."""
     cli = state(ctx)
-    path = output_outside(output, cli.config())
+    destination = output_outside(output, cli.config())
     vault = cli.vault()
     reader = vault.open_read(ObjectRef(tenant, subject, key), version, cli.request("read"))
     with reader, transfer_bar(f"get {key}", reader.info.size) as advance:
-        if path is None:
+        if destination is None:
             for chunk in reader:
                 write_out(chunk)
                 advance(len(chunk))
         else:
-            write_output(path, reader, advance)
+            write_output(destination, reader, advance)
     vault.report_damage(reader.damage)
     if reader.damage:
         warn(

@@ -8,6 +8,14 @@ replaced. What a redirection would refuse is refused before anything is read
 (and audited): a directory, a loop of symlinks, a missing directory, a file or
 directory this user may not write, a file of another user (replacing it would
 give it to this one).
+
+The path is resolved once, when it is checked, and its directory held open
+(`O_PATH`) from then on, and so is a device or FIFO it leads to: the write goes
+to what was checked. A file is replaced by name within that directory, so a
+symlink swapped in meanwhile is replaced, not followed, and a FIFO swapped in
+is not fed. Otherwise a symlink put into a directory another user may write,
+between the check and the write, would have sent the object to wherever it
+points (a deployment file included), and a FIFO to whoever reads it.
 """
 
 from __future__ import annotations
@@ -18,18 +26,39 @@ import re
 import stat
 from collections.abc import Callable, Iterable
 from contextlib import suppress
+from dataclasses import dataclass
 from pathlib import Path
 
 from shardvault.durability import write_failure, write_refused
-from shardvault.errors import InvalidInput, ShardvaultError
+from shardvault.errors import Conflict, InvalidInput, ShardvaultError
 from shardvault.model import named
 
 _DESCRIPTOR = re.compile(r"/(?:dev/fd|proc/self/fd)/(\d+)")
 _STANDARD = {"/dev/stdout": 1, "/dev/stderr": 2}
 
 
-def checked_output(given: str) -> Path:
-    """The path of `-o GIVEN`, once it is known that the object could be written there."""
+@dataclass(eq=False)
+class Output:
+    """A checked `-o`: the path as given (for messages), what it led to when checked,
+    and the way back to it: an open descriptor written into, or the target's directory
+    and the device or FIFO the target is, open until `write_output` is done with them."""
+
+    given: Path
+    target: Path
+    found: os.stat_result | None  # none: the write makes the file
+    descriptor: int | None = None  # the caller's: never closed here
+    directory: int | None = None
+    pinned: int | None = None  # the device or FIFO, O_PATH
+
+    def close(self) -> None:
+        for fd in (self.directory, self.pinned):
+            if fd is not None:
+                os.close(fd)
+        self.directory = self.pinned = None
+
+
+def checked_output(given: str) -> Output:
+    """`-o GIVEN`, once it is known that the object could be written there."""
     if not given:
         raise InvalidInput("-o is empty; give a file name")
     path = Path(given)
@@ -38,48 +67,50 @@ def checked_output(given: str) -> Path:
     descriptor = _descriptor(path)
     if descriptor is not None:
         try:
-            os.fstat(descriptor)
+            status = os.fstat(descriptor)
         except OSError as exc:
             raise _refused(path, exc.errno) from None
-        return path
+        return Output(path, Path(os.path.realpath(path)), status, descriptor=descriptor)
     target = _target(path)
+    output = Output(path, target, None, directory=_open_directory(path, target.parent))
     try:
-        found = target.stat()
-    except FileNotFoundError:
-        found = None
-    except OSError as exc:
-        raise _refused(path, exc.errno) from None
-    if found is None or stat.S_ISREG(found.st_mode):
-        _check_directory(path, target.parent)
-    if found is not None and stat.S_ISREG(found.st_mode):
-        _check_file(path, target, found)
-    return path
+        output.found = found = _stat_in(output)
+        if found is not None and stat.S_ISLNK(found.st_mode):  # resolved, then swapped in
+            raise Conflict(f"{path} changed while it was checked; try again")
+        if found is None or stat.S_ISREG(found.st_mode):
+            _check_directory(path, target.parent)
+        if found is not None and stat.S_ISREG(found.st_mode):
+            _check_file(output, found)
+        elif found is not None:
+            output.pinned = _pin(output, found)
+    except BaseException:
+        output.close()
+        raise
+    return output
 
 
-def write_output(path: Path, chunks: Iterable[bytes], advance: Callable[[int], None]) -> None:
-    """Write the chunks to a path `checked_output` returned."""
-    descriptor = _descriptor(path)
-    if descriptor is not None:
-        _write_into(path, os.dup(descriptor), chunks, advance)
-        return
-    target = _target(path)
+def write_output(output: Output, chunks: Iterable[bytes], advance: Callable[[int], None]) -> None:
+    """Write the chunks as `checked_output` found the path, then let it go: into the
+    descriptor, device or FIFO that was checked, else by a rename over whatever has
+    the name now."""
     try:
-        found: os.stat_result | None = target.stat()
-    except OSError:
-        found = None  # absent: made by the write, errors reported there
-    if found is not None and not stat.S_ISREG(found.st_mode):
-        try:
-            fd = os.open(target, os.O_WRONLY | os.O_CLOEXEC)  # never created: no O_CREAT
-        except OSError as exc:
-            raise write_failure(str(path), exc) from None
-        _write_into(path, fd, chunks, advance)
-    else:
-        _replace(path, target, chunks, advance, found)
+        if output.descriptor is not None:
+            _write_into(output.given, os.dup(output.descriptor), chunks, advance)
+        elif output.pinned is not None:
+            try:
+                fd = os.open(f"/proc/self/fd/{output.pinned}", os.O_WRONLY | os.O_CLOEXEC)
+            except OSError as exc:
+                raise write_failure(str(output.given), exc) from None
+            _write_into(output.given, fd, chunks, advance)
+        else:
+            _replace(output, chunks, advance, output.found)
+    finally:
+        output.close()
 
 
 def output_target(path: Path) -> tuple[Path, os.stat_result | None]:
-    """The file a path `checked_output` returned leads to, resolved, and its status (none
-    if the write is to make it); an open descriptor's is the descriptor's."""
+    """The file PATH leads to, resolved, and its status (none if a write would make it);
+    an open descriptor's is the descriptor's."""
     descriptor = _descriptor(path)
     if descriptor is not None:
         return Path(os.path.realpath(path)), os.fstat(descriptor)
@@ -131,6 +162,33 @@ def _target(path: Path) -> Path:
     return Path(os.path.realpath(parent)) / os.path.basename(current)
 
 
+def _open_directory(path: Path, directory: Path) -> int:
+    """DIRECTORY held open (`O_PATH`: no read permission needed, as a redirection needs
+    none), refused if it is not what the path led to a moment before."""
+    try:
+        fd = os.open(directory, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise _refused(path, exc.errno) from None
+    try:
+        opened, named_now = os.fstat(fd), os.stat(directory)
+    except OSError:
+        named_now = None
+    if named_now is None or (opened.st_dev, opened.st_ino) != (named_now.st_dev, named_now.st_ino):
+        os.close(fd)
+        raise Conflict(f"{path} changed while it was checked; try again")
+    return fd
+
+
+def _stat_in(output: Output) -> os.stat_result | None:
+    """The target's status by name in its open directory, not following a symlink."""
+    try:
+        return os.stat(output.target.name, dir_fd=output.directory, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise _refused(output.given, exc.errno) from None
+
+
 def _check_directory(path: Path, directory: Path) -> None:
     if not os.access(directory, os.W_OK | os.X_OK):
         read_only = os.statvfs(directory).f_flag & os.ST_RDONLY
@@ -139,16 +197,45 @@ def _check_directory(path: Path, directory: Path) -> None:
         )
 
 
-def _check_file(path: Path, target: Path, found: os.stat_result) -> None:
+def _check_file(output: Output, found: os.stat_result) -> None:
     try:  # no O_TRUNC: nothing changes; the errno is the kernel's (EACCES, EROFS, ETXTBSY)
-        os.close(os.open(target, os.O_WRONLY | os.O_CLOEXEC))
+        os.close(_open_in(output, os.O_WRONLY))
     except OSError as exc:
-        raise _refused(path, exc.errno) from None
+        raise _refused(output.given, exc.errno) from None
     if os.geteuid() not in (0, found.st_uid):
         raise InvalidInput(
-            f"cannot write {named(str(path))}: it belongs to another user, and -o replaces "
-            "a file (redirect stdout to write into it)"
+            f"cannot write {named(str(output.given))}: it belongs to another user, and -o "
+            "replaces a file (redirect stdout to write into it)"
         )
+
+
+def _open_in(output: Output, flags: int, mode: int = 0o777, name: str | None = None) -> int:
+    """Open NAME (the target's, by default) in the target's open directory, never
+    following a symlink there."""
+    return os.open(
+        name or output.target.name,
+        flags | os.O_NOFOLLOW | os.O_CLOEXEC,
+        mode,
+        dir_fd=output.directory,
+    )
+
+
+def _pin(output: Output, found: os.stat_result) -> int:
+    """The device or FIFO the target is, held (`O_PATH`: opening it to write could block
+    or act) so that the write goes to it and no other; refused if it just changed."""
+    try:
+        fd = _open_in(output, os.O_PATH)  # O_NOFOLLOW with O_PATH: a symlink, not its target
+    except OSError as exc:
+        raise _refused(output.given, exc.errno) from None
+    opened = os.fstat(fd)
+    if (opened.st_dev, opened.st_ino, opened.st_mode) != (
+        found.st_dev,
+        found.st_ino,
+        found.st_mode,
+    ):
+        os.close(fd)
+        raise Conflict(f"{output.given} changed while it was checked; try again")
+    return fd
 
 
 def _refused(path: Path, code: int | None, what: str = "") -> ShardvaultError:
@@ -169,21 +256,20 @@ def _write_into(
 
 
 def _replace(
-    path: Path,
-    target: Path,
+    output: Output,
     chunks: Iterable[bytes],
     advance: Callable[[int], None],
     found: os.stat_result | None,
 ) -> None:
-    """Write a temporary beside TARGET, then rename it over TARGET. Replacing a file, the
-    temporary is made 0600 and gets the file's owner, group (or, where this user may
-    not give it that group, no group permissions) and mode before any data."""
-    temp = target.with_name(f".{target.name[:200]}.partial-{os.getpid()}")
+    """Write a temporary beside the target, then rename it over the target. Replacing a
+    file, the temporary is made 0600 and gets the file's owner, group (or, where this
+    user may not give it that group, no group permissions) and mode before any data."""
+    name = output.target.name
+    temp = f".{name[:200]}.partial-{os.getpid()}"
+    directory = output.directory
     created = False
     try:
-        fd = os.open(
-            temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600 if found else 0o666
-        )
+        fd = _open_in(output, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600 if found else 0o666, temp)
         created = True
         with os.fdopen(fd, "wb") as sink:
             if found is not None:
@@ -191,13 +277,13 @@ def _replace(
             for chunk in chunks:
                 sink.write(chunk)
                 advance(len(chunk))
-        temp.replace(target)
+        os.replace(temp, name, src_dir_fd=directory, dst_dir_fd=directory)
     except BaseException as exc:
         if created:
             with suppress(OSError):  # the original error is the one to report
-                temp.unlink()
+                os.unlink(temp, dir_fd=directory)
         if isinstance(exc, OSError):
-            raise write_failure(str(path), exc) from None
+            raise write_failure(str(output.given), exc) from None
         raise
 
 

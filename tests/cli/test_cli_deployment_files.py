@@ -103,6 +103,27 @@ def test_a_hard_link_to_a_shard_is_replaced_and_the_shard_kept(alice: Cli, tmp_p
     assert shard.read_bytes() == kept
 
 
+def test_a_descriptor_open_on_a_hard_link_to_a_shard_is_refused(alice: Cli, tmp_path: Path) -> None:
+    # it is written into, not replaced: the shard's bytes were overwritten
+    shard = next((alice.config.parent / "nodes").glob("*/*/shards/*/*/*"))
+    kept = shard.read_bytes()
+    os.link(shard, tmp_path / "linked")
+    fd = os.open(tmp_path / "linked", os.O_WRONLY)
+    try:
+        line = refused(alice, f"/dev/fd/{fd}")
+    finally:
+        os.close(fd)
+    assert "other names on the disk of node" in line and "perhaps a shard" in line
+    assert shard.read_bytes() == kept
+    mine = tmp_path / "mine"  # one name: written into as before
+    fd = os.open(mine, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        alice.ok("get", "intl", "alice", "k", "-o", f"/dev/fd/{fd}")
+    finally:
+        os.close(fd)
+    assert mine.read_bytes() == b"payload\n"
+
+
 def test_the_keyrings_files_are_named_exactly(
     tmp_path: Path, capsysbinary: pytest.CaptureFixture[bytes]
 ) -> None:

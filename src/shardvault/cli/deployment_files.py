@@ -15,8 +15,10 @@ descriptor (`/dev/fd/N`, which is written into), is also compared by
 (st_dev, st_ino) with the config, the policies, the keyring's files, the partner
 directory's and every file under the state directory (a few per cell), statted
 only then. Node directories are not walked (they hold every shard: too many to
-stat at each get), and need not be: a file `-o` names is replaced by a rename,
-so a hard link into a node directory loses its name, never the shard's bytes.
+stat at each get). A file `-o` names is replaced by a rename, so a hard link
+into a node directory loses its name, never the shard's bytes; but an open
+descriptor is written into, so one open on a file with several names, on the
+disk of a node's directory, is refused: it could be a shard's.
 """
 
 from __future__ import annotations
@@ -43,7 +45,8 @@ def output_outside(
         return None
     output = checked_output(given)
     try:
-        _refuse(output.given, output.target, output.found, config, option, written)
+        into = output.descriptor is not None
+        _refuse(output.given, output.target, output.found, config, option, written, into)
     except BaseException:
         output.close()
         raise
@@ -64,14 +67,29 @@ def _refuse(
     config: Config,
     option: str,
     written: str,
+    into: bool = False,
 ) -> None:
+    """Refuse TARGET if it is a deployment file (or INTO, written into: may be a shard)."""
     what = _owner(target, config)
     if what is None and found is not None and stat.S_ISREG(found.st_mode) and found.st_nlink > 1:
-        what = _same_file(found, config)
+        what = _same_file(found, config) or (_maybe_a_shard(found, config) if into else None)
     if what is not None:
         raise InvalidInput(
             f"{option} {named(str(path))} is {what}: write {written} outside the deployment's files"
         )
+
+
+def _maybe_a_shard(found: os.stat_result, config: Config) -> str | None:
+    """What a descriptor open on FOUND may be: a shard, if it has several names on the
+    disk of a node's directory (see the module's note)."""
+    for node in config.nodes:
+        with suppress(OSError):
+            if node.backend == "local" and os.stat(node.location).st_dev == found.st_dev:
+                return (
+                    f"open on a file with other names on the disk of node {node.id}'s "
+                    "directory, perhaps a shard, and would be written into"
+                )
+    return None
 
 
 def _owner(target: Path, config: Config) -> str | None:

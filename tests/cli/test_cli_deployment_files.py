@@ -144,3 +144,21 @@ def test_the_keyrings_files_are_named_exactly(
     for name in (".keyring.json.bak", "keyring.json", ".keyring.json2"):
         cli.ok("get", "intl", "alice", "k", "-o", str(keys / name))
         assert (keys / name).read_bytes() == b"payload\n"
+
+
+@pytest.mark.parametrize(
+    ("option", "written"), [("-o", "report"), ("--write-baseline", "baseline")]
+)
+def test_a_scan_does_not_write_into_the_deployment(
+    alice: Cli, tmp_path: Path, option: str, written: str
+) -> None:
+    # it wrote its report over the keyring: every object unreadable
+    demo = alice.config.parent
+    source = tmp_path / "a.py"
+    source.write_text('HOST = "77.88.8.8"\n')
+    before = files_of(demo)
+    line = alice.fails(2, "scan", str(source), option, str(demo / "keys" / "keyring.json"))
+    assert line.endswith(
+        f"is the deployment's keyring: write the {written} outside the deployment's files"
+    )
+    assert files_of(demo) == before

@@ -118,3 +118,35 @@ def test_bad_baseline_is_one_line_and_exit_2(
     assert (
         err == f"error: baseline {baseline} is not a shardvault-scan-baseline file of version 1\n"
     )
+
+
+def test_an_output_is_checked_before_the_scan_and_written_whole(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # no deployment here: nothing of one to keep out
+    monkeypatch.delenv("SHARDVAULT_CONFIG", raising=False)
+    tree = str(FIXTURES / "c")
+    report = tmp_path / "report.json"
+    assert run(capsys, tree, "--format", "json", "-o", str(report))[0] == 0
+    assert json.loads(report.read_text())["summary"]
+    assert not list(tmp_path.glob(".*partial*"))  # written beside it, then renamed
+    scanned: list[object] = []
+    monkeypatch.setattr("shardvault.scan.scan_tree", lambda *a: scanned.append(a))
+    for option in ("--output", "--write-baseline"):
+        code, _, err = run(capsys, tree, option, str(tmp_path))
+        assert (code, err) == (2, f"error: {option} {tmp_path} is a directory; give a file name\n")
+        code, _, err = run(capsys, tree, option, str(tmp_path / "missing" / "r"))
+        assert code == 2 and err.startswith(f"error: cannot write {tmp_path}/missing/r")
+    assert scanned == []  # refused before scanning
+
+
+@pytest.mark.parametrize("option", ["--output", "--write-baseline"])
+def test_a_full_disk_is_exit_1_with_its_remedy(
+    capsys: pytest.CaptureFixture[str], option: str
+) -> None:
+    # a baseline that could not be written was exit 2 whatever the reason
+    code, _, err = run(capsys, str(FIXTURES / "c"), option, "/dev/full")
+    assert (code, err) == (
+        1,
+        "error: cannot write /dev/full: No space left on device; make room and retry\n",
+    )

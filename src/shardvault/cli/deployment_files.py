@@ -43,7 +43,7 @@ def output_outside(
     the deployment's files, before anything is read or done."""
     if given is None:
         return None
-    output = checked_output(given)
+    output = checked_output(given, option)
     try:
         into = output.descriptor is not None
         _refuse(output.given, output.target, output.found, config, option, written, into)

@@ -57,13 +57,13 @@ class Output:
         self.directory = self.pinned = None
 
 
-def checked_output(given: str) -> Output:
-    """`-o GIVEN`, once it is known that the object could be written there."""
+def checked_output(given: str, option: str = "-o") -> Output:
+    """`OPTION GIVEN`, once it is known that the object could be written there."""
     if not given:
-        raise InvalidInput("-o is empty; give a file name")
+        raise InvalidInput(f"{option} is empty; give a file name")
     path = Path(given)
     if given.endswith("/") or not path.name or path.is_dir():
-        raise InvalidInput(f"-o {named(given)} is a directory; give a file name")
+        raise InvalidInput(f"{option} {named(given)} is a directory; give a file name")
     descriptor = _descriptor(path)
     if descriptor is not None:
         try:

@@ -10,13 +10,16 @@ from pathlib import Path
 
 import typer
 
+from shardvault.cli.deployment_files import output_outside
 from shardvault.cli.given import check_readable
+from shardvault.cli.outfile import Output, checked_output, write_output
 from shardvault.cli.output import write_out
-from shardvault.durability import write_failure
-from shardvault.errors import InvalidInput, Refused
+from shardvault.cli.state import state
+from shardvault.errors import InvalidInput, Refused, ShardvaultError
 
 
 def scan(
+    ctx: typer.Context,
     # readable=False here and below: Click's own check printed a boxed usage error; the
     # command's code says in one line what it could not read
     path: Path = typer.Argument(..., help="Source tree (or one file) to scan.", readable=False),
@@ -56,10 +59,10 @@ def scan(
         ScanOptions,
         Severity,
         WalkOptions,
+        baseline_text,
         load_baseline,
         load_policy,
         scan_tree,
-        write_baseline,
     )
     from shardvault.scan.render import render_json, render_table
     from shardvault.scan.sarif import render_sarif
@@ -88,22 +91,35 @@ def scan(
     )
     if path.exists():  # a missing one the scanner reports, in its words
         check_readable(path)  # skipped, it would pass a gate having scanned nothing
+    # checked before the scan, which may be long; written whole or not at all
+    baseline_output = _output(ctx, write_baseline_to, "--write-baseline", "the baseline")
+    report_output = _output(ctx, output, "--output", "the report")
     report = scan_tree(path, options)
-    if write_baseline_to is not None:
-        count = write_baseline(write_baseline_to, report.all_findings())
+    if baseline_output is not None:
+        text, count = baseline_text(report.all_findings())
+        write_output(baseline_output, [text.encode("utf-8")], lambda _n: None)
         print(f"wrote {count} finding(s) to baseline {write_baseline_to}", file=sys.stderr)
         return
     text = renderers[output_format](report)
-    if output is not None:
-        try:
-            output.write_text(text, encoding="utf-8")
-        except OSError as exc:
-            raise write_failure(str(output), exc) from exc
+    if report_output is not None:
+        write_output(report_output, [text.encode("utf-8")], lambda _n: None)
     else:
         write_out(text)
     if failing := report.failing(threshold):
         # Refused maps to exit 1 with one line on stderr, like every other rule that says no.
         raise Refused(f"{len(failing)} finding(s) at or above --fail-on {threshold.label}")
+
+
+def _output(ctx: typer.Context, given: Path | None, option: str, written: str) -> Output | None:
+    """Where OPTION writes, checked as `get -o` checks it, and kept out of the files of
+    the deployment the config names, if there is one: a scan needs none."""
+    if given is None:
+        return None
+    try:
+        config = state(ctx).config()
+    except ShardvaultError:
+        return checked_output(str(given), option)
+    return output_outside(str(given), config, option, written)
 
 
 def register(app: typer.Typer) -> None:

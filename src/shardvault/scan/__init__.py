@@ -3,7 +3,7 @@ read the clipboard behind the user's back (issue #4). See ``docs/scanner.md``.""
 
 from __future__ import annotations
 
-from shardvault.scan.baseline import load_baseline, write_baseline
+from shardvault.scan.baseline import baseline_text, load_baseline, write_baseline
 from shardvault.scan.engine import Limits
 from shardvault.scan.findings import RULES, Finding, Severity, SkippedFile
 from shardvault.scan.policy import Policy, load_policy
@@ -20,6 +20,7 @@ __all__ = [
     "Severity",
     "SkippedFile",
     "WalkOptions",
+    "baseline_text",
     "load_baseline",
     "load_policy",
     "scan_tree",

@@ -21,6 +21,16 @@ BASELINE_VERSION = 1
 
 def write_baseline(path: Path, findings: Iterable[Finding]) -> int:
     """Write every finding as accepted; returns how many were written."""
+    text, count = baseline_text(findings)
+    try:
+        path.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise InvalidInput(f"cannot write baseline {path}: {exc.strerror}") from exc
+    return count
+
+
+def baseline_text(findings: Iterable[Finding]) -> tuple[str, int]:
+    """Every finding as accepted, as a baseline file's text, and how many there are."""
     entries = sorted(
         (
             {"fingerprint": f.fingerprint, "rule_id": f.rule_id, "path": f.path, "text": f.text}
@@ -29,11 +39,7 @@ def write_baseline(path: Path, findings: Iterable[Finding]) -> int:
         key=lambda e: (e["path"], e["rule_id"], e["fingerprint"]),
     )
     doc = {"format": BASELINE_FORMAT, "version": BASELINE_VERSION, "findings": entries}
-    try:
-        path.write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    except OSError as exc:
-        raise InvalidInput(f"cannot write baseline {path}: {exc.strerror}") from exc
-    return len(entries)
+    return json.dumps(doc, indent=2, ensure_ascii=False) + "\n", len(entries)
 
 
 def load_baseline(path: Path) -> Counter[str]:

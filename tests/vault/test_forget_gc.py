@@ -218,6 +218,37 @@ def test_gc_collects_leftovers_and_never_committed_shards(tmp_path: Path) -> Non
         old_temp.abort()
 
 
+@pytest.mark.parametrize(
+    "stray",
+    [
+        "notes.txt",
+        ".0123456789abcdef0123456789abcdef.v1.s0.Xa1b2",
+        "0123456789abcdef0123456789abcdef.v1.s0.bak",
+    ],
+)
+def test_gc_leaves_a_file_not_named_as_a_shard_and_sweeps_the_node(
+    tmp_path: Path, stray: str
+) -> None:
+    """A note, an editor's backup or a copy tool's temporary among the shard files is
+    none of gc's business: it once crashed gc (a traceback) or skipped the node every run."""
+    config_path = make_deployment(tmp_path / "deploy")
+    with Vault.open(load(config_path)) as vault:
+        vault.register_subject("intl", "alice", "US")
+        ref = ObjectRef("intl", "alice", "k")
+        vault.put(ref, os.urandom(SEGMENT))
+        shard = shard_paths(vault, ref)[0]
+        (shard.parent / stray).write_bytes(b"not a shard")
+        store = vault.cells["US"].store(manifest_of(vault, ref).nodes[0])
+        orphan = shard_name(b"\x03" * 16, 1, 0)
+        writer = store.open_writer(orphan)
+        writer.write(os.urandom(SEGMENT))
+        writer.commit()
+        report = vault.gc(grace_seconds=0)
+        assert (report.orphans, report.skipped_nodes) == (1, ())
+        assert (shard.parent / stray).exists()
+        assert vault.get(ref) is not None
+
+
 def test_forget_leaves_no_name_of_the_subject_in_its_cell_files(config_path: Path) -> None:
     # damage records and approvals kept the subject id and object keys in the clear
     with Vault.open(load(config_path)) as vault:

@@ -27,7 +27,7 @@ from pathlib import Path
 from shardvault.durability import BackgroundFlush, filesystem_sync, fsync_directory
 from shardvault.errors import NotFound, StorageError
 from shardvault.nodes.packs import PackedShard, PackSet
-from shardvault.nodes.port import check_shard_name
+from shardvault.nodes.port import check_shard_name, is_shard_name
 
 DEFAULT_PACK_LIMIT = 64 << 10
 WRITEBACK_CHUNK = 4 << 20  # measured best of 2-16 MiB for 256 MiB puts here
@@ -275,9 +275,12 @@ class LocalDirShardStore:
             )
 
     def names(self) -> Iterator[str]:
+        """Every shard name on the node. A file of any other name under shards/ (a note,
+        an editor's backup, a copy tool's temporary) is not one of ours: listed, gc
+        took it for an orphan, and failed on it, the whole run or the node every run."""
         self._check_root()  # a directory gone lists as empty: gc would see nothing to do
         try:
-            found = {path.name for path in self.shard_dir.glob("*/*/*")}
+            found = {p.name for p in self.shard_dir.glob("*/*/*") if is_shard_name(p.name)}
             found.update(self.packs.names())
         except OSError as exc:
             raise _storage_error(self.node_id, "listing shards", exc) from exc

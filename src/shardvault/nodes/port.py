@@ -17,8 +17,12 @@ from shardvault.errors import InvalidInput
 _SHARD_NAME = re.compile(r"[0-9a-f]{32}\.v[0-9]{1,19}\.s[0-9]{1,2}")
 
 
+def is_shard_name(name: str) -> bool:
+    return _SHARD_NAME.fullmatch(name) is not None
+
+
 def check_shard_name(name: str) -> str:
-    if not _SHARD_NAME.fullmatch(name):
+    if not is_shard_name(name):
         raise InvalidInput(f"invalid shard name {name!r}")
     return name
 

@@ -16,6 +16,7 @@ import pytest
 
 from conftest import SEGMENT, make_deployment, manifest_of, shard_paths
 from shardvault.catalog.port import Catalog, VersionRecord
+from shardvault.codec.shardfile import block_offset
 from shardvault.config import load
 from shardvault.errors import StorageError
 from shardvault.manifest import Manifest
@@ -184,6 +185,41 @@ def test_more_than_m_bad_shards_are_named_and_nothing_changes(tmp_path: Path) ->
         assert manifest_of(vault, REFS[0]) == before
 
 
+@pytest.mark.parametrize("pack_limit", [0, 64 << 10])
+def test_damage_over_more_than_m_shards_in_different_segments_is_repaired(
+    tmp_path: Path, pack_limit: int
+) -> None:
+    # a shard was counted bad whole for one bad block: three shards each bad in one
+    # segment read back fine, and repair named the version unrepairable
+    config = deployment(tmp_path, pack_limit=pack_limit)
+    third = SPARES.split("\n\n")[0].replace("us-n7", "us-n9").replace("fac-1", "fac-3")
+    config.write_text(config.read_text() + third.format(pack_limit=pack_limit))
+    (tmp_path / "deploy" / "nodes" / "US" / "us-n9").mkdir()
+    payloads = filled(config)
+    ref = REFS[11]
+    with Vault.open(load(config)) as vault:
+        manifest = manifest_of(vault, ref)
+        assert manifest.segments > M
+        cell = vault.cells["US"]
+        for index in range(M + 1):  # shard i bad in segment i alone
+            store = cell.store(manifest.nodes[index])
+            assert isinstance(store, LocalDirShardStore)
+            path, at = store.shard_path(shard_name(manifest.object_id, 1, index)), 0
+            if pack_limit:
+                pack, offset = str(manifest.location(index)).split(":")
+                path, at = store.packs.directory / pack, int(offset)
+            with path.open("r+b") as file:
+                file.seek(at + block_offset(index, manifest.block_size))
+                byte = file.read(1)[0]
+                file.seek(-1, os.SEEK_CUR)
+                file.write(bytes([byte ^ 0xFF]))
+        assert vault.get(ref) == payloads[ref]
+        report = vault.repair()
+        assert (report.versions, report.rebuilt, report.problems) == (1, M + 1, ())
+        assert not set(manifest_of(vault, ref).nodes[: M + 1]) & set(manifest.nodes)
+        reads_back_whole(vault, payloads)
+
+
 def lose(vault: Vault, ref: ObjectRef, index: int) -> None:
     """Delete one shard of ref's current version from its node, packed or not."""
     manifest = manifest_of(vault, ref)
@@ -284,7 +320,7 @@ def test_a_version_collected_while_being_checked_is_no_problem(
         real_bad_shards = repair._bad_shards
         victim = REFS[6]
 
-        def collected_first(cell: Cell, manifest: Manifest) -> set[int]:
+        def collected_first(cell: Cell, manifest: Manifest) -> repair.BadShards:
             if manifest.ref == victim:
                 vault.delete(victim)
                 vault.gc(grace_seconds=0)
@@ -407,7 +443,7 @@ def test_a_version_gc_relocated_during_the_check_is_still_named_if_lost(
         catalog = vault.cells["US"].catalog
         real_bad_shards = repair._bad_shards
 
-        def relocated_first(cell: Cell, manifest: Manifest) -> set[int]:
+        def relocated_first(cell: Cell, manifest: Manifest) -> repair.BadShards:
             if manifest.ref == REFS[2]:
                 (record,) = catalog.versions_with({manifest.object_id})
                 moved = dataclasses.replace(manifest, locations=(None,) * manifest.n)

@@ -7,7 +7,10 @@ at every committed version of the cell (a cursor over object ids, a batch at
 a time). Every block of every shard is read and checked against the
 manifest's hashes. A shard is bad if its header or any block is missing,
 short or wrong, or if its node is not active (draining, down, no longer
-configured, or unavailable).
+configured, or unavailable). A version can be repaired while every segment has
+k good blocks, from whichever shards they are in: damage spread over more
+than m shards, none of its segments losing more than m blocks, is as
+readable as it is repairable.
 
 A bad shard is rebuilt whole, segment by segment: k good blocks are decoded
 and the segment encoded again, and every rebuilt block must hash to the
@@ -97,10 +100,11 @@ def _repair_version(cell: Cell, code: ErasureCode, record: VersionRecord) -> Rep
     if not bad:
         cell.catalog.clear_damage(manifest.ref, manifest.version)
         return RepairReport(1)
-    if manifest.n - len(bad) < manifest.k:
+    good = _fewest_good(manifest, bad)
+    if good < manifest.k:
         if _moved_on(cell, record):  # deleted or forgotten meanwhile: its shards went
             return RepairReport(1)
-        return _left(what, f"only {manifest.n - len(bad)} of {manifest.n} shards are good")
+        return _left(what, f"only {good} of {manifest.n} shards are good")
     targets = _targets(cell, manifest, sorted(bad))
     if targets is None:
         return _left(
@@ -155,14 +159,28 @@ def _active(cell: Cell) -> dict[str, NodeSpec]:
     return {node.id: node for node in cell.placeable_nodes() if node.state is NodeState.ACTIVE}
 
 
-def _bad_shards(cell: Cell, manifest: Manifest) -> set[int]:
-    """Indexes of shards on a node that is not active, or not whole and verified."""
+BadShards = dict[int, frozenset[int] | None]
+"""Each bad shard's index: the segments whose blocks are bad, or None if none of it can
+be used (its node not active, the shard or its header missing or wrong)."""
+
+
+def _bad_shards(cell: Cell, manifest: Manifest) -> BadShards:
+    """The shards on a node that is not active, or not whole and verified (see BadShards)."""
     active = _active(cell)
-    return {
-        index
-        for index, node in enumerate(manifest.nodes)
-        if node not in active or not _verified(cell.store(node), manifest, index)
-    }
+    bad: BadShards = {}
+    for index, node in enumerate(manifest.nodes):
+        found = _bad_segments(cell.store(node), manifest, index) if node in active else None
+        if found is None or found:
+            bad[index] = found
+    return bad
+
+
+def _fewest_good(manifest: Manifest, bad: BadShards) -> int:
+    """The good blocks of the segment with fewest: a shard bad in one segment still
+    serves the others (without a segment, the usable shards)."""
+    unusable = sum(segments is None for segments in bad.values())
+    lost = Counter(s for segments in bad.values() if segments is not None for s in segments)
+    return manifest.n - unusable - max(lost.values(), default=0)
 
 
 def _open(store: ShardStore, manifest: Manifest, index: int) -> ShardReader | None:
@@ -173,21 +191,23 @@ def _open(store: ShardStore, manifest: Manifest, index: int) -> ShardReader | No
         return None
 
 
-def _verified(store: ShardStore, manifest: Manifest, index: int) -> bool:
-    """Whether the shard's header and every block are there and match the manifest."""
+def _bad_segments(store: ShardStore, manifest: Manifest, index: int) -> frozenset[int] | None:
+    """The segments whose block of the shard is missing or does not match the manifest;
+    None if the shard, or its header, is missing or wrong (or cannot be read)."""
     reader = _open(store, manifest, index)
     if reader is None:
-        return False
+        return None
     try:
         expected = manifest.stripe_header().to_bytes(index)
         if reader.read_at(0, len(expected)) != expected:
-            return False
-        return all(
-            _block(reader, manifest, segment, index) is not None
+            return None
+        return frozenset(
+            segment
             for segment in range(manifest.segments)
+            if _block(reader, manifest, segment, index) is None
         )
     except OSError:
-        return False
+        return None
     finally:
         reader.close()
 
@@ -238,16 +258,18 @@ def _rebuild(
     cell: Cell,
     code: ErasureCode,
     manifest: Manifest,
-    bad: set[int],
+    bad: BadShards,
     targets: dict[int, NodeSpec],
 ) -> dict[int, str | None]:
     """Write every bad shard anew on its target; their locations. If this fails, what
     was written is removed (a committed copy is deleted, leaving a trace that the
-    next repair keeps away from; one that cannot be stays noted for gc)."""
+    next repair keeps away from; one that cannot be stays noted for gc). A bad shard
+    whose other blocks are good is read too: another may be bad where it is not."""
     readers = {
         i: reader
         for i in range(manifest.n)
-        if i not in bad and (reader := _open(cell.store(manifest.nodes[i]), manifest, i))
+        if bad.get(i, frozenset()) is not None
+        and (reader := _open(cell.store(manifest.nodes[i]), manifest, i))
     }
     writers: dict[int, ShardWriter] = {}
     committed: dict[int, str | None] = {}
@@ -281,11 +303,13 @@ def _rebuilt_blocks(
     manifest: Manifest,
     segment: int,
     readers: dict[int, ShardReader],
-    bad: set[int],
+    bad: BadShards,
 ) -> list[bytes]:
     """The segment's n blocks, from k good ones; each rebuilt one checked against its hash."""
     good = []
     for index, reader in readers.items():
+        if segment in (bad.get(index) or ()):
+            continue  # found bad already: not read again
         block = _block(reader, manifest, segment, index)
         if block is not None:
             good.append(block)

@@ -430,6 +430,35 @@ def test_a_version_deleted_during_its_rebuild_is_no_problem(
         assert (report.rebuilt, report.problems) == (0, ())
 
 
+def test_a_version_gc_relocated_after_the_scrub_read_its_batch_is_repaired(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a scrub reads 500 versions at a time: a gc of another process giving one of them
+    # new locations before its turn made its swap fail, "repair again", exit 1
+    config = deployment(tmp_path, pack_limit=64 << 10)
+    payloads = filled(config)
+    with Vault.open(load(config)) as vault:
+        lose(vault, REFS[9], 3)
+        catalog = vault.cells["US"].catalog
+        (victim,) = catalog.versions_with({manifest_of(vault, REFS[9]).object_id})
+        real_repair_version = repair._repair_version
+        relocated: list[bool] = []
+
+        def gc_meanwhile(cell: Cell, code: Any, record: VersionRecord) -> repair.RepairReport:
+            if not relocated:  # the scrub's batch is read: a gc moves the victim's shards
+                assert victim.manifest is not None
+                moved = Manifest.from_bytes(victim.manifest)
+                moved = dataclasses.replace(moved, locations=(None,) * moved.n)
+                relocated.append(catalog.replace_manifests([(victim, moved.to_bytes())]) == 1)
+            return real_repair_version(cell, code, record)
+
+        monkeypatch.setattr(repair, "_repair_version", gc_meanwhile)
+        report = vault.repair(scrub=True)
+        assert relocated == [True]
+        assert (report.versions, report.rebuilt, report.problems) == (len(REFS), 1, ())
+        reads_back_whole(vault, payloads)
+
+
 def test_a_version_gc_relocated_during_the_check_is_still_named_if_lost(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

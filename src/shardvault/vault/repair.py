@@ -92,7 +92,10 @@ def _candidates(cell: Cell, scrub: bool) -> Iterator[VersionRecord]:
         cursor = batch[-1].object_id
 
 
-def _repair_version(cell: Cell, code: ErasureCode, record: VersionRecord) -> RepairReport:
+def _repair_version(cell: Cell, code: ErasureCode, stale: VersionRecord) -> RepairReport:
+    record = _reread(cell, stale)
+    if record is None:  # deleted or forgotten since the scrub read its batch: no damage
+        return RepairReport(1)
     assert record.manifest is not None
     manifest = Manifest.from_bytes(record.manifest)
     what = f"{manifest.ref} v{manifest.version}"
@@ -137,6 +140,14 @@ def _repair_version(cell: Cell, code: ErasureCode, record: VersionRecord) -> Rep
     cell.catalog.drop_leftovers([*rebuilt, *_delete(cell, old)])  # those left, gc takes
     cell.catalog.clear_damage(manifest.ref, manifest.version)
     return RepairReport(1, len(targets))
+
+
+def _reread(cell: Cell, record: VersionRecord) -> VersionRecord | None:
+    """The version's row as it is now, if still committed. A scrub reads its versions
+    a batch at a time, and another process's gc may give one new locations before
+    its turn: the swap, made only if the row still holds the manifest read, failed
+    on the old one ("repair again", exit 1) where a fresh one would have held."""
+    return cell.catalog.get_version(record.ref, record.version)
 
 
 def _leftover(manifest: Manifest, index: int, node: str, location: str | None) -> Leftover:

@@ -287,3 +287,20 @@ def test_an_approval_covers_only_the_cell_it_was_asked_in(court: Vault) -> None:
     assert "bob" not in {
         a.subject for cell in ("US", "SG", "EU") for a in court.governance.approvals.all(cell)
     }
+
+
+def test_an_approver_is_not_shown_another_tenants_approvals(court: Vault) -> None:
+    # the approvers are named for the whole deployment: `approval ls` showed an approver
+    # of tenant intl the subject ids and object keys of tenant domestic's approvals,
+    # which it may not sign (approval:cross-tenant) and may not otherwise see
+    court.register_subject("domestic", "dana", "US")
+    with pytest.raises(ApprovalRequired) as caught:
+        court.forget("domestic", "dana", local_context("forget-subject"))
+    theirs = caught.value.approval_id
+    ours = pending(court)
+    dpo = RequestContext("dpo", "approval", new_request_id())
+    assert [a.id for a in court.governance.visible_approvals(dpo, decided=True)] == [ours]
+    admin = court.governance.visible_approvals(local_context("approval"))
+    assert {a.id for a in admin} == {theirs, ours}
+    assert not any(e.details.get("approval_id") == theirs and e.principal == "dpo"
+                   for e in entries(court))  # fmt: skip

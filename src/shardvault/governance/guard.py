@@ -107,6 +107,18 @@ def _approval_resource(approval: Approval) -> Resource:
     )
 
 
+def _may_see(principal: Principal, approval: Approval) -> bool:
+    """Whether `Governance.visible_approvals` shows ``approval`` to ``principal``: the
+    local administrator (resolved into the approval's tenant) sees every one; anyone
+    else only its own tenant's, and of those the ones it requested or may sign."""
+    if principal.id == LOCAL_ADMIN:
+        return True
+    return principal.tenant == approval.tenant and principal.id in (
+        approval.requester,
+        *approval.approvers,
+    )
+
+
 def _details(
     principal: Principal | None, resource: Resource, stage: str, **more: object
 ) -> Details:
@@ -537,17 +549,17 @@ class Governance:
         """The approvals ``ctx``'s principal may see, each shown audited in its cell.
 
         They name subjects and object keys: the local administrator sees every one,
-        any other principal those it requested or is named to sign. Pending ones
-        only, unless ``decided``.
+        any other principal those of its own tenant it requested or is named to sign.
+        The approvers are named once for the deployment, so an approver of one tenant
+        is named on every tenant's approvals, but may sign only its own tenant's
+        (`ApprovalBook.check_signer`): it is shown no other tenant's subjects. Pending
+        ones only, unless ``decided``.
         """
         self._registered(ctx)  # an unknown or revoked principal sees nothing at all
         shown = []
         for approval in self.approvals.all(pending=not decided):
             principal = self.resolve(ctx, approval.tenant, approval.jurisdiction)
-            if principal.id != LOCAL_ADMIN and principal.id not in (
-                approval.requester,
-                *approval.approvers,
-            ):
+            if not _may_see(principal, approval):
                 continue
             resource = _approval_resource(approval)
             self._audit(

@@ -40,6 +40,8 @@ def test_minimal_policy_and_wildcards() -> None:
         ("version = 1\n" + RULE + "purposes = []\n", "non-empty list"),
         ("version = 1\n" + RULE + 'jurisdictions = ["us"]\n', "jurisdiction"),
         ("version = 1\nrule = 3\n", "array of tables"),
+        ("version = 1\nrule = [1]\n", "rule #1 must be a table, not int 1"),
+        ("version = 1\nrule = ['x']\n", "rule #1 must be a table, not str 'x'"),
         ("version = 1\n[[rule\n", "not valid TOML"),
         ("version = 1\nextra = 1\n", "unknown keys"),
     ],
@@ -87,11 +89,21 @@ def test_case_file_parses_and_defaults_to_protected() -> None:
         ('purpose = "p"', 'purpose = "two words"', "purpose"),
         ('name = "n"', 'nam = "n"', "unknown keys"),
         ("version = 1", "version = 3", "version 3"),
+        ('principal = { id = "a", tenant = "chat", kind = "service", location = "US" }',
+         "principal = 5", "case #1.principal must be a table, not int 5"),
+        ('resource = { tenant = "chat", jurisdiction = "US" }', 'resource = "US"',
+         "case #1.resource must be a table, not str 'US'"),
     ],
-)
+)  # fmt: skip
 def test_bad_case_files_are_config_errors(old: str, new: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         parse_cases(CASE.replace(old, new))
+
+
+def test_a_case_that_is_no_table_is_a_config_error() -> None:
+    # `policy test` printed a traceback (TypeError: 'int' object is not iterable)
+    with pytest.raises(ConfigError, match="case #1 must be a table, not int 1"):
+        parse_cases("version = 1\ncase = [1]\n")
 
 
 def test_domain_types_validate() -> None:

@@ -60,6 +60,11 @@ def _toml(text: str, what: str) -> dict[str, Any]:
 
 
 def _unknown(table: Mapping[str, Any], allowed: set[str], where: str) -> None:
+    """Refuse keys outside ``allowed``, and a value that is no table at all: TOML lets
+    ``rule = [1]`` or ``principal = "x"`` through, which reached the checks as a number
+    (a traceback from every command) or a string (its letters named as unknown keys)."""
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where} must be a table, not {type(table).__name__} {table!r:.40}")
     extra = set(table) - allowed
     if extra:
         raise ConfigError(f"{where}: unknown keys {sorted(extra)}")

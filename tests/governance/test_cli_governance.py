@@ -65,6 +65,19 @@ def test_tokens_through_the_cli(cli: Cli) -> None:
     )  # fmt: skip
 
 
+def test_revoking_one_token_names_its_principal(cli: Cli) -> None:
+    # `principal revoke svc --token-id <svc2's>` revoked svc2's token, leaving svc's live
+    svc = add(cli, "svc", "--kind", "service", "--location", "US")
+    svc2 = add(cli, "svc2", "--kind", "service", "--location", "US")
+    theirs = svc2.split("_")[1]
+    said = cli.fails(1, "principal", "revoke", "svc", "--token-id", theirs)
+    assert f"principal 'svc' has no token '{theirs}'" in said
+    assert cli.ok("--token", svc2, "--purpose", "serve-user", "get", "intl", "alice", "note")
+    cli.ok("principal", "revoke", "svc", "--token-id", svc.split("_")[1])
+    assert "token refused" in cli.fails(1, "--token", svc, "ls", "intl", "alice")
+    assert cli.ok("--token", svc2, "--purpose", "serve-user", "get", "intl", "alice", "note")
+
+
 def test_policy_check_and_test(cli: Cli, tmp_path: Path) -> None:
     add(cli, "cn-mps", "--kind", "external-requester", "--location", "CN", "--authority", "mps",
         "--authority-country", "CN")  # fmt: skip

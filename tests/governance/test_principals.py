@@ -89,7 +89,7 @@ def test_revoking_a_token_or_a_principal(registry: PrincipalRegistry) -> None:
     first = registry.add(SAM)
     second = registry.issue_token("sam")
     assert first is not None
-    registry.revoke_token(first.token_id)
+    registry.revoke_token("sam", first.token_id)
     with pytest.raises(AccessDenied):
         registry.authenticate(first.token)
     assert registry.authenticate(second.token) == SAM
@@ -122,3 +122,20 @@ def test_a_token_lifetime_must_expire(registry: PrincipalRegistry, ttl: float) -
     registry.add(SAM, token_ttl=None)
     with pytest.raises(InvalidInput, match="lifetime"):
         registry.issue_token("sam", ttl)
+
+
+def test_a_token_is_revoked_only_as_its_own_principals(registry: PrincipalRegistry) -> None:
+    # `principal revoke bob --token-id <carol's>` revoked carol's token and said
+    # "revoked token ...", leaving live the token of bob's that was meant
+    bob = registry.add(SAM)
+    carol = registry.add(Principal("carol", "intl", PrincipalKind.SERVICE, "US"))
+    assert bob is not None and carol is not None
+    with pytest.raises(NotFound, match="principal 'sam' has no token"):
+        registry.revoke_token("sam", carol.token_id)
+    with pytest.raises(NotFound, match="no principal 'nobody'"):
+        registry.revoke_token("nobody", carol.token_id)
+    assert registry.authenticate(carol.token).id == "carol"
+    registry.revoke_token("carol", carol.token_id)
+    with pytest.raises(AccessDenied):
+        registry.authenticate(carol.token)
+    assert registry.authenticate(bob.token) == SAM

@@ -162,8 +162,8 @@ def principal_revoke(
     cli.require_local_admin("principal revoke")
     registry = cli.governance().registry
     if token_id is not None:
-        registry.revoke_token(token_id)
-        say(f"revoked token {token_id}")
+        registry.revoke_token(ident, token_id)
+        say(f"revoked token {token_id} of {ident}")
     else:
         count = registry.revoke(ident)
         say(f"revoked {ident} and {count} token(s)")

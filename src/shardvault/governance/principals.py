@@ -215,10 +215,15 @@ class PrincipalRegistry:
         )
         return IssuedToken(principal_id, token_id, f"{TOKEN_PREFIX}{token_id}_{secret}", now + ttl)
 
-    def revoke_token(self, token_id: str) -> None:
-        rows = self._run("SELECT principal FROM tokens WHERE id = ?", (token_id,))
+    def revoke_token(self, principal_id: str, token_id: str) -> None:
+        """Revoke one token of ``principal_id``'s. A token id of another principal's is
+        `NotFound`: revoking it would leave live the token the caller meant to revoke."""
+        self.get(principal_id)
+        rows = self._run(
+            "SELECT 1 FROM tokens WHERE id = ? AND principal = ?", (token_id, principal_id)
+        )
         if not rows:
-            raise NotFound(f"no token {token_id!r}")
+            raise NotFound(f"principal {principal_id!r} has no token {shown(token_id)}")
         self._run(
             "UPDATE tokens SET revoked_at = coalesce(revoked_at, ?) WHERE id = ?",
             (self._clock(), token_id),

@@ -78,6 +78,22 @@ def test_revoking_one_token_names_its_principal(cli: Cli) -> None:
     assert cli.ok("--token", svc2, "--purpose", "serve-user", "get", "intl", "alice", "note")
 
 
+def test_one_where_is_one_request_in_the_transparency_report(cli: Cli) -> None:
+    # `where` decided its stat and its shard list under two request ids: every `where`
+    # counted as two requests (a court's lawful `where`, say, published twice)
+    def requests() -> int:
+        out = cli.ok("report", "transparency", "--from", "2000-01-01", "--to", "9999-12-31",
+                     "--format", "json")  # fmt: skip
+        report = json.loads(out)
+        return sum(row["requests"] for row in report["rows"] if row["cell"] == "US")
+
+    before = requests()
+    cli.ok("where", "intl", "alice", "note")
+    assert requests() == before + 1
+    cli.ok("stat", "intl", "alice", "note")
+    assert requests() == before + 2
+
+
 def test_policy_check_and_test(cli: Cli, tmp_path: Path) -> None:
     add(cli, "cn-mps", "--kind", "external-requester", "--location", "CN", "--authority", "mps",
         "--authority-country", "CN")  # fmt: skip

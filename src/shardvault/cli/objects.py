@@ -199,8 +199,9 @@ def where(
     ref = ObjectRef(tenant, subject, key)
     cli = state(ctx)
     vault = cli.vault()
-    info = vault.stat(ref, version, cli.request())
-    shards = vault.where(ref, version, cli.request())
+    request = cli.request()  # one request, however many decisions: counted once
+    info = vault.stat(ref, version, request)
+    shards = vault.where(ref, version, request)
     if json_out:
         print_json(
             {

@@ -94,6 +94,26 @@ def test_one_where_is_one_request_in_the_transparency_report(cli: Cli) -> None:
     assert requests() == before + 2
 
 
+def test_policy_check_shows_a_registered_principal_only_to_the_administrator_or_itself(
+    cli: Cli,
+) -> None:
+    # any token (a revoked one of another tenant's included) could ask `policy check
+    # --principal dpo` and learn, unaudited, that dpo exists and which roles it holds,
+    # though `principal ls` is the local administrator's
+    add(cli, "dpo", "--kind", "employee", "--location", "US", "--role", "privacy")
+    svc = add(cli, "svc", "--kind", "service", "--location", "US")
+    check = ["policy", "check", "--action", "forget", "--tenant", "intl", "--jurisdiction",
+             "US", "--purpose", "user-request", "--principal"]  # fmt: skip
+    for ident in ("dpo", "nobody"):
+        assert "local administrator" in cli.fails(1, "--token", svc, *check, ident)
+    assert cli.json("--token", svc, *check, "svc")["rule"] == "default:deny"  # itself
+    assert cli.json(*check, "dpo")["rule"] == "invariant:forget-approval"  # the administrator
+    cli.ok("principal", "revoke", "svc")
+    assert "local administrator" in cli.fails(1, "--token", svc, *check, "svc")
+    inline = cli.json("--token", svc, *check, "x", "--kind", "service")  # no registration
+    assert inline["rule"] == "default:deny"
+
+
 def test_policy_check_and_test(cli: Cli, tmp_path: Path) -> None:
     add(cli, "cn-mps", "--kind", "external-requester", "--location", "CN", "--authority", "mps",
         "--authority-country", "CN")  # fmt: skip

@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from shardvault.cli.output import print_json, print_table, say, write_out
-from shardvault.cli.state import state
+from shardvault.cli.state import CliState, state
 from shardvault.errors import Refused
 from shardvault.governance.approvals import Approval
 from shardvault.policy import Action, Principal, PrincipalKind, Resource, explain, load_policy
@@ -248,6 +248,16 @@ def approval_deny(
     _sign(ctx, approval_id, "deny", json_out)
 
 
+def _registered_principal(cli: CliState, ident: str) -> Principal:
+    """A registered principal, for the local administrator or for itself (with a live
+    token). A registration is the administrator's to show (`principal ls`): the trace
+    would tell anyone else whether ``ident`` exists and which roles it holds."""
+    request = cli.request("policy")
+    if request.principal != ident or request.refused_credential is not None:
+        cli.require_local_admin("policy check of another registered principal")
+    return cli.governance().registry.get(ident).principal
+
+
 @policy_app.command("check")
 def policy_check(
     ctx: typer.Context,
@@ -289,7 +299,7 @@ def policy_check(
             authority, authority_country,
         )  # fmt: skip
     else:
-        who = cli.governance().registry.get(principal).principal
+        who = _registered_principal(cli, principal)
     resource = Resource(tenant, jurisdiction, data_class)  # type: ignore[arg-type]
     result = explain(policy, who, as_enum(Action, action, "action"), resource, purpose)
     decision = result.decision

@@ -15,13 +15,14 @@ import pytest
 
 from conftest import SEGMENT, files_under, make_deployment, manifest_of, shard_paths
 from governance_support import forget_approved
-from shardvault.catalog.port import VersionRecord
+from shardvault.catalog.port import Leftover, VersionRecord
 from shardvault.config import load
 from shardvault.errors import (
     ApprovalRequired,
     Conflict,
     KeyUnavailable,
     NotFound,
+    StorageError,
     SubjectForgotten,
 )
 from shardvault.keys.memory import MemoryCustodian
@@ -360,6 +361,30 @@ def test_a_collected_versions_row_goes_only_after_its_shards_deletions_are_durab
     assert vault.gc(grace_seconds=0).versions == 1
     first_purge = events.index("purge")
     assert events[:first_purge].count("sync") == len(cell.nodes)
+
+
+def test_one_node_failing_its_sync_does_not_stop_gc(
+    vault: Vault, alice: ObjectRef, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # it ended the whole gc, every cell's, with one line: one bad disk stopped all
+    cell = vault.cells["US"]
+    bad, good = cell.nodes[0].id, cell.nodes[1].id
+
+    def failing() -> None:
+        raise StorageError(f"node {bad}: syncing: Input/output error")
+
+    vault.register_subject("intl", "sam", "SG")
+    sam = ObjectRef("intl", "sam", "k")
+    for ref in (alice, sam):
+        vault.put(ref, b"to be collected")
+        vault.delete(ref)
+    monkeypatch.setattr(cell.store(bad), "sync", failing)  # from here: the puts sync too
+    oid = bytes(16)
+    cell.catalog.note_leftovers([Leftover(oid, 1, 0, bad, None), Leftover(oid, 1, 1, good, None)])
+    assert vault.gc(grace_seconds=0).versions == 2  # both cells' rows, the bad node's too
+    assert cell.catalog.list_versions(alice) == []
+    # a note whose deletion may not be durable stays, for the next gc
+    assert [x.node for x in cell.catalog.leftovers()] == [bad]
 
 
 def test_a_lost_keyring_is_never_made_again_by_another_process(tmp_path: Path) -> None:

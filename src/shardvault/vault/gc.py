@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 
 from shardvault.catalog.port import VersionRecord
@@ -109,15 +109,23 @@ def collect_versions(cell: Cell, records: list[VersionRecord], n: int) -> int:
                     removed += 1
             except (ShardvaultError, OSError):
                 continue  # as on a node that could not be opened: an orphan once the row goes
-    _sync(stores.values())  # the shards are gone for good before their rows go
+    _sync(stores)  # the shards are gone for good before their rows go
     cell.catalog.purge((record.ref, record.version) for record in records)
     return removed
 
 
-def _sync(stores: Iterable[ShardStore]) -> None:
-    """Make the deletions durable: a pack's tombstones and zeroed bytes share one sync."""
-    for store in stores:
-        store.sync()
+def _sync(stores: Mapping[str, ShardStore]) -> set[str]:
+    """Make the deletions durable: a pack's tombstones and zeroed bytes share one sync.
+    The nodes that failed it: as a node that failed a delete, not the whole gc's end
+    (one failing disk stopped every cell's gc); a shard whose delete it may have lost
+    is an orphan once its row goes, and the next sweep that reaches the node takes it."""
+    failed = set()
+    for node, store in stores.items():
+        try:
+            store.sync()
+        except (ShardvaultError, OSError):
+            failed.add(node)
+    return failed
 
 
 def collect_cell(cell: Cell, cutoff: float, started: float, n: int) -> GcReport:
@@ -189,9 +197,8 @@ def _resolve_leftovers(cell: Cell) -> int:
             continue  # noted still: the next gc tries again
         touched.add(x.node)
         done.append(x)
-    for node in touched:
-        stores[node].sync()  # gone for good before their notes go
-    cell.catalog.drop_leftovers(done)
+    failed = _sync({node: stores[node] for node in touched})  # gone before their notes go
+    cell.catalog.drop_leftovers(x for x in done if x.node not in failed)
     return removed
 
 

@@ -338,3 +338,18 @@ def test_a_met_approval_of_a_read_does_not_destroy_a_key(story: Vault) -> None:
     gate(UNWRAP, keys.KeyScope("intl", "US"), "kid", court)
     with pytest.raises(AccessDenied, match=r"refused the destroy \(custodian:approval\)"):
         gate(DESTROY, keys.KeyScope("intl", "US"), "kid", court)
+
+
+def test_a_grant_covering_every_operation_destroys_no_key_without_an_approval(
+    story: Vault,
+) -> None:
+    """A grant written before `operations` existed covers destroy too: the partner still
+    destroys a key only on a met approval of a forget, never on a purpose alone."""
+    legacy = parse_custodian_policy(
+        'version = 1\n[[grant]]\nid = "serve-users"\npurposes = ["serve-user"]\n'
+    )
+    gate = custodian_gate(legacy, story.governance.approvals)
+    serve = Justification("svc-api", "serve-user", "r1", "US")
+    gate(UNWRAP, keys.KeyScope("intl", "US"), "kid", serve)
+    with pytest.raises(AccessDenied, match=r"refused the destroy \(custodian:approval\)"):
+        gate(DESTROY, keys.KeyScope("intl", "US"), "kid", serve)

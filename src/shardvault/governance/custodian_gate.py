@@ -7,7 +7,7 @@ justification that comes with the call, and when the justification names an
 approval it checks that the approval is met, unexpired and for this principal,
 purpose, tenant and jurisdiction (the partner's officer is one of the
 approvers, so the partner can see the signatures); a destroy, which cannot be
-undone, also needs the approval to be one of a forget. A refusal raises
+undone, needs an approval whatever the grants say, and one of a forget. A refusal raises
 `AccessDenied` naming the operation and carrying the custodian's rule; the
 vault audits it and stops the call before anything changes.
 """
@@ -33,6 +33,14 @@ def _refused(operation: KeyOperation, reason: str) -> AccessDenied:
     )
 
 
+def _refuse_an_unapproved_destroy(operation: KeyOperation) -> None:
+    """A destroy cannot be undone: it needs a met approval of a forget whatever the
+    grants say, so a grant that covers every operation (as one written before
+    ``operations`` existed does) destroys no key on its purpose alone."""
+    if operation in _ACTION_OF:
+        raise _refused(operation, f"a {operation} needs a met approval of a forget")
+
+
 def _matches(
     approval: Approval, operation: KeyOperation, scope: KeyScope, why: Justification
 ) -> bool:
@@ -51,6 +59,7 @@ def custodian_gate(policy: cp.CustodianPolicy, approvals: ApprovalBook) -> Custo
         key = cp.KeyScope(scope.tenant, scope.jurisdiction)
         cp.require_key_use(policy, operation, why, key)
         if why.approval_id is None:
+            _refuse_an_unapproved_destroy(operation)
             return
         try:
             approval = approvals.get(why.approval_id)

@@ -362,3 +362,35 @@ def test_keyring_changes_are_durable_with_their_directory(
     ]
     with pytest.raises(SubjectForgotten):
         KeyringCustodian(directory / "keyring.json").unwrap(US, "kid", blob, WHY)
+
+
+def test_an_unwrap_makes_no_root_key(tmp_path: Path) -> None:
+    """A keyring without the scope's root (an older copy restored) refuses the unwrap and
+    writes nothing: a root made then would wrap no key, and could replace the real one."""
+    path = tmp_path / "keyring.json"
+    KeyringCustodian(path).wrap(KeyScope("intl", "SG"), "kid-sg", hierarchy.new_key(), WHY)
+    older = path.read_bytes()  # no root for US
+    blob = KeyringCustodian(path).wrap(US, "kid", hierarchy.new_key(), WHY)
+    path.write_bytes(older)
+    with pytest.raises(KeyUnavailable, match="has no root key for intl/US"):
+        KeyringCustodian(path).unwrap(US, "kid", blob, WHY)
+    assert path.read_bytes() == older
+
+
+def test_a_root_in_the_file_is_never_replaced_by_another_held(tmp_path: Path) -> None:
+    """A process holding a root the file no longer has (the file was replaced under it)
+    refuses to save, rather than write its root over the one the keys were wrapped by."""
+    path = tmp_path / "keyring.json"
+    KeyringCustodian(path).wrap(KeyScope("intl", "SG"), "kid-sg", hierarchy.new_key(), WHY)
+    older = path.read_bytes()
+    key = hierarchy.new_key()
+    blob = KeyringCustodian(path).wrap(US, "kid", key, WHY)
+    newer = path.read_bytes()
+    path.write_bytes(older)  # the wrong backup restored, and a server wraps under it
+    server = KeyringCustodian(path)
+    server.wrap(US, "kid-2", hierarchy.new_key(), WHY)
+    path.write_bytes(newer)  # the right one restored
+    with pytest.raises(IntegrityError, match="another root key for intl/US"):
+        server.wrap(KeyScope("intl", "EU"), "kid-eu", hierarchy.new_key(), WHY)
+    assert path.read_bytes() == newer
+    assert KeyringCustodian(path).unwrap(US, "kid", blob, WHY) == key

@@ -8,14 +8,15 @@ partner's HSM; the files stand in for it on one machine.
 Several processes may hold the same keyring (a server and a CLI run). A root
 is added by a read-merge-write of the JSON under an exclusive lock on
 ``<file>.lock``, rewritten atomically (temp file, fsync, rename): a root once
-written is never replaced. A destroy only inserts a row (durable before it
-returns), so a forget costs the same however many users were forgotten before,
-and opening reads only the roots. Every unwrap looks its key id up in the
-database (or in what this process found there while it is unchanged:
-`keys.live_answers`), so a destroy committed by any process refuses the very
-next unwrap anywhere; a database that cannot be read refuses it too. The gate (the
-partner's policy) decides every wrap, unwrap and destroy before a file is
-touched.
+written is never replaced (only a wrap makes one, and a file showing another root
+for a scope than the one held is refused, not written over). A destroy only
+inserts a row (durable before it returns), so a forget costs the same however
+many users were forgotten before, and opening reads only the roots. Every
+unwrap looks its key id up in the database (or in what this process found there
+while it is unchanged: `keys.live_answers`), so a destroy committed by any
+process refuses the very next unwrap anywhere; a database that cannot be read
+refuses it too. The gate (the partner's policy) decides every wrap, unwrap and
+destroy before a file is touched.
 
 Format version 2 (docs/formats.md, "Keyring")::
 
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import base64
 import fcntl
+import hmac
 import json
 import os
 import threading
@@ -110,9 +112,24 @@ class KeyringCustodian:
             raise _damaged(self.path, f"{type(exc).__name__} {exc}") from None
         if any(len(root) != 32 for root in roots.values()):
             raise _damaged(self.path, "a root key is not 32 bytes")
+        self._refuse_other_roots(roots)
         for label, root in roots.items():
             self._roots.setdefault(label, root)
         return destroyed
+
+    def _refuse_other_roots(self, roots: dict[str, bytes]) -> None:
+        """A root is never replaced: a file holding another root for a scope than the one
+        this process holds was put in place of the one it read (a backup restored). The
+        next save would write the held root over the file's, losing every key wrapped
+        under that one, so nothing is written until the process is restarted."""
+        for label, root in roots.items():
+            held = self._roots.get(label)
+            if held is not None and not hmac.compare_digest(held, root):
+                raise IntegrityError(
+                    f"keyring {self.path} holds another root key for {label} than the one "
+                    "this process read or made: it was replaced while in use; nothing was "
+                    "written: restart every process that uses it"
+                )
 
     @contextmanager
     def _flocked(self) -> Iterator[None]:
@@ -175,9 +192,9 @@ class KeyringCustodian:
         # rename is made durable with its directory
         durability.replace_whole(self.path, json.dumps(doc, indent=1).encode(), 0o600)
 
-    def _root(self, scope: KeyScope) -> bytes:
+    def _root(self, scope: KeyScope, make: bool) -> bytes:
         """The scope's root: held, or read from the file (another process may have made
-        it; roots are only ever added), or made now."""
+        it; roots are only ever added), or, if `make` (a wrap), made now."""
         with self._lock:
             root = self._roots.get(scope.label())
             if root is not None:
@@ -186,10 +203,22 @@ class KeyringCustodian:
                 self._catch_up()
                 root = self._roots.get(scope.label())
                 if root is None:
-                    root = os.urandom(32)
-                    self._roots[scope.label()] = root
-                    self._save()
+                    root = self._new_root(scope, make)
             return root
+
+    def _new_root(self, scope: KeyScope, make: bool) -> bytes:
+        """Holding both locks: a new root, saved. Only a wrap makes one: a key to unwrap
+        was wrapped under a root, so a keyring without it is an older copy, and a root
+        made then would wrap nothing and, held, could be saved over the real one."""
+        if not make:
+            raise KeyUnavailable(
+                f"keyring {self.path} has no root key for {scope.label()}, though a key "
+                "was wrapped under one: it is an older copy; restore the latest backup"
+            )
+        root = os.urandom(32)
+        self._roots[scope.label()] = root
+        self._save()
+        return root
 
     def _gate(
         self, operation: KeyOperation, scope: KeyScope, key_id: str, why: Justification
@@ -200,13 +229,13 @@ class KeyringCustodian:
 
     def wrap(self, scope: KeyScope, key_id: str, key: bytes, why: Justification) -> bytes:
         self._gate(KeyOperation.WRAP, scope, key_id, why)
-        return seal_key(self._root(scope), scope, key_id, key)
+        return seal_key(self._root(scope, make=True), scope, key_id, key)
 
     def unwrap(self, scope: KeyScope, key_id: str, blob: bytes, why: Justification) -> bytes:
         if self._tombstones.holds(scope.label(), key_id):
             raise refuse_destroyed(scope, key_id)
         self._gate(KeyOperation.UNWRAP, scope, key_id, why)
-        return open_key(self._root(scope), scope, key_id, blob)
+        return open_key(self._root(scope, make=False), scope, key_id, blob)
 
     def destroy(self, scope: KeyScope, key_id: str, why: Justification) -> None:
         self._gate(KeyOperation.DESTROY, scope, key_id, why)

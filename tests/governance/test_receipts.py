@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from conftest import make_deployment
+from governance_support import forget_approved
 from shardvault.config import load
 from shardvault.errors import IntegrityError
-from shardvault.governance.receipts import Forgotten, make_receipt
+from shardvault.governance.receipts import Forgotten, make_receipt, verify_receipt
 from shardvault.model import ObjectRef
 from shardvault.vault import Vault
 
@@ -38,3 +40,33 @@ def test_a_receipt_is_signed_only_over_a_proof_that_leads_to_its_head(
         )
         with pytest.raises(IntegrityError):
             make_receipt(cell, head, index, FORGOTTEN)
+
+
+@pytest.mark.parametrize(
+    "lie",
+    [
+        {"jurisdiction": "EU"},
+        {"versions_deleted": 99},
+        {"shards_removed": 0},
+    ],
+    ids=["jurisdiction", "versions", "shards"],
+)
+def test_a_receipt_saying_other_than_its_audit_entry_is_refused(
+    tmp_path: Path, lie: dict[str, object]
+) -> None:
+    # what the receipt states is what the cosigned log recorded, or the receipt is refused
+    with Vault.open(load(make_deployment(tmp_path / "deploy"))) as vault:
+        vault.register_subject("intl", "alice", "US")
+        vault.put(ObjectRef("intl", "alice", "k"), b"x")
+        done = forget_approved(vault, "intl", "alice")
+        cell = vault.governance.cell("US")
+        head = vault.governance.publish_head("US")
+        vkey = cell.signer.verifier_key()
+        told = Forgotten(
+            "intl", "alice", "US", done.key_id, done.versions_deleted, done.shards_removed,
+            "2026-12-05T00:00:00Z",
+        )  # fmt: skip
+        verify_receipt(make_receipt(cell, head, done.audit_index, told).to_bytes(), vkey)
+        false = make_receipt(cell, head, done.audit_index, replace(told, **lie))
+        with pytest.raises(IntegrityError, match="not this forget"):
+            verify_receipt(false.to_bytes(), vkey)

@@ -101,15 +101,25 @@ def verify_receipt(data: bytes, cell_key: str, cosigner_key: str | None = None) 
         raise IntegrityError(f"malformed deletion receipt: {exc}") from None
     checkpoint = head.checkpoint
     verify_inclusion(leaf_hash(raw_entry), index, checkpoint.size, proof, checkpoint.root_hash)
-    entry = AuditEntry.from_bytes(raw_entry)
-    if (
-        entry.action != "forget"
-        or entry.result != "forgotten"
-        or entry.details.get("key_id") != body.get("key_id")
-        or entry.tenant != body.get("tenant")
-    ):
+    if not _states(AuditEntry.from_bytes(raw_entry), body):
         raise IntegrityError("the audit entry in the receipt is not this forget")
     return dict(body)
+
+
+_RECORDED = ("key_id", "jurisdiction", "versions_deleted", "shards_removed")
+"""What a receipt states that its forget's audit entry records too (the subject is
+there as a pseudonym only, which a verifier without the cell's key cannot check)."""
+
+
+def _states(entry: AuditEntry, body: dict[str, Any]) -> bool:
+    """Whether the receipt states what the cosigned log recorded of its forget: a signed
+    receipt saying more shards were removed than the log says, or another cell, is false."""
+    return (
+        entry.action == "forget"
+        and entry.result == "forgotten"
+        and entry.tenant == body.get("tenant")
+        and all(entry.details.get(field) == body.get(field) for field in _RECORDED)
+    )
 
 
 __all__ = ["RECEIPT_TYPE", "RECEIPT_VERSION", "Forgotten", "make_receipt", "verify_receipt"]

@@ -219,10 +219,12 @@ def parse_custodian_policy(text: str, source: str = "custodian policy") -> Custo
     grants, seen = [], set()
     for i, table in enumerate(grants_raw):
         where = f"{source} grant #{i + 1}"
+        if not isinstance(table, dict):  # `grant = [1]`: a TypeError, not a message, before
+            raise ConfigError(f"{where} must be a table ([[grant]] with id and purposes)")
         extra = set(table) - _GRANT_KEYS
         if extra:
             raise ConfigError(f"{where}: unknown keys {sorted(extra)}")
-        grant_id = table.get("id")
+        grant_id: Any = table.get("id")
         if not _valid(grant_id, _ID) or grant_id in seen:
             raise ConfigError(f"{where}: id {grant_id!r} is missing, invalid or used twice")
         seen.add(grant_id)

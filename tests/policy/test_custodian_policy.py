@@ -153,6 +153,12 @@ def test_bad_custodian_policy_files(old: str, new: str, message: str) -> None:
         parse_custodian_policy(POLICY_TEXT.replace(old, new, 1))
 
 
+@pytest.mark.parametrize("grants", ["[1]", '["serve-users"]', "[[1]]", "[true]"])
+def test_a_grant_that_is_not_a_table_is_refused_in_one_line(grants: str) -> None:
+    with pytest.raises(ConfigError, match=r"grant #1 must be a table"):
+        parse_custodian_policy(f"version = 1\ngrant = {grants}\n")
+
+
 def test_load_from_file_and_key_scope_validation(tmp_path: Path) -> None:
     path = tmp_path / "custodian.toml"
     path.write_text(POLICY_TEXT)

@@ -24,7 +24,13 @@ from typing import Any
 
 import pytest
 
-from shardvault.errors import AccessDenied, ConfigError, KeyUnavailable, SubjectForgotten
+from shardvault.errors import (
+    AccessDenied,
+    ConfigError,
+    IntegrityError,
+    KeyUnavailable,
+    SubjectForgotten,
+)
 from shardvault.keys import hierarchy
 from shardvault.keys.keyring import KeyringCustodian
 from shardvault.keys.live_answers import Identity, LiveAnswers
@@ -621,7 +627,7 @@ def test_an_answer_found_in_another_file_is_not_remembered(tmp_path: Path) -> No
 # migration from version 1 -----------------------------------------------------------
 
 
-def write_version_1(path: Path, destroyed: dict[str, list[str]]) -> bytes:
+def write_version_1(path: Path, destroyed: dict[str, Any]) -> bytes:
     """A keyring as version 1 wrote it: roots and tombstones in one file. Returns US's root."""
     root = os.urandom(32)
     doc = {
@@ -654,6 +660,22 @@ def test_a_version_1_keyring_is_migrated_and_keeps_every_tombstone(path: Path) -
             opened.unwrap(US, "kid-gone", gone, WHY)
         with pytest.raises(SubjectForgotten):
             opened.unwrap(SG, "kid-sg", b"any", WHY)
+
+
+@pytest.mark.parametrize("ids", ["kid-gone", [["kid-gone"]], [7], {"kid-gone": True}, None])
+def test_a_version_1_keyring_with_damaged_tombstones_is_refused_not_migrated(
+    path: Path, ids: object
+) -> None:
+    # migrated, "kid-gone" as a string gave the tombstones k, i, d...: the key was live
+    # again once the file was rewritten without it
+    root = write_version_1(path, {"intl/US": ids})
+    gone = seal_key(root, US, "kid-gone", hierarchy.new_key())
+    original = path.read_bytes()
+    with pytest.raises(IntegrityError, match=r"is damaged: .*not a list of key ids"):
+        KeyringCustodian(path)
+    assert path.read_bytes() == original
+    with pytest.raises(IntegrityError):
+        KeyringCustodian(path).unwrap(US, "kid-gone", gone, WHY)
 
 
 class Crash(BaseException):

@@ -67,6 +67,17 @@ def _damaged(path: Path, why: str) -> IntegrityError:
     )
 
 
+def _check_v1_tombstones(destroyed: object) -> None:
+    """A version-1 file's tombstones, checked before any is migrated: the file is then
+    rewritten without them, so one misread (a string taken for its letters) would
+    make a destroyed key live again."""
+    if not isinstance(destroyed, dict):
+        raise TypeError("'destroyed' is not a map")
+    for label, ids in destroyed.items():
+        if not isinstance(ids, list) or not all(isinstance(kid, str) for kid in ids):
+            raise TypeError(f"'destroyed' of {label} is not a list of key ids")
+
+
 class KeyringCustodian:
     def __init__(
         self,
@@ -106,8 +117,8 @@ class KeyringCustodian:
                 label: base64.b64decode(b64, validate=True) for label, b64 in doc["roots"].items()
             }
             destroyed: V1Tombstones | None = doc["destroyed"] if doc["version"] == 1 else None
-            if destroyed is not None and not isinstance(destroyed, dict):
-                raise TypeError("'destroyed' is not a map")
+            if destroyed is not None:
+                _check_v1_tombstones(destroyed)
         except (KeyError, AttributeError, TypeError, ValueError) as exc:
             raise _damaged(self.path, f"{type(exc).__name__} {exc}") from None
         if any(len(root) != 32 for root in roots.values()):

@@ -207,7 +207,7 @@ def parse_custodian_policy(text: str, source: str = "custodian policy") -> Custo
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{source} is not valid TOML: {exc}") from None
     version = data.get("version")
-    if version != CUSTODIAN_POLICY_VERSION or isinstance(version, bool):
+    if type(version) is not int or version != CUSTODIAN_POLICY_VERSION:  # not 1.0, nor true
         raise ConfigError(f"{source} has version {version!r}; this reader knows version 1")
     extra = set(data) - {"version", "approval_purposes", "grant"}
     if extra:

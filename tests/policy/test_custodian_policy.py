@@ -136,6 +136,7 @@ def test_require_unwrap_raises_access_denied_with_the_rule() -> None:
     ("old", "new", "message"),
     [
         ("version = 1", "version = 2", "version 2"),
+        ("version = 1", "version = 1.0", "version 1.0"),  # accepted: 1.0 == 1
         ('id = "privacy"', 'id = "serve-users"', "used twice"),
         ('id = "privacy"', 'id = "Bad Id"', "invalid"),
         ('purposes = ["incident"]', 'purposes = ["*"]', "must list the purposes"),

@@ -44,6 +44,8 @@ def test_minimal_policy_and_wildcards() -> None:
         ("version = 1\nrule = ['x']\n", "rule #1 must be a table, not str 'x'"),
         ("version = 1\n[[rule\n", "not valid TOML"),
         ("version = 1\nextra = 1\n", "unknown keys"),
+        ("version = 1.0\n" + RULE, "version 1.0"),  # accepted: 1.0 == 1
+        ("version = 1\n" + RULE + "description = 5\n", "description must be a string, not int"),
     ],
 )
 def test_bad_policy_files_are_config_errors(text: str, message: str) -> None:

@@ -52,7 +52,7 @@ def _toml(text: str, what: str) -> dict[str, Any]:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{what} is not valid TOML: {exc}") from None
     version = data.get("version")
-    if version != POLICY_VERSION or isinstance(version, bool):
+    if type(version) is not int or version != POLICY_VERSION:  # not 1.0, nor true
         raise ConfigError(
             f"{what} has version {version!r}; this reader knows version {POLICY_VERSION}"
         )
@@ -68,6 +68,14 @@ def _unknown(table: Mapping[str, Any], allowed: set[str], where: str) -> None:
     extra = set(table) - allowed
     if extra:
         raise ConfigError(f"{where}: unknown keys {sorted(extra)}")
+
+
+def _text(table: Mapping[str, Any], key: str, where: str) -> str:
+    """A string value, or empty if absent: not a number turned into its digits."""
+    value = table.get(key, "")
+    if not isinstance(value, str):
+        raise ConfigError(f"{where}.{key} must be a string, not {type(value).__name__}")
+    return value
 
 
 def _strings(value: object, where: str) -> list[str]:
@@ -112,7 +120,7 @@ def parse_rule(table: Mapping[str, Any], where: str) -> Rule:
             data_classes=_set(table, "data_classes", where, _enum(DataClass)),
             tenants=_set(table, "tenants", where, tenant_name),
             jurisdictions=_set(table, "jurisdictions", where, jurisdiction_code),
-            description=str(table.get("description", "")),
+            description=_text(table, "description", where),
         )
     except InvalidInput as exc:
         raise ConfigError(f"{where}: {exc}") from None

@@ -411,6 +411,36 @@ def test_a_rebuild_that_fails_after_a_commit_leaves_no_copy(
         assert vault.get(REFS[3]) == payloads[REFS[3]]
 
 
+@pytest.mark.parametrize("pack_limit", [0, 64 << 10])
+def test_a_spare_that_cannot_be_written_is_passed_over_for_the_next(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pack_limit: int
+) -> None:
+    # its failed write left no trace on it, so every repair chose it again, and the
+    # other spare was never used: the redundancy was never restored
+    config = deployment(tmp_path, pack_limit=pack_limit)
+    payloads = filled(config)
+    with Vault.open(load(config)) as vault:
+        lose(vault, REFS[3], 4)
+        before = manifest_of(vault, REFS[3]).nodes
+        full: list[str] = []
+        for node, store in vault.cells["US"].stores.items():
+            if node in before:
+                continue  # a spare of this version: one of them is full
+
+            def open_writer(name: str, node: str = node, real: Any = store.open_writer) -> Any:
+                if full in ([], [node]):  # the first spare tried
+                    full[:] = [node]
+                    raise StorageError(f"node {node}: writing: No space left on device")
+                return real(name)
+
+            monkeypatch.setattr(store, "open_writer", open_writer)
+        report = vault.repair(scrub=True)
+        assert (report.rebuilt, report.problems) == (1, ())
+        after = manifest_of(vault, REFS[3]).nodes
+        assert full and after[4] not in (*full, *before)
+        reads_back_whole(vault, payloads)
+
+
 def test_a_version_deleted_during_its_rebuild_is_no_problem(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

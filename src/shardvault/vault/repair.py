@@ -108,23 +108,20 @@ def _repair_version(cell: Cell, code: ErasureCode, stale: VersionRecord) -> Repa
         if _moved_on(cell, record):  # deleted or forgotten meanwhile: its shards went
             return RepairReport(1)
         return _left(what, f"only {good} of {manifest.n} shards are good")
-    targets = _targets(cell, manifest, sorted(bad))
-    if targets is None:
+    try:
+        code = code.matching(manifest.k, manifest.m, manifest.backend)
+        placed = _rebuild_on_spares(cell, code, manifest, bad)
+    except (ShardvaultError, OSError) as exc:
+        if _moved_on(cell, record):
+            return RepairReport(1)
+        return _left(what, f"rebuild failed: {exc}")
+    if placed is None:
         return _left(
             what,
             f"{len(bad)} bad shard(s) and no active node in {cell.jurisdiction} holding "
             "none of its shards: add a node, then repair again",
         )
-    # noted before they are written: a repair killed now leaves them to gc
-    rebuilt = [_leftover(manifest, i, node.id, None) for i, node in targets.items()]
-    cell.catalog.note_leftovers(rebuilt)
-    try:
-        code = code.matching(manifest.k, manifest.m, manifest.backend)
-        locations = _rebuild(cell, code, manifest, bad, targets)
-    except (IntegrityError, ShardvaultError, OSError) as exc:
-        if _moved_on(cell, record):
-            return RepairReport(1)
-        return _left(what, f"rebuild failed: {exc}")
+    targets, locations = placed
     rebuilt = [_leftover(manifest, i, node.id, locations[i]) for i, node in targets.items()]
     old = [_leftover(manifest, i, manifest.nodes[i], manifest.location(i)) for i in targets]
     cell.catalog.note_leftovers([*rebuilt, *old])  # and the copies the swap will replace
@@ -148,6 +145,34 @@ def _reread(cell: Cell, record: VersionRecord) -> VersionRecord | None:
     its turn: the swap, made only if the row still holds the manifest read, failed
     on the old one ("repair again", exit 1) where a fresh one would have held."""
     return cell.catalog.get_version(record.ref, record.version)
+
+
+def _rebuild_on_spares(
+    cell: Cell, code: ErasureCode, manifest: Manifest, bad: BadShards
+) -> tuple[dict[int, NodeSpec], dict[int, str | None]] | None:
+    """Rebuild the bad shards on spare nodes: (the nodes, the locations), or None if
+    there are too few. Nodes whose rebuild failed (a disk full, read-only or gone) are
+    passed over for the next spares: such a failure leaves no trace on them, so every
+    repair chose them again and none used the spare after. The first failure is
+    raised once no spares are left; an integrity failure (the good blocks do not
+    rebuild the shard) at once, as other nodes would not help."""
+    tried: set[str] = set()
+    failure: ShardvaultError | OSError | None = None
+    while (targets := _targets(cell, manifest, sorted(bad), tried)) is not None:
+        # noted before they are written: a repair killed now leaves them to gc
+        cell.catalog.note_leftovers(
+            [_leftover(manifest, i, n.id, None) for i, n in targets.items()]
+        )
+        try:
+            return targets, _rebuild(cell, code, manifest, bad, targets)
+        except IntegrityError:
+            raise
+        except (ShardvaultError, OSError) as exc:
+            failure = failure or exc
+            tried.update(node.id for node in targets.values())
+    if failure is not None:
+        raise failure
+    return None
 
 
 def _leftover(manifest: Manifest, index: int, node: str, location: str | None) -> Leftover:
@@ -232,15 +257,18 @@ def _block(reader: ShardReader, manifest: Manifest, segment: int, index: int) ->
     return block
 
 
-def _targets(cell: Cell, manifest: Manifest, bad: list[int]) -> dict[int, NodeSpec] | None:
-    """A new node for each bad shard (see the module docstring), or None if not enough."""
+def _targets(
+    cell: Cell, manifest: Manifest, bad: list[int], tried: set[str]
+) -> dict[int, NodeSpec] | None:
+    """A new node for each bad shard (see the module docstring), none of those TRIED, or
+    None if not enough."""
     facility = {node.id: node.facility for node in cell.nodes}
     used = Counter(facility.get(manifest.nodes[i]) for i in range(manifest.n) if i not in bad)
     names = [shard_name(manifest.object_id, manifest.version, i) for i in range(manifest.n)]
     spare = [
         node
         for node in _active(cell).values()
-        if node.id not in manifest.nodes and _untouched(cell, node, names)
+        if node.id not in manifest.nodes and node.id not in tried and _untouched(cell, node, names)
     ]
     fresh = rank_nodes(placement_seed(manifest.ref), spare)
     if len(fresh) < len(bad):

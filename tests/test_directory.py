@@ -48,3 +48,25 @@ def test_state_directory_that_is_a_file_is_a_storage_error(tmp_path: Path) -> No
     state.write_text("")
     with pytest.raises(StorageError, match=f"state directory {state}: "):
         SubjectDirectory.open(state)
+
+
+def test_lost_key_beside_homes_is_refused_not_made_anew(tmp_path: Path) -> None:
+    # a new key would find no subject: each could be registered again in another
+    # jurisdiction, its data left behind in the first (found in review)
+    directory = SubjectDirectory.open(tmp_path)
+    directory.add("intl", "alice", "US")
+    directory.close()
+    (tmp_path / "directory.key").unlink()
+    with pytest.raises(IntegrityError, match=r"directory.key is missing, though the directory"):
+        SubjectDirectory.open(tmp_path)
+    assert not (tmp_path / "directory.key").exists()
+
+
+def test_key_is_made_for_a_directory_without_homes(tmp_path: Path) -> None:
+    directory = SubjectDirectory.open(tmp_path)
+    directory.add("intl", "alice", "US")
+    directory.remove("intl", "alice")  # an unfinished registration, undone
+    directory.close()
+    (tmp_path / "directory.key").unlink()
+    SubjectDirectory.open(tmp_path).close()
+    assert len((tmp_path / "directory.key").read_bytes()) == KEY_BYTES

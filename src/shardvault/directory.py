@@ -14,7 +14,7 @@ import hmac
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -28,16 +28,17 @@ SETTLED_LIMIT = 1 << 14  # homes remembered per process (about 4 MiB at most)
 SCHEMA_VERSION = 1  # PRAGMA user_version of directory.sqlite (docs/formats.md)
 
 
-def _load_or_create_key(path: Path) -> bytes:
+def _load_or_create_key(path: Path, holds_homes: Callable[[], bool]) -> bytes:
     """The directory's HMAC key, made (whole) on first use.
 
     A key of another length is damage, refused: with a wrong key no subject is
-    found, and each could be registered again elsewhere.
+    found, and each could be registered again elsewhere. So is a missing key
+    beside a database that ``holds_homes``: a new key would do the same.
     """
     try:
         key = path.read_bytes()
     except FileNotFoundError:
-        key = _create_key(path)
+        key = _recovered_key(path) if holds_homes() else _create_key(path)
     except OSError as exc:
         raise StorageError(f"subject directory key {path}: {exc.strerror}") from exc
     if len(key) != KEY_BYTES:
@@ -46,6 +47,38 @@ def _load_or_create_key(path: Path) -> bytes:
             "restore it from a backup; without it no subject can be found"
         )
     return key
+
+
+def _recovered_key(path: Path) -> bytes:
+    """The key of a directory that holds homes: one another process made since this one
+    looked (its first registration may already be in), else lost, refused."""
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise IntegrityError(
+            f"subject directory key {path} is missing, though the directory holds homes: "
+            "restore it from a backup; a new key would find no subject, and each could be "
+            "registered again in another jurisdiction"
+        ) from None
+    except OSError as exc:
+        raise StorageError(f"subject directory key {path}: {exc.strerror}") from exc
+
+
+def _holds_homes(db_path: Path) -> bool:
+    """Whether the directory database at ``db_path`` has any home (a failure to read
+    it is a `StorageError`, as opening it would be)."""
+    if not db_path.exists():
+        return False
+    try:
+        db = sqlite_connections.connect(str(db_path), f"subject directory {db_path}")
+        try:
+            return db.execute("SELECT 1 FROM homes LIMIT 1").fetchone() is not None
+        finally:
+            db.close()
+    except sqlite3.Error as exc:
+        if isinstance(exc, sqlite3.OperationalError) and "no such table" in str(exc):
+            return False  # made, but killed before its table was
+        raise StorageError(f"subject directory {db_path}: {failure_reason(exc, db_path)}") from exc
 
 
 def _create_key(path: Path) -> bytes:
@@ -91,8 +124,9 @@ class SubjectDirectory:
             state_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StorageError(f"state directory {state_dir}: {exc.strerror}") from exc
-        key = _load_or_create_key(state_dir / "directory.key")
-        return cls(state_dir / "directory.sqlite", key)
+        db_path = state_dir / "directory.sqlite"
+        key = _load_or_create_key(state_dir / "directory.key", lambda: _holds_homes(db_path))
+        return cls(db_path, key)
 
     def _failure(self, exc: sqlite3.Error) -> StorageError:
         """A database the directory cannot use is a storage failure naming it, not a crash."""

@@ -128,6 +128,11 @@ class SubjectDirectory:
         key = _load_or_create_key(state_dir / "directory.key", lambda: _holds_homes(db_path))
         return cls(db_path, key)
 
+    @property
+    def location(self) -> Path:
+        """The directory database's file."""
+        return Path(self._path)
+
     def _failure(self, exc: sqlite3.Error) -> StorageError:
         """A database the directory cannot use is a storage failure naming it, not a crash."""
         return StorageError(

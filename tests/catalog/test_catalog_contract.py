@@ -64,7 +64,9 @@ def subject(name: str = "alice", tenant: str = "intl") -> SubjectRecord:
 
 def test_subjects(catalog: Catalog) -> None:
     assert catalog.get_subject("intl", "alice") is None
+    assert not catalog.holds_subjects()
     catalog.add_subject(subject())
+    assert catalog.holds_subjects()
     assert catalog.get_subject("intl", "alice") == subject()
     assert catalog.get_subject("other", "alice") is None
     with pytest.raises(Conflict, match="already exists"):

@@ -289,3 +289,15 @@ def test_a_subject_record_naming_another_home_is_refused(
         assert vault.cells[cell].catalog.list_versions(ref) == []
         found = vault.cells[cell].catalog.get_subject("intl", "bob")
         assert found is not None and found.forgotten_at is None  # nothing forgotten
+
+
+def test_a_lost_directory_is_refused_not_taken_for_a_new_one(config_path: Path) -> None:
+    # a blank directory would say every subject is unregistered, and let each be
+    # registered again in another jurisdiction (found in review)
+    with Vault.open(load(config_path)) as vault:
+        vault.register_subject("intl", SUBJECT, "US")
+    state = config_path.parent / "state"
+    for path in state.glob("directory.sqlite*"):
+        path.unlink()
+    with pytest.raises(IntegrityError, match=r"holds no home, though cell US holds subjects"):
+        Vault.open(load(config_path))

@@ -39,6 +39,10 @@ class MemoryCatalog:
         with self._lock:
             return self._subjects.get((tenant, subject))
 
+    def holds_subjects(self) -> bool:
+        with self._lock:
+            return bool(self._subjects)
+
     def forget_subject(self, tenant: str, subject: str, when: float) -> int:
         with self._lock:
             record = self._subjects.get((tenant, subject))

@@ -74,6 +74,9 @@ class Catalog(Protocol):
 
     def get_subject(self, tenant: str, subject: str) -> SubjectRecord | None: ...
 
+    def holds_subjects(self) -> bool:
+        """Whether any subject (live or forgotten) was ever registered in this catalog."""
+
     def forget_subject(self, tenant: str, subject: str, when: float) -> int:
         """Drop the wrapped key, mark every version deleted; returns versions marked."""
 

@@ -354,6 +354,9 @@ class SqliteCatalog:
         )
         return SubjectRecord(*rows[0]) if rows else None
 
+    def holds_subjects(self) -> bool:
+        return bool(self._query("SELECT 1 FROM subjects LIMIT 1"))
+
     def forget_subject(self, tenant: str, subject: str, when: float) -> int:
         with self._transaction() as db:
             updated = db.execute(

@@ -84,6 +84,22 @@ def _no_step(step: str) -> None:
     return None
 
 
+def _refuse_lost_directory(directory: SubjectDirectory, cells: dict[str, Cell]) -> None:
+    """A directory with no home while a cell holds subjects was lost (or replaced by a
+    blank one): every subject would read as unregistered, and could be registered again
+    in another jurisdiction, its data left behind in the first. Every subject a catalog
+    holds has its home in the directory (a home goes only with nothing behind it)."""
+    if not directory.empty():
+        return
+    for code, cell in cells.items():
+        if cell.catalog.holds_subjects():
+            raise IntegrityError(
+                f"subject directory {directory.location} holds no home, though cell {code} "
+                "holds subjects: restore it (with its -wal file) from a backup; a blank one "
+                "would let each subject be registered again in another jurisdiction"
+            )
+
+
 class Vault:
     """The embedded vault over a deployment's cells.
 
@@ -140,6 +156,7 @@ class Vault:
                 config.state_dir, lambda cell: not directory.homes_in(cell)
             )
             cells = open_cells(config, catalogs)
+            _refuse_lost_directory(directory, cells)
             # a keyring is made only for a deployment with no subject yet: one that has
             # some lost its keyring, and a new one would bring destroyed keys back
             custodian = custodian or open_custodian(

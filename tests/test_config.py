@@ -76,6 +76,19 @@ def test_resolve_path_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     assert resolve_path(tmp_path / "explicit.toml") == tmp_path / "explicit.toml"
 
 
+def test_an_empty_config_path_is_refused_not_read_as_none(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # an unset variable in a script would otherwise act on ./shardvault.toml, or on
+    # $SHARDVAULT_CONFIG's deployment (found in review)
+    monkeypatch.setenv(ENV_VAR, str(tmp_path / "env.toml"))
+    with pytest.raises(ConfigError, match="config path is empty"):
+        resolve_path("")
+    monkeypatch.setenv(ENV_VAR, "")
+    with pytest.raises(ConfigError, match=f"{ENV_VAR} is set but empty"):
+        resolve_path(None)
+
+
 @pytest.mark.parametrize(
     ("text", "expected"),
     [

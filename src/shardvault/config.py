@@ -116,11 +116,21 @@ class Config:
 
 
 def resolve_path(explicit: str | os.PathLike[str] | None = None) -> Path:
-    """--config, else $SHARDVAULT_CONFIG, else ./shardvault.toml."""
-    if explicit:
+    """--config, else $SHARDVAULT_CONFIG, else ./shardvault.toml.
+
+    An empty one is refused, not read as none: a script whose variable came out
+    empty would otherwise act on whatever deployment the next choice names.
+    """
+    if explicit is not None:
+        if not os.fspath(explicit):
+            raise ConfigError("the config path is empty: name the deployment's file")
         return Path(explicit)
     from_env = os.environ.get(ENV_VAR)
-    return Path(from_env) if from_env else Path(DEFAULT_FILE)
+    if from_env == "":
+        raise ConfigError(
+            f"{ENV_VAR} is set but empty: set it to the deployment's file, or unset it"
+        )
+    return Path(from_env) if from_env is not None else Path(DEFAULT_FILE)
 
 
 def token_from_env() -> str | None:

@@ -277,6 +277,25 @@ def test_bad_config_is_exit_2_naming_the_key(
     assert "not found" in missing.fails(2, "nodes")
 
 
+def test_memory_backends_are_refused_by_commands_that_would_lose_what_they_store(
+    tmp_path: Path, capsysbinary: pytest.CaptureFixture[bytes]
+) -> None:
+    # a put said "stored", and the next command found none of its shards
+    path = make_deployment(tmp_path / "deploy")
+    text = path.read_text()
+    node = text.replace('backend = "local"', 'backend = "memory"', 1)
+    assert node != text
+    custodian = text.replace('backend = "keyring"', 'backend = "memory"')
+    assert custodian != text
+    for edited, key in ((node, "nodes us-n1.backend"), (custodian, "custodian.backend")):
+        path.write_text(edited)
+        line = Cli(path, capsysbinary).fails(2, "subject", "add", "intl", "alice", "-j", "US")
+        assert f"{key} is 'memory', which keeps nothing after this command" in line
+    assert not (tmp_path / "deploy" / "state").exists() or not any(
+        (tmp_path / "deploy" / "state").rglob("*.sqlite")
+    )
+
+
 @pytest.mark.parametrize(
     "argv",
     [

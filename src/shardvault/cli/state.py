@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import typer
 
 from shardvault import config as config_module
-from shardvault.errors import AccessDenied, InvalidInput
+from shardvault.errors import AccessDenied, ConfigError, InvalidInput
 from shardvault.model import LOCAL_ADMIN, RequestContext, new_request_id, shown
 
 if TYPE_CHECKING:  # loaded on first use: commands that never open the vault start faster
@@ -31,7 +31,9 @@ class CliState:
 
     def config(self) -> config_module.Config:
         if self._config is None:
-            self._config = config_module.load(config_module.resolve_path(self.config_path))
+            config = config_module.load(config_module.resolve_path(self.config_path))
+            _refuse_memory(config)
+            self._config = config
         return self._config
 
     def governance(self) -> Governance:
@@ -102,6 +104,21 @@ class CliState:
         if self._governance is not None:
             self._governance.close()
             self._governance = None
+
+
+def _refuse_memory(config: config_module.Config) -> None:
+    """Memory nodes and a memory custodian keep nothing after the process: a command
+    would say "stored" and the next find nothing (or no key to read it with). They are
+    for a program that embeds the vault in one process, not for commands."""
+    memory = [f"nodes {n.id}.backend" for n in config.nodes if n.backend == "memory"]
+    if config.custodian == "memory":
+        memory.append("custodian.backend")
+    if memory:
+        raise ConfigError(
+            f"config {config.path}: {', '.join(memory)} is 'memory', which keeps nothing "
+            "after this command: use 'local' nodes and the 'keyring' custodian (memory "
+            "ones are for a program embedding the vault in one process)"
+        )
 
 
 def state(ctx: typer.Context) -> CliState:

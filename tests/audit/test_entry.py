@@ -185,3 +185,13 @@ def test_an_entry_with_an_unhashable_detail_on_disk_is_an_integrity_error() -> N
     forged = json.dumps(raw, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     with pytest.raises(IntegrityError, match="invalid"):
         AuditEntry.from_bytes(forged.encode())
+
+
+def test_a_version_spelled_as_a_float_is_refused() -> None:
+    """`"v":1.0` equals 1 in Python and re-encodes to itself, so it was a second valid
+    encoding of every entry, hashing differently than the entry it parses to."""
+    data = sample().to_bytes()
+    forged = data.replace(b'"v":1', b'"v":1.0')
+    assert forged != data
+    with pytest.raises(IntegrityError, match=r"version 1\.0 is not known"):
+        AuditEntry.from_bytes(forged)

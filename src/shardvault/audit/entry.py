@@ -196,7 +196,9 @@ class AuditEntry:
         if not isinstance(raw, dict):
             raise IntegrityError("audit entry is not a JSON object")
         version = raw.get("v")
-        if version != ENTRY_VERSION or isinstance(version, bool):
+        # the type too: 1.0 (and True) equal 1, and "v":1.0 re-encodes to itself,
+        # so it would be a second encoding of the entry, hashed as another leaf
+        if type(version) is not int or version != ENTRY_VERSION:
             raise IntegrityError(
                 f"audit entry version {version!r} is not known to this reader "
                 f"(it reads version {ENTRY_VERSION})"

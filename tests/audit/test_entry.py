@@ -195,3 +195,14 @@ def test_a_version_spelled_as_a_float_is_refused() -> None:
     assert forged != data
     with pytest.raises(IntegrityError, match=r"version 1\.0 is not known"):
         AuditEntry.from_bytes(forged)
+
+
+@pytest.mark.parametrize(
+    "nested", [b"[" * 30000 + b"]" * 30000, b'{"a":' * 10000 + b"1" + b"}" * 10000]
+)
+def test_deeply_nested_json_is_an_integrity_error_not_a_crash(nested: bytes) -> None:
+    """Under the 64 KiB limit, JSON can nest deeper than the parser recurses: its
+    RecursionError escaped `audit verify` of a hostile export as a traceback."""
+    assert len(nested) <= 64 * 1024
+    with pytest.raises(IntegrityError, match="not valid JSON"):
+        AuditEntry.from_bytes(nested)

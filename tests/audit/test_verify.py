@@ -427,3 +427,12 @@ def test_an_export_needs_its_directory_and_never_makes_it(
             with pytest.raises(InvalidInput, match="Permission denied"):
                 write(log, unwritable / name)
         assert list(unwritable.iterdir()) == []
+
+
+def test_an_entry_nested_deeper_than_the_parser_recurses_is_refused_not_a_crash(
+    sample: tuple[Path, bytes],
+) -> None:
+    export, trusted = sample
+    lines = lines_of(export)
+    bomb = b"[" * 30000 + b"]" * 30000 + b"\n"
+    assert detected(export, trusted, "entries.jsonl", b"".join([bomb, *lines[1:]]))

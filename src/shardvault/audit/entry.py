@@ -191,7 +191,8 @@ class AuditEntry:
             # Duplicate keys need no hook: json keeps the last one, so the bytes
             # are then not the canonical encoding and are refused below.
             raw = json.loads(data.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError) as exc:
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+            # RecursionError: 64 KiB of brackets nest deeper than the parser recurses
             raise IntegrityError(f"audit entry is not valid JSON: {exc}") from None
         if not isinstance(raw, dict):
             raise IntegrityError("audit entry is not a JSON object")

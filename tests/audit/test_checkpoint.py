@@ -132,3 +132,15 @@ def test_witness_refuses_a_previous_head_of_another_log() -> None:
     previous = Checkpoint("other.example/log", 10, head(10).root_hash)
     with pytest.raises(IntegrityError, match="previous head is for another log"):
         cosign_checkpoint(note, LOG_KEY, WITNESS, timestamp=5, previous=previous, proof=proof)
+
+
+def test_keys_of_the_wrong_kind_are_refused_not_satisfied_by_the_other_signature() -> None:
+    """Given the cell's key as the partner's, a head the partner never saw was
+    "cosigned" by the cell's own signature; given the partner's as the cell's, by
+    the partner's cosignature alone."""
+    note = sign_checkpoint(head(10), LOG).to_bytes()
+    with pytest.raises(InvalidInput, match="cosignature key"):
+        open_checkpoint(note, LOG_KEY, cosigner_key=LOG_KEY)
+    cosigned = cosign_checkpoint(note, LOG_KEY, WITNESS, timestamp=1).to_bytes()
+    with pytest.raises(InvalidInput, match="Ed25519 signing key"):
+        open_checkpoint(cosigned, WITNESS_KEY)

@@ -24,7 +24,7 @@ from shardvault.audit import export
 from shardvault.audit.checkpoint import Checkpoint, sign_checkpoint
 from shardvault.audit.export import export_to_directory, export_to_file
 from shardvault.audit.log import AuditLog
-from shardvault.audit.note import NoteSigner, NoteVerifier, SignedNote
+from shardvault.audit.note import Cosigner, NoteSigner, NoteVerifier, SignedNote
 from shardvault.audit.verify import verify_export
 from shardvault.errors import IntegrityError, InvalidInput, NotFound, StorageError
 
@@ -165,8 +165,9 @@ def test_head_signed_by_another_key_or_missing_cosignature_fails(
     stranger = NoteSigner(ORIGIN, Ed25519PrivateKey.generate())
     with pytest.raises(IntegrityError, match="not signed by"):
         verify_export(export, stranger.verifier_key())
+    other_witness = Cosigner("partner.example/witness", Ed25519PrivateKey.generate())
     with pytest.raises(IntegrityError, match="not signed by"):
-        verify_export(export, LOG_VKEY, cosigner_key=stranger.verifier_key())
+        verify_export(export, LOG_VKEY, cosigner_key=other_witness.verifier_key())
     with pytest.raises(InvalidInput):
         verify_export(export, "not-a-key")
 
@@ -436,3 +437,18 @@ def test_an_entry_nested_deeper_than_the_parser_recurses_is_refused_not_a_crash(
     lines = lines_of(export)
     bomb = b"[" * 30000 + b"]" * 30000 + b"\n"
     assert detected(export, trusted, "entries.jsonl", b"".join([bomb, *lines[1:]]))
+
+
+def test_a_key_of_the_wrong_kind_is_bad_input_not_a_cosignature(
+    sample: tuple[Path, bytes], tmp_path: Path
+) -> None:
+    export, _ = sample
+    uncosigned = tmp_path / "uncosigned"
+    shutil.copytree(export, uncosigned)
+    for path in (uncosigned / "heads").iterdir():
+        note = SignedNote.parse(path.read_bytes())
+        path.write_bytes(SignedNote(note.text, note.signatures[:1]).to_bytes())
+    with pytest.raises(InvalidInput, match="cosignature key"):
+        verify_export(uncosigned, LOG_VKEY, cosigner_key=LOG_VKEY)
+    with pytest.raises(InvalidInput, match="Ed25519 signing key"):
+        verify_export(export, WITNESS_VKEY)

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 from shardvault.audit.merkle import HASH_SIZE, verify_consistency
 from shardvault.audit.note import (
+    COSIGNATURE_V1,
+    ED25519,
     Cosigner,
     NoteSigner,
     NoteVerifier,
@@ -86,6 +88,21 @@ def sign_checkpoint(checkpoint: Checkpoint, signer: NoteSigner) -> SignedNote:
     return SignedNote(checkpoint.body(), (signer.sign(checkpoint.body()),))
 
 
+def check_key_kinds(log_key: NoteVerifier, cosigner_key: NoteVerifier | None) -> None:
+    """`InvalidInput` unless ``log_key`` is a cell's key (Ed25519, type 0x01) and
+    ``cosigner_key`` a witness's (cosignature/v1, type 0x04). A key of the other
+    kind is matched by the other signature line: the cell's key given as the
+    partner's would take the cell's own signature for the partner's cosignature."""
+    if log_key.sig_type != ED25519:
+        raise InvalidInput(
+            f"key {log_key.name!r} is not an Ed25519 signing key (type 0x01), as a log's is"
+        )
+    if cosigner_key is not None and cosigner_key.sig_type != COSIGNATURE_V1:
+        raise InvalidInput(
+            f"key {cosigner_key.name!r} is not a cosignature key (type 0x04), as a witness's is"
+        )
+
+
 def open_checkpoint(
     data: bytes,
     log_key: NoteVerifier,
@@ -96,8 +113,10 @@ def open_checkpoint(
     """Parse a signed head and check the cell's signature (and the partner's, if given).
 
     Raises `IntegrityError` if a required signature is missing or wrong, or the
-    origin is not the expected one; `InvalidInput` if the note is malformed.
+    origin is not the expected one; `InvalidInput` if the note is malformed or a
+    key is not of its kind (`check_key_kinds`).
     """
+    check_key_kinds(log_key, cosigner_key)
     note = SignedNote.parse(data)
     open_note(note, log_key)
     checkpoint = Checkpoint.parse(note.text)
@@ -136,6 +155,7 @@ def cosign_checkpoint(
 __all__ = [
     "Checkpoint",
     "VerifiedHead",
+    "check_key_kinds",
     "cosign_checkpoint",
     "open_checkpoint",
     "sign_checkpoint",

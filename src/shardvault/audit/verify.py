@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import IO
 
 from shardvault.audit import merkle
-from shardvault.audit.checkpoint import VerifiedHead, open_checkpoint
+from shardvault.audit.checkpoint import VerifiedHead, check_key_kinds, open_checkpoint
 from shardvault.audit.entry import AuditEntry
 from shardvault.audit.export import ENTRIES_NAME, FORMAT_TEXT, HEADS_DIR
 from shardvault.audit.note import NoteVerifier
@@ -131,10 +131,11 @@ def verify_export(
     ``log_key`` and ``cosigner_key`` are vkey strings (``name+keyid+base64``).
     ``trusted_head`` is a signed head obtained independently (from the partner).
     Raises `IntegrityError` if anything does not verify, `InvalidInput` for a
-    malformed key argument.
+    malformed key argument or one of the wrong kind (a cosigner's as the log's).
     """
     log_verifier = _key(log_key)
     cosigner = _key(cosigner_key) if cosigner_key is not None else None
+    check_key_kinds(log_verifier, cosigner)  # before `_open` reads its InvalidInput as a bad head
     with ExitStack() as stack:
         source = _Source(Path(path), stack)
         if source.open("FORMAT").read() != FORMAT_TEXT.encode("utf-8"):

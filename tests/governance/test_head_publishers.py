@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+from tests.audit.conftest import make_entry
+
 from conftest import make_deployment
 from shardvault.audit import Checkpoint
 from shardvault.config import load
+from shardvault.errors import IntegrityError
+from shardvault.governance.heads import CellAudit, PartnerWitness, publish_head
 from shardvault.model import ObjectRef
 from shardvault.vault import Vault
 
@@ -64,3 +70,26 @@ def test_the_partners_last_cosigned_head_is_durable_before_it_is_answered(
         cosigned = vault.governance.partner.directory / "cosigned"
     assert cosigned in synced
     assert sorted(p.name for p in cosigned.iterdir()) == ["US.lock", "US.note"]
+
+
+def test_a_log_rolled_back_below_the_partners_last_head_is_refused_as_such(
+    tmp_path: Path,
+) -> None:
+    # it was InvalidInput (exit 2, "old size 8 is outside 0..3"): a usage error
+    # naming no log, for what is missing entries the partner has cosigned
+    cell = CellAudit("US", tmp_path / "cell", "o.example/cell-us")
+    partner = PartnerWitness(tmp_path / "partner", "p.example/witness")
+    for i in range(3):
+        cell.log.append(make_entry(i))
+    publish_head(cell, partner, 1)
+    cell.close()
+    shutil.copytree(tmp_path / "cell" / "log", tmp_path / "backup")
+    for i in range(3, 8):
+        cell.log.append(make_entry(i))
+    publish_head(cell, partner, 2)
+    cell.close()
+    shutil.rmtree(tmp_path / "cell" / "log")
+    shutil.copytree(tmp_path / "backup", tmp_path / "cell" / "log")  # an older copy restored
+    with pytest.raises(IntegrityError, match=r"cosigned a head of 8 entries.*has 3"):
+        publish_head(cell, partner, 3)
+    cell.close()

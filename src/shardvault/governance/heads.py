@@ -228,6 +228,13 @@ class PartnerWitness:
         """Countersign ``note`` if it extends the last head this partner cosigned for the cell."""
         previous = self.last(cell)
         size = Checkpoint.parse(note.text).size
+        if previous is not None and previous.size > size:
+            # no proof can be asked of a log this short: say what it means, not that
+            # the proof's old size is out of range (InvalidInput, a usage error)
+            raise IntegrityError(
+                f"the partner cosigned a head of {previous.size} entries of {cell.origin}, "
+                f"but its log has {size}: entries are missing (an older copy restored?)"
+            )
         proof = cell.log.consistency_proof(previous.size, size) if previous else []
         cosigned = cosign_checkpoint(
             note.to_bytes(),

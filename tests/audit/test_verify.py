@@ -452,3 +452,25 @@ def test_a_key_of_the_wrong_kind_is_bad_input_not_a_cosignature(
         verify_export(uncosigned, LOG_VKEY, cosigner_key=LOG_VKEY)
     with pytest.raises(InvalidInput, match="Ed25519 signing key"):
         verify_export(export, WITNESS_VKEY)
+
+
+def test_an_export_takes_in_a_head_another_process_stored_after_this_one_looked(
+    tmp_path: Path,
+) -> None:
+    # `audit export` publishes a head, then exports every stored head: one another
+    # process (a forget's receipt) stored meanwhile was past this handle's entries
+    # ("entry range 0..6 is outside 0..3", exit 2)
+    mine = AuditLog.open(tmp_path / "log")
+    for i in range(3):
+        mine.append(make_entry(i))
+    publish_head(mine, None)
+    other = AuditLog.open(tmp_path / "log")  # its own descriptors and flock, as a process's
+    for i in range(3, 6):
+        other.append(make_entry(i))
+    publish_head(other, 3)
+    other.close()
+    for write in (export_to_directory, export_to_file):
+        summary = write(mine, tmp_path / f"export-{write.__name__}")
+        assert (summary.entries, summary.heads) == (6, 2)
+        verify(summary.path, mine.heads()[-1].to_bytes())
+    mine.close()

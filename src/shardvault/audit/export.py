@@ -45,9 +45,15 @@ class ExportSummary:
 
 
 def _members(log: AuditLog) -> tuple[list[tuple[str, bytes]], int]:
+    """The heads to export, named, and how many entries they cover.
+
+    Another process may have stored a head of entries this handle has not read
+    yet (a forget's receipt); its entries were written before it, so catching
+    up after listing the heads covers every one listed."""
     heads = log.heads()
     if not heads:
         raise NotFound(f"audit log {log.directory} has no signed head yet: sign one first")
+    log.refresh()
     named = [
         (f"{HEADS_DIR}/{Checkpoint.parse(h.text).size:020d}.note", h.to_bytes()) for h in heads
     ]

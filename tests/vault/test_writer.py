@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
+import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -101,3 +103,52 @@ def test_bytes_in_memory_are_segmented_without_a_copy() -> None:
     assert [len(s) for s in _segments(memoryview(b""), 4096)] == [0]
     wide = memoryview(bytearray(8192)).cast("I")  # any buffer format is cut by bytes
     assert [len(s) for s in _segments(wide, 4096)] == [4096, 4096]
+
+
+class NonBlockingPipe(io.RawIOBase):
+    """The read end of a pipe in non-blocking mode (as a producer such as node leaves its
+    consumer's stdin): `readinto` says "nothing yet" with None; the rest of the data
+    is written only once the put has been told so."""
+
+    def __init__(self, first: bytes, rest: bytes) -> None:
+        self._read, write = os.pipe()
+        os.set_blocking(self._read, False)
+        self._told = threading.Event()
+        os.write(write, first)
+
+        def produce() -> None:
+            self._told.wait(10)
+            with contextlib.suppress(BrokenPipeError), os.fdopen(write, "wb") as out:
+                out.write(rest)
+
+        self.producer = threading.Thread(target=produce)
+        self.producer.start()
+
+    def readable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        return self._read
+
+    def readinto(self, buffer: memoryview) -> int | None:  # type: ignore[override]
+        try:
+            return os.readv(self._read, [buffer])
+        except BlockingIOError:
+            self._told.set()
+            return None
+
+    def close(self) -> None:
+        if not self.closed:
+            os.close(self._read)
+        super().close()
+
+
+def test_a_non_blocking_source_with_nothing_ready_is_waited_for_not_taken_as_ended() -> None:
+    first, rest = b"a" * 100, b"b" * 10_000
+    source = NonBlockingPipe(first, rest)
+    try:
+        stored = b"".join(bytes(s) for s in _segments(source, 4096))  # type: ignore[arg-type]
+    finally:
+        source.producer.join()
+        source.close()
+    assert stored == first + rest

@@ -12,6 +12,7 @@ all shards written so far are removed.
 from __future__ import annotations
 
 import io
+import select
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, Future, wait
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from shardvault.codec.erasure import ErasureCode
 from shardvault.codec.hashing import block_hash
 from shardvault.codec.segment import TAG_BYTES, SegmentCipher
 from shardvault.codec.shardfile import ShardHeader
+from shardvault.errors import InvalidInput
 from shardvault.nodes.port import ShardStore, ShardWriter, shard_name
 
 INLINE_BLOCK = 64 << 10
@@ -73,10 +75,31 @@ def _read_full(source: BinaryIO, buffer: bytearray) -> int:
     filled = 0
     while filled < len(buffer):
         got = source.readinto(view[filled:])  # type: ignore[attr-defined]
+        if got is None:  # a non-blocking source with nothing ready: not its end
+            _wait_readable(source)
+            continue
         if not got:
             break
         filled += got
     return filled
+
+
+def _wait_readable(source: BinaryIO) -> None:
+    """Wait until a non-blocking source has data (or its end) to read.
+
+    Its `readinto` answers None for "nothing yet"; taken for the end, a put from
+    a pipe whose producer left it non-blocking stored what had arrived so far
+    as the whole object, and acknowledged it.
+    """
+    try:
+        descriptor = source.fileno()
+    except (AttributeError, OSError, ValueError):
+        raise InvalidInput(
+            "the source is non-blocking and has no descriptor to wait on: read it in blocking mode"
+        ) from None
+    poller = select.poll()
+    poller.register(descriptor, select.POLLIN)
+    poller.poll()
 
 
 def _wait_all(futures: list[Future[bytes]]) -> list[bytes]:

@@ -152,3 +152,13 @@ def test_a_non_blocking_source_with_nothing_ready_is_waited_for_not_taken_as_end
         source.producer.join()
         source.close()
     assert stored == first + rest
+
+
+def test_a_bytesio_is_stored_from_where_it_stands_as_a_file_would_be() -> None:
+    """The caller read its first bytes (a header, say): those are not the object's."""
+    data = b"header:" + bytes(range(256)) * 40
+    source = io.BytesIO(data)
+    source.read(7)
+    stored = b"".join(bytes(s) for s in _segments(source, 4096))
+    assert stored == data[7:]
+    assert source.tell() == len(data)  # consumed, as a file read to its end

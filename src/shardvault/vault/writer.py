@@ -53,7 +53,7 @@ def _segments(source: BinaryIO | memoryview, segment_size: int) -> Iterator[memo
     read into one reused buffer, so any size needs one segment of memory.
     """
     if isinstance(source, memoryview | io.BytesIO):
-        whole = source.cast("B") if isinstance(source, memoryview) else source.getbuffer()
+        whole = source.cast("B") if isinstance(source, memoryview) else _unread(source)
         if not whole:
             yield whole
         for start in range(0, len(whole), segment_size):
@@ -68,6 +68,17 @@ def _segments(source: BinaryIO | memoryview, segment_size: int) -> Iterator[memo
         if filled < segment_size:
             return
         first = False
+
+
+def _unread(source: io.BytesIO) -> memoryview:
+    """What reading the BytesIO would return, without a copy, and it read to its end.
+
+    From where it stands, as a file is read: a caller that had read a header
+    from it stored those bytes too, ahead of the object's.
+    """
+    start = source.tell()
+    source.seek(0, io.SEEK_END)
+    return source.getbuffer()[start:]
 
 
 def _read_full(source: BinaryIO, buffer: bytearray) -> int:

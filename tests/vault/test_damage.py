@@ -84,6 +84,22 @@ def test_a_missing_shard_is_reported_once_and_not_tried_again(
     assert damage == [(0, 1, "missing")]
 
 
+def test_a_shard_cut_short_is_reported_once_and_not_tried_again(
+    vault: Vault, alice: ObjectRef
+) -> None:
+    """A shard that ends early is short in every later segment too: reading it again for
+    each one doubled their reads and kept a damage record (and catalog row) per segment,
+    without bound for a large object."""
+    data = os.urandom(12 * SEGMENT)
+    vault.put(alice, data)
+    path = shard_paths(vault, alice)[1]
+    with path.open("r+b") as handle:
+        handle.truncate(HEADER + 10)
+    got, damage = read(vault, alice)
+    assert got == data
+    assert damage == [(0, 1, "truncated")]
+
+
 def test_get_records_damage_for_repair(vault: Vault, alice: ObjectRef) -> None:
     vault.put(alice, b"some bytes")
     shard_paths(vault, alice)[1].unlink()

@@ -36,6 +36,7 @@ from shardvault.nodes.port import ShardReader, ShardStore, shard_name
 from shardvault.vault.views import info_of
 
 INLINE_BLOCK = 64 << 10
+_UNUSABLE = frozenset({"missing", "bad header", "truncated"})  # for every later segment too
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,7 +217,13 @@ class ObjectReader:
         return [self._submit(segment, index) for index in wanted]
 
     def _note_damage(self, segment: int, fetched: _Fetched) -> None:
-        if fetched.reason in ("missing", "bad header"):
+        """Record the damage; a shard unusable for the rest of the object is not read again.
+
+        A truncated shard is that too: it ends before this block, so every later block
+        is short. Tried again, it cost a read and a damage record (a catalog row) per
+        segment, without bound for a large object; one record names it for repair.
+        """
+        if fetched.reason in _UNUSABLE:
             self._bad.add(fetched.index)
         self.damage.append(
             DamageRecord(

@@ -206,6 +206,27 @@ def test_old_version_shard_restored_in_place_of_the_new_one(vault: Vault, alice:
     assert damage == [(0, 0, "bad header"), (0, 2, "bad header")]
 
 
+def test_a_version_row_holding_another_versions_manifest_is_refused(
+    vault: Vault, alice: ObjectRef
+) -> None:
+    """A manifest is self-consistent (its own version and id bind its data key), so one
+    misfiled under the next version's row (a catalog restored or edited by hand) read
+    back as that version: the old bytes, silently, and stat named the old version."""
+    vault.put(alice, b"old secret")
+    vault.put(alice, b"new data")
+    catalog = vault.cells["US"].catalog
+    old = catalog.get_version(alice, 1)
+    assert old is not None
+    catalog._db.execute(  # type: ignore[attr-defined]
+        "UPDATE versions SET manifest = ? WHERE key = ? AND version = 2",
+        (old.manifest, alice.key),
+    )
+    for call in (vault.get, vault.stat, vault.where):
+        with pytest.raises(IntegrityError, match="v2 holds a manifest written for another version"):
+            call(alice)
+    assert vault.get(alice, 1) == b"old secret"
+
+
 def test_more_than_m_lost_is_an_integrity_error_naming_object_and_segment(
     vault: Vault, alice: ObjectRef
 ) -> None:

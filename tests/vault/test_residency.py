@@ -180,6 +180,13 @@ def test_tenants_are_isolated(vault: Vault) -> None:
         "UPDATE versions SET manifest = ? WHERE tenant = 'intl' AND subject = 'sam'",
         (stolen.manifest,),
     )
+    with pytest.raises(IntegrityError, match="holds a manifest written for another version"):
+        vault.get(mine)
+    # nor with its object id copied too: the data key is bound to the tenant
+    db.execute(
+        "UPDATE versions SET object_id = ? WHERE tenant = 'intl' AND subject = 'sam'",
+        (stolen.object_id,),
+    )
     with pytest.raises(IntegrityError, match="failed to unwrap"):
         vault.get(mine)
 

@@ -607,8 +607,7 @@ class Vault:
         self, ref: ObjectRef, version: int | None = None, ctx: RequestContext | None = None
     ) -> ObjectInfo:
         _, _, record, _ = self._record(ref, version, ctx or local_context(), Action.STAT)
-        assert record.manifest is not None
-        return info_of(Manifest.from_bytes(record.manifest))
+        return info_of(_manifest_of(record))
 
     def open_read(
         self, ref: ObjectRef, version: int | None = None, ctx: RequestContext | None = None
@@ -623,8 +622,7 @@ class Vault:
         self, ref: ObjectRef, cell: Cell, subject: SubjectRecord, record: VersionRecord,
         access: Access,
     ) -> ObjectReader:  # fmt: skip
-        assert record.manifest is not None
-        manifest = Manifest.from_bytes(record.manifest)
+        manifest = _manifest_of(record)
         code = self.code.matching(manifest.k, manifest.m, manifest.backend)
         reader = ObjectReader(  # starts fetching and verifying shards: no key needed
             manifest=manifest,
@@ -710,8 +708,7 @@ class Vault:
     ) -> builtins.list[ShardLocation]:
         """Every shard of the version: segment, index, node, jurisdiction, facility."""
         cell, _, record, _ = self._record(ref, version, ctx or local_context(), Action.STAT)
-        assert record.manifest is not None
-        manifest = Manifest.from_bytes(record.manifest)
+        manifest = _manifest_of(record)
         facilities = {node.id: node.facility for node in cell.nodes}
         return [  # a node the config no longer lists was still one of this cell's
             ShardLocation(
@@ -797,6 +794,24 @@ def _went_through(cell: Cell, ref: ObjectRef, version: int, object_id: bytes) ->
     except BaseException:
         return True
     return record is not None and record.object_id == object_id
+
+
+def _manifest_of(record: VersionRecord) -> Manifest:
+    """The row's manifest, if it is the one written for the row's version.
+
+    A manifest is self-consistent: its version and object id bind its data key,
+    so one misfiled under another version's row (a catalog restored or edited by
+    hand) would decrypt and be returned, its bytes and number, as that version.
+    Two comparisons: the read path can afford them.
+    """
+    assert record.manifest is not None
+    manifest = Manifest.from_bytes(record.manifest)
+    if manifest.object_id != record.object_id or manifest.version != record.version:
+        raise IntegrityError(  # naming no other object: it may be another tenant's
+            f"catalog row {record.ref} v{record.version} holds a manifest written for "
+            "another version: refusing to read it as this one; restore the catalog"
+        )
+    return manifest
 
 
 def _check_version(version: int | None) -> None:

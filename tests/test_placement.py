@@ -67,8 +67,13 @@ def test_stripe_properties(nodes: list[NodeSpec], km: tuple[int, int], seed: byt
     assert all(x.jurisdiction == "US" for x in chosen)
     assert all(x.state is NodeState.ACTIVE for x in chosen)
     per_facility = Counter(x.facility for x in active)
-    if sum(min(count, m) for count in per_facility.values()) >= n:
-        assert max(Counter(x.facility for x in chosen).values()) <= m
+    room = sum(min(count, m) for count in per_facility.values())
+    over = sum(count > m for count in Counter(x.facility for x in chosen).values())
+    if room >= n:
+        assert over == 0
+    else:  # as few facilities past m as can take the shards the others cannot
+        spare = sorted((count - m for count in per_facility.values() if count > m), reverse=True)
+        assert over == next(j for j in range(1, len(spare) + 1) if sum(spare[:j]) >= n - room)
     assert place_stripe(seed, list(reversed(nodes)), "US", k, m) == chosen
 
 
@@ -125,6 +130,17 @@ def test_unspreadable_cell_still_places_on_distinct_nodes() -> None:
     nodes = [node(f"n{i}", facility="only") for i in range(6)]
     chosen = place_stripe(b"x", nodes, "US", 4, 2)
     assert sorted(x.id for x in chosen) == sorted(x.id for x in nodes)
+
+
+def test_an_unspreadable_cell_puts_more_than_m_shards_in_one_facility_only() -> None:
+    """Facilities of 3, 3 and 1 nodes cannot keep a 4+2 stripe to 2 per facility, but
+    only one need hold 3: with two holding 3, losing either lost the object."""
+    nodes = [node(f"a{i}", facility="fa") for i in range(3)]
+    nodes += [node(f"b{i}", facility="fb") for i in range(3)] + [node("c0", facility="fc")]
+    for number in range(200):
+        chosen = place_stripe(number.to_bytes(4, "big"), nodes, "US", 4, 2)
+        assert len({x.id for x in chosen}) == 6
+        assert sorted(Counter(x.facility for x in chosen).values()) == [1, 2, 3]
 
 
 def test_deterministic_for_a_seed_and_varies_across_seeds() -> None:

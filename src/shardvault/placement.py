@@ -3,9 +3,10 @@
 Weighted rendezvous hashing (highest random weight) ranks every eligible node
 for an object; the stripe takes nodes in rank order, skipping a node whose
 facility already holds m shards, so losing a whole facility loses at most m
-shards and the object stays readable. Only active nodes of the subject's home
-jurisdiction are eligible: a node elsewhere is never chosen, and if the home
-cell is too small the write is refused rather than spilled.
+shards and the object stays readable (a cell too small for that puts the
+shards past m in as few facilities as it can). Only active nodes of the
+subject's home jurisdiction are eligible: a node elsewhere is never chosen, and
+if the home cell is too small the write is refused rather than spilled.
 """
 
 from __future__ import annotations
@@ -62,16 +63,41 @@ def place_stripe(
             f"a stripe needs {n} (k={k}, m={m}); add nodes or bring them back"
         )
     ranked = rank_nodes(seed, eligible)
-    per_facility = Counter(node.facility for node in eligible)
-    spreadable = sum(min(count, m) for count in per_facility.values()) >= n
-    if not spreadable:
-        return ranked[:n]
+    chosen = _capped(ranked, m, n)
+    if len(chosen) < n:
+        chosen += _overflow(ranked, chosen, n - len(chosen))
+    return chosen
+
+
+def _capped(ranked: list[NodeSpec], cap: int, n: int) -> list[NodeSpec]:
+    """Up to n nodes in rank order, at most `cap` per facility."""
     chosen: list[NodeSpec] = []
     used: Counter[str] = Counter()
     for node in ranked:
-        if used[node.facility] < m:
+        if used[node.facility] < cap:
             chosen.append(node)
             used[node.facility] += 1
             if len(chosen) == n:
                 break
     return chosen
+
+
+def _overflow(ranked: list[NodeSpec], chosen: list[NodeSpec], wanted: int) -> list[NodeSpec]:
+    """The shards a cell too small to spread cannot keep to m per facility, in as few
+    facilities as can take them (those with most nodes left first, then by rank).
+
+    Each facility past m is one whose loss loses the object: taking the best
+    ranked nodes instead put 3+3 of a 4+2 stripe in two facilities where 3+2+1
+    was possible, so losing either of two facilities lost it instead of one.
+    """
+    taken = {node.id for node in chosen}
+    left: dict[str, list[NodeSpec]] = {}
+    for node in ranked:  # facilities in the rank order of their best node left
+        if node.id not in taken:
+            left.setdefault(node.facility, []).append(node)
+    extra: list[NodeSpec] = []
+    for facility in sorted(left, key=lambda name: -len(left[name])):  # stable: rank breaks ties
+        extra += left[facility][: wanted - len(extra)]
+        if len(extra) == wanted:
+            break
+    return extra

@@ -376,3 +376,24 @@ def test_commands_are_registered_once_however_often_main_runs(cli: Cli) -> None:
     assert len(names) == len(set(names))
     groups = [group.name for group in app.registered_groups]
     assert len(groups) == len(set(groups)) == 7
+
+
+def test_where_lists_the_shards_of_the_version_it_names(
+    alice: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`where` asks stat for the version, then where for the shards: a put in between
+    printed one version's number over another's shards (here 1 segment over 3)."""
+    source = tmp_path / "small"
+    source.write_bytes(b"x")
+    alice.ok("put", "intl", "alice", "w", str(source))
+    real_stat = Vault.stat
+
+    def stat_then_put(vault: Vault, *args: Any, **kwargs: Any) -> Any:
+        info = real_stat(vault, *args, **kwargs)
+        vault.put(ObjectRef("intl", "alice", "w"), os.urandom(2 * SEGMENT + 1))
+        return info
+
+    monkeypatch.setattr(Vault, "stat", stat_then_put)
+    where = alice.json("where", "intl", "alice", "w")
+    assert where["version"] == 1
+    assert {s["segment"] for s in where["shards"]} == {0}

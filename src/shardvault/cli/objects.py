@@ -201,7 +201,7 @@ def where(
     vault = cli.vault()
     request = cli.request()  # one request, however many decisions: counted once
     info = vault.stat(ref, version, request)
-    shards = vault.where(ref, version, request)
+    shards = vault.where(ref, info.version, request)  # that version's, whatever was put since
     if json_out:
         print_json(
             {

@@ -40,6 +40,8 @@ from shardvault.vault import Vault
 
 MIB = 1 << 20
 SEGMENT = MIB
+RATED_LIMIT = 1230  # MiB/s: (a) write on this machine kind at its rated speed, median of
+# 5-7 runs (the project's brief, PERFORMANCE.md); this VM has measured 592-1,183
 
 
 def pipeline_limit(total_mib: int) -> tuple[float, float]:
@@ -254,6 +256,10 @@ def run(args: argparse.Namespace, work: Path, tuned: bool) -> None:
     print(
         f"(a) pipeline limit, 1 core, RS 4+2, 1 MiB segments: "
         f"write {limit_write:,.0f} MiB/s, read {limit_read:,.0f} MiB/s"
+    )
+    print(
+        f"    this VM's speed in this run: {limit_write / RATED_LIMIT:.0%} of the machine kind's "
+        f"rated {RATED_LIMIT:,} MiB/s; the ops/s targets of (c) assume that speed"
     )
     disk = max(disk_ceiling(work / "disk", args.large_mib) for _ in range(2))
     print(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import time
 
 import pytest
 
@@ -230,3 +231,19 @@ def test_clipboard_look_alikes(language: str, line: str) -> None:
 
 def test_clipboard_api_of_another_platform_is_ignored() -> None:
     assert clipboard.find_clipboard("s, _ := clipboard.ReadAll()", "kotlin") == []
+
+
+ADVERSARIAL = [
+    ("swift", "let p = pasteboard" + " " * 19_000 + "x"),
+    ("objc", "[UIPasteboard generalPasteboard]" + "\t" * 19_000 + ";"),
+]
+
+
+@pytest.mark.parametrize(("language", "line"), ADVERSARIAL)
+def test_adversarial_lines_take_linear_time(language: str, line: str) -> None:
+    """A line of whitespace after ``pasteboard`` took 8 s (quadratic backtracking in
+    ``\\s*[.\\s]\\s*``): an 8 MiB file of such lines would hold a CI gate for hours."""
+    started = time.perf_counter()
+    clipboard.find_clipboard(line, language)
+    endpoints.find_endpoints(line)
+    assert time.perf_counter() - started < 0.5

@@ -100,3 +100,14 @@ def test_comments_are_scanned_when_the_policy_says_so(tmp_path: Path) -> None:
     scan = scan_tree(tmp_path, ScanOptions(jobs=1, policy=Policy(scan_comments=True)))
     assert [(f.line, f.rule_id) for f in skip.findings] == [(2, "SV113")]
     assert [(f.line, f.rule_id) for f in scan.findings] == [(1, "SV103"), (2, "SV113")]
+
+
+def test_a_line_limit_below_20000_judges_lines_not_the_whole_file(tmp_path: Path) -> None:
+    """With ``--max-line-chars`` under 20,000 a short file of short lines was measured
+    whole, called minified and not scanned, hiding the address on its second line."""
+    (tmp_path / "a.kt").write_text('val a = 1\nval u = "http://77.88.8.8/"\n')
+    (tmp_path / "b.kt").write_text("val b = " + "1" * 200 + "\n")
+    limits = Limits(max_line_chars=30)
+    report = scan_tree(tmp_path, ScanOptions(jobs=1, limits=limits))
+    assert skips(report.skipped) == [("b.kt", "minified", False)]
+    assert [(f.path, f.line) for f in report.findings] == [("a.kt", 2)]

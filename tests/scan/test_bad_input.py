@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import codecs
 import os
 from pathlib import Path
+
+import pytest
 
 from shardvault.scan import Limits, ScanOptions, WalkOptions, scan_tree
 from shardvault.scan.engine import FileResults, Scanner
@@ -48,10 +51,40 @@ def test_minified_and_oversized_files_are_skipped(tmp_path: Path) -> None:
     assert [f.path for f in report.findings] == ["ok.js"]
 
 
-def test_binary_file_with_a_source_name_is_not_scanned(tmp_path: Path) -> None:
-    (tmp_path / "blob.js").write_bytes(b"\x00\x01" + b'fetch("http://77.88.8.8/")')
+def test_binary_file_with_a_source_name_is_reported_not_scanned(tmp_path: Path) -> None:
+    (tmp_path / "blob.js").write_bytes(b"\x89PNG\x00\x01\xff" + b'fetch("http://77.88.8.8/")')
     report = scan_tree(tmp_path, ScanOptions(jobs=1))
-    assert (report.findings, report.skipped, report.files) == ([], [], 0)
+    assert (report.findings, skips(report.skipped), report.files) == (
+        [],
+        [("blob.js", "binary", False)],
+        0,
+    )
+
+
+URL = 'val u = "http://77.88.8.8/"\n'
+
+
+@pytest.mark.parametrize(
+    ("name", "data"),
+    [
+        ("le.kt", codecs.BOM_UTF16_LE + URL.encode("utf-16-le")),
+        ("be.kt", codecs.BOM_UTF16_BE + URL.encode("utf-16-be")),
+        ("nobom.kt", URL.encode("utf-16-le")),
+        ("u32.kt", URL.encode("utf-32")),
+        ("nul.kt", b"/* \x00 */ " + URL.encode()),
+        ("bom8.kt", codecs.BOM_UTF8 + URL.encode()),
+    ],
+)
+def test_utf16_sources_and_text_with_a_nul_are_scanned(
+    tmp_path: Path, name: str, data: bytes
+) -> None:
+    """UTF-16 sources (as Xcode and Visual Studio may write them) and a source with a NUL
+    in a comment were taken for binary: not scanned, not reported, the gate passed."""
+    (tmp_path / name).write_bytes(data)
+    report = scan_tree(tmp_path, ScanOptions(jobs=1))
+    column = 18 if name == "nul.kt" else 10  # the BOM is not a column
+    assert [(f.line, f.column, f.country) for f in report.findings] == [(1, column, "RU")]
+    assert (report.skipped, report.files) == ([], 1)
 
 
 def test_symlink_loop_is_reported_not_followed_forever(tmp_path: Path) -> None:

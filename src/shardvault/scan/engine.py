@@ -10,6 +10,7 @@ would share one core); ``jobs=1`` scans in-process, which tests use for speed.
 
 from __future__ import annotations
 
+import codecs
 import os
 import re
 import signal
@@ -115,20 +116,25 @@ class Scanner:
                 SkippedFile(source.rel, SkipReason.UNREADABLE, exc.strerror or str(exc))
             )
             return
-        if b"\0" in data[:8192]:
-            return  # binary: not source, whatever its name says
+        encoding = _encoding(data)
+        if encoding is None:
+            out.skipped.append(
+                SkippedFile(source.rel, SkipReason.BINARY, "NUL bytes and not UTF-8 or UTF-16")
+            )
+            return
         out.files += 1
         out.bytes += len(data)
         try:
-            text = data.decode("utf-8")
+            text = data.decode(encoding)
         except UnicodeDecodeError as exc:
             # Scanned anyway: skipping would let one stray byte hide an address.
-            text = data.decode("utf-8", errors="replace")
+            text = data.decode(encoding, errors="replace")
             out.skipped.append(
                 SkippedFile(
                     source.rel,
                     SkipReason.INVALID_UTF8,
-                    f"invalid UTF-8 at byte {exc.start}; scanned with replacement characters",
+                    f"invalid {_CODEC_NAMES[encoding]} at byte {exc.start}; "
+                    "scanned with replacement characters",
                     scanned=True,
                 )
             )
@@ -206,6 +212,50 @@ class Scanner:
                     explanation=use.explanation,
                     context=context,
                 )
+
+
+_BOMS = (
+    (codecs.BOM_UTF32_LE, "utf-32"),
+    (codecs.BOM_UTF32_BE, "utf-32"),
+    (codecs.BOM_UTF8, "utf-8-sig"),
+    (codecs.BOM_UTF16_LE, "utf-16"),
+    (codecs.BOM_UTF16_BE, "utf-16"),
+)
+_CODEC_NAMES = {
+    "utf-8": "UTF-8",
+    "utf-8-sig": "UTF-8",
+    "utf-16": "UTF-16",
+    "utf-16-le": "UTF-16",
+    "utf-16-be": "UTF-16",
+    "utf-32": "UTF-32",
+}
+
+
+def _encoding(data: bytes) -> str | None:
+    """The codec to read ``data`` with, or None for a binary file.
+
+    A byte-order mark names the codec (Xcode and Visual Studio write UTF-16 sources, which
+    are full of NULs; taken for binary they went unscanned and unreported). Without one, a
+    sample whose every other byte is NUL is BOM-less UTF-16. Other NULs make a file binary
+    only if it is not valid UTF-8 either: compilers accept a NUL in a comment, and one
+    must not hide a whole source file.
+    """
+    for bom, codec in _BOMS:  # UTF-32 LE first: its mark begins with UTF-16 LE's
+        if data.startswith(bom):
+            return codec
+    sample = data[:8192]
+    if b"\0" not in sample:
+        return "utf-8"
+    pairs = len(sample) // 2
+    if pairs and sample[1::2].count(0) == pairs and sample[0::2].count(0) < pairs // 2:
+        return "utf-16-le"
+    if pairs and sample[0::2].count(0) == pairs and sample[1::2].count(0) < pairs // 2:
+        return "utf-16-be"
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    return "utf-8"
 
 
 def _has_long_line(text: str, limit: int) -> bool:

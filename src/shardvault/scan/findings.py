@@ -118,6 +118,7 @@ class SkipReason(enum.StrEnum):
     TOO_LARGE = "too-large"
     MINIFIED = "minified"
     INVALID_UTF8 = "invalid-utf8"
+    BINARY = "binary"
     SYMLINK = "symlink"
     SYMLINK_LOOP = "symlink-loop"
 

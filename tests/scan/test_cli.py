@@ -150,3 +150,21 @@ def test_a_full_disk_is_exit_1_with_its_remedy(
         1,
         "error: cannot write /dev/full: No space left on device; make room and retry\n",
     )
+
+
+def test_a_scan_that_read_no_source_file_is_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An empty tree, a file of no known language, a tree all gitignored or minified
+    passed the gate (exit 0) having scanned nothing."""
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "notes.txt").write_text("http://77.88.8.8/\n")
+    (tmp_path / "min").mkdir()
+    (tmp_path / "min" / "a.js").write_text("x=1;" * 6000 + "\n")
+    for root in ("empty", "notes.txt", "min"):
+        code, _, err = run(capsys, str(tmp_path / root), "-j", "1")
+        assert code == 2, root
+        assert err.startswith(f"error: no source file scanned under {tmp_path / root} ")
+    baseline = tmp_path / "b.json"
+    code, _, _ = run(capsys, str(tmp_path / "empty"), "--write-baseline", str(baseline))
+    assert (code, baseline.exists()) == (2, False)

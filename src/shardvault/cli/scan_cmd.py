@@ -1,6 +1,7 @@
 """``shardvault scan``: a thin skin over ``shardvault.scan.scan_tree``.
 
-Exit codes: 0 nothing at or above ``--fail-on``, 1 something is, 2 bad usage or input.
+Exit codes: 0 nothing at or above ``--fail-on``, 1 something is, 2 bad usage or input
+(a scan that read no source file among it).
 """
 
 from __future__ import annotations
@@ -96,6 +97,7 @@ def scan(
     report_output = _output(ctx, output, "--output", "the report")
     report = scan_tree(path, options)
     if baseline_output is not None:
+        _check_scanned(report.files, len(report.skipped), path)
         text, count = baseline_text(report.all_findings())
         write_output(baseline_output, [text.encode("utf-8")], lambda _n: None)
         print(f"wrote {count} finding(s) to baseline {write_baseline_to}", file=sys.stderr)
@@ -105,9 +107,19 @@ def scan(
         write_output(report_output, [text.encode("utf-8")], lambda _n: None)
     else:
         write_out(text)
+    _check_scanned(report.files, len(report.skipped), path)
     if failing := report.failing(threshold):
         # Refused maps to exit 1 with one line on stderr, like every other rule that says no.
         raise Refused(f"{len(failing)} finding(s) at or above --fail-on {threshold.label}")
+
+
+def _check_scanned(files: int, skipped: int, path: Path) -> None:
+    """A scan that read no source file proves nothing: a wrong PATH, a .gitignore or
+    extensions the scanner does not know would otherwise pass the gate (exit 0)."""
+    if files == 0:
+        raise InvalidInput(
+            f"no source file scanned under {path} ({skipped} skipped): nothing to vouch for"
+        )
 
 
 def _output(ctx: typer.Context, given: Path | None, option: str, written: str) -> Output | None:

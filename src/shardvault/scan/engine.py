@@ -122,8 +122,6 @@ class Scanner:
                 SkippedFile(source.rel, SkipReason.BINARY, "NUL bytes and not UTF-8 or UTF-16")
             )
             return
-        out.files += 1
-        out.bytes += len(data)
         try:
             text = data.decode(encoding)
         except UnicodeDecodeError as exc:
@@ -147,6 +145,8 @@ class Scanner:
                 )
             )
             return
+        out.files += 1  # only files scanned count: a gate that scanned none must not pass
+        out.bytes += len(data)
         self._scan_text(source, text, out)
 
     def _scan_text(self, source: SourceFile, text: str, out: FileResults) -> None:

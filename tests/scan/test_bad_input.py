@@ -144,3 +144,22 @@ def test_a_line_limit_below_20000_judges_lines_not_the_whole_file(tmp_path: Path
     report = scan_tree(tmp_path, ScanOptions(jobs=1, limits=limits))
     assert skips(report.skipped) == [("b.kt", "minified", False)]
     assert [(f.path, f.line) for f in report.findings] == [("a.kt", 2)]
+
+
+def test_suppression_markers_count_only_in_comments_and_with_a_rule_named(
+    tmp_path: Path,
+) -> None:
+    """A marker inside a string, or a list naming no rule (``[sv-103]``), silenced every
+    rule on the line: an address could carry its own pass."""
+    (tmp_path / "a.kt").write_text(
+        'val a = "http://77.88.8.8/shardvault: ignore"\n'  # 1: in a string, not a comment
+        'val b = "http://77.88.8.8/" // shardvault: ignore[sv-103]\n'  # 2: no rule named
+        'val c = "http://77.88.8.8/" // shardvault: ignore[SV101]\n'  # 3: another rule
+        'val d = "http://77.88.8.8/" // shardvault: ignore[sv103]\n'  # suppressed
+        'val e = "http://77.88.8.8/" // shardvault: ignore\n'  # suppressed
+        "// shardvault: ignore[SV103]\n"
+        'val f = "http://77.88.8.8/"\n'  # suppressed from the line above
+    )
+    report = scan_tree(tmp_path, ScanOptions(jobs=1))
+    assert [f.line for f in report.findings] == [1, 2, 3]
+    assert [f.line for f in report.suppressed_inline] == [4, 5, 7]

@@ -26,7 +26,8 @@ from shardvault.scan.languages import CommentMap, language_for
 from shardvault.scan.policy import Policy
 from shardvault.scan.walk import SourceFile
 
-_SUPPRESS = re.compile(r"shardvault:\s*ignore(?:\[([A-Z0-9, ]+)\])?")
+_SUPPRESS = re.compile(r"shardvault:\s*ignore(?![\w-])(?:\s*\[([^\]\n]*)\])?")
+_RULE_ID = re.compile(r"\bSV\d{3}\b")
 _COMMENT_ONLY = re.compile(r"^\s*(?://|#|/\*|\*|<!--|;|!)")
 _BATCH = 256
 _MAX_TEXT = 200
@@ -157,15 +158,15 @@ class Scanner:
             end = len(text) if end < 0 else end
             line_no += text.count("\n", counted, start)
             counted = start
-            previous = text[text.rfind("\n", 0, start - 1) + 1 : start - 1] if start else ""
+            above = text.rfind("\n", 0, start - 1) + 1 if start else 0
+            previous = text[above : start - 1] if start else ""
             line = text[start:end]
             for finding in self._line_findings(source, line, line_no, previous):
-                if not self.policy.scan_comments:
-                    if comments is None:
-                        comments = CommentMap(text, source.language.family)
-                    if comments.contains(start + finding.column - 1):
-                        continue
-                if _suppressed(finding.rule_id, line, previous):
+                if comments is None:
+                    comments = CommentMap(text, source.language.family)
+                if not self.policy.scan_comments and comments.contains(start + finding.column - 1):
+                    continue
+                if _suppressed(finding.rule_id, ((line, start), (previous, above)), comments):
                     out.suppressed.append(finding)
                 else:
                     out.findings.append(finding)
@@ -264,16 +265,26 @@ def _has_long_line(text: str, limit: int) -> bool:
     return len(text) > limit and max(map(len, text.split("\n"))) > limit
 
 
-def _suppressed(rule_id: str, line: str, previous: str) -> bool:
-    """``shardvault: ignore`` or ``shardvault: ignore[SV101]`` on the line, or alone on the
-    line above (a trailing marker on the line above covers only that line)."""
-    above = previous if _COMMENT_ONLY.match(previous) else ""
-    for candidate in (line, above):
-        m = _SUPPRESS.search(candidate)
-        if m is None:
-            continue
-        if m.group(1) is None or rule_id in {r.strip() for r in m.group(1).split(",")}:
-            return True
+def _suppressed(
+    rule_id: str, lines: tuple[tuple[str, int], tuple[str, int]], comments: CommentMap
+) -> bool:
+    """``shardvault: ignore`` or ``shardvault: ignore[SV101]`` in a comment on the line, or
+    alone on the line above (a trailing marker on the line above covers only that line).
+
+    ``lines`` is (line, offset in the file) for the line and the one above. A marker in code
+    or a string (``"http://x/shardvault: ignore"``) is not one, and a list naming no rule
+    (``ignore[sv-103]``) suppresses nothing: both once silenced every rule on the line.
+    """
+    (line, start), (previous, above) = lines
+    candidates = [(line, start)]
+    if _COMMENT_ONLY.match(previous):
+        candidates.append((previous, above))
+    for candidate, offset in candidates:
+        for m in _SUPPRESS.finditer(candidate):
+            if not comments.contains(offset + m.start()):
+                continue
+            if m.group(1) is None or rule_id in _RULE_ID.findall(m.group(1).upper()):
+                return True
     return False
 
 

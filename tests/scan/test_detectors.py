@@ -41,6 +41,11 @@ def found(line: str, previous: str = "") -> list[tuple[str, str]]:
         ("hostAddr = 0x08080808", [("0x08080808", "8.8.8.8")]),
         ("connect(htonl(134744072))", [("134744072", "8.8.8.8")]),
         ("x = http://134744072/", [("http://134744072/", "8.8.8.8")]),
+        # every IPv4 form inet_aton and browsers accept in a URL (they passed unseen)
+        ('u = "http://0x4D.0x58.8.8/x"', [("http://0x4D.0x58.8.8/x", "77.88.8.8")]),
+        ('u = "http://0115.0130.010.010/"', [("http://0115.0130.010.010/", "77.88.8.8")]),
+        ('u = "http://77.88.2056/"', [("http://77.88.2056/", "77.88.8.8")]),
+        ('u = "http://77.5769224:80/"', [("http://77.5769224:80/", "77.88.8.8")]),
         ("api.yandex.ru:443", [("api.yandex.ru", "api.yandex.ru")]),
         ('const h = "api.evil.com"', [("api.evil.com", "api.evil.com")]),
         (

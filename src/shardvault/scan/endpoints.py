@@ -142,12 +142,41 @@ def _url_endpoint(scheme: str, authority: str, start: int, text: str) -> Endpoin
         return Endpoint(start, text, ipaddress.IPv4Address(host), how="in URL")
     except ValueError:
         pass
-    integer = _integer_ipv4(host, minimum=0)
-    if integer is not None:
-        return Endpoint(start, text, integer, how="integer-encoded host in URL")
+    v4 = _url_ipv4(host)
+    if v4 is not None:
+        how = "integer-encoded" if "." not in host else "hex/octal or short-form"
+        return Endpoint(start, text, v4, how=f"{how} host in URL")
     if _HOSTNAME.match(host):
         return Endpoint(start, text, host=host.lower(), how="in URL")
     return None
+
+
+_URL_IPV4_PART = re.compile(r"0[xX][0-9A-Fa-f]*|0[0-7]*|[1-9]\d*")
+
+
+def _url_ipv4(host: str) -> ipaddress.IPv4Address | None:
+    """A URL host in any IPv4 form ``inet_aton`` and browsers (WHATWG URL) accept:
+    ``0x4D.0x58.8.8``, octal ``0115.0130.010.010``, ``77.88.2056``, ``1297614856``.
+    Only the dotted-decimal form was recognised; the rest passed as no endpoint at all."""
+    parts = host.split(".")
+    if not 1 <= len(parts) <= 4 or not all(_URL_IPV4_PART.fullmatch(p) for p in parts):
+        return None
+    values = [_ipv4_part(p) for p in parts]
+    *head, last = values
+    if any(v > 0xFF for v in head) or last >= 256 ** (5 - len(values)):
+        return None
+    value = last
+    for i, v in enumerate(head):
+        value += v << (8 * (3 - i))
+    return ipaddress.IPv4Address(value)
+
+
+def _ipv4_part(part: str) -> int:
+    if part[:2].lower() == "0x":
+        return int(part[2:] or "0", 16)
+    if len(part) > 1 and part.startswith("0"):
+        return int(part, 8)
+    return int(part)
 
 
 def _looks_like_version(line: str, start: int, end: int) -> bool:

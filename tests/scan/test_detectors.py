@@ -13,6 +13,8 @@ from shardvault.scan.engine import Limits, Scanner
 from shardvault.scan.geo import place
 from shardvault.scan.policy import Policy, parse_policy
 
+# full-width letters, as an IDN host may be written
+WIDE = "".join(chr(ord(c) + 0xFEE0) if c.isalpha() else c for c in "api.baidu.com")
 DOMAINS = endpoints.domain_pattern(["baidu.com", "yandex.ru"])
 
 
@@ -47,6 +49,12 @@ def found(line: str, previous: str = "") -> list[tuple[str, str]]:
         ('u = "http://77.88.2056/"', [("http://77.88.2056/", "77.88.8.8")]),
         ('u = "http://77.5769224:80/"', [("http://77.5769224:80/", "77.88.8.8")]),
         ("api.yandex.ru:443", [("api.yandex.ru", "api.yandex.ru")]),
+        # internationalised hosts, as DNS sees them (they were no endpoint at all)
+        ('u = "https://百度.com/x"', [("https://百度.com/x", "xn--wxtr44c.com")]),
+        ('u = "https://api。baidu。com/"', [("https://api。baidu。com/", "api.baidu.com")]),
+        (f'u = "https://{WIDE}"', [(f"https://{WIDE}", "api.baidu.com")]),
+        ('u = "https://api.xn--fiqs8s/"', [("https://api.xn--fiqs8s/", "api.xn--fiqs8s")]),
+        ('u = "http://77。88。8。8/"', [("http://77。88。8。8/", "77.88.8.8")]),
         ('const h = "api.evil.com"', [("api.evil.com", "api.evil.com")]),
         (
             'a = "2001:db8::1" + "77.88.8.8"',

@@ -45,7 +45,9 @@ _QUOTED_HOST = re.compile(
     r"[\"'`]((?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+(?:" + _TLDS + r"))"
     r"(?::\d{1,5})?[\"'`]"
 )
-_HOSTNAME = re.compile(r"^(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}$")
+_HOSTNAME = re.compile(
+    r"^(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+(?:[A-Za-z]{2,63}|xn--[A-Za-z0-9-]{1,59})$"
+)
 _NO_HOST_SCHEMES = frozenset({"file", "content", "data", "jar", "android.resource", "res"})
 
 #: The engine's pre-filter: a line can only yield an endpoint if one of these matches it.
@@ -137,7 +139,10 @@ def _url_endpoint(scheme: str, authority: str, start: int, text: str) -> Endpoin
     if hostport.startswith("["):
         address = _parse_ipv6(hostport[1:].split("]", 1)[0])
         return Endpoint(start, text, address, how="in URL") if address else None
-    host = hostport.split(":", 1)[0].rstrip(".")
+    host = _ascii_host(hostport.split(":", 1)[0])
+    if host is None:
+        return None
+    host = host.rstrip(".")
     try:
         return Endpoint(start, text, ipaddress.IPv4Address(host), how="in URL")
     except ValueError:
@@ -149,6 +154,18 @@ def _url_endpoint(scheme: str, authority: str, start: int, text: str) -> Endpoin
     if _HOSTNAME.match(host):
         return Endpoint(start, text, host=host.lower(), how="in URL")
     return None
+
+
+def _ascii_host(host: str) -> str | None:
+    """The host as DNS sees it: an internationalised name (``百度.com``, ``api。baidu。com``
+    with ideographic dots, full-width letters) in punycode, as browsers send it. Such hosts
+    failed the ASCII hostname check and were reported as nothing at all."""
+    if host.isascii():
+        return host
+    try:
+        return host.encode("idna").decode("ascii")
+    except UnicodeError:
+        return None
 
 
 _URL_IPV4_PART = re.compile(r"0[xX][0-9A-Fa-f]*|0[0-7]*|[1-9]\d*")

@@ -67,3 +67,23 @@ def test_schema_check_catches_a_broken_log() -> None:
     doc["runs"][0]["results"][0]["level"] = "fatal"
     with pytest.raises(jsonschema.ValidationError):
         validate(doc)
+
+
+def test_sarif_uris_are_percent_encoded(tmp_path: Path) -> None:
+    """Paths went into ``artifactLocation.uri`` raw: ``my file#1%.kt`` is no URI
+    reference (a space, a lone ``%``) and a viewer reads ``#1%.kt`` as a fragment, so the
+    finding pointed at a file ``my file``; ``a:b.kt`` read as a URI of scheme ``a``."""
+    (tmp_path / "d é").mkdir()
+    for name in ("my file#1%.kt", "a:b.kt", "d é/ok.kt"):
+        (tmp_path / name).write_text('val u = "http://77.88.8.8/"\n')
+    (tmp_path / "x?.js").write_text("a;" * 20_000)
+    report = scan_tree(tmp_path, ScanOptions(jobs=1))
+    run = json.loads(render_sarif(report))["runs"][0]
+    uris = [
+        r["locations"][0]["physicalLocation"]["artifactLocation"]["uri"] for r in run["results"]
+    ]
+    assert uris == ["a%3Ab.kt", "d%20%C3%A9/ok.kt", "my%20file%231%25.kt"]
+    notes = run["invocations"][0]["toolExecutionNotifications"]
+    assert [n["locations"][0]["physicalLocation"]["artifactLocation"]["uri"] for n in notes] == [
+        "x%3F.js"
+    ]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from importlib import metadata
+from urllib.parse import quote
 
 from shardvault.scan.findings import RULES, Finding, Severity
 from shardvault.scan.runner import ScanReport
@@ -79,7 +80,10 @@ def _rule(rule_id: str) -> dict[str, object]:
 
 
 def _location(path: str, line: int | None, column: int | None) -> dict[str, object]:
-    physical: dict[str, object] = {"artifactLocation": {"uri": path, "uriBaseId": "SRCROOT"}}
+    """A location whose ``uri`` is the path percent-encoded, as SARIF requires a URI
+    reference: raw, ``a#b.kt`` named ``a`` with a fragment and ``a:b.kt`` a scheme."""
+    uri = quote(path, safe="/")
+    physical: dict[str, object] = {"artifactLocation": {"uri": uri, "uriBaseId": "SRCROOT"}}
     if line is not None and column is not None:
         physical["region"] = {"startLine": line, "startColumn": column}
     return {"physicalLocation": physical}

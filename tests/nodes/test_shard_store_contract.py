@@ -315,3 +315,13 @@ def test_localdir_layout_and_atomic_rename(tmp_path: Path) -> None:
     assert store.shard_path(NAME).read_bytes() == b"abc"
     assert list(store.tmp_dir.iterdir()) == []
     assert os.stat(store.shard_path(NAME)).st_mode & 0o077 == 0
+
+
+def test_a_shard_committed_without_waiting_is_made_durable_by_its_writer(
+    store: ShardStore,
+) -> None:
+    writer = store.open_writer(NAME)
+    writer.write(b"shard")
+    writer.commit(durable=False)
+    writer.sync()
+    assert read(store, NAME) == b"shard"

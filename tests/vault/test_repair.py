@@ -401,7 +401,13 @@ def test_a_rebuild_that_fails_after_a_commit_leaves_no_copy(
         named = manifest_of(vault, REFS[3]).nodes
         for node, store in vault.cells["US"].stores.items():
             if node not in named:  # where it could go
-                monkeypatch.setattr(store, "sync", broken_sync)
+
+                def open_writer(shard: str, real: Any = store.open_writer) -> Any:
+                    writer = real(shard)
+                    writer.sync = broken_sync
+                    return writer
+
+                monkeypatch.setattr(store, "open_writer", open_writer)
         report = vault.repair(scrub=True)
         assert [p.split(": ", 1)[1] for p in report.problems] == [
             "rebuild failed: the disk went away"

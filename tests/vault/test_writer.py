@@ -8,12 +8,17 @@ import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
 from shardvault.codec.erasure import ErasureCode
 from shardvault.codec.segment import SegmentBinding, SegmentCipher
+from shardvault.durability import GroupSync
+from shardvault.errors import StorageError
 from shardvault.model import ObjectRef
+from shardvault.nodes.localdir import LocalDirShardStore, LocalShardWriter
+from shardvault.nodes.port import shard_name
 from shardvault.vault.writer import ShardSetWriter, _segments
 
 
@@ -162,3 +167,53 @@ def test_a_bytesio_is_stored_from_where_it_stands_as_a_file_would_be() -> None:
     stored = b"".join(bytes(s) for s in _segments(source, 4096))
     assert stored == data[7:]
     assert source.tell() == len(data)  # consumed, as a file read to its end
+
+
+def test_a_put_whose_append_a_flush_failed_for_fails_though_a_later_flush_succeeded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A store's latest write was all its sync waited for: another put's good flush
+    hid the failed one that covered this put's append, and the put was acknowledged."""
+    failing = [False]
+
+    def flush() -> None:
+        if failing[0]:
+            failing[0] = False
+            raise OSError(5, "Input/output error")
+
+    group = GroupSync(flush, "test")
+    stores = [LocalDirShardStore(f"n{i}", tmp_path / f"n{i}") for i in range(6)]
+    for store in stores:
+        store.packs.group = group  # one disk: one group commit for all six
+    real_commit = LocalShardWriter.commit
+    interleaved: list[str] = []
+
+    def commit(writer: LocalShardWriter, durable: bool = True) -> None:
+        real_commit(writer, durable)
+        if not interleaved:  # after this put's first append: a flush fails, another succeeds
+            interleaved.append("done")
+            failing[0] = True
+            with pytest.raises(StorageError):
+                group.sync()  # led by another caller on the disk, which is told
+            other = stores[0].open_writer(shard_name(b"\x09" * 16, 1, 0))
+            other.write(b"another put")
+            real_commit(other, durable=False)
+            stores[0].sync()
+
+    monkeypatch.setattr(LocalShardWriter, "commit", commit)
+    ref = ObjectRef("intl", "alice", "k")
+    with ThreadPoolExecutor(2) as pool:
+        writer = ShardSetWriter(
+            stores=list(stores),
+            object_id=bytes(16),
+            version=1,
+            code=ErasureCode(4, 2),
+            cipher=SegmentCipher(bytes(32), SegmentBinding(ref, 1, bytes(16))),
+            segment_size=4096,
+            pool=pool,
+            on_step=lambda step: None,
+        )
+        with pytest.raises(StorageError, match="Input/output error"):
+            writer.write(memoryview(b"small object"))
+    for store in stores:
+        store.close()

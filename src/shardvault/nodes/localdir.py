@@ -49,6 +49,7 @@ class LocalShardWriter:
         self._fd: int | None = None
         self._flush: BackgroundFlush | None = None
         self._done = False
+        self._ticket = 0  # a packed shard committed without waiting: its group-commit ticket
         self.location: str | None = None  # a packed shard's, once committed
 
     def _spill(self) -> None:
@@ -97,6 +98,7 @@ class LocalShardWriter:
             if durable:
                 self._store.packs.group.sync(ticket)
             else:
+                self._ticket = ticket
                 self._store.owe_sync(ticket)
             return
         assert self._fd is not None and self._temp is not None
@@ -117,6 +119,13 @@ class LocalShardWriter:
         except OSError as exc:
             self.abort()
             raise _storage_error(self._store.node_id, "committing a shard", exc) from exc
+
+    def sync(self) -> None:
+        """Wait for this shard's own ticket: a flush that failed for it raises here even
+        if a later one, for another put, has succeeded since (a large shard's commit
+        has fsynced it already)."""
+        if self._ticket:
+            self._store.packs.group.sync(self._ticket)
 
     def abort(self) -> None:
         self._done = True

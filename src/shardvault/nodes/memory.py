@@ -25,6 +25,9 @@ class MemoryShardWriter:
             self._store.shards[self._name] = b"".join(self._parts)
         self._done = True
 
+    def sync(self) -> None:
+        """Memory is as durable as it gets at commit."""
+
     def abort(self) -> None:
         self._parts.clear()
         self._done = True

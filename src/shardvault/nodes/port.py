@@ -52,8 +52,16 @@ class ShardWriter(Protocol):
     def commit(self, durable: bool = True) -> None:
         """Make the shard visible under its name (atomic), and durable unless told not to.
 
-        With ``durable=False`` the caller must call the store's ``sync()``
+        With ``durable=False`` the caller must call this writer's ``sync()``
         before relying on the shard: that lets n shards share one sync.
+        """
+
+    def sync(self) -> None:
+        """After ``commit(durable=False)``: return once this shard is durable, or raise.
+
+        Not the store's ``sync()``: that waits for the store's latest write, and
+        once a later flush has succeeded it cannot tell that an earlier one, which
+        this shard needed, failed (its pages may be gone): a put was acknowledged so.
         """
 
     def abort(self) -> None:

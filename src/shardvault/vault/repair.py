@@ -324,8 +324,8 @@ def _rebuild(
         for index, writer in writers.items():
             writer.commit(durable=False)
             committed[index] = writer.location
-        for node in targets.values():
-            cell.store(node.id).sync()
+        for writer in writers.values():  # its own shard: see ShardWriter.sync
+            writer.sync()
         return committed
     except BaseException:
         for writer in writers.values():

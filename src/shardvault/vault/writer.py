@@ -219,9 +219,11 @@ class ShardSetWriter:
         """Commit every shard, then make them durable together.
 
         A large shard's commit fsyncs its own file (in the pool, so the n run in
-        parallel). A packed shard's commit only appends; the stores' ``sync``
+        parallel). A packed shard's commit only appends; the writers' ``sync``
         then waits for one filesystem flush that covers all n appends, and
-        concurrent puts' appends too (shardvault.durability).
+        concurrent puts' appends too (shardvault.durability). Each writer waits
+        for its own shard, not the store for its latest: a flush that failed for
+        this put's append is seen even if another put's later flush succeeded.
         """
 
         def commit(index: int) -> bytes:
@@ -234,8 +236,8 @@ class ShardSetWriter:
                 commit(index)
         else:
             _wait_all([self._pool.submit(commit, index) for index in range(len(self._writers))])
-        for store in self._stores:  # each store's flush already started at its commit
-            store.sync()
+        for writer in self._writers:  # the first runs the flush that covers the rest
+            writer.sync()
 
     def discard(self) -> None:
         """Remove every shard of this version, committed or not (best effort)."""

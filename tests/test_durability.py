@@ -29,6 +29,7 @@ from shardvault.durability import (
     filesystem_sync,
 )
 from shardvault.errors import StorageError
+from shardvault.nodes import localdir
 from shardvault.nodes.localdir import WRITEBACK_CHUNK, LocalDirShardStore
 from shardvault.nodes.port import shard_name
 
@@ -356,3 +357,26 @@ def test_a_read_only_database_says_what_to_do(tmp_path: Path) -> None:
     reason = failure_reason(caught.value, path)
     assert reason.startswith("attempt to write a readonly database")
     assert reason.endswith("make the file and its directory writable by this user")
+
+
+def test_a_shard_in_new_fan_out_folders_makes_their_names_durable_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only the shard's own folder was fsynced: the new folders' entries in shards/ and
+    in the first fan-out level could be lost by a power cut, and the shard with them."""
+    store = LocalDirShardStore("n1", tmp_path, pack_limit=0)
+    synced: list[Path] = []
+    real = localdir.fsync_directory
+    monkeypatch.setattr(localdir, "fsync_directory", lambda p: (synced.append(p), real(p)))
+    name = shard_name(bytes.fromhex("ab" * 16), 1, 0)
+    writer = store.open_writer(name)
+    writer.write(b"x" * 100)
+    writer.commit()
+    final = store.shard_path(name)
+    assert {final.parent, final.parent.parent, store.shard_dir} <= set(synced)
+    synced.clear()
+    writer = store.open_writer(shard_name(bytes.fromhex("ab" * 16), 2, 0))
+    writer.write(b"x" * 100)
+    writer.commit()
+    assert synced == [final.parent], "folders already there cost nothing more"
+    store.close()

@@ -38,6 +38,19 @@ def _storage_error(node_id: str, what: str, exc: OSError) -> StorageError:
     return StorageError(f"node {node_id}: {what} failed: {reason}")
 
 
+def _make_fanout(folder: Path) -> None:
+    """Make a shard's fan-out folders (never shards/ itself), their names durable.
+
+    The shard's directory fsync makes its name in ``folder`` durable, not
+    ``folder``'s own name in its parent: without these a power cut could take
+    a new folder, and the acknowledged shard in it, away. Paid once per folder.
+    """
+    folder.parent.mkdir(exist_ok=True)
+    folder.mkdir(exist_ok=True)
+    fsync_directory(folder.parent)
+    fsync_directory(folder.parent.parent)
+
+
 class LocalShardWriter:
     """Buffers a shard in memory while it fits the pack limit, then spills to a file."""
 
@@ -112,8 +125,7 @@ class LocalShardWriter:
             try:
                 os.rename(self._temp, final)
             except FileNotFoundError:
-                final.parent.parent.mkdir(exist_ok=True)  # the fan-out, never shards/ itself
-                final.parent.mkdir(exist_ok=True)
+                _make_fanout(final.parent)
                 os.rename(self._temp, final)
             fsync_directory(final.parent)
         except OSError as exc:

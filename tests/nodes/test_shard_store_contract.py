@@ -325,3 +325,19 @@ def test_a_shard_committed_without_waiting_is_made_durable_by_its_writer(
     writer.commit(durable=False)
     writer.sync()
     assert read(store, NAME) == b"shard"
+
+
+def test_no_pack_is_made_in_a_directory_put_where_the_node_was(tmp_path: Path) -> None:
+    """A disk unmounted under the process leaves its empty mount point: the first small
+    put made packs/ there (on the disk beneath, synced as the node's own file system
+    by its group commit), was acknowledged, and was hidden once the disk was back."""
+    root = tmp_path / "node-a"
+    store = LocalDirShardStore("node-a", root)
+    root.rename(tmp_path / "elsewhere")  # as a lazy unmount: the open directory goes on
+    root.mkdir()  # the empty mount point
+    writer = store.open_writer(NAME)
+    writer.write(b"small shard")
+    with pytest.raises(StorageError, match="node-a"):
+        writer.commit()
+    assert list(root.iterdir()) == []
+    store.close()

@@ -193,7 +193,7 @@ class LocalDirShardStore:
             self._shard_root_id = (opened.st_dev, opened.st_ino)
         except OSError as exc:
             raise _storage_error(node_id, f"opening {root}", exc) from exc
-        self.packs = PackSet(root / "packs", node_id, filesystem_sync(root))
+        self.packs = PackSet(root / "packs", node_id, filesystem_sync(root), self._check_root)
 
     def owe_sync(self, ticket: int) -> None:
         with self._owed_lock:

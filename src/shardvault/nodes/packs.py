@@ -48,7 +48,7 @@ import struct
 import threading
 import time
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -160,7 +160,15 @@ def encode_record(kind: int, name: str, data: bytes) -> bytes:
 class PackSet:
     """The small shards of one node, across every pack file in its packs/ folder."""
 
-    def __init__(self, directory: Path, node_id: str, group: GroupSync) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        node_id: str,
+        group: GroupSync,
+        check_root: Callable[[], None] = lambda: None,
+    ) -> None:
+        """``check_root`` raises unless the node's directory is still the one opened: a
+        new pack is made only then (see `_open_active`)."""
         self.directory = directory
         self.node_id = node_id
         self._lock = threading.RLock()
@@ -177,6 +185,7 @@ class PackSet:
         self._rescans = 0  # how many times every pack was scanned again from the start
         self._grouped: NamesByPack | None = None  # during a compaction: names per pack
         self.group = group
+        self._check_root = check_root
 
     # -- writing ---------------------------------------------------------------
 
@@ -184,6 +193,10 @@ class PackSet:
         if self._active_fd is not None and self._active_size < ROTATE_AT:
             return self._active_fd
         self._retire_active()
+        # A disk unmounted under the process leaves its empty mount point: a pack made
+        # there would hide the shard once the disk is back, and `group` syncs the
+        # node's own file system, not that one: the put was acknowledged, not durable.
+        self._check_root()
         self.directory.mkdir(exist_ok=True)  # never the node's root: an unmounted disk stays so
         name = f"{secrets.token_hex(8)}.pack"
         fd = os.open(

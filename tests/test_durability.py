@@ -380,3 +380,40 @@ def test_a_shard_in_new_fan_out_folders_makes_their_names_durable_too(
     writer.commit()
     assert synced == [final.parent], "folders already there cost nothing more"
     store.close()
+
+
+def test_a_failed_flush_fails_the_writes_made_while_it_ran_too() -> None:
+    """A write-back error is reported once, to the flush running when it is seen: a
+    write made meanwhile (its pages may be the ones that failed) was called durable
+    by the next flush, which succeeded."""
+    during: list[int] = []
+
+    def flush() -> None:
+        if not during:
+            during.append(group.note_write())  # another put appends while it runs
+            raise OSError(5, "Input/output error")
+
+    group = GroupSync(flush, "test")
+    with pytest.raises(StorageError):
+        group.sync(group.note_write())
+    with pytest.raises(StorageError, match="Input/output error"):
+        group.sync(during[0])
+    group.sync(group.note_write())  # a write noted after the failure is durable as before
+    group.close()
+
+
+def test_failures_in_a_row_are_kept_as_one_range() -> None:
+    flushes = Flushes()
+    group = GroupSync(flushes, "test")
+    tickets = []
+    for _ in range(100):
+        tickets.append(group.note_write())
+        flushes.fail_next = True
+        with pytest.raises(StorageError):
+            group.sync(tickets[-1])
+    assert len(group._failed) == 1
+    for ticket in tickets:
+        with pytest.raises(StorageError):
+            group.sync(ticket)
+    group.sync(group.note_write())
+    group.close()

@@ -128,14 +128,28 @@ class GroupSync:
         self._flushing = False
         if interrupted is None:
             if failure:
-                # Those writes may be lost (the kernel can drop pages a failed
-                # fsync could not write): report them, never call them durable.
-                self._failed.append((after, target, failure))
+                self._fail(after, failure)
             self._settled = target
         self._room.write_ended()
         raise_now = interrupted or pending
         if raise_now is not None:
             raise raise_now
+
+    def _fail(self, after: int, why: str) -> None:
+        """Holding the lock: a flush failed; every write noted until now may be lost.
+
+        Those writes may be lost (the kernel can drop pages a failed flush could
+        not write): report them, never call them durable. Not only those the flush
+        was for: a write made while it ran may have had its pages written back
+        and failed too, and the error, reported once, was this flush's; the next
+        flush would succeed. One entry per run of failures, so a dead disk does
+        not make every sync read a longer list.
+        """
+        if self._failed and self._failed[-1][1] >= after:
+            start, _, first_why = self._failed[-1]
+            self._failed[-1] = (start, self._written, first_why)
+        else:
+            self._failed.append((after, self._written, why))
 
     def close(self) -> None:
         """Flush what is pending (writes nobody waited for); refuse new writes."""

@@ -22,6 +22,22 @@ from shardvault.nodes.port import shard_name
 from shardvault.vault.writer import ShardSetWriter, _segments
 
 
+def shard_set_writer(stores: list[object], pool: ThreadPoolExecutor) -> ShardSetWriter:
+    """A 4+2 writer of version 1 of intl/alice/k over STORES, segments of 4 KiB."""
+    return ShardSetWriter(
+        stores=stores,  # type: ignore[arg-type]
+        object_id=bytes(16),
+        version=1,
+        code=ErasureCode(4, 2),
+        cipher=SegmentCipher(
+            bytes(32), SegmentBinding(ObjectRef("intl", "alice", "k"), 1, bytes(16))
+        ),
+        segment_size=4096,
+        pool=pool,
+        on_step=lambda step: None,
+    )
+
+
 class SlowWriter:
     """A shard writer whose block writes take a while, recording misuse."""
 
@@ -80,18 +96,8 @@ class BreaksAfterOneSegment(io.RawIOBase):
 
 def test_a_failing_source_waits_for_in_flight_writes_before_discarding() -> None:
     problems: list[str] = []
-    ref = ObjectRef("intl", "alice", "k")
     with ThreadPoolExecutor(12) as pool:
-        writer = ShardSetWriter(
-            stores=[SlowStore(problems) for _ in range(6)],  # type: ignore[misc]
-            object_id=bytes(16),
-            version=1,
-            code=ErasureCode(4, 2),
-            cipher=SegmentCipher(bytes(32), SegmentBinding(ref, 1, bytes(16))),
-            segment_size=4096,
-            pool=pool,
-            on_step=lambda step: None,
-        )
+        writer = shard_set_writer([SlowStore(problems) for _ in range(6)], pool)
         with pytest.raises(ConnectionResetError):
             writer.write(BreaksAfterOneSegment(4096))  # type: ignore[arg-type]
         time.sleep(0.1)
@@ -201,18 +207,8 @@ def test_a_put_whose_append_a_flush_failed_for_fails_though_a_later_flush_succee
             stores[0].sync()
 
     monkeypatch.setattr(LocalShardWriter, "commit", commit)
-    ref = ObjectRef("intl", "alice", "k")
     with ThreadPoolExecutor(2) as pool:
-        writer = ShardSetWriter(
-            stores=list(stores),
-            object_id=bytes(16),
-            version=1,
-            code=ErasureCode(4, 2),
-            cipher=SegmentCipher(bytes(32), SegmentBinding(ref, 1, bytes(16))),
-            segment_size=4096,
-            pool=pool,
-            on_step=lambda step: None,
-        )
+        writer = shard_set_writer(list(stores), pool)
         with pytest.raises(StorageError, match="Input/output error"):
             writer.write(memoryview(b"small object"))
     for store in stores:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import ipaddress
 import time
+from pathlib import Path
 
 import pytest
+from tests.scan.helpers import rows, scan
 
 from shardvault.errors import ConfigError
 from shardvault.scan import clipboard, endpoints
@@ -65,6 +67,100 @@ def found(line: str, previous: str = "") -> list[tuple[str, str]]:
 def test_endpoints_found(line: str, expected: list[tuple[str, str]]) -> None:
     assert found(line) == expected
     assert Scanner(POLICY, Limits()).passes(line, "json")  # the pre-filter never hides them
+
+
+def found_in(language: str, line: str) -> list[tuple[str, str]]:
+    """What a file in ``language`` reports for ``line``: special ranges are never findings
+    (``"http://77\\x2e..."`` also yields the stub ``http://77``, which is 0.0.0.77)."""
+    return [
+        (e.text, str(e.address) if e.address else str(e.host))
+        for e in endpoints.find_endpoints(line, DOMAINS, language=language)
+        if e.address is None or place(e.address).special is None
+    ]
+
+
+# Addresses hidden by escapes in a string literal, and literals the compiler joins
+# (C, C++, Objective-C, Python, Dart): both passed as no endpoint at all.
+HIDDEN = [
+    ("c", r'u = "http://77\x2e88\x2e8\x2e8/";', [(r'"http://77\x2e88\x2e8\x2e8/"', "77.88.8.8")]),
+    ("cpp", r'auto ip = "\x37\x37.88.8.8";', [(r'"\x37\x37.88.8.8"', "77.88.8.8")]),
+    ("python", r'ip = "77\x2e88\x2e8\x2e8"', [(r'"77\x2e88\x2e8\x2e8"', "77.88.8.8")]),
+    ("go", r'a := "77\x2e88\x2e8\x2e8:53"', [(r'"77\x2e88\x2e8\x2e8:53"', "77.88.8.8")]),
+    (
+        "javascript",
+        r'fetch("http://77\x2e88\x2e8\x2e8/x")',
+        [(r'"http://77\x2e88\x2e8\x2e8/x"', "77.88.8.8")],
+    ),
+    ("java", r'String ip = "\u0037\u0037.88.8.8";', [(r'"\u0037\u0037.88.8.8"', "77.88.8.8")]),
+    ("kotlin", r'val ip = "\u0037\u0037.88.8.8"', [(r'"\u0037\u0037.88.8.8"', "77.88.8.8")]),
+    ("typescript", r"const ip = '\u0037\u0037.88.8.8';", [(r"'\u0037\u0037.88.8.8'", "77.88.8.8")]),
+    ("swift", r'let ip = "\u{37}\u{37}.88.8.8"', [(r'"\u{37}\u{37}.88.8.8"', "77.88.8.8")]),
+    ("c", r'const char *ip = "77\05688\0568\0568";', [(r'"77\05688\0568\0568"', "77.88.8.8")]),
+    ("json", r'"url": "http:\/\/api.evil.com/x"', [(r'"http:\/\/api.evil.com/x"', "api.evil.com")]),
+    (
+        "javascript",
+        r'u = "https:\/\/api.baidu.com/"',
+        [(r'"https:\/\/api.baidu.com/"', "api.baidu.com")],
+    ),
+    ("c", 'const char *ip = "77.88." "8.8";', [('"77.88." "8.8"', "77.88.8.8")]),
+    ("cpp", 'auto w = L"77.88."  L"8.8";', [('L"77.88."  L"8.8"', "77.88.8.8")]),
+    (
+        "cpp",
+        'auto u = "https://api.baidu" ".com/x";',
+        [('"https://api.baidu" ".com/x"', "api.baidu.com")],
+    ),
+    ("objc", 'NSString *ip = @"77.88." @"8.8";', [('@"77.88." @"8.8"', "77.88.8.8")]),
+    ("objc", 'NSString *ip = @"77.88." "8.8";', [('@"77.88." "8.8"', "77.88.8.8")]),
+    ("python", 'ip = ("77.88." "8.8")', [('"77.88." "8.8"', "77.88.8.8")]),
+    ("python", "ip = '77.88.' '8.8'", [("'77.88.' '8.8'", "77.88.8.8")]),
+    ("dart", "final ip = '77.88.' '8.8';", [("'77.88.' '8.8'", "77.88.8.8")]),
+    ("python", r'ip = "77\x2e88" ".8.8"', [(r'"77\x2e88" ".8.8"', "77.88.8.8")]),
+    ("java", r'ip = "\u0037\u0037.88" + ".8.8";', [(r'"\u0037\u0037.88" + ".8.8"', "77.88.8.8")]),
+]
+
+
+@pytest.mark.parametrize(("language", "line", "expected"), HIDDEN)
+def test_escaped_and_adjacent_literals_found(
+    language: str, line: str, expected: list[tuple[str, str]]
+) -> None:
+    assert found_in(language, line) == expected
+    assert Scanner(POLICY, Limits()).passes(line, language)  # the pre-filter lets them in
+
+
+@pytest.mark.parametrize(
+    ("language", "line"),
+    [
+        ("python", r'IP = re.compile("^77\.88\.8\.8$")'),  # a pattern, not an address
+        ("python", r'IP = re.compile(r"(\d+)\.(\d+)\.(\d+)\.(\d+)")'),
+        ("javascript", r"const ip = /^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})$/;"),
+        ("c", r'const char *p = "C:\\x\\y";'),
+        ("python", r'p = "C:\\x2e\\1.2\\3.4"'),
+        ("c", r'printf("%d.%d.%d.%d\n", a, b, c, d);'),
+        ("c", r'printf("%u.%u" ".%u.%u\n", a[0], a[1], a[2], a[3]);'),
+        ("c", 'const char *v = "1.2" "3.4";'),
+        ("c", '#define VERSION_STRING "1.2" ".3.4"'),
+        ("python", '__version__ = "1.2" ".3.4"'),
+        ("java", 'String version = "1.2" + ".3.4";'),
+        ("python", r'p = r"77\x2e88\x2e8\x2e8"'),  # a raw string keeps its backslashes
+        ("javascript", 'x = "77.88." "8.8"'),  # adjacent literals join in C and Python only
+        ("go", 'x := "77.88." "8.8"'),
+        ("xml", r"<a>77\x2e88\x2e8\x2e8</a>"),  # no escapes in XML text
+        ("c", r'char nul = "\0"; puts("a" "b");'),
+    ],
+)
+def test_escaped_and_adjacent_look_alikes(language: str, line: str) -> None:
+    assert found_in(language, line) == []
+
+
+def test_escapes_reach_the_report(tmp_path: Path) -> None:
+    """The engine tells the detectors each file's language: a ``.c`` file's escapes and
+    adjacent literals are undone, a ``.java`` file's adjacent literals are not joined."""
+    (tmp_path / "net.c").write_text('int x;\nconst char *ip = "114.114." "114.114";\n')
+    (tmp_path / "Net.java").write_text('class N {\n  String ip = "\\u0037\\u0037.88.8.8";\n}\n')
+    assert sorted(rows(scan(tmp_path))) == [
+        ("Net.java", 2, 15, "SV101", "RU"),
+        ("net.c", 2, 18, "SV101", "CN"),
+    ]
 
 
 @pytest.mark.parametrize(

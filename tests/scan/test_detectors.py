@@ -99,15 +99,15 @@ HIDDEN = [
     ("json", r'"url": "http:\/\/api.evil.com/x"', [(r'"http:\/\/api.evil.com/x"', "api.evil.com")]),
     (
         "javascript",
-        r'u = "https:\/\/api.baidu.com/"',
-        [(r'"https:\/\/api.baidu.com/"', "api.baidu.com")],
+        r'u = "https:\/\/api.evil.io/"',
+        [(r'"https:\/\/api.evil.io/"', "api.evil.io")],
     ),
     ("c", 'const char *ip = "77.88." "8.8";', [('"77.88." "8.8"', "77.88.8.8")]),
     ("cpp", 'auto w = L"77.88."  L"8.8";', [('L"77.88."  L"8.8"', "77.88.8.8")]),
     (
         "cpp",
-        'auto u = "https://api.baidu" ".com/x";',
-        [('"https://api.baidu" ".com/x"', "api.baidu.com")],
+        'auto u = "https://" "api.baidu" ".com/x";',
+        [('"https://" "api.baidu" ".com/x"', "api.baidu.com")],
     ),
     ("objc", 'NSString *ip = @"77.88." @"8.8";', [('@"77.88." @"8.8"', "77.88.8.8")]),
     ("objc", 'NSString *ip = @"77.88." "8.8";', [('@"77.88." "8.8"', "77.88.8.8")]),
@@ -115,6 +115,11 @@ HIDDEN = [
     ("python", "ip = '77.88.' '8.8'", [("'77.88.' '8.8'", "77.88.8.8")]),
     ("dart", "final ip = '77.88.' '8.8';", [("'77.88.' '8.8'", "77.88.8.8")]),
     ("python", r'ip = "77\x2e88" ".8.8"', [(r'"77\x2e88" ".8.8"', "77.88.8.8")]),
+    (
+        "javascript",
+        r"fetch(`http://77\x2e88\x2e8\x2e8/`)",
+        [(r"`http://77\x2e88\x2e8\x2e8/`", "77.88.8.8")],
+    ),
     ("java", r'ip = "\u0037\u0037.88" + ".8.8";', [(r'"\u0037\u0037.88" + ".8.8"', "77.88.8.8")]),
 ]
 
@@ -142,6 +147,7 @@ def test_escaped_and_adjacent_literals_found(
         ("python", '__version__ = "1.2" ".3.4"'),
         ("java", 'String version = "1.2" + ".3.4";'),
         ("python", r'p = r"77\x2e88\x2e8\x2e8"'),  # a raw string keeps its backslashes
+        ("go", r"p := `77\x2e88\x2e8\x2e8`"),  # so does a Go backtick string
         ("javascript", 'x = "77.88." "8.8"'),  # adjacent literals join in C and Python only
         ("go", 'x := "77.88." "8.8"'),
         ("xml", r"<a>77\x2e88\x2e8\x2e8</a>"),  # no escapes in XML text
@@ -345,6 +351,9 @@ def test_clipboard_api_of_another_platform_is_ignored() -> None:
 ADVERSARIAL = [
     ("swift", "let p = pasteboard" + " " * 19_000 + "x"),
     ("objc", "[UIPasteboard generalPasteboard]" + "\t" * 19_000 + ";"),
+    ("c", '"7." ' * 4_000),  # one run of 4,000 literals the compiler joins
+    ("objc", '@"8.8.8.8" ' * 1_800),  # each literal an address, and all joined
+    ("python", r'"\x2e\\' * 3_000 + '"'),
 ]
 
 
@@ -355,4 +364,5 @@ def test_adversarial_lines_take_linear_time(language: str, line: str) -> None:
     started = time.perf_counter()
     clipboard.find_clipboard(line, language)
     endpoints.find_endpoints(line)
+    endpoints.find_endpoints(line, language=language)
     assert time.perf_counter() - started < 0.5

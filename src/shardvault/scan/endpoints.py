@@ -4,7 +4,9 @@ Each detector is a regular expression plus a check that turns a look-alike away:
 needs four octets with nothing numeric glued on (so OIDs and ``1.2.3.4.5`` fail), a
 dotted quad after ``version``/``ver``/``build`` is a version, an IPv6 candidate must
 parse. Obfuscations that still travel on one line are undone: string literals joined
-with ``+`` and IPv4 addresses written as one integer.
+with ``+`` (or side by side, where the compiler joins them), escapes inside a literal
+(``\\x2e``, ``\\u0037``, octal, ``\\/``: each only in the languages that have it), and IPv4
+addresses written as one integer.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from urllib.parse import unquote
 
 from shardvault.scan.geo import IPAddress
@@ -34,9 +36,6 @@ _VERSION_BEFORE = re.compile(
 )
 _VERSION_AFTER = re.compile(r"-[A-Za-z]")
 _VERSION_KEY_LINE = re.compile(r"(?i)version\w*(?:</key>)?\W*$")
-_LITERAL = r"\"[^\"\\\n]*\"|'[^'\\\n]*'"
-_CONCAT = re.compile(rf"(?:{_LITERAL})(?:\s*\+\s*(?:{_LITERAL}))+")
-_LITERAL_ONE = re.compile(_LITERAL)
 _TLDS = (
     "com|net|org|io|co|dev|app|info|biz|cloud|ai|me|tv|xyz|online|site|tech|"
     "us|uk|de|fr|cn|ru|jp|kr|in|br|eu|ch|nl|se|no|fi|es|it|cz|at|be|dk|ie|au|ca|hk|tw|sg|ir|kp"
@@ -88,11 +87,13 @@ def domain_pattern(domains: Iterable[str]) -> re.Pattern[str] | None:
 
 
 def find_endpoints(
-    line: str, domains: re.Pattern[str] | None = None, previous: str = ""
+    line: str, domains: re.Pattern[str] | None = None, previous: str = "", language: str = ""
 ) -> list[Endpoint]:
     """Every endpoint on ``line``, once each: URL hosts first, then bare literals outside URLs.
 
     ``previous`` is the line before, for versions whose key sits on its own line (plists).
+    ``language`` (the file's) says which escapes its literals undo and whether literals
+    side by side are joined; without one, only ``+`` joins.
     """
     found: list[Endpoint] = []
     taken: list[tuple[int, int]] = []
@@ -128,7 +129,8 @@ def find_endpoints(
             if free(*m.span(group)):
                 taken.append(m.span(group))
                 found.append(Endpoint(m.start(group), m.group(group), host=m.group(group).lower()))
-    found.extend(_split_literals(line, domains))
+    rules = _RULES.get(language, _DEFAULT_RULES)
+    found.extend(_literal_endpoints(line, domains, rules, version_key))
     return found
 
 
@@ -225,25 +227,164 @@ def _integer_ipv4(text: str, minimum: int = 1 << 24) -> ipaddress.IPv4Address | 
     return ipaddress.IPv4Address(value)
 
 
-def _split_literals(line: str, domains: re.Pattern[str] | None) -> list[Endpoint]:
-    """Endpoints that only appear once ``"8.8" + ".8.8"``-style literals are joined.
+# --- string literals: joined, or spelled with escapes ---------------------------------
 
-    A joined match that overlaps an endpoint already whole inside one literal is dropped:
-    ``"2001:db8::1" + "77.88.8.8"`` names two addresses, not a third spliced one.
+# One escape kind each: what follows the backslash. Octal needs two digits in the
+# pre-filter: every character of an address or URL is 0o55 or above.
+_HEX = r"x[0-9A-Fa-f]{2}"
+_U4 = r"u[0-9A-Fa-f]{4}"
+_U8 = r"U[0-9A-Fa-f]{8}"
+_UBRACE = r"u\{[0-9A-Fa-f]{1,6}\}"
+_OCTAL = r"[0-7]{1,3}"
+_SLASH = r"/"
+_NEEDLE_KIND = {_OCTAL: r"[0-7]{2}"}
+
+#: Escapes each language's string literals undo (Java's ``\u`` works anywhere; C takes
+#: more than two hex digits, but an address spelled so does not compile).
+_ESCAPES: dict[str, tuple[str, ...]] = {
+    **dict.fromkeys(("c", "cpp", "objc", "python", "go"), (_HEX, _U4, _U8, _OCTAL)),
+    **dict.fromkeys(("javascript", "typescript"), (_HEX, _U4, _UBRACE, _OCTAL, _SLASH)),
+    "java": (_U4, _OCTAL),
+    **dict.fromkeys(("kotlin", "groovy", "properties"), (_U4,)),
+    "swift": (_UBRACE,),
+    "dart": (_HEX, _U4, _UBRACE),
+    "json": (_U4, _SLASH),
+    "yaml": (_HEX, _U4, _U8, _SLASH),
+    "toml": (_U4, _U8),
+}
+#: Languages whose compiler joins string literals written side by side, and the quotes
+#: the pre-filter looks for (a C ``'x'`` is a character, not a string).
+_ADJACENT: dict[str, str] = {"c": '"', "cpp": '"', "objc": '"', "python": "\"'", "dart": "\"'"}
+_SIMPLE_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\", '"': '"', "'": "'"}
+# A prefix (@"", L"", u8"", r"", b"", f"") belongs to the literal only when glued to it.
+_TOKEN = (
+    r"(?:(?<![\w@])({prefix}@|u8|[LuUrRbBfF]{{1,2}}))?"
+    r"(?:\"(?:\\.|[^\"\\\n])*\"|'(?:\\.|[^'\\\n])*'|`(?:\\.|[^`\\\n])*`)"
+)
+_TOKEN_ONE = re.compile(_TOKEN.format(prefix="?P<prefix>"))
+
+
+@dataclass(frozen=True)
+class _LiteralRules:
+    """How one language writes string literals: what joins them, which escapes they undo."""
+
+    run: re.Pattern[str]
+    escape: re.Pattern[str] | None
+    templates: bool  # a backtick literal undoes escapes (JavaScript), or is raw (Go)
+
+
+def _rules(language: str) -> _LiteralRules:
+    kinds = _ESCAPES.get(language, ())
+    escape = re.compile(r"\\(?:(?P<code>" + "|".join(kinds) + r")|[\s\S])") if kinds else None
+    join = r"\s*(?:\+\s*)?" if language in _ADJACENT else r"\s*\+\s*"
+    token = _TOKEN.format(prefix="?:")
+    templates = language in ("javascript", "typescript")
+    return _LiteralRules(re.compile(rf"{token}(?:{join}{token})*"), escape, templates)
+
+
+_RULES = {language: _rules(language) for language in {*_ESCAPES, *_ADJACENT}}
+_DEFAULT_RULES = _rules("")
+
+
+def _escape_needle(language: str) -> str | None:
+    """The pre-filter needle for an escape that may spell part of an endpoint in
+    ``language``'s literals; it starts with a backslash, which most files lack."""
+    kinds = _ESCAPES.get(language, ())
+    if not kinds:
+        return None
+    return r"\\(?:" + "|".join(_NEEDLE_KIND.get(k, k) for k in kinds) + ")"
+
+
+def _adjacent_needles(language: str) -> tuple[str, ...]:
+    """Pre-filter needles for literals side by side, one per quote that joins. Each starts
+    with a literal character, as the shared needles do. Side by side is a quote after
+    text, blanks, then a quote followed by text (or by ``" "``): so ``""``, ``" ".join``,
+    ``f("a", "b")`` and docstrings' quotes pass no needle, and stay off the detectors."""
+    return tuple(
+        quote + r"(?<=[^\s(=,{\"']" + quote + r")[ \t]*(?:@|u8|[LuUrRbBfF]{1,2})?"
+        r"[\"'](?:[^\"'\s,;:)\]}]|[\"'][ \t])"
+        for quote in _ADJACENT.get(language, "")
+    )
+
+
+#: Extra pre-filter needles per language, beside ``PREFILTER_NEEDLES``: for literals the
+#: compiler joins side by side (``ADJACENT_NEEDLES``), and for escapes
+#: (``ESCAPE_NEEDLES``), which a text without a backslash cannot hold.
+ADJACENT_NEEDLES: dict[str, tuple[str, ...]] = {
+    language: _adjacent_needles(language) for language in _ADJACENT
+}
+ESCAPE_NEEDLES: dict[str, str] = {
+    language: needle for language in _ESCAPES if (needle := _escape_needle(language))
+}
+
+
+def _unescape(text: str, escape: re.Pattern[str]) -> str:
+    """``text`` with the escapes its language undoes undone; an unknown escape keeps its
+    backslash (``\\.`` in a regex stays, and ``\\\\x`` is a backslash, then ``x``)."""
+
+    def one(m: re.Match[str]) -> str:
+        code = m.group("code")
+        if code is None:
+            return _SIMPLE_ESCAPES.get(m.group()[1], m.group())
+        if code == "/":
+            return code
+        value = int(code, 8) if code[0] in "01234567" else int(code[1:].strip("{}"), 16)
+        return chr(value) if value <= 0x10FFFF else m.group()
+
+    return escape.sub(one, text)
+
+
+def _key(endpoint: Endpoint) -> IPAddress | str | None:
+    return endpoint.address if endpoint.address is not None else endpoint.host
+
+
+def _literal_endpoints(
+    line: str, domains: re.Pattern[str] | None, rules: _LiteralRules, version_key: bool
+) -> list[Endpoint]:
+    """Endpoints that only appear once literals are joined (``"8.8" + ".8.8"``, or
+    ``"8.8" ".8.8"`` where the compiler joins them) or their escapes are undone
+    (``"77\\x2e88\\x2e8\\x2e8"``); each reported at the whole run of literals.
+
+    What a literal shows as written is the main pass's. A joined match that overlaps an
+    endpoint whole inside one literal is dropped: ``"2001:db8::1" + "77.88.8.8"`` names
+    two addresses, not a third spliced one. The version context is the line's, before
+    the run (``version = "1.2" ".3.4"``).
     """
     out: list[Endpoint] = []
-    for m in _CONCAT.finditer(line):
-        parts = [p.group()[1:-1] for p in _LITERAL_ONE.finditer(m.group())]
+    for m in rules.run.finditer(line):
+        if "\\" not in m.group() and _TOKEN_ONE.fullmatch(m.group()):
+            continue  # one literal as written: the main pass saw all of it
+        tokens = list(_TOKEN_ONE.finditer(m.group()))
+        hidden: list[Endpoint] = []
         whole: list[tuple[int, int]] = []
+        decoded: list[str] = []
         pos = 0
-        for part in parts:
-            for inner in find_endpoints(part, domains):
+        for token in tokens:
+            prefix = token.group("prefix") or ""
+            written = token.group()[len(prefix) + 1 : -1]
+            raw = "r" in prefix.lower() or (token.group()[-1] == "`" and not rules.templates)
+            plain = written
+            if rules.escape is not None and "\\" in written and not raw:
+                plain = _unescape(written, rules.escape)
+            shown: set[IPAddress | str | None] | None = None
+            for inner in find_endpoints(plain, domains):
                 whole.append((pos + inner.start, pos + inner.start + len(inner.text)))
-            pos += len(part)
-        for inner in find_endpoints("".join(parts), domains):
-            start, end = inner.start, inner.start + len(inner.text)
-            if any(start < e and s < end for s, e in whole):
+                if plain != written:
+                    if shown is None:
+                        shown = {_key(e) for e in find_endpoints(written, domains)}
+                    if _key(inner) not in shown:
+                        hidden.append(replace(inner, how="hidden by escapes in a string literal"))
+            decoded.append(plain)
+            pos += len(plain)
+        if len(tokens) > 1:
+            for inner in find_endpoints("".join(decoded), domains):
+                start, end = inner.start, inner.start + len(inner.text)
+                if not any(start < e and s < end for s, e in whole):
+                    hidden.append(replace(inner, how="assembled from split string literals"))
+        for inner in hidden:
+            if isinstance(inner.address, ipaddress.IPv4Address) and (
+                version_key or _looks_like_version(line, m.start(), m.end())
+            ):
                 continue
-            how = "assembled from split string literals"
-            out.append(Endpoint(m.start(), m.group(), inner.address, inner.host, how))
+            out.append(replace(inner, start=m.start(), text=m.group()))
     return out

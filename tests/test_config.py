@@ -172,6 +172,18 @@ def replace_once(old: str, new: str) -> str:
             replace_once('state_dir = "state"', 'state_dir = "st\\u0000ate"'),
             "storage.state_dir: contains a NUL",
         ),
+        (  # it made a folder named "~" beside the config
+            replace_once('state_dir = "state"', 'state_dir = "~/vault-state"'),
+            "storage.state_dir: '~/vault-state': '~' is not expanded",
+        ),
+        (
+            replace_once('path = "nodes/US/us-n2"', 'path = "~/n2"'),
+            "nodes[1].path: '~/n2': '~' is not expanded",
+        ),
+        (
+            replace_once('path = "keys/keyring.json"', 'path = "~/keyring.json"'),
+            "custodian.path: '~/keyring.json': '~' is not expanded",
+        ),
         (
             replace_once("[tenants.intl]\n", '[tenants.intl]\njurisdictions = ["JP"]\n'),
             "tenants.intl.jurisdictions: 'JP' is not a declared jurisdiction",

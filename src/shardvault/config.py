@@ -204,6 +204,23 @@ def _get(
     return value
 
 
+def _get_path(
+    table: dict[str, Any], key: str, where: str, problems: _Problems, default: str
+) -> str:
+    """A path: absolute, or relative to the config's directory. A leading ``~`` is not
+    expanded (no shell reads this file): taken as written it made a folder named ``~``
+    beside the config, so it is refused, and the message says what to write instead."""
+    value: str = _get(table, key, str, where, problems, default=default)
+    if value.startswith("~"):
+        problems.add(
+            f"{where}{key}",
+            f"{value!r}: '~' is not expanded; give an absolute path, or one relative to "
+            "the config's directory",
+        )
+        return default
+    return value
+
+
 def _unknown_keys(table: Any, known: set[str], where: str, problems: _Problems) -> None:
     """A misspelt key (``staet = "down"``) is reported, never silently ignored."""
     if isinstance(table, dict):
@@ -241,7 +258,7 @@ def parse(doc: dict[str, Any], path: Path) -> Config:
 
     storage = _get(doc, "storage", dict, "", problems, default={})
     _unknown_keys(storage, {"state_dir", "segment_size", "k", "m"}, "storage.", problems)
-    state_dir = _get(storage, "state_dir", str, "storage.", problems, default="state")
+    state_dir = _get_path(storage, "state_dir", "storage.", problems, default="state")
     segment_size = _get(storage, "segment_size", int, "storage.", problems, default=1 << 20)
     if not MIN_SEGMENT <= segment_size <= MAX_SEGMENT:
         problems.add("storage.segment_size", f"must be between {MIN_SEGMENT} and {MAX_SEGMENT}")
@@ -255,7 +272,7 @@ def parse(doc: dict[str, Any], path: Path) -> Config:
     custodian_backend = _get(custodian, "backend", str, "custodian.", problems, default="keyring")
     if custodian_backend not in CUSTODIANS:
         problems.add("custodian.backend", f"must be one of {', '.join(CUSTODIANS)}")
-    keyring = _get(custodian, "path", str, "custodian.", problems, default="keys/keyring.json")
+    keyring = _get_path(custodian, "path", "custodian.", problems, default="keys/keyring.json")
 
     jurisdictions: dict[str, str] = {}
     for code, spec in _get(doc, "jurisdictions", dict, "", problems, default={}).items():
@@ -361,10 +378,10 @@ def _parse_governance(doc: dict[str, Any], base: Path, problems: _Problems) -> G
     table = _get(doc, "governance", dict, "", problems, default={})
     where = "governance."
     _unknown_keys(table, _GOVERNANCE_KEYS, where, problems)
-    policy = _get(table, "policy", str, where, problems, default="policy.toml")
-    partner = _get(table, "partner_dir", str, where, problems, default="partner")
-    custodian_policy = _get(
-        table, "custodian_policy", str, where, problems, default=f"{partner}/custodian-policy.toml"
+    policy = _get_path(table, "policy", where, problems, default="policy.toml")
+    partner = _get_path(table, "partner_dir", where, problems, default="partner")
+    custodian_policy = _get_path(
+        table, "custodian_policy", where, problems, default=f"{partner}/custodian-policy.toml"
     )
     prefix = _get(table, "origin_prefix", str, where, problems, default="shardvault.local")
     partner_name = _get(
@@ -424,7 +441,7 @@ def _parse_node(
     jurisdiction = _get(spec, "jurisdiction", str, where + ".", problems, required=True)
     facility = _get(spec, "facility", str, where + ".", problems, required=True)
     backend = _get(spec, "backend", str, where + ".", problems, default="local")
-    location = _get(spec, "path", str, where + ".", problems, default="")
+    location = _get_path(spec, "path", where + ".", problems, default="")
     capacity = _get(spec, "capacity", int, where + ".", problems, default=1)
     pack_limit = _get(spec, "pack_limit", int, where + ".", problems, default=64 << 10)
     state = _get(spec, "state", str, where + ".", problems, default="active")

@@ -68,7 +68,12 @@ def test_stripe_properties(nodes: list[NodeSpec], km: tuple[int, int], seed: byt
     assert all(x.state is NodeState.ACTIVE for x in chosen)
     per_facility = Counter(x.facility for x in active)
     room = sum(min(count, m) for count in per_facility.values())
-    over = sum(count > m for count in Counter(x.facility for x in chosen).values())
+    chosen_per_facility = Counter(x.facility for x in chosen).values()
+    over = sum(count > m for count in chosen_per_facility)
+    # what `nodes` warns about is what placement does: the shards it put past m
+    assert placement.facility_shortfall(nodes, "US", k, m) == sum(
+        max(0, count - m) for count in chosen_per_facility
+    )
     if room >= n:
         assert over == 0
     else:  # as few facilities past m as can take the shards the others cannot

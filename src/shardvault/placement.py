@@ -69,6 +69,22 @@ def place_stripe(
     return chosen
 
 
+def facility_shortfall(nodes: Iterable[NodeSpec], jurisdiction: str, k: int, m: int) -> int:
+    """How many of a stripe's shards a cell's active nodes cannot keep to m per facility.
+
+    0 when a whole facility can be lost without losing an object. Above 0, some
+    facility holds more than m shards of a stripe (`place_stripe` still writes
+    rather than refuses: a cell is allowed to be small, but its operator should
+    know what a facility's loss costs).
+    """
+    per_facility = Counter(
+        node.facility
+        for node in nodes
+        if node.jurisdiction == jurisdiction and node.state is NodeState.ACTIVE
+    )
+    return max(0, k + m - sum(min(count, m) for count in per_facility.values()))
+
+
 def _capped(ranked: list[NodeSpec], cap: int, n: int) -> list[NodeSpec]:
     """Up to n nodes in rank order, at most `cap` per facility."""
     chosen: list[NodeSpec] = []

@@ -212,6 +212,29 @@ def test_listing_and_metadata_commands(alice: Cli, tmp_path: Path) -> None:
     assert sum(n["shards"] for n in alice.json("nodes")) == 0
 
 
+def test_nodes_warns_about_a_cell_that_cannot_lose_a_facility(
+    tmp_path: Path, capsysbinary: pytest.CaptureFixture[bytes]
+) -> None:
+    """SG's six nodes in two facilities put three shards in each, EU has five active."""
+
+    def edit(text: str) -> str:
+        text = text.replace('facility = "sg-fac-3"', 'facility = "sg-fac-1"')
+        return text.replace('path = "nodes/EU/eu-n6"', 'path = "nodes/EU/eu-n6"\nstate = "down"')
+
+    cli = Cli(make_deployment(tmp_path / "deploy", edit=edit), capsysbinary)
+    code, out, err = cli("nodes", "--json")
+    assert code == 0 and len(json.loads(out)) == 18
+    assert err.splitlines() == [
+        "warning: cell EU has 5 active node(s), a stripe needs 6: its puts are refused; "
+        "add nodes or bring them back",
+        "warning: cell SG cannot keep a 4+2 stripe to 2 shards per facility (6 active nodes "
+        "in 2 facilities, 2 shard(s) over): losing a facility can lose objects; add active "
+        "nodes in other facilities",
+    ]
+    healthy = Cli(make_deployment(tmp_path / "healthy"), capsysbinary)
+    assert healthy("nodes")[2] == ""
+
+
 def test_human_output_goes_to_stderr_and_tables_to_stdout(alice: Cli, tmp_path: Path) -> None:
     source = tmp_path / "in.bin"
     source.write_bytes(b"hello")

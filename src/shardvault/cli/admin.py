@@ -11,8 +11,12 @@ from shardvault.cli.deployment_files import output_outside
 from shardvault.cli.outfile import write_output
 from shardvault.cli.output import human_size, print_json, print_table, say, warn, write_out
 from shardvault.cli.state import state
+from shardvault.config import Config
 from shardvault.demo import write_demo
 from shardvault.errors import InvalidInput, ShardvaultError, Unavailable
+from shardvault.model import NodeState
+from shardvault.placement import facility_shortfall
+from shardvault.vault.views import NodeUsage
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 
@@ -103,8 +107,40 @@ def forget(
 
 
 def nodes(ctx: typer.Context, json_out: JsonFlag = False) -> None:
-    """List storage nodes with their cell, facility, state and usage."""
-    usage = state(ctx).vault().node_usage()
+    """List storage nodes with their cell, facility, state and usage.
+
+    Warns (on stderr, so --json stays one document) about a cell whose puts are
+    refused for want of active nodes, or whose stripes cannot survive the loss
+    of a facility.
+    """
+    cli = state(ctx)
+    usage = cli.vault().node_usage()
+    _list_nodes(usage, json_out)
+    _warn_about_cells(cli.config())
+
+
+def _warn_about_cells(config: Config) -> None:
+    n = config.k + config.m
+    for jurisdiction in sorted(config.jurisdictions):
+        active = [node for node in config.nodes_in(jurisdiction) if node.state is NodeState.ACTIVE]
+        if len(active) < n:
+            warn(
+                f"cell {jurisdiction} has {len(active)} active node(s), a stripe needs {n}: "
+                "its puts are refused; add nodes or bring them back"
+            )
+            continue
+        short = facility_shortfall(config.nodes, jurisdiction, config.k, config.m)
+        if short:
+            facilities = len({node.facility for node in active})
+            warn(
+                f"cell {jurisdiction} cannot keep a {config.k}+{config.m} stripe to "
+                f"{config.m} shards per facility ({len(active)} active nodes in {facilities} "
+                f"facilities, {short} shard(s) over): losing a facility can lose objects; "
+                "add active nodes in other facilities"
+            )
+
+
+def _list_nodes(usage: list[NodeUsage], json_out: bool) -> None:
     if json_out:
         print_json(
             [

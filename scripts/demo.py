@@ -2,7 +2,8 @@
 
 Makes a three-cell deployment in ./demo-run, registers users in several
 jurisdictions, stores and reads objects, shows where their shards are,
-destroys two storage nodes and still reads everything. Then governance:
+destroys two storage nodes and still reads everything, then replaces them and
+rebuilds the lost shards on the new nodes with `repair`. Then governance:
 principals with tokens, a foreign government's request refused by rule, a read
 the operator's policy allows but the partner's custodian refuses, a domestic
 legal request approved by two officers, the forget of a user (approved, with a
@@ -100,6 +101,7 @@ def main() -> None:
     run("get", "intl", "alice", "photos/2026/beach.jpg", "-o", str(files / "beach.again"))
     assert sha256(files / "beach.again") == sha256(files / "photo.bin")
     print(f"still identical with {', '.join(doomed)} gone: any 4 of 6 shards suffice")
+    replace_nodes(doomed, shards)
 
     governance(files)
 
@@ -121,6 +123,33 @@ def main() -> None:
     print(
         f"\nThe deployment is in {ROOT}; try: shardvault --config {ROOT / 'shardvault.toml'} --help"
     )
+
+
+def replace_nodes(doomed: list[str], shards: list[dict[str, object]]) -> None:
+    step("Replace them: mark the lost nodes down, add new ones, rebuild what was lost")
+    config = ROOT / "shardvault.toml"
+    text = config.read_text()
+    facility = {s["node"]: s["facility"] for s in shards}
+    for number, node in enumerate(doomed, start=7):
+        new = f"us-n{number}"
+        print(f'$ edit {config.name}: {node} state = "down"; add {new} in {facility[node]}')
+        text = text.replace(
+            f'path = "nodes/US/{node}"\n', f'path = "nodes/US/{node}"\nstate = "down"\n'
+        )
+        text += (
+            f'\n[[nodes]]\nid = "{new}"\njurisdiction = "US"\nfacility = "{facility[node]}"\n'
+            f'backend = "local"\npath = "nodes/US/{new}"\n'
+        )
+        print(f"$ mkdir {ROOT / 'nodes' / 'US' / new}")
+        (ROOT / "nodes" / "US" / new).mkdir()
+    config.write_text(text)
+    run("repair", "--scrub")
+    run("where", "intl", "alice", "photos/2026/beach.jpg")
+    run(
+        "get", "intl", "alice", "photos/2026/beach.jpg", "-o", str(ROOT / "files" / "beach.rebuilt")
+    )
+    assert sha256(ROOT / "files" / "beach.rebuilt") == sha256(ROOT / "files" / "photo.bin")
+    print("every shard is back on an active node: the photo can lose two nodes again")
 
 
 OFFICERS = ("dpo", "partner-officer")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -222,8 +223,13 @@ def test_nodes_warns_about_a_cell_that_cannot_lose_a_facility(
         return text.replace('path = "nodes/EU/eu-n6"', 'path = "nodes/EU/eu-n6"\nstate = "down"')
 
     cli = Cli(make_deployment(tmp_path / "deploy", edit=edit), capsysbinary)
+    shutil.rmtree(tmp_path / "deploy" / "nodes" / "EU" / "eu-n6")  # down and gone: no alarm
     code, out, err = cli("nodes", "--json")
-    assert code == 0 and len(json.loads(out)) == 18
+    listed = {node["id"]: node for node in json.loads(out)}
+    assert code == 0 and len(listed) == 18
+    assert (
+        listed["eu-n6"]["state"] == "down" and "no such directory" in listed["eu-n6"]["unavailable"]
+    )
     assert err.splitlines() == [
         "warning: cell EU has 5 active node(s), a stripe needs 6: its puts are refused; "
         "add nodes or bring them back",
@@ -231,6 +237,8 @@ def test_nodes_warns_about_a_cell_that_cannot_lose_a_facility(
         "in 2 facilities, 2 shard(s) over): losing a facility can lose objects; add active "
         "nodes in other facilities",
     ]
+    code, out, err = cli("nodes")
+    assert code == 0 and b"unavailable" not in out and err.count("warning:") == 2
     healthy = Cli(make_deployment(tmp_path / "healthy"), capsysbinary)
     assert healthy("nodes")[2] == ""
 

@@ -140,6 +140,13 @@ def _warn_about_cells(config: Config) -> None:
             )
 
 
+def _shown_state(usage: NodeUsage) -> str:
+    """A node the operator marked down is expected to be gone: no alarm for it."""
+    if usage.unavailable and usage.node.state is not NodeState.DOWN:
+        return "unavailable"
+    return usage.node.state.value
+
+
 def _list_nodes(usage: list[NodeUsage], json_out: bool) -> None:
     if json_out:
         print_json(
@@ -167,7 +174,7 @@ def _list_nodes(usage: list[NodeUsage], json_out: bool) -> None:
                 u.node.id,
                 u.node.jurisdiction,
                 u.node.facility,
-                "unavailable" if u.unavailable else u.node.state.value,
+                _shown_state(u),
                 u.shards,
                 human_size(u.bytes_used),
             ]
@@ -175,7 +182,7 @@ def _list_nodes(usage: list[NodeUsage], json_out: bool) -> None:
         ],
     )
     for u in usage:
-        if u.unavailable:
+        if u.unavailable and u.node.state is not NodeState.DOWN:
             warn(f"node {u.node.id} is unavailable: {u.unavailable}")
 
 

@@ -212,6 +212,49 @@ def test_abort_waits_for_the_running_flush_before_closing_the_file(
     assert list((tmp_path / "tmp").iterdir()) == []
 
 
+def test_a_hung_disk_never_holds_up_a_large_put_to_a_healthy_node(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Background flushes share one pool: a node whose disk hung filled it, and a large
+    shard on a healthy node queued its flush behind theirs and waited at its commit,
+    for ever. The hung disk is a stand-in: fdatasync patched to block on that node's
+    files only (a real one would block every file of its filesystem)."""
+    hung_root = tmp_path / "hung"
+    release = threading.Event()
+    real_fdatasync = os.fdatasync
+
+    def fdatasync(fd: int) -> None:
+        if os.readlink(f"/proc/self/fd/{fd}").startswith(f"{hung_root}/"):
+            release.wait()  # the disk never answers, until the test ends
+        real_fdatasync(fd)
+
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
+    hung = LocalDirShardStore("hung", hung_root, pack_limit=16)
+    healthy = LocalDirShardStore("ok", tmp_path / "ok", pack_limit=16)
+    stuck = [
+        hung.open_writer(shard_name(bytes([i + 1]) * 16, 1, 0))
+        for i in range(durability._FLUSH_THREADS)
+    ]
+    name = shard_name(b"\x0f" * 16, 1, 0)
+    try:
+        for writer in stuck:  # as many large puts to the hung node as the pool has threads
+            writer.write(b"x" * WRITEBACK_CHUNK)
+        writer = healthy.open_writer(name)
+
+        def put() -> None:
+            writer.write(b"y" * (WRITEBACK_CHUNK + 1))
+            writer.commit()
+
+        assert returns_within(put, 10), "a put to a healthy node waited on a hung disk"
+        assert healthy.shard_path(name).stat().st_size == WRITEBACK_CHUNK + 1
+    finally:
+        release.set()
+        for writer in stuck:
+            writer.abort()
+        hung.close()
+        healthy.close()
+
+
 def test_a_leader_interrupted_while_taking_its_lock_back_leaves_nobody_hanging() -> None:
     group = GroupSync(lambda: None, "test")
     group._flush = interrupted_when_relocking(group._lock, lambda: None)  # type: ignore[method-assign]

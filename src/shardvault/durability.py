@@ -319,10 +319,11 @@ def _forget_threads_after_fork() -> None:
     it starts its own group syncs and flush pool (and opens its own descriptors: the
     parent's, inherited, would report a write-back error to whichever process asks
     first)."""
-    global _devices_lock, _flush_pool, _flush_pool_lock
+    global _devices_lock, _flush_pool, _flush_pool_lock, _flush_slots
     _devices.clear()
     _devices_lock = threading.Lock()
     _flush_pool, _flush_pool_lock = None, threading.Lock()
+    _flush_slots = threading.BoundedSemaphore(_FLUSH_THREADS)
 
 
 os.register_at_fork(after_in_child=_forget_threads_after_fork)
@@ -359,6 +360,7 @@ def filesystem_sync(path: Path) -> GroupSync:
 _flush_pool: ThreadPoolExecutor | None = None
 _flush_pool_lock = threading.Lock()
 _FLUSH_THREADS = 8
+_flush_slots = threading.BoundedSemaphore(_FLUSH_THREADS)  # pool threads not flushing
 
 
 def _background_pool() -> ThreadPoolExecutor:
@@ -369,18 +371,43 @@ def _background_pool() -> ThreadPoolExecutor:
         return _flush_pool
 
 
+def _start_flush(fd: int) -> Future[None] | None:
+    """``fdatasync(fd)`` on a pool thread free now; None if every one is flushing.
+
+    Never queued: the pool is shared by every node, and a flush queued behind
+    those of a node whose disk hung would never start, so its writer, waiting
+    for it at commit, hung with them. Skipped, it is done by the writer's
+    closing fsync, on its own disk.
+    """
+    slots = _flush_slots
+    if not slots.acquire(blocking=False):
+        return None
+    try:
+        return _background_pool().submit(_flush_and_free, fd, slots)
+    except RuntimeError:  # the interpreter is shutting down: the closing fsync does it
+        slots.release()
+        return None
+
+
+def _flush_and_free(fd: int, slots: threading.BoundedSemaphore) -> None:
+    try:
+        os.fdatasync(fd)
+    finally:
+        slots.release()
+
+
 class BackgroundFlush:
     """Flushes a file being written to disk as it grows, without making its writer wait.
 
     Every `every` bytes it starts an ``fdatasync`` in a shared thread pool
-    unless the last one is still running, so a large shard's pages reach the
-    disk while the CPU encodes the next segments and the closing fsync finds
-    little left. The writer never blocks on the disk queue: with
-    ``sync_file_range`` kicks it did, and 256 MiB puts were about 30 % slower
-    (docs/performance.md). An error of a background flush is kept for
-    `finish`, which the writer must call before its own fsync and close: the
-    kernel reports a write-back error to an open file once, so that fsync
-    would not see it again.
+    unless the last one is still running (or no thread of the pool is free:
+    `_start_flush`), so a large shard's pages reach the disk while the CPU
+    encodes the next segments and the closing fsync finds little left. The
+    writer never blocks on the disk queue: with ``sync_file_range`` kicks it
+    did, and 256 MiB puts were about 30 % slower (docs/performance.md). An
+    error of a background flush is kept for `finish`, which the writer must
+    call before its own fsync and close: the kernel reports a write-back error
+    to an open file once, so that fsync would not see it again.
     """
 
     def __init__(self, fd: int, every: int) -> None:
@@ -399,11 +426,9 @@ class BackgroundFlush:
             if not self._running.done():
                 return  # the disk is behind: the next write tries again
             self._collect()
-        self._unflushed = 0
-        try:
-            self._running = _background_pool().submit(os.fdatasync, self._fd)
-        except RuntimeError:  # the interpreter is shutting down: the closing fsync does it
-            self._running = None
+        self._running = _start_flush(self._fd)
+        if self._running is not None:  # else no thread is free: the next write tries again
+            self._unflushed = 0
 
     def _collect(self) -> None:
         assert self._running is not None

@@ -445,6 +445,21 @@ def test_a_failed_flush_fails_the_writes_made_while_it_ran_too() -> None:
     group.close()
 
 
+def test_a_run_of_writes_fails_if_any_of_them_had_a_failed_flush() -> None:
+    flushes = Flushes()
+    group = GroupSync(flushes, "test")
+    first = group.note_write()
+    flushes.fail_next = True
+    with pytest.raises(StorageError):
+        group.sync(first)  # another caller's flush, failing for the run's first write
+    last = group.note_write()
+    group.sync(last)  # a later flush succeeded for the last one
+    with pytest.raises(StorageError, match="Input/output error"):
+        group.sync(last, since=first)
+    group.sync(group.note_write(), since=last + 1)  # a run after the failure is durable
+    group.close()
+
+
 def test_failures_in_a_row_are_kept_as_one_range() -> None:
     flushes = Flushes()
     group = GroupSync(flushes, "test")

@@ -91,14 +91,20 @@ class GroupSync:
             self._written += 1
             return self._written
 
-    def sync(self, upto: int | None = None) -> None:
-        """Return once the write with ticket `upto` (default: every one so far) is durable."""
+    def sync(self, upto: int | None = None, since: int | None = None) -> None:
+        """Return once the write with ticket `upto` (default: every one so far) is durable.
+
+        `since`: the first ticket of a caller's run of writes ending at `upto`; a
+        failed flush that covered any ticket of the run raises too, even if a later
+        one succeeded for the rest.
+        """
         with self._lock:
             wanted = self._written if upto is None else min(upto, self._written)
+            first = wanted if since is None else min(since, wanted)
             try:
                 while True:
                     for after, until, why in self._failed:
-                        if after < wanted <= until:
+                        if after < wanted and first <= until:
                             raise StorageError(f"{self._name}: {why}")
                     if self._settled >= wanted:
                         return

@@ -396,7 +396,9 @@ def test_known_object_ids_covers_every_state(catalog: Catalog) -> None:
     assert catalog.known_object_ids() == {oid(1), oid(2), oid(3)}
 
 
-def test_sqlite_purges_a_batch_with_one_sync(tmp_path: Path) -> None:
+def test_sqlite_purges_a_batch_with_one_sync(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # a gc or forget made one durable transaction, a filesystem sync, per version:
     # 2-3.5 ms each, so forgetting a user with 100,000 objects took minutes
     catalog = SqliteCatalog(tmp_path / "c.sqlite")
@@ -409,7 +411,8 @@ def test_sqlite_purges_a_batch_with_one_sync(tmp_path: Path) -> None:
     assert catalog._wal_sync is not None
     syncs = []
     real_sync = catalog._wal_sync.sync
-    catalog._wal_sync.sync = lambda *a: syncs.append(real_sync(*a))  # type: ignore[method-assign]
+    # the process's one group commit of the filesystem: patched for this test only
+    monkeypatch.setattr(catalog._wal_sync, "sync", lambda *a, **k: syncs.append(real_sync(*a, **k)))
     catalog.purge((r.ref, r.version) for r in claimed)
     assert len(syncs) == 1
     assert catalog.known_object_ids() == set() and catalog.damage() == []
@@ -520,14 +523,17 @@ def test_committed_after_walks_committed_versions_in_object_id_order(catalog: Ca
     assert seen == [oid(n) for n in (2, 3, 5, 7, 8, 9)]
 
 
-def test_sqlite_replaces_manifests_durably_only_when_asked(tmp_path: Path) -> None:
+def test_sqlite_replaces_manifests_durably_only_when_asked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # a location is a hint, but a rebuilt shard's node is not: repair deletes the old copy
     catalog = SqliteCatalog(tmp_path / "c.sqlite")
     put(catalog, REF, 1)
     assert catalog._wal_sync is not None
     syncs = []
     real_sync = catalog._wal_sync.sync
-    catalog._wal_sync.sync = lambda *a: syncs.append(real_sync(*a))  # type: ignore[method-assign]
+    # the process's one group commit of the filesystem: patched for this test only
+    monkeypatch.setattr(catalog._wal_sync, "sync", lambda *a, **k: syncs.append(real_sync(*a, **k)))
     (record,) = catalog.versions_with({oid(1)})
     assert catalog.replace_manifests([(record, b"hint")]) == 1 and syncs == []
     (record,) = catalog.versions_with({oid(1)})

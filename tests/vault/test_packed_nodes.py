@@ -20,7 +20,8 @@ import pytest
 from conftest import SEGMENT, make_deployment, manifest_of
 from governance_support import forget_approved
 from shardvault.config import load
-from shardvault.errors import IntegrityError
+from shardvault.durability import GroupSync
+from shardvault.errors import IntegrityError, StorageError
 from shardvault.model import ObjectRef
 from shardvault.nodes.localdir import LocalDirShardStore
 from shardvault.nodes.port import shard_name
@@ -232,3 +233,46 @@ def test_kill_9_mid_put_leaves_the_old_version_and_gc_collects_the_rest(
         assert after.get(ref) == b"old" * 1000
     finally:
         after.close()
+
+
+def test_gc_skips_a_node_where_a_flush_its_own_deletes_needed_failed(
+    packed: Vault, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """gc's sync waited for the node's latest write: a flush that failed after its first
+    delete (led by another caller on the disk) was hidden by the next one, which
+    succeeded, and gc went on as if the delete were durable (it compacted the node and
+    reported it swept). The failing flush is a stand-in for a disk's write-back error."""
+    cell = packed.cells["US"]
+    node = cell.nodes[0].id
+    store = cell.store(node)
+    assert isinstance(store, LocalDirShardStore)
+    failing = [False]
+
+    def flush() -> None:
+        if failing[0]:
+            failing[0] = False
+            raise OSError(5, "Input/output error")
+
+    group = GroupSync(flush, "test")
+    store.packs.group = group
+    orphans = [shard_name(bytes([i]) * 16, 1, 0) for i in (3, 4)]
+    for name in orphans:  # what puts killed before their commit leave
+        writer = store.open_writer(name)
+        writer.write(b"orphan")
+        writer.commit()
+    real_delete = store.delete
+
+    def delete(name: str, location: str | None = None) -> bool:
+        deleted = real_delete(name, location)
+        if name == orphans[0]:  # another caller's flush then fails: this delete may be lost
+            failing[0] = True
+            with pytest.raises(StorageError):
+                group.sync()
+        return deleted
+
+    monkeypatch.setattr(store, "delete", delete)
+    compacted: list[str] = []
+    monkeypatch.setattr(store, "compact", lambda: compacted.append(node) or {})
+    report = packed.gc(grace_seconds=0)
+    assert node in report.skipped_nodes
+    assert compacted == [], "gc went on with the node as if its deletes were durable"

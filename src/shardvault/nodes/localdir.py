@@ -182,8 +182,7 @@ class LocalDirShardStore:
         self.shard_dir = root / "shards"
         self.tmp_dir = root / "tmp"
         self._shard_root = str(self.shard_dir)
-        self._owed = 0
-        self._owed_lock = threading.Lock()
+        self._owed = threading.local()  # per thread: (first, last) ticket not yet synced
         try:
             # the vault checks first that the root exists (nodes/marker.py); later
             # mkdirs never make it again, so a disk unmounted meanwhile stays so
@@ -196,14 +195,19 @@ class LocalDirShardStore:
         self.packs = PackSet(root / "packs", node_id, filesystem_sync(root), self._check_root)
 
     def owe_sync(self, ticket: int) -> None:
-        with self._owed_lock:
-            self._owed = max(self._owed, ticket)
+        """Note a write the calling thread's next `sync` must make durable."""
+        span: tuple[int, int] | None = getattr(self._owed, "span", None)
+        self._owed.span = (ticket if span is None else span[0], ticket)
 
     def sync(self) -> None:
-        with self._owed_lock:
-            owed = self._owed
-        if owed:
-            self.packs.group.sync(owed)
+        """Make this thread's writes since its last sync durable, or raise: a flush that
+        failed for any of them raises even when a later one, for another caller's
+        write, succeeded (with the node's latest ticket alone, gc went on as if a
+        delete that failed flush lost were durable)."""
+        span: tuple[int, int] | None = getattr(self._owed, "span", None)
+        if span is not None:
+            self._owed.span = None
+            self.packs.group.sync(span[1], since=span[0])
 
     def shard_path(self, name: str) -> Path:
         """Where a large (file) shard lives; small shards are in packs/."""

@@ -99,7 +99,10 @@ class ShardStore(Protocol):
         rebuilt shard only to a node where its name has no trace."""
 
     def sync(self) -> None:
-        """Make every shard committed with ``durable=False`` on this store durable."""
+        """Make durable every delete, and every ``commit(durable=False)``, that the
+        calling thread made on this store since its last ``sync``; raise if any of
+        them may be lost, whatever other callers' writes since. A caller deletes
+        and syncs in one thread (gc, repair)."""
 
     def collect_temporaries(self, older_than: float) -> int:
         """Remove uncommitted leftovers last touched before `older_than` (epoch seconds)."""

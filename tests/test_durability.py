@@ -460,6 +460,20 @@ def test_a_run_of_writes_fails_if_any_of_them_had_a_failed_flush() -> None:
     group.close()
 
 
+def test_a_write_begun_before_a_flush_failed_and_noted_after_fails_with_it() -> None:
+    flushes = Flushes()
+    group = GroupSync(flushes, "test")
+    begun = group.failures()  # a write begins
+    flushes.fail_next = True
+    with pytest.raises(StorageError):
+        group.sync(group.note_write())  # another caller's flush fails meanwhile
+    written = group.note_write(begun)
+    with pytest.raises(StorageError, match="Input/output error"):
+        group.sync(written)
+    group.sync(group.note_write(group.failures()))  # one begun after the failure is not
+    group.close()
+
+
 def test_failures_in_a_row_are_kept_as_one_range() -> None:
     flushes = Flushes()
     group = GroupSync(flushes, "test")

@@ -81,14 +81,28 @@ class GroupSync:
         self._flushing = False
         self._target = 0  # what the running flush covers
         self._failed: list[tuple[int, int, str]] = []  # (after, upto, why): flushes that failed
+        self._failures = 0  # how many flushes have failed: see `failures`
         self._closed = False
 
-    def note_write(self) -> int:
-        """Take a ticket for a write just made; ``sync`` it to make it durable."""
+    def failures(self) -> int:
+        """How many flushes have failed so far: read it before a write, and pass it to
+        `note_write` after. A flush that failed while the write was being made may have
+        dropped its pages, though its ticket, noted after, is past the failed range.
+        No lock: an int read."""
+        return self._failures
+
+    def note_write(self, failures: int | None = None) -> int:
+        """Take a ticket for a write just made; ``sync`` it to make it durable.
+
+        `failures`: what `failures` said before the write began; if a flush has
+        failed since, the write's ticket fails with it.
+        """
         with self._lock:
             if self._closed:
                 raise StorageError(f"{self._name}: closed")
             self._written += 1
+            if failures is not None and failures != self._failures:
+                self._fail(self._written - 1, self._failed[-1][2])
             return self._written
 
     def sync(self, upto: int | None = None, since: int | None = None) -> None:
@@ -134,6 +148,7 @@ class GroupSync:
         self._flushing = False
         if interrupted is None:
             if failure:
+                self._failures += 1
                 self._fail(after, failure)
             self._settled = target
         self._room.write_ended()

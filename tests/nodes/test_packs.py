@@ -1008,3 +1008,49 @@ def test_a_compaction_on_a_read_only_disk_does_nothing_rather_than_fail(
 
     monkeypatch.setattr(os, "open", read_only)
     assert packset(tmp_path).compact().packs == 0
+
+
+class FailingFlush:
+    """A flush standing in for a disk's write-back error: fails when told, once."""
+
+    def __init__(self) -> None:
+        self.fail_next = False
+
+    def __call__(self) -> None:
+        if self.fail_next:
+            self.fail_next = False
+            raise OSError(5, "Input/output error")
+
+
+@pytest.mark.parametrize("operation", ["put", "delete"])
+def test_an_append_written_before_a_failed_flush_ended_is_never_called_durable(
+    root: Path, monkeypatch: pytest.MonkeyPatch, operation: str
+) -> None:
+    """An append made while a flush ran (its pages may be the ones that failed) but
+    noted only after the flush's failure was recorded took a ticket past the failed
+    range, and the next flush, which succeeded, called it durable."""
+    flush = FailingFlush()
+    group = GroupSync(flush, "test")
+    store = LocalDirShardStore("n", root)
+    store.packs.group = group
+    put(store, name(1), b"kept")
+    other = group.note_write()  # another caller's write, whose flush will fail
+    real_append = store.packs._append
+
+    def append(kind: int, shard: str, data: bytes) -> packs.PackedShard:
+        located = real_append(kind, shard, data)
+        flush.fail_next = True  # written; the other caller's flush now fails and ends
+        with pytest.raises(StorageError):
+            group.sync(other)
+        return located
+
+    monkeypatch.setattr(store.packs, "_append", append)
+    with pytest.raises(StorageError, match="Input/output error"):
+        if operation == "put":
+            put(store, name(2), b"lost")
+        else:
+            store.delete(name(1))
+            store.sync()
+    monkeypatch.undo()
+    put(store, name(3), b"after")  # a write begun after the failure is durable as before
+    store.close()

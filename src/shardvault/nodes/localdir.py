@@ -260,12 +260,13 @@ class LocalDirShardStore:
             pass
         except OSError as exc:
             raise _storage_error(self.node_id, "deleting a shard", exc) from exc
+        failures = self.packs.group.failures()  # before writing: see GroupSync.failures
         try:
             deleted = self.packs.delete(name, location)
         except OSError as exc:
             raise _storage_error(self.node_id, "deleting a packed shard", exc) from exc
         if deleted:  # its tombstone and zeroed bytes are durable at the next sync()
-            self.owe_sync(self.packs.group.note_write())
+            self.owe_sync(self.packs.group.note_write(failures))
         else:
             self._check_root()
         return deleted

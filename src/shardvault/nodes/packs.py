@@ -257,10 +257,11 @@ class PackSet:
         """Append a shard; returns the ticket to pass to ``group.sync`` for durability,
         and where it went."""
         self._prune_gone()  # a process that only writes lets go of packs compacted away
+        failures = self.group.failures()  # before writing: see GroupSync.failures
         located = self._append(SHARD, name, data)
         with self._lock:
             self._index[name] = located
-        return self.group.note_write(), located
+        return self.group.note_write(failures), located
 
     def delete(self, name: str, location: str | None = None) -> bool:
         """Overwrite the shard's bytes with zeros, then tombstone it (neither synced yet).

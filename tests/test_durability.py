@@ -389,6 +389,26 @@ def test_a_filesystem_sync_is_never_shared_by_a_filesystem_mounted_after_its_own
     assert groups[0] is not groups[1]
 
 
+def test_create_whole_whose_temporary_another_process_took_for_a_leftover_keeps_theirs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once a file is there, a reader removes the temporaries beside it (nodes/marker.py):
+    a process about to link its own then found it gone, and failed."""
+    path = tmp_path / "NODE"
+    real_link = os.link
+
+    def link(source: str, target: str) -> None:
+        path.write_bytes(b"theirs")  # another process made it, then dropped the leftovers
+        for temp in durability.leftover_temporaries(path):
+            temp.unlink()
+        real_link(source, target)
+
+    monkeypatch.setattr(os, "link", link)
+    assert durability.create_whole(path, b"ours") is False
+    assert path.read_bytes() == b"theirs"
+    assert os.listdir(tmp_path) == ["NODE"]
+
+
 def test_a_read_only_database_says_what_to_do(tmp_path: Path) -> None:
     """SQLite says only "attempt to write a readonly database" (found in review)."""
     path = tmp_path / "db.sqlite"

@@ -16,6 +16,7 @@ import ctypes
 import ctypes.util
 import errno
 import os
+import re
 import secrets
 import shutil
 import threading
@@ -267,8 +268,12 @@ def create_whole(path: Path, content: bytes, mode: int = 0o600) -> bool:
         os.link(temp, path)
     except FileExistsError:
         return False
+    except FileNotFoundError:
+        if path.exists():  # another process made it, and took our temporary for a leftover
+            return False
+        raise
     finally:
-        temp.unlink()
+        temp.unlink(missing_ok=True)  # that process may have removed it after our link too
     fsync_directory(path.parent)
     return True
 
@@ -292,9 +297,9 @@ def replace_whole(path: Path, content: bytes, mode: int = 0o600) -> None:
 
 def _synced_temporary(path: Path, content: bytes, mode: int) -> Path:
     """``content`` in a new temporary file of its own beside ``path``, fsynced; none is
-    left behind if that fails."""
+    left behind if that fails (but a kill -9 leaves it: `leftover_temporaries`)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    temp = path.with_name(f".{path.name}.{secrets.token_hex(_TEMPORARY_TAG_BYTES)}.tmp")
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
     try:
         with os.fdopen(fd, "wb") as out:
@@ -305,6 +310,23 @@ def _synced_temporary(path: Path, content: bytes, mode: int) -> Path:
         temp.unlink(missing_ok=True)
         raise
     return temp
+
+
+_TEMPORARY_TAG_BYTES = 6
+
+
+def leftover_temporaries(path: Path) -> list[Path]:
+    """Temporaries that `create_whole` or `replace_whole` made for ``path`` and a process
+    killed between making and linking (or renaming) one left behind. Only the caller
+    knows when none can be in use: `create_whole` tolerates losing its temporary once
+    ``path`` exists."""
+    tag = f"[0-9a-f]{{{2 * _TEMPORARY_TAG_BYTES}}}"
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.{tag}\.tmp")
+    try:
+        names = os.listdir(path.parent)
+    except OSError:
+        return []
+    return [path.parent / name for name in names if pattern.fullmatch(name)]
 
 
 def fsync_directory(path: Path) -> None:

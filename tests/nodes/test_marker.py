@@ -5,6 +5,9 @@ from __future__ import annotations
 import errno
 import json
 import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -166,3 +169,36 @@ def test_a_state_disk_that_cannot_take_the_record_leaves_the_nodes_serving(
     with Vault.open(config) as vault:
         assert not any(u.unavailable for u in vault.node_usage())
     assert list((config.state_dir / "nodes").iterdir()) == []
+
+
+KILLED_MARKING = r"""
+import os, signal, sys
+from pathlib import Path
+from shardvault.config import load
+from shardvault.vault import Vault
+
+real_link = os.link
+
+def link(source, target, *args, **kwargs):
+    if os.path.basename(target) == sys.argv[2]:  # between the temporary's fsync and its link
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real_link(source, target, *args, **kwargs)
+
+os.link = link
+Vault.open(load(Path(sys.argv[1])))
+"""
+
+
+@pytest.mark.parametrize("target", [MARKER, "us-n1"])  # the node's marker, or its record
+def test_a_marking_killed_mid_way_leaves_no_temporary_after_the_next_open(
+    tmp_path: Path, target: str
+) -> None:
+    path = make_deployment(tmp_path / "deploy")
+    child = subprocess.run([sys.executable, "-c", KILLED_MARKING, str(path), target], check=False)
+    assert child.returncode == -signal.SIGKILL
+    left = list((tmp_path / "deploy").rglob("*.tmp"))
+    assert left, "the kill came after the temporary was made"
+    Vault.open(load(path)).close()
+    assert list((tmp_path / "deploy").rglob("*.tmp")) == []
+    node = Path(next(n.location for n in load(path).nodes if n.id == "us-n1"))
+    assert json.loads((node / MARKER).read_text())["node"] == "us-n1"

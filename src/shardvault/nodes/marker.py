@@ -27,7 +27,7 @@ import contextlib
 import json
 from pathlib import Path
 
-from shardvault.durability import create_whole
+from shardvault.durability import create_whole, leftover_temporaries
 from shardvault.errors import StorageError
 from shardvault.model import NodeSpec
 
@@ -80,8 +80,21 @@ def claim(root: Path, node: NodeSpec, marked: Path | None = None) -> None:
             f"{root} belongs to node {found.get('node')} in {found.get('jurisdiction')}, "
             f"not {node.id} in {node.jurisdiction}: fix the node's path in the config"
         )
-    if record is not None and not record.exists():  # marked now, or before records were kept
-        _remember(record, content)
+    _drop_leftovers(path)
+    if record is not None:
+        _drop_leftovers(record)
+        if not record.exists():  # marked now, or before records were kept
+            _remember(record, content)
+
+
+def _drop_leftovers(path: Path) -> None:
+    """Remove the temporaries a process killed while writing ``path`` left (a copy of the
+    marker in the node's root, which no sweep of shards takes). Once ``path`` is there,
+    no other process needs its own (`create_whole`). Best effort: one that cannot be
+    removed now (a read-only disk) harms nothing, and the next open tries again."""
+    for temp in leftover_temporaries(path):
+        with contextlib.suppress(OSError):
+            temp.unlink()
 
 
 def _remember(record: Path, content: bytes) -> None:

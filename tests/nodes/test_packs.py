@@ -337,8 +337,8 @@ def test_a_delete_racing_a_compaction_zeroes_the_copy_too(tmp_path: Path) -> Non
     assert deleter.locate("X") is not None
     sync = compactor.group.sync
 
-    def delete_between_copy_and_unlink(*args: object) -> None:
-        sync(*args)  # type: ignore[arg-type]
+    def delete_between_copy_and_unlink(*args: int | None, **kwargs: int | None) -> None:
+        sync(*args, **kwargs)
         assert deleter.delete("X")  # zeroes the old record, which still exists
 
     compactor.group.sync = delete_between_copy_and_unlink  # type: ignore[method-assign]
@@ -564,8 +564,8 @@ def test_a_compaction_waits_its_turn_and_loses_nothing(
     other.refresh()
     real_sync, overlapped = compactor.group.sync, []
 
-    def other_compacts_meanwhile(*args: int) -> None:
-        real_sync(*args)
+    def other_compacts_meanwhile(*args: int | None, **kwargs: int | None) -> None:
+        real_sync(*args, **kwargs)
         if not overlapped:
             overlapped.append(other.compact().packs)
 
@@ -746,7 +746,7 @@ def test_a_compaction_syncs_once_for_a_batch_of_packs(tmp_path: Path) -> None:
     compactor = packset(tmp_path)
     syncs = []
     real_sync = compactor.group.sync
-    compactor.group.sync = lambda *a: syncs.append(real_sync(*a))  # type: ignore[method-assign]
+    compactor.group.sync = lambda *a, **k: syncs.append(real_sync(*a, **k))  # type: ignore[method-assign]
     done = compactor.compact()
     assert (done.packs, len(syncs), sorted(done.moved)) == (5, 1, [f"S{n}" for n in range(5)])
     assert len(list(tmp_path.glob("*.pack"))) == 1
@@ -1054,3 +1054,42 @@ def test_an_append_written_before_a_failed_flush_ended_is_never_called_durable(
     monkeypatch.undo()
     put(store, name(3), b"after")  # a write begun after the failure is durable as before
     store.close()
+
+
+def test_a_compaction_whose_copy_a_failed_flush_held_keeps_the_old_pack(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A compaction synced the node's latest write: a flush that failed after its first
+    copy (led by another caller) was hidden by the next, which succeeded for the last
+    copy, and the old pack was removed though the first copy may be lost with it."""
+    writer = LocalDirShardStore("n", root)
+    for version in range(1, 4):
+        put(writer, name(version), bytes([version]) * 100)
+    assert writer.delete(name(1))  # a third of the pack dead: worth compacting
+    writer.close()
+    old = set((root / "packs").glob("*.pack"))
+    flush = FailingFlush()
+    group = GroupSync(flush, "test")
+    collector = LocalDirShardStore("n", root)
+    collector.packs.group = group
+    real_add = collector.packs.add
+    copied: list[str] = []
+
+    def add(shard: str, data: bytes) -> tuple[int, packs.PackedShard]:
+        noted = real_add(shard, data)
+        copied.append(shard)
+        if len(copied) == 1:  # the first copy is noted; another caller's flush fails
+            flush.fail_next = True
+            with pytest.raises(StorageError):
+                group.sync()
+        return noted
+
+    monkeypatch.setattr(collector.packs, "add", add)
+    with pytest.raises(StorageError, match="Input/output error"):
+        collector.compact()
+    assert copied == [name(2), name(3)]
+    assert old <= set((root / "packs").glob("*.pack")), "the only durable copy was removed"
+    collector.close()
+    reader = LocalDirShardStore("n", root)
+    assert read(reader, name(2)) == bytes([2]) * 100
+    reader.close()

@@ -626,17 +626,22 @@ class PackSet:
             os.close(fd)
 
     def _fold(self, claimed: list[tuple[str, int]], done: Compaction) -> None:
-        """Copy the live shards of claimed packs into ours, sync, then remove the packs."""
+        """Copy the live shards of claimed packs into ours, sync, then remove the packs.
+
+        The sync checks every copy's own ticket: with the latest alone, a flush that
+        failed for the first copies was hidden by a later one that succeeded for the
+        last, and the packs holding the only durable records went."""
         try:
             copies = {}
+            first = last = None  # tickets of the copies
             for pack, _ in claimed:
                 self._scan(pack)  # what a writer appended before it died
                 for name in self._names_in(pack):
                     located = self._indexed(name, pack)
                     if located is not None:  # not deleted, nor found elsewhere, meanwhile
-                        self.add(name, self.read(located, 0, located.length))
-                        copies[name] = self._index[name]
-            self.group.sync()
+                        last, copies[name] = self.add(name, self.read(located, 0, located.length))
+                        first = first or last
+            self.group.sync(last, since=first)
             self._erase_copies_deleted_meanwhile(copies)
             for pack, _ in claimed:
                 self._forget_pack(pack, self._names_in(pack), compacted_here=True)

@@ -1093,3 +1093,20 @@ def test_a_compaction_whose_copy_a_failed_flush_held_keeps_the_old_pack(
     reader = LocalDirShardStore("n", root)
     assert read(reader, name(2)) == bytes([2]) * 100
     reader.close()
+
+
+def test_the_sync_after_a_large_shards_delete_makes_its_unlink_durable(root: Path) -> None:
+    """A large shard's delete unlinked its file and owed no sync: gc's sync, which must
+    make deletions durable before their rows go, flushed nothing, so a power cut could
+    bring the file back once its row was gone (a stale copy repair deleted is never an
+    orphan: its object id is known, and it stayed for good)."""
+    flushes: list[int] = []
+    group = GroupSync(lambda: flushes.append(1), "test")
+    store = LocalDirShardStore("n", root, pack_limit=16)
+    store.packs.group = group
+    put(store, name(1), b"L" * 100)  # over the pack limit: a file of its own
+    assert store.shard_path(name(1)).exists()
+    assert store.delete(name(1))
+    store.sync()
+    assert flushes == [1], "nothing made the unlink durable"
+    store.close()

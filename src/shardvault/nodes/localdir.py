@@ -253,14 +253,16 @@ class LocalDirShardStore:
             raise _storage_error(self.node_id, "reading packs", exc) from exc
 
     def delete(self, name: str, location: str | None = None) -> bool:
+        failures = self.packs.group.failures()  # before writing: see GroupSync.failures
         try:
             os.unlink(self._shard_file(name))
-            return True
         except FileNotFoundError:
             pass
         except OSError as exc:
             raise _storage_error(self.node_id, "deleting a shard", exc) from exc
-        failures = self.packs.group.failures()  # before writing: see GroupSync.failures
+        else:  # the unlink is durable at the next sync() too: the group syncs the filesystem
+            self.owe_sync(self.packs.group.note_write(failures))
+            return True
         try:
             deleted = self.packs.delete(name, location)
         except OSError as exc:

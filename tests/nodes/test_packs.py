@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import struct
 import subprocess
@@ -1110,3 +1111,35 @@ def test_the_sync_after_a_large_shards_delete_makes_its_unlink_durable(root: Pat
     store.sync()
     assert flushes == [1], "nothing made the unlink durable"
     store.close()
+
+
+def test_a_lock_that_fails_otherwise_than_held_leaves_no_descriptor_open(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only "held by another" closed the descriptor taken to flock a pack or the
+    compaction lock; any other failure (ENOLCK: the kernel out of lock records, which
+    the patched flock stands in for) left it open, one per pack per gc."""
+    for number in range(2):
+        writer = packset(tmp_path)
+        writer.add(f"S{number}", b"%d" % number * 50)
+        writer.close()
+    compactor = packset(tmp_path)
+    real_flock = fcntl.flock
+    refused: list[str] = []
+
+    def flock(fd: int, operation: int) -> None:
+        kind = Path(os.readlink(f"/proc/self/fd/{fd}")).suffix  # ".pack", or ".lock"
+        if kind not in refused:  # the first flock of each: once the lock, once a pack
+            refused.append(kind)
+            raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+        real_flock(fd, operation)
+
+    monkeypatch.setattr(fcntl, "flock", flock)
+    with pytest.raises(OSError, match="No locks available"):
+        compactor.compact()  # the compaction lock
+    with pytest.raises(OSError, match="No locks available"):
+        compactor.compact()  # a pack's
+    assert refused == [".lock", ".pack"]
+    monkeypatch.undo()
+    compactor.close()
+    assert _descriptors_under(tmp_path) == []

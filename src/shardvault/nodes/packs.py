@@ -151,6 +151,19 @@ def _shard_records(view: mmap.mmap, encoded: bytes) -> Iterator[tuple[int, int]]
         at = view.find(encoded, at + 1)
 
 
+def _try_flock(fd: int) -> bool:
+    """Take an exclusive flock on `fd` if free; if not, or if flock fails (ENOLCK), the
+    descriptor is closed: each failure once left one open, per pack per gc."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BaseException as exc:
+        os.close(fd)
+        if isinstance(exc, BlockingIOError):
+            return False
+        raise
+    return True
+
+
 def encode_record(kind: int, name: str, data: bytes) -> bytes:
     encoded = name.encode()
     body = RECORD.pack(RECORD_MAGIC, kind, 0, len(encoded), len(data)) + encoded + data
@@ -614,10 +627,7 @@ class PackSet:
                 yield False
                 return
             raise
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
+        if not _try_flock(fd):
             yield False
             return
         try:
@@ -712,12 +722,7 @@ class PackSet:
             fd = os.open(self.directory / pack, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
             return None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            return None
-        return fd
+        return fd if _try_flock(fd) else None
 
     def close(self) -> None:
         with self._lock:

@@ -33,7 +33,15 @@ from shardvault.catalog.sqlite import (
     SqliteCatalog,
     _above_prefix,
 )
-from shardvault.errors import ConfigError, Conflict, NotFound, SubjectForgotten, WriteRaced
+from shardvault.durability import GroupSync
+from shardvault.errors import (
+    ConfigError,
+    Conflict,
+    NotFound,
+    StorageError,
+    SubjectForgotten,
+    WriteRaced,
+)
 from shardvault.model import ObjectRef
 
 REF = ObjectRef("intl", "alice", "a.txt")
@@ -770,3 +778,44 @@ def test_version_numbers_are_never_reused_once_collected(catalog: Catalog) -> No
     with pytest.raises(WriteRaced):
         catalog.insert_committed(committed(2, 4), None)  # a number already used
     assert catalog.reserve(REF, oid(5), 1.0) == 3
+
+
+@pytest.mark.parametrize("write", ["statement", "transaction"])
+def test_sqlite_a_write_made_while_a_flush_failed_is_never_called_durable(
+    tmp_path: Path, write: str
+) -> None:
+    """A commit whose WAL pages a failing flush may have dropped, noted only after
+    that failure was recorded, took a ticket past the failed range, and the next
+    flush, which succeeded, acknowledged it."""
+    catalog = SqliteCatalog(tmp_path / "c.sqlite")
+    catalog.add_subject(subject())
+    fail_next = []
+
+    def flush() -> None:  # stands in for a write-back error of the catalog's disk
+        if fail_next:
+            fail_next.clear()
+            raise OSError(5, "Input/output error")
+
+    group = GroupSync(flush, "test")
+    catalog._wal_sync = group
+    other = group.note_write()  # another caller's write, whose flush will fail
+
+    failed = []
+
+    def during(statement: str) -> None:  # as the write is made, the other flush fails
+        if not statement.startswith("SELECT") and not failed:
+            failed.append(fail_next.append(True))
+            with pytest.raises(StorageError):
+                group.sync(other)
+
+    version = catalog.reserve(REF, oid(1), 1.0)
+    catalog._db.set_trace_callback(during)
+    with pytest.raises(StorageError, match="Input/output error"):
+        if write == "statement":
+            catalog.commit(REF, version, b"manifest", 1, None)
+        else:
+            catalog.mark_deleted(REF)
+    catalog._db.set_trace_callback(None)
+    assert failed
+    catalog.reserve(ObjectRef("intl", "alice", "later"), oid(2), 1.0)  # begun after: durable
+    catalog.close()

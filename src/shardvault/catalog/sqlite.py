@@ -282,6 +282,7 @@ class SqliteCatalog:
     @contextmanager
     def _transaction(self, durable: bool = True) -> Iterator[sqlite3.Connection]:
         with self._writing():
+            failures = self._wal_sync.failures() if self._wal_sync else 0
             try:
                 self._db.execute("BEGIN IMMEDIATE")
                 try:
@@ -293,7 +294,7 @@ class SqliteCatalog:
                 self._db.execute("COMMIT")
             except sqlite3.Error as exc:
                 raise _failed(self.path, exc) from exc
-            ticket = self._wal_sync.note_write() if durable and self._wal_sync else 0
+            ticket = self._wal_sync.note_write(failures) if durable and self._wal_sync else 0
         if ticket and self._wal_sync is not None:
             self._wal_sync.sync(ticket)
 
@@ -310,12 +311,14 @@ class SqliteCatalog:
         four (a put has two of them).
         """
         with self._writing():
+            # read before the write: a flush failing while it is made may drop its pages
+            failures = self._wal_sync.failures() if self._wal_sync else 0
             try:
                 cursor = self._db.execute(sql, params)
                 rows = cursor.fetchall()  # a RETURNING statement ends only when read out
             except sqlite3.Error as exc:
                 raise _failed(self.path, exc) from exc
-            ticket = self._wal_sync.note_write() if durable and self._wal_sync else 0
+            ticket = self._wal_sync.note_write(failures) if durable and self._wal_sync else 0
         if ticket and self._wal_sync is not None:
             self._wal_sync.sync(ticket)
         return rows, cursor.rowcount

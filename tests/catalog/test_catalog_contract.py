@@ -21,6 +21,7 @@ from shardvault.catalog.memory import MemoryCatalog
 from shardvault.catalog.port import (
     Catalog,
     DamageRecord,
+    ForgetProgress,
     Leftover,
     SubjectRecord,
     VersionRecord,
@@ -492,6 +493,25 @@ def test_forget_subject(catalog: Catalog) -> None:
         catalog.forget_subject("intl", "nobody", 1.0)
 
 
+def test_a_forget_keeps_its_progress_for_a_run_that_finishes_it(catalog: Catalog) -> None:
+    catalog.add_subject(subject())
+    catalog.add_subject(subject("bob"))
+    put(catalog, REF, 1)
+    put(catalog, REF, 2)
+    assert catalog.forget_progress("intl", "alice") is None  # not forgotten
+    assert catalog.forget_subject("intl", "alice", 99.0, decided_at=41) == 2
+    catalog.note_forget_progress("intl", "alice", shards_removed=6)
+    catalog.note_forget_progress("intl", "alice", shards_removed=6, outcome=45)
+    catalog.note_forget_progress("intl", "bob", shards_removed=6)  # live: nothing noted
+    assert catalog.forget_progress("intl", "alice") == ForgetProgress(41, 2, 12, 45)
+    assert catalog.forget_progress("intl", "bob") is None
+    # a second forget racing the first marks nothing more and keeps the first's record
+    assert catalog.forget_subject("intl", "alice", 120.0, decided_at=50) == 0
+    assert catalog.forget_progress("intl", "alice") == ForgetProgress(41, 2, 12, 45)
+    record = catalog.get_subject("intl", "alice")
+    assert record is not None and record.forgotten_at == 99.0
+
+
 def test_damage_log(catalog: Catalog) -> None:
     assert catalog.damage() == []
     first = DamageRecord(REF, 1, 0, 3, "us-n2", "hash mismatch", 5.0)
@@ -593,10 +613,12 @@ def test_sqlite_migrates_a_first_schema_catalog_forward(tmp_path: Path) -> None:
         left = Leftover(oid(1), 1, 0, "us-n1", None)
         catalog.note_leftovers([left])  # the fifth schema's record of repair's leftovers
         assert catalog.leftovers() == [left]
+        catalog.forget_subject("intl", "alice", 7.0, decided_at=3)  # the sixth's progress
+        assert catalog.forget_progress("intl", "alice") == ForgetProgress(3, 0, 0, None)
     finally:
         catalog.close()
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
         plan = db.execute(
             "EXPLAIN QUERY PLAN SELECT * FROM versions WHERE object_id IN (?)", (oid(1),)
         ).fetchall()

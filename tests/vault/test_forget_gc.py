@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import errno
+import json
 import os
 import shutil
+import signal
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -14,7 +18,7 @@ from typing import Any
 import pytest
 
 from conftest import SEGMENT, files_under, make_deployment, manifest_of, shard_paths
-from governance_support import forget_approved
+from governance_support import approve, forget_approved
 from shardvault.catalog.port import Leftover, VersionRecord
 from shardvault.config import load
 from shardvault.errors import (
@@ -63,13 +67,15 @@ def test_forget_destroys_the_key_and_the_shards(config_path: Path, tmp_path: Pat
                 vault.get(ref)
         with pytest.raises(SubjectForgotten):
             vault.put(refs[0], b"new")
-        # decided and audited like any access, then answered (it used to answer first)
+        # decided and audited like any access, then answered (it used to answer first):
+        # with the receipt of the forget that was done, for its lost receipt's sake
         audited = vault.governance.cell("US").log.size
-        with pytest.raises(SubjectForgotten):
-            forget_approved(vault, "intl", "alice")
+        again = forget_approved(vault, "intl", "alice")
+        assert (again.audit_index, again.shards_removed) == (result.audit_index, 36)
         log = vault.governance.cell("US").log
         last = log.entry(log.size - 1)
         assert log.size > audited and (last.action, last.decision) == ("forget", "allow")
+        assert last.result == "allowed"  # a decision; no second outcome
         assert vault.get(bob) == b"bob stays"
     assert not any(path.exists() for path in alice_shards)
     with sqlite3.connect(tombstones_path(base / "keys" / "keyring.json")) as tombstones:
@@ -511,8 +517,8 @@ def test_a_forget_cut_short_after_its_catalog_mark_is_finished_by_a_retry(
         again = RequestContext(
             "local-admin", "forget-subject", new_request_id(), approval_id=met.id
         )
-        with pytest.raises(SubjectForgotten):
-            vault.forget("intl", "alice", again)
+        done = vault.forget("intl", "alice", again)
+        assert (done.versions_deleted, done.shards_removed) == (3, 18)
     else:
         with pytest.raises(ApprovalRequired):
             vault.forget("intl", "alice")
@@ -549,3 +555,111 @@ def test_registering_a_forgotten_subject_again_says_it_was_forgotten(config_path
         vault.register_subject("intl", "bob", "US")
         with pytest.raises(Conflict, match="already registered"):
             vault.register_subject("intl", "bob", "US")
+
+
+FORGET_CHILD = r"""
+import os, signal, sys
+from pathlib import Path
+from shardvault.config import load
+from shardvault.model import RequestContext, new_request_id
+from shardvault.vault import Vault, core
+
+config, approval, step = sys.argv[1:4]
+vault = Vault.open(load(Path(config)))
+
+def killed_after(owner, name):
+    real = getattr(owner, name)
+    def call(*args, **kwargs):
+        result = real(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGKILL)
+        return result
+    setattr(owner, name, call)
+
+killed_after(*{
+    "key-destroyed": (vault.custodian, "destroy"),
+    "catalog-marked": (vault.cells["US"].catalog, "forget_subject"),
+    "shards-collected": (core, "collect_claimed"),
+    "outcome-audited": (vault.governance, "record_outcome"),
+    "head-cosigned": (vault.governance, "publish_head"),
+    "receipt-signed": (core, "make_receipt"),
+}[step])
+ctx = RequestContext("local-admin", "forget-subject", new_request_id(), approval_id=approval)
+vault.forget("intl", "alice", ctx)
+print("done", flush=True)
+"""
+
+
+def forgotten_outcomes(vault: Vault, subject: str) -> list[int]:
+    """Indexes of the US log's outcome entries of a forget of ``subject``."""
+    cell = vault.governance.cell("US")
+    resource = cell.hasher.resource("intl", subject)
+    log = cell.log
+    return [
+        index
+        for index in range(log.size)
+        if (entry := log.entry(index)).action == "forget"
+        and entry.result == "forgotten"
+        and entry.resource == resource
+    ]
+
+
+@pytest.mark.parametrize(
+    "step",
+    [
+        "key-destroyed",
+        "catalog-marked",
+        "shards-collected",
+        "outcome-audited",
+        "head-cosigned",
+        "receipt-signed",
+    ],
+)
+def test_a_forget_killed_before_its_receipt_gives_one_when_run_again(
+    vault: Vault, config_path: Path, tmp_path: Path, step: str
+) -> None:
+    """kill -9 after the key was destroyed and before the receipt was returned: every
+    retry answered "already forgotten", and the user never got a receipt."""
+    refs = [ObjectRef("intl", "alice", f"k{i}") for i in range(3)]
+    record = vault.register_subject("intl", "alice", "US")
+    nodes = config_path.parent / "nodes"
+    before = files_under(nodes)
+    for ref in refs:
+        vault.put(ref, os.urandom(SEGMENT + 1))  # two segments: 6 shard files each
+    with pytest.raises(ApprovalRequired) as pending:
+        vault.forget("intl", "alice")
+    approval = pending.value.approval_id
+    assert approval is not None
+    approve(vault.governance, approval)
+
+    child = subprocess.run(
+        [sys.executable, "-c", FORGET_CHILD, str(config_path), approval, step],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert child.returncode == -signal.SIGKILL, child.stderr
+    assert "done" not in child.stdout
+
+    again = RequestContext("local-admin", "forget-subject", new_request_id(), approval_id=approval)
+    result = vault.forget("intl", "alice", again)
+    assert (result.key_id, result.versions_deleted, result.shards_removed) == (
+        record.key_id, 3, 18,
+    )  # fmt: skip
+    [outcome] = forgotten_outcomes(vault, "alice")  # one, whichever request wrote it
+    assert result.audit_index == outcome
+    receipt = tmp_path / "receipt.note"
+    receipt.write_text(result.receipt)
+    governance = vault.governance
+    checked = subprocess.run(
+        [Path(sys.executable).parent / "shardvault", "receipt", "verify", str(receipt),
+         "--key", governance.cell("US").signer.verifier_key(),
+         "--cosigner", governance.partner.vkey(), "--json"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert checked.returncode == 0, checked.stderr
+    body = json.loads(checked.stdout)
+    assert (body["subject"], body["key_id"], body["shards_removed"]) == ("alice", record.key_id, 18)
+    # and the rest of the forget is done: shards, rows, approvals
+    assert files_under(nodes) == before
+    assert vault.cells["US"].catalog.known_object_ids() == set()
+    assert "alice" not in {a.subject for a in governance.approvals.all("US")}
+    with pytest.raises(SubjectForgotten):
+        vault.get(refs[0])

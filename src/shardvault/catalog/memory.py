@@ -9,6 +9,7 @@ from dataclasses import replace
 
 from shardvault.catalog.port import (
     DamageRecord,
+    ForgetProgress,
     Leftover,
     SubjectRecord,
     VersionRecord,
@@ -27,6 +28,7 @@ class MemoryCatalog:
         self._swept_until = 0.0
         self._leftovers: dict[tuple[bytes, int, int, str], Leftover] = {}
         self._retired: dict[ObjectRef, int] = {}  # the last number of each collected key
+        self._forgets: dict[tuple[str, str], ForgetProgress] = {}
 
     def add_subject(self, record: SubjectRecord) -> None:
         with self._lock:
@@ -43,12 +45,13 @@ class MemoryCatalog:
         with self._lock:
             return bool(self._subjects)
 
-    def forget_subject(self, tenant: str, subject: str, when: float) -> int:
+    def forget_subject(
+        self, tenant: str, subject: str, when: float, decided_at: int | None = None
+    ) -> int:
         with self._lock:
             record = self._subjects.get((tenant, subject))
             if record is None:
                 raise NotFound(f"no subject {subject} in tenant {tenant}")
-            self._subjects[(tenant, subject)] = replace(record, wrapped_key=None, forgotten_at=when)
             self._damage = [
                 d for d in self._damage if (d.ref.tenant, d.ref.subject) != (tenant, subject)
             ]
@@ -61,7 +64,31 @@ class MemoryCatalog:
                         if rec.state is not VersionState.DELETED:
                             versions[number] = replace(rec, state=VersionState.DELETED)
                             marked += 1
+            if record.forgotten_at is None:
+                self._subjects[(tenant, subject)] = replace(
+                    record, wrapped_key=None, forgotten_at=when
+                )
+                self._forgets[(tenant, subject)] = ForgetProgress(decided_at, marked, 0, None)
             return marked
+
+    def forget_progress(self, tenant: str, subject: str) -> ForgetProgress | None:
+        with self._lock:
+            record = self._subjects.get((tenant, subject))
+            if record is None or record.forgotten_at is None:
+                return None
+            return self._forgets.get((tenant, subject), ForgetProgress(None, 0, 0, None))
+
+    def note_forget_progress(
+        self, tenant: str, subject: str, *, shards_removed: int = 0, outcome: int | None = None
+    ) -> None:
+        with self._lock:
+            progress = self.forget_progress(tenant, subject)
+            if progress is not None:
+                self._forgets[(tenant, subject)] = replace(
+                    progress,
+                    shards_removed=progress.shards_removed + shards_removed,
+                    outcome=progress.outcome if outcome is None else outcome,
+                )
 
     def reserve(self, ref: ObjectRef, object_id: bytes, when: float) -> int:
         with self._lock:

@@ -46,6 +46,21 @@ class VersionRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class ForgetProgress:
+    """What a forget of a subject has done, kept in the subject's row: a forget run again
+    after one was cut short (kill -9) finishes it and states the whole in its receipt.
+
+    ``decided_at`` is the audit index of the forget's decision (its outcome entry
+    comes after it; None for a forget from before catalog schema 6), ``outcome``
+    that of its outcome entry once written."""
+
+    decided_at: int | None
+    versions_deleted: int
+    shards_removed: int
+    outcome: int | None
+
+
+@dataclass(frozen=True, slots=True)
 class Leftover:
     """A copy of a shard repair wrote or replaced, which may end up named by no manifest
     (a repair killed mid-way, a node it could not reach): gc resolves it."""
@@ -77,8 +92,22 @@ class Catalog(Protocol):
     def holds_subjects(self) -> bool:
         """Whether any subject (live or forgotten) was ever registered in this catalog."""
 
-    def forget_subject(self, tenant: str, subject: str, when: float) -> int:
-        """Drop the wrapped key, mark every version deleted; returns versions marked."""
+    def forget_subject(
+        self, tenant: str, subject: str, when: float, decided_at: int | None = None
+    ) -> int:
+        """Drop the wrapped key, mark every version deleted; returns versions marked.
+
+        A subject already forgotten keeps its time and `ForgetProgress`: a second
+        forget racing the first does not make the first's count its own."""
+
+    def forget_progress(self, tenant: str, subject: str) -> ForgetProgress | None:
+        """What the forget of a forgotten subject has done (None if not forgotten)."""
+
+    def note_forget_progress(
+        self, tenant: str, subject: str, *, shards_removed: int = 0, outcome: int | None = None
+    ) -> None:
+        """Add shards a forgotten subject's collection removed; note its outcome's index.
+        Not synced: a count lost to a power cut makes a receipt say fewer, never more."""
 
     def reserve(self, ref: ObjectRef, object_id: bytes, when: float) -> int:
         """Record a pending version one above every version of ref; returns it."""

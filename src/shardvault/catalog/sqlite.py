@@ -30,6 +30,7 @@ from pathlib import Path
 from shardvault import sqlite_connections
 from shardvault.catalog.port import (
     DamageRecord,
+    ForgetProgress,
     Leftover,
     SubjectRecord,
     VersionRecord,
@@ -87,6 +88,12 @@ MIGRATIONS: tuple[str, ...] = (
         object_id BLOB NOT NULL, version INTEGER NOT NULL, shard INTEGER NOT NULL,
         node TEXT NOT NULL, location TEXT, PRIMARY KEY (object_id, version, shard, node)
     );
+    """,
+    """
+    ALTER TABLE subjects ADD COLUMN forget_decided_at INTEGER;
+    ALTER TABLE subjects ADD COLUMN forget_versions INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE subjects ADD COLUMN forget_shards INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE subjects ADD COLUMN forget_outcome INTEGER;
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -334,7 +341,7 @@ class SqliteCatalog:
         with self._transaction() as db:
             try:
                 db.execute(
-                    "INSERT INTO subjects VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    f"INSERT INTO subjects ({_SUBJECT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
                     (
                         record.tenant,
                         record.subject,
@@ -360,24 +367,51 @@ class SqliteCatalog:
     def holds_subjects(self) -> bool:
         return bool(self._query("SELECT 1 FROM subjects LIMIT 1"))
 
-    def forget_subject(self, tenant: str, subject: str, when: float) -> int:
+    def forget_subject(
+        self, tenant: str, subject: str, when: float, decided_at: int | None = None
+    ) -> int:
         with self._transaction() as db:
-            updated = db.execute(
-                "UPDATE subjects SET wrapped_key = NULL, forgotten_at = ?"
-                " WHERE tenant = ? AND subject = ?",
-                (when, tenant, subject),
-            ).rowcount
-            if not updated:
+            found = db.execute(
+                "SELECT forgotten_at FROM subjects WHERE tenant = ? AND subject = ?",
+                (tenant, subject),
+            ).fetchone()
+            if found is None:
                 raise NotFound(f"no subject {subject} in tenant {tenant}")
             for table in ("damage", "retired"):  # they name the subject's keys
                 db.execute(
                     f"DELETE FROM {table} WHERE tenant = ? AND subject = ?", (tenant, subject)
                 )
-            return db.execute(
+            marked = db.execute(
                 "UPDATE versions SET state = 'deleted'"
                 " WHERE tenant = ? AND subject = ? AND state != 'deleted'",
                 (tenant, subject),
             ).rowcount
+            if found[0] is None:
+                db.execute(
+                    "UPDATE subjects SET wrapped_key = NULL, forgotten_at = ?,"
+                    " forget_decided_at = ?, forget_versions = ? WHERE tenant = ? AND subject = ?",
+                    (when, decided_at, marked, tenant, subject),
+                )
+            return int(marked)
+
+    def forget_progress(self, tenant: str, subject: str) -> ForgetProgress | None:
+        rows = self._query(
+            "SELECT forget_decided_at, forget_versions, forget_shards, forget_outcome"
+            " FROM subjects WHERE tenant = ? AND subject = ? AND forgotten_at IS NOT NULL",
+            (tenant, subject),
+        )
+        return ForgetProgress(*rows[0]) if rows else None
+
+    def note_forget_progress(
+        self, tenant: str, subject: str, *, shards_removed: int = 0, outcome: int | None = None
+    ) -> None:
+        self._statement(
+            "UPDATE subjects SET forget_shards = forget_shards + ?,"
+            " forget_outcome = COALESCE(?, forget_outcome)"
+            " WHERE tenant = ? AND subject = ? AND forgotten_at IS NOT NULL",
+            (shards_removed, outcome, tenant, subject),
+            durable=False,
+        )
 
     def reserve(self, ref: ObjectRef, object_id: bytes, when: float) -> int:
         rows, _ = self._statement(

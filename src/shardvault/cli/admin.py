@@ -80,10 +80,11 @@ def forget(
     """Forget a subject (needs a met approval): destroy their key, remove their shards.
 
     Prints the signed deletion receipt on stdout (or the whole result with --json).
+    Run again for a subject already forgotten, finishes that forget and prints its receipt.
     """
     cli = state(ctx)
-    # checked before the forget, which cannot be undone and whose receipt cannot be
-    # made again: a mistyped --receipt path once lost it, the forget done
+    # checked before the forget, which cannot be undone: a mistyped --receipt path
+    # once lost the receipt, the forget done
     given = None if receipt is None else str(receipt)
     receipt_output = output_outside(given, cli.config(), "--receipt", "the receipt")
     result = cli.vault().forget(tenant, subject, cli.request("forget-subject"))

@@ -140,6 +140,17 @@ def _details(
     return details
 
 
+def _records_forget(entry: AuditEntry, resource: str, key_id: str) -> bool:
+    """Whether ``entry`` is the outcome of the forget of ``resource`` that destroyed
+    ``key_id``: what a deletion receipt proves is in the log."""
+    return (
+        entry.action == str(Action.FORGET)
+        and entry.result == "forgotten"
+        and entry.resource == resource
+        and entry.details.get("key_id") == key_id
+    )
+
+
 def _request_fields(ctx: RequestContext, action: Action | str) -> dict[str, str]:
     """What every audit entry of a request names: who, which request, what, why."""
     return dict(
@@ -537,6 +548,37 @@ class Governance:
             details=_details(access.principal, access.resource, "outcome",
                              approval_id=access.approval_id, **details),
         ).wait()  # fmt: skip
+
+    def forget_outcome(
+        self,
+        jurisdiction: str,
+        tenant: str,
+        subject: str,
+        key_id: str,
+        *,
+        known: int | None,
+        since: int,
+    ) -> int | None:
+        """The index of the outcome entry of the forget that destroyed ``key_id``, if the
+        cell's log holds one: at ``known`` (where the catalog noted it), else the first
+        from ``since`` on (a forget killed between writing it and noting it). Only a
+        forget run again after one was cut short asks, so reading the log is affordable."""
+        cell = self.cell(jurisdiction)
+        log = cell.log
+        log.refresh()  # other processes' entries too: the cut-short forget ran in one
+        resource = cell.hasher.resource(tenant, subject)
+        if (
+            known is not None
+            and known < log.size
+            and _records_forget(log.entry(known), resource, key_id)
+        ):
+            return known
+        marker = key_id.encode("utf-8")  # parse only the entries that name the key
+        since = min(since, log.size)  # a log cut shorter is the witness's to refuse
+        for index, raw in enumerate(log.iter_entry_bytes(since, log.size), since):
+            if marker in raw and _records_forget(AuditEntry.from_bytes(raw), resource, key_id):
+                return index
+        return None
 
     def custodian_gate(self) -> CustodianGate:
         """The partner's check before every wrap, unwrap and destroy: its own policy, and

@@ -532,52 +532,83 @@ class Vault:
 
         Needs a met approval (an invariant of the policy). Returns a deletion
         receipt signed by the cell, with the audit entry of the forget and its
-        inclusion proof under a head cosigned by the partner.
+        inclusion proof under a head cosigned by the partner. Run again for a
+        subject already forgotten (a forget cut short by kill -9, say, or a receipt
+        lost on its way), it finishes what is left and returns the receipt of that
+        forget: one outcome entry per forget, whichever run wrote it.
         """
         ctx = ctx or local_context("forget-subject")
         # decided and audited first, like every access: "already forgotten" is an answer
-        try:
-            record, access = self._authorized(ctx, Action.FORGET, tenant, subject)
-        except SubjectForgotten:
-            self._finish_forget(tenant, subject)
-            raise
-        scope = KeyScope(tenant, record.jurisdiction)
-        # the custodian's tombstone first: refused, the catalog and shards stay as they were
-        self._key_use(access, lambda why: self.custodian.destroy(scope, record.key_id, why))
-        cell = self.cells[record.jurisdiction]
-        when = self._clock()
-        deleted = cell.catalog.forget_subject(tenant, subject, when)
-        _, removed = collect_claimed(cell, self.code.n, 0.0, math.inf, (tenant, subject))
-        cell.catalog.erase_freed()
-        self.governance.forget_subject(record.jurisdiction, tenant, subject)
-        index = self.governance.record_outcome(
-            access, "forgotten", key_id=record.key_id, versions_deleted=deleted,
-            shards_removed=removed,
-        )  # fmt: skip
+        home = self._home(tenant, subject, ctx, Action.FORGET)
+        access = self._decided(ctx, Action.FORGET, tenant, home, subject)
+        cell = self.cells[home]
+        with _AnsweredAfterAudit(access):
+            found = cell.catalog.get_subject(tenant, subject)
+            record = _at_home(_registered(found, tenant, subject), home)
+        if record.forgotten_at is None:
+            self.directory.settle(tenant, subject, home)
+            scope = KeyScope(tenant, record.jurisdiction)
+            # the custodian's tombstone first: refused, the catalog and shards stay as they were
+            self._key_use(access, lambda why: self.custodian.destroy(scope, record.key_id, why))
+            cell.catalog.forget_subject(tenant, subject, self._clock(), access.audit_index)
+        return self._finish_forget_with_receipt(access, cell, record)
+
+    def _finish_forget_with_receipt(
+        self, access: Access, cell: Cell, record: SubjectRecord
+    ) -> ForgetResult:
+        """After the catalog mark: collect what is left, audit the outcome unless a run
+        before did (none did if this run's decision made the mark), then a head
+        cosigned by the partner and the receipt."""
+        tenant, subject = record.tenant, record.subject
+        self._collect_forgotten(cell, tenant, subject)
+        forgotten = cell.catalog.get_subject(tenant, subject)
+        progress = cell.catalog.forget_progress(tenant, subject)
+        assert forgotten is not None and forgotten.forgotten_at is not None and progress
+        index = None
+        if progress.decided_at != access.audit_index:
+            index = self.governance.forget_outcome(
+                cell.jurisdiction, tenant, subject, record.key_id,
+                known=progress.outcome, since=progress.decided_at or 0,
+            )  # fmt: skip
+        if index is None:
+            index = self.governance.record_outcome(
+                access, "forgotten", key_id=record.key_id,
+                versions_deleted=progress.versions_deleted, shards_removed=progress.shards_removed,
+            )  # fmt: skip
+        if index != progress.outcome:
+            cell.catalog.note_forget_progress(tenant, subject, outcome=index)
+        told = self.governance.cell(cell.jurisdiction).log.entry(index).details
         what = Forgotten(
-            tenant, subject, record.jurisdiction, record.key_id, deleted, removed,
-            time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(when)),
+            tenant, subject, cell.jurisdiction, record.key_id, int(told["versions_deleted"] or 0),
+            int(told["shards_removed"] or 0),
+            time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(forgotten.forgotten_at)),
         )  # fmt: skip
-        head = self.governance.publish_head(record.jurisdiction)
-        receipt = make_receipt(self.governance.cell(record.jurisdiction), head, index, what)
+        head = self.governance.publish_head(cell.jurisdiction)
+        receipt = make_receipt(self.governance.cell(cell.jurisdiction), head, index, what)
         return ForgetResult(
-            tenant, subject, record.jurisdiction, record.key_id, deleted, removed, when,
-            index, receipt.to_bytes().decode("utf-8"),
+            tenant, subject, cell.jurisdiction, record.key_id, what.versions_deleted,
+            what.shards_removed, forgotten.forgotten_at, index, receipt.to_bytes().decode("utf-8"),
         )  # fmt: skip
 
     def _finish_forget(self, tenant: str, subject: str) -> None:
-        """What a forget does after marking the subject forgotten, again: one killed
-        there (its key destroyed, its catalog row marked) left shards, freed pages and
-        approvals naming the subject, and every retry is answered "already forgotten".
-        Each step is idempotent. (Its outcome entry and receipt are not made again: a
-        retry cannot tell whether the first forget wrote them.)"""
+        """`_collect_forgotten` in the subject's home cell, if it has one."""
         home = self.directory.home(tenant, subject)
         if home is None or home not in self.cells:
             return
-        cell = self.cells[home]
-        collect_claimed(cell, self.code.n, 0.0, math.inf, (tenant, subject))
+        self._collect_forgotten(self.cells[home], tenant, subject)
+
+    def _collect_forgotten(self, cell: Cell, tenant: str, subject: str) -> None:
+        """What a forget does after marking the subject forgotten, again if need be: one
+        killed there (its key destroyed, its catalog row marked) left shards, freed
+        pages and approvals naming the subject. Each step is idempotent; the shards
+        each batch removes are added to the forget's count in the catalog."""
+
+        def counted(shards: int) -> None:
+            cell.catalog.note_forget_progress(tenant, subject, shards_removed=shards)
+
+        collect_claimed(cell, self.code.n, 0.0, math.inf, (tenant, subject), counted)
         cell.catalog.erase_freed()
-        self.governance.forget_subject(home, tenant, subject)
+        self.governance.forget_subject(cell.jurisdiction, tenant, subject)
 
     # reads --------------------------------------------------------------------
 

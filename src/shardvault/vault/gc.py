@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 
 from shardvault.catalog.port import VersionRecord
@@ -70,14 +70,20 @@ def collect_claimed(
     pending_before: float,
     created_until: float,
     subject: tuple[str, str] | None = None,
+    counted: Callable[[int], None] | None = None,
 ) -> tuple[int, int]:
-    """Claim and collect what is collectable, a batch at a time: (versions, shards)."""
+    """Claim and collect what is collectable, a batch at a time: (versions, shards).
+    ``counted`` is told the shards each batch removed once its rows are gone (a
+    forget keeps the count, so one cut short still states what it removed)."""
     versions = shards = 0
     while True:
         batch = cell.catalog.claim_collectable(
             pending_before, created_until=created_until, subject=subject, limit=_CLAIM_BATCH
         )
-        shards += collect_versions(cell, batch, n)
+        removed = collect_versions(cell, batch, n)
+        if counted is not None and removed:
+            counted(removed)
+        shards += removed
         versions += len(batch)
         if len(batch) < _CLAIM_BATCH:
             return versions, shards

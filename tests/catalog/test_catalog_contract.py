@@ -618,11 +618,66 @@ def test_sqlite_migrates_a_first_schema_catalog_forward(tmp_path: Path) -> None:
     finally:
         catalog.close()
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 7
         plan = db.execute(
             "EXPLAIN QUERY PLAN SELECT * FROM versions WHERE object_id IN (?)", (oid(1),)
         ).fetchall()
         assert "versions_object" in str(plan)  # found by the index, not a scan
+
+
+# Each layout a shardvault ever wrote, as its code wrote it (git log -p
+# src/shardvault/catalog/sqlite.py): migrations 4 and 5 were edited in place after
+# catalogs of their first forms could exist. 1 to 3 are as MIGRATIONS has them.
+_V4_FIRST = "CREATE INDEX versions_object ON versions (object_id);"  # 25af023
+_V5_FIRST = "CREATE TABLE stale_nodes (node TEXT PRIMARY KEY, noted_at REAL NOT NULL);"  # 32a948e
+OLD_LAYOUTS = {
+    "v1": MIGRATIONS[:1],
+    "v2": MIGRATIONS[:2],
+    "v3": MIGRATIONS[:3],
+    "v4-first": (*MIGRATIONS[:3], _V4_FIRST),
+    "v4": MIGRATIONS[:4],
+    "v5-stale-nodes": (*MIGRATIONS[:4], _V5_FIRST),
+    "v5": MIGRATIONS[:5],
+}
+
+
+def _layout(db: sqlite3.Connection) -> dict[str, object]:
+    """Every table's columns and every index's definition."""
+    names = db.execute("SELECT type, name, sql FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'")
+    found: dict[str, object] = {}
+    for kind, name, sql in names.fetchall():
+        if kind == "table":
+            found[name] = [row[1:] for row in db.execute(f"PRAGMA table_info({name})")]
+        else:
+            found[name] = sql
+    return found
+
+
+@pytest.mark.parametrize("layout", list(OLD_LAYOUTS))
+def test_sqlite_migrates_every_layout_it_ever_wrote(tmp_path: Path, layout: str) -> None:
+    """A version-5 catalog written while schema 5 was `stale_nodes` has no `leftovers`:
+    it was taken as current, and every gc and repair failed on it ("no such table");
+    one of the first version 4 lacked `damage_version`, so each purge scanned the damage."""
+    fresh, old = tmp_path / "fresh.sqlite", tmp_path / "old.sqlite"
+    SqliteCatalog(fresh).close()
+    with sqlite3.connect(old, isolation_level=None) as db:
+        db.execute("PRAGMA journal_mode=WAL")
+        for number, script in enumerate(OLD_LAYOUTS[layout], 1):
+            db.executescript(f"BEGIN IMMEDIATE;{script};PRAGMA user_version={number};COMMIT;")
+    db.close()
+    catalog = SqliteCatalog(old)
+    try:
+        left = Leftover(oid(1), 1, 0, "us-n1", None)
+        catalog.note_leftovers([left])
+        assert catalog.leftovers() == [left]
+    finally:
+        catalog.close()
+    with sqlite3.connect(fresh) as want, sqlite3.connect(old) as got:
+        expected, migrated = _layout(want), _layout(got)
+        assert {name: migrated.get(name) for name in expected} == expected
+        assert got.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    want.close()
+    got.close()
 
 
 def test_sqlite_refuses_a_newer_schema(tmp_path: Path) -> None:

@@ -49,6 +49,8 @@ from shardvault.errors import (
 )
 from shardvault.model import ObjectRef
 
+# Append only: a catalog stamped N was made by the first N scripts as they were then;
+# one changed afterwards never reaches it (migration 7 repairs two that were).
 MIGRATIONS: tuple[str, ...] = (
     """
     CREATE TABLE subjects (
@@ -94,6 +96,16 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE subjects ADD COLUMN forget_versions INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE subjects ADD COLUMN forget_shards INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE subjects ADD COLUMN forget_outcome INTEGER;
+    """,
+    # Migrations 4 and 5 were edited after catalogs of their first forms were written:
+    # version 4 without damage_version, version 5 with stale_nodes instead of leftovers.
+    # Each catalog gets what the later forms made (stale_nodes stays: no reader left).
+    """
+    CREATE INDEX IF NOT EXISTS damage_version ON damage (tenant, subject, key, version);
+    CREATE TABLE IF NOT EXISTS leftovers (
+        object_id BLOB NOT NULL, version INTEGER NOT NULL, shard INTEGER NOT NULL,
+        node TEXT NOT NULL, location TEXT, PRIMARY KEY (object_id, version, shard, node)
+    );
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)

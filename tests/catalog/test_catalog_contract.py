@@ -491,6 +491,10 @@ def test_forget_subject(catalog: Catalog) -> None:
     assert catalog.get_version(ObjectRef("intl", "bob", "a.txt")) is not None
     with pytest.raises(NotFound):
         catalog.forget_subject("intl", "nobody", 1.0)
+    # a reservation for a forgotten subject records nothing (a put that found it live)
+    with pytest.raises(SubjectForgotten):
+        catalog.reserve(REF, oid(9), 100.0)
+    assert catalog.known_among({oid(9)}) == set()
 
 
 def test_a_forget_keeps_its_progress_for_a_run_that_finishes_it(catalog: Catalog) -> None:

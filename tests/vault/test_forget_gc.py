@@ -283,6 +283,33 @@ def test_forget_leaves_no_name_of_the_subject_in_its_cell_files(config_path: Pat
         # and refuses a new registration of that id
 
 
+def test_a_large_put_reserving_after_a_forget_writes_nothing(
+    vault: Vault, config_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A large put that found the subject live and reserved its version once the forget
+    was done (its receipt given) wrote every shard under the destroyed key, and left
+    the object's name in the catalog's files, until the unwrap refused it."""
+    vault.register_subject("intl", "alice", "US")
+    catalog = vault.cells["US"].catalog
+    reserve = catalog.reserve
+
+    def reserve_after_the_forget(ref: ObjectRef, object_id: bytes, when: float) -> int:
+        forget_approved(vault, "intl", "alice")
+        return reserve(ref, object_id, when)
+
+    monkeypatch.setattr(catalog, "reserve", reserve_after_the_forget)
+    steps: list[str] = []
+    monkeypatch.setattr(vault, "_on_step", steps.append)
+    nodes = config_path.parent / "nodes"
+    before = files_under(nodes)
+    with pytest.raises(SubjectForgotten):
+        vault.put(ObjectRef("intl", "alice", "medical/scan-result.bin"), os.urandom(3 * SEGMENT))
+    assert steps == [] and files_under(nodes) == before
+    cell_dir = config_path.parent / "state" / "cells" / "US"
+    raw = b"".join(path.read_bytes() for path in cell_dir.glob("catalog.sqlite*"))
+    assert b"scan-result" not in raw
+
+
 def test_gc_racing_a_large_put_never_loses_an_acknowledged_version(config_path: Path) -> None:
     # gc read a pending row, the put then committed it and returned, and gc went on to
     # delete its shards and its row: an acknowledged version was gone (a stress run)

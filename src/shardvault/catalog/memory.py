@@ -92,6 +92,11 @@ class MemoryCatalog:
 
     def reserve(self, ref: ObjectRef, object_id: bytes, when: float) -> int:
         with self._lock:
+            found = self._subjects.get((ref.tenant, ref.subject))
+            if found is not None and found.forgotten_at is not None:
+                raise SubjectForgotten(
+                    f"{ref}: subject {ref.subject} was forgotten during the write"
+                )
             number = self._next_version(ref)
             versions = self._versions.setdefault(ref, {})
             versions[number] = VersionRecord(

@@ -110,7 +110,10 @@ class Catalog(Protocol):
         Not synced: a count lost to a power cut makes a receipt say fewer, never more."""
 
     def reserve(self, ref: ObjectRef, object_id: bytes, when: float) -> int:
-        """Record a pending version one above every version of ref; returns it."""
+        """Record a pending version one above every version of ref; returns it.
+
+        Raises SubjectForgotten, recording nothing, for a forgotten subject: a put
+        that found it live before a forget would write its shards after the forget."""
 
     def commit(
         self, ref: ObjectRef, version: int, manifest: bytes, size: int, if_match: int | None

@@ -200,6 +200,10 @@ def _version(row: tuple, ref: ObjectRef | None = None) -> VersionRecord:  # type
     )
 
 
+def _forgotten_during(ref: ObjectRef) -> SubjectForgotten:
+    return SubjectForgotten(f"{ref}: subject {ref.subject} was forgotten during the write")
+
+
 def _refusal(subject: SubjectRecord | None, record: VersionRecord) -> ShardvaultError:
     """Why an unreserved write added nothing: its subject is gone, or it lost a race.
 
@@ -208,9 +212,7 @@ def _refusal(subject: SubjectRecord | None, record: VersionRecord) -> Shardvault
     refused anyway.
     """
     if subject is None or subject.forgotten_at is not None:
-        return SubjectForgotten(
-            f"{record.ref}: subject {record.ref.subject} was forgotten during the write"
-        )
+        return _forgotten_during(record.ref)
     return WriteRaced(
         f"{record.ref} v{record.version}: the version was taken or a gc sweep began meanwhile"
     )
@@ -428,10 +430,13 @@ class SqliteCatalog:
     def reserve(self, ref: ObjectRef, object_id: bytes, when: float) -> int:
         rows, _ = self._statement(
             f"INSERT INTO versions SELECT ?1, ?2, ?3, {_NEXT_VERSION}, 'pending', ?4, 0, ?5, NULL"
-            " RETURNING version",
+            " WHERE NOT EXISTS (SELECT 1 FROM subjects WHERE tenant = ?1 AND subject = ?2"
+            " AND forgotten_at IS NOT NULL) RETURNING version",
             (ref.tenant, ref.subject, ref.key, object_id, when),
             durable=False,
         )
+        if not rows:
+            raise _forgotten_during(ref)
         return int(rows[0][0])
 
     def lookup_for_write(self, ref: ObjectRef) -> tuple[SubjectRecord | None, int]:

@@ -604,6 +604,20 @@ def test_a_read_only_directory_is_named_before_anything_is_read(alice: Cli, tmp_
     )
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root may open /proc/version to write")
+def test_a_directory_that_takes_no_new_file_is_named_before_anything_is_read(alice: Cli) -> None:
+    # root may open /proc/version to write, but /proc makes no file: the temporary the
+    # rename needs failed after the read was audited, as "No such file or directory"
+    log = alice.config.parent / "state" / "cells" / "US" / "audit" / "log" / "entries.log"
+    before = log.read_bytes()
+    line = alice.fails(2, "get", "intl", "alice", "k", "-o", "/proc/version")
+    assert line == (
+        "error: cannot write /proc/version: its directory /proc takes no new file, and -o "
+        "writes one beside it to rename over it (redirect stdout to write into the file)"
+    )
+    assert log.read_bytes() == before
+
+
 def test_set_id_bits_and_a_replaced_files_privacy_are_kept(
     alice: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -622,7 +636,8 @@ def test_set_id_bits_and_a_replaced_files_privacy_are_kept(
     monkeypatch.setattr(os, "open", recorded)
     alice.ok("get", "intl", "alice", "k", "-o", str(target))
     assert stat.S_IMODE(target.stat().st_mode) == 0o6755
-    assert created == [0o600], "made private, then given the file's mode"
+    # the check's trial temporary, made and removed empty, then the one written
+    assert created == [0o600, 0o600], "made private, then given the file's mode"
 
 
 @pytest.fixture

@@ -79,6 +79,7 @@ def checked_output(given: str, option: str = "-o") -> Output:
             raise Conflict(f"{path} changed while it was checked; try again")
         if found is None or stat.S_ISREG(found.st_mode):
             _check_directory(path, target.parent)
+            _check_new_file(output)
         if found is not None and stat.S_ISREG(found.st_mode):
             _check_file(output, found)
         elif found is not None:
@@ -197,6 +198,29 @@ def _check_directory(path: Path, directory: Path) -> None:
         )
 
 
+def _check_new_file(output: Output) -> None:
+    """That the directory takes the temporary the rename needs, made and removed at once:
+    `access` says yes to root, and /proc, sysfs or a FUSE mount may still make no file
+    (/proc says ENOENT, which would read as the path's own fault)."""
+    temp = _temporary(output)
+    try:
+        os.close(_open_in(output, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600, temp))
+    except FileNotFoundError:
+        raise InvalidInput(
+            f"cannot write {named(str(output.given))}: its directory {output.target.parent} "
+            "takes no new file, and -o writes one beside it to rename over it (redirect "
+            "stdout to write into the file)"
+        ) from None
+    except OSError as exc:
+        raise _refused(output.given, exc.errno, f"its directory {output.target.parent}") from None
+    os.unlink(temp, dir_fd=output.directory)
+
+
+def _temporary(output: Output) -> str:
+    """The name of the temporary written beside the target, then renamed over it."""
+    return f".{output.target.name[:200]}.partial-{os.getpid()}"
+
+
 def _check_file(output: Output, found: os.stat_result) -> None:
     try:  # no O_TRUNC: nothing changes; the errno is the kernel's (EACCES, EROFS, ETXTBSY)
         os.close(_open_in(output, os.O_WRONLY))
@@ -265,7 +289,7 @@ def _replace(
     file, the temporary is made 0600 and gets the file's owner, group (or, where this
     user may not give it that group, no group permissions) and mode before any data."""
     name = output.target.name
-    temp = f".{name[:200]}.partial-{os.getpid()}"
+    temp = _temporary(output)
     directory = output.directory
     created = False
     try:

@@ -105,6 +105,42 @@ def test_an_empty_output_name_says_so(alice: Cli) -> None:
     assert line == "error: -o is empty; give a file name"
 
 
+EMPTY_PATHS = {
+    "scan PATH": (["scan", ""], "PATH"),
+    "scan --policy": (["scan", "{source}", "--policy", ""], "--policy"),
+    "scan --baseline": (["scan", "{source}", "--baseline", ""], "--baseline"),
+    "scan --write-baseline": (["scan", "{source}", "--write-baseline", ""], "--write-baseline"),
+    "scan --output": (["scan", "{source}", "--output", ""], "--output"),
+    "forget --receipt": (["forget", "intl", "alice", "--receipt", ""], "--receipt"),
+    "policy test FILE": (["policy", "test", ""], "FILE"),
+    "policy test --policy": (["policy", "test", "{source}", "--policy", ""], "--policy"),
+    "policy check --policy": (["policy", "check", *CHECK, "--policy", ""], "--policy"),
+    "audit export DESTINATION": (["audit", "export", "--cell", "US", ""], "DESTINATION"),
+    "audit verify EXPORT": (["audit", "verify", "", "--key", "k"], "EXPORT"),
+    "audit verify --head": (["audit", "verify", "{source}", "--key", "k", "--head", ""], "--head"),
+    "receipt verify RECEIPT": (["receipt", "verify", "", "--key", "k"], "RECEIPT"),
+}
+
+
+@pytest.mark.parametrize(("argv", "name"), EMPTY_PATHS.values(), ids=EMPTY_PATHS.keys())
+def test_an_empty_path_is_refused_not_read_as_the_current_directory(
+    alice: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, argv: list[str], name: str
+) -> None:
+    # Path("") is Path("."): `scan ""` (a script's unset variable) scanned the current
+    # directory and passed the gate; the others named "." in their errors
+    source = tmp_path / "a.py"
+    source.write_text("x = 1\n")
+    monkeypatch.chdir(tmp_path)
+    line = alice.fails(2, *(a.format(source=source) for a in argv))
+    written = name in ("--write-baseline", "--output", "--receipt")  # as get -o says it
+    assert line == f"error: {name} is empty; give a {'file name' if written else 'path'}"
+
+
+def test_an_empty_config_path_is_refused_as_empty(alice: Cli) -> None:
+    code, _out, err = alice("--config", "", "nodes", config=False)
+    assert (code, err) == (2, "error: the config path is empty: name the deployment's file\n")
+
+
 def test_an_if_match_out_of_range_names_0_as_valid(alice: Cli, tmp_path: Path) -> None:
     source = tmp_path / "in.txt"
     line = alice.fails(2, "put", "intl", "alice", "new", str(source), "--if-match", "-1")

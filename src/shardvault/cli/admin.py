@@ -72,8 +72,8 @@ def forget(
     tenant: str,
     subject: str,
     receipt: Annotated[
-        Path | None,
-        typer.Option("--receipt", help="Also write the signed receipt here.", readable=False),
+        str | None,  # as get -o takes it: a Path would read "" as "."
+        typer.Option("--receipt", help="Also write the signed receipt here."),
     ] = None,
     json_out: JsonFlag = False,
 ) -> None:
@@ -85,8 +85,7 @@ def forget(
     cli = state(ctx)
     # checked before the forget, which cannot be undone: a mistyped --receipt path
     # once lost the receipt, the forget done
-    given = None if receipt is None else str(receipt)
-    receipt_output = output_outside(given, cli.config(), "--receipt", "the receipt")
+    receipt_output = output_outside(receipt, cli.config(), "--receipt", "the receipt")
     result = cli.vault().forget(tenant, subject, cli.request("forget-subject"))
     if json_out:
         print_json(result)

@@ -9,7 +9,6 @@ import sys
 import threading
 from collections.abc import Callable
 from contextlib import suppress
-from pathlib import Path
 from types import FrameType
 from typing import Annotated, Any
 
@@ -32,11 +31,10 @@ app = typer.Typer(
 def _global_options(
     ctx: typer.Context,
     config: Annotated[
-        Path | None,
+        str | None,  # not a Path, which reads "" as ".": config.resolve_path refuses it
         typer.Option(
             "--config",
             help="Deployment file (default: $SHARDVAULT_CONFIG, else ./shardvault.toml).",
-            readable=False,  # Click's check was a boxed usage error; config.load says one line
         ),
     ] = None,
     principal: Annotated[

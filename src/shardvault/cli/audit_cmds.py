@@ -18,7 +18,7 @@ from shardvault.audit import Checkpoint, export_to_directory, export_to_file, ve
 from shardvault.audit.export import check_destination
 from shardvault.audit.merkle import leaf_hash, verify_consistency, verify_inclusion
 from shardvault.cli.deployment_files import output_outside, refuse_deployment_file
-from shardvault.cli.given import check_readable, read_given
+from shardvault.cli.given import check_readable, path_named, read_given
 from shardvault.cli.outfile import write_output
 from shardvault.cli.output import print_json, print_table, say, write_out
 from shardvault.cli.state import state
@@ -94,7 +94,8 @@ def audit_export(
     ctx: typer.Context,
     cell: Cell,
     destination: Annotated[
-        Path, typer.Argument(help="A new directory, or a FILE.tar.", readable=False)
+        Path,
+        typer.Argument(help="A new directory, or a FILE.tar.", parser=path_named("DESTINATION")),
     ],
     json_out: JsonFlag = False,
 ) -> None:
@@ -125,13 +126,16 @@ def audit_export(
 @audit_app.command("verify")
 def audit_verify(
     export: Annotated[
-        Path, typer.Argument(help="An export directory or tar file.", readable=False)
+        Path,
+        typer.Argument(help="An export directory or tar file.", parser=path_named("EXPORT")),
     ],
     key: Key,
     cosigner: Cosigner = None,
     head: Annotated[
         Path | None,
-        typer.Option("--head", help="A signed head obtained from the partner.", readable=False),
+        typer.Option(
+            "--head", help="A signed head obtained from the partner.", parser=path_named("--head")
+        ),
     ] = None,
     json_out: JsonFlag = False,
 ) -> None:
@@ -278,7 +282,8 @@ def report_transparency(
 @receipt_app.command("verify")
 def receipt_verify(
     receipt: Annotated[
-        Path, typer.Argument(help="A deletion receipt (signed note).", readable=False)
+        Path,
+        typer.Argument(help="A deletion receipt (signed note).", parser=path_named("RECEIPT")),
     ],
     key: Key,
     cosigner: Cosigner = None,

@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 
+from shardvault.cli.given import path_named
 from shardvault.cli.output import print_json, print_table, say, write_out
 from shardvault.cli.state import CliState, state
 from shardvault.errors import Refused
@@ -283,7 +284,11 @@ def policy_check(
     data_class: Annotated[str, typer.Option("--data-class")] = "protected",
     policy_file: Annotated[
         Path | None,
-        typer.Option("--policy", help="Policy file (default: the deployment's).", readable=False),
+        typer.Option(
+            "--policy",
+            help="Policy file (default: the deployment's).",
+            parser=path_named("--policy"),
+        ),
     ] = None,
     json_out: JsonFlag = False,
 ) -> None:
@@ -335,11 +340,16 @@ def policy_check(
 def policy_test(
     ctx: typer.Context,
     cases_file: Annotated[
-        Path, typer.Argument(metavar="FILE", help="A decision table (TOML).", readable=False)
+        Path,
+        typer.Argument(metavar="FILE", help="A decision table (TOML).", parser=path_named("FILE")),
     ],
     policy_file: Annotated[
         Path | None,
-        typer.Option("--policy", help="Policy file (default: the deployment's).", readable=False),
+        typer.Option(
+            "--policy",
+            help="Policy file (default: the deployment's).",
+            parser=path_named("--policy"),
+        ),
     ] = None,
 ) -> None:
     """Run a table of expected decisions; exit 1 if any case fails."""

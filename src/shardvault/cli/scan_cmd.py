@@ -12,7 +12,7 @@ from pathlib import Path
 import typer
 
 from shardvault.cli.deployment_files import output_outside
-from shardvault.cli.given import check_readable
+from shardvault.cli.given import check_readable, path_named
 from shardvault.cli.outfile import Output, checked_output, write_output
 from shardvault.cli.output import write_out
 from shardvault.cli.state import state
@@ -21,26 +21,24 @@ from shardvault.errors import InvalidInput, Refused, ShardvaultError
 
 def scan(
     ctx: typer.Context,
-    # readable=False here and below: Click's own check printed a boxed usage error; the
-    # command's code says in one line what it could not read
-    path: Path = typer.Argument(..., help="Source tree (or one file) to scan.", readable=False),
+    # parsed by path_named, not checked by Click (whose check printed a boxed usage
+    # error): the command's code says in one line what it could not read; outputs are
+    # taken as str, as get -o: a Path would read "" as "." (the current directory)
+    path: Path = typer.Argument(
+        ..., help="Source tree (or one file) to scan.", parser=path_named("PATH")
+    ),
     policy: Path | None = typer.Option(
-        None, "--policy", help="TOML policy file (version = 1).", readable=False
+        None, "--policy", help="TOML policy file (version = 1).", parser=path_named("--policy")
     ),
     output_format: str = typer.Option("table", "--format", help="table, json or sarif."),
     fail_on: str = typer.Option("high", "--fail-on", help="Exit 1 at high, medium or low."),
     baseline: Path | None = typer.Option(
-        None, "--baseline", help="Accept findings listed here.", readable=False
+        None, "--baseline", help="Accept findings listed here.", parser=path_named("--baseline")
     ),
-    write_baseline_to: Path | None = typer.Option(
-        None,
-        "--write-baseline",
-        help="Write all current findings as a baseline, exit 0.",
-        readable=False,
+    write_baseline_to: str | None = typer.Option(
+        None, "--write-baseline", help="Write all current findings as a baseline, exit 0."
     ),
-    output: Path | None = typer.Option(
-        None, "--output", "-o", help="Write the report here.", readable=False
-    ),
+    output: str | None = typer.Option(None, "--output", "-o", help="Write the report here."),
     jobs: int = typer.Option(0, "--jobs", "-j", help="Worker processes (0: one per CPU)."),
     include_vendored: bool = typer.Option(
         False, "--include-vendored", help="Also scan node_modules, vendor, Pods, ..."
@@ -122,7 +120,7 @@ def _check_scanned(files: int, skipped: int, path: Path) -> None:
         )
 
 
-def _output(ctx: typer.Context, given: Path | None, option: str, written: str) -> Output | None:
+def _output(ctx: typer.Context, given: str | None, option: str, written: str) -> Output | None:
     """Where OPTION writes, checked as `get -o` checks it, and kept out of the files of
     the deployment the config names, if there is one: a scan needs none."""
     if given is None:
@@ -130,8 +128,8 @@ def _output(ctx: typer.Context, given: Path | None, option: str, written: str) -
     try:
         config = state(ctx).config()
     except ShardvaultError:
-        return checked_output(str(given), option)
-    return output_outside(str(given), config, option, written)
+        return checked_output(given, option)
+    return output_outside(given, config, option, written)
 
 
 def register(app: typer.Typer) -> None:

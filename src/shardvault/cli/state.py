@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
@@ -20,7 +19,7 @@ if TYPE_CHECKING:  # loaded on first use: commands that never open the vault sta
 
 @dataclass
 class CliState:
-    config_path: Path | None = None
+    config_path: str | None = None
     principal: str | None = None
     token: str | None = None
     purpose: str | None = None

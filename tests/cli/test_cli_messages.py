@@ -141,6 +141,32 @@ def test_an_empty_config_path_is_refused_as_empty(alice: Cli) -> None:
     assert (code, err) == (2, "error: the config path is empty: name the deployment's file\n")
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--config", "{bad}", "nodes"],
+        ["scan", "{bad}"],
+        ["scan", "{source}", "--policy", "{bad}"],
+        ["scan", "{source}", "--baseline", "{bad}"],
+        ["audit", "verify", "{bad}", "--key", "k"],
+    ],
+    ids=["--config", "scan PATH", "scan --policy", "scan --baseline", "audit verify EXPORT"],
+)
+@pytest.mark.parametrize(
+    ("bad", "escaped"), [("a\nb", "a\\nb"), ("a\u202eb", "a\\u202eb")], ids=["newline", "rtl"]
+)
+def test_a_path_given_with_a_newline_or_a_bidi_control_is_escaped_in_its_error(
+    alice: Cli, tmp_path: Path, argv: list[str], bad: str, escaped: str
+) -> None:
+    # echoed as given, a newline split the error in two lines (a script reads the last
+    # as the error) and a right-to-left override reordered the rest of the line
+    source = tmp_path / "a.py"
+    source.write_text("x = 1\n")
+    code, _out, err = alice(*(a.format(bad=bad, source=source) for a in argv), config=False)
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith("error: ") and escaped in err, err
+
+
 def test_an_if_match_out_of_range_names_0_as_valid(alice: Cli, tmp_path: Path) -> None:
     source = tmp_path / "in.txt"
     line = alice.fails(2, "put", "intl", "alice", "new", str(source), "--if-match", "-1")

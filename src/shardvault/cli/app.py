@@ -209,7 +209,15 @@ def _error(message: str) -> None:
     mixing an error into the data a script reads): the exit code still says it."""
     if sys.stderr is not None:
         with suppress(OSError):  # a terminal that hung up: the exit code still says it
-            print(f"error: {message}", file=sys.stderr)
+            print(f"error: {_one_line(message)}", file=sys.stderr)
+
+
+def _one_line(message: str) -> str:
+    """MESSAGE with what is not printable escaped (a newline as \\n, U+202E as \\u202e):
+    a path or name echoed as given split the error in two lines, or reversed its end."""
+    if message.isprintable():
+        return message
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in message)
 
 
 if __name__ == "__main__":

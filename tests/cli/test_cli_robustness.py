@@ -288,6 +288,30 @@ def test_closed_stdout_is_exit_1(alice: Cli, argv: list[str]) -> None:
     assert "stdout is closed" in one_error_line(done, 1)
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["get", "intl", "alice", "k", "-o", "a{bad}b"],
+        ["put", "intl", "alice", "k", "a{bad}b"],
+        ["init", "--demo", "a{bad}b"],
+        ["policy", "test", "a{bad}b"],
+        ["audit", "export", "--cell", "US", "a{bad}b"],
+        ["audit", "head", "--cell", "US", "-o", "a{bad}b"],
+        ["receipt", "verify", "a{bad}b", "--key", "k"],
+        ["forget", "intl", "alice", "--receipt", "a{bad}b"],
+        ["scan", ".", "--policy", "a{bad}b"],
+    ],
+)
+@pytest.mark.parametrize("bad", ["\x00", "\ud800"], ids=["nul", "lone-surrogate"])
+def test_an_argument_no_command_line_can_hold_is_exit_2_not_a_traceback(
+    alice: Cli, argv: list[str], bad: str
+) -> None:
+    # main(argv) in one process (a test, an embedding): os.stat raised ValueError
+    # ("embedded null byte") or UnicodeEncodeError, and main printed a traceback
+    line = alice.fails(2, *(a.format(bad=bad) for a in argv))
+    assert "no command line can hold" in line
+
+
 def test_closed_stderr_keeps_errors_out_of_stdout(alice: Cli) -> None:
     # print(file=None) falls back to stdout: the error line landed in the data
     done = subprocess.run(

@@ -16,7 +16,7 @@ import typer
 
 from shardvault.cli.state import CliState
 from shardvault.errors import ShardvaultError
-from shardvault.model import named
+from shardvault.model import named, shown
 
 app = typer.Typer(
     name="shardvault",
@@ -85,6 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     with its usage line); our own errors are mapped here by their class.
     """
     _register_commands()
+    if argv is not None and (unpassable := _unpassable(argv)) is not None:
+        _error(unpassable)
+        return 2
     previous = _take_termination()
     try:
         return _run(argv)
@@ -92,6 +95,20 @@ def main(argv: list[str] | None = None) -> int:
         return _interrupted(exc)
     finally:
         _give_back(previous)
+
+
+def _unpassable(argv: list[str]) -> str | None:
+    """What is wrong with an argument no command line can hold (a NUL, a lone surrogate),
+    which only a caller in this process can pass: every path and name would refuse it,
+    but the file system calls raised ValueError or UnicodeEncodeError first."""
+    for arg in argv:
+        try:
+            if b"\x00" not in os.fsencode(arg):
+                continue
+        except UnicodeEncodeError:
+            pass
+        return f"argument {shown(arg, 60, escaped=True)} is text no command line can hold"
+    return None
 
 
 def _run(argv: list[str] | None) -> int:

@@ -78,6 +78,33 @@ def test_revoking_one_token_names_its_principal(cli: Cli) -> None:
     assert cli.ok("--token", svc2, "--purpose", "serve-user", "get", "intl", "alice", "note")
 
 
+UNDECODABLE = b"\xff".decode("utf-8", "surrogateescape")  # what a non-UTF-8 argv byte becomes
+
+
+CHECK_AS = [
+    "policy", "check", "--action", "read", "--tenant", "intl", "--jurisdiction", "US",
+    "--purpose", "p", "--principal",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["principal", "token", UNDECODABLE], "invalid principal id"),
+        (["principal", "revoke", UNDECODABLE], "invalid principal id"),
+        (["principal", "revoke", "svc", "--token-id", UNDECODABLE], "invalid token id"),
+        ([*CHECK_AS, UNDECODABLE], "invalid principal id"),
+    ],
+    ids=["principal token", "principal revoke", "--token-id", "policy check --principal"],
+)
+def test_an_undecodable_principal_or_token_id_is_exit_2_not_a_traceback(
+    cli: Cli, argv: list[str], said: str
+) -> None:
+    # looked up in SQLite as given, it raised UnicodeEncodeError through the CLI
+    add(cli, "svc", "--kind", "service", "--location", "US")
+    assert said in cli.fails(2, *argv)
+
+
 def test_one_where_is_one_request_in_the_transparency_report(cli: Cli) -> None:
     # `where` decided its stat and its shard list under two request ids: every `where`
     # counted as two requests (a court's lawful `where`, say, published twice)

@@ -34,6 +34,7 @@ from shardvault.durability import failure_reason
 from shardvault.errors import AccessDenied, Conflict, InvalidInput, NotFound, Unavailable
 from shardvault.model import LOCAL_ADMIN, shown
 from shardvault.policy import Principal, PrincipalKind
+from shardvault.policy.model import token as checked_name
 from shardvault.sqlite_schema import stamp_schema
 
 SCHEMA_VERSION = 1
@@ -52,6 +53,7 @@ def _check_ttl(ttl: float) -> None:
 
 
 _TOKEN = re.compile(r"svt_([0-9a-f]{16})_([A-Za-z0-9_-]{43})")
+_TOKEN_ID = re.compile(r"[0-9a-f]{16}")
 _REFUSED = "token refused: unknown, forged, expired or revoked"
 
 _SCHEMA = """
@@ -156,6 +158,7 @@ class PrincipalRegistry:
         return None if token_ttl is None else self.issue_token(principal.id, token_ttl)
 
     def find(self, principal_id: str) -> PrincipalRecord | None:
+        checked_name(principal_id, "principal id")  # an undecodable one failed in SQLite
         rows = self._run(
             "SELECT p.*, (SELECT count(*) FROM tokens t WHERE t.principal = p.id "
             "AND t.revoked_at IS NULL AND t.expires_at > ?) FROM principals p WHERE p.id = ?",
@@ -219,6 +222,8 @@ class PrincipalRegistry:
         """Revoke one token of ``principal_id``'s. A token id of another principal's is
         `NotFound`: revoking it would leave live the token the caller meant to revoke."""
         self.get(principal_id)
+        if not isinstance(token_id, str) or not _TOKEN_ID.fullmatch(token_id):
+            raise InvalidInput(f"invalid token id {shown(token_id)}: 16 hex digits")
         rows = self._run(
             "SELECT 1 FROM tokens WHERE id = ? AND principal = ?", (token_id, principal_id)
         )

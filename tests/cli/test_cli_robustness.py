@@ -619,6 +619,19 @@ def test_a_link_through_a_missing_directory_is_refused_as_open_would(
     assert victim.read_bytes() == b"old"
 
 
+@pytest.mark.parametrize("name", ["\xe9" * 127, "a" * 255], ids=["254-byte-utf8", "255-ascii"])
+def test_get_into_a_file_with_the_longest_name_there_is(
+    alice: Cli, tmp_path: Path, name: str
+) -> None:
+    # the temporary beside it kept the name's first 200 characters, not bytes: 254
+    # bytes of "é" made a 271-byte temporary name, and -o failed ("File name too long")
+    target = tmp_path / name
+    for existing in (False, True):
+        alice.ok("get", "intl", "alice", "k", "-o", str(target))
+        assert target.read_bytes() == b"payload\n", existing
+    assert [p.name for p in tmp_path.iterdir() if ".partial-" in p.name] == []
+
+
 def test_a_read_only_directory_is_named_before_anything_is_read(alice: Cli, tmp_path: Path) -> None:
     with tmpfs(tmp_path / "ro", "size=1m,ro") as mount:
         line = alice.fails(2, "get", "intl", "alice", "k", "-o", str(mount / "out"))

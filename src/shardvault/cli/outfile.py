@@ -217,8 +217,11 @@ def _check_new_file(output: Output) -> None:
 
 
 def _temporary(output: Output) -> str:
-    """The name of the temporary written beside the target, then renamed over it."""
-    return f".{output.target.name[:200]}.partial-{os.getpid()}"
+    """The name of the temporary written beside the target, then renamed over it: the
+    name's first 200 bytes (not characters: 200 of "é" are 400), so that any name the
+    file system takes (255 bytes) leaves room for the suffix."""
+    head = os.fsdecode(os.fsencode(output.target.name)[:200])  # a cut character: escaped
+    return f".{head}.partial-{os.getpid()}"
 
 
 def _check_file(output: Output, found: os.stat_result) -> None:

@@ -31,6 +31,7 @@ from shardvault.audit import export
 from shardvault.audit.log import AuditLog
 from shardvault.cli import outfile
 from shardvault.errors import InvalidInput
+from shardvault.governance import Governance
 
 MAX_VERSION = 2**63 - 1
 
@@ -827,6 +828,27 @@ def test_audit_export_where_it_cannot_be_made_is_exit_2_and_makes_nothing(
         line = alice.fails(2, "audit", "export", "--cell", "US", str(unwritable / name))
         assert line == f"error: cannot write {unwritable / name}: Permission denied"
     assert list(unwritable.iterdir()) == []
+
+
+def test_audit_export_to_a_long_name_is_made_or_refused_before_a_head_is_signed(
+    alice: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # its temporary was ".NAME.<8 random>.partial": a name of 238 bytes or more (a
+    # valid one) failed "File name too long" once a head was signed; a name too long
+    # for any file is still refused before
+    for name in ("\xe9" * 125 + ".tar", "d" * 255):
+        alice.ok("audit", "export", "--cell", "US", str(tmp_path / name))
+        assert (tmp_path / name).exists()
+    signed: list[str] = []
+    publish = Governance.publish_head
+    monkeypatch.setattr(
+        Governance, "publish_head", lambda gov, cell: signed.append(cell) or publish(gov, cell)
+    )
+    for name in ("\xe9" * 126 + ".tar", "d" * 256):
+        line = alice.fails(2, "audit", "export", "--cell", "US", str(tmp_path / name))
+        assert line.endswith(": File name too long")
+    assert signed == []
+    assert [p.name for p in tmp_path.iterdir() if ".partial" in p.name] == []
 
 
 def test_audit_export_onto_a_full_disk_is_exit_1_and_leaves_nothing(

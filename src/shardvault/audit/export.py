@@ -81,6 +81,12 @@ def check_destination(destination: str | os.PathLike[str]) -> Path:
     return final
 
 
+def _temporary_prefix(final: Path) -> str:
+    """The start of the temporary's name: FINAL's first 200 bytes, leaving room for the
+    random part and the suffix within any name the file system takes (255 bytes)."""
+    return f".{os.fsdecode(os.fsencode(final.name)[:200])}."
+
+
 def export_to_directory(log: AuditLog, destination: str | os.PathLike[str]) -> ExportSummary:
     """Write an export directory at ``destination`` (which must not exist)."""
     final = check_destination(destination)
@@ -88,7 +94,9 @@ def export_to_directory(log: AuditLog, destination: str | os.PathLike[str]) -> E
     # made here, exclusively, under a name of its own: never a user's file or folder
     # that happens to be called like it, nor another export's
     try:
-        temp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent))
+        temp = Path(
+            tempfile.mkdtemp(prefix=_temporary_prefix(final), suffix=".partial", dir=final.parent)
+        )
     except OSError as exc:
         raise write_failure(str(final), exc) from None
     try:
@@ -116,7 +124,7 @@ def export_to_file(log: AuditLog, destination: str | os.PathLike[str]) -> Export
     heads, count = _members(log)
     try:  # made exclusively (see export_to_directory)
         fd, temp_name = tempfile.mkstemp(
-            prefix=f".{final.name}.", suffix=".partial", dir=final.parent
+            prefix=_temporary_prefix(final), suffix=".partial", dir=final.parent
         )
     except OSError as exc:
         raise write_failure(str(final), exc) from None

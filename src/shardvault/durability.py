@@ -236,6 +236,22 @@ def write_refused(what: str, code: int | None) -> ShardvaultError:
     return write_failure(what, OSError(code, os.strerror(code)))
 
 
+MAX_GIVEN_BYTES = 64 << 20  # a policy, decision table, baseline, receipt or head: KiB, not GiB
+
+
+def read_bounded(path: str | os.PathLike[str], limit: int = MAX_GIVEN_BYTES) -> bytes:
+    """The bytes of a file a user named, refused past LIMIT (`InvalidInput`) rather than
+    read whole: /dev/zero, or a disk image named by mistake, grew the process until it
+    died. A pipe (`<(...)`) is read as a file is. Raises OSError."""
+    with Path(path).open("rb") as file:
+        data = file.read(limit + 1)
+    if len(data) > limit:
+        raise InvalidInput(
+            f"{named(os.fsdecode(path))} is larger than {limit >> 20} MiB: is it the right file?"
+        )
+    return data
+
+
 _SQLITE_READONLY = 8  # sqlite3.SQLITE_READONLY; its extended codes share the low byte
 
 

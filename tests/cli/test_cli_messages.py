@@ -167,6 +167,38 @@ def test_a_path_given_with_a_newline_or_a_bidi_control_is_escaped_in_its_error(
     assert err.count("\n") == 1 and err.startswith("error: ") and escaped in err, err
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["receipt", "verify", "/dev/zero", "--key", "k"],
+        ["audit", "verify", "{source}", "--key", "k", "--head", "/dev/zero"],
+        ["policy", "test", "/dev/zero", "--policy", str(POLICIES / "policy.toml")],
+        ["policy", "test", str(POLICIES / "cases.toml"), "--policy", "/dev/zero"],
+        ["policy", "check", *CHECK, "--policy", "/dev/zero"],
+        ["scan", "{source}", "--policy", "/dev/zero"],
+        ["scan", "{source}", "--baseline", "/dev/zero"],
+    ],
+    ids=[
+        "receipt verify",
+        "audit verify --head",
+        "policy test FILE",
+        "policy test --policy",
+        "policy check --policy",
+        "scan --policy",
+        "scan --baseline",
+    ],
+)
+def test_a_file_given_that_never_ends_is_refused_not_read_whole(
+    alice: Cli, tmp_path: Path, argv: list[str]
+) -> None:
+    # read whole into memory: /dev/zero (or a disk image named by mistake) grew the
+    # process until MemoryError printed a traceback, or the kernel killed it
+    source = tmp_path / "a.py"
+    source.write_text("x = 1\n")
+    line = alice.fails(2, *(a.format(source=source) for a in argv))
+    assert line.startswith("error: /dev/zero is larger than ") and "is it the right file?" in line
+
+
 def test_an_if_match_out_of_range_names_0_as_valid(alice: Cli, tmp_path: Path) -> None:
     source = tmp_path / "in.txt"
     line = alice.fails(2, "put", "intl", "alice", "new", str(source), "--if-match", "-1")

@@ -10,6 +10,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+from shardvault.durability import read_bounded
 from shardvault.errors import InvalidInput
 from shardvault.model import named
 
@@ -31,7 +32,7 @@ def read_given(path: Path) -> bytes:
     """The bytes of a file named on the command line (missing, a directory, not
     permitted: `InvalidInput`)."""
     try:
-        return path.read_bytes()
+        return read_bounded(path)
     except OSError as exc:
         raise InvalidInput(f"cannot read {named(str(path))}: {exc.strerror}") from None
 

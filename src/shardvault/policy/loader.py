@@ -12,9 +12,9 @@ import os
 import tomllib
 from collections.abc import Iterable, Mapping
 from enum import StrEnum
-from pathlib import Path
 from typing import Any, TypeVar
 
+from shardvault.durability import read_bounded
 from shardvault.errors import ConfigError, InvalidInput
 from shardvault.model import DataClass, jurisdiction_code, named, tenant_name
 from shardvault.policy.model import (
@@ -146,7 +146,7 @@ def load_policy(path: str | os.PathLike[str]) -> Policy:
 
 def _read(path: str | os.PathLike[str]) -> str:
     try:
-        return Path(path).read_text(encoding="utf-8")
+        return read_bounded(path).decode("utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read {named(str(path))}: {exc.strerror or exc}") from None
     except UnicodeDecodeError:

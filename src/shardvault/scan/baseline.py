@@ -12,6 +12,7 @@ from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 
+from shardvault.durability import read_bounded
 from shardvault.errors import InvalidInput
 from shardvault.scan.findings import Finding
 
@@ -45,7 +46,7 @@ def baseline_text(findings: Iterable[Finding]) -> tuple[str, int]:
 def load_baseline(path: Path) -> Counter[str]:
     """Fingerprints accepted by the baseline, with how many times each was accepted."""
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
+        doc = json.loads(read_bounded(path).decode("utf-8"))
     except OSError as exc:
         raise InvalidInput(f"cannot read baseline {path}: {exc.strerror}") from exc
     except (ValueError, UnicodeDecodeError) as exc:

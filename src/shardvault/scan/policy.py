@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from shardvault.durability import read_bounded
 from shardvault.errors import ConfigError
 
 POLICY_VERSION = 1
@@ -166,7 +167,7 @@ def _is_reserved(host: str) -> bool:
 def load_policy(path: Path) -> Policy:
     """Read and validate a policy file; any problem is one ``ConfigError`` line."""
     try:
-        raw = path.read_bytes()
+        raw = read_bounded(path)
     except OSError as exc:
         raise ConfigError(f"cannot read policy file {path}: {exc.strerror}") from exc
     try:

@@ -342,6 +342,29 @@ def test_full_stdout_is_exit_1(alice: Cli, argv: list[str]) -> None:
     assert one_error_line(done, 1) == "error: cannot write to stdout: No space left on device"
 
 
+@pytest.mark.parametrize("unbuffered", ["1", ""], ids=["PYTHONUNBUFFERED", "buffered"])
+@pytest.mark.parametrize("what", ["bytes", "text"])
+def test_stdout_onto_a_disk_that_fills_midway_is_exit_1(
+    alice: Cli, tmp_path: Path, unbuffered: str, what: str
+) -> None:
+    # with PYTHONUNBUFFERED (as many container images set), stdout is an unbuffered
+    # file, whose write stops short when the disk fills: what did not fit was dropped
+    # and `get > file` exited 0, leaving a truncated file
+    source = tmp_path / "big.py"
+    source.write_text("".join(f'u{n} = "http://8.8.{n % 250}.{n // 250}/"\n' for n in range(2000)))
+    alice.ok("put", "intl", "alice", "big", str(source))
+    if what == "bytes":
+        argv = ["get", "intl", "alice", "big"]
+    else:  # a report of 2,000 findings, as one text
+        argv = ["scan", str(source), "--format", "json", "--fail-on", "high"]
+    with tmpfs(tmp_path / "small", "size=32k") as small, open(small / "out", "wb") as out:
+        env = {**os.environ, "SHARDVAULT_CONFIG": str(alice.config), "PYTHONUNBUFFERED": unbuffered}
+        done = subprocess.run(
+            [str(BINARY), *argv], stdout=out, stderr=subprocess.PIPE, env=env, timeout=60
+        )
+    assert one_error_line(done, 1) == "error: cannot write to stdout: No space left on device"
+
+
 # 3 and 4. init: refuses to overwrite and leaves nothing half-made --------------
 
 

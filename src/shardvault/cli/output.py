@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
@@ -10,7 +11,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, is_dataclass
 from enum import Enum
-from typing import Any
+from typing import Any, BinaryIO
 
 from rich.console import Console
 from rich.table import Table
@@ -68,17 +69,33 @@ def write_out(data: str | bytes) -> None:
             "stdout is closed: redirect it to a file (get, scan and audit head also take -o)"
         )
     try:
-        if isinstance(data, bytes):
-            stream.buffer.write(data)
-            stream.buffer.flush()
+        if isinstance(data, str) and not hasattr(stream, "buffer"):
+            stream.write(data)  # a text-only stream (an embedding's StringIO)
         else:
-            stream.write(data)
-            stream.flush()
+            if isinstance(data, str):
+                stream.flush()  # what print() left in the text layer goes first
+                data = data.encode(stream.encoding, stream.errors or "strict")
+            _write_all(stream.buffer, data)
+        stream.flush()
     except BrokenPipeError:
         raise
     except OSError as exc:
         _discard_stdout()
         raise OutputFailed(f"cannot write to stdout: {exc.strerror or exc}") from None
+
+
+def _write_all(buffer: BinaryIO, data: bytes) -> None:
+    """Write all of DATA, or raise. With PYTHONUNBUFFERED, stdout's buffer is the raw
+    file, whose write stops short when the disk fills or the pipe's reader goes away
+    and says how much it took; the rest was dropped, and `get > file` exited 0 with a
+    truncated file. The next write raises what stopped it."""
+    view = memoryview(data)
+    while view:
+        written = buffer.write(view)
+        if written is None:  # a non-blocking stdout that is full
+            raise BlockingIOError(errno.EAGAIN, os.strerror(errno.EAGAIN))
+        view = view[written:]
+    buffer.flush()
 
 
 def _discard_stdout() -> None:

@@ -32,6 +32,8 @@ TOKEN_ENV_VAR = "SHARDVAULT_TOKEN"
 MAX_CONFIG_BYTES = 1 << 20  # a deployment file is a few KiB; this bounds a mistaken path
 MIN_SEGMENT = 4096
 MAX_SEGMENT = 64 << 20
+DEFAULT_NODE_TIMEOUT = 30.0  # seconds: MinIO's default drive timeout, far above a healthy fsync
+MIN_NODE_TIMEOUT, MAX_NODE_TIMEOUT = 0.1, 3600.0
 BACKENDS = ("local", "memory")
 CUSTODIANS = ("keyring", "memory")
 
@@ -86,6 +88,7 @@ class Config:
     tenants: dict[str, TenantSpec]
     nodes: tuple[NodeSpec, ...] = field(default=())
     governance: GovernanceSpec | None = None
+    node_timeout: float = DEFAULT_NODE_TIMEOUT
 
     @property
     def base_dir(self) -> Path:
@@ -257,7 +260,9 @@ def parse(doc: dict[str, Any], path: Path) -> Config:
     base = path.parent
 
     storage = _get(doc, "storage", dict, "", problems, default={})
-    _unknown_keys(storage, {"state_dir", "segment_size", "k", "m"}, "storage.", problems)
+    _unknown_keys(
+        storage, {"state_dir", "segment_size", "k", "m", "node_timeout"}, "storage.", problems
+    )
     state_dir = _get_path(storage, "state_dir", "storage.", problems, default="state")
     segment_size = _get(storage, "segment_size", int, "storage.", problems, default=1 << 20)
     if not MIN_SEGMENT <= segment_size <= MAX_SEGMENT:
@@ -266,6 +271,7 @@ def parse(doc: dict[str, Any], path: Path) -> Config:
     m = _get(storage, "m", int, "storage.", problems, default=2)
     if k < 1 or m < 1 or k + m > 32:
         problems.add("storage.k", f"k={k}, m={m}: need k >= 1, m >= 1 and k + m <= 32")
+    node_timeout = _node_timeout(storage, problems)
 
     custodian = _get(doc, "custodian", dict, "", problems, default={})
     _unknown_keys(custodian, {"backend", "path"}, "custodian.", problems)
@@ -330,7 +336,24 @@ def parse(doc: dict[str, Any], path: Path) -> Config:
         tenants=tenants,
         nodes=tuple(nodes.values()),
         governance=governance,
+        node_timeout=node_timeout,
     )
+
+
+def _node_timeout(storage: dict[str, Any], problems: _Problems) -> float:
+    """Seconds a caller waits for a node's shard I/O before routing around it
+    (vault/deadline.py): a number, integer or not."""
+    value = storage.get("node_timeout", DEFAULT_NODE_TIMEOUT)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        problems.add("storage.node_timeout", f"expected a number, got {type(value).__name__}")
+        return DEFAULT_NODE_TIMEOUT
+    if not MIN_NODE_TIMEOUT <= value <= MAX_NODE_TIMEOUT:  # a NaN fails this too
+        problems.add(
+            "storage.node_timeout",
+            f"must be between {MIN_NODE_TIMEOUT:g} and {MAX_NODE_TIMEOUT:g} seconds",
+        )
+        return DEFAULT_NODE_TIMEOUT
+    return float(value)
 
 
 def _check_node_dirs(nodes: dict[str, NodeSpec], state_dir: Path, problems: _Problems) -> None:

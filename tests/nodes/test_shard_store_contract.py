@@ -185,6 +185,10 @@ def test_delete_takes_the_writers_location_and_survives_a_wrong_one(store: Shard
         store.delete("../" + NAME, locations[0])
 
 
+def test_a_probe_answers_on_a_healthy_store(store: ShardStore) -> None:
+    store.probe()  # vault/deadline.py brings a node back once this returns
+
+
 def test_dropping_caches_loses_no_shard(store: ShardStore) -> None:
     names = [shard_name(OID, version, 0) for version in (1, 2, 3)]
     for name in names:
@@ -272,6 +276,8 @@ def test_a_localdir_store_whose_directory_went_says_so_not_that_a_shard_is_gone(
         store.open_reader(NAME, location)
     with pytest.raises(StorageError):
         store.has_trace(NAME)
+    with pytest.raises(StorageError):  # nor is a node brought back while it is gone
+        store.probe()
     (tmp_path / "aside").rename(root)  # mounted again
     assert store.has_trace(NAME)
     assert read(store, NAME) == b"a shard"

@@ -314,6 +314,13 @@ class LocalDirShardStore:
             raise _storage_error(self.node_id, "listing shards", exc) from exc
         return iter(sorted(found))
 
+    def probe(self) -> None:
+        """Its directory, then a flush of its disk that begins now (a fresh ticket):
+        a hung disk answers neither."""
+        self._check_root()
+        group = self.packs.group
+        group.sync(group.note_write())
+
     def collect_temporaries(self, older_than: float) -> int:
         removed = 0
         try:

@@ -76,6 +76,9 @@ class MemoryShardStore:
     def sync(self) -> None:
         pass
 
+    def probe(self) -> None:
+        """Memory always answers."""
+
     def collect_temporaries(self, older_than: float) -> int:
         return 0
 

@@ -104,6 +104,11 @@ class ShardStore(Protocol):
         them may be lost, whatever other callers' writes since. A caller deletes
         and syncs in one thread (gc, repair)."""
 
+    def probe(self) -> None:
+        """Return once the node answers: its directory is there and a flush of its disk
+        ends. Raises StorageError if either fails. Asked only of a node that did not
+        answer within its deadline (vault/deadline.py), so it may block as long."""
+
     def collect_temporaries(self, older_than: float) -> int:
         """Remove uncommitted leftovers last touched before `older_than` (epoch seconds)."""
 

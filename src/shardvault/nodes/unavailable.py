@@ -42,6 +42,9 @@ class UnavailableStore:
     def sync(self) -> None:
         """Nothing was ever committed here, so nothing is owed."""
 
+    def probe(self) -> NoReturn:
+        self._refuse()
+
     def collect_temporaries(self, older_than: float) -> NoReturn:
         self._refuse()
 

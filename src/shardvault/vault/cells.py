@@ -45,6 +45,12 @@ class Cell:
             return UnavailableStore(node_id, "it is not in the configuration")
         return found
 
+    def replace_store(self, store: ShardStore) -> None:
+        """Put a node's store in place of the one it had (a node that hung or came back:
+        vault/deadline.py); placement sees it at the next put."""
+        self.stores[store.node_id] = store
+        self._placeable = None
+
     def usable_stores(self) -> dict[str, ShardStore]:
         """The stores that could be opened: maintenance skips the others."""
         return {

@@ -23,7 +23,6 @@ import functools
 import math
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import BinaryIO, TypeVar
 
 from shardvault.allocator import tune_allocator
@@ -67,6 +66,7 @@ from shardvault.objectid import minted_at, new_object_id
 from shardvault.placement import place_stripe, placement_seed
 from shardvault.policy import Action
 from shardvault.vault.cells import CatalogFactory, Cell, open_cells, open_custodian, sqlite_catalogs
+from shardvault.vault.deadline import IoThreads, NodeDeadline
 from shardvault.vault.gc import GcReport, collect_cell, collect_claimed
 from shardvault.vault.reader import ObjectReader
 from shardvault.vault.repair import RepairReport, repair_cell
@@ -131,9 +131,9 @@ class Vault:
         self.code = ErasureCode(config.k, config.m)
         self._clock = clock
         self._on_step = on_step
-        self._pool = ThreadPoolExecutor(
-            max_workers=max(8, 2 * self.code.n), thread_name_prefix="shardvault-io"
-        )
+        # shard I/O threads: none waits behind one a hung disk holds (vault/deadline.py)
+        self._pool = IoThreads("shardvault-io")
+        self.deadline = NodeDeadline(config.node_timeout, list(cells.values()))
 
     @classmethod
     def open(
@@ -179,7 +179,10 @@ class Vault:
         return vault
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True)
+        """Close every store and catalog. Threads stuck on a node that hung are not
+        waited for (nor its store closed under them): the process's exit ends them."""
+        self.deadline.close()
+        self._pool.shutdown(wait=not self.deadline.any_hung())
         for cell in self.cells.values():
             cell.catalog.close()
             for store in cell.stores.values():
@@ -469,6 +472,7 @@ class Vault:
             segment_size=self.config.segment_size,
             pool=self._pool,
             on_step=self._on_step,
+            deadline=self.deadline,
         )
         try:
             written = writer.write(source, progress)

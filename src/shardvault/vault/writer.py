@@ -5,14 +5,20 @@ I/O pool writes segment i-1 (file writes release the GIL, so this uses the
 second core; hashing stays here because BLAKE3 convoys behind the GIL when
 handed to threads). At most two segments are in flight, so memory stays
 bounded whatever the object's size. A small object is written in the calling
-thread. Nothing becomes visible until every shard is committed; on any failure
-all shards written so far are removed.
+thread, but its shards are committed and made durable on one I/O thread, which
+the caller waits for no longer than the nodes' deadline (vault/deadline.py): a
+node whose disk hangs fails the put, named, and is marked unavailable. Nothing
+becomes visible until every shard is committed; on any failure all shards
+written so far are removed (those of a put that gave up on a hung node once the
+node's call returns, since its thread may still be using them).
 """
 
 from __future__ import annotations
 
 import io
 import select
+import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, Future, wait
 from dataclasses import dataclass
@@ -24,6 +30,7 @@ from shardvault.codec.segment import TAG_BYTES, SegmentCipher
 from shardvault.codec.shardfile import ShardHeader
 from shardvault.errors import InvalidInput
 from shardvault.nodes.port import ShardStore, ShardWriter, shard_name
+from shardvault.vault.deadline import NodeDeadline
 
 INLINE_BLOCK = 64 << 10
 StepHook = Callable[[str], None]
@@ -113,18 +120,20 @@ def _wait_readable(source: BinaryIO) -> None:
     poller.poll()
 
 
-def _wait_all(futures: list[Future[bytes]]) -> list[bytes]:
-    """Results in order; the first failure is raised after all have finished."""
-    results: list[bytes] = []
-    error: BaseException | None = None
+def _when_all_done(futures: list[Future[bytes]], then: Callable[[], None]) -> None:
+    """Call ``then`` once every future is done, in the thread that finishes the last."""
+    left = [len(futures)]
+    lock = threading.Lock()
+
+    def one_done(_: Future[bytes]) -> None:
+        with lock:
+            left[0] -= 1
+            last = left[0] == 0
+        if last:
+            then()
+
     for future in futures:
-        try:
-            results.append(future.result())
-        except BaseException as exc:
-            error = error or exc
-    if error is not None:
-        raise error
-    return results
+        future.add_done_callback(one_done)
 
 
 class ShardSetWriter:
@@ -141,6 +150,7 @@ class ShardSetWriter:
         segment_size: int,
         pool: Executor,
         on_step: StepHook,
+        deadline: NodeDeadline | None = None,
     ) -> None:
         self._stores = stores
         self._names = [shard_name(object_id, version, index) for index in range(len(stores))]
@@ -160,7 +170,12 @@ class ShardSetWriter:
         )
         self._writers: list[ShardWriter] = []
         self._committed: list[int] = []
-        self._in_flight: list[Future[bytes]] = []
+        self._in_flight: list[Future[bytes]] = []  # one per shard, in shard order
+        self._finishing: list[Future[bytes]] = []  # the task that commits or syncs them all
+        self._deadline = deadline
+        self._at = 0  # the shard the finishing task is at: the node named if it hangs
+        self._abandoned = False  # the put gave up: the finishing task stops
+        self._timed_out = False  # it gave up on a node: discard does not wait again
 
     def write(
         self, source: BinaryIO | memoryview, progress: Progress | None = None
@@ -184,7 +199,7 @@ class ShardSetWriter:
             sealed = self._cipher.seal(segments, segment)
             blocks = self._code.encode(sealed)
             hashes.extend(block_hash(block) for block in blocks)
-            _wait_all(in_flight)
+            self._wait_each(in_flight)
             if segments == 0 and filled < self._segment_size and len(blocks[0]) <= INLINE_BLOCK:
                 # A small object: n tiny writes cost less here than handed to threads.
                 for writer, block in zip(self._writers, blocks, strict=True):
@@ -202,7 +217,7 @@ class ShardSetWriter:
                 progress(filled)
             if filled < self._segment_size:
                 break
-        _wait_all(in_flight)
+        self._wait_each(in_flight)
         self._on_step("shards-written")
         self._commit_all(inline=segments == 1 and last_block <= INLINE_BLOCK)
         self._on_step("shards-committed")
@@ -224,26 +239,95 @@ class ShardSetWriter:
         concurrent puts' appends too (shardvault.durability). Each writer waits
         for its own shard, not the store for its latest: a flush that failed for
         this put's append is seen even if another put's later flush succeeded.
+        The syncs (and a small object's commits) run as one task on an I/O
+        thread: one hand-off per put, not per shard, and the caller's wait for a
+        node is bounded (`_wait_finishing`).
         """
-
-        def commit(index: int) -> bytes:
-            self._writers[index].commit(durable=False)
-            self._committed.append(index)
-            return b""
-
         if inline:
+            self._wait_finishing(self._pool.submit(self._finish, True))
+            return
+        self._in_flight = [
+            self._pool.submit(self._commit, index) for index in range(len(self._writers))
+        ]
+        self._wait_each(self._in_flight)
+        self._wait_finishing(self._pool.submit(self._finish, False))
+
+    def _commit(self, index: int) -> bytes:
+        self._writers[index].commit(durable=False)
+        self._committed.append(index)
+        return b""
+
+    def _finish(self, commit: bool) -> bytes:
+        """Commit each shard if asked (a small object: n appends cost less than n
+        hand-offs), then sync each; stops if the put gave up meanwhile."""
+        if commit:
             for index in range(len(self._writers)):
-                commit(index)
-        else:
-            _wait_all([self._pool.submit(commit, index) for index in range(len(self._writers))])
-        for writer in self._writers:  # the first runs the flush that covers the rest
+                self._at = index
+                if self._abandoned:
+                    return b""
+                self._commit(index)
+        for index, writer in enumerate(self._writers):  # the first flush covers the rest
+            self._at = index
+            if self._abandoned:
+                return b""
             writer.sync()
+        return b""
+
+    def _seconds(self) -> float | None:
+        return None if self._deadline is None else self._deadline.seconds
+
+    def _expired(self, index: int) -> BaseException:
+        assert self._deadline is not None
+        self._timed_out = True
+        return self._deadline.expired(self._stores[index].node_id)
+
+    def _wait_finishing(self, task: Future[bytes]) -> None:
+        self._finishing = [task]
+        try:
+            task.result(timeout=self._seconds())
+        except TimeoutError:
+            if task.done():  # the task's own TimeoutError
+                raise
+            raise self._expired(self._at) from None
+
+    def _wait_each(self, futures: list[Future[bytes]]) -> None:
+        """Wait for one task per shard, in shard order, until the nodes' deadline at most;
+        the first failure is raised once all have finished."""
+        seconds = self._seconds()
+        end = None if seconds is None else time.monotonic() + seconds
+        error: BaseException | None = None
+        for index, future in enumerate(futures):
+            try:
+                future.result(timeout=None if end is None else max(0.0, end - time.monotonic()))
+            except TimeoutError:
+                if not future.done():
+                    raise self._expired(index) from None
+                error = error or future.exception()
+            except BaseException as exc:
+                error = error or exc
+        if error is not None:
+            raise error
 
     def discard(self) -> None:
-        """Remove every shard of this version, committed or not (best effort)."""
-        # a block still being written (the source failed meanwhile) must finish
-        # before its file is aborted, or the write lands on a closed descriptor
-        wait(self._in_flight)
+        """Remove every shard of this version, committed or not (best effort).
+
+        A block still being written (the source failed meanwhile) must finish
+        before its file is aborted, or the write lands on a closed descriptor.
+        One a hung disk holds past the deadline keeps its shards: they are removed
+        when it returns (or, if the process ends first, by gc as orphans).
+        """
+        self._abandoned = True
+        running = [task for task in (*self._in_flight, *self._finishing) if not task.done()]
+        if running:
+            _, stuck = wait(running, timeout=0.0 if self._timed_out else self._seconds())
+            if stuck:
+                _when_all_done(running, self._discard_now)
+                return
+        self._discard_now()
+
+    def _discard_now(self) -> None:
+        if self._deadline is not None and self._deadline.closed:
+            return  # the vault closed its stores meanwhile: gc takes the shards as orphans
         for index, writer in enumerate(self._writers):
             try:
                 writer.abort()

@@ -1,0 +1,140 @@
+"""A node whose disk hangs costs a bounded wait (storage.node_timeout), then is routed around.
+
+The hung disk is a stand-in (`HungDisk`): the node's flushes and reads block on an
+Event until the test releases it, as a dying disk's or a hard-mounted NFS share's
+never return. Only that node's: the test's nodes share one filesystem, so its
+pack set gets a group sync of its own (a real node has its own disk).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conftest import make_deployment, manifest_of
+from shardvault.config import load
+from shardvault.durability import GroupSync
+from shardvault.errors import NotFound, StorageError
+from shardvault.model import ObjectRef
+from shardvault.nodes.localdir import LocalDirShardStore
+from shardvault.placement import place_stripe, placement_seed
+from shardvault.vault import Vault
+
+DEADLINE = 0.5
+SPARE = """
+[[nodes]]
+id = "us-n7"
+jurisdiction = "US"
+facility = "us-fac-1"
+backend = "local"
+path = "nodes/US/us-n7"
+"""
+
+
+class HungDisk:
+    """A stand-in for a hung disk under one node: its flushes and preads never return
+    until `release` is set; `entered` says a call has reached it."""
+
+    def __init__(self, store: LocalDirShardStore, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.release = threading.Event()
+        self.entered = threading.Event()
+        shared = store.packs.group
+        store.packs.group = GroupSync(lambda: self._block(shared), f"disk of {store.node_id}")
+        real_pread = os.pread
+        root = f"{store.root}/"
+
+        def pread(fd: int, length: int, offset: int) -> bytes:
+            if os.readlink(f"/proc/self/fd/{fd}").startswith(root):
+                self._block(None)
+            return real_pread(fd, length, offset)
+
+        monkeypatch.setattr(os, "pread", pread)
+
+    def _block(self, shared: GroupSync | None) -> None:
+        self.entered.set()
+        self.release.wait()
+        if shared is not None:
+            shared.sync(shared.note_write())
+
+
+@pytest.fixture
+def spare_vault(tmp_path: Path) -> Iterator[Vault]:
+    """A packed deployment whose US cell has a seventh node, and a short deadline."""
+
+    def edit(text: str) -> str:
+        return text.replace("k = 4\n", f"k = 4\nnode_timeout = {DEADLINE}\n", 1) + SPARE
+
+    config_path = make_deployment(tmp_path / "deploy", pack_limit=64 << 10, edit=edit)
+    (tmp_path / "deploy" / "nodes" / "US" / "us-n7").mkdir()
+    with Vault.open(load(config_path)) as vault:
+        vault.register_subject("intl", "alice", "US")
+        vault.register_subject("intl", "bob", "SG")
+        yield vault
+
+
+def first_node(vault: Vault, ref: ObjectRef) -> str:
+    cell = vault.cells["US"]
+    return place_stripe(placement_seed(ref), cell.placeable_nodes(), "US", 4, 2)[0].id
+
+
+def hang(vault: Vault, node: str, monkeypatch: pytest.MonkeyPatch) -> HungDisk:
+    store = vault.cells["US"].stores[node]
+    assert isinstance(store, LocalDirShardStore)
+    return HungDisk(store, monkeypatch)
+
+
+def test_a_put_to_a_hung_node_fails_within_the_deadline_and_later_puts_go_around_it(
+    spare_vault: Vault, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the put waited for the node's flush for ever, and so did every later put placed there
+    vault, cell = spare_vault, spare_vault.cells["US"]
+    ref = ObjectRef("intl", "alice", "first")
+    hung = first_node(vault, ref)
+    disk = hang(vault, hung, monkeypatch)
+    try:
+        started = time.monotonic()
+        with pytest.raises(StorageError, match=f"^node {hung}: no answer within 0.5 s "):
+            vault.put(ref, b"x" * 1000)
+        assert time.monotonic() - started < DEADLINE + 3
+        assert disk.entered.is_set()
+        with pytest.raises(NotFound):  # nothing was committed
+            vault.get(ref)
+        assert cell.unavailable_nodes() == [hung]
+        usage = {u.node.id: u.unavailable for u in vault.node_usage()}
+        assert "no answer within 0.5 s" in usage[hung]
+        for i in range(6):  # placed around it while the cell has six others
+            other = ObjectRef("intl", "alice", f"k{i}")
+            vault.put(other, other.key.encode())
+            assert hung not in manifest_of(vault, other).nodes
+            assert vault.get(other) == other.key.encode()
+        elsewhere = ObjectRef("intl", "bob", "sg")  # another cell, meanwhile
+        vault.put(elsewhere, b"sg data")
+        assert vault.get(elsewhere) == b"sg data"
+        probe = vault.deadline.probes[hung]
+    finally:
+        disk.release.set()
+    probe.join(10)  # the hang ended: the next probe answers
+    assert not probe.is_alive() and cell.unavailable_nodes() == []
+    vault.put(ref, b"y" * 1000)  # placed on it again
+    assert hung in manifest_of(vault, ref).nodes and vault.get(ref) == b"y" * 1000
+
+
+def test_a_vault_closes_without_waiting_for_a_thread_stuck_on_a_hung_node(
+    spare_vault: Vault, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ref = ObjectRef("intl", "alice", "first")
+    disk = hang(spare_vault, first_node(spare_vault, ref), monkeypatch)
+    try:
+        with pytest.raises(StorageError, match="no answer within"):
+            spare_vault.put(ref, b"x")
+        closing = threading.Thread(target=spare_vault.close)
+        closing.start()
+        closing.join(10)
+        assert not closing.is_alive(), "close waited for the hung disk"
+    finally:
+        disk.release.set()

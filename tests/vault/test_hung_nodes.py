@@ -124,6 +124,40 @@ def test_a_put_to_a_hung_node_fails_within_the_deadline_and_later_puts_go_around
     assert hung in manifest_of(vault, ref).nodes and vault.get(ref) == b"y" * 1000
 
 
+def test_a_get_reads_around_a_node_that_hangs_within_the_deadline(
+    spare_vault: Vault, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the reader waited for the node's block for ever, on a thread of the shared pool
+    vault, cell = spare_vault, spare_vault.cells["US"]
+    large, small = ObjectRef("intl", "alice", "large"), ObjectRef("intl", "alice", "small")
+    data = os.urandom(300_000)  # several segments: its blocks are read on I/O threads
+    vault.put(large, data)
+    vault.put(small, b"small")
+    hung = manifest_of(vault, large).nodes[0]  # a data shard: read first
+    disk = hang(vault, hung, monkeypatch)
+    try:
+        started = time.monotonic()
+        with vault.open_read(large) as reader:
+            assert reader.read_all() == data
+        assert time.monotonic() - started < DEADLINE + 3
+        assert disk.entered.is_set()
+        assert [(d.segment, d.node) for d in reader.damage] == [(0, hung)]  # asked once
+        assert "no answer within 0.5 s" in reader.damage[0].reason
+        assert cell.unavailable_nodes() == [hung]
+        if hung in manifest_of(vault, small).nodes:  # read in the caller: routed around now
+            assert vault.get(small) == b"small"
+        elsewhere = ObjectRef("intl", "bob", "sg")  # another cell, meanwhile
+        vault.put(elsewhere, data)
+        assert vault.get(elsewhere) == data
+        probe = vault.deadline.probes[hung]
+    finally:
+        disk.release.set()
+    probe.join(10)
+    assert not probe.is_alive() and cell.unavailable_nodes() == []
+    with vault.open_read(large) as reader:
+        assert reader.read_all() == data and reader.damage == []
+
+
 def test_a_vault_closes_without_waiting_for_a_thread_stuck_on_a_hung_node(
     spare_vault: Vault, monkeypatch: pytest.MonkeyPatch
 ) -> None:

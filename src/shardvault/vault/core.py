@@ -664,6 +664,7 @@ class Vault:
             stores=[cell.store(node_id) for node_id in manifest.nodes],
             code=code,
             pool=self._pool,
+            deadline=self.deadline,
         )
         try:
             subject_key = self._subject_key(subject, access)

@@ -13,6 +13,12 @@ key: the vault hands over the cipher (`unlock`) only once the access's audit
 entry is durable and the custodian has released the key, so reading and
 verifying shards overlaps that wait. Each shard's header is read with its first
 block, in one read.
+
+A block fetched on an I/O thread is waited for until the nodes' deadline at most
+(vault/deadline.py): a node whose disk hangs is then marked unavailable, its
+shard counted as an erasure, and another read. A small object's shards are read
+in the calling thread (a hand-off would cost more than the reads), so only a
+node already marked is routed around there.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass
+from typing import TypeAlias
 
 from shardvault.catalog.port import DamageRecord
 from shardvault.codec.erasure import ErasureCode
@@ -33,6 +40,7 @@ from shardvault.errors import IntegrityError, NotFound, ShardvaultError
 from shardvault.manifest import Manifest
 from shardvault.model import ObjectInfo
 from shardvault.nodes.port import ShardReader, ShardStore, shard_name
+from shardvault.vault.deadline import NodeDeadline
 from shardvault.vault.views import info_of
 
 INLINE_BLOCK = 64 << 10
@@ -44,6 +52,9 @@ class _Fetched:
     index: int
     block: bytes | None
     reason: str = ""
+
+
+_Pending: TypeAlias = "Future[_Fetched] | _Fetched"
 
 
 def _open_shard(
@@ -99,6 +110,7 @@ class ObjectReader:
         stores: list[ShardStore],
         code: ErasureCode,
         pool: Executor,
+        deadline: NodeDeadline | None = None,
     ) -> None:
         self.damage: list[DamageRecord] = []
         self._manifest = manifest
@@ -106,6 +118,7 @@ class ObjectReader:
         self._stores = stores
         self._code = code
         self._pool = pool
+        self._deadline = deadline
         self._handles: dict[int, _ShardHandle] = {}
         self._handles_lock = threading.Lock()
         self._bad: set[int] = set()
@@ -212,9 +225,9 @@ class ObjectReader:
             return self._fetch_whole(index)
         return self._pool.submit(self._fetch, segment, index)
 
-    def _start(self, segment: int) -> list[Future[_Fetched] | _Fetched]:
+    def _start(self, segment: int) -> list[tuple[int, _Pending]]:
         wanted = [i for i in range(self._manifest.n) if i not in self._bad][: self._code.k]
-        return [self._submit(segment, index) for index in wanted]
+        return [(index, self._submit(segment, index)) for index in wanted]
 
     def _note_damage(self, segment: int, fetched: _Fetched) -> None:
         """Record the damage; a shard unusable for the rest of the object is not read again.
@@ -237,13 +250,32 @@ class ObjectReader:
             )
         )
 
-    def _collect(self, segment: int, started: list[Future[_Fetched] | _Fetched]) -> list[bytes]:
+    def _waited(self, pending: list[tuple[int, _Pending]]) -> Iterator[_Fetched]:
+        """Each fetch's result, waiting for a node until the deadline at most: a node
+        past it is marked hung (vault/deadline.py) and its shard is an erasure."""
+        seconds = None if self._deadline is None else self._deadline.seconds
+        end = None if seconds is None else time.monotonic() + seconds
+        for index, item in pending:
+            if isinstance(item, _Fetched):
+                yield item
+                continue
+            try:
+                yield item.result(None if end is None else max(0.0, end - time.monotonic()))
+            except TimeoutError:
+                if item.done():  # the fetch's own TimeoutError
+                    raise
+                assert self._deadline is not None
+                item.cancel()
+                self._bad.add(index)  # not asked again for the rest of the object
+                hung = self._deadline.expired(self._manifest.nodes[index])
+                yield _Fetched(index, None, f"unreadable: {hung}")
+
+    def _collect(self, segment: int, started: list[tuple[int, _Pending]]) -> list[bytes]:
         good: dict[int, bytes] = {}
         tried: set[int] = set()
         pending = started
         while True:
-            for item in pending:
-                fetched = item if isinstance(item, _Fetched) else item.result()
+            for fetched in self._waited(pending):
                 tried.add(fetched.index)
                 if fetched.block is None:
                     self._note_damage(segment, fetched)
@@ -260,7 +292,7 @@ class ObjectReader:
                     "bring its unavailable nodes back ('shardvault nodes'), or restore it "
                     "from a backup"
                 )
-            pending = [self._submit(segment, i) for i in spare[:missing]]
+            pending = [(i, self._submit(segment, i)) for i in spare[:missing]]
 
     def __iter__(self) -> Iterator[bytes]:
         manifest, cipher = self._manifest, self._cipher
@@ -292,7 +324,7 @@ class ObjectReader:
         return b"".join(self)
 
     def close(self) -> None:
-        for item in self._first:  # a refused read need not finish its prefetch
+        for _, item in self._first:  # a refused read need not finish its prefetch
             if isinstance(item, Future):
                 item.cancel()
         with self._handles_lock:

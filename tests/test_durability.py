@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -509,3 +510,22 @@ def test_failures_in_a_row_are_kept_as_one_range() -> None:
             group.sync(ticket)
     group.sync(group.note_write())
     group.close()
+
+
+def test_a_background_flush_stuck_on_a_hung_disk_does_not_hold_up_exit(tmp_path: Path) -> None:
+    """The flush pool's threads were joined at exit, so a process whose background
+    fdatasync never returned (a hung disk: stood in for by a patched fdatasync that
+    waits for ever) could not exit after its put had given up on the node."""
+    child = f"""
+import os, threading
+from shardvault import durability
+stuck = threading.Event()
+os.fdatasync = lambda fd: stuck.wait()  # a hung disk, for this child process only
+fd = os.open({str(tmp_path / "shard")!r}, os.O_CREAT | os.O_WRONLY, 0o600)
+assert durability._start_flush(fd) is not None
+print("flushing", flush=True)
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", child], capture_output=True, text=True, timeout=30, check=False
+    )
+    assert (done.returncode, done.stdout) == (0, "flushing\n"), done.stderr

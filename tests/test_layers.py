@@ -37,6 +37,7 @@ LOWER = [
     "catalog",
     "directory.py",
     "durability.py",
+    "io_threads.py",
     "allocator.py",
 ]
 UPPER = ("shardvault.vault", "shardvault.cli", "shardvault.governance")

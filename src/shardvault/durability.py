@@ -21,11 +21,12 @@ import secrets
 import shutil
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
 from shardvault.errors import InvalidInput, ShardvaultError, StorageError
+from shardvault.io_threads import IoThreads
 from shardvault.model import named
 
 
@@ -416,17 +417,19 @@ def filesystem_sync(path: Path) -> GroupSync:
     return found
 
 
-_flush_pool: ThreadPoolExecutor | None = None
+_flush_pool: IoThreads | None = None
 _flush_pool_lock = threading.Lock()
 _FLUSH_THREADS = 8
 _flush_slots = threading.BoundedSemaphore(_FLUSH_THREADS)  # pool threads not flushing
 
 
-def _background_pool() -> ThreadPoolExecutor:
+def _background_pool() -> IoThreads:
+    """Daemon threads: a flush stuck on a hung disk must not hold up the process's exit
+    (the writer's own closing fsync is what its durability rests on)."""
     global _flush_pool
     with _flush_pool_lock:
         if _flush_pool is None:
-            _flush_pool = ThreadPoolExecutor(_FLUSH_THREADS, "shardvault-writeback")
+            _flush_pool = IoThreads("shardvault-writeback")
         return _flush_pool
 
 

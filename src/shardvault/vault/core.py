@@ -46,6 +46,7 @@ from shardvault.errors import (
 )
 from shardvault.governance.guard import Access, Governance
 from shardvault.governance.receipts import Forgotten, make_receipt
+from shardvault.io_threads import IoThreads
 from shardvault.keys import hierarchy
 from shardvault.keys.port import KeyCustodian, KeyScope
 from shardvault.manifest import Manifest
@@ -66,7 +67,7 @@ from shardvault.objectid import minted_at, new_object_id
 from shardvault.placement import place_stripe, placement_seed
 from shardvault.policy import Action
 from shardvault.vault.cells import CatalogFactory, Cell, open_cells, open_custodian, sqlite_catalogs
-from shardvault.vault.deadline import IoThreads, NodeDeadline
+from shardvault.vault.deadline import NodeDeadline
 from shardvault.vault.gc import GcReport, collect_cell, collect_claimed
 from shardvault.vault.reader import ObjectReader
 from shardvault.vault.repair import RepairReport, repair_cell

@@ -1,0 +1,93 @@
+"""Threads for I/O that may never return: none waits behind another, none holds up exit.
+
+A call into a hung disk (an fdatasync, pread or open on a dying disk or a
+hard-mounted NFS share) cannot be interrupted, so the thread in it is lost
+until the disk answers. A bounded pool fills with such threads and every later
+task queues behind them; a non-daemon thread makes the process's exit wait for
+the disk. `IoThreads` has neither problem.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable
+from concurrent.futures import Executor, Future
+from typing import ParamSpec, TypeVar
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+_IDLE_SECONDS = 60.0  # an idle I/O thread ends after this long
+_Task = tuple[Future[object], Callable[..., object], tuple[object, ...], dict[str, object]]
+
+
+class IoThreads(Executor):
+    """Threads for shard I/O: a task never waits for a thread a hung disk holds.
+
+    A thread is started whenever none is idle: a bounded pool filled with threads
+    stuck on one node, and every put and get of every cell then queued behind
+    them. The callers bound the number: each waits for its own few tasks, and no
+    new task goes to a node once it is marked hung. Idle threads are reused (no
+    hand-off is added to what a bounded pool costs) and end after a minute.
+    Daemon threads: one stuck on a hung disk must not hold up the process's exit.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._tasks: queue.SimpleQueue[_Task | None] = queue.SimpleQueue()
+        self._idle = threading.Semaphore(0)  # one per idle thread no task has claimed
+        self._lock = threading.Lock()  # guards _threads and _shut: not taken per task
+        self._threads: set[threading.Thread] = set()
+        self._shut = False
+
+    def submit(self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> Future[_T]:
+        if self._shut:
+            raise RuntimeError("cannot schedule new futures after shutdown")
+        future: Future[_T] = Future()
+        self._tasks.put((future, fn, args, kwargs))  # type: ignore[arg-type]
+        if not self._idle.acquire(blocking=False):
+            self._start_thread()
+        return future
+
+    def _start_thread(self) -> None:
+        with self._lock:
+            thread = threading.Thread(
+                target=self._work, name=f"{self._name}-{len(self._threads)}", daemon=True
+            )
+            self._threads.add(thread)
+        thread.start()
+
+    def _work(self) -> None:
+        while True:
+            try:
+                task = self._tasks.get(timeout=_IDLE_SECONDS)
+            except queue.Empty:
+                if self._idle.acquire(blocking=False):  # nobody counts on this thread: end
+                    break
+                continue  # a task was promised to an idle thread: it is on its way
+            if task is None:
+                break
+            future, fn, args, kwargs = task
+            del task
+            if future.set_running_or_notify_cancel():
+                try:
+                    result = fn(*args, **kwargs)
+                except BaseException as exc:
+                    future.set_exception(exc)
+                else:
+                    future.set_result(result)
+            del future, fn, args, kwargs
+            self._idle.release()
+        with self._lock:
+            self._threads.discard(threading.current_thread())
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Stop taking tasks; with ``wait``, wait for those running (none may be stuck)."""
+        with self._lock:
+            self._shut = True
+            threads = list(self._threads)
+        for _ in threads:
+            self._tasks.put(None)
+        if wait:
+            for thread in threads:
+                thread.join()

@@ -8,6 +8,7 @@ by path; tests/vault/test_packs.py covers the packed layout the demo uses.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -108,3 +109,20 @@ def synced_directories(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
 
     monkeypatch.setattr(durability, "fsync_directory", record)
     return synced
+
+
+class Flushes:
+    """A flush that counts itself and can be told to fail once: a stand-in for a disk's
+    write-back error."""
+
+    def __init__(self, seconds: float = 0.0) -> None:
+        self.count = 0
+        self.fail_next = False
+        self.seconds = seconds
+
+    def __call__(self) -> None:
+        self.count += 1
+        time.sleep(self.seconds)
+        if self.fail_next:
+            self.fail_next = False
+            raise OSError(5, "Input/output error")

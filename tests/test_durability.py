@@ -21,6 +21,7 @@ from tests.interrupts import (
     wait_for,
 )
 
+from conftest import Flushes
 from shardvault import durability
 from shardvault.durability import (
     BackgroundFlush,
@@ -33,22 +34,6 @@ from shardvault.errors import StorageError
 from shardvault.nodes import localdir
 from shardvault.nodes.localdir import WRITEBACK_CHUNK, LocalDirShardStore
 from shardvault.nodes.port import shard_name
-
-
-class Flushes:
-    """A flush that counts itself and can be told to fail."""
-
-    def __init__(self, seconds: float = 0.0) -> None:
-        self.count = 0
-        self.fail_next = False
-        self.seconds = seconds
-
-    def __call__(self) -> None:
-        self.count += 1
-        time.sleep(self.seconds)
-        if self.fail_next:
-            self.fail_next = False
-            raise OSError(5, "Input/output error")
 
 
 def test_noting_writes_does_not_flush_and_one_sync_covers_them_all() -> None:

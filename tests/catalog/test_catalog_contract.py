@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from tests.interrupts import Interrupted, interrupts_on_sigusr1
 
+from conftest import Flushes
 from shardvault.catalog import sqlite as sqlite_module
 from shardvault.catalog.memory import MemoryCatalog
 from shardvault.catalog.port import (
@@ -870,13 +871,7 @@ def test_sqlite_a_write_made_while_a_flush_failed_is_never_called_durable(
     flush, which succeeded, acknowledged it."""
     catalog = SqliteCatalog(tmp_path / "c.sqlite")
     catalog.add_subject(subject())
-    fail_next = []
-
-    def flush() -> None:  # stands in for a write-back error of the catalog's disk
-        if fail_next:
-            fail_next.clear()
-            raise OSError(5, "Input/output error")
-
+    flush = Flushes()  # a write-back error of the catalog's disk, when told
     group = GroupSync(flush, "test")
     catalog._wal_sync = group
     other = group.note_write()  # another caller's write, whose flush will fail
@@ -885,7 +880,8 @@ def test_sqlite_a_write_made_while_a_flush_failed_is_never_called_durable(
 
     def during(statement: str) -> None:  # as the write is made, the other flush fails
         if not statement.startswith("SELECT") and not failed:
-            failed.append(fail_next.append(True))
+            failed.append(True)
+            flush.fail_next = True
             with pytest.raises(StorageError):
                 group.sync(other)
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import Flushes
 from shardvault.durability import GroupSync
 from shardvault.errors import NotFound, StorageError
 from shardvault.nodes import packs
@@ -1011,18 +1012,6 @@ def test_a_compaction_on_a_read_only_disk_does_nothing_rather_than_fail(
     assert packset(tmp_path).compact().packs == 0
 
 
-class FailingFlush:
-    """A flush standing in for a disk's write-back error: fails when told, once."""
-
-    def __init__(self) -> None:
-        self.fail_next = False
-
-    def __call__(self) -> None:
-        if self.fail_next:
-            self.fail_next = False
-            raise OSError(5, "Input/output error")
-
-
 @pytest.mark.parametrize("operation", ["put", "delete"])
 def test_an_append_written_before_a_failed_flush_ended_is_never_called_durable(
     root: Path, monkeypatch: pytest.MonkeyPatch, operation: str
@@ -1030,7 +1019,7 @@ def test_an_append_written_before_a_failed_flush_ended_is_never_called_durable(
     """An append made while a flush ran (its pages may be the ones that failed) but
     noted only after the flush's failure was recorded took a ticket past the failed
     range, and the next flush, which succeeded, called it durable."""
-    flush = FailingFlush()
+    flush = Flushes()
     group = GroupSync(flush, "test")
     store = LocalDirShardStore("n", root)
     store.packs.group = group
@@ -1069,7 +1058,7 @@ def test_a_compaction_whose_copy_a_failed_flush_held_keeps_the_old_pack(
     assert writer.delete(name(1))  # a third of the pack dead: worth compacting
     writer.close()
     old = set((root / "packs").glob("*.pack"))
-    flush = FailingFlush()
+    flush = Flushes()
     group = GroupSync(flush, "test")
     collector = LocalDirShardStore("n", root)
     collector.packs.group = group

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SEGMENT, make_deployment, manifest_of
+from conftest import SEGMENT, Flushes, make_deployment, manifest_of
 from governance_support import forget_approved
 from shardvault.config import load
 from shardvault.durability import GroupSync
@@ -246,13 +246,7 @@ def test_gc_skips_a_node_where_a_flush_its_own_deletes_needed_failed(
     node = cell.nodes[0].id
     store = cell.store(node)
     assert isinstance(store, LocalDirShardStore)
-    failing = [False]
-
-    def flush() -> None:
-        if failing[0]:
-            failing[0] = False
-            raise OSError(5, "Input/output error")
-
+    flush = Flushes()
     group = GroupSync(flush, "test")
     store.packs.group = group
     orphans = [shard_name(bytes([i]) * 16, 1, 0) for i in (3, 4)]
@@ -265,7 +259,7 @@ def test_gc_skips_a_node_where_a_flush_its_own_deletes_needed_failed(
     def delete(name: str, location: str | None = None) -> bool:
         deleted = real_delete(name, location)
         if name == orphans[0]:  # another caller's flush then fails: this delete may be lost
-            failing[0] = True
+            flush.fail_next = True
             with pytest.raises(StorageError):
                 group.sync()
         return deleted

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import Flushes
 from shardvault.codec.erasure import ErasureCode
 from shardvault.codec.segment import SegmentBinding, SegmentCipher
 from shardvault.durability import GroupSync
@@ -180,13 +181,7 @@ def test_a_put_whose_append_a_flush_failed_for_fails_though_a_later_flush_succee
 ) -> None:
     """A store's latest write was all its sync waited for: another put's good flush
     hid the failed one that covered this put's append, and the put was acknowledged."""
-    failing = [False]
-
-    def flush() -> None:
-        if failing[0]:
-            failing[0] = False
-            raise OSError(5, "Input/output error")
-
+    flush = Flushes()
     group = GroupSync(flush, "test")
     stores = [LocalDirShardStore(f"n{i}", tmp_path / f"n{i}") for i in range(6)]
     for store in stores:
@@ -198,7 +193,7 @@ def test_a_put_whose_append_a_flush_failed_for_fails_though_a_later_flush_succee
         real_commit(writer, durable)
         if not interleaved:  # after this put's first append: a flush fails, another succeeds
             interleaved.append("done")
-            failing[0] = True
+            flush.fail_next = True
             with pytest.raises(StorageError):
                 group.sync()  # led by another caller on the disk, which is told
             other = stores[0].open_writer(shard_name(b"\x09" * 16, 1, 0))

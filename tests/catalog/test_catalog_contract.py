@@ -473,6 +473,21 @@ def test_replace_manifests_swaps_only_rows_still_holding_the_old_one(catalog: Ca
     assert (deleted.state, deleted.manifest) == (VersionState.DELETED, b"manifest-2")
 
 
+def test_subjects_with_keys_are_read_a_page_at_a_time(catalog: Catalog) -> None:
+    """What the custodian is told, once, of keys it wrapped before it recorded whose
+    they are: every live subject's key, in (tenant, subject) order, none forgotten."""
+    names = [("domestic", "zoe"), ("intl", "alice"), ("intl", "bob"), ("intl", "carol")]
+    for tenant, name in reversed(names):
+        catalog.add_subject(subject(name, tenant))
+    catalog.forget_subject("intl", "bob", 5.0)
+    seen, after = [], None
+    while page := catalog.subjects_with_keys(after, 2):
+        assert len(page) <= 2
+        seen += [(r.tenant, r.subject, r.key_id) for r in page]
+        after = (page[-1].tenant, page[-1].subject)
+    assert seen == [(t, n, "kid-" + n) for t, n in names if n != "bob"]
+
+
 def test_forget_subject(catalog: Catalog) -> None:
     catalog.add_subject(subject())
     catalog.add_subject(subject("bob"))

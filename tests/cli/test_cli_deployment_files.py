@@ -45,6 +45,8 @@ def refused(cli: Cli, target: Path | str) -> str:
         ("keys/keyring.json.lock", "a file of the deployment's keyring"),
         ("keys/keyring.destroyed.sqlite", "a file of the deployment's keyring"),
         ("keys/keyring.destroyed.sqlite-wal", "a file of the deployment's keyring"),
+        ("keys/keyring.subjects.sqlite", "a file of the deployment's keyring"),
+        ("keys/keyring.subjects.sqlite-journal", "a file of the deployment's keyring"),
         ("shardvault.toml", "the deployment's config file"),
         ("policy.toml", "the deployment's access policy"),
         ("partner/custodian-policy.toml", "the custodian's policy"),
@@ -138,7 +140,8 @@ def test_the_keyrings_files_are_named_exactly(
     source.write_bytes(b"payload\n")
     cli.ok("put", "intl", "alice", "k", str(source))
     keys = tmp_path / "demo" / "keys"
-    for name in (".keyring.json", ".keyring.json.lock", ".keyring.destroyed.sqlite"):
+    own = (".keyring.json", ".keyring.json.lock", ".keyring.destroyed.sqlite")
+    for name in (*own, ".keyring.subjects.sqlite"):
         assert (keys / name).exists()
         refused(cli, keys / name)
     for name in (".keyring.json.bak", "keyring.json", ".keyring.json2"):

@@ -7,8 +7,10 @@ refused read and leaves nothing behind.
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import replace
 from pathlib import Path
 
@@ -29,11 +31,18 @@ from shardvault.custodian_policy import (
     parse_custodian_policy,
 )
 from shardvault.demo import DEMO_CUSTODIAN_POLICY
-from shardvault.errors import AccessDenied, ApprovalRequired, ConfigError, NotFound
+from shardvault.errors import (
+    AccessDenied,
+    ApprovalRequired,
+    ConfigError,
+    NotFound,
+    SubjectForgotten,
+)
 from shardvault.governance.approvals import ApprovalBook
 from shardvault.governance.custodian_gate import custodian_gate
 from shardvault.keys import KeyOperation
 from shardvault.keys import port as keys
+from shardvault.keys.key_subjects import key_subjects_path
 from shardvault.keys.keyring import KeyringCustodian
 from shardvault.keys.tombstones import tombstones_path
 from shardvault.model import Justification, ObjectRef, RequestContext, local_context, new_request_id
@@ -320,6 +329,65 @@ def test_the_gate_wants_a_met_forget_approval_for_every_destroy(story: Vault) ->
             gate(DESTROY, scope, "kid", other)
     with pytest.raises(AccessDenied, match="refused the destroy"):
         gate(DESTROY, keys.KeyScope("domestic", "US"), "kid", replace(forget, approval_id=approval))
+
+
+def test_a_met_forget_approval_destroys_its_own_subjects_key_and_no_other(story: Vault) -> None:
+    """Found in review (docs/trust-model.md, known limits): the custodian checked a
+    destroy's approval for its requester, purpose, tenant, cell and action, not for the
+    key, so code of the operator's own holding a met approval to forget alice had the
+    custodian destroy bob's key, through the custodian's own API."""
+    bob_ref = ObjectRef("intl", "bob", "notes/b.txt")
+    bob = story.register_subject("intl", "bob", "US")
+    story.put(bob_ref, b"bob's note")
+    alice = story.cells["US"].catalog.get_subject("intl", "alice")
+    assert alice is not None
+    with pytest.raises(ApprovalRequired) as pending:
+        story.forget("intl", "alice")
+    approval = pending.value.approval_id
+    assert approval is not None
+    approve(story.governance, approval)
+    scope = keys.KeyScope("intl", "US")
+    forget = Justification("local-admin", "forget-subject", new_request_id(), "US", approval)
+    with pytest.raises(AccessDenied, match=r"refused the destroy \(custodian:key-subject\)"):
+        story.custodian.destroy(scope, bob.key_id, forget)
+    assert story.get(bob_ref) == b"bob's note"
+    story.custodian.destroy(scope, alice.key_id, forget)  # the key the approval is for
+    with pytest.raises(SubjectForgotten):
+        story.get(REF)
+
+
+def test_a_keyring_from_before_learns_its_keys_subjects_once_and_old_approvals_hold(
+    config_path: Path,
+) -> None:
+    """A keyring from before the custodian recorded whose key is whose (tombstones at
+    version 1, no key subjects): the first open names its keys' subjects from the
+    catalogs, and an approval asked and met before then destroys its own subject's key,
+    through a forget, and no other."""
+    config = load(config_path)
+    bob_ref = ObjectRef("intl", "bob", "notes/b.txt")
+    with Vault.open(config) as vault:
+        vault.register_subject("intl", "alice", "US")
+        bob = vault.register_subject("intl", "bob", "US")
+        vault.put(bob_ref, b"bob's note")
+        with pytest.raises(ApprovalRequired) as pending:
+            vault.forget("intl", "alice")
+        approval = pending.value.approval_id
+        assert approval is not None
+        approve(vault.governance, approval)
+    key_subjects_path(config.keyring_path).unlink()
+    with closing(sqlite3.connect(tombstones_path(config.keyring_path))) as db:
+        db.execute("PRAGMA user_version=1")
+    assert KeyringCustodian(config.keyring_path).needs_subjects()
+    with Vault.open(config) as vault:
+        assert not vault.custodian.needs_subjects()
+        forget = Justification("local-admin", "forget-subject", new_request_id(), "US", approval)
+        with pytest.raises(AccessDenied, match=r"\(custodian:key-subject\).*another subject"):
+            vault.custodian.destroy(keys.KeyScope("intl", "US"), bob.key_id, forget)
+        retry = RequestContext(
+            "local-admin", "forget-subject", new_request_id(), approval_id=approval
+        )
+        assert vault.forget("intl", "alice", retry).subject == "alice"
+        assert vault.get(bob_ref) == b"bob's note"
 
 
 def test_a_met_approval_of_a_read_does_not_destroy_a_key(story: Vault) -> None:

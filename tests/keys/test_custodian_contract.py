@@ -54,7 +54,7 @@ def make(request: pytest.FixtureRequest, tmp_path: Path) -> Factory:
 def test_wrap_unwrap_round_trip(make: Factory) -> None:
     custodian = make()
     key = hierarchy.new_key()
-    blob = custodian.wrap(US, "kid-1", key, WHY)
+    blob = custodian.wrap(US, "kid-1", key, WHY, subject="alice")
     assert key not in blob
     assert custodian.unwrap(US, "kid-1", blob, WHY) == key
     assert make().unwrap(US, "kid-1", blob, WHY) == key  # and after reopening
@@ -63,7 +63,8 @@ def test_wrap_unwrap_round_trip(make: Factory) -> None:
 def test_each_wrap_is_fresh(make: Factory) -> None:
     custodian = make()
     key = hierarchy.new_key()
-    assert custodian.wrap(US, "kid", key, WHY) != custodian.wrap(US, "kid", key, WHY)
+    first = custodian.wrap(US, "kid", key, WHY, subject="alice")
+    assert custodian.wrap(US, "kid", key, WHY, subject="alice") != first
 
 
 @pytest.mark.parametrize(
@@ -77,15 +78,16 @@ def test_each_wrap_is_fresh(make: Factory) -> None:
 )
 def test_blob_is_bound_to_scope_and_key_id(make: Factory, scope: KeyScope, key_id: str) -> None:
     custodian = make()
-    custodian.wrap(scope, "warm-up", hierarchy.new_key(), WHY)  # the other root exists too
-    blob = custodian.wrap(US, "kid-1", hierarchy.new_key(), WHY)
+    # the other root exists too
+    custodian.wrap(scope, "warm-up", hierarchy.new_key(), WHY, subject="alice")
+    blob = custodian.wrap(US, "kid-1", hierarchy.new_key(), WHY, subject="alice")
     with pytest.raises(KeyUnavailable, match="could not unwrap"):
         custodian.unwrap(scope, key_id, blob, WHY)
 
 
 def test_tampered_or_unknown_version_blob_is_refused(make: Factory) -> None:
     custodian = make()
-    blob = bytearray(custodian.wrap(US, "kid", hierarchy.new_key(), WHY))
+    blob = bytearray(custodian.wrap(US, "kid", hierarchy.new_key(), WHY, subject="alice"))
     blob[-1] ^= 1
     with pytest.raises(KeyUnavailable):
         custodian.unwrap(US, "kid", bytes(blob), WHY)
@@ -100,8 +102,8 @@ def test_tampered_or_unknown_version_blob_is_refused(make: Factory) -> None:
 def test_destroy_is_forever(make: Factory) -> None:
     custodian = make()
     key = hierarchy.new_key()
-    blob = custodian.wrap(US, "kid", key, WHY)
-    other = custodian.wrap(US, "kid-other", key, WHY)
+    blob = custodian.wrap(US, "kid", key, WHY, subject="alice")
+    other = custodian.wrap(US, "kid-other", key, WHY, subject="alice")
     custodian.destroy(US, "kid", WHY)
     for _ in range(2):
         with pytest.raises(SubjectForgotten, match="kid of intl/US was destroyed"):
@@ -110,21 +112,24 @@ def test_destroy_is_forever(make: Factory) -> None:
         make().unwrap(US, "kid", blob, WHY)
     # only that key: the same key id elsewhere and other keys still work
     assert custodian.unwrap(US, "kid-other", other, WHY) == key
-    elsewhere = custodian.wrap(KeyScope("intl", "SG"), "kid", key, WHY)
+    elsewhere = custodian.wrap(KeyScope("intl", "SG"), "kid", key, WHY, subject="alice")
     assert custodian.unwrap(KeyScope("intl", "SG"), "kid", elsewhere, WHY) == key
 
 
 def test_every_unwrap_shows_the_justification_to_the_gate(make: Factory) -> None:
     seen: list[tuple[KeyOperation, KeyScope, str, Justification]] = []
 
-    def gate(operation: KeyOperation, scope: KeyScope, key_id: str, why: Justification) -> None:
+    def gate(
+        operation: KeyOperation, scope: KeyScope, key_id: str, why: Justification
+    ) -> str | None:
         seen.append((operation, scope, key_id, why))
         if why.requester_jurisdiction == "CN":
             raise AccessDenied("custodian refuses foreign requests")
+        return "alice" if operation is KeyOperation.DESTROY else None  # its approval's
 
     custodian = make(gate)
     key = hierarchy.new_key()
-    blob = custodian.wrap(US, "kid", key, WHY)
+    blob = custodian.wrap(US, "kid", key, WHY, subject="alice")
     assert custodian.unwrap(US, "kid", blob, WHY) == key
     foreign = Justification("agency", "law-enforcement", "req-2", "CN")
     with pytest.raises(AccessDenied):
@@ -136,6 +141,48 @@ def test_every_unwrap_shows_the_justification_to_the_gate(make: Factory) -> None
         (KeyOperation.UNWRAP, US, "kid", foreign),
         (KeyOperation.DESTROY, US, "kid", WHY),
     ]
+
+
+def approving(subject: str | None) -> CustodianGate:
+    """A gate that allows everything; a destroy's approval names ``subject``."""
+
+    def gate(
+        operation: KeyOperation, scope: KeyScope, key_id: str, why: Justification
+    ) -> str | None:
+        return subject if operation is KeyOperation.DESTROY else None
+
+    return gate
+
+
+@pytest.mark.parametrize("named", ["bob", None], ids=["another-subject", "no-subject"])
+def test_a_destroy_is_done_only_for_the_subject_the_key_was_wrapped_for(
+    make: Factory, tmp_path: Path, named: str | None
+) -> None:
+    key = hierarchy.new_key()
+    blob = make().wrap(US, "kid", key, WHY, subject="alice")
+    before = keyring_files(tmp_path)
+    with pytest.raises(AccessDenied, match=r"refused the destroy \(custodian:key-subject\)") as no:
+        make(approving(named)).destroy(US, "kid", WHY)
+    assert no.value.rule == "custodian:key-subject"
+    assert keyring_files(tmp_path) == before
+    assert make().unwrap(US, "kid", blob, WHY) == key
+    make(approving("alice")).destroy(US, "kid", WHY)
+    with pytest.raises(SubjectForgotten):
+        make().unwrap(US, "kid", blob, WHY)
+    with pytest.raises(AccessDenied, match="holds no record of the subject"):
+        make(approving("alice")).destroy(US, "kid-never-wrapped", WHY)
+
+
+def test_a_key_id_keeps_the_subject_it_was_first_wrapped_for(make: Factory) -> None:
+    """Else wrapping bob's key id again "for alice" would let alice's forget destroy it."""
+    key = hierarchy.new_key()
+    blob = make().wrap(US, "kid", key, WHY, subject="bob")
+    make().wrap(US, "kid", key, WHY, subject="bob")  # the same subject's again: fine
+    with pytest.raises(AccessDenied, match=r"refused the wrap \(custodian:key-subject\)"):
+        make().wrap(US, "kid", key, WHY, subject="alice")
+    with pytest.raises(AccessDenied, match="custodian:key-subject"):
+        make(approving("alice")).destroy(US, "kid", WHY)
+    assert make().unwrap(US, "kid", blob, WHY) == key
 
 
 def refusing(*refused: KeyOperation) -> CustodianGate:
@@ -161,17 +208,17 @@ def keyring_files(tmp_path: Path) -> tuple[bytes | None, bytes | None]:
 def test_a_refused_wrap_creates_nothing(make: Factory, tmp_path: Path) -> None:
     custodian = make(refusing(KeyOperation.WRAP))
     with pytest.raises(AccessDenied, match="no wrap") as refused:
-        custodian.wrap(US, "kid", hierarchy.new_key(), WHY)
+        custodian.wrap(US, "kid", hierarchy.new_key(), WHY, subject="alice")
     assert refused.value.rule == "custodian:default-deny"
     assert keyring_files(tmp_path) == (None, None)  # not even the scope's root key
     # once the gate allows it, the same call works: the refusal left nothing half-made
-    blob = make().wrap(US, "kid", key := hierarchy.new_key(), WHY)
+    blob = make().wrap(US, "kid", key := hierarchy.new_key(), WHY, subject="alice")
     assert make().unwrap(US, "kid", blob, WHY) == key
 
 
 def test_a_refused_destroy_leaves_the_key_usable(make: Factory, tmp_path: Path) -> None:
     key = hierarchy.new_key()
-    blob = make().wrap(US, "kid", key, WHY)
+    blob = make().wrap(US, "kid", key, WHY, subject="alice")
     before = keyring_files(tmp_path)
     custodian = make(refusing(KeyOperation.DESTROY))
     with pytest.raises(AccessDenied, match="no destroy"):
@@ -183,7 +230,7 @@ def test_a_refused_destroy_leaves_the_key_usable(make: Factory, tmp_path: Path) 
 
 def test_a_refused_unwrap_changes_nothing(make: Factory, tmp_path: Path) -> None:
     key = hierarchy.new_key()
-    blob = make().wrap(US, "kid", key, WHY)
+    blob = make().wrap(US, "kid", key, WHY, subject="alice")
     before = keyring_files(tmp_path)
     with pytest.raises(AccessDenied, match="no unwrap"):
         make(refusing(KeyOperation.UNWRAP)).unwrap(US, "kid", blob, WHY)
@@ -193,7 +240,7 @@ def test_a_refused_unwrap_changes_nothing(make: Factory, tmp_path: Path) -> None
 
 def test_memory_custodian_records_every_call_with_its_justification() -> None:
     custodian = MemoryCustodian()
-    blob = custodian.wrap(US, "kid", hierarchy.new_key(), WHY)
+    blob = custodian.wrap(US, "kid", hierarchy.new_key(), WHY, subject="alice")
     custodian.unwrap(US, "kid", blob, WHY)
     custodian.destroy(US, "kid", WHY)
     with pytest.raises(SubjectForgotten):
@@ -212,7 +259,7 @@ def test_memory_custodian_records_every_call_with_its_justification() -> None:
 
 def keyring_at(tmp_path: Path) -> Path:
     path = tmp_path / "keyring.json"
-    KeyringCustodian(path).wrap(US, "kid", hierarchy.new_key(), WHY)
+    KeyringCustodian(path).wrap(US, "kid", hierarchy.new_key(), WHY, subject="alice")
     return path
 
 
@@ -300,8 +347,8 @@ def test_keyring_survives_reopen_with_tombstones(tmp_path: Path) -> None:
     path = tmp_path / "keyring.json"
     key = hierarchy.new_key()
     first = KeyringCustodian(path)
-    blob = first.wrap(US, "kid", key, WHY)
-    kept = first.wrap(US, "kid-2", key, WHY)
+    blob = first.wrap(US, "kid", key, WHY, subject="alice")
+    kept = first.wrap(US, "kid-2", key, WHY, subject="alice")
     first.destroy(US, "kid", WHY)
     again = KeyringCustodian(path)
     assert again.unwrap(US, "kid-2", kept, WHY) == key
@@ -322,8 +369,8 @@ def test_keyring_shared_by_two_processes_loses_no_root_and_no_tombstone(tmp_path
     key = hierarchy.new_key()
     server = KeyringCustodian(path)
     cli = KeyringCustodian(path)
-    us_blob = cli.wrap(US, "kid-us", key, WHY)
-    sg_blob = server.wrap(sg, "kid-sg", key, WHY)
+    us_blob = cli.wrap(US, "kid-us", key, WHY, subject="alice")
+    sg_blob = server.wrap(sg, "kid-sg", key, WHY, subject="alice")
     assert server.unwrap(US, "kid-us", us_blob, WHY) == key
     assert KeyringCustodian(path).unwrap(US, "kid-us", us_blob, WHY) == key
     assert KeyringCustodian(path).unwrap(sg, "kid-sg", sg_blob, WHY) == key
@@ -331,7 +378,7 @@ def test_keyring_shared_by_two_processes_loses_no_root_and_no_tombstone(tmp_path
     cli.destroy(US, "kid-us", WHY)
     with pytest.raises(SubjectForgotten):
         server.unwrap(US, "kid-us", us_blob, WHY)
-    server.wrap(KeyScope("domestic", "EU"), "kid-eu", key, WHY)  # the server saves again
+    server.wrap(KeyScope("domestic", "EU"), "kid-eu", key, WHY, subject="ed")  # saves again
     with pytest.raises(SubjectForgotten):
         KeyringCustodian(path).unwrap(US, "kid-us", us_blob, WHY)
     assert cli.unwrap(sg, "kid-sg", sg_blob, WHY) == key
@@ -341,14 +388,16 @@ def test_keyring_changes_are_durable_with_their_directory(
     tmp_path: Path, synced_directories: list[Path]
 ) -> None:
     # a new root wraps keys the catalog commits: its rename must survive a crash, so
-    # the keyring's directory is fsynced after it (and after the tombstones' creation)
+    # the keyring's directory is fsynced after it (and after the creation of the
+    # tombstones and of the key subjects)
     synced = synced_directories
     directory = tmp_path / "keys"
     custodian = KeyringCustodian(directory / "keyring.json")
-    blob = custodian.wrap(US, "kid", hierarchy.new_key(), WHY)  # creates the root
-    assert synced == [directory, directory]
-    custodian.wrap(US, "kid-2", hierarchy.new_key(), WHY)  # the root exists: nothing written
-    assert synced == [directory, directory]
+    blob = custodian.wrap(US, "kid", hierarchy.new_key(), WHY, subject="alice")  # a new root
+    assert synced == [directory] * 3
+    # the root exists: the keyring is not rewritten (SQLite commits the key's subject)
+    custodian.wrap(US, "kid-2", hierarchy.new_key(), WHY, subject="bob")
+    assert synced == [directory] * 3
     # a tombstone is a forget: SQLite commits it with synchronous=EXTRA (the journal's
     # deletion made durable with the directory), and leaves no journal behind
     custodian.destroy(US, "kid", WHY)
@@ -359,6 +408,7 @@ def test_keyring_changes_are_durable_with_their_directory(
         "keyring.destroyed.sqlite",
         "keyring.json",
         "keyring.json.lock",
+        "keyring.subjects.sqlite",
     ]
     with pytest.raises(SubjectForgotten):
         KeyringCustodian(directory / "keyring.json").unwrap(US, "kid", blob, WHY)
@@ -368,9 +418,11 @@ def test_an_unwrap_makes_no_root_key(tmp_path: Path) -> None:
     """A keyring without the scope's root (an older copy restored) refuses the unwrap and
     writes nothing: a root made then would wrap no key, and could replace the real one."""
     path = tmp_path / "keyring.json"
-    KeyringCustodian(path).wrap(KeyScope("intl", "SG"), "kid-sg", hierarchy.new_key(), WHY)
+    KeyringCustodian(path).wrap(
+        KeyScope("intl", "SG"), "kid-sg", hierarchy.new_key(), WHY, subject="alice"
+    )
     older = path.read_bytes()  # no root for US
-    blob = KeyringCustodian(path).wrap(US, "kid", hierarchy.new_key(), WHY)
+    blob = KeyringCustodian(path).wrap(US, "kid", hierarchy.new_key(), WHY, subject="alice")
     path.write_bytes(older)
     with pytest.raises(KeyUnavailable, match="has no root key for intl/US"):
         KeyringCustodian(path).unwrap(US, "kid", blob, WHY)
@@ -381,16 +433,18 @@ def test_a_root_in_the_file_is_never_replaced_by_another_held(tmp_path: Path) ->
     """A process holding a root the file no longer has (the file was replaced under it)
     refuses to save, rather than write its root over the one the keys were wrapped by."""
     path = tmp_path / "keyring.json"
-    KeyringCustodian(path).wrap(KeyScope("intl", "SG"), "kid-sg", hierarchy.new_key(), WHY)
+    KeyringCustodian(path).wrap(
+        KeyScope("intl", "SG"), "kid-sg", hierarchy.new_key(), WHY, subject="alice"
+    )
     older = path.read_bytes()
     key = hierarchy.new_key()
-    blob = KeyringCustodian(path).wrap(US, "kid", key, WHY)
+    blob = KeyringCustodian(path).wrap(US, "kid", key, WHY, subject="alice")
     newer = path.read_bytes()
     path.write_bytes(older)  # the wrong backup restored, and a server wraps under it
     server = KeyringCustodian(path)
-    server.wrap(US, "kid-2", hierarchy.new_key(), WHY)
+    server.wrap(US, "kid-2", hierarchy.new_key(), WHY, subject="alice")
     path.write_bytes(newer)  # the right one restored
     with pytest.raises(IntegrityError, match="another root key for intl/US"):
-        server.wrap(KeyScope("intl", "EU"), "kid-eu", hierarchy.new_key(), WHY)
+        server.wrap(KeyScope("intl", "EU"), "kid-eu", hierarchy.new_key(), WHY, subject="alice")
     assert path.read_bytes() == newer
     assert KeyringCustodian(path).unwrap(US, "kid", blob, WHY) == key

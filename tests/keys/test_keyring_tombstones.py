@@ -77,7 +77,7 @@ KeyringCustodian(Path(sys.argv[1])).destroy(
 def test_a_destroy_in_another_process_refuses_the_next_unwrap_here(path: Path) -> None:
     key = hierarchy.new_key()
     server = KeyringCustodian(path)
-    blob = server.wrap(US, "kid", key, WHY)
+    blob = server.wrap(US, "kid", key, WHY, subject="alice")
     other = KeyringCustodian(path)  # opened before the destroy too, never used yet
     assert server.unwrap(US, "kid", blob, WHY) == key  # its connection is open
     subprocess.run([sys.executable, "-c", DESTROY, str(path), "kid"], check=True)
@@ -98,8 +98,8 @@ def forked_destroy(custodian: KeyringCustodian, blob: bytes, key: bytes) -> None
 def test_a_forked_child_opens_its_own_connection(path: Path) -> None:
     key = hierarchy.new_key()
     custodian = KeyringCustodian(path)
-    blob = custodian.wrap(US, "kid", key, WHY)
-    kept = custodian.wrap(US, "kid-kept", key, WHY)
+    blob = custodian.wrap(US, "kid", key, WHY, subject="alice")
+    kept = custodian.wrap(US, "kid-kept", key, WHY, subject="alice")
     assert custodian.unwrap(US, "kid", blob, WHY) == key
     parent = custodian._tombstones._handle()
     child = multiprocessing.get_context("fork").Process(
@@ -117,7 +117,7 @@ def test_a_forked_child_opens_its_own_connection(path: Path) -> None:
 def test_a_fork_waits_for_a_running_query(path: Path) -> None:
     """A child forked mid-query would inherit SQLite's record of a lock it does not hold."""
     custodian = KeyringCustodian(path)
-    custodian.wrap(US, "kid", hierarchy.new_key(), WHY)
+    custodian.wrap(US, "kid", hierarchy.new_key(), WHY, subject="alice")
     handle = custodian._tombstones._handle()
     events: list[str] = []
 
@@ -140,7 +140,7 @@ def test_a_fork_waits_for_a_running_query(path: Path) -> None:
 def test_threads_each_see_a_destroy_at_once(path: Path) -> None:
     key = hierarchy.new_key()
     custodian = KeyringCustodian(path)
-    blob = custodian.wrap(US, "kid", key, WHY)
+    blob = custodian.wrap(US, "kid", key, WHY, subject="alice")
     opened, destroyed = threading.Barrier(9), threading.Event()
     answers: list[str] = []
 
@@ -204,7 +204,9 @@ def test_no_unwrap_after_a_returned_destroy_while_destroyers_are_killed(path: Pa
     # readers in other processes answer from what they remember
     count, fork = 40, multiprocessing.get_context("fork")
     key = hierarchy.new_key()
-    blobs = [KeyringCustodian(path).wrap(US, f"k{n}", key, WHY) for n in range(count)]
+    blobs = [
+        KeyringCustodian(path).wrap(US, f"k{n}", key, WHY, subject="alice") for n in range(count)
+    ]
     returned, stop, late = fork.Array("b", count, lock=False), fork.Event(), fork.Value("i", 0)
     readers = [
         fork.Process(target=_unwrapping, args=(path, blobs, returned, stop, late, seed))
@@ -238,7 +240,7 @@ def answered(path: Path) -> tuple[KeyringCustodian, bytes, bytes]:
     """A custodian that unwrapped "kid" once (found not destroyed), the key and its blob."""
     key = hierarchy.new_key()
     custodian = KeyringCustodian(path)
-    blob = custodian.wrap(US, "kid", key, WHY)
+    blob = custodian.wrap(US, "kid", key, WHY, subject="alice")
     assert custodian.unwrap(US, "kid", blob, WHY) == key
     return custodian, key, blob
 
@@ -334,7 +336,7 @@ def _lock_mid_lookup(
 ) -> list[str]:
     """Whether another process could take the write lock as a lookup labelled its answer."""
     custodian = KeyringCustodian(path)
-    blob = custodian.wrap(US, "kid", hierarchy.new_key(), WHY)
+    blob = custodian.wrap(US, "kid", hierarchy.new_key(), WHY, subject="alice")
     seen: list[str] = []
     labelled = LiveAnswers.remember
 
@@ -381,7 +383,7 @@ def test_a_replacing_file_showing_the_same_counter_is_asked(path: Path) -> None:
     # counters rise within one file: a copy can show the same value with other contents
     key = hierarchy.new_key()
     custodian = KeyringCustodian(path)
-    blob = custodian.wrap(US, "kid", key, WHY)
+    blob = custodian.wrap(US, "kid", key, WHY, subject="alice")
     database = tombstones_path(path)
     twin = copy_destroying(database, "kid")  # one commit each: the same counter
     KeyringCustodian(path).destroy(US, "unrelated", WHY)
@@ -398,7 +400,7 @@ def test_an_answer_found_as_the_file_is_replaced_is_not_labelled_with_the_new_on
     # whatever file was held by then, labelled an answer of the old file with the new one's
     key = hierarchy.new_key()
     custodian = KeyringCustodian(path)
-    blob = custodian.wrap(US, "kid", key, WHY)
+    blob = custodian.wrap(US, "kid", key, WHY, subject="alice")
     database = tombstones_path(path)
     restored = copy_destroying(database, "kid")
     counter = LiveAnswers._counter
@@ -421,7 +423,7 @@ def test_an_answer_found_as_the_file_is_replaced_is_not_labelled_with_the_new_on
 def beside_a_copy(path: Path) -> tuple[KeyringCustodian, bytes, Path, Path]:
     """A custodian with "kid" wrapped, its blob, the tombstones, and a copy of them."""
     custodian = KeyringCustodian(path)
-    blob = custodian.wrap(US, "kid", hierarchy.new_key(), WHY)
+    blob = custodian.wrap(US, "kid", hierarchy.new_key(), WHY, subject="alice")
     database = tombstones_path(path)
     return custodian, blob, database, copy_destroying(database, None)
 
@@ -574,7 +576,7 @@ def test_a_fifo_at_the_path_is_refused_not_waited_on(tmp_path: Path) -> None:
 
 def test_refusals_do_not_leak_descriptors(path: Path) -> None:
     custodian = KeyringCustodian(path)
-    blob = custodian.wrap(US, "kid", hierarchy.new_key(), WHY)
+    blob = custodian.wrap(US, "kid", hierarchy.new_key(), WHY, subject="alice")
     tombstones_path(path).write_bytes(b"not a database" * 100)
     before = len(os.listdir("/proc/self/fd"))
     for i in range(50):
@@ -717,8 +719,8 @@ def wrapped(path: Path) -> tuple[bytes, bytes]:
     """A keyring with a destroyed key and a live one; returns the live one's (key, blob)."""
     key = hierarchy.new_key()
     custodian = KeyringCustodian(path)
-    blob = custodian.wrap(US, "kid", key, WHY)
-    custodian.wrap(US, "kid-gone", key, WHY)
+    blob = custodian.wrap(US, "kid", key, WHY, subject="alice")
+    custodian.wrap(US, "kid-gone", key, WHY, subject="alice")
     custodian.destroy(US, "kid-gone", WHY)
     return key, blob
 
@@ -774,14 +776,14 @@ def test_lost_tombstones_refuse_and_are_not_remade(
         custodian.unwrap(US, "kid", blob, WHY)
     with pytest.raises(KeyUnavailable, match="do not exist"):
         custodian.destroy(US, "kid", WHY)
-    custodian.wrap(SG, "kid-sg", key, WHY)  # a new root: the keyring is rewritten, still
+    custodian.wrap(SG, "kid-sg", key, WHY, subject="sam")  # a new root: the keyring is rewritten
     assert not tombstones_path(path).exists()  # no empty database brings kid-gone back
 
 
 def test_tombstones_of_a_newer_schema_are_refused(path: Path, wrapped: tuple[bytes, bytes]) -> None:
     with sqlite3.connect(tombstones_path(path)) as db:
-        db.execute("PRAGMA user_version=2")
-    with pytest.raises(ConfigError, match=r"schema version 2; .*upgrade shardvault"):
+        db.execute("PRAGMA user_version=3")
+    with pytest.raises(ConfigError, match=r"schema version 3; .*upgrade shardvault"):
         KeyringCustodian(path).unwrap(US, "kid", wrapped[1], WHY)
 
 
@@ -793,7 +795,7 @@ def test_a_refused_destroy_writes_no_tombstone(path: Path) -> None:
     with pytest.raises(AccessDenied):  # a new keyring: not even the database is made
         KeyringCustodian(path, refuse_destroy).destroy(US, "kid", WHY)
     assert not path.parent.exists() or not list(path.parent.iterdir())
-    blob = KeyringCustodian(path).wrap(US, "kid", key := hierarchy.new_key(), WHY)
+    blob = KeyringCustodian(path).wrap(US, "kid", key := hierarchy.new_key(), WHY, subject="alice")
     with pytest.raises(AccessDenied):
         KeyringCustodian(path, refuse_destroy).destroy(US, "kid", WHY)
     assert rows(path) == set()
@@ -845,7 +847,7 @@ def test_a_keyring_gone_while_its_roots_are_held_is_never_made_again(tmp_path: P
     # tombstone file: every key destroyed before unwrapped again with the held roots
     path = tmp_path / "keys" / "keyring.json"
     custodian = KeyringCustodian(path)
-    blob = custodian.wrap(US, "alice-key", hierarchy.new_key(), WHY)
+    blob = custodian.wrap(US, "alice-key", hierarchy.new_key(), WHY, subject="alice")
     custodian.destroy(US, "alice-key", WHY)
     os.rename(tmp_path / "keys", tmp_path / "keys-lost")
 
@@ -859,7 +861,9 @@ def test_a_keyring_gone_while_its_roots_are_held_is_never_made_again(tmp_path: P
     for call in (
         lambda: custodian.destroy(US, "bob-key", WHY),
         lambda: custodian.unwrap(US, "alice-key", blob, WHY),
-        lambda: custodian.wrap(KeyScope("intl", "SG"), "sg-key", hierarchy.new_key(), WHY),
+        lambda: custodian.wrap(
+            KeyScope("intl", "SG"), "sg-key", hierarchy.new_key(), WHY, subject="alice"
+        ),
     ):
         assert isinstance(in_a_new_thread(call), KeyUnavailable)
     assert not path.exists() and not tombstones_path(path).exists()  # nothing made again
@@ -879,10 +883,11 @@ def test_a_temporary_copy_left_by_a_killed_writer_goes_at_the_next_change(
     # beside the keyring, in a file nothing ever removed
     path = tmp_path / "keys" / "keyring.json"
     custodian = KeyringCustodian(path)
-    custodian.wrap(US, "kid", hierarchy.new_key(), WHY)
+    custodian.wrap(US, "kid", hierarchy.new_key(), WHY, subject="alice")
     stale = path.with_name(f".{path.name}.0123456789ab.tmp")
     stale.write_bytes(path.read_bytes())
     os.chmod(stale, 0o600)
-    custodian.wrap(KeyScope("intl", "SG"), "kid2", hierarchy.new_key(), WHY)  # a new root
+    # a new root
+    custodian.wrap(KeyScope("intl", "SG"), "kid2", hierarchy.new_key(), WHY, subject="sam")
     assert not stale.exists()
     assert sorted(p.name for p in path.parent.iterdir() if p.name.startswith(".")) == []

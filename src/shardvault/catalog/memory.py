@@ -45,6 +45,15 @@ class MemoryCatalog:
         with self._lock:
             return bool(self._subjects)
 
+    def subjects_with_keys(self, after: tuple[str, str] | None, limit: int) -> list[SubjectRecord]:
+        with self._lock:
+            keyed = sorted(
+                (key, record)
+                for key, record in self._subjects.items()
+                if record.wrapped_key is not None and key > (after or ("", ""))
+            )
+        return [record for _, record in keyed[:limit]]
+
     def forget_subject(
         self, tenant: str, subject: str, when: float, decided_at: int | None = None
     ) -> int:

@@ -92,6 +92,11 @@ class Catalog(Protocol):
     def holds_subjects(self) -> bool:
         """Whether any subject (live or forgotten) was ever registered in this catalog."""
 
+    def subjects_with_keys(self, after: tuple[str, str] | None, limit: int) -> list[SubjectRecord]:
+        """Up to ``limit`` subjects holding a wrapped key (not forgotten), in (tenant,
+        subject) order after ``after``: a page at a time, for a keyring from before the
+        custodian recorded whose key is whose (`Vault.open`)."""
+
     def forget_subject(
         self, tenant: str, subject: str, when: float, decided_at: int | None = None
     ) -> int:

@@ -381,6 +381,14 @@ class SqliteCatalog:
     def holds_subjects(self) -> bool:
         return bool(self._query("SELECT 1 FROM subjects LIMIT 1"))
 
+    def subjects_with_keys(self, after: tuple[str, str] | None, limit: int) -> list[SubjectRecord]:
+        rows = self._query(
+            f"SELECT {_SUBJECT_COLUMNS} FROM subjects WHERE wrapped_key IS NOT NULL"
+            " AND (tenant, subject) > (?, ?) ORDER BY tenant, subject LIMIT ?",
+            (*(after or ("", "")), limit),
+        )
+        return [SubjectRecord(*row) for row in rows]
+
     def forget_subject(
         self, tenant: str, subject: str, when: float, decided_at: int | None = None
     ) -> int:

@@ -4,8 +4,8 @@
 command failed and all data became unreadable; so did a catalog, the directory,
 the tombstones, the config, an audit log or a node's directory. The deployment
 owns its config file, its access and custodian policies, the keyring and every
-file beside it named after it (its lock, temporaries, tombstones and their SQLite
-journals), and three kinds of tree: the state directory (catalogs, directory,
+file beside it named after it (its lock, temporaries, tombstones, key subjects
+and their SQLite journals), and three kinds of tree: the state directory (catalogs, directory,
 audit logs, approvals, principals), the partner directory and each local node's
 directory. `-o` is compared resolved, its symlinks followed as `open` follows
 them (`outfile.output_target`).
@@ -32,6 +32,7 @@ from pathlib import Path
 from shardvault.cli.outfile import Output, checked_output, output_target
 from shardvault.config import Config
 from shardvault.errors import InvalidInput
+from shardvault.keys.key_subjects import key_subjects_path
 from shardvault.keys.tombstones import tombstones_path
 from shardvault.model import named
 
@@ -116,13 +117,14 @@ def _files(config: Config) -> Iterator[tuple[Path, str]]:
 
 def _keyring_named(name: str, keyring: Path) -> bool:
     """Whether a file beside the keyring is one of its own, named exactly as the keyring
-    names them: `keyring.json.lock`, a `.keyring.json.*.tmp`, `keyring.destroyed.sqlite`
-    and its `-wal`, `-shm` and `-journal` (not `keyring.json.bak`: the user's)."""
-    tombstones = tombstones_path(keyring).name
+    names them: `keyring.json.lock`, a `.keyring.json.*.tmp`, `keyring.destroyed.sqlite`,
+    `keyring.subjects.sqlite` and their `-wal`, `-shm` and `-journal` (not
+    `keyring.json.bak`: the user's)."""
+    databases = (tombstones_path(keyring).name, key_subjects_path(keyring).name)
     return (
-        name in (keyring.name, f"{keyring.name}.lock", tombstones)
+        name in (keyring.name, f"{keyring.name}.lock")
         or (name.startswith(f".{keyring.name}.") and name.endswith(".tmp"))
-        or name in (f"{tombstones}-wal", f"{tombstones}-shm", f"{tombstones}-journal")
+        or any(name in (db, f"{db}-wal", f"{db}-shm", f"{db}-journal") for db in databases)
     )
 
 

@@ -7,9 +7,11 @@ justification that comes with the call, and when the justification names an
 approval it checks that the approval is met, unexpired and for this principal,
 purpose, tenant and jurisdiction (the partner's officer is one of the
 approvers, so the partner can see the signatures); a destroy, which cannot be
-undone, needs an approval whatever the grants say, and one of a forget. A refusal raises
-`AccessDenied` naming the operation and carrying the custodian's rule; the
-vault audits it and stops the call before anything changes.
+undone, needs an approval whatever the grants say, and one of a forget, and the
+gate hands the custodian the subject that approval names: the custodian
+destroys the key only if it wrapped it for that subject (`keys.port`). A
+refusal raises `AccessDenied` naming the operation and carrying the custodian's
+rule; the vault audits it and stops the call before anything changes.
 """
 
 from __future__ import annotations
@@ -55,12 +57,15 @@ def _matches(
 
 
 def custodian_gate(policy: cp.CustodianPolicy, approvals: ApprovalBook) -> CustodianGate:
-    def gate(operation: KeyOperation, scope: KeyScope, key_id: str, why: Justification) -> None:
+    def gate(
+        operation: KeyOperation, scope: KeyScope, key_id: str, why: Justification
+    ) -> str | None:
+        """None, or for a destroy the subject of its approval: the one the key must be."""
         key = cp.KeyScope(scope.tenant, scope.jurisdiction)
         cp.require_key_use(policy, operation, why, key)
         if why.approval_id is None:
             _refuse_an_unapproved_destroy(operation)
-            return
+            return None
         try:
             approval = approvals.get(why.approval_id)
         except ShardvaultError as exc:
@@ -70,6 +75,7 @@ def custodian_gate(policy: cp.CustodianPolicy, approvals: ApprovalBook) -> Custo
                 operation,
                 f"approval {why.approval_id} is {approval.status} or is for another request",
             )
+        return approval.subject if operation in _ACTION_OF else None
 
     return gate
 

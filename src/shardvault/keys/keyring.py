@@ -2,8 +2,9 @@
 
 A JSON file, mode 0600, holding a random 256-bit root key per (tenant,
 jurisdiction), and beside it a SQLite file of the tombstones of destroyed
-subject keys (`keys.tombstones`). In production this role is played by the
-partner's HSM; the files stand in for it on one machine.
+subject keys (`keys.tombstones`) and one of the subject each key was wrapped
+for (`keys.key_subjects`). In production this role is played by the partner's
+HSM; the files stand in for it on one machine.
 
 Several processes may hold the same keyring (a server and a CLI run). A root
 is added by a read-merge-write of the JSON under an exclusive lock on
@@ -16,7 +17,10 @@ unwrap looks its key id up in the database (or in what this process found there
 while it is unchanged: `keys.live_answers`), so a destroy committed by any
 process refuses the very next unwrap anywhere; a database that cannot be read
 refuses it too. The gate (the partner's policy) decides every wrap, unwrap and
-destroy before a file is touched.
+destroy before a file is touched; a wrap records whose key it is, and a destroy
+is done only for the subject the gate's approval names, if the key is that
+subject's. A keyring from before that record gets the file on first use, and its
+earlier keys' subjects once from the vault (`record_subjects`).
 
 Format version 2 (docs/formats.md, "Keyring")::
 
@@ -33,18 +37,32 @@ from __future__ import annotations
 import base64
 import fcntl
 import hmac
+import itertools
 import json
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from shardvault import durability
 from shardvault.errors import ConfigError, IntegrityError, KeyUnavailable
+from shardvault.keys.key_subjects import KeySubjects, key_subjects_path
 from shardvault.keys.port import KeyOperation, KeyScope
-from shardvault.keys.rootkey import CustodianGate, open_key, refuse_destroyed, seal_key
+from shardvault.keys.rootkey import (
+    NO_RECORD,
+    NO_SUBJECT,
+    OTHER_SUBJECT,
+    TAKEN,
+    CustodianGate,
+    open_key,
+    refuse_destroyed,
+    refuse_key_subject,
+    seal_key,
+    subject_key,
+    subject_tag,
+)
 from shardvault.keys.tombstones import (
     Tombstones,
     TombstonesMissing,
@@ -58,6 +76,7 @@ VERSION = 2
 READS = (1, 2)  # version 1 is migrated on open
 
 V1Tombstones = dict[str, list[str]]
+_EARLIER_BATCH = 10_000  # earlier keys' subjects recorded per transaction
 
 
 def _damaged(path: Path, why: str) -> IntegrityError:
@@ -93,6 +112,8 @@ class KeyringCustodian:
         self._lock = threading.Lock()
         self._roots: dict[str, bytes] = {}
         self._tombstones = Tombstones(tombstones_path(path))
+        self._subjects = KeySubjects(key_subjects_path(path))
+        self._subjects_kept = False  # seen the tombstones at version 2
         if path.exists() and self._load() is not None:
             self._settle()  # a version-1 keyring: migrated before any use
 
@@ -178,6 +199,8 @@ class KeyringCustodian:
                     "restore it with its tombstones, then retry"
                 )
             self._tombstones.create()
+            self._subjects.create(earlier_recorded=True)  # a new keyring: no earlier key
+            self._tombstones.mark_subjects_kept()
             return
         earlier = self._load()
         if earlier is not None:
@@ -187,6 +210,24 @@ class KeyringCustodian:
                 sorted((label, kid) for label, ids in earlier.items() for kid in ids)
             )
             self._save()
+
+    def _keep_subjects(self) -> None:
+        """Before the key subjects are used (a wrap, a destroy, the vault's open): a
+        keyring from before the custodian recorded them gets their file, saying its
+        earlier keys are yet to be named (`record_subjects`); then its tombstones are
+        stamped version 2, so that file is never made anew. Tombstones that are
+        missing or unreadable are left to refuse the key use, as before."""
+        if self._subjects_kept or not self.path.exists():
+            return  # a keyring made now gets both files at once (`_catch_up`)
+        try:
+            if self._tombstones.version() < 2:
+                with self._lock, self._flocked():
+                    if self._tombstones.version() < 2:
+                        self._subjects.create(earlier_recorded=False)
+                        self._tombstones.mark_subjects_kept()
+        except TombstonesMissing:
+            return
+        self._subjects_kept = True
 
     def _settle(self) -> None:
         """Catch up under both locks: migrates a version-1 keyring, makes a new one's database."""
@@ -233,14 +274,23 @@ class KeyringCustodian:
 
     def _gate(
         self, operation: KeyOperation, scope: KeyScope, key_id: str, why: Justification
-    ) -> None:
-        """The gate, before the files are touched: a refusal creates no root and no tombstone."""
-        if self.gate is not None:
-            self.gate(operation, scope, key_id, why)
+    ) -> str | None:
+        """The gate, before the files are touched: a refusal creates no root and no tombstone.
+        For a destroy, the subject its approval names."""
+        if self.gate is None:
+            return None
+        return self.gate(operation, scope, key_id, why)
 
-    def wrap(self, scope: KeyScope, key_id: str, key: bytes, why: Justification) -> bytes:
+    def wrap(
+        self, scope: KeyScope, key_id: str, key: bytes, why: Justification, *, subject: str
+    ) -> bytes:
         self._gate(KeyOperation.WRAP, scope, key_id, why)
-        return seal_key(self._root(scope, make=True), scope, key_id, key)
+        root = self._root(scope, make=True)
+        self._keep_subjects()
+        tag = subject_tag(subject_key(root), scope, key_id, subject)
+        if not hmac.compare_digest(self._subjects.bind(scope.label(), key_id, tag), tag):
+            raise refuse_key_subject(scope, key_id, KeyOperation.WRAP, TAKEN)
+        return seal_key(root, scope, key_id, key)
 
     def unwrap(self, scope: KeyScope, key_id: str, blob: bytes, why: Justification) -> bytes:
         if self._tombstones.holds(scope.label(), key_id):
@@ -249,9 +299,48 @@ class KeyringCustodian:
         return open_key(self._root(scope, make=False), scope, key_id, blob)
 
     def destroy(self, scope: KeyScope, key_id: str, why: Justification) -> None:
-        self._gate(KeyOperation.DESTROY, scope, key_id, why)
+        subject = self._gate(KeyOperation.DESTROY, scope, key_id, why)
+        if self.gate is not None:
+            self._require_subject(scope, key_id, subject)
         try:
             self._tombstones.add([(scope.label(), key_id)])
         except TombstonesMissing:
             self._settle()  # a new keyring gets its database; a lost one is not remade
             self._tombstones.add([(scope.label(), key_id)])
+
+    def _require_subject(self, scope: KeyScope, key_id: str, subject: str | None) -> None:
+        """A destroy goes ahead only for the subject the custodian wrapped the key for."""
+        if subject is None:
+            raise refuse_key_subject(scope, key_id, KeyOperation.DESTROY, NO_SUBJECT)
+        self._keep_subjects()
+        held = self._subjects.tag(scope.label(), key_id)
+        if held is None:
+            raise refuse_key_subject(scope, key_id, KeyOperation.DESTROY, NO_RECORD)
+        tag = subject_tag(subject_key(self._root(scope, make=False)), scope, key_id, subject)
+        if not hmac.compare_digest(held, tag):
+            raise refuse_key_subject(scope, key_id, KeyOperation.DESTROY, OTHER_SUBJECT)
+
+    def needs_subjects(self) -> bool:
+        """Whether keys wrapped before this keyring recorded subjects are yet to be named.
+        Not for a keyring whose files are missing or unreadable: nothing can be recorded
+        then, and every destroy is refused."""
+        if not self.path.exists():
+            return False
+        try:
+            self._keep_subjects()
+            return not self._subjects.earlier_recorded()
+        except KeyUnavailable:
+            return False
+
+    def record_subjects(self, keys: Iterable[tuple[KeyScope, str, str]]) -> None:
+        tag_keys: dict[KeyScope, bytes] = {}
+
+        def tagged(scope: KeyScope, key_id: str, subject: str) -> tuple[str, str, bytes]:
+            if scope not in tag_keys:
+                tag_keys[scope] = subject_key(self._root(scope, make=False))
+            return scope.label(), key_id, subject_tag(tag_keys[scope], scope, key_id, subject)
+
+        rows = (tagged(*key) for key in keys)
+        while batch := list(itertools.islice(rows, _EARLIER_BATCH)):
+            self._subjects.record_earlier(batch)
+        self._subjects.finish_earlier()

@@ -1,16 +1,29 @@
 """In-memory custodian: tests, and a record of every justification it was shown.
 
 Its gate decides every wrap, unwrap and destroy before anything changes, as the
-keyring's does; a refused call is still recorded (it was shown).
+keyring's does; a refused call is still recorded (it was shown). It keeps the
+subject each key was wrapped for, in memory, and with a gate destroys a key only
+for that subject, as the keyring does.
 """
 
 from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Iterable
 
 from shardvault.keys.port import KeyOperation, KeyScope
-from shardvault.keys.rootkey import CustodianGate, open_key, refuse_destroyed, seal_key
+from shardvault.keys.rootkey import (
+    NO_RECORD,
+    NO_SUBJECT,
+    OTHER_SUBJECT,
+    TAKEN,
+    CustodianGate,
+    open_key,
+    refuse_destroyed,
+    refuse_key_subject,
+    seal_key,
+)
 from shardvault.model import Justification
 
 
@@ -18,6 +31,7 @@ class MemoryCustodian:
     def __init__(self, gate: CustodianGate | None = None) -> None:
         self._roots: dict[KeyScope, bytes] = {}
         self._destroyed: set[tuple[KeyScope, str]] = set()
+        self._subjects: dict[tuple[KeyScope, str], str] = {}
         self._lock = threading.Lock()
         self.gate = gate
         self.justifications: list[tuple[str, KeyScope, str, Justification]] = []
@@ -28,13 +42,20 @@ class MemoryCustodian:
 
     def _gate(
         self, operation: KeyOperation, scope: KeyScope, key_id: str, why: Justification
-    ) -> None:
-        if self.gate is not None:
-            self.gate(operation, scope, key_id, why)
+    ) -> str | None:
+        if self.gate is None:
+            return None
+        return self.gate(operation, scope, key_id, why)
 
-    def wrap(self, scope: KeyScope, key_id: str, key: bytes, why: Justification) -> bytes:
+    def wrap(
+        self, scope: KeyScope, key_id: str, key: bytes, why: Justification, *, subject: str
+    ) -> bytes:
         self.justifications.append(("wrap", scope, key_id, why))
         self._gate(KeyOperation.WRAP, scope, key_id, why)
+        with self._lock:
+            held = self._subjects.setdefault((scope, key_id), subject)
+        if held != subject:
+            raise refuse_key_subject(scope, key_id, KeyOperation.WRAP, TAKEN)
         return seal_key(self._root(scope), scope, key_id, key)
 
     def unwrap(self, scope: KeyScope, key_id: str, blob: bytes, why: Justification) -> bytes:
@@ -46,6 +67,22 @@ class MemoryCustodian:
 
     def destroy(self, scope: KeyScope, key_id: str, why: Justification) -> None:
         self.justifications.append(("destroy", scope, key_id, why))
-        self._gate(KeyOperation.DESTROY, scope, key_id, why)
+        subject = self._gate(KeyOperation.DESTROY, scope, key_id, why)
+        if self.gate is not None:
+            recorded = self._subjects.get((scope, key_id))
+            reason = (
+                NO_SUBJECT if subject is None
+                else NO_RECORD if recorded is None
+                else OTHER_SUBJECT if recorded != subject
+                else None
+            )  # fmt: skip
+            if reason is not None:
+                raise refuse_key_subject(scope, key_id, KeyOperation.DESTROY, reason)
         with self._lock:
             self._destroyed.add((scope, key_id))
+
+    def needs_subjects(self) -> bool:
+        return False  # it holds no key from before it recorded subjects
+
+    def record_subjects(self, keys: Iterable[tuple[KeyScope, str, str]]) -> None:
+        """Takes none: every key it holds was recorded when it was wrapped."""

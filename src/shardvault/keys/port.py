@@ -6,11 +6,18 @@ to destroy one, always with a Justification the custodian can inspect and
 refuse: each of the three is a `KeyOperation` its gate decides. Destroying a
 subject key records a tombstone at the custodian, so no restored copy of the
 catalog can bring the key back.
+
+A wrap names the subject the key is for, and the custodian records it (as a
+tag only it can check); a destroy is done only for the subject its approval
+names, and only if the custodian wrapped the key for that subject. So a met
+approval to forget one subject destroys that subject's key and no other, and
+the custodian decides it from its own record, not from the vault's catalog.
 """
 
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -41,13 +48,25 @@ class KeyScope:
 
 
 class KeyCustodian(Protocol):
-    def wrap(self, scope: KeyScope, key_id: str, key: bytes, why: Justification) -> bytes:
-        """Encrypt a subject key under the scope's root key (created on first use);
-        raises AccessDenied, having created nothing, if the gate refuses."""
+    def wrap(
+        self, scope: KeyScope, key_id: str, key: bytes, why: Justification, *, subject: str
+    ) -> bytes:
+        """Encrypt a subject key under the scope's root key (created on first use), and
+        record that it is ``subject``'s; raises AccessDenied, having wrapped nothing, if
+        the gate refuses or the key id was recorded for another subject."""
 
     def unwrap(self, scope: KeyScope, key_id: str, blob: bytes, why: Justification) -> bytes:
         """Decrypt a subject key; raises KeyUnavailable, AccessDenied or SubjectForgotten."""
 
     def destroy(self, scope: KeyScope, key_id: str, why: Justification) -> None:
         """Refuse every later unwrap of this key id, for good; raises AccessDenied,
-        leaving the key usable, if the gate refuses."""
+        leaving the key usable, if the gate refuses, or (with a gate) if the key was not
+        wrapped for the subject the gate's approval names."""
+
+    def needs_subjects(self) -> bool:
+        """Whether the custodian holds keys wrapped before it recorded their subjects,
+        which the vault must name once (`record_subjects`) before they can be destroyed."""
+
+    def record_subjects(self, keys: Iterable[tuple[KeyScope, str, str]]) -> None:
+        """Record the subject of each (scope, key id, subject) wrapped before the custodian
+        recorded subjects, then take no more: a key that has one keeps it."""

@@ -4,9 +4,13 @@ A forget must not cost more, and a process must not start slower, the more
 users were ever forgotten, so the tombstones are rows looked up by key, not a
 set every process reads and every forget rewrites (docs/formats.md, "Keyring").
 
-Schema 1 (``PRAGMA user_version``)::
+Schema 2 (``PRAGMA user_version``)::
 
     destroyed(scope TEXT, key_id TEXT, PRIMARY KEY (scope, key_id)) WITHOUT ROWID
+
+Version 2 has the table of version 1 and says the keyring keeps its keys'
+subjects in a file beside it (`key_subjects`): one missing then was lost. A
+version-1 file is stamped 2 by the keyring once it has made that file.
 
 Fail closed: a missing or unreadable database refuses every lookup
 (`KeyUnavailable`; one of a newer schema, `ConfigError`) rather than answering
@@ -43,7 +47,7 @@ from shardvault.errors import ConfigError, KeyUnavailable
 from shardvault.keys.live_answers import Identity, LiveAnswers
 from shardvault.sqlite_schema import stamp_schema
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 SUFFIX = ".destroyed.sqlite"
 _SCHEMA = """CREATE TABLE IF NOT EXISTS destroyed (
     scope TEXT NOT NULL,
@@ -53,6 +57,14 @@ _SCHEMA = """CREATE TABLE IF NOT EXISTS destroyed (
 _HOLDS = "SELECT 1 FROM destroyed WHERE scope = ? AND key_id = ?"
 _INSERT = "INSERT OR IGNORE INTO destroyed (scope, key_id) VALUES (?, ?)"
 _BUSY_SECONDS = 10.0
+
+
+def _known_version(db: sqlite3.Connection, what: str) -> int:
+    """The file's schema version; `ConfigError` if a newer shardvault wrote it."""
+    (found,) = db.execute("PRAGMA user_version").fetchone()
+    if found > SCHEMA_VERSION:
+        stamp_schema(db, SCHEMA_VERSION, what)  # raises: it names both versions
+    return int(found)
 
 
 def tombstones_path(keyring: Path) -> Path:
@@ -129,6 +141,28 @@ class Tombstones:
                     handle.db.executemany(_INSERT, pairs)
             except sqlite3.Error as exc:
                 raise self._failed(handle, "write", exc) from exc
+
+    def version(self) -> int:
+        """The schema version: 2 once the keyring keeps its keys' subjects beside it."""
+        handle = self._handle()
+        with handle.lock:
+            try:
+                (found,) = handle.db.execute("PRAGMA user_version").fetchone()
+            except sqlite3.Error as exc:
+                raise self._failed(handle, "read", exc) from exc
+        return int(found)
+
+    def mark_subjects_kept(self) -> None:
+        """Version 2: the keyring's key-subjects file is beside it (`key_subjects`), so one
+        found missing later was lost, and is never made anew as if for earlier keys."""
+        handle = self._handle()
+        with handle.lock:
+            try:
+                with handle.db:
+                    handle.db.execute("BEGIN IMMEDIATE")
+                    handle.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            except sqlite3.Error as exc:
+                raise self._failed(handle, "stamp", exc) from exc
 
     def create(self) -> None:
         """Make the database, mode 0600, if it is missing or was left half-made.
@@ -220,14 +254,14 @@ class Tombstones:
                 with db:
                     db.execute("BEGIN IMMEDIATE")
                     db.execute(_SCHEMA)
-                    stamp_schema(db, SCHEMA_VERSION, what)
+                    if _known_version(db, what) == 0:
+                        db.execute("PRAGMA user_version=1")  # 2 once key subjects are kept
                 return
-            (found,) = db.execute("PRAGMA user_version").fetchone()
+            found = _known_version(db, what)
         except sqlite3.Error as exc:
             raise self._failed(None, "open", exc) from exc
         if found == 0:
             raise KeyUnavailable(f"{what} holds no tombstone table: restore it from a backup")
-        stamp_schema(db, SCHEMA_VERSION, what)
 
     def _failed(self, handle: _Handle | None, doing: str, exc: sqlite3.Error) -> KeyUnavailable:
         """The refusal; a connection that failed is closed, so the next use opens the file
@@ -236,7 +270,10 @@ class Tombstones:
         if handle is not None:
             self._local.handle = None
             handle.db.close()
-        then = "the key was not destroyed" if doing == "write" else "no key is unwrapped until then"
+        then = {
+            "write": "the key was not destroyed",
+            "stamp": "nothing was changed; retry",
+        }.get(doing, "no key is unwrapped until then")
         return KeyUnavailable(f"cannot {doing} keyring tombstones {self.path}: {exc} ({then})")
 
 

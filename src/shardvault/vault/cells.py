@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -19,7 +19,7 @@ from shardvault.config import Config
 from shardvault.errors import ConfigError, StorageError
 from shardvault.keys.keyring import KeyringCustodian
 from shardvault.keys.memory import MemoryCustodian
-from shardvault.keys.port import KeyCustodian
+from shardvault.keys.port import KeyCustodian, KeyScope
 from shardvault.keys.rootkey import CustodianGate
 from shardvault.model import NodeSpec, NodeState
 from shardvault.nodes.localdir import LocalDirShardStore
@@ -185,3 +185,24 @@ def open_custodian(
     if config.custodian == "memory":
         return MemoryCustodian(gate)
     return KeyringCustodian(config.keyring_path, gate, may_create)
+
+
+_PAGE = 1000  # subjects read from a catalog at a time
+
+
+def name_earlier_keys(custodian: KeyCustodian, cells: Mapping[str, Cell]) -> None:
+    """A keyring from before the custodian recorded whose key is whose learns, once, the
+    subject of every key a catalog holds for a live subject. It has nothing else to go
+    by for those keys (docs/trust-model.md); every key wrapped since names its own."""
+    if custodian.needs_subjects():
+        custodian.record_subjects(_keys_held(cells))
+
+
+def _keys_held(cells: Mapping[str, Cell]) -> Iterator[tuple[KeyScope, str, str]]:
+    """(scope, key id, subject) of every live subject of every cell, a page at a time."""
+    for cell in cells.values():
+        after: tuple[str, str] | None = None
+        while page := cell.catalog.subjects_with_keys(after, _PAGE):
+            for record in page:
+                yield KeyScope(record.tenant, record.jurisdiction), record.key_id, record.subject
+            after = (page[-1].tenant, page[-1].subject)

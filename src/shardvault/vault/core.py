@@ -66,7 +66,14 @@ from shardvault.model import (
 from shardvault.objectid import minted_at, new_object_id
 from shardvault.placement import place_stripe, placement_seed
 from shardvault.policy import Action
-from shardvault.vault.cells import CatalogFactory, Cell, open_cells, open_custodian, sqlite_catalogs
+from shardvault.vault.cells import (
+    CatalogFactory,
+    Cell,
+    name_earlier_keys,
+    open_cells,
+    open_custodian,
+    sqlite_catalogs,
+)
 from shardvault.vault.deadline import NodeDeadline
 from shardvault.vault.gc import GcReport, collect_cell, collect_claimed
 from shardvault.vault.reader import ObjectReader
@@ -163,6 +170,7 @@ class Vault:
             custodian = custodian or open_custodian(
                 config, gate=governance.custodian_gate(), may_create=directory.empty
             )
+            name_earlier_keys(custodian, cells)
             vault = cls(
                 config,
                 cells=cells,
@@ -220,7 +228,9 @@ class Vault:
         access = self.governance.authorize(ctx, Action.WRITE, tenant, jurisdiction, subject)
         key_id = hierarchy.new_key_id()
         scope, key = KeyScope(tenant, jurisdiction), hierarchy.new_key()
-        wrapped = self._key_use(access, lambda why: self.custodian.wrap(scope, key_id, key, why))
+        wrapped = self._key_use(
+            access, lambda why: self.custodian.wrap(scope, key_id, key, why, subject=subject)
+        )
         record = SubjectRecord(tenant, subject, jurisdiction, key_id, wrapped, self._clock())
         with self.directory.registration():
             self._drop_unfinished_registration(tenant, subject)

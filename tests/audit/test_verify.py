@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import errno
 import os
+import resource
 import shutil
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -474,3 +477,63 @@ def test_an_export_takes_in_a_head_another_process_stored_after_this_one_looked(
         assert (summary.entries, summary.heads) == (6, 2)
         verify(summary.path, mine.heads()[-1].to_bytes())
     mine.close()
+
+
+SHARDVAULT = Path(sys.executable).parent / "shardvault"
+SMALL_PROCESS = 512 << 20  # address space: a verifier needs about 200 MiB
+
+
+def verify_in_a_small_process(export: Path) -> subprocess.CompletedProcess[str]:
+    """`shardvault audit verify` as an outsider runs it, held to SMALL_PROCESS bytes."""
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (SMALL_PROCESS, SMALL_PROCESS))
+
+    args = [str(SHARDVAULT), "audit", "verify", str(export), "--key", LOG_VKEY]
+    return subprocess.run(
+        [*args, "--cosigner", WITNESS_VKEY], capture_output=True, text=True, timeout=120,
+        preexec_fn=limit, check=False,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("name", "said"),
+    [
+        ("entries.jsonl", "entries.jsonl line 1 is longer than an audit entry may be"),
+        (f"heads/{1:020d}.note", f"heads/{1:020d}.note is larger than a signed head may be"),
+        ("FORMAT", "export FORMAT is missing or of a version"),
+    ],
+)
+@pytest.mark.parametrize("packed", [False, True], ids=["directory", "tar"])
+def test_a_member_of_gigabytes_is_refused_in_bounded_memory(
+    sample: tuple[Path, bytes], tmp_path: Path, name: str, said: str, packed: bool
+) -> None:
+    # each member was read whole (a line, a head, FORMAT): a 10 KiB tar holding a sparse
+    # member of 3 GiB of zeros raised MemoryError (a traceback), or grew the process by
+    # gigabytes where memory allowed
+    export = tmp_path / "export"
+    shutil.copytree(sample[0], export)
+    with open(export / name, "r+b") as file:
+        if name == "entries.jsonl":
+            file.truncate(0)  # its first line: zeros, no newline
+        file.truncate(4 << 30)  # sparse: no disk used
+    if packed:
+        tar = shutil.which("tar")
+        if tar is None:
+            pytest.skip("no tar tool to write a sparse member")
+        subprocess.run(
+            [tar, "--sparse", "-cf", str(tmp_path / "export.tar"), "-C", str(export), "."],
+            check=True,
+        )
+        assert (tmp_path / "export.tar").stat().st_size < 1 << 20
+        export = tmp_path / "export.tar"
+    done = verify_in_a_small_process(export)
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.startswith(f"error: {said}"), done.stderr
+    assert len(done.stderr.splitlines()) == 1
+
+
+def test_a_trusted_head_larger_than_any_head_is_refused_unread(sample: tuple[Path, bytes]) -> None:
+    export, trusted = sample
+    with pytest.raises(IntegrityError, match="trusted head is larger than a signed head may be"):
+        verify(export, trusted + b"\n" * (1 << 20))

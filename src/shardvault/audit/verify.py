@@ -20,6 +20,7 @@ Any failure raises `IntegrityError` naming the first problem found.
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import tarfile
@@ -31,13 +32,17 @@ from typing import IO
 
 from shardvault.audit import merkle
 from shardvault.audit.checkpoint import VerifiedHead, check_key_kinds, open_checkpoint
-from shardvault.audit.entry import AuditEntry
+from shardvault.audit.entry import MAX_ENTRY_BYTES, AuditEntry
 from shardvault.audit.export import ENTRIES_NAME, FORMAT_TEXT, HEADS_DIR
 from shardvault.audit.note import NoteVerifier
 from shardvault.errors import IntegrityError, InvalidInput
 
 _HEAD_NAME = re.compile(rf"{HEADS_DIR}/([0-9]{{20}})\.note")  # \d takes any script's digits
 _KNOWN = {"FORMAT", ENTRIES_NAME}
+MAX_HEAD_BYTES = 1 << 20
+"""A signed head is an origin, a size, a root and a few signature lines: well under a
+KiB. Nothing larger is read whole, so a hostile export (a sparse member of gigabytes
+of zeros, in a tar of kilobytes) costs the verifier no memory."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +83,13 @@ class _Source:
         self.names = names
         self._stack = stack
 
+    def read(self, name: str, limit: int, what: str) -> bytes:
+        """The member NAME whole, refused (`IntegrityError`) past LIMIT bytes."""
+        data = self.open(name).read(limit + 1)
+        if len(data) > limit:
+            raise IntegrityError(f"{name} is larger than {what} may be ({limit} bytes)")
+        return data
+
     def open(self, name: str) -> IO[bytes]:
         if name not in self.names:
             raise IntegrityError(f"export has no {name}")
@@ -112,8 +124,17 @@ def _open_tar(path: Path, stack: ExitStack) -> tuple[tarfile.TarFile, list[tarfi
 
 
 def _lines(stream: IO[bytes]) -> Iterator[bytes]:
-    for line in stream:
+    """The lines of ``entries.jsonl``, each read no further than an entry can run."""
+    for number in itertools.count(1):
+        line = stream.readline(MAX_ENTRY_BYTES + 1)  # the longest entry and its newline
+        if not line:
+            return
         if not line.endswith(b"\n"):
+            if len(line) > MAX_ENTRY_BYTES:
+                raise IntegrityError(
+                    f"{ENTRIES_NAME} line {number} is longer than an audit entry may be "
+                    f"({MAX_ENTRY_BYTES} bytes)"
+                )
             raise IntegrityError(f"{ENTRIES_NAME} does not end with a newline")
         yield line[:-1]
 
@@ -138,13 +159,18 @@ def verify_export(
     check_key_kinds(log_verifier, cosigner)  # before `_open` reads its InvalidInput as a bad head
     with ExitStack() as stack:
         source = _Source(Path(path), stack)
-        if source.open("FORMAT").read() != FORMAT_TEXT.encode("utf-8"):
+        expected = FORMAT_TEXT.encode("utf-8")
+        if source.open("FORMAT").read(len(expected) + 1) != expected:
             raise IntegrityError(
                 "export FORMAT is missing or of a version this reader does not know"
             )
         heads = _open_heads(source, log_verifier, cosigner, origin)
         trusted = None
         if trusted_head is not None:
+            if len(trusted_head) > MAX_HEAD_BYTES:
+                raise IntegrityError(
+                    f"trusted head is larger than a signed head may be ({MAX_HEAD_BYTES} bytes)"
+                )
             trusted = _open(trusted_head, "trusted head", log_verifier, cosigner, origin)
             if heads and trusted.checkpoint.origin != heads[0].checkpoint.origin:
                 raise IntegrityError("trusted head is for another log than the export")
@@ -198,7 +224,8 @@ def _open_heads(
 ) -> list[VerifiedHead]:
     heads = []
     for name in sorted(n for n in source.names if _HEAD_NAME.fullmatch(n)):
-        head = _open(source.open(name).read(), name, key, cosigner, origin)
+        data = source.read(name, MAX_HEAD_BYTES, "a signed head")
+        head = _open(data, name, key, cosigner, origin)
         match = _HEAD_NAME.fullmatch(name)
         assert match is not None
         if int(match.group(1)) != head.checkpoint.size:

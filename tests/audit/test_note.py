@@ -112,6 +112,9 @@ def test_unknown_signatures_are_ignored_but_one_known_is_required() -> None:
         "Peter Neumann+c74f20a3+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW",
         GO_VKEY[:-1],
         "PeterNeumann+C74F20A3+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW",
+        # a name of bytes that are not UTF-8, as a command line passes them: its key ID
+        # could not be computed (UnicodeEncodeError, a traceback through the CLI)
+        "Peter\udcffNeumann+c74f20a3+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW",
     ],
 )
 def test_malformed_verifier_keys_are_refused(vkey: str) -> None:

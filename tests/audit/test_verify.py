@@ -537,3 +537,24 @@ def test_a_trusted_head_larger_than_any_head_is_refused_unread(sample: tuple[Pat
     export, trusted = sample
     with pytest.raises(IntegrityError, match="trusted head is larger than a signed head may be"):
         verify(export, trusted + b"\n" * (1 << 20))
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["audit", "verify", "EXPORT", "--key"], ["audit", "verify", "EXPORT", "--key", LOG_VKEY,
+     "--cosigner"], ["receipt", "verify", "HEAD", "--key"]],
+    ids=["audit-key", "audit-cosigner", "receipt-key"],
+)  # fmt: skip
+def test_a_key_named_in_bytes_that_are_not_utf8_is_exit_2(
+    sample: tuple[Path, bytes], tmp_path: Path, command: list[str]
+) -> None:
+    # the name's key ID could not be computed: UnicodeEncodeError, a traceback
+    export, trusted = sample
+    (tmp_path / "head.note").write_bytes(trusted)
+    given = {"EXPORT": str(export), "HEAD": str(tmp_path / "head.note")}
+    args = [os.fsencode(given.get(arg, arg)) for arg in command]
+    name, rest = LOG_VKEY.split("+", 1)
+    key = name.encode() + b"\xff+" + rest.encode()
+    done = subprocess.run([SHARDVAULT, *args, key], capture_output=True, check=False)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith(b"error: key name") and len(done.stderr.splitlines()) == 1

@@ -10,7 +10,7 @@ import pytest
 from conftest import make_deployment
 from governance_support import forget_approved
 from shardvault.config import load
-from shardvault.errors import IntegrityError
+from shardvault.errors import IntegrityError, InvalidInput
 from shardvault.governance.receipts import Forgotten, make_receipt, verify_receipt
 from shardvault.model import ObjectRef
 from shardvault.vault import Vault
@@ -70,3 +70,12 @@ def test_a_receipt_saying_other_than_its_audit_entry_is_refused(
         false = make_receipt(cell, head, done.audit_index, replace(told, **lie))
         with pytest.raises(IntegrityError, match="not this forget"):
             verify_receipt(false.to_bytes(), vkey)
+
+
+def test_a_bad_key_is_the_callers_mistake_not_a_bad_receipt() -> None:
+    # it was "not a valid receipt", exit 1, whatever the receipt held
+    from tests.audit.conftest import LOG_VKEY, WITNESS_VKEY
+
+    for cell_key, cosigner in (("x+zz+AA", None), (WITNESS_VKEY, None), (LOG_VKEY, LOG_VKEY)):
+        with pytest.raises(InvalidInput, match=r"verifier key|key 'audit|key 'partner"):
+            verify_receipt(b"anything", cell_key, cosigner)

@@ -56,6 +56,11 @@ def _b64decode(text: str, what: str) -> bytes:
 def _check_name(name: str) -> str:
     if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise InvalidInput(f"key name {name!r} must be non-empty, without spaces or '+'")
+    if not name.isascii():  # bytes of a command line that are not UTF-8 have no key ID
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidInput(f"key name {name!r} is not UTF-8 text") from None
     return name
 
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from shardvault.audit import AuditEntry, Checkpoint, SignedNote, open_checkpoint
+from shardvault.audit.checkpoint import check_key_kinds
 from shardvault.audit.entry import canonical_json
 from shardvault.audit.merkle import leaf_hash, verify_inclusion
 from shardvault.audit.note import NoteVerifier, open_note
@@ -78,11 +79,15 @@ def make_receipt(cell: CellAudit, head: SignedNote, index: int, what: Forgotten)
 
 
 def verify_receipt(data: bytes, cell_key: str, cosigner_key: str | None = None) -> dict[str, Any]:
-    """Check a receipt with public keys only; returns its fields or raises `IntegrityError`."""
+    """Check a receipt with public keys only; returns its fields or raises `IntegrityError`.
+
+    A malformed key, or one of the wrong kind, is the caller's mistake, not the
+    receipt's: `InvalidInput`."""
+    verifier = NoteVerifier.from_vkey(cell_key)
+    cosigner = NoteVerifier.from_vkey(cosigner_key) if cosigner_key else None
+    check_key_kinds(verifier, cosigner)
     try:
         note = SignedNote.parse(data)
-        verifier = NoteVerifier.from_vkey(cell_key)
-        cosigner = NoteVerifier.from_vkey(cosigner_key) if cosigner_key else None
     except InvalidInput as exc:
         raise IntegrityError(f"not a valid receipt: {exc}") from None
     open_note(note, verifier)

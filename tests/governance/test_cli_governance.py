@@ -9,7 +9,9 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from tests.cli.test_cli import Cli
@@ -355,6 +357,60 @@ def test_a_receipt_that_fails_to_save_after_the_forget_is_still_printed(
     said, error = err.splitlines()  # what was done, then the one error line
     assert said.startswith("forgot intl/alice") and error.startswith("error: ")
     assert "was forgotten, but its receipt was not saved" in error and "stdout" in error
+
+
+def _resigned(cli: Cli, receipt: bytes, edit: Callable[[dict[str, Any]], object]) -> bytes:
+    """RECEIPT's body changed by EDIT (or replaced by what it returns, if not None),
+    signed again with the cell's key: what the operator, who holds it, can hand out."""
+    from shardvault.audit.entry import canonical_json
+    from shardvault.audit.note import SignedNote, signer_from_skey
+
+    skey = load(cli.config).state_dir / "cells" / "US" / "audit" / "cell.skey"
+    signer = signer_from_skey(skey.read_text().strip())
+    body = json.loads(SignedNote.parse(receipt).text)
+    replaced = edit(body)
+    text = (replaced if isinstance(replaced, str) else canonical_json(body).decode()) + "\n"
+    return SignedNote(text, (signer.sign(text),)).to_bytes()
+
+
+RECEIPT_EDITS: dict[str, Callable[[dict[str, Any]], object]] = {
+    "head not a string": lambda body: body["audit"].update(head=5),
+    "index a string": lambda body: body["audit"].update(index="3"),
+    "index a list": lambda body: body["audit"].update(index=[]),
+    "index true": lambda body: body["audit"].update(index=True),
+    "no subject": lambda body: body.pop("subject") and None,
+    "subject an object": lambda body: body.update(subject={"a": 1}),
+    "subject two lines": lambda body: body.update(subject="alice\nvalid receipt: bob"),
+    "key not destroyed": lambda body: body.update(key_destroyed=False),
+    "counts as booleans": lambda body: body.update(versions_deleted=True),
+    "no time": lambda body: body.pop("forgotten_at") and None,
+    "a field more": lambda body: body.update(note="x"),
+    "a proof hash cut short": lambda body: body["audit"]["inclusion_proof"].__setitem__(
+        0, base64.b64encode(bytes(31)).decode()
+    ),
+    "nested too deep": lambda body: "[" * 100000 + "]" * 100000,
+    "not canonical": lambda body: json.dumps(body),
+}
+
+
+def test_a_receipt_signed_by_the_cell_but_not_as_written_is_one_line_and_exit_1(
+    cli: Cli, tmp_path: Path
+) -> None:
+    # the operator holds the cell's key: what it signs is still checked field by field.
+    # Tracebacks (AttributeError, TypeError, RecursionError, a KeyError printing it),
+    # and "valid receipt" for a key not destroyed or an answer of two lines
+    approval = _approved_forget(cli)
+    genuine = cli.ok("--approval", approval, "forget", "intl", "alice")
+    key = cli.json("audit", "keys")["cells"]["US"]
+    receipt = tmp_path / "receipt.note"
+    receipt.write_bytes(_resigned(cli, genuine, lambda body: None))
+    assert outsider("receipt", "verify", str(receipt), "--key", key, cwd=tmp_path).returncode == 0
+    for what, edit in RECEIPT_EDITS.items():
+        receipt.write_bytes(_resigned(cli, genuine, edit))
+        done = outsider("receipt", "verify", str(receipt), "--key", key, cwd=tmp_path)
+        assert done.returncode == 1, (what, done.stderr)
+        assert done.stderr.startswith("error: "), (what, done.stderr)
+        assert len(done.stderr.splitlines()) == 1, (what, done.stderr)
 
 
 def test_approvals_and_principals_are_shown_only_to_whom_may_see_them(cli: Cli) -> None:

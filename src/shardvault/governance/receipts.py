@@ -20,16 +20,18 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
 from shardvault.audit import AuditEntry, Checkpoint, SignedNote, open_checkpoint
 from shardvault.audit.checkpoint import check_key_kinds
 from shardvault.audit.entry import canonical_json
-from shardvault.audit.merkle import leaf_hash, verify_inclusion
+from shardvault.audit.merkle import HASH_SIZE, leaf_hash, verify_inclusion
 from shardvault.audit.note import NoteVerifier, open_note
 from shardvault.errors import IntegrityError, InvalidInput
 from shardvault.governance.heads import CellAudit
+from shardvault.model import jurisdiction_code, subject_id, tenant_name
 
 RECEIPT_TYPE = "shardvault-deletion-receipt"
 RECEIPT_VERSION = 1
@@ -91,24 +93,93 @@ def verify_receipt(data: bytes, cell_key: str, cosigner_key: str | None = None) 
     except InvalidInput as exc:
         raise IntegrityError(f"not a valid receipt: {exc}") from None
     open_note(note, verifier)
+    body = _body(note.text)
+    audit = body["audit"]
     try:
-        body = json.loads(note.text)
-        audit = body["audit"]
-        if body.get("type") != RECEIPT_TYPE or body.get("v") != RECEIPT_VERSION:
-            raise IntegrityError(f"not a version {RECEIPT_VERSION} deletion receipt")
         head = open_checkpoint(
             audit["head"].encode("utf-8"), verifier, cosigner_key=cosigner, origin=audit["origin"]
         )
         raw_entry = base64.b64decode(audit["entry"], validate=True)
         proof = [base64.b64decode(h, validate=True) for h in audit["inclusion_proof"]]
-        index = audit["index"]
-    except (KeyError, TypeError, ValueError, InvalidInput) as exc:
+    except (ValueError, InvalidInput) as exc:
         raise IntegrityError(f"malformed deletion receipt: {exc}") from None
+    if any(len(h) != HASH_SIZE for h in proof):
+        raise IntegrityError(f"malformed deletion receipt: a proof hash is not {HASH_SIZE} bytes")
     checkpoint = head.checkpoint
-    verify_inclusion(leaf_hash(raw_entry), index, checkpoint.size, proof, checkpoint.root_hash)
+    verify_inclusion(
+        leaf_hash(raw_entry), audit["index"], checkpoint.size, proof, checkpoint.root_hash
+    )
     if not _states(AuditEntry.from_bytes(raw_entry), body):
         raise IntegrityError("the audit entry in the receipt is not this forget")
-    return dict(body)
+    return body
+
+
+_FIELDS = frozenset(
+    {"type", "v", "tenant", "subject", "jurisdiction", "key_id", "key_destroyed",
+     "versions_deleted", "shards_removed", "forgotten_at", "audit"}
+)  # fmt: skip
+_AUDIT_FIELDS = frozenset({"origin", "index", "entry", "inclusion_proof", "head"})
+_FORGOTTEN_AT = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z")
+_MAX_COUNT = 2**53 - 1
+_MAX_PROOF = 64  # hashes: one per level of a tree of up to 2^64 entries
+
+
+def _body(text: str) -> dict[str, Any]:
+    """The receipt's JSON, if it is as `make_receipt` writes it (`IntegrityError` if not):
+    one encoding, the fields of version 1 and no other, each of its type, and what is
+    shown on the verifier's one line of output printable. The cell's key signs whatever
+    its holder, the operator, gives it: the signature does not make a field well formed."""
+    try:
+        body = json.loads(text)
+        if not isinstance(body, dict):
+            raise ValueError("not a JSON object")
+        if body.get("type") != RECEIPT_TYPE or not _is_count(body.get("v"), RECEIPT_VERSION):
+            raise IntegrityError(f"not a version {RECEIPT_VERSION} deletion receipt")
+        audit = body.get("audit")
+        if set(body) != _FIELDS or not isinstance(audit, dict) or set(audit) != _AUDIT_FIELDS:
+            raise ValueError("not the fields of a deletion receipt")
+        _check_fields(body, audit)
+        if canonical_json(body).decode("utf-8") + "\n" != text:
+            raise ValueError("not in canonical JSON form")
+    except (ValueError, RecursionError, InvalidInput) as exc:
+        # RecursionError: brackets nested deeper than the parser recurses
+        raise IntegrityError(f"malformed deletion receipt: {exc}") from None
+    return body
+
+
+def _check_fields(body: dict[str, Any], audit: dict[str, Any]) -> None:
+    """ValueError or `InvalidInput` naming the first field that is not of its kind."""
+    tenant_name(body["tenant"])
+    subject_id(body["subject"])
+    jurisdiction_code(body["jurisdiction"])
+    for name, value in (("key_id", body["key_id"]), ("origin", audit["origin"])):
+        if not isinstance(value, str) or not value or not value.isprintable():
+            raise ValueError(f"{name} is not a printable string")
+    if not isinstance(body["forgotten_at"], str) or not _FORGOTTEN_AT.fullmatch(
+        body["forgotten_at"]
+    ):
+        raise ValueError("forgotten_at is not an RFC 3339 UTC time")
+    if body["key_destroyed"] is not True:
+        raise ValueError("it does not state the subject's key destroyed")
+    for name, value in (
+        ("versions_deleted", body["versions_deleted"]),
+        ("shards_removed", body["shards_removed"]),
+        ("index", audit["index"]),
+    ):
+        if not _is_count(value):
+            raise ValueError(f"{name} is not a whole number from 0 to {_MAX_COUNT}")
+    proof = audit["inclusion_proof"]
+    if not isinstance(proof, list) or len(proof) > _MAX_PROOF:
+        raise ValueError(f"inclusion_proof is not a list of at most {_MAX_PROOF} hashes")
+    if not all(isinstance(h, str) for h in [*proof, audit["entry"], audit["head"]]):
+        raise ValueError("inclusion_proof, entry and head must be strings")
+
+
+def _is_count(value: object, exactly: int | None = None) -> bool:
+    """Whether VALUE is a JSON integer (not a boolean, which equals 0 or 1) in range."""
+    if type(value) is not int or not 0 <= value <= _MAX_COUNT:
+        return False
+    return exactly is None or value == exactly
 
 
 _RECORDED = ("key_id", "jurisdiction", "versions_deleted", "shards_removed")

@@ -233,13 +233,37 @@ def test_a_revoked_token_through_the_cli_is_audited_as_its_principal(
     )  # fmt: skip
 
 
+def test_a_foreign_request_under_another_principals_request_id_is_counted_as_its_own(
+    config_path: Path,
+) -> None:
+    # the embedding program names each request; a foreign authority's refusal under an
+    # id a service used before was merged into the service's request: counted as the
+    # service's (and its allowed read as denied), or not at all when the service's
+    # request was in an earlier period. The log held the refusal; the report hid it
+    clock = Clock()
+    with Vault.open(load(config_path), clock=clock) as vault:
+        register(vault)
+        vault.register_subject("intl", "alice", "US")
+        vault.put(REF, b"mail", ctx=as_(SERVICE, "serve-user"))
+        for day, rid in ((10, "req-jan"), (40, "req-feb")):
+            clock.now = JAN_1 + day * 86400
+            vault.get(REF, ctx=RequestContext(SERVICE.id, "serve-user", rid))
+        clock.now = JAN_1 + 45 * 86400
+        for rid in ("req-jan", "req-feb"):
+            with pytest.raises(AccessDenied, match="foreign-government"):
+                vault.get(REF, ctx=RequestContext(CN_POLICE.id, "lawful-request", rid))
+        report = transparency_report(vault.governance, "2026-02-01", "2026-02-28")
+    counted = {(r.requester_kind, r.authority_country, r.decision): r.requests for r in report.rows}
+    assert counted == {("service", "-", "allow"): 1, ("external-requester", "CN", "deny"): 2}
+
+
 def reference_count(entries: list[AuditEntry], start: str, end: str) -> Counter[Key]:
     """The counting rule of the module docstring, written plainly: the oracle."""
     strength = {"allow": 0, "approval-required": 1, "deny": 2}
     counted = [e for e in entries if e.details.get("stage") in ("policy", "custodian")]
     counts: Counter[Key] = Counter()
-    for rid in dict.fromkeys(e.request_id for e in counted):
-        mine = [e for e in counted if e.request_id == rid]
+    for request in dict.fromkeys((e.principal, e.request_id) for e in counted):
+        mine = [e for e in counted if (e.principal, e.request_id) == request]
         if not start <= mine[0].time < end:
             continue
         policy = [e for e in mine if e.details["stage"] == "policy"]
@@ -254,11 +278,11 @@ def reference_count(entries: list[AuditEntry], start: str, end: str) -> Counter[
 
 
 ENTRY = st.builds(
-    lambda rid, day, decision, stage, kind, country: new_entry(
+    lambda rid, who, day, decision, stage, kind, country: new_entry(
         at=datetime(2026, 2, 1, tzinfo=UTC) + timedelta(days=day),
         hasher=AuditHasher(b"\x01" * 32),
         request_id=f"r{rid}",
-        principal="p",
+        principal=who,
         tenant="intl",
         action="read",
         purpose="serve-user",
@@ -270,6 +294,7 @@ ENTRY = st.builds(
         | ({"authority_country": country} if country else {}),
     ),
     st.integers(0, 12),
+    st.sampled_from(["p", "q"]),  # principals, whose request ids may coincide
     st.integers(-3, 3),
     st.sampled_from(["allow", "approval-required", "deny"]),
     st.sampled_from(["policy", "custodian", "approval", "outcome"]),
@@ -300,6 +325,8 @@ def test_an_entry_whose_counted_fields_the_writer_never_wrote_is_an_integrity_er
         good.replace(b'"request_id":"r1"', b'"request_id":"r1\\u0001"'),  # and these
         good.replace(b'"time":"2026-02-01', b'"time":"2026-02-31'),
         good.replace(b'"stage":"policy"', b'"stage":"policy","kind":{"x":1}'),
+        good.replace(b'"principal":"p"', b'"principal":["p"]'),  # now part of a request
+        good.replace(b'"principal":"p"', b'"principal":"p\\u0000"'),
     ):
         assert bad != good
         with pytest.raises(IntegrityError):

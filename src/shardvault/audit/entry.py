@@ -119,10 +119,13 @@ def _check_detail_items(items: tuple[tuple[str, type, DetailValue, type], ...]) 
 _check_detail_items_cached = lru_cache(maxsize=4096)(_check_detail_items)
 
 
-def check_counted_fields(time: object, request_id: object, details: object) -> None:
-    """The strict parse's checks of an entry's time, request id and details, for a
-    reader that takes only those of its JSON (the transparency report); `InvalidInput`."""
+def check_counted_fields(
+    time: object, principal: object, request_id: object, details: object
+) -> None:
+    """The strict parse's checks of an entry's time, principal, request id and details,
+    for a reader that takes only those of its JSON (the transparency report); `InvalidInput`."""
     _check_time(time)  # type: ignore[arg-type]  # checks the type too
+    _check_text("principal", principal)
     _check_text("request_id", request_id)
     if not isinstance(details, dict):
         raise InvalidInput("audit entry 'details' must be an object")

@@ -284,6 +284,22 @@ def test_heads_of_one_export_must_share_one_origin(
         verify_export(copy, LOG_VKEY, cosigner_key=WITNESS_VKEY)
 
 
+def test_a_whole_export_of_another_origin_under_this_key_is_refused(
+    sample: tuple[Path, bytes], tmp_path: Path
+) -> None:
+    # every head for one other origin, signed by this cell's key and cosigned: it
+    # verified as "N entries of other.example/log" against the key of this cell's log,
+    # so the operator could keep a second history under a second name (another cell
+    # given a copy of the key) and hand it to whoever checks this cell
+    export, _ = sample
+    copy = tmp_path / "copy"
+    shutil.copytree(export, copy)
+    for name in (copy / "heads").iterdir():
+        name.write_bytes(head_for_origin(name.read_bytes(), "other.example/log"))
+    with pytest.raises(IntegrityError, match=r"is for log 'other\.example/log', not 'audit\."):
+        verify_export(copy, LOG_VKEY, cosigner_key=WITNESS_VKEY)
+
+
 def test_trusted_head_needs_the_partners_cosignature(sample: tuple[Path, bytes]) -> None:
     export, trusted = sample
     uncosigned = sign_checkpoint(Checkpoint.parse(SignedNote.parse(trusted).text), LOG_SIGNER)

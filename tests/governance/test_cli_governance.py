@@ -224,6 +224,22 @@ def test_export_then_verify_by_an_outsider_and_every_tamper_is_caught(
     assert outsider("audit", "verify", "export", *args, cwd=elsewhere).returncode == 1
 
 
+def test_the_partner_cosigns_a_cells_heads_only_under_that_cells_own_key(
+    cli: Cli, tmp_path: Path
+) -> None:
+    # SG's log given a copy of US's key: the partner cosigned SG's heads, and an export
+    # of SG verified with US's key and the partner's ("verified: ... of .../cell-sg"): a
+    # second history the operator could show whoever checks US
+    cli.ok("audit", "keys")  # makes every cell's key
+    audit = load(cli.config).state_dir / "cells"
+    shutil.copy(audit / "US" / "audit" / "cell.skey", audit / "SG" / "audit" / "cell.skey")
+    message = cli.fails(1, "audit", "export", "--cell", "SG", str(tmp_path / "sg"))
+    assert "cannot cosign" in message and "cell-sg" in message and "cell-us" in message
+    assert not (tmp_path / "sg").exists()
+    spec = load(cli.config).governance
+    assert spec is not None and not (spec.partner_dir / "cosigned" / "SG.note").exists()
+
+
 def test_proofs_check_out_with_the_merkle_math_alone(cli: Cli, tmp_path: Path) -> None:
     cli.ok("audit", "head", "--cell", "US")
     old = json.loads(cli.ok("audit", "prove-consistency", "--cell", "US", "0"))["new_size"]

@@ -139,10 +139,18 @@ def cosign_checkpoint(
 
     ``previous`` is the last head this witness cosigned for the same origin and
     ``proof`` the consistency proof from it to the new head. The witness refuses
-    (`IntegrityError`) a head that does not extend what it saw before.
+    (`IntegrityError`) a head that does not extend what it saw before, and one whose
+    origin is not the name of the key that signed it.
     """
     head = open_checkpoint(data, log_key)
     checkpoint = head.checkpoint
+    if checkpoint.origin != log_key.name:
+        # a log's key vouches for that log alone: a head of another origin under it
+        # (another cell given a copy of the key) would verify as a second history of it
+        raise IntegrityError(
+            f"cannot cosign: a head of {checkpoint.origin!r} signed by the key of "
+            f"{log_key.name!r}; a log's key signs its own log's heads only"
+        )
     if previous is not None:
         if previous.origin != checkpoint.origin:
             raise IntegrityError("cannot cosign: the previous head is for another log")

@@ -3,7 +3,8 @@
 What is checked, and why it catches every change:
 
 1. every head in the export carries a valid signature by the cell's key (and
-   the partner's cosignature when its key is given), all for one origin;
+   the partner's cosignature when its key is given), all for one origin: the
+   key's name (C2SP's key name is the origin), unless another is asked for;
 2. every entry is a canonical v1 entry (so no byte can change unnoticed);
 3. the Merkle root over the first ``size`` entries equals the root of every
    head of that size. An edited, deleted, inserted or reordered entry changes
@@ -164,15 +165,18 @@ def verify_export(
             raise IntegrityError(
                 "export FORMAT is missing or of a version this reader does not know"
             )
-        heads = _open_heads(source, log_verifier, cosigner, origin)
+        # the key vouches for its own log only: a log of another origin signed with a
+        # copy of it (and cosigned) is another history, not this log's
+        log_origin = log_verifier.name if origin is None else origin
+        heads = _open_heads(source, log_verifier, cosigner, log_origin)
         trusted = None
         if trusted_head is not None:
             if len(trusted_head) > MAX_HEAD_BYTES:
                 raise IntegrityError(
                     f"trusted head is larger than a signed head may be ({MAX_HEAD_BYTES} bytes)"
                 )
-            trusted = _open(trusted_head, "trusted head", log_verifier, cosigner, origin)
-            if heads and trusted.checkpoint.origin != heads[0].checkpoint.origin:
+            trusted = _open(trusted_head, "trusted head", log_verifier, cosigner)
+            if trusted.checkpoint.origin != log_origin:
                 raise IntegrityError("trusted head is for another log than the export")
         by_size: dict[int, bytes] = {}
         for head in [*heads, *([trusted] if trusted else [])]:
@@ -208,11 +212,9 @@ def _check_root(frontier: merkle.Frontier, by_size: dict[int, bytes]) -> None:
         raise IntegrityError(f"entries do not match the signed head for size {frontier.size}")
 
 
-def _open(
-    data: bytes, what: str, key: NoteVerifier, cosigner: NoteVerifier | None, origin: str | None
-) -> VerifiedHead:
+def _open(data: bytes, what: str, key: NoteVerifier, cosigner: NoteVerifier | None) -> VerifiedHead:
     try:
-        return open_checkpoint(data, key, cosigner_key=cosigner, origin=origin)
+        return open_checkpoint(data, key, cosigner_key=cosigner)
     except InvalidInput as exc:
         raise IntegrityError(f"{what} is malformed: {exc}") from None
     except IntegrityError as exc:
@@ -220,19 +222,17 @@ def _open(
 
 
 def _open_heads(
-    source: _Source, key: NoteVerifier, cosigner: NoteVerifier | None, origin: str | None
+    source: _Source, key: NoteVerifier, cosigner: NoteVerifier | None, origin: str
 ) -> list[VerifiedHead]:
     heads = []
     for name in sorted(n for n in source.names if _HEAD_NAME.fullmatch(n)):
         data = source.read(name, MAX_HEAD_BYTES, "a signed head")
-        head = _open(data, name, key, cosigner, origin)
+        head = _open(data, name, key, cosigner)
         match = _HEAD_NAME.fullmatch(name)
         assert match is not None
         if int(match.group(1)) != head.checkpoint.size:
             raise IntegrityError(f"{name} holds a head of size {head.checkpoint.size}")
-        if origin is None:
-            origin = head.checkpoint.origin
-        elif head.checkpoint.origin != origin:
+        if head.checkpoint.origin != origin:
             raise IntegrityError(f"{name} is for log {head.checkpoint.origin!r}, not {origin!r}")
         heads.append(head)
     return sorted(heads, key=lambda head: head.checkpoint.size)  # the newest is the largest

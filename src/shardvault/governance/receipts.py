@@ -95,6 +95,10 @@ def verify_receipt(data: bytes, cell_key: str, cosigner_key: str | None = None) 
     open_note(note, verifier)
     body = _body(note.text)
     audit = body["audit"]
+    if audit["origin"] != verifier.name:  # the key's own log, not one signed with a copy
+        raise IntegrityError(
+            f"the receipt's head is for log {audit['origin']!r}, not {verifier.name!r}"
+        )
     try:
         head = open_checkpoint(
             audit["head"].encode("utf-8"), verifier, cosigner_key=cosigner, origin=audit["origin"]

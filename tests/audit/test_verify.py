@@ -574,3 +574,36 @@ def test_a_key_named_in_bytes_that_are_not_utf8_is_exit_2(
     done = subprocess.run([SHARDVAULT, *args, key], capture_output=True, check=False)
     assert done.returncode == 2, done.stderr
     assert done.stderr.startswith(b"error: key name") and len(done.stderr.splitlines()) == 1
+
+
+def test_directories_nested_deep_in_an_export_are_one_line_not_a_traceback(
+    sample: tuple[Path, bytes], tmp_path: Path
+) -> None:
+    # the export was walked recursively for its files: 1500 nested folders raised
+    # RecursionError through the CLI
+    export = tmp_path / "export"
+    shutil.copytree(sample[0], export)
+    nest(export, 1500)
+    try:
+        done = verify_in_a_small_process(export)
+    finally:
+        nest(export, -1500)  # shutil.rmtree recurses too
+    assert done.returncode == 1, done.stderr
+    assert done.stderr == "error: export contains unexpected files: ['d']\n"
+
+
+def nest(where: Path, depth: int) -> None:
+    """Make DEPTH folders ``d/d/...`` in WHERE, or remove -DEPTH of them, in relative
+    steps: the whole path is longer than a path may be."""
+    here = os.getcwd()
+    os.chdir(where)
+    try:
+        for _ in range(abs(depth)):
+            if depth > 0:
+                os.mkdir("d")
+            os.chdir("d")
+        for _ in range(-depth):
+            os.chdir("..")
+            os.rmdir("d")
+    finally:
+        os.chdir(here)

@@ -67,9 +67,10 @@ class _Source:
         self._dir: Path | None = None
         self._tar: tarfile.TarFile | None = None
         self._members: dict[str, tarfile.TarInfo] = {}
+        folders: set[str] = set()
         if path.is_dir():
             self._dir = path
-            names = {p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file()}
+            names, folders = _listed(path)
         else:
             self._tar, every = _open_tar(path, stack)
             members = [m for m in every if m.isfile()]
@@ -78,7 +79,7 @@ class _Source:
             names = set(self._members)
             if len(names) != len(members):
                 raise IntegrityError("export contains the same file twice")
-        unknown = {n for n in names - _KNOWN if not _HEAD_NAME.fullmatch(n)}
+        unknown = {n for n in names - _KNOWN if not _HEAD_NAME.fullmatch(n)} | folders
         if unknown:
             raise IntegrityError(f"export contains unexpected files: {sorted(unknown)[:5]}")
         self.names = names
@@ -101,6 +102,30 @@ class _Source:
         if member is None:
             raise IntegrityError(f"export member {name} is not a file")
         return member
+
+
+def _listed(path: Path) -> tuple[set[str], set[str]]:
+    """The files of an export directory and of its ``heads/``, and the folders there
+    (each one unexpected). Nothing deeper is walked: folders nested thousands deep
+    made a recursive walk fail."""
+    files: set[str] = set()
+    folders: set[str] = set()
+    _list_into(path, "", files, folders)
+    if HEADS_DIR in folders:
+        folders.remove(HEADS_DIR)
+        _list_into(path / HEADS_DIR, f"{HEADS_DIR}/", files, folders)
+    return files, folders
+
+
+def _list_into(folder: Path, prefix: str, files: set[str], folders: set[str]) -> None:
+    """Add FOLDER's files and folders, named PREFIX + their names (nothing else: a pipe
+    is never opened, where reading it would wait for a writer)."""
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            if entry.is_file():
+                files.add(prefix + entry.name)
+            elif entry.is_dir():
+                folders.add(prefix + entry.name)
 
 
 def _open_tar(path: Path, stack: ExitStack) -> tuple[tarfile.TarFile, list[tarfile.TarInfo]]:

@@ -607,3 +607,18 @@ def nest(where: Path, depth: int) -> None:
             os.rmdir("d")
     finally:
         os.chdir(here)
+
+
+def test_an_export_that_is_a_pipe_is_refused_without_waiting_for_a_writer(
+    tmp_path: Path,
+) -> None:
+    # it was opened to check it could be read, which waits for a writer: for ever. A
+    # pipe cannot be an export anyway (a tar is read with seeks)
+    fifo = tmp_path / "export.tar"
+    os.mkfifo(fifo)
+    done = subprocess.run(
+        [SHARDVAULT, "audit", "verify", str(fifo), "--key", LOG_VKEY],
+        capture_output=True, text=True, timeout=20, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert done.stderr == f"error: {fifo} is neither an export directory nor a tar file\n"

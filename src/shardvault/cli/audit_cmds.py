@@ -26,6 +26,7 @@ from shardvault.errors import InvalidInput
 from shardvault.governance.guard import Governance
 from shardvault.governance.receipts import verify_receipt
 from shardvault.governance.transparency import transparency_report
+from shardvault.model import named
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 Cell = Annotated[str, typer.Option("--cell", help="The cell (jurisdiction), e.g. US.")]
@@ -143,6 +144,8 @@ def audit_verify(
     trusted = None if head is None else read_given(head)
     if not export.exists():
         raise InvalidInput(f"no export at {export}")
+    if not (export.is_dir() or export.is_file()):  # a pipe: opening it waits for a writer
+        raise InvalidInput(f"{named(str(export))} is neither an export directory nor a tar file")
     check_readable(export)  # else a directory it cannot list reads as one missing files
     report = verify_export(export, key, trusted_head=trusted, cosigner_key=cosigner)
     newest = report.heads[-1]

@@ -29,9 +29,9 @@ import os
 import re
 import tomllib
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
+from shardvault.durability import read_bounded
 from shardvault.errors import AccessDenied, ConfigError, InvalidInput
 from shardvault.keys.port import KeyOperation
 from shardvault.model import Justification, jurisdiction_code, tenant_name
@@ -250,7 +250,7 @@ def parse_custodian_policy(text: str, source: str = "custodian policy") -> Custo
 
 def load_custodian_policy(path: str | os.PathLike[str]) -> CustodianPolicy:
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        text = read_bounded(path).decode("utf-8")  # not a FIFO's open, which may wait for ever
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read {path}: {exc}") from None
     return parse_custodian_policy(text, str(path))

@@ -15,15 +15,17 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno
+import functools
 import os
 import re
 import secrets
 import shutil
+import stat
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from shardvault.errors import InvalidInput, ShardvaultError, StorageError
 from shardvault.io_threads import IoThreads
@@ -243,14 +245,67 @@ MAX_GIVEN_BYTES = 64 << 20  # a policy, decision table, baseline, receipt or hea
 def read_bounded(path: str | os.PathLike[str], limit: int = MAX_GIVEN_BYTES) -> bytes:
     """The bytes of a file a user named, refused past LIMIT (`InvalidInput`) rather than
     read whole: /dev/zero, or a disk image named by mistake, grew the process until it
-    died. A pipe (`<(...)`) is read as a file is. Raises OSError."""
-    with Path(path).open("rb") as file:
+    died. A pipe (`<(...)`) is read as a file is; see `open_given`. Raises OSError."""
+    with open_given(path) as file:
         data = file.read(limit + 1)
     if len(data) > limit:
         raise InvalidInput(
             f"{named(os.fsdecode(path))} is larger than {limit >> 20} MiB: is it the right file?"
         )
     return data
+
+
+def open_given(path: str | os.PathLike[str]) -> BinaryIO:
+    """Open, to read, a file a user named: a regular file, or a pipe a shell opened for
+    this command (`<(cmd)`, `/dev/stdin` of a pipe), which ends when its writer does.
+
+    A named FIFO is refused (`InvalidInput`) without being opened: opening one blocked,
+    silently and for ever if nothing wrote to it. So is a device (a terminal waits for
+    typing, /dev/zero never ends) or a socket. A directory is `IsADirectoryError`, as
+    opening it would say. The open does not block should the path become a FIFO after
+    the check. Raises OSError."""
+    refusal = _not_a_file(os.stat(path), path)
+    if refusal is None:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            refusal = _not_a_file(os.fstat(fd), path)
+            if refusal is None:
+                os.set_blocking(fd, True)
+                return os.fdopen(fd, "rb")
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+    raise InvalidInput(f"cannot read {named(os.fsdecode(path))}: {refusal}")
+
+
+def _not_a_file(info: os.stat_result, path: str | os.PathLike[str]) -> str | None:
+    """Why INFO is not to be read as a file given (None: it may be)."""
+    if stat.S_ISREG(info.st_mode) or _anonymous_pipe(info):
+        return None
+    if stat.S_ISDIR(info.st_mode):
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), os.fspath(path))
+    if stat.S_ISFIFO(info.st_mode):
+        shown = named(os.fsdecode(path))
+        return f"a named FIFO, which waits for a writer: give a file, or a pipe (<(cat {shown}))"
+    return "not a regular file"
+
+
+def _anonymous_pipe(info: os.stat_result) -> bool:
+    """Whether INFO is a pipe with no name (`<(cmd)`), not a FIFO on a file system:
+    a pipe never blocks its open, and its reads end when its writer does."""
+    return stat.S_ISFIFO(info.st_mode) and info.st_dev == _pipe_device()
+
+
+@functools.cache
+def _pipe_device() -> int:
+    """The device number every anonymous pipe has (pipefs, on Linux)."""
+    read_end, write_end = os.pipe()
+    try:
+        return os.fstat(read_end).st_dev
+    finally:
+        os.close(read_end)
+        os.close(write_end)
 
 
 _SQLITE_READONLY = 8  # sqlite3.SQLITE_READONLY; its extended codes share the low byte

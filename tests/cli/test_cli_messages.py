@@ -3,8 +3,11 @@ saying what was wrong and what to do."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +26,10 @@ def alice(tmp_path: Path, capsysbinary: pytest.CaptureFixture[bytes]) -> Cli:
 
 def unreadable(monkeypatch: pytest.MonkeyPatch, *paths: Path) -> None:
     """Make PATHS unreadable, not unwritable, as a user other than root finds them (root
-    reads anything): os.access says so, as Click asks it, and opening one to read fails."""
+    reads anything): os.access says so, as Click asks it, and opening one to read fails
+    (by `Path.open` or `os.open`)."""
     denied = {str(p) for p in paths}
-    access, path_open = os.access, pathlib.Path.open
+    access, path_open, os_open = os.access, pathlib.Path.open, os.open
 
     def may(path: Any, mode: int, *args: Any, **kwargs: Any) -> bool:
         if mode & os.R_OK and os.fspath(path) in denied:
@@ -37,8 +41,14 @@ def unreadable(monkeypatch: pytest.MonkeyPatch, *paths: Path) -> None:
             raise PermissionError(13, "Permission denied", str(self))
         return path_open(self, mode, *args, **kwargs)
 
+    def opened_fd(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+        if os.fspath(path) in denied and flags & os.O_ACCMODE != os.O_WRONLY:
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return os_open(path, flags, *args, **kwargs)
+
     monkeypatch.setattr(os, "access", may)
     monkeypatch.setattr(pathlib.Path, "open", opened)
+    monkeypatch.setattr(os, "open", opened_fd)
 
 
 def test_an_unreadable_config_is_one_line_not_a_usage_box(
@@ -170,13 +180,13 @@ def test_a_path_given_with_a_newline_or_a_bidi_control_is_escaped_in_its_error(
 @pytest.mark.parametrize(
     "argv",
     [
-        ["receipt", "verify", "/dev/zero", "--key", "k"],
-        ["audit", "verify", "{source}", "--key", "k", "--head", "/dev/zero"],
-        ["policy", "test", "/dev/zero", "--policy", str(POLICIES / "policy.toml")],
-        ["policy", "test", str(POLICIES / "cases.toml"), "--policy", "/dev/zero"],
-        ["policy", "check", *CHECK, "--policy", "/dev/zero"],
-        ["scan", "{source}", "--policy", "/dev/zero"],
-        ["scan", "{source}", "--baseline", "/dev/zero"],
+        ["receipt", "verify", "{endless}", "--key", "k"],
+        ["audit", "verify", "{source}", "--key", "k", "--head", "{endless}"],
+        ["policy", "test", "{endless}", "--policy", str(POLICIES / "policy.toml")],
+        ["policy", "test", str(POLICIES / "cases.toml"), "--policy", "{endless}"],
+        ["policy", "check", *CHECK, "--policy", "{endless}"],
+        ["scan", "{source}", "--policy", "{endless}"],
+        ["scan", "{source}", "--baseline", "{endless}"],
     ],
     ids=[
         "receipt verify",
@@ -191,12 +201,33 @@ def test_a_path_given_with_a_newline_or_a_bidi_control_is_escaped_in_its_error(
 def test_a_file_given_that_never_ends_is_refused_not_read_whole(
     alice: Cli, tmp_path: Path, argv: list[str]
 ) -> None:
-    # read whole into memory: /dev/zero (or a disk image named by mistake) grew the
-    # process until MemoryError printed a traceback, or the kernel killed it
+    # read whole into memory: a pipe that never ends, /dev/zero (now refused as a
+    # device) or a disk image named by mistake grew the process until MemoryError
+    # printed a traceback, or the kernel killed it
     source = tmp_path / "a.py"
     source.write_text("x = 1\n")
-    line = alice.fails(2, *(a.format(source=source) for a in argv))
-    assert line.startswith("error: /dev/zero is larger than ") and "is it the right file?" in line
+    with endless_pipe() as endless:
+        line = alice.fails(2, *(a.format(source=source, endless=endless) for a in argv))
+    assert line.startswith(f"error: {endless} is larger than ") and "is it the right file?" in line
+
+
+@contextlib.contextmanager
+def endless_pipe() -> Iterator[str]:
+    """/dev/fd/N of a pipe whose writer writes until its reader goes: `<(yes)`."""
+    read_end, write_end = os.pipe()
+
+    def write() -> None:
+        with contextlib.suppress(OSError), os.fdopen(write_end, "wb") as out:
+            while True:
+                out.write(bytes(65536))
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+        yield f"/dev/fd/{read_end}"
+    finally:
+        os.close(read_end)
+        writer.join()
 
 
 def test_an_if_match_out_of_range_names_0_as_valid(alice: Cli, tmp_path: Path) -> None:

@@ -62,7 +62,7 @@ def tmpfs(directory: Path, options: str) -> Iterator[Path]:
 
 
 def shardvault(
-    config: Path, *args: str, stdin: bytes | None = None, **popen: object
+    config: Path, *args: str, stdin: bytes | None = None, timeout: float = 60, **popen: object
 ) -> subprocess.CompletedProcess[bytes]:
     """The installed command in its own process, for what needs real file descriptors."""
     env = {**os.environ, "SHARDVAULT_CONFIG": str(config)}
@@ -71,7 +71,7 @@ def shardvault(
         input=stdin,
         stderr=subprocess.PIPE,
         env=env,
-        timeout=60,
+        timeout=timeout,
         check=False,
         **popen,
     )
@@ -442,7 +442,93 @@ def test_init_on_a_full_or_read_only_disk_leaves_nothing(
             assert init(capsysbinary, tmp_path, str(disk / "demo"))[0] == 0
 
 
-# 5. put refuses what is not a regular file without opening it --------------------
+# 5. a named FIFO or a device as an input is refused at once; a pipe is read ------
+
+POLICY_DIR = Path(__file__).resolve().parents[1] / "policy"
+
+FIFO_INPUTS = {
+    "policy test FILE": ["policy", "test", "{fifo}"],
+    "policy test --policy": ["policy", "test", "{cases}", "--policy", "{fifo}"],
+    "policy check --policy": [
+        "policy", "check", "--principal", "x", "--kind", "employee", "--location", "US",
+        "--action", "read", "--tenant", "intl", "--jurisdiction", "US", "--purpose", "p",
+        "--policy", "{fifo}",
+    ],
+    "scan PATH": ["scan", "{fifo}"],
+    "scan --policy": ["scan", "{source}", "--policy", "{fifo}"],
+    "scan --baseline": ["scan", "{source}", "--baseline", "{fifo}"],
+    "receipt verify FILE": ["receipt", "verify", "{fifo}", "--key", "k"],
+    "audit verify EXPORT": ["audit", "verify", "{fifo}", "--key", "k"],
+    "audit verify --head": ["audit", "verify", "{source}", "--key", "k", "--head", "{fifo}"],
+    "--config": ["--config", "{fifo}", "nodes"],
+    "put FILE": ["put", "intl", "alice", "k2", "{fifo}"],
+}  # fmt: skip
+
+
+def no_wait(config: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
+    """The command in its own process, which must end by itself: a FIFO nobody writes
+    to blocked the open for ever, silently."""
+    try:
+        return shardvault(config, *args, stdin=b"", timeout=20, stdout=subprocess.PIPE)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"{' '.join(args)} waited on a FIFO nobody writes to")
+
+
+@pytest.mark.parametrize("argv", FIFO_INPUTS.values(), ids=FIFO_INPUTS.keys())
+def test_a_named_fifo_as_an_input_is_refused_without_waiting(
+    alice: Cli, tmp_path: Path, argv: list[str]
+) -> None:
+    fifo, source = tmp_path / "fifo", tmp_path / "a.py"
+    os.mkfifo(fifo)
+    source.write_text("x = 1\n")
+    args = [a.format(fifo=fifo, source=source, cases=POLICY_DIR / "cases.toml") for a in argv]
+    line = one_error_line(no_wait(alice.config, *args), 2)
+    assert str(fifo) in line and ("named FIFO" in line or "not a regular file" in line), line
+
+
+@pytest.mark.parametrize(
+    "argv", [["policy", "test", "/dev/tty"], ["receipt", "verify", "/dev/zero", "--key", "k"]]
+)
+def test_a_device_as_an_input_is_refused_without_reading_it(alice: Cli, argv: list[str]) -> None:
+    # /dev/tty waited for someone to type; /dev/zero was read up to the bound
+    line = one_error_line(no_wait(alice.config, *argv), 2)
+    assert line == f"error: cannot read {argv[2]}: not a regular file"
+
+
+def test_a_fifo_deployment_policy_is_refused_without_waiting(alice: Cli) -> None:
+    custodian = alice.config.parent / "partner" / "custodian-policy.toml"
+    custodian.unlink()
+    os.mkfifo(custodian)
+    line = one_error_line(no_wait(alice.config, "ls", "intl", "alice"), 2)
+    assert str(custodian) in line and "named FIFO" in line
+
+
+def test_a_fifo_gitignore_ignores_nothing_and_does_not_block_the_scan(tmp_path: Path) -> None:
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "a.py").write_text('URL = "http://203.0.113.7/"\n')
+    os.mkfifo(tree / ".gitignore")
+    done = no_wait(tmp_path / "none.toml", "scan", str(tree), "--format", "json")
+    assert done.returncode in (0, 1), done.stderr
+    assert json.loads(done.stdout)["summary"]["files"] == 1
+
+
+def test_a_pipe_a_shell_opens_is_read_as_a_file(alice: Cli, tmp_path: Path) -> None:
+    # <(cmd) and /dev/stdin of a pipe are pipes too, which end when their writer does
+    policy, cases = POLICY_DIR / "policy.toml", POLICY_DIR / "cases.toml"
+    for script in (
+        f'"$SV" policy test <(cat {cases}) --policy <(cat {policy})',
+        f'cat {cases} | "$SV" policy test /dev/stdin --policy {policy}',
+    ):
+        done = subprocess.run(
+            ["bash", "-c", script], env={**os.environ, "SV": str(BINARY)},
+            capture_output=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert b"all " in done.stderr and b"passed" in done.stderr
+
+
+# put refuses what is not a regular file without opening it
 
 
 def test_put_from_a_fifo_is_refused_without_blocking(alice: Cli, tmp_path: Path) -> None:
@@ -800,19 +886,19 @@ def test_verifying_an_export_that_cannot_be_read_is_exit_2(
     tar, folder = tmp_path / "x.tar", tmp_path / "x"
     alice.ok("audit", "export", "--cell", "US", str(tar))
     alice.ok("audit", "export", "--cell", "US", str(folder))
-    real_open, real_scandir = Path.open, os.scandir
+    real_open, real_scandir = os.open, os.scandir
 
-    def denied_open(self: Path, *args: Any, **kwargs: Any) -> Any:
-        if self == tar:
-            raise PermissionError(errno.EACCES, "Permission denied", str(self))
-        return real_open(self, *args, **kwargs)
+    def denied_open(path: Any, *args: Any, **kwargs: Any) -> Any:
+        if Path(path) == tar:
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)
 
     def denied_scandir(path: Any = ".") -> Any:
         if Path(path) == folder:
             raise PermissionError(errno.EACCES, "Permission denied", str(path))
         return real_scandir(path)
 
-    monkeypatch.setattr(Path, "open", denied_open)  # root reads anything: stand-ins
+    monkeypatch.setattr(os, "open", denied_open)  # root reads anything: stand-ins
     monkeypatch.setattr(os, "scandir", denied_scandir)
     for given in (tar, folder):
         line = alice.fails(2, "audit", "verify", str(given), "--key", us_key(alice))

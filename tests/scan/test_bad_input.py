@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import codecs
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -29,6 +30,25 @@ def test_file_vanishing_or_not_a_file_after_the_walk_is_reported_unreadable(tmp_
     scanner.scan_file(SourceFile("dir.kt", str(tmp_path / "dir.kt"), kotlin), out)
     assert skips(out.skipped) == [("gone.kt", "unreadable", False), ("dir.kt", "unreadable", False)]
     assert out.findings == []
+
+
+def test_a_fifo_in_place_of_a_file_after_the_walk_is_skipped_not_waited_on(
+    tmp_path: Path,
+) -> None:
+    os.mkfifo(tmp_path / "swapped.kt")
+    kotlin = language_for("x.kt")
+    assert kotlin is not None
+    out = FileResults()
+    source = SourceFile("swapped.kt", str(tmp_path / "swapped.kt"), kotlin)
+    scanning = threading.Thread(target=Scanner(Policy(), Limits()).scan_file, args=(source, out))
+    scanning.start()
+    scanning.join(10)
+    if scanning.is_alive():  # its open waits for a writer: be one, so that it ends
+        os.close(os.open(tmp_path / "swapped.kt", os.O_WRONLY | os.O_NONBLOCK))
+        scanning.join()
+        pytest.fail("the scan waited on a FIFO nobody writes to")
+    assert skips(out.skipped) == [("swapped.kt", "unreadable", False)]
+    assert out.skipped[0].detail == "not a regular file"
 
 
 def test_invalid_utf8_is_reported_and_still_scanned(tmp_path: Path) -> None:

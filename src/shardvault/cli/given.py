@@ -10,7 +10,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from shardvault.durability import read_bounded
+from shardvault.durability import open_given, read_bounded
 from shardvault.errors import InvalidInput
 from shardvault.model import named
 
@@ -45,6 +45,6 @@ def check_readable(path: Path) -> None:
         if path.is_dir():
             os.scandir(path).close()
         else:
-            path.open("rb").close()
+            open_given(path).close()  # not a FIFO's open, which waits for a writer
     except OSError as exc:
         raise InvalidInput(f"cannot read {named(str(path))}: {exc.strerror or exc}") from None

@@ -192,7 +192,7 @@ class Governance:
             ("access policy", spec.policy_path),
             ("custodian policy", spec.custodian_policy_path),
         ):
-            if not path.is_file():
+            if not path.exists():  # what is there but no file, its loader names
                 raise ConfigError(
                     f"{what} {path} not found: write one (docs/policy.md) or start from "
                     "'shardvault init --demo DIR'"

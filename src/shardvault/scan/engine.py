@@ -14,6 +14,7 @@ import codecs
 import os
 import re
 import signal
+import stat
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -58,6 +59,12 @@ class FileResults:
         self.skipped.extend(other.skipped)
         self.files += other.files
         self.bytes += other.bytes
+
+
+def _without_waiting(path: str, flags: int) -> int:
+    """Open PATH without blocking: a FIFO's open would wait for a writer, perhaps for
+    ever. A regular file ignores the flag."""
+    return os.open(path, flags | os.O_NONBLOCK)
 
 
 class Scanner:
@@ -116,8 +123,14 @@ class Scanner:
     def scan_file(self, source: SourceFile, out: FileResults) -> None:
         """Scan one file into ``out``; any problem reading it is a skip, never an exception."""
         try:
-            with open(source.path, "rb") as fh:
-                size = os.fstat(fh.fileno()).st_size
+            with open(source.path, "rb", opener=_without_waiting) as fh:
+                info = os.fstat(fh.fileno())
+                size = info.st_size
+                if not stat.S_ISREG(info.st_mode):  # made a FIFO or device since the walk
+                    out.skipped.append(
+                        SkippedFile(source.rel, SkipReason.UNREADABLE, "not a regular file")
+                    )
+                    return
                 if size > self.limits.max_file_bytes:
                     out.skipped.append(
                         SkippedFile(

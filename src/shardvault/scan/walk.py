@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pathspec
 
+from shardvault.durability import read_bounded
+from shardvault.errors import InvalidInput
 from shardvault.scan.findings import SkippedFile, SkipReason
 from shardvault.scan.languages import Language, language_for
 
@@ -152,10 +154,10 @@ def _points_to_dir(path: str) -> bool:
 
 def _read_gitignore(path: str) -> pathspec.GitIgnoreSpec | None:
     try:
-        with open(path, encoding="utf-8", errors="replace") as fh:
-            return pathspec.GitIgnoreSpec.from_lines(fh.read().splitlines())
-    except OSError:
+        text = read_bounded(path).decode("utf-8", errors="replace")
+    except (OSError, InvalidInput):  # a FIFO, whose open would wait for a writer, too
         return None  # an unreadable .gitignore ignores nothing, like git
+    return pathspec.GitIgnoreSpec.from_lines(text.splitlines())
 
 
 def _ignored(rel: str, is_dir: bool, ignores: list[_Ignore]) -> bool:

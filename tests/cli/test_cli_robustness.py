@@ -528,14 +528,25 @@ def test_a_pipe_a_shell_opens_is_read_as_a_file(alice: Cli, tmp_path: Path) -> N
         assert b"all " in done.stderr and b"passed" in done.stderr
 
 
-# put refuses what is not a regular file without opening it
+# put refuses what is not a regular file or a pipe without opening it
+
+
+def test_put_from_a_pipe_the_shell_opened_streams_it(alice: Cli) -> None:
+    # put K <(cmd) gives /dev/fd/63, a pipe: refused as "not a regular file"
+    env = {**os.environ, "SHARDVAULT_CONFIG": str(alice.config), "SV": str(BINARY)}
+    script = '"$SV" put intl alice k2 <(printf from-a-pipe) && "$SV" get intl alice k2'
+    done = subprocess.run(["bash", "-c", script], env=env, capture_output=True, timeout=60)
+    assert (done.returncode, done.stdout) == (0, b"from-a-pipe"), done.stderr
 
 
 def test_put_from_a_fifo_is_refused_without_blocking(alice: Cli, tmp_path: Path) -> None:
     fifo = tmp_path / "pipe"
     os.mkfifo(fifo)
     done = shardvault(alice.config, "put", "intl", "alice", "k2", str(fifo))
-    assert one_error_line(done, 2) == f"error: cannot read {fifo}: not a regular file"
+    assert one_error_line(done, 2) == (
+        f"error: cannot read {fifo}: a named FIFO, which waits for a writer: give a file, "
+        f"or a pipe (<(cat {fifo}))"
+    )
     line = alice.fails(2, "put", "intl", "alice", "k2", "/dev/zero")
     assert line == "error: cannot read /dev/zero: not a regular file"
 

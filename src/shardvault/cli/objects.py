@@ -22,6 +22,7 @@ from shardvault.cli.output import (
 )
 from shardvault.cli.progress import transfer_bar
 from shardvault.cli.state import state
+from shardvault.durability import open_given
 from shardvault.errors import InvalidInput
 from shardvault.model import ObjectRef, named
 
@@ -30,26 +31,19 @@ Version = Annotated[int | None, typer.Option("--version", "-v", help="A specific
 
 
 def _open_source(file: str) -> tuple[BinaryIO, int | None]:
-    """Open FILE (or stdin) to read; a FIFO or device is refused before opening, where it
-    could block forever or never end."""
+    """Open FILE (or stdin) to read, with its size if it has one: a regular file, or a
+    pipe the shell opened (`<(cmd)`), streamed. A named FIFO or a device is refused
+    before opening, where it could block forever or never end (`open_given`)."""
     if file == "-":
         if sys.stdin is None:
             raise InvalidInput("stdin is closed: give a FILE, or pipe the data in")
         return sys.stdin.buffer, None
     try:
-        if not stat_module.S_ISREG(os.stat(file).st_mode):
-            raise InvalidInput(f"cannot read {named(file)}: not a regular file")
-        # O_NONBLOCK: should the path become a FIFO after the check, open still returns
-        fd = os.open(file, os.O_RDONLY | os.O_NONBLOCK)
+        source = open_given(file)
     except OSError as exc:
         raise InvalidInput(f"cannot read {named(file)}: {exc.strerror}") from None
-    handle = os.fdopen(fd, "rb")
-    info = os.fstat(fd)
-    if not stat_module.S_ISREG(info.st_mode):
-        handle.close()
-        raise InvalidInput(f"cannot read {named(file)}: not a regular file")
-    os.set_blocking(fd, True)
-    return handle, info.st_size
+    info = os.fstat(source.fileno())
+    return source, info.st_size if stat_module.S_ISREG(info.st_mode) else None
 
 
 def put(

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
+import pytest
 import typer
 
 from shardvault.catalog.sqlite import SCHEMA_VERSION
@@ -35,6 +38,97 @@ def test_every_command_has_a_section_in_the_cli_reference() -> None:
     assert len(paths) >= 12
     missing = [path for path in paths if f"## `shardvault {path}" not in reference]
     assert missing == []
+
+
+def _commands() -> dict[str, Any]:
+    """Every command of the tree by its path (`"audit verify"`), the root as `""`."""
+    cli_app._register_commands()
+    root = typer.main.get_command(cli_app.app)
+    found: dict[str, Any] = {"": root}
+    for name, command in root.commands.items():  # type: ignore[attr-defined]
+        for sub, leaf in (getattr(command, "commands", None) or {name: command}).items():
+            found[name if sub == name and leaf is command else f"{name} {sub}"] = leaf
+    return found
+
+
+def _synopses() -> list[tuple[str, str]]:
+    """(command path, what follows it) of each synopsis the docs give: the headings of
+    the CLI reference, the scanner's usage block, and the global options table."""
+    reference = (ROOT / "docs" / "cli.md").read_text()
+    commands = _commands()
+    found = []
+    for line in re.findall(r"^## `shardvault (.*)`$", reference, re.M):
+        words = line.split()
+        depth = 2 if " ".join(words[:2]) in commands else 1
+        found.append((" ".join(words[:depth]), " ".join(words[depth:])))
+    for option in re.findall(r"^\| `(--[a-z-]+ [A-Z]+)` \|", reference, re.M):
+        found.append(("", option))
+    scanner = (ROOT / "docs" / "scanner.md").read_text()
+    start = scanner.index("```\nshardvault scan ") + len("```\nshardvault scan ")
+    found.append(("scan", " ".join(scanner[start : scanner.index("\n```", start)].split())))
+    return found
+
+
+def _documented(rest: str, command: Any) -> tuple[list[str], list[tuple[str, str | None]]]:
+    """The positional arguments (an optional one in brackets) and the options, each
+    with the metavar the docs give it (None for a flag), of one synopsis."""
+    takes_value = {
+        opt: not param.is_flag
+        for param in command.params
+        if param.param_type_name == "option"
+        for opt in param.opts
+    }
+    words = [w for w in rest.replace("[", " [ ").replace("]", " ] ").split() if w != "..."]
+    positional: list[str] = []
+    options: list[tuple[str, str | None]] = []
+    depth, i = 0, 0
+    while i < len(words):
+        word = words[i]
+        if word in "[]":
+            depth += 1 if word == "[" else -1
+        elif word.startswith("-"):
+            value = words[i + 1] if takes_value.get(word) else None
+            options.append((word, value))
+            i += value is not None
+        elif word != "options":  # `scan PATH [options]`: see docs/scanner.md
+            positional.append(f"[{word}]" if depth else word)
+        i += 1
+    return positional, options
+
+
+def _help(path: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> str:
+    monkeypatch.setenv("COLUMNS", "250")
+    assert cli_app.main([*path.split(), "--help"]) == 0
+    return capsys.readouterr().out
+
+
+def test_the_help_of_every_command_names_what_the_docs_name(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Arguments and option values as the docs name them (`--config PATH`, `TENANT`),
+    never by Typer's types (`--config <str>`, `{tenant}`), so the two cannot drift apart.
+    (Typer shows an argument's type beside its name, and a flag's as `<bool>`.)"""
+    commands = _commands()
+    synopses = _synopses()
+    assert {path for path, _ in synopses} == set(commands)
+    for path, rest in synopses:
+        shown = _help(path, monkeypatch, capsys)
+        positional, options = _documented(rest, commands[path])
+        usage = re.search(rf"Usage: shardvault {path} ?\[OPTIONS\](.*)", shown)
+        if path:  # the root's usage is COMMAND [ARGS]...
+            assert usage is not None, shown
+            used = [w.strip("{}") for w in usage[1].split()]
+            assert used == positional, (path, used, positional)
+        for option, value in options:
+            after = rf"(?:\s+-\w)?\s+{re.escape(value)}(?:\s|$)" if value else r"(?:\s|$)"
+            assert re.search(rf"(?<![\w-]){re.escape(option)}{after}", shown, re.M), (
+                path,
+                option,
+                value,
+            )
+        assert usage is None or not re.search(r"[{\[][a-z_]+[}\]]", usage[0]), usage[0]
+        panel = shown[shown.index("─ Options ") : shown.index("╯", shown.index("─ Options "))]
+        assert not re.search(r"<(?!bool>)[^>]+>", panel), (path, panel)  # a flag's is <bool>
 
 
 def test_ci_runs_the_readme_test_command() -> None:

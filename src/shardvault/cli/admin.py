@@ -19,6 +19,9 @@ from shardvault.placement import facility_shortfall
 from shardvault.vault.views import NodeUsage
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+# named as docs/cli.md names them (tests/test_docs.py), not by Typer's types
+Tenant = Annotated[str, typer.Argument(metavar="TENANT")]
+Subject = Annotated[str, typer.Argument(metavar="SUBJECT")]
 
 subject_app = typer.Typer(
     help="Register subjects (users) with their home jurisdiction.", no_args_is_help=True
@@ -44,9 +47,11 @@ def init(
 @subject_app.command("add")
 def subject_add(
     ctx: typer.Context,
-    tenant: str,
-    subject: str,
-    jurisdiction: Annotated[str, typer.Option("--jurisdiction", "-j", help="Home, e.g. US.")],
+    tenant: Tenant,
+    subject: Subject,
+    jurisdiction: Annotated[
+        str, typer.Option("--jurisdiction", "-j", metavar="J", help="Home, e.g. US.")
+    ],
     json_out: JsonFlag = False,
 ) -> None:
     """Register SUBJECT of TENANT, living in --jurisdiction."""
@@ -69,11 +74,11 @@ def subject_add(
 
 def forget(
     ctx: typer.Context,
-    tenant: str,
-    subject: str,
+    tenant: Tenant,
+    subject: Subject,
     receipt: Annotated[
         str | None,  # as get -o takes it: a Path would read "" as "."
-        typer.Option("--receipt", help="Also write the signed receipt here."),
+        typer.Option("--receipt", metavar="FILE", help="Also write the signed receipt here."),
     ] = None,
     json_out: JsonFlag = False,
 ) -> None:
@@ -190,7 +195,10 @@ def gc(
     ctx: typer.Context,
     grace: Annotated[
         float,
-        typer.Option(help="Seconds a pending write, temp file or unknown shard is left alone."),
+        typer.Option(
+            metavar="SECONDS",
+            help="Seconds a pending write, temp file or unknown shard is left alone.",
+        ),
     ] = 3600.0,
     json_out: JsonFlag = False,
 ) -> None:

@@ -34,24 +34,34 @@ def _global_options(
         str | None,  # not a Path, which reads "" as ".": config.resolve_path refuses it
         typer.Option(
             "--config",
+            metavar="PATH",
             help="Deployment file (default: $SHARDVAULT_CONFIG, else ./shardvault.toml).",
         ),
     ] = None,
     principal: Annotated[
         str | None,
         typer.Option(
-            "--as", help="Act as this principal (needs its --token; default: local-admin)."
+            "--as",
+            metavar="ID",
+            help="Act as this principal (needs its --token; default: local-admin).",
         ),
     ] = None,
     token: Annotated[
         str | None,
-        typer.Option("--token", help="API token (default: $SHARDVAULT_TOKEN).", show_default=False),
+        typer.Option(
+            "--token",
+            metavar="TOKEN",
+            help="API token (default: $SHARDVAULT_TOKEN).",
+            show_default=False,
+        ),
     ] = None,
     purpose: Annotated[
-        str | None, typer.Option("--purpose", help="Why: recorded in the audit log.")
+        str | None,
+        typer.Option("--purpose", metavar="P", help="Why: recorded in the audit log."),
     ] = None,
     approval: Annotated[
-        str | None, typer.Option("--approval", help="A met approval id for this request.")
+        str | None,
+        typer.Option("--approval", metavar="ID", help="A met approval id for this request."),
     ] = None,
 ) -> None:
     ctx.obj = CliState(

@@ -29,10 +29,12 @@ from shardvault.governance.transparency import transparency_report
 from shardvault.model import named
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
-Cell = Annotated[str, typer.Option("--cell", help="The cell (jurisdiction), e.g. US.")]
-Key = Annotated[str, typer.Option("--key", help="The cell's public key (vkey).")]
+# metavars as docs/cli.md names them (tests/test_docs.py), not Typer's types
+Cell = Annotated[str, typer.Option("--cell", metavar="J", help="The cell (jurisdiction), e.g. US.")]
+Key = Annotated[str, typer.Option("--key", metavar="VKEY", help="The cell's public key (vkey).")]
 Cosigner = Annotated[
-    str | None, typer.Option("--cosigner", help="The partner's public key (vkey).")
+    str | None,
+    typer.Option("--cosigner", metavar="VKEY", help="The partner's public key (vkey)."),
 ]
 
 audit_app = typer.Typer(help="The tamper-evident audit log of each cell.", no_args_is_help=True)
@@ -62,7 +64,7 @@ def audit_head(
     ctx: typer.Context,
     cell: Cell,
     output: Annotated[
-        str | None, typer.Option("-o", "--output", help="Also write it here.")
+        str | None, typer.Option("-o", "--output", metavar="FILE", help="Also write it here.")
     ] = None,
     json_out: JsonFlag = False,
 ) -> None:
@@ -96,7 +98,11 @@ def audit_export(
     cell: Cell,
     destination: Annotated[
         Path,
-        typer.Argument(help="A new directory, or a FILE.tar.", parser=path_named("DESTINATION")),
+        typer.Argument(
+            metavar="DESTINATION",
+            help="A new directory, or a FILE.tar.",
+            parser=path_named("DESTINATION"),
+        ),
     ],
     json_out: JsonFlag = False,
 ) -> None:
@@ -128,14 +134,19 @@ def audit_export(
 def audit_verify(
     export: Annotated[
         Path,
-        typer.Argument(help="An export directory or tar file.", parser=path_named("EXPORT")),
+        typer.Argument(
+            metavar="EXPORT", help="An export directory or tar file.", parser=path_named("EXPORT")
+        ),
     ],
     key: Key,
     cosigner: Cosigner = None,
     head: Annotated[
         Path | None,
         typer.Option(
-            "--head", help="A signed head obtained from the partner.", parser=path_named("--head")
+            "--head",
+            metavar="FILE",
+            help="A signed head obtained from the partner.",
+            parser=path_named("--head"),
         ),
     ] = None,
     json_out: JsonFlag = False,
@@ -179,9 +190,10 @@ def _newest_size(gov: Governance, cell: str) -> int:
 def audit_prove_inclusion(
     ctx: typer.Context,
     cell: Cell,
-    index: Annotated[int, typer.Argument(help="The entry's index (0-based).")],
+    index: Annotated[int, typer.Argument(metavar="INDEX", help="The entry's index (0-based).")],
     size: Annotated[
-        int | None, typer.Option("--size", help="Tree size (default: the newest signed head).")
+        int | None,
+        typer.Option("--size", metavar="N", help="Tree size (default: the newest signed head)."),
     ] = None,
 ) -> None:
     """Print (as JSON) the RFC 9162 inclusion proof of entry INDEX, checked before printing."""
@@ -211,9 +223,10 @@ def audit_prove_inclusion(
 def audit_prove_consistency(
     ctx: typer.Context,
     cell: Cell,
-    old: Annotated[int, typer.Argument(help="The older tree size.")],
+    old: Annotated[int, typer.Argument(metavar="OLD", help="The older tree size.")],
     new: Annotated[
-        int | None, typer.Argument(help="The newer size (default: newest head).")
+        int | None,
+        typer.Argument(metavar="NEW", help="The newer size (default: newest head)."),
     ] = None,
 ) -> None:
     """Print (as JSON) the RFC 9162 consistency proof from size OLD to NEW, checked first."""
@@ -240,9 +253,11 @@ def audit_prove_consistency(
 @report_app.command("transparency")
 def report_transparency(
     ctx: typer.Context,
-    start: Annotated[str, typer.Option("--from", help="First day, YYYY-MM-DD.")],
-    end: Annotated[str, typer.Option("--to", help="Last day (inclusive), YYYY-MM-DD.")],
-    fmt: Annotated[str, typer.Option("--format", help="table, json or csv.")] = "table",
+    start: Annotated[str, typer.Option("--from", metavar="YYYY-MM-DD", help="First day.")],
+    end: Annotated[str, typer.Option("--to", metavar="YYYY-MM-DD", help="Last day (inclusive).")],
+    fmt: Annotated[
+        str, typer.Option("--format", metavar="table|json|csv", help="The report's format.")
+    ] = "table",
 ) -> None:
     """Requests by requester kind, authority country, data class and decision, per signed head."""
     if fmt not in ("table", "json", "csv"):
@@ -286,7 +301,11 @@ def report_transparency(
 def receipt_verify(
     receipt: Annotated[
         Path,
-        typer.Argument(help="A deletion receipt (signed note).", parser=path_named("RECEIPT")),
+        typer.Argument(
+            metavar="RECEIPT",
+            help="A deletion receipt (signed note).",
+            parser=path_named("RECEIPT"),
+        ),
     ],
     key: Key,
     cosigner: Cosigner = None,

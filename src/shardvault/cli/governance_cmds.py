@@ -19,7 +19,8 @@ from shardvault.policy.model import as_enum
 from shardvault.policy.table import load_cases, run_table
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
-TtlDays = Annotated[float, typer.Option("--ttl-days", help="Token lifetime in days.")]
+# metavars as docs/cli.md names them (tests/test_docs.py), not Typer's types
+TtlDays = Annotated[float, typer.Option("--ttl-days", metavar="N", help="Token lifetime in days.")]
 
 principal_app = typer.Typer(help="Principals and their API tokens.", no_args_is_help=True)
 approval_app = typer.Typer(help="k-of-n approvals of sensitive requests.", no_args_is_help=True)
@@ -57,14 +58,20 @@ def _principal(
 
 Kind = Annotated[
     str,
-    typer.Option("--kind", help="service, employee, partner-auditor or external-requester."),
+    typer.Option(
+        "--kind", metavar="K", help="service, employee, partner-auditor or external-requester."
+    ),
 ]
-Roles = Annotated[list[str] | None, typer.Option("--role", help="A role (repeatable).")]
+Roles = Annotated[
+    list[str] | None, typer.Option("--role", metavar="R", help="A role (repeatable).")
+]
 Authority = Annotated[
-    str | None, typer.Option("--authority", help="External requester: the authority.")
+    str | None,
+    typer.Option("--authority", metavar="A", help="External requester: the authority."),
 ]
 AuthorityCountry = Annotated[
-    str | None, typer.Option("--authority-country", help="External requester: its country.")
+    str | None,
+    typer.Option("--authority-country", metavar="C", help="External requester: its country."),
 ]
 
 
@@ -72,9 +79,11 @@ AuthorityCountry = Annotated[
 def principal_add(
     ctx: typer.Context,
     ident: Annotated[str, typer.Argument(metavar="ID")],
-    tenant: Annotated[str, typer.Option("--tenant", help="The tenant it belongs to.")],
+    tenant: Annotated[str, typer.Option("--tenant", metavar="T", help="The tenant it belongs to.")],
     kind: Kind,
-    location: Annotated[str, typer.Option("--location", help="Where it acts from, e.g. US.")],
+    location: Annotated[
+        str, typer.Option("--location", metavar="J", help="Where it acts from, e.g. US.")
+    ],
     role: Roles = None,
     authority: Authority = None,
     authority_country: AuthorityCountry = None,
@@ -155,7 +164,8 @@ def principal_revoke(
     ctx: typer.Context,
     ident: Annotated[str, typer.Argument(metavar="ID")],
     token_id: Annotated[
-        str | None, typer.Option("--token-id", help="Revoke only this token (16 hex digits).")
+        str | None,
+        typer.Option("--token-id", metavar="HEX", help="Revoke only this token (16 hex digits)."),
     ] = None,
 ) -> None:
     """Revoke a principal and all its tokens (or one token with --token-id)."""
@@ -262,30 +272,40 @@ def _registered_principal(cli: CliState, ident: str) -> Principal:
 @policy_app.command("check")
 def policy_check(
     ctx: typer.Context,
-    action: Annotated[str, typer.Option("--action", help="read, write, forget, ...")],
-    tenant: Annotated[str, typer.Option("--tenant", help="The data's tenant.")],
+    action: Annotated[str, typer.Option("--action", metavar="A", help="read, write, forget, ...")],
+    tenant: Annotated[str, typer.Option("--tenant", metavar="T", help="The data's tenant.")],
     jurisdiction: Annotated[
-        str, typer.Option("--jurisdiction", help="The data's (subject's) jurisdiction.")
+        str,
+        typer.Option("--jurisdiction", metavar="J", help="The data's (subject's) jurisdiction."),
     ],
-    purpose: Annotated[str, typer.Option("--purpose", help="The declared purpose.")],
+    purpose: Annotated[str, typer.Option("--purpose", metavar="P", help="The declared purpose.")],
     principal: Annotated[
-        str, typer.Option("--principal", help="A registered principal, or the id of one below.")
+        str,
+        typer.Option(
+            "--principal", metavar="ID", help="A registered principal, or the id of one below."
+        ),
     ],
     kind: Annotated[
-        str | None, typer.Option("--kind", help="Describe the principal inline instead.")
+        str | None,
+        typer.Option("--kind", metavar="K", help="Describe the principal inline instead."),
     ] = None,
     principal_tenant: Annotated[
-        str | None, typer.Option("--principal-tenant", help="Inline: its tenant.")
+        str | None, typer.Option("--principal-tenant", metavar="T", help="Inline: its tenant.")
     ] = None,
-    location: Annotated[str | None, typer.Option("--location", help="Inline: location.")] = None,
+    location: Annotated[
+        str | None, typer.Option("--location", metavar="L", help="Inline: location.")
+    ] = None,
     role: Roles = None,
     authority: Authority = None,
     authority_country: AuthorityCountry = None,
-    data_class: Annotated[str, typer.Option("--data-class")] = "protected",
+    data_class: Annotated[
+        str, typer.Option("--data-class", metavar="C", help="The data's class.")
+    ] = "protected",
     policy_file: Annotated[
         Path | None,
         typer.Option(
             "--policy",
+            metavar="FILE",
             help="Policy file (default: the deployment's).",
             parser=path_named("--policy"),
         ),
@@ -347,6 +367,7 @@ def policy_test(
         Path | None,
         typer.Option(
             "--policy",
+            metavar="POLICY",
             help="Policy file (default: the deployment's).",
             parser=path_named("--policy"),
         ),

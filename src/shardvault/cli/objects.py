@@ -27,7 +27,13 @@ from shardvault.errors import InvalidInput
 from shardvault.model import ObjectRef, named
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
-Version = Annotated[int | None, typer.Option("--version", "-v", help="A specific version.")]
+Version = Annotated[
+    int | None, typer.Option("--version", "-v", metavar="N", help="A specific version.")
+]
+# named as docs/cli.md names them (tests/test_docs.py), not by Typer's types
+Tenant = Annotated[str, typer.Argument(metavar="TENANT")]
+Subject = Annotated[str, typer.Argument(metavar="SUBJECT")]
+Key = Annotated[str, typer.Argument(metavar="KEY")]
 
 
 def _open_source(file: str) -> tuple[BinaryIO, int | None]:
@@ -48,13 +54,15 @@ def _open_source(file: str) -> tuple[BinaryIO, int | None]:
 
 def put(
     ctx: typer.Context,
-    tenant: str,
-    subject: str,
-    key: str,
-    file: Annotated[str, typer.Argument(help="File to store, or - for stdin.")],
+    tenant: Tenant,
+    subject: Subject,
+    key: Key,
+    file: Annotated[str, typer.Argument(metavar="FILE", help="File to store, or - for stdin.")],
     if_match: Annotated[
         int | None,
-        typer.Option("--if-match", help="Refuse unless this is the current version (0: new)."),
+        typer.Option(
+            "--if-match", metavar="N", help="Refuse unless this is the current version (0: new)."
+        ),
     ] = None,
     json_out: JsonFlag = False,
 ) -> None:
@@ -83,11 +91,12 @@ def put(
 
 def get(
     ctx: typer.Context,
-    tenant: str,
-    subject: str,
-    key: str,
+    tenant: Tenant,
+    subject: Subject,
+    key: Key,
     output: Annotated[
-        str | None, typer.Option("--output", "-o", help="Write here instead of stdout.")
+        str | None,
+        typer.Option("--output", "-o", metavar="FILE", help="Write here instead of stdout."),
     ] = None,
     version: Version = None,
 ) -> None:
@@ -112,11 +121,13 @@ def get(
 
 def ls(
     ctx: typer.Context,
-    tenant: str,
-    subject: str,
-    prefix: Annotated[str, typer.Option(help="Only keys starting with this.")] = "",
-    start_after: Annotated[str, typer.Option(help="Continue after this key.")] = "",
-    limit: Annotated[int, typer.Option(help="At most this many keys per page.")] = 1000,
+    tenant: Tenant,
+    subject: Subject,
+    prefix: Annotated[str, typer.Option(metavar="P", help="Only keys starting with this.")] = "",
+    start_after: Annotated[str, typer.Option(metavar="K", help="Continue after this key.")] = "",
+    limit: Annotated[
+        int, typer.Option(metavar="N", help="At most this many keys per page.")
+    ] = 1000,
     json_out: JsonFlag = False,
 ) -> None:
     """List a subject's objects (current versions), one page at a time."""
@@ -134,9 +145,9 @@ def ls(
 
 def stat(
     ctx: typer.Context,
-    tenant: str,
-    subject: str,
-    key: str,
+    tenant: Tenant,
+    subject: Subject,
+    key: Key,
     version: Version = None,
     json_out: JsonFlag = False,
 ) -> None:
@@ -152,9 +163,9 @@ def stat(
 
 def rm(
     ctx: typer.Context,
-    tenant: str,
-    subject: str,
-    key: str,
+    tenant: Tenant,
+    subject: Subject,
+    key: Key,
     version: Version = None,
     json_out: JsonFlag = False,
 ) -> None:
@@ -168,7 +179,7 @@ def rm(
 
 
 def versions(
-    ctx: typer.Context, tenant: str, subject: str, key: str, json_out: JsonFlag = False
+    ctx: typer.Context, tenant: Tenant, subject: Subject, key: Key, json_out: JsonFlag = False
 ) -> None:
     """List the committed versions of one key, newest first."""
     cli = state(ctx)
@@ -183,9 +194,9 @@ def versions(
 
 def where(
     ctx: typer.Context,
-    tenant: str,
-    subject: str,
-    key: str,
+    tenant: Tenant,
+    subject: Subject,
+    key: Key,
     version: Version = None,
     json_out: JsonFlag = False,
 ) -> None:

@@ -24,30 +24,52 @@ def scan(
     # parsed by path_named, not checked by Click (whose check printed a boxed usage
     # error): the command's code says in one line what it could not read; outputs are
     # taken as str, as get -o: a Path would read "" as "." (the current directory)
+    # metavars as docs/scanner.md names them (tests/test_docs.py), not Typer's types
     path: Path = typer.Argument(
-        ..., help="Source tree (or one file) to scan.", parser=path_named("PATH")
+        ..., metavar="PATH", help="Source tree (or one file) to scan.", parser=path_named("PATH")
     ),
     policy: Path | None = typer.Option(
-        None, "--policy", help="TOML policy file (version = 1).", parser=path_named("--policy")
+        None,
+        "--policy",
+        metavar="FILE",
+        help="TOML policy file (version = 1).",
+        parser=path_named("--policy"),
     ),
-    output_format: str = typer.Option("table", "--format", help="table, json or sarif."),
-    fail_on: str = typer.Option("high", "--fail-on", help="Exit 1 at high, medium or low."),
+    output_format: str = typer.Option(
+        "table", "--format", metavar="table|json|sarif", help="The report's format."
+    ),
+    fail_on: str = typer.Option(
+        "high", "--fail-on", metavar="high|medium|low", help="Exit 1 at this or above."
+    ),
     baseline: Path | None = typer.Option(
-        None, "--baseline", help="Accept findings listed here.", parser=path_named("--baseline")
+        None,
+        "--baseline",
+        metavar="FILE",
+        help="Accept findings listed here.",
+        parser=path_named("--baseline"),
     ),
     write_baseline_to: str | None = typer.Option(
-        None, "--write-baseline", help="Write all current findings as a baseline, exit 0."
+        None,
+        "--write-baseline",
+        metavar="FILE",
+        help="Write all current findings as a baseline, exit 0.",
     ),
-    output: str | None = typer.Option(None, "--output", "-o", help="Write the report here."),
-    jobs: int = typer.Option(0, "--jobs", "-j", help="Worker processes (0: one per CPU)."),
+    output: str | None = typer.Option(
+        None, "--output", "-o", metavar="FILE", help="Write the report here."
+    ),
+    jobs: int = typer.Option(
+        0, "--jobs", "-j", metavar="N", help="Worker processes (0: one per CPU)."
+    ),
     include_vendored: bool = typer.Option(
         False, "--include-vendored", help="Also scan node_modules, vendor, Pods, ..."
     ),
     no_gitignore: bool = typer.Option(False, "--no-gitignore", help="Ignore .gitignore files."),
     follow_symlinks: bool = typer.Option(False, "--follow-symlinks", help="Follow symlinks."),
-    max_file_bytes: int = typer.Option(8 * 1024 * 1024, help="Skip files larger than this."),
+    max_file_bytes: int = typer.Option(
+        8 * 1024 * 1024, metavar="N", help="Skip files larger than this."
+    ),
     max_line_chars: int = typer.Option(
-        20_000, help="Skip files with a longer line (minified); 0 means no limit."
+        20_000, metavar="N", help="Skip files with a longer line (minified); 0 means no limit."
     ),
 ) -> None:
     """Scan source for hard-coded foreign endpoints and clipboard reads."""

@@ -428,3 +428,47 @@ def test_where_lists_the_shards_of_the_version_it_names(
     where = alice.json("where", "intl", "alice", "w")
     assert where["version"] == 1
     assert {s["segment"] for s in where["shards"]} == {0}
+
+
+# every command that reads something can print it as JSON for a script (the issue
+# "--json on every command that reads"); these write, or print JSON otherwise
+WRITES = {
+    "init": "writes the deployment's files; says where on stderr",
+    "get": "writes the object's bytes",
+    "principal revoke": "revokes; says so on stderr",
+}
+JSON_OTHERWISE = {
+    "scan": "--format json (or sarif)",
+    "report transparency": "--format json (or csv)",
+    "audit prove-inclusion": "always JSON",
+    "audit prove-consistency": "always JSON",
+}
+
+
+def _leaf_commands() -> dict[str, Any]:
+    import typer
+
+    from shardvault.cli import app as cli_app
+
+    cli_app._register_commands()
+    root = typer.main.get_command(cli_app.app)
+    leaves: dict[str, Any] = {}
+    for name, command in root.commands.items():  # type: ignore[attr-defined]
+        subcommands = getattr(command, "commands", None)
+        for sub, leaf in (subcommands or {"": command}).items():
+            leaves[f"{name} {sub}".strip()] = leaf
+    return leaves
+
+
+def test_every_command_that_reads_takes_json() -> None:
+    leaves = _leaf_commands()
+    assert set(WRITES) | set(JSON_OTHERWISE) <= set(leaves)  # no stale exemption
+    options = {path: {o for p in c.params for o in p.opts} for path, c in leaves.items()}
+    missing = sorted(
+        p for p in leaves if p not in WRITES | JSON_OTHERWISE and "--json" not in options[p]
+    )
+    assert missing == []
+    for path, how in JSON_OTHERWISE.items():
+        assert "--json" not in options[path] and ("--format" in options[path]) == how.startswith(
+            "--format"
+        )

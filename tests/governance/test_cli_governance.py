@@ -165,6 +165,21 @@ def test_policy_check_and_test(cli: Cli, tmp_path: Path) -> None:
     assert "policy case(s) failed" in cli.fails(1, "policy", "test", str(cases))
 
 
+def test_policy_test_prints_each_case_as_json(cli: Cli) -> None:
+    root = Path(__file__).resolve().parents[1]
+    cases = root / "policy" / "cases.toml"
+    table = cli.json("policy", "test", str(cases), "--policy", str(root / "policy" / "policy.toml"))
+    assert table["passed"] == len(table["cases"]) >= 40 and table["failed"] == 0
+    first = table["cases"][0]
+    assert set(first) == {"name", "passed", "expected", "got"}
+    assert set(first["expected"]) == set(first["got"]) == {"effect", "rule"}
+    # a failing table: the same document on stdout, exit 1 and one line on stderr
+    code, out, err = cli("policy", "test", str(cases), "--json")
+    failed = json.loads(out)
+    assert code == 1 and failed["failed"] == sum(not c["passed"] for c in failed["cases"]) > 0
+    assert err.count("\n") == 1 and "policy case(s) failed" in err
+
+
 def export(cli: Cli, tmp_path: Path, name: str = "export") -> tuple[Path, str, str, Path]:
     keys = cli.json("audit", "keys")
     head = tmp_path / "head-from-partner.note"

@@ -16,7 +16,7 @@ from shardvault.errors import Refused
 from shardvault.governance.approvals import Approval
 from shardvault.policy import Action, Principal, PrincipalKind, Resource, explain, load_policy
 from shardvault.policy.model import as_enum
-from shardvault.policy.table import load_cases, run_table
+from shardvault.policy.table import CaseResult, load_cases, run_table
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 # metavars as docs/cli.md names them (tests/test_docs.py), not Typer's types
@@ -372,16 +372,36 @@ def policy_test(
             parser=path_named("--policy"),
         ),
     ] = None,
+    json_out: JsonFlag = False,
 ) -> None:
     """Run a table of expected decisions; exit 1 if any case fails."""
     policy = load_policy(policy_file) if policy_file else state(ctx).governance().policy
     results = run_table(policy, load_cases(cases_file))
-    for result in results:
-        write_out(f"{result.describe()}\n")
     failed = sum(1 for r in results if not r.passed)
+    if json_out:
+        print_json(
+            {
+                "cases": [_case_json(r) for r in results],
+                "passed": len(results) - failed,
+                "failed": failed,
+            }
+        )
+    else:
+        for result in results:
+            write_out(f"{result.describe()}\n")
     if failed:
         raise Refused(f"{failed} of {len(results)} policy case(s) failed")
     say(f"all {len(results)} policy case(s) passed")
+
+
+def _case_json(result: CaseResult) -> dict[str, object]:
+    """One case of a decision table: what it expected (a rule of None: any) and got."""
+    return {
+        "name": result.case.name,
+        "passed": result.passed,
+        "expected": {"effect": result.case.expect.value, "rule": result.case.rule},
+        "got": {"effect": result.decision.effect.value, "rule": result.decision.rule},
+    }
 
 
 def register(app: typer.Typer) -> None:

@@ -43,6 +43,37 @@ def named(text: str, limit: int = 200) -> str:
     return text if len(text) <= limit and text.isprintable() else shown(text, limit)
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def undecodable_escaped(text: str) -> str:
+    """TEXT with what UTF-8 cannot hold escaped, for output a consumer reads as UTF-8.
+
+    A byte of a file name or an argument that is not UTF-8 reaches Python as a lone
+    surrogate (U+DC80 to U+DCFF); written out it was either that byte (no longer
+    UTF-8: jq reads U+FFFD) or a crash. It is written ``\\xNN``, as ``$'...'`` in a
+    shell writes the byte, and any other lone surrogate ``\\uXXXX``."""
+    return _SURROGATE.sub(_escape_surrogate, text)
+
+
+def _escape_surrogate(match: re.Match[str]) -> str:
+    code = ord(match[0])
+    return f"\\x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"\\u{code:04x}"
+
+
+def undecodable_escaped_in(value: object) -> object:
+    """VALUE (str, list, dict, nested) with every string `undecodable_escaped`: a JSON
+    document must be escaped string by string, not once written (a ``\\x`` in it
+    would not be JSON)."""
+    if isinstance(value, str):
+        return undecodable_escaped(value)
+    if isinstance(value, dict):
+        return {undecodable_escaped_in(k): undecodable_escaped_in(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [undecodable_escaped_in(item) for item in value]
+    return value
+
+
 def _check(pattern: re.Pattern[str], value: object, what: str, hint: str) -> str:
     if not isinstance(value, str) or not pattern.fullmatch(value):
         raise InvalidInput(f"invalid {what} {shown(value)}: {hint}")

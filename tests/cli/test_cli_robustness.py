@@ -23,6 +23,7 @@ from contextlib import contextmanager
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any
+from unittest.mock import ANY
 
 import pytest
 from test_cli import BINARY, Cli
@@ -62,10 +63,16 @@ def tmpfs(directory: Path, options: str) -> Iterator[Path]:
 
 
 def shardvault(
-    config: Path, *args: str, stdin: bytes | None = None, timeout: float = 60, **popen: object
+    config: Path,
+    *args: str,
+    stdin: bytes | None = None,
+    timeout: float = 60,
+    env: dict[str, str] | None = None,
+    **popen: object,
 ) -> subprocess.CompletedProcess[bytes]:
-    """The installed command in its own process, for what needs real file descriptors."""
-    env = {**os.environ, "SHARDVAULT_CONFIG": str(config)}
+    """The installed command in its own process, for what needs real file descriptors;
+    ENV is added to this process's environment."""
+    env = {**os.environ, **(env or {}), "SHARDVAULT_CONFIG": str(config)}
     return subprocess.run(  # type: ignore[call-overload, no-any-return]
         [str(BINARY), *args],
         input=stdin,
@@ -1056,3 +1063,67 @@ def test_receipt_verify_of_a_path_that_cannot_be_read_is_exit_2(
     given = tmp_path / name
     line = alice.fails(2, "receipt", "verify", str(given), "--key", us_key(alice))
     assert line.startswith(f"error: cannot read {given}: ")
+
+
+# 9. a name that is not UTF-8 (a file's, an argument's) in output ----------------
+
+STRICT = {"PYTHONIOENCODING": "utf-8:strict"}  # a UTF-8 locale's stdout, as en_US.UTF-8
+
+
+def utf8(data: bytes) -> str:
+    """DATA decoded strictly, as a consumer of UTF-8 (jq, a JSON parser) reads it."""
+    return data.decode("utf-8", errors="strict")
+
+
+@pytest.fixture
+def undecodable(tmp_path: Path) -> Path:
+    """A tree holding a source file whose name has the byte 0xff, not UTF-8, with a
+    finding in it (Python holds such a name as the lone surrogate U+DCFF)."""
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / os.fsdecode(b"a\xff.py")).write_text('URL = "http://1.2.3.4/"\n')  # low
+    return tree
+
+
+@pytest.mark.parametrize("env", [{}, STRICT], ids=["C.UTF-8", "strict"])
+def test_a_scanned_name_that_is_not_utf8_is_escaped_in_every_report(
+    undecodable: Path, tmp_path: Path, env: dict[str, str]
+) -> None:
+    # JSON carried the raw byte 0xff (not UTF-8: jq read U+FFFD) or, where stdout is
+    # strict, crashed with a UnicodeEncodeError traceback, as SARIF, -o and
+    # --write-baseline always did
+    def scan(*args: str) -> bytes:
+        done = shardvault(tmp_path / "none.toml", "scan", str(undecodable), *args,
+                          stdout=subprocess.PIPE, env=env)  # fmt: skip
+        assert done.returncode == 0 and b"Traceback" not in done.stderr, done.stderr
+        utf8(done.stderr)
+        return done.stdout
+
+    report = json.loads(utf8(scan("--format", "json")))
+    assert [f["path"] for f in report["findings"]] == ["a\\xff.py"]
+    sarif = json.loads(utf8(scan("--format", "sarif")))
+    (result,) = sarif["runs"][0]["results"]
+    assert result["locations"][0]["physicalLocation"]["artifactLocation"]["uri"] == "a%FF.py"
+    assert "a\\xff.py:1:" in utf8(scan())
+    scan("--format", "json", "-o", str(tmp_path / "report.json"))
+    assert json.loads(utf8((tmp_path / "report.json").read_bytes())) == {
+        **report,
+        "summary": {**report["summary"], "seconds": ANY},
+    }
+    scan("--write-baseline", str(tmp_path / "baseline.json"))
+    baseline = json.loads(utf8((tmp_path / "baseline.json").read_bytes()))
+    assert [f["path"] for f in baseline["findings"]] == ["a\\xff.py"]
+    accepted = json.loads(scan("--format", "json", "--baseline", str(tmp_path / "baseline.json")))
+    assert accepted["findings"] == [] and accepted["summary"]["suppressed_baseline"] == 1
+
+
+def test_an_argument_that_is_not_utf8_is_escaped_in_json(alice: Cli, tmp_path: Path) -> None:
+    # ensure_ascii wrote the lone surrogate as "\udcff": valid for Python, but jq and
+    # strict parsers read U+FFFD or refuse the document
+    tar = tmp_path / os.fsdecode(b"audit-\xff.tar")
+    done = shardvault(alice.config, "audit", "export", "--cell", "US", str(tar), "--json",
+                      stdout=subprocess.PIPE, env=STRICT)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    text = utf8(done.stdout)
+    assert "\\udcff" not in text
+    assert json.loads(text)["path"] == f"{tmp_path}/audit-\\xff.tar"

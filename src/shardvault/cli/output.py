@@ -18,7 +18,7 @@ from rich.table import Table
 from rich.text import Text
 
 from shardvault.errors import Unavailable
-from shardvault.model import ObjectInfo
+from shardvault.model import ObjectInfo, undecodable_escaped
 
 
 class OutputFailed(Unavailable):
@@ -46,11 +46,13 @@ def to_plain(value: Any) -> Any:
     if isinstance(value, Enum):
         return value.value
     if isinstance(value, dict):
-        return {str(key): to_plain(item) for key, item in value.items()}
+        return {undecodable_escaped(str(key)): to_plain(item) for key, item in value.items()}
     if isinstance(value, list | tuple):
         return [to_plain(item) for item in value]
     if isinstance(value, bytes):
         return value.hex()
+    if isinstance(value, str):  # a path given, with bytes that are not UTF-8
+        return undecodable_escaped(value)
     return value
 
 
@@ -61,7 +63,9 @@ def _iso(epoch: float) -> str:
 def write_out(data: str | bytes) -> None:
     """Write and flush data to stdout, or fail with one line: closed or full stdout is no crash.
 
-    A broken pipe is left to the framework, which exits 1 quietly as ``cat`` would.
+    Text is written as valid UTF-8, a name's bytes that are not escaped (JSON is
+    escaped before, string by string). A broken pipe is left to the framework,
+    which exits 1 quietly as ``cat`` would.
     """
     stream = sys.stdout
     if stream is None:
@@ -74,7 +78,7 @@ def write_out(data: str | bytes) -> None:
         else:
             if isinstance(data, str):
                 stream.flush()  # what print() left in the text layer goes first
-                data = data.encode(stream.encoding, stream.errors or "strict")
+                data = undecodable_escaped(data).encode(stream.encoding, stream.errors or "strict")
             _write_all(stream.buffer, data)
         stream.flush()
     except BrokenPipeError:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from shardvault.durability import read_bounded
 from shardvault.errors import InvalidInput
+from shardvault.model import undecodable_escaped_in
 from shardvault.scan.findings import Finding
 
 BASELINE_FORMAT = "shardvault-scan-baseline"
@@ -40,7 +41,8 @@ def baseline_text(findings: Iterable[Finding]) -> tuple[str, int]:
         key=lambda e: (e["path"], e["rule_id"], e["fingerprint"]),
     )
     doc = {"format": BASELINE_FORMAT, "version": BASELINE_VERSION, "findings": entries}
-    return json.dumps(doc, indent=2, ensure_ascii=False) + "\n", len(entries)
+    text = json.dumps(undecodable_escaped_in(doc), indent=2, ensure_ascii=False)
+    return text + "\n", len(entries)
 
 
 def load_baseline(path: Path) -> Counter[str]:

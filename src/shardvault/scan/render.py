@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 
+from shardvault.model import undecodable_escaped, undecodable_escaped_in
 from shardvault.scan.runner import ScanReport
 
 JSON_FORMAT = "shardvault-scan-report"
@@ -28,7 +29,7 @@ def render_json(report: ScanReport) -> str:
         "skipped": [s.to_dict() for s in report.skipped],
         "summary": _summary(report),
     }
-    return json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
+    return json.dumps(undecodable_escaped_in(doc), indent=2, ensure_ascii=False) + "\n"
 
 
 def _summary(report: ScanReport) -> dict[str, object]:
@@ -78,7 +79,7 @@ def render_table(report: ScanReport) -> str:
         f"{len(report.suppressed_baseline)} by baseline; {report.files} files, {mib:.1f} MiB "
         f"in {report.seconds:.2f} s; {len(report.skipped)} skipped"
     )
-    return "\n".join(lines) + "\n"
+    return undecodable_escaped("\n".join(lines)) + "\n"  # a name's bytes not UTF-8
 
 
 def _clip(text: str, width: int) -> str:

@@ -11,6 +11,7 @@ import json
 from importlib import metadata
 from urllib.parse import quote
 
+from shardvault.model import undecodable_escaped_in
 from shardvault.scan.findings import RULES, Finding, Severity
 from shardvault.scan.runner import ScanReport
 
@@ -62,7 +63,7 @@ def render_sarif(report: ScanReport) -> str:
             }
         ],
     }
-    return json.dumps(log, indent=2, ensure_ascii=False) + "\n"
+    return json.dumps(undecodable_escaped_in(log), indent=2, ensure_ascii=False) + "\n"
 
 
 def _rule(rule_id: str) -> dict[str, object]:
@@ -81,8 +82,9 @@ def _rule(rule_id: str) -> dict[str, object]:
 
 def _location(path: str, line: int | None, column: int | None) -> dict[str, object]:
     """A location whose ``uri`` is the path percent-encoded, as SARIF requires a URI
-    reference: raw, ``a#b.kt`` named ``a`` with a fragment and ``a:b.kt`` a scheme."""
-    uri = quote(path, safe="/")
+    reference: raw, ``a#b.kt`` named ``a`` with a fragment and ``a:b.kt`` a scheme.
+    Encoded from the name's bytes, so a byte that is not UTF-8 is kept (``%FF``)."""
+    uri = quote(path.encode("utf-8", "surrogateescape"), safe="/")
     physical: dict[str, object] = {"artifactLocation": {"uri": uri, "uriBaseId": "SRCROOT"}}
     if line is not None and column is not None:
         physical["region"] = {"startLine": line, "startColumn": column}

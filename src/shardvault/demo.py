@@ -7,6 +7,8 @@ Besides the deployment file it writes the operator's access policy
 
 from __future__ import annotations
 
+import errno
+import os
 from contextlib import suppress
 from pathlib import Path
 
@@ -185,17 +187,51 @@ def write_demo(directory: Path) -> Path:
     except BaseException as exc:
         _remove(made)
         if isinstance(exc, OSError):
-            raise write_failure(f"the demo deployment in {directory}", exc) from None
+            why = OSError(exc.errno, _why_not_made(exc))
+            raise write_failure(f"the demo deployment in {directory}", why) from None
         raise
     return config_path
 
 
 def _refuse_to_overwrite(directory: Path, paths: list[Path]) -> None:
+    """Refuse a file the demo would write, and what a deployment leaves beside its
+    config: with the config and policies gone, a new demo reopened the old catalogs,
+    keyring, shards and partner's keys under fresh policies."""
     if directory.exists() and not directory.is_dir():
         raise InvalidInput(f"{directory} exists and is not a directory: choose a directory")
     for path in paths:
         if path.exists() or path.is_symlink():
             raise InvalidInput(f"{path} already exists: choose an empty directory")
+    for name in _DEPLOYMENT_DIRECTORIES:
+        left = directory / name
+        if left.is_dir() and (name != "partner" or any(left.iterdir())):
+            raise InvalidInput(
+                f"{left} is left from a deployment: choose an empty directory, or move it away"
+            )
+
+
+# the demo's state, keyring, node and partner directories (`demo_config_text`)
+_DEPLOYMENT_DIRECTORIES = ("state", "keys", "nodes", "partner")
+
+
+def _why_not_made(exc: OSError) -> str:
+    """What stopped the demo creating the file or directory EXC names, in words: the
+    errno alone misled (`/proc/x`: "No such file or directory", of a /proc that is
+    there; a file in the way of a directory: "File exists")."""
+    reason = exc.strerror or str(exc)
+    if exc.filename is None:
+        return reason
+    path = Path(exc.filename)
+    if exc.errno == errno.ENOENT and path.parent.is_dir():
+        reason = f"{path.parent} takes no new files ({reason})"
+    elif exc.errno == errno.ENOTDIR:
+        blocking = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+        reason = reason if blocking is None else f"{blocking} is not a directory"
+    elif exc.errno == errno.EEXIST and path.is_symlink() and not path.exists():
+        reason = f"it is a symbolic link to {os.readlink(path)}, which does not exist"
+    elif exc.errno == errno.EEXIST and path.exists() and not path.is_dir():
+        reason = "a file is in the way"
+    return f"cannot create {path}: {reason}"
 
 
 def _make_dirs(path: Path, made: list[Path], mode: int = 0o777) -> None:

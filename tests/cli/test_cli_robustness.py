@@ -430,6 +430,45 @@ def test_a_failed_init_removes_what_it_made(
     assert init(capsysbinary, tmp_path, str(target))[0] == 0
 
 
+def test_init_where_no_directory_can_be_made_says_why(
+    tmp_path: Path, capsysbinary: pytest.CaptureFixture[bytes]
+) -> None:
+    # /proc/x said "No such file or directory", of a /proc that is there
+    (tmp_path / "f").write_text("mine")
+    (tmp_path / "link").symlink_to(tmp_path / "gone")
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "nodes").write_text("a file where a directory goes")
+    cannot = "error: cannot write the demo deployment in"
+    for target, why in [
+        ("/proc/x", "cannot create /proc/x: /proc takes no new files (No such file or directory)"),
+        ("/sys/x", "cannot create /sys/x: Operation not permitted"),
+        (f"{tmp_path}/f/sub", f"cannot create {tmp_path}/f/sub: {tmp_path}/f is not a directory"),
+        (f"{tmp_path}/link", f"cannot create {tmp_path}/link: it is a symbolic link to "
+                             f"{tmp_path}/gone, which does not exist"),
+        (f"{tmp_path}/d", f"cannot create {tmp_path}/d/nodes/US: {tmp_path}/d/nodes is not "
+                          "a directory"),
+    ]:  # fmt: skip
+        assert init(capsysbinary, tmp_path, target) == (2, f"{cannot} {target}: {why}\n")
+    assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["nodes"]
+
+
+@pytest.mark.parametrize("left", ["state", "keys", "nodes", "partner/witness.skey"])
+def test_init_over_what_a_deployment_left_is_refused(
+    tmp_path: Path, capsysbinary: pytest.CaptureFixture[bytes], left: str
+) -> None:
+    # with its config and policies gone, a new demo reopened the old catalogs, keyring
+    # and shards under fresh policies
+    target = tmp_path / "demo"
+    (target / left).parent.mkdir(parents=True, exist_ok=True)
+    (target / left).mkdir() if "." not in left else (target / left).write_text("old")
+    code, err = init(capsysbinary, tmp_path, str(target))
+    shown = target / left.split("/")[0]
+    assert (code, err) == (
+        2,
+        f"error: {shown} is left from a deployment: choose an empty directory, or move it away\n",
+    )
+
+
 @pytest.mark.parametrize("options", ["size=16k", "ro,size=1m"])
 def test_init_on_a_full_or_read_only_disk_leaves_nothing(
     tmp_path: Path, capsysbinary: pytest.CaptureFixture[bytes], options: str

@@ -18,6 +18,7 @@ EXPECTED = [
     "IntegrityError",
     "InvalidInput",
     "KeyUnavailable",
+    "NewerFormat",
     "NotFound",
     "Refused",
     "ResidencyRefused",
@@ -62,6 +63,7 @@ def test_the_tree_groups_errors_by_what_the_caller_can_do() -> None:
         "KeyUnavailable": "Unavailable",
         "AuditUnavailable": "Unavailable",
         "StorageError": "Unavailable",
+        "NewerFormat": "Unavailable",
         "WriteRaced": "Conflict",
     }
     for child, parent in parents.items():

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from shardvault.config import load
-from shardvault.errors import ApprovalRequired, ConfigError
+from shardvault.errors import ApprovalRequired, NewerFormat
 from shardvault.model import local_context
 from shardvault.vault import Vault
 
@@ -36,7 +36,7 @@ def test_a_file_from_a_newer_shardvault_is_refused(config_path: Path, name: str)
     path = config_path.parent / "state" / name
     assert stamp(path) == 1
     stamp(path, 2)
-    with pytest.raises(ConfigError, match=r"schema version 2; .*upgrade shardvault"):
+    with pytest.raises(NewerFormat, match=r"schema version 2; .*upgrade shardvault"):
         use_every_file(config_path, "bob")
 
 

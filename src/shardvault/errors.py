@@ -17,7 +17,8 @@ Grouped by what the caller can do about it::
     │   ├── TooFewNodes       not enough eligible nodes for a stripe
     │   ├── KeyUnavailable    the custodian could not (or would not) unwrap
     │   ├── AuditUnavailable  the audit entry could not be written
-    │   └── StorageError      a shard store failed (disk full, I/O error)
+    │   ├── StorageError      a shard store failed (disk full, I/O error)
+    │   └── NewerFormat       a file of the deployment is of a newer shardvault: upgrade
     └── IntegrityError        alert: data damaged beyond what the code can repair (exit 1, HTTP 500)
 
 Adapters re-raise foreign exceptions as one of these with ``raise ... from exc``.
@@ -122,6 +123,12 @@ class StorageError(Unavailable):
     """A shard store failed: disk full, permission, I/O error."""
 
 
+class NewerFormat(Unavailable):
+    """A file of the deployment (a catalog, the keyring, an audit log...) was written by
+    a newer shardvault, which this one cannot read: upgrade it, then retry. Not bad
+    input (the request is fine), nor damage (the file is whole)."""
+
+
 class IntegrityError(ShardvaultError):
     """Stored data failed verification beyond what erasure coding can repair."""
 
@@ -135,6 +142,7 @@ __all__ = [
     "IntegrityError",
     "InvalidInput",
     "KeyUnavailable",
+    "NewerFormat",
     "NotFound",
     "Refused",
     "ResidencyRefused",

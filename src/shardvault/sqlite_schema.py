@@ -6,18 +6,19 @@ from __future__ import annotations
 
 import sqlite3
 
-from shardvault.errors import ConfigError
+from shardvault.errors import NewerFormat
 
 
 def stamp_schema(db: sqlite3.Connection, version: int, what: str) -> None:
-    """Refuse a file of a later schema than `version`; stamp any other with `version`.
+    """Refuse a file of a later schema than `version` (`NewerFormat`: exit 1, upgrade);
+    stamp any other with `version`.
 
     A file with no stamp (0) is from before the stamps, with the layout of
     version 1: the only one so far of each of these files.
     """
     (found,) = db.execute("PRAGMA user_version").fetchone()
     if found > version:
-        raise ConfigError(
+        raise NewerFormat(
             f"{what} has schema version {found}; this shardvault knows up to {version}: "
             "upgrade shardvault"
         )

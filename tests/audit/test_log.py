@@ -29,7 +29,7 @@ from tests.interrupts import (
 from shardvault.audit import log as audit_log
 from shardvault.audit import merkle
 from shardvault.audit.log import AuditLog
-from shardvault.errors import AuditUnavailable, IntegrityError, InvalidInput
+from shardvault.errors import AuditUnavailable, IntegrityError, InvalidInput, NewerFormat
 
 REC = 44  # index record: u64 end offset, 32-byte leaf hash, u32 CRC-32
 
@@ -316,7 +316,10 @@ def test_unknown_file_version_or_foreign_file_is_refused(tmp_path: Path) -> None
     filled(path, 2).close()
     data = (path / "entries.log").read_bytes()
     (path / "entries.log").write_bytes(data[:6] + b"\x00\x02" + data[8:])
-    with pytest.raises(IntegrityError, match="version 2; this reader knows 1"):
+    with pytest.raises(NewerFormat, match="version 2; this reader knows 1: upgrade shardvault"):
+        AuditLog.open(path)
+    (path / "entries.log").write_bytes(data[:6] + b"\x00\x00" + data[8:])
+    with pytest.raises(IntegrityError, match=r"version 0; this reader knows 1$"):
         AuditLog.open(path)
     (path / "entries.log").write_bytes(b"NOTALOG!" + data[8:])
     with pytest.raises(IntegrityError, match="not a shardvault audit log"):

@@ -37,8 +37,8 @@ from shardvault.catalog.sqlite import (
 )
 from shardvault.durability import GroupSync
 from shardvault.errors import (
-    ConfigError,
     Conflict,
+    NewerFormat,
     NotFound,
     StorageError,
     SubjectForgotten,
@@ -706,7 +706,7 @@ def test_sqlite_refuses_a_newer_schema(tmp_path: Path) -> None:
     db = sqlite3.connect(path)
     db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     db.close()
-    with pytest.raises(ConfigError, match=f"schema version {SCHEMA_VERSION + 1}.*upgrade"):
+    with pytest.raises(NewerFormat, match=f"schema version {SCHEMA_VERSION + 1}.*upgrade"):
         SqliteCatalog(path)
 
 

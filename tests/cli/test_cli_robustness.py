@@ -4,6 +4,7 @@ traceback, and leaves nothing half-made behind."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import json
@@ -722,6 +723,47 @@ def test_a_damaged_file_of_the_deployment_is_exit_1_and_names_it(
     path.write_bytes(damage)
     line = alice.fails(1, *argv)
     assert str(path) in line and "damaged" in line and "backup" in line
+
+
+def _user_version(path: Path, version: int) -> None:
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.execute(f"PRAGMA user_version={version}")
+        db.commit()
+
+
+def _keyring_version(path: Path, version: int) -> None:
+    path.write_text(json.dumps({**json.loads(path.read_text()), "version": version}))
+
+
+def _audit_log_version(path: Path, version: int) -> None:
+    with path.open("r+b") as log:
+        log.seek(6)  # after the magic: a big-endian u16
+        log.write(version.to_bytes(2, "big"))
+
+
+NEWER = {
+    "catalog": ("cells/US/catalog.sqlite", _user_version, 99, ["ls", "intl", "alice"]),
+    "directory": ("directory.sqlite", _user_version, 2, ["ls", "intl", "alice"]),
+    "principals": ("governance.sqlite", _user_version, 2, ["principal", "ls"]),
+    "tombstones": ("keyring.destroyed.sqlite", _user_version, 2, ["get", "intl", "alice", "k"]),
+    "keyring": ("keyring.json", _keyring_version, 3, ["get", "intl", "alice", "k"]),
+    "audit log": ("cells/US/audit/log/entries.log", _audit_log_version, 2,
+                  ["audit", "head", "--cell", "US"]),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(("name", "newer", "version", "argv"), NEWER.values(), ids=NEWER.keys())
+def test_a_file_of_a_newer_shardvault_is_exit_1_and_says_upgrade(
+    alice: Cli, name: str, newer: Any, version: int, argv: list[str]
+) -> None:
+    # exit 2, as for a mistake in the command, where damage to the same files is exit 1:
+    # the command is right, and what to do is upgrade shardvault (the audit log's was
+    # "damaged", exit 1, and named no remedy)
+    alice.ok("audit", "head", "--cell", "US")  # every file exists by now
+    (path,) = [p for p in alice.config.parent.rglob(Path(name).name) if p.match(name)]
+    newer(path, version)
+    line = alice.fails(1, *argv)
+    assert str(path) in line and "upgrade shardvault" in line, line
 
 
 # 7. get -o as a shell redirection would, atomically (cli/outfile.py) ------------

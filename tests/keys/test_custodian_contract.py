@@ -15,6 +15,7 @@ from shardvault.errors import (
     ConfigError,
     IntegrityError,
     KeyUnavailable,
+    NewerFormat,
     SubjectForgotten,
 )
 from shardvault.keys import hierarchy
@@ -331,8 +332,12 @@ def test_keyring_of_unknown_version_is_refused(tmp_path: Path) -> None:
     doc = json.loads(path.read_text())
     doc["version"] = 3
     path.write_text(json.dumps(doc))
-    with pytest.raises(ConfigError, match=r"version 3; this shardvault reads versions 1 and 2$"):
+    with pytest.raises(NewerFormat, match=r"version 3; this shardvault reads versions 1 and 2: up"):
         KeyringCustodian(path)
+    for damaged in (0, "2"):  # no version this or a later shardvault writes
+        path.write_text(json.dumps({**doc, "version": damaged}))
+        with pytest.raises(IntegrityError, match="is damaged: format version"):
+            KeyringCustodian(path)
 
 
 @pytest.mark.parametrize("text", ["{", "[]", '{"format": "other", "version": 1}'])

@@ -26,9 +26,9 @@ import pytest
 
 from shardvault.errors import (
     AccessDenied,
-    ConfigError,
     IntegrityError,
     KeyUnavailable,
+    NewerFormat,
     SubjectForgotten,
 )
 from shardvault.keys import hierarchy
@@ -783,7 +783,7 @@ def test_lost_tombstones_refuse_and_are_not_remade(
 def test_tombstones_of_a_newer_schema_are_refused(path: Path, wrapped: tuple[bytes, bytes]) -> None:
     with sqlite3.connect(tombstones_path(path)) as db:
         db.execute("PRAGMA user_version=3")
-    with pytest.raises(ConfigError, match=r"schema version 3; .*upgrade shardvault"):
+    with pytest.raises(NewerFormat, match=r"schema version 3; .*upgrade shardvault"):
         KeyringCustodian(path).unwrap(US, "kid", wrapped[1], WHY)
 
 

@@ -66,7 +66,7 @@ from shardvault.audit.entry import MAX_ENTRY_BYTES, AuditEntry
 from shardvault.audit.note import SignedNote
 from shardvault.audit.tree import TreeNodes
 from shardvault.durability import WaitRoom, fsync_directory, reacquire, replace_whole
-from shardvault.errors import AuditUnavailable, IntegrityError, InvalidInput
+from shardvault.errors import AuditUnavailable, IntegrityError, InvalidInput, NewerFormat
 
 LOG_VERSION = 1
 _ENTRIES_MAGIC = b"SVAUDE"
@@ -110,9 +110,10 @@ def _open_file(path: Path, magic: bytes) -> int:
     version = struct.unpack(">H", header[6:])[0]
     if version != LOG_VERSION:
         os.close(fd)
-        raise IntegrityError(
-            f"{path} is audit log format version {version}; this reader knows {LOG_VERSION}"
-        )
+        known = f"{path} is audit log format version {version}; this reader knows {LOG_VERSION}"
+        if version > LOG_VERSION:
+            raise NewerFormat(f"{known}: upgrade shardvault")
+        raise IntegrityError(known)
     return fd
 
 

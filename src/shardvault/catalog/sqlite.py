@@ -38,9 +38,9 @@ from shardvault.catalog.port import (
 )
 from shardvault.durability import GroupSync, failure_reason, filesystem_sync
 from shardvault.errors import (
-    ConfigError,
     Conflict,
     IntegrityError,
+    NewerFormat,
     NotFound,
     ShardvaultError,
     StorageError,
@@ -259,7 +259,7 @@ class SqliteCatalog:
     def _migrate(self) -> None:
         (current,) = self._db.execute("PRAGMA user_version").fetchone()
         if current > SCHEMA_VERSION:
-            raise ConfigError(
+            raise NewerFormat(
                 f"catalog {self.path} has schema version {current}; this shardvault knows "
                 f"up to {SCHEMA_VERSION}: upgrade shardvault"
             )

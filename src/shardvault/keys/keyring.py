@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from shardvault import durability
-from shardvault.errors import ConfigError, IntegrityError, KeyUnavailable
+from shardvault.errors import IntegrityError, KeyUnavailable, NewerFormat
 from shardvault.keys.key_subjects import KeySubjects, key_subjects_path
 from shardvault.keys.port import KeyOperation, KeyScope
 from shardvault.keys.rootkey import (
@@ -128,11 +128,14 @@ class KeyringCustodian:
             raise _damaged(self.path, f"not JSON ({exc})") from None
         if not isinstance(doc, dict) or doc.get("format") != FORMAT:
             raise _damaged(self.path, "not a shardvault keyring")
-        if doc.get("version") not in READS:
-            raise ConfigError(
-                f"keyring {self.path} has format version {doc.get('version')}; "
-                f"this shardvault reads versions {' and '.join(map(str, READS))}"
-            )
+        version = doc.get("version")
+        if version not in READS:
+            reads = f"this shardvault reads versions {' and '.join(map(str, READS))}"
+            if isinstance(version, int) and version > max(READS):
+                raise NewerFormat(
+                    f"keyring {self.path} has format version {version}; {reads}: upgrade shardvault"
+                )
+            raise _damaged(self.path, f"format version {version!r}; {reads}")
         try:
             roots = {
                 label: base64.b64decode(b64, validate=True) for label, b64 in doc["roots"].items()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from shardvault.errors import AccessDenied, ConfigError, KeyUnavailable, SubjectForgotten
+from shardvault.errors import AccessDenied, KeyUnavailable, NewerFormat, SubjectForgotten
 from shardvault.keys import hierarchy
 from shardvault.keys.key_subjects import key_subjects_path
 from shardvault.keys.keyring import KeyringCustodian
@@ -110,5 +110,5 @@ def test_a_lost_record_is_not_made_anew(path: Path) -> None:
 def test_a_record_of_a_newer_schema_is_refused(path: Path) -> None:
     KeyringCustodian(path).wrap(US, "kid", hierarchy.new_key(), WHY, subject="alice")
     user_version(key_subjects_path(path), 2)
-    with pytest.raises(ConfigError, match=r"schema version 2; .*upgrade shardvault"):
+    with pytest.raises(NewerFormat, match=r"schema version 2; .*upgrade shardvault"):
         KeyringCustodian(path, approving("alice")).destroy(US, "kid", WHY)

@@ -13,7 +13,7 @@ subjects in a file beside it (`key_subjects`): one missing then was lost. A
 version-1 file is stamped 2 by the keyring once it has made that file.
 
 Fail closed: a missing or unreadable database refuses every lookup
-(`KeyUnavailable`; one of a newer schema, `ConfigError`) rather than answering
+(`KeyUnavailable`; one of a newer schema, `NewerFormat`) rather than answering
 "not destroyed"; so does one that others may read (mode 0600, as the keyring).
 
 A key id found not destroyed is remembered until the file's change counter
@@ -60,7 +60,7 @@ _BUSY_SECONDS = 10.0
 
 
 def _known_version(db: sqlite3.Connection, what: str) -> int:
-    """The file's schema version; `ConfigError` if a newer shardvault wrote it."""
+    """The file's schema version; `NewerFormat` if a newer shardvault wrote it."""
     (found,) = db.execute("PRAGMA user_version").fetchone()
     if found > SCHEMA_VERSION:
         stamp_schema(db, SCHEMA_VERSION, what)  # raises: it names both versions

@@ -72,6 +72,17 @@ def alice_holding_k(cli: Cli, tmp_path: Path) -> Cli:
     return cli
 
 
+def test_version_is_printed_without_a_deployment(tmp_path: Path) -> None:
+    """A script can tell which shardvault it drives, with no config anywhere near."""
+    from shardvault import __version__
+
+    done = subprocess.run(
+        [str(BINARY), "--config", str(tmp_path / "none.toml"), "--version", "nodes"],
+        capture_output=True, text=True, cwd=tmp_path, check=False,
+    )  # fmt: skip
+    assert (done.returncode, done.stdout, done.stderr) == (0, f"shardvault {__version__}\n", "")
+
+
 def test_init_demo(tmp_path: Path, capsysbinary: pytest.CaptureFixture[bytes]) -> None:
     cli = Cli(tmp_path / "unused.toml", capsysbinary)
     target = tmp_path / "demo"

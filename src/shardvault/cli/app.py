@@ -27,6 +27,15 @@ app = typer.Typer(
 )
 
 
+def _print_version(given: bool) -> None:
+    """`--version`: which shardvault a script is driving (a file of a newer one says upgrade)."""
+    if given:
+        from shardvault import __version__
+
+        typer.echo(f"shardvault {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _global_options(
     ctx: typer.Context,
@@ -63,6 +72,12 @@ def _global_options(
         str | None,
         typer.Option("--approval", metavar="ID", help="A met approval id for this request."),
     ] = None,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
 ) -> None:
     ctx.obj = CliState(
         config_path=config, principal=principal, token=token, purpose=purpose, approval=approval

@@ -421,6 +421,17 @@ RECEIPT_EDITS: dict[str, Callable[[dict[str, Any]], object]] = {
     ),
     "nested too deep": lambda body: "[" * 100000 + "]" * 100000,
     "not canonical": lambda body: json.dumps(body),
+    "another time": lambda body: body.update(forgotten_at="2020-01-01T00:00:00Z"),
+    "nonce cut short": lambda body: body.update(subject_nonce=base64.b64encode(bytes(31)).decode()),
+    "nonce not base64": lambda body: body.update(subject_nonce="not base64!"),
+    "nonce a number": lambda body: body.update(subject_nonce=7),
+    "nonce of another": lambda body: body.update(
+        subject_nonce=base64.b64encode(bytes(32)).decode()
+    ),
+    "no nonce": lambda body: body.pop("subject_nonce") and None,
+    "version 1 with a nonce": lambda body: body.update(v=1),
+    "version true": lambda body: body.update(v=True),
+    "version 3": lambda body: body.update(v=3),
 }
 
 
@@ -442,6 +453,62 @@ def test_a_receipt_signed_by_the_cell_but_not_as_written_is_one_line_and_exit_1(
         assert done.returncode == 1, (what, done.stderr)
         assert done.stderr.startswith("error: "), (what, done.stderr)
         assert len(done.stderr.splitlines()) == 1, (what, done.stderr)
+
+
+def _forgotten_both(cli: Cli, tmp_path: Path) -> dict[str, bytes]:
+    """Forget alice and bob (each with a note, so their receipts differ only by who and
+    which key) through the CLI: each one's receipt."""
+    cli.ok("subject", "add", "intl", "bob", "-j", "US")
+    cli.ok("put", "intl", "bob", "note", str(tmp_path / "note.txt"))
+    tokens = [
+        add(cli, ident, "--kind", kind, "--location", "US")
+        for ident, kind in (("dpo", "employee"), ("partner-officer", "partner-auditor"))
+    ]
+    receipts = {}
+    for subject in ("alice", "bob"):
+        approval = cli.fails(1, "forget", "intl", subject).rsplit("--approval ", 1)[1]
+        for token in tokens:
+            cli.ok("--token", token, "approval", "approve", approval)
+        receipts[subject] = cli.ok("--approval", approval, "forget", "intl", subject)
+    return receipts
+
+
+def test_a_receipt_of_another_subject_relabelled_and_signed_again_is_refused(
+    cli: Cli, tmp_path: Path
+) -> None:
+    """The forget's audit entry named its subject only by a pseudonym the outsider cannot
+    compute, so the operator, who holds the cell's key, could hand alice bob's receipt
+    with her name on it, signed again, and it verified (found in review)."""
+    receipts = _forgotten_both(cli, tmp_path)
+    keys = cli.json("audit", "keys")
+    check = ("--key", keys["cells"]["US"], "--cosigner", keys["partner"])
+    receipt = tmp_path / "receipt.note"
+    receipt.write_bytes(receipts["alice"])
+    genuine = outsider("receipt", "verify", str(receipt), *check, cwd=tmp_path)
+    assert genuine.returncode == 0 and "intl/alice forgotten" in genuine.stderr, genuine.stderr
+    receipt.write_bytes(_resigned(cli, receipts["bob"], lambda body: body.update(subject="alice")))
+    relabelled = outsider("receipt", "verify", str(receipt), *check, cwd=tmp_path)
+    assert relabelled.returncode == 1, relabelled.stderr
+    assert relabelled.stderr.startswith("error: ") and len(relabelled.stderr.splitlines()) == 1
+    assert "subject" in relabelled.stderr
+
+
+def test_a_receipt_made_version_1_to_drop_its_binding_is_refused(cli: Cli, tmp_path: Path) -> None:
+    # a version 1 receipt binds no subject: one built on an entry that commits to its
+    # subject would carry bob's forget to alice again, only with a warning
+    receipts = _forgotten_both(cli, tmp_path)
+    key = cli.json("audit", "keys")["cells"]["US"]
+
+    def downgraded(body: dict[str, Any]) -> None:
+        del body["subject_nonce"]
+        body.update(v=1, subject="alice")
+
+    receipt = tmp_path / "receipt.note"
+    for subject in ("alice", "bob"):
+        receipt.write_bytes(_resigned(cli, receipts[subject], downgraded))
+        done = outsider("receipt", "verify", str(receipt), "--key", key, cwd=tmp_path)
+        assert done.returncode == 1 and done.stderr.startswith("error: "), done.stderr
+        assert "version 1 receipt does not bind" in done.stderr
 
 
 def test_approvals_and_principals_are_shown_only_to_whom_may_see_them(cli: Cli) -> None:

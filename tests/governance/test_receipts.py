@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from dataclasses import replace
 from pathlib import Path
 
@@ -11,7 +13,13 @@ from conftest import make_deployment
 from governance_support import forget_approved
 from shardvault.config import load
 from shardvault.errors import IntegrityError, InvalidInput
-from shardvault.governance.receipts import Forgotten, make_receipt, verify_receipt
+from shardvault.governance.receipts import (
+    Forgotten,
+    make_receipt,
+    receipt_nonce,
+    subject_commitment,
+    verify_receipt,
+)
 from shardvault.model import ObjectRef
 from shardvault.vault import Vault
 
@@ -48,8 +56,9 @@ def test_a_receipt_is_signed_only_over_a_proof_that_leads_to_its_head(
         {"jurisdiction": "EU"},
         {"versions_deleted": 99},
         {"shards_removed": 0},
+        {"forgotten_at": "2026-12-04T00:00:00Z"},
     ],
-    ids=["jurisdiction", "versions", "shards"],
+    ids=["jurisdiction", "versions", "shards", "time"],
 )
 def test_a_receipt_saying_other_than_its_audit_entry_is_refused(
     tmp_path: Path, lie: dict[str, object]
@@ -64,12 +73,33 @@ def test_a_receipt_saying_other_than_its_audit_entry_is_refused(
         vkey = cell.signer.verifier_key()
         told = Forgotten(
             "intl", "alice", "US", done.key_id, done.versions_deleted, done.shards_removed,
-            "2026-12-05T00:00:00Z",
+            str(cell.log.entry(done.audit_index).details["forgotten_at"]),
+            receipt_nonce(cell, "intl", "alice", done.key_id),
         )  # fmt: skip
-        verify_receipt(make_receipt(cell, head, done.audit_index, told).to_bytes(), vkey)
+        assert (
+            verify_receipt(make_receipt(cell, head, done.audit_index, told).to_bytes(), vkey)["v"]
+            == 2
+        )
         false = make_receipt(cell, head, done.audit_index, replace(told, **lie))
         with pytest.raises(IntegrityError, match="not this forget"):
             verify_receipt(false.to_bytes(), vkey)
+
+
+def test_no_receipt_is_signed_for_a_subject_its_entry_does_not_commit_to(
+    tmp_path: Path,
+) -> None:
+    # signed, it would be a receipt its holder's own check refuses
+    with Vault.open(load(make_deployment(tmp_path / "deploy"))) as vault:
+        vault.register_subject("intl", "alice", "US")
+        done = forget_approved(vault, "intl", "alice")
+        cell = vault.governance.cell("US")
+        head = vault.governance.publish_head("US")
+        at = str(cell.log.entry(done.audit_index).details["forgotten_at"])
+        nonce = receipt_nonce(cell, "intl", "alice", done.key_id)
+        for subject, given in (("bob", nonce), ("alice", bytes(32)), ("alice", None)):
+            what = Forgotten("intl", subject, "US", done.key_id, 0, 0, at, given)
+            with pytest.raises(IntegrityError, match="does not commit to subject"):
+                make_receipt(cell, head, done.audit_index, what)
 
 
 def test_a_bad_key_is_the_callers_mistake_not_a_bad_receipt() -> None:
@@ -79,3 +109,26 @@ def test_a_bad_key_is_the_callers_mistake_not_a_bad_receipt() -> None:
     for cell_key, cosigner in (("x+zz+AA", None), (WITNESS_VKEY, None), (LOG_VKEY, LOG_VKEY)):
         with pytest.raises(InvalidInput, match=r"verifier key|key 'audit|key 'partner"):
             verify_receipt(b"anything", cell_key, cosigner)
+
+
+def test_the_subject_commitment_and_its_nonce_are_as_formats_md_says(tmp_path: Path) -> None:
+    # known answers, and the same computed from the words of docs/formats.md
+    from shardvault.governance.heads import CellAudit
+
+    nonce = bytes(range(32))
+    parts = [b"shardvault/deletion-receipt/subject-commitment/v1", b"intl", b"alice", nonce]
+    spelled = hashlib.sha256(b"".join(len(p).to_bytes(8, "big") + p for p in parts)).hexdigest()
+    known = "2131cd804e4b478b68583b36ca3a8811eb47482324cdd43ca9e74a57d97ebdf0"
+    assert subject_commitment("intl", "alice", nonce) == "v1:" + known == "v1:" + spelled
+    assert subject_commitment("intl", "alice", bytes(32)) != subject_commitment(
+        "intl", "alicf", bytes(32)
+    )
+
+    (tmp_path / "hmac.key").write_bytes(bytes(32))
+    (tmp_path / "hmac.key").chmod(0o600)
+    cell = CellAudit("US", tmp_path, "example.org/cell-us")
+    message = b'secret:deletion-receipt-nonce\x00["intl", "alice", "kid"]'
+    derived = receipt_nonce(cell, "intl", "alice", "kid")
+    assert derived == hmac.digest(bytes(32), message, "sha256")
+    assert derived.hex() == "f09492080ee4bc35eaa674023e4572f9f473cf76682c3161f71ef89425022ae4"
+    assert derived != receipt_nonce(cell, "intl", "bob", "kid")

@@ -602,6 +602,12 @@ def killed_after(owner, name):
         return result
     setattr(owner, name, call)
 
+if step == "outcome-audited-before-v2":  # as shardvault wrote it before receipts of v2
+    step, written = "outcome-audited", vault.governance.record_outcome
+    def record_outcome(access, result, subject_commitment, forgotten_at, **details):
+        return written(access, result, **details)
+    vault.governance.record_outcome = record_outcome
+
 killed_after(*{
     "key-destroyed": (vault.custodian, "destroy"),
     "catalog-marked": (vault.cells["US"].catalog, "forget_subject"),
@@ -684,9 +690,45 @@ def test_a_forget_killed_before_its_receipt_gives_one_when_run_again(
     assert checked.returncode == 0, checked.stderr
     body = json.loads(checked.stdout)
     assert (body["subject"], body["key_id"], body["shards_removed"]) == ("alice", record.key_id, 18)
+    assert (body["v"], body["binds_subject"]) == (2, True)  # whichever run wrote the outcome
     # and the rest of the forget is done: shards, rows, approvals
     assert files_under(nodes) == before
     assert vault.cells["US"].catalog.known_object_ids() == set()
     assert "alice" not in {a.subject for a in governance.approvals.all("US")}
     with pytest.raises(SubjectForgotten):
         vault.get(refs[0])
+
+
+def test_a_forget_whose_outcome_an_older_version_wrote_gives_a_receipt_of_version_1(
+    vault: Vault, config_path: Path, tmp_path: Path
+) -> None:
+    """An outcome entry written before entries committed to their subject cannot give a
+    receipt that binds it: the run that finishes that forget gives one of version 1,
+    which the outsider's check accepts saying plainly that it does not bind."""
+    record = vault.register_subject("intl", "alice", "US")
+    with pytest.raises(ApprovalRequired) as pending:
+        vault.forget("intl", "alice")
+    approval = pending.value.approval_id
+    assert approval is not None
+    approve(vault.governance, approval)
+    child = subprocess.run(
+        [sys.executable, "-c", FORGET_CHILD, str(config_path), approval,
+         "outcome-audited-before-v2"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert child.returncode == -signal.SIGKILL, child.stderr
+    again = RequestContext("local-admin", "forget-subject", new_request_id(), approval_id=approval)
+    result = vault.forget("intl", "alice", again)
+    [outcome] = forgotten_outcomes(vault, "alice")
+    assert result.audit_index == outcome and result.key_id == record.key_id
+    receipt = tmp_path / "receipt.note"
+    receipt.write_text(result.receipt)
+    checked = subprocess.run(
+        [Path(sys.executable).parent / "shardvault", "receipt", "verify", str(receipt),
+         "--key", vault.governance.cell("US").signer.verifier_key()],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert checked.returncode == 0, checked.stderr
+    valid, warning = checked.stderr.splitlines()
+    assert valid.startswith("valid receipt: intl/alice forgotten")
+    assert warning.startswith("warning: this is a version 1 receipt: it does not bind its subject")

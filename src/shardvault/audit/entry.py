@@ -254,6 +254,13 @@ class AuditHasher:
             self._recent[(label, value)] = found
         return found
 
+    def secret(self, label: str, value: str) -> bytes:
+        """HMAC-SHA256 of ``secret:<label> || 0x00 || value``, raw: 32 bytes nobody without
+        the key can compute, the same each time (a deletion receipt's nonce). The prefix
+        keeps every secret apart from every pseudonym, which the log shows."""
+        message = f"secret:{label}".encode() + b"\x00" + value.encode("utf-8")
+        return hmac.digest(self._key, message, "sha256")
+
     def resource(self, tenant: str, subject: str | None = None, key: str | None = None) -> str:
         """``tenant[/subject-pseudonym[/key-pseudonym]]``: names an object without revealing it."""
         parts = [tenant]

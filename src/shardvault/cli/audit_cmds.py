@@ -20,7 +20,7 @@ from shardvault.audit.merkle import leaf_hash, verify_consistency, verify_inclus
 from shardvault.cli.deployment_files import output_outside, refuse_deployment_file
 from shardvault.cli.given import check_readable, path_named, read_given
 from shardvault.cli.outfile import write_output
-from shardvault.cli.output import print_json, print_table, say, write_out
+from shardvault.cli.output import print_json, print_table, say, warn, write_out
 from shardvault.cli.state import state
 from shardvault.errors import InvalidInput
 from shardvault.governance.guard import Governance
@@ -311,10 +311,12 @@ def receipt_verify(
     cosigner: Cosigner = None,
     json_out: JsonFlag = False,
 ) -> None:
-    """Check a deletion receipt with public keys only: signature, head, inclusion proof."""
+    """Check a deletion receipt with public keys only: signature, head, inclusion proof,
+    and (version 2) that the forget's audit entry commits to its subject and time."""
     body = verify_receipt(read_given(receipt), key, cosigner)
+    binds = body["v"] >= 2
     if json_out:
-        print_json({k: v for k, v in body.items() if k != "audit"})
+        print_json({k: v for k, v in body.items() if k != "audit"} | {"binds_subject": binds})
         return
     say(
         f"valid receipt: {body['tenant']}/{body['subject']} forgotten at {body['forgotten_at']}, "
@@ -322,6 +324,11 @@ def receipt_verify(
         f"{body['audit']['index']} is in {body['audit']['origin']}"
         + (" (head cosigned by the partner)" if cosigner else "")
     )
+    if not binds:
+        warn(
+            "this is a version 1 receipt: it does not bind its subject or its time (its audit "
+            "entry names the subject only by a pseudonym), so it may be another subject's forget"
+        )
 
 
 def register(app: typer.Typer) -> None:

@@ -1,24 +1,32 @@
 """Deletion receipts: a signed, self-verifying statement that a user was forgotten.
 
 A receipt is a C2SP signed note, signed by the cell's audit key, whose text is
-one line of canonical JSON (version 1)::
+one line of canonical JSON (version 2)::
 
-    {"type": "shardvault-deletion-receipt", "v": 1, "tenant", "subject",
-     "jurisdiction", "key_id", "key_destroyed": true, "versions_deleted",
-     "shards_removed", "forgotten_at",
+    {"type": "shardvault-deletion-receipt", "v": 2, "tenant", "subject",
+     "subject_nonce": <base64 of 32 bytes>, "jurisdiction", "key_id",
+     "key_destroyed": true, "versions_deleted", "shards_removed", "forgotten_at",
      "audit": {"origin", "index", "entry": <base64 of the audit entry>,
                "inclusion_proof": [<base64 hash>...], "head": <the cosigned head note>}}
 
 Anyone with the cell's public key (and the partner's) can check, with
 `verify_receipt` and nothing else, that the receipt is genuine, that the head is
-signed by the cell and cosigned by the partner, and that the forget's audit entry
-is in the log under that head (RFC 9162 inclusion proof). The subject id is in
-clear: the receipt is for the user (or their regulator), not for the public log.
+signed by the cell and cosigned by the partner, that the forget's audit entry
+is in the log under that head (RFC 9162 inclusion proof), and that the entry is
+this subject's forget: the entry names the subject by a pseudonym only the cell
+can compute, but it also carries a commitment to the tenant and subject id
+(`subject_commitment`), which the receipt's nonce opens, and the receipt's
+``forgotten_at``. The subject id and nonce are in the receipt only: it is for the
+user (or their regulator), not for the public log, where the commitment reveals
+nothing of the id. A receipt of version 1 (no nonce) is still verified, but binds
+neither its subject nor its time; one built on an entry that commits to its
+subject is refused (a version 2 receipt of that forget binds them).
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import re
 from dataclasses import dataclass
@@ -34,7 +42,11 @@ from shardvault.governance.heads import CellAudit
 from shardvault.model import jurisdiction_code, subject_id, tenant_name
 
 RECEIPT_TYPE = "shardvault-deletion-receipt"
-RECEIPT_VERSION = 1
+RECEIPT_VERSION = 2
+NONCE_BYTES = 32
+COMMITMENT_PREFIX = "v1:"  # the version of the commitment's own format, in the entry
+_COMMITMENT_TAG = b"shardvault/deletion-receipt/subject-commitment/v1"
+_NONCE_LABEL = "deletion-receipt-nonce"
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,20 +60,44 @@ class Forgotten:
     versions_deleted: int
     shards_removed: int
     forgotten_at: str
+    subject_nonce: bytes | None = None  # what opens the entry's subject commitment
+
+
+def receipt_nonce(cell: CellAudit, tenant: str, subject: str, key_id: str) -> bytes:
+    """The nonce of a forget's subject commitment: 32 bytes nobody without the cell's
+    audit HMAC key can compute (so the commitment in the log hides the id as a random
+    nonce would), and the same on every run of one forget, so a run finishing one cut
+    short opens the commitment an earlier run wrote, with no secret stored."""
+    return cell.hasher.secret(_NONCE_LABEL, json.dumps([tenant, subject, key_id]))
+
+
+def subject_commitment(tenant: str, subject: str, nonce: bytes) -> str:
+    """What a forget's outcome entry records of its subject: ``v1:`` and the hex SHA-256
+    of a tag, the tenant, the subject id and the nonce, each prefixed by its length.
+    Without the nonce it tells nothing of the id; with it, the receipt's holder shows
+    the entry is theirs, and no other (tenant, subject, nonce) gives it."""
+    digest = hashlib.sha256()
+    for part in (_COMMITMENT_TAG, tenant.encode("utf-8"), subject.encode("utf-8"), nonce):
+        digest.update(len(part).to_bytes(8, "big") + part)
+    return COMMITMENT_PREFIX + digest.hexdigest()
 
 
 def make_receipt(cell: CellAudit, head: SignedNote, index: int, what: Forgotten) -> SignedNote:
-    """Sign a receipt for ``what``, proving audit entry ``index`` is under ``head``."""
+    """Sign a receipt for ``what``, proving audit entry ``index`` is under ``head``: of
+    version 2 if the entry commits to its subject (which ``what``'s nonce must open), of
+    version 1 for an entry written before entries did."""
     checkpoint = Checkpoint.parse(head.text)
     entry = next(iter(cell.log.iter_entry_bytes(index, index + 1)))
     proof = cell.log.inclusion_proof(index, checkpoint.size)
     # checked before it is signed: a proof built from damaged stored nodes is refused
     verify_inclusion(leaf_hash(entry), index, checkpoint.size, proof, checkpoint.root_hash)
+    binding = _binding(AuditEntry.from_bytes(entry), what)
     body = {
         "type": RECEIPT_TYPE,
-        "v": RECEIPT_VERSION,
+        "v": 2 if binding else 1,
         "tenant": what.tenant,
         "subject": what.subject,
+        **binding,
         "jurisdiction": what.jurisdiction,
         "key_id": what.key_id,
         "key_destroyed": True,
@@ -78,6 +114,23 @@ def make_receipt(cell: CellAudit, head: SignedNote, index: int, what: Forgotten)
     }
     text = canonical_json(body).decode("utf-8") + "\n"
     return SignedNote(text, (cell.signer.sign(text),))
+
+
+def _binding(entry: AuditEntry, what: Forgotten) -> dict[str, str]:
+    """The fields a receipt of ENTRY adds to bind its subject: none for an entry with no
+    commitment; else the nonce, checked to open it (`IntegrityError` if not: signed, it
+    would be a receipt its holder's check refuses)."""
+    if "subject_commitment" not in entry.details:
+        return {}
+    nonce = what.subject_nonce
+    if nonce is None or entry.details["subject_commitment"] != subject_commitment(
+        what.tenant, what.subject, nonce
+    ):
+        raise IntegrityError(
+            f"the forget's audit entry does not commit to subject {what.subject} of tenant "
+            f"{what.tenant}: no receipt signed"
+        )
+    return {"subject_nonce": base64.b64encode(nonce).decode("ascii")}
 
 
 def verify_receipt(data: bytes, cell_key: str, cosigner_key: str | None = None) -> dict[str, Any]:
@@ -113,15 +166,17 @@ def verify_receipt(data: bytes, cell_key: str, cosigner_key: str | None = None) 
     verify_inclusion(
         leaf_hash(raw_entry), audit["index"], checkpoint.size, proof, checkpoint.root_hash
     )
-    if not _states(AuditEntry.from_bytes(raw_entry), body):
-        raise IntegrityError("the audit entry in the receipt is not this forget")
+    wrong = _contradiction(AuditEntry.from_bytes(raw_entry), body)
+    if wrong:
+        raise IntegrityError(f"the audit entry in the receipt is not this forget: {wrong}")
     return body
 
 
-_FIELDS = frozenset(
+_FIELDS_V1 = frozenset(
     {"type", "v", "tenant", "subject", "jurisdiction", "key_id", "key_destroyed",
      "versions_deleted", "shards_removed", "forgotten_at", "audit"}
 )  # fmt: skip
+_FIELDS = {1: _FIELDS_V1, 2: _FIELDS_V1 | {"subject_nonce"}}
 _AUDIT_FIELDS = frozenset({"origin", "index", "entry", "inclusion_proof", "head"})
 _FORGOTTEN_AT = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z")
 _MAX_COUNT = 2**53 - 1
@@ -130,18 +185,20 @@ _MAX_PROOF = 64  # hashes: one per level of a tree of up to 2^64 entries
 
 def _body(text: str) -> dict[str, Any]:
     """The receipt's JSON, if it is as `make_receipt` writes it (`IntegrityError` if not):
-    one encoding, the fields of version 1 and no other, each of its type, and what is
+    one encoding, the fields of its version and no other, each of its type, and what is
     shown on the verifier's one line of output printable. The cell's key signs whatever
     its holder, the operator, gives it: the signature does not make a field well formed."""
     try:
         body = json.loads(text)
         if not isinstance(body, dict):
             raise ValueError("not a JSON object")
-        if body.get("type") != RECEIPT_TYPE or not _is_count(body.get("v"), RECEIPT_VERSION):
-            raise IntegrityError(f"not a version {RECEIPT_VERSION} deletion receipt")
+        version = body.get("v")
+        fields = _FIELDS.get(version) if type(version) is int else None  # not true, 1.0
+        if body.get("type") != RECEIPT_TYPE or fields is None:
+            raise IntegrityError("not a deletion receipt of version 1 or 2")
         audit = body.get("audit")
-        if set(body) != _FIELDS or not isinstance(audit, dict) or set(audit) != _AUDIT_FIELDS:
-            raise ValueError("not the fields of a deletion receipt")
+        if set(body) != fields or not isinstance(audit, dict) or set(audit) != _AUDIT_FIELDS:
+            raise ValueError(f"not the fields of a version {version} deletion receipt")
         _check_fields(body, audit)
         if canonical_json(body).decode("utf-8") + "\n" != text:
             raise ValueError("not in canonical JSON form")
@@ -165,6 +222,8 @@ def _check_fields(body: dict[str, Any], audit: dict[str, Any]) -> None:
         raise ValueError("forgotten_at is not an RFC 3339 UTC time")
     if body["key_destroyed"] is not True:
         raise ValueError("it does not state the subject's key destroyed")
+    if "subject_nonce" in body and len(_nonce(body)) != NONCE_BYTES:
+        raise ValueError(f"subject_nonce is not {NONCE_BYTES} bytes")
     for name, value in (
         ("versions_deleted", body["versions_deleted"]),
         ("shards_removed", body["shards_removed"]),
@@ -179,27 +238,57 @@ def _check_fields(body: dict[str, Any], audit: dict[str, Any]) -> None:
         raise ValueError("inclusion_proof, entry and head must be strings")
 
 
-def _is_count(value: object, exactly: int | None = None) -> bool:
+def _is_count(value: object) -> bool:
     """Whether VALUE is a JSON integer (not a boolean, which equals 0 or 1) in range."""
-    if type(value) is not int or not 0 <= value <= _MAX_COUNT:
-        return False
-    return exactly is None or value == exactly
+    return type(value) is int and 0 <= value <= _MAX_COUNT
+
+
+def _nonce(body: dict[str, Any]) -> bytes:
+    """The receipt's ``subject_nonce``, decoded (ValueError if it is not base64)."""
+    if not isinstance(body["subject_nonce"], str):
+        raise ValueError("subject_nonce is not a string")
+    return base64.b64decode(body["subject_nonce"], validate=True)
 
 
 _RECORDED = ("key_id", "jurisdiction", "versions_deleted", "shards_removed")
-"""What a receipt states that its forget's audit entry records too (the subject is
-there as a pseudonym only, which a verifier without the cell's key cannot check)."""
+"""What every receipt states that its forget's audit entry records too (the subject
+is there as a pseudonym, which a verifier without the cell's key cannot compute)."""
 
 
-def _states(entry: AuditEntry, body: dict[str, Any]) -> bool:
-    """Whether the receipt states what the cosigned log recorded of its forget: a signed
-    receipt saying more shards were removed than the log says, or another cell, is false."""
-    return (
+def _contradiction(entry: AuditEntry, body: dict[str, Any]) -> str | None:
+    """How the receipt states other than the cosigned log recorded of its forget, if it
+    does: a signed receipt saying more shards were removed than the log says, another
+    cell, or (version 2) another subject or time, is false. A version 1 receipt of an
+    entry that commits to its subject is refused: it would drop the binding."""
+    if not (
         entry.action == "forget"
         and entry.result == "forgotten"
-        and entry.tenant == body.get("tenant")
-        and all(entry.details.get(field) == body.get(field) for field in _RECORDED)
-    )
+        and entry.tenant == body["tenant"]
+        and all(entry.details.get(field) == body[field] for field in _RECORDED)
+    ):
+        return "it records another forget, key or count"
+    committed = entry.details.get("subject_commitment")
+    if body["v"] == 1:
+        if committed is not None:
+            return "it commits to its subject, which a version 1 receipt does not bind"
+        return None
+    if committed is None:
+        return "it commits to no subject"
+    if not isinstance(committed, str) or not committed.startswith(COMMITMENT_PREFIX):
+        return "it commits to its subject in a form this verifier does not know"
+    if committed != subject_commitment(body["tenant"], body["subject"], _nonce(body)):
+        return f"it commits to another subject than {body['subject']}"
+    if entry.details.get("forgotten_at") != body["forgotten_at"]:
+        return "it records another time of the forget"
+    return None
 
 
-__all__ = ["RECEIPT_TYPE", "RECEIPT_VERSION", "Forgotten", "make_receipt", "verify_receipt"]
+__all__ = [
+    "RECEIPT_TYPE",
+    "RECEIPT_VERSION",
+    "Forgotten",
+    "make_receipt",
+    "receipt_nonce",
+    "subject_commitment",
+    "verify_receipt",
+]

@@ -45,7 +45,12 @@ from shardvault.errors import (
     WriteRaced,
 )
 from shardvault.governance.guard import Access, Governance
-from shardvault.governance.receipts import Forgotten, make_receipt
+from shardvault.governance.receipts import (
+    Forgotten,
+    make_receipt,
+    receipt_nonce,
+    subject_commitment,
+)
 from shardvault.io_threads import IoThreads
 from shardvault.keys import hierarchy
 from shardvault.keys.port import KeyCustodian, KeyScope
@@ -579,6 +584,10 @@ class Vault:
         forgotten = cell.catalog.get_subject(tenant, subject)
         progress = cell.catalog.forget_progress(tenant, subject)
         assert forgotten is not None and forgotten.forgotten_at is not None and progress
+        audit = self.governance.cell(cell.jurisdiction)
+        # the same on every run of this forget: one cut short left a commitment it opens
+        nonce = receipt_nonce(audit, tenant, subject, record.key_id)
+        forgotten_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(forgotten.forgotten_at))
         index = None
         if progress.decided_at != access.audit_index:
             index = self.governance.forget_outcome(
@@ -589,17 +598,18 @@ class Vault:
             index = self.governance.record_outcome(
                 access, "forgotten", key_id=record.key_id,
                 versions_deleted=progress.versions_deleted, shards_removed=progress.shards_removed,
+                subject_commitment=subject_commitment(tenant, subject, nonce),
+                forgotten_at=forgotten_at,
             )  # fmt: skip
         if index != progress.outcome:
             cell.catalog.note_forget_progress(tenant, subject, outcome=index)
-        told = self.governance.cell(cell.jurisdiction).log.entry(index).details
+        told = audit.log.entry(index).details  # an entry written before v2 has no time
         what = Forgotten(
             tenant, subject, cell.jurisdiction, record.key_id, int(told["versions_deleted"] or 0),
-            int(told["shards_removed"] or 0),
-            time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(forgotten.forgotten_at)),
+            int(told["shards_removed"] or 0), str(told.get("forgotten_at") or forgotten_at), nonce,
         )  # fmt: skip
         head = self.governance.publish_head(cell.jurisdiction)
-        receipt = make_receipt(self.governance.cell(cell.jurisdiction), head, index, what)
+        receipt = make_receipt(audit, head, index, what)
         return ForgetResult(
             tenant, subject, cell.jurisdiction, record.key_id, what.versions_deleted,
             what.shards_removed, forgotten.forgotten_at, index, receipt.to_bytes().decode("utf-8"),

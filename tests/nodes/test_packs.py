@@ -518,7 +518,10 @@ def test_a_shard_a_compaction_copied_stays_findable_by_a_reader_that_saw_both(
     # run saw it), and a compaction of the copy's pack by that process would have left
     # the live shard behind for good.
     names = iter(["f" * 16, "0" * 16])  # the writer's pack, then the compactor's
-    monkeypatch.setattr(packs.secrets, "token_hex", lambda _: next(names))
+    real_token_hex = packs.secrets.token_hex
+    monkeypatch.setattr(  # a pack's name; any other (a temporary's) as it was
+        packs.secrets, "token_hex", lambda n: next(names) if n == 8 else real_token_hex(n)
+    )
     writer = LocalDirShardStore("n", root)
     put(writer, name(1), b"live" * 40)
     put(writer, name(2), b"dead" * 40)
@@ -637,6 +640,218 @@ def die(self, missing_ok=False):
 Path.unlink = die
 packs.PackSet(Path(sys.argv[1]), "n", GroupSync(lambda: None)).compact()
 """
+
+
+_KILLED_WITH_ITS_COPIES_SYNCED = """
+import os, signal, sys
+from pathlib import Path
+from shardvault.durability import GroupSync
+from shardvault.nodes import packs
+packs.secrets.token_hex = lambda n: sys.argv[2] * 16  # where the copy's pack sorts
+def die(self, missing_ok=False):
+    if self.suffix == ".pack":
+        os.kill(os.getpid(), signal.SIGKILL)  # the copies are synced, the old pack stays
+Path.unlink = die
+packs.PackSet(Path(sys.argv[1]), "n", GroupSync(lambda: None)).compact()
+"""
+
+
+def _secrets_on_disk(directory: Path, secret: bytes = SECRET) -> int:
+    return sum(pack.read_bytes().count(secret) for pack in directory.glob("*.pack"))
+
+
+def test_a_delete_after_a_killed_compaction_zeroes_every_copy(tmp_path: Path) -> None:
+    """A compaction killed between syncing its copies and removing the old pack left the
+    shard in two packs, and the delete zeroed only the one it found: the other kept the
+    ciphertext (found by the kill -9 stress harness)."""
+    writer = packset(tmp_path)
+    writer.add(name(1), SECRET)
+    dead_weight(writer)
+    writer.close()
+    killed = subprocess.run(
+        [sys.executable, "-c", _KILLED_WITH_ITS_COPIES_SYNCED, str(tmp_path), "0"], check=False
+    )
+    assert killed.returncode == -9 and _secrets_on_disk(tmp_path) == 2
+    deleter = packset(tmp_path)
+    assert deleter.delete(name(1))  # gc collecting it, or a forget
+    deleter.close()
+    assert _secrets_on_disk(tmp_path) == 0
+
+
+def test_a_shard_deleted_after_a_killed_compaction_stays_dead_once_compacted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The copy a killed compaction left whole outlived the delete's tombstone: once a
+    later compaction folded the tombstone's pack away, the deleted shard was live again
+    (found by the kill -9 stress harness)."""
+    monkeypatch.setattr(packs.secrets, "token_hex", lambda n: "0" * 16)  # sorts first
+    writer = packset(tmp_path)
+    location = writer.add(name(1), SECRET)[1].location  # its manifest keeps this one
+    for number in range(20):  # enough live data that the copy's pack is kept as it is
+        writer.add(name(100 + number), bytes([number]) * 60_000)
+    writer.add("dead-weight", bytes(600_000))
+    assert writer.delete("dead-weight")
+    writer.close()
+    monkeypatch.undo()
+    killed = subprocess.run(
+        [sys.executable, "-c", _KILLED_WITH_ITS_COPIES_SYNCED, str(tmp_path), "f"], check=False
+    )
+    assert killed.returncode == -9 and _secrets_on_disk(tmp_path) == 2
+    deleter = packset(tmp_path)
+    assert deleter.delete(name(1), location)  # gc collecting its deleted version
+    deleter.close()
+    collector = packset(tmp_path)
+    collector.compact()  # takes the deleter's pack, tombstone and all
+    collector.close()
+    assert name(1) not in packset(tmp_path).names()
+
+
+_KILLED_AT = """
+import os, signal, sys
+from pathlib import Path
+from shardvault.nodes import packs
+from shardvault.nodes.localdir import LocalDirShardStore
+
+calls = []
+
+def kill_after(owner, attribute, nth=1, which=lambda *args: True):
+    real = getattr(owner, attribute)
+    def wrapper(*args, **kwargs):
+        result = real(*args, **kwargs)
+        if which(*args):
+            calls.append(attribute)
+            if len(calls) == nth:
+                os.kill(os.getpid(), signal.SIGKILL)
+        return result
+    setattr(owner, attribute, wrapper)
+
+def is_pack(path, *rest):
+    return Path(path).suffix == ".pack"
+
+packs_made = iter(range(1 << 16))  # its packs sort before the writers' (indexed first)
+real_token_hex = packs.secrets.token_hex
+packs.secrets.token_hex = lambda n: (
+    f"{int(sys.argv[3]):02x}{next(packs_made):014x}" if n == 8 else real_token_hex(n)
+)
+
+step = sys.argv[2]
+if step == "journal half written":
+    kill_after(os, "fsync")  # its temporary's, before the rename
+elif step == "journal written":
+    kill_after(os, "replace")
+elif step == "first copy":
+    kill_after(packs.PackSet, "add")
+elif step == "copy after a rotation":
+    packs.ROTATE_AT = 1  # each copy starts a pack of its own
+    kill_after(packs.PackSet, "add", 2)
+elif step == "copies synced":
+    kill_after(packs.GroupSync, "sync")
+elif step == "one old pack removed":
+    kill_after(Path, "unlink", 1, is_pack)
+elif step == "both old packs removed":
+    kill_after(Path, "unlink", 2, is_pack)
+LocalDirShardStore("n", Path(sys.argv[1])).compact()
+"""
+STEPS = [
+    "journal half written",
+    "journal written",
+    "first copy",
+    "copy after a rotation",
+    "copies synced",
+    "one old pack removed",
+    "both old packs removed",
+]
+KILLS = [
+    *((step,) for step in STEPS),
+    (),  # none: the control
+    # a compaction killed, then the one settling it (settle: packs.PackSet._settle)
+    ("first copy", "first copy"),
+    ("first copy", "journal written"),
+    ("first copy", "one old pack removed"),
+    ("copy after a rotation", "copies synced"),
+]
+
+
+@pytest.mark.parametrize("kills", KILLS, ids=[" then ".join(k) or "none" for k in KILLS])
+def test_a_compaction_killed_at_any_step_leaves_every_shard_once(
+    root: Path, kills: tuple[str, ...]
+) -> None:
+    """Killed at each step of a compaction of two packs (a real kill -9 of a real
+    process, once or twice), then a delete by the manifest's location, then a
+    compaction: the deleted shard's ciphertext is in no pack, the live one is read and
+    is in exactly one, and nothing but packs and the lock is left."""
+    secrets = {name(1): b"FIRST-SECRET" * 8, name(2): b"SECOND-SECRET" * 8}
+    locations = {}
+    for number, (shard, secret) in enumerate(secrets.items()):
+        writer = LocalDirShardStore("n", root)
+        locations[shard] = put_located(writer, shard, secret)
+        put(writer, name(100 + number), bytes(8192))  # a quarter dead: worth compacting
+        assert writer.delete(name(100 + number))
+        writer.close()
+    for number, step in enumerate(kills):
+        killed = subprocess.run(
+            [sys.executable, "-c", _KILLED_AT, str(root), step, str(number)], check=False
+        )
+        assert killed.returncode == -9, f"not killed at {step}"
+    store = LocalDirShardStore("n", root)
+    for shard, secret in secrets.items():
+        assert read_at_location(store, shard, locations[shard]) == secret
+    assert store.delete(name(1), locations[name(1)])
+    store.sync()
+    assert _secrets_on_disk(root / "packs", secrets[name(1)]) == 0
+    assert _secrets_on_disk(root / "packs", secrets[name(2)]) == 1  # settled by the delete
+    store.close()
+    collector = LocalDirShardStore("n", root)
+    collector.compact()
+    collector.close()
+    packs_dir = root / "packs"
+    assert [p.name for p in packs_dir.iterdir() if p.suffix != ".pack"] == [packs.LOCK_FILE]
+    assert _secrets_on_disk(packs_dir, secrets[name(2)]) == 1
+    reader = LocalDirShardStore("n", root)
+    assert list(reader.names()) == [name(2)]
+    assert read(reader, name(2)) == secrets[name(2)]
+    reader.close()
+
+
+_STOPPED_WITH_ITS_COPIES_SYNCED = """
+import os, signal, sys
+from pathlib import Path
+from shardvault.nodes import packs
+from shardvault.nodes.localdir import LocalDirShardStore
+real_sync = packs.GroupSync.sync
+def sync_then_stop(self, *args, **kwargs):
+    real_sync(self, *args, **kwargs)
+    os.kill(os.getpid(), signal.SIGSTOP)  # holding the compaction lock; killed meanwhile
+packs.GroupSync.sync = sync_then_stop
+LocalDirShardStore("n", Path(sys.argv[1])).compact()
+"""
+
+
+def test_a_delete_while_a_compaction_is_killed_zeroes_its_copy(root: Path) -> None:
+    """A delete that finds another process compacting (its lock held) cannot leave the
+    copy to that compaction's last look for deletes: the compaction may be killed first."""
+    writer = LocalDirShardStore("n", root)
+    location = put_located(writer, name(1), SECRET)
+    put(writer, name(2), bytes(8192))
+    assert writer.delete(name(2))
+    writer.close()
+    compactor = subprocess.Popen([sys.executable, "-c", _STOPPED_WITH_ITS_COPIES_SYNCED, str(root)])
+    try:
+        _, status = os.waitpid(compactor.pid, os.WUNTRACED)
+        assert os.WIFSTOPPED(status), "the compaction ended before its copies were synced"
+        assert _secrets_on_disk(root / "packs") == 2
+        deleter = LocalDirShardStore("n", root)
+        assert deleter.delete(name(1), location)
+        deleter.sync()
+        deleter.close()
+    finally:
+        compactor.kill()
+        os.waitpid(compactor.pid, 0)
+    assert _secrets_on_disk(root / "packs") == 0
+    collector = LocalDirShardStore("n", root)
+    collector.compact()
+    collector.close()
+    assert name(1) not in list(LocalDirShardStore("n", root).names())
 
 
 def test_a_name_repair_writes_again_after_its_tombstone_went_is_live_everywhere(

@@ -19,9 +19,13 @@ location never scans, whatever the packs hold. Deleting appends a tombstone;
 ``compact`` copies the live records of packs no live writer holds into this
 store's pack and removes the old files (their descriptors stay open a minute,
 for reads already under way), and says where each shard went, so that gc can
-rewrite the locations manifests keep (shardvault.vault.gc). Shard names are never reused, so a
-tombstone lost in a crash or dropped by compaction can at worst bring back a
-dead record, which gc's orphan sweep removes again.
+rewrite the locations manifests keep (shardvault.vault.gc). Between its copies
+and the removal a shard is in two packs; a compaction journal names them for
+that long (nodes/journal.py), so that a delete meanwhile zeroes both copies,
+and one a dead compaction left is settled by the next compaction or delete.
+Shard names are never reused, so a tombstone lost in a crash or dropped by
+compaction can at worst bring back a dead record, which gc's orphan sweep
+removes again.
 
 Pack file (docs/formats.md, "pack file"), version 1::
 
@@ -52,8 +56,9 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from shardvault.durability import GroupSync
+from shardvault.durability import GroupSync, fsync_directory, leftover_temporaries
 from shardvault.errors import StorageError
+from shardvault.nodes.journal import JOURNAL, Journal, read_journal
 
 FILE_MAGIC = b"SVPK"
 FILE_VERSION = 1
@@ -151,6 +156,24 @@ def _shard_records(view: mmap.mmap, encoded: bytes) -> Iterator[tuple[int, int]]
         at = view.find(encoded, at + 1)
 
 
+def _framed(data: bytes) -> Iterator[tuple[int, int, int, int, bool]]:
+    """(offset, kind, name length, data length, whole) of each framed record in `data`
+    (a pack's bytes after its header), up to a torn tail: a record cut short, or failing
+    its CRC with no record after it. One failing its CRC with a record after it (zeroed
+    by a delete, or damaged) is yielded as not whole: it must not hide the rest."""
+    cursor = 0
+    while cursor + RECORD.size <= len(data):
+        magic, kind, _, name_len, data_len = RECORD.unpack_from(data, cursor)
+        end = cursor + RECORD.size + name_len + data_len
+        if magic != RECORD_MAGIC or end + CRC.size > len(data):
+            return
+        whole = CRC.unpack_from(data, end)[0] == zlib.crc32(data[cursor:end])
+        if not whole and not data.startswith(RECORD_MAGIC, end + CRC.size):
+            return
+        yield cursor, kind, name_len, data_len, whole
+        cursor = end + CRC.size
+
+
 def _try_flock(fd: int) -> bool:
     """Take an exclusive flock on `fd` if free; if not, or if flock fails (ENOLCK), the
     descriptor is closed: each failure once left one open, per pack per gc."""
@@ -197,6 +220,7 @@ class PackSet:
         self._rescan = False  # a removed pack took indexed names: scan all again
         self._rescans = 0  # how many times every pack was scanned again from the start
         self._grouped: NamesByPack | None = None  # during a compaction: names per pack
+        self._journal: Journal | None = None  # during a compaction: its packs (nodes/journal.py)
         self.group = group
         self._check_root = check_root
 
@@ -212,6 +236,9 @@ class PackSet:
         self._check_root()
         self.directory.mkdir(exist_ok=True)  # never the node's root: an unmounted disk stays so
         name = f"{secrets.token_hex(8)}.pack"
+        if self._journal is not None:  # a compaction's copies go there: named before they land
+            self._journal.new.append(name)
+            self._journal.write(self.directory)
         fd = os.open(
             self.directory / name, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600
         )
@@ -313,6 +340,8 @@ class PackSet:
                 # predate the zeroing, and the compaction's last look for tombstones
                 # may predate ours, so neither zeroed it. Rare: a search of every pack.
                 self._erase_records_of(name)
+            elif (self.directory / JOURNAL).exists():  # one stat a delete; see `_settle`
+                self._erase_other_copies(name)
             return True
 
     def _erase(self, located: PackedShard) -> bool:
@@ -331,10 +360,29 @@ class PackSet:
             os.close(fd)
         return True
 
-    def _erase_records_of(self, name: str) -> None:
-        """Zero every whole shard record of `name` in the packs, whatever the index says."""
+    def _erase_other_copies(self, name: str) -> None:
+        """A compaction is under way, or died, between copying records and removing the
+        old ones: a shard may be in two packs, and only one was zeroed. Settle a dead
+        one's journal (which zeroes the copies of every deleted name); while one runs,
+        zero the name in the packs its journal names: the compaction may be killed
+        before its last look for deletes."""
+        with self._compaction_lock() as mine:
+            if mine:
+                try:
+                    self._settle(Compaction(0, {}))
+                finally:
+                    self._grouped = None  # held only while folding
+                return
+        journal = read_journal(self.directory)
+        if journal is not None:
+            self._erase_records_of(name, journal.old + journal.new)
+
+    def _erase_records_of(self, name: str, packs: Iterable[str] | None = None) -> None:
+        """Zero every whole shard record of `name` in the packs (or in `packs`), whatever
+        the index says."""
         encoded = name.encode()
-        for path in self.directory.glob("*.pack"):
+        found_packs = self.directory.glob("*.pack") if packs is None else packs
+        for path in (self.directory / pack for pack in found_packs):
             try:
                 with (
                     open(path, "rb") as file,
@@ -545,26 +593,17 @@ class PackSet:
             position = len(FILE_HEADER)
         data = os.pread(fd, size - position, position)
         cursor = 0
-        while cursor + RECORD.size <= len(data):
-            magic, kind, _, name_len, data_len = RECORD.unpack_from(data, cursor)
-            end = cursor + RECORD.size + name_len + data_len
-            if magic != RECORD_MAGIC or end + CRC.size > len(data):
-                break
-            (crc,) = CRC.unpack_from(data, end)
-            if crc != zlib.crc32(data[cursor:end]):
-                if not data.startswith(RECORD_MAGIC, end + CRC.size):
-                    break  # a torn tail: nothing whole follows
-                # erased or damaged, and framed: its shard reads as missing, the rest stays
-                cursor = end + CRC.size
+        for at, kind, name_len, data_len, whole in _framed(data):
+            cursor = at + _FRAMING + name_len + data_len
+            if not whole:  # erased or damaged: its shard reads as missing, the rest stays
                 continue
-            name = data[cursor + RECORD.size : cursor + RECORD.size + name_len].decode()
+            name = data[at + RECORD.size : at + RECORD.size + name_len].decode()
             if kind == TOMBSTONE:
                 self._dead.add(name, pack)
                 self._index.pop(name, None)
             elif name not in self._dead and not self._in_active(name):
-                start = position + cursor + RECORD.size + name_len
+                start = position + at + RECORD.size + name_len
                 self._index[name] = PackedShard(pack, start, data_len)
-            cursor = end + CRC.size
         self._scanned[pack] = position + cursor
 
     # -- collection ------------------------------------------------------------
@@ -581,6 +620,8 @@ class PackSet:
         done = Compaction(0, {})
         with self._lock, self._compaction_lock() as mine:
             if not mine:  # another process is compacting this node's packs
+                return done
+            if not self._settle(done):
                 return done
             self.refresh()
             self._grouped = None
@@ -635,13 +676,75 @@ class PackSet:
         finally:
             os.close(fd)
 
-    def _fold(self, claimed: list[tuple[str, int]], done: Compaction) -> None:
+    def _settle(self, done: Compaction) -> bool:
+        """Finish a compaction that died (or failed) between its journal and its end,
+        holding the compaction lock; whether no journal is left.
+
+        Every record of a deleted name in its packs is zeroed (a delete since zeroed
+        one copy), its copies are made durable and preferred to the old records, and
+        the old packs are folded as any others: what was never copied is copied (with
+        a journal naming the copies made before too), then they go. Settling is rolling
+        forward, whatever step the compaction died at: each step is safe to take again.
+        """
+        for temporary in leftover_temporaries(self.directory / JOURNAL):
+            temporary.unlink(missing_ok=True)  # killed while writing one: nothing copied since
+        journal = read_journal(self.directory)
+        if journal is None:
+            return True
+        self.refresh()
+        old = [pack for pack in journal.old if (self.directory / pack).exists()]
+        new = [pack for pack in journal.new if (self.directory / pack).exists()]
+        for pack in old + new:
+            self._erase_dead_records(pack)
+        for pack in new:  # indexed again last: its copy wins over the old record
+            self._scanned.pop(pack, None)
+            self._scan(pack)
+        self._grouped = None
+        self.group.sync(self.group.note_write())  # what the dead process wrote, too
+        claimed = [(pack, fd) for pack in old if (fd := self._claim(pack)) is not None]
+        if len(claimed) < len(old):  # only a compactor takes an old pack's flock: later
+            for _, fd in claimed:
+                os.close(fd)
+            return False
+        if claimed:
+            self._fold(claimed, done, new)
+        else:
+            (self.directory / JOURNAL).unlink(missing_ok=True)
+        return True
+
+    def _erase_dead_records(self, pack: str) -> None:
+        """Zero every whole shard record in `pack` of a name a tombstone on disk kills."""
+        try:
+            fd = self._fd(pack)
+            data = os.pread(fd, os.fstat(fd).st_size, 0)
+        except FileNotFoundError:
+            return
+        if not data.startswith(FILE_HEADER):
+            return  # not ours to read (see `_scan`)
+        body = data[len(FILE_HEADER) :]
+        for at, kind, name_len, data_len, whole in _framed(body):
+            name = body[at + RECORD.size : at + RECORD.size + name_len].decode()
+            if whole and kind == SHARD and name in self._dead:
+                start = len(FILE_HEADER) + at + RECORD.size + name_len
+                self._erase(PackedShard(pack, start, data_len))
+
+    def _fold(
+        self, claimed: list[tuple[str, int]], done: Compaction, carried: Iterable[str] = ()
+    ) -> None:
         """Copy the live shards of claimed packs into ours, sync, then remove the packs.
 
         The sync checks every copy's own ticket: with the latest alone, a flush that
         failed for the first copies was hidden by a later one that succeeded for the
-        last, and the packs holding the only durable records went."""
+        last, and the packs holding the only durable records went. The journal names
+        the packs from before the first copy until they are gone for good (`carried`:
+        packs holding copies an earlier, dead compaction made of them); one left by a
+        failure stays, for the next compaction or delete to settle."""
         try:
+            journal = Journal([pack for pack, _ in claimed], list(carried))
+            if self._active is not None and self._active not in journal.new:
+                journal.new.append(self._active)  # a pack made by rotation is added then
+            journal.write(self.directory)
+            self._journal = journal
             copies = {}
             first = last = None  # tickets of the copies
             for pack, _ in claimed:
@@ -656,15 +759,19 @@ class PackSet:
             for pack, _ in claimed:
                 self._forget_pack(pack, self._names_in(pack), compacted_here=True)
                 (self.directory / pack).unlink(missing_ok=True)
+            fsync_directory(self.directory)  # gone for good before the journal goes
             # a delete going by a manifest's old location may have zeroed an old record
             # after the look above: its copy goes too (one zeroing a pack already
             # unlinked sees that, and looks the copy up: `_erase`)
             self._erase_copies_deleted_meanwhile(copies)
+            self._journal = None
+            (self.directory / JOURNAL).unlink(missing_ok=True)
             done.packs += len(claimed)
             done.moved.update(
                 (name, copy.location) for name, copy in copies.items() if name not in self._dead
             )
         finally:
+            self._journal = None
             for _, claim in claimed:
                 os.close(claim)
 

@@ -1160,6 +1160,93 @@ def test_a_pack_whose_header_cannot_be_written_is_not_kept(
     pack_set.close()
 
 
+_KILLED_BEFORE_THE_HEADER = """
+import os, signal, sys
+from pathlib import Path
+from shardvault.durability import GroupSync
+from shardvault.nodes import packs
+real_write = os.write
+def write(fd, data):
+    if data == packs.FILE_HEADER:
+        os.kill(os.getpid(), signal.SIGKILL)  # the pack is made, its header not written
+    return real_write(fd, data)
+os.write = write
+packs.PackSet(Path(sys.argv[1]), "n", GroupSync(lambda: None)).add("X", b"x" * 100)
+"""
+
+
+def test_a_pack_whose_writer_died_before_its_header_is_removed(tmp_path: Path) -> None:
+    """A process killed between making its pack and writing the header left an empty
+    .pack that no scan read and no compaction took: it stayed for good."""
+    kept = packset(tmp_path)
+    kept.add("Y", b"y" * 100)
+    kept.close()
+    killed = subprocess.run(
+        [sys.executable, "-c", _KILLED_BEFORE_THE_HEADER, str(tmp_path)], check=False
+    )
+    assert killed.returncode == -9
+    assert sorted(p.stat().st_size for p in tmp_path.glob("*.pack"))[0] == 0
+    reader = packset(tmp_path)
+    assert reader.names() == ["Y"]
+    assert [p.stat().st_size > 0 for p in tmp_path.glob("*.pack")] == [True]
+    reader.close()
+
+
+@pytest.mark.parametrize("content", [b"", FILE_HEADER[:5]], ids=["empty", "part of a header"])
+def test_a_new_pack_whose_writer_lives_is_not_removed_before_its_header(
+    tmp_path: Path, content: bytes
+) -> None:
+    """Its writer holds its flock from just after making it: a scan in between finds
+    it headerless, and must leave it (the writer writes its header next)."""
+    pack = tmp_path / "0123456789abcdef.pack"
+    pack.write_bytes(content)
+    writer_fd = os.open(pack, os.O_RDWR)
+    fcntl.flock(writer_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # another open file: as a process
+    reader = packset(tmp_path)
+    assert reader.names() == []
+    assert pack.read_bytes() == content
+    os.close(writer_fd)  # the writer died before its header
+    assert reader.names() == []
+    assert not pack.exists()
+    reader.close()
+
+
+@pytest.mark.parametrize("scan", ["removed it", "holds its flock"])
+def test_a_writer_whose_new_pack_a_scan_took_makes_another(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, scan: str
+) -> None:
+    """A scan may take a new pack for a dead writer's between its making and its flock,
+    and remove it: the writer must not append to the unlinked file (acknowledged puts
+    lost), nor fail the put."""
+    writer, scanner = packset(tmp_path), packset(tmp_path)
+    real_flock, raced, held = fcntl.flock, [], []
+
+    def scan_first(fd: int, operation: int) -> None:
+        target = os.readlink(f"/proc/self/fd/{fd}")
+        if target.endswith(".pack") and not raced:
+            raced.append(target)
+            if scan == "removed it":
+                scanner.refresh()  # takes the flock, finds it headerless, removes it
+            else:  # as a scan between its flock and its unlink
+                held.append(os.open(target, os.O_RDONLY))
+                real_flock(held[0], fcntl.LOCK_EX | fcntl.LOCK_NB)
+        real_flock(fd, operation)
+
+    monkeypatch.setattr(fcntl, "flock", scan_first)
+    writer.add("X", b"x" * 100)
+    monkeypatch.undo()
+    for fd in held:
+        os.close(fd)
+    assert raced and not Path(raced[0]).exists()
+    assert len(list(tmp_path.glob("*.pack"))) == 1
+    writer.close()
+    fresh = packset(tmp_path)
+    found = fresh.locate("X")
+    assert found is not None and fresh.read(found, 0, 100) == b"x" * 100
+    fresh.close()
+    scanner.close()
+
+
 def test_compacting_packs_of_tombstones_reads_no_pack_again(tmp_path: Path) -> None:
     """Forgetting a compacted pack's tombstones set off a scan of every pack on the
     node, once per batch (found in review of the fix that made tombstones go with

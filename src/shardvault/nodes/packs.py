@@ -70,6 +70,7 @@ CRC = struct.Struct(">I")
 ROTATE_AT = 64 << 20
 RETIRED_FD_SECONDS = 60.0  # far longer than any read between taking an fd and its pread
 SMALL_PACK = 1 << 20
+_CREATE_TRIES = 3  # new packs a scan took for a dead writer's, in a row
 _COMPACT_BATCH = 64  # packs claimed, copied and synced together (two fds each meanwhile)
 _ERASE_TRIES = 3  # a shard moved by a compaction each time it is looked up, in a row
 _LOCATION = re.compile(r"([0-9a-f]{16}\.pack):([0-9]{1,18})")  # checked before any path is built
@@ -235,27 +236,44 @@ class PackSet:
         # node's own file system, not that one: the put was acknowledged, not durable.
         self._check_root()
         self.directory.mkdir(exist_ok=True)  # never the node's root: an unmounted disk stays so
-        name = f"{secrets.token_hex(8)}.pack"
-        if self._journal is not None:  # a compaction's copies go there: named before they land
-            self._journal.new.append(name)
-            self._journal.write(self.directory)
-        fd = os.open(
-            self.directory / name, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600
-        )
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            if os.write(fd, FILE_HEADER) != len(FILE_HEADER):
-                raise OSError(errno.ENOSPC, "short write")
-        except OSError:
-            # not kept open and locked for the process's life, nor left headerless
-            os.close(fd)
-            (self.directory / name).unlink(missing_ok=True)
-            raise
+        for _ in range(_CREATE_TRIES):
+            name = f"{secrets.token_hex(8)}.pack"
+            fd = self._create_pack(name)
+            if fd is not None:
+                break
+        else:
+            raise OSError(errno.EAGAIN, "each new pack was taken for a dead writer's")
         self._active, self._active_fd, self._active_size = name, fd, len(FILE_HEADER)
         self._scanned[name] = len(FILE_HEADER)
         # reads get an open file of their own: a dup would share the flock, and keep
         # holding it after rotation, so that no compaction could ever take the pack
         self._fds[name] = os.open(self.directory / name, os.O_RDONLY | os.O_CLOEXEC)
+        return fd
+
+    def _create_pack(self, name: str) -> int | None:
+        """Make the pack, take its flock and write its header; None if a scan took it
+        for one a writer died making (`_remove_headerless`) between the make and the
+        flock: appends to it would go to a removed file, acknowledged and lost."""
+        if self._journal is not None:  # a compaction's copies go there: named before they land
+            self._journal.new.append(name)
+            self._journal.write(self.directory)
+        path = self.directory / name
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        kept = False
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:  # a scan holds it, and removes it
+                return None
+            if os.fstat(fd).st_nlink == 0:  # a scan removed it before we took the flock
+                return None
+            if os.write(fd, FILE_HEADER) != len(FILE_HEADER):
+                raise OSError(errno.ENOSPC, "short write")
+            kept = True
+        finally:
+            if not kept:  # not kept open and locked for the process's life, nor headerless
+                os.close(fd)
+                path.unlink(missing_ok=True)
         return fd
 
     def _retire_active(self) -> None:
@@ -589,6 +607,8 @@ class PackSet:
                 # Cut short, zeros a power loss left of a pack never synced, or another
                 # version's: none of its records is read, and it is never compacted (it
                 # is not scanned); the node's other packs serve on.
+                if FILE_HEADER.startswith(header):  # shorter than ours: a writer's new pack
+                    self._remove_headerless(pack)
                 return
             position = len(FILE_HEADER)
         data = os.pread(fd, size - position, position)
@@ -605,6 +625,21 @@ class PackSet:
                 start = position + at + RECORD.size + name_len
                 self._index[name] = PackedShard(pack, start, data_len)
         self._scanned[pack] = position + cursor
+
+    def _remove_headerless(self, pack: str) -> None:
+        """Remove a pack whose writer was killed between making it and writing its
+        header (it would stay for good: never read, never compacted), unless its flock
+        is held: a live writer takes it before its header, and writes that next.
+        Checked again under the flock, which the writer needs to write anything."""
+        claim = self._claim(pack)
+        if claim is None:
+            return
+        try:
+            if os.fstat(claim).st_size < len(FILE_HEADER):
+                (self.directory / pack).unlink(missing_ok=True)
+                self._forget_pack(pack)
+        finally:
+            os.close(claim)
 
     # -- collection ------------------------------------------------------------
 

@@ -924,6 +924,49 @@ def test_a_malformed_location_costs_a_lookup_not_an_error(root: Path) -> None:
         reader.close()
 
 
+def _whole_records_of(directory: Path, shard: str) -> int:
+    """How many whole shard records of `shard` the packs hold, tombstones or not."""
+    found = 0
+    for pack in directory.glob("*.pack"):
+        body = pack.read_bytes()[len(FILE_HEADER) :]
+        for at, kind, name_len, _, whole in packs._framed(body):
+            named = body[at + RECORD.size : at + RECORD.size + name_len] == shard.encode()
+            found += whole and kind == packs.SHARD and named
+    return found
+
+
+def test_a_record_deleted_after_the_compactions_scan_is_not_copied(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A compaction copied a record a delete had zeroed since its scan: a whole record
+    of zeros under the tombstone, which zeroing again left whole, live again once the
+    tombstone's pack was compacted (found by the kill -9 stress harness, with gc run by
+    two processes)."""
+    writer = packset(tmp_path)
+    location = writer.add("X", SECRET)[1].location
+    live = [f"Y{number}" for number in range(20)]
+    for number, shard in enumerate(live):  # the copies' pack is kept as it is, all live
+        writer.add(shard, bytes([number]) * 60_000)
+    writer.add("dead-weight", bytes(600_000))
+    assert writer.delete("dead-weight")
+    writer.close()
+    deleter, compactor = packset(tmp_path), packset(tmp_path)
+    real_claim = compactor._claim
+
+    def delete_after_the_scan(pack: str) -> int | None:
+        assert deleter.delete("X", location)  # zeroes the record the compactor indexed
+        return real_claim(pack)
+
+    monkeypatch.setattr(compactor, "_claim", delete_after_the_scan)
+    assert compactor.compact().packs == 1
+    monkeypatch.undo()
+    assert _whole_records_of(tmp_path, "X") == 0
+    compactor.close()
+    deleter.close()
+    assert packset(tmp_path).compact().packs == 1  # folds the tombstone's pack away
+    assert packset(tmp_path).names() == sorted(live)
+
+
 def test_a_compaction_copies_what_a_writer_appended_before_it_died(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

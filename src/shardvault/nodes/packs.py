@@ -786,8 +786,9 @@ class PackSet:
                 self._scan(pack)  # what a writer appended before it died
                 for name in self._names_in(pack):
                     located = self._indexed(name, pack)
-                    if located is not None:  # not deleted, nor found elsewhere, meanwhile
-                        last, copies[name] = self.add(name, self.read(located, 0, located.length))
+                    data = None if located is None else self._whole_data(name, located)
+                    if data is not None:  # not deleted, nor found elsewhere, meanwhile
+                        last, copies[name] = self.add(name, data)
                         first = first or last
             self.group.sync(last, since=first)
             self._erase_copies_deleted_meanwhile(copies)
@@ -809,6 +810,19 @@ class PackSet:
             self._journal = None
             for _, claim in claimed:
                 os.close(claim)
+
+    def _whole_data(self, name: str, located: PackedShard) -> bytes | None:
+        """The record's data, or None if it is no longer whole: a delete zeroed it since
+        the scan. Copied, it would be a whole record of zeros under the tombstone, which
+        zeroing again leaves whole: live again once the tombstone's pack was compacted."""
+        encoded = name.encode()
+        start = located.offset - len(encoded) - RECORD.size
+        size = RECORD.size + len(encoded) + located.length + CRC.size
+        record = os.pread(self._fd(located.pack), size, start)
+        end = size - CRC.size
+        if len(record) != size or CRC.unpack_from(record, end)[0] != zlib.crc32(record[:end]):
+            return None
+        return record[RECORD.size + len(encoded) : end]
 
     def _erase_copies_deleted_meanwhile(self, copies: dict[str, PackedShard]) -> None:
         """A delete racing the copy zeroed the old record, not the copy: zero that too

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from shardvault.errors import StorageError
+from shardvault.errors import NewerFormat, StorageError
 from shardvault.nodes.journal import JOURNAL, Journal, read_journal
 from shardvault.nodes.localdir import LocalDirShardStore
 from shardvault.nodes.port import shard_name
@@ -25,20 +25,34 @@ def test_the_journal_format_is_pinned(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("content", "message"),
+    ("content", "error", "message"),
     [
-        (b'{"format":"shardvault-compaction","new":[],"old":[],"version":2}', "version 2;"),
-        (b'{"format":"shardvault-compa', "is not a shardvault compaction journal"),
-        (b'{"format":"shardvault-node","version":1}', "is not a shardvault compaction journal"),
+        (
+            b'{"format":"shardvault-compaction","new":[],"old":[],"version":2}',
+            NewerFormat,
+            "version 2;.*upgrade shardvault",
+        ),
+        (
+            b'{"format":"shardvault-compaction","new":[],"old":[],"version":"1"}',
+            StorageError,
+            "no compaction journal version this shardvault knows",
+        ),
+        (b'{"format":"shardvault-compa', StorageError, "is not a shardvault compaction journal"),
+        (
+            b'{"format":"shardvault-node","version":1}',
+            StorageError,
+            "is not a shardvault compaction journal",
+        ),
         (
             b'{"format":"shardvault-compaction","new":[],"old":["../NODE"],"version":1}',
+            StorageError,
             "names a pack that is not one",
         ),
     ],
-    ids=["another version", "cut short", "another file", "a path"],
+    ids=["a newer version", "no version", "cut short", "another file", "a path"],
 )
 def test_a_journal_this_version_cannot_read_stops_compaction_and_deletes(
-    tmp_path: Path, content: bytes, message: str
+    tmp_path: Path, content: bytes, error: type[Exception], message: str
 ) -> None:
     """Fail closed: the packs such a journal names may hold a shard twice, and going on
     would leave a deleted one's copy whole."""
@@ -48,9 +62,9 @@ def test_a_journal_this_version_cannot_read_stops_compaction_and_deletes(
     writer.write(b"x" * 100)
     writer.commit()
     (tmp_path / "node" / "packs" / JOURNAL).write_bytes(content)
-    with pytest.raises(StorageError, match=message) as refused:
+    with pytest.raises(error, match=message) as refused:
         store.compact()
     assert "\n" not in str(refused.value)
-    with pytest.raises(StorageError, match=message):
+    with pytest.raises(error, match=message):
         store.delete(shard)
     store.close()

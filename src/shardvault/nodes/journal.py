@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TypeGuard
 
 from shardvault.durability import replace_whole
-from shardvault.errors import StorageError
+from shardvault.errors import NewerFormat, StorageError
 
 JOURNAL = "compact.journal"
 FORMAT = "shardvault-compaction"
@@ -45,8 +45,8 @@ class Journal:
 
 
 def read_journal(directory: Path) -> Journal | None:
-    """The journal in `directory`, or None; StorageError for one this version cannot
-    read (fail closed: the packs it names may hold shards twice)."""
+    """The journal in `directory`, or None; NewerFormat for one of a newer version,
+    StorageError for one damaged (fail closed: the packs it names may hold shards twice)."""
     path = directory / JOURNAL
     try:
         raw = path.read_bytes()
@@ -60,11 +60,14 @@ def read_journal(directory: Path) -> Journal | None:
         raise StorageError(
             f"{path} is not a shardvault compaction journal: remove it to compact the node again"
         )
-    if found.get("version") != VERSION:
-        version = found.get("version")
-        raise StorageError(
-            f"{path} has compaction journal version {version}; this shardvault reads {VERSION}"
+    version = found.get("version")
+    if isinstance(version, int) and not isinstance(version, bool) and version > VERSION:
+        raise NewerFormat(
+            f"{path} has compaction journal version {version}; this shardvault reads "
+            f"{VERSION}: upgrade shardvault"
         )
+    if version != VERSION:
+        raise StorageError(f"{path} has no compaction journal version this shardvault knows")
     old, new = found.get("old"), found.get("new")
     if not (_pack_names(old) and _pack_names(new)):
         raise StorageError(

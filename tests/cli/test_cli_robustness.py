@@ -34,6 +34,7 @@ from shardvault.audit.log import AuditLog
 from shardvault.cli import outfile
 from shardvault.errors import InvalidInput
 from shardvault.governance import Governance
+from shardvault.keys import tombstones
 
 MAX_VERSION = 2**63 - 1
 
@@ -746,7 +747,8 @@ NEWER = {
     "catalog": ("cells/US/catalog.sqlite", _user_version, 99, ["ls", "intl", "alice"]),
     "directory": ("directory.sqlite", _user_version, 2, ["ls", "intl", "alice"]),
     "principals": ("governance.sqlite", _user_version, 2, ["principal", "ls"]),
-    "tombstones": ("keyring.destroyed.sqlite", _user_version, 2, ["get", "intl", "alice", "k"]),
+    "tombstones": ("keyring.destroyed.sqlite", _user_version, tombstones.SCHEMA_VERSION + 1,
+                   ["get", "intl", "alice", "k"]),
     "keyring": ("keyring.json", _keyring_version, 3, ["get", "intl", "alice", "k"]),
     "audit log": ("cells/US/audit/log/entries.log", _audit_log_version, 2,
                   ["audit", "head", "--cell", "US"]),

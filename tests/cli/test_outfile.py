@@ -4,9 +4,13 @@ is not followed (another user may write in the output's directory)."""
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
-from shardvault.cli.outfile import checked_output, write_output
+import pytest
+
+from shardvault.cli import outfile
+from shardvault.cli.outfile import Output, checked_output, write_output
 
 
 def _write(output: object, data: bytes = b"object") -> None:
@@ -98,3 +102,34 @@ def test_what_was_held_is_let_go_after_the_write(tmp_path: Path) -> None:
     assert (tmp_path / "out").read_bytes() == b"object"
     assert os.read(reader, 100) == b"object"
     os.close(reader)
+
+
+class _SignalAsTheOpenReturns:
+    """Ctrl-C (or SIGTERM, raised the same way) landing just after a temporary was made:
+    `timeout` killing `get -o` there left a `.NAME.partial-PID` behind."""
+
+    def __init__(self, real: Callable[..., int]) -> None:
+        self.real, self.made = real, 0
+
+    def __call__(
+        self, output: Output, flags: int, mode: int = 0o777, name: str | None = None
+    ) -> int:
+        fd = self.real(output, flags, mode, name)
+        if flags & os.O_CREAT:
+            self.made += 1
+            raise KeyboardInterrupt
+        return fd
+
+
+@pytest.mark.parametrize("when", ["checking", "writing"])
+def test_a_signal_as_a_temporary_is_made_leaves_nothing_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, when: str
+) -> None:
+    out = tmp_path / "out"
+    output = checked_output(str(out)) if when == "writing" else None
+    interrupt = _SignalAsTheOpenReturns(outfile._open_in)
+    monkeypatch.setattr(outfile, "_open_in", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        _write(output if output is not None else checked_output(str(out)))
+    assert interrupt.made == 1
+    assert list(tmp_path.iterdir()) == []

@@ -204,7 +204,7 @@ def _check_new_file(output: Output) -> None:
     (/proc says ENOENT, which would read as the path's own fault)."""
     temp = _temporary(output)
     try:
-        os.close(_open_in(output, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600, temp))
+        fd = _make_temporary(output, temp, 0o600)
     except FileNotFoundError:
         raise InvalidInput(
             f"cannot write {named(str(output.given))}: its directory {output.target.parent} "
@@ -213,7 +213,10 @@ def _check_new_file(output: Output) -> None:
         ) from None
     except OSError as exc:
         raise _refused(output.given, exc.errno, f"its directory {output.target.parent}") from None
-    os.unlink(temp, dir_fd=output.directory)
+    try:
+        os.close(fd)
+    finally:
+        os.unlink(temp, dir_fd=output.directory)
 
 
 def _temporary(output: Output) -> str:
@@ -222,6 +225,19 @@ def _temporary(output: Output) -> str:
     file system takes (255 bytes) leaves room for the suffix."""
     head = os.fsdecode(os.fsencode(output.target.name)[:200])  # a cut character: escaped
     return f".{head}.partial-{os.getpid()}"
+
+
+def _make_temporary(output: Output, temp: str, mode: int) -> int:
+    """TEMP made (never one there before), or removed again if a signal lands as the
+    open returns: Ctrl-C, or SIGTERM raised as it, then left a `.partial` behind."""
+    try:
+        return _open_in(output, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode, temp)
+    except OSError:
+        raise  # nothing was made
+    except BaseException:
+        with suppress(OSError):
+            os.unlink(temp, dir_fd=output.directory)
+        raise
 
 
 def _check_file(output: Output, found: os.stat_result) -> None:
@@ -294,10 +310,11 @@ def _replace(
     name = output.target.name
     temp = _temporary(output)
     directory = output.directory
-    created = False
     try:
-        fd = _open_in(output, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600 if found else 0o666, temp)
-        created = True
+        fd = _make_temporary(output, temp, 0o600 if found else 0o666)
+    except OSError as exc:
+        raise write_failure(str(output.given), exc) from None
+    try:  # entered as the open returns: no signal is taken in between
         with os.fdopen(fd, "wb") as sink:
             if found is not None:
                 _take_over(sink.fileno(), found)
@@ -306,9 +323,8 @@ def _replace(
                 advance(len(chunk))
         os.replace(temp, name, src_dir_fd=directory, dst_dir_fd=directory)
     except BaseException as exc:
-        if created:
-            with suppress(OSError):  # the original error is the one to report
-                os.unlink(temp, dir_fd=directory)
+        with suppress(OSError):  # the original error is the one to report
+            os.unlink(temp, dir_fd=directory)
         if isinstance(exc, OSError):
             raise write_failure(str(output.given), exc) from None
         raise

@@ -95,6 +95,19 @@ def test_read_at_offsets_and_short_reads(store: ShardStore) -> None:
     assert read(store, NAME, 200, 10) == b""
 
 
+def test_a_read_that_cannot_wait_gives_what_a_read_does_or_nothing(store: ShardStore) -> None:
+    writer = store.open_writer(NAME)
+    writer.write(bytes(range(100)))
+    writer.commit()
+    for length in (0, 10, 100, 200):  # fewer bytes only if the shard is shorter
+        found = store.read_cached(NAME, writer.location, length)
+        assert found is None or found == read(store, NAME, 0, length)
+    missing = shard_name(OID, 2, 0)  # not there: open_reader says so, not this
+    assert store.read_cached(missing, None, 10) is None
+    with pytest.raises(NotFound):
+        store.open_reader(missing)
+
+
 def test_missing_shard_is_not_found(store: ShardStore) -> None:
     with pytest.raises(NotFound, match="not on node node-a"):
         store.open_reader(NAME)
@@ -347,3 +360,54 @@ def test_no_pack_is_made_in_a_directory_put_where_the_node_was(tmp_path: Path) -
         writer.commit()
     assert list(root.iterdir()) == []
     store.close()
+
+
+def nowait_reads(path: Path) -> bool:
+    """Whether the file system can say that a read would wait (RWF_NOWAIT; tmpfs cannot)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.preadv(fd, [bytearray(1)], 0, os.RWF_NOWAIT)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    return True
+
+
+def test_a_packed_shard_is_read_from_the_page_cache_once_its_pack_is_open(
+    tmp_path: Path,
+) -> None:
+    # the get path reads a small object's shards in its caller only this way (vault/reader.py)
+    writer = LocalDirShardStore("node-a", tmp_path / "node-a").open_writer(NAME)
+    writer.write(b"small shard")
+    writer.commit()
+    (pack,) = (tmp_path / "node-a" / "packs").glob("*.pack")
+    if not nowait_reads(pack):
+        pytest.skip("the file system cannot tell a read that would wait")
+    store = LocalDirShardStore("node-a", tmp_path / "node-a")  # as another process
+    assert store.read_cached(NAME, writer.location, 5) is None  # its pack is not open here
+    reader = store.open_reader(NAME, writer.location)  # opens it, without indexing
+    assert reader.read_at(0, 100) == b"small shard"
+    assert store.read_cached(NAME, writer.location, 5) == b"small"
+    assert store.read_cached(NAME, writer.location, 100) == b"small shard"
+    assert store.read_cached(NAME, None, 5) is None  # not indexed: a lookup would scan
+    assert read(store, NAME) == b"small shard"  # indexes it
+    assert store.read_cached(NAME, None, 5) == b"small"
+
+
+def test_reading_a_pack_leaves_its_access_time_alone(tmp_path: Path) -> None:
+    """Updating it is a journal write, which a hung disk holds even when the page cache
+    answers the read itself (relatime updates it on the first read after a write)."""
+    store = LocalDirShardStore("node-a", tmp_path / "node-a")
+    writer = store.open_writer(NAME)
+    writer.write(b"small shard")
+    writer.commit()
+    (pack,) = (tmp_path / "node-a" / "packs").glob("*.pack")
+    before = pack.stat()
+    os.utime(pack, ns=(before.st_mtime_ns - 10**12, before.st_mtime_ns))  # older than mtime
+    fresh = LocalDirShardStore("node-a", tmp_path / "node-a")
+    assert read(fresh, NAME) == b"small shard"
+    assert fresh.read_cached(NAME, writer.location, 5) in (b"small", None)
+    assert pack.stat().st_atime_ns == before.st_mtime_ns - 10**12

@@ -172,3 +172,99 @@ def test_a_vault_closes_without_waiting_for_a_thread_stuck_on_a_hung_node(
         assert not closing.is_alive(), "close waited for the hung disk"
     finally:
         disk.release.set()
+
+
+def pack_path(vault: Vault, ref: ObjectRef, index: int) -> Path:
+    """The pack file holding shard `index` of the object (a small one's shards are packed)."""
+    manifest = manifest_of(vault, ref)
+    location = manifest.location(index)
+    assert location is not None
+    store = vault.cells["US"].stores[manifest.nodes[index]]
+    assert isinstance(store, LocalDirShardStore)
+    return store.root / "packs" / location.split(":")[0]
+
+
+def nowait_read(path: Path) -> bytes | None:
+    """What a read that must not wait for the disk gets of the file's start (RWF_NOWAIT):
+    None if its pages are not in the page cache; skips where the file system cannot say."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        buffer = bytearray(8)
+        got = os.preadv(fd, [buffer], 0, os.RWF_NOWAIT)
+    except BlockingIOError:
+        return None
+    except OSError as exc:
+        pytest.skip(f"no RWF_NOWAIT reads on this file system: {exc.strerror}")
+    finally:
+        os.close(fd)
+    return bytes(buffer[:got])
+
+
+def evict(path: Path) -> None:
+    """Take the file's pages out of the page cache (written back first: only clean pages
+    go), as a node's disk holds what nobody has read for a while. Not checked with a
+    read that cannot wait: one that misses starts the kernel's readahead, which a real
+    hung disk would hold but the stand-in does not, and the pages are back."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def get_within(vault: Vault, ref: ObjectRef, seconds: float) -> tuple[bytes, list[str]]:
+    """The object and its damage's nodes, read on a thread of its own: the test fails, rather
+    than hangs, if the read waits longer than `seconds`."""
+    got: list[tuple[bytes, list[str]]] = []
+
+    def read() -> None:
+        with vault.open_read(ref) as reader:
+            got.append((reader.read_all(), [d.node for d in reader.damage]))
+
+    thread = threading.Thread(target=read, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"the get still waited after {seconds} s"
+    return got[0]
+
+
+def test_a_small_get_on_a_node_just_hung_reads_its_cached_shard_without_waiting(
+    spare_vault: Vault, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a small object's shards were read in the caller with a plain pread: it waited for
+    # the hung disk though the page cache held the shard
+    vault, cell = spare_vault, spare_vault.cells["US"]
+    ref = ObjectRef("intl", "alice", "small")
+    vault.put(ref, b"small")
+    hung = manifest_of(vault, ref).nodes[0]
+    assert nowait_read(pack_path(vault, ref, 0)) is not None  # just written: cached
+    disk = hang(vault, hung, monkeypatch)
+    try:
+        assert get_within(vault, ref, 10) == (b"small", [])
+        assert not disk.entered.is_set() and cell.unavailable_nodes() == []  # never asked it
+    finally:
+        disk.release.set()
+
+
+def test_a_small_get_on_a_node_just_hung_waits_for_an_uncached_shard_until_the_deadline(
+    spare_vault: Vault, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the get waited for the hung disk for ever: nothing had marked the node yet
+    vault, cell = spare_vault, spare_vault.cells["US"]
+    ref = ObjectRef("intl", "alice", "small")
+    vault.put(ref, b"small")
+    hung = manifest_of(vault, ref).nodes[0]  # a data shard: read first
+    evict(pack_path(vault, ref, 0))
+    disk = hang(vault, hung, monkeypatch)
+    try:
+        started = time.monotonic()
+        assert get_within(vault, ref, DEADLINE + 3) == (b"small", [hung])  # read around it
+        assert time.monotonic() - started >= DEADLINE
+        assert disk.entered.is_set() and cell.unavailable_nodes() == [hung]
+        assert get_within(vault, ref, 10) == (b"small", [hung])  # routed around now
+        probe = vault.deadline.probes[hung]
+    finally:
+        disk.release.set()
+    probe.join(10)
+    assert not probe.is_alive() and cell.unavailable_nodes() == []

@@ -246,6 +246,17 @@ class LocalDirShardStore:
             raise _storage_error(self.node_id, "opening a shard", exc) from exc
         return LocalShardReader(fd)
 
+    def read_cached(self, name: str, location: str | None, length: int) -> bytes | None:
+        """A packed shard from the page cache, through a pack this store has open (nodes/
+        packs.py): no open, lookup or scan, which could wait for the disk. None for the
+        rest, a large shard (a file of its own, opened per read) among them."""
+        known = self.packs.known(name)  # no I/O, as in `open_reader`
+        if known is not None:
+            return self.packs.read_cached(known, length)
+        if location is None:
+            return None
+        return self.packs.at_cached(check_shard_name(name), location, length)
+
     def _locate(self, name: str) -> PackedShard | None:
         try:
             return self.packs.locate(name)

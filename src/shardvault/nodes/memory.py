@@ -60,6 +60,12 @@ class MemoryShardStore:
             raise NotFound(f"shard {name} not on node {self.node_id}")
         return MemoryShardReader(data)
 
+    def read_cached(self, name: str, location: str | None, length: int) -> bytes | None:
+        """Memory never waits; a shard not here is for `open_reader` to say."""
+        with self.lock:
+            data = self.shards.get(check_shard_name(name))
+        return None if data is None else data[:length]
+
     def delete(self, name: str, location: str | None = None) -> bool:
         with self.lock:
             return self.shards.pop(check_shard_name(name), None) is not None

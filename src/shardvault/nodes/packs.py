@@ -188,6 +188,52 @@ def _try_flock(fd: int) -> bool:
     return True
 
 
+def _open_for_reading(path: Path) -> int:
+    """A read-only descriptor whose reads leave the file's access time alone where the
+    process may ask that (it owns the file): an atime update is a journal write, which
+    a hung disk holds, even for a read the page cache answers (`read_cached`)."""
+    try:
+        return os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOATIME)
+    except PermissionError:  # EPERM: not the file's owner
+        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+
+
+def _cached(fd: int, length: int, offset: int) -> bytes | None:
+    """Up to `length` bytes at `offset`, as far as the page cache holds them: never waits
+    for the disk (RWF_NOWAIT). None if the first page is not there, or the file system
+    cannot say (EOPNOTSUPP, as tmpfs): the caller reads where it can stop waiting."""
+    buffer = bytearray(length)
+    try:
+        got = os.preadv(fd, [buffer], offset, os.RWF_NOWAIT)
+    except OSError:
+        return None
+    return bytes(buffer) if got == length else bytes(memoryview(buffer)[:got])
+
+
+def _parse_location(location: str, encoded: bytes) -> tuple[str, int, int] | None:
+    """(pack, data offset, record offset) of a location a manifest kept, if well formed."""
+    parsed = _LOCATION.fullmatch(location)
+    if parsed is None:
+        return None
+    start = int(parsed[2])
+    record = start - RECORD.size - len(encoded)
+    return None if record < len(FILE_HEADER) else (parsed[1], start, record)
+
+
+def _record_in(head: bytes, pack: str, start: int, encoded: bytes) -> PackedShard | None:
+    """The shard whose record `head` begins with, if it is a whole one of that name; its
+    data kept when `head` holds all of it."""
+    if len(head) < RECORD.size + len(encoded):
+        return None
+    magic, kind, _, name_len, data_len = RECORD.unpack_from(head)
+    if (magic, kind, name_len) != (RECORD_MAGIC, SHARD, len(encoded)) or (
+        head[RECORD.size : RECORD.size + name_len] != encoded
+    ):
+        return None
+    data = head[RECORD.size + name_len : RECORD.size + name_len + data_len]
+    return PackedShard(pack, start, data_len, data if len(data) == data_len else None)
+
+
 def encode_record(kind: int, name: str, data: bytes) -> bytes:
     encoded = name.encode()
     body = RECORD.pack(RECORD_MAGIC, kind, 0, len(encoded), len(data)) + encoded + data
@@ -247,7 +293,7 @@ class PackSet:
         self._scanned[name] = len(FILE_HEADER)
         # reads get an open file of their own: a dup would share the flock, and keep
         # holding it after rotation, so that no compaction could ever take the pack
-        self._fds[name] = os.open(self.directory / name, os.O_RDONLY | os.O_CLOEXEC)
+        self._fds[name] = _open_for_reading(self.directory / name)
         return fd
 
     def _create_pack(self, name: str) -> int | None:
@@ -447,27 +493,49 @@ class PackSet:
         """The shard at a location its manifest kept, if the record there is whole and
         names it; None if not (a compaction moved it, or the location is bad), and the
         caller looks it up instead. Its data is checked by the reader (block hash)."""
-        parsed = _LOCATION.fullmatch(location)
-        if parsed is None:
+        encoded = name.encode()
+        found = _parse_location(location, encoded)
+        if found is None:
             return None
-        pack, start, encoded = parsed[1], int(parsed[2]), name.encode()
-        record = start - RECORD.size - len(encoded)
-        if record < len(FILE_HEADER):
-            return None
+        pack, start, record = found
         self._prune_gone()
         try:
             head = os.pread(self._fd(pack), _PREFETCH, record)
         except FileNotFoundError:
             return None
-        if len(head) < RECORD.size + len(encoded):
+        return _record_in(head, pack, start, encoded)
+
+    def at_cached(self, name: str, location: str, length: int) -> bytes | None:
+        """As `read_cached`, for the shard at a location its manifest kept. None also if
+        the record there is not the shard's: `at` then tells, and the caller looks."""
+        encoded = name.encode()
+        found = _parse_location(location, encoded)
+        fd = None if found is None else self._open_fd(found[0])
+        if found is None or fd is None:
             return None
-        magic, kind, _, name_len, data_len = RECORD.unpack_from(head)
-        if (magic, kind, name_len) != (RECORD_MAGIC, SHARD, len(encoded)) or (
-            head[RECORD.size : RECORD.size + name_len] != encoded
-        ):
+        pack, start, record = found
+        head = _cached(fd, start - record + length, record)  # the record's head and the data
+        located = None if head is None else _record_in(head, pack, start, encoded)
+        return None if located is None else self.read_cached(located, length)
+
+    def read_cached(self, located: PackedShard, length: int) -> bytes | None:
+        """The shard's first `length` bytes, if they can be had without a call that could
+        wait for the disk: its pack open here already, its pages in the page cache (a
+        hung disk's reads never return, but its cache still answers). None if not, or
+        if a look for packs compacted away is due (`read` makes it)."""
+        length = min(length, located.length)
+        if located.prefetched is not None:
+            return located.prefetched[:length]
+        fd = self._open_fd(located.pack)
+        data = None if fd is None else _cached(fd, length, located.offset)
+        return data if data is not None and len(data) == length else None
+
+    def _open_fd(self, pack: str) -> int | None:
+        """The pack's descriptor, if open here and no pruning is due: what a read that
+        must not wait may use (`_fd` may open, `_prune_gone` lists the folder)."""
+        if time.monotonic() >= self._next_prune:
             return None
-        data = head[RECORD.size + name_len : RECORD.size + name_len + data_len]
-        return PackedShard(pack, start, data_len, data if len(data) == data_len else None)
+        return self._fds.get(pack)
 
     def _prune_gone(self) -> None:
         """Now and then, let go of packs removed since (compacted by another process):
@@ -508,7 +576,7 @@ class PackSet:
                 retired = self._retired.get(pack)
                 if retired is not None:  # a read that located it before it was forgotten
                     return retired[1]
-                fd = os.open(self.directory / pack, os.O_RDONLY | os.O_CLOEXEC)
+                fd = _open_for_reading(self.directory / pack)
                 self._fds[pack] = fd
             return fd
 

@@ -86,6 +86,12 @@ class ShardStore(Protocol):
         """Raises NotFound when the shard does not exist. A ``location`` from the
         shard's writer is a hint: a stale or bad one costs a lookup, never a wrong shard."""
 
+    def read_cached(self, name: str, location: str | None, length: int) -> bytes | None:
+        """Up to `length` bytes from the shard's start (fewer only if it is shorter), if the
+        store has them without a call that could wait for its disk: a hung disk's never
+        returns. None if it cannot: the caller then uses ``open_reader`` where it can stop
+        waiting (vault/reader.py). Raises StorageError if the node is unavailable."""
+
     def delete(self, name: str, location: str | None = None) -> bool:
         """Remove a shard; returns whether it existed. A ``location`` from its writer is
         a hint, as for ``open_reader``: it spares a lookup, and a stale one costs one."""

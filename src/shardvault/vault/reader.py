@@ -17,8 +17,9 @@ block, in one read.
 A block fetched on an I/O thread is waited for until the nodes' deadline at most
 (vault/deadline.py): a node whose disk hangs is then marked unavailable, its
 shard counted as an erasure, and another read. A small object's shards are read
-in the calling thread (a hand-off would cost more than the reads), so only a
-node already marked is routed around there.
+in the calling thread when the page cache holds them (`ShardStore.read_cached`:
+a read that cannot wait for the disk; a hand-off per get would cost more than
+the reads), and otherwise on an I/O thread, waited for as a large object's.
 """
 
 from __future__ import annotations
@@ -183,6 +184,20 @@ class ObjectReader:
                 return _Fetched(index, None, f"read failed: {exc.strerror}")
         return self._checked(index, segment, block, 0)
 
+    def _fetch_cached(self, index: int) -> _Fetched | None:
+        """A small single-segment object's shard, if its store has it without waiting for
+        the disk (the page cache); None if not: it is then read on an I/O thread, where
+        a node that hangs costs no more than the deadline."""
+        manifest = self._manifest
+        header = self._header.to_bytes(index)
+        name = shard_name(manifest.object_id, manifest.version, index)
+        length = len(header) + manifest.block_length(0)
+        try:
+            head = self._stores[index].read_cached(name, manifest.location(index), length)
+        except ShardvaultError as exc:  # unavailable, or marked hung
+            return _Fetched(index, None, f"unreadable: {exc}")
+        return None if head is None else self._checked(index, 0, head, len(header), header)
+
     def _fetch_whole(self, index: int) -> _Fetched:
         """A small single-segment object's shard: header and block in one read.
 
@@ -219,10 +234,13 @@ class ObjectReader:
         return _Fetched(index, block)
 
     def _submit(self, segment: int, index: int) -> Future[_Fetched] | _Fetched:
-        """Fetch in the pool; a small single-segment object is fetched right here,
-        where a few file reads cost less than handing them to another thread."""
+        """Fetch in the pool; a small single-segment object's shard is fetched right here
+        when the page cache has it, where a read costs less than a hand-off."""
         if self._inline:
-            return self._fetch_whole(index)
+            cached = self._fetch_cached(index)
+            if cached is not None:
+                return cached
+            return self._pool.submit(self._fetch_whole, index)
         return self._pool.submit(self._fetch, segment, index)
 
     def _start(self, segment: int) -> list[tuple[int, _Pending]]:

@@ -4,13 +4,15 @@ A call into a hung disk (an fdatasync, pread or open on a dying disk or a
 hard-mounted NFS share) cannot be interrupted, so the thread in it is lost
 until the disk answers. A bounded pool fills with such threads and every later
 task queues behind them; a non-daemon thread makes the process's exit wait for
-the disk. `IoThreads` has neither problem.
+the disk. `IoThreads` has neither problem; `IoThread` is one such thread whose
+caller can tell a task stuck on a hung disk from one that is merely long.
 """
 
 from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Executor, Future
 from typing import ParamSpec, TypeVar
@@ -91,3 +93,73 @@ class IoThreads(Executor):
         if wait:
             for thread in threads:
                 thread.join()
+
+
+class Stalled(Exception):
+    """An `IoThread` did not run at all for a whole wait: its task is stuck in one call."""
+
+
+class IoThread(Executor):
+    """One daemon thread running its tasks in turn, for a caller whose calls must share a
+    thread (a store's `sync` covers what its calling thread wrote) and may never return.
+
+    `wait` gives up on a task only once the thread has not run at all for the time
+    given: a call stuck on a hung disk sleeps in the kernel without ever being
+    scheduled, while a long task that makes progress (a listing of a large node,
+    each read a short wait) is scheduled again and again, and is waited for.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._tasks: queue.SimpleQueue[_Task | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._work, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> Future[_T]:
+        future: Future[_T] = Future()
+        self._tasks.put((future, fn, args, kwargs))  # type: ignore[arg-type]
+        return future
+
+    def _work(self) -> None:
+        while (task := self._tasks.get()) is not None:
+            future, fn, args, kwargs = task
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(fn(*args, **kwargs))
+                except BaseException as exc:
+                    future.set_exception(exc)
+            del task, future, fn, args, kwargs
+
+    def wait(self, future: Future[_T], seconds: float) -> _T:
+        """The task's result, waited for while the thread runs; raises `Stalled` once it
+        has not run for `seconds`. Where the kernel does not say how often a thread
+        ran (no /proc/self/task/ID/schedstat), once the task has taken `seconds`."""
+        step = seconds / 4
+        try:
+            return future.result(step)  # most calls: the thread's counts are not read
+        except TimeoutError:
+            if future.done():  # the task's own TimeoutError
+                raise
+        seen, progress = self._runs(), time.monotonic() - step
+        while True:
+            try:
+                return future.result(step)
+            except TimeoutError:
+                if future.done():
+                    raise
+            now = self._runs()
+            if now is not None and now != seen:
+                seen, progress = now, time.monotonic()
+            elif time.monotonic() - progress >= seconds:
+                raise Stalled(f"{self._thread.name}: no progress for {seconds:g} s")
+
+    def _runs(self) -> bytes | None:
+        """The thread's CPU time and how many times it was scheduled, as the kernel says."""
+        try:
+            with open(f"/proc/self/task/{self._thread.native_id}/schedstat", "rb") as stat:
+                return stat.read()
+        except OSError:
+            return None
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Stop once the tasks queued have run; never waits (the thread may be stuck)."""
+        self._tasks.put(None)

@@ -8,24 +8,31 @@ pack set gets a group sync of its own (a real node has its own disk).
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
 from conftest import make_deployment, manifest_of
+from governance_support import forget_approved
 from shardvault.config import load
 from shardvault.durability import GroupSync
 from shardvault.errors import NotFound, StorageError
 from shardvault.model import ObjectRef
 from shardvault.nodes.localdir import LocalDirShardStore
+from shardvault.nodes.port import shard_name
 from shardvault.placement import place_stripe, placement_seed
 from shardvault.vault import Vault
 
 DEADLINE = 0.5
+T = TypeVar("T")
 SPARE = """
 [[nodes]]
 id = "us-n7"
@@ -268,3 +275,175 @@ def test_a_small_get_on_a_node_just_hung_waits_for_an_uncached_shard_until_the_d
         disk.release.set()
     probe.join(10)
     assert not probe.is_alive() and cell.unavailable_nodes() == []
+
+
+# maintenance: gc, repair and node usage call the stores themselves ----------------
+
+
+def within(seconds: float, call: Callable[[], T]) -> T:
+    """call(), on a thread of its own: the test fails, rather than hangs, if it takes longer."""
+    got: list[T] = []
+    thread = threading.Thread(target=lambda: got.append(call()), daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"still waiting after {seconds} s"
+    assert got, "it raised (see the thread's traceback above)"
+    return got[0]
+
+
+BOUND = 2 * DEADLINE + 3  # a call is given up on once its thread has not run for a deadline
+
+
+def test_gc_skips_a_node_that_hangs_and_collects_on_the_others(
+    spare_vault: Vault, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # gc waited for the node's flush for ever, in a process where nothing had marked it
+    vault, cell = spare_vault, spare_vault.cells["US"]
+    ref = ObjectRef("intl", "alice", "deleted")
+    vault.put(ref, b"x" * 1000)
+    manifest = manifest_of(vault, ref)
+    vault.delete(ref)
+    hung = manifest.nodes[0]
+    disk = hang(vault, hung, monkeypatch)
+    try:
+        report = within(BOUND, lambda: vault.gc(grace_seconds=0))
+        assert disk.entered.is_set()
+        assert (report.versions, report.skipped_nodes) == (1, (hung,))
+        for index, node in enumerate(manifest.nodes[1:], 1):  # collected on the others
+            name = shard_name(manifest.object_id, manifest.version, index)
+            assert name not in set(cell.stores[node].names())
+        assert cell.unavailable_nodes() == [hung] and vault.deadline.hung == {hung}
+        probe = vault.deadline.probes[hung]
+    finally:
+        disk.release.set()
+    probe.join(10)
+    assert not probe.is_alive() and cell.unavailable_nodes() == []
+    assert within(10, lambda: vault.gc(grace_seconds=0)).skipped_nodes == ()
+
+
+def test_repair_takes_a_shard_on_a_node_that_hangs_for_bad_and_rebuilds_it_elsewhere(
+    spare_vault: Vault, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # repair waited for the node's read for ever
+    vault, cell = spare_vault, spare_vault.cells["US"]
+    ref = ObjectRef("intl", "alice", "scrubbed")
+    vault.put(ref, b"y" * 1000)
+    hung = manifest_of(vault, ref).nodes[0]
+    disk = hang(vault, hung, monkeypatch)
+    try:
+        report = within(BOUND, lambda: vault.repair(scrub=True))
+        assert disk.entered.is_set()
+        assert (report.rebuilt, report.problems, report.hung_nodes) == (1, (), (hung,))
+        assert manifest_of(vault, ref).nodes[0] == "us-n7"  # the spare
+        assert [x.node for x in cell.catalog.leftovers()] == [hung]  # its copy: gc's, later
+        assert vault.get(ref) == b"y" * 1000
+        probe = vault.deadline.probes[hung]
+    finally:
+        disk.release.set()
+    probe.join(10)
+    assert not probe.is_alive()
+
+
+def test_node_usage_shows_a_node_that_hangs_and_counts_the_others(
+    spare_vault: Vault, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # counting the node's shards read its packs and waited for ever
+    vault = spare_vault
+    ref = ObjectRef("intl", "alice", "counted")
+    vault.put(ref, b"z" * 1000)
+    nodes = manifest_of(vault, ref).nodes
+    hung = nodes[0]
+    vault.cells["US"].stores[hung].drop_caches()  # as a fresh process: its packs unread
+    disk = hang(vault, hung, monkeypatch)
+    try:
+        usage = {u.node.id: u for u in within(BOUND, vault.node_usage)}
+        assert disk.entered.is_set()
+        assert usage[hung].unavailable.startswith("no answer within 0.5 s (storage.node_timeout)")
+        assert all(usage[node].shards == 1 and not usage[node].unavailable for node in nodes[1:])
+        assert vault.deadline.hung == {hung}
+    finally:
+        disk.release.set()
+
+
+def test_a_forget_finishes_around_a_node_that_hangs(
+    spare_vault: Vault, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a forget removes the subject's shards as gc does, and waited for the node as gc did
+    vault, cell = spare_vault, spare_vault.cells["US"]
+    ref = ObjectRef("intl", "alice", "mine")
+    vault.put(ref, b"w" * 1000)
+    manifest = manifest_of(vault, ref)
+    hung = manifest.nodes[0]
+    disk = hang(vault, hung, monkeypatch)
+    try:
+        forgotten = within(BOUND, lambda: forget_approved(vault, "intl", "alice"))
+        assert disk.entered.is_set() and forgotten.versions_deleted == 1
+        for index, node in enumerate(manifest.nodes[1:], 1):  # removed on the others
+            name = shard_name(manifest.object_id, manifest.version, index)
+            assert name not in set(cell.stores[node].names())
+        assert cell.unavailable_nodes() == [hung]
+    finally:
+        disk.release.set()
+
+
+def test_a_long_call_on_a_node_that_keeps_working_is_waited_for(
+    spare_vault: Vault, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A listing of a large node reads pack after pack, for longer than the deadline: it is
+    no hang, and giving up on it would have skipped that node in every gc."""
+    vault, cell = spare_vault, spare_vault.cells["US"]
+    store = cell.stores["us-n1"]
+    listed = store.names
+
+    def slow_names() -> Iterator[str]:
+        for _ in range(int(3 * DEADLINE / 0.01)):  # many short waits, as reads of a disk
+            time.sleep(0.01)
+        return listed()
+
+    monkeypatch.setattr(store, "names", slow_names)
+    started = time.monotonic()
+    assert within(30, lambda: vault.gc(grace_seconds=0)).skipped_nodes == ()
+    assert time.monotonic() - started >= 3 * DEADLINE
+    assert cell.unavailable_nodes() == [] and vault.deadline.hung == set()
+
+
+def test_the_cli_names_a_node_whose_disk_hangs_and_exits_1(tmp_path: Path) -> None:
+    # `shardvault nodes` and `gc` in a process of their own waited for the node for ever.
+    # The hang is real here: a FIFO where a pack should be, whose open() blocks until
+    # someone opens it for writing, as a hung disk's open never returns. The node still
+    # answers flushes, so only the stuck call itself tells.
+    def edit(text: str) -> str:
+        return text.replace("k = 4\n", f"k = 4\nnode_timeout = {DEADLINE}\n", 1)
+
+    config = make_deployment(tmp_path / "deploy", pack_limit=64 << 10, edit=edit)
+    ref = ObjectRef("intl", "alice", "gone")
+    with Vault.open(load(config)) as vault:
+        vault.register_subject("intl", "alice", "US")
+        vault.put(ref, b"x" * 1000)
+        hung = manifest_of(vault, ref).nodes[0]
+        vault.delete(ref)
+    os.mkfifo(tmp_path / "deploy" / "nodes" / "US" / hung / "packs" / "0123456789abcdef.pack")
+    command = [sys.executable, "-m", "shardvault.cli.app", "--config", str(config)]
+
+    started = time.monotonic()
+    done = subprocess.run([*command, "nodes", "--json"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1, done.stderr
+    by_id = {node["id"]: node for node in json.loads(done.stdout)}
+    assert by_id[hung]["unavailable"].startswith("no answer within 0.5 s (storage.node_timeout)")
+    assert [n for n, node in by_id.items() if node["unavailable"]] == [hung]
+    assert (
+        sum(node["shards"] for node in by_id.values()) == 5
+    )  # the deleted version's, on the others
+    assert done.stderr.endswith(
+        f"warning: node(s) {hung} did not answer within 0.5 s (storage.node_timeout): "
+        "skipped; run again once they answer\n"
+    )
+
+    done = subprocess.run(
+        [*command, "gc", "--grace", "0"], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 1, done.stderr
+    assert "collected 1 version(s), 6 shard(s)" in done.stderr  # the hung node's delete too
+    assert f"warning: skipped unavailable node(s) {hung}:" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert time.monotonic() - started < 40

@@ -10,7 +10,7 @@ import typer
 from shardvault.cli.deployment_files import output_outside
 from shardvault.cli.outfile import write_output
 from shardvault.cli.output import human_size, print_json, print_table, say, warn, write_out
-from shardvault.cli.state import state
+from shardvault.cli.state import CliState, state
 from shardvault.config import Config
 from shardvault.demo import write_demo
 from shardvault.errors import InvalidInput, ShardvaultError, Unavailable
@@ -116,12 +116,26 @@ def nodes(ctx: typer.Context, json_out: JsonFlag = False) -> None:
 
     Warns (on stderr, so --json stays one document) about a cell whose puts are
     refused for want of active nodes, or whose stripes cannot survive the loss
-    of a facility.
+    of a facility. Exits 1 if a node did not answer within storage.node_timeout.
     """
     cli = state(ctx)
     usage = cli.vault().node_usage()
     _list_nodes(usage, json_out)
     _warn_about_cells(cli.config())
+    _exit_if_any_hung(cli)
+
+
+def _exit_if_any_hung(cli: CliState) -> None:
+    """Exit 1, naming them, if nodes did not answer within storage.node_timeout during the
+    command (a hung disk): what it had to do there is not done."""
+    hung = cli.vault().deadline.hung
+    if hung:
+        warn(
+            f"node(s) {', '.join(sorted(hung))} did not answer within "
+            f"{cli.config().node_timeout:g} s (storage.node_timeout): skipped; "
+            "run again once they answer"
+        )
+        raise typer.Exit(1)
 
 
 def _warn_about_cells(config: Config) -> None:
@@ -202,7 +216,10 @@ def gc(
     ] = 3600.0,
     json_out: JsonFlag = False,
 ) -> None:
-    """Collect deleted versions, abandoned writes, orphan shards and stale temp files."""
+    """Collect deleted versions, abandoned writes, orphan shards and stale temp files.
+
+    Exits 1 if a node did not answer within storage.node_timeout (it is skipped).
+    """
     if grace < 0:
         raise InvalidInput("--grace must not be negative")
     cli = state(ctx)
@@ -222,6 +239,7 @@ def gc(
             f"skipped unavailable node(s) {', '.join(report.skipped_nodes)}: "
             "see 'shardvault nodes'; run gc again once they are back"
         )
+    _exit_if_any_hung(cli)
 
 
 def repair(
@@ -236,7 +254,8 @@ def repair(
 ) -> None:
     """Rebuild damaged or lost shards, and shards on nodes that are not active, elsewhere.
 
-    Exits 1 if a version could not be repaired (each is named, with why).
+    Exits 1 if a version could not be repaired (each is named, with why), or if a node
+    did not answer within storage.node_timeout.
     """
     cli = state(ctx)
     cli.require_local_admin("repair")
@@ -247,7 +266,14 @@ def repair(
         say(f"checked {report.versions} version(s), rebuilt {report.rebuilt} shard(s)")
     for problem in report.problems:
         warn(f"not repaired: {problem}")
-    if report.problems:
+    if report.hung_nodes:
+        warn(
+            f"node(s) {', '.join(report.hung_nodes)} did not answer within "
+            f"{cli.config().node_timeout:g} s (storage.node_timeout): their shards were "
+            "taken for bad and rebuilt elsewhere where a node could hold them; gc deletes "
+            "the old copies once they answer"
+        )
+    if report.problems or report.hung_nodes:
         raise typer.Exit(1)
 
 

@@ -23,6 +23,7 @@ import functools
 import math
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from typing import BinaryIO, TypeVar
 
 from shardvault.allocator import tune_allocator
@@ -71,6 +72,7 @@ from shardvault.model import (
 from shardvault.objectid import minted_at, new_object_id
 from shardvault.placement import place_stripe, placement_seed
 from shardvault.policy import Action
+from shardvault.vault.bounded import BoundedStores
 from shardvault.vault.cells import (
     CatalogFactory,
     Cell,
@@ -631,7 +633,10 @@ class Vault:
         def counted(shards: int) -> None:
             cell.catalog.note_forget_progress(tenant, subject, shards_removed=shards)
 
-        collect_claimed(cell, self.code.n, 0.0, math.inf, (tenant, subject), counted)
+        with BoundedStores(self.deadline) as bounded:  # a hung node's shards become orphans
+            collect_claimed(
+                bounded.cell(cell), self.code.n, 0.0, math.inf, (tenant, subject), counted
+            )
         cell.catalog.erase_freed()
         self.governance.forget_subject(cell.jurisdiction, tenant, subject)
 
@@ -783,20 +788,24 @@ class Vault:
             raise InvalidInput(f"gc grace must be zero or more seconds, not {grace_seconds}")
         started = self._clock()
         report = GcReport()
-        for cell in self.cells.values():
-            report = report + collect_cell(cell, started - grace_seconds, started, self.code.n)
+        cutoff = started - grace_seconds
+        with BoundedStores(self.deadline) as bounded:  # a hung node is skipped, not waited for
+            for cell in self.cells.values():
+                report = report + collect_cell(bounded.cell(cell), cutoff, started, self.code.n)
         return report
 
     def repair(self, scrub: bool = False) -> RepairReport:
         """Rebuild the shards reads found damaged (with ``scrub``: every shard found bad
         or on a node that is not active) on other nodes of their cells."""
         report = RepairReport()
-        for cell in self.cells.values():
-            report = report + repair_cell(cell, self.code, scrub)
-        return report
+        with BoundedStores(self.deadline) as bounded:  # a hung node's shards are bad
+            for cell in self.cells.values():
+                report = report + repair_cell(bounded.cell(cell), self.code, scrub)
+            return replace(report, hung_nodes=bounded.hung())
 
     def node_usage(self) -> builtins.list[NodeUsage]:
-        return node_usage(self.cells.values())
+        with BoundedStores(self.deadline) as bounded:  # a hung node shows so
+            return node_usage(self.cells.values(), bounded)
 
 
 _ANSWERS = (NotFound, SubjectForgotten, IntegrityError)

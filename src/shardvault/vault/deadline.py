@@ -7,13 +7,17 @@ runs on a thread of `io_threads.IoThreads`, and the caller stops waiting when th
 deadline (`storage.node_timeout`) passes. The node is then marked unavailable
 in this process (`NodeDeadline.expired`: its store is replaced by a `HungStore`),
 so no new work goes to it: placement counts it as down, reads go around it, gc
-and repair skip it. A probe thread asks the real store to answer a flush
-(`ShardStore.probe`) every deadline; the first time it does, the node is back.
+and repair skip it (their own calls are bounded so too: vault/bounded.py). A
+probe thread asks the real store to answer a flush (`ShardStore.probe`) every
+deadline; the first time it does, once no call that a caller gave up on with
+the store's lock perhaps held is still stuck in it, the node is back.
 """
 
 from __future__ import annotations
 
 import threading
+from concurrent.futures import Future
+from typing import Any
 
 from shardvault.errors import ShardvaultError, StorageError
 from shardvault.nodes.port import ShardStore
@@ -39,13 +43,20 @@ class NodeDeadline:
         self._lock = threading.Lock()
         self._closed = threading.Event()
         self.probes: dict[str, threading.Thread] = {}  # a hung node's, until it answers
+        self.hung: set[str] = set()  # every node that ran past it in this process
+        self._stuck: dict[str, list[Future[Any]]] = {}  # calls given up on, still running
 
-    def expired(self, node_id: str) -> StorageError:
+    def expired(self, node_id: str, stuck: Future[Any] | None = None) -> StorageError:
         """The node ran past its deadline: mark it unavailable in this process and probe
-        it until it answers. Returns the error for the caller that gave up on it."""
+        it until it answers. Returns the error for the caller that gave up on it.
+        ``stuck``: the call given up on, if the node must not come back before it ends
+        (it may hold the store's lock: a store closed or called meanwhile waits for it)."""
         reason = f"no answer within {self.seconds:g} s (storage.node_timeout)"
         cell = self._cell_of.get(node_id)
         with self._lock:
+            self.hung.add(node_id)
+            if stuck is not None:
+                self._stuck.setdefault(node_id, []).append(stuck)
             store = cell.stores.get(node_id) if cell is not None else None
             if cell is not None and store is not None and not self._closed.is_set():
                 self._mark(cell, store, reason)
@@ -69,6 +80,8 @@ class NodeDeadline:
 
     def _probe(self, cell: Cell, store: ShardStore) -> None:
         while not self._closed.wait(self.seconds):
+            if self._holds(store.node_id):
+                continue
             try:
                 store.probe()
             except (ShardvaultError, OSError):
@@ -78,6 +91,13 @@ class NodeDeadline:
                     cell.replace_store(store)
                 del self.probes[store.node_id]
             return
+
+    def _holds(self, node_id: str) -> bool:
+        """Whether a call given up on is still stuck in the node."""
+        with self._lock:
+            running = [call for call in self._stuck.get(node_id, ()) if not call.done()]
+            self._stuck[node_id] = running
+            return bool(running)
 
     def any_hung(self) -> bool:
         """Whether a node hung in this process and has not answered since: threads

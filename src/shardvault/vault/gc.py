@@ -34,6 +34,7 @@ from shardvault.errors import ShardvaultError, StorageError
 from shardvault.manifest import Manifest
 from shardvault.nodes.port import ShardStore, object_id_of, parse_shard_name, shard_name
 from shardvault.objectid import minted_after
+from shardvault.vault.bounded import on_node
 from shardvault.vault.cells import Cell
 
 
@@ -97,26 +98,39 @@ def collect_versions(cell: Cell, records: list[VersionRecord], n: int) -> int:
     that could not be opened, or that failed the delete) is an orphan once the
     row is gone, and the next sweep that reaches its node takes it.
     """
-    removed = 0
     stores = cell.usable_stores()
+    shards: dict[str, list[tuple[str, str | None]]] = {node: [] for node in stores}
     for record in records:
         if record.manifest is not None:
             manifest = Manifest.from_bytes(record.manifest)
             targets = [
-                (stores[node], index, manifest.location(index))
+                (node, index, manifest.location(index))
                 for index, node in enumerate(manifest.nodes)
                 if node in stores
             ]
         else:
-            targets = [(store, index, None) for store in stores.values() for index in range(n)]
-        for store, index, location in targets:
-            try:
-                if store.delete(shard_name(record.object_id, record.version, index), location):
-                    removed += 1
-            except (ShardvaultError, OSError):
-                continue  # as on a node that could not be opened: an orphan once the row goes
+            targets = [(node, index, None) for node in stores for index in range(n)]
+        for node, index, location in targets:
+            shards[node].append((shard_name(record.object_id, record.version, index), location))
+    removed = 0
+    for node, named in shards.items():
+        try:  # all of a node's on its thread at once: a hand-off per delete doubled gc
+            removed += on_node(stores[node], _delete_each, named)
+        except (ShardvaultError, OSError):
+            continue  # it hung: as on a node that could not be opened
     _sync(stores)  # the shards are gone for good before their rows go
     cell.catalog.purge((record.ref, record.version) for record in records)
+    return removed
+
+
+def _delete_each(store: ShardStore, shards: list[tuple[str, str | None]]) -> int:
+    """Delete these shards (name, location) from the store; how many were there."""
+    removed = 0
+    for name, location in shards:
+        try:
+            removed += store.delete(name, location)
+        except (ShardvaultError, OSError):
+            continue  # as on a node that could not be opened: an orphan once the row goes
     return removed
 
 

@@ -11,7 +11,9 @@ from blake3 import blake3
 from shardvault.errors import ShardvaultError
 from shardvault.manifest import Manifest
 from shardvault.model import NodeSpec, ObjectInfo
+from shardvault.nodes.port import ShardStore
 from shardvault.nodes.unavailable import UnavailableStore
+from shardvault.vault.bounded import BoundedStores
 from shardvault.vault.cells import Cell
 
 
@@ -42,8 +44,9 @@ class NodeUsage:
     unavailable: str = ""  # why the node's store could not be opened (then 0 shards)
 
 
-def node_usage(cells: Iterable[Cell]) -> list[NodeUsage]:
-    """Shard count and bytes on disk of every node of these cells, or why it is unavailable."""
+def node_usage(cells: Iterable[Cell], bounded: BoundedStores) -> list[NodeUsage]:
+    """Shard count and bytes on disk of every node of these cells, or why it is unavailable;
+    each node counted on its own thread, as far as the deadline allows (vault/bounded.py)."""
     usage = []
     for cell in cells:
         for node in cell.nodes:
@@ -52,14 +55,21 @@ def node_usage(cells: Iterable[Cell]) -> list[NodeUsage]:
                 usage.append(NodeUsage(node, 0, 0, store.reason))
                 continue
             try:
-                shards = sum(1 for _ in store.names())
-            except ShardvaultError as exc:  # its directory went after it was opened, say
-                usage.append(NodeUsage(node, 0, 0, str(exc)))
+                shards, used = bounded.run(node.id, _usage_of, store, node)
+            except ShardvaultError as exc:  # its directory went after it was opened, or it hung
+                usage.append(NodeUsage(node, 0, 0, str(exc).removeprefix(f"node {node.id}: ")))
                 continue
-            finally:
-                store.drop_caches()  # counting indexed the node: one node's index at a time
-            usage.append(NodeUsage(node, shards, _bytes_used(node)))
+            usage.append(NodeUsage(node, shards, used))
     return usage
+
+
+def _usage_of(store: ShardStore, node: NodeSpec) -> tuple[int, int]:
+    """The node's shard count and bytes on disk."""
+    try:
+        shards = sum(1 for _ in store.names())
+    finally:
+        store.drop_caches()  # counting indexed the node: one node's index at a time
+    return shards, _bytes_used(node)
 
 
 def _bytes_used(node: NodeSpec) -> int:

@@ -59,7 +59,9 @@ def shard_paths(vault: Vault, ref: ObjectRef, version: int | None = None) -> lis
     for index, node in enumerate(manifest.nodes):
         store = vault.cells[home].store(node)
         assert isinstance(store, LocalDirShardStore)
-        paths.append(store.shard_path(shard_name(manifest.object_id, manifest.version, index)))
+        generation = manifest.generation(index)  # above 0 once rebuilt on its own node
+        name = shard_name(manifest.object_id, manifest.version, index, generation)
+        paths.append(store.shard_path(name))
     return paths
 
 

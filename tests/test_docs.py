@@ -141,7 +141,7 @@ def test_every_persisted_format_is_documented_with_its_version() -> None:
     formats = (ROOT / "docs" / "formats.md").read_text()
     for heading in (
         "Shard file (version 1)",
-        "Manifest (version 2)",
+        "Manifest (version 3)",
         "Keyring (version 2)",
         "Config (version 1)",
         f"Catalog schema (version {SCHEMA_VERSION})",

@@ -3,12 +3,16 @@
 Kept in the home cell's catalog, never on a storage node. Serialized as
 (docs/formats.md, "manifest")::
 
-    b"SVMF" | u8 format version (2) | u32 BE length L | L bytes canonical JSON | block hashes
+    b"SVMF" | u8 format version (2 or 3) | u32 BE length L | L bytes canonical JSON | block hashes
 
 where the block hashes are segments x n digests of 32 bytes, segment-major.
 Version 2 adds ``locations``: per shard, where its store put it (a packed
 shard's pack and offset), so a reader need not look it up; version 1 is read
-as having none.
+as having none. Version 3 adds ``generations``: per shard, the generation of
+its name (nodes/port.py `shard_name`), which repair raises when it rebuilds a
+shard on the node its bad copy is on. It is written only for a manifest with
+a shard of a generation above 0; any other is written as version 2, byte for
+byte as before, and versions 1 and 2 are read as every shard of generation 0.
 """
 
 from __future__ import annotations
@@ -21,12 +25,13 @@ from dataclasses import dataclass
 
 from shardvault.codec.hashing import HASH_BYTES
 from shardvault.codec.shardfile import ShardHeader
-from shardvault.errors import IntegrityError
+from shardvault.errors import IntegrityError, NewerFormat
 from shardvault.model import ObjectRef
 
 MAGIC = b"SVMF"
-FORMAT_VERSION = 2
-READS_VERSIONS = (1, 2)
+FORMAT_VERSION = 3  # written only with generations; version 2 otherwise
+READS_VERSIONS = (1, 2, 3)
+MAX_GENERATION = 2**31 - 1  # far above the repairs one shard will ever see
 _HEAD = struct.Struct(">4sBI")
 _ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"))  # one, not one per put
 
@@ -50,9 +55,14 @@ class Manifest:
     subject_key_id: str
     created_at: float
     locations: tuple[str | None, ...] = ()  # per shard index; () when none were kept
+    generations: tuple[int, ...] = ()  # per shard index; () when every one is 0
 
     def location(self, index: int) -> str | None:
         return self.locations[index] if self.locations else None
+
+    def generation(self, index: int) -> int:
+        """The generation of shard index's name on its node (nodes/port.py `shard_name`)."""
+        return self.generations[index] if self.generations else 0
 
     @property
     def n(self) -> int:
@@ -99,8 +109,11 @@ class Manifest:
             "created_at": self.created_at,
             "locations": list(self.locations),
         }
+        version = 2  # what every manifest was before generations: older readers read it
+        if any(self.generations):
+            doc["generations"], version = list(self.generations), 3
         body = _ENCODER.encode(doc).encode()
-        return _HEAD.pack(MAGIC, FORMAT_VERSION, len(body)) + body + self.block_hashes
+        return _HEAD.pack(MAGIC, version, len(body)) + body + self.block_hashes
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Manifest:
@@ -117,9 +130,14 @@ class Manifest:
         magic, version, length = _HEAD.unpack_from(data)
         if magic != MAGIC:
             raise IntegrityError("not a shardvault manifest")
+        if version > FORMAT_VERSION:
+            raise NewerFormat(
+                f"manifest format version {version} is newer than this shardvault reads "
+                f"(1 to {FORMAT_VERSION}): upgrade shardvault"
+            )
         if version not in READS_VERSIONS:
             raise IntegrityError(
-                f"manifest format version {version} is not supported (this reads 1 and 2)"
+                f"manifest format version {version} is not supported (this reads 1 to 3)"
             )
         try:
             doc = json.loads(data[_HEAD.size : _HEAD.size + length])
@@ -144,9 +162,12 @@ class Manifest:
             subject_key_id=doc["subject_key_id"],
             created_at=doc["created_at"],
             locations=_locations(doc.get("locations", [])),
+            generations=_generations(doc.get("generations")) if version >= 3 else (),
         )
         if manifest.locations and len(manifest.locations) != manifest.n:
             raise IntegrityError("manifest has a location list of the wrong length")
+        if version >= 3 and len(manifest.generations) != manifest.n:
+            raise IntegrityError("manifest has a generation list of the wrong length")
         if len(hashes) != manifest.segments * manifest.n * HASH_BYTES:
             raise IntegrityError("manifest block hash table has the wrong length")
         return manifest
@@ -159,6 +180,17 @@ def _locations(found: object) -> tuple[str | None, ...]:
     """Only strings or nulls: a store checks a location's contents before any use."""
     if not isinstance(found, list) or not all(x is None or isinstance(x, str) for x in found):
         raise IntegrityError("manifest locations are not a list of strings")
+    return tuple(found)
+
+
+def _generations(found: object) -> tuple[int, ...]:
+    """Whole numbers up to MAX_GENERATION (not booleans), one a shard; one above 0."""
+    if (
+        not isinstance(found, list)
+        or not all(type(x) is int and 0 <= x <= MAX_GENERATION for x in found)
+        or not any(found)
+    ):
+        raise IntegrityError("manifest generations are not a list of shard generations")
     return tuple(found)
 
 

@@ -557,6 +557,18 @@ def test_leftovers_are_noted_durably_updated_and_dropped(catalog: Catalog) -> No
     assert catalog.leftovers() == [second]
 
 
+def test_leftovers_of_one_shard_on_one_node_are_told_apart_by_generation(
+    catalog: Catalog,
+) -> None:
+    # a shard rebuilt on the node its bad copy is on: both copies are noted at once
+    old = Leftover(oid(1), 1, 3, "us-n1", "p.pack:9")
+    rebuilt = Leftover(oid(1), 1, 3, "us-n1", None, generation=1)
+    catalog.note_leftovers([old, rebuilt])
+    assert sorted(catalog.leftovers(), key=lambda x: x.generation) == [old, rebuilt]
+    catalog.drop_leftovers([old])
+    assert catalog.leftovers() == [rebuilt]
+
+
 def test_committed_after_walks_committed_versions_in_object_id_order(catalog: Catalog) -> None:
     refs = [ObjectRef("intl", "alice", f"k{i}") for i in range(7)]
     for number, ref in zip([5, 3, 9, 1, 7, 2, 8], refs, strict=True):
@@ -638,7 +650,7 @@ def test_sqlite_migrates_a_first_schema_catalog_forward(tmp_path: Path) -> None:
     finally:
         catalog.close()
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 7
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 8
         plan = db.execute(
             "EXPLAIN QUERY PLAN SELECT * FROM versions WHERE object_id IN (?)", (oid(1),)
         ).fetchall()
@@ -658,6 +670,8 @@ OLD_LAYOUTS = {
     "v4": MIGRATIONS[:4],
     "v5-stale-nodes": (*MIGRATIONS[:4], _V5_FIRST),
     "v5": MIGRATIONS[:5],
+    "v6": MIGRATIONS[:6],
+    "v7": MIGRATIONS[:7],
 }
 
 
@@ -671,6 +685,23 @@ def _layout(db: sqlite3.Connection) -> dict[str, object]:
         else:
             found[name] = sql
     return found
+
+
+def test_a_version_7_catalogs_leftovers_are_kept_as_of_generation_0(tmp_path: Path) -> None:
+    # the eighth schema adds a note's generation to its key: notes taken before stay
+    path = tmp_path / "c.sqlite"
+    with sqlite3.connect(path, isolation_level=None) as db:
+        for number, script in enumerate(MIGRATIONS[:7], 1):
+            db.executescript(f"BEGIN IMMEDIATE;{script};PRAGMA user_version={number};COMMIT;")
+        db.execute("INSERT INTO leftovers VALUES (?, 1, 2, 'us-n3', 'p.pack:7')", (oid(1),))
+    db.close()
+    catalog = SqliteCatalog(path)
+    try:
+        assert catalog.leftovers() == [Leftover(oid(1), 1, 2, "us-n3", "p.pack:7", 0)]
+        catalog.drop_leftovers(catalog.leftovers())
+        assert catalog.leftovers() == []
+    finally:
+        catalog.close()
 
 
 @pytest.mark.parametrize("layout", list(OLD_LAYOUTS))

@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from shardvault.codec.shardfile import HEADER, ShardHeader, block_offset
-from shardvault.errors import IntegrityError
+from shardvault.errors import IntegrityError, NewerFormat
 from shardvault.manifest import Manifest
 from shardvault.model import ObjectRef
 
@@ -184,12 +184,54 @@ def test_manifest_stripe_header_is_the_header_each_shard_was_written_with() -> N
         assert header.to_bytes(index) == written.to_bytes()
 
 
-@pytest.mark.parametrize("version", [0, 3, 9])
-def test_manifest_with_unknown_version_is_refused(version: int) -> None:
+def test_manifest_with_unknown_version_is_refused() -> None:
+    raw = bytearray(MANIFEST_BYTES)
+    raw[4] = 0
+    with pytest.raises(IntegrityError, match="manifest format version 0 is not supported"):
+        Manifest.from_bytes(bytes(raw))
+
+
+@pytest.mark.parametrize("version", [4, 9])
+def test_a_manifest_of_a_newer_version_says_upgrade(version: int) -> None:
     raw = bytearray(MANIFEST_BYTES)
     raw[4] = version
-    with pytest.raises(IntegrityError, match=f"manifest format version {version} is not supported"):
+    with pytest.raises(NewerFormat, match=f"manifest format version {version} is newer.*upgrade"):
         Manifest.from_bytes(bytes(raw))
+
+
+V3_BODY = MANIFEST_BODY.replace(b'"k":1,', b'"generations":[0,2],"k":1,')
+V3_BYTES = bytes.fromhex("53564d46030000018a") + V3_BODY + b"\x11" * 32 + b"\x22" * 32
+
+
+def test_a_manifest_with_a_shard_of_a_later_generation_is_version_3() -> None:
+    """Repair rebuilt shard 1 on its own node as generation 2: only such a manifest is
+    version 3; every other is written as version 2, byte for byte as before."""
+    assert len(V3_BODY) == 0x18A
+    rebuilt = replace(MANIFEST, generations=(0, 2))
+    assert rebuilt.to_bytes() == V3_BYTES
+    assert Manifest.from_bytes(V3_BYTES) == rebuilt
+    assert [rebuilt.generation(i) for i in range(2)] == [0, 2]
+    assert [MANIFEST.generation(i) for i in range(2)] == [0, 0]  # version 2: every one 0
+    assert replace(MANIFEST, generations=(0, 0)).to_bytes() == MANIFEST_BYTES
+
+
+@pytest.mark.parametrize(
+    "generations",
+    [b"null", b'"2"', b"[0]", b"[0,2,0]", b"[0,-1]", b"[0,true]", b"[0,1.5]", b"[0,0]",
+     b"[0,2147483648]"],
+    ids=repr,
+)  # fmt: skip
+def test_a_version_3_manifest_with_bad_generations_is_refused(generations: bytes) -> None:
+    body = V3_BODY.replace(b"[0,2]", generations)
+    raw = bytes.fromhex("53564d4603") + len(body).to_bytes(4, "big") + body + b"\x11" * 64
+    with pytest.raises(IntegrityError, match="generation"):
+        Manifest.from_bytes(raw)
+
+
+def test_a_version_2_manifest_is_read_as_every_shard_of_generation_0() -> None:
+    body = V3_BODY
+    raw = bytes.fromhex("53564d4602") + len(body).to_bytes(4, "big") + body + b"\x11" * 64
+    assert Manifest.from_bytes(raw).generations == ()  # read as before: no such field
 
 
 @pytest.mark.parametrize(

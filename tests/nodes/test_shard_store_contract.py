@@ -213,9 +213,27 @@ def test_dropping_caches_loses_no_shard(store: ShardStore) -> None:
 
 
 def test_parse_shard_name_inverts_shard_name() -> None:
-    assert parse_shard_name(shard_name(OID, 12, 5)) == (OID, 12, 5)
+    assert parse_shard_name(shard_name(OID, 12, 5)) == (OID, 12, 5, 0)
+    assert parse_shard_name(shard_name(OID, 12, 5, 3)) == (OID, 12, 5, 3)
     with pytest.raises(InvalidInput):
         parse_shard_name("../" + NAME)
+
+
+def test_a_generation_above_0_is_a_name_of_its_own_and_0_is_the_name_before_generations(
+    store: ShardStore,
+) -> None:
+    # repair rebuilds a shard on the node its bad copy is on under a new generation:
+    # both are on the node at once until the swap, and each is found by its own name
+    assert shard_name(OID, 1, 2, 0) == shard_name(OID, 1, 2) == f"{OID.hex()}.v1.s2"
+    assert shard_name(OID, 1, 2, 7) == f"{OID.hex()}.v1.s2.g7"
+    names = [shard_name(OID, 1, 2, generation) for generation in (0, 1, 7)]
+    for name in names:
+        put(store, name, name.encode())
+    assert sorted(store.names()) == sorted(names)
+    assert store.delete(names[0])
+    store.sync()
+    assert [read(store, name) for name in names[1:]] == [n.encode() for n in names[1:]]
+    assert not store.has_trace(shard_name(OID, 1, 2, 2))
 
 
 INVALID_NAMES = [
@@ -234,6 +252,11 @@ INVALID_NAMES = [
     "0123456789abcdef0123456789abcdef.v1.s100",
     "0123456789abcdef0123456789abcdef.v.s0",
     "0123456789abcdef0123456789abcdef.v1",
+    "0123456789abcdef0123456789abcdef.v1.s0.g0",  # generation 0 has no suffix: one name
+    "0123456789abcdef0123456789abcdef.v1.s0.g01",
+    "0123456789abcdef0123456789abcdef.v1.s0.g",
+    "0123456789abcdef0123456789abcdef.v1.s0.g1.g2",
+    "0123456789abcdef0123456789abcdef.v1.s0.g12345678901",  # 11 digits
     "\uff10123456789abcdef0123456789abcdef.v1.s0",  # fullwidth digit zero
 ]
 

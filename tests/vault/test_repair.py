@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from conftest import SEGMENT, make_deployment, manifest_of, shard_paths
+from governance_support import forget_approved
 from shardvault.catalog.port import Catalog, VersionRecord
 from shardvault.codec.shardfile import block_offset
 from shardvault.config import load
@@ -158,17 +159,21 @@ def test_only_a_scrub_finds_damage_nobody_read(tmp_path: Path) -> None:
         reads_back_whole(vault, payloads)
 
 
-def test_without_a_spare_node_the_shard_is_left_and_named(tmp_path: Path) -> None:
-    # pack files never reuse a shard name, so a shard is never rewritten in place
+def test_without_a_node_to_rebuild_on_the_shard_is_left_and_named(tmp_path: Path) -> None:
+    # six nodes for 4+2, one of them down: its shards have nowhere else to go
     config = deployment(tmp_path, spares=False)
     payloads = filled(config)
     with Vault.open(load(config)) as vault:
-        shard_paths(vault, REFS[5])[1].unlink()
+        down = manifest_of(vault, REFS[5]).nodes[1]
+    with_node_state(config, down, "down")
+    with Vault.open(load(config)) as vault:
         before = manifest_of(vault, REFS[5])
         report = vault.repair(scrub=True)
         assert report.rebuilt == 0
-        assert [p.split(":")[0] for p in report.problems] == ["intl/alice/k5 v1"]
-        assert "add a node" in report.problems[0]
+        assert sorted(p.split(":")[0] for p in report.problems) == sorted(
+            f"{ref} v1" for ref in REFS
+        )  # every stripe has a shard on each of the six
+        assert all("add a node" in p for p in report.problems)
         assert manifest_of(vault, REFS[5]) == before
         assert vault.get(REFS[5]) == payloads[REFS[5]]
 
@@ -204,7 +209,12 @@ def test_damage_over_more_than_m_shards_in_different_segments_is_repaired(
         for index in range(M + 1):  # shard i bad in segment i alone
             store = cell.store(manifest.nodes[index])
             assert isinstance(store, LocalDirShardStore)
-            path, at = store.shard_path(shard_name(manifest.object_id, 1, index)), 0
+            path, at = (
+                store.shard_path(
+                    shard_name(manifest.object_id, 1, index, manifest.generation(index))
+                ),
+                0,
+            )
             if pack_limit:
                 pack, offset = str(manifest.location(index)).split(":")
                 path, at = store.packs.directory / pack, int(offset)
@@ -224,7 +234,10 @@ def lose(vault: Vault, ref: ObjectRef, index: int) -> None:
     """Delete one shard of ref's current version from its node, packed or not."""
     manifest = manifest_of(vault, ref)
     store = vault.cells["US"].store(manifest.nodes[index])
-    assert store.delete(shard_name(manifest.object_id, 1, index), manifest.location(index))
+    assert store.delete(
+        shard_name(manifest.object_id, 1, index, manifest.generation(index)),
+        manifest.location(index),
+    )
     store.sync()
 
 
@@ -247,14 +260,17 @@ def test_a_version_changed_meanwhile_keeps_its_manifest_and_loses_the_rebuilt_co
         assert sum(map(len, copies(vault, before.object_id).values())) == K + M - 1
         stores = vault.cells["US"].stores
         # a pack keeps the undone copy's tombstone: its name is never written there again
-        name = shard_name(before.object_id, 1, 3)
-        traced = {
-            n for n, store in stores.items() if n not in before.nodes and store.has_trace(name)
-        }
-        assert len(traced) == (1 if pack_limit else 0)
+        names = [shard_name(before.object_id, 1, 3, generation) for generation in (0, 1)]
+        traced = {(n, x) for n, store in stores.items() for x in names if store.has_trace(x)}
+        lost = (before.nodes[3], names[0])  # the tombstone `lose` left
+        assert len(traced - {lost}) == (1 if pack_limit else 0)
         monkeypatch.undo()
         assert vault.repair(scrub=True).rebuilt == 1
-        assert manifest_of(vault, REFS[4]).nodes[3] not in traced
+        after = manifest_of(vault, REFS[4])
+        assert (
+            after.nodes[3],
+            shard_name(after.object_id, 1, 3, after.generation(3)),
+        ) not in traced
         reads_back_whole(vault, payloads)
 
 
@@ -333,7 +349,8 @@ def test_a_version_collected_while_being_checked_is_no_problem(
 
 def test_a_node_back_with_a_stale_copy_is_not_given_another_shard_of_it(tmp_path: Path) -> None:
     # only the nodes the manifest named were left out: a node unreachable during one
-    # repair kept its old copy of a shard, and the next repair gave it another one
+    # repair kept its old copy of a shard, and the next repair gave it another one (the
+    # shard is now rebuilt on its own node instead)
     config = deployment(tmp_path)
     payloads = filled(config)
     ref = REFS[9]
@@ -349,10 +366,17 @@ def test_a_node_back_with_a_stale_copy_is_not_given_another_shard_of_it(tmp_path
         (nodes_dir / node).rename(tmp_path / node)  # out of service: away is the only spare
     with Vault.open(load(config)) as vault:
         lose(vault, ref, 3)
-        report = vault.repair(scrub=True)
-        assert [p.split(": ", 1)[0] for p in report.problems] == [f"{ref} v1"]
-        assert "no active node" in report.problems[0]
-        assert manifest_of(vault, ref).nodes == named
+        assert vault.repair(scrub=True).problems == ()  # others' shards went to away
+        after = manifest_of(vault, ref)
+        assert (after.nodes, after.generation(3)) == (named, 1)
+        cell = vault.cells["US"]
+        for node, held in (
+            (away, {shard_name(after.object_id, 1, 0)}),  # its stale copy
+            (named[3], {shard_name(after.object_id, 1, 3, 1)}),
+        ):
+            assert {
+                x for x in cell.store(node).names() if x.startswith(after.object_id.hex())
+            } == held
         assert vault.get(ref) == payloads[ref]
 
 
@@ -398,16 +422,14 @@ def test_a_rebuild_that_fails_after_a_commit_leaves_no_copy(
         def broken_sync() -> None:
             raise StorageError("the disk went away")
 
-        named = manifest_of(vault, REFS[3]).nodes
-        for node, store in vault.cells["US"].stores.items():
-            if node not in named:  # where it could go
+        for store in vault.cells["US"].stores.values():  # wherever it could go
 
-                def open_writer(shard: str, real: Any = store.open_writer) -> Any:
-                    writer = real(shard)
-                    writer.sync = broken_sync
-                    return writer
+            def open_writer(shard: str, real: Any = store.open_writer) -> Any:
+                writer = real(shard)
+                writer.sync = broken_sync
+                return writer
 
-                monkeypatch.setattr(store, "open_writer", open_writer)
+            monkeypatch.setattr(store, "open_writer", open_writer)
         report = vault.repair(scrub=True)
         assert [p.split(": ", 1)[1] for p in report.problems] == [
             "rebuild failed: the disk went away"
@@ -427,14 +449,11 @@ def test_a_spare_that_cannot_be_written_is_passed_over_for_the_next(
     payloads = filled(config)
     with Vault.open(load(config)) as vault:
         lose(vault, REFS[3], 4)
-        before = manifest_of(vault, REFS[3]).nodes
         full: list[str] = []
-        for node, store in vault.cells["US"].stores.items():
-            if node in before:
-                continue  # a spare of this version: one of them is full
+        for node, store in vault.cells["US"].stores.items():  # the first one tried is full
 
             def open_writer(name: str, node: str = node, real: Any = store.open_writer) -> Any:
-                if full in ([], [node]):  # the first spare tried
+                if full in ([], [node]):  # the first node tried
                     full[:] = [node]
                     raise StorageError(f"node {node}: writing: No space left on device")
                 return real(name)
@@ -442,8 +461,7 @@ def test_a_spare_that_cannot_be_written_is_passed_over_for_the_next(
             monkeypatch.setattr(store, "open_writer", open_writer)
         report = vault.repair(scrub=True)
         assert (report.rebuilt, report.problems) == (1, ())
-        after = manifest_of(vault, REFS[3]).nodes
-        assert full and after[4] not in (*full, *before)
+        assert full and manifest_of(vault, REFS[3]).nodes[4] not in full
         reads_back_whole(vault, payloads)
 
 
@@ -480,13 +498,15 @@ def test_a_version_gc_relocated_after_the_scrub_read_its_batch_is_repaired(
         real_repair_version = repair._repair_version
         relocated: list[bool] = []
 
-        def gc_meanwhile(cell: Cell, code: Any, record: VersionRecord) -> repair.RepairReport:
+        def gc_meanwhile(
+            cell: Cell, code: Any, record: VersionRecord, *rest: Any
+        ) -> repair.RepairReport:
             if not relocated:  # the scrub's batch is read: a gc moves the victim's shards
                 assert victim.manifest is not None
                 moved = Manifest.from_bytes(victim.manifest)
                 moved = dataclasses.replace(moved, locations=(None,) * moved.n)
                 relocated.append(catalog.replace_manifests([(victim, moved.to_bytes())]) == 1)
-            return real_repair_version(cell, code, record)
+            return real_repair_version(cell, code, record, *rest)
 
         monkeypatch.setattr(repair, "_repair_version", gc_meanwhile)
         report = vault.repair(scrub=True)
@@ -591,7 +611,10 @@ def damage(vault: Vault, ref: ObjectRef, index: int) -> Path:
     assert isinstance(store, LocalDirShardStore)
     location = manifest.location(index)
     if location is None:
-        path, offset = store.shard_path(shard_name(manifest.object_id, 1, index)), 10
+        path, offset = (
+            store.shard_path(shard_name(manifest.object_id, 1, index, manifest.generation(index))),
+            10,
+        )
     else:
         pack, at = location.split(":")
         path, offset = store.packs.directory / pack, int(at) + 10
@@ -636,3 +659,194 @@ def test_a_node_whose_directory_went_after_it_was_opened_keeps_its_copies_noted(
         assert cell.catalog.leftovers() == []
         assert list(cell.store(node).names()) == []
         reads_back_whole(vault, payloads)
+
+
+# Repair in place: a cell of exactly n nodes (the demo's six for 4+2) ----------
+
+
+def named_copies(manifest: Manifest) -> dict[str, set[str]]:
+    """The one copy of each shard the manifest names, by node, under the name it names."""
+    held: dict[str, set[str]] = {}
+    for index, node in enumerate(manifest.nodes):
+        name = shard_name(manifest.object_id, manifest.version, index, manifest.generation(index))
+        held.setdefault(node, set()).add(name)
+    return held
+
+
+def one_spare(tmp_path: Path, pack_limit: int = 0) -> Path:
+    spare = SPARES.split("\n\n")[0].format(pack_limit=pack_limit)
+    config = make_deployment(
+        tmp_path / "deploy", pack_limit=pack_limit, edit=lambda text: text + spare
+    )
+    (tmp_path / "deploy" / "nodes" / "US" / "us-n7").mkdir()
+    return config
+
+
+@pytest.mark.parametrize("pack_limit", [0, 64 << 10])
+def test_a_bit_flipped_shard_in_a_cell_of_exactly_n_nodes_is_rebuilt_on_its_own_node(
+    tmp_path: Path, pack_limit: int
+) -> None:
+    # repair wrote only where the shard's name had no trace, so with six nodes for
+    # 4+2 a scrub found the damage and left it for good: redundancy silently shrank
+    config = deployment(tmp_path, spares=False, pack_limit=pack_limit)
+    payloads = filled(config)
+    ref = REFS[7]
+    with Vault.open(load(config)) as vault:
+        before = manifest_of(vault, ref)
+        damage(vault, ref, 2)
+        report = vault.repair(scrub=True)
+        assert (report.versions, report.rebuilt, report.problems) == (len(REFS), 1, ())
+        after = manifest_of(vault, ref)
+        assert after.nodes == before.nodes  # the same node, under a new name
+        assert [after.generation(i) for i in range(K + M)] == [0, 0, 1, 0, 0, 0]
+        assert copies(vault, before.object_id) == named_copies(after)  # the bad copy went
+        again = vault.repair(scrub=True)
+        assert (again.versions, again.rebuilt, again.problems) == (len(REFS), 0, ())
+        reads_back_whole(vault, payloads)
+        assert vault.cells["US"].catalog.leftovers() == []
+
+
+@pytest.mark.parametrize("pack_limit", [0, 64 << 10])
+def test_two_bad_shards_of_a_version_with_one_spare_node_are_both_rebuilt(
+    tmp_path: Path, pack_limit: int
+) -> None:
+    # a kill -9 stress run: two damaged shards of one version and one spare node, and
+    # neither was rebuilt (both or none went to spares)
+    config = one_spare(tmp_path, pack_limit)
+    payloads = filled(config)
+    ref = REFS[10]
+    with Vault.open(load(config)) as vault:
+        before = manifest_of(vault, ref)
+        damage(vault, ref, 1)
+        damage(vault, ref, 4)
+        report = vault.repair(scrub=True)
+        assert (report.rebuilt, report.problems) == (2, ())
+        after = manifest_of(vault, ref)
+        assert len(set(after.nodes)) == K + M and max(spread(vault, ref).values()) <= M
+        assert copies(vault, before.object_id) == named_copies(after)
+        assert vault.repair(scrub=True).rebuilt == 0
+        reads_back_whole(vault, payloads)
+
+
+def test_a_shard_rebuilt_on_its_own_node_survives_losing_m_other_nodes(tmp_path: Path) -> None:
+    config = deployment(tmp_path, spares=False, pack_limit=64 << 10)
+    payloads = filled(config)
+    ref = REFS[5]
+    with Vault.open(load(config)) as vault:
+        damage(vault, ref, 3)
+        assert vault.repair(scrub=True).rebuilt == 1
+        nodes = manifest_of(vault, ref).nodes
+    for node in nodes[:M]:  # m others gone: the rebuilt shard is one of the k left
+        (tmp_path / "deploy" / "nodes" / "US" / node).rename(tmp_path / node)
+    with Vault.open(load(config)) as vault, vault.open_read(ref) as reader:
+        assert reader.read_all() == payloads[ref]
+        assert {d.index for d in reader.damage} == set(range(M))
+
+
+@pytest.mark.parametrize("pack_limit", [0, 64 << 10])
+def test_gc_delete_forget_and_where_find_shards_rebuilt_on_their_own_nodes(
+    tmp_path: Path, pack_limit: int
+) -> None:
+    config = deployment(tmp_path, spares=False, pack_limit=pack_limit)
+    filled(config)
+    with Vault.open(load(config)) as vault:
+        damage(vault, REFS[3], 0)
+        damage(vault, REFS[4], 5)
+        assert vault.repair(scrub=True).rebuilt == 2
+        third, fourth = manifest_of(vault, REFS[3]), manifest_of(vault, REFS[4])
+        assert (third.generation(0), fourth.generation(5)) == (1, 1)
+        shown = vault.where(REFS[3])
+        assert [(s.index, s.node) for s in shown if s.segment == 0] == list(enumerate(third.nodes))
+        assert copies(vault, third.object_id) == named_copies(third)
+        vault.delete(REFS[3])
+        assert vault.gc(grace_seconds=0).shards == K + M
+        assert copies(vault, third.object_id) == {}
+        result = forget_approved(vault, "intl", "alice")
+        assert result.shards_removed == (len(REFS) - 1) * (K + M)
+        assert copies(vault, fourth.object_id) == {}
+        vault.gc(grace_seconds=0)
+        assert all(list(store.names()) == [] for store in vault.cells["US"].stores.values())
+
+
+def test_gc_tells_a_manifest_where_a_compaction_moved_a_shard_rebuilt_in_place(
+    tmp_path: Path,
+) -> None:
+    # a compaction moves records by name: the old copy's move must not pass for the new's
+    config = deployment(tmp_path, spares=False, pack_limit=64 << 10)
+    payloads = filled(config)
+    ref = REFS[2]
+    with Vault.open(load(config)) as vault:
+        damage(vault, ref, 1)
+        assert vault.repair(scrub=True).rebuilt == 1
+        before = manifest_of(vault, ref)
+    with Vault.open(load(config)) as vault:  # the packs' writers are gone: gc folds them
+        assert vault.gc(grace_seconds=0).moved > 0
+        after = manifest_of(vault, ref)
+        assert after.location(1) != before.location(1)
+        store = vault.cells["US"].store(after.nodes[1])
+        assert isinstance(store, LocalDirShardStore)
+        name = shard_name(after.object_id, 1, 1, 1)
+        assert store.packs.at(name, str(after.location(1))) is not None
+        reads_back_whole(vault, payloads)
+
+
+KILLED_REPAIR = r"""
+import os, signal, sys
+from pathlib import Path
+from shardvault.config import load
+from shardvault.vault import Vault
+
+config, step = sys.argv[1:3]
+
+def on_step(name):
+    if name == step:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+with Vault.open(load(Path(config)), on_step=on_step) as vault:
+    print(vault.repair(scrub=True), flush=True)
+"""
+REPAIR_STEPS = ["repair-noted", "repair-written", "repair-swapped", "repair-cleared"]
+
+
+@pytest.mark.parametrize("pack_limit", [0, 64 << 10])
+@pytest.mark.parametrize("step", REPAIR_STEPS)
+def test_a_repair_in_place_killed_at_each_step_leaves_a_readable_object_and_gc_resolves_it(
+    tmp_path: Path, step: str, pack_limit: int
+) -> None:
+    config = deployment(tmp_path, spares=False, pack_limit=pack_limit)
+    payloads = filled(config)
+    ref = REFS[9]
+    with Vault.open(load(config)) as vault:
+        object_id = manifest_of(vault, ref).object_id
+        damage(vault, ref, 4)
+    child = subprocess.run(
+        [sys.executable, "-c", KILLED_REPAIR, str(config), step], capture_output=True, text=True
+    )
+    assert child.returncode == -9, (child.stdout, child.stderr)
+    with Vault.open(load(config)) as vault:
+        assert vault.get(ref) == payloads[ref]  # whatever the step
+        catalog = vault.cells["US"].catalog
+        assert catalog.leftovers()  # noted before each step
+        vault.gc(grace_seconds=0)
+        assert catalog.leftovers() == []
+        named = named_copies(manifest_of(vault, ref))  # a damaged packed copy lists as none
+        assert all(names <= named[node] for node, names in copies(vault, object_id).items())
+        report = vault.repair(scrub=True)
+        swapped = step in ("repair-swapped", "repair-cleared")
+        assert (report.rebuilt, report.problems) == (0 if swapped else 1, ())
+        assert manifest_of(vault, ref).generation(4) > 0
+        assert vault.repair(scrub=True).rebuilt == 0
+        assert copies(vault, object_id) == named_copies(manifest_of(vault, ref))
+        reads_back_whole(vault, payloads)
+
+
+def test_the_cli_heals_bit_rot_in_a_demo_shaped_cell(tmp_path: Path) -> None:
+    config = deployment(tmp_path, spares=False, pack_limit=64 << 10)  # as init --demo makes
+    filled(config)
+    with Vault.open(load(config)) as vault:
+        damage(vault, REFS[0], 5)
+    command = [sys.executable, "-m", "shardvault.cli.app", "--config", str(config), "repair"]
+    for rebuilt in (1, 0):
+        done = subprocess.run([*command, "--scrub", "--json"], capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        assert f'"rebuilt": {rebuilt}' in done.stdout and '"problems": []' in done.stdout

@@ -168,12 +168,12 @@ def test_gc_holds_moves_on_disk_and_gives_them_back_a_version_at_a_time(
     with contextlib.closing(gc._Moves()) as moves:
         for node, index in (("us-n1", 0), ("us-n2", 1)):
             moves.add(node, {shard_name(i, 1, index): f"{node}:{i[0]}" for i in ids})
-        moves.add("us-n3", {shard_name(ids[0], 2, 4): "p:9"})
+        moves.add("us-n3", {shard_name(ids[0], 2, 4): "p:9", shard_name(ids[0], 2, 4, 2): "q:9"})
         batches = list(moves.by_version())
-        assert moves.count == 7
+        assert moves.count == 8
     assert batches == [
-        {(ids[1], 1): {(0, "us-n1"): "us-n1:1", (1, "us-n2"): "us-n2:1"},
-         (ids[2], 1): {(0, "us-n1"): "us-n1:3", (1, "us-n2"): "us-n2:3"}},
-        {(ids[0], 1): {(0, "us-n1"): "us-n1:5", (1, "us-n2"): "us-n2:5"},
-         (ids[0], 2): {(4, "us-n3"): "p:9"}},
+        {(ids[1], 1): {(0, 0, "us-n1"): "us-n1:1", (1, 0, "us-n2"): "us-n2:1"},
+         (ids[2], 1): {(0, 0, "us-n1"): "us-n1:3", (1, 0, "us-n2"): "us-n2:3"}},
+        {(ids[0], 1): {(0, 0, "us-n1"): "us-n1:5", (1, 0, "us-n2"): "us-n2:5"},
+         (ids[0], 2): {(4, 0, "us-n3"): "p:9", (4, 2, "us-n3"): "q:9"}},
     ]  # fmt: skip

@@ -26,7 +26,7 @@ class MemoryCatalog:
         self._versions: dict[ObjectRef, dict[int, VersionRecord]] = {}
         self._damage: list[DamageRecord] = []
         self._swept_until = 0.0
-        self._leftovers: dict[tuple[bytes, int, int, str], Leftover] = {}
+        self._leftovers: dict[tuple[bytes, int, int, str, int], Leftover] = {}
         self._retired: dict[ObjectRef, int] = {}  # the last number of each collected key
         self._forgets: dict[tuple[str, str], ForgetProgress] = {}
 
@@ -320,7 +320,7 @@ class MemoryCatalog:
     def note_leftovers(self, leftovers: Iterable[Leftover]) -> None:
         with self._lock:
             for x in leftovers:
-                self._leftovers[(x.object_id, x.version, x.shard, x.node)] = x
+                self._leftovers[(x.object_id, x.version, x.shard, x.node, x.generation)] = x
 
     def leftovers(self) -> list[Leftover]:
         with self._lock:
@@ -329,7 +329,7 @@ class MemoryCatalog:
     def drop_leftovers(self, leftovers: Iterable[Leftover]) -> None:
         with self._lock:
             for x in leftovers:
-                self._leftovers.pop((x.object_id, x.version, x.shard, x.node), None)
+                self._leftovers.pop((x.object_id, x.version, x.shard, x.node, x.generation), None)
 
     def damage(self) -> list[DamageRecord]:
         with self._lock:

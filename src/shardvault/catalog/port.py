@@ -70,6 +70,7 @@ class Leftover:
     shard: int
     node: str
     location: str | None
+    generation: int = 0  # of the copy's name (nodes/port.py `shard_name`)
 
 
 @dataclass(frozen=True, slots=True)

@@ -107,6 +107,19 @@ MIGRATIONS: tuple[str, ...] = (
         node TEXT NOT NULL, location TEXT, PRIMARY KEY (object_id, version, shard, node)
     );
     """,
+    # A shard rebuilt on the node its bad copy is on has a new generation in its name:
+    # both copies are noted at once, so the generation is part of a note's key.
+    """
+    CREATE TABLE leftovers_by_generation (
+        object_id BLOB NOT NULL, version INTEGER NOT NULL, shard INTEGER NOT NULL,
+        node TEXT NOT NULL, location TEXT, generation INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (object_id, version, shard, node, generation)
+    );
+    INSERT INTO leftovers_by_generation (object_id, version, shard, node, location)
+        SELECT object_id, version, shard, node, location FROM leftovers;
+    DROP TABLE leftovers;
+    ALTER TABLE leftovers_by_generation RENAME TO leftovers;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -129,6 +142,7 @@ _RETIRE = (  # unless the subject is forgotten: then nothing may name its keys
 )
 _SUBJECT_COLUMNS = "tenant, subject, jurisdiction, key_id, wrapped_key, created_at, forgotten_at"
 _VERSION_COLUMNS = "tenant, subject, key, version, state, object_id, size, created_at, manifest"
+_LEFTOVER_COLUMNS = "object_id, version, shard, node, location, generation"
 
 
 def _failed(path: object, exc: sqlite3.Error | OSError) -> ShardvaultError:
@@ -713,19 +727,23 @@ class SqliteCatalog:
     def note_leftovers(self, leftovers: Iterable[Leftover]) -> None:
         with self._transaction() as db:  # durable: a lost note is a copy leaked for good
             db.executemany(
-                "INSERT OR REPLACE INTO leftovers VALUES (?, ?, ?, ?, ?)",
-                [(x.object_id, x.version, x.shard, x.node, x.location) for x in leftovers],
+                f"INSERT OR REPLACE INTO leftovers ({_LEFTOVER_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+                [
+                    (x.object_id, x.version, x.shard, x.node, x.location, x.generation)
+                    for x in leftovers
+                ],
             )
 
     def leftovers(self) -> list[Leftover]:
-        return [Leftover(*row) for row in self._query("SELECT * FROM leftovers")]
+        rows = self._query(f"SELECT {_LEFTOVER_COLUMNS} FROM leftovers")
+        return [Leftover(*row) for row in rows]
 
     def drop_leftovers(self, leftovers: Iterable[Leftover]) -> None:
         with self._transaction(durable=False) as db:
             db.executemany(
                 "DELETE FROM leftovers WHERE object_id = ? AND version = ? AND shard = ?"
-                " AND node = ?",
-                [(x.object_id, x.version, x.shard, x.node) for x in leftovers],
+                " AND node = ? AND generation = ?",
+                [(x.object_id, x.version, x.shard, x.node, x.generation) for x in leftovers],
             )
 
     def damage(self) -> list[DamageRecord]:

@@ -252,7 +252,7 @@ def repair(
     ] = False,
     json_out: JsonFlag = False,
 ) -> None:
-    """Rebuild damaged or lost shards, and shards on nodes that are not active, elsewhere.
+    """Rebuild damaged or lost shards, and shards on nodes that are not active.
 
     Exits 1 if a version could not be repaired (each is named, with why), or if a node
     did not answer within storage.node_timeout.

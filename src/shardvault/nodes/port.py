@@ -14,7 +14,7 @@ from typing import Protocol
 
 from shardvault.errors import InvalidInput
 
-_SHARD_NAME = re.compile(r"[0-9a-f]{32}\.v[0-9]{1,19}\.s[0-9]{1,2}")
+_SHARD_NAME = re.compile(r"[0-9a-f]{32}\.v[0-9]{1,19}\.s[0-9]{1,2}(?:\.g[1-9][0-9]{0,9})?")
 
 
 def is_shard_name(name: str) -> bool:
@@ -27,8 +27,13 @@ def check_shard_name(name: str) -> str:
     return name
 
 
-def shard_name(object_id: bytes, version: int, index: int) -> str:
-    return f"{object_id.hex()}.v{version}.s{index}"
+def shard_name(object_id: bytes, version: int, index: int, generation: int = 0) -> str:
+    """The shard's name on its node. A shard repair rebuilt on a node that holds, or held,
+    its earlier copy has a higher ``generation`` (in its manifest), so no node is ever
+    given one name twice (pack files rely on that: nodes/packs.py); generation 0, every
+    shard a put writes, has the name shards had before generations."""
+    name = f"{object_id.hex()}.v{version}.s{index}"
+    return f"{name}.g{generation}" if generation else name
 
 
 def object_id_of(name: str) -> str:
@@ -36,10 +41,11 @@ def object_id_of(name: str) -> str:
     return name.split(".", 1)[0]
 
 
-def parse_shard_name(name: str) -> tuple[bytes, int, int]:
-    """(object id, version, shard index) of a name made by `shard_name`."""
-    object_id, version, index = check_shard_name(name).split(".")
-    return bytes.fromhex(object_id), int(version[1:]), int(index[1:])
+def parse_shard_name(name: str) -> tuple[bytes, int, int, int]:
+    """(object id, version, shard index, generation) of a name made by `shard_name`."""
+    object_id, version, index, *generation = check_shard_name(name).split(".")
+    number = int(generation[0][1:]) if generation else 0
+    return bytes.fromhex(object_id), int(version[1:]), int(index[1:]), number
 
 
 class ShardWriter(Protocol):
@@ -102,7 +108,8 @@ class ShardStore(Protocol):
     def has_trace(self, name: str) -> bool:
         """Whether the node holds the shard, or a record of its deletion. A node is given
         a name at most once (pack files rely on it: nodes/packs.py), so repair writes a
-        rebuilt shard only to a node where its name has no trace."""
+        rebuilt shard only under a name that has no trace on its node (a new generation
+        of it on the node the bad copy is on: `shard_name`)."""
 
     def sync(self) -> None:
         """Make durable every delete, and every ``commit(durable=False)``, that the

@@ -800,7 +800,7 @@ class Vault:
         report = RepairReport()
         with BoundedStores(self.deadline) as bounded:  # a hung node's shards are bad
             for cell in self.cells.values():
-                report = report + repair_cell(bounded.cell(cell), self.code, scrub)
+                report = report + repair_cell(bounded.cell(cell), self.code, scrub, self._on_step)
             return replace(report, hung_nodes=bounded.hung())
 
     def node_usage(self) -> builtins.list[NodeUsage]:

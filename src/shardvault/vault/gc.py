@@ -104,14 +104,15 @@ def collect_versions(cell: Cell, records: list[VersionRecord], n: int) -> int:
         if record.manifest is not None:
             manifest = Manifest.from_bytes(record.manifest)
             targets = [
-                (node, index, manifest.location(index))
+                (node, index, manifest.location(index), manifest.generation(index))
                 for index, node in enumerate(manifest.nodes)
                 if node in stores
             ]
-        else:
-            targets = [(node, index, None) for node in stores for index in range(n)]
-        for node, index, location in targets:
-            shards[node].append((shard_name(record.object_id, record.version, index), location))
+        else:  # no repair rebuilt a shard of it: repair reads committed versions only
+            targets = [(node, index, None, 0) for node in stores for index in range(n)]
+        for node, index, location, generation in targets:
+            name = shard_name(record.object_id, record.version, index, generation)
+            shards[node].append((name, location))
     removed = 0
     for node, named in shards.items():
         try:  # all of a node's on its thread at once: a hand-off per delete doubled gc
@@ -206,12 +207,12 @@ def _resolve_leftovers(cell: Cell) -> int:
         record = records.get(x.object_id)
         if record is not None and record.manifest is not None:
             manifest = Manifest.from_bytes(record.manifest)
-            if x.shard < manifest.n and manifest.nodes[x.shard] == x.node:
+            if _names(manifest, x.shard, x.node, x.generation):
                 done.append(x)  # named: the version's own copy
                 continue
         try:
             removed += stores[x.node].delete(
-                shard_name(x.object_id, x.version, x.shard), x.location
+                shard_name(x.object_id, x.version, x.shard, x.generation), x.location
             )
         except (ShardvaultError, OSError):
             continue  # noted still: the next gc tries again
@@ -220,6 +221,16 @@ def _resolve_leftovers(cell: Cell) -> int:
     failed = _sync({node: stores[node] for node in touched})  # gone before their notes go
     cell.catalog.drop_leftovers(x for x in done if x.node not in failed)
     return removed
+
+
+def _names(manifest: Manifest, index: int, node: str, generation: int) -> bool:
+    """Whether the manifest names this copy: its shard on that node, under that name (the
+    same node may hold the copy a repair replaced there, of an earlier generation)."""
+    return (
+        index < manifest.n
+        and manifest.nodes[index] == node
+        and manifest.generation(index) == generation
+    )
 
 
 class _Moves:
@@ -235,29 +246,29 @@ class _Moves:
         with _temporary_storage():
             self._db = sqlite3.connect("")  # "": private, deleted when closed
             self._db.execute(
-                "CREATE TABLE moved (object_id BLOB, version INTEGER, shard INTEGER, node TEXT,"
-                " location TEXT)"
+                "CREATE TABLE moved (object_id BLOB, version INTEGER, shard INTEGER,"
+                " generation INTEGER, node TEXT, location TEXT)"
             )
 
     def add(self, node: str, moved: dict[str, str]) -> None:
         rows = ((*parse_shard_name(name), node, location) for name, location in moved.items())
         with _temporary_storage():
-            self._db.executemany("INSERT INTO moved VALUES (?, ?, ?, ?, ?)", rows)
+            self._db.executemany("INSERT INTO moved VALUES (?, ?, ?, ?, ?, ?)", rows)
         self.count += len(moved)
 
-    def by_version(self) -> Iterator[dict[tuple[bytes, int], dict[tuple[int, str], str]]]:
+    def by_version(self) -> Iterator[dict[tuple[bytes, int], dict[tuple[int, int, str], str]]]:
         """Batches of up to `_RELOCATE_BATCH` versions: (object id, version) -> (shard
-        index, node) -> new location. By node too: a stale copy elsewhere (see
-        repair) may have moved as well."""
-        batch: dict[tuple[bytes, int], dict[tuple[int, str], str]] = {}
+        index, generation, node) -> new location. By node and generation too: a stale
+        copy elsewhere, or one of an earlier generation (see repair), may have moved."""
+        batch: dict[tuple[bytes, int], dict[tuple[int, int, str], str]] = {}
         with _temporary_storage():  # rows stream from disk: the sort is SQLite's
             rows = self._db.execute("SELECT * FROM moved ORDER BY object_id, version")
-            for object_id, version, shard, node, location in rows:
+            for object_id, version, shard, generation, node, location in rows:
                 key = (object_id, version)
                 if key not in batch and len(batch) == _RELOCATE_BATCH:
                     yield batch
                     batch = {}
-                batch.setdefault(key, {})[shard, node] = location
+                batch.setdefault(key, {})[shard, generation, node] = location
         if batch:
             yield batch
 
@@ -287,8 +298,8 @@ def relocate(cell: Cell, moves: _Moves) -> None:
                 continue
             manifest = Manifest.from_bytes(record.manifest)
             locations = list(manifest.locations or (None,) * manifest.n)
-            for (index, node), location in new.items():
-                if index < manifest.n and manifest.nodes[index] == node:
+            for (index, generation, node), location in new.items():
+                if _names(manifest, index, node, generation):
                     locations[index] = location
             updated = replace(manifest, locations=tuple(locations)).to_bytes()
             if updated != record.manifest:

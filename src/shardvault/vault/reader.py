@@ -154,7 +154,8 @@ class ObjectReader:
             found = self._handles.get(index)
         if found is not None:
             return found
-        name = shard_name(self._manifest.object_id, self._manifest.version, index)
+        manifest = self._manifest
+        name = shard_name(manifest.object_id, manifest.version, index, manifest.generation(index))
         handle = _ShardHandle(
             self._stores[index],
             name,
@@ -207,7 +208,7 @@ class ObjectReader:
         manifest = self._manifest
         header = self._header.to_bytes(index)
         length = manifest.block_length(0)
-        name = shard_name(manifest.object_id, manifest.version, index)
+        name = shard_name(manifest.object_id, manifest.version, index, manifest.generation(index))
         reader, problem = _open_shard(self._stores[index], name, manifest.location(index))
         if reader is None:
             return _Fetched(index, None, problem)

@@ -14,13 +14,18 @@ readable as it is repairable.
 
 A bad shard is rebuilt whole, segment by segment: k good blocks are decoded
 and the segment encoded again, and every rebuilt block must hash to the
-manifest's, so repair never writes a block that did not verify. It goes to a
-node of the same cell that is active, holds no shard of the version, has
-never held that shard's name (`ShardStore.has_trace`: pack files never reuse
-a name, nodes/packs.py), and keeps at most m of the stripe's shards per
-facility whenever the cell allows (the placement rule, ranked as placement
-ranks). So it is never written in place, and a cell with no such node leaves
-the shard as it is and says so. The manifest is replaced, durably,
+manifest's, so repair never writes a block that did not verify. It goes, in
+this order, to a node of the same cell that is active, holds no shard of the
+version and no trace of any of its names (`ShardStore.has_trace`), under the
+shard's name; else to the node the bad copy is on, if that node is active,
+under the shard's next generation that has no trace there (`shard_name`: the
+generation is kept in the manifest). Either way no node is ever given a name
+twice: pack files rely on it (nodes/packs.py). Of those, the first that keeps
+at most m of the stripe's shards per facility is taken, or the first at all
+when none does (the placement rule, ranked as placement ranks). A cell of
+exactly n nodes (the demo's six for 4+2) so heals a damaged shard where it is;
+a shard whose node is not active, with no other node for it, is left as it is
+and named. The manifest is replaced, durably,
 only if it is still the one that was read (a delete, a gc or another repair
 meanwhile wins, and the rebuilt copies go); only then do the bad copies go.
 Every copy that could end up named by no manifest is noted first
@@ -45,14 +50,20 @@ from shardvault.codec.erasure import ErasureCode
 from shardvault.codec.hashing import block_matches
 from shardvault.codec.shardfile import block_offset
 from shardvault.errors import IntegrityError, NotFound, ShardvaultError
-from shardvault.manifest import Manifest
+from shardvault.manifest import MAX_GENERATION, Manifest
 from shardvault.model import NodeSpec, NodeState
 from shardvault.nodes.port import ShardReader, ShardStore, ShardWriter, shard_name
 from shardvault.placement import placement_seed, rank_nodes
 from shardvault.vault.bounded import on_node
 from shardvault.vault.cells import Cell
+from shardvault.vault.writer import StepHook
 
 _SCRUB_BATCH = 500  # committed versions read from the catalog at a time
+_GENERATIONS_TRIED = 64  # names above a bad copy's looked for on its node before giving up
+
+
+def _no_step(step: str) -> None:
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,12 +82,15 @@ class RepairReport:
         )
 
 
-def repair_cell(cell: Cell, code: ErasureCode, scrub: bool) -> RepairReport:
-    """Check the cell's damaged versions (every committed one with ``scrub``); rebuild."""
+def repair_cell(
+    cell: Cell, code: ErasureCode, scrub: bool, on_step: StepHook = _no_step
+) -> RepairReport:
+    """Check the cell's damaged versions (every committed one with ``scrub``); rebuild.
+    ``on_step`` is told each step of a rebuild done (tests kill the process there)."""
     report = RepairReport()
     with cell.maintenance(wait=True):  # gc then leaves the stale copies check to later
         for record in _candidates(cell, scrub):
-            report = report + _repair_version(cell, code, record)
+            report = report + _repair_version(cell, code, record, on_step)
     return report
 
 
@@ -95,7 +109,9 @@ def _candidates(cell: Cell, scrub: bool) -> Iterator[VersionRecord]:
         cursor = batch[-1].object_id
 
 
-def _repair_version(cell: Cell, code: ErasureCode, stale: VersionRecord) -> RepairReport:
+def _repair_version(
+    cell: Cell, code: ErasureCode, stale: VersionRecord, on_step: StepHook = _no_step
+) -> RepairReport:
     record = _reread(cell, stale)
     if record is None:  # deleted or forgotten since the scrub read its batch: no damage
         return RepairReport(1)
@@ -113,7 +129,7 @@ def _repair_version(cell: Cell, code: ErasureCode, stale: VersionRecord) -> Repa
         return _left(what, f"only {good} of {manifest.n} shards are good")
     try:
         code = code.matching(manifest.k, manifest.m, manifest.backend)
-        placed = _rebuild_on_spares(cell, code, manifest, bad)
+        placed = _rebuild_on_targets(cell, code, manifest, bad, on_step)
     except (ShardvaultError, OSError) as exc:
         if _moved_on(cell, record):
             return RepairReport(1)
@@ -121,25 +137,60 @@ def _repair_version(cell: Cell, code: ErasureCode, stale: VersionRecord) -> Repa
     if placed is None:
         return _left(
             what,
-            f"{len(bad)} bad shard(s) and no active node in {cell.jurisdiction} holding "
-            "none of its shards: add a node, then repair again",
+            f"{len(bad)} bad shard(s) and no active node in {cell.jurisdiction} to rebuild "
+            "them on (theirs not active, every other holding a shard of the version): add "
+            "a node, then repair again",
         )
     targets, locations = placed
-    rebuilt = [_leftover(manifest, i, node.id, locations[i]) for i, node in targets.items()]
-    old = [_leftover(manifest, i, manifest.nodes[i], manifest.location(i)) for i in targets]
+    on_step("repair-written")
+    rebuilt = [
+        _leftover(manifest, i, t.node.id, locations[i], t.generation) for i, t in targets.items()
+    ]
+    old = [_current_copy(manifest, i) for i in targets]
     cell.catalog.note_leftovers([*rebuilt, *old])  # and the copies the swap will replace
-    nodes, kept = list(manifest.nodes), list(manifest.locations or (None,) * manifest.n)
-    for index, node in targets.items():
-        nodes[index], kept[index] = node.id, locations[index]
-    updated = replace(manifest, nodes=tuple(nodes), locations=tuple(kept))
+    updated = _with_copies(manifest, targets, locations)
     if not cell.catalog.replace_manifests([(record, updated.to_bytes())], durable=True):
         cell.catalog.drop_leftovers([*_delete(cell, rebuilt), *old])
         if _moved_on(cell, record):
             return RepairReport(1)
         return _left(what, "it changed while being repaired; repair again")
-    cell.catalog.drop_leftovers([*rebuilt, *_delete(cell, old)])  # those left, gc takes
+    on_step("repair-swapped")
+    deleted = _delete(cell, old)
+    on_step("repair-cleared")
+    cell.catalog.drop_leftovers([*rebuilt, *deleted])  # those left, gc takes
     cell.catalog.clear_damage(manifest.ref, manifest.version)
     return RepairReport(1, len(targets))
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where a bad shard is rebuilt: the node, and the generation of its name there."""
+
+    node: NodeSpec
+    generation: int
+
+
+def _current_copy(manifest: Manifest, index: int) -> Leftover:
+    """The copy of shard index the manifest names (the bad one a rebuild replaces)."""
+    node, location = manifest.nodes[index], manifest.location(index)
+    return _leftover(manifest, index, node, location, manifest.generation(index))
+
+
+def _with_copies(
+    manifest: Manifest, targets: dict[int, Target], locations: dict[int, str | None]
+) -> Manifest:
+    """The manifest naming the rebuilt copies: their nodes, locations and generations."""
+    nodes, kept = list(manifest.nodes), list(manifest.locations or (None,) * manifest.n)
+    generations = [manifest.generation(i) for i in range(manifest.n)]
+    for index, target in targets.items():
+        nodes[index], kept[index] = target.node.id, locations[index]
+        generations[index] = target.generation
+    return replace(
+        manifest,
+        nodes=tuple(nodes),
+        locations=tuple(kept),
+        generations=tuple(generations) if any(generations) else (),
+    )
 
 
 def _reread(cell: Cell, record: VersionRecord) -> VersionRecord | None:
@@ -150,36 +201,39 @@ def _reread(cell: Cell, record: VersionRecord) -> VersionRecord | None:
     return cell.catalog.get_version(record.ref, record.version)
 
 
-def _rebuild_on_spares(
-    cell: Cell, code: ErasureCode, manifest: Manifest, bad: BadShards
-) -> tuple[dict[int, NodeSpec], dict[int, str | None]] | None:
-    """Rebuild the bad shards on spare nodes: (the nodes, the locations), or None if
-    there are too few. Nodes whose rebuild failed (a disk full, read-only or gone) are
-    passed over for the next spares: such a failure leaves no trace on them, so every
-    repair chose them again and none used the spare after. The first failure is
-    raised once no spares are left; an integrity failure (the good blocks do not
+def _rebuild_on_targets(
+    cell: Cell, code: ErasureCode, manifest: Manifest, bad: BadShards, on_step: StepHook
+) -> tuple[dict[int, Target], dict[int, str | None]] | None:
+    """Rebuild the bad shards where `_targets` says: (the targets, the locations), or
+    None if there are too few. Nodes whose rebuild failed (a disk full, read-only or
+    gone) are passed over for the next ones: such a failure leaves no trace on them,
+    so every repair chose them again and none used the spare after. The first failure
+    is raised once no node is left; an integrity failure (the good blocks do not
     rebuild the shard) at once, as other nodes would not help."""
     tried: set[str] = set()
     failure: ShardvaultError | OSError | None = None
     while (targets := _targets(cell, manifest, sorted(bad), tried)) is not None:
         # noted before they are written: a repair killed now leaves them to gc
         cell.catalog.note_leftovers(
-            [_leftover(manifest, i, n.id, None) for i, n in targets.items()]
+            [_leftover(manifest, i, t.node.id, None, t.generation) for i, t in targets.items()]
         )
+        on_step("repair-noted")
         try:
             return targets, _rebuild(cell, code, manifest, bad, targets)
         except IntegrityError:
             raise
         except (ShardvaultError, OSError) as exc:
             failure = failure or exc
-            tried.update(node.id for node in targets.values())
+            tried.update(target.node.id for target in targets.values())
     if failure is not None:
         raise failure
     return None
 
 
-def _leftover(manifest: Manifest, index: int, node: str, location: str | None) -> Leftover:
-    return Leftover(manifest.object_id, manifest.version, index, node, location)
+def _leftover(
+    manifest: Manifest, index: int, node: str, location: str | None, generation: int
+) -> Leftover:
+    return Leftover(manifest.object_id, manifest.version, index, node, location, generation)
 
 
 def _moved_on(cell: Cell, record: VersionRecord) -> bool:
@@ -223,7 +277,7 @@ def _fewest_good(manifest: Manifest, bad: BadShards) -> int:
 
 
 def _open(store: ShardStore, manifest: Manifest, index: int) -> ShardReader | None:
-    name = shard_name(manifest.object_id, manifest.version, index)
+    name = shard_name(manifest.object_id, manifest.version, index, manifest.generation(index))
     try:
         return store.open_reader(name, manifest.location(index))
     except (NotFound, ShardvaultError, OSError):
@@ -271,32 +325,73 @@ def _block(reader: ShardReader, manifest: Manifest, segment: int, index: int) ->
 
 def _targets(
     cell: Cell, manifest: Manifest, bad: list[int], tried: set[str]
-) -> dict[int, NodeSpec] | None:
-    """A new node for each bad shard (see the module docstring), none of those TRIED, or
-    None if not enough."""
+) -> dict[int, Target] | None:
+    """Where to rebuild each bad shard (see the module docstring), on none of the nodes
+    TRIED, or None if not everywhere. Shards whose own node cannot take them choose
+    first, so a spare goes to one that needs it: with one spare, two bad shards of a
+    version on active nodes were left as they were."""
     facility = {node.id: node.facility for node in cell.nodes}
     used = Counter(facility.get(manifest.nodes[i]) for i in range(manifest.n) if i not in bad)
-    names = [shard_name(manifest.object_id, manifest.version, i) for i in range(manifest.n)]
+    active = _active(cell)
+    names = [
+        shard_name(manifest.object_id, manifest.version, i, manifest.generation(i))
+        for i in range(manifest.n)
+    ]
     spare = [
         node
-        for node in _active(cell).values()
+        for node in active.values()
         if node.id not in manifest.nodes and node.id not in tried and _untouched(cell, node, names)
     ]
     fresh = rank_nodes(placement_seed(manifest.ref), spare)
-    if len(fresh) < len(bad):
-        return None
-    chosen: dict[int, NodeSpec] = {}
-    for index in bad:
-        node = next((n for n in fresh if used[n.facility] < manifest.m), fresh[0])
-        fresh.remove(node)
-        chosen[index] = node
-        used[node.facility] += 1
+    own = {
+        i: home for i in bad if (home := _own_node(cell, manifest, i, active, tried)) is not None
+    }
+    chosen: dict[int, Target] = {}
+    for index in sorted(bad, key=lambda i: i in own):  # False first: no own node to go back to
+        spares = [Target(node, manifest.generation(index)) for node in fresh]  # name new there
+        candidates = [*spares, *([own[index]] if index in own else [])]
+        if not candidates:
+            return None
+        keeping = [t for t in candidates if used[t.node.facility] < manifest.m]
+        target = (keeping or candidates)[0]
+        if target.node in fresh:
+            fresh.remove(target.node)
+        chosen[index] = target
+        used[target.node.facility] += 1
     return chosen
 
 
+def _own_node(
+    cell: Cell, manifest: Manifest, index: int, active: dict[str, NodeSpec], tried: set[str]
+) -> Target | None:
+    """The node the bad copy of shard index is on, if it is active and not TRIED, under
+    the shard's next generation that has no trace there; None otherwise."""
+    node = active.get(manifest.nodes[index])
+    if node is None or node.id in tried:
+        return None
+    generation = _next_generation(cell.store(node.id), manifest, index)
+    return None if generation is None else Target(node, generation)
+
+
+def _next_generation(store: ShardStore, manifest: Manifest, index: int) -> int | None:
+    """The first generation above the bad copy's whose name the node has no trace of (an
+    earlier rebuild there that failed or was undone leaves one), or None if it cannot
+    say or gives up (`_GENERATIONS_TRIED`). Never the bad copy's own: a swap deletes
+    the copy it replaces, by node and name."""
+    first = manifest.generation(index) + 1
+    for generation in range(first, min(first + _GENERATIONS_TRIED, MAX_GENERATION + 1)):
+        name = shard_name(manifest.object_id, manifest.version, index, generation)
+        try:
+            if not store.has_trace(name):
+                return generation
+        except (ShardvaultError, OSError):
+            return None
+    return None
+
+
 def _untouched(cell: Cell, node: NodeSpec, names: list[str]) -> bool:
-    """Whether the node never held any shard of the version: no copy (a stale one
-    left while it was unreachable), no record of a delete (an earlier repair's,
+    """Whether the node holds no trace of any of the version's names: no copy (a stale
+    one left while it was unreachable), no record of a delete (an earlier repair's,
     interrupted or undone)."""
     store = cell.store(node.id)
     try:
@@ -310,7 +405,7 @@ def _rebuild(
     code: ErasureCode,
     manifest: Manifest,
     bad: BadShards,
-    targets: dict[int, NodeSpec],
+    targets: dict[int, Target],
 ) -> dict[int, str | None]:
     """Write every bad shard anew on its target; their locations. If this fails, what
     was written is removed (a committed copy is deleted, leaving a trace that the
@@ -325,9 +420,9 @@ def _rebuild(
     writers: dict[int, ShardWriter] = {}
     committed: dict[int, str | None] = {}
     try:
-        for index, node in targets.items():
-            name = shard_name(manifest.object_id, manifest.version, index)
-            writers[index] = cell.store(node.id).open_writer(name)
+        for index, target in targets.items():
+            name = shard_name(manifest.object_id, manifest.version, index, target.generation)
+            writers[index] = cell.store(target.node.id).open_writer(name)
             writers[index].write(manifest.stripe_header().to_bytes(index))
         for segment in range(manifest.segments):
             blocks = _rebuilt_blocks(code, manifest, segment, readers, bad)
@@ -342,7 +437,13 @@ def _rebuild(
     except BaseException:
         for writer in writers.values():
             writer.abort()
-        _delete(cell, [_leftover(manifest, i, targets[i].id, at) for i, at in committed.items()])
+        _delete(
+            cell,
+            [
+                _leftover(manifest, i, targets[i].node.id, at, targets[i].generation)
+                for i, at in committed.items()
+            ],
+        )
         raise
     finally:
         for reader in readers.values():
@@ -381,7 +482,7 @@ def _delete(cell: Cell, copies: list[Leftover]) -> list[Leftover]:
     gone, failed = [], set()
     for copy in copies:
         try:
-            name = shard_name(copy.object_id, copy.version, copy.shard)
+            name = shard_name(copy.object_id, copy.version, copy.shard, copy.generation)
             cell.store(copy.node).delete(name, copy.location)
             gone.append(copy)
         except (ShardvaultError, OSError):

@@ -26,6 +26,7 @@ from shardvault.nodes.localdir import LocalDirShardStore
 from shardvault.nodes.port import shard_name
 from shardvault.vault import Vault, repair
 from shardvault.vault.cells import Cell
+from shardvault.vault.reader import ObjectReader
 
 K, M = 4, 2
 SPARES = """
@@ -788,6 +789,32 @@ def test_gc_tells_a_manifest_where_a_compaction_moved_a_shard_rebuilt_in_place(
         name = shard_name(after.object_id, 1, 1, 1)
         assert store.packs.at(name, str(after.location(1))) is not None
         reads_back_whole(vault, payloads)
+
+
+def test_a_shard_rebuilt_in_place_is_read_from_the_page_cache_like_any_other(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a small get reads a cached shard in its caller; one asked for by its old name
+    # was never found there, and every get of a repaired object handed that shard
+    # to an I/O thread
+    config = deployment(tmp_path, spares=False, pack_limit=64 << 10)
+    payloads = filled(config)
+    ref = REFS[0]  # one segment of 100 bytes: read inline
+    with Vault.open(load(config)) as vault:
+        damage(vault, ref, 2)
+        assert vault.repair(scrub=True).rebuilt == 1
+        assert manifest_of(vault, ref).generation(2) == 1
+        vault.get(ref)  # the rebuilt record is now in the page cache
+        handed_off: list[int] = []
+        fetch_whole = ObjectReader._fetch_whole
+
+        def counted(reader: ObjectReader, index: int) -> object:
+            handed_off.append(index)
+            return fetch_whole(reader, index)
+
+        monkeypatch.setattr(ObjectReader, "_fetch_whole", counted)
+        assert vault.get(ref) == payloads[ref]
+        assert handed_off == []
 
 
 KILLED_REPAIR = r"""

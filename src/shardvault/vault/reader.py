@@ -191,7 +191,7 @@ class ObjectReader:
         a node that hangs costs no more than the deadline."""
         manifest = self._manifest
         header = self._header.to_bytes(index)
-        name = shard_name(manifest.object_id, manifest.version, index)
+        name = shard_name(manifest.object_id, manifest.version, index, manifest.generation(index))
         length = len(header) + manifest.block_length(0)
         try:
             head = self._stores[index].read_cached(name, manifest.location(index), length)

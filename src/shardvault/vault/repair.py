@@ -41,6 +41,7 @@ gc, it is the operator's maintenance, not an access the policy decides.
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -59,6 +60,8 @@ from shardvault.vault.cells import Cell
 from shardvault.vault.writer import StepHook
 
 _SCRUB_BATCH = 500  # committed versions read from the catalog at a time
+_SWAP_TRIES = 3  # rebuilds of a version whose row keeps changing under the swap
+_CHANGED = "it changed while being repaired, three times; repair again"
 _GENERATIONS_TRIED = 64  # names above a bad copy's looked for on its node before giving up
 
 
@@ -90,8 +93,27 @@ def repair_cell(
     report = RepairReport()
     with cell.maintenance(wait=True):  # gc then leaves the stale copies check to later
         for record in _candidates(cell, scrub):
-            report = report + _repair_version(cell, code, record, on_step)
+            report = report + _repaired(cell, code, record, on_step)
     return report
+
+
+class _Changed(Exception):
+    """The version's row changed between its read and the swap: its copies are undone."""
+
+
+def _repaired(
+    cell: Cell, code: ErasureCode, record: VersionRecord, on_step: StepHook
+) -> RepairReport:
+    """`_repair_version`, begun again from the row as it is now when the swap found it
+    changed: another process's gc gives a version new locations whenever it compacts
+    a pack, and each such race made repair say "repair again" (a stress run)."""
+    for _ in range(_SWAP_TRIES - 1):
+        with contextlib.suppress(_Changed):
+            return _repair_version(cell, code, record, on_step)
+    try:
+        return _repair_version(cell, code, record, on_step)
+    except _Changed:
+        return _left(f"{record.ref} v{record.version}", _CHANGED)
 
 
 def _candidates(cell: Cell, scrub: bool) -> Iterator[VersionRecord]:
@@ -153,7 +175,7 @@ def _repair_version(
         cell.catalog.drop_leftovers([*_delete(cell, rebuilt), *old])
         if _moved_on(cell, record):
             return RepairReport(1)
-        return _left(what, "it changed while being repaired; repair again")
+        raise _Changed(what)
     on_step("repair-swapped")
     deleted = _delete(cell, old)
     on_step("repair-cleared")

@@ -255,7 +255,7 @@ def test_a_version_changed_meanwhile_keeps_its_manifest_and_loses_the_rebuilt_co
         monkeypatch.setattr(catalog, "replace_manifests", lambda changes, durable=False: 0)
         report = vault.repair(scrub=True)
         assert [p.split(": ")[1] for p in report.problems] == [
-            "it changed while being repaired, three times; repair again"
+            f"it changed while being repaired, {repair._SWAP_TRIES} times; repair again"
         ]
         assert manifest_of(vault, REFS[4]) == before
         assert sum(map(len, copies(vault, before.object_id).values())) == K + M - 1

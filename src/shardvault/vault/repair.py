@@ -61,7 +61,7 @@ from shardvault.vault.writer import StepHook
 
 _SCRUB_BATCH = 500  # committed versions read from the catalog at a time
 _SWAP_TRIES = 3  # rebuilds of a version whose row keeps changing under the swap
-_CHANGED = "it changed while being repaired, three times; repair again"
+_CHANGED = f"it changed while being repaired, {_SWAP_TRIES} times; repair again"
 _GENERATIONS_TRIED = 64  # names above a bad copy's looked for on its node before giving up
 
 
@@ -107,13 +107,10 @@ def _repaired(
     """`_repair_version`, begun again from the row as it is now when the swap found it
     changed: another process's gc gives a version new locations whenever it compacts
     a pack, and each such race made repair say "repair again" (a stress run)."""
-    for _ in range(_SWAP_TRIES - 1):
+    for _ in range(_SWAP_TRIES):
         with contextlib.suppress(_Changed):
             return _repair_version(cell, code, record, on_step)
-    try:
-        return _repair_version(cell, code, record, on_step)
-    except _Changed:
-        return _left(f"{record.ref} v{record.version}", _CHANGED)
+    return _left(f"{record.ref} v{record.version}", _CHANGED)
 
 
 def _candidates(cell: Cell, scrub: bool) -> Iterator[VersionRecord]:

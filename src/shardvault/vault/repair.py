@@ -51,18 +51,16 @@ from shardvault.codec.erasure import ErasureCode
 from shardvault.codec.hashing import block_matches
 from shardvault.codec.shardfile import block_offset
 from shardvault.errors import IntegrityError, NotFound, ShardvaultError
-from shardvault.manifest import MAX_GENERATION, Manifest
-from shardvault.model import NodeSpec, NodeState
+from shardvault.manifest import Manifest
 from shardvault.nodes.port import ShardReader, ShardStore, ShardWriter, shard_name
-from shardvault.placement import placement_seed, rank_nodes
 from shardvault.vault.bounded import on_node
 from shardvault.vault.cells import Cell
+from shardvault.vault.repair_targets import Target, active_nodes, rebuild_targets
 from shardvault.vault.writer import StepHook
 
 _SCRUB_BATCH = 500  # committed versions read from the catalog at a time
 _SWAP_TRIES = 3  # rebuilds of a version whose row keeps changing under the swap
 _CHANGED = f"it changed while being repaired, {_SWAP_TRIES} times; repair again"
-_GENERATIONS_TRIED = 64  # names above a bad copy's looked for on its node before giving up
 
 
 def _no_step(step: str) -> None:
@@ -181,14 +179,6 @@ def _repair_version(
     return RepairReport(1, len(targets))
 
 
-@dataclass(frozen=True, slots=True)
-class Target:
-    """Where a bad shard is rebuilt: the node, and the generation of its name there."""
-
-    node: NodeSpec
-    generation: int
-
-
 def _current_copy(manifest: Manifest, index: int) -> Leftover:
     """The copy of shard index the manifest names (the bad one a rebuild replaces)."""
     node, location = manifest.nodes[index], manifest.location(index)
@@ -223,7 +213,7 @@ def _reread(cell: Cell, record: VersionRecord) -> VersionRecord | None:
 def _rebuild_on_targets(
     cell: Cell, code: ErasureCode, manifest: Manifest, bad: BadShards, on_step: StepHook
 ) -> tuple[dict[int, Target], dict[int, str | None]] | None:
-    """Rebuild the bad shards where `_targets` says: (the targets, the locations), or
+    """Rebuild the bad shards where `rebuild_targets` says: (the targets, the locations), or
     None if there are too few. Nodes whose rebuild failed (a disk full, read-only or
     gone) are passed over for the next ones: such a failure leaves no trace on them,
     so every repair chose them again and none used the spare after. The first failure
@@ -231,7 +221,7 @@ def _rebuild_on_targets(
     rebuild the shard) at once, as other nodes would not help."""
     tried: set[str] = set()
     failure: ShardvaultError | OSError | None = None
-    while (targets := _targets(cell, manifest, sorted(bad), tried)) is not None:
+    while (targets := rebuild_targets(cell, manifest, sorted(bad), tried)) is not None:
         # noted before they are written: a repair killed now leaves them to gc
         cell.catalog.note_leftovers(
             [_leftover(manifest, i, t.node.id, None, t.generation) for i, t in targets.items()]
@@ -266,11 +256,6 @@ def _left(what: str, why: str) -> RepairReport:
     return RepairReport(1, 0, (f"{what}: {why}",))
 
 
-def _active(cell: Cell) -> dict[str, NodeSpec]:
-    """The cell's active nodes whose stores could be opened, as placement sees them."""
-    return {node.id: node for node in cell.placeable_nodes() if node.state is NodeState.ACTIVE}
-
-
 BadShards = dict[int, frozenset[int] | None]
 """Each bad shard's index: the segments whose blocks are bad, or None if none of it can
 be used (its node not active, the shard or its header missing or wrong)."""
@@ -278,7 +263,7 @@ be used (its node not active, the shard or its header missing or wrong)."""
 
 def _bad_shards(cell: Cell, manifest: Manifest) -> BadShards:
     """The shards on a node that is not active, or not whole and verified (see BadShards)."""
-    active = _active(cell)
+    active = active_nodes(cell)
     bad: BadShards = {}
     for index, node in enumerate(manifest.nodes):
         found = _bad_segments(cell.store(node), manifest, index) if node in active else None
@@ -340,83 +325,6 @@ def _block(reader: ShardReader, manifest: Manifest, segment: int, index: int) ->
     if len(block) != length or not block_matches(block, manifest.block_hash(segment, index)):
         return None
     return block
-
-
-def _targets(
-    cell: Cell, manifest: Manifest, bad: list[int], tried: set[str]
-) -> dict[int, Target] | None:
-    """Where to rebuild each bad shard (see the module docstring), on none of the nodes
-    TRIED, or None if not everywhere. Shards whose own node cannot take them choose
-    first, so a spare goes to one that needs it: with one spare, two bad shards of a
-    version on active nodes were left as they were."""
-    facility = {node.id: node.facility for node in cell.nodes}
-    used = Counter(facility.get(manifest.nodes[i]) for i in range(manifest.n) if i not in bad)
-    active = _active(cell)
-    names = [
-        shard_name(manifest.object_id, manifest.version, i, manifest.generation(i))
-        for i in range(manifest.n)
-    ]
-    spare = [
-        node
-        for node in active.values()
-        if node.id not in manifest.nodes and node.id not in tried and _untouched(cell, node, names)
-    ]
-    fresh = rank_nodes(placement_seed(manifest.ref), spare)
-    own = {
-        i: home for i in bad if (home := _own_node(cell, manifest, i, active, tried)) is not None
-    }
-    chosen: dict[int, Target] = {}
-    for index in sorted(bad, key=lambda i: i in own):  # False first: no own node to go back to
-        spares = [Target(node, manifest.generation(index)) for node in fresh]  # name new there
-        candidates = [*spares, *([own[index]] if index in own else [])]
-        if not candidates:
-            return None
-        keeping = [t for t in candidates if used[t.node.facility] < manifest.m]
-        target = (keeping or candidates)[0]
-        if target.node in fresh:
-            fresh.remove(target.node)
-        chosen[index] = target
-        used[target.node.facility] += 1
-    return chosen
-
-
-def _own_node(
-    cell: Cell, manifest: Manifest, index: int, active: dict[str, NodeSpec], tried: set[str]
-) -> Target | None:
-    """The node the bad copy of shard index is on, if it is active and not TRIED, under
-    the shard's next generation that has no trace there; None otherwise."""
-    node = active.get(manifest.nodes[index])
-    if node is None or node.id in tried:
-        return None
-    generation = _next_generation(cell.store(node.id), manifest, index)
-    return None if generation is None else Target(node, generation)
-
-
-def _next_generation(store: ShardStore, manifest: Manifest, index: int) -> int | None:
-    """The first generation above the bad copy's whose name the node has no trace of (an
-    earlier rebuild there that failed or was undone leaves one), or None if it cannot
-    say or gives up (`_GENERATIONS_TRIED`). Never the bad copy's own: a swap deletes
-    the copy it replaces, by node and name."""
-    first = manifest.generation(index) + 1
-    for generation in range(first, min(first + _GENERATIONS_TRIED, MAX_GENERATION + 1)):
-        name = shard_name(manifest.object_id, manifest.version, index, generation)
-        try:
-            if not store.has_trace(name):
-                return generation
-        except (ShardvaultError, OSError):
-            return None
-    return None
-
-
-def _untouched(cell: Cell, node: NodeSpec, names: list[str]) -> bool:
-    """Whether the node holds no trace of any of the version's names: no copy (a stale
-    one left while it was unreachable), no record of a delete (an earlier repair's,
-    interrupted or undone)."""
-    store = cell.store(node.id)
-    try:
-        return not any(store.has_trace(name) for name in names)
-    except (ShardvaultError, OSError):
-        return False
 
 
 def _rebuild(

@@ -348,16 +348,19 @@ def test_a_version_collected_while_being_checked_is_no_problem(
         assert (report.versions, report.problems) == (len(REFS), ())
 
 
-def test_a_node_back_with_a_stale_copy_is_not_given_another_shard_of_it(tmp_path: Path) -> None:
+def test_a_node_back_with_a_stale_copy_is_never_given_that_name_again(tmp_path: Path) -> None:
     # only the nodes the manifest named were left out: a node unreachable during one
-    # repair kept its old copy of a shard, and the next repair gave it another one (the
-    # shard is now rebuilt on its own node instead)
+    # repair kept its old copy of a shard, and the next repair gave it the shard again
+    # under the same name, two records of one name in a node (nodes/packs.py). It may
+    # take a shard of the version now, but only under a name it never had: a bad shard
+    # goes back to its own node before such a node, and else there under a new generation
     config = deployment(tmp_path)
     payloads = filled(config)
     ref = REFS[9]
     nodes_dir = tmp_path / "deploy" / "nodes" / "US"
     with Vault.open(load(config)) as vault:
-        away = manifest_of(vault, ref).nodes[0]
+        away, object_id = manifest_of(vault, ref).nodes[0], manifest_of(vault, ref).object_id
+    stale = shard_name(object_id, 1, 0)
     (nodes_dir / away).rename(tmp_path / "away")
     with Vault.open(load(config)) as vault:
         assert vault.repair(scrub=True).problems == ()
@@ -369,16 +372,28 @@ def test_a_node_back_with_a_stale_copy_is_not_given_another_shard_of_it(tmp_path
         lose(vault, ref, 3)
         assert vault.repair(scrub=True).problems == ()  # others' shards went to away
         after = manifest_of(vault, ref)
-        assert (after.nodes, after.generation(3)) == (named, 1)
-        cell = vault.cells["US"]
-        for node, held in (
-            (away, {shard_name(after.object_id, 1, 0)}),  # its stale copy
-            (named[3], {shard_name(after.object_id, 1, 3, 1)}),
-        ):
-            assert {
-                x for x in cell.store(node).names() if x.startswith(after.object_id.hex())
-            } == held
+        assert (after.nodes, after.generation(3)) == (named, 1)  # its own node first
+        assert names_on(vault, away, after.object_id) == {stale}
+        assert names_on(vault, named[3], after.object_id) == {shard_name(after.object_id, 1, 3, 1)}
         assert vault.get(ref) == payloads[ref]
+    (nodes_dir / named[0]).rename(tmp_path / named[0])  # shard 0 can go only to away now
+    with Vault.open(load(config)) as vault:
+        problems = vault.repair(scrub=True).problems  # others' with a shard on away are left
+        assert not [p for p in problems if p.startswith(f"{ref} v1:")]
+        after = manifest_of(vault, ref)
+        assert (after.nodes[0], after.generation(0)) == (away, 1)  # not its stale copy's name
+        assert names_on(vault, away, after.object_id) == {
+            stale,
+            shard_name(after.object_id, 1, 0, 1),
+        }
+        assert vault.get(ref) == payloads[ref]
+        vault.gc(grace_seconds=0)  # the stale copy, noted while away was unreachable, goes
+        assert names_on(vault, away, after.object_id) == {shard_name(after.object_id, 1, 0, 1)}
+
+
+def names_on(vault: Vault, node: str, object_id: bytes) -> set[str]:
+    """The shard names of one version a node holds (any other node may be out of service)."""
+    return {x for x in vault.cells["US"].store(node).names() if x.startswith(object_id.hex())}
 
 
 def test_repair_rebuilds_with_the_code_the_version_was_written_with(tmp_path: Path) -> None:
@@ -726,6 +741,46 @@ def test_two_bad_shards_of_a_version_with_one_spare_node_are_both_rebuilt(
         assert len(set(after.nodes)) == K + M and max(spread(vault, ref).values()) <= M
         assert copies(vault, before.object_id) == named_copies(after)
         assert vault.repair(scrub=True).rebuilt == 0
+        reads_back_whole(vault, payloads)
+
+
+def trace(vault: Vault, node: str, ref: ObjectRef, index: int, tombstone: bool) -> None:
+    """Leave on node a copy of shard index of ref's version (a stale one, as a node away
+    during a repair keeps), or only the record of its delete (an undone repair's)."""
+    manifest = manifest_of(vault, ref)
+    store = vault.cells["US"].store(node)
+    writer = store.open_writer(shard_name(manifest.object_id, 1, index))
+    writer.write(b"a stale copy")
+    writer.commit()
+    if tombstone:
+        assert store.delete(shard_name(manifest.object_id, 1, index), writer.location)
+        store.sync()
+
+
+@pytest.mark.parametrize(
+    ("pack_limit", "tombstone"), [(64 << 10, True), (64 << 10, False), (0, False)]
+)
+def test_a_spare_with_a_trace_of_another_shard_takes_a_shard_with_nowhere_else_to_go(
+    tmp_path: Path, pack_limit: int, tombstone: bool
+) -> None:
+    # a spare holding any trace of the version (an undone repair's tombstone, a stale
+    # copy) was passed over for every shard of it, though only a name it had seen is
+    # barred there: a shard whose node went down was left, and redundancy shrank
+    config = one_spare(tmp_path, pack_limit)
+    payloads = filled(config)
+    ref = REFS[10]
+    with Vault.open(load(config)) as vault:
+        before = manifest_of(vault, ref)
+        (spare,) = {node.id for node in vault.cells["US"].nodes} - set(before.nodes)
+        trace(vault, spare, ref, 3, tombstone)
+    with_node_state(config, before.nodes[1], "down")  # the spare alone can take shard 1
+    with Vault.open(load(config)) as vault:
+        assert vault.repair(scrub=True).problems == ()
+        after = manifest_of(vault, ref)
+        assert after.nodes == (*before.nodes[:1], spare, *before.nodes[2:])
+        assert after.generation(1) == 0  # a name the spare never had
+        stale = set() if tombstone else {shard_name(after.object_id, 1, 3)}
+        assert copies(vault, after.object_id)[spare] == {shard_name(after.object_id, 1, 1), *stale}
         reads_back_whole(vault, payloads)
 
 

@@ -109,7 +109,8 @@ class ShardStore(Protocol):
         """Whether the node holds the shard, or a record of its deletion. A node is given
         a name at most once (pack files rely on it: nodes/packs.py), so repair writes a
         rebuilt shard only under a name that has no trace on its node (a new generation
-        of it on the node the bad copy is on: `shard_name`)."""
+        of it on the node the bad copy is on, or on a node with a trace of another
+        of the version's names: `shard_name`)."""
 
     def sync(self) -> None:
         """Make durable every delete, and every ``commit(durable=False)``, that the

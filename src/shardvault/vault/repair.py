@@ -14,15 +14,11 @@ readable as it is repairable.
 
 A bad shard is rebuilt whole, segment by segment: k good blocks are decoded
 and the segment encoded again, and every rebuilt block must hash to the
-manifest's, so repair never writes a block that did not verify. It goes, in
-this order, to a node of the same cell that is active, holds no shard of the
-version and no trace of any of its names (`ShardStore.has_trace`), under the
-shard's name; else to the node the bad copy is on, if that node is active,
-under the shard's next generation that has no trace there (`shard_name`: the
-generation is kept in the manifest). Either way no node is ever given a name
-twice: pack files rely on it (nodes/packs.py). Of those, the first that keeps
-at most m of the stripe's shards per facility is taken, or the first at all
-when none does (the placement rule, ranked as placement ranks). A cell of
+manifest's, so repair never writes a block that did not verify. It goes to
+another active node of the cell free of the version, else back to its own node
+under a new generation of its name, else to a node holding a trace of the
+version (`vault/repair_targets.py` gives the order, and why); no node is ever
+given a name twice. A cell of
 exactly n nodes (the demo's six for 4+2) so heals a damaged shard where it is;
 a shard whose node is not active, with no other node for it, is left as it is
 and named. The manifest is replaced, durably,

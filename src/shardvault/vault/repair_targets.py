@@ -1,13 +1,28 @@
 """Where repair rebuilds a bad shard: the node, and the generation of its name there.
 
-Kept apart from the rebuild itself (`vault/repair.py`, whose module docstring gives
-the order of preference): the choice reads only the cell's nodes, the manifest and
-the nodes' traces of the version's names (`ShardStore.has_trace`), and writes nothing.
+In this order: a node of the same cell that is active, holds no shard of the
+version and no trace of any of its names (`ShardStore.has_trace`), under the
+shard's name; else the node the bad copy is on, if that node is active, under
+the shard's next generation that has no trace there (`shard_name`: the
+generation is kept in the manifest); else an active node holding no shard of
+the version but a trace of some of its names (a stale copy kept while it was
+unreachable, an undone repair's tombstone), under the lowest generation, from
+the shard's own up, that has no trace there. No node is ever given a name twice:
+pack files rely on it (nodes/packs.py), and a fresh generation is all they need.
+Its own node comes before a traced one, as it did before traced nodes could be
+chosen: a repair that healed then heals the same way, the stripe keeps its nodes,
+and a trace marks a node a repair failed on, was undone on or could not reach.
+Of the candidates, the first that keeps at most m of the stripe's shards per
+facility is taken, or the first at all when none does (the placement rule; spares
+ranked as placement ranks). The choice reads the cell's nodes, the manifest and
+the nodes' traces, and writes nothing; the rebuild is `vault/repair.py`'s.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from shardvault.errors import ShardvaultError
@@ -17,7 +32,7 @@ from shardvault.nodes.port import ShardStore, shard_name
 from shardvault.placement import placement_seed, rank_nodes
 from shardvault.vault.cells import Cell
 
-_GENERATIONS_TRIED = 64  # names above a bad copy's looked for on its node before giving up
+_GENERATIONS_TRIED = 64  # names of a shard looked for on a node before giving up
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,59 +51,95 @@ def active_nodes(cell: Cell) -> dict[str, NodeSpec]:
 def rebuild_targets(
     cell: Cell, manifest: Manifest, bad: list[int], tried: set[str]
 ) -> dict[int, Target] | None:
-    """Where to rebuild each bad shard (see repair's module docstring), on none of the nodes
+    """Where to rebuild each bad shard (see the module docstring), on none of the nodes
     TRIED, or None if not everywhere. Shards whose own node cannot take them choose
     first, so a spare goes to one that needs it: with one spare, two bad shards of a
     version on active nodes were left as they were."""
     facility = {node.id: node.facility for node in cell.nodes}
     used = Counter(facility.get(manifest.nodes[i]) for i in range(manifest.n) if i not in bad)
     active = active_nodes(cell)
-    names = [
-        shard_name(manifest.object_id, manifest.version, i, manifest.generation(i))
-        for i in range(manifest.n)
-    ]
-    spare = [
-        node
-        for node in active.values()
-        if node.id not in manifest.nodes and node.id not in tried and _untouched(cell, node, names)
-    ]
-    fresh = rank_nodes(placement_seed(manifest.ref), spare)
+    fresh, traced = _spares(cell, manifest, active, tried)
     own = {
         i: home for i in bad if (home := _own_node(cell, manifest, i, active, tried)) is not None
     }
     chosen: dict[int, Target] = {}
     for index in sorted(bad, key=lambda i: i in own):  # False first: no own node to go back to
-        spares = [Target(node, manifest.generation(index)) for node in fresh]  # name new there
-        candidates = [*spares, *([own[index]] if index in own else [])]
-        if not candidates:
+        candidates = itertools.chain(
+            (Target(node, manifest.generation(index)) for node in fresh),  # name new there
+            [own[index]] if index in own else [],
+            _traced_targets(cell, manifest, index, traced),
+        )
+        target = _first_keeping(candidates, used, manifest.m)
+        if target is None:
             return None
-        keeping = [t for t in candidates if used[t.node.facility] < manifest.m]
-        target = (keeping or candidates)[0]
-        if target.node in fresh:
-            fresh.remove(target.node)
+        for pool in (fresh, traced):
+            if target.node in pool:
+                pool.remove(target.node)
         chosen[index] = target
         used[target.node.facility] += 1
     return chosen
+
+
+def _spares(
+    cell: Cell, manifest: Manifest, active: dict[str, NodeSpec], tried: set[str]
+) -> tuple[list[NodeSpec], list[NodeSpec]]:
+    """The active nodes holding no shard of the version and not TRIED, ranked as placement
+    ranks: those with no trace of any of its names, and those with one."""
+    names = [
+        shard_name(manifest.object_id, manifest.version, i, manifest.generation(i))
+        for i in range(manifest.n)
+    ]
+    others = [n for n in active.values() if n.id not in manifest.nodes and n.id not in tried]
+    ranked = rank_nodes(placement_seed(manifest.ref), others)
+    fresh = [node for node in ranked if _untouched(cell, node, names)]
+    return fresh, [node for node in ranked if node not in fresh]
+
+
+def _first_keeping(
+    candidates: Iterable[Target], used: Counter[str | None], m: int
+) -> Target | None:
+    """The first candidate whose facility holds fewer than m of the stripe's shards, else
+    the first at all (the placement rule, kept whenever the cell allows); None if none."""
+    first = None
+    for target in candidates:
+        if used[target.node.facility] < m:
+            return target
+        first = first or target
+    return first
+
+
+def _traced_targets(
+    cell: Cell, manifest: Manifest, index: int, traced: list[NodeSpec]
+) -> Iterator[Target]:
+    """The spares with a trace of the version, each under the lowest generation of shard
+    index, from its current one up, whose name it has no trace of: a fresh name is all
+    a pack needs (nodes/packs.py), so a tombstone an undone repair left, or a stale copy,
+    no longer keeps a node from every shard of the version."""
+    for node in traced:
+        first = manifest.generation(index)
+        generation = _free_generation(cell.store(node.id), manifest, index, first)
+        if generation is not None:
+            yield Target(node, generation)
 
 
 def _own_node(
     cell: Cell, manifest: Manifest, index: int, active: dict[str, NodeSpec], tried: set[str]
 ) -> Target | None:
     """The node the bad copy of shard index is on, if it is active and not TRIED, under
-    the shard's next generation that has no trace there; None otherwise."""
+    the shard's next generation that has no trace there; None otherwise. Never the bad
+    copy's own generation: a swap deletes the copy it replaces, by node and name."""
     node = active.get(manifest.nodes[index])
     if node is None or node.id in tried:
         return None
-    generation = _next_generation(cell.store(node.id), manifest, index)
+    first = manifest.generation(index) + 1
+    generation = _free_generation(cell.store(node.id), manifest, index, first)
     return None if generation is None else Target(node, generation)
 
 
-def _next_generation(store: ShardStore, manifest: Manifest, index: int) -> int | None:
-    """The first generation above the bad copy's whose name the node has no trace of (an
-    earlier rebuild there that failed or was undone leaves one), or None if it cannot
-    say or gives up (`_GENERATIONS_TRIED`). Never the bad copy's own: a swap deletes
-    the copy it replaces, by node and name."""
-    first = manifest.generation(index) + 1
+def _free_generation(store: ShardStore, manifest: Manifest, index: int, first: int) -> int | None:
+    """The first generation of shard index from FIRST whose name the node has no trace of
+    (an earlier rebuild there that failed or was undone leaves one), or None if it cannot
+    say or gives up (`_GENERATIONS_TRIED`)."""
     for generation in range(first, min(first + _GENERATIONS_TRIED, MAX_GENERATION + 1)):
         name = shard_name(manifest.object_id, manifest.version, index, generation)
         try:

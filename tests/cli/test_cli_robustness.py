@@ -637,14 +637,16 @@ def test_a_broken_node_is_shown_and_read_around(alice: Cli, tmp_path: Path) -> N
     node.rmdir()
     node.write_text("")  # the node's directory is now a file
     assert alice.ok("get", "intl", "alice", "k") == b"payload\n"  # a US object: untouched
-    by_id = {n["id"]: n for n in alice.json("nodes")}
+    code, out, err = alice("nodes", "--json")  # exit 1: an active node is unreachable
+    by_id = {n["id"]: n for n in json.loads(out)}
     assert by_id["sg-n1"]["unavailable"] == f"opening {node} failed: Not a directory"
     assert by_id["sg-n2"]["unavailable"] is None
+    assert code == 1 and f"warning: node sg-n1 is unavailable: opening {node} failed" in err
     code, out, err = alice("nodes")
-    assert code == 0 and b"unavailable" in out
+    assert code == 1 and b"unavailable" in out
     assert f"warning: node sg-n1 is unavailable: opening {node} failed" in err
     code, _, err = alice("gc", "--grace", "0")
-    assert code == 0 and "warning: skipped unavailable node(s) sg-n1:" in err
+    assert code == 1 and "warning: skipped unavailable node(s) sg-n1:" in err
 
 
 @pytest.mark.parametrize(

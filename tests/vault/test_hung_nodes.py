@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -447,3 +448,96 @@ def test_the_cli_names_a_node_whose_disk_hangs_and_exits_1(tmp_path: Path) -> No
     assert f"warning: skipped unavailable node(s) {hung}:" in done.stderr
     assert "Traceback" not in done.stderr
     assert time.monotonic() - started < 40
+
+
+# situation -> (gc, repair --scrub, nodes) exit codes: docs/cli.md, "Exit codes of gc,
+# repair and nodes". A node the config marks down is known to be gone: no alarm. One it
+# does not (active here) that cannot be opened or does not answer: its work was skipped.
+EXIT_CODES = {
+    "every node answers": 0,
+    "a down node is missing": 0,
+    "a down node hangs": 0,
+    "an active node is missing": 1,
+    "a draining node is missing": 1,
+    "an active node hangs": 1,
+}
+
+
+@pytest.fixture(scope="module")
+def exit_code_deployment(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """A packed deployment (US with a spare node, so repair can rebuild a lost shard)
+    holding one object; returns the deployment directory and a node holding a shard."""
+    root = tmp_path_factory.mktemp("exit-codes")
+
+    def edit(text: str) -> str:
+        return text.replace("k = 4\n", f"k = 4\nnode_timeout = {DEADLINE}\n", 1) + SPARE
+
+    config = make_deployment(root / "deploy", pack_limit=64 << 10, edit=edit)
+    (root / "deploy" / "nodes" / "US" / "us-n7").mkdir()
+    ref = ObjectRef("intl", "alice", "kept")
+    with Vault.open(load(config)) as vault:
+        vault.register_subject("intl", "alice", "US")
+        vault.put(ref, b"k" * 1000)
+        node = manifest_of(vault, ref).nodes[0]
+    return root / "deploy", node
+
+
+def situated(deployment: Path, node: str, situation: str, into: Path) -> Path:
+    """A copy of the deployment with the node in that situation; its config path."""
+    copy = into / "deploy"
+    shutil.copytree(deployment, copy, symlinks=True)
+    config = copy / "shardvault.toml"
+    for marked in ("down", "draining"):
+        if marked in situation:
+            text = config.read_text().replace(
+                f'id = "{node}"\n', f'id = "{node}"\nstate = "{marked}"\n'
+            )
+            config.write_text(text)
+    directory = copy / "nodes" / "US" / node
+    if "missing" in situation:
+        shutil.rmtree(directory)
+    if "hangs" in situation:  # a FIFO where its pack was: its open() never returns
+        (pack,) = (directory / "packs").glob("*.pack")
+        pack.unlink()
+        os.mkfifo(pack)
+    return config
+
+
+@pytest.mark.parametrize("command", [["gc", "--grace", "0"], ["repair", "--scrub"], ["nodes"]])
+@pytest.mark.parametrize("situation", list(EXIT_CODES))
+def test_gc_repair_and_nodes_exit_1_only_for_a_node_not_marked_down_that_was_skipped(
+    exit_code_deployment: tuple[Path, str], situation: str, command: list[str], tmp_path: Path
+) -> None:
+    # a node missing from the start made gc and nodes exit 0, one that hung exit 1, even
+    # when the config marked it down; repair exited 0 for a missing one
+    deployment, node = exit_code_deployment
+    config = situated(deployment, node, situation, tmp_path)
+    argv = [sys.executable, "-m", "shardvault.cli.app", "--config", str(config), *command]
+    done = subprocess.run([*argv, "--json"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == EXIT_CODES[situation], done.stderr
+    assert "Traceback" not in done.stderr
+    json.loads(done.stdout)  # the report, whatever the exit code
+    if EXIT_CODES[situation]:
+        assert any(
+            f"node {node} " in line or f"node(s) {node}" in line
+            for line in done.stderr.splitlines()
+        ), done.stderr
+    else:
+        assert node not in done.stderr, done.stderr  # nothing to alarm about
+
+
+@pytest.mark.parametrize(
+    "argv", [["gc", "--grace", "-1"], ["repair", "--bogus"], ["nodes", "--bogus"]]
+)
+def test_gc_repair_and_nodes_exit_2_on_bad_usage(
+    exit_code_deployment: tuple[Path, str], argv: list[str]
+) -> None:
+    command = [sys.executable, "-m", "shardvault.cli.app", "--config"]
+    done = subprocess.run(
+        [*command, str(exit_code_deployment[0] / "shardvault.toml"), *argv],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated
 
@@ -116,26 +117,43 @@ def nodes(ctx: typer.Context, json_out: JsonFlag = False) -> None:
 
     Warns (on stderr, so --json stays one document) about a cell whose puts are
     refused for want of active nodes, or whose stripes cannot survive the loss
-    of a facility. Exits 1 if a node did not answer within storage.node_timeout.
+    of a facility. Exits 1 if a node not marked down is unavailable or did not
+    answer within storage.node_timeout.
     """
     cli = state(ctx)
     usage = cli.vault().node_usage()
     _list_nodes(usage, json_out)
+    for u in usage:  # in both modes: the exit code says one is, stderr which and why
+        if _alarming(u):
+            warn(f"node {u.node.id} is unavailable: {u.unavailable}")
     _warn_about_cells(cli.config())
-    _exit_if_any_hung(cli)
+    _warn_if_any_hung(cli)
+    if any(_alarming(u) for u in usage):
+        raise typer.Exit(1)
 
 
-def _exit_if_any_hung(cli: CliState) -> None:
-    """Exit 1, naming them, if nodes did not answer within storage.node_timeout during the
-    command (a hung disk): what it had to do there is not done."""
-    hung = cli.vault().deadline.hung
+def _down_nodes(config: Config) -> set[str]:
+    """The nodes the operator marked down: expected to be gone, so never an alarm (no
+    warning, no exit 1) when one cannot be reached; --json still names them."""
+    return {node.id for node in config.nodes if node.state is NodeState.DOWN}
+
+
+def _not_down(cli: CliState, nodes: Iterable[str]) -> list[str]:
+    """These nodes, but those marked down: the ones skipped that someone must look at."""
+    down = _down_nodes(cli.config())
+    return sorted({node for node in nodes if node not in down})
+
+
+def _warn_if_any_hung(cli: CliState) -> None:
+    """Name the nodes (not marked down) that did not answer within storage.node_timeout
+    during the command (a hung disk): what it had to do there is not done."""
+    hung = _not_down(cli, cli.vault().deadline.hung)
     if hung:
         warn(
-            f"node(s) {', '.join(sorted(hung))} did not answer within "
+            f"node(s) {', '.join(hung)} did not answer within "
             f"{cli.config().node_timeout:g} s (storage.node_timeout): skipped; "
             "run again once they answer"
         )
-        raise typer.Exit(1)
 
 
 def _warn_about_cells(config: Config) -> None:
@@ -159,11 +177,13 @@ def _warn_about_cells(config: Config) -> None:
             )
 
 
-def _shown_state(usage: NodeUsage) -> str:
+def _alarming(usage: NodeUsage) -> bool:
     """A node the operator marked down is expected to be gone: no alarm for it."""
-    if usage.unavailable and usage.node.state is not NodeState.DOWN:
-        return "unavailable"
-    return usage.node.state.value
+    return bool(usage.unavailable) and usage.node.state is not NodeState.DOWN
+
+
+def _shown_state(usage: NodeUsage) -> str:
+    return "unavailable" if _alarming(usage) else usage.node.state.value
 
 
 def _list_nodes(usage: list[NodeUsage], json_out: bool) -> None:
@@ -200,9 +220,6 @@ def _list_nodes(usage: list[NodeUsage], json_out: bool) -> None:
             for u in usage
         ],
     )
-    for u in usage:
-        if u.unavailable and u.node.state is not NodeState.DOWN:
-            warn(f"node {u.node.id} is unavailable: {u.unavailable}")
 
 
 def gc(
@@ -218,7 +235,8 @@ def gc(
 ) -> None:
     """Collect deleted versions, abandoned writes, orphan shards and stale temp files.
 
-    Exits 1 if a node did not answer within storage.node_timeout (it is skipped).
+    Exits 1 if it skipped a node not marked down: unavailable, failing, or not
+    answering within storage.node_timeout.
     """
     if grace < 0:
         raise InvalidInput("--grace must not be negative")
@@ -234,12 +252,15 @@ def gc(
             f"moved {report.moved} shard(s) to compact packs; "
             f"removed {report.stale} copy(ies) repair left"
         )
-    if report.skipped_nodes:
+    skipped = _not_down(cli, report.skipped_nodes)
+    if skipped:
         warn(
-            f"skipped unavailable node(s) {', '.join(report.skipped_nodes)}: "
+            f"skipped unavailable node(s) {', '.join(skipped)}: "
             "see 'shardvault nodes'; run gc again once they are back"
         )
-    _exit_if_any_hung(cli)
+    _warn_if_any_hung(cli)
+    if skipped or _not_down(cli, cli.vault().deadline.hung):
+        raise typer.Exit(1)
 
 
 def repair(
@@ -255,7 +276,7 @@ def repair(
     """Rebuild damaged or lost shards, and shards on nodes that are not active.
 
     Exits 1 if a version could not be repaired (each is named, with why), or if a node
-    did not answer within storage.node_timeout.
+    not marked down is unavailable or did not answer within storage.node_timeout.
     """
     cli = state(ctx)
     cli.require_local_admin("repair")
@@ -266,14 +287,22 @@ def repair(
         say(f"checked {report.versions} version(s), rebuilt {report.rebuilt} shard(s)")
     for problem in report.problems:
         warn(f"not repaired: {problem}")
-    if report.hung_nodes:
+    unavailable = _not_down(cli, report.unavailable_nodes)
+    if unavailable:
         warn(
-            f"node(s) {', '.join(report.hung_nodes)} did not answer within "
+            f"node(s) {', '.join(unavailable)} could not be opened: their shards count as "
+            "bad, rebuilt elsewhere where a node can hold them; see 'shardvault nodes', "
+            "or mark them down in the config if they are gone"
+        )
+    hung = _not_down(cli, report.hung_nodes)
+    if hung:
+        warn(
+            f"node(s) {', '.join(hung)} did not answer within "
             f"{cli.config().node_timeout:g} s (storage.node_timeout): their shards were "
             "taken for bad and rebuilt elsewhere where a node could hold them; gc deletes "
             "the old copies once they answer"
         )
-    if report.problems or report.hung_nodes:
+    if report.problems or unavailable or hung:
         raise typer.Exit(1)
 
 

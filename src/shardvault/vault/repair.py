@@ -69,6 +69,7 @@ class RepairReport:
     rebuilt: int = 0  # shards rebuilt on another node
     problems: tuple[str, ...] = ()  # versions left as they were, and why
     hung_nodes: tuple[str, ...] = ()  # past the deadline: their shards were taken for bad
+    unavailable_nodes: tuple[str, ...] = ()  # could not be opened: their shards taken for bad
 
     def __add__(self, other: RepairReport) -> RepairReport:
         return RepairReport(
@@ -76,6 +77,7 @@ class RepairReport:
             self.rebuilt + other.rebuilt,
             self.problems + other.problems,
             self.hung_nodes + other.hung_nodes,
+            self.unavailable_nodes + other.unavailable_nodes,
         )
 
 
@@ -84,7 +86,7 @@ def repair_cell(
 ) -> RepairReport:
     """Check the cell's damaged versions (every committed one with ``scrub``); rebuild.
     ``on_step`` is told each step of a rebuild done (tests kill the process there)."""
-    report = RepairReport()
+    report = RepairReport(unavailable_nodes=tuple(cell.unavailable_nodes()))
     with cell.maintenance(wait=True):  # gc then leaves the stale copies check to later
         for record in _candidates(cell, scrub):
             report = report + _repaired(cell, code, record, on_step)

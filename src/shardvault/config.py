@@ -8,12 +8,12 @@ Every problem found is reported at once, each naming the key at fault, e.g.
 from __future__ import annotations
 
 import os
-import stat
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from shardvault.durability import open_regular
 from shardvault.errors import ConfigError, InvalidInput
 from shardvault.model import (
     NodeSpec,
@@ -155,13 +155,15 @@ def load(path: str | os.PathLike[str]) -> Config:
 
 
 def _read_config(path: Path) -> bytes:
-    """The file's bytes; a FIFO or device is refused before it is opened (it could block
-    or never end), and a file over MAX_CONFIG_BYTES is refused rather than read whole."""
+    """The file's bytes; a FIFO or device is refused, never opened blocking (it could
+    block or never end, even one swapped in after a check), and a file over
+    MAX_CONFIG_BYTES is refused rather than read whole."""
     try:
-        if not stat.S_ISREG(path.stat().st_mode):
+        opened = open_regular(path)
+        if isinstance(opened, str):
             raise ConfigError(f"config {path} is not a regular file: pass the deployment's TOML")
-        with path.open("rb") as file:
-            raw = file.read(MAX_CONFIG_BYTES + 1)
+        with opened:
+            raw = opened.read(MAX_CONFIG_BYTES + 1)
     except FileNotFoundError:
         raise ConfigError(
             f"config {path} not found: pass --config, set {ENV_VAR}, "

@@ -19,13 +19,14 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from shardvault import sqlite_connections
-from shardvault.durability import create_whole, failure_reason
+from shardvault.durability import create_whole, failure_reason, read_own
 from shardvault.errors import Conflict, IntegrityError, StorageError
 from shardvault.sqlite_schema import stamp_schema
 
 KEY_BYTES = 32
 SETTLED_LIMIT = 1 << 14  # homes remembered per process (about 4 MiB at most)
 SCHEMA_VERSION = 1  # PRAGMA user_version of directory.sqlite (docs/formats.md)
+_WHAT = "subject directory key"
 
 
 def _load_or_create_key(path: Path, holds_homes: Callable[[], bool]) -> bytes:
@@ -36,7 +37,7 @@ def _load_or_create_key(path: Path, holds_homes: Callable[[], bool]) -> bytes:
     beside a database that ``holds_homes``: a new key would do the same.
     """
     try:
-        key = path.read_bytes()
+        key = read_own(path, _WHAT)
     except FileNotFoundError:
         key = _recovered_key(path) if holds_homes() else _create_key(path)
     except OSError as exc:
@@ -53,7 +54,7 @@ def _recovered_key(path: Path) -> bytes:
     """The key of a directory that holds homes: one another process made since this one
     looked (its first registration may already be in), else lost, refused."""
     try:
-        return path.read_bytes()
+        return read_own(path, _WHAT)
     except FileNotFoundError:
         raise IntegrityError(
             f"subject directory key {path} is missing, though the directory holds homes: "
@@ -84,7 +85,7 @@ def _holds_homes(db_path: Path) -> bool:
 def _create_key(path: Path) -> bytes:
     try:
         create_whole(path, os.urandom(KEY_BYTES))
-        return path.read_bytes()  # ours, or one another process made meanwhile
+        return read_own(path, _WHAT)  # ours, or one another process made meanwhile
     except OSError as exc:
         raise StorageError(
             f"subject directory key {path} cannot be written: {exc.strerror}"

@@ -27,7 +27,7 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from shardvault.errors import InvalidInput, ShardvaultError, StorageError
+from shardvault.errors import IntegrityError, InvalidInput, ShardvaultError, StorageError
 from shardvault.io_threads import IoThreads
 from shardvault.model import named
 
@@ -264,11 +264,56 @@ def open_given(path: str | os.PathLike[str]) -> BinaryIO:
     typing, /dev/zero never ends) or a socket. A directory is `IsADirectoryError`, as
     opening it would say. The open does not block should the path become a FIFO after
     the check. Raises OSError."""
-    refusal = _not_a_file(os.stat(path), path)
+    opened = _open_checked(path, lambda info: _not_a_file(info, path))
+    if isinstance(opened, str):
+        raise InvalidInput(f"cannot read {named(os.fsdecode(path))}: {opened}")
+    return opened
+
+
+MAX_OWN_BYTES = 1 << 20  # a key, a node marker, a journal, a signed head: bytes, not MiB
+
+
+def read_own(path: Path, what: str, limit: int = MAX_OWN_BYTES) -> bytes:
+    """The bytes of a small file of the deployment's own (a key, a marker, a stored head),
+    WHAT it is naming it in an error.
+
+    A regular file only: anything else there (a FIFO, whose open waited for ever for a
+    writer; a device; a directory) is damage to the deployment, `IntegrityError`, and
+    is never opened blocking; so is a file past LIMIT. Raises OSError as reading would
+    (FileNotFoundError when there is none)."""
+    opened = open_regular(path)
+    if isinstance(opened, str):
+        raise IntegrityError(
+            f"{what} {named(os.fsdecode(path))} is {opened}, not a regular file: "
+            "the deployment is damaged; put the file back (from a backup)"
+        )
+    with opened:
+        data = opened.read(limit + 1)
+    if len(data) > limit:
+        raise IntegrityError(
+            f"{what} {named(os.fsdecode(path))} is damaged (larger than {limit} bytes): "
+            "restore it from a backup"
+        )
+    return data
+
+
+def open_regular(path: str | os.PathLike[str]) -> BinaryIO | str:
+    """PATH opened to read if it is a regular file, else what it is ("a named FIFO"),
+    never opened blocking. Raises OSError."""
+    return _open_checked(path, _not_regular)
+
+
+def _open_checked(
+    path: str | os.PathLike[str], refusal_of: Callable[[os.stat_result], str | None]
+) -> BinaryIO | str:
+    """PATH opened to read, or why not (REFUSAL_OF what is there, asked before the open
+    and again of what was opened). The open does not block, should the path become a
+    FIFO after the check. Raises OSError."""
+    refusal = refusal_of(os.stat(path))
     if refusal is None:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
         try:
-            refusal = _not_a_file(os.fstat(fd), path)
+            refusal = refusal_of(os.fstat(fd))
             if refusal is None:
                 os.set_blocking(fd, True)
                 return os.fdopen(fd, "rb")
@@ -276,7 +321,21 @@ def open_given(path: str | os.PathLike[str]) -> BinaryIO:
             os.close(fd)
             raise
         os.close(fd)
-    raise InvalidInput(f"cannot read {named(os.fsdecode(path))}: {refusal}")
+    return refusal
+
+
+def _not_regular(info: os.stat_result) -> str | None:
+    """What INFO is, unless a regular file (None)."""
+    mode = info.st_mode
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISFIFO(mode):
+        return "a named FIFO"
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "a socket" if stat.S_ISSOCK(mode) else "of another kind"
 
 
 def _not_a_file(info: os.stat_result, path: str | os.PathLike[str]) -> str | None:

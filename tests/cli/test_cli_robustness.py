@@ -552,6 +552,49 @@ def test_a_fifo_deployment_policy_is_refused_without_waiting(alice: Cli) -> None
     assert str(custodian) in line and "named FIFO" in line
 
 
+OWN_FILES = {
+    "directory key": ("state/directory.key", ["ls", "intl", "alice"]),
+    "audit hmac key": ("state/cells/US/audit/hmac.key", ["ls", "intl", "alice"]),
+    "cell signing key": ("state/cells/US/audit/cell.skey", ["audit", "head", "--cell", "US"]),
+    "witness key": ("partner/witness.skey", ["audit", "head", "--cell", "US"]),
+    "partner's last head": ("partner/cosigned/US.note", ["audit", "head", "--cell", "US"]),
+    "stored head": (
+        "state/cells/US/audit/log/heads/00000000000000000002.note",
+        ["audit", "prove-consistency", "1", "2", "--cell", "US"],
+    ),
+    "node marker": ("nodes/US/us-n1/NODE", ["get", "intl", "alice", "k"]),
+}
+
+
+@pytest.mark.parametrize("name", OWN_FILES.keys())
+def test_a_fifo_in_place_of_a_deployment_file_is_damage_not_a_hang(alice: Cli, name: str) -> None:
+    # a FIFO in place of state/directory.key made `ls` wait for a writer, for ever
+    alice.ok("audit", "head", "--cell", "US")
+    relative, argv = OWN_FILES[name]
+    path = alice.config.parent / relative
+    path.unlink(missing_ok=True)
+    os.mkfifo(path, 0o600)  # a key's mode: one readable by others is refused for that first
+    line = one_error_line(no_wait(alice.config, *argv), 1)
+    assert f"{path} is a named FIFO, not a regular file" in line, line
+
+
+def test_a_fifo_in_place_of_a_compaction_journal_skips_its_node(alice: Cli) -> None:
+    journal = alice.config.parent / "nodes/US/us-n1/packs/compact.journal"
+    os.mkfifo(journal)
+    done = no_wait(alice.config, "gc")
+    assert done.returncode == 0, done.stderr
+    assert b"skipped unavailable node(s) us-n1" in done.stderr
+
+
+def test_a_fifo_in_place_of_the_audit_frontier_is_rebuilt(alice: Cli) -> None:
+    frontier = alice.config.parent / "state/cells/US/audit/log/frontier"
+    frontier.unlink()
+    os.mkfifo(frontier)
+    done = no_wait(alice.config, "ls", "intl", "alice")
+    assert done.returncode == 0, done.stderr
+    assert b"k" in done.stdout
+
+
 def test_a_fifo_gitignore_ignores_nothing_and_does_not_block_the_scan(tmp_path: Path) -> None:
     tree = tmp_path / "tree"
     tree.mkdir()

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from shardvault import durability
 from shardvault.errors import (
     AccessDenied,
     ConfigError,
@@ -315,14 +316,14 @@ def test_a_keyring_that_cannot_be_read_is_unavailable_not_a_config_error(
 ) -> None:
     # the suite runs as root, who reads anything: a failing read stands in for EACCES
     path = keyring_at(tmp_path)
-    real_read = Path.read_text
+    real_read = durability.read_own
 
-    def refused(self: Path, *args: object, **kwargs: object) -> str:
-        if self == path:
+    def refused(file: Path, what: str) -> bytes:
+        if file == path:
             raise PermissionError(13, "Permission denied")
-        return real_read(self, *args, **kwargs)  # type: ignore[arg-type]
+        return real_read(file, what)
 
-    monkeypatch.setattr(Path, "read_text", refused)
+    monkeypatch.setattr(durability, "read_own", refused)
     with pytest.raises(KeyUnavailable, match=r"keyring .* cannot be read: Permission denied$"):
         KeyringCustodian(path)
 

@@ -65,7 +65,7 @@ from shardvault.audit.checkpoint import Checkpoint
 from shardvault.audit.entry import MAX_ENTRY_BYTES, AuditEntry
 from shardvault.audit.note import SignedNote
 from shardvault.audit.tree import TreeNodes
-from shardvault.durability import WaitRoom, fsync_directory, reacquire, replace_whole
+from shardvault.durability import WaitRoom, fsync_directory, reacquire, read_own, replace_whole
 from shardvault.errors import AuditUnavailable, IntegrityError, InvalidInput, NewerFormat
 
 LOG_VERSION = 1
@@ -357,8 +357,8 @@ class AuditLog:
         one at its own size, if any, is checked again here, cheaply.
         """
         try:
-            data = (self.directory / "frontier").read_bytes()
-        except OSError:
+            data = read_own(self.directory / "frontier", "audit frontier")
+        except (OSError, IntegrityError):  # a cache: rebuilt, and replaced when saved
             return 0
         try:
             magic, version, size, end, last, count = _FRONTIER_HEAD.unpack_from(data)
@@ -707,7 +707,8 @@ class AuditLog:
             if size == self._frontier.size:
                 return self._frontier.root()
         try:
-            note = SignedNote.parse((self.directory / "heads" / f"{size:020d}.note").read_bytes())
+            path = self.directory / "heads" / f"{size:020d}.note"
+            note = SignedNote.parse(read_own(path, "stored head"))
             return Checkpoint.parse(note.text).root_hash
         except FileNotFoundError:
             return merkle.root_of(self.leaf_hashes(0, size))
@@ -743,7 +744,7 @@ class AuditLog:
             if path.stem.isascii() and path.stem.isdigit() and int(path.stem) < smallest:
                 continue
             try:
-                heads.append(SignedNote.parse(path.read_bytes()))
+                heads.append(SignedNote.parse(read_own(path, "stored head")))
             except InvalidInput as exc:
                 raise IntegrityError(f"stored head {path} is damaged: {exc}") from None
         return heads

@@ -42,7 +42,7 @@ from shardvault.audit import (
     signer_from_skey,
 )
 from shardvault.audit.note import COSIGNATURE_V1, ED25519, NoteVerifier, key_id
-from shardvault.durability import create_whole, replace_whole
+from shardvault.durability import create_whole, read_own, replace_whole
 from shardvault.errors import AuditUnavailable, ConfigError, IntegrityError, InvalidInput
 
 
@@ -50,11 +50,14 @@ def _write_secret(path: Path, data: bytes) -> None:
     create_whole(path, data)  # never replaces a key another process created meanwhile
 
 
-def _read_secret(path: Path) -> bytes:
+def _read_secret(path: Path, what: str) -> bytes:
+    """The key's bytes; read first, so that what is no file is refused as such
+    (`read_own`), not for its mode."""
+    data = read_own(path, what)
     mode = path.stat().st_mode & 0o777
     if mode & 0o077:
         raise ConfigError(f"{path} is readable by others (mode {mode:o}); run chmod 600 on it")
-    return path.read_bytes()
+    return data
 
 
 def format_skey(name: str, sig_type: int, seed: bytes) -> str:
@@ -69,7 +72,7 @@ def load_signer(path: Path, name: str, sig_type: int = ED25519) -> NoteSigner:
     try:
         if not path.exists():
             _write_secret(path, format_skey(name, sig_type, os.urandom(32)).encode())
-        signer = signer_from_skey(_read_secret(path).decode("ascii").strip())
+        signer = signer_from_skey(_read_secret(path, "signing key").decode("ascii").strip())
     except OSError as exc:
         raise AuditUnavailable(f"signing key {path}: {exc}") from exc
     except (UnicodeDecodeError, InvalidInput) as exc:
@@ -140,7 +143,7 @@ class CellAudit:
             try:
                 if not path.exists():
                     _write_secret(path, os.urandom(32))
-                key = _read_secret(path)
+                key = _read_secret(path, "audit key")
             except OSError as exc:
                 raise AuditUnavailable(f"audit key {path}: {exc}") from exc
             if len(key) < 32:
@@ -220,7 +223,8 @@ class PartnerWitness:
         if not path.exists():
             return None
         try:
-            return open_checkpoint(path.read_bytes(), cell.verifier).checkpoint
+            data = read_own(path, "partner's last cosigned head")
+            return open_checkpoint(data, cell.verifier).checkpoint
         except InvalidInput as exc:
             raise IntegrityError(f"partner's last cosigned head {path} is damaged: {exc}") from None
 

@@ -121,7 +121,7 @@ class KeyringCustodian:
         """Merge the file's roots in (those held are kept); a version-1 file's tombstones."""
         require_private(self.path.stat(), self.path, "keyring")
         try:
-            doc: Any = json.loads(self.path.read_text())
+            doc: Any = json.loads(durability.read_own(self.path, "keyring"))
         except OSError as exc:
             raise KeyUnavailable(f"keyring {self.path} cannot be read: {exc.strerror}") from exc
         except ValueError as exc:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeGuard
 
-from shardvault.durability import replace_whole
+from shardvault.durability import read_own, replace_whole
 from shardvault.errors import NewerFormat, StorageError
 
 JOURNAL = "compact.journal"
@@ -49,7 +49,7 @@ def read_journal(directory: Path) -> Journal | None:
     StorageError for one damaged (fail closed: the packs it names may hold shards twice)."""
     path = directory / JOURNAL
     try:
-        raw = path.read_bytes()
+        raw = read_own(path, "compaction journal")
     except FileNotFoundError:
         return None
     try:

@@ -27,7 +27,7 @@ import contextlib
 import json
 from pathlib import Path
 
-from shardvault.durability import create_whole, leftover_temporaries
+from shardvault.durability import create_whole, leftover_temporaries, read_own
 from shardvault.errors import StorageError
 from shardvault.model import NodeSpec
 
@@ -55,7 +55,7 @@ def claim(root: Path, node: NodeSpec, marked: Path | None = None) -> None:
     content = json.dumps(expected, sort_keys=True, separators=(",", ":")).encode()
     record = None if marked is None else marked / node.id
     try:
-        raw = path.read_bytes()
+        raw = read_own(path, "node marker")
     except FileNotFoundError:
         if record is not None and record.exists():
             raise StorageError(
@@ -63,7 +63,7 @@ def claim(root: Path, node: NodeSpec, marked: Path | None = None) -> None:
                 f"disk (or, to take an empty replacement disk, remove {record})"
             ) from None
         _write(path, content)
-        raw = path.read_bytes()  # another process may have claimed it first
+        raw = read_own(path, "node marker")  # another process may have claimed it first
     except OSError as exc:
         raise StorageError(f"opening {root} failed: {exc.strerror}") from exc
     try:

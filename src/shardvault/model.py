@@ -30,12 +30,32 @@ _FACILITY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 
 def shown(value: object, limit: int = 80, *, escaped: bool = False) -> str:
     """``repr(value)``, cut to ``limit`` characters: an overlong id is named, not echoed.
-    ``escaped``: as ``ascii(value)``, where a look-alike must be told apart."""
+    ``escaped``: as ``ascii(value)``, where a look-alike must be told apart. A string's
+    undecodable byte is written ``\\xNN``, as output writes it (`undecodable_escaped`)."""
     text = ascii(value) if escaped else repr(value)
+    if isinstance(value, str):
+        text = _REPR_ESCAPE.sub(_byte_escape, text)
     if len(text) <= limit:
         return text
     size = f"{len(value)} characters" if isinstance(value, str) else type(value).__name__
     return f"{text[: limit - 1]}… ({size})"
+
+
+# In a str's repr: an escaped backslash (kept, so that what follows it is text), a
+# character U+0080-U+00FF, or an undecodable byte (a lone surrogate U+DC80-U+DCFF).
+_REPR_ESCAPE = re.compile(r"\\(\\|x[89a-f][0-9a-f]|udc[89a-f][0-9a-f])")
+
+
+def _byte_escape(match: re.Match[str]) -> str:
+    """A repr's ``\\udcNN`` (the byte NN, not UTF-8) as ``\\xNN``, as ``$'...'`` in a
+    shell writes the byte; the character U+00NN, which repr writes ``\\xNN`` too,
+    then as ``\\u00NN``, so the two stay apart."""
+    escape = match[1]
+    if escape.startswith("x"):
+        return f"\\u00{escape[1:]}"
+    if escape.startswith("u"):
+        return f"\\x{escape[3:]}"
+    return match[0]
 
 
 def named(text: str, limit: int = 200) -> str:

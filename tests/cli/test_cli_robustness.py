@@ -1256,3 +1256,12 @@ def test_an_argument_that_is_not_utf8_is_escaped_in_json(alice: Cli, tmp_path: P
     text = utf8(done.stdout)
     assert "\\udcff" not in text
     assert json.loads(text)["path"] == f"{tmp_path}/audit-\\xff.tar"
+
+
+def test_an_undecodable_byte_reads_the_same_in_an_error_as_in_output(alice: Cli) -> None:
+    # an error line wrote the byte as Python's surrogate, 'k\udcff', where output
+    # (and a shell's $'...') writes k\xff; a backslash typed stays told apart
+    done = shardvault(alice.config, "get", "intl", "alice", os.fsdecode(b"k\xff"), env=STRICT)
+    assert one_error_line(done, 2) == "error: invalid object key 'k\\xff': not valid Unicode text"
+    done = shardvault(alice.config, "ls", "intl", os.fsdecode(b"\\\xff\xc2\x85"), env=STRICT)
+    assert "'\\\\\\xff\\u0085'" in one_error_line(done, 2)

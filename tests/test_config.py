@@ -54,6 +54,8 @@ def test_demo_config_loads(tmp_path: Path) -> None:
     assert node.location == str((tmp_path / "nodes" / "US" / "us-n4").resolve())
     assert cfg.state_dir == (tmp_path / "state").resolve()
     assert cfg.keyring_path == (tmp_path / "keys" / "keyring.json").resolve()
+    assert cfg.governance is not None
+    assert cfg.governance.custodian_name == "partner.demo.shardvault.local/custodian"
     with pytest.raises(InvalidInput, match="unknown node"):
         cfg.node("xx-n1")
 
@@ -233,6 +235,10 @@ def replace_once(old: str, new: str) -> str:
         (
             replace_once('name = "Singapore"', 'name = "Singapore"\ncode = "SG"'),
             "jurisdictions.SG.code: unknown key",
+        ),
+        (
+            replace_once("custodian_name = ", 'custodian_name = "a b" # '),
+            "governance.custodian_name: must be non-empty, without spaces or '+'",
         ),
         (
             'version = 1\n[jurisdictions]\nUS = 5\nSG = {name = "Singapore"}\n',

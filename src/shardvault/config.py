@@ -57,6 +57,7 @@ class GovernanceSpec:
     partner_dir: Path
     origin_prefix: str = "shardvault.local"
     partner_name: str = "partner.shardvault.local/witness"
+    custodian_name: str = "partner.shardvault.local/custodian"
     local_admin: bool = True
     approvers: tuple[str, ...] = ()
     approval_quorum: int = 2
@@ -392,6 +393,7 @@ _GOVERNANCE_KEYS = {
     "partner_dir",
     "origin_prefix",
     "partner_name",
+    "custodian_name",
     "local_admin",
     "approvers",
     "approval_quorum",
@@ -412,7 +414,13 @@ def _parse_governance(doc: dict[str, Any], base: Path, problems: _Problems) -> G
     partner_name = _get(
         table, "partner_name", str, where, problems, default="partner.shardvault.local/witness"
     )
-    for key, value in (("origin_prefix", prefix), ("partner_name", partner_name)):
+    custodian_name = _get(
+        table, "custodian_name", str, where, problems, default="partner.shardvault.local/custodian"
+    )
+    for key, value in (
+        ("origin_prefix", prefix), ("partner_name", partner_name),
+        ("custodian_name", custodian_name),
+    ):  # fmt: skip
         if not value or any(c.isspace() or c == "+" for c in value):
             problems.add(where + key, "must be non-empty, without spaces or '+'")
     local_admin = _get(table, "local_admin", bool, where, problems, default=True)
@@ -436,6 +444,7 @@ def _parse_governance(doc: dict[str, Any], base: Path, problems: _Problems) -> G
         partner_dir=(base / partner).resolve(),
         origin_prefix=prefix,
         partner_name=partner_name,
+        custodian_name=custodian_name,
         local_admin=local_admin,
         approvers=tuple(approvers),
         approval_quorum=quorum,

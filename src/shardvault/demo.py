@@ -137,6 +137,7 @@ def demo_config_text() -> str:
         'custodian_policy = "partner/custodian-policy.toml"',
         'origin_prefix = "demo.shardvault.local"',
         'partner_name = "partner.demo.shardvault.local/witness"',
+        'custodian_name = "partner.demo.shardvault.local/custodian"',
         "local_admin = true",
         f"approvers = {list(DEMO_APPROVERS)!r}".replace("'", '"'),
         "approval_quorum = 2",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,7 +20,14 @@ from shardvault.errors import (
     NewerFormat,
     SubjectForgotten,
 )
+from shardvault.governance.attestations import CustodianKey, open_attestation
 from shardvault.keys import hierarchy
+from shardvault.keys.attestation import (
+    DestroyStatement,
+    StatementSigner,
+    subject_commitment,
+    utc_seconds,
+)
 from shardvault.keys.keyring import KeyringCustodian
 from shardvault.keys.memory import MemoryCustodian
 from shardvault.keys.port import KeyCustodian, KeyOperation, KeyScope
@@ -39,16 +47,25 @@ def make(request: pytest.FixtureRequest, tmp_path: Path) -> Factory:
     if request.param == "memory":
         shared: list[MemoryCustodian] = []
 
-        def memory(gate: CustodianGate | None = None) -> KeyCustodian:
+        def memory(
+            gate: CustodianGate | None = None,
+            signer: StatementSigner | None = None,
+            clock: Callable[[], float] = time.time,
+        ) -> KeyCustodian:
             if not shared:
                 shared.append(MemoryCustodian())
-            shared[0].gate = gate
+            shared[0].gate, shared[0].signer, shared[0].clock = gate, signer, clock
             return shared[0]
 
         return memory
 
-    def keyring(gate: CustodianGate | None = None) -> KeyCustodian:
-        return KeyringCustodian(tmp_path / "keys" / "keyring.json", gate)
+    def keyring(
+        gate: CustodianGate | None = None,
+        signer: StatementSigner | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> KeyCustodian:
+        path = tmp_path / "keys" / "keyring.json"
+        return KeyringCustodian(path, gate, signer=signer, clock=clock)
 
     return keyring
 
@@ -185,6 +202,84 @@ def test_a_key_id_keeps_the_subject_it_was_first_wrapped_for(make: Factory) -> N
     with pytest.raises(AccessDenied, match="custodian:key-subject"):
         make(approving("alice")).destroy(US, "kid", WHY)
     assert make().unwrap(US, "kid", blob, WHY) == key
+
+
+NONCE = bytes(range(32))
+DESTROYED_AT = 1_800_000_000.0
+
+
+def partner_key(tmp_path: Path) -> CustodianKey:
+    """The custodian's real signing key, in a partner directory of its own."""
+    (tmp_path / "partner").mkdir(exist_ok=True)
+    return CustodianKey(tmp_path / "partner", "partner.example/custodian")
+
+
+def test_a_destroy_is_attested_for_the_subject_the_custodian_checked(
+    make: Factory, tmp_path: Path
+) -> None:
+    # the vault names only the nonce: the commitment is to the subject the custodian
+    # recorded at the wrap and the approval names, whatever the caller would like
+    key = partner_key(tmp_path)
+    make().wrap(US, "kid", hierarchy.new_key(), WHY, subject="alice")
+    assert make().destroy_attestation(US, "kid") is None  # not destroyed: nothing to attest
+    custodian = make(approving("alice"), key, lambda: DESTROYED_AT)
+    signed = custodian.destroy(US, "kid", WHY, nonce=NONCE)
+    assert signed is not None
+    assert open_attestation(signed, key.verifier) == DestroyStatement(
+        "intl", "US", "kid", utc_seconds(DESTROYED_AT), subject_commitment("intl", "alice", NONCE)
+    )
+    assert subject_commitment("intl", "alice", NONCE) != subject_commitment("intl", "bob", NONCE)
+    assert signed.startswith(b"shardvault-destroy/v1\n")
+    assert make().destroy_attestation(US, "kid") == signed  # after reopening too
+
+
+def test_a_destroy_run_again_is_given_the_first_attestation(make: Factory, tmp_path: Path) -> None:
+    """A forget cut short after its destroy runs it again: it gets the statement signed
+    when the key was destroyed, with that time, not a new one."""
+    key = partner_key(tmp_path)
+    make().wrap(US, "kid", hierarchy.new_key(), WHY, subject="alice")
+    first = make(approving("alice"), key, lambda: DESTROYED_AT).destroy(US, "kid", WHY, nonce=NONCE)
+    later = make(approving("alice"), key, lambda: DESTROYED_AT + 3600)
+    assert later.destroy(US, "kid", WHY, nonce=NONCE) == first
+    assert later.destroy_attestation(US, "kid") == first
+    # still only for the subject the key was wrapped for
+    with pytest.raises(AccessDenied, match="custodian:key-subject"):
+        make(approving("bob"), key).destroy(US, "kid", WHY, nonce=NONCE)
+
+
+def test_a_refused_destroy_attests_nothing(make: Factory, tmp_path: Path) -> None:
+    key = partner_key(tmp_path)
+    blob = make().wrap(US, "kid", k := hierarchy.new_key(), WHY, subject="alice")
+    for gate in (approving("bob"), refusing(KeyOperation.DESTROY)):
+        with pytest.raises(AccessDenied):
+            make(gate, key).destroy(US, "kid", WHY, nonce=NONCE)
+    assert make().destroy_attestation(US, "kid") is None
+    assert make().unwrap(US, "kid", blob, WHY) == k
+
+
+def test_a_custodian_whose_key_cannot_sign_destroys_nothing(make: Factory, tmp_path: Path) -> None:
+    # signed before the tombstone: a destroy it could not attest is not done at all
+    key = partner_key(tmp_path)
+    (tmp_path / "partner" / "custodian.skey").write_text("PRIVATE+KEY+damaged")
+    (tmp_path / "partner" / "custodian.skey").chmod(0o600)
+    blob = make().wrap(US, "kid", k := hierarchy.new_key(), WHY, subject="alice")
+    before = keyring_files(tmp_path)
+    with pytest.raises(IntegrityError, match=r"custodian\.skey is damaged"):
+        make(approving("alice"), key).destroy(US, "kid", WHY, nonce=NONCE)
+    assert keyring_files(tmp_path) == before
+    assert make().unwrap(US, "kid", blob, WHY) == k
+
+
+def test_the_custodians_key_is_made_private_on_first_use(tmp_path: Path) -> None:
+    key = partner_key(tmp_path)
+    vkey = key.vkey()
+    path = tmp_path / "partner" / "custodian.skey"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert path.read_text().startswith("PRIVATE+KEY+partner.example/custodian+")
+    assert CustodianKey(tmp_path / "partner", "partner.example/custodian").vkey() == vkey
+    path.chmod(0o644)  # refused as the witness key is
+    with pytest.raises(IntegrityError, match=r"readable by others .*run chmod 600"):
+        CustodianKey(tmp_path / "partner", "partner.example/custodian").vkey()
 
 
 def refusing(*refused: KeyOperation) -> CustodianGate:

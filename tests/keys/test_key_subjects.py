@@ -109,6 +109,29 @@ def test_a_lost_record_is_not_made_anew(path: Path) -> None:
 
 def test_a_record_of_a_newer_schema_is_refused(path: Path) -> None:
     KeyringCustodian(path).wrap(US, "kid", hierarchy.new_key(), WHY, subject="alice")
-    user_version(key_subjects_path(path), 2)
-    with pytest.raises(NewerFormat, match=r"schema version 2; .*upgrade shardvault"):
+    user_version(key_subjects_path(path), 3)
+    with pytest.raises(NewerFormat, match=r"schema version 3; .*upgrade shardvault"):
         KeyringCustodian(path, approving("alice")).destroy(US, "kid", WHY)
+
+
+def test_a_record_of_schema_1_gains_the_table_of_destroy_attestations(
+    path: Path, tmp_path: Path
+) -> None:
+    # as a shardvault from before attestations left it: the tags kept, the table added
+    from shardvault.governance.attestations import CustodianKey
+
+    KeyringCustodian(path).wrap(US, "kid", hierarchy.new_key(), WHY, subject="alice")
+    record = key_subjects_path(path)
+    with sqlite3.connect(record) as db:
+        db.execute("DROP TABLE destroy_attestations")
+        db.execute("PRAGMA user_version=1")
+    (tmp_path / "partner").mkdir()
+    key = CustodianKey(tmp_path / "partner", "partner.example/custodian")
+    with pytest.raises(AccessDenied, match="custodian:key-subject"):  # the tag is still there
+        KeyringCustodian(path, approving("bob"), signer=key).destroy(US, "kid", WHY, nonce=b"n")
+    assert user_version(record) == 2
+    custodian = KeyringCustodian(path, approving("alice"), signer=key)
+    signed = custodian.destroy(US, "kid", WHY, nonce=b"n")
+    assert signed is not None and custodian.destroy_attestation(US, "kid") == signed
+    with sqlite3.connect(record) as db:
+        assert db.execute("SELECT count(*) FROM destroy_attestations").fetchone() == (1,)

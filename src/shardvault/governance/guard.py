@@ -42,6 +42,7 @@ from shardvault.errors import (
     InvalidInput,
 )
 from shardvault.governance.approvals import Approval, ApprovalBook, approval_cell
+from shardvault.governance.attestations import CustodianKey
 from shardvault.governance.custodian_gate import custodian_gate
 from shardvault.governance.heads import CellAudit, PartnerWitness, publish_head
 from shardvault.governance.principals import PrincipalRegistry
@@ -183,6 +184,8 @@ class Governance:
         self.custodian_policy = custodian_policy
         self.cells = cells
         self.partner = partner
+        # the partner's too: the custodian's key for destroy attestations
+        self.custodian_key = CustodianKey(spec.partner_dir, spec.custodian_name)
         self._clock = clock
 
     @classmethod

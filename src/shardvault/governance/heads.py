@@ -7,7 +7,8 @@ Who holds what (see docs/trust-model.md):
   the Ed25519 key that signs its heads (``cell.skey``, Go ``note`` format);
 - the partner holds, in its own directory (``partner/`` by default): the
   witness key that cosigns heads (``witness.skey``), the last head it cosigned
-  per cell (``cosigned/<J>.note``), and its custodian policy.
+  per cell (``cosigned/<J>.note``), its custodian policy, and its custodian's
+  key for destroy attestations (``custodian.skey``, `governance.attestations`).
 
 The partner cosigns a new head only after checking the cell's signature and a
 consistency proof from the last head it cosigned, so the operator cannot fork or

@@ -26,7 +26,6 @@ subject is refused (a version 2 receipt of that forget binds them).
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import re
 from dataclasses import dataclass
@@ -39,13 +38,12 @@ from shardvault.audit.merkle import HASH_SIZE, leaf_hash, verify_inclusion
 from shardvault.audit.note import NoteVerifier, open_note
 from shardvault.errors import IntegrityError, InvalidInput
 from shardvault.governance.heads import CellAudit
+from shardvault.keys.attestation import COMMITMENT_PREFIX, subject_commitment
 from shardvault.model import jurisdiction_code, subject_id, tenant_name
 
 RECEIPT_TYPE = "shardvault-deletion-receipt"
 RECEIPT_VERSION = 2
 NONCE_BYTES = 32
-COMMITMENT_PREFIX = "v1:"  # the version of the commitment's own format, in the entry
-_COMMITMENT_TAG = b"shardvault/deletion-receipt/subject-commitment/v1"
 _NONCE_LABEL = "deletion-receipt-nonce"
 
 
@@ -69,17 +67,6 @@ def receipt_nonce(cell: CellAudit, tenant: str, subject: str, key_id: str) -> by
     nonce would), and the same on every run of one forget, so a run finishing one cut
     short opens the commitment an earlier run wrote, with no secret stored."""
     return cell.hasher.secret(_NONCE_LABEL, json.dumps([tenant, subject, key_id]))
-
-
-def subject_commitment(tenant: str, subject: str, nonce: bytes) -> str:
-    """What a forget's outcome entry records of its subject: ``v1:`` and the hex SHA-256
-    of a tag, the tenant, the subject id and the nonce, each prefixed by its length.
-    Without the nonce it tells nothing of the id; with it, the receipt's holder shows
-    the entry is theirs, and no other (tenant, subject, nonce) gives it."""
-    digest = hashlib.sha256()
-    for part in (_COMMITMENT_TAG, tenant.encode("utf-8"), subject.encode("utf-8"), nonce):
-        digest.update(len(part).to_bytes(8, "big") + part)
-    return COMMITMENT_PREFIX + digest.hexdigest()
 
 
 def make_receipt(cell: CellAudit, head: SignedNote, index: int, what: Forgotten) -> SignedNote:

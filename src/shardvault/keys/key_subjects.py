@@ -6,12 +6,17 @@ against what it recorded when it wrapped the key (`rootkey.subject_tag`), never
 against the vault's catalog, which the operator writes (docs/trust-model.md).
 
 A SQLite file beside the keyring (``keyring.json`` → ``keyring.subjects.sqlite``),
-mode 0600, schema 1 (``PRAGMA user_version``)::
+mode 0600, schema 2 (``PRAGMA user_version``)::
 
     key_subjects(scope TEXT, key_id TEXT, tag BLOB, PRIMARY KEY (scope, key_id)) WITHOUT ROWID
     earlier_keys(recorded INTEGER)   -- one row
+    destroy_attestations(scope TEXT, key_id TEXT, attestation BLOB,
+                         PRIMARY KEY (scope, key_id)) WITHOUT ROWID   -- since schema 2
 
-A key id keeps the first tag recorded for it. ``earlier_keys.recorded`` is 0 in
+A key id keeps the first tag recorded for it, and the first destroy attestation
+the custodian signed for it (`keys.attestation`), which a forget run again is
+given. Schema 1 lacks that table; it is added, and the file stamped 2, on the
+first use by a shardvault that knows it. ``earlier_keys.recorded`` is 0 in
 a file made for a keyring that already held keys (from before the custodian
 recorded subjects) until the vault has named their subjects once
 (`record_earlier`), then 1; it is 1 from the start in a new keyring's file.
@@ -35,8 +40,14 @@ from shardvault.errors import KeyUnavailable
 from shardvault.keys.tombstones import require_private
 from shardvault.sqlite_schema import stamp_schema
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 SUFFIX = ".subjects.sqlite"
+_ATTESTATIONS = """CREATE TABLE IF NOT EXISTS destroy_attestations (
+    scope TEXT NOT NULL,
+    key_id TEXT NOT NULL,
+    attestation BLOB NOT NULL,
+    PRIMARY KEY (scope, key_id)
+) WITHOUT ROWID"""
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS key_subjects (
     scope TEXT NOT NULL,
@@ -45,9 +56,12 @@ _SCHEMA = (
     PRIMARY KEY (scope, key_id)
 ) WITHOUT ROWID""",
     "CREATE TABLE IF NOT EXISTS earlier_keys (recorded INTEGER NOT NULL)",
+    _ATTESTATIONS,
 )
 _INSERT = "INSERT OR IGNORE INTO key_subjects (scope, key_id, tag) VALUES (?, ?, ?)"
 _TAG = "SELECT tag FROM key_subjects WHERE scope = ? AND key_id = ?"
+_KEEP = "INSERT OR IGNORE INTO destroy_attestations (scope, key_id, attestation) VALUES (?, ?, ?)"
+_ATTESTATION = "SELECT attestation FROM destroy_attestations WHERE scope = ? AND key_id = ?"
 _BUSY_SECONDS = 10.0
 
 
@@ -89,6 +103,21 @@ class KeySubjects:
         """The tag recorded for the key; None if none was."""
         with self._connected() as db:
             row = db.execute(_TAG, (scope, key_id)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def keep_attestation(self, scope: str, key_id: str, attestation: bytes) -> bytes:
+        """Record the destroy attestation of the key unless it has one; the one it has
+        now, durable: the first signed is the one every run of its forget is given."""
+        with self._connected() as db, db:
+            db.execute("BEGIN IMMEDIATE")
+            db.execute(_KEEP, (scope, key_id, attestation))
+            (held,) = db.execute(_ATTESTATION, (scope, key_id)).fetchone()
+        return bytes(held)
+
+    def attestation(self, scope: str, key_id: str) -> bytes | None:
+        """The destroy attestation recorded for the key; None if none was."""
+        with self._connected() as db:
+            row = db.execute(_ATTESTATION, (scope, key_id)).fetchone()
         return None if row is None else bytes(row[0])
 
     def earlier_recorded(self) -> bool:
@@ -150,10 +179,19 @@ class KeySubjects:
                 raise self._failed(exc) from exc
 
     def _check_schema(self, db: sqlite3.Connection) -> None:
+        """Refuse a file with no table or of a newer schema; give one of schema 1 the
+        table of destroy attestations (empty) and stamp it 2, in one transaction."""
         (found,) = db.execute("PRAGMA user_version").fetchone()
         if found == 0:
             raise KeyUnavailable(f"{self._what} hold no table: restore them from a backup")
-        stamp_schema(db, SCHEMA_VERSION, self._what)  # refuses a newer one
+        if found > SCHEMA_VERSION:
+            stamp_schema(db, SCHEMA_VERSION, self._what)  # raises: it names both versions
+        if found == SCHEMA_VERSION:
+            return
+        with db:
+            db.execute("BEGIN IMMEDIATE")
+            db.execute(_ATTESTATIONS)
+            stamp_schema(db, SCHEMA_VERSION, self._what)
 
     def _failed(self, exc: sqlite3.Error) -> KeyUnavailable:
         return KeyUnavailable(f"cannot use {self._what}: {exc} (no key was wrapped or destroyed)")

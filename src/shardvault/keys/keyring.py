@@ -19,7 +19,11 @@ process refuses the very next unwrap anywhere; a database that cannot be read
 refuses it too. The gate (the partner's policy) decides every wrap, unwrap and
 destroy before a file is touched; a wrap records whose key it is, and a destroy
 is done only for the subject the gate's approval names, if the key is that
-subject's. A keyring from before that record gets the file on first use, and its
+subject's. Given a nonce, a destroy returns the custodian's signed attestation of
+it (`keys.attestation`): signed before the tombstone is written (a key that cannot
+sign destroys nothing), recorded beside the key's subject after it, and the first
+one recorded is what every later destroy of the key, and `destroy_attestation`,
+return. A keyring from before that record gets the file on first use, and its
 earlier keys' subjects once from the vault (`record_subjects`).
 
 Format version 2 (docs/formats.md, "Keyring")::
@@ -41,6 +45,7 @@ import itertools
 import json
 import os
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -48,6 +53,7 @@ from typing import Any
 
 from shardvault import durability
 from shardvault.errors import IntegrityError, KeyUnavailable, NewerFormat
+from shardvault.keys.attestation import StatementSigner, sign_destroy
 from shardvault.keys.key_subjects import KeySubjects, key_subjects_path
 from shardvault.keys.port import KeyOperation, KeyScope
 from shardvault.keys.rootkey import (
@@ -103,12 +109,17 @@ class KeyringCustodian:
         path: Path,
         gate: CustodianGate | None = None,
         may_create: Callable[[], bool] | None = None,
+        signer: StatementSigner | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         """``may_create`` says whether a missing keyring may be made now (the vault: only
-        while no subject is registered); without it, unless this process read roots."""
+        while no subject is registered); without it, unless this process read roots.
+        ``signer`` is the custodian's key for destroy attestations (none: none given)."""
         self.path = path
         self.gate = gate
         self._may_create = may_create
+        self._signer = signer
+        self._clock = clock
         self._lock = threading.Lock()
         self._roots: dict[str, bytes] = {}
         self._tombstones = Tombstones(tombstones_path(path))
@@ -301,15 +312,36 @@ class KeyringCustodian:
         self._gate(KeyOperation.UNWRAP, scope, key_id, why)
         return open_key(self._root(scope, make=False), scope, key_id, blob)
 
-    def destroy(self, scope: KeyScope, key_id: str, why: Justification) -> None:
+    def destroy(
+        self, scope: KeyScope, key_id: str, why: Justification, *, nonce: bytes | None = None
+    ) -> bytes | None:
         subject = self._gate(KeyOperation.DESTROY, scope, key_id, why)
         if self.gate is not None:
             self._require_subject(scope, key_id, subject)
+        held = signed = None
+        if nonce is not None and subject is not None and self._signer is not None:
+            held = self._subjects.attestation(scope.label(), key_id)
+            if held is None:  # signed before the tombstone: a key that cannot sign destroys none
+                signed = sign_destroy(self._signer, scope, key_id, subject, nonce, self._clock())
         try:
             self._tombstones.add([(scope.label(), key_id)])
         except TombstonesMissing:
-            self._settle()  # a new keyring gets its database; a lost one is not remade
+            self._settle()  # a new keyring gets its database; a lost one is not made anew
             self._tombstones.add([(scope.label(), key_id)])
+        if signed is None:
+            return held
+        try:
+            return self._subjects.keep_attestation(scope.label(), key_id, signed)
+        except KeyUnavailable as exc:
+            raise KeyUnavailable(
+                f"key {key_id} of {scope.label()} was destroyed, but its attestation was not "
+                f"recorded ({exc}): run the forget again for it"
+            ) from exc
+
+    def destroy_attestation(self, scope: KeyScope, key_id: str) -> bytes | None:
+        if not self._tombstones.holds(scope.label(), key_id):
+            return None
+        return self._subjects.attestation(scope.label(), key_id)
 
     def _require_subject(self, scope: KeyScope, key_id: str, subject: str | None) -> None:
         """A destroy goes ahead only for the subject the custodian wrapped the key for."""

@@ -3,15 +3,18 @@
 Its gate decides every wrap, unwrap and destroy before anything changes, as the
 keyring's does; a refused call is still recorded (it was shown). It keeps the
 subject each key was wrapped for, in memory, and with a gate destroys a key only
-for that subject, as the keyring does.
+for that subject, as the keyring does; given a signer, it attests each destroy as
+the keyring does, keeping the first attestation of each key.
 """
 
 from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 
+from shardvault.keys.attestation import StatementSigner, sign_destroy
 from shardvault.keys.port import KeyOperation, KeyScope
 from shardvault.keys.rootkey import (
     NO_RECORD,
@@ -28,12 +31,20 @@ from shardvault.model import Justification
 
 
 class MemoryCustodian:
-    def __init__(self, gate: CustodianGate | None = None) -> None:
+    def __init__(
+        self,
+        gate: CustodianGate | None = None,
+        signer: StatementSigner | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self._roots: dict[KeyScope, bytes] = {}
         self._destroyed: set[tuple[KeyScope, str]] = set()
         self._subjects: dict[tuple[KeyScope, str], str] = {}
+        self._attestations: dict[tuple[KeyScope, str], bytes] = {}
         self._lock = threading.Lock()
         self.gate = gate
+        self.signer = signer
+        self.clock = clock
         self.justifications: list[tuple[str, KeyScope, str, Justification]] = []
 
     def _root(self, scope: KeyScope) -> bytes:
@@ -65,7 +76,9 @@ class MemoryCustodian:
         self._gate(KeyOperation.UNWRAP, scope, key_id, why)
         return open_key(self._root(scope), scope, key_id, blob)
 
-    def destroy(self, scope: KeyScope, key_id: str, why: Justification) -> None:
+    def destroy(
+        self, scope: KeyScope, key_id: str, why: Justification, *, nonce: bytes | None = None
+    ) -> bytes | None:
         self.justifications.append(("destroy", scope, key_id, why))
         subject = self._gate(KeyOperation.DESTROY, scope, key_id, why)
         if self.gate is not None:
@@ -78,8 +91,21 @@ class MemoryCustodian:
             )  # fmt: skip
             if reason is not None:
                 raise refuse_key_subject(scope, key_id, KeyOperation.DESTROY, reason)
+        signed = None
+        if nonce is not None and subject is not None and self.signer is not None:
+            with self._lock:
+                held = self._attestations.get((scope, key_id))
+            if held is None:  # signed before the key is destroyed, as the keyring does
+                signed = sign_destroy(self.signer, scope, key_id, subject, nonce, self.clock())
         with self._lock:
             self._destroyed.add((scope, key_id))
+            if signed is not None:
+                self._attestations.setdefault((scope, key_id), signed)
+            return self._attestations.get((scope, key_id)) if nonce is not None else None
+
+    def destroy_attestation(self, scope: KeyScope, key_id: str) -> bytes | None:
+        with self._lock:
+            return self._attestations.get((scope, key_id))
 
     def needs_subjects(self) -> bool:
         return False  # it holds no key from before it recorded subjects

@@ -12,6 +12,8 @@ tag only it can check); a destroy is done only for the subject its approval
 names, and only if the custodian wrapped the key for that subject. So a met
 approval to forget one subject destroys that subject's key and no other, and
 the custodian decides it from its own record, not from the vault's catalog.
+It then signs an attestation of the destroy with its own key, so a deletion
+receipt can prove the key is gone on the custodian's word, not the operator's.
 """
 
 from __future__ import annotations
@@ -58,10 +60,21 @@ class KeyCustodian(Protocol):
     def unwrap(self, scope: KeyScope, key_id: str, blob: bytes, why: Justification) -> bytes:
         """Decrypt a subject key; raises KeyUnavailable, AccessDenied or SubjectForgotten."""
 
-    def destroy(self, scope: KeyScope, key_id: str, why: Justification) -> None:
+    def destroy(
+        self, scope: KeyScope, key_id: str, why: Justification, *, nonce: bytes | None = None
+    ) -> bytes | None:
         """Refuse every later unwrap of this key id, for good; raises AccessDenied,
         leaving the key usable, if the gate refuses, or (with a gate) if the key was not
-        wrapped for the subject the gate's approval names."""
+        wrapped for the subject the gate's approval names.
+
+        With ``nonce``, a gate and a signing key, returns the custodian's signed
+        attestation of the destroy (`keys.attestation`), committing with ``nonce`` to
+        the subject it checked; for a key destroyed before, the first one it signed.
+        Otherwise None."""
+
+    def destroy_attestation(self, scope: KeyScope, key_id: str) -> bytes | None:
+        """The attestation the custodian signed when it destroyed this key, if it did:
+        a forget run again after its destroy is given the first one."""
 
     def needs_subjects(self) -> bool:
         """Whether the custodian holds keys wrapped before it recorded their subjects,

@@ -17,6 +17,7 @@ from shardvault.catalog.port import Catalog
 from shardvault.catalog.sqlite import SqliteCatalog
 from shardvault.config import Config
 from shardvault.errors import ConfigError, StorageError
+from shardvault.keys.attestation import StatementSigner
 from shardvault.keys.keyring import KeyringCustodian
 from shardvault.keys.memory import MemoryCustodian
 from shardvault.keys.port import KeyCustodian, KeyScope
@@ -179,12 +180,14 @@ def open_custodian(
     config: Config,
     gate: CustodianGate | None = None,
     may_create: Callable[[], bool] | None = None,
+    signer: StatementSigner | None = None,
 ) -> KeyCustodian:
     """The configured custodian; ``gate`` (the partner's custodian policy) runs before
-    every wrap, unwrap and destroy; a missing keyring is made only if ``may_create``."""
+    every wrap, unwrap and destroy; a missing keyring is made only if ``may_create``;
+    ``signer`` (the partner's key) signs its destroy attestations."""
     if config.custodian == "memory":
-        return MemoryCustodian(gate)
-    return KeyringCustodian(config.keyring_path, gate, may_create)
+        return MemoryCustodian(gate, signer)
+    return KeyringCustodian(config.keyring_path, gate, may_create, signer)
 
 
 _PAGE = 1000  # subjects read from a catalog at a time

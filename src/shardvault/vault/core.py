@@ -45,6 +45,7 @@ from shardvault.errors import (
     TooFewNodes,
     WriteRaced,
 )
+from shardvault.governance.attestations import open_attestation
 from shardvault.governance.guard import Access, Governance
 from shardvault.governance.receipts import (
     Forgotten,
@@ -54,6 +55,7 @@ from shardvault.governance.receipts import (
 )
 from shardvault.io_threads import IoThreads
 from shardvault.keys import hierarchy
+from shardvault.keys.attestation import utc_seconds
 from shardvault.keys.port import KeyCustodian, KeyScope
 from shardvault.manifest import Manifest
 from shardvault.model import (
@@ -175,8 +177,9 @@ class Vault:
             # a keyring is made only for a deployment with no subject yet: one that has
             # some lost its keyring, and a new one would bring destroyed keys back
             custodian = custodian or open_custodian(
-                config, gate=governance.custodian_gate(), may_create=directory.empty
-            )
+                config, gate=governance.custodian_gate(), may_create=directory.empty,
+                signer=governance.custodian_key,
+            )  # fmt: skip
             name_earlier_keys(custodian, cells)
             vault = cls(
                 config,
@@ -570,9 +573,14 @@ class Vault:
         if record.forgotten_at is None:
             self.directory.settle(tenant, subject, home)
             scope = KeyScope(tenant, record.jurisdiction)
+            nonce = receipt_nonce(self.governance.cell(home), tenant, subject, record.key_id)
             # the custodian's tombstone first: refused, the catalog and shards stay as they were
-            self._key_use(access, lambda why: self.custodian.destroy(scope, record.key_id, why))
-            cell.catalog.forget_subject(tenant, subject, self._clock(), access.audit_index)
+            attested = self._key_use(
+                access, lambda why: self.custodian.destroy(scope, record.key_id, why, nonce=nonce)
+            )
+            # the forget's time is the one the custodian attests, so receipts state one time
+            at = open_attestation(attested, None).epoch() if attested else self._clock()
+            cell.catalog.forget_subject(tenant, subject, at, access.audit_index)
         return self._finish_forget_with_receipt(access, cell, record)
 
     def _finish_forget_with_receipt(
@@ -589,7 +597,7 @@ class Vault:
         audit = self.governance.cell(cell.jurisdiction)
         # the same on every run of this forget: one cut short left a commitment it opens
         nonce = receipt_nonce(audit, tenant, subject, record.key_id)
-        forgotten_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(forgotten.forgotten_at))
+        forgotten_at = utc_seconds(forgotten.forgotten_at)
         index = None
         if progress.decided_at != access.audit_index:
             index = self.governance.forget_outcome(

@@ -7,8 +7,9 @@ rebuilds the lost shards on the new nodes with `repair`. Then governance:
 principals with tokens, a foreign government's request refused by rule, a read
 the operator's policy allows but the partner's custodian refuses, a domestic
 legal request approved by two officers, the forget of a user (approved, with a
-signed receipt), an outside verification of the audit log and a transparency
-report. Every step prints the command it runs, so it doubles as a tutorial.
+signed receipt carrying the custodian's attestation that it destroyed her key),
+an outside verification of the audit log and a transparency report. Every step
+prints the command it runs, so it doubles as a tutorial.
 """
 
 from __future__ import annotations
@@ -113,8 +114,11 @@ def main() -> None:
     run("--approval", approval, "forget", "intl", "alice", "--receipt", str(receipt), show=False)
     print(f"(the signed receipt, {receipt.stat().st_size} bytes, is in {receipt})")
     keys = json.loads(run("audit", "keys", "--json", show=False))
+    # the cell's key and the log prove what the operator recorded; the custodian's key,
+    # that the partner itself destroyed alice's key
     run("receipt", "verify", str(files / "receipt.note"), "--key", keys["cells"]["US"],
-        "--cosigner", keys["partner"], config=False)  # fmt: skip
+        "--cosigner", keys["partner"], "--custodian", keys["custodian"],
+        config=False)  # fmt: skip
     run("get", "intl", "alice", "notes/today.txt", expect=1)
     run("gc", "--grace", "0")
     run("nodes")

@@ -454,7 +454,9 @@ def test_init_where_no_directory_can_be_made_says_why(
     assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["nodes"]
 
 
-@pytest.mark.parametrize("left", ["state", "keys", "nodes", "partner/witness.skey"])
+@pytest.mark.parametrize(
+    "left", ["state", "keys", "nodes", "partner/witness.skey", "partner/custodian.skey"]
+)
 def test_init_over_what_a_deployment_left_is_refused(
     tmp_path: Path, capsysbinary: pytest.CaptureFixture[bytes], left: str
 ) -> None:
@@ -557,6 +559,7 @@ OWN_FILES = {
     "audit hmac key": ("state/cells/US/audit/hmac.key", ["ls", "intl", "alice"]),
     "cell signing key": ("state/cells/US/audit/cell.skey", ["audit", "head", "--cell", "US"]),
     "witness key": ("partner/witness.skey", ["audit", "head", "--cell", "US"]),
+    "custodian key": ("partner/custodian.skey", ["audit", "keys"]),
     "partner's last head": ("partner/cosigned/US.note", ["audit", "head", "--cell", "US"]),
     "stored head": (
         "state/cells/US/audit/log/heads/00000000000000000002.note",

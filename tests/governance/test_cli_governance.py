@@ -431,7 +431,14 @@ RECEIPT_EDITS: dict[str, Callable[[dict[str, Any]], object]] = {
     "no nonce": lambda body: body.pop("subject_nonce") and None,
     "version 1 with a nonce": lambda body: body.update(v=1),
     "version true": lambda body: body.update(v=True),
-    "version 3": lambda body: body.update(v=3),
+    "version 4": lambda body: body.update(v=4),
+    "version 2 with an attestation": lambda body: body.update(v=2),
+    "no attestation": lambda body: body.pop("destroy_attestation") and None,
+    "attestation a number": lambda body: body.update(destroy_attestation=7),
+    "attestation not a note": lambda body: body.update(destroy_attestation="destroyed\n"),
+    "attestation with a malformed time": lambda body: body.update(
+        destroy_attestation=body["destroy_attestation"].replace("T", "T0", 1)
+    ),
 }
 
 
@@ -500,7 +507,7 @@ def test_a_receipt_made_version_1_to_drop_its_binding_is_refused(cli: Cli, tmp_p
     key = cli.json("audit", "keys")["cells"]["US"]
 
     def downgraded(body: dict[str, Any]) -> None:
-        del body["subject_nonce"]
+        del body["subject_nonce"], body["destroy_attestation"]
         body.update(v=1, subject="alice")
 
     receipt = tmp_path / "receipt.note"

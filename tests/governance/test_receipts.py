@@ -20,6 +20,7 @@ from shardvault.governance.receipts import (
     subject_commitment,
     verify_receipt,
 )
+from shardvault.keys.port import KeyScope
 from shardvault.model import ObjectRef
 from shardvault.vault import Vault
 
@@ -132,3 +133,33 @@ def test_the_subject_commitment_and_its_nonce_are_as_formats_md_says(tmp_path: P
     assert derived == hmac.digest(bytes(32), message, "sha256")
     assert derived.hex() == "f09492080ee4bc35eaa674023e4572f9f473cf76682c3161f71ef89425022ae4"
     assert derived != receipt_nonce(cell, "intl", "bob", "kid")
+
+
+def test_no_receipt_is_signed_with_an_attestation_of_another_destroy(tmp_path: Path) -> None:
+    # signed, it would be a receipt its holder's check refuses (or, unchecked, a lie)
+    from shardvault.governance.attestations import CustodianKey
+
+    with Vault.open(load(make_deployment(tmp_path / "deploy"))) as vault:
+        for subject in ("alice", "bob"):
+            vault.register_subject("intl", subject, "US")
+        alice, bob = (forget_approved(vault, "intl", s) for s in ("alice", "bob"))
+        cell = vault.governance.cell("US")
+        head = vault.governance.publish_head("US")
+        custodian = vault.governance.custodian_key
+        scope = KeyScope("intl", "US")
+        theirs = vault.custodian.destroy_attestation(scope, bob.key_id)
+        ours = vault.custodian.destroy_attestation(scope, alice.key_id)
+        assert theirs is not None and ours is not None
+        told = Forgotten(
+            "intl", "alice", "US", alice.key_id, alice.versions_deleted, alice.shards_removed,
+            str(cell.log.entry(alice.audit_index).details["forgotten_at"]),
+            receipt_nonce(cell, "intl", "alice", alice.key_id), ours,
+        )  # fmt: skip
+        genuine = make_receipt(cell, head, alice.audit_index, told, custodian.verifier)
+        assert verify_receipt(genuine.to_bytes(), cell.signer.verifier_key())["v"] == 3
+        with pytest.raises(IntegrityError, match="attestation is not of this forget: it is of key"):
+            make_receipt(cell, head, alice.audit_index, replace(told, destroy_attestation=theirs))
+        (tmp_path / "other").mkdir()
+        other = CustodianKey(tmp_path / "other", custodian.name).verifier
+        with pytest.raises(IntegrityError, match="not the custodian's"):
+            make_receipt(cell, head, alice.audit_index, told, other)

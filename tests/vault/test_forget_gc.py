@@ -609,6 +609,7 @@ if step == "outcome-audited-before-v2":  # as shardvault wrote it before receipt
     vault.governance.record_outcome = record_outcome
 
 killed_after(*{
+    "key-tombstoned": (vault.custodian._tombstones, "add"),  # its attestation not yet kept
     "key-destroyed": (vault.custodian, "destroy"),
     "catalog-marked": (vault.cells["US"].catalog, "forget_subject"),
     "shards-collected": (core, "collect_claimed"),
@@ -639,6 +640,7 @@ def forgotten_outcomes(vault: Vault, subject: str) -> list[int]:
 @pytest.mark.parametrize(
     "step",
     [
+        "key-tombstoned",
         "key-destroyed",
         "catalog-marked",
         "shards-collected",
@@ -684,13 +686,16 @@ def test_a_forget_killed_before_its_receipt_gives_one_when_run_again(
     checked = subprocess.run(
         [Path(sys.executable).parent / "shardvault", "receipt", "verify", str(receipt),
          "--key", governance.cell("US").signer.verifier_key(),
-         "--cosigner", governance.partner.vkey(), "--json"],
+         "--cosigner", governance.partner.vkey(),
+         "--custodian", governance.custodian_key.vkey(), "--json"],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert checked.returncode == 0, checked.stderr
     body = json.loads(checked.stdout)
     assert (body["subject"], body["key_id"], body["shards_removed"]) == ("alice", record.key_id, 18)
-    assert (body["v"], body["binds_subject"]) == (2, True)  # whichever run wrote the outcome
+    # whichever run wrote the outcome, and whichever signed the custodian's attestation
+    assert (body["v"], body["binds_subject"], body["destroy_attested"]) == (3, True, True)
+    assert vault.subject("intl", "alice").forgotten_at == _attested_at(result.receipt)
     # and the rest of the forget is done: shards, rows, approvals
     assert files_under(nodes) == before
     assert vault.cells["US"].catalog.known_object_ids() == set()
@@ -729,6 +734,17 @@ def test_a_forget_whose_outcome_an_older_version_wrote_gives_a_receipt_of_versio
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert checked.returncode == 0, checked.stderr
-    valid, warning = checked.stderr.splitlines()
+    valid, binding, destroy = checked.stderr.splitlines()
     assert valid.startswith("valid receipt: intl/alice forgotten")
-    assert warning.startswith("warning: this is a version 1 receipt: it does not bind its subject")
+    assert binding.startswith("warning: this is a version 1 receipt: it does not bind its subject")
+    assert destroy.startswith("warning: the key's destroy is not attested by the custodian")
+
+
+def _attested_at(receipt: str) -> float:
+    """The time of the destroy the custodian attests in RECEIPT (POSIX seconds)."""
+    from shardvault.audit.note import SignedNote
+    from shardvault.keys.attestation import parse_statement
+
+    body = json.loads(SignedNote.parse(receipt.encode()).text)
+    attestation = SignedNote.parse(body["destroy_attestation"].encode())
+    return float(parse_statement(attestation.text).epoch())

@@ -48,14 +48,16 @@ def _b64(data: bytes) -> str:
 
 @audit_app.command("keys")
 def audit_keys(ctx: typer.Context, json_out: JsonFlag = False) -> None:
-    """Print each cell's public key and the partner's: what verifiers are given."""
+    """Print each cell's public key, the partner's witness key and its custodian's key
+    (for destroy attestations): what verifiers are given."""
     gov = state(ctx).governance()
     keys = {code: gov.cell(code).signer.verifier_key() for code in gov.jurisdictions}
-    partner = gov.partner.vkey()
+    partner, custodian = gov.partner.vkey(), gov.custodian_key.vkey()
     if json_out:
-        print_json({"cells": keys, "partner": partner})
+        print_json({"cells": keys, "partner": partner, "custodian": custodian})
         return
-    lines = [f"{code} {vkey}" for code, vkey in keys.items()] + [f"partner {partner}"]
+    lines = [f"{code} {vkey}" for code, vkey in keys.items()]
+    lines += [f"partner {partner}", f"custodian {custodian}"]
     write_out("".join(f"{line}\n" for line in lines))
 
 
@@ -309,14 +311,23 @@ def receipt_verify(
     ],
     key: Key,
     cosigner: Cosigner = None,
+    custodian: Annotated[
+        str | None,
+        typer.Option(
+            "--custodian", metavar="VKEY", help="The partner custodian's public key (vkey)."
+        ),
+    ] = None,
     json_out: JsonFlag = False,
 ) -> None:
     """Check a deletion receipt with public keys only: signature, head, inclusion proof,
-    and (version 2) that the forget's audit entry commits to its subject and time."""
-    body = verify_receipt(read_given(receipt), key, cosigner)
+    that the forget's audit entry commits to its subject and time (version 2 and 3), and
+    with --custodian that the custodian attests the key's destroy (version 3)."""
+    body = verify_receipt(read_given(receipt), key, cosigner, custodian)
     binds = body["v"] >= 2
+    attested = custodian is not None  # verify_receipt refused a receipt it does not attest
     if json_out:
-        print_json({k: v for k, v in body.items() if k != "audit"} | {"binds_subject": binds})
+        shown = {k: v for k, v in body.items() if k not in ("audit", "destroy_attestation")}
+        print_json(shown | {"binds_subject": binds, "destroy_attested": attested})
         return
     say(
         f"valid receipt: {body['tenant']}/{body['subject']} forgotten at {body['forgotten_at']}, "
@@ -328,6 +339,19 @@ def receipt_verify(
         warn(
             "this is a version 1 receipt: it does not bind its subject or its time (its audit "
             "entry names the subject only by a pseudonym), so it may be another subject's forget"
+        )
+    if custodian is not None:
+        name = custodian.split("+", 1)[0]  # a well-formed vkey: verify_receipt parsed it
+        say(f"the key's destroy at {body['forgotten_at']} is attested by the custodian ({name})")
+    elif body["v"] >= 3:
+        warn(
+            "the custodian's attestation of the key's destroy was not checked: pass --custodian "
+            "with the partner custodian's public key"
+        )
+    else:
+        warn(
+            f"the key's destroy is not attested by the custodian (a version {body['v']} "
+            "receipt): it rests on the operator's log only"
         )
 
 

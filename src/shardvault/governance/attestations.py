@@ -4,14 +4,15 @@ The partner's custodian signs, with a key of its own (``custodian.skey`` in the
 partner's directory, Ed25519, Go ``note`` format, made on first use with mode
 0600 as the witness key is), a statement that it destroyed a subject key
 (`keys.attestation`). The statement is a C2SP signed note, so the key's public
-half is a vkey like the cell's and the witness's.
+half is a vkey like the cell's and the witness's, printed by ``shardvault audit
+keys``, and a deletion receipt of version 3 carries the note (docs/formats.md).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from shardvault.audit.note import NoteSigner, NoteVerifier, SignedNote, open_note
+from shardvault.audit.note import ED25519, NoteSigner, NoteVerifier, SignedNote, open_note
 from shardvault.errors import AuditUnavailable, IntegrityError, InvalidInput, KeyUnavailable
 from shardvault.governance.heads import load_signer
 from shardvault.keys.attestation import DestroyStatement, parse_statement
@@ -55,6 +56,24 @@ class CustodianKey:
         return SignedNote(text, (self.signer.sign(text),)).to_bytes()
 
 
+def custodian_verifier(vkey: str, *others: NoteVerifier | None) -> NoteVerifier:
+    """The custodian's public key, as a verifier is given it: an Ed25519 key that is
+    none of ``others`` (the cell's key given as the custodian's would take a statement
+    the operator signed for the custodian's); `InvalidInput` otherwise."""
+    verifier = NoteVerifier.from_vkey(vkey)
+    if verifier.sig_type != ED25519:
+        raise InvalidInput(
+            f"key {verifier.name!r} is not an Ed25519 signing key (type 0x01), as the "
+            "custodian's is"
+        )
+    if any(other is not None and other.public_key == verifier.public_key for other in others):
+        raise InvalidInput(
+            f"key {verifier.name!r} is the cell's or the partner's witness key, not the "
+            "custodian's: pass the custodian's key (shardvault audit keys: custodian)"
+        )
+    return verifier
+
+
 def open_attestation(data: bytes, custodian: NoteVerifier | None) -> DestroyStatement:
     """The statement of a destroy attestation, its signature checked against
     ``custodian`` if given; `IntegrityError` if it is not one, or not signed by it."""
@@ -71,4 +90,26 @@ def open_attestation(data: bytes, custodian: NoteVerifier | None) -> DestroyStat
     return statement
 
 
-__all__ = ["CustodianKey", "open_attestation"]
+def attested_otherwise(
+    statement: DestroyStatement,
+    *,
+    tenant: str,
+    jurisdiction: str,
+    key_id: str,
+    commitment: object,
+    forgotten_at: str,
+) -> str | None:
+    """How the attestation is of another destroy than the one stated beside it, if it
+    is: another scope, key, subject (its commitment) or time."""
+    if (statement.tenant, statement.jurisdiction) != (tenant, jurisdiction):
+        return f"it is of a key of {statement.tenant}/{statement.jurisdiction}"
+    if statement.key_id != key_id:
+        return f"it is of key {statement.key_id}"
+    if statement.subject_commitment != commitment:
+        return "it commits to another subject"
+    if statement.destroyed_at != forgotten_at:
+        return f"it states the key destroyed at {statement.destroyed_at}"
+    return None
+
+
+__all__ = ["CustodianKey", "attested_otherwise", "custodian_verifier", "open_attestation"]

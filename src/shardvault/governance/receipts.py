@@ -21,6 +21,15 @@ user (or their regulator), not for the public log, where the commitment reveals
 nothing of the id. A receipt of version 1 (no nonce) is still verified, but binds
 neither its subject nor its time; one built on an entry that commits to its
 subject is refused (a version 2 receipt of that forget binds them).
+
+What the cell signs is the operator's word, and so is its log. A receipt of
+version 3 also carries the custodian's own signed statement that it destroyed
+the key (`keys.attestation`), for the subject the entry commits to, at the
+receipt's time of the forget: checked with the custodian's public key, the
+destroy no longer rests on the operator's word. One of version 2 or 1 (a
+custodian that signed none, a forget attested before it was attested) states
+the destroy on the operator's word only; a verifier given the custodian's key
+refuses it.
 """
 
 from __future__ import annotations
@@ -37,12 +46,17 @@ from shardvault.audit.entry import canonical_json
 from shardvault.audit.merkle import HASH_SIZE, leaf_hash, verify_inclusion
 from shardvault.audit.note import NoteVerifier, open_note
 from shardvault.errors import IntegrityError, InvalidInput
+from shardvault.governance.attestations import (
+    attested_otherwise,
+    custodian_verifier,
+    open_attestation,
+)
 from shardvault.governance.heads import CellAudit
 from shardvault.keys.attestation import COMMITMENT_PREFIX, subject_commitment
 from shardvault.model import jurisdiction_code, subject_id, tenant_name
 
 RECEIPT_TYPE = "shardvault-deletion-receipt"
-RECEIPT_VERSION = 2
+RECEIPT_VERSION = 3
 NONCE_BYTES = 32
 _NONCE_LABEL = "deletion-receipt-nonce"
 
@@ -59,6 +73,7 @@ class Forgotten:
     shards_removed: int
     forgotten_at: str
     subject_nonce: bytes | None = None  # what opens the entry's subject commitment
+    destroy_attestation: bytes | None = None  # the custodian's, signed at the destroy
 
 
 def receipt_nonce(cell: CellAudit, tenant: str, subject: str, key_id: str) -> bytes:
@@ -69,19 +84,27 @@ def receipt_nonce(cell: CellAudit, tenant: str, subject: str, key_id: str) -> by
     return cell.hasher.secret(_NONCE_LABEL, json.dumps([tenant, subject, key_id]))
 
 
-def make_receipt(cell: CellAudit, head: SignedNote, index: int, what: Forgotten) -> SignedNote:
+def make_receipt(
+    cell: CellAudit,
+    head: SignedNote,
+    index: int,
+    what: Forgotten,
+    custodian: NoteVerifier | None = None,
+) -> SignedNote:
     """Sign a receipt for ``what``, proving audit entry ``index`` is under ``head``: of
-    version 2 if the entry commits to its subject (which ``what``'s nonce must open), of
-    version 1 for an entry written before entries did."""
+    version 2 if the entry commits to its subject (which ``what``'s nonce must open), and
+    3 if ``what`` also has the custodian's attestation of the destroy (checked against
+    the entry, and ``custodian``'s key if given); of version 1 for an entry written
+    before entries committed to their subject."""
     checkpoint = Checkpoint.parse(head.text)
     entry = next(iter(cell.log.iter_entry_bytes(index, index + 1)))
     proof = cell.log.inclusion_proof(index, checkpoint.size)
     # checked before it is signed: a proof built from damaged stored nodes is refused
     verify_inclusion(leaf_hash(entry), index, checkpoint.size, proof, checkpoint.root_hash)
-    binding = _binding(AuditEntry.from_bytes(entry), what)
+    binding = _binding(AuditEntry.from_bytes(entry), what, custodian)
     body = {
         "type": RECEIPT_TYPE,
-        "v": 2 if binding else 1,
+        "v": 1 if not binding else 3 if "destroy_attestation" in binding else 2,
         "tenant": what.tenant,
         "subject": what.subject,
         **binding,
@@ -103,31 +126,52 @@ def make_receipt(cell: CellAudit, head: SignedNote, index: int, what: Forgotten)
     return SignedNote(text, (cell.signer.sign(text),))
 
 
-def _binding(entry: AuditEntry, what: Forgotten) -> dict[str, str]:
+def _binding(entry: AuditEntry, what: Forgotten, custodian: NoteVerifier | None) -> dict[str, str]:
     """The fields a receipt of ENTRY adds to bind its subject: none for an entry with no
-    commitment; else the nonce, checked to open it (`IntegrityError` if not: signed, it
+    commitment; else the nonce, checked to open it, and the custodian's attestation if
+    there is one, checked to be of this destroy (`IntegrityError` if not: signed, it
     would be a receipt its holder's check refuses)."""
     if "subject_commitment" not in entry.details:
         return {}
     nonce = what.subject_nonce
-    if nonce is None or entry.details["subject_commitment"] != subject_commitment(
-        what.tenant, what.subject, nonce
-    ):
+    committed = entry.details["subject_commitment"]
+    if nonce is None or committed != subject_commitment(what.tenant, what.subject, nonce):
         raise IntegrityError(
             f"the forget's audit entry does not commit to subject {what.subject} of tenant "
             f"{what.tenant}: no receipt signed"
         )
-    return {"subject_nonce": base64.b64encode(nonce).decode("ascii")}
+    binding = {"subject_nonce": base64.b64encode(nonce).decode("ascii")}
+    if what.destroy_attestation is None:
+        return binding
+    statement = open_attestation(what.destroy_attestation, custodian)
+    wrong = attested_otherwise(
+        statement, tenant=what.tenant, jurisdiction=what.jurisdiction, key_id=what.key_id,
+        commitment=committed, forgotten_at=what.forgotten_at,
+    )  # fmt: skip
+    if wrong:
+        raise IntegrityError(
+            f"the custodian's destroy attestation is not of this forget: {wrong}; no receipt signed"
+        )
+    return binding | {"destroy_attestation": what.destroy_attestation.decode("utf-8")}
 
 
-def verify_receipt(data: bytes, cell_key: str, cosigner_key: str | None = None) -> dict[str, Any]:
+def verify_receipt(
+    data: bytes,
+    cell_key: str,
+    cosigner_key: str | None = None,
+    custodian_key: str | None = None,
+) -> dict[str, Any]:
     """Check a receipt with public keys only; returns its fields or raises `IntegrityError`.
 
+    With ``custodian_key`` the receipt must carry the custodian's attestation of the
+    destroy (version 3), signed by that key. Without it, a version 3 receipt's
+    attestation is checked to be of this forget, but not its signature.
     A malformed key, or one of the wrong kind, is the caller's mistake, not the
     receipt's: `InvalidInput`."""
     verifier = NoteVerifier.from_vkey(cell_key)
     cosigner = NoteVerifier.from_vkey(cosigner_key) if cosigner_key else None
     check_key_kinds(verifier, cosigner)
+    custodian = custodian_verifier(custodian_key, verifier, cosigner) if custodian_key else None
     try:
         note = SignedNote.parse(data)
     except InvalidInput as exc:
@@ -156,14 +200,40 @@ def verify_receipt(data: bytes, cell_key: str, cosigner_key: str | None = None) 
     wrong = _contradiction(AuditEntry.from_bytes(raw_entry), body)
     if wrong:
         raise IntegrityError(f"the audit entry in the receipt is not this forget: {wrong}")
+    _check_attestation(body, custodian)
     return body
+
+
+def _check_attestation(body: dict[str, Any], custodian: NoteVerifier | None) -> None:
+    """A version 3 receipt's attestation is of its forget (and, given the custodian's key,
+    signed by it); a receipt without one is refused when the caller asked for one."""
+    if body["v"] < 3:
+        if custodian is not None:
+            raise IntegrityError(
+                f"this version {body['v']} receipt carries no destroy attestation by the "
+                "custodian: its key's destroy rests on the operator's word only"
+            )
+        return
+    statement = open_attestation(body["destroy_attestation"].encode("utf-8"), custodian)
+    wrong = attested_otherwise(
+        statement, tenant=body["tenant"], jurisdiction=body["jurisdiction"],
+        key_id=body["key_id"], commitment=subject_commitment(
+            body["tenant"], body["subject"], _nonce(body)
+        ), forgotten_at=body["forgotten_at"],
+    )  # fmt: skip
+    if wrong:
+        raise IntegrityError(f"the receipt's destroy attestation is not of this forget: {wrong}")
 
 
 _FIELDS_V1 = frozenset(
     {"type", "v", "tenant", "subject", "jurisdiction", "key_id", "key_destroyed",
      "versions_deleted", "shards_removed", "forgotten_at", "audit"}
 )  # fmt: skip
-_FIELDS = {1: _FIELDS_V1, 2: _FIELDS_V1 | {"subject_nonce"}}
+_FIELDS = {
+    1: _FIELDS_V1,
+    2: _FIELDS_V1 | {"subject_nonce"},
+    3: _FIELDS_V1 | {"subject_nonce", "destroy_attestation"},
+}
 _AUDIT_FIELDS = frozenset({"origin", "index", "entry", "inclusion_proof", "head"})
 _FORGOTTEN_AT = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z")
 _MAX_COUNT = 2**53 - 1
@@ -182,7 +252,7 @@ def _body(text: str) -> dict[str, Any]:
         version = body.get("v")
         fields = _FIELDS.get(version) if type(version) is int else None  # not true, 1.0
         if body.get("type") != RECEIPT_TYPE or fields is None:
-            raise IntegrityError("not a deletion receipt of version 1 or 2")
+            raise IntegrityError("not a deletion receipt of version 1, 2 or 3")
         audit = body.get("audit")
         if set(body) != fields or not isinstance(audit, dict) or set(audit) != _AUDIT_FIELDS:
             raise ValueError(f"not the fields of a version {version} deletion receipt")
@@ -223,6 +293,8 @@ def _check_fields(body: dict[str, Any], audit: dict[str, Any]) -> None:
         raise ValueError(f"inclusion_proof is not a list of at most {_MAX_PROOF} hashes")
     if not all(isinstance(h, str) for h in [*proof, audit["entry"], audit["head"]]):
         raise ValueError("inclusion_proof, entry and head must be strings")
+    if not isinstance(body.get("destroy_attestation", ""), str):
+        raise ValueError("destroy_attestation must be a string")
 
 
 def _is_count(value: object) -> bool:
@@ -245,7 +317,7 @@ is there as a pseudonym, which a verifier without the cell's key cannot compute)
 def _contradiction(entry: AuditEntry, body: dict[str, Any]) -> str | None:
     """How the receipt states other than the cosigned log recorded of its forget, if it
     does: a signed receipt saying more shards were removed than the log says, another
-    cell, or (version 2) another subject or time, is false. A version 1 receipt of an
+    cell, or (version 2 and 3) another subject or time, is false. A version 1 receipt of an
     entry that commits to its subject is refused: it would drop the binding."""
     if not (
         entry.action == "forget"

@@ -614,12 +614,18 @@ class Vault:
         if index != progress.outcome:
             cell.catalog.note_forget_progress(tenant, subject, outcome=index)
         told = audit.log.entry(index).details  # an entry written before v2 has no time
+        attested = self.custodian.destroy_attestation(
+            KeyScope(tenant, record.jurisdiction), record.key_id
+        )  # none from a custodian that signs none, or for a key destroyed before one did
         what = Forgotten(
             tenant, subject, cell.jurisdiction, record.key_id, int(told["versions_deleted"] or 0),
             int(told["shards_removed"] or 0), str(told.get("forgotten_at") or forgotten_at), nonce,
+            attested,
         )  # fmt: skip
         head = self.governance.publish_head(cell.jurisdiction)
-        receipt = make_receipt(audit, head, index, what)
+        # checked against the partner's key before it is signed into a receipt
+        custodian = self.governance.custodian_key.verifier if attested else None
+        receipt = make_receipt(audit, head, index, what, custodian)
         return ForgetResult(
             tenant, subject, cell.jurisdiction, record.key_id, what.versions_deleted,
             what.shards_removed, forgotten.forgotten_at, index, receipt.to_bytes().decode("utf-8"),

@@ -26,6 +26,7 @@ from shardvault.model import (
     jurisdiction_code,
     node_id,
     object_key,
+    shown,
     subject_id,
     tenant_name,
 )
@@ -352,3 +353,12 @@ def test_overlong_or_multi_line_names_in_keys_and_policies_are_named_not_echoed(
     with pytest.raises(InvalidInput) as caught:
         token("p" * 100_000 + " ", "principal id")
     assert len(str(caught.value)) < 250
+
+
+def test_a_byte_not_utf8_nested_in_a_list_or_dict_is_shown_as_the_byte() -> None:
+    # only a string's repr was rewritten: a list's or dict's strings kept the surrogate,
+    # ['a\udcff'], where a string alone and all output write a\xff
+    name = os.fsdecode(b"a\xff")
+    assert shown([name, "\\udcff", "\x85"]) == "['a\\xff', '\\\\udcff', '\\u0085']"
+    assert shown({name: (name,)}) == "{'a\\xff': ('a\\xff',)}"
+    assert shown([b"\xff"]) == "[b'\\xff']"  # a byte already, not a character

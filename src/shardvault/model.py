@@ -31,9 +31,10 @@ _FACILITY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 def shown(value: object, limit: int = 80, *, escaped: bool = False) -> str:
     """``repr(value)``, cut to ``limit`` characters: an overlong id is named, not echoed.
     ``escaped``: as ``ascii(value)``, where a look-alike must be told apart. A string's
-    undecodable byte is written ``\\xNN``, as output writes it (`undecodable_escaped`)."""
+    undecodable byte is written ``\\xNN``, as output writes it (`undecodable_escaped`),
+    and so is one of a string in a list, tuple, set or dict (a list of file names)."""
     text = ascii(value) if escaped else repr(value)
-    if isinstance(value, str):
+    if _text_only(value):
         text = _REPR_ESCAPE.sub(_byte_escape, text)
     if len(text) <= limit:
         return text
@@ -44,6 +45,19 @@ def shown(value: object, limit: int = 80, *, escaped: bool = False) -> str:
 # In a str's repr: an escaped backslash (kept, so that what follows it is text), a
 # character U+0080-U+00FF, or an undecodable byte (a lone surrogate U+DC80-U+DCFF).
 _REPR_ESCAPE = re.compile(r"\\(\\|x[89a-f][0-9a-f]|udc[89a-f][0-9a-f])")
+
+
+def _text_only(value: object) -> bool:
+    """Whether VALUE's repr has a backslash only within the repr of a string: a string,
+    a number, None, or a list, tuple, set or dict of those (not bytes, whose repr's
+    ``\\xNN`` is a byte already)."""
+    if value is None or isinstance(value, str | int | float):
+        return True
+    if isinstance(value, dict):
+        return all(_text_only(key) and _text_only(item) for key, item in value.items())
+    if isinstance(value, list | tuple | set | frozenset):
+        return all(_text_only(item) for item in value)
+    return False
 
 
 def _byte_escape(match: re.Match[str]) -> str:

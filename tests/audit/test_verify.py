@@ -592,6 +592,19 @@ def test_directories_nested_deep_in_an_export_are_one_line_not_a_traceback(
     assert done.stderr == "error: export contains unexpected files: ['d']\n"
 
 
+def test_a_name_not_utf8_in_the_list_of_unexpected_files_is_written_as_its_byte(
+    sample: tuple[Path, bytes], tmp_path: Path
+) -> None:
+    # the list was formatted by its repr, whose strings wrote the byte as the surrogate
+    # Python reads it as, ['a\udcff'], where every other error line and output write \xff
+    export = tmp_path / "export"
+    shutil.copytree(sample[0], export)
+    (export / os.fsdecode(b"a\xff\\x")).write_bytes(b"")
+    done = verify_in_a_small_process(export)
+    assert done.returncode == 1, done.stderr
+    assert done.stderr == "error: export contains unexpected files: ['a\\xff\\\\x']\n"
+
+
 def nest(where: Path, depth: int) -> None:
     """Make DEPTH folders ``d/d/...`` in WHERE, or remove -DEPTH of them, in relative
     steps: the whole path is longer than a path may be."""

@@ -37,6 +37,7 @@ from shardvault.audit.entry import MAX_ENTRY_BYTES, AuditEntry
 from shardvault.audit.export import ENTRIES_NAME, FORMAT_TEXT, HEADS_DIR
 from shardvault.audit.note import NoteVerifier
 from shardvault.errors import IntegrityError, InvalidInput
+from shardvault.model import shown
 
 _HEAD_NAME = re.compile(rf"{HEADS_DIR}/([0-9]{{20}})\.note")  # \d takes any script's digits
 _KNOWN = {"FORMAT", ENTRIES_NAME}
@@ -81,7 +82,8 @@ class _Source:
                 raise IntegrityError("export contains the same file twice")
         unknown = {n for n in names - _KNOWN if not _HEAD_NAME.fullmatch(n)} | folders
         if unknown:
-            raise IntegrityError(f"export contains unexpected files: {sorted(unknown)[:5]}")
+            listed = shown(sorted(unknown)[:5], 2000)  # a name's byte not UTF-8 as \xNN
+            raise IntegrityError(f"export contains unexpected files: {listed}")
         self.names = names
         self._stack = stack
 

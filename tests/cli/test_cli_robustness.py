@@ -1268,3 +1268,15 @@ def test_an_undecodable_byte_reads_the_same_in_an_error_as_in_output(alice: Cli)
     assert one_error_line(done, 2) == "error: invalid object key 'k\\xff': not valid Unicode text"
     done = shardvault(alice.config, "ls", "intl", os.fsdecode(b"\\\xff\xc2\x85"), env=STRICT)
     assert "'\\\\\\xff\\u0085'" in one_error_line(done, 2)
+
+
+def test_an_undecodable_byte_not_quoted_in_an_error_is_written_as_the_byte(
+    tmp_path: Path,
+) -> None:
+    # a path the message holds as it is (no quotes: it is printable but for the byte)
+    # reached the error line as the lone surrogate, which the line's escaping wrote
+    # \udcff; and a character U+0085 there was \x85, as the byte 0x85 is written
+    export = tmp_path / os.fsdecode(b"ex\xff\xc2\x85")
+    done = shardvault(tmp_path / "none.toml", "audit", "verify", str(export), "--key", "k",
+                      env=STRICT)  # fmt: skip
+    assert one_error_line(done, 2) == f"error: no export at {tmp_path}/ex\\xff\\u0085"

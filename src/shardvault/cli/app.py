@@ -256,10 +256,22 @@ def _error(message: str) -> None:
 
 def _one_line(message: str) -> str:
     """MESSAGE with what is not printable escaped (a newline as \\n, U+202E as \\u202e):
-    a path or name echoed as given split the error in two lines, or reversed its end."""
+    a path or name echoed as given split the error in two lines, or reversed its end.
+    An undecodable byte is written \\xNN, as output and `model.shown` write it, and so
+    a character U+0080 to U+00FF is \\u00NN, not \\xNN."""
     if message.isprintable():
         return message
-    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in message)
+    return "".join(c if c.isprintable() else _escaped(c) for c in message)
+
+
+def _escaped(char: str) -> str:
+    """CHAR, not printable, as an escape that names it alone."""
+    code = ord(char)
+    if 0xDC80 <= code <= 0xDCFF:  # the byte NN of an argument or a file name, not UTF-8
+        return f"\\x{code - 0xDC00:02x}"
+    if 0x80 <= code <= 0xFF:
+        return f"\\u{code:04x}"
+    return ascii(char)[1:-1]
 
 
 if __name__ == "__main__":

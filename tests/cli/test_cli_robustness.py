@@ -1280,3 +1280,45 @@ def test_an_undecodable_byte_not_quoted_in_an_error_is_written_as_the_byte(
     done = shardvault(tmp_path / "none.toml", "audit", "verify", str(export), "--key", "k",
                       env=STRICT)  # fmt: skip
     assert one_error_line(done, 2) == f"error: no export at {tmp_path}/ex\\xff\\u0085"
+
+
+X_FF = os.fsdecode(b"x\xff")
+POLICY_CHECK = [
+    *("policy", "check", "--principal", "p", "--tenant", "intl", "--jurisdiction", "US"),
+    *("--purpose", "read", "--principal-tenant", "intl", "--location", "US"),
+]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["report", "transparency", "--from", X_FF, "--to", "2026-01-01"],
+        [*POLICY_CHECK, "--action", X_FF, "--kind", "service"],
+        [*POLICY_CHECK, "--action", "read", "--kind", X_FF],
+        [*POLICY_CHECK, "--action", "read", "--kind", "service", "--data-class", X_FF],
+        ["ls", "intl", "alice", "--prefix", X_FF],
+        ["ls", "intl", "alice", "--start-after", X_FF],
+        ["scan", ".", "--format", X_FF],
+        ["audit", "verify", ".", "--key", X_FF],
+        ["receipt", "verify", "r", "--key", f"{X_FF}+00000000+AQ{'A' * 42}"],
+    ],
+    ids=[
+        "report-from",
+        "policy-action",
+        "policy-kind",
+        "data-class",
+        "ls-prefix",
+        "ls-start-after",
+        "scan-format",
+        "verifier-key",
+        "key-name",
+    ],
+)
+def test_an_undecodable_byte_of_an_argument_quoted_in_an_error_is_written_as_the_byte(
+    alice: Cli, tmp_path: Path, args: list[str]
+) -> None:
+    # these messages quoted the argument with !r, its repr: 'x\udcff', not 'x\xff'
+    (tmp_path / "r").write_bytes(b"receipt")
+    done = shardvault(alice.config, *args, env=STRICT, cwd=tmp_path)
+    line = one_error_line(done, 2)
+    assert "'x\\xff" in line and "\\udc" not in line, line

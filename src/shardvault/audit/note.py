@@ -55,12 +55,12 @@ def _b64decode(text: str, what: str) -> bytes:
 
 def _check_name(name: str) -> str:
     if not isinstance(name, str) or not _NAME.fullmatch(name):
-        raise InvalidInput(f"key name {name!r} must be non-empty, without spaces or '+'")
+        raise InvalidInput(f"key name {shown(name)} must be non-empty, without spaces or '+'")
     if not name.isascii():  # bytes of a command line that are not UTF-8 have no key ID
         try:
             name.encode("utf-8")
         except UnicodeEncodeError:
-            raise InvalidInput(f"key name {name!r} is not UTF-8 text") from None
+            raise InvalidInput(f"key name {shown(name)} is not UTF-8 text") from None
     return name
 
 
@@ -205,14 +205,18 @@ class NoteVerifier:
         """Parse ``name+hexkeyid+base64(type || key)``; the key ID must match the key."""
         parts = vkey.split("+", 2)
         if len(parts) != 3 or not re.fullmatch(r"[0-9a-f]{8}", parts[1]):
-            raise InvalidInput(f"malformed verifier key {vkey!r}: want name+hexkeyid+base64")
+            raise InvalidInput(
+                f"malformed verifier key {shown(vkey, 200)}: want name+hexkeyid+base64"
+            )
         name, hex_id, blob = parts
         raw = _b64decode(blob, "verifier key material")
         if len(raw) != 33:
             raise InvalidInput("verifier key material must be a type byte and 32 key bytes")
         verifier = cls(name, raw[0], raw[1:])
         if verifier.key_id.hex() != hex_id:
-            raise InvalidInput(f"verifier key {name!r}: key ID {hex_id} does not match the key")
+            raise InvalidInput(
+                f"verifier key {shown(name)}: key ID {hex_id} does not match the key"
+            )
         return verifier
 
     def vkey(self) -> str:

@@ -17,6 +17,7 @@ from shardvault.cli.outfile import Output, checked_output, write_output
 from shardvault.cli.output import write_out
 from shardvault.cli.state import state
 from shardvault.errors import InvalidInput, Refused, ShardvaultError
+from shardvault.model import shown
 
 
 def scan(
@@ -90,7 +91,7 @@ def scan(
 
     renderers = {"table": render_table, "json": render_json, "sarif": render_sarif}
     if output_format not in renderers:
-        raise InvalidInput(f"--format must be table, json or sarif, not {output_format!r}")
+        raise InvalidInput(f"--format must be table, json or sarif, not {shown(output_format)}")
     try:
         threshold = Severity.parse(fail_on)
     except ValueError as exc:

@@ -29,6 +29,7 @@ from datetime import UTC, date, datetime, timedelta
 from shardvault.audit import ENTRY_VERSION, AuditEntry, Checkpoint, format_time
 from shardvault.audit.entry import check_counted_fields
 from shardvault.errors import InvalidInput
+from shardvault.model import shown
 
 _STRENGTH = {"allow": 0, "approval-required": 1, "deny": 2}
 COUNTED_STAGES = frozenset({"policy", "custodian"})
@@ -72,7 +73,7 @@ def period(start: str, end: str) -> tuple[str, str | None]:
     try:
         first, last = date.fromisoformat(start), date.fromisoformat(end)
     except ValueError:
-        raise InvalidInput(f"dates must be YYYY-MM-DD (got {start!r}, {end!r})") from None
+        raise InvalidInput(f"dates must be YYYY-MM-DD (got {shown(start)}, {shown(end)})") from None
     if last < first:
         raise InvalidInput(f"--to {end} is before --from {start}")
     lo = format_time(datetime(first.year, first.month, first.day, tzinfo=UTC))

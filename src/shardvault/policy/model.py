@@ -73,7 +73,7 @@ def as_enum(kind: type[_E], value: object, what: str) -> _E:
         return kind(value)
     except ValueError:
         allowed = ", ".join(str(m.value) for m in kind)
-        raise InvalidInput(f"{what} {value!r} is not one of {allowed}") from None
+        raise InvalidInput(f"{what} {shown(value)} is not one of {allowed}") from None
 
 
 def rule_id(value: object) -> str:

@@ -69,6 +69,7 @@ from shardvault.model import (
     local_context,
     new_object_key,
     nfc_text,
+    shown,
     subject_id,
 )
 from shardvault.objectid import minted_at, new_object_id
@@ -748,7 +749,9 @@ class Vault:
                 try:
                     text.encode("utf-8")
                 except UnicodeEncodeError:
-                    raise InvalidInput(f"invalid {what} {text!r}: not valid UTF-8 text") from None
+                    raise InvalidInput(
+                        f"invalid {what} {shown(text)}: not valid UTF-8 text"
+                    ) from None
             # no stored key is other than NFC: a prefix that is would match none, silently
             nfc_text(text, what)
         record, _ = self._authorized(ctx or local_context(), Action.LIST, tenant, subject)

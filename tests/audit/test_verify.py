@@ -9,6 +9,8 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -24,6 +26,7 @@ from tests.audit.conftest import (
 )
 
 from shardvault.audit import export
+from shardvault.audit import verify as verify_module
 from shardvault.audit.checkpoint import Checkpoint, sign_checkpoint
 from shardvault.audit.export import export_to_directory, export_to_file
 from shardvault.audit.log import AuditLog
@@ -603,6 +606,64 @@ def test_a_name_not_utf8_in_the_list_of_unexpected_files_is_written_as_its_byte(
     done = verify_in_a_small_process(export)
     assert done.returncode == 1, done.stderr
     assert done.stderr == "error: export contains unexpected files: ['a\\xff\\\\x']\n"
+
+
+def raised_within(seconds: float, call: Callable[[], object], fifo: Path) -> BaseException:
+    """What CALL raised, run on a thread; if it is still running after SECONDS it is
+    waiting on FIFO, which is then opened for writing and closed to let it go on."""
+    raised: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            call()
+        except BaseException as exc:  # handed to the test
+            raised.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))  # its reader sees the end
+        thread.join(seconds)
+        pytest.fail(f"verify_export waited on the FIFO {fifo.name} for a writer")
+    assert raised, "verify_export accepted an export with a FIFO in it"
+    return raised[0]
+
+
+@pytest.mark.parametrize("member", ["FORMAT", "entries.jsonl", "heads"])
+def test_a_member_swapped_for_a_fifo_after_the_listing_is_refused_not_waited_on(
+    sample: tuple[Path, bytes], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, member: str
+) -> None:
+    # a FIFO listed is never taken for a file, but the members were then opened with a
+    # blocking open: one swapped in after the listing made verify wait for a writer
+    export = tmp_path / "export"
+    shutil.copytree(sample[0], export)
+    target = (
+        export / member if member != "heads" else next(iter(sorted((export / "heads").iterdir())))
+    )
+    listed = verify_module._listed
+
+    def then_a_fifo(path: Path) -> tuple[set[str], set[str]]:
+        found = listed(path)
+        target.unlink()
+        os.mkfifo(target)
+        return found
+
+    monkeypatch.setattr(verify_module, "_listed", then_a_fifo)
+    caught = raised_within(10, lambda: verify(export), target)
+    assert isinstance(caught, IntegrityError), caught
+    assert f"{target.relative_to(export)} is a named FIFO, not a regular file" in str(caught)
+
+
+def test_a_fifo_given_as_an_export_is_refused_not_waited_on(tmp_path: Path) -> None:
+    # the command checks that EXPORT is a directory or a file first; verify_export
+    # then opened it as a tar with a blocking open, so a FIFO (there from the start,
+    # or swapped in after the command's check) made it wait for a writer
+    fifo = tmp_path / "export.tar"
+    os.mkfifo(fifo)
+    caught = raised_within(10, lambda: verify(fifo), fifo)
+    assert isinstance(caught, InvalidInput), caught
+    assert str(caught) == f"{fifo} is a named FIFO, neither an export directory nor a tar file"
 
 
 def nest(where: Path, depth: int) -> None:

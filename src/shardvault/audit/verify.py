@@ -36,8 +36,9 @@ from shardvault.audit.checkpoint import VerifiedHead, check_key_kinds, open_chec
 from shardvault.audit.entry import MAX_ENTRY_BYTES, AuditEntry
 from shardvault.audit.export import ENTRIES_NAME, FORMAT_TEXT, HEADS_DIR
 from shardvault.audit.note import NoteVerifier
+from shardvault.durability import open_regular
 from shardvault.errors import IntegrityError, InvalidInput
-from shardvault.model import shown
+from shardvault.model import named, shown
 
 _HEAD_NAME = re.compile(rf"{HEADS_DIR}/([0-9]{{20}})\.note")  # \d takes any script's digits
 _KNOWN = {"FORMAT", ENTRIES_NAME}
@@ -98,7 +99,11 @@ class _Source:
         if name not in self.names:
             raise IntegrityError(f"export has no {name}")
         if self._dir is not None:
-            return self._stack.enter_context(open(self._dir / name, "rb"))
+            # never a blocking open: a FIFO swapped in since the listing would wait
+            opened = open_regular(self._dir / name)
+            if isinstance(opened, str):
+                raise IntegrityError(f"export member {name} is {opened}, not a regular file")
+            return self._stack.enter_context(opened)
         assert self._tar is not None
         member = self._tar.extractfile(self._members[name])
         if member is None:
@@ -135,7 +140,13 @@ def _open_tar(path: Path, stack: ExitStack) -> tuple[tarfile.TarFile, list[tarfi
     `tarfile` takes a file that ends, or a header that is damaged, after a member
     for the end of the archive, so a cut export would be read as a shorter one."""
     try:
-        tar = stack.enter_context(tarfile.open(path, "r:"))  # noqa: SIM115
+        opened = open_regular(path)  # never blocking: a FIFO would wait for a writer
+        if isinstance(opened, str):
+            raise InvalidInput(
+                f"{named(str(path))} is {opened}, neither an export directory nor a tar file"
+            )
+        file = stack.enter_context(opened)
+        tar = stack.enter_context(tarfile.open(fileobj=file, mode="r:"))  # noqa: SIM115
     except (OSError, tarfile.TarError) as exc:
         raise IntegrityError(f"{path} is not an audit export: {exc}") from None
     try:

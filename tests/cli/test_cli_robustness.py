@@ -291,7 +291,12 @@ def test_put_with_stdin_closed_is_exit_2(alice: Cli) -> None:
 
 @pytest.mark.parametrize(
     "argv",
-    [["get", "intl", "alice", "k"], ["ls", "intl", "alice", "--json"], ["ls", "intl", "alice"]],
+    [
+        ["get", "intl", "alice", "k"],
+        ["ls", "intl", "alice", "--json"],
+        ["ls", "intl", "alice"],
+        ["--version"],  # was exit 0, the version lost: click's echo writes nothing there
+    ],
 )
 def test_closed_stdout_is_exit_1(alice: Cli, argv: list[str]) -> None:
     done = shardvault(alice.config, *argv, preexec_fn=lambda: os.close(1))
@@ -343,6 +348,7 @@ def test_closed_stderr_keeps_errors_out_of_stdout(alice: Cli) -> None:
         ["ls", "intl", "alice", "--json"],
         ["stat", "intl", "alice", "k"],
         ["audit", "keys"],
+        ["--version"],
     ],
 )
 def test_full_stdout_is_exit_1(alice: Cli, argv: list[str]) -> None:

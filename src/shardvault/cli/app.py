@@ -28,11 +28,13 @@ app = typer.Typer(
 
 
 def _print_version(given: bool) -> None:
-    """`--version`: which shardvault a script is driving (a file of a newer one says upgrade)."""
+    """`--version`: which shardvault a script is driving (a file of a newer one says upgrade).
+    Written as all output is: echo wrote nothing to a closed stdout, and exited 0."""
     if given:
         from shardvault import __version__
+        from shardvault.cli.output import write_out
 
-        typer.echo(f"shardvault {__version__}")
+        write_out(f"shardvault {__version__}\n")
         raise typer.Exit()
 
 

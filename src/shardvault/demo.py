@@ -12,7 +12,7 @@ import os
 from contextlib import suppress
 from pathlib import Path
 
-from shardvault.durability import write_failure
+from shardvault.durability import create_whole, write_failure
 from shardvault.errors import InvalidInput
 
 DEMO_JURISDICTIONS = {"US": "United States", "SG": "Singapore", "EU": "European Union"}
@@ -244,12 +244,13 @@ def _make_dirs(path: Path, made: list[Path], mode: int = 0o777) -> None:
 
 
 def _write_new(path: Path, text: str, made: list[Path]) -> None:
-    """Write under a temporary name, then rename: a crash leaves no half-written file."""
-    temp = path.with_name(f".{path.name}.tmp")
-    made.append(temp)
-    temp.write_text(text)
-    temp.replace(path)
-    made[-1] = path
+    """Write whole under a temporary of its own, then link it in: a crash leaves no
+    half-written file, and no file made meanwhile is replaced. Not a fixed temporary
+    name, opened as it was: a FIFO there hung init, a symlink there had the config
+    written into the file it named."""
+    if not create_whole(path, text.encode("utf-8"), mode=0o666):  # the umask decides
+        raise InvalidInput(f"{path} already exists: choose an empty directory")
+    made.append(path)
 
 
 def _remove(made: list[Path]) -> None:

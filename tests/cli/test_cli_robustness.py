@@ -479,6 +479,24 @@ def test_init_over_what_a_deployment_left_is_refused(
     )
 
 
+@pytest.mark.parametrize("kind", ["fifo", "symlink"])
+def test_init_writes_nothing_through_what_is_at_a_temporary_name(tmp_path: Path, kind: str) -> None:
+    # each file was written to a fixed temporary name, .NAME.tmp, opened as it was: a
+    # FIFO there made init wait for a writer for ever; a symbolic link there had the
+    # config written into the file it names, outside DIR, and renamed in as the config
+    target = tmp_path / "demo"
+    target.mkdir()
+    victim = tmp_path / "victim"
+    victim.write_text("mine")
+    for name in (".shardvault.toml.tmp", ".policy.toml.tmp"):
+        os.mkfifo(target / name) if kind == "fifo" else (target / name).symlink_to(victim)
+    done = shardvault(tmp_path / "unused.toml", "init", "--demo", str(target), timeout=20)
+    assert done.returncode == 0, done.stderr
+    assert victim.read_text() == "mine"
+    for name in ("shardvault.toml", "policy.toml", "partner/custodian-policy.toml"):
+        assert (target / name).is_file() and not (target / name).is_symlink()
+
+
 @pytest.mark.parametrize("options", ["size=16k", "ro,size=1m"])
 def test_init_on_a_full_or_read_only_disk_leaves_nothing(
     tmp_path: Path, capsysbinary: pytest.CaptureFixture[bytes], options: str

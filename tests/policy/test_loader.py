@@ -95,6 +95,12 @@ def test_case_file_parses_and_defaults_to_protected() -> None:
          "principal = 5", "case #1.principal must be a table, not int 5"),
         ('resource = { tenant = "chat", jurisdiction = "US" }', 'resource = "US"',
          "case #1.resource must be a table, not str 'US'"),
+        # a rule or name of another type was taken as it was: the case could never
+        # pass, and `policy test` exited 1 (a policy regression), not 2 (a bad table)
+        ('expect = "deny"', 'expect = "deny"\nrule = 5', "case #1: invalid rule 5"),
+        ('expect = "deny"', 'expect = "deny"\nrule = ["x"]', r"case #1: invalid rule \['x'\]"),
+        ('expect = "deny"', 'expect = "deny"\nrule = ""', "case #1: invalid rule ''"),
+        ('name = "n"', "name = { n = 1 }", "case #1.name must be a string, not dict"),
     ],
 )  # fmt: skip
 def test_bad_case_files_are_config_errors(old: str, new: str, message: str) -> None:

@@ -12,7 +12,14 @@ from dataclasses import dataclass
 
 from shardvault.errors import ConfigError, InvalidInput
 from shardvault.policy.engine import decide
-from shardvault.policy.loader import _read, _toml, _unknown, parse_principal, parse_resource
+from shardvault.policy.loader import (
+    _read,
+    _text,
+    _toml,
+    _unknown,
+    parse_principal,
+    parse_resource,
+)
 from shardvault.policy.model import (
     Action,
     Decision,
@@ -64,13 +71,15 @@ def parse_cases(text: str, source: str = "cases") -> list[Case]:
         try:
             cases.append(
                 Case(
-                    name=str(table.get("name", where)),
+                    name=_text(table, "name", where) or where,
                     principal=parse_principal(table.get("principal", {}), f"{where}.principal"),
                     action=as_enum(Action, table.get("action"), "action"),
                     resource=parse_resource(table.get("resource", {}), f"{where}.resource"),
                     purpose=token(table.get("purpose"), "purpose"),
                     expect=as_enum(Effect, table.get("expect"), "expected effect"),
-                    rule=table.get("rule"),
+                    # a rule of another type, or empty, could never match: the case
+                    # would fail as if the policy had changed
+                    rule=token(table["rule"], "rule") if "rule" in table else None,
                 )
             )
         except ConfigError:

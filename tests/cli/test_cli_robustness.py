@@ -753,8 +753,10 @@ def test_a_source_that_fails_to_read_is_one_line_and_stores_nothing(alice: Cli) 
         (["--token", ""], None, "error: --token is empty"),
         (["--as", ""], None, "error: --as is empty"),
         ([], "", "error: SHARDVAULT_TOKEN is set but empty: set it to a token, or unset it"),
+        # the command's default purpose was used instead, and recorded in the audit log
+        (["--purpose", ""], None, "error: --purpose is empty"),
     ],
-    ids=["token", "as", "env"],
+    ids=["token", "as", "env", "purpose"],
 )
 def test_an_empty_credential_is_refused_not_read_as_none(
     alice: Cli, monkeypatch: pytest.MonkeyPatch, argv: list[str], env: str | None, said: str

@@ -53,9 +53,15 @@ class CliState:
         """The request context: the token's principal (or the local administrator).
 
         An empty token or principal is refused, not read as none: a script whose
-        token variable came out empty would otherwise act as the administrator."""
+        token variable came out empty would otherwise act as the administrator.
+        So is an empty purpose, which would otherwise be the command's default."""
         if self.token == "" or self.principal == "":
             raise InvalidInput(f"{'--token' if self.token == '' else '--as'} is empty")
+        if self.purpose == "":  # else the command's default was audited as the purpose
+            raise InvalidInput(
+                "--purpose is empty: say why (the audit log records it), or leave it out "
+                "for the command's default"
+            )
         if self.token is None and os.environ.get(config_module.TOKEN_ENV_VAR) == "":
             raise InvalidInput(
                 f"{config_module.TOKEN_ENV_VAR} is set but empty: set it to a token, or "

@@ -143,6 +143,20 @@ def test_policy_check_shows_a_registered_principal_only_to_the_administrator_or_
     assert inline["rule"] == "default:deny"
 
 
+def test_the_built_in_local_admin_is_explained_not_sent_to_be_registered(cli: Cli) -> None:
+    # each said "no principal 'local-admin': add it with 'shardvault principal add'",
+    # which refuses it (built in): advice that cannot be followed
+    check = ["policy", "check", "--action", "read", "--tenant", "intl", "--jurisdiction",
+             "US", "--purpose", "read", "--principal", "local-admin"]  # fmt: skip
+    explained = cli.json(*check)
+    assert (explained["effect"], explained["rule"]) == ("allow", "embedded-local-admin")
+    svc = add(cli, "svc", "--kind", "service", "--location", "US")
+    assert "local administrator" in cli.fails(1, "--token", svc, *check)  # as for anyone else's
+    for command in (["principal", "token", "local-admin"], ["principal", "revoke", "local-admin"]):
+        line = cli.fails(2, *command)
+        assert "'local-admin' is built in" in line and "principal add" not in line
+
+
 def test_policy_check_and_test(cli: Cli, tmp_path: Path) -> None:
     add(cli, "cn-mps", "--kind", "external-requester", "--location", "CN", "--authority", "mps",
         "--authority-country", "CN")  # fmt: skip

@@ -14,6 +14,7 @@ from shardvault.cli.output import print_json, print_table, say, write_out
 from shardvault.cli.state import CliState, state
 from shardvault.errors import Refused
 from shardvault.governance.approvals import Approval
+from shardvault.model import LOCAL_ADMIN
 from shardvault.policy import Action, Principal, PrincipalKind, Resource, explain, load_policy
 from shardvault.policy.model import as_enum
 from shardvault.policy.table import CaseResult, load_cases, run_table
@@ -259,13 +260,16 @@ def approval_deny(
     _sign(ctx, approval_id, "deny", json_out)
 
 
-def _registered_principal(cli: CliState, ident: str) -> Principal:
+def _registered_principal(cli: CliState, ident: str, tenant: str, jurisdiction: str) -> Principal:
     """A registered principal, for the local administrator or for itself (with a live
     token). A registration is the administrator's to show (`principal ls`): the trace
-    would tell anyone else whether ``ident`` exists and which roles it holds."""
+    would tell anyone else whether ``ident`` exists and which roles it holds. The
+    built-in local administrator, registered nowhere, is the one the guard makes."""
     request = cli.request("policy")
     if request.principal != ident or request.refused_credential is not None:
         cli.require_local_admin("policy check of another registered principal")
+    if ident == LOCAL_ADMIN:
+        return cli.governance().resolve(request, tenant, jurisdiction)
     return cli.governance().registry.get(ident).principal
 
 
@@ -324,7 +328,7 @@ def policy_check(
             authority, authority_country,
         )  # fmt: skip
     else:
-        who = _registered_principal(cli, principal)
+        who = _registered_principal(cli, principal, tenant, jurisdiction)
     resource = Resource(tenant, jurisdiction, data_class)  # type: ignore[arg-type]
     result = explain(policy, who, as_enum(Action, action, "action"), resource, purpose)
     decision = result.decision

@@ -168,6 +168,11 @@ class PrincipalRegistry:
 
     def get(self, principal_id: str) -> PrincipalRecord:
         record = self.find(principal_id)
+        if record is None and principal_id == LOCAL_ADMIN:  # `add` refuses it: say why
+            raise InvalidInput(
+                f"{LOCAL_ADMIN!r} is built in, not registered: it acts without a token, "
+                "and has none to issue or revoke"
+            )
         if record is None:
             raise NotFound(
                 f"no principal {shown(principal_id)}: add it with 'shardvault principal add'"

@@ -1348,3 +1348,20 @@ def test_an_undecodable_byte_of_an_argument_quoted_in_an_error_is_written_as_the
     done = shardvault(alice.config, *args, env=STRICT, cwd=tmp_path)
     line = one_error_line(done, 2)
     assert "'x\\xff" in line and "\\udc" not in line, line
+
+
+def test_the_next_page_hint_of_ls_is_a_key_a_shell_reads_back_as_it_is(
+    alice: Cli, tmp_path: Path
+) -> None:
+    # the hint quoted the key with repr: "it's $HOME" (a shell expands $HOME in it),
+    # 'a"b\'c' (a backslash is no escape in a shell's single quotes)
+    source = tmp_path / "in.txt"
+    for key in ("it's $HOME", "a\"b'c `id`", "zz"):
+        alice.ok("put", "intl", "alice", key, str(source))
+    for after in ("", "a\"b'c `id`"):
+        code, _, err = alice("ls", "intl", "alice", "--limit", "1", "--start-after", after)
+        assert code == 0, err
+        (hint,) = [line for line in err.splitlines() if line.startswith("more: --start-after ")]
+        quoted = hint.removeprefix("more: --start-after ")
+        read = subprocess.run(["bash", "-c", f"printf %s {quoted}"], capture_output=True, text=True)
+        assert read.stdout == ("a\"b'c `id`" if after == "" else "it's $HOME")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import stat as stat_module
 import sys
 from typing import Annotated, BinaryIO
@@ -140,7 +141,8 @@ def ls(
         return
     print_table(f"{tenant}/{subject}", ["key", "version", "size", "created"], info_rows(page.items))
     if page.next_after is not None:
-        say(f"more: --start-after {page.next_after!r}")
+        # quoted for a shell, not by repr: "it's $HOME" would be expanded there
+        say(f"more: --start-after {shlex.quote(page.next_after)}")
 
 
 def stat(

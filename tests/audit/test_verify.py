@@ -595,6 +595,29 @@ def test_directories_nested_deep_in_an_export_are_one_line_not_a_traceback(
     assert done.stderr == "error: export contains unexpected files: ['d']\n"
 
 
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [
+        (b"shardvault-audit-export\nversion 2\n", "export FORMAT is version 2; this shardvault "
+         "reads version 1: upgrade shardvault to verify it"),
+        (b"shardvault-audit-export\nversion 0\n", "export FORMAT is missing or of a version "
+         "this reader does not know"),
+        (b"other\n", "export FORMAT is missing or of a version this reader does not know"),
+    ],
+    ids=["newer", "unknown", "other"],
+)  # fmt: skip
+def test_an_export_of_a_newer_format_says_upgrade(
+    sample: tuple[Path, bytes], tmp_path: Path, text: bytes, said: str
+) -> None:
+    # an export a newer shardvault wrote was "missing or of a version this reader does
+    # not know", as if damaged: not what to do
+    export = tmp_path / "export"
+    shutil.copytree(sample[0], export)
+    (export / "FORMAT").write_bytes(text)
+    done = verify_in_a_small_process(export)
+    assert (done.returncode, done.stderr) == (1, f"error: {said}\n")
+
+
 def test_a_name_not_utf8_in_the_list_of_unexpected_files_is_written_as_its_byte(
     sample: tuple[Path, bytes], tmp_path: Path
 ) -> None:

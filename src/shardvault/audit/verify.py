@@ -34,7 +34,7 @@ from typing import IO
 from shardvault.audit import merkle
 from shardvault.audit.checkpoint import VerifiedHead, check_key_kinds, open_checkpoint
 from shardvault.audit.entry import MAX_ENTRY_BYTES, AuditEntry
-from shardvault.audit.export import ENTRIES_NAME, FORMAT_TEXT, HEADS_DIR
+from shardvault.audit.export import ENTRIES_NAME, EXPORT_VERSION, FORMAT_TEXT, HEADS_DIR
 from shardvault.audit.note import NoteVerifier
 from shardvault.durability import open_regular
 from shardvault.errors import IntegrityError, InvalidInput
@@ -199,10 +199,9 @@ def verify_export(
     with ExitStack() as stack:
         source = _Source(Path(path), stack)
         expected = FORMAT_TEXT.encode("utf-8")
-        if source.open("FORMAT").read(len(expected) + 1) != expected:
-            raise IntegrityError(
-                "export FORMAT is missing or of a version this reader does not know"
-            )
+        found = source.open("FORMAT").read(len(expected) + 9)  # room for a later version
+        if found != expected:
+            raise _format_refused(found)
         # the key vouches for its own log only: a log of another origin signed with a
         # copy of it (and cosigned) is another history, not this log's
         log_origin = log_verifier.name if origin is None else origin
@@ -242,6 +241,22 @@ def verify_export(
                 f"{trusted.checkpoint.size}: entries are missing"
             )
         return VerifyReport(heads[0].checkpoint.origin, last, frontier.root(), tuple(heads))
+
+
+_FORMAT_VERSION = re.compile(rb"shardvault-audit-export\nversion ([1-9][0-9]{0,8})\n")
+
+
+def _format_refused(found: bytes) -> IntegrityError:
+    """Why an export whose FORMAT is FOUND is not read, saying to upgrade if it is of a
+    later version. Still `IntegrityError`, as every failure to verify is: the export is
+    not verified, whoever wrote it."""
+    match = _FORMAT_VERSION.fullmatch(found)
+    if match is not None and int(match[1]) > EXPORT_VERSION:
+        return IntegrityError(
+            f"export FORMAT is version {int(match[1])}; this shardvault reads version "
+            f"{EXPORT_VERSION}: upgrade shardvault to verify it"
+        )
+    return IntegrityError("export FORMAT is missing or of a version this reader does not know")
 
 
 def _check_root(frontier: merkle.Frontier, by_size: dict[int, bytes]) -> None:

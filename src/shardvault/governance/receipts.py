@@ -251,6 +251,11 @@ def _body(text: str) -> dict[str, Any]:
             raise ValueError("not a JSON object")
         version = body.get("v")
         fields = _FIELDS.get(version) if type(version) is int else None  # not true, 1.0
+        if body.get("type") == RECEIPT_TYPE and type(version) is int and version > 2:
+            raise IntegrityError(  # not verified, as any receipt that does not check out
+                f"a deletion receipt of version {version}; this shardvault checks versions "
+                "1 and 2: upgrade shardvault to verify it"
+            )
         if body.get("type") != RECEIPT_TYPE or fields is None:
             raise IntegrityError("not a deletion receipt of version 1, 2 or 3")
         audit = body.get("audit")

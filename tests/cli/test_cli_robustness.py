@@ -1365,3 +1365,13 @@ def test_the_next_page_hint_of_ls_is_a_key_a_shell_reads_back_as_it_is(
         quoted = hint.removeprefix("more: --start-after ")
         read = subprocess.run(["bash", "-c", f"printf %s {quoted}"], capture_output=True, text=True)
         assert read.stdout == ("a\"b'c `id`" if after == "" else "it's $HOME")
+
+
+def test_an_undecodable_byte_in_a_note_on_stderr_is_written_as_the_byte(tmp_path: Path) -> None:
+    # notes and warnings went to stderr as Python writes a lone surrogate there,
+    # \udcff, where error lines and output write the byte \xff
+    target = tmp_path / os.fsdecode(b"demo\xff")
+    done = shardvault(tmp_path / "none.toml", "init", "--demo", str(target), env=STRICT)
+    assert done.returncode == 0, done.stderr
+    note = utf8(done.stderr)
+    assert f"wrote {tmp_path}/demo\\xff/shardvault.toml" in note and "\\udc" not in note

@@ -173,11 +173,15 @@ def say(message: str) -> None:
     """A human-readable note on stderr, so stdout stays clean for data.
 
     Printed as plain text: messages carry the user's keys and paths, which must
-    come out exactly as given, never read as Rich markup.
+    come out exactly as given, never read as Rich markup; a byte of one that is
+    not UTF-8 as ``\\xNN``, as output and error lines write it (stderr wrote the
+    surrogate Python reads it as, ``\\udcff``).
     """
-    _stderr_console().print(message)
+    _stderr_console().print(undecodable_escaped(message))
 
 
 def warn(message: str) -> None:
     """Like `say`, after a yellow ``warning:`` (our styling; the message stays plain)."""
-    _stderr_console().print(Text.assemble(("warning:", "yellow"), " ", message))
+    _stderr_console().print(
+        Text.assemble(("warning:", "yellow"), " ", undecodable_escaped(message))
+    )

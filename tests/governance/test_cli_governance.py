@@ -475,8 +475,8 @@ def test_a_receipt_signed_by_the_cell_but_not_as_written_is_one_line_and_exit_1(
         assert done.stderr.startswith("error: "), (what, done.stderr)
         assert len(done.stderr.splitlines()) == 1, (what, done.stderr)
         # a later version is one this shardvault cannot check: it said only "not a
-        # deletion receipt of version 1 or 2", not what to do
-        assert ("upgrade shardvault" in done.stderr) == (what == "version 3"), done.stderr
+        # deletion receipt of version 1, 2 or 3", not what to do
+        assert ("upgrade shardvault" in done.stderr) == (what == "version 4"), done.stderr
 
 
 def _forgotten_both(cli: Cli, tmp_path: Path) -> dict[str, bytes]:

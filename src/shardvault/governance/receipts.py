@@ -234,6 +234,7 @@ _FIELDS = {
     2: _FIELDS_V1 | {"subject_nonce"},
     3: _FIELDS_V1 | {"subject_nonce", "destroy_attestation"},
 }
+_KNOWN = "1, 2 or 3"  # as the refusals name the versions of _FIELDS
 _AUDIT_FIELDS = frozenset({"origin", "index", "entry", "inclusion_proof", "head"})
 _FORGOTTEN_AT = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z")
 _MAX_COUNT = 2**53 - 1
@@ -251,13 +252,13 @@ def _body(text: str) -> dict[str, Any]:
             raise ValueError("not a JSON object")
         version = body.get("v")
         fields = _FIELDS.get(version) if type(version) is int else None  # not true, 1.0
-        if body.get("type") == RECEIPT_TYPE and type(version) is int and version > 2:
+        if body.get("type") == RECEIPT_TYPE and type(version) is int and version > max(_FIELDS):
             raise IntegrityError(  # not verified, as any receipt that does not check out
                 f"a deletion receipt of version {version}; this shardvault checks versions "
-                "1 and 2: upgrade shardvault to verify it"
+                f"{_KNOWN}: upgrade shardvault to verify it"
             )
         if body.get("type") != RECEIPT_TYPE or fields is None:
-            raise IntegrityError("not a deletion receipt of version 1, 2 or 3")
+            raise IntegrityError(f"not a deletion receipt of version {_KNOWN}")
         audit = body.get("audit")
         if set(body) != fields or not isinstance(audit, dict) or set(audit) != _AUDIT_FIELDS:
             raise ValueError(f"not the fields of a version {version} deletion receipt")

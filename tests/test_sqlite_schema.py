@@ -12,7 +12,7 @@ from shardvault.errors import ApprovalRequired, NewerFormat
 from shardvault.model import local_context
 from shardvault.vault import Vault
 
-FILES = ["directory.sqlite", "governance.sqlite", "cells/US/approvals.sqlite"]
+FILES = {"directory.sqlite": 1, "governance.sqlite": 1, "cells/US/approvals.sqlite": 2}
 
 
 def use_every_file(config_path: Path, subject: str) -> None:
@@ -30,20 +30,24 @@ def stamp(path: Path, version: int | None = None) -> int:
         return int(db.execute("PRAGMA user_version").fetchone()[0])
 
 
-@pytest.mark.parametrize("name", FILES)
-def test_a_file_from_a_newer_shardvault_is_refused(config_path: Path, name: str) -> None:
+@pytest.mark.parametrize(("name", "version"), FILES.items())
+def test_a_file_from_a_newer_shardvault_is_refused(
+    config_path: Path, name: str, version: int
+) -> None:
     use_every_file(config_path, "alice")
     path = config_path.parent / "state" / name
-    assert stamp(path) == 1
-    stamp(path, 2)
-    with pytest.raises(NewerFormat, match=r"schema version 2; .*upgrade shardvault"):
+    assert stamp(path) == version
+    stamp(path, version + 1)
+    with pytest.raises(NewerFormat, match=rf"schema version {version + 1}; .*upgrade shardvault"):
         use_every_file(config_path, "bob")
 
 
-@pytest.mark.parametrize("name", FILES)
-def test_a_file_from_before_the_stamps_is_read_and_stamped(config_path: Path, name: str) -> None:
+@pytest.mark.parametrize(("name", "version"), FILES.items())
+def test_a_file_from_before_the_stamps_is_read_and_stamped(
+    config_path: Path, name: str, version: int
+) -> None:
     use_every_file(config_path, "alice")
     path = config_path.parent / "state" / name
     stamp(path, 0)
     use_every_file(config_path, "bob")
-    assert stamp(path) == 1
+    assert stamp(path) == version

@@ -17,19 +17,31 @@ comes with it and the scope of the key, under its own versioned file::
     requires_approval = false   # optional
     operations = ["unwrap"]     # optional: of wrap, unwrap, destroy; absent = all three
 
+    approval_quorum = 2         # signatures an approval needs, of the approvers below
+    [approvers]                 # approver principal id = its Ed25519 public key:
+    dpo = "<base64 of the 32-byte key>"   # the partner decides whose signatures count
+
 Fixed rules, not configurable: the justification must name a principal, a
 purpose and a request id; the requester's jurisdiction must be given and equal
 the key's; a purpose in ``approval_purposes`` (or a grant that requires it)
-needs an approval id. Anything no grant covers is refused (default deny).
+needs an approval id. Anything no grant covers is refused (default deny). The
+approval an id names counts only with ``approval_quorum`` signatures that verify
+under ``[approvers]`` (`shardvault.governance.approval_signatures`); a policy
+without that table lets no approval count.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
 import re
 import tomllib
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from shardvault.durability import read_bounded
 from shardvault.errors import AccessDenied, ConfigError, InvalidInput
@@ -88,9 +100,15 @@ class Grant:
 
 @dataclass(frozen=True, slots=True)
 class CustodianPolicy:
+    """The partner's grants, the purposes that need an approval, and whose signatures on
+    an approval count (``approvers``: principal id → raw Ed25519 public key) and how many
+    (``approval_quorum``; 0 with no approvers: then no approval counts)."""
+
     grants: tuple[Grant, ...] = ()
     approval_purposes: frozenset[str] = frozenset()
     version: int = CUSTODIAN_POLICY_VERSION
+    approvers: Mapping[str, bytes] = field(default_factory=dict)
+    approval_quorum: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,6 +212,64 @@ def _operations(table: dict[str, Any], where: str) -> frozenset[KeyOperation]:
     return frozenset(KeyOperation(v) for v in value)
 
 
+PUBLIC_KEY_BYTES = 32
+
+
+def public_key_text(key: Ed25519PublicKey) -> str:
+    """How ``[approvers]`` writes a public key: standard base64 of its 32 raw bytes."""
+    return base64.b64encode(key.public_bytes_raw()).decode("ascii")
+
+
+def parse_public_key(text: object) -> bytes:
+    """The raw Ed25519 public key ``[approvers]`` gives as base64 (`InvalidInput`)."""
+    if not isinstance(text, str):
+        raise InvalidInput("must be a string: the base64 of a 32-byte Ed25519 public key")
+    try:
+        raw = base64.b64decode(text.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidInput("is not base64 (of a 32-byte Ed25519 public key)") from None
+    if len(raw) != PUBLIC_KEY_BYTES:
+        raise InvalidInput(
+            f"is {len(raw)} bytes, not the {PUBLIC_KEY_BYTES} of an Ed25519 public key"
+        )
+    try:
+        Ed25519PublicKey.from_public_bytes(raw)
+    except ValueError:
+        raise InvalidInput("is not an Ed25519 public key") from None
+    return raw
+
+
+def _approvers(data: dict[str, Any], source: str) -> tuple[dict[str, bytes], int]:
+    """``[approvers]`` and ``approval_quorum``, which come together or not at all: the
+    partner names whose signatures count and how many."""
+    table, quorum = data.get("approvers"), data.get("approval_quorum")
+    if table is None and quorum is None:
+        return {}, 0
+    if not isinstance(table, dict) or not table:
+        raise ConfigError(
+            f"{source}: [approvers] must name at least one approver and its public key"
+            + (" (approval_quorum is given)" if table is None else "")
+        )
+    keys: dict[str, bytes] = {}
+    for name, text in table.items():
+        if not _valid(name, _TOKEN):
+            raise ConfigError(f"{source}: approvers.{name!r} is not a valid principal id")
+        try:
+            raw = parse_public_key(text)
+        except InvalidInput as exc:
+            raise ConfigError(f"{source}: approvers.{name} {exc}") from None
+        twin = next((other for other, held in keys.items() if held == raw), None)
+        if twin is not None:  # one key holder would count twice
+            raise ConfigError(f"{source}: approvers.{name} has the same key as {twin}")
+        keys[name] = raw
+    if type(quorum) is not int or not 1 <= quorum <= len(keys):  # not 2.0, nor true
+        raise ConfigError(
+            f"{source}: approval_quorum must be a whole number from 1 to {len(keys)} "
+            f"(the approvers named), not {quorum!r}"
+        )
+    return keys, quorum
+
+
 def _token(value: str) -> str:
     if not _TOKEN.fullmatch(value):
         raise InvalidInput(f"{value!r} is not a valid name")
@@ -209,7 +285,7 @@ def parse_custodian_policy(text: str, source: str = "custodian policy") -> Custo
     version = data.get("version")
     if type(version) is not int or version != CUSTODIAN_POLICY_VERSION:  # not 1.0, nor true
         raise ConfigError(f"{source} has version {version!r}; this reader knows version 1")
-    extra = set(data) - {"version", "approval_purposes", "grant"}
+    extra = set(data) - {"version", "approval_purposes", "grant", "approvers", "approval_quorum"}
     if extra:
         raise ConfigError(f"{source}: unknown keys {sorted(extra)}")
     approval = _names(data, "approval_purposes", source, _token) or frozenset()
@@ -245,7 +321,8 @@ def parse_custodian_policy(text: str, source: str = "custodian policy") -> Custo
                 operations=_operations(table, where),
             )
         )
-    return CustodianPolicy(tuple(grants), approval)
+    approvers, quorum = _approvers(data, source)
+    return CustodianPolicy(tuple(grants), approval, approvers=approvers, approval_quorum=quorum)
 
 
 def load_custodian_policy(path: str | os.PathLike[str]) -> CustodianPolicy:
@@ -270,5 +347,7 @@ __all__ = [
     "decide_key_use",
     "load_custodian_policy",
     "parse_custodian_policy",
+    "parse_public_key",
+    "public_key_text",
     "require_key_use",
 ]

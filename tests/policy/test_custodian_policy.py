@@ -168,3 +168,71 @@ def test_load_from_file_and_key_scope_validation(tmp_path: Path) -> None:
         load_custodian_policy(tmp_path / "missing.toml")
     with pytest.raises(InvalidInput):
         KeyScope("chat", "us")
+
+
+# [approvers]: whose signatures on an approval the partner counts, and how many -----------
+
+DPO_KEY = "A6EHv/POEL4dcN0Y50vAmWfk1jCbpQ1fHdyGZBJVMbg="  # seed 00 01 .. 1f
+OFFICER_KEY = "O2onvM62pC1io6jQKm8Nc2UyFXcd4kOmOsBIoYtZ2ik="  # seed of 32 zero bytes
+APPROVERS_TEXT = f"""
+version = 1
+approval_quorum = 2
+
+[approvers]
+dpo = "{DPO_KEY}"
+partner-officer = "{OFFICER_KEY}"
+"""
+
+
+def test_the_partner_names_its_approvers_and_their_quorum() -> None:
+    import base64
+
+    policy = parse_custodian_policy(APPROVERS_TEXT)
+    assert policy.approval_quorum == 2
+    assert policy.approvers == {
+        "dpo": base64.b64decode(DPO_KEY),
+        "partner-officer": base64.b64decode(OFFICER_KEY),
+    }
+    assert POLICY.approvers == {} and POLICY.approval_quorum == 0  # none: no approval counts
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        ("approval_quorum = 2\n", "", r"approval_quorum must be a whole number from 1 to 2"),
+        ("approval_quorum = 2", "approval_quorum = 3", r"from 1 to 2 .*not 3"),
+        ("approval_quorum = 2", "approval_quorum = 0", r"from 1 to 2 .*not 0"),
+        ("approval_quorum = 2", "approval_quorum = 2.0", r"not 2\.0"),
+        ("approval_quorum = 2", "approval_quorum = true", r"not True"),
+        ("approval_quorum = 2", 'approval_quorum = "2"', r"not '2'"),
+        (f'dpo = "{DPO_KEY}"', f'dpo = "{DPO_KEY[:-4]}"', r"approvers\.dpo is 30 bytes, not"),
+        (f'dpo = "{DPO_KEY}"', 'dpo = "not base64!"', r"approvers\.dpo is not base64"),
+        (f'dpo = "{DPO_KEY}"', "dpo = 7", r"approvers\.dpo must be a string"),
+        (f'dpo = "{DPO_KEY}"', f'dpo = "{OFFICER_KEY}"', r"approvers\.partner-officer has the "
+         r"same key as dpo"),
+        (f'dpo = "{DPO_KEY}"', f'"Bad Id" = "{DPO_KEY}"', r"approvers\.'Bad Id' is not a valid"),
+        ("[approvers]", "[approvers.x]", r"approvers\.x must be a string"),
+        ("[approvers]", "[approver]", r"unknown keys \['approver'\]"),
+    ],
+)  # fmt: skip
+def test_bad_approvers_are_refused_at_load_naming_the_key(
+    old: str, new: str, message: str, tmp_path: Path
+) -> None:
+    text = APPROVERS_TEXT.replace(old, new, 1)
+    with pytest.raises(ConfigError, match=message):
+        parse_custodian_policy(text)
+    path = tmp_path / "custodian-policy.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=f"{path}: .*{message}"):
+        load_custodian_policy(path)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["version = 1\napproval_quorum = 1\n", "version = 1\napproval_quorum = 1\n[approvers]\n",
+     "version = 1\napprovers = 5\napproval_quorum = 1\n"],
+    ids=["quorum-without-approvers", "empty-table", "not-a-table"],
+)  # fmt: skip
+def test_a_quorum_needs_approvers(text: str) -> None:
+    with pytest.raises(ConfigError, match=r"\[approvers\] must name at least one approver"):
+        parse_custodian_policy(text)

@@ -15,6 +15,11 @@ personal data and stays in its jurisdiction. One asked for an id registered
 nowhere lives in the first cell where the request needs one, and covers only
 requests in that cell. The approval id carries the cell (``apr-us-<16 hex>``)
 so it can be found without a global index.
+
+Each verdict may carry its approver's Ed25519 signature of the approval's
+statement (`approval_signatures`): the guard here counts the rows, as the
+operator's own rule; the partner's custodian counts only the signatures that
+verify under the keys its policy holds.
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ from shardvault.sqlite_schema import stamp_schema
 _ID = re.compile(r"apr-([a-z]{2,8})-([0-9a-f]{16})")
 
 PENDING, APPROVED, DENIED, EXPIRED = "pending", "approved", "denied", "expired"
-SCHEMA_VERSION = 1  # PRAGMA user_version of approvals.sqlite (docs/formats.md)
+SCHEMA_VERSION = 2  # PRAGMA user_version of approvals.sqlite (docs/formats.md)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS approvals (
@@ -50,7 +55,7 @@ CREATE TABLE IF NOT EXISTS approvals (
 CREATE TABLE IF NOT EXISTS signatures (
     approval TEXT NOT NULL REFERENCES approvals(id), approver TEXT NOT NULL,
     verdict TEXT NOT NULL CHECK (verdict IN ('approve', 'deny')), at REAL NOT NULL,
-    PRIMARY KEY (approval, approver)
+    signature BLOB, PRIMARY KEY (approval, approver)
 );
 CREATE INDEX IF NOT EXISTS approvals_expiry ON approvals (expires_at);
 CREATE INDEX IF NOT EXISTS approvals_subject ON approvals (tenant, subject);
@@ -81,10 +86,16 @@ class Approval:
     approvers: tuple[str, ...]
     signatures: tuple[tuple[str, str, float], ...] = ()
     status: str = PENDING
+    signed: tuple[tuple[str, bytes], ...] = ()
+    """Each approver's Ed25519 signature of their verdict's statement, where one was given."""
 
     @property
     def approvals(self) -> int:
         return sum(1 for _, verdict, _ in self.signatures if verdict == "approve")
+
+    def signature_of(self, approver: str) -> bytes | None:
+        """The signature stored with ``approver``'s verdict (None: signed by no key)."""
+        return next((sig for who, sig in self.signed if who == approver), None)
 
     def covers(
         self,
@@ -126,6 +137,26 @@ def _status(approval: Approval, now: float) -> str:
     return APPROVED if approval.approvals >= approval.quorum else PENDING
 
 
+def _add_signature_column(db: sqlite3.Connection) -> None:
+    """Schema 1 → 2: verdicts gain their signature (NULL for the ones signed before).
+    Checked by the column itself, under the write lock, so that a process killed
+    after the stamp, or two processes opening the book at once, migrate it once."""
+
+    def missing() -> bool:
+        return "signature" not in {row[1] for row in db.execute("PRAGMA table_info(signatures)")}
+
+    if not missing():  # every open but the first of a book from before: no write
+        return
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        if missing():
+            db.execute("ALTER TABLE signatures ADD COLUMN signature BLOB")
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+
+
 class ApprovalBook:
     """Every cell's approvals. Thread-safe; several processes may share the files."""
 
@@ -152,6 +183,7 @@ class ApprovalBook:
                 db.execute("PRAGMA secure_delete=ON")  # a forgotten subject's id is overwritten
                 stamp_schema(db, SCHEMA_VERSION, f"approvals of cell {jurisdiction}")
                 db.executescript(_SCHEMA)
+                _add_signature_column(db)
             except sqlite3.Error as exc:
                 raise Unavailable(f"approvals of cell {jurisdiction}: {exc}") from exc
             self._dbs[jurisdiction] = db
@@ -203,7 +235,8 @@ class ApprovalBook:
             try:
                 row = db.execute("SELECT * FROM approvals WHERE id = ?", (approval_id,)).fetchone()
                 signatures = db.execute(
-                    "SELECT approver, verdict, at FROM signatures WHERE approval = ? ORDER BY at",
+                    "SELECT approver, verdict, at, signature FROM signatures WHERE approval = ?"
+                    " ORDER BY at",
                     (approval_id,),
                 ).fetchall()
             except sqlite3.Error as exc:
@@ -224,7 +257,8 @@ class ApprovalBook:
             expires_at=row[9],
             quorum=row[10],
             approvers=tuple(json.loads(row[11])),
-            signatures=tuple((a, v, t) for a, v, t in signatures),
+            signatures=tuple((a, v, t) for a, v, t, _ in signatures),
+            signed=tuple((a, bytes(sig)) for a, _, _, sig in signatures if sig is not None),
         )
         return replace(approval, status=_status(approval, self._clock()))
 
@@ -309,8 +343,11 @@ class ApprovalBook:
         if any(who == approver.id for who, _, _ in approval.signatures):
             raise AccessDenied(f"{approver.id} already signed {approval.id}", rule="approval:twice")
 
-    def sign(self, approval_id: str, approver: Principal, verdict: str) -> Approval:
-        """Record one approver's verdict (call `check_signer` and audit it first)."""
+    def sign(
+        self, approval_id: str, approver: Principal, verdict: str, signature: bytes | None = None
+    ) -> Approval:
+        """Record one approver's verdict, with their signature of its statement if given
+        (call `check_signer` and audit it first)."""
         if verdict not in ("approve", "deny"):
             raise InvalidInput("verdict must be approve or deny")
         jurisdiction = approval_cell(approval_id)
@@ -318,8 +355,9 @@ class ApprovalBook:
             db = self._db(jurisdiction)
             try:
                 db.execute(
-                    "INSERT INTO signatures VALUES (?, ?, ?, ?)",
-                    (approval_id, approver.id, verdict, self._clock()),
+                    "INSERT INTO signatures (approval, approver, verdict, at, signature)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    (approval_id, approver.id, verdict, self._clock(), signature),
                 )
             except sqlite3.IntegrityError as exc:
                 raise Conflict(f"{approver.id} already signed {approval_id}") from exc

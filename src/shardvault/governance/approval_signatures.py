@@ -1,0 +1,188 @@
+"""Approvals the approvers sign, and the check the partner's custodian makes of them.
+
+The approval book is the operator's SQLite file: a row there saying who signed
+proves nothing. So each approver signs, with an Ed25519 key of their own, a
+statement of their verdict on one approval, and the partner's custodian counts
+only signatures that verify under the public key its own policy holds for that
+approver (``[approvers]`` in the custodian policy), over the statement of the
+approval as the book holds it now. A signature copied to another approval, to
+the other verdict or to another approver, or a row edited since it was signed
+(another subject, a later expiry), verifies for nothing.
+
+The statement, version 1 (docs/formats.md, "Signed approval statement")::
+
+    shardvault-approval/v1\\n{canonical JSON}
+
+the tag and a newline, then the audit entries' canonical JSON of ``approval``
+(its id), ``approver``, ``verdict`` (``approve`` or ``deny``), ``requester``,
+``action``, ``tenant``, ``jurisdiction``, ``subject``, ``key`` (null: any key
+of the subject), ``purpose``, ``request_id`` and ``expires_at`` (RFC 3339 UTC
+with microseconds): everything the custodian matches a key use against or acts
+on. The tag keeps a signature made for it from meaning anything else.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import stat
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from shardvault.audit.entry import canonical_json, format_time
+from shardvault.durability import create_whole, open_given, write_failure
+from shardvault.errors import IntegrityError, InvalidInput
+from shardvault.governance.approvals import Approval
+from shardvault.model import named
+
+STATEMENT_TAG = b"shardvault-approval/v1\n"
+VERDICTS = ("approve", "deny")
+MAX_KEY_FILE_BYTES = 64 * 1024  # a PEM key is a few hundred bytes
+
+
+def statement(approval: Approval, approver: str, verdict: str) -> bytes:
+    """The bytes ``approver`` signs to give ``verdict`` on ``approval``.
+
+    `IntegrityError` if the book's row cannot be stated (an expiry that is no time,
+    text that is no Unicode): what operator code wrote there, not an approval."""
+    if verdict not in VERDICTS:
+        raise InvalidInput(f"verdict must be one of {', '.join(VERDICTS)}")
+    body = {
+        "approval": approval.id,
+        "approver": approver,
+        "verdict": verdict,
+        "requester": approval.requester,
+        "action": approval.action,
+        "tenant": approval.tenant,
+        "jurisdiction": approval.jurisdiction,
+        "subject": approval.subject,
+        "key": approval.key,
+        "purpose": approval.purpose,
+        "request_id": approval.request_id,
+        "expires_at": _expiry(approval),
+    }
+    try:
+        return STATEMENT_TAG + canonical_json(body)
+    except (UnicodeEncodeError, TypeError, ValueError) as exc:
+        raise IntegrityError(f"approval {approval.id} cannot be stated: {exc}") from None
+
+
+def _expiry(approval: Approval) -> str:
+    expires = approval.expires_at
+    try:
+        if isinstance(expires, bool) or not math.isfinite(expires):
+            raise ValueError(expires)
+        return format_time(datetime.fromtimestamp(expires, UTC))
+    except (TypeError, ValueError, OverflowError, OSError):
+        raise IntegrityError(f"approval {approval.id} has no valid expiry") from None
+
+
+def sign_verdict(key: Ed25519PrivateKey, approval: Approval, approver: str, verdict: str) -> bytes:
+    """``approver``'s signature of ``verdict`` on ``approval`` (64 bytes)."""
+    return key.sign(statement(approval, approver, verdict))
+
+
+def verifies(
+    public_key: bytes, approval: Approval, approver: str, verdict: str, signature: bytes | None
+) -> bool:
+    """Whether ``signature`` is ``approver``'s ``verdict`` on exactly this approval."""
+    if signature is None:
+        return False
+    try:
+        Ed25519PublicKey.from_public_bytes(public_key).verify(
+            signature, statement(approval, approver, verdict)
+        )
+    except (InvalidSignature, IntegrityError, ValueError):
+        return False
+    return True
+
+
+def counted_verdicts(
+    approval: Approval, approvers: Mapping[str, bytes]
+) -> tuple[frozenset[str], frozenset[str]]:
+    """Who approved and who denied ``approval``, counting only verdicts signed under the
+    key ``approvers`` holds for their approver. The requester's own verdict is not
+    counted: nobody approves their own request, in the partner's eyes either."""
+    approved: set[str] = set()
+    denied: set[str] = set()
+    for approver, verdict, _ in approval.signatures:
+        key = approvers.get(approver)
+        if key is None or approver == approval.requester:
+            continue
+        if verifies(key, approval, approver, verdict, approval.signature_of(approver)):
+            (approved if verdict == "approve" else denied).add(approver)
+    return frozenset(approved), frozenset(denied)
+
+
+def load_signing_key(path: Path) -> Ed25519PrivateKey:
+    """An approver's private key: an unencrypted PKCS#8 PEM file (what ``openssl genpkey
+    -algorithm ed25519`` and ``shardvault approval keygen`` write), only its owner may
+    read. Anything else, unreadable or not there is `InvalidInput` naming the file;
+    a named FIFO is refused without being opened (`durability.open_given`)."""
+    shown = named(str(path))
+    try:
+        with open_given(path) as file:
+            info = os.fstat(file.fileno())
+            data = file.read(MAX_KEY_FILE_BYTES + 1)
+    except OSError as exc:
+        raise InvalidInput(f"cannot read signing key {shown}: {exc.strerror or exc}") from None
+    if stat.S_ISREG(info.st_mode) and info.st_mode & 0o077:
+        raise InvalidInput(
+            f"signing key {shown} can be read by others (mode {info.st_mode & 0o777:o}): "
+            "run chmod 600 on it"
+        )
+    if len(data) > MAX_KEY_FILE_BYTES:
+        raise InvalidInput(f"signing key {shown} is too large to be a key")
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except TypeError:
+        raise InvalidInput(f"signing key {shown} is encrypted: give it unencrypted") from None
+    except (ValueError, UnsupportedAlgorithm):
+        raise InvalidInput(
+            f"signing key {shown} is not a PEM private key (PKCS#8, BEGIN PRIVATE KEY)"
+        ) from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise InvalidInput(f"signing key {shown} is not an Ed25519 key")
+    return key
+
+
+def signing_key_pem(key: Ed25519PrivateKey) -> bytes:
+    """The private key as `load_signing_key` reads it."""
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def write_signing_key(path: Path) -> Ed25519PrivateKey:
+    """A new key pair, its private key written to ``path`` (mode 0600, whole or not at
+    all); an existing file is refused, never replaced: it may be someone's only key."""
+    if not path.parent.is_dir():  # made by no mistyped path: the key would be lost there
+        raise InvalidInput(f"{named(str(path.parent))} is not a directory: choose a file in one")
+    key = Ed25519PrivateKey.generate()
+    try:
+        made = create_whole(path, signing_key_pem(key), 0o600)
+    except OSError as exc:
+        raise write_failure(f"signing key {path}", exc) from None
+    if not made:
+        raise InvalidInput(f"{named(str(path))} already exists: choose a new file")
+    return key
+
+
+__all__ = [
+    "STATEMENT_TAG",
+    "VERDICTS",
+    "counted_verdicts",
+    "load_signing_key",
+    "sign_verdict",
+    "signing_key_pem",
+    "statement",
+    "verifies",
+    "write_signing_key",
+]

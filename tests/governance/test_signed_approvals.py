@@ -1,0 +1,282 @@
+"""Approvals the approvers sign: the statement, the keys, and the book that keeps them.
+
+The partner's custodian counts only signatures that verify under the public keys
+its own policy holds (docs/trust-model.md), never the book's word for who signed.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from contextlib import closing
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from shardvault.custodian_policy import public_key_text
+from shardvault.errors import IntegrityError, InvalidInput, NewerFormat
+from shardvault.governance.approval_signatures import (
+    counted_verdicts,
+    load_signing_key,
+    sign_verdict,
+    signing_key_pem,
+    statement,
+    verifies,
+    write_signing_key,
+)
+from shardvault.governance.approvals import Approval, ApprovalBook
+from shardvault.policy import Principal, PrincipalKind
+
+SEED = bytes(range(32))
+KEY = Ed25519PrivateKey.from_private_bytes(SEED)
+OTHER_KEY = Ed25519PrivateKey.from_private_bytes(bytes(32))
+APPROVAL = Approval(
+    id="apr-us-0123456789abcdef", jurisdiction="US", requester="us-doj", action="read",
+    tenant="intl", subject="alice", key=None, purpose="lawful-request", request_id="req-1",
+    created_at=1_800_000_000.0, expires_at=1_800_086_400.25, quorum=2,
+    approvers=("dpo", "partner-officer"),
+)  # fmt: skip
+
+
+# the statement ------------------------------------------------------------------------
+
+
+def test_the_statement_and_its_signature_are_pinned() -> None:
+    """A known-answer vector: the bytes an approver signs, and Ed25519's (deterministic)
+    signature of them with a fixed seed. Changing either is a new statement version."""
+    assert statement(APPROVAL, "dpo", "approve") == (
+        b"shardvault-approval/v1\n"
+        b'{"action":"read","approval":"apr-us-0123456789abcdef","approver":"dpo",'
+        b'"expires_at":"2027-01-16T08:00:00.250000Z","jurisdiction":"US","key":null,'
+        b'"purpose":"lawful-request","request_id":"req-1","requester":"us-doj",'
+        b'"subject":"alice","tenant":"intl","verdict":"approve"}'
+    )
+    assert sign_verdict(KEY, APPROVAL, "dpo", "approve").hex() == (
+        "40a6b76175233b8a56cb1b918cf0a0aae64234b73c9676855b69355e6dedcb7c"
+        "71e16487bb2f856a3a660b55ddda1d3916b04018dba3c94eb108fbe219e3440c"
+    )
+    assert public_key_text(KEY.public_key()) == "A6EHv/POEL4dcN0Y50vAmWfk1jCbpQ1fHdyGZBJVMbg="
+
+
+PUBLIC = KEY.public_key().public_bytes_raw()
+CHANGED = {
+    "another approval": replace(APPROVAL, id="apr-us-fedcba9876543210"),
+    "another subject": replace(APPROVAL, subject="bob"),
+    "one key instead of any": replace(APPROVAL, key="notes/today.txt"),
+    "another requester": replace(APPROVAL, requester="svc-api"),
+    "another action": replace(APPROVAL, action="forget"),
+    "another tenant": replace(APPROVAL, tenant="domestic"),
+    "another cell": replace(APPROVAL, jurisdiction="SG", id="apr-sg-0123456789abcdef"),
+    "another purpose": replace(APPROVAL, purpose="serve-user"),
+    "another request": replace(APPROVAL, request_id="req-2"),
+    "a later expiry": replace(APPROVAL, expires_at=APPROVAL.expires_at + 1e-6),
+}
+
+
+@pytest.mark.parametrize("changed", CHANGED.values(), ids=CHANGED.keys())
+def test_a_signature_verifies_for_its_own_approval_only(changed: Approval) -> None:
+    signature = sign_verdict(KEY, APPROVAL, "dpo", "approve")
+    assert verifies(PUBLIC, APPROVAL, "dpo", "approve", signature)
+    assert not verifies(PUBLIC, changed, "dpo", "approve", signature)
+
+
+def test_a_signature_verifies_for_its_own_verdict_approver_and_key_only() -> None:
+    approve = sign_verdict(KEY, APPROVAL, "dpo", "approve")
+    deny = sign_verdict(KEY, APPROVAL, "dpo", "deny")
+    assert verifies(PUBLIC, APPROVAL, "dpo", "deny", deny)
+    assert not verifies(PUBLIC, APPROVAL, "dpo", "approve", deny)  # deny → approve
+    assert not verifies(PUBLIC, APPROVAL, "dpo", "deny", approve)
+    assert not verifies(PUBLIC, APPROVAL, "partner-officer", "approve", approve)
+    other = OTHER_KEY.public_key().public_bytes_raw()
+    assert not verifies(other, APPROVAL, "dpo", "approve", approve)
+    assert not verifies(PUBLIC, APPROVAL, "dpo", "approve", None)
+    assert not verifies(PUBLIC, APPROVAL, "dpo", "approve", approve[:-1])
+    assert not verifies(PUBLIC, APPROVAL, "dpo", "approve", b"")
+
+
+@pytest.mark.parametrize("expiry", [float("nan"), float("inf"), 1e300, -1e300])
+def test_a_row_whose_expiry_is_no_time_cannot_be_stated_or_counted(expiry: float) -> None:
+    odd = replace(APPROVAL, expires_at=expiry)
+    with pytest.raises(IntegrityError, match="no valid expiry"):
+        statement(odd, "dpo", "approve")
+    signature = sign_verdict(KEY, APPROVAL, "dpo", "approve")
+    assert not verifies(PUBLIC, odd, "dpo", "approve", signature)
+
+
+def signed(approval: Approval, *verdicts: tuple[str, str, Ed25519PrivateKey]) -> Approval:
+    """APPROVAL with these verdicts, each signed by the key given."""
+    return replace(
+        approval,
+        signatures=tuple((who, verdict, 0.0) for who, verdict, _ in verdicts),
+        signed=tuple(
+            (who, sign_verdict(key, approval, who, verdict)) for who, verdict, key in verdicts
+        ),
+    )
+
+
+def test_only_signed_verdicts_under_the_partners_keys_are_counted() -> None:
+    dpo, officer, requester = (Ed25519PrivateKey.generate() for _ in range(3))
+    keys = {
+        "dpo": dpo.public_key().public_bytes_raw(),
+        "partner-officer": officer.public_key().public_bytes_raw(),
+        "us-doj": requester.public_key().public_bytes_raw(),
+    }
+    both = signed(APPROVAL, ("dpo", "approve", dpo), ("partner-officer", "approve", officer))
+    assert counted_verdicts(both, keys) == ({"dpo", "partner-officer"}, set())
+    # the officer's signature made by another key (one not in the partner's table)
+    forged = signed(APPROVAL, ("dpo", "approve", dpo), ("partner-officer", "approve", dpo))
+    assert counted_verdicts(forged, keys) == ({"dpo"}, set())
+    # an approver the partner does not name, and a row with no signature at all
+    stranger = signed(APPROVAL, ("dpo", "approve", dpo), ("mallory", "approve", dpo))
+    assert counted_verdicts(stranger, keys) == ({"dpo"}, set())
+    unsigned = replace(both, signed=both.signed[:1])
+    assert counted_verdicts(unsigned, keys) == ({"dpo"}, set())
+    # a deny, signed; and the requester's own approval is no approval
+    veto = signed(APPROVAL, ("dpo", "approve", dpo), ("partner-officer", "deny", officer))
+    assert counted_verdicts(veto, keys) == ({"dpo"}, {"partner-officer"})
+    own = signed(APPROVAL, ("us-doj", "approve", requester))
+    assert counted_verdicts(own, keys) == (set(), set())
+    # a deny's signature stored with an approve row counts for nothing
+    flipped = replace(veto, signatures=(veto.signatures[0], ("partner-officer", "approve", 0.0)))
+    assert counted_verdicts(flipped, keys) == ({"dpo"}, set())
+
+
+# the approver's key file ------------------------------------------------------------------
+
+
+def key_file(path: Path, data: bytes, mode: int = 0o600) -> Path:
+    path.write_bytes(data)
+    path.chmod(mode)
+    return path
+
+
+def test_a_key_written_by_keygen_is_read_back(tmp_path: Path) -> None:
+    path = tmp_path / "dpo.skey"
+    key = write_signing_key(path)
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert path.read_bytes().startswith(b"-----BEGIN PRIVATE KEY-----")
+    loaded = load_signing_key(path)
+    assert loaded.public_key().public_bytes_raw() == key.public_key().public_bytes_raw()
+    before = path.read_bytes()
+    with pytest.raises(InvalidInput, match="already exists"):
+        write_signing_key(path)
+    assert path.read_bytes() == before
+    with pytest.raises(InvalidInput, match="is not a directory"):
+        write_signing_key(tmp_path / "missing" / "dpo.skey")
+    assert not (tmp_path / "missing").exists()
+
+
+def test_bad_signing_key_files_are_refused_naming_the_file(tmp_path: Path) -> None:
+    pem = signing_key_pem(KEY)
+    ecdsa = ec.generate_private_key(ec.SECP256R1()).private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    encrypted = KEY.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"secret"),
+    )
+    fifo = tmp_path / "fifo.skey"
+    os.mkfifo(fifo)
+    cases = {
+        tmp_path / "missing.skey": "cannot read signing key .*No such file",
+        tmp_path: "cannot read signing key .*Is a directory",
+        fifo: "named FIFO",
+        key_file(tmp_path / "open.skey", pem, 0o644): r"read by others \(mode 644\)",
+        key_file(tmp_path / "group.skey", pem, 0o640): r"read by others \(mode 640\)",
+        key_file(tmp_path / "text.skey", b"not a key\n"): "not a PEM private key",
+        key_file(tmp_path / "empty.skey", b""): "not a PEM private key",
+        key_file(tmp_path / "ecdsa.skey", ecdsa): "not an Ed25519 key",
+        key_file(tmp_path / "locked.skey", encrypted): "is encrypted",
+        key_file(tmp_path / "huge.skey", b"x" * (65 * 1024)): "too large",
+    }
+    for path, message in cases.items():
+        with pytest.raises(InvalidInput, match=message) as refused:
+            load_signing_key(path)
+        assert path.name in str(refused.value)
+        assert "\n" not in str(refused.value)
+    assert load_signing_key(key_file(tmp_path / "ok.skey", pem)).public_key() == KEY.public_key()
+
+
+# the book ----------------------------------------------------------------------------------
+
+DPO = Principal("dpo", "intl", PrincipalKind.EMPLOYEE, "US")
+SCHEMA_1 = """
+CREATE TABLE approvals (
+    id TEXT PRIMARY KEY, requester TEXT NOT NULL, action TEXT NOT NULL, tenant TEXT NOT NULL,
+    subject TEXT, key TEXT, purpose TEXT NOT NULL, request_id TEXT NOT NULL,
+    created_at REAL NOT NULL, expires_at REAL NOT NULL, quorum INTEGER NOT NULL,
+    approvers TEXT NOT NULL
+);
+CREATE TABLE signatures (
+    approval TEXT NOT NULL REFERENCES approvals(id), approver TEXT NOT NULL,
+    verdict TEXT NOT NULL CHECK (verdict IN ('approve', 'deny')), at REAL NOT NULL,
+    PRIMARY KEY (approval, approver)
+);
+"""
+
+
+def book_of_schema_1(state: Path, stamp: int = 1) -> Path:
+    """A cell's approval book as a shardvault before signatures wrote it: one approval,
+    one verdict (no signature column)."""
+    path = state / "cells" / "US" / "approvals.sqlite"
+    path.parent.mkdir(parents=True)
+    now = time.time()
+    with closing(sqlite3.connect(path)) as db, db:
+        db.executescript(SCHEMA_1)
+        db.execute(f"PRAGMA user_version={stamp}")
+        db.execute(
+            "INSERT INTO approvals VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (APPROVAL.id, "us-doj", "read", "intl", "alice", None, "lawful-request", "req-1",
+             now, now + 3600, 2, '["dpo", "partner-officer"]'),
+        )  # fmt: skip
+        db.execute(
+            "INSERT INTO signatures VALUES (?, 'partner-officer', 'approve', ?)", (APPROVAL.id, now)
+        )
+    return path
+
+
+def user_version(path: Path) -> int:
+    with closing(sqlite3.connect(path)) as db:
+        return int(db.execute("PRAGMA user_version").fetchone()[0])
+
+
+@pytest.mark.parametrize("stamp", [0, 1], ids=["before-stamps", "schema-1"])
+def test_a_book_from_before_signatures_opens_and_takes_signed_verdicts(
+    tmp_path: Path, stamp: int
+) -> None:
+    path = book_of_schema_1(tmp_path, stamp)
+    book = ApprovalBook(tmp_path, ["US"])
+    try:
+        old = book.get(APPROVAL.id)
+        assert (old.status, old.approvals, old.signed) == ("pending", 1, ())
+        assert old.signatures[0][:2] == ("partner-officer", "approve")
+        assert old.signature_of("partner-officer") is None
+        signature = sign_verdict(KEY, old, "dpo", "approve")
+        now = book.sign(APPROVAL.id, DPO, "approve", signature)
+        assert now.status == "approved" and now.signature_of("dpo") == signature
+    finally:
+        book.close()
+    assert user_version(path) == 2
+    again = ApprovalBook(tmp_path, ["US"])  # migrated once: opened again as it is
+    try:
+        assert again.get(APPROVAL.id).signed == (("dpo", signature),)
+    finally:
+        again.close()
+
+
+def test_a_book_of_a_newer_schema_is_refused(tmp_path: Path) -> None:
+    book_of_schema_1(tmp_path, stamp=3)
+    book = ApprovalBook(tmp_path, ["US"])
+    try:
+        with pytest.raises(NewerFormat, match=r"schema version 3; .*upgrade shardvault"):
+            book.get(APPROVAL.id)
+    finally:
+        book.close()

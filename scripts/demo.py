@@ -109,7 +109,7 @@ def main() -> None:
     step("Forget alice: needs two approvals; her key is destroyed, her shards collected")
     approval = pending(run("forget", "intl", "alice", expect=1, show=False))
     for officer in OFFICERS:
-        run("--token", TOKENS[officer], "approval", "approve", approval)
+        sign(officer, approval)
     receipt = files / "receipt.note"
     run("--approval", approval, "forget", "intl", "alice", "--receipt", str(receipt), show=False)
     print(f"(the signed receipt, {receipt.stat().st_size} bytes, is in {receipt})")
@@ -165,6 +165,13 @@ def pending(error_line: str) -> str:
     return error_line.strip().rsplit("--approval ", 1)[1]
 
 
+def sign(officer: str, approval: str) -> None:
+    """OFFICER approves, signing with the key only they hold (the partner's custodian
+    checks it against the public key in its own policy)."""
+    key = ROOT / "approvers" / f"{officer}.skey"
+    run("--token", TOKENS[officer], "approval", "approve", approval, "--signing-key", str(key))
+
+
 def principal(ident: str, *options: str) -> None:
     TOKENS[ident] = run("principal", "add", ident, "--tenant", "intl", *options, show=False).strip()
 
@@ -204,7 +211,7 @@ def governance(files: Path) -> None:
     )
     run(*request, "--approval", approval, "get", "intl", "alice", "notes/today.txt", expect=1)
     for officer in OFFICERS:
-        run("--token", TOKENS[officer], "approval", "approve", approval)
+        sign(officer, approval)
     run(*request, "--approval", approval, "get", "intl", "alice", "notes/today.txt")
 
 

@@ -1,8 +1,11 @@
 """`shardvault init --demo DIR`: a three-cell deployment on one machine.
 
 Besides the deployment file it writes the operator's access policy
-(``policy.toml``) and, in the partner's directory, the custodian's own policy
-(``partner/custodian-policy.toml``), so the governed vault works out of the box.
+(``policy.toml``), in the partner's directory the custodian's own policy
+(``partner/custodian-policy.toml``), and a key pair per demo approver: the
+private key in ``approvers/<id>.skey`` (0600, outside ``partner/``: each approver
+holds their own), the public key in the custodian's policy, so the governed
+vault works out of the box.
 """
 
 from __future__ import annotations
@@ -12,8 +15,12 @@ import os
 from contextlib import suppress
 from pathlib import Path
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from shardvault.custodian_policy import public_key_text
 from shardvault.durability import create_whole, write_failure
 from shardvault.errors import InvalidInput
+from shardvault.governance.approval_signatures import signing_key_pem
 
 DEMO_JURISDICTIONS = {"US": "United States", "SG": "Singapore", "EU": "European Union"}
 DEMO_TENANTS = {"intl": "International social app", "domestic": "Domestic social app"}
@@ -116,6 +123,21 @@ requires_approval = true
 FACILITIES_PER_CELL = 3
 
 
+def demo_custodian_policy(approvers: dict[str, Ed25519PrivateKey]) -> str:
+    """The demo's custodian policy, naming each approver's public key: the partner, not
+    the operator's config, says whose signatures on an approval count, and how many."""
+    purposes = 'approval_purposes = ["lawful-request", "user-request"]\n'
+    quorum = f"approval_quorum = {len(approvers)}  # signatures of [approvers] an approval needs\n"
+    lines = [
+        "",
+        "# Whose signatures on an approval the custodian counts: each approver signs with",
+        "# the private key only they hold (approvers/<id>.skey in the demo).",
+        "[approvers]",
+        *(f'{ident} = "{public_key_text(key.public_key())}"' for ident, key in approvers.items()),
+    ]
+    return DEMO_CUSTODIAN_POLICY.replace(purposes, purposes + quorum, 1) + "\n".join(lines) + "\n"
+
+
 def demo_config_text() -> str:
     lines = [
         "# shardvault demo deployment: three cells, six local-directory nodes each.",
@@ -171,20 +193,25 @@ def write_demo(directory: Path) -> Path:
     path, a full disk) it removes what it made, so running it again works.
     """
     config_path = directory / "shardvault.toml"
+    approvers = {ident: Ed25519PrivateKey.generate() for ident in DEMO_APPROVERS}
+    keys = {directory / "approvers" / f"{ident}.skey": k for ident, k in approvers.items()}
     files = {
         directory / "policy.toml": DEMO_POLICY,
-        directory / "partner" / "custodian-policy.toml": DEMO_CUSTODIAN_POLICY,
+        directory / "partner" / "custodian-policy.toml": demo_custodian_policy(approvers),
         config_path: demo_config_text(),
     }
-    _refuse_to_overwrite(directory, list(files))
+    _refuse_to_overwrite(directory, [*files, *keys])
     made: list[Path] = []
     try:
         for code in DEMO_JURISDICTIONS:
             for number in range(1, NODES_PER_CELL + 1):
                 _make_dirs(directory / "nodes" / code / f"{code.lower()}-n{number}", made)
         _make_dirs(directory / "partner", made, mode=0o700)
+        _make_dirs(directory / "approvers", made, mode=0o700)
+        for path, key in keys.items():
+            _write_new(path, signing_key_pem(key), made, mode=0o600)
         for path, text in files.items():
-            _write_new(path, text, made)
+            _write_new(path, text.encode(), made)
     except BaseException as exc:
         _remove(made)
         if isinstance(exc, OSError):
@@ -205,14 +232,15 @@ def _refuse_to_overwrite(directory: Path, paths: list[Path]) -> None:
             raise InvalidInput(f"{path} already exists: choose an empty directory")
     for name in _DEPLOYMENT_DIRECTORIES:
         left = directory / name
-        if left.is_dir() and (name != "partner" or any(left.iterdir())):
+        if left.is_dir() and (name not in _MAY_BE_EMPTY or any(left.iterdir())):
             raise InvalidInput(
                 f"{left} is left from a deployment: choose an empty directory, or move it away"
             )
 
 
-# the demo's state, keyring, node and partner directories (`demo_config_text`)
-_DEPLOYMENT_DIRECTORIES = ("state", "keys", "nodes", "partner")
+# the demo's state, keyring, node, partner and approvers' directories (`demo_config_text`)
+_DEPLOYMENT_DIRECTORIES = ("state", "keys", "nodes", "partner", "approvers")
+_MAY_BE_EMPTY = ("partner", "approvers")  # made beforehand, as a mount point or 0700
 
 
 def _why_not_made(exc: OSError) -> str:
@@ -243,12 +271,13 @@ def _make_dirs(path: Path, made: list[Path], mode: int = 0o777) -> None:
         made.append(each)
 
 
-def _write_new(path: Path, text: str, made: list[Path]) -> None:
+def _write_new(path: Path, data: bytes, made: list[Path], mode: int = 0o666) -> None:
     """Write whole under a temporary of its own, then link it in: a crash leaves no
     half-written file, and no file made meanwhile is replaced. Not a fixed temporary
     name, opened as it was: a FIFO there hung init, a symlink there had the config
-    written into the file it named."""
-    if not create_whole(path, text.encode("utf-8"), mode=0o666):  # the umask decides
+    written into the file it named. MODE (less the umask) from the start, so a
+    private key (0600) is readable by others at no moment."""
+    if not create_whole(path, data, mode=mode):
         raise InvalidInput(f"{path} already exists: choose an empty directory")
     made.append(path)
 

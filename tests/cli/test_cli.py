@@ -216,8 +216,9 @@ def test_listing_and_metadata_commands(alice: Cli, tmp_path: Path) -> None:
         .strip()
         for ident, kind in (("dpo", "employee"), ("partner-officer", "partner-auditor"))
     }
-    for token in tokens.values():
-        alice.ok("--token", token, "approval", "approve", approval)
+    for ident, token in tokens.items():
+        key = alice.config.parent / "approvers" / f"{ident}.skey"
+        alice.ok("--token", token, "approval", "approve", approval, "--signing-key", str(key))
     forgotten = alice.json("--approval", approval, "forget", "intl", "alice")
     assert (forgotten["versions_deleted"], forgotten["shards_removed"]) == (2, 12)
     assert "forgotten" in alice.fails(1, "get", "intl", "alice", "a/1")

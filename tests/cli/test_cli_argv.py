@@ -39,6 +39,9 @@ TEMPLATES = [
     "principal token SUBJECT --ttl-days NUMBER",
     "principal revoke SUBJECT --token-id WORD",
     "approval approve WORD",
+    "approval approve WORD --signing-key FILE",
+    "approval deny WORD --signing-key FILE",
+    "approval keygen PATH",
     "policy check --principal SUBJECT --action WORD --tenant TENANT --jurisdiction CELL "
     "--purpose WORD --kind service",
     "policy test FILE --policy FILE",

@@ -461,7 +461,15 @@ def test_init_where_no_directory_can_be_made_says_why(
 
 
 @pytest.mark.parametrize(
-    "left", ["state", "keys", "nodes", "partner/witness.skey", "partner/custodian.skey"]
+    "left",
+    [
+        "state",
+        "keys",
+        "nodes",
+        "partner/witness.skey",
+        "partner/custodian.skey",
+        "approvers/cfo.skey",
+    ],
 )
 def test_init_over_what_a_deployment_left_is_refused(
     tmp_path: Path, capsysbinary: pytest.CaptureFixture[bytes], left: str
@@ -497,13 +505,13 @@ def test_init_writes_nothing_through_what_is_at_a_temporary_name(tmp_path: Path,
         assert (target / name).is_file() and not (target / name).is_symlink()
 
 
-@pytest.mark.parametrize("options", ["size=16k", "ro,size=1m"])
+@pytest.mark.parametrize("options", ["size=32k", "ro,size=1m"])
 def test_init_on_a_full_or_read_only_disk_leaves_nothing(
     tmp_path: Path, capsysbinary: pytest.CaptureFixture[bytes], options: str
 ) -> None:
     with tmpfs(tmp_path / "disk", options) as disk:
         if "ro" not in options:
-            (disk / "filler").write_bytes(b"\0" * 12288)
+            (disk / "filler").write_bytes(b"\0" * 28672)  # one page left: the demo needs 5
         before = sorted(disk.rglob("*"))
         for target in (disk / "demo", disk):
             code, err = init(capsysbinary, tmp_path, str(target))

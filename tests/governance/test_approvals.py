@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from tests.governance.helpers import SERVICE, SUPPORT, US_COURT, as_, entries, register
 
-from governance_support import ensure_approvers, forget_approved
+from governance_support import ensure_approvers, forget_approved, key_file, signing_key
 from shardvault.audit.entry import PSEUDONYM_PREFIX
 from shardvault.config import load
 from shardvault.errors import AccessDenied, ApprovalRequired, NotFound
@@ -43,8 +43,11 @@ def court(config_path: Path, clock: Clock) -> Iterator[Vault]:
 
 
 def sign(vault: Vault, approval: str, who: str, verdict: str = "approve") -> str:
+    """WHO's verdict, signed with their demo key if they have one."""
     ctx = RequestContext(who, "approval", new_request_id())
-    return vault.governance.sign_approval(approval, ctx, verdict).status
+    has_key = key_file(vault.governance, who).exists()
+    key = signing_key(vault.governance, who) if has_key else None
+    return vault.governance.sign_approval(approval, ctx, verdict, key).status
 
 
 def pending(vault: Vault) -> str:

@@ -40,6 +40,11 @@ def add(cli: Cli, ident: str, *options: str) -> str:
     return cli.ok("principal", "add", ident, "--tenant", "intl", *options).decode().strip()
 
 
+def key_of(cli: Cli, ident: str) -> str:
+    """The private key `init --demo` wrote for approver IDENT."""
+    return str(cli.config.parent / "approvers" / f"{ident}.skey")
+
+
 def test_tokens_through_the_cli(cli: Cli) -> None:
     token = add(cli, "svc", "--kind", "service", "--location", "US")
     assert cli.ok("--token", token, "--purpose", "serve-user", "get", "intl", "alice", "note") == (
@@ -329,13 +334,15 @@ def test_policy_check_of_a_tenant_or_jurisdiction_not_in_the_deployment_is_exit_
 def test_forget_prints_a_receipt_an_outsider_verifies(cli: Cli, tmp_path: Path) -> None:
     pending = cli.fails(1, "forget", "intl", "alice")
     approval = pending.rsplit("--approval ", 1)[1]
-    tokens = [
-        add(cli, ident, "--kind", kind, "--location", "US")
+    tokens = {
+        ident: add(cli, ident, "--kind", kind, "--location", "US")
         for ident, kind in (("dpo", "employee"), ("partner-officer", "partner-auditor"))
-    ]
+    }
     assert "not an approver" in cli.fails(1, "approval", "approve", approval)
-    for token in tokens:
-        cli.ok("--token", token, "approval", "approve", approval)
+    for ident, token in tokens.items():
+        cli.ok(
+            "--token", token, "approval", "approve", approval, "--signing-key", key_of(cli, ident)
+        )
     assert cli.json("approval", "ls") == []
     assert cli.json("approval", "ls", "--all")[0]["status"] == "approved"
     receipt = tmp_path / "receipt.note"
@@ -358,7 +365,7 @@ def _approved_forget(cli: Cli) -> str:
     approval = cli.fails(1, "forget", "intl", "alice").rsplit("--approval ", 1)[1]
     for ident, kind in (("dpo", "employee"), ("partner-officer", "partner-auditor")):
         cli.ok("--token", add(cli, ident, "--kind", kind, "--location", "US"), "approval",
-               "approve", approval)  # fmt: skip
+               "approve", approval, "--signing-key", key_of(cli, ident))  # fmt: skip
     return approval
 
 
@@ -484,15 +491,16 @@ def _forgotten_both(cli: Cli, tmp_path: Path) -> dict[str, bytes]:
     which key) through the CLI: each one's receipt."""
     cli.ok("subject", "add", "intl", "bob", "-j", "US")
     cli.ok("put", "intl", "bob", "note", str(tmp_path / "note.txt"))
-    tokens = [
-        add(cli, ident, "--kind", kind, "--location", "US")
+    tokens = {
+        ident: add(cli, ident, "--kind", kind, "--location", "US")
         for ident, kind in (("dpo", "employee"), ("partner-officer", "partner-auditor"))
-    ]
+    }
     receipts = {}
     for subject in ("alice", "bob"):
         approval = cli.fails(1, "forget", "intl", subject).rsplit("--approval ", 1)[1]
-        for token in tokens:
-            cli.ok("--token", token, "approval", "approve", approval)
+        for ident, token in tokens.items():
+            cli.ok("--token", token, "approval", "approve", approval, "--signing-key",
+                   key_of(cli, ident))  # fmt: skip
         receipts[subject] = cli.ok("--approval", approval, "forget", "intl", subject)
     return receipts
 

@@ -12,7 +12,9 @@ import typer
 from shardvault.cli.given import path_named
 from shardvault.cli.output import print_json, print_table, say, write_out
 from shardvault.cli.state import CliState, state
+from shardvault.custodian_policy import public_key_text
 from shardvault.errors import Refused
+from shardvault.governance.approval_signatures import load_signing_key, write_signing_key
 from shardvault.governance.approvals import Approval
 from shardvault.model import LOCAL_ADMIN
 from shardvault.policy import Action, Principal, PrincipalKind, Resource, explain, load_policy
@@ -194,7 +196,10 @@ def _approval_json(a: Approval) -> dict[str, object]:
         "quorum": a.quorum,
         "approvals": a.approvals,
         "approvers": list(a.approvers),
-        "signatures": [{"approver": w, "verdict": v, "at": _iso(t)} for w, v, t in a.signatures],
+        "signatures": [
+            {"approver": w, "verdict": v, "at": _iso(t), "signed": a.signature_of(w) is not None}
+            for w, v, t in a.signatures
+        ],
         "created_at": _iso(a.created_at),
         "expires_at": _iso(a.expires_at),
     }
@@ -228,15 +233,34 @@ def approval_ls(
     )  # fmt: skip
 
 
-def _sign(ctx: typer.Context, approval_id: str, verdict: str, json_out: bool) -> None:
+SigningKey = Annotated[
+    Path | None,
+    typer.Option(
+        "--signing-key",
+        metavar="FILE",
+        help="Your Ed25519 private key (PKCS#8 PEM, mode 0600): signs the verdict.",
+        parser=path_named("--signing-key"),
+    ),
+]
+
+
+def _sign(
+    ctx: typer.Context, approval_id: str, verdict: str, key_file: Path | None, json_out: bool
+) -> None:
     cli = state(ctx)
-    approval = cli.governance().sign_approval(approval_id, cli.request("approval"), verdict)
+    key = None if key_file is None else load_signing_key(key_file)  # before anything is done
+    governance = cli.governance()
+    request = cli.request("approval")
+    approval = governance.sign_approval(approval_id, request, verdict, key)
     if json_out:
         print_json(_approval_json(approval))
         return
+    signed = "signed" if key is not None else "not signed"
+    if key is not None and request.principal not in governance.custodian_policy.approvers:
+        signed += f" (the partner's custodian holds no key for {request.principal}: not counted)"
     say(
-        f"{approval.id}: {verdict} recorded; {approval.approvals} of {approval.quorum}, "
-        f"now {approval.status}"
+        f"{approval.id}: {verdict} recorded, {signed}; {approval.approvals} of "
+        f"{approval.quorum}, now {approval.status}"
     )
 
 
@@ -244,20 +268,46 @@ def _sign(ctx: typer.Context, approval_id: str, verdict: str, json_out: bool) ->
 def approval_approve(
     ctx: typer.Context,
     approval_id: Annotated[str, typer.Argument(metavar="ID")],
+    signing_key: SigningKey = None,
     json_out: JsonFlag = False,
 ) -> None:
-    """Sign an approval as the acting principal (--as/--token), who must be a named approver."""
-    _sign(ctx, approval_id, "approve", json_out)
+    """Approve as the acting principal (--as/--token), who must be a named approver; sign
+    with your key (--signing-key), which the partner's custodian checks."""
+    _sign(ctx, approval_id, "approve", signing_key, json_out)
 
 
 @approval_app.command("deny")
 def approval_deny(
     ctx: typer.Context,
     approval_id: Annotated[str, typer.Argument(metavar="ID")],
+    signing_key: SigningKey = None,
     json_out: JsonFlag = False,
 ) -> None:
     """Veto an approval as the acting principal: one denial ends it."""
-    _sign(ctx, approval_id, "deny", json_out)
+    _sign(ctx, approval_id, "deny", signing_key, json_out)
+
+
+@approval_app.command("keygen")
+def approval_keygen(
+    key_file: Annotated[
+        Path,
+        typer.Argument(
+            metavar="FILE", help="Where to write the new private key.", parser=path_named("FILE")
+        ),
+    ],
+    json_out: JsonFlag = False,
+) -> None:
+    """Make an approver's Ed25519 key pair: the private key to FILE (0600, never over an
+    existing file), the public key, for the partner's table of approvers, on stdout."""
+    public = public_key_text(write_signing_key(key_file).public_key())
+    if json_out:
+        print_json({"private_key": str(key_file), "public_key": public})
+        return
+    say(
+        f"wrote {key_file} (keep it to yourself); the partner adds your public key to its "
+        'custodian policy: [approvers] <your principal id> = "<the line below>"'
+    )
+    write_out(f"{public}\n")
 
 
 def _registered_principal(cli: CliState, ident: str, tenant: str, jurisdiction: str) -> Principal:

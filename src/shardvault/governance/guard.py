@@ -31,6 +31,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from shardvault import custodian_policy as cp
 from shardvault.audit import AuditEntry, AuditTicket, SignedNote, new_entry
 from shardvault.audit.entry import PSEUDONYM_PREFIX
@@ -41,6 +43,7 @@ from shardvault.errors import (
     ConfigError,
     InvalidInput,
 )
+from shardvault.governance.approval_signatures import sign_verdict
 from shardvault.governance.approvals import Approval, ApprovalBook, approval_cell
 from shardvault.governance.attestations import CustodianKey
 from shardvault.governance.custodian_gate import custodian_gate
@@ -523,10 +526,11 @@ class Governance:
             )
         )  # fmt: skip
         approvers = ", ".join(self.spec.approvers) or "no approvers configured"
+        signed = " --signing-key THEIR-KEY" if self.custodian_policy.approvers else ""
         raise ApprovalRequired(
             f"{action} needs approval ({decision.rule}): approval {approval_id} is pending; "
             f"{self.spec.approval_quorum} of [{approvers}] must run 'shardvault approval "
-            f"approve {approval_id}', then retry with --approval {approval_id}",
+            f"approve {approval_id}{signed}', then retry with --approval {approval_id}",
             approval_id=approval_id,
         )
 
@@ -615,8 +619,21 @@ class Governance:
             shown.append(approval)
         return shown
 
-    def sign_approval(self, approval_id: str, ctx: RequestContext, verdict: str) -> Approval:
-        """One approver's approve or deny, audited in the approval's cell before it counts."""
+    def sign_approval(
+        self,
+        approval_id: str,
+        ctx: RequestContext,
+        verdict: str,
+        key: Ed25519PrivateKey | None = None,
+    ) -> Approval:
+        """One approver's approve or deny, audited in the approval's cell before it counts,
+        signed with the approver's own ``key`` (`approval_signatures`) when given.
+
+        The partner's custodian counts only verdicts signed under the key its policy
+        holds for the approver. This deployment can read that policy, so an approver
+        the partner holds a key for must sign (`InvalidInput` without a key), and
+        with that key (`AccessDenied`, audited, with another): a verdict the custodian
+        would not count is refused here rather than shown as met."""
         approval = self.approvals.get(approval_id)
         resource = _approval_resource(approval)
         audit = _request_fields(ctx, approval.action)
@@ -624,6 +641,8 @@ class Governance:
         try:
             principal = self.resolve(ctx, approval.tenant, approval.jurisdiction)
             self.approvals.check_signer(approval, principal)
+            self._check_signing_key(approval, principal.id, key)
+            signature = None if key is None else sign_verdict(key, approval, principal.id, verdict)
         except AccessDenied as exc:
             self._audit(
                 resource, **audit, decision="deny", rule=exc.rule or "approval:refused",
@@ -642,7 +661,27 @@ class Governance:
             rule=f"approval:{verdict}", result=result,
             details=_details(principal, resource, "approval", approval_id=approval_id),
         ).wait()  # fmt: skip
-        return self.approvals.sign(approval_id, principal, verdict)
+        return self.approvals.sign(approval_id, principal, verdict, signature)
+
+    def _check_signing_key(
+        self, approval: Approval, approver: str, key: Ed25519PrivateKey | None
+    ) -> None:
+        """The key the partner's policy holds for ``approver``, if it holds one, is the one
+        ``key`` is (see `sign_approval`)."""
+        held = self.custodian_policy.approvers.get(approver)
+        if held is None:
+            return
+        if key is None:
+            raise InvalidInput(
+                f"{approver} must sign {approval.id} with their key: the partner's custodian "
+                "counts only signed verdicts (give --signing-key FILE)"
+            )
+        if key.public_key().public_bytes_raw() != held:
+            raise AccessDenied(
+                f"the signing key given is not the one the partner's custodian policy holds "
+                f"for {approver}: its signature would not count",
+                rule="approval:signing-key",
+            )
 
     # heads --------------------------------------------------------------------------
 

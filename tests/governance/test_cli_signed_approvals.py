@@ -1,0 +1,172 @@
+"""Approvers sign through the CLI with their own key (`--signing-key`), and make one
+(`approval keygen`): what the partner's custodian will count is settled at sign time."""
+
+from __future__ import annotations
+
+import base64
+import os
+from pathlib import Path
+
+import pytest
+from tests.cli.test_cli import Cli
+from tests.governance.test_cli_governance import add, key_of
+
+from conftest import make_deployment
+from shardvault.config import load
+from shardvault.custodian_policy import load_custodian_policy
+from shardvault.governance import Governance
+from shardvault.governance.approval_signatures import load_signing_key, verifies
+
+OFFICERS = {"dpo": "employee", "partner-officer": "partner-auditor"}
+
+
+@pytest.fixture
+def cli(tmp_path: Path, capsysbinary: pytest.CaptureFixture[bytes]) -> Cli:
+    """A demo deployment whose config names a third approver, `cfo`, the partner holds
+    no key for; alice is registered, and the officers have tokens."""
+
+    def three_approvers(text: str) -> str:
+        return text.replace('approvers = ["dpo", "partner-officer"]', 'approvers = ["dpo", '
+                            '"partner-officer", "cfo"]')  # fmt: skip
+
+    cli = Cli(make_deployment(tmp_path / "deploy", edit=three_approvers), capsysbinary)
+    cli.ok("subject", "add", "intl", "alice", "-j", "US")
+    return cli
+
+
+def tokens(cli: Cli, *idents: str) -> dict[str, str]:
+    kinds = {**OFFICERS, "cfo": "employee"}
+    return {ident: add(cli, ident, "--kind", kinds[ident], "--location", "US") for ident in idents}
+
+
+def pending_forget(cli: Cli) -> str:
+    return cli.fails(1, "forget", "intl", "alice").rsplit("--approval ", 1)[1]
+
+
+def verdicts(cli: Cli, approval: str) -> list[dict[str, object]]:
+    (shown,) = [a for a in cli.json("approval", "ls", "--all") if a["id"] == approval]
+    return list(shown["signatures"])
+
+
+def audited_rules(cli: Cli, approval: str) -> list[str]:
+    governance = Governance.open(load(cli.config))
+    try:
+        entries = governance.entries("US", governance.cell("US").log.size)
+    finally:
+        governance.close()
+    return [e.rule for e in entries if e.details.get("approval_id") == approval]
+
+
+def test_a_verdict_is_signed_with_the_approvers_key_and_verifies(cli: Cli) -> None:
+    token = tokens(cli, "dpo")["dpo"]
+    approval = pending_forget(cli)
+    code, _, said = cli("--token", token, "approval", "approve", approval, "--signing-key",
+                        key_of(cli, "dpo"))  # fmt: skip
+    assert code == 0 and f"{approval}: approve recorded, signed; 1 of 2, now pending" in said
+    (verdict,) = verdicts(cli, approval)
+    assert (verdict["approver"], verdict["verdict"], verdict["signed"]) == ("dpo", "approve", True)
+    policy = load_custodian_policy(load(cli.config).base_dir / "partner" / "custodian-policy.toml")
+    governance = Governance.open(load(cli.config))
+    try:
+        stored = governance.approvals.get(approval)
+    finally:
+        governance.close()
+    signature = stored.signature_of("dpo")
+    assert signature is not None
+    assert verifies(policy.approvers["dpo"], stored, "dpo", "approve", signature)
+
+
+def test_an_approver_the_partner_holds_a_key_for_must_sign_with_it(
+    cli: Cli, tmp_path: Path
+) -> None:
+    token = tokens(cli, "dpo", "partner-officer")["dpo"]
+    approval = pending_forget(cli)
+    said = cli.fails(2, "--token", token, "approval", "approve", approval)
+    assert "dpo must sign" in said and "--signing-key" in said
+    stranger = tmp_path / "stranger.skey"
+    cli.ok("approval", "keygen", str(stranger))
+    for key in (stranger, Path(key_of(cli, "partner-officer"))):
+        for verdict in ("approve", "deny"):
+            said = cli.fails(1, "--token", token, "approval", verdict, approval,
+                             "--signing-key", str(key))  # fmt: skip
+            assert "not the one the partner's custodian policy holds for dpo" in said
+    assert verdicts(cli, approval) == []  # nothing recorded
+    assert audited_rules(cli, approval).count("approval:signing-key") == 4
+
+
+def test_bad_key_files_are_one_line_and_exit_2_with_nothing_signed(
+    cli: Cli, tmp_path: Path
+) -> None:
+    token = tokens(cli, "dpo")["dpo"]
+    approval = pending_forget(cli)
+    pem = Path(key_of(cli, "dpo")).read_bytes()
+    fifo = tmp_path / "fifo.skey"
+    os.mkfifo(fifo)
+    readable = tmp_path / "readable.skey"
+    readable.write_bytes(pem)
+    readable.chmod(0o644)
+    text = tmp_path / "text.skey"
+    text.write_text("dpo's key\n")
+    text.chmod(0o600)
+    cases = {
+        "": "--signing-key is empty",
+        str(tmp_path / "missing.skey"): "No such file",
+        str(tmp_path): "Is a directory",
+        str(fifo): "named FIFO",
+        str(readable): "can be read by others (mode 644)",
+        str(text): "not a PEM private key",
+        "/dev/null": "not a regular file",
+    }
+    for path, message in cases.items():
+        said = cli.fails(2, "--token", token, "approval", "approve", approval,
+                         "--signing-key", path)  # fmt: skip
+        assert message in said, (path, said)
+    assert verdicts(cli, approval) == []
+    assert "approval:approve" not in audited_rules(cli, approval)
+
+
+def test_an_approver_the_partner_holds_no_key_for_is_counted_by_the_operator_only(
+    cli: Cli, tmp_path: Path
+) -> None:
+    cfo = tokens(cli, "cfo")["cfo"]
+    first, second = pending_forget(cli), pending_forget(cli)
+    code, _, said = cli("--token", cfo, "approval", "approve", first)
+    assert code == 0 and "approve recorded, not signed; 1 of 2" in said
+    key = tmp_path / "cfo.skey"
+    cli.ok("approval", "keygen", str(key))
+    code, _, said = cli("--token", cfo, "approval", "deny", second, "--signing-key", str(key))
+    assert code == 0 and "deny recorded, signed (the partner's custodian holds no key for " in said
+    assert [v["signed"] for v in verdicts(cli, first) + verdicts(cli, second)] == [False, True]
+
+
+def test_keygen_writes_a_private_key_and_prints_its_public_key(cli: Cli, tmp_path: Path) -> None:
+    path = tmp_path / "new.skey"
+    code, out, said = cli("approval", "keygen", str(path), config=False)
+    assert code == 0 and "keep it to yourself" in said
+    assert path.stat().st_mode & 0o777 == 0o600
+    public = load_signing_key(path).public_key().public_bytes_raw()
+    assert base64.b64decode(out.decode().strip(), validate=True) == public
+    before = path.read_bytes()
+    assert "already exists" in cli.fails(2, "approval", "keygen", str(path))
+    assert path.read_bytes() == before
+    shown = cli.json("approval", "keygen", str(tmp_path / "other.skey"))
+    assert shown["private_key"] == str(tmp_path / "other.skey")
+    assert base64.b64decode(shown["public_key"]) != public
+    assert "is not a directory" in cli.fails(2, "approval", "keygen", str(tmp_path / "x" / "k"))
+    assert "FILE is empty" in cli.fails(2, "approval", "keygen", "")
+
+
+def test_the_demo_gives_each_approver_a_key_the_partner_holds(tmp_path: Path) -> None:
+    config = load(make_deployment(tmp_path / "deploy"))
+    policy = load_custodian_policy(config.base_dir / "partner" / "custodian-policy.toml")
+    assert config.governance is not None
+    assert set(policy.approvers) == set(config.governance.approvers) == set(OFFICERS)
+    assert policy.approval_quorum == 2
+    approvers = config.base_dir / "approvers"
+    assert approvers.stat().st_mode & 0o777 == 0o700
+    for ident in OFFICERS:
+        path = approvers / f"{ident}.skey"
+        assert path.stat().st_mode & 0o777 == 0o600
+        public = load_signing_key(path).public_key().public_bytes_raw()
+        assert policy.approvers[ident] == public
+    assert not list((config.base_dir / "partner").glob("*.skey"))  # not the partner's to hold

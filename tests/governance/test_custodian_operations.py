@@ -317,8 +317,8 @@ def test_the_gate_wants_a_met_forget_approval_for_every_destroy(story: Vault) ->
         story.forget("intl", "alice")
     approval = pending.value.approval_id
     assert approval is not None
-    with pytest.raises(AccessDenied, match="pending or is for another request"):
-        gate(DESTROY, scope, "kid", replace(forget, approval_id=approval))
+    with pytest.raises(AccessDenied, match="has 0 of the 2 signatures the partner requires"):
+        gate(DESTROY, scope, "kid", replace(forget, approval_id=approval))  # pending
     approve(story.governance, approval)
     gate(DESTROY, scope, "kid", replace(forget, approval_id=approval))
     for other in (
@@ -392,9 +392,12 @@ def test_a_keyring_from_before_learns_its_keys_subjects_once_and_old_approvals_h
 
 def test_a_met_approval_of_a_read_does_not_destroy_a_key(story: Vault) -> None:
     """The partner destroys a key only on an approval of a forget, whatever its grants say."""
-    lenient = parse_custodian_policy(
-        'version = 1\n[[grant]]\nid = "court"\npurposes = ["lawful-request"]\n'
-        "requires_approval = true\n"
+    lenient = replace(
+        story.governance.custodian_policy,  # its [approvers], and:
+        grants=parse_custodian_policy(
+            'version = 1\n[[grant]]\nid = "court"\npurposes = ["lawful-request"]\n'
+            "requires_approval = true\n"
+        ).grants,
     )
     gate = custodian_gate(lenient, story.governance.approvals)
     with pytest.raises(ApprovalRequired) as pending:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
+from collections.abc import Callable
 from contextlib import closing
 from dataclasses import replace
 from pathlib import Path
@@ -17,9 +18,19 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from tests.governance.helpers import SERVICE, US_COURT, as_, entries_of, register
 
+from conftest import files_under, make_deployment
+from governance_support import approve, ensure_approvers, signing_key
+from shardvault.config import Config, load
 from shardvault.custodian_policy import public_key_text
-from shardvault.errors import IntegrityError, InvalidInput, NewerFormat
+from shardvault.errors import (
+    AccessDenied,
+    ApprovalRequired,
+    IntegrityError,
+    InvalidInput,
+    NewerFormat,
+)
 from shardvault.governance.approval_signatures import (
     counted_verdicts,
     load_signing_key,
@@ -30,7 +41,11 @@ from shardvault.governance.approval_signatures import (
     write_signing_key,
 )
 from shardvault.governance.approvals import Approval, ApprovalBook
+from shardvault.governance.custodian_gate import custodian_gate
+from shardvault.keys.port import KeyOperation, KeyScope
+from shardvault.model import Justification, ObjectRef, RequestContext, new_request_id
 from shardvault.policy import Principal, PrincipalKind
+from shardvault.vault import Vault
 
 SEED = bytes(range(32))
 KEY = Ed25519PrivateKey.from_private_bytes(SEED)
@@ -280,3 +295,262 @@ def test_a_book_of_a_newer_schema_is_refused(tmp_path: Path) -> None:
             book.get(APPROVAL.id)
     finally:
         book.close()
+
+
+# the partner's custodian counts signatures, not rows --------------------------------------
+
+REF = ObjectRef("intl", "alice", "notes/today.txt")
+
+
+@pytest.fixture
+def story(vault: Vault) -> Vault:
+    register(vault, SERVICE, US_COURT)
+    ensure_approvers(vault.governance)
+    vault.register_subject("intl", "alice", "US")
+    vault.put(REF, b"alice's note")
+    return vault
+
+
+def book(config: Config, cell: str = "US") -> Path:
+    return config.state_dir / "cells" / cell / "approvals.sqlite"
+
+
+def write_rows(config: Config, approval: str, *rows: tuple[str, str]) -> None:
+    """Verdict rows written straight into the cell's SQLite book, as operator code of
+    its own could: no approver signed anything."""
+    with closing(sqlite3.connect(book(config))) as db, db:
+        for approver, verdict in rows:
+            db.execute(
+                "INSERT INTO signatures (approval, approver, verdict, at) VALUES (?, ?, ?, ?)",
+                (approval, approver, verdict, time.time()),
+            )
+
+
+def pending_forget(vault: Vault) -> str:
+    with pytest.raises(ApprovalRequired) as pending:
+        vault.forget("intl", "alice")
+    assert pending.value.approval_id is not None
+    return pending.value.approval_id
+
+
+def forget_with(vault: Vault, approval: str) -> RequestContext:
+    return RequestContext("local-admin", "forget-subject", new_request_id(), approval_id=approval)
+
+
+def assert_refused_and_untouched(
+    config: Config, vault: Vault, approval: str, message: str = "custodian:approval"
+) -> None:
+    """The forget with APPROVAL passes the operator's policy, and the partner's custodian
+    refuses the destroy: audited, the key, catalog and shards as they were."""
+    assert vault.governance.approvals.get(approval).status == "approved"  # the operator's view
+    shards = files_under(config.base_dir / "nodes")
+    retry = forget_with(vault, approval)
+    with pytest.raises(AccessDenied, match=r"refused the destroy \(custodian:approval\)") as no:
+        vault.forget("intl", "alice", retry)
+    assert message in str(no.value)
+    policy, custodian = entries_of(vault, retry)
+    assert (policy.result, custodian.rule, custodian.details["stage"]) == (
+        "allowed", "custodian:approval", "custodian",
+    )  # fmt: skip
+    assert vault.get(REF) == b"alice's note"  # the key still unwraps
+    assert vault.subject("intl", "alice").forgotten_at is None
+    assert files_under(config.base_dir / "nodes") == shards
+
+
+def test_a_met_approval_written_into_the_book_destroys_no_key(
+    deployment: tuple[Config, Vault], story: Vault
+) -> None:
+    """The gap (docs/trust-model.md, known limits until now): the custodian took the
+    book's rows for who signed, so the operator's own code could write a met approval
+    there and have the partner's custodian destroy a subject's key."""
+    config, vault = deployment
+    approval = pending_forget(vault)
+    write_rows(config, approval, ("dpo", "approve"), ("partner-officer", "approve"))
+    assert_refused_and_untouched(config, vault, approval, "0 of the 2 signatures")
+
+
+def test_a_lawful_request_met_in_the_book_unwraps_no_key(
+    deployment: tuple[Config, Vault], story: Vault
+) -> None:
+    config, vault = deployment
+    with pytest.raises(ApprovalRequired) as pending:
+        vault.get(REF, ctx=as_(US_COURT, "lawful-request"))
+    approval = pending.value.approval_id
+    assert approval is not None
+    write_rows(config, approval, ("dpo", "approve"), ("partner-officer", "approve"))
+    court = as_(US_COURT, "lawful-request", approval)
+    with pytest.raises(AccessDenied, match=r"refused the unwrap \(custodian:approval\)"):
+        vault.get(REF, ctx=court)
+    assert entries_of(vault, court)[-1].rule == "custodian:approval"
+
+
+def signatures_of(config: Config, approval: str) -> dict[str, bytes]:
+    with closing(sqlite3.connect(book(config))) as db:
+        rows = db.execute(
+            "SELECT approver, signature FROM signatures WHERE approval = ?", (approval,)
+        ).fetchall()
+    return {who: sig for who, sig in rows}
+
+
+def test_signatures_copied_from_another_approval_do_not_count(
+    deployment: tuple[Config, Vault], story: Vault
+) -> None:
+    config, vault = deployment
+    with pytest.raises(ApprovalRequired) as court:
+        vault.get(REF, ctx=as_(US_COURT, "lawful-request"))
+    other = court.value.approval_id
+    assert other is not None
+    approve(vault.governance, other)  # genuinely signed, for the court's read
+    approval = pending_forget(vault)
+    with closing(sqlite3.connect(book(config))) as db, db:
+        for who, signature in signatures_of(config, other).items():
+            db.execute(
+                "INSERT INTO signatures VALUES (?, ?, 'approve', ?, ?)",
+                (approval, who, time.time(), signature),
+            )
+    assert_refused_and_untouched(config, vault, approval, "0 of the 2 signatures")
+
+
+def test_a_signed_denial_turned_into_an_approval_does_not_count(
+    deployment: tuple[Config, Vault], story: Vault
+) -> None:
+    config, vault = deployment
+    approval = pending_forget(vault)
+    governance = vault.governance
+    for who, verdict in (("dpo", "approve"), ("partner-officer", "deny")):
+        ctx = RequestContext(who, "approval", new_request_id())
+        governance.sign_approval(approval, ctx, verdict, signing_key(governance, who))
+    with closing(sqlite3.connect(book(config))) as db, db:
+        db.execute("UPDATE signatures SET verdict = 'approve' WHERE approver = 'partner-officer'")
+    assert_refused_and_untouched(config, vault, approval, "1 of the 2 signatures")
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        "UPDATE approvals SET expires_at = expires_at + 86400",
+        "UPDATE approvals SET request_id = 'another-request'",
+    ],
+    ids=["a-later-expiry", "another-request"],
+)
+def test_a_signed_approval_edited_in_the_book_does_not_count(
+    deployment: tuple[Config, Vault], story: Vault, edit: str
+) -> None:
+    config, vault = deployment
+    approval = pending_forget(vault)
+    approve(vault.governance, approval)
+    with closing(sqlite3.connect(book(config))) as db, db:
+        db.execute(edit)
+    assert_refused_and_untouched(config, vault, approval, "0 of the 2 signatures")
+
+
+def partner_policy(config: Config) -> Path:
+    return config.base_dir / "partner" / "custodian-policy.toml"
+
+
+def reopened(config: Config, edit_policy: Callable[[str], str]) -> Vault:
+    """The deployment opened again with the partner's policy edited (the partner's file:
+    the operator's config is not what changes)."""
+    path = partner_policy(config)
+    path.write_text(edit_policy(path.read_text()))
+    return Vault.open(load(config.path))
+
+
+def quorum_of_one(text: str) -> str:
+    return text.replace("approval_quorum = 2", "approval_quorum = 1")
+
+
+def test_the_quorum_is_the_partners_not_the_operators(tmp_path: Path) -> None:
+    """The operator's config asks one approval; the partner's policy asks two, and
+    decides: a destroy with one signature is refused until the partner asks one too."""
+    config = load(make_deployment(tmp_path / "deploy", edit=quorum_of_one))
+    with Vault.open(config) as vault:
+        ensure_approvers(vault.governance)
+        vault.register_subject("intl", "alice", "US")
+        vault.put(REF, b"alice's note")
+        approval = pending_forget(vault)
+        ctx = RequestContext("dpo", "approval", new_request_id())
+        vault.governance.sign_approval(
+            approval, ctx, "approve", signing_key(vault.governance, "dpo")
+        )
+        assert vault.governance.approvals.get(approval).status == "approved"  # for the operator
+        assert_refused_and_untouched(config, vault, approval, "1 of the 2 signatures")
+    with reopened(config, quorum_of_one) as vault:  # now the partner's quorum is 1
+        assert vault.governance.custodian_policy.approval_quorum == 1
+        assert vault.forget("intl", "alice", forget_with(vault, approval)).subject == "alice"
+
+
+def test_a_signature_by_a_key_the_partner_does_not_hold_does_not_count(tmp_path: Path) -> None:
+    """cfo is an approver in the operator's config, with a key of their own the partner's
+    policy does not name: their signature meets the operator's quorum, not the partner's."""
+
+    def with_cfo(text: str) -> str:
+        return text.replace('approvers = ["dpo", "partner-officer"]', 'approvers = ["dpo", '
+                            '"partner-officer", "cfo"]')  # fmt: skip
+
+    config = load(make_deployment(tmp_path / "deploy", edit=with_cfo))
+    cfo_key = write_signing_key(tmp_path / "cfo.skey")
+    with Vault.open(config) as vault:
+        ensure_approvers(vault.governance)
+        vault.governance.registry.add(
+            Principal("cfo", "intl", PrincipalKind.EMPLOYEE, "US"), token_ttl=None
+        )
+        vault.register_subject("intl", "alice", "US")
+        vault.put(REF, b"alice's note")
+        approval = pending_forget(vault)
+        for who, key in (("dpo", signing_key(vault.governance, "dpo")), ("cfo", cfo_key)):
+            ctx = RequestContext(who, "approval", new_request_id())
+            vault.governance.sign_approval(approval, ctx, "approve", key)
+        assert signatures_of(config, approval)["cfo"] is not None  # signed, and stored
+        assert_refused_and_untouched(config, vault, approval, "1 of the 2 signatures")
+
+
+def without_approvers(text: str) -> str:
+    """The partner's policy as it was before signed approvals: no [approvers]."""
+    head, _, _ = text.partition("\n# Whose signatures")
+    return head.replace("approval_quorum = 2  # signatures of [approvers] an approval needs\n", "")
+
+
+def test_without_approvers_the_partner_counts_no_approval(
+    deployment: tuple[Config, Vault], story: Vault
+) -> None:
+    """A partner's policy from before signed approvals: a met approval, even one its
+    approvers signed, destroys no key and unwraps none (fail closed); key uses that need
+    no approval go on."""
+    config, vault = deployment
+    approval = pending_forget(vault)
+    approve(vault.governance, approval)
+    with pytest.raises(ApprovalRequired) as court:
+        vault.get(REF, ctx=as_(US_COURT, "lawful-request"))
+    lawful = court.value.approval_id
+    assert lawful is not None
+    approve(vault.governance, lawful)
+    vault.close()
+    with reopened(config, without_approvers) as old:
+        assert old.governance.custodian_policy.approvers == {}
+        assert_refused_and_untouched(config, old, approval, "names no [approvers]")
+        with pytest.raises(AccessDenied, match=r"unwrap \(custodian:approval\).*no \[approvers\]"):
+            old.get(REF, ctx=as_(US_COURT, "lawful-request", lawful))
+        assert old.get(REF, ctx=as_(SERVICE, "serve-user")) == b"alice's note"
+        old.register_subject("intl", "bob", "US", as_(SERVICE, "serve-user"))
+
+
+def test_a_denial_refuses_whatever_the_quorum(story: Vault) -> None:
+    """Through the gate itself, as operator code holding the approval would call it: a
+    partner needing one signature, which dpo's gives, still refuses an approval its
+    officer denied."""
+    governance = story.governance
+    approval = pending_forget(story)
+    for who, verdict in (("dpo", "approve"), ("partner-officer", "deny")):
+        ctx = RequestContext(who, "approval", new_request_id())
+        governance.sign_approval(approval, ctx, verdict, signing_key(governance, who))
+    one = replace(governance.custodian_policy, approval_quorum=1)
+    gate = custodian_gate(one, governance.approvals)
+    alice = story.cells["US"].catalog.get_subject("intl", "alice")
+    assert alice is not None
+    why = Justification("local-admin", "forget-subject", new_request_id(), "US", approval)
+    with pytest.raises(AccessDenied, match=r"\(custodian:approval\).* is denied"):
+        gate(KeyOperation.DESTROY, KeyScope("intl", "US"), alice.key_id, why)
+    with closing(sqlite3.connect(book(load(story.config.path)))) as db, db:
+        db.execute("DELETE FROM signatures WHERE verdict = 'deny'")
+    gate(KeyOperation.DESTROY, KeyScope("intl", "US"), alice.key_id, why)  # see known limits

@@ -3,22 +3,27 @@
 The custodian does not trust the operator's policy. Before each wrap (a subject
 registered), unwrap (a read or write) and destroy (a forget) it runs its own
 policy file (`shardvault.custodian_policy`) on the operation and the
-justification that comes with the call, and when the justification names an
-approval it checks that the approval is met, unexpired and for this principal,
-purpose, tenant and jurisdiction (the partner's officer is one of the
-approvers, so the partner can see the signatures); a destroy, which cannot be
-undone, needs an approval whatever the grants say, and one of a forget, and the
-gate hands the custodian the subject that approval names: the custodian
-destroys the key only if it wrapped it for that subject (`keys.port`). A
-refusal raises `AccessDenied` naming the operation and carrying the custodian's
-rule; the vault audits it and stops the call before anything changes.
+justification that comes with the call. When the justification names an
+approval it checks that the approval is for this principal, purpose, tenant and
+jurisdiction, unexpired and vetoed by nobody, and met by the partner's own
+rule, not the book's: the approval book is the operator's file, so the gate
+counts only verdicts signed under the public keys the partner's policy holds
+(``[approvers]``), for the approval's exact statement (`approval_signatures`),
+and wants ``approval_quorum`` of them; any denial in the book refuses. A policy with no
+``[approvers]`` lets no approval count. A destroy, which cannot be undone, needs
+an approval whatever the grants say, and one of a forget, and the gate hands the
+custodian the subject that approval names: the custodian destroys the key only
+if it wrapped it for that subject (`keys.port`). A refusal raises `AccessDenied`
+naming the operation and carrying the custodian's rule; the vault audits it and
+stops the call before anything changes.
 """
 
 from __future__ import annotations
 
 from shardvault import custodian_policy as cp
 from shardvault.errors import AccessDenied, ShardvaultError
-from shardvault.governance.approvals import APPROVED, Approval, ApprovalBook
+from shardvault.governance.approval_signatures import counted_verdicts
+from shardvault.governance.approvals import DENIED, EXPIRED, Approval, ApprovalBook
 from shardvault.keys.port import KeyOperation, KeyScope
 from shardvault.keys.rootkey import CustodianGate
 from shardvault.model import Justification
@@ -46,14 +51,33 @@ def _refuse_an_unapproved_destroy(operation: KeyOperation) -> None:
 def _matches(
     approval: Approval, operation: KeyOperation, scope: KeyScope, why: Justification
 ) -> bool:
+    """For this request, and neither expired nor vetoed in the book (a refusal the
+    operator records is one the partner honours: refusing is always safe)."""
     return (
-        approval.status == APPROVED
+        approval.status not in (DENIED, EXPIRED)
         and approval.requester == why.principal
         and approval.purpose == why.purpose
         and approval.tenant == scope.tenant
         and approval.jurisdiction == scope.jurisdiction
         and approval.action == _ACTION_OF.get(operation, approval.action)
     )
+
+
+def _unsigned(approval: Approval, policy: cp.CustodianPolicy) -> str | None:
+    """Why the partner does not count ``approval`` as met (None: it does). Only verdicts
+    signed under its own ``[approvers]`` keys count, whatever the book's rows say."""
+    if not policy.approvers:
+        return (
+            "its policy names no [approvers], so no approval counts (docs/trust-model.md, "
+            "signed approvals)"
+        )
+    approved, _ = counted_verdicts(approval, policy.approvers)  # a denial: `_matches`
+    if len(approved) < policy.approval_quorum:
+        return (
+            f"approval {approval.id} has {len(approved)} of the {policy.approval_quorum} "
+            "signatures the partner requires that verify under its [approvers] keys"
+        )
+    return None
 
 
 def custodian_gate(policy: cp.CustodianPolicy, approvals: ApprovalBook) -> CustodianGate:
@@ -75,6 +99,9 @@ def custodian_gate(policy: cp.CustodianPolicy, approvals: ApprovalBook) -> Custo
                 operation,
                 f"approval {why.approval_id} is {approval.status} or is for another request",
             )
+        reason = _unsigned(approval, policy)
+        if reason is not None:
+            raise _refused(operation, reason)
         return approval.subject if operation in _ACTION_OF else None
 
     return gate

@@ -6,7 +6,9 @@ destroys two storage nodes and still reads everything, then replaces them and
 rebuilds the lost shards on the new nodes with `repair`. Then governance:
 principals with tokens, a foreign government's request refused by rule, a read
 the operator's policy allows but the partner's custodian refuses, a domestic
-legal request approved by two officers, the forget of a user (approved, with a
+legal request approved by two officers (each signing with their own key, which
+the partner's custodian checks; an approval written into the operator's book
+without their signatures is refused), the forget of a user (approved, with a
 signed receipt carrying the custodian's attestation that it destroyed her key),
 an outside verification of the audit log and a transparency report. Every step
 prints the command it runs, so it doubles as a tutorial.
@@ -19,9 +21,11 @@ import json
 import os
 import shlex
 import shutil
+import sqlite3
 import subprocess
 import sys
 import time
+from contextlib import closing
 from pathlib import Path
 
 ROOT = Path.cwd() / "demo-run"
@@ -213,6 +217,24 @@ def governance(files: Path) -> None:
     for officer in OFFICERS:
         sign(officer, approval)
     run(*request, "--approval", approval, "get", "intl", "alice", "notes/today.txt")
+    forged_approval(request)
+
+
+def forged_approval(request: tuple[str, ...]) -> None:
+    step("The operator writes a met approval into its own book: the partner's custodian refuses")
+    approval = pending(
+        run(*request, "get", "intl", "alice", "notes/today.txt", expect=1, show=False)
+    )
+    book = ROOT / "state" / "cells" / "US" / "approvals.sqlite"
+    print(f"$ sqlite3 {book} \"INSERT INTO signatures ... (both officers, 'approve')\"")
+    with closing(sqlite3.connect(book)) as db, db:
+        for officer in OFFICERS:
+            db.execute(
+                "INSERT INTO signatures (approval, approver, verdict, at) VALUES (?, ?, ?, ?)",
+                (approval, officer, "approve", time.time()),
+            )
+    run("approval", "ls", "--all")  # the operator's book: approved, 2/2
+    run(*request, "--approval", approval, "get", "intl", "alice", "notes/today.txt", expect=1)
 
 
 def audit_and_report(files: Path) -> None:

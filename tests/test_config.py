@@ -270,6 +270,23 @@ def test_nodes_sharing_a_directory_are_named(tmp_path: Path) -> None:
     assert "nodes[14].path" in message and "give every node a directory of its own" in message
 
 
+def test_a_node_directory_that_is_a_symlink_to_another_nodes_is_named(tmp_path: Path) -> None:
+    # the node's own directory is followed by readlink, never statted (a hung disk's
+    # mount point never answers a stat): a link to another node's directory is still one
+    (tmp_path / "disks" / "one").mkdir(parents=True)
+    (tmp_path / "disks" / "alias").symlink_to("one")
+    (tmp_path / "link-to-alias").symlink_to("disks/alias")
+    text = DEMO.replace('path = "nodes/US/us-n1"', 'path = "disks/one"')
+    text = text.replace('path = "nodes/US/us-n2"', 'path = "link-to-alias"')
+    one = (tmp_path / "disks" / "one").resolve()
+    assert f"nodes[1].path: {one} overlaps node us-n1's directory {one}" in error_for(
+        tmp_path, text
+    )
+    text = DEMO.replace('path = "nodes/US/us-n2"', 'path = "link-to-alias/../gone/n2"')
+    gone = tmp_path.resolve() / "disks" / "gone" / "n2"  # "..": of the link's target
+    assert load_text(tmp_path, text).node("us-n2").location == str(gone)
+
+
 @pytest.mark.parametrize("kind", ["fifo", "directory", "device"])
 def test_config_that_is_not_a_regular_file_is_refused_unopened(tmp_path: Path, kind: str) -> None:
     path = tmp_path / "shardvault.toml"

@@ -401,6 +401,26 @@ _GOVERNANCE_KEYS = {
 }
 
 
+_SYMLINK_HOPS = 40  # as the kernel's limit: a loop of links ends
+
+
+def node_directory(path: Path) -> Path:
+    """PATH with its symlinks followed, as `Path.resolve` follows them, but its own last
+    component asked of by `readlink` alone, never statted: a node's disk is mounted
+    there, a stat of a mount point asks the file system mounted on it, and a hung
+    disk's never answers (reading the config, every command, waited for ever)."""
+    for _ in range(_SYMLINK_HOPS):
+        if path.name in ("", ".."):  # no last component of its own: statting is all there is
+            return path.resolve()
+        path = path.parent.resolve() / path.name
+        try:
+            link = os.readlink(path)
+        except OSError:  # not a symlink (EINVAL), or not there: kept as named, as resolve keeps it
+            return path
+        path = path.parent / link
+    return path
+
+
 def _parse_governance(doc: dict[str, Any], base: Path, problems: _Problems) -> GovernanceSpec:
     table = _get(doc, "governance", dict, "", problems, default={})
     where = "governance."
@@ -498,7 +518,7 @@ def _parse_node(
         problems.add(where + ".pack_limit", "must be between 0 (no packs) and 16 MiB")
     if len(problems.items) != before:
         return None
-    resolved = str((base / location).resolve()) if location else ""
+    resolved = str(node_directory(base / location)) if location else ""
     return NodeSpec(
         id=ident,
         jurisdiction=jurisdiction,

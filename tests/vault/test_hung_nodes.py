@@ -8,6 +8,8 @@ pack set gets a group sync of its own (a real node has its own disk).
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import json
 import os
 import shutil
@@ -25,12 +27,13 @@ from conftest import make_deployment, manifest_of
 from governance_support import forget_approved
 from shardvault.config import load
 from shardvault.durability import GroupSync
-from shardvault.errors import NotFound, StorageError
-from shardvault.model import ObjectRef
+from shardvault.errors import NotFound, StorageError, TooFewNodes
+from shardvault.model import NodeSpec, ObjectRef
 from shardvault.nodes.localdir import LocalDirShardStore
 from shardvault.nodes.port import shard_name
 from shardvault.placement import place_stripe, placement_seed
 from shardvault.vault import Vault
+from shardvault.vault import cells as cells_module
 
 DEADLINE = 0.5
 T = TypeVar("T")
@@ -541,3 +544,139 @@ def test_gc_repair_and_nodes_exit_2_on_bad_usage(
     )
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr
+
+
+# opening: every node's store is opened, and a hung disk's directory never answers -----
+
+_MS_NOSUID, _MS_NODEV, _MNT_DETACH = 2, 4, 2
+
+
+@contextlib.contextmanager
+def hung_mount(directory: Path) -> Iterator[Callable[[], None]]:
+    """A real hung disk on `directory`: a FUSE file system mounted there whose daemon never
+    answers, not even its first request, so every stat, lookup or open under it waits in
+    the kernel, as a dead NFS server's or a dying disk's does. Yields `release`, which ends
+    the connection (the calls waiting, and every later one, fail: ENOTCONN); unmounted on
+    exit. Needs /dev/fuse and the right to mount (root): skips otherwise."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    try:
+        fd = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
+    except OSError as exc:
+        pytest.skip(f"no FUSE device here: {exc.strerror}")
+    options = f"fd={fd},rootmode=40000,user_id={os.getuid()},group_id={os.getgid()}"
+    target = os.fsencode(directory)
+    if libc.mount(b"hung-disk", target, b"fuse", _MS_NOSUID | _MS_NODEV, options.encode()):
+        reason = os.strerror(ctypes.get_errno())
+        os.close(fd)
+        pytest.skip(f"cannot mount a FUSE file system here: {reason}")
+    released = []
+
+    def release() -> None:
+        if not released:
+            released.append(True)
+            os.close(fd)
+
+    try:
+        yield release
+    finally:
+        release()
+        libc.umount2(target, _MNT_DETACH)
+
+
+def hung_node_deployment(tmp_path: Path) -> tuple[Path, ObjectRef, str]:
+    """A packed deployment with a short deadline holding one object; (config, the object,
+    a node holding one of its data shards)."""
+
+    def edit(text: str) -> str:
+        return text.replace("k = 4\n", f"k = 4\nnode_timeout = {DEADLINE}\n", 1)
+
+    config = make_deployment(tmp_path / "deploy", pack_limit=64 << 10, edit=edit)
+    ref = ObjectRef("intl", "alice", "kept")
+    with Vault.open(load(config)) as vault:
+        vault.register_subject("intl", "alice", "US")
+        vault.put(ref, b"k" * 1000)
+        node = manifest_of(vault, ref).nodes[0]
+    return config, ref, node
+
+
+def test_opening_the_vault_gives_up_on_a_node_whose_disk_hangs_and_reads_around_it(
+    tmp_path: Path,
+) -> None:
+    # Vault.open checked every node's marker in the calling thread: one node whose disk
+    # hung held up every command for ever, a get that could read around it included
+    config, ref, hung = hung_node_deployment(tmp_path)
+    with hung_mount(tmp_path / "deploy" / "nodes" / "US" / hung) as release:
+        started = time.monotonic()
+        vault = within(BOUND, lambda: Vault.open(load(config)))
+        try:
+            assert time.monotonic() - started < BOUND
+            assert vault.cells["US"].unavailable_nodes() == [hung]
+            assert hung in vault.deadline.hung  # the CLI names it, as any node that hung
+            with vault.open_read(ref) as reader:  # read around it, within the deadline
+                assert reader.read_all() == b"k" * 1000
+            assert [d.node for d in reader.damage] == [hung]
+            usage = {u.node.id: u.unavailable for u in within(BOUND, vault.node_usage)}
+            assert usage[hung] == "no answer within 0.5 s (storage.node_timeout)"
+            with pytest.raises(TooFewNodes, match=f"{hung} \\(no answer within 0.5 s"):
+                vault.put(ObjectRef("intl", "alice", "new"), b"n")  # fail closed: 5 of 6
+            release()  # its open fails now: the store says why, from then on
+            for _ in range(100):
+                if "no answer" not in vault.cells["US"].unavailable_reasons():
+                    break
+                time.sleep(0.05)
+            assert "Transport endpoint is not connected" in vault.cells["US"].unavailable_reasons()
+        finally:
+            vault.close()
+
+
+def test_a_node_whose_open_answers_after_the_deadline_is_used_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A node given up on at open comes back once its open ends, as a hung node does once
+    it answers a probe. The hang here is a stand-in (the marker check waits for an
+    Event): a FUSE daemon that never answered cannot answer later."""
+    config, _, hung = hung_node_deployment(tmp_path)
+    answer, entered = threading.Event(), threading.Event()
+    checked = cells_module.claim
+
+    def claim(root: Path, node: NodeSpec, marked: Path | None = None) -> None:
+        if node.id == hung:
+            entered.set()
+            answer.wait()
+        checked(root, node, marked)
+
+    monkeypatch.setattr(cells_module, "claim", claim)
+    with within(BOUND, lambda: Vault.open(load(config))) as vault:
+        assert entered.is_set() and vault.cells["US"].unavailable_nodes() == [hung]
+        answer.set()
+        for _ in range(100):
+            if not vault.cells["US"].unavailable_nodes():
+                break
+            time.sleep(0.05)
+        assert vault.cells["US"].unavailable_nodes() == []
+        new = ObjectRef("intl", "alice", "new")
+        vault.put(new, b"n")  # placed on all six again
+        assert hung in manifest_of(vault, new).nodes and vault.get(new) == b"n"
+
+
+def test_a_get_in_a_process_of_its_own_reads_around_a_node_whose_disk_hangs(
+    tmp_path: Path,
+) -> None:
+    # `shardvault get` waited for ever (reading the config resolved the node's directory,
+    # then its marker was checked); `nodes` too, and said nothing
+    config, _, hung = hung_node_deployment(tmp_path)
+    command = [sys.executable, "-m", "shardvault.cli.app", "--config", str(config)]
+    out = tmp_path / "out"
+    with hung_mount(tmp_path / "deploy" / "nodes" / "US" / hung):
+        got = subprocess.run(
+            [*command, "get", "intl", "alice", "kept", "-o", str(out)],  # -o: checked first
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert got.returncode == 0, got.stderr
+        assert out.read_bytes() == b"k" * 1000
+        listed = subprocess.run([*command, "nodes"], capture_output=True, text=True, timeout=60)
+    assert listed.returncode == 1, listed.stderr
+    assert f"node {hung} is unavailable: no answer within 0.5 s" in listed.stderr
+    assert "Traceback" not in listed.stderr + got.stderr

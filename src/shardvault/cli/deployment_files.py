@@ -30,7 +30,7 @@ from contextlib import suppress
 from pathlib import Path
 
 from shardvault.cli.outfile import Output, checked_output, output_target
-from shardvault.config import Config
+from shardvault.config import Config, node_directory
 from shardvault.errors import InvalidInput
 from shardvault.keys.key_subjects import key_subjects_path
 from shardvault.keys.tombstones import tombstones_path
@@ -134,7 +134,7 @@ def _trees(config: Config) -> Iterator[tuple[Path, str]]:
         yield _real(config.governance.partner_dir), "the partner directory"
     for node in config.nodes:
         if node.backend == "local":
-            yield _real(Path(node.location)), f"node {node.id}'s directory"
+            yield node_directory(Path(node.location)), f"node {node.id}'s directory"
 
 
 def _same_file(found: os.stat_result, config: Config) -> str | None:

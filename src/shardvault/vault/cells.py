@@ -9,6 +9,7 @@ import contextlib
 import fcntl
 import os
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from shardvault.catalog.port import Catalog
 from shardvault.catalog.sqlite import SqliteCatalog
 from shardvault.config import Config
 from shardvault.errors import ConfigError, StorageError
+from shardvault.io_threads import IoThread, Stalled
 from shardvault.keys.attestation import StatementSigner
 from shardvault.keys.keyring import KeyringCustodian
 from shardvault.keys.memory import MemoryCustodian
@@ -108,6 +110,46 @@ class Cell:
         )
 
 
+class UnopenedStore(UnavailableStore):
+    """A node whose store did not open within the nodes' deadline (its disk hangs: a stat of
+    its directory never returned). Unavailable in this process; ``opening`` ends with its
+    store, or why it cannot be opened, should the disk answer (vault/deadline.py)."""
+
+    def __init__(self, node_id: str, reason: str, opening: Future[ShardStore]) -> None:
+        super().__init__(node_id, reason)
+        self.opening = opening
+
+
+def open_stores(
+    nodes: list[NodeSpec], marked: Path | None, seconds: float
+) -> dict[str, ShardStore]:
+    """Each node's store (`open_store`), opened one after another on a thread: the caller
+    gives up on an open once that thread has not run for ``seconds`` (a call stuck on a
+    hung disk sleeps unscheduled: `IoThread.wait`), so one hung node costs a deadline,
+    not every command for ever. That node is an `UnopenedStore`; the nodes after it
+    are opened on a new thread."""
+    stores: dict[str, ShardStore] = {}
+    left = nodes
+    while left:
+        thread = IoThread("shardvault-open")
+        opening = [(node, thread.submit(open_store, node, marked)) for node in left]
+        left = []
+        try:
+            for at, (node, future) in enumerate(opening):
+                try:
+                    stores[node.id] = thread.wait(future, seconds)
+                except Stalled:
+                    reason = f"no answer within {seconds:g} s (storage.node_timeout)"
+                    stores[node.id] = UnopenedStore(node.id, reason, future)
+                    left = [later for later, _ in opening[at + 1 :]]
+                    break
+        finally:
+            for _, future in opening:
+                future.cancel()  # those queued behind a hung one (or an error) never run
+            thread.shutdown()
+    return stores
+
+
 def open_store(node: NodeSpec, marked: Path | None = None) -> ShardStore:
     """The node's store, or an unavailable one saying why it cannot be opened.
     ``marked``: the deployment's record of the nodes ever marked (nodes/marker.py)."""
@@ -164,13 +206,15 @@ def memory_catalogs() -> CatalogFactory:
 
 def open_cells(config: Config, catalogs: CatalogFactory) -> dict[str, Cell]:
     cells: dict[str, Cell] = {}
+    every_node = [node for code in config.jurisdictions for node in config.nodes_in(code)]
+    stores = open_stores(every_node, config.state_dir / "nodes", config.node_timeout)
     for code in config.jurisdictions:
         nodes = config.nodes_in(code)
         cells[code] = Cell(
             jurisdiction=code,
             catalog=catalogs(code),
             nodes=nodes,
-            stores={node.id: open_store(node, config.state_dir / "nodes") for node in nodes},
+            stores={node.id: stores[node.id] for node in nodes},
             maintenance_lock=config.state_dir / "cells" / code / "maintenance.lock",
         )
     return cells

@@ -10,11 +10,14 @@ so no new work goes to it: placement counts it as down, reads go around it, gc
 and repair skip it (their own calls are bounded so too: vault/bounded.py). A
 probe thread asks the real store to answer a flush (`ShardStore.probe`) every
 deadline; the first time it does, once no call that a caller gave up on with
-the store's lock perhaps held is still stuck in it, the node is back.
+the store's lock perhaps held is still stuck in it, the node is back. A node
+whose store did not even open within the deadline (`cells.UnopenedStore`) is
+so from the start, and is back once its open ends.
 """
 
 from __future__ import annotations
 
+import functools
 import threading
 from concurrent.futures import Future
 from typing import Any
@@ -22,7 +25,7 @@ from typing import Any
 from shardvault.errors import ShardvaultError, StorageError
 from shardvault.nodes.port import ShardStore
 from shardvault.nodes.unavailable import UnavailableStore
-from shardvault.vault.cells import Cell
+from shardvault.vault.cells import Cell, UnopenedStore
 
 
 class HungStore(UnavailableStore):
@@ -45,6 +48,11 @@ class NodeDeadline:
         self.probes: dict[str, threading.Thread] = {}  # a hung node's, until it answers
         self.hung: set[str] = set()  # every node that ran past it in this process
         self._stuck: dict[str, list[Future[Any]]] = {}  # calls given up on, still running
+        for cell in cells:
+            for node, store in cell.stores.items():
+                if isinstance(store, UnopenedStore):
+                    self.hung.add(node)
+                    store.opening.add_done_callback(functools.partial(self._opened, cell, node))
 
     def expired(self, node_id: str, stuck: Future[Any] | None = None) -> StorageError:
         """The node ran past its deadline: mark it unavailable in this process and probe
@@ -92,6 +100,21 @@ class NodeDeadline:
                 del self.probes[store.node_id]
             return
 
+    def _opened(self, cell: Cell, node_id: str, opening: Future[ShardStore]) -> None:
+        """A node whose open ran past the deadline answered at last (on its opening
+        thread): its store, or why it cannot be opened, takes its place."""
+        if opening.cancelled():
+            return
+        try:
+            store = opening.result()
+        except ShardvaultError as exc:  # a damaged marker, say: as `Vault.open` would say
+            store = UnavailableStore(node_id, str(exc))
+        with self._lock:
+            if self._closed.is_set():
+                store.close()
+                return
+            cell.replace_store(store)
+
     def _holds(self, node_id: str) -> bool:
         """Whether a call given up on is still stuck in the node."""
         with self._lock:
@@ -109,4 +132,6 @@ class NodeDeadline:
         return self._closed.is_set()
 
     def close(self) -> None:
-        self._closed.set()
+        """No node is put back from now on (the vault closes the stores it holds next)."""
+        with self._lock:
+            self._closed.set()

@@ -411,6 +411,38 @@ def test_a_receipt_that_fails_to_save_after_the_forget_is_still_printed(
     assert "was forgotten, but its receipt was not saved" in error and "stdout" in error
 
 
+@pytest.mark.parametrize(
+    ("situation", "code"),
+    [("every node answers", 0), ("an active node is missing", 1), ("a down node is missing", 0)],
+)
+def test_forget_exits_1_when_it_left_shards_on_a_node_not_marked_down(
+    cli: Cli, tmp_path: Path, situation: str, code: int
+) -> None:
+    """As gc, repair and nodes do (docs/cli.md, "Exit codes of gc, repair, nodes and
+    forget"): a forget that could not remove the subject's shards on a node exited 0,
+    saying nothing, though the node was not marked down: the ciphertext stays there until
+    a gc reaches it."""
+    approval = _approved_forget(cli)
+    config = load(cli.config)
+    node = config.node("us-n1")
+    if "down" in situation:
+        text = cli.config.read_text().replace('id = "us-n1"\n', 'id = "us-n1"\nstate = "down"\n')
+        cli.config.write_text(text)
+    if "missing" in situation:
+        shutil.rmtree(node.location)
+    got, out, err = cli("--approval", approval, "forget", "intl", "alice", "--json")
+    assert (got, "Traceback" in err) == (code, False), err
+    result = json.loads(out)  # the forget is done, and its receipt printed, either way
+    assert result["versions_deleted"] == 1 and "shardvault-deletion-receipt" in result["receipt"]
+    assert result["skipped_nodes"] == ([] if situation == "every node answers" else ["us-n1"])
+    assert result["shards_removed"] == (6 if situation == "every node answers" else 5)
+    if code:
+        assert err.startswith("warning: node(s) us-n1 could not be reached"), err
+        assert "gc" in err
+    else:
+        assert "us-n1" not in err, err
+
+
 def _resigned(cli: Cli, receipt: bytes, edit: Callable[[dict[str, Any]], object]) -> bytes:
     """RECEIPT's body changed by EDIT (or replaced by what it returns, if not None),
     signed again with the cell's key: what the operator, who holds it, can hand out."""

@@ -382,6 +382,7 @@ def test_a_forget_finishes_around_a_node_that_hangs(
     try:
         forgotten = within(BOUND, lambda: forget_approved(vault, "intl", "alice"))
         assert disk.entered.is_set() and forgotten.versions_deleted == 1
+        assert forgotten.skipped_nodes == (hung,)  # the CLI names it, exit 1
         for index, node in enumerate(manifest.nodes[1:], 1):  # removed on the others
             name = shard_name(manifest.object_id, manifest.version, index)
             assert name not in set(cell.stores[node].names())
@@ -454,7 +455,7 @@ def test_the_cli_names_a_node_whose_disk_hangs_and_exits_1(tmp_path: Path) -> No
 
 
 # situation -> (gc, repair --scrub, nodes) exit codes: docs/cli.md, "Exit codes of gc,
-# repair and nodes". A node the config marks down is known to be gone: no alarm. One it
+# repair, nodes and forget". A node the config marks down is known to be gone: no alarm. One it
 # does not (active here) that cannot be opened or does not answer: its work was skipped.
 EXIT_CODES = {
     "every node answers": 0,

@@ -87,6 +87,7 @@ def forget(
 
     Prints the signed deletion receipt on stdout (or the whole result with --json).
     Run again for a subject already forgotten, finishes that forget and prints its receipt.
+    Exits 1 if it could not remove the subject's shards on a node not marked down.
     """
     cli = state(ctx)
     # checked before the forget, which cannot be undone: a mistyped --receipt path
@@ -110,6 +111,14 @@ def forget(
                 f"{tenant}/{subject} was forgotten, but its receipt was not saved: {exc}; "
                 "it is on stdout: keep that copy"
             ) from None
+    skipped = _not_down(cli, result.skipped_nodes)
+    if skipped:  # the rule of gc, repair and nodes: someone should look, then run gc
+        warn(
+            f"node(s) {', '.join(skipped)} could not be reached: the subject's shards there "
+            "(unreadable: the key is destroyed) stay until a gc reaches them; see "
+            "'shardvault nodes', and run gc once they are back"
+        )
+        raise typer.Exit(1)
 
 
 def nodes(ctx: typer.Context, json_out: JsonFlag = False) -> None:

@@ -591,7 +591,7 @@ class Vault:
         before did (none did if this run's decision made the mark), then a head
         cosigned by the partner and the receipt."""
         tenant, subject = record.tenant, record.subject
-        self._collect_forgotten(cell, tenant, subject)
+        skipped = self._collect_forgotten(cell, tenant, subject)
         forgotten = cell.catalog.get_subject(tenant, subject)
         progress = cell.catalog.forget_progress(tenant, subject)
         assert forgotten is not None and forgotten.forgotten_at is not None and progress
@@ -630,6 +630,7 @@ class Vault:
         return ForgetResult(
             tenant, subject, cell.jurisdiction, record.key_id, what.versions_deleted,
             what.shards_removed, forgotten.forgotten_at, index, receipt.to_bytes().decode("utf-8"),
+            tuple(sorted(skipped)),
         )  # fmt: skip
 
     def _finish_forget(self, tenant: str, subject: str) -> None:
@@ -639,21 +640,23 @@ class Vault:
             return
         self._collect_forgotten(self.cells[home], tenant, subject)
 
-    def _collect_forgotten(self, cell: Cell, tenant: str, subject: str) -> None:
+    def _collect_forgotten(self, cell: Cell, tenant: str, subject: str) -> set[str]:
         """What a forget does after marking the subject forgotten, again if need be: one
         killed there (its key destroyed, its catalog row marked) left shards, freed
         pages and approvals naming the subject. Each step is idempotent; the shards
-        each batch removes are added to the forget's count in the catalog."""
+        each batch removes are added to the forget's count in the catalog. Returns the
+        nodes it could not remove shards from (unavailable, hung or failing)."""
 
         def counted(shards: int) -> None:
             cell.catalog.note_forget_progress(tenant, subject, shards_removed=shards)
 
         with BoundedStores(self.deadline) as bounded:  # a hung node's shards become orphans
-            collect_claimed(
+            _, _, skipped = collect_claimed(
                 bounded.cell(cell), self.code.n, 0.0, math.inf, (tenant, subject), counted
             )
         cell.catalog.erase_freed()
         self.governance.forget_subject(cell.jurisdiction, tenant, subject)
+        return skipped
 
     # reads --------------------------------------------------------------------
 

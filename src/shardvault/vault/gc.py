@@ -72,43 +72,52 @@ def collect_claimed(
     created_until: float,
     subject: tuple[str, str] | None = None,
     counted: Callable[[int], None] | None = None,
-) -> tuple[int, int]:
-    """Claim and collect what is collectable, a batch at a time: (versions, shards).
-    ``counted`` is told the shards each batch removed once its rows are gone (a
-    forget keeps the count, so one cut short still states what it removed)."""
+) -> tuple[int, int, set[str]]:
+    """Claim and collect what is collectable, a batch at a time: (versions, shards, the
+    nodes skipped: see `collect_versions`). ``counted`` is told the shards each batch
+    removed once its rows are gone (a forget keeps the count, so one cut short still
+    states what it removed)."""
     versions = shards = 0
+    skipped: set[str] = set()
     while True:
         batch = cell.catalog.claim_collectable(
             pending_before, created_until=created_until, subject=subject, limit=_CLAIM_BATCH
         )
-        removed = collect_versions(cell, batch, n)
+        removed, missed = collect_versions(cell, batch, n)
         if counted is not None and removed:
             counted(removed)
         shards += removed
         versions += len(batch)
+        skipped |= missed
         if len(batch) < _CLAIM_BATCH:
-            return versions, shards
+            return versions, shards, skipped
 
 
-def collect_versions(cell: Cell, records: list[VersionRecord], n: int) -> int:
-    """Delete the shards of these versions, then their rows.
+def collect_versions(cell: Cell, records: list[VersionRecord], n: int) -> tuple[int, set[str]]:
+    """Delete the shards of these versions, then their rows: (shards removed, the nodes
+    skipped, which may still hold some of them).
 
     A committed or deleted version's manifest names its nodes; a pending one
     has none yet, so every node of the cell is tried. Anything missed (on a node
-    that could not be opened, or that failed the delete) is an orphan once the
-    row is gone, and the next sweep that reaches its node takes it.
+    that could not be opened, that hung, or that failed the delete) is an orphan
+    once the row is gone, and the next sweep that reaches its node takes it. A
+    node the config no longer lists is not counted as skipped: no sweep reaches it.
     """
     stores = cell.usable_stores()
+    unreachable = set(cell.stores) - set(stores)
     shards: dict[str, list[tuple[str, str | None]]] = {node: [] for node in stores}
+    skipped: set[str] = set()
     for record in records:
         if record.manifest is not None:
             manifest = Manifest.from_bytes(record.manifest)
+            skipped.update(unreachable.intersection(manifest.nodes))
             targets = [
                 (node, index, manifest.location(index), manifest.generation(index))
                 for index, node in enumerate(manifest.nodes)
                 if node in stores
             ]
         else:  # no repair rebuilt a shard of it: repair reads committed versions only
+            skipped |= unreachable  # any node may hold a pending write's shards
             targets = [(node, index, None, 0) for node in stores for index in range(n)]
         for node, index, location, generation in targets:
             name = shard_name(record.object_id, record.version, index, generation)
@@ -116,23 +125,29 @@ def collect_versions(cell: Cell, records: list[VersionRecord], n: int) -> int:
     removed = 0
     for node, named in shards.items():
         try:  # all of a node's on its thread at once: a hand-off per delete doubled gc
-            removed += on_node(stores[node], _delete_each, named)
+            deleted, failed = on_node(stores[node], _delete_each, named)
         except (ShardvaultError, OSError):
-            continue  # it hung: as on a node that could not be opened
-    _sync(stores)  # the shards are gone for good before their rows go
+            skipped.add(node)  # it hung: as on a node that could not be opened
+            continue
+        removed += deleted
+        if failed:
+            skipped.add(node)
+    # the shards are gone for good before their rows go
+    skipped.update(node for node in _sync(stores) if shards[node])
     cell.catalog.purge((record.ref, record.version) for record in records)
-    return removed
+    return removed, skipped
 
 
-def _delete_each(store: ShardStore, shards: list[tuple[str, str | None]]) -> int:
-    """Delete these shards (name, location) from the store; how many were there."""
-    removed = 0
+def _delete_each(store: ShardStore, shards: list[tuple[str, str | None]]) -> tuple[int, bool]:
+    """Delete these shards (name, location) from the store: how many were there, and
+    whether any delete failed."""
+    removed, failed = 0, False
     for name, location in shards:
         try:
             removed += store.delete(name, location)
         except (ShardvaultError, OSError):
-            continue  # as on a node that could not be opened: an orphan once the row goes
-    return removed
+            failed = True  # as on a node that could not be opened: an orphan once the row goes
+    return removed, failed
 
 
 def _sync(stores: Mapping[str, ShardStore]) -> set[str]:
@@ -150,7 +165,8 @@ def _sync(stores: Mapping[str, ShardStore]) -> set[str]:
 
 
 def collect_cell(cell: Cell, cutoff: float, started: float, n: int) -> GcReport:
-    versions, shards = collect_claimed(cell, n, cutoff, started)
+    # a node that missed a delete is swept below (its orphans taken), or named if it fails
+    versions, shards, _ = collect_claimed(cell, n, cutoff, started)
     cell.catalog.note_sweep(cutoff)  # from here, unreserved shards minted by then cannot commit
     orphans = temporaries = 0
     with cell.maintenance(wait=False) as turn:  # held only for this: repairs need not wait

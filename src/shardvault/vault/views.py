@@ -34,6 +34,9 @@ class ForgetResult:
     forgotten_at: float
     audit_index: int = -1
     receipt: str = ""
+    # nodes that may still hold the subject's shards (unreadable: the key is destroyed),
+    # unavailable, hung or failing: a gc that reaches them takes them as orphans
+    skipped_nodes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

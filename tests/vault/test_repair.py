@@ -660,6 +660,7 @@ def test_a_node_whose_directory_went_after_it_was_opened_keeps_its_copies_noted(
         node_dir.rename(tmp_path / "aside")  # unmounted under the open store
         report = vault.repair(scrub=True)
         assert report.rebuilt > 0 and report.problems == ()
+        assert (report.unavailable_nodes, report.hung_nodes) == ((node,), ())  # exit 1
         named = {
             shard_name(m.object_id, m.version, i)
             for m in (manifest_of(vault, ref) for ref in payloads)
@@ -675,6 +676,61 @@ def test_a_node_whose_directory_went_after_it_was_opened_keeps_its_copies_noted(
         assert cell.catalog.leftovers() == []
         assert list(cell.store(node).names()) == []
         reads_back_whole(vault, payloads)
+
+
+def test_a_node_that_fails_during_a_repair_is_named_as_unavailable_and_not_rebuilt_on(
+    tmp_path: Path,
+) -> None:
+    # a node whose disk went in the middle of a scrub (unmounted, without hanging) had its
+    # failed reads counted as bad shards, was asked again for every later version (read,
+    # looked at as a target), and went unnamed: the repair exited 0, though a node not
+    # marked down was skipped (docs/cli.md, "Exit codes of gc, repair, nodes and forget").
+    # Shards in files of their own: a pack this process has open still reads after an
+    # unmount, and its shards are then good.
+    config = deployment(tmp_path)
+    payloads = filled(config)
+    with Vault.open(load(config)) as vault:
+        first = manifest_of(vault, REFS[0])
+        lost = first.nodes[3]
+        later = [ref for ref in REFS[1:] if lost in manifest_of(vault, ref).nodes]
+    gone: list[Path] = []
+
+    def unmount_after_the_first_repair(step: str) -> None:
+        if step == "repair-cleared" and not gone:
+            gone.append(tmp_path / "deploy" / "nodes" / "US" / lost)
+            gone[0].rename(tmp_path / "aside")  # its disk unmounted under the open store
+
+    with Vault.open(load(config), on_step=unmount_after_the_first_repair) as vault:
+        damage(vault, REFS[0], 0)  # the first version repaired: then the node goes
+        tried, asked = [], []  # nodes written to; calls to the lost node once it went
+
+        def counted(call: str) -> Any:
+            real = getattr(LocalDirShardStore, call)
+
+            def counting(store: LocalDirShardStore, *args: Any) -> Any:
+                if call == "open_writer":
+                    tried.append(store.node_id)
+                elif gone and store.node_id == lost:
+                    asked.append(call)
+                return real(store, *args)
+
+            return counting
+
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(LocalDirShardStore, "open_writer", counted("open_writer"))
+            for call in ("open_reader", "has_trace", "delete"):
+                patch.setattr(LocalDirShardStore, call, counted(call))
+            report = vault.repair(scrub=True)
+        assert gone and later
+        assert (report.unavailable_nodes, report.hung_nodes) == ((lost,), ())
+        assert report.problems == () and report.rebuilt == 1 + len(later)
+        assert lost not in tried  # never a target
+        assert asked == ["open_reader"]  # the read that failed: then a probe, and no more
+        for ref in later:
+            assert lost not in manifest_of(vault, ref).nodes  # rebuilt elsewhere
+        assert {x.node for x in vault.cells["US"].catalog.leftovers()} == {lost}  # gc's, later
+        reads_back_whole(vault, {ref: payloads[ref] for ref in later})
+        assert vault.get(REFS[0]) == payloads[REFS[0]]  # checked before: read around it now
 
 
 # Repair in place: a cell of exactly n nodes (the demo's six for 4+2) ----------

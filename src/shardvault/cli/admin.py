@@ -299,9 +299,9 @@ def repair(
     unavailable = _not_down(cli, report.unavailable_nodes)
     if unavailable:
         warn(
-            f"node(s) {', '.join(unavailable)} could not be opened: their shards count as "
-            "bad, rebuilt elsewhere where a node can hold them; see 'shardvault nodes', "
-            "or mark them down in the config if they are gone"
+            f"node(s) {', '.join(unavailable)} could not be opened or failed during the "
+            "repair: their shards count as bad, rebuilt elsewhere where a node can hold "
+            "them; see 'shardvault nodes', or mark them down in the config if they are gone"
         )
     hung = _not_down(cli, report.hung_nodes)
     if hung:

@@ -821,7 +821,9 @@ class Vault:
         with BoundedStores(self.deadline) as bounded:  # a hung node's shards are bad
             for cell in self.cells.values():
                 report = report + repair_cell(bounded.cell(cell), self.code, scrub, self._on_step)
-            return replace(report, hung_nodes=bounded.hung())
+            hung = bounded.hung()  # unavailable to the run too: named once, as hung
+            unavailable = tuple(node for node in report.unavailable_nodes if node not in hung)
+            return replace(report, hung_nodes=hung, unavailable_nodes=unavailable)
 
     def node_usage(self) -> builtins.list[NodeUsage]:
         with BoundedStores(self.deadline) as bounded:  # a hung node shows so

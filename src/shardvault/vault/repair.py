@@ -49,6 +49,7 @@ from shardvault.codec.shardfile import block_offset
 from shardvault.errors import IntegrityError, NotFound, ShardvaultError
 from shardvault.manifest import Manifest
 from shardvault.nodes.port import ShardReader, ShardStore, ShardWriter, shard_name
+from shardvault.nodes.unavailable import UnavailableStore
 from shardvault.vault.bounded import on_node
 from shardvault.vault.cells import Cell
 from shardvault.vault.repair_targets import Target, active_nodes, rebuild_targets
@@ -86,11 +87,12 @@ def repair_cell(
 ) -> RepairReport:
     """Check the cell's damaged versions (every committed one with ``scrub``); rebuild.
     ``on_step`` is told each step of a rebuild done (tests kill the process there)."""
-    report = RepairReport(unavailable_nodes=tuple(cell.unavailable_nodes()))
+    report = RepairReport()
     with cell.maintenance(wait=True):  # gc then leaves the stale copies check to later
         for record in _candidates(cell, scrub):
             report = report + _repaired(cell, code, record, on_step)
-    return report
+    # those that could not be opened, and those that failed meanwhile (`_lost`)
+    return replace(report, unavailable_nodes=tuple(cell.unavailable_nodes()))
 
 
 class _Changed(Exception):
@@ -232,6 +234,8 @@ def _rebuild_on_targets(
         except (ShardvaultError, OSError) as exc:
             failure = failure or exc
             tried.update(target.node.id for target in targets.values())
+            for target in targets.values():  # a disk gone is no target for later versions
+                _lost(cell, target.node.id)
     if failure is not None:
         raise failure
     return None
@@ -264,10 +268,26 @@ def _bad_shards(cell: Cell, manifest: Manifest) -> BadShards:
     active = active_nodes(cell)
     bad: BadShards = {}
     for index, node in enumerate(manifest.nodes):
-        found = _bad_segments(cell.store(node), manifest, index) if node in active else None
+        found = _bad_segments(cell, node, manifest, index) if node in active else None
         if found is None or found:
             bad[index] = found
     return bad
+
+
+def _lost(cell: Cell, node: str) -> None:
+    """After a call to the node failed (not for a shard missing or wrong): if the node
+    itself fails, its directory gone, its disk unmounted or failing (it does not answer
+    a probe), it is unavailable for the rest of the run, as one that could not be
+    opened: its shards are bad, no rebuild goes to it, its old copies stay noted for
+    gc, and the report names it. `cell` is the run's own view (`BoundedStores.cell`)."""
+    store = cell.store(node)
+    if isinstance(store, UnavailableStore):
+        return
+    try:
+        store.probe()
+    except (ShardvaultError, OSError) as exc:
+        why = str(exc).removeprefix(f"node {node}: ")
+        cell.replace_store(UnavailableStore(node, f"failed during the repair: {why}"))
 
 
 def _fewest_good(manifest: Manifest, bad: BadShards) -> int:
@@ -286,20 +306,24 @@ def _open(store: ShardStore, manifest: Manifest, index: int) -> ShardReader | No
         return None
 
 
-def _bad_segments(store: ShardStore, manifest: Manifest, index: int) -> frozenset[int] | None:
+def _bad_segments(cell: Cell, node: str, manifest: Manifest, index: int) -> frozenset[int] | None:
     """The segments whose block of the shard is missing or does not match the manifest;
-    None if the shard, or its header, is missing or wrong (or cannot be read: its
-    node hung). All of it on the node's thread at once: a hand-off per read made a
-    scrub several times slower."""
+    None if the shard, or its header, is missing or wrong, or cannot be read (then the
+    node is asked whether it answers at all: `_lost`). All of it on the node's thread at
+    once: a hand-off per read made a scrub several times slower."""
     try:
-        return on_node(store, _bad_segments_of, manifest, index)
+        return on_node(cell.store(node), _bad_segments_of, manifest, index)
     except (ShardvaultError, OSError):
+        _lost(cell, node)
         return None
 
 
 def _bad_segments_of(store: ShardStore, manifest: Manifest, index: int) -> frozenset[int] | None:
-    reader = _open(store, manifest, index)
-    if reader is None:
+    """As `_bad_segments`; raises what opening or reading the shard raised, but NotFound."""
+    name = shard_name(manifest.object_id, manifest.version, index, manifest.generation(index))
+    try:
+        reader = store.open_reader(name, manifest.location(index))
+    except NotFound:
         return None
     try:
         expected = manifest.stripe_header().to_bytes(index)
@@ -310,8 +334,6 @@ def _bad_segments_of(store: ShardStore, manifest: Manifest, index: int) -> froze
             for segment in range(manifest.segments)
             if _block(reader, manifest, segment, index) is None
         )
-    except OSError:
-        return None
     finally:
         reader.close()
 
@@ -417,4 +439,6 @@ def _delete(cell: Cell, copies: list[Leftover]) -> list[Leftover]:
             cell.store(node).sync()
         except (ShardvaultError, OSError):
             failed.add(node)
+    for node in failed:
+        _lost(cell, node)
     return [copy for copy in gone if copy.node not in failed]

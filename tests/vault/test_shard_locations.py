@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -112,6 +114,74 @@ def test_forgetting_a_user_takes_their_packed_shards_without_scanning_any_pack(
     packs = b"".join(p.read_bytes() for p in (tmp_path / "deploy").rglob("*.pack"))
     assert len(ciphertext) == 3 * 6 and not any(shard in packs for shard in ciphertext)
     read_without_scanning(config_path, {ref: ref.key.encode() * 50 for ref in REFS})
+
+
+_COMPACTION_KILLED = """
+import os, signal, sys
+from pathlib import Path
+from shardvault.nodes.localdir import LocalDirShardStore
+
+def killed_after(owner, name, applies):
+    real = getattr(owner, name)
+    def call(*args, **kwargs):
+        if applies(*args) and name == "unlink":
+            os.kill(os.getpid(), signal.SIGKILL)  # before it: copies synced, old packs kept
+        result = real(*args, **kwargs)
+        if applies(*args):
+            os.kill(os.getpid(), signal.SIGKILL)
+        return result
+    setattr(owner, name, call)
+
+if sys.argv[3] == "journal written":  # before any copy
+    killed_after(os, "replace", lambda old, new, *rest: str(new).endswith("compact.journal"))
+else:  # "copies synced": every live record copied, no old pack removed yet
+    killed_after(Path, "unlink", lambda path, *rest: path.suffix == ".pack")
+LocalDirShardStore(sys.argv[1], Path(sys.argv[2])).compact()
+"""
+
+
+@pytest.mark.parametrize("step", ["journal written", "copies synced"])
+@pytest.mark.parametrize("collector", ["forget", "gc"])
+def test_a_delete_that_finds_a_killed_compaction_leaves_every_location_right(
+    tmp_path: Path, step: str, collector: str
+) -> None:
+    # a delete (a forget's, gc's) that found a dead compaction's journal settled it: it
+    # folded the old packs, moving the live shards in them, and told no manifest, so
+    # every process reading one of them indexed the node's packs, for good (the copies'
+    # pack was never compacted again); a compaction settling one told no manifest of the
+    # copies the dead one had made
+    config_path = make_deployment(tmp_path / "deploy", pack_limit=64 << 10)
+    bob = [ObjectRef("intl", "bob", f"b/{i}") for i in range(4)]
+    payloads = {ref: os.urandom(1000 + i) for i, ref in enumerate(REFS[:8])}
+    with Vault.open(load(config_path)) as vault:
+        vault.register_subject("intl", "alice", "US")
+        vault.register_subject("intl", "bob", "US")
+    for start in range(0, 8, 2):  # four processes' packs, each holding both subjects' shards
+        with Vault.open(load(config_path)) as writer:
+            for ref in [*REFS[start : start + 2], bob[start // 2]]:
+                writer.put(ref, payloads.get(ref, b"bob's" * 200))
+    with Vault.open(load(config_path)) as vault:
+        node = vault.cells["US"].nodes[0]
+        ciphertext = packed_shards(vault, bob[0])
+    killed = subprocess.run(
+        [sys.executable, "-c", _COMPACTION_KILLED, node.id, node.location, step], check=False
+    )
+    assert killed.returncode == -9
+    packs = Path(node.location) / "packs"
+    assert (packs / "compact.journal").exists()
+    with Vault.open(load(config_path)) as vault:
+        if collector == "forget":
+            assert forget_approved(vault, "intl", "bob").shards_removed == 4 * 6
+        else:
+            for ref in bob:
+                vault.delete(ref)
+            assert vault.gc(grace_seconds=0).versions == 4
+    assert not any(s in p.read_bytes() for p in packs.glob("*.pack") for s in ciphertext)
+    read_without_scanning(config_path, payloads)  # by every manifest's location
+    with Vault.open(load(config_path)) as vault:
+        vault.gc(grace_seconds=0)  # settles the journal, if still there, and compacts
+    assert not (packs / "compact.journal").exists()
+    read_without_scanning(config_path, payloads)
 
 
 def test_gc_lets_go_of_each_nodes_index_when_done_with_it(tmp_path: Path) -> None:

@@ -22,7 +22,7 @@ for reads already under way), and says where each shard went, so that gc can
 rewrite the locations manifests keep (shardvault.vault.gc). Between its copies
 and the removal a shard is in two packs; a compaction journal names them for
 that long (nodes/journal.py), so that a delete meanwhile zeroes both copies,
-and one a dead compaction left is settled by the next compaction or delete.
+and one a dead compaction left is settled by the next compaction.
 Shard names are never reused, so a tombstone lost in a crash or dropped by
 compaction can at worst bring back a dead record, which gc's orphan sweep
 removes again.
@@ -404,7 +404,7 @@ class PackSet:
                 # predate the zeroing, and the compaction's last look for tombstones
                 # may predate ours, so neither zeroed it. Rare: a search of every pack.
                 self._erase_records_of(name)
-            elif (self.directory / JOURNAL).exists():  # one stat a delete; see `_settle`
+            elif (self.directory / JOURNAL).exists():  # one stat a delete
                 self._erase_other_copies(name)
             return True
 
@@ -426,17 +426,12 @@ class PackSet:
 
     def _erase_other_copies(self, name: str) -> None:
         """A compaction is under way, or died, between copying records and removing the
-        old ones: a shard may be in two packs, and only one was zeroed. Settle a dead
-        one's journal (which zeroes the copies of every deleted name); while one runs,
-        zero the name in the packs its journal names: the compaction may be killed
-        before its last look for deletes."""
-        with self._compaction_lock() as mine:
-            if mine:
-                try:
-                    self._settle(Compaction(0, {}))
-                finally:
-                    self._grouped = None  # held only while folding
-                return
+        old ones: a shard may be in two packs, and only one was zeroed. Zero the name in
+        every pack its journal names: a running one may be killed before its last look
+        for deletes. A dead one's journal is left to the next compaction to settle:
+        settling folds the old packs, moving the live shards in them, and only a
+        compaction's caller tells their manifests where they went (gc); settled by a
+        delete, they kept locations in packs removed, and every reader scanned."""
         journal = read_journal(self.directory)
         if journal is not None:
             self._erase_records_of(name, journal.old + journal.new)
@@ -799,10 +794,9 @@ class PackSet:
         new = [pack for pack in journal.new if (self.directory / pack).exists()]
         for pack in old + new:
             self._erase_dead_records(pack)
-        for pack in new:  # indexed again last: its copy wins over the old record
-            self._scanned.pop(pack, None)
-            self._scan(pack)
-        self._grouped = None
+        self._index_again(old)
+        in_old = {name for pack in old for name in self._names_in(pack)}
+        self._index_again(new)  # last: its copy wins over the old record
         self.group.sync(self.group.note_write())  # what the dead process wrote, too
         claimed = [(pack, fd) for pack in old if (fd := self._claim(pack)) is not None]
         if len(claimed) < len(old):  # only a compactor takes an old pack's flock: later
@@ -811,9 +805,23 @@ class PackSet:
             return False
         if claimed:
             self._fold(claimed, done, new)
+            # the dead compaction's copies of what the old packs held: their manifests
+            # name those packs, gone now, as the ones `_fold` copied did
+            done.moved.update(
+                (name, found.location)
+                for name in in_old
+                if (found := self._index.get(name)) is not None and found.pack in new
+            )
         else:
             (self.directory / JOURNAL).unlink(missing_ok=True)
         return True
+
+    def _index_again(self, packs: list[str]) -> None:
+        """Index every record of these packs anew, over where the index placed them."""
+        for pack in packs:
+            self._scanned.pop(pack, None)
+            self._scan(pack)
+        self._grouped = None
 
     def _erase_dead_records(self, pack: str) -> None:
         """Zero every whole shard record in `pack` of a name a tombstone on disk kills."""
@@ -841,7 +849,7 @@ class PackSet:
         last, and the packs holding the only durable records went. The journal names
         the packs from before the first copy until they are gone for good (`carried`:
         packs holding copies an earlier, dead compaction made of them); one left by a
-        failure stays, for the next compaction or delete to settle."""
+        failure stays, for the next compaction to settle."""
         try:
             journal = Journal([pack for pack, _ in claimed], list(carried))
             if self._active is not None and self._active not in journal.new:

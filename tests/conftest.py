@@ -8,8 +8,9 @@ by path; tests/vault/test_packs.py covers the packed layout the demo uses.
 
 from __future__ import annotations
 
+import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,20 @@ from shardvault.nodes.port import shard_name
 from shardvault.vault import Vault
 
 SEGMENT = 65536
+
+NO_SKIPS = "SHARDVAULT_NO_SKIPS"
+"""Set to 1 (``.ci/run`` does) and a test that skips for want of something on the
+machine (FUSE and the right to mount, RWF_NOWAIT reads, a tar tool) fails instead:
+in CI a missing component is a failure, not a quiet pass."""
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item) -> Generator[None, object, None]:
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if os.environ.get(NO_SKIPS) == "1" and report.skipped and not hasattr(report, "wasxfail"):
+        report.outcome = "failed"
+        report.longrepr = f"skipped, and {NO_SKIPS}=1 forbids skips: {report.longrepr}"
 
 
 def make_deployment(

@@ -12,15 +12,19 @@ pack files rely on it (nodes/packs.py), and a fresh generation is all they need.
 Its own node comes before a traced one, as it did before traced nodes could be
 chosen: a repair that healed then heals the same way, the stripe keeps its nodes,
 and a trace marks a node a repair failed on, was undone on or could not reach.
-Of the candidates, the first that keeps at most m of the stripe's shards per
-facility is taken, or the first at all when none does (the placement rule; spares
-ranked as placement ranks). The choice reads the cell's nodes, the manifest and
-the nodes' traces, and writes nothing; the rebuild is `vault/repair.py`'s.
+The bad shards of a version are placed together: each takes the first of its
+candidates that keeps at most m of the stripe's shards per facility while the
+shards after it can still be placed so (the placement rule; spares ranked as
+placement ranks). Chosen one shard at a time, the first took a spare in the
+facility the second's own node is in, and the second went back there, a third
+shard in that facility though the first could have stayed on its own node. Only
+when no choice keeps every facility to m does each take the first that keeps
+its own, or the first at all. The choice reads the cell's nodes, the manifest
+and the nodes' traces, and writes nothing; the rebuild is `vault/repair.py`'s.
 """
 
 from __future__ import annotations
 
-import itertools
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -33,6 +37,7 @@ from shardvault.placement import placement_seed, rank_nodes
 from shardvault.vault.cells import Cell
 
 _GENERATIONS_TRIED = 64  # names of a shard looked for on a node before giving up
+_SEARCH_STEPS = 4096  # placements tried for a choice keeping every facility to m
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,19 +67,73 @@ def rebuild_targets(
     own = {
         i: home for i in bad if (home := _own_node(cell, manifest, i, active, tried)) is not None
     }
+    order = sorted(bad, key=lambda i: i in own)  # False first: no own node to go back to
+    options = {
+        index: [
+            *(Target(node, manifest.generation(index)) for node in fresh),  # name new there
+            *([own[index]] if index in own else []),
+            *_traced_targets(cell, manifest, index, traced),
+        ]
+        for index in order
+    }
+    alike = {node.id for node in fresh}  # for the facility cap, one is as good as another
+    keeping = _Keeping(options, alike, manifest.m)
+    if keeping.place(order, used.copy()):
+        return keeping.chosen
+    return _first_each(order, options, used, manifest.m)
+
+
+class _Keeping:
+    """A choice of targets keeping every facility to m shards of the stripe: each shard,
+    in order, takes its first candidate after which the rest can still be so placed.
+    A depth-first search; it gives up (no choice) past `_SEARCH_STEPS` placements."""
+
+    def __init__(self, options: dict[int, list[Target]], alike: set[str], m: int) -> None:
+        self.options, self.alike, self.m = options, alike, m
+        self.chosen: dict[int, Target] = {}
+        self.steps = 0
+
+    def place(self, order: list[int], used: Counter[str | None]) -> bool:
+        """Whether the shards of ORDER can all be placed so (then in `chosen`)."""
+        if not order:
+            return True
+        index, rest = order[0], order[1:]
+        taken = {target.node.id for target in self.chosen.values()}
+        failed: set[str] = set()  # facilities whose fresh spare failed: so would the others
+        for target in self.options[index]:
+            node = target.node
+            fresh = node.id in self.alike
+            if (
+                node.id in taken
+                or used[node.facility] >= self.m
+                or (fresh and node.facility in failed)
+            ):
+                continue
+            self.steps += 1
+            if self.steps > _SEARCH_STEPS:
+                return False
+            self.chosen[index] = target
+            used[node.facility] += 1
+            if self.place(rest, used):
+                return True
+            used[node.facility] -= 1
+            del self.chosen[index]
+            if fresh:
+                failed.add(node.facility)
+        return False
+
+
+def _first_each(
+    order: list[int], options: dict[int, list[Target]], used: Counter[str | None], m: int
+) -> dict[int, Target] | None:
+    """When no choice keeps every facility to m: each shard in turn takes its first
+    candidate that keeps its own facility to m, or the first at all (None if it has none)."""
     chosen: dict[int, Target] = {}
-    for index in sorted(bad, key=lambda i: i in own):  # False first: no own node to go back to
-        candidates = itertools.chain(
-            (Target(node, manifest.generation(index)) for node in fresh),  # name new there
-            [own[index]] if index in own else [],
-            _traced_targets(cell, manifest, index, traced),
-        )
-        target = _first_keeping(candidates, used, manifest.m)
+    for index in order:
+        taken = {target.node.id for target in chosen.values()}
+        target = _first_keeping((t for t in options[index] if t.node.id not in taken), used, m)
         if target is None:
             return None
-        for pool in (fresh, traced):
-            if target.node in pool:
-                pool.remove(target.node)
         chosen[index] = target
         used[target.node.facility] += 1
     return chosen

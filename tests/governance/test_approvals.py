@@ -292,6 +292,30 @@ def test_an_approval_covers_only_the_cell_it_was_asked_in(court: Vault) -> None:
     }
 
 
+def test_a_subject_registered_elsewhere_is_not_left_named_in_another_cells_approval(
+    court: Vault, config_path: Path
+) -> None:
+    # an approval asked while the id was registered nowhere lives in the first cell that
+    # needed it; once the id was registered in another cell, that cell's approvals file
+    # kept the user's id and object key in clear until a forget, outside their home
+    subject, key = "zed-4f2a9c", "chat/zed-private-71d3.log"
+    with pytest.raises(ApprovalRequired) as caught:
+        court.get(ObjectRef("intl", subject, key), ctx=as_(US_COURT, "lawful-request"))
+    approval = caught.value.approval_id
+    assert approval is not None and approval.startswith("apr-us-")
+    us_files = sorted((config_path.parent / "state" / "cells" / "US").glob("approvals.sqlite*"))
+    assert subject.encode() in b"".join(path.read_bytes() for path in us_files)  # can see it
+    court.register_subject("intl", subject, "EU")
+    raw = b"".join(path.read_bytes() for path in us_files if path.exists())
+    assert subject.encode() not in raw and key.encode() not in raw
+    [left] = [a for a in court.governance.approvals.all("US") if a.id == approval]
+    hasher = court.governance.cell("US").hasher
+    assert (left.subject, left.key) == (
+        hasher.pseudonym("subject", subject),
+        hasher.pseudonym("key", key),
+    )
+
+
 def test_an_approver_is_not_shown_another_tenants_approvals(court: Vault) -> None:
     # the approvers are named for the whole deployment: `approval ls` showed an approver
     # of tenant intl the subject ids and object keys of tenant domestic's approvals,

@@ -13,8 +13,10 @@ Approvals live in the home cell of the subject
 (``state/cells/<J>/approvals.sqlite``): they name the subject, which is
 personal data and stays in its jurisdiction. One asked for an id registered
 nowhere lives in the first cell where the request needs one, and covers only
-requests in that cell. The approval id carries the cell (``apr-us-<16 hex>``)
-so it can be found without a global index.
+requests in that cell; once the id is registered in another cell it keeps only
+its pseudonyms there (`Governance.subject_homed`), as after a forget. The
+approval id carries the cell (``apr-us-<16 hex>``) so it can be found without a
+global index.
 
 Each verdict may carry its approver's Ed25519 signature of the approval's
 statement (`approval_signatures`): the guard here counts the rows, as the
@@ -286,11 +288,19 @@ class ApprovalBook:
         )
 
     def forget_subject(
-        self, jurisdiction: str, tenant: str, subject: str, pseudonym: Callable[[str, str], str]
+        self,
+        jurisdiction: str,
+        tenant: str,
+        subject: str,
+        pseudonym: Callable[[str, str], str],
+        *,
+        erase_always: bool = True,
     ) -> int:
         """Replace a forgotten subject's id and object keys in its approvals by their audit
         pseudonyms: the approvals stay as evidence (they match the log's entries), the
-        names go. Returns how many approvals changed (none in a cell that never had one)."""
+        names go. Returns how many approvals changed (none in a cell that never had one).
+        The WAL is then truncated, unless none changed and not ``erase_always`` (a forget
+        run again erases what a run killed before its truncation left)."""
         with self._lock:
             if jurisdiction not in self._dbs and not self._path(jurisdiction).exists():
                 return 0
@@ -315,7 +325,8 @@ class ApprovalBook:
                 except BaseException:
                     db.execute("ROLLBACK")
                     raise
-                db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the old rows' frames too
+                if rows or erase_always:
+                    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the old rows' frames too
             except sqlite3.Error as exc:
                 raise Unavailable(f"approvals of cell {jurisdiction}: {exc}") from exc
         return len(rows)

@@ -234,6 +234,19 @@ class Governance:
         for cell, audit in self.cells.items():
             self.approvals.forget_subject(cell, tenant, subject, audit.hasher.pseudonym)
 
+    def subject_homed(self, home: str, tenant: str, subject: str) -> None:
+        """A subject now homed in HOME: the approvals other cells hold for its id (asked
+        while it was registered nowhere, in the first cell that needed one) keep only
+        their pseudonyms, as after a forget. They cover only requests in their own cell,
+        which decides none for the subject now, and its id is personal data of HOME's:
+        left there, a cell outside its home named the user until a forget."""
+        self.cell(home)
+        for cell, audit in self.cells.items():
+            if cell != home:
+                self.approvals.forget_subject(
+                    cell, tenant, subject, audit.hasher.pseudonym, erase_always=False
+                )
+
     def release_logs(self) -> None:
         """Close every cell's audit log; the next use reopens it (and so recovers a log
         this process found broken)."""

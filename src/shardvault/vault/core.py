@@ -251,6 +251,8 @@ class Vault:
                 self._refuse_if_forgotten(tenant, subject)
                 raise taken
             try:
+                # the id is now this home's alone: no other cell keeps it in an approval
+                self.governance.subject_homed(jurisdiction, tenant, subject)
                 self.cells[jurisdiction].catalog.add_subject(record)
             except BaseException:
                 # not if the row was committed before the failure: a home whose cell holds

@@ -61,7 +61,12 @@ _kept: list[Connection] = []  # a forked child's inherited connections, never co
 
 def connect(path: str | Path, what: str, timeout: float = 5.0) -> Connection:
     """`sqlite3.connect` in autocommit mode, shareable by threads (each user holds its own
-    lock around it); refused in a process forked while connections were open."""
+    lock around it); refused in a process forked while connections were open.
+
+    Its temporary files (a statement's journal past 64 KiB, a sort, a temporary index)
+    are kept in memory: SQLite writes them to the system's (/var/tmp), outside the
+    deployment, and a forget's spilled there the pages of every version it marked,
+    the subject's id and object keys with them. Writers keep each statement small."""
     if _kept:
         raise StorageError(
             f"{what}: this process was forked while its parent had the deployment's "
@@ -73,6 +78,7 @@ def connect(path: str | Path, what: str, timeout: float = 5.0) -> Connection:
     connection = sqlite3.connect(
         path, timeout, isolation_level=None, check_same_thread=False, factory=Connection
     )
+    connection.execute("PRAGMA temp_store=MEMORY")  # see above: never in /var/tmp
     connection.closed = False
     _open.add(connection)
     return connection

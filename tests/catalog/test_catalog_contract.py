@@ -513,6 +513,23 @@ def test_forget_subject(catalog: Catalog) -> None:
     assert catalog.known_among({oid(9)}) == set()
 
 
+def test_a_forget_marks_every_version_a_batch_at_a_time(
+    catalog: Catalog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # one statement over every version held its whole journal in memory (temp_store)
+    monkeypatch.setattr(sqlite_module, "_FORGET_BATCH", 2)
+    catalog.add_subject(subject())
+    catalog.add_subject(subject("bob"))
+    for number in range(5):
+        put(catalog, ObjectRef("intl", "alice", f"k{number}"), number + 1)
+    put(catalog, ObjectRef("intl", "bob", "k0"), 9)
+    assert catalog.forget_subject("intl", "alice", 99.0) == 5
+    assert {r.ref for r in catalog.claim_collectable(0.0)} == {
+        ObjectRef("intl", "alice", f"k{number}") for number in range(5)
+    }
+    assert catalog.get_version(ObjectRef("intl", "bob", "k0")) is not None
+
+
 def test_a_forget_keeps_its_progress_for_a_run_that_finishes_it(catalog: Catalog) -> None:
     catalog.add_subject(subject())
     catalog.add_subject(subject("bob"))

@@ -135,6 +135,11 @@ _INSERT_COMMITTED = (
     f" WHERE ?7 > (SELECT minted_until FROM sweeps) AND ?4 >= {_NEXT_VERSION} AND EXISTS"
     " (SELECT 1 FROM subjects WHERE tenant = ?1 AND subject = ?2 AND forgotten_at IS NULL)"
 )
+_FORGET_BATCH = 1000  # versions a forget marks per statement: its journal is held in memory
+_MARK_FORGOTTEN = (
+    "UPDATE versions SET state = 'deleted' WHERE rowid IN (SELECT rowid FROM versions"
+    " WHERE tenant = ? AND subject = ? AND state != 'deleted' LIMIT ?)"
+)
 _RETIRE = (  # unless the subject is forgotten: then nothing may name its keys
     "INSERT INTO retired SELECT ?1, ?2, ?3, ?4 WHERE EXISTS (SELECT 1 FROM subjects"
     " WHERE tenant = ?1 AND subject = ?2 AND forgotten_at IS NULL)"
@@ -417,11 +422,9 @@ class SqliteCatalog:
                 db.execute(
                     f"DELETE FROM {table} WHERE tenant = ? AND subject = ?", (tenant, subject)
                 )
-            marked = db.execute(
-                "UPDATE versions SET state = 'deleted'"
-                " WHERE tenant = ? AND subject = ? AND state != 'deleted'",
-                (tenant, subject),
-            ).rowcount
+            marked = 0
+            while batch := db.execute(_MARK_FORGOTTEN, (tenant, subject, _FORGET_BATCH)).rowcount:
+                marked += batch
             if found[0] is None:
                 db.execute(
                     "UPDATE subjects SET wrapped_key = NULL, forgotten_at = ?,"

@@ -255,6 +255,34 @@ def test_nodes_warns_about_a_cell_that_cannot_lose_a_facility(
     assert healthy("nodes")[2] == ""
 
 
+def test_nodes_counts_an_unavailable_node_out_of_its_cell(
+    tmp_path: Path, capsysbinary: pytest.CaptureFixture[bytes]
+) -> None:
+    """A node that cannot be opened is down for placement: US's puts then go over the
+    facility cap (a spare in us-fac-1, us-n3 of us-fac-3 gone), SG's are refused. The
+    warnings counted the config's active nodes and said nothing of either."""
+
+    def edit(text: str) -> str:
+        return text + (
+            '\n[[nodes]]\nid = "us-n7"\njurisdiction = "US"\nfacility = "us-fac-1"\n'
+            'backend = "local"\npack_limit = 0\npath = "nodes/US/us-n7"\n'
+        )
+
+    cli = Cli(make_deployment(tmp_path / "deploy", edit=edit), capsysbinary)
+    (tmp_path / "deploy" / "nodes" / "US" / "us-n7").mkdir()
+    for gone in ("US/us-n3", "SG/sg-n2"):  # active in the config, their disks not mounted
+        shutil.rmtree(tmp_path / "deploy" / "nodes" / gone)
+    code, _, err = cli("nodes")
+    assert code == 1
+    assert [line for line in err.splitlines() if "cell" in line] == [
+        "warning: cell SG has 5 active node(s) (and 1 unavailable), a stripe needs 6: its "
+        "puts are refused; add nodes or bring them back",
+        "warning: cell US cannot keep a 4+2 stripe to 2 shards per facility (6 active nodes "
+        "in 3 facilities, 1 shard(s) over; and 1 unavailable): losing a facility can lose "
+        "objects; add active nodes in other facilities",
+    ]
+
+
 def test_human_output_goes_to_stderr_and_tables_to_stdout(alice: Cli, tmp_path: Path) -> None:
     source = tmp_path / "in.bin"
     source.write_bytes(b"hello")

@@ -135,7 +135,7 @@ def nodes(ctx: typer.Context, json_out: JsonFlag = False) -> None:
     for u in usage:  # in both modes: the exit code says one is, stderr which and why
         if _alarming(u):
             warn(f"node {u.node.id} is unavailable: {u.unavailable}")
-    _warn_about_cells(cli.config())
+    _warn_about_cells(cli.config(), {u.node.id for u in usage if u.unavailable})
     _warn_if_any_hung(cli)
     if any(_alarming(u) for u in usage):
         raise typer.Exit(1)
@@ -165,24 +165,33 @@ def _warn_if_any_hung(cli: CliState) -> None:
         )
 
 
-def _warn_about_cells(config: Config) -> None:
+def _warn_about_cells(config: Config, unavailable: set[str]) -> None:
+    """Warn about each cell whose puts are refused, or put more than m shards of a stripe
+    in a facility, counting as placement does: a node that cannot be opened is down."""
     n = config.k + config.m
+    reachable = [node for node in config.nodes if node.id not in unavailable]
     for jurisdiction in sorted(config.jurisdictions):
-        active = [node for node in config.nodes_in(jurisdiction) if node.state is NodeState.ACTIVE]
+        configured = [
+            node for node in config.nodes_in(jurisdiction) if node.state is NodeState.ACTIVE
+        ]
+        active = [node for node in configured if node.id not in unavailable]
+        lost = len(configured) - len(active)
         if len(active) < n:
+            besides = f" (and {lost} unavailable)" if lost else ""
             warn(
-                f"cell {jurisdiction} has {len(active)} active node(s), a stripe needs {n}: "
-                "its puts are refused; add nodes or bring them back"
+                f"cell {jurisdiction} has {len(active)} active node(s){besides}, a stripe "
+                f"needs {n}: its puts are refused; add nodes or bring them back"
             )
             continue
-        short = facility_shortfall(config.nodes, jurisdiction, config.k, config.m)
+        short = facility_shortfall(reachable, jurisdiction, config.k, config.m)
         if short:
             facilities = len({node.facility for node in active})
+            besides = f"; and {lost} unavailable" if lost else ""
             warn(
                 f"cell {jurisdiction} cannot keep a {config.k}+{config.m} stripe to "
                 f"{config.m} shards per facility ({len(active)} active nodes in {facilities} "
-                f"facilities, {short} shard(s) over): losing a facility can lose objects; "
-                "add active nodes in other facilities"
+                f"facilities, {short} shard(s) over{besides}): losing a facility can lose "
+                "objects; add active nodes in other facilities"
             )
 
 

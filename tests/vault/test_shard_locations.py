@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -247,3 +249,55 @@ def test_gc_holds_moves_on_disk_and_gives_them_back_a_version_at_a_time(
         {(ids[0], 1): {(0, 0, "us-n1"): "us-n1:5", (1, 0, "us-n2"): "us-n2:5"},
          (ids[0], 2): {(4, 0, "us-n3"): "p:9", (4, 2, "us-n3"): "q:9"}},
     ]  # fmt: skip
+
+
+class _SmallCaches:
+    """sqlite3 for gc, but every database it opens keeps 10 pages in memory: its moves
+    spill to disk after a few hundred, not after tens of thousands."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(sqlite3, name)
+
+    def connect(self, *args: Any, **kwargs: Any) -> sqlite3.Connection:
+        db = sqlite3.connect(*args, **kwargs)
+        db.execute("PRAGMA cache_size=10")
+        return db
+
+
+def _open_files() -> set[str]:
+    """What this process's descriptors point at (an unlinked file ends in "(deleted)")."""
+    found = set()
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            found.add(os.readlink(f"/proc/self/fd/{fd}"))
+    return found
+
+
+def test_gc_keeps_where_it_moved_shards_in_the_cells_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the moves waited in SQLite's private temporary database, which it writes to the
+    # system's directory (/var/tmp) once past its cache: the object ids, versions,
+    # nodes and packs of a cell's shards outside the cell (100,000 moves went there)
+    config_path = make_deployment(tmp_path / "deploy", pack_limit=64 << 10)
+    with Vault.open(load(config_path)) as vault:
+        vault.register_subject("intl", "alice", "US")
+    for start in range(0, 300, 150):  # two processes' packs on each node: worth folding
+        with Vault.open(load(config_path)) as writer:
+            for number in range(start, start + 150):
+                writer.put(ObjectRef("intl", "alice", f"notes/{number}"), b"x")
+    monkeypatch.setattr(gc, "sqlite3", _SmallCaches())
+    opened: set[str] = set()
+    relocate = gc.relocate
+
+    def noting(cell: Any, moves: Any) -> None:
+        opened.update(_open_files() - before)  # while the moves are all held
+        relocate(cell, moves)
+
+    monkeypatch.setattr(gc, "relocate", noting)
+    with Vault.open(load(config_path)) as vault:
+        before = _open_files()
+        assert vault.gc(grace_seconds=0).moved == 300 * 6
+    deployment = str(tmp_path / "deploy") + os.sep
+    assert opened and not {path for path in opened if not path.startswith(deployment)}
+    assert not list((tmp_path / "deploy" / "state" / "cells" / "US").glob(".gc-*"))

@@ -39,6 +39,7 @@ class Cell:
     nodes: list[NodeSpec]
     stores: dict[str, ShardStore] = field(default_factory=dict)
     maintenance_lock: Path | None = None
+    work_dir: Path | None = None  # where maintenance keeps its working files (the cell's)
     _placeable: list[NodeSpec] | None = field(default=None, init=False, repr=False)
 
     def store(self, node_id: str) -> ShardStore:
@@ -216,6 +217,7 @@ def open_cells(config: Config, catalogs: CatalogFactory) -> dict[str, Cell]:
             nodes=nodes,
             stores={node.id: stores[node.id] for node in nodes},
             maintenance_lock=config.state_dir / "cells" / code / "maintenance.lock",
+            work_dir=config.state_dir / "cells" / code,
         )
     return cells
 

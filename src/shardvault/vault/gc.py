@@ -17,17 +17,19 @@ Each node in turn is swept, then compacts its packs and lets go of what it
 learned of its shards, so one node's names are in memory at a time. Last, the
 manifests of the shards compaction moved are given their new locations:
 without that, every process reading one of them would have to index the
-node's packs (nodes/packs.py). Until then the moves wait in a private
-temporary SQLite database (`_Moves`), not in memory, and each version is
-rewritten once, however many of its nodes moved it.
+node's packs (nodes/packs.py). Until then the moves wait in a private SQLite
+database in the cell's directory, unlinked (`_Moves`), not in memory, and each
+version is rewritten once, however many of its nodes moved it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import secrets
 import sqlite3
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 from shardvault.catalog.port import VersionRecord
 from shardvault.errors import ShardvaultError, StorageError
@@ -172,7 +174,7 @@ def collect_cell(cell: Cell, cutoff: float, started: float, n: int) -> GcReport:
     with cell.maintenance(wait=False) as turn:  # held only for this: repairs need not wait
         stale_copies = _resolve_leftovers(cell) if turn else 0  # not while a repair runs
     failing: list[str] = []
-    with contextlib.closing(_Moves()) as moves:
+    with contextlib.closing(_Moves(cell.work_dir)) as moves:
         for node, store in cell.usable_stores().items():  # one at a time: one node's names held
             try:
                 swept, stale, moved = _sweep_node(cell, store, cutoff)
@@ -252,19 +254,22 @@ def _names(manifest: Manifest, index: int, node: str, generation: int) -> bool:
 class _Moves:
     """Where compaction moved shards, until their manifests are told.
 
-    Rows of a private temporary SQLite database (on disk once past its page
-    cache) rather than a dict: held in memory, about 0.5 KB a move, a gc folding
-    the packs of 50,000 small objects from 100 writers peaked at 222 MiB.
+    Rows of a private SQLite database on disk, in the cell's directory (``directory``),
+    rather than a dict: held in memory, about 0.5 KB a move, a gc folding the packs of
+    50,000 small objects from 100 writers peaked at 222 MiB. Not SQLite's own temporary
+    database, nor its sorter: it writes both to the system's directory (/var/tmp) once
+    past its cache, and the object ids, nodes and packs of the cell's shards with them.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, directory: Path | None = None) -> None:
         self.count = 0
         with _temporary_storage():
-            self._db = sqlite3.connect("")  # "": private, deleted when closed
+            self._db = _private_database(directory)
             self._db.execute(
                 "CREATE TABLE moved (object_id BLOB, version INTEGER, shard INTEGER,"
                 " generation INTEGER, node TEXT, location TEXT)"
-            )
+            )  # read back in this order: the index, not a sort that could spill
+            self._db.execute("CREATE INDEX moved_versions ON moved (object_id, version)")
 
     def add(self, node: str, moved: dict[str, str]) -> None:
         rows = ((*parse_shard_name(name), node, location) for name, location in moved.items())
@@ -290,6 +295,31 @@ class _Moves:
 
     def close(self) -> None:
         self._db.close()
+
+
+_MOVES_FILES = ".gc-moves."  # the prefix of a moves database's name, while it has one
+
+
+def _private_database(directory: Path | None) -> sqlite3.Connection:
+    """A database only this connection can reach: made in ``directory``, then unlinked at
+    once (with no rollback journal SQLite never needs its name again), so a gc killed at
+    any point leaves nothing. One a kill left in between (empty) goes with the next.
+    Without a directory (a cell of memory catalogs), SQLite's own temporary database."""
+    if directory is None:
+        return sqlite3.connect("")
+    for leftover in directory.glob(f"{_MOVES_FILES}*"):
+        leftover.unlink(missing_ok=True)
+    path = directory / f"{_MOVES_FILES}{secrets.token_hex(8)}.sqlite"
+    db = sqlite3.connect(path)
+    try:
+        db.execute("PRAGMA journal_mode=OFF")
+        db.execute("PRAGMA temp_store=MEMORY")  # any temporary file: none on /var/tmp
+    except BaseException:
+        db.close()
+        raise
+    finally:
+        path.unlink(missing_ok=True)
+    return db
 
 
 @contextlib.contextmanager

@@ -6,6 +6,8 @@ by an outsider with public keys only (the installed command, no config)."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import replace
@@ -120,9 +122,9 @@ def test_an_attestation_signed_again_with_the_cell_key_is_refused(cli: Cli, tmp_
     code, lines = attested(cli, forged, tmp_path)
     assert code == 1 and len(lines) == 1, lines
     assert "not the custodian's" in lines[0] and "not signed by" in lines[0]
-    # the operator's own check, without the custodian's key, says so
+    # without the custodian's key: not the attestation the forget's entry commits to
     code, lines = check(cli, forged, tmp_path)
-    assert code == 0 and "was not checked" in lines[-1], lines
+    assert code == 1 and "commits to another destroy attestation" in lines[0], lines
     # and the cell's key given as the custodian's is the caller's mistake
     code, lines = check(cli, forged, tmp_path, "--custodian", keys(cli)["cells"]["US"])
     assert code == 2 and "not the custodian's" in lines[-1], lines
@@ -193,9 +195,62 @@ def test_a_receipt_without_its_attestation_is_refused_when_one_is_asked_for(
     code, lines = attested(cli, forged, tmp_path)
     assert code == 1 and len(lines) == 1, lines
     assert "this version 2 receipt carries no destroy attestation by the custodian" in lines[0]
+    # and without it, as the entry commits to an attestation: see the test below
+
+
+def entry_of(receipt: bytes) -> dict[str, Any]:
+    """The details of the forget's outcome entry RECEIPT carries."""
+    body = json.loads(SignedNote.parse(receipt).text)
+    return dict(json.loads(base64.b64decode(body["audit"]["entry"]))["details"])
+
+
+def test_the_forgets_entry_commits_to_the_custodians_attestation(cli: Cli, tmp_path: Path) -> None:
+    receipts = _forgotten_both(cli, tmp_path)
+    for receipt in receipts.values():
+        note = attestation_of(receipt).encode("utf-8")
+        digest = "sha256:" + hashlib.sha256(note).hexdigest()
+        assert entry_of(receipt)["destroy_attestation"] == digest
+
+
+def test_a_receipt_stripped_of_its_attestation_is_refused_without_the_custodians_key(
+    cli: Cli, tmp_path: Path
+) -> None:
+    """Found in review: the outcome entry did not record that the custodian attested the
+    destroy, so a receipt of version 2 (the attestation dropped, signed again with the
+    cell's key) verified for anyone not given the custodian's key."""
+    receipts = _forgotten_both(cli, tmp_path)
+
+    def stripped(body: dict[str, Any]) -> None:
+        del body["destroy_attestation"]
+        body.update(v=2)
+
+    for verify in (check, attested):
+        code, lines = verify(cli, _resigned(cli, receipts["alice"], stripped), tmp_path)
+        assert code == 1 and len(lines) == 1, lines
+    code, lines = check(cli, _resigned(cli, receipts["alice"], stripped), tmp_path)
+    assert lines[0] == (
+        "error: the audit entry in the receipt is not this forget: it commits to a destroy "
+        "attestation by the custodian, which the receipt does not carry"
+    )
+
+
+def test_another_attestation_of_the_same_destroy_is_refused_without_the_custodians_key(
+    cli: Cli, tmp_path: Path
+) -> None:
+    """The statement the custodian made, signed again by a key of the operator's under the
+    custodian's name: of this forget in every field, but not the attestation its entry
+    commits to."""
+    receipts = _forgotten_both(cli, tmp_path)
+    note = SignedNote.parse(attestation_of(receipts["alice"]).encode())
+    (tmp_path / "elsewhere").mkdir()
+    other = CustodianKey(tmp_path / "elsewhere", "partner.demo.shardvault.local/custodian")
+    forged = with_attestation(cli, receipts["alice"], other.sign_statement(note.text).decode())
     code, lines = check(cli, forged, tmp_path)
-    assert code == 0, lines
-    assert lines[1].startswith("warning: the key's destroy is not attested by the custodian")
+    assert code == 1 and len(lines) == 1, lines
+    assert lines[0] == (
+        "error: the audit entry in the receipt is not this forget: it commits to another "
+        "destroy attestation by the custodian than the receipt carries"
+    )
 
 
 def test_a_receipt_of_a_custodian_that_signs_none_is_of_version_2(cli: Cli, tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -11,6 +12,8 @@ import pytest
 
 from conftest import make_deployment
 from governance_support import forget_approved
+from shardvault.audit.entry import canonical_json
+from shardvault.audit.note import SignedNote
 from shardvault.config import load
 from shardvault.errors import IntegrityError, InvalidInput
 from shardvault.governance.receipts import (
@@ -76,12 +79,15 @@ def test_a_receipt_saying_other_than_its_audit_entry_is_refused(
             "intl", "alice", "US", done.key_id, done.versions_deleted, done.shards_removed,
             str(cell.log.entry(done.audit_index).details["forgotten_at"]),
             receipt_nonce(cell, "intl", "alice", done.key_id),
+            vault.custodian.destroy_attestation(KeyScope("intl", "US"), done.key_id),
         )  # fmt: skip
-        assert (
-            verify_receipt(make_receipt(cell, head, done.audit_index, told).to_bytes(), vkey)["v"]
-            == 2
-        )
-        false = make_receipt(cell, head, done.audit_index, replace(told, **lie))
+        genuine = make_receipt(cell, head, done.audit_index, told)
+        assert verify_receipt(genuine.to_bytes(), vkey)["v"] == 3
+        # the vault signs no such receipt (the attestation states what the entry does):
+        # the operator, who holds the cell's key, edits one and signs it again
+        body = json.loads(genuine.text) | lie
+        text = canonical_json(body).decode() + "\n"
+        false = SignedNote(text, (cell.signer.sign(text),))
         with pytest.raises(IntegrityError, match="not this forget"):
             verify_receipt(false.to_bytes(), vkey)
 

@@ -605,6 +605,12 @@ def killed_after(owner, name):
 if step == "outcome-audited-before-v2":  # as shardvault wrote it before receipts of v2
     step, written = "outcome-audited", vault.governance.record_outcome
     def record_outcome(access, result, subject_commitment, forgotten_at, **details):
+        details.pop("destroy_attestation", None)
+        return written(access, result, **details)
+    vault.governance.record_outcome = record_outcome
+if step == "outcome-audited-unattested":  # as it wrote it before committing to the attestation
+    step, written = "outcome-audited", vault.governance.record_outcome
+    def record_outcome(access, result, destroy_attestation, **details):
         return written(access, result, **details)
     vault.governance.record_outcome = record_outcome
 
@@ -738,6 +744,42 @@ def test_a_forget_whose_outcome_an_older_version_wrote_gives_a_receipt_of_versio
     assert valid.startswith("valid receipt: intl/alice forgotten")
     assert binding.startswith("warning: this is a version 1 receipt: it does not bind its subject")
     assert destroy.startswith("warning: the key's destroy is not attested by the custodian")
+
+
+def test_a_forget_whose_outcome_commits_to_no_attestation_gives_a_receipt_as_before(
+    vault: Vault, config_path: Path, tmp_path: Path
+) -> None:
+    """An outcome entry written before entries committed to the custodian's attestation:
+    the run that finishes the forget gives a receipt of version 3, which verifies, with
+    the custodian's key and without, as it did."""
+    vault.register_subject("intl", "alice", "US")
+    with pytest.raises(ApprovalRequired) as pending:
+        vault.forget("intl", "alice")
+    approval = pending.value.approval_id
+    assert approval is not None
+    approve(vault.governance, approval)
+    child = subprocess.run(
+        [sys.executable, "-c", FORGET_CHILD, str(config_path), approval,
+         "outcome-audited-unattested"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert child.returncode == -signal.SIGKILL, child.stderr
+    again = RequestContext("local-admin", "forget-subject", new_request_id(), approval_id=approval)
+    result = vault.forget("intl", "alice", again)
+    [outcome] = forgotten_outcomes(vault, "alice")
+    details = vault.governance.cell("US").log.entry(outcome).details
+    assert "subject_commitment" in details and "destroy_attestation" not in details
+    receipt = tmp_path / "receipt.note"
+    receipt.write_text(result.receipt)
+    governance = vault.governance
+    for custodian in ([], ["--custodian", governance.custodian_key.vkey()]):
+        checked = subprocess.run(
+            [Path(sys.executable).parent / "shardvault", "receipt", "verify", str(receipt),
+             "--key", governance.cell("US").signer.verifier_key(), *custodian, "--json"],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert checked.returncode == 0, checked.stderr
+        assert json.loads(checked.stdout)["v"] == 3
 
 
 def _attested_at(receipt: str) -> float:

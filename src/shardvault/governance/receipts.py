@@ -29,12 +29,15 @@ receipt's time of the forget: checked with the custodian's public key, the
 destroy no longer rests on the operator's word. One of version 2 or 1 (a
 custodian that signed none, a forget attested before it was attested) states
 the destroy on the operator's word only; a verifier given the custodian's key
-refuses it.
+refuses it. The forget's outcome entry commits to the attestation the custodian
+returned (``destroy_attestation``: ``sha256:`` and the hex SHA-256 of the note),
+so a receipt stripped of it, or carrying another, is refused without that key too.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import re
 from dataclasses import dataclass
@@ -59,6 +62,8 @@ RECEIPT_TYPE = "shardvault-deletion-receipt"
 RECEIPT_VERSION = 3
 NONCE_BYTES = 32
 _NONCE_LABEL = "deletion-receipt-nonce"
+ATTESTATION_DIGEST_PREFIX = "sha256:"  # names the hash: another one is a new form
+_ATTESTATION_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +89,13 @@ def receipt_nonce(cell: CellAudit, tenant: str, subject: str, key_id: str) -> by
     return cell.hasher.secret(_NONCE_LABEL, json.dumps([tenant, subject, key_id]))
 
 
+def attestation_digest(note: bytes) -> str:
+    """What a forget's outcome entry records of the custodian's attestation of its
+    destroy: ``sha256:`` and the hex SHA-256 of the signed note, as a receipt carries it.
+    The log then says, for anyone to check, that a receipt of this forget carries it."""
+    return ATTESTATION_DIGEST_PREFIX + hashlib.sha256(note).hexdigest()
+
+
 def make_receipt(
     cell: CellAudit,
     head: SignedNote,
@@ -101,7 +113,13 @@ def make_receipt(
     proof = cell.log.inclusion_proof(index, checkpoint.size)
     # checked before it is signed: a proof built from damaged stored nodes is refused
     verify_inclusion(leaf_hash(entry), index, checkpoint.size, proof, checkpoint.root_hash)
-    binding = _binding(AuditEntry.from_bytes(entry), what, custodian)
+    parsed = AuditEntry.from_bytes(entry)
+    binding = _binding(parsed, what, custodian)
+    unlike = _unlike_committed(parsed, binding.get("destroy_attestation"))
+    if unlike:  # signed, it would be a receipt its holder's check refuses
+        raise IntegrityError(
+            f"the forget's audit entry is not of this receipt: {unlike}; no receipt signed"
+        )
     body = {
         "type": RECEIPT_TYPE,
         "v": 1 if not binding else 3 if "destroy_attestation" in binding else 2,
@@ -197,10 +215,15 @@ def verify_receipt(
     verify_inclusion(
         leaf_hash(raw_entry), audit["index"], checkpoint.size, proof, checkpoint.root_hash
     )
-    wrong = _contradiction(AuditEntry.from_bytes(raw_entry), body)
+    entry = AuditEntry.from_bytes(raw_entry)
+    wrong = _contradiction(entry, body)
     if wrong:
         raise IntegrityError(f"the audit entry in the receipt is not this forget: {wrong}")
     _check_attestation(body, custodian)
+    # without the custodian's key too: the log says whether, and which, it attested
+    wrong = _unlike_committed(entry, body.get("destroy_attestation"))
+    if wrong:
+        raise IntegrityError(f"the audit entry in the receipt is not this forget: {wrong}")
     return body
 
 
@@ -348,10 +371,29 @@ def _contradiction(entry: AuditEntry, body: dict[str, Any]) -> str | None:
     return None
 
 
+def _unlike_committed(entry: AuditEntry, attestation: str | None) -> str | None:
+    """How ATTESTATION (None: the receipt carries none) is not the one ENTRY commits to,
+    if it is not. An entry written before entries committed to it commits to none, and
+    its receipts are checked as before."""
+    committed = entry.details.get("destroy_attestation")
+    if committed is None:
+        return None
+    if not isinstance(committed, str) or not _ATTESTATION_DIGEST.fullmatch(committed):
+        return "it commits to a destroy attestation in a form this verifier does not know"
+    if attestation is None:
+        return (
+            "it commits to a destroy attestation by the custodian, which the receipt does not carry"
+        )
+    if attestation_digest(attestation.encode("utf-8")) != committed:
+        return "it commits to another destroy attestation by the custodian than the receipt carries"
+    return None
+
+
 __all__ = [
     "RECEIPT_TYPE",
     "RECEIPT_VERSION",
     "Forgotten",
+    "attestation_digest",
     "make_receipt",
     "receipt_nonce",
     "subject_commitment",

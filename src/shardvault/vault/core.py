@@ -49,6 +49,7 @@ from shardvault.governance.attestations import open_attestation
 from shardvault.governance.guard import Access, Governance
 from shardvault.governance.receipts import (
     Forgotten,
+    attestation_digest,
     make_receipt,
     receipt_nonce,
     subject_commitment,
@@ -601,6 +602,9 @@ class Vault:
         # the same on every run of this forget: one cut short left a commitment it opens
         nonce = receipt_nonce(audit, tenant, subject, record.key_id)
         forgotten_at = utc_seconds(forgotten.forgotten_at)
+        attested = self.custodian.destroy_attestation(
+            KeyScope(tenant, record.jurisdiction), record.key_id
+        )  # none from a custodian that signs none, or for a key destroyed before one did
         index = None
         if progress.decided_at != access.audit_index:
             index = self.governance.forget_outcome(
@@ -608,18 +612,17 @@ class Vault:
                 known=progress.outcome, since=progress.decided_at or 0,
             )  # fmt: skip
         if index is None:
+            # the log says the destroy was attested, so a receipt without it is refused
+            committed = {"destroy_attestation": attestation_digest(attested)} if attested else {}
             index = self.governance.record_outcome(
                 access, "forgotten", key_id=record.key_id,
                 versions_deleted=progress.versions_deleted, shards_removed=progress.shards_removed,
                 subject_commitment=subject_commitment(tenant, subject, nonce),
-                forgotten_at=forgotten_at,
+                forgotten_at=forgotten_at, **committed,
             )  # fmt: skip
         if index != progress.outcome:
             cell.catalog.note_forget_progress(tenant, subject, outcome=index)
         told = audit.log.entry(index).details  # an entry written before v2 has no time
-        attested = self.custodian.destroy_attestation(
-            KeyScope(tenant, record.jurisdiction), record.key_id
-        )  # none from a custodian that signs none, or for a key destroyed before one did
         what = Forgotten(
             tenant, subject, cell.jurisdiction, record.key_id, int(told["versions_deleted"] or 0),
             int(told["shards_removed"] or 0), str(told.get("forgotten_at") or forgotten_at), nonce,

@@ -170,3 +170,22 @@ def test_the_demo_gives_each_approver_a_key_the_partner_holds(tmp_path: Path) ->
         public = load_signing_key(path).public_key().public_bytes_raw()
         assert policy.approvers[ident] == public
     assert not list((config.base_dir / "partner").glob("*.skey"))  # not the partner's to hold
+
+
+def test_a_verdict_the_partner_cannot_keep_is_one_line_exit_1_and_recorded_nowhere(
+    cli: Cli,
+) -> None:
+    """Its record of signed verdicts lost (the books hold one): a veto it cannot keep
+    would stand only on the operator's book, so it is refused, and not audited."""
+    token = tokens(cli, "dpo", "partner-officer")
+    approval = pending_forget(cli)
+    cli.ok("--token", token["dpo"], "approval", "approve", approval, "--signing-key",
+           key_of(cli, "dpo"))  # fmt: skip
+    record = load(cli.config).base_dir / "partner" / "verdicts.sqlite"
+    record.unlink()
+    said = cli.fails(1, "--token", token["partner-officer"], "approval", "deny", approval,
+                     "--signing-key", key_of(cli, "partner-officer"))  # fmt: skip
+    assert "the partner's record of signed verdicts" in said and "restore it" in said
+    assert [v["approver"] for v in verdicts(cli, approval)] == ["dpo"]
+    assert "approval:deny" not in audited_rules(cli, approval)
+    assert not record.exists()

@@ -284,8 +284,9 @@ def late_partner(config_path: Path) -> Iterator[tuple[Config, Vault]]:
         first.put(REF, b"alice's note")
         ttl = first.governance.spec.approval_ttl
         policy = first.governance.custodian_policy
+        verdicts = first.governance.partner_verdicts
     book = ApprovalBook(config.state_dir, list(config.jurisdictions), LateClock(ttl + 60))
-    custodian = KeyringCustodian(config.keyring_path, custodian_gate(policy, book))
+    custodian = KeyringCustodian(config.keyring_path, custodian_gate(policy, book, verdicts))
     try:
         with Vault.open(config, custodian=custodian) as vault:
             yield config, vault
@@ -399,7 +400,7 @@ def test_a_met_approval_of_a_read_does_not_destroy_a_key(story: Vault) -> None:
             "requires_approval = true\n"
         ).grants,
     )
-    gate = custodian_gate(lenient, story.governance.approvals)
+    gate = custodian_gate(lenient, story.governance.approvals, story.governance.partner_verdicts)
     with pytest.raises(ApprovalRequired) as pending:
         story.get(REF, ctx=as_(US_COURT, "lawful-request"))
     approval = pending.value.approval_id
@@ -419,7 +420,7 @@ def test_a_grant_covering_every_operation_destroys_no_key_without_an_approval(
     legacy = parse_custodian_policy(
         'version = 1\n[[grant]]\nid = "serve-users"\npurposes = ["serve-user"]\n'
     )
-    gate = custodian_gate(legacy, story.governance.approvals)
+    gate = custodian_gate(legacy, story.governance.approvals, story.governance.partner_verdicts)
     serve = Justification("svc-api", "serve-user", "r1", "US")
     gate(UNWRAP, keys.KeyScope("intl", "US"), "kid", serve)
     with pytest.raises(AccessDenied, match=r"refused the destroy \(custodian:approval\)"):

@@ -68,6 +68,8 @@ _PENDING = (  # as _status: unexpired, no denial, fewer approvals than the quoru
     " WHERE approval = a.id AND verdict = 'approve') < quorum"
 )
 
+_SIGNED = "SELECT 1 FROM signatures WHERE signature IS NOT NULL LIMIT 1"
+
 
 @dataclass(frozen=True, slots=True)
 class Approval:
@@ -286,6 +288,22 @@ class ApprovalBook:
         return sorted(
             (a for a in found if not pending or a.status == PENDING), key=lambda a: a.created_at
         )
+
+    def holds_signed_verdicts(self) -> bool:
+        """Whether any cell's book holds a verdict given with a signature: then the
+        partner was delivered one, and its record of them cannot be missing for want of
+        any (`partner_verdicts`). Asked only when that record is missing."""
+        for code in self._jurisdictions:
+            with self._lock:
+                if code not in self._dbs and not self._path(code).exists():
+                    continue
+                try:
+                    row = self._db(code).execute(_SIGNED).fetchone()
+                except sqlite3.Error as exc:
+                    raise Unavailable(f"approvals of cell {code}: {exc}") from exc
+            if row is not None:
+                return True
+        return False
 
     def forget_subject(
         self,

@@ -9,8 +9,10 @@ jurisdiction, unexpired and vetoed by nobody, and met by the partner's own
 rule, not the book's: the approval book is the operator's file, so the gate
 counts only verdicts signed under the public keys the partner's policy holds
 (``[approvers]``), for the approval's exact statement (`approval_signatures`),
-and wants ``approval_quorum`` of them; any denial in the book refuses. A policy with no
-``[approvers]`` lets no approval count. A destroy, which cannot be undone, needs
+and wants ``approval_quorum`` of them; any denial in the book refuses, and so does a
+signed denial the partner was delivered (`partner_verdicts`), which the operator
+cannot take back by deleting its row. A policy with no ``[approvers]`` lets no
+approval count. A destroy, which cannot be undone, needs
 an approval whatever the grants say, and one of a forget, and the gate hands the
 custodian the subject that approval names: the custodian destroys the key only
 if it wrapped it for that subject (`keys.port`). A refusal raises `AccessDenied`
@@ -24,6 +26,7 @@ from shardvault import custodian_policy as cp
 from shardvault.errors import AccessDenied, ShardvaultError
 from shardvault.governance.approval_signatures import counted_verdicts
 from shardvault.governance.approvals import DENIED, EXPIRED, Approval, ApprovalBook
+from shardvault.governance.partner_verdicts import PartnerVerdicts
 from shardvault.keys.port import KeyOperation, KeyScope
 from shardvault.keys.rootkey import CustodianGate
 from shardvault.model import Justification
@@ -80,7 +83,25 @@ def _unsigned(approval: Approval, policy: cp.CustodianPolicy) -> str | None:
     return None
 
 
-def custodian_gate(policy: cp.CustodianPolicy, approvals: ApprovalBook) -> CustodianGate:
+def _kept_denial(approval: Approval, verdicts: PartnerVerdicts) -> str | None:
+    """Why the partner refuses ``approval`` on its own record of signed verdicts (None: it
+    holds no denial of it). The record missing or unreadable refuses too: a denial may be
+    in it (fail closed)."""
+    try:
+        denied = verdicts.denials(approval.id)
+    except ShardvaultError as exc:
+        return str(exc)
+    if denied:
+        return (
+            f"approval {approval.id} was denied by {', '.join(sorted(denied))} (a signed "
+            "denial the partner holds)"
+        )
+    return None
+
+
+def custodian_gate(
+    policy: cp.CustodianPolicy, approvals: ApprovalBook, verdicts: PartnerVerdicts
+) -> CustodianGate:
     def gate(
         operation: KeyOperation, scope: KeyScope, key_id: str, why: Justification
     ) -> str | None:
@@ -99,7 +120,7 @@ def custodian_gate(policy: cp.CustodianPolicy, approvals: ApprovalBook) -> Custo
                 operation,
                 f"approval {why.approval_id} is {approval.status} or is for another request",
             )
-        reason = _unsigned(approval, policy)
+        reason = _unsigned(approval, policy) or _kept_denial(approval, verdicts)
         if reason is not None:
             raise _refused(operation, reason)
         return approval.subject if operation in _ACTION_OF else None

@@ -48,6 +48,7 @@ from shardvault.governance.approvals import Approval, ApprovalBook, approval_cel
 from shardvault.governance.attestations import CustodianKey
 from shardvault.governance.custodian_gate import custodian_gate
 from shardvault.governance.heads import CellAudit, PartnerWitness, publish_head
+from shardvault.governance.partner_verdicts import PartnerVerdicts
 from shardvault.governance.principals import PrincipalRegistry
 from shardvault.keys.rootkey import CustodianGate
 from shardvault.model import LOCAL_ADMIN, DataClass, Justification, RequestContext, shown
@@ -189,6 +190,8 @@ class Governance:
         self.partner = partner
         # the partner's too: the custodian's key for destroy attestations
         self.custodian_key = CustodianKey(spec.partner_dir, spec.custodian_name)
+        # and its copy of the signed verdicts, which the custodian honours denials from
+        self.partner_verdicts = PartnerVerdicts(spec.partner_dir)
         self._clock = clock
 
     @classmethod
@@ -603,7 +606,7 @@ class Governance:
     def custodian_gate(self) -> CustodianGate:
         """The partner's check before every wrap, unwrap and destroy: its own policy, and
         any approval named."""
-        return custodian_gate(self.custodian_policy, self.approvals)
+        return custodian_gate(self.custodian_policy, self.approvals, self.partner_verdicts)
 
     # approvals ------------------------------------------------------------------------
 
@@ -663,6 +666,7 @@ class Governance:
                                                    approval_id=approval_id),
             ).wait()  # fmt: skip
             raise
+        self._deliver_to_partner(approval, principal.id, verdict, signature)
         count = approval.approvals + (1 if verdict == "approve" else 0)
         result = (
             "vetoed" if verdict == "deny"
@@ -675,6 +679,20 @@ class Governance:
             details=_details(principal, resource, "approval", approval_id=approval_id),
         ).wait()  # fmt: skip
         return self.approvals.sign(approval_id, principal, verdict, signature)
+
+    def _deliver_to_partner(
+        self, approval: Approval, approver: str, verdict: str, signature: bytes | None
+    ) -> None:
+        """A verdict signed under the key the partner holds for ``approver`` goes to the
+        partner too, before it is audited and booked: the custodian honours a denial
+        from its own record, which the operator cannot delete a row of."""
+        key = self.custodian_policy.approvers.get(approver)
+        if key is None or signature is None:
+            return  # a verdict the custodian does not count: nothing of it to keep
+        self.partner_verdicts.deliver(
+            approval, approver, verdict, signature, key,
+            first=lambda: not self.approvals.holds_signed_verdicts(),
+        )  # fmt: skip
 
     def _check_signing_key(
         self, approval: Approval, approver: str, key: Ed25519PrivateKey | None

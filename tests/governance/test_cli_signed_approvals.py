@@ -156,6 +156,20 @@ def test_keygen_writes_a_private_key_and_prints_its_public_key(cli: Cli, tmp_pat
     assert "FILE is empty" in cli.fails(2, "approval", "keygen", "")
 
 
+@pytest.mark.parametrize("where", [".", "/"])
+def test_keygen_to_a_path_that_names_no_file_is_exit_2(
+    cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    """Found by the argv fuzz test: `approval keygen .` was a ValueError traceback (a
+    temporary file named after a path with no name)."""
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    said = cli.fails(2, "approval", "keygen", where)
+    assert f"{where} names a directory, not a file: choose a file in it" in said
+    assert list(here.iterdir()) == []  # no temporary left behind
+
+
 def test_the_demo_gives_each_approver_a_key_the_partner_holds(tmp_path: Path) -> None:
     config = load(make_deployment(tmp_path / "deploy"))
     policy = load_custodian_policy(config.base_dir / "partner" / "custodian-policy.toml")

@@ -163,6 +163,8 @@ def signing_key_pem(key: Ed25519PrivateKey) -> bytes:
 def write_signing_key(path: Path) -> Ed25519PrivateKey:
     """A new key pair, its private key written to ``path`` (mode 0600, whole or not at
     all); an existing file is refused, never replaced: it may be someone's only key."""
+    if not path.name:  # "." or "/": a directory, with no name to write a file under
+        raise InvalidInput(f"{named(str(path))} names a directory, not a file: choose a file in it")
     if not path.parent.is_dir():  # made by no mistyped path: the key would be lost there
         raise InvalidInput(f"{named(str(path.parent))} is not a directory: choose a file in one")
     key = Ed25519PrivateKey.generate()

@@ -291,7 +291,8 @@ def repair(
     ] = False,
     json_out: JsonFlag = False,
 ) -> None:
-    """Rebuild damaged or lost shards, and shards on nodes that are not active.
+    """Rebuild damaged or lost shards, and shards on nodes that are not active; with
+    --scrub, also move shards so no facility holds more than m of a stripe.
 
     Exits 1 if a version could not be repaired (each is named, with why), or if a node
     not marked down is unavailable or did not answer within storage.node_timeout.
@@ -302,9 +303,20 @@ def repair(
     if json_out:
         print_json(report)
     else:
-        say(f"checked {report.versions} version(s), rebuilt {report.rebuilt} shard(s)")
+        say(
+            f"checked {report.versions} version(s), rebuilt {report.rebuilt} shard(s), "
+            f"moved {report.moved} shard(s) to spread their stripes over facilities"
+        )
+        for move in report.moves:
+            say(
+                f"moved shard {move.shard} of {move.tenant}/{move.subject}/{move.key} "
+                f"v{move.version} from {move.from_node} ({move.from_facility}) to "
+                f"{move.to_node} ({move.to_facility})"
+            )
     for problem in report.problems:
         warn(f"not repaired: {problem}")
+    for version in report.concentrated:  # the cell's shape, as `nodes` warns: exit 0
+        warn(f"left as is: {version}")
     unavailable = _not_down(cli, report.unavailable_nodes)
     if unavailable:
         warn(

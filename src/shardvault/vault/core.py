@@ -89,6 +89,7 @@ from shardvault.vault.deadline import NodeDeadline
 from shardvault.vault.gc import GcReport, collect_cell, collect_claimed
 from shardvault.vault.reader import ObjectReader
 from shardvault.vault.repair import RepairReport, repair_cell
+from shardvault.vault.spread import spread_cell
 from shardvault.vault.views import ForgetResult, ListPage, NodeUsage, info_of, node_usage
 from shardvault.vault.writer import Progress, ShardSetWriter, StepHook
 
@@ -821,11 +822,16 @@ class Vault:
 
     def repair(self, scrub: bool = False) -> RepairReport:
         """Rebuild the shards reads found damaged (with ``scrub``: every shard found bad
-        or on a node that is not active) on other nodes of their cells."""
+        or on a node that is not active) on other nodes of their cells; with ``scrub``,
+        then move shards so no facility holds more than m of a stripe where the cell
+        allows (vault/spread.py)."""
         report = RepairReport()
         with BoundedStores(self.deadline) as bounded:  # a hung node's shards are bad
             for cell in self.cells.values():
-                report = report + repair_cell(bounded.cell(cell), self.code, scrub, self._on_step)
+                run = bounded.cell(cell)  # one view: a node lost in the rebuilds stays so
+                report = report + repair_cell(run, self.code, scrub, self._on_step)
+                if scrub:
+                    report = report + spread_cell(run, self._on_step)
             hung = bounded.hung()  # unavailable to the run too: named once, as hung
             unavailable = tuple(node for node in report.unavailable_nodes if node not in hung)
             return replace(report, hung_nodes=hung, unavailable_nodes=unavailable)

@@ -31,6 +31,9 @@ leaves notes, and gc deletes each noted copy its version's manifest does not
 name, once it reaches the node. Repair holds the cell's maintenance lock
 (`Cell.maintenance`) while it runs, so gc never judges a copy between steps.
 
+After a scrub, `vault/spread.py` moves good shards off a facility holding more than
+m of their stripe, in the same steps (`write_on_targets`, `swap_in_copies`).
+
 Repair sees only ciphertext: no key is unwrapped and no plaintext exists. Like
 gc, it is the operator's maintenance, not an access the policy decides.
 """
@@ -39,7 +42,7 @@ from __future__ import annotations
 
 import contextlib
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 
 from shardvault.catalog.port import Leftover, VersionRecord
@@ -65,12 +68,30 @@ def _no_step(step: str) -> None:
 
 
 @dataclass(frozen=True, slots=True)
+class ShardMove:
+    """A shard moved so no facility holds more than m of its stripe (vault/spread.py)."""
+
+    tenant: str
+    subject: str
+    key: str
+    version: int
+    shard: int
+    from_node: str
+    from_facility: str
+    to_node: str
+    to_facility: str
+
+
+@dataclass(frozen=True, slots=True)
 class RepairReport:
     versions: int = 0  # versions checked
     rebuilt: int = 0  # shards rebuilt on another node
     problems: tuple[str, ...] = ()  # versions left as they were, and why
     hung_nodes: tuple[str, ...] = ()  # past the deadline: their shards were taken for bad
     unavailable_nodes: tuple[str, ...] = ()  # could not be opened: their shards taken for bad
+    moved: int = 0  # good shards moved off a facility holding more than m of their stripe
+    moves: tuple[ShardMove, ...] = ()  # each of them
+    concentrated: tuple[str, ...] = ()  # versions over m to a facility the cell cannot spread
 
     def __add__(self, other: RepairReport) -> RepairReport:
         return RepairReport(
@@ -78,7 +99,11 @@ class RepairReport:
             self.rebuilt + other.rebuilt,
             self.problems + other.problems,
             self.hung_nodes + other.hung_nodes,
-            self.unavailable_nodes + other.unavailable_nodes,
+            # a run's repair and spread of a cell both name them: once
+            tuple(dict.fromkeys(self.unavailable_nodes + other.unavailable_nodes)),
+            self.moved + other.moved,
+            self.moves + other.moves,
+            self.concentrated + other.concentrated,
         )
 
 
@@ -95,7 +120,7 @@ def repair_cell(
     return replace(report, unavailable_nodes=tuple(cell.unavailable_nodes()))
 
 
-class _Changed(Exception):
+class VersionChanged(Exception):
     """The version's row changed between its read and the swap: its copies are undone."""
 
 
@@ -105,9 +130,15 @@ def _repaired(
     """`_repair_version`, begun again from the row as it is now when the swap found it
     changed: another process's gc gives a version new locations whenever it compacts
     a pack, and each such race made repair say "repair again" (a stress run)."""
+    return until_unchanged(lambda: _repair_version(cell, code, record, on_step), record)
+
+
+def until_unchanged(attempt: Callable[[], RepairReport], record: VersionRecord) -> RepairReport:
+    """ATTEMPT, again while it raises `VersionChanged`, up to `_SWAP_TRIES` times; then
+    the version is named for another run."""
     for _ in range(_SWAP_TRIES):
-        with contextlib.suppress(_Changed):
-            return _repair_version(cell, code, record, on_step)
+        with contextlib.suppress(VersionChanged):
+            return attempt()
     return _left(f"{record.ref} v{record.version}", _CHANGED)
 
 
@@ -158,25 +189,47 @@ def _repair_version(
             "them on (theirs not active, every other holding a shard of the version): add "
             "a node, then repair again",
         )
+    if not swap_in_copies(cell, record, manifest, placed, on_step, "repair"):
+        return RepairReport(1)
+    cell.catalog.clear_damage(manifest.ref, manifest.version)
+    return RepairReport(1, len(placed[0]))
+
+
+Placed = tuple[dict[int, Target], dict[int, str | None]]
+"""Copies written and synced: each shard's target, and the location its node gave it."""
+
+
+def swap_in_copies(
+    cell: Cell,
+    record: VersionRecord,
+    manifest: Manifest,
+    placed: Placed,
+    on_step: StepHook,
+    step: str,
+) -> bool:
+    """Name the copies written (PLACED) in the version's manifest, then delete the ones
+    they replace: whether it was done, False if the version is no longer committed.
+    Raises `VersionChanged` if its row changed meanwhile: the new copies are deleted.
+    Every copy either manifest may leave unnamed is noted first, for gc; ``on_step`` is
+    told STEP-written, -swapped and -cleared (tests kill the process there)."""
     targets, locations = placed
-    on_step("repair-written")
-    rebuilt = [
+    on_step(f"{step}-written")
+    written = [
         _leftover(manifest, i, t.node.id, locations[i], t.generation) for i, t in targets.items()
     ]
     old = [_current_copy(manifest, i) for i in targets]
-    cell.catalog.note_leftovers([*rebuilt, *old])  # and the copies the swap will replace
+    cell.catalog.note_leftovers([*written, *old])  # and the copies the swap will replace
     updated = _with_copies(manifest, targets, locations)
     if not cell.catalog.replace_manifests([(record, updated.to_bytes())], durable=True):
-        cell.catalog.drop_leftovers([*_delete(cell, rebuilt), *old])
+        cell.catalog.drop_leftovers([*delete_copies(cell, written), *old])
         if _moved_on(cell, record):
-            return RepairReport(1)
-        raise _Changed(what)
-    on_step("repair-swapped")
-    deleted = _delete(cell, old)
-    on_step("repair-cleared")
-    cell.catalog.drop_leftovers([*rebuilt, *deleted])  # those left, gc takes
-    cell.catalog.clear_damage(manifest.ref, manifest.version)
-    return RepairReport(1, len(targets))
+            return False
+        raise VersionChanged(f"{manifest.ref} v{manifest.version}")
+    on_step(f"{step}-swapped")
+    deleted = delete_copies(cell, old)
+    on_step(f"{step}-cleared")
+    cell.catalog.drop_leftovers([*written, *deleted])  # those left, gc takes
+    return True
 
 
 def _current_copy(manifest: Manifest, index: int) -> Leftover:
@@ -212,23 +265,43 @@ def _reread(cell: Cell, record: VersionRecord) -> VersionRecord | None:
 
 def _rebuild_on_targets(
     cell: Cell, code: ErasureCode, manifest: Manifest, bad: BadShards, on_step: StepHook
-) -> tuple[dict[int, Target], dict[int, str | None]] | None:
+) -> Placed | None:
     """Rebuild the bad shards where `rebuild_targets` says: (the targets, the locations), or
-    None if there are too few. Nodes whose rebuild failed (a disk full, read-only or
-    gone) are passed over for the next ones: such a failure leaves no trace on them,
-    so every repair chose them again and none used the spare after. The first failure
-    is raised once no node is left; an integrity failure (the good blocks do not
-    rebuild the shard) at once, as other nodes would not help."""
+    None if there are too few (`write_on_targets`)."""
+    return write_on_targets(
+        cell,
+        manifest,
+        lambda tried: rebuild_targets(cell, manifest, sorted(bad), tried),
+        lambda targets: _rebuild(cell, code, manifest, bad, targets),
+        on_step,
+        "repair",
+    )
+
+
+def write_on_targets(
+    cell: Cell,
+    manifest: Manifest,
+    choose: Callable[[set[str]], dict[int, Target] | None],
+    write: Callable[[dict[int, Target]], dict[int, str | None]],
+    on_step: StepHook,
+    step: str,
+) -> Placed | None:
+    """Write copies where CHOOSE says, on none of the nodes tried: (the targets, the
+    locations), or None if there are too few. Nodes whose write failed (a disk full,
+    read-only or gone) are passed over for the next ones: such a failure leaves no
+    trace on them, so every repair chose them again and none used the spare after.
+    The first failure is raised once no node is left; an integrity failure (the good
+    blocks do not make the shard) at once, as other nodes would not help."""
     tried: set[str] = set()
     failure: ShardvaultError | OSError | None = None
-    while (targets := rebuild_targets(cell, manifest, sorted(bad), tried)) is not None:
+    while (targets := choose(tried)) is not None:
         # noted before they are written: a repair killed now leaves them to gc
         cell.catalog.note_leftovers(
             [_leftover(manifest, i, t.node.id, None, t.generation) for i, t in targets.items()]
         )
-        on_step("repair-noted")
+        on_step(f"{step}-noted")
         try:
-            return targets, _rebuild(cell, code, manifest, bad, targets)
+            return targets, write(targets)
         except IntegrityError:
             raise
         except (ShardvaultError, OSError) as exc:
@@ -332,13 +405,15 @@ def _bad_segments_of(store: ShardStore, manifest: Manifest, index: int) -> froze
         return frozenset(
             segment
             for segment in range(manifest.segments)
-            if _block(reader, manifest, segment, index) is None
+            if verified_block(reader, manifest, segment, index) is None
         )
     finally:
         reader.close()
 
 
-def _block(reader: ShardReader, manifest: Manifest, segment: int, index: int) -> bytes | None:
+def verified_block(
+    reader: ShardReader, manifest: Manifest, segment: int, index: int
+) -> bytes | None:
     """The shard's block of `segment`, if it hashes to the manifest's."""
     length = manifest.block_length(segment)
     block = reader.read_at(block_offset(segment, manifest.block_size), length)
@@ -384,7 +459,7 @@ def _rebuild(
     except BaseException:
         for writer in writers.values():
             writer.abort()
-        _delete(
+        delete_copies(
             cell,
             [
                 _leftover(manifest, i, targets[i].node.id, at, targets[i].generation)
@@ -409,7 +484,7 @@ def _rebuilt_blocks(
     for index, reader in readers.items():
         if segment in (bad.get(index) or ()):
             continue  # found bad already: not read again
-        block = _block(reader, manifest, segment, index)
+        block = verified_block(reader, manifest, segment, index)
         if block is not None:
             good.append(block)
             if len(good) == manifest.k:
@@ -423,7 +498,7 @@ def _rebuilt_blocks(
     return blocks
 
 
-def _delete(cell: Cell, copies: list[Leftover]) -> list[Leftover]:
+def delete_copies(cell: Cell, copies: list[Leftover]) -> list[Leftover]:
     """Delete these copies where their nodes can be reached, durably; those deleted (the
     others stay noted, and gc takes them once it can: `gc._resolve_leftovers`)."""
     gone, failed = [], set()

@@ -21,6 +21,12 @@ shard in that facility though the first could have stayed on its own node. Only
 when no choice keeps every facility to m does each take the first that keeps
 its own, or the first at all. The choice reads the cell's nodes, the manifest
 and the nodes' traces, and writes nothing; the rebuild is `vault/repair.py`'s.
+
+A version whose good shards sit more than m to a facility (written while a
+facility was out) has the fewest of them moved that bring every facility to m
+(`spread_targets`; the move is `vault/spread.py`'s): from each crowded facility
+the shards on the nodes placement ranks last, each to the best-ranked spare of a
+facility holding fewer than m, under a name new there (as above).
 """
 
 from __future__ import annotations
@@ -81,6 +87,52 @@ def rebuild_targets(
     if keeping.place(order, used.copy()):
         return keeping.chosen
     return _first_each(order, options, used, manifest.m)
+
+
+def crowding(cell: Cell, manifest: Manifest) -> dict[str, int]:
+    """The facilities holding more than m of the version's shards, and how many."""
+    facility = {node.id: node.facility for node in cell.nodes}
+    used = Counter(facility.get(node, "") for node in manifest.nodes)
+    return {name: count for name, count in used.items() if count > manifest.m}
+
+
+def spread_targets(cell: Cell, manifest: Manifest, tried: set[str]) -> dict[int, Target] | None:
+    """Where to move the fewest shards of a version that leave no facility more than m of
+    them (see the module docstring), on none of the nodes TRIED: {} if none holds more,
+    None if they cannot all be placed so. Every shard's node must be active: bad shards
+    are the rebuild's, which comes first."""
+    facility = {node.id: node.facility for node in cell.nodes}
+    used = Counter(facility[node] for node in manifest.nodes)
+    fresh, traced = _spares(cell, manifest, active_nodes(cell), tried)
+    chosen: dict[int, Target] = {}
+    for index in _leaving(cell, manifest):
+        options = [
+            *(Target(node, manifest.generation(index)) for node in fresh),  # name new there
+            *_traced_targets(cell, manifest, index, traced),
+        ]
+        taken = {target.node.id for target in chosen.values()}
+        target = next(
+            (t for t in options if t.node.id not in taken and used[t.node.facility] < manifest.m),
+            None,
+        )
+        if target is None:
+            return None
+        chosen[index] = target
+        used[target.node.facility] += 1
+    return chosen
+
+
+def _leaving(cell: Cell, manifest: Manifest) -> list[int]:
+    """The shards that leave each crowded facility: those on the nodes placement ranks
+    last, as many as the facility holds past m, so the stripe keeps its best nodes."""
+    crowded = crowding(cell, manifest)
+    specs = {node.id: node for node in cell.nodes}
+    leaving = []
+    for name, count in sorted(crowded.items()):
+        held = [specs[node] for node in manifest.nodes if specs[node].facility == name]
+        last = rank_nodes(placement_seed(manifest.ref), held)[-(count - manifest.m) :]
+        leaving += [manifest.nodes.index(node.id) for node in last]
+    return sorted(leaving)
 
 
 class _Keeping:

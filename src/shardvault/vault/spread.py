@@ -1,0 +1,204 @@
+"""Spreading: moving shards so no facility holds more than m of a stripe.
+
+Placement keeps a stripe to m shards per facility whenever the cell's active nodes
+allow it, so losing a whole facility loses no object. A version put while a
+facility was out (its nodes down or unavailable, or too few of them) has more than
+m in the others, and kept them there once it was back: a scrub neither said so nor
+moved them, so losing one facility could still lose the object. After a scrub's
+rebuilds, `spread_cell` reads every committed version's manifest (no shard, unless
+one moves), and for each with more than m shards in a facility moves the fewest
+that leave every facility m or fewer (`repair_targets.spread_targets`: which, and
+where), if the cell's active nodes can hold the stripe so at all
+(`placement.facility_shortfall`, as placement and `shardvault nodes` count). A
+version in a cell that cannot is left as it is and named
+(`RepairReport.concentrated`): moving it would not take it to m.
+
+A move writes the shard's own blocks, each read from its node and checked against
+the manifest's hash first, to an active node of the same cell in a facility holding
+fewer than m, holding no shard of the version, under a name it never had. So a
+shard never leaves its jurisdiction, no node holds two shards of a stripe, and no
+facility gains a shard past m. Then repair's steps (vault/repair.py): the new copies
+noted, written and synced, the old ones noted, the manifest swapped only if it is
+still the one read, durably, the old copies deleted, the notes dropped. A kill at
+any step leaves the version readable (its manifest names every old copy or every
+new one) and gc deletes the noted copy no manifest names. A copy whose block does
+not match is not made: the shard is queued for repair (`Catalog.record_damage`) and
+the version named. Runs under the cell's maintenance lock, as repair does.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from functools import partial
+
+from shardvault.catalog.port import DamageRecord, Leftover, VersionRecord
+from shardvault.errors import IntegrityError, ShardvaultError
+from shardvault.manifest import Manifest
+from shardvault.nodes.port import ShardWriter, shard_name
+from shardvault.placement import facility_shortfall
+from shardvault.vault.cells import Cell
+from shardvault.vault.repair import (
+    RepairReport,
+    ShardMove,
+    delete_copies,
+    swap_in_copies,
+    until_unchanged,
+    verified_block,
+    write_on_targets,
+)
+from shardvault.vault.repair_targets import Target, active_nodes, crowding, spread_targets
+from shardvault.vault.writer import StepHook
+
+_BATCH = 500  # committed versions read from the catalog at a time
+
+
+def _no_step(step: str) -> None:
+    return None
+
+
+def spread_cell(cell: Cell, on_step: StepHook = _no_step) -> RepairReport:
+    """Move shards of the cell's committed versions so that none has more than m in a
+    facility, where the cell allows. ``on_step`` is told each step of a move done."""
+    report = RepairReport()
+    with cell.maintenance(wait=True):  # gc then leaves the notes of copies to later
+        cursor = b""
+        while batch := cell.catalog.committed_after(cursor, _BATCH):
+            for record in batch:
+                if _crowded(cell, record):
+                    attempt = partial(_spread_version, cell, record, on_step)
+                    report = report + replace(until_unchanged(attempt, record), versions=0)
+            cursor = batch[-1].object_id
+    return replace(report, unavailable_nodes=tuple(cell.unavailable_nodes()))
+
+
+def _crowded(cell: Cell, record: VersionRecord) -> bool:
+    """Whether a facility holds more than m of the version's shards (no I/O)."""
+    return record.manifest is not None and bool(
+        crowding(cell, Manifest.from_bytes(record.manifest))
+    )
+
+
+def _spread_version(cell: Cell, stale: VersionRecord, on_step: StepHook) -> RepairReport:
+    record = cell.catalog.get_version(stale.ref, stale.version)  # as it is now
+    if record is None or record.manifest is None:  # deleted or collected meanwhile
+        return RepairReport()
+    manifest = Manifest.from_bytes(record.manifest)
+    what = f"{manifest.ref} v{manifest.version}"
+    crowded = crowding(cell, manifest)
+    active = active_nodes(cell)
+    if not crowded or any(node not in active for node in manifest.nodes):
+        return RepairReport()  # spread already, or a bad shard's: the rebuild named it
+    over = facility_shortfall(active.values(), cell.jurisdiction, manifest.k, manifest.m)
+    if over:
+        return RepairReport(concentrated=(_concentrated(what, crowded, manifest.m, over),))
+    try:
+        placed = write_on_targets(
+            cell,
+            manifest,
+            lambda tried: spread_targets(cell, manifest, tried),
+            lambda targets: _copy(cell, manifest, targets),
+            on_step,
+            "spread",
+        )
+    except _Mismatch as exc:
+        cell.catalog.record_damage(exc.damage)  # the rebuild's, in the next repair
+        return _named(what, f"not moved: {exc}; queued for repair")
+    except (ShardvaultError, OSError) as exc:
+        if cell.catalog.get_version(record.ref, record.version) is None:
+            return RepairReport()
+        return _named(what, f"moving a shard failed: {exc}")
+    if placed is None:
+        return _named(
+            what,
+            f"{_described(crowded)} and no active node in {cell.jurisdiction} to move one "
+            "to: add a node, then repair again",
+        )
+    if not swap_in_copies(cell, record, manifest, placed, on_step, "spread"):
+        return RepairReport()
+    moves = tuple(_move(cell, manifest, index, target) for index, target in placed[0].items())
+    return RepairReport(moved=len(moves), moves=moves)
+
+
+def _copy(cell: Cell, manifest: Manifest, targets: dict[int, Target]) -> dict[int, str | None]:
+    """Copy each shard to its target, every block checked against the manifest before it
+    is written; their locations. If this fails, what was written is removed (a committed
+    copy deleted; one that cannot be stays noted for gc), as a failed rebuild's is."""
+    writers: dict[int, ShardWriter] = {}
+    committed: dict[int, str | None] = {}
+    try:
+        for index, target in targets.items():
+            name = shard_name(manifest.object_id, manifest.version, index, target.generation)
+            writers[index] = cell.store(target.node.id).open_writer(name)
+            _copy_shard(cell, manifest, index, writers[index])
+        for index, writer in writers.items():
+            writer.commit(durable=False)
+            committed[index] = writer.location
+        for writer in writers.values():  # its own shard: see ShardWriter.sync
+            writer.sync()
+        return committed
+    except BaseException:
+        for writer in writers.values():
+            writer.abort()
+        oid, version = manifest.object_id, manifest.version
+        at = [
+            (i, targets[i].node.id, where, targets[i].generation) for i, where in committed.items()
+        ]
+        delete_copies(cell, [Leftover(oid, version, *copy) for copy in at])
+        raise
+
+
+def _copy_shard(cell: Cell, manifest: Manifest, index: int, writer: ShardWriter) -> None:
+    """Write shard INDEX, as its node holds it, to WRITER: its header, then each block,
+    every one checked first (`_Mismatch` if one is not what the manifest says)."""
+    node = manifest.nodes[index]
+    name = shard_name(manifest.object_id, manifest.version, index, manifest.generation(index))
+    reader = cell.store(node).open_reader(name, manifest.location(index))
+    try:
+        header = manifest.stripe_header().to_bytes(index)
+        if reader.read_at(0, len(header)) != header:
+            raise _Mismatch(manifest, index, 0, "bad header")
+        writer.write(header)
+        for segment in range(manifest.segments):
+            block = verified_block(reader, manifest, segment, index)
+            if block is None:
+                raise _Mismatch(manifest, index, segment, "hash mismatch")
+            writer.write(block)
+    finally:
+        reader.close()
+
+
+class _Mismatch(IntegrityError):
+    """A block (or the header) of a shard to be moved is not what the manifest says."""
+
+    def __init__(self, manifest: Manifest, index: int, segment: int, reason: str) -> None:
+        node = manifest.nodes[index]
+        super().__init__(f"shard {index} on {node}, segment {segment}, does not match")
+        self.damage = DamageRecord(
+            manifest.ref, manifest.version, segment, index, node, reason, time.time()
+        )
+
+
+def _move(cell: Cell, manifest: Manifest, index: int, target: Target) -> ShardMove:
+    facility = {node.id: node.facility for node in cell.nodes}
+    ref, node = manifest.ref, manifest.nodes[index]
+    return ShardMove(
+        ref.tenant, ref.subject, ref.key, manifest.version, index,
+        node, facility[node], target.node.id, target.node.facility,
+    )  # fmt: skip
+
+
+def _described(crowded: dict[str, int]) -> str:
+    return ", ".join(f"{count} shards in {name}" for name, count in sorted(crowded.items()))
+
+
+def _concentrated(what: str, crowded: dict[str, int], m: int, over: int) -> str:
+    return (
+        f"{what}: {_described(crowded)} (more than m={m}), and the cell's active nodes "
+        f"cannot hold a stripe to m per facility ({over} shard(s) over): left as it is; "
+        "add nodes in other facilities, or bring them back, then repair --scrub"
+    )
+
+
+def _named(what: str, why: str) -> RepairReport:
+    return RepairReport(problems=(f"{what}: {why}",))

@@ -1,0 +1,310 @@
+"""Spreading: a scrub moves shards so no facility holds more than m of a stripe.
+
+A version written while a facility was out (its nodes down, or their directories
+missing) has more than m shards in the others: placement could do no better then.
+Once the facility is back, `repair --scrub` moves the fewest shards that bring every
+facility to m, and what the node directories hold says so.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from conftest import SEGMENT, make_deployment, manifest_of
+from shardvault.config import load
+from shardvault.manifest import Manifest
+from shardvault.model import ObjectRef
+from shardvault.nodes.localdir import LocalDirShardStore
+from shardvault.nodes.port import shard_name
+from shardvault.vault import Vault
+
+K, M = 4, 2
+SPARES = """
+[[nodes]]
+id = "us-n7"
+jurisdiction = "US"
+facility = "us-fac-1"
+backend = "local"
+pack_limit = {pack_limit}
+path = "nodes/US/us-n7"
+
+[[nodes]]
+id = "us-n8"
+jurisdiction = "US"
+facility = "us-fac-2"
+backend = "local"
+pack_limit = {pack_limit}
+path = "nodes/US/us-n8"
+"""
+OUT = ("us-n3", "us-n6")  # the demo's us-fac-3
+REFS = [ObjectRef("intl", "alice", f"k{i}") for i in range(4)]
+SIZES = [100, SEGMENT // 2, 2 * SEGMENT + 5, 3 * SEGMENT]  # packed or not, one segment or more
+
+
+def deployment(tmp_path: Path, pack_limit: int = 0) -> Path:
+    """The demo with a third node in us-fac-1 and us-fac-2: 3 + 3 + 2 nodes in the US."""
+    config = make_deployment(
+        tmp_path / "deploy",
+        pack_limit=pack_limit,
+        edit=lambda text: text + SPARES.format(pack_limit=pack_limit),
+    )
+    for spare in ("us-n7", "us-n8"):
+        (tmp_path / "deploy" / "nodes" / "US" / spare).mkdir()
+    return config
+
+
+def take_out(config: Path, how: str, nodes: tuple[str, ...] = OUT) -> None:
+    """Take nodes out: marked down in the config, or their directories gone."""
+    for node in nodes:
+        if how == "down":
+            entry = f'id = "{node}"\n'
+            config.write_text(config.read_text().replace(entry, entry + 'state = "down"\n'))
+        else:
+            (config.parent / "nodes" / "US" / node).rename(config.parent / f"aside-{node}")
+
+
+def bring_back(config: Path, how: str, nodes: tuple[str, ...] = OUT) -> None:
+    for node in nodes:
+        if how == "down":
+            entry = f'id = "{node}"\n'
+            config.write_text(config.read_text().replace(entry + 'state = "down"\n', entry))
+        else:
+            (config.parent / f"aside-{node}").rename(config.parent / "nodes" / "US" / node)
+
+
+def filled(config: Path) -> dict[ObjectRef, bytes]:
+    payloads = {ref: os.urandom(size) for ref, size in zip(REFS, SIZES, strict=True)}
+    with Vault.open(load(config)) as vault:
+        vault.register_subject("intl", "alice", "US")
+        for ref, data in payloads.items():
+            vault.put(ref, data)
+    return payloads
+
+
+def manifests(config: Path) -> dict[ObjectRef, Manifest]:
+    with Vault.open(load(config)) as vault:
+        return {ref: manifest_of(vault, ref) for ref in REFS}
+
+
+def on_disk(config: Path, object_id: bytes) -> dict[str, set[str]]:
+    """The version's shard names each node's directory holds (nodes holding none left
+    out), every node of every cell, read from the directories by stores opened afresh."""
+    held = {}
+    for node in load(config).nodes:
+        store = LocalDirShardStore(node.id, Path(node.location), node.pack_limit)
+        try:
+            names = {name for name in store.names() if name.startswith(object_id.hex())}
+        finally:
+            store.close()
+        if names:
+            held[node.id] = names
+    return held
+
+
+def facilities(config: Path, held: dict[str, set[str]]) -> dict[str, int]:
+    """How many of the held copies each facility of the US cell holds (none elsewhere)."""
+    facility = {node.id: node.facility for node in load(config).nodes_in("US")}
+    assert set(held) <= set(facility)  # never out of its cell
+    counts = Counter(facility[node] for node, names in held.items() for _ in names)
+    return {name: counts[name] for name in set(facility.values())}
+
+
+def named(manifest: Manifest) -> dict[str, set[str]]:
+    """The one copy of each shard the manifest names, by node."""
+    held: dict[str, set[str]] = {}
+    for index, node in enumerate(manifest.nodes):
+        name = shard_name(manifest.object_id, manifest.version, index, manifest.generation(index))
+        held.setdefault(node, set()).add(name)
+    return held
+
+
+def reads_back_whole(config: Path, payloads: dict[ObjectRef, bytes]) -> None:
+    with Vault.open(load(config)) as vault:
+        for ref, data in payloads.items():
+            with vault.open_read(ref) as reader:
+                assert reader.read_all() == data
+                assert reader.damage == []
+
+
+def crowded(config: Path, how: str = "down", pack_limit: int = 0) -> dict[ObjectRef, bytes]:
+    """Objects put while us-fac-3 was out, then us-fac-3 back: each is 3 + 3 on disk."""
+    take_out(config, how)
+    payloads = filled(config)
+    bring_back(config, how)
+    for manifest in manifests(config).values():
+        counts = facilities(config, on_disk(config, manifest.object_id))
+        assert sorted(counts.values()) == [0, 3, 3]  # as placement had to leave them
+    return payloads
+
+
+@pytest.mark.parametrize("pack_limit", [0, 64 << 10])
+@pytest.mark.parametrize("how", ["down", "missing"])
+def test_versions_written_while_a_facility_was_out_are_spread_once_it_is_back(
+    tmp_path: Path, how: str, pack_limit: int
+) -> None:
+    # a stripe put while a facility was out kept 3 shards in each of two facilities for
+    # ever: repair --scrub neither reported nor moved them, so losing either facility
+    # still lost the object once the third was back
+    config = deployment(tmp_path, pack_limit)
+    payloads = crowded(config, how, pack_limit)
+    with Vault.open(load(config)) as vault:
+        report = vault.repair(scrub=True)
+    for ref, manifest in manifests(config).items():
+        held = on_disk(config, manifest.object_id)
+        assert max(facilities(config, held).values()) <= M, ref  # from the directories
+        assert held == named(manifest) and len(held) == K + M  # one copy each, n nodes
+    assert report.problems == () and report.concentrated == ()
+    assert report.moved == 2 * len(REFS)  # the fewest: one out of each facility of 3
+    assert {(move.from_facility, move.to_facility) for move in report.moves} == {
+        ("us-fac-1", "us-fac-3"),
+        ("us-fac-2", "us-fac-3"),
+    }
+    reads_back_whole(config, payloads)
+    with Vault.open(load(config)) as vault:
+        again = vault.repair(scrub=True)
+    assert (again.moved, again.rebuilt, again.problems) == (0, 0, ())
+
+
+def test_a_cell_that_still_cannot_spread_them_leaves_them_and_says_so(tmp_path: Path) -> None:
+    config = deployment(tmp_path)
+    take_out(config, "down")
+    payloads = filled(config)
+    bring_back(config, "down", ("us-n3",))  # us-fac-3 has one node of two: 2 + 2 + 1 < 6
+    before = manifests(config)
+    with Vault.open(load(config)) as vault:
+        report = vault.repair(scrub=True)
+    assert (report.moved, report.moves, report.problems) == (0, (), ())
+    assert len(report.concentrated) == len(REFS)
+    assert "intl/alice/k0 v1: 3 shards in us-fac-1" in " ".join(report.concentrated)
+    assert manifests(config) == before  # left as they are
+    for manifest in before.values():
+        assert on_disk(config, manifest.object_id) == named(manifest)
+    reads_back_whole(config, payloads)
+
+
+def test_a_copy_that_does_not_verify_is_not_moved_and_is_queued_for_repair(
+    tmp_path: Path,
+) -> None:
+    # the copy is checked against the manifest's hash, block by block, before it is
+    # written: a shard damaged since the scrub read it must not be moved as it is
+    config = deployment(tmp_path)
+    payloads = crowded(config)
+    flipped: list[tuple[ObjectRef, int]] = []
+
+    def damage_the_source(step: str) -> None:
+        if step != "spread-noted" or flipped:
+            return
+        noted = min((x.object_id, x.shard) for x in cell.catalog.leftovers())
+        ref = next(r for r, m in before.items() if m.object_id == noted[0])
+        manifest = before[ref]
+        name = shard_name(manifest.object_id, 1, noted[1])
+        path = cell.store(manifest.nodes[noted[1]]).shard_path(name)  # type: ignore[attr-defined]
+        raw = bytearray(path.read_bytes())
+        raw[-1] ^= 1
+        path.write_bytes(bytes(raw))
+        flipped.append((ref, noted[1]))
+
+    before = manifests(config)
+    with Vault.open(load(config), on_step=damage_the_source) as vault:
+        cell = vault.cells["US"]
+        report = vault.repair(scrub=True)
+        assert flipped
+        ((ref, index),) = flipped
+        assert manifest_of(vault, ref) == before[ref]  # not moved
+        assert [f"{ref} v1" in problem for problem in report.problems] == [True]
+        assert "does not match" in report.problems[0]
+        assert {(d.ref, d.index) for d in cell.catalog.damage()} == {(ref, index)}
+        vault.gc(grace_seconds=0)  # the copy's note: nothing committed, nothing left
+        assert cell.catalog.leftovers() == []
+        assert on_disk(config, before[ref].object_id) == named(before[ref])
+        assert vault.get(ref) == payloads[ref]  # read around the damage
+        healed = vault.repair()  # the queue: rebuilt, where it keeps facilities to m
+        assert (healed.rebuilt, healed.problems) == (1, ())
+        assert vault.repair(scrub=True).problems == ()
+    for manifest in manifests(config).values():
+        held = on_disk(config, manifest.object_id)
+        assert max(facilities(config, held).values()) <= M
+    reads_back_whole(config, payloads)
+
+
+KILLED_REPAIR = r"""
+import os, signal, sys
+from pathlib import Path
+from shardvault.config import load
+from shardvault.vault import Vault
+
+config, step = sys.argv[1:3]
+
+def on_step(name):
+    if name == step:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+with Vault.open(load(Path(config)), on_step=on_step) as vault:
+    print(vault.repair(scrub=True), flush=True)
+"""
+SPREAD_STEPS = ["spread-noted", "spread-written", "spread-swapped", "spread-cleared"]
+
+
+@pytest.mark.parametrize("pack_limit", [0, 64 << 10])
+@pytest.mark.parametrize("step", SPREAD_STEPS)
+def test_a_spread_killed_at_each_step_leaves_every_object_readable_and_gc_resolves_it(
+    tmp_path: Path, step: str, pack_limit: int
+) -> None:
+    config = deployment(tmp_path, pack_limit)
+    payloads = crowded(config, pack_limit=pack_limit)
+    child = subprocess.run(
+        [sys.executable, "-c", KILLED_REPAIR, str(config), step], capture_output=True, text=True
+    )
+    assert child.returncode == -signal.SIGKILL, (child.stdout, child.stderr)
+    with Vault.open(load(config)) as vault:
+        for ref, data in payloads.items():
+            assert vault.get(ref) == data  # whatever the step
+        catalog = vault.cells["US"].catalog
+        assert catalog.leftovers()  # noted before each step
+        vault.gc(grace_seconds=0)
+        assert catalog.leftovers() == []
+    for manifest in manifests(config).values():  # nothing but what a manifest names
+        assert on_disk(config, manifest.object_id) == named(manifest)
+    with Vault.open(load(config)) as vault:
+        report = vault.repair(scrub=True)
+        swapped = step in ("spread-swapped", "spread-cleared")  # the first version's moves
+        assert (report.moved, report.problems) == (2 * len(REFS) - (2 if swapped else 0), ())
+    for manifest in manifests(config).values():
+        held = on_disk(config, manifest.object_id)
+        assert held == named(manifest) and max(facilities(config, held).values()) <= M
+    reads_back_whole(config, payloads)
+
+
+def cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "shardvault.cli.app", "--config", str(config), *args]
+    return subprocess.run(command, capture_output=True, text=True)
+
+
+def test_the_cli_says_what_it_moved_and_what_it_had_to_leave(tmp_path: Path) -> None:
+    config = deployment(tmp_path / "a")
+    crowded(config)
+    done = cli(config, "repair", "--scrub")
+    assert done.returncode == 0, done.stderr
+    assert f"moved {2 * len(REFS)} shard(s)" in done.stderr
+    assert "moved shard " in done.stderr and " (us-fac-3)" in done.stderr
+    again = cli(config, "repair", "--scrub", "--json")
+    assert again.returncode == 0, again.stderr
+    assert (json.loads(again.stdout)["moved"], json.loads(again.stdout)["moves"]) == (0, [])
+
+    small = deployment(tmp_path / "b")
+    take_out(small, "down")
+    filled(small)
+    bring_back(small, "down", ("us-n3",))
+    left = cli(small, "repair", "--scrub", "--json")
+    assert left.returncode == 0, left.stderr  # as `nodes` warns, exit 0: add nodes
+    assert len(json.loads(left.stdout)["concentrated"]) == len(REFS)
+    assert "left as is: intl/alice/k0 v1: 3 shards in us-fac-1" in left.stderr
+    assert "Traceback" not in left.stderr

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SEGMENT, make_deployment, manifest_of
+from conftest import SEGMENT, make_deployment, manifest_of, shard_paths
 from shardvault.config import load
 from shardvault.manifest import Manifest
 from shardvault.model import ObjectRef
@@ -308,3 +308,43 @@ def test_the_cli_says_what_it_moved_and_what_it_had_to_leave(tmp_path: Path) -> 
     assert len(json.loads(left.stdout)["concentrated"]) == len(REFS)
     assert "left as is: intl/alice/k0 v1: 3 shards in us-fac-1" in left.stderr
     assert "Traceback" not in left.stderr
+
+
+def test_a_dry_run_says_what_a_scrub_would_rebuild_and_move_and_writes_nothing(
+    tmp_path: Path,
+) -> None:
+    config = deployment(tmp_path)
+    payloads = crowded(config)
+    with Vault.open(load(config)) as vault:
+        flipped = shard_paths(vault, REFS[0])[0]  # a rebuild, then moves, for this one
+    raw = bytearray(flipped.read_bytes())
+    raw[-1] ^= 1
+    flipped.write_bytes(bytes(raw))
+    with Vault.open(load(config)) as vault:
+        assert vault.get(REFS[0]) == payloads[REFS[0]]  # read around, queued for repair
+        queued = vault.cells["US"].catalog.damage()
+    assert queued
+    before = manifests(config)
+    held = {ref: on_disk(config, m.object_id) for ref, m in before.items()}
+    dry = cli(config, "repair", "--scrub", "--dry-run", "--json")
+    assert dry.returncode == 0, dry.stderr
+    planned = json.loads(dry.stdout)
+    assert manifests(config) == before  # nothing moved, nothing rebuilt
+    assert {ref: on_disk(config, m.object_id) for ref, m in before.items()} == held
+    text = cli(config, "repair", "--scrub", "--dry-run")
+    assert "would rebuild 1 shard(s), would move" in text.stderr
+    assert "would move shard " in text.stderr and "nothing was written" in text.stderr
+    with Vault.open(load(config)) as vault:
+        assert vault.cells["US"].catalog.leftovers() == []  # not even a note
+        assert vault.cells["US"].catalog.damage() == queued  # still queued
+
+    done = cli(config, "repair", "--scrub", "--json")  # what the dry run said, done
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert planned["dry_run"] is True and report["dry_run"] is False
+    for field in ("versions", "rebuilt", "moved", "moves", "problems", "concentrated"):
+        assert planned[field] == report[field], field
+    assert report["rebuilt"] == 1
+    for manifest in manifests(config).values():
+        assert max(facilities(config, on_disk(config, manifest.object_id)).values()) <= M
+    reads_back_whole(config, payloads)

@@ -17,6 +17,7 @@ from shardvault.demo import write_demo
 from shardvault.errors import InvalidInput, ShardvaultError, Unavailable
 from shardvault.model import NodeState
 from shardvault.placement import facility_shortfall
+from shardvault.vault import RepairReport
 from shardvault.vault.views import NodeUsage
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
@@ -289,6 +290,12 @@ def repair(
             "--scrub", help="Check every shard of every version, not only those reads found bad."
         ),
     ] = False,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run", help="Check and say what would be rebuilt and moved; write nothing."
+        ),
+    ] = False,
     json_out: JsonFlag = False,
 ) -> None:
     """Rebuild damaged or lost shards, and shards on nodes that are not active; with
@@ -299,22 +306,13 @@ def repair(
     """
     cli = state(ctx)
     cli.require_local_admin("repair")
-    report = cli.vault().repair(scrub)
+    report = cli.vault().repair(scrub, dry_run)
     if json_out:
         print_json(report)
     else:
-        say(
-            f"checked {report.versions} version(s), rebuilt {report.rebuilt} shard(s), "
-            f"moved {report.moved} shard(s) to spread their stripes over facilities"
-        )
-        for move in report.moves:
-            say(
-                f"moved shard {move.shard} of {move.tenant}/{move.subject}/{move.key} "
-                f"v{move.version} from {move.from_node} ({move.from_facility}) to "
-                f"{move.to_node} ({move.to_facility})"
-            )
+        _say_repaired(report)
     for problem in report.problems:
-        warn(f"not repaired: {problem}")
+        warn(f"{'would not repair' if dry_run else 'not repaired'}: {problem}")
     for version in report.concentrated:  # the cell's shape, as `nodes` warns: exit 0
         warn(f"left as is: {version}")
     unavailable = _not_down(cli, report.unavailable_nodes)
@@ -334,6 +332,22 @@ def repair(
         )
     if report.problems or unavailable or hung:
         raise typer.Exit(1)
+
+
+def _say_repaired(report: RepairReport) -> None:
+    """What repair did (or, in a dry run, would do), and each shard it moved."""
+    rebuilt, moved = ("would rebuild", "would move") if report.dry_run else ("rebuilt", "moved")
+    say(
+        f"checked {report.versions} version(s), {rebuilt} {report.rebuilt} shard(s), "
+        f"{moved} {report.moved} shard(s) to spread their stripes over facilities"
+        + ("; nothing was written (--dry-run)" if report.dry_run else "")
+    )
+    for move in report.moves:
+        say(
+            f"{moved} shard {move.shard} of {move.tenant}/{move.subject}/{move.key} "
+            f"v{move.version} from {move.from_node} ({move.from_facility}) to "
+            f"{move.to_node} ({move.to_facility})"
+        )
 
 
 def register(app: typer.Typer) -> None:

@@ -88,7 +88,7 @@ from shardvault.vault.cells import (
 from shardvault.vault.deadline import NodeDeadline
 from shardvault.vault.gc import GcReport, collect_cell, collect_claimed
 from shardvault.vault.reader import ObjectReader
-from shardvault.vault.repair import RepairReport, repair_cell
+from shardvault.vault.repair import DryRun, RepairReport, repair_cell
 from shardvault.vault.spread import spread_cell
 from shardvault.vault.views import ForgetResult, ListPage, NodeUsage, info_of, node_usage
 from shardvault.vault.writer import Progress, ShardSetWriter, StepHook
@@ -820,18 +820,19 @@ class Vault:
                 report = report + collect_cell(bounded.cell(cell), cutoff, started, self.code.n)
         return report
 
-    def repair(self, scrub: bool = False) -> RepairReport:
+    def repair(self, scrub: bool = False, dry_run: bool = False) -> RepairReport:
         """Rebuild the shards reads found damaged (with ``scrub``: every shard found bad
         or on a node that is not active) on other nodes of their cells; with ``scrub``,
         then move shards so no facility holds more than m of a stripe where the cell
-        allows (vault/spread.py)."""
-        report = RepairReport()
+        allows (vault/spread.py). ``dry_run``: write nothing, say what would be done."""
+        report = RepairReport(dry_run=dry_run)
         with BoundedStores(self.deadline) as bounded:  # a hung node's shards are bad
             for cell in self.cells.values():
                 run = bounded.cell(cell)  # one view: a node lost in the rebuilds stays so
-                report = report + repair_cell(run, self.code, scrub, self._on_step)
+                dry = DryRun() if dry_run else None
+                report = report + repair_cell(run, self.code, scrub, self._on_step, dry)
                 if scrub:
-                    report = report + spread_cell(run, self._on_step)
+                    report = report + spread_cell(run, self._on_step, dry)
             hung = bounded.hung()  # unavailable to the run too: named once, as hung
             unavailable = tuple(node for node in report.unavailable_nodes if node not in hung)
             return replace(report, hung_nodes=hung, unavailable_nodes=unavailable)

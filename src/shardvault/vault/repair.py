@@ -43,7 +43,7 @@ from __future__ import annotations
 import contextlib
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from shardvault.catalog.port import Leftover, VersionRecord
 from shardvault.codec.erasure import ErasureCode
@@ -51,6 +51,7 @@ from shardvault.codec.hashing import block_matches
 from shardvault.codec.shardfile import block_offset
 from shardvault.errors import IntegrityError, NotFound, ShardvaultError
 from shardvault.manifest import Manifest
+from shardvault.model import ObjectRef
 from shardvault.nodes.port import ShardReader, ShardStore, ShardWriter, shard_name
 from shardvault.nodes.unavailable import UnavailableStore
 from shardvault.vault.bounded import on_node
@@ -92,6 +93,7 @@ class RepairReport:
     moved: int = 0  # good shards moved off a facility holding more than m of their stripe
     moves: tuple[ShardMove, ...] = ()  # each of them
     concentrated: tuple[str, ...] = ()  # versions over m to a facility the cell cannot spread
+    dry_run: bool = False  # nothing was written: rebuilt, moved and moves say what would be
 
     def __add__(self, other: RepairReport) -> RepairReport:
         return RepairReport(
@@ -104,18 +106,32 @@ class RepairReport:
             self.moved + other.moved,
             self.moves + other.moves,
             self.concentrated + other.concentrated,
+            self.dry_run or other.dry_run,
         )
 
 
+@dataclass
+class DryRun:
+    """A repair that writes nothing, and what its rebuilds would leave of each manifest:
+    the spread after it plans its moves from those (`vault/spread.py`)."""
+
+    planned: dict[tuple[ObjectRef, int], Manifest] = field(default_factory=dict)
+
+
 def repair_cell(
-    cell: Cell, code: ErasureCode, scrub: bool, on_step: StepHook = _no_step
+    cell: Cell,
+    code: ErasureCode,
+    scrub: bool,
+    on_step: StepHook = _no_step,
+    dry_run: DryRun | None = None,
 ) -> RepairReport:
-    """Check the cell's damaged versions (every committed one with ``scrub``); rebuild.
-    ``on_step`` is told each step of a rebuild done (tests kill the process there)."""
+    """Check the cell's damaged versions (every committed one with ``scrub``); rebuild
+    (with ``dry_run``, only say what would be). ``on_step`` is told each step of a
+    rebuild done (tests kill the process there)."""
     report = RepairReport()
     with cell.maintenance(wait=True):  # gc then leaves the stale copies check to later
-        for record in _candidates(cell, scrub):
-            report = report + _repaired(cell, code, record, on_step)
+        for record in _candidates(cell, scrub, dry_run is None):
+            report = report + _repaired(cell, code, record, on_step, dry_run)
     # those that could not be opened, and those that failed meanwhile (`_lost`)
     return replace(report, unavailable_nodes=tuple(cell.unavailable_nodes()))
 
@@ -125,12 +141,12 @@ class VersionChanged(Exception):
 
 
 def _repaired(
-    cell: Cell, code: ErasureCode, record: VersionRecord, on_step: StepHook
+    cell: Cell, code: ErasureCode, record: VersionRecord, on_step: StepHook, dry: DryRun | None
 ) -> RepairReport:
     """`_repair_version`, begun again from the row as it is now when the swap found it
     changed: another process's gc gives a version new locations whenever it compacts
     a pack, and each such race made repair say "repair again" (a stress run)."""
-    return until_unchanged(lambda: _repair_version(cell, code, record, on_step), record)
+    return until_unchanged(lambda: _repair_version(cell, code, record, on_step, dry), record)
 
 
 def until_unchanged(attempt: Callable[[], RepairReport], record: VersionRecord) -> RepairReport:
@@ -142,13 +158,14 @@ def until_unchanged(attempt: Callable[[], RepairReport], record: VersionRecord) 
     return _left(f"{record.ref} v{record.version}", _CHANGED)
 
 
-def _candidates(cell: Cell, scrub: bool) -> Iterator[VersionRecord]:
+def _candidates(cell: Cell, scrub: bool, writes: bool = True) -> Iterator[VersionRecord]:
     """The versions with recorded damage, then (``scrub``) every committed one."""
     damaged = {(d.ref, d.version) for d in cell.catalog.damage()}
     for ref, version in sorted(damaged, key=lambda rv: (str(rv[0]), rv[1])):
         record = cell.catalog.get_version(ref, version)
         if record is None:  # deleted or collected since: nothing to repair
-            cell.catalog.clear_damage(ref, version)
+            if writes:
+                cell.catalog.clear_damage(ref, version)
         elif not scrub:
             yield record
     cursor = b""
@@ -158,7 +175,11 @@ def _candidates(cell: Cell, scrub: bool) -> Iterator[VersionRecord]:
 
 
 def _repair_version(
-    cell: Cell, code: ErasureCode, stale: VersionRecord, on_step: StepHook = _no_step
+    cell: Cell,
+    code: ErasureCode,
+    stale: VersionRecord,
+    on_step: StepHook = _no_step,
+    dry: DryRun | None = None,
 ) -> RepairReport:
     record = _reread(cell, stale)
     if record is None:  # deleted or forgotten since the scrub read its batch: no damage
@@ -168,13 +189,16 @@ def _repair_version(
     what = f"{manifest.ref} v{manifest.version}"
     bad = _bad_shards(cell, manifest)
     if not bad:
-        cell.catalog.clear_damage(manifest.ref, manifest.version)
+        if dry is None:
+            cell.catalog.clear_damage(manifest.ref, manifest.version)
         return RepairReport(1)
     good = _fewest_good(manifest, bad)
     if good < manifest.k:
         if _moved_on(cell, record):  # deleted or forgotten meanwhile: its shards went
             return RepairReport(1)
         return _left(what, f"only {good} of {manifest.n} shards are good")
+    if dry is not None:
+        return _planned(cell, manifest, bad, dry)
     try:
         code = code.matching(manifest.k, manifest.m, manifest.backend)
         placed = _rebuild_on_targets(cell, code, manifest, bad, on_step)
@@ -183,16 +207,29 @@ def _repair_version(
             return RepairReport(1)
         return _left(what, f"rebuild failed: {exc}")
     if placed is None:
-        return _left(
-            what,
-            f"{len(bad)} bad shard(s) and no active node in {cell.jurisdiction} to rebuild "
-            "them on (theirs not active, every other holding a shard of the version): add "
-            "a node, then repair again",
-        )
+        return _left(what, _nowhere(cell, bad))
     if not swap_in_copies(cell, record, manifest, placed, on_step, "repair"):
         return RepairReport(1)
     cell.catalog.clear_damage(manifest.ref, manifest.version)
     return RepairReport(1, len(placed[0]))
+
+
+def _planned(cell: Cell, manifest: Manifest, bad: BadShards, dry: DryRun) -> RepairReport:
+    """A dry run's rebuild: where it would go (the manifest it would leave, in ``dry``)."""
+    targets = rebuild_targets(cell, manifest, sorted(bad), set())
+    if targets is None:
+        return _left(f"{manifest.ref} v{manifest.version}", _nowhere(cell, bad))
+    nowhere: dict[int, str | None] = dict.fromkeys(targets)
+    dry.planned[manifest.ref, manifest.version] = _with_copies(manifest, targets, nowhere)
+    return RepairReport(1, len(targets))
+
+
+def _nowhere(cell: Cell, bad: BadShards) -> str:
+    return (
+        f"{len(bad)} bad shard(s) and no active node in {cell.jurisdiction} to rebuild "
+        "them on (theirs not active, every other holding a shard of the version): add "
+        "a node, then repair again"
+    )
 
 
 Placed = tuple[dict[int, Target], dict[int, str | None]]

@@ -39,6 +39,7 @@ from shardvault.nodes.port import ShardWriter, shard_name
 from shardvault.placement import facility_shortfall
 from shardvault.vault.cells import Cell
 from shardvault.vault.repair import (
+    DryRun,
     RepairReport,
     ShardMove,
     delete_copies,
@@ -57,33 +58,52 @@ def _no_step(step: str) -> None:
     return None
 
 
-def spread_cell(cell: Cell, on_step: StepHook = _no_step) -> RepairReport:
+def spread_cell(
+    cell: Cell, on_step: StepHook = _no_step, dry_run: DryRun | None = None
+) -> RepairReport:
     """Move shards of the cell's committed versions so that none has more than m in a
-    facility, where the cell allows. ``on_step`` is told each step of a move done."""
+    facility, where the cell allows; with ``dry_run``, only say which would move, from
+    the manifests its rebuilds would leave. ``on_step`` is told each step of a move."""
     report = RepairReport()
     with cell.maintenance(wait=True):  # gc then leaves the notes of copies to later
         cursor = b""
         while batch := cell.catalog.committed_after(cursor, _BATCH):
             for record in batch:
-                if _crowded(cell, record):
+                if dry_run is not None:
+                    report = report + _planned(cell, record, dry_run)
+                elif _crowded(cell, _manifest(record)):
                     attempt = partial(_spread_version, cell, record, on_step)
                     report = report + replace(until_unchanged(attempt, record), versions=0)
             cursor = batch[-1].object_id
     return replace(report, unavailable_nodes=tuple(cell.unavailable_nodes()))
 
 
-def _crowded(cell: Cell, record: VersionRecord) -> bool:
+def _manifest(record: VersionRecord) -> Manifest | None:
+    return None if record.manifest is None else Manifest.from_bytes(record.manifest)
+
+
+def _crowded(cell: Cell, manifest: Manifest | None) -> bool:
     """Whether a facility holds more than m of the version's shards (no I/O)."""
-    return record.manifest is not None and bool(
-        crowding(cell, Manifest.from_bytes(record.manifest))
-    )
+    return manifest is not None and bool(crowding(cell, manifest))
 
 
-def _spread_version(cell: Cell, stale: VersionRecord, on_step: StepHook) -> RepairReport:
+def _planned(cell: Cell, record: VersionRecord, dry: DryRun) -> RepairReport:
+    """A dry run's spread of one version: the moves it would make, from the manifest the
+    rebuild would leave, or why it would make none."""
+    manifest = dry.planned.get((record.ref, record.version)) or _manifest(record)
+    if manifest is None or not _crowded(cell, manifest):
+        return RepairReport()
+    return _spread_version(cell, record, _no_step, manifest)
+
+
+def _spread_version(
+    cell: Cell, stale: VersionRecord, on_step: StepHook, planned: Manifest | None = None
+) -> RepairReport:
+    """Spread one version; a dry run passes the manifest it plans from (PLANNED)."""
     record = cell.catalog.get_version(stale.ref, stale.version)  # as it is now
     if record is None or record.manifest is None:  # deleted or collected meanwhile
         return RepairReport()
-    manifest = Manifest.from_bytes(record.manifest)
+    manifest = planned or Manifest.from_bytes(record.manifest)
     what = f"{manifest.ref} v{manifest.version}"
     crowded = crowding(cell, manifest)
     active = active_nodes(cell)
@@ -92,6 +112,12 @@ def _spread_version(cell: Cell, stale: VersionRecord, on_step: StepHook) -> Repa
     over = facility_shortfall(active.values(), cell.jurisdiction, manifest.k, manifest.m)
     if over:
         return RepairReport(concentrated=(_concentrated(what, crowded, manifest.m, over),))
+    if planned is not None:
+        targets = spread_targets(cell, manifest, set())
+        if targets is None:
+            return _named(what, _nowhere(cell, crowded))
+        moves = tuple(_move(cell, manifest, index, target) for index, target in targets.items())
+        return RepairReport(moved=len(moves), moves=moves, dry_run=True)
     try:
         placed = write_on_targets(
             cell,
@@ -109,11 +135,7 @@ def _spread_version(cell: Cell, stale: VersionRecord, on_step: StepHook) -> Repa
             return RepairReport()
         return _named(what, f"moving a shard failed: {exc}")
     if placed is None:
-        return _named(
-            what,
-            f"{_described(crowded)} and no active node in {cell.jurisdiction} to move one "
-            "to: add a node, then repair again",
-        )
+        return _named(what, _nowhere(cell, crowded))
     if not swap_in_copies(cell, record, manifest, placed, on_step, "spread"):
         return RepairReport()
     moves = tuple(_move(cell, manifest, index, target) for index, target in placed[0].items())
@@ -190,6 +212,13 @@ def _move(cell: Cell, manifest: Manifest, index: int, target: Target) -> ShardMo
 
 def _described(crowded: dict[str, int]) -> str:
     return ", ".join(f"{count} shards in {name}" for name, count in sorted(crowded.items()))
+
+
+def _nowhere(cell: Cell, crowded: dict[str, int]) -> str:
+    return (
+        f"{_described(crowded)} and no active node in {cell.jurisdiction} to move one "
+        "to: add a node, then repair again"
+    )
 
 
 def _concentrated(what: str, crowded: dict[str, int], m: int, over: int) -> str:

@@ -24,7 +24,7 @@ from shardvault.manifest import Manifest
 from shardvault.model import ObjectRef
 from shardvault.nodes.localdir import LocalDirShardStore
 from shardvault.nodes.port import shard_name
-from shardvault.vault import Vault, repair
+from shardvault.vault import Vault, copy_swap, repair, shard_check
 from shardvault.vault.cells import Cell
 from shardvault.vault.reader import ObjectReader
 
@@ -255,7 +255,7 @@ def test_a_version_changed_meanwhile_keeps_its_manifest_and_loses_the_rebuilt_co
         monkeypatch.setattr(catalog, "replace_manifests", lambda changes, durable=False: 0)
         report = vault.repair(scrub=True)
         assert [p.split(": ")[1] for p in report.problems] == [
-            f"it changed while being repaired, {repair._SWAP_TRIES} times; repair again"
+            f"it changed while being repaired, {copy_swap._SWAP_TRIES} times; repair again"
         ]
         assert manifest_of(vault, REFS[4]) == before
         assert sum(map(len, copies(vault, before.object_id).values())) == K + M - 1
@@ -264,7 +264,7 @@ def test_a_version_changed_meanwhile_keeps_its_manifest_and_loses_the_rebuilt_co
         names = [shard_name(before.object_id, 1, 3, generation) for generation in range(4)]
         traced = {(n, x) for n, store in stores.items() for x in names if store.has_trace(x)}
         lost = (before.nodes[3], names[0])  # the tombstone `lose` left
-        assert len(traced - {lost}) == (repair._SWAP_TRIES if pack_limit else 0)
+        assert len(traced - {lost}) == (copy_swap._SWAP_TRIES if pack_limit else 0)
         monkeypatch.undo()
         assert vault.repair(scrub=True).rebuilt == 1
         after = manifest_of(vault, REFS[4])
@@ -334,16 +334,16 @@ def test_a_version_collected_while_being_checked_is_no_problem(
     config = deployment(tmp_path)
     filled(config)
     with Vault.open(load(config)) as vault:
-        real_bad_shards = repair._bad_shards
+        real_bad_shards = repair.bad_shards
         victim = REFS[6]
 
-        def collected_first(cell: Cell, manifest: Manifest) -> repair.BadShards:
+        def collected_first(cell: Cell, manifest: Manifest) -> shard_check.BadShards:
             if manifest.ref == victim:
                 vault.delete(victim)
                 vault.gc(grace_seconds=0)
             return real_bad_shards(cell, manifest)
 
-        monkeypatch.setattr(repair, "_bad_shards", collected_first)
+        monkeypatch.setattr(repair, "bad_shards", collected_first)
         report = vault.repair(scrub=True)
         assert (report.versions, report.problems) == (len(REFS), ())
 
@@ -493,13 +493,13 @@ def test_a_version_deleted_during_its_rebuild_is_no_problem(
     filled(config)
     with Vault.open(load(config)) as vault:
         lose(vault, REFS[5], 2)
-        real_rebuild = repair._rebuild
+        real_rebuild = repair.rebuild_shards
 
         def deleted_meanwhile(*args: Any) -> dict[int, str | None]:
             vault.delete(REFS[5])
             return real_rebuild(*args)
 
-        monkeypatch.setattr(repair, "_rebuild", deleted_meanwhile)
+        monkeypatch.setattr(repair, "rebuild_shards", deleted_meanwhile)
         report = vault.repair(scrub=True)
         assert (report.rebuilt, report.problems) == (0, ())
 
@@ -546,16 +546,16 @@ def test_a_version_gc_relocated_during_the_check_is_still_named_if_lost(
         for index in range(M + 1):
             lose(vault, REFS[2], index)
         catalog = vault.cells["US"].catalog
-        real_bad_shards = repair._bad_shards
+        real_bad_shards = repair.bad_shards
 
-        def relocated_first(cell: Cell, manifest: Manifest) -> repair.BadShards:
+        def relocated_first(cell: Cell, manifest: Manifest) -> shard_check.BadShards:
             if manifest.ref == REFS[2]:
                 (record,) = catalog.versions_with({manifest.object_id})
                 moved = dataclasses.replace(manifest, locations=(None,) * manifest.n)
                 assert catalog.replace_manifests([(record, moved.to_bytes())]) == 1
             return real_bad_shards(cell, manifest)
 
-        monkeypatch.setattr(repair, "_bad_shards", relocated_first)
+        monkeypatch.setattr(repair, "bad_shards", relocated_first)
         report = vault.repair(scrub=True)
         assert report.problems == ("intl/alice/k2 v1: only 3 of 6 shards are good",)
 
@@ -583,7 +583,7 @@ def test_a_repair_killed_at_any_step_leaves_no_copy_for_good(
         raw[-1] ^= 1  # damaged, but there: the swap's old copy
         path.write_bytes(bytes(raw))
         catalog = vault.cells["US"].catalog
-        real_replace, real_rebuild = catalog.replace_manifests, repair._rebuild
+        real_replace, real_rebuild = catalog.replace_manifests, repair.rebuild_shards
 
         def rebuilt_then_killed(*args: Any) -> dict[int, str | None]:
             real_rebuild(*args)
@@ -597,7 +597,7 @@ def test_a_repair_killed_at_any_step_leaves_no_copy_for_good(
             raise Killed
 
         if step == "after the rebuild":
-            monkeypatch.setattr(repair, "_rebuild", rebuilt_then_killed)
+            monkeypatch.setattr(repair, "rebuild_shards", rebuilt_then_killed)
         else:
             monkeypatch.setattr(catalog, "replace_manifests", swap_killed)
         with pytest.raises(Killed):

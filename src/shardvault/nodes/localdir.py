@@ -299,7 +299,7 @@ class LocalDirShardStore:
         """Raise unless the store's directory is still the one it opened: a shard found
         nowhere is gone only then. One that went after the store was opened (a disk
         unmounted, a directory moved) hides its shards, and "no such shard" would let
-        the vault drop its notes of copies still on it (vault/repair.py). Its shards/
+        the vault drop its notes of copies still on it (vault/copy_swap.py). Its shards/
         is compared by device and inode, not just looked for: another process opening
         the node meanwhile makes a new one on the empty mount point."""
         try:

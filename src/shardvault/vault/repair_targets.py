@@ -20,7 +20,7 @@ facility the second's own node is in, and the second went back there, a third
 shard in that facility though the first could have stayed on its own node. Only
 when no choice keeps every facility to m does each take the first that keeps
 its own, or the first at all. The choice reads the cell's nodes, the manifest
-and the nodes' traces, and writes nothing; the rebuild is `vault/repair.py`'s.
+and the nodes' traces, and writes nothing; the rebuild is `vault/rebuild.py`'s.
 
 A version whose good shards sit more than m to a facility (written while a
 facility was out) has the fewest of them moved that bring every facility to m

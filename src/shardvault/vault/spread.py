@@ -17,7 +17,7 @@ A move writes the shard's own blocks, each read from its node and checked agains
 the manifest's hash first, to an active node of the same cell in a facility holding
 fewer than m, holding no shard of the version, under a name it never had. So a
 shard never leaves its jurisdiction, no node holds two shards of a stripe, and no
-facility gains a shard past m. Then repair's steps (vault/repair.py): the new copies
+facility gains a shard past m. Then repair's steps (vault/copy_swap.py): the new copies
 noted, written and synced, the old ones noted, the manifest swapped only if it is
 still the one read, durably, the old copies deleted, the notes dropped. A kill at
 any step leaves the version readable (its manifest names every old copy or every
@@ -38,17 +38,15 @@ from shardvault.manifest import Manifest
 from shardvault.nodes.port import ShardWriter, shard_name
 from shardvault.placement import facility_shortfall
 from shardvault.vault.cells import Cell
-from shardvault.vault.repair import (
-    DryRun,
-    RepairReport,
-    ShardMove,
+from shardvault.vault.copy_swap import (
     delete_copies,
     swap_in_copies,
     until_unchanged,
-    verified_block,
     write_on_targets,
 )
+from shardvault.vault.repair_report import DryRun, RepairReport, ShardMove
 from shardvault.vault.repair_targets import Target, active_nodes, crowding, spread_targets
+from shardvault.vault.shard_check import verified_block
 from shardvault.vault.writer import StepHook
 
 _BATCH = 500  # committed versions read from the catalog at a time

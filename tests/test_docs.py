@@ -14,6 +14,7 @@ import typer
 
 from shardvault.catalog.sqlite import SCHEMA_VERSION
 from shardvault.cli import app as cli_app
+from shardvault.custodian_policy import parse_custodian_policy
 from shardvault.demo import write_demo
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -153,6 +154,15 @@ def _block(text: str, after: str, language: str) -> str:
     """The first fenced block of `language` after the line `after`."""
     start = text.index(f"```{language}\n", text.index(after)) + len(language) + 4
     return text[start : text.index("```", start)]
+
+
+def test_the_custodian_policy_example_loads_as_written() -> None:
+    """The partner copies this block to start its policy: a key placed under the last
+    `[[grant]]` belongs to that grant in TOML, and the loader refuses it there."""
+    example = _block((ROOT / "docs" / "policy.md").read_text(), "## Custodian policy", "toml")
+    policy = parse_custodian_policy(example)
+    assert policy.approval_quorum == 2
+    assert set(policy.approvers) == {"dpo", "partner-officer"}
 
 
 def test_the_readmes_commands_run_as_written(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ comes with it and the scope of the key, under its own versioned file::
 
     version = 1
     approval_purposes = ["forget", "move", "lawful-request"]   # need an approval id
+    approval_quorum = 2         # signatures an approval needs, of the approvers below
 
     [[grant]]
     id = "serve-users"
@@ -17,7 +18,6 @@ comes with it and the scope of the key, under its own versioned file::
     requires_approval = false   # optional
     operations = ["unwrap"]     # optional: of wrap, unwrap, destroy; absent = all three
 
-    approval_quorum = 2         # signatures an approval needs, of the approvers below
     [approvers]                 # approver principal id = its Ed25519 public key:
     dpo = "<base64 of the 32-byte key>"   # the partner decides whose signatures count
 

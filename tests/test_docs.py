@@ -12,10 +12,16 @@ from typing import Any
 import pytest
 import typer
 
+from shardvault import config, directory, manifest
+from shardvault.audit import log
 from shardvault.catalog.sqlite import SCHEMA_VERSION
 from shardvault.cli import app as cli_app
+from shardvault.codec import shardfile
 from shardvault.custodian_policy import parse_custodian_policy
 from shardvault.demo import write_demo
+from shardvault.governance import approvals, partner_verdicts, principals, receipts
+from shardvault.keys import key_subjects, keyring, tombstones
+from shardvault.nodes import journal, marker, packs
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -139,15 +145,32 @@ def test_ci_runs_the_readme_test_command() -> None:
 
 
 def test_every_persisted_format_is_documented_with_its_version() -> None:
+    """Each heading carries the version the code writes, so bumping one without its
+    docs fails here."""
     formats = (ROOT / "docs" / "formats.md").read_text()
-    for heading in (
-        "Shard file (version 1)",
-        "Manifest (version 3)",
-        "Keyring (version 2)",
-        "Config (version 1)",
-        f"Catalog schema (version {SCHEMA_VERSION})",
-    ):
-        assert heading in formats
+    headings = {
+        "Shard file": shardfile.FORMAT_VERSION,
+        "Pack file": packs.FILE_VERSION,
+        "Compaction journal": journal.VERSION,
+        "Node marker": marker.VERSION,
+        "Manifest": manifest.FORMAT_VERSION,
+        "Keyring": keyring.VERSION,
+        "Config": config.FORMAT_VERSION,
+        "Catalog schema": SCHEMA_VERSION,
+        "Subject directory (schema": directory.SCHEMA_VERSION,
+        "Audit log, signed heads, export": log.LOG_VERSION,
+        "Governance registry (schema": principals.SCHEMA_VERSION,
+        "Approvals (schema": approvals.SCHEMA_VERSION,
+        "Partner's verdicts (schema": partner_verdicts.SCHEMA_VERSION,
+        "Deletion receipt": receipts.RECEIPT_VERSION,
+    }
+    for title, version in headings.items():
+        if "(" not in title:
+            title += " (version"
+        assert re.search(rf"^## {re.escape(title)} {version}\)", formats, re.M), title
+    assert tombstones.SCHEMA_VERSION == key_subjects.SCHEMA_VERSION == 2
+    assert "`PRAGMA user_version` = 2 (a newer one\nis refused" in formats
+    assert "`PRAGMA user_version`\n= 2 (a newer one is refused)" in formats
 
 
 def _block(text: str, after: str, language: str) -> str:

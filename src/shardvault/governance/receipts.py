@@ -1,11 +1,12 @@
 """Deletion receipts: a signed, self-verifying statement that a user was forgotten.
 
 A receipt is a C2SP signed note, signed by the cell's audit key, whose text is
-one line of canonical JSON (version 2)::
+one line of canonical JSON (version 3)::
 
-    {"type": "shardvault-deletion-receipt", "v": 2, "tenant", "subject",
+    {"type": "shardvault-deletion-receipt", "v": 3, "tenant", "subject",
      "subject_nonce": <base64 of 32 bytes>, "jurisdiction", "key_id",
      "key_destroyed": true, "versions_deleted", "shards_removed", "forgotten_at",
+     "destroy_attestation": <the custodian's signed note>,
      "audit": {"origin", "index", "entry": <base64 of the audit entry>,
                "inclusion_proof": [<base64 hash>...], "head": <the cosigned head note>}}
 
@@ -27,7 +28,7 @@ version 3 also carries the custodian's own signed statement that it destroyed
 the key (`keys.attestation`), for the subject the entry commits to, at the
 receipt's time of the forget: checked with the custodian's public key, the
 destroy no longer rests on the operator's word. One of version 2 or 1 (a
-custodian that signed none, a forget attested before it was attested) states
+custodian that signed none, a key destroyed before the custodian attested destroys) states
 the destroy on the operator's word only; a verifier given the custodian's key
 refuses it. The forget's outcome entry commits to the attestation the custodian
 returned (``destroy_attestation``: ``sha256:`` and the hex SHA-256 of the note),

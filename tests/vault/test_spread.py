@@ -348,3 +348,26 @@ def test_a_dry_run_says_what_a_scrub_would_rebuild_and_move_and_writes_nothing(
     for manifest in manifests(config).values():
         assert max(facilities(config, on_disk(config, manifest.object_id)).values()) <= M
     reads_back_whole(config, payloads)
+
+
+def test_repair_says_what_becomes_of_an_unavailable_nodes_shards(tmp_path: Path) -> None:
+    # the warning was the real scrub's, in the past tense ("were taken for bad and
+    # rebuilt elsewhere"), in a dry run that writes nothing; and a plain repair, which
+    # checks no version it was not told of, said their shards were rebuilt elsewhere
+    config = deployment(tmp_path)
+    filled(config)
+    take_out(config, "gone", ("us-n1",))
+    before = manifests(config)
+    said = {}
+    for args in (("--dry-run",), ("--scrub", "--dry-run"), (), ("--scrub",)):
+        done = cli(config, "repair", *args)
+        assert done.returncode == 1, done.stderr  # an active node unavailable: the exit rule
+        assert "us-n1" in done.stderr and "Traceback" not in done.stderr, done.stderr
+        said[args] = done.stderr
+        if args != ("--scrub",):
+            assert manifests(config) == before, args
+    assert "by 'shardvault repair --scrub'" in said[("--dry-run",)]
+    assert "by 'shardvault repair --scrub'" in said[()]
+    assert "would be rebuilt elsewhere" in said[("--scrub", "--dry-run")]
+    assert "were taken for bad" not in said[("--scrub", "--dry-run")]
+    assert "were taken for bad and rebuilt elsewhere" in said[("--scrub",)]

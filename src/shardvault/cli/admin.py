@@ -315,23 +315,36 @@ def repair(
         warn(f"{'would not repair' if dry_run else 'not repaired'}: {problem}")
     for version in report.concentrated:  # the cell's shape, as `nodes` warns: exit 0
         warn(f"left as is: {version}")
+    fate = _fate_of_unreachable_shards(scrub, dry_run)
     unavailable = _not_down(cli, report.unavailable_nodes)
     if unavailable:
         warn(
             f"node(s) {', '.join(unavailable)} could not be opened or failed during the "
-            "repair: their shards count as bad, rebuilt elsewhere where a node can hold "
-            "them; see 'shardvault nodes', or mark them down in the config if they are gone"
+            f"repair: their shards {fate}; see 'shardvault nodes', or mark them down in "
+            "the config if they are gone"
         )
     hung = _not_down(cli, report.hung_nodes)
     if hung:
         warn(
             f"node(s) {', '.join(hung)} did not answer within "
-            f"{cli.config().node_timeout:g} s (storage.node_timeout): their shards were "
-            "taken for bad and rebuilt elsewhere where a node could hold them; gc deletes "
-            "the old copies once they answer"
+            f"{cli.config().node_timeout:g} s (storage.node_timeout): their shards {fate}; "
+            "gc deletes the old copies once they answer"
         )
     if report.problems or unavailable or hung:
         raise typer.Exit(1)
+
+
+def _fate_of_unreachable_shards(scrub: bool, dry_run: bool) -> str:
+    """What became (or, in a dry run, would become) of an unreachable node's shards: only
+    a scrub looks at every version; without one, only what reads found missing."""
+    if not scrub:
+        return (
+            "are rebuilt elsewhere once a read finds them missing, or by "
+            "'shardvault repair --scrub'"
+        )
+    if dry_run:
+        return "would be taken for bad and would be rebuilt elsewhere where a node can hold them"
+    return "were taken for bad and rebuilt elsewhere where a node could hold them"
 
 
 def _say_repaired(report: RepairReport) -> None:

@@ -90,6 +90,7 @@ def test_an_approver_the_partner_holds_a_key_for_must_sign_with_it(
             said = cli.fails(1, "--token", token, "approval", verdict, approval,
                              "--signing-key", str(key))  # fmt: skip
             assert "not the one the partner's custodian policy holds for dpo" in said
+            assert "(approval:signing-key)" in said  # the rule, as every refusal names it
     assert verdicts(cli, approval) == []  # nothing recorded
     assert audited_rules(cli, approval).count("approval:signing-key") == 4
 

@@ -709,8 +709,9 @@ class Governance:
             )
         if key.public_key().public_bytes_raw() != held:
             raise AccessDenied(
-                f"the signing key given is not the one the partner's custodian policy holds "
-                f"for {approver}: its signature would not count",
+                f"verdict on {approval.id} refused (approval:signing-key): the signing key "
+                f"given is not the one the partner's custodian policy holds for {approver}: "
+                "its signature would not count",
                 rule="approval:signing-key",
             )
 

@@ -586,6 +586,15 @@ def test_leftovers_of_one_shard_on_one_node_are_told_apart_by_generation(
     assert catalog.leftovers() == [rebuilt]
 
 
+def test_a_replaced_copys_note_keeps_when_it_was_replaced(catalog: Catalog) -> None:
+    # gc keeps a copy a swap replaced for its grace period, from this time
+    old = Leftover(oid(1), 1, 3, "us-n1", "p.pack:9", replaced_at=1234.5)
+    catalog.note_leftovers([old, Leftover(oid(1), 1, 3, "us-n2", None)])
+    assert [x for x in catalog.leftovers() if x.node == "us-n1"] == [old]
+    catalog.drop_leftovers([Leftover(oid(1), 1, 3, "us-n1", "p.pack:9")])  # by the copy
+    assert [x.node for x in catalog.leftovers()] == ["us-n2"]
+
+
 def test_committed_after_walks_committed_versions_in_object_id_order(catalog: Catalog) -> None:
     refs = [ObjectRef("intl", "alice", f"k{i}") for i in range(7)]
     for number, ref in zip([5, 3, 9, 1, 7, 2, 8], refs, strict=True):
@@ -667,7 +676,7 @@ def test_sqlite_migrates_a_first_schema_catalog_forward(tmp_path: Path) -> None:
     finally:
         catalog.close()
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 8
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 9
         plan = db.execute(
             "EXPLAIN QUERY PLAN SELECT * FROM versions WHERE object_id IN (?)", (oid(1),)
         ).fetchall()
@@ -689,6 +698,7 @@ OLD_LAYOUTS = {
     "v5": MIGRATIONS[:5],
     "v6": MIGRATIONS[:6],
     "v7": MIGRATIONS[:7],
+    "v8": MIGRATIONS[:8],
 }
 
 
@@ -717,6 +727,22 @@ def test_a_version_7_catalogs_leftovers_are_kept_as_of_generation_0(tmp_path: Pa
         assert catalog.leftovers() == [Leftover(oid(1), 1, 2, "us-n3", "p.pack:7", 0)]
         catalog.drop_leftovers(catalog.leftovers())
         assert catalog.leftovers() == []
+    finally:
+        catalog.close()
+
+
+def test_a_version_8_catalogs_leftovers_are_kept_with_no_replaced_time(tmp_path: Path) -> None:
+    # the ninth schema adds when a swap replaced a copy: notes taken before have none,
+    # so gc resolves them as it did (no grace: their repairs deleted the copies they replaced)
+    path = tmp_path / "c.sqlite"
+    with sqlite3.connect(path, isolation_level=None) as db:
+        for number, script in enumerate(MIGRATIONS[:8], 1):
+            db.executescript(f"BEGIN IMMEDIATE;{script};PRAGMA user_version={number};COMMIT;")
+        db.execute("INSERT INTO leftovers VALUES (?, 1, 2, 'us-n3', 'p.pack:7', 1)", (oid(1),))
+    db.close()
+    catalog = SqliteCatalog(path)
+    try:
+        assert catalog.leftovers() == [Leftover(oid(1), 1, 2, "us-n3", "p.pack:7", 1, None)]
     finally:
         catalog.close()
 

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -141,11 +142,15 @@ def test_damage_a_read_found_is_rebuilt_elsewhere_and_the_bad_copy_goes(tmp_path
 
         catalog.replace_manifests = replace  # type: ignore[method-assign]
         report = vault.repair()  # no scrub: the versions reads found damaged
-        assert swaps == [True]  # the old copy goes next: the new node must be on disk first
+        assert swaps == [True]  # the old copy goes later: the new node must be on disk first
         assert (report.versions, report.rebuilt, report.problems) == (1, 1, ())
         assert vault.cells["US"].catalog.damage() == []
         assert manifest_of(vault, ref).nodes[2] != damaged_node
-        assert not path.exists()
+        (old,) = catalog.leftovers()  # kept for the gets that loaded the manifest before
+        assert (old.node, old.shard, old.replaced_at is not None) == (damaged_node, 2, True)
+        assert path.exists() and vault.gc().stale == 0  # within gc's grace period
+        assert vault.gc(grace_seconds=0).stale == 1
+        assert not path.exists() and catalog.leftovers() == []
         reads_back_whole(vault, payloads)
 
 
@@ -624,8 +629,9 @@ def test_an_unusable_maintenance_lock_is_a_storage_error_not_a_traceback(tmp_pat
                 run()
 
 
-def damage(vault: Vault, ref: ObjectRef, index: int) -> Path:
-    """Flip a byte of one shard of ref's current version, packed or not; its node's root."""
+def damage(vault: Vault, ref: ObjectRef, index: int, offset: int = 10) -> Path:
+    """Flip a byte of one shard of ref's current version, packed or not (at OFFSET into
+    the shard: the header's by default); its node's root."""
     manifest = manifest_of(vault, ref)
     store = vault.cells["US"].store(manifest.nodes[index])
     assert isinstance(store, LocalDirShardStore)
@@ -633,11 +639,11 @@ def damage(vault: Vault, ref: ObjectRef, index: int) -> Path:
     if location is None:
         path, offset = (
             store.shard_path(shard_name(manifest.object_id, 1, index, manifest.generation(index))),
-            10,
+            offset,
         )
     else:
         pack, at = location.split(":")
-        path, offset = store.packs.directory / pack, int(at) + 10
+        path, offset = store.packs.directory / pack, int(at) + offset
     with path.open("r+b") as shard:
         shard.seek(offset)
         byte = shard.read(1)
@@ -732,6 +738,7 @@ def test_a_node_that_fails_during_a_repair_is_named_as_unavailable_and_not_rebui
         assert asked == ["open_reader"]  # the read that failed: then a probe, and no more
         for ref in later:
             assert lost not in manifest_of(vault, ref).nodes  # rebuilt elsewhere
+        vault.gc(grace_seconds=0)  # the copies replaced on the nodes it reaches
         assert {x.node for x in vault.cells["US"].catalog.leftovers()} == {lost}  # gc's, later
         reads_back_whole(vault, {ref: payloads[ref] for ref in later})
         assert vault.get(REFS[0]) == payloads[REFS[0]]  # checked before: read around it now
@@ -775,6 +782,7 @@ def test_a_bit_flipped_shard_in_a_cell_of_exactly_n_nodes_is_rebuilt_on_its_own_
         after = manifest_of(vault, ref)
         assert after.nodes == before.nodes  # the same node, under a new name
         assert [after.generation(i) for i in range(K + M)] == [0, 0, 1, 0, 0, 0]
+        assert vault.gc(grace_seconds=0).stale == 1
         assert copies(vault, before.object_id) == named_copies(after)  # the bad copy went
         again = vault.repair(scrub=True)
         assert (again.versions, again.rebuilt, again.problems) == (len(REFS), 0, ())
@@ -799,6 +807,7 @@ def test_two_bad_shards_of_a_version_with_one_spare_node_are_both_rebuilt(
         assert (report.rebuilt, report.problems) == (2, ())
         after = manifest_of(vault, ref)
         assert len(set(after.nodes)) == K + M and max(spread(vault, ref).values()) <= M
+        assert vault.gc(grace_seconds=0).stale == 2
         assert copies(vault, before.object_id) == named_copies(after)
         assert vault.repair(scrub=True).rebuilt == 0
         reads_back_whole(vault, payloads)
@@ -873,13 +882,21 @@ def test_gc_delete_forget_and_where_find_shards_rebuilt_on_their_own_nodes(
         assert (third.generation(0), fourth.generation(5)) == (1, 1)
         shown = vault.where(REFS[3])
         assert [(s.index, s.node) for s in shown if s.segment == 0] == list(enumerate(third.nodes))
-        assert copies(vault, third.object_id) == named_copies(third)
+        noted = {
+            (x.object_id, x.shard, x.node, x.generation, x.replaced_at is not None)
+            for x in vault.cells["US"].catalog.leftovers()
+        }  # kept within gc's grace
+        assert noted == {
+            (third.object_id, 0, third.nodes[0], 0, True),
+            (fourth.object_id, 5, fourth.nodes[5], 0, True),
+        }
         vault.delete(REFS[3])
-        assert vault.gc(grace_seconds=0).shards == K + M
+        assert vault.gc().shards == K + M + 1  # the version, and the copy repair replaced
         assert copies(vault, third.object_id) == {}
-        result = forget_approved(vault, "intl", "alice")
-        assert result.shards_removed == (len(REFS) - 1) * (K + M)
+        result = forget_approved(vault, "intl", "alice")  # as is the forgotten's
+        assert result.shards_removed == (len(REFS) - 1) * (K + M) + 1
         assert copies(vault, fourth.object_id) == {}
+        assert vault.cells["US"].catalog.leftovers() == []
         vault.gc(grace_seconds=0)
         assert all(list(store.names()) == [] for store in vault.cells["US"].stores.values())
 
@@ -1010,6 +1027,8 @@ def test_a_repair_in_place_killed_at_each_step_leaves_a_readable_object_and_gc_r
         assert (report.rebuilt, report.problems) == (0 if swapped else 1, ())
         assert manifest_of(vault, ref).generation(4) > 0
         assert vault.repair(scrub=True).rebuilt == 0
+        vault.gc(grace_seconds=0)  # the copy the second repair replaced
+        assert catalog.leftovers() == []
         assert copies(vault, object_id) == named_copies(manifest_of(vault, ref))
         reads_back_whole(vault, payloads)
 
@@ -1055,7 +1074,60 @@ def test_two_bad_shards_are_placed_together_so_no_facility_takes_more_than_m(
         report = vault.repair(scrub=True)
         assert (report.rebuilt, report.problems) == (2, ())
         after = manifest_of(vault, ref)
+        assert vault.gc(grace_seconds=0).stale == 2  # the copies replaced
         held = copies(vault, after.object_id)  # what the node directories hold
         assert held == named_copies(after) and len(held) == K + M
         assert max(Counter(facility[node] for node in held).values()) <= M
+        reads_back_whole(vault, payloads)
+
+
+@pytest.mark.parametrize("pack_limit", [0, 64 << 10])
+def test_a_get_under_way_survives_a_repair_that_replaces_more_than_m_shards(
+    tmp_path: Path, pack_limit: int
+) -> None:
+    # three shards of a stripe, each bad in one segment, rebuilt in one swap: the old
+    # copies were deleted at once, and a streaming get that had loaded the manifest
+    # before the swap failed part-way with an integrity error though nothing was lost
+    config = deployment(tmp_path, pack_limit=pack_limit)
+    ref, data = REFS[0], os.urandom(3 * SEGMENT)
+    with Vault.open(load(config)) as vault:
+        vault.register_subject("intl", "alice", "US")
+        vault.put(ref, data)
+        before = manifest_of(vault, ref)
+        for index, segment in ((3, 2), (4, 0), (5, 1)):  # the get reads 0-3, then 4
+            damage(vault, ref, index, block_offset(segment, before.block_size) + 1)
+        with vault.open_read(ref) as reader:
+            segments = iter(reader)
+            first = next(segments)  # the manifest loaded, shards 0-3 open
+            report = vault.repair(scrub=True)
+            assert (report.rebuilt, report.problems) == (3, ())
+            rest = b"".join(segments)  # unfixed: shard 4's old copy was gone, segment 2 lost
+        assert first + rest == data
+        assert [(d.segment, d.index) for d in reader.damage] == [(2, 3)]  # the old copy's
+        # the old copies wait for gc's grace period, then go
+        assert vault.gc().stale == 0
+        assert vault.gc(grace_seconds=0).stale == 3
+        after = manifest_of(vault, ref)
+        assert copies(vault, before.object_id) == named_copies(after)
+        assert vault.cells["US"].catalog.leftovers() == []
+
+
+def test_a_replaced_copy_is_kept_for_the_grace_period_by_the_vaults_clock(
+    tmp_path: Path,
+) -> None:
+    # the swap stamped the copies it replaced with the system's time, and gc cut off by
+    # the vault's: a clock ahead of it made gc take them at once, one behind never
+    config = deployment(tmp_path, spares=False)
+    payloads = filled(config)
+    now = [time.time() + 86400.0]
+    with Vault.open(load(config), clock=lambda: now[0]) as vault:
+        damage(vault, REFS[2], 1)
+        assert vault.repair(scrub=True).rebuilt == 1
+        (old,) = vault.cells["US"].catalog.leftovers()
+        assert old.replaced_at == now[0]
+        now[0] += 3599.0
+        assert vault.gc(grace_seconds=3600).stale == 0  # a get may still read it
+        now[0] += 2.0
+        assert vault.gc(grace_seconds=3600).stale == 1
+        assert copies(vault, old.object_id) == named_copies(manifest_of(vault, REFS[2]))
         reads_back_whole(vault, payloads)

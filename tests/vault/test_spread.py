@@ -157,6 +157,10 @@ def test_versions_written_while_a_facility_was_out_are_spread_once_it_is_back(
     payloads = crowded(config, how, pack_limit)
     with Vault.open(load(config)) as vault:
         report = vault.repair(scrub=True)
+        noted = vault.cells["US"].catalog.leftovers()  # the copies moved from, for gets
+        assert len(noted) == report.moved and all(x.replaced_at for x in noted)
+        assert vault.gc().stale == 0  # under way: kept for gc's grace period
+        assert vault.gc(grace_seconds=0).stale == report.moved
     for ref, manifest in manifests(config).items():
         held = on_disk(config, manifest.object_id)
         assert max(facilities(config, held).values()) <= M, ref  # from the directories
@@ -229,9 +233,10 @@ def test_a_copy_that_does_not_verify_is_not_moved_and_is_queued_for_repair(
         healed = vault.repair()  # the queue: rebuilt, where it keeps facilities to m
         assert (healed.rebuilt, healed.problems) == (1, ())
         assert vault.repair(scrub=True).problems == ()
+        vault.gc(grace_seconds=0)  # the copies moved from
     for manifest in manifests(config).values():
         held = on_disk(config, manifest.object_id)
-        assert max(facilities(config, held).values()) <= M
+        assert held == named(manifest) and max(facilities(config, held).values()) <= M
     reads_back_whole(config, payloads)
 
 
@@ -277,6 +282,8 @@ def test_a_spread_killed_at_each_step_leaves_every_object_readable_and_gc_resolv
         report = vault.repair(scrub=True)
         swapped = step in ("spread-swapped", "spread-cleared")  # the first version's moves
         assert (report.moved, report.problems) == (2 * len(REFS) - (2 if swapped else 0), ())
+        vault.gc(grace_seconds=0)  # the copies moved from
+        assert vault.cells["US"].catalog.leftovers() == []
     for manifest in manifests(config).values():
         held = on_disk(config, manifest.object_id)
         assert held == named(manifest) and max(facilities(config, held).values()) <= M
@@ -345,8 +352,11 @@ def test_a_dry_run_says_what_a_scrub_would_rebuild_and_move_and_writes_nothing(
     for field in ("versions", "rebuilt", "moved", "moves", "problems", "concentrated"):
         assert planned[field] == report[field], field
     assert report["rebuilt"] == 1
+    with Vault.open(load(config)) as vault:
+        vault.gc(grace_seconds=0)  # the copies rebuilt and moved from
     for manifest in manifests(config).values():
-        assert max(facilities(config, on_disk(config, manifest.object_id)).values()) <= M
+        held = on_disk(config, manifest.object_id)
+        assert held == named(manifest) and max(facilities(config, held).values()) <= M
     reads_back_whole(config, payloads)
 
 

@@ -63,7 +63,9 @@ class ForgetProgress:
 @dataclass(frozen=True, slots=True)
 class Leftover:
     """A copy of a shard repair wrote or replaced, which may end up named by no manifest
-    (a repair killed mid-way, a node it could not reach): gc resolves it."""
+    (a repair killed mid-way, a node it could not reach): gc resolves it. A copy a swap
+    replaced carries when (``replaced_at``): a get that loaded the manifest before the
+    swap may still be reading it, so gc keeps it for its grace period."""
 
     object_id: bytes
     version: int
@@ -71,6 +73,7 @@ class Leftover:
     node: str
     location: str | None
     generation: int = 0  # of the copy's name (nodes/port.py `shard_name`)
+    replaced_at: float | None = None  # when a swap named another copy in its place
 
 
 @dataclass(frozen=True, slots=True)

@@ -120,6 +120,10 @@ MIGRATIONS: tuple[str, ...] = (
     DROP TABLE leftovers;
     ALTER TABLE leftovers_by_generation RENAME TO leftovers;
     """,
+    # A copy a swap replaced is kept for gc's grace period, for the gets still reading it.
+    """
+    ALTER TABLE leftovers ADD COLUMN replaced_at REAL;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -147,7 +151,7 @@ _RETIRE = (  # unless the subject is forgotten: then nothing may name its keys
 )
 _SUBJECT_COLUMNS = "tenant, subject, jurisdiction, key_id, wrapped_key, created_at, forgotten_at"
 _VERSION_COLUMNS = "tenant, subject, key, version, state, object_id, size, created_at, manifest"
-_LEFTOVER_COLUMNS = "object_id, version, shard, node, location, generation"
+_LEFTOVER_COLUMNS = "object_id, version, shard, node, location, generation, replaced_at"
 
 
 def _failed(path: object, exc: sqlite3.Error | OSError) -> ShardvaultError:
@@ -730,9 +734,18 @@ class SqliteCatalog:
     def note_leftovers(self, leftovers: Iterable[Leftover]) -> None:
         with self._transaction() as db:  # durable: a lost note is a copy leaked for good
             db.executemany(
-                f"INSERT OR REPLACE INTO leftovers ({_LEFTOVER_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+                f"INSERT OR REPLACE INTO leftovers ({_LEFTOVER_COLUMNS})"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
                 [
-                    (x.object_id, x.version, x.shard, x.node, x.location, x.generation)
+                    (
+                        x.object_id,
+                        x.version,
+                        x.shard,
+                        x.node,
+                        x.location,
+                        x.generation,
+                        x.replaced_at,
+                    )
                     for x in leftovers
                 ],
             )

@@ -2,8 +2,10 @@
 
 New copies are noted (`Catalog.note_leftovers`), written and synced where the
 caller's choice says (`write_on_targets`), the copies they replace noted too, the
-manifest swapped only if its row is still the one read, durably, then the old
-copies deleted and the notes dropped (`swap_in_copies`). A run killed at any step,
+manifest swapped only if its row is still the one read, durably, and the new
+copies' notes dropped (`swap_in_copies`). The old copies stay noted, with the
+swap's time: gets that loaded the manifest before the swap may still read them, so
+gc deletes them only after its grace period. A run killed at any step,
 or a node it cannot reach, leaves notes, and gc deletes each noted copy its
 version's manifest does not name, once it reaches the node. A swap that found the
 row changed deletes its new copies and raises `VersionChanged`; `until_unchanged`
@@ -89,18 +91,24 @@ def swap_in_copies(
     placed: Placed,
     on_step: StepHook,
     step: str,
+    clock: Callable[[], float],
 ) -> bool:
-    """Name the copies written (PLACED) in the version's manifest, then delete the ones
-    they replace: whether it was done, False if the version is no longer committed.
-    Raises `VersionChanged` if its row changed meanwhile: the new copies are deleted.
-    Every copy either manifest may leave unnamed is noted first, for gc; ``on_step`` is
-    told STEP-written, -swapped and -cleared (tests kill the process there)."""
+    """Name the copies written (PLACED) in the version's manifest: whether it was done,
+    False if the version is no longer committed. Raises `VersionChanged` if its row
+    changed meanwhile: the new copies are deleted. Every copy either manifest may leave
+    unnamed is noted first, for gc. The copies replaced are not deleted here: a get
+    that loaded the manifest before the swap reads them, and more than m of them gone
+    under it failed the get part-way. They stay noted, with the swap's time, and gc
+    deletes them after its grace period (`gc._resolve_leftovers`), by the vault's CLOCK,
+    as gc's cutoff is. ``on_step`` is told STEP-written, -swapped and -cleared (tests
+    kill the process there)."""
     targets, locations = placed
     on_step(f"{step}-written")
     written = [
         leftover(manifest, i, t.node.id, locations[i], t.generation) for i, t in targets.items()
     ]
-    old = [_current_copy(manifest, i) for i in targets]
+    replaced_at = clock()
+    old = [_current_copy(manifest, i, replaced_at) for i in targets]
     cell.catalog.note_leftovers([*written, *old])  # and the copies the swap will replace
     updated = with_copies(manifest, targets, locations)
     if not cell.catalog.replace_manifests([(record, updated.to_bytes())], durable=True):
@@ -109,16 +117,16 @@ def swap_in_copies(
             return False
         raise VersionChanged(f"{manifest.ref} v{manifest.version}")
     on_step(f"{step}-swapped")
-    deleted = delete_copies(cell, old)
+    cell.catalog.drop_leftovers(written)  # named now; the old copies stay noted for gc
     on_step(f"{step}-cleared")
-    cell.catalog.drop_leftovers([*written, *deleted])  # those left, gc takes
     return True
 
 
-def _current_copy(manifest: Manifest, index: int) -> Leftover:
-    """The copy of shard index the manifest names (the bad one a rebuild replaces)."""
+def _current_copy(manifest: Manifest, index: int, replaced_at: float) -> Leftover:
+    """The copy of shard index the manifest names (the one a swap replaces, at REPLACED_AT)."""
     node, location = manifest.nodes[index], manifest.location(index)
-    return leftover(manifest, index, node, location, manifest.generation(index))
+    copy = leftover(manifest, index, node, location, manifest.generation(index))
+    return replace(copy, replaced_at=replaced_at)
 
 
 def with_copies(

@@ -830,9 +830,10 @@ class Vault:
             for cell in self.cells.values():
                 run = bounded.cell(cell)  # one view: a node lost in the rebuilds stays so
                 dry = DryRun() if dry_run else None
-                report = report + repair_cell(run, self.code, scrub, self._on_step, dry)
+                rebuilt = repair_cell(run, self.code, scrub, self._on_step, dry, self._clock)
+                report = report + rebuilt
                 if scrub:
-                    report = report + spread_cell(run, self._on_step, dry)
+                    report = report + spread_cell(run, self._on_step, dry, self._clock)
             hung = bounded.hung()  # unavailable to the run too: named once, as hung
             unavailable = tuple(node for node in report.unavailable_nodes if node not in hung)
             return replace(report, hung_nodes=hung, unavailable_nodes=unavailable)

@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from shardvault.catalog.port import VersionRecord
+from shardvault.catalog.port import Leftover, VersionRecord, VersionState
 from shardvault.errors import ShardvaultError, StorageError
 from shardvault.manifest import Manifest
 from shardvault.nodes.port import ShardStore, object_id_of, parse_shard_name, shard_name
@@ -124,6 +124,7 @@ def collect_versions(cell: Cell, records: list[VersionRecord], n: int) -> tuple[
         for node, index, location, generation in targets:
             name = shard_name(record.object_id, record.version, index, generation)
             shards[node].append((name, location))
+    replaced = _replaced_copies(cell, records, stores, shards)
     removed = 0
     for node, named in shards.items():
         try:  # all of a node's on its thread at once: a hand-off per delete doubled gc
@@ -137,7 +138,33 @@ def collect_versions(cell: Cell, records: list[VersionRecord], n: int) -> tuple[
     # the shards are gone for good before their rows go
     skipped.update(node for node in _sync(stores) if shards[node])
     cell.catalog.purge((record.ref, record.version) for record in records)
+    cell.catalog.drop_leftovers(x for x in replaced if x.node not in skipped)
     return removed, skipped
+
+
+def _replaced_copies(
+    cell: Cell,
+    records: list[VersionRecord],
+    stores: Mapping[str, ShardStore],
+    shards: dict[str, list[tuple[str, str | None]]],
+) -> list[Leftover]:
+    """The noted copies of these versions on nodes it can reach (those a repair or spread
+    replaced, kept for the gets still reading them: `_resolve_leftovers`), added to
+    SHARDS to be deleted with the rest: nothing of a deleted or forgotten version may
+    outlast its collection. Those noted on a node out of reach stay for gc."""
+    if not records:
+        return []
+    wanted = {(record.object_id, record.version) for record in records}
+    found = [
+        x
+        for x in cell.catalog.leftovers()
+        if (x.object_id, x.version) in wanted and x.node in stores
+    ]
+    for x in found:
+        name = shard_name(x.object_id, x.version, x.shard, x.generation)
+        if (name, x.location) not in shards[x.node]:
+            shards[x.node].append((name, x.location))
+    return found
 
 
 def _delete_each(store: ShardStore, shards: list[tuple[str, str | None]]) -> tuple[int, bool]:
@@ -172,7 +199,7 @@ def collect_cell(cell: Cell, cutoff: float, started: float, n: int) -> GcReport:
     cell.catalog.note_sweep(cutoff)  # from here, unreserved shards minted by then cannot commit
     orphans = temporaries = 0
     with cell.maintenance(wait=False) as turn:  # held only for this: repairs need not wait
-        stale_copies = _resolve_leftovers(cell) if turn else 0  # not while a repair runs
+        stale_copies = _resolve_leftovers(cell, cutoff) if turn else 0  # not while repairs run
     failing: list[str] = []
     with contextlib.closing(_Moves(cell.work_dir)) as moves:
         for node, store in cell.usable_stores().items():  # one at a time: one node's names held
@@ -211,11 +238,13 @@ def _sweep_node(cell: Cell, store: ShardStore, cutoff: float) -> tuple[int, int,
     return orphans, temporaries, moved
 
 
-def _resolve_leftovers(cell: Cell) -> int:
+def _resolve_leftovers(cell: Cell, cutoff: float) -> int:
     """Copies repair noted (`Catalog.note_leftovers`): each one its version's manifest
-    names on its node is live; any other, on a node that can be reached, is deleted
-    (a repair killed before or after its swap, a node it could not reach). How many
-    were. Holding the cell's maintenance lock, so no repair is between its steps."""
+    names on its node is live; one a swap replaced after CUTOFF (the grace period) of a
+    version still committed is kept, for the gets that loaded the manifest before the
+    swap; any other, on a node that can be reached, is deleted (a repair killed before
+    or after its swap, a node it could not reach). How many were. Holding the cell's
+    maintenance lock, so no repair is between its steps."""
     leftovers = cell.catalog.leftovers()
     stores = cell.usable_stores()
     reachable = [x for x in leftovers if x.node in stores]
@@ -228,6 +257,8 @@ def _resolve_leftovers(cell: Cell) -> int:
             if _names(manifest, x.shard, x.node, x.generation):
                 done.append(x)  # named: the version's own copy
                 continue
+            if _still_read(x, record, cutoff):
+                continue  # noted still: a later gc takes it
         try:
             removed += stores[x.node].delete(
                 shard_name(x.object_id, x.version, x.shard, x.generation), x.location
@@ -239,6 +270,14 @@ def _resolve_leftovers(cell: Cell) -> int:
     failed = _sync({node: stores[node] for node in touched})  # gone before their notes go
     cell.catalog.drop_leftovers(x for x in done if x.node not in failed)
     return removed
+
+
+def _still_read(copy: Leftover, record: VersionRecord, cutoff: float) -> bool:
+    """Whether a replaced copy may still be read: its version is committed and the swap
+    that replaced it came after the cutoff (a get under way reads the manifest it
+    loaded; more than m of its copies deleted under it failed the get part-way)."""
+    replaced = copy.replaced_at
+    return replaced is not None and replaced > cutoff and record.state is VersionState.COMMITTED
 
 
 def _names(manifest: Manifest, index: int, node: str, generation: int) -> bool:

@@ -23,7 +23,9 @@ exactly n nodes (the demo's six for 4+2) so heals a damaged shard where it is;
 a shard whose node is not active, with no other node for it, is left as it is
 and named. The manifest is replaced, durably,
 only if it is still the one that was read (a delete, a gc or another repair
-meanwhile wins, and the rebuilt copies go); only then do the bad copies go.
+meanwhile wins, and the rebuilt copies go). The bad copies stay, noted with the
+swap's time: gets that loaded the manifest before it read them, so gc deletes
+them after its grace period.
 Every copy that could end up named by no manifest is noted first
 (`Catalog.note_leftovers`): the rebuilt ones before they are written, the old
 ones before the swap. A repair killed at any step, or a node it cannot reach,
@@ -41,8 +43,10 @@ gc, it is the operator's maintenance, not an access the policy decides.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import replace
+from functools import partial
 
 from shardvault.catalog.port import VersionRecord
 from shardvault.codec.erasure import ErasureCode
@@ -78,25 +82,32 @@ def repair_cell(
     scrub: bool,
     on_step: StepHook = _no_step,
     dry_run: DryRun | None = None,
+    clock: Callable[[], float] = time.time,
 ) -> RepairReport:
     """Check the cell's damaged versions (every committed one with ``scrub``); rebuild
     (with ``dry_run``, only say what would be). ``on_step`` is told each step of a
-    rebuild done (tests kill the process there)."""
+    rebuild done (tests kill the process there); CLOCK stamps the copies it replaces."""
     report = RepairReport()
     with cell.maintenance(wait=True):  # gc then leaves the stale copies check to later
         for record in _candidates(cell, scrub, dry_run is None):
-            report = report + _repaired(cell, code, record, on_step, dry_run)
+            report = report + _repaired(cell, code, record, on_step, dry_run, clock)
     # those that could not be opened, and those that failed meanwhile (`node_lost`)
     return replace(report, unavailable_nodes=tuple(cell.unavailable_nodes()))
 
 
 def _repaired(
-    cell: Cell, code: ErasureCode, record: VersionRecord, on_step: StepHook, dry: DryRun | None
+    cell: Cell,
+    code: ErasureCode,
+    record: VersionRecord,
+    on_step: StepHook,
+    dry: DryRun | None,
+    clock: Callable[[], float],
 ) -> RepairReport:
     """`_repair_version`, begun again from the row as it is now when the swap found it
     changed: another process's gc gives a version new locations whenever it compacts
     a pack, and each such race made repair say "repair again" (a stress run)."""
-    return until_unchanged(lambda: _repair_version(cell, code, record, on_step, dry), record)
+    attempt = partial(_repair_version, cell, code, record, on_step, dry, clock)
+    return until_unchanged(attempt, record)
 
 
 def _candidates(cell: Cell, scrub: bool, writes: bool = True) -> Iterator[VersionRecord]:
@@ -121,6 +132,7 @@ def _repair_version(
     stale: VersionRecord,
     on_step: StepHook = _no_step,
     dry: DryRun | None = None,
+    clock: Callable[[], float] = time.time,
 ) -> RepairReport:
     record = _reread(cell, stale)
     if record is None:  # deleted or forgotten since the scrub read its batch: no damage
@@ -149,7 +161,7 @@ def _repair_version(
         return left_as_is(what, f"rebuild failed: {exc}")
     if placed is None:
         return left_as_is(what, _nowhere(cell, bad))
-    if not swap_in_copies(cell, record, manifest, placed, on_step, "repair"):
+    if not swap_in_copies(cell, record, manifest, placed, on_step, "repair", clock):
         return RepairReport(1)
     cell.catalog.clear_damage(manifest.ref, manifest.version)
     return RepairReport(1, len(placed[0]))

@@ -19,7 +19,8 @@ fewer than m, holding no shard of the version, under a name it never had. So a
 shard never leaves its jurisdiction, no node holds two shards of a stripe, and no
 facility gains a shard past m. Then repair's steps (vault/copy_swap.py): the new copies
 noted, written and synced, the old ones noted, the manifest swapped only if it is
-still the one read, durably, the old copies deleted, the notes dropped. A kill at
+still the one read, durably, the new copies' notes dropped, the old ones left
+noted for gc's grace period (gets under way read them). A kill at
 any step leaves the version readable (its manifest names every old copy or every
 new one) and gc deletes the noted copy no manifest names. A copy whose block does
 not match is not made: the shard is queued for repair (`Catalog.record_damage`) and
@@ -29,6 +30,7 @@ the version named. Runs under the cell's maintenance lock, as repair does.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from functools import partial
 
@@ -57,11 +59,15 @@ def _no_step(step: str) -> None:
 
 
 def spread_cell(
-    cell: Cell, on_step: StepHook = _no_step, dry_run: DryRun | None = None
+    cell: Cell,
+    on_step: StepHook = _no_step,
+    dry_run: DryRun | None = None,
+    clock: Callable[[], float] = time.time,
 ) -> RepairReport:
     """Move shards of the cell's committed versions so that none has more than m in a
     facility, where the cell allows; with ``dry_run``, only say which would move, from
-    the manifests its rebuilds would leave. ``on_step`` is told each step of a move."""
+    the manifests its rebuilds would leave. ``on_step`` is told each step of a move;
+    CLOCK stamps the copies moved away from."""
     report = RepairReport()
     with cell.maintenance(wait=True):  # gc then leaves the notes of copies to later
         cursor = b""
@@ -70,7 +76,7 @@ def spread_cell(
                 if dry_run is not None:
                     report = report + _planned(cell, record, dry_run)
                 elif _crowded(cell, _manifest(record)):
-                    attempt = partial(_spread_version, cell, record, on_step)
+                    attempt = partial(_spread_version, cell, record, on_step, clock)
                     report = report + replace(until_unchanged(attempt, record), versions=0)
             cursor = batch[-1].object_id
     return replace(report, unavailable_nodes=tuple(cell.unavailable_nodes()))
@@ -91,11 +97,15 @@ def _planned(cell: Cell, record: VersionRecord, dry: DryRun) -> RepairReport:
     manifest = dry.planned.get((record.ref, record.version)) or _manifest(record)
     if manifest is None or not _crowded(cell, manifest):
         return RepairReport()
-    return _spread_version(cell, record, _no_step, manifest)
+    return _spread_version(cell, record, _no_step, time.time, manifest)  # swaps nothing
 
 
 def _spread_version(
-    cell: Cell, stale: VersionRecord, on_step: StepHook, planned: Manifest | None = None
+    cell: Cell,
+    stale: VersionRecord,
+    on_step: StepHook,
+    clock: Callable[[], float],
+    planned: Manifest | None = None,
 ) -> RepairReport:
     """Spread one version; a dry run passes the manifest it plans from (PLANNED)."""
     record = cell.catalog.get_version(stale.ref, stale.version)  # as it is now
@@ -134,7 +144,7 @@ def _spread_version(
         return _named(what, f"moving a shard failed: {exc}")
     if placed is None:
         return _named(what, _nowhere(cell, crowded))
-    if not swap_in_copies(cell, record, manifest, placed, on_step, "spread"):
+    if not swap_in_copies(cell, record, manifest, placed, on_step, "spread", clock):
         return RepairReport()
     moves = tuple(_move(cell, manifest, index, target) for index, target in placed[0].items())
     return RepairReport(moved=len(moves), moves=moves)

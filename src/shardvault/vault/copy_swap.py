@@ -21,7 +21,7 @@ from dataclasses import replace
 from shardvault.catalog.port import Leftover, VersionRecord
 from shardvault.errors import IntegrityError, ShardvaultError
 from shardvault.manifest import Manifest
-from shardvault.nodes.port import shard_name
+from shardvault.nodes.port import ShardWriter, shard_name
 from shardvault.vault.cells import Cell
 from shardvault.vault.repair_report import RepairReport, left_as_is
 from shardvault.vault.repair_targets import Target
@@ -144,6 +144,42 @@ def with_copies(
         locations=tuple(kept),
         generations=tuple(generations) if any(generations) else (),
     )
+
+
+def write_copies(
+    cell: Cell,
+    manifest: Manifest,
+    targets: dict[int, Target],
+    fill: Callable[[dict[int, ShardWriter]], None],
+) -> dict[int, str | None]:
+    """A writer per target under its name's generation, filled by FILL, then committed
+    and synced each; their locations. If this fails, what was written is removed (a
+    committed copy deleted, leaving a trace the next repair keeps away from; one that
+    cannot be stays noted for gc). The rebuild and the spread write their copies so."""
+    writers: dict[int, ShardWriter] = {}
+    committed: dict[int, str | None] = {}
+    try:
+        for index, target in targets.items():
+            name = shard_name(manifest.object_id, manifest.version, index, target.generation)
+            writers[index] = cell.store(target.node.id).open_writer(name)
+        fill(writers)
+        for index, writer in writers.items():
+            writer.commit(durable=False)
+            committed[index] = writer.location
+        for writer in writers.values():  # its own shard: see ShardWriter.sync
+            writer.sync()
+        return committed
+    except BaseException:
+        for writer in writers.values():
+            writer.abort()
+        delete_copies(
+            cell,
+            [
+                leftover(manifest, i, targets[i].node.id, at, targets[i].generation)
+                for i, at in committed.items()
+            ],
+        )
+        raise
 
 
 def leftover(

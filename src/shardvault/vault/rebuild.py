@@ -14,7 +14,7 @@ from shardvault.errors import IntegrityError, NotFound, ShardvaultError
 from shardvault.manifest import Manifest
 from shardvault.nodes.port import ShardReader, ShardStore, ShardWriter, shard_name
 from shardvault.vault.cells import Cell
-from shardvault.vault.copy_swap import delete_copies, leftover
+from shardvault.vault.copy_swap import write_copies
 from shardvault.vault.repair_targets import Target
 from shardvault.vault.shard_check import BadShards, verified_block
 
@@ -36,34 +36,17 @@ def rebuild_shards(
         if bad.get(i, frozenset()) is not None
         and (reader := _open(cell.store(manifest.nodes[i]), manifest, i))
     }
-    writers: dict[int, ShardWriter] = {}
-    committed: dict[int, str | None] = {}
-    try:
-        for index, target in targets.items():
-            name = shard_name(manifest.object_id, manifest.version, index, target.generation)
-            writers[index] = cell.store(target.node.id).open_writer(name)
-            writers[index].write(manifest.stripe_header().to_bytes(index))
+
+    def fill(writers: dict[int, ShardWriter]) -> None:
+        for index, writer in writers.items():
+            writer.write(manifest.stripe_header().to_bytes(index))
         for segment in range(manifest.segments):
             blocks = _rebuilt_blocks(code, manifest, segment, readers, bad)
             for index, writer in writers.items():
                 writer.write(blocks[index])
-        for index, writer in writers.items():
-            writer.commit(durable=False)
-            committed[index] = writer.location
-        for writer in writers.values():  # its own shard: see ShardWriter.sync
-            writer.sync()
-        return committed
-    except BaseException:
-        for writer in writers.values():
-            writer.abort()
-        delete_copies(
-            cell,
-            [
-                leftover(manifest, i, targets[i].node.id, at, targets[i].generation)
-                for i, at in committed.items()
-            ],
-        )
-        raise
+
+    try:
+        return write_copies(cell, manifest, targets, fill)
     finally:
         for reader in readers.values():
             reader.close()

@@ -34,16 +34,16 @@ from collections.abc import Callable
 from dataclasses import replace
 from functools import partial
 
-from shardvault.catalog.port import DamageRecord, Leftover, VersionRecord
+from shardvault.catalog.port import DamageRecord, VersionRecord
 from shardvault.errors import IntegrityError, ShardvaultError
 from shardvault.manifest import Manifest
 from shardvault.nodes.port import ShardWriter, shard_name
 from shardvault.placement import facility_shortfall
 from shardvault.vault.cells import Cell
 from shardvault.vault.copy_swap import (
-    delete_copies,
     swap_in_copies,
     until_unchanged,
+    write_copies,
     write_on_targets,
 )
 from shardvault.vault.repair_report import DryRun, RepairReport, ShardMove
@@ -152,30 +152,13 @@ def _spread_version(
 
 def _copy(cell: Cell, manifest: Manifest, targets: dict[int, Target]) -> dict[int, str | None]:
     """Copy each shard to its target, every block checked against the manifest before it
-    is written; their locations. If this fails, what was written is removed (a committed
-    copy deleted; one that cannot be stays noted for gc), as a failed rebuild's is."""
-    writers: dict[int, ShardWriter] = {}
-    committed: dict[int, str | None] = {}
-    try:
-        for index, target in targets.items():
-            name = shard_name(manifest.object_id, manifest.version, index, target.generation)
-            writers[index] = cell.store(target.node.id).open_writer(name)
-            _copy_shard(cell, manifest, index, writers[index])
+    is written; their locations (`write_copies`: what a failure leaves is removed)."""
+
+    def fill(writers: dict[int, ShardWriter]) -> None:
         for index, writer in writers.items():
-            writer.commit(durable=False)
-            committed[index] = writer.location
-        for writer in writers.values():  # its own shard: see ShardWriter.sync
-            writer.sync()
-        return committed
-    except BaseException:
-        for writer in writers.values():
-            writer.abort()
-        oid, version = manifest.object_id, manifest.version
-        at = [
-            (i, targets[i].node.id, where, targets[i].generation) for i, where in committed.items()
-        ]
-        delete_copies(cell, [Leftover(oid, version, *copy) for copy in at])
-        raise
+            _copy_shard(cell, manifest, index, writer)
+
+    return write_copies(cell, manifest, targets, fill)
 
 
 def _copy_shard(cell: Cell, manifest: Manifest, index: int, writer: ShardWriter) -> None:

@@ -92,7 +92,9 @@ class IoThreads(Executor):
             self._tasks.put(None)
         if wait:
             for thread in threads:
-                thread.join()
+                # not one a signal stopped before it started: join would raise
+                if thread.is_alive():
+                    thread.join()
 
 
 class Stalled(Exception):

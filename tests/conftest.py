@@ -143,3 +143,22 @@ class Flushes:
         if self.fail_next:
             self.fail_next = False
             raise OSError(5, "Input/output error")
+
+
+# A child that runs `repair --scrub` and is killed at the step named: repair's and the
+# spread's kill -9 tests run it as `python -c KILLED_REPAIR CONFIG STEP`.
+KILLED_REPAIR = r"""
+import os, signal, sys
+from pathlib import Path
+from shardvault.config import load
+from shardvault.vault import Vault
+
+config, step = sys.argv[1:3]
+
+def on_step(name):
+    if name == step:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+with Vault.open(load(Path(config)), on_step=on_step) as vault:
+    print(vault.repair(scrub=True), flush=True)
+"""

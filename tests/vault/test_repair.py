@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from conftest import SEGMENT, make_deployment, manifest_of, shard_paths
+from conftest import KILLED_REPAIR, SEGMENT, make_deployment, manifest_of, shard_paths
 from governance_support import forget_approved
 from shardvault.catalog.port import Catalog, VersionRecord
 from shardvault.codec.shardfile import block_offset
@@ -981,21 +981,6 @@ def test_a_version_whose_locations_gc_rewrote_during_its_rebuild_is_repaired_all
         reads_back_whole(vault, payloads)
 
 
-KILLED_REPAIR = r"""
-import os, signal, sys
-from pathlib import Path
-from shardvault.config import load
-from shardvault.vault import Vault
-
-config, step = sys.argv[1:3]
-
-def on_step(name):
-    if name == step:
-        os.kill(os.getpid(), signal.SIGKILL)
-
-with Vault.open(load(Path(config)), on_step=on_step) as vault:
-    print(vault.repair(scrub=True), flush=True)
-"""
 REPAIR_STEPS = ["repair-noted", "repair-written", "repair-swapped", "repair-cleared"]
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SEGMENT, make_deployment, manifest_of, shard_paths
+from conftest import KILLED_REPAIR, SEGMENT, make_deployment, manifest_of, shard_paths
 from shardvault.config import load
 from shardvault.manifest import Manifest
 from shardvault.model import ObjectRef
@@ -240,21 +240,6 @@ def test_a_copy_that_does_not_verify_is_not_moved_and_is_queued_for_repair(
     reads_back_whole(config, payloads)
 
 
-KILLED_REPAIR = r"""
-import os, signal, sys
-from pathlib import Path
-from shardvault.config import load
-from shardvault.vault import Vault
-
-config, step = sys.argv[1:3]
-
-def on_step(name):
-    if name == step:
-        os.kill(os.getpid(), signal.SIGKILL)
-
-with Vault.open(load(Path(config)), on_step=on_step) as vault:
-    print(vault.repair(scrub=True), flush=True)
-"""
 SPREAD_STEPS = ["spread-noted", "spread-written", "spread-swapped", "spread-cleared"]
 
 

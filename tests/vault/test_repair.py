@@ -20,7 +20,7 @@ from governance_support import forget_approved
 from shardvault.catalog.port import Catalog, VersionRecord
 from shardvault.codec.shardfile import block_offset
 from shardvault.config import load
-from shardvault.errors import StorageError
+from shardvault.errors import IntegrityError, StorageError
 from shardvault.manifest import Manifest
 from shardvault.model import ObjectRef
 from shardvault.nodes.localdir import LocalDirShardStore
@@ -1095,6 +1095,84 @@ def test_a_get_under_way_survives_a_repair_that_replaces_more_than_m_shards(
         after = manifest_of(vault, ref)
         assert copies(vault, before.object_id) == named_copies(after)
         assert vault.cells["US"].catalog.leftovers() == []
+
+
+@pytest.mark.parametrize("pack_limit", [0, 64 << 10])
+def test_a_get_longer_than_the_grace_period_reads_the_copies_the_swap_put_in_place(
+    tmp_path: Path, pack_limit: int
+) -> None:
+    # a streaming get that loaded the manifest before a repair's swap kept reading the
+    # old copies; once gc had taken them (the swap older than its grace period) it
+    # failed part-way ("only 3 of the 4 shards needed"), the version whole all along
+    config = deployment(tmp_path, pack_limit=pack_limit)
+    ref, data = REFS[0], os.urandom(3 * SEGMENT)
+    now = [time.time()]
+    with Vault.open(load(config), clock=lambda: now[0]) as vault:
+        vault.register_subject("intl", "alice", "US")
+        vault.put(ref, data)
+        before = manifest_of(vault, ref)
+        for index, segment in ((3, 2), (4, 0), (5, 1)):  # the get reads 0-3, then 4
+            damage(vault, ref, index, block_offset(segment, before.block_size) + 1)
+        with vault.open_read(ref) as reader:
+            segments = iter(reader)
+            first = next(segments)  # the manifest loaded, shards 0-3 open
+            assert vault.repair(scrub=True).rebuilt == 3
+            now[0] += 3601.0
+            assert vault.gc(grace_seconds=3600).stale == 3  # the copies the get reads
+            rest = b"".join(segments)  # unfixed: segment 2 lost, shards 4 and 5 gone
+        assert first + rest == data
+        assert reader.damage == []  # only copies no manifest names were bad or gone
+        after = manifest_of(vault, ref)  # read from the copies swapped in, none other left
+        moved = [
+            i for i in range(K + M) if after.generation(i) or after.nodes[i] != before.nodes[i]
+        ]
+        assert moved == [3, 4, 5]
+        assert copies(vault, before.object_id) == named_copies(after)
+
+
+def test_a_get_whose_reloaded_manifest_names_the_same_copies_fails_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the reload is asked only when a segment cannot be read, and once: the same
+    # copies named again is the loss it is, not a reason to read them again
+    config = deployment(tmp_path)
+    ref, data = REFS[0], os.urandom(3 * SEGMENT)
+    with Vault.open(load(config)) as vault:
+        vault.register_subject("intl", "alice", "US")
+        vault.put(ref, data)
+        catalog = vault.cells["US"].catalog
+        asked: list[tuple[ObjectRef, int | None]] = []
+        get_version = catalog.get_version
+        monkeypatch.setattr(
+            catalog, "get_version", lambda r, v=None: asked.append((r, v)) or get_version(r, v)
+        )
+        assert vault.get(ref) == data and asked == []  # a whole read asks nothing more
+        block_size = manifest_of(vault, ref).block_size
+        for index in (0, 1, 4):  # more than m shards bad in segment 2
+            damage(vault, ref, index, block_offset(2, block_size) + 1)
+        asked.clear()
+        with pytest.raises(IntegrityError, match="segment 2: only 3 of the 4 shards"):
+            vault.get(ref)
+        assert asked == [(ref, 1)]
+
+
+def test_a_get_of_a_version_collected_under_it_fails_as_before(tmp_path: Path) -> None:
+    # the reload finds no version: the copies are gone with it, and so is the read
+    config = deployment(tmp_path)
+    ref, data = REFS[0], os.urandom(3 * SEGMENT)
+    with Vault.open(load(config)) as vault:
+        vault.register_subject("intl", "alice", "US")
+        vault.put(ref, data)
+        block_size = manifest_of(vault, ref).block_size
+        for index in (0, 1):
+            damage(vault, ref, index, block_offset(1, block_size) + 1)
+        with vault.open_read(ref) as reader:
+            segments = iter(reader)
+            next(segments)  # shards 0-3 open: they are read on, the other two are gone
+            vault.delete(ref)
+            assert vault.gc(grace_seconds=0).shards == K + M
+            with pytest.raises(IntegrityError, match="segment 1: only 2 of the 4 shards"):
+                b"".join(segments)
 
 
 def test_a_replaced_copy_is_kept_for_the_grace_period_by_the_vaults_clock(

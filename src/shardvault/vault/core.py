@@ -73,6 +73,7 @@ from shardvault.model import (
     shown,
     subject_id,
 )
+from shardvault.nodes.port import ShardStore
 from shardvault.objectid import minted_at, new_object_id
 from shardvault.placement import place_stripe, placement_seed
 from shardvault.policy import Action
@@ -715,6 +716,7 @@ class Vault:
             code=code,
             pool=self._pool,
             deadline=self.deadline,
+            reload=lambda: _manifest_now(cell, manifest),
         )
         try:
             subject_key = self._subject_key(subject, access)
@@ -913,6 +915,17 @@ def _manifest_of(record: VersionRecord) -> Manifest:
             "another version: refusing to read it as this one; restore the catalog"
         )
     return manifest
+
+
+def _manifest_now(cell: Cell, manifest: Manifest) -> tuple[Manifest, list[ShardStore]] | None:
+    """MANIFEST's version as its row holds it now, with its nodes' stores; None if it is
+    gone (deleted, forgotten). A reader asks it when the copies it names are not enough:
+    a repair or spread may have replaced them since it loaded the manifest."""
+    record = cell.catalog.get_version(manifest.ref, manifest.version)
+    if record is None or record.manifest is None or record.object_id != manifest.object_id:
+        return None
+    now = _manifest_of(record)
+    return now, [cell.store(node_id) for node_id in now.nodes]
 
 
 def _check_version(version: int | None) -> None:

@@ -275,7 +275,8 @@ def _resolve_leftovers(cell: Cell, cutoff: float) -> int:
 def _still_read(copy: Leftover, record: VersionRecord, cutoff: float) -> bool:
     """Whether a replaced copy may still be read: its version is committed and the swap
     that replaced it came after the cutoff (a get under way reads the manifest it
-    loaded; more than m of its copies deleted under it failed the get part-way)."""
+    loaded; more than m of its copies deleted under it cost the get a reload of the
+    manifest, vault/reader.py)."""
     replaced = copy.replaced_at
     return replaced is not None and replaced > cutoff and record.state is VersionState.COMMITTED
 

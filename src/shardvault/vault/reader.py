@@ -20,6 +20,14 @@ shard counted as an erasure, and another read. A small object's shards are read
 in the calling thread when the page cache holds them (`ShardStore.read_cached`:
 a read that cannot wait for the disk; a hand-off per get would cost more than
 the reads), and otherwise on an I/O thread, waited for as a large object's.
+
+A segment that cannot be read with the copies the reader's manifest names has the
+catalog asked for the version's manifest as it is now (`reload`): a get that loaded
+it before a repair's or spread's swap reads the copies the swap replaced, which gc
+deletes after its grace period. If the catalog names other copies for some shards,
+the same stripe otherwise, the segment is read again from those; if it names the
+same ones, the segment is lost. Only that failure asks: a get that reads its
+segments pays no query for it.
 """
 
 from __future__ import annotations
@@ -27,9 +35,9 @@ from __future__ import annotations
 import functools
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, Future
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TypeAlias
 
 from shardvault.catalog.port import DamageRecord
@@ -56,6 +64,9 @@ class _Fetched:
 
 
 _Pending: TypeAlias = "Future[_Fetched] | _Fetched"
+Reload: TypeAlias = Callable[[], "tuple[Manifest, list[ShardStore]] | None"]
+"""The version's manifest as the catalog holds it now, with its nodes' stores; None
+if the version is gone."""
 
 
 def _open_shard(
@@ -101,6 +112,11 @@ class _ShardHandle:
         self.first_block = head[len(header) :] if first_length else None
 
 
+def _copy_of(manifest: Manifest, index: int) -> tuple[str, str | None, int]:
+    """Which copy of shard index the manifest names: its node, location and generation."""
+    return manifest.nodes[index], manifest.location(index), manifest.generation(index)
+
+
 class ObjectReader:
     """Iterates an object version's plaintext, segment by segment."""
 
@@ -112,11 +128,13 @@ class ObjectReader:
         code: ErasureCode,
         pool: Executor,
         deadline: NodeDeadline | None = None,
+        reload: Reload | None = None,
     ) -> None:
         self.damage: list[DamageRecord] = []
         self._manifest = manifest
         self._cipher: SegmentCipher | None = None
         self._stores = stores
+        self._reload = reload
         self._code = code
         self._pool = pool
         self._deadline = deadline
@@ -154,18 +172,20 @@ class ObjectReader:
             found = self._handles.get(index)
         if found is not None:
             return found
-        manifest = self._manifest
+        manifest, stores = self._manifest, self._stores
         name = shard_name(manifest.object_id, manifest.version, index, manifest.generation(index))
         handle = _ShardHandle(
-            self._stores[index],
+            stores[index],
             name,
-            self._manifest.location(index),
+            manifest.location(index),
             self._header.to_bytes(index),
-            self._manifest.block_length(0) if segment == 0 else 0,
+            manifest.block_length(0) if segment == 0 else 0,
         )
         with self._handles_lock:
-            found = self._handles.setdefault(index, handle)
-            if handle.reader is not None and (found is not handle or self._closed):
+            # a fetch given up on a hung node may finish after a reload: its copy is not kept
+            current = manifest is self._manifest
+            found = self._handles.setdefault(index, handle) if current else handle
+            if handle.reader is not None and (found is not handle or self._closed or not current):
                 # opened twice, or a prefetch that finished after close(): do not leak it
                 handle.reader.close()
                 handle.reader, handle.problem = None, "reader closed"
@@ -304,6 +324,9 @@ class ObjectReader:
             if missing <= 0:
                 return [good[index] for index in sorted(good)][: self._code.k]
             spare = [i for i in range(self._manifest.n) if i not in tried]
+            if not spare:  # each shard tried: read the ones the catalog now names elsewhere
+                tried -= self._reloaded(segment) - good.keys()
+                spare = [i for i in range(self._manifest.n) if i not in tried]
             if not spare:
                 raise IntegrityError(
                     f"{self._segment_name(segment)}: only {len(good)} "
@@ -312,6 +335,37 @@ class ObjectReader:
                     "from a backup"
                 )
             pending = [(i, self._submit(segment, i)) for i in spare[:missing]]
+
+    def _reloaded(self, segment: int) -> set[int]:
+        """The shards the catalog's manifest now names other copies of, read from there
+        from now on; none if it names the same ones, the version is gone, or its manifest
+        is not this stripe's but for where its shards are (then nothing is changed).
+
+        The failed attempt's damage records of those shards go: they name copies no
+        manifest names (gone is no damage), and repair would check the version for them.
+        """
+        found = None if self._reload is None else self._reload()
+        if found is None:
+            return set()
+        manifest, stores = found
+        old = self._manifest
+        where = replace(
+            manifest, nodes=old.nodes, locations=old.locations, generations=old.generations
+        )
+        if where != old:  # not this stripe: its hashes are not the ones the reader checked
+            return set()
+        moved = {i for i in range(old.n) if _copy_of(manifest, i) != _copy_of(old, i)}
+        if not moved:
+            return moved
+        with self._handles_lock:
+            self._manifest, self._stores = manifest, stores
+            stale = [self._handles.pop(i) for i in moved if i in self._handles]
+        for handle in stale:
+            if handle.reader is not None:
+                handle.reader.close()
+        self._bad -= moved
+        self.damage = [d for d in self.damage if d.segment != segment or d.index not in moved]
+        return moved
 
     def __iter__(self) -> Iterator[bytes]:
         manifest, cipher = self._manifest, self._cipher

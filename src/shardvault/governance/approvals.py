@@ -14,9 +14,10 @@ Approvals live in the home cell of the subject
 personal data and stays in its jurisdiction. One asked for an id registered
 nowhere lives in the first cell where the request needs one, and covers only
 requests in that cell; once the id is registered in another cell it keeps only
-its pseudonyms there (`Governance.subject_homed`), as after a forget. The
-approval id carries the cell (``apr-us-<16 hex>``) so it can be found without a
-global index.
+its pseudonyms there (`Governance.subject_homed`), as after a forget. A
+registration of an id that has a home is decided there, whatever cell it asks
+for (`Vault.register_subject`). The approval id carries the cell
+(``apr-us-<16 hex>``) so it can be found without a global index.
 
 Each verdict may carry its approver's Ed25519 signature of the approval's
 statement (`approval_signatures`): the guard here counts the rows, as the

@@ -239,7 +239,7 @@ class Vault:
                 f"tenant {tenant} does not keep users in {jurisdiction} "
                 f"(it allows {', '.join(spec.jurisdictions or ())})"
             )
-        access = self.governance.authorize(ctx, Action.WRITE, tenant, jurisdiction, subject)
+        access = self._registration_decided(ctx, tenant, subject, jurisdiction)
         key_id = hierarchy.new_key_id()
         scope, key = KeyScope(tenant, jurisdiction), hierarchy.new_key()
         wrapped = self._key_use(
@@ -265,6 +265,29 @@ class Vault:
                     self._drop_unfinished_registration(tenant, subject)
                 raise
         return record
+
+    def _registration_decided(
+        self, ctx: RequestContext, tenant: str, subject: str, jurisdiction: str
+    ) -> Access:
+        """The registration decided and audited in the id's home if it has one, where an
+        approval it asks lives (with pseudonyms at once for a forgotten id: `_decided`),
+        and then refused, with no key wrapped; else in JURISDICTION, the home it asks for.
+
+        Decided in JURISDICTION whatever the directory said, an approval named a user in
+        clear in a cell outside their home, and no registration followed to take the name
+        out. A home with no subject behind it (a registration killed between its two
+        writes) is dropped, and the registration decided again where it asks."""
+        home = self.directory.home(tenant, subject)
+        if home is not None:
+            access = self._decided(ctx, Action.WRITE, tenant, home, subject)
+            with self.directory.registration():
+                self._drop_unfinished_registration(tenant, subject)
+                if self.directory.home(tenant, subject) is not None:
+                    self._refuse_if_forgotten(tenant, subject)
+                    raise Conflict(f"subject {subject} of tenant {tenant} is already registered")
+            if home == jurisdiction:
+                return access
+        return self.governance.authorize(ctx, Action.WRITE, tenant, jurisdiction, subject)
 
     def _refuse_if_forgotten(self, tenant: str, subject: str) -> None:
         """A forgotten subject's id stays taken: say so, not "already registered"."""

@@ -21,7 +21,8 @@ from tests.governance.helpers import (
 
 from governance_support import approve, ensure_approvers, forget_approved, key_file, signing_key
 from shardvault.audit.entry import PSEUDONYM_PREFIX
-from shardvault.config import load
+from shardvault.audit.log import AuditLog
+from shardvault.config import Config, load
 from shardvault.errors import AccessDenied, ApprovalRequired, Conflict, NotFound
 from shardvault.model import ObjectRef, RequestContext, local_context, new_request_id
 from shardvault.vault import Vault
@@ -448,6 +449,66 @@ def test_a_write_approved_before_registration_covers_none_in_the_home(
     approve(reviewed.governance, later)
     reviewed.put(ref, b"later", ctx=local_context("write", approval_id=later))
     assert reviewed.get(ref) == b"later"
+
+
+class RegisteredMeanwhile:
+    """A vault's clock that, once armed on a cell's log, has another vault (another
+    process, as far as the deployment's files go) register SUBJECT in SG at its first
+    reading after that log grew: after the guard's pending entry, before its booking."""
+
+    def __init__(self, config: Config, subject: str) -> None:
+        self.config, self.subject = config, subject
+        self.log: AuditLog | None = None
+        self.armed_at = 0
+
+    def arm(self, log: AuditLog) -> None:
+        self.log, self.armed_at = log, log.size
+
+    def __call__(self) -> float:
+        if self.log is not None and self.log.size > self.armed_at:
+            self.log = None
+            with Vault.open(self.config) as other:
+                other.register_subject("intl", self.subject, "SG")
+        return time.time()
+
+
+SERVICE_WRITES_REVIEWED = """
+[[rule]]
+id = "service-writes-reviewed"
+effect = "approval-required"
+actions = ["write"]
+principal_kinds = ["service"]
+"""
+
+
+@pytest.mark.parametrize("asked_by", ["court-read", "service-registration"])
+def test_an_approval_booked_as_the_id_is_homed_elsewhere_does_not_name_it(
+    config_path: Path, asked_by: str
+) -> None:
+    # a registration takes its id out of other cells' approvals before its cell's row; an
+    # approval asked while the id was registered nowhere, but booked just after that
+    # (another process's request, in the window), kept the id in clear outside its home
+    subject, key = "zed-4f2a9c", "chat/zed-private-71d3.log"
+    policy = config_path.parent / "policy.toml"
+    policy.write_text(policy.read_text() + SERVICE_WRITES_REVIEWED)
+    clock = RegisteredMeanwhile(load(config_path), subject)
+    with Vault.open(load(config_path), clock=clock) as vault:
+        register(vault, SERVICE, US_COURT)
+        asked_in = "US" if asked_by == "court-read" else "EU"
+        clock.arm(vault.governance.cell(asked_in).log)
+        with pytest.raises(ApprovalRequired) as caught:
+            if asked_by == "court-read":
+                vault.get(ObjectRef("intl", subject, key), ctx=as_(US_COURT, "lawful-request"))
+            else:
+                vault.register_subject("intl", subject, "EU", as_(SERVICE, "serve-user"))
+        assert clock.log is None  # the registration landed in the window
+        assert vault.subject("intl", subject).jurisdiction == "SG"
+        approval = caught.value.approval_id
+        assert approval is not None and approval.startswith(f"apr-{asked_in.lower()}-")
+        raw = cell_approvals(config_path, asked_in)
+        assert subject.encode() not in raw and key.encode() not in raw
+        [left] = [a for a in vault.governance.approvals.all(asked_in) if a.id == approval]
+        assert left.subject == vault.governance.cell(asked_in).hasher.pseudonym("subject", subject)
 
 
 def test_an_approver_is_not_shown_another_tenants_approvals(court: Vault) -> None:

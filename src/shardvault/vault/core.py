@@ -287,7 +287,23 @@ class Vault:
                     raise Conflict(f"subject {subject} of tenant {tenant} is already registered")
             if home == jurisdiction:
                 return access
-        return self.governance.authorize(ctx, Action.WRITE, tenant, jurisdiction, subject)
+        with self._homed_meanwhile(tenant, subject):
+            return self.governance.authorize(ctx, Action.WRITE, tenant, jurisdiction, subject)
+
+    @contextlib.contextmanager
+    def _homed_meanwhile(self, tenant: str, subject: str) -> Iterator[None]:
+        """Around a decision for an id the directory had no home for: an approval it asks
+        is booked outside the home a registration may have given the id meanwhile, after
+        that registration took the id out of other cells' approvals, so the directory is
+        read again once it is booked (`Governance.subject_homed`). Either this read sees
+        the home, or that registration's pass comes after the booking and sees it."""
+        try:
+            yield
+        except ApprovalRequired:
+            home = self.directory.home(tenant, subject)
+            if home is not None:
+                self.governance.subject_homed(home, tenant, subject)
+            raise
 
     def _refuse_if_forgotten(self, tenant: str, subject: str) -> None:
         """A forgotten subject's id stays taken: say so, not "already registered"."""
@@ -336,7 +352,8 @@ class Vault:
         home = self.directory.home(tenant, subject)
         if home is None and ctx is not None:
             where = list(spec.jurisdictions or self.config.jurisdictions)
-            self.governance.check_unregistered(ctx, action, tenant, where, subject, key)
+            with self._homed_meanwhile(tenant, subject):
+                self.governance.check_unregistered(ctx, action, tenant, where, subject, key)
         return _registered(home, tenant, subject)
 
     def _authorized(

@@ -8,6 +8,7 @@ comes with it and the scope of the key, under its own versioned file::
     version = 1
     approval_purposes = ["forget", "move", "lawful-request"]   # need an approval id
     approval_quorum = 2         # signatures an approval needs, of the approvers below
+    veto_days = 30              # optional: how long a signed denial binds its request
 
     [[grant]]
     id = "serve-users"
@@ -27,7 +28,9 @@ the key's; a purpose in ``approval_purposes`` (or a grant that requires it)
 needs an approval id. Anything no grant covers is refused (default deny). The
 approval an id names counts only with ``approval_quorum`` signatures that verify
 under ``[approvers]`` (`shardvault.governance.approval_signatures`); a policy
-without that table lets no approval count.
+without that table lets no approval count. A signed denial refuses every approval
+for the same request until ``veto_days`` after it was delivered, or until the
+denied approval's expiry if that is later (`shardvault.governance.partner_verdicts`).
 """
 
 from __future__ import annotations
@@ -53,6 +56,8 @@ JUSTIFICATION_REQUIRED = "custodian:justification"
 SAME_JURISDICTION = "custodian:same-jurisdiction"
 APPROVAL_REQUIRED = "custodian:approval"
 DEFAULT_DENY = "custodian:default-deny"
+DEFAULT_VETO_DAYS = 30
+MAX_VETO_DAYS = 3650
 
 _ID = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 _TOKEN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@:/-]{0,127}")
@@ -102,13 +107,19 @@ class Grant:
 class CustodianPolicy:
     """The partner's grants, the purposes that need an approval, and whose signatures on
     an approval count (``approvers``: principal id → raw Ed25519 public key) and how many
-    (``approval_quorum``; 0 with no approvers: then no approval counts)."""
+    (``approval_quorum``; 0 with no approvers: then no approval counts), and for how
+    many days a signed denial binds its request (``veto_days``)."""
 
     grants: tuple[Grant, ...] = ()
     approval_purposes: frozenset[str] = frozenset()
     version: int = CUSTODIAN_POLICY_VERSION
     approvers: Mapping[str, bytes] = field(default_factory=dict)
     approval_quorum: int = 0
+    veto_days: int = DEFAULT_VETO_DAYS
+
+    @property
+    def veto_seconds(self) -> float:
+        return self.veto_days * 86400.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,6 +281,19 @@ def _approvers(data: dict[str, Any], source: str) -> tuple[dict[str, bytes], int
     return keys, quorum
 
 
+def _veto_days(data: dict[str, Any], source: str) -> int:
+    """``veto_days``: the partner's, as the quorum is, since it bounds what one approver's
+    denial is worth. Absent, a month: long enough to outlast the approvals asked again
+    after a veto, short enough that a request judged anew later can be asked."""
+    days = data.get("veto_days", DEFAULT_VETO_DAYS)
+    if type(days) is not int or not 0 <= days <= MAX_VETO_DAYS:  # not 30.0, nor true
+        raise ConfigError(
+            f"{source}: veto_days must be a whole number of days from 0 to {MAX_VETO_DAYS}, "
+            f"not {days!r}"
+        )
+    return days
+
+
 def _token(value: str) -> str:
     if not _TOKEN.fullmatch(value):
         raise InvalidInput(f"{value!r} is not a valid name")
@@ -285,7 +309,9 @@ def parse_custodian_policy(text: str, source: str = "custodian policy") -> Custo
     version = data.get("version")
     if type(version) is not int or version != CUSTODIAN_POLICY_VERSION:  # not 1.0, nor true
         raise ConfigError(f"{source} has version {version!r}; this reader knows version 1")
-    extra = set(data) - {"version", "approval_purposes", "grant", "approvers", "approval_quorum"}
+    extra = set(data) - {
+        "version", "approval_purposes", "grant", "approvers", "approval_quorum", "veto_days",
+    }  # fmt: skip
     if extra:
         raise ConfigError(f"{source}: unknown keys {sorted(extra)}")
     approval = _names(data, "approval_purposes", source, _token) or frozenset()
@@ -322,7 +348,10 @@ def parse_custodian_policy(text: str, source: str = "custodian policy") -> Custo
             )
         )
     approvers, quorum = _approvers(data, source)
-    return CustodianPolicy(tuple(grants), approval, approvers=approvers, approval_quorum=quorum)
+    return CustodianPolicy(
+        tuple(grants), approval, approvers=approvers, approval_quorum=quorum,
+        veto_days=_veto_days(data, source),
+    )  # fmt: skip
 
 
 def load_custodian_policy(path: str | os.PathLike[str]) -> CustodianPolicy:
@@ -337,6 +366,7 @@ __all__ = [
     "APPROVAL_REQUIRED",
     "CUSTODIAN_POLICY_VERSION",
     "DEFAULT_DENY",
+    "DEFAULT_VETO_DAYS",
     "JUSTIFICATION_REQUIRED",
     "SAME_JURISDICTION",
     "CustodianDecision",

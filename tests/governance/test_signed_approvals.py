@@ -608,7 +608,7 @@ def test_the_partner_keeps_each_signed_verdict_privately_and_naming_no_subject(
     sign_as(vault, approval, "dpo")
     sign_as(vault, approval, "partner-officer")
     assert path.stat().st_mode & 0o777 == 0o600
-    assert user_version(path) == 1
+    assert user_version(path) == 2
     with closing(sqlite3.connect(path)) as db:
         rows = db.execute("SELECT approval, approver, verdict, signature FROM verdicts").fetchall()
     held = vault.governance.custodian_policy.approvers
@@ -673,14 +673,14 @@ def test_a_record_that_cannot_be_used_refuses_the_key_use(
     path = partner_record(config)
     message = {
         "readable-by-others": "only its owner can read",
-        "newer-schema": r"schema version 2; .*upgrade shardvault",
+        "newer-schema": r"schema version 3; .*upgrade shardvault",
         "not-sqlite": "not a database",
     }[damage]
     if damage == "readable-by-others":
         path.chmod(0o644)
     elif damage == "newer-schema":
         with closing(sqlite3.connect(path)) as db:
-            db.execute("PRAGMA user_version=2")
+            db.execute("PRAGMA user_version=3")
     else:
         path.write_bytes(b"x" * 4096)
     assert_refused_and_untouched(config, vault, approval, "")
@@ -699,6 +699,6 @@ def test_an_empty_record_is_one_with_nothing_in_it(
     path = partner_record(config)
     path.write_bytes(b"")
     sign_as(vault, approval, "partner-officer")
-    assert user_version(path) == 1
+    assert user_version(path) == 2
     path.write_bytes(b"")
     assert vault.forget("intl", "alice", forget_with(vault, approval)).subject == "alice"

@@ -236,3 +236,16 @@ def test_bad_approvers_are_refused_at_load_naming_the_key(
 def test_a_quorum_needs_approvers(text: str) -> None:
     with pytest.raises(ConfigError, match=r"\[approvers\] must name at least one approver"):
         parse_custodian_policy(text)
+
+
+def test_the_partner_sets_how_long_a_veto_binds_its_request() -> None:
+    assert parse_custodian_policy(APPROVERS_TEXT).veto_days == 30  # absent: a month
+    text = APPROVERS_TEXT.replace("approval_quorum = 2", "approval_quorum = 2\nveto_days = 0")
+    assert parse_custodian_policy(text).veto_seconds == 0
+    for bad in ("-1", "3651", "1.5", "true", '"7"'):
+        text = APPROVERS_TEXT.replace(
+            "approval_quorum = 2", f"approval_quorum = 2\nveto_days = {bad}"
+        )
+        with pytest.raises(ConfigError, match=r"veto_days must be a whole number of days from 0 "
+                                              r"to 3650, not "):  # fmt: skip
+            parse_custodian_policy(text)

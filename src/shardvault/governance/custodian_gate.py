@@ -11,7 +11,9 @@ counts only verdicts signed under the public keys the partner's policy holds
 (``[approvers]``), for the approval's exact statement (`approval_signatures`),
 and wants ``approval_quorum`` of them; any denial in the book refuses, and so does a
 signed denial the partner was delivered (`partner_verdicts`), which the operator
-cannot take back by deleting its row. A policy with no ``[approvers]`` lets no
+cannot take back by deleting its row. That denial also binds the request it
+refused: while it stands (``veto_days``), any other approval for the same request
+is refused too, whoever signed it. A policy with no ``[approvers]`` lets no
 approval count. A destroy, which cannot be undone, needs
 an approval whatever the grants say, and one of a forget, and the gate hands the
 custodian the subject that approval names: the custodian destroys the key only
@@ -26,7 +28,7 @@ from shardvault import custodian_policy as cp
 from shardvault.errors import AccessDenied, ShardvaultError
 from shardvault.governance.approval_signatures import counted_verdicts
 from shardvault.governance.approvals import DENIED, EXPIRED, Approval, ApprovalBook
-from shardvault.governance.partner_verdicts import PartnerVerdicts
+from shardvault.governance.partner_verdicts import PartnerVerdicts, VetoedRequest
 from shardvault.keys.port import KeyOperation, KeyScope
 from shardvault.keys.rootkey import CustodianGate
 from shardvault.model import Justification
@@ -99,6 +101,19 @@ def _kept_denial(approval: Approval, verdicts: PartnerVerdicts) -> str | None:
     return None
 
 
+def _standing_veto(
+    approval: Approval, verdicts: PartnerVerdicts, policy: cp.CustodianPolicy
+) -> str | None:
+    """Why the partner refuses ``approval`` for a signed denial of another approval of the
+    same request, still standing (None: none is). Without this a veto refused one ask
+    only: the same request asked again was met by the other approvers' signatures."""
+    try:
+        veto = verdicts.standing_veto(VetoedRequest.of_approval(approval), policy.veto_seconds)
+    except ShardvaultError as exc:
+        return str(exc)
+    return None if veto is None else str(veto)
+
+
 def custodian_gate(
     policy: cp.CustodianPolicy, approvals: ApprovalBook, verdicts: PartnerVerdicts
 ) -> CustodianGate:
@@ -120,7 +135,11 @@ def custodian_gate(
                 operation,
                 f"approval {why.approval_id} is {approval.status} or is for another request",
             )
-        reason = _unsigned(approval, policy) or _kept_denial(approval, verdicts)
+        reason = (
+            _unsigned(approval, policy)
+            or _kept_denial(approval, verdicts)
+            or _standing_veto(approval, verdicts, policy)
+        )
         if reason is not None:
             raise _refused(operation, reason)
         return approval.subject if operation in _ACTION_OF else None

@@ -191,7 +191,7 @@ class Governance:
         # the partner's too: the custodian's key for destroy attestations
         self.custodian_key = CustodianKey(spec.partner_dir, spec.custodian_name)
         # and its copy of the signed verdicts, which the custodian honours denials from
-        self.partner_verdicts = PartnerVerdicts(spec.partner_dir)
+        self.partner_verdicts = PartnerVerdicts(spec.partner_dir, clock)
         self._clock = clock
 
     @classmethod

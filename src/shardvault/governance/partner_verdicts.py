@@ -7,14 +7,23 @@ of approvers, deleting one approver's signed veto let the others' signatures
 through. So every verdict signed under a key the partner's policy holds is also
 delivered to the partner, which checks the signature and keeps it in a file of
 its own, ``<partner_dir>/verdicts.sqlite`` (mode 0600, rollback journal,
-``synchronous=EXTRA``, ``PRAGMA user_version`` = 1)::
+``synchronous=EXTRA``, ``PRAGMA user_version`` = 2)::
 
     verdicts(approval TEXT, approver TEXT, verdict TEXT ('approve' or 'deny'),
              signature BLOB, PRIMARY KEY (approval, approver, verdict)) WITHOUT ROWID
+    vetoes(request BLOB, object_key BLOB, approval TEXT, approver TEXT,
+           denied_at REAL, expires_at REAL,
+           PRIMARY KEY (request, approval, approver)) WITHOUT ROWID
+    veto_key(id INTEGER PRIMARY KEY CHECK (id = 1), key BLOB)
 
 The gate refuses a key use whose approval has a denial there, whatever the book
-now holds (`custodian_gate`). The file names no subject (the statement signed
-is not kept: the book holds it, and forgets it with the subject).
+now holds (`custodian_gate`). A denial also binds the request it refuses, not
+only its approval (`VetoedRequest`): the partner keeps, beside it, tags of that
+request (HMAC-SHA256 under the record's own random ``veto_key``), and refuses
+every approval for the same request, whoever signs it, until the veto lapses.
+So asking the same thing again does not get round one approver's no. The file
+names no subject (the statement signed is not kept: the book holds it, and
+forgets it with the subject; the tags name nobody without the key).
 
 It is made by the first signed verdict of the deployment, and never made anew
 once an approval book holds a signed verdict: then a missing file was lost, with
@@ -22,47 +31,155 @@ the denials in it, and every verdict delivered and every key use that names an
 approval is refused until it is restored (fail closed). An empty file (0 bytes,
 mode 0600) is taken as a record with nothing in it: the partner's way to start
 again after losing it for good, and what a process killed while making it left.
-Signed verdicts are rare, and so are key uses that name an approval, so each
-call opens a connection of its own and closes it.
+A file of schema 1 (from before vetoes) is read as it is, holding no veto, and
+given the veto tables by the next verdict delivered. Signed verdicts are rare,
+and so are key uses that name an approval, so each call opens a connection of
+its own and closes it.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 import sqlite3
 import stat
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import closing, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
 from shardvault import durability
+from shardvault.audit.entry import canonical_json
 from shardvault.errors import IntegrityError, Unavailable
 from shardvault.governance.approval_signatures import verifies
 from shardvault.governance.approvals import Approval
+from shardvault.policy import Action
 from shardvault.sqlite_schema import stamp_schema
 
 FILE = "verdicts.sqlite"
-SCHEMA_VERSION = 1
-_SCHEMA = """CREATE TABLE IF NOT EXISTS verdicts (
+SCHEMA_VERSION = 2
+_VERDICTS = """CREATE TABLE IF NOT EXISTS verdicts (
     approval TEXT NOT NULL,
     approver TEXT NOT NULL,
     verdict TEXT NOT NULL CHECK (verdict IN ('approve', 'deny')),
     signature BLOB NOT NULL,
     PRIMARY KEY (approval, approver, verdict)
 ) WITHOUT ROWID"""
+_VETOES = """CREATE TABLE IF NOT EXISTS vetoes (
+    request BLOB NOT NULL,
+    object_key BLOB,
+    approval TEXT NOT NULL,
+    approver TEXT NOT NULL,
+    denied_at REAL NOT NULL,
+    expires_at REAL NOT NULL,
+    PRIMARY KEY (request, approval, approver)
+) WITHOUT ROWID"""
+_VETO_KEY = """CREATE TABLE IF NOT EXISTS veto_key (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    key BLOB NOT NULL CHECK (length(key) = 32)
+)"""
 _KEEP = (
     "INSERT OR IGNORE INTO verdicts (approval, approver, verdict, signature) VALUES (?, ?, ?, ?)"
 )
+_BIND = "INSERT OR IGNORE INTO vetoes VALUES (?, ?, ?, ?, ?, ?)"
 _DENIALS = "SELECT approver FROM verdicts WHERE approval = ? AND verdict = 'deny'"
+_STANDING = """SELECT approval, approver, max(expires_at, denied_at + :period) AS lapses
+    FROM vetoes WHERE request = :request
+    AND (object_key IS NULL OR :key IS NULL OR object_key = :key)
+    AND max(expires_at, denied_at + :period) > :now
+    ORDER BY lapses DESC, approval LIMIT 1"""
+_TAG = b"shardvault-veto/v1\n"
 _BUSY_SECONDS = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class VetoedRequest:
+    """What a signed denial binds: the request its approval was asked for, less what
+    each ask makes new (its request id and expiry), or the same request asked again
+    would be another.
+
+    A forget's is its tenant and subject: what it does (the subject's key destroyed,
+    for good) is the same whoever asks and whatever purpose they give, so neither
+    another administrator nor another wording gets round a veto. Any other's is also
+    who asks (``requester``) and why (``purpose``): a court's lawful read vetoed does
+    not stop another authority's request, or the service serving the user, which the
+    approvers judge on their own. ``key`` None is any key of the subject; a veto of
+    one key binds an ask for any key, and a veto of any key binds an ask for one.
+    The cell is left out: a tenant's subject id names one user wherever they live."""
+
+    action: str
+    tenant: str
+    subject: str | None
+    key: str | None = None
+    requester: str | None = None
+    purpose: str | None = None
+
+    @classmethod
+    def of(
+        cls,
+        requester: str,
+        action: str,
+        tenant: str,
+        subject: str | None,
+        key: str | None,
+        purpose: str,
+    ) -> VetoedRequest:
+        if action == str(Action.FORGET):
+            return cls(action, tenant, subject)
+        return cls(action, tenant, subject, key, requester, purpose)
+
+    @classmethod
+    def of_approval(cls, approval: Approval) -> VetoedRequest:
+        """The request ``approval`` covers, as the book holds it: the statement its
+        signatures verify against, so a row edited to escape a veto counts for nothing."""
+        return cls.of(
+            approval.requester, approval.action, approval.tenant, approval.subject,
+            approval.key, approval.purpose,
+        )  # fmt: skip
+
+    def tags(self, veto_key: bytes) -> tuple[bytes, bytes | None]:
+        """The request's tag, and its object key's (None: any key of the subject)."""
+        fields: dict[str, str | None] = {
+            "action": self.action, "tenant": self.tenant, "subject": self.subject,
+            "requester": self.requester, "purpose": self.purpose,
+        }  # fmt: skip
+        request = _tag(veto_key, fields)
+        return request, None if self.key is None else _tag(veto_key, {**fields, "key": self.key})
+
+
+def _tag(veto_key: bytes, fields: Mapping[str, str | None]) -> bytes:
+    try:
+        text = canonical_json(fields)
+    except (UnicodeEncodeError, TypeError, ValueError) as exc:
+        raise IntegrityError(f"a request that cannot be stated: {exc}") from None
+    return hmac.new(veto_key, _TAG + text, hashlib.sha256).digest()
+
+
+@dataclass(frozen=True, slots=True)
+class Veto:
+    """A signed denial standing against a request: whose, of which approval, till when."""
+
+    approval: str
+    approver: str
+    lapses_at: float
+
+    def __str__(self) -> str:
+        until = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.lapses_at))
+        return (
+            f"approval {self.approval} for the same request was denied by {self.approver} "
+            f"(a signed denial the partner holds), a veto that stands until {until}"
+        )
 
 
 class PartnerVerdicts:
     """The signed verdicts delivered to the partner; shared by processes."""
 
-    def __init__(self, partner_dir: Path) -> None:
+    def __init__(self, partner_dir: Path, clock: Callable[[], float] = time.time) -> None:
         self.path = partner_dir / FILE
+        self._clock = clock
 
     def deliver(
         self,
@@ -74,9 +191,10 @@ class PartnerVerdicts:
         first: Callable[[], bool],
     ) -> None:
         """Keep ``approver``'s ``verdict`` on ``approval``, durable, once its ``signature``
-        verifies under ``key`` (the one the partner's policy holds for them). A missing
-        file is made only if ``first()`` says no signed verdict was given before, so none
-        can have been lost with it; `IntegrityError` otherwise."""
+        verifies under ``key`` (the one the partner's policy holds for them); a denial
+        binds the approval's request too (`VetoedRequest`). A missing file is made only
+        if ``first()`` says no signed verdict was given before, so none can have been
+        lost with it; `IntegrityError` otherwise."""
         if not verifies(key, approval, approver, verdict, signature):
             raise IntegrityError(
                 f"{approver}'s signed {verdict} on {approval.id} does not verify under the "
@@ -88,9 +206,15 @@ class PartnerVerdicts:
             self._make()
         with self._connected() as db, db:  # committed whole, or rolled back
             db.execute("BEGIN IMMEDIATE")
-            db.execute(_SCHEMA)  # a file left empty: set up now
-            stamp_schema(db, SCHEMA_VERSION, self._what)
+            self._set_up(db)
             db.execute(_KEEP, (approval.id, approver, verdict, signature))
+            if verdict == "deny":
+                request, object_key = VetoedRequest.of_approval(approval).tags(self._key(db))
+                db.execute(
+                    _BIND,
+                    (request, object_key, approval.id, approver, self._clock(),
+                     approval.expires_at),
+                )  # fmt: skip
 
     def denials(self, approval_id: str) -> frozenset[str]:
         """The approvers whose signed denial of ``approval_id`` the partner holds.
@@ -98,11 +222,53 @@ class PartnerVerdicts:
         if not self.path.exists():
             raise self._lost()
         with self._connected() as db:
-            (version,) = db.execute("PRAGMA user_version").fetchone()
-            if version == 0:  # empty: no verdict was ever kept in it
+            if self._version(db) == 0:  # empty: no verdict was ever kept in it
                 return frozenset()
-            stamp_schema(db, SCHEMA_VERSION, self._what)  # a newer one: NewerFormat
             return frozenset(row[0] for row in db.execute(_DENIALS, (approval_id,)))
+
+    def standing_veto(
+        self, request: VetoedRequest, period: float, first: Callable[[], bool] | None = None
+    ) -> Veto | None:
+        """The signed denial binding ``request`` now, if one does: it stands ``period``
+        seconds from its delivery, or until its approval's expiry if that is later (the
+        one lasting longest, if several do). A missing file holds none only if ``first``
+        is given and says no signed verdict was ever given; else `IntegrityError`, and
+        `Unavailable` if it cannot be read."""
+        if not self.path.exists():
+            if first is not None and first():
+                return None
+            raise self._lost()
+        with self._connected() as db:
+            if self._version(db) < 2:  # empty, or kept before denials bound their request
+                return None
+            request_tag, key_tag = request.tags(self._key(db))
+            row = db.execute(
+                _STANDING,
+                {"request": request_tag, "key": key_tag, "period": period, "now": self._clock()},
+            ).fetchone()
+        return None if row is None else Veto(row[0], row[1], float(row[2]))
+
+    def _set_up(self, db: sqlite3.Connection) -> None:
+        """The tables and the veto key of a file left empty, or of schema 1; stamped 2.
+        In the caller's write transaction: two processes set it up once."""
+        self._version(db)  # a newer one: NewerFormat, before anything is written
+        for table in (_VERDICTS, _VETOES, _VETO_KEY):
+            db.execute(table)
+        db.execute("INSERT OR IGNORE INTO veto_key (id, key) VALUES (1, ?)", (os.urandom(32),))
+        stamp_schema(db, SCHEMA_VERSION, self._what)
+
+    def _version(self, db: sqlite3.Connection) -> int:
+        """The file's schema (0: left empty); `NewerFormat` if a newer shardvault wrote it."""
+        (found,) = db.execute("PRAGMA user_version").fetchone()
+        if found > SCHEMA_VERSION:
+            stamp_schema(db, SCHEMA_VERSION, self._what)  # raises: it names both versions
+        return int(found)
+
+    def _key(self, db: sqlite3.Connection) -> bytes:
+        row = db.execute("SELECT key FROM veto_key WHERE id = 1").fetchone()
+        if row is None:  # set up with the tables, in one transaction: damage
+            raise IntegrityError(f"{self._what} has lost its veto key: restore it from a backup")
+        return bytes(row[0])
 
     @property
     def _what(self) -> str:
@@ -153,4 +319,4 @@ class PartnerVerdicts:
                 raise Unavailable(f"cannot use {self._what}: {exc}") from exc
 
 
-__all__ = ["FILE", "SCHEMA_VERSION", "PartnerVerdicts"]
+__all__ = ["FILE", "SCHEMA_VERSION", "PartnerVerdicts", "Veto", "VetoedRequest"]

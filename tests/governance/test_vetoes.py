@@ -1,0 +1,350 @@
+"""A signed denial binds the request it refuses, not only its approval.
+
+Until this was built a veto refused its own approval id and nothing else: the
+requester asked a new approval for the very same request and, with a quorum below
+the number of approvers, the others' signatures met it (docs/trust-model.md).
+These deployments need one signature of the two approvers, the operator's and the
+partner's alike, so that one veto is all that stands in the way.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import closing
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from tests.governance.helpers import US_COURT, as_, entries_of, register
+
+from conftest import files_under, make_deployment
+from governance_support import ensure_approvers, signing_key
+from shardvault.catalog.port import SubjectRecord
+from shardvault.config import Config, load
+from shardvault.errors import AccessDenied, ApprovalRequired
+from shardvault.governance.partner_verdicts import VetoedRequest
+from shardvault.keys.port import KeyScope
+from shardvault.model import Justification, ObjectRef, RequestContext, new_request_id
+from shardvault.policy import Principal, PrincipalKind
+from shardvault.vault import Vault
+
+REF = ObjectRef("intl", "alice", "notes/today.txt")
+DAY = 86400.0
+SCOPE = KeyScope("intl", "US")
+PRIVACY = Principal("pat", "intl", PrincipalKind.EMPLOYEE, "US", frozenset({"privacy"}))
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def one_of_two(text: str) -> str:
+    return text.replace("approval_quorum = 2", "approval_quorum = 1")
+
+
+def partner_policy(config: Config) -> Path:
+    return config.base_dir / "partner" / "custodian-policy.toml"
+
+
+def partner_record(config: Config) -> Path:
+    return config.base_dir / "partner" / "verdicts.sqlite"
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Config:
+    """The operator's config and the partner's policy each ask one signature of two."""
+    config = load(make_deployment(tmp_path / "deploy", edit=one_of_two))
+    policy = partner_policy(config)
+    policy.write_text(one_of_two(policy.read_text()))
+    return load(config.path)
+
+
+@pytest.fixture
+def vault(config: Config, clock: Clock) -> Iterator[Vault]:
+    with Vault.open(config, clock=clock) as vault:
+        register(vault, US_COURT, PRIVACY)
+        ensure_approvers(vault.governance)
+        vault.register_subject("intl", "alice", "US")
+        vault.put(REF, b"alice's note")
+        vault.register_subject("intl", "bob", "US")
+        yield vault
+
+
+def sign(vault: Vault, approval: str, who: str, verdict: str = "approve") -> None:
+    ctx = RequestContext(who, "approval", new_request_id())
+    vault.governance.sign_approval(approval, ctx, verdict, signing_key(vault.governance, who))
+
+
+def forget_ctx(approval: str | None = None) -> RequestContext:
+    return RequestContext("local-admin", "forget-subject", new_request_id(), approval_id=approval)
+
+
+def asked_forget(vault: Vault, subject: str = "alice") -> str:
+    with pytest.raises(ApprovalRequired) as pending:
+        vault.forget("intl", subject, forget_ctx())
+    assert pending.value.approval_id is not None
+    return pending.value.approval_id
+
+
+def vetoed_forget(vault: Vault, subject: str = "alice") -> str:
+    """A forget of SUBJECT asked, and denied by the partner's officer, signed."""
+    approval = asked_forget(vault, subject)
+    sign(vault, approval, "partner-officer", "deny")
+    return approval
+
+
+def vetoed_read(vault: Vault) -> str:
+    """The court's lawful read of alice's note asked, and denied by the partner's officer."""
+    with pytest.raises(ApprovalRequired) as pending:
+        vault.get(REF, ctx=as_(US_COURT, "lawful-request"))
+    approval = pending.value.approval_id
+    assert approval is not None
+    sign(vault, approval, "partner-officer", "deny")
+    return approval
+
+
+def asked_behind_the_guard(
+    vault: Vault, denied: str, now: float | None = None, **other: str | None
+) -> str:
+    """Operator code of its own writing a new approval for the denied one's request (or
+    for one with the ``other`` fields) into its book, as the guard would not ask it, then
+    dpo's genuine signature on it."""
+    book = vault.governance.approvals
+    was = book.get(denied)
+    now = was.created_at if now is None else now
+    again = replace(
+        was, id=book.new_id("US"), request_id=new_request_id(), created_at=now,
+        expires_at=now + DAY, signatures=(), signed=(), **other,
+    )  # fmt: skip
+    book.create(again)
+    sign(vault, again.id, "dpo")
+    assert book.get(again.id).status == "approved"  # met, by the operator's rule and signed
+    return again.id
+
+
+def refused_forget(vault: Vault, approval: str) -> str:
+    """The forget with APPROVAL refused by the partner's custodian, audited as its refusal."""
+    retry = forget_ctx(approval)
+    with pytest.raises(AccessDenied, match=r"refused the destroy \(custodian:approval\)") as no:
+        vault.forget("intl", "alice", retry)
+    assert entries_of(vault, retry)[-1].rule == "custodian:approval"
+    return str(no.value)
+
+
+def alice_record(vault: Vault) -> SubjectRecord:
+    record = vault.cells["US"].catalog.get_subject("intl", "alice")
+    assert record is not None
+    return record
+
+
+def destroy_refused(
+    vault: Vault, approval: str, principal: str = "local-admin", purpose: str = "forget-subject"
+) -> str:
+    """Operator code that skips the guard asking the custodian itself to destroy alice's
+    key under APPROVAL: refused, and the key still unwraps."""
+    why = Justification(principal, purpose, new_request_id(), "US", approval)
+    with pytest.raises(AccessDenied, match=r"refused the destroy \(custodian:approval\)") as no:
+        vault.custodian.destroy(SCOPE, alice_record(vault).key_id, why)
+    assert vault.get(REF) == b"alice's note"
+    return str(no.value)
+
+
+def unwrap_refused(vault: Vault, approval: str) -> str:
+    """The court's unwrap of alice's key under APPROVAL, asked of the custodian itself."""
+    record = alice_record(vault)
+    assert record.wrapped_key is not None
+    why = Justification("us-doj", "lawful-request", new_request_id(), "US", approval)
+    with pytest.raises(AccessDenied, match=r"refused the unwrap \(custodian:approval\)") as no:
+        vault.custodian.unwrap(SCOPE, record.key_id, record.wrapped_key, why)
+    return str(no.value)
+
+
+# the custodian ---------------------------------------------------------------------------
+
+
+def test_a_new_approval_for_a_vetoed_forget_destroys_no_key(config: Config, vault: Vault) -> None:
+    """The gap: the veto of approval A did not stop approval B for the same forget, met
+    by the other approver's signature: the custodian destroyed alice's key."""
+    denied = vetoed_forget(vault)
+    again = asked_behind_the_guard(vault, denied)
+    shards = files_under(config.base_dir / "nodes")
+    said = destroy_refused(vault, again)
+    assert f"approval {denied} for the same request was denied by partner-officer" in said
+    assert vault.subject("intl", "alice").forgotten_at is None
+    assert files_under(config.base_dir / "nodes") == shards
+
+
+def test_a_forgets_veto_binds_whoever_asks_it_and_why(vault: Vault) -> None:
+    """A forget destroys the same key whoever asks: the privacy team's own ask, under
+    another purpose, is refused as the administrator's is."""
+    denied = vetoed_forget(vault)
+    again = asked_behind_the_guard(vault, denied, requester="pat", purpose="user-request")
+    said = destroy_refused(vault, again, "pat", "user-request")
+    assert f"approval {denied} for the same request" in said
+
+
+def test_a_new_approval_for_a_vetoed_lawful_read_unwraps_no_key(vault: Vault) -> None:
+    denied = vetoed_read(vault)
+    again = asked_behind_the_guard(vault, denied)
+    assert f"approval {denied} for the same request was denied" in unwrap_refused(vault, again)
+
+
+def test_the_veto_stands_on_the_partners_record_not_the_book(config: Config, vault: Vault) -> None:
+    """The denied approval and its verdicts deleted from the operator's book: the veto
+    the partner keeps still refuses the request asked again."""
+    denied = vetoed_forget(vault)
+    again = asked_behind_the_guard(vault, denied)
+    book = config.state_dir / "cells" / "US" / "approvals.sqlite"
+    with closing(sqlite3.connect(book)) as db, db:
+        db.execute("DELETE FROM signatures WHERE approval = ?", (denied,))
+        db.execute("DELETE FROM approvals WHERE id = ?", (denied,))
+    assert f"approval {denied} for the same request" in destroy_refused(vault, again)
+    assert b"alice" not in partner_record(config).read_bytes()  # tags, not the request
+
+
+US_FBI = Principal(
+    "us-fbi", "intl", PrincipalKind.EXTERNAL_REQUESTER, "US",
+    authority="us-fbi", authority_country="US",
+)  # fmt: skip
+
+
+def test_a_veto_binds_only_its_own_request(vault: Vault) -> None:
+    """Another subject, action or requester is another request: a veto does not touch it."""
+    register(vault, US_FBI)
+    vetoed_forget(vault, "alice")
+    vetoed_read(vault)
+    bob = asked_forget(vault, "bob")
+    sign(vault, bob, "dpo")
+    assert vault.forget("intl", "bob", forget_ctx(bob)).subject == "bob"
+    with pytest.raises(ApprovalRequired) as fbi:
+        vault.get(REF, ctx=as_(US_FBI, "lawful-request"))
+    assert fbi.value.approval_id is not None
+    sign(vault, fbi.value.approval_id, "dpo")
+    assert vault.get(REF, ctx=as_(US_FBI, "lawful-request", fbi.value.approval_id)) == (
+        b"alice's note"
+    )
+    with pytest.raises(ApprovalRequired) as listing:
+        vault.list("intl", "alice", ctx=as_(US_COURT, "lawful-request"))
+    assert listing.value.approval_id is not None
+    sign(vault, listing.value.approval_id, "dpo")
+    court = as_(US_COURT, "lawful-request", listing.value.approval_id)
+    assert [o.ref for o in vault.list("intl", "alice", ctx=court).items] == [REF]
+
+
+def test_who_and_what_a_veto_binds() -> None:
+    """A forget's request ignores who asks and why; another action's does not; the
+    object key is tagged apart, and the tags are keyed."""
+    read = VetoedRequest.of("us-doj", "read", "intl", "alice", "notes/a", "lawful-request")
+    assert VetoedRequest.of("x", "forget", "intl", "alice", "k", "p") == VetoedRequest(
+        "forget", "intl", "alice"
+    )
+    key = bytes(32)
+    assert read.tags(key)[0] == replace(read, key=None).tags(key)[0]
+    assert replace(read, key=None).tags(key)[1] is None
+    for other in (
+        replace(read, purpose="another"), replace(read, requester="us-fbi"),
+        replace(read, action="list"), replace(read, subject="bob"), replace(read, tenant="dom"),
+    ):  # fmt: skip
+        assert other.tags(key)[0] != read.tags(key)[0]
+    assert read.tags(key) != read.tags(bytes(31) + b"\x01")
+
+
+def test_a_veto_of_one_object_key_binds_any_key_and_not_another(vault: Vault) -> None:
+    denied = vetoed_read(vault)
+    verdicts = vault.governance.partner_verdicts
+    read = VetoedRequest.of_approval(vault.governance.approvals.get(denied))
+    assert read.key == REF.key
+    for ask, bound in (
+        (read, True), (replace(read, key=None), True), (replace(read, key="notes/other"), False),
+        (replace(read, action="list", key=None), False),
+    ):  # fmt: skip
+        assert (verdicts.standing_veto(ask, DAY) is not None) is bound, ask
+    any_key = asked_behind_the_guard(vault, denied, key=None)  # any key of alice's: vetoed
+    assert f"approval {denied} for the same request" in unwrap_refused(vault, any_key)
+
+
+# lapsing ------------------------------------------------------------------------------------
+
+
+def with_veto_days(config: Config, days: int) -> Config:
+    path = partner_policy(config)
+    quorum = "approval_quorum = 1"
+    path.write_text(path.read_text().replace(quorum, f"{quorum}\nveto_days = {days}"))
+    return load(config.path)
+
+
+@pytest.mark.parametrize(("days", "stands"), [(None, 30 * DAY), (2, 2 * DAY), (0, DAY)])
+def test_the_veto_lapses_after_the_partners_period_or_the_approvals_expiry(
+    config: Config, clock: Clock, days: int | None, stands: float
+) -> None:
+    """``veto_days`` from the partner's policy (30 absent), counted from the denial; never
+    before the denied approval's own expiry (the config's 1 day)."""
+    if days is not None:
+        config = with_veto_days(config, days)
+    with Vault.open(config, clock=clock) as vault:
+        register(vault, US_COURT, PRIVACY)
+        ensure_approvers(vault.governance)
+        vault.register_subject("intl", "alice", "US")
+        vault.put(REF, b"alice's note")
+        denied_at = clock.now
+        denied = vetoed_forget(vault)
+        clock.now = denied_at + stands - 1
+        standing = asked_behind_the_guard(vault, denied, clock.now)
+        until = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(denied_at + stands))
+        assert f"a veto that stands until {until}" in destroy_refused(vault, standing)
+        clock.now = denied_at + stands
+        lapsed = asked_behind_the_guard(vault, denied, clock.now)
+        assert vault.forget("intl", "alice", forget_ctx(lapsed)).subject == "alice"
+
+
+# the partner's record ------------------------------------------------------------------------
+
+
+def record_of_schema_1(path: Path, denied: str) -> None:
+    """A record as a shardvault from before vetoes left it: one signed denial."""
+    with closing(sqlite3.connect(path)) as db, db:
+        db.execute(
+            "CREATE TABLE verdicts (approval TEXT NOT NULL, approver TEXT NOT NULL, verdict "
+            "TEXT NOT NULL CHECK (verdict IN ('approve', 'deny')), signature BLOB NOT NULL, "
+            "PRIMARY KEY (approval, approver, verdict)) WITHOUT ROWID"
+        )
+        db.execute("INSERT INTO verdicts VALUES (?, 'partner-officer', 'deny', ?)",
+                   (denied, bytes(64)))  # fmt: skip
+        db.execute("PRAGMA user_version=1")
+    path.chmod(0o600)
+
+
+def user_version(path: Path) -> int:
+    with closing(sqlite3.connect(path)) as db:
+        return int(db.execute("PRAGMA user_version").fetchone()[0])
+
+
+def test_a_record_from_before_vetoes_is_read_and_migrated_by_the_next_verdict(
+    config: Config, vault: Vault
+) -> None:
+    """Its denials still refuse their approval; they bind no request (their statements
+    were not kept, so the partner cannot say what they refused); the next verdict gives
+    it the veto tables, and denials from then on bind their request."""
+    old = asked_forget(vault)
+    path = partner_record(config)
+    record_of_schema_1(path, old)
+    sign(vault, old, "dpo")  # the book knows nothing of the partner's denial
+    assert "denied by partner-officer" in refused_forget(vault, old)
+    assert user_version(path) == 2
+    with closing(sqlite3.connect(path)) as db:
+        assert db.execute("SELECT count(*) FROM vetoes").fetchone() == (0,)
+        assert len(db.execute("SELECT key FROM veto_key").fetchone()[0]) == 32
+    denied = vetoed_forget(vault)
+    again = asked_behind_the_guard(vault, denied)
+    assert f"approval {denied} for the same" in destroy_refused(vault, again)

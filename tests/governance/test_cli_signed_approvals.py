@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import base64
 import os
+import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -204,3 +206,26 @@ def test_a_verdict_the_partner_cannot_keep_is_one_line_exit_1_and_recorded_nowhe
     assert [v["approver"] for v in verdicts(cli, approval)] == ["dpo"]
     assert "approval:deny" not in audited_rules(cli, approval)
     assert not record.exists()
+
+
+def test_a_request_a_veto_binds_is_one_line_exit_1_naming_the_denial_and_its_lapse(
+    cli: Cli,
+) -> None:
+    """The guard opens no approval for a request a signed denial binds: it says which
+    denial, and when it lapses (the demo partner's 30 days), so the requester knows."""
+    token = tokens(cli, "partner-officer")
+    denied = pending_forget(cli)
+    cli.ok("--token", token["partner-officer"], "approval", "deny", denied,
+           "--signing-key", key_of(cli, "partner-officer"))  # fmt: skip
+    asked = {a["id"] for a in cli.json("approval", "ls", "--all")}
+    said = cli.fails(1, "forget", "intl", "alice")
+    assert said.startswith(
+        f"error: forget refused (approval:vetoed): approval {denied} for the same request was "
+        "denied by partner-officer (a signed denial the partner holds), a veto that stands until "
+    )
+    until = datetime.strptime(said.rsplit(" ", 1)[1], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    lapses_in = until.timestamp() - time.time()
+    assert 30 * 86400 - 600 < lapses_in <= 30 * 86400
+    assert {a["id"] for a in cli.json("approval", "ls", "--all")} == asked  # none opened
+    cli.ok("subject", "add", "intl", "bob", "-j", "US")
+    assert "--approval apr-us-" in cli.fails(1, "forget", "intl", "bob")  # bob's: asked

@@ -7,6 +7,7 @@ its own policy holds (docs/trust-model.md), never the book's word for who signed
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
 import time
 from collections.abc import Callable
@@ -30,6 +31,7 @@ from shardvault.errors import (
     IntegrityError,
     InvalidInput,
     NewerFormat,
+    Unavailable,
 )
 from shardvault.governance.approval_signatures import (
     counted_verdicts,
@@ -357,6 +359,29 @@ def assert_refused_and_untouched(
     assert files_under(config.base_dir / "nodes") == shards
 
 
+def assert_custodian_refuses(config: Config, vault: Vault, approval: str, message: str) -> str:
+    """As `assert_refused_and_untouched`, where the operator's guard refuses first (a
+    denial the partner holds binds the request; its record is lost): the custodian,
+    asked itself by code of the operator's own that skips the guard, refuses too."""
+    alice = vault.cells["US"].catalog.get_subject("intl", "alice")
+    assert alice is not None
+    shards = files_under(config.base_dir / "nodes")
+    why = Justification("local-admin", "forget-subject", new_request_id(), "US", approval)
+    with pytest.raises(AccessDenied, match=r"refused the destroy \(custodian:approval\)") as no:
+        vault.custodian.destroy(KeyScope("intl", "US"), alice.key_id, why)
+    assert message in str(no.value)
+    assert vault.get(REF) == b"alice's note"
+    assert files_under(config.base_dir / "nodes") == shards
+    return str(no.value)
+
+
+def assert_guard_refuses(vault: Vault, approval: str, rule: str) -> None:
+    retry = forget_with(vault, approval)
+    with pytest.raises(AccessDenied, match=rf"forget refused \({rule}\)"):
+        vault.forget("intl", "alice", retry)
+    assert entries_of(vault, retry)[-1].rule == rule
+
+
 def test_a_met_approval_written_into_the_book_destroys_no_key(
     deployment: tuple[Config, Vault], story: Vault
 ) -> None:
@@ -422,7 +447,9 @@ def test_a_signed_denial_turned_into_an_approval_does_not_count(
         governance.sign_approval(approval, ctx, verdict, signing_key(governance, who))
     with closing(sqlite3.connect(book(config))) as db, db:
         db.execute("UPDATE signatures SET verdict = 'approve' WHERE approver = 'partner-officer'")
-    assert_refused_and_untouched(config, vault, approval, "1 of the 2 signatures")
+    assert vault.governance.approvals.get(approval).status == "approved"  # the operator's view
+    assert_guard_refuses(vault, approval, "approval:vetoed")  # the partner's record: a veto
+    assert_custodian_refuses(config, vault, approval, "1 of the 2 signatures")
 
 
 @pytest.mark.parametrize(
@@ -583,7 +610,9 @@ def test_a_denial_deleted_from_the_book_still_refuses_the_destroy(tmp_path: Path
                     db.execute("DELETE FROM signatures WHERE verdict = 'deny'")
             ctx = RequestContext(who, "approval", new_request_id())
             governance.sign_approval(approval, ctx, verdict, signing_key(governance, who))
-        assert_refused_and_untouched(config, vault, approval, "denied by partner-officer")
+        assert governance.approvals.get(approval).status == "approved"  # the operator's view
+        assert_guard_refuses(vault, approval, "approval:vetoed")
+        assert_custodian_refuses(config, vault, approval, "denied by partner-officer")
 
 
 # the partner's own record of signed verdicts ------------------------------------------------
@@ -651,7 +680,9 @@ def test_a_lost_record_refuses_every_key_use_that_names_an_approval_until_restor
     path = partner_record(config)
     kept = path.read_bytes()
     path.unlink()
-    assert_refused_and_untouched(config, vault, approval, "record of signed verdicts")
+    with pytest.raises(IntegrityError, match=r"record of signed verdicts .* is missing"):
+        vault.forget("intl", "alice", forget_with(vault, approval))  # the guard's refusal
+    assert_custodian_refuses(config, vault, approval, "record of signed verdicts")
     assert "is missing, while approvals have signed verdicts" in str(
         pytest.raises(IntegrityError, sign_as, vault, lawful, "dpo").value
     )
@@ -683,8 +714,8 @@ def test_a_record_that_cannot_be_used_refuses_the_key_use(
             db.execute("PRAGMA user_version=3")
     else:
         path.write_bytes(b"x" * 4096)
-    assert_refused_and_untouched(config, vault, approval, "")
-    with pytest.raises(AccessDenied, match=message):
+    assert re.search(message, assert_custodian_refuses(config, vault, approval, ""))
+    with pytest.raises((Unavailable, NewerFormat), match=message):  # the guard's
         vault.forget("intl", "alice", forget_with(vault, approval))
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import closing
 from dataclasses import replace
 from pathlib import Path
@@ -23,7 +23,7 @@ from conftest import files_under, make_deployment
 from governance_support import ensure_approvers, signing_key
 from shardvault.catalog.port import SubjectRecord
 from shardvault.config import Config, load
-from shardvault.errors import AccessDenied, ApprovalRequired
+from shardvault.errors import AccessDenied, ApprovalRequired, IntegrityError
 from shardvault.governance.partner_verdicts import VetoedRequest
 from shardvault.keys.port import KeyScope
 from shardvault.model import Justification, ObjectRef, RequestContext, new_request_id
@@ -348,3 +348,89 @@ def test_a_record_from_before_vetoes_is_read_and_migrated_by_the_next_verdict(
     denied = vetoed_forget(vault)
     again = asked_behind_the_guard(vault, denied)
     assert f"approval {denied} for the same" in destroy_refused(vault, again)
+
+
+# the guard ----------------------------------------------------------------------------------
+
+
+def book_ids(vault: Vault) -> set[str]:
+    return {a.id for a in vault.governance.approvals.all()}
+
+
+def refused_ask(vault: Vault, ctx: RequestContext, call: Callable[[], object]) -> str:
+    """CALL, which needs an approval, refused by the guard for a standing veto: audited
+    naming the denial, and no approval opened."""
+    before = book_ids(vault)
+    with pytest.raises(AccessDenied, match=r"refused \(approval:vetoed\): approval ") as no:
+        call()
+    assert book_ids(vault) == before
+    (entry,) = entries_of(vault, ctx)
+    assert (entry.decision, entry.rule, entry.result) == ("deny", "approval:vetoed", "refused")
+    return str(no.value)
+
+
+def test_the_guard_opens_no_approval_for_a_vetoed_request(vault: Vault, clock: Clock) -> None:
+    denied_at = clock.now
+    denied = vetoed_forget(vault)
+    until = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(denied_at + 30 * DAY))
+    again = forget_ctx()
+    said = refused_ask(vault, again, lambda: vault.forget("intl", "alice", again))
+    assert said == (
+        f"forget refused (approval:vetoed): approval {denied} for the same request was denied "
+        f"by partner-officer (a signed denial the partner holds), a veto that stands until "
+        f"{until}"
+    )
+    assert entries_of(vault, again)[0].details["vetoed_by"] == denied
+    privacy = RequestContext("pat", "user-request", new_request_id())
+    refused_ask(vault, privacy, lambda: vault.forget("intl", "alice", privacy))
+    read = vetoed_read(vault)
+    court = as_(US_COURT, "lawful-request")
+    assert f"approval {read} for the same" in refused_ask(
+        vault, court, lambda: vault.get(REF, ctx=court)
+    )
+    clock.now = denied_at + 30 * DAY  # lapsed: asked, and met, as any other request
+    assert vault.forget("intl", "alice", forget_ctx(asked_and_met(vault))).subject == "alice"
+
+
+def asked_and_met(vault: Vault) -> str:
+    approval = asked_forget(vault)
+    sign(vault, approval, "dpo")
+    return approval
+
+
+def test_the_guard_refuses_an_approval_met_before_the_veto(vault: Vault) -> None:
+    """A list needs no key, so no custodian sees it: the guard is what refuses the court's
+    approval met before the same request was asked again and vetoed."""
+    listing = as_(US_COURT, "lawful-request")
+    with pytest.raises(ApprovalRequired) as first:
+        vault.list("intl", "alice", ctx=listing)
+    met = first.value.approval_id
+    assert met is not None
+    sign(vault, met, "dpo")
+    with pytest.raises(ApprovalRequired) as second:
+        vault.list("intl", "alice", ctx=as_(US_COURT, "lawful-request"))
+    assert second.value.approval_id is not None
+    sign(vault, second.value.approval_id, "partner-officer", "deny")
+    court = as_(US_COURT, "lawful-request", met)
+    with pytest.raises(AccessDenied, match=r"list refused \(approval:vetoed\)"):
+        vault.list("intl", "alice", ctx=court)
+    (entry,) = entries_of(vault, court)
+    assert (entry.rule, entry.details["approval_id"]) == ("approval:vetoed", met)
+    assert entry.details["vetoed_by"] == second.value.approval_id
+
+
+def test_a_lost_record_opens_no_approval(config: Config, vault: Vault) -> None:
+    """Fail closed: the lost record may have held a veto of this very request. Refused as
+    a verdict is then, naming the file; and once it is restored, asked as before."""
+    vetoed_forget(vault, "bob")
+    path = partner_record(config)
+    kept = path.read_bytes()
+    path.unlink()
+    ask = forget_ctx()
+    before = book_ids(vault)
+    with pytest.raises(IntegrityError, match=r"record of signed verdicts .* is missing"):
+        vault.forget("intl", "alice", ask)
+    assert book_ids(vault) == before
+    path.write_bytes(kept)
+    path.chmod(0o600)
+    asked_forget(vault)

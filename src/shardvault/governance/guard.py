@@ -6,7 +6,8 @@ Per vault call, `Governance.authorize`:
    administrator), so roles, kind and location are the registered ones;
 2. asks the pure policy engine (`shardvault.policy.decide`);
 3. checks a k-of-n approval when the decision requires one (or creates a
-   pending one and refuses with its id);
+   pending one and refuses with its id), refusing one, or a new one, for a request
+   a signed denial the partner holds still binds (`partner_verdicts`);
 4. appends the decision to the home cell's audit log and waits until it is
    durable. If that fails the access is refused (`AuditUnavailable`) and
    nothing else happens: fail closed;
@@ -48,7 +49,7 @@ from shardvault.governance.approvals import Approval, ApprovalBook, approval_cel
 from shardvault.governance.attestations import CustodianKey
 from shardvault.governance.custodian_gate import custodian_gate
 from shardvault.governance.heads import CellAudit, PartnerWitness, publish_head
-from shardvault.governance.partner_verdicts import PartnerVerdicts
+from shardvault.governance.partner_verdicts import PartnerVerdicts, Veto, VetoedRequest
 from shardvault.governance.principals import PrincipalRegistry
 from shardvault.keys.rootkey import CustodianGate
 from shardvault.model import LOCAL_ADMIN, DataClass, Justification, RequestContext, shown
@@ -387,22 +388,47 @@ class Governance:
     ) -> str | None:
         """The request's approval id once checked for exactly this use (None if it brings
         none and the decision needs none). A decision that needs one it lacks records a
-        pending approval and raises `ApprovalRequired`; a bad one is refused, audited."""
-        if ctx.approval_id is None:
-            if decision.effect is Effect.APPROVAL_REQUIRED:
-                self._request_approval(ctx, principal, action, resource, decision)
+        pending approval and raises `ApprovalRequired`, unless a signed denial binds the
+        request; a bad one, or one such a denial binds, is refused, audited."""
+        if ctx.approval_id is None and decision.effect is not Effect.APPROVAL_REQUIRED:
             return None
+        veto = None
         try:
-            self._check_approval(ctx.approval_id, ctx, action, principal, resource)
+            if ctx.approval_id is None:
+                asked = VetoedRequest.of(
+                    principal.id, str(action), resource.tenant, resource.subject,
+                    resource.key, ctx.purpose,
+                )  # fmt: skip
+            else:
+                approval = self._check_approval(ctx.approval_id, ctx, action, principal, resource)
+                asked = VetoedRequest.of_approval(approval)
+            veto = self._standing_veto(asked)
+            if veto is not None:
+                raise AccessDenied(str(veto), rule="approval:vetoed")
         except AccessDenied as exc:
             rule = exc.rule or "approval:invalid"
             self._audit(
                 resource, **_request_fields(ctx, action), decision="deny", rule=rule,
                 result="refused",
-                details=_details(principal, resource, "policy", approval_id=ctx.approval_id),
+                details=_details(principal, resource, "policy", approval_id=ctx.approval_id,
+                                 vetoed_by=veto.approval if veto else None),
             ).wait()  # fmt: skip
             raise AccessDenied(f"{action} refused ({rule}): {exc}", rule=rule) from None
+        if ctx.approval_id is None:
+            self._request_approval(ctx, principal, action, resource, decision)
         return ctx.approval_id
+
+    def _standing_veto(self, asked: VetoedRequest) -> Veto | None:
+        """The signed denial the partner holds that binds ``asked``, if one does: the
+        guard refuses what the custodian will, so no approval is opened for a vetoed
+        request, nor used (for a list or stat no custodian sees). The partner's record
+        lost (`IntegrityError`) or unreadable (`Unavailable`, `NewerFormat`) refuses it
+        too, as it refuses a verdict: a veto may be in it. Asked only of requests that
+        need or bring an approval, never of a plain get or put."""
+        return self.partner_verdicts.standing_veto(
+            asked, self.custodian_policy.veto_seconds,
+            first=lambda: not self.approvals.holds_signed_verdicts(),
+        )  # fmt: skip
 
     def _check_approval(
         self,
@@ -411,7 +437,7 @@ class Governance:
         action: Action,
         principal: Principal,
         resource: Resource,
-    ) -> None:
+    ) -> Approval:
         """`ApprovalBook.check_use` for this request: by the subject's and key's names, or
         by their pseudonyms, which is all a forget leaves in its approvals (so a retry of
         an interrupted forget, say, still gets its answer)."""
@@ -423,12 +449,11 @@ class Governance:
         mismatch = None
         for subject, key in names:
             try:
-                self.approvals.check_use(
+                return self.approvals.check_use(
                     approval_id, principal=principal.id, action=str(action),
                     tenant=resource.tenant, jurisdiction=resource.jurisdiction,
                     subject=subject, key=key, purpose=ctx.purpose,
                 )  # fmt: skip
-                return
             except AccessDenied as exc:
                 if exc.rule != "approval:mismatch":
                     raise

@@ -35,7 +35,7 @@ def shown(value: object, limit: int = 80, *, escaped: bool = False) -> str:
     and so is one of a string in a list, tuple, set or dict (a list of file names)."""
     text = ascii(value) if escaped else repr(value)
     if _text_only(value):
-        text = _REPR_ESCAPE.sub(_byte_escape, text)
+        text = repr_escaped(text)
     if len(text) <= limit:
         return text
     size = f"{len(value)} characters" if isinstance(value, str) else type(value).__name__
@@ -45,6 +45,12 @@ def shown(value: object, limit: int = 80, *, escaped: bool = False) -> str:
 # In a str's repr: an escaped backslash (kept, so that what follows it is text), a
 # character U+0080-U+00FF, or an undecodable byte (a lone surrogate U+DC80-U+DCFF).
 _REPR_ESCAPE = re.compile(r"\\(\\|x[89a-f][0-9a-f]|udc[89a-f][0-9a-f])")
+
+
+def repr_escaped(text: str) -> str:
+    """TEXT holding a string's repr (a message of a library's: ``'x\\udcff'``) with its
+    escapes as `shown` writes them, so a byte reads the same in every message."""
+    return _REPR_ESCAPE.sub(_byte_escape, text)
 
 
 def _text_only(value: object) -> bool:

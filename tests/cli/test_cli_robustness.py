@@ -1383,3 +1383,28 @@ def test_an_undecodable_byte_in_a_note_on_stderr_is_written_as_the_byte(tmp_path
     assert done.returncode == 0, done.stderr
     note = utf8(done.stderr)
     assert f"wrote {tmp_path}/demo\\xff/shardvault.toml" in note and "\\udc" not in note
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        ([X_FF], "No such command 'x\\xff'."),
+        (["audit", X_FF], "No such command 'x\\xff'."),
+        (["nodes", f"--{X_FF}"], "No such option: --x\\xff"),
+        ([f"--{X_FF}", "nodes"], "No such option: --x\\xff"),
+        (["nodes", X_FF], "Got unexpected extra argument(s) (x\\xff)"),
+        (["nodes", "a\u202ec"], "Got unexpected extra argument(s) (a\\u202ec)"),  # reversed
+    ],
+    ids=["command", "subcommand", "option", "global-option", "extra-argument", "bidi"],
+)
+def test_an_undecodable_byte_in_a_usage_error_is_written_as_the_byte(
+    tmp_path: Path, args: list[str], said: str
+) -> None:
+    # the framework's own usage box wrote the byte as Python's surrogate, 'x\udcff'
+    # (quoted with repr) or \udcff (as it is, six columns its box counted as one)
+    done = shardvault(tmp_path / "none.toml", *args, env=STRICT)
+    assert done.returncode == 2
+    err = utf8(done.stderr)
+    assert "Traceback" not in err and "\\udc" not in err, err
+    (message,) = [line.strip("│ ") for line in err.splitlines() if line.startswith("│")]
+    assert message == said

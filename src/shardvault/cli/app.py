@@ -7,19 +7,50 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Callable
-from contextlib import suppress
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from types import FrameType
 from typing import Annotated, Any
 
 import typer
+from typer.core import TyperGroup
 
 from shardvault.cli.state import CliState
 from shardvault.errors import ShardvaultError
-from shardvault.model import named, shown
+from shardvault.model import named, repr_escaped, shown
+
+
+class _Commands(TyperGroup):
+    """The command tree, whose usage errors (the framework's own: an unknown command or
+    option, an extra argument, a bad value) escape what they repeat as our error lines
+    do: a byte not UTF-8 was Python's surrogate there, \\udcff or 'x\\udcff'."""
+
+    def make_context(  # the global options are parsed here
+        self, info_name: str | None, args: list[str], parent: Any = None, **extra: Any
+    ) -> Any:
+        with _usage_escaped():
+            return super().make_context(info_name, args, parent, **extra)
+
+    def invoke(self, ctx: Any) -> Any:  # and each command's arguments here
+        with _usage_escaped():
+            return super().invoke(ctx)
+
+
+@contextmanager
+def _usage_escaped() -> Iterator[None]:
+    """A usage error's message, escaped line by line (a help text shown for no arguments
+    is one too) before the framework prints it in its box."""
+    try:
+        yield
+    except typer.TyperException as exc:
+        lines = exc.message.split("\n")
+        exc.message = "\n".join(_one_line(repr_escaped(line)) for line in lines)
+        raise
+
 
 app = typer.Typer(
     name="shardvault",
+    cls=_Commands,
     help="Encrypted, erasure-coded, jurisdiction-pinned storage.",
     no_args_is_help=True,
     add_completion=False,

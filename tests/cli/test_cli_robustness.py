@@ -1375,6 +1375,25 @@ def test_the_next_page_hint_of_ls_is_a_key_a_shell_reads_back_as_it_is(
         assert read.stdout == ("a\"b'c `id`" if after == "" else "it's $HOME")
 
 
+@pytest.mark.parametrize(
+    "name",
+    ["my demo", 'it\'s "demo" $HOME `id`', os.fsdecode(b"it's d\xff"), "a\tb"],
+    ids=["space", "quotes", "not-utf8", "tab"],
+)
+def test_the_hint_of_init_is_a_command_a_shell_runs_as_it_is(tmp_path: Path, name: str) -> None:
+    # the hint named the config unquoted: pasted, "shardvault --config my demo/..."
+    # gave the shell two arguments, and a quote left it waiting for its other half
+    done = shardvault(tmp_path / "none.toml", "init", "--demo", name, env=STRICT, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    (hint,) = [line for line in utf8(done.stderr).splitlines() if "use it with: " in line]
+    command = hint.split("use it with: ", 1)[1].removesuffix(" ...")
+    path = f"{BINARY.parent}{os.pathsep}{os.environ['PATH']}"
+    ran = subprocess.run(["bash", "-c", f"{command} nodes --json"], capture_output=True,
+                         cwd=tmp_path, env={**os.environ, "PATH": path}, check=False)  # fmt: skip
+    assert ran.returncode == 0, (command, ran.stderr)
+    assert len(json.loads(ran.stdout)) == 18
+
+
 def test_an_undecodable_byte_in_a_note_on_stderr_is_written_as_the_byte(tmp_path: Path) -> None:
     # notes and warnings went to stderr as Python writes a lone surrogate there,
     # \udcff, where error lines and output write the byte \xff

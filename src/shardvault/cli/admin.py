@@ -10,7 +10,15 @@ import typer
 
 from shardvault.cli.deployment_files import output_outside
 from shardvault.cli.outfile import write_output
-from shardvault.cli.output import human_size, print_json, print_table, say, warn, write_out
+from shardvault.cli.output import (
+    human_size,
+    print_json,
+    print_table,
+    say,
+    shell_quoted,
+    warn,
+    write_out,
+)
 from shardvault.cli.state import CliState, state
 from shardvault.config import Config
 from shardvault.demo import write_demo
@@ -43,7 +51,7 @@ def init(
         # taken as a str: a Path would turn '' into '.', writing into the current directory
         raise InvalidInput("--demo needs a directory, not an empty string (use . for here)")
     path = write_demo(Path(demo))
-    say(f"wrote {path}; use it with: shardvault --config {path} ...")
+    say(f"wrote {path}; use it with: shardvault --config {shell_quoted(str(path))} ...")
 
 
 @subject_app.command("add")

@@ -6,6 +6,7 @@ import errno
 import io
 import json
 import os
+import shlex
 import sys
 import time
 from collections.abc import Sequence
@@ -148,6 +149,26 @@ def _render(table: Table, min_width: int) -> str:
         color_system="auto" if terminal else None,
     ).print(table)
     return buffer.getvalue()
+
+
+def shell_quoted(text: str) -> str:
+    """TEXT quoted for a POSIX shell to read back as it is, in a command to paste. What a
+    terminal shows as something else (a byte not UTF-8, a tab, a newline) is written as
+    bash's ``$'...'`` reads it (``\\xff``, ``\\x09``): within shlex's single quotes the
+    escape a line shows would be read as a backslash and letters."""
+    if text.isprintable():
+        return shlex.quote(text)
+    return "$'" + "".join(_ansi_c(char) for char in text) + "'"
+
+
+def _ansi_c(char: str) -> str:
+    """CHAR within ``$'...'``: the byte of an undecodable name as ``\\xNN``, as are the
+    UTF-8 bytes of a character not printable; a quote or backslash escaped."""
+    if char in "'\\":
+        return "\\" + char
+    if char.isprintable():
+        return char
+    return "".join(f"\\x{byte:02x}" for byte in os.fsencode(char))
 
 
 def human_size(size: int) -> str:

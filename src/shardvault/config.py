@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from shardvault.durability import open_regular
-from shardvault.errors import ConfigError, InvalidInput
+from shardvault.errors import ConfigError, InvalidInput, NewerFormat
 from shardvault.model import (
     NodeSpec,
     NodeState,
@@ -179,6 +179,18 @@ def _read_config(path: Path) -> bytes:
     return raw
 
 
+def _refuse_newer(doc: dict[str, Any], path: Path) -> None:
+    """A file of a later format is `NewerFormat` (exit 1: upgrade), as the deployment's
+    other files are, not bad input: it is fine, this shardvault is too old for it. Its
+    other keys are not judged: they are that format's."""
+    version = doc.get("version")
+    if type(version) is int and version > FORMAT_VERSION:
+        raise NewerFormat(
+            f"config {path} is of format version {version}; this shardvault reads "
+            f"version {FORMAT_VERSION}: upgrade shardvault"
+        )
+
+
 class _Problems:
     def __init__(self) -> None:
         self.items: list[str] = []
@@ -245,6 +257,7 @@ def _check_name(check: Any, value: Any, where: str, problems: _Problems) -> bool
 
 def parse(doc: dict[str, Any], path: Path) -> Config:
     """Validate a parsed TOML document; raises ConfigError naming every bad key."""
+    _refuse_newer(doc, path)
     problems = _Problems()
     known_top = {
         "version",

@@ -255,3 +255,25 @@ def test_ls_refuses_a_prefix_not_in_nfc_as_get_refuses_the_key(
 def test_a_key_not_in_nfc_is_shown_escaped(alice: Cli, command: str) -> None:
     line = alice.fails(2, command, "intl", "alice", f"caf{NFD}")
     assert line == "error: invalid object key 'cafe\\u0301': normalise it to Unicode NFC first"
+
+
+@pytest.mark.parametrize(
+    ("version", "code", "said"),
+    [
+        ("2", 1, "config {config} is of format version 2; this shardvault reads version 1: "
+                 "upgrade shardvault"),
+        ("0", 2, "config {config}: version: must be 1 (found 0)"),
+        ('"2"', 2, "config {config}: version: must be 1 (found '2')"),
+    ],
+    ids=["newer", "zero", "string"],
+)  # fmt: skip
+def test_a_config_of_a_newer_format_says_to_upgrade(
+    tmp_path: Path, capsysbinary: pytest.CaptureFixture[bytes], version: str, code: int, said: str
+) -> None:
+    # version 2 was bad input, exit 2, "must be 1": the file is fine, this shardvault
+    # is too old for it, as the catalogs, keyring and audit logs say (exit 1)
+    config = make_deployment(
+        tmp_path / "demo", edit=lambda t: t.replace("version = 1", f"version = {version}", 1)
+    )
+    line = Cli(config, capsysbinary).fails(code, "nodes")
+    assert line == "error: " + said.format(config=config)

@@ -115,6 +115,9 @@ def replace_once(old: str, new: str) -> str:
     [
         (replace_once("version = 1", 'version = "1"'), "version: must be 1 (found '1')"),
         (replace_once("version = 1\n", ""), "version: must be 1 (found None)"),
+        # true == 1 and 1.0 == 1 in Python: both were read as version 1
+        (replace_once("version = 1", "version = true"), "version: must be 1 (found True)"),
+        (replace_once("version = 1", "version = 1.0"), "version: must be 1 (found 1.0)"),
         (
             replace_once("segment_size = 1048576", 'segment_size = "1MiB"'),
             "storage.segment_size: expected int, got str",

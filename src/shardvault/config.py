@@ -271,7 +271,7 @@ def parse(doc: dict[str, Any], path: Path) -> Config:
     for key in sorted(set(doc) - known_top):
         problems.add(key, "unknown key")
     version = doc.get("version")
-    if version != FORMAT_VERSION:
+    if type(version) is not int or version != FORMAT_VERSION:  # not true, nor 1.0
         problems.add("version", f"must be {FORMAT_VERSION} (found {version!r})")
     base = path.parent
 

@@ -1330,6 +1330,7 @@ POLICY_CHECK = [
         [*POLICY_CHECK, "--action", X_FF, "--kind", "service"],
         [*POLICY_CHECK, "--action", "read", "--kind", X_FF],
         [*POLICY_CHECK, "--action", "read", "--kind", "service", "--data-class", X_FF],
+        [*POLICY_CHECK, "--action", "read", "--kind", "service", "--purpose", X_FF],
         ["ls", "intl", "alice", "--prefix", X_FF],
         ["ls", "intl", "alice", "--start-after", X_FF],
         ["scan", ".", "--format", X_FF],
@@ -1341,6 +1342,7 @@ POLICY_CHECK = [
         "policy-action",
         "policy-kind",
         "data-class",
+        "policy-purpose",  # answered deny "for 'x\\udcff'": one no request can declare
         "ls-prefix",
         "ls-start-after",
         "scan-format",

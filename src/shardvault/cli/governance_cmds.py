@@ -18,7 +18,7 @@ from shardvault.governance.approval_signatures import load_signing_key, write_si
 from shardvault.governance.approvals import Approval
 from shardvault.model import LOCAL_ADMIN
 from shardvault.policy import Action, Principal, PrincipalKind, Resource, explain, load_policy
-from shardvault.policy.model import as_enum
+from shardvault.policy.model import as_enum, token
 from shardvault.policy.table import CaseResult, load_cases, run_table
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
@@ -380,7 +380,9 @@ def policy_check(
     else:
         who = _registered_principal(cli, principal, tenant, jurisdiction)
     resource = Resource(tenant, jurisdiction, data_class)  # type: ignore[arg-type]
-    result = explain(policy, who, as_enum(Action, action, "action"), resource, purpose)
+    # a purpose no request may declare is refused as a request's is, not answered for
+    checked = token(purpose, "purpose")
+    result = explain(policy, who, as_enum(Action, action, "action"), resource, checked)
     decision = result.decision
     if json_out:
         print_json(

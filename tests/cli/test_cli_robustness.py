@@ -357,6 +357,26 @@ def test_full_stdout_is_exit_1(alice: Cli, argv: list[str]) -> None:
     assert one_error_line(done, 1) == "error: cannot write to stdout: No space left on device"
 
 
+@pytest.mark.parametrize("json_out", [[], ["--json"]], ids=["text", "json"])
+@pytest.mark.parametrize("stdout", ["closed", "full"])
+def test_keygen_whose_public_key_cannot_be_shown_leaves_no_key(
+    tmp_path: Path, stdout: str, json_out: list[str]
+) -> None:
+    # the private key was written, its public key lost with the output: exit 1, and
+    # the same command run again refused, the file existing
+    key = tmp_path / "dpo.skey"
+    argv = ["approval", "keygen", str(key), *json_out]
+    if stdout == "closed":
+        done = shardvault(tmp_path / "none.toml", *argv, preexec_fn=lambda: os.close(1))
+    else:
+        with open("/dev/full", "wb") as full:
+            done = shardvault(tmp_path / "none.toml", *argv, stdout=full)
+    assert done.returncode == 1, done.stderr
+    line = done.stderr.decode().strip().splitlines()[-1]
+    assert line.startswith("error: ") and line.endswith(f"; {key} was removed: run it again")
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("unbuffered", ["1", ""], ids=["PYTHONUNBUFFERED", "buffered"])
 @pytest.mark.parametrize("what", ["bytes", "text"])
 def test_stdout_onto_a_disk_that_fills_midway_is_exit_1(

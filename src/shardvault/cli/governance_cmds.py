@@ -10,13 +10,13 @@ from typing import Annotated
 import typer
 
 from shardvault.cli.given import path_named
-from shardvault.cli.output import print_json, print_table, say, write_out
+from shardvault.cli.output import OutputFailed, print_json, print_table, say, write_out
 from shardvault.cli.state import CliState, state
 from shardvault.custodian_policy import public_key_text
 from shardvault.errors import Refused
 from shardvault.governance.approval_signatures import load_signing_key, write_signing_key
 from shardvault.governance.approvals import Approval
-from shardvault.model import LOCAL_ADMIN
+from shardvault.model import LOCAL_ADMIN, named
 from shardvault.policy import Action, Principal, PrincipalKind, Resource, explain, load_policy
 from shardvault.policy.model import as_enum, token
 from shardvault.policy.table import CaseResult, load_cases, run_table
@@ -300,6 +300,16 @@ def approval_keygen(
     """Make an approver's Ed25519 key pair: the private key to FILE (0600, never over an
     existing file), the public key, for the partner's table of approvers, on stdout."""
     public = public_key_text(write_signing_key(key_file).public_key())
+    try:
+        _show_public_key(key_file, public, json_out)
+    except BaseException as exc:  # unseen, the public key can be enrolled by no one
+        key_file.unlink(missing_ok=True)  # and the file made a second run refuse
+        if isinstance(exc, OutputFailed):
+            raise OutputFailed(f"{exc}; {named(str(key_file))} was removed: run it again") from None
+        raise
+
+
+def _show_public_key(key_file: Path, public: str, json_out: bool) -> None:
     if json_out:
         print_json({"private_key": str(key_file), "public_key": public})
         return

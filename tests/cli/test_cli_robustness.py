@@ -377,6 +377,29 @@ def test_keygen_whose_public_key_cannot_be_shown_leaves_no_key(
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("json_out", [[], ["--json"]], ids=["text", "json"])
+@pytest.mark.parametrize("stdout", ["closed", "full"])
+def test_a_token_that_cannot_be_shown_is_revoked(
+    alice: Cli, stdout: str, json_out: list[str]
+) -> None:
+    # exit 1, but the token stayed live for 90 days: a credential no one was given
+    hint = "; the token was revoked: issue another with 'shardvault principal token svc'"
+    for argv in (
+        ["principal", "add", "svc", "--tenant", "intl", "--kind", "service", "--location", "US"],
+        ["principal", "token", "svc"],
+    ):
+        if stdout == "closed":
+            done = shardvault(alice.config, *argv, *json_out, preexec_fn=lambda: os.close(1))
+        else:
+            with open("/dev/full", "wb") as full:
+                done = shardvault(alice.config, *argv, *json_out, stdout=full)
+        assert done.returncode == 1, done.stderr
+        line = done.stderr.decode().strip().splitlines()[-1]
+        assert line.startswith("error: ") and line.endswith(hint), line
+        (svc,) = [p for p in alice.json("principal", "ls") if p["id"] == "svc"]
+        assert svc["active_tokens"] == 0
+
+
 @pytest.mark.parametrize("unbuffered", ["1", ""], ids=["PYTHONUNBUFFERED", "buffered"])
 @pytest.mark.parametrize("what", ["bytes", "text"])
 def test_stdout_onto_a_disk_that_fills_midway_is_exit_1(

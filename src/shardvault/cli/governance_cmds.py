@@ -16,6 +16,7 @@ from shardvault.custodian_policy import public_key_text
 from shardvault.errors import Refused
 from shardvault.governance.approval_signatures import load_signing_key, write_signing_key
 from shardvault.governance.approvals import Approval
+from shardvault.governance.principals import IssuedToken, PrincipalRegistry
 from shardvault.model import LOCAL_ADMIN, named
 from shardvault.policy import Action, Principal, PrincipalKind, Resource, explain, load_policy
 from shardvault.policy.model import as_enum, token
@@ -98,13 +99,32 @@ def principal_add(
     cli.require_local_admin("principal add")
     cli.config().tenant(tenant)
     principal = _principal(ident, tenant, kind, location, role, authority, authority_country)
-    issued = cli.governance().registry.add(principal, token_ttl=ttl_days * 86400)
+    registry = cli.governance().registry
+    issued = registry.add(principal, token_ttl=ttl_days * 86400)
     assert issued is not None
-    if json_out:
-        print_json({"id": ident, "token": issued.token, "expires_at": _iso(issued.expires_at)})
-        return
-    say(f"added {kind} {ident} of {tenant} in {location}; token expires {_iso(issued.expires_at)}")
-    write_out(f"{issued.token}\n")
+    added = f"added {kind} {ident} of {tenant} in {location}; "
+    _hand_out(registry, issued, json_out, added)
+
+
+def _hand_out(registry: PrincipalRegistry, issued: IssuedToken, json_out: bool, note: str) -> None:
+    """Print ISSUED's token, or revoke it: one stdout could not take (closed, full) or
+    an interrupt stopped was given to no one, yet stayed live until it expired."""
+    try:
+        if json_out:
+            expires = _iso(issued.expires_at)
+            print_json({"id": issued.principal, "token": issued.token, "expires_at": expires})
+            return
+        if note:
+            say(f"{note}token expires {_iso(issued.expires_at)}")
+        write_out(f"{issued.token}\n")
+    except BaseException as exc:
+        registry.revoke_token(issued.principal, issued.token_id)
+        if isinstance(exc, OutputFailed):
+            raise OutputFailed(
+                f"{exc}; the token was revoked: issue another with "
+                f"'shardvault principal token {issued.principal}'"
+            ) from None
+        raise
 
 
 @principal_app.command("token")
@@ -117,11 +137,8 @@ def principal_token(
     """Issue another API token for a principal (shown only once)."""
     cli = state(ctx)
     cli.require_local_admin("principal token")
-    issued = cli.governance().registry.issue_token(ident, ttl_days * 86400)
-    if json_out:
-        print_json({"id": ident, "token": issued.token, "expires_at": _iso(issued.expires_at)})
-        return
-    write_out(f"{issued.token}\n")
+    registry = cli.governance().registry
+    _hand_out(registry, registry.issue_token(ident, ttl_days * 86400), json_out, "")
 
 
 @principal_app.command("ls")

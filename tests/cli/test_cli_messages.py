@@ -117,6 +117,7 @@ def test_an_empty_output_name_says_so(alice: Cli) -> None:
 
 EMPTY_PATHS = {
     "scan PATH": (["scan", ""], "PATH"),
+    "put FILE": (["put", "intl", "alice", "k2", ""], "FILE"),  # "cannot read : No such file"
     "scan --policy": (["scan", "{source}", "--policy", ""], "--policy"),
     "scan --baseline": (["scan", "{source}", "--baseline", ""], "--baseline"),
     "scan --write-baseline": (["scan", "{source}", "--write-baseline", ""], "--write-baseline"),

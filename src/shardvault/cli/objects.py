@@ -45,6 +45,8 @@ def _open_source(file: str) -> tuple[BinaryIO, int | None]:
         if sys.stdin is None:
             raise InvalidInput("stdin is closed: give a FILE, or pipe the data in")
         return sys.stdin.buffer, None
+    if not file:  # open("") says "No such file": name what is missing, as other paths do
+        raise InvalidInput("FILE is empty; give a path")
     try:
         source = open_given(file)
     except OSError as exc:

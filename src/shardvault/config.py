@@ -20,6 +20,7 @@ from shardvault.model import (
     NodeState,
     facility_name,
     jurisdiction_code,
+    named,
     node_id,
     shown,
     tenant_name,
@@ -149,33 +150,35 @@ def load(path: str | os.PathLike[str]) -> Config:
     try:
         doc = tomllib.loads(raw.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"config {path}: not valid TOML: {exc}") from exc
+        raise ConfigError(f"config {named(str(path))}: not valid TOML: {exc}") from exc
     except RecursionError:
-        raise ConfigError(f"config {path}: not valid TOML: nested too deeply") from None
+        raise ConfigError(f"config {named(str(path))}: not valid TOML: nested too deeply") from None
     return parse(doc, path.resolve())
 
 
 def _read_config(path: Path) -> bytes:
     """The file's bytes; a FIFO or device is refused, never opened blocking (it could
     block or never end, even one swapped in after a check), and a file over
-    MAX_CONFIG_BYTES is refused rather than read whole."""
+    MAX_CONFIG_BYTES is refused rather than read whole. PATH is named as given, or by
+    its first characters where too long to repeat."""
+    name = named(str(path))
     try:
         opened = open_regular(path)
         if isinstance(opened, str):
-            raise ConfigError(f"config {path} is not a regular file: pass the deployment's TOML")
+            raise ConfigError(f"config {name} is not a regular file: pass the deployment's TOML")
         with opened:
             raw = opened.read(MAX_CONFIG_BYTES + 1)
     except FileNotFoundError:
         raise ConfigError(
-            f"config {path} not found: pass --config, set {ENV_VAR}, "
+            f"config {name} not found: pass --config, set {ENV_VAR}, "
             "or create one with 'shardvault init --demo DIR'"
         ) from None
     except OSError as exc:
-        raise ConfigError(f"config {path}: {exc.strerror}") from exc
+        raise ConfigError(f"config {name}: {exc.strerror}") from exc
     except ValueError as exc:  # a NUL in the path
         raise ConfigError(f"config path {str(path)!r}: {exc}") from None
     if len(raw) > MAX_CONFIG_BYTES:
-        raise ConfigError(f"config {path} is larger than {MAX_CONFIG_BYTES} bytes: is it the TOML?")
+        raise ConfigError(f"config {name} is larger than {MAX_CONFIG_BYTES} bytes: is it the TOML?")
     return raw
 
 

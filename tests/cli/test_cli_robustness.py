@@ -778,9 +778,14 @@ def test_a_broken_node_is_shown_and_read_around(alice: Cli, tmp_path: Path) -> N
         ["audit", "head", "--cell", "US", "-o", "{long}"],
         ["init", "--demo", "{long}"],
         ["put", "intl", "alice", "k", "{long}"],
+        ["--config", "{long}", "nodes"],
+        ["scan", ".", "--policy", "{long}"],
+        ["scan", ".", "--baseline", "{long}"],
+        ["policy", "test", "{long}"],
     ],
-    ids=["get", "audit-export", "audit-head", "init", "put"],
-)
+    ids=["get", "audit-export", "audit-head", "init", "put", "config", "scan-policy",
+         "scan-baseline", "policy-test"],
+)  # fmt: skip
 def test_a_path_too_long_is_one_line_and_exit_2(
     alice: Cli, tmp_path: Path, argv: list[str]
 ) -> None:

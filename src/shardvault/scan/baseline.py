@@ -14,7 +14,7 @@ from pathlib import Path
 
 from shardvault.durability import read_bounded
 from shardvault.errors import InvalidInput
-from shardvault.model import undecodable_escaped_in
+from shardvault.model import named, undecodable_escaped_in
 from shardvault.scan.findings import Finding
 
 BASELINE_FORMAT = "shardvault-scan-baseline"
@@ -50,9 +50,9 @@ def load_baseline(path: Path) -> Counter[str]:
     try:
         doc = json.loads(read_bounded(path).decode("utf-8"))
     except OSError as exc:
-        raise InvalidInput(f"cannot read baseline {path}: {exc.strerror}") from exc
+        raise InvalidInput(f"cannot read baseline {named(str(path))}: {exc.strerror}") from exc
     except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidInput(f"baseline {path} is not valid JSON: {exc}") from exc
+        raise InvalidInput(f"baseline {named(str(path))} is not valid JSON: {exc}") from exc
     if (
         not isinstance(doc, dict)
         or doc.get("format") != BASELINE_FORMAT

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from shardvault.durability import read_bounded
 from shardvault.errors import ConfigError
+from shardvault.model import named
 
 POLICY_VERSION = 1
 
@@ -169,11 +170,11 @@ def load_policy(path: Path) -> Policy:
     try:
         raw = read_bounded(path)
     except OSError as exc:
-        raise ConfigError(f"cannot read policy file {path}: {exc.strerror}") from exc
+        raise ConfigError(f"cannot read policy file {named(str(path))}: {exc.strerror}") from exc
     try:
         data = tomllib.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"policy file {path} is not valid TOML: {exc}") from exc
+        raise ConfigError(f"policy file {named(str(path))} is not valid TOML: {exc}") from exc
     return parse_policy(data, source=str(path))
 
 

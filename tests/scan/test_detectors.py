@@ -278,6 +278,8 @@ def test_no_policy_reports_public_addresses_at_low() -> None:
     ("doc", "message"),
     [
         ({"version": 2}, "version must be 1"),
+        ({"version": True}, "version must be 1"),  # true == 1: it was read as version 1
+        ({"version": 1.0}, "version must be 1"),
         ({"version": 1, "jurisdictions": {"allowed": ["cn"]}}, "upper-case"),
         ({"version": 1, "jurisdictions": {"allowed": ["US"], "disallowed": ["US"]}}, "both"),
         ({"version": 1, "domain": {}}, "unknown key"),

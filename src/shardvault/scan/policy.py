@@ -181,7 +181,8 @@ def load_policy(path: Path) -> Policy:
 def parse_policy(data: Mapping[str, object], source: str = "policy") -> Policy:
     """Validate a decoded policy document; unknown keys are errors, not silently ignored."""
     _only(data, {"version", "jurisdictions", "domains", "scan"}, source)
-    if data.get("version") != POLICY_VERSION:
+    version = data.get("version")
+    if type(version) is not int or version != POLICY_VERSION:  # not true, nor 1.0
         raise ConfigError(
             f"{source}: version must be {POLICY_VERSION}, got {data.get('version')!r}"
         )

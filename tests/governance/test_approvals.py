@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -19,12 +22,29 @@ from tests.governance.helpers import (
     register,
 )
 
-from governance_support import approve, ensure_approvers, forget_approved, key_file, signing_key
-from shardvault.audit.entry import PSEUDONYM_PREFIX
+from governance_support import (
+    APPROVERS,
+    approve,
+    ensure_approvers,
+    forget_approved,
+    key_file,
+    signing_key,
+)
+from shardvault.audit.entry import PSEUDONYM_PREFIX, canonical_json, format_time
 from shardvault.audit.log import AuditLog
 from shardvault.config import Config, load
 from shardvault.errors import AccessDenied, ApprovalRequired, Conflict, NotFound
-from shardvault.model import ObjectRef, RequestContext, local_context, new_request_id
+from shardvault.governance.approvals import Approval
+from shardvault.keys.hierarchy import new_key_id
+from shardvault.keys.port import KeyOperation, KeyScope
+from shardvault.model import (
+    Justification,
+    ObjectRef,
+    RequestContext,
+    local_context,
+    new_request_id,
+)
+from shardvault.policy import Principal
 from shardvault.vault import Vault
 
 REF = ObjectRef("intl", "alice", "chat/2026.log")
@@ -449,6 +469,125 @@ def test_a_write_approved_before_registration_covers_none_in_the_home(
     approve(reviewed.governance, later)
     reviewed.put(ref, b"later", ctx=local_context("write", approval_id=later))
     assert reviewed.get(ref) == b"later"
+
+
+def registered_with_approval(vault: Vault, subject: str) -> str:
+    """Register SUBJECT in US as the app's backend, on the approval it is sent for."""
+    register(vault, SERVICE)
+    ctx = as_(SERVICE, "serve-user")
+    with pytest.raises(ApprovalRequired) as caught:
+        vault.register_subject("intl", subject, "US", ctx)
+    approval = caught.value.approval_id
+    assert approval is not None
+    approve(vault.governance, approval)
+    vault.register_subject("intl", subject, "US", as_(SERVICE, "serve-user", approval))
+    return approval
+
+
+def test_a_registrations_approval_lets_no_write_of_the_subject_through(reviewed: Vault) -> None:
+    # a registration was decided as a write with no object key, and an approval with no
+    # key covered any key of the subject: the approvers' yes to registering rae let the
+    # same backend put any object of hers, for a day, without asking them again
+    subject = "rae-5b21e0"
+    approval = registered_with_approval(reviewed, subject)
+    ref = ObjectRef("intl", subject, "notes/private.txt")
+    with pytest.raises(AccessDenied, match="approval:mismatch"):
+        reviewed.put(ref, b"unreviewed", ctx=as_(SERVICE, "serve-user", approval))
+    with pytest.raises(NotFound):
+        reviewed.get(ref)
+    assert reviewed.governance.approvals.get(approval).action == "register"
+    with pytest.raises(ApprovalRequired):  # a write still asks its own approval
+        reviewed.put(ref, b"reviewed", ctx=as_(SERVICE, "serve-user"))
+
+
+def test_a_writes_approval_lets_no_registration_through(reviewed: Vault) -> None:
+    # the reverse: a write approved for one key of an id registered nowhere does not
+    # register the id (the guard matched the key before this fix too)
+    register(reviewed, SERVICE)
+    subject = "rae-5b21e0"
+    ref = ObjectRef("intl", subject, "notes/private.txt")
+    with pytest.raises(ApprovalRequired) as caught:
+        reviewed.put(ref, b"early", ctx=as_(SERVICE, "serve-user"))
+    write = caught.value.approval_id
+    assert write is not None
+    approve(reviewed.governance, write)
+    with pytest.raises(AccessDenied, match="approval:mismatch"):
+        reviewed.register_subject("intl", subject, "US", as_(SERVICE, "serve-user", write))
+    with pytest.raises(NotFound):
+        reviewed.subject("intl", subject)
+
+
+def test_the_custodian_counts_an_approval_only_for_the_key_operation_it_was_for(
+    reviewed: Vault,
+) -> None:
+    # the custodian matched an approval's requester, purpose, tenant and cell, and its
+    # action only for a destroy: operator code holding a met registration approval had
+    # every unwrap of the subject's key granted, and one holding a met write approval
+    # had a wrap (a registration) granted, though the approvers signed neither
+    subject = "rae-5b21e0"
+    registration = registered_with_approval(reviewed, subject)
+    ref = ObjectRef("intl", subject, "notes/private.txt")
+    with pytest.raises(ApprovalRequired) as caught:
+        reviewed.put(ref, b"reviewed", ctx=as_(SERVICE, "serve-user"))
+    write = caught.value.approval_id
+    assert write is not None
+    approve(reviewed.governance, write)
+    gate = reviewed.governance.custodian_gate()
+    scope, key_id = KeyScope("intl", "US"), reviewed.subject("intl", subject).key_id
+
+    def why(approval: str) -> Justification:
+        return Justification("svc-api", "serve-user", new_request_id(), "US", approval)
+
+    with pytest.raises(AccessDenied, match=r"custodian refused the unwrap \(custodian:approval"):
+        gate(KeyOperation.UNWRAP, scope, key_id, why(registration))
+    with pytest.raises(AccessDenied, match=r"custodian refused the wrap \(custodian:approval"):
+        gate(KeyOperation.WRAP, scope, new_key_id(), why(write))
+    assert gate(KeyOperation.WRAP, scope, new_key_id(), why(registration)) is None
+    assert gate(KeyOperation.UNWRAP, scope, key_id, why(write)) is None
+
+
+def test_a_registration_approved_before_it_had_its_action_still_registers_only(
+    reviewed: Vault, config_path: Path
+) -> None:
+    # a book from before the action `register`: a registration's approval booked as a
+    # write with no key and signed in statement version 1 keeps registering the user it
+    # was for, and (read as a registration's) lets no put of theirs through
+    subject = "rae-5b21e0"
+    register(reviewed, SERVICE)
+    with pytest.raises(ApprovalRequired) as caught:
+        reviewed.register_subject("intl", subject, "US", as_(SERVICE, "serve-user"))
+    approval = caught.value.approval_id
+    assert approval is not None
+    path = config_path.parent / "state" / "cells" / "US" / "approvals.sqlite"
+    with closing(sqlite3.connect(path)) as db, db:  # what an older shardvault booked
+        db.execute("UPDATE approvals SET action = 'write' WHERE id = ?", (approval,))
+    book, partner = reviewed.governance.approvals, reviewed.governance.partner_verdicts
+    booked = book.get(approval)
+    assert booked.action == "register"
+    for who, kind in APPROVERS.items():
+        key = signing_key(reviewed.governance, who)
+        signature = key.sign(statement_v1_by_hand(booked, who))
+        public = key.public_key().public_bytes_raw()
+        partner.deliver(booked, who, "approve", signature, public, first=lambda: True)
+        book.sign(approval, Principal(who, "intl", kind, "US"), "approve", signature)
+    ref = ObjectRef("intl", subject, "notes/private.txt")
+    with pytest.raises(AccessDenied, match="approval:mismatch"):
+        reviewed.put(ref, b"unreviewed", ctx=as_(SERVICE, "serve-user", approval))
+    reviewed.register_subject("intl", subject, "US", as_(SERVICE, "serve-user", approval))
+    assert reviewed.subject("intl", subject).jurisdiction == "US"
+
+
+def statement_v1_by_hand(approval: Approval, approver: str) -> bytes:
+    """What a shardvault before statement version 2 had APPROVER sign to approve a
+    registration: a write with no object key."""
+    body = {
+        "approval": approval.id, "approver": approver, "verdict": "approve",
+        "requester": approval.requester, "action": "write", "tenant": approval.tenant,
+        "jurisdiction": approval.jurisdiction, "subject": approval.subject, "key": None,
+        "purpose": approval.purpose, "request_id": approval.request_id,
+        "expires_at": format_time(datetime.fromtimestamp(approval.expires_at, UTC)),
+    }  # fmt: skip
+    return b"shardvault-approval/v1\n" + canonical_json(body)
 
 
 class RegisteredMeanwhile:

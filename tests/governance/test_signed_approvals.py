@@ -23,6 +23,7 @@ from tests.governance.helpers import SERVICE, US_COURT, as_, entries_of, registe
 
 from conftest import files_under, make_deployment
 from governance_support import approve, ensure_approvers, signing_key
+from shardvault.audit.entry import canonical_json
 from shardvault.config import Config, load
 from shardvault.custodian_policy import public_key_text
 from shardvault.errors import (
@@ -39,6 +40,7 @@ from shardvault.governance.approval_signatures import (
     sign_verdict,
     signing_key_pem,
     statement,
+    statement_v1,
     verifies,
     write_signing_key,
 )
@@ -67,15 +69,15 @@ def test_the_statement_and_its_signature_are_pinned() -> None:
     """A known-answer vector: the bytes an approver signs, and Ed25519's (deterministic)
     signature of them with a fixed seed. Changing either is a new statement version."""
     assert statement(APPROVAL, "dpo", "approve") == (
-        b"shardvault-approval/v1\n"
+        b"shardvault-approval/v2\n"
         b'{"action":"read","approval":"apr-us-0123456789abcdef","approver":"dpo",'
         b'"expires_at":"2027-01-16T08:00:00.250000Z","jurisdiction":"US","key":null,'
         b'"purpose":"lawful-request","request_id":"req-1","requester":"us-doj",'
         b'"subject":"alice","tenant":"intl","verdict":"approve"}'
     )
     assert sign_verdict(KEY, APPROVAL, "dpo", "approve").hex() == (
-        "40a6b76175233b8a56cb1b918cf0a0aae64234b73c9676855b69355e6dedcb7c"
-        "71e16487bb2f856a3a660b55ddda1d3916b04018dba3c94eb108fbe219e3440c"
+        "3c3445d51682d33ef56f37eb8ecfafbff4b2a6a632d986fcd0b7928e1131818a"
+        "2897c06718c75f1e953d59931b15dbbb347368f5317a56f801e2531361ee1d0c"
     )
     assert public_key_text(KEY.public_key()) == "A6EHv/POEL4dcN0Y50vAmWfk1jCbpQ1fHdyGZBJVMbg="
 
@@ -84,9 +86,10 @@ PUBLIC = KEY.public_key().public_bytes_raw()
 CHANGED = {
     "another approval": replace(APPROVAL, id="apr-us-fedcba9876543210"),
     "another subject": replace(APPROVAL, subject="bob"),
-    "one key instead of any": replace(APPROVAL, key="notes/today.txt"),
+    "a key instead of none": replace(APPROVAL, key="notes/today.txt"),
     "another requester": replace(APPROVAL, requester="svc-api"),
     "another action": replace(APPROVAL, action="forget"),
+    "a registration": replace(APPROVAL, action="register"),
     "another tenant": replace(APPROVAL, tenant="domestic"),
     "another cell": replace(APPROVAL, jurisdiction="SG", id="apr-sg-0123456789abcdef"),
     "another purpose": replace(APPROVAL, purpose="serve-user"),
@@ -114,6 +117,67 @@ def test_a_signature_verifies_for_its_own_verdict_approver_and_key_only() -> Non
     assert not verifies(PUBLIC, APPROVAL, "dpo", "approve", None)
     assert not verifies(PUBLIC, APPROVAL, "dpo", "approve", approve[:-1])
     assert not verifies(PUBLIC, APPROVAL, "dpo", "approve", b"")
+
+
+V1_SIGNATURE = bytes.fromhex(
+    "40a6b76175233b8a56cb1b918cf0a0aae64234b73c9676855b69355e6dedcb7c"
+    "71e16487bb2f856a3a660b55ddda1d3916b04018dba3c94eb108fbe219e3440c"
+)
+"""dpo's approval of APPROVAL as a shardvault before statement version 2 signed it."""
+
+
+def test_a_signature_of_version_1_still_verifies_for_its_own_approval() -> None:
+    assert statement_v1(APPROVAL, "dpo", "approve") == (
+        b"shardvault-approval/v1\n"
+        b'{"action":"read","approval":"apr-us-0123456789abcdef","approver":"dpo",'
+        b'"expires_at":"2027-01-16T08:00:00.250000Z","jurisdiction":"US","key":null,'
+        b'"purpose":"lawful-request","request_id":"req-1","requester":"us-doj",'
+        b'"subject":"alice","tenant":"intl","verdict":"approve"}'
+    )
+    assert verifies(PUBLIC, APPROVAL, "dpo", "approve", V1_SIGNATURE)
+    assert not verifies(PUBLIC, APPROVAL, "dpo", "deny", V1_SIGNATURE)
+    for changed in CHANGED.values():
+        assert not verifies(PUBLIC, changed, "dpo", "approve", V1_SIGNATURE)
+
+
+REGISTRATION = replace(APPROVAL, requester="svc-api", action="register", purpose="serve-user")
+
+
+def v1_statement(approval: Approval, action: str) -> bytes:
+    """What a shardvault before statement version 2 had dpo sign to approve APPROVAL,
+    written out here rather than by the code under test."""
+    body = {
+        "approval": approval.id, "approver": "dpo", "verdict": "approve",
+        "requester": approval.requester, "action": action, "tenant": approval.tenant,
+        "jurisdiction": approval.jurisdiction, "subject": approval.subject,
+        "key": approval.key, "purpose": approval.purpose, "request_id": approval.request_id,
+        "expires_at": "2027-01-16T08:00:00.250000Z",
+    }  # fmt: skip
+    return b"shardvault-approval/v1\n" + canonical_json(body)
+
+
+def test_a_registration_is_stated_apart_from_every_write() -> None:
+    # version 1 stated a registration as a write with a null key, read as "any key of the
+    # subject": the approvers' signature of a registration read as one of every put
+    assert statement(REGISTRATION, "dpo", "approve") == (
+        b"shardvault-approval/v2\n"
+        b'{"action":"register","approval":"apr-us-0123456789abcdef","approver":"dpo",'
+        b'"expires_at":"2027-01-16T08:00:00.250000Z","jurisdiction":"US","key":null,'
+        b'"purpose":"serve-user","request_id":"req-1","requester":"svc-api",'
+        b'"subject":"alice","tenant":"intl","verdict":"approve"}'
+    )
+    signature = sign_verdict(KEY, REGISTRATION, "dpo", "approve")
+    assert not verifies(PUBLIC, replace(REGISTRATION, action="write"), "dpo", "approve", signature)
+    # a registration signed in version 1 counts for that registration, and for no write
+    old = KEY.sign(v1_statement(REGISTRATION, "write"))
+    assert verifies(PUBLIC, REGISTRATION, "dpo", "approve", old)
+    keyed_write = replace(REGISTRATION, action="write", key="notes/today.txt")
+    assert not verifies(PUBLIC, keyed_write, "dpo", "approve", old)
+    # a keyed write signed in version 1 is no registration once its row is relabelled
+    old_write = KEY.sign(v1_statement(keyed_write, "write"))
+    assert verifies(PUBLIC, keyed_write, "dpo", "approve", old_write)
+    for relabelled in (replace(keyed_write, action="register"), replace(keyed_write, key=None)):
+        assert not verifies(PUBLIC, relabelled, "dpo", "approve", old_write)
 
 
 @pytest.mark.parametrize("expiry", [float("nan"), float("inf"), 1e300, -1e300])

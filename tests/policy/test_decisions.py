@@ -111,3 +111,17 @@ def test_deny_beats_approval_beats_allow_regardless_of_order() -> None:
         assert decision.effect is Effect.DENY
     decision = decide(Policy(tuple(rules[:2])), US_SERVICE, Action.WRITE, US_DATA, "p")
     assert (decision.effect, decision.rule) == (Effect.APPROVAL_REQUIRED, "b")
+
+
+def test_a_rule_naming_write_governs_registration_and_one_naming_register_only_it() -> None:
+    # a registration is the action `register` (its approval must not be a write's), and
+    # policy files written when it was decided as a write keep governing it
+    user = Resource("chat", "US", DataClass.PROTECTED, "u1")
+    writes = Rule("writes-reviewed", Effect.APPROVAL_REQUIRED, frozenset({Action.WRITE}))
+    signups = Rule("signups", Effect.DENY, frozenset({Action.REGISTER}))
+    decision = decide(Policy((writes,)), US_SERVICE, Action.REGISTER, user, "p")
+    assert (decision.effect, decision.rule) == (Effect.APPROVAL_REQUIRED, "writes-reviewed")
+    decision = decide(Policy((signups,)), US_SERVICE, Action.WRITE, US_DATA, "p")
+    assert decision.rule == DEFAULT_DENY
+    decision = decide(Policy((writes, signups)), US_SERVICE, Action.REGISTER, user, "p")
+    assert (decision.effect, decision.rule) == (Effect.DENY, "signups")

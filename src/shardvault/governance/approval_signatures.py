@@ -9,16 +9,22 @@ approval as the book holds it now. A signature copied to another approval, to
 the other verdict or to another approver, or a row edited since it was signed
 (another subject, a later expiry), verifies for nothing.
 
-The statement, version 1 (docs/formats.md, "Signed approval statement")::
+The statement, version 2 (docs/formats.md, "Signed approval statement")::
 
-    shardvault-approval/v1\\n{canonical JSON}
+    shardvault-approval/v2\\n{canonical JSON}
 
 the tag and a newline, then the audit entries' canonical JSON of ``approval``
 (its id), ``approver``, ``verdict`` (``approve`` or ``deny``), ``requester``,
-``action``, ``tenant``, ``jurisdiction``, ``subject``, ``key`` (null: any key
-of the subject), ``purpose``, ``request_id`` and ``expires_at`` (RFC 3339 UTC
-with microseconds): everything the custodian matches a key use against or acts
-on. The tag keeps a signature made for it from meaning anything else.
+``action`` (``register`` for a registration), ``tenant``, ``jurisdiction``,
+``subject``, ``key`` (null: the request names no object key), ``purpose``,
+``request_id`` and ``expires_at`` (RFC 3339 UTC with microseconds): everything
+the custodian matches a key use against or acts on. The tag keeps a signature
+made for it from meaning anything else.
+
+Version 1 stated a registration as a ``write`` with a null key, which read as
+"any key of the subject": approvers who let a user be registered had signed
+what read as every put of theirs. A signature of version 1 still verifies, for
+what it was made for: its ``write`` with a null key states a registration only.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from __future__ import annotations
 import math
 import os
 import stat
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -39,9 +45,12 @@ from shardvault.durability import create_whole, open_given, write_failure
 from shardvault.errors import IntegrityError, InvalidInput
 from shardvault.governance.approvals import Approval
 from shardvault.model import named
+from shardvault.policy import Action
 
-STATEMENT_TAG = b"shardvault-approval/v1\n"
+STATEMENT_TAG = b"shardvault-approval/v2\n"
+STATEMENT_TAG_V1 = b"shardvault-approval/v1\n"
 VERDICTS = ("approve", "deny")
+_REGISTER = str(Action.REGISTER)
 MAX_KEY_FILE_BYTES = 64 * 1024  # a PEM key is a few hundred bytes
 
 
@@ -50,6 +59,23 @@ def statement(approval: Approval, approver: str, verdict: str) -> bytes:
 
     `IntegrityError` if the book's row cannot be stated (an expiry that is no time,
     text that is no Unicode): what operator code wrote there, not an approval."""
+    return _stated(STATEMENT_TAG, approval, approval.action, approver, verdict)
+
+
+def statement_v1(approval: Approval, approver: str, verdict: str) -> bytes:
+    """The bytes a shardvault before statement version 2 had ``approver`` sign: a
+    registration stated as a write with no object key. `IntegrityError` for an
+    approval version 1 cannot state (a registration that names a key), so that no
+    signature of a keyed write counts for a registration."""
+    action = approval.action
+    if action == _REGISTER:
+        if approval.key is not None:
+            raise IntegrityError(f"approval {approval.id} cannot be stated in version 1")
+        action = str(Action.WRITE)
+    return _stated(STATEMENT_TAG_V1, approval, action, approver, verdict)
+
+
+def _stated(tag: bytes, approval: Approval, action: str, approver: str, verdict: str) -> bytes:
     if verdict not in VERDICTS:
         raise InvalidInput(f"verdict must be one of {', '.join(VERDICTS)}")
     body = {
@@ -57,7 +83,7 @@ def statement(approval: Approval, approver: str, verdict: str) -> bytes:
         "approver": approver,
         "verdict": verdict,
         "requester": approval.requester,
-        "action": approval.action,
+        "action": action,
         "tenant": approval.tenant,
         "jurisdiction": approval.jurisdiction,
         "subject": approval.subject,
@@ -67,7 +93,7 @@ def statement(approval: Approval, approver: str, verdict: str) -> bytes:
         "expires_at": _expiry(approval),
     }
     try:
-        return STATEMENT_TAG + canonical_json(body)
+        return tag + canonical_json(body)
     except (UnicodeEncodeError, TypeError, ValueError) as exc:
         raise IntegrityError(f"approval {approval.id} cannot be stated: {exc}") from None
 
@@ -90,12 +116,27 @@ def sign_verdict(key: Ed25519PrivateKey, approval: Approval, approver: str, verd
 def verifies(
     public_key: bytes, approval: Approval, approver: str, verdict: str, signature: bytes | None
 ) -> bool:
-    """Whether ``signature`` is ``approver``'s ``verdict`` on exactly this approval."""
+    """Whether ``signature`` is ``approver``'s ``verdict`` on exactly this approval, in
+    the statement of version 2 or, signed before it, of version 1."""
     if signature is None:
         return False
+    return any(
+        _signed(public_key, signature, stated, approval, approver, verdict)
+        for stated in (statement, statement_v1)
+    )
+
+
+def _signed(
+    public_key: bytes,
+    signature: bytes,
+    stated: Callable[[Approval, str, str], bytes],
+    approval: Approval,
+    approver: str,
+    verdict: str,
+) -> bool:
     try:
         Ed25519PublicKey.from_public_bytes(public_key).verify(
-            signature, statement(approval, approver, verdict)
+            signature, stated(approval, approver, verdict)
         )
     except (InvalidSignature, IntegrityError, ValueError):
         return False
@@ -179,12 +220,14 @@ def write_signing_key(path: Path) -> Ed25519PrivateKey:
 
 __all__ = [
     "STATEMENT_TAG",
+    "STATEMENT_TAG_V1",
     "VERDICTS",
     "counted_verdicts",
     "load_signing_key",
     "sign_verdict",
     "signing_key_pem",
     "statement",
+    "statement_v1",
     "verifies",
     "write_signing_key",
 ]

@@ -2,8 +2,8 @@
 
 An approval is created, pending, when the policy answers ``approval-required``.
 It names the request it covers (requesting principal, action, tenant, subject,
-key or any key of the subject, purpose), the approvers who may sign (from the
-config, fixed when it is created), the quorum ``k`` and an expiry. Each named
+object key or none, purpose), the approvers who may sign (from the config, fixed
+when it is created), the quorum ``k`` and an expiry. Each named
 approver signs once, approve or deny; one denial ends it (a veto), ``k``
 approvals make it met. A met approval lets exactly the request it names through
 until it expires. Nobody approves their own request, and approvers belong to
@@ -40,7 +40,7 @@ from pathlib import Path
 from shardvault import sqlite_connections
 from shardvault.errors import AccessDenied, Conflict, InvalidInput, NotFound, Unavailable
 from shardvault.model import shown
-from shardvault.policy import Principal
+from shardvault.policy import Action, Principal
 from shardvault.sqlite_schema import stamp_schema
 
 _ID = re.compile(r"apr-([a-z]{2,8})-([0-9a-f]{16})")
@@ -70,6 +70,8 @@ _PENDING = (  # as _status: unexpired, no denial, fewer approvals than the quoru
 )
 
 _SIGNED = "SELECT 1 FROM signatures WHERE signature IS NOT NULL LIMIT 1"
+
+_REGISTER = str(Action.REGISTER)
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,15 +115,18 @@ class Approval:
         purpose: str,
     ) -> bool:
         """Exactly this request, in the cell it was asked for: one asked for an id that
-        was registered nowhere then does not cover that id registered elsewhere later."""
-        return (principal, action, tenant, jurisdiction, subject, purpose) == (
+        was registered nowhere then does not cover that id registered elsewhere later.
+        One that names no object key covers a request that names none: it is no
+        approval of every key of the subject (a registration's was, of every put)."""
+        return (principal, action, tenant, jurisdiction, subject, key, purpose) == (
             self.requester,
             self.action,
             self.tenant,
             self.jurisdiction,
             self.subject,
+            self.key,
             self.purpose,
-        ) and (self.key is None or self.key == key)
+        )
 
 
 def approval_cell(approval_id: str) -> str:
@@ -132,6 +137,13 @@ def approval_cell(approval_id: str) -> str:
             f"invalid approval id {shown(approval_id)}: expected apr-<cell>-<16 hex>"
         )
     return match.group(1).upper()
+
+
+def _booked_action(action: str, key: str | None) -> str:
+    """A registration was booked as a write with no object key before it had an action of
+    its own (no other write names no key): such a row is read as a registration's, and
+    covers one only (docs/formats.md, "Approvals")."""
+    return _REGISTER if action == "write" and key is None else action
 
 
 def _status(approval: Approval, now: float) -> str:
@@ -252,7 +264,7 @@ class ApprovalBook:
             id=row[0],
             jurisdiction=jurisdiction,
             requester=row[1],
-            action=row[2],
+            action=_booked_action(row[2], row[5]),
             tenant=row[3],
             subject=row[4],
             key=row[5],

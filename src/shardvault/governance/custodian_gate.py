@@ -5,8 +5,10 @@ registered), unwrap (a read or write) and destroy (a forget) it runs its own
 policy file (`shardvault.custodian_policy`) on the operation and the
 justification that comes with the call. When the justification names an
 approval it checks that the approval is for this principal, purpose, tenant and
-jurisdiction, unexpired and vetoed by nobody, and met by the partner's own
-rule, not the book's: the approval book is the operator's file, so the gate
+jurisdiction, and for this operation (a wrap's of a registration, a destroy's of
+a forget; a registration's serves no unwrap), unexpired and vetoed by nobody,
+and met by the partner's own rule, not the book's: the approval book is the
+operator's file, so the gate
 counts only verdicts signed under the public keys the partner's policy holds
 (``[approvers]``), for the approval's exact statement (`approval_signatures`),
 and wants ``approval_quorum`` of them; any denial in the book refuses, and so does a
@@ -34,8 +36,9 @@ from shardvault.keys.rootkey import CustodianGate
 from shardvault.model import Justification
 from shardvault.policy import Action
 
-_ACTION_OF = {KeyOperation.DESTROY: str(Action.FORGET)}
+_ACTION_OF = {KeyOperation.DESTROY: str(Action.FORGET), KeyOperation.WRAP: str(Action.REGISTER)}
 """The action an approval must be for when it is used for this operation (if any)."""
+_REGISTER = str(Action.REGISTER)
 
 
 def _refused(operation: KeyOperation, reason: str) -> AccessDenied:
@@ -49,7 +52,7 @@ def _refuse_an_unapproved_destroy(operation: KeyOperation) -> None:
     """A destroy cannot be undone: it needs a met approval of a forget whatever the
     grants say, so a grant that covers every operation (as one written before
     ``operations`` existed does) destroys no key on its purpose alone."""
-    if operation in _ACTION_OF:
+    if operation is KeyOperation.DESTROY:
         raise _refused(operation, f"a {operation} needs a met approval of a forget")
 
 
@@ -64,8 +67,18 @@ def _matches(
         and approval.purpose == why.purpose
         and approval.tenant == scope.tenant
         and approval.jurisdiction == scope.jurisdiction
-        and approval.action == _ACTION_OF.get(operation, approval.action)
+        and _for_operation(approval, operation)
     )
+
+
+def _for_operation(approval: Approval, operation: KeyOperation) -> bool:
+    """Whether the approvers signed ``approval`` for this operation: a wrap's must be of a
+    registration, a destroy's of a forget, and a registration's serves no unwrap (it
+    approved a user's key, not a read or write of their data)."""
+    wanted = _ACTION_OF.get(operation)
+    if wanted is not None:
+        return approval.action == wanted
+    return approval.action != _REGISTER
 
 
 def _unsigned(approval: Approval, policy: cp.CustodianPolicy) -> str | None:
@@ -142,7 +155,7 @@ def custodian_gate(
         )
         if reason is not None:
             raise _refused(operation, reason)
-        return approval.subject if operation in _ACTION_OF else None
+        return approval.subject if operation is KeyOperation.DESTROY else None
 
     return gate
 

@@ -29,6 +29,9 @@ _TOKEN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@:/-]{0,127}")
 class Action(enum.StrEnum):
     READ = "read"
     WRITE = "write"
+    REGISTER = "register"
+    """Registering a subject: named apart from a write so that an approval of one is
+    not an approval of the other (a rule naming ``write`` covers it too: `Rule`)."""
     DELETE = "delete"
     LIST = "list"
     STAT = "stat"
@@ -168,6 +171,10 @@ class Rule:
     def __post_init__(self) -> None:
         rule_id(self.id)
         object.__setattr__(self, "effect", as_enum(Effect, self.effect, "effect"))
+        if self.actions is not None and Action.WRITE in self.actions:
+            # a registration was decided as a write before it had an action of its own:
+            # a rule naming write governs it still, as policy files written then expect
+            object.__setattr__(self, "actions", self.actions | {Action.REGISTER})
 
     def matches(
         self, principal: Principal, action: Action, resource: Resource, purpose: str

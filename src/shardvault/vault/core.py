@@ -228,7 +228,9 @@ class Vault:
         """Give a subject a home jurisdiction and a fresh subject key.
 
         The custodian wraps the key before anything is recorded: if it refuses
-        (audited), the subject is in neither the directory nor the catalog.
+        (audited), the subject is in neither the directory nor the catalog. It is
+        decided as the action ``register``, not as a write: an approval of it lets
+        no put of the subject's objects through (docs/policy.md).
         """
         ctx = ctx or local_context("register-subject")
         spec = self.config.tenant(tenant)
@@ -279,7 +281,7 @@ class Vault:
         writes) is dropped, and the registration decided again where it asks."""
         home = self.directory.home(tenant, subject)
         if home is not None:
-            access = self._decided(ctx, Action.WRITE, tenant, home, subject)
+            access = self._decided(ctx, Action.REGISTER, tenant, home, subject)
             with self.directory.registration():
                 self._drop_unfinished_registration(tenant, subject)
                 if self.directory.home(tenant, subject) is not None:
@@ -288,7 +290,7 @@ class Vault:
             if home == jurisdiction:
                 return access
         with self._homed_meanwhile(tenant, subject):
-            return self.governance.authorize(ctx, Action.WRITE, tenant, jurisdiction, subject)
+            return self.governance.authorize(ctx, Action.REGISTER, tenant, jurisdiction, subject)
 
     @contextlib.contextmanager
     def _homed_meanwhile(self, tenant: str, subject: str) -> Iterator[None]:

@@ -25,10 +25,11 @@ IO_MODULES = {
     "threading",
     "concurrent",
 }
-PURE = ["codec", "placement.py", "manifest.py", "audit/merkle.py"]
+PURE = ["codec", "placement.py", "crowding.py", "manifest.py", "audit/merkle.py"]
 LOWER = [
     "codec",
     "placement.py",
+    "crowding.py",
     "manifest.py",
     "model.py",
     "errors.py",

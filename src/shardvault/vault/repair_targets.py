@@ -35,6 +35,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
+from shardvault.crowding import over_m
 from shardvault.errors import ShardvaultError
 from shardvault.manifest import MAX_GENERATION, Manifest
 from shardvault.model import NodeSpec, NodeState
@@ -91,9 +92,7 @@ def rebuild_targets(
 
 def crowding(cell: Cell, manifest: Manifest) -> dict[str, int]:
     """The facilities holding more than m of the version's shards, and how many."""
-    facility = {node.id: node.facility for node in cell.nodes}
-    used = Counter(facility.get(node, "") for node in manifest.nodes)
-    return {name: count for name, count in used.items() if count > manifest.m}
+    return over_m(manifest, {node.id: node.facility for node in cell.nodes})
 
 
 def spread_targets(cell: Cell, manifest: Manifest, tried: set[str]) -> dict[int, Target] | None:

@@ -35,10 +35,10 @@ from dataclasses import replace
 from functools import partial
 
 from shardvault.catalog.port import DamageRecord, VersionRecord
+from shardvault.crowding import CellNodes, CrowdedStripe, crowded_stripe
 from shardvault.errors import IntegrityError, ShardvaultError
 from shardvault.manifest import Manifest
 from shardvault.nodes.port import ShardWriter, shard_name
-from shardvault.placement import facility_shortfall
 from shardvault.vault.cells import Cell
 from shardvault.vault.copy_swap import (
     swap_in_copies,
@@ -47,7 +47,7 @@ from shardvault.vault.copy_swap import (
     write_on_targets,
 )
 from shardvault.vault.repair_report import DryRun, RepairReport, ShardMove
-from shardvault.vault.repair_targets import Target, active_nodes, crowding, spread_targets
+from shardvault.vault.repair_targets import Target, crowding, spread_targets
 from shardvault.vault.shard_check import verified_block
 from shardvault.vault.writer import StepHook
 
@@ -113,17 +113,15 @@ def _spread_version(
         return RepairReport()
     manifest = planned or Manifest.from_bytes(record.manifest)
     what = f"{manifest.ref} v{manifest.version}"
-    crowded = crowding(cell, manifest)
-    active = active_nodes(cell)
-    if not crowded or any(node not in active for node in manifest.nodes):
+    stripe = crowded_stripe(manifest, CellNodes.of(cell.placeable_nodes(), cell.jurisdiction))
+    if stripe is None or stripe.inactive:
         return RepairReport()  # spread already, or a bad shard's: the rebuild named it
-    over = facility_shortfall(active.values(), cell.jurisdiction, manifest.k, manifest.m)
-    if over:
-        return RepairReport(concentrated=(_concentrated(what, crowded, manifest.m, over),))
+    if stripe.shortfall:
+        return RepairReport(concentrated=(_concentrated(what, stripe),))
     if planned is not None:
         targets = spread_targets(cell, manifest, set())
         if targets is None:
-            return _named(what, _nowhere(cell, crowded))
+            return _named(what, _nowhere(cell, stripe))
         moves = tuple(_move(cell, manifest, index, target) for index, target in targets.items())
         return RepairReport(moved=len(moves), moves=moves, dry_run=True)
     try:
@@ -143,7 +141,7 @@ def _spread_version(
             return RepairReport()
         return _named(what, f"moving a shard failed: {exc}")
     if placed is None:
-        return _named(what, _nowhere(cell, crowded))
+        return _named(what, _nowhere(cell, stripe))
     if not swap_in_copies(cell, record, manifest, placed, on_step, "spread", clock):
         return RepairReport()
     moves = tuple(_move(cell, manifest, index, target) for index, target in placed[0].items())
@@ -201,22 +199,18 @@ def _move(cell: Cell, manifest: Manifest, index: int, target: Target) -> ShardMo
     )  # fmt: skip
 
 
-def _described(crowded: dict[str, int]) -> str:
-    return ", ".join(f"{count} shards in {name}" for name, count in sorted(crowded.items()))
-
-
-def _nowhere(cell: Cell, crowded: dict[str, int]) -> str:
+def _nowhere(cell: Cell, stripe: CrowdedStripe) -> str:
     return (
-        f"{_described(crowded)} and no active node in {cell.jurisdiction} to move one "
+        f"{stripe.described()} and no active node in {cell.jurisdiction} to move one "
         "to: add a node, then repair again"
     )
 
 
-def _concentrated(what: str, crowded: dict[str, int], m: int, over: int) -> str:
+def _concentrated(what: str, stripe: CrowdedStripe) -> str:
     return (
-        f"{what}: {_described(crowded)} (more than m={m}), and the cell's active nodes "
-        f"cannot hold a stripe to m per facility ({over} shard(s) over): left as it is; "
-        "add nodes in other facilities, or bring them back, then repair --scrub"
+        f"{what}: {stripe.described()} (more than m={stripe.m}), and the cell's active "
+        f"nodes cannot hold a stripe to m per facility ({stripe.shortfall} shard(s) over): "
+        "left as it is; add nodes in other facilities, or bring them back, then repair --scrub"
     )
 
 

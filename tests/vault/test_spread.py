@@ -18,7 +18,14 @@ from pathlib import Path
 
 import pytest
 
-from conftest import KILLED_REPAIR, SEGMENT, make_deployment, manifest_of, shard_paths
+from conftest import (
+    KILLED_REPAIR,
+    SEGMENT,
+    files_under,
+    make_deployment,
+    manifest_of,
+    shard_paths,
+)
 from shardvault.config import load
 from shardvault.manifest import Manifest
 from shardvault.model import ObjectRef
@@ -366,3 +373,101 @@ def test_repair_says_what_becomes_of_an_unavailable_nodes_shards(tmp_path: Path)
     assert "would be rebuilt elsewhere" in said[("--scrub", "--dry-run")]
     assert "were taken for bad" not in said[("--scrub", "--dry-run")]
     assert "were taken for bad and rebuilt elsewhere" in said[("--scrub",)]
+
+
+def node_files(config: Path) -> dict[Path, bytes]:
+    """Every file under the deployment's node directories, with its bytes."""
+    return {path: path.read_bytes() for path in files_under(config.parent / "nodes")}
+
+
+def per_facility_by_where(config: Path, ref: ObjectRef) -> Counter[str]:
+    """How many shards of segment 0 each facility holds, as `where --json` says."""
+    done = cli(config, "where", ref.tenant, ref.subject, ref.key, "--json")
+    assert done.returncode == 0, done.stderr
+    shards = json.loads(done.stdout)["shards"]
+    return Counter(shard["facility"] for shard in shards if shard["segment"] == 0)
+
+
+def test_a_plain_repair_spreads_the_stripes_the_manifests_show_crowded(tmp_path: Path) -> None:
+    # only a scrub spread them, because it read every shard anyway; a plain repair (the
+    # one cron runs) left a stripe put while a facility was out crowded for good, though
+    # its manifest alone says so
+    config = deployment(tmp_path)
+    payloads = crowded(config)
+    assert all(max(per_facility_by_where(config, ref).values()) == 3 for ref in REFS)
+    before, files = manifests(config), node_files(config)
+
+    dry = cli(config, "repair", "--dry-run", "--json")
+    assert dry.returncode == 0, dry.stderr
+    planned = json.loads(dry.stdout)
+    assert (planned["crowded"], planned["moved"], planned["dry_run"]) == (4, 2 * len(REFS), True)
+    assert node_files(config) == files and manifests(config) == before  # nothing written
+    with Vault.open(load(config)) as vault:
+        assert vault.cells["US"].catalog.leftovers() == []  # not even a note for gc
+    text = cli(config, "repair", "--dry-run")
+    assert text.returncode == 0, text.stderr
+    assert f"would move {2 * len(REFS)} shard(s) of {len(REFS)} crowded version(s)" in text.stderr
+
+    done = cli(config, "repair", "--json")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert (report["versions"], report["rebuilt"], report["crowded"]) == (0, 0, len(REFS))
+    assert report["moves"] == planned["moves"] and report["moved"] == 2 * len(REFS)
+    assert report["problems"] == [] and report["concentrated"] == []
+    for ref in REFS:
+        assert max(per_facility_by_where(config, ref).values()) <= M, ref
+    with Vault.open(load(config)) as vault:
+        vault.gc(grace_seconds=0)  # the copies moved from
+    for manifest in manifests(config).values():
+        held = on_disk(config, manifest.object_id)
+        assert held == named(manifest) and max(facilities(config, held).values()) <= M
+    reads_back_whole(config, payloads)
+    again = cli(config, "repair", "--json")
+    assert again.returncode == 0, again.stderr
+    assert (json.loads(again.stdout)["crowded"], json.loads(again.stdout)["moved"]) == (0, 0)
+
+
+def test_a_plain_repair_reports_what_the_cell_cannot_spread_yet_and_exits_0(
+    tmp_path: Path,
+) -> None:
+    config = deployment(tmp_path)
+    take_out(config, "down")
+    payloads = filled(config)
+    bring_back(config, "down", ("us-n3",))  # us-fac-3 has one node of two: 2 + 2 + 1 < 6
+    before, files = manifests(config), node_files(config)
+    left = cli(config, "repair", "--json")
+    assert left.returncode == 0, left.stderr  # the cell's shape, as `nodes` warns: exit 0
+    report = json.loads(left.stdout)
+    assert (report["crowded"], report["moved"], report["problems"]) == (len(REFS), 0, [])
+    assert len(report["concentrated"]) == len(REFS)
+    assert "left as is: intl/alice/k0 v1: 3 shards in us-fac-1, 3 shards in us-fac-2" in (
+        left.stderr
+    )
+    assert "(1 shard(s) over)" in left.stderr and "Traceback" not in left.stderr
+    assert manifests(config) == before and node_files(config) == files
+    reads_back_whole(config, payloads)
+
+
+def test_a_plain_repair_leaves_a_stripe_with_a_shard_on_a_node_not_active_to_a_scrub(
+    tmp_path: Path,
+) -> None:
+    # a plain repair reads no shard, so one on a node taken out of service is rebuilt
+    # only by a scrub; its stripe is named rather than half spread, and a scrub then
+    # rebuilds the shard and spreads what is left
+    config = deployment(tmp_path)
+    payloads = crowded(config)
+    take_out(config, "down", ("us-n7",))  # one of us-fac-1's, holding a shard of each
+    before = manifests(config)
+    left = cli(config, "repair", "--json")
+    assert left.returncode == 0, left.stderr  # a node marked down: no alarm
+    report = json.loads(left.stdout)
+    assert (report["crowded"], report["moved"], report["problems"]) == (len(REFS), 0, [])
+    assert len(report["concentrated"]) == len(REFS)
+    assert "us-n7 not active" in left.stderr and "repair --scrub" in left.stderr
+    assert manifests(config) == before
+    scrub = cli(config, "repair", "--scrub", "--json")
+    assert scrub.returncode == 0, scrub.stderr
+    assert json.loads(scrub.stdout)["concentrated"] == []
+    for ref in REFS:
+        assert max(per_facility_by_where(config, ref).values()) <= M, ref
+    reads_back_whole(config, payloads)

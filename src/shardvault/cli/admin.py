@@ -306,8 +306,8 @@ def repair(
     ] = False,
     json_out: JsonFlag = False,
 ) -> None:
-    """Rebuild damaged or lost shards, and shards on nodes that are not active; with
-    --scrub, also move shards so no facility holds more than m of a stripe.
+    """Rebuild damaged or lost shards, and shards on nodes that are not active; then
+    move shards so no facility holds more than m of a stripe (found from the manifests).
 
     Exits 1 if a version could not be repaired (each is named, with why), or if a node
     not marked down is unavailable or did not answer within storage.node_timeout.
@@ -360,7 +360,8 @@ def _say_repaired(report: RepairReport) -> None:
     rebuilt, moved = ("would rebuild", "would move") if report.dry_run else ("rebuilt", "moved")
     say(
         f"checked {report.versions} version(s), {rebuilt} {report.rebuilt} shard(s), "
-        f"{moved} {report.moved} shard(s) to spread their stripes over facilities"
+        f"{moved} {report.moved} shard(s) of {report.crowded} crowded version(s) to spread "
+        "their stripes over facilities"
         + ("; nothing was written (--dry-run)" if report.dry_run else "")
     )
     for move in report.moves:

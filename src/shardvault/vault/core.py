@@ -866,9 +866,10 @@ class Vault:
 
     def repair(self, scrub: bool = False, dry_run: bool = False) -> RepairReport:
         """Rebuild the shards reads found damaged (with ``scrub``: every shard found bad
-        or on a node that is not active) on other nodes of their cells; with ``scrub``,
-        then move shards so no facility holds more than m of a stripe where the cell
-        allows (vault/spread.py). ``dry_run``: write nothing, say what would be done."""
+        or on a node that is not active) on other nodes of their cells; then move shards
+        so no facility holds more than m of a stripe where the cell allows, the stripes
+        found so from their manifests alone (vault/spread.py). ``dry_run``: write
+        nothing, say what would be done."""
         report = RepairReport(dry_run=dry_run)
         with BoundedStores(self.deadline) as bounded:  # a hung node's shards are bad
             for cell in self.cells.values():
@@ -876,8 +877,7 @@ class Vault:
                 dry = DryRun() if dry_run else None
                 rebuilt = repair_cell(run, self.code, scrub, self._on_step, dry, self._clock)
                 report = report + rebuilt
-                if scrub:
-                    report = report + spread_cell(run, self._on_step, dry, self._clock)
+                report = report + spread_cell(run, scrub, self._on_step, dry, self._clock)
             hung = bounded.hung()  # unavailable to the run too: named once, as hung
             unavailable = tuple(node for node in report.unavailable_nodes if node not in hung)
             return replace(report, hung_nodes=hung, unavailable_nodes=unavailable)

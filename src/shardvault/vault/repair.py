@@ -34,8 +34,9 @@ name, once it reaches the node. Repair holds the cell's maintenance lock
 (`Cell.maintenance`) while it runs, so gc never judges a copy between steps.
 These copy-and-swap steps are `vault/copy_swap.py`'s.
 
-After a scrub, `vault/spread.py` moves good shards off a facility holding more than
-m of their stripe, in the same steps (`write_on_targets`, `swap_in_copies`).
+After the rebuilds, scrub or not, `vault/spread.py` moves good shards off a facility
+holding more than m of their stripe, found from the manifests alone, in the same
+steps (`write_on_targets`, `swap_in_copies`).
 
 Repair sees only ciphertext: no key is unwrapped and no plaintext exists. Like
 gc, it is the operator's maintenance, not an access the policy decides.

@@ -35,6 +35,7 @@ class RepairReport:
     moves: tuple[ShardMove, ...] = ()  # each of them
     concentrated: tuple[str, ...] = ()  # versions over m to a facility the cell cannot spread
     dry_run: bool = False  # nothing was written: rebuilt, moved and moves say what would be
+    crowded: int = 0  # versions found with more than m shards in a facility, spread or not
 
     def __add__(self, other: RepairReport) -> RepairReport:
         return RepairReport(
@@ -48,6 +49,7 @@ class RepairReport:
             self.moves + other.moves,
             self.concentrated + other.concentrated,
             self.dry_run or other.dry_run,
+            self.crowded + other.crowded,
         )
 
 

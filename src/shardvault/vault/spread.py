@@ -4,14 +4,18 @@ Placement keeps a stripe to m shards per facility whenever the cell's active nod
 allow it, so losing a whole facility loses no object. A version put while a
 facility was out (its nodes down or unavailable, or too few of them) has more than
 m in the others, and kept them there once it was back: a scrub neither said so nor
-moved them, so losing one facility could still lose the object. After a scrub's
-rebuilds, `spread_cell` reads every committed version's manifest (no shard, unless
-one moves), and for each with more than m shards in a facility moves the fewest
+moved them, so losing one facility could still lose the object. After the rebuilds
+of every repair (a scrub or not: a manifest names each shard's node, so finding
+them reads no shard), `spread_cell` reads every committed version's manifest (no
+shard, unless one moves), and for each with more than m shards in a facility
+(`crowding.crowded_stripe`, counted in `RepairReport.crowded`) moves the fewest
 that leave every facility m or fewer (`repair_targets.spread_targets`: which, and
 where), if the cell's active nodes can hold the stripe so at all
 (`placement.facility_shortfall`, as placement and `shardvault nodes` count). A
 version in a cell that cannot is left as it is and named
-(`RepairReport.concentrated`): moving it would not take it to m.
+(`RepairReport.concentrated`): moving it would not take it to m. So is one with a
+shard on a node that is not active, after a repair that did not read its shards
+(no scrub, no damage recorded): that shard is a scrub's to rebuild first.
 
 A move writes the shard's own blocks, each read from its node and checked against
 the manifest's hash first, to an active node of the same cell in a facility holding
@@ -35,7 +39,7 @@ from dataclasses import replace
 from functools import partial
 
 from shardvault.catalog.port import DamageRecord, VersionRecord
-from shardvault.crowding import CellNodes, CrowdedStripe, crowded_stripe
+from shardvault.crowding import CellNodes, CrowdedStripe, crowded_stripe, over_m
 from shardvault.errors import IntegrityError, ShardvaultError
 from shardvault.manifest import Manifest
 from shardvault.nodes.port import ShardWriter, shard_name
@@ -47,7 +51,7 @@ from shardvault.vault.copy_swap import (
     write_on_targets,
 )
 from shardvault.vault.repair_report import DryRun, RepairReport, ShardMove
-from shardvault.vault.repair_targets import Target, crowding, spread_targets
+from shardvault.vault.repair_targets import Target, spread_targets
 from shardvault.vault.shard_check import verified_block
 from shardvault.vault.writer import StepHook
 
@@ -60,62 +64,76 @@ def _no_step(step: str) -> None:
 
 def spread_cell(
     cell: Cell,
+    scrubbed: bool,
     on_step: StepHook = _no_step,
     dry_run: DryRun | None = None,
     clock: Callable[[], float] = time.time,
 ) -> RepairReport:
     """Move shards of the cell's committed versions so that none has more than m in a
     facility, where the cell allows; with ``dry_run``, only say which would move, from
-    the manifests its rebuilds would leave. ``on_step`` is told each step of a move;
-    CLOCK stamps the copies moved away from."""
+    the manifests its rebuilds would leave. SCRUBBED: the rebuild before looked at every
+    version, so a shard on a node not active is its to name. ``on_step`` is told each
+    step of a move; CLOCK stamps the copies moved away from."""
     report = RepairReport()
+    facility = {node.id: node.facility for node in cell.nodes}
     with cell.maintenance(wait=True):  # gc then leaves the notes of copies to later
+        rebuilt = None if scrubbed else {(d.ref, d.version) for d in cell.catalog.damage()}
         cursor = b""
         while batch := cell.catalog.committed_after(cursor, _BATCH):
             for record in batch:
-                if dry_run is not None:
-                    report = report + _planned(cell, record, dry_run)
-                elif _crowded(cell, _manifest(record)):
-                    attempt = partial(_spread_version, cell, record, on_step, clock)
-                    report = report + replace(until_unchanged(attempt, record), versions=0)
+                manifest = _as_planned(record, dry_run)
+                if manifest is not None and over_m(manifest, facility):
+                    named = rebuilt is None or (record.ref, record.version) in rebuilt
+                    spread = _spread(cell, record, manifest, named, on_step, dry_run, clock)
+                    report = report + replace(spread, crowded=1)
             cursor = batch[-1].object_id
     return replace(report, unavailable_nodes=tuple(cell.unavailable_nodes()))
 
 
-def _manifest(record: VersionRecord) -> Manifest | None:
-    return None if record.manifest is None else Manifest.from_bytes(record.manifest)
+def _as_planned(record: VersionRecord, dry: DryRun | None) -> Manifest | None:
+    """The version's manifest, or the one a dry run's rebuild would leave."""
+    planned = None if dry is None else dry.planned.get((record.ref, record.version))
+    if planned is not None or record.manifest is None:
+        return planned
+    return Manifest.from_bytes(record.manifest)
 
 
-def _crowded(cell: Cell, manifest: Manifest | None) -> bool:
-    """Whether a facility holds more than m of the version's shards (no I/O)."""
-    return manifest is not None and bool(crowding(cell, manifest))
-
-
-def _planned(cell: Cell, record: VersionRecord, dry: DryRun) -> RepairReport:
-    """A dry run's spread of one version: the moves it would make, from the manifest the
-    rebuild would leave, or why it would make none."""
-    manifest = dry.planned.get((record.ref, record.version)) or _manifest(record)
-    if manifest is None or not _crowded(cell, manifest):
-        return RepairReport()
-    return _spread_version(cell, record, _no_step, time.time, manifest)  # swaps nothing
+def _spread(
+    cell: Cell,
+    record: VersionRecord,
+    manifest: Manifest,
+    named: bool,
+    on_step: StepHook,
+    dry: DryRun | None,
+    clock: Callable[[], float],
+) -> RepairReport:
+    """Spread one crowded version; a dry run plans from MANIFEST and swaps nothing."""
+    if dry is not None:
+        return _spread_version(cell, record, named, _no_step, time.time, manifest)
+    attempt = partial(_spread_version, cell, record, named, on_step, clock)
+    return replace(until_unchanged(attempt, record), versions=0)
 
 
 def _spread_version(
     cell: Cell,
     stale: VersionRecord,
+    named: bool,
     on_step: StepHook,
     clock: Callable[[], float],
     planned: Manifest | None = None,
 ) -> RepairReport:
-    """Spread one version; a dry run passes the manifest it plans from (PLANNED)."""
+    """Spread one version; a dry run passes the manifest it plans from (PLANNED). NAMED:
+    the rebuild before looked at it, and named it if it left a shard on a node not active."""
     record = cell.catalog.get_version(stale.ref, stale.version)  # as it is now
     if record is None or record.manifest is None:  # deleted or collected meanwhile
         return RepairReport()
     manifest = planned or Manifest.from_bytes(record.manifest)
     what = f"{manifest.ref} v{manifest.version}"
     stripe = crowded_stripe(manifest, CellNodes.of(cell.placeable_nodes(), cell.jurisdiction))
-    if stripe is None or stripe.inactive:
+    if stripe is None or (stripe.inactive and named):
         return RepairReport()  # spread already, or a bad shard's: the rebuild named it
+    if stripe.inactive:  # a plain repair reads no shard: such a one is the scrub's
+        return RepairReport(concentrated=(_not_active(what, stripe),))
     if stripe.shortfall:
         return RepairReport(concentrated=(_concentrated(what, stripe),))
     if planned is not None:
@@ -210,7 +228,15 @@ def _concentrated(what: str, stripe: CrowdedStripe) -> str:
     return (
         f"{what}: {stripe.described()} (more than m={stripe.m}), and the cell's active "
         f"nodes cannot hold a stripe to m per facility ({stripe.shortfall} shard(s) over): "
-        "left as it is; add nodes in other facilities, or bring them back, then repair --scrub"
+        "left as it is; add nodes in other facilities, or bring them back, then repair again"
+    )
+
+
+def _not_active(what: str, stripe: CrowdedStripe) -> str:
+    return (
+        f"{what}: {stripe.described()} (more than m={stripe.m}), and a shard on "
+        f"{', '.join(stripe.inactive)} not active: left as it is; 'shardvault repair "
+        "--scrub' rebuilds it elsewhere, then spreads the stripe"
     )
 
 

@@ -124,6 +124,13 @@ class Manifest:
         return cls._parse(data)
 
     @classmethod
+    def parse(cls, data: bytes) -> Manifest:
+        """Parse and check a manifest without keeping it: for a scan of every manifest of a
+        cell (repair's look for crowded stripes, `shardvault nodes`), which would gain
+        nothing from the cache and push out of it the manifests gets parse again."""
+        return cls._parse(data)
+
+    @classmethod
     def _parse(cls, data: bytes) -> Manifest:
         if len(data) < _HEAD.size:
             raise IntegrityError("manifest is truncated")

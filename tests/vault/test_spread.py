@@ -27,7 +27,7 @@ from conftest import (
     shard_paths,
 )
 from shardvault.config import load
-from shardvault.manifest import Manifest
+from shardvault.manifest import Manifest, _parse_small
 from shardvault.model import ObjectRef
 from shardvault.nodes.localdir import LocalDirShardStore
 from shardvault.nodes.port import shard_name
@@ -471,3 +471,18 @@ def test_a_plain_repair_leaves_a_stripe_with_a_shard_on_a_node_not_active_to_a_s
     for ref in REFS:
         assert max(per_facility_by_where(config, ref).values()) <= M, ref
     reads_back_whole(config, payloads)
+
+
+def test_the_look_for_crowded_stripes_leaves_the_gets_manifest_cache_alone(
+    tmp_path: Path,
+) -> None:
+    # every repair reads every manifest now: through the cache gets use, a cron repair
+    # in a long-lived process pushed every hot manifest out of it
+    config = deployment(tmp_path)
+    payloads = filled(config)
+    with Vault.open(load(config)) as vault:
+        _parse_small.cache_clear()
+        assert vault.repair().crowded == 0
+        assert _parse_small.cache_info().currsize == 0
+        assert vault.get(REFS[0]) == payloads[REFS[0]]
+        assert _parse_small.cache_info().currsize == 1  # what the cache is for

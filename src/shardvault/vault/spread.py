@@ -95,7 +95,7 @@ def _as_planned(record: VersionRecord, dry: DryRun | None) -> Manifest | None:
     planned = None if dry is None else dry.planned.get((record.ref, record.version))
     if planned is not None or record.manifest is None:
         return planned
-    return Manifest.from_bytes(record.manifest)
+    return Manifest.parse(record.manifest)
 
 
 def _spread(

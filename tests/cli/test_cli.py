@@ -191,8 +191,14 @@ def test_listing_and_metadata_commands(alice: Cli, tmp_path: Path) -> None:
     }
     assert alice.json("where", "intl", "alice", "b", "--version", "1")["version"] == 1
 
-    nodes = alice.json("nodes")
+    shown = alice.json("nodes")
+    nodes = shown["nodes"]
     assert len(nodes) == 18
+    assert [(c["jurisdiction"], c["versions"], c["crowded"]) for c in shown["cells"]] == [
+        ("US", 4, 0),
+        ("SG", 0, 0),
+        ("EU", 0, 0),
+    ]
     us = [n for n in nodes if n["jurisdiction"] == "US"]
     assert sum(n["shards"] for n in us) == 4 * 6
     assert all(n["shards"] == 0 for n in nodes if n["jurisdiction"] != "US")
@@ -222,7 +228,7 @@ def test_listing_and_metadata_commands(alice: Cli, tmp_path: Path) -> None:
     forgotten = alice.json("--approval", approval, "forget", "intl", "alice")
     assert (forgotten["versions_deleted"], forgotten["shards_removed"]) == (2, 12)
     assert "forgotten" in alice.fails(1, "get", "intl", "alice", "a/1")
-    assert sum(n["shards"] for n in alice.json("nodes")) == 0
+    assert sum(n["shards"] for n in alice.json("nodes")["nodes"]) == 0
 
 
 def test_nodes_warns_about_a_cell_that_cannot_lose_a_facility(
@@ -237,7 +243,7 @@ def test_nodes_warns_about_a_cell_that_cannot_lose_a_facility(
     cli = Cli(make_deployment(tmp_path / "deploy", edit=edit), capsysbinary)
     shutil.rmtree(tmp_path / "deploy" / "nodes" / "EU" / "eu-n6")  # down and gone: no alarm
     code, out, err = cli("nodes", "--json")
-    listed = {node["id"]: node for node in json.loads(out)}
+    listed = {node["id"]: node for node in json.loads(out)["nodes"]}
     assert code == 0 and len(listed) == 18
     assert (
         listed["eu-n6"]["state"] == "down" and "no such directory" in listed["eu-n6"]["unavailable"]
@@ -335,7 +341,7 @@ def test_exit_codes_and_one_line_errors(crippled: Cli, tmp_path: Path) -> None:
     assert "--grace" in cli.fails(2, "gc", "--grace", "-1")
     assert "limit" in cli.fails(2, "ls", "intl", "sg", "--limit", "0")
     # nothing was stored by any refusal
-    assert sum(n["shards"] for n in cli.json("nodes")) == 0
+    assert sum(n["shards"] for n in cli.json("nodes")["nodes"]) == 0
 
 
 def test_bad_config_is_exit_2_naming_the_key(
@@ -402,7 +408,7 @@ def test_python_dash_m_runs_the_same_cli(tmp_path: Path) -> None:
         capture_output=True, timeout=60, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    assert len(json.loads(done.stdout)) == 18
+    assert len(json.loads(done.stdout)["nodes"]) == 18
     missing = subprocess.run(
         [sys.executable, "-m", "shardvault", "--config", str(tmp_path / "none.toml"), "nodes"],
         capture_output=True, text=True, timeout=60, check=False,

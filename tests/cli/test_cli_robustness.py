@@ -759,7 +759,7 @@ def test_a_broken_node_is_shown_and_read_around(alice: Cli, tmp_path: Path) -> N
     node.write_text("")  # the node's directory is now a file
     assert alice.ok("get", "intl", "alice", "k") == b"payload\n"  # a US object: untouched
     code, out, err = alice("nodes", "--json")  # exit 1: an active node is unreachable
-    by_id = {n["id"]: n for n in json.loads(out)}
+    by_id = {n["id"]: n for n in json.loads(out)["nodes"]}
     assert by_id["sg-n1"]["unavailable"] == f"opening {node} failed: Not a directory"
     assert by_id["sg-n2"]["unavailable"] is None
     assert code == 1 and f"warning: node sg-n1 is unavailable: opening {node} failed" in err

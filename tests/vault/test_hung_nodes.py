@@ -433,7 +433,7 @@ def test_the_cli_names_a_node_whose_disk_hangs_and_exits_1(tmp_path: Path) -> No
     started = time.monotonic()
     done = subprocess.run([*command, "nodes", "--json"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 1, done.stderr
-    by_id = {node["id"]: node for node in json.loads(done.stdout)}
+    by_id = {node["id"]: node for node in json.loads(done.stdout)["nodes"]}
     assert by_id[hung]["unavailable"].startswith("no answer within 0.5 s (storage.node_timeout)")
     assert [n for n, node in by_id.items() if node["unavailable"]] == [hung]
     assert (

@@ -483,6 +483,53 @@ def test_the_look_for_crowded_stripes_leaves_the_gets_manifest_cache_alone(
     with Vault.open(load(config)) as vault:
         _parse_small.cache_clear()
         assert vault.repair().crowded == 0
+        assert [cell.versions for cell in vault.crowding()] == [len(REFS), 0, 0]  # nodes'
         assert _parse_small.cache_info().currsize == 0
         assert vault.get(REFS[0]) == payloads[REFS[0]]
         assert _parse_small.cache_info().currsize == 1  # what the cache is for
+
+
+def test_nodes_counts_each_cells_crowded_versions_from_the_manifests(tmp_path: Path) -> None:
+    # nothing said which versions a facility's loss would lose until a scrub had read
+    # every shard; the manifests and the config say it
+    config = deployment(tmp_path)
+    crowded(config)
+    with Vault.open(load(config)) as vault:
+        vault.register_subject("intl", "bo", "SG")
+        vault.put(ObjectRef("intl", "bo", "k"), b"spread as placement leaves it")
+        # a node `nodes` found unreachable cannot take a shard: us-fac-3 holds one node then
+        us = vault.crowding({"us-n6"})[0]
+        assert (us.jurisdiction, us.crowded, us.spreadable) == ("US", 4, 0)
+
+    def cells(*args: str) -> tuple[dict[str, dict[str, object]], str]:
+        done = cli(config, "nodes", "--json", *args)
+        assert done.returncode == 0, done.stderr  # crowded is a warning, as a small cell is
+        shown = json.loads(done.stdout)
+        assert len(shown["nodes"]) == 20 and "Traceback" not in done.stderr
+        return {cell["jurisdiction"]: cell for cell in shown["cells"]}, done.stderr
+
+    found, said = cells()
+    assert found["US"] == {"jurisdiction": "US", "versions": 4, "crowded": 4, "spreadable": 4}
+    assert found["SG"] == {"jurisdiction": "SG", "versions": 1, "crowded": 0, "spreadable": 0}
+    assert found["EU"]["versions"] == 0
+    assert (
+        "warning: cell US has 4 version(s) with more than m shards in one facility "
+        "(losing it loses them): 4 can be spread now, by 'shardvault repair'"
+    ) in said
+    assert "cell SG has" not in said
+    text = cli(config, "nodes")
+    assert text.returncode == 0, text.stderr
+    rows = [
+        [cell.strip() for cell in line.strip("│ ").split("│")] for line in text.stdout.splitlines()
+    ]
+    assert [row for row in rows if row[0] == "US" and len(row) == 4] == [["US", "4", "4", "4"]]
+
+    take_out(config, "down", ("us-n6",))  # us-fac-3 down to one node: 2 + 2 + 1 < 6
+    found, said = cells()
+    assert (found["US"]["crowded"], found["US"]["spreadable"]) == (4, 0)
+    assert "4 wait for active nodes in more facilities" in said
+    bring_back(config, "down", ("us-n6",))
+    assert cli(config, "repair").returncode == 0
+    found, said = cells()
+    assert (found["US"]["crowded"], found["US"]["spreadable"]) == (0, 0)
+    assert "cell US has" not in said

@@ -25,7 +25,7 @@ from shardvault.demo import write_demo
 from shardvault.errors import InvalidInput, ShardvaultError, Unavailable
 from shardvault.model import NodeState
 from shardvault.placement import facility_shortfall
-from shardvault.vault import RepairReport
+from shardvault.vault import CellCrowding, RepairReport
 from shardvault.vault.views import NodeUsage
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
@@ -131,20 +131,24 @@ def forget(
 
 
 def nodes(ctx: typer.Context, json_out: JsonFlag = False) -> None:
-    """List storage nodes with their cell, facility, state and usage.
+    """List storage nodes with their cell, facility, state and usage, and each cell's
+    versions with more than m shards in one facility (read from the manifests).
 
     Warns (on stderr, so --json stays one document) about a cell whose puts are
-    refused for want of active nodes, or whose stripes cannot survive the loss
-    of a facility. Exits 1 if a node not marked down is unavailable or did not
-    answer within storage.node_timeout.
+    refused for want of active nodes, whose stripes cannot survive the loss of a
+    facility, or that holds such versions. Exits 1 if a node not marked down is
+    unavailable or did not answer within storage.node_timeout.
     """
     cli = state(ctx)
     usage = cli.vault().node_usage()
-    _list_nodes(usage, json_out)
+    unreachable = {u.node.id for u in usage if u.unavailable}
+    crowding = cli.vault().crowding(unreachable)
+    _list_nodes(usage, crowding, json_out)
     for u in usage:  # in both modes: the exit code says one is, stderr which and why
         if _alarming(u):
             warn(f"node {u.node.id} is unavailable: {u.unavailable}")
-    _warn_about_cells(cli.config(), {u.node.id for u in usage if u.unavailable})
+    _warn_about_cells(cli.config(), unreachable)
+    _warn_about_crowding(crowding)
     _warn_if_any_hung(cli)
     if any(_alarming(u) for u in usage):
         raise typer.Exit(1)
@@ -204,6 +208,26 @@ def _warn_about_cells(config: Config, unavailable: set[str]) -> None:
             )
 
 
+def _warn_about_crowding(cells: list[CellCrowding]) -> None:
+    """Warn about each cell holding versions that one facility's loss would lose: the
+    cell's shape, not a failure, so no exit 1 (as for a cell too small to spread)."""
+    for cell in cells:
+        if not cell.crowded:
+            continue
+        waiting = cell.crowded - cell.spreadable
+        warn(
+            f"cell {cell.jurisdiction} has {cell.crowded} version(s) with more than m shards "
+            f"in one facility (losing it loses them): {cell.spreadable} can be spread now, "
+            "by 'shardvault repair'"
+            + (
+                f"; {waiting} wait for active nodes in more facilities, or for "
+                "'shardvault repair --scrub' to rebuild their shards on nodes not active"
+                if waiting
+                else ""
+            )
+        )
+
+
 def _alarming(usage: NodeUsage) -> bool:
     """A node the operator marked down is expected to be gone: no alarm for it."""
     return bool(usage.unavailable) and usage.node.state is not NodeState.DOWN
@@ -213,24 +237,9 @@ def _shown_state(usage: NodeUsage) -> str:
     return "unavailable" if _alarming(usage) else usage.node.state.value
 
 
-def _list_nodes(usage: list[NodeUsage], json_out: bool) -> None:
+def _list_nodes(usage: list[NodeUsage], cells: list[CellCrowding], json_out: bool) -> None:
     if json_out:
-        print_json(
-            [
-                {
-                    "id": u.node.id,
-                    "jurisdiction": u.node.jurisdiction,
-                    "facility": u.node.facility,
-                    "backend": u.node.backend,
-                    "state": u.node.state.value,
-                    "capacity": u.node.capacity,
-                    "shards": u.shards,
-                    "bytes": u.bytes_used,
-                    "unavailable": u.unavailable or None,
-                }
-                for u in usage
-            ]
-        )
+        print_json({"nodes": [_node_json(u) for u in usage], "cells": cells})
         return
     print_table(
         "nodes",
@@ -247,6 +256,25 @@ def _list_nodes(usage: list[NodeUsage], json_out: bool) -> None:
             for u in usage
         ],
     )
+    print_table(
+        "cells",
+        ["jurisdiction", "versions", "crowded", "spreadable now"],
+        [[c.jurisdiction, c.versions, c.crowded, c.spreadable] for c in cells],
+    )
+
+
+def _node_json(u: NodeUsage) -> dict[str, object]:
+    return {
+        "id": u.node.id,
+        "jurisdiction": u.node.jurisdiction,
+        "facility": u.node.facility,
+        "backend": u.node.backend,
+        "state": u.node.state.value,
+        "capacity": u.node.capacity,
+        "shards": u.shards,
+        "bytes": u.bytes_used,
+        "unavailable": u.unavailable or None,
+    }
 
 
 def gc(

@@ -4,9 +4,10 @@ from shardvault.vault.core import Vault
 from shardvault.vault.gc import GcReport
 from shardvault.vault.reader import ObjectReader
 from shardvault.vault.repair import RepairReport
-from shardvault.vault.views import ForgetResult, ListPage, NodeUsage
+from shardvault.vault.views import CellCrowding, ForgetResult, ListPage, NodeUsage
 
 __all__ = [
+    "CellCrowding",
     "ForgetResult",
     "GcReport",
     "ListPage",

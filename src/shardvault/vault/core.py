@@ -22,7 +22,7 @@ import contextlib
 import functools
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import replace
 from typing import BinaryIO, TypeVar
 
@@ -91,7 +91,15 @@ from shardvault.vault.gc import GcReport, collect_cell, collect_claimed
 from shardvault.vault.reader import ObjectReader
 from shardvault.vault.repair import DryRun, RepairReport, repair_cell
 from shardvault.vault.spread import spread_cell
-from shardvault.vault.views import ForgetResult, ListPage, NodeUsage, info_of, node_usage
+from shardvault.vault.views import (
+    CellCrowding,
+    ForgetResult,
+    ListPage,
+    NodeUsage,
+    cell_crowding,
+    info_of,
+    node_usage,
+)
 from shardvault.vault.writer import Progress, ShardSetWriter, StepHook
 
 MAX_LIST_LIMIT = 10_000
@@ -885,6 +893,12 @@ class Vault:
     def node_usage(self) -> builtins.list[NodeUsage]:
         with BoundedStores(self.deadline) as bounded:  # a hung node shows so
             return node_usage(self.cells.values(), bounded)
+
+    def crowding(self, unreachable: Collection[str] = ()) -> builtins.list[CellCrowding]:
+        """Per cell, how many committed versions hold more than m shards in one facility,
+        and how many of those its active nodes (but UNREACHABLE ones) could spread now:
+        from the manifests and the config alone, no shard read (`repair` spreads them)."""
+        return [cell_crowding(cell, frozenset(unreachable)) for cell in self.cells.values()]
 
 
 _ANSWERS = (NotFound, SubjectForgotten, IntegrityError)

@@ -1,16 +1,18 @@
-"""What the Vault returns besides bytes: pages, forget results, node usage, object info."""
+"""What the Vault returns besides bytes: pages, forget results, node usage, a cell's
+crowded versions, object info."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass, replace
 
 from blake3 import blake3
 
+from shardvault.crowding import CellNodes, crowded_stripes
 from shardvault.errors import ShardvaultError
 from shardvault.manifest import Manifest
-from shardvault.model import NodeSpec, ObjectInfo
+from shardvault.model import NodeSpec, NodeState, ObjectInfo
 from shardvault.nodes.port import ShardStore
 from shardvault.nodes.unavailable import UnavailableStore
 from shardvault.vault.bounded import BoundedStores
@@ -64,6 +66,43 @@ def node_usage(cells: Iterable[Cell], bounded: BoundedStores) -> list[NodeUsage]
                 continue
             usage.append(NodeUsage(node, shards, used))
     return usage
+
+
+@dataclass(frozen=True, slots=True)
+class CellCrowding:
+    """A cell's committed versions, those holding more than m shards in one facility
+    (losing it loses them), and how many of those its active nodes could spread now."""
+
+    jurisdiction: str
+    versions: int
+    crowded: int
+    spreadable: int
+
+
+_BATCH = 500  # committed versions read from the catalog at a time, as a repair reads them
+
+
+def cell_crowding(cell: Cell, unreachable: Collection[str]) -> CellCrowding:
+    """Counted from the cell's manifests and nodes alone (`crowding.py`): no shard is read
+    and no node asked. A node in UNREACHABLE (or whose store could not be opened) cannot
+    take a shard now, as placement would not give it one."""
+    nodes = CellNodes.of(
+        (
+            replace(node, state=NodeState.DOWN) if node.id in unreachable else node
+            for node in cell.placeable_nodes()
+        ),
+        cell.jurisdiction,
+    )
+    versions = crowded = spreadable = 0
+    cursor = b""
+    while batch := cell.catalog.committed_after(cursor, _BATCH):
+        versions += len(batch)
+        manifests = (Manifest.parse(row.manifest) for row in batch if row.manifest)
+        for stripe in crowded_stripes(manifests, nodes):
+            crowded += 1
+            spreadable += stripe.spreadable
+        cursor = batch[-1].object_id
+    return CellCrowding(cell.jurisdiction, versions, crowded, spreadable)
 
 
 def _usage_of(store: ShardStore, node: NodeSpec) -> tuple[int, int]:

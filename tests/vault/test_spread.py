@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 from collections import Counter
@@ -509,8 +510,13 @@ def test_nodes_counts_each_cells_crowded_versions_from_the_manifests(tmp_path: P
         return {cell["jurisdiction"]: cell for cell in shown["cells"]}, done.stderr
 
     found, said = cells()
-    assert found["US"] == {"jurisdiction": "US", "versions": 4, "crowded": 4, "spreadable": 4}
-    assert found["SG"] == {"jurisdiction": "SG", "versions": 1, "crowded": 0, "spreadable": 0}
+    fine = {"unreadable": 0, "unreadable_first": ""}
+    assert (
+        found["US"] == {"jurisdiction": "US", "versions": 4, "crowded": 4, "spreadable": 4} | fine
+    )
+    assert (
+        found["SG"] == {"jurisdiction": "SG", "versions": 1, "crowded": 0, "spreadable": 0} | fine
+    )
     assert found["EU"]["versions"] == 0
     assert (
         "warning: cell US has 4 version(s) with more than m shards in one facility "
@@ -533,3 +539,44 @@ def test_nodes_counts_each_cells_crowded_versions_from_the_manifests(tmp_path: P
     found, said = cells()
     assert (found["US"]["crowded"], found["US"]["spreadable"]) == (0, 0)
     assert "cell US has" not in said
+
+
+def test_a_manifest_that_cannot_be_read_is_named_and_the_others_still_counted(
+    tmp_path: Path,
+) -> None:
+    # every repair and `nodes` read every manifest now: one damaged row in the catalog
+    # ended both with "error: manifest body is not valid JSON", naming no version and
+    # reporting nothing of the others
+    config = deployment(tmp_path)
+    crowded(config)
+    broken = manifests(config)[REFS[0]]
+    with sqlite3.connect(config.parent / "state" / "cells" / "US" / "catalog.sqlite") as db:
+        db.execute(
+            "UPDATE versions SET manifest = ? WHERE object_id = ?",
+            (b"SVMF\x02\x00\x00\x00\x05{bad}", broken.object_id),
+        )
+    db.close()
+    shown = cli(config, "nodes", "--json")
+    assert shown.returncode == 1, shown.stderr  # integrity: restore the catalog
+    us = json.loads(shown.stdout)["cells"][0]
+    assert (us["versions"], us["crowded"], us["unreadable"]) == (4, 3, 1)
+    assert (
+        "warning: cell US has 1 version(s) whose manifest cannot be read (intl/alice/k0 v1: "
+        "manifest body is not valid JSON)"
+    ) in shown.stderr
+    done = cli(config, "repair", "--json")
+    assert done.returncode == 1, done.stderr  # a version it could not repair
+    report = json.loads(done.stdout)
+    assert (report["crowded"], report["moved"]) == (3, 2 * 3)  # the others spread
+    named = [
+        "intl/alice/k0 v1: its manifest cannot be read (manifest body is not valid JSON): "
+        "restore the cell's catalog from a backup"
+    ]
+    assert report["problems"] == named
+    scrub = cli(config, "repair", "--scrub", "--json")  # the rebuild names it, once
+    assert scrub.returncode == 1, scrub.stderr
+    assert (json.loads(scrub.stdout)["versions"], json.loads(scrub.stdout)["problems"]) == (
+        len(REFS),
+        named,
+    )
+    assert "Traceback" not in shown.stderr + done.stderr + scrub.stderr

@@ -137,7 +137,8 @@ def nodes(ctx: typer.Context, json_out: JsonFlag = False) -> None:
     Warns (on stderr, so --json stays one document) about a cell whose puts are
     refused for want of active nodes, whose stripes cannot survive the loss of a
     facility, or that holds such versions. Exits 1 if a node not marked down is
-    unavailable or did not answer within storage.node_timeout.
+    unavailable or did not answer within storage.node_timeout, or if a version's
+    manifest cannot be read.
     """
     cli = state(ctx)
     usage = cli.vault().node_usage()
@@ -150,7 +151,7 @@ def nodes(ctx: typer.Context, json_out: JsonFlag = False) -> None:
     _warn_about_cells(cli.config(), unreachable)
     _warn_about_crowding(crowding)
     _warn_if_any_hung(cli)
-    if any(_alarming(u) for u in usage):
+    if any(_alarming(u) for u in usage) or any(c.unreadable for c in crowding):
         raise typer.Exit(1)
 
 
@@ -210,8 +211,16 @@ def _warn_about_cells(config: Config, unavailable: set[str]) -> None:
 
 def _warn_about_crowding(cells: list[CellCrowding]) -> None:
     """Warn about each cell holding versions that one facility's loss would lose: the
-    cell's shape, not a failure, so no exit 1 (as for a cell too small to spread)."""
+    cell's shape, not a failure, so no exit 1 (as for a cell too small to spread); and
+    about versions whose manifest cannot be read, which the counts leave out."""
     for cell in cells:
+        if cell.unreadable:  # integrity, exit 1: the figures leave them out
+            more = ", ..." if cell.unreadable > 1 else ""
+            warn(
+                f"cell {cell.jurisdiction} has {cell.unreadable} version(s) whose manifest "
+                f"cannot be read ({cell.unreadable_first}{more}): not counted; restore the "
+                "cell's catalog from a backup"
+            )
         if not cell.crowded:
             continue
         waiting = cell.crowded - cell.spreadable

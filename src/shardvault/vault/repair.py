@@ -51,7 +51,7 @@ from functools import partial
 
 from shardvault.catalog.port import VersionRecord
 from shardvault.codec.erasure import ErasureCode
-from shardvault.errors import ShardvaultError
+from shardvault.errors import IntegrityError, NewerFormat, ShardvaultError
 from shardvault.manifest import Manifest
 from shardvault.vault.cells import Cell
 from shardvault.vault.copy_swap import (
@@ -63,7 +63,13 @@ from shardvault.vault.copy_swap import (
     write_on_targets,
 )
 from shardvault.vault.rebuild import rebuild_shards
-from shardvault.vault.repair_report import DryRun, RepairReport, ShardMove, left_as_is
+from shardvault.vault.repair_report import (
+    DryRun,
+    RepairReport,
+    ShardMove,
+    left_as_is,
+    unreadable_manifest,
+)
 from shardvault.vault.repair_targets import rebuild_targets
 from shardvault.vault.shard_check import BadShards, bad_shards, fewest_good
 from shardvault.vault.writer import StepHook
@@ -139,8 +145,11 @@ def _repair_version(
     if record is None:  # deleted or forgotten since the scrub read its batch: no damage
         return RepairReport(1)
     assert record.manifest is not None
-    manifest = Manifest.from_bytes(record.manifest)
-    what = f"{manifest.ref} v{manifest.version}"
+    what = f"{record.ref} v{record.version}"
+    try:
+        manifest = Manifest.from_bytes(record.manifest)
+    except (IntegrityError, NewerFormat) as exc:  # one damaged row ended a scrub
+        return left_as_is(what, unreadable_manifest(exc))
     bad = bad_shards(cell, manifest)
     if not bad:
         if dry is None:

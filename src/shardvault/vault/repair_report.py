@@ -53,6 +53,12 @@ class RepairReport:
         )
 
 
+def unreadable_manifest(exc: Exception) -> str:
+    """Why a version whose manifest cannot be parsed (a damaged catalog row, a newer
+    format) is left as it is."""
+    return f"its manifest cannot be read ({exc}): restore the cell's catalog from a backup"
+
+
 def left_as_is(what: str, why: str) -> RepairReport:
     """One version checked and left as it was, and why (a problem the report names)."""
     return RepairReport(1, 0, (f"{what}: {why}",))

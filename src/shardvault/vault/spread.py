@@ -40,7 +40,7 @@ from functools import partial
 
 from shardvault.catalog.port import DamageRecord, VersionRecord
 from shardvault.crowding import CellNodes, CrowdedStripe, crowded_stripe, over_m
-from shardvault.errors import IntegrityError, ShardvaultError
+from shardvault.errors import IntegrityError, NewerFormat, ShardvaultError
 from shardvault.manifest import Manifest
 from shardvault.nodes.port import ShardWriter, shard_name
 from shardvault.vault.cells import Cell
@@ -50,7 +50,7 @@ from shardvault.vault.copy_swap import (
     write_copies,
     write_on_targets,
 )
-from shardvault.vault.repair_report import DryRun, RepairReport, ShardMove
+from shardvault.vault.repair_report import DryRun, RepairReport, ShardMove, unreadable_manifest
 from shardvault.vault.repair_targets import Target, spread_targets
 from shardvault.vault.shard_check import verified_block
 from shardvault.vault.writer import StepHook
@@ -81,13 +81,34 @@ def spread_cell(
         cursor = b""
         while batch := cell.catalog.committed_after(cursor, _BATCH):
             for record in batch:
-                manifest = _as_planned(record, dry_run)
-                if manifest is not None and over_m(manifest, facility):
-                    named = rebuilt is None or (record.ref, record.version) in rebuilt
-                    spread = _spread(cell, record, manifest, named, on_step, dry_run, clock)
-                    report = report + replace(spread, crowded=1)
+                named = rebuilt is None or (record.ref, record.version) in rebuilt
+                looked = _looked_at(cell, record, facility, named, on_step, dry_run, clock)
+                report = report + looked
             cursor = batch[-1].object_id
     return replace(report, unavailable_nodes=tuple(cell.unavailable_nodes()))
+
+
+def _looked_at(
+    cell: Cell,
+    record: VersionRecord,
+    facility: dict[str, str],
+    named: bool,
+    on_step: StepHook,
+    dry: DryRun | None,
+    clock: Callable[[], float],
+) -> RepairReport:
+    """One committed version: spread, and counted, if its manifest shows it crowded
+    (no I/O to find out); named if that manifest cannot be read and the rebuild before
+    did not look at it (NAMED)."""
+    try:
+        manifest = _as_planned(record, dry)
+    except (IntegrityError, NewerFormat) as exc:  # one damaged row ended every repair
+        if named:
+            return RepairReport()
+        return _named(f"{record.ref} v{record.version}", unreadable_manifest(exc))
+    if manifest is None or not over_m(manifest, facility):
+        return RepairReport()
+    return replace(_spread(cell, record, manifest, named, on_step, dry, clock), crowded=1)
 
 
 def _as_planned(record: VersionRecord, dry: DryRun | None) -> Manifest | None:

@@ -4,13 +4,14 @@ crowded versions, object info."""
 from __future__ import annotations
 
 import os
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass, replace
 
 from blake3 import blake3
 
+from shardvault.catalog.port import VersionRecord
 from shardvault.crowding import CellNodes, crowded_stripes
-from shardvault.errors import ShardvaultError
+from shardvault.errors import IntegrityError, NewerFormat, ShardvaultError
 from shardvault.manifest import Manifest
 from shardvault.model import NodeSpec, NodeState, ObjectInfo
 from shardvault.nodes.port import ShardStore
@@ -77,6 +78,8 @@ class CellCrowding:
     versions: int
     crowded: int
     spreadable: int
+    unreadable: int = 0  # versions whose manifest cannot be parsed: not counted
+    unreadable_first: str = ""  # the first of them, and why
 
 
 _BATCH = 500  # committed versions read from the catalog at a time, as a repair reads them
@@ -94,15 +97,29 @@ def cell_crowding(cell: Cell, unreachable: Collection[str]) -> CellCrowding:
         cell.jurisdiction,
     )
     versions = crowded = spreadable = 0
+    unreadable: list[str] = []
     cursor = b""
     while batch := cell.catalog.committed_after(cursor, _BATCH):
         versions += len(batch)
-        manifests = (Manifest.parse(row.manifest) for row in batch if row.manifest)
-        for stripe in crowded_stripes(manifests, nodes):
+        for stripe in crowded_stripes(_parsed(batch, unreadable), nodes):
             crowded += 1
             spreadable += stripe.spreadable
         cursor = batch[-1].object_id
-    return CellCrowding(cell.jurisdiction, versions, crowded, spreadable)
+    first = unreadable[0] if unreadable else ""
+    return CellCrowding(cell.jurisdiction, versions, crowded, spreadable, len(unreadable), first)
+
+
+def _parsed(batch: list[VersionRecord], unreadable: list[str]) -> Iterator[Manifest]:
+    """The batch's manifests; each that cannot be parsed is added to UNREADABLE, named
+    with why, rather than end the count (one damaged row ended `shardvault nodes`)."""
+    for row in batch:
+        try:
+            manifest = Manifest.parse(row.manifest) if row.manifest else None
+        except (IntegrityError, NewerFormat) as exc:
+            unreadable.append(f"{row.ref} v{row.version}: {exc}")
+            continue
+        if manifest is not None:
+            yield manifest
 
 
 def _usage_of(store: ShardStore, node: NodeSpec) -> tuple[int, int]:

@@ -22,10 +22,11 @@ import functools
 import json
 import struct
 from dataclasses import dataclass
+from typing import Any
 
 from shardvault.codec.hashing import HASH_BYTES
 from shardvault.codec.shardfile import ShardHeader
-from shardvault.errors import IntegrityError, NewerFormat
+from shardvault.errors import IntegrityError, InvalidInput, NewerFormat
 from shardvault.model import ObjectRef
 
 MAGIC = b"SVMF"
@@ -151,6 +152,16 @@ class Manifest:
         except ValueError as exc:
             raise IntegrityError("manifest body is not valid JSON") from exc
         hashes = data[_HEAD.size + length :]
+        try:
+            return cls._from_doc(doc, hashes, version)
+        except (AttributeError, KeyError, TypeError, ValueError, InvalidInput) as exc:
+            # valid JSON but not a manifest's (a field missing or of another kind): one
+            # line naming it, not a traceback from whichever command read it
+            why = f"lacks {exc}" if isinstance(exc, KeyError) else f"is malformed: {exc}"
+            raise IntegrityError(f"manifest body {why}") from exc
+
+    @classmethod
+    def _from_doc(cls, doc: dict[str, Any], hashes: bytes, version: int) -> Manifest:
         manifest = cls(
             ref=ObjectRef(doc["tenant"], doc["subject"], doc["key"]),
             version=doc["version"],

@@ -249,6 +249,37 @@ def test_damaged_manifest_is_refused(raw: bytes, message: str) -> None:
         Manifest.from_bytes(raw)
 
 
+def _with_body(body: bytes) -> bytes:
+    return b"SVMF\x02" + len(body).to_bytes(4, "big") + body + b"\x11" * 32 + b"\x22" * 32
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b"{}", "lacks 'tenant'"),
+        (b"[]", "malformed"),
+        (MANIFEST_BODY.replace(b'"tenant":"intl",', b""), "lacks 'tenant'"),
+        (MANIFEST_BODY.replace(b'"nodes":["us-n1","us-n2"]', b'"nodes":5'), "malformed"),
+        (MANIFEST_BODY.replace(b'"object_id":"0001', b'"object_id":"zz01'), "malformed"),
+        (
+            MANIFEST_BODY.replace(b'"wrapped_data_key":"AQID"', b'"wrapped_data_key":"AQI"'),
+            "malformed",
+        ),
+        (MANIFEST_BODY.replace(b'"tenant":"intl"', b'"tenant":""'), "malformed"),
+    ],
+)
+def test_a_manifest_whose_body_is_json_but_not_a_manifests_is_refused(
+    body: bytes, message: str
+) -> None:
+    # valid JSON without a field (or with one of the wrong kind) raised KeyError, TypeError
+    # or ValueError, a traceback for every command that met it, not IntegrityError
+    assert len(_with_body(body)) <= 2048  # parsed through the cache, as a get would
+    with pytest.raises(IntegrityError, match=message):
+        Manifest.from_bytes(_with_body(body))
+    with pytest.raises(IntegrityError, match=message):
+        Manifest.parse(_with_body(body))
+
+
 def test_manifest_header_layout() -> None:
     magic, version, length = struct.unpack(">4sBI", MANIFEST_BYTES[:9])
     assert (magic, version, length) == (b"SVMF", 2, len(MANIFEST_BODY))

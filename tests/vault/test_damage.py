@@ -6,6 +6,8 @@ import errno
 import itertools
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -225,6 +227,27 @@ def test_a_version_row_holding_another_versions_manifest_is_refused(
         with pytest.raises(IntegrityError, match="v2 holds a manifest written for another version"):
             call(alice)
     assert vault.get(alice, 1) == b"old secret"
+
+
+def test_a_version_row_whose_manifest_is_json_but_not_a_manifests_is_refused(
+    vault: Vault, alice: ObjectRef, config_path: Path
+) -> None:
+    """Valid JSON lacking a field raised KeyError out of the parse: a traceback from get,
+    stat, where, repair and `nodes` alike, not an integrity error naming the manifest."""
+    vault.put(alice, b"data")
+    vault.cells["US"].catalog._db.execute(  # type: ignore[attr-defined]
+        "UPDATE versions SET manifest = ? WHERE key = ?",
+        (b"SVMF\x02\x00\x00\x00\x02{}", alice.key),
+    )
+    for call in (vault.get, vault.stat, vault.where):
+        with pytest.raises(IntegrityError, match="manifest body lacks 'tenant'"):
+            call(alice)
+    assert vault.crowding()[0].unreadable_first == f"{alice} v1: manifest body lacks 'tenant'"
+    command = [sys.executable, "-m", "shardvault", "--config", str(config_path)]
+    for args in (["get", "intl", "alice", alice.key], ["nodes"], ["repair", "--scrub"]):
+        done = subprocess.run([*command, *args], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 1 and "manifest body lacks 'tenant'" in done.stderr, args
+        assert "Traceback" not in done.stderr, args
 
 
 def test_more_than_m_lost_is_an_integrity_error_naming_object_and_segment(

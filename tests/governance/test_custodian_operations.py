@@ -357,6 +357,32 @@ def test_a_met_forget_approval_destroys_its_own_subjects_key_and_no_other(story:
         story.get(REF)
 
 
+def test_a_met_approval_unwraps_its_own_subjects_key_and_no_other(story: Vault) -> None:
+    """Found in review: the custodian checked an unwrap's approval for its requester,
+    purpose, tenant, cell and action, not for whose key it was, so code of the operator's
+    own holding a court's met approval to read alice's note had the custodian (the real
+    keyring) unwrap bob's key, in the same tenant and cell, through its own API."""
+    assert isinstance(story.custodian, KeyringCustodian)
+    bob_ref = ObjectRef("intl", "bob", "notes/b.txt")
+    bob = story.register_subject("intl", "bob", "US")
+    story.put(bob_ref, b"bob's note")
+    with pytest.raises(ApprovalRequired) as pending:
+        story.get(REF, ctx=as_(US_COURT, "lawful-request"))
+    approval = pending.value.approval_id
+    assert approval is not None
+    approve(story.governance, approval)
+    scope, alice = keys.KeyScope("intl", "US"), story.subject("intl", "alice")
+    court = Justification("us-doj", "lawful-request", new_request_id(), "US", approval)
+    assert bob.wrapped_key is not None and alice.wrapped_key is not None
+    with pytest.raises(AccessDenied, match=r"refused the unwrap \(custodian:key-subject\)") as no:
+        story.custodian.unwrap(scope, bob.key_id, bob.wrapped_key, court)
+    assert no.value.rule == "custodian:key-subject"
+    assert "its approval is for another subject" in str(no.value)
+    story.custodian.unwrap(scope, alice.key_id, alice.wrapped_key, court)  # the approval's own
+    assert story.get(REF, ctx=as_(US_COURT, "lawful-request", approval)) == b"alice's note"
+    assert story.get(bob_ref, ctx=as_(SERVICE, "serve-user")) == b"bob's note"  # no approval
+
+
 def test_a_keyring_from_before_learns_its_keys_subjects_once_and_old_approvals_hold(
     config_path: Path,
 ) -> None:

@@ -28,6 +28,7 @@ from shardvault.keys.attestation import (
     subject_commitment,
     utc_seconds,
 )
+from shardvault.keys.key_subjects import key_subjects_path
 from shardvault.keys.keyring import KeyringCustodian
 from shardvault.keys.memory import MemoryCustodian
 from shardvault.keys.port import KeyCustodian, KeyOperation, KeyScope
@@ -163,12 +164,13 @@ def test_every_unwrap_shows_the_justification_to_the_gate(make: Factory) -> None
 
 
 def approving(subject: str | None) -> CustodianGate:
-    """A gate that allows everything; a destroy's approval names ``subject``."""
+    """A gate that allows everything; the approval of a destroy, or of an unwrap that
+    names one, names ``subject``."""
 
     def gate(
         operation: KeyOperation, scope: KeyScope, key_id: str, why: Justification
     ) -> str | None:
-        return subject if operation is KeyOperation.DESTROY else None
+        return None if operation is KeyOperation.WRAP else subject
 
     return gate
 
@@ -190,6 +192,28 @@ def test_a_destroy_is_done_only_for_the_subject_the_key_was_wrapped_for(
         make().unwrap(US, "kid", blob, WHY)
     with pytest.raises(AccessDenied, match="holds no record of the subject"):
         make(approving("alice")).destroy(US, "kid-never-wrapped", WHY)
+
+
+APPROVED = Justification("us-doj", "lawful-request", "req-2", "US", "apr-us-0123456789abcdef")
+
+
+@pytest.mark.parametrize("named", ["bob", None], ids=["another-subject", "no-subject"])
+def test_an_approved_unwrap_is_done_only_for_the_subject_the_key_was_wrapped_for(
+    make: Factory, tmp_path: Path, named: str | None
+) -> None:
+    # as a destroy: a met approval to read alice's data unwraps alice's key, not bob's
+    key = hierarchy.new_key()
+    blob = make().wrap(US, "kid", key, WHY, subject="alice")
+    before = keyring_files(tmp_path)
+    with pytest.raises(AccessDenied, match=r"refused the unwrap \(custodian:key-subject\)") as no:
+        make(approving(named)).unwrap(US, "kid", blob, APPROVED)
+    assert no.value.rule == "custodian:key-subject"
+    assert keyring_files(tmp_path) == before
+    assert make(approving("alice")).unwrap(US, "kid", blob, APPROVED) == key
+    assert make(approving(named)).unwrap(US, "kid", blob, WHY) == key  # names no approval
+    other = make().wrap(US, "kid-bob", key, WHY, subject="bob")
+    with pytest.raises(AccessDenied, match="another subject"):
+        make(approving("alice")).unwrap(US, "kid-bob", other, APPROVED)
 
 
 def test_a_key_id_keeps_the_subject_it_was_first_wrapped_for(make: Factory) -> None:
@@ -513,6 +537,19 @@ def test_keyring_changes_are_durable_with_their_directory(
     ]
     with pytest.raises(SubjectForgotten):
         KeyringCustodian(directory / "keyring.json").unwrap(US, "kid", blob, WHY)
+
+
+def test_only_an_unwrap_that_names_an_approval_reads_the_key_subjects(tmp_path: Path) -> None:
+    """A plain unwrap (every get without an approval) is not slowed by the subject check:
+    with the key subjects gone it still unwraps, while one naming an approval is refused."""
+    path = tmp_path / "keyring.json"
+    key = hierarchy.new_key()
+    blob = KeyringCustodian(path).wrap(US, "kid", key, WHY, subject="alice")
+    key_subjects_path(path).unlink()
+    custodian = KeyringCustodian(path, approving("alice"))
+    assert custodian.unwrap(US, "kid", blob, WHY) == key
+    with pytest.raises(KeyUnavailable, match=r"key subjects .* do not exist"):
+        custodian.unwrap(US, "kid", blob, APPROVED)
 
 
 def test_an_unwrap_makes_no_root_key(tmp_path: Path) -> None:

@@ -17,9 +17,11 @@ cannot take back by deleting its row. That denial also binds the request it
 refused: while it stands (``veto_days``), any other approval for the same request
 is refused too, whoever signed it. A policy with no ``[approvers]`` lets no
 approval count. A destroy, which cannot be undone, needs
-an approval whatever the grants say, and one of a forget, and the gate hands the
-custodian the subject that approval names: the custodian destroys the key only
-if it wrapped it for that subject (`keys.port`). A refusal raises `AccessDenied`
+an approval whatever the grants say, and one of a forget. For a destroy, and for
+an unwrap that names an approval, the gate hands the custodian the subject that
+approval names: the custodian destroys or unwraps the key only if it wrapped it
+for that subject (`keys.port`), so a met approval to read alice's data unwraps
+no key of bob's. A refusal raises `AccessDenied`
 naming the operation and carrying the custodian's rule; the vault audits it and
 stops the call before anything changes.
 """
@@ -133,7 +135,8 @@ def custodian_gate(
     def gate(
         operation: KeyOperation, scope: KeyScope, key_id: str, why: Justification
     ) -> str | None:
-        """None, or for a destroy the subject of its approval: the one the key must be."""
+        """For a destroy, or an unwrap naming an approval, the subject of that approval:
+        the one the key must be (the custodian checks it against its own record)."""
         key = cp.KeyScope(scope.tenant, scope.jurisdiction)
         cp.require_key_use(policy, operation, why, key)
         if why.approval_id is None:
@@ -155,7 +158,7 @@ def custodian_gate(
         )
         if reason is not None:
             raise _refused(operation, reason)
-        return approval.subject if operation is KeyOperation.DESTROY else None
+        return None if operation is KeyOperation.WRAP else approval.subject
 
     return gate
 

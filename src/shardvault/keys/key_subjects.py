@@ -1,7 +1,8 @@
 """Whose key is whose, as the custodian recorded it: a tag of the subject per key it wrapped.
 
 A forget's approval names a subject; the custodian is told a key id. To destroy
-exactly that subject's key and no other, it checks the approval's subject
+exactly that subject's key and no other (and to unwrap, on an approval, only the
+key of the subject it names), it checks the approval's subject
 against what it recorded when it wrapped the key (`rootkey.subject_tag`), never
 against the vault's catalog, which the operator writes (docs/trust-model.md).
 
@@ -22,8 +23,9 @@ recorded subjects) until the vault has named their subjects once
 (`record_earlier`), then 1; it is 1 from the start in a new keyring's file.
 
 Not in the tombstones' file: every commit there drops the answers each process
-remembers for the read path (`live_answers`), and a wrap is a commit. Wraps and
-destroys are rare, so each opens a connection of its own and closes it.
+remembers for the read path (`live_answers`), and a wrap is a commit. Wraps,
+destroys and unwraps that name an approval are rare, so each opens a connection
+of its own and closes it; an unwrap that names none never opens the file.
 """
 
 from __future__ import annotations

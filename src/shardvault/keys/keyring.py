@@ -17,14 +17,16 @@ unwrap looks its key id up in the database (or in what this process found there
 while it is unchanged: `keys.live_answers`), so a destroy committed by any
 process refuses the very next unwrap anywhere; a database that cannot be read
 refuses it too. The gate (the partner's policy) decides every wrap, unwrap and
-destroy before a file is touched; a wrap records whose key it is, and a destroy
-is done only for the subject the gate's approval names, if the key is that
-subject's. Given a nonce, a destroy returns the custodian's signed attestation of
-it (`keys.attestation`): signed before the tombstone is written (a key that cannot
-sign destroys nothing), recorded beside the key's subject after it, and the first
-one recorded is what every later destroy of the key, and `destroy_attestation`,
-return. A keyring from before that record gets the file on first use, and its
-earlier keys' subjects once from the vault (`record_subjects`).
+destroy before a file is touched; a wrap records whose key it is, and a destroy,
+or an unwrap that names an approval, is done only for the subject the gate's
+approval names, if the key is that subject's (an unwrap naming none, every plain
+get, reads no record of subjects). Given a nonce, a destroy returns the
+custodian's signed attestation of it (`keys.attestation`): signed before the
+tombstone is written (a key that cannot sign destroys nothing), recorded beside
+the key's subject after it, and the first one recorded is what every later
+destroy of the key, and `destroy_attestation`, return. A keyring from before that
+record gets the file on first use, and its earlier keys' subjects once from the
+vault (`record_subjects`).
 
 Format version 2 (docs/formats.md, "Keyring")::
 
@@ -309,7 +311,9 @@ class KeyringCustodian:
     def unwrap(self, scope: KeyScope, key_id: str, blob: bytes, why: Justification) -> bytes:
         if self._tombstones.holds(scope.label(), key_id):
             raise refuse_destroyed(scope, key_id)
-        self._gate(KeyOperation.UNWRAP, scope, key_id, why)
+        subject = self._gate(KeyOperation.UNWRAP, scope, key_id, why)
+        if self.gate is not None and why.approval_id is not None:  # a plain get reads no more
+            self._require_subject(scope, key_id, subject, KeyOperation.UNWRAP)
         return open_key(self._root(scope, make=False), scope, key_id, blob)
 
     def destroy(
@@ -317,7 +321,7 @@ class KeyringCustodian:
     ) -> bytes | None:
         subject = self._gate(KeyOperation.DESTROY, scope, key_id, why)
         if self.gate is not None:
-            self._require_subject(scope, key_id, subject)
+            self._require_subject(scope, key_id, subject, KeyOperation.DESTROY)
         held = signed = None
         if nonce is not None and subject is not None and self._signer is not None:
             held = self._subjects.attestation(scope.label(), key_id)
@@ -343,17 +347,20 @@ class KeyringCustodian:
             return None
         return self._subjects.attestation(scope.label(), key_id)
 
-    def _require_subject(self, scope: KeyScope, key_id: str, subject: str | None) -> None:
-        """A destroy goes ahead only for the subject the custodian wrapped the key for."""
+    def _require_subject(
+        self, scope: KeyScope, key_id: str, subject: str | None, operation: KeyOperation
+    ) -> None:
+        """A destroy, or an unwrap that names an approval, goes ahead only for the subject
+        the custodian wrapped the key for."""
         if subject is None:
-            raise refuse_key_subject(scope, key_id, KeyOperation.DESTROY, NO_SUBJECT)
+            raise refuse_key_subject(scope, key_id, operation, NO_SUBJECT)
         self._keep_subjects()
         held = self._subjects.tag(scope.label(), key_id)
         if held is None:
-            raise refuse_key_subject(scope, key_id, KeyOperation.DESTROY, NO_RECORD)
+            raise refuse_key_subject(scope, key_id, operation, NO_RECORD)
         tag = subject_tag(subject_key(self._root(scope, make=False)), scope, key_id, subject)
         if not hmac.compare_digest(held, tag):
-            raise refuse_key_subject(scope, key_id, KeyOperation.DESTROY, OTHER_SUBJECT)
+            raise refuse_key_subject(scope, key_id, operation, OTHER_SUBJECT)
 
     def needs_subjects(self) -> bool:
         """Whether keys wrapped before this keyring recorded subjects are yet to be named.

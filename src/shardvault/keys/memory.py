@@ -2,8 +2,9 @@
 
 Its gate decides every wrap, unwrap and destroy before anything changes, as the
 keyring's does; a refused call is still recorded (it was shown). It keeps the
-subject each key was wrapped for, in memory, and with a gate destroys a key only
-for that subject, as the keyring does; given a signer, it attests each destroy as
+subject each key was wrapped for, in memory, and with a gate destroys a key, or
+unwraps it for a justification naming an approval, only for that subject, as the
+keyring does; given a signer, it attests each destroy as
 the keyring does, keeping the first attestation of each key.
 """
 
@@ -73,7 +74,9 @@ class MemoryCustodian:
         self.justifications.append(("unwrap", scope, key_id, why))
         if (scope, key_id) in self._destroyed:
             raise refuse_destroyed(scope, key_id)
-        self._gate(KeyOperation.UNWRAP, scope, key_id, why)
+        subject = self._gate(KeyOperation.UNWRAP, scope, key_id, why)
+        if self.gate is not None and why.approval_id is not None:
+            self._require_subject(scope, key_id, subject, KeyOperation.UNWRAP)
         return open_key(self._root(scope), scope, key_id, blob)
 
     def destroy(
@@ -82,15 +85,7 @@ class MemoryCustodian:
         self.justifications.append(("destroy", scope, key_id, why))
         subject = self._gate(KeyOperation.DESTROY, scope, key_id, why)
         if self.gate is not None:
-            recorded = self._subjects.get((scope, key_id))
-            reason = (
-                NO_SUBJECT if subject is None
-                else NO_RECORD if recorded is None
-                else OTHER_SUBJECT if recorded != subject
-                else None
-            )  # fmt: skip
-            if reason is not None:
-                raise refuse_key_subject(scope, key_id, KeyOperation.DESTROY, reason)
+            self._require_subject(scope, key_id, subject, KeyOperation.DESTROY)
         signed = None
         if nonce is not None and subject is not None and self.signer is not None:
             with self._lock:
@@ -102,6 +97,21 @@ class MemoryCustodian:
             if signed is not None:
                 self._attestations.setdefault((scope, key_id), signed)
             return self._attestations.get((scope, key_id)) if nonce is not None else None
+
+    def _require_subject(
+        self, scope: KeyScope, key_id: str, subject: str | None, operation: KeyOperation
+    ) -> None:
+        """As the keyring: only for the subject the key was wrapped for."""
+        with self._lock:
+            recorded = self._subjects.get((scope, key_id))
+        reason = (
+            NO_SUBJECT if subject is None
+            else NO_RECORD if recorded is None
+            else OTHER_SUBJECT if recorded != subject
+            else None
+        )  # fmt: skip
+        if reason is not None:
+            raise refuse_key_subject(scope, key_id, operation, reason)
 
     def destroy_attestation(self, scope: KeyScope, key_id: str) -> bytes | None:
         with self._lock:

@@ -8,10 +8,11 @@ subject key records a tombstone at the custodian, so no restored copy of the
 catalog can bring the key back.
 
 A wrap names the subject the key is for, and the custodian records it (as a
-tag only it can check); a destroy is done only for the subject its approval
-names, and only if the custodian wrapped the key for that subject. So a met
-approval to forget one subject destroys that subject's key and no other, and
-the custodian decides it from its own record, not from the vault's catalog.
+tag only it can check); a destroy, or an unwrap that names an approval, is done
+only for the subject that approval names, and only if the custodian wrapped the
+key for that subject. So a met approval to forget (or read) one subject's data
+destroys (or unwraps) that subject's key and no other, and the custodian decides
+it from its own record, not from the vault's catalog.
 It then signs an attestation of the destroy with its own key, so a deletion
 receipt can prove the key is gone on the custodian's word, not the operator's.
 """
@@ -58,7 +59,10 @@ class KeyCustodian(Protocol):
         the gate refuses or the key id was recorded for another subject."""
 
     def unwrap(self, scope: KeyScope, key_id: str, blob: bytes, why: Justification) -> bytes:
-        """Decrypt a subject key; raises KeyUnavailable, AccessDenied or SubjectForgotten."""
+        """Decrypt a subject key; raises KeyUnavailable, AccessDenied or SubjectForgotten.
+        With a gate, an unwrap whose justification names an approval is done only if the
+        key was wrapped for the subject the gate's approval names (AccessDenied if not);
+        one naming none is not looked up."""
 
     def destroy(
         self, scope: KeyScope, key_id: str, why: Justification, *, nonce: bytes | None = None

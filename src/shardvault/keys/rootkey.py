@@ -7,7 +7,8 @@ blob moved to another tenant, jurisdiction or subject fails to unwrap.
 A custodian also keeps, per key it wrapped, a tag of the subject it was wrapped
 for (`subject_tag`): an HMAC under a key derived from the scope's root, so its
 file names no subject and only the custodian can check a subject against it. A
-destroy is honoured only for the subject its approval names (docs/trust-model.md).
+destroy, or an unwrap that names an approval, is honoured only for the subject
+that approval names (docs/trust-model.md).
 """
 
 from __future__ import annotations
@@ -39,9 +40,10 @@ TAKEN = "it was wrapped for another subject"
 
 CustodianGate = Callable[[KeyOperation, KeyScope, str, Justification], str | None]
 """Called before every wrap, unwrap and destroy, before anything is done; raises
-`AccessDenied` to refuse (the custodian's own policy). For a destroy it returns the
-subject its approval names: the custodian then destroys the key only if it wrapped
-it for that subject (None, or no tag of that subject, refuses)."""
+`AccessDenied` to refuse (the custodian's own policy). For a destroy, and for an
+unwrap whose justification names an approval, it returns the subject that approval
+names: the custodian then does it only if it wrapped the key for that subject
+(None, or no tag of that subject, refuses)."""
 
 
 def _aad(scope: KeyScope, key_id: str) -> bytes:

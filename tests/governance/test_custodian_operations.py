@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import closing
 from dataclasses import replace
 from pathlib import Path
@@ -436,6 +436,54 @@ def test_a_met_approval_of_a_read_does_not_destroy_a_key(story: Vault) -> None:
     gate(UNWRAP, keys.KeyScope("intl", "US"), "kid", court)
     with pytest.raises(AccessDenied, match=r"refused the destroy \(custodian:approval\)"):
         gate(DESTROY, keys.KeyScope("intl", "US"), "kid", court)
+
+
+def approval_for(vault: Vault, ask: Callable[[RequestContext], object], ctx: RequestContext) -> str:
+    """The id of the approval ``ask`` is sent for, met by both approvers."""
+    with pytest.raises(ApprovalRequired) as pending:
+        ask(ctx)
+    approval = pending.value.approval_id
+    assert approval is not None
+    approve(vault.governance, approval)
+    return approval
+
+
+@pytest.mark.parametrize("asked", ["forget", "list"])
+def test_a_met_approval_unwraps_a_key_only_if_it_was_for_a_read_or_write(
+    deployment: tuple[Config, Vault], story: Vault, asked: str
+) -> None:
+    """Found in review: for an unwrap the custodian took an approval of any action but a
+    registration. Under a grant without `operations` covering the forget's purpose, a
+    met approval to forget alice had the (real) keyring unwrap her key to the same
+    principal, and under the demo's own custodian policy a domestic court's met
+    approval to list her objects did: the approvers let neither read her data."""
+    config, _ = deployment
+    if asked == "forget":
+        legacy = parse_custodian_policy(
+            'version = 1\n[[grant]]\nid = "forgets"\npurposes = ["forget-subject"]\n'
+            "requires_approval = true\n"
+        )
+        policy = replace(story.governance.custodian_policy, grants=legacy.grants)
+        ctx = local_context("forget-subject")
+        approval = approval_for(story, lambda c: story.forget("intl", "alice", c), ctx)
+    else:
+        policy = story.governance.custodian_policy  # the demo's: lawful requests unwrap
+        ctx = as_(US_COURT, "lawful-request")
+        approval = approval_for(story, lambda c: story.list("intl", "alice", ctx=c), ctx)
+        assert story.list("intl", "alice", ctx=replace(ctx, approval_id=approval))
+    gate = custodian_gate(policy, story.governance.approvals, story.governance.partner_verdicts)
+    custodian = KeyringCustodian(config.keyring_path, gate)
+    alice = story.subject("intl", "alice")
+    assert alice.wrapped_key is not None
+    why = Justification(ctx.principal, ctx.purpose, new_request_id(), "US", approval)
+    with pytest.raises(AccessDenied, match=r"refused the unwrap \(custodian:approval\)") as no:
+        custodian.unwrap(keys.KeyScope("intl", "US"), alice.key_id, alice.wrapped_key, why)
+    assert "is for another request" in str(no.value)
+    assert no.value.rule == APPROVAL_REQUIRED
+    if asked == "forget":  # what it was for still goes ahead
+        custodian.destroy(keys.KeyScope("intl", "US"), alice.key_id, why)
+        with pytest.raises(SubjectForgotten):
+            story.get(REF)
 
 
 def test_a_grant_covering_every_operation_destroys_no_key_without_an_approval(

@@ -5,8 +5,8 @@ registered), unwrap (a read or write) and destroy (a forget) it runs its own
 policy file (`shardvault.custodian_policy`) on the operation and the
 justification that comes with the call. When the justification names an
 approval it checks that the approval is for this principal, purpose, tenant and
-jurisdiction, and for this operation (a wrap's of a registration, a destroy's of
-a forget; a registration's serves no unwrap), unexpired and vetoed by nobody,
+jurisdiction, and for this operation (a wrap's of a registration, an unwrap's of
+a read or write, a destroy's of a forget), unexpired and vetoed by nobody,
 and met by the partner's own rule, not the book's: the approval book is the
 operator's file, so the gate
 counts only verdicts signed under the public keys the partner's policy holds
@@ -38,9 +38,13 @@ from shardvault.keys.rootkey import CustodianGate
 from shardvault.model import Justification
 from shardvault.policy import Action
 
-_ACTION_OF = {KeyOperation.DESTROY: str(Action.FORGET), KeyOperation.WRAP: str(Action.REGISTER)}
-"""The action an approval must be for when it is used for this operation (if any)."""
-_REGISTER = str(Action.REGISTER)
+_ACTIONS_OF = {
+    KeyOperation.WRAP: frozenset({str(Action.REGISTER)}),
+    KeyOperation.UNWRAP: frozenset({str(Action.READ), str(Action.WRITE)}),
+    KeyOperation.DESTROY: frozenset({str(Action.FORGET)}),
+}
+"""The actions an approval used for this operation may be of: what the vault does it for
+(a registration wraps, a get or put unwraps, a forget destroys)."""
 
 
 def _refused(operation: KeyOperation, reason: str) -> AccessDenied:
@@ -75,12 +79,10 @@ def _matches(
 
 def _for_operation(approval: Approval, operation: KeyOperation) -> bool:
     """Whether the approvers signed ``approval`` for this operation: a wrap's must be of a
-    registration, a destroy's of a forget, and a registration's serves no unwrap (it
-    approved a user's key, not a read or write of their data)."""
-    wanted = _ACTION_OF.get(operation)
-    if wanted is not None:
-        return approval.action == wanted
-    return approval.action != _REGISTER
+    registration, an unwrap's of a read or write, a destroy's of a forget. So an approval
+    of a registration, a forget, a listing or a stat unwraps no key: the approvers let a
+    user be registered, forgotten or their object names be seen, not their data be read."""
+    return approval.action in _ACTIONS_OF[operation]
 
 
 def _unsigned(approval: Approval, policy: cp.CustodianPolicy) -> str | None:

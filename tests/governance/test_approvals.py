@@ -542,8 +542,31 @@ def test_the_custodian_counts_an_approval_only_for_the_key_operation_it_was_for(
         gate(KeyOperation.UNWRAP, scope, key_id, why(registration))
     with pytest.raises(AccessDenied, match=r"custodian refused the wrap \(custodian:approval"):
         gate(KeyOperation.WRAP, scope, new_key_id(), why(write))
-    assert gate(KeyOperation.WRAP, scope, new_key_id(), why(registration)) is None
+    assert gate(KeyOperation.WRAP, scope, new_key_id(), why(registration)) == subject
     assert gate(KeyOperation.UNWRAP, scope, key_id, why(write)) == subject  # the key's, checked
+
+
+def test_a_registrations_approval_has_the_custodian_wrap_a_key_for_its_subject_only(
+    reviewed: Vault,
+) -> None:
+    # found in review: the gate returned nothing for a wrap, so operator code holding a
+    # met approval to register rae had the custodian (the real keyring) wrap a key "for"
+    # zed on it, registering zed without the approvers' review
+    register(reviewed, SERVICE)
+    ctx = as_(SERVICE, "serve-user")
+    with pytest.raises(ApprovalRequired) as caught:
+        reviewed.register_subject("intl", "rae-5b21e0", "US", ctx)
+    approval = caught.value.approval_id
+    assert approval is not None
+    approve(reviewed.governance, approval)
+    custodian, scope = reviewed.custodian, KeyScope("intl", "US")
+    why = Justification("svc-api", "serve-user", new_request_id(), "US", approval)
+    key = bytes(32)
+    with pytest.raises(AccessDenied, match=r"refused the wrap \(custodian:key-subject\)") as no:
+        custodian.wrap(scope, new_key_id(), key, why, subject="zed-4f2a9c")
+    assert no.value.rule == "custodian:key-subject"
+    custodian.wrap(scope, new_key_id(), key, why, subject="rae-5b21e0")  # the approval's own
+    reviewed.register_subject("intl", "rae-5b21e0", "US", as_(SERVICE, "serve-user", approval))
 
 
 def test_a_registration_approved_before_it_had_its_action_still_registers_only(

@@ -164,13 +164,13 @@ def test_every_unwrap_shows_the_justification_to_the_gate(make: Factory) -> None
 
 
 def approving(subject: str | None) -> CustodianGate:
-    """A gate that allows everything; the approval of a destroy, or of an unwrap that
-    names one, names ``subject``."""
+    """A gate that allows everything; the approval a wrap, unwrap or destroy names, if it
+    names one, is for ``subject``."""
 
     def gate(
         operation: KeyOperation, scope: KeyScope, key_id: str, why: Justification
     ) -> str | None:
-        return None if operation is KeyOperation.WRAP else subject
+        return subject
 
     return gate
 
@@ -214,6 +214,23 @@ def test_an_approved_unwrap_is_done_only_for_the_subject_the_key_was_wrapped_for
     other = make().wrap(US, "kid-bob", key, WHY, subject="bob")
     with pytest.raises(AccessDenied, match="another subject"):
         make(approving("alice")).unwrap(US, "kid-bob", other, APPROVED)
+
+
+@pytest.mark.parametrize("named", ["bob", None], ids=["another-subject", "no-subject"])
+def test_an_approved_wrap_is_done_only_for_the_subject_the_approval_names(
+    make: Factory, tmp_path: Path, named: str | None
+) -> None:
+    # a met approval to register alice wraps a key for alice, not one "for" bob: else it
+    # registers anyone without the approvers' review
+    key = hierarchy.new_key()
+    before = keyring_files(tmp_path)
+    with pytest.raises(AccessDenied, match=r"refused the wrap \(custodian:key-subject\)") as no:
+        make(approving(named)).wrap(US, "kid", key, APPROVED, subject="alice")
+    assert no.value.rule == "custodian:key-subject"
+    assert keyring_files(tmp_path) == before
+    blob = make(approving("alice")).wrap(US, "kid", key, APPROVED, subject="alice")
+    assert make().unwrap(US, "kid", blob, WHY) == key
+    make(approving(named)).wrap(US, "kid-2", key, WHY, subject="bob")  # names no approval
 
 
 def test_a_key_id_keeps_the_subject_it_was_first_wrapped_for(make: Factory) -> None:

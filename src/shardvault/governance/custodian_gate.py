@@ -137,8 +137,9 @@ def custodian_gate(
     def gate(
         operation: KeyOperation, scope: KeyScope, key_id: str, why: Justification
     ) -> str | None:
-        """For a destroy, or an unwrap naming an approval, the subject of that approval:
-        the one the key must be (the custodian checks it against its own record)."""
+        """For a destroy, or a wrap or unwrap naming an approval, the subject of that
+        approval: the one the key must be (the custodian checks it against its own record,
+        or, for a wrap, against the subject it is asked to wrap the key for)."""
         key = cp.KeyScope(scope.tenant, scope.jurisdiction)
         cp.require_key_use(policy, operation, why, key)
         if why.approval_id is None:
@@ -160,7 +161,7 @@ def custodian_gate(
         )
         if reason is not None:
             raise _refused(operation, reason)
-        return None if operation is KeyOperation.WRAP else approval.subject
+        return approval.subject
 
     return gate
 

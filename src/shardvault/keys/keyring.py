@@ -67,6 +67,7 @@ from shardvault.keys.rootkey import (
     open_key,
     refuse_destroyed,
     refuse_key_subject,
+    require_approved_subject,
     seal_key,
     subject_key,
     subject_tag,
@@ -300,7 +301,9 @@ class KeyringCustodian:
     def wrap(
         self, scope: KeyScope, key_id: str, key: bytes, why: Justification, *, subject: str
     ) -> bytes:
-        self._gate(KeyOperation.WRAP, scope, key_id, why)
+        approved = self._gate(KeyOperation.WRAP, scope, key_id, why)
+        if self.gate is not None and why.approval_id is not None:
+            require_approved_subject(scope, key_id, approved, subject)
         root = self._root(scope, make=True)
         self._keep_subjects()
         tag = subject_tag(subject_key(root), scope, key_id, subject)

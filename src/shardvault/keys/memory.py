@@ -26,6 +26,7 @@ from shardvault.keys.rootkey import (
     open_key,
     refuse_destroyed,
     refuse_key_subject,
+    require_approved_subject,
     seal_key,
 )
 from shardvault.model import Justification
@@ -63,7 +64,9 @@ class MemoryCustodian:
         self, scope: KeyScope, key_id: str, key: bytes, why: Justification, *, subject: str
     ) -> bytes:
         self.justifications.append(("wrap", scope, key_id, why))
-        self._gate(KeyOperation.WRAP, scope, key_id, why)
+        approved = self._gate(KeyOperation.WRAP, scope, key_id, why)
+        if self.gate is not None and why.approval_id is not None:
+            require_approved_subject(scope, key_id, approved, subject)
         with self._lock:
             held = self._subjects.setdefault((scope, key_id), subject)
         if held != subject:

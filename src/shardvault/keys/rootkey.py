@@ -37,6 +37,7 @@ NO_SUBJECT = "its approval names no subject"
 NO_RECORD = "the custodian holds no record of the subject it was wrapped for"
 OTHER_SUBJECT = "its approval is for another subject than the key was wrapped for"
 TAKEN = "it was wrapped for another subject"
+OTHER_APPROVED = "its approval is for another subject than the one it is to be wrapped for"
 
 CustodianGate = Callable[[KeyOperation, KeyScope, str, Justification], str | None]
 """Called before every wrap, unwrap and destroy, before anything is done; raises
@@ -88,6 +89,17 @@ def subject_tag(tag_key: bytes, scope: KeyScope, key_id: str, subject: str) -> b
     fields = (scope.tenant, scope.jurisdiction, key_id, subject)
     message = b"".join(len(b).to_bytes(4, "big") + b for b in (f.encode() for f in fields))
     return hmac.new(tag_key, message, hashlib.sha256).digest()
+
+
+def require_approved_subject(
+    scope: KeyScope, key_id: str, approved: str | None, subject: str
+) -> None:
+    """A wrap on an approval is for the subject the approvers signed for, none other:
+    else a met approval to register one user registers any."""
+    if approved is None:
+        raise refuse_key_subject(scope, key_id, KeyOperation.WRAP, NO_SUBJECT)
+    if approved != subject:
+        raise refuse_key_subject(scope, key_id, KeyOperation.WRAP, OTHER_APPROVED)
 
 
 def refuse_key_subject(

@@ -71,6 +71,30 @@ def test_proofs_from_the_log_verify(tmp_path: Path) -> None:
             merkle.verify_consistency(m, 13, log.consistency_proof(m), log.root_at(m), root)
 
 
+def test_a_compact_range_extended_by_the_later_leaves_gives_each_later_root(
+    tmp_path: Path,
+) -> None:
+    # what the partner's witness does from its last cosigned head (governance/seen.py)
+    count = 600  # past a stored level-1 node of 256 leaves
+    with filled(tmp_path / "log", count) as log:
+        leaves = log.leaf_hashes(0, count)
+        for size in (0, 1, 2, 3, 255, 256, 257, 300, 511, 512, 513, count):
+            frontier = log.frontier_at(size)
+            assert frontier.size == size and frontier.root() == log.root_at(size)
+            for leaf in leaves[size:]:
+                frontier.append(leaf)
+            assert frontier.root() == log.root()
+        with pytest.raises(InvalidInput):
+            log.frontier_at(count + 1)
+
+
+def test_a_tickets_leaf_is_its_entrys_leaf_hash(tmp_path: Path) -> None:
+    with AuditLog.open(tmp_path / "log") as log:
+        ticket = log.submit([make_entry(0), make_entry(1)])
+        assert ticket.leaf == merkle.leaf_hash(make_entry(0).to_bytes())  # before it is written
+        assert ticket.wait() == 0 and log.leaf_hashes(0, 1) == [ticket.leaf]
+
+
 def test_concurrent_appends_share_fsyncs_and_lose_nothing(tmp_path: Path) -> None:
     log = AuditLog.open(tmp_path / "log")
     results: list[int] = []

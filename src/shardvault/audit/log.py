@@ -148,6 +148,11 @@ class AuditTicket:
         """Block until durable; the first index, or `AuditUnavailable` (fail closed)."""
         return self._log._wait(self._batch)
 
+    @property
+    def leaf(self) -> bytes:
+        """The RFC 9162 leaf hash of the first entry (known at submit)."""
+        return self._batch.leaves[0]
+
 
 class AuditLog:
     """One cell's audit log. Thread-safe, and processes may share it (flock per batch)."""
@@ -714,6 +719,18 @@ class AuditLog:
             return merkle.root_of(self.leaf_hashes(0, size))
         except InvalidInput as exc:
             raise IntegrityError(f"stored head for size {size} is damaged: {exc}") from None
+
+    def frontier_at(self, size: int) -> merkle.Frontier:
+        """The compact range of the first ``size`` entries (one root per perfect subtree,
+        from stored nodes): what a witness extends leaf by leaf from a head it trusts,
+        once it has checked that the range's root is that head's."""
+        size = self._tree_size(size)
+        stack, start = [], 0
+        for bit in reversed(range(size.bit_length())):
+            if size >> bit & 1:
+                stack.append(self._tree.subtree(start, start + (1 << bit)))
+                start += 1 << bit
+        return merkle.Frontier.restore(size, stack)
 
     def inclusion_proof(self, index: int, size: int | None = None) -> list[bytes]:
         return merkle.inclusion_path(self._tree_size(size), index, self._tree.subtree)

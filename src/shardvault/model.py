@@ -15,6 +15,7 @@ import re
 import secrets
 import unicodedata
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from shardvault.errors import InvalidInput
 
@@ -254,15 +255,30 @@ class ObjectRef:
         return f"{self.tenant}/{self.subject}/{self.key}"
 
 
+class AuditPosition(NamedTuple):
+    """Where a key use's decision entry is in its cell's audit log: the cell, the entry's
+    index and its RFC 9162 leaf hash. The custodian is asked only once that entry is
+    durable, and keeps what it is shown for the partner's witness, which cosigns no head
+    of the cell that does not hold it (`governance.seen`). Made on every key use, by the
+    guard from what the log returned: a tuple (a frozen dataclass cost 2.5 times as
+    much to make), not checked here."""
+
+    cell: str
+    entry_index: int
+    leaf: bytes
+
+
 @dataclass(frozen=True, slots=True)
 class Justification:
-    """Why a key is used: sent to the custodian with every unwrap."""
+    """Why a key is used: sent to the custodian with every wrap, unwrap and destroy, with
+    where the decision that allowed it is in the audit log (``audit``, when audited)."""
 
     principal: str
     purpose: str
     request_id: str
     requester_jurisdiction: str | None = None
     approval_id: str | None = None
+    audit: AuditPosition | None = None
 
     def as_dict(self) -> dict[str, str | None]:
         return {

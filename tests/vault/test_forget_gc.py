@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import os
@@ -112,9 +113,14 @@ def test_every_key_use_carries_the_callers_justification(config_path: Path) -> N
     ops = [op for op, *_ in custodian.justifications]
     assert ops == ["wrap", "unwrap", "unwrap", "unwrap", "destroy"]
     # the registered location, not a claimed one, is what the custodian sees
-    assert {why for *_, why in custodian.justifications[:4]} == {
+    whys = [why for *_, why in custodian.justifications[:4]]
+    assert {dataclasses.replace(why, audit=None) for why in whys} == {
         Justification("svc-feed", "serve-user", "req-42", "US")
     }
+    # and where each decision's entry is: one per request, in the home cell's log
+    positions = [why.audit for why in whys]
+    assert all(p is not None and p.cell == "US" for p in positions)
+    assert len({p.entry_index for p in positions if p is not None}) == 4
     destroy = custodian.justifications[4][3]
     assert (destroy.principal, destroy.purpose) == ("local-admin", "forget-subject")
     assert (destroy.approval_id or "").startswith("apr-us-") and forgotten.audit_index > 0

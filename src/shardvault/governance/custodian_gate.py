@@ -23,7 +23,9 @@ approval names: the custodian destroys or unwraps the key only if it wrapped it
 for that subject (`keys.port`), so a met approval to read alice's data unwraps
 no key of bob's. A refusal raises `AccessDenied`
 naming the operation and carrying the custodian's rule; the vault audits it and
-stops the call before anything changes.
+stops the call before anything changes. Every key use the gate is asked for
+shows where its decision's audit entry is; the gate keeps it
+(`governance.seen`), and the partner's witness cosigns no head without it.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from shardvault.errors import AccessDenied, ShardvaultError
 from shardvault.governance.approval_signatures import counted_verdicts
 from shardvault.governance.approvals import DENIED, EXPIRED, Approval, ApprovalBook
 from shardvault.governance.partner_verdicts import PartnerVerdicts, VetoedRequest
+from shardvault.governance.seen import SeenRecorder
 from shardvault.keys.port import KeyOperation, KeyScope
 from shardvault.keys.rootkey import CustodianGate
 from shardvault.model import Justification
@@ -132,14 +135,21 @@ def _standing_veto(
 
 
 def custodian_gate(
-    policy: cp.CustodianPolicy, approvals: ApprovalBook, verdicts: PartnerVerdicts
+    policy: cp.CustodianPolicy,
+    approvals: ApprovalBook,
+    verdicts: PartnerVerdicts,
+    seen: SeenRecorder | None = None,
 ) -> CustodianGate:
     def gate(
         operation: KeyOperation, scope: KeyScope, key_id: str, why: Justification
     ) -> str | None:
         """For a destroy, or a wrap or unwrap naming an approval, the subject of that
         approval: the one the key must be (the custodian checks it against its own record,
-        or, for a wrap, against the subject it is asked to wrap the key for)."""
+        or, for a wrap, against the subject it is asked to wrap the key for). First keeps
+        where the decision's audit entry is, granted or not: the vault asks only once it
+        is durable, so the witness holds the log to it (`governance.seen`)."""
+        if seen is not None and why.audit is not None:
+            seen.record(why.audit)
         key = cp.KeyScope(scope.tenant, scope.jurisdiction)
         cp.require_key_use(policy, operation, why, key)
         if why.approval_id is None:

@@ -52,7 +52,14 @@ from shardvault.governance.heads import CellAudit, PartnerWitness, publish_head
 from shardvault.governance.partner_verdicts import PartnerVerdicts, Veto, VetoedRequest
 from shardvault.governance.principals import PrincipalRegistry
 from shardvault.keys.rootkey import CustodianGate
-from shardvault.model import LOCAL_ADMIN, DataClass, Justification, RequestContext, shown
+from shardvault.model import (
+    LOCAL_ADMIN,
+    AuditPosition,
+    DataClass,
+    Justification,
+    RequestContext,
+    shown,
+)
 from shardvault.policy import (
     Action,
     Decision,
@@ -92,13 +99,16 @@ class Access:
         return self.audit.wait()
 
     def justification(self) -> Justification:
-        """What the key custodian is shown with every key use for this access."""
+        """What the key custodian is shown with every key use for this access: with where
+        the decision's entry is, once durable (the custodian keeps it: `governance.seen`)."""
+        index = self.audit.wait()
         return Justification(
             principal=self.principal.id,
             purpose=self.purpose,
             request_id=self.request_id,
             requester_jurisdiction=self.principal.location,
             approval_id=self.approval_id,
+            audit=AuditPosition(self.resource.jurisdiction, index, self.audit.leaf),
         )
 
 
@@ -258,9 +268,13 @@ class Governance:
             cell.close()
 
     def close(self) -> None:
+        """Close every file; last, write out the audit positions the partner's custodian
+        holds (`KeyUnavailable` if it cannot: their entries are then covered only by the
+        next cosigned head)."""
         self.release_logs()
         self.approvals.close()
         self.registry.close()
+        self.partner.close()
 
     def cell(self, jurisdiction: str) -> CellAudit:
         found = self.cells.get(jurisdiction)
@@ -631,7 +645,9 @@ class Governance:
     def custodian_gate(self) -> CustodianGate:
         """The partner's check before every wrap, unwrap and destroy: its own policy, and
         any approval named."""
-        return custodian_gate(self.custodian_policy, self.approvals, self.partner_verdicts)
+        return custodian_gate(
+            self.custodian_policy, self.approvals, self.partner_verdicts, self.partner.seen
+        )
 
     # approvals ------------------------------------------------------------------------
 

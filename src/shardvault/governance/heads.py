@@ -7,13 +7,15 @@ Who holds what (see docs/trust-model.md):
   the Ed25519 key that signs its heads (``cell.skey``, Go ``note`` format);
 - the partner holds, in its own directory (``partner/`` by default): the
   witness key that cosigns heads (``witness.skey``), the last head it cosigned
-  per cell (``cosigned/<J>.note``), its custodian policy, and its custodian's
-  key for destroy attestations (``custodian.skey``, `governance.attestations`).
+  per cell (``cosigned/<J>.note``), its custodian policy, its custodian's
+  key for destroy attestations (``custodian.skey``, `governance.attestations`)
+  and the audit positions its custodian was shown (``seen/<J>.seen``).
 
-The partner cosigns a new head only after checking the cell's signature and a
-consistency proof from the last head it cosigned, so the operator cannot fork or
-rewrite the log without the partner noticing. Keys are created on first use,
-mode 0600.
+The partner cosigns a new head only after checking the cell's signature, a
+consistency proof from the last head it cosigned, and that the head holds every
+audit entry its custodian was shown durable (`governance.seen`), so the operator
+cannot fork or rewrite the log, nor cut or rewrite an entry a key use followed,
+without the partner noticing. Keys are created on first use, mode 0600.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from shardvault.audit import (
 from shardvault.audit.note import COSIGNATURE_V1, ED25519, NoteVerifier, key_id
 from shardvault.durability import create_whole, read_own, replace_whole
 from shardvault.errors import AuditUnavailable, ConfigError, IntegrityError, InvalidInput
+from shardvault.governance.seen import SeenBefore, SeenRecorder, check_head
 
 
 def _write_secret(path: Path, data: bytes) -> None:
@@ -185,12 +188,15 @@ class CellAudit:
 
 
 class PartnerWitness:
-    """The partner's cosigner: checks consistency with what it saw, then countersigns."""
+    """The partner's cosigner: checks consistency with what it saw, and that the head holds
+    every audit position its custodian was shown (`governance.seen`), then countersigns."""
 
     def __init__(self, directory: Path, name: str) -> None:
         self.directory = directory
         self.name = name
         self._cosigner: Cosigner | None = None
+        # the custodian's record of the positions it is shown, which the witness checks
+        self.seen = SeenRecorder(directory / "seen")
 
     @property
     def cosigner(self) -> Cosigner:
@@ -207,15 +213,19 @@ class PartnerWitness:
         return self.directory / "cosigned" / f"{jurisdiction}.note"
 
     @contextlib.contextmanager
-    def turn(self, jurisdiction: str) -> Iterator[None]:
+    def turn(self, jurisdiction: str) -> Iterator[SeenBefore]:
         """One publisher of the cell's heads at a time, across processes: each takes the
-        log's head under it, so the heads the partner cosigns only ever grow."""
+        log's head under it, so the heads the partner cosigns only ever grow.
+
+        Yields the audit positions the partner holds before the head is taken (this
+        process's written out first): the head must hold them all (`cosign`)."""
         path = self._last_path(jurisdiction).with_suffix(".lock")
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
+            self.seen.write_out()
+            yield self.seen.file.read(jurisdiction)
         finally:
             os.close(fd)  # releases the flock
 
@@ -229,10 +239,14 @@ class PartnerWitness:
         except InvalidInput as exc:
             raise IntegrityError(f"partner's last cosigned head {path} is damaged: {exc}") from None
 
-    def cosign(self, cell: CellAudit, note: SignedNote, timestamp: int) -> SignedNote:
-        """Countersign ``note`` if it extends the last head this partner cosigned for the cell."""
+    def cosign(
+        self, cell: CellAudit, note: SignedNote, timestamp: int, seen: SeenBefore
+    ) -> SignedNote:
+        """Countersign ``note`` if it extends the last head this partner cosigned for the
+        cell and holds every position in ``seen`` (`turn`), which it then forgets."""
         previous = self.last(cell)
-        size = Checkpoint.parse(note.text).size
+        head = Checkpoint.parse(note.text)
+        size = head.size
         if previous is not None and previous.size > size:
             # no proof can be asked of a log this short: say what it means, not that
             # the proof's old size is out of range (InvalidInput, a usage error)
@@ -249,10 +263,17 @@ class PartnerWitness:
             previous=previous,
             proof=proof,
         )
+        check_head(cell.log, previous, head, seen)
         # durable before it is answered: a partner that forgot its last head after a
         # crash could be walked back and cosign a rewritten history
         replace_whole(self._last_path(cell.jurisdiction), cosigned.to_bytes(), 0o644)
+        with contextlib.suppress(OSError):  # if kept, checked again by the next head
+            self.seen.file.drop_checked(seen)
         return cosigned
+
+    def close(self) -> None:
+        """Write out the audit positions the custodian still holds in memory."""
+        self.seen.close()
 
 
 def publish_head(cell: CellAudit, partner: PartnerWitness, timestamp: int) -> SignedNote:
@@ -262,9 +283,9 @@ def publish_head(cell: CellAudit, partner: PartnerWitness, timestamp: int) -> Si
     sign a head, and the smaller one, cosigned second, would be refused as older
     than the partner's last (the stress run saw a forget fail that way).
     """
-    with partner.turn(cell.jurisdiction):
+    with partner.turn(cell.jurisdiction) as seen:
         note = sign_checkpoint(cell.log.checkpoint(cell.origin), cell.signer)
-        cosigned = partner.cosign(cell, note, timestamp)
+        cosigned = partner.cosign(cell, note, timestamp, seen)
         cell.log.store_head(cosigned)
     return cosigned
 

@@ -432,10 +432,11 @@ class Vault:
 
     def _key_use(self, access: Access, use: Callable[[Justification], _T]) -> _T:
         """A custodian call (wrap, unwrap, destroy) for an access, once its audit entry is
-        durable, with its justification; a refusal by the custodian is audited too."""
-        access.wait_audited()
+        durable (`Access.justification` waits for it), with its justification; a refusal
+        by the custodian is audited too."""
+        why = access.justification()
         try:
-            return use(access.justification())
+            return use(why)
         except AccessDenied as refusal:
             self.governance.record_custodian_refusal(access, refusal)
             raise

@@ -278,3 +278,46 @@ def test_a_config_of_a_newer_format_says_to_upgrade(
     )
     line = Cli(config, capsysbinary).fails(code, "nodes")
     assert line == "error: " + said.format(config=config)
+
+
+def _at_version(text: str) -> str:
+    return text.replace("version = 1", "version = VERSION", 1)
+
+
+# each file shardvault reads with a `version`: where it is ({demo}: the deployment's
+# directory), its text with the version as VERSION (None: the deployment's own), and
+# the command that reads it
+VERSIONED: dict[str, tuple[str, str | None, list[str]]] = {
+    "access policy": (
+        "{tmp}/policy.toml",
+        _at_version((POLICIES / "policy.toml").read_text()),
+        ["policy", "check", *CHECK, "--policy", "{file}"],
+    ),
+    "decision table": (
+        "{tmp}/cases.toml",
+        _at_version((POLICIES / "cases.toml").read_text()),
+        ["policy", "test", "{file}", "--policy", str(POLICIES / "policy.toml")],
+    ),
+    "deployment's access policy": ("{demo}/policy.toml", None, ["ls", "intl", "alice"]),
+}
+
+
+@pytest.mark.parametrize("reader", VERSIONED)
+@pytest.mark.parametrize(
+    ("version", "code"), [("2", 1), ("0", 2), ("-1", 2), ("true", 2), ("1.0", 2)]
+)
+def test_a_file_of_a_newer_format_says_to_upgrade_and_a_bad_version_is_bad_input(
+    alice: Cli, tmp_path: Path, reader: str, version: str, code: int
+) -> None:
+    # version 2 was bad input, exit 2 ("this reader knows version 1"), where the config,
+    # the catalogs, the keyring and the audit logs of a newer shardvault say upgrade, exit 1
+    where, text, argv = VERSIONED[reader]
+    file = Path(where.format(tmp=tmp_path, demo=alice.config.parent))
+    text = _at_version(file.read_text()) if text is None else text
+    file.write_text(text.replace("VERSION", version, 1))
+    line = alice.fails(code, *(a.format(file=file) for a in argv))
+    upgrade = f"{file} is of format version 2; this shardvault reads version 1: upgrade shardvault"
+    if code == 1:
+        assert line == f"error: {upgrade}"
+    else:
+        assert "version" in line and "upgrade" not in line

@@ -15,7 +15,7 @@ from enum import StrEnum
 from typing import Any, TypeVar
 
 from shardvault.durability import read_bounded
-from shardvault.errors import ConfigError, InvalidInput
+from shardvault.errors import ConfigError, InvalidInput, NewerFormat
 from shardvault.model import DataClass, jurisdiction_code, named, tenant_name
 from shardvault.policy.model import (
     Action,
@@ -47,11 +47,19 @@ E = TypeVar("E", bound=StrEnum)
 
 
 def _toml(text: str, what: str) -> dict[str, Any]:
+    """The document, once its version is the one this reads: one of a later version is
+    `NewerFormat` before its other keys are judged (they are that format's)."""
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{what} is not valid TOML: {exc}") from None
     version = data.get("version")
+    if type(version) is int and version > POLICY_VERSION:
+        # the file is fine, this shardvault too old for it: exit 1, as the config says it
+        raise NewerFormat(
+            f"{named(what)} is of format version {version}; this shardvault reads version "
+            f"{POLICY_VERSION}: upgrade shardvault"
+        )
     if type(version) is not int or version != POLICY_VERSION:  # not 1.0, nor true
         raise ConfigError(
             f"{what} has version {version!r}; this reader knows version {POLICY_VERSION}"

@@ -47,9 +47,9 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from shardvault.durability import read_bounded
-from shardvault.errors import AccessDenied, ConfigError, InvalidInput
+from shardvault.errors import AccessDenied, ConfigError, InvalidInput, NewerFormat
 from shardvault.keys.port import KeyOperation
-from shardvault.model import Justification, jurisdiction_code, tenant_name
+from shardvault.model import Justification, jurisdiction_code, named, tenant_name
 
 CUSTODIAN_POLICY_VERSION = 1
 JUSTIFICATION_REQUIRED = "custodian:justification"
@@ -300,15 +300,25 @@ def _token(value: str) -> str:
     return value
 
 
+def _check_version(version: object, source: str) -> None:
+    """Version 1; a later one is `NewerFormat` (exit 1: the partner's file is fine, this
+    shardvault too old for it), judged before the keys that version may add."""
+    if type(version) is int and version > CUSTODIAN_POLICY_VERSION:
+        raise NewerFormat(
+            f"{named(source)} is of format version {version}; this shardvault reads version "
+            f"{CUSTODIAN_POLICY_VERSION}: upgrade shardvault"
+        )
+    if type(version) is not int or version != CUSTODIAN_POLICY_VERSION:  # not 1.0, nor true
+        raise ConfigError(f"{source} has version {version!r}; this reader knows version 1")
+
+
 def parse_custodian_policy(text: str, source: str = "custodian policy") -> CustodianPolicy:
     """Parse and validate a whole custodian policy file (`ConfigError` on any problem)."""
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{source} is not valid TOML: {exc}") from None
-    version = data.get("version")
-    if type(version) is not int or version != CUSTODIAN_POLICY_VERSION:  # not 1.0, nor true
-        raise ConfigError(f"{source} has version {version!r}; this reader knows version 1")
+    _check_version(data.get("version"), source)
     extra = set(data) - {
         "version", "approval_purposes", "grant", "approvers", "approval_quorum", "veto_days",
     }  # fmt: skip

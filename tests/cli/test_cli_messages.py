@@ -299,6 +299,7 @@ VERSIONED: dict[str, tuple[str, str | None, list[str]]] = {
         ["policy", "test", "{file}", "--policy", str(POLICIES / "policy.toml")],
     ),
     "deployment's access policy": ("{demo}/policy.toml", None, ["ls", "intl", "alice"]),
+    "custodian policy": ("{demo}/partner/custodian-policy.toml", None, ["ls", "intl", "alice"]),
 }
 
 

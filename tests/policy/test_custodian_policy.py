@@ -135,7 +135,7 @@ def test_require_unwrap_raises_access_denied_with_the_rule() -> None:
 @pytest.mark.parametrize(
     ("old", "new", "message"),
     [
-        ("version = 1", "version = 2", "version 2"),
+        ("version = 1", "version = 0", "version 0"),  # 2: NewerFormat (tests/cli)
         ("version = 1", "version = 1.0", "version 1.0"),  # accepted: 1.0 == 1
         ('id = "privacy"', 'id = "serve-users"', "used twice"),
         ('id = "privacy"', 'id = "Bad Id"', "invalid"),

@@ -300,6 +300,11 @@ VERSIONED: dict[str, tuple[str, str | None, list[str]]] = {
     ),
     "deployment's access policy": ("{demo}/policy.toml", None, ["ls", "intl", "alice"]),
     "custodian policy": ("{demo}/partner/custodian-policy.toml", None, ["ls", "intl", "alice"]),
+    "scan policy": (
+        "{tmp}/scan-policy.toml",
+        "version = VERSION\n[jurisdictions]\ndisallowed = ['CN']\n",
+        ["scan", str(POLICIES), "--policy", "{file}"],
+    ),
 }
 
 

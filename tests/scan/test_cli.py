@@ -60,7 +60,7 @@ def test_bad_usage_is_one_line_and_exit_2(
     ("text", "fragment"),
     [
         ("version = 1\n[jurisdictions]\nallowed = ['cn']\n", "is not a jurisdiction code"),
-        ("version = 3\n", "version must be 1"),
+        ("version = 0\n", "version must be 1"),  # 3: NewerFormat, exit 1 (tests/cli)
         ("version = 1\n[jurisdictions\n", "is not valid TOML"),
     ],
 )

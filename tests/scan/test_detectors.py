@@ -277,7 +277,7 @@ def test_no_policy_reports_public_addresses_at_low() -> None:
 @pytest.mark.parametrize(
     ("doc", "message"),
     [
-        ({"version": 2}, "version must be 1"),
+        ({"version": 0}, "version must be 1"),  # 2: NewerFormat (tests/cli)
         ({"version": True}, "version must be 1"),  # true == 1: it was read as version 1
         ({"version": 1.0}, "version must be 1"),
         ({"version": 1, "jurisdictions": {"allowed": ["cn"]}}, "upper-case"),

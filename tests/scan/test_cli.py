@@ -108,11 +108,21 @@ def test_baseline_workflow(capsys: pytest.CaptureFixture[str], tmp_path: Path) -
     ]
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"format": "something-else"}',
+        # true == 1 and 1.0 == 1 in Python: either was read as a version 1 baseline
+        '{"format": "shardvault-scan-baseline", "version": true, "findings": []}',
+        '{"format": "shardvault-scan-baseline", "version": 1.0, "findings": []}',
+    ],
+    ids=["format", "true", "1.0"],
+)
 def test_bad_baseline_is_one_line_and_exit_2(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, text: str
 ) -> None:
     baseline = tmp_path / "b.json"
-    baseline.write_text('{"format": "something-else"}')
+    baseline.write_text(text)
     code, _, err = run(capsys, str(FIXTURES), "--baseline", str(baseline))
     assert code == 2
     assert (

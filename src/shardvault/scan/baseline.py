@@ -56,6 +56,7 @@ def load_baseline(path: Path) -> Counter[str]:
     if (
         not isinstance(doc, dict)
         or doc.get("format") != BASELINE_FORMAT
+        or type(doc.get("version")) is not int  # not true, nor 1.0, which equal 1
         or doc.get("version") != BASELINE_VERSION
         or not isinstance(doc.get("findings"), list)
     ):

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from shardvault.durability import read_bounded
-from shardvault.errors import InvalidInput
+from shardvault.errors import InvalidInput, NewerFormat
 from shardvault.model import named, undecodable_escaped_in
 from shardvault.scan.findings import Finding
 
@@ -53,6 +53,7 @@ def load_baseline(path: Path) -> Counter[str]:
         raise InvalidInput(f"cannot read baseline {named(str(path))}: {exc.strerror}") from exc
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidInput(f"baseline {named(str(path))} is not valid JSON: {exc}") from exc
+    _refuse_newer(doc, path)
     if (
         not isinstance(doc, dict)
         or doc.get("format") != BASELINE_FORMAT
@@ -69,6 +70,19 @@ def load_baseline(path: Path) -> Counter[str]:
             raise InvalidInput(f"baseline {path}: every finding needs a fingerprint")
         counts[entry["fingerprint"]] += 1
     return counts
+
+
+def _refuse_newer(doc: object, path: Path) -> None:
+    """A baseline of a later version is `NewerFormat` (exit 1: the file is fine, this
+    shardvault too old for it), as the scan policy and the config of one are."""
+    if not isinstance(doc, dict) or doc.get("format") != BASELINE_FORMAT:
+        return
+    version = doc.get("version")
+    if type(version) is int and version > BASELINE_VERSION:
+        raise NewerFormat(
+            f"baseline {named(str(path))} is of format version {version}; this shardvault "
+            f"reads version {BASELINE_VERSION}: upgrade shardvault"
+        )
 
 
 def split_by_baseline(

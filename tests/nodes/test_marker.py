@@ -90,6 +90,21 @@ def test_a_damaged_marker_makes_the_node_unavailable(config_path: Path, content:
     assert [node for node, why in usage.items() if why] == ["sg-n2"]
 
 
+def test_a_marker_of_a_newer_version_says_to_upgrade(config_path: Path) -> None:
+    # "has marker version 2; this shardvault reads 1": the disk is fine, this shardvault
+    # is too old for it, as the catalogs, the keyring and the config of a newer one say
+    config = load(config_path)
+    Vault.open(config).close()
+    marker = Path(config.node("sg-n2").location) / MARKER
+    marker.write_text(marker.read_text().replace('"version":1', '"version":2'))
+    with Vault.open(config) as vault:
+        usage = {u.node.id: u.unavailable for u in vault.node_usage()}
+    assert usage["sg-n2"] == (
+        f"{marker} is of node marker version 2; this shardvault reads version 1: upgrade shardvault"
+    )
+    assert [node for node, why in usage.items() if why] == ["sg-n2"]
+
+
 def test_a_missing_node_directory_is_not_made_again(vault: Vault, config_path: Path) -> None:
     # an unmounted disk was recreated on the disk beneath it and took new shards
     vault.close()

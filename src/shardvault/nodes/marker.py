@@ -28,7 +28,7 @@ import json
 from pathlib import Path
 
 from shardvault.durability import create_whole, leftover_temporaries, read_own
-from shardvault.errors import StorageError
+from shardvault.errors import NewerFormat, StorageError
 from shardvault.model import NodeSpec
 
 MARKER = "NODE"
@@ -72,9 +72,7 @@ def claim(root: Path, node: NodeSpec, marked: Path | None = None) -> None:
         found = None
     if not isinstance(found, dict) or found.get("format") != FORMAT:
         raise StorageError(f"{path} is not a shardvault node marker: is this the node's directory?")
-    if found.get("version") != VERSION:
-        version = found.get("version")
-        raise StorageError(f"{path} has marker version {version}; this shardvault reads {VERSION}")
+    _check_version(found.get("version"), path)
     if (found.get("node"), found.get("jurisdiction")) != (node.id, node.jurisdiction):
         raise StorageError(
             f"{root} belongs to node {found.get('node')} in {found.get('jurisdiction')}, "
@@ -85,6 +83,18 @@ def claim(root: Path, node: NodeSpec, marked: Path | None = None) -> None:
         _drop_leftovers(record)
         if not record.exists():  # marked now, or before records were kept
             _remember(record, content)
+
+
+def _check_version(version: object, path: Path) -> None:
+    """Version 1; a later one is `NewerFormat` (the disk is fine, this shardvault too old
+    for it: upgrade), any other `StorageError`. Either makes the node unavailable."""
+    if type(version) is int and version > VERSION:
+        raise NewerFormat(
+            f"{path} is of node marker version {version}; this shardvault reads version "
+            f"{VERSION}: upgrade shardvault"
+        )
+    if version != VERSION:
+        raise StorageError(f"{path} has marker version {version}; this shardvault reads {VERSION}")
 
 
 def _drop_leftovers(path: Path) -> None:

@@ -17,7 +17,7 @@ from shardvault.catalog.memory import MemoryCatalog
 from shardvault.catalog.port import Catalog
 from shardvault.catalog.sqlite import SqliteCatalog
 from shardvault.config import Config
-from shardvault.errors import ConfigError, StorageError
+from shardvault.errors import ConfigError, NewerFormat, StorageError
 from shardvault.io_threads import IoThread, Stalled
 from shardvault.keys.attestation import StatementSigner
 from shardvault.keys.keyring import KeyringCustodian
@@ -156,7 +156,7 @@ def open_store(node: NodeSpec, marked: Path | None = None) -> ShardStore:
     ``marked``: the deployment's record of the nodes ever marked (nodes/marker.py)."""
     try:
         return _open_adapter(node, marked)
-    except StorageError as exc:
+    except (StorageError, NewerFormat) as exc:  # NewerFormat: a marker of a newer shardvault
         return UnavailableStore(node.id, str(exc).removeprefix(f"node {node.id}: "))
     except OSError as exc:
         return UnavailableStore(node.id, f"opening {node.location} failed: {exc.strerror}")

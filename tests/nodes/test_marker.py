@@ -105,6 +105,21 @@ def test_a_marker_of_a_newer_version_says_to_upgrade(config_path: Path) -> None:
     assert [node for node, why in usage.items() if why] == ["sg-n2"]
 
 
+@pytest.mark.parametrize("version", ["true", "1.0", "0"])
+def test_a_marker_of_a_version_not_1_makes_the_node_unavailable(
+    config_path: Path, version: str
+) -> None:
+    # true == 1 and 1.0 == 1 in Python: either was read as a version 1 marker
+    config = load(config_path)
+    Vault.open(config).close()
+    marker = Path(config.node("sg-n2").location) / MARKER
+    marker.write_text(marker.read_text().replace('"version":1', f'"version":{version}'))
+    with Vault.open(config) as vault:
+        usage = {u.node.id: u.unavailable for u in vault.node_usage()}
+    found = json.loads(marker.read_text())["version"]
+    assert usage["sg-n2"] == f"{marker} has marker version {found}; this shardvault reads 1"
+
+
 def test_a_missing_node_directory_is_not_made_again(vault: Vault, config_path: Path) -> None:
     # an unmounted disk was recreated on the disk beneath it and took new shards
     vault.close()

@@ -93,7 +93,7 @@ def _check_version(version: object, path: Path) -> None:
             f"{path} is of node marker version {version}; this shardvault reads version "
             f"{VERSION}: upgrade shardvault"
         )
-    if version != VERSION:
+    if type(version) is not int or version != VERSION:  # not true, nor 1.0, which equal 1
         raise StorageError(f"{path} has marker version {version}; this shardvault reads {VERSION}")
 
 

@@ -471,7 +471,9 @@ def test_keyring_of_unknown_version_is_refused(tmp_path: Path) -> None:
     path.write_text(json.dumps(doc))
     with pytest.raises(NewerFormat, match=r"version 3; this shardvault reads versions 1 and 2: up"):
         KeyringCustodian(path)
-    for damaged in (0, "2"):  # no version this or a later shardvault writes
+    # no version this or a later shardvault writes; true and 2.0 equal 1 and 2 in Python,
+    # and were read as those versions
+    for damaged in (0, "2", True, 2.0):
         path.write_text(json.dumps({**doc, "version": damaged}))
         with pytest.raises(IntegrityError, match="is damaged: format version"):
             KeyringCustodian(path)

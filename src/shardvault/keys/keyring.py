@@ -143,7 +143,7 @@ class KeyringCustodian:
         if not isinstance(doc, dict) or doc.get("format") != FORMAT:
             raise _damaged(self.path, "not a shardvault keyring")
         version = doc.get("version")
-        if version not in READS:
+        if type(version) is not int or version not in READS:  # not true, nor 2.0
             reads = f"this shardvault reads versions {' and '.join(map(str, READS))}"
             if isinstance(version, int) and version > max(READS):
                 raise NewerFormat(

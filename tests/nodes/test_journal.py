@@ -37,6 +37,14 @@ def test_the_journal_format_is_pinned(tmp_path: Path) -> None:
             StorageError,
             "no compaction journal version this shardvault knows",
         ),
+        *(
+            (  # true == 1 and 1.0 == 1 in Python: either was read as a version 1 journal
+                b'{"format":"shardvault-compaction","new":[],"old":[],"version":%s}' % version,
+                StorageError,
+                "no compaction journal version this shardvault knows",
+            )
+            for version in (b"true", b"1.0")
+        ),
         (b'{"format":"shardvault-compa', StorageError, "is not a shardvault compaction journal"),
         (
             b'{"format":"shardvault-node","version":1}',
@@ -49,7 +57,7 @@ def test_the_journal_format_is_pinned(tmp_path: Path) -> None:
             "names a pack that is not one",
         ),
     ],
-    ids=["a newer version", "no version", "cut short", "another file", "a path"],
+    ids=["a newer version", "no version", "true", "1.0", "cut short", "another file", "a path"],
 )
 def test_a_journal_this_version_cannot_read_stops_compaction_and_deletes(
     tmp_path: Path, content: bytes, error: type[Exception], message: str

@@ -67,7 +67,7 @@ def read_journal(directory: Path) -> Journal | None:
             f"{path} has compaction journal version {version}; this shardvault reads "
             f"{VERSION}: upgrade shardvault"
         )
-    if version != VERSION:
+    if type(version) is not int or version != VERSION:  # not true, nor 1.0, which equal 1
         raise StorageError(f"{path} has no compaction journal version this shardvault knows")
     old, new = found.get("old"), found.get("new")
     if not (_pack_names(old) and _pack_names(new)):

@@ -289,6 +289,10 @@ def test_put_with_stdin_closed_is_exit_2(alice: Cli) -> None:
     assert one_error_line(done, 2) == "error: stdin is closed: give a FILE, or pipe the data in"
 
 
+# help, of the program, a command, a group's command, and shown for no command
+HELP = [["--help"], ["ls", "--help"], ["audit", "verify", "--help"], [], ["audit"]]
+
+
 @pytest.mark.parametrize(
     "argv",
     [
@@ -296,6 +300,7 @@ def test_put_with_stdin_closed_is_exit_2(alice: Cli) -> None:
         ["ls", "intl", "alice", "--json"],
         ["ls", "intl", "alice"],
         ["--version"],  # was exit 0, the version lost: click's echo writes nothing there
+        *HELP,  # was exit 0 (2 with no command), the help lost: rich writes nothing there
     ],
 )
 def test_closed_stdout_is_exit_1(alice: Cli, argv: list[str]) -> None:
@@ -349,6 +354,7 @@ def test_closed_stderr_keeps_errors_out_of_stdout(alice: Cli) -> None:
         ["stat", "intl", "alice", "k"],
         ["audit", "keys"],
         ["--version"],
+        *HELP,  # said "error: No space left on device", not that stdout could not take it
     ],
 )
 def test_full_stdout_is_exit_1(alice: Cli, argv: list[str]) -> None:

@@ -20,6 +20,27 @@ from shardvault.errors import ShardvaultError
 from shardvault.model import named, repr_escaped, shown
 
 
+class _HelpContext(typer.Context):
+    """A command's context, whose help (``--help``, or what a group given no command
+    shows) fails as all output does where stdout cannot take it: Rich wrote it to
+    nothing with stdout closed (exit 0), and a full disk's error did not say whose."""
+
+    def get_help(self) -> str:  # what both ways to help call, Rich printing it
+        from shardvault.cli.output import onto_stdout
+
+        with onto_stdout():
+            return super().get_help()
+
+
+def _with_help_context(command: Any) -> Any:
+    """COMMAND and every command under it, each making a `_HelpContext`: the framework
+    makes a command's context of that command's own class, not its parent's."""
+    command.context_class = _HelpContext
+    for sub in getattr(command, "commands", {}).values():
+        _with_help_context(sub)
+    return command
+
+
 class _Commands(TyperGroup):
     """The command tree, whose usage errors (the framework's own: an unknown command or
     option, an extra argument, a bad value) escape what they repeat as our error lines
@@ -170,7 +191,7 @@ def _unpassable(argv: list[str]) -> str | None:
 
 
 def _run(argv: list[str] | None) -> int:
-    command = typer.main.get_command(app)
+    command = _with_help_context(typer.main.get_command(app))
     try:
         command.main(args=argv, prog_name="shardvault", standalone_mode=True)
     except ShardvaultError as exc:

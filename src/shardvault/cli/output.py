@@ -9,7 +9,8 @@ import os
 import shlex
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, is_dataclass
 from enum import Enum
 from typing import Any, BinaryIO
@@ -68,12 +69,8 @@ def write_out(data: str | bytes) -> None:
     escaped before, string by string). A broken pipe is left to the framework,
     which exits 1 quietly as ``cat`` would.
     """
-    stream = sys.stdout
-    if stream is None:
-        raise OutputFailed(
-            "stdout is closed: redirect it to a file (get, scan and audit head also take -o)"
-        )
-    try:
+    with onto_stdout():
+        stream = sys.stdout
         if isinstance(data, str) and not hasattr(stream, "buffer"):
             stream.write(data)  # a text-only stream (an embedding's StringIO)
         else:
@@ -82,6 +79,20 @@ def write_out(data: str | bytes) -> None:
                 data = undecodable_escaped(data).encode(stream.encoding, stream.errors or "strict")
             _write_all(stream.buffer, data)
         stream.flush()
+
+
+@contextmanager
+def onto_stdout() -> Iterator[None]:
+    """Around writing to stdout, ours or another's (the framework's help, which Rich
+    prints): a closed or full stdout is `OutputFailed`, one line and exit 1, not output
+    lost (Rich writes to nothing where there is no stdout) nor a bare OS error. A broken
+    pipe is left to the framework, which exits 1 quietly as ``cat`` would."""
+    if sys.stdout is None:
+        raise OutputFailed(
+            "stdout is closed: redirect it to a file (get, scan and audit head also take -o)"
+        )
+    try:
+        yield
     except BrokenPipeError:
         raise
     except OSError as exc:

@@ -1483,3 +1483,37 @@ def test_an_undecodable_byte_in_a_usage_error_is_written_as_the_byte(
     assert "Traceback" not in err and "\\udc" not in err, err
     (message,) = [line.strip("│ ") for line in err.splitlines() if line.startswith("│")]
     assert message == said
+
+
+INTEGER, NUMBER = "is not a valid integer", "is not a valid number"
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["ls", "intl", "alice", "--limit", X_FF], f"'--limit': 'x\\xff' {INTEGER}"),
+        (["ls", "intl", "alice", "--limit", "x"], f"'--limit': 'x' {INTEGER}"),
+        (["get", "intl", "alice", "k", "-v", X_FF], f"'--version' / '-v': 'x\\xff' {INTEGER}"),
+        (
+            ["put", "intl", "alice", "k", "-", "--if-match", X_FF],
+            f"'--if-match': 'x\\xff' {INTEGER}",
+        ),
+        (["gc", "--grace", X_FF], f"'--grace': 'x\\xff' {NUMBER}"),
+        (["principal", "token", "p", "--ttl-days", "1\udcff"], f"'--ttl-days': '1\\xff' {NUMBER}"),
+        (["audit", "prove-inclusion", "--cell", "US", X_FF], f"'INDEX': 'x\\xff' {INTEGER}"),
+        (["scan", ".", "--jobs", X_FF], f"'--jobs' / '-j': 'x\\xff' {INTEGER}"),
+    ],
+    ids=["--limit", "ascii", "--version", "--if-match", "--grace", "--ttl-days", "INDEX", "--jobs"],
+)
+def test_a_number_that_is_not_one_is_named_in_its_usage_error(
+    tmp_path: Path, args: list[str], said: str
+) -> None:
+    # a value not UTF-8 said "Input should be a valid string, unable to parse raw data as a
+    # unicode string", one not a number "Input should be a valid integer, unable to parse
+    # string as an integer": neither named the value given
+    done = shardvault(tmp_path / "none.toml", *args, env=STRICT)
+    assert done.returncode == 2
+    err = utf8(done.stderr)
+    assert "Traceback" not in err and "\\udc" not in err, err
+    box = [line.strip("│ ") for line in err.splitlines() if line.startswith("│")]
+    assert " ".join(box) == f"Invalid value for {said}"  # the box wraps a long line

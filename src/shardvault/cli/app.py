@@ -66,7 +66,29 @@ def _usage_escaped() -> Iterator[None]:
     except typer.TyperException as exc:
         lines = exc.message.split("\n")
         exc.message = "\n".join(_one_line(repr_escaped(line)) for line in lines)
+        _name_the_number(exc)
         raise
+
+
+_NUMBERS = {int: "a valid integer", float: "a valid number"}
+_NOT_A_NUMBER = frozenset({"int_parsing", "float_parsing", "string_unicode"})
+
+
+def _name_the_number(exc: typer.TyperException) -> None:
+    """A number option's or argument's bad value, named as click named it (``'x\\xff' is
+    not a valid integer``): Typer's validator said "Input should be a valid integer,
+    unable to parse string as an integer", and for a value not UTF-8 "Input should be a
+    valid string, unable to parse raw data as a unicode string", naming neither the
+    value nor, there, what was wanted. Any other error is left as it is."""
+    from pydantic import ValidationError  # only here: Typer's, on this error path only
+
+    cause, param = exc.__cause__, getattr(exc, "param", None)
+    if not isinstance(cause, ValidationError) or not cause.errors():
+        return
+    first = cause.errors()[0]
+    kind = getattr(getattr(param, "type_descriptor", None), "annotation", None)
+    if first["type"] in _NOT_A_NUMBER and kind in _NUMBERS and isinstance(first["input"], str):
+        exc.message = f"{shown(first['input'])} is not {_NUMBERS[kind]}"
 
 
 app = typer.Typer(

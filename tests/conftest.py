@@ -8,6 +8,8 @@ by path; tests/vault/test_packs.py covers the packed layout the demo uses.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
 import time
 from collections.abc import Callable, Generator, Iterator
@@ -84,6 +86,20 @@ def files_under(root: Path) -> set[Path]:
     """Every file under root but the node markers (nodes/marker.py): those name the node,
     written on first open, and hold no user data."""
     return {path for path in root.rglob("*") if path.is_file() and path.name != MARKER}
+
+
+@contextlib.contextmanager
+def tmpfs_mounted(directory: Path) -> Iterator[Path]:
+    """A tmpfs mounted on DIRECTORY (yielded): a disk of its own. Needs the right to mount
+    (root), as the hung-disk tests do: skips otherwise."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    target = os.fsencode(directory)
+    if libc.mount(b"tmpfs", target, b"tmpfs", 0, b"size=4m"):
+        pytest.skip(f"cannot mount a tmpfs here: {os.strerror(ctypes.get_errno())}")
+    try:
+        yield directory
+    finally:
+        libc.umount2(target, 2)  # MNT_DETACH
 
 
 @pytest.fixture

@@ -4,12 +4,13 @@ the keyring with the object's bytes, and every object became unreadable."""
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
 from test_cli import Cli, alice_holding_k
 
-from conftest import make_deployment
+from conftest import make_deployment, tmpfs_mounted
 
 REFUSED = "write the object outside the deployment's files"
 
@@ -124,6 +125,29 @@ def test_a_descriptor_open_on_a_hard_link_to_a_shard_is_refused(alice: Cli, tmp_
     finally:
         os.close(fd)
     assert mine.read_bytes() == b"payload\n"
+
+
+def test_a_descriptor_on_the_disk_of_a_node_mounted_on_its_own_is_refused(
+    alice: Cli, tmp_path: Path
+) -> None:
+    """Which disk a node's directory is on comes from /proc/self/mountinfo, not from a
+    stat (a hung disk's never answers): here a mount of its own, whose name has a space
+    (escaped there), reached through a symlink."""
+    node = alice.config.parent / "nodes" / "US" / "us-n2"
+    (tmp_path / "node disk").mkdir()
+    with tmpfs_mounted(tmp_path / "node disk") as disk:
+        shutil.copytree(node, disk / "us-n2")
+        shutil.rmtree(node)
+        node.symlink_to(disk / "us-n2")
+        for linked, said in ((disk / "linked", "us-n2"), (tmp_path / "linked", "us-n1")):
+            linked.touch()
+            os.link(linked, linked.with_name("other-name"))
+            fd = os.open(linked, os.O_WRONLY)
+            try:
+                line = refused(alice, f"/dev/fd/{fd}")
+            finally:
+                os.close(fd)
+            assert f"on the disk of node {said}'s directory, perhaps a shard" in line
 
 
 def test_the_keyrings_files_are_named_exactly(

@@ -23,7 +23,7 @@ from typing import TypeVar
 
 import pytest
 
-from conftest import make_deployment, manifest_of
+from conftest import make_deployment, manifest_of, tmpfs_mounted
 from governance_support import forget_approved
 from shardvault.config import load
 from shardvault.durability import GroupSync
@@ -681,3 +681,45 @@ def test_a_get_in_a_process_of_its_own_reads_around_a_node_whose_disk_hangs(
     assert listed.returncode == 1, listed.stderr
     assert f"node {hung} is unavailable: no answer within 0.5 s" in listed.stderr
     assert "Traceback" not in listed.stderr + got.stderr
+
+
+def linked_file(path: Path) -> Path:
+    """An empty file at PATH with a second name beside it (what a shard's hard link is)."""
+    path.touch()
+    os.link(path, path.with_name(f"{path.name}.link"))
+    return path
+
+
+def test_a_get_into_a_descriptor_reads_around_a_node_whose_disk_hangs(tmp_path: Path) -> None:
+    # a descriptor open on a file with other names may be a shard, so `get -o /dev/fd/N`
+    # (or `-o FILE` that stdout writes) statted every node's directory to see whether the
+    # file was on its disk: a hung one's never answered, and the get waited for ever
+    config, _, hung = hung_node_deployment(tmp_path)
+    command = [sys.executable, "-m", "shardvault.cli.app", "--config", str(config), "get"]
+    command += ["intl", "alice", "kept", "-o"]
+    (tmp_path / "elsewhere").mkdir()
+    with tmpfs_mounted(tmp_path / "elsewhere") as elsewhere:
+        out, redirected = linked_file(elsewhere / "out"), linked_file(elsewhere / "redirected")
+        near = linked_file(tmp_path / "near")  # on the disk of the nodes that answer
+        cases = [(out, "/dev/fd/{fd}"), (redirected, "{path}"), (near, "/dev/fd/{fd}")]
+        with hung_mount(tmp_path / "deploy" / "nodes" / "US" / hung):
+            for target, given in cases:
+                fd = os.open(target, os.O_WRONLY)
+                try:
+                    got = subprocess.run(
+                        [*command, given.format(fd=fd, path=target)],
+                        pass_fds=(fd,),
+                        stdout=fd,  # the file `-o FILE` names: written into as /dev/fd/N is
+                        stderr=subprocess.PIPE,
+                        text=True,
+                        timeout=60,
+                    )
+                finally:
+                    os.close(fd)
+                assert "Traceback" not in got.stderr
+                if target is near:  # still refused: it may be a shard
+                    assert got.returncode == 2, got.stderr
+                    assert "perhaps a shard" in got.stderr and target.read_bytes() == b""
+                else:
+                    assert got.returncode == 0, got.stderr
+                    assert target.read_bytes() == b"k" * 1000

@@ -18,12 +18,17 @@ only then. Node directories are not walked (they hold every shard: too many to
 stat at each get). A file `-o` names is replaced by a rename, so a hard link
 into a node directory loses its name, never the shard's bytes; but an open
 descriptor is written into, so one open on a file with several names, on the
-disk of a node's directory, is refused: it could be a shard's.
+disk of a node's directory, is refused: it could be a shard's. Which disk that is
+comes from `/proc/self/mountinfo` (the mount the descriptor was opened through, and
+the one each node's directory is under), not from a stat of the node's directory: a
+hung disk's never returns, and `get -o /dev/fd/N` waited for it though the get could
+read around that node.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import stat
 from collections.abc import Iterator
 from contextlib import suppress
@@ -46,8 +51,9 @@ def output_outside(
         return None
     output = checked_output(given, option)
     try:
-        into = output.descriptor is not None
-        _refuse(output.given, output.target, output.found, config, option, written, into)
+        _refuse(
+            output.given, output.target, output.found, config, option, written, output.descriptor
+        )
     except BaseException:
         output.close()
         raise
@@ -68,29 +74,74 @@ def _refuse(
     config: Config,
     option: str,
     written: str,
-    into: bool = False,
+    descriptor: int | None = None,
 ) -> None:
-    """Refuse TARGET if it is a deployment file (or INTO, written into: may be a shard)."""
+    """Refuse TARGET if it is a deployment file (or, open as DESCRIPTOR and so written
+    into, may be a shard)."""
     what = _owner(target, config)
     if what is None and found is not None and stat.S_ISREG(found.st_mode) and found.st_nlink > 1:
-        what = _same_file(found, config) or (_maybe_a_shard(found, config) if into else None)
+        what = _same_file(found, config)
+        if what is None and descriptor is not None:
+            what = _maybe_a_shard(descriptor, config)
     if what is not None:
         raise InvalidInput(
             f"{option} {named(str(path))} is {what}: write {written} outside the deployment's files"
         )
 
 
-def _maybe_a_shard(found: os.stat_result, config: Config) -> str | None:
-    """What a descriptor open on FOUND may be: a shard, if it has several names on the
-    disk of a node's directory (see the module's note)."""
+def _maybe_a_shard(descriptor: int, config: Config) -> str | None:
+    """What DESCRIPTOR, open on a file with several names, may be: a shard, if it is on the
+    disk of a node's directory (see the module's note). Fails closed when the kernel does
+    not say which disk it is on."""
+    try:
+        mounts = _mounts()
+        device = {ident: device for ident, _, device in mounts}[_mount_id(descriptor)]
+    except (OSError, ValueError, KeyError, IndexError):
+        return "open on a file with other names on a disk that cannot be told, perhaps a shard's"
     for node in config.nodes:
-        with suppress(OSError):
-            if node.backend == "local" and os.stat(node.location).st_dev == found.st_dev:
-                return (
-                    f"open on a file with other names on the disk of node {node.id}'s "
-                    "directory, perhaps a shard, and would be written into"
-                )
+        if node.backend != "local":
+            continue
+        if _device_under(node_directory(Path(node.location)), mounts) == device:
+            return (
+                f"open on a file with other names on the disk of node {node.id}'s "
+                "directory, perhaps a shard, and would be written into"
+            )
     return None
+
+
+_Mount = tuple[int, Path, bytes]  # mount id, mount point, device (b"major:minor")
+_ESCAPED = re.compile(rb"\\([0-7]{3})")  # mountinfo's escape of a space, tab, newline, \
+
+
+def _mounts() -> list[_Mount]:
+    """This process's mounts, as `/proc/self/mountinfo` lists them: read from the kernel's
+    tables, touching no disk."""
+    with open("/proc/self/mountinfo", "rb") as table:
+        rows = [line.split(b" ") for line in table]
+    return [(int(row[0]), _unescaped(row[4]), row[2]) for row in rows]
+
+
+def _unescaped(point: bytes) -> Path:
+    return Path(os.fsdecode(_ESCAPED.sub(lambda octal: bytes([int(octal[1], 8)]), point)))
+
+
+def _mount_id(descriptor: int) -> int:
+    """The mount DESCRIPTOR's file was opened through (the `mnt_id` of its fdinfo)."""
+    with open(f"/proc/self/fdinfo/{descriptor}", "rb") as info:
+        for line in info:
+            if line.startswith(b"mnt_id:"):
+                return int(line.split()[1])
+    raise ValueError(f"no mnt_id for descriptor {descriptor}")
+
+
+def _device_under(directory: Path, mounts: list[_Mount]) -> bytes | None:
+    """The device of the mount DIRECTORY is in, by its name alone: the deepest mount point
+    at or above it, the last mounted there if several are stacked on it."""
+    found: tuple[int, bytes] | None = None
+    for _, point, device in mounts:
+        if directory.is_relative_to(point) and (found is None or len(point.parts) >= found[0]):
+            found = (len(point.parts), device)
+    return None if found is None else found[1]
 
 
 def _owner(target: Path, config: Config) -> str | None:

@@ -44,7 +44,7 @@ def test_load_takes_a_path_as_a_string_too(tmp_path: Path) -> None:
 def test_demo_config_loads(tmp_path: Path) -> None:
     cfg = load(write_demo(tmp_path))
     assert (cfg.segment_size, cfg.k, cfg.m, cfg.custodian) == (1 << 20, 4, 2, "keyring")
-    assert cfg.node_timeout == 30.0
+    assert cfg.node_timeout == cfg.state_timeout == 30.0
     assert set(cfg.jurisdictions) == {"US", "SG", "EU"}
     assert set(cfg.tenants) == {"intl", "domestic"}
     assert len(cfg.nodes) == 18
@@ -142,6 +142,14 @@ def replace_once(old: str, new: str) -> str:
         (
             replace_once("k = 4", "k = 4\nnode_timeout = nan"),
             "storage.node_timeout: must be between 0.1 and 3600 seconds",
+        ),
+        (
+            replace_once("k = 4", 'k = 4\nstate_timeout = "30s"'),
+            "storage.state_timeout: expected a number, got str",
+        ),
+        (
+            replace_once("k = 4", "k = 4\nstate_timeout = 7200"),
+            "storage.state_timeout: must be between 0.1 and 3600 seconds",
         ),
         (replace_once('backend = "keyring"', 'backend = "hsm"'), "custodian.backend"),
         (replace_once('path = "keys/keyring.json"', "path = 7"), "custodian.path: expected str"),

@@ -35,6 +35,8 @@ MIN_SEGMENT = 4096
 MAX_SEGMENT = 64 << 20
 DEFAULT_NODE_TIMEOUT = 30.0  # seconds: MinIO's default drive timeout, far above a healthy fsync
 MIN_NODE_TIMEOUT, MAX_NODE_TIMEOUT = 0.1, 3600.0
+# seconds a command waits in one call into a disk of its own (cli/watchdog.py)
+DEFAULT_STATE_TIMEOUT = 30.0
 BACKENDS = ("local", "memory")
 CUSTODIANS = ("keyring", "memory")
 
@@ -91,6 +93,7 @@ class Config:
     nodes: tuple[NodeSpec, ...] = field(default=())
     governance: GovernanceSpec | None = None
     node_timeout: float = DEFAULT_NODE_TIMEOUT
+    state_timeout: float = DEFAULT_STATE_TIMEOUT
 
     @property
     def base_dir(self) -> Path:
@@ -280,7 +283,10 @@ def parse(doc: dict[str, Any], path: Path) -> Config:
 
     storage = _get(doc, "storage", dict, "", problems, default={})
     _unknown_keys(
-        storage, {"state_dir", "segment_size", "k", "m", "node_timeout"}, "storage.", problems
+        storage,
+        {"state_dir", "segment_size", "k", "m", "node_timeout", "state_timeout"},
+        "storage.",
+        problems,
     )
     state_dir = _get_path(storage, "state_dir", "storage.", problems, default="state")
     segment_size = _get(storage, "segment_size", int, "storage.", problems, default=1 << 20)
@@ -290,7 +296,8 @@ def parse(doc: dict[str, Any], path: Path) -> Config:
     m = _get(storage, "m", int, "storage.", problems, default=2)
     if k < 1 or m < 1 or k + m > 32:
         problems.add("storage.k", f"k={k}, m={m}: need k >= 1, m >= 1 and k + m <= 32")
-    node_timeout = _node_timeout(storage, problems)
+    node_timeout = _seconds(storage, "node_timeout", DEFAULT_NODE_TIMEOUT, problems)
+    state_timeout = _seconds(storage, "state_timeout", DEFAULT_STATE_TIMEOUT, problems)
 
     custodian = _get(doc, "custodian", dict, "", problems, default={})
     _unknown_keys(custodian, {"backend", "path"}, "custodian.", problems)
@@ -338,14 +345,15 @@ def parse(doc: dict[str, Any], path: Path) -> Config:
                 problems.add(f"nodes[{number}].id", f"duplicate node id {node.id!r}")
             seen.add(node.id)
             nodes[f"nodes[{number}]"] = node
-    _check_node_dirs(nodes, (base / state_dir).resolve(), problems)
+    state = node_directory(base / state_dir)  # not statted: a hung disk may be mounted there
+    _check_node_dirs(nodes, state, problems)
     governance = _parse_governance(doc, base, problems)
 
     if problems.items:
         raise ConfigError(f"config {path}: " + "; ".join(problems.items))
     return Config(
         path=path,
-        state_dir=(base / state_dir).resolve(),
+        state_dir=state,
         segment_size=segment_size,
         k=k,
         m=m,
@@ -356,22 +364,25 @@ def parse(doc: dict[str, Any], path: Path) -> Config:
         nodes=tuple(nodes.values()),
         governance=governance,
         node_timeout=node_timeout,
+        state_timeout=state_timeout,
     )
 
 
-def _node_timeout(storage: dict[str, Any], problems: _Problems) -> float:
-    """Seconds a caller waits for a node's shard I/O before routing around it
-    (vault/deadline.py): a number, integer or not."""
-    value = storage.get("node_timeout", DEFAULT_NODE_TIMEOUT)
+def _seconds(storage: dict[str, Any], key: str, default: float, problems: _Problems) -> float:
+    """A deadline in seconds, a number, integer or not: how long a caller waits for a
+    node's shard I/O before routing around it (`node_timeout`, vault/deadline.py), or a
+    command for one call on its own disks before giving up (`state_timeout`,
+    cli/watchdog.py)."""
+    value = storage.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int | float):
-        problems.add("storage.node_timeout", f"expected a number, got {type(value).__name__}")
-        return DEFAULT_NODE_TIMEOUT
+        problems.add(f"storage.{key}", f"expected a number, got {type(value).__name__}")
+        return default
     if not MIN_NODE_TIMEOUT <= value <= MAX_NODE_TIMEOUT:  # a NaN fails this too
         problems.add(
-            "storage.node_timeout",
+            f"storage.{key}",
             f"must be between {MIN_NODE_TIMEOUT:g} and {MAX_NODE_TIMEOUT:g} seconds",
         )
-        return DEFAULT_NODE_TIMEOUT
+        return default
     return float(value)
 
 
@@ -422,9 +433,10 @@ _SYMLINK_HOPS = 40  # as the kernel's limit: a loop of links ends
 
 def node_directory(path: Path) -> Path:
     """PATH with its symlinks followed, as `Path.resolve` follows them, but its own last
-    component asked of by `readlink` alone, never statted: a node's disk is mounted
-    there, a stat of a mount point asks the file system mounted on it, and a hung
-    disk's never answers (reading the config, every command, waited for ever)."""
+    component asked of by `readlink` alone, never statted: a node's disk (or the state
+    directory's) is mounted there, a stat of a mount point asks the file system mounted
+    on it, and a hung disk's never answers (reading the config, every command, waited
+    for ever)."""
     for _ in range(_SYMLINK_HOPS):
         if path.name in ("", ".."):  # no last component of its own: statting is all there is
             return path.resolve()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import fcntl
 import json
 import os
 import shutil
@@ -723,3 +724,94 @@ def test_a_get_into_a_descriptor_reads_around_a_node_whose_disk_hangs(tmp_path: 
                 else:
                     assert got.returncode == 0, got.stderr
                     assert target.read_bytes() == b"k" * 1000
+
+
+# the state disk: a command gives up on it (cli/watchdog.py) -----------------------------
+
+STATE_DEADLINE = 1.0
+
+
+def state_deployment(tmp_path: Path) -> tuple[list[str], ObjectRef]:
+    """`hung_node_deployment` with a short state deadline: (the command's start, the object)."""
+    config, ref, _ = hung_node_deployment(tmp_path)
+    text = config.read_text().replace("k = 4\n", f"k = 4\nstate_timeout = {STATE_DEADLINE}\n", 1)
+    config.write_text(text)
+    return [sys.executable, "-m", "shardvault.cli.app", "--config", str(config)], ref
+
+
+@pytest.mark.parametrize(
+    "where",
+    [
+        "state",  # every command's
+        "state/cells/SG",  # a cell the get does not use: opening the vault opens its catalog
+        "state/cells/US/audit",  # reached once the vault is open, by the get's audit entry
+    ],
+)
+def test_a_command_gives_up_on_a_state_disk_that_hangs_with_one_line(
+    tmp_path: Path, where: str
+) -> None:
+    # every command waited for ever: SQLite, the audit log's fsync and the config's stats
+    # block in C, and nothing bounded them
+    command, ref = state_deployment(tmp_path)
+    out = tmp_path / "out"
+    hung = tmp_path / "deploy" / where
+    with hung_mount(hung):
+        started = time.monotonic()
+        got = subprocess.run(
+            [*command, "get", ref.tenant, ref.subject, ref.key, "-o", str(out)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        took = time.monotonic() - started
+    assert got.returncode == 1, got.stderr
+    [line] = got.stderr.splitlines()
+    assert line.startswith(
+        f"error: no answer within 1 s (storage.state_timeout) from the disk of {hung}"
+    ), line
+    assert line.endswith(", which may hang: the command gave up")
+    assert took < 2 * STATE_DEADLINE + 10  # the interpreter's start, on a loaded machine
+    assert sorted(tmp_path.glob("*out*")) == []  # no file, no temporary
+
+
+def waiting_in(process: subprocess.Popen[str], call: str) -> None:
+    """Until the process's main thread sleeps in the kernel function named CALL (its wchan),
+    or 10 s if the kernel does not say."""
+    for _ in range(200):
+        with contextlib.suppress(OSError):
+            if call in Path(f"/proc/{process.pid}/wchan").read_text():
+                return
+        time.sleep(0.05)
+
+
+def test_a_command_waiting_on_a_lock_or_its_input_is_not_given_up_on(tmp_path: Path) -> None:
+    """Only a call into a disk is given up on: a wait for another process's lock (here the
+    audit log's flock) or for stdin sleeps interruptibly, and is waited for however long."""
+    command, ref = state_deployment(tmp_path)
+    lock = tmp_path / "deploy" / "state" / "cells" / "US" / "audit" / "log" / "LOCK"
+    fd = os.open(lock, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        getting = subprocess.Popen(
+            [*command, "get", ref.tenant, ref.subject, ref.key],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        waiting_in(getting, "lock")
+        time.sleep(3 * STATE_DEADLINE)  # the wait under test: longer than the deadline
+    finally:
+        os.close(fd)  # releases the flock
+    got, said = getting.communicate(timeout=60)
+    assert getting.returncode == 0, said
+    assert got == "k" * 1000
+    putting = subprocess.Popen(
+        [*command, "put", ref.tenant, ref.subject, "typed", "-"],
+        stdin=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    waiting_in(putting, "pipe")
+    time.sleep(3 * STATE_DEADLINE)
+    _, said = putting.communicate("typed slowly", timeout=60)
+    assert putting.returncode == 0, said

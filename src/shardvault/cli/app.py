@@ -16,6 +16,8 @@ import typer
 from typer.core import TyperGroup
 
 from shardvault.cli.state import CliState
+from shardvault.cli.watchdog import Watchdog
+from shardvault.config import DEFAULT_STATE_TIMEOUT
 from shardvault.errors import ShardvaultError
 from shardvault.model import named, repr_escaped, shown
 
@@ -155,8 +157,14 @@ def _global_options(
         ),
     ] = False,
 ) -> None:
+    watchdog = ctx.obj if isinstance(ctx.obj, Watchdog) else None  # main's, if any
     ctx.obj = CliState(
-        config_path=config, principal=principal, token=token, purpose=purpose, approval=approval
+        config_path=config,
+        principal=principal,
+        token=token,
+        purpose=purpose,
+        approval=approval,
+        watchdog=watchdog,
     )
     ctx.call_on_close(ctx.obj.close)
 
@@ -183,19 +191,27 @@ def main(argv: list[str] | None = None) -> int:
     """Run the CLI; a user's mistake is one line on stderr and an exit code, never a traceback.
 
     Usage errors are left to the command framework's standalone mode (exit 2
-    with its usage line); our own errors are mapped here by their class.
+    with its usage line); our own errors are mapped here by their class. Run on the
+    process's own arguments (``argv`` none: the `shardvault` command), the command is
+    watched for a disk that hangs, which ends the process (cli/watchdog.py); a program
+    passing ``argv`` is never ended so.
     """
     _register_commands()
     if argv is not None and (unpassable := _unpassable(argv)) is not None:
         _error(unpassable)
         return 2
+    watchdog = Watchdog(DEFAULT_STATE_TIMEOUT) if argv is None else None  # until the config
+    if watchdog is not None:
+        watchdog.start()
     previous = _take_termination()
     try:
-        return _run(argv)
+        return _run(argv, watchdog)
     except Terminated as exc:  # one landing outside the command, as its error is reported
         return _interrupted(exc)
     finally:
         _give_back(previous)
+        if watchdog is not None:
+            watchdog.stop()
 
 
 def _unpassable(argv: list[str]) -> str | None:
@@ -212,10 +228,10 @@ def _unpassable(argv: list[str]) -> str | None:
     return None
 
 
-def _run(argv: list[str] | None) -> int:
+def _run(argv: list[str] | None, watchdog: Watchdog | None) -> int:
     command = _with_help_context(typer.main.get_command(app))
     try:
-        command.main(args=argv, prog_name="shardvault", standalone_mode=True)
+        command.main(args=argv, prog_name="shardvault", standalone_mode=True, obj=watchdog)
     except ShardvaultError as exc:
         _error(str(exc))
         return exc.exit_code

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import typer
 
 from shardvault import config as config_module
+from shardvault.cli.watchdog import Watchdog
 from shardvault.errors import AccessDenied, ConfigError, InvalidInput
 from shardvault.model import LOCAL_ADMIN, RequestContext, new_request_id, shown
 
@@ -24,6 +25,7 @@ class CliState:
     token: str | None = None
     purpose: str | None = None
     approval: str | None = None
+    watchdog: Watchdog | None = None  # told the config's deadline once it is read
     _config: config_module.Config | None = field(default=None, repr=False)
     _governance: Governance | None = field(default=None, repr=False)
     _vault: Vault | None = field(default=None, repr=False)
@@ -32,6 +34,8 @@ class CliState:
         if self._config is None:
             config = config_module.load(config_module.resolve_path(self.config_path))
             _refuse_memory(config)
+            if self.watchdog is not None:
+                self.watchdog.seconds = config.state_timeout
             self._config = config
         return self._config
 

@@ -3,6 +3,8 @@ close; its file's format; and a record that cannot be kept refusing key uses."""
 
 from __future__ import annotations
 
+import fcntl
+import os
 import shutil
 from pathlib import Path
 
@@ -159,3 +161,29 @@ def test_the_witness_reads_the_positions_of_other_cells_apart(cli: Cli) -> None:
     entries = log_entries(log_dir(cli, "SG"))
     rewrite_log(log_dir(cli, "SG"), entries[: min(files.read("SG").positions)])
     cli.fails(1, "audit", "head", "--cell", "SG")
+
+
+def test_a_child_forked_during_a_write_out_does_not_keep_the_file_locked(tmp_path: Path) -> None:
+    """A child forked while the recorder's thread held the file's flock inherits that
+    descriptor; closing the parent's copy did not release the lock, so every later
+    write-out and head of the parent waited for the child to exit."""
+    file = SeenFile(tmp_path)
+    release, hold = os.pipe()
+    with file._flocked("US"):  # as the recorder's thread, when another thread forks
+        child = os.fork()
+        if child == 0:  # pragma: no cover - the child holds its copies until told
+            os.close(hold)
+            os.read(release, 1)
+            os._exit(0)
+    os.close(release)
+    try:
+        fd = os.open(tmp_path / "US.lock", os.O_RDWR | os.O_CLOEXEC)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError if still held
+        finally:
+            os.close(fd)
+        file.append("US", pack_position(1, LEAF))
+        assert file.read("US").positions == {1: LEAF}
+    finally:
+        os.close(hold)
+        os.waitpid(child, 0)

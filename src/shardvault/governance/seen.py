@@ -119,9 +119,14 @@ class SeenFile:
         fd = os.open(self.directory / f"{cell}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
+            try:
+                yield
+            finally:
+                # unlocked, not just closed: a child forked meanwhile holds a copy of fd,
+                # and the flock would stay held until that child exits
+                fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
-            os.close(fd)  # releases the flock
+            os.close(fd)
 
     def append(self, cell: str, records: bytes) -> None:
         """Append whole records durably; a record a killed writer left cut short goes first."""

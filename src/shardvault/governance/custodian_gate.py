@@ -18,10 +18,11 @@ refused: while it stands (``veto_days``), any other approval for the same reques
 is refused too, whoever signed it. A policy with no ``[approvers]`` lets no
 approval count. A destroy, which cannot be undone, needs
 an approval whatever the grants say, and one of a forget. For a destroy, and for
-an unwrap that names an approval, the gate hands the custodian the subject that
-approval names: the custodian destroys or unwraps the key only if it wrapped it
-for that subject (`keys.port`), so a met approval to read alice's data unwraps
-no key of bob's. A refusal raises `AccessDenied`
+a wrap or unwrap that names an approval, the gate hands the custodian the subject
+that approval names: the custodian destroys or unwraps the key only if it wrapped
+it for that subject, and wraps one only for that subject (`keys.port`), so a met
+approval to read alice's data unwraps no key of bob's, and one to register alice
+registers no one else. A refusal raises `AccessDenied`
 naming the operation and carrying the custodian's rule; the vault audits it and
 stops the call before anything changes. Every key use the gate is asked for
 shows where its decision's audit entry is; the gate keeps it

@@ -293,7 +293,7 @@ class KeyringCustodian:
         self, operation: KeyOperation, scope: KeyScope, key_id: str, why: Justification
     ) -> str | None:
         """The gate, before the files are touched: a refusal creates no root and no tombstone.
-        For a destroy, the subject its approval names."""
+        For a destroy, or a wrap or unwrap naming an approval, the subject it names."""
         if self.gate is None:
             return None
         return self.gate(operation, scope, key_id, why)

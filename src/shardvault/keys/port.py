@@ -10,9 +10,10 @@ catalog can bring the key back.
 A wrap names the subject the key is for, and the custodian records it (as a
 tag only it can check); a destroy, or an unwrap that names an approval, is done
 only for the subject that approval names, and only if the custodian wrapped the
-key for that subject. So a met approval to forget (or read) one subject's data
-destroys (or unwraps) that subject's key and no other, and the custodian decides
-it from its own record, not from the vault's catalog.
+key for that subject, and a wrap that names an approval only for its subject. So
+a met approval to forget (or read) one subject's data destroys (or unwraps) that
+subject's key and no other, one to register a subject wraps no other's key, and
+the custodian decides it from its own record, not from the vault's catalog.
 It then signs an attestation of the destroy with its own key, so a deletion
 receipt can prove the key is gone on the custodian's word, not the operator's.
 """
@@ -56,7 +57,8 @@ class KeyCustodian(Protocol):
     ) -> bytes:
         """Encrypt a subject key under the scope's root key (created on first use), and
         record that it is ``subject``'s; raises AccessDenied, having wrapped nothing, if
-        the gate refuses or the key id was recorded for another subject."""
+        the gate refuses, the key id was recorded for another subject, or (with a gate)
+        the justification names an approval of another subject."""
 
     def unwrap(self, scope: KeyScope, key_id: str, blob: bytes, why: Justification) -> bytes:
         """Decrypt a subject key; raises KeyUnavailable, AccessDenied or SubjectForgotten.

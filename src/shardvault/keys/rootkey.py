@@ -41,10 +41,11 @@ OTHER_APPROVED = "its approval is for another subject than the one it is to be w
 
 CustodianGate = Callable[[KeyOperation, KeyScope, str, Justification], str | None]
 """Called before every wrap, unwrap and destroy, before anything is done; raises
-`AccessDenied` to refuse (the custodian's own policy). For a destroy, and for an
-unwrap whose justification names an approval, it returns the subject that approval
-names: the custodian then does it only if it wrapped the key for that subject
-(None, or no tag of that subject, refuses)."""
+`AccessDenied` to refuse (the custodian's own policy). For a destroy, and for a
+wrap or unwrap whose justification names an approval, it returns the subject that
+approval names: the custodian then destroys or unwraps the key only if it wrapped it
+for that subject (None, or no tag of that subject, refuses), and wraps it only for
+that subject (`require_approved_subject`)."""
 
 
 def _aad(scope: KeyScope, key_id: str) -> bytes:

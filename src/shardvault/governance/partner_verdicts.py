@@ -106,9 +106,12 @@ class VetoedRequest:
     another administrator nor another wording gets round a veto. Any other's is also
     who asks (``requester``) and why (``purpose``): a court's lawful read vetoed does
     not stop another authority's request, or the service serving the user, which the
-    approvers judge on their own. ``key`` None is any key of the subject; a veto of
-    one key binds an ask for any key, and a veto of any key binds an ask for one.
-    The cell is left out: a tenant's subject id names one user wherever they live."""
+    approvers judge on their own. ``key`` None: the request names no object key (a
+    list, a registration; an approval names exactly the key of its request). A veto
+    naming none still matches an ask naming one, and the reverse (from when an
+    approval could be for any key of the subject), though no action is asked both
+    ways. The cell is left out: a tenant's subject id names one user wherever they
+    live."""
 
     action: str
     tenant: str
@@ -141,7 +144,7 @@ class VetoedRequest:
         )  # fmt: skip
 
     def tags(self, veto_key: bytes) -> tuple[bytes, bytes | None]:
-        """The request's tag, and its object key's (None: any key of the subject)."""
+        """The request's tag, and its object key's (None: the request names none)."""
         fields: dict[str, str | None] = {
             "action": self.action, "tenant": self.tenant, "subject": self.subject,
             "requester": self.requester, "purpose": self.purpose,

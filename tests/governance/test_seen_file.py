@@ -6,6 +6,7 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
+import threading
 from pathlib import Path
 
 import pytest
@@ -187,3 +188,37 @@ def test_a_child_forked_during_a_write_out_does_not_keep_the_file_locked(tmp_pat
     finally:
         os.close(hold)
         os.waitpid(child, 0)
+
+
+class _CountedFile(SeenFile):
+    """The real file, telling a test of each append tried (the third, here)."""
+
+    def __init__(self, directory: Path) -> None:
+        super().__init__(directory)
+        self.tries = 0
+        self.third = threading.Event()
+
+    def append(self, cell: str, records: bytes) -> None:
+        self.tries += 1
+        if self.tries == 3:
+            self.third.set()
+        super().append(cell, records)
+
+
+def test_a_failed_write_out_of_a_full_batch_is_tried_again_after_the_interval(
+    tmp_path: Path,
+) -> None:
+    """A batch that could not be written out went back to wait, still a batch: the
+    thread took that for a batch to write at once, and tried again without end."""
+    blocked = tmp_path / "seen"
+    blocked.write_bytes(b"")  # a file where the directory should be: every append fails
+    recorder = SeenRecorder(blocked, batch=2, interval=3600)
+    counted = recorder.file = _CountedFile(blocked)
+    recorder.record(position(1))
+    recorder.record(position(2))  # a full batch: written out at once, and failing
+    try:
+        assert not counted.third.wait(1.0), f"tried {counted.tries} times at once"
+    finally:
+        blocked.unlink()
+        recorder.close()
+    assert SeenFile(blocked).read("US").positions == {1: LEAF, 2: LEAF}

@@ -233,7 +233,9 @@ class SeenRecorder:
     def _run(self) -> None:
         while True:
             with self._cond:
-                if len(self._pending) < self.batch and not self._stop:
+                # after a failure, the interval: a batch put back to wait is no new one
+                due = len(self._pending) >= self.batch and self._failure is None
+                if not due and not self._stop:
                     self._cond.wait(self.interval)
                 if self._stop:
                     return

@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from shardvault import sqlite_connections
-from shardvault.durability import create_whole, failure_reason, read_own
+from shardvault.durability import create_whole, failure_reason, read_own, release_flock
 from shardvault.errors import Conflict, IntegrityError, StorageError
 from shardvault.sqlite_schema import stamp_schema
 
@@ -205,7 +205,7 @@ class SubjectDirectory:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
         finally:
-            os.close(fd)  # and with it the flock
+            release_flock(fd)
 
     def homes_in(self, jurisdiction: str) -> bool:
         """Whether any subject's home is in this jurisdiction."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno
+import fcntl
 import functools
 import os
 import re
@@ -623,3 +624,13 @@ class BackgroundFlush:
         error = self.wait()
         if error is not None:
             raise error
+
+
+def release_flock(fd: int) -> None:
+    """Unlock FD's flock, then close it. Closing alone is not enough: a child forked
+    while the lock was held keeps a copy of FD, and the flock, which belongs to the
+    open file, would stay held until that child exits."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)

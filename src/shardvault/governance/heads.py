@@ -45,7 +45,7 @@ from shardvault.audit import (
     signer_from_skey,
 )
 from shardvault.audit.note import COSIGNATURE_V1, ED25519, NoteVerifier, key_id
-from shardvault.durability import create_whole, read_own, replace_whole
+from shardvault.durability import create_whole, read_own, release_flock, replace_whole
 from shardvault.errors import AuditUnavailable, ConfigError, IntegrityError, InvalidInput
 from shardvault.governance.seen import SeenBefore, SeenRecorder, check_head
 
@@ -227,7 +227,7 @@ class PartnerWitness:
             self.seen.write_out()
             yield self.seen.file.read(jurisdiction)
         finally:
-            os.close(fd)  # releases the flock
+            release_flock(fd)
 
     def last(self, cell: CellAudit) -> Checkpoint | None:
         path = self._last_path(cell.jurisdiction)

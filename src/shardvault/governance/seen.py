@@ -44,7 +44,7 @@ from pathlib import Path
 
 from shardvault.audit import AuditLog, Checkpoint
 from shardvault.audit.merkle import verify_inclusion
-from shardvault.durability import fsync_directory, replace_whole
+from shardvault.durability import fsync_directory, release_flock, replace_whole
 from shardvault.errors import IntegrityError, KeyUnavailable, NewerFormat, ShardvaultError
 from shardvault.model import AuditPosition
 
@@ -119,14 +119,9 @@ class SeenFile:
         fd = os.open(self.directory / f"{cell}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                # unlocked, not just closed: a child forked meanwhile holds a copy of fd,
-                # and the flock would stay held until that child exits
-                fcntl.flock(fd, fcntl.LOCK_UN)
+            yield
         finally:
-            os.close(fd)
+            release_flock(fd)
 
     def append(self, cell: str, records: bytes) -> None:
         """Append whole records durably; a record a killed writer left cut short goes first."""

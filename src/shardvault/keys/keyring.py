@@ -54,6 +54,7 @@ from pathlib import Path
 from typing import Any
 
 from shardvault import durability
+from shardvault.durability import release_flock
 from shardvault.errors import IntegrityError, KeyUnavailable, NewerFormat
 from shardvault.keys.attestation import StatementSigner, sign_destroy
 from shardvault.keys.key_subjects import KeySubjects, key_subjects_path
@@ -184,13 +185,17 @@ class KeyringCustodian:
     def _flocked(self) -> Iterator[None]:
         """Hold the cross-process lock for a change."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        lock = os.open(self.path.with_name(self.path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        lock = os.open(
+            self.path.with_name(self.path.name + ".lock"),
+            os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
+            0o600,
+        )
         try:
             fcntl.flock(lock, fcntl.LOCK_EX)
             self._drop_stale_temporaries()
             yield
         finally:
-            os.close(lock)
+            release_flock(lock)
 
     def _drop_stale_temporaries(self) -> None:
         """Holding the flock: a temporary copy of the keyring beside it (root keys and

@@ -56,7 +56,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from shardvault.durability import GroupSync, fsync_directory, leftover_temporaries
+from shardvault.durability import GroupSync, fsync_directory, leftover_temporaries, release_flock
 from shardvault.errors import StorageError
 from shardvault.nodes.journal import JOURNAL, Journal, read_journal
 
@@ -324,7 +324,7 @@ class PackSet:
 
     def _retire_active(self) -> None:
         if self._active_fd is not None:
-            os.close(self._active_fd)  # releases the flock: compaction may take it now
+            release_flock(self._active_fd)  # compaction may take it now
         self._active, self._active_fd = None, None
 
     def _append(self, kind: int, name: str, data: bytes) -> PackedShard:

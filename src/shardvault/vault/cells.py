@@ -17,6 +17,7 @@ from shardvault.catalog.memory import MemoryCatalog
 from shardvault.catalog.port import Catalog
 from shardvault.catalog.sqlite import SqliteCatalog
 from shardvault.config import Config
+from shardvault.durability import release_flock
 from shardvault.errors import ConfigError, NewerFormat, StorageError
 from shardvault.io_threads import IoThread, Stalled
 from shardvault.keys.attestation import StatementSigner
@@ -89,7 +90,7 @@ class Cell:
                 raise StorageError(f"cell {self.jurisdiction}: maintenance lock: {exc}") from exc
             yield True
         finally:
-            os.close(fd)  # releases the flock
+            release_flock(fd)
 
     def placeable_nodes(self) -> list[NodeSpec]:
         """The nodes as placement should see them: one whose store could not be opened

@@ -192,7 +192,7 @@ def _refuse_newer(doc: dict[str, Any], path: Path) -> None:
     version = doc.get("version")
     if type(version) is int and version > FORMAT_VERSION:
         raise NewerFormat(
-            f"config {path} is of format version {version}; this shardvault reads "
+            f"config {named(str(path))} is of format version {version}; this shardvault reads "
             f"version {FORMAT_VERSION}: upgrade shardvault"
         )
 

@@ -802,6 +802,15 @@ def test_a_path_too_long_is_one_line_and_exit_2(
     assert "File name too long" in line and len(line) < 400
 
 
+def test_a_newer_config_at_a_long_path_is_named_short(alice: Cli, tmp_path: Path) -> None:
+    # the config's newer-version line repeated its path whole, as no other config error did
+    deep = tmp_path.joinpath(*["d" * 200] * 14)
+    deep.mkdir(parents=True)
+    (deep / "shardvault.toml").write_text("version = 2\n")
+    line = alice.fails(1, "--config", str(deep / "shardvault.toml"), "nodes")
+    assert line.endswith("upgrade shardvault") and len(line) < 400
+
+
 def test_a_source_that_fails_to_read_is_one_line_and_stores_nothing(alice: Cli) -> None:
     # reading /proc/self/mem fails with EIO: it escaped put as a traceback
     line = alice.fails(2, "put", "intl", "alice", "unreadable", "/proc/self/mem")

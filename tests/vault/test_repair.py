@@ -1066,6 +1066,17 @@ def test_two_bad_shards_are_placed_together_so_no_facility_takes_more_than_m(
         reads_back_whole(vault, payloads)
 
 
+def three_shards_bad_in_different_segments(vault: Vault, ref: ObjectRef, data: bytes) -> Manifest:
+    """Store DATA (three segments) as alice's REF with shards 3, 4 and 5 each bad in one
+    segment, so a get reads 0-3, then 4: a repair rebuilds all three in one swap."""
+    vault.register_subject("intl", "alice", "US")
+    vault.put(ref, data)
+    before = manifest_of(vault, ref)
+    for index, segment in ((3, 2), (4, 0), (5, 1)):
+        damage(vault, ref, index, block_offset(segment, before.block_size) + 1)
+    return before
+
+
 @pytest.mark.parametrize("pack_limit", [0, 64 << 10])
 def test_a_get_under_way_survives_a_repair_that_replaces_more_than_m_shards(
     tmp_path: Path, pack_limit: int
@@ -1076,11 +1087,7 @@ def test_a_get_under_way_survives_a_repair_that_replaces_more_than_m_shards(
     config = deployment(tmp_path, pack_limit=pack_limit)
     ref, data = REFS[0], os.urandom(3 * SEGMENT)
     with Vault.open(load(config)) as vault:
-        vault.register_subject("intl", "alice", "US")
-        vault.put(ref, data)
-        before = manifest_of(vault, ref)
-        for index, segment in ((3, 2), (4, 0), (5, 1)):  # the get reads 0-3, then 4
-            damage(vault, ref, index, block_offset(segment, before.block_size) + 1)
+        before = three_shards_bad_in_different_segments(vault, ref, data)
         with vault.open_read(ref) as reader:
             segments = iter(reader)
             first = next(segments)  # the manifest loaded, shards 0-3 open
@@ -1108,11 +1115,7 @@ def test_a_get_longer_than_the_grace_period_reads_the_copies_the_swap_put_in_pla
     ref, data = REFS[0], os.urandom(3 * SEGMENT)
     now = [time.time()]
     with Vault.open(load(config), clock=lambda: now[0]) as vault:
-        vault.register_subject("intl", "alice", "US")
-        vault.put(ref, data)
-        before = manifest_of(vault, ref)
-        for index, segment in ((3, 2), (4, 0), (5, 1)):  # the get reads 0-3, then 4
-            damage(vault, ref, index, block_offset(segment, before.block_size) + 1)
+        before = three_shards_bad_in_different_segments(vault, ref, data)
         with vault.open_read(ref) as reader:
             segments = iter(reader)
             first = next(segments)  # the manifest loaded, shards 0-3 open

@@ -518,3 +518,16 @@ def test_every_command_that_reads_takes_json() -> None:
         assert "--json" not in options[path] and ("--format" in options[path]) == how.startswith(
             "--format"
         )
+
+
+def test_every_command_summary_is_one_line() -> None:
+    """The command lists of `--help` print a summary's line breaks as they are (typer's
+    rich mode), so a summary wrapped in its docstring showed broken mid-sentence."""
+    import inspect
+
+    broken = []
+    for path, command in _leaf_commands().items():
+        summary = inspect.cleandoc(command.help or "").split("\n\n")[0]
+        if not summary or "\n" in summary:
+            broken.append(path)
+    assert broken == []

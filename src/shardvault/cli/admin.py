@@ -131,8 +131,10 @@ def forget(
 
 
 def nodes(ctx: typer.Context, json_out: JsonFlag = False) -> None:
-    """List storage nodes with their cell, facility, state and usage, and each cell's
-    versions with more than m shards in one facility (read from the manifests).
+    """List storage nodes with their cell, facility, state and usage.
+
+    Also counts each cell's versions with more than m shards in one facility (read
+    from the manifests).
 
     Warns (on stderr, so --json stays one document) about a cell whose puts are
     refused for want of active nodes, whose stripes cannot survive the loss of a
@@ -343,8 +345,10 @@ def repair(
     ] = False,
     json_out: JsonFlag = False,
 ) -> None:
-    """Rebuild damaged or lost shards, and shards on nodes that are not active; then
-    move shards so no facility holds more than m of a stripe (found from the manifests).
+    """Rebuild damaged or lost shards, and shards on nodes that are not active.
+
+    Then move shards so no facility holds more than m of a stripe (found from the
+    manifests).
 
     Exits 1 if a version could not be repaired (each is named, with why), or if a node
     not marked down is unavailable or did not answer within storage.node_timeout.

@@ -48,8 +48,10 @@ def _b64(data: bytes) -> str:
 
 @audit_app.command("keys")
 def audit_keys(ctx: typer.Context, json_out: JsonFlag = False) -> None:
-    """Print each cell's public key, the partner's witness key and its custodian's key
-    (for destroy attestations): what verifiers are given."""
+    """Print the public keys verifiers are given.
+
+    Each cell's key, the partner's witness key and its custodian's key (for destroy
+    attestations)."""
     gov = state(ctx).governance()
     keys = {code: gov.cell(code).signer.verifier_key() for code in gov.jurisdictions}
     partner, custodian = gov.partner.vkey(), gov.custodian_key.vkey()
@@ -319,9 +321,11 @@ def receipt_verify(
     ] = None,
     json_out: JsonFlag = False,
 ) -> None:
-    """Check a deletion receipt with public keys only: signature, head, inclusion proof,
-    that the forget's audit entry commits to its subject and time (version 2 and 3), and
-    with --custodian that the custodian attests the key's destroy (version 3)."""
+    """Check a deletion receipt with public keys only.
+
+    Its signature, head and inclusion proof; that the forget's audit entry commits to
+    its subject and time (version 2 and 3); and with --custodian that the custodian
+    attests the key's destroy (version 3)."""
     body = verify_receipt(read_given(receipt), key, cosigner, custodian)
     binds = body["v"] >= 2
     attested = custodian is not None  # verify_receipt refused a receipt it does not attest

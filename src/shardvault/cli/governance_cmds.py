@@ -228,8 +228,10 @@ def approval_ls(
     every: Annotated[bool, typer.Option("--all", help="Include decided and expired ones.")] = False,
     json_out: JsonFlag = False,
 ) -> None:
-    """List the pending approvals the acting principal may see (every one with --all):
-    all for the local administrator, else those it requested or is named to sign."""
+    """List the pending approvals the acting principal may see (every one with --all).
+
+    All of them for the local administrator, else those it requested or is named to
+    sign."""
     cli = state(ctx)
     found = cli.governance().visible_approvals(cli.request("approval"), decided=every)
     if json_out:
@@ -288,8 +290,9 @@ def approval_approve(
     signing_key: SigningKey = None,
     json_out: JsonFlag = False,
 ) -> None:
-    """Approve as the acting principal (--as/--token), who must be a named approver; sign
-    with your key (--signing-key), which the partner's custodian checks."""
+    """Approve as the acting principal (--as/--token), who must be a named approver.
+
+    Sign with your key (--signing-key), which the partner's custodian checks."""
     _sign(ctx, approval_id, "approve", signing_key, json_out)
 
 
@@ -314,8 +317,10 @@ def approval_keygen(
     ],
     json_out: JsonFlag = False,
 ) -> None:
-    """Make an approver's Ed25519 key pair: the private key to FILE (0600, never over an
-    existing file), the public key, for the partner's table of approvers, on stdout."""
+    """Make an approver's Ed25519 key pair: the private key to FILE, the public one to stdout.
+
+    FILE is made 0600, never over an existing file; the public key is for the
+    partner's table of approvers."""
     public = public_key_text(write_signing_key(key_file).public_key())
     try:
         _show_public_key(key_file, public, json_out)

@@ -34,6 +34,7 @@ from shardvault.audit.entry import PSEUDONYM_PREFIX, canonical_json, format_time
 from shardvault.audit.log import AuditLog
 from shardvault.config import Config, load
 from shardvault.errors import AccessDenied, ApprovalRequired, Conflict, NotFound
+from shardvault.governance.approval_signatures import sign_verdict
 from shardvault.governance.approvals import Approval
 from shardvault.keys.hierarchy import new_key_id
 from shardvault.keys.port import KeyOperation, KeyScope
@@ -448,8 +449,9 @@ def test_a_write_approved_before_registration_covers_none_in_the_home(
 ) -> None:
     # not a defect, checked on review: a write asked while the id was registered nowhere
     # is decided in the tenant's first cell and its approval covers only that cell; once
-    # the id is homed in SG the approval keeps only pseudonyms, and met it lets no write
-    # through; the write's approval is asked again in SG, and met there, it is used
+    # the id is homed in SG the approval keeps only pseudonyms, cannot be signed, and
+    # lets no write through; the write's approval is asked again in SG, and met there, it
+    # is used
     subject, key = "zed-4f2a9c", "chat/zed-private-71d3.log"
     ref = ObjectRef("intl", subject, key)
     with pytest.raises(ApprovalRequired) as caught:
@@ -459,7 +461,8 @@ def test_a_write_approved_before_registration_covers_none_in_the_home(
     assert register_approved(reviewed, subject, "SG").startswith("apr-sg-")
     us = cell_approvals(config_path, "US")
     assert subject.encode() not in us and key.encode() not in us
-    approve(reviewed.governance, early)
+    with pytest.raises(AccessDenied, match="can no longer be signed"):
+        approve(reviewed.governance, early)
     with pytest.raises(AccessDenied, match="approval:mismatch"):
         reviewed.put(ref, b"early", ctx=local_context("write", approval_id=early))
     with pytest.raises(ApprovalRequired) as caught:
@@ -688,3 +691,64 @@ def test_an_approver_is_not_shown_another_tenants_approvals(court: Vault) -> Non
     assert {a.id for a in admin} == {theirs, ours}
     assert not any(e.details.get("approval_id") == theirs and e.principal == "dpo"
                    for e in entries(court))  # fmt: skip
+
+
+def cell_files(config_path: Path, cell: str) -> bytes:
+    """Every byte of a cell's state: its approval book, audit log and catalog."""
+    root = config_path.parent / "state" / "cells" / cell
+    return b"".join(path.read_bytes() for path in sorted(root.rglob("*")) if path.is_file())
+
+
+def test_an_approval_left_outside_the_subjects_home_can_no_longer_be_signed(
+    court: Vault, config_path: Path
+) -> None:
+    # asked while the id was registered nowhere, in the first cell that needed one, and
+    # left there with pseudonyms once the id was homed in another cell: it covers no
+    # request of theirs, yet `approval ls` showed it pending, and the approvers signed,
+    # until met, a statement naming a pseudonym they could not know the user of
+    subject, key = "zed-4f2a9c", "chat/zed-private-71d3.log"
+    with pytest.raises(ApprovalRequired) as caught:
+        court.get(ObjectRef("intl", subject, key), ctx=as_(US_COURT, "lawful-request"))
+    left = caught.value.approval_id
+    assert left is not None and left.startswith("apr-us-")
+    court.register_subject("intl", subject, "EU")
+    admin = local_context("approval")
+    assert left not in [a.id for a in court.governance.visible_approvals(admin)]
+    shown = court.governance.visible_approvals(as_(US_COURT, "approval"), decided=True)
+    assert [a.status for a in shown if a.id == left] == ["homed-elsewhere"]
+    for verdict in ("approve", "deny"):
+        with pytest.raises(AccessDenied) as refused:
+            sign(court, left, "dpo", verdict)
+        assert refused.value.rule == "approval:homed-elsewhere"
+        said = str(refused.value)
+        assert "no longer be signed" in said and "ask" in said and "EU" not in said
+    assert court.governance.approvals.get(left).signatures == ()
+    audited = [e for e in entries(court) if e.details.get("approval_id") == left]
+    assert [(e.principal, e.decision, e.rule) for e in audited if e.principal == "dpo"] == [
+        ("dpo", "deny", "approval:homed-elsewhere"),
+    ] * 2
+    assert {e.resource for e in audited if e.principal == "dpo"} == {"intl"}
+    assert not (config_path.parent / "partner" / "verdicts.sqlite").exists()  # none delivered
+    us = cell_files(config_path, "US")
+    assert subject.encode() not in us and key.encode() not in us
+
+
+def test_the_custodian_counts_no_approval_left_outside_the_subjects_home(court: Vault) -> None:
+    # operator code of its own can book the approvers' signatures on such an approval
+    # (of its pseudonyms, which is all it holds): the gate took it as met
+    with pytest.raises(ApprovalRequired) as caught:
+        court.get(ObjectRef("intl", "zed-4f2a9c", "k"), ctx=as_(US_COURT, "lawful-request"))
+    left = caught.value.approval_id
+    assert left is not None
+    court.register_subject("intl", "zed-4f2a9c", "EU")
+    book = court.governance.approvals
+    for who in APPROVERS:
+        signature = sign_verdict(signing_key(court.governance, who), book.get(left), who, "approve")
+        book.sign(left, Principal(who, "intl", APPROVERS[who], "US"), "approve", signature)
+    record = court.governance.partner_verdicts.path  # holding no denial: the partner's own
+    record.write_bytes(b"")
+    record.chmod(0o600)
+    gate = court.governance.custodian_gate()
+    why = Justification("us-doj", "lawful-request", "r1", "US", left)
+    with pytest.raises(AccessDenied, match=r"custodian:approval.*homed-elsewhere"):
+        gate(KeyOperation.UNWRAP, KeyScope("intl", "US"), new_key_id(), why)

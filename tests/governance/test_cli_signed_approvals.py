@@ -229,3 +229,26 @@ def test_a_request_a_veto_binds_is_one_line_exit_1_naming_the_denial_and_its_lap
     assert {a["id"] for a in cli.json("approval", "ls", "--all")} == asked  # none opened
     cli.ok("subject", "add", "intl", "bob", "-j", "US")
     assert "--approval apr-us-" in cli.fails(1, "forget", "intl", "bob")  # bob's: asked
+
+
+def test_an_approval_left_outside_the_subjects_home_is_shown_so_and_not_signed(
+    cli: Cli,
+) -> None:
+    """Asked while bob was registered nowhere (in US, the first cell that needs one), left
+    there with pseudonyms once bob is homed in EU: `approval ls` showed it pending, and
+    `approval approve` signed it, exit 0, up to met, though it covers nothing of his."""
+    token = tokens(cli, "dpo")
+    left = cli.fails(1, "forget", "intl", "bob").rsplit("--approval ", 1)[1]
+    assert left.startswith("apr-us-")
+    cli.ok("subject", "add", "intl", "bob", "-j", "EU")
+    assert left not in {a["id"] for a in cli.json("--token", token["dpo"], "approval", "ls")}
+    assert left.encode() not in cli.ok("approval", "ls")
+    (shown,) = [a for a in cli.json("approval", "ls", "--all") if a["id"] == left]
+    assert (shown["status"], shown["signatures"]) == ("homed-elsewhere", [])
+    assert str(shown["subject"]).startswith("hmac-sha256:")
+    said = cli.fails(1, "--token", token["dpo"], "approval", "approve", left, "--signing-key",
+                     key_of(cli, "dpo"))  # fmt: skip
+    assert said.startswith(f"error: approval {left} can no longer be signed")
+    assert "EU" not in said and "bob" not in said
+    assert audited_rules(cli, left)[-1] == "approval:homed-elsewhere"
+    assert verdicts(cli, left) == []

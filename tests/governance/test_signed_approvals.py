@@ -306,12 +306,15 @@ CREATE TABLE signatures (
 
 def book_of_schema_1(state: Path, stamp: int = 1) -> Path:
     """A cell's approval book as a shardvault before signatures wrote it: one approval,
-    one verdict (no signature column)."""
+    one verdict (no signature column); with ``stamp`` 2, as one before approvals could
+    be homed elsewhere wrote it (a signature column, no ``homed_elsewhere_at``)."""
     path = state / "cells" / "US" / "approvals.sqlite"
     path.parent.mkdir(parents=True)
     now = time.time()
     with closing(sqlite3.connect(path)) as db, db:
         db.executescript(SCHEMA_1)
+        if stamp == 2:
+            db.execute("ALTER TABLE signatures ADD COLUMN signature BLOB")
         db.execute(f"PRAGMA user_version={stamp}")
         db.execute(
             "INSERT INTO approvals VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -319,7 +322,9 @@ def book_of_schema_1(state: Path, stamp: int = 1) -> Path:
              now, now + 3600, 2, '["dpo", "partner-officer"]'),
         )  # fmt: skip
         db.execute(
-            "INSERT INTO signatures VALUES (?, 'partner-officer', 'approve', ?)", (APPROVAL.id, now)
+            "INSERT INTO signatures (approval, approver, verdict, at)"
+            " VALUES (?, 'partner-officer', 'approve', ?)",
+            (APPROVAL.id, now),
         )
     return path
 
@@ -329,7 +334,7 @@ def user_version(path: Path) -> int:
         return int(db.execute("PRAGMA user_version").fetchone()[0])
 
 
-@pytest.mark.parametrize("stamp", [0, 1], ids=["before-stamps", "schema-1"])
+@pytest.mark.parametrize("stamp", [0, 1, 2], ids=["before-stamps", "schema-1", "schema-2"])
 def test_a_book_from_before_signatures_opens_and_takes_signed_verdicts(
     tmp_path: Path, stamp: int
 ) -> None:
@@ -343,9 +348,10 @@ def test_a_book_from_before_signatures_opens_and_takes_signed_verdicts(
         signature = sign_verdict(KEY, old, "dpo", "approve")
         now = book.sign(APPROVAL.id, DPO, "approve", signature)
         assert now.status == "approved" and now.signature_of("dpo") == signature
+        assert now.homed_elsewhere_at is None
     finally:
         book.close()
-    assert user_version(path) == 2
+    assert user_version(path) == 3
     again = ApprovalBook(tmp_path, ["US"])  # migrated once: opened again as it is
     try:
         assert again.get(APPROVAL.id).signed == (("dpo", signature),)
@@ -354,10 +360,10 @@ def test_a_book_from_before_signatures_opens_and_takes_signed_verdicts(
 
 
 def test_a_book_of_a_newer_schema_is_refused(tmp_path: Path) -> None:
-    book_of_schema_1(tmp_path, stamp=3)
+    book_of_schema_1(tmp_path, stamp=4)
     book = ApprovalBook(tmp_path, ["US"])
     try:
-        with pytest.raises(NewerFormat, match=r"schema version 3; .*upgrade shardvault"):
+        with pytest.raises(NewerFormat, match=r"schema version 4; .*upgrade shardvault"):
             book.get(APPROVAL.id)
     finally:
         book.close()

@@ -14,7 +14,10 @@ Approvals live in the home cell of the subject
 personal data and stays in its jurisdiction. One asked for an id registered
 nowhere lives in the first cell where the request needs one, and covers only
 requests in that cell; once the id is registered in another cell it keeps only
-its pseudonyms there (`Governance.subject_homed`), as after a forget. A
+its pseudonyms there (`Governance.subject_homed`), as after a forget, and is
+marked homed elsewhere: it covers no request of theirs, so it can no longer be
+signed, is not pending, and a request that brings it is told to ask in the
+subject's home (without naming that cell). A
 registration of an id that has a home is decided there, whatever cell it asks
 for (`Vault.register_subject`). The approval id carries the cell
 (``apr-us-<16 hex>``) so it can be found without a global index.
@@ -46,14 +49,17 @@ from shardvault.sqlite_schema import stamp_schema
 _ID = re.compile(r"apr-([a-z]{2,8})-([0-9a-f]{16})")
 
 PENDING, APPROVED, DENIED, EXPIRED = "pending", "approved", "denied", "expired"
-SCHEMA_VERSION = 2  # PRAGMA user_version of approvals.sqlite (docs/formats.md)
+HOMED_ELSEWHERE = "homed-elsewhere"
+"""Asked in a cell while its subject was registered nowhere, that subject since homed in
+another: it covers no request of theirs (an approval covers only its own cell)."""
+SCHEMA_VERSION = 3  # PRAGMA user_version of approvals.sqlite (docs/formats.md)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS approvals (
     id TEXT PRIMARY KEY, requester TEXT NOT NULL, action TEXT NOT NULL, tenant TEXT NOT NULL,
     subject TEXT, key TEXT, purpose TEXT NOT NULL, request_id TEXT NOT NULL,
     created_at REAL NOT NULL, expires_at REAL NOT NULL, quorum INTEGER NOT NULL,
-    approvers TEXT NOT NULL
+    approvers TEXT NOT NULL, homed_elsewhere_at REAL
 );
 CREATE TABLE IF NOT EXISTS signatures (
     approval TEXT NOT NULL REFERENCES approvals(id), approver TEXT NOT NULL,
@@ -63,8 +69,9 @@ CREATE TABLE IF NOT EXISTS signatures (
 CREATE INDEX IF NOT EXISTS approvals_expiry ON approvals (expires_at);
 CREATE INDEX IF NOT EXISTS approvals_subject ON approvals (tenant, subject);
 """
-_PENDING = (  # as _status: unexpired, no denial, fewer approvals than the quorum
-    "SELECT id FROM approvals a WHERE expires_at > ? AND NOT EXISTS (SELECT 1 FROM signatures"
+_PENDING = (  # as _status: unexpired, not homed elsewhere, no denial, fewer approvals than k
+    "SELECT id FROM approvals a WHERE expires_at > ? AND homed_elsewhere_at IS NULL"
+    " AND NOT EXISTS (SELECT 1 FROM signatures"
     " WHERE approval = a.id AND verdict = 'deny') AND (SELECT COUNT(*) FROM signatures"
     " WHERE approval = a.id AND verdict = 'approve') < quorum"
 )
@@ -95,6 +102,8 @@ class Approval:
     status: str = PENDING
     signed: tuple[tuple[str, bytes], ...] = ()
     """Each approver's Ed25519 signature of their verdict's statement, where one was given."""
+    homed_elsewhere_at: float | None = None
+    """When its subject, registered nowhere when it was asked, was homed in another cell."""
 
     @property
     def approvals(self) -> int:
@@ -149,25 +158,38 @@ def _booked_action(action: str, key: str | None) -> str:
 def _status(approval: Approval, now: float) -> str:
     if any(verdict == "deny" for _, verdict, _ in approval.signatures):
         return DENIED
+    if approval.homed_elsewhere_at is not None:
+        return HOMED_ELSEWHERE
     if now >= approval.expires_at:
         return EXPIRED
     return APPROVED if approval.approvals >= approval.quorum else PENDING
 
 
-def _add_signature_column(db: sqlite3.Connection) -> None:
-    """Schema 1 → 2: verdicts gain their signature (NULL for the ones signed before).
+def _homed_elsewhere(approval: Approval) -> str:
+    """Why ``approval`` covers nothing: naming its own cell, never the subject's home."""
+    return (
+        f"it was asked in {approval.jurisdiction} while its subject was registered nowhere, "
+        "and their home is another cell now, which alone decides their requests; ask there: "
+        "run the request again without --approval"
+    )
+
+
+def _add_column(db: sqlite3.Connection, table: str, column: str) -> None:
+    """A column a book from before lacks, added NULL in every row: schema 1 → 2, verdicts
+    gain their ``signature BLOB``; 2 → 3, approvals their ``homed_elsewhere_at REAL``.
     Checked by the column itself, under the write lock, so that a process killed
     after the stamp, or two processes opening the book at once, migrate it once."""
+    name = column.split()[0]
 
     def missing() -> bool:
-        return "signature" not in {row[1] for row in db.execute("PRAGMA table_info(signatures)")}
+        return name not in {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
 
     if not missing():  # every open but the first of a book from before: no write
         return
     db.execute("BEGIN IMMEDIATE")
     try:
         if missing():
-            db.execute("ALTER TABLE signatures ADD COLUMN signature BLOB")
+            db.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
         db.execute("COMMIT")
     except BaseException:
         db.execute("ROLLBACK")
@@ -200,7 +222,8 @@ class ApprovalBook:
                 db.execute("PRAGMA secure_delete=ON")  # a forgotten subject's id is overwritten
                 stamp_schema(db, SCHEMA_VERSION, f"approvals of cell {jurisdiction}")
                 db.executescript(_SCHEMA)
-                _add_signature_column(db)
+                _add_column(db, "signatures", "signature BLOB")
+                _add_column(db, "approvals", "homed_elsewhere_at REAL")
             except sqlite3.Error as exc:
                 raise Unavailable(f"approvals of cell {jurisdiction}: {exc}") from exc
             self._dbs[jurisdiction] = db
@@ -225,7 +248,9 @@ class ApprovalBook:
             db = self._db(approval.jurisdiction)
             try:
                 db.execute(
-                    "INSERT INTO approvals VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO approvals (id, requester, action, tenant, subject, key, purpose,"
+                    " request_id, created_at, expires_at, quorum, approvers)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         approval.id,
                         approval.requester,
@@ -276,6 +301,7 @@ class ApprovalBook:
             approvers=tuple(json.loads(row[11])),
             signatures=tuple((a, v, t) for a, v, t, _ in signatures),
             signed=tuple((a, bytes(sig)) for a, _, _, sig in signatures if sig is not None),
+            homed_elsewhere_at=row[12],
         )
         return replace(approval, status=_status(approval, self._clock()))
 
@@ -326,12 +352,16 @@ class ApprovalBook:
         pseudonym: Callable[[str, str], str],
         *,
         erase_always: bool = True,
+        homed_elsewhere: bool = False,
     ) -> int:
         """Replace a forgotten subject's id and object keys in its approvals by their audit
         pseudonyms: the approvals stay as evidence (they match the log's entries), the
         names go. Returns how many approvals changed (none in a cell that never had one).
+        With ``homed_elsewhere`` (the subject's home is another cell) they are marked so,
+        in the same transaction: they cover no request of theirs now (`HOMED_ELSEWHERE`).
         The WAL is then truncated, unless none changed and not ``erase_always`` (a forget
         run again erases what a run killed before its truncation left)."""
+        homed_at = self._clock() if homed_elsewhere else None
         with self._lock:
             if jurisdiction not in self._dbs and not self._path(jurisdiction).exists():
                 return 0
@@ -345,10 +375,12 @@ class ApprovalBook:
                     ).fetchall()
                     for ident, key in rows:
                         db.execute(
-                            "UPDATE approvals SET subject = ?, key = ? WHERE id = ?",
+                            "UPDATE approvals SET subject = ?, key = ?,"
+                            " homed_elsewhere_at = coalesce(homed_elsewhere_at, ?) WHERE id = ?",
                             (
                                 pseudonym("subject", subject),
                                 pseudonym("key", key) if key is not None else None,
+                                homed_at,
                                 ident,
                             ),
                         )
@@ -363,8 +395,9 @@ class ApprovalBook:
         return len(rows)
 
     def check_signer(self, approval: Approval, approver: Principal) -> None:
-        """Whether ``approver`` may sign now; `AccessDenied` naming the reason otherwise."""
-        if approval.status != PENDING:
+        """Whether ``approver`` may sign now; `AccessDenied` naming the reason otherwise.
+        That the subject of an approval was homed elsewhere is said only to its approvers."""
+        if approval.status not in (PENDING, HOMED_ELSEWHERE):
             raise AccessDenied(
                 f"approval {approval.id} is {approval.status}; it can no longer be signed",
                 rule=f"approval:{approval.status}",
@@ -381,6 +414,11 @@ class ApprovalBook:
             raise AccessDenied(
                 f"{approver.id} belongs to tenant {approver.tenant}, not {approval.tenant}",
                 rule="approval:cross-tenant",
+            )
+        if approval.status == HOMED_ELSEWHERE:
+            raise AccessDenied(
+                f"approval {approval.id} can no longer be signed: {_homed_elsewhere(approval)}",
+                rule=f"approval:{HOMED_ELSEWHERE}",
             )
         if any(who == approver.id for who, _, _ in approval.signatures):
             raise AccessDenied(f"{approver.id} already signed {approval.id}", rule="approval:twice")
@@ -445,6 +483,7 @@ __all__ = [
     "APPROVED",
     "DENIED",
     "EXPIRED",
+    "HOMED_ELSEWHERE",
     "PENDING",
     "Approval",
     "ApprovalBook",

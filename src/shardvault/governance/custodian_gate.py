@@ -34,7 +34,13 @@ from __future__ import annotations
 from shardvault import custodian_policy as cp
 from shardvault.errors import AccessDenied, ShardvaultError
 from shardvault.governance.approval_signatures import counted_verdicts
-from shardvault.governance.approvals import DENIED, EXPIRED, Approval, ApprovalBook
+from shardvault.governance.approvals import (
+    DENIED,
+    EXPIRED,
+    HOMED_ELSEWHERE,
+    Approval,
+    ApprovalBook,
+)
 from shardvault.governance.partner_verdicts import PartnerVerdicts, VetoedRequest
 from shardvault.governance.seen import SeenRecorder
 from shardvault.keys.port import KeyOperation, KeyScope
@@ -69,10 +75,10 @@ def _refuse_an_unapproved_destroy(operation: KeyOperation) -> None:
 def _matches(
     approval: Approval, operation: KeyOperation, scope: KeyScope, why: Justification
 ) -> bool:
-    """For this request, and neither expired nor vetoed in the book (a refusal the
-    operator records is one the partner honours: refusing is always safe)."""
+    """For this request, and neither expired, vetoed nor homed elsewhere in the book (a
+    refusal the operator records is one the partner honours: refusing is always safe)."""
     return (
-        approval.status not in (DENIED, EXPIRED)
+        approval.status not in (DENIED, EXPIRED, HOMED_ELSEWHERE)
         and approval.requester == why.principal
         and approval.purpose == why.purpose
         and approval.tenant == scope.tenant

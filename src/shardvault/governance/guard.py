@@ -258,8 +258,9 @@ class Governance:
         for cell, audit in self.cells.items():
             if cell != home:
                 self.approvals.forget_subject(
-                    cell, tenant, subject, audit.hasher.pseudonym, erase_always=False
-                )
+                    cell, tenant, subject, audit.hasher.pseudonym, erase_always=False,
+                    homed_elsewhere=True,
+                )  # fmt: skip
 
     def release_logs(self) -> None:
         """Close every cell's audit log; the next use reopens it (and so recovers a log

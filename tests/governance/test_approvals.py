@@ -306,12 +306,12 @@ def test_an_approval_covers_only_the_cell_it_was_asked_in(court: Vault) -> None:
     assert sign(court, approval, "partner-officer") == "approved"
     court.register_subject("intl", "bob", "EU")
     retry = RequestContext(ctx.principal, ctx.purpose, new_request_id(), approval_id=approval)
-    with pytest.raises(AccessDenied, match="approval:mismatch"):
+    with pytest.raises(AccessDenied, match="approval:homed-elsewhere"):
         court.forget("intl", "bob", retry)
     [refusal] = [e for e in entries(court, "EU") if e.request_id == retry.request_id]
     assert (refusal.decision, refusal.rule, refusal.details["stage"]) == (
         "deny",
-        "approval:mismatch",
+        "approval:homed-elsewhere",
         "policy",
     )
     # and a forget in bob's home cell takes his name out of the other cell's approval
@@ -463,7 +463,7 @@ def test_a_write_approved_before_registration_covers_none_in_the_home(
     assert subject.encode() not in us and key.encode() not in us
     with pytest.raises(AccessDenied, match="can no longer be signed"):
         approve(reviewed.governance, early)
-    with pytest.raises(AccessDenied, match="approval:mismatch"):
+    with pytest.raises(AccessDenied, match="approval:homed-elsewhere"):
         reviewed.put(ref, b"early", ctx=local_context("write", approval_id=early))
     with pytest.raises(ApprovalRequired) as caught:
         reviewed.put(ref, b"later", ctx=local_context("write"))
@@ -752,3 +752,35 @@ def test_the_custodian_counts_no_approval_left_outside_the_subjects_home(court: 
     why = Justification("us-doj", "lawful-request", "r1", "US", left)
     with pytest.raises(AccessDenied, match=r"custodian:approval.*homed-elsewhere"):
         gate(KeyOperation.UNWRAP, KeyScope("intl", "US"), new_key_id(), why)
+
+
+def test_an_approval_left_outside_the_subjects_home_says_so_when_used(court: Vault) -> None:
+    # met while bob was registered nowhere, then bob homed in EU: used, it was refused as
+    # "does not cover this request" (approval:mismatch), which told its requester
+    # nothing of why, nor that asking again, in bob's home, was the way
+    ctx = local_context("forget-subject")
+    with pytest.raises(ApprovalRequired) as caught:
+        court.forget("intl", "bob", ctx)
+    left = caught.value.approval_id
+    assert left is not None and left.startswith("apr-us-")
+    assert sign(court, left, "dpo") == "pending"
+    assert sign(court, left, "partner-officer") == "approved"
+    court.register_subject("intl", "bob", "EU")
+    retry = replace(ctx, request_id=new_request_id(), approval_id=left)
+    with pytest.raises(AccessDenied) as refused:
+        court.forget("intl", "bob", retry)
+    said = str(refused.value)
+    assert refused.value.rule == "approval:homed-elsewhere"
+    assert said.startswith(
+        f"forget refused (approval:homed-elsewhere): approval {left} covers nothing now: it "
+        "was asked in US while its subject was registered nowhere, and their home is another "
+        "cell, which alone decides their requests; ask there: "
+    )
+    assert "without --approval" in said and "EU" not in said
+    [audited] = entries_of(court, retry, "EU")
+    assert (audited.decision, audited.rule, audited.details["approval_id"]) == (
+        "deny", "approval:homed-elsewhere", left,
+    )  # fmt: skip
+    with pytest.raises(AccessDenied, match="approval:mismatch"):  # not this request's
+        court.get(ObjectRef("intl", "bob", "k"), ctx=local_context("read", approval_id=left))
+    forget_approved(court, "intl", "bob")  # asked again, in his home

@@ -252,3 +252,18 @@ def test_an_approval_left_outside_the_subjects_home_is_shown_so_and_not_signed(
     assert "EU" not in said and "bob" not in said
     assert audited_rules(cli, left)[-1] == "approval:homed-elsewhere"
     assert verdicts(cli, left) == []
+
+
+def test_an_approval_left_outside_the_subjects_home_used_says_to_ask_there(cli: Cli) -> None:
+    """Met while bob was registered nowhere, used once he is homed in EU: one line, exit
+    1, that says why and what to do, naming no cell of his."""
+    token = tokens(cli, "dpo", "partner-officer")
+    left = cli.fails(1, "forget", "intl", "bob").rsplit("--approval ", 1)[1]
+    for who in ("dpo", "partner-officer"):
+        cli.ok("--token", token[who], "approval", "approve", left, "--signing-key",
+               key_of(cli, who))  # fmt: skip
+    cli.ok("subject", "add", "intl", "bob", "-j", "EU")
+    said = cli.fails(1, "--approval", left, "forget", "intl", "bob")
+    assert said.startswith(f"error: forget refused (approval:homed-elsewhere): approval {left}")
+    assert said.endswith("run the request again without --approval") and "EU" not in said
+    assert "--approval apr-eu-" in cli.fails(1, "forget", "intl", "bob")  # asked there

@@ -165,11 +165,11 @@ def _status(approval: Approval, now: float) -> str:
     return APPROVED if approval.approvals >= approval.quorum else PENDING
 
 
-def _homed_elsewhere(approval: Approval) -> str:
+def homed_elsewhere(approval: Approval) -> str:
     """Why ``approval`` covers nothing: naming its own cell, never the subject's home."""
     return (
         f"it was asked in {approval.jurisdiction} while its subject was registered nowhere, "
-        "and their home is another cell now, which alone decides their requests; ask there: "
+        "and their home is another cell, which alone decides their requests; ask there: "
         "run the request again without --approval"
     )
 
@@ -417,7 +417,7 @@ class ApprovalBook:
             )
         if approval.status == HOMED_ELSEWHERE:
             raise AccessDenied(
-                f"approval {approval.id} can no longer be signed: {_homed_elsewhere(approval)}",
+                f"approval {approval.id} can no longer be signed: {homed_elsewhere(approval)}",
                 rule=f"approval:{HOMED_ELSEWHERE}",
             )
         if any(who == approver.id for who, _, _ in approval.signatures):
@@ -488,4 +488,5 @@ __all__ = [
     "Approval",
     "ApprovalBook",
     "approval_cell",
+    "homed_elsewhere",
 ]

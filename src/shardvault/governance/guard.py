@@ -45,7 +45,13 @@ from shardvault.errors import (
     InvalidInput,
 )
 from shardvault.governance.approval_signatures import sign_verdict
-from shardvault.governance.approvals import Approval, ApprovalBook, approval_cell
+from shardvault.governance.approvals import (
+    HOMED_ELSEWHERE,
+    Approval,
+    ApprovalBook,
+    approval_cell,
+    homed_elsewhere,
+)
 from shardvault.governance.attestations import CustodianKey
 from shardvault.governance.custodian_gate import custodian_gate
 from shardvault.governance.heads import CellAudit, PartnerWitness, publish_head
@@ -455,7 +461,9 @@ class Governance:
     ) -> Approval:
         """`ApprovalBook.check_use` for this request: by the subject's and key's names, or
         by their pseudonyms, which is all a forget leaves in its approvals (so a retry of
-        an interrupted forget, say, still gets its answer)."""
+        an interrupted forget, say, still gets its answer). One that covers it not, but
+        would in the cell it was asked in, left there as the subject was homed here, is
+        refused saying so (`_left_outside_home`)."""
         names = [(resource.subject, resource.key)]
         if resource.subject is not None:
             pseudonym = self.cell(resource.jurisdiction).hasher.pseudonym
@@ -474,7 +482,37 @@ class Governance:
                     raise
                 mismatch = exc
         assert mismatch is not None
-        raise mismatch
+        raise self._left_outside_home(approval_id, ctx, action, principal, resource) or mismatch
+
+    def _left_outside_home(
+        self,
+        approval_id: str,
+        ctx: RequestContext,
+        action: Action,
+        principal: Principal,
+        resource: Resource,
+    ) -> AccessDenied | None:
+        """The refusal of an approval asked for exactly this request in another cell, while
+        the subject was registered nowhere, and marked homed elsewhere since (it keeps the
+        pseudonyms of that cell's log): it tells the requester to ask in the home, which
+        decides this request, without naming it. None for any other approval, which is
+        told only that it does not cover the request. Read only after that refusal."""
+        cell = approval_cell(approval_id)
+        if cell == resource.jurisdiction or resource.subject is None or cell not in self.cells:
+            return None
+        approval = self.approvals.get(approval_id)
+        pseudonym = self.cells[cell].hasher.pseudonym
+        key = pseudonym("key", resource.key) if resource.key is not None else None
+        asked_there = approval.covers(
+            principal.id, str(action), resource.tenant, cell,
+            pseudonym("subject", resource.subject), key, ctx.purpose,
+        )  # fmt: skip
+        if approval.homed_elsewhere_at is None or not asked_there:
+            return None
+        return AccessDenied(
+            f"approval {approval_id} covers nothing now: {homed_elsewhere(approval)}",
+            rule=f"approval:{HOMED_ELSEWHERE}",
+        )
 
     def _resolve_audited(
         self, ctx: RequestContext, action: Action, resource: Resource

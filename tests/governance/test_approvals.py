@@ -652,7 +652,9 @@ def test_an_approval_booked_as_the_id_is_homed_elsewhere_does_not_name_it(
 ) -> None:
     # a registration takes its id out of other cells' approvals before its cell's row; an
     # approval asked while the id was registered nowhere, but booked just after that
-    # (another process's request, in the window), kept the id in clear outside its home
+    # (another process's request, in the window), kept the id in clear outside its home;
+    # then, marked homed elsewhere at once, its requester was still told it was pending,
+    # to be signed by the approvers, who could no longer sign it
     subject, key = "zed-4f2a9c", "chat/zed-private-71d3.log"
     policy = config_path.parent / "policy.toml"
     policy.write_text(policy.read_text() + SERVICE_WRITES_REVIEWED)
@@ -661,19 +663,27 @@ def test_an_approval_booked_as_the_id_is_homed_elsewhere_does_not_name_it(
         register(vault, SERVICE, US_COURT)
         asked_in = "US" if asked_by == "court-read" else "EU"
         clock.arm(vault.governance.cell(asked_in).log)
-        with pytest.raises(ApprovalRequired) as caught:
-            if asked_by == "court-read":
-                vault.get(ObjectRef("intl", subject, key), ctx=as_(US_COURT, "lawful-request"))
-            else:
-                vault.register_subject("intl", subject, "EU", as_(SERVICE, "serve-user"))
+        if asked_by == "court-read":
+            ctx = as_(US_COURT, "lawful-request")
+            asking = lambda: vault.get(ObjectRef("intl", subject, key), ctx=ctx)  # noqa: E731
+        else:
+            ctx = as_(SERVICE, "serve-user")
+            asking = lambda: vault.register_subject("intl", subject, "EU", ctx)  # noqa: E731
+        with pytest.raises(AccessDenied) as refused:
+            asking()
         assert clock.log is None  # the registration landed in the window
         assert vault.subject("intl", subject).jurisdiction == "SG"
-        approval = caught.value.approval_id
-        assert approval is not None and approval.startswith(f"apr-{asked_in.lower()}-")
+        [left] = vault.governance.approvals.all(asked_in)
+        assert left.id.startswith(f"apr-{asked_in.lower()}-") and left.status == "homed-elsewhere"
         raw = cell_approvals(config_path, asked_in)
         assert subject.encode() not in raw and key.encode() not in raw
-        [left] = [a for a in vault.governance.approvals.all(asked_in) if a.id == approval]
         assert left.subject == vault.governance.cell(asked_in).hasher.pseudonym("subject", subject)
+        said = str(refused.value)
+        assert refused.value.rule == "approval:homed-elsewhere"
+        assert f"approval {left.id} covers nothing now" in said and "SG" not in said
+        assert [(e.result, e.rule, e.resource) for e in entries_of(vault, ctx, asked_in)][1:] == [
+            ("refused", "approval:homed-elsewhere", "intl"),
+        ]
 
 
 def test_an_approver_is_not_shown_another_tenants_approvals(court: Vault) -> None:

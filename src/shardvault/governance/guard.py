@@ -268,6 +268,33 @@ class Governance:
                     homed_elsewhere=True,
                 )  # fmt: skip
 
+    def refuse_if_homed_elsewhere(
+        self, ctx: RequestContext, action: Action, asked: ApprovalRequired
+    ) -> None:
+        """After ``asked`` sent a request for an id registered nowhere for approval: if its
+        approval was marked homed elsewhere as it was booked (`subject_homed`, the id homed
+        in another cell meanwhile), refuse the request saying so, audited in that cell at
+        the tenant, rather than tell its requester to have an approval signed that can no
+        longer be."""
+        if asked.approval_id is None:
+            return
+        approval = self.approvals.get(asked.approval_id)
+        if approval.homed_elsewhere_at is None:
+            return
+        resource = _approval_resource(approval)
+        principal = self.resolve(ctx, approval.tenant, approval.jurisdiction)
+        rule = f"approval:{HOMED_ELSEWHERE}"
+        self._audit(
+            resource, **_request_fields(ctx, action), decision="deny", rule=rule,
+            result="refused", details=_details(principal, resource, "policy",
+                                               approval_id=approval.id),
+        ).wait()  # fmt: skip
+        raise AccessDenied(
+            f"{action} refused ({rule}): approval {approval.id} covers nothing now: "
+            f"{homed_elsewhere(approval)}",
+            rule=rule,
+        ) from None
+
     def release_logs(self) -> None:
         """Close every cell's audit log; the next use reopens it (and so recovers a log
         this process found broken)."""

@@ -297,22 +297,27 @@ class Vault:
                     raise Conflict(f"subject {subject} of tenant {tenant} is already registered")
             if home == jurisdiction:
                 return access
-        with self._homed_meanwhile(tenant, subject):
+        with self._homed_meanwhile(ctx, Action.REGISTER, tenant, subject):
             return self.governance.authorize(ctx, Action.REGISTER, tenant, jurisdiction, subject)
 
     @contextlib.contextmanager
-    def _homed_meanwhile(self, tenant: str, subject: str) -> Iterator[None]:
+    def _homed_meanwhile(
+        self, ctx: RequestContext, action: Action, tenant: str, subject: str
+    ) -> Iterator[None]:
         """Around a decision for an id the directory had no home for: an approval it asks
         is booked outside the home a registration may have given the id meanwhile, after
         that registration took the id out of other cells' approvals, so the directory is
         read again once it is booked (`Governance.subject_homed`). Either this read sees
-        the home, or that registration's pass comes after the booking and sees it."""
+        the home, or that registration's pass comes after the booking and sees it. If
+        this read marked the approval homed elsewhere, its requester is refused saying
+        so, not told to have it signed (`Governance.refuse_if_homed_elsewhere`)."""
         try:
             yield
-        except ApprovalRequired:
+        except ApprovalRequired as asked:
             home = self.directory.home(tenant, subject)
             if home is not None:
                 self.governance.subject_homed(home, tenant, subject)
+                self.governance.refuse_if_homed_elsewhere(ctx, action, asked)
             raise
 
     def _refuse_if_forgotten(self, tenant: str, subject: str) -> None:
@@ -362,7 +367,7 @@ class Vault:
         home = self.directory.home(tenant, subject)
         if home is None and ctx is not None:
             where = list(spec.jurisdictions or self.config.jurisdictions)
-            with self._homed_meanwhile(tenant, subject):
+            with self._homed_meanwhile(ctx, action, tenant, subject):
                 self.governance.check_unregistered(ctx, action, tenant, where, subject, key)
         return _registered(home, tenant, subject)
 

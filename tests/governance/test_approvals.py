@@ -794,3 +794,6 @@ def test_an_approval_left_outside_the_subjects_home_says_so_when_used(court: Vau
     with pytest.raises(AccessDenied, match="approval:mismatch"):  # not this request's
         court.get(ObjectRef("intl", "bob", "k"), ctx=local_context("read", approval_id=left))
     forget_approved(court, "intl", "bob")  # asked again, in his home
+    assert court.governance.approvals.get(left).status == "homed-elsewhere"  # still
+    with pytest.raises(AccessDenied, match="can no longer be signed"):
+        sign(court, left, "dpo")

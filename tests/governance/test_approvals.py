@@ -244,8 +244,8 @@ def test_pending_approvals_are_found_without_reading_the_decided_ones(
     approved, denied, halfway, waiting = (pending(court) for _ in range(4))
     for who in ("dpo", "partner-officer"):
         sign(court, approved, who)
-    sign(court, denied, "dpo", "deny")
     sign(court, halfway, "dpo")
+    sign(court, denied, "dpo", "deny")  # last: its veto binds the others, the same request
     book = court.governance.approvals
     clock.now = book.get(expired).expires_at  # the first expires; the rest have an hour
     read = []

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import os
 import time
 from datetime import UTC, datetime
@@ -267,3 +268,41 @@ def test_an_approval_left_outside_the_subjects_home_used_says_to_ask_there(cli: 
     assert said.startswith(f"error: forget refused (approval:homed-elsewhere): approval {left}")
     assert said.endswith("run the request again without --approval") and "EU" not in said
     assert "--approval apr-eu-" in cli.fails(1, "forget", "intl", "bob")  # asked there
+
+
+def test_an_approval_a_veto_binds_shows_as_vetoed_and_takes_no_approve(cli: Cli) -> None:
+    """The gap: the forget asked before the denial of the same forget still listed as
+    pending, and took dpo's signed approve, which the custodian would never count."""
+    token = tokens(cli, "dpo", "partner-officer")
+    opened_before, denied = pending_forget(cli), pending_forget(cli)
+    cli.ok("--token", token["partner-officer"], "approval", "deny", denied,
+           "--signing-key", key_of(cli, "partner-officer"))  # fmt: skip
+    (shown,) = [a for a in cli.json("approval", "ls") if a["id"] == opened_before]
+    assert shown["status"] == "vetoed"
+    vetoed_by = shown["vetoed_by"]
+    assert (vetoed_by["approval"], vetoed_by["approver"]) == (denied, "partner-officer")
+    assert [a["vetoed_by"] for a in cli.json("approval", "ls", "--all") if a["id"] == denied] == [
+        None  # denied itself, and shown so
+    ]
+    table = cli.ok("approval", "ls").decode()
+    (row,) = [line for line in table.splitlines() if opened_before in line]
+    assert "vetoed" in row and "pending" not in row
+    said = cli.fails(1, "--token", token["dpo"], "approval", "approve", opened_before,
+                     "--signing-key", key_of(cli, "dpo"))  # fmt: skip
+    assert said == (
+        f"error: verdict on {opened_before} refused (approval:vetoed): approval {denied} for the "
+        "same request was denied by partner-officer (a signed denial the partner holds), a veto "
+        f"that stands until {vetoed_by['until']}"
+    )
+    assert verdicts(cli, opened_before) == []
+    assert "approval:vetoed" in audited_rules(cli, opened_before)
+    record = load(cli.config).base_dir / "partner" / "verdicts.sqlite"
+    kept = record.rename(record.with_suffix(".kept"))  # lost: listed as the book has it,
+    code, out, said = cli("approval", "ls", "--json")  # for the partner to look them over
+    assert code == 0 and said.startswith("warning: the partner's record of signed verdicts")
+    assert "an approval a signed denial binds shows as pending or approved" in said
+    assert [a["status"] for a in json.loads(out) if a["id"] == opened_before] == ["pending"]
+    kept.rename(record)
+    cli.ok("--token", token["dpo"], "approval", "deny", opened_before,
+           "--signing-key", key_of(cli, "dpo"))  # fmt: skip
+    assert [v["verdict"] for v in verdicts(cli, opened_before)] == ["deny"]

@@ -674,12 +674,18 @@ def test_a_denial_deleted_from_the_book_still_refuses_the_destroy(tmp_path: Path
         vault.put(REF, b"alice's note")
         approval = pending_forget(vault)
         governance = vault.governance
-        for who, verdict in (("partner-officer", "deny"), ("dpo", "approve")):
-            if who == "dpo":  # the veto's row gone, the approval reads as pending again
-                with closing(sqlite3.connect(book(config))) as db, db:
-                    db.execute("DELETE FROM signatures WHERE verdict = 'deny'")
-            ctx = RequestContext(who, "approval", new_request_id())
-            governance.sign_approval(approval, ctx, verdict, signing_key(governance, who))
+        ctx = RequestContext("partner-officer", "approval", new_request_id())
+        governance.sign_approval(approval, ctx, "deny", signing_key(governance, "partner-officer"))
+        with closing(sqlite3.connect(book(config))) as db, db:  # the veto's row gone
+            db.execute("DELETE FROM signatures WHERE verdict = 'deny'")
+        key = signing_key(governance, "dpo")
+        asked = RequestContext("dpo", "approval", new_request_id())
+        with pytest.raises(AccessDenied, match=r"\(approval:vetoed\)"):  # the partner's record
+            governance.sign_approval(approval, asked, "approve", key)
+        pending = governance.approvals.get(approval)  # so the operator's own code books it
+        signed = sign_verdict(key, pending, "dpo", "approve")
+        governance.approvals.sign(approval, governance.registry.get("dpo").principal, "approve",
+                                  signed)  # fmt: skip
         assert governance.approvals.get(approval).status == "approved"  # the operator's view
         assert_guard_refuses(vault, approval, "approval:vetoed")
         assert_custodian_refuses(config, vault, approval, "denied by partner-officer")

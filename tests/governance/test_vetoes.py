@@ -24,6 +24,7 @@ from governance_support import ensure_approvers, signing_key
 from shardvault.catalog.port import SubjectRecord
 from shardvault.config import Config, load
 from shardvault.errors import AccessDenied, ApprovalRequired, IntegrityError
+from shardvault.governance.approval_signatures import sign_verdict
 from shardvault.governance.partner_verdicts import VetoedRequest
 from shardvault.keys.port import KeyScope
 from shardvault.model import Justification, ObjectRef, RequestContext, new_request_id
@@ -119,7 +120,7 @@ def asked_behind_the_guard(
 ) -> str:
     """Operator code of its own writing a new approval for the denied one's request (or
     for one with the ``other`` fields) into its book, as the guard would not ask it, then
-    dpo's genuine signature on it."""
+    dpo's genuine signature on it, booked as the guard would not take it either."""
     book = vault.governance.approvals
     was = book.get(denied)
     now = was.created_at if now is None else now
@@ -128,7 +129,9 @@ def asked_behind_the_guard(
         expires_at=now + DAY, signatures=(), signed=(), **other,
     )  # fmt: skip
     book.create(again)
-    sign(vault, again.id, "dpo")
+    dpo = vault.governance.registry.get("dpo").principal
+    signature = sign_verdict(signing_key(vault.governance, "dpo"), again, "dpo", "approve")
+    book.sign(again.id, dpo, "approve", signature)
     assert book.get(again.id).status == "approved"  # met, by the operator's rule and signed
     return again.id
 
@@ -434,3 +437,54 @@ def test_a_lost_record_opens_no_approval(config: Config, vault: Vault) -> None:
     path.write_bytes(kept)
     path.chmod(0o600)
     asked_forget(vault)
+
+
+# signing an approval a veto binds -------------------------------------------------------------
+
+
+def lapse_text(at: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at))
+
+
+def test_an_approval_a_veto_binds_takes_no_approve_and_shows_as_vetoed(
+    vault: Vault, clock: Clock
+) -> None:
+    """The gap: an approval for the same request opened before the denial still took
+    dpo's signed approve, which the custodian would never count. Refused before anything
+    is signed or booked, audited as the guard's refusal is; a deny of it is still taken."""
+    opened_before = asked_forget(vault)
+    denied_at = clock.now
+    denied = vetoed_forget(vault)
+    governance = vault.governance
+    dpo = RequestContext("dpo", "approval", new_request_id())
+    with pytest.raises(AccessDenied) as no:
+        governance.sign_approval(opened_before, dpo, "approve", signing_key(governance, "dpo"))
+    assert str(no.value) == (
+        f"verdict on {opened_before} refused (approval:vetoed): approval {denied} for the same "
+        "request was denied by partner-officer (a signed denial the partner holds), a veto that "
+        f"stands until {lapse_text(denied_at + 30 * DAY)}"
+    )
+    assert governance.approvals.get(opened_before).signatures == ()
+    assert governance.partner_verdicts.denials(opened_before) == frozenset()
+    (entry,) = entries_of(vault, dpo)
+    assert (entry.decision, entry.rule, entry.result) == ("deny", "approval:vetoed", "refused")
+    assert (entry.details["approval_id"], entry.details["vetoed_by"]) == (opened_before, denied)
+    veto = governance.standing_veto_of(governance.approvals.get(opened_before))
+    assert veto is not None and (veto.approval, veto.approver) == (denied, "partner-officer")
+    assert governance.standing_veto_of(governance.approvals.get(denied)) is None  # denied itself
+    sign(vault, opened_before, "dpo", "deny")
+    assert governance.approvals.get(opened_before).status == "denied"
+    assert governance.standing_veto_of(governance.approvals.get(opened_before)) is None
+
+
+def test_a_book_row_for_a_vetoed_request_takes_no_approve(vault: Vault) -> None:
+    """Operator code that writes an approval for the vetoed request into its book gets no
+    approver's signature on it through the guard either."""
+    denied = vetoed_read(vault)
+    book = vault.governance.approvals
+    was = book.get(denied)
+    row = replace(was, id=book.new_id("US"), request_id=new_request_id(), signatures=(), signed=())
+    book.create(row)
+    with pytest.raises(AccessDenied, match=rf"refused \(approval:vetoed\): approval {denied} "):
+        sign(vault, row.id, "dpo")
+    assert book.get(row.id).status == "pending" and book.get(row.id).signatures == ()

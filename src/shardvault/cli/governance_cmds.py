@@ -10,12 +10,14 @@ from typing import Annotated
 import typer
 
 from shardvault.cli.given import path_named
-from shardvault.cli.output import OutputFailed, print_json, print_table, say, write_out
+from shardvault.cli.output import OutputFailed, print_json, print_table, say, warn, write_out
 from shardvault.cli.state import CliState, state
 from shardvault.custodian_policy import public_key_text
-from shardvault.errors import Refused
+from shardvault.errors import Refused, ShardvaultError
+from shardvault.governance import Governance
 from shardvault.governance.approval_signatures import load_signing_key, write_signing_key
 from shardvault.governance.approvals import Approval
+from shardvault.governance.partner_verdicts import Veto
 from shardvault.governance.principals import IssuedToken, PrincipalRegistry
 from shardvault.model import LOCAL_ADMIN, named
 from shardvault.policy import Action, Principal, PrincipalKind, Resource, explain, load_policy
@@ -200,10 +202,10 @@ def principal_revoke(
         say(f"revoked {ident} and {count} token(s)")
 
 
-def _approval_json(a: Approval) -> dict[str, object]:
+def _approval_json(a: Approval, veto: Veto | None = None) -> dict[str, object]:
     return {
         "id": a.id,
-        "status": a.status,
+        "status": _status(a, veto),
         "requester": a.requester,
         "action": a.action,
         "tenant": a.tenant,
@@ -219,7 +221,16 @@ def _approval_json(a: Approval) -> dict[str, object]:
         ],
         "created_at": _iso(a.created_at),
         "expires_at": _iso(a.expires_at),
+        "vetoed_by": None
+        if veto is None
+        else {"approval": veto.approval, "approver": veto.approver, "until": _iso(veto.lapses_at)},
     }
+
+
+def _status(a: Approval, veto: Veto | None) -> str:
+    """The book's status, but ``vetoed`` for a pending or met approval a standing signed
+    denial of its request binds: no signature on it counts, nor does it (docs/cli.md)."""
+    return a.status if veto is None else "vetoed"
 
 
 @approval_app.command("ls")
@@ -231,25 +242,38 @@ def approval_ls(
     """List the pending approvals the acting principal may see (every one with --all).
 
     All of them for the local administrator, else those it requested or is named to
-    sign."""
+    sign. One a standing signed denial of its request binds shows as vetoed."""
     cli = state(ctx)
-    found = cli.governance().visible_approvals(cli.request("approval"), decided=every)
+    governance = cli.governance()
+    found = governance.visible_approvals(cli.request("approval"), decided=every)
+    vetoes = _vetoes(governance, found)
     if json_out:
-        print_json([_approval_json(a) for a in found])
+        print_json([_approval_json(a, veto) for a, veto in zip(found, vetoes, strict=True)])
         return
     print_table(
         "approvals",
         ["id", "status", "requester", "action", "resource", "purpose", "signed", "expires"],
         [
             [
-                a.id, a.status, a.requester, a.action,
+                a.id, _status(a, veto), a.requester, a.action,
                 "/".join(p for p in (a.tenant, a.subject, a.key) if p), a.purpose,
                 f"{a.approvals}/{a.quorum}", _iso(a.expires_at),
             ]
-            for a in found
+            for a, veto in zip(found, vetoes, strict=True)
         ],
         min_width=150,
     )  # fmt: skip
+
+
+def _vetoes(governance: Governance, found: list[Approval]) -> list[Veto | None]:
+    """The standing veto binding each approval, if one does. The partner's record lost or
+    unreadable shows them as the book has them, with a warning, rather than fail: the
+    partner looks over the approvals still open before it starts a new record."""
+    try:
+        return [governance.standing_veto_of(a) for a in found]
+    except ShardvaultError as exc:
+        warn(f"{exc}; an approval a signed denial binds shows as pending or approved")
+        return [None] * len(found)
 
 
 SigningKey = Annotated[

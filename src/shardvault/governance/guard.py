@@ -46,7 +46,9 @@ from shardvault.errors import (
 )
 from shardvault.governance.approval_signatures import sign_verdict
 from shardvault.governance.approvals import (
+    APPROVED,
     HOMED_ELSEWHERE,
+    PENDING,
     Approval,
     ApprovalBook,
     approval_cell,
@@ -756,21 +758,31 @@ class Governance:
         holds for the approver. This deployment can read that policy, so an approver
         the partner holds a key for must sign (`InvalidInput` without a key), and
         with that key (`AccessDenied`, audited, with another): a verdict the custodian
-        would not count is refused here rather than shown as met."""
+        would not count is refused here rather than shown as met. So is an approve of an
+        approval whose request a standing signed denial binds (`standing_veto_of`,
+        ``approval:vetoed``, audited naming the denial): the custodian counts none."""
         approval = self.approvals.get(approval_id)
         resource = _approval_resource(approval)
         audit = _request_fields(ctx, approval.action)
         principal: Principal | None = None
+        veto: Veto | None = None
         try:
             principal = self.resolve(ctx, approval.tenant, approval.jurisdiction)
             self.approvals.check_signer(approval, principal)
+            veto = self.standing_veto_of(approval) if verdict == "approve" else None
+            if veto is not None:  # an approve the custodian would never count
+                raise AccessDenied(
+                    f"verdict on {approval_id} refused (approval:vetoed): {veto}",
+                    rule="approval:vetoed",
+                )
             self._check_signing_key(approval, principal.id, key)
             signature = None if key is None else sign_verdict(key, approval, principal.id, verdict)
         except AccessDenied as exc:
             self._audit(
                 resource, **audit, decision="deny", rule=exc.rule or "approval:refused",
                 result="refused", details=_details(principal, resource, "approval",
-                                                   approval_id=approval_id),
+                                                   approval_id=approval_id,
+                                                   vetoed_by=veto.approval if veto else None),
             ).wait()  # fmt: skip
             raise
         self._deliver_to_partner(approval, principal.id, verdict, signature)
@@ -786,6 +798,16 @@ class Governance:
             details=_details(principal, resource, "approval", approval_id=approval_id),
         ).wait()  # fmt: skip
         return self.approvals.sign(approval_id, principal, verdict, signature)
+
+    def standing_veto_of(self, approval: Approval) -> Veto | None:
+        """The signed denial that binds ``approval``'s request now, if it is still pending or
+        met (None for one denied or expired, whose own status says it all): the custodian
+        counts no signature on it while the veto stands, so it is no longer signed and
+        `approval ls` shows it vetoed. Reads the partner's record (`_standing_veto`: lost or
+        unreadable, it raises, as a veto may be in it)."""
+        if approval.status not in (PENDING, APPROVED):
+            return None
+        return self._standing_veto(VetoedRequest.of_approval(approval))
 
     def _deliver_to_partner(
         self, approval: Approval, approver: str, verdict: str, signature: bytes | None

@@ -769,6 +769,35 @@ def test_a_lost_record_refuses_every_key_use_that_names_an_approval_until_restor
     assert vault.forget("intl", "alice", forget_with(vault, approval)).subject == "alice"
 
 
+def test_a_signed_verdict_the_partner_holds_no_key_for_makes_its_record(tmp_path: Path) -> None:
+    """The gap: an approver the partner holds no key for (cfo) signed the deployment's
+    first signed verdict with a key of their own; nothing was delivered, so no record
+    was made, yet the book held a signature, which read as a record lost: every request
+    that needs an approval was refused until a backup that never existed was restored."""
+
+    def three_approvers(text: str) -> str:
+        return text.replace('"partner-officer"]', '"partner-officer", "cfo"]')
+
+    config = load(make_deployment(tmp_path / "deploy", edit=three_approvers))
+    with Vault.open(config) as vault:
+        ensure_approvers(vault.governance)
+        vault.governance.registry.add(Principal("cfo", "intl", PrincipalKind.EMPLOYEE, "US"),
+                                      token_ttl=None)  # fmt: skip
+        vault.register_subject("intl", "alice", "US")
+        vault.register_subject("intl", "bob", "US")
+        approval = pending_forget(vault)
+        ctx = RequestContext("cfo", "approval", new_request_id())
+        vault.governance.sign_approval(approval, ctx, "deny", OTHER_KEY)
+        assert vault.governance.approvals.get(approval).signature_of("cfo") is not None
+        with pytest.raises(ApprovalRequired):  # asked, not refused for a record "lost"
+            vault.forget("intl", "bob")
+        path = partner_record(config)
+        assert path.stat().st_mode & 0o777 == 0o600 and path.stat().st_size == 0  # holds none
+        path.unlink()  # lost now, as the book's signed verdict says it was made
+        with pytest.raises(IntegrityError, match=r"record of signed verdicts .* is missing"):
+            vault.forget("intl", "bob")
+
+
 @pytest.mark.parametrize("damage", ["readable-by-others", "newer-schema", "not-sqlite"])
 def test_a_record_that_cannot_be_used_refuses_the_key_use(
     deployment: tuple[Config, Vault], story: Vault, damage: str

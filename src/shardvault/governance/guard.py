@@ -814,14 +814,23 @@ class Governance:
     ) -> None:
         """A verdict signed under the key the partner holds for ``approver`` goes to the
         partner too, before it is audited and booked: the custodian honours a denial
-        from its own record, which the operator cannot delete a row of."""
-        key = self.custodian_policy.approvers.get(approver)
-        if key is None or signature is None:
+        from its own record, which the operator cannot delete a row of. Any other signed
+        verdict makes that record if it is the deployment's first: once a book holds a
+        signature, a missing record reads as lost (`PartnerVerdicts.made`)."""
+        if signature is None:
             return  # a verdict the custodian does not count: nothing of it to keep
+        key = self.custodian_policy.approvers.get(approver)
+        if key is None:
+            self.partner_verdicts.made(self._first_signed_verdict)
+            return
         self.partner_verdicts.deliver(
-            approval, approver, verdict, signature, key,
-            first=lambda: not self.approvals.holds_signed_verdicts(),
-        )  # fmt: skip
+            approval, approver, verdict, signature, key, self._first_signed_verdict
+        )
+
+    def _first_signed_verdict(self) -> bool:
+        """Whether no book holds a signed verdict yet: the partner's record may be missing
+        only then (else it was lost, with whatever denials it held)."""
+        return not self.approvals.holds_signed_verdicts()
 
     def _check_signing_key(
         self, approval: Approval, approver: str, key: Ed25519PrivateKey | None

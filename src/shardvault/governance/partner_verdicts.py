@@ -203,10 +203,7 @@ class PartnerVerdicts:
                 f"{approver}'s signed {verdict} on {approval.id} does not verify under the "
                 "key the partner holds for them: not delivered"
             )
-        if not self.path.exists():
-            if not first():
-                raise self._lost()
-            self._make()
+        self.made(first)
         with self._connected() as db, db:  # committed whole, or rolled back
             db.execute("BEGIN IMMEDIATE")
             self._set_up(db)
@@ -218,6 +215,16 @@ class PartnerVerdicts:
                     (request, object_key, approval.id, approver, self._clock(),
                      approval.expires_at),
                 )  # fmt: skip
+
+    def made(self, first: Callable[[], bool]) -> None:
+        """The record made, empty, if it is missing and ``first()`` says no signed verdict was
+        given before: a signed verdict the partner holds no key for is not kept, but booked
+        with its signature it tells every later reader that the record exists. Missing
+        otherwise, it was lost (`IntegrityError`)."""
+        if not self.path.exists():
+            if not first():
+                raise self._lost()
+            self._make()
 
     def denials(self, approval_id: str) -> frozenset[str]:
         """The approvers whose signed denial of ``approval_id`` the partner holds.

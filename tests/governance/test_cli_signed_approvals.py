@@ -306,3 +306,50 @@ def test_an_approval_a_veto_binds_shows_as_vetoed_and_takes_no_approve(cli: Cli)
     cli.ok("--token", token["dpo"], "approval", "deny", opened_before,
            "--signing-key", key_of(cli, "dpo"))  # fmt: skip
     assert [v["verdict"] for v in verdicts(cli, opened_before)] == ["deny"]
+
+
+def test_the_denier_withdraws_their_veto_through_the_cli(cli: Cli) -> None:
+    """`approval withdraw`: the denier alone, with their key, once; each refusal one
+    line, exit 1, audited (exit 2 without a key, as for a verdict). Then the forget is
+    asked again and opens an approval; the denied one stays denied."""
+    token = tokens(cli, "dpo", "partner-officer")
+    dpo, officer = ("--token", token["dpo"]), ("--token", token["partner-officer"])
+    officer_key = ("--signing-key", key_of(cli, "partner-officer"))
+    denied = pending_forget(cli)
+    cli.ok(*officer, "approval", "deny", denied, *officer_key)
+    assert "(approval:vetoed)" in cli.fails(1, "forget", "intl", "alice")
+    dpo_key = ("--signing-key", key_of(cli, "dpo"))
+    for who, key, rule in ((dpo, dpo_key, "approval:not-the-denier"),
+                           (officer, dpo_key, "approval:signing-key")):  # fmt: skip
+        said = cli.fails(1, *who, "approval", "withdraw", denied, *key)
+        assert said.startswith(f"error: withdrawal of {denied} refused ({rule}): "), said
+    said = cli.fails(2, *officer, "approval", "withdraw", denied)
+    assert "partner-officer must sign the withdrawal with their key" in said
+    done = cli.json(*officer, "approval", "withdraw", denied, *officer_key)
+    assert (done["approval"], done["approver"]) == (denied, "partner-officer")
+    assert done["withdrawn_at"].endswith("Z")
+    said = cli.fails(1, *officer, "approval", "withdraw", denied, *officer_key)
+    assert f"(approval:withdrawn): partner-officer's denial of {denied} was withdrawn at " in said
+    asked = pending_forget(cli)  # asked again: an approval opened, not a refusal
+    assert asked != denied
+    statuses = [a["status"] for a in cli.json("approval", "ls", "--all") if a["id"] == denied]
+    assert statuses == ["denied"]
+    rules = audited_rules(cli, denied)
+    assert rules.count("approval:withdraw") == 1
+    for rule in ("approval:not-the-denier", "approval:signing-key", "approval:withdrawn"):
+        assert rule in rules
+
+
+def test_a_withdrawal_is_said_in_one_line(cli: Cli) -> None:
+    token = ("--token", tokens(cli, "partner-officer")["partner-officer"])
+    denied = pending_forget(cli)
+    key = ("--signing-key", key_of(cli, "partner-officer"))
+    cli.ok(*token, "approval", "deny", denied, *key)
+    code, out, said = cli(*token, "approval", "withdraw", denied, *key)
+    assert code == 0 and out == b""
+    assert said.startswith(f"{denied}: partner-officer's denial withdrawn at ")
+    assert said.rstrip().endswith(
+        "the veto of its request is lifted; the approval itself stays denied"
+    )
+    said = cli.fails(1, *token, "approval", "withdraw", pending_forget(cli), *key)
+    assert "(approval:not-denied)" in said

@@ -38,10 +38,13 @@ from shardvault.governance.approval_signatures import (
     counted_verdicts,
     load_signing_key,
     sign_verdict,
+    sign_withdrawal,
     signing_key_pem,
     statement,
     statement_v1,
     verifies,
+    withdrawal_statement,
+    withdrawal_verifies,
     write_signing_key,
 )
 from shardvault.governance.approvals import Approval, ApprovalBook
@@ -80,6 +83,45 @@ def test_the_statement_and_its_signature_are_pinned() -> None:
         "2897c06718c75f1e953d59931b15dbbb347368f5317a56f801e2531361ee1d0c"
     )
     assert public_key_text(KEY.public_key()) == "A6EHv/POEL4dcN0Y50vAmWfk1jCbpQ1fHdyGZBJVMbg="
+
+
+DENIAL = bytes(range(64))
+"""A denial's signature, as the partner holds it, for the withdrawal vectors."""
+
+
+def test_the_withdrawal_statement_and_its_signature_are_pinned() -> None:
+    """A known-answer vector: what a denier signs to withdraw their veto. Changing either
+    is a new statement version."""
+    assert withdrawal_statement(APPROVAL.id, "partner-officer", DENIAL) == (
+        b"shardvault-withdrawal/v1\n"
+        b'{"approval":"apr-us-0123456789abcdef","approver":"partner-officer",'
+        b'"denial":"fdeab9acf3710362bd2658cdc9a29e8f9c757fcf9811603a8c447cd1d9151108"}'
+    )
+    assert sign_withdrawal(KEY, APPROVAL.id, "partner-officer", DENIAL).hex() == (
+        "eb0a901b4cb84e9cb86914577a1cf5e29d50e9bf1e3a023bf9c010ab0a6e9de5"
+        "ec159599ee88adb0e94a46e77fe7e7c3c18e17afc3cffbf29575159e37b9400a"
+    )
+
+
+def test_a_denial_and_a_withdrawal_never_verify_as_each_other() -> None:
+    """Each has a tag of its own: the partner can be handed a denial's signature as a
+    withdrawal of it, or the reverse, and neither counts."""
+    public = KEY.public_key().public_bytes_raw()
+    deny = sign_verdict(KEY, APPROVAL, "partner-officer", "deny")
+    withdrawn = sign_withdrawal(KEY, APPROVAL.id, "partner-officer", deny)
+    assert withdrawal_verifies(public, APPROVAL.id, "partner-officer", deny, withdrawn)
+    assert not withdrawal_verifies(public, APPROVAL.id, "partner-officer", deny, deny)
+    for verdict in ("deny", "approve"):
+        assert not verifies(public, APPROVAL, "partner-officer", verdict, withdrawn)
+    others = [
+        ("apr-us-fedcba9876543210", "partner-officer", deny),
+        (APPROVAL.id, "dpo", deny),
+        (APPROVAL.id, "partner-officer", DENIAL),  # another denial of it
+    ]
+    for approval_id, approver, denial in others:
+        assert not withdrawal_verifies(public, approval_id, approver, denial, withdrawn)
+    other_key = OTHER_KEY.public_key().public_bytes_raw()
+    assert not withdrawal_verifies(other_key, APPROVAL.id, "partner-officer", deny, withdrawn)
 
 
 PUBLIC = KEY.public_key().public_bytes_raw()
@@ -713,7 +755,7 @@ def test_the_partner_keeps_each_signed_verdict_privately_and_naming_no_subject(
     sign_as(vault, approval, "dpo")
     sign_as(vault, approval, "partner-officer")
     assert path.stat().st_mode & 0o777 == 0o600
-    assert user_version(path) == 2
+    assert user_version(path) == 3
     with closing(sqlite3.connect(path)) as db:
         rows = db.execute("SELECT approval, approver, verdict, signature FROM verdicts").fetchall()
     held = vault.governance.custodian_policy.approvers
@@ -809,14 +851,14 @@ def test_a_record_that_cannot_be_used_refuses_the_key_use(
     path = partner_record(config)
     message = {
         "readable-by-others": "only its owner can read",
-        "newer-schema": r"schema version 3; .*upgrade shardvault",
+        "newer-schema": r"schema version 4; .*upgrade shardvault",
         "not-sqlite": "not a database",
     }[damage]
     if damage == "readable-by-others":
         path.chmod(0o644)
     elif damage == "newer-schema":
         with closing(sqlite3.connect(path)) as db:
-            db.execute("PRAGMA user_version=3")
+            db.execute("PRAGMA user_version=4")
     else:
         path.write_bytes(b"x" * 4096)
     assert re.search(message, assert_custodian_refuses(config, vault, approval, ""))
@@ -835,6 +877,6 @@ def test_an_empty_record_is_one_with_nothing_in_it(
     path = partner_record(config)
     path.write_bytes(b"")
     sign_as(vault, approval, "partner-officer")
-    assert user_version(path) == 2
+    assert user_version(path) == 3
     path.write_bytes(b"")
     assert vault.forget("intl", "alice", forget_with(vault, approval)).subject == "alice"

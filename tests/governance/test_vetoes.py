@@ -23,9 +23,9 @@ from conftest import files_under, make_deployment
 from governance_support import ensure_approvers, signing_key
 from shardvault.catalog.port import SubjectRecord
 from shardvault.config import Config, load
-from shardvault.errors import AccessDenied, ApprovalRequired, IntegrityError
-from shardvault.governance.approval_signatures import sign_verdict
-from shardvault.governance.partner_verdicts import VetoedRequest
+from shardvault.errors import AccessDenied, ApprovalRequired, IntegrityError, InvalidInput
+from shardvault.governance.approval_signatures import sign_verdict, sign_withdrawal
+from shardvault.governance.partner_verdicts import VetoedRequest, Withdrawal
 from shardvault.keys.port import KeyScope
 from shardvault.model import Justification, ObjectRef, RequestContext, new_request_id
 from shardvault.policy import Principal, PrincipalKind
@@ -344,7 +344,7 @@ def test_a_record_from_before_vetoes_is_read_and_migrated_by_the_next_verdict(
     record_of_schema_1(path, old)
     sign(vault, old, "dpo")  # the book knows nothing of the partner's denial
     assert "denied by partner-officer" in refused_forget(vault, old)
-    assert user_version(path) == 2
+    assert user_version(path) == 3
     with closing(sqlite3.connect(path)) as db:
         assert db.execute("SELECT count(*) FROM vetoes").fetchone() == (0,)
         assert len(db.execute("SELECT key FROM veto_key").fetchone()[0]) == 32
@@ -488,3 +488,142 @@ def test_a_book_row_for_a_vetoed_request_takes_no_approve(vault: Vault) -> None:
     with pytest.raises(AccessDenied, match=rf"refused \(approval:vetoed\): approval {denied} "):
         sign(vault, row.id, "dpo")
     assert book.get(row.id).status == "pending" and book.get(row.id).signatures == ()
+
+
+# the denier's withdrawal ----------------------------------------------------------------------
+
+
+def withdraw(vault: Vault, approval: str, who: str, key_of: str | None = None) -> Withdrawal:
+    """WHO's signed withdrawal of their denial of APPROVAL (signed with KEY_OF's key)."""
+    ctx = RequestContext(who, "approval", new_request_id())
+    key = signing_key(vault.governance, key_of or who)
+    return vault.governance.withdraw_denial(approval, ctx, key)
+
+
+def record_rows(config: Config, query: str, *args: str) -> list[tuple[object, ...]]:
+    with closing(sqlite3.connect(partner_record(config))) as db:
+        return list(db.execute(query, args).fetchall())
+
+
+def test_the_denier_withdraws_their_veto_and_the_request_is_asked_again(
+    config: Config, vault: Vault, clock: Clock
+) -> None:
+    """The limit: a denier who changed their mind waited for the lapse (30 days). Their
+    own signed withdrawal lifts the veto from the partner's record, which keeps who
+    withdrew it and when; the denied approval itself stays denied."""
+    opened_before = asked_forget(vault)
+    denied = vetoed_forget(vault)
+    clock.now += 3600
+    ctx = RequestContext("partner-officer", "approval", new_request_id())
+    key = signing_key(vault.governance, "partner-officer")
+    withdrawn = vault.governance.withdraw_denial(denied, ctx, key)
+    assert withdrawn == Withdrawal(denied, "partner-officer", clock.now)
+    (entry,) = entries_of(vault, ctx)
+    assert (entry.decision, entry.rule, entry.result) == ("allow", "approval:withdraw", "withdrawn")
+    assert entry.details["approval_id"] == denied
+    assert record_rows(config, "SELECT * FROM vetoes WHERE approval = ?", denied) == []
+    ((approval, approver, at, signature),) = record_rows(config, "SELECT * FROM withdrawals")
+    assert (approval, approver, at) == (denied, "partner-officer", clock.now)
+    assert isinstance(signature, bytes) and len(signature) == 64
+    assert vault.governance.approvals.get(denied).status == "denied"  # it stays denied
+    assert "is denied" in destroy_refused(vault, denied)
+    assert vault.governance.partner_verdicts.denials(denied) == {"partner-officer"}  # kept
+    assert vault.governance.standing_veto_of(vault.governance.approvals.get(opened_before)) is None
+    sign(vault, opened_before, "dpo")  # the approval asked before: signed, and it counts
+    assert vault.forget("intl", "alice", forget_ctx(opened_before)).subject == "alice"
+
+
+def refused_withdrawal(
+    vault: Vault, approval: str, who: str, rule: str, key_of: str | None = None
+) -> str:
+    """WHO's withdrawal refused with RULE, one line, audited; nothing lifted."""
+    ctx = RequestContext(who, "approval", new_request_id())
+    key = signing_key(vault.governance, key_of or who)
+    with pytest.raises(AccessDenied) as no:
+        vault.governance.withdraw_denial(approval, ctx, key)
+    assert no.value.rule == rule and f"({rule})" in str(no.value) and "\n" not in str(no.value)
+    (entry,) = entries_of(vault, ctx)
+    assert (entry.decision, entry.rule, entry.result) == ("deny", rule, "refused")
+    assert entry.details["approval_id"] == approval
+    return str(no.value)
+
+
+def test_only_the_denier_withdraws_their_veto_with_their_key_and_once(vault: Vault) -> None:
+    """Not the other approvers (a quorum lifting a veto would make it a vote the others
+    win again), not with another key, not an approval nobody denied, not twice."""
+    denied = vetoed_forget(vault)
+    said = refused_withdrawal(vault, denied, "dpo", "approval:not-the-denier")
+    assert f"only partner-officer, who denied {denied}, can withdraw that veto" in said
+    said = refused_withdrawal(vault, denied, "partner-officer", "approval:signing-key", "dpo")
+    assert "not the one the partner's custodian policy holds for partner-officer" in said
+    bare = RequestContext("partner-officer", "approval", new_request_id())
+    with pytest.raises(InvalidInput, match="partner-officer must sign the withdrawal"):
+        vault.governance.withdraw_denial(denied, bare, None)
+    assert entries_of(vault, bare) == []  # a usage error, as for a verdict
+    undenied = asked_forget(vault, "bob")
+    said = refused_withdrawal(vault, undenied, "partner-officer", "approval:not-denied")
+    assert f"the partner holds no signed denial of {undenied}" in said
+    veto = VetoedRequest.of_approval(vault.governance.approvals.get(denied))
+    assert vault.governance.partner_verdicts.standing_veto(veto, DAY) is not None  # all refused
+    withdraw(vault, denied, "partner-officer")
+    said = refused_withdrawal(vault, denied, "partner-officer", "approval:withdrawn")
+    assert f"partner-officer's denial of {denied} was withdrawn at " in said
+    assert vault.governance.partner_verdicts.standing_veto(veto, DAY) is None
+
+
+def test_the_partner_checks_the_withdrawal_itself(config: Config, vault: Vault) -> None:
+    """Operator code that skips the guard hands the partner a withdrawal: one the denier
+    did not sign, or the denial's own signature replayed as one, lifts nothing."""
+    denied = vetoed_forget(vault)
+    verdicts = vault.governance.partner_verdicts
+    held = vault.governance.custodian_policy.approvers["partner-officer"]
+    (denial,) = record_rows(config, "SELECT signature FROM verdicts WHERE approval = ?", denied)
+    forged = sign_withdrawal(signing_key(vault.governance, "dpo"), denied, "partner-officer",
+                             bytes(denial[0]))  # fmt: skip
+    for signature in (forged, bytes(denial[0])):
+        with pytest.raises(AccessDenied, match=r"\(approval:signing-key\): it does not verify"):
+            verdicts.withdraw(denied, "partner-officer", signature, held)
+    with pytest.raises(AccessDenied, match=r"\(approval:not-the-denier\)"):
+        verdicts.withdraw(denied, "dpo", forged, held)
+    assert len(record_rows(config, "SELECT * FROM vetoes WHERE approval = ?", denied)) == 1
+    assert record_rows(config, "SELECT * FROM withdrawals") == []
+    genuine = sign_withdrawal(signing_key(vault.governance, "partner-officer"), denied,
+                              "partner-officer", bytes(denial[0]))  # fmt: skip
+    verdicts.withdraw(denied, "partner-officer", genuine, held)
+    with pytest.raises(AccessDenied, match=r"\(approval:withdrawn\)"):  # replayed: once only
+        verdicts.withdraw(denied, "partner-officer", genuine, held)
+    assert len(record_rows(config, "SELECT * FROM withdrawals")) == 1
+
+
+def test_a_record_of_schema_2_takes_a_withdrawal(config: Config, vault: Vault) -> None:
+    """A record from before withdrawals: read as it is, and given the table by the
+    withdrawal (or the next verdict), in the same transaction."""
+    denied = vetoed_forget(vault)
+    path = partner_record(config)
+    with closing(sqlite3.connect(path)) as db, db:
+        db.execute("DROP TABLE withdrawals")
+        db.execute("PRAGMA user_version=2")
+    withdraw(vault, denied, "partner-officer")
+    assert user_version(path) == 3
+    assert [row[:2] for row in record_rows(config, "SELECT * FROM withdrawals")] == [
+        (denied, "partner-officer")
+    ]
+
+
+def test_a_withdrawal_the_partner_cannot_check_is_refused_and_not_audited(
+    config: Config, vault: Vault
+) -> None:
+    """The record lost: the denial it checks against is gone, so nothing is withdrawn,
+    and, as for a verdict then, the refusal names the file and is not audited."""
+    denied = vetoed_forget(vault)
+    path = partner_record(config)
+    kept = path.read_bytes()
+    path.unlink()
+    ctx = RequestContext("partner-officer", "approval", new_request_id())
+    key = signing_key(vault.governance, "partner-officer")
+    with pytest.raises(IntegrityError, match=r"record of signed verdicts .* is missing"):
+        vault.governance.withdraw_denial(denied, ctx, key)
+    assert entries_of(vault, ctx) == []
+    path.write_bytes(kept)
+    path.chmod(0o600)
+    assert vault.governance.withdraw_denial(denied, ctx, key).approver == "partner-officer"

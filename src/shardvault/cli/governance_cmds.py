@@ -331,6 +331,30 @@ def approval_deny(
     _sign(ctx, approval_id, "deny", signing_key, json_out)
 
 
+@approval_app.command("withdraw")
+def approval_withdraw(
+    ctx: typer.Context,
+    approval_id: Annotated[str, typer.Argument(metavar="ID")],
+    signing_key: SigningKey = None,
+    json_out: JsonFlag = False,
+) -> None:
+    """Withdraw your own signed denial of approval ID (--signing-key, as for deny): the
+    partner lifts the veto of its request; the approval itself stays denied."""
+    cli = state(ctx)
+    key = None if signing_key is None else load_signing_key(signing_key)  # before anything
+    withdrawn = cli.governance().withdraw_denial(approval_id, cli.request("approval"), key)
+    at = _iso(withdrawn.withdrawn_at)
+    if json_out:
+        print_json(
+            {"approval": withdrawn.approval, "approver": withdrawn.approver, "withdrawn_at": at}
+        )
+        return
+    say(
+        f"{withdrawn.approval}: {withdrawn.approver}'s denial withdrawn at {at}; the veto of "
+        "its request is lifted; the approval itself stays denied"
+    )
+
+
 @approval_app.command("keygen")
 def approval_keygen(
     key_file: Annotated[

@@ -25,10 +25,20 @@ Version 1 stated a registration as a ``write`` with a null key, which read as
 "any key of the subject": approvers who let a user be registered had signed
 what read as every put of theirs. A signature of version 1 still verifies, for
 what it was made for: its ``write`` with a null key states a registration only.
+
+A denier's withdrawal of their own signed denial is a statement of its own kind
+(docs/formats.md, "Signed withdrawal statement")::
+
+    shardvault-withdrawal/v1\n{canonical JSON}
+
+of ``approval``, ``approver`` and ``denial`` (the hex SHA-256 of the denial's
+signature, as the partner keeps it): the partner checks it against its own record
+alone. Its tag differs from a verdict's, so neither signature verifies as the other.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import stat
@@ -49,6 +59,7 @@ from shardvault.policy import Action
 
 STATEMENT_TAG = b"shardvault-approval/v2\n"
 STATEMENT_TAG_V1 = b"shardvault-approval/v1\n"
+WITHDRAWAL_TAG = b"shardvault-withdrawal/v1\n"
 VERDICTS = ("approve", "deny")
 _REGISTER = str(Action.REGISTER)
 MAX_KEY_FILE_BYTES = 64 * 1024  # a PEM key is a few hundred bytes
@@ -143,6 +154,41 @@ def _signed(
     return True
 
 
+def withdrawal_statement(approval_id: str, approver: str, denial: bytes) -> bytes:
+    """The bytes ``approver`` signs to withdraw their denial of ``approval_id``, whose
+    signature is ``denial``: that one denial, as the partner holds it, and no other."""
+    body = {
+        "approval": approval_id,
+        "approver": approver,
+        "denial": hashlib.sha256(denial).hexdigest(),
+    }
+    try:
+        return WITHDRAWAL_TAG + canonical_json(body)
+    except (UnicodeEncodeError, TypeError, ValueError) as exc:
+        raise InvalidInput(f"a withdrawal that cannot be stated: {exc}") from None
+
+
+def sign_withdrawal(
+    key: Ed25519PrivateKey, approval_id: str, approver: str, denial: bytes
+) -> bytes:
+    """``approver``'s signature withdrawing their denial (signature ``denial``) of
+    ``approval_id`` (64 bytes)."""
+    return key.sign(withdrawal_statement(approval_id, approver, denial))
+
+
+def withdrawal_verifies(
+    public_key: bytes, approval_id: str, approver: str, denial: bytes, signature: bytes
+) -> bool:
+    """Whether ``signature`` is ``approver``'s withdrawal of exactly that denial."""
+    try:
+        Ed25519PublicKey.from_public_bytes(public_key).verify(
+            signature, withdrawal_statement(approval_id, approver, denial)
+        )
+    except (InvalidSignature, InvalidInput, ValueError):
+        return False
+    return True
+
+
 def counted_verdicts(
     approval: Approval, approvers: Mapping[str, bytes]
 ) -> tuple[frozenset[str], frozenset[str]]:
@@ -222,12 +268,16 @@ __all__ = [
     "STATEMENT_TAG",
     "STATEMENT_TAG_V1",
     "VERDICTS",
+    "WITHDRAWAL_TAG",
     "counted_verdicts",
     "load_signing_key",
     "sign_verdict",
+    "sign_withdrawal",
     "signing_key_pem",
     "statement",
     "statement_v1",
     "verifies",
+    "withdrawal_statement",
+    "withdrawal_verifies",
     "write_signing_key",
 ]

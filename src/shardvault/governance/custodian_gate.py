@@ -14,9 +14,9 @@ counts only verdicts signed under the public keys the partner's policy holds
 and wants ``approval_quorum`` of them; any denial in the book refuses, and so does a
 signed denial the partner was delivered (`partner_verdicts`), which the operator
 cannot take back by deleting its row. That denial also binds the request it
-refused: while it stands (``veto_days``), any other approval for the same request
-is refused too, whoever signed it. A policy with no ``[approvers]`` lets no
-approval count. A destroy, which cannot be undone, needs
+refused: while it stands (``veto_days``, unless its denier withdraws it), any other
+approval for the same request is refused too, whoever signed it. A policy with no
+``[approvers]`` lets no approval count. A destroy, which cannot be undone, needs
 an approval whatever the grants say, and one of a forget. For a destroy, and for
 a wrap or unwrap that names an approval, the gate hands the custodian the subject
 that approval names: the custodian destroys or unwraps the key only if it wrapped

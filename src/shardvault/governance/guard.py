@@ -44,7 +44,7 @@ from shardvault.errors import (
     ConfigError,
     InvalidInput,
 )
-from shardvault.governance.approval_signatures import sign_verdict
+from shardvault.governance.approval_signatures import sign_verdict, sign_withdrawal
 from shardvault.governance.approvals import (
     APPROVED,
     HOMED_ELSEWHERE,
@@ -57,7 +57,12 @@ from shardvault.governance.approvals import (
 from shardvault.governance.attestations import CustodianKey
 from shardvault.governance.custodian_gate import custodian_gate
 from shardvault.governance.heads import CellAudit, PartnerWitness, publish_head
-from shardvault.governance.partner_verdicts import PartnerVerdicts, Veto, VetoedRequest
+from shardvault.governance.partner_verdicts import (
+    PartnerVerdicts,
+    Veto,
+    VetoedRequest,
+    Withdrawal,
+)
 from shardvault.governance.principals import PrincipalRegistry
 from shardvault.keys.rootkey import CustodianGate
 from shardvault.model import (
@@ -833,25 +838,91 @@ class Governance:
         return not self.approvals.holds_signed_verdicts()
 
     def _check_signing_key(
-        self, approval: Approval, approver: str, key: Ed25519PrivateKey | None
+        self,
+        approval: Approval,
+        approver: str,
+        key: Ed25519PrivateKey | None,
+        *,
+        withdrawal: bool = False,
     ) -> None:
         """The key the partner's policy holds for ``approver``, if it holds one, is the one
-        ``key`` is (see `sign_approval`)."""
+        ``key`` is (see `sign_approval`), for a verdict or a ``withdrawal`` of a denial."""
         held = self.custodian_policy.approvers.get(approver)
         if held is None:
             return
         if key is None:
             raise InvalidInput(
-                f"{approver} must sign {approval.id} with their key: the partner's custodian "
-                "counts only signed verdicts (give --signing-key FILE)"
+                f"{approver} must sign the withdrawal with their key: the partner lifts a veto "
+                "only on a signed withdrawal (give --signing-key FILE)"
+                if withdrawal
+                else f"{approver} must sign {approval.id} with their key: the partner's "
+                "custodian counts only signed verdicts (give --signing-key FILE)"
             )
         if key.public_key().public_bytes_raw() != held:
+            what = "withdrawal of" if withdrawal else "verdict on"
             raise AccessDenied(
-                f"verdict on {approval.id} refused (approval:signing-key): the signing key "
+                f"{what} {approval.id} refused (approval:signing-key): the signing key "
                 f"given is not the one the partner's custodian policy holds for {approver}: "
                 "its signature would not count",
                 rule="approval:signing-key",
             )
+
+    def withdraw_denial(
+        self, approval_id: str, ctx: RequestContext, key: Ed25519PrivateKey | None
+    ) -> Withdrawal:
+        """The denier's own signed withdrawal of their veto of ``approval_id``'s request,
+        delivered to the partner, which checks it against its own record (the denial's
+        signature it holds, the key its policy holds for them) and lifts the veto; the
+        approval itself stays denied. Only the denier may: the others lifting it would
+        make the veto a vote they win again. A refusal is `AccessDenied`, audited in the
+        approval's cell; without ``key`` `InvalidInput`, as for a verdict. The withdrawal
+        is audited before the partner lifts anything (it allows more: fail closed), and a
+        refusal by the partner then (two at once) is audited as a second entry."""
+        approval = self.approvals.get(approval_id)  # its cell and tenant, for the audit
+        resource = _approval_resource(approval)
+        audit = _request_fields(ctx, approval.action)
+        principal: Principal | None = None
+
+        def refused(exc: AccessDenied) -> AccessDenied:
+            self._audit(
+                resource, **audit, decision="deny", rule=exc.rule or "approval:refused",
+                result="refused", details=_details(principal, resource, "approval",
+                                                   approval_id=approval_id),
+            ).wait()  # fmt: skip
+            return exc
+
+        try:
+            principal = self.resolve(ctx, approval.tenant, approval.jurisdiction)
+            signature, held = self._signed_withdrawal(approval, principal.id, key)
+        except AccessDenied as exc:
+            raise refused(exc) from None
+        self._audit(
+            resource, **audit, decision="allow", rule="approval:withdraw", result="withdrawn",
+            details=_details(principal, resource, "approval", approval_id=approval_id),
+        ).wait()  # fmt: skip
+        try:
+            return self.partner_verdicts.withdraw(approval_id, principal.id, signature, held)
+        except AccessDenied as exc:
+            raise refused(exc) from None
+
+    def _signed_withdrawal(
+        self, approval: Approval, approver: str, key: Ed25519PrivateKey | None
+    ) -> tuple[bytes, bytes]:
+        """``approver``'s signature withdrawing their denial of ``approval``, checked first
+        against the partner's record (theirs to withdraw) and key, and the key the partner
+        holds for them."""
+        denial = self.partner_verdicts.withdrawable(
+            approval.id, approver, self._first_signed_verdict
+        )
+        self._check_signing_key(approval, approver, key, withdrawal=True)
+        held = self.custodian_policy.approvers.get(approver)
+        if held is None or key is None:  # its denial was kept under a key since removed
+            raise AccessDenied(
+                f"withdrawal of {approval.id} refused (approval:signing-key): the partner's "
+                f"custodian policy holds no key for {approver}, so it cannot verify it",
+                rule="approval:signing-key",
+            )
+        return sign_withdrawal(key, approval.id, approver, denial), held
 
     # heads --------------------------------------------------------------------------
 

@@ -7,7 +7,7 @@ of approvers, deleting one approver's signed veto let the others' signatures
 through. So every verdict signed under a key the partner's policy holds is also
 delivered to the partner, which checks the signature and keeps it in a file of
 its own, ``<partner_dir>/verdicts.sqlite`` (mode 0600, rollback journal,
-``synchronous=EXTRA``, ``PRAGMA user_version`` = 2)::
+``synchronous=EXTRA``, ``PRAGMA user_version`` = 3)::
 
     verdicts(approval TEXT, approver TEXT, verdict TEXT ('approve' or 'deny'),
              signature BLOB, PRIMARY KEY (approval, approver, verdict)) WITHOUT ROWID
@@ -15,13 +15,17 @@ its own, ``<partner_dir>/verdicts.sqlite`` (mode 0600, rollback journal,
            denied_at REAL, expires_at REAL,
            PRIMARY KEY (request, approval, approver)) WITHOUT ROWID
     veto_key(id INTEGER PRIMARY KEY CHECK (id = 1), key BLOB)
+    withdrawals(approval TEXT, approver TEXT, withdrawn_at REAL, signature BLOB,
+                PRIMARY KEY (approval, approver)) WITHOUT ROWID
 
 The gate refuses a key use whose approval has a denial there, whatever the book
 now holds (`custodian_gate`). A denial also binds the request it refuses, not
 only its approval (`VetoedRequest`): the partner keeps, beside it, tags of that
 request (HMAC-SHA256 under the record's own random ``veto_key``), and refuses
 every approval for the same request, whoever signs it, until the veto lapses.
-So asking the same thing again does not get round one approver's no. The file
+So asking the same thing again does not get round one approver's no; only the
+denier lifts it before it lapses, with a withdrawal they sign (`withdraw`), which
+the partner checks against its own record and keeps. The file
 names no subject (the statement signed is not kept: the book holds it, and
 forgets it with the subject; the tags name nobody without the key).
 
@@ -32,9 +36,10 @@ approval is refused until it is restored (fail closed). An empty file (0 bytes,
 mode 0600) is taken as a record with nothing in it: the partner's way to start
 again after losing it for good, and what a process killed while making it left.
 A file of schema 1 (from before vetoes) is read as it is, holding no veto, and
-given the veto tables by the next verdict delivered. Signed verdicts are rare,
-and so are key uses that name an approval, so each call opens a connection of
-its own and closes it.
+given the veto tables by the next verdict delivered; one of schema 2 (from before
+withdrawals) is read as holding none, and given the table by the next write. Signed
+verdicts are rare, and so are key uses that name an approval, so each call opens a
+connection of its own and closes it.
 """
 
 from __future__ import annotations
@@ -53,14 +58,14 @@ from urllib.parse import quote
 
 from shardvault import durability
 from shardvault.audit.entry import canonical_json
-from shardvault.errors import IntegrityError, Unavailable
-from shardvault.governance.approval_signatures import verifies
+from shardvault.errors import AccessDenied, IntegrityError, Unavailable
+from shardvault.governance.approval_signatures import verifies, withdrawal_verifies
 from shardvault.governance.approvals import Approval
 from shardvault.policy import Action
 from shardvault.sqlite_schema import stamp_schema
 
 FILE = "verdicts.sqlite"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 _VERDICTS = """CREATE TABLE IF NOT EXISTS verdicts (
     approval TEXT NOT NULL,
     approver TEXT NOT NULL,
@@ -81,16 +86,26 @@ _VETO_KEY = """CREATE TABLE IF NOT EXISTS veto_key (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     key BLOB NOT NULL CHECK (length(key) = 32)
 )"""
+_WITHDRAWALS = """CREATE TABLE IF NOT EXISTS withdrawals (
+    approval TEXT NOT NULL,
+    approver TEXT NOT NULL,
+    withdrawn_at REAL NOT NULL,
+    signature BLOB NOT NULL,
+    PRIMARY KEY (approval, approver)
+) WITHOUT ROWID"""
 _KEEP = (
     "INSERT OR IGNORE INTO verdicts (approval, approver, verdict, signature) VALUES (?, ?, ?, ?)"
 )
 _BIND = "INSERT OR IGNORE INTO vetoes VALUES (?, ?, ?, ?, ?, ?)"
 _DENIALS = "SELECT approver FROM verdicts WHERE approval = ? AND verdict = 'deny'"
+_DENIERS = "SELECT approver, signature FROM verdicts WHERE approval = ? AND verdict = 'deny'"
 _STANDING = """SELECT approval, approver, max(expires_at, denied_at + :period) AS lapses
     FROM vetoes WHERE request = :request
     AND (object_key IS NULL OR :key IS NULL OR object_key = :key)
     AND max(expires_at, denied_at + :period) > :now
     ORDER BY lapses DESC, approval LIMIT 1"""
+_WITHDRAWN = "SELECT withdrawn_at FROM withdrawals WHERE approval = ? AND approver = ?"
+_LIFT = "DELETE FROM vetoes WHERE approval = ? AND approver = ?"
 _TAG = b"shardvault-veto/v1\n"
 _BUSY_SECONDS = 10.0
 
@@ -161,6 +176,23 @@ def _tag(veto_key: bytes, fields: Mapping[str, str | None]) -> bytes:
     return hmac.new(veto_key, _TAG + text, hashlib.sha256).digest()
 
 
+def _not_withdrawable(approval_id: str, deniers: list[str]) -> AccessDenied:
+    """Why an approver not among ``deniers`` cannot withdraw a veto of ``approval_id``:
+    nobody's signed denial of it is held, or only others'. Only the denier lifts their
+    veto: the others lifting it would make it a vote they win again."""
+    if not deniers:
+        return AccessDenied(
+            f"withdrawal of {approval_id} refused (approval:not-denied): the partner holds no "
+            f"signed denial of {approval_id}, so there is no veto to withdraw",
+            rule="approval:not-denied",
+        )
+    return AccessDenied(
+        f"withdrawal of {approval_id} refused (approval:not-the-denier): only "
+        f"{', '.join(deniers)}, who denied {approval_id}, can withdraw that veto",
+        rule="approval:not-the-denier",
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class Veto:
     """A signed denial standing against a request: whose, of which approval, till when."""
@@ -175,6 +207,15 @@ class Veto:
             f"approval {self.approval} for the same request was denied by {self.approver} "
             f"(a signed denial the partner holds), a veto that stands until {until}"
         )
+
+
+@dataclass(frozen=True, slots=True)
+class Withdrawal:
+    """A denier's signed withdrawal of their veto, as the partner keeps it."""
+
+    approval: str
+    approver: str
+    withdrawn_at: float
 
 
 class PartnerVerdicts:
@@ -258,11 +299,67 @@ class PartnerVerdicts:
             ).fetchone()
         return None if row is None else Veto(row[0], row[1], float(row[2]))
 
+    def withdrawable(self, approval_id: str, approver: str, first: Callable[[], bool]) -> bytes:
+        """The signature of ``approver``'s denial of ``approval_id``, which their withdrawal
+        signs over; `AccessDenied` if they hold no veto of it to withdraw (nobody denied it,
+        someone else did, or they withdrew it). A missing file holds none if ``first()``
+        says no signed verdict was ever given, else `IntegrityError`; `Unavailable` if it
+        cannot be read."""
+        if not self.path.exists():
+            if first():
+                raise _not_withdrawable(approval_id, [])
+            raise self._lost()
+        with self._connected() as db:
+            return self._withdrawable(db, approval_id, approver)
+
+    def withdraw(self, approval_id: str, approver: str, signature: bytes, key: bytes) -> Withdrawal:
+        """Lift ``approver``'s veto of ``approval_id``'s request, once ``signature`` verifies
+        under ``key`` (the one the partner's policy holds for them) as their withdrawal of
+        the denial this record holds; keep who withdrew it and when. The denial stays: its
+        approval stays refused (`denials`). `AccessDenied` as `withdrawable`, and
+        ``approval:signing-key`` for a signature that does not verify."""
+        if not self.path.exists():
+            raise self._lost()
+        with self._connected() as db, db:  # committed whole, or rolled back
+            db.execute("BEGIN IMMEDIATE")
+            self._set_up(db)
+            denial = self._withdrawable(db, approval_id, approver)
+            if not withdrawal_verifies(key, approval_id, approver, denial, signature):
+                raise AccessDenied(
+                    f"withdrawal of {approval_id} refused (approval:signing-key): it does not "
+                    f"verify under the key the partner holds for {approver}",
+                    rule="approval:signing-key",
+                )
+            at = self._clock()
+            db.execute(
+                "INSERT INTO withdrawals VALUES (?, ?, ?, ?)",
+                (approval_id, approver, at, signature),
+            )
+            db.execute(_LIFT, (approval_id, approver))
+        return Withdrawal(approval_id, approver, at)
+
+    def _withdrawable(self, db: sqlite3.Connection, approval_id: str, approver: str) -> bytes:
+        version = self._version(db)
+        deniers = dict(db.execute(_DENIERS, (approval_id,)).fetchall()) if version else {}
+        if approver not in deniers:
+            raise _not_withdrawable(approval_id, sorted(deniers))
+        withdrawn = (
+            db.execute(_WITHDRAWN, (approval_id, approver)).fetchone() if version > 2 else None
+        )
+        if withdrawn is not None:
+            at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(withdrawn[0]))
+            raise AccessDenied(
+                f"withdrawal of {approval_id} refused (approval:withdrawn): {approver}'s "
+                f"denial of {approval_id} was withdrawn at {at}",
+                rule="approval:withdrawn",
+            )
+        return bytes(deniers[approver])
+
     def _set_up(self, db: sqlite3.Connection) -> None:
-        """The tables and the veto key of a file left empty, or of schema 1; stamped 2.
+        """The tables and the veto key of a file left empty, or of schema 1 or 2; stamped 3.
         In the caller's write transaction: two processes set it up once."""
         self._version(db)  # a newer one: NewerFormat, before anything is written
-        for table in (_VERDICTS, _VETOES, _VETO_KEY):
+        for table in (_VERDICTS, _VETOES, _VETO_KEY, _WITHDRAWALS):
             db.execute(table)
         db.execute("INSERT OR IGNORE INTO veto_key (id, key) VALUES (1, ?)", (os.urandom(32),))
         stamp_schema(db, SCHEMA_VERSION, self._what)
@@ -329,4 +426,4 @@ class PartnerVerdicts:
                 raise Unavailable(f"cannot use {self._what}: {exc}") from exc
 
 
-__all__ = ["FILE", "SCHEMA_VERSION", "PartnerVerdicts", "Veto", "VetoedRequest"]
+__all__ = ["FILE", "SCHEMA_VERSION", "PartnerVerdicts", "Veto", "VetoedRequest", "Withdrawal"]

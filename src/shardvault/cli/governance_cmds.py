@@ -338,8 +338,10 @@ def approval_withdraw(
     signing_key: SigningKey = None,
     json_out: JsonFlag = False,
 ) -> None:
-    """Withdraw your own signed denial of approval ID (--signing-key, as for deny): the
-    partner lifts the veto of its request; the approval itself stays denied."""
+    """Withdraw your own signed denial of approval ID, so its request may be asked again.
+
+    Signed with --signing-key, as for deny; the partner lifts the veto of its request,
+    and the approval itself stays denied."""
     cli = state(ctx)
     key = None if signing_key is None else load_signing_key(signing_key)  # before anything
     withdrawn = cli.governance().withdraw_denial(approval_id, cli.request("approval"), key)

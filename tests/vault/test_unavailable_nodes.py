@@ -4,16 +4,25 @@ from __future__ import annotations
 
 import os
 import shutil
+import sqlite3
+import sys
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
+from types import FrameType
 
 import pytest
 
 from conftest import make_deployment, manifest_of
+from governance_support import forget_approved
 from shardvault import durability
+from shardvault.catalog.port import Catalog
 from shardvault.config import Config, load
-from shardvault.errors import StorageError, TooFewNodes
+from shardvault.errors import IntegrityError, NewerFormat, NotFound, StorageError, TooFewNodes
 from shardvault.model import ObjectRef
 from shardvault.vault import Vault
+from shardvault.vault import cells as cells_module
 
 SPARE = """
 [[nodes]]
@@ -166,8 +175,11 @@ def test_a_lost_catalog_is_not_made_anew_where_subjects_live(
             path.unlink()
     else:
         catalog.write_bytes(b"")
-    with pytest.raises(StorageError, match="missing or empty, though subjects live in cell US"):
-        reopen(config_path)
+    with reopen(config_path) as again:  # refused by every request that needs the cell
+        with pytest.raises(StorageError, match="missing or empty, though subjects live in cell US"):
+            again.get(alice)
+        with pytest.raises(StorageError, match="missing or empty, though subjects live in cell US"):
+            again.gc(0)
     nodes = load(config_path).state_dir.parent / "nodes" / "US"
     shards = [p for p in nodes.rglob("*") if p.is_file() and p.name != "NODE"]
     assert len(shards) == 6  # still there, for the catalog restored from a backup
@@ -183,3 +195,114 @@ def test_a_cell_with_no_subject_yet_gets_a_new_catalog(config_path: Path) -> Non
     with reopen(config_path) as vault:
         vault.register_subject("intl", "sook", "SG")
         assert vault.subject("intl", "sook").jurisdiction == "SG"
+
+
+def _damaged(path: Path) -> None:
+    path.write_bytes(b"not a database" * 300)
+
+
+def _newer(path: Path) -> None:
+    with sqlite3.connect(path) as db:
+        db.execute("PRAGMA user_version=99")
+    db.close()
+
+
+BROKEN: dict[str, tuple[Callable[[Path], None], type[Exception], str]] = {
+    "damaged": (_damaged, IntegrityError, "is damaged"),
+    "newer": (_newer, NewerFormat, "upgrade shardvault"),
+}
+
+
+@pytest.mark.parametrize(("break_catalog", "error", "says"), BROKEN.values(), ids=BROKEN.keys())
+def test_a_cell_whose_catalog_cannot_be_opened_stops_only_the_requests_that_need_it(
+    vault: Vault,
+    alice: ObjectRef,
+    config_path: Path,
+    break_catalog: Callable[[Path], None],
+    error: type[Exception],
+    says: str,
+) -> None:
+    # opening the vault opened every cell's catalog: one cell's damaged (or newer) catalog
+    # refused every request of every cell
+    vault.register_subject("intl", "bob", "SG")
+    bob = ObjectRef("intl", "bob", "sg")
+    vault.put(bob, b"sg")
+    vault.put(alice, b"us")
+    vault.close()
+    catalog = load(config_path).state_dir / "cells" / "SG" / "catalog.sqlite"
+    with sqlite3.connect(catalog) as db:
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    db.close()
+    break_catalog(catalog)
+    named = f"catalog {catalog} .*{says}"
+    with reopen(config_path) as again:
+        assert again.get(alice) == b"us"
+        again.put(ObjectRef("intl", "alice", "new"), b"new")
+        assert again.stat(ObjectRef("intl", "alice", "new")).size == 3
+        assert [o.ref.key for o in again.list("intl", "alice").items] == ["new", alice.key]
+        assert [o.version for o in again.versions(alice)] == [1]
+        assert {s.jurisdiction for s in again.where(alice)} == {"US"}
+        assert again.delete(ObjectRef("intl", "alice", "new")) == 1
+        again.register_subject("intl", "carol", "US")
+        assert {u.node.jurisdiction for u in again.node_usage()} == {"US", "SG", "EU"}
+        for needs_sg in (
+            lambda: again.get(bob),
+            lambda: again.gc(0),
+            again.repair,
+            again.crowding,
+            lambda: forget_approved(again, "intl", "alice"),
+        ):
+            with pytest.raises(error, match=named):
+                needs_sg()
+        assert again.get(alice) == b"us"  # the forget refused before destroying anything
+    with reopen(config_path) as again:  # nor did gc collect the deleted version
+        assert len(again.cells["US"].catalog.known_object_ids()) == 2  # "new" not purged
+
+
+def _in_call(thread: threading.Thread, code: object) -> bool:
+    """Whether THREAD is (blocked) in a call of the function whose code is CODE."""
+    frame: FrameType | None = sys._current_frames().get(thread.ident or 0)
+    while frame is not None:
+        if frame.f_code is code:
+            return True
+        frame = frame.f_back
+    return False
+
+
+def test_a_cell_opened_by_two_threads_at_once_is_opened_once(config_path: Path) -> None:
+    # (the vault is thread-safe: a cell's catalog is opened on first use, under a lock)
+    with reopen(config_path) as vault:
+        vault.register_subject("intl", "bob", "SG")
+        bob = ObjectRef("intl", "bob", "sg")
+        vault.put(bob, b"sg")
+    factory = cells_module.sqlite_catalogs(load(config_path).state_dir)
+    opened: list[str] = []
+    armed, entered, release = threading.Event(), threading.Event(), threading.Event()
+
+    def catalogs(code: str) -> Catalog:
+        opened.append(code)
+        if code == "SG" and armed.is_set():
+            entered.set()
+            release.wait(30)
+        return factory(code)
+
+    with Vault.open(load(config_path), catalogs=catalogs) as vault:
+        assert opened == []  # none until a request needs it
+        armed.set()
+        got: list[bytes] = []
+        first = threading.Thread(target=lambda: got.append(vault.get(bob)))
+        second = threading.Thread(target=lambda: got.append(vault.get(bob)))
+        first.start()
+        assert entered.wait(10)
+        second.start()
+        opening = cells_module.CatalogOpening.catalog.__code__
+        while opened.count("SG") < 2 and not _in_call(second, opening):
+            time.sleep(0.01)
+        release.set()
+        first.join(10)
+        second.join(10)
+        assert got == [b"sg", b"sg"]
+        assert opened == ["SG"]
+        with pytest.raises(NotFound):
+            vault.stat(ObjectRef("intl", "bob", "none"))
+        assert opened == ["SG"]

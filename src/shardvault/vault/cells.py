@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
@@ -33,15 +34,60 @@ from shardvault.nodes.port import ShardStore
 from shardvault.nodes.unavailable import UnavailableStore
 
 
+class CatalogOpening:
+    """A cell's catalog, opened when a request first needs it, once per process however
+    many threads ask at once. Opening the vault opened every cell's catalog: one cell's
+    catalog hung or unreadable stopped the commands of every cell. An open that fails is
+    tried again by the next request that needs the cell (the file may be restored)."""
+
+    def __init__(self, jurisdiction: str, open_catalog: Callable[[str], Catalog]) -> None:
+        self.jurisdiction = jurisdiction
+        self._open_catalog = open_catalog
+        self._lock = threading.Lock()
+        self._catalog: Catalog | None = None
+        self._closed = False
+
+    def catalog(self) -> Catalog:
+        """The catalog, opened now if it is not yet (what opening checks, it checks now)."""
+        with self._lock:
+            if self._catalog is None:
+                if self._closed:  # a file opened after close would stay open
+                    raise StorageError(f"cell {self.jurisdiction}: the vault is closed")
+                self._catalog = self._open_catalog(self.jurisdiction)
+            return self._catalog
+
+    def close(self) -> None:
+        """Close the catalog if it was opened; none is opened after."""
+        with self._lock:
+            self._closed = True
+            catalog = self._catalog
+        if catalog is not None:
+            catalog.close()
+
+
+class _OpenedOnUse:
+    """`Cell.catalog`: opened by the cell's `CatalogOpening` on first use, then kept in
+    the cell's own attributes, so a request pays no call for it (a non-data descriptor:
+    the instance's attribute wins once set)."""
+
+    def __get__(self, cell: Cell | None, owner: type[Cell] | None = None) -> Catalog:
+        if cell is None:
+            raise AttributeError("catalog is a cell's, not the class's")
+        catalog = cell.opening.catalog()
+        cell.__dict__["catalog"] = catalog
+        return catalog
+
+
 @dataclass
 class Cell:
     jurisdiction: str
-    catalog: Catalog
+    opening: CatalogOpening
     nodes: list[NodeSpec]
     stores: dict[str, ShardStore] = field(default_factory=dict)
     maintenance_lock: Path | None = None
     work_dir: Path | None = None  # where maintenance keeps its working files (the cell's)
     _placeable: list[NodeSpec] | None = field(default=None, init=False, repr=False)
+    catalog = _OpenedOnUse()  # the cell's catalog, opened on first use
 
     def store(self, node_id: str) -> ShardStore:
         """The node's store; one the config no longer lists reads as unavailable."""
@@ -207,6 +253,8 @@ def memory_catalogs() -> CatalogFactory:
 
 
 def open_cells(config: Config, catalogs: CatalogFactory) -> dict[str, Cell]:
+    """Every cell with its nodes' stores; no catalog is opened here, each is opened by
+    the first request that needs its cell (`CatalogOpening`)."""
     cells: dict[str, Cell] = {}
     every_node = [node for code in config.jurisdictions for node in config.nodes_in(code)]
     stores = open_stores(every_node, config.state_dir / "nodes", config.node_timeout)
@@ -214,7 +262,7 @@ def open_cells(config: Config, catalogs: CatalogFactory) -> dict[str, Cell]:
         nodes = config.nodes_in(code)
         cells[code] = Cell(
             jurisdiction=code,
-            catalog=catalogs(code),
+            opening=CatalogOpening(code, catalogs),
             nodes=nodes,
             stores={node.id: stores[node.id] for node in nodes},
             maintenance_lock=config.state_dir / "cells" / code / "maintenance.lock",

@@ -215,7 +215,7 @@ class Vault:
         self.deadline.close()
         self._pool.shutdown(wait=not self.deadline.any_hung())
         for cell in self.cells.values():
-            cell.catalog.close()
+            cell.opening.close()  # only a catalog a request opened
             for store in cell.stores.values():
                 store.close()
         self.directory.close()
@@ -227,6 +227,13 @@ class Vault:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def _every_cell(self) -> builtins.list[Cell]:
+        """Every cell, each catalog opened: what needs every cell (gc, repair, crowding,
+        a forget) refuses before it does anything if one cannot be opened, naming it."""
+        for cell in self.cells.values():
+            _ = cell.catalog
+        return builtins.list(self.cells.values())
 
     # subjects -----------------------------------------------------------------
 
@@ -249,6 +256,9 @@ class Vault:
                 f"tenant {tenant} does not keep users in {jurisdiction} "
                 f"(it allows {', '.join(spec.jurisdictions or ())})"
             )
+        # opened before the directory homes the id there: a catalog missing where the
+        # directory homes a subject is a lost one, and refused (`sqlite_catalogs`)
+        catalog = self.cells[jurisdiction].catalog
         access = self._registration_decided(ctx, tenant, subject, jurisdiction)
         key_id = hierarchy.new_key_id()
         scope, key = KeyScope(tenant, jurisdiction), hierarchy.new_key()
@@ -266,7 +276,7 @@ class Vault:
             try:
                 # the id is now this home's alone: no other cell keeps it in an approval
                 self.governance.subject_homed(jurisdiction, tenant, subject)
-                self.cells[jurisdiction].catalog.add_subject(record)
+                catalog.add_subject(record)
             except BaseException:
                 # not if the row was committed before the failure: a home whose cell holds
                 # the subject is never removed (other processes answer it from memory);
@@ -625,6 +635,7 @@ class Vault:
         forget: one outcome entry per forget, whichever run wrote it.
         """
         ctx = ctx or local_context("forget-subject")
+        self._every_cell()  # its approvals in every cell lose the id: none may be out of reach
         # decided and audited first, like every access: "already forgotten" is an answer
         home = self._home(tenant, subject, ctx, Action.FORGET)
         access = self._decided(ctx, Action.FORGET, tenant, home, subject)
@@ -874,7 +885,7 @@ class Vault:
         report = GcReport()
         cutoff = started - grace_seconds
         with BoundedStores(self.deadline) as bounded:  # a hung node is skipped, not waited for
-            for cell in self.cells.values():
+            for cell in self._every_cell():
                 report = report + collect_cell(bounded.cell(cell), cutoff, started, self.code.n)
         return report
 
@@ -886,7 +897,7 @@ class Vault:
         nothing, say what would be done."""
         report = RepairReport(dry_run=dry_run)
         with BoundedStores(self.deadline) as bounded:  # a hung node's shards are bad
-            for cell in self.cells.values():
+            for cell in self._every_cell():
                 run = bounded.cell(cell)  # one view: a node lost in the rebuilds stays so
                 dry = DryRun() if dry_run else None
                 rebuilt = repair_cell(run, self.code, scrub, self._on_step, dry, self._clock)
@@ -898,13 +909,13 @@ class Vault:
 
     def node_usage(self) -> builtins.list[NodeUsage]:
         with BoundedStores(self.deadline) as bounded:  # a hung node shows so
-            return node_usage(self.cells.values(), bounded)
+            return node_usage(self.cells.values(), bounded)  # no catalog needed
 
     def crowding(self, unreachable: Collection[str] = ()) -> builtins.list[CellCrowding]:
         """Per cell, how many committed versions hold more than m shards in one facility,
         and how many of those its active nodes (but UNREACHABLE ones) could spread now:
         from the manifests and the config alone, no shard read (`repair` spreads them)."""
-        return [cell_crowding(cell, frozenset(unreachable)) for cell in self.cells.values()]
+        return [cell_crowding(cell, frozenset(unreachable)) for cell in self._every_cell()]
 
 
 _ANSWERS = (NotFound, SubjectForgotten, IntegrityError)

@@ -12,7 +12,7 @@ import contextlib
 import ctypes
 import os
 import time
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -59,6 +59,38 @@ def make_deployment(
         text = edit(text)
     path.write_text(text)
     return path
+
+
+SPARES = {"us-n7": "us-fac-1", "us-n8": "us-fac-2"}
+"""The nodes repair and spread tests add to the demo's US cell (3 + 3 + 2 nodes then)."""
+
+
+def with_nodes(directory: Path, nodes: Mapping[str, str] = SPARES, pack_limit: int = 0) -> Path:
+    """A demo deployment (`make_deployment`) with NODES (id: facility) added to its US cell,
+    their directories made; returns the config path."""
+    config = make_deployment(directory, pack_limit=pack_limit)
+    add_nodes(config, nodes, pack_limit)
+    return config
+
+
+def add_nodes(config: Path, nodes: Mapping[str, str], pack_limit: int = 0) -> None:
+    """Add NODES (id: facility), local-directory nodes of the US cell, to the deployment."""
+    for node, facility in nodes.items():
+        config.write_text(
+            config.read_text()
+            + f'\n[[nodes]]\nid = "{node}"\njurisdiction = "US"\nfacility = "{facility}"\n'
+            f'backend = "local"\npack_limit = {pack_limit}\npath = "nodes/US/{node}"\n'
+        )
+        (config.parent / "nodes" / "US" / node).mkdir()
+
+
+def named_copies(manifest: Manifest) -> dict[str, set[str]]:
+    """The one copy of each shard the manifest names, by node, under the name it names."""
+    held: dict[str, set[str]] = {}
+    for index, node in enumerate(manifest.nodes):
+        name = shard_name(manifest.object_id, manifest.version, index, manifest.generation(index))
+        held.setdefault(node, set()).add(name)
+    return held
 
 
 def manifest_of(vault: Vault, ref: ObjectRef, version: int | None = None) -> Manifest:

@@ -15,7 +15,16 @@ from typing import Any
 
 import pytest
 
-from conftest import KILLED_REPAIR, SEGMENT, make_deployment, manifest_of, shard_paths
+from conftest import (
+    KILLED_REPAIR,
+    SEGMENT,
+    SPARES,
+    add_nodes,
+    manifest_of,
+    named_copies,
+    shard_paths,
+    with_nodes,
+)
 from governance_support import forget_approved
 from shardvault.catalog.port import Catalog, VersionRecord
 from shardvault.codec.shardfile import block_offset
@@ -30,35 +39,12 @@ from shardvault.vault.cells import Cell
 from shardvault.vault.reader import ObjectReader
 
 K, M = 4, 2
-SPARES = """
-[[nodes]]
-id = "us-n7"
-jurisdiction = "US"
-facility = "us-fac-1"
-backend = "local"
-pack_limit = {pack_limit}
-path = "nodes/US/us-n7"
-
-[[nodes]]
-id = "us-n8"
-jurisdiction = "US"
-facility = "us-fac-2"
-backend = "local"
-pack_limit = {pack_limit}
-path = "nodes/US/us-n8"
-"""
 REFS = [ObjectRef("intl", "alice", f"k{i}") for i in range(12)]
 
 
 def deployment(tmp_path: Path, spares: bool = True, pack_limit: int = 0) -> Path:
-    config = make_deployment(
-        tmp_path / "deploy",
-        pack_limit=pack_limit,
-        edit=(lambda t: t + SPARES.format(pack_limit=pack_limit)) if spares else None,
-    )
-    for spare in ("us-n7", "us-n8"):
-        (tmp_path / "deploy" / "nodes" / "US" / spare).mkdir()
-    return config
+    """The demo, with us-n7 in us-fac-1 and us-n8 in us-fac-2 (conftest.SPARES) if SPARES."""
+    return with_nodes(tmp_path / "deploy", SPARES if spares else {}, pack_limit)
 
 
 def filled(config: Path) -> dict[ObjectRef, bytes]:
@@ -203,9 +189,7 @@ def test_damage_over_more_than_m_shards_in_different_segments_is_repaired(
     # a shard was counted bad whole for one bad block: three shards each bad in one
     # segment read back fine, and repair named the version unrepairable
     config = deployment(tmp_path, pack_limit=pack_limit)
-    third = SPARES.split("\n\n")[0].replace("us-n7", "us-n9").replace("fac-1", "fac-3")
-    config.write_text(config.read_text() + third.format(pack_limit=pack_limit))
-    (tmp_path / "deploy" / "nodes" / "US" / "us-n9").mkdir()
+    add_nodes(config, {"us-n9": "us-fac-3"}, pack_limit)
     payloads = filled(config)
     ref = REFS[11]
     with Vault.open(load(config)) as vault:
@@ -747,22 +731,8 @@ def test_a_node_that_fails_during_a_repair_is_named_as_unavailable_and_not_rebui
 # Repair in place: a cell of exactly n nodes (the demo's six for 4+2) ----------
 
 
-def named_copies(manifest: Manifest) -> dict[str, set[str]]:
-    """The one copy of each shard the manifest names, by node, under the name it names."""
-    held: dict[str, set[str]] = {}
-    for index, node in enumerate(manifest.nodes):
-        name = shard_name(manifest.object_id, manifest.version, index, manifest.generation(index))
-        held.setdefault(node, set()).add(name)
-    return held
-
-
 def one_spare(tmp_path: Path, pack_limit: int = 0) -> Path:
-    spare = SPARES.split("\n\n")[0].format(pack_limit=pack_limit)
-    config = make_deployment(
-        tmp_path / "deploy", pack_limit=pack_limit, edit=lambda text: text + spare
-    )
-    (tmp_path / "deploy" / "nodes" / "US" / "us-n7").mkdir()
-    return config
+    return with_nodes(tmp_path / "deploy", {"us-n7": "us-fac-1"}, pack_limit)
 
 
 @pytest.mark.parametrize("pack_limit", [0, 64 << 10])

@@ -23,9 +23,10 @@ from conftest import (
     KILLED_REPAIR,
     SEGMENT,
     files_under,
-    make_deployment,
     manifest_of,
+    named_copies,
     shard_paths,
+    with_nodes,
 )
 from shardvault.config import load
 from shardvault.manifest import Manifest, _parse_small
@@ -35,23 +36,6 @@ from shardvault.nodes.port import shard_name
 from shardvault.vault import Vault
 
 K, M = 4, 2
-SPARES = """
-[[nodes]]
-id = "us-n7"
-jurisdiction = "US"
-facility = "us-fac-1"
-backend = "local"
-pack_limit = {pack_limit}
-path = "nodes/US/us-n7"
-
-[[nodes]]
-id = "us-n8"
-jurisdiction = "US"
-facility = "us-fac-2"
-backend = "local"
-pack_limit = {pack_limit}
-path = "nodes/US/us-n8"
-"""
 OUT = ("us-n3", "us-n6")  # the demo's us-fac-3
 REFS = [ObjectRef("intl", "alice", f"k{i}") for i in range(4)]
 SIZES = [100, SEGMENT // 2, 2 * SEGMENT + 5, 3 * SEGMENT]  # packed or not, one segment or more
@@ -59,14 +43,7 @@ SIZES = [100, SEGMENT // 2, 2 * SEGMENT + 5, 3 * SEGMENT]  # packed or not, one 
 
 def deployment(tmp_path: Path, pack_limit: int = 0) -> Path:
     """The demo with a third node in us-fac-1 and us-fac-2: 3 + 3 + 2 nodes in the US."""
-    config = make_deployment(
-        tmp_path / "deploy",
-        pack_limit=pack_limit,
-        edit=lambda text: text + SPARES.format(pack_limit=pack_limit),
-    )
-    for spare in ("us-n7", "us-n8"):
-        (tmp_path / "deploy" / "nodes" / "US" / spare).mkdir()
-    return config
+    return with_nodes(tmp_path / "deploy", pack_limit=pack_limit)
 
 
 def take_out(config: Path, how: str, nodes: tuple[str, ...] = OUT) -> None:
@@ -125,15 +102,6 @@ def facilities(config: Path, held: dict[str, set[str]]) -> dict[str, int]:
     return {name: counts[name] for name in set(facility.values())}
 
 
-def named(manifest: Manifest) -> dict[str, set[str]]:
-    """The one copy of each shard the manifest names, by node."""
-    held: dict[str, set[str]] = {}
-    for index, node in enumerate(manifest.nodes):
-        name = shard_name(manifest.object_id, manifest.version, index, manifest.generation(index))
-        held.setdefault(node, set()).add(name)
-    return held
-
-
 def reads_back_whole(config: Path, payloads: dict[ObjectRef, bytes]) -> None:
     with Vault.open(load(config)) as vault:
         for ref, data in payloads.items():
@@ -172,7 +140,7 @@ def test_versions_written_while_a_facility_was_out_are_spread_once_it_is_back(
     for ref, manifest in manifests(config).items():
         held = on_disk(config, manifest.object_id)
         assert max(facilities(config, held).values()) <= M, ref  # from the directories
-        assert held == named(manifest) and len(held) == K + M  # one copy each, n nodes
+        assert held == named_copies(manifest) and len(held) == K + M  # one copy each, n nodes
     assert report.problems == () and report.concentrated == ()
     assert report.moved == 2 * len(REFS)  # the fewest: one out of each facility of 3
     assert {(move.from_facility, move.to_facility) for move in report.moves} == {
@@ -198,7 +166,7 @@ def test_a_cell_that_still_cannot_spread_them_leaves_them_and_says_so(tmp_path: 
     assert "intl/alice/k0 v1: 3 shards in us-fac-1" in " ".join(report.concentrated)
     assert manifests(config) == before  # left as they are
     for manifest in before.values():
-        assert on_disk(config, manifest.object_id) == named(manifest)
+        assert on_disk(config, manifest.object_id) == named_copies(manifest)
     reads_back_whole(config, payloads)
 
 
@@ -236,7 +204,7 @@ def test_a_copy_that_does_not_verify_is_not_moved_and_is_queued_for_repair(
         assert {(d.ref, d.index) for d in cell.catalog.damage()} == {(ref, index)}
         vault.gc(grace_seconds=0)  # the copy's note: nothing committed, nothing left
         assert cell.catalog.leftovers() == []
-        assert on_disk(config, before[ref].object_id) == named(before[ref])
+        assert on_disk(config, before[ref].object_id) == named_copies(before[ref])
         assert vault.get(ref) == payloads[ref]  # read around the damage
         healed = vault.repair()  # the queue: rebuilt, where it keeps facilities to m
         assert (healed.rebuilt, healed.problems) == (1, ())
@@ -244,7 +212,7 @@ def test_a_copy_that_does_not_verify_is_not_moved_and_is_queued_for_repair(
         vault.gc(grace_seconds=0)  # the copies moved from
     for manifest in manifests(config).values():
         held = on_disk(config, manifest.object_id)
-        assert held == named(manifest) and max(facilities(config, held).values()) <= M
+        assert held == named_copies(manifest) and max(facilities(config, held).values()) <= M
     reads_back_whole(config, payloads)
 
 
@@ -270,7 +238,7 @@ def test_a_spread_killed_at_each_step_leaves_every_object_readable_and_gc_resolv
         vault.gc(grace_seconds=0)
         assert catalog.leftovers() == []
     for manifest in manifests(config).values():  # nothing but what a manifest names
-        assert on_disk(config, manifest.object_id) == named(manifest)
+        assert on_disk(config, manifest.object_id) == named_copies(manifest)
     with Vault.open(load(config)) as vault:
         report = vault.repair(scrub=True)
         swapped = step in ("spread-swapped", "spread-cleared")  # the first version's moves
@@ -279,7 +247,7 @@ def test_a_spread_killed_at_each_step_leaves_every_object_readable_and_gc_resolv
         assert vault.cells["US"].catalog.leftovers() == []
     for manifest in manifests(config).values():
         held = on_disk(config, manifest.object_id)
-        assert held == named(manifest) and max(facilities(config, held).values()) <= M
+        assert held == named_copies(manifest) and max(facilities(config, held).values()) <= M
     reads_back_whole(config, payloads)
 
 
@@ -349,7 +317,7 @@ def test_a_dry_run_says_what_a_scrub_would_rebuild_and_move_and_writes_nothing(
         vault.gc(grace_seconds=0)  # the copies rebuilt and moved from
     for manifest in manifests(config).values():
         held = on_disk(config, manifest.object_id)
-        assert held == named(manifest) and max(facilities(config, held).values()) <= M
+        assert held == named_copies(manifest) and max(facilities(config, held).values()) <= M
     reads_back_whole(config, payloads)
 
 
@@ -421,7 +389,7 @@ def test_a_plain_repair_spreads_the_stripes_the_manifests_show_crowded(tmp_path:
         vault.gc(grace_seconds=0)  # the copies moved from
     for manifest in manifests(config).values():
         held = on_disk(config, manifest.object_id)
-        assert held == named(manifest) and max(facilities(config, held).values()) <= M
+        assert held == named_copies(manifest) and max(facilities(config, held).values()) <= M
     reads_back_whole(config, payloads)
     again = cli(config, "repair", "--json")
     assert again.returncode == 0, again.stderr

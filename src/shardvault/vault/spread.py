@@ -108,7 +108,8 @@ def _looked_at(
         return _named(f"{record.ref} v{record.version}", unreadable_manifest(exc))
     if manifest is None or not over_m(manifest, facility):
         return RepairReport()
-    return replace(_spread(cell, record, manifest, named, on_step, dry, clock), crowded=1)
+    spread = _spread(cell, record, manifest, facility, named, on_step, dry, clock)
+    return replace(spread, crowded=1)
 
 
 def _as_planned(record: VersionRecord, dry: DryRun | None) -> Manifest | None:
@@ -123,6 +124,7 @@ def _spread(
     cell: Cell,
     record: VersionRecord,
     manifest: Manifest,
+    facility: dict[str, str],
     named: bool,
     on_step: StepHook,
     dry: DryRun | None,
@@ -130,14 +132,15 @@ def _spread(
 ) -> RepairReport:
     """Spread one crowded version; a dry run plans from MANIFEST and swaps nothing."""
     if dry is not None:
-        return _spread_version(cell, record, named, _no_step, time.time, manifest)
-    attempt = partial(_spread_version, cell, record, named, on_step, clock)
+        return _spread_version(cell, record, facility, named, _no_step, time.time, manifest)
+    attempt = partial(_spread_version, cell, record, facility, named, on_step, clock)
     return replace(until_unchanged(attempt, record), versions=0)
 
 
 def _spread_version(
     cell: Cell,
     stale: VersionRecord,
+    facility: dict[str, str],
     named: bool,
     on_step: StepHook,
     clock: Callable[[], float],
@@ -161,7 +164,7 @@ def _spread_version(
         targets = spread_targets(cell, manifest, set())
         if targets is None:
             return _named(what, _nowhere(cell, stripe))
-        moves = tuple(_move(cell, manifest, index, target) for index, target in targets.items())
+        moves = tuple(_move(facility, manifest, index, target) for index, target in targets.items())
         return RepairReport(moved=len(moves), moves=moves, dry_run=True)
     try:
         placed = write_on_targets(
@@ -183,7 +186,7 @@ def _spread_version(
         return _named(what, _nowhere(cell, stripe))
     if not swap_in_copies(cell, record, manifest, placed, on_step, "spread", clock):
         return RepairReport()
-    moves = tuple(_move(cell, manifest, index, target) for index, target in placed[0].items())
+    moves = tuple(_move(facility, manifest, index, target) for index, target in placed[0].items())
     return RepairReport(moved=len(moves), moves=moves)
 
 
@@ -229,8 +232,9 @@ class _Mismatch(IntegrityError):
         )
 
 
-def _move(cell: Cell, manifest: Manifest, index: int, target: Target) -> ShardMove:
-    facility = {node.id: node.facility for node in cell.nodes}
+def _move(facility: dict[str, str], manifest: Manifest, index: int, target: Target) -> ShardMove:
+    """Shard INDEX moved to TARGET, each node named with its facility (FACILITY: the cell's
+    nodes', read once per run)."""
     ref, node = manifest.ref, manifest.nodes[index]
     return ShardMove(
         ref.tenant, ref.subject, ref.key, manifest.version, index,

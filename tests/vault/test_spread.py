@@ -22,6 +22,8 @@ import pytest
 from conftest import (
     KILLED_REPAIR,
     SEGMENT,
+    SPARES,
+    add_nodes,
     files_under,
     manifest_of,
     named_copies,
@@ -37,6 +39,7 @@ from shardvault.vault import Vault
 
 K, M = 4, 2
 OUT = ("us-n3", "us-n6")  # the demo's us-fac-3
+ONE_BACK = ("us-n3",)  # us-fac-3 with one node of two: 2 + 2 + 1 < 6, one shard over m
 REFS = [ObjectRef("intl", "alice", f"k{i}") for i in range(4)]
 SIZES = [100, SEGMENT // 2, 2 * SEGMENT + 5, 3 * SEGMENT]  # packed or not, one segment or more
 
@@ -84,6 +87,8 @@ def on_disk(config: Path, object_id: bytes) -> dict[str, set[str]]:
     out), every node of every cell, read from the directories by stores opened afresh."""
     held = {}
     for node in load(config).nodes:
+        if not Path(node.location).is_dir():  # taken out: holds none
+            continue
         store = LocalDirShardStore(node.id, Path(node.location), node.pack_limit)
         try:
             names = {name for name in store.names() if name.startswith(object_id.hex())}
@@ -110,11 +115,13 @@ def reads_back_whole(config: Path, payloads: dict[ObjectRef, bytes]) -> None:
                 assert reader.damage == []
 
 
-def crowded(config: Path, how: str = "down", pack_limit: int = 0) -> dict[ObjectRef, bytes]:
-    """Objects put while us-fac-3 was out, then us-fac-3 back: each is 3 + 3 on disk."""
+def crowded(
+    config: Path, how: str = "down", pack_limit: int = 0, back: tuple[str, ...] = OUT
+) -> dict[ObjectRef, bytes]:
+    """Objects put while us-fac-3 was out, then its nodes BACK back: each 3 + 3 on disk."""
     take_out(config, how)
     payloads = filled(config)
-    bring_back(config, how)
+    bring_back(config, how, back)
     for manifest in manifests(config).values():
         counts = facilities(config, on_disk(config, manifest.object_id))
         assert sorted(counts.values()) == [0, 3, 3]  # as placement had to leave them
@@ -153,20 +160,78 @@ def test_versions_written_while_a_facility_was_out_are_spread_once_it_is_back(
     assert (again.moved, again.rebuilt, again.problems) == (0, 0, ())
 
 
-def test_a_cell_that_still_cannot_spread_them_leaves_them_and_says_so(tmp_path: Path) -> None:
+@pytest.mark.parametrize("how", ["down", "missing"])
+def test_a_cell_that_cannot_spread_them_fully_spreads_them_part_of_the_way(
+    tmp_path: Path, how: str
+) -> None:
+    # with one node of us-fac-3 back, 3 + 3 was left as it was, so losing either of two
+    # facilities lost the version, though 3 + 2 + 1 leaves one facility whose loss does
+    config = deployment(tmp_path)
+    payloads = crowded(config, how, back=ONE_BACK)
+    with Vault.open(load(config)) as vault:
+        dry = vault.repair(dry_run=True)
+        assert vault.cells["US"].catalog.leftovers() == []  # the dry run wrote nothing
+        report = vault.repair()
+        vault.gc(grace_seconds=0)  # the copies moved from
+    assert (report.crowded, report.moved, report.partly_spread) == (4, len(REFS), len(REFS))
+    assert report.problems == ()
+    assert {(move.from_facility, move.to_node) for move in report.moves} <= {
+        ("us-fac-1", "us-n3"),
+        ("us-fac-2", "us-n3"),
+    }
+    assert (dry.dry_run, dry.moves, dry.concentrated) == (True, report.moves, report.concentrated)
+    assert dry.partly_spread == len(REFS)
+    for manifest in manifests(config).values():
+        held = on_disk(config, manifest.object_id)
+        assert held == named_copies(manifest)
+        assert sorted(facilities(config, held).values()) == [1, 2, 3]  # one facility over m
+    said = " ".join(report.concentrated)
+    assert len(report.concentrated) == len(REFS) and "(1 shard(s) over)" in said
+    assert "intl/alice/k0 v1: spread part of the way, 1 shard(s) moved: 3 shards in us-fac-" in said
+    reads_back_whole(config, payloads)
+    with Vault.open(load(config)) as vault:
+        again = vault.repair(scrub=True)  # as spread as the cell allows: nothing moves back
+    assert (again.moved, again.partly_spread, again.problems) == (0, 0, ())
+    assert len(again.concentrated) == len(REFS)
+    assert "nor spread this one further: left as it is" in again.concentrated[0]
+
+
+def test_a_version_no_move_would_spread_further_is_left_as_it_is(tmp_path: Path) -> None:
     config = deployment(tmp_path)
     take_out(config, "down")
-    payloads = filled(config)
-    bring_back(config, "down", ("us-n3",))  # us-fac-3 has one node of two: 2 + 2 + 1 < 6
+    payloads = filled(config)  # 3 + 3, us-fac-3 still down: 2 + 2 + 0 < 6, and no better
     before = manifests(config)
     with Vault.open(load(config)) as vault:
         report = vault.repair(scrub=True)
-    assert (report.moved, report.moves, report.problems) == (0, (), ())
+    assert (report.moved, report.moves, report.problems, report.partly_spread) == (0, (), (), 0)
     assert len(report.concentrated) == len(REFS)
     assert "intl/alice/k0 v1: 3 shards in us-fac-1" in " ".join(report.concentrated)
+    assert "(2 shard(s) over) nor spread this one further" in report.concentrated[0]
     assert manifests(config) == before  # left as they are
     for manifest in before.values():
         assert on_disk(config, manifest.object_id) == named_copies(manifest)
+    reads_back_whole(config, payloads)
+
+
+def test_a_facility_takes_a_shard_past_m_only_where_fewer_facilities_are_left_over_m(
+    tmp_path: Path,
+) -> None:
+    # us-fac-3 gone for good and a fourth node in us-fac-1: 3 + 3 becomes 4 + 2, which
+    # only us-fac-1's loss loses, as placement puts a new stripe in that cell
+    config = deployment(tmp_path)
+    take_out(config, "down")
+    payloads = filled(config)
+    add_nodes(config, {"us-n9": "us-fac-1"})
+    with Vault.open(load(config)) as vault:
+        report = vault.repair()
+        vault.gc(grace_seconds=0)
+    assert (report.moved, report.partly_spread, report.problems) == (len(REFS), len(REFS), ())
+    assert {(move.from_facility, move.to_node) for move in report.moves} == {("us-fac-2", "us-n9")}
+    for manifest in manifests(config).values():
+        held = on_disk(config, manifest.object_id)
+        assert held == named_copies(manifest)
+        assert facilities(config, held) == {"us-fac-1": 4, "us-fac-2": 2, "us-fac-3": 0}
+    assert all("4 shards in us-fac-1 (more than m=2)" in c for c in report.concentrated)
     reads_back_whole(config, payloads)
 
 
@@ -221,11 +286,12 @@ SPREAD_STEPS = ["spread-noted", "spread-written", "spread-swapped", "spread-clea
 
 @pytest.mark.parametrize("pack_limit", [0, 64 << 10])
 @pytest.mark.parametrize("step", SPREAD_STEPS)
+@pytest.mark.parametrize("back", [OUT, ONE_BACK], ids=["whole", "part-of-the-way"])
 def test_a_spread_killed_at_each_step_leaves_every_object_readable_and_gc_resolves_it(
-    tmp_path: Path, step: str, pack_limit: int
+    tmp_path: Path, step: str, pack_limit: int, back: tuple[str, ...]
 ) -> None:
     config = deployment(tmp_path, pack_limit)
-    payloads = crowded(config, pack_limit=pack_limit)
+    payloads = crowded(config, pack_limit=pack_limit, back=back)
     child = subprocess.run(
         [sys.executable, "-c", KILLED_REPAIR, str(config), step], capture_output=True, text=True
     )
@@ -239,15 +305,19 @@ def test_a_spread_killed_at_each_step_leaves_every_object_readable_and_gc_resolv
         assert catalog.leftovers() == []
     for manifest in manifests(config).values():  # nothing but what a manifest names
         assert on_disk(config, manifest.object_id) == named_copies(manifest)
+    per_version = 2 if back == OUT else 1  # moves: to 2 + 2 + 2, or to 3 + 2 + 1
     with Vault.open(load(config)) as vault:
         report = vault.repair(scrub=True)
         swapped = step in ("spread-swapped", "spread-cleared")  # the first version's moves
-        assert (report.moved, report.problems) == (2 * len(REFS) - (2 if swapped else 0), ())
+        left = len(REFS) - (1 if swapped else 0)
+        assert (report.moved, report.problems) == (per_version * left, ())
         vault.gc(grace_seconds=0)  # the copies moved from
         assert vault.cells["US"].catalog.leftovers() == []
     for manifest in manifests(config).values():
         held = on_disk(config, manifest.object_id)
-        assert held == named_copies(manifest) and max(facilities(config, held).values()) <= M
+        assert held == named_copies(manifest)
+        spread = sorted(facilities(config, held).values())
+        assert spread == ([2, 2, 2] if back == OUT else [1, 2, 3])
     reads_back_whole(config, payloads)
 
 
@@ -270,12 +340,25 @@ def test_the_cli_says_what_it_moved_and_what_it_had_to_leave(tmp_path: Path) -> 
     small = deployment(tmp_path / "b")
     take_out(small, "down")
     filled(small)
-    bring_back(small, "down", ("us-n3",))
+    bring_back(small, "down", ONE_BACK)
+    dry = cli(small, "repair", "--scrub", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert f"would move {len(REFS)} shard(s) of {len(REFS)} crowded version(s)" in dry.stderr
+    assert f"facilities, {len(REFS)} of them part of the way; nothing was written" in dry.stderr
+    assert "would stay crowded: intl/alice/k0 v1: spread part of the way" in dry.stderr
     left = cli(small, "repair", "--scrub", "--json")
     assert left.returncode == 0, left.stderr  # as `nodes` warns, exit 0: add nodes
-    assert len(json.loads(left.stdout)["concentrated"]) == len(REFS)
-    assert "left as is: intl/alice/k0 v1: 3 shards in us-fac-1" in left.stderr
-    assert "Traceback" not in left.stderr
+    report = json.loads(left.stdout)
+    assert (report["moved"], report["partly_spread"]) == (len(REFS), len(REFS))
+    assert len(report["concentrated"]) == len(REFS)
+    assert "still crowded: intl/alice/k0 v1: spread part of the way, 1 shard(s) moved" in (
+        left.stderr
+    )
+    again = cli(small, "repair")  # nothing more to move: named, left as it is
+    assert again.returncode == 0, again.stderr
+    assert "still crowded: intl/alice/k0 v1: 3 shards in us-fac-" in again.stderr
+    assert "nor spread this one further: left as it is" in again.stderr
+    assert "Traceback" not in dry.stderr + left.stderr + again.stderr
 
 
 def test_a_dry_run_says_what_a_scrub_would_rebuild_and_move_and_writes_nothing(
@@ -401,18 +484,17 @@ def test_a_plain_repair_reports_what_the_cell_cannot_spread_yet_and_exits_0(
 ) -> None:
     config = deployment(tmp_path)
     take_out(config, "down")
-    payloads = filled(config)
-    bring_back(config, "down", ("us-n3",))  # us-fac-3 has one node of two: 2 + 2 + 1 < 6
+    payloads = filled(config)  # us-fac-3 still down: 2 + 2 + 0 < 6, and no move helps
     before, files = manifests(config), node_files(config)
     left = cli(config, "repair", "--json")
     assert left.returncode == 0, left.stderr  # the cell's shape, as `nodes` warns: exit 0
     report = json.loads(left.stdout)
     assert (report["crowded"], report["moved"], report["problems"]) == (len(REFS), 0, [])
-    assert len(report["concentrated"]) == len(REFS)
-    assert "left as is: intl/alice/k0 v1: 3 shards in us-fac-1, 3 shards in us-fac-2" in (
+    assert (len(report["concentrated"]), report["partly_spread"]) == (len(REFS), 0)
+    assert "still crowded: intl/alice/k0 v1: 3 shards in us-fac-1, 3 shards in us-fac-2" in (
         left.stderr
     )
-    assert "(1 shard(s) over)" in left.stderr and "Traceback" not in left.stderr
+    assert "(2 shard(s) over)" in left.stderr and "Traceback" not in left.stderr
     assert manifests(config) == before and node_files(config) == files
     reads_back_whole(config, payloads)
 
@@ -548,3 +630,55 @@ def test_a_manifest_that_cannot_be_read_is_named_and_the_others_still_counted(
         named,
     )
     assert "Traceback" not in shown.stderr + done.stderr + scrub.stderr
+
+
+def test_a_repair_spreads_an_init_demo_deployment_as_far_as_its_facilities_allow(
+    tmp_path: Path,
+) -> None:
+    # the demo as `init --demo` writes it, with a third node in us-fac-1 and us-fac-2;
+    # us-fac-3's disks unavailable while objects are put (3 + 3), then one of them back:
+    # a repair spreads each to 3 + 2 + 1, and, once the other is back, to 2 + 2 + 2
+    deploy = tmp_path / "deploy"
+    made = subprocess.run(
+        [sys.executable, "-m", "shardvault.cli.app", "init", "--demo", str(deploy)],
+        capture_output=True,
+        text=True,
+    )
+    assert made.returncode == 0, made.stderr
+    config = deploy / "shardvault.toml"
+    add_nodes(config, SPARES, pack_limit=64 << 10)  # packed, as the demo's own nodes are
+    take_out(config, "missing")
+    payloads = filled(config)
+
+    def spread_as(expected: list[int]) -> None:
+        facility = {node.id: node.facility for node in load(config).nodes}
+        with Vault.open(load(config)) as vault:
+            for ref, data in payloads.items():
+                manifest = manifest_of(vault, ref)
+                counts = Counter(facility[node] for node in manifest.nodes)
+                assert sorted(counts.values()) == expected, ref
+                assert vault.get(ref) == data
+
+    spread_as([3, 3])  # us-fac-3 holds none
+    bring_back(config, "missing", ONE_BACK)  # us-n6's disk still unavailable
+    part = cli(config, "repair", "--json")
+    assert part.returncode == 1, part.stderr  # us-n6 unavailable and not marked down
+    report = json.loads(part.stdout)
+    assert (report["unavailable_nodes"], report["problems"]) == (["us-n6"], [])
+    assert (report["crowded"], report["moved"], report["partly_spread"]) == (4, 4, 4)
+    assert {move["to_node"] for move in report["moves"]} == {"us-n3"}
+    assert len(report["concentrated"]) == len(REFS)
+    assert "still crowded: intl/alice/k0 v1: spread part of the way" in part.stderr
+    spread_as([1, 2, 3])
+
+    bring_back(config, "missing", ("us-n6",))
+    whole = cli(config, "repair", "--json")
+    assert whole.returncode == 0, whole.stderr
+    report = json.loads(whole.stdout)
+    assert (report["moved"], report["partly_spread"], report["concentrated"]) == (4, 0, [])
+    assert {move["to_node"] for move in report["moves"]} == {"us-n6"}
+    spread_as([2, 2, 2])
+    assert cli(config, "gc", "--grace", "0").returncode == 0  # the copies moved from
+    for manifest in manifests(config).values():
+        assert on_disk(config, manifest.object_id) == named_copies(manifest)
+    assert "Traceback" not in part.stderr + whole.stderr

@@ -363,7 +363,7 @@ def repair(
     for problem in report.problems:
         warn(f"{'would not repair' if dry_run else 'not repaired'}: {problem}")
     for version in report.concentrated:  # the cell's shape, as `nodes` warns: exit 0
-        warn(f"left as is: {version}")
+        warn(f"{'would stay crowded' if dry_run else 'still crowded'}: {version}")
     fate = _fate_of_unreachable_shards(scrub, dry_run)
     unavailable = _not_down(cli, report.unavailable_nodes)
     if unavailable:
@@ -403,6 +403,7 @@ def _say_repaired(report: RepairReport) -> None:
         f"checked {report.versions} version(s), {rebuilt} {report.rebuilt} shard(s), "
         f"{moved} {report.moved} shard(s) of {report.crowded} crowded version(s) to spread "
         "their stripes over facilities"
+        + (f", {report.partly_spread} of them part of the way" if report.partly_spread else "")
         + ("; nothing was written (--dry-run)" if report.dry_run else "")
     )
     for move in report.moves:

@@ -11,7 +11,8 @@ from shardvault.model import ObjectRef
 
 @dataclass(frozen=True, slots=True)
 class ShardMove:
-    """A shard moved so no facility holds more than m of its stripe (vault/spread.py)."""
+    """A shard moved off a facility holding more than m of its stripe, so that none does,
+    or as few as the cell's active nodes allow (vault/spread.py)."""
 
     tenant: str
     subject: str
@@ -33,9 +34,10 @@ class RepairReport:
     unavailable_nodes: tuple[str, ...] = ()  # could not be opened: their shards taken for bad
     moved: int = 0  # good shards moved off a facility holding more than m of their stripe
     moves: tuple[ShardMove, ...] = ()  # each of them
-    concentrated: tuple[str, ...] = ()  # versions over m to a facility the cell cannot spread
+    concentrated: tuple[str, ...] = ()  # versions left over m in a facility after the run, and why
     dry_run: bool = False  # nothing was written: rebuilt, moved and moves say what would be
     crowded: int = 0  # versions found with more than m shards in a facility, spread or not
+    partly_spread: int = 0  # of those, moved part of the way: in `concentrated` too
 
     def __add__(self, other: RepairReport) -> RepairReport:
         return RepairReport(
@@ -50,6 +52,7 @@ class RepairReport:
             self.concentrated + other.concentrated,
             self.dry_run or other.dry_run,
             self.crowded + other.crowded,
+            self.partly_spread + other.partly_spread,
         )
 
 

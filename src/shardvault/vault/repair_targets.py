@@ -23,19 +23,21 @@ its own, or the first at all. The choice reads the cell's nodes, the manifest
 and the nodes' traces, and writes nothing; the rebuild is `vault/rebuild.py`'s.
 
 A version whose good shards sit more than m to a facility (written while a
-facility was out) has the fewest of them moved that bring every facility to m
-(`spread_targets`; the move is `vault/spread.py`'s): from each crowded facility
-the shards on the nodes placement ranks last, each to the best-ranked spare of a
-facility holding fewer than m, under a name new there (as above).
+facility was out) has the fewest of them moved that bring every facility to m, or,
+in a cell whose active nodes cannot hold a stripe so, that spread it as far as they
+allow (`spread_targets`, as `crowding.spread_plan` says how far; the move is
+`vault/spread.py`'s): from each facility the plan names, the shards on the nodes
+placement ranks last, each to the best-ranked spare of a facility below its limit
+in the plan, under a name new there (as above).
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
-from shardvault.crowding import over_m
+from shardvault.crowding import CellNodes, spread_plan
 from shardvault.errors import ShardvaultError
 from shardvault.manifest import MAX_GENERATION, Manifest
 from shardvault.model import NodeSpec, NodeState
@@ -90,28 +92,34 @@ def rebuild_targets(
     return _first_each(order, options, used, manifest.m)
 
 
-def crowding(cell: Cell, manifest: Manifest) -> dict[str, int]:
-    """The facilities holding more than m of the version's shards, and how many."""
-    return over_m(manifest, {node.id: node.facility for node in cell.nodes})
-
-
 def spread_targets(cell: Cell, manifest: Manifest, tried: set[str]) -> dict[int, Target] | None:
-    """Where to move the fewest shards of a version that leave no facility more than m of
-    them (see the module docstring), on none of the nodes TRIED: {} if none holds more,
-    None if they cannot all be placed so. Every shard's node must be active: bad shards
-    are the rebuild's, which comes first."""
+    """Where to move the shards of a crowded version that spread it as far as the cell's
+    active nodes, but those TRIED, allow (`crowding.spread_plan`: every facility to m if
+    they can hold a stripe so, else the fewest facilities left over m), each to a node
+    holding none of its shards (see the module docstring); None if no move would spread
+    it further, or the moves cannot all be placed so. Every shard's node must be active:
+    bad shards are the rebuild's, which comes first."""
+    usable = (node for node in cell.placeable_nodes() if node.id not in tried)
+    plan = spread_plan(manifest, CellNodes.of(usable, cell.jurisdiction))
+    if not plan.moves:
+        return None
     facility = {node.id: node.facility for node in cell.nodes}
     used = Counter(facility[node] for node in manifest.nodes)
     fresh, traced = _spares(cell, manifest, active_nodes(cell), tried)
     chosen: dict[int, Target] = {}
-    for index in _leaving(cell, manifest):
+    for index in _leaving(cell, manifest, plan.leaving):
         options = [
             *(Target(node, manifest.generation(index)) for node in fresh),  # name new there
             *_traced_targets(cell, manifest, index, traced),
         ]
         taken = {target.node.id for target in chosen.values()}
         target = next(
-            (t for t in options if t.node.id not in taken and used[t.node.facility] < manifest.m),
+            (
+                t
+                for t in options
+                if t.node.id not in taken
+                and used[t.node.facility] < plan.limit.get(t.node.facility, 0)
+            ),
             None,
         )
         if target is None:
@@ -121,17 +129,16 @@ def spread_targets(cell: Cell, manifest: Manifest, tried: set[str]) -> dict[int,
     return chosen
 
 
-def _leaving(cell: Cell, manifest: Manifest) -> list[int]:
-    """The shards that leave each crowded facility: those on the nodes placement ranks
-    last, as many as the facility holds past m, so the stripe keeps its best nodes."""
-    crowded = crowding(cell, manifest)
+def _leaving(cell: Cell, manifest: Manifest, leaving: Mapping[str, int]) -> list[int]:
+    """The shards that leave each facility LEAVING names, as many as it says: those on the
+    nodes placement ranks last, so the stripe keeps its best nodes."""
     specs = {node.id: node for node in cell.nodes}
-    leaving = []
-    for name, count in sorted(crowded.items()):
+    chosen = []
+    for name, count in sorted(leaving.items()):
         held = [specs[node] for node in manifest.nodes if specs[node].facility == name]
-        last = rank_nodes(placement_seed(manifest.ref), held)[-(count - manifest.m) :]
-        leaving += [manifest.nodes.index(node.id) for node in last]
-    return sorted(leaving)
+        last = rank_nodes(placement_seed(manifest.ref), held)[-count:]
+        chosen += [manifest.nodes.index(node.id) for node in last]
+    return sorted(chosen)
 
 
 class _Keeping:

@@ -1,4 +1,5 @@
-"""Spreading: moving shards so no facility holds more than m of a stripe.
+"""Spreading: moving shards so no facility holds more than m of a stripe, or as few do as
+the cell's active nodes allow.
 
 Placement keeps a stripe to m shards per facility whenever the cell's active nodes
 allow it, so losing a whole facility loses no object. A version put while a
@@ -11,17 +12,22 @@ shard, unless one moves), and for each with more than m shards in a facility
 (`crowding.crowded_stripe`, counted in `RepairReport.crowded`) moves the fewest
 that leave every facility m or fewer (`repair_targets.spread_targets`: which, and
 where), if the cell's active nodes can hold the stripe so at all
-(`placement.facility_shortfall`, as placement and `shardvault nodes` count). A
-version in a cell that cannot is left as it is and named
-(`RepairReport.concentrated`): moving it would not take it to m. So is one with a
-shard on a node that is not active, after a repair that did not read its shards
-(no scrub, no damage recorded): that shard is a scrub's to rebuild first.
+(`placement.facility_shortfall`, as placement and `shardvault nodes` count). In a
+cell that cannot, it moves the fewest that leave the fewest facilities over m,
+then the smallest excess in any (`crowding.spread_plan`: 3 + 3 + 0 to 3 + 2 + 1
+with one node of the third facility active), and names the version with what stays
+(`RepairReport.concentrated`, counted in `partly_spread`); one no move would spread
+further is left as it is and named so. So is one with a shard on a node that is
+not active, after a repair that did not read its shards (no scrub, no damage
+recorded): that shard is a scrub's to rebuild first.
 
 A move writes the shard's own blocks, each read from its node and checked against
-the manifest's hash first, to an active node of the same cell in a facility holding
-fewer than m, holding no shard of the version, under a name it never had. So a
-shard never leaves its jurisdiction, no node holds two shards of a stripe, and no
-facility gains a shard past m. Then repair's steps (vault/copy_swap.py): the new copies
+the manifest's hash first, to an active node of the same cell in a facility below
+its limit in the plan (fewer than m, unless fewer facilities over m need more),
+holding no shard of the version, under a name it never had. So a shard never
+leaves its jurisdiction, no node holds two shards of a stripe, and no facility
+gains a shard past m unless that leaves fewer facilities over m, or a smaller
+excess (`crowding.py`). Then repair's steps (vault/copy_swap.py): the new copies
 noted, written and synced, the old ones noted, the manifest swapped only if it is
 still the one read, durably, the new copies' notes dropped, the old ones left
 noted for gc's grace period (gets under way read them). A kill at
@@ -39,7 +45,7 @@ from dataclasses import replace
 from functools import partial
 
 from shardvault.catalog.port import DamageRecord, VersionRecord
-from shardvault.crowding import CellNodes, CrowdedStripe, crowded_stripe, over_m
+from shardvault.crowding import CellNodes, CrowdedStripe, crowded_stripe, over_m, spread_plan
 from shardvault.errors import IntegrityError, NewerFormat, ShardvaultError
 from shardvault.manifest import Manifest
 from shardvault.nodes.port import ShardWriter, shard_name
@@ -47,6 +53,7 @@ from shardvault.vault.cells import Cell
 from shardvault.vault.copy_swap import (
     swap_in_copies,
     until_unchanged,
+    with_copies,
     write_copies,
     write_on_targets,
 )
@@ -70,10 +77,10 @@ def spread_cell(
     clock: Callable[[], float] = time.time,
 ) -> RepairReport:
     """Move shards of the cell's committed versions so that none has more than m in a
-    facility, where the cell allows; with ``dry_run``, only say which would move, from
-    the manifests its rebuilds would leave. SCRUBBED: the rebuild before looked at every
-    version, so a shard on a node not active is its to name. ``on_step`` is told each
-    step of a move; CLOCK stamps the copies moved away from."""
+    facility, or as few as the cell allows; with ``dry_run``, only say which would move,
+    from the manifests its rebuilds would leave. SCRUBBED: the rebuild before looked at
+    every version, so a shard on a node not active is its to name. ``on_step`` is told
+    each step of a move; CLOCK stamps the copies moved away from."""
     report = RepairReport()
     facility = {node.id: node.facility for node in cell.nodes}
     with cell.maintenance(wait=True):  # gc then leaves the notes of copies to later
@@ -153,19 +160,34 @@ def _spread_version(
         return RepairReport()
     manifest = planned or Manifest.from_bytes(record.manifest)
     what = f"{manifest.ref} v{manifest.version}"
-    stripe = crowded_stripe(manifest, CellNodes.of(cell.placeable_nodes(), cell.jurisdiction))
+    nodes = CellNodes.of(cell.placeable_nodes(), cell.jurisdiction)
+    stripe = crowded_stripe(manifest, nodes)
     if stripe is None or (stripe.inactive and named):
         return RepairReport()  # spread already, or a bad shard's: the rebuild named it
     if stripe.inactive:  # a plain repair reads no shard: such a one is the scrub's
         return RepairReport(concentrated=(_not_active(what, stripe),))
-    if stripe.shortfall:
+    if not spread_plan(manifest, nodes).moves:  # no move would spread it further
         return RepairReport(concentrated=(_concentrated(what, stripe),))
     if planned is not None:
         targets = spread_targets(cell, manifest, set())
         if targets is None:
             return _named(what, _nowhere(cell, stripe))
-        moves = tuple(_move(facility, manifest, index, target) for index, target in targets.items())
-        return RepairReport(moved=len(moves), moves=moves, dry_run=True)
+        return replace(_moved(facility, manifest, stripe, targets), dry_run=True)
+    return _moved_copies(cell, record, manifest, stripe, facility, on_step, clock)
+
+
+def _moved_copies(
+    cell: Cell,
+    record: VersionRecord,
+    manifest: Manifest,
+    stripe: CrowdedStripe,
+    facility: dict[str, str],
+    on_step: StepHook,
+    clock: Callable[[], float],
+) -> RepairReport:
+    """Copy the shards `spread_targets` chooses, each block checked, and swap them in
+    (vault/copy_swap.py); a failure names the version, as a rebuild's does."""
+    what = f"{manifest.ref} v{manifest.version}"
     try:
         placed = write_on_targets(
             cell,
@@ -186,8 +208,25 @@ def _spread_version(
         return _named(what, _nowhere(cell, stripe))
     if not swap_in_copies(cell, record, manifest, placed, on_step, "spread", clock):
         return RepairReport()
-    moves = tuple(_move(facility, manifest, index, target) for index, target in placed[0].items())
-    return RepairReport(moved=len(moves), moves=moves)
+    return _moved(facility, manifest, stripe, placed[0])
+
+
+def _moved(
+    facility: dict[str, str], manifest: Manifest, stripe: CrowdedStripe, targets: dict[int, Target]
+) -> RepairReport:
+    """Each shard moved to its target and, if the version is left with a facility over m
+    (the cell's active nodes allow no more), the version named with what stays."""
+    moves = tuple(_move(facility, manifest, index, target) for index, target in targets.items())
+    left = over_m(with_copies(manifest, targets, dict.fromkeys(targets)), facility)
+    if not left:
+        return RepairReport(moved=len(moves), moves=moves)
+    what = f"{manifest.ref} v{manifest.version}"
+    return RepairReport(
+        moved=len(moves),
+        moves=moves,
+        concentrated=(_part_of_the_way(what, stripe, left, len(moves)),),
+        partly_spread=1,
+    )
 
 
 def _copy(cell: Cell, manifest: Manifest, targets: dict[int, Target]) -> dict[int, str | None]:
@@ -252,8 +291,19 @@ def _nowhere(cell: Cell, stripe: CrowdedStripe) -> str:
 def _concentrated(what: str, stripe: CrowdedStripe) -> str:
     return (
         f"{what}: {stripe.described()} (more than m={stripe.m}), and the cell's active "
-        f"nodes cannot hold a stripe to m per facility ({stripe.shortfall} shard(s) over): "
-        "left as it is; add nodes in other facilities, or bring them back, then repair again"
+        f"nodes cannot hold a stripe to m per facility ({stripe.shortfall} shard(s) over) "
+        "nor spread this one further: left as it is; add nodes in other facilities, or bring "
+        "them back, then repair again"
+    )
+
+
+def _part_of_the_way(what: str, stripe: CrowdedStripe, left: dict[str, int], moved: int) -> str:
+    still = ", ".join(f"{count} shards in {name}" for name, count in sorted(left.items()))
+    return (
+        f"{what}: spread part of the way, {moved} shard(s) moved: {still} (more than "
+        f"m={stripe.m}), from {stripe.described()}; the cell's active nodes cannot hold a "
+        f"stripe to m per facility ({stripe.shortfall} shard(s) over): add nodes in other "
+        "facilities, or bring them back, then repair again"
     )
 
 

@@ -16,7 +16,6 @@ from shardvault.crowding import (
     CrowdedStripe,
     SpreadPlan,
     crowded_stripe,
-    crowded_stripes,
     spread_plan,
 )
 from shardvault.manifest import Manifest
@@ -109,19 +108,6 @@ def test_nodes_of_other_jurisdictions_are_not_the_cells() -> None:
     foreign = [NodeSpec(f"sg{i}", "SG", "f3", "memory", "") for i in range(4)]
     found = crowded_stripe(manifest(PUT_WHILE_F3_WAS_OUT), cell("n3", "n6", nodes=CELL + foreign))
     assert found is not None and found.shortfall == 2  # SG's f3 nodes hold no US shard
-
-
-def test_crowded_stripes_yields_the_crowded_versions_in_order() -> None:
-    stripes = [
-        manifest(["n1", "n2", "n3", "n4", "n5", "n6"]),
-        manifest(PUT_WHILE_F3_WAS_OUT),
-        manifest(["n1", "n4", "n7", "n2", "n5", "n3"], segments=2),
-    ]
-    found = list(crowded_stripes(stripes, cell()))
-    assert [(x.segments, x.facilities) for x in found] == [
-        (1, (("f1", 3), ("f2", 3))),
-        (2, (("f1", 3),)),
-    ]
 
 
 @st.composite

@@ -35,7 +35,7 @@ placement's do, so a cell's crowded versions do not all keep their excess in one
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -110,14 +110,6 @@ def crowded_stripe(manifest: Manifest, cell: CellNodes) -> CrowdedStripe | None:
         tuple(sorted({node for node in manifest.nodes if node not in active})),
         facility_shortfall(cell.active, cell.jurisdiction, manifest.k, manifest.m),
     )
-
-
-def crowded_stripes(manifests: Iterable[Manifest], cell: CellNodes) -> Iterator[CrowdedStripe]:
-    """Each of these versions that holds more than m shards in one facility, in order."""
-    for manifest in manifests:
-        found = crowded_stripe(manifest, cell)
-        if found is not None:
-            yield found
 
 
 @dataclass(frozen=True, slots=True)

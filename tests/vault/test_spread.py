@@ -560,7 +560,7 @@ def test_nodes_counts_each_cells_crowded_versions_from_the_manifests(tmp_path: P
         return {cell["jurisdiction"]: cell for cell in shown["cells"]}, done.stderr
 
     found, said = cells()
-    fine = {"unreadable": 0, "unreadable_first": ""}
+    fine = {"unreadable": 0, "unreadable_first": "", "partly_spreadable": 0}
     assert (
         found["US"] == {"jurisdiction": "US", "versions": 4, "crowded": 4, "spreadable": 4} | fine
     )
@@ -578,12 +578,17 @@ def test_nodes_counts_each_cells_crowded_versions_from_the_manifests(tmp_path: P
     rows = [
         [cell.strip() for cell in line.strip("│ ").split("│")] for line in text.stdout.splitlines()
     ]
-    assert [row for row in rows if row[0] == "US" and len(row) == 4] == [["US", "4", "4", "4"]]
+    assert [row for row in rows if row[0] == "US" and len(row) == 5] == [["US", "4", "4", "4", "0"]]
 
     take_out(config, "down", ("us-n6",))  # us-fac-3 down to one node: 2 + 2 + 1 < 6
     found, said = cells()
+    # but repair would take 3 + 3 + 0 to 3 + 2 + 1: `nodes` said they all waited
     assert (found["US"]["crowded"], found["US"]["spreadable"]) == (4, 0)
-    assert "4 wait for active nodes in more facilities" in said
+    assert found["US"]["partly_spreadable"] == 4
+    assert (
+        "0 can be spread now, by 'shardvault repair', and 4 part of the way (one facility's "
+        "loss would still lose them); 4 wait for active nodes in more facilities"
+    ) in said
     bring_back(config, "down", ("us-n6",))
     assert cli(config, "repair").returncode == 0
     found, said = cells()

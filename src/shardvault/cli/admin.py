@@ -226,10 +226,16 @@ def _warn_about_crowding(cells: list[CellCrowding]) -> None:
         if not cell.crowded:
             continue
         waiting = cell.crowded - cell.spreadable
+        partly = cell.partly_spreadable
         warn(
             f"cell {cell.jurisdiction} has {cell.crowded} version(s) with more than m shards "
             f"in one facility (losing it loses them): {cell.spreadable} can be spread now, "
             "by 'shardvault repair'"
+            + (
+                f", and {partly} part of the way (one facility's loss would still lose them)"
+                if partly
+                else ""
+            )
             + (
                 f"; {waiting} wait for active nodes in more facilities, or for "
                 "'shardvault repair --scrub' to rebuild their shards on nodes not active"
@@ -269,8 +275,8 @@ def _list_nodes(usage: list[NodeUsage], cells: list[CellCrowding], json_out: boo
     )
     print_table(
         "cells",
-        ["jurisdiction", "versions", "crowded", "spreadable now"],
-        [[c.jurisdiction, c.versions, c.crowded, c.spreadable] for c in cells],
+        ["jurisdiction", "versions", "crowded", "spreadable now", "part of the way"],
+        [[c.jurisdiction, c.versions, c.crowded, c.spreadable, c.partly_spreadable] for c in cells],
     )
 
 

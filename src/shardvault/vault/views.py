@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 from blake3 import blake3
 
 from shardvault.catalog.port import VersionRecord
-from shardvault.crowding import CellNodes, crowded_stripes
+from shardvault.crowding import CellNodes, crowded_stripe, spread_plan
 from shardvault.errors import IntegrityError, NewerFormat, ShardvaultError
 from shardvault.manifest import Manifest
 from shardvault.model import NodeSpec, NodeState, ObjectInfo
@@ -72,7 +72,8 @@ def node_usage(cells: Iterable[Cell], bounded: BoundedStores) -> list[NodeUsage]
 @dataclass(frozen=True, slots=True)
 class CellCrowding:
     """A cell's committed versions, those holding more than m shards in one facility
-    (losing it loses them), and how many of those its active nodes could spread now."""
+    (losing it loses them), how many of those its active nodes could spread now, and
+    how many of the others they could spread part of the way (as `repair` would)."""
 
     jurisdiction: str
     versions: int
@@ -80,6 +81,7 @@ class CellCrowding:
     spreadable: int
     unreadable: int = 0  # versions whose manifest cannot be parsed: not counted
     unreadable_first: str = ""  # the first of them, and why
+    partly_spreadable: int = 0
 
 
 _BATCH = 500  # committed versions read from the catalog at a time, as a repair reads them
@@ -96,17 +98,25 @@ def cell_crowding(cell: Cell, unreachable: Collection[str]) -> CellCrowding:
         ),
         cell.jurisdiction,
     )
-    versions = crowded = spreadable = 0
+    versions = crowded = spreadable = partly = 0
     unreadable: list[str] = []
     cursor = b""
     while batch := cell.catalog.committed_after(cursor, _BATCH):
         versions += len(batch)
-        for stripe in crowded_stripes(_parsed(batch, unreadable), nodes):
+        for manifest in _parsed(batch, unreadable):
+            stripe = crowded_stripe(manifest, nodes)
+            if stripe is None:
+                continue
             crowded += 1
-            spreadable += stripe.spreadable
+            if stripe.spreadable:
+                spreadable += 1
+            elif spread_plan(manifest, nodes).moves:  # about 50 µs, for these alone
+                partly += 1
         cursor = batch[-1].object_id
     first = unreadable[0] if unreadable else ""
-    return CellCrowding(cell.jurisdiction, versions, crowded, spreadable, len(unreadable), first)
+    return CellCrowding(
+        cell.jurisdiction, versions, crowded, spreadable, len(unreadable), first, partly
+    )
 
 
 def _parsed(batch: list[VersionRecord], unreadable: list[str]) -> Iterator[Manifest]:

@@ -17,6 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from tests.governance.helpers import US_COURT, as_, entries_of, register
 
 from conftest import files_under, make_deployment
@@ -576,23 +577,39 @@ def test_the_partner_checks_the_withdrawal_itself(config: Config, vault: Vault) 
     did not sign, or the denial's own signature replayed as one, lifts nothing."""
     denied = vetoed_forget(vault)
     verdicts = vault.governance.partner_verdicts
-    held = vault.governance.custodian_policy.approvers["partner-officer"]
     (denial,) = record_rows(config, "SELECT signature FROM verdicts WHERE approval = ?", denied)
     forged = sign_withdrawal(signing_key(vault.governance, "dpo"), denied, "partner-officer",
                              bytes(denial[0]))  # fmt: skip
     for signature in (forged, bytes(denial[0])):
         with pytest.raises(AccessDenied, match=r"\(approval:signing-key\): it does not verify"):
-            verdicts.withdraw(denied, "partner-officer", signature, held)
+            verdicts.withdraw(denied, "partner-officer", signature)
     with pytest.raises(AccessDenied, match=r"\(approval:not-the-denier\)"):
-        verdicts.withdraw(denied, "dpo", forged, held)
+        verdicts.withdraw(denied, "dpo", forged)
     assert len(record_rows(config, "SELECT * FROM vetoes WHERE approval = ?", denied)) == 1
     assert record_rows(config, "SELECT * FROM withdrawals") == []
     genuine = sign_withdrawal(signing_key(vault.governance, "partner-officer"), denied,
                               "partner-officer", bytes(denial[0]))  # fmt: skip
-    verdicts.withdraw(denied, "partner-officer", genuine, held)
+    verdicts.withdraw(denied, "partner-officer", genuine)
     with pytest.raises(AccessDenied, match=r"\(approval:withdrawn\)"):  # replayed: once only
-        verdicts.withdraw(denied, "partner-officer", genuine, held)
+        verdicts.withdraw(denied, "partner-officer", genuine)
     assert len(record_rows(config, "SELECT * FROM withdrawals")) == 1
+
+
+def test_operator_code_cannot_lift_a_veto_with_a_key_of_its_own(
+    config: Config, vault: Vault
+) -> None:
+    """The partner verified a withdrawal under whatever key its caller handed it, so
+    operator code that skips the guard signed one with a key of its own, handed the
+    partner that key's public half, and lifted the veto without the denier. The partner
+    takes the key from its own [approvers], as its custodian's gate does."""
+    denied = vetoed_forget(vault)
+    (denial,) = record_rows(config, "SELECT signature FROM verdicts WHERE approval = ?", denied)
+    own = Ed25519PrivateKey.generate()
+    forged = sign_withdrawal(own, denied, "partner-officer", bytes(denial[0]))
+    with pytest.raises(AccessDenied, match=r"\(approval:signing-key\): it does not verify"):
+        vault.governance.partner_verdicts.withdraw(denied, "partner-officer", forged)
+    assert len(record_rows(config, "SELECT * FROM vetoes WHERE approval = ?", denied)) == 1
+    assert record_rows(config, "SELECT * FROM withdrawals") == []
 
 
 def test_a_record_of_schema_2_takes_a_withdrawal(config: Config, vault: Vault) -> None:

@@ -215,7 +215,7 @@ class Governance:
         # the partner's too: the custodian's key for destroy attestations
         self.custodian_key = CustodianKey(spec.partner_dir, spec.custodian_name)
         # and its copy of the signed verdicts, which the custodian honours denials from
-        self.partner_verdicts = PartnerVerdicts(spec.partner_dir, clock)
+        self.partner_verdicts = PartnerVerdicts(spec.partner_dir, clock, custodian_policy.approvers)
         self._clock = clock
 
     @classmethod
@@ -893,7 +893,7 @@ class Governance:
 
         try:
             principal = self.resolve(ctx, approval.tenant, approval.jurisdiction)
-            signature, held = self._signed_withdrawal(approval, principal.id, key)
+            signature = self._signed_withdrawal(approval, principal.id, key)
         except AccessDenied as exc:
             raise refused(exc) from None
         self._audit(
@@ -901,16 +901,15 @@ class Governance:
             details=_details(principal, resource, "approval", approval_id=approval_id),
         ).wait()  # fmt: skip
         try:
-            return self.partner_verdicts.withdraw(approval_id, principal.id, signature, held)
+            return self.partner_verdicts.withdraw(approval_id, principal.id, signature)
         except AccessDenied as exc:
             raise refused(exc) from None
 
     def _signed_withdrawal(
         self, approval: Approval, approver: str, key: Ed25519PrivateKey | None
-    ) -> tuple[bytes, bytes]:
+    ) -> bytes:
         """``approver``'s signature withdrawing their denial of ``approval``, checked first
-        against the partner's record (theirs to withdraw) and key, and the key the partner
-        holds for them."""
+        against the partner's record (theirs to withdraw) and the key it holds for them."""
         denial = self.partner_verdicts.withdrawable(
             approval.id, approver, self._first_signed_verdict
         )
@@ -922,7 +921,7 @@ class Governance:
                 f"custodian policy holds no key for {approver}, so it cannot verify it",
                 rule="approval:signing-key",
             )
-        return sign_withdrawal(key, approval.id, approver, denial), held
+        return sign_withdrawal(key, approval.id, approver, denial)
 
     # heads --------------------------------------------------------------------------
 

@@ -221,9 +221,17 @@ class Withdrawal:
 class PartnerVerdicts:
     """The signed verdicts delivered to the partner; shared by processes."""
 
-    def __init__(self, partner_dir: Path, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        partner_dir: Path,
+        clock: Callable[[], float] = time.time,
+        approvers: Mapping[str, bytes] | None = None,
+    ) -> None:
+        """``approvers``: the public keys of the partner's own ``[approvers]``, the only ones
+        a withdrawal is verified under (never a key its caller hands it)."""
         self.path = partner_dir / FILE
         self._clock = clock
+        self._approvers: Mapping[str, bytes] = approvers or {}
 
     def deliver(
         self,
@@ -312,22 +320,27 @@ class PartnerVerdicts:
         with self._connected() as db:
             return self._withdrawable(db, approval_id, approver)
 
-    def withdraw(self, approval_id: str, approver: str, signature: bytes, key: bytes) -> Withdrawal:
+    def withdraw(self, approval_id: str, approver: str, signature: bytes) -> Withdrawal:
         """Lift ``approver``'s veto of ``approval_id``'s request, once ``signature`` verifies
-        under ``key`` (the one the partner's policy holds for them) as their withdrawal of
-        the denial this record holds; keep who withdrew it and when. The denial stays: its
+        under the key the partner's own ``[approvers]`` holds for them as their withdrawal
+        of the denial this record holds; keep who withdrew it and when. The key is never
+        the caller's: operator code would hand it one of its own. The denial stays: its
         approval stays refused (`denials`). `AccessDenied` as `withdrawable`, and
         ``approval:signing-key`` for a signature that does not verify."""
         if not self.path.exists():
             raise self._lost()
+        key = self._approvers.get(approver)
         with self._connected() as db, db:  # committed whole, or rolled back
             db.execute("BEGIN IMMEDIATE")
             self._set_up(db)
             denial = self._withdrawable(db, approval_id, approver)
-            if not withdrawal_verifies(key, approval_id, approver, denial, signature):
+            if key is None or not withdrawal_verifies(
+                key, approval_id, approver, denial, signature
+            ):
+                held = "the key the partner holds" if key is not None else "a key the partner holds"
                 raise AccessDenied(
                     f"withdrawal of {approval_id} refused (approval:signing-key): it does not "
-                    f"verify under the key the partner holds for {approver}",
+                    f"verify under {held} for {approver}",
                     rule="approval:signing-key",
                 )
             at = self._clock()

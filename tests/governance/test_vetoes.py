@@ -612,6 +612,23 @@ def test_operator_code_cannot_lift_a_veto_with_a_key_of_its_own(
     assert record_rows(config, "SELECT * FROM withdrawals") == []
 
 
+def test_a_withdrawn_denial_delivered_again_binds_nothing(config: Config, vault: Vault) -> None:
+    """The denial's signature is in the operator's book: delivered again after its
+    withdrawal, it bound the request anew, for a fresh veto_days from then, and its
+    denier, refused as having withdrawn already, could not lift it again."""
+    denied = vetoed_forget(vault)
+    withdraw(vault, denied, "partner-officer")
+    approval = vault.governance.approvals.get(denied)
+    signature = dict(approval.signed)["partner-officer"]
+    key = vault.governance.custodian_policy.approvers["partner-officer"]
+    verdicts = vault.governance.partner_verdicts
+    verdicts.deliver(approval, "partner-officer", "deny", signature, key, first=lambda: False)
+    assert record_rows(config, "SELECT * FROM vetoes WHERE approval = ?", denied) == []
+    assert verdicts.standing_veto(VetoedRequest.of_approval(approval), DAY) is None
+    assert verdicts.denials(denied) == {"partner-officer"}  # its approval stays denied
+    assert asked_forget(vault) != denied  # asked again: a new approval, not vetoed
+
+
 def test_a_record_of_schema_2_takes_a_withdrawal(config: Config, vault: Vault) -> None:
     """A record from before withdrawals: read as it is, and given the table by the
     withdrawal (or the next verdict), in the same transaction."""

@@ -244,7 +244,8 @@ class PartnerVerdicts:
     ) -> None:
         """Keep ``approver``'s ``verdict`` on ``approval``, durable, once its ``signature``
         verifies under ``key`` (the one the partner's policy holds for them); a denial
-        binds the approval's request too (`VetoedRequest`). A missing file is made only
+        binds the approval's request too (`VetoedRequest`), unless its denier withdrew
+        it (delivered again, it binds nothing). A missing file is made only
         if ``first()`` says no signed verdict was given before, so none can have been
         lost with it; `IntegrityError` otherwise."""
         if not verifies(key, approval, approver, verdict, signature):
@@ -257,13 +258,20 @@ class PartnerVerdicts:
             db.execute("BEGIN IMMEDIATE")
             self._set_up(db)
             db.execute(_KEEP, (approval.id, approver, verdict, signature))
-            if verdict == "deny":
+            if verdict == "deny" and not self._was_withdrawn(db, approval.id, approver):
                 request, object_key = VetoedRequest.of_approval(approval).tags(self._key(db))
                 db.execute(
                     _BIND,
                     (request, object_key, approval.id, approver, self._clock(),
                      approval.expires_at),
                 )  # fmt: skip
+
+    @staticmethod
+    def _was_withdrawn(db: sqlite3.Connection, approval_id: str, approver: str) -> bool:
+        """Whether ``approver`` withdrew their denial of ``approval_id``: that denial's
+        signature, which the operator's book holds, delivered again binds nothing, or
+        the veto would be back, for good (a denial is withdrawn once), past its denier."""
+        return db.execute(_WITHDRAWN, (approval_id, approver)).fetchone() is not None
 
     def made(self, first: Callable[[], bool]) -> None:
         """The record made, empty, if it is missing and ``first()`` says no signed verdict was

@@ -24,7 +24,13 @@ from conftest import files_under, make_deployment
 from governance_support import ensure_approvers, signing_key
 from shardvault.catalog.port import SubjectRecord
 from shardvault.config import Config, load
-from shardvault.errors import AccessDenied, ApprovalRequired, IntegrityError, InvalidInput
+from shardvault.errors import (
+    AccessDenied,
+    ApprovalRequired,
+    IntegrityError,
+    InvalidInput,
+    Unavailable,
+)
 from shardvault.governance.approval_signatures import sign_verdict, sign_withdrawal
 from shardvault.governance.partner_verdicts import VetoedRequest, Withdrawal
 from shardvault.keys.port import KeyScope
@@ -627,6 +633,31 @@ def test_a_withdrawn_denial_delivered_again_binds_nothing(config: Config, vault:
     assert verdicts.standing_veto(VetoedRequest.of_approval(approval), DAY) is None
     assert verdicts.denials(denied) == {"partner-officer"}  # its approval stays denied
     assert asked_forget(vault) != denied  # asked again: a new approval, not vetoed
+
+
+def test_a_withdrawal_the_partner_fails_to_keep_is_audited_so(
+    config: Config, vault: Vault, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The withdrawal is audited before the partner lifts the veto; the partner's record
+    then busy (another process holding its write lock past the wait) left the log saying
+    ``withdrawn`` and nothing after, while the veto stood. A second entry now says it
+    failed, as a refusal by the partner then is."""
+    denied = vetoed_forget(vault)
+    monkeypatch.setattr("shardvault.governance.partner_verdicts._BUSY_SECONDS", 0.2)
+    ctx = RequestContext("partner-officer", "approval", new_request_id())
+    key = signing_key(vault.governance, "partner-officer")
+    with closing(sqlite3.connect(partner_record(config), isolation_level=None)) as other:
+        other.execute("BEGIN IMMEDIATE")  # a writer of another process: reads go on
+        with pytest.raises(Unavailable, match="database is locked"):
+            vault.governance.withdraw_denial(denied, ctx, key)
+        other.execute("ROLLBACK")
+    said = [(e.decision, e.rule, e.result) for e in entries_of(vault, ctx)]
+    assert said == [
+        ("allow", "approval:withdraw", "withdrawn"),
+        ("deny", "approval:withdraw", "failed"),
+    ]
+    assert len(record_rows(config, "SELECT * FROM vetoes WHERE approval = ?", denied)) == 1
+    assert withdraw(vault, denied, "partner-officer").approval == denied  # once it is free
 
 
 def test_a_record_of_schema_2_takes_a_withdrawal(config: Config, vault: Vault) -> None:

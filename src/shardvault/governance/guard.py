@@ -43,6 +43,7 @@ from shardvault.errors import (
     ApprovalRequired,
     ConfigError,
     InvalidInput,
+    ShardvaultError,
 )
 from shardvault.governance.approval_signatures import sign_verdict, sign_withdrawal
 from shardvault.governance.approvals import (
@@ -877,7 +878,8 @@ class Governance:
         make the veto a vote they win again. A refusal is `AccessDenied`, audited in the
         approval's cell; without ``key`` `InvalidInput`, as for a verdict. The withdrawal
         is audited before the partner lifts anything (it allows more: fail closed), and a
-        refusal by the partner then (two at once) is audited as a second entry."""
+        refusal by the partner then (two at once), or its record failing then (busy,
+        lost), is audited as a second entry (``refused``, ``failed``)."""
         approval = self.approvals.get(approval_id)  # its cell and tenant, for the audit
         resource = _approval_resource(approval)
         audit = _request_fields(ctx, approval.action)
@@ -904,6 +906,12 @@ class Governance:
             return self.partner_verdicts.withdraw(approval_id, principal.id, signature)
         except AccessDenied as exc:
             raise refused(exc) from None
+        except ShardvaultError:  # the log said withdrawn: it says too that nothing was
+            self._audit(
+                resource, **audit, decision="deny", rule="approval:withdraw", result="failed",
+                details=_details(principal, resource, "approval", approval_id=approval_id),
+            ).wait()  # fmt: skip
+            raise
 
     def _signed_withdrawal(
         self, approval: Approval, approver: str, key: Ed25519PrivateKey | None

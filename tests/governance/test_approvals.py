@@ -593,8 +593,7 @@ def test_a_registration_approved_before_it_had_its_action_still_registers_only(
     for who, kind in APPROVERS.items():
         key = signing_key(reviewed.governance, who)
         signature = key.sign(statement_v1_by_hand(booked, who))
-        public = key.public_key().public_bytes_raw()
-        partner.deliver(booked, who, "approve", signature, public, first=lambda: True)
+        partner.deliver(booked, who, "approve", signature, first=lambda: True)
         book.sign(approval, Principal(who, "intl", kind, "US"), "approve", signature)
     ref = ObjectRef("intl", subject, "notes/private.txt")
     with pytest.raises(AccessDenied, match="approval:mismatch"):

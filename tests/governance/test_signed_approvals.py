@@ -771,13 +771,16 @@ def test_the_partner_keeps_each_signed_verdict_privately_and_naming_no_subject(
 def test_a_verdict_that_does_not_verify_is_not_delivered(
     deployment: tuple[Config, Vault], story: Vault
 ) -> None:
+    """Operator code signing a denial in partner-officer's name with a key of its own:
+    the partner verified it under whatever key its caller passed, so passing that key
+    had it kept as partner-officer's signed denial. It takes the key from its own
+    [approvers] now, so there is none to pass."""
     config, vault = deployment
     approval = vault.governance.approvals.get(pending_forget(vault))
     verdicts = vault.governance.partner_verdicts
-    held = vault.governance.custodian_policy.approvers["partner-officer"]
     forged = sign_verdict(OTHER_KEY, approval, "partner-officer", "deny")
     with pytest.raises(IntegrityError, match="does not verify under the key the partner holds"):
-        verdicts.deliver(approval, "partner-officer", "deny", forged, held, lambda: True)
+        verdicts.deliver(approval, "partner-officer", "deny", forged, lambda: True)
     assert not partner_record(config).exists()
 
 

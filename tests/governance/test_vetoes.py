@@ -626,9 +626,8 @@ def test_a_withdrawn_denial_delivered_again_binds_nothing(config: Config, vault:
     withdraw(vault, denied, "partner-officer")
     approval = vault.governance.approvals.get(denied)
     signature = dict(approval.signed)["partner-officer"]
-    key = vault.governance.custodian_policy.approvers["partner-officer"]
     verdicts = vault.governance.partner_verdicts
-    verdicts.deliver(approval, "partner-officer", "deny", signature, key, first=lambda: False)
+    verdicts.deliver(approval, "partner-officer", "deny", signature, first=lambda: False)
     assert record_rows(config, "SELECT * FROM vetoes WHERE approval = ?", denied) == []
     assert verdicts.standing_veto(VetoedRequest.of_approval(approval), DAY) is None
     assert verdicts.denials(denied) == {"partner-officer"}  # its approval stays denied

@@ -830,7 +830,7 @@ class Governance:
             self.partner_verdicts.made(self._first_signed_verdict)
             return
         self.partner_verdicts.deliver(
-            approval, approver, verdict, signature, key, self._first_signed_verdict
+            approval, approver, verdict, signature, self._first_signed_verdict
         )
 
     def _first_signed_verdict(self) -> bool:

@@ -228,7 +228,7 @@ class PartnerVerdicts:
         approvers: Mapping[str, bytes] | None = None,
     ) -> None:
         """``approvers``: the public keys of the partner's own ``[approvers]``, the only ones
-        a withdrawal is verified under (never a key its caller hands it)."""
+        a verdict or a withdrawal is verified under (never a key its caller hands it)."""
         self.path = partner_dir / FILE
         self._clock = clock
         self._approvers: Mapping[str, bytes] = approvers or {}
@@ -239,16 +239,17 @@ class PartnerVerdicts:
         approver: str,
         verdict: str,
         signature: bytes,
-        key: bytes,
         first: Callable[[], bool],
     ) -> None:
         """Keep ``approver``'s ``verdict`` on ``approval``, durable, once its ``signature``
-        verifies under ``key`` (the one the partner's policy holds for them); a denial
+        verifies under the key the partner's own ``[approvers]`` holds for them (never one
+        its caller hands it: operator code would sign a denial in their name); a denial
         binds the approval's request too (`VetoedRequest`), unless its denier withdrew
         it (delivered again, it binds nothing). A missing file is made only
         if ``first()`` says no signed verdict was given before, so none can have been
         lost with it; `IntegrityError` otherwise."""
-        if not verifies(key, approval, approver, verdict, signature):
+        key = self._approvers.get(approver)
+        if key is None or not verifies(key, approval, approver, verdict, signature):
             raise IntegrityError(
                 f"{approver}'s signed {verdict} on {approval.id} does not verify under the "
                 "key the partner holds for them: not delivered"

@@ -23,6 +23,7 @@ from shardvault.governance.heads import format_skey
 from shardvault.model import (
     MAX_KEY_BYTES,
     ObjectRef,
+    facility_name,
     jurisdiction_code,
     node_id,
     object_key,
@@ -173,6 +174,32 @@ def test_bad_names_are_refused(check: object, value: str) -> None:
     with pytest.raises(InvalidInput) as caught:
         check(value)  # type: ignore[operator]
     assert len(str(caught.value)) < 250, "an overlong name is named, not echoed"
+
+
+@pytest.mark.parametrize(
+    ("check", "value", "message"),
+    [
+        (tenant_name, "Intl", "invalid tenant 'Intl': use lower-case letters, digits and '-'"),
+        (jurisdiction_code, 7, "invalid jurisdiction 7: use an upper-case code such as US or EU"),
+        (node_id, "N1", "invalid node id 'N1': use lower-case letters, digits, '.', '_', '-'"),
+        (facility_name, "-f", "invalid facility '-f': use letters, digits, '.', '_', '-'"),
+        (
+            subject_id,
+            None,
+            "invalid subject id None: 1-128 characters of letters, digits and . _ @ + - "
+            "(not first)",
+        ),
+        (object_key, "a//b", "invalid object key 'a//b': empty, '.' or '..' path segment"),
+        (object_key, "a/./b", "invalid object key 'a/./b': empty, '.' or '..' path segment"),
+        (object_key, "../b", "invalid object key '../b': empty, '.' or '..' path segment"),
+    ],
+)
+def test_each_check_says_what_it_refused_and_why(
+    check: object, value: object, message: str
+) -> None:
+    with pytest.raises(InvalidInput) as caught:
+        check(value)  # type: ignore[operator]
+    assert str(caught.value) == message
 
 
 def test_an_overlong_unknown_tenant_or_approval_id_is_named_not_echoed(vault: Vault) -> None:

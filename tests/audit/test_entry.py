@@ -135,6 +135,35 @@ def test_bad_input_is_reported_when_building() -> None:
     assert "key hidden" in repr(AuditHasher(KEY))
 
 
+_TEXT_FIELDS = ("request_id", "principal", "tenant", "action", "resource", "purpose", "rule")
+
+
+@pytest.mark.parametrize("name", _TEXT_FIELDS)
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        ("", "must be a non-empty string"),
+        (None, "must be a non-empty string"),
+        (7, "must be a non-empty string"),
+        (b"bytes", "must be a non-empty string"),
+        ("a\x1fb", "control character"),
+        ("a\udcffb", "lone surrogate"),
+    ],
+)
+def test_every_text_field_is_checked_and_named(name: str, bad: object, message: str) -> None:
+    # the fields are checked in one pass of C calls; a refusal still names its field
+    with pytest.raises(InvalidInput, match=f"^audit field {name!r} .*{message}"):
+        replace(sample(), **{name: bad})
+
+
+def test_a_text_field_may_be_a_str_subclass() -> None:
+    class Named(str):
+        pass
+
+    entry = replace(sample(), principal=Named("svc-api"))
+    assert entry.to_bytes() == sample().to_bytes()
+
+
 def test_checks_are_cached_only_for_what_passed() -> None:
     """Details and seconds are checked once and remembered; equal values of another
     type, and anything refused, are still checked every time."""

@@ -17,7 +17,7 @@ from tests.governance.helpers import (
 
 from governance_support import forget_approved
 from shardvault.errors import AccessDenied, InvalidInput, NotFound, SubjectForgotten
-from shardvault.model import ObjectRef, RequestContext
+from shardvault.model import LOCAL_ADMIN, ObjectRef, RequestContext
 from shardvault.vault import Vault
 
 REF = ObjectRef("intl", "alice", "notes/today.txt")
@@ -191,6 +191,49 @@ def test_local_admin_can_be_switched_off(config_path) -> None:  # type: ignore[n
         pytest.raises(AccessDenied, match="local administrator is disabled"),
     ):
         vault.register_subject("intl", "alice", "US")
+
+
+def test_the_local_admin_once_known_is_switched_off_all_the_same(config_path) -> None:  # type: ignore[no-untyped-def]
+    # the administrator's principal is made once per tenant and location (guard.py
+    # `_local_admin`); whether it may act is asked on every request
+    from shardvault.config import load
+
+    with Vault.open(load(config_path)) as vault:
+        vault.register_subject("intl", "alice", "US")
+        vault.put(REF, b"alice's note")
+        assert vault.get(REF) == b"alice's note"
+    config_path.write_text(
+        config_path.read_text().replace("local_admin = true", "local_admin = false")
+    )
+    with Vault.open(load(config_path)) as vault, pytest.raises(AccessDenied, match="disabled"):
+        vault.get(REF)
+
+
+def test_the_local_admin_acts_from_where_each_request_says(story: Vault) -> None:
+    # a principal remembered for one location is never the one of another
+    for _ in range(2):
+        assert story.get(REF, ctx=RequestContext(LOCAL_ADMIN, "read", "r1", "US"))
+        with pytest.raises(AccessDenied, match="invariant:protected-read-location"):
+            story.get(REF, ctx=RequestContext(LOCAL_ADMIN, "read", "r2", "SG"))
+    (entry,) = [e for e in entries(story) if e.request_id == "r2"][-1:]
+    assert entry.details["location"] == "SG"
+
+
+class _Posing(str):
+    """A location that claims to equal any other: what it spells is what counts."""
+
+    def __eq__(self, other: object) -> bool:
+        return True
+
+    def __hash__(self) -> int:
+        return hash("US")
+
+
+def test_a_bad_local_admin_location_is_refused_every_time(story: Vault) -> None:
+    assert story.get(REF, ctx=RequestContext(LOCAL_ADMIN, "read", "r1", "US"))
+    for location in ("us", "us", _Posing("not a code"), ["US"]):
+        with pytest.raises(InvalidInput, match="invalid jurisdiction"):
+            story.get(REF, ctx=RequestContext(LOCAL_ADMIN, "read", "r3", location))  # type: ignore[arg-type]
 
 
 def test_malformed_request_context_is_bad_input_and_not_logged(story: Vault) -> None:

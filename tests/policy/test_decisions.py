@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import enum
 from pathlib import Path
 
 import pytest
 
+from shardvault.errors import InvalidInput
 from shardvault.model import DataClass
 from shardvault.policy import (
     DEFAULT_DENY,
@@ -24,6 +26,7 @@ from shardvault.policy import (
     parse_cases,
     run_table,
 )
+from shardvault.policy.model import as_enum
 
 HERE = Path(__file__).parent
 POLICY = load_policy(HERE / "policy.toml")
@@ -125,3 +128,19 @@ def test_a_rule_naming_write_governs_registration_and_one_naming_register_only_i
     assert decision.rule == DEFAULT_DENY
     decision = decide(Policy((writes, signups)), US_SERVICE, Action.REGISTER, user, "p")
     assert (decision.effect, decision.rule) == (Effect.DENY, "signups")
+
+
+class _Verb(enum.StrEnum):
+    READ = "read"
+
+
+def test_an_enum_value_is_taken_as_its_member_and_a_member_as_itself() -> None:
+    # as_enum returns a member as it is given (no call): a value, even another enum's
+    # member that equals one, still becomes the member, and anything else is refused
+    assert as_enum(Action, Action.READ, "action") is Action.READ
+    assert as_enum(Action, "read", "action") is Action.READ
+    assert as_enum(Action, _Verb.READ, "action") is Action.READ
+    assert as_enum(DataClass, DataClass.PUBLIC, "data class") is DataClass.PUBLIC
+    for wrong in (DataClass.PUBLIC, "READ", 1, None):
+        with pytest.raises(InvalidInput, match=r"^action .* is not one of read, write"):
+            as_enum(Action, wrong, "action")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import operator
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -48,6 +49,7 @@ _TIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z", re.ASCII)  # 
 _FORBIDDEN = re.compile(r"[\x00-\x1f\ud800-\udfff]")  # control characters, lone surrogates
 _DETAIL_KEY = re.compile(r"[a-z][a-z0-9_]{0,63}")
 _RECENT_PSEUDONYMS = 4096  # per hasher; cleared when full
+_TEXTS = operator.attrgetter(*_FIELDS[1:])  # every text field but the time, in one call
 
 DetailValue = str | int | bool | None
 
@@ -160,9 +162,14 @@ class AuditEntry:
 
     def __post_init__(self) -> None:
         _check_time(self.time)
-        texts = [getattr(self, name) for name in _FIELDS[1:]]
-        # one pass over all fields on the hot path; name the culprit only on failure
-        if not all(isinstance(t, str) and t for t in texts) or _FORBIDDEN.search("".join(texts)):
+        texts = _TEXTS(self)
+        # one pass over all fields on the hot path, in C calls only (join refuses what
+        # is not a str, then all() finds an empty one); name the culprit only on failure
+        try:
+            joined = "".join(texts)
+        except TypeError:
+            joined = None
+        if joined is None or not all(texts) or _FORBIDDEN.search(joined):
             for name, text in zip(_FIELDS[1:], texts, strict=True):
                 _check_text(name, text)
         if self.decision not in DECISIONS:

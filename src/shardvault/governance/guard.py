@@ -27,6 +27,7 @@ destroy) is audited too, as are approval signatures and the outcome of a forget.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -181,6 +182,24 @@ def _records_forget(entry: AuditEntry, resource: str, key_id: str) -> bool:
     )
 
 
+def _local_admin(tenant: str, location: str) -> Principal:
+    """The built-in administrator acting on TENANT from LOCATION: made once per pair and
+    process, as it is a pure function of the two and immutable, and its checks were a
+    thirtieth of a small get's instructions. Only plain strings are remembered (a str
+    subclass may claim equality with what it does not spell); a bad one is refused each
+    time, as the checks raise before anything is remembered."""
+    if type(tenant) is str and type(location) is str:
+        return _remembered_local_admin(tenant, location)
+    return _new_local_admin(tenant, location)
+
+
+def _new_local_admin(tenant: str, location: str) -> Principal:
+    return Principal(LOCAL_ADMIN, tenant, PrincipalKind.EMPLOYEE, location, frozenset({"admin"}))
+
+
+_remembered_local_admin = functools.lru_cache(maxsize=256)(_new_local_admin)
+
+
 def _request_fields(ctx: RequestContext, action: Action | str) -> dict[str, str]:
     """What every audit entry of a request names: who, which request, what, why."""
     return dict(
@@ -332,13 +351,7 @@ class Governance:
         if principal is None:
             # On one machine every cell is local: the administrator acts from the
             # cell it touches unless the caller says otherwise.
-            return Principal(
-                LOCAL_ADMIN,
-                tenant,
-                PrincipalKind.EMPLOYEE,
-                ctx.location or jurisdiction,
-                frozenset({"admin"}),
-            )
+            return _local_admin(tenant, ctx.location or jurisdiction)
         return principal
 
     def _registered(self, ctx: RequestContext) -> Principal | None:

@@ -71,7 +71,11 @@ def token(value: object, what: str) -> str:
 
 
 def as_enum(kind: type[_E], value: object, what: str) -> _E:
-    """An enum member from its value, or `InvalidInput` listing the allowed values."""
+    """An enum member from its value, or `InvalidInput` listing the allowed values. A member
+    is returned as it is, as ``kind(value)`` would, without that call's two Python frames
+    (a get asks twice: the resource's data class and the action)."""
+    if isinstance(value, kind):
+        return value
     try:
         return kind(value)
     except ValueError:

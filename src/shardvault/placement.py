@@ -88,11 +88,12 @@ def facility_shortfall(nodes: Iterable[NodeSpec], jurisdiction: str, k: int, m: 
 def _capped(ranked: list[NodeSpec], cap: int, n: int) -> list[NodeSpec]:
     """Up to n nodes in rank order, at most `cap` per facility."""
     chosen: list[NodeSpec] = []
-    used: Counter[str] = Counter()
+    used: dict[str, int] = {}  # not a Counter: each facility's first look was a Python call
     for node in ranked:
-        if used[node.facility] < cap:
+        taken = used.get(node.facility, 0)
+        if taken < cap:
             chosen.append(node)
-            used[node.facility] += 1
+            used[node.facility] = taken + 1
             if len(chosen) == n:
                 break
     return chosen

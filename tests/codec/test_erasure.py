@@ -52,6 +52,14 @@ def test_losing_more_than_m_blocks_is_an_integrity_error(k: int, m: int) -> None
         code.decode([])
 
 
+@given(sizes=st.lists(st.integers(0, 3 << 20), min_size=1, max_size=6))
+@settings(max_examples=25, deadline=None)
+def test_a_block_size_asked_again_is_the_one_encoding_gives(sizes: list[int]) -> None:
+    code = ErasureCode(4, 2)
+    for size in sizes + sizes:  # each asked twice: the second answer is the remembered one
+        assert code.block_size(size) == len(code.encode(bytes(size))[0])
+
+
 def test_empty_segment_round_trips() -> None:
     code = ErasureCode(4, 2)
     blocks = code.encode(b"")

@@ -42,6 +42,22 @@ def test_known_answer_pins_nonce_and_associated_data_layout() -> None:
     assert cipher().seal(7, b"hello segment") == expected
 
 
+@pytest.mark.parametrize(
+    "ref",
+    [
+        ObjectRef("intl", "u+1_2.3-4@x", "日本語/ファイル.txt"),
+        ObjectRef("a", "b", "k" * 1024),
+        ObjectRef("intl", "alice", "café/ space"),
+    ],
+)
+def test_the_associated_data_counts_each_name_in_utf8_bytes(ref: ObjectRef) -> None:
+    fields = [b"shardvault/segment/v1", *(s.encode() for s in (ref.tenant, ref.subject, ref.key))]
+    aad = b"".join(struct.pack(">I", len(f)) + f for f in [*fields, OBJECT_ID])
+    aad += struct.pack(">Q", 9) + struct.pack(">Q", 2)
+    expected = AESGCM(KEY).encrypt(bytes(4) + struct.pack(">Q", 2), b"x", aad)
+    assert cipher(SegmentBinding(ref, 9, OBJECT_ID)).seal(2, b"x") == expected
+
+
 @given(version=st.integers(0, 2**64 - 1), index=st.integers(0, 2**64 - 1))
 @example(version=2**64 - 1, index=2**64 - 1)
 def test_version_and_index_are_unsigned_64_bit_in_nonce_and_associated_data(

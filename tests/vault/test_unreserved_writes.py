@@ -18,7 +18,7 @@ from conftest import SEGMENT
 from governance_support import forget_approved
 from shardvault.config import load
 from shardvault.errors import Conflict, InvalidInput, SubjectForgotten
-from shardvault.model import ObjectRef
+from shardvault.model import ObjectRef, local_context
 from shardvault.nodes.port import shard_name
 from shardvault.vault import Vault
 
@@ -87,6 +87,21 @@ def test_a_one_segment_put_from_memory_takes_no_reservation(hooked: Vault, steps
     hooked.put(REF, b"x" * (SEGMENT + 1))
     assert steps.seen[0] == "reserved"
     assert [info.version for info in hooked.versions(REF)] == [2, 1]
+
+
+def test_a_put_written_again_asks_the_custodian_for_its_key_once(
+    hooked: Vault, steps: Steps, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    asked = []
+    unwrap = hooked.custodian.unwrap
+    monkeypatch.setattr(
+        hooked.custodian, "unwrap", lambda *args: asked.append(args[3].request_id) or unwrap(*args)
+    )
+    steps.rival = lambda attempt: hooked.put(REF, b"rival") if attempt < 3 else None
+    assert hooked.put(REF, b"third time", ctx=local_context("write", "the-put")).version == 3
+    assert steps.seen.count("shards-committed") == 3  # two races lost, then written
+    assert asked.count("the-put") == 1 and len(asked) == 3  # and once by each rival
+    assert hooked.get(REF) == b"third time"
 
 
 def test_a_gc_sweep_taking_its_shards_makes_it_write_again(hooked: Vault, steps: Steps) -> None:

@@ -31,6 +31,7 @@ class ErasureCode:
         self.n = k + m
         self.backend = backend
         self._driver = ECDriver(k=k, m=m, ec_type=backend)
+        self._block_sizes: dict[int, int] = {}  # a few keys: segment sizes of the config
 
     def encode(self, segment: bytes | memoryview) -> list[bytes]:
         return list(self._driver.encode(bytes(segment)))
@@ -52,7 +53,14 @@ class ErasureCode:
         return ErasureCode(k, m, backend)
 
     def block_size(self, segment_bytes: int) -> int:
-        """Size of each block for a segment of this many (ciphertext) bytes."""
+        """Size of each block for a segment of this many (ciphertext) bytes. Asked of
+        pyeclib once per size: every put asks it for the one its segment size gives."""
+        found = self._block_sizes.get(segment_bytes)
+        if found is None:
+            found = self._block_sizes[segment_bytes] = self._block_size(segment_bytes)
+        return found
+
+    def _block_size(self, segment_bytes: int) -> int:
         info = self._driver.get_segment_info(max(segment_bytes, 1), max(segment_bytes, 1))
         if segment_bytes == 0:
             return len(self._driver.encode(b"")[0])

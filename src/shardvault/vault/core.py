@@ -493,7 +493,7 @@ class Vault:
             else:
                 found, version = catalog.get_subject(ref.tenant, ref.subject), None
             subject = self._settled_at_home(found, ref.tenant, ref.subject, home)
-            subject_key = functools.cache(functools.partial(self._subject_key, subject, access))
+            subject_key = _once(functools.partial(self._subject_key, subject, access))
             if version is None:
                 return self._write_version(ref, source, subject, subject_key, if_match, progress)
             assert isinstance(source, memoryview)
@@ -947,6 +947,20 @@ class _AnsweredAfterAudit:
             return
         with contextlib.suppress(AuditUnavailable):
             self._access.wait_audited()
+
+
+def _once(make: Callable[[], _T]) -> Callable[[], _T]:
+    """MAKE's result, made at the first call only: a put that writes again after a lost
+    race asks the custodian for the subject key once. A closure: functools.cache cost
+    each put about 30 k instructions to set up (its wrapper copies attributes)."""
+    made: list[_T] = []
+
+    def once() -> _T:
+        if not made:
+            made.append(make())
+        return made[0]
+
+    return once
 
 
 def _placed(cell: Cell, seed: bytes, code: ErasureCode) -> list[NodeSpec]:

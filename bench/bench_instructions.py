@@ -9,7 +9,11 @@ in the same run, is the codec work alone for one 1 KiB object (seal, erasure-cod
 and hash for a put; verify, decode and open for a get). A "get" re-reads one of
 50 objects (its manifest is parsed once per process); a "fresh get" reads each
 object for the first time, as `bench_vault.py` (c) does. Needs valgrind.
-Options: --requests N (default 100).
+Options: --requests N (default 100); --steady: the loop's timed work (the seen
+positions' 2-second write-out, the packs' 10-second prune) left until close, the
+hash seed fixed and the cyclic GC off, so that two runs of one tree agree to about
+1 k instead of about 18 k: for the difference one change makes, not for figures
+to compare with the rounds before.
 """
 
 from __future__ import annotations
@@ -24,6 +28,19 @@ import tempfile
 from pathlib import Path
 
 MODES = ("get", "fresh get", "put")
+
+
+def _steady() -> None:
+    """What --steady takes out of the loop (see the docstring): timers and the GC."""
+    import gc
+
+    import shardvault.governance.seen as seen
+    import shardvault.nodes.packs as packs
+
+    gc.disable()
+    assert seen.SeenRecorder.__init__.__kwdefaults__ is not None
+    seen.SeenRecorder.__init__.__kwdefaults__["interval"] = 1e9
+    packs.PRUNE_SECONDS = 1e9
 
 
 def _stub_flushes() -> None:
@@ -83,39 +100,44 @@ def _codec_loop(mode: str, count: int, written: int) -> None:
             cipher.open(0, code.decode(blocks[:4]))
 
 
-def _instructions(kind: str, mode: str, count: int, written: int) -> int:
+def _instructions(kind: str, mode: str, count: int, written: int, steady: bool) -> int:
     command = [
         "valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
         sys.executable, __file__, "--child", kind, mode, str(count), str(written),
+        *(["--steady"] if steady else []),
     ]  # fmt: skip
-    done = subprocess.run(command, capture_output=True, text=True, check=True)
+    env = dict(os.environ, PYTHONHASHSEED="0") if steady else None
+    done = subprocess.run(command, capture_output=True, text=True, check=True, env=env)
     found = re.search(r"Collected : (\d+)", done.stderr)
     if found is None:
         raise SystemExit(f"callgrind printed no total:\n{done.stderr[-2000:]}")
     return int(found.group(1))
 
 
-def per_request(kind: str, mode: str, count: int) -> float:
+def per_request(kind: str, mode: str, count: int, steady: bool = False) -> float:
     written = 3 * count if mode == "fresh get" else 0
-    more, fewer = (_instructions(kind, mode, n, written) for n in (3 * count, count))
+    more, fewer = (_instructions(kind, mode, n, written, steady) for n in (3 * count, count))
     return (more - fewer) / (2 * count)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=100)
+    parser.add_argument("--steady", action="store_true", help="timers and GC out of the loop")
     parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         kind, mode, count, written = args.child
+        if args.steady:
+            _steady()
         _stub_flushes()
         (_vault_loop if kind == "vault" else _codec_loop)(mode, int(count), int(written))
         return
     if shutil.which("valgrind") is None:
         raise SystemExit("valgrind is not installed: apt-get install valgrind")
     for mode in MODES:
-        vault = per_request("vault", mode, args.requests)
-        codec = per_request("codec", mode, args.requests)
+        vault = per_request("vault", mode, args.requests, args.steady)
+        codec = per_request("codec", mode, args.requests, args.steady)
         print(
             f"1 KiB {mode}: {vault / 1e6:.3f} M instructions through the vault | "
             f"codec alone {codec / 1e3:.1f} k ({vault / codec:.0f}x)"

@@ -19,7 +19,15 @@ from governance_support import forget_approved
 from shardvault import durability
 from shardvault.catalog.port import Catalog
 from shardvault.config import Config, load
-from shardvault.errors import IntegrityError, NewerFormat, NotFound, StorageError, TooFewNodes
+from shardvault.errors import (
+    IntegrityError,
+    NewerFormat,
+    NotFound,
+    StorageError,
+    SubjectForgotten,
+    TooFewNodes,
+)
+from shardvault.governance.receipts import verify_receipt
 from shardvault.model import ObjectRef
 from shardvault.vault import Vault
 from shardvault.vault import cells as cells_module
@@ -250,13 +258,42 @@ def test_a_cell_whose_catalog_cannot_be_opened_stops_only_the_requests_that_need
             lambda: again.gc(0),
             again.repair,
             again.crowding,
-            lambda: forget_approved(again, "intl", "alice"),
         ):
             with pytest.raises(error, match=named):
                 needs_sg()
-        assert again.get(alice) == b"us"  # the forget refused before destroying anything
     with reopen(config_path) as again:  # nor did gc collect the deleted version
         assert len(again.cells["US"].catalog.known_object_ids()) == 2  # "new" not purged
+
+
+@pytest.mark.parametrize(("break_catalog", "error", "says"), BROKEN.values(), ids=BROKEN.keys())
+def test_a_forget_needs_no_other_cells_catalog(
+    vault: Vault,
+    alice: ObjectRef,
+    config_path: Path,
+    break_catalog: Callable[[Path], None],
+    error: type[Exception],
+    says: str,
+) -> None:
+    # a forget opened every cell's catalog first: a US subject's forget was refused while
+    # the SG cell's catalog was damaged or of a newer schema, though it needs none of it
+    vault.register_subject("intl", "bob", "SG")
+    vault.put(ObjectRef("intl", "bob", "sg"), b"sg")
+    vault.put(alice, b"us")
+    vault.close()
+    catalog = load(config_path).state_dir / "cells" / "SG" / "catalog.sqlite"
+    with sqlite3.connect(catalog) as db:
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    db.close()
+    break_catalog(catalog)
+    with reopen(config_path) as again:
+        done = forget_approved(again, "intl", "alice")
+        assert (done.jurisdiction, done.versions_deleted) == ("US", 1)
+        key = again.governance.cell("US").signer.verifier_key()
+        assert verify_receipt(done.receipt.encode(), key)["key_id"] == done.key_id
+        with pytest.raises(SubjectForgotten):
+            again.get(alice)
+        with pytest.raises(error, match=f"catalog {catalog} .*{says}"):  # still as it was
+            again.get(ObjectRef("intl", "bob", "sg"))
 
 
 def _in_call(thread: threading.Thread, code: object) -> bool:

@@ -229,8 +229,9 @@ class Vault:
         self.close()
 
     def _every_cell(self) -> builtins.list[Cell]:
-        """Every cell, each catalog opened: what needs every cell (gc, repair, crowding,
-        a forget) refuses before it does anything if one cannot be opened, naming it."""
+        """Every cell, each catalog opened: what needs every cell's catalog (gc, repair,
+        crowding) refuses before it does anything if one cannot be opened, naming it. A
+        forget needs none but its home's (other cells' approvals are no catalog's)."""
         for cell in self.cells.values():
             _ = cell.catalog
         return builtins.list(self.cells.values())
@@ -635,7 +636,6 @@ class Vault:
         forget: one outcome entry per forget, whichever run wrote it.
         """
         ctx = ctx or local_context("forget-subject")
-        self._every_cell()  # its approvals in every cell lose the id: none may be out of reach
         # decided and audited first, like every access: "already forgotten" is an answer
         home = self._home(tenant, subject, ctx, Action.FORGET)
         access = self._decided(ctx, Action.FORGET, tenant, home, subject)

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import os
+import sqlite3
 import stat
+from contextlib import closing
 from pathlib import Path
 
 import pytest
 
-from shardvault.directory import KEY_BYTES, SubjectDirectory
+from shardvault.directory import KEY_BYTES, SCHEMA_VERSION, SubjectDirectory
 from shardvault.errors import IntegrityError, StorageError
 
 
@@ -70,3 +75,32 @@ def test_key_is_made_for_a_directory_without_homes(tmp_path: Path) -> None:
     (tmp_path / "directory.key").unlink()
     SubjectDirectory.open(tmp_path).close()
     assert len((tmp_path / "directory.key").read_bytes()) == KEY_BYTES
+
+
+def test_a_schema_1_directory_is_migrated_to_2_with_its_homes(tmp_path: Path) -> None:
+    # schema 2 added the scrubs a forget or a registration still owes another cell
+    key = os.urandom(KEY_BYTES)
+    (tmp_path / "directory.key").write_bytes(key)
+    (tmp_path / "directory.key").chmod(0o600)
+    token = hmac.new(key, b"intl\x00alice", hashlib.sha256).hexdigest()
+    with closing(sqlite3.connect(tmp_path / "directory.sqlite")) as db:  # as schema 1 made it
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA user_version=1")
+        db.execute("CREATE TABLE homes (token TEXT PRIMARY KEY, jurisdiction TEXT NOT NULL)")
+        db.execute("INSERT INTO homes VALUES (?, 'US')", (token,))
+        db.commit()
+    directory = SubjectDirectory.open(tmp_path)
+    assert directory.home("intl", "alice") == "US"
+    assert directory.owing_cells() == [] and directory.owed_in("SG") == {}
+    directory.owe_scrubs("intl", "alice", ["SG", "EU"])
+    assert directory.still_owed("intl", "alice") == ["EU", "SG"]
+    assert directory.owed_in("SG") == {token: "US"}  # the token only, with the home
+    directory.scrubbed("SG", [token])
+    assert directory.owing_cells() == ["EU"]
+    directory.remove("intl", "alice")  # a registration undone owes nothing
+    assert directory.owing_cells() == []
+    directory.close()
+    with closing(sqlite3.connect(tmp_path / "directory.sqlite")) as db:
+        assert db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,) == (2,)
+    again = SubjectDirectory.open(tmp_path)  # migrated once: opened again as it is
+    again.close()

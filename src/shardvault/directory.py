@@ -4,6 +4,12 @@ The directory is global, so it stores only a keyed HMAC of (tenant, subject)
 and the home jurisdiction: enough to route a request, useless for listing who
 the users are. The subject id itself lives only in its home cell's catalog
 (and, for the homes a process settled, in that process's memory).
+
+It also keeps, under the same HMAC, the cells whose approvals a forget or a
+registration has still to scrub of a subject's id (`owe_scrubs`): one that could
+not reach a cell's approvals completes at home, and that cell's next opener
+compares the HMAC of each approval's id with these rows (docs/architecture.md,
+"Cells").
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ import hmac
 import os
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -25,7 +31,11 @@ from shardvault.sqlite_schema import stamp_schema
 
 KEY_BYTES = 32
 SETTLED_LIMIT = 1 << 14  # homes remembered per process (about 4 MiB at most)
-SCHEMA_VERSION = 1  # PRAGMA user_version of directory.sqlite (docs/formats.md)
+SCHEMA_VERSION = 2  # PRAGMA user_version of directory.sqlite (docs/formats.md)
+_OWED = (  # schema 2: the cells still to scrub of a subject's id, by the homes' token
+    "CREATE TABLE IF NOT EXISTS owed_scrubs "
+    "(token TEXT NOT NULL, cell TEXT NOT NULL, PRIMARY KEY (token, cell)) WITHOUT ROWID"
+)
 _WHAT = "subject directory key"
 
 
@@ -116,6 +126,7 @@ class SubjectDirectory:
                 "CREATE TABLE IF NOT EXISTS homes "
                 "(token TEXT PRIMARY KEY, jurisdiction TEXT NOT NULL)"
             )
+            self._db.execute(_OWED)  # 1 -> 2: the table, empty (a schema 1 owed nothing)
         except sqlite3.Error as exc:
             raise self._failure(exc) from exc
 
@@ -139,6 +150,10 @@ class SubjectDirectory:
         return StorageError(
             f"subject directory {self._path}: {failure_reason(exc, Path(self._path))}"
         )
+
+    def token(self, tenant: str, subject: str) -> str:
+        """The keyed pseudonym of (tenant, subject) the directory files it under."""
+        return self._token(tenant, subject)
 
     def _token(self, tenant: str, subject: str) -> str:
         message = f"{tenant}\x00{subject}".encode()
@@ -179,14 +194,79 @@ class SubjectDirectory:
             raise self._failure(exc) from exc
 
     def remove(self, tenant: str, subject: str) -> None:
+        """Undo a registration that left nothing in its cell, with the scrubs it owed:
+        the id has no home again, so its approvals elsewhere cover their own cells."""
         self._settled.pop((tenant, subject), None)
+        token = self._token(tenant, subject)
+        self._write(
+            [("DELETE FROM homes WHERE token = ?", (token,)),
+             ("DELETE FROM owed_scrubs WHERE token = ?", (token,))]
+        )  # fmt: skip
+
+    def _write(self, statements: list[tuple[str, tuple[str, ...]]]) -> None:
+        """The statements in one transaction, a failure as `StorageError`."""
         try:
             with self._lock:
-                self._db.execute(
-                    "DELETE FROM homes WHERE token = ?", (self._token(tenant, subject),)
-                )
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    for sql, params in statements:
+                        self._db.execute(sql, params)
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
         except sqlite3.Error as exc:
             raise self._failure(exc) from exc
+
+    def owe_scrubs(self, tenant: str, subject: str, cells: Iterable[str]) -> None:
+        """Record, before trying them, that the approvals of CELLS may still name the
+        subject: whatever stops the try (a failure, a hang, kill -9), the record stays
+        until those approvals are scrubbed. Only the token: no id leaves its home."""
+        token = self._token(tenant, subject)
+        insert = "INSERT OR IGNORE INTO owed_scrubs VALUES (?, ?)"
+        self._write([(insert, (token, cell)) for cell in cells])
+
+    def scrubbed(self, cell: str, tokens: Iterable[str]) -> None:
+        """CELL's approvals no longer name the subjects of TOKENS."""
+        delete = "DELETE FROM owed_scrubs WHERE token = ? AND cell = ?"
+        self._write([(delete, (token, cell)) for token in tokens])
+
+    def owed_in(self, cell: str) -> dict[str, str | None]:
+        """The tokens CELL's approvals still owe a scrub, each with its subject's home
+        now (none if the registration that owed it was undone)."""
+        try:
+            with self._lock:
+                rows = self._db.execute(
+                    "SELECT o.token, h.jurisdiction FROM owed_scrubs o"
+                    " LEFT JOIN homes h ON h.token = o.token WHERE o.cell = ?",
+                    (cell,),
+                ).fetchall()
+        except sqlite3.Error as exc:
+            raise self._failure(exc) from exc
+        return {str(token): home for token, home in rows}
+
+    def still_owed(self, tenant: str, subject: str) -> list[str]:
+        """The cells whose approvals may still name the subject, sorted."""
+        try:
+            with self._lock:
+                rows = self._db.execute(
+                    "SELECT cell FROM owed_scrubs WHERE token = ? ORDER BY cell",
+                    (self._token(tenant, subject),),
+                ).fetchall()
+        except sqlite3.Error as exc:
+            raise self._failure(exc) from exc
+        return [str(cell) for (cell,) in rows]
+
+    def owing_cells(self) -> list[str]:
+        """Every cell some scrub is owed to (gc works them off), sorted."""
+        try:
+            with self._lock:
+                rows = self._db.execute(
+                    "SELECT DISTINCT cell FROM owed_scrubs ORDER BY cell"
+                ).fetchall()
+        except sqlite3.Error as exc:
+            raise self._failure(exc) from exc
+        return [str(cell) for (cell,) in rows]
 
     @contextmanager
     def registration(self) -> Iterator[None]:

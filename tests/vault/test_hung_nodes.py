@@ -25,10 +25,16 @@ from typing import TypeVar
 import pytest
 
 from conftest import make_deployment, manifest_of, tmpfs_mounted
-from governance_support import forget_approved
+from governance_support import approve, forget_approved
 from shardvault.config import load
 from shardvault.durability import GroupSync
-from shardvault.errors import NotFound, StorageError, TooFewNodes
+from shardvault.errors import (
+    ApprovalRequired,
+    NotFound,
+    StorageError,
+    SubjectForgotten,
+    TooFewNodes,
+)
 from shardvault.model import NodeSpec, ObjectRef
 from shardvault.nodes.localdir import LocalDirShardStore
 from shardvault.nodes.port import shard_name
@@ -788,11 +794,7 @@ EVERY_CELL = [  # each needs the hung cell: given up on, naming its disk
     ["nodes"],
     ["gc"],
     ["repair"],
-    ["forget", "intl", "alice"],  # every cell's approvals lose the subject's id
     ["approval", "ls"],
-    # the approvals other cells hold for the id (asked while it had no home) lose its
-    # name: docs/architecture.md, "What stays unbounded"
-    ["subject", "add", "intl", "carol", "--jurisdiction", "US"],
 ]
 
 
@@ -819,6 +821,48 @@ def test_a_cell_whose_state_disk_hangs_holds_up_only_the_commands_that_need_it(
             assert line.startswith(
                 f"error: no answer within 1 s (storage.state_timeout) from the disk of {hung}/"
             ), (argv, line)
+
+
+def test_a_forget_and_a_registration_complete_while_another_cells_state_disk_hangs(
+    tmp_path: Path,
+) -> None:
+    # both took the subject's id out of every cell's approvals in the command's thread: a
+    # hung SG state disk held a US subject's forget (its key not destroyed) until the
+    # command gave up, and a US registration too
+    command, ref = state_deployment(tmp_path)
+    config = load(Path(command[-1]))
+    with Vault.open(config) as vault:
+        with pytest.raises(ApprovalRequired) as caught:
+            vault.forget("intl", "alice")
+        assert caught.value.approval_id is not None
+        approve(vault.governance, caught.value.approval_id)
+    hung = tmp_path / "deploy" / "state" / "cells" / "SG"
+    with hung_mount(hung):
+        started = time.monotonic()
+        got = subprocess.run(
+            [*command, "--approval", caught.value.approval_id, "forget", "intl", "alice"],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        added = subprocess.run(
+            [*command, "subject", "add", "intl", "carol", "--jurisdiction", "US"],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        took = time.monotonic() - started
+    assert got.returncode == 0, got.stderr
+    assert "cell-us" in got.stdout  # the receipt
+    said, line = got.stderr.splitlines()
+    assert said.startswith("forgot intl/alice: key ")
+    assert line.startswith("warning: the approvals of cell(s) SG could not be reached"), line
+    assert added.returncode == 0, added.stderr
+    assert took < 2 * (2 * STATE_DEADLINE + 10)
+    with Vault.open(config) as vault:
+        with pytest.raises(SubjectForgotten):
+            vault.get(ref)
+        assert vault.subject("intl", "carol").jurisdiction == "US"
+        owed = {who: vault.directory.still_owed("intl", who) for who in ("alice", "carol")}
+        assert owed == {"alice": ["SG"], "carol": ["SG"]}
+        vault.gc(0)  # SG holds no approvals book: gc drops what it owes
+        assert vault.directory.owing_cells() == []
 
 
 def waiting_in(process: subprocess.Popen[str], call: str) -> None:

@@ -120,6 +120,12 @@ def forget(
                 f"{tenant}/{subject} was forgotten, but its receipt was not saved: {exc}; "
                 "it is on stdout: keep that copy"
             ) from None
+    if result.unscrubbed_cells:  # the key is destroyed: what is left is a name, recorded
+        warn(
+            f"the approvals of cell(s) {', '.join(result.unscrubbed_cells)} could not be "
+            "reached and may still name the subject: the next command that opens them, or "
+            "'shardvault gc', takes the name out"
+        )
     skipped = _not_down(cli, result.skipped_nodes)
     if skipped:  # the rule of gc, repair and nodes: someone should look, then run gc
         warn(

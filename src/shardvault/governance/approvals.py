@@ -42,6 +42,7 @@ from pathlib import Path
 
 from shardvault import sqlite_connections
 from shardvault.errors import AccessDenied, Conflict, InvalidInput, NotFound, Unavailable
+from shardvault.governance.owed_scrubs import OwedLedger, Pseudonym, work_off
 from shardvault.model import shown
 from shardvault.policy import Action, Principal
 from shardvault.sqlite_schema import stamp_schema
@@ -196,38 +197,144 @@ def _add_column(db: sqlite3.Connection, table: str, column: str) -> None:
         raise
 
 
+def _forget_rows(
+    db: sqlite3.Connection,
+    tenant: str,
+    subject: str,
+    pseudonym: Pseudonym,
+    *,
+    erase_always: bool,
+    homed_at: float | None,
+) -> int:
+    """`ApprovalBook.forget_subject`'s work on one connection (sqlite3 errors raised)."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        rows = db.execute(
+            "SELECT id, key FROM approvals WHERE tenant = ? AND subject = ?",
+            (tenant, subject),
+        ).fetchall()
+        for ident, key in rows:
+            db.execute(
+                "UPDATE approvals SET subject = ?, key = ?,"
+                " homed_elsewhere_at = coalesce(homed_elsewhere_at, ?) WHERE id = ?",
+                (
+                    pseudonym("subject", subject),
+                    pseudonym("key", key) if key is not None else None,
+                    homed_at,
+                    ident,
+                ),
+            )
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    if rows or erase_always:
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the old rows' frames too
+    return len(rows)
+
+
 class ApprovalBook:
     """Every cell's approvals. Thread-safe; several processes may share the files."""
 
     def __init__(
-        self, state_dir: Path, jurisdictions: list[str], clock: Callable[[], float] = time.time
+        self,
+        state_dir: Path,
+        jurisdictions: list[str],
+        clock: Callable[[], float] = time.time,
+        pseudonyms: Callable[[str], Pseudonym] | None = None,
     ) -> None:
         self._state_dir = state_dir
         self._jurisdictions = list(jurisdictions)
         self._clock = clock
         self._lock = threading.Lock()
         self._dbs: dict[str, sqlite3.Connection] = {}
+        self._pseudonyms = pseudonyms  # a cell's audit pseudonyms, for the scrubs it owes
+        self.owed = OwedLedger(state_dir)
 
     def _db(self, jurisdiction: str) -> sqlite3.Connection:
         if jurisdiction not in self._jurisdictions:
             raise NotFound(f"no cell {jurisdiction!r} for this approval")
         db = self._dbs.get(jurisdiction)
         if db is None:
-            path = self._path(jurisdiction)
-            try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                db = sqlite_connections.connect(path, f"approvals of cell {jurisdiction}")
-                db.execute("PRAGMA journal_mode=WAL")
-                db.execute("PRAGMA busy_timeout=5000")
-                db.execute("PRAGMA secure_delete=ON")  # a forgotten subject's id is overwritten
-                stamp_schema(db, SCHEMA_VERSION, f"approvals of cell {jurisdiction}")
-                db.executescript(_SCHEMA)
-                _add_column(db, "signatures", "signature BLOB")
-                _add_column(db, "approvals", "homed_elsewhere_at REAL")
-            except sqlite3.Error as exc:
-                raise Unavailable(f"approvals of cell {jurisdiction}: {exc}") from exc
+            db = self._connect(jurisdiction)
             self._dbs[jurisdiction] = db
         return db
+
+    def _connect(self, jurisdiction: str, *, owed: bool = True) -> sqlite3.Connection:
+        """A connection to the cell's book, migrated, and (``owed``) with the scrubs the
+        directory says it owes worked off first: until they are, no approval there is
+        used, listed or signed (`owed_scrubs`)."""
+        path = self._path(jurisdiction)
+        what = f"approvals of cell {jurisdiction}"
+        db = None
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite_connections.connect(path, what)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA busy_timeout=5000")
+            db.execute("PRAGMA secure_delete=ON")  # a forgotten subject's id is overwritten
+            stamp_schema(db, SCHEMA_VERSION, what)
+            db.executescript(_SCHEMA)
+            _add_column(db, "signatures", "signature BLOB")
+            _add_column(db, "approvals", "homed_elsewhere_at REAL")
+            if owed:
+                self._work_off(db, jurisdiction)
+        except BaseException as exc:
+            if db is not None:
+                db.close()
+            if isinstance(exc, sqlite3.Error | OSError):
+                raise Unavailable(f"{what}: {exc}") from exc
+            raise
+        return db
+
+    def _work_off(self, db: sqlite3.Connection, jurisdiction: str) -> None:
+        directory = self.owed.directory()
+        if directory is None:
+            return
+        pseudonyms = self._pseudonyms
+        if pseudonyms is None:  # a book opened without the cells' keys: nothing to scrub with
+            if directory.owed_in(jurisdiction):
+                raise Unavailable(f"approvals of cell {jurisdiction}: scrubs owed, no key")
+            return
+        work_off(db, jurisdiction, directory, lambda: pseudonyms(jurisdiction), self._clock())
+
+    def settle_owed(self, jurisdiction: str) -> None:
+        """Work off what the directory says the cell's book owes, on a connection of its
+        own (a caller may give up on it: a hung disk holds no lock of this book's)."""
+        if jurisdiction not in self._dbs and not self._path(jurisdiction).exists():
+            directory = self.owed.directory()
+            if directory is not None:  # no book, so no approval there names anyone
+                directory.scrubbed(jurisdiction, directory.owed_in(jurisdiction))
+            return
+        self._connect(jurisdiction).close()
+
+    def scrub_apart(
+        self,
+        jurisdiction: str,
+        tenant: str,
+        subject: str,
+        pseudonym: Callable[[], Pseudonym],
+        *,
+        homed_elsewhere: bool,
+    ) -> None:
+        """`forget_subject` in a cell that is not the subject's home, on a connection of
+        its own, then the scrub the directory recorded as owed there is dropped: a
+        caller gives up on it if the disk hangs, and a hung call holds no lock of this
+        book's (nor is its connection one another caller uses)."""
+        if jurisdiction in self._dbs or self._path(jurisdiction).exists():
+            db = self._connect(jurisdiction, owed=False)
+            try:
+                _forget_rows(
+                    db, tenant, subject, pseudonym(), erase_always=not homed_elsewhere,
+                    homed_at=self._clock() if homed_elsewhere else None,
+                )  # fmt: skip
+            except sqlite3.Error as exc:
+                raise Unavailable(f"approvals of cell {jurisdiction}: {exc}") from exc
+            finally:
+                db.close()
+        directory = self.owed.directory()
+        if directory is not None:
+            directory.scrubbed(jurisdiction, [directory.token(tenant, subject)])
 
     def _path(self, jurisdiction: str) -> Path:
         return self._state_dir / "cells" / jurisdiction / "approvals.sqlite"
@@ -236,6 +343,7 @@ class ApprovalBook:
         for db in self._dbs.values():
             db.close()
         self._dbs.clear()
+        self.owed.close()
 
     @staticmethod
     def new_id(jurisdiction: str) -> str:
@@ -367,32 +475,11 @@ class ApprovalBook:
                 return 0
             db = self._db(jurisdiction)
             try:
-                db.execute("BEGIN IMMEDIATE")
-                try:
-                    rows = db.execute(
-                        "SELECT id, key FROM approvals WHERE tenant = ? AND subject = ?",
-                        (tenant, subject),
-                    ).fetchall()
-                    for ident, key in rows:
-                        db.execute(
-                            "UPDATE approvals SET subject = ?, key = ?,"
-                            " homed_elsewhere_at = coalesce(homed_elsewhere_at, ?) WHERE id = ?",
-                            (
-                                pseudonym("subject", subject),
-                                pseudonym("key", key) if key is not None else None,
-                                homed_at,
-                                ident,
-                            ),
-                        )
-                    db.execute("COMMIT")
-                except BaseException:
-                    db.execute("ROLLBACK")
-                    raise
-                if rows or erase_always:
-                    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the old rows' frames too
+                return _forget_rows(
+                    db, tenant, subject, pseudonym, erase_always=erase_always, homed_at=homed_at
+                )
             except sqlite3.Error as exc:
                 raise Unavailable(f"approvals of cell {jurisdiction}: {exc}") from exc
-        return len(rows)
 
     def check_signer(self, approval: Approval, approver: Principal) -> None:
         """Whether ``approver`` may sign now; `AccessDenied` naming the reason otherwise.

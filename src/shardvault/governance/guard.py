@@ -38,13 +38,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from shardvault import custodian_policy as cp
 from shardvault.audit import AuditEntry, AuditTicket, SignedNote, new_entry
 from shardvault.audit.entry import PSEUDONYM_PREFIX
-from shardvault.config import Config, GovernanceSpec, default_governance
+from shardvault.config import DEFAULT_STATE_TIMEOUT, Config, GovernanceSpec, default_governance
 from shardvault.errors import (
     AccessDenied,
     ApprovalRequired,
     ConfigError,
     InvalidInput,
     ShardvaultError,
+    Unavailable,
 )
 from shardvault.governance.approval_signatures import sign_verdict, sign_withdrawal
 from shardvault.governance.approvals import (
@@ -66,6 +67,7 @@ from shardvault.governance.partner_verdicts import (
     Withdrawal,
 )
 from shardvault.governance.principals import PrincipalRegistry
+from shardvault.io_threads import IoThread, Stalled
 from shardvault.keys.rootkey import CustodianGate
 from shardvault.model import (
     LOCAL_ADMIN,
@@ -125,6 +127,11 @@ class Access:
             approval_id=self.approval_id,
             audit=AuditPosition(self.resource.jurisdiction, index, self.audit.leaf),
         )
+
+
+def _pseudonym_of(audit: CellAudit) -> Callable[[str, str], str]:
+    """The cell's audit pseudonyms, its key read by the caller's thread."""
+    return audit.hasher.pseudonym
 
 
 def _approval_resource(approval: Approval) -> Resource:
@@ -223,8 +230,10 @@ class Governance:
         cells: dict[str, CellAudit],
         partner: PartnerWitness,
         clock: Callable[[], float] = time.time,
+        state_timeout: float = DEFAULT_STATE_TIMEOUT,
     ) -> None:
         self.spec = spec
+        self.state_timeout = state_timeout  # how long another cell's approvals are waited for
         self.jurisdictions = jurisdictions
         self.registry = registry
         self.approvals = approvals
@@ -257,43 +266,90 @@ class Governance:
                 f"storage.state_dir {state} is not a directory: move that file away "
                 "or point state_dir elsewhere"
             )
+        cells = {
+            code: CellAudit(code, state / "cells" / code / "audit", spec.origin(code))
+            for code in codes
+        }
         return cls(
             spec,
             jurisdictions=codes,
             registry=PrincipalRegistry(state / "governance.sqlite", clock),
-            approvals=ApprovalBook(state, codes, clock),
+            approvals=ApprovalBook(state, codes, clock, lambda code: cells[code].hasher.pseudonym),
             policy=load_policy(spec.policy_path),
             custodian_policy=cp.load_custodian_policy(spec.custodian_policy_path),
-            cells={
-                code: CellAudit(code, state / "cells" / code / "audit", spec.origin(code))
-                for code in codes
-            },
+            cells=cells,
             partner=PartnerWitness(spec.partner_dir, spec.partner_name),
             clock=clock,
+            state_timeout=config.state_timeout,
         )
 
-    def forget_subject(self, jurisdiction: str, tenant: str, subject: str) -> None:
+    def forget_subject(self, jurisdiction: str, tenant: str, subject: str) -> tuple[str, ...]:
         """After a forget: the subject's approvals keep only the pseudonyms its audit
         entries carry, so they still match the log but no longer name anyone. In
         every cell, each with its own pseudonyms: one asked while the id was registered
-        nowhere lives in the first cell that needed it, not in ``jurisdiction``."""
-        self.cell(jurisdiction)  # the home cell must be known
-        for cell, audit in self.cells.items():
-            self.approvals.forget_subject(cell, tenant, subject, audit.hasher.pseudonym)
+        nowhere lives in the first cell that needed it, not in ``jurisdiction``. The
+        home's are scrubbed here; another cell's as far as it answers (`_scrub_elsewhere`).
+        Returns the cells left owing the scrub (recorded: `owed_scrubs`)."""
+        audit = self.cell(jurisdiction)  # the home cell must be known
+        others = self.owe_scrubs(jurisdiction, tenant, subject)
+        self.approvals.forget_subject(jurisdiction, tenant, subject, audit.hasher.pseudonym)
+        return self._scrub_elsewhere(others, tenant, subject, homed_elsewhere=False)
 
-    def subject_homed(self, home: str, tenant: str, subject: str) -> None:
+    def subject_homed(
+        self, home: str, tenant: str, subject: str, *, owed: list[str] | None = None
+    ) -> tuple[str, ...]:
         """A subject now homed in HOME: the approvals other cells hold for its id (asked
         while it was registered nowhere, in the first cell that needed one) keep only
         their pseudonyms, as after a forget. They cover only requests in their own cell,
         which decides none for the subject now, and its id is personal data of HOME's:
-        left there, a cell outside its home named the user until a forget."""
+        left there, a cell outside its home named the user until a forget. A cell that
+        does not answer is left owing it (returned, and recorded: `owed_scrubs`, here
+        unless the caller did, ``owed`` the cells it recorded)."""
+        others = self.owe_scrubs(home, tenant, subject) if owed is None else owed
+        return self._scrub_elsewhere(others, tenant, subject, homed_elsewhere=True)
+
+    def owe_scrubs(self, home: str, tenant: str, subject: str) -> list[str]:
+        """Record in the directory that every cell but HOME may still name the subject in
+        an approval, before any is tried (a kill -9 then leaves the record); the cells."""
         self.cell(home)
-        for cell, audit in self.cells.items():
-            if cell != home:
-                self.approvals.forget_subject(
-                    cell, tenant, subject, audit.hasher.pseudonym, erase_always=False,
-                    homed_elsewhere=True,
-                )  # fmt: skip
+        others = [code for code in self.cells if code != home]
+        directory = self.approvals.owed.directory()
+        if directory is None:
+            raise Unavailable("the subject directory is missing: no scrub can be recorded")
+        directory.owe_scrubs(tenant, subject, others)
+        return others
+
+    def _scrub_elsewhere(
+        self, cells: list[str], tenant: str, subject: str, *, homed_elsewhere: bool
+    ) -> tuple[str, ...]:
+        """Each cell's approvals scrubbed on a thread of its own, at once; one that fails,
+        or does not run for `state_timeout` (a hung disk), is given up on and left to
+        its next opener or gc. Returns those cells."""
+        workers = {code: IoThread(f"shardvault-scrub-{code}") for code in cells}
+        futures = {
+            code: worker.submit(
+                self.approvals.scrub_apart, code, tenant, subject,
+                functools.partial(_pseudonym_of, self.cells[code]),
+                homed_elsewhere=homed_elsewhere,
+            )
+            for code, worker in workers.items()
+        }  # fmt: skip
+        left = []
+        for code, future in futures.items():
+            try:
+                workers[code].wait(future, self.state_timeout)
+            except (ShardvaultError, Stalled):
+                left.append(code)
+            finally:
+                workers[code].shutdown()
+        return tuple(left)
+
+    def settle_owed_scrubs(self) -> None:
+        """Work off every scrub the directory says a cell owes (gc's)."""
+        directory = self.approvals.owed.directory()
+        for code in directory.owing_cells() if directory is not None else []:
+            if code in self.cells:
+                self.approvals.settle_owed(code)
 
     def refuse_if_homed_elsewhere(
         self, ctx: RequestContext, action: Action, asked: ApprovalRequired

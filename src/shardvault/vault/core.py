@@ -276,7 +276,9 @@ class Vault:
                 raise taken
             try:
                 # the id is now this home's alone: no other cell keeps it in an approval
-                self.governance.subject_homed(jurisdiction, tenant, subject)
+                # (one that does not answer is left owing it, recorded first)
+                owed = self.governance.owe_scrubs(jurisdiction, tenant, subject)
+                self.governance.subject_homed(jurisdiction, tenant, subject, owed=owed)
                 catalog.add_subject(record)
             except BaseException:
                 # not if the row was committed before the failure: a home whose cell holds
@@ -647,6 +649,8 @@ class Vault:
             self.directory.settle(tenant, subject, home)
             scope = KeyScope(tenant, record.jurisdiction)
             nonce = receipt_nonce(self.governance.cell(home), tenant, subject, record.key_id)
+            # recorded first: a kill -9 from here on leaves the other cells' scrubs owed
+            self.governance.owe_scrubs(home, tenant, subject)
             # the custodian's tombstone first: refused, the catalog and shards stay as they were
             attested = self._key_use(
                 access, lambda why: self.custodian.destroy(scope, record.key_id, why, nonce=nonce)
@@ -663,7 +667,7 @@ class Vault:
         before did (none did if this run's decision made the mark), then a head
         cosigned by the partner and the receipt."""
         tenant, subject = record.tenant, record.subject
-        skipped = self._collect_forgotten(cell, tenant, subject)
+        skipped, unscrubbed = self._collect_forgotten(cell, tenant, subject)
         forgotten = cell.catalog.get_subject(tenant, subject)
         progress = cell.catalog.forget_progress(tenant, subject)
         assert forgotten is not None and forgotten.forgotten_at is not None and progress
@@ -704,7 +708,7 @@ class Vault:
         return ForgetResult(
             tenant, subject, cell.jurisdiction, record.key_id, what.versions_deleted,
             what.shards_removed, forgotten.forgotten_at, index, receipt.to_bytes().decode("utf-8"),
-            tuple(sorted(skipped)),
+            tuple(sorted(skipped)), tuple(sorted(unscrubbed)),
         )  # fmt: skip
 
     def _finish_forget(self, tenant: str, subject: str) -> None:
@@ -714,12 +718,15 @@ class Vault:
             return
         self._collect_forgotten(self.cells[home], tenant, subject)
 
-    def _collect_forgotten(self, cell: Cell, tenant: str, subject: str) -> set[str]:
+    def _collect_forgotten(
+        self, cell: Cell, tenant: str, subject: str
+    ) -> tuple[set[str], tuple[str, ...]]:
         """What a forget does after marking the subject forgotten, again if need be: one
         killed there (its key destroyed, its catalog row marked) left shards, freed
         pages and approvals naming the subject. Each step is idempotent; the shards
         each batch removes are added to the forget's count in the catalog. Returns the
-        nodes it could not remove shards from (unavailable, hung or failing)."""
+        nodes it could not remove shards from (unavailable, hung or failing), and the
+        cells whose approvals it could not reach (left owing the scrub: `owed_scrubs`)."""
 
         def counted(shards: int) -> None:
             cell.catalog.note_forget_progress(tenant, subject, shards_removed=shards)
@@ -729,8 +736,8 @@ class Vault:
                 bounded.cell(cell), self.code.n, 0.0, math.inf, (tenant, subject), counted
             )
         cell.catalog.erase_freed()
-        self.governance.forget_subject(cell.jurisdiction, tenant, subject)
-        return skipped
+        unscrubbed = self.governance.forget_subject(cell.jurisdiction, tenant, subject)
+        return skipped, unscrubbed
 
     # reads --------------------------------------------------------------------
 
@@ -887,6 +894,7 @@ class Vault:
         with BoundedStores(self.deadline) as bounded:  # a hung node is skipped, not waited for
             for cell in self._every_cell():
                 report = report + collect_cell(bounded.cell(cell), cutoff, started, self.code.n)
+        self.governance.settle_owed_scrubs()  # what forgets and registrations left owed
         return report
 
     def repair(self, scrub: bool = False, dry_run: bool = False) -> RepairReport:

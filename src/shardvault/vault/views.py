@@ -40,6 +40,9 @@ class ForgetResult:
     # nodes that may still hold the subject's shards (unreadable: the key is destroyed),
     # unavailable, hung or failing: a gc that reaches them takes them as orphans
     skipped_nodes: tuple[str, ...] = ()
+    # cells whose approvals may still name the subject (their files failed or hung):
+    # recorded, and scrubbed by the next process that opens them, or by gc
+    unscrubbed_cells: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,106 @@
+"""The scrubs a forget or a registration still owes a cell's approvals, worked off there.
+
+A forget (or a registration) takes the subject's id out of the approvals other cells
+hold for it (asked while it had no home). A cell whose approvals or pseudonym key
+cannot be reached then (its files fail, its disk hangs) must not stop the forget:
+the key is destroyed at home, and what that cell still owes is a name in an
+approval. So the subject directory records, before any cell is tried, the token it
+files the subject under (its keyed HMAC, never the id: the directory is no cell)
+and each cell to scrub (`SubjectDirectory.owe_scrubs`); a cell reached drops its
+row. The next process that opens a cell's approvals works its rows off before any
+approval there is used, listed or signed (`work_off`), comparing the token of each
+approval's subject with them; if the rows cannot be read, the approvals are not
+opened (fail closed). `shardvault gc` works off every cell's.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from shardvault.directory import SubjectDirectory
+
+Pseudonym = Callable[[str, str], str]
+
+
+class OwedLedger:
+    """The directory's record of owed scrubs, opened on first use: a process with
+    governance alone (`approval ls`) opens it too. No directory yet: nothing owed."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self._state_dir = state_dir
+        self._lock = threading.Lock()
+        self._directory: SubjectDirectory | None = None
+
+    def directory(self) -> SubjectDirectory | None:
+        with self._lock:
+            if self._directory is None:
+                if not (self._state_dir / "directory.sqlite").exists():
+                    return None
+                self._directory = SubjectDirectory.open(self._state_dir)
+            return self._directory
+
+    def close(self) -> None:
+        with self._lock:
+            if self._directory is not None:
+                self._directory.close()
+                self._directory = None
+
+
+def work_off(
+    db: sqlite3.Connection,
+    cell: str,
+    directory: SubjectDirectory,
+    pseudonym: Callable[[], Pseudonym],
+    now: float,
+) -> int:
+    """Scrub CELL's approvals (open on DB) of every subject the directory says they
+    still owe, marked homed elsewhere, then drop those rows. A row whose subject has
+    no home now (its registration undone) or whose home is CELL scrubs nothing: that
+    approval covers its own cell's requests again. Returns the approvals changed.
+    Every approval's subject is hashed, but only when the cell owes something."""
+    owed = directory.owed_in(cell)
+    if not owed:
+        return 0
+    due = {token for token, home in owed.items() if home is not None and home != cell}
+    changed = _scrub(db, due, directory, pseudonym(), now) if due else 0
+    directory.scrubbed(cell, owed)
+    return changed
+
+
+def _scrub(
+    db: sqlite3.Connection,
+    due: set[str],
+    directory: SubjectDirectory,
+    pseudonym: Pseudonym,
+    now: float,
+) -> int:
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        rows = db.execute(
+            "SELECT id, tenant, subject, key FROM approvals WHERE subject IS NOT NULL"
+        ).fetchall()
+        hits = [row for row in rows if directory.token(row[1], row[2]) in due]
+        for ident, _, subject, key in hits:
+            db.execute(
+                "UPDATE approvals SET subject = ?, key = ?,"
+                " homed_elsewhere_at = coalesce(homed_elsewhere_at, ?) WHERE id = ?",
+                (
+                    pseudonym("subject", subject),
+                    pseudonym("key", key) if key is not None else None,
+                    now,
+                    ident,
+                ),
+            )
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    # always, not only if some changed: a run killed before its truncation left frames
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    return len(hits)
+
+
+__all__ = ["OwedLedger", "Pseudonym", "work_off"]

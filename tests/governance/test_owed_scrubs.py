@@ -1,0 +1,226 @@
+"""A forget or a registration that cannot reach another cell's approvals completes at home,
+and leaves the scrub owed, recorded in the directory, for that cell's next opener or gc.
+
+Real files and processes: a cell's approvals made unreadable by a newer schema stamp
+(as a newer shardvault would leave them), child processes killed with SIGKILL.
+"""
+
+from __future__ import annotations
+
+import signal
+import sqlite3
+import subprocess
+import sys
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+from tests.governance.helpers import SERVICE, SUPPORT, US_COURT, as_, register
+
+from governance_support import approve, ensure_approvers, forget_approved
+from shardvault.config import load
+from shardvault.errors import ApprovalRequired, NewerFormat, SubjectForgotten
+from shardvault.governance import Governance
+from shardvault.governance.approvals import HOMED_ELSEWHERE, SCHEMA_VERSION
+from shardvault.model import ObjectRef
+from shardvault.vault import Vault
+
+ZED, KEY = "zed-4f2a9c", "chat/zed-private-71d3.log"
+
+
+@pytest.fixture
+def booked(config_path: Path) -> str:
+    """An approval booked in US for ZED while ZED was registered nowhere (its id)."""
+    with Vault.open(load(config_path)) as vault:
+        register(vault, SERVICE, SUPPORT, US_COURT)
+        ensure_approvers(vault.governance)
+        with pytest.raises(ApprovalRequired) as caught:
+            vault.get(ObjectRef("intl", ZED, KEY), ctx=as_(US_COURT, "lawful-request"))
+    assert caught.value.approval_id is not None
+    return caught.value.approval_id
+
+
+def state(config_path: Path) -> Path:
+    return config_path.parent / "state"
+
+
+def stamp(config_path: Path, cell: str, version: int) -> None:
+    """Stamp the cell's approvals with VERSION: above ours, no process of ours opens them."""
+    with closing(sqlite3.connect(state(config_path) / "cells" / cell / "approvals.sqlite")) as db:
+        db.execute(f"PRAGMA user_version={version}")
+
+
+def approvals_bytes(config_path: Path, cell: str) -> bytes:
+    files = (state(config_path) / "cells" / cell).glob("approvals.sqlite*")
+    return b"".join(path.read_bytes() for path in sorted(files))
+
+
+def directory_bytes(config_path: Path) -> bytes:
+    return b"".join(p.read_bytes() for p in sorted(state(config_path).glob("directory.sqlite*")))
+
+
+def owed(config_path: Path, subject: str = ZED) -> list[str]:
+    with Vault.open(load(config_path)) as vault:
+        return vault.directory.still_owed("intl", subject)
+
+
+def assert_scrubbed(vault: Vault, config_path: Path, approval: str) -> None:
+    left = vault.governance.approvals.get(approval)
+    hasher = vault.governance.cell("US").hasher
+    assert (left.subject, left.key) == (
+        hasher.pseudonym("subject", ZED),
+        hasher.pseudonym("key", KEY),
+    )
+    assert left.status == HOMED_ELSEWHERE
+    raw = approvals_bytes(config_path, "US")
+    assert ZED.encode() not in raw and KEY.encode() not in raw
+
+
+def test_a_registration_completes_while_another_cells_approvals_fail_and_their_next_opener_scrubs(
+    config_path: Path, booked: str
+) -> None:
+    # a registration took the id out of every other cell's approvals first: one cell whose
+    # approvals could not be opened refused it, nothing registered
+    stamp(config_path, "US", 99)
+    with Vault.open(load(config_path)) as vault:
+        vault.register_subject("intl", ZED, "EU")
+        assert vault.subject("intl", ZED).jurisdiction == "EU"
+        assert vault.directory.still_owed("intl", ZED) == ["US"]
+    assert ZED.encode() in approvals_bytes(config_path, "US")  # still to do
+    assert ZED.encode() not in directory_bytes(config_path)  # the record names nobody
+    stamp(config_path, "US", SCHEMA_VERSION)  # the cell's files back
+    with Vault.open(load(config_path)) as vault:
+        assert_scrubbed(vault, config_path, booked)  # before the approval was read
+    assert owed(config_path) == []
+
+
+def test_a_forget_completes_while_another_cells_approvals_fail_and_gc_scrubs(
+    config_path: Path, booked: str
+) -> None:
+    with Vault.open(load(config_path)) as vault:
+        # a verdict signed, so the partner holds its record: while it holds none, every
+        # cell's approvals are read to tell it missing from never made (not changed here)
+        approve(vault.governance, booked)
+    stamp(config_path, "US", 99)
+    with Vault.open(load(config_path)) as vault:
+        vault.register_subject("intl", ZED, "EU")
+        vault.put(ObjectRef("intl", ZED, "k"), b"zed")
+        done = forget_approved(vault, "intl", ZED)
+        assert (done.jurisdiction, done.versions_deleted, done.receipt != "") == ("EU", 1, True)
+        assert done.unscrubbed_cells == ("US",)
+        with pytest.raises(SubjectForgotten):
+            vault.get(ObjectRef("intl", ZED, "k"))
+        stamp(config_path, "US", SCHEMA_VERSION)
+        assert ZED.encode() in approvals_bytes(config_path, "US")
+        vault.gc(0)  # works off what a forget left owed
+        assert vault.directory.still_owed("intl", ZED) == []
+        assert_scrubbed(vault, config_path, booked)
+
+
+def test_an_opener_that_cannot_read_the_record_uses_no_approval(
+    config_path: Path, booked: str
+) -> None:
+    stamp(config_path, "US", 99)
+    with Vault.open(load(config_path)) as vault:
+        vault.register_subject("intl", ZED, "EU")
+    stamp(config_path, "US", SCHEMA_VERSION)
+    with closing(sqlite3.connect(state(config_path) / "directory.sqlite")) as db:
+        db.execute("PRAGMA user_version=99")  # a directory this shardvault cannot read
+    governance = Governance.open(load(config_path))
+    try:
+        with pytest.raises(NewerFormat, match="subject directory"):
+            governance.approvals.get(booked)
+    finally:
+        governance.close()
+    assert ZED.encode() in approvals_bytes(config_path, "US")
+
+
+CHILD = r"""
+import os, signal, sys
+from pathlib import Path
+from shardvault.config import load
+from shardvault.model import local_context
+from shardvault.vault import Vault
+
+config, action, subject, step, approval = sys.argv[1:6]
+vault = Vault.open(load(Path(config)))
+owner = {"destroy": vault.custodian}.get(step, vault.governance)  # whose call is the step
+
+def killed(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+setattr(owner, step, killed)  # SIGKILLed as that call begins
+if action == "register":
+    vault.register_subject("intl", subject, "EU")
+else:
+    vault.forget("intl", subject, local_context("forget-subject", approval_id=approval))
+print("not killed", flush=True)
+"""
+
+
+def killed_at(config_path: Path, step: str, action: str, subject: str, approval: str = "") -> None:
+    child = subprocess.run(
+        [sys.executable, "-c", CHILD, str(config_path), action, subject, step, approval],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert child.returncode == -signal.SIGKILL, child.stderr
+
+
+def cli(config_path: Path, *argv: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "shardvault.cli.app", "--config", str(config_path), *argv],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+def test_a_registration_killed_after_its_record_is_scrubbed_by_two_openers_at_once(
+    config_path: Path, booked: str
+) -> None:
+    killed_at(config_path, "subject_homed", "register", ZED)  # recorded, not tried
+    assert ZED.encode() in approvals_bytes(config_path, "US")
+    assert owed(config_path) == ["SG", "US"]
+    listing = [cli(config_path, "approval", "ls", "--all") for _ in range(2)]
+    for process in listing:
+        shown, said = process.communicate(timeout=120)
+        assert process.returncode == 0, said
+        assert booked in shown and ZED not in shown
+    assert owed(config_path) == ["SG"]  # SG has no approvals: gc's to drop
+    with Vault.open(load(config_path)) as vault:
+        assert_scrubbed(vault, config_path, booked)
+        vault.gc(0)
+        assert vault.directory.still_owed("intl", ZED) == []
+
+
+def test_a_forget_killed_after_its_record_leaves_it_for_the_run_again(
+    config_path: Path,
+) -> None:
+    with Vault.open(load(config_path)) as vault:
+        vault.register_subject("intl", "alice", "US")
+        with pytest.raises(ApprovalRequired) as caught:
+            vault.forget("intl", "alice")
+        assert caught.value.approval_id is not None
+        approve(vault.governance, caught.value.approval_id)
+    # just before the custodian's destroy (recorded), and once the home cell is done
+    for step in ("destroy", "forget_subject"):
+        killed_at(config_path, step, "forget", "alice", caught.value.approval_id)
+        assert owed(config_path, "alice") == ["EU", "SG"]
+    with Vault.open(load(config_path)) as vault:  # the forget, run again, finishes it
+        done = forget_approved(vault, "intl", "alice")
+        assert done.unscrubbed_cells == ()
+        assert vault.directory.still_owed("intl", "alice") == []
+
+
+def test_a_registration_completes_while_another_cells_pseudonym_key_is_lost(
+    config_path: Path, booked: str
+) -> None:
+    key = state(config_path) / "cells" / "US" / "audit" / "hmac.key"
+    kept = key.read_bytes()
+    key.write_bytes(kept[:8])  # damaged: no pseudonym can be made with it
+    with Vault.open(load(config_path)) as vault:
+        vault.register_subject("intl", ZED, "EU")
+        assert vault.directory.still_owed("intl", ZED) == ["US"]
+    assert ZED.encode() in approvals_bytes(config_path, "US")
+    key.write_bytes(kept)  # restored from a backup
+    with Vault.open(load(config_path)) as vault:
+        assert_scrubbed(vault, config_path, booked)
+        assert vault.directory.still_owed("intl", ZED) == []

@@ -912,6 +912,32 @@ def test_sqlite_writers_of_one_process_pass_the_flock_on_but_never_keep_it_idle(
     catalog.close()
 
 
+def test_sqlite_a_write_that_fails_lets_every_lock_go(tmp_path: Path) -> None:
+    """The write turn (an object, not a generator) gives back the connection's lock,
+    the flock and this process's write lock when the write inside it raises."""
+    catalog = SqliteCatalog(tmp_path / "c.sqlite")
+    with pytest.raises(sqlite3.OperationalError), catalog._writing:
+        catalog._db.execute("INSERT INTO no_such_table VALUES (1)")
+    assert catalog._write_lock.acquire(blocking=False)
+    catalog._write_lock.release()
+    taken: list[bool] = []
+
+    def take_connection() -> None:
+        taken.append(catalog._lock.acquire(blocking=False))
+        if taken[-1]:
+            catalog._lock.release()
+
+    other_thread = threading.Thread(target=take_connection)
+    other_thread.start()
+    other_thread.join()
+    assert taken == [True]
+    other = os.open(tmp_path / "c.sqlite.lock", os.O_RDWR)
+    fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)  # another process gets it at once
+    os.close(other)
+    put(catalog, REF, 1)  # and the next write of this process goes through
+    catalog.close()
+
+
 def test_sqlite_a_writer_interrupted_while_queued_does_not_keep_the_flock(
     tmp_path: Path,
 ) -> None:

@@ -236,6 +236,28 @@ def test_a_bad_local_admin_location_is_refused_every_time(story: Vault) -> None:
             story.get(REF, ctx=RequestContext(LOCAL_ADMIN, "read", "r3", location))  # type: ignore[arg-type]
 
 
+def test_a_home_the_directory_holds_misspelt_is_refused_as_before(
+    config_path,  # type: ignore[no-untyped-def]
+) -> None:
+    # a get or put makes its resource from its ObjectRef without checking its names
+    # again (Resource.of_object); the home, read from the directory, is still refused
+    import sqlite3
+
+    from shardvault.config import load
+
+    with Vault.open(load(config_path)) as vault:
+        vault.register_subject("intl", "alice", "US")
+        vault.put(REF, b"alice's note")
+        state = vault.directory.location
+    with sqlite3.connect(state) as db:
+        db.execute("UPDATE homes SET jurisdiction = 'us'")
+    db.close()
+    with Vault.open(load(config_path)) as vault:
+        for call in (lambda: vault.get(REF), lambda: vault.put(REF, b"x")):
+            with pytest.raises(InvalidInput, match=r"^invalid jurisdiction 'us': use an upper"):
+                call()
+
+
 def test_malformed_request_context_is_bad_input_and_not_logged(story: Vault) -> None:
     before = len(entries(story))
     for ctx in (

@@ -6,9 +6,11 @@ import enum
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from shardvault.errors import InvalidInput
-from shardvault.model import DataClass
+from shardvault.model import DataClass, ObjectRef
 from shardvault.policy import (
     DEFAULT_DENY,
     INVARIANTS,
@@ -144,3 +146,36 @@ def test_an_enum_value_is_taken_as_its_member_and_a_member_as_itself() -> None:
     for wrong in (DataClass.PUBLIC, "READ", 1, None):
         with pytest.raises(InvalidInput, match=r"^action .* is not one of read, write"):
             as_enum(Action, wrong, "action")
+
+
+NAMES = st.from_regex(r"[a-z][a-z0-9-]{0,20}", fullmatch=True)
+KEYS = st.from_regex(r"[A-Za-z0-9._-]{1,10}(/[A-Za-z0-9_-]{1,10}){0,2}", fullmatch=True)
+
+
+@given(
+    NAMES,
+    st.from_regex(r"[a-z][a-z0-9._@+-]{0,20}", fullmatch=True),
+    KEYS,
+    st.sampled_from(["US", "EU", "SG"]),
+)
+def test_a_resource_of_an_object_is_the_checked_constructors(
+    tenant: str, subject: str, key: str, jurisdiction: str
+) -> None:
+    # Resource.of_object skips the checks ObjectRef made; what it makes is the same value
+    made = Resource.of_object(ObjectRef(tenant, subject, key), jurisdiction)
+    built = Resource(tenant, jurisdiction, DataClass.PROTECTED, subject, key)
+    assert made == built and hash(made) == hash(built) and repr(made) == repr(built)
+    assert made.data_class is DataClass.PROTECTED
+
+
+def test_a_resource_of_an_object_checks_the_jurisdiction_and_any_stand_in() -> None:
+    ref = ObjectRef("intl", "alice", "a.txt")
+    with pytest.raises(InvalidInput, match=r"^invalid jurisdiction 'us': use an upper"):
+        Resource.of_object(ref, "us")
+
+    class Unchecked(ObjectRef):
+        def __post_init__(self) -> None:  # a subclass may skip the checks: not trusted
+            pass
+
+    with pytest.raises(InvalidInput, match=r"^invalid object key"):
+        Resource.of_object(Unchecked("intl", "alice", "../x"), "US")

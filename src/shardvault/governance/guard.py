@@ -74,6 +74,7 @@ from shardvault.model import (
     AuditPosition,
     DataClass,
     Justification,
+    ObjectRef,
     RequestContext,
     shown,
 )
@@ -205,6 +206,15 @@ def _new_local_admin(tenant: str, location: str) -> Principal:
 
 
 _remembered_local_admin = functools.lru_cache(maxsize=256)(_new_local_admin)
+
+
+def _check_request(ctx: RequestContext) -> None:
+    """The request context's own names, which its maker did not check (`InvalidInput`)."""
+    token(ctx.principal, "principal id")
+    token(ctx.purpose, "purpose")
+    token(ctx.request_id, "request id")
+    if ctx.approval_id is not None:
+        approval_cell(ctx.approval_id)
 
 
 def _request_fields(ctx: RequestContext, action: Action | str) -> dict[str, str]:
@@ -481,12 +491,22 @@ class Governance:
         durable: bool = True,
     ) -> Access:
         """Decide, audit, then allow (return) or refuse (raise). See the module doc."""
-        token(ctx.principal, "principal id")
-        token(ctx.purpose, "purpose")
-        token(ctx.request_id, "request id")
-        if ctx.approval_id is not None:
-            approval_cell(ctx.approval_id)
+        _check_request(ctx)
         resource = Resource(tenant, jurisdiction, DataClass.PROTECTED, subject, key)
+        return self._authorize(ctx, action, resource, durable)
+
+    def authorize_object(
+        self, ctx: RequestContext, action: Action, ref: ObjectRef, jurisdiction: str,
+        *, durable: bool = True,
+    ) -> Access:  # fmt: skip
+        """`authorize` for the object REF names, in JURISDICTION; REF's names are not
+        checked again (`Resource.of_object`)."""
+        _check_request(ctx)
+        return self._authorize(ctx, action, Resource.of_object(ref, jurisdiction), durable)
+
+    def _authorize(
+        self, ctx: RequestContext, action: Action, resource: Resource, durable: bool
+    ) -> Access:
         audit = _request_fields(ctx, action)
         principal = self._resolve_audited(ctx, action, resource)
         decision = decide(self.policy, principal, action, resource, ctx.purpose)

@@ -14,6 +14,7 @@ from typing import TypeVar
 from shardvault.errors import InvalidInput
 from shardvault.model import (
     DataClass,
+    ObjectRef,
     jurisdiction_code,
     object_key,
     shown,
@@ -141,6 +142,24 @@ class Resource:
             if self.subject is None:
                 raise InvalidInput("a resource with an object key needs its subject")
             object_key(self.key)
+
+    @classmethod
+    def of_object(cls, ref: ObjectRef, jurisdiction: str) -> Resource:
+        """The protected object REF names, in JURISDICTION. Only the jurisdiction is
+        checked: REF's tenant, subject and key were, by the same checks, when it was
+        made (an ObjectRef is immutable), and checking them again cost every get and
+        put about 10 k instructions. The fields are set as the constructor sets them.
+        Anything but an ObjectRef itself (a subclass may skip its checks) is checked."""
+        if type(ref) is not ObjectRef:
+            return cls(ref.tenant, jurisdiction, DataClass.PROTECTED, ref.subject, ref.key)
+        resource = object.__new__(cls)
+        setattr_ = object.__setattr__
+        setattr_(resource, "tenant", ref.tenant)
+        setattr_(resource, "jurisdiction", jurisdiction_code(jurisdiction))
+        setattr_(resource, "data_class", DataClass.PROTECTED)
+        setattr_(resource, "subject", ref.subject)
+        setattr_(resource, "key", ref.key)
+        return resource
 
 
 @dataclass(frozen=True, slots=True)

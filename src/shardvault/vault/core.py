@@ -424,12 +424,17 @@ class Vault:
         key: str | None = None,
         *,
         durable: bool = True,
+        ref: ObjectRef | None = None,
     ) -> Access:
-        """`Governance.authorize` in the subject's home cell. An approval it asks for a
-        subject already forgotten would name the subject again, in clear: what a
-        forget does after its catalog mark is done again (`_finish_forget`), which
-        replaces those names by their pseudonyms, before the refusal goes."""
+        """`Governance.authorize` in the subject's home cell (`authorize_object` for the
+        object ``ref`` names, when given: tenant, subject and key are then its). An
+        approval it asks for a subject already forgotten would name the subject again,
+        in clear: what a forget does after its catalog mark is done again
+        (`_finish_forget`), which replaces those names by their pseudonyms, before the
+        refusal goes."""
         try:
+            if ref is not None:
+                return self.governance.authorize_object(ctx, action, ref, home, durable=durable)
             return self.governance.authorize(
                 ctx, action, tenant, home, subject, key, durable=durable
             )
@@ -487,7 +492,7 @@ class Vault:
             raise InvalidInput("put needs contiguous bytes: pass bytes(data)")
         home = self._home(ref.tenant, ref.subject, ctx, Action.WRITE, ref.key)
         access = self._decided(
-            ctx, Action.WRITE, ref.tenant, home, ref.subject, ref.key, durable=False
+            ctx, Action.WRITE, ref.tenant, home, ref.subject, ref=ref, durable=False
         )
         catalog = self.cells[home].catalog
         with _AnsweredAfterAudit(access):  # as _authorized, and only after the decision
@@ -753,7 +758,7 @@ class Vault:
         """As `_authorized`, with the version looked up in the same query as the subject."""
         _check_version(version)
         home = self._home(ref.tenant, ref.subject, ctx, action, ref.key)
-        access = self._decided(ctx, action, ref.tenant, home, ref.subject, ref.key, durable=durable)
+        access = self._decided(ctx, action, ref.tenant, home, ref.subject, ref=ref, durable=durable)
         cell = self.cells[home]
         with _AnsweredAfterAudit(access):
             subject, record = cell.catalog.lookup(ref, version)

@@ -284,6 +284,45 @@ def test_the_end_of_a_write_wakes_its_waiters_and_one_leader_only() -> None:
     assert sorted(woke) == ["covered", "later-1", "later-2"]
 
 
+def test_a_write_nobody_waits_for_notifies_nobody_and_later_sleepers_still_wake() -> None:
+    """With nobody asleep the end of a write skips the conditions' notify (Python code,
+    paid by every small request); a caller that sleeps after it is woken by the next."""
+    lock = threading.Lock()
+    room = WaitRoom(lock)
+    notified: list[str] = []
+    for name in ("_covered", "_later"):
+        condition = getattr(room, name)
+        for method in ("notify", "notify_all"):
+            real = getattr(condition, method)
+
+            def counted(*args: object, _real=real, _name=f"{name}.{method}") -> None:  # type: ignore[no-untyped-def]
+                notified.append(_name)
+                _real(*args)
+
+            setattr(condition, method, counted)
+    with lock:
+        room.write_ended()
+        room.write_ended(took_later=True)
+    assert notified == []
+    woke = threading.Event()
+    asleep = threading.Semaphore(0)
+
+    def waiter() -> None:
+        with lock:
+            asleep.release()
+            room.wait(covered=False)
+        woke.set()
+
+    thread = threading.Thread(target=waiter)
+    thread.start()
+    assert asleep.acquire(timeout=5)
+    with lock:  # the waiter has released the lock inside wait(): it sleeps
+        room.write_ended()
+    assert woke.wait(5) and notified
+    thread.join(5)
+    assert room._sleeping == 0
+
+
 def test_a_caller_woken_to_lead_that_leaves_hands_the_lead_on() -> None:
     """Woken to lead the next flush, the main thread is interrupted before it starts
     it: the other caller waiting for that flush must be woken to run it."""

@@ -46,21 +46,31 @@ class WaitRoom:
         self._lock = lock
         self._covered = threading.Condition(lock)  # answered by the running write
         self._later = threading.Condition(lock)  # need a write not yet started
+        self._sleeping = 0  # callers in `wait`, on either condition (changed under the lock)
 
     def wait(self, covered: bool) -> None:
         """Sleep (holding the lock) until the running write ends, or the next one may start."""
-        (self._covered if covered else self._later).wait()
+        self._sleeping += 1
+        try:
+            (self._covered if covered else self._later).wait()
+        finally:  # the lock is held again here, as around the wait
+            self._sleeping -= 1
 
     def write_ended(self, took_later: bool = False) -> None:
         """Holding the lock: wake the callers the write covered and the next leader.
 
         `took_later`: the write also took callers who were waiting for the next
         one; they are all woken (those still waiting sleep again), since the
-        one woken to lead may be among those already answered.
+        one woken to lead may be among those already answered. With nobody
+        asleep, nobody is notified: a Condition's notify is Python code that
+        costs about 2.5 k instructions even then, and a write that nobody
+        waited for (every small request's, without load) ended with two.
         """
         ended, self._covered = self._covered, self._later
-        ended.notify_all()  # takes its waiters off it: it can serve the generation after
         self._later = ended
+        if not self._sleeping:
+            return
+        ended.notify_all()  # takes its waiters off it: it can serve the generation after
         if took_later:
             self._covered.notify_all()
         else:

@@ -180,6 +180,15 @@ def test_checks_are_cached_only_for_what_passed() -> None:
             replace(entry, time="2026-02-30T10:00:00.000000Z")
 
 
+def test_each_new_pseudonym_is_the_hmac_of_its_own_value_alone() -> None:
+    # the hasher keys one HMAC once and copies it per new value: no use may leave
+    # anything in it for the next (each value below is new to the hasher)
+    hasher = AuditHasher(KEY)
+    for number, value in enumerate(["a", "photos/1.jpg", "é/ü", "a", "x" * 300]):
+        label = "key" if number % 2 else "subject"
+        assert hasher.pseudonym(label, value) == pseudo(label, value)
+
+
 def test_pseudonyms_are_the_same_whether_remembered_or_not() -> None:
     fresh, warm = AuditHasher(KEY), AuditHasher(KEY)
     warm.pseudonym("subject", "alice")

@@ -5,10 +5,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import re
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
 
 from shardvault.audit.entry import AuditEntry, AuditHasher, format_time, new_entry
 from shardvault.errors import IntegrityError, InvalidInput
@@ -187,6 +190,24 @@ def test_each_new_pseudonym_is_the_hmac_of_its_own_value_alone() -> None:
     for number, value in enumerate(["a", "photos/1.jpg", "é/ü", "a", "x" * 300]):
         label = "key" if number % 2 else "subject"
         assert hasher.pseudonym(label, value) == pseudo(label, value)
+
+
+@given(st.text(alphabet=st.characters(codec=None), min_size=1))
+@example("a\x7fb")  # printable it is not, and allowed
+@example("a\x85\u2028b")
+@example("a\x1fb")
+@example("a\udcffb")
+def test_a_field_is_refused_exactly_when_it_holds_a_control_character_or_surrogate(
+    text: str,
+) -> None:
+    # the entry searches only text that is not printable: the same refusals as before
+    forbidden = re.search(r"[\x00-\x1f\ud800-\udfff]", text) is not None
+    for field in ("rule", "purpose"):
+        if forbidden:
+            with pytest.raises(InvalidInput, match=f"audit field '{field}' contains a control"):
+                replace(sample(), **{field: text})
+        else:
+            assert getattr(replace(sample(), **{field: text}), field) == text
 
 
 def test_pseudonyms_are_the_same_whether_remembered_or_not() -> None:

@@ -166,12 +166,18 @@ class AuditEntry:
         _check_time(self.time)
         texts = _TEXTS(self)
         # one pass over all fields on the hot path, in C calls only (join refuses what
-        # is not a str, then all() finds an empty one); name the culprit only on failure
+        # is not a str, then all() finds an empty one); name the culprit only on failure.
+        # Printable text holds no control character and no lone surrogate: only other
+        # text is searched (the search was 15 k instructions an entry, isprintable 6 k)
         try:
             joined = "".join(texts)
         except TypeError:
             joined = None
-        if joined is None or not all(texts) or _FORBIDDEN.search(joined):
+        if (
+            joined is None
+            or not all(texts)
+            or (not joined.isprintable() and _FORBIDDEN.search(joined))
+        ):
             for name, text in zip(_FIELDS[1:], texts, strict=True):
                 _check_text(name, text)
         if self.decision not in DECISIONS:

@@ -26,6 +26,7 @@ import pytest
 
 from conftest import make_deployment, manifest_of, tmpfs_mounted
 from governance_support import approve, forget_approved
+from shardvault.catalog.port import Catalog
 from shardvault.config import load
 from shardvault.durability import GroupSync
 from shardvault.errors import (
@@ -863,6 +864,90 @@ def test_a_forget_and_a_registration_complete_while_another_cells_state_disk_han
         assert owed == {"alice": ["SG"], "carol": ["SG"]}
         vault.gc(0)  # SG holds no approvals book: gc drops what it owes
         assert vault.directory.owing_cells() == []
+def in_kernel_wait_of(thread: threading.Thread, call: str) -> bool:
+    """Whether THREAD sleeps in the kernel function named CALL (its wchan)."""
+    with contextlib.suppress(OSError):
+        return call in Path(f"/proc/self/task/{thread.native_id}/wchan").read_text()
+    return False
+
+
+def test_a_vault_closes_without_waiting_for_a_thread_stuck_opening_a_hung_catalog(
+    tmp_path: Path,
+) -> None:
+    # a request opening a cell's catalog held the cell's lock while its disk hung, and
+    # Vault.close took that lock to close the catalog: the close, and the process's exit
+    # after it, waited for ever
+    config, _, _ = hung_node_deployment(tmp_path)
+    with Vault.open(load(config)) as vault:
+        vault.register_subject("intl", "bob", "SG")
+    vault = Vault.open(load(config))
+    with hung_mount(tmp_path / "deploy" / "state" / "cells" / "SG") as release:
+        failed: list[BaseException] = []
+
+        def collect() -> None:
+            try:
+                vault.gc(0)  # opens every catalog: the SG one's stat never returns
+            except BaseException as exc:
+                failed.append(exc)
+
+        collecting = threading.Thread(target=collect, daemon=True)
+        collecting.start()
+        for _ in range(200):
+            if in_kernel_wait_of(collecting, "fuse") or not collecting.is_alive():
+                break
+            time.sleep(0.05)
+        assert collecting.is_alive() and in_kernel_wait_of(collecting, "fuse")
+        within(BOUND, lambda: vault.close())  # the stuck thread is left to the exit
+        release()  # its open fails now; nothing it opened stays open
+        collecting.join(10)
+    assert not collecting.is_alive() and len(failed) == 1  # its open failed: ENOTCONN
+
+
+def open_files(under: Path) -> list[str]:
+    """The files under UNDER this process holds open."""
+    found = []
+    for fd in Path("/proc/self/fd").iterdir():
+        with contextlib.suppress(OSError):
+            if (target := os.readlink(fd)).startswith(f"{under}/"):
+                found.append(target)
+    return found
+
+
+def test_a_catalog_whose_open_ends_after_the_vault_closed_is_closed_by_that_open(
+    tmp_path: Path,
+) -> None:
+    """The close does not wait for an open under way (above), so an open that ends after it
+    (the disk answered at last) must close what it opened. The late answer is a stand-in
+    (the catalog's factory waits for an Event): a FUSE daemon that never answered cannot."""
+    config, _, _ = hung_node_deployment(tmp_path)
+    state = load(config).state_dir
+    factory = cells_module.sqlite_catalogs(state)
+    entered, answer = threading.Event(), threading.Event()
+
+    def catalogs(code: str) -> Catalog:
+        if code == "SG":
+            entered.set()
+            answer.wait(30)
+        return factory(code)
+
+    vault = Vault.open(load(config), catalogs=catalogs)
+    failed: list[BaseException] = []
+
+    def collect() -> None:
+        try:
+            vault.gc(0)
+        except BaseException as exc:
+            failed.append(exc)
+
+    collecting = threading.Thread(target=collect, daemon=True)
+    collecting.start()
+    assert entered.wait(10)
+    within(BOUND, lambda: vault.close())
+    answer.set()
+    collecting.join(10)
+    assert not collecting.is_alive()
+    assert [str(exc) for exc in failed] == ["cell SG: the vault is closed"]
+    assert open_files(state) == []
 
 
 def waiting_in(process: subprocess.Popen[str], call: str) -> None:

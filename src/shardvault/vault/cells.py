@@ -38,27 +38,43 @@ class CatalogOpening:
     """A cell's catalog, opened when a request first needs it, once per process however
     many threads ask at once. Opening the vault opened every cell's catalog: one cell's
     catalog hung or unreadable stopped the commands of every cell. An open that fails is
-    tried again by the next request that needs the cell (the file may be restored)."""
+    tried again by the next request that needs the cell (the file may be restored).
+    Closing does not wait for an open under way: one stuck on a hung disk would hold
+    the close, and the process's exit, for ever; the open closes what it opens late."""
 
     def __init__(self, jurisdiction: str, open_catalog: Callable[[str], Catalog]) -> None:
         self.jurisdiction = jurisdiction
         self._open_catalog = open_catalog
-        self._lock = threading.Lock()
+        self._opening = threading.Lock()  # held through an open, which may hang
+        self._state = threading.Lock()  # held for a moment only: close takes this one
         self._catalog: Catalog | None = None
         self._closed = False
 
     def catalog(self) -> Catalog:
         """The catalog, opened now if it is not yet (what opening checks, it checks now)."""
-        with self._lock:
-            if self._catalog is None:
+        with self._opening:
+            with self._state:
+                if self._catalog is not None:
+                    return self._catalog
                 if self._closed:  # a file opened after close would stay open
-                    raise StorageError(f"cell {self.jurisdiction}: the vault is closed")
-                self._catalog = self._open_catalog(self.jurisdiction)
-            return self._catalog
+                    raise self._closed_error()
+            catalog = self._open_catalog(self.jurisdiction)
+            with self._state:
+                closed = self._closed
+                if not closed:
+                    self._catalog = catalog
+            if closed:  # while it opened: the close did not wait for it
+                catalog.close()
+                raise self._closed_error()
+            return catalog
+
+    def _closed_error(self) -> StorageError:
+        return StorageError(f"cell {self.jurisdiction}: the vault is closed")
 
     def close(self) -> None:
-        """Close the catalog if it was opened; none is opened after."""
-        with self._lock:
+        """Close the catalog if it was opened; none is opened after. An open under way
+        is not waited for: it closes its catalog itself when it ends."""
+        with self._state:
             self._closed = True
             catalog = self._catalog
         if catalog is not None:

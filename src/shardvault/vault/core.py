@@ -210,8 +210,9 @@ class Vault:
         return vault
 
     def close(self) -> None:
-        """Close every store and catalog. Threads stuck on a node that hung are not
-        waited for (nor its store closed under them): the process's exit ends them."""
+        """Close every store and catalog. Threads stuck on a node that hung, or opening a
+        catalog whose disk hangs, are not waited for (nor is the store closed under
+        them): the process's exit ends them."""
         self.deadline.close()
         self._pool.shutdown(wait=not self.deadline.any_hung())
         for cell in self.cells.values():

@@ -4,9 +4,13 @@
 from __future__ import annotations
 
 import base64
+import contextlib
+import ctypes
 import json
 import os
+import struct
 import time
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -353,3 +357,64 @@ def test_a_withdrawal_is_said_in_one_line(cli: Cli) -> None:
     )
     said = cli.fails(1, *token, "approval", "withdraw", pending_forget(cli), *key)
     assert "(approval:not-denied)" in said
+
+
+_IN_OPEN, _IN_CLOSE = 0x20, 0x08 | 0x10  # inotify(7): opened; closed, written or not
+
+
+@contextlib.contextmanager
+def opens_of(path: Path) -> Iterator[Callable[[], int]]:
+    """Counts the opens of the file at PATH by anyone (inotify: the kernel's count, no
+    patch of the code that opens it); yields the count so far. Closes are watched too, so
+    no two events in a row are alike: the kernel merges those."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+    assert fd >= 0, os.strerror(ctypes.get_errno())
+    opened = [0]
+
+    def count() -> int:
+        while True:
+            try:
+                events = os.read(fd, 4096)
+            except BlockingIOError:
+                return opened[0]
+            at = 0
+            while at < len(events):
+                _, mask, _, length = struct.unpack_from("iIII", events, at)
+                opened[0] += bool(mask & _IN_OPEN)
+                at += 16 + length
+
+    try:
+        watched = libc.inotify_add_watch(fd, os.fsencode(path), _IN_OPEN | _IN_CLOSE)
+        assert watched >= 0, os.strerror(ctypes.get_errno())
+        yield count
+    finally:
+        os.close(fd)
+
+
+def test_approval_ls_opens_the_partners_record_once_however_many_it_lists(cli: Cli) -> None:
+    # each listed approval still open asked the partner's record for a veto binding it,
+    # a connection of its own each: a file open, a stat and two pragmas per row
+    token = tokens(cli, "partner-officer")
+    cli.ok("subject", "add", "intl", "bob", "-j", "US")
+    vetoed = [pending_forget(cli) for _ in range(3)]
+    denied = pending_forget(cli)
+    cli.ok("--token", token["partner-officer"], "approval", "deny", denied,
+           "--signing-key", key_of(cli, "partner-officer"))  # fmt: skip
+    bobs = [cli.fails(1, "forget", "intl", "bob").rsplit("--approval ", 1)[1] for _ in range(2)]
+    record = load(cli.config).base_dir / "partner" / "verdicts.sqlite"
+    with opens_of(record) as opens:
+        listed = cli.json("approval", "ls", "--all")
+        assert opens() == 1
+        table = cli.ok("approval", "ls").decode()
+        assert opens() == 2
+    status = {a["id"]: (a["status"], (a["vetoed_by"] or {}).get("approval")) for a in listed}
+    assert status == {
+        **{approval: ("vetoed", denied) for approval in vetoed},
+        denied: ("denied", None),
+        **{approval: ("pending", None) for approval in bobs},
+    }
+    for approval in (*vetoed, *bobs):  # the table too: pending ones only, without --all
+        (row,) = [line for line in table.splitlines() if approval in line]
+        assert status[approval][0] in row and ("pending" in row) == (approval in bobs)
+    assert denied not in table

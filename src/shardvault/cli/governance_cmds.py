@@ -270,7 +270,7 @@ def _vetoes(governance: Governance, found: list[Approval]) -> list[Veto | None]:
     unreadable shows them as the book has them, with a warning, rather than fail: the
     partner looks over the approvals still open before it starts a new record."""
     try:
-        return [governance.standing_veto_of(a) for a in found]
+        return governance.standing_vetoes_of(found)
     except ShardvaultError as exc:
         warn(f"{exc}; an approval a signed denial binds shows as pending or approved")
         return [None] * len(found)

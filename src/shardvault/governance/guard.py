@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -903,6 +903,22 @@ class Governance:
         if approval.status not in (PENDING, APPROVED):
             return None
         return self._standing_veto(VetoedRequest.of_approval(approval))
+
+    def standing_vetoes_of(self, approvals: Sequence[Approval]) -> list[Veto | None]:
+        """`standing_veto_of` each of ``approvals``, the partner's record opened once for
+        them all (`approval ls` opened it once per row), and not at all if none is
+        pending or met."""
+        vetoes: list[Veto | None] = [None] * len(approvals)
+        asked = [at for at, a in enumerate(approvals) if a.status in (PENDING, APPROVED)]
+        if asked:
+            found = self.partner_verdicts.standing_vetoes(
+                [VetoedRequest.of_approval(approvals[at]) for at in asked],
+                self.custodian_policy.veto_seconds,
+                first=lambda: not self.approvals.holds_signed_verdicts(),
+            )
+            for at, veto in zip(asked, found, strict=True):
+                vetoes[at] = veto
+        return vetoes
 
     def _deliver_to_partner(
         self, approval: Approval, approver: str, verdict: str, signature: bytes | None

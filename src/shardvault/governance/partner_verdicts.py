@@ -50,7 +50,7 @@ import os
 import sqlite3
 import stat
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -302,18 +302,33 @@ class PartnerVerdicts:
         one lasting longest, if several do). A missing file holds none only if ``first``
         is given and says no signed verdict was ever given; else `IntegrityError`, and
         `Unavailable` if it cannot be read."""
+        return self.standing_vetoes([request], period, first)[0]
+
+    def standing_vetoes(
+        self,
+        requests: Sequence[VetoedRequest],
+        period: float,
+        first: Callable[[], bool] | None = None,
+    ) -> list[Veto | None]:
+        """`standing_veto` of each of ``requests``, the file opened once for them all: a
+        listing of approvals opened it once per row."""
         if not self.path.exists():
             if first is not None and first():
-                return None
+                return [None] * len(requests)
             raise self._lost()
         with self._connected() as db:
             if self._version(db) < 2:  # empty, or kept before denials bound their request
-                return None
-            request_tag, key_tag = request.tags(self._key(db))
-            row = db.execute(
-                _STANDING,
-                {"request": request_tag, "key": key_tag, "period": period, "now": self._clock()},
-            ).fetchone()
+                return [None] * len(requests)
+            veto_key, now = self._key(db), self._clock()
+            return [self._standing(db, request.tags(veto_key), period, now) for request in requests]
+
+    @staticmethod
+    def _standing(
+        db: sqlite3.Connection, tags: tuple[bytes, bytes | None], period: float, now: float
+    ) -> Veto | None:
+        row = db.execute(
+            _STANDING, {"request": tags[0], "key": tags[1], "period": period, "now": now}
+        ).fetchone()
         return None if row is None else Veto(row[0], row[1], float(row[2]))
 
     def withdrawable(self, approval_id: str, approver: str, first: Callable[[], bool]) -> bytes:

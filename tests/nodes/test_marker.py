@@ -13,16 +13,22 @@ from pathlib import Path
 import pytest
 
 from conftest import make_deployment, manifest_of
-from shardvault.config import load
+from shardvault.config import Config, load
 from shardvault.errors import TooFewNodes
 from shardvault.model import ObjectRef
 from shardvault.nodes.marker import MARKER
 from shardvault.vault import Vault
 
 
+def open_every_node(config: Config) -> None:
+    """Open the vault and every node's store (a cell's are opened when first needed)."""
+    with Vault.open(config) as vault:
+        vault.node_usage()
+
+
 def test_first_open_marks_every_node_directory(config_path: Path) -> None:
     config = load(config_path)
-    Vault.open(config).close()
+    open_every_node(config)
     for node in config.nodes:
         marker = json.loads((Path(node.location) / MARKER).read_text())
         assert marker == {
@@ -40,7 +46,7 @@ def swap(text: str, one: str, other: str) -> str:
 
 def test_a_us_directory_configured_for_an_eu_node_is_refused(tmp_path: Path) -> None:
     path = make_deployment(tmp_path / "deploy")
-    Vault.open(load(path)).close()  # marks the directories
+    open_every_node(load(path))  # marks the directories
     # an operator's slip: a US disk given to an EU node, and the other way round
     path.write_text(swap(path.read_text(), "nodes/US/us-n1", "nodes/EU/eu-n1"))
     with Vault.open(load(path)) as vault:
@@ -82,7 +88,7 @@ def test_swapped_paths_within_a_cell_read_around_and_gc_keeps_them(
 @pytest.mark.parametrize("content", [b"", b"{not json", b'{"format":"other"}', b"[1]"])
 def test_a_damaged_marker_makes_the_node_unavailable(config_path: Path, content: bytes) -> None:
     config = load(config_path)
-    Vault.open(config).close()
+    open_every_node(config)
     (Path(config.node("sg-n2").location) / MARKER).write_bytes(content)
     with Vault.open(config) as vault:
         usage = {u.node.id: u.unavailable for u in vault.node_usage()}
@@ -94,7 +100,7 @@ def test_a_marker_of_a_newer_version_says_to_upgrade(config_path: Path) -> None:
     # "has marker version 2; this shardvault reads 1": the disk is fine, this shardvault
     # is too old for it, as the catalogs, the keyring and the config of a newer one say
     config = load(config_path)
-    Vault.open(config).close()
+    open_every_node(config)
     marker = Path(config.node("sg-n2").location) / MARKER
     marker.write_text(marker.read_text().replace('"version":1', '"version":2'))
     with Vault.open(config) as vault:
@@ -111,7 +117,7 @@ def test_a_marker_of_a_version_not_1_makes_the_node_unavailable(
 ) -> None:
     # true == 1 and 1.0 == 1 in Python: either was read as a version 1 marker
     config = load(config_path)
-    Vault.open(config).close()
+    open_every_node(config)
     marker = Path(config.node("sg-n2").location) / MARKER
     marker.write_text(marker.read_text().replace('"version":1', f'"version":{version}'))
     with Vault.open(config) as vault:
@@ -172,11 +178,11 @@ def test_nodes_marked_before_records_were_kept_are_recorded_at_the_next_open(
     config_path: Path,
 ) -> None:
     config = load(config_path)
-    Vault.open(config).close()
+    open_every_node(config)
     records = config.state_dir / "nodes"
     for record in records.iterdir():
         record.unlink()
-    Vault.open(config).close()
+    open_every_node(config)
     assert sorted(p.name for p in records.iterdir()) == sorted(n.id for n in config.nodes)
 
 
@@ -188,7 +194,7 @@ def test_a_state_disk_that_cannot_take_the_record_leaves_the_nodes_serving(
     from shardvault.nodes import marker
 
     config = load(config_path)
-    Vault.open(config).close()
+    open_every_node(config)
     for record in (config.state_dir / "nodes").iterdir():
         record.unlink()
 
@@ -215,7 +221,7 @@ def link(source, target, *args, **kwargs):
     return real_link(source, target, *args, **kwargs)
 
 os.link = link
-Vault.open(load(Path(sys.argv[1])))
+Vault.open(load(Path(sys.argv[1]))).node_usage()  # opens every node's store
 """
 
 
@@ -228,7 +234,7 @@ def test_a_marking_killed_mid_way_leaves_no_temporary_after_the_next_open(
     assert child.returncode == -signal.SIGKILL
     left = list((tmp_path / "deploy").rglob("*.tmp"))
     assert left, "the kill came after the temporary was made"
-    Vault.open(load(path)).close()
+    open_every_node(load(path))
     assert list((tmp_path / "deploy").rglob("*.tmp")) == []
     node = Path(next(n.location for n in load(path).nodes if n.id == "us-n1"))
     assert json.loads((node / MARKER).read_text())["node"] == "us-n1"

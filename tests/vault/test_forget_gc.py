@@ -490,6 +490,7 @@ def test_node_usage_names_a_node_whose_directory_went_after_it_was_opened(
     failed as a whole; it shows the node as unavailable, with why, and the rest."""
     config = make_deployment(tmp_path / "d")
     with Vault.open(load(config)) as vault:
+        assert all(not u.unavailable for u in vault.node_usage())  # every store opened
         node_dir = Path(load(config).node("us-n1").location)
         node_dir.rename(tmp_path / "aside")
         usage = {u.node.id: u for u in vault.node_usage()}

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+import types
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
@@ -608,7 +609,7 @@ def hung_node_deployment(tmp_path: Path) -> tuple[Path, ObjectRef, str]:
     return config, ref, node
 
 
-def test_opening_the_vault_gives_up_on_a_node_whose_disk_hangs_and_reads_around_it(
+def test_opening_a_cells_nodes_gives_up_on_a_node_whose_disk_hangs_and_reads_around_it(
     tmp_path: Path,
 ) -> None:
     # Vault.open checked every node's marker in the calling thread: one node whose disk
@@ -618,8 +619,8 @@ def test_opening_the_vault_gives_up_on_a_node_whose_disk_hangs_and_reads_around_
         started = time.monotonic()
         vault = within(BOUND, lambda: Vault.open(load(config)))
         try:
-            assert time.monotonic() - started < BOUND
-            assert vault.cells["US"].unavailable_nodes() == [hung]
+            assert within(BOUND, vault.cells["US"].unavailable_nodes) == [hung]  # opened now
+            assert time.monotonic() - started < 2 * BOUND
             assert hung in vault.deadline.hung  # the CLI names it, as any node that hung
             with vault.open_read(ref) as reader:  # read around it, within the deadline
                 assert reader.read_all() == b"k" * 1000
@@ -638,10 +639,124 @@ def test_opening_the_vault_gives_up_on_a_node_whose_disk_hangs_and_reads_around_
             vault.close()
 
 
+def test_a_node_whose_disk_hangs_costs_nothing_to_the_commands_of_another_cell(
+    tmp_path: Path,
+) -> None:
+    # opening the vault opened every node's store: a hung SG node cost every process (a
+    # get or put of a US subject included) one node_timeout before it did anything
+    seconds = 3.0
+    config, ref, _ = hung_node_deployment(tmp_path)
+    config.write_text(config.read_text().replace(f"node_timeout = {DEADLINE}", "node_timeout = 3"))
+    with Vault.open(load(config)) as vault:
+        vault.register_subject("intl", "bob", "SG")
+    with hung_mount(tmp_path / "deploy" / "nodes" / "SG" / "sg-n1"):
+        started = time.monotonic()
+        vault = within(BOUND + seconds, lambda: Vault.open(load(config)))
+        try:
+            with vault.open_read(ref) as reader:
+                assert reader.read_all() == b"k" * 1000
+            vault.put(ObjectRef("intl", "alice", "new"), b"n")
+            assert time.monotonic() - started < seconds  # not one deadline
+            assert vault.deadline.hung == set() and reader.damage == []
+            # what needs the SG cell's nodes still sees each, and names the one that hangs
+            usage = {u.node.id: u.unavailable for u in within(BOUND + seconds, vault.node_usage)}
+            assert usage["sg-n1"] == "no answer within 3 s (storage.node_timeout)"
+            assert [node for node, why in usage.items() if why] == ["sg-n1"]
+            assert vault.deadline.hung == {"sg-n1"}
+            with pytest.raises(TooFewNodes, match="sg-n1 \\(no answer within 3 s"):
+                vault.put(ObjectRef("intl", "bob", "sg"), b"s")  # fail closed: 5 of 6
+        finally:
+            vault.close()
+
+
+def stalled_claims(
+    monkeypatch: pytest.MonkeyPatch, node: str
+) -> tuple[list[str], threading.Event, threading.Event]:
+    """Every node's marker check counted (the node ids, in order); NODE's waits, once
+    `entered` is set, for `answer`: a stand-in for a disk that answers late."""
+    claimed: list[str] = []
+    entered, answer = threading.Event(), threading.Event()
+    checked = cells_module.claim
+
+    def claim(root: Path, spec: NodeSpec, marked: Path | None = None) -> None:
+        claimed.append(spec.id)
+        if spec.id == node:
+            entered.set()
+            answer.wait(30)
+        checked(root, spec, marked)
+
+    monkeypatch.setattr(cells_module, "claim", claim)
+    return claimed, entered, answer
+
+
+def test_a_cells_stores_asked_by_two_threads_at_once_are_opened_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # (the vault is thread-safe: a cell's stores are opened on first use, under a lock)
+    config, ref, node = hung_node_deployment(tmp_path)
+    config.write_text(config.read_text().replace(f"node_timeout = {DEADLINE}", "node_timeout = 30"))
+    claimed, entered, answer = stalled_claims(monkeypatch, node)
+    with Vault.open(load(config)) as vault:
+        assert claimed == []  # none until a request needs the cell
+        got: list[bytes] = []
+        first = threading.Thread(target=lambda: got.append(vault.get(ref)))
+        second = threading.Thread(target=lambda: got.append(vault.get(ref)))
+        first.start()
+        assert entered.wait(10)
+        second.start()
+        while not any(frame.f_code is cells_module.StoreOpening.stores.__code__
+                      for frame in frames_of(second)):  # fmt: skip
+            assert second.is_alive()
+            time.sleep(0.01)
+        answer.set()
+        first.join(10)
+        second.join(10)
+        assert got == [b"k" * 1000] * 2
+        assert sorted(claimed) == sorted(n.id for n in vault.config.nodes_in("US"))
+        vault.put(ObjectRef("intl", "alice", "new"), b"n")
+        assert len(claimed) == 6  # once per process
+
+
+def frames_of(thread: threading.Thread) -> Iterator[types.FrameType]:
+    """THREAD's frames, innermost first."""
+    frame = sys._current_frames().get(thread.ident or 0)
+    while frame is not None:
+        yield frame
+        frame = frame.f_back
+
+
+def test_stores_whose_open_ends_after_the_vault_closed_are_not_used(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The close does not wait for a cell's stores being opened (up to a deadline per hung
+    node), so an open that ends after it must not let its request go on: it closes what
+    it opened and fails."""
+    config, ref, node = hung_node_deployment(tmp_path)
+    config.write_text(config.read_text().replace(f"node_timeout = {DEADLINE}", "node_timeout = 30"))
+    _, entered, answer = stalled_claims(monkeypatch, node)
+    vault = Vault.open(load(config))
+    failed: list[BaseException] = []
+
+    def get() -> None:
+        try:
+            vault.get(ref)
+        except BaseException as exc:
+            failed.append(exc)
+
+    getting = threading.Thread(target=get, daemon=True)
+    getting.start()
+    assert entered.wait(10)
+    within(BOUND, lambda: vault.close())
+    answer.set()
+    getting.join(10)
+    assert not getting.is_alive()
+    assert [str(exc) for exc in failed] == ["cell US: the vault is closed"]
+
+
 def test_a_node_whose_open_answers_after_the_deadline_is_used_again(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A node given up on at open comes back once its open ends, as a hung node does once
+    """A node given up on at its open comes back once that open ends, as a hung node does once
     it answers a probe. The hang here is a stand-in (the marker check waits for an
     Event): a FUSE daemon that never answered cannot answer later."""
     config, _, hung = hung_node_deployment(tmp_path)
@@ -656,7 +771,8 @@ def test_a_node_whose_open_answers_after_the_deadline_is_used_again(
 
     monkeypatch.setattr(cells_module, "claim", claim)
     with within(BOUND, lambda: Vault.open(load(config))) as vault:
-        assert entered.is_set() and vault.cells["US"].unavailable_nodes() == [hung]
+        assert not entered.is_set()  # opened when the cell is first needed
+        assert vault.cells["US"].unavailable_nodes() == [hung] and entered.is_set()
         answer.set()
         for _ in range(100):
             if not vault.cells["US"].unavailable_nodes():

@@ -1,6 +1,6 @@
 """A node that cannot be used: one bad directory must not stop the whole vault.
 
-Opening a deployment opens every node's store. A node whose directory is
+A cell's node stores are opened when it is first needed. A node whose directory is
 missing, is a file or cannot be read, or a node a manifest names but the
 config no longer lists, is represented by this store: every operation raises
 `StorageError` with the reason. A read then counts that node's shards as

@@ -28,7 +28,7 @@ from shardvault.errors import StorageError
 from shardvault.io_threads import IoThread, Stalled
 from shardvault.nodes.port import ShardReader, ShardStore, ShardWriter
 from shardvault.nodes.unavailable import UnavailableStore
-from shardvault.vault.cells import Cell
+from shardvault.vault.cells import Cell, StoreOpening
 from shardvault.vault.deadline import NodeDeadline
 
 _P = ParamSpec("_P")
@@ -74,7 +74,7 @@ class BoundedStores:
             node: store if isinstance(store, UnavailableStore) else BoundedStore(store, self)
             for node, store in cell.stores.items()
         }
-        return replace(cell, stores=stores)
+        return replace(cell, node_opening=StoreOpening.of(cell.jurisdiction, stores))
 
     def hung(self) -> tuple[str, ...]:
         """The nodes this run gave up on."""

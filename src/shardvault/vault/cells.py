@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import os
 import threading
 from collections.abc import Callable, Iterator, Mapping
@@ -94,20 +95,103 @@ class _OpenedOnUse:
         return catalog
 
 
+StoresOpened = Callable[[dict[str, ShardStore]], None]
+
+
+class StoreOpening:
+    """A cell's node stores, opened when a request first needs the cell's nodes, once per
+    process however many threads ask at once, as its catalog is (`CatalogOpening`).
+    Opening the vault opened every node's store: a node whose disk hangs cost every
+    command, of every cell, one deadline. Closing does not wait for an open under way
+    (one waits up to a deadline per hung node): that open closes what it opens late."""
+
+    def __init__(
+        self,
+        jurisdiction: str,
+        open_all: Callable[[], dict[str, ShardStore]],
+        opened: dict[str, ShardStore] | None = None,
+    ) -> None:
+        self.jurisdiction = jurisdiction
+        self._open_all = open_all
+        self._opening = threading.Lock()  # held through an open, which may take deadlines
+        self._state = threading.Lock()  # held for a moment only: close takes this one
+        self._stores = opened
+        self._closed = False
+        self._watchers: list[StoresOpened] = []
+
+    @classmethod
+    def of(cls, jurisdiction: str, stores: dict[str, ShardStore]) -> StoreOpening:
+        """Stores opened already (a maintenance run's view of its cell: vault/bounded.py)."""
+        return cls(jurisdiction, lambda: stores, stores)
+
+    def stores(self) -> dict[str, ShardStore]:
+        """The stores, opened now if they are not yet; each watcher is told of them."""
+        with self._opening:
+            with self._state:
+                if self._stores is not None:
+                    return self._stores
+                if self._closed:  # a store opened after close would stay open
+                    raise self._closed_error()
+            stores = self._open_all()
+            with self._state:
+                closed = self._closed
+                if not closed:
+                    self._stores = stores
+                watchers = list(self._watchers)
+        if closed:  # while they opened: the close did not wait for them
+            for store in stores.values():
+                store.close()
+            raise self._closed_error()
+        for watcher in watchers:  # out of the lock: a watcher may ask for the stores
+            watcher(stores)
+        return stores
+
+    def when_opened(self, watcher: StoresOpened) -> None:
+        """Call ``watcher`` with the stores once they are opened (now, if they are)."""
+        with self._state:
+            stores = self._stores
+            if stores is None:
+                self._watchers.append(watcher)
+        if stores is not None:
+            watcher(stores)
+
+    def _closed_error(self) -> StorageError:
+        return StorageError(f"cell {self.jurisdiction}: the vault is closed")
+
+    def close(self) -> None:
+        """Close the stores if they were opened (and those put in their place since); none
+        is opened after. An open under way is not waited for: it closes its stores."""
+        with self._state:
+            self._closed = True
+            stores = self._stores
+        for store in (stores or {}).values():
+            store.close()
+
+
 @dataclass
 class Cell:
     jurisdiction: str
     opening: CatalogOpening
     nodes: list[NodeSpec]
-    stores: dict[str, ShardStore] = field(default_factory=dict)
+    node_opening: StoreOpening
     maintenance_lock: Path | None = None
     work_dir: Path | None = None  # where maintenance keeps its working files (the cell's)
     _placeable: list[NodeSpec] | None = field(default=None, init=False, repr=False)
+    _stores: dict[str, ShardStore] | None = field(default=None, init=False, repr=False)
     catalog = _OpenedOnUse()  # the cell's catalog, opened on first use
 
+    @property
+    def stores(self) -> dict[str, ShardStore]:
+        """Its nodes' stores (node id: store), opened on first use (`StoreOpening`)."""
+        stores = self._stores
+        if stores is None:
+            stores = self._stores = self.node_opening.stores()
+        return stores
+
     def store(self, node_id: str) -> ShardStore:
-        """The node's store; one the config no longer lists reads as unavailable."""
-        found = self.stores.get(node_id)
+        """The node's store; one the config no longer lists reads as unavailable. The hot
+        path: a plain attribute, not `stores` (a descriptor's attribute is not specialised)."""
+        found = (self._stores or self.stores).get(node_id)
         if found is None:
             return UnavailableStore(node_id, "it is not in the configuration")
         return found
@@ -269,18 +353,19 @@ def memory_catalogs() -> CatalogFactory:
 
 
 def open_cells(config: Config, catalogs: CatalogFactory) -> dict[str, Cell]:
-    """Every cell with its nodes' stores; no catalog is opened here, each is opened by
-    the first request that needs its cell (`CatalogOpening`)."""
+    """Every cell; neither its catalog nor its nodes' stores are opened here, each is
+    opened by the first request that needs it (`CatalogOpening`, `StoreOpening`)."""
     cells: dict[str, Cell] = {}
-    every_node = [node for code in config.jurisdictions for node in config.nodes_in(code)]
-    stores = open_stores(every_node, config.state_dir / "nodes", config.node_timeout)
     for code in config.jurisdictions:
         nodes = config.nodes_in(code)
+        open_all = functools.partial(
+            open_stores, nodes, config.state_dir / "nodes", config.node_timeout
+        )
         cells[code] = Cell(
             jurisdiction=code,
             opening=CatalogOpening(code, catalogs),
             nodes=nodes,
-            stores={node.id: stores[node.id] for node in nodes},
+            node_opening=StoreOpening(code, open_all),
             maintenance_lock=config.state_dir / "cells" / code / "maintenance.lock",
             work_dir=config.state_dir / "cells" / code,
         )

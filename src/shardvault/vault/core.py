@@ -217,8 +217,7 @@ class Vault:
         self._pool.shutdown(wait=not self.deadline.any_hung())
         for cell in self.cells.values():
             cell.opening.close()  # only a catalog a request opened
-            for store in cell.stores.values():
-                store.close()
+            cell.node_opening.close()  # only the stores of a cell a request needed
         self.directory.close()
         if self._owns_governance:
             self.governance.close()

@@ -42,17 +42,23 @@ class NodeDeadline:
 
     def __init__(self, seconds: float, cells: list[Cell]) -> None:
         self.seconds = seconds
-        self._cell_of = {node: cell for cell in cells for node in cell.stores}
+        self._cell_of = {node.id: cell for cell in cells for node in cell.nodes}
         self._lock = threading.Lock()
         self._closed = threading.Event()
         self.probes: dict[str, threading.Thread] = {}  # a hung node's, until it answers
         self.hung: set[str] = set()  # every node that ran past it in this process
         self._stuck: dict[str, list[Future[Any]]] = {}  # calls given up on, still running
-        for cell in cells:
-            for node, store in cell.stores.items():
-                if isinstance(store, UnopenedStore):
+        for cell in cells:  # a cell's stores open when it is first needed
+            cell.node_opening.when_opened(functools.partial(self._unopened, cell))
+
+    def _unopened(self, cell: Cell, stores: dict[str, ShardStore]) -> None:
+        """The cell's stores are open: a node whose open ran past the deadline is hung in
+        this process, and back once its open ends (`_opened`)."""
+        for node, store in stores.items():
+            if isinstance(store, UnopenedStore):
+                with self._lock:
                     self.hung.add(node)
-                    store.opening.add_done_callback(functools.partial(self._opened, cell, node))
+                store.opening.add_done_callback(functools.partial(self._opened, cell, node))
 
     def expired(self, node_id: str, stuck: Future[Any] | None = None) -> StorageError:
         """The node ran past its deadline: mark it unavailable in this process and probe
@@ -61,11 +67,12 @@ class NodeDeadline:
         (it may hold the store's lock: a store closed or called meanwhile waits for it)."""
         reason = f"no answer within {self.seconds:g} s (storage.node_timeout)"
         cell = self._cell_of.get(node_id)
+        stores = cell.stores if cell is not None else {}  # open: one of them was called
         with self._lock:
             self.hung.add(node_id)
             if stuck is not None:
                 self._stuck.setdefault(node_id, []).append(stuck)
-            store = cell.stores.get(node_id) if cell is not None else None
+            store = stores.get(node_id)
             if cell is not None and store is not None and not self._closed.is_set():
                 self._mark(cell, store, reason)
         return StorageError(

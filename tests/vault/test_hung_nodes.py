@@ -980,6 +980,8 @@ def test_a_forget_and_a_registration_complete_while_another_cells_state_disk_han
         assert owed == {"alice": ["SG"], "carol": ["SG"]}
         vault.gc(0)  # SG holds no approvals book: gc drops what it owes
         assert vault.directory.owing_cells() == []
+
+
 def in_kernel_wait_of(thread: threading.Thread, call: str) -> bool:
     """Whether THREAD sleeps in the kernel function named CALL (its wchan)."""
     with contextlib.suppress(OSError):

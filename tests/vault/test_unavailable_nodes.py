@@ -343,3 +343,24 @@ def test_a_cell_opened_by_two_threads_at_once_is_opened_once(config_path: Path) 
         with pytest.raises(NotFound):
             vault.stat(ObjectRef("intl", "bob", "none"))
         assert opened == ["SG"]
+
+
+def test_a_catalog_whose_stat_fails_is_a_storage_error_naming_it(
+    vault: Vault, alice: ObjectRef, config_path: Path
+) -> None:
+    # only a missing file was caught when a lazily opened catalog was looked at: any other
+    # failure of its stat (a symlink loop here; ENOTCONN on a dead mount) left the library
+    # as a bare OSError, which no caller of the vault expects
+    vault.register_subject("intl", "bob", "SG")
+    bob = ObjectRef("intl", "bob", "sg")
+    vault.put(bob, b"sg")
+    vault.put(alice, b"us")
+    vault.close()
+    catalog = load(config_path).state_dir / "cells" / "SG" / "catalog.sqlite"
+    for path in catalog.parent.glob("catalog.sqlite*"):
+        path.unlink()
+    catalog.symlink_to(catalog.name)  # its stat: ELOOP
+    with reopen(config_path) as again:
+        assert again.get(alice) == b"us"
+        with pytest.raises(StorageError, match=f"catalog {catalog}: .*symbolic links"):
+            again.get(bob)

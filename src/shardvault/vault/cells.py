@@ -19,7 +19,7 @@ from shardvault.catalog.memory import MemoryCatalog
 from shardvault.catalog.port import Catalog
 from shardvault.catalog.sqlite import SqliteCatalog
 from shardvault.config import Config
-from shardvault.durability import release_flock
+from shardvault.durability import failure_reason, release_flock
 from shardvault.errors import ConfigError, NewerFormat, StorageError
 from shardvault.io_threads import IoThread, Stalled
 from shardvault.keys.attestation import StatementSigner
@@ -342,10 +342,14 @@ def sqlite_catalogs(
 
 
 def _blank(path: Path) -> bool:
+    """Whether the catalog file is missing or empty; a stat that fails otherwise (a
+    dead mount, a symlink loop) is the cell's storage failing, said as such."""
     try:
         return path.stat().st_size == 0
     except FileNotFoundError:
         return True
+    except OSError as exc:
+        raise StorageError(f"catalog {path}: {failure_reason(exc, path)}") from exc
 
 
 def memory_catalogs() -> CatalogFactory:

@@ -224,3 +224,23 @@ def test_a_registration_completes_while_another_cells_pseudonym_key_is_lost(
     with Vault.open(load(config_path)) as vault:
         assert_scrubbed(vault, config_path, booked)
         assert vault.directory.still_owed("intl", ZED) == []
+
+
+def test_a_process_that_opened_the_approvals_before_the_record_works_it_off_before_use(
+    config_path: Path, booked: str
+) -> None:
+    # a long-lived process (a library user's vault) opened US's approvals before a
+    # registration elsewhere recorded that they owe a scrub it could not make
+    with Vault.open(load(config_path)) as early:
+        assert early.governance.approvals.get(booked).subject == ZED
+        stamp(config_path, "US", 99)
+        with Vault.open(load(config_path)) as vault:
+            vault.register_subject("intl", ZED, "EU")
+            assert vault.directory.still_owed("intl", ZED) == ["US"]
+        stamp(config_path, "US", SCHEMA_VERSION)  # the cell's files back
+        listed = early.governance.approvals.all("US")
+        assert [a.subject for a in listed] == [
+            early.governance.cell("US").hasher.pseudonym("subject", ZED)
+        ]
+        assert_scrubbed(early, config_path, booked)
+    assert owed(config_path) == []

@@ -258,6 +258,11 @@ class ApprovalBook:
         if db is None:
             db = self._connect(jurisdiction)
             self._dbs[jurisdiction] = db
+        else:  # a scrub recorded since this process opened the book is owed here too
+            try:
+                self._work_off(db, jurisdiction)
+            except sqlite3.Error as exc:
+                raise Unavailable(f"approvals of cell {jurisdiction}: {exc}") from exc
         return db
 
     def _connect(self, jurisdiction: str, *, owed: bool = True) -> sqlite3.Connection:

@@ -244,3 +244,25 @@ def test_a_process_that_opened_the_approvals_before_the_record_works_it_off_befo
         ]
         assert_scrubbed(early, config_path, booked)
     assert owed(config_path) == []
+
+
+def test_gc_works_off_every_cell_it_can_reach_though_one_cells_approvals_fail(
+    config_path: Path, booked: str
+) -> None:
+    # gc worked the cells off in turn and stopped at the first that failed: EU's damaged
+    # approvals kept US's owed scrub, and the subject's id in clear there, until EU's repair
+    stamp(config_path, "EU", 99)
+    stamp(config_path, "US", 99)
+    with Vault.open(load(config_path)) as vault:
+        vault.register_subject("intl", ZED, "SG")
+        assert vault.directory.still_owed("intl", ZED) == ["EU", "US"]
+    stamp(config_path, "US", SCHEMA_VERSION)  # US's files back, EU's not
+    assert ZED.encode() in approvals_bytes(config_path, "US")
+    governance = Governance.open(load(config_path))
+    try:
+        with pytest.raises(NewerFormat, match="approvals of cell EU"):
+            governance.settle_owed_scrubs()  # gc's: fails naming EU, after the others
+    finally:
+        governance.close()
+    assert ZED.encode() not in approvals_bytes(config_path, "US")
+    assert owed(config_path) == ["EU"]

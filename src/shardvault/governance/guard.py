@@ -355,11 +355,19 @@ class Governance:
         return tuple(left)
 
     def settle_owed_scrubs(self) -> None:
-        """Work off every scrub the directory says a cell owes (gc's)."""
+        """Work off every scrub the directory says a cell owes (gc's). A cell that fails
+        stops none of the others (each may name a subject in clear); the first failure
+        is raised once every other cell was tried."""
         directory = self.approvals.owed.directory()
+        failed: ShardvaultError | None = None
         for code in directory.owing_cells() if directory is not None else []:
             if code in self.cells:
-                self.approvals.settle_owed(code)
+                try:
+                    self.approvals.settle_owed(code)
+                except ShardvaultError as exc:
+                    failed = failed or exc
+        if failed is not None:
+            raise failed
 
     def refuse_if_homed_elsewhere(
         self, ctx: RequestContext, action: Action, asked: ApprovalRequired

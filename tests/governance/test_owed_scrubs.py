@@ -266,3 +266,26 @@ def test_gc_works_off_every_cell_it_can_reach_though_one_cells_approvals_fail(
         governance.close()
     assert ZED.encode() not in approvals_bytes(config_path, "US")
     assert owed(config_path) == ["EU"]
+
+
+def test_an_owed_scrub_stays_recorded_until_the_old_page_is_overwritten(
+    config_path: Path, booked: str
+) -> None:
+    # a reader of US's approvals (another process's read) held the WAL, so the scrub's
+    # checkpoint could not copy its pages into the file: the row was dropped while the
+    # file still held the old page with the id, and no later run took it out
+    stamp(config_path, "US", 99)
+    with Vault.open(load(config_path)) as vault:
+        vault.register_subject("intl", ZED, "EU")
+    stamp(config_path, "US", SCHEMA_VERSION)
+    path = state(config_path) / "cells" / "US" / "approvals.sqlite"
+    with closing(sqlite3.connect(path, isolation_level=None)) as reader:
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM approvals").fetchone()  # its snapshot
+        with Vault.open(load(config_path)) as vault:
+            vault.governance.approvals.get(booked)  # works off, the checkpoint blocked
+        assert ZED.encode() not in path.read_bytes() or owed(config_path) == ["US"]
+        reader.execute("COMMIT")
+        with Vault.open(load(config_path)) as vault:
+            assert_scrubbed(vault, config_path, booked)
+    assert owed(config_path) == []

@@ -42,7 +42,7 @@ from pathlib import Path
 
 from shardvault import sqlite_connections
 from shardvault.errors import AccessDenied, Conflict, InvalidInput, NotFound, Unavailable
-from shardvault.governance.owed_scrubs import OwedLedger, Pseudonym, work_off
+from shardvault.governance.owed_scrubs import OwedLedger, Pseudonym, truncate_wal, work_off
 from shardvault.model import shown
 from shardvault.policy import Action, Principal
 from shardvault.sqlite_schema import stamp_schema
@@ -205,8 +205,9 @@ def _forget_rows(
     *,
     erase_always: bool,
     homed_at: float | None,
-) -> int:
-    """`ApprovalBook.forget_subject`'s work on one connection (sqlite3 errors raised)."""
+) -> tuple[int, bool]:
+    """`ApprovalBook.forget_subject`'s work on one connection (sqlite3 errors raised):
+    the approvals changed, and whether the WAL's truncation (if one was due) completed."""
     db.execute("BEGIN IMMEDIATE")
     try:
         rows = db.execute(
@@ -228,9 +229,9 @@ def _forget_rows(
     except BaseException:
         db.execute("ROLLBACK")
         raise
-    if rows or erase_always:
-        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the old rows' frames too
-    return len(rows)
+    if rows or erase_always:  # the old rows' frames too
+        return len(rows), truncate_wal(db)
+    return 0, True
 
 
 class ApprovalBook:
@@ -329,7 +330,7 @@ class ApprovalBook:
         if jurisdiction in self._dbs or self._path(jurisdiction).exists():
             db = self._connect(jurisdiction, owed=False)
             try:
-                _forget_rows(
+                _, erased = _forget_rows(
                     db, tenant, subject, pseudonym(), erase_always=not homed_elsewhere,
                     homed_at=self._clock() if homed_elsewhere else None,
                 )  # fmt: skip
@@ -337,6 +338,8 @@ class ApprovalBook:
                 raise Unavailable(f"approvals of cell {jurisdiction}: {exc}") from exc
             finally:
                 db.close()
+            if not erased:  # a reader kept the old pages: the record stays, for the next
+                raise Unavailable(f"approvals of cell {jurisdiction}: a reader held the WAL")
         directory = self.owed.directory()
         if directory is not None:
             directory.scrubbed(jurisdiction, [directory.token(tenant, subject)])
@@ -482,7 +485,7 @@ class ApprovalBook:
             try:
                 return _forget_rows(
                     db, tenant, subject, pseudonym, erase_always=erase_always, homed_at=homed_at
-                )
+                )[0]
             except sqlite3.Error as exc:
                 raise Unavailable(f"approvals of cell {jurisdiction}: {exc}") from exc
 

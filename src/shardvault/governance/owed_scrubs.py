@@ -65,9 +65,18 @@ def work_off(
     if not owed:
         return 0
     due = {token for token, home in owed.items() if home is not None and home != cell}
-    changed = _scrub(db, due, directory, pseudonym(), now) if due else 0
-    directory.scrubbed(cell, owed)
+    changed, erased = _scrub(db, due, directory, pseudonym(), now) if due else (0, True)
+    # a reader's snapshot can hold the old pages (the id) out of the WAL's truncation:
+    # then the rows stay, for the next opener to truncate again
+    directory.scrubbed(cell, owed if erased else set(owed) - due)
     return changed
+
+
+def truncate_wal(db: sqlite3.Connection) -> bool:
+    """Checkpoint and truncate the WAL: whether it completed (a reader's snapshot can
+    keep old pages, a scrubbed id's among them, in the file until a later one)."""
+    busy = db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+    return not busy
 
 
 def _scrub(
@@ -76,7 +85,7 @@ def _scrub(
     directory: SubjectDirectory,
     pseudonym: Pseudonym,
     now: float,
-) -> int:
+) -> tuple[int, bool]:
     db.execute("BEGIN IMMEDIATE")
     try:
         rows = db.execute(
@@ -99,8 +108,7 @@ def _scrub(
         db.execute("ROLLBACK")
         raise
     # always, not only if some changed: a run killed before its truncation left frames
-    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    return len(hits)
+    return len(hits), truncate_wal(db)
 
 
-__all__ = ["OwedLedger", "Pseudonym", "work_off"]
+__all__ = ["OwedLedger", "Pseudonym", "truncate_wal", "work_off"]

@@ -19,7 +19,7 @@ from tests.governance.helpers import SERVICE, SUPPORT, US_COURT, as_, register
 
 from governance_support import approve, ensure_approvers, forget_approved
 from shardvault.config import load
-from shardvault.errors import ApprovalRequired, NewerFormat, SubjectForgotten
+from shardvault.errors import ApprovalRequired, NewerFormat, SubjectForgotten, Unavailable
 from shardvault.governance import Governance
 from shardvault.governance.approvals import HOMED_ELSEWHERE, SCHEMA_VERSION
 from shardvault.model import ObjectRef
@@ -288,4 +288,23 @@ def test_an_owed_scrub_stays_recorded_until_the_old_page_is_overwritten(
         reader.execute("COMMIT")
         with Vault.open(load(config_path)) as vault:
             assert_scrubbed(vault, config_path, booked)
+    assert owed(config_path) == []
+
+
+def test_a_scrub_that_answers_after_the_close_opens_no_directory_and_drops_no_row(
+    config_path: Path, booked: str
+) -> None:
+    # a scrub thread given up on (its disk hung) that answered after the vault closed
+    # opened the directory again, which nothing closed then, and dropped the row through it
+    stamp(config_path, "US", 99)
+    vault = Vault.open(load(config_path))
+    vault.register_subject("intl", ZED, "EU")
+    book, hasher = vault.governance.approvals, vault.governance.cell("US").hasher
+    vault.close()
+    stamp(config_path, "US", SCHEMA_VERSION)  # the hung disk answers
+    with pytest.raises(Unavailable, match="the vault was closed"):
+        book.scrub_apart("US", "intl", ZED, lambda: hasher.pseudonym, homed_elsewhere=True)
+    assert owed(config_path) == ["US"]  # left for the next opener, who finds it done
+    with Vault.open(load(config_path)) as again:
+        assert_scrubbed(again, config_path, booked)
     assert owed(config_path) == []

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from shardvault.directory import SubjectDirectory
+from shardvault.errors import Unavailable
 
 Pseudonym = Callable[[str, str], str]
 
@@ -33,9 +34,15 @@ class OwedLedger:
         self._state_dir = state_dir
         self._lock = threading.Lock()
         self._directory: SubjectDirectory | None = None
+        self._closed = False
 
     def directory(self) -> SubjectDirectory | None:
+        """The directory; `Unavailable` once closed: a scrub thread given up on, whose
+        hung disk answers after the close, must not open it again for nobody to close
+        (and nothing may read approvals then without their owed rows)."""
         with self._lock:
+            if self._closed:
+                raise Unavailable("the subject directory is closed: the vault was closed")
             if self._directory is None:
                 if not (self._state_dir / "directory.sqlite").exists():
                     return None
@@ -44,6 +51,7 @@ class OwedLedger:
 
     def close(self) -> None:
         with self._lock:
+            self._closed = True
             if self._directory is not None:
                 self._directory.close()
                 self._directory = None

@@ -307,10 +307,14 @@ class ApprovalBook:
     def settle_owed(self, jurisdiction: str) -> None:
         """Work off what the directory says the cell's book owes, on a connection of its
         own (a caller may give up on it: a hung disk holds no lock of this book's)."""
+        directory = self.owed.directory()
+        # the rows read before the book is looked for: a book another process makes
+        # after the look works off what it owes itself as it opens, and a row it adds
+        # after this read is not among those dropped here
+        owed = directory.owed_in(jurisdiction) if directory is not None else {}
         if jurisdiction not in self._dbs and not self._path(jurisdiction).exists():
-            directory = self.owed.directory()
-            if directory is not None:  # no book, so no approval there names anyone
-                directory.scrubbed(jurisdiction, directory.owed_in(jurisdiction))
+            if directory is not None and owed:  # no book, so no approval there names anyone
+                directory.scrubbed(jurisdiction, owed)
             return
         self._connect(jurisdiction).close()
 

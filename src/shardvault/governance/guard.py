@@ -131,7 +131,8 @@ class Access:
 
 
 def _pseudonym_of(audit: CellAudit) -> Callable[[str, str], str]:
-    """The cell's audit pseudonyms, its key read by the caller's thread."""
+    """The cell's audit pseudonyms, its key read when called: on the scrub's own thread,
+    so a pseudonym key on a hung disk holds up that thread only."""
     return audit.hasher.pseudonym
 
 

@@ -42,7 +42,13 @@ from pathlib import Path
 
 from shardvault import sqlite_connections
 from shardvault.errors import AccessDenied, Conflict, InvalidInput, NotFound, Unavailable
-from shardvault.governance.owed_scrubs import OwedLedger, Pseudonym, truncate_wal, work_off
+from shardvault.governance.owed_scrubs import (
+    OwedLedger,
+    Pseudonym,
+    pseudonymize,
+    truncate_wal,
+    work_off,
+)
 from shardvault.model import shown
 from shardvault.policy import Action, Principal
 from shardvault.sqlite_schema import stamp_schema
@@ -215,16 +221,7 @@ def _forget_rows(
             (tenant, subject),
         ).fetchall()
         for ident, key in rows:
-            db.execute(
-                "UPDATE approvals SET subject = ?, key = ?,"
-                " homed_elsewhere_at = coalesce(homed_elsewhere_at, ?) WHERE id = ?",
-                (
-                    pseudonym("subject", subject),
-                    pseudonym("key", key) if key is not None else None,
-                    homed_at,
-                    ident,
-                ),
-            )
+            pseudonymize(db, ident, subject, key, pseudonym, homed_at)
         db.execute("COMMIT")
     except BaseException:
         db.execute("ROLLBACK")

@@ -26,6 +26,28 @@ from shardvault.errors import Unavailable
 Pseudonym = Callable[[str, str], str]
 
 
+def pseudonymize(
+    db: sqlite3.Connection,
+    ident: str,
+    subject: str,
+    key: str | None,
+    pseudonym: Pseudonym,
+    homed_at: float | None,
+) -> None:
+    """Approval IDENT keeps only the cell's audit pseudonyms of its subject and key, as
+    its audit entries carry them; ``homed_at`` marks it homed elsewhere (once)."""
+    db.execute(
+        "UPDATE approvals SET subject = ?, key = ?,"
+        " homed_elsewhere_at = coalesce(homed_elsewhere_at, ?) WHERE id = ?",
+        (
+            pseudonym("subject", subject),
+            pseudonym("key", key) if key is not None else None,
+            homed_at,
+            ident,
+        ),
+    )
+
+
 class OwedLedger:
     """The directory's record of owed scrubs, opened on first use: a process with
     governance alone (`approval ls`) opens it too. No directory yet: nothing owed."""
@@ -101,16 +123,7 @@ def _scrub(
         ).fetchall()
         hits = [row for row in rows if directory.token(row[1], row[2]) in due]
         for ident, _, subject, key in hits:
-            db.execute(
-                "UPDATE approvals SET subject = ?, key = ?,"
-                " homed_elsewhere_at = coalesce(homed_elsewhere_at, ?) WHERE id = ?",
-                (
-                    pseudonym("subject", subject),
-                    pseudonym("key", key) if key is not None else None,
-                    now,
-                    ident,
-                ),
-            )
+            pseudonymize(db, ident, subject, key, pseudonym, now)
         db.execute("COMMIT")
     except BaseException:
         db.execute("ROLLBACK")
@@ -119,4 +132,4 @@ def _scrub(
     return len(hits), truncate_wal(db)
 
 
-__all__ = ["OwedLedger", "Pseudonym", "truncate_wal", "work_off"]
+__all__ = ["OwedLedger", "Pseudonym", "pseudonymize", "truncate_wal", "work_off"]

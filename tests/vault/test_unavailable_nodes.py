@@ -221,6 +221,21 @@ BROKEN: dict[str, tuple[Callable[[Path], None], type[Exception], str]] = {
 }
 
 
+def _bob_in_sg(vault: Vault, alice: ObjectRef, config_path: Path) -> tuple[ObjectRef, Path]:
+    """Bob homed in SG and alice in US, an object each; the vault closed and SG's catalog
+    checkpointed into its one file: (bob's object, SG's catalog)."""
+    vault.register_subject("intl", "bob", "SG")
+    bob = ObjectRef("intl", "bob", "sg")
+    vault.put(bob, b"sg")
+    vault.put(alice, b"us")
+    vault.close()
+    catalog = load(config_path).state_dir / "cells" / "SG" / "catalog.sqlite"
+    with sqlite3.connect(catalog) as db:
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    db.close()
+    return bob, catalog
+
+
 @pytest.mark.parametrize(("break_catalog", "error", "says"), BROKEN.values(), ids=BROKEN.keys())
 def test_a_cell_whose_catalog_cannot_be_opened_stops_only_the_requests_that_need_it(
     vault: Vault,
@@ -232,15 +247,7 @@ def test_a_cell_whose_catalog_cannot_be_opened_stops_only_the_requests_that_need
 ) -> None:
     # opening the vault opened every cell's catalog: one cell's damaged (or newer) catalog
     # refused every request of every cell
-    vault.register_subject("intl", "bob", "SG")
-    bob = ObjectRef("intl", "bob", "sg")
-    vault.put(bob, b"sg")
-    vault.put(alice, b"us")
-    vault.close()
-    catalog = load(config_path).state_dir / "cells" / "SG" / "catalog.sqlite"
-    with sqlite3.connect(catalog) as db:
-        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    db.close()
+    bob, catalog = _bob_in_sg(vault, alice, config_path)
     break_catalog(catalog)
     named = f"catalog {catalog} .*{says}"
     with reopen(config_path) as again:
@@ -276,14 +283,7 @@ def test_a_forget_needs_no_other_cells_catalog(
 ) -> None:
     # a forget opened every cell's catalog first: a US subject's forget was refused while
     # the SG cell's catalog was damaged or of a newer schema, though it needs none of it
-    vault.register_subject("intl", "bob", "SG")
-    vault.put(ObjectRef("intl", "bob", "sg"), b"sg")
-    vault.put(alice, b"us")
-    vault.close()
-    catalog = load(config_path).state_dir / "cells" / "SG" / "catalog.sqlite"
-    with sqlite3.connect(catalog) as db:
-        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    db.close()
+    bob, catalog = _bob_in_sg(vault, alice, config_path)
     break_catalog(catalog)
     with reopen(config_path) as again:
         done = forget_approved(again, "intl", "alice")
@@ -293,7 +293,7 @@ def test_a_forget_needs_no_other_cells_catalog(
         with pytest.raises(SubjectForgotten):
             again.get(alice)
         with pytest.raises(error, match=f"catalog {catalog} .*{says}"):  # still as it was
-            again.get(ObjectRef("intl", "bob", "sg"))
+            again.get(bob)
 
 
 def _in_call(thread: threading.Thread, code: object) -> bool:
@@ -351,12 +351,7 @@ def test_a_catalog_whose_stat_fails_is_a_storage_error_naming_it(
     # only a missing file was caught when a lazily opened catalog was looked at: any other
     # failure of its stat (a symlink loop here; ENOTCONN on a dead mount) left the library
     # as a bare OSError, which no caller of the vault expects
-    vault.register_subject("intl", "bob", "SG")
-    bob = ObjectRef("intl", "bob", "sg")
-    vault.put(bob, b"sg")
-    vault.put(alice, b"us")
-    vault.close()
-    catalog = load(config_path).state_dir / "cells" / "SG" / "catalog.sqlite"
+    bob, catalog = _bob_in_sg(vault, alice, config_path)
     for path in catalog.parent.glob("catalog.sqlite*"):
         path.unlink()
     catalog.symlink_to(catalog.name)  # its stat: ELOOP

@@ -50,6 +50,17 @@ def stamp(config_path: Path, cell: str, version: int) -> None:
         db.execute(f"PRAGMA user_version={version}")
 
 
+def registered_while_us_fails(config_path: Path) -> None:
+    """ZED registered in EU while US's approvals could not be opened (stamped newer), so
+    US owes the scrub; then US's files are back, untouched."""
+    stamp(config_path, "US", 99)
+    with Vault.open(load(config_path)) as vault:
+        vault.register_subject("intl", ZED, "EU")
+        assert vault.subject("intl", ZED).jurisdiction == "EU"
+        assert vault.directory.still_owed("intl", ZED) == ["US"]
+    stamp(config_path, "US", SCHEMA_VERSION)
+
+
 def approvals_bytes(config_path: Path, cell: str) -> bytes:
     files = (state(config_path) / "cells" / cell).glob("approvals.sqlite*")
     return b"".join(path.read_bytes() for path in sorted(files))
@@ -81,14 +92,9 @@ def test_a_registration_completes_while_another_cells_approvals_fail_and_their_n
 ) -> None:
     # a registration took the id out of every other cell's approvals first: one cell whose
     # approvals could not be opened refused it, nothing registered
-    stamp(config_path, "US", 99)
-    with Vault.open(load(config_path)) as vault:
-        vault.register_subject("intl", ZED, "EU")
-        assert vault.subject("intl", ZED).jurisdiction == "EU"
-        assert vault.directory.still_owed("intl", ZED) == ["US"]
+    registered_while_us_fails(config_path)
     assert ZED.encode() in approvals_bytes(config_path, "US")  # still to do
     assert ZED.encode() not in directory_bytes(config_path)  # the record names nobody
-    stamp(config_path, "US", SCHEMA_VERSION)  # the cell's files back
     with Vault.open(load(config_path)) as vault:
         assert_scrubbed(vault, config_path, booked)  # before the approval was read
     assert owed(config_path) == []
@@ -233,11 +239,7 @@ def test_a_process_that_opened_the_approvals_before_the_record_works_it_off_befo
     # registration elsewhere recorded that they owe a scrub it could not make
     with Vault.open(load(config_path)) as early:
         assert early.governance.approvals.get(booked).subject == ZED
-        stamp(config_path, "US", 99)
-        with Vault.open(load(config_path)) as vault:
-            vault.register_subject("intl", ZED, "EU")
-            assert vault.directory.still_owed("intl", ZED) == ["US"]
-        stamp(config_path, "US", SCHEMA_VERSION)  # the cell's files back
+        registered_while_us_fails(config_path)
         listed = early.governance.approvals.all("US")
         assert [a.subject for a in listed] == [
             early.governance.cell("US").hasher.pseudonym("subject", ZED)
@@ -274,10 +276,7 @@ def test_an_owed_scrub_stays_recorded_until_the_old_page_is_overwritten(
     # a reader of US's approvals (another process's read) held the WAL, so the scrub's
     # checkpoint could not copy its pages into the file: the row was dropped while the
     # file still held the old page with the id, and no later run took it out
-    stamp(config_path, "US", 99)
-    with Vault.open(load(config_path)) as vault:
-        vault.register_subject("intl", ZED, "EU")
-    stamp(config_path, "US", SCHEMA_VERSION)
+    registered_while_us_fails(config_path)
     path = state(config_path) / "cells" / "US" / "approvals.sqlite"
     with closing(sqlite3.connect(path, isolation_level=None)) as reader:
         reader.execute("BEGIN")

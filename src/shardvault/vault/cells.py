@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Generic, TypeVar
 
 from shardvault.catalog.memory import MemoryCatalog
 from shardvault.catalog.port import Catalog
@@ -34,52 +35,75 @@ from shardvault.nodes.memory import MemoryShardStore
 from shardvault.nodes.port import ShardStore
 from shardvault.nodes.unavailable import UnavailableStore
 
+_T = TypeVar("_T")
 
-class CatalogOpening:
-    """A cell's catalog, opened when a request first needs it, once per process however
-    many threads ask at once. Opening the vault opened every cell's catalog: one cell's
-    catalog hung or unreadable stopped the commands of every cell. An open that fails is
-    tried again by the next request that needs the cell (the file may be restored).
-    Closing does not wait for an open under way: one stuck on a hung disk would hold
-    the close, and the process's exit, for ever; the open closes what it opens late."""
 
-    def __init__(self, jurisdiction: str, open_catalog: Callable[[str], Catalog]) -> None:
+class _OpenedOnce(Generic[_T]):
+    """What a cell opens when a request first needs it, once per process however many
+    threads ask at once; an open that fails is tried again by the next request (the
+    file may be restored). Closing does not wait for an open under way (one stuck on a
+    hung disk would hold the close, and the process's exit, for ever): that open
+    releases what it opened late, and fails."""
+
+    def __init__(self, jurisdiction: str, open_it: Callable[[], _T], opened: _T | None) -> None:
         self.jurisdiction = jurisdiction
-        self._open_catalog = open_catalog
+        self._open_it = open_it
         self._opening = threading.Lock()  # held through an open, which may hang
         self._state = threading.Lock()  # held for a moment only: close takes this one
-        self._catalog: Catalog | None = None
+        self._opened: _T | None = opened
         self._closed = False
 
-    def catalog(self) -> Catalog:
-        """The catalog, opened now if it is not yet (what opening checks, it checks now)."""
+    def _get(self) -> _T:
         with self._opening:
             with self._state:
-                if self._catalog is not None:
-                    return self._catalog
-                if self._closed:  # a file opened after close would stay open
+                if self._opened is not None:
+                    return self._opened
+                if self._closed:  # what opened after close would stay open
                     raise self._closed_error()
-            catalog = self._open_catalog(self.jurisdiction)
+            opened = self._open_it()
             with self._state:
                 closed = self._closed
                 if not closed:
-                    self._catalog = catalog
+                    self._opened = opened
             if closed:  # while it opened: the close did not wait for it
-                catalog.close()
+                self._release(opened)
                 raise self._closed_error()
-            return catalog
+            self._kept(opened)
+            return opened
+
+    def _kept(self, opened: _T) -> None:
+        """Told, out of the locks, of what an open kept."""
+
+    def _release(self, opened: _T) -> None:
+        raise NotImplementedError
 
     def _closed_error(self) -> StorageError:
         return StorageError(f"cell {self.jurisdiction}: the vault is closed")
 
     def close(self) -> None:
-        """Close the catalog if it was opened; none is opened after. An open under way
-        is not waited for: it closes its catalog itself when it ends."""
+        """Release what was opened; nothing is opened after. An open under way is not
+        waited for: it releases what it opens itself."""
         with self._state:
             self._closed = True
-            catalog = self._catalog
-        if catalog is not None:
-            catalog.close()
+            opened = self._opened
+        if opened is not None:
+            self._release(opened)
+
+
+class CatalogOpening(_OpenedOnce[Catalog]):
+    """A cell's catalog, opened on first need (`_OpenedOnce`). Opening the vault opened
+    every cell's catalog: one cell's catalog hung or unreadable stopped the commands of
+    every cell."""
+
+    def __init__(self, jurisdiction: str, open_catalog: Callable[[str], Catalog]) -> None:
+        super().__init__(jurisdiction, functools.partial(open_catalog, jurisdiction), None)
+
+    def catalog(self) -> Catalog:
+        """The catalog, opened now if it is not yet (what opening checks, it checks now)."""
+        return self._get()
+
+    def _release(self, opened: Catalog) -> None:
+        opened.close()
 
 
 class _OpenedOnUse:
@@ -98,12 +122,10 @@ class _OpenedOnUse:
 StoresOpened = Callable[[dict[str, ShardStore]], None]
 
 
-class StoreOpening:
-    """A cell's node stores, opened when a request first needs the cell's nodes, once per
-    process however many threads ask at once, as its catalog is (`CatalogOpening`).
-    Opening the vault opened every node's store: a node whose disk hangs cost every
-    command, of every cell, one deadline. Closing does not wait for an open under way
-    (one waits up to a deadline per hung node): that open closes what it opens late."""
+class StoreOpening(_OpenedOnce[dict[str, ShardStore]]):
+    """A cell's node stores, opened when a request first needs the cell's nodes
+    (`_OpenedOnce`), as its catalog is. Opening the vault opened every node's store: a
+    node whose disk hangs cost every command, of every cell, one deadline."""
 
     def __init__(
         self,
@@ -111,12 +133,7 @@ class StoreOpening:
         open_all: Callable[[], dict[str, ShardStore]],
         opened: dict[str, ShardStore] | None = None,
     ) -> None:
-        self.jurisdiction = jurisdiction
-        self._open_all = open_all
-        self._opening = threading.Lock()  # held through an open, which may take deadlines
-        self._state = threading.Lock()  # held for a moment only: close takes this one
-        self._stores = opened
-        self._closed = False
+        super().__init__(jurisdiction, open_all, opened)
         self._watchers: list[StoresOpened] = []
 
     @classmethod
@@ -126,45 +143,26 @@ class StoreOpening:
 
     def stores(self) -> dict[str, ShardStore]:
         """The stores, opened now if they are not yet; each watcher is told of them."""
-        with self._opening:
-            with self._state:
-                if self._stores is not None:
-                    return self._stores
-                if self._closed:  # a store opened after close would stay open
-                    raise self._closed_error()
-            stores = self._open_all()
-            with self._state:
-                closed = self._closed
-                if not closed:
-                    self._stores = stores
-                watchers = list(self._watchers)
-        if closed:  # while they opened: the close did not wait for them
-            for store in stores.values():
-                store.close()
-            raise self._closed_error()
+        return self._get()
+
+    def _kept(self, opened: dict[str, ShardStore]) -> None:
+        with self._state:  # a watcher added after the stores were kept calls itself
+            watchers, self._watchers = self._watchers, []
         for watcher in watchers:  # out of the lock: a watcher may ask for the stores
-            watcher(stores)
-        return stores
+            watcher(opened)
 
     def when_opened(self, watcher: StoresOpened) -> None:
         """Call ``watcher`` with the stores once they are opened (now, if they are)."""
         with self._state:
-            stores = self._stores
+            stores = self._opened
             if stores is None:
                 self._watchers.append(watcher)
         if stores is not None:
             watcher(stores)
 
-    def _closed_error(self) -> StorageError:
-        return StorageError(f"cell {self.jurisdiction}: the vault is closed")
-
-    def close(self) -> None:
-        """Close the stores if they were opened (and those put in their place since); none
-        is opened after. An open under way is not waited for: it closes its stores."""
-        with self._state:
-            self._closed = True
-            stores = self._stores
-        for store in (stores or {}).values():
+    def _release(self, opened: dict[str, ShardStore]) -> None:
+        """The stores (and those put in their place since: `Cell.replace_store`)."""
+        for store in opened.values():
             store.close()
 
 

@@ -12,7 +12,7 @@ from shardvault.errors import ApprovalRequired, NewerFormat
 from shardvault.model import local_context
 from shardvault.vault import Vault
 
-FILES = {"directory.sqlite": 2, "governance.sqlite": 1, "cells/US/approvals.sqlite": 3}
+FILES = {"directory.sqlite": 2, "governance.sqlite": 2, "cells/US/approvals.sqlite": 3}
 
 
 def use_every_file(config_path: Path, subject: str) -> None:

@@ -891,7 +891,7 @@ def _audit_log_version(path: Path, version: int) -> None:
 NEWER = {
     "catalog": ("cells/US/catalog.sqlite", _user_version, 99, ["ls", "intl", "alice"]),
     "directory": ("directory.sqlite", _user_version, 3, ["ls", "intl", "alice"]),
-    "principals": ("governance.sqlite", _user_version, 2, ["principal", "ls"]),
+    "principals": ("governance.sqlite", _user_version, 3, ["principal", "ls"]),
     "tombstones": ("keyring.destroyed.sqlite", _user_version, tombstones.SCHEMA_VERSION + 1,
                    ["get", "intl", "alice", "k"]),
     "keyring": ("keyring.json", _keyring_version, 3, ["get", "intl", "alice", "k"]),

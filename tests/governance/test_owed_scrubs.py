@@ -23,6 +23,7 @@ from shardvault.errors import ApprovalRequired, NewerFormat, SubjectForgotten, U
 from shardvault.governance import Governance
 from shardvault.governance.approvals import HOMED_ELSEWHERE, SCHEMA_VERSION
 from shardvault.model import ObjectRef
+from shardvault.sqlite_schema import stamp_schema
 from shardvault.vault import Vault
 
 ZED, KEY = "zed-4f2a9c", "chat/zed-private-71d3.log"
@@ -121,6 +122,27 @@ def test_a_forget_completes_while_another_cells_approvals_fail_and_gc_scrubs(
         vault.gc(0)  # works off what a forget left owed
         assert vault.directory.still_owed("intl", ZED) == []
         assert_scrubbed(vault, config_path, booked)
+
+
+def test_a_shardvault_from_before_owed_scrubs_refuses_to_list_or_sign_once_one_is_owed(
+    config_path: Path, booked: str
+) -> None:
+    # `approval ls` and `approval sign` of a shardvault from before owed scrubs open no
+    # directory, so they listed and signed an approval whose scrub a newer one owes, its
+    # subject's id in clear. Both open the principal registry first (`Governance.open`),
+    # which that shardvault (principals.SCHEMA_VERSION = 1, at 6650113^) checks with the
+    # `stamp_schema` of today: `if found > version: raise NewerFormat(...)`. Its own
+    # approvals book cannot be the gate: it is the file the scrub could not reach.
+    registry = state(config_path) / "governance.sqlite"
+    with closing(sqlite3.connect(registry)) as db:
+        db.execute("PRAGMA user_version=1")  # as that shardvault left it
+    registered_while_us_fails(config_path)  # US owes ZED's scrub, its book untouched
+    assert ZED.encode() in approvals_bytes(config_path, "US")
+    with (
+        closing(sqlite3.connect(registry)) as db,
+        pytest.raises(NewerFormat, match=r"has schema version 2; .* up to 1: upgrade"),
+    ):
+        stamp_schema(db, 1, "principal registry")  # the check that shardvault runs
 
 
 def test_an_opener_that_cannot_read_the_record_uses_no_approval(

@@ -37,7 +37,10 @@ from shardvault.policy import Principal, PrincipalKind
 from shardvault.policy.model import token as checked_name
 from shardvault.sqlite_schema import stamp_schema
 
-SCHEMA_VERSION = 1
+# 2: the layout of 1, stamped so that a shardvault from before owed scrubs refuses this
+# deployment's governance commands: its `approval ls` and `approval sign` open this file
+# but not the subject directory, whose owed scrubs they would skip (docs/formats.md)
+SCHEMA_VERSION = 2
 TOKEN_PREFIX = "svt_"
 DEFAULT_TOKEN_TTL = 90 * 86400
 MAX_TOKEN_TTL = 10 * 366 * 86400  # ten years: a longer-lived secret is a standing risk

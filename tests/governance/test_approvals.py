@@ -249,8 +249,10 @@ def test_pending_approvals_are_found_without_reading_the_decided_ones(
     book = court.governance.approvals
     clock.now = book.get(expired).expires_at  # the first expires; the rest have an hour
     read = []
-    real_get = book.get
-    monkeypatch.setattr(book, "get", lambda ident: read.append(ident) or real_get(ident))
+    real_read = book._read  # what reads one approval, for a get and a listing alike
+    monkeypatch.setattr(
+        book, "_read", lambda db, code, ident: read.append(ident) or real_read(db, code, ident)
+    )
     everything = {a.id: a.status for a in book.all()}
     read.clear()
     shown = [a.id for a in book.all(pending=True)]

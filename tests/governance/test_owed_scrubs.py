@@ -12,6 +12,7 @@ import sqlite3
 import subprocess
 import sys
 from contextlib import closing
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -329,3 +330,24 @@ def test_a_scrub_that_answers_after_the_close_opens_no_directory_and_drops_no_ro
     with Vault.open(load(config_path)) as again:
         assert_scrubbed(again, config_path, booked)
     assert owed(config_path) == []
+
+
+def test_a_listing_asks_the_record_once_per_cell_not_once_per_approval(
+    config_path: Path, booked: str
+) -> None:
+    # `approval ls` read each listed approval through the book's use, which asks the
+    # directory what the cell owes: one query of `owed_scrubs` per approval listed
+    governance = Governance.open(load(config_path))
+    try:
+        book = governance.approvals
+        first = book.get(booked)
+        for n in range(5):
+            book.create(replace(first, id=book.new_id("US"), request_id=f"more-{n}"))
+        directory = book.owed.directory()
+        assert directory is not None
+        asked: list[str] = []
+        directory._db.set_trace_callback(asked.append)
+        assert len(book.all()) == 6
+        assert len([sql for sql in asked if "owed_scrubs" in sql]) <= len(governance.cells)
+    finally:
+        governance.close()

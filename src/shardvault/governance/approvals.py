@@ -391,17 +391,25 @@ class ApprovalBook:
         jurisdiction = approval_cell(approval_id)
         with self._lock:
             db = self._db(jurisdiction)
-            try:
-                row = db.execute("SELECT * FROM approvals WHERE id = ?", (approval_id,)).fetchone()
-                signatures = db.execute(
-                    "SELECT approver, verdict, at, signature FROM signatures WHERE approval = ?"
-                    " ORDER BY at",
-                    (approval_id,),
-                ).fetchall()
-            except sqlite3.Error as exc:
-                raise Unavailable(f"approvals of cell {jurisdiction}: {exc}") from exc
-        if row is None:
+            approval = self._read(db, jurisdiction, approval_id)
+        if approval is None:
             raise NotFound(f"no approval {approval_id}")
+        return approval
+
+    def _read(self, db: sqlite3.Connection, jurisdiction: str, approval_id: str) -> Approval | None:
+        """The approval on DB, a connection `_db` gave (its owed scrubs worked off): a
+        listing reads each of a cell's approvals on one, not asking the directory again."""
+        try:
+            row = db.execute("SELECT * FROM approvals WHERE id = ?", (approval_id,)).fetchone()
+            signatures = db.execute(
+                "SELECT approver, verdict, at, signature FROM signatures WHERE approval = ?"
+                " ORDER BY at",
+                (approval_id,),
+            ).fetchall()
+        except sqlite3.Error as exc:
+            raise Unavailable(f"approvals of cell {jurisdiction}: {exc}") from exc
+        if row is None:
+            return None
         approval = Approval(
             id=row[0],
             jurisdiction=jurisdiction,
@@ -440,7 +448,8 @@ class ApprovalBook:
                     ).fetchall()
                 except sqlite3.Error as exc:
                     raise Unavailable(f"approvals of cell {code}: {exc}") from exc
-            found += [self.get(ident) for (ident,) in rows]
+                read = [self._read(db, code, ident) for (ident,) in rows]
+            found += [approval for approval in read if approval is not None]
         return sorted(
             (a for a in found if not pending or a.status == PENDING), key=lambda a: a.created_at
         )

@@ -27,7 +27,7 @@ from pathlib import Path
 from shardvault import sqlite_connections
 from shardvault.durability import create_whole, failure_reason, read_own, release_flock
 from shardvault.errors import Conflict, IntegrityError, StorageError
-from shardvault.sqlite_schema import stamp_schema
+from shardvault.sqlite_schema import refuse_newer, stamp_schema
 
 KEY_BYTES = 32
 SETTLED_LIMIT = 1 << 14  # homes remembered per process (about 4 MiB at most)
@@ -111,34 +111,53 @@ class SubjectDirectory:
     home is answered without a query, which every read otherwise makes.
     """
 
-    def __init__(self, db_path: Path | str, key: bytes) -> None:
+    def __init__(self, db_path: Path | str, key: bytes, *, migrate: bool = True) -> None:
+        """``migrate`` False: a reader of owed scrubs (`approval ls`), which leaves a file
+        of schema 1 as it is (it owes nothing) until the first `owe_scrubs`."""
         self._key = key
         self._path = db_path
         self._lock = threading.Lock()
         self._settled: dict[tuple[str, str], str] = {}
+        self._owed_table = False
         try:
             self._db = sqlite_connections.connect(
                 str(db_path), f"subject directory {db_path}", timeout=30.0
             )
             self._db.execute("PRAGMA journal_mode=WAL")
-            stamp_schema(self._db, SCHEMA_VERSION, f"subject directory {db_path}")
-            self._db.execute(
-                "CREATE TABLE IF NOT EXISTS homes "
-                "(token TEXT PRIMARY KEY, jurisdiction TEXT NOT NULL)"
-            )
-            self._db.execute(_OWED)  # 1 -> 2: the table, empty (a schema 1 owed nothing)
+            if migrate:
+                self._migrate()
+            else:
+                refuse_newer(self._db, SCHEMA_VERSION, f"subject directory {db_path}")
         except sqlite3.Error as exc:
             raise self._failure(exc) from exc
 
+    def _migrate(self) -> None:
+        stamp_schema(self._db, SCHEMA_VERSION, f"subject directory {self._path}")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS homes (token TEXT PRIMARY KEY, jurisdiction TEXT NOT NULL)"
+        )
+        self._db.execute(_OWED)  # 1 -> 2: the table, empty (a schema 1 owed nothing)
+        self._owed_table = True
+
+    def _owes_nothing(self) -> bool:
+        """Whether the file has no table of owed scrubs (schema 1, left so by a reader):
+        then nothing is owed. Looked for until found, then never again."""
+        if self._owed_table:
+            return False
+        found = self._one("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+                          ("owed_scrubs",))  # fmt: skip
+        self._owed_table = found is not None
+        return not self._owed_table
+
     @classmethod
-    def open(cls, state_dir: Path) -> SubjectDirectory:
+    def open(cls, state_dir: Path, *, migrate: bool = True) -> SubjectDirectory:
         try:
             state_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StorageError(f"state directory {state_dir}: {exc.strerror}") from exc
         db_path = state_dir / "directory.sqlite"
         key = _load_or_create_key(state_dir / "directory.key", lambda: _holds_homes(db_path))
-        return cls(db_path, key)
+        return cls(db_path, key, migrate=migrate)
 
     @property
     def location(self) -> Path:
@@ -222,18 +241,28 @@ class SubjectDirectory:
         """Record, before trying them, that the approvals of CELLS may still name the
         subject: whatever stops the try (a failure, a hang, kill -9), the record stays
         until those approvals are scrubbed. Only the token: no id leaves its home."""
+        if self._owes_nothing():  # a file of schema 1 a reader left as it was
+            try:
+                with self._lock:
+                    self._migrate()
+            except sqlite3.Error as exc:
+                raise self._failure(exc) from exc
         token = self._token(tenant, subject)
         insert = "INSERT OR IGNORE INTO owed_scrubs VALUES (?, ?)"
         self._write([(insert, (token, cell)) for cell in cells])
 
     def scrubbed(self, cell: str, tokens: Iterable[str]) -> None:
         """CELL's approvals no longer name the subjects of TOKENS."""
+        if self._owes_nothing():
+            return
         delete = "DELETE FROM owed_scrubs WHERE token = ? AND cell = ?"
         self._write([(delete, (token, cell)) for token in tokens])
 
     def owed_in(self, cell: str) -> dict[str, str | None]:
         """The tokens CELL's approvals still owe a scrub, each with its subject's home
         now (none if the registration that owed it was undone)."""
+        if self._owes_nothing():
+            return {}
         try:
             with self._lock:
                 rows = self._db.execute(
@@ -247,6 +276,8 @@ class SubjectDirectory:
 
     def still_owed(self, tenant: str, subject: str) -> list[str]:
         """The cells whose approvals may still name the subject, sorted."""
+        if self._owes_nothing():
+            return []
         try:
             with self._lock:
                 rows = self._db.execute(
@@ -259,6 +290,8 @@ class SubjectDirectory:
 
     def owing_cells(self) -> list[str]:
         """Every cell some scrub is owed to (gc works them off), sorted."""
+        if self._owes_nothing():
+            return []
         try:
             with self._lock:
                 rows = self._db.execute(

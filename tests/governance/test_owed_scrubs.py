@@ -351,3 +351,32 @@ def test_a_listing_asks_the_record_once_per_cell_not_once_per_approval(
         assert len([sql for sql in asked if "owed_scrubs" in sql]) <= len(governance.cells)
     finally:
         governance.close()
+
+
+def schema(path: Path) -> tuple[int, bool]:
+    """The file's user_version, and whether it has the table of owed scrubs."""
+    with closing(sqlite3.connect(path)) as db:
+        (version,) = db.execute("PRAGMA user_version").fetchone()
+        table = db.execute("SELECT 1 FROM sqlite_master WHERE name = 'owed_scrubs'").fetchone()
+        return int(version), table is not None
+
+
+def test_a_listing_leaves_a_directory_of_schema_1_as_it_is(config_path: Path, booked: str) -> None:
+    # `approval ls`, a read, migrated the directory to schema 2 as it asked it what the
+    # cells owe; a file of schema 1 has no such table, so it owes nothing
+    path = state(config_path) / "directory.sqlite"
+    with closing(sqlite3.connect(path)) as db:
+        db.execute("DROP TABLE owed_scrubs")
+        db.execute("PRAGMA user_version=1")  # as a shardvault of schema 1 left it
+    listing = cli(config_path, "approval", "ls", "--all")
+    shown, said = listing.communicate(timeout=120)
+    assert listing.returncode == 0, said
+    assert booked in shown and ZED in shown  # nothing owed: shown as booked
+    assert schema(path) == (1, False)
+    governance = Governance.open(load(config_path))  # a process of governance alone
+    try:
+        assert sorted(governance.owe_scrubs("EU", "intl", ZED)) == ["SG", "US"]  # migrates it
+    finally:
+        governance.close()
+    assert schema(path) == (2, True)
+    assert owed(config_path) == ["SG", "US"]

@@ -68,7 +68,9 @@ class OwedLedger:
             if self._directory is None:
                 if not (self._state_dir / "directory.sqlite").exists():
                     return None
-                self._directory = SubjectDirectory.open(self._state_dir)
+                # read as it is: a schema 1 file owes nothing, and `approval ls` writes
+                # nothing (`owe_scrubs` migrates it)
+                self._directory = SubjectDirectory.open(self._state_dir, migrate=False)
             return self._directory
 
     def close(self) -> None:

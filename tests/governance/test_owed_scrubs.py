@@ -23,7 +23,7 @@ from shardvault.config import load
 from shardvault.errors import ApprovalRequired, NewerFormat, SubjectForgotten, Unavailable
 from shardvault.governance import Governance
 from shardvault.governance.approvals import HOMED_ELSEWHERE, SCHEMA_VERSION
-from shardvault.model import ObjectRef
+from shardvault.model import ObjectRef, local_context
 from shardvault.sqlite_schema import stamp_schema
 from shardvault.vault import Vault
 
@@ -380,3 +380,36 @@ def test_a_listing_leaves_a_directory_of_schema_1_as_it_is(config_path: Path, bo
         governance.close()
     assert schema(path) == (2, True)
     assert owed(config_path) == ["SG", "US"]
+
+
+def test_a_forget_whose_home_approvals_a_reader_holds_leaves_their_scrub_owed(
+    config_path: Path,
+) -> None:
+    # the home cell's own scrub ignored whether its WAL's truncation completed: another
+    # process's read snapshot kept the old page, the id in it, in the file, and nothing
+    # recorded that it was owed (another cell's scrub stays owed until it completes)
+    with Vault.open(load(config_path)) as vault:
+        vault.register_subject("intl", "alice", "US")
+        vault.put(ObjectRef("intl", "alice", "k"), b"alice's")
+    path = state(config_path) / "cells" / "US" / "approvals.sqlite"
+    with closing(sqlite3.connect(path, isolation_level=None)) as reader:
+        with Vault.open(load(config_path)) as vault:
+            with pytest.raises(ApprovalRequired) as caught:
+                vault.forget("intl", "alice")  # its approval names alice, in US
+            assert caught.value.approval_id is not None
+            approve(vault.governance, caught.value.approval_id)
+            reader.execute("BEGIN")
+            reader.execute("SELECT count(*) FROM approvals").fetchone()  # its snapshot
+            done = forget_approved(
+                vault, "intl", "alice",
+                local_context("forget-subject", approval_id=caught.value.approval_id),
+            )  # fmt: skip
+        assert b"alice" not in approvals_bytes(config_path, "US") or (
+            done.unscrubbed_cells == ("US",) and owed(config_path, "alice") == ["US"]
+        )
+        reader.execute("COMMIT")
+    assert owed(config_path, "alice") == ["US"]
+    with Vault.open(load(config_path)) as vault:
+        vault.gc(0)  # works it off: the truncation completes now
+    assert b"alice" not in approvals_bytes(config_path, "US")
+    assert owed(config_path, "alice") == []

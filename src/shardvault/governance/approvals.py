@@ -479,25 +479,31 @@ class ApprovalBook:
         *,
         erase_always: bool = True,
         homed_elsewhere: bool = False,
-    ) -> int:
+    ) -> bool:
         """Replace a forgotten subject's id and object keys in its approvals by their audit
         pseudonyms: the approvals stay as evidence (they match the log's entries), the
-        names go. Returns how many approvals changed (none in a cell that never had one).
-        With ``homed_elsewhere`` (the subject's home is another cell) they are marked so,
-        in the same transaction: they cover no request of theirs now (`HOMED_ELSEWHERE`).
-        The WAL is then truncated, unless none changed and not ``erase_always`` (a forget
-        run again erases what a run killed before its truncation left)."""
+        names go. With ``homed_elsewhere`` (the subject's home is another cell) they are
+        marked so, in the same transaction: they cover no request of theirs now
+        (`HOMED_ELSEWHERE`). The WAL is then truncated, unless none changed and not
+        ``erase_always`` (a forget run again erases what a run killed before its
+        truncation left). Returns whether that truncation completed; if another
+        process's read snapshot kept the old pages, the id in them, in the files, the
+        scrub is recorded as owed here (`owed_scrubs`), for the next opener or gc."""
         homed_at = self._clock() if homed_elsewhere else None
         with self._lock:
             if jurisdiction not in self._dbs and not self._path(jurisdiction).exists():
-                return 0
+                return True
             db = self._db(jurisdiction)
             try:
-                return _forget_rows(
+                _, erased = _forget_rows(
                     db, tenant, subject, pseudonym, erase_always=erase_always, homed_at=homed_at
-                )[0]
+                )
             except sqlite3.Error as exc:
                 raise Unavailable(f"approvals of cell {jurisdiction}: {exc}") from exc
+        directory = self.owed.directory()
+        if not erased and directory is not None:
+            directory.owe_scrubs(tenant, subject, [jurisdiction])
+        return erased
 
     def check_signer(self, approval: Approval, approver: Principal) -> None:
         """Whether ``approver`` may sign now; `AccessDenied` naming the reason otherwise.

@@ -300,11 +300,15 @@ class Governance:
         every cell, each with its own pseudonyms: one asked while the id was registered
         nowhere lives in the first cell that needed it, not in ``jurisdiction``. The
         home's are scrubbed here; another cell's as far as it answers (`_scrub_elsewhere`).
-        Returns the cells left owing the scrub (recorded: `owed_scrubs`)."""
+        Returns the cells left owing the scrub (recorded: `owed_scrubs`), the home
+        first if a reader kept its WAL from being truncated."""
         audit = self.cell(jurisdiction)  # the home cell must be known
         others = self.owe_scrubs(jurisdiction, tenant, subject)
-        self.approvals.forget_subject(jurisdiction, tenant, subject, audit.hasher.pseudonym)
-        return self._scrub_elsewhere(others, tenant, subject, homed_elsewhere=False)
+        erased = self.approvals.forget_subject(
+            jurisdiction, tenant, subject, audit.hasher.pseudonym
+        )
+        left = self._scrub_elsewhere(others, tenant, subject, homed_elsewhere=False)
+        return left if erased else (jurisdiction, *left)  # its own WAL not truncated: owed
 
     def subject_homed(
         self, home: str, tenant: str, subject: str, *, owed: list[str] | None = None

@@ -91,16 +91,17 @@ def work_off(
     """Scrub CELL's approvals (open on DB) of every subject the directory says they
     still owe, marked homed elsewhere, then drop those rows. A row whose subject has
     no home now (its registration undone) or whose home is CELL scrubs nothing: that
-    approval covers its own cell's requests again. Returns the approvals changed.
-    Every approval's subject is hashed, but only when the cell owes something."""
+    approval covers its own cell's requests again (or, a forget's at home, was
+    scrubbed then but not truncated). Returns the approvals changed. Every
+    approval's subject is hashed, but only when the cell owes something."""
     owed = directory.owed_in(cell)
     if not owed:
         return 0
     due = {token for token, home in owed.items() if home is not None and home != cell}
-    changed, erased = _scrub(db, due, directory, pseudonym(), now) if due else (0, True)
+    changed, erased = _scrub(db, due, directory, pseudonym(), now) if due else (0, truncate_wal(db))
     # a reader's snapshot can hold the old pages (the id) out of the WAL's truncation:
     # then the rows stay, for the next opener to truncate again
-    directory.scrubbed(cell, owed if erased else set(owed) - due)
+    directory.scrubbed(cell, owed if erased else [t for t, home in owed.items() if home is None])
     return changed
 
 

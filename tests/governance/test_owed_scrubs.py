@@ -413,3 +413,37 @@ def test_a_forget_whose_home_approvals_a_reader_holds_leaves_their_scrub_owed(
         vault.gc(0)  # works it off: the truncation completes now
     assert b"alice" not in approvals_bytes(config_path, "US")
     assert owed(config_path, "alice") == []
+
+
+def test_gc_drops_no_row_recorded_after_it_looked_for_the_cells_book(
+    config_path: Path, booked: str
+) -> None:
+    # gc looked for SG's book, found none, then read SG's rows and dropped them all: a
+    # row recorded in between, for a book made in between, went with them, and the
+    # approval there kept naming the subject (fails so with settle_owed of 93d9f4b^).
+    # Another opener acts during the look: the one seam at which that interleaving can
+    # be forced rather than waited for.
+    governance, other = Governance.open(load(config_path)), Governance.open(load(config_path))
+    try:
+        template = governance.approvals.get(booked)
+        path = governance.approvals._path("SG")
+
+        class Meanwhile(type(path)):  # type: ignore[misc]
+            def exists(self, *, follow_symlinks: bool = True) -> bool:
+                found = super().exists()
+                if self == path:  # then: an approval booked in SG while ZED had no home,
+                    other.approvals.create(replace(template, id=other.approvals.new_id("SG"),
+                                                   jurisdiction="SG"))  # fmt: skip
+                    directory = other.approvals.owed.directory()
+                    assert directory is not None
+                    directory.add("intl", ZED, "EU")  # and ZED registered in EU since,
+                    directory.owe_scrubs("intl", ZED, ["SG"])  # SG not reached
+                return found
+
+        governance.approvals._path = lambda code: Meanwhile(path.parent.parent / code / path.name)
+        governance.approvals.settle_owed("SG")  # gc's, for SG
+    finally:
+        governance.close()
+        other.close()
+    assert ZED.encode() in approvals_bytes(config_path, "SG")
+    assert owed(config_path) == ["SG"]  # not dropped: the book names ZED

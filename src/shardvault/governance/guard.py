@@ -29,15 +29,13 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from shardvault import custodian_policy as cp
-from shardvault.audit import AuditEntry, AuditTicket, SignedNote, new_entry
-from shardvault.audit.entry import PSEUDONYM_PREFIX
+from shardvault.audit import AuditEntry, AuditTicket, SignedNote
 from shardvault.config import DEFAULT_STATE_TIMEOUT, Config, GovernanceSpec, default_governance
 from shardvault.errors import (
     AccessDenied,
@@ -58,8 +56,14 @@ from shardvault.governance.approvals import (
     homed_elsewhere,
 )
 from shardvault.governance.attestations import CustodianKey
+from shardvault.governance.audit_logs import (
+    AuditLogs,
+    approval_resource,
+    entry_details,
+    request_fields,
+)
 from shardvault.governance.custodian_gate import custodian_gate
-from shardvault.governance.heads import CellAudit, PartnerWitness, publish_head
+from shardvault.governance.heads import CellAudit, PartnerWitness
 from shardvault.governance.partner_verdicts import (
     PartnerVerdicts,
     Veto,
@@ -67,6 +71,7 @@ from shardvault.governance.partner_verdicts import (
     Withdrawal,
 )
 from shardvault.governance.principals import PrincipalRegistry
+from shardvault.governance.requesters import Requesters
 from shardvault.io_threads import IoThread, Stalled
 from shardvault.keys.rootkey import CustodianGate
 from shardvault.model import (
@@ -76,7 +81,6 @@ from shardvault.model import (
     Justification,
     ObjectRef,
     RequestContext,
-    shown,
 )
 from shardvault.policy import (
     Action,
@@ -84,7 +88,6 @@ from shardvault.policy import (
     Effect,
     Policy,
     Principal,
-    PrincipalKind,
     Resource,
     decide,
     load_policy,
@@ -136,17 +139,6 @@ def _pseudonym_of(audit: CellAudit) -> Callable[[str, str], str]:
     return audit.hasher.pseudonym
 
 
-def _approval_resource(approval: Approval) -> Resource:
-    """What an approval is about, for its audit entries. A forgotten subject's approvals
-    keep only audit pseudonyms, which are no subject id: those name the tenant, and
-    the entry's ``approval_id`` leads to the approval and its pseudonyms."""
-    if approval.subject is not None and approval.subject.startswith(PSEUDONYM_PREFIX):
-        return Resource(approval.tenant, approval.jurisdiction, DataClass.PROTECTED)
-    return Resource(
-        approval.tenant, approval.jurisdiction, DataClass.PROTECTED, approval.subject, approval.key
-    )
-
-
 def _may_see(principal: Principal, approval: Approval) -> bool:
     """Whether `Governance.visible_approvals` shows ``approval`` to ``principal``: the
     local administrator (resolved into the approval's tenant) sees every one; anyone
@@ -159,56 +151,6 @@ def _may_see(principal: Principal, approval: Approval) -> bool:
     )
 
 
-def _details(
-    principal: Principal | None, resource: Resource, stage: str, **more: object
-) -> Details:
-    details: Details = {
-        "stage": stage,
-        "jurisdiction": resource.jurisdiction,
-        "data_class": resource.data_class.value,
-    }
-    if principal is not None:
-        details["kind"] = principal.kind.value
-        details["location"] = principal.location
-        if principal.kind is PrincipalKind.EXTERNAL_REQUESTER:
-            details["authority"] = principal.authority
-            details["authority_country"] = principal.authority_country
-    for name, value in more.items():
-        if value is not None:
-            assert isinstance(value, str | int | bool)
-            details[name] = value
-    return details
-
-
-def _records_forget(entry: AuditEntry, resource: str, key_id: str) -> bool:
-    """Whether ``entry`` is the outcome of the forget of ``resource`` that destroyed
-    ``key_id``: what a deletion receipt proves is in the log."""
-    return (
-        entry.action == str(Action.FORGET)
-        and entry.result == "forgotten"
-        and entry.resource == resource
-        and entry.details.get("key_id") == key_id
-    )
-
-
-def _local_admin(tenant: str, location: str) -> Principal:
-    """The built-in administrator acting on TENANT from LOCATION: made once per pair and
-    process, as it is a pure function of the two and immutable, and its checks were a
-    thirtieth of a small get's instructions. Only plain strings are remembered (a str
-    subclass may claim equality with what it does not spell); a bad one is refused each
-    time, as the checks raise before anything is remembered."""
-    if type(tenant) is str and type(location) is str:
-        return _remembered_local_admin(tenant, location)
-    return _new_local_admin(tenant, location)
-
-
-def _new_local_admin(tenant: str, location: str) -> Principal:
-    return Principal(LOCAL_ADMIN, tenant, PrincipalKind.EMPLOYEE, location, frozenset({"admin"}))
-
-
-_remembered_local_admin = functools.lru_cache(maxsize=256)(_new_local_admin)
-
-
 def _check_request(ctx: RequestContext) -> None:
     """The request context's own names, which its maker did not check (`InvalidInput`)."""
     token(ctx.principal, "principal id")
@@ -216,14 +158,6 @@ def _check_request(ctx: RequestContext) -> None:
     token(ctx.request_id, "request id")
     if ctx.approval_id is not None:
         approval_cell(ctx.approval_id)
-
-
-def _request_fields(ctx: RequestContext, action: Action | str) -> dict[str, str]:
-    """What every audit entry of a request names: who, which request, what, why."""
-    return dict(
-        principal=ctx.principal, request_id=ctx.request_id, action=str(action),
-        purpose=ctx.purpose,
-    )  # fmt: skip
 
 
 class Governance:
@@ -257,6 +191,8 @@ class Governance:
         # and its copy of the signed verdicts, which the custodian honours denials from
         self.partner_verdicts = PartnerVerdicts(spec.partner_dir, clock, custodian_policy.approvers)
         self._clock = clock
+        self.logs = AuditLogs(cells, partner, clock)
+        self.requesters = Requesters(spec, registry)
 
     @classmethod
     def open(cls, config: Config, clock: Callable[[], float] = time.time) -> Governance:
@@ -302,7 +238,7 @@ class Governance:
         home's are scrubbed here; another cell's as far as it answers (`_scrub_elsewhere`).
         Returns the cells left owing the scrub (recorded: `owed_scrubs`), the home
         first if a reader kept its WAL from being truncated."""
-        audit = self.cell(jurisdiction)  # the home cell must be known
+        audit = self.logs.cell(jurisdiction)  # the home cell must be known
         others = self.owe_scrubs(jurisdiction, tenant, subject)
         erased = self.approvals.forget_subject(
             jurisdiction, tenant, subject, audit.hasher.pseudonym
@@ -326,7 +262,7 @@ class Governance:
     def owe_scrubs(self, home: str, tenant: str, subject: str) -> list[str]:
         """Record in the directory that every cell but HOME may still name the subject in
         an approval, before any is tried (a kill -9 then leaves the record); the cells."""
-        self.cell(home)
+        self.logs.cell(home)
         others = [code for code in self.cells if code != home]
         directory = self.approvals.owed.directory()
         if directory is None:
@@ -387,25 +323,19 @@ class Governance:
         approval = self.approvals.get(asked.approval_id)
         if approval.homed_elsewhere_at is None:
             return
-        resource = _approval_resource(approval)
-        principal = self.resolve(ctx, approval.tenant, approval.jurisdiction)
+        resource = approval_resource(approval)
+        principal = self.requesters.resolve(ctx, approval.tenant, approval.jurisdiction)
         rule = f"approval:{HOMED_ELSEWHERE}"
-        self._audit(
-            resource, **_request_fields(ctx, action), decision="deny", rule=rule,
-            result="refused", details=_details(principal, resource, "policy",
-                                               approval_id=approval.id),
+        self.logs.audit(
+            resource, **request_fields(ctx, action), decision="deny", rule=rule,
+            result="refused", details=entry_details(principal, resource, "policy",
+                                                    approval_id=approval.id),
         ).wait()  # fmt: skip
         raise AccessDenied(
             f"{action} refused ({rule}): approval {approval.id} covers nothing now: "
             f"{homed_elsewhere(approval)}",
             rule=rule,
         ) from None
-
-    def release_logs(self) -> None:
-        """Close every cell's audit log; the next use reopens it (and so recovers a log
-        this process found broken)."""
-        for cell in self.cells.values():
-            cell.close()
 
     def close(self) -> None:
         """Close every file; last, write out the audit positions the partner's custodian
@@ -416,81 +346,11 @@ class Governance:
         self.registry.close()
         self.partner.close()
 
-    def cell(self, jurisdiction: str) -> CellAudit:
-        found = self.cells.get(jurisdiction)
-        if found is None:
-            raise InvalidInput(f"no cell {shown(jurisdiction)} (cells: {', '.join(self.cells)})")
-        return found
-
-    # principals -----------------------------------------------------------------
-
     def resolve(self, ctx: RequestContext, tenant: str, jurisdiction: str) -> Principal:
-        """The registered principal behind ``ctx`` (`AccessDenied` with a rule if none)."""
-        principal = self._registered(ctx)
-        if principal is None:
-            # On one machine every cell is local: the administrator acts from the
-            # cell it touches unless the caller says otherwise.
-            return _local_admin(tenant, ctx.location or jurisdiction)
-        return principal
-
-    def _registered(self, ctx: RequestContext) -> Principal | None:
-        """``ctx``'s registered principal, or None for the (enabled) local administrator."""
-        if ctx.refused_credential is not None:
-            raise AccessDenied(
-                f"token refused: the token of {ctx.principal} is {ctx.refused_credential}",
-                rule="governance:token",
-            )
-        if ctx.principal == LOCAL_ADMIN:
-            if not self.spec.local_admin:
-                raise AccessDenied(
-                    "the local administrator is disabled in this deployment",
-                    rule="governance:local-admin-disabled",
-                )
-            return None
-        record = self.registry.find(ctx.principal)
-        if record is None:
-            raise AccessDenied(
-                f"unknown principal {ctx.principal!r}", rule="governance:unknown-principal"
-            )
-        if record.revoked_at is not None:
-            raise AccessDenied(
-                f"principal {ctx.principal!r} is revoked", rule="governance:revoked-principal"
-            )
-        return record.principal
+        """`Requesters.resolve`."""
+        return self.requesters.resolve(ctx, tenant, jurisdiction)
 
     # the decision -----------------------------------------------------------------
-
-    def _audit(
-        self,
-        resource: Resource,
-        *,
-        principal: str,
-        request_id: str,
-        action: str,
-        purpose: str,
-        decision: str,
-        rule: str,
-        result: str,
-        details: Mapping[str, str | int | bool | None],
-    ) -> AuditTicket:
-        """Queue one entry in the resource's cell; `.wait()` on it before acting on it."""
-        cell = self.cell(resource.jurisdiction)
-        entry = new_entry(
-            at=datetime.fromtimestamp(self._clock(), UTC),
-            hasher=cell.hasher,
-            request_id=request_id,
-            principal=principal,
-            tenant=resource.tenant,
-            action=action,
-            purpose=purpose,
-            decision=decision,
-            rule=rule,
-            result=result,
-            subject=resource.subject,
-            key=resource.key,
-            details=details,
-        )
-        return cell.submit(entry)
 
     def authorize(
         self,
@@ -520,15 +380,15 @@ class Governance:
     def _authorize(
         self, ctx: RequestContext, action: Action, resource: Resource, durable: bool
     ) -> Access:
-        audit = _request_fields(ctx, action)
+        audit = request_fields(ctx, action)
         principal = self._resolve_audited(ctx, action, resource)
         decision = decide(self.policy, principal, action, resource, ctx.purpose)
         if decision.effect is Effect.DENY:
             raise self._refused(ctx, action, principal, resource, decision)
         approval_id = self._approved(ctx, action, principal, resource, decision)
-        ticket = self._audit(
+        ticket = self.logs.audit(
             resource, **audit, decision="allow", rule=decision.rule, result="allowed",
-            details=_details(principal, resource, "policy", approval_id=approval_id),
+            details=entry_details(principal, resource, "policy", approval_id=approval_id),
         )  # fmt: skip
         if durable:
             ticket.wait()
@@ -565,11 +425,11 @@ class Governance:
                 raise AccessDenied(str(veto), rule="approval:vetoed")
         except AccessDenied as exc:
             rule = exc.rule or "approval:invalid"
-            self._audit(
-                resource, **_request_fields(ctx, action), decision="deny", rule=rule,
+            self.logs.audit(
+                resource, **request_fields(ctx, action), decision="deny", rule=rule,
                 result="refused",
-                details=_details(principal, resource, "policy", approval_id=ctx.approval_id,
-                                 vetoed_by=veto.approval if veto else None),
+                details=entry_details(principal, resource, "policy", approval_id=ctx.approval_id,
+                                      vetoed_by=veto.approval if veto else None),
             ).wait()  # fmt: skip
             raise AccessDenied(f"{action} refused ({rule}): {exc}", rule=rule) from None
         if ctx.approval_id is None:
@@ -603,7 +463,7 @@ class Governance:
         refused saying so (`_left_outside_home`)."""
         names = [(resource.subject, resource.key)]
         if resource.subject is not None:
-            pseudonym = self.cell(resource.jurisdiction).hasher.pseudonym
+            pseudonym = self.logs.cell(resource.jurisdiction).hasher.pseudonym
             key = pseudonym("key", resource.key) if resource.key is not None else None
             names.append((pseudonym("subject", resource.subject), key))
         mismatch = None
@@ -657,13 +517,13 @@ class Governance:
         """`resolve`, auditing a refusal in the resource's cell; a revoked principal is
         still recorded (and counted) as what it is."""
         try:
-            return self.resolve(ctx, resource.tenant, resource.jurisdiction)
+            return self.requesters.resolve(ctx, resource.tenant, resource.jurisdiction)
         except AccessDenied as exc:
             known = self.registry.find(ctx.principal)
-            self._audit(
-                resource, **_request_fields(ctx, action), decision="deny",
+            self.logs.audit(
+                resource, **request_fields(ctx, action), decision="deny",
                 rule=exc.rule or "governance:principal", result="refused",
-                details=_details(known.principal if known else None, resource, "policy"),
+                details=entry_details(known.principal if known else None, resource, "policy"),
             ).wait()  # fmt: skip
             raise
 
@@ -707,10 +567,10 @@ class Governance:
             raise self._refused(ctx, action, principal, first, refusal)
         resource, decision = chosen
         approval_id = self._approved(ctx, action, principal, resource, decision)
-        self._audit(
-            resource, **_request_fields(ctx, action), decision="allow",
+        self.logs.audit(
+            resource, **request_fields(ctx, action), decision="allow",
             rule=decision.rule, result="not-registered",
-            details=_details(principal, resource, "policy", approval_id=approval_id),
+            details=entry_details(principal, resource, "policy", approval_id=approval_id),
         ).wait()  # fmt: skip
 
     def _refused(
@@ -722,10 +582,10 @@ class Governance:
         decision: Decision,
     ) -> AccessDenied:
         """Audit the policy's refusal (durably) and return the error that says it."""
-        self._audit(
-            resource, **_request_fields(ctx, action), decision="deny", rule=decision.rule,
+        self.logs.audit(
+            resource, **request_fields(ctx, action), decision="deny", rule=decision.rule,
             result="refused",
-            details=_details(principal, resource, "policy", reason=decision.reason),
+            details=entry_details(principal, resource, "policy", reason=decision.reason),
         ).wait()  # fmt: skip
         return AccessDenied(
             f"{action} refused ({decision.rule}): {decision.reason}", rule=decision.rule
@@ -740,11 +600,11 @@ class Governance:
         decision: Decision,
     ) -> None:
         approval_id = self.approvals.new_id(resource.jurisdiction)
-        self._audit(
+        self.logs.audit(
             resource, principal=principal.id, request_id=ctx.request_id, action=str(action),
             purpose=ctx.purpose, decision="approval-required", rule=decision.rule,
-            result="pending", details=_details(principal, resource, "policy",
-                                               approval_id=approval_id),
+            result="pending", details=entry_details(principal, resource, "policy",
+                                                    approval_id=approval_id),
         ).wait()  # fmt: skip
         now = self._clock()
         self.approvals.create(
@@ -770,53 +630,22 @@ class Governance:
     def record_custodian_refusal(self, access: Access, refusal: AccessDenied) -> int:
         """Audit that the key custodian refused a key use the policy had allowed."""
         rule = refusal.rule or "custodian:refused"
-        return self._audit(
+        return self.logs.audit(
             access.resource, principal=access.principal.id, request_id=access.request_id,
             action=str(access.action), purpose=access.purpose, decision="deny", rule=rule,
-            result="refused", details=_details(access.principal, access.resource, "custodian",
-                                               approval_id=access.approval_id),
+            result="refused", details=entry_details(access.principal, access.resource, "custodian",
+                                                    approval_id=access.approval_id),
         ).wait()  # fmt: skip
 
     def record_outcome(self, access: Access, result: str, **details: str | int) -> int:
         """Audit what an allowed access did (e.g. a forget's destroyed key and shards)."""
-        return self._audit(
+        return self.logs.audit(
             access.resource, principal=access.principal.id, request_id=access.request_id,
             action=str(access.action), purpose=access.purpose, decision="allow",
             rule=access.decision.rule, result=result,
-            details=_details(access.principal, access.resource, "outcome",
-                             approval_id=access.approval_id, **details),
+            details=entry_details(access.principal, access.resource, "outcome",
+                                  approval_id=access.approval_id, **details),
         ).wait()  # fmt: skip
-
-    def forget_outcome(
-        self,
-        jurisdiction: str,
-        tenant: str,
-        subject: str,
-        key_id: str,
-        *,
-        known: int | None,
-        since: int,
-    ) -> int | None:
-        """The index of the outcome entry of the forget that destroyed ``key_id``, if the
-        cell's log holds one: at ``known`` (where the catalog noted it), else the first
-        from ``since`` on (a forget killed between writing it and noting it). Only a
-        forget run again after one was cut short asks, so reading the log is affordable."""
-        cell = self.cell(jurisdiction)
-        log = cell.log
-        log.refresh()  # other processes' entries too: the cut-short forget ran in one
-        resource = cell.hasher.resource(tenant, subject)
-        if (
-            known is not None
-            and known < log.size
-            and _records_forget(log.entry(known), resource, key_id)
-        ):
-            return known
-        marker = key_id.encode("utf-8")  # parse only the entries that name the key
-        since = min(since, log.size)  # a log cut shorter is the witness's to refuse
-        for index, raw in enumerate(log.iter_entry_bytes(since, log.size), since):
-            if marker in raw and _records_forget(AuditEntry.from_bytes(raw), resource, key_id):
-                return index
-        return None
 
     def custodian_gate(self) -> CustodianGate:
         """The partner's check before every wrap, unwrap and destroy: its own policy, and
@@ -837,17 +666,17 @@ class Governance:
         (`ApprovalBook.check_signer`): it is shown no other tenant's subjects. Pending
         ones only, unless ``decided``.
         """
-        self._registered(ctx)  # an unknown or revoked principal sees nothing at all
+        self.requesters.registered(ctx)  # an unknown or revoked principal sees nothing at all
         shown = []
         for approval in self.approvals.all(pending=not decided):
-            principal = self.resolve(ctx, approval.tenant, approval.jurisdiction)
+            principal = self.requesters.resolve(ctx, approval.tenant, approval.jurisdiction)
             if not _may_see(principal, approval):
                 continue
-            resource = _approval_resource(approval)
-            self._audit(
+            resource = approval_resource(approval)
+            self.logs.audit(
                 resource, principal=principal.id, request_id=ctx.request_id, action="list",
                 purpose=ctx.purpose, decision="allow", rule="approval:visible", result="shown",
-                details=_details(principal, resource, "approval", approval_id=approval.id),
+                details=entry_details(principal, resource, "approval", approval_id=approval.id),
             ).wait()  # fmt: skip
             shown.append(approval)
         return shown
@@ -870,12 +699,12 @@ class Governance:
         approval whose request a standing signed denial binds (`standing_veto_of`,
         ``approval:vetoed``, audited naming the denial): the custodian counts none."""
         approval = self.approvals.get(approval_id)
-        resource = _approval_resource(approval)
-        audit = _request_fields(ctx, approval.action)
+        resource = approval_resource(approval)
+        audit = request_fields(ctx, approval.action)
         principal: Principal | None = None
         veto: Veto | None = None
         try:
-            principal = self.resolve(ctx, approval.tenant, approval.jurisdiction)
+            principal = self.requesters.resolve(ctx, approval.tenant, approval.jurisdiction)
             self.approvals.check_signer(approval, principal)
             veto = self.standing_veto_of(approval) if verdict == "approve" else None
             if veto is not None:  # an approve the custodian would never count
@@ -886,11 +715,11 @@ class Governance:
             self._check_signing_key(approval, principal.id, key)
             signature = None if key is None else sign_verdict(key, approval, principal.id, verdict)
         except AccessDenied as exc:
-            self._audit(
+            self.logs.audit(
                 resource, **audit, decision="deny", rule=exc.rule or "approval:refused",
-                result="refused", details=_details(principal, resource, "approval",
-                                                   approval_id=approval_id,
-                                                   vetoed_by=veto.approval if veto else None),
+                result="refused", details=entry_details(principal, resource, "approval",
+                                                        approval_id=approval_id,
+                                                        vetoed_by=veto.approval if veto else None),
             ).wait()  # fmt: skip
             raise
         self._deliver_to_partner(approval, principal.id, verdict, signature)
@@ -900,10 +729,10 @@ class Governance:
             else "quorum-met" if count >= approval.quorum
             else f"signed-{count}-of-{approval.quorum}"
         )  # fmt: skip
-        self._audit(
+        self.logs.audit(
             resource, **audit, decision="allow" if verdict == "approve" else "deny",
             rule=f"approval:{verdict}", result=result,
-            details=_details(principal, resource, "approval", approval_id=approval_id),
+            details=entry_details(principal, resource, "approval", approval_id=approval_id),
         ).wait()  # fmt: skip
         return self.approvals.sign(approval_id, principal, verdict, signature)
 
@@ -999,35 +828,35 @@ class Governance:
         refusal by the partner then (two at once), or its record failing then (busy,
         lost), is audited as a second entry (``refused``, ``failed``)."""
         approval = self.approvals.get(approval_id)  # its cell and tenant, for the audit
-        resource = _approval_resource(approval)
-        audit = _request_fields(ctx, approval.action)
+        resource = approval_resource(approval)
+        audit = request_fields(ctx, approval.action)
         principal: Principal | None = None
 
         def refused(exc: AccessDenied) -> AccessDenied:
-            self._audit(
+            self.logs.audit(
                 resource, **audit, decision="deny", rule=exc.rule or "approval:refused",
-                result="refused", details=_details(principal, resource, "approval",
-                                                   approval_id=approval_id),
+                result="refused", details=entry_details(principal, resource, "approval",
+                                                        approval_id=approval_id),
             ).wait()  # fmt: skip
             return exc
 
         try:
-            principal = self.resolve(ctx, approval.tenant, approval.jurisdiction)
+            principal = self.requesters.resolve(ctx, approval.tenant, approval.jurisdiction)
             signature = self._signed_withdrawal(approval, principal.id, key)
         except AccessDenied as exc:
             raise refused(exc) from None
-        self._audit(
+        self.logs.audit(
             resource, **audit, decision="allow", rule="approval:withdraw", result="withdrawn",
-            details=_details(principal, resource, "approval", approval_id=approval_id),
+            details=entry_details(principal, resource, "approval", approval_id=approval_id),
         ).wait()  # fmt: skip
         try:
             return self.partner_verdicts.withdraw(approval_id, principal.id, signature)
         except AccessDenied as exc:
             raise refused(exc) from None
         except ShardvaultError:  # the log said withdrawn: it says too that nothing was
-            self._audit(
+            self.logs.audit(
                 resource, **audit, decision="deny", rule="approval:withdraw", result="failed",
-                details=_details(principal, resource, "approval", approval_id=approval_id),
+                details=entry_details(principal, resource, "approval", approval_id=approval_id),
             ).wait()  # fmt: skip
             raise
 
@@ -1049,15 +878,39 @@ class Governance:
             )
         return sign_withdrawal(key, approval.id, approver, denial)
 
-    # heads --------------------------------------------------------------------------
+    # the cells' logs (`AuditLogs`) ------------------------------------------------------
+
+    def cell(self, jurisdiction: str) -> CellAudit:
+        """`AuditLogs.cell`: the cell's audit log and keys (`InvalidInput` if no such cell)."""
+        return self.logs.cell(jurisdiction)
 
     def publish_head(self, jurisdiction: str) -> SignedNote:
-        """A fresh head of the cell's log, signed by the cell and cosigned by the partner."""
-        return publish_head(self.cell(jurisdiction), self.partner, int(self._clock()))
+        """`AuditLogs.publish_head`: a fresh head, signed by the cell, cosigned by the partner."""
+        return self.logs.publish_head(jurisdiction)
 
     def entries(self, jurisdiction: str, end: int) -> list[AuditEntry]:
-        log = self.cell(jurisdiction).log
-        return [AuditEntry.from_bytes(raw) for raw in log.iter_entry_bytes(0, end)]
+        """`AuditLogs.entries`: the cell's first ``end`` entries."""
+        return self.logs.entries(jurisdiction, end)
+
+    def forget_outcome(
+        self,
+        jurisdiction: str,
+        tenant: str,
+        subject: str,
+        key_id: str,
+        *,
+        known: int | None,
+        since: int,
+    ) -> int | None:
+        """`AuditLogs.forget_outcome`: where the forget that destroyed ``key_id`` is logged."""
+        return self.logs.forget_outcome(
+            jurisdiction, tenant, subject, key_id, known=known, since=since
+        )
+
+    def release_logs(self) -> None:
+        """`AuditLogs.release`: every cell's log closed, reopened (and recovered) by its
+        next use."""
+        self.logs.release()
 
 
 __all__ = ["Access", "Governance"]

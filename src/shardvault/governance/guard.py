@@ -27,7 +27,6 @@ destroy) is audited too, as are approval signatures and the outcome of a forget.
 
 from __future__ import annotations
 
-import functools
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -43,7 +42,6 @@ from shardvault.errors import (
     ConfigError,
     InvalidInput,
     ShardvaultError,
-    Unavailable,
 )
 from shardvault.governance.approval_signatures import sign_verdict, sign_withdrawal
 from shardvault.governance.approvals import (
@@ -72,7 +70,7 @@ from shardvault.governance.partner_verdicts import (
 )
 from shardvault.governance.principals import PrincipalRegistry
 from shardvault.governance.requesters import Requesters
-from shardvault.io_threads import IoThread, Stalled
+from shardvault.governance.subject_scrubs import SubjectScrubs
 from shardvault.keys.rootkey import CustodianGate
 from shardvault.model import (
     LOCAL_ADMIN,
@@ -133,12 +131,6 @@ class Access:
         )
 
 
-def _pseudonym_of(audit: CellAudit) -> Callable[[str, str], str]:
-    """The cell's audit pseudonyms, its key read when called: on the scrub's own thread,
-    so a pseudonym key on a hung disk holds up that thread only."""
-    return audit.hasher.pseudonym
-
-
 def _may_see(principal: Principal, approval: Approval) -> bool:
     """Whether `Governance.visible_approvals` shows ``approval`` to ``principal``: the
     local administrator (resolved into the approval's tenant) sees every one; anyone
@@ -193,6 +185,7 @@ class Governance:
         self._clock = clock
         self.logs = AuditLogs(cells, partner, clock)
         self.requesters = Requesters(spec, registry)
+        self.scrubs = SubjectScrubs(self.logs, approvals, state_timeout)
 
     @classmethod
     def open(cls, config: Config, clock: Callable[[], float] = time.time) -> Governance:
@@ -230,85 +223,25 @@ class Governance:
             state_timeout=config.state_timeout,
         )
 
+    # the subject's approvals in other cells (`SubjectScrubs`) ---------------------------
+
     def forget_subject(self, jurisdiction: str, tenant: str, subject: str) -> tuple[str, ...]:
-        """After a forget: the subject's approvals keep only the pseudonyms its audit
-        entries carry, so they still match the log but no longer name anyone. In
-        every cell, each with its own pseudonyms: one asked while the id was registered
-        nowhere lives in the first cell that needed it, not in ``jurisdiction``. The
-        home's are scrubbed here; another cell's as far as it answers (`_scrub_elsewhere`).
-        Returns the cells left owing the scrub (recorded: `owed_scrubs`), the home
-        first if a reader kept its WAL from being truncated."""
-        audit = self.logs.cell(jurisdiction)  # the home cell must be known
-        others = self.owe_scrubs(jurisdiction, tenant, subject)
-        erased = self.approvals.forget_subject(
-            jurisdiction, tenant, subject, audit.hasher.pseudonym
-        )
-        left = self._scrub_elsewhere(others, tenant, subject, homed_elsewhere=False)
-        return left if erased else (jurisdiction, *left)  # its own WAL not truncated: owed
+        """`SubjectScrubs.forget_subject`: the cells left owing the scrub."""
+        return self.scrubs.forget_subject(jurisdiction, tenant, subject)
 
     def subject_homed(
         self, home: str, tenant: str, subject: str, *, owed: list[str] | None = None
     ) -> tuple[str, ...]:
-        """A subject now homed in HOME: the approvals other cells hold for its id (asked
-        while it was registered nowhere, in the first cell that needed one) keep only
-        their pseudonyms, as after a forget. They cover only requests in their own cell,
-        which decides none for the subject now, and its id is personal data of HOME's:
-        left there, a cell outside its home named the user until a forget. A cell that
-        does not answer is left owing it (returned, and recorded: `owed_scrubs`, here
-        unless the caller did, ``owed`` the cells it recorded)."""
-        others = self.owe_scrubs(home, tenant, subject) if owed is None else owed
-        return self._scrub_elsewhere(others, tenant, subject, homed_elsewhere=True)
+        """`SubjectScrubs.subject_homed`: the cells left owing the scrub."""
+        return self.scrubs.subject_homed(home, tenant, subject, owed=owed)
 
     def owe_scrubs(self, home: str, tenant: str, subject: str) -> list[str]:
-        """Record in the directory that every cell but HOME may still name the subject in
-        an approval, before any is tried (a kill -9 then leaves the record); the cells."""
-        self.logs.cell(home)
-        others = [code for code in self.cells if code != home]
-        directory = self.approvals.owed.directory()
-        if directory is None:
-            raise Unavailable("the subject directory is missing: no scrub can be recorded")
-        directory.owe_scrubs(tenant, subject, others)
-        return others
-
-    def _scrub_elsewhere(
-        self, cells: list[str], tenant: str, subject: str, *, homed_elsewhere: bool
-    ) -> tuple[str, ...]:
-        """Each cell's approvals scrubbed on a thread of its own, at once; one that fails,
-        or does not run for `state_timeout` (a hung disk), is given up on and left to
-        its next opener or gc. Returns those cells."""
-        workers = {code: IoThread(f"shardvault-scrub-{code}") for code in cells}
-        futures = {
-            code: worker.submit(
-                self.approvals.scrub_apart, code, tenant, subject,
-                functools.partial(_pseudonym_of, self.cells[code]),
-                homed_elsewhere=homed_elsewhere,
-            )
-            for code, worker in workers.items()
-        }  # fmt: skip
-        left = []
-        for code, future in futures.items():
-            try:
-                workers[code].wait(future, self.state_timeout)
-            except (ShardvaultError, Stalled):
-                left.append(code)
-            finally:
-                workers[code].shutdown()
-        return tuple(left)
+        """`SubjectScrubs.owe_scrubs`: the cells recorded as owing."""
+        return self.scrubs.owe_scrubs(home, tenant, subject)
 
     def settle_owed_scrubs(self) -> None:
-        """Work off every scrub the directory says a cell owes (gc's). A cell that fails
-        stops none of the others (each may name a subject in clear); the first failure
-        is raised once every other cell was tried."""
-        directory = self.approvals.owed.directory()
-        failed: ShardvaultError | None = None
-        for code in directory.owing_cells() if directory is not None else []:
-            if code in self.cells:
-                try:
-                    self.approvals.settle_owed(code)
-                except ShardvaultError as exc:
-                    failed = failed or exc
-        if failed is not None:
-            raise failed
+        """`SubjectScrubs.settle_owed_scrubs` (gc's)."""
+        self.scrubs.settle_owed_scrubs()
 
     def refuse_if_homed_elsewhere(
         self, ctx: RequestContext, action: Action, asked: ApprovalRequired

@@ -44,7 +44,7 @@ def main() -> None:
             return RequestContext("svc-api", "serve-user", new_request_id())
 
         def authorize() -> None:
-            gov.authorize(ctx(), Action.READ, "intl", "US", "alice", "small")
+            gov.guard.authorize(ctx(), Action.READ, "intl", "US", "alice", "small")
 
         def timed(call: object, n: int) -> list[float]:
             out = []

@@ -194,7 +194,7 @@ def test_local_admin_can_be_switched_off(config_path) -> None:  # type: ignore[n
 
 
 def test_the_local_admin_once_known_is_switched_off_all_the_same(config_path) -> None:  # type: ignore[no-untyped-def]
-    # the administrator's principal is made once per tenant and location (guard.py
+    # the administrator's principal is made once per tenant and location (requesters.py
     # `_local_admin`); whether it may act is asked on every request
     from shardvault.config import load
 

@@ -23,7 +23,7 @@ from shardvault.cli.outfile import write_output
 from shardvault.cli.output import print_json, print_table, say, warn, write_out
 from shardvault.cli.state import state
 from shardvault.errors import InvalidInput
-from shardvault.governance.guard import Governance
+from shardvault.governance.layer import Governance
 from shardvault.governance.receipts import verify_receipt
 from shardvault.governance.transparency import transparency_report
 from shardvault.model import named

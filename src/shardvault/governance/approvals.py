@@ -14,7 +14,7 @@ Approvals live in the home cell of the subject
 personal data and stays in its jurisdiction. One asked for an id registered
 nowhere lives in the first cell where the request needs one, and covers only
 requests in that cell; once the id is registered in another cell it keeps only
-its pseudonyms there (`Governance.subject_homed`), as after a forget, and is
+its pseudonyms there (`SubjectScrubs.subject_homed`), as after a forget, and is
 marked homed elsewhere: it covers no request of theirs, so it can no longer be
 signed, is not pending, and a request that brings it is told to ask in the
 subject's home (without naming that cell). A

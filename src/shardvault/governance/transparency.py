@@ -221,7 +221,7 @@ __all__ = [
 
 def transparency_report(governance: object, start: str, end: str) -> TransparencyReport:
     """Sign and cosign a fresh head per cell, then count the requests under it."""
-    from shardvault.governance.guard import Governance
+    from shardvault.governance.layer import Governance
 
     assert isinstance(governance, Governance)
     lo, hi = period(start, end)

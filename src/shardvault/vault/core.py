@@ -46,7 +46,8 @@ from shardvault.errors import (
     WriteRaced,
 )
 from shardvault.governance.attestations import open_attestation
-from shardvault.governance.guard import Access, Governance
+from shardvault.governance.guard import Access
+from shardvault.governance.layer import Governance
 from shardvault.governance.receipts import (
     Forgotten,
     attestation_digest,
@@ -311,7 +312,9 @@ class Vault:
             if home == jurisdiction:
                 return access
         with self._homed_meanwhile(ctx, Action.REGISTER, tenant, subject):
-            return self.governance.authorize(ctx, Action.REGISTER, tenant, jurisdiction, subject)
+            return self.governance.guard.authorize(
+                ctx, Action.REGISTER, tenant, jurisdiction, subject
+            )
 
     @contextlib.contextmanager
     def _homed_meanwhile(
@@ -320,17 +323,17 @@ class Vault:
         """Around a decision for an id the directory had no home for: an approval it asks
         is booked outside the home a registration may have given the id meanwhile, after
         that registration took the id out of other cells' approvals, so the directory is
-        read again once it is booked (`Governance.subject_homed`). Either this read sees
+        read again once it is booked (`SubjectScrubs.subject_homed`). Either this read sees
         the home, or that registration's pass comes after the booking and sees it. If
         this read marked the approval homed elsewhere, its requester is refused saying
-        so, not told to have it signed (`Governance.refuse_if_homed_elsewhere`)."""
+        so, not told to have it signed (`Guard.refuse_if_homed_elsewhere`)."""
         try:
             yield
         except ApprovalRequired as asked:
             home = self.directory.home(tenant, subject)
             if home is not None:
                 self.governance.subject_homed(home, tenant, subject)
-                self.governance.refuse_if_homed_elsewhere(ctx, action, asked)
+                self.governance.guard.refuse_if_homed_elsewhere(ctx, action, asked)
             raise
 
     def _refuse_if_forgotten(self, tenant: str, subject: str) -> None:
@@ -381,7 +384,7 @@ class Vault:
         if home is None and ctx is not None:
             where = list(spec.jurisdictions or self.config.jurisdictions)
             with self._homed_meanwhile(ctx, action, tenant, subject):
-                self.governance.check_unregistered(ctx, action, tenant, where, subject, key)
+                self.governance.guard.check_unregistered(ctx, action, tenant, where, subject, key)
         return _registered(home, tenant, subject)
 
     def _authorized(
@@ -426,7 +429,7 @@ class Vault:
         durable: bool = True,
         ref: ObjectRef | None = None,
     ) -> Access:
-        """`Governance.authorize` in the subject's home cell (`authorize_object` for the
+        """`Guard.authorize` in the subject's home cell (`authorize_object` for the
         object ``ref`` names, when given: tenant, subject and key are then its). An
         approval it asks for a subject already forgotten would name the subject again,
         in clear: what a forget does after its catalog mark is done again
@@ -434,8 +437,10 @@ class Vault:
         refusal goes."""
         try:
             if ref is not None:
-                return self.governance.authorize_object(ctx, action, ref, home, durable=durable)
-            return self.governance.authorize(
+                return self.governance.guard.authorize_object(
+                    ctx, action, ref, home, durable=durable
+                )
+            return self.governance.guard.authorize(
                 ctx, action, tenant, home, subject, key, durable=durable
             )
         except ApprovalRequired:
@@ -461,7 +466,7 @@ class Vault:
         try:
             return use(why)
         except AccessDenied as refusal:
-            self.governance.record_custodian_refusal(access, refusal)
+            self.governance.guard.record_custodian_refusal(access, refusal)
             raise
 
     # writes -------------------------------------------------------------------
@@ -692,7 +697,7 @@ class Vault:
         if index is None:
             # the log says the destroy was attested, so a receipt without it is refused
             committed = {"destroy_attestation": attestation_digest(attested)} if attested else {}
-            index = self.governance.record_outcome(
+            index = self.governance.guard.record_outcome(
                 access, "forgotten", key_id=record.key_id,
                 versions_deleted=progress.versions_deleted, shards_removed=progress.shards_removed,
                 subject_commitment=subject_commitment(tenant, subject, nonce),

@@ -1,0 +1,203 @@
+"""The approval a request needs or brings: step 3 of the guard's decision.
+
+A decision that requires a k-of-n approval is allowed only with one met for
+exactly this request (checked by the subject's and key's names, or by the
+pseudonyms a forget leaves); without one, a pending approval is booked and the
+request refused with its id. Either way a signed denial the partner holds for
+the same request refuses it first (`partner_verdicts`), as the custodian would.
+Every refusal here is audited before it is raised.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from shardvault import custodian_policy as cp
+from shardvault.config import GovernanceSpec
+from shardvault.errors import AccessDenied, ApprovalRequired
+from shardvault.governance.approvals import (
+    HOMED_ELSEWHERE,
+    Approval,
+    ApprovalBook,
+    approval_cell,
+    homed_elsewhere,
+)
+from shardvault.governance.audit_logs import AuditLogs, entry_details, request_fields
+from shardvault.governance.partner_verdicts import PartnerVerdicts, Veto, VetoedRequest
+from shardvault.model import RequestContext
+from shardvault.policy import Action, Decision, Effect, Principal, Resource
+
+
+class RequiredApprovals:
+    """The approvals book, the partner's signed verdicts and the approval rules in force."""
+
+    def __init__(
+        self,
+        spec: GovernanceSpec,
+        *,
+        logs: AuditLogs,
+        approvals: ApprovalBook,
+        partner_verdicts: PartnerVerdicts,
+        custodian_policy: cp.CustodianPolicy,
+        clock: Callable[[], float],
+    ) -> None:
+        self._spec = spec
+        self._logs = logs
+        self._approvals = approvals
+        self._partner_verdicts = partner_verdicts
+        self._custodian_policy = custodian_policy
+        self._clock = clock
+
+    def approved(
+        self,
+        ctx: RequestContext,
+        action: Action,
+        principal: Principal,
+        resource: Resource,
+        decision: Decision,
+    ) -> str | None:
+        """The request's approval id once checked for exactly this use (None if it brings
+        none and the decision needs none). A decision that needs one it lacks records a
+        pending approval and raises `ApprovalRequired`, unless a signed denial binds the
+        request; a bad one, or one such a denial binds, is refused, audited."""
+        if ctx.approval_id is None and decision.effect is not Effect.APPROVAL_REQUIRED:
+            return None
+        veto = None
+        try:
+            if ctx.approval_id is None:
+                asked = VetoedRequest.of(
+                    principal.id, str(action), resource.tenant, resource.subject,
+                    resource.key, ctx.purpose,
+                )  # fmt: skip
+            else:
+                approval = self._check_approval(ctx.approval_id, ctx, action, principal, resource)
+                asked = VetoedRequest.of_approval(approval)
+            veto = self.standing_veto(asked)
+            if veto is not None:
+                raise AccessDenied(str(veto), rule="approval:vetoed")
+        except AccessDenied as exc:
+            rule = exc.rule or "approval:invalid"
+            self._logs.audit(
+                resource, **request_fields(ctx, action), decision="deny", rule=rule,
+                result="refused",
+                details=entry_details(principal, resource, "policy", approval_id=ctx.approval_id,
+                                      vetoed_by=veto.approval if veto else None),
+            ).wait()  # fmt: skip
+            raise AccessDenied(f"{action} refused ({rule}): {exc}", rule=rule) from None
+        if ctx.approval_id is None:
+            self._request_approval(ctx, principal, action, resource, decision)
+        return ctx.approval_id
+
+    def standing_veto(self, asked: VetoedRequest) -> Veto | None:
+        """The signed denial the partner holds that binds ``asked``, if one does: the
+        guard refuses what the custodian will, so no approval is opened for a vetoed
+        request, nor used (for a list or stat no custodian sees). The partner's record
+        lost (`IntegrityError`) or unreadable (`Unavailable`, `NewerFormat`) refuses it
+        too, as it refuses a verdict: a veto may be in it. Asked only of requests that
+        need or bring an approval, never of a plain get or put."""
+        return self._partner_verdicts.standing_veto(
+            asked, self._custodian_policy.veto_seconds,
+            first=lambda: not self._approvals.holds_signed_verdicts(),
+        )  # fmt: skip
+
+    def _check_approval(
+        self,
+        approval_id: str,
+        ctx: RequestContext,
+        action: Action,
+        principal: Principal,
+        resource: Resource,
+    ) -> Approval:
+        """`ApprovalBook.check_use` for this request: by the subject's and key's names, or
+        by their pseudonyms, which is all a forget leaves in its approvals (so a retry of
+        an interrupted forget, say, still gets its answer). One that covers it not, but
+        would in the cell it was asked in, left there as the subject was homed here, is
+        refused saying so (`_left_outside_home`)."""
+        names = [(resource.subject, resource.key)]
+        if resource.subject is not None:
+            pseudonym = self._logs.cell(resource.jurisdiction).hasher.pseudonym
+            key = pseudonym("key", resource.key) if resource.key is not None else None
+            names.append((pseudonym("subject", resource.subject), key))
+        mismatch = None
+        for subject, key in names:
+            try:
+                return self._approvals.check_use(
+                    approval_id, principal=principal.id, action=str(action),
+                    tenant=resource.tenant, jurisdiction=resource.jurisdiction,
+                    subject=subject, key=key, purpose=ctx.purpose,
+                )  # fmt: skip
+            except AccessDenied as exc:
+                if exc.rule != "approval:mismatch":
+                    raise
+                mismatch = exc
+        assert mismatch is not None
+        raise self._left_outside_home(approval_id, ctx, action, principal, resource) or mismatch
+
+    def _left_outside_home(
+        self,
+        approval_id: str,
+        ctx: RequestContext,
+        action: Action,
+        principal: Principal,
+        resource: Resource,
+    ) -> AccessDenied | None:
+        """The refusal of an approval asked for exactly this request in another cell, while
+        the subject was registered nowhere, and marked homed elsewhere since (it keeps the
+        pseudonyms of that cell's log): it tells the requester to ask in the home, which
+        decides this request, without naming it. None for any other approval, which is
+        told only that it does not cover the request. Read only after that refusal."""
+        cell, cells = approval_cell(approval_id), self._logs.cells
+        if cell == resource.jurisdiction or resource.subject is None or cell not in cells:
+            return None
+        approval = self._approvals.get(approval_id)
+        pseudonym = cells[cell].hasher.pseudonym
+        key = pseudonym("key", resource.key) if resource.key is not None else None
+        asked_there = approval.covers(
+            principal.id, str(action), resource.tenant, cell,
+            pseudonym("subject", resource.subject), key, ctx.purpose,
+        )  # fmt: skip
+        if approval.homed_elsewhere_at is None or not asked_there:
+            return None
+        return AccessDenied(
+            f"approval {approval_id} covers nothing now: {homed_elsewhere(approval)}",
+            rule=f"approval:{HOMED_ELSEWHERE}",
+        )
+
+    def _request_approval(
+        self,
+        ctx: RequestContext,
+        principal: Principal,
+        action: Action,
+        resource: Resource,
+        decision: Decision,
+    ) -> None:
+        """Book a pending approval for the request, its entry durable first, and refuse the
+        request with its id (`ApprovalRequired`), saying who must sign it and how."""
+        approval_id = self._approvals.new_id(resource.jurisdiction)
+        self._logs.audit(
+            resource, principal=principal.id, request_id=ctx.request_id, action=str(action),
+            purpose=ctx.purpose, decision="approval-required", rule=decision.rule,
+            result="pending", details=entry_details(principal, resource, "policy",
+                                                    approval_id=approval_id),
+        ).wait()  # fmt: skip
+        now = self._clock()
+        self._approvals.create(
+            Approval(
+                id=approval_id, jurisdiction=resource.jurisdiction, requester=principal.id,
+                action=str(action), tenant=resource.tenant, subject=resource.subject,
+                key=resource.key, purpose=ctx.purpose, request_id=ctx.request_id,
+                created_at=now, expires_at=now + self._spec.approval_ttl,
+                quorum=self._spec.approval_quorum, approvers=self._spec.approvers,
+            )
+        )  # fmt: skip
+        approvers = ", ".join(self._spec.approvers) or "no approvers configured"
+        signed = " --signing-key THEIR-KEY" if self._custodian_policy.approvers else ""
+        raise ApprovalRequired(
+            f"{action} needs approval ({decision.rule}): approval {approval_id} is pending; "
+            f"{self._spec.approval_quorum} of [{approvers}] must run 'shardvault approval "
+            f"approve {approval_id}{signed}', then retry with --approval {approval_id}",
+            approval_id=approval_id,
+        )
+
+
+__all__ = ["RequiredApprovals"]

@@ -5,9 +5,9 @@ audit log and the partner's files, and the parts that use them, each with one
 job: the guard that decides every request (`guard`), the approvals desk of the
 ``approval`` commands (`approval_desk`), the scrubs of a forgotten or rehomed
 subject's approvals (`subject_scrubs`) and the cells' logs (`audit_logs`). The
-vault asks the guard directly on every get and put, so that path takes no extra
-call; everything else the vault, the CLI and the tests ask of `Governance`,
-which hands it to the part that does it.
+vault asks the guard directly to authorize each get and put, so that path takes
+no extra call; everything else the vault, the CLI and the tests ask of
+`Governance`, which hands it to the part that does it.
 """
 
 from __future__ import annotations
@@ -20,13 +20,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from shardvault import custodian_policy as cp
 from shardvault.audit import AuditEntry, SignedNote
 from shardvault.config import DEFAULT_STATE_TIMEOUT, Config, GovernanceSpec, default_governance
-from shardvault.errors import ConfigError
+from shardvault.errors import AccessDenied, ApprovalRequired, ConfigError
 from shardvault.governance.approval_desk import ApprovalDesk
 from shardvault.governance.approvals import Approval, ApprovalBook
 from shardvault.governance.attestations import CustodianKey
 from shardvault.governance.audit_logs import AuditLogs
 from shardvault.governance.custodian_gate import custodian_gate
-from shardvault.governance.guard import Guard
+from shardvault.governance.guard import Access, Guard
 from shardvault.governance.heads import CellAudit, PartnerWitness
 from shardvault.governance.partner_verdicts import PartnerVerdicts, Veto, Withdrawal
 from shardvault.governance.principals import PrincipalRegistry
@@ -35,7 +35,7 @@ from shardvault.governance.required_approvals import RequiredApprovals
 from shardvault.governance.subject_scrubs import SubjectScrubs
 from shardvault.keys.rootkey import CustodianGate
 from shardvault.model import RequestContext
-from shardvault.policy import Policy, Principal, load_policy
+from shardvault.policy import Action, Policy, Principal, load_policy
 
 
 class Governance:
@@ -140,6 +140,34 @@ class Governance:
     def resolve(self, ctx: RequestContext, tenant: str, jurisdiction: str) -> Principal:
         """`Requesters.resolve`."""
         return self.requesters.resolve(ctx, tenant, jurisdiction)
+
+    # the guard's steps off the per-request path (`Guard`) ----------------------------
+
+    def check_unregistered(
+        self,
+        ctx: RequestContext,
+        action: Action,
+        tenant: str,
+        jurisdictions: list[str],
+        subject: str,
+        key: str | None = None,
+    ) -> None:
+        """`Guard.check_unregistered`: may ``ctx`` learn ``subject`` is registered nowhere?"""
+        self.guard.check_unregistered(ctx, action, tenant, jurisdictions, subject, key)
+
+    def refuse_if_homed_elsewhere(
+        self, ctx: RequestContext, action: Action, asked: ApprovalRequired
+    ) -> None:
+        """`Guard.refuse_if_homed_elsewhere`."""
+        self.guard.refuse_if_homed_elsewhere(ctx, action, asked)
+
+    def record_custodian_refusal(self, access: Access, refusal: AccessDenied) -> int:
+        """`Guard.record_custodian_refusal`: the refusal's index in the cell's log."""
+        return self.guard.record_custodian_refusal(access, refusal)
+
+    def record_outcome(self, access: Access, result: str, **details: str | int) -> int:
+        """`Guard.record_outcome`: the outcome's index in the cell's log."""
+        return self.guard.record_outcome(access, result, **details)
 
     # the subject's approvals in other cells (`SubjectScrubs`) ---------------------------
 

@@ -333,7 +333,7 @@ class Vault:
             home = self.directory.home(tenant, subject)
             if home is not None:
                 self.governance.subject_homed(home, tenant, subject)
-                self.governance.guard.refuse_if_homed_elsewhere(ctx, action, asked)
+                self.governance.refuse_if_homed_elsewhere(ctx, action, asked)
             raise
 
     def _refuse_if_forgotten(self, tenant: str, subject: str) -> None:
@@ -384,7 +384,7 @@ class Vault:
         if home is None and ctx is not None:
             where = list(spec.jurisdictions or self.config.jurisdictions)
             with self._homed_meanwhile(ctx, action, tenant, subject):
-                self.governance.guard.check_unregistered(ctx, action, tenant, where, subject, key)
+                self.governance.check_unregistered(ctx, action, tenant, where, subject, key)
         return _registered(home, tenant, subject)
 
     def _authorized(
@@ -466,7 +466,7 @@ class Vault:
         try:
             return use(why)
         except AccessDenied as refusal:
-            self.governance.guard.record_custodian_refusal(access, refusal)
+            self.governance.record_custodian_refusal(access, refusal)
             raise
 
     # writes -------------------------------------------------------------------
@@ -697,7 +697,7 @@ class Vault:
         if index is None:
             # the log says the destroy was attested, so a receipt without it is refused
             committed = {"destroy_attestation": attestation_digest(attested)} if attested else {}
-            index = self.governance.guard.record_outcome(
+            index = self.governance.record_outcome(
                 access, "forgotten", key_id=record.key_id,
                 versions_deleted=progress.versions_deleted, shards_removed=progress.shards_removed,
                 subject_commitment=subject_commitment(tenant, subject, nonce),

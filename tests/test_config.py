@@ -254,6 +254,10 @@ def replace_once(old: str, new: str) -> str:
             'version = 1\n[jurisdictions]\nUS = 5\nSG = {name = "Singapore"}\n',
             "jurisdictions.US: expected a table",
         ),
+        (  # signatures count once per approver: a quorum of 2 over [dpo, dpo] is never met
+            replace_once('approvers = ["dpo", "partner-officer"]', 'approvers = ["dpo", "dpo"]'),
+            "governance.approvers: 'dpo' is listed twice",
+        ),
         (
             replace_once('[tenants.intl]\nname = "International social app"\n', "").replace(
                 "[tenants.domestic]", "[tenants]\nintl = 5\n\n[tenants.domestic]", 1

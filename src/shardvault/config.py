@@ -476,6 +476,10 @@ def _parse_governance(doc: dict[str, Any], base: Path, problems: _Problems) -> G
     if not all(isinstance(a, str) and a for a in approvers):
         problems.add(where + "approvers", "must be a list of principal ids")
         approvers = []
+    repeated = next((a for i, a in enumerate(approvers) if a in approvers[:i]), None)
+    if repeated is not None:  # one signature per approver: the quorum would count it once
+        problems.add(where + "approvers", f"{shown(repeated)} is listed twice")
+        approvers = list(dict.fromkeys(approvers))
     quorum = _get(table, "approval_quorum", int, where, problems, default=2)
     if quorum < 1:
         problems.add(where + "approval_quorum", "must be at least 1")

@@ -133,6 +133,21 @@ def test_put_and_get_file_stdin_stdout_and_output(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["deploy", "in.bin", "out.bin"]
 
 
+def test_get_output_dash_is_stdout_as_put_file_dash_is_stdin(
+    cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`-o -` wrote a file named '-' in the working directory, where a script (as with
+    curl, or put's own `-`) meant stdout."""
+    alice_holding_k(cli, tmp_path)
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    assert cli.ok("get", "intl", "alice", "k", "-o", "-") == b"payload\n"
+    assert list(work.iterdir()) == []
+    cli.ok("get", "intl", "alice", "k", "-o", "./-")  # a file named '-', said so
+    assert (work / "-").read_bytes() == b"payload\n"
+
+
 def test_get_output_leaves_no_partial_file_on_failure(alice: Cli, tmp_path: Path) -> None:
     source = tmp_path / "in.bin"
     source.write_bytes(os.urandom(3 * SEGMENT))

@@ -99,13 +99,16 @@ def get(
     key: Key,
     output: Annotated[
         str | None,
-        typer.Option("--output", "-o", metavar="FILE", help="Write here instead of stdout."),
+        typer.Option(
+            "--output", "-o", metavar="FILE", help="Write here instead of stdout (- for stdout)."
+        ),
     ] = None,
     version: Version = None,
 ) -> None:
     """Read KEY (the current version unless --version) to stdout or a file."""
     cli = state(ctx)
-    destination = output_outside(output, cli.config())
+    # `-` is stdout, as put's FILE `-` is stdin: not a file named '-' (`./-` names one)
+    destination = None if output == "-" else output_outside(output, cli.config())
     vault = cli.vault()
     reader = vault.open_read(ObjectRef(tenant, subject, key), version, cli.request("read"))
     with reader, transfer_bar(f"get {key}", reader.info.size) as advance:

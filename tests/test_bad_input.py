@@ -232,6 +232,31 @@ def test_a_new_key_may_not_have_a_space_edged_segment(vault: Vault, key: str) ->
     vault.gc(0)
 
 
+INVISIBLE_LETTER_OR_MARK_KEYS = {  # Default_Ignorable_Code_Point, outside categories C and Z
+    "hangul-filler": "ca\u3164t",
+    "halfwidth-hangul-filler": "ca\uffa0t",
+    "hangul-choseong-filler": "\u115fcat",
+    "combining-grapheme-joiner": "ca\u034ft",
+    "khmer-inherent-vowel": "ca\u17b4t",
+    "mongolian-variation-selector": "ca\u180bt",
+    "variation-selector": "ca\ufe00t",
+    "variation-selector-supplement": "ca\U000e0100t",
+}
+
+
+@pytest.mark.parametrize(
+    "key", INVISIBLE_LETTER_OR_MARK_KEYS.values(), ids=INVISIBLE_LETTER_OR_MARK_KEYS.keys()
+)
+def test_a_new_key_may_not_hold_an_invisible_letter_or_mark(vault: Vault, key: str) -> None:
+    """'ca\u3164t' shows as 'cat' (or 'ca t') yet is another key: invisible, as a
+    zero-width space is, though Unicode files it as a letter or mark. Refused when
+    written; a key stored before the rule stays readable (every get checks the key)."""
+    vault.register_subject("intl", "alice", "US")
+    with pytest.raises(InvalidInput, match=r"invisible character U\+"):
+        vault.put(ObjectRef("intl", "alice", key), b"data")
+    assert object_key(key) == key
+
+
 def test_vault_refuses_bad_input_before_touching_anything(vault: Vault, config_path: Path) -> None:
     base = config_path.parent
     before = files_under(base)

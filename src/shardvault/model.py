@@ -179,13 +179,27 @@ def object_key(value: object) -> str:
     return value
 
 
+# Unicode's Default_Ignorable_Code_Point outside categories C and Z (which `object_key`
+# refuses whole): fillers, joiners and variation selectors that show as nothing
+_INVISIBLE_LETTER_OR_MARK = re.compile(
+    "[\u034f\u115f\u1160\u17b4\u17b5\u180b-\u180d\u180f\u3164\ufe00-\ufe0f\uffa0"
+    "\U000e0100-\U000e01ef]"
+)
+
+
 def new_object_key(key: str) -> str:
     """A valid key (an `ObjectRef`'s) about to be written: also no segment that starts or
-    ends with a space, since keys differing only by spaces nobody sees are a mistake to
-    report. Keys stored before this rule stay readable, listable and removable."""
+    ends with a space, and no invisible letter or mark ('ca\\u3164t' shows as 'cat'),
+    since keys differing only by what nobody sees are a mistake to report. Keys stored
+    before these rules stay readable, listable and removable."""
     if " " in key and any(part != part.strip(" ") for part in key.split("/")):
         raise InvalidInput(
             f"invalid object key {shown(key)}: a path segment starts or ends with a space"
+        )
+    if not key.isascii() and (hidden := _INVISIBLE_LETTER_OR_MARK.search(key)):
+        raise InvalidInput(
+            f"invalid object key {shown(key, escaped=True)}: it contains the invisible "
+            f"character U+{ord(hidden.group()):04X}"
         )
     return key
 

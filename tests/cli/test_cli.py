@@ -167,8 +167,9 @@ def test_get_output_leaves_no_partial_file_on_failure(alice: Cli, tmp_path: Path
     assert "intl/alice/k v1 segment" in line
     assert target.read_bytes() == b"previous contents"
     assert [p.name for p in out_dir.iterdir()] == ["result.bin"]
-    code, _, err = alice("get", "intl", "alice", "k")  # to stdout: same error, same code
+    code, out, err = alice("get", "intl", "alice", "k")  # to stdout: same error, same code
     assert code == 1 and err.strip().splitlines()[-1].startswith("error: ")
+    assert out == source.read_bytes()[:SEGMENT]  # streamed: the good segment before it
 
 
 def test_listing_and_metadata_commands(alice: Cli, tmp_path: Path) -> None:

@@ -221,6 +221,10 @@ def replace_once(old: str, new: str) -> str:
             replace_once("[tenants.intl]\n", '[tenants.intl]\njurisdictions = "US"\n'),
             "tenants.intl.jurisdictions: expected list, got str",
         ),
+        (  # it registered nobody, saying "tenant intl does not keep users in US (it allows )"
+            replace_once("[tenants.intl]\n", "[tenants.intl]\njurisdictions = []\n"),
+            "tenants.intl.jurisdictions: name at least one jurisdiction (or leave it out: all)",
+        ),
         (replace_once("[jurisdictions.US]", "[jurisdictions.us]"), "jurisdictions.us"),
         ("version = 1\n", "jurisdictions: declare at least one jurisdiction"),
         ("version = 1\nnodes = 5\n", "nodes: expected list, got int"),

@@ -327,6 +327,10 @@ def parse(doc: dict[str, Any], path: Path) -> Config:
             continue
         _unknown_keys(spec, {"name", "jurisdictions"}, where + ".", problems)
         allowed = _get(spec, "jurisdictions", list, where + ".", problems)
+        if allowed == []:  # a tenant that may keep its users nowhere registers nobody
+            problems.add(
+                where + ".jurisdictions", "name at least one jurisdiction (or leave it out: all)"
+            )
         for code in allowed or ():
             if not isinstance(code, str) or code not in jurisdictions:
                 problems.add(where + ".jurisdictions", f"{code!r} is not a declared jurisdiction")

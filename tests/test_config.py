@@ -288,6 +288,31 @@ def test_nodes_sharing_a_directory_are_named(tmp_path: Path) -> None:
     assert "nodes[14].path" in message and "give every node a directory of its own" in message
 
 
+@pytest.mark.parametrize(
+    ("key", "old", "new"),
+    [
+        ("custodian.path", '"keys/keyring.json"', '"nodes/US/us-n1/tmp/keyring.json"'),
+        ("custodian.path", '"keys/keyring.json"', '"nodes/US/us-n1/keyring.json"'),
+        ("governance.policy", 'policy = "policy.toml"', 'policy = "nodes/SG/sg-n2/policy.toml"'),
+        ("governance.partner_dir", '"partner"', '"nodes/EU/eu-n1/partner"'),
+        (
+            "governance.custodian_policy",
+            '"partner/custodian-policy.toml"',
+            '"nodes/EU/eu-n1/c.toml"',
+        ),
+    ],
+)
+def test_a_deployment_file_inside_a_node_directory_is_refused(
+    tmp_path: Path, key: str, old: str, new: str
+) -> None:
+    """A node's directory is its shards': gc deleted a keyring configured in a node's
+    tmp/ as a stale temporary (and every object with it), and custodian keys or
+    policies on a storage node are no longer the custodian's alone."""
+    message = error_for(tmp_path, replace_once(old, new))
+    assert f"{key}: " in message, message
+    assert "inside node" in message and "directory" in message, message
+
+
 def test_a_node_directory_that_is_a_symlink_to_another_nodes_is_named(tmp_path: Path) -> None:
     # the node's own directory is followed by readlink, never statted (a hung disk's
     # mount point never answers a stat): a link to another node's directory is still one

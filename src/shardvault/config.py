@@ -352,6 +352,17 @@ def parse(doc: dict[str, Any], path: Path) -> Config:
     state = node_directory(base / state_dir)  # not statted: a hung disk may be mounted there
     _check_node_dirs(nodes, state, problems)
     governance = _parse_governance(doc, base, problems)
+    keyring_path = (base / keyring).resolve()
+    _check_outside_nodes(
+        nodes,
+        {
+            "custodian.path": keyring_path,
+            "governance.policy": governance.policy_path,
+            "governance.custodian_policy": governance.custodian_policy_path,
+            "governance.partner_dir": governance.partner_dir,
+        },
+        problems,
+    )
 
     if problems.items:
         raise ConfigError(f"config {path}: " + "; ".join(problems.items))
@@ -362,7 +373,7 @@ def parse(doc: dict[str, Any], path: Path) -> Config:
         k=k,
         m=m,
         custodian=custodian_backend,
-        keyring_path=(base / keyring).resolve(),
+        keyring_path=keyring_path,
         jurisdictions=jurisdictions,
         tenants=tenants,
         nodes=tuple(nodes.values()),
@@ -411,6 +422,23 @@ def _check_node_dirs(nodes: dict[str, NodeSpec], state_dir: Path, problems: _Pro
         if _nested(path, state_dir):
             problems.add(where + ".path", f"{path} overlaps storage.state_dir {state_dir}")
         seen.append((node, path))
+
+
+def _check_outside_nodes(
+    nodes: dict[str, NodeSpec], files: dict[str, Path], problems: _Problems
+) -> None:
+    """A local node's directory holds its shards only: gc removes any file in its tmp/
+    older than the grace period (a keyring there went, and every object with it), and
+    the custodian's keys or the policies on a storage node are no longer theirs alone."""
+    for key, path in files.items():
+        for node in nodes.values():
+            directory = Path(node.location)
+            if node.backend == "local" and path.is_relative_to(directory):
+                problems.add(
+                    key,
+                    f"{path} is inside node {node.id}'s directory {directory}: keep the "
+                    "deployment's own files off its storage nodes",
+                )
 
 
 def _nested(one: Path, other: Path) -> bool:

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from conftest import SEGMENT, files_under, make_deployment, shard_paths
 from shardvault.audit.note import signer_from_skey
 from shardvault.config import load
-from shardvault.errors import ConfigError, InvalidInput, StorageError, Unavailable
+from shardvault.errors import ConfigError, InvalidInput, NotFound, StorageError, Unavailable
 from shardvault.governance.approvals import approval_cell
 from shardvault.governance.heads import format_skey
 from shardvault.model import (
@@ -271,6 +271,20 @@ def test_vault_refuses_bad_input_before_touching_anything(vault: Vault, config_p
     with pytest.raises(InvalidInput, match="unknown tenant"):
         vault.subject("evil", "alice")
     assert files_under(base) == before
+
+
+def test_put_of_text_rather_than_bytes_is_bad_input(vault: Vault, tmp_path: Path) -> None:
+    """A str, or a file opened without 'b', escaped put as an AttributeError (no
+    `readinto`), after its write was decided and audited: now `InvalidInput`, before."""
+    vault.register_subject("intl", "alice", "US")
+    ref = ObjectRef("intl", "alice", "k")
+    (tmp_path / "note.txt").write_text("hello")
+    with (tmp_path / "note.txt").open() as text_file:
+        for data in ("hello", text_file):
+            with pytest.raises(InvalidInput, match="put needs bytes or a binary stream"):
+                vault.put(ref, data)  # type: ignore[arg-type]
+    with pytest.raises(NotFound):
+        vault.stat(ref)
 
 
 @pytest.mark.parametrize("version", [0, -1, 2**63, 10**20])

@@ -495,6 +495,11 @@ class Vault:
         source = memoryview(data) if isinstance(data, bytes | bytearray | memoryview) else data
         if isinstance(source, memoryview) and not source.c_contiguous:
             raise InvalidInput("put needs contiguous bytes: pass bytes(data)")
+        if not isinstance(source, memoryview) and not hasattr(source, "readinto"):
+            raise InvalidInput(  # a str, or a file opened without 'b': refused before audit
+                f"put needs bytes or a binary stream, not {type(data).__name__} "
+                "(encode text; open files with 'rb')"
+            )
         home = self._home(ref.tenant, ref.subject, ctx, Action.WRITE, ref.key)
         access = self._decided(
             ctx, Action.WRITE, ref.tenant, home, ref.subject, ref=ref, durable=False

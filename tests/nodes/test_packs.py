@@ -184,6 +184,33 @@ def test_a_pack_whose_header_is_not_ours_is_left_alone_and_the_node_serves_on(
     store.close()
 
 
+@pytest.mark.parametrize("kind", ["directory", "symlink to a directory"])
+def test_a_directory_named_like_a_pack_is_left_alone_and_the_node_serves_on(
+    root: Path, tmp_path: Path, kind: str
+) -> None:
+    """A directory `<16 hex>.pack` in packs/ (a restore, a stray mkdir) made every
+    listing of the node fail with EISDIR: `gc` skipped the node for good (exit 1) and
+    `nodes` called it unavailable, its cell's puts refused. It is not a pack: left alone."""
+    writer = LocalDirShardStore("n", root)
+    put(writer, name(1), b"kept")
+    writer.close()
+    stray = root / "packs" / "0123456789abcdef.pack"
+    if kind == "directory":
+        stray.mkdir()
+    else:
+        (tmp_path / "elsewhere").mkdir()
+        stray.symlink_to(tmp_path / "elsewhere")
+    store = LocalDirShardStore("n", root)
+    assert list(store.names()) == [name(1)]
+    assert read(store, name(1)) == b"kept"
+    put(store, name(2), b"new")
+    assert store.delete(name(1))
+    store.compact()
+    assert list(LocalDirShardStore("n", root).names()) == [name(2)]
+    assert stray.is_dir()
+    store.close()
+
+
 def test_compaction_keeps_live_shards_and_drops_dead_packs(root: Path) -> None:
     writer = LocalDirShardStore("n", root)
     for version in range(1, 11):

@@ -48,6 +48,7 @@ import mmap
 import os
 import re
 import secrets
+import stat
 import struct
 import threading
 import time
@@ -451,7 +452,7 @@ class PackSet:
                         PackedShard(path.name, start, length)
                         for start, length in _shard_records(view, encoded)
                     ]
-            except (FileNotFoundError, ValueError):  # gone, or empty (nothing to map)
+            except (FileNotFoundError, IsADirectoryError, ValueError):  # gone, not a pack, empty
                 continue
             for located in found:
                 self._erase(located)
@@ -659,10 +660,13 @@ class PackSet:
     def _scan(self, pack: str) -> None:
         try:
             fd = self._fd(pack)
-            size = os.fstat(fd).st_size
+            info = os.fstat(fd)
         except FileNotFoundError:
             self._forget_pack(pack)
             return
+        if not stat.S_ISREG(info.st_mode):  # a directory named like a pack: not ours
+            return
+        size = info.st_size
         position = self._scanned.get(pack, 0)
         if position == 0:
             header = os.pread(fd, len(FILE_HEADER), 0)

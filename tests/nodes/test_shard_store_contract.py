@@ -359,6 +359,19 @@ def test_localdir_layout_and_atomic_rename(tmp_path: Path) -> None:
     assert os.stat(store.shard_path(NAME)).st_mode & 0o077 == 0
 
 
+def test_localdir_collect_temporaries_leaves_a_directory_in_tmp_alone(tmp_path: Path) -> None:
+    """A directory in tmp/ (a person's, a copy tool's) failed the unlink with EISDIR:
+    every gc skipped the node, calling it unavailable while `nodes` found it well."""
+    store = LocalDirShardStore("node", tmp_path / "node", pack_limit=0)
+    (store.tmp_dir / "someones-dir").mkdir()
+    stale = store.open_writer(NAME)
+    stale.write(b"stale")
+    assert store.collect_temporaries(older_than=time.time() + 1) == 1
+    assert [p.name for p in store.tmp_dir.iterdir()] == ["someones-dir"]
+    stale.abort()
+    store.close()
+
+
 def test_a_shard_committed_without_waiting_is_made_durable_by_its_writer(
     store: ShardStore,
 ) -> None:

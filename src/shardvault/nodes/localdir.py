@@ -343,7 +343,7 @@ class LocalDirShardStore:
                 if path.stat().st_mtime < older_than:
                     path.unlink()
                     removed += 1
-            except FileNotFoundError:
+            except (FileNotFoundError, IsADirectoryError):  # gone, or not one of ours
                 continue
         return removed
 

@@ -50,6 +50,7 @@ from shardvault.durability import read_bounded
 from shardvault.errors import AccessDenied, ConfigError, InvalidInput, NewerFormat
 from shardvault.keys.port import KeyOperation
 from shardvault.model import Justification, jurisdiction_code, named, tenant_name
+from shardvault.slot_init import slot_init
 
 CUSTODIAN_POLICY_VERSION = 1
 JUSTIFICATION_REQUIRED = "custodian:justification"
@@ -68,6 +69,7 @@ ALL_OPERATIONS = frozenset(KeyOperation)
 _OPERATION_NAMES = tuple(op.value for op in KeyOperation)
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class KeyScope:
     """Which root key a key use would touch: one per (tenant, jurisdiction)."""
@@ -122,6 +124,7 @@ class CustodianPolicy:
         return self.veto_days * 86400.0
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class CustodianDecision:
     """Whether to do the key operation, the rule (grant id or fixed rule) that decided, and why."""

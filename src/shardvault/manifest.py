@@ -29,6 +29,7 @@ from shardvault.codec.shardfile import ShardHeader
 from shardvault.compact_json import one_shot
 from shardvault.errors import IntegrityError, InvalidInput, NewerFormat
 from shardvault.model import ObjectRef
+from shardvault.slot_init import slot_init
 
 MAGIC = b"SVMF"
 FORMAT_VERSION = 3  # written only with generations; version 2 otherwise
@@ -39,6 +40,7 @@ _ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"))  # one, not o
 _encoded = one_shot(_ENCODER)  # and its C encoder made once (compact_json)
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class Manifest:
     ref: ObjectRef

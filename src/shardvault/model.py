@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from shardvault.errors import InvalidInput
+from shardvault.slot_init import slot_init
 
 MAX_KEY_BYTES = 1024
 MAX_SUBJECT_CHARS = 128
@@ -260,6 +261,7 @@ class NodeSpec:
             raise InvalidInput(f"node {self.id}: pack_limit must not be negative")
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class ObjectRef:
     """Names one object: (tenant, subject, key)."""
@@ -290,6 +292,7 @@ class AuditPosition(NamedTuple):
     leaf: bytes
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class Justification:
     """Why a key is used: sent to the custodian with every wrap, unwrap and destroy, with
@@ -323,6 +326,7 @@ class ShardLocation:
     facility: str
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class ObjectInfo:
     """What `stat` and `ls` show: never the data, never the keys."""
@@ -338,6 +342,7 @@ class ObjectInfo:
     content_hash: str = ""
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class RequestContext:
     """Who is acting, why, and under which request id: carried by every vault call.

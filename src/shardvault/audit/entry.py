@@ -27,6 +27,7 @@ from typing import Any
 
 from shardvault.compact_json import one_shot
 from shardvault.errors import IntegrityError, InvalidInput
+from shardvault.slot_init import slot_init
 
 ENTRY_VERSION = 1
 DECISIONS = frozenset({"allow", "deny", "approval-required"})
@@ -146,6 +147,7 @@ def canonical_json(value: Mapping[str, Any]) -> bytes:
     return _canonical_text(value).encode("utf-8")
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class AuditEntry:
     """One access decision. Every field is already safe to show an outsider."""

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from shardvault.model import ObjectRef
+from shardvault.slot_init import slot_init
 
 
 class VersionState(enum.StrEnum):
@@ -23,6 +24,7 @@ class VersionState(enum.StrEnum):
     DELETED = "deleted"
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class SubjectRecord:
     tenant: str
@@ -34,6 +36,7 @@ class SubjectRecord:
     forgotten_at: float | None = None
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class VersionRecord:
     ref: ObjectRef

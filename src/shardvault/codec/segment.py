@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from shardvault.errors import IntegrityError
 from shardvault.model import ObjectRef
+from shardvault.slot_init import slot_init
 
 TAG_BYTES = 16
 KEY_BYTES = 32
@@ -27,6 +28,7 @@ _NONCE = struct.Struct(">4xQ")
 _LABEL_FIELD = _U32.pack(len(_AAD_LABEL)) + _AAD_LABEL
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class SegmentBinding:
     """Everything a segment's ciphertext is bound to, besides its index."""

@@ -14,11 +14,14 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
+from shardvault.slot_init import slot_init
+
 MAGIC = b"SVSH"
 FORMAT_VERSION = 1
 HEADER = struct.Struct(">4sBBBB16sQII")
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class ShardHeader:
     index: int

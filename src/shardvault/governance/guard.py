@@ -57,8 +57,10 @@ from shardvault.model import (
 )
 from shardvault.policy import Action, Decision, Effect, Policy, Principal, Resource, decide
 from shardvault.policy.model import token
+from shardvault.slot_init import slot_init
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class Access:
     """An allowed access: who (as registered), what, the decision and its audit index."""

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from shardvault.model import Justification, jurisdiction_code, tenant_name
+from shardvault.slot_init import slot_init
 
 
 class KeyOperation(enum.StrEnum):
@@ -36,6 +37,7 @@ class KeyOperation(enum.StrEnum):
     DESTROY = "destroy"
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class KeyScope:
     """Which root key: one per (tenant, jurisdiction)."""

@@ -21,6 +21,7 @@ from shardvault.model import (
     subject_id,
     tenant_name,
 )
+from shardvault.slot_init import slot_init
 
 _E = TypeVar("_E", bound=enum.Enum)
 _RULE_ID = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
@@ -162,6 +163,7 @@ class Resource:
         return resource
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class Decision:
     """The effect, the id of the rule (or invariant) that made it, and why."""

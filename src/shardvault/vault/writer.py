@@ -30,6 +30,7 @@ from shardvault.codec.segment import TAG_BYTES, SegmentCipher
 from shardvault.codec.shardfile import ShardHeader
 from shardvault.errors import InvalidInput
 from shardvault.nodes.port import ShardStore, ShardWriter, shard_name
+from shardvault.slot_init import slot_init
 from shardvault.vault.deadline import NodeDeadline
 
 INLINE_BLOCK = 64 << 10
@@ -37,6 +38,7 @@ StepHook = Callable[[str], None]
 Progress = Callable[[int], None]
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class WrittenShards:
     size: int

@@ -14,6 +14,7 @@ import re
 import subprocess
 import sys
 import textwrap
+import threading
 from collections.abc import Callable
 from dataclasses import FrozenInstanceError, InitVar, dataclass, field
 from pathlib import Path
@@ -22,6 +23,8 @@ from typing import Any
 
 import pytest
 
+from shardvault.config import load
+from shardvault.demo import write_demo
 from shardvault.model import ObjectRef
 from shardvault.slot_init import slot_init
 from shardvault.vault import Vault
@@ -208,34 +211,57 @@ def test_mypy_sees_the_dataclass(tmp_path: Path) -> None:
     assert "Found 2 errors" in out, out
 
 
-def _frozen_inits_called(work: Callable[[], object]) -> list[str]:
-    """The classes whose dataclass-generated frozen ``__init__`` WORK ran (this thread)."""
-    built: list[str] = []
+_GENERATED = ("__init__", "<string>")
 
-    def watch(frame: FrameType, event: str, arg: object) -> None:
+
+class _FrozenInits:
+    """Records the classes whose dataclass-generated frozen ``__init__`` runs, on any
+    thread started after it is installed, while `watching`."""
+
+    def __init__(self) -> None:
+        self.built: list[str] = []
+        self.on = False
+
+    def __call__(self, frame: FrameType, event: str, arg: object) -> None:
         code = frame.f_code
-        if event == "call" and code.co_name == "__init__" and code.co_filename == "<string>":
+        # "<string>": where dataclasses compiles the methods it writes
+        if self.on and event == "call" and (code.co_name, code.co_filename) == _GENERATED:
             params = getattr(type(frame.f_locals.get("self")), "__dataclass_params__", None)
             if params is not None and params.frozen:
-                built.append(type(frame.f_locals["self"]).__qualname__)
+                self.built.append(type(frame.f_locals["self"]).__qualname__)
 
+    def watching(self, work: Callable[[], object]) -> list[str]:
+        self.built.clear()
+        self.on = True
+        try:
+            work()
+        finally:
+            self.on = False
+        return list(self.built)
+
+
+def test_a_small_get_and_put_build_every_value_by_slot_init(tmp_path: Path) -> None:
+    """The rule the request path keeps: a value it builds, on any of its threads (the
+    packs' writers too), uses `slot_init`."""
+    watch = _FrozenInits()
+    threading.setprofile(watch)  # the threads the vault starts (lazily) get it too
     sys.setprofile(watch)
+    vault = Vault.open(load(write_demo(tmp_path)))  # packed nodes, as deployed
     try:
-        work()
+        vault.register_subject("intl", "alice", "US")
+        warm, fresh = ObjectRef("intl", "alice", "warm"), ObjectRef("intl", "alice", "fresh")
+        vault.put(warm, b"w" * 1024)
+        vault.get(warm)
+        vault.put(fresh, b"x" * 1024)
+        assert watch.watching(lambda: vault.get(warm)) == []  # a re-read
+        assert watch.watching(lambda: vault.get(fresh)) == []  # a first read
+        assert watch.watching(lambda: vault.put(ObjectRef("intl", "alice", "new"), b"y")) == []
+        assert watch.watching(_plain_point) == ["Plain"]  # the watch sees one
     finally:
+        threading.setprofile(None)
         sys.setprofile(None)
-    return built
+        vault.close()
 
 
-def test_a_small_get_and_put_build_every_value_by_slot_init(vault: Vault, alice: ObjectRef) -> None:
-    """The rule the request path keeps: a value it builds uses `slot_init`."""
-    vault.put(alice, b"warm")
-    vault.get(alice)
-    fresh = ObjectRef("intl", "alice", "fresh")
-    vault.put(fresh, b"x" * 1024)
-    for work in (
-        lambda: vault.get(alice),  # a re-read
-        lambda: vault.get(fresh),  # a first read: the manifest parsed
-        lambda: vault.put(ObjectRef("intl", "alice", "new"), b"y" * 1024),
-    ):
-        assert _frozen_inits_called(work) == []
+def _plain_point() -> object:
+    return Plain(1)

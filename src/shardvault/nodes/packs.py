@@ -60,6 +60,7 @@ from pathlib import Path
 from shardvault.durability import GroupSync, fsync_directory, leftover_temporaries, release_flock
 from shardvault.errors import StorageError
 from shardvault.nodes.journal import JOURNAL, Journal, read_journal
+from shardvault.slot_init import slot_init
 
 FILE_MAGIC = b"SVPK"
 FILE_VERSION = 1
@@ -81,6 +82,7 @@ _FRAMING = RECORD.size + CRC.size  # of a record, besides its name and data
 LOCK_FILE = "compact.lock"  # held by the one process compacting the node's packs
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class PackedShard:
     pack: str

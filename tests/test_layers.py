@@ -25,7 +25,7 @@ IO_MODULES = {
     "threading",
     "concurrent",
 }
-PURE = ["codec", "placement.py", "crowding.py", "manifest.py", "audit/merkle.py"]
+PURE = ["codec", "placement.py", "crowding.py", "manifest.py", "audit/merkle.py", "slot_init.py"]
 LOWER = [
     "codec",
     "placement.py",
@@ -40,6 +40,7 @@ LOWER = [
     "durability.py",
     "io_threads.py",
     "allocator.py",
+    "slot_init.py",
 ]
 UPPER = ("shardvault.vault", "shardvault.cli", "shardvault.governance")
 

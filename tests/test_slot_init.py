@@ -15,6 +15,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import typing
 from collections.abc import Callable
 from dataclasses import FrozenInstanceError, InitVar, dataclass, field
 from pathlib import Path
@@ -23,6 +24,7 @@ from typing import Any
 
 import pytest
 
+from shardvault.catalog.port import VersionRecord
 from shardvault.config import load
 from shardvault.demo import write_demo
 from shardvault.model import ObjectRef
@@ -73,6 +75,13 @@ def test_the_same_fields_as_the_generated_init(
 
 def test_the_same_signature() -> None:
     assert str(inspect.signature(Fast)) == str(inspect.signature(Plain))
+
+
+def test_the_init_belongs_to_the_class_module() -> None:
+    """As the generated one: its module, and annotations that resolve there."""
+    assert VersionRecord.__init__.__module__ == "shardvault.catalog.port"
+    hints = typing.get_type_hints(VersionRecord.__init__)
+    assert hints["ref"] is ObjectRef and hints["return"] is type(None)
 
 
 def test_bad_arguments_fail_as_before() -> None:

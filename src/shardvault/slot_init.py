@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import sys
 import types
 from typing import Any, TypeVar
 
@@ -130,5 +131,7 @@ def _compile(cls: type, signature: str, body: list[str], scope: dict[str, Any]) 
     lines = [f"def __make({names}):", f" def __init__({signature}):", *body, " return __init__"]
     source = "\n".join(lines) + "\n"
     namespace: dict[str, Any] = {}
-    exec(compile(source, f"<slot_init {cls.__qualname__}>", "exec"), {}, namespace)
+    module = sys.modules.get(cls.__module__)  # its globals: __module__, get_type_hints
+    code = compile(source, f"<slot_init {cls.__qualname__}>", "exec")
+    exec(code, module.__dict__ if module is not None else {}, namespace)
     return namespace["__make"](**scope)

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import typer
 
 from shardvault import config as config_module
+from shardvault.cli.output import warn
 from shardvault.cli.watchdog import Watchdog
 from shardvault.errors import AccessDenied, ConfigError, InvalidInput
 from shardvault.model import LOCAL_ADMIN, RequestContext, new_request_id, shown
@@ -109,6 +110,8 @@ class CliState:
     def close(self) -> None:
         if self._vault is not None:
             self._vault.close()
+            for notice in self._vault.deadline.hint_notices():  # a hint lost costs time only
+                warn(notice)
             self._vault = None
         if self._governance is not None:
             self._governance.close()

@@ -21,7 +21,7 @@ from shardvault.catalog.port import Catalog
 from shardvault.catalog.sqlite import SqliteCatalog
 from shardvault.config import Config
 from shardvault.durability import failure_reason, release_flock
-from shardvault.errors import ConfigError, NewerFormat, StorageError
+from shardvault.errors import ConfigError, NewerFormat, ShardvaultError, StorageError
 from shardvault.io_threads import IoThread, Stalled
 from shardvault.keys.attestation import StatementSigner
 from shardvault.keys.keyring import KeyringCustodian
@@ -29,6 +29,7 @@ from shardvault.keys.memory import MemoryCustodian
 from shardvault.keys.port import KeyCustodian, KeyScope
 from shardvault.keys.rootkey import CustodianGate
 from shardvault.model import NodeSpec, NodeState
+from shardvault.nodes.hints import Hint, HungHints
 from shardvault.nodes.localdir import LocalDirShardStore
 from shardvault.nodes.marker import claim
 from shardvault.nodes.memory import MemoryShardStore
@@ -174,6 +175,7 @@ class Cell:
     node_opening: StoreOpening
     maintenance_lock: Path | None = None
     work_dir: Path | None = None  # where maintenance keeps its working files (the cell's)
+    hints: HungHints | None = None  # the deployment's notes of nodes found hung
     _placeable: list[NodeSpec] | None = field(default=None, init=False, repr=False)
     _stores: dict[str, ShardStore] | None = field(default=None, init=False, repr=False)
     catalog = _OpenedOnUse()  # the cell's catalog, opened on first use
@@ -267,15 +269,21 @@ class UnopenedStore(UnavailableStore):
 
 
 def open_stores(
-    nodes: list[NodeSpec], marked: Path | None, seconds: float
+    nodes: list[NodeSpec], marked: Path | None, seconds: float, hints: HungHints | None = None
 ) -> dict[str, ShardStore]:
     """Each node's store (`open_store`), opened one after another on a thread: the caller
     gives up on an open once that thread has not run for ``seconds`` (a call stuck on a
     hung disk sleeps unscheduled: `IoThread.wait`), so one hung node costs a deadline,
     not every command for ever. That node is an `UnopenedStore`; the nodes after it
-    are opened on a new thread."""
+    are opened on a new thread. A node another process found hung (``hints``) is not
+    opened at all while its note is fresh: a `HintedStore` (`_hinted`)."""
     stores: dict[str, ShardStore] = {}
-    left = nodes
+    if hints is not None:
+        notes = hints.read()
+        for node in nodes:
+            if node.id in notes:
+                stores[node.id] = _hinted(node, marked, seconds, hints, notes[node.id])
+    left = [node for node in nodes if node.id not in stores]
     while left:
         thread = IoThread("shardvault-open")
         opening = [(node, thread.submit(open_store, node, marked)) for node in left]
@@ -293,7 +301,84 @@ def open_stores(
             for _, future in opening:
                 future.cancel()  # those queued behind a hung one (or an error) never run
             thread.shutdown()
-    return stores
+    return {node.id: stores[node.id] for node in nodes}
+
+
+class HintedStore(UnopenedStore):
+    """A node another process found hung (nodes/hints.py), not opened by this one: unavailable
+    here until a test of it answers (``opening`` then ends with its store, as an
+    `UnopenedStore`'s does). ``test``: the test still to make once the note is no longer
+    trusted (vault/deadline.py); None if one is under way already."""
+
+    def __init__(
+        self,
+        node: NodeSpec,
+        reason: str,
+        opening: Future[ShardStore],
+        hint: Hint,
+        test: Callable[[], ShardStore] | None,
+    ) -> None:
+        super().__init__(node.id, reason, opening)
+        self.hint = hint
+        self.test = test
+
+
+TEST_GRACE = 1.0
+"""How long a process waits for its test of a node whose note is no longer trusted, before
+taking the node for hung still (at most the deadline): a disk that answers does so in
+far less; one that hangs costs this, once per deadline for the whole deployment."""
+
+
+def _hinted(
+    node: NodeSpec, marked: Path | None, seconds: float, hints: HungHints, hint: Hint
+) -> ShardStore:
+    """The store of a node found hung by another process. A fresh note is trusted: the node
+    is not opened. One older than the deadline is tested now (by one process at a time:
+    `HungHints.claim_test`), and waited for a moment (`TEST_GRACE`): the node's store if
+    it answers (its note dropped), else a `HintedStore` whose test goes on."""
+    test = functools.partial(test_node, node, marked)
+    if not hint.trusted_for(hints.now(), seconds):
+        claimed = hints.claim_test(node.id, seconds)
+        if claimed is None:
+            return _tested_now(node, seconds, hints, hint, test)
+        hint = claimed
+    return HintedStore(node, _hinted_reason(hint, seconds), Future(), hint, test)
+
+
+def _tested_now(
+    node: NodeSpec, seconds: float, hints: HungHints, hint: Hint, test: Callable[[], ShardStore]
+) -> ShardStore:
+    thread = IoThread("shardvault-test")
+    future = thread.submit(test)
+    thread.shutdown(wait=False)  # the thread ends after its test, whenever that is
+    try:
+        store = future.result(timeout=min(TEST_GRACE, seconds))
+    except TimeoutError:
+        return HintedStore(node, _hinted_reason(hint, seconds), future, hint, None)
+    hints.clear(node.id, hints.now())
+    return store
+
+
+def _hinted_reason(hint: Hint, seconds: float) -> str:
+    return (
+        f"found hung by another process (pid {hint.pid}) at {hint.when()}: no answer "
+        f"within {seconds:g} s (storage.node_timeout); not used until it answers"
+    )
+
+
+def test_node(node: NodeSpec, marked: Path | None) -> ShardStore:
+    """The node's store, once it answers a probe (`ShardStore.probe`: its directory, and a
+    flush of its disk that begins now), or an unavailable one saying why: either is an
+    answer. Asked of a node found hung, so it may block as long."""
+    store = open_store(node, marked)
+    if isinstance(store, UnavailableStore):
+        return store
+    try:
+        store.probe()
+    except (ShardvaultError, OSError) as exc:
+        store.close()
+        return UnavailableStore(node.id, f"its probe failed: {exc}")
+    return store
 
 
 def open_store(node: NodeSpec, marked: Path | None = None) -> ShardStore:
@@ -358,10 +443,11 @@ def open_cells(config: Config, catalogs: CatalogFactory) -> dict[str, Cell]:
     """Every cell; neither its catalog nor its nodes' stores are opened here, each is
     opened by the first request that needs it (`CatalogOpening`, `StoreOpening`)."""
     cells: dict[str, Cell] = {}
+    hints = HungHints(config.state_dir)
     for code in config.jurisdictions:
         nodes = config.nodes_in(code)
         open_all = functools.partial(
-            open_stores, nodes, config.state_dir / "nodes", config.node_timeout
+            open_stores, nodes, config.state_dir / "nodes", config.node_timeout, hints
         )
         cells[code] = Cell(
             jurisdiction=code,
@@ -370,6 +456,7 @@ def open_cells(config: Config, catalogs: CatalogFactory) -> dict[str, Cell]:
             node_opening=StoreOpening(code, open_all),
             maintenance_lock=config.state_dir / "cells" / code / "maintenance.lock",
             work_dir=config.state_dir / "cells" / code,
+            hints=hints,
         )
     return cells
 

@@ -13,19 +13,27 @@ deadline; the first time it does, once no call that a caller gave up on with
 the store's lock perhaps held is still stuck in it, the node is back. A node
 whose store did not even open within the deadline (`cells.UnopenedStore`) is
 so from the start, and is back once its open ends.
+
+The deployment notes each node found so (nodes/hints.py), for the processes that
+come after: one that finds a fresh note takes the node for hung from the start
+(`cells.HintedStore`: not opened, not waited for) and tests it once the note is
+a deadline old, as this process probes it (`_retest`). A test or probe that gets
+an answer drops the note, in every process.
 """
 
 from __future__ import annotations
 
 import functools
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
 from shardvault.errors import ShardvaultError, StorageError
+from shardvault.nodes.hints import HungHints
 from shardvault.nodes.port import ShardStore
 from shardvault.nodes.unavailable import UnavailableStore
-from shardvault.vault.cells import Cell, UnopenedStore
+from shardvault.vault.cells import Cell, HintedStore, UnopenedStore
 
 
 class HungStore(UnavailableStore):
@@ -43,22 +51,60 @@ class NodeDeadline:
     def __init__(self, seconds: float, cells: list[Cell]) -> None:
         self.seconds = seconds
         self._cell_of = {node.id: cell for cell in cells for node in cell.nodes}
+        self._hints = list({id(cell.hints): cell.hints for cell in cells if cell.hints}.values())
         self._lock = threading.Lock()
         self._closed = threading.Event()
         self.probes: dict[str, threading.Thread] = {}  # a hung node's, until it answers
+        self.tests: dict[str, threading.Thread] = {}  # a node another process found hung
         self.hung: set[str] = set()  # every node that ran past it in this process
         self._stuck: dict[str, list[Future[Any]]] = {}  # calls given up on, still running
         for cell in cells:  # a cell's stores open when it is first needed
             cell.node_opening.when_opened(functools.partial(self._unopened, cell))
 
     def _unopened(self, cell: Cell, stores: dict[str, ShardStore]) -> None:
-        """The cell's stores are open: a node whose open ran past the deadline is hung in
-        this process, and back once its open ends (`_opened`)."""
+        """The cell's stores are open: a node whose open ran past the deadline, or that
+        another process found hung, is hung in this process, and back once its open (or
+        test) ends (`_opened`). One found so here is noted for the processes after."""
         for node, store in stores.items():
-            if isinstance(store, UnopenedStore):
-                with self._lock:
-                    self.hung.add(node)
-                store.opening.add_done_callback(functools.partial(self._opened, cell, node))
+            if not isinstance(store, UnopenedStore):
+                continue
+            with self._lock:
+                self.hung.add(node)
+            if not isinstance(store, HintedStore) and cell.hints is not None:
+                cell.hints.mark(node)  # first: an open that ended meanwhile drops it (`_opened`)
+            store.opening.add_done_callback(functools.partial(self._opened, cell, node))
+            if isinstance(store, HintedStore):
+                self._start_test(cell, store)
+
+    def _start_test(self, cell: Cell, store: HintedStore) -> None:
+        test = store.test
+        if test is None or cell.hints is None:  # its test is under way already
+            return
+        thread = threading.Thread(
+            target=self._retest,
+            args=(cell.hints, store, test),
+            name=f"shardvault-test-{store.node_id}",
+            daemon=True,  # one stuck on the disk must not hold up the exit
+        )
+        with self._lock:
+            self.tests[store.node_id] = thread
+        thread.start()
+
+    def _retest(self, hints: HungHints, store: HintedStore, test: Callable[[], ShardStore]) -> None:
+        """Test a node another process found hung once its note is a deadline old (as that
+        process probes it every deadline), unless a process found or tested it since;
+        the answer ends the store's ``opening`` (`_opened`)."""
+        hint = store.hint
+        while not self._closed.wait(hint.trusted_for(hints.now(), self.seconds)):
+            claimed = hints.claim_test(store.node_id, self.seconds)
+            if claimed is not None:  # another process tested it meanwhile: trust it
+                hint = claimed
+                continue
+            try:
+                store.opening.set_result(test())
+            except BaseException as exc:
+                store.opening.set_exception(exc)
+            return
 
     def expired(self, node_id: str, stuck: Future[Any] | None = None) -> StorageError:
         """The node ran past its deadline: mark it unavailable in this process and probe
@@ -73,16 +119,19 @@ class NodeDeadline:
             if stuck is not None:
                 self._stuck.setdefault(node_id, []).append(stuck)
             store = stores.get(node_id)
+            marked = False
             if cell is not None and store is not None and not self._closed.is_set():
-                self._mark(cell, store, reason)
+                marked = self._mark(cell, store, reason)
+        if marked and cell is not None and cell.hints is not None:
+            cell.hints.mark(node_id)  # for the processes after this one
         return StorageError(
             f"node {node_id}: {reason}; it is unavailable to this process until it answers"
         )
 
-    def _mark(self, cell: Cell, store: ShardStore, reason: str) -> None:
-        """Holding the lock: route around the node, and probe it, unless already so."""
+    def _mark(self, cell: Cell, store: ShardStore, reason: str) -> bool:
+        """Holding the lock: route around the node, and probe it, unless already so (False)."""
         if isinstance(store, UnavailableStore):
-            return
+            return False
         cell.replace_store(HungStore(store, reason))
         probe = threading.Thread(
             target=self._probe,
@@ -92,6 +141,7 @@ class NodeDeadline:
         )
         self.probes[store.node_id] = probe
         probe.start()
+        return True
 
     def _probe(self, cell: Cell, store: ShardStore) -> None:
         while not self._closed.wait(self.seconds):
@@ -105,6 +155,8 @@ class NodeDeadline:
                 if not self._closed.is_set():
                     cell.replace_store(store)
                 del self.probes[store.node_id]
+            if cell.hints is not None:
+                cell.hints.clear(store.node_id, cell.hints.now())
             return
 
     def _opened(self, cell: Cell, node_id: str, opening: Future[ShardStore]) -> None:
@@ -116,6 +168,8 @@ class NodeDeadline:
             store = opening.result()
         except ShardvaultError as exc:  # a damaged marker, say: as `Vault.open` would say
             store = UnavailableStore(node_id, str(exc))
+        if cell.hints is not None:  # it answered, if only to say it cannot be opened
+            cell.hints.clear(node_id, cell.hints.now())
         with self._lock:
             if self._closed.is_set():
                 store.close()
@@ -128,6 +182,11 @@ class NodeDeadline:
             running = [call for call in self._stuck.get(node_id, ()) if not call.done()]
             self._stuck[node_id] = running
             return bool(running)
+
+    def hint_notices(self) -> list[str]:
+        """What went wrong with the deployment's notes of hung nodes (ignored, or not
+        written: nodes/hints.py), for the user."""
+        return [notice for hints in self._hints for notice in hints.notices()]
 
     def any_hung(self) -> bool:
         """Whether a node hung in this process and has not answered since: threads

@@ -42,7 +42,7 @@ from shardvault.nodes.hints import HungHints
 from shardvault.nodes.localdir import LocalDirShardStore
 from shardvault.nodes.port import shard_name
 from shardvault.placement import place_stripe, placement_seed
-from shardvault.vault import Vault
+from shardvault.vault import Vault, node_opening
 from shardvault.vault import cells as cells_module
 
 DEADLINE = 0.5
@@ -683,7 +683,7 @@ def stalled_claims(
     `entered` is set, for `answer`: a stand-in for a disk that answers late."""
     claimed: list[str] = []
     entered, answer = threading.Event(), threading.Event()
-    checked = cells_module.claim
+    checked = node_opening.claim
 
     def claim(root: Path, spec: NodeSpec, marked: Path | None = None) -> None:
         claimed.append(spec.id)
@@ -692,7 +692,7 @@ def stalled_claims(
             answer.wait(30)
         checked(root, spec, marked)
 
-    monkeypatch.setattr(cells_module, "claim", claim)
+    monkeypatch.setattr(node_opening, "claim", claim)
     return claimed, entered, answer
 
 
@@ -768,7 +768,7 @@ def test_a_node_whose_open_answers_after_the_deadline_is_used_again(
     Event): a FUSE daemon that never answered cannot answer later."""
     config, _, hung = hung_node_deployment(tmp_path)
     answer, entered = threading.Event(), threading.Event()
-    checked = cells_module.claim
+    checked = node_opening.claim
 
     def claim(root: Path, node: NodeSpec, marked: Path | None = None) -> None:
         if node.id == hung:
@@ -776,7 +776,7 @@ def test_a_node_whose_open_answers_after_the_deadline_is_used_again(
             answer.wait()
         checked(root, node, marked)
 
-    monkeypatch.setattr(cells_module, "claim", claim)
+    monkeypatch.setattr(node_opening, "claim", claim)
     with within(BOUND, lambda: Vault.open(load(config))) as vault:
         assert not entered.is_set()  # opened when the cell is first needed
         assert vault.cells["US"].unavailable_nodes() == [hung] and entered.is_set()

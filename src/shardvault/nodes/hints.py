@@ -7,7 +7,7 @@ waited 100 deadlines. The process that finds a node hung notes it here, on the
 state disk beside the nodes' marker records (``<state_dir>/hung-nodes.json``); a
 later process that finds a fresh note treats the node as hung from the start
 (not opened, not waited for) and tests it in the background; a test or probe
-that gets an answer drops the note (vault/deadline.py, cells.open_stores).
+that gets an answer drops the note (vault/deadline.py, node_opening.open_stores).
 
 A note is a hint, never the truth: it can only make a node unavailable, which
 every command already handles (reads go around it, placement counts it as

@@ -11,12 +11,12 @@ and repair skip it (their own calls are bounded so too: vault/bounded.py). A
 probe thread asks the real store to answer a flush (`ShardStore.probe`) every
 deadline; the first time it does, once no call that a caller gave up on with
 the store's lock perhaps held is still stuck in it, the node is back. A node
-whose store did not even open within the deadline (`cells.UnopenedStore`) is
+whose store did not even open within the deadline (`node_opening.UnopenedStore`) is
 so from the start, and is back once its open ends.
 
 The deployment notes each node found so (nodes/hints.py), for the processes that
 come after: one that finds a fresh note takes the node for hung from the start
-(`cells.HintedStore`: not opened, not waited for) and tests it once the note is
+(`node_opening.HintedStore`: not opened, not waited for) and tests it once the note is
 a deadline old, as this process probes it (`_retest`). A test or probe that gets
 an answer drops the note, in every process.
 """
@@ -33,7 +33,8 @@ from shardvault.errors import ShardvaultError, StorageError
 from shardvault.nodes.hints import HungHints
 from shardvault.nodes.port import ShardStore
 from shardvault.nodes.unavailable import UnavailableStore
-from shardvault.vault.cells import Cell, HintedStore, UnopenedStore
+from shardvault.vault.cells import Cell
+from shardvault.vault.node_opening import HintedStore, UnopenedStore
 
 
 class HungStore(UnavailableStore):

@@ -308,6 +308,29 @@ def within(seconds: float, call: Callable[[], T]) -> T:
 BOUND = 2 * DEADLINE + 3  # a call is given up on once its thread has not run for a deadline
 
 
+def closed_during(
+    vault: Vault, call: Callable[[], object], entered: threading.Event, answer: threading.Event
+) -> list[str]:
+    """Close VAULT, within a bound, while CALL (on a thread of its own) is stuck in an open
+    (`entered`), then let the open answer: what CALL failed with."""
+    failed: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            call()
+        except BaseException as exc:
+            failed.append(exc)
+
+    running = threading.Thread(target=run, daemon=True)
+    running.start()
+    assert entered.wait(10)
+    within(BOUND, lambda: vault.close())
+    answer.set()
+    running.join(10)
+    assert not running.is_alive()
+    return [str(exc) for exc in failed]
+
+
 def test_gc_skips_a_node_that_hangs_and_collects_on_the_others(
     spare_vault: Vault, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -742,22 +765,8 @@ def test_stores_whose_open_ends_after_the_vault_closed_are_not_used(
     config.write_text(config.read_text().replace(f"node_timeout = {DEADLINE}", "node_timeout = 30"))
     _, entered, answer = stalled_claims(monkeypatch, node)
     vault = Vault.open(load(config))
-    failed: list[BaseException] = []
-
-    def get() -> None:
-        try:
-            vault.get(ref)
-        except BaseException as exc:
-            failed.append(exc)
-
-    getting = threading.Thread(target=get, daemon=True)
-    getting.start()
-    assert entered.wait(10)
-    within(BOUND, lambda: vault.close())
-    answer.set()
-    getting.join(10)
-    assert not getting.is_alive()
-    assert [str(exc) for exc in failed] == ["cell US: the vault is closed"]
+    failures = closed_during(vault, lambda: vault.get(ref), entered, answer)
+    assert failures == ["cell US: the vault is closed"]
 
 
 def test_a_node_whose_open_answers_after_the_deadline_is_used_again(
@@ -1170,22 +1179,8 @@ def test_a_catalog_whose_open_ends_after_the_vault_closed_is_closed_by_that_open
         return factory(code)
 
     vault = Vault.open(load(config), catalogs=catalogs)
-    failed: list[BaseException] = []
-
-    def collect() -> None:
-        try:
-            vault.gc(0)
-        except BaseException as exc:
-            failed.append(exc)
-
-    collecting = threading.Thread(target=collect, daemon=True)
-    collecting.start()
-    assert entered.wait(10)
-    within(BOUND, lambda: vault.close())
-    answer.set()
-    collecting.join(10)
-    assert not collecting.is_alive()
-    assert [str(exc) for exc in failed] == ["cell SG: the vault is closed"]
+    failures = closed_during(vault, lambda: vault.gc(0), entered, answer)
+    assert failures == ["cell SG: the vault is closed"]
     assert open_files(state) == []
 
 

@@ -6,6 +6,7 @@ only place that names adapters.
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import fcntl
 import functools
@@ -36,7 +37,7 @@ from shardvault.vault.node_opening import open_stores
 _T = TypeVar("_T")
 
 
-class _OpenedOnce(Generic[_T]):
+class _OpenedOnce(abc.ABC, Generic[_T]):
     """What a cell opens when a request first needs it, once per process however many
     threads ask at once; an open that fails is tried again by the next request (the
     file may be restored). Closing does not wait for an open under way (one stuck on a
@@ -72,8 +73,9 @@ class _OpenedOnce(Generic[_T]):
     def _kept(self, opened: _T) -> None:
         """Told, out of the locks, of what an open kept."""
 
+    @abc.abstractmethod
     def _release(self, opened: _T) -> None:
-        raise NotImplementedError
+        """Close what an open made (each kind of thing opened closes its own way)."""
 
     def _closed_error(self) -> StorageError:
         return StorageError(f"cell {self.jurisdiction}: the vault is closed")

@@ -8,15 +8,19 @@ import contextlib
 import ctypes
 import json
 import os
+import re
+import sqlite3
 import struct
 import time
 from collections.abc import Callable, Iterator
+from contextlib import closing
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from tests.cli.test_cli import Cli
 from tests.governance.test_cli_governance import add, key_of
+from tests.governance.test_signed_approvals import APPROVAL, book_of_schema_1, user_version
 
 from conftest import make_deployment
 from shardvault.config import load
@@ -418,3 +422,25 @@ def test_approval_ls_opens_the_partners_record_once_however_many_it_lists(cli: C
         (row,) = [line for line in table.splitlines() if approval in line]
         assert status[approval][0] in row and ("pending" in row) == (approval in bobs)
     assert denied not in table
+
+
+@pytest.mark.parametrize("stamp", [0, 1, 2], ids=["before-stamps", "schema-1", "schema-2"])
+def test_approval_ls_leaves_a_book_of_an_older_schema_as_it_is(cli: Cli, stamp: int) -> None:
+    # `approval ls`, a read, migrated the cell's book as it opened it (WAL, the stamp,
+    # the columns added), so a shardvault of that older schema could no longer open it
+    path = book_of_schema_1(cli.config.parent / "state", stamp)
+    before = (path.read_bytes(), path.stat().st_mtime_ns)
+    (listed,) = cli.json("approval", "ls", "--all")
+    assert (listed["id"], listed["status"], listed["approvals"]) == (APPROVAL.id, "pending", 1)
+    assert [s["signed"] for s in listed["signatures"]] == [False]
+    assert [a["id"] for a in cli.json("approval", "ls")] == [APPROVAL.id]  # pending ones
+    assert (path.read_bytes(), path.stat().st_mtime_ns) == before
+    assert [p.name for p in path.parent.glob("approvals.sqlite*")] == ["approvals.sqlite"]
+    token = tokens(cli, "dpo")["dpo"]
+    cli.ok("--token", token, "approval", "approve", APPROVAL.id, "--signing-key",
+           key_of(cli, "dpo"))  # fmt: skip
+    assert user_version(path) == 3  # the first write migrated it
+    with closing(sqlite3.connect(path)) as db:
+        db.execute("PRAGMA user_version=4")  # as a newer shardvault would leave it
+    said = cli.fails(1, "approval", "ls")
+    assert re.search(r"approvals of cell US has schema version 4; .*upgrade shardvault", said)

@@ -351,7 +351,7 @@ def book_of_schema_1(state: Path, stamp: int = 1) -> Path:
     one verdict (no signature column); with ``stamp`` 2, as one before approvals could
     be homed elsewhere wrote it (a signature column, no ``homed_elsewhere_at``)."""
     path = state / "cells" / "US" / "approvals.sqlite"
-    path.parent.mkdir(parents=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
     now = time.time()
     with closing(sqlite3.connect(path)) as db, db:
         db.executescript(SCHEMA_1)

@@ -51,7 +51,7 @@ from shardvault.governance.owed_scrubs import (
 )
 from shardvault.model import shown
 from shardvault.policy import Action, Principal
-from shardvault.sqlite_schema import stamp_schema
+from shardvault.sqlite_schema import refuse_newer, stamp_schema
 
 _ID = re.compile(r"apr-([a-z]{2,8})-([0-9a-f]{16})")
 
@@ -77,13 +77,20 @@ CREATE INDEX IF NOT EXISTS approvals_expiry ON approvals (expires_at);
 CREATE INDEX IF NOT EXISTS approvals_subject ON approvals (tenant, subject);
 """
 _PENDING = (  # as _status: unexpired, not homed elsewhere, no denial, fewer approvals than k
-    "SELECT id FROM approvals a WHERE expires_at > ? AND homed_elsewhere_at IS NULL"
+    "SELECT id FROM approvals a WHERE expires_at > ? AND {homed} IS NULL"
     " AND NOT EXISTS (SELECT 1 FROM signatures"
     " WHERE approval = a.id AND verdict = 'deny') AND (SELECT COUNT(*) FROM signatures"
     " WHERE approval = a.id AND verdict = 'approve') < quorum"
 )
 
-_SIGNED = "SELECT 1 FROM signatures WHERE signature IS NOT NULL LIMIT 1"
+_SIGNED = "SELECT 1 FROM signatures WHERE {signature} IS NOT NULL LIMIT 1"
+_APPROVAL = (
+    "SELECT id, requester, action, tenant, subject, key, purpose, request_id, created_at,"
+    " expires_at, quorum, approvers, {homed} FROM approvals WHERE id = ?"
+)
+_VERDICTS = (
+    "SELECT approver, verdict, at, {signature} FROM signatures WHERE approval = ? ORDER BY at"
+)
 
 _REGISTER = str(Action.REGISTER)
 
@@ -181,6 +188,43 @@ def homed_elsewhere(approval: Approval) -> str:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class _Layout:
+    """What a book holds, read as it is by a command that only reads it: a column a
+    book from before lacks reads NULL (the value a migration would give it), and a
+    book made by a process killed before its tables holds no approval."""
+
+    tables: bool
+    homed: str  # "homed_elsewhere_at", or "NULL" in a book of schema 1 or 2
+    signature: str  # "signature", or "NULL" in a book of schema 1
+
+
+_CURRENT = _Layout(tables=True, homed="homed_elsewhere_at", signature="signature")
+
+
+def _layout(db: sqlite3.Connection) -> _Layout:
+    def columns(table: str) -> set[str]:
+        return {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+
+    approvals, signatures = columns("approvals"), columns("signatures")
+    return _Layout(
+        tables=bool(approvals and signatures),
+        homed="homed_elsewhere_at" if "homed_elsewhere_at" in approvals else "NULL",
+        signature="signature" if "signature" in signatures else "NULL",
+    )
+
+
+def _migrate(db: sqlite3.Connection, what: str) -> None:
+    """The book at this schema, for a command that writes it: WAL, the stamp, the
+    tables, then each column a book from before lacks (every step a no-op on a
+    book already migrated)."""
+    db.execute("PRAGMA journal_mode=WAL")
+    stamp_schema(db, SCHEMA_VERSION, what)
+    db.executescript(_SCHEMA)
+    _add_column(db, "signatures", "signature BLOB")
+    _add_column(db, "approvals", "homed_elsewhere_at REAL")
+
+
 def _add_column(db: sqlite3.Connection, table: str, column: str) -> None:
     """A column a book from before lacks, added NULL in every row: schema 1 → 2, verdicts
     gain their ``signature BLOB``; 2 → 3, approvals their ``homed_elsewhere_at REAL``.
@@ -246,40 +290,54 @@ class ApprovalBook:
         self._clock = clock
         self._lock = threading.Lock()
         self._dbs: dict[str, sqlite3.Connection] = {}
+        self._migrated: set[str] = set()  # the cells whose open connection migrated the book
+        self._layouts: dict[str, _Layout] = {}  # each open book's, as `_db` last read it
         self._pseudonyms = pseudonyms  # a cell's audit pseudonyms, for the scrubs it owes
         self.owed = OwedLedger(state_dir)
 
-    def _db(self, jurisdiction: str) -> sqlite3.Connection:
+    def _db(self, jurisdiction: str, *, write: bool = False) -> sqlite3.Connection:
+        """The cell's connection (the caller holds the lock), its owed scrubs worked off.
+        A read leaves a book from before as it is (`_layout`: an older shardvault can
+        still open it); the first write migrates it (`_migrate`)."""
         if jurisdiction not in self._jurisdictions:
             raise NotFound(f"no cell {jurisdiction!r} for this approval")
         db = self._dbs.get(jurisdiction)
-        if db is None:
-            db = self._connect(jurisdiction)
-            self._dbs[jurisdiction] = db
-        else:  # a scrub recorded since this process opened the book is owed here too
-            try:
+        try:
+            if db is None:
+                db = self._connect(jurisdiction, migrate=write)
+                self._dbs[jurisdiction] = db
+            else:  # a scrub recorded since this process opened the book is owed here too
+                if write and jurisdiction not in self._migrated:  # opened by a read
+                    _migrate(db, f"approvals of cell {jurisdiction}")
                 self._work_off(db, jurisdiction)
-            except sqlite3.Error as exc:
-                raise Unavailable(f"approvals of cell {jurisdiction}: {exc}") from exc
+            if write:
+                self._migrated.add(jurisdiction)
+            if self._layouts.get(jurisdiction) != _CURRENT:  # another process may migrate it
+                migrated = jurisdiction in self._migrated
+                self._layouts[jurisdiction] = _CURRENT if migrated else _layout(db)
+        except sqlite3.Error as exc:
+            raise Unavailable(f"approvals of cell {jurisdiction}: {exc}") from exc
         return db
 
-    def _connect(self, jurisdiction: str, *, owed: bool = True) -> sqlite3.Connection:
-        """A connection to the cell's book, migrated, and (``owed``) with the scrubs the
-        directory says it owes worked off first: until they are, no approval there is
-        used, listed or signed (`owed_scrubs`)."""
+    def _connect(
+        self, jurisdiction: str, *, owed: bool = True, migrate: bool = True
+    ) -> sqlite3.Connection:
+        """A connection to the cell's book, migrated unless not ``migrate`` (then a
+        newer book is still refused), and (``owed``) with the scrubs the directory says
+        it owes worked off first: until they are, no approval there is used, listed or
+        signed (`owed_scrubs`)."""
         path = self._path(jurisdiction)
         what = f"approvals of cell {jurisdiction}"
         db = None
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             db = sqlite_connections.connect(path, what)
-            db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA busy_timeout=5000")
             db.execute("PRAGMA secure_delete=ON")  # a forgotten subject's id is overwritten
-            stamp_schema(db, SCHEMA_VERSION, what)
-            db.executescript(_SCHEMA)
-            _add_column(db, "signatures", "signature BLOB")
-            _add_column(db, "approvals", "homed_elsewhere_at REAL")
+            if migrate:
+                _migrate(db, what)
+            else:
+                refuse_newer(db, SCHEMA_VERSION, what)
             if owed:
                 self._work_off(db, jurisdiction)
         except BaseException as exc:
@@ -299,7 +357,14 @@ class ApprovalBook:
             if directory.owed_in(jurisdiction):
                 raise Unavailable(f"approvals of cell {jurisdiction}: scrubs owed, no key")
             return
-        work_off(db, jurisdiction, directory, lambda: pseudonyms(jurisdiction), self._clock())
+
+        def scrubbing() -> Pseudonym:
+            """Asked for only when a scrub is due, which writes ``homed_elsewhere_at``: a
+            book a read left as it is is migrated first (a no-op on one migrated)."""
+            _migrate(db, f"approvals of cell {jurisdiction}")
+            return pseudonyms(jurisdiction)
+
+        work_off(db, jurisdiction, directory, scrubbing, self._clock())
 
     def settle_owed(self, jurisdiction: str) -> None:
         """Work off what the directory says the cell's book owes, on a connection of its
@@ -309,7 +374,7 @@ class ApprovalBook:
         # after the look works off what it owes itself as it opens, and a row it adds
         # after this read is not among those dropped here
         owed = directory.owed_in(jurisdiction) if directory is not None else {}
-        if jurisdiction not in self._dbs and not self._path(jurisdiction).exists():
+        if not self._holds_book(jurisdiction):
             if directory is not None and owed:  # no book, so no approval there names anyone
                 directory.scrubbed(jurisdiction, owed)
             return
@@ -328,7 +393,7 @@ class ApprovalBook:
         its own, then the scrub the directory recorded as owed there is dropped: a
         caller gives up on it if the disk hangs, and a hung call holds no lock of this
         book's (nor is its connection one another caller uses)."""
-        if jurisdiction in self._dbs or self._path(jurisdiction).exists():
+        if self._holds_book(jurisdiction):
             db = self._connect(jurisdiction, owed=False)
             try:
                 _, erased = _forget_rows(
@@ -348,10 +413,16 @@ class ApprovalBook:
     def _path(self, jurisdiction: str) -> Path:
         return self._state_dir / "cells" / jurisdiction / "approvals.sqlite"
 
+    def _holds_book(self, jurisdiction: str) -> bool:
+        """Whether the cell has a book: a read makes none, it finds no approval there."""
+        return jurisdiction in self._dbs or self._path(jurisdiction).exists()
+
     def close(self) -> None:
         for db in self._dbs.values():
             db.close()
         self._dbs.clear()
+        self._migrated.clear()
+        self._layouts.clear()
         self.owed.close()
 
     @staticmethod
@@ -362,7 +433,7 @@ class ApprovalBook:
         if approval_cell(approval.id) != approval.jurisdiction:
             raise InvalidInput("approval id and cell disagree")
         with self._lock:
-            db = self._db(approval.jurisdiction)
+            db = self._db(approval.jurisdiction, write=True)
             try:
                 db.execute(
                     "INSERT INTO approvals (id, requester, action, tenant, subject, key, purpose,"
@@ -390,8 +461,10 @@ class ApprovalBook:
     def get(self, approval_id: str) -> Approval:
         jurisdiction = approval_cell(approval_id)
         with self._lock:
-            db = self._db(jurisdiction)
-            approval = self._read(db, jurisdiction, approval_id)
+            approval = None
+            # a cell not configured is refused by `_db`; a read makes no book
+            if jurisdiction not in self._jurisdictions or self._holds_book(jurisdiction):
+                approval = self._read(self._db(jurisdiction), jurisdiction, approval_id)
         if approval is None:
             raise NotFound(f"no approval {approval_id}")
         return approval
@@ -399,13 +472,13 @@ class ApprovalBook:
     def _read(self, db: sqlite3.Connection, jurisdiction: str, approval_id: str) -> Approval | None:
         """The approval on DB, a connection `_db` gave (its owed scrubs worked off): a
         listing reads each of a cell's approvals on one, not asking the directory again."""
+        layout = self._layouts[jurisdiction]
+        if not layout.tables:
+            return None
         try:
-            row = db.execute("SELECT * FROM approvals WHERE id = ?", (approval_id,)).fetchone()
-            signatures = db.execute(
-                "SELECT approver, verdict, at, signature FROM signatures WHERE approval = ?"
-                " ORDER BY at",
-                (approval_id,),
-            ).fetchall()
+            row = db.execute(_APPROVAL.format(homed=layout.homed), (approval_id,)).fetchone()
+            verdicts = _VERDICTS.format(signature=layout.signature)
+            signatures = db.execute(verdicts, (approval_id,)).fetchall()
         except sqlite3.Error as exc:
             raise Unavailable(f"approvals of cell {jurisdiction}: {exc}") from exc
         if row is None:
@@ -435,17 +508,12 @@ class ApprovalBook:
         `pending`, found by the expiry index rather than by reading every approval."""
         found = []
         for code in [jurisdiction] if jurisdiction else self._jurisdictions:
-            path = self._state_dir / "cells" / code / "approvals.sqlite"
-            if not path.exists() and code not in self._dbs:
+            if not self._holds_book(code):
                 continue
             with self._lock:
                 try:
                     db = self._db(code)
-                    rows = (
-                        db.execute(_PENDING, (self._clock(),))
-                        if pending
-                        else db.execute("SELECT id FROM approvals")
-                    ).fetchall()
+                    rows = self._ids(db, code, pending)
                 except sqlite3.Error as exc:
                     raise Unavailable(f"approvals of cell {code}: {exc}") from exc
                 read = [self._read(db, code, ident) for (ident,) in rows]
@@ -454,16 +522,28 @@ class ApprovalBook:
             (a for a in found if not pending or a.status == PENDING), key=lambda a: a.created_at
         )
 
+    def _ids(self, db: sqlite3.Connection, code: str, pending: bool) -> list[tuple[str]]:
+        """The ids of the cell's approvals on DB (`_db`'s), the pending ones if ``pending``."""
+        layout = self._layouts[code]
+        if not layout.tables:
+            return []
+        if pending:
+            return db.execute(_PENDING.format(homed=layout.homed), (self._clock(),)).fetchall()
+        return db.execute("SELECT id FROM approvals").fetchall()
+
     def holds_signed_verdicts(self) -> bool:
         """Whether any cell's book holds a verdict given with a signature: then the
         partner was delivered one, and its record of them cannot be missing for want of
         any (`partner_verdicts`). Asked only when that record is missing."""
         for code in self._jurisdictions:
             with self._lock:
-                if code not in self._dbs and not self._path(code).exists():
+                if not self._holds_book(code):
                     continue
                 try:
-                    row = self._db(code).execute(_SIGNED).fetchone()
+                    db = self._db(code)
+                    layout = self._layouts[code]
+                    signed = _SIGNED.format(signature=layout.signature)
+                    row = db.execute(signed).fetchone() if layout.tables else None
                 except sqlite3.Error as exc:
                     raise Unavailable(f"approvals of cell {code}: {exc}") from exc
             if row is not None:
@@ -491,9 +571,9 @@ class ApprovalBook:
         scrub is recorded as owed here (`owed_scrubs`), for the next opener or gc."""
         homed_at = self._clock() if homed_elsewhere else None
         with self._lock:
-            if jurisdiction not in self._dbs and not self._path(jurisdiction).exists():
+            if not self._holds_book(jurisdiction):
                 return True
-            db = self._db(jurisdiction)
+            db = self._db(jurisdiction, write=True)
             try:
                 _, erased = _forget_rows(
                     db, tenant, subject, pseudonym, erase_always=erase_always, homed_at=homed_at
@@ -543,7 +623,7 @@ class ApprovalBook:
             raise InvalidInput("verdict must be approve or deny")
         jurisdiction = approval_cell(approval_id)
         with self._lock:
-            db = self._db(jurisdiction)
+            db = self._db(jurisdiction, write=True)
             try:
                 db.execute(
                     "INSERT INTO signatures (approval, approver, verdict, at, signature)"

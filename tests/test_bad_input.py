@@ -18,7 +18,7 @@ from conftest import SEGMENT, files_under, make_deployment, shard_paths
 from shardvault.audit.note import signer_from_skey
 from shardvault.config import load
 from shardvault.errors import ConfigError, InvalidInput, NotFound, StorageError, Unavailable
-from shardvault.governance.approvals import approval_cell
+from shardvault.governance.approval_record import approval_cell
 from shardvault.governance.heads import format_skey
 from shardvault.model import (
     MAX_KEY_BYTES,

@@ -34,8 +34,9 @@ from shardvault.audit.entry import PSEUDONYM_PREFIX, canonical_json, format_time
 from shardvault.audit.log import AuditLog
 from shardvault.config import Config, load
 from shardvault.errors import AccessDenied, ApprovalRequired, Conflict, NotFound
+from shardvault.governance import approvals
+from shardvault.governance.approval_record import Approval
 from shardvault.governance.approval_signatures import sign_verdict
-from shardvault.governance.approvals import Approval
 from shardvault.keys.hierarchy import new_key_id
 from shardvault.keys.port import KeyOperation, KeyScope
 from shardvault.model import (
@@ -249,9 +250,13 @@ def test_pending_approvals_are_found_without_reading_the_decided_ones(
     book = court.governance.approvals
     clock.now = book.get(expired).expires_at  # the first expires; the rest have an hour
     read = []
-    real_read = book._read  # what reads one approval, for a get and a listing alike
+    real_read = approvals.read_approval  # what reads one approval, for a get and a listing alike
     monkeypatch.setattr(
-        book, "_read", lambda db, code, ident: read.append(ident) or real_read(db, code, ident)
+        approvals,
+        "read_approval",
+        lambda db, layout, code, ident, now: (
+            read.append(ident) or real_read(db, layout, code, ident, now)
+        ),
     )
     everything = {a.id: a.status for a in book.all()}
     read.clear()

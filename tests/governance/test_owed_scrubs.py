@@ -22,7 +22,8 @@ from governance_support import approve, ensure_approvers, forget_approved
 from shardvault.config import load
 from shardvault.errors import ApprovalRequired, NewerFormat, SubjectForgotten, Unavailable
 from shardvault.governance import Governance
-from shardvault.governance.approvals import HOMED_ELSEWHERE, SCHEMA_VERSION
+from shardvault.governance.approval_record import HOMED_ELSEWHERE
+from shardvault.governance.approval_schema import SCHEMA_VERSION
 from shardvault.model import ObjectRef, local_context
 from shardvault.sqlite_schema import stamp_schema
 from shardvault.vault import Vault

@@ -34,6 +34,7 @@ from shardvault.errors import (
     NewerFormat,
     Unavailable,
 )
+from shardvault.governance.approval_record import Approval
 from shardvault.governance.approval_signatures import (
     counted_verdicts,
     load_signing_key,
@@ -47,7 +48,7 @@ from shardvault.governance.approval_signatures import (
     withdrawal_verifies,
     write_signing_key,
 )
-from shardvault.governance.approvals import Approval, ApprovalBook
+from shardvault.governance.approvals import ApprovalBook
 from shardvault.governance.custodian_gate import custodian_gate
 from shardvault.keys.port import KeyOperation, KeyScope
 from shardvault.model import Justification, ObjectRef, RequestContext, new_request_id

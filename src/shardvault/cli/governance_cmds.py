@@ -15,8 +15,8 @@ from shardvault.cli.state import CliState, state
 from shardvault.custodian_policy import public_key_text
 from shardvault.errors import Refused, ShardvaultError
 from shardvault.governance import Governance
+from shardvault.governance.approval_record import Approval
 from shardvault.governance.approval_signatures import load_signing_key, write_signing_key
-from shardvault.governance.approvals import Approval
 from shardvault.governance.partner_verdicts import Veto
 from shardvault.governance.principals import IssuedToken, PrincipalRegistry
 from shardvault.model import LOCAL_ADMIN, named

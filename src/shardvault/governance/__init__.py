@@ -7,7 +7,8 @@ together.
 See docs/trust-model.md for who holds which key and who can verify what.
 """
 
-from shardvault.governance.approvals import Approval, ApprovalBook
+from shardvault.governance.approval_record import Approval
+from shardvault.governance.approvals import ApprovalBook
 from shardvault.governance.guard import Access
 from shardvault.governance.layer import Governance
 from shardvault.governance.principals import IssuedToken, PrincipalRecord, PrincipalRegistry

@@ -16,8 +16,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from shardvault import custodian_policy as cp
 from shardvault.errors import AccessDenied, InvalidInput, ShardvaultError
+from shardvault.governance.approval_record import APPROVED, PENDING, Approval, check_signer
 from shardvault.governance.approval_signatures import sign_verdict, sign_withdrawal
-from shardvault.governance.approvals import APPROVED, PENDING, Approval, ApprovalBook
+from shardvault.governance.approvals import ApprovalBook
 from shardvault.governance.audit_logs import (
     AuditLogs,
     approval_resource,
@@ -76,7 +77,7 @@ class ApprovalDesk:
         any other principal those of its own tenant it requested or is named to sign.
         The approvers are named once for the deployment, so an approver of one tenant
         is named on every tenant's approvals, but may sign only its own tenant's
-        (`ApprovalBook.check_signer`): it is shown no other tenant's subjects. Pending
+        (`approval_record.check_signer`): it is shown no other tenant's subjects. Pending
         ones only, unless ``decided``.
         """
         self._requesters.registered(ctx)  # an unknown or revoked principal sees nothing at all
@@ -118,7 +119,7 @@ class ApprovalDesk:
         veto: Veto | None = None
         try:
             principal = self._requesters.resolve(ctx, approval.tenant, approval.jurisdiction)
-            self._approvals.check_signer(approval, principal)
+            check_signer(approval, principal)
             veto = self.standing_veto_of(approval) if verdict == "approve" else None
             if veto is not None:  # an approve the custodian would never count
                 raise AccessDenied(

@@ -53,7 +53,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from shardvault.audit.entry import canonical_json, format_time
 from shardvault.durability import create_whole, open_given, write_failure
 from shardvault.errors import IntegrityError, InvalidInput
-from shardvault.governance.approvals import Approval
+from shardvault.governance.approval_record import Approval
 from shardvault.model import named
 from shardvault.policy import Action
 

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from shardvault.audit import AuditEntry, AuditTicket, SignedNote, new_entry
 from shardvault.audit.entry import PSEUDONYM_PREFIX
 from shardvault.errors import InvalidInput
-from shardvault.governance.approvals import Approval
+from shardvault.governance.approval_record import Approval
 from shardvault.governance.heads import CellAudit, PartnerWitness, publish_head
 from shardvault.model import DataClass, RequestContext, shown
 from shardvault.policy import Action, Principal, PrincipalKind, Resource

@@ -33,14 +33,9 @@ from __future__ import annotations
 
 from shardvault import custodian_policy as cp
 from shardvault.errors import AccessDenied, ShardvaultError
+from shardvault.governance.approval_record import DENIED, EXPIRED, HOMED_ELSEWHERE, Approval
 from shardvault.governance.approval_signatures import counted_verdicts
-from shardvault.governance.approvals import (
-    DENIED,
-    EXPIRED,
-    HOMED_ELSEWHERE,
-    Approval,
-    ApprovalBook,
-)
+from shardvault.governance.approvals import ApprovalBook
 from shardvault.governance.partner_verdicts import PartnerVerdicts, VetoedRequest
 from shardvault.governance.seen import SeenRecorder
 from shardvault.keys.port import KeyOperation, KeyScope

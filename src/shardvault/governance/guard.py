@@ -33,12 +33,8 @@ from dataclasses import dataclass, field
 
 from shardvault.audit import AuditTicket
 from shardvault.errors import AccessDenied, ApprovalRequired
-from shardvault.governance.approvals import (
-    HOMED_ELSEWHERE,
-    ApprovalBook,
-    approval_cell,
-    homed_elsewhere,
-)
+from shardvault.governance.approval_record import HOMED_ELSEWHERE, approval_cell, homed_elsewhere
+from shardvault.governance.approvals import ApprovalBook
 from shardvault.governance.audit_logs import (
     AuditLogs,
     approval_resource,

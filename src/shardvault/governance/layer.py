@@ -22,7 +22,8 @@ from shardvault.audit import AuditEntry, SignedNote
 from shardvault.config import DEFAULT_STATE_TIMEOUT, Config, GovernanceSpec, default_governance
 from shardvault.errors import AccessDenied, ApprovalRequired, ConfigError
 from shardvault.governance.approval_desk import ApprovalDesk
-from shardvault.governance.approvals import Approval, ApprovalBook
+from shardvault.governance.approval_record import Approval
+from shardvault.governance.approvals import ApprovalBook
 from shardvault.governance.attestations import CustodianKey
 from shardvault.governance.audit_logs import AuditLogs
 from shardvault.governance.custodian_gate import custodian_gate

@@ -59,8 +59,8 @@ from urllib.parse import quote
 from shardvault import durability
 from shardvault.audit.entry import canonical_json
 from shardvault.errors import AccessDenied, IntegrityError, Unavailable
+from shardvault.governance.approval_record import Approval
 from shardvault.governance.approval_signatures import verifies, withdrawal_verifies
-from shardvault.governance.approvals import Approval
 from shardvault.policy import Action
 from shardvault.sqlite_schema import stamp_schema
 

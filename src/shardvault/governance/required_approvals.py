@@ -15,13 +15,13 @@ from collections.abc import Callable
 from shardvault import custodian_policy as cp
 from shardvault.config import GovernanceSpec
 from shardvault.errors import AccessDenied, ApprovalRequired
-from shardvault.governance.approvals import (
+from shardvault.governance.approval_record import (
     HOMED_ELSEWHERE,
     Approval,
-    ApprovalBook,
     approval_cell,
     homed_elsewhere,
 )
+from shardvault.governance.approvals import ApprovalBook
 from shardvault.governance.audit_logs import AuditLogs, entry_details, request_fields
 from shardvault.governance.partner_verdicts import PartnerVerdicts, Veto, VetoedRequest
 from shardvault.model import RequestContext

@@ -667,7 +667,10 @@ def test_a_fifo_in_place_of_a_compaction_journal_skips_its_node(alice: Cli) -> N
     os.mkfifo(journal)
     done = no_wait(alice.config, "gc")
     assert done.returncode == 1, done.stderr  # an active node skipped: work left undone
-    assert b"skipped unavailable node(s) us-n1" in done.stderr
+    said = done.stderr.decode()
+    assert "warning: node us-n1 failed during the sweep, which stopped part-way: " in said
+    assert f"{journal} is a named FIFO, not a regular file" in said
+    assert "unavailable" not in said  # it was opened: its sweep failed
 
 
 def test_a_fifo_in_place_of_the_audit_frontier_is_rebuilt(alice: Cli) -> None:
@@ -772,8 +775,55 @@ def test_a_broken_node_is_shown_and_read_around(alice: Cli, tmp_path: Path) -> N
     code, out, err = alice("nodes")
     assert code == 1 and b"unavailable" in out
     assert f"warning: node sg-n1 is unavailable: opening {node} failed" in err
-    code, _, err = alice("gc", "--grace", "0")
+    code, out, err = alice("gc", "--grace", "0", "--json")
     assert code == 1 and "warning: skipped unavailable node(s) sg-n1:" in err
+    report = json.loads(out)
+    assert (report["unavailable_nodes"], report["failed_nodes"]) == (["sg-n1"], [])
+
+
+def test_gc_leaves_a_directory_named_like_a_shard_alone_names_it_and_sweeps_the_node(
+    alice: Cli, tmp_path: Path
+) -> None:
+    """A directory with a shard's name under a node's shards/ (an operator's mkdir, a
+    restore tool's) made every gc skip the node, "unavailable", exit 1: its delete as an
+    orphan failed. gc leaves it alone, names it once, and sweeps the rest of the node."""
+    node = tmp_path / "demo" / "nodes" / "US" / "us-n1"
+    big = tmp_path / "big"
+    big.write_bytes(os.urandom(300_000))  # shards of files of their own, under shards/
+    alice.ok("put", "intl", "alice", "big", str(big))
+    alice.ok("rm", "intl", "alice", "big")
+    stray = node / "shards" / "ab" / "cd" / ("abcd" + "0" * 28 + ".v1.s0")
+    stray.mkdir(parents=True)
+    assert [p for p in (node / "shards").rglob("*.v1.s*") if p.is_file()]  # the big's shard
+    code, out, err = alice("gc", "--grace", "0", "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["skipped_nodes"] == [] and report["strays"] == [str(stray)]
+    assert report["shards"] == 6  # the deleted version's, us-n1's among them
+    assert [p for p in (node / "shards").rglob("*.v1.s*") if p.is_file()] == []
+    assert err.count("warning:") == 1 and f"warning: left alone {stray}: not a file" in err
+    assert stray.is_dir() and alice.ok("get", "intl", "alice", "k") == b"payload\n"
+
+
+def test_gc_tells_a_node_that_failed_during_the_sweep_from_one_unavailable(
+    alice: Cli, tmp_path: Path
+) -> None:
+    """A node that was opened but failed part-way through its sweep was reported as
+    "skipped unavailable": it is named as failed, with the error, in text and --json."""
+    journal = tmp_path / "demo" / "nodes" / "US" / "us-n2" / "packs" / "compact.journal"
+    journal.mkdir()  # compaction fails closed on a journal it cannot read
+    code, out, err = alice("gc", "--grace", "0", "--json")
+    assert code == 1, err
+    report = json.loads(out)
+    assert report["skipped_nodes"] == ["us-n2"] and report["unavailable_nodes"] == []
+    (failed,) = report["failed_nodes"]
+    assert failed["node"] == "us-n2" and "compaction journal" in failed["error"]
+    assert "unavailable" not in err
+    (line,) = err.strip().splitlines()
+    assert line.startswith("warning: node us-n2 failed during the sweep, which stopped part-way: ")
+    assert failed["error"] in line
+    code, _, err = alice("gc", "--grace", "0")
+    assert code == 1 and "warning: node us-n2 failed during the sweep" in err
 
 
 @pytest.mark.parametrize(

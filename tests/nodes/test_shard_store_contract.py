@@ -372,6 +372,54 @@ def test_localdir_collect_temporaries_leaves_a_directory_in_tmp_alone(tmp_path: 
     store.close()
 
 
+def test_a_store_names_no_stray_until_it_finds_one(store: ShardStore) -> None:
+    put(store, NAME, b"shard")
+    assert list(store.names()) == [NAME]
+    store.collect_temporaries(older_than=time.time() + 1)
+    assert store.strays() == []
+
+
+@pytest.mark.parametrize("kind", ["directory", "symlink to a directory"])
+def test_localdir_leaves_a_directory_named_like_a_shard_alone_and_names_it(
+    tmp_path: Path, kind: str
+) -> None:
+    """A directory `shards/ab/cd/<a shard's name>` (a person's mkdir, a restore tool's)
+    was listed as a shard: gc took it for an orphan, its delete failed with EISDIR, and
+    gc skipped the whole node on every run (exit 1). It is not a shard: never listed,
+    a delete of its name deletes nothing, and `strays` names it (and one in tmp/)."""
+    store = LocalDirShardStore("node", tmp_path / "node", pack_limit=0)
+    kept, stray_name = shard_name(OID, 1, 0), shard_name(bytes.fromhex("ab" * 16), 1, 0)
+    put(store, kept, b"kept")
+    stray = store.shard_path(stray_name)
+    stray.parent.mkdir(parents=True)
+    if kind == "directory":
+        stray.mkdir()
+    else:
+        (tmp_path / "elsewhere").mkdir()
+        stray.symlink_to(tmp_path / "elsewhere")
+    (store.tmp_dir / "someones-dir").mkdir()
+    assert list(store.names()) == [kept]
+    assert store.collect_temporaries(older_than=time.time() + 1) == 0
+    assert store.strays() == sorted([str(stray), str(store.tmp_dir / "someones-dir")])
+    if kind == "directory":  # a link's unlink would take the link only, not what it names
+        assert store.delete(stray_name) is False
+    assert stray.is_dir() and read(store, kept) == b"kept"
+    store.close()
+
+
+def test_localdir_names_a_directory_named_like_a_pack_as_a_stray(tmp_path: Path) -> None:
+    store = LocalDirShardStore("node", tmp_path / "node")
+    put(store, NAME, b"packed")
+    stray = store.packs.directory / "0123456789abcdef.pack"
+    stray.mkdir()
+    assert list(store.names()) == [NAME]
+    assert store.strays() == [str(stray)]
+    stray.rmdir()
+    assert list(store.names()) == [NAME]
+    assert store.strays() == []
+    store.close()
+
+
 def test_a_shard_committed_without_waiting_is_made_durable_by_its_writer(
     store: ShardStore,
 ) -> None:

@@ -330,15 +330,39 @@ def gc(
             f"moved {report.moved} shard(s) to compact packs; "
             f"removed {report.stale} copy(ies) repair left"
         )
-    skipped = _not_down(cli, report.skipped_nodes)
-    if skipped:
+    unavailable = _not_down(cli, report.unavailable_nodes)
+    if unavailable:
         warn(
-            f"skipped unavailable node(s) {', '.join(skipped)}: "
+            f"skipped unavailable node(s) {', '.join(unavailable)}: "
             "see 'shardvault nodes'; run gc again once they are back"
         )
+    hung = set(cli.vault().deadline.hung)  # named below, with the deadline
+    down = _down_nodes(cli.config())
+    for failed in report.failed_nodes:
+        if failed.node not in hung and failed.node not in down:
+            warn(
+                f"node {failed.node} failed during the sweep, which stopped part-way: "
+                f"{failed.error}; run gc again once that is mended"
+            )
+    _warn_about_strays(report.strays)
     _warn_if_any_hung(cli)
-    if skipped or _not_down(cli, cli.vault().deadline.hung):
+    if _not_down(cli, report.skipped_nodes) or _not_down(cli, hung):
         raise typer.Exit(1)
+
+
+_STRAYS_NAMED = 10  # warning lines about strays in one run; the rest are counted
+
+
+def _warn_about_strays(strays: tuple[str, ...]) -> None:
+    """Name each thing gc left alone where a node keeps shards: it is not one (not a
+    file), so neither gc's to remove nor a reason to skip the node; a person should."""
+    for path in strays[:_STRAYS_NAMED]:
+        warn(
+            f"left alone {shell_quoted(path)}: not a file, so not a shard gc wrote; "
+            "move it out of the node's directory"
+        )
+    if len(strays) > _STRAYS_NAMED:
+        warn(f"and {len(strays) - _STRAYS_NAMED} more such (see 'strays' in gc --json)")
 
 
 def repair(

@@ -51,6 +51,12 @@ def _make_fanout(folder: Path) -> None:
     fsync_directory(folder.parent.parent)
 
 
+def _folders(path: str) -> Iterator[str]:
+    """The directories in PATH (a fan-out level); anything else there is not walked."""
+    with os.scandir(path) as entries:
+        return iter([e.path for e in entries if e.is_dir() and not e.name.startswith(".")])
+
+
 class LocalShardWriter:
     """Buffers a shard in memory while it fits the pack limit, then spills to a file."""
 
@@ -183,6 +189,7 @@ class LocalDirShardStore:
         self.tmp_dir = root / "tmp"
         self._shard_root = str(self.shard_dir)
         self._owed = threading.local()  # per thread: (first, last) ticket not yet synced
+        self._strays: dict[str, list[str]] = {"shards": [], "tmp": []}  # see `strays`
         try:
             # the vault checks first that the root exists (nodes/marker.py); later
             # mkdirs never make it again, so a disk unmounted meanwhile stays so
@@ -267,7 +274,7 @@ class LocalDirShardStore:
         failures = self.packs.group.failures()  # before writing: see GroupSync.failures
         try:
             os.unlink(self._shard_file(name))
-        except FileNotFoundError:
+        except (FileNotFoundError, IsADirectoryError):  # none, or a directory: not a shard
             pass
         except OSError as exc:
             raise _storage_error(self.node_id, "deleting a shard", exc) from exc
@@ -316,14 +323,39 @@ class LocalDirShardStore:
     def names(self) -> Iterator[str]:
         """Every shard name on the node. A file of any other name under shards/ (a note,
         an editor's backup, a copy tool's temporary) is not one of ours: listed, gc
-        took it for an orphan, and failed on it, the whole run or the node every run."""
+        took it for an orphan, and failed on it, the whole run or the node every run.
+        Nor is anything named like a shard that is not a file (a directory a person or a
+        restore tool made): its delete failed so, and it is kept for `strays`."""
         self._check_root()  # a directory gone lists as empty: gc would see nothing to do
+        strays: list[str] = []
         try:
-            found = {p.name for p in self.shard_dir.glob("*/*/*") if is_shard_name(p.name)}
+            found = set(self._shard_files(strays))
             found.update(self.packs.names())
         except OSError as exc:
             raise _storage_error(self.node_id, "listing shards", exc) from exc
+        self._strays["shards"] = strays
         return iter(sorted(found))
+
+    def _shard_files(self, strays: list[str]) -> Iterator[str]:
+        """The shard names of the files in the fan-out folders; what is named like a shard
+        but is not a file goes to STRAYS. The folders' entries say what they are: no
+        syscall per shard (but for a symbolic link, followed as a read would)."""
+        for first in _folders(self._shard_root):
+            for second in _folders(first):
+                with os.scandir(second) as entries:
+                    for entry in entries:
+                        if not is_shard_name(entry.name):
+                            continue
+                        if entry.is_file():
+                            yield entry.name
+                        else:
+                            strays.append(entry.path)
+
+    def strays(self) -> list[str]:
+        """What the last `names` and `collect_temporaries` left alone where the store
+        keeps files, not being files (a directory, say): the paths, for an operator."""
+        packs = [str(self.packs.directory / pack) for pack in self.packs.strays()]
+        return sorted([*self._strays["shards"], *self._strays["tmp"], *packs])
 
     def probe(self) -> None:
         """Its directory, then a flush of its disk that begins now (a fresh ticket):
@@ -338,13 +370,17 @@ class LocalDirShardStore:
             found = list(self.tmp_dir.iterdir())
         except OSError as exc:
             raise _storage_error(self.node_id, f"listing {self.tmp_dir}", exc) from exc
+        strays = []
         for path in found:
             try:
-                if path.stat().st_mtime < older_than:
+                if path.is_dir():  # not one of ours: left alone, and named (`strays`)
+                    strays.append(str(path))
+                elif path.stat().st_mtime < older_than:
                     path.unlink()
                     removed += 1
-            except (FileNotFoundError, IsADirectoryError):  # gone, or not one of ours
+            except (FileNotFoundError, IsADirectoryError):  # gone, or made a directory since
                 continue
+        self._strays["tmp"] = strays
         return removed
 
     def drop_caches(self) -> None:

@@ -79,6 +79,10 @@ class MemoryShardStore:
         with self.lock:
             return iter(sorted(self.shards))
 
+    def strays(self) -> list[str]:
+        """Memory holds shards only."""
+        return []
+
     def sync(self) -> None:
         pass
 

@@ -271,6 +271,7 @@ class PackSet:
         self._rescans = 0  # how many times every pack was scanned again from the start
         self._grouped: NamesByPack | None = None  # during a compaction: names per pack
         self._journal: Journal | None = None  # during a compaction: its packs (nodes/journal.py)
+        self._strays: set[str] = set()  # named like a pack, not a file: left alone
         self.group = group
         self._check_root = check_root
 
@@ -578,6 +579,11 @@ class PackSet:
                 self._fds[pack] = fd
             return fd
 
+    def strays(self) -> list[str]:
+        """The names of what the scans left alone as not packs, not being files."""
+        with self._lock:
+            return sorted(self._strays)
+
     def names(self) -> list[str]:
         with self._lock:
             self.refresh()
@@ -594,6 +600,7 @@ class PackSet:
                     return
                 for gone in set(self._scanned) - set(packs):
                     self._forget_pack(gone)
+                self._strays.intersection_update(packs)  # those still there are scanned again
                 if self._rescan:  # every pack, this set's own active one included
                     self._rescan = False
                     self._rescans += 1
@@ -667,6 +674,7 @@ class PackSet:
             self._forget_pack(pack)
             return
         if not stat.S_ISREG(info.st_mode):  # a directory named like a pack: not ours
+            self._strays.add(pack)
             return
         size = info.st_size
         position = self._scanned.get(pack, 0)

@@ -112,6 +112,11 @@ class ShardStore(Protocol):
         of it on the node the bad copy is on, or on a node with a trace of another
         of the version's names: `shard_name`)."""
 
+    def strays(self) -> list[str]:
+        """What the last ``names`` and ``collect_temporaries`` found where the store keeps
+        its files that is not one (a directory named like a shard, say): left alone,
+        neither listed nor removed; where each is, for an operator to look at."""
+
     def sync(self) -> None:
         """Make durable every delete, and every ``commit(durable=False)``, that the
         calling thread made on this store since its last ``sync``; raise if any of

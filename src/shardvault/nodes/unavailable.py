@@ -42,6 +42,9 @@ class UnavailableStore:
     def names(self) -> Iterator[str]:
         self._refuse()
 
+    def strays(self) -> NoReturn:
+        self._refuse()
+
     def sync(self) -> None:
         """Nothing was ever committed here, so nothing is owed."""
 

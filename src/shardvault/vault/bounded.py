@@ -117,6 +117,9 @@ class BoundedStore:
     def has_trace(self, name: str) -> bool:
         return self.run(self._store.has_trace, name)
 
+    def strays(self) -> list[str]:
+        return self.run(self._store.strays)
+
     def sync(self) -> None:
         self.run(self._store.sync)
 

@@ -41,14 +41,25 @@ from shardvault.vault.cells import Cell
 
 
 @dataclass(frozen=True, slots=True)
+class NodeFailure:
+    """A node that was opened but whose sweep failed part-way, and the error it gave."""
+
+    node: str
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
 class GcReport:
     versions: int = 0
     shards: int = 0
     orphans: int = 0
     temporaries: int = 0
-    skipped_nodes: tuple[str, ...] = ()  # unavailable or failing: nothing there was swept
+    skipped_nodes: tuple[str, ...] = ()  # unavailable or failing: not (wholly) swept
     moved: int = 0  # shards a compaction moved, their manifests told where
     stale: int = 0  # copies repair left (noted) that no manifest names, deleted
+    unavailable_nodes: tuple[str, ...] = ()  # could not be opened: nothing there was swept
+    failed_nodes: tuple[NodeFailure, ...] = ()  # opened, but the sweep failed part-way
+    strays: tuple[str, ...] = ()  # found where shards are kept, not files: left alone
 
     def __add__(self, other: GcReport) -> GcReport:
         return GcReport(
@@ -59,6 +70,9 @@ class GcReport:
             self.skipped_nodes + other.skipped_nodes,
             self.moved + other.moved,
             self.stale + other.stale,
+            self.unavailable_nodes + other.unavailable_nodes,
+            self.failed_nodes + other.failed_nodes,
+            self.strays + other.strays,
         )
 
 
@@ -200,20 +214,34 @@ def collect_cell(cell: Cell, cutoff: float, started: float, n: int) -> GcReport:
     orphans = temporaries = 0
     with cell.maintenance(wait=False) as turn:  # held only for this: repairs need not wait
         stale_copies = _resolve_leftovers(cell, cutoff) if turn else 0  # not while repairs run
-    failing: list[str] = []
+    failing: list[NodeFailure] = []
+    strays: list[str] = []
     with contextlib.closing(_Moves(cell.work_dir)) as moves:
         for node, store in cell.usable_stores().items():  # one at a time: one node's names held
             try:
                 swept, stale, moved = _sweep_node(cell, store, cutoff)
-            except (ShardvaultError, OSError):
-                failing.append(node)  # as if unavailable: the next sweep tries again
+                strays += store.strays()
+            except (ShardvaultError, OSError) as exc:
+                failing.append(NodeFailure(node, str(exc)))  # the next sweep tries again
                 continue
             orphans += swept
             temporaries += stale
             moves.add(node, moved)
         relocate(cell, moves)
-    skipped = tuple(sorted([*cell.unavailable_nodes(), *failing]))
-    return GcReport(versions, shards, orphans, temporaries, skipped, moves.count, stale_copies)
+    unavailable = tuple(sorted(cell.unavailable_nodes()))
+    skipped = tuple(sorted([*unavailable, *(failed.node for failed in failing)]))
+    return GcReport(
+        versions,
+        shards,
+        orphans,
+        temporaries,
+        skipped,
+        moves.count,
+        stale_copies,
+        unavailable,
+        tuple(failing),
+        tuple(strays),
+    )
 
 
 def _sweep_node(cell: Cell, store: ShardStore, cutoff: float) -> tuple[int, int, dict[str, str]]:

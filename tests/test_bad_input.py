@@ -21,6 +21,7 @@ from shardvault.errors import ConfigError, InvalidInput, NotFound, StorageError,
 from shardvault.governance.approval_record import approval_cell
 from shardvault.governance.heads import format_skey
 from shardvault.model import (
+    LOOK_ALIKE_SEPARATORS,
     MAX_KEY_BYTES,
     ObjectRef,
     facility_name,
@@ -255,6 +256,40 @@ def test_a_new_key_may_not_hold_an_invisible_letter_or_mark(vault: Vault, key: s
     with pytest.raises(InvalidInput, match=r"invisible character U\+"):
         vault.put(ObjectRef("intl", "alice", key), b"data")
     assert object_key(key) == key
+
+
+@pytest.mark.parametrize(
+    ("char", "passes_for"), LOOK_ALIKE_SEPARATORS.items(), ids=[
+        unicodedata.name(char).lower().replace(" ", "-") for char in LOOK_ALIKE_SEPARATORS
+    ]
+)  # fmt: skip
+def test_a_new_key_may_not_hold_a_look_alike_of_a_slash(
+    vault: Vault, char: str, passes_for: str
+) -> None:
+    """'photos\u22152024' lists beside 'photos/2024' and looks the same, yet is one
+    segment. Refused when written, naming the character, its name and where it is; a
+    key stored before the rule stays readable, listable and removable."""
+    vault.register_subject("intl", "alice", "US")
+    key = f"photos{char}2024/a"
+    ref = ObjectRef("intl", "alice", key)
+    with pytest.raises(InvalidInput) as caught:
+        vault.put(ref, b"data")
+    assert str(caught.value).endswith(
+        f": character 7 is U+{ord(char):04X} {unicodedata.name(char)}, which looks like "
+        f"'{passes_for}' but is not: use '/' to separate path segments"
+    )
+    assert vault.list("intl", "alice").items == []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(core, "new_object_key", lambda key: key)  # as the code before stored it
+        vault.put(ref, b"data")
+    assert vault.get(ref) == b"data"
+    assert [item.ref.key for item in vault.list("intl", "alice").items] == [key]
+    assert vault.delete(ref) is not None
+    # Katakana NO and the ideographs U+4E3F, U+4E36 look like them too, but are letters
+    # Japanese and Chinese keys need: not refused
+    letters = ObjectRef("intl", "alice", "photos/2024/\u30ce\u30fc\u30c8/\u4e3f\u4e36")
+    vault.put(letters, b"kept")
+    assert vault.get(letters) == b"kept"
 
 
 def test_vault_refuses_bad_input_before_touching_anything(vault: Vault, config_path: Path) -> None:

@@ -188,19 +188,65 @@ _INVISIBLE_LETTER_OR_MARK = re.compile(
 )
 
 
+# What looks like '/' or '\' and is neither, refused in a new key (`new_object_key`):
+# 'photos\u22152024' lists beside 'photos/2024' and reads the same, yet is one path
+# segment, not two (and '\' is refused outright, so its look-alikes would pass for a
+# separator no key may hold). Unicode's confusables of '/' and '\' (UTS #39), but for
+# letters of living scripts they are confused with (U+30CE KATAKANA LETTER NO, the
+# ideographs U+4E3F and U+4E36: Japanese and Chinese keys need them) and the combining
+# overlays U+0337 and U+0338, which strike through the letter before them rather than
+# stand between segments. The value is the character each passes for.
+LOOK_ALIKE_SEPARATORS = {
+    "\u2044": "/",  # FRACTION SLASH: typed for '/' in '1/2'
+    "\u2215": "/",  # DIVISION SLASH: a mathematical '/'
+    "\u29f8": "/",  # BIG SOLIDUS: a mathematical '/'
+    "\u27cb": "/",  # MATHEMATICAL RISING DIAGONAL
+    "\uff0f": "/",  # FULLWIDTH SOLIDUS: an East Asian input method's '/'
+    "\u2571": "/",  # BOX DRAWINGS LIGHT DIAGONAL UPPER RIGHT TO LOWER LEFT
+    "\u2041": "/",  # CARET INSERTION POINT: a slash with a caret
+    "\u1735": "/",  # PHILIPPINE SINGLE PUNCTUATION: drawn as a slash
+    "\u2f03": "/",  # KANGXI RADICAL SLASH: a dictionary's radical, not text (U+4E3F is)
+    "\u31d3": "/",  # CJK STROKE SP: a stroke's name, not text
+    "\u2cc6": "/",  # COPTIC CAPITAL LETTER OLD COPTIC ESH: a dead script's, drawn as '/'
+    "\U0001d23a": "/",  # GREEK INSTRUMENTAL NOTATION SYMBOL-47: musical notation
+    "\u2216": "\\",  # SET MINUS: a mathematical '\'
+    "\u29f5": "\\",  # REVERSE SOLIDUS OPERATOR
+    "\u29f9": "\\",  # BIG REVERSE SOLIDUS
+    "\u27cd": "\\",  # MATHEMATICAL FALLING DIAGONAL
+    "\uff3c": "\\",  # FULLWIDTH REVERSE SOLIDUS: an East Asian input method's '\'
+    "\ufe68": "\\",  # SMALL REVERSE SOLIDUS
+    "\u2572": "\\",  # BOX DRAWINGS LIGHT DIAGONAL UPPER LEFT TO LOWER RIGHT
+    "\u2f02": "\\",  # KANGXI RADICAL DOT: a dictionary's radical, not text (U+4E36 is)
+    "\u31d4": "\\",  # CJK STROKE D: a stroke's name, not text
+    "\U0001d20f": "\\",  # GREEK VOCAL NOTATION SYMBOL-16: musical notation
+    "\U0001d23b": "\\",  # GREEK INSTRUMENTAL NOTATION SYMBOL-48: musical notation
+}
+_LOOK_ALIKE_SEPARATOR = re.compile(f"[{''.join(LOOK_ALIKE_SEPARATORS)}]")
+
+
 def new_object_key(key: str) -> str:
     """A valid key (an `ObjectRef`'s) about to be written: also no segment that starts or
-    ends with a space, and no invisible letter or mark ('ca\\u3164t' shows as 'cat'),
-    since keys differing only by what nobody sees are a mistake to report. Keys stored
-    before these rules stay readable, listable and removable."""
+    ends with a space, no invisible letter or mark ('ca\\u3164t' shows as 'cat') and
+    nothing that looks like a separator and is not ('a\\u2215b' shows as 'a/b'), since
+    keys differing only by what nobody sees are a mistake to report. Keys stored before
+    these rules stay readable, listable and removable."""
     if " " in key and any(part != part.strip(" ") for part in key.split("/")):
         raise InvalidInput(
             f"invalid object key {shown(key)}: a path segment starts or ends with a space"
         )
-    if not key.isascii() and (hidden := _INVISIBLE_LETTER_OR_MARK.search(key)):
+    if key.isascii():
+        return key
+    if hidden := _INVISIBLE_LETTER_OR_MARK.search(key):
         raise InvalidInput(
             f"invalid object key {shown(key, escaped=True)}: it contains the invisible "
             f"character U+{ord(hidden.group()):04X}"
+        )
+    if posing := _LOOK_ALIKE_SEPARATOR.search(key):
+        char = posing.group()
+        raise InvalidInput(
+            f"invalid object key {shown(key, escaped=True)}: character {posing.start() + 1} "
+            f"is U+{ord(char):04X} {unicodedata.name(char)}, which looks like "
+            f"'{LOOK_ALIKE_SEPARATORS[char]}' but is not: use '/' to separate path segments"
         )
     return key
 

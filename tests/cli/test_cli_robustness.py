@@ -19,6 +19,7 @@ import tempfile
 import textwrap
 import threading
 import time
+import unicodedata
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import date, datetime
@@ -779,6 +780,19 @@ def test_a_broken_node_is_shown_and_read_around(alice: Cli, tmp_path: Path) -> N
     assert code == 1 and "warning: skipped unavailable node(s) sg-n1:" in err
     report = json.loads(out)
     assert (report["unavailable_nodes"], report["failed_nodes"]) == (["sg-n1"], [])
+
+
+@pytest.mark.parametrize("char", ["\u2215", "\uff0f", "\u2044", "\u29f8", "\u2571", "\uff3c"])
+def test_put_of_a_key_with_a_look_alike_slash_is_one_line_and_exit_2(
+    alice: Cli, tmp_path: Path, char: str
+) -> None:
+    source = tmp_path / "in.txt"
+    source.write_bytes(b"x")
+    line = alice.fails(2, "put", "intl", "alice", f"photos{char}2024", str(source))
+    name = unicodedata.name(char)
+    assert f"character 7 is U+{ord(char):04X} {name}, which looks like" in line
+    assert line.endswith("use '/' to separate path segments")
+    assert b"photos" not in alice.ok("ls", "intl", "alice")
 
 
 def test_gc_leaves_a_directory_named_like_a_shard_alone_names_it_and_sweeps_the_node(

@@ -1558,6 +1558,34 @@ def test_an_undecodable_byte_in_a_usage_error_is_written_as_the_byte(
     assert message == said
 
 
+@pytest.mark.parametrize(
+    ("args", "command", "said"),
+    [
+        (["get", "intl", "alice", "k", "-o"], "get", "Option '-o' requires an argument."),
+        (["--config"], "", "Option '--config' requires an argument."),
+        (["gc", "--grace"], "gc", "Option '--grace' requires an argument."),
+        (["audit", "export", "--cell"], "audit export", "Option '--cell' requires an argument."),
+        (["ls", "intl", "alice", "--json=x"], "ls", "Option '--json' does not take a value."),
+    ],
+    ids=["get-o", "config", "gc-grace", "audit-export-cell", "flag-given-a-value"],
+)
+def test_an_option_missing_its_value_is_a_usage_error_like_any_other(
+    tmp_path: Path, args: list[str], command: str, said: str
+) -> None:
+    """An option given no value (`get ... -o`, `--config` last) or a flag given one was
+    the error box alone: no usage line, no hint, unlike every other usage error."""
+    done = shardvault(tmp_path / "none.toml", *args, env=STRICT)
+    assert done.returncode == 2
+    err = utf8(done.stderr)
+    assert "Traceback" not in err, err
+    usage, hint = err.splitlines()[:2]
+    name = f"shardvault {command}".rstrip()
+    assert usage.startswith(f"Usage: {name} [OPTIONS]"), err
+    assert hint == f"Try '{name} --help' for help.", err
+    (message,) = [line.strip("│ ") for line in err.splitlines() if line.startswith("│")]
+    assert message == said
+
+
 INTEGER, NUMBER = "is not a valid integer", "is not a valid number"
 
 

@@ -33,6 +33,20 @@ class _HelpContext(typer.Context):
         with onto_stdout():
             return super().get_help()
 
+    @contextmanager
+    def scope(self, cleanup: bool = True) -> Iterator[_HelpContext]:
+        """The framework parses a command's arguments in this scope. Its parser raises a
+        few usage errors without their context (an option given no value, `-o` last; a
+        flag given one, `--json=x`): printed without the usage line and the hint every
+        other usage error has. They are given this context, the command's."""
+        try:
+            with super().scope(cleanup):
+                yield self
+        except typer.TyperException as exc:  # the framework's own click, vendored
+            if getattr(exc, "ctx", self) is None:  # a usage error made without it
+                exc.ctx = self  # type: ignore[attr-defined]
+            raise
+
 
 def _with_help_context(command: Any) -> Any:
     """COMMAND and every command under it, each making a `_HelpContext`: the framework

@@ -33,7 +33,7 @@ from shardvault.model import (
     tenant_name,
 )
 from shardvault.policy.model import token
-from shardvault.vault import Vault, core
+from shardvault.vault import Vault, writing
 
 BAD_KEYS = {
     "empty": "",
@@ -224,7 +224,7 @@ def test_a_new_key_may_not_have_a_space_edged_segment(vault: Vault, key: str) ->
         vault.put(ObjectRef("intl", "alice", key), b"data")
     assert object_key(key) == key
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(core, "new_object_key", lambda key: key)  # as the code before stored it
+        patch.setattr(writing, "new_object_key", lambda key: key)  # as the code before stored it
         vault.put(ObjectRef("intl", "alice", key), b"data")
     ref = ObjectRef("intl", "alice", key)
     assert vault.get(ref) == b"data"

@@ -36,8 +36,7 @@ from shardvault.model import Justification, ObjectRef, RequestContext, new_reque
 from shardvault.nodes import packs
 from shardvault.nodes.port import shard_name
 from shardvault.policy import Principal, PrincipalKind
-from shardvault.vault import Vault
-from shardvault.vault import core as core_module
+from shardvault.vault import Vault, forget_collection
 from shardvault.vault import gc as gc_module
 
 
@@ -539,7 +538,7 @@ def test_a_forget_cut_short_after_its_catalog_mark_is_finished_by_a_retry(
     def killed(*args: object, **kwargs: object) -> None:
         raise RuntimeError("killed here")
 
-    monkeypatch.setattr(core_module, "collect_claimed", killed)
+    monkeypatch.setattr(forget_collection, "collect_claimed", killed)
     with pytest.raises(RuntimeError, match="killed here"):
         forget_approved(vault, "intl", "alice")
     monkeypatch.undo()
@@ -596,7 +595,7 @@ import os, signal, sys
 from pathlib import Path
 from shardvault.config import load
 from shardvault.model import RequestContext, new_request_id
-from shardvault.vault import Vault, core
+from shardvault.vault import Vault, forget_collection, forgetting
 
 config, approval, step = sys.argv[1:4]
 vault = Vault.open(load(Path(config)))
@@ -625,10 +624,10 @@ killed_after(*{
     "key-tombstoned": (vault.custodian._tombstones, "add"),  # its attestation not yet kept
     "key-destroyed": (vault.custodian, "destroy"),
     "catalog-marked": (vault.cells["US"].catalog, "forget_subject"),
-    "shards-collected": (core, "collect_claimed"),
+    "shards-collected": (forget_collection, "collect_claimed"),
     "outcome-audited": (vault.governance, "record_outcome"),
     "head-cosigned": (vault.governance, "publish_head"),
-    "receipt-signed": (core, "make_receipt"),
+    "receipt-signed": (forgetting, "make_receipt"),
 }[step])
 ctx = RequestContext("local-admin", "forget-subject", new_request_id(), approval_id=approval)
 vault.forget("intl", "alice", ctx)

@@ -280,7 +280,7 @@ def test_a_new_key_may_not_hold_a_look_alike_of_a_slash(
     )
     assert vault.list("intl", "alice").items == []
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(core, "new_object_key", lambda key: key)  # as the code before stored it
+        patch.setattr(writing, "new_object_key", lambda key: key)  # as the code before stored it
         vault.put(ref, b"data")
     assert vault.get(ref) == b"data"
     assert [item.ref.key for item in vault.list("intl", "alice").items] == [key]

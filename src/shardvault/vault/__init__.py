@@ -1,7 +1,7 @@
 """Orchestration: the one place that wires codec, placement, keys, nodes and catalog."""
 
 from shardvault.vault.core import Vault
-from shardvault.vault.gc import GcReport
+from shardvault.vault.gc import GcReport, NodeFailure
 from shardvault.vault.reader import ObjectReader
 from shardvault.vault.repair import RepairReport
 from shardvault.vault.views import CellCrowding, ForgetResult, ListPage, NodeUsage
@@ -11,6 +11,7 @@ __all__ = [
     "ForgetResult",
     "GcReport",
     "ListPage",
+    "NodeFailure",
     "NodeUsage",
     "ObjectReader",
     "RepairReport",

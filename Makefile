@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test lint bench bench-all clean
+.PHONY: venv demo test lint bench bench-all stress clean
 
 venv: $(STAMP)
 
@@ -41,6 +41,12 @@ bench-all: bench
 	$(BIN)/python bench/bench_switches.py
 	$(BIN)/python bench/bench_scale.py
 	$(BIN)/python bench/bench_keyring.py
+
+# the kill -9 stress harness for a few minutes, in a new directory (docs/architecture.md)
+SEED ?= 1
+stress: venv
+	$(BIN)/python scripts/stress.py --seed $(SEED) --minutes 3 --workers 3 --maints 2 \
+		--dir "$$(mktemp -d -t shardvault-stress.XXXXXX)"
 
 clean:
 	rm -rf $(VENV) .venv-system build dist .pytest_cache .hypothesis

@@ -1,0 +1,101 @@
+"""The kill -9 stress harness (scripts/stress.py): its checker, and a short run of it.
+
+The checker decides which states of a key are acceptable from a worker's journal;
+a checker that accepted too much would hide the defects the harness is for, so it
+is tested on fabricated journals. The short run keeps the harness from rotting.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+SCRIPTS = Path(__file__).parents[1] / "scripts"
+
+
+def _checker_module() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("stress_check", SCRIPTS / "stress_check.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["stress_check"] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+stress_check = _checker_module()
+
+A, B, C = "a" * 64, "b" * 64, "c" * 64
+
+
+def _checked(*records: dict[str, object]) -> list[str]:
+    checker = stress_check.Checker()
+    checker.subject("user-us", "live")
+    for record in records:
+        checker.feed("worker-0", record)
+    return checker.problems
+
+
+def _put(ident: int, sha: str) -> dict[str, object]:
+    return {"t": "put", "id": ident, "subject": "user-us", "key": "k", "sha": sha}
+
+
+def _get(sha: str | None) -> dict[str, object]:
+    return {"t": "get", "subject": "user-us", "key": "k", "sha": sha}
+
+
+def _ack(ident: int) -> dict[str, object]:
+    return {"t": "ack", "id": ident}
+
+
+def test_the_checker_flags_bytes_no_put_of_the_key_left() -> None:
+    problems = _checked(_put(1, A), _ack(1), _get(B))
+    assert len(problems) == 1 and "wrong bytes" in problems[0], problems
+
+
+def test_the_checker_flags_an_acknowledged_put_gone() -> None:
+    problems = _checked(_put(1, A), _ack(1), _get(None))
+    assert len(problems) == 1 and "lost acknowledged put" in problems[0], problems
+
+
+def test_the_checker_flags_an_overwritten_version_read_back() -> None:
+    problems = _checked(_put(1, A), _ack(1), _put(2, B), _ack(2), _get(A))
+    assert len(problems) == 1 and "wrong bytes" in problems[0], problems
+
+
+def test_a_killed_put_leaves_either_state_until_a_later_one_is_acknowledged() -> None:
+    killed = [_put(1, A), _ack(1), _put(2, B), {"t": "start", "incarnation": 1}]
+    assert _checked(*killed, _get(A), _get(B)) == []
+    assert len(_checked(*killed, _put(3, C), _ack(3), _get(B))) == 1
+
+
+def test_a_removal_or_forget_in_flight_explains_an_absence_an_acknowledged_one_demands() -> None:
+    rm = {"t": "rm", "id": 2, "subject": "user-us", "key": "k"}
+    forget = {"t": "forget", "id": 2, "subject": "user-us"}
+    for removal in (rm, forget):
+        assert _checked(_put(1, A), _ack(1), removal, _get(None), _get(A)) == []
+        assert len(_checked(_put(1, A), _ack(1), removal, _ack(2), _get(A))) == 1
+
+
+def test_a_failed_put_stays_possible_but_never_replaces_the_acknowledged_one() -> None:
+    failed = [_put(1, A), _ack(1), _put(2, B), {"t": "fail", "id": 2, "error": "Conflict: x"}]
+    assert _checked(*failed, _get(A), _get(B)) == []
+    assert len(_checked(*failed, _get(None))) == 1
+
+
+@pytest.mark.slow
+def test_a_short_stress_run_kills_processes_and_finds_no_problem(tmp_path: Path) -> None:
+    command = [sys.executable, str(SCRIPTS / "stress.py"), "--seed", "7", "--minutes", "0.2"]
+    command += ["--workers", "2", "--maints", "1", "--dir", str(tmp_path / "run")]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+    assert "PROBLEMS: 0" in done.stdout, done.stdout + done.stderr
+    assert done.returncode == 0, done.stdout + done.stderr
+    kills = re.search(r"kills: worker (\d+), maintenance (\d+)", done.stdout)
+    assert kills is not None and int(kills[1]) + int(kills[2]) > 0, done.stdout
+    acked = re.search(r"acked: .*put (\d+)", done.stdout)
+    assert acked is not None and int(acked[1]) > 0, done.stdout

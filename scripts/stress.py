@@ -21,6 +21,7 @@ timing does not. docs/architecture.md, "Testing under kill -9", says what it cov
 from __future__ import annotations
 
 import argparse
+import ctypes
 import os
 import random
 import signal
@@ -45,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.role:  # a child of the harness
         journal = root / "journals" / f"{args.role}-{args.index}.jsonl"
         if args.role == "worker":
-            Worker(config, journal, args.index, args.seed).run()
+            Worker(config, journal, args.index, args.seed, args.workers).run()
         else:
             maintain(config, journal, args.index, args.seed)
         return 0
@@ -89,6 +90,15 @@ class Harness:
         self.kills: dict[str, int] = {role: 0 for role in ROLES}
 
     def run(self) -> int:
+        try:
+            return self._run()
+        finally:  # the harness failing or interrupted leaves none of its processes running
+            for child in self.children.values():
+                if child.poll() is None:
+                    child.kill()
+                    child.wait()
+
+    def _run(self) -> int:
         self._deploy()
         names = [f"worker-{i}" for i in range(self.args.workers)]
         names += [f"maintenance-{i}" for i in range(self.args.maints)]
@@ -125,8 +135,11 @@ class Harness:
         role, index = name.split("-")
         command = [sys.executable, str(Path(__file__).absolute()), "--role", role]
         command += ["--index", index, "--seed", str(self.args.seed), "--dir", str(self.root)]
+        command += ["--workers", str(self.args.workers)]
         with open(self.root / "logs" / f"{name}.log", "ab") as log:
-            self.children[name] = subprocess.Popen(command, stdout=log, stderr=log)
+            self.children[name] = subprocess.Popen(
+                command, stdout=log, stderr=log, preexec_fn=_die_with_parent
+            )
 
     def _kill(self, name: str) -> None:
         child = self.children[name]
@@ -155,8 +168,8 @@ class Harness:
                 journal.seek(self.offsets.get(path.name, 0))
                 data = journal.read()
             whole = data.rfind(b"\n") + 1
+            self.checker.feed_bytes(path.stem, data[:whole], self.offsets.get(path.name, 0))
             self.offsets[path.name] = self.offsets.get(path.name, 0) + whole
-            self.checker.feed_lines(path.stem, data[:whole].decode().splitlines())
 
     def _summary(self) -> int:
         checker = self.checker
@@ -165,12 +178,20 @@ class Harness:
         print("kills: " + ", ".join(f"{role} {n}" for role, n in self.kills.items()))
         print("acked: " + _counts(checker.acked))
         print("failed (never acknowledged): " + (_counts(checker.failed) or "none"))
+        print(f"peeks unchecked (history gone): {checker.unchecked_peeks}, "
+              f"torn journal records: {checker.torn_records}")  # fmt: skip
         for note in checker.notes:
             print(f"note: {note}")
         print(f"PROBLEMS: {len(checker.problems)}")
         for problem in checker.problems:
             print(f"  {problem}")
         return 1 if checker.problems else 0
+
+
+def _die_with_parent() -> None:
+    """In a child, before exec: SIGKILL it when the harness dies (Linux's PR_SET_PDEATHSIG),
+    so a harness killed itself leaves no worker running for good."""
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
 
 
 def _counts(counts: dict[str, int]) -> str:

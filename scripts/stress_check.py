@@ -10,6 +10,11 @@ acknowledged request of the key settles it. An observation (a get's bytes, or
 their absence) outside that set is a problem: wrong bytes, or a lost
 acknowledged put.
 
+A peek is a get by another worker than the key's owner, made while the owner may
+be writing it: it names the owner's journal's size before and after the read,
+and may see any state acceptable at some point between the two (the checker
+keeps the last states of each key, with the journal offset where each began).
+
 No shardvault import here: the checker is pure, so it is tested on fabricated
 journals (tests/test_stress_harness.py).
 """
@@ -17,13 +22,16 @@ journals (tests/test_stress_harness.py).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections import deque
 from dataclasses import dataclass, field
 
 ABSENT = None
 """A key not there (never put, removed, or its subject forgotten)."""
 
 State = str | None  # the SHA-256 (hex) of an object's bytes, or ABSENT
+HISTORY = 64
+"""States kept per key, for peeks: older ones are dropped (memory stays bounded), and a
+peek from before the oldest kept is counted as unchecked rather than guessed."""
 
 
 @dataclass
@@ -31,6 +39,7 @@ class SubjectTrack:
     """A subject's keys, each with the set of states it may be in now."""
 
     keys: dict[str, set[State]] = field(default_factory=dict)
+    history: dict[str, deque[tuple[int, frozenset[State]]]] = field(default_factory=dict)
     status: str = "registering"  # then live, forgetting, forgotten
     owner: str = ""
 
@@ -44,7 +53,13 @@ class Checker:
     acked: dict[str, int] = field(default_factory=dict)
     failed: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    check_peeks: bool = True  # a worker rebuilding its own state reads no other journal
+    unchecked_peeks: int = 0
+    torn_records: int = 0
     _open: dict[tuple[str, int], dict[str, object]] = field(default_factory=dict)
+    _consumed: dict[str, int] = field(default_factory=dict)
+    _peeks: list[tuple[str, dict[str, object]]] = field(default_factory=list)
+    _offset: int = 0  # where the record being fed ends in its journal
 
     def subject(self, name: str, status: str = "live", owner: str = "") -> SubjectTrack:
         """The track of subject NAME, begun with STATUS if new (a setup's subject is live)."""
@@ -52,10 +67,21 @@ class Checker:
             self.subjects[name] = SubjectTrack(status=status, owner=owner)
         return self.subjects[name]
 
-    def feed_lines(self, journal: str, lines: Iterable[str]) -> None:
-        for line in lines:
-            if line.strip():
-                self.feed(journal, json.loads(line))
+    def feed_bytes(self, journal: str, data: bytes, offset: int = 0) -> None:
+        """The whole records of JOURNAL in DATA, which begins at OFFSET of its file."""
+        for line in data.splitlines(keepends=True):
+            offset += len(line)
+            self._offset = offset
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:  # cut short by a kill, and ended by the next start
+                self.torn_records += 1
+                continue
+            self.feed(journal, record)
+        self._consumed[journal] = offset
+        self._check_peeks()
 
     def feed(self, journal: str, record: dict[str, object]) -> None:
         """One record of JOURNAL (a worker's name), in the order it was written."""
@@ -78,6 +104,10 @@ class Checker:
                 self.problems.append(f"{where} failed: {record['error']}")
             else:
                 self.observe(str(record["subject"]), str(record["key"]), _state(record), where)
+        elif kind == "peek":
+            self.acked["peek"] = self.acked.get("peek", 0) + 1
+            if self.check_peeks:
+                self._peeks.append((journal, record))
         elif kind in ("gc", "repair"):  # a maintenance run that ended
             self.acked[kind] = self.acked.get(kind, 0) + 1
             problems = record.get("problems", [])
@@ -91,14 +121,58 @@ class Checker:
     def observe(self, subject: str, key: str, seen: State, where: str) -> None:
         """Check one observation of a key against the states acceptable now."""
         track = self.subjects.get(subject)
-        allowed = track.keys.get(key, {ABSENT}) if track else {ABSENT}
-        if seen in allowed:
-            return
+        never: set[State] = {ABSENT}
+        allowed = track.keys.get(key, never) if track else never
+        if seen not in allowed:
+            self._flag(where, seen, allowed)
+
+    def _flag(self, where: str, seen: State, allowed: set[State]) -> None:
         wanted = ", ".join(sorted(_shown(state) for state in allowed))
         if seen is ABSENT:
             self.problems.append(f"{where}: lost acknowledged put: absent, acceptable {wanted}")
         else:
             self.problems.append(f"{where}: wrong bytes: read {_shown(seen)}, acceptable {wanted}")
+
+    def _check_peeks(self) -> None:
+        """Check each peek whose window the owner's journal has been read past."""
+        waiting = []
+        for journal, peek in self._peeks:
+            owner, until = str(peek["owner"]), int(str(peek["to"]))
+            if self._consumed.get(owner, 0) < until:
+                waiting.append((journal, peek))
+                continue
+            where = f"{journal}: peek {peek['subject']}/{peek['key']} of {owner}"
+            if "error" in peek:
+                self.problems.append(f"{where} failed: {peek['error']}")
+                continue
+            allowed = self._allowed_between(peek, int(str(peek["from"])), until)
+            if allowed is None:
+                self.unchecked_peeks += 1
+            elif _state(peek) not in allowed:
+                self._flag(where, _state(peek), allowed)
+        self._peeks = waiting
+
+    def _allowed_between(self, peek: dict[str, object], start: int, end: int) -> set[State] | None:
+        """Every state the key was acceptable in between offsets START and END of its
+        owner's journal; None if its history no longer reaches back to START."""
+        track = self.subjects.get(str(peek["subject"]))
+        history = track.history.get(str(peek["key"]), deque()) if track else deque()
+        before = [states for ended, states in history if ended <= start]
+        if before:
+            allowed = set(before[-1])
+        elif len(history) < HISTORY:
+            allowed = {ABSENT}  # the key was not touched before START
+        else:
+            return None
+        for ended, states in history:
+            if start < ended <= end:
+                allowed |= states
+        return allowed
+
+    def _noted(self, track: SubjectTrack, key: str) -> None:
+        """Keep KEY's states as they are from the record being fed on, for peeks."""
+        history = track.history.setdefault(key, deque(maxlen=HISTORY))
+        history.append((self._offset, frozenset(track.keys[key])))
 
     def every_key(self) -> list[tuple[str, str]]:
         """Every (subject, key) ever intended, for the final read of everything."""
@@ -113,11 +187,13 @@ class Checker:
         track = self.subject(name)
         if kind == "forget":
             track.status = "forgetting"
-            for states in track.keys.values():
+            for key, states in track.keys.items():
                 states.add(ABSENT)
+                self._noted(track, key)
             return
         key = str(record["key"])
         track.keys.setdefault(key, {ABSENT}).add(_state(record) if kind == "put" else ABSENT)
+        self._noted(track, key)
 
     def _acknowledge(self, journal: str, ident: int) -> None:
         intent = self._open.pop((journal, ident), None)
@@ -132,8 +208,10 @@ class Checker:
             track.status = "forgotten"
             for key in track.keys:
                 track.keys[key] = {ABSENT}
+                self._noted(track, key)
         else:
             track.keys[str(intent["key"])] = {_state(intent) if kind == "put" else ABSENT}
+            self._noted(track, str(intent["key"]))
 
 
 def _state(record: dict[str, object]) -> State:

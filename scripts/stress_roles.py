@@ -52,7 +52,7 @@ class Journal:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        _drop_torn_tail(path)
+        _end_torn_tail(path)
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
 
     def write(self, **record: object) -> None:
@@ -60,14 +60,12 @@ class Journal:
         os.fsync(self._fd)
 
 
-def _drop_torn_tail(path: Path) -> None:
-    """A record a kill cut short is not a record: nobody has read past the last newline."""
-    if not path.exists():
-        return
-    data = path.read_bytes()
-    whole = data.rfind(b"\n") + 1
-    if whole < len(data):
-        os.truncate(path, whole)
+def _end_torn_tail(path: Path) -> None:
+    """End a record a kill cut short with a newline, so the next one starts a line of its own
+    (the checker skips the torn one). Not truncated: peeks name offsets, which only grow."""
+    if path.exists() and not path.read_bytes().endswith(b"\n") and path.stat().st_size:
+        with open(path, "ab") as journal:
+            journal.write(b"\n")
 
 
 def content(seed: int, worker: int, ident: int, size: int) -> bytes:
@@ -107,15 +105,15 @@ def forget_approved(vault: Vault, subject: str, approvers: Path) -> None:
 class Worker:
     """One worker process: a seeded random mix of put, overwrite, get, rm and forget."""
 
-    def __init__(self, config: Path, journal: Path, index: int, seed: int) -> None:
+    def __init__(self, config: Path, journal: Path, index: int, seed: int, workers: int) -> None:
         self.config = config
         self.index = index
         self.seed = seed
         self.name = f"worker-{index}"
-        self.state = Checker()
-        if journal.exists():
-            self.state.feed_lines(self.name, journal.read_text().splitlines())
+        self.workers = workers
+        self.state = Checker(check_peeks=False)
         self.journal = Journal(journal)
+        self.state.feed_bytes(self.name, journal.read_bytes())
         self.next_id = _count_lines(journal)  # above every id written before: ids only grow
         incarnation = _count_starts(journal)
         self.rng = random.Random(f"{seed}/worker-{index}/{incarnation}")
@@ -140,8 +138,10 @@ class Worker:
             subject, key = self._pick_key()
             if roll < 0.45:
                 self._put(subject, key)
-            elif roll < 0.85:
+            elif roll < 0.7:
                 self._get(subject, key)
+            elif roll < 0.85:
+                self._peek()
             else:
                 self._rm(subject, key)
 
@@ -190,6 +190,24 @@ class Worker:
         self.journal.write(**record)
         self.state.feed(self.name, record)
 
+    def _peek(self) -> None:
+        """Read another worker's key while it may be writing it, between two sizes of its
+        journal: the checker accepts any state the key was in between them."""
+        owner = self.rng.randrange(self.workers)
+        subject = self.rng.choice(sorted(SHARED_SUBJECTS.values()))
+        key = f"w{owner}/k{self.rng.randrange(KEYS_PER_SUBJECT)}"
+        journal = self.journal.path.with_name(f"worker-{owner}.jsonl")
+        record: dict[str, object] = {"t": "peek", "owner": f"worker-{owner}"}
+        record |= {"subject": subject, "key": key, "from": _size(journal)}
+        try:
+            record["sha"] = sha(self.vault.get(ObjectRef(TENANT, subject, key)))
+        except NotFound:
+            record["sha"] = None
+        except Exception as exc:
+            record["error"] = f"{type(exc).__name__}: {exc}"
+        record["to"] = _size(journal)
+        self.journal.write(**record)
+
     def _register(self) -> None:
         generation = sum(1 for t in self.state.subjects.values() if t.owner == self.name)
         subject = f"w{self.index}-g{generation}"
@@ -210,6 +228,13 @@ class Worker:
         if not mine or self.state.subjects[mine[-1]].status == "registering":
             return None
         return mine[-1]
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
 
 
 def _count_lines(path: Path) -> int:

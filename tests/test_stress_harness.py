@@ -8,6 +8,7 @@ is tested on fabricated journals. The short run keeps the harness from rotting.
 from __future__ import annotations
 
 import importlib.util
+import json
 import re
 import subprocess
 import sys
@@ -86,6 +87,40 @@ def test_a_failed_put_stays_possible_but_never_replaces_the_acknowledged_one() -
     failed = [_put(1, A), _ack(1), _put(2, B), {"t": "fail", "id": 2, "error": "Conflict: x"}]
     assert _checked(*failed, _get(A), _get(B)) == []
     assert len(_checked(*failed, _get(None))) == 1
+
+
+def _lines(*records: dict[str, object]) -> bytes:
+    return b"".join(json.dumps(record).encode() + b"\n" for record in records)
+
+
+def test_a_peek_may_see_what_the_owner_had_between_its_two_offsets_and_nothing_older() -> None:
+    owner = _lines(_put(1, A), _ack(1), _put(2, B))
+    settled, in_flight = len(_lines(_put(1, A), _ack(1))), len(owner)
+    owner_after = owner + _lines(_ack(2), _put(3, C), _ack(3))
+
+    def peeked(seen: str, start: int, end: int) -> list[str]:
+        checker = stress_check.Checker()
+        checker.subject("user-us", "live")
+        peek = {"t": "peek", "owner": "worker-0", "subject": "user-us", "key": "k"}
+        checker.feed_bytes("worker-1", _lines({**peek, "sha": seen, "from": start, "to": end}))
+        checker.feed_bytes("worker-0", owner_after)
+        return checker.problems
+
+    assert peeked(A, settled, settled) == []  # A acknowledged, nothing since
+    assert peeked(A, settled, in_flight) == []  # A acknowledged, B in flight
+    assert peeked(B, settled, in_flight) == []
+    assert peeked(C, in_flight, len(owner_after)) == []  # C put within the window
+    assert len(peeked(C, settled, in_flight)) == 1  # not yet intended then
+    assert len(peeked(A, len(owner_after), len(owner_after))) == 1  # overwritten twice since
+
+
+def test_a_torn_record_is_skipped_and_the_next_one_read() -> None:
+    checker = stress_check.Checker()
+    checker.subject("user-us", "live")
+    whole = _lines(_put(1, A), _ack(1))
+    checker.feed_bytes("worker-0", whole + b'{"t": "put", "id": 2\n' + _lines(_get(B)))
+    assert checker.torn_records == 1
+    assert len(checker.problems) == 1 and "wrong bytes" in checker.problems[0]
 
 
 @pytest.mark.slow

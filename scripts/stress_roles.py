@@ -248,7 +248,8 @@ def _count_starts(path: Path) -> int:
 
 
 def maintain(config: Path, journal_path: Path, index: int, seed: int) -> None:
-    """Sweep and repair in a loop, journalling what each run reported or raised."""
+    """Sweep and repair in a loop, journalling what each run reported (one that raises ends
+    the process, which the harness reports as a problem)."""
     journal = Journal(journal_path)
     incarnation = _count_starts(journal_path)
     journal.write(t="start", incarnation=incarnation)

@@ -40,8 +40,9 @@ KEYS_PER_SUBJECT = 8
 DEDICATED_KEYS = 3
 APPROVERS = {"dpo": PrincipalKind.EMPLOYEE, "partner-officer": PrincipalKind.PARTNER_AUDITOR}
 SEGMENT_SIZE = 8192
-SIZES = (64, 1000, 4000, SEGMENT_SIZE * 3 + 17, SEGMENT_SIZE * 6)
-"""Object sizes: small ones (packed), and multi-segment ones (three and six segments)."""
+SIZES = (64, 1000, 4000, SEGMENT_SIZE * 3 + 17, SEGMENT_SIZE * 6, SEGMENT_SIZE * 40 + 5)
+"""Object sizes: small ones, multi-segment ones (3 and 6 segments), all of them packed, and
+one of 40 segments whose shards (80 KiB) pass the demo's `pack_limit` (64 KiB): each a file."""
 
 EXPECTED_PUT_FAILURES = (Conflict, StorageError)
 """What a put may meet beside a sweep of no grace (docs/cli.md, gc): never acknowledged."""

@@ -265,3 +265,14 @@ def test_a_reader_yields_nothing_before_its_key_is_released(vault: Vault, alice:
         pytest.raises(RuntimeError),
     ):
         reader.read_all()
+
+
+def test_a_put_of_many_segments_leaves_every_shard_whole(vault: Vault, alice: ObjectRef) -> None:
+    """Each shard's blocks land in segment order: a put that let one shard's writes
+    overtake each other would still read back (up to m bad shards a segment are read
+    around), so the scrub, which checks every block of every shard, is what tells."""
+    data = payload(256 * SEGMENT + 5)
+    vault.put(alice, data)
+    assert vault.get(alice) == data
+    report = vault.repair(scrub=True, dry_run=True)
+    assert (report.versions, report.rebuilt, report.problems) == (1, 0, ())

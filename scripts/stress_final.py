@@ -28,7 +28,7 @@ def final_checks(config: Path, workdir: Path, checker: Checker) -> None:
     with Vault.open(load(config)) as vault:
         leftover = _extra_shards(vault)
         if leftover:
-            checker.notes.append(f"before the last gc, shards beyond the committed: {leftover}")
+            checker.notes.append(f"before the last gc, {_shown(leftover)}")
         _sweep(vault, checker)
         for scrub in (False, True):
             repair = vault.repair(scrub=scrub)
@@ -37,7 +37,7 @@ def final_checks(config: Path, workdir: Path, checker: Checker) -> None:
         _read_everything(vault, checker)
         leftover = _extra_shards(vault)
         if leftover:
-            checker.problems.append(f"after the last gc, shards beyond the committed: {leftover}")
+            checker.problems.append(f"after the last gc, {_shown(leftover)}")
     _verify_audit_logs(config, workdir, checker)
 
 
@@ -61,8 +61,19 @@ def _read_everything(vault: Vault, checker: Checker) -> None:
         checker.observe(subject, key, seen, where)
 
 
+def _shown(extra: dict[str, int]) -> str:
+    """Shards held beyond n a committed version, or missing below it, per cell."""
+    return "; ".join(
+        f"{cell}: {count} shard(s) beyond the committed versions' n each"
+        if count > 0
+        else f"{cell}: {-count} shard(s) missing from the committed versions' n each"
+        for cell, count in sorted(extra.items())
+    )
+
+
 def _extra_shards(vault: Vault) -> dict[str, int]:
-    """Per cell, the shards its nodes hold beyond n for each committed version."""
+    """Per cell, the shards its nodes hold beyond n for each committed version (negative:
+    fewer than that)."""
     shards: dict[str, int] = {}
     for usage in vault.node_usage():
         cell = str(usage.node.jurisdiction)

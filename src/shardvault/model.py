@@ -193,9 +193,10 @@ _INVISIBLE_LETTER_OR_MARK = re.compile(
 # segment, not two (and '\' is refused outright, so its look-alikes would pass for a
 # separator no key may hold). Unicode's confusables of '/' and '\' (UTS #39), but for
 # letters of living scripts they are confused with (U+30CE KATAKANA LETTER NO, the
-# ideographs U+4E3F and U+4E36: Japanese and Chinese keys need them) and the combining
-# overlays U+0337 and U+0338, which strike through the letter before them rather than
-# stand between segments. The value is the character each passes for.
+# ideographs U+4E3F and U+4E36, and U+3033, the upper half of vertical Japanese text's
+# repeat mark: Japanese and Chinese keys need them) and the combining overlays U+0337
+# and U+0338, which strike through the letter before them rather than stand between
+# segments. The value is the character each passes for.
 LOOK_ALIKE_SEPARATORS = {
     "\u2044": "/",  # FRACTION SLASH: typed for '/' in '1/2'
     "\u2215": "/",  # DIVISION SLASH: a mathematical '/'

@@ -33,9 +33,10 @@ from test_cli import BINARY, Cli
 from shardvault.audit import export
 from shardvault.audit.log import AuditLog
 from shardvault.cli import outfile
-from shardvault.errors import InvalidInput
+from shardvault.errors import InvalidInput, StorageError
 from shardvault.governance import Governance
 from shardvault.keys import tombstones
+from shardvault.nodes.localdir import LocalDirShardStore
 
 MAX_VERSION = 2**63 - 1
 
@@ -838,6 +839,30 @@ def test_gc_tells_a_node_that_failed_during_the_sweep_from_one_unavailable(
     assert failed["error"] in line
     code, _, err = alice("gc", "--grace", "0")
     assert code == 1 and "warning: node us-n2 failed during the sweep" in err
+
+
+def test_a_node_whose_strays_cannot_be_listed_keeps_its_sweep_and_is_named_once(
+    alice: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failure listing a node's strays names the node as failed, and a store's error
+    that names the node is not prefixed with it twice."""
+    alice.ok("rm", "intl", "alice", "k")
+    listed = LocalDirShardStore.strays
+
+    def failing(store: LocalDirShardStore) -> list[str]:
+        if store.node_id == "us-n2":
+            raise StorageError("node us-n2: listing its strays failed: Input/output error")
+        return listed(store)
+
+    monkeypatch.setattr(LocalDirShardStore, "strays", failing)
+    code, out, err = alice("gc", "--grace", "0", "--json")
+    assert code == 1, err
+    report = json.loads(out)
+    assert [failed["node"] for failed in report["failed_nodes"]] == ["us-n2"]
+    assert report["versions"] == 1 and report["shards"] == 6  # the rest of gc done
+    (line,) = err.strip().splitlines()
+    assert line.count("us-n2") == 1, line
+    assert "listing its strays failed: Input/output error" in line
 
 
 @pytest.mark.parametrize(

@@ -220,13 +220,16 @@ def collect_cell(cell: Cell, cutoff: float, started: float, n: int) -> GcReport:
         for node, store in cell.usable_stores().items():  # one at a time: one node's names held
             try:
                 swept, stale, moved = _sweep_node(cell, store, cutoff)
-                strays += store.strays()
             except (ShardvaultError, OSError) as exc:
                 failing.append(NodeFailure(node, str(exc)))  # the next sweep tries again
                 continue
             orphans += swept
             temporaries += stale
-            moves.add(node, moved)
+            moves.add(node, moved)  # before the strays: a sweep done keeps its moves
+            try:
+                strays += store.strays()
+            except (ShardvaultError, OSError) as exc:
+                failing.append(NodeFailure(node, str(exc)))
         relocate(cell, moves)
     unavailable = tuple(sorted(cell.unavailable_nodes()))
     skipped = tuple(sorted([*unavailable, *(failed.node for failed in failing)]))

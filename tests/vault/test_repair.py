@@ -29,7 +29,7 @@ from governance_support import forget_approved
 from shardvault.catalog.port import Catalog, VersionRecord
 from shardvault.codec.shardfile import block_offset
 from shardvault.config import load
-from shardvault.errors import IntegrityError, StorageError
+from shardvault.errors import IntegrityError, NotFound, StorageError
 from shardvault.manifest import Manifest
 from shardvault.model import ObjectRef
 from shardvault.nodes.localdir import LocalDirShardStore
@@ -1129,8 +1129,9 @@ def test_a_get_whose_reloaded_manifest_names_the_same_copies_fails_once(
         assert asked == [(ref, 1)]
 
 
-def test_a_get_of_a_version_collected_under_it_fails_as_before(tmp_path: Path) -> None:
-    # the reload finds no version: the copies are gone with it, and so is the read
+def test_a_get_of_a_version_collected_under_it_is_not_found(tmp_path: Path) -> None:
+    # the reload finds no version: the copies are gone with it, and so is the read, as
+    # not found (it was "only 2 of the 4 shards", a deletion reported as damage)
     config = deployment(tmp_path)
     ref, data = REFS[0], os.urandom(3 * SEGMENT)
     with Vault.open(load(config)) as vault:
@@ -1144,8 +1145,9 @@ def test_a_get_of_a_version_collected_under_it_fails_as_before(tmp_path: Path) -
             next(segments)  # shards 0-3 open: they are read on, the other two are gone
             vault.delete(ref)
             assert vault.gc(grace_seconds=0).shards == K + M
-            with pytest.raises(IntegrityError, match="segment 1: only 2 of the 4 shards"):
+            with pytest.raises(NotFound, match=r"v1 was deleted or forgotten .* \(segment 1\)"):
                 b"".join(segments)
+        assert reader.damage == []  # the damaged shards went with the version
 
 
 def test_a_replaced_copy_is_kept_for_the_grace_period_by_the_vaults_clock(

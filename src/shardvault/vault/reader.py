@@ -26,8 +26,10 @@ catalog asked for the version's manifest as it is now (`reload`): a get that loa
 it before a repair's or spread's swap reads the copies the swap replaced, which gc
 deletes after its grace period. If the catalog names other copies for some shards,
 the same stripe otherwise, the segment is read again from those; if it names the
-same ones, the segment is lost. Only that failure asks: a get that reads its
-segments pays no query for it.
+same ones, the segment is lost. If the version is no longer committed, it was
+deleted (or forgotten) since the get looked it up and gc took its shards: that is
+NotFound, with no damage recorded, not an integrity error. Only that failure asks:
+a get that reads its segments pays no query for it.
 """
 
 from __future__ import annotations
@@ -68,7 +70,7 @@ class _Fetched(NamedTuple):
 _Pending: TypeAlias = "Future[_Fetched] | _Fetched"
 Reload: TypeAlias = Callable[[], "tuple[Manifest, list[ShardStore]] | None"]
 """The version's manifest as the catalog holds it now, with its nodes' stores; None
-if the version is gone."""
+if the version is no longer committed (deleted or forgotten)."""
 
 
 def _open_shard(
@@ -327,7 +329,10 @@ class ObjectReader:
                 return [good[index] for index in sorted(good)][: self._code.k]
             spare = [i for i in range(self._manifest.n) if i not in tried]
             if not spare:  # each shard tried: read the ones the catalog now names elsewhere
-                tried -= self._reloaded(segment) - good.keys()
+                moved = self._reloaded(segment)
+                if moved is None:
+                    raise self._gone(segment)
+                tried -= moved - good.keys()
                 spare = [i for i in range(self._manifest.n) if i not in tried]
             if not spare:
                 raise IntegrityError(
@@ -338,17 +343,30 @@ class ObjectReader:
                 )
             pending = [(i, self._submit(segment, i)) for i in spare[:missing]]
 
-    def _reloaded(self, segment: int) -> set[int]:
+    def _gone(self, segment: int) -> NotFound:
+        """The version was deleted (or its subject forgotten) since the get looked it up,
+        and gc took its shards: no damage, so none is recorded for repair to chase."""
+        self.damage = []
+        return NotFound(
+            f"{self._manifest.ref} v{self._manifest.version} was deleted or forgotten while "
+            f"it was being read (segment {segment}); nothing is damaged: get the key again "
+            "for its current version, if it has one"
+        )
+
+    def _reloaded(self, segment: int) -> set[int] | None:
         """The shards the catalog's manifest now names other copies of, read from there
-        from now on; none if it names the same ones, the version is gone, or its manifest
-        is not this stripe's but for where its shards are (then nothing is changed).
+        from now on; none if it names the same ones or its manifest is not this stripe's
+        but for where its shards are (then nothing is changed); None if the version is
+        no longer committed.
 
         The failed attempt's damage records of those shards go: they name copies no
         manifest names (gone is no damage), and repair would check the version for them.
         """
-        found = None if self._reload is None else self._reload()
-        if found is None:
+        if self._reload is None:
             return set()
+        found = self._reload()
+        if found is None:
+            return None
         manifest, stores = found
         old = self._manifest
         where = replace(

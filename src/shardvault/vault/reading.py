@@ -101,10 +101,12 @@ def manifest_of(record: VersionRecord) -> Manifest:
 
 def _manifest_now(cell: Cell, manifest: Manifest) -> tuple[Manifest, list[ShardStore]] | None:
     """MANIFEST's version as its row holds it now, with its nodes' stores; None if it is
-    gone (deleted, forgotten). A reader asks it when the copies it names are not enough:
-    a repair or spread may have replaced them since it loaded the manifest."""
+    no longer committed (deleted, forgotten). A reader asks it when the copies it names
+    are not enough: a repair or spread may have replaced them since it loaded the
+    manifest. A row of another object (version numbers are never given again: a catalog
+    edited by hand) is returned as it is, for the reader to find it is not its stripe."""
     record = cell.catalog.get_version(manifest.ref, manifest.version)
-    if record is None or record.manifest is None or record.object_id != manifest.object_id:
+    if record is None or record.manifest is None:
         return None
     now = manifest_of(record)
     return now, [cell.store(node_id) for node_id in now.nodes]

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from conftest import SEGMENT, make_deployment
+from conftest import SEGMENT, make_deployment, shard_paths
 from shardvault.cli.app import main
 from shardvault.config import load
 from shardvault.errors import NotFound
@@ -127,3 +127,28 @@ def test_the_cli_get_of_a_version_deleted_under_it_exits_1_writing_nothing(
     assert err.count("\n") == 1 and err.startswith("error: "), err
     assert "was deleted or forgotten while it was being read" in err
     assert not target.exists() and list(tmp_path.iterdir()) == [tmp_path / "deploy"]
+
+
+def test_a_read_around_shards_a_delete_and_gc_took_records_no_damage(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A gc that took only some of a deleted version's shards before the read got to
+    them (cut short, or still sweeping) leaves a read that succeeds around them: what it
+    read around is gone with the version, not damage for repair or a warning."""
+    data = os.urandom(1024)
+    config = stored(tmp_path, PACK_LIMITS["files"], data)
+    with Vault.open(load(config)) as vault:
+        paths = shard_paths(vault, REF)
+
+        def partly_collected(vault: Vault) -> None:
+            vault.delete(REF)
+            for path in paths[:2]:  # m of them: the read still has k
+                path.unlink()
+
+        before_the_reads(monkeypatch, partly_collected)
+        reader = vault.open_read(REF)
+        with reader:
+            assert reader.read_all() == data  # the version it resolved, read around
+        assert len(reader.damage) == 2
+        assert vault.report_damage(reader.damage) == []  # nothing queued, nothing to warn of
+        no_damage_to_repair(vault)

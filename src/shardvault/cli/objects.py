@@ -118,11 +118,9 @@ def get(
                 advance(len(chunk))
         else:
             write_output(destination, reader, advance)
-    vault.report_damage(reader.damage)
-    if reader.damage:
-        warn(
-            f"read around {len(reader.damage)} damaged or missing shard block(s); queued for repair"
-        )
+    queued = vault.report_damage(reader.damage)
+    if queued:
+        warn(f"read around {len(queued)} damaged or missing shard block(s); queued for repair")
 
 
 def ls(

@@ -273,12 +273,23 @@ class Vault:
         self.report_damage(reader.damage)
         return data
 
-    def report_damage(self, damage: list[DamageRecord]) -> None:
-        """Queue damaged shards found by a read for repair."""
+    def report_damage(self, damage: list[DamageRecord]) -> builtins.list[DamageRecord]:
+        """Queue damaged shards found by a read for repair; the records queued.
+
+        A version no longer committed was deleted (or forgotten) since the read looked
+        it up, and what it read around was gc taking its shards: gone, not damaged, so
+        not queued (repair would drop it) nor worth a warning. Asked only of damage.
+        """
+        queued = []
         for item in damage:
             home = self.directory.home(item.ref.tenant, item.ref.subject)
-            if home is not None:
-                self.cells[home].catalog.record_damage(item)
+            if home is None:
+                continue
+            catalog = self.cells[home].catalog
+            if catalog.get_version(item.ref, item.version) is not None:
+                catalog.record_damage(item)
+                queued.append(item)
+        return queued
 
     def list(
         self,

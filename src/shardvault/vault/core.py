@@ -30,7 +30,7 @@ from collections.abc import Callable, Collection, Iterator
 from dataclasses import replace
 
 from shardvault.allocator import tune_allocator
-from shardvault.catalog.port import DamageRecord, SubjectRecord
+from shardvault.catalog.port import Catalog, DamageRecord, SubjectRecord
 from shardvault.codec.erasure import ErasureCode
 from shardvault.config import Config
 from shardvault.directory import SubjectDirectory
@@ -278,18 +278,28 @@ class Vault:
 
         A version no longer committed was deleted (or forgotten) since the read looked
         it up, and what it read around was gc taking its shards: gone, not damaged, so
-        not queued (repair would drop it) nor worth a warning. Asked only of damage.
+        not queued (repair would drop it) nor worth a warning. Asked only of damage,
+        once a version: a large object read around one bad node has a record a segment.
         """
+        catalogs: dict[tuple[ObjectRef, int], Catalog | None] = {}
         queued = []
         for item in damage:
-            home = self.directory.home(item.ref.tenant, item.ref.subject)
-            if home is None:
-                continue
-            catalog = self.cells[home].catalog
-            if catalog.get_version(item.ref, item.version) is not None:
+            where = (item.ref, item.version)
+            if where not in catalogs:
+                catalogs[where] = self._catalog_holding(item.ref, item.version)
+            catalog = catalogs[where]
+            if catalog is not None:
                 catalog.record_damage(item)
                 queued.append(item)
         return queued
+
+    def _catalog_holding(self, ref: ObjectRef, version: int) -> Catalog | None:
+        """The home cell's catalog, if the version is still committed there."""
+        home = self.directory.home(ref.tenant, ref.subject)
+        if home is None:
+            return None
+        catalog = self.cells[home].catalog
+        return catalog if catalog.get_version(ref, version) is not None else None
 
     def list(
         self,

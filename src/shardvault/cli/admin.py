@@ -340,10 +340,9 @@ def gc(
     down = _down_nodes(cli.config())
     for failed in report.failed_nodes:
         if failed.node not in hung and failed.node not in down:
-            said = failed.error.removeprefix(f"node {failed.node}: ")  # named once is enough
             warn(
                 f"node {failed.node} failed during the sweep, which stopped part-way: "
-                f"{said}; run gc again once that is mended"
+                f"{failed.error}; run gc again once that is mended"
             )
     _warn_about_strays(report.strays)
     _warn_if_any_hung(cli)

@@ -45,7 +45,11 @@ class NodeFailure:
     """A node that was opened but whose sweep failed part-way, and the error it gave."""
 
     node: str
-    error: str
+    error: str  # without the "node N: " a store's errors start with: `node` names it
+
+    @classmethod
+    def of(cls, node: str, exc: BaseException) -> NodeFailure:
+        return cls(node, str(exc).removeprefix(f"node {node}: "))
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,7 +225,7 @@ def collect_cell(cell: Cell, cutoff: float, started: float, n: int) -> GcReport:
             try:
                 swept, stale, moved = _sweep_node(cell, store, cutoff)
             except (ShardvaultError, OSError) as exc:
-                failing.append(NodeFailure(node, str(exc)))  # the next sweep tries again
+                failing.append(NodeFailure.of(node, exc))  # the next sweep tries again
                 continue
             orphans += swept
             temporaries += stale
@@ -229,7 +233,7 @@ def collect_cell(cell: Cell, cutoff: float, started: float, n: int) -> GcReport:
             try:
                 strays += store.strays()
             except (ShardvaultError, OSError) as exc:
-                failing.append(NodeFailure(node, str(exc)))
+                failing.append(NodeFailure.of(node, exc))
         relocate(cell, moves)
     unavailable = tuple(sorted(cell.unavailable_nodes()))
     skipped = tuple(sorted([*unavailable, *(failed.node for failed in failing)]))

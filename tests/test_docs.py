@@ -19,7 +19,7 @@ from shardvault.cli import app as cli_app
 from shardvault.codec import shardfile
 from shardvault.custodian_policy import parse_custodian_policy
 from shardvault.demo import write_demo
-from shardvault.governance import approval_schema, partner_verdicts, principals, receipts
+from shardvault.governance import approval_schema, principals, receipts, verdicts_file
 from shardvault.keys import key_subjects, keyring, tombstones
 from shardvault.nodes import journal, marker, packs
 
@@ -161,7 +161,7 @@ def test_every_persisted_format_is_documented_with_its_version() -> None:
         "Audit log, signed heads, export": log.LOG_VERSION,
         "Governance registry (schema": principals.SCHEMA_VERSION,
         "Approvals (schema": approval_schema.SCHEMA_VERSION,
-        "Partner's verdicts (schema": partner_verdicts.SCHEMA_VERSION,
+        "Partner's verdicts (schema": verdicts_file.SCHEMA_VERSION,
         "Deletion receipt": receipts.RECEIPT_VERSION,
     }
     for title, version in headings.items():

@@ -32,7 +32,8 @@ from shardvault.errors import (
     Unavailable,
 )
 from shardvault.governance.approval_signatures import sign_verdict, sign_withdrawal
-from shardvault.governance.partner_verdicts import VetoedRequest, Withdrawal
+from shardvault.governance.partner_verdicts import Withdrawal
+from shardvault.governance.vetoed_request import VetoedRequest
 from shardvault.keys.port import KeyScope
 from shardvault.model import Justification, ObjectRef, RequestContext, new_request_id
 from shardvault.policy import Principal, PrincipalKind
@@ -642,7 +643,7 @@ def test_a_withdrawal_the_partner_fails_to_keep_is_audited_so(
     ``withdrawn`` and nothing after, while the veto stood. A second entry now says it
     failed, as a refusal by the partner then is."""
     denied = vetoed_forget(vault)
-    monkeypatch.setattr("shardvault.governance.partner_verdicts._BUSY_SECONDS", 0.2)
+    monkeypatch.setattr("shardvault.governance.verdicts_file._BUSY_SECONDS", 0.2)
     ctx = RequestContext("partner-officer", "approval", new_request_id())
     key = signing_key(vault.governance, "partner-officer")
     with closing(sqlite3.connect(partner_record(config), isolation_level=None)) as other:

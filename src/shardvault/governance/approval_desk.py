@@ -25,13 +25,9 @@ from shardvault.governance.audit_logs import (
     entry_details,
     request_fields,
 )
-from shardvault.governance.partner_verdicts import (
-    PartnerVerdicts,
-    Veto,
-    VetoedRequest,
-    Withdrawal,
-)
+from shardvault.governance.partner_verdicts import PartnerVerdicts, Veto, Withdrawal
 from shardvault.governance.requesters import Requesters
+from shardvault.governance.vetoed_request import VetoedRequest
 from shardvault.model import LOCAL_ADMIN, RequestContext
 from shardvault.policy import Principal
 

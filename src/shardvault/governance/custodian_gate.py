@@ -36,8 +36,9 @@ from shardvault.errors import AccessDenied, ShardvaultError
 from shardvault.governance.approval_record import DENIED, EXPIRED, HOMED_ELSEWHERE, Approval
 from shardvault.governance.approval_signatures import counted_verdicts
 from shardvault.governance.approvals import ApprovalBook
-from shardvault.governance.partner_verdicts import PartnerVerdicts, VetoedRequest
+from shardvault.governance.partner_verdicts import PartnerVerdicts
 from shardvault.governance.seen import SeenRecorder
+from shardvault.governance.vetoed_request import VetoedRequest
 from shardvault.keys.port import KeyOperation, KeyScope
 from shardvault.keys.rootkey import CustodianGate
 from shardvault.model import Justification

@@ -6,93 +6,40 @@ its presence, and the operator can delete a row. With a quorum below the number
 of approvers, deleting one approver's signed veto let the others' signatures
 through. So every verdict signed under a key the partner's policy holds is also
 delivered to the partner, which checks the signature and keeps it in a file of
-its own, ``<partner_dir>/verdicts.sqlite`` (mode 0600, rollback journal,
-``synchronous=EXTRA``, ``PRAGMA user_version`` = 3)::
-
-    verdicts(approval TEXT, approver TEXT, verdict TEXT ('approve' or 'deny'),
-             signature BLOB, PRIMARY KEY (approval, approver, verdict)) WITHOUT ROWID
-    vetoes(request BLOB, object_key BLOB, approval TEXT, approver TEXT,
-           denied_at REAL, expires_at REAL,
-           PRIMARY KEY (request, approval, approver)) WITHOUT ROWID
-    veto_key(id INTEGER PRIMARY KEY CHECK (id = 1), key BLOB)
-    withdrawals(approval TEXT, approver TEXT, withdrawn_at REAL, signature BLOB,
-                PRIMARY KEY (approval, approver)) WITHOUT ROWID
+its own, ``<partner_dir>/verdicts.sqlite`` (`verdicts_file`: its schema, how it
+is made and opened).
 
 The gate refuses a key use whose approval has a denial there, whatever the book
 now holds (`custodian_gate`). A denial also binds the request it refuses, not
 only its approval (`VetoedRequest`): the partner keeps, beside it, tags of that
-request (HMAC-SHA256 under the record's own random ``veto_key``), and refuses
-every approval for the same request, whoever signs it, until the veto lapses.
-So asking the same thing again does not get round one approver's no; only the
-denier lifts it before it lapses, with a withdrawal they sign (`withdraw`), which
-the partner checks against its own record and keeps. The file
-names no subject (the statement signed is not kept: the book holds it, and
+request, and refuses every approval for the same request, whoever signs it,
+until the veto lapses. So asking the same thing again does not get round one
+approver's no; only the denier lifts it before it lapses, with a withdrawal they
+sign (`withdraw`), which the partner checks against its own record and keeps. The
+file names no subject (the statement signed is not kept: the book holds it, and
 forgets it with the subject; the tags name nobody without the key).
 
-It is made by the first signed verdict of the deployment, and never made anew
-once an approval book holds a signed verdict: then a missing file was lost, with
-the denials in it, and every verdict delivered and every key use that names an
-approval is refused until it is restored (fail closed). An empty file (0 bytes,
-mode 0600) is taken as a record with nothing in it: the partner's way to start
-again after losing it for good, and what a process killed while making it left.
-A file of schema 1 (from before vetoes) is read as it is, holding no veto, and
-given the veto tables by the next verdict delivered; one of schema 2 (from before
-withdrawals) is read as holding none, and given the table by the next write. Signed
-verdicts are rare, and so are key uses that name an approval, so each call opens a
-connection of its own and closes it.
+Once an approval book holds a signed verdict, a missing file was lost, with the
+denials in it, and every verdict delivered and every key use that names an
+approval is refused until it is restored (fail closed). Signed verdicts are rare,
+and so are key uses that name an approval, so each call opens a connection of
+its own and closes it.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import os
 import sqlite3
-import stat
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import closing, contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import quote
 
-from shardvault import durability
-from shardvault.audit.entry import canonical_json
-from shardvault.errors import AccessDenied, IntegrityError, Unavailable
+from shardvault.errors import AccessDenied, IntegrityError
 from shardvault.governance.approval_record import Approval
 from shardvault.governance.approval_signatures import verifies, withdrawal_verifies
-from shardvault.policy import Action
-from shardvault.sqlite_schema import stamp_schema
+from shardvault.governance.verdicts_file import FILE, VerdictsFile
+from shardvault.governance.vetoed_request import VetoedRequest
 
-FILE = "verdicts.sqlite"
-SCHEMA_VERSION = 3
-_VERDICTS = """CREATE TABLE IF NOT EXISTS verdicts (
-    approval TEXT NOT NULL,
-    approver TEXT NOT NULL,
-    verdict TEXT NOT NULL CHECK (verdict IN ('approve', 'deny')),
-    signature BLOB NOT NULL,
-    PRIMARY KEY (approval, approver, verdict)
-) WITHOUT ROWID"""
-_VETOES = """CREATE TABLE IF NOT EXISTS vetoes (
-    request BLOB NOT NULL,
-    object_key BLOB,
-    approval TEXT NOT NULL,
-    approver TEXT NOT NULL,
-    denied_at REAL NOT NULL,
-    expires_at REAL NOT NULL,
-    PRIMARY KEY (request, approval, approver)
-) WITHOUT ROWID"""
-_VETO_KEY = """CREATE TABLE IF NOT EXISTS veto_key (
-    id INTEGER PRIMARY KEY CHECK (id = 1),
-    key BLOB NOT NULL CHECK (length(key) = 32)
-)"""
-_WITHDRAWALS = """CREATE TABLE IF NOT EXISTS withdrawals (
-    approval TEXT NOT NULL,
-    approver TEXT NOT NULL,
-    withdrawn_at REAL NOT NULL,
-    signature BLOB NOT NULL,
-    PRIMARY KEY (approval, approver)
-) WITHOUT ROWID"""
 _KEEP = (
     "INSERT OR IGNORE INTO verdicts (approval, approver, verdict, signature) VALUES (?, ?, ?, ?)"
 )
@@ -106,74 +53,6 @@ _STANDING = """SELECT approval, approver, max(expires_at, denied_at + :period) A
     ORDER BY lapses DESC, approval LIMIT 1"""
 _WITHDRAWN = "SELECT withdrawn_at FROM withdrawals WHERE approval = ? AND approver = ?"
 _LIFT = "DELETE FROM vetoes WHERE approval = ? AND approver = ?"
-_TAG = b"shardvault-veto/v1\n"
-_BUSY_SECONDS = 10.0
-
-
-@dataclass(frozen=True, slots=True)
-class VetoedRequest:
-    """What a signed denial binds: the request its approval was asked for, less what
-    each ask makes new (its request id and expiry), or the same request asked again
-    would be another.
-
-    A forget's is its tenant and subject: what it does (the subject's key destroyed,
-    for good) is the same whoever asks and whatever purpose they give, so neither
-    another administrator nor another wording gets round a veto. Any other's is also
-    who asks (``requester``) and why (``purpose``): a court's lawful read vetoed does
-    not stop another authority's request, or the service serving the user, which the
-    approvers judge on their own. ``key`` None: the request names no object key (a
-    list, a registration; an approval names exactly the key of its request). A veto
-    naming none still matches an ask naming one, and the reverse (from when an
-    approval could be for any key of the subject), though no action is asked both
-    ways. The cell is left out: a tenant's subject id names one user wherever they
-    live."""
-
-    action: str
-    tenant: str
-    subject: str | None
-    key: str | None = None
-    requester: str | None = None
-    purpose: str | None = None
-
-    @classmethod
-    def of(
-        cls,
-        requester: str,
-        action: str,
-        tenant: str,
-        subject: str | None,
-        key: str | None,
-        purpose: str,
-    ) -> VetoedRequest:
-        if action == str(Action.FORGET):
-            return cls(action, tenant, subject)
-        return cls(action, tenant, subject, key, requester, purpose)
-
-    @classmethod
-    def of_approval(cls, approval: Approval) -> VetoedRequest:
-        """The request ``approval`` covers, as the book holds it: the statement its
-        signatures verify against, so a row edited to escape a veto counts for nothing."""
-        return cls.of(
-            approval.requester, approval.action, approval.tenant, approval.subject,
-            approval.key, approval.purpose,
-        )  # fmt: skip
-
-    def tags(self, veto_key: bytes) -> tuple[bytes, bytes | None]:
-        """The request's tag, and its object key's (None: the request names none)."""
-        fields: dict[str, str | None] = {
-            "action": self.action, "tenant": self.tenant, "subject": self.subject,
-            "requester": self.requester, "purpose": self.purpose,
-        }  # fmt: skip
-        request = _tag(veto_key, fields)
-        return request, None if self.key is None else _tag(veto_key, {**fields, "key": self.key})
-
-
-def _tag(veto_key: bytes, fields: Mapping[str, str | None]) -> bytes:
-    try:
-        text = canonical_json(fields)
-    except (UnicodeEncodeError, TypeError, ValueError) as exc:
-        raise IntegrityError(f"a request that cannot be stated: {exc}") from None
-    return hmac.new(veto_key, _TAG + text, hashlib.sha256).digest()
 
 
 def _not_withdrawable(approval_id: str, deniers: list[str]) -> AccessDenied:
@@ -230,6 +109,7 @@ class PartnerVerdicts:
         """``approvers``: the public keys of the partner's own ``[approvers]``, the only ones
         a verdict or a withdrawal is verified under (never a key its caller hands it)."""
         self.path = partner_dir / FILE
+        self._file = VerdictsFile(self.path)
         self._clock = clock
         self._approvers: Mapping[str, bytes] = approvers or {}
 
@@ -255,12 +135,14 @@ class PartnerVerdicts:
                 "key the partner holds for them: not delivered"
             )
         self.made(first)
-        with self._connected() as db, db:  # committed whole, or rolled back
+        with self._file.connected() as db, db:  # committed whole, or rolled back
             db.execute("BEGIN IMMEDIATE")
-            self._set_up(db)
+            self._file.set_up(db)
             db.execute(_KEEP, (approval.id, approver, verdict, signature))
             if verdict == "deny" and not self._was_withdrawn(db, approval.id, approver):
-                request, object_key = VetoedRequest.of_approval(approval).tags(self._key(db))
+                request, object_key = VetoedRequest.of_approval(approval).tags(
+                    self._file.veto_key(db)
+                )
                 db.execute(
                     _BIND,
                     (request, object_key, approval.id, approver, self._clock(),
@@ -281,16 +163,16 @@ class PartnerVerdicts:
         otherwise, it was lost (`IntegrityError`)."""
         if not self.path.exists():
             if not first():
-                raise self._lost()
-            self._make()
+                raise self._file.lost()
+            self._file.make()
 
     def denials(self, approval_id: str) -> frozenset[str]:
         """The approvers whose signed denial of ``approval_id`` the partner holds.
         `IntegrityError` if the file is missing, `Unavailable` if it cannot be read."""
         if not self.path.exists():
-            raise self._lost()
-        with self._connected() as db:
-            if self._version(db) == 0:  # empty: no verdict was ever kept in it
+            raise self._file.lost()
+        with self._file.connected() as db:
+            if self._file.version(db) == 0:  # empty: no verdict was ever kept in it
                 return frozenset()
             return frozenset(row[0] for row in db.execute(_DENIALS, (approval_id,)))
 
@@ -315,11 +197,11 @@ class PartnerVerdicts:
         if not self.path.exists():
             if first is not None and first():
                 return [None] * len(requests)
-            raise self._lost()
-        with self._connected() as db:
-            if self._version(db) < 2:  # empty, or kept before denials bound their request
+            raise self._file.lost()
+        with self._file.connected() as db:
+            if self._file.version(db) < 2:  # empty, or kept before denials bound their request
                 return [None] * len(requests)
-            veto_key, now = self._key(db), self._clock()
+            veto_key, now = self._file.veto_key(db), self._clock()
             return [self._standing(db, request.tags(veto_key), period, now) for request in requests]
 
     @staticmethod
@@ -340,8 +222,8 @@ class PartnerVerdicts:
         if not self.path.exists():
             if first():
                 raise _not_withdrawable(approval_id, [])
-            raise self._lost()
-        with self._connected() as db:
+            raise self._file.lost()
+        with self._file.connected() as db:
             return self._withdrawable(db, approval_id, approver)
 
     def withdraw(self, approval_id: str, approver: str, signature: bytes) -> Withdrawal:
@@ -352,11 +234,11 @@ class PartnerVerdicts:
         approval stays refused (`denials`). `AccessDenied` as `withdrawable`, and
         ``approval:signing-key`` for a signature that does not verify."""
         if not self.path.exists():
-            raise self._lost()
+            raise self._file.lost()
         key = self._approvers.get(approver)
-        with self._connected() as db, db:  # committed whole, or rolled back
+        with self._file.connected() as db, db:  # committed whole, or rolled back
             db.execute("BEGIN IMMEDIATE")
-            self._set_up(db)
+            self._file.set_up(db)
             denial = self._withdrawable(db, approval_id, approver)
             if key is None or not withdrawal_verifies(
                 key, approval_id, approver, denial, signature
@@ -376,7 +258,7 @@ class PartnerVerdicts:
         return Withdrawal(approval_id, approver, at)
 
     def _withdrawable(self, db: sqlite3.Connection, approval_id: str, approver: str) -> bytes:
-        version = self._version(db)
+        version = self._file.version(db)
         deniers = dict(db.execute(_DENIERS, (approval_id,)).fetchall()) if version else {}
         if approver not in deniers:
             raise _not_withdrawable(approval_id, sorted(deniers))
@@ -392,75 +274,5 @@ class PartnerVerdicts:
             )
         return bytes(deniers[approver])
 
-    def _set_up(self, db: sqlite3.Connection) -> None:
-        """The tables and the veto key of a file left empty, or of schema 1 or 2; stamped 3.
-        In the caller's write transaction: two processes set it up once."""
-        self._version(db)  # a newer one: NewerFormat, before anything is written
-        for table in (_VERDICTS, _VETOES, _VETO_KEY, _WITHDRAWALS):
-            db.execute(table)
-        db.execute("INSERT OR IGNORE INTO veto_key (id, key) VALUES (1, ?)", (os.urandom(32),))
-        stamp_schema(db, SCHEMA_VERSION, self._what)
 
-    def _version(self, db: sqlite3.Connection) -> int:
-        """The file's schema (0: left empty); `NewerFormat` if a newer shardvault wrote it."""
-        (found,) = db.execute("PRAGMA user_version").fetchone()
-        if found > SCHEMA_VERSION:
-            stamp_schema(db, SCHEMA_VERSION, self._what)  # raises: it names both versions
-        return int(found)
-
-    def _key(self, db: sqlite3.Connection) -> bytes:
-        row = db.execute("SELECT key FROM veto_key WHERE id = 1").fetchone()
-        if row is None:  # set up with the tables, in one transaction: damage
-            raise IntegrityError(f"{self._what} has lost its veto key: restore it from a backup")
-        return bytes(row[0])
-
-    @property
-    def _what(self) -> str:
-        return f"the partner's record of signed verdicts {self.path}"
-
-    def _lost(self) -> IntegrityError:
-        return IntegrityError(
-            f"{self._what} is missing, while approvals have signed verdicts: restore it "
-            "from the partner's backup (docs/trust-model.md, signed approvals)"
-        )
-
-    def _make(self) -> None:
-        """The empty file, mode 0600, made once whoever else makes it at the same time."""
-        try:
-            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
-            durability.fsync_directory(self.path.parent)
-        except OSError as exc:
-            raise Unavailable(f"cannot make {self._what}: {exc.strerror or exc}") from None
-
-    @contextmanager
-    def _connected(self) -> Iterator[sqlite3.Connection]:
-        """A connection to the existing file, checked to be a private regular file. A
-        rollback journal and ``synchronous=EXTRA``: a verdict is durable once delivered."""
-        try:
-            info = os.stat(self.path)
-        except OSError as exc:
-            raise Unavailable(f"cannot use {self._what}: {exc.strerror or exc}") from None
-        mode = stat.S_IMODE(info.st_mode)
-        if not stat.S_ISREG(info.st_mode) or mode & 0o077:
-            raise Unavailable(
-                f"{self._what} is not a regular file only its owner can read (mode {mode:o}): "
-                "run chmod 600 on it"
-            )
-        try:
-            db = sqlite3.connect(
-                f"file:{quote(str(self.path))}?mode=rw", _BUSY_SECONDS, isolation_level=None,
-                uri=True,
-            )  # fmt: skip
-        except sqlite3.Error as exc:
-            raise Unavailable(f"cannot use {self._what}: {exc}") from exc
-        with closing(db):
-            try:
-                db.execute("PRAGMA journal_mode=DELETE").fetchall()
-                db.execute("PRAGMA synchronous=EXTRA")
-                yield db
-            except sqlite3.Error as exc:
-                raise Unavailable(f"cannot use {self._what}: {exc}") from exc
-
-
-__all__ = ["FILE", "SCHEMA_VERSION", "PartnerVerdicts", "Veto", "VetoedRequest", "Withdrawal"]
+__all__ = ["PartnerVerdicts", "Veto", "Withdrawal"]

@@ -23,7 +23,8 @@ from shardvault.governance.approval_record import (
 )
 from shardvault.governance.approvals import ApprovalBook
 from shardvault.governance.audit_logs import AuditLogs, entry_details, request_fields
-from shardvault.governance.partner_verdicts import PartnerVerdicts, Veto, VetoedRequest
+from shardvault.governance.partner_verdicts import PartnerVerdicts, Veto
+from shardvault.governance.vetoed_request import VetoedRequest
 from shardvault.model import RequestContext
 from shardvault.policy import Action, Decision, Effect, Principal, Resource
 

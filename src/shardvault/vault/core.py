@@ -81,14 +81,10 @@ from shardvault.vault.views import (
     info_of,
     node_usage,
 )
-from shardvault.vault.writer import StepHook
+from shardvault.vault.writer import StepHook, no_step
 
 MAX_LIST_LIMIT = 10_000
 UNKNOWN = "unknown"  # the facility of a node the config no longer lists
-
-
-def _no_step(step: str) -> None:
-    return None
 
 
 def _refuse_lost_directory(directory: SubjectDirectory, cells: dict[str, Cell]) -> None:
@@ -125,7 +121,7 @@ class Vault:
         custodian: KeyCustodian,
         directory: SubjectDirectory,
         clock: Callable[[], float] = time.time,
-        on_step: StepHook = _no_step,
+        on_step: StepHook = no_step,
         governance: Governance | None = None,
     ) -> None:
         tune_allocator()
@@ -150,7 +146,7 @@ class Vault:
         catalogs: CatalogFactory | None = None,
         custodian: KeyCustodian | None = None,
         clock: Callable[[], float] = time.time,
-        on_step: StepHook = _no_step,
+        on_step: StepHook = no_step,
         governance: Governance | None = None,
     ) -> Vault:
         """Open every cell; the custodian's gate is the partner's custodian policy."""

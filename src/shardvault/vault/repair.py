@@ -72,22 +72,18 @@ from shardvault.vault.repair_report import (
 )
 from shardvault.vault.repair_targets import rebuild_targets
 from shardvault.vault.shard_check import BadShards, bad_shards, fewest_good
-from shardvault.vault.writer import StepHook
+from shardvault.vault.writer import StepHook, no_step
 
 __all__ = ["DryRun", "RepairReport", "ShardMove", "repair_cell"]
 
 _SCRUB_BATCH = 500  # committed versions read from the catalog at a time
 
 
-def _no_step(step: str) -> None:
-    return None
-
-
 def repair_cell(
     cell: Cell,
     code: ErasureCode,
     scrub: bool,
-    on_step: StepHook = _no_step,
+    on_step: StepHook = no_step,
     dry_run: DryRun | None = None,
     clock: Callable[[], float] = time.time,
 ) -> RepairReport:
@@ -137,7 +133,7 @@ def _repair_version(
     cell: Cell,
     code: ErasureCode,
     stale: VersionRecord,
-    on_step: StepHook = _no_step,
+    on_step: StepHook = no_step,
     dry: DryRun | None = None,
     clock: Callable[[], float] = time.time,
 ) -> RepairReport:

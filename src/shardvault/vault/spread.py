@@ -60,19 +60,15 @@ from shardvault.vault.copy_swap import (
 from shardvault.vault.repair_report import DryRun, RepairReport, ShardMove, unreadable_manifest
 from shardvault.vault.repair_targets import Target, spread_targets
 from shardvault.vault.shard_check import verified_block
-from shardvault.vault.writer import StepHook
+from shardvault.vault.writer import StepHook, no_step
 
 _BATCH = 500  # committed versions read from the catalog at a time
-
-
-def _no_step(step: str) -> None:
-    return None
 
 
 def spread_cell(
     cell: Cell,
     scrubbed: bool,
-    on_step: StepHook = _no_step,
+    on_step: StepHook = no_step,
     dry_run: DryRun | None = None,
     clock: Callable[[], float] = time.time,
 ) -> RepairReport:
@@ -139,7 +135,7 @@ def _spread(
 ) -> RepairReport:
     """Spread one crowded version; a dry run plans from MANIFEST and swaps nothing."""
     if dry is not None:
-        return _spread_version(cell, record, facility, named, _no_step, time.time, manifest)
+        return _spread_version(cell, record, facility, named, no_step, time.time, manifest)
     attempt = partial(_spread_version, cell, record, facility, named, on_step, clock)
     return replace(until_unchanged(attempt, record), versions=0)
 

@@ -38,6 +38,11 @@ StepHook = Callable[[str], None]
 Progress = Callable[[int], None]
 
 
+def no_step(step: str) -> None:
+    """The `StepHook` of a run no test watches: the steps pass untold."""
+    return None
+
+
 @slot_init
 @dataclass(frozen=True, slots=True)
 class WrittenShards:

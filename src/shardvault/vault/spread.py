@@ -63,6 +63,7 @@ from shardvault.vault.shard_check import verified_block
 from shardvault.vault.writer import StepHook, no_step
 
 _BATCH = 500  # committed versions read from the catalog at a time
+_MORE_FACILITIES = "add nodes in other facilities, or bring them back, then repair again"
 
 
 def spread_cell(
@@ -286,10 +287,8 @@ def _nowhere(cell: Cell, stripe: CrowdedStripe) -> str:
 
 def _concentrated(what: str, stripe: CrowdedStripe) -> str:
     return (
-        f"{what}: {stripe.described()} (more than m={stripe.m}), and the cell's active "
-        f"nodes cannot hold a stripe to m per facility ({stripe.shortfall} shard(s) over) "
-        "nor spread this one further: left as it is; add nodes in other facilities, or bring "
-        "them back, then repair again"
+        f"{what}: {stripe.described()} (more than m={stripe.m}), and {_short_of(stripe)} "
+        f"nor spread this one further: left as it is; {_MORE_FACILITIES}"
     )
 
 
@@ -297,9 +296,16 @@ def _part_of_the_way(what: str, stripe: CrowdedStripe, left: dict[str, int], mov
     still = ", ".join(f"{count} shards in {name}" for name, count in sorted(left.items()))
     return (
         f"{what}: spread part of the way, {moved} shard(s) moved: {still} (more than "
-        f"m={stripe.m}), from {stripe.described()}; the cell's active nodes cannot hold a "
-        f"stripe to m per facility ({stripe.shortfall} shard(s) over): add nodes in other "
-        "facilities, or bring them back, then repair again"
+        f"m={stripe.m}), from {stripe.described()}; {_short_of(stripe)}: {_MORE_FACILITIES}"
+    )
+
+
+def _short_of(stripe: CrowdedStripe) -> str:
+    """Why a stripe stays crowded, said once for every message that says it: the cell's
+    facilities are too few for its active nodes to keep any stripe to m in each."""
+    return (
+        "the cell's active nodes cannot hold a stripe to m per facility "
+        f"({stripe.shortfall} shard(s) over)"
     )
 
 

@@ -25,13 +25,22 @@ IO_MODULES = {
     "threading",
     "concurrent",
 }
-PURE = ["codec", "placement.py", "crowding.py", "manifest.py", "audit/merkle.py", "slot_init.py"]
+PURE = [
+    "codec",
+    "placement.py",
+    "crowding.py",
+    "manifest.py",
+    "audit/merkle.py",
+    "slot_init.py",
+    "shown_text.py",
+]
 LOWER = [
     "codec",
     "placement.py",
     "crowding.py",
     "manifest.py",
     "model.py",
+    "shown_text.py",
     "errors.py",
     "keys",
     "nodes",

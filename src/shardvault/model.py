@@ -18,6 +18,13 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from shardvault.errors import InvalidInput
+
+# shown and the rest of shown_text stay importable from here, where callers found them
+from shardvault.shown_text import named as named
+from shardvault.shown_text import repr_escaped as repr_escaped
+from shardvault.shown_text import shown as shown
+from shardvault.shown_text import undecodable_escaped as undecodable_escaped
+from shardvault.shown_text import undecodable_escaped_in as undecodable_escaped_in
 from shardvault.slot_init import slot_init
 
 MAX_KEY_BYTES = 1024
@@ -28,92 +35,6 @@ _TENANT = re.compile(r"[a-z][a-z0-9-]{0,62}")
 _NODE_ID = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")
 _SUBJECT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]{0,127}")
 _FACILITY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
-
-
-def shown(value: object, limit: int = 80, *, escaped: bool = False) -> str:
-    """``repr(value)``, cut to ``limit`` characters: an overlong id is named, not echoed.
-    ``escaped``: as ``ascii(value)``, where a look-alike must be told apart. A string's
-    undecodable byte is written ``\\xNN``, as output writes it (`undecodable_escaped`),
-    and so is one of a string in a list, tuple, set or dict (a list of file names)."""
-    text = ascii(value) if escaped else repr(value)
-    if _text_only(value):
-        text = repr_escaped(text)
-    if len(text) <= limit:
-        return text
-    size = f"{len(value)} characters" if isinstance(value, str) else type(value).__name__
-    return f"{text[: limit - 1]}… ({size})"
-
-
-# In a str's repr: an escaped backslash (kept, so that what follows it is text), a
-# character U+0080-U+00FF, or an undecodable byte (a lone surrogate U+DC80-U+DCFF).
-_REPR_ESCAPE = re.compile(r"\\(\\|x[89a-f][0-9a-f]|udc[89a-f][0-9a-f])")
-
-
-def repr_escaped(text: str) -> str:
-    """TEXT holding a string's repr (a message of a library's: ``'x\\udcff'``) with its
-    escapes as `shown` writes them, so a byte reads the same in every message."""
-    return _REPR_ESCAPE.sub(_byte_escape, text)
-
-
-def _text_only(value: object) -> bool:
-    """Whether VALUE's repr has a backslash only within the repr of a string: a string,
-    a number, None, or a list, tuple, set or dict of those (not bytes, whose repr's
-    ``\\xNN`` is a byte already)."""
-    if value is None or isinstance(value, str | int | float):
-        return True
-    if isinstance(value, dict):
-        return all(_text_only(key) and _text_only(item) for key, item in value.items())
-    if isinstance(value, list | tuple | set | frozenset):
-        return all(_text_only(item) for item in value)
-    return False
-
-
-def _byte_escape(match: re.Match[str]) -> str:
-    """A repr's ``\\udcNN`` (the byte NN, not UTF-8) as ``\\xNN``, as ``$'...'`` in a
-    shell writes the byte; the character U+00NN, which repr writes ``\\xNN`` too,
-    then as ``\\u00NN``, so the two stay apart."""
-    escape = match[1]
-    if escape.startswith("x"):
-        return f"\\u00{escape[1:]}"
-    if escape.startswith("u"):
-        return f"\\x{escape[3:]}"
-    return match[0]
-
-
-def named(text: str, limit: int = 200) -> str:
-    """A name or path as given, unless it is too long or unprintable to repeat as it is."""
-    return text if len(text) <= limit and text.isprintable() else shown(text, limit)
-
-
-_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-def undecodable_escaped(text: str) -> str:
-    """TEXT with what UTF-8 cannot hold escaped, for output a consumer reads as UTF-8.
-
-    A byte of a file name or an argument that is not UTF-8 reaches Python as a lone
-    surrogate (U+DC80 to U+DCFF); written out it was either that byte (no longer
-    UTF-8: jq reads U+FFFD) or a crash. It is written ``\\xNN``, as ``$'...'`` in a
-    shell writes the byte, and any other lone surrogate ``\\uXXXX``."""
-    return _SURROGATE.sub(_escape_surrogate, text)
-
-
-def _escape_surrogate(match: re.Match[str]) -> str:
-    code = ord(match[0])
-    return f"\\x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"\\u{code:04x}"
-
-
-def undecodable_escaped_in(value: object) -> object:
-    """VALUE (str, list, dict, nested) with every string `undecodable_escaped`: a JSON
-    document must be escaped string by string, not once written (a ``\\x`` in it
-    would not be JSON)."""
-    if isinstance(value, str):
-        return undecodable_escaped(value)
-    if isinstance(value, dict):
-        return {undecodable_escaped_in(k): undecodable_escaped_in(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [undecodable_escaped_in(item) for item in value]
-    return value
 
 
 def _invalid(value: object, what: str, hint: str) -> InvalidInput:

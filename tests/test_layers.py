@@ -47,6 +47,7 @@ LOWER = [
     "catalog",
     "directory.py",
     "durability.py",
+    "file_reads.py",
     "io_threads.py",
     "allocator.py",
     "slot_init.py",

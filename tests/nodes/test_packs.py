@@ -138,6 +138,37 @@ def test_a_damaged_record_does_not_hide_the_records_after_it(root: Path) -> None
     reopened.close()
 
 
+@pytest.mark.parametrize(
+    ("field", "bit"),
+    [(0, 0), (5, 0), (6, 7), (8, 7), (11, 3)],  # magic, the zero byte, name and data lengths
+    ids=["magic", "reserved", "name-length", "data-length-high", "data-length-low"],
+)
+def test_a_record_whose_framing_is_damaged_hides_no_record_after_it_even_from_compaction(
+    root: Path, field: int, bit: int
+) -> None:
+    """A flipped bit in a record's magic or lengths ended the scan there: every later
+    record of the pack was read only by its location, counted dead, and dropped by the
+    next compaction, a node's shards of many objects lost for one bit (found in audit)."""
+    store = LocalDirShardStore("n", root)
+    for version in (1, 2, 3, 4):
+        put(store, name(version), f"shard {version}".encode() * 20)
+    store.close()
+    (pack,) = (root / "packs").glob("*.pack")
+    data = bytearray(pack.read_bytes())
+    second_record = len(FILE_HEADER) + len(encode_record(1, name(1), b"shard 1" * 20))
+    data[second_record + field] ^= 1 << bit
+    pack.write_bytes(bytes(data))
+    reopened = LocalDirShardStore("n", root)
+    assert list(reopened.names()) == [name(1), name(3), name(4)]
+    reopened.compact()
+    reopened.close()
+    after = LocalDirShardStore("n", root)
+    assert list(after.names()) == [name(1), name(3), name(4)]
+    for version in (1, 3, 4):
+        assert read(after, name(version)) == f"shard {version}".encode() * 20
+    after.close()
+
+
 def test_delete_zeroes_the_shard_in_a_live_pack_and_keeps_the_rest(root: Path) -> None:
     store = LocalDirShardStore("n", root)
     secret = os.urandom(3000)

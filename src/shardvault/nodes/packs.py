@@ -162,20 +162,39 @@ def _shard_records(view: mmap.mmap, encoded: bytes) -> Iterator[tuple[int, int]]
 
 def _framed(data: bytes) -> Iterator[tuple[int, int, int, int, bool]]:
     """(offset, kind, name length, data length, whole) of each framed record in `data`
-    (a pack's bytes after its header), up to a torn tail: a record cut short, or failing
-    its CRC with no record after it. One failing its CRC with a record after it (zeroed
-    by a delete, or damaged) is yielded as not whole: it must not hide the rest."""
+    (a pack's bytes after its header), up to a torn tail: nothing whole after the last.
+    One failing its CRC with a record after it (zeroed by a delete, or damaged) is
+    yielded as not whole: it must not hide the rest. Nor must one whose framing is
+    damaged (its magic or a length): the scan resumes at the next whole record."""
     cursor = 0
     while cursor + RECORD.size <= len(data):
         magic, kind, _, name_len, data_len = RECORD.unpack_from(data, cursor)
         end = cursor + RECORD.size + name_len + data_len
-        if magic != RECORD_MAGIC or end + CRC.size > len(data):
+        framed = magic == RECORD_MAGIC and end + CRC.size <= len(data)
+        whole = framed and CRC.unpack_from(data, end)[0] == zlib.crc32(data[cursor:end])
+        if whole or (framed and data.startswith(RECORD_MAGIC, end + CRC.size)):
+            yield cursor, kind, name_len, data_len, whole
+            cursor = end + CRC.size
+            continue
+        resumed = _next_whole_record(data, cursor + 1)
+        if resumed is None:  # a torn tail
             return
-        whole = CRC.unpack_from(data, end)[0] == zlib.crc32(data[cursor:end])
-        if not whole and not data.startswith(RECORD_MAGIC, end + CRC.size):
-            return
-        yield cursor, kind, name_len, data_len, whole
-        cursor = end + CRC.size
+        cursor = resumed
+
+
+def _next_whole_record(data: bytes, start: int) -> int | None:
+    """Where the first whole record at or after `start` begins, if any. Only damage
+    makes the scan look: a torn tail is searched once, to its end."""
+    at = data.find(RECORD_MAGIC, start)
+    while at != -1 and at + RECORD.size <= len(data):
+        _, _, _, name_len, data_len = RECORD.unpack_from(data, at)
+        end = at + RECORD.size + name_len + data_len
+        if end + CRC.size <= len(data) and (
+            CRC.unpack_from(data, end)[0] == zlib.crc32(data[at:end])
+        ):
+            return at
+        at = data.find(RECORD_MAGIC, at + 1)
+    return None
 
 
 def _try_flock(fd: int) -> bool:

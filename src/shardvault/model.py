@@ -150,7 +150,8 @@ def new_object_key(key: str) -> str:
     """A valid key (an `ObjectRef`'s) about to be written: also no segment that starts or
     ends with a space, no invisible letter or mark ('ca\\u3164t' shows as 'cat') and
     nothing that looks like a separator and is not ('a\\u2215b' shows as 'a/b'), since
-    keys differing only by what nobody sees are a mistake to report. Keys stored before
+    keys differing only by what nobody sees are a mistake to report; nor a segment that
+    starts with a combining mark, which shows on what is before it. Keys stored before
     these rules stay readable, listable and removable."""
     if " " in key and any(part != part.strip(" ") for part in key.split("/")):
         raise InvalidInput(
@@ -163,6 +164,14 @@ def new_object_key(key: str) -> str:
             f"invalid object key {shown(key, escaped=True)}: it contains the invisible "
             f"character U+{ord(hidden.group()):04X}"
         )
+    if (mark := _segment_leading_mark(key)) is not None:
+        char = key[mark]
+        raise InvalidInput(
+            f"invalid object key {shown(key, escaped=True)}: character {mark + 1} is "
+            f"U+{ord(char):04X} {unicodedata.name(char, 'a combining mark')}, a mark that "
+            "would show on the '/' or text before it: start each path segment with a "
+            "letter, digit or sign"
+        )
     if posing := _LOOK_ALIKE_SEPARATOR.search(key):
         char = posing.group()
         raise InvalidInput(
@@ -171,6 +180,18 @@ def new_object_key(key: str) -> str:
             f"'{LOOK_ALIKE_SEPARATORS[char]}' but is not: use '/' to separate path segments"
         )
     return key
+
+
+def _segment_leading_mark(key: str) -> int | None:
+    """Where a path segment of KEY starts with a combining mark (Unicode category M), or
+    None. Such a mark has nothing of its own to sit on: 'photos/\u0301cat' shows its
+    accent on the '/', and a key starting with one on what a listing prints before it."""
+    start = 0
+    for part in key.split("/"):
+        if unicodedata.category(part[0])[0] == "M":
+            return start
+        start += len(part) + 1
+    return None
 
 
 def nfc_text(value: str, what: str) -> str:

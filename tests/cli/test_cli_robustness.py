@@ -796,6 +796,34 @@ def test_put_of_a_key_with_a_look_alike_slash_is_one_line_and_exit_2(
     assert b"photos" not in alice.ok("ls", "intl", "alice")
 
 
+LEADING_MARK_KEYS = {  # where the mark is, and the mark: one of each kind of category M
+    "key-start-acute": ("\u0301cat", 1),
+    "segment-start-acute": ("photos/\u0301cat", 8),
+    "segment-start-devanagari-sign": ("photos/2024/\u093fx", 13),
+    "segment-start-enclosing-circle": ("a/\u20ddb", 3),
+}
+
+
+@pytest.mark.parametrize(
+    ("key", "position"), LEADING_MARK_KEYS.values(), ids=LEADING_MARK_KEYS.keys()
+)
+def test_put_of_a_key_whose_segment_starts_with_a_mark_is_one_line_and_exit_2(
+    alice: Cli, tmp_path: Path, key: str, position: int
+) -> None:
+    """A combining mark has nothing of its own to sit on at the start of a segment:
+    'photos/\u0301cat' lists as 'photos/́cat', the accent drawn on the '/' (or, at the
+    key's start, on what a listing prints before it). Such a key was stored; it is
+    refused as a new key, naming the mark and where it is, and nothing is stored."""
+    source = tmp_path / "in.txt"
+    source.write_bytes(b"x")
+    line = alice.fails(2, "put", "intl", "alice", key, str(source))
+    char = key[position - 1]
+    assert f"character {position} is U+{ord(char):04X} {unicodedata.name(char)}" in line
+    assert line.endswith("start each path segment with a letter, digit or sign")
+    listed = json.loads(alice.ok("ls", "intl", "alice", "--json"))
+    assert [item["key"] for item in listed["items"]] == ["k"]
+
+
 def test_gc_leaves_a_directory_named_like_a_shard_alone_names_it_and_sweeps_the_node(
     alice: Cli, tmp_path: Path
 ) -> None:

@@ -187,8 +187,7 @@ def test_bad_names_are_refused(check: object, value: str) -> None:
         (
             subject_id,
             None,
-            "invalid subject id None: 1-128 characters of letters, digits and . _ @ + - "
-            "(not first)",
+            "invalid subject id None: 1-128 ASCII letters, digits and . _ @ + - (not first)",
         ),
         (object_key, "a//b", "invalid object key 'a//b': empty, '.' or '..' path segment"),
         (object_key, "a/./b", "invalid object key 'a/./b': empty, '.' or '..' path segment"),

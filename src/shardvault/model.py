@@ -68,7 +68,7 @@ def facility_name(value: object) -> str:
     raise _invalid(value, "facility", "use letters, digits, '.', '_', '-'")
 
 
-_SUBJECT_HINT = f"1-{MAX_SUBJECT_CHARS} characters of letters, digits and . _ @ + - (not first)"
+_SUBJECT_HINT = f"1-{MAX_SUBJECT_CHARS} ASCII letters, digits and . _ @ + - (not first)"
 
 
 def subject_id(value: object) -> str:

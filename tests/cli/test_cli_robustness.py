@@ -796,6 +796,20 @@ def test_put_of_a_key_with_a_look_alike_slash_is_one_line_and_exit_2(
     assert b"photos" not in alice.ok("ls", "intl", "alice")
 
 
+def test_a_subject_id_of_letters_not_ascii_is_refused_saying_ascii(alice: Cli) -> None:
+    """'josé' was refused with "1-128 characters of letters, digits ...": é is a
+    letter, so the line contradicted itself. It says ASCII letters now; 128 of them
+    are an id, 129 are not."""
+    line = alice.fails(2, "subject", "add", "intl", "jos\u00e9", "--jurisdiction", "US")
+    assert line == (
+        "error: invalid subject id 'jos\u00e9': 1-128 ASCII letters, digits and "
+        ". _ @ + - (not first)"
+    )
+    alice.ok("subject", "add", "intl", "a" * 128, "--jurisdiction", "US")
+    line = alice.fails(2, "subject", "add", "intl", "a" * 129, "--jurisdiction", "US")
+    assert "(129 characters): 1-128 ASCII letters" in line
+
+
 LEADING_MARK_KEYS = {  # where the mark is, and the mark: one of each kind of category M
     "key-start-acute": ("\u0301cat", 1),
     "segment-start-acute": ("photos/\u0301cat", 8),

@@ -21,6 +21,7 @@ from shardvault.errors import InvalidInput
 
 # shown and the rest of shown_text stay importable from here, where callers found them
 from shardvault.shown_text import named as named
+from shardvault.shown_text import one_line as one_line
 from shardvault.shown_text import repr_escaped as repr_escaped
 from shardvault.shown_text import shown as shown
 from shardvault.shown_text import undecodable_escaped as undecodable_escaped

@@ -85,6 +85,27 @@ def _escape_surrogate(match: re.Match[str]) -> str:
     return f"\\x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"\\u{code:04x}"
 
 
+def one_line(message: str) -> str:
+    """MESSAGE with what is not printable escaped (a newline as \\n, U+202E as \\u202e):
+    a path or name echoed as given split an error or a note in two lines, or reversed
+    its end.
+    An undecodable byte is written \\xNN, as output and `model.shown` write it, and so
+    a character U+0080 to U+00FF is \\u00NN, not \\xNN."""
+    if message.isprintable():
+        return message
+    return "".join(c if c.isprintable() else _unprintable_escaped(c) for c in message)
+
+
+def _unprintable_escaped(char: str) -> str:
+    """CHAR, not printable, as an escape that names it alone."""
+    code = ord(char)
+    if 0xDC80 <= code <= 0xDCFF:  # the byte NN of an argument or a file name, not UTF-8
+        return f"\\x{code - 0xDC00:02x}"
+    if 0x80 <= code <= 0xFF:
+        return f"\\u{code:04x}"
+    return ascii(char)[1:-1]
+
+
 def undecodable_escaped_in(value: object) -> object:
     """VALUE (str, list, dict, nested) with every string `undecodable_escaped`: a JSON
     document must be escaped string by string, not once written (a ``\\x`` in it
@@ -100,6 +121,7 @@ def undecodable_escaped_in(value: object) -> object:
 
 __all__ = [
     "named",
+    "one_line",
     "repr_escaped",
     "shown",
     "undecodable_escaped",

@@ -1600,6 +1600,21 @@ def test_an_undecodable_byte_in_a_note_on_stderr_is_written_as_the_byte(tmp_path
     assert f"wrote {tmp_path}/demo\\xff/shardvault.toml" in note and "\\udc" not in note
 
 
+def test_a_newline_in_a_note_on_stderr_is_escaped_so_the_note_is_one_line(
+    tmp_path: Path,
+) -> None:
+    """`init --demo $'a\\nb'` wrote its note `wrote a` and `b/shardvault.toml; use it
+    with: ...` on two lines (a line a log reader takes for another message), while an
+    error line escapes the newline. A note and a warning escape it the same way."""
+    target = tmp_path / "demo\nnext"
+    done = shardvault(tmp_path / "none.toml", "init", "--demo", str(target), env=STRICT)
+    assert done.returncode == 0, done.stderr
+    lines = utf8(done.stderr).splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"wrote {tmp_path}/demo\\nnext/shardvault.toml; use it with: ")
+    assert (target / "shardvault.toml").is_file()
+
+
 @pytest.mark.parametrize(
     ("args", "said"),
     [

@@ -19,7 +19,7 @@ from shardvault.cli.state import CliState
 from shardvault.cli.watchdog import Watchdog
 from shardvault.config import DEFAULT_STATE_TIMEOUT
 from shardvault.errors import ShardvaultError
-from shardvault.model import named, repr_escaped, shown
+from shardvault.model import named, one_line, repr_escaped, shown
 
 
 class _HelpContext(typer.Context):
@@ -81,7 +81,7 @@ def _usage_escaped() -> Iterator[None]:
         yield
     except typer.TyperException as exc:
         lines = exc.message.split("\n")
-        exc.message = "\n".join(_one_line(repr_escaped(line)) for line in lines)
+        exc.message = "\n".join(one_line(repr_escaped(line)) for line in lines)
         _name_the_number(exc)
         raise
 
@@ -357,27 +357,7 @@ def _error(message: str) -> None:
     mixing an error into the data a script reads): the exit code still says it."""
     if sys.stderr is not None:
         with suppress(OSError):  # a terminal that hung up: the exit code still says it
-            print(f"error: {_one_line(message)}", file=sys.stderr)
-
-
-def _one_line(message: str) -> str:
-    """MESSAGE with what is not printable escaped (a newline as \\n, U+202E as \\u202e):
-    a path or name echoed as given split the error in two lines, or reversed its end.
-    An undecodable byte is written \\xNN, as output and `model.shown` write it, and so
-    a character U+0080 to U+00FF is \\u00NN, not \\xNN."""
-    if message.isprintable():
-        return message
-    return "".join(c if c.isprintable() else _escaped(c) for c in message)
-
-
-def _escaped(char: str) -> str:
-    """CHAR, not printable, as an escape that names it alone."""
-    code = ord(char)
-    if 0xDC80 <= code <= 0xDCFF:  # the byte NN of an argument or a file name, not UTF-8
-        return f"\\x{code - 0xDC00:02x}"
-    if 0x80 <= code <= 0xFF:
-        return f"\\u{code:04x}"
-    return ascii(char)[1:-1]
+            print(f"error: {one_line(message)}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from rich.table import Table
 from rich.text import Text
 
 from shardvault.errors import Unavailable
-from shardvault.model import ObjectInfo, undecodable_escaped
+from shardvault.model import ObjectInfo, one_line, undecodable_escaped
 
 
 class OutputFailed(Unavailable):
@@ -207,13 +207,12 @@ def say(message: str) -> None:
     Printed as plain text: messages carry the user's keys and paths, which must
     come out exactly as given, never read as Rich markup; a byte of one that is
     not UTF-8 as ``\\xNN``, as output and error lines write it (stderr wrote the
-    surrogate Python reads it as, ``\\udcff``).
+    surrogate Python reads it as, ``\\udcff``), and a newline or other character
+    that is not printable escaped, as error lines escape it: a note is one line.
     """
-    _stderr_console().print(undecodable_escaped(message))
+    _stderr_console().print(one_line(message))
 
 
 def warn(message: str) -> None:
     """Like `say`, after a yellow ``warning:`` (our styling; the message stays plain)."""
-    _stderr_console().print(
-        Text.assemble(("warning:", "yellow"), " ", undecodable_escaped(message))
-    )
+    _stderr_console().print(Text.assemble(("warning:", "yellow"), " ", one_line(message)))

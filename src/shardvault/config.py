@@ -353,6 +353,15 @@ def parse(doc: dict[str, Any], path: Path) -> Config:
     _check_node_dirs(nodes, state, problems)
     governance = _parse_governance(doc, base, problems)
     keyring_path = (base / keyring).resolve()
+    _check_files_apart(
+        {
+            "the config": path,
+            "governance.policy": governance.policy_path,
+            "governance.custodian_policy": governance.custodian_policy_path,
+            "custodian.path": keyring_path,
+        },
+        problems,
+    )
     _check_outside_nodes(
         nodes,
         {
@@ -439,6 +448,18 @@ def _check_outside_nodes(
                     f"{path} is inside node {node.id}'s directory {directory}: keep the "
                     "deployment's own files off its storage nodes",
                 )
+
+
+def _check_files_apart(files: dict[str, Path], problems: _Problems) -> None:
+    """The keyring and the two policies are files of their own, none of them the config:
+    a keyring named as the access policy was opened as a keyring, so a read command
+    said to chmod 600 the policy, then that the keyring was damaged, to be restored."""
+    first: dict[Path, str] = {}
+    for key, path in files.items():
+        if path in first:
+            problems.add(key, f"{path} is {first[path]} too: give each its own file")
+        else:
+            first[path] = key
 
 
 def _nested(one: Path, other: Path) -> bool:

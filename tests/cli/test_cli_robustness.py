@@ -810,6 +810,42 @@ def test_a_subject_id_of_letters_not_ascii_is_refused_saying_ascii(alice: Cli) -
     assert "(129 characters): 1-128 ASCII letters" in line
 
 
+@pytest.mark.parametrize(
+    ("old", "new", "key", "also"),
+    [
+        (
+            'path = "keys/keyring.json"',
+            'path = "policy.toml"',
+            "custodian.path",
+            "governance.policy",
+        ),
+        ('path = "keys/keyring.json"', 'path = "shardvault.toml"', "custodian.path", "the config"),
+        (
+            'custodian_policy = "partner/custodian-policy.toml"',
+            'custodian_policy = "policy.toml"',
+            "governance.custodian_policy",
+            "governance.policy",
+        ),
+    ],
+    ids=["keyring-is-the-policy", "keyring-is-the-config", "both-policies-one-file"],
+)
+def test_a_config_naming_one_file_for_two_of_its_files_is_exit_2_writing_nothing(
+    tmp_path: Path, old: str, new: str, key: str, also: str
+) -> None:
+    """`custodian.path = "policy.toml"` loaded: `nodes` made the state directory, said
+    to chmod 600 the policy, and then that the keyring was damaged, to be restored from
+    a backup. A config whose keyring, policies and itself are not four files is bad
+    input, one line naming the key, and nothing is made."""
+    demo = tmp_path / "demo"
+    assert shardvault(demo / "shardvault.toml", "init", "--demo", str(demo)).returncode == 0
+    toml = demo / "shardvault.toml"
+    toml.write_text(toml.read_text().replace(old, new, 1))
+    before = sorted(p.name for p in demo.iterdir())
+    line = one_error_line(shardvault(toml, "nodes"), 2)
+    assert f": {key}: " in line and line.endswith(f" is {also} too: give each its own file")
+    assert sorted(p.name for p in demo.iterdir()) == before  # no state directory made
+
+
 LEADING_MARK_KEYS = {  # where the mark is, and the mark: one of each kind of category M
     "key-start-acute": ("\u0301cat", 1),
     "segment-start-acute": ("photos/\u0301cat", 8),

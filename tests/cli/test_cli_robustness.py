@@ -203,7 +203,7 @@ def test_keys_that_look_like_markup_round_trip_exactly(alice: Cli, tmp_path: Pat
     for key in MARKUP_KEYS:
         code, out, err = alice("put", "intl", "alice", key, str(source))
         assert (code, out) == (0, b""), err
-        assert err.strip() == f"stored intl/alice/{key} version 1 (8 bytes, 1 segments)"
+        assert err.strip() == f"stored intl/alice/{key} version 1 (8 bytes, 1 segment)"
         assert alice.json("put", "intl", "alice", key, str(source))["key"] == key
 
     page = alice.json("ls", "intl", "alice")

@@ -89,7 +89,8 @@ def put(
     if json_out:
         print_json(info)
     else:
-        say(f"stored {ref} version {info.version} ({info.size} bytes, {info.segments} segments)")
+        segments = "1 segment" if info.segments == 1 else f"{info.segments} segments"
+        say(f"stored {ref} version {info.version} ({info.size} bytes, {segments})")
 
 
 def get(

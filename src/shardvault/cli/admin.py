@@ -11,6 +11,7 @@ import typer
 from shardvault.cli.deployment_files import output_outside
 from shardvault.cli.outfile import write_output
 from shardvault.cli.output import (
+    JsonFlag,
     human_size,
     print_json,
     print_table,
@@ -28,7 +29,6 @@ from shardvault.placement import facility_shortfall
 from shardvault.vault import CellCrowding, RepairReport
 from shardvault.vault.views import NodeUsage
 
-JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 # named as docs/cli.md names them (tests/test_docs.py), not by Typer's types
 Tenant = Annotated[str, typer.Argument(metavar="TENANT")]
 Subject = Annotated[str, typer.Argument(metavar="SUBJECT")]

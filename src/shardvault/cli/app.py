@@ -191,11 +191,21 @@ def _register_commands() -> None:
     global _registered
     if _registered:
         return
-    from shardvault.cli import admin, audit_cmds, governance_cmds, objects, scan_cmd
+    from shardvault.cli import (
+        admin,
+        approval_cmds,
+        audit_cmds,
+        objects,
+        policy_cmds,
+        principal_cmds,
+        scan_cmd,
+    )
 
     admin.register(app)
     objects.register(app)
-    governance_cmds.register(app)
+    principal_cmds.register(app)
+    approval_cmds.register(app)
+    policy_cmds.register(app)
     audit_cmds.register(app)
     scan_cmd.register(app)
     _registered = True

@@ -20,7 +20,7 @@ from shardvault.audit.merkle import leaf_hash, verify_consistency, verify_inclus
 from shardvault.cli.deployment_files import output_outside, refuse_deployment_file
 from shardvault.cli.given import check_readable, path_named, read_given
 from shardvault.cli.outfile import write_output
-from shardvault.cli.output import print_json, print_table, say, warn, write_out
+from shardvault.cli.output import JsonFlag, print_json, print_table, say, warn, write_out
 from shardvault.cli.state import state
 from shardvault.errors import InvalidInput
 from shardvault.governance.layer import Governance
@@ -28,7 +28,6 @@ from shardvault.governance.receipts import verify_receipt
 from shardvault.governance.transparency import transparency_report
 from shardvault.model import named
 
-JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 # metavars as docs/cli.md names them (tests/test_docs.py), not Typer's types
 Cell = Annotated[str, typer.Option("--cell", metavar="J", help="The cell (jurisdiction), e.g. US.")]
 Key = Annotated[str, typer.Option("--key", metavar="VKEY", help="The cell's public key (vkey).")]

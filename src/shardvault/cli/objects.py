@@ -13,6 +13,7 @@ import typer
 from shardvault.cli.deployment_files import output_outside
 from shardvault.cli.outfile import write_output
 from shardvault.cli.output import (
+    JsonFlag,
     info_rows,
     print_json,
     print_table,
@@ -27,7 +28,6 @@ from shardvault.durability import open_given
 from shardvault.errors import InvalidInput
 from shardvault.model import ObjectRef, named
 
-JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 Version = Annotated[
     int | None, typer.Option("--version", "-v", metavar="N", help="A specific version.")
 ]

@@ -13,8 +13,9 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, is_dataclass
 from enum import Enum
-from typing import Any, BinaryIO
+from typing import Annotated, Any, BinaryIO
 
+import typer
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
@@ -36,7 +37,7 @@ def to_plain(value: Any) -> Any:
             "key": value.ref.key,
             "version": value.version,
             "size": value.size,
-            "created_at": _iso(value.created_at),
+            "created_at": iso_time(value.created_at),
             "segments": value.segments,
             "k": value.k,
             "m": value.m,
@@ -58,8 +59,12 @@ def to_plain(value: Any) -> Any:
     return value
 
 
-def _iso(epoch: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+
+
+def iso_time(epoch: float | None) -> str:
+    """EPOCH as UTC ISO 8601 to the second; "-" for none (a token that never expires)."""
+    return "-" if epoch is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
 
 
 def write_out(data: str | bytes) -> None:
@@ -193,7 +198,8 @@ def human_size(size: int) -> str:
 
 def info_rows(items: Sequence[ObjectInfo]) -> list[list[Any]]:
     return [
-        [item.ref.key, item.version, human_size(item.size), _iso(item.created_at)] for item in items
+        [item.ref.key, item.version, human_size(item.size), iso_time(item.created_at)]
+        for item in items
     ]
 
 

@@ -30,13 +30,16 @@ import sys
 import time
 from pathlib import Path
 
+from stress_chaos import damage
 from stress_check import Checker
-from stress_final import final_checks
+from stress_final import FINAL_STEP_SECONDS, FinalStepHung, final_checks
 from stress_roles import SEGMENT_SIZE, SHARED_SUBJECTS, Worker, maintain, set_up
+from stress_watchdog import Watchdog, dump_stacks_on_signal
 
 from shardvault.demo import write_demo
 
-ROLES = ("worker", "maintenance")
+ROLES = ("worker", "maintenance", "chaos")
+HANG_SECONDS = 20.0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,9 +47,14 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(args.dir).absolute()
     config = root / "deploy" / "shardvault.toml"
     if args.role:  # a child of the harness
-        journal = root / "journals" / f"{args.role}-{args.index}.jsonl"
+        name = f"{args.role}-{args.index}"
+        journal = root / "journals" / f"{name}.jsonl"
+        stacks = dump_stacks_on_signal(root / "logs" / f"{name}.stacks")  # noqa: F841 - kept open
         if args.role == "worker":
-            Worker(config, journal, args.index, args.seed, args.workers).run()
+            hang = name in args.plant_hang
+            Worker(config, journal, args.index, args.seed, args.workers, hang).run()
+        elif args.role == "chaos":
+            damage(config, journal, args.index, args.seed)
         else:
             maintain(config, journal, args.index, args.seed)
         return 0
@@ -63,6 +71,15 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--workers", type=int, default=3)
     parser.add_argument("--maints", type=int, default=2)
     parser.add_argument("--dir", required=True, help="a new or empty directory to work in")
+    parser.add_argument(
+        "--damage", action="store_true", help="damage one node's shard and pack files at a time"
+    )
+    # for the harness's own tests: a shorter watchdog, and a hang planted in a process
+    parser.add_argument("--hang-seconds", type=float, default=HANG_SECONDS, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--final-step-seconds", type=float, default=FINAL_STEP_SECONDS, help=argparse.SUPPRESS
+    )
+    parser.add_argument("--plant-hang", action="append", default=[], help=argparse.SUPPRESS)
     parser.add_argument("--role", choices=ROLES, help=argparse.SUPPRESS)
     parser.add_argument("--index", type=int, default=0, help=argparse.SUPPRESS)
     return parser
@@ -71,6 +88,10 @@ def _parser() -> argparse.ArgumentParser:
 def _bad_usage(args: argparse.Namespace, root: Path) -> str:
     if args.minutes <= 0 or args.workers < 1 or args.maints < 0:
         return "--minutes must be above 0, --workers at least 1 and --maints at least 0"
+    if args.damage and args.maints < 1:
+        return "--damage needs a maintenance process to repair what it damages: --maints 1 or more"
+    if args.hang_seconds <= 0 or args.final_step_seconds <= 0:
+        return "--hang-seconds and --final-step-seconds must be above 0"
     if root.exists() and (not root.is_dir() or any(root.iterdir())):
         return f"{root} is not an empty directory; give a new one"
     return ""
@@ -87,7 +108,8 @@ class Harness:
         self.checker = Checker()
         self.children: dict[str, subprocess.Popen[bytes]] = {}
         self.offsets: dict[str, int] = {}
-        self.kills: dict[str, int] = {role: 0 for role in ROLES}
+        self.watchdog = Watchdog(root, args.hang_seconds)
+        self.kills: dict[str, int] = {role: 0 for role in ROLES if role != "chaos" or args.damage}
 
     def run(self) -> int:
         try:
@@ -102,23 +124,41 @@ class Harness:
         self._deploy()
         names = [f"worker-{i}" for i in range(self.args.workers)]
         names += [f"maintenance-{i}" for i in range(self.args.maints)]
+        names += ["chaos-0"] if self.args.damage else []
         for name in names:
             self._start(name)
         deadline = time.monotonic() + self.args.minutes * 60
         while time.monotonic() < deadline:
             time.sleep(self.rng.uniform(0.5, 3.0))
             self._reap_crashed()
+            self._restart_hung()
             victim = self.rng.choice(names)
-            self._kill(victim)
-            self.kills[victim.split("-")[0]] += 1
-            self._start(victim)
+            if not self.watchdog.quiet(victim):  # a kill must not hide a hang
+                self._kill(victim)
+                self.kills[victim.split("-")[0]] += 1
+                self._start(victim)
             self._read_journals()
+        self._restart_hung()
         for name in names:
             self._kill(name)
         self._reap_crashed()
         self._read_journals()
-        final_checks(self.config, self.root / "final", self.checker)
+        try:
+            final_checks(self.config, self.root / "final", self.checker,
+                         self.args.final_step_seconds, "final" in self.args.plant_hang)  # fmt: skip
+        except FinalStepHung as hung:
+            self.checker.problems.append(str(hung))
+            code = self._summary()
+            sys.stdout.flush()
+            os._exit(code)  # the hung step's thread would hold the interpreter's exit
         return self._summary()
+
+    def _restart_hung(self) -> None:
+        """Report each process the watchdog finds hung, with its stacks, then restart it."""
+        for name in self.watchdog.hung():
+            self.checker.problems.append(self.watchdog.report(name, self.children[name]))
+            self._kill(name)
+            self._start(name)
 
     def _deploy(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -136,10 +176,12 @@ class Harness:
         command = [sys.executable, str(Path(__file__).absolute()), "--role", role]
         command += ["--index", index, "--seed", str(self.args.seed), "--dir", str(self.root)]
         command += ["--workers", str(self.args.workers)]
+        command += [f"--plant-hang={planted}" for planted in self.args.plant_hang]
         with open(self.root / "logs" / f"{name}.log", "ab") as log:
             self.children[name] = subprocess.Popen(
                 command, stdout=log, stderr=log, preexec_fn=_die_with_parent
             )
+        self.watchdog.started(name)
 
     def _kill(self, name: str) -> None:
         child = self.children[name]
@@ -178,13 +220,15 @@ class Harness:
         print("kills: " + ", ".join(f"{role} {n}" for role, n in self.kills.items()))
         print("acked: " + _counts(checker.acked))
         print("failed (never acknowledged): " + (_counts(checker.failed) or "none"))
-        print(f"peeks unchecked (history gone): {checker.unchecked_peeks}, "
-              f"torn journal records: {checker.torn_records}")  # fmt: skip
+        print(checker.peeks_line())
+        print(f"torn journal records: {checker.torn_records}")
         for note in checker.notes:
             print(f"note: {note}")
         print(f"PROBLEMS: {len(checker.problems)}")
         for problem in checker.problems:
             print(f"  {problem}")
+        for dump in self.watchdog.dumps:
+            print(dump)
         return 1 if checker.problems else 0
 
 

@@ -28,6 +28,10 @@ from dataclasses import dataclass, field
 ABSENT = None
 """A key not there (never put, removed, or its subject forgotten)."""
 
+UNCHECKED_OLD = "older than the key's kept states"
+UNCHECKED_TORN = "record torn by a kill"
+UNCHECKED_UNREAD = "owner's journal not read that far"
+
 State = str | None  # the SHA-256 (hex) of an object's bytes, or ABSENT
 HISTORY = 64
 """States kept per key, for peeks: older ones are dropped (memory stays bounded), and a
@@ -54,7 +58,8 @@ class Checker:
     failed: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     check_peeks: bool = True  # a worker rebuilding its own state reads no other journal
-    unchecked_peeks: int = 0
+    checked_peeks: int = 0
+    unchecked_peeks: dict[str, int] = field(default_factory=dict)  # by why
     torn_records: int = 0
     _open: dict[tuple[str, int], dict[str, object]] = field(default_factory=dict)
     _consumed: dict[str, int] = field(default_factory=dict)
@@ -78,6 +83,8 @@ class Checker:
                 record = json.loads(line)
             except json.JSONDecodeError:  # cut short by a kill, and ended by the next start
                 self.torn_records += 1
+                if b'"owner": ' in line or line.startswith(b'{"from": '):  # a peek's, keys sorted
+                    self._unchecked(UNCHECKED_TORN)
                 continue
             self.feed(journal, record)
         self._consumed[journal] = offset
@@ -115,6 +122,10 @@ class Checker:
             self.notes += [f"{journal}: repair: {problem}" for problem in problems]
         elif kind == "problem":
             self.problems.append(f"{journal}: {record['what']}")
+        elif kind == "damage":  # the chaos process's (stress_chaos.py)
+            self.acked["damage"] = self.acked.get("damage", 0) + 1
+        elif kind in ("wait", "repaired"):
+            pass
         else:
             raise ValueError(f"unknown journal record {record!r}")
 
@@ -147,10 +158,27 @@ class Checker:
                 continue
             allowed = self._allowed_between(peek, int(str(peek["from"])), until)
             if allowed is None:
-                self.unchecked_peeks += 1
-            elif _state(peek) not in allowed:
+                self._unchecked(UNCHECKED_OLD)
+                continue
+            self.checked_peeks += 1
+            if _state(peek) not in allowed:
                 self._flag(where, _state(peek), allowed)
         self._peeks = waiting
+
+    def _unchecked(self, why: str) -> None:
+        self.unchecked_peeks[why] = self.unchecked_peeks.get(why, 0) + 1
+
+    def peeks_line(self) -> str:
+        """How many peeks were checked, and how many could not be and why: a run where most
+        go unchecked has tested reads under writes far less than its count of peeks says."""
+        unchecked = dict(self.unchecked_peeks)
+        if self._peeks:  # the owner's journal never read up to the peek's end
+            unchecked[UNCHECKED_UNREAD] = len(self._peeks)
+        total = sum(unchecked.values())
+        line = f"peeks checked: {self.checked_peeks}, unchecked: {total}"
+        if total:
+            line += " (" + ", ".join(f"{why} {n}" for why, n in sorted(unchecked.items())) + ")"
+        return line
 
     def _allowed_between(self, peek: dict[str, object], start: int, end: int) -> set[State] | None:
         """Every state the key was acceptable in between offsets START and END of its

@@ -1,44 +1,108 @@
 """The stress harness's last checks, once nothing runs but them (`scripts/stress.py`).
 
-A last gc and repair must lose nothing acknowledged: every key then reads as one
-of its acceptable states. Each cell's audit log must verify from an export, as an
-outsider verifies it (the CLI's `audit export` and `audit verify`). And the nodes
+A last gc, repair and scrub must lose nothing acknowledged: every key then reads
+as one of its acceptable states, and a second scrub finds nothing left to
+rebuild. Each cell's audit log must verify from an export, as an outsider
+verifies it (the CLI's `audit export` and `audit verify`). And the nodes
 must hold exactly the shards of the committed versions: anything more is a
-leftover gc did not remove.
+leftover gc did not remove. Each step is bounded in time: one that hangs is a
+problem reported with every thread's stack, not a harness that never ends.
 """
 
 from __future__ import annotations
 
+import faulthandler
 import hashlib
 import json
 import subprocess
 import sys
+import threading
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
+from typing import TypeVar
 
 from stress_check import Checker
-from stress_roles import TENANT
+from stress_roles import TENANT, planted_hang
 
 from shardvault.config import load
 from shardvault.errors import NotFound, SubjectForgotten
 from shardvault.model import ObjectRef
 from shardvault.vault import Vault
 
+T = TypeVar("T")
 
-def final_checks(config: Path, workdir: Path, checker: Checker) -> None:
-    with Vault.open(load(config)) as vault:
-        leftover = _extra_shards(vault)
+
+FINAL_STEP_SECONDS = 300.0
+"""How long one final step (the vault's opening, a gc, a repair, the read of every key)
+may take before it is reported hung: far beyond any of them after a long run here."""
+
+
+class FinalStepHung(Exception):
+    """A final step made no progress in time; its thread is left waiting."""
+
+
+def final_checks(
+    config: Path, workdir: Path, checker: Checker, step_seconds: float, hang: bool = False
+) -> None:
+    """Run the last checks, each step bounded by STEP_SECONDS (FinalStepHung if one is not
+    done by then, with every thread's stack in WORKDIR); HANG plants a hang in the reads."""
+    stacks = workdir / "final.stacks"
+
+    def bounded(what: str, step: Callable[[], T]) -> T:
+        return _bounded(what, step, step_seconds, stacks)
+
+    vault = bounded("open of the vault", lambda: Vault.open(load(config)))
+    try:
+        leftover = bounded("count of shards", lambda: _extra_shards(vault))
         if leftover:
             checker.notes.append(f"before the last gc, {_shown(leftover)}")
-        _sweep(vault, checker)
+        bounded("gc", lambda: _sweep(vault, checker))
         for scrub in (False, True):
-            repair = vault.repair(scrub=scrub)
+            repair = bounded("scrub" if scrub else "repair", partial(vault.repair, scrub=scrub))
             checker.problems += [f"final repair: {problem}" for problem in repair.problems]
-        _sweep(vault, checker)
-        _read_everything(vault, checker)
-        leftover = _extra_shards(vault)
+        bounded("second gc", lambda: _sweep(vault, checker))
+        rescrub = bounded("second scrub", partial(vault.repair, scrub=True))
+        if rescrub.rebuilt or rescrub.problems:
+            checker.problems.append(
+                f"a second final scrub, nothing running, rebuilt {rescrub.rebuilt} shard(s) "
+                f"and left {len(rescrub.problems)} version(s): the first did not leave it clean"
+            )
+        if hang:
+            bounded("read of every key", planted_hang)
+        bounded("read of every key", lambda: _read_everything(vault, checker))
+        leftover = bounded("count of shards", lambda: _extra_shards(vault))
         if leftover:
             checker.problems.append(f"after the last gc, {_shown(leftover)}")
-    _verify_audit_logs(config, workdir, checker)
+    finally:
+        vault.close()
+    bounded("audit verification", lambda: _verify_audit_logs(config, workdir, checker))
+
+
+def _bounded(what: str, step: Callable[[], T], seconds: float, stacks: Path) -> T:
+    """STEP's result, run on a thread of its own that is given up on after SECONDS."""
+    outcome: list[T] = []
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            outcome.append(step())
+        except BaseException as exc:  # raised again on the harness's thread
+            failure.append(exc)
+
+    thread = threading.Thread(target=run, name=f"final {what}", daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        with open(stacks, "a") as file:
+            faulthandler.dump_traceback(file, all_threads=True)
+        raise FinalStepHung(
+            f"final {what} made no progress in {seconds:.0f} s (hung); "
+            f"every thread's stack: {stacks}"
+        )
+    if failure:
+        raise failure[0]
+    return outcome[0]
 
 
 def _sweep(vault: Vault, checker: Checker) -> None:

@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
 import os
 import random
+import threading
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -43,6 +46,8 @@ SEGMENT_SIZE = 8192
 SIZES = (64, 1000, 4000, SEGMENT_SIZE * 3 + 17, SEGMENT_SIZE * 6, SEGMENT_SIZE * 40 + 5)
 """Object sizes: small ones, multi-segment ones (3 and 6 segments), all of them packed, and
 one of 40 segments whose shards (80 KiB) pass the demo's `pack_limit` (64 KiB): each a file."""
+
+PLANTED_HANG_AT = 3  # requests a worker planted with a hang makes first
 
 EXPECTED_PUT_FAILURES = (Conflict, StorageError)
 """What a put may meet beside a sweep of no grace (docs/cli.md, gc): never acknowledged."""
@@ -106,8 +111,11 @@ def forget_approved(vault: Vault, subject: str, approvers: Path) -> None:
 class Worker:
     """One worker process: a seeded random mix of put, overwrite, get, rm and forget."""
 
-    def __init__(self, config: Path, journal: Path, index: int, seed: int, workers: int) -> None:
+    def __init__(
+        self, config: Path, journal: Path, index: int, seed: int, workers: int, hang: bool = False
+    ) -> None:
         self.config = config
+        self.hang = hang  # a planted hang, for the harness's own test of its watchdog
         self.index = index
         self.seed = seed
         self.name = f"worker-{index}"
@@ -116,7 +124,7 @@ class Worker:
         self.journal = Journal(journal)
         self.state.feed_bytes(self.name, journal.read_bytes())
         self.next_id = _count_lines(journal)  # above every id written before: ids only grow
-        incarnation = _count_starts(journal)
+        incarnation = count_starts(journal)
         self.rng = random.Random(f"{seed}/worker-{index}/{incarnation}")
         self.journal.write(t="start", incarnation=incarnation)
         self.dedicated = self._dedicated_now()
@@ -126,7 +134,9 @@ class Worker:
             self.vault = vault
             if self.dedicated and self.state.subjects[self.dedicated].status == "forgetting":
                 self._forget(self.dedicated)  # finish what the killed incarnation began
-            while True:
+            for steps in itertools.count():
+                if self.hang and steps == PLANTED_HANG_AT:
+                    planted_hang()
                 self.step()
 
     def step(self) -> None:
@@ -231,6 +241,11 @@ class Worker:
         return mine[-1]
 
 
+def planted_hang() -> None:
+    """Wait for ever, as a deadlock would (`stress.py --plant-hang`, its watchdog's test)."""
+    threading.Event().wait()
+
+
 def _size(path: Path) -> int:
     try:
         return path.stat().st_size
@@ -242,7 +257,7 @@ def _count_lines(path: Path) -> int:
     return path.read_bytes().count(b"\n") if path.exists() else 0
 
 
-def _count_starts(path: Path) -> int:
+def count_starts(path: Path) -> int:
     if not path.exists():
         return 0
     return sum(1 for line in path.read_text().splitlines() if '"t": "start"' in line)
@@ -252,7 +267,7 @@ def maintain(config: Path, journal_path: Path, index: int, seed: int) -> None:
     """Sweep and repair in a loop, journalling what each run reported (one that raises ends
     the process, which the harness reports as a problem)."""
     journal = Journal(journal_path)
-    incarnation = _count_starts(journal_path)
+    incarnation = count_starts(journal_path)
     journal.write(t="start", incarnation=incarnation)
     rng = random.Random(f"{seed}/maintenance-{index}/{incarnation}")
     while True:
@@ -264,5 +279,7 @@ def maintain(config: Path, journal_path: Path, index: int, seed: int) -> None:
                 if gc.skipped_nodes:
                     journal.write(t="problem", what=f"gc skipped {gc.skipped_nodes}")
             else:
-                repair = vault.repair(scrub=roll > 0.9)
-                journal.write(t="repair", rebuilt=repair.rebuilt, problems=list(repair.problems))
+                began, scrub = time.time(), roll > 0.9
+                repair = vault.repair(scrub=scrub)
+                journal.write(t="repair", rebuilt=repair.rebuilt, problems=list(repair.problems),
+                              scrub=scrub, began=began)  # fmt: skip

@@ -114,6 +114,26 @@ def test_a_peek_may_see_what_the_owner_had_between_its_two_offsets_and_nothing_o
     assert len(peeked(A, len(owner_after), len(owner_after))) == 1  # overwritten twice since
 
 
+def test_the_summary_says_how_many_peeks_went_unchecked_and_why() -> None:
+    checker = stress_check.Checker()
+    checker.subject("user-us", "live")
+    history = [record for i in range(stress_check.HISTORY) for record in (_put(i, A), _ack(i))]
+    checker.feed_bytes("worker-0", _lines(*history))
+    peek = {"t": "peek", "owner": "worker-0", "subject": "user-us", "key": "k", "sha": A}
+    end = len(_lines(*history))
+    old, fresh, unread = (
+        {"from": 0, "to": 0},
+        {"from": end, "to": end},
+        {"from": end, "to": end + 9},
+    )
+    torn = json.dumps({**peek, **fresh}, sort_keys=True).encode()[:30] + b"\n"
+    checker.feed_bytes("worker-1", _lines(*({**peek, **at} for at in (old, fresh, unread))) + torn)
+    assert checker.peeks_line() == (
+        "peeks checked: 1, unchecked: 3 (older than the key's kept states 1, "
+        "owner's journal not read that far 1, record torn by a kill 1)"
+    )
+
+
 def test_a_torn_record_is_skipped_and_the_next_one_read() -> None:
     checker = stress_check.Checker()
     checker.subject("user-us", "live")
@@ -126,7 +146,7 @@ def test_a_torn_record_is_skipped_and_the_next_one_read() -> None:
 @pytest.mark.slow
 def test_a_short_stress_run_kills_processes_and_finds_no_problem(tmp_path: Path) -> None:
     command = [sys.executable, str(SCRIPTS / "stress.py"), "--seed", "7", "--minutes", "0.2"]
-    command += ["--workers", "2", "--maints", "1", "--dir", str(tmp_path / "run")]
+    command += ["--workers", "2", "--maints", "1", "--damage", "--dir", str(tmp_path / "run")]
     done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
     assert "PROBLEMS: 0" in done.stdout, done.stdout + done.stderr
     assert done.returncode == 0, done.stdout + done.stderr
@@ -134,3 +154,24 @@ def test_a_short_stress_run_kills_processes_and_finds_no_problem(tmp_path: Path)
     assert kills is not None and int(kills[1]) + int(kills[2]) > 0, done.stdout
     acked = re.search(r"acked: .*put (\d+)", done.stdout)
     assert acked is not None and int(acked[1]) > 0, done.stdout
+    damaged = re.search(r"acked: damage (\d+)", done.stdout)  # files damaged, reads still exact
+    assert damaged is not None and int(damaged[1]) > 0, done.stdout
+
+
+@pytest.mark.slow
+def test_the_watchdog_reports_a_hung_worker_and_a_hung_final_step_with_their_stacks(
+    tmp_path: Path,
+) -> None:
+    command = [sys.executable, str(SCRIPTS / "stress.py"), "--seed", "7", "--minutes", "0.15"]
+    command += ["--workers", "1", "--maints", "1", "--dir", str(tmp_path / "run")]
+    command += ["--hang-seconds", "2", "--final-step-seconds", "3"]
+    command += ["--plant-hang", "worker-0", "--plant-hang", "final"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 1, done.stdout + done.stderr
+    hung = re.search(
+        r"worker-0 made no progress for \d+ s \(hung\); its last record: \{", done.stdout
+    )
+    assert hung is not None, done.stdout
+    assert "in planted_hang" in done.stdout, done.stdout  # the stack dump, printed
+    assert "final read of every key made no progress in 3 s (hung)" in done.stdout, done.stdout
+    assert "in planted_hang" in (tmp_path / "run" / "final" / "final.stacks").read_text()

@@ -33,10 +33,12 @@ Pack file (docs/formats.md, "pack file"), version 1::
     record*: b"SVPR" | u8 kind (1 shard, 2 tombstone) | u8 0 | u16 BE name length
              | u32 BE data length | name | data | u32 BE CRC-32 of everything before it
 
-A record cut short, or failing its CRC with no record after it, ends the scan of
-that file (a torn tail). A record failing its CRC with a record after it is
-stepped over: a deleted shard's data is zeroed in place (``delete``), and a
-damaged record must not hide the shards after it.
+A record cut short, or failing its CRC with nothing whole after it, ends the scan
+of that file (a torn tail). A record failing its CRC with a record after it is
+stepped over, and so is a stretch that does not frame (a damaged length, zeros
+left by a truncation under its writer) up to the next whole record: a deleted
+shard's data is zeroed in place (``delete``), and damage must not hide the shards
+after it (compaction copies only what a scan finds).
 """
 
 from __future__ import annotations
@@ -162,20 +164,21 @@ def _shard_records(view: mmap.mmap, encoded: bytes) -> Iterator[tuple[int, int]]
 
 def _framed(data: bytes) -> Iterator[tuple[int, int, int, int, bool]]:
     """(offset, kind, name length, data length, whole) of each framed record in `data`
-    (a pack's bytes after its header), up to a torn tail: nothing whole after the last.
-    One failing its CRC with a record after it (zeroed by a delete, or damaged) is
-    yielded as not whole: it must not hide the rest. Nor must one whose framing is
-    damaged (its magic or a length): the scan resumes at the next whole record."""
+    (a pack's bytes after its header), up to a torn tail: nothing whole after. One
+    failing its CRC with a record after it (zeroed by a delete, or damaged) is yielded
+    as not whole; a stretch that does not frame (a damaged length or magic, the zeros
+    a truncation under a live writer left) is stepped over to the next whole record.
+    Neither may hide the rest: a compaction copies only what the scan found."""
     cursor = 0
     while cursor + RECORD.size <= len(data):
         magic, kind, _, name_len, data_len = RECORD.unpack_from(data, cursor)
         end = cursor + RECORD.size + name_len + data_len
-        framed = magic == RECORD_MAGIC and end + CRC.size <= len(data)
-        whole = framed and CRC.unpack_from(data, end)[0] == zlib.crc32(data[cursor:end])
-        if whole or (framed and data.startswith(RECORD_MAGIC, end + CRC.size)):
-            yield cursor, kind, name_len, data_len, whole
-            cursor = end + CRC.size
-            continue
+        if magic == RECORD_MAGIC and end + CRC.size <= len(data):
+            whole = CRC.unpack_from(data, end)[0] == zlib.crc32(data[cursor:end])
+            if whole or data.startswith(RECORD_MAGIC, end + CRC.size):
+                yield cursor, kind, name_len, data_len, whole
+                cursor = end + CRC.size
+                continue
         resumed = _next_whole_record(data, cursor + 1)
         if resumed is None:  # a torn tail
             return
@@ -183,14 +186,13 @@ def _framed(data: bytes) -> Iterator[tuple[int, int, int, int, bool]]:
 
 
 def _next_whole_record(data: bytes, start: int) -> int | None:
-    """Where the first whole record at or after `start` begins, if any. Only damage
-    makes the scan look: a torn tail is searched once, to its end."""
+    """Where the first record from `start` on whose CRC holds begins, if any."""
     at = data.find(RECORD_MAGIC, start)
     while at != -1 and at + RECORD.size <= len(data):
         _, _, _, name_len, data_len = RECORD.unpack_from(data, at)
         end = at + RECORD.size + name_len + data_len
-        if end + CRC.size <= len(data) and (
-            CRC.unpack_from(data, end)[0] == zlib.crc32(data[at:end])
+        if end + CRC.size <= len(data) and CRC.unpack_from(data, end)[0] == zlib.crc32(
+            data[at:end]
         ):
             return at
         at = data.find(RECORD_MAGIC, at + 1)
@@ -697,6 +699,8 @@ class PackSet:
             return
         size = info.st_size
         position = self._scanned.get(pack, 0)
+        if position > size:  # cut short since the last look (damage): all of it again
+            position = 0
         if position == 0:
             header = os.pread(fd, len(FILE_HEADER), 0)
             if header != FILE_HEADER:

@@ -53,6 +53,7 @@ def final_checks(
         return _bounded(what, step, step_seconds, stacks)
 
     vault = bounded("open of the vault", lambda: Vault.open(load(config)))
+    hung = False
     try:
         leftover = bounded("count of shards", lambda: _extra_shards(vault))
         if leftover:
@@ -62,20 +63,19 @@ def final_checks(
             repair = bounded("scrub" if scrub else "repair", partial(vault.repair, scrub=scrub))
             checker.problems += [f"final repair: {problem}" for problem in repair.problems]
         bounded("second gc", lambda: _sweep(vault, checker))
-        rescrub = bounded("second scrub", partial(vault.repair, scrub=True))
-        if rescrub.rebuilt or rescrub.problems:
-            checker.problems.append(
-                f"a second final scrub, nothing running, rebuilt {rescrub.rebuilt} shard(s) "
-                f"and left {len(rescrub.problems)} version(s): the first did not leave it clean"
-            )
+        bounded("second scrub", lambda: _scrub_in_a_new_process(config, checker))
         if hang:
             bounded("read of every key", planted_hang)
         bounded("read of every key", lambda: _read_everything(vault, checker))
         leftover = bounded("count of shards", lambda: _extra_shards(vault))
         if leftover:
             checker.problems.append(f"after the last gc, {_shown(leftover)}")
+    except FinalStepHung:
+        hung = True  # its thread may hold what closing the vault would wait for
+        raise
     finally:
-        vault.close()
+        if not hung:
+            vault.close()
     bounded("audit verification", lambda: _verify_audit_logs(config, workdir, checker))
 
 
@@ -103,6 +103,18 @@ def _bounded(what: str, step: Callable[[], T], seconds: float, stacks: Path) -> 
     if failure:
         raise failure[0]
     return outcome[0]
+
+
+def _scrub_in_a_new_process(config: Path, checker: Checker) -> None:
+    """A scrub by a process of its own must find nothing to rebuild: this one still holds
+    descriptors of packs its gc compacted away, and read shards through them that a new
+    process finds missing (how a stress run's compaction losing 13 shards went unseen)."""
+    report = json.loads(_cli(config, "repair", "--scrub", "--json", checker=checker) or "{}")
+    if report.get("rebuilt") or report.get("problems"):
+        checker.problems.append(
+            f"a second final scrub, in a new process, rebuilt {report['rebuilt']} shard(s) "
+            f"and left {len(report['problems'])} version(s): the first did not leave it clean"
+        )
 
 
 def _sweep(vault: Vault, checker: Checker) -> None:

@@ -277,7 +277,9 @@ def maintain(config: Path, journal_path: Path, index: int, seed: int) -> None:
                 gc = vault.gc(grace_seconds=0)
                 journal.write(t="gc", versions=gc.versions, orphans=gc.orphans, moved=gc.moved)
                 if gc.skipped_nodes:
-                    journal.write(t="problem", what=f"gc skipped {gc.skipped_nodes}")
+                    why = [f"{failed.node}: {failed.error}" for failed in gc.failed_nodes]
+                    why += [f"{node}: could not be opened" for node in gc.unavailable_nodes]
+                    journal.write(t="problem", what=f"gc skipped {gc.skipped_nodes}: {why}")
             else:
                 began, scrub = time.time(), roll > 0.9
                 repair = vault.repair(scrub=scrub)

@@ -69,6 +69,11 @@ class Manifest:
         """The generation of shard index's name on its node (nodes/port.py `shard_name`)."""
         return self.generations[index] if self.generations else 0
 
+    def names_copy(self, index: int, node: str, generation: int) -> bool:
+        """Whether this manifest names that copy: shard index on that node, under that
+        generation (the same node may hold the copy a repair replaced there)."""
+        return index < self.n and self.nodes[index] == node and self.generation(index) == generation
+
     @property
     def n(self) -> int:
         return self.k + self.m

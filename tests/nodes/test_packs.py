@@ -147,6 +147,43 @@ def test_a_damaged_record_does_not_hide_the_records_after_it(root: Path) -> None
     reopened.close()
 
 
+def four_shards_packed(root: Path) -> tuple[Path, bytearray]:
+    """Shards 1-4 in one pack whose writer is gone: the pack, and its bytes to damage."""
+    store = LocalDirShardStore("n", root)
+    for version in (1, 2, 3, 4):
+        put(store, name(version), f"shard {version}".encode() * 20)
+    store.close()
+    (pack,) = (root / "packs").glob("*.pack")
+    return pack, bytearray(pack.read_bytes())
+
+
+def test_compaction_keeps_a_damaged_record_and_drops_a_deleted_one(root: Path) -> None:
+    """A record failing its CRC is damaged unless a delete zeroed its data (its tombstone
+    perhaps lost in a crash): compaction dropped both, a node's shard lost unreported."""
+    pack, data = four_shards_packed(root)
+    size = len(encode_record(1, name(1), b"shard 1" * 20))
+    damaged = len(FILE_HEADER) + size + RECORD.size + len(name(2))  # the second's data
+    data[damaged + 5] ^= 0x10
+    zeroed = len(FILE_HEADER) + 2 * size + RECORD.size + len(name(3))  # the third's
+    data[zeroed : zeroed + 7 * 20] = bytes(7 * 20)  # as a delete killed before its tombstone
+    pack.write_bytes(bytes(data))
+    collector = LocalDirShardStore("n", root)
+    compacted = collector.compact()
+    assert compacted.damaged == (name(2),) and sorted(compacted.moved) == [
+        name(1),
+        name(2),
+        name(4),
+    ]
+    collector.close()
+    after = LocalDirShardStore("n", root)
+    assert list(after.names()) == [name(1), name(2), name(4)]
+    kept = bytearray(b"shard 2" * 20)
+    kept[5] ^= 0x10  # its bytes as they were: the manifest's block hashes judge them
+    assert read(after, name(2)) == bytes(kept)
+    assert after.intact(name(2))  # copied with a CRC of its own, and named for repair
+    after.close()
+
+
 @pytest.mark.parametrize(
     ("field", "bit"),
     [(0, 0), (5, 0), (6, 7), (8, 7), (11, 3)],  # magic, the zero byte, name and data lengths
@@ -157,23 +194,22 @@ def test_a_record_whose_framing_is_damaged_hides_no_record_after_it_even_from_co
 ) -> None:
     """A flipped bit in a record's magic or lengths ended the scan there: every later
     record of the pack was read only by its location, counted dead, and dropped by the
-    next compaction, a node's shards of many objects lost for one bit (found in audit)."""
-    store = LocalDirShardStore("n", root)
-    for version in (1, 2, 3, 4):
-        put(store, name(version), f"shard {version}".encode() * 20)
-    store.close()
-    (pack,) = (root / "packs").glob("*.pack")
-    data = bytearray(pack.read_bytes())
+    next compaction, a node's shards of many objects lost for one bit (found in audit).
+    One in its reserved byte leaves it framed, failing its CRC: compaction keeps it as
+    damage (its data not zeroed by a delete), and names it."""
+    pack, data = four_shards_packed(root)
     second_record = len(FILE_HEADER) + len(encode_record(1, name(1), b"shard 1" * 20))
     data[second_record + field] ^= 1 << bit
     pack.write_bytes(bytes(data))
     reopened = LocalDirShardStore("n", root)
     assert list(reopened.names()) == [name(1), name(3), name(4)]
-    reopened.compact()
+    damaged = [name(2)] if field == 5 else []
+    assert reopened.compact().damaged == tuple(damaged)
     reopened.close()
     after = LocalDirShardStore("n", root)
-    assert list(after.names()) == [name(1), name(3), name(4)]
-    for version in (1, 3, 4):
+    kept = sorted([name(1), name(3), name(4), *damaged])
+    assert list(after.names()) == kept
+    for version in (1, 2, 3, 4) if damaged else (1, 3, 4):
         assert read(after, name(version)) == f"shard {version}".encode() * 20
     after.close()
 
@@ -293,7 +329,7 @@ def test_compaction_keeps_live_shards_and_drops_dead_packs(root: Path) -> None:
     writer.close()  # a writer that is gone no longer holds its pack
     collector = LocalDirShardStore("n", root)
     old = set((root / "packs").glob("*.pack"))
-    moved = collector.compact()
+    moved = collector.compact().moved
     new = set((root / "packs").glob("*.pack"))
     assert not (old & new)
     assert list(collector.names()) == sorted(moved) == sorted([name(9), name(10)])
@@ -340,7 +376,7 @@ def test_compaction_leaves_a_live_writers_pack_alone(root: Path) -> None:
     put(live, name(2), b"still here")
     collector = LocalDirShardStore("n", root)
     before = sorted(p.name for p in (root / "packs").glob("*.pack"))
-    assert collector.compact() == {}
+    assert collector.compact().moved == {}
     assert sorted(p.name for p in (root / "packs").glob("*.pack")) == before
     put(live, name(3), b"appends still land")
     assert read(collector, name(3)) == b"appends still land"

@@ -171,14 +171,40 @@ def test_compact_keeps_every_shard_and_says_where_it_moved_them(store: ShardStor
         put(store, name, name.encode() * 10)
     for name in names[:6]:
         assert store.delete(name)
-    moved = store.compact()
-    assert set(moved) <= set(names[6:])
+    compacted = store.compact()
+    moved = compacted.moved
+    assert set(moved) <= set(names[6:]) and compacted.damaged == ()
     assert list(store.names()) == names[6:]
     for name in names[6:]:
         assert read(store, name) == name.encode() * 10
         reader = store.open_reader(name, location=moved.get(name))
         assert reader.read_at(0, 1 << 20) == name.encode() * 10
         reader.close()
+
+
+def test_intact_says_whether_the_stores_own_check_of_a_shard_passes(store: ShardStore) -> None:
+    writer = store.open_writer(NAME)
+    writer.write(b"stored bytes")
+    writer.commit()
+    assert store.intact(NAME, writer.location)
+    assert store.intact(NAME)
+    with pytest.raises(NotFound):
+        store.intact(shard_name(OID, 2, 0))
+    with pytest.raises(InvalidInput):
+        store.intact("../escape")
+    if isinstance(store, LocalDirShardStore) and writer.location is not None:
+        located = store.packs.locate(NAME)
+        assert located is not None
+        crc = store.packs.directory / located.pack
+        raw = bytearray(crc.read_bytes())
+        raw[located.offset + located.length] ^= 1  # a bit of the record's CRC
+        crc.write_bytes(bytes(raw))
+        assert not store.intact(NAME, writer.location)
+        fresh = LocalDirShardStore("node-a", store.root, store.pack_limit)
+        assert not fresh.intact(NAME, writer.location)  # found by location, as scrub asks
+        reader = fresh.open_reader(NAME, writer.location)  # reads still serve its bytes
+        assert reader.read_at(0, 100) == b"stored bytes"
+        fresh.close()
 
 
 def test_delete_takes_the_writers_location_and_survives_a_wrong_one(store: ShardStore) -> None:

@@ -27,7 +27,7 @@ from pathlib import Path
 from shardvault.durability import BackgroundFlush, filesystem_sync, fsync_directory
 from shardvault.errors import NotFound, StorageError
 from shardvault.nodes.packs import PackedShard, PackSet
-from shardvault.nodes.port import check_shard_name, is_shard_name
+from shardvault.nodes.port import Compacted, check_shard_name, is_shard_name
 
 DEFAULT_PACK_LIMIT = 64 << 10
 WRITEBACK_CHUNK = 4 << 20  # measured best of 2-16 MiB for 256 MiB puts here
@@ -227,20 +227,25 @@ class LocalDirShardStore:
     def open_writer(self, name: str) -> LocalShardWriter:
         return LocalShardWriter(self, check_shard_name(name))
 
+    def _packed_at(self, name: str, location: str | None) -> PackedShard | None:
+        """The packed shard, if the index or the manifest's location finds it: no scan."""
+        known = self.packs.known(name)  # no I/O: small shards skip the file lookup
+        if known is not None:  # only checked names are ever indexed
+            return known
+        check_shard_name(name)
+        if location is None:
+            return None
+        try:  # the manifest's: straight to the record
+            return self.packs.at(name, location)
+        except OSError as exc:
+            raise _storage_error(self.node_id, "reading a pack", exc) from exc
+
     def open_reader(
         self, name: str, location: str | None = None
     ) -> LocalShardReader | PackedShardReader:
-        known = self.packs.known(name)  # no I/O: small shards skip the file lookup
-        if known is not None:  # only checked names are ever indexed
-            return PackedShardReader(self.packs, known)
-        check_shard_name(name)
-        if location is not None:  # the manifest's: straight to the record, no scan
-            try:
-                found = self.packs.at(name, location)
-            except OSError as exc:
-                raise _storage_error(self.node_id, "reading a pack", exc) from exc
-            if found is not None:  # the file path is built only when it is needed
-                return PackedShardReader(self.packs, found)
+        packed = self._packed_at(name, location)
+        if packed is not None:  # the file path is built only when it is needed
+            return PackedShardReader(self.packs, packed)
         try:
             fd = os.open(self._shard_file(name), os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
@@ -252,6 +257,21 @@ class LocalDirShardStore:
         except OSError as exc:
             raise _storage_error(self.node_id, "opening a shard", exc) from exc
         return LocalShardReader(fd)
+
+    def intact(self, name: str, location: str | None = None) -> bool:
+        """A packed shard's record passes its CRC; a file of its own has no check but the
+        block hashes (nodes/port.py)."""
+        packed = self._packed_at(name, location)
+        if packed is None and os.path.isfile(self._shard_file(name)):
+            return True
+        packed = packed or self._locate(name)
+        if packed is None:
+            self._check_root()
+            raise NotFound(f"shard {name} not on node {self.node_id}")
+        try:
+            return self.packs.intact(name, packed)
+        except OSError as exc:
+            raise _storage_error(self.node_id, "reading a pack", exc) from exc
 
     def read_cached(self, name: str, location: str | None, length: int) -> bytes | None:
         """A packed shard from the page cache, through a pack this store has open (nodes/
@@ -386,10 +406,11 @@ class LocalDirShardStore:
     def drop_caches(self) -> None:
         self.packs.drop_index()
 
-    def compact(self) -> dict[str, str]:
+    def compact(self) -> Compacted:
         """Rewrite the packs that only dead writers held (nodes/packs.py)."""
         try:
-            return self.packs.compact().moved
+            done = self.packs.compact()
+            return Compacted(done.moved, tuple(done.damaged))
         except OSError as exc:
             raise _storage_error(self.node_id, "compacting packs", exc) from exc
 

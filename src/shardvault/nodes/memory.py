@@ -6,7 +6,7 @@ import threading
 from collections.abc import Iterator
 
 from shardvault.errors import NotFound
-from shardvault.nodes.port import check_shard_name
+from shardvault.nodes.port import Compacted, check_shard_name
 
 
 class MemoryShardWriter:
@@ -60,6 +60,13 @@ class MemoryShardStore:
             raise NotFound(f"shard {name} not on node {self.node_id}")
         return MemoryShardReader(data)
 
+    def intact(self, name: str, location: str | None = None) -> bool:
+        """Memory keeps no check of its own: the block hashes are the check."""
+        with self.lock:
+            if check_shard_name(name) not in self.shards:
+                raise NotFound(f"shard {name} not on node {self.node_id}")
+        return True
+
     def read_cached(self, name: str, location: str | None, length: int) -> bytes | None:
         """Memory never waits; a shard not here is for `open_reader` to say."""
         with self.lock:
@@ -95,8 +102,8 @@ class MemoryShardStore:
     def drop_caches(self) -> None:
         """The shards are the memory: nothing else is kept."""
 
-    def compact(self) -> dict[str, str]:
-        return {}  # a deleted shard's memory is freed at once
+    def compact(self) -> Compacted:
+        return Compacted({})  # a deleted shard's memory is freed at once
 
     def close(self) -> None:
         pass

@@ -38,7 +38,10 @@ of that file (a torn tail). A record failing its CRC with a record after it is
 stepped over, and so is a stretch that does not frame (a damaged length, zeros
 left by a truncation under its writer) up to the next whole record: a deleted
 shard's data is zeroed in place (``delete``), and damage must not hide the shards
-after it (compaction copies only what a scan finds).
+after it (compaction copies only what a scan finds). A record failing its CRC
+whose data is not all zeros and whose name no tombstone kills was damaged, not
+deleted: compaction copies its data, with a CRC of its own, and names it, so that
+gc queues its version for repair (docs/formats.md, "pack file", says why a copy).
 """
 
 from __future__ import annotations
@@ -56,12 +59,13 @@ import threading
 import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from shardvault.durability import GroupSync, fsync_directory, leftover_temporaries, release_flock
 from shardvault.errors import StorageError
 from shardvault.nodes.journal import JOURNAL, Journal, read_journal
+from shardvault.nodes.port import is_shard_name
 from shardvault.slot_init import slot_init
 
 FILE_MAGIC = b"SVPK"
@@ -102,6 +106,7 @@ class PackedShard:
 class Compaction:
     packs: int  # removed
     moved: dict[str, str]  # shard name -> its new location, for each shard copied
+    damaged: list[str] = field(default_factory=list)  # copied though failing their CRC
 
 
 class Tombstones:
@@ -281,6 +286,7 @@ class PackSet:
         self._lock = threading.RLock()
         self._index: dict[str, PackedShard] = {}
         self._dead = Tombstones()
+        self._damaged: dict[str, dict[str, PackedShard]] = {}  # pack -> records, see `_scan`
         self._scanned: dict[str, int] = {}
         self._fds: dict[str, int] = {}
         self._retired: dict[str, tuple[float, int]] = {}  # pack -> (when, fd), forgotten
@@ -538,6 +544,16 @@ class PackSet:
         located = None if head is None else _record_in(head, pack, start, encoded)
         return None if located is None else self.read_cached(located, length)
 
+    def intact(self, name: str, located: PackedShard) -> bool:
+        """Whether the shard's record passes its CRC, read from the disk now (the index
+        says it did when scanned). Reads by location do not ask (see `at`). A pack
+        another process compacted away meanwhile: its copy is looked up."""
+        try:
+            return self._whole_data(name, located) is not None
+        except FileNotFoundError:
+            moved = self.locate(name)
+            return moved is not None and self._whole_data(name, moved) is not None
+
     def read_cached(self, located: PackedShard, length: int) -> bytes | None:
         """The shard's first `length` bytes, if they can be had without a call that could
         wait for the disk: its pack open here already, its pages in the page cache (a
@@ -641,6 +657,7 @@ class PackSet:
             active = self._active
             self._index = {n: loc for n, loc in self._index.items() if loc.pack == active}
             self._dead = Tombstones()
+            self._damaged.clear()
             self._scanned.clear()  # our active pack too: its tombstones fill _dead again
             self._rescans += 1
 
@@ -662,6 +679,7 @@ class PackSet:
         before the unlink, which comes after this, so its next scan finds the record.
         `names`: all that can be indexed there, when the caller knows (else all are tried)."""
         self._scanned.pop(pack, None)
+        self._damaged.pop(pack, None)
         fd = self._fds.pop(pack, None)
         if fd is not None:
             self._retire(pack, fd)
@@ -715,7 +733,9 @@ class PackSet:
         cursor = 0
         for at, kind, name_len, data_len, whole in _framed(data):
             cursor = at + _FRAMING + name_len + data_len
-            if not whole:  # erased or damaged: its shard reads as missing, the rest stays
+            if not whole:  # erased or damaged: not indexed, the rest stays
+                if kind == SHARD:
+                    self._note_damaged(pack, data, at, name_len, data_len, position)
                 continue
             name = data[at + RECORD.size : at + RECORD.size + name_len].decode()
             if kind == TOMBSTONE:
@@ -725,6 +745,39 @@ class PackSet:
                 start = position + at + RECORD.size + name_len
                 self._index[name] = PackedShard(pack, start, data_len)
         self._scanned[pack] = position + cursor
+
+    def _note_damaged(
+        self, pack: str, data: bytes, at: int, name_len: int, data_len: int, position: int
+    ) -> None:
+        """Note a shard record failing its CRC whose data a delete did not zero: damage,
+        which compaction copies rather than drop (`_fold`). Kept apart from the index:
+        found by name, it would be read as whole. A name that is not a shard's (damaged
+        itself) is no record any read asks for: the shard reads as missing, and is
+        repaired so."""
+        start = at + RECORD.size + name_len
+        if data.count(0, start, start + data_len) == data_len:
+            return  # deleted: zeroed in place (its tombstone perhaps lost in a crash)
+        name = data[at + RECORD.size : start].decode("ascii", errors="replace")
+        if is_shard_name(name):
+            found = PackedShard(pack, position + start, data_len)
+            self._damaged.setdefault(pack, {})[name] = found
+
+    def _note_damaged_tail(self, pack: str) -> None:
+        """Note the shard record a scan of a pack no writer holds stopped at: failing its
+        CRC with nothing whole after it. A torn write a crash left (never acknowledged:
+        a put is only once synced, and its version never committed, so gc queues
+        nothing), or damage to the pack's last record, which a delete would have zeroed."""
+        position = self._scanned.get(pack)
+        if position is None:
+            return
+        fd = self._fd(pack)
+        tail = os.pread(fd, os.fstat(fd).st_size - position, position)
+        if len(tail) < RECORD.size:
+            return
+        magic, kind, _, name_len, data_len = RECORD.unpack_from(tail)
+        framed = RECORD.size + name_len + data_len + CRC.size <= len(tail)
+        if magic == RECORD_MAGIC and kind == SHARD and framed:
+            self._note_damaged(pack, tail, 0, name_len, data_len, position)
 
     def _remove_headerless(self, pack: str) -> None:
         """Remove a pack whose writer was killed between making it and writing its
@@ -833,6 +886,7 @@ class PackSet:
             self._erase_dead_records(pack)
         self._index_again(old)
         in_old = {name for pack in old for name in self._names_in(pack)}
+        damaged = {name for pack in old for name in self._damaged.get(pack, {})}
         self._index_again(new)  # last: its copy wins over the old record
         self.group.sync(self.group.note_write())  # what the dead process wrote, too
         claimed = [(pack, fd) for pack in old if (fd := self._claim(pack)) is not None]
@@ -844,11 +898,14 @@ class PackSet:
             self._fold(claimed, done, new)
             # the dead compaction's copies of what the old packs held: their manifests
             # name those packs, gone now, as the ones `_fold` copied did
-            done.moved.update(
-                (name, found.location)
-                for name in in_old
+            copied = {
+                name: found.location
+                for name in in_old | damaged
                 if (found := self._index.get(name)) is not None and found.pack in new
-            )
+            }
+            done.moved.update(copied)
+            # the damaged records it copied, which it died before telling gc of
+            done.damaged.extend(sorted(damaged.intersection(copied)))
         else:
             (self.directory / JOURNAL).unlink(missing_ok=True)
         return True
@@ -894,15 +951,23 @@ class PackSet:
             journal.write(self.directory)
             self._journal = journal
             copies = {}
+            damaged: list[str] = []
             first = last = None  # tickets of the copies
             for pack, _ in claimed:
                 self._scan(pack)  # what a writer appended before it died
+                self._note_damaged_tail(pack)
                 for name in self._names_in(pack):
                     located = self._indexed(name, pack)
                     data = None if located is None else self._whole_data(name, located)
                     if data is not None:  # not deleted, nor found elsewhere, meanwhile
                         last, copies[name] = self.add(name, data)
                         first = first or last
+                for name, located in self._damaged.get(pack, {}).items():
+                    data = self._damaged_data(name, located)
+                    if data is not None:
+                        last, copies[name] = self.add(name, data)
+                        first = first or last
+                        damaged.append(name)
             self.group.sync(last, since=first)
             self._erase_copies_deleted_meanwhile(copies)
             for pack, _ in claimed:
@@ -919,6 +984,7 @@ class PackSet:
             done.moved.update(
                 (name, copy.location) for name, copy in copies.items() if name not in self._dead
             )
+            done.damaged.extend(name for name in damaged if name not in self._dead)
         finally:
             self._journal = None
             for _, claim in claimed:
@@ -936,6 +1002,14 @@ class PackSet:
         if len(record) != size or CRC.unpack_from(record, end)[0] != zlib.crc32(record[:end]):
             return None
         return record[RECORD.size + len(encoded) : end]
+
+    def _damaged_data(self, name: str, located: PackedShard) -> bytes | None:
+        """A damaged record's data (`_note_damaged`), to copy; None if its name is dead, a
+        whole record of it is indexed (a copy), or a delete zeroed it since the scan."""
+        if name in self._dead or name in self._index:
+            return None
+        data = os.pread(self._fd(located.pack), located.length, located.offset)
+        return data if len(data) == located.length and data.count(0) != len(data) else None
 
     def _erase_copies_deleted_meanwhile(self, copies: dict[str, PackedShard]) -> None:
         """A delete racing the copy zeroed the old record, not the copy: zero that too

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Protocol
 
 from shardvault.errors import InvalidInput
@@ -46,6 +47,14 @@ def parse_shard_name(name: str) -> tuple[bytes, int, int, int]:
     object_id, version, index, *generation = check_shard_name(name).split(".")
     number = int(generation[0][1:]) if generation else 0
     return bytes.fromhex(object_id), int(version[1:]), int(index[1:]), number
+
+
+@dataclass(frozen=True, slots=True)
+class Compacted:
+    """What a store's compaction did that its caller (gc) must pass on."""
+
+    moved: dict[str, str]  # shard name -> its new location, for its manifest
+    damaged: tuple[str, ...] = ()  # kept, though failing the store's own check: for repair
 
 
 class ShardWriter(Protocol):
@@ -92,6 +101,14 @@ class ShardStore(Protocol):
         """Raises NotFound when the shard does not exist. A ``location`` from the
         shard's writer is a hint: a stale or bad one costs a lookup, never a wrong shard."""
 
+    def intact(self, name: str, location: str | None = None) -> bool:
+        """Whether the store's own check of the shard's stored bytes passes: a packed
+        shard's record CRC (nodes/packs.py); True where the store keeps none of its own.
+        Raises NotFound when the shard does not exist. Reads never ask: the manifest's
+        block hashes check every block, and a record failing its own check still serves
+        its good blocks. The scrub asks (vault/shard_check.py), so that damage no block
+        hash covers (a record's CRC or name) is repaired before compaction meets it."""
+
     def read_cached(self, name: str, location: str | None, length: int) -> bytes | None:
         """Up to `length` bytes from the shard's start (fewer only if it is shorter), if the
         store has them without a call that could wait for its disk: a hung disk's never
@@ -135,9 +152,11 @@ class ShardStore(Protocol):
         """Let go of what the store keeps in memory about its shards (gc, done with a
         node, gives that memory back); it is learned again if needed."""
 
-    def compact(self) -> dict[str, str]:
+    def compact(self) -> Compacted:
         """Reclaim the space of deleted shards where the adapter defers that; returns the
-        new location of every shard it moved (name -> location), for its manifest."""
+        new location of every shard it moved (name -> location), for its manifest, and
+        the shards it kept though their stored bytes failed its own check (`intact`),
+        which it cannot tell from deleted ones otherwise: gc queues them for repair."""
 
     def close(self) -> None:
         """Release files and locks; the store is not used afterwards."""

@@ -30,6 +30,9 @@ class UnavailableStore:
     def open_reader(self, name: str, location: str | None = None) -> NoReturn:
         self._refuse()
 
+    def intact(self, name: str, location: str | None = None) -> NoReturn:
+        self._refuse()
+
     def read_cached(self, name: str, location: str | None, length: int) -> NoReturn:
         self._refuse()
 

@@ -26,7 +26,7 @@ from typing import Concatenate, ParamSpec, TypeVar
 
 from shardvault.errors import StorageError
 from shardvault.io_threads import IoThread, Stalled
-from shardvault.nodes.port import ShardReader, ShardStore, ShardWriter
+from shardvault.nodes.port import Compacted, ShardReader, ShardStore, ShardWriter
 from shardvault.nodes.unavailable import UnavailableStore
 from shardvault.vault.cells import Cell, StoreOpening
 from shardvault.vault.deadline import NodeDeadline
@@ -105,6 +105,9 @@ class BoundedStore:
     def open_reader(self, name: str, location: str | None = None) -> BoundedReader:
         return BoundedReader(self.run(self._store.open_reader, name, location), self)
 
+    def intact(self, name: str, location: str | None = None) -> bool:
+        return self.run(self._store.intact, name, location)
+
     def read_cached(self, name: str, location: str | None, length: int) -> bytes | None:
         return self.run(self._store.read_cached, name, location, length)
 
@@ -134,7 +137,7 @@ class BoundedStore:
         with contextlib.suppress(StorageError):
             self.run(self._store.drop_caches)
 
-    def compact(self) -> dict[str, str]:
+    def compact(self) -> Compacted:
         return self.run(self._store.compact)
 
     def close(self) -> None:

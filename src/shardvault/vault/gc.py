@@ -14,7 +14,9 @@ a repair holds the cell's maintenance lock, gc resolves the copies repair noted
 as leftovers: deleted where no manifest names them (`_resolve_leftovers`).
 
 Each node in turn is swept, then compacts its packs and lets go of what it
-learned of its shards, so one node's names are in memory at a time. Last, the
+learned of its shards, so one node's names are in memory at a time. A shard
+record compaction kept though it failed its checksum is queued for repair
+(`vault/kept_damage.py`) and counted in the report. Last, the
 manifests of the shards compaction moved are given their new locations:
 without that, every process reading one of them would have to index the
 node's packs (nodes/packs.py). Until then the moves wait in a private SQLite
@@ -34,10 +36,17 @@ from pathlib import Path
 from shardvault.catalog.port import Leftover, VersionRecord, VersionState
 from shardvault.errors import ShardvaultError, StorageError
 from shardvault.manifest import Manifest
-from shardvault.nodes.port import ShardStore, object_id_of, parse_shard_name, shard_name
+from shardvault.nodes.port import (
+    Compacted,
+    ShardStore,
+    object_id_of,
+    parse_shard_name,
+    shard_name,
+)
 from shardvault.objectid import minted_after
 from shardvault.vault.bounded import on_node
 from shardvault.vault.cells import Cell
+from shardvault.vault.kept_damage import queue_kept_damage
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +73,7 @@ class GcReport:
     unavailable_nodes: tuple[str, ...] = ()  # could not be opened: nothing there was swept
     failed_nodes: tuple[NodeFailure, ...] = ()  # opened, but the sweep failed part-way
     strays: tuple[str, ...] = ()  # found where shards are kept, not files: left alone
+    damaged: int = 0  # records compaction kept though failing their checksum: for repair
 
     def __add__(self, other: GcReport) -> GcReport:
         return GcReport(
@@ -77,6 +87,7 @@ class GcReport:
             self.unavailable_nodes + other.unavailable_nodes,
             self.failed_nodes + other.failed_nodes,
             self.strays + other.strays,
+            self.damaged + other.damaged,
         )
 
 
@@ -220,16 +231,19 @@ def collect_cell(cell: Cell, cutoff: float, started: float, n: int) -> GcReport:
         stale_copies = _resolve_leftovers(cell, cutoff) if turn else 0  # not while repairs run
     failing: list[NodeFailure] = []
     strays: list[str] = []
+    damaged = 0
     with contextlib.closing(_Moves(cell.work_dir)) as moves:
         for node, store in cell.usable_stores().items():  # one at a time: one node's names held
             try:
-                swept, stale, moved = _sweep_node(cell, store, cutoff)
+                swept, stale, compacted = _sweep_node(cell, store, cutoff)
             except (ShardvaultError, OSError) as exc:
                 failing.append(NodeFailure.of(node, exc))  # the next sweep tries again
                 continue
             orphans += swept
             temporaries += stale
-            moves.add(node, moved)  # before the strays: a sweep done keeps its moves
+            moves.add(node, compacted.moved)  # before the strays: a sweep done keeps its moves
+            queue_kept_damage(cell, node, compacted.damaged)
+            damaged += len(compacted.damaged)
             try:
                 strays += store.strays()
             except (ShardvaultError, OSError) as exc:
@@ -248,12 +262,14 @@ def collect_cell(cell: Cell, cutoff: float, started: float, n: int) -> GcReport:
         unavailable,
         tuple(failing),
         tuple(strays),
+        damaged,
     )
 
 
-def _sweep_node(cell: Cell, store: ShardStore, cutoff: float) -> tuple[int, int, dict[str, str]]:
+def _sweep_node(cell: Cell, store: ShardStore, cutoff: float) -> tuple[int, int, Compacted]:
     """One node's orphans and temporaries, then its compaction: (orphans, temporaries,
-    moved). The store then lets go of what it learned of its shards meanwhile."""
+    what it moved and kept damaged). The store then lets go of what it learned of its
+    shards meanwhile."""
     # List shards before reading the known ids: a reserved shard was reserved
     # before it was written, and an unreserved one committed by now is known.
     names = list(store.names())
@@ -268,9 +284,9 @@ def _sweep_node(cell: Cell, store: ShardStore, cutoff: float) -> tuple[int, int,
                 orphans += 1
     temporaries = store.collect_temporaries(cutoff)
     store.sync()
-    moved = store.compact()
+    compacted = store.compact()
     store.drop_caches()
-    return orphans, temporaries, moved
+    return orphans, temporaries, compacted
 
 
 def _resolve_leftovers(cell: Cell, cutoff: float) -> int:
@@ -289,7 +305,7 @@ def _resolve_leftovers(cell: Cell, cutoff: float) -> int:
         record = records.get(x.object_id)
         if record is not None and record.manifest is not None:
             manifest = Manifest.from_bytes(record.manifest)
-            if _names(manifest, x.shard, x.node, x.generation):
+            if manifest.names_copy(x.shard, x.node, x.generation):
                 done.append(x)  # named: the version's own copy
                 continue
             if _still_read(x, record, cutoff):
@@ -314,16 +330,6 @@ def _still_read(copy: Leftover, record: VersionRecord, cutoff: float) -> bool:
     manifest, vault/reader.py)."""
     replaced = copy.replaced_at
     return replaced is not None and replaced > cutoff and record.state is VersionState.COMMITTED
-
-
-def _names(manifest: Manifest, index: int, node: str, generation: int) -> bool:
-    """Whether the manifest names this copy: its shard on that node, under that name (the
-    same node may hold the copy a repair replaced there, of an earlier generation)."""
-    return (
-        index < manifest.n
-        and manifest.nodes[index] == node
-        and manifest.generation(index) == generation
-    )
 
 
 class _Moves:
@@ -420,7 +426,7 @@ def relocate(cell: Cell, moves: _Moves) -> None:
             manifest = Manifest.from_bytes(record.manifest)
             locations = list(manifest.locations or (None,) * manifest.n)
             for (index, generation, node), location in new.items():
-                if _names(manifest, index, node, generation):
+                if manifest.names_copy(index, node, generation):
                     locations[index] = location
             updated = replace(manifest, locations=tuple(locations)).to_bytes()
             if updated != record.manifest:

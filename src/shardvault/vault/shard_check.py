@@ -1,8 +1,10 @@
 """The scrub's shard checks: which shards of a version are bad, block by block.
 
 Every block of every shard is read and checked against the manifest's hashes. A
-shard is bad if its header or any block is missing, short or wrong, or if its node
-is not active (draining, down, no longer configured, or unavailable). A node whose
+shard is bad if its header or any block is missing, short or wrong, if its node
+is not active (draining, down, no longer configured, or unavailable), or if the
+store's own check of its bytes fails (a pack record's CRC: `ShardStore.intact`),
+which no block hash covers: left, compaction could not tell it from a deleted one. A node whose
 read fails (rather than finding the shard missing or wrong) is asked whether it
 answers at all (`node_lost`), and one that does not is unavailable for the rest of
 the run. Repair (`vault/repair.py`) rebuilds what these checks find; the spread
@@ -24,8 +26,9 @@ from shardvault.vault.cells import Cell
 from shardvault.vault.repair_targets import active_nodes
 
 BadShards = dict[int, frozenset[int] | None]
-"""Each bad shard's index: the segments whose blocks are bad, or None if none of it can
-be used (its node not active, the shard or its header missing or wrong)."""
+"""Each bad shard's index: the segments whose blocks are bad (none, for a shard whose
+blocks are all good but whose stored record fails the store's own check), or None if
+none of it can be used (its node not active, the shard or its header missing or wrong)."""
 
 
 def bad_shards(cell: Cell, manifest: Manifest) -> BadShards:
@@ -33,8 +36,8 @@ def bad_shards(cell: Cell, manifest: Manifest) -> BadShards:
     active = active_nodes(cell)
     bad: BadShards = {}
     for index, node in enumerate(manifest.nodes):
-        found = _bad_segments(cell, node, manifest, index) if node in active else None
-        if found is None or found:
+        found, intact = _bad_segments(cell, node, manifest, index) if node in active else _UNUSABLE
+        if found is None or found or not intact:
             bad[index] = found
     return bad
 
@@ -63,7 +66,13 @@ def fewest_good(manifest: Manifest, bad: BadShards) -> int:
     return manifest.n - unusable - max(lost.values(), default=0)
 
 
-def _bad_segments(cell: Cell, node: str, manifest: Manifest, index: int) -> frozenset[int] | None:
+Checked = tuple[frozenset[int] | None, bool]
+"""A shard's bad segments (None: none of it usable), and whether the store's own check
+of its stored bytes passed (`ShardStore.intact`)."""
+_UNUSABLE: Checked = (None, True)
+
+
+def _bad_segments(cell: Cell, node: str, manifest: Manifest, index: int) -> Checked:
     """The segments whose block of the shard is missing or does not match the manifest;
     None if the shard, or its header, is missing or wrong, or cannot be read (then the
     node is asked whether it answers at all: `node_lost`). All of it on the node's
@@ -72,27 +81,32 @@ def _bad_segments(cell: Cell, node: str, manifest: Manifest, index: int) -> froz
         return on_node(cell.store(node), _bad_segments_of, manifest, index)
     except (ShardvaultError, OSError):
         node_lost(cell, node)
-        return None
+        return _UNUSABLE
 
 
-def _bad_segments_of(store: ShardStore, manifest: Manifest, index: int) -> frozenset[int] | None:
+def _bad_segments_of(store: ShardStore, manifest: Manifest, index: int) -> Checked:
     """As `_bad_segments`; raises what opening or reading the shard raised, but NotFound."""
     name = shard_name(manifest.object_id, manifest.version, index, manifest.generation(index))
+    location = manifest.location(index)
     try:
-        reader = store.open_reader(name, manifest.location(index))
+        reader = store.open_reader(name, location)
     except NotFound:
-        return None
+        return _UNUSABLE
     try:
         expected = manifest.stripe_header().to_bytes(index)
         if reader.read_at(0, len(expected)) != expected:
-            return None
-        return frozenset(
+            return _UNUSABLE
+        bad = frozenset(
             segment
             for segment in range(manifest.segments)
             if verified_block(reader, manifest, segment, index) is None
         )
     finally:
         reader.close()
+    try:
+        return bad, store.intact(name, location)
+    except NotFound:  # deleted since it was read: as if not found then
+        return _UNUSABLE
 
 
 def verified_block(

@@ -3,9 +3,9 @@ than m is an integrity error naming the segment, never wrong bytes; repair resto
 
 Both shard kinds (packed records and files of their own), objects of one segment and of
 several. Each example writes fresh objects, damages the target's shards on disk (delete,
-a flipped bit in the header, a block or a pack record's framing, a cut, another object's
-or version's or position's shard in its place, a pack record duplicated), reads, repairs,
-then deletes and collects them, so the examples share two deployments.
+a flipped bit in the header, a block, a pack record's framing or its CRC, a cut, another
+object's or version's or position's shard in its place, a pack record duplicated), reads,
+repairs, then deletes and collects them, so the examples share two deployments.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ N = K + M
 HEADER = 40
 SIZES = {1: 3000, 3: 2 * SEGMENT + 777}  # segments: bytes (shards packed under 64 KiB)
 WHOLE = ("delete", "header", "framing", "cut", "other-object", "older-version", "position")
-OPS = (*WHOLE, "block", "duplicate")
+OPS = (*WHOLE, "block", "duplicate", "crc")
 
 
 @dataclass(frozen=True)
@@ -123,7 +123,7 @@ def apply(
 ) -> set[int]:
     """Do the damage; the segments it leaves bad."""
     spot, every = target[damage.index], set(range(m.segments))
-    op = damage.op if spot.packed or damage.op not in ("framing", "duplicate") else "delete"
+    op = damage.op if spot.packed or damage.op not in ("framing", "duplicate", "crc") else "delete"
     if op == "delete":
         if spot.packed:
             assert spot.store.delete(spot.name, spot.location)
@@ -152,6 +152,9 @@ def apply(
         if kept < HEADER:
             return every
         return {s for s in every if HEADER + s * m.block_size + m.block_length(s) > kept}
+    if op == "crc":  # a read by location never checks it: the blocks serve on (scrub mends)
+        spot.flip(spot.start + spot.length + int(damage.at * CRC.size), int(damage.at * 64) % 8)
+        return set()
     if op == "duplicate":  # a whole copy of the record appended: no damage
         raw = spot.path.read_bytes()
         with spot.path.open("ab") as handle:

@@ -330,6 +330,11 @@ def gc(
             f"moved {report.moved} shard(s) to compact packs; "
             f"removed {report.stale} copy(ies) repair left"
         )
+    if report.damaged:
+        warn(
+            f"{report.damaged} packed shard record(s) failed their checksum: kept, and "
+            "queued for repair; run 'shardvault repair'"
+        )
     unavailable = _not_down(cli, report.unavailable_nodes)
     if unavailable:
         warn(

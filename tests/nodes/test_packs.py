@@ -302,7 +302,7 @@ def test_a_record_whose_framing_is_damaged_does_not_hide_the_records_after_it(
     pack.write_bytes(bytes(data))
     reopened = LocalDirShardStore("n", root)
     assert list(reopened.names()) == [name(1), name(3)]
-    assert name(3) in reopened.compact()
+    assert name(3) in reopened.compact().moved
     assert read(LocalDirShardStore("n", root), name(3)) == b"shard 3"
     reopened.close()
 
@@ -837,6 +837,35 @@ def test_settling_a_killed_compaction_says_where_its_copies_are(tmp_path: Path) 
     assert sorted(moved) == sorted([name(1), *(name(100 + n) for n in range(20))])
     found = packset(tmp_path).at(name(1), moved[name(1)])
     assert found is not None and found.prefetched == SECRET
+
+
+def test_settling_a_killed_compaction_steps_over_a_record_whose_name_is_not_utf8(
+    tmp_path: Path,
+) -> None:
+    """Settling a dead compaction looks for tombstoned records in its packs: it decoded
+    every record's name before asking whether the record was whole, so one damaged
+    name byte (not UTF-8) raised, and gc reported the node failed, every time."""
+    writer = packset(tmp_path)
+    writer.add(name(1), SECRET)
+    writer.add(name(2), b"kept" * 100)
+    dead_weight(writer)
+    writer.close()
+    killed = subprocess.run(
+        [sys.executable, "-c", _KILLED_WITH_ITS_COPIES_SYNCED, str(tmp_path), "f"], check=False
+    )
+    assert killed.returncode == -9 and _secrets_on_disk(tmp_path) == 2
+    encoded = name(2).encode()
+    damaged = 0
+    for pack in tmp_path.glob("*.pack"):
+        data = pack.read_bytes()
+        if encoded in data:  # in the old pack and in the dead compaction's copy
+            pack.write_bytes(data.replace(encoded, b"\xff" + encoded[1:]))
+            damaged += 1
+    assert damaged == 2
+    settler = packset(tmp_path)
+    settler.compact()  # raised UnicodeDecodeError
+    settler.close()
+    assert name(1) in packset(tmp_path).names()
 
 
 def test_a_shard_deleted_after_a_killed_compaction_stays_dead_once_compacted(

@@ -928,8 +928,10 @@ class PackSet:
             return  # not ours to read (see `_scan`)
         body = data[len(FILE_HEADER) :]
         for at, kind, name_len, data_len, whole in _framed(body):
+            if not whole or kind != SHARD:  # a damaged name need not even be UTF-8
+                continue
             name = body[at + RECORD.size : at + RECORD.size + name_len].decode()
-            if whole and kind == SHARD and name in self._dead:
+            if name in self._dead:
                 start = len(FILE_HEADER) + at + RECORD.size + name_len
                 self._erase(PackedShard(pack, start, data_len))
 

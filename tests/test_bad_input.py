@@ -31,8 +31,8 @@ from shardvault.model import (
     shown,
     subject_id,
     tenant_name,
+    token,
 )
-from shardvault.policy.model import token
 from shardvault.vault import Vault, writing
 
 BAD_KEYS = {

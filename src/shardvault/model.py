@@ -36,6 +36,7 @@ _TENANT = re.compile(r"[a-z][a-z0-9-]{0,62}")
 _NODE_ID = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")
 _SUBJECT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]{0,127}")
 _FACILITY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
+_TOKEN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@:/-]{0,127}")
 
 
 def _invalid(value: object, what: str, hint: str) -> InvalidInput:
@@ -67,6 +68,19 @@ def facility_name(value: object) -> str:
     if isinstance(value, str) and _FACILITY.fullmatch(value):
         return value
     raise _invalid(value, "facility", "use letters, digits, '.', '_', '-'")
+
+
+def token(value: object, what: str) -> str:
+    """A principal id, role or purpose: short, printable, no spaces. Here, below the
+    policy, so that the config checks its approvers by the rule a principal is added by."""
+    if not isinstance(value, str) or not _TOKEN.fullmatch(value):
+        raise InvalidInput(f"invalid {what} {shown(value)}: letters, digits and . _ @ : / - only")
+    return value
+
+
+def principal_id(value: object) -> str:
+    """The rule `principal add` holds an id to, and the config its approvers."""
+    return token(value, "principal id")
 
 
 _SUBJECT_HINT = f"1-{MAX_SUBJECT_CHARS} ASCII letters, digits and . _ @ + - (not first)"

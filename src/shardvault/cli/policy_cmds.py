@@ -18,9 +18,9 @@ from shardvault.cli.output import (
 from shardvault.cli.principal_cmds import Authority, AuthorityCountry, Roles, principal_of
 from shardvault.cli.state import CliState, state
 from shardvault.errors import Refused
-from shardvault.model import LOCAL_ADMIN
+from shardvault.model import LOCAL_ADMIN, token
 from shardvault.policy import Action, Principal, Resource, explain, load_policy
-from shardvault.policy.model import as_enum, token
+from shardvault.policy.model import as_enum
 from shardvault.policy.table import CaseResult, load_cases, run_table
 
 policy_app = typer.Typer(help="Explain and test the access policy.", no_args_is_help=True)

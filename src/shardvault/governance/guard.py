@@ -50,9 +50,9 @@ from shardvault.model import (
     Justification,
     ObjectRef,
     RequestContext,
+    token,
 )
 from shardvault.policy import Action, Decision, Effect, Policy, Principal, Resource, decide
-from shardvault.policy.model import token
 from shardvault.slot_init import slot_init
 
 

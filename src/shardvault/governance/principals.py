@@ -33,8 +33,8 @@ from shardvault import sqlite_connections
 from shardvault.durability import failure_reason
 from shardvault.errors import AccessDenied, Conflict, InvalidInput, NotFound, Unavailable
 from shardvault.model import LOCAL_ADMIN, shown
+from shardvault.model import token as checked_name
 from shardvault.policy import Principal, PrincipalKind
-from shardvault.policy.model import token as checked_name
 from shardvault.sqlite_schema import stamp_schema
 
 # 2: the layout of 1, stamped so that a shardvault from before owed scrubs refuses this

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 from shardvault.durability import read_bounded
 from shardvault.errors import ConfigError, InvalidInput, NewerFormat
-from shardvault.model import DataClass, jurisdiction_code, named, tenant_name
+from shardvault.model import DataClass, jurisdiction_code, named, tenant_name, token
 from shardvault.policy.model import (
     Action,
     Effect,
@@ -26,7 +26,6 @@ from shardvault.policy.model import (
     Resource,
     Rule,
     as_enum,
-    token,
 )
 
 POLICY_VERSION = 1

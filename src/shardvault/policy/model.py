@@ -17,15 +17,16 @@ from shardvault.model import (
     ObjectRef,
     jurisdiction_code,
     object_key,
+    principal_id,
     shown,
     subject_id,
     tenant_name,
+    token,
 )
 from shardvault.slot_init import slot_init
 
 _E = TypeVar("_E", bound=enum.Enum)
 _RULE_ID = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
-_TOKEN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@:/-]{0,127}")
 
 
 class Action(enum.StrEnum):
@@ -65,13 +66,6 @@ class PrincipalKind(enum.StrEnum):
     EXTERNAL_REQUESTER = "external-requester"
 
 
-def token(value: object, what: str) -> str:
-    """A principal id, role or purpose: short, printable, no spaces."""
-    if not isinstance(value, str) or not _TOKEN.fullmatch(value):
-        raise InvalidInput(f"invalid {what} {shown(value)}: letters, digits and . _ @ : / - only")
-    return value
-
-
 def as_enum(kind: type[_E], value: object, what: str) -> _E:
     """An enum member from its value, or `InvalidInput` listing the allowed values. A member
     is returned as it is, as ``kind(value)`` would, without that call's two Python frames
@@ -107,7 +101,7 @@ class Principal:
     authority_country: str | None = None
 
     def __post_init__(self) -> None:
-        token(self.id, "principal id")
+        principal_id(self.id)
         tenant_name(self.tenant)
         object.__setattr__(self, "kind", as_enum(PrincipalKind, self.kind, "principal kind"))
         jurisdiction_code(self.location)

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from shardvault.errors import ConfigError, InvalidInput
+from shardvault.model import token
 from shardvault.policy.engine import decide
 from shardvault.policy.loader import (
     _read,
@@ -28,7 +29,6 @@ from shardvault.policy.model import (
     Principal,
     Resource,
     as_enum,
-    token,
 )
 
 _CASE_KEYS = {"name", "principal", "action", "resource", "purpose", "expect", "rule"}

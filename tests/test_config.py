@@ -13,7 +13,7 @@ from shardvault import config as config_module
 from shardvault.config import ENV_VAR, Config, load, parse, resolve_path
 from shardvault.demo import demo_config_text, write_demo
 from shardvault.errors import ConfigError, InvalidInput
-from shardvault.model import NodeState
+from shardvault.model import MAX_NODE_CAPACITY, NodeSpec, NodeState
 
 DEMO = demo_config_text()
 
@@ -362,6 +362,15 @@ def test_node_state_and_capacity_are_read(tmp_path: Path) -> None:
     text = DEMO.replace('id = "us-n2"', 'id = "us-n2"\nstate = "draining"\ncapacity = 3')
     node = load_text(tmp_path, text).node("us-n2")
     assert (node.state, node.capacity) == (NodeState.DRAINING, 3)
+
+
+def test_a_node_weighing_more_than_the_bound_is_refused_by_the_library_too() -> None:
+    # the config reports it naming the key; a NodeSpec made in code is held to the same
+    NodeSpec("n1", "US", "f1", "memory", "", capacity=MAX_NODE_CAPACITY)
+    with pytest.raises(
+        InvalidInput, match=f"capacity must be a whole number from 1 to {MAX_NODE_CAPACITY}"
+    ):
+        NodeSpec("n1", "US", "f1", "memory", "", capacity=MAX_NODE_CAPACITY + 1)
 
 
 def test_config_is_frozen(tmp_path: Path) -> None:

@@ -7,21 +7,25 @@ Every problem found is reported at once, each naming the key at fault, e.g.
 
 from __future__ import annotations
 
+import errno
 import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from shardvault.config_layout import Layout, layout_problems, too_long
 from shardvault.durability import open_regular
 from shardvault.errors import ConfigError, InvalidInput, NewerFormat
 from shardvault.model import (
+    MAX_NODE_CAPACITY,
     NodeSpec,
     NodeState,
     facility_name,
     jurisdiction_code,
     named,
     node_id,
+    principal_id,
     shown,
     tenant_name,
 )
@@ -150,13 +154,16 @@ def load(path: str | os.PathLike[str]) -> Config:
     """The deployment in the TOML file at `path`, validated whole (`ConfigError` if not)."""
     path = Path(path)
     raw = _read_config(path)
+    absolute = path.resolve()  # named so in every message, as `parse` names it
     try:
         doc = tomllib.loads(raw.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"config {named(str(path))}: not valid TOML: {exc}") from exc
+        raise ConfigError(f"config {named(str(absolute))}: not valid TOML: {exc}") from exc
     except RecursionError:
-        raise ConfigError(f"config {named(str(path))}: not valid TOML: nested too deeply") from None
-    return parse(doc, path.resolve())
+        raise ConfigError(
+            f"config {named(str(absolute))}: not valid TOML: nested too deeply"
+        ) from None
+    return parse(doc, absolute)
 
 
 def _read_config(path: Path) -> bytes:
@@ -177,7 +184,8 @@ def _read_config(path: Path) -> bytes:
             "or create one with 'shardvault init --demo DIR'"
         ) from None
     except OSError as exc:
-        raise ConfigError(f"config {name}: {exc.strerror}") from exc
+        reason = too_long(path) if exc.errno == errno.ENAMETOOLONG else None
+        raise ConfigError(f"config {name}: {reason or exc.strerror}") from exc
     except ValueError as exc:  # a NUL in the path
         raise ConfigError(f"config path {str(path)!r}: {exc}") from None
     if len(raw) > MAX_CONFIG_BYTES:
@@ -331,9 +339,11 @@ def parse(doc: dict[str, Any], path: Path) -> Config:
             problems.add(
                 where + ".jurisdictions", "name at least one jurisdiction (or leave it out: all)"
             )
-        for code in allowed or ():
+        for at, code in enumerate(allowed or ()):
             if not isinstance(code, str) or code not in jurisdictions:
                 problems.add(where + ".jurisdictions", f"{code!r} is not a declared jurisdiction")
+            elif code in allowed[:at]:  # a slip: meant another jurisdiction, or a copy
+                problems.add(where + ".jurisdictions", f"{code!r} is listed twice")
         tenants[name] = TenantSpec(
             name,
             _get(spec, "name", str, where + ".", problems, default=name),
@@ -350,28 +360,19 @@ def parse(doc: dict[str, Any], path: Path) -> Config:
             seen.add(node.id)
             nodes[f"nodes[{number}]"] = node
     state = node_directory(base / state_dir)  # not statted: a hung disk may be mounted there
-    _check_node_dirs(nodes, state, problems)
     governance = _parse_governance(doc, base, problems)
     keyring_path = (base / keyring).resolve()
-    _check_files_apart(
-        {
-            "the config": path,
-            "governance.policy": governance.policy_path,
-            "governance.custodian_policy": governance.custodian_policy_path,
-            "custodian.path": keyring_path,
-        },
-        problems,
+    layout = Layout(
+        config=path,
+        state_dir=state,
+        keyring=keyring_path,
+        policy=governance.policy_path,
+        custodian_policy=governance.custodian_policy_path,
+        partner_dir=governance.partner_dir,
+        nodes=nodes,
     )
-    _check_outside_nodes(
-        nodes,
-        {
-            "custodian.path": keyring_path,
-            "governance.policy": governance.policy_path,
-            "governance.custodian_policy": governance.custodian_policy_path,
-            "governance.partner_dir": governance.partner_dir,
-        },
-        problems,
-    )
+    for where, what in layout_problems(layout):
+        problems.add(where, what)
 
     if problems.items:
         raise ConfigError(f"config {path}: " + "; ".join(problems.items))
@@ -408,63 +409,6 @@ def _seconds(storage: dict[str, Any], key: str, default: float, problems: _Probl
         )
         return default
     return float(value)
-
-
-def _check_node_dirs(nodes: dict[str, NodeSpec], state_dir: Path, problems: _Problems) -> None:
-    """Each local node needs a directory of its own, outside the state directory.
-
-    Two nodes sharing one would be one disk counted as two failure domains, and
-    each cell's gc would take the other's shards for orphans and delete them.
-    """
-    seen: list[tuple[NodeSpec, Path]] = []
-    for where, node in nodes.items():
-        if node.backend != "local":
-            continue
-        path = Path(node.location)
-        for other, other_path in seen:
-            if _nested(path, other_path):
-                problems.add(
-                    where + ".path",
-                    f"{path} overlaps node {other.id}'s directory {other_path}: "
-                    "give every node a directory of its own",
-                )
-        if _nested(path, state_dir):
-            problems.add(where + ".path", f"{path} overlaps storage.state_dir {state_dir}")
-        seen.append((node, path))
-
-
-def _check_outside_nodes(
-    nodes: dict[str, NodeSpec], files: dict[str, Path], problems: _Problems
-) -> None:
-    """A local node's directory holds its shards only: gc removes any file in its tmp/
-    older than the grace period (a keyring there went, and every object with it), and
-    the custodian's keys or the policies on a storage node are no longer theirs alone."""
-    for key, path in files.items():
-        for node in nodes.values():
-            directory = Path(node.location)
-            if node.backend == "local" and path.is_relative_to(directory):
-                problems.add(
-                    key,
-                    f"{path} is inside node {node.id}'s directory {directory}: keep the "
-                    "deployment's own files off its storage nodes",
-                )
-
-
-def _check_files_apart(files: dict[str, Path], problems: _Problems) -> None:
-    """The keyring and the two policies are files of their own, none of them the config:
-    a keyring named as the access policy was opened as a keyring, so a read command
-    said to chmod 600 the policy, then that the keyring was damaged, to be restored."""
-    first: dict[Path, str] = {}
-    for key, path in files.items():
-        if path in first:
-            problems.add(key, f"{path} is {first[path]} too: give each its own file")
-        else:
-            first[path] = key
-
-
-def _nested(one: Path, other: Path) -> bool:
-    """Whether one directory is the other or inside it, either way round."""
-    return one == other or one.is_relative_to(other) or other.is_relative_to(one)
 
 
 _GOVERNANCE_KEYS = {
@@ -529,6 +473,8 @@ def _parse_governance(doc: dict[str, Any], base: Path, problems: _Problems) -> G
     if not all(isinstance(a, str) and a for a in approvers):
         problems.add(where + "approvers", "must be a list of principal ids")
         approvers = []
+    elif not all([_check_name(principal_id, a, where + "approvers", problems) for a in approvers]):
+        approvers = []  # `principal add` refuses such an id: its quorum could never be met
     repeated = next((a for i, a in enumerate(approvers) if a in approvers[:i]), None)
     if repeated is not None:  # one signature per approver: the quorum would count it once
         problems.add(where + "approvers", f"{shown(repeated)} is listed twice")
@@ -599,6 +545,12 @@ def _parse_node(
         problems.add(where + ".state", "must be active, draining or down")
     if capacity < 1:
         problems.add(where + ".capacity", "must be a positive integer")
+    elif capacity > MAX_NODE_CAPACITY:  # a weight of 2^63 left its cell's other nodes none
+        problems.add(
+            where + ".capacity",
+            f"{capacity} is more than {MAX_NODE_CAPACITY}: it is a weight relative to the "
+            "other nodes' (say each disk's size in GiB)",
+        )
     if not 0 <= pack_limit <= 16 << 20:
         problems.add(where + ".pack_limit", "must be between 0 (no packs) and 16 MiB")
     if len(problems.items) != before:

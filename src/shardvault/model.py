@@ -241,6 +241,12 @@ class DataClass(enum.StrEnum):
     PUBLIC = "public"
 
 
+# A node's capacity is its placement weight, relative to its cell's other nodes' (say
+# its disk in GiB): a million to one is past any real disparity, and keeps a weight far
+# from where placement's float arithmetic (placement.py) would round or overflow.
+MAX_NODE_CAPACITY = 1_000_000
+
+
 @dataclass(frozen=True, slots=True)
 class NodeSpec:
     """A place that stores shards, and the failure domain it belongs to."""
@@ -259,8 +265,10 @@ class NodeSpec:
         node_id(self.id)
         jurisdiction_code(self.jurisdiction)
         facility_name(self.facility)
-        if self.capacity < 1:
-            raise InvalidInput(f"node {self.id}: capacity must be a positive integer")
+        if not 1 <= self.capacity <= MAX_NODE_CAPACITY:
+            raise InvalidInput(
+                f"node {self.id}: capacity must be a whole number from 1 to {MAX_NODE_CAPACITY}"
+            )
         if self.pack_limit < 0:
             raise InvalidInput(f"node {self.id}: pack_limit must not be negative")
 

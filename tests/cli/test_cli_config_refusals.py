@@ -1,0 +1,132 @@
+"""What a config loaded though it could never work, or broke the trust boundary: each is
+refused at load, through the command, as one line naming the key, exit 2, nothing made."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from test_cli import Cli
+
+from conftest import make_deployment
+
+LONG_NAME = "s" * 300
+
+
+def tree(directory: Path) -> list[str]:
+    return sorted(str(p.relative_to(directory)) for p in directory.rglob("*"))
+
+
+def refused(tmp_path: Path, capsys: pytest.CaptureFixture[bytes], old: str, new: str) -> str:
+    """The one error line of `subject add` (a command that writes) under the demo config
+    with OLD replaced by NEW, having checked it made or changed nothing."""
+    config = make_deployment(tmp_path / "demo")
+    text = config.read_text()
+    assert old in text, old
+    config.write_text(text.replace(old, new, 1))
+    before = tree(config.parent)
+    line = Cli(config, capsys).fails(2, "subject", "add", "intl", "alice", "-j", "US")
+    assert line.startswith(f"error: config {config}: "), line
+    assert tree(config.parent) == before  # no state directory, keyring or node made
+    return line
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "said"),
+    [
+        # `principal add` refuses such an id: a quorum counting it could never be met
+        (
+            'approvers = ["dpo", "partner-officer"]',
+            'approvers = ["../x", "dpo"]',
+            "governance.approvers: invalid principal id '../x': letters, digits and",
+        ),
+        # the partner's files must stay apart from the operator's (docs/trust-model.md)
+        ('partner_dir = "partner"', 'partner_dir = "state"', "governance.partner_dir: "),
+        ('partner_dir = "partner"', 'partner_dir = "state/partner"', "overlaps storage.state_dir"),
+        ('state_dir = "state"', 'state_dir = "partner/state"', "governance.partner_dir: "),
+        (
+            'custodian_policy = "partner/custodian-policy.toml"',
+            'custodian_policy = "state/custodian-policy.toml"',
+            "governance.custodian_policy: ",
+        ),
+        ('path = "nodes/US/us-n1"', 'path = "partner/us-n1"', "is inside governance.partner_dir"),
+        (
+            "[tenants.intl]\n",
+            '[tenants.intl]\njurisdictions = ["US", "SG", "US"]\n',
+            "tenants.intl.jurisdictions: 'US' is listed twice",
+        ),
+        # a weight of 2^63 - 1 loaded: its node took every stripe's first place
+        (
+            'path = "nodes/US/us-n2"',
+            'path = "nodes/US/us-n2"\ncapacity = 9223372036854775807',
+            "nodes[1].capacity: 9223372036854775807 is more than 1000000",
+        ),
+        # "File name too long: '...'", naming no key and saying nothing to do
+        (
+            'state_dir = "state"',
+            f'state_dir = "{LONG_NAME}"',
+            "storage.state_dir: ",
+        ),
+        ('path = "nodes/US/us-n3"', f'path = "nodes/{LONG_NAME}"', "nodes[2].path: "),
+    ],
+    ids=[
+        "approver-id",
+        "partner-is-state",
+        "partner-in-state",
+        "state-in-partner",
+        "custodian-policy-in-state",
+        "node-in-partner",
+        "tenant-jurisdiction-twice",
+        "huge-capacity",
+        "state-dir-name-too-long",
+        "node-path-name-too-long",
+    ],
+)
+def test_a_config_that_could_not_work_is_refused_naming_the_key(
+    tmp_path: Path, capsysbinary: pytest.CaptureFixture[bytes], old: str, new: str, said: str
+) -> None:
+    line = refused(tmp_path, capsysbinary, old, new)
+    assert said in line, line
+    if LONG_NAME in new:
+        assert "a name in it is 300 bytes" in line and line.endswith("give a shorter path")
+
+
+def test_the_keyring_may_be_the_partners_but_not_in_the_operators_state(
+    tmp_path: Path, capsysbinary: pytest.CaptureFixture[bytes]
+) -> None:
+    """The keyring stands in for the partner's HSM (docs/trust-model.md): in the state
+    directory the operator would hold the root keys; in partner_dir it is where it belongs."""
+    line = refused(tmp_path / "a", capsysbinary, '"keys/keyring.json"', '"state/keys.json"')
+    assert "custodian.path: " in line and "is inside storage.state_dir" in line
+    config = make_deployment(
+        tmp_path / "b", edit=lambda t: t.replace('"keys/keyring.json"', '"partner/keys.json"', 1)
+    )
+    Cli(config, capsysbinary).ok("subject", "add", "intl", "alice", "-j", "US")
+    assert (config.parent / "partner" / "keys.json").is_file()
+
+
+def test_a_config_that_is_not_toml_is_named_by_its_absolute_path(
+    tmp_path: Path, capsysbinary: pytest.CaptureFixture[bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # it was named as given ("config demo/../demo/shardvault.toml: not valid TOML"),
+    # a validation error by its absolute path
+    config = make_deployment(tmp_path / "demo", edit=lambda t: t + "\n[broken\n")
+    monkeypatch.chdir(tmp_path)
+    cli = Cli(Path("demo/../demo/shardvault.toml"), capsysbinary)
+    line = cli.fails(2, "nodes")
+    assert line.startswith(f"error: config {config.resolve()}: not valid TOML: "), line
+
+
+@pytest.mark.parametrize(
+    ("path", "said"),
+    [
+        ("/tmp/" + "a" * 300 + "/shardvault.toml", "a name in it is 300 bytes"),
+        ("/tmp/" + "a/" * 2100 + "shardvault.toml", "it is 4220 bytes, more than the 4095"),
+    ],
+    ids=["name", "path"],
+)
+def test_a_config_path_too_long_says_what_to_shorten(
+    capsysbinary: pytest.CaptureFixture[bytes], path: str, said: str
+) -> None:
+    line = Cli(Path(path), capsysbinary).fails(2, "nodes")
+    assert said in line and line.endswith(": give a shorter path"), line

@@ -332,3 +332,37 @@ def test_a_file_of_a_newer_format_says_to_upgrade_and_a_bad_version_is_bad_input
         assert line in (f"error: {upgrade}", f"error: baseline {upgrade}")
     else:
         assert "version" in line and "upgrade" not in line
+
+
+def _lose_shards(alice: Cli, deleted: int, unavailable: int) -> list[str]:
+    """Delete k's shard on DELETED of its nodes and move the directories of the next
+    UNAVAILABLE away; returns the ids of those made unavailable."""
+    nodes = [s["node"] for s in alice.json("where", "intl", "alice", "k")["shards"]]
+    base = alice.config.parent / "nodes" / "US"
+    for node in nodes[:deleted]:
+        shards = [p for p in (base / node).rglob("*") if p.is_file() and p.name != "NODE"]
+        assert len(shards) == 1, shards
+        shards[0].unlink()
+    away = nodes[deleted : deleted + unavailable]
+    for node in away:
+        (base / node).rename(base / f"{node}.away")
+    return away
+
+
+def test_a_segment_lost_to_deleted_shards_does_not_send_for_nodes_that_are_up(
+    alice: Cli,
+) -> None:
+    # it said "bring its unavailable nodes back ('shardvault nodes')" with every node up
+    _lose_shards(alice, deleted=3, unavailable=0)
+    line = alice.fails(1, "get", "intl", "alice", "k")
+    assert line.startswith("error: intl/alice/k v1 segment 0: only 3 of the 4 shards needed")
+    assert "(3 missing); the object cannot be read: its shards were deleted or damaged" in line
+    assert "restore it from a backup" in line and "bring" not in line
+
+
+def test_a_segment_lost_to_unavailable_nodes_names_them(alice: Cli) -> None:
+    away = _lose_shards(alice, deleted=1, unavailable=2)
+    line = alice.fails(1, "get", "intl", "alice", "k")
+    assert "intact (2 on a node that could not be read, 1 missing)" in line
+    assert f"the object cannot be read: bring node(s) {', '.join(sorted(away))} back" in line
+    assert line.endswith("or restore it from a backup")

@@ -52,6 +52,7 @@ from shardvault.manifest import Manifest
 from shardvault.model import ObjectInfo
 from shardvault.nodes.port import ShardReader, ShardStore, shard_name
 from shardvault.vault.deadline import NodeDeadline
+from shardvault.vault.unreadable_segment import unreadable_segment
 from shardvault.vault.views import info_of
 
 INLINE_BLOCK = 64 << 10
@@ -335,11 +336,11 @@ class ObjectReader:
                 tried -= moved - good.keys()
                 spare = [i for i in range(self._manifest.n) if i not in tried]
             if not spare:
-                raise IntegrityError(
-                    f"{self._segment_name(segment)}: only {len(good)} "
-                    f"of the {self._code.k} shards needed are intact; the object cannot be read: "
-                    "bring its unavailable nodes back ('shardvault nodes'), or restore it "
-                    "from a backup"
+                raise unreadable_segment(
+                    self._segment_name(segment),
+                    len(good),
+                    self._code.k,
+                    (d for d in self.damage if d.segment == segment and d.index in tried),
                 )
             pending = [(i, self._submit(segment, i)) for i in spare[:missing]]
 

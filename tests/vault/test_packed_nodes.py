@@ -120,6 +120,34 @@ def test_packs_stay_in_the_home_jurisdiction(packed: Vault) -> None:
     assert len(by_cell["US"]) == 6 and len(by_cell["SG"]) == 6 and by_cell["EU"] == []
 
 
+def test_a_pack_removed_under_a_live_vault_fails_one_put_not_a_shard_of_each(
+    packed: Vault, packed_config: Path
+) -> None:
+    """The vault kept appending to the node's unlinked pack: every later put was
+    acknowledged with that node's shard in a file no other process, nor this one
+    restarted, would see. The put that finds it fails, naming the node; the next
+    goes to a new pack."""
+    packed.put(ObjectRef("intl", "alice", "before"), os.urandom(3000))
+    store = packed.cells["US"].store(packed.cells["US"].nodes[0].id)
+    assert isinstance(store, LocalDirShardStore)
+    for pack in store.packs.directory.glob("*.pack"):
+        pack.unlink()  # an operator's mistaken rm
+    with pytest.raises(StorageError, match=f"node {store.node_id}: pack .* removed"):
+        packed.put(ObjectRef("intl", "alice", "found it"), os.urandom(3000))
+    acknowledged = {ObjectRef("intl", "alice", f"after/{i}"): os.urandom(3000) for i in range(2)}
+    for ref, data in acknowledged.items():
+        packed.put(ref, data)
+    with Vault.open(load(packed_config)) as fresh:
+        for ref, data in acknowledged.items():
+            manifest = manifest_of(fresh, ref)
+            index = manifest.nodes.index(store.node_id)
+            name = shard_name(manifest.object_id, manifest.version, index)
+            fresh.cells["US"].store(store.node_id).open_reader(name).close()  # not NotFound
+            with fresh.open_read(ref) as reader:
+                assert reader.read_all() == data
+            assert reader.damage == []
+
+
 def shard_tails(vault: Vault, ref: ObjectRef) -> list[bytes]:
     """The last 32 bytes of each of the version's shards, as stored."""
     manifest = manifest_of(vault, ref)

@@ -69,6 +69,7 @@ class LocalShardWriter:
         self._flush: BackgroundFlush | None = None
         self._done = False
         self._ticket = 0  # a packed shard committed without waiting: its group-commit ticket
+        self._located: PackedShard | None = None  # a packed shard's, once committed
         self.location: str | None = None  # a packed shard's, once committed
 
     def _spill(self) -> None:
@@ -111,12 +112,15 @@ class LocalShardWriter:
             raise StorageError(f"node {self._store.node_id}: commit after commit or abort")
         self._done = True
         if self._buffer is not None:
-            ticket, located = self._store.packs.add(self._name, bytes(self._buffer))
+            packs = self._store.packs
+            ticket, located = packs.add(self._name, bytes(self._buffer))
             self.location = located.location
             self._buffer = None
             if durable:
-                self._store.packs.group.sync(ticket)
+                packs.group.sync(ticket)
+                packs.confirm(located)
             else:
+                self._located = located
                 self._ticket = ticket
                 self._store.owe_sync(ticket)
             return
@@ -141,9 +145,11 @@ class LocalShardWriter:
     def sync(self) -> None:
         """Wait for this shard's own ticket: a flush that failed for it raises here even
         if a later one, for another put, has succeeded since (a large shard's commit
-        has fsynced it already)."""
+        has fsynced it already); so does a pack removed under this process (`confirm`)."""
         if self._ticket:
             self._store.packs.group.sync(self._ticket)
+            assert self._located is not None
+            self._store.packs.confirm(self._located)
 
     def abort(self) -> None:
         self._done = True

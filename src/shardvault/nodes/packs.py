@@ -293,6 +293,10 @@ class PackSet:
         self._active: str | None = None
         self._active_fd: int | None = None
         self._active_size = 0
+        self._active_path = ""  # a str: `confirm` looks it up without any Path work
+        self._active_id = (0, 0)  # (st_dev, st_ino) of the active pack, as made
+        self._linked: tuple[str | None, int] = (None, 0)  # pack, size last seen at its name
+        self._lost: dict[str, int] = {}  # removed under us -> size last seen at its name
         self._next_prune = 0.0
         self._rescan = False  # a removed pack took indexed names: scan all again
         self._rescans = 0  # how many times every pack was scanned again from the start
@@ -307,6 +311,8 @@ class PackSet:
     def _open_active(self) -> int:
         if self._active_fd is not None and self._active_size < ROTATE_AT:
             return self._active_fd
+        if self._active_fd is not None:  # full: once retired, `confirm` no longer looks at it
+            self._check_linked()
         self._retire_active()
         # A disk unmounted under the process leaves its empty mount point: a pack made
         # there would hide the shard once the disk is back, and `group` syncs the
@@ -321,6 +327,9 @@ class PackSet:
         else:
             raise OSError(errno.EAGAIN, "each new pack was taken for a dead writer's")
         self._active, self._active_fd, self._active_size = name, fd, len(FILE_HEADER)
+        made = os.fstat(fd)
+        self._active_path = str(self.directory / name)
+        self._active_id, self._linked = (made.st_dev, made.st_ino), (name, 0)
         self._scanned[name] = len(FILE_HEADER)
         # reads get an open file of their own: a dup would share the flock, and keep
         # holding it after rotation, so that no compaction could ever take the pack
@@ -378,6 +387,53 @@ class PackSet:
             self._scanned[self._active] = self._active_size
             start = offset + RECORD.size + len(name.encode())
             return PackedShard(self._active, start, len(data))
+
+    def confirm(self, located: PackedShard) -> None:
+        """Raise unless the shard's pack was still the file at its name after the shard
+        was appended: one removed (an `rm`, a cleanup), moved or replaced (a restore)
+        under this writer takes every later append into a file nobody else will read.
+        No compaction removes it: only a pack whose flock it takes (`_claim`).
+
+        Called once the append is durable (its group commit synced). One look (a stat)
+        covers every append made before it, so concurrent puts share it; a pack found
+        gone is let go, and the next append makes a new one."""
+        end = located.offset + located.length
+        pack, upto = self._linked
+        if located.pack == pack and end <= upto:  # a look since the append found it
+            return
+        with self._lock:
+            try:
+                if located.pack == self._active and end > self._linked[1]:
+                    self._check_linked()
+            except OSError as exc:
+                raise StorageError(
+                    f"node {self.node_id}: looking for its pack failed: {exc.strerror}"
+                ) from exc
+            seen = self._lost.get(located.pack)
+            if seen is not None and end > seen:
+                raise StorageError(
+                    f"node {self.node_id}: pack {located.pack} was removed or replaced "
+                    "under this process, taking this write with it: retry (the next write "
+                    "makes a new pack), and run 'shardvault repair --scrub' for what it held"
+                )
+
+    def _check_linked(self) -> None:
+        """Holding the lock: whether the active pack is still the file at its name; if
+        not, it is let go (what was appended since the last look is lost with it)."""
+        assert self._active is not None
+        size = self._active_size
+        try:
+            found = os.stat(self._active_path)
+            linked = (found.st_dev, found.st_ino) == self._active_id
+        except (FileNotFoundError, NotADirectoryError):
+            linked = False
+        if linked:
+            self._linked = (self._active, size)
+            return
+        pack = self._active
+        self._lost[pack] = self._linked[1]
+        self._retire_active()
+        self._forget_pack(pack)  # its records read as they would in any other process
 
     def _undo_tail(self) -> None:
         """Cut a failed append off, or give up on this pack if even that fails."""
@@ -971,6 +1027,8 @@ class PackSet:
                         first = first or last
                         damaged.append(name)
             self.group.sync(last, since=first)
+            for copy in copies.values():  # in our pack, not removed under us with it
+                self.confirm(copy)
             self._erase_copies_deleted_meanwhile(copies)
             for pack, _ in claimed:
                 self._forget_pack(pack, self._names_in(pack), compacted_here=True)

@@ -1,0 +1,104 @@
+"""A pack file removed, moved or replaced under the process appending to it.
+
+The process kept appending to the file it held open: every later small shard was
+acknowledged on that node and seen by no other process, nor by this one after a
+restart. The write that finds it gone now fails, naming the node; the next goes to a
+new pack.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from test_packs import name, put, read
+
+from shardvault.errors import NotFound, StorageError
+from shardvault.nodes import packs
+from shardvault.nodes.localdir import LocalDirShardStore
+
+GONE = "node n: pack [0-9a-f]{16}.pack was removed or replaced under this process"
+
+
+def removed(pack: Path) -> None:
+    pack.unlink()  # an operator's mistaken rm, a disk cleanup
+
+
+def restored(pack: Path) -> None:
+    content = pack.read_bytes()  # a restore tool: the same name, another file
+    pack.unlink()
+    pack.write_bytes(content)
+
+
+def moved_away(pack: Path) -> None:
+    pack.rename(pack.parent.parent / pack.name)  # still linked, no longer in packs/
+
+
+DAMAGE = {"removed": removed, "restored": restored, "moved away": moved_away}
+
+
+@pytest.mark.parametrize("damage", DAMAGE.values(), ids=DAMAGE.keys())
+def test_a_write_into_a_pack_gone_from_its_name_fails_and_the_next_makes_a_new_one(
+    tmp_path: Path, damage: Callable[[Path], None]
+) -> None:
+    root = tmp_path / "node"
+    store = LocalDirShardStore("n", root)
+    put(store, name(1), b"before")
+    (pack,) = (root / "packs").glob("*.pack")
+    damage(pack)
+    with pytest.raises(StorageError, match=GONE):
+        put(store, name(2), b"not acknowledged")
+    put(store, name(3), b"after")
+    assert read(store, name(3)) == b"after"
+    fresh = LocalDirShardStore("n", root)  # another process, or this one restarted
+    assert read(fresh, name(3)) == b"after"
+    with pytest.raises(NotFound):
+        read(fresh, name(2))
+    fresh.close()
+    store.close()
+
+
+def test_appends_made_before_a_full_pack_was_found_gone_are_not_called_durable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rotation lets the full pack go: it is looked at first, or its last appends,
+    synced after, would never be looked at again."""
+    monkeypatch.setattr(packs, "ROTATE_AT", 200)
+    root = tmp_path / "node"
+    store = LocalDirShardStore("n", root)
+    pending = store.open_writer(name(1))
+    pending.write(b"a" * 300)
+    pending.commit(durable=False)
+    (pack,) = (root / "packs").glob("*.pack")
+    pack.unlink()
+    put(store, name(2), b"b" * 100)  # past ROTATE_AT: a new pack
+    with pytest.raises(StorageError, match=GONE):
+        pending.sync()
+    fresh = LocalDirShardStore("n", root)
+    assert read(fresh, name(2)) == b"b" * 100
+    fresh.close()
+    store.close()
+
+
+def test_a_compaction_whose_own_pack_went_keeps_the_packs_it_copied(tmp_path: Path) -> None:
+    """Its copies went into the removed pack: removing the old packs then lost them."""
+    root = tmp_path / "node"
+    writer = LocalDirShardStore("n", root)
+    put(writer, name(1), b"kept" * 50)
+    put(writer, name(2), b"dead" * 200)
+    assert writer.delete(name(2))  # the pack is mostly dead: worth compacting
+    writer.close()
+    collector = LocalDirShardStore("n", root)
+    old = {p.name for p in (root / "packs").glob("*.pack")}
+    put(collector, name(3), b"the collector's own")
+    (own,) = {p for p in (root / "packs").glob("*.pack") if p.name not in old}
+    os.unlink(own)
+    with pytest.raises(StorageError, match=GONE):
+        collector.compact()
+    assert old <= {p.name for p in (root / "packs").glob("*.pack")}
+    fresh = LocalDirShardStore("n", root)
+    assert read(fresh, name(1)) == b"kept" * 50
+    fresh.close()
+    collector.close()

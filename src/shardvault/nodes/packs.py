@@ -64,6 +64,7 @@ from pathlib import Path
 
 from shardvault.durability import GroupSync, fsync_directory, leftover_temporaries, release_flock
 from shardvault.errors import StorageError
+from shardvault.nodes.held_file import HeldFile
 from shardvault.nodes.journal import JOURNAL, Journal, read_journal
 from shardvault.nodes.port import is_shard_name
 from shardvault.slot_init import slot_init
@@ -293,8 +294,7 @@ class PackSet:
         self._active: str | None = None
         self._active_fd: int | None = None
         self._active_size = 0
-        self._active_path = ""  # a str: `confirm` looks it up without any Path work
-        self._active_id = (0, 0)  # (st_dev, st_ino) of the active pack, as made
+        self._held: HeldFile | None = None  # the active pack, to see it is still at its name
         self._linked: tuple[str | None, int] = (None, 0)  # pack, size last seen at its name
         self._lost: dict[str, int] = {}  # removed under us -> size last seen at its name
         self._next_prune = 0.0
@@ -327,9 +327,7 @@ class PackSet:
         else:
             raise OSError(errno.EAGAIN, "each new pack was taken for a dead writer's")
         self._active, self._active_fd, self._active_size = name, fd, len(FILE_HEADER)
-        made = os.fstat(fd)
-        self._active_path = str(self.directory / name)
-        self._active_id, self._linked = (made.st_dev, made.st_ino), (name, 0)
+        self._held, self._linked = HeldFile(fd, str(self.directory / name)), (name, 0)
         self._scanned[name] = len(FILE_HEADER)
         # reads get an open file of their own: a dup would share the flock, and keep
         # holding it after rotation, so that no compaction could ever take the pack
@@ -394,9 +392,10 @@ class PackSet:
         under this writer takes every later append into a file nobody else will read.
         No compaction removes it: only a pack whose flock it takes (`_claim`).
 
-        Called once the append is durable (its group commit synced). One look (a stat)
-        covers every append made before it, so concurrent puts share it; a pack found
-        gone is let go, and the next append makes a new one."""
+        Called once the append is durable (its group commit synced). One look (a
+        readlink: nodes/held_file.py) covers every append made before it, so
+        concurrent puts share it; a pack found gone is let go, and the next append
+        makes a new one."""
         end = located.offset + located.length
         pack, upto = self._linked
         if located.pack == pack and end <= upto:  # a look since the append found it
@@ -420,14 +419,9 @@ class PackSet:
     def _check_linked(self) -> None:
         """Holding the lock: whether the active pack is still the file at its name; if
         not, it is let go (what was appended since the last look is lost with it)."""
-        assert self._active is not None
+        assert self._active is not None and self._held is not None
         size = self._active_size
-        try:
-            found = os.stat(self._active_path)
-            linked = (found.st_dev, found.st_ino) == self._active_id
-        except (FileNotFoundError, NotADirectoryError):
-            linked = False
-        if linked:
+        if self._held.at_its_name():
             self._linked = (self._active, size)
             return
         pack = self._active

@@ -1,0 +1,70 @@
+"""Whether a file held open is still the one at its name, with /proc and without."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from shardvault.nodes.held_file import FD_LINKS, HeldFile
+
+
+def removed(path: Path) -> None:
+    path.unlink()
+
+
+def restored(path: Path) -> None:
+    content = path.read_bytes()  # the same name, another file
+    path.unlink()
+    path.write_bytes(content)
+
+
+def renamed_over(path: Path) -> None:
+    copy = path.with_name("copy")
+    copy.write_bytes(path.read_bytes())
+    copy.rename(path)
+
+
+def moved_away(path: Path) -> None:
+    path.rename(path.parent.parent / path.name)  # still linked, elsewhere
+
+
+DAMAGE = {
+    "removed": removed,
+    "restored": restored,
+    "renamed over": renamed_over,
+    "moved away": moved_away,
+}
+
+
+@pytest.fixture(params=[FD_LINKS, "/nonexistent"], ids=["proc", "no proc"])
+def fd_links(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def opened(tmp_path: Path) -> Iterator[tuple[Path, int]]:
+    (tmp_path / "dir").mkdir()
+    path = tmp_path / "dir" / "a.pack"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    yield path, fd
+    os.close(fd)
+
+
+def test_a_file_left_alone_is_at_its_name(opened: tuple[Path, int], fd_links: str) -> None:
+    path, fd = opened
+    held = HeldFile(fd, str(path), fd_links)
+    os.write(fd, b"appended")
+    assert held.at_its_name()
+
+
+@pytest.mark.parametrize("damage", DAMAGE.values(), ids=DAMAGE.keys())
+def test_a_file_removed_replaced_or_moved_is_not(
+    opened: tuple[Path, int], fd_links: str, damage: Callable[[Path], None]
+) -> None:
+    path, fd = opened
+    held = HeldFile(fd, str(path), fd_links)
+    damage(path)
+    assert not held.at_its_name()

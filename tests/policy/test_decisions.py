@@ -149,7 +149,7 @@ def test_an_enum_value_is_taken_as_its_member_and_a_member_as_itself() -> None:
 
 
 NAMES = st.from_regex(r"[a-z][a-z0-9-]{0,20}", fullmatch=True)
-KEYS = st.from_regex(r"[A-Za-z0-9._-]{1,10}(/[A-Za-z0-9_-]{1,10}){0,2}", fullmatch=True)
+KEYS = st.from_regex(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,9}(/[A-Za-z0-9_-]{1,10}){0,2}", fullmatch=True)
 
 
 @given(

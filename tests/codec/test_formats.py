@@ -242,6 +242,7 @@ def test_a_version_2_manifest_is_read_as_every_shard_of_generation_0() -> None:
         (MANIFEST_BYTES[:-1], "block hash table has the wrong length"),
         (MANIFEST_BYTES + b"\x00", "block hash table has the wrong length"),
         (MANIFEST_BYTES[:9] + b"[" + MANIFEST_BYTES[10:], "not valid JSON"),
+        (MANIFEST_BYTES[:10] + b"\xff" + MANIFEST_BYTES[11:], "not valid JSON"),  # not UTF-8
     ],
 )
 def test_damaged_manifest_is_refused(raw: bytes, message: str) -> None:

@@ -1,5 +1,11 @@
 # Two commands on a fresh machine: `make demo` and `make test`.
-PYTHON ?= python3
+# Debian's own /usr/bin/python3 when it is 3.11 or newer and can make a venv: it is
+# built with profile-guided and link-time optimization and linked statically, and a
+# request costs about 10 % fewer instructions on it than on a build without them, such
+# as pyenv's default (docs/performance.md). Else the python3 on PATH. `PYTHON=` overrides.
+SYSTEM_PYTHON := /usr/bin/python3
+PYTHON ?= $(shell $(SYSTEM_PYTHON) -c 'import sys, ensurepip, venv; \
+	sys.exit(sys.version_info < (3, 11))' 2>/dev/null && echo $(SYSTEM_PYTHON) || echo python3)
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
@@ -49,4 +55,4 @@ stress: venv
 		--dir "$$(mktemp -d -t shardvault-stress.XXXXXX)"
 
 clean:
-	rm -rf $(VENV) .venv-system build dist .pytest_cache .hypothesis
+	rm -rf $(VENV) .venv-system .venv-path build dist .pytest_cache .hypothesis

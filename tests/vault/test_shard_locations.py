@@ -20,7 +20,7 @@ from shardvault.model import ObjectRef
 from shardvault.nodes.localdir import LocalDirShardStore
 from shardvault.nodes.packs import PackSet
 from shardvault.nodes.port import shard_name
-from shardvault.vault import Vault, gc
+from shardvault.vault import Vault, compaction_moves, gc
 
 REFS = [ObjectRef("intl", "alice", f"notes/{i}") for i in range(20)]
 
@@ -235,9 +235,9 @@ def test_gc_holds_moves_on_disk_and_gives_them_back_a_version_at_a_time(
 ) -> None:
     # held in a dict they took about 0.5 KB each: 222 MiB for a gc folding 50,000
     # small objects' packs; each version must still be rewritten once, all nodes at once
-    monkeypatch.setattr(gc, "_RELOCATE_BATCH", 2)
+    monkeypatch.setattr(compaction_moves, "_RELOCATE_BATCH", 2)
     ids = [bytes([i]) * 16 for i in (5, 1, 3)]
-    with contextlib.closing(gc._Moves()) as moves:
+    with contextlib.closing(compaction_moves.CompactionMoves()) as moves:
         for node, index in (("us-n1", 0), ("us-n2", 1)):
             moves.add(node, {shard_name(i, 1, index): f"{node}:{i[0]}" for i in ids})
         moves.add("us-n3", {shard_name(ids[0], 2, 4): "p:9", shard_name(ids[0], 2, 4, 2): "q:9"})
@@ -286,7 +286,7 @@ def test_gc_keeps_where_it_moved_shards_in_the_cells_directory(
         with Vault.open(load(config_path)) as writer:
             for number in range(start, start + 150):
                 writer.put(ObjectRef("intl", "alice", f"notes/{number}"), b"x")
-    monkeypatch.setattr(gc, "sqlite3", _SmallCaches())
+    monkeypatch.setattr(compaction_moves, "sqlite3", _SmallCaches())
     opened: set[str] = set()
     relocate = gc.relocate
 

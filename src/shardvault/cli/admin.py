@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from shardvault.cli.deployment_files import output_outside
+from shardvault.cli.node_warnings import (
+    alarming,
+    down_nodes,
+    not_down,
+    warn_about_cells,
+    warn_about_crowding,
+    warn_about_strays,
+    warn_if_any_hung,
+)
 from shardvault.cli.outfile import write_output
 from shardvault.cli.output import (
     JsonFlag,
@@ -20,12 +28,9 @@ from shardvault.cli.output import (
     warn,
     write_out,
 )
-from shardvault.cli.state import CliState, state
-from shardvault.config import Config
+from shardvault.cli.state import state
 from shardvault.demo import write_demo
 from shardvault.errors import InvalidInput, ShardvaultError, Unavailable
-from shardvault.model import NodeState
-from shardvault.placement import facility_shortfall
 from shardvault.vault import CellCrowding, RepairReport
 from shardvault.vault.views import NodeUsage
 
@@ -126,7 +131,7 @@ def forget(
             "reached and may still name the subject: the next command that opens them, or "
             "'shardvault gc', takes the name out"
         )
-    skipped = _not_down(cli, result.skipped_nodes)
+    skipped = not_down(cli, result.skipped_nodes)
     if skipped:  # the rule of gc, repair and nodes: someone should look, then run gc
         warn(
             f"node(s) {', '.join(skipped)} could not be reached: the subject's shards there "
@@ -154,110 +159,17 @@ def nodes(ctx: typer.Context, json_out: JsonFlag = False) -> None:
     crowding = cli.vault().crowding(unreachable)
     _list_nodes(usage, crowding, json_out)
     for u in usage:  # in both modes: the exit code says one is, stderr which and why
-        if _alarming(u):
+        if alarming(u):
             warn(f"node {u.node.id} is unavailable: {u.unavailable}")
-    _warn_about_cells(cli.config(), unreachable)
-    _warn_about_crowding(crowding)
-    _warn_if_any_hung(cli)
-    if any(_alarming(u) for u in usage) or any(c.unreadable for c in crowding):
+    warn_about_cells(cli.config(), unreachable)
+    warn_about_crowding(crowding)
+    warn_if_any_hung(cli)
+    if any(alarming(u) for u in usage) or any(c.unreadable for c in crowding):
         raise typer.Exit(1)
 
 
-def _down_nodes(config: Config) -> set[str]:
-    """The nodes the operator marked down: expected to be gone, so never an alarm (no
-    warning, no exit 1) when one cannot be reached; --json still names them."""
-    return {node.id for node in config.nodes if node.state is NodeState.DOWN}
-
-
-def _not_down(cli: CliState, nodes: Iterable[str]) -> list[str]:
-    """These nodes, but those marked down: the ones skipped that someone must look at."""
-    down = _down_nodes(cli.config())
-    return sorted({node for node in nodes if node not in down})
-
-
-def _warn_if_any_hung(cli: CliState) -> None:
-    """Name the nodes (not marked down) that did not answer within storage.node_timeout
-    during the command (a hung disk): what it had to do there is not done."""
-    hung = _not_down(cli, cli.vault().deadline.hung)
-    if hung:
-        warn(
-            f"node(s) {', '.join(hung)} did not answer within "
-            f"{cli.config().node_timeout:g} s (storage.node_timeout): skipped; "
-            "run again once they answer"
-        )
-
-
-def _warn_about_cells(config: Config, unavailable: set[str]) -> None:
-    """Warn about each cell whose puts are refused, or put more than m shards of a stripe
-    in a facility, counting as placement does: a node that cannot be opened is down."""
-    n = config.k + config.m
-    reachable = [node for node in config.nodes if node.id not in unavailable]
-    for jurisdiction in sorted(config.jurisdictions):
-        configured = [
-            node for node in config.nodes_in(jurisdiction) if node.state is NodeState.ACTIVE
-        ]
-        active = [node for node in configured if node.id not in unavailable]
-        lost = len(configured) - len(active)
-        if len(active) < n:
-            besides = f" (and {lost} unavailable)" if lost else ""
-            warn(
-                f"cell {jurisdiction} has {len(active)} active node(s){besides}, a stripe "
-                f"needs {n}: its puts are refused; add nodes or bring them back"
-            )
-            continue
-        short = facility_shortfall(reachable, jurisdiction, config.k, config.m)
-        if short:
-            facilities = len({node.facility for node in active})
-            besides = f"; and {lost} unavailable" if lost else ""
-            warn(
-                f"cell {jurisdiction} cannot keep a {config.k}+{config.m} stripe to "
-                f"{config.m} shards per facility ({len(active)} active nodes in {facilities} "
-                f"facilities, {short} shard(s) over{besides}): losing a facility can lose "
-                "objects; add active nodes in other facilities"
-            )
-
-
-def _warn_about_crowding(cells: list[CellCrowding]) -> None:
-    """Warn about each cell holding versions that one facility's loss would lose: the
-    cell's shape, not a failure, so no exit 1 (as for a cell too small to spread); and
-    about versions whose manifest cannot be read, which the counts leave out."""
-    for cell in cells:
-        if cell.unreadable:  # integrity, exit 1: the figures leave them out
-            more = ", ..." if cell.unreadable > 1 else ""
-            warn(
-                f"cell {cell.jurisdiction} has {cell.unreadable} version(s) whose manifest "
-                f"cannot be read ({cell.unreadable_first}{more}): not counted; restore the "
-                "cell's catalog from a backup"
-            )
-        if not cell.crowded:
-            continue
-        waiting = cell.crowded - cell.spreadable
-        partly = cell.partly_spreadable
-        warn(
-            f"cell {cell.jurisdiction} has {cell.crowded} version(s) with more than m shards "
-            f"in one facility (losing it loses them): {cell.spreadable} can be spread now, "
-            "by 'shardvault repair'"
-            + (
-                f", and {partly} part of the way (one facility's loss would still lose them)"
-                if partly
-                else ""
-            )
-            + (
-                f"; {waiting} wait for active nodes in more facilities, or for "
-                "'shardvault repair --scrub' to rebuild their shards on nodes not active"
-                if waiting
-                else ""
-            )
-        )
-
-
-def _alarming(usage: NodeUsage) -> bool:
-    """A node the operator marked down is expected to be gone: no alarm for it."""
-    return bool(usage.unavailable) and usage.node.state is not NodeState.DOWN
-
-
 def _shown_state(usage: NodeUsage) -> str:
-    return "unavailable" if _alarming(usage) else usage.node.state.value
+    return "unavailable" if alarming(usage) else usage.node.state.value
 
 
 def _list_nodes(usage: list[NodeUsage], cells: list[CellCrowding], json_out: bool) -> None:
@@ -335,39 +247,24 @@ def gc(
             f"{report.damaged} packed shard record(s) failed their checksum: kept, and "
             "queued for repair; run 'shardvault repair'"
         )
-    unavailable = _not_down(cli, report.unavailable_nodes)
+    unavailable = not_down(cli, report.unavailable_nodes)
     if unavailable:
         warn(
             f"skipped unavailable node(s) {', '.join(unavailable)}: "
             "see 'shardvault nodes'; run gc again once they are back"
         )
     hung = set(cli.vault().deadline.hung)  # named below, with the deadline
-    down = _down_nodes(cli.config())
+    down = down_nodes(cli.config())
     for failed in report.failed_nodes:
         if failed.node not in hung and failed.node not in down:
             warn(
                 f"node {failed.node} failed during the sweep, which stopped part-way: "
                 f"{failed.error}; run gc again once that is mended"
             )
-    _warn_about_strays(report.strays)
-    _warn_if_any_hung(cli)
-    if _not_down(cli, report.skipped_nodes) or _not_down(cli, hung):
+    warn_about_strays(report.strays)
+    warn_if_any_hung(cli)
+    if not_down(cli, report.skipped_nodes) or not_down(cli, hung):
         raise typer.Exit(1)
-
-
-_STRAYS_NAMED = 10  # warning lines about strays in one run; the rest are counted
-
-
-def _warn_about_strays(strays: tuple[str, ...]) -> None:
-    """Name each thing gc left alone where a node keeps shards: it is not one (not a
-    file), so neither gc's to remove nor a reason to skip the node; a person should."""
-    for path in strays[:_STRAYS_NAMED]:
-        warn(
-            f"left alone {shell_quoted(path)}: not a file, so not a shard gc wrote; "
-            "move it out of the node's directory"
-        )
-    if len(strays) > _STRAYS_NAMED:
-        warn(f"and {len(strays) - _STRAYS_NAMED} more such (see 'strays' in gc --json)")
 
 
 def repair(
@@ -406,14 +303,14 @@ def repair(
     for version in report.concentrated:  # the cell's shape, as `nodes` warns: exit 0
         warn(f"{'would stay crowded' if dry_run else 'still crowded'}: {version}")
     fate = _fate_of_unreachable_shards(scrub, dry_run)
-    unavailable = _not_down(cli, report.unavailable_nodes)
+    unavailable = not_down(cli, report.unavailable_nodes)
     if unavailable:
         warn(
             f"node(s) {', '.join(unavailable)} could not be opened or failed during the "
             f"repair: their shards {fate}; see 'shardvault nodes', or mark them down in "
             "the config if they are gone"
         )
-    hung = _not_down(cli, report.hung_nodes)
+    hung = not_down(cli, report.hung_nodes)
     if hung:
         warn(
             f"node(s) {', '.join(hung)} did not answer within "

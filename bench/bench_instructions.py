@@ -44,10 +44,10 @@ def _steady() -> None:
 
 
 def _stub_flushes() -> None:
-    import shardvault.durability as durability
+    import shardvault.group_commit as group_commit
 
     os.fsync = os.fdatasync = lambda fd: None
-    durability.sync_filesystem = lambda fd: None  # type: ignore[assignment]
+    group_commit.sync_filesystem = lambda fd: None  # type: ignore[assignment]
 
 
 def _vault_loop(mode: str, count: int, written: int) -> None:

@@ -22,15 +22,11 @@ from tests.interrupts import (
 )
 
 from conftest import Flushes
-from shardvault import durability
-from shardvault.durability import (
-    BackgroundFlush,
-    GroupSync,
-    WaitRoom,
-    failure_reason,
-    filesystem_sync,
-)
+from shardvault import background_flush, durability, group_commit
+from shardvault.background_flush import BackgroundFlush
+from shardvault.durability import failure_reason
 from shardvault.errors import StorageError
+from shardvault.group_commit import GroupSync, WaitRoom, filesystem_sync
 from shardvault.nodes import localdir
 from shardvault.nodes.localdir import WRITEBACK_CHUNK, LocalDirShardStore
 from shardvault.nodes.port import shard_name
@@ -219,7 +215,7 @@ def test_a_hung_disk_never_holds_up_a_large_put_to_a_healthy_node(
     healthy = LocalDirShardStore("ok", tmp_path / "ok", pack_limit=16)
     stuck = [
         hung.open_writer(shard_name(bytes([i + 1]) * 16, 1, 0))
-        for i in range(durability._FLUSH_THREADS)
+        for i in range(background_flush._FLUSH_THREADS)
     ]
     name = shard_name(b"\x0f" * 16, 1, 0)
     try:
@@ -357,7 +353,7 @@ def test_a_filesystem_sync_outlives_the_directory_it_was_first_asked_for(
 ) -> None:
     """A process that closed one deployment and removed it (a library user's temporary
     deployment, a node directory taken away) must still sync the next one on that disk."""
-    monkeypatch.setattr(durability, "_devices", {})  # as in a new process
+    monkeypatch.setattr(group_commit, "_devices", {})  # as in a new process
     first, second = tmp_path / "first", tmp_path / "second"
     first.mkdir()
     second.mkdir()
@@ -376,9 +372,9 @@ def test_a_filesystem_sync_flushes_through_one_descriptor_held_open(
     one opened for each flush would miss an error another process's sync saw first,
     and call lost writes durable. Held open, it also stays on its own filesystem
     whatever is later mounted over the directory it was opened from."""
-    monkeypatch.setattr(durability, "_devices", {})
+    monkeypatch.setattr(group_commit, "_devices", {})
     flushed: list[int] = []
-    monkeypatch.setattr(durability, "sync_filesystem", flushed.append)
+    monkeypatch.setattr(group_commit, "sync_filesystem", flushed.append)
     here, there = tmp_path / "here", tmp_path / "there"
     here.mkdir()
     there.mkdir()
@@ -397,7 +393,7 @@ def test_a_filesystem_sync_is_never_shared_by_a_filesystem_mounted_after_its_own
     second its device number, and one group commit for both would flush the wrong one
     and call the new one's writes durable. The group's held descriptor keeps the first
     alive, and its number taken. (The suite runs as root, locally and in CI.)"""
-    monkeypatch.setattr(durability, "_devices", {})
+    monkeypatch.setattr(group_commit, "_devices", {})
     mount_point = tmp_path / "disk"
     mount_point.mkdir()
     groups, devices = [], []
@@ -542,11 +538,11 @@ def test_a_background_flush_stuck_on_a_hung_disk_does_not_hold_up_exit(tmp_path:
     waits for ever) could not exit after its put had given up on the node."""
     child = f"""
 import os, threading
-from shardvault import durability
+from shardvault import background_flush
 stuck = threading.Event()
 os.fdatasync = lambda fd: stuck.wait()  # a hung disk, for this child process only
 fd = os.open({str(tmp_path / "shard")!r}, os.O_CREAT | os.O_WRONLY, 0o600)
-assert durability._start_flush(fd) is not None
+assert background_flush._start_flush(fd) is not None
 print("flushing", flush=True)
 """
     done = subprocess.run(

@@ -47,6 +47,8 @@ LOWER = [
     "catalog",
     "directory.py",
     "durability.py",
+    "group_commit.py",
+    "background_flush.py",
     "file_reads.py",
     "io_threads.py",
     "allocator.py",

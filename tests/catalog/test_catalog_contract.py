@@ -35,7 +35,6 @@ from shardvault.catalog.sqlite import (
     SqliteCatalog,
     _above_prefix,
 )
-from shardvault.durability import GroupSync
 from shardvault.errors import (
     Conflict,
     NewerFormat,
@@ -44,6 +43,7 @@ from shardvault.errors import (
     SubjectForgotten,
     WriteRaced,
 )
+from shardvault.group_commit import GroupSync
 from shardvault.model import ObjectRef
 
 REF = ObjectRef("intl", "alice", "a.txt")

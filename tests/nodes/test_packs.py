@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from conftest import Flushes
-from shardvault.durability import GroupSync
 from shardvault.errors import NotFound, StorageError
+from shardvault.group_commit import GroupSync
 from shardvault.nodes import packs
 from shardvault.nodes.localdir import LocalDirShardStore
 from shardvault.nodes.packs import FILE_HEADER, RECORD, PackSet, encode_record
@@ -767,7 +767,7 @@ def test_two_compactions_after_one_killed_half_way_keep_every_shard(
 _KILLED_AFTER_COPYING = """
 import os, signal, sys
 from pathlib import Path
-from shardvault.durability import GroupSync
+from shardvault.group_commit import GroupSync
 from shardvault.nodes import packs
 packs.secrets.token_hex = lambda n: "0" * 16  # the copy's pack sorts first
 def die(self, missing_ok=False):
@@ -781,7 +781,7 @@ packs.PackSet(Path(sys.argv[1]), "n", GroupSync(lambda: None)).compact()
 _KILLED_WITH_ITS_COPIES_SYNCED = """
 import os, signal, sys
 from pathlib import Path
-from shardvault.durability import GroupSync
+from shardvault.group_commit import GroupSync
 from shardvault.nodes import packs
 packs.secrets.token_hex = lambda n: sys.argv[2] * 16  # where the copy's pack sorts
 def die(self, missing_ok=False):
@@ -1400,7 +1400,7 @@ def test_a_pack_whose_header_cannot_be_written_is_not_kept(
 _KILLED_BEFORE_THE_HEADER = """
 import os, signal, sys
 from pathlib import Path
-from shardvault.durability import GroupSync
+from shardvault.group_commit import GroupSync
 from shardvault.nodes import packs
 real_write = os.write
 def write(fd, data):

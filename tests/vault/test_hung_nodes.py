@@ -29,7 +29,6 @@ from conftest import make_deployment, manifest_of, tmpfs_mounted
 from governance_support import approve, forget_approved
 from shardvault.catalog.port import Catalog
 from shardvault.config import load
-from shardvault.durability import GroupSync
 from shardvault.errors import (
     ApprovalRequired,
     NotFound,
@@ -37,6 +36,7 @@ from shardvault.errors import (
     SubjectForgotten,
     TooFewNodes,
 )
+from shardvault.group_commit import GroupSync
 from shardvault.model import NodeSpec, ObjectRef
 from shardvault.nodes.hints import HungHints
 from shardvault.nodes.localdir import LocalDirShardStore

@@ -20,8 +20,8 @@ import pytest
 from conftest import SEGMENT, Flushes, make_deployment, manifest_of
 from governance_support import forget_approved
 from shardvault.config import load
-from shardvault.durability import GroupSync
 from shardvault.errors import IntegrityError, StorageError
+from shardvault.group_commit import GroupSync
 from shardvault.model import ObjectRef
 from shardvault.nodes.localdir import LocalDirShardStore
 from shardvault.nodes.port import shard_name

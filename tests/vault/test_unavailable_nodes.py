@@ -16,7 +16,7 @@ import pytest
 
 from conftest import make_deployment, manifest_of
 from governance_support import forget_approved
-from shardvault import durability
+from shardvault import group_commit
 from shardvault.catalog.port import Catalog
 from shardvault.config import Config, load
 from shardvault.errors import (
@@ -159,7 +159,7 @@ def test_a_deployment_removed_while_the_process_lives_does_not_stop_the_next(
 ) -> None:
     """A library user's temporary deployment, closed and deleted, then another on the same
     disk: the second one's writes must not try to sync through the first one's directories."""
-    monkeypatch.setattr(durability, "_devices", {})  # as in a new process
+    monkeypatch.setattr(group_commit, "_devices", {})  # as in a new process
     ref = ObjectRef("intl", "alice", "k")
     for name in ("first", "second"):
         with reopen(make_deployment(tmp_path / name, pack_limit=pack_limit)) as vault:

@@ -15,8 +15,8 @@ import pytest
 from conftest import Flushes
 from shardvault.codec.erasure import ErasureCode
 from shardvault.codec.segment import SegmentBinding, SegmentCipher
-from shardvault.durability import GroupSync
 from shardvault.errors import StorageError
+from shardvault.group_commit import GroupSync
 from shardvault.model import ObjectRef
 from shardvault.nodes.localdir import LocalDirShardStore, LocalShardWriter
 from shardvault.nodes.port import shard_name

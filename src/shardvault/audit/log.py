@@ -65,8 +65,9 @@ from shardvault.audit.checkpoint import Checkpoint
 from shardvault.audit.entry import MAX_ENTRY_BYTES, AuditEntry
 from shardvault.audit.note import SignedNote
 from shardvault.audit.tree import TreeNodes
-from shardvault.durability import WaitRoom, fsync_directory, reacquire, read_own, replace_whole
+from shardvault.durability import fsync_directory, read_own, replace_whole
 from shardvault.errors import AuditUnavailable, IntegrityError, InvalidInput, NewerFormat
+from shardvault.group_commit import WaitRoom, reacquire
 
 LOG_VERSION = 1
 _ENTRIES_MAGIC = b"SVAUDE"

@@ -36,7 +36,7 @@ from shardvault.catalog.port import (
     VersionRecord,
     VersionState,
 )
-from shardvault.durability import GroupSync, failure_reason, filesystem_sync
+from shardvault.durability import failure_reason
 from shardvault.errors import (
     Conflict,
     IntegrityError,
@@ -47,6 +47,7 @@ from shardvault.errors import (
     SubjectForgotten,
     WriteRaced,
 )
+from shardvault.group_commit import GroupSync, filesystem_sync
 from shardvault.model import ObjectRef
 
 # Append only: a catalog stamped N was made by the first N scripts as they were then;

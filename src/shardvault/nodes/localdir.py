@@ -24,8 +24,10 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from shardvault.durability import BackgroundFlush, filesystem_sync, fsync_directory
+from shardvault.background_flush import BackgroundFlush
+from shardvault.durability import fsync_directory
 from shardvault.errors import NotFound, StorageError
+from shardvault.group_commit import filesystem_sync
 from shardvault.nodes.packs import PackedShard, PackSet
 from shardvault.nodes.port import Compacted, check_shard_name, is_shard_name
 

@@ -62,8 +62,9 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from shardvault.durability import GroupSync, fsync_directory, leftover_temporaries, release_flock
+from shardvault.durability import fsync_directory, leftover_temporaries, release_flock
 from shardvault.errors import StorageError
+from shardvault.group_commit import GroupSync
 from shardvault.nodes.held_file import HeldFile
 from shardvault.nodes.journal import JOURNAL, Journal, read_journal
 from shardvault.nodes.port import is_shard_name

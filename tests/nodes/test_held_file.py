@@ -68,3 +68,23 @@ def test_a_file_removed_replaced_or_moved_is_not(
     held = HeldFile(fd, str(path), fd_links)
     damage(path)
     assert not held.at_its_name()
+
+
+@pytest.mark.parametrize("damage", [restored, renamed_over], ids=["restored", "renamed over"])
+def test_a_file_let_go_is_not_taken_for_the_one_its_number_and_name_now_give(
+    tmp_path: Path, fd_links: str, damage: Callable[[Path], None]
+) -> None:
+    """A look without the writer's lock may read the number once the writer has closed
+    it and another open has taken it, here for a file at the same path."""
+    path = tmp_path / "a.pack"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    held = HeldFile(fd, str(path), fd_links)
+    held.let_go()
+    os.close(fd)
+    damage(path)
+    again = os.open(path, os.O_RDONLY)
+    try:
+        assert again == fd  # the number, given to the file now at the name
+        assert not held.at_its_name()
+    finally:
+        os.close(again)

@@ -9,6 +9,7 @@ new pack.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -102,3 +103,36 @@ def test_a_compaction_whose_own_pack_went_keeps_the_packs_it_copied(tmp_path: Pa
     assert read(fresh, name(1)) == b"kept" * 50
     fresh.close()
     collector.close()
+
+
+def test_the_look_for_a_put_s_pack_does_not_wait_for_a_scan_or_a_compaction(
+    tmp_path: Path,
+) -> None:
+    """Both hold the pack set's lock for as long as they take: the look, once a put's
+    append is synced, needs it only when the pack turns out gone."""
+    store = LocalDirShardStore("n", tmp_path / "node")
+    put(store, name(1), b"opens the pack")
+    pending = store.open_writer(name(2))
+    pending.write(b"appended")
+    pending.commit(durable=False)
+    holding, release = threading.Event(), threading.Event()
+
+    def hold_the_lock() -> None:
+        with store.packs._lock:  # as `compact` and `refresh` do, for long
+            holding.set()
+            release.wait()
+
+    holder = threading.Thread(target=hold_the_lock)
+    holder.start()
+    holding.wait()
+    synced = threading.Event()
+    syncer = threading.Thread(target=lambda: (pending.sync(), synced.set()), daemon=True)
+    syncer.start()
+    try:
+        assert synced.wait(timeout=30), "the put's sync waited for the pack set's lock"
+    finally:
+        release.set()
+        holder.join()
+        syncer.join()
+    assert read(store, name(2)) == b"appended"
+    store.close()

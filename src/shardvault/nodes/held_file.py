@@ -6,6 +6,11 @@ writer asks this once per sync (nodes/packs.py), so it must be cheap. Linux name
 the file a descriptor holds under /proc/self/fd, its path as of now, or with
 " (deleted)" once unlinked: one readlink, no stat result to build (a third of the
 instructions). Without /proc the path is stat'ed and its inode compared.
+
+The writer looks without its lock, so a look may run while another thread lets
+the file go and closes its descriptor, whose number the next open takes, perhaps
+for the same path (a pack restored there): the writer lets go first (`let_go`),
+and a look that read a reused number finds that said once it has read.
 """
 
 from __future__ import annotations
@@ -27,13 +32,28 @@ class HeldFile:
             self._link = None
         made = os.fstat(fd)
         self._id = (made.st_dev, made.st_ino)
+        self._let_go = False
+
+    def let_go(self) -> None:
+        """Say the descriptor is about to be closed: from now on the file is not taken
+        for at its name, whatever file the number (or the path) names next."""
+        self._let_go = True
 
     def at_its_name(self) -> bool:
-        """Whether the file is still linked at its path (not removed, moved or replaced)."""
+        """Whether the file is still linked at its path (not removed, moved or replaced),
+        and not let go. The flag is read after the look: set before the close, it is
+        seen by every look that may have read the number once it named another file."""
         if self._link is not None:
-            return os.readlink(self._fd_link) == self._link
-        try:
-            found = os.stat(self._path)
-        except (FileNotFoundError, NotADirectoryError):
-            return False
-        return (found.st_dev, found.st_ino) == self._id
+            try:
+                at_name = os.readlink(self._fd_link) == self._link
+            except OSError:
+                if self._let_go:  # closed meanwhile
+                    return False
+                raise
+        else:
+            try:
+                found = os.stat(self._path)
+            except (FileNotFoundError, NotADirectoryError):
+                return False
+            at_name = (found.st_dev, found.st_ino) == self._id
+        return at_name and not self._let_go

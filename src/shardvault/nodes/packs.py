@@ -295,7 +295,9 @@ class PackSet:
         self._active: str | None = None
         self._active_fd: int | None = None
         self._active_size = 0
-        self._held: HeldFile | None = None  # the active pack, to see it is still at its name
+        # the active pack and its file, to see it is still at its name: one value, read
+        # whole by a look without the lock (`_looked_unlocked`)
+        self._watched: tuple[str, HeldFile] | None = None
         self._linked: tuple[str | None, int] = (None, 0)  # pack, size last seen at its name
         self._lost: dict[str, int] = {}  # removed under us -> size last seen at its name
         self._next_prune = 0.0
@@ -328,7 +330,8 @@ class PackSet:
         else:
             raise OSError(errno.EAGAIN, "each new pack was taken for a dead writer's")
         self._active, self._active_fd, self._active_size = name, fd, len(FILE_HEADER)
-        self._held, self._linked = HeldFile(fd, str(self.directory / name)), (name, 0)
+        self._watched = (name, HeldFile(fd, str(self.directory / name)))
+        self._linked = (name, 0)
         self._scanned[name] = len(FILE_HEADER)
         # reads get an open file of their own: a dup would share the flock, and keep
         # holding it after rotation, so that no compaction could ever take the pack
@@ -362,6 +365,9 @@ class PackSet:
         return fd
 
     def _retire_active(self) -> None:
+        if self._watched is not None:  # before the close: a look under way may see its number
+            self._watched[1].let_go()
+            self._watched = None
         if self._active_fd is not None:
             release_flock(self._active_fd)  # compaction may take it now
         self._active, self._active_fd = None, None
@@ -396,10 +402,13 @@ class PackSet:
         Called once the append is durable (its group commit synced). One look (a
         readlink: nodes/held_file.py) covers every append made before it, so
         concurrent puts share it; a pack found gone is let go, and the next append
-        makes a new one."""
+        makes a new one. The lock is taken only when the look fails or the pack is
+        no longer the active one: a put does not wait behind a scan or a compaction."""
         end = located.offset + located.length
         pack, upto = self._linked
         if located.pack == pack and end <= upto:  # a look since the append found it
+            return
+        if self._looked_unlocked(located.pack):
             return
         with self._lock:
             try:
@@ -417,16 +426,37 @@ class PackSet:
                     "makes a new pack), and run 'shardvault repair --scrub' for what it held"
                 )
 
+    def _looked_unlocked(self, pack: str) -> bool:
+        """Whether `pack` is the active pack and still at its name, seen without the lock;
+        False sends the caller to the lock, to look there or say what was lost.
+
+        Only the lock changes the active pack, and a change replaces `_watched` first:
+        the pair read here, and still the one there after the look, means the size
+        read between is that pack's and its descriptor was not closed before the
+        look (the held file is let go before: `HeldFile.let_go`)."""
+        watched = self._watched
+        if watched is None or watched[0] != pack:
+            return False
+        size = self._active_size
+        try:
+            if not watched[1].at_its_name() or self._watched is not watched:
+                return False
+        except OSError:  # said under the lock, by the look made there
+            return False
+        self._linked = (pack, size)  # may replace a later look's: only ever too little
+        return True
+
     def _check_linked(self) -> None:
         """Holding the lock: whether the active pack is still the file at its name; if
         not, it is let go (what was appended since the last look is lost with it)."""
-        assert self._active is not None and self._held is not None
+        assert self._active is not None and self._watched is not None
         size = self._active_size
-        if self._held.at_its_name():
+        if self._watched[1].at_its_name():
             self._linked = (self._active, size)
             return
         pack = self._active
-        self._lost[pack] = self._linked[1]
+        linked, upto = self._linked  # another pack's, if a look without the lock lagged
+        self._lost[pack] = upto if linked == pack else 0
         self._retire_active()
         self._forget_pack(pack)  # its records read as they would in any other process
 

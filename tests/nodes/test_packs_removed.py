@@ -136,3 +136,35 @@ def test_the_look_for_a_put_s_pack_does_not_wait_for_a_scan_or_a_compaction(
         syncer.join()
     assert read(store, name(2)) == b"appended"
     store.close()
+
+
+def test_a_delete_whose_tombstone_went_into_a_removed_pack_is_not_called_durable(
+    tmp_path: Path,
+) -> None:
+    """The shard's record, zeroed in its own pack, stays zeroed; the tombstone is what
+    a compaction copying the record meanwhile, or settling a dead one, looks for to
+    zero its copy too. Lost with the pack, the delete fails its sync (gc then counts
+    the node failed, and its next orphan sweep takes any copy), and the next delete
+    goes to a new pack."""
+    root = tmp_path / "node"
+    writer = LocalDirShardStore("n", root)
+    put(writer, name(1), b"doomed")
+    put(writer, name(3), b"deleted later")
+    writer.close()
+    deleter = LocalDirShardStore("n", root)
+    old = set((root / "packs").glob("*.pack"))
+    put(deleter, name(2), b"the deleter's own")
+    (own,) = set((root / "packs").glob("*.pack")) - old
+    own.unlink()
+    assert deleter.delete(name(1))
+    with pytest.raises(StorageError, match=GONE):
+        deleter.sync()
+    assert deleter.delete(name(3))
+    deleter.sync()
+    fresh = LocalDirShardStore("n", root)
+    assert not fresh.has_trace(name(1))  # its record zeroed, its tombstone lost
+    assert fresh.has_trace(name(3))  # its tombstone, in the new pack
+    with pytest.raises(NotFound):
+        read(fresh, name(3))
+    fresh.close()
+    deleter.close()

@@ -196,7 +196,9 @@ class LocalDirShardStore:
         self.shard_dir = root / "shards"
         self.tmp_dir = root / "tmp"
         self._shard_root = str(self.shard_dir)
-        self._owed = threading.local()  # per thread: (first, last) ticket not yet synced
+        # per thread: (first, last) ticket not yet synced, and tombstones to look for
+        # after that sync, the last per pack (`_owe_look`)
+        self._owed = threading.local()
         self._strays: dict[str, list[str]] = {"shards": [], "tmp": []}  # see `strays`
         try:
             # the vault checks first that the root exists (nodes/marker.py); later
@@ -214,15 +216,28 @@ class LocalDirShardStore:
         span: tuple[int, int] | None = getattr(self._owed, "span", None)
         self._owed.span = (ticket if span is None else span[0], ticket)
 
+    def _owe_look(self, tombstone: PackedShard) -> None:
+        """Note a tombstone the calling thread's next `sync` must find in a pack still at
+        its name (`PackSet.confirm`): the last one per pack covers those before it."""
+        owed: dict[str, PackedShard] | None = getattr(self._owed, "tombstones", None)
+        if owed is None:
+            owed = self._owed.tombstones = {}
+        owed[tombstone.pack] = tombstone
+
     def sync(self) -> None:
         """Make this thread's writes since its last sync durable, or raise: a flush that
         failed for any of them raises even when a later one, for another caller's
         write, succeeded (with the node's latest ticket alone, gc went on as if a
-        delete that failed flush lost were durable)."""
+        delete that failed flush lost were durable). So does a tombstone appended to
+        a pack removed under this process: the delete was not made durable either."""
         span: tuple[int, int] | None = getattr(self._owed, "span", None)
+        tombstones: dict[str, PackedShard] | None = getattr(self._owed, "tombstones", None)
+        self._owed.tombstones = None
         if span is not None:
             self._owed.span = None
             self.packs.group.sync(span[1], since=span[0])
+        for tombstone in (tombstones or {}).values():
+            self.packs.confirm(tombstone)
 
     def shard_path(self, name: str) -> Path:
         """Where a large (file) shard lives; small shards are in packs/."""
@@ -310,14 +325,17 @@ class LocalDirShardStore:
             self.owe_sync(self.packs.group.note_write(failures))
             return True
         try:
-            deleted = self.packs.delete(name, location)
+            tombstone = self.packs.delete(name, location)
         except OSError as exc:
             raise _storage_error(self.node_id, "deleting a packed shard", exc) from exc
-        if deleted:  # its tombstone and zeroed bytes are durable at the next sync()
-            self.owe_sync(self.packs.group.note_write(failures))
-        else:
+        if tombstone is None:
             self._check_root()
-        return deleted
+            return False
+        # its tombstone and zeroed bytes are durable at the next sync(), which looks
+        # that the tombstone's pack is still at its name
+        self.owe_sync(self.packs.group.note_write(failures))
+        self._owe_look(tombstone)
+        return True
 
     def has_trace(self, name: str) -> bool:
         if os.path.lexists(self._shard_file(name)):

@@ -479,14 +479,19 @@ class PackSet:
             self._index[name] = located
         return self.group.note_write(failures), located
 
-    def delete(self, name: str, location: str | None = None) -> bool:
-        """Overwrite the shard's bytes with zeros, then tombstone it (neither synced yet).
+    def delete(self, name: str, location: str | None = None) -> PackedShard | None:
+        """Overwrite the shard's bytes with zeros, then tombstone it (neither synced yet);
+        where the tombstone went, for the caller to `confirm` once synced, or None if
+        the shard was not found.
 
         Compaction alone would leave a deleted (or forgotten) user's ciphertext in a
         pack for as long as the pack is live, or more than a quarter alive. Zeroing
         comes first, so a failure leaves the shard live for the next attempt. With
         the location its manifest kept, the shard is found without indexing every
         pack: a forget then costs what the subject holds, not what the node does.
+        The tombstone needs the look a shard's append gets: a compaction that copied
+        the record before it was zeroed, or one settling a dead compaction, zeroes
+        its copy only by the tombstones it finds on disk.
         """
         with self._lock:
             located = self._index.get(name)
@@ -495,7 +500,7 @@ class PackSet:
             if located is None:
                 located = self.locate(name)
             if located is None:
-                return False
+                return None
             erased = None  # the pack whose record was zeroed
             for _ in range(_ERASE_TRIES):
                 if self._erase(located):
@@ -518,7 +523,7 @@ class PackSet:
                 self._erase_records_of(name)
             elif (self.directory / JOURNAL).exists():  # one stat a delete
                 self._erase_other_copies(name)
-            return True
+            return tombstone
 
     def _erase(self, located: PackedShard) -> bool:
         """Zero a record's data in place; False if its pack is gone (compacted). Its CRC

@@ -9,6 +9,7 @@ kill -9 in the middle of a put.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -146,6 +147,29 @@ def test_a_pack_removed_under_a_live_vault_fails_one_put_not_a_shard_of_each(
             with fresh.open_read(ref) as reader:
                 assert reader.read_all() == data
             assert reader.damage == []
+
+
+@pytest.mark.parametrize("size", [3000, 3 * SEGMENT], ids=["one segment", "three segments"])
+def test_packs_removed_on_several_nodes_fail_one_put_naming_each(packed: Vault, size: int) -> None:
+    """One incident (a cleanup run over several nodes' directories) cost a failed put
+    per node: the put stopped at the first node found, and left the others' packs
+    in place for the next puts to find one by one."""
+    packed.put(ObjectRef("intl", "alice", "before"), os.urandom(size))
+    cell = packed.cells["US"]
+    cut = [node.id for node in cell.nodes[:3]]
+    for node in cut:
+        store = cell.store(node)
+        assert isinstance(store, LocalDirShardStore)
+        for pack in store.packs.directory.glob("*.pack"):
+            pack.unlink()
+    with pytest.raises(StorageError) as failed:
+        packed.put(ObjectRef("intl", "alice", "found them"), os.urandom(size))
+    assert sorted(re.findall(r"node (\S+): pack \S+ was removed", str(failed.value))) == cut
+    assert "\n" not in str(failed.value)
+    after = ObjectRef("intl", "alice", "after")
+    data = os.urandom(size)
+    packed.put(after, data)  # every node writes to a new pack
+    assert packed.get(after) == data
 
 
 def shard_tails(vault: Vault, ref: ObjectRef) -> list[bytes]:

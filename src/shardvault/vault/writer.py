@@ -22,13 +22,13 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, Future, wait
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, NoReturn
 
 from shardvault.codec.erasure import ErasureCode
 from shardvault.codec.hashing import block_hash
 from shardvault.codec.segment import TAG_BYTES, SegmentCipher
 from shardvault.codec.shardfile import ShardHeader
-from shardvault.errors import InvalidInput
+from shardvault.errors import InvalidInput, StorageError
 from shardvault.nodes.port import ShardStore, ShardWriter, shard_name
 from shardvault.slot_init import slot_init
 from shardvault.vault.deadline import NodeDeadline
@@ -141,6 +141,14 @@ def _when_all_done(futures: list[Future[bytes]], then: Callable[[], None]) -> No
 
     for future in futures:
         future.add_done_callback(one_done)
+
+
+def _raise_all(failures: list[StorageError]) -> NoReturn:
+    """Raise one error saying each node's, once: nodes on one disk share a failed flush's."""
+    said = list(dict.fromkeys(str(failure) for failure in failures))
+    if len(said) == 1:
+        raise failures[0]
+    raise StorageError("; ".join(said)) from failures[0]
 
 
 class ShardSetWriter:
@@ -266,18 +274,29 @@ class ShardSetWriter:
 
     def _finish(self, commit: bool) -> bytes:
         """Commit each shard if asked (a small object: n appends cost less than n
-        hand-offs), then sync each; stops if the put gave up meanwhile."""
+        hand-offs), then sync each; stops if the put gave up meanwhile.
+
+        A node whose sync fails does not stop the others': a sync is where a node
+        finds its pack removed under the process (and lets it go), so one incident
+        on several nodes (a cleanup over their directories) fails this put once,
+        naming each, not a put per node."""
         if commit:
             for index in range(len(self._writers)):
                 self._at = index
                 if self._abandoned:
                     return b""
                 self._commit(index)
+        failures: list[StorageError] = []
         for index, writer in enumerate(self._writers):  # the first flush covers the rest
             self._at = index
             if self._abandoned:
                 return b""
-            writer.sync()
+            try:
+                writer.sync()
+            except StorageError as exc:
+                failures.append(exc)
+        if failures:
+            _raise_all(failures)
         return b""
 
     def _seconds(self) -> float | None:

@@ -18,6 +18,7 @@ from shardvault.config_layout import Layout, layout_problems, too_long
 from shardvault.durability import open_regular
 from shardvault.errors import ConfigError, InvalidInput, NewerFormat
 from shardvault.model import (
+    LOCAL_ADMIN,
     MAX_NODE_CAPACITY,
     NodeSpec,
     NodeState,
@@ -475,6 +476,14 @@ def _parse_governance(doc: dict[str, Any], base: Path, problems: _Problems) -> G
         approvers = []
     elif not all([_check_name(principal_id, a, where + "approvers", problems) for a in approvers]):
         approvers = []  # `principal add` refuses such an id: its quorum could never be met
+    elif LOCAL_ADMIN in approvers:  # whoever runs the CLI without a token signs as it
+        problems.add(
+            where + "approvers",
+            f"{LOCAL_ADMIN!r} is the CLI's built-in principal, which anyone at the deployment "
+            "acts as without a token: it would let the operator approve alone; list "
+            "registered principals only",
+        )
+        approvers = [a for a in approvers if a != LOCAL_ADMIN]
     repeated = next((a for i, a in enumerate(approvers) if a in approvers[:i]), None)
     if repeated is not None:  # one signature per approver: the quorum would count it once
         problems.add(where + "approvers", f"{shown(repeated)} is listed twice")

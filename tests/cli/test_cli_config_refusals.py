@@ -40,6 +40,13 @@ def refused(tmp_path: Path, capsys: pytest.CaptureFixture[bytes], old: str, new:
             'approvers = ["../x", "dpo"]',
             "governance.approvers: invalid principal id '../x': letters, digits and",
         ),
+        # the CLI acts as local-admin for anyone without a token: the operator would
+        # approve alone, as an approver of requests a principal they made asked
+        (
+            'approvers = ["dpo", "partner-officer"]',
+            'approvers = ["dpo", "local-admin"]',
+            "governance.approvers: 'local-admin' is the CLI's built-in principal",
+        ),
         # the partner's files must stay apart from the operator's (docs/trust-model.md)
         ('partner_dir = "partner"', 'partner_dir = "state"', "governance.partner_dir: "),
         ('partner_dir = "partner"', 'partner_dir = "state/partner"', "overlaps storage.state_dir"),
@@ -71,6 +78,7 @@ def refused(tmp_path: Path, capsys: pytest.CaptureFixture[bytes], old: str, new:
     ],
     ids=[
         "approver-id",
+        "approver-local-admin",
         "partner-is-state",
         "partner-in-state",
         "state-in-partner",

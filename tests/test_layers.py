@@ -41,6 +41,7 @@ LOWER = [
     "manifest.py",
     "model.py",
     "shown_text.py",
+    "path_limits.py",
     "errors.py",
     "keys",
     "nodes",

@@ -7,14 +7,13 @@ Every problem found is reported at once, each naming the key at fault, e.g.
 
 from __future__ import annotations
 
-import errno
 import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from shardvault.config_layout import Layout, layout_problems, too_long
+from shardvault.config_layout import Layout, layout_problems
 from shardvault.durability import open_regular
 from shardvault.errors import ConfigError, InvalidInput, NewerFormat
 from shardvault.model import (
@@ -30,6 +29,7 @@ from shardvault.model import (
     shown,
     tenant_name,
 )
+from shardvault.path_limits import why_too_long
 
 FORMAT_VERSION = 1
 DEFAULT_FILE = "shardvault.toml"
@@ -185,8 +185,7 @@ def _read_config(path: Path) -> bytes:
             "or create one with 'shardvault init --demo DIR'"
         ) from None
     except OSError as exc:
-        reason = too_long(path) if exc.errno == errno.ENAMETOOLONG else None
-        raise ConfigError(f"config {name}: {reason or exc.strerror}") from exc
+        raise ConfigError(f"config {name}: {why_too_long(exc) or exc.strerror}") from exc
     except ValueError as exc:  # a NUL in the path
         raise ConfigError(f"config path {str(path)!r}: {exc}") from None
     if len(raw) > MAX_CONFIG_BYTES:

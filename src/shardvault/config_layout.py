@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shardvault.model import NodeSpec, shown
+from shardvault.path_limits import too_long
 
 Problem = tuple[str, str]
 
@@ -57,29 +58,6 @@ def layout_problems(layout: Layout) -> list[Problem]:
         ),
         *_partner_apart_from_operator(layout),
     ]
-
-
-# Linux's limits (NAME_MAX, and PATH_MAX less its NUL): a path past them cannot be opened
-MAX_NAME_BYTES = 255
-MAX_PATH_BYTES = 4095
-
-
-def too_long(path: Path | str) -> str | None:
-    """What makes PATH too long to open, said so a user can shorten it; None if nothing."""
-    text = str(path)
-    longest = max(text.split("/"), key=lambda name: len(name.encode(errors="surrogateescape")))
-    size = len(longest.encode(errors="surrogateescape"))
-    if size > MAX_NAME_BYTES:
-        return (
-            f"a name in it is {size} bytes ({shown(longest, 40)}), more than the "
-            f"{MAX_NAME_BYTES} a file system allows: give a shorter path"
-        )
-    size = len(text.encode(errors="surrogateescape"))
-    if size > MAX_PATH_BYTES:
-        return (
-            f"it is {size} bytes, more than the {MAX_PATH_BYTES} a path may be: give a shorter path"
-        )
-    return None
 
 
 def nested(one: Path, other: Path) -> bool:

@@ -18,9 +18,9 @@ from typer.core import TyperGroup
 from shardvault.cli.state import CliState
 from shardvault.cli.watchdog import Watchdog
 from shardvault.config import DEFAULT_STATE_TIMEOUT
-from shardvault.config_layout import too_long
 from shardvault.errors import ShardvaultError
 from shardvault.model import named, one_line, repr_escaped, shown
+from shardvault.path_limits import why_too_long
 
 
 class _HelpContext(typer.Context):
@@ -275,17 +275,10 @@ def _run(argv: list[str] | None, watchdog: Watchdog | None) -> int:
         if interrupt is not None:
             return _interrupted(interrupt)
         where = f": {named(str(exc.filename))}" if exc.filename is not None else ""
-        _error(f"{exc.strerror or exc}{where}{_too_long(exc)}")
+        more = why_too_long(exc)
+        _error(f"{exc.strerror or exc}{where}{'' if more is None else ': ' + more}")
         return 2 if exc.errno in _BAD_PATH else 1
     return 0
-
-
-def _too_long(exc: OSError) -> str:
-    """For a path too long to open, what in it was too long and what to do."""
-    if exc.errno != errno.ENAMETOOLONG:
-        return ""
-    reason = too_long(str(exc.filename)) if exc.filename is not None else None
-    return f": {reason or 'give a shorter path'}"
 
 
 # errors of a path as given (too long, missing, not a directory...): bad input, exit 2

@@ -13,6 +13,7 @@ from pathlib import Path
 from shardvault.durability import open_given, read_bounded
 from shardvault.errors import InvalidInput
 from shardvault.model import named
+from shardvault.path_limits import os_reason
 
 
 def path_named(name: str) -> Callable[[str], Path]:
@@ -34,7 +35,7 @@ def read_given(path: Path) -> bytes:
     try:
         return read_bounded(path)
     except OSError as exc:
-        raise InvalidInput(f"cannot read {named(str(path))}: {exc.strerror}") from None
+        raise InvalidInput(f"cannot read {named(str(path))}: {os_reason(exc)}") from None
 
 
 def check_readable(path: Path) -> None:
@@ -47,4 +48,4 @@ def check_readable(path: Path) -> None:
         else:
             open_given(path).close()  # not a FIFO's open, which waits for a writer
     except OSError as exc:
-        raise InvalidInput(f"cannot read {named(str(path))}: {exc.strerror or exc}") from None
+        raise InvalidInput(f"cannot read {named(str(path))}: {os_reason(exc)}") from None

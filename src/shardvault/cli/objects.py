@@ -27,6 +27,7 @@ from shardvault.cli.state import state
 from shardvault.durability import open_given
 from shardvault.errors import InvalidInput
 from shardvault.model import ObjectRef, named
+from shardvault.path_limits import os_reason
 
 Version = Annotated[
     int | None, typer.Option("--version", "-v", metavar="N", help="A specific version.")
@@ -50,7 +51,7 @@ def _open_source(file: str) -> tuple[BinaryIO, int | None]:
     try:
         source = open_given(file)
     except OSError as exc:
-        raise InvalidInput(f"cannot read {named(file)}: {exc.strerror}") from None
+        raise InvalidInput(f"cannot read {named(file)}: {os_reason(exc)}") from None
     info = os.fstat(source.fileno())
     return source, info.st_size if stat_module.S_ISREG(info.st_mode) else None
 
@@ -81,7 +82,7 @@ def put(
     except OSError as exc:  # the vault turns its own I/O errors into StorageError: the source's
         what = "standard input" if file == "-" else file
         raise InvalidInput(
-            f"cannot read {named(what)}: {exc.strerror or exc}; nothing was stored"
+            f"cannot read {named(what)}: {os_reason(exc)}; nothing was stored"
         ) from exc
     finally:
         if file != "-":

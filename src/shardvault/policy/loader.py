@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 from shardvault.durability import read_bounded
 from shardvault.errors import ConfigError, InvalidInput, NewerFormat
 from shardvault.model import DataClass, jurisdiction_code, named, tenant_name, token
+from shardvault.path_limits import os_reason
 from shardvault.policy.model import (
     Action,
     Effect,
@@ -155,7 +156,7 @@ def _read(path: str | os.PathLike[str]) -> str:
     try:
         return read_bounded(path).decode("utf-8")
     except OSError as exc:
-        raise ConfigError(f"cannot read {named(str(path))}: {exc.strerror or exc}") from None
+        raise ConfigError(f"cannot read {named(str(path))}: {os_reason(exc)}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"cannot read {named(str(path))}: not UTF-8 text") from None
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from shardvault.durability import read_bounded
 from shardvault.errors import InvalidInput, NewerFormat
 from shardvault.model import named, undecodable_escaped_in
+from shardvault.path_limits import os_reason
 from shardvault.scan.findings import Finding
 
 BASELINE_FORMAT = "shardvault-scan-baseline"
@@ -50,7 +51,7 @@ def load_baseline(path: Path) -> Counter[str]:
     try:
         doc = json.loads(read_bounded(path).decode("utf-8"))
     except OSError as exc:
-        raise InvalidInput(f"cannot read baseline {named(str(path))}: {exc.strerror}") from exc
+        raise InvalidInput(f"cannot read baseline {named(str(path))}: {os_reason(exc)}") from exc
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidInput(f"baseline {named(str(path))} is not valid JSON: {exc}") from exc
     _refuse_newer(doc, path)

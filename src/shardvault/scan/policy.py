@@ -16,6 +16,7 @@ from pathlib import Path
 from shardvault.durability import read_bounded
 from shardvault.errors import ConfigError, NewerFormat
 from shardvault.model import named
+from shardvault.path_limits import os_reason
 
 POLICY_VERSION = 1
 
@@ -170,7 +171,7 @@ def load_policy(path: Path) -> Policy:
     try:
         raw = read_bounded(path)
     except OSError as exc:
-        raise ConfigError(f"cannot read policy file {named(str(path))}: {exc.strerror}") from exc
+        raise ConfigError(f"cannot read policy file {named(str(path))}: {os_reason(exc)}") from exc
     try:
         data = tomllib.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:

@@ -16,6 +16,7 @@ from typing import Any
 from shardvault.config_layout import Layout, layout_problems
 from shardvault.durability import open_regular
 from shardvault.errors import ConfigError, InvalidInput, NewerFormat
+from shardvault.keys.keyring import keyring_files
 from shardvault.model import (
     LOCAL_ADMIN,
     MAX_NODE_CAPACITY,
@@ -370,6 +371,7 @@ def parse(doc: dict[str, Any], path: Path) -> Config:
         custodian_policy=governance.custodian_policy_path,
         partner_dir=governance.partner_dir,
         nodes=nodes,
+        keyring_files=keyring_files(keyring_path) if keyring_path.name else (),
     )
     for where, what in layout_problems(layout):
         problems.add(where, what)

@@ -31,6 +31,7 @@ class Layout:
     custodian_policy: Path
     partner_dir: Path
     nodes: Mapping[str, NodeSpec]  # by the key naming each, e.g. "nodes[3]"
+    keyring_files: tuple[Path, ...] = ()  # what the keyring makes beside itself
 
 
 def layout_problems(layout: Layout) -> list[Problem]:
@@ -81,7 +82,25 @@ def _paths_not_too_long(layout: Layout) -> list[Problem]:
         reason = too_long(path)
         if reason is not None:
             problems.append((key, f"{shown(str(path))}: {reason}"))
+    if not any(key == "custodian.path" for key, _ in problems):
+        problems.extend(_keyring_files_not_too_long(layout))
     return problems
+
+
+def _keyring_files_not_too_long(layout: Layout) -> list[Problem]:
+    """The keyring's lock, temporary and databases beside it have longer names than it
+    has: one too long failed the first command to make it, naming no key."""
+    for file in layout.keyring_files:
+        reason = too_long(file)
+        if reason is not None:
+            return [
+                (
+                    "custodian.path",
+                    f"{shown(str(layout.keyring))}: its file {shown(file.name, 40)} beside "
+                    f"it: {reason}",
+                )
+            ]
+    return []
 
 
 def _node_directories_apart(layout: Layout) -> list[Problem]:

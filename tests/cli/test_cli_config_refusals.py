@@ -113,6 +113,33 @@ def test_the_keyring_may_be_the_partners_but_not_in_the_operators_state(
     assert (config.parent / "partner" / "keys.json").is_file()
 
 
+@pytest.mark.parametrize(
+    ("name", "said"),
+    [  # within the limit itself, its files beside it are not: 255 and 4095 bytes
+        ("k" * 252, "a name in it is 257 bytes"),  # NAME.lock
+        ("k" * 240 + ".json", "a name in it is 263 bytes"),  # .NAME.<tag>.tmp
+        ("k" * 235, "a name in it is 260 bytes"),  # NAME.destroyed.sqlite-journal
+        ("{deep}/keyring.json", "more than the 4095 a path may be"),
+    ],
+    ids=["lock", "temporary", "journal", "whole-path"],
+)
+def test_a_keyring_whose_own_files_beside_it_are_too_long_is_refused(
+    tmp_path: Path, capsysbinary: pytest.CaptureFixture[bytes], name: str, said: str
+) -> None:
+    """The keyring's lock, temporary copy and databases are made beside it under longer
+    names: a command failed making one ("File name too long", naming no key), after
+    making the state directory and the keyring's directory."""
+    demo = tmp_path / "demo"
+    if "{deep}" in name:  # the keyring's path 4090 bytes long: a journal's is 4110
+        room = 4090 - len(str(demo / "keyring.json"))  # for "{deep}/"
+        deep = "/".join(["d" * 99] * (room // 100))
+        name = name.replace("{deep}", deep + "/" + "d" * (room - len(deep) - 2))
+        assert len(str(demo / name)) == 4090
+    line = refused(tmp_path, capsysbinary, '"keys/keyring.json"', f'"{name}"')
+    assert "custodian.path: " in line and " beside it: " in line and said in line, line
+    assert line.endswith("give a shorter path"), line
+
+
 def test_a_config_that_is_not_toml_is_named_by_its_absolute_path(
     tmp_path: Path, capsysbinary: pytest.CaptureFixture[bytes], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -89,6 +89,31 @@ V1Tombstones = dict[str, list[str]]
 _EARLIER_BATCH = 10_000  # earlier keys' subjects recorded per transaction
 
 
+def lock_path(keyring: Path) -> Path:
+    """``keys/keyring.json`` is locked for a change through ``keys/keyring.json.lock``."""
+    return keyring.with_name(keyring.name + ".lock")
+
+
+# SQLite's rollback journal beside each database, the longest name it makes there
+_JOURNAL = "-journal"
+# the widest tag of durability's temporary beside a file (tests/keys pin it against
+# `durability.leftover_temporaries`, which knows them by it)
+_TEMPORARY_TAG = "f" * 12
+
+
+def keyring_files(keyring: Path) -> tuple[Path, ...]:
+    """Every file the keyring at KEYRING makes beside itself, each as long as its name
+    gets (a temporary's tag at its full width): the config refuses a keyring path for
+    which one is too long to open, which failed only when that file was first made."""
+    temporary = keyring.with_name(f".{keyring.name}.{_TEMPORARY_TAG}.tmp")
+    databases = (tombstones_path(keyring), key_subjects_path(keyring))
+    return (
+        lock_path(keyring),
+        temporary,
+        *(db.with_name(db.name + _JOURNAL) for db in databases),
+    )
+
+
 def _damaged(path: Path, why: str) -> IntegrityError:
     return IntegrityError(
         f"keyring {path} is damaged: {why}; restore it from a backup, leaving the "
@@ -186,7 +211,7 @@ class KeyringCustodian:
         """Hold the cross-process lock for a change."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         lock = os.open(
-            self.path.with_name(self.path.name + ".lock"),
+            lock_path(self.path),
             os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
             0o600,
         )

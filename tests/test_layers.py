@@ -42,6 +42,7 @@ LOWER = [
     "model.py",
     "shown_text.py",
     "path_limits.py",
+    "partner_files.py",
     "errors.py",
     "keys",
     "nodes",

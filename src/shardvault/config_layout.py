@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shardvault.model import NodeSpec, shown
+from shardvault.partner_files import PARTNER_FILES
 from shardvault.path_limits import too_long
 
 Problem = tuple[str, str]
@@ -58,6 +59,7 @@ def layout_problems(layout: Layout) -> list[Problem]:
             },
         ),
         *_partner_apart_from_operator(layout),
+        *_keyring_apart_from_partner_files(layout),
     ]
 
 
@@ -202,3 +204,21 @@ def _partner_apart_from_operator(layout: Layout) -> list[Problem]:
                 )
             )
     return problems
+
+
+def _keyring_apart_from_partner_files(layout: Layout) -> list[Problem]:
+    """The keyring may be in the partner's directory, but not as one of the files the
+    partner keeps there (its keys, its record of verdicts) nor inside its directories:
+    each would read the other's bytes as its own, and the partner's key or record be
+    taken for damage, or be overwritten."""
+    for name, what in PARTNER_FILES.items():
+        place = layout.partner_dir / name
+        if layout.keyring == place or layout.keyring.is_relative_to(place):
+            return [
+                (
+                    "custodian.path",
+                    f"{layout.keyring} is, or is inside, the partner's {what} {place}: give "
+                    "the keyring a file of its own",
+                )
+            ]
+    return []

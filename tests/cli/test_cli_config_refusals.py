@@ -140,6 +140,27 @@ def test_a_keyring_whose_own_files_beside_it_are_too_long_is_refused(
     assert line.endswith("give a shorter path"), line
 
 
+@pytest.mark.parametrize(
+    ("keyring", "said"),
+    [
+        ("partner/verdicts.sqlite", "the partner's record of signed verdicts"),
+        ("partner/witness.skey", "the partner's witness key"),
+        ("partner/custodian.skey", "the partner's custodian's attestation key"),
+        ("partner/seen", "the partner's record of the audit positions"),
+        ("partner/cosigned/US.note", "the partner's last cosigned heads"),
+    ],
+    ids=["verdicts", "witness-key", "custodian-key", "seen", "cosigned"],
+)
+def test_a_keyring_named_as_one_of_the_partners_own_files_is_refused(
+    tmp_path: Path, capsysbinary: pytest.CaptureFixture[bytes], keyring: str, said: str
+) -> None:
+    """Loaded, each put the keyring's JSON where the partner's side reads its own key or
+    record (a verdicts file that is a keyring: the partner's denials unreadable)."""
+    line = refused(tmp_path, capsysbinary, '"keys/keyring.json"', f'"{keyring}"')
+    assert "custodian.path: " in line and said in line, line
+    assert line.endswith("give the keyring a file of its own"), line
+
+
 def test_a_config_that_is_not_toml_is_named_by_its_absolute_path(
     tmp_path: Path, capsysbinary: pytest.CaptureFixture[bytes], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -16,8 +16,9 @@ from shardvault.audit.note import ED25519, NoteSigner, NoteVerifier, SignedNote,
 from shardvault.errors import AuditUnavailable, IntegrityError, InvalidInput, KeyUnavailable
 from shardvault.governance.heads import load_signer
 from shardvault.keys.attestation import DestroyStatement, parse_statement
+from shardvault.partner_files import CUSTODIAN_KEY
 
-KEY_FILE = "custodian.skey"
+KEY_FILE = CUSTODIAN_KEY
 
 
 class CustodianKey:

@@ -48,6 +48,7 @@ from shardvault.audit.note import COSIGNATURE_V1, ED25519, NoteVerifier, key_id
 from shardvault.durability import create_whole, read_own, release_flock, replace_whole
 from shardvault.errors import AuditUnavailable, ConfigError, IntegrityError, InvalidInput
 from shardvault.governance.seen import SeenBefore, SeenRecorder, check_head
+from shardvault.partner_files import COSIGNED, SEEN, WITNESS_KEY
 
 
 def _write_secret(path: Path, data: bytes) -> None:
@@ -196,12 +197,12 @@ class PartnerWitness:
         self.name = name
         self._cosigner: Cosigner | None = None
         # the custodian's record of the positions it is shown, which the witness checks
-        self.seen = SeenRecorder(directory / "seen")
+        self.seen = SeenRecorder(directory / SEEN)
 
     @property
     def cosigner(self) -> Cosigner:
         if self._cosigner is None:
-            signer = load_signer(self.directory / "witness.skey", self.name, COSIGNATURE_V1)
+            signer = load_signer(self.directory / WITNESS_KEY, self.name, COSIGNATURE_V1)
             assert isinstance(signer, Cosigner)
             self._cosigner = signer
         return self._cosigner
@@ -210,7 +211,7 @@ class PartnerWitness:
         return self.cosigner.verifier_key()
 
     def _last_path(self, jurisdiction: str) -> Path:
-        return self.directory / "cosigned" / f"{jurisdiction}.note"
+        return self.directory / COSIGNED / f"{jurisdiction}.note"
 
     @contextlib.contextmanager
     def turn(self, jurisdiction: str) -> Iterator[SeenBefore]:

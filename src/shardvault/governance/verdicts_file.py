@@ -35,9 +35,10 @@ from urllib.parse import quote
 
 from shardvault import durability
 from shardvault.errors import IntegrityError, Unavailable
+from shardvault.partner_files import VERDICTS
 from shardvault.sqlite_schema import stamp_schema
 
-FILE = "verdicts.sqlite"
+FILE = VERDICTS
 SCHEMA_VERSION = 3
 _VERDICTS = """CREATE TABLE IF NOT EXISTS verdicts (
     approval TEXT NOT NULL,

@@ -155,8 +155,11 @@ def token_from_env() -> str | None:
 def load(path: str | os.PathLike[str]) -> Config:
     """The deployment in the TOML file at `path`, validated whole (`ConfigError` if not)."""
     path = Path(path)
-    raw = _read_config(path)
-    absolute = path.resolve()  # named so in every message, as `parse` names it
+    try:
+        absolute = path.resolve()  # named so in every message, read or not
+    except ValueError as exc:  # a NUL in the path: nothing to resolve, nor to open
+        raise ConfigError(f"config path {str(path)!r}: {exc}") from None
+    raw = _read_config(path, absolute)
     try:
         doc = tomllib.loads(raw.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
@@ -168,12 +171,13 @@ def load(path: str | os.PathLike[str]) -> Config:
     return parse(doc, absolute)
 
 
-def _read_config(path: Path) -> bytes:
+def _read_config(path: Path, absolute: Path) -> bytes:
     """The file's bytes; a FIFO or device is refused, never opened blocking (it could
     block or never end, even one swapped in after a check), and a file over
-    MAX_CONFIG_BYTES is refused rather than read whole. PATH is named as given, or by
-    its first characters where too long to repeat."""
-    name = named(str(path))
+    MAX_CONFIG_BYTES is refused rather than read whole. PATH is opened as given (its
+    absolute path may be the longer), and named by ABSOLUTE, as every config error
+    names it (by its first characters where too long to repeat)."""
+    name = named(str(absolute))
     try:
         opened = open_regular(path)
         if isinstance(opened, str):
@@ -187,8 +191,6 @@ def _read_config(path: Path) -> bytes:
         ) from None
     except OSError as exc:
         raise ConfigError(f"config {name}: {why_too_long(exc) or exc.strerror}") from exc
-    except ValueError as exc:  # a NUL in the path
-        raise ConfigError(f"config path {str(path)!r}: {exc}") from None
     if len(raw) > MAX_CONFIG_BYTES:
         raise ConfigError(f"config {name} is larger than {MAX_CONFIG_BYTES} bytes: is it the TOML?")
     return raw

@@ -3,6 +3,7 @@ refused at load, through the command, as one line naming the key, exit 2, nothin
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -171,6 +172,35 @@ def test_a_config_that_is_not_toml_is_named_by_its_absolute_path(
     cli = Cli(Path("demo/../demo/shardvault.toml"), capsysbinary)
     line = cli.fails(2, "nodes")
     assert line.startswith(f"error: config {config.resolve()}: not valid TOML: "), line
+
+
+@pytest.mark.parametrize(
+    ("name", "said"),
+    [
+        ("missing.toml", "not found: pass --config"),
+        ("a-directory", "is not a regular file"),
+        ("a-fifo", "is not a regular file"),
+        ("large.toml", "is larger than 1048576 bytes"),
+    ],
+    ids=["missing", "directory", "fifo", "too-large"],
+)
+def test_a_config_that_cannot_be_read_is_named_by_its_absolute_path(
+    tmp_path: Path,
+    capsysbinary: pytest.CaptureFixture[bytes],
+    monkeypatch: pytest.MonkeyPatch,
+    name: str,
+    said: str,
+) -> None:
+    # these were named as given ("config demo/../demo/missing.toml not found"), while
+    # every error of a config read names it by its absolute path
+    demo = tmp_path / "demo"
+    demo.mkdir()
+    (demo / "a-directory").mkdir()
+    os.mkfifo(demo / "a-fifo")
+    (demo / "large.toml").write_bytes(b"#" * (1 << 21))
+    monkeypatch.chdir(tmp_path)
+    line = Cli(Path("demo/../demo") / name, capsysbinary).fails(2, "nodes")
+    assert line.startswith(f"error: config {demo / name} {said}"), line
 
 
 @pytest.mark.parametrize(

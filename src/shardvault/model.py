@@ -329,13 +329,16 @@ class Justification:
 
 @dataclass(frozen=True, slots=True)
 class ShardLocation:
-    """Where one shard of one segment lives."""
+    """Where one shard of one segment lives. ``in_config`` is false for a node the
+    config no longer lists: its facility is not known then, and ``facility`` says
+    ``unknown``, a name a configured facility may have too."""
 
     segment: int
     index: int
     node: str
     jurisdiction: str
     facility: str
+    in_config: bool = True
 
 
 @slot_init

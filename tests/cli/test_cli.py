@@ -200,7 +200,7 @@ def test_listing_and_metadata_commands(alice: Cli, tmp_path: Path) -> None:
     shards = where["shards"]
     assert len(shards) == 2 * 6
     for shard in shards:
-        assert set(shard) == {"segment", "index", "node", "jurisdiction", "facility"}
+        assert set(shard) == {"segment", "index", "node", "jurisdiction", "facility", "in_config"}
         assert shard["jurisdiction"] == "US" and shard["node"].startswith("us-")
     assert {(s["segment"], s["index"]) for s in shards} == {
         (s, i) for s in (0, 1) for i in range(6)
@@ -491,6 +491,26 @@ def test_where_lists_the_shards_of_the_version_it_names(
     where = alice.json("where", "intl", "alice", "w")
     assert where["version"] == 1
     assert {s["segment"] for s in where["shards"]} == {0}
+
+
+def test_where_tells_a_node_gone_from_the_config_from_a_facility_named_unknown(
+    tmp_path: Path, capsysbinary: pytest.CaptureFixture[bytes]
+) -> None:
+    """A shard on a node the config no longer lists showed the facility `unknown`, as a
+    shard on a configured node of a facility named so shows it."""
+    alice = alice_holding_k(Cli(make_deployment(tmp_path / "deploy"), capsysbinary), tmp_path)
+    text = alice.config.read_text()
+    start = text.index('id = "us-n2"')
+    block = text[text.rindex("[[nodes]]", 0, start) : text.index("[[nodes]]", start)]
+    text = text.replace(block, "").replace('facility = "us-fac-1"', 'facility = "unknown"', 1)
+    alice.config.write_text(text)
+    shards = {s["node"]: s for s in alice.json("where", "intl", "alice", "k")["shards"]}
+    assert (shards["us-n1"]["facility"], shards["us-n1"]["in_config"]) == ("unknown", True)
+    assert (shards["us-n2"]["facility"], shards["us-n2"]["in_config"]) == ("unknown", False)
+    lines = alice.ok("where", "intl", "alice", "k").decode().splitlines()
+    rows = {node: next(line for line in lines if f" {node} " in line) for node in shards}
+    assert "(node not in the config)" in rows["us-n2"] and "unknown" not in rows["us-n2"]
+    assert "unknown" in rows["us-n1"] and "not in the config" not in rows["us-n1"]
 
 
 # every command that reads something can print it as JSON for a script (the issue

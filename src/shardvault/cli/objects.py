@@ -26,7 +26,7 @@ from shardvault.cli.progress import transfer_bar
 from shardvault.cli.state import state
 from shardvault.durability import open_given
 from shardvault.errors import InvalidInput
-from shardvault.model import ObjectRef, named
+from shardvault.model import ObjectRef, ShardLocation, named
 from shardvault.path_limits import os_reason
 
 Version = Annotated[
@@ -230,8 +230,14 @@ def where(
         f"{ref} v{info.version}: {info.segments} segment(s), shards of segment 0 "
         "(every segment uses the same nodes)",
         ["shard", "node", "jurisdiction", "facility"],
-        [[s.index, s.node, s.jurisdiction, s.facility] for s in first],
+        [[s.index, s.node, s.jurisdiction, _facility(s)] for s in first],
     )
+
+
+def _facility(shard: ShardLocation) -> str:
+    """The facility as `where` shows it: for a node the config no longer lists, in
+    words no facility's name can hold (a configured one may be named ``unknown``)."""
+    return shard.facility if shard.in_config else "(node not in the config)"
 
 
 def register(app: typer.Typer) -> None:

@@ -358,7 +358,12 @@ class Vault:
         facilities = {node.id: node.facility for node in cell.nodes}
         return [  # a node the config no longer lists was still one of this cell's
             ShardLocation(
-                segment, index, node_id, cell.jurisdiction, facilities.get(node_id, UNKNOWN)
+                segment,
+                index,
+                node_id,
+                cell.jurisdiction,
+                facilities.get(node_id, UNKNOWN),
+                in_config=node_id in facilities,
             )
             for segment in range(manifest.segments)
             for index, node_id in enumerate(manifest.nodes)

@@ -49,7 +49,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from shardvault.durability import read_bounded
 from shardvault.errors import AccessDenied, ConfigError, InvalidInput, NewerFormat
 from shardvault.keys.port import KeyOperation
-from shardvault.model import Justification, jurisdiction_code, named, tenant_name
+from shardvault.model import (
+    Justification,
+    jurisdiction_code,
+    named,
+    principal_id,
+    tenant_name,
+    token,
+)
 from shardvault.slot_init import slot_init
 
 CUSTODIAN_POLICY_VERSION = 1
@@ -61,7 +68,6 @@ DEFAULT_VETO_DAYS = 30
 MAX_VETO_DAYS = 3650
 
 _ID = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
-_TOKEN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@:/-]{0,127}")
 _GRANT_KEYS = {
     "id", "purposes", "principals", "tenants", "jurisdictions", "requires_approval", "operations",
 }  # fmt: skip
@@ -146,6 +152,16 @@ def _valid(value: str | None, pattern: re.Pattern[str]) -> bool:
     return isinstance(value, str) and pattern.fullmatch(value) is not None
 
 
+def _is_token(value: str | None) -> bool:
+    """Whether VALUE is a principal id, purpose or request id by the one rule
+    (`model.token`) a principal is added and an approver configured by."""
+    try:
+        token(value, "name")
+    except InvalidInput:
+        return False
+    return True
+
+
 def decide_key_use(
     policy: CustodianPolicy,
     operation: KeyOperation,
@@ -159,9 +175,7 @@ def decide_key_use(
     def decision(allowed: bool, rule: str, reason: str) -> CustodianDecision:
         return CustodianDecision(allowed, rule, reason, operation)
 
-    if not (
-        _valid(j.principal, _TOKEN) and _valid(j.purpose, _TOKEN) and _valid(j.request_id, _TOKEN)
-    ):
+    if not (_is_token(j.principal) and _is_token(j.purpose) and _is_token(j.request_id)):
         return decision(
             False, JUSTIFICATION_REQUIRED, "principal, purpose and request id are required"
         )
@@ -177,9 +191,8 @@ def decide_key_use(
         return decision(
             False, DEFAULT_DENY, f"no grant covers the {operation} for purpose {j.purpose!r}"
         )
-    if (grant.requires_approval or j.purpose in policy.approval_purposes) and not _valid(
-        j.approval_id, _TOKEN
-    ):
+    needs_approval = grant.requires_approval or j.purpose in policy.approval_purposes
+    if needs_approval and not _is_token(j.approval_id):
         return decision(False, APPROVAL_REQUIRED, f"purpose {j.purpose!r} needs an approval id")
     return decision(
         True, grant.id, f"grant {grant.id} covers the {operation} for purpose {j.purpose!r}"
@@ -266,8 +279,10 @@ def _approvers(data: dict[str, Any], source: str) -> tuple[dict[str, bytes], int
         )
     keys: dict[str, bytes] = {}
     for name, text in table.items():
-        if not _valid(name, _TOKEN):
-            raise ConfigError(f"{source}: approvers.{name!r} is not a valid principal id")
+        try:
+            principal_id(name)
+        except InvalidInput as exc:
+            raise ConfigError(f"{source}: approvers: {exc}") from None
         try:
             raw = parse_public_key(text)
         except InvalidInput as exc:
@@ -297,10 +312,8 @@ def _veto_days(data: dict[str, Any], source: str) -> int:
     return days
 
 
-def _token(value: str) -> str:
-    if not _TOKEN.fullmatch(value):
-        raise InvalidInput(f"{value!r} is not a valid name")
-    return value
+def _purpose(value: str) -> str:
+    return token(value, "purpose")
 
 
 def _check_version(version: object, source: str) -> None:
@@ -327,7 +340,7 @@ def parse_custodian_policy(text: str, source: str = "custodian policy") -> Custo
     }  # fmt: skip
     if extra:
         raise ConfigError(f"{source}: unknown keys {sorted(extra)}")
-    approval = _names(data, "approval_purposes", source, _token) or frozenset()
+    approval = _names(data, "approval_purposes", source, _purpose) or frozenset()
     grants_raw = data.get("grant", [])
     if not isinstance(grants_raw, list):
         raise ConfigError(f"{source}: 'grant' must be an array of tables ([[grant]])")
@@ -343,7 +356,7 @@ def parse_custodian_policy(text: str, source: str = "custodian policy") -> Custo
         if not _valid(grant_id, _ID) or grant_id in seen:
             raise ConfigError(f"{where}: id {grant_id!r} is missing, invalid or used twice")
         seen.add(grant_id)
-        purposes = _names(table, "purposes", where, _token)
+        purposes = _names(table, "purposes", where, _purpose)
         if purposes is None:
             raise ConfigError(f"{where}: 'purposes' must list the purposes it grants")
         requires = table.get("requires_approval", False)
@@ -353,7 +366,7 @@ def parse_custodian_policy(text: str, source: str = "custodian policy") -> Custo
             Grant(
                 id=grant_id,
                 purposes=purposes,
-                principals=_names(table, "principals", where, _token),
+                principals=_names(table, "principals", where, principal_id),
                 tenants=_names(table, "tenants", where, tenant_name),
                 jurisdictions=_names(table, "jurisdictions", where, jurisdiction_code),
                 requires_approval=requires,

@@ -144,6 +144,16 @@ def test_require_unwrap_raises_access_denied_with_the_rule() -> None:
         ('tenants = ["chat"]', 'tenants = ["Chat"]', "tenant"),
         ('jurisdictions = ["US"]', 'jurisdictions = ["usa"]', "jurisdiction"),
         ('principals = ["analytics"]', "principals = []", "non-empty list"),
+        (
+            'principals = ["analytics"]',
+            'principals = ["an alyst"]',
+            r"principals: invalid principal id 'an alyst': letters, digits and \. _ @ : / - only",
+        ),
+        (
+            'purposes = ["incident"]',
+            'purposes = ["in cident"]',
+            r"purposes: invalid purpose 'in cident': letters, digits",
+        ),
         ("approval_purposes", "approval_purpose", "unknown keys"),
         ("requires_approval = true", "requires_aproval = true", "unknown keys"),
         ("[[grant]]", "[[grant", "not valid TOML"),
@@ -210,7 +220,9 @@ def test_the_partner_names_its_approvers_and_their_quorum() -> None:
         (f'dpo = "{DPO_KEY}"', "dpo = 7", r"approvers\.dpo must be a string"),
         (f'dpo = "{DPO_KEY}"', f'dpo = "{OFFICER_KEY}"', r"approvers\.partner-officer has the "
          r"same key as dpo"),
-        (f'dpo = "{DPO_KEY}"', f'"Bad Id" = "{DPO_KEY}"', r"approvers\.'Bad Id' is not a valid"),
+        # by the rule `principal add` and the config's approvers hold an id to, said
+        (f'dpo = "{DPO_KEY}"', f'"Bad Id" = "{DPO_KEY}"', r"approvers: invalid principal id "
+         r"'Bad Id': letters, digits and \. _ @ : / - only"),
         ("[approvers]", "[approvers.x]", r"approvers\.x must be a string"),
         ("[approvers]", "[approver]", r"unknown keys \['approver'\]"),
     ],

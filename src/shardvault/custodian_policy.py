@@ -57,6 +57,7 @@ from shardvault.model import (
     tenant_name,
     token,
 )
+from shardvault.path_limits import os_reason
 from shardvault.slot_init import slot_init
 
 CUSTODIAN_POLICY_VERSION = 1
@@ -383,8 +384,10 @@ def parse_custodian_policy(text: str, source: str = "custodian policy") -> Custo
 def load_custodian_policy(path: str | os.PathLike[str]) -> CustodianPolicy:
     try:
         text = read_bounded(path).decode("utf-8")  # not a FIFO's open, which may wait for ever
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read {path}: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read {named(os.fspath(path))}: {os_reason(exc)}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"cannot read {named(os.fspath(path))}: not UTF-8 text") from None
     return parse_custodian_policy(text, str(path))
 
 

@@ -959,9 +959,11 @@ def test_a_node_whose_strays_cannot_be_listed_keeps_its_sweep_and_is_named_once(
         ["policy", "test", "{cases}", "--policy", "{long}"],
         ["scan", "{long}"],
         ["scan", ".", "--write-baseline", "{long}"],
+        ["approval", "approve", "apr-us-0", "--signing-key", "{long}"],
     ],
     ids=["get", "audit-export", "audit-head", "init", "put", "config", "scan-policy",
-         "scan-baseline", "policy-test", "policy-test-policy", "scan-path", "scan-write"],
+         "scan-baseline", "policy-test", "policy-test-policy", "scan-path", "scan-write",
+         "signing-key"],
 )  # fmt: skip
 def test_a_path_too_long_is_one_line_and_exit_2(
     alice: Cli, tmp_path: Path, argv: list[str]

@@ -176,6 +176,13 @@ def test_load_from_file_and_key_scope_validation(tmp_path: Path) -> None:
     assert load_custodian_policy(path) == POLICY
     with pytest.raises(ConfigError, match="cannot read"):
         load_custodian_policy(tmp_path / "missing.toml")
+    # the OSError's own text came through: "[Errno 21] Is a directory: '/...'"
+    with pytest.raises(ConfigError) as caught:
+        load_custodian_policy(tmp_path)
+    assert str(caught.value) == f"cannot read {tmp_path}: Is a directory"
+    (tmp_path / "latin1.toml").write_bytes(b"# caf\xe9\n")
+    with pytest.raises(ConfigError, match=r"latin1\.toml: not UTF-8 text$"):
+        load_custodian_policy(tmp_path / "latin1.toml")
     with pytest.raises(InvalidInput):
         KeyScope("chat", "us")
 

@@ -55,6 +55,7 @@ from shardvault.durability import create_whole, open_given, write_failure
 from shardvault.errors import IntegrityError, InvalidInput
 from shardvault.governance.approval_record import Approval
 from shardvault.model import named
+from shardvault.path_limits import os_reason
 from shardvault.policy import Action
 
 STATEMENT_TAG = b"shardvault-approval/v2\n"
@@ -217,7 +218,7 @@ def load_signing_key(path: Path) -> Ed25519PrivateKey:
             info = os.fstat(file.fileno())
             data = file.read(MAX_KEY_FILE_BYTES + 1)
     except OSError as exc:
-        raise InvalidInput(f"cannot read signing key {shown}: {exc.strerror or exc}") from None
+        raise InvalidInput(f"cannot read signing key {shown}: {os_reason(exc)}") from None
     if stat.S_ISREG(info.st_mode) and info.st_mode & 0o077:
         raise InvalidInput(
             f"signing key {shown} can be read by others (mode {info.st_mode & 0o777:o}): "

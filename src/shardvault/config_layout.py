@@ -4,7 +4,9 @@ Kept apart: each local node's directory (its shards alone: gc deletes what else 
 finds there), the operator's state directory, the partner's directory, and the
 keyring, the config and the two policies (each a file of its own). The partner's
 files, the keyring with them, stay out of the operator's state directory
-(docs/trust-model.md). Paths are compared as the config resolved them, never statted.
+(docs/trust-model.md), and the keyring takes none of the names the partner's own
+files have in its directory. No path, nor a file the keyring makes beside itself,
+is too long to open. Paths are compared as the config resolved them, never statted.
 Each problem is a (key, what is wrong) pair, for the config to report with the rest.
 """
 

@@ -88,3 +88,16 @@ def test_a_file_let_go_is_not_taken_for_the_one_its_number_and_name_now_give(
         assert not held.at_its_name()
     finally:
         os.close(again)
+
+
+@pytest.mark.parametrize("damage", DAMAGE.values(), ids=DAMAGE.keys())
+def test_a_file_already_gone_from_its_name_when_held_is_not_at_it(
+    opened: tuple[Path, int], fd_links: str, damage: Callable[[Path], None]
+) -> None:
+    """A pack removed between its making and its holding (a cleanup): /proc then names
+    it as removed from the start, and a look comparing with that said it was there."""
+    path, fd = opened
+    damage(path)
+    held = HeldFile(fd, str(path), fd_links)
+    os.write(fd, b"appended")
+    assert not held.at_its_name()

@@ -5,7 +5,10 @@ it writes where no other process, nor this one restarted, will read: a pack's
 writer asks this once per sync (nodes/packs.py), so it must be cheap. Linux names
 the file a descriptor holds under /proc/self/fd, its path as of now, or with
 " (deleted)" once unlinked: one readlink, no stat result to build (a third of the
-instructions). Without /proc the path is stat'ed and its inode compared.
+instructions). Without /proc the path is stat'ed and its inode compared. The
+link is read once when the file is held, and the path stat'ed after it: a file
+gone from its name before that read has a link naming it gone, which every later
+look would match.
 
 The writer looks without its lock, so a look may run while another thread lets
 the file go and closes its descriptor, whose number the next open takes, perhaps
@@ -32,7 +35,12 @@ class HeldFile:
             self._link = None
         made = os.fstat(fd)
         self._id = (made.st_dev, made.st_ino)
-        self._let_go = False
+        # gone from its name before the readlink: the link names it removed (or where it
+        # went), and every later one would match it, so its name is looked at once after
+        try:
+            self._let_go = not self._at_path()
+        except OSError:
+            self._let_go = True
 
     def let_go(self) -> None:
         """Say the descriptor is about to be closed: from now on the file is not taken
@@ -51,9 +59,13 @@ class HeldFile:
                     return False
                 raise
         else:
-            try:
-                found = os.stat(self._path)
-            except (FileNotFoundError, NotADirectoryError):
-                return False
-            at_name = (found.st_dev, found.st_ino) == self._id
+            at_name = self._at_path()
         return at_name and not self._let_go
+
+    def _at_path(self) -> bool:
+        """Whether the path names this file now (a stat, not the descriptor's link)."""
+        try:
+            found = os.stat(self._path)
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        return (found.st_dev, found.st_ino) == self._id

@@ -13,6 +13,7 @@ import ctypes
 import fcntl
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -143,6 +144,35 @@ def test_a_put_to_a_hung_node_fails_within_the_deadline_and_later_puts_go_around
     assert not probe.is_alive() and cell.unavailable_nodes() == []
     vault.put(ref, b"y" * 1000)  # placed on it again
     assert hung in manifest_of(vault, ref).nodes and vault.get(ref) == b"y" * 1000
+
+
+def test_a_put_given_up_on_a_hung_node_names_too_a_node_whose_pack_its_sync_found_removed(
+    spare_vault: Vault, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every node is synced though one fails: the put that then waited for a hung node
+    named only that one, and the removed pack found before it (with its call for a
+    scrub, for what the pack held) was said to nobody."""
+    vault = spare_vault
+    ref = ObjectRef("intl", "alice", "first")
+    vault.put(ref, b"x" * 1000)  # each of the stripe's nodes holds a pack
+    cut, hung = manifest_of(vault, ref).nodes[:2]
+    cut_store = vault.cells["US"].stores[cut]
+    assert isinstance(cut_store, LocalDirShardStore)
+    for pack in cut_store.packs.directory.glob("*.pack"):
+        pack.unlink()
+    disk = hang(vault, hung, monkeypatch)
+    try:
+        started = time.monotonic()
+        with pytest.raises(StorageError) as failed:
+            vault.put(ref, b"y" * 1000)  # the same stripe: synced in its order, cut first
+        assert time.monotonic() - started < DEADLINE + 3
+        said = str(failed.value)
+        assert re.search(f"node {cut}: pack \\S+ was removed", said), said
+        assert f"node {hung}: no answer within 0.5 s " in said
+        assert vault.cells["US"].unavailable_nodes() == [hung]
+    finally:
+        disk.release.set()
+    assert vault.get(ref) == b"x" * 1000  # the failed put left the version before
 
 
 def test_a_get_reads_around_a_node_that_hangs_within_the_deadline(

@@ -191,6 +191,7 @@ class ShardSetWriter:
         self._at = 0  # the shard the finishing task is at: the node named if it hangs
         self._abandoned = False  # the put gave up: the finishing task stops
         self._timed_out = False  # it gave up on a node: discard does not wait again
+        self._failed_syncs: list[StorageError] = []  # so far: named too if a later node hangs
 
     def write(
         self, source: BinaryIO | memoryview, progress: Progress | None = None
@@ -279,14 +280,14 @@ class ShardSetWriter:
         A node whose sync fails does not stop the others': a sync is where a node
         finds its pack removed under the process (and lets it go), so one incident
         on several nodes (a cleanup over their directories) fails this put once,
-        naming each, not a put per node."""
+        naming each, not a put per node; a put given up on a node that hangs after
+        them names them with it (`_wait_finishing`)."""
         if commit:
             for index in range(len(self._writers)):
                 self._at = index
                 if self._abandoned:
                     return b""
                 self._commit(index)
-        failures: list[StorageError] = []
         for index, writer in enumerate(self._writers):  # the first flush covers the rest
             self._at = index
             if self._abandoned:
@@ -294,15 +295,15 @@ class ShardSetWriter:
             try:
                 writer.sync()
             except StorageError as exc:
-                failures.append(exc)
-        if failures:
-            _raise_all(failures)
+                self._failed_syncs.append(exc)
+        if self._failed_syncs:
+            _raise_all(self._failed_syncs)
         return b""
 
     def _seconds(self) -> float | None:
         return None if self._deadline is None else self._deadline.seconds
 
-    def _expired(self, index: int) -> BaseException:
+    def _expired(self, index: int) -> StorageError:
         assert self._deadline is not None
         self._timed_out = True
         return self._deadline.expired(self._stores[index].node_id)
@@ -314,7 +315,10 @@ class ShardSetWriter:
         except TimeoutError:
             if task.done():  # the task's own TimeoutError
                 raise
-            raise self._expired(self._at) from None
+            expired = self._expired(self._at)
+            if self._failed_syncs:  # the nodes whose syncs failed before it: said once
+                _raise_all([*self._failed_syncs, expired])
+            raise expired from None
 
     def _wait_each(self, futures: list[Future[bytes]]) -> None:
         """Wait for one task per shard, in shard order, until the nodes' deadline at most;

@@ -8,6 +8,7 @@ new pack.
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 from collections.abc import Callable
@@ -18,6 +19,7 @@ from test_packs import name, put, read
 
 from shardvault.errors import NotFound, StorageError
 from shardvault.nodes import packs
+from shardvault.nodes.held_file import HeldFile
 from shardvault.nodes.localdir import LocalDirShardStore
 
 GONE = "node n: pack [0-9a-f]{16}.pack was removed or replaced under this process"
@@ -168,3 +170,34 @@ def test_a_delete_whose_tombstone_went_into_a_removed_pack_is_not_called_durable
         read(fresh, name(3))
     fresh.close()
     deleter.close()
+
+
+def test_a_pack_whose_holding_failed_is_not_left_active_without_its_look(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Made active before its held file was built, a pack whose fstat failed there was
+    appended to by the next put, whose look then hit an assertion instead of an answer."""
+    failed: list[bool] = []
+
+    def held_once_failing(fd: int, path: str) -> HeldFile:
+        if not failed:
+            failed.append(True)
+            raise OSError(errno.EIO, "Input/output error")  # as its fstat would
+        return HeldFile(fd, path)
+
+    monkeypatch.setattr(packs, "HeldFile", held_once_failing)
+    root = tmp_path / "node"
+    store = LocalDirShardStore("n", root)
+    with pytest.raises(StorageError, match="node n: appending to a pack failed: Input/output"):
+        put(store, name(1), b"not written")
+    assert list((root / "packs").glob("*.pack")) == []  # nothing left half made
+    put(store, name(2), b"written")
+    (pack,) = (root / "packs").glob("*.pack")
+    pack.unlink()
+    with pytest.raises(StorageError, match=GONE):
+        put(store, name(3), b"into the removed pack")
+    fresh = LocalDirShardStore("n", root)
+    with pytest.raises(NotFound):
+        read(fresh, name(1))
+    fresh.close()
+    store.close()

@@ -329,13 +329,20 @@ class PackSet:
                 break
         else:
             raise OSError(errno.EAGAIN, "each new pack was taken for a dead writer's")
+        path = self.directory / name
+        try:  # before it is active: an active pack without its held file cannot be looked at
+            held = HeldFile(fd, str(path))
+        except BaseException:
+            path.unlink(missing_ok=True)  # nothing in it yet: made again by the next append
+            os.close(fd)
+            raise
         self._active, self._active_fd, self._active_size = name, fd, len(FILE_HEADER)
-        self._watched = (name, HeldFile(fd, str(self.directory / name)))
+        self._watched = (name, held)
         self._linked = (name, 0)
         self._scanned[name] = len(FILE_HEADER)
         # reads get an open file of their own: a dup would share the flock, and keep
         # holding it after rotation, so that no compaction could ever take the pack
-        self._fds[name] = _open_for_reading(self.directory / name)
+        self._fds[name] = _open_for_reading(path)
         return fd
 
     def _create_pack(self, name: str) -> int | None:

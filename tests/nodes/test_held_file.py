@@ -101,3 +101,26 @@ def test_a_file_already_gone_from_its_name_when_held_is_not_at_it(
     held = HeldFile(fd, str(path), fd_links)
     os.write(fd, b"appended")
     assert not held.at_its_name()
+
+
+PROC_LOST = {
+    "unmounted": lambda links: links.mkdir(),  # its empty mount point: ENOENT
+    "not a directory": lambda links: links.write_bytes(b""),  # ENOTDIR
+}
+
+
+@pytest.mark.parametrize("proc_lost", PROC_LOST.values(), ids=PROC_LOST.keys())
+def test_a_file_looked_at_once_proc_cannot_be_read_is_looked_at_by_its_name(
+    opened: tuple[Path, int], tmp_path: Path, proc_lost: Callable[[Path], None]
+) -> None:
+    """/proc unmounted or hidden under a running process: every look raised, and every
+    put of the node failed, where the look made without /proc can still answer."""
+    path, fd = opened
+    fd_links = tmp_path / "fd"
+    fd_links.symlink_to(FD_LINKS)  # this process's /proc/self/fd, until it is not
+    held = HeldFile(fd, str(path), str(fd_links))
+    fd_links.unlink()
+    proc_lost(fd_links)
+    assert held.at_its_name()
+    restored(path)
+    assert not held.at_its_name()

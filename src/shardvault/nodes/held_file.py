@@ -5,10 +5,10 @@ it writes where no other process, nor this one restarted, will read: a pack's
 writer asks this once per sync (nodes/packs.py), so it must be cheap. Linux names
 the file a descriptor holds under /proc/self/fd, its path as of now, or with
 " (deleted)" once unlinked: one readlink, no stat result to build (a third of the
-instructions). Without /proc the path is stat'ed and its inode compared. The
-link is read once when the file is held, and the path stat'ed after it: a file
-gone from its name before that read has a link naming it gone, which every later
-look would match.
+instructions). Without /proc (or once it cannot be read) the path is stat'ed and
+its inode compared. The link is read once when the file is held, and the path
+stat'ed after it: a file gone from its name before that read has a link naming it
+gone, which every later look would match.
 
 The writer looks without its lock, so a look may run while another thread lets
 the file go and closes its descriptor, whose number the next open takes, perhaps
@@ -57,7 +57,9 @@ class HeldFile:
             except OSError:
                 if self._let_go:  # closed meanwhile
                     return False
-                raise
+                # /proc unreadable since (unmounted, its access denied): the look made
+                # without it, which fails only if the name cannot be stat'ed either
+                at_name = self._at_path()
         else:
             at_name = self._at_path()
         return at_name and not self._let_go

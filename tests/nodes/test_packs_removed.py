@@ -20,7 +20,7 @@ from test_packs import name, put, read
 from shardvault.errors import NotFound, StorageError
 from shardvault.nodes import packs
 from shardvault.nodes.held_file import HeldFile
-from shardvault.nodes.localdir import LocalDirShardStore
+from shardvault.nodes.localdir import LocalDirShardStore, LocalShardWriter
 
 GONE = "node n: pack [0-9a-f]{16}.pack was removed or replaced under this process"
 
@@ -200,4 +200,94 @@ def test_a_pack_whose_holding_failed_is_not_left_active_without_its_look(
     with pytest.raises(NotFound):
         read(fresh, name(1))
     fresh.close()
+    store.close()
+
+
+def _failing_once(monkeypatch: pytest.MonkeyPatch, call: str, errno_: int) -> None:
+    """Make the next `os.<call>` fail, as a full or failing disk would; later ones run."""
+    real = getattr(os, call)
+    failed: list[bool] = []
+
+    def once(*args: object) -> object:
+        if not failed:
+            failed.append(True)
+            raise OSError(errno_, os.strerror(errno_))
+        return real(*args)
+
+    monkeypatch.setattr(os, call, once)
+
+
+def _appended_unsynced(store: LocalDirShardStore) -> LocalShardWriter:
+    """A put appended to the node's pack, its sync (and the look after it) still to come."""
+    pending = store.open_writer(name(1))
+    pending.write(b"appended before")
+    pending.commit(durable=False)
+    return pending
+
+
+def test_appends_made_before_a_pack_was_given_up_on_are_not_called_durable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An append that fails, and whose cutting off fails too, lets the pack go: it is
+    looked at first, or the appends before it, synced after, were never looked at."""
+    root = tmp_path / "node"
+    store = LocalDirShardStore("n", root)
+    pending = _appended_unsynced(store)
+    (pack,) = (root / "packs").glob("*.pack")
+    pack.unlink()
+    _failing_once(monkeypatch, "pwrite", errno.ENOSPC)
+    _failing_once(monkeypatch, "ftruncate", errno.EIO)
+    with pytest.raises(StorageError, match="node n: appending to a pack failed: disk full"):
+        put(store, name(2), b"not written")
+    with pytest.raises(StorageError, match=GONE):
+        pending.sync()
+    put(store, name(3), b"after")
+    fresh = LocalDirShardStore("n", root)
+    assert read(fresh, name(3)) == b"after"
+    fresh.close()
+    store.close()
+
+
+def test_appends_made_before_the_store_closed_are_not_called_durable(tmp_path: Path) -> None:
+    """Closing lets the pack go: a put whose append came before, synced after, was
+    never looked at."""
+    root = tmp_path / "node"
+    store = LocalDirShardStore("n", root)
+    pending = _appended_unsynced(store)
+    (pack,) = (root / "packs").glob("*.pack")
+    pack.unlink()
+    store.close()
+    with pytest.raises(StorageError, match=GONE):
+        pending.sync()
+
+
+def test_appends_before_a_pack_let_go_whose_look_failed_are_not_called_durable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The look made as a pack is given up on may fail itself: the appends it was to
+    cover are then not known durable, and fail (fail closed)."""
+    root = tmp_path / "node"
+    store = LocalDirShardStore("n", root)
+    pending = _appended_unsynced(store)
+    look = HeldFile.at_its_name
+    looks: list[bool] = []
+
+    def failing_once(held: HeldFile) -> bool:
+        if not looks:
+            looks.append(True)
+            raise OSError(errno.EIO, os.strerror(errno.EIO))  # /proc and the stat alike
+        return look(held)
+
+    monkeypatch.setattr(HeldFile, "at_its_name", failing_once)
+    _failing_once(monkeypatch, "pwrite", errno.ENOSPC)
+    _failing_once(monkeypatch, "ftruncate", errno.EIO)
+    with pytest.raises(StorageError, match="node n: appending to a pack failed: disk full"):
+        put(store, name(2), b"not written")
+    with pytest.raises(
+        StorageError,
+        match=r"node n: pack [0-9a-f]{16}\.pack could not be looked for at its name "
+        r"\(Input/output error\) before it was let go, so this write is not known durable",
+    ):
+        pending.sync()
+    put(store, name(3), b"after")
     store.close()

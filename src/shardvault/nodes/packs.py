@@ -299,7 +299,8 @@ class PackSet:
         # whole by a look without the lock (`_looked_unlocked`)
         self._watched: tuple[str, HeldFile] | None = None
         self._linked: tuple[str | None, int] = (None, 0)  # pack, size last seen at its name
-        self._lost: dict[str, int] = {}  # removed under us -> size last seen at its name
+        # let go unconfirmed -> size last seen at its name, and what happened to it
+        self._lost: dict[str, tuple[int, str]] = {}
         self._next_prune = 0.0
         self._rescan = False  # a removed pack took indexed names: scan all again
         self._rescans = 0  # how many times every pack was scanned again from the start
@@ -425,12 +426,12 @@ class PackSet:
                 raise StorageError(
                     f"node {self.node_id}: looking for its pack failed: {exc.strerror}"
                 ) from exc
-            seen = self._lost.get(located.pack)
-            if seen is not None and end > seen:
+            lost = self._lost.get(located.pack)
+            if lost is not None and end > lost[0]:
                 raise StorageError(
-                    f"node {self.node_id}: pack {located.pack} was removed or replaced "
-                    "under this process, taking this write with it: retry (the next write "
-                    "makes a new pack), and run 'shardvault repair --scrub' for what it held"
+                    f"node {self.node_id}: pack {located.pack} {lost[1]}: retry (the next "
+                    "write makes a new pack), and run 'shardvault repair --scrub' for what "
+                    "it held"
                 )
 
     def _looked_unlocked(self, pack: str) -> bool:
@@ -462,10 +463,33 @@ class PackSet:
             self._linked = (self._active, size)
             return
         pack = self._active
-        linked, upto = self._linked  # another pack's, if a look without the lock lagged
-        self._lost[pack] = upto if linked == pack else 0
+        self._note_lost(
+            pack, "was removed or replaced under this process, taking this write with it"
+        )
         self._retire_active()
         self._forget_pack(pack)  # its records read as they would in any other process
+
+    def _note_lost(self, pack: str, what: str) -> None:
+        """Fail the appends to `pack` since its last look (`confirm`), saying `what`."""
+        linked, upto = self._linked  # another pack's, if a look without the lock lagged
+        self._lost[pack] = (upto if linked == pack else 0, what)
+
+    def _retire_looked(self) -> None:
+        """Let the active pack go once looked at. A put appended since the last look is
+        called durable only by a look (`confirm`), and none is made once its pack is no
+        longer active: let go unlooked, a pack removed meanwhile took such puts with it,
+        acknowledged. A look that fails fails them too (fail closed)."""
+        if self._active is None:
+            return
+        try:
+            self._check_linked()
+        except OSError as exc:
+            self._note_lost(
+                self._active,
+                f"could not be looked for at its name ({exc.strerror}) before it was let "
+                "go, so this write is not known durable",
+            )
+        self._retire_active()
 
     def _undo_tail(self) -> None:
         """Cut a failed append off, or give up on this pack if even that fails."""
@@ -474,7 +498,7 @@ class PackSet:
         try:
             os.ftruncate(self._active_fd, self._active_size)
         except OSError:
-            self._retire_active()
+            self._retire_looked()
 
     def add(self, name: str, data: bytes) -> tuple[int, PackedShard]:
         """Append a shard; returns the ticket to pass to ``group.sync`` for durability,
@@ -1166,7 +1190,7 @@ class PackSet:
 
     def close(self) -> None:
         with self._lock:
-            self._retire_active()
+            self._retire_looked()
             for fd in [*self._fds.values(), *(fd for _, fd in self._retired.values())]:
                 os.close(fd)
             self._fds.clear()

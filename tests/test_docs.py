@@ -21,7 +21,7 @@ from shardvault.custodian_policy import parse_custodian_policy
 from shardvault.demo import write_demo
 from shardvault.governance import approval_schema, principals, receipts, verdicts_file
 from shardvault.keys import key_subjects, keyring, tombstones
-from shardvault.nodes import journal, marker, packs
+from shardvault.nodes import journal, marker, pack_records
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -150,7 +150,7 @@ def test_every_persisted_format_is_documented_with_its_version() -> None:
     formats = (ROOT / "docs" / "formats.md").read_text()
     headings = {
         "Shard file": shardfile.FORMAT_VERSION,
-        "Pack file": packs.FILE_VERSION,
+        "Pack file": pack_records.FILE_VERSION,
         "Compaction journal": journal.VERSION,
         "Node marker": marker.VERSION,
         "Manifest": manifest.FORMAT_VERSION,

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from test_cli import Cli
 
-from shardvault.nodes.packs import CRC, FILE_HEADER, RECORD
+from shardvault.nodes.pack_records import CRC, FILE_HEADER, RECORD
 
 
 def test_gc_names_a_packed_shard_record_failing_its_checksum_and_queues_it(

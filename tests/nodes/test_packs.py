@@ -17,9 +17,10 @@ import pytest
 from conftest import Flushes
 from shardvault.errors import NotFound, StorageError
 from shardvault.group_commit import GroupSync
-from shardvault.nodes import packs
+from shardvault.nodes import pack_records, packs
 from shardvault.nodes.localdir import LocalDirShardStore
-from shardvault.nodes.packs import FILE_HEADER, RECORD, PackSet, encode_record
+from shardvault.nodes.pack_records import FILE_HEADER, RECORD, encode_record
+from shardvault.nodes.packs import PackSet
 from shardvault.nodes.port import shard_name
 
 OID = bytes.fromhex("00112233445566778899aabbccddeeff")
@@ -1123,9 +1124,9 @@ def _whole_records_of(directory: Path, shard: str) -> int:
     found = 0
     for pack in directory.glob("*.pack"):
         body = pack.read_bytes()[len(FILE_HEADER) :]
-        for at, kind, name_len, _, whole in packs._framed(body):
+        for at, kind, name_len, _, whole in pack_records.framed_records(body):
             named = body[at + RECORD.size : at + RECORD.size + name_len] == shard.encode()
-            found += whole and kind == packs.SHARD and named
+            found += whole and kind == pack_records.SHARD and named
     return found
 
 
@@ -1329,8 +1330,8 @@ def test_a_delete_whose_pack_is_compacted_before_its_tombstone_zeroes_the_copy(
     zeroed, go_on = threading.Event(), threading.Event()
     real_append = deleter._append
 
-    def tombstone_late(kind: int, shard_name: str, data: bytes) -> packs.PackedShard:
-        if kind == packs.TOMBSTONE:  # zeroed (its pack still there), tombstone not yet
+    def tombstone_late(kind: int, shard_name: str, data: bytes) -> pack_records.PackedShard:
+        if kind == pack_records.TOMBSTONE:  # zeroed (its pack still there), tombstone not yet
             zeroed.set()
             go_on.wait(5)
         return real_append(kind, shard_name, data)
@@ -1404,9 +1405,10 @@ import os, signal, sys
 from pathlib import Path
 from shardvault.group_commit import GroupSync
 from shardvault.nodes import packs
+from shardvault.nodes.pack_records import FILE_HEADER
 real_write = os.write
 def write(fd, data):
-    if data == packs.FILE_HEADER:
+    if data == FILE_HEADER:
         os.kill(os.getpid(), signal.SIGKILL)  # the pack is made, its header not written
     return real_write(fd, data)
 os.write = write
@@ -1568,7 +1570,7 @@ def test_an_append_written_before_a_failed_flush_ended_is_never_called_durable(
     other = group.note_write()  # another caller's write, whose flush will fail
     real_append = store.packs._append
 
-    def append(kind: int, shard: str, data: bytes) -> packs.PackedShard:
+    def append(kind: int, shard: str, data: bytes) -> pack_records.PackedShard:
         located = real_append(kind, shard, data)
         flush.fail_next = True  # written; the other caller's flush now fails and ends
         with pytest.raises(StorageError):
@@ -1606,7 +1608,7 @@ def test_a_compaction_whose_copy_a_failed_flush_held_keeps_the_old_pack(
     real_add = collector.packs.add
     copied: list[str] = []
 
-    def add(shard: str, data: bytes) -> tuple[int, packs.PackedShard]:
+    def add(shard: str, data: bytes) -> tuple[int, pack_records.PackedShard]:
         noted = real_add(shard, data)
         copied.append(shard)
         if len(copied) == 1:  # the first copy is noted; another caller's flush fails

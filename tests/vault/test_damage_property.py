@@ -26,7 +26,7 @@ from shardvault.errors import IntegrityError
 from shardvault.manifest import Manifest
 from shardvault.model import ObjectRef
 from shardvault.nodes.localdir import LocalDirShardStore
-from shardvault.nodes.packs import CRC, RECORD, RECORD_MAGIC
+from shardvault.nodes.pack_records import CRC, RECORD, RECORD_MAGIC
 from shardvault.nodes.port import shard_name
 from shardvault.vault import Vault
 

@@ -28,7 +28,8 @@ from shardvault.background_flush import BackgroundFlush
 from shardvault.durability import fsync_directory
 from shardvault.errors import NotFound, StorageError
 from shardvault.group_commit import filesystem_sync
-from shardvault.nodes.packs import PackedShard, PackSet
+from shardvault.nodes.pack_records import PackedShard
+from shardvault.nodes.packs import PackSet
 from shardvault.nodes.port import Compacted, check_shard_name, is_shard_name
 
 DEFAULT_PACK_LIMIT = 64 << 10

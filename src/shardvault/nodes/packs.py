@@ -51,10 +51,8 @@ import errno
 import fcntl
 import mmap
 import os
-import re
 import secrets
 import stat
-import struct
 import threading
 import time
 import zlib
@@ -67,41 +65,32 @@ from shardvault.errors import StorageError
 from shardvault.group_commit import GroupSync
 from shardvault.nodes.held_file import HeldFile
 from shardvault.nodes.journal import JOURNAL, Journal, read_journal
+from shardvault.nodes.pack_records import (
+    CRC,
+    FILE_HEADER,
+    FRAMING,
+    RECORD,
+    RECORD_MAGIC,
+    SHARD,
+    TOMBSTONE,
+    PackedShard,
+    encode_record,
+    framed_records,
+    parse_location,
+    record_in,
+    shard_records,
+)
 from shardvault.nodes.port import is_shard_name
-from shardvault.slot_init import slot_init
 
-FILE_MAGIC = b"SVPK"
-FILE_VERSION = 1
-FILE_HEADER = FILE_MAGIC + bytes([FILE_VERSION, 0, 0, 0])
-RECORD = struct.Struct(">4sBBHI")
-RECORD_MAGIC = b"SVPR"
-SHARD, TOMBSTONE = 1, 2
-CRC = struct.Struct(">I")
 ROTATE_AT = 64 << 20
 RETIRED_FD_SECONDS = 60.0  # far longer than any read between taking an fd and its pread
 SMALL_PACK = 1 << 20
 _CREATE_TRIES = 3  # new packs a scan took for a dead writer's, in a row
 _COMPACT_BATCH = 64  # packs claimed, copied and synced together (two fds each meanwhile)
 _ERASE_TRIES = 3  # a shard moved by a compaction each time it is looked up, in a row
-_LOCATION = re.compile(r"([0-9a-f]{16}\.pack):([0-9]{1,18})")  # checked before any path is built
 PRUNE_SECONDS = 10.0  # how often reads by location let go of packs compacted away
 _PREFETCH = 4096  # a read by location takes the record's header and a small shard in one pread
-_FRAMING = RECORD.size + CRC.size  # of a record, besides its name and data
 LOCK_FILE = "compact.lock"  # held by the one process compacting the node's packs
-
-
-@slot_init
-@dataclass(frozen=True, slots=True)
-class PackedShard:
-    pack: str
-    offset: int
-    length: int
-    prefetched: bytes | None = None  # the data itself, when a read by location took it
-
-    @property
-    def location(self) -> str:
-        """What a manifest keeps to find the shard again: ``<pack>:<data offset>``."""
-        return f"{self.pack}:{self.offset}"
 
 
 @dataclass(slots=True)
@@ -154,58 +143,6 @@ class NamesByPack(dict[str, list[str]]):
         self.scanned = scanned
 
 
-def _shard_records(view: mmap.mmap, encoded: bytes) -> Iterator[tuple[int, int]]:
-    """(data offset, length) of each whole shard record named `encoded` in a pack."""
-    at = view.find(encoded, len(FILE_HEADER) + RECORD.size)
-    while at != -1:
-        record = at - RECORD.size
-        magic, kind, _, name_len, data_len = RECORD.unpack_from(view, record)
-        end = at + name_len + data_len
-        if (magic, kind, name_len) == (RECORD_MAGIC, SHARD, len(encoded)) and (
-            end + CRC.size <= len(view)
-            and CRC.unpack_from(view, end)[0] == zlib.crc32(view[record:end])
-        ):
-            yield at + name_len, data_len
-        at = view.find(encoded, at + 1)
-
-
-def _framed(data: bytes) -> Iterator[tuple[int, int, int, int, bool]]:
-    """(offset, kind, name length, data length, whole) of each framed record in `data`
-    (a pack's bytes after its header), up to a torn tail: nothing whole after. One
-    failing its CRC with a record after it (zeroed by a delete, or damaged) is yielded
-    as not whole; a stretch that does not frame (a damaged length or magic, the zeros
-    a truncation under a live writer left) is stepped over to the next whole record.
-    Neither may hide the rest: a compaction copies only what the scan found."""
-    cursor = 0
-    while cursor + RECORD.size <= len(data):
-        magic, kind, _, name_len, data_len = RECORD.unpack_from(data, cursor)
-        end = cursor + RECORD.size + name_len + data_len
-        if magic == RECORD_MAGIC and end + CRC.size <= len(data):
-            whole = CRC.unpack_from(data, end)[0] == zlib.crc32(data[cursor:end])
-            if whole or data.startswith(RECORD_MAGIC, end + CRC.size):
-                yield cursor, kind, name_len, data_len, whole
-                cursor = end + CRC.size
-                continue
-        resumed = _next_whole_record(data, cursor + 1)
-        if resumed is None:  # a torn tail
-            return
-        cursor = resumed
-
-
-def _next_whole_record(data: bytes, start: int) -> int | None:
-    """Where the first record from `start` on whose CRC holds begins, if any."""
-    at = data.find(RECORD_MAGIC, start)
-    while at != -1 and at + RECORD.size <= len(data):
-        _, _, _, name_len, data_len = RECORD.unpack_from(data, at)
-        end = at + RECORD.size + name_len + data_len
-        if end + CRC.size <= len(data) and CRC.unpack_from(data, end)[0] == zlib.crc32(
-            data[at:end]
-        ):
-            return at
-        at = data.find(RECORD_MAGIC, at + 1)
-    return None
-
-
 def _try_flock(fd: int) -> bool:
     """Take an exclusive flock on `fd` if free; if not, or if flock fails (ENOLCK), the
     descriptor is closed: each failure once left one open, per pack per gc."""
@@ -239,36 +176,6 @@ def _cached(fd: int, length: int, offset: int) -> bytes | None:
     except OSError:
         return None
     return bytes(buffer) if got == length else bytes(memoryview(buffer)[:got])
-
-
-def _parse_location(location: str, encoded: bytes) -> tuple[str, int, int] | None:
-    """(pack, data offset, record offset) of a location a manifest kept, if well formed."""
-    parsed = _LOCATION.fullmatch(location)
-    if parsed is None:
-        return None
-    start = int(parsed[2])
-    record = start - RECORD.size - len(encoded)
-    return None if record < len(FILE_HEADER) else (parsed[1], start, record)
-
-
-def _record_in(head: bytes, pack: str, start: int, encoded: bytes) -> PackedShard | None:
-    """The shard whose record `head` begins with, if it is a whole one of that name; its
-    data kept when `head` holds all of it."""
-    if len(head) < RECORD.size + len(encoded):
-        return None
-    magic, kind, _, name_len, data_len = RECORD.unpack_from(head)
-    if (magic, kind, name_len) != (RECORD_MAGIC, SHARD, len(encoded)) or (
-        head[RECORD.size : RECORD.size + name_len] != encoded
-    ):
-        return None
-    data = head[RECORD.size + name_len : RECORD.size + name_len + data_len]
-    return PackedShard(pack, start, data_len, data if len(data) == data_len else None)
-
-
-def encode_record(kind: int, name: str, data: bytes) -> bytes:
-    encoded = name.encode()
-    body = RECORD.pack(RECORD_MAGIC, kind, 0, len(encoded), len(data)) + encoded + data
-    return body + CRC.pack(zlib.crc32(body))
 
 
 class PackSet:
@@ -597,7 +504,7 @@ class PackSet:
                 ):
                     found = [
                         PackedShard(path.name, start, length)
-                        for start, length in _shard_records(view, encoded)
+                        for start, length in shard_records(view, encoded)
                     ]
             except (FileNotFoundError, IsADirectoryError, ValueError):  # gone, not a pack, empty
                 continue
@@ -637,7 +544,7 @@ class PackSet:
         names it; None if not (a compaction moved it, or the location is bad), and the
         caller looks it up instead. Its data is checked by the reader (block hash)."""
         encoded = name.encode()
-        found = _parse_location(location, encoded)
+        found = parse_location(location, encoded)
         if found is None:
             return None
         pack, start, record = found
@@ -646,19 +553,19 @@ class PackSet:
             head = os.pread(self._fd(pack), _PREFETCH, record)
         except FileNotFoundError:
             return None
-        return _record_in(head, pack, start, encoded)
+        return record_in(head, pack, start, encoded)
 
     def at_cached(self, name: str, location: str, length: int) -> bytes | None:
         """As `read_cached`, for the shard at a location its manifest kept. None also if
         the record there is not the shard's: `at` then tells, and the caller looks."""
         encoded = name.encode()
-        found = _parse_location(location, encoded)
+        found = parse_location(location, encoded)
         fd = None if found is None else self._open_fd(found[0])
         if found is None or fd is None:
             return None
         pack, start, record = found
         head = _cached(fd, start - record + length, record)  # the record's head and the data
-        located = None if head is None else _record_in(head, pack, start, encoded)
+        located = None if head is None else record_in(head, pack, start, encoded)
         return None if located is None else self.read_cached(located, length)
 
     def intact(self, name: str, located: PackedShard) -> bool:
@@ -848,8 +755,8 @@ class PackSet:
             position = len(FILE_HEADER)
         data = os.pread(fd, size - position, position)
         cursor = 0
-        for at, kind, name_len, data_len, whole in _framed(data):
-            cursor = at + _FRAMING + name_len + data_len
+        for at, kind, name_len, data_len, whole in framed_records(data):
+            cursor = at + FRAMING + name_len + data_len
             if not whole:  # erased or damaged: not indexed, the rest stays
                 if kind == SHARD:
                     self._note_damaged(pack, data, at, name_len, data_len, position)
@@ -1044,7 +951,7 @@ class PackSet:
         if not data.startswith(FILE_HEADER):
             return  # not ours to read (see `_scan`)
         body = data[len(FILE_HEADER) :]
-        for at, kind, name_len, data_len, whole in _framed(body):
+        for at, kind, name_len, data_len, whole in framed_records(body):
             if not whole or kind != SHARD:  # a damaged name need not even be UTF-8
                 continue
             name = body[at + RECORD.size : at + RECORD.size + name_len].decode()
@@ -1172,7 +1079,7 @@ class PackSet:
         except FileNotFoundError:
             return None
         live = sum(
-            _FRAMING + len(n) + found.length
+            FRAMING + len(n) + found.length
             for n in self._names_in(pack)
             if (found := self._indexed(n, pack))
         )  # whole records: a pack of shards of a few bytes is not mostly dead

@@ -27,13 +27,8 @@ Shard names are never reused, so a tombstone lost in a crash or dropped by
 compaction can at worst bring back a dead record, which gc's orphan sweep
 removes again.
 
-Pack file (docs/formats.md, "pack file"), version 1::
-
-    b"SVPK" | u8 version (1) | 3 zero bytes
-    record*: b"SVPR" | u8 kind (1 shard, 2 tombstone) | u8 0 | u16 BE name length
-             | u32 BE data length | name | data | u32 BE CRC-32 of everything before it
-
-A record cut short, or failing its CRC with nothing whole after it, ends the scan
+The records' layout and framing are in nodes/pack_records.py (docs/formats.md,
+"pack file"). A record cut short, or failing its CRC with nothing whole after it, ends the scan
 of that file (a torn tail). A record failing its CRC with a record after it is
 stepped over, and so is a stretch that does not frame (a damaged length, zeros
 left by a truncation under its writer) up to the next whole record: a deleted

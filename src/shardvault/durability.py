@@ -28,6 +28,7 @@ from shardvault.file_reads import open_regular as open_regular
 from shardvault.file_reads import read_bounded as read_bounded
 from shardvault.file_reads import read_own as read_own
 from shardvault.model import named
+from shardvault.path_limits import os_reason
 
 LOW_DISK_BYTES = 1 << 20
 _FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
@@ -39,7 +40,9 @@ def write_failure(what: str, exc: OSError) -> ShardvaultError:
     (`StorageError`, exit 1: make room and retry, which a full disk's message says);
     anything else (no such directory, permission, a read-only file system) is the
     path given (`InvalidInput`, exit 2)."""
-    message = f"cannot write {named(what)}: {exc.strerror or exc}"
+    if exc.filename is None and exc.errno == errno.ENAMETOOLONG:  # refused before a call
+        exc = OSError(exc.errno, exc.strerror, what)
+    message = f"cannot write {named(what)}: {os_reason(exc)}"
     if exc.errno in _FULL:
         message += "; make room and retry"
     return StorageError(message) if exc.errno in _NO_ROOM else InvalidInput(message)

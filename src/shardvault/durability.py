@@ -118,7 +118,7 @@ def _synced_temporary(path: Path, content: bytes, mode: int) -> Path:
     """``content`` in a new temporary file of its own beside ``path``, fsynced; none is
     left behind if that fails (but a kill -9 leaves it: `leftover_temporaries`)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.{secrets.token_hex(_TEMPORARY_TAG_BYTES)}.tmp")
+    temp = temporary_beside(path, secrets.token_hex(_TEMPORARY_TAG_BYTES))
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
     try:
         with os.fdopen(fd, "wb") as out:
@@ -132,6 +132,13 @@ def _synced_temporary(path: Path, content: bytes, mode: int) -> Path:
 
 
 _TEMPORARY_TAG_BYTES = 6
+WIDEST_TEMPORARY_TAG = "f" * (2 * _TEMPORARY_TAG_BYTES)
+"""A temporary's tag at its full width: for a check that every name beside a file fits."""
+
+
+def temporary_beside(path: Path, tag: str) -> Path:
+    """The temporary `create_whole` and `replace_whole` write ``path``'s content to first."""
+    return path.with_name(f".{path.name}.{tag}.tmp")
 
 
 def leftover_temporaries(path: Path) -> list[Path]:

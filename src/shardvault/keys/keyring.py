@@ -96,16 +96,13 @@ def lock_path(keyring: Path) -> Path:
 
 # SQLite's rollback journal beside each database, the longest name it makes there
 _JOURNAL = "-journal"
-# the widest tag of durability's temporary beside a file (tests/keys pin it against
-# `durability.leftover_temporaries`, which knows them by it)
-_TEMPORARY_TAG = "f" * 12
 
 
 def keyring_files(keyring: Path) -> tuple[Path, ...]:
     """Every file the keyring at KEYRING makes beside itself, each as long as its name
     gets (a temporary's tag at its full width): the config refuses a keyring path for
     which one is too long to open, which failed only when that file was first made."""
-    temporary = keyring.with_name(f".{keyring.name}.{_TEMPORARY_TAG}.tmp")
+    temporary = durability.temporary_beside(keyring, durability.WIDEST_TEMPORARY_TAG)
     databases = (tombstones_path(keyring), key_subjects_path(keyring))
     return (
         lock_path(keyring),

@@ -18,7 +18,7 @@ import pytest
 from test_packs import name, put, read
 
 from shardvault.errors import NotFound, StorageError
-from shardvault.nodes import packs
+from shardvault.nodes import held_file, packs
 from shardvault.nodes.held_file import HeldFile
 from shardvault.nodes.localdir import LocalDirShardStore, LocalShardWriter
 
@@ -42,9 +42,18 @@ def moved_away(pack: Path) -> None:
 DAMAGE = {"removed": removed, "restored": restored, "moved away": moved_away}
 
 
+@pytest.fixture(params=["proc", "no proc"])
+def proc(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """How the store's looks at its pack are made: by /proc's link to the descriptor, or,
+    with no /proc (unmounted, hidden), by a stat of the pack's name (nodes/held_file.py)."""
+    if request.param == "no proc":
+        monkeypatch.setattr(held_file, "FD_LINKS", "/nonexistent")
+    return str(request.param)
+
+
 @pytest.mark.parametrize("damage", DAMAGE.values(), ids=DAMAGE.keys())
 def test_a_write_into_a_pack_gone_from_its_name_fails_and_the_next_makes_a_new_one(
-    tmp_path: Path, damage: Callable[[Path], None]
+    tmp_path: Path, damage: Callable[[Path], None], proc: str
 ) -> None:
     root = tmp_path / "node"
     store = LocalDirShardStore("n", root)
@@ -59,6 +68,25 @@ def test_a_write_into_a_pack_gone_from_its_name_fails_and_the_next_makes_a_new_o
     assert read(fresh, name(3)) == b"after"
     with pytest.raises(NotFound):
         read(fresh, name(2))
+    fresh.close()
+    store.close()
+
+
+def test_writes_into_a_pack_left_alone_succeed_with_or_without_proc(
+    tmp_path: Path, proc: str
+) -> None:
+    """A look that took a pack left alone for one gone failed every put of the node."""
+    root = tmp_path / "node"
+    store = LocalDirShardStore("n", root)
+    for version in range(1, 6):
+        put(store, name(version), b"kept %d" % version)
+    pending = store.open_writer(name(6))  # synced later, as the vault's puts are
+    pending.write(b"kept 6")
+    pending.commit(durable=False)
+    pending.sync()
+    fresh = LocalDirShardStore("n", root)
+    assert [read(fresh, name(v)) for v in range(1, 7)] == [b"kept %d" % v for v in range(1, 7)]
+    assert len(list((root / "packs").glob("*.pack"))) == 1  # no pack given up on
     fresh.close()
     store.close()
 

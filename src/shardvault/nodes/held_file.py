@@ -26,9 +26,10 @@ FD_LINKS = "/proc/self/fd"
 class HeldFile:
     """An open file and the name it was opened at."""
 
-    def __init__(self, fd: int, path: str, fd_links: str = FD_LINKS) -> None:
+    def __init__(self, fd: int, path: str, fd_links: str | None = None) -> None:
+        """``fd_links``: where the descriptors' links are (`FD_LINKS`, as of the call)."""
         self._path = path
-        self._fd_link = f"{fd_links}/{fd}"
+        self._fd_link = f"{FD_LINKS if fd_links is None else fd_links}/{fd}"
         try:
             self._link: str | None = os.readlink(self._fd_link)  # symbolic links resolved
         except OSError:

@@ -124,3 +124,21 @@ def test_a_file_looked_at_once_proc_cannot_be_read_is_looked_at_by_its_name(
     assert held.at_its_name()
     restored(path)
     assert not held.at_its_name()
+
+
+def test_the_look_that_must_not_wait_for_the_disk_says_only_what_proc_can(
+    opened: tuple[Path, int], tmp_path: Path
+) -> None:
+    """A pack let go as its store closes is looked at by /proc alone (nodes/packs.py):
+    where only a stat of its name could say, a stat a hung disk holds, it is not said."""
+    path, fd = opened
+    fd_links = tmp_path / "fd"
+    fd_links.symlink_to(FD_LINKS)
+    held = HeldFile(fd, str(path), str(fd_links))
+    assert held.linked_at_its_name() is True
+    fd_links.unlink()  # /proc lost under the process
+    assert held.linked_at_its_name() is None
+    fd_links.symlink_to(FD_LINKS)
+    restored(path)
+    assert held.linked_at_its_name() is False
+    assert HeldFile(fd, str(path), "/nonexistent").linked_at_its_name() is None  # never had it

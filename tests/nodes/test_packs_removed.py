@@ -289,6 +289,30 @@ def test_appends_made_before_the_store_closed_are_not_called_durable(tmp_path: P
         pending.sync()
 
 
+def test_appends_made_before_the_store_closed_without_proc_are_not_called_durable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without /proc the look as the store closes would be a stat of the pack's name,
+    made on the closing thread, which a hung disk holds for as long as it hangs: none
+    is made, and what only it could have said durable is not (fail closed)."""
+    monkeypatch.setattr(held_file, "FD_LINKS", "/nonexistent")
+    root = tmp_path / "node"
+    store = LocalDirShardStore("n", root)
+    put(store, name(2), b"looked at")  # its put's look covers it: durable
+    pending = _appended_unsynced(store)
+    store.close()
+    with pytest.raises(
+        StorageError,
+        match=r"node n: pack [0-9a-f]{16}\.pack was let go as its store closed, unlooked at "
+        r"\(without /proc the look is a stat of its name, which a hung disk would hold\), so "
+        r"this write is not known durable: retry",
+    ):
+        pending.sync()
+    fresh = LocalDirShardStore("n", root)
+    assert read(fresh, name(2)) == b"looked at"
+    fresh.close()
+
+
 def test_appends_before_a_pack_let_go_whose_look_failed_are_not_called_durable(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

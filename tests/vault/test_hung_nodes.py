@@ -22,7 +22,7 @@ import time
 import types
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 
@@ -39,6 +39,7 @@ from shardvault.errors import (
 )
 from shardvault.group_commit import GroupSync
 from shardvault.model import NodeSpec, ObjectRef
+from shardvault.nodes import held_file
 from shardvault.nodes.hints import HungHints
 from shardvault.nodes.localdir import LocalDirShardStore
 from shardvault.nodes.port import shard_name
@@ -59,15 +60,18 @@ path = "nodes/US/us-n7"
 
 
 class HungDisk:
-    """A stand-in for a hung disk under one node: its flushes and preads never return
-    until `release` is set; `entered` says a call has reached it."""
+    """A stand-in for a hung disk under one node: its flushes and preads (and, with
+    ``stats``, stats of its paths) never return until `release` is set; `entered` says
+    a call has reached it."""
 
-    def __init__(self, store: LocalDirShardStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    def __init__(
+        self, store: LocalDirShardStore, monkeypatch: pytest.MonkeyPatch, stats: bool = False
+    ) -> None:
         self.release = threading.Event()
         self.entered = threading.Event()
         shared = store.packs.group
         store.packs.group = GroupSync(lambda: self._block(shared), f"disk of {store.node_id}")
-        real_pread = os.pread
+        real_pread, real_stat = os.pread, os.stat
         root = f"{store.root}/"
 
         def pread(fd: int, length: int, offset: int) -> bytes:
@@ -75,7 +79,14 @@ class HungDisk:
                 self._block(None)
             return real_pread(fd, length, offset)
 
+        def stat(path: Any, *args: Any, **kwargs: Any) -> os.stat_result:
+            if not isinstance(path, int) and os.fsdecode(path).startswith(root):
+                self._block(None)
+            return real_stat(path, *args, **kwargs)
+
         monkeypatch.setattr(os, "pread", pread)
+        if stats:
+            monkeypatch.setattr(os, "stat", stat)
 
     def _block(self, shared: GroupSync | None) -> None:
         self.entered.set()
@@ -104,10 +115,10 @@ def first_node(vault: Vault, ref: ObjectRef) -> str:
     return place_stripe(placement_seed(ref), cell.placeable_nodes(), "US", 4, 2)[0].id
 
 
-def hang(vault: Vault, node: str, monkeypatch: pytest.MonkeyPatch) -> HungDisk:
+def hang(vault: Vault, node: str, monkeypatch: pytest.MonkeyPatch, stats: bool = False) -> HungDisk:
     store = vault.cells["US"].stores[node]
     assert isinstance(store, LocalDirShardStore)
-    return HungDisk(store, monkeypatch)
+    return HungDisk(store, monkeypatch, stats)
 
 
 def test_a_put_to_a_hung_node_fails_within_the_deadline_and_later_puts_go_around_it(
@@ -221,6 +232,23 @@ def test_a_vault_closes_without_waiting_for_a_thread_stuck_on_a_hung_node(
         closing.start()
         closing.join(10)
         assert not closing.is_alive(), "close waited for the hung disk"
+    finally:
+        disk.release.set()
+
+
+def test_a_vault_closes_without_a_look_at_a_pack_on_a_disk_that_hung_since_without_proc(
+    spare_vault: Vault, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without /proc, the look at a node's pack as its store closed was a stat of the
+    pack's name, made on the closing thread: a vault closing with a node whose disk had
+    hung since its last call (nothing had marked it) waited for as long as it hung."""
+    monkeypatch.setattr(held_file, "FD_LINKS", "/nonexistent")
+    ref = ObjectRef("intl", "alice", "first")
+    spare_vault.put(ref, b"x" * 1000)  # each node of its stripe holds a pack, looked at
+    disk = hang(spare_vault, first_node(spare_vault, ref), monkeypatch, stats=True)
+    try:
+        within(BOUND, spare_vault.close)
+        assert not disk.entered.is_set()
     finally:
         disk.release.set()
 

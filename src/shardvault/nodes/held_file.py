@@ -8,7 +8,8 @@ the file a descriptor holds under /proc/self/fd, its path as of now, or with
 instructions). Without /proc (or once it cannot be read) the path is stat'ed and
 its inode compared. The link is read once when the file is held, and the path
 stat'ed after it: a file gone from its name before that read has a link naming it
-gone, which every later look would match.
+gone, which every later look would match. A look that must not wait for the disk
+(`linked_at_its_name`: a pack let go as its store closes) reads the link alone.
 
 The writer looks without its lock, so a look may run while another thread lets
 the file go and closes its descriptor, whose number the next open takes, perhaps
@@ -63,6 +64,18 @@ class HeldFile:
                 at_name = self._at_path()
         else:
             at_name = self._at_path()
+        return at_name and not self._let_go
+
+    def linked_at_its_name(self) -> bool | None:
+        """`at_its_name` as /proc says it: a readlink, which never waits for the file's
+        disk. None where /proc cannot say, and only a stat of the path could, which a
+        hung disk holds for as long as it hangs (a hard-mounted share's, say)."""
+        if self._link is None:
+            return None
+        try:
+            at_name = os.readlink(self._fd_link) == self._link
+        except OSError:
+            return False if self._let_go else None
         return at_name and not self._let_go
 
     def _at_path(self) -> bool:

@@ -360,9 +360,13 @@ class PackSet:
         """Holding the lock: whether the active pack is still the file at its name; if
         not, it is let go (what was appended since the last look is lost with it)."""
         assert self._active is not None and self._watched is not None
-        size = self._active_size
-        if self._watched[1].at_its_name():
-            self._linked = (self._active, size)
+        self._looked(self._watched[1].at_its_name())
+
+    def _looked(self, at_name: bool) -> None:
+        """Holding the lock: what a look at the active pack found (`_check_linked`)."""
+        assert self._active is not None
+        if at_name:
+            self._linked = (self._active, self._active_size)
             return
         pack = self._active
         self._note_lost(
@@ -391,6 +395,30 @@ class PackSet:
                 f"could not be looked for at its name ({exc.strerror}) before it was let "
                 "go, so this write is not known durable",
             )
+        self._retire_active()
+
+    def _retire_unwaited(self) -> None:
+        """Let the active pack go as the store closes, looked at only where /proc can say
+        (a readlink: nodes/held_file.py). Stores are closed on the closing caller's own
+        thread (the vault's `close`, vault/cells.py), which no deadline bounds: without
+        /proc the look is a stat of the pack's name, which a disk hung since the node's
+        last call (nothing has marked it) holds, and the close with it, for as long as
+        it hangs. None is made: what was appended since the last look is not known
+        durable (fail closed; in the vault, only a put given up on has a sync to come
+        once its stores close)."""
+        if self._active is None:
+            return
+        assert self._watched is not None
+        at_name = self._watched[1].linked_at_its_name()
+        if at_name is None:
+            self._note_lost(
+                self._active,
+                "was let go as its store closed, unlooked at (without /proc the look is a "
+                "stat of its name, which a hung disk would hold), so this write is not "
+                "known durable",
+            )
+        else:
+            self._looked(at_name)
         self._retire_active()
 
     def _undo_tail(self) -> None:
@@ -1092,7 +1120,7 @@ class PackSet:
 
     def close(self) -> None:
         with self._lock:
-            self._retire_looked()
+            self._retire_unwaited()
             for fd in [*self._fds.values(), *(fd for _, fd in self._retired.values())]:
                 os.close(fd)
             self._fds.clear()

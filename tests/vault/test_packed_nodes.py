@@ -20,11 +20,14 @@ import pytest
 
 from conftest import SEGMENT, Flushes, make_deployment, manifest_of
 from governance_support import forget_approved
+from shardvault.cli.app import main
 from shardvault.config import load
 from shardvault.errors import IntegrityError, StorageError
 from shardvault.group_commit import GroupSync
 from shardvault.model import ObjectRef
 from shardvault.nodes.localdir import LocalDirShardStore
+from shardvault.nodes.pack_records import PackedShard
+from shardvault.nodes.packs import PackSet
 from shardvault.nodes.port import shard_name
 from shardvault.vault import Vault
 
@@ -164,12 +167,47 @@ def test_packs_removed_on_several_nodes_fail_one_put_naming_each(packed: Vault, 
             pack.unlink()
     with pytest.raises(StorageError) as failed:
         packed.put(ObjectRef("intl", "alice", "found them"), os.urandom(size))
-    assert sorted(re.findall(r"node (\S+): pack \S+ was removed", str(failed.value))) == cut
-    assert "\n" not in str(failed.value)
+    said = str(failed.value)
+    assert sorted(re.findall(r"node (\S+): pack \S+ was removed", said)) == cut
+    assert "\n" not in said
+    assert said.count("shardvault repair --scrub") == 1, said  # said once, not per node
+    assert said.endswith("and run 'shardvault repair --scrub' for what they held"), said
     after = ObjectRef("intl", "alice", "after")
     data = os.urandom(size)
     packed.put(after, data)  # every node writes to a new pack
     assert packed.get(after) == data
+
+
+def test_the_cli_says_packs_removed_on_two_nodes_in_one_line_with_its_advice_once(
+    packed_config: Path,
+    tmp_path: Path,
+    capsysbinary: pytest.CaptureFixture[bytes],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each node's message carried the same call to retry and scrub, said once per node."""
+    command = ["--config", str(packed_config)]
+    assert main([*command, "subject", "add", "intl", "alice", "-j", "US"]) == 0
+    source = tmp_path / "in.bin"
+    source.write_bytes(os.urandom(3000))
+    cut = sorted(node.id for node in load(packed_config).nodes_in("US")[:2])
+    confirm, gone = PackSet.confirm, set()
+
+    def removed_first(packs: PackSet, located: PackedShard) -> None:
+        if packs.node_id in cut and packs.node_id not in gone:  # a cleanup, mid-put
+            gone.add(packs.node_id)
+            for pack in packs.directory.glob("*.pack"):
+                pack.unlink()
+        confirm(packs, located)
+
+    monkeypatch.setattr(PackSet, "confirm", removed_first)
+    capsysbinary.readouterr()
+    assert main([*command, "put", "intl", "alice", "k", str(source)]) == 1
+    err = capsysbinary.readouterr().err.decode()
+    assert "Traceback" not in err
+    (line,) = err.splitlines()
+    assert line.startswith("error: node ")
+    assert sorted(re.findall(r"node (\S+): pack \S+ was removed", line)) == cut
+    assert line.count("shardvault repair --scrub") == 1, line
 
 
 def shard_tails(vault: Vault, ref: ObjectRef) -> list[bytes]:

@@ -95,6 +95,28 @@ class Compaction:
     damaged: list[str] = field(default_factory=list)  # copied though failing their CRC
 
 
+class PackLost(StorageError):
+    """A write whose pack went under this process (or was let go unlooked at): what befell
+    it, then what to do, which a put failing so on several nodes says once (`together`)."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(f"{what}: {_advice('it')}")
+        self.what = what
+
+    @staticmethod
+    def together(lost: Iterable[PackLost]) -> str:
+        """What befell each, then the advice once: said per node, it made one line long."""
+        said = list(dict.fromkeys(each.what for each in lost))
+        return f"{'; '.join(said)}: {_advice('they' if len(said) > 1 else 'it')}"
+
+
+def _advice(packs: str) -> str:
+    return (
+        "retry (the next write makes a new pack), and run 'shardvault repair --scrub' for "
+        f"what {packs} held"
+    )
+
+
 class Tombstones:
     """The names a process has seen a tombstone of, and the pack holding it.
 
@@ -330,11 +352,7 @@ class PackSet:
                 ) from exc
             lost = self._lost.get(located.pack)
             if lost is not None and end > lost[0]:
-                raise StorageError(
-                    f"node {self.node_id}: pack {located.pack} {lost[1]}: retry (the next "
-                    "write makes a new pack), and run 'shardvault repair --scrub' for what "
-                    "it held"
-                )
+                raise PackLost(f"node {self.node_id}: pack {located.pack} {lost[1]}")
 
     def _looked_unlocked(self, pack: str) -> bool:
         """Whether `pack` is the active pack and still at its name, seen without the lock;

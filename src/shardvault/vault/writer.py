@@ -29,6 +29,7 @@ from shardvault.codec.hashing import block_hash
 from shardvault.codec.segment import TAG_BYTES, SegmentCipher
 from shardvault.codec.shardfile import ShardHeader
 from shardvault.errors import InvalidInput, StorageError
+from shardvault.nodes.packs import PackLost
 from shardvault.nodes.port import ShardStore, ShardWriter, shard_name
 from shardvault.slot_init import slot_init
 from shardvault.vault.deadline import NodeDeadline
@@ -144,10 +145,16 @@ def _when_all_done(futures: list[Future[bytes]], then: Callable[[], None]) -> No
 
 
 def _raise_all(failures: list[StorageError]) -> NoReturn:
-    """Raise one error saying each node's, once: nodes on one disk share a failed flush's."""
+    """Raise one error saying each node's, once: nodes on one disk share a failed flush's,
+    and nodes whose packs went share what to do about it (`PackLost.together`), said
+    where the first of them was."""
     said = list(dict.fromkeys(str(failure) for failure in failures))
     if len(said) == 1:
         raise failures[0]
+    lost = [failure for failure in failures if isinstance(failure, PackLost)]
+    if len(lost) > 1:
+        each, together = {str(failure) for failure in lost}, PackLost.together(lost)
+        said = list(dict.fromkeys(together if one in each else one for one in said))
     raise StorageError("; ".join(said)) from failures[0]
 
 

@@ -75,7 +75,7 @@ from shardvault.nodes.pack_records import (
     record_in,
     shard_records,
 )
-from shardvault.nodes.port import is_shard_name
+from shardvault.nodes.port import PackLost, is_shard_name
 
 ROTATE_AT = 64 << 20
 RETIRED_FD_SECONDS = 60.0  # far longer than any read between taking an fd and its pread
@@ -93,28 +93,6 @@ class Compaction:
     packs: int  # removed
     moved: dict[str, str]  # shard name -> its new location, for each shard copied
     damaged: list[str] = field(default_factory=list)  # copied though failing their CRC
-
-
-class PackLost(StorageError):
-    """A write whose pack went under this process (or was let go unlooked at): what befell
-    it, then what to do, which a put failing so on several nodes says once (`together`)."""
-
-    def __init__(self, what: str) -> None:
-        super().__init__(f"{what}: {_advice('it')}")
-        self.what = what
-
-    @staticmethod
-    def together(lost: Iterable[PackLost]) -> str:
-        """What befell each, then the advice once: said per node, it made one line long."""
-        said = list(dict.fromkeys(each.what for each in lost))
-        return f"{'; '.join(said)}: {_advice('they' if len(said) > 1 else 'it')}"
-
-
-def _advice(packs: str) -> str:
-    return (
-        "retry (the next write makes a new pack), and run 'shardvault repair --scrub' for "
-        f"what {packs} held"
-    )
 
 
 class Tombstones:

@@ -9,13 +9,37 @@ anyway, so no adapter can be steered outside its root.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
-from shardvault.errors import InvalidInput
+from shardvault.errors import InvalidInput, StorageError
 
 _SHARD_NAME = re.compile(r"[0-9a-f]{32}\.v[0-9]{1,19}\.s[0-9]{1,2}(?:\.g[1-9][0-9]{0,9})?")
+
+
+class PackLost(StorageError):
+    """A committed write a store can no longer vouch for (a pack file removed under the
+    process, or let go unlooked at): what befell it, then what to do, which a put failing
+    so on several nodes says once (`together`). In the port, so the vault's writer does
+    not depend on one store's kind."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(f"{what}: {_advice('it')}")
+        self.what = what
+
+    @staticmethod
+    def together(lost: Iterable[PackLost]) -> str:
+        """What befell each, then the advice once: said per node, it made one line long."""
+        said = list(dict.fromkeys(each.what for each in lost))
+        return f"{'; '.join(said)}: {_advice('they' if len(said) > 1 else 'it')}"
+
+
+def _advice(packs: str) -> str:
+    return (
+        "retry (the next write makes a new pack), and run 'shardvault repair --scrub' for "
+        f"what {packs} held"
+    )
 
 
 def is_shard_name(name: str) -> bool:

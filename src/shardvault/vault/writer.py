@@ -29,8 +29,7 @@ from shardvault.codec.hashing import block_hash
 from shardvault.codec.segment import TAG_BYTES, SegmentCipher
 from shardvault.codec.shardfile import ShardHeader
 from shardvault.errors import InvalidInput, StorageError
-from shardvault.nodes.packs import PackLost
-from shardvault.nodes.port import ShardStore, ShardWriter, shard_name
+from shardvault.nodes.port import PackLost, ShardStore, ShardWriter, shard_name
 from shardvault.slot_init import slot_init
 from shardvault.vault.deadline import NodeDeadline
 

@@ -115,20 +115,21 @@ def _write_unreserved(
     object, so it is written again (catalog port, `insert_committed`); after
     a few lost races in a row it reserves its version, as a large put does, so
     no rival writer can starve it and a sweep's cutoff no longer matters.
+
+    Progress is reported by the first try, before its commit, as a large put's is: a
+    callback that raises (or Ctrl-C in it) then leaves nothing committed. Reported
+    after the commit, it raised from a put whose version was stored and visible.
     """
     catalog = vault.cells[subject.jurisdiction].catalog
     for _ in range(_UNRESERVED_TRIES):
         try:
-            written = _write_version(
-                vault, ref, source, subject, subject_key, if_match, None, version=version
+            return _write_version(
+                vault, ref, source, subject, subject_key, if_match, progress, version=version
             )
         except WriteRaced:
+            progress = None  # the first try reported the bytes: a rewrite reads no new ones
             found, version = catalog.lookup_for_write(ref)
             live_at_home(found, ref.tenant, ref.subject, subject.jurisdiction)
-            continue
-        if progress is not None:
-            progress(written.size)
-        return written
     return _write_version(vault, ref, source, subject, subject_key, if_match, progress)
 
 

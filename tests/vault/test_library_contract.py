@@ -88,3 +88,21 @@ def test_ctrl_c_inside_a_sources_read_stores_nothing(
     with pytest.raises(KeyboardInterrupt):
         vault.put(alice, source)  # type: ignore[arg-type]
     _assert_old_version_alone(vault, alice, nodes, before)
+
+
+@pytest.mark.parametrize("read_first", [0, 1], ids=["unread", "read-one-segment"])
+def test_a_reader_read_after_close_says_so_and_records_no_damage(
+    vault: Vault, alice: ObjectRef, read_first: int
+) -> None:
+    # its closed shards read as "reader closed" damage: an IntegrityError that asked to
+    # bring four nodes back or restore from a backup, and records queued for repair
+    vault.put(alice, b"d" * (3 * SEGMENT))
+    reader = vault.open_read(alice)
+    chunks = iter(reader)
+    for _ in range(read_first):
+        next(chunks)
+    reader.close()
+    with pytest.raises(RuntimeError, match="was closed: open another"):
+        next(chunks)
+    assert reader.damage == []
+    assert vault.get(alice) == b"d" * (3 * SEGMENT)

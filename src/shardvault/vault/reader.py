@@ -396,6 +396,11 @@ class ObjectReader:
         if not upcoming:
             raise RuntimeError("an ObjectReader is read once")
         for segment in range(manifest.segments):
+            if self._closed:  # its shards are closed: reading them would look like damage
+                raise RuntimeError(
+                    f"the reader of {manifest.ref} v{manifest.version} was closed: "
+                    "open another (Vault.open_read) to read it"
+                )
             current = upcoming
             blocks = self._collect(segment, current)
             if segment + 1 < manifest.segments:

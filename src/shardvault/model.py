@@ -94,7 +94,9 @@ def subject_id(value: object) -> str:
 
 def object_key(value: object) -> str:
     """Validate an object key: printable NFC text, path-like but never traversing."""
-    if not isinstance(value, str) or not value:
+    if not isinstance(value, str):
+        raise InvalidInput(f"invalid object key: it must be text (str), not {type(value).__name__}")
+    if not value:
         raise InvalidInput("invalid object key: it must not be empty")
     try:
         encoded = value.encode("utf-8")

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from conftest import SEGMENT, files_under
+from shardvault.errors import InvalidInput
 from shardvault.model import ObjectRef
 from shardvault.vault import Vault
 
@@ -106,3 +107,54 @@ def test_a_reader_read_after_close_says_so_and_records_no_damage(
         next(chunks)
     assert reader.damage == []
     assert vault.get(alice) == b"d" * (3 * SEGMENT)
+
+
+@pytest.mark.parametrize(
+    ("call", "named"),
+    [
+        (lambda v, ref: v.list(ref.tenant, ref.subject, limit=2.5), "limit must be a whole"),
+        (lambda v, ref: v.list(ref.tenant, ref.subject, limit="5"), "limit must be a whole"),
+        (lambda v, ref: v.list(ref.tenant, ref.subject, start_after=None), "start-after key"),
+        (lambda v, ref: v.list(ref.tenant, ref.subject, prefix=b"a"), "prefix must be text"),
+        (lambda v, ref: v.get(ref, 1.5), "version 1.5 is not a whole number"),
+        (lambda v, ref: v.get(ref, "1"), "version '1' is not a whole number"),
+        (lambda v, ref: v.stat(ref, 1.0), "version 1.0 is not a whole number"),
+        (lambda v, ref: v.get(ref, True), "version True is not a whole number"),
+        (lambda v, ref: v.delete(ref, 1.5), "version 1.5 is not a whole number"),
+        (lambda v, ref: v.where(ref, 1.5), "version 1.5 is not a whole number"),
+        (lambda v, ref: v.put(ref, b"x", if_match=1.5), "version 1.5 is out of range"),
+        (lambda v, ref: v.put(ref, b"x", if_match="1"), "version '1' is out of range"),
+        (lambda v, ref: v.gc("0"), "gc grace must be zero or more seconds"),
+        (
+            lambda v, ref: ObjectRef(ref.tenant, ref.subject, b"k"),
+            "must be text \\(str\\), not bytes",
+        ),
+    ],
+    ids=[
+        "limit-float",
+        "limit-str",
+        "start-after-none",
+        "prefix-bytes",
+        "get-float",
+        "get-str",
+        "stat-float-whole",
+        "get-bool",
+        "delete-float",
+        "where-float",
+        "if-match-float",
+        "if-match-str",
+        "gc-str",
+        "key-bytes",
+    ],
+)
+def test_a_number_or_text_of_the_wrong_type_is_invalid_input_naming_it(
+    vault: Vault, alice: ObjectRef, call: Callable[[Vault, ObjectRef], object], named: str
+) -> None:
+    # a float page size failed as a StorageError ("datatype mismatch"), a string one or
+    # version as a TypeError, version 1.5 was looked up and "not found", an if-match of
+    # 1.5 was a Conflict, and a bytes key "must not be empty"
+    vault.put(alice, b"kept")
+    with pytest.raises(InvalidInput, match=named):
+        call(vault, alice)
+    assert [info.version for info in vault.versions(alice)] == [1]
+    assert vault.get(alice) == b"kept"

@@ -197,9 +197,22 @@ def key_use(vault: Vault, access: Access, use: Callable[[Justification], _T]) ->
         raise
 
 
+def whole(value: object) -> bool:
+    """Whether VALUE is an int (not a bool): a version, if-match or page size given as a
+    float or a string failed in the catalog, as a storage error or a TypeError, or was
+    looked up as 'v1.5' and called not found."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def check_version(version: int | None) -> None:
     """A version number the catalog can hold (a signed 64-bit integer), or none."""
-    if version is not None and not 1 <= version <= MAX_VERSION:
+    if version is None:
+        return
+    if not whole(version):
+        raise InvalidInput(
+            f"version {version!r} is not a whole number: versions run from 1 to {MAX_VERSION}"
+        )
+    if not 1 <= version <= MAX_VERSION:
         raise InvalidInput(
             f"version {version} is out of range: versions run from 1 to {MAX_VERSION}"
         )

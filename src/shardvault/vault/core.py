@@ -57,6 +57,7 @@ from shardvault.vault.access import (
     check_version,
     home_of,
     registered,
+    whole,
 )
 from shardvault.vault.bounded import BoundedStores
 from shardvault.vault.cells import (
@@ -307,9 +308,13 @@ class Vault:
         limit: int = 1000,
         ctx: RequestContext | None = None,
     ) -> ListPage:
-        if not 1 <= limit <= MAX_LIST_LIMIT:
-            raise InvalidInput(f"limit must be between 1 and {MAX_LIST_LIMIT}")
+        if not (whole(limit) and 1 <= limit <= MAX_LIST_LIMIT):
+            raise InvalidInput(
+                f"limit must be a whole number between 1 and {MAX_LIST_LIMIT}, not {limit!r}"
+            )
         for what, text in (("prefix", prefix), ("start-after key", start_after)):
+            if not isinstance(text, str):
+                raise InvalidInput(f"{what} must be text (str), not {type(text).__name__}")
             if not text.isascii():  # lone surrogates (undecodable argv bytes) cannot be stored
                 try:
                     text.encode("utf-8")
@@ -373,7 +378,7 @@ class Vault:
 
     def gc(self, grace_seconds: float = 3600.0) -> GcReport:
         """Collect deleted and abandoned versions, orphan shards and stale temporaries."""
-        if not grace_seconds >= 0:
+        if not (isinstance(grace_seconds, int | float) and grace_seconds >= 0):
             raise InvalidInput(f"gc grace must be zero or more seconds, not {grace_seconds}")
         started = self._clock()
         report = GcReport()

@@ -37,6 +37,7 @@ from shardvault.vault.access import (
     live_at_home,
     settled_at_home,
     subject_key_of,
+    whole,
 )
 from shardvault.vault.cells import Cell
 from shardvault.vault.views import info_of
@@ -65,9 +66,9 @@ def put(
     """
     ctx = ctx or local_context("write")
     new_object_key(ref.key)
-    if if_match is not None and not 0 <= if_match <= MAX_VERSION:
+    if if_match is not None and not (whole(if_match) and 0 <= if_match <= MAX_VERSION):
         raise InvalidInput(
-            f"version {if_match} is out of range: --if-match takes 0 (the key must be "
+            f"version {if_match!r} is out of range: --if-match takes 0 (the key must be "
             f"new) or a version from 1 to {MAX_VERSION}"
         )
     source = memoryview(data) if isinstance(data, bytes | bytearray | memoryview) else data

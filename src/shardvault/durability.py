@@ -16,6 +16,7 @@ import os
 import re
 import secrets
 import shutil
+import sqlite3
 from pathlib import Path
 
 from shardvault.errors import InvalidInput, ShardvaultError, StorageError
@@ -60,7 +61,10 @@ _SQLITE_READONLY = 8  # sqlite3.SQLITE_READONLY; its extended codes share the lo
 
 def failure_reason(exc: BaseException, path: Path) -> str:
     """Why a store at ``path`` failed, in words, noting when its disk is (nearly) full:
-    SQLite reports a full disk under WAL as a mere "disk I/O error"."""
+    SQLite reports a full disk under WAL as a mere "disk I/O error"; a database used
+    after its vault was closed said only "Cannot operate on a closed database"."""
+    if isinstance(exc, sqlite3.ProgrammingError) and "closed database" in str(exc):
+        return "the vault that opened it was closed: open the vault again"
     reason = (exc.strerror or str(exc)) if isinstance(exc, OSError) else str(exc)
     if (getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF == _SQLITE_READONLY:
         return f"{reason}: make the file and its directory writable by this user"

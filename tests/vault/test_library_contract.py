@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from conftest import SEGMENT, files_under
-from shardvault.errors import InvalidInput
+from shardvault.config import load
+from shardvault.errors import InvalidInput, ShardvaultError
 from shardvault.model import ObjectRef
 from shardvault.vault import Vault
 
@@ -158,3 +159,36 @@ def test_a_number_or_text_of_the_wrong_type_is_invalid_input_naming_it(
         call(vault, alice)
     assert [info.version for info in vault.versions(alice)] == [1]
     assert vault.get(alice) == b"kept"
+
+
+CALLS_AFTER_CLOSE: list[Callable[[Vault, ObjectRef], object]] = [
+    lambda v, ref: v.get(ref),
+    lambda v, ref: v.stat(ref),
+    lambda v, ref: v.versions(ref),
+    lambda v, ref: v.where(ref),
+    lambda v, ref: v.delete(ref),
+    lambda v, ref: v.put(ref, b"new"),
+    lambda v, ref: v.put(ref, io.BytesIO(b"n" * (2 * SEGMENT))),
+    lambda v, ref: v.list(ref.tenant, ref.subject),
+    lambda v, ref: v.register_subject(ref.tenant, "carol", "US"),
+    lambda v, ref: v.gc(),
+]
+
+
+@pytest.mark.parametrize("subject", ["alice", "bob"], ids=["used", "unused"])
+def test_every_call_after_close_says_the_vault_was_closed(config_path: Path, subject: str) -> None:
+    # each said "Cannot operate on a closed database" of a catalog or the subject
+    # directory, which a caller could take for a failing disk
+    with pytest.raises(_Stop), Vault.open(load(config_path)) as vault:
+        vault.register_subject("intl", "alice", "US")
+        vault.register_subject("intl", "bob", "US")
+        vault.put(ObjectRef("intl", "alice", "k"), b"kept")
+        raise _Stop("the block ends in an error: the vault is closed all the same")
+    vault.close()  # a second close does nothing
+    ref = ObjectRef("intl", subject, "k")
+    for call in CALLS_AFTER_CLOSE:
+        with pytest.raises(ShardvaultError, match=r"vault (that opened it )?(is|was) closed"):
+            call(vault, ref)
+    with Vault.open(load(config_path)) as again:
+        assert again.get(ObjectRef("intl", "alice", "k")) == b"kept"
+        assert [i.ref.key for i in again.iter_objects("intl", "bob")] == []

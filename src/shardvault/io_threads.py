@@ -34,8 +34,10 @@ class IoThreads(Executor):
     Daemon threads: one stuck on a hung disk must not hold up the process's exit.
     """
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, shut: str = "cannot schedule new futures after shutdown") -> None:
+        """``shut``: what a task submitted after shutdown is told, in its owner's words."""
         self._name = name
+        self._shut_message = shut
         self._tasks: queue.SimpleQueue[_Task | None] = queue.SimpleQueue()
         # idle threads no task has claimed: a count under its own lock, as only ever
         # taken without waiting (a threading.Semaphore cost a put about 7 k instructions)
@@ -47,7 +49,7 @@ class IoThreads(Executor):
 
     def submit(self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> Future[_T]:
         if self._shut:
-            raise RuntimeError("cannot schedule new futures after shutdown")
+            raise RuntimeError(self._shut_message)
         future: Future[_T] = Future()
         self._tasks.put((future, fn, args, kwargs))  # type: ignore[arg-type]
         if not self._claim_idle():

@@ -305,3 +305,22 @@ def test_pages_hold_every_key_once_while_other_keys_come_and_go(
                     vault.delete(churn)
     assert len(seen) == len(set(seen)) and seen == sorted(seen)
     assert [key for key in seen if key in stayed] == sorted(stayed)
+
+
+@pytest.mark.parametrize("read_first", [0, 1], ids=["unread", "read-one-segment"])
+def test_a_reader_read_once_its_vault_closed_says_the_vault_was_closed(
+    config_path: Path, read_first: int
+) -> None:
+    # it said "cannot schedule new futures after shutdown", of the vault's I/O threads
+    vault = Vault.open(load(config_path))
+    vault.register_subject("intl", "alice", "US")
+    ref = ObjectRef("intl", "alice", "k")
+    vault.put(ref, b"r" * (3 * SEGMENT))
+    reader = vault.open_read(ref)
+    chunks = iter(reader)
+    for _ in range(read_first):
+        next(chunks)
+    vault.close()
+    with pytest.raises(RuntimeError, match="the vault was closed: open it again"):
+        next(chunks)
+    assert reader.damage == []

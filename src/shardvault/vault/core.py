@@ -136,7 +136,9 @@ class Vault:
         self._clock = clock
         self._on_step = on_step
         # shard I/O threads: none waits behind one a hung disk holds (vault/deadline.py)
-        self._pool = IoThreads("shardvault-io")
+        self._pool = IoThreads(  # a reader still iterated once the vault closed asks it
+            "shardvault-io", shut="the vault was closed: open it again to read or write"
+        )
         self.deadline = NodeDeadline(config.node_timeout, list(cells.values()))
 
     @classmethod

@@ -54,6 +54,13 @@ def _raises(error: BaseException) -> Callable[[int], None]:
     return progress
 
 
+def _after_gc(vault: Vault, ref: ObjectRef, nodes: Path) -> set[Path]:
+    """The files a clean put of b"old" leaves on the nodes once gc has run (its lock files)."""
+    vault.put(ref, b"old")
+    vault.gc(grace_seconds=0)
+    return files_under(nodes)
+
+
 def _assert_old_version_alone(vault: Vault, ref: ObjectRef, nodes: Path, before: set[Path]) -> None:
     """The put left nothing a caller can see, and gc leaves the nodes as they were."""
     assert vault.get(ref) == b"old"
@@ -64,6 +71,15 @@ def _assert_old_version_alone(vault: Vault, ref: ObjectRef, nodes: Path, before:
     assert files_under(nodes) == before
 
 
+@pytest.fixture(params=[0, 64 << 10], ids=["shard-files", "packs"])
+def shared(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Vault]:
+    """A vault with alice registered, its nodes keeping shards as files or in packs (the
+    demo's default)."""
+    with Vault.open(load(make_deployment(tmp_path, pack_limit=request.param))) as vault:
+        vault.register_subject("intl", "alice", "US")
+        yield vault
+
+
 @pytest.mark.parametrize("error", [_Stop("caller"), KeyboardInterrupt()], ids=["error", "ctrl-c"])
 @pytest.mark.parametrize(
     "data",
@@ -71,24 +87,22 @@ def _assert_old_version_alone(vault: Vault, ref: ObjectRef, nodes: Path, before:
     ids=["small-bytes", "small-stream", "large-bytes"],
 )
 def test_a_progress_callback_that_raises_stores_nothing(
-    vault: Vault, alice: ObjectRef, config_path: Path, error: BaseException, data: object
+    shared: Vault, tmp_path: Path, error: BaseException, data: object
 ) -> None:
     # a one-segment put in memory reported its progress after its commit: the put
     # raised, yet its version was stored and listed, where a large put's was not
-    vault.put(alice, b"old")
-    nodes = config_path.parent / "nodes"
-    before = files_under(nodes)
+    vault, alice = shared, ObjectRef("intl", "alice", "k")
+    nodes = tmp_path / "nodes"
+    before = _after_gc(vault, alice, nodes)
     with pytest.raises(type(error)):
         vault.put(alice, data, progress=_raises(error))  # type: ignore[arg-type]
     _assert_old_version_alone(vault, alice, nodes, before)
 
 
-def test_ctrl_c_inside_a_sources_read_stores_nothing(
-    vault: Vault, alice: ObjectRef, config_path: Path
-) -> None:
-    vault.put(alice, b"old")
-    nodes = config_path.parent / "nodes"
-    before = files_under(nodes)
+def test_ctrl_c_inside_a_sources_read_stores_nothing(shared: Vault, tmp_path: Path) -> None:
+    vault, alice = shared, ObjectRef("intl", "alice", "k")
+    nodes = tmp_path / "nodes"
+    before = _after_gc(vault, alice, nodes)
     source = _InterruptedSource(2 * SEGMENT + 7, KeyboardInterrupt())
     with pytest.raises(KeyboardInterrupt):
         vault.put(alice, source)  # type: ignore[arg-type]
@@ -209,15 +223,6 @@ def _payload(rng: random.Random, tag: str) -> bytes:
     """Bytes naming the put that wrote them, all through: a mix of two puts shows."""
     size = rng.choice(SIZES)
     return (tag.encode() * (size // len(tag) + 1))[:size]
-
-
-@pytest.fixture(params=[0, 64 << 10], ids=["shard-files", "packs"])
-def shared(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Vault]:
-    """A vault with alice registered, its nodes keeping shards as files or in packs (the
-    demo's default)."""
-    with Vault.open(load(make_deployment(tmp_path, pack_limit=request.param))) as vault:
-        vault.register_subject("intl", "alice", "US")
-        yield vault
 
 
 def test_threads_sharing_a_vault_read_only_whole_versions_that_were_put(shared: Vault) -> None:

@@ -1,9 +1,11 @@
 """The Vault as a Python program uses it: what each call does with what a caller hands it.
 
 A put interrupted from the caller's side (its source, its progress callback, Ctrl-C in
-either) leaves the old version and, after gc, the nodes as they were; a reader used
-after it was closed, a page size that is no whole number, a vault used after close all
-answer with one clear error.
+either) leaves the old version and, after gc, the nodes as a clean put leaves them; a
+reader used after it (or its vault) was closed, a number or text of the wrong type, a
+vault used after close, a forgotten subject each answer with one clear error; threads
+sharing a vault read only whole versions, and pages hold each key once while others
+change.
 """
 
 from __future__ import annotations
@@ -18,8 +20,15 @@ from pathlib import Path
 import pytest
 
 from conftest import SEGMENT, files_under, make_deployment
+from governance_support import forget_approved
 from shardvault.config import load
-from shardvault.errors import InvalidInput, NotFound, ShardvaultError
+from shardvault.errors import (
+    Conflict,
+    InvalidInput,
+    NotFound,
+    ShardvaultError,
+    SubjectForgotten,
+)
 from shardvault.model import ObjectRef
 from shardvault.vault import Vault
 
@@ -314,3 +323,27 @@ def test_pages_hold_every_key_once_while_other_keys_come_and_go(
                     vault.delete(churn)
     assert len(seen) == len(set(seen)) and seen == sorted(seen)
     assert [key for key in seen if key in stayed] == sorted(stayed)
+
+
+def test_every_call_on_a_forgotten_subject_is_subject_forgotten(
+    vault: Vault, alice: ObjectRef
+) -> None:
+    """What README.md promises a caller: one class from every call, whatever it asks."""
+    vault.put(alice, b"gone")
+    forget_approved(vault, alice.tenant, alice.subject)
+    calls: list[Callable[[], object]] = [
+        lambda: vault.get(alice),
+        lambda: vault.open_read(alice),
+        lambda: vault.stat(alice),
+        lambda: vault.versions(alice),
+        lambda: vault.where(alice),
+        lambda: vault.delete(alice),
+        lambda: vault.put(alice, b"new"),
+        lambda: vault.put(alice, io.BytesIO(b"n" * (2 * SEGMENT))),
+        lambda: vault.list(alice.tenant, alice.subject),
+    ]
+    for call in calls:
+        with pytest.raises(SubjectForgotten, match="was forgotten on"):
+            call()
+    with pytest.raises(Conflict, match="cannot be registered again"):
+        vault.register_subject(alice.tenant, alice.subject, "US")

@@ -155,7 +155,7 @@ def test_a_reader_read_after_it_or_its_vault_closed_says_so_and_records_no_damag
         (lambda v, ref: v.where(ref, 1.5), "version 1.5 is not a whole number"),
         (lambda v, ref: v.put(ref, b"x", if_match=1.5), "version 1.5 is out of range"),
         (lambda v, ref: v.put(ref, b"x", if_match="1"), "version '1' is out of range"),
-        (lambda v, ref: v.gc("0"), "gc grace must be zero or more seconds"),
+        (lambda v, ref: v.gc("0"), "gc grace must be zero or more seconds, not '0'"),
         (
             lambda v, ref: ObjectRef(ref.tenant, ref.subject, b"k"),
             "must be text \\(str\\), not bytes",

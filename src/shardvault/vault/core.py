@@ -381,7 +381,7 @@ class Vault:
     def gc(self, grace_seconds: float = 3600.0) -> GcReport:
         """Collect deleted and abandoned versions, orphan shards and stale temporaries."""
         if not (isinstance(grace_seconds, int | float) and grace_seconds >= 0):
-            raise InvalidInput(f"gc grace must be zero or more seconds, not {grace_seconds}")
+            raise InvalidInput(f"gc grace must be zero or more seconds, not {grace_seconds!r}")
         started = self._clock()
         report = GcReport()
         cutoff = started - grace_seconds

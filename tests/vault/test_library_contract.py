@@ -118,6 +118,37 @@ def test_ctrl_c_inside_a_sources_read_stores_nothing(shared: Vault, tmp_path: Pa
     _assert_old_version_alone(vault, alice, nodes, before)
 
 
+class _MiscountingSource(io.RawIOBase):
+    """A stream whose first readinto fills nothing and says it read `says` (a buggy
+    source); then it is at its end."""
+
+    def __init__(self, says: object) -> None:
+        self._says: list[object] = [says]
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        return self._says.pop() if self._says else 0  # type: ignore[return-value]
+
+
+@pytest.mark.parametrize(
+    "says", [-1, 1 << 30, "3", 2.5], ids=["negative", "too-many", "text", "float"]
+)
+def test_a_source_miscounting_what_it_read_is_refused_and_stores_nothing(
+    shared: Vault, tmp_path: Path, says: object
+) -> None:
+    # trusted, a count below zero or past the buffer stored unfilled buffer bytes nobody
+    # put, and acknowledged them (a source saying -1 each time looped for ever); a str
+    # or a float was a bare TypeError
+    vault, alice = shared, ObjectRef("intl", "alice", "k")
+    nodes = tmp_path / "nodes"
+    before = _after_gc(vault, alice, nodes)
+    with pytest.raises(InvalidInput, match="readinto returned"):
+        vault.put(alice, _MiscountingSource(says))  # type: ignore[arg-type]
+    _assert_old_version_alone(vault, alice, nodes, before)
+
+
 @pytest.mark.parametrize("read_first", [0, 1], ids=["unread", "read-one-segment"])
 @pytest.mark.parametrize(
     ("closed", "said"),

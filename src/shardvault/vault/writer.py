@@ -105,6 +105,12 @@ def _read_full(source: BinaryIO, buffer: bytearray) -> int:
             continue
         if not got:
             break
+        if not isinstance(got, int) or not 0 < got <= len(buffer) - filled:
+            # as io.BufferedReader refuses it: trusted, an unfilled buffer was stored
+            raise InvalidInput(
+                f"the source's readinto returned {got!r} for a buffer of "
+                f"{len(buffer) - filled} bytes: it must return how many bytes it wrote there"
+            )
         filled += got
     return filled
 

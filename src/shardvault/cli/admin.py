@@ -17,9 +17,9 @@ from shardvault.cli.node_warnings import (
     warn_about_strays,
     warn_if_any_hung,
 )
+from shardvault.cli.options import JsonFlag, Subject, Tenant
 from shardvault.cli.outfile import write_output
 from shardvault.cli.output import (
-    JsonFlag,
     human_size,
     print_json,
     print_table,
@@ -33,10 +33,6 @@ from shardvault.demo import write_demo
 from shardvault.errors import InvalidInput, ShardvaultError, Unavailable
 from shardvault.vault import CellCrowding, RepairReport
 from shardvault.vault.views import NodeUsage
-
-# named as docs/cli.md names them (tests/test_docs.py), not by Typer's types
-Tenant = Annotated[str, typer.Argument(metavar="TENANT")]
-Subject = Annotated[str, typer.Argument(metavar="SUBJECT")]
 
 subject_app = typer.Typer(
     help="Register subjects (users) with their home jurisdiction.", no_args_is_help=True

@@ -8,8 +8,8 @@ from typing import Annotated
 import typer
 
 from shardvault.cli.given import path_named
+from shardvault.cli.options import JsonFlag
 from shardvault.cli.output import (
-    JsonFlag,
     OutputFailed,
     iso_time,
     print_json,
@@ -113,6 +113,7 @@ def _vetoes(governance: Governance, found: list[Approval]) -> list[Veto | None]:
         return [None] * len(found)
 
 
+ApprovalId = Annotated[str, typer.Argument(metavar="ID")]
 SigningKey = Annotated[
     Path | None,
     typer.Option(
@@ -147,7 +148,7 @@ def _sign(
 @approval_app.command("approve")
 def approval_approve(
     ctx: typer.Context,
-    approval_id: Annotated[str, typer.Argument(metavar="ID")],
+    approval_id: ApprovalId,
     signing_key: SigningKey = None,
     json_out: JsonFlag = False,
 ) -> None:
@@ -160,7 +161,7 @@ def approval_approve(
 @approval_app.command("deny")
 def approval_deny(
     ctx: typer.Context,
-    approval_id: Annotated[str, typer.Argument(metavar="ID")],
+    approval_id: ApprovalId,
     signing_key: SigningKey = None,
     json_out: JsonFlag = False,
 ) -> None:
@@ -171,7 +172,7 @@ def approval_deny(
 @approval_app.command("withdraw")
 def approval_withdraw(
     ctx: typer.Context,
-    approval_id: Annotated[str, typer.Argument(metavar="ID")],
+    approval_id: ApprovalId,
     signing_key: SigningKey = None,
     json_out: JsonFlag = False,
 ) -> None:

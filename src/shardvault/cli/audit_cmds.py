@@ -19,8 +19,9 @@ from shardvault.audit.export import check_destination
 from shardvault.audit.merkle import leaf_hash, verify_consistency, verify_inclusion
 from shardvault.cli.deployment_files import output_outside, refuse_deployment_file
 from shardvault.cli.given import check_readable, path_named, read_given
+from shardvault.cli.options import JsonFlag
 from shardvault.cli.outfile import write_output
-from shardvault.cli.output import JsonFlag, print_json, print_table, say, warn, write_out
+from shardvault.cli.output import print_json, print_table, say, warn, write_out
 from shardvault.cli.state import state
 from shardvault.errors import InvalidInput
 from shardvault.governance.layer import Governance

@@ -11,9 +11,9 @@ from typing import Annotated, BinaryIO
 import typer
 
 from shardvault.cli.deployment_files import output_outside
+from shardvault.cli.options import JsonFlag, Subject, Tenant
 from shardvault.cli.outfile import write_output
 from shardvault.cli.output import (
-    JsonFlag,
     info_rows,
     print_json,
     print_table,
@@ -33,8 +33,6 @@ Version = Annotated[
     int | None, typer.Option("--version", "-v", metavar="N", help="A specific version.")
 ]
 # named as docs/cli.md names them (tests/test_docs.py), not by Typer's types
-Tenant = Annotated[str, typer.Argument(metavar="TENANT")]
-Subject = Annotated[str, typer.Argument(metavar="SUBJECT")]
 Key = Annotated[str, typer.Argument(metavar="KEY")]
 
 

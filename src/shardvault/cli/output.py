@@ -13,9 +13,8 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, is_dataclass
 from enum import Enum
-from typing import Annotated, Any, BinaryIO
+from typing import Any, BinaryIO
 
-import typer
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
@@ -57,9 +56,6 @@ def to_plain(value: Any) -> Any:
     if isinstance(value, str):  # a path given, with bytes that are not UTF-8
         return undecodable_escaped(value)
     return value
-
-
-JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 
 
 def iso_time(epoch: float | None) -> str:

@@ -8,8 +8,8 @@ from typing import Annotated
 import typer
 
 from shardvault.cli.given import path_named
+from shardvault.cli.options import JsonFlag
 from shardvault.cli.output import (
-    JsonFlag,
     print_json,
     print_table,
     say,

@@ -7,8 +7,8 @@ from typing import Annotated
 
 import typer
 
+from shardvault.cli.options import JsonFlag
 from shardvault.cli.output import (
-    JsonFlag,
     OutputFailed,
     iso_time,
     print_json,
@@ -22,6 +22,7 @@ from shardvault.policy import Principal, PrincipalKind
 from shardvault.policy.model import as_enum
 
 # metavars as docs/cli.md names them (tests/test_docs.py), not Typer's types
+PrincipalId = Annotated[str, typer.Argument(metavar="ID")]
 TtlDays = Annotated[float, typer.Option("--ttl-days", metavar="N", help="Token lifetime in days.")]
 
 principal_app = typer.Typer(help="Principals and their API tokens.", no_args_is_help=True)
@@ -75,7 +76,7 @@ AuthorityCountry = Annotated[
 @principal_app.command("add")
 def principal_add(
     ctx: typer.Context,
-    ident: Annotated[str, typer.Argument(metavar="ID")],
+    ident: PrincipalId,
     tenant: Annotated[str, typer.Option("--tenant", metavar="T", help="The tenant it belongs to.")],
     kind: Kind,
     location: Annotated[
@@ -123,7 +124,7 @@ def _hand_out(registry: PrincipalRegistry, issued: IssuedToken, json_out: bool, 
 @principal_app.command("token")
 def principal_token(
     ctx: typer.Context,
-    ident: Annotated[str, typer.Argument(metavar="ID")],
+    ident: PrincipalId,
     ttl_days: TtlDays = 90.0,
     json_out: JsonFlag = False,
 ) -> None:
@@ -175,7 +176,7 @@ def principal_ls(ctx: typer.Context, json_out: JsonFlag = False) -> None:
 @principal_app.command("revoke")
 def principal_revoke(
     ctx: typer.Context,
-    ident: Annotated[str, typer.Argument(metavar="ID")],
+    ident: PrincipalId,
     token_id: Annotated[
         str | None,
         typer.Option("--token-id", metavar="HEX", help="Revoke only this token (16 hex digits)."),

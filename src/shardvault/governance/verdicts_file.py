@@ -31,12 +31,11 @@ import stat
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
-from urllib.parse import quote
 
-from shardvault import durability
 from shardvault.errors import IntegrityError, Unavailable
+from shardvault.journaled_sqlite import make_private_file, open_journaled
 from shardvault.partner_files import VERDICTS
-from shardvault.sqlite_schema import stamp_schema
+from shardvault.sqlite_schema import refuse_newer, stamp_schema
 
 FILE = VERDICTS
 SCHEMA_VERSION = 3
@@ -88,10 +87,7 @@ class VerdictsFile:
 
     def version(self, db: sqlite3.Connection) -> int:
         """The file's schema (0: left empty); `NewerFormat` if a newer shardvault wrote it."""
-        (found,) = db.execute("PRAGMA user_version").fetchone()
-        if found > SCHEMA_VERSION:
-            stamp_schema(db, SCHEMA_VERSION, self.what)  # raises: it names both versions
-        return int(found)
+        return refuse_newer(db, SCHEMA_VERSION, self.what)
 
     def veto_key(self, db: sqlite3.Connection) -> bytes:
         row = db.execute("SELECT key FROM veto_key WHERE id = 1").fetchone()
@@ -112,9 +108,7 @@ class VerdictsFile:
     def make(self) -> None:
         """The empty file, mode 0600, made once whoever else makes it at the same time."""
         try:
-            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
-            durability.fsync_directory(self.path.parent)
+            make_private_file(self.path, directory_mode=0o700)
         except OSError as exc:
             raise Unavailable(f"cannot make {self.what}: {exc.strerror or exc}") from None
 
@@ -133,16 +127,11 @@ class VerdictsFile:
                 "run chmod 600 on it"
             )
         try:
-            db = sqlite3.connect(
-                f"file:{quote(str(self.path))}?mode=rw", _BUSY_SECONDS, isolation_level=None,
-                uri=True,
-            )  # fmt: skip
+            db = open_journaled(self.path, _BUSY_SECONDS)
         except sqlite3.Error as exc:
             raise Unavailable(f"cannot use {self.what}: {exc}") from exc
         with closing(db):
             try:
-                db.execute("PRAGMA journal_mode=DELETE").fetchall()
-                db.execute("PRAGMA synchronous=EXTRA")
                 yield db
             except sqlite3.Error as exc:
                 raise Unavailable(f"cannot use {self.what}: {exc}") from exc

@@ -35,12 +35,11 @@ import sqlite3
 from collections.abc import Iterable, Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
-from urllib.parse import quote
 
-from shardvault import durability
 from shardvault.errors import KeyUnavailable
+from shardvault.journaled_sqlite import make_private_file, open_journaled
 from shardvault.keys.tombstones import require_private
-from shardvault.sqlite_schema import stamp_schema
+from shardvault.sqlite_schema import refuse_newer, stamp_schema
 
 SCHEMA_VERSION = 2
 SUFFIX = ".subjects.sqlite"
@@ -82,9 +81,7 @@ class KeySubjects:
         """Make the file, mode 0600, if it is missing or was left half-made; one that
         exists keeps what it says. The caller holds the keyring's flock."""
         if not self.path.exists():
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
-            durability.fsync_directory(self.path.parent)
+            make_private_file(self.path)
         with self._connected(create=True) as db, db:
             db.execute("BEGIN IMMEDIATE")
             for statement in _SCHEMA:
@@ -164,16 +161,11 @@ class KeySubjects:
             ) from None
         require_private(info, self.path, "keyring key subjects")
         try:
-            db = sqlite3.connect(
-                f"file:{quote(str(self.path))}?mode=rw", _BUSY_SECONDS, isolation_level=None,
-                uri=True,
-            )  # fmt: skip
+            db = open_journaled(self.path, _BUSY_SECONDS)
         except sqlite3.Error as exc:
             raise self._failed(exc) from exc
         with closing(db):
             try:
-                db.execute("PRAGMA journal_mode=DELETE").fetchall()
-                db.execute("PRAGMA synchronous=EXTRA")
                 if not create:
                     self._check_schema(db)
                 yield db
@@ -183,11 +175,9 @@ class KeySubjects:
     def _check_schema(self, db: sqlite3.Connection) -> None:
         """Refuse a file with no table or of a newer schema; give one of schema 1 the
         table of destroy attestations (empty) and stamp it 2, in one transaction."""
-        (found,) = db.execute("PRAGMA user_version").fetchone()
+        found = refuse_newer(db, SCHEMA_VERSION, self._what)
         if found == 0:
             raise KeyUnavailable(f"{self._what} hold no table: restore them from a backup")
-        if found > SCHEMA_VERSION:
-            stamp_schema(db, SCHEMA_VERSION, self._what)  # raises: it names both versions
         if found == SCHEMA_VERSION:
             return
         with db:

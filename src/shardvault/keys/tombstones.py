@@ -40,12 +40,11 @@ import threading
 import weakref
 from collections.abc import Iterable
 from pathlib import Path
-from urllib.parse import quote
 
-from shardvault import durability
 from shardvault.errors import ConfigError, KeyUnavailable
+from shardvault.journaled_sqlite import make_private_file, open_journaled
 from shardvault.keys.live_answers import Identity, LiveAnswers
-from shardvault.sqlite_schema import stamp_schema
+from shardvault.sqlite_schema import refuse_newer
 
 SCHEMA_VERSION = 2
 SUFFIX = ".destroyed.sqlite"
@@ -57,14 +56,6 @@ _SCHEMA = """CREATE TABLE IF NOT EXISTS destroyed (
 _HOLDS = "SELECT 1 FROM destroyed WHERE scope = ? AND key_id = ?"
 _INSERT = "INSERT OR IGNORE INTO destroyed (scope, key_id) VALUES (?, ?)"
 _BUSY_SECONDS = 10.0
-
-
-def _known_version(db: sqlite3.Connection, what: str) -> int:
-    """The file's schema version; `NewerFormat` if a newer shardvault wrote it."""
-    (found,) = db.execute("PRAGMA user_version").fetchone()
-    if found > SCHEMA_VERSION:
-        stamp_schema(db, SCHEMA_VERSION, what)  # raises: it names both versions
-    return int(found)
 
 
 def tombstones_path(keyring: Path) -> Path:
@@ -172,9 +163,7 @@ class Tombstones:
         keyring that lost its own would bring every destroyed key back.
         """
         if not self.path.exists():
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
-            durability.fsync_directory(self.path.parent)
+            make_private_file(self.path)
         self._handle(create=True)
 
     def _handle(self, create: bool = False) -> _Handle:
@@ -206,14 +195,8 @@ class Tombstones:
                 "beside it (restore them with it, or check custodian.path)"
             ) from None
         require_private(info, self.path, "keyring tombstones")
-        try:
-            db = sqlite3.connect(
-                f"file:{quote(str(self.path))}?mode=rw",
-                _BUSY_SECONDS,
-                isolation_level=None,
-                check_same_thread=False,  # a fork's wait and garbage collection touch it too
-                uri=True,
-            )
+        try:  # not checked for its thread: a fork's wait and garbage collection touch it too
+            db = open_journaled(self.path, _BUSY_SECONDS, check_same_thread=False)
         except sqlite3.Error as exc:
             raise self._failed(None, "open", exc) from exc
         try:
@@ -235,29 +218,18 @@ class Tombstones:
         return db, (info.st_dev, info.st_ino)
 
     def _prepare(self, db: sqlite3.Connection, create: bool) -> None:
-        """Durability settings, then the schema: made if `create`, else checked.
-
-        A rollback journal, not WAL: a WAL connection holds a lock on the shared
-        memory file for as long as it is open, and a forked child's connections
-        would share its parent's record of that lock (sqlite_connections.py says
-        what that cost the catalog); a journal connection holds no lock between
-        queries. The journal and any other file SQLite makes beside the
-        database take the database's mode, 0600. Destroys are rare, so each
-        commits with ``synchronous=EXTRA``: the journal's deletion, which is the
-        commit, is made durable with its directory before a destroy returns.
-        """
+        """The schema: made if `create`, else checked. (A rollback journal, not WAL, and
+        ``synchronous=EXTRA``, a destroy durable before it returns: `journaled_sqlite`.)"""
         what = f"keyring tombstones {self.path}"
         try:
-            db.execute("PRAGMA journal_mode=DELETE").fetchall()
-            db.execute("PRAGMA synchronous=EXTRA")
             if create:
                 with db:
                     db.execute("BEGIN IMMEDIATE")
                     db.execute(_SCHEMA)
-                    if _known_version(db, what) == 0:
+                    if refuse_newer(db, SCHEMA_VERSION, what) == 0:
                         db.execute("PRAGMA user_version=1")  # 2 once key subjects are kept
                 return
-            found = _known_version(db, what)
+            found = refuse_newer(db, SCHEMA_VERSION, what)
         except sqlite3.Error as exc:
             raise self._failed(None, "open", exc) from exc
         if found == 0:

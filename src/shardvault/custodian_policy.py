@@ -48,7 +48,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from shardvault.durability import read_bounded
 from shardvault.errors import AccessDenied, ConfigError, InvalidInput, NewerFormat
-from shardvault.keys.port import KeyOperation
+from shardvault.keys.port import KeyOperation, KeyScope
 from shardvault.model import (
     Justification,
     jurisdiction_code,
@@ -74,19 +74,6 @@ _GRANT_KEYS = {
 }  # fmt: skip
 ALL_OPERATIONS = frozenset(KeyOperation)
 _OPERATION_NAMES = tuple(op.value for op in KeyOperation)
-
-
-@slot_init
-@dataclass(frozen=True, slots=True)
-class KeyScope:
-    """Which root key a key use would touch: one per (tenant, jurisdiction)."""
-
-    tenant: str
-    jurisdiction: str
-
-    def __post_init__(self) -> None:
-        tenant_name(self.tenant)
-        jurisdiction_code(self.jurisdiction)
 
 
 @dataclass(frozen=True, slots=True)

@@ -153,7 +153,7 @@ def custodian_gate(
         is durable, so the witness holds the log to it (`governance.seen`)."""
         if seen is not None and why.audit is not None:
             seen.record(why.audit)
-        key = cp.KeyScope(scope.tenant, scope.jurisdiction)
+        key = KeyScope(scope.tenant, scope.jurisdiction)  # checked again: nothing on trust
         cp.require_key_use(policy, operation, why, key)
         if why.approval_id is None:
             _refuse_an_unapproved_destroy(operation)

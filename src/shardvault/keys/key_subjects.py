@@ -92,32 +92,20 @@ class KeySubjects:
 
     def bind(self, scope: str, key_id: str, tag: bytes) -> bytes:
         """Record ``tag`` for the key unless it has one; the tag it has now, durable."""
-        with self._connected() as db, db:
-            db.execute("BEGIN IMMEDIATE")
-            db.execute(_INSERT, (scope, key_id, tag))
-            (held,) = db.execute(_TAG, (scope, key_id)).fetchone()
-        return bytes(held)
+        return self._keep_first(_INSERT, _TAG, scope, key_id, tag)
 
     def tag(self, scope: str, key_id: str) -> bytes | None:
         """The tag recorded for the key; None if none was."""
-        with self._connected() as db:
-            row = db.execute(_TAG, (scope, key_id)).fetchone()
-        return None if row is None else bytes(row[0])
+        return self._recorded(_TAG, scope, key_id)
 
     def keep_attestation(self, scope: str, key_id: str, attestation: bytes) -> bytes:
         """Record the destroy attestation of the key unless it has one; the one it has
         now, durable: the first signed is the one every run of its forget is given."""
-        with self._connected() as db, db:
-            db.execute("BEGIN IMMEDIATE")
-            db.execute(_KEEP, (scope, key_id, attestation))
-            (held,) = db.execute(_ATTESTATION, (scope, key_id)).fetchone()
-        return bytes(held)
+        return self._keep_first(_KEEP, _ATTESTATION, scope, key_id, attestation)
 
     def attestation(self, scope: str, key_id: str) -> bytes | None:
         """The destroy attestation recorded for the key; None if none was."""
-        with self._connected() as db:
-            row = db.execute(_ATTESTATION, (scope, key_id)).fetchone()
-        return None if row is None else bytes(row[0])
+        return self._recorded(_ATTESTATION, scope, key_id)
 
     def earlier_recorded(self) -> bool:
         """Whether the keys wrapped before this file existed have had their subjects named."""
@@ -140,6 +128,21 @@ class KeySubjects:
         with self._connected() as db, db:
             db.execute("BEGIN IMMEDIATE")
             db.execute("UPDATE earlier_keys SET recorded = 1")
+
+    def _keep_first(self, insert: str, held: str, scope: str, key_id: str, value: bytes) -> bytes:
+        """``insert`` the key's value unless it has one, and read back the one it holds
+        with ``held``, in one write transaction: the first recorded is the one kept."""
+        with self._connected() as db, db:
+            db.execute("BEGIN IMMEDIATE")
+            db.execute(insert, (scope, key_id, value))
+            (found,) = db.execute(held, (scope, key_id)).fetchone()
+        return bytes(found)
+
+    def _recorded(self, held: str, scope: str, key_id: str) -> bytes | None:
+        """The key's value as ``held`` reads it; None if it has none."""
+        with self._connected() as db:
+            row = db.execute(held, (scope, key_id)).fetchone()
+        return None if row is None else bytes(row[0])
 
     @property
     def _what(self) -> str:

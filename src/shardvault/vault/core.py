@@ -256,7 +256,8 @@ class Vault:
     def open_read(
         self, ref: ObjectRef, version: int | None = None, ctx: RequestContext | None = None
     ) -> ObjectReader:
-        """A streaming reader; iterate it for plaintext, then check .damage."""
+        """A streaming reader: iterate it for plaintext segments, or read it as a binary
+        file (read(n), readinto, readline); then check .damage."""
         ctx = ctx or local_context("read")
         cell, subject, record, access = authorized_version(
             self, ref, version, ctx, Action.READ, durable=False

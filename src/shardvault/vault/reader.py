@@ -52,6 +52,7 @@ from shardvault.manifest import Manifest
 from shardvault.model import ObjectInfo
 from shardvault.nodes.port import ShardReader, ShardStore, shard_name
 from shardvault.vault.deadline import NodeDeadline
+from shardvault.vault.segment_stream import SegmentStream
 from shardvault.vault.unreadable_segment import unreadable_segment
 from shardvault.vault.views import info_of
 
@@ -122,8 +123,9 @@ def _copy_of(manifest: Manifest, index: int) -> tuple[str, str | None, int]:
     return manifest.nodes[index], manifest.location(index), manifest.generation(index)
 
 
-class ObjectReader:
-    """Iterates an object version's plaintext, segment by segment."""
+class ObjectReader(SegmentStream):
+    """An object version's plaintext: iterated, segment by segment, or read as a binary
+    file (vault/segment_stream.py); one pass, either way."""
 
     def __init__(
         self,
@@ -135,6 +137,7 @@ class ObjectReader:
         deadline: NodeDeadline | None = None,
         reload: Reload | None = None,
     ) -> None:
+        super().__init__()
         self.damage: list[DamageRecord] = []
         self._manifest = manifest
         self._cipher: SegmentCipher | None = None
@@ -168,6 +171,18 @@ class ObjectReader:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def name(self) -> str:
+        """The object's key, as a file's name is its path (io.TextIOWrapper's name)."""
+        return self._manifest.ref.key
+
+    def _segments(self) -> Iterator[bytes]:
+        return iter(self)
 
     def _handle(self, index: int, segment: int) -> _ShardHandle:
         # Opened inside the fetching task, never as a task of its own: a pool

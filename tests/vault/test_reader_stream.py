@@ -1,0 +1,238 @@
+"""`Vault.open_read`'s reader is a binary file object: read(n) across segments, read(),
+readinto, readline, shutil.copyfileobj, io wrappers and tarfile's streaming mode, with
+one segment held at a time and the damage it reads around recorded as iteration does."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import re
+import shutil
+import tarfile
+from collections.abc import Callable
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from conftest import SEGMENT, shard_paths
+from shardvault.catalog.port import DamageRecord
+from shardvault.model import ObjectRef
+from shardvault.vault import Vault
+
+SIZES = (0, 1, SEGMENT - 1, SEGMENT, SEGMENT + 1, 3 * SEGMENT + 7)
+
+
+def payload(size: int) -> bytes:
+    """Bytes whose every 4-byte run says where it is: a piece read twice or out of
+    place shows."""
+    words = (size + 3) // 4
+    return b"".join(i.to_bytes(4, "big") for i in range(words))[:size]
+
+
+def test_reads_of_any_sizes_put_the_object_back_together(vault: Vault, alice: ObjectRef) -> None:
+    refs = {}
+    for size in SIZES:
+        refs[size] = ObjectRef(alice.tenant, alice.subject, f"size-{size}")
+        vault.put(refs[size], payload(size))
+
+    @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(
+        size=st.sampled_from(SIZES),
+        reads=st.lists(
+            st.one_of(
+                st.integers(0, 2 * SEGMENT + 3),
+                st.sampled_from([1, SEGMENT - 1, SEGMENT, SEGMENT + 1]),
+            ),
+            min_size=1,
+            max_size=12,
+        ),
+        into=st.booleans(),
+    )
+    def read_back(size: int, reads: list[int], into: bool) -> None:
+        got = bytearray()
+        with vault.open_read(refs[size]) as reader:
+            turn = 0
+            while len(got) < size:  # the reads given, again and again, until the end
+                wanted = reads[turn % len(reads)]
+                turn += 1
+                if into:  # into a memoryview of a larger buffer, as io does
+                    buffer = bytearray(wanted + 3)
+                    count = reader.readinto(memoryview(buffer)[:wanted])
+                    part = bytes(buffer[:count])
+                else:
+                    part = reader.read(wanted)
+                # a file's read returns what was asked for unless the object ends first
+                assert len(part) == min(wanted, size - len(got))
+                got += part
+                if turn > size + 2 * len(reads):  # reads of 0 only: nothing to learn
+                    break
+            if len(got) == size:
+                assert reader.read(5) == b""
+                assert reader.read() == b""
+                assert reader.readinto(bytearray(4)) == 0
+        assert bytes(got) == payload(size)[: len(got)]
+        assert len(got) == size or set(reads) == {0}
+
+    read_back()
+
+
+def test_read_all_of_it_or_the_rest(vault: Vault, alice: ObjectRef) -> None:
+    data = payload(3 * SEGMENT + 7)
+    vault.put(alice, data)
+    with vault.open_read(alice) as reader:
+        assert reader.read() == data
+        assert reader.read() == b""
+    with vault.open_read(alice) as reader:
+        assert reader.read(0) == b""
+        assert reader.read(10) == data[:10]
+        assert reader.read(-1) == data[10:]
+    with vault.open_read(alice) as reader:
+        assert reader.read(SEGMENT + 3) == data[: SEGMENT + 3]
+        assert reader.read(None) == data[SEGMENT + 3 :]
+
+
+def test_read1_and_peek_hold_one_segment_at_a_time(vault: Vault, alice: ObjectRef) -> None:
+    data = payload(2 * SEGMENT + 5)
+    vault.put(alice, data)
+    with vault.open_read(alice) as reader:
+        assert reader.read1(10) == data[:10]
+        assert reader.read1() == data[10:SEGMENT]  # the rest of the segment, no further
+        assert reader.peek()[:4] == data[SEGMENT : SEGMENT + 4]
+        assert reader.read1(-1) == data[SEGMENT : 2 * SEGMENT]  # peek took nothing
+        buffer = bytearray(SEGMENT)
+        assert reader.readinto1(buffer) == 5
+        assert bytes(buffer[:5]) == data[2 * SEGMENT :]
+        assert reader.read1() == b""
+        assert reader.peek() == b""
+
+
+def test_it_is_a_readable_binary_stream_that_cannot_seek(vault: Vault, alice: ObjectRef) -> None:
+    vault.put(alice, b"data")
+    with vault.open_read(alice) as reader:
+        assert isinstance(reader, io.BufferedIOBase)
+        assert reader.readable()
+        assert not reader.seekable()
+        assert not reader.writable()
+        assert not reader.closed
+        with pytest.raises(io.UnsupportedOperation):
+            reader.seek(0)
+        with pytest.raises(io.UnsupportedOperation):
+            reader.fileno()
+    assert reader.closed
+
+
+def test_copyfileobj_and_hashlib_read_it_whole(vault: Vault, alice: ObjectRef) -> None:
+    data = payload(2 * SEGMENT + 11)
+    vault.put(alice, data)
+    out = io.BytesIO()
+    with vault.open_read(alice) as reader:
+        shutil.copyfileobj(reader, out, length=SEGMENT // 3)
+    assert out.getvalue() == data
+    with vault.open_read(alice) as reader:
+        digest = hashlib.file_digest(reader, "sha256")
+    assert digest.digest() == hashlib.sha256(data).digest()
+
+
+def test_lines_read_through_the_io_wrappers_and_readline(vault: Vault, alice: ObjectRef) -> None:
+    lines = [f"line {i} {'x' * (i % 97)}\n".encode() for i in range(3000)]
+    data = b"".join(lines)
+    assert len(data) > 2 * SEGMENT
+    vault.put(alice, data)
+    with vault.open_read(alice) as reader:
+        assert reader.readline() == lines[0]
+        assert reader.readlines(1) == [lines[1]]
+        assert reader.readlines() == lines[2:]  # lines, not segments
+    with vault.open_read(alice) as reader:
+        text = io.TextIOWrapper(reader, encoding="ascii")
+        assert text.name == alice.key
+        assert text.readlines() == [line.decode() for line in lines]
+    with vault.open_read(alice) as reader:
+        buffered = io.BufferedReader(reader, buffer_size=1000)
+        assert buffered.read() == data
+
+
+def test_tarfile_streams_an_archive_out_of_it(vault: Vault, alice: ObjectRef) -> None:
+    members = {"a.txt": payload(SEGMENT + 9), "b/c.bin": payload(3 * SEGMENT)}
+    archive = io.BytesIO()
+    with tarfile.open(fileobj=archive, mode="w") as tar:
+        for name, body in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(body)
+            tar.addfile(info, io.BytesIO(body))
+    vault.put(alice, archive.getvalue())
+    found = {}
+    with vault.open_read(alice) as reader, tarfile.open(fileobj=reader, mode="r|") as tar:
+        for member in tar:
+            extracted = tar.extractfile(member)
+            assert extracted is not None
+            found[member.name] = extracted.read()
+    assert found == members
+
+
+def _seen(damage: list[DamageRecord]) -> list[tuple[int, int, str, str]]:
+    return [(d.segment, d.index, d.node, d.reason) for d in damage]
+
+
+def test_damage_read_around_by_small_reads_is_recorded_as_by_iteration(
+    vault: Vault, alice: ObjectRef
+) -> None:
+    data = payload(3 * SEGMENT + 7)
+    vault.put(alice, data)
+    first, _, third = shard_paths(vault, alice)[:3]
+    raw = bytearray(third.read_bytes())
+    raw[-5] ^= 0x10  # the last segment's block of shard 2
+    third.write_bytes(bytes(raw))
+    first.unlink()  # shard 0: missing for every segment
+    with vault.open_read(alice) as iterated:
+        assert b"".join(iterated) == data
+    with vault.open_read(alice) as streamed:
+        got = bytearray()
+        while part := streamed.read(SEGMENT // 2 + 1):
+            got += part
+    assert bytes(got) == data
+    assert _seen(streamed.damage) == _seen(iterated.damage)
+    assert {(d.segment, d.index, d.reason) for d in streamed.damage} >= {
+        (0, 0, "missing"),
+        (3, 2, "hash mismatch"),
+    }
+    assert vault.report_damage(streamed.damage) == streamed.damage
+
+
+@pytest.mark.parametrize("read_first", [0, SEGMENT - 10, SEGMENT])
+def test_a_read_after_close_raises_what_iteration_raises(
+    vault: Vault, alice: ObjectRef, read_first: int
+) -> None:
+    data = payload(3 * SEGMENT)
+    vault.put(alice, data)
+    iterated = vault.open_read(alice)
+    segments = iter(iterated)
+    for _ in range(1 if read_first else 0):
+        next(segments)
+    iterated.close()
+    with pytest.raises(Exception) as by_iteration:
+        next(segments)
+    streamed = vault.open_read(alice)
+    assert streamed.read(read_first) == data[:read_first]
+    streamed.close()
+    held = -read_first % SEGMENT  # verified plaintext in hand is still given
+    assert streamed.read(held) == data[read_first : read_first + held]
+    reads: list[Callable[[], object]] = [
+        lambda: streamed.read(1),
+        lambda: streamed.read(),
+        lambda: streamed.readinto(bytearray(3)),
+    ]
+    for read in reads:  # each time: a read that failed once is no end of the object
+        with pytest.raises(type(by_iteration.value), match=re.escape(str(by_iteration.value))):
+            read()
+    assert streamed.damage == []
+
+
+def test_iterating_after_reading_is_refused(vault: Vault, alice: ObjectRef) -> None:
+    """One pass through the object: iteration after reads raises, as a second iteration
+    does, rather than yield the object from the start or from somewhere in the middle."""
+    vault.put(alice, payload(2 * SEGMENT))
+    with vault.open_read(alice) as reader:
+        reader.read(3)
+        with pytest.raises(RuntimeError, match="read once"):
+            next(iter(reader))

@@ -343,6 +343,26 @@ def test_mark_deleted_one_version_or_all(catalog: Catalog) -> None:
     assert catalog.mark_deleted(REF) == 0
 
 
+def test_mark_deleted_if_match_marks_only_while_it_is_the_current_version(
+    catalog: Catalog,
+) -> None:
+    for number in (1, 2):
+        put(catalog, REF, number)
+    catalog.reserve(REF, oid(3), 1.0)  # pending: not current, and not marked
+    with pytest.raises(Conflict, match="expected version 1, current is 2"):
+        catalog.mark_deleted(REF, if_match=1)
+    assert [record.version for record in catalog.list_versions(REF)] == [2, 1]
+    with pytest.raises(Conflict, match="expected version 1, current is 2"):
+        catalog.mark_deleted(REF, 1, if_match=1)
+    assert catalog.mark_deleted(REF, 1, if_match=2) == 1
+    assert catalog.mark_deleted(REF, if_match=2) == 1
+    assert catalog.list_versions(REF) == []
+    with pytest.raises(Conflict, match="expected version 2, current is 0"):
+        catalog.mark_deleted(REF, if_match=2)
+    catalog.commit(REF, 3, b"manifest-3", 3, None)  # the pending version was left pending
+    assert catalog.mark_deleted(REF, if_match=3) == 1
+
+
 def test_a_claimed_pending_version_can_no_longer_commit(catalog: Catalog) -> None:
     # gc read pending rows, a put committed one, and gc then took its shards and its row:
     # an acknowledged put was lost. Claiming marks the row first; the commit then fails.

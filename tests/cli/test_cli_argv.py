@@ -31,6 +31,7 @@ TEMPLATES = [
     "versions intl alice KEY --json",
     "where intl alice KEY --json",
     "rm intl alice KEY --version NUMBER",
+    "rm intl alice KEY --if-match NUMBER",
     "subject add TENANT SUBJECT --jurisdiction CELL",
     "forget TENANT SUBJECT --receipt PATH",
     "nodes --json",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pathlib
+import re
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -239,6 +240,41 @@ def test_an_if_match_out_of_range_names_0_as_valid(alice: Cli, tmp_path: Path) -
         f"or a version from 1 to {2**63 - 1}"
     )
     alice.ok("put", "intl", "alice", "new", str(source), "--if-match", "0")
+
+
+def test_rm_if_match_deletes_only_the_version_the_caller_saw(alice: Cli, tmp_path: Path) -> None:
+    source = tmp_path / "in.txt"
+    source.write_bytes(b"one\n")
+    alice.ok("put", "intl", "alice", "doc", str(source))
+    alice.ok("put", "intl", "alice", "doc", str(source))  # another writer, since v1 was read
+    line = alice.fails(1, "rm", "intl", "alice", "doc", "--if-match", "1")
+    assert line == "error: intl/alice/doc: expected version 1, current is 2"
+    assert alice.json("stat", "intl", "alice", "doc")["version"] == 2
+    line = alice.fails(2, "rm", "intl", "alice", "doc", "--if-match", "0")
+    assert line == (
+        "error: version 0 is out of range: a delete's --if-match takes a version from 1 "
+        f"to {2**63 - 1}"
+    )
+    line = alice.fails(2, "rm", "intl", "alice", "doc", "--if-match", "2", "--version", "2")
+    assert "give one or the other" in line
+    assert alice.json("rm", "intl", "alice", "doc", "--if-match", "2") == {"deleted_versions": 2}
+    assert "no object" in alice.fails(1, "stat", "intl", "alice", "doc")
+
+
+@pytest.mark.parametrize(
+    ("command", "said"),
+    [
+        ("put", "Refuse unless this is the current version (0: new)."),
+        ("rm", "Refuse unless this is the current version."),
+    ],
+)
+def test_rm_and_put_say_if_match_alike(
+    alice: Cli, monkeypatch: pytest.MonkeyPatch, command: str, said: str
+) -> None:
+    monkeypatch.setenv("COLUMNS", "250")
+    code, out, _ = alice(command, "--help")
+    assert code == 0
+    assert re.search(rf"--if-match\s+N\s+{re.escape(said)}", out.decode()), out.decode()
 
 
 @pytest.mark.parametrize(

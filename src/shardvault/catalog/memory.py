@@ -218,8 +218,11 @@ class MemoryCatalog:
                 key=lambda r: -r.version,
             )
 
-    def mark_deleted(self, ref: ObjectRef, version: int | None = None) -> int:
+    def mark_deleted(
+        self, ref: ObjectRef, version: int | None = None, if_match: int | None = None
+    ) -> int:
         with self._lock:
+            self._check_current(ref, if_match)
             marked = 0
             for number, rec in self._versions.get(ref, {}).items():
                 if rec.state is VersionState.COMMITTED and version in (None, number):

@@ -176,7 +176,15 @@ class Catalog(Protocol):
     def list_versions(self, ref: ObjectRef) -> list[VersionRecord]:
         """Committed versions of one key, newest first."""
 
-    def mark_deleted(self, ref: ObjectRef, version: int | None = None) -> int: ...
+    def mark_deleted(
+        self, ref: ObjectRef, version: int | None = None, if_match: int | None = None
+    ) -> int:
+        """Mark ref's committed versions (or one) deleted; returns how many.
+
+        ``if_match`` is the version the caller expects to be current (as `commit`'s):
+        checked in the same transaction as the mark, Conflict marking nothing when it
+        is not, so a delete never takes a version committed after the caller looked.
+        """
 
     def claim_collectable(
         self,

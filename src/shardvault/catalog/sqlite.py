@@ -624,17 +624,18 @@ class SqliteCatalog:
         )
         return [_version(row) for row in rows]
 
-    def mark_deleted(self, ref: ObjectRef, version: int | None = None) -> int:
-        with self._transaction() as db:
-            sql = (
-                "UPDATE versions SET state = 'deleted' WHERE tenant = ? AND subject = ?"
-                " AND key = ? AND state = 'committed'"
-            )
-            params: tuple = (ref.tenant, ref.subject, ref.key)  # type: ignore[type-arg]
-            if version is not None:
-                sql += " AND version = ?"
-                params += (version,)
-            return db.execute(sql, params).rowcount
+    def mark_deleted(
+        self, ref: ObjectRef, version: int | None = None, if_match: int | None = None
+    ) -> int:
+        sql = (
+            "UPDATE versions SET state = 'deleted' WHERE tenant = ? AND subject = ?"
+            " AND key = ? AND state = 'committed'"
+        )
+        params: tuple = (ref.tenant, ref.subject, ref.key)  # type: ignore[type-arg]
+        if version is not None:
+            sql += " AND version = ?"
+            params += (version,)
+        return self._write_if_current(sql, params, ref, if_match)
 
     def claim_collectable(
         self,

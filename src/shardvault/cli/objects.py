@@ -172,11 +172,16 @@ def rm(
     subject: Subject,
     key: Key,
     version: Version = None,
+    if_match: Annotated[
+        int | None,
+        typer.Option("--if-match", metavar="N", help="Refuse unless this is the current version."),
+    ] = None,
     json_out: JsonFlag = False,
 ) -> None:
     """Delete an object (all versions, or one); gc collects its shards."""
     cli = state(ctx)
-    removed = cli.vault().delete(ObjectRef(tenant, subject, key), version, cli.request())
+    ref = ObjectRef(tenant, subject, key)
+    removed = cli.vault().delete(ref, version, cli.request(), if_match=if_match)
     if json_out:
         print_json({"deleted_versions": removed})
     else:

@@ -218,6 +218,21 @@ def check_version(version: int | None) -> None:
         )
 
 
+def check_if_match(if_match: int | None, *, deleting: bool = False) -> None:
+    """A precondition's version the catalog can hold, or none: 0 (the key must be new)
+    or a version for a put; a version only for a delete, which 0 leaves nothing to do."""
+    if if_match is None:
+        return
+    if whole(if_match) and (1 if deleting else 0) <= if_match <= MAX_VERSION:
+        return
+    takes = (
+        "a delete's --if-match takes a version from 1"
+        if deleting
+        else "--if-match takes 0 (the key must be new) or a version from 1"
+    )
+    raise InvalidInput(f"version {if_match!r} is out of range: {takes} to {MAX_VERSION}")
+
+
 def registered(found: _T | None, tenant: str, subject: str) -> _T:
     """What was looked up for the subject, unless it is not registered (`NotFound`)."""
     if found is None:

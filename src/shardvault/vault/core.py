@@ -54,6 +54,7 @@ from shardvault.vault.access import (
     AnsweredAfterAudit,
     at_home,
     authorized,
+    check_if_match,
     check_version,
     home_of,
     registered,
@@ -229,13 +230,31 @@ class Vault:
     put = writing.put  # vault/writing.py: no delegating call on the put path
 
     def delete(
-        self, ref: ObjectRef, version: int | None = None, ctx: RequestContext | None = None
+        self,
+        ref: ObjectRef,
+        version: int | None = None,
+        ctx: RequestContext | None = None,
+        *,
+        if_match: int | None = None,
     ) -> int:
-        """Mark the object (or one version) deleted; gc removes the shards."""
+        """Mark the object (or one version) deleted; gc removes the shards.
+
+        With ``if_match`` N the whole object is deleted only if N is its current
+        version (Conflict otherwise, nothing deleted): a delete that a write made
+        since the caller read cannot take. Not with ``version``, which names what it
+        deletes already.
+        """
         ctx = ctx or local_context()
         check_version(version)
+        check_if_match(if_match, deleting=True)
+        if if_match is not None and version is not None:
+            raise InvalidInput(
+                "--if-match deletes the whole object if N is its current version; "
+                "--version deletes that version: give one or the other"
+            )
         subject, _ = authorized(self, ctx, Action.DELETE, ref.tenant, ref.subject, ref.key)
-        marked = self.cells[subject.jurisdiction].catalog.mark_deleted(ref, version)
+        catalog = self.cells[subject.jurisdiction].catalog
+        marked = catalog.mark_deleted(ref, version, if_match)
         if not marked:
             what = f"{ref} v{version}" if version else str(ref)
             raise NotFound(f"no object {what}")

@@ -30,14 +30,13 @@ from shardvault.objectid import minted_at, new_object_id
 from shardvault.placement import place_stripe, placement_seed
 from shardvault.policy import Action
 from shardvault.vault.access import (
-    MAX_VERSION,
     AnsweredAfterAudit,
+    check_if_match,
     decided,
     home_of,
     live_at_home,
     settled_at_home,
     subject_key_of,
-    whole,
 )
 from shardvault.vault.cells import Cell
 from shardvault.vault.views import info_of
@@ -66,11 +65,7 @@ def put(
     """
     ctx = ctx or local_context("write")
     new_object_key(ref.key)
-    if if_match is not None and not (whole(if_match) and 0 <= if_match <= MAX_VERSION):
-        raise InvalidInput(
-            f"version {if_match!r} is out of range: --if-match takes 0 (the key must be "
-            f"new) or a version from 1 to {MAX_VERSION}"
-        )
+    check_if_match(if_match)
     source = memoryview(data) if isinstance(data, bytes | bytearray | memoryview) else data
     if isinstance(source, memoryview) and not source.c_contiguous:
         raise InvalidInput("put needs contiguous bytes: pass bytes(data)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import io
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -243,6 +244,21 @@ def test_puts_and_reads_close_every_shard_file(
         next(iter(reader))  # a reader abandoned half way is closed too
     shard_paths(vault, alice)[0].unlink()
     vault.get(alice)
+    assert _open_files_under(nodes) == []
+
+
+def test_a_reader_dropped_unclosed_closes_its_shard_files_as_a_file_does(
+    vault: Vault, alice: ObjectRef, config_path: Path
+) -> None:
+    """A reader left half read without close (no `with`) held its shards open until the
+    process ended; as an io object it is closed when collected, as a file is."""
+    nodes = config_path.parent / "nodes"
+    vault.put(alice, payload(2 * SEGMENT + 3))
+    segments = iter(vault.open_read(alice))
+    next(segments)
+    assert _open_files_under(nodes) != []
+    del segments
+    gc.collect()
     assert _open_files_under(nodes) == []
 
 

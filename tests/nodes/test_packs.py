@@ -17,7 +17,7 @@ import pytest
 from conftest import Flushes
 from shardvault.errors import NotFound, StorageError
 from shardvault.group_commit import GroupSync
-from shardvault.nodes import pack_records, packs
+from shardvault.nodes import pack_compaction, pack_records, packs
 from shardvault.nodes.localdir import LocalDirShardStore
 from shardvault.nodes.pack_records import FILE_HEADER, RECORD, encode_record
 from shardvault.nodes.packs import PackSet
@@ -692,7 +692,7 @@ def test_a_compaction_waits_its_turn_and_loses_nothing(
     # Two compactions side by side once lost shards: each skipped a shard its index
     # placed in the pack the other was removing (found in review). A second one now
     # does nothing while the first runs.
-    monkeypatch.setattr(packs, "_COMPACT_BATCH", 1)  # a batch per pack: the other gets one
+    monkeypatch.setattr(pack_compaction, "_COMPACT_BATCH", 1)  # a batch a pack: the other gets one
 
     def pack_set() -> PackSet:
         return PackSet(tmp_path, "n", GroupSync(lambda: None))

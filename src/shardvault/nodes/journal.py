@@ -8,8 +8,9 @@ naming the packs it folds (``old``) and every pack it copies into (``new``,
 each named before the first copy lands there), and removes it only once the
 old packs are gone for good. A journal found while no compaction holds the
 node's compaction lock was left by one that died: the next compaction on the
-node settles it (`PackSet._settle`), and reports where the shards it moved went;
-a delete meanwhile zeroes its shard in every pack the journal names.
+node settles it (`PackSet._settle`, nodes/pack_compaction.py), and reports
+where the shards it moved went; a delete meanwhile zeroes its shard in every
+pack the journal names.
 
     {"format":"shardvault-compaction","new":["<16 hex>.pack",...],"old":[...],"version":1}
 """

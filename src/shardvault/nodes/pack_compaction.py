@@ -1,5 +1,5 @@
 """Compaction: the pack set's collection job, a class PackSet (nodes/packs.py)
-inherits, apart from its writing, reading and deleting.
+inherits, apart from its writing, reading and deleting (nodes/pack_deletes.py).
 
 ``compact`` copies the live records of packs no live writer holds into this
 store's pack and removes the old files (their descriptors stay open a minute, for

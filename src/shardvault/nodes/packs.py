@@ -15,11 +15,12 @@ straight to it (`at`), checking that the record there names the shard; only
 without one, or when it is stale (a compaction moved the record), does an
 instance index every pack by scanning it, lazily and again on a miss, so a
 shard another process just wrote is found. A process that only reads by
-location never scans, whatever the packs hold. Deleting appends a tombstone
-(the ones seen: nodes/pack_tombstones.py); ``compact`` copies the live records of
-packs no live writer holds into this store's pack and removes the old files: the
-collection job, in nodes/pack_compaction.py, a class PackSet inherits, which says
-how. Shard names are never reused, so a tombstone lost in a crash or dropped by
+location never scans, whatever the packs hold. Deleting zeroes a shard's records
+and appends a tombstone (nodes/pack_deletes.py; the tombstones seen are
+nodes/pack_tombstones.py); ``compact`` copies the live records of packs no live
+writer holds into this store's pack and removes the old files
+(nodes/pack_compaction.py): each job a class PackSet inherits, which says how.
+Shard names are never reused, so a tombstone lost in a crash or dropped by
 compaction can at worst bring back a dead record, which gc's orphan sweep
 removes again.
 
@@ -39,7 +40,6 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import mmap
 import os
 import secrets
 import stat
@@ -52,10 +52,11 @@ from shardvault.durability import release_flock
 from shardvault.errors import StorageError
 from shardvault.group_commit import GroupSync
 from shardvault.nodes.held_file import HeldFile
-from shardvault.nodes.journal import JOURNAL, Journal, read_journal
+from shardvault.nodes.journal import Journal
 from shardvault.nodes.pack_compaction import LOCK_FILE as LOCK_FILE
 from shardvault.nodes.pack_compaction import SMALL_PACK as SMALL_PACK
 from shardvault.nodes.pack_compaction import NamesByPack, PackCompaction
+from shardvault.nodes.pack_deletes import PackDeletion
 from shardvault.nodes.pack_records import (
     CRC,
     FILE_HEADER,
@@ -69,7 +70,6 @@ from shardvault.nodes.pack_records import (
     framed_records,
     parse_location,
     record_in,
-    shard_records,
 )
 from shardvault.nodes.pack_tombstones import Tombstones
 from shardvault.nodes.port import PackLost, is_shard_name
@@ -77,7 +77,6 @@ from shardvault.nodes.port import PackLost, is_shard_name
 ROTATE_AT = 64 << 20
 RETIRED_FD_SECONDS = 60.0  # far longer than any read between taking an fd and its pread
 _CREATE_TRIES = 3  # new packs a scan took for a dead writer's, in a row
-_ERASE_TRIES = 3  # a shard moved by a compaction each time it is looked up, in a row
 PRUNE_SECONDS = 10.0  # how often reads by location let go of packs compacted away
 _PREFETCH = 4096  # a read by location takes the record's header and a small shard in one pread
 
@@ -104,7 +103,7 @@ def _cached(fd: int, length: int, offset: int) -> bytes | None:
     return bytes(buffer) if got == length else bytes(memoryview(buffer)[:got])
 
 
-class PackSet(PackCompaction):
+class PackSet(PackDeletion, PackCompaction):
     """The small shards of one node, across every pack file in its packs/ folder."""
 
     def __init__(
@@ -366,100 +365,6 @@ class PackSet(PackCompaction):
         with self._lock:
             self._index[name] = located
         return self.group.note_write(failures), located
-
-    def delete(self, name: str, location: str | None = None) -> PackedShard | None:
-        """Overwrite the shard's bytes with zeros, then tombstone it (neither synced yet);
-        where the tombstone went, for the caller to `confirm` once synced, or None if
-        the shard was not found.
-
-        Compaction alone would leave a deleted (or forgotten) user's ciphertext in a
-        pack for as long as the pack is live, or more than a quarter alive. Zeroing
-        comes first, so a failure leaves the shard live for the next attempt. With
-        the location its manifest kept, the shard is found without indexing every
-        pack: a forget then costs what the subject holds, not what the node does.
-        The tombstone needs the look a shard's append gets: a compaction that copied
-        the record before it was zeroed, or one settling a dead compaction, zeroes
-        its copy only by the tombstones it finds on disk.
-        """
-        with self._lock:
-            located = self._index.get(name)
-            if located is None and location is not None and not self._dead_on_disk(name):
-                located = self.at(name, location)
-            if located is None:
-                located = self.locate(name)
-            if located is None:
-                return None
-            erased = None  # the pack whose record was zeroed
-            for _ in range(_ERASE_TRIES):
-                if self._erase(located):
-                    erased = located.pack
-                    break
-                # another process compacted that pack: the shard was copied elsewhere
-                self._forget_pack(located.pack)
-                self.refresh()
-                found = self._index.get(name)
-                if found is None:
-                    break
-                located = found
-            tombstone = self._append(TOMBSTONE, name, b"")
-            self._index.pop(name, None)
-            self._dead.add(name, tombstone.pack)
-            if erased is not None and not (self.directory / erased).exists():
-                # Compacted away between the zeroing and the tombstone: the copy may
-                # predate the zeroing, and the compaction's last look for tombstones
-                # may predate ours, so neither zeroed it. Rare: a search of every pack.
-                self._erase_records_of(name)
-            elif (self.directory / JOURNAL).exists():  # one stat a delete
-                self._erase_other_copies(name)
-            return tombstone
-
-    def _erase(self, located: PackedShard) -> bool:
-        """Zero a record's data in place; False if its pack is gone (compacted). Its CRC
-        then fails, and the scan steps over it (its framing is intact)."""
-        try:
-            fd = os.open(self.directory / located.pack, os.O_WRONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            return False
-        try:
-            if os.pwrite(fd, bytes(located.length), located.offset) != located.length:
-                raise OSError(errno.ENOSPC, "short write")
-            if os.fstat(fd).st_nlink == 0:  # compacted away while we wrote: find the copy
-                return False
-        finally:
-            os.close(fd)
-        return True
-
-    def _erase_other_copies(self, name: str) -> None:
-        """A compaction is under way, or died, between copying records and removing the
-        old ones: a shard may be in two packs, and only one was zeroed. Zero the name in
-        every pack its journal names: a running one may be killed before its last look
-        for deletes. A dead one's journal is left to the next compaction to settle:
-        settling folds the old packs, moving the live shards in them, and only a
-        compaction's caller tells their manifests where they went (gc); settled by a
-        delete, they kept locations in packs removed, and every reader scanned."""
-        journal = read_journal(self.directory)
-        if journal is not None:
-            self._erase_records_of(name, journal.old + journal.new)
-
-    def _erase_records_of(self, name: str, packs: Iterable[str] | None = None) -> None:
-        """Zero every whole shard record of `name` in the packs (or in `packs`), whatever
-        the index says."""
-        encoded = name.encode()
-        found_packs = self.directory.glob("*.pack") if packs is None else packs
-        for path in (self.directory / pack for pack in found_packs):
-            try:
-                with (
-                    open(path, "rb") as file,
-                    mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as view,
-                ):
-                    found = [
-                        PackedShard(path.name, start, length)
-                        for start, length in shard_records(view, encoded)
-                    ]
-            except (FileNotFoundError, IsADirectoryError, ValueError):  # gone, not a pack, empty
-                continue
-            for located in found:
-                self._erase(located)
 
     # -- reading ---------------------------------------------------------------
 

@@ -4,6 +4,7 @@ one segment held at a time and the damage it reads around recorded as iteration 
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import io
 import re
@@ -18,7 +19,8 @@ from hypothesis import strategies as st
 from conftest import SEGMENT, shard_paths
 from shardvault.catalog.port import DamageRecord
 from shardvault.model import ObjectRef
-from shardvault.vault import Vault
+from shardvault.vault import Vault, object_stream
+from shardvault.vault.reader import ObjectReader
 
 SIZES = (0, 1, SEGMENT - 1, SEGMENT, SEGMENT + 1, 3 * SEGMENT + 7)
 
@@ -236,3 +238,31 @@ def test_iterating_after_reading_is_refused(vault: Vault, alice: ObjectRef) -> N
         reader.read(3)
         with pytest.raises(RuntimeError, match="read once"):
             next(iter(reader))
+
+
+def test_a_reader_iterated_without_with_stays_open_until_its_last_segment(
+    vault: Vault, alice: ObjectRef
+) -> None:
+    """The loop holds only what iter() gave: were that the wrapped reader's iterator,
+    the stream would be collected, and close its reader, before the first segment."""
+    vault.put(alice, payload(3 * SEGMENT + 7))
+    got = bytearray()
+    for segment in vault.open_read(alice):
+        gc.collect()
+        got += segment
+    assert bytes(got) == payload(3 * SEGMENT + 7)
+
+
+def test_get_reads_through_the_reader_itself_not_a_file_wrapper(
+    vault: Vault, alice: ObjectRef, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A get has no use for a file's methods, and an io base made each of the reader's
+    own attribute reads slower (vault/object_stream.py): the get path never wraps."""
+    vault.put(alice, payload(SEGMENT + 1))
+
+    def wrapped(*args: object) -> None:
+        raise AssertionError("Vault.get built a file wrapper")
+
+    monkeypatch.setattr(object_stream.ObjectStream, "__init__", wrapped)
+    assert vault.get(alice) == payload(SEGMENT + 1)
+    assert not issubclass(ObjectReader, io.IOBase)

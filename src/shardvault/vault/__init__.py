@@ -2,6 +2,7 @@
 
 from shardvault.vault.core import Vault
 from shardvault.vault.gc import GcReport, NodeFailure
+from shardvault.vault.object_stream import ObjectStream
 from shardvault.vault.reader import ObjectReader
 from shardvault.vault.repair import RepairReport
 from shardvault.vault.views import CellCrowding, ForgetResult, ListPage, NodeUsage
@@ -14,6 +15,7 @@ __all__ = [
     "NodeFailure",
     "NodeUsage",
     "ObjectReader",
+    "ObjectStream",
     "RepairReport",
     "Vault",
 ]

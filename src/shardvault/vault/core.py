@@ -71,6 +71,7 @@ from shardvault.vault.cells import (
 )
 from shardvault.vault.deadline import NodeDeadline
 from shardvault.vault.gc import GcReport, collect_cell
+from shardvault.vault.object_stream import ObjectStream
 from shardvault.vault.reader import ObjectReader
 from shardvault.vault.reading import authorized_version, manifest_of, open_reader
 from shardvault.vault.repair import DryRun, RepairReport, repair_cell
@@ -274,9 +275,14 @@ class Vault:
 
     def open_read(
         self, ref: ObjectRef, version: int | None = None, ctx: RequestContext | None = None
-    ) -> ObjectReader:
+    ) -> ObjectStream:
         """A streaming reader: iterate it for plaintext segments, or read it as a binary
         file (read(n), readinto, readline); then check .damage."""
+        return ObjectStream(self._open_reader(ref, version, ctx))
+
+    def _open_reader(
+        self, ref: ObjectRef, version: int | None, ctx: RequestContext | None
+    ) -> ObjectReader:
         ctx = ctx or local_context("read")
         cell, subject, record, access = authorized_version(
             self, ref, version, ctx, Action.READ, durable=False
@@ -287,7 +293,7 @@ class Vault:
     def get(
         self, ref: ObjectRef, version: int | None = None, ctx: RequestContext | None = None
     ) -> bytes:
-        with self.open_read(ref, version, ctx) as reader:
+        with self._open_reader(ref, version, ctx) as reader:  # no file wrapper: not needed
             data = reader.read_all()
         self.report_damage(reader.damage)
         return data

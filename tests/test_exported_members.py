@@ -27,6 +27,7 @@ EXPECTED = [
     "SubjectForgotten",
     "TooFewNodes",
     "Unavailable",
+    "VaultClosed",
     "WriteRaced",
 ]
 
@@ -70,3 +71,5 @@ def test_the_tree_groups_errors_by_what_the_caller_can_do() -> None:
         assert getattr(errors, child).__bases__ == (getattr(errors, parent),)
     for top in ("InvalidInput", "NotFound", "Conflict", "Refused", "Unavailable", "IntegrityError"):
         assert getattr(errors, top).__bases__ == (ShardvaultError,)
+    # a bug in the calling program, not a failure to retry; `except RuntimeError` holds
+    assert errors.VaultClosed.__bases__ == (ShardvaultError, RuntimeError)

@@ -25,8 +25,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from shardvault import sqlite_connections
-from shardvault.durability import create_whole, failure_reason, read_own, release_flock
-from shardvault.errors import Conflict, IntegrityError, StorageError
+from shardvault.durability import create_whole, read_own, release_flock, store_failure
+from shardvault.errors import Conflict, IntegrityError, StorageError, VaultClosed
 from shardvault.sqlite_schema import refuse_newer, stamp_schema
 
 KEY_BYTES = 32
@@ -89,7 +89,7 @@ def _holds_homes(db_path: Path) -> bool:
     except sqlite3.Error as exc:
         if isinstance(exc, sqlite3.OperationalError) and "no such table" in str(exc):
             return False  # made, but killed before its table was
-        raise StorageError(f"subject directory {db_path}: {failure_reason(exc, db_path)}") from exc
+        raise store_failure(f"subject directory {db_path}", exc, db_path) from exc
 
 
 def _create_key(path: Path) -> bytes:
@@ -164,11 +164,10 @@ class SubjectDirectory:
         """The directory database's file."""
         return Path(self._path)
 
-    def _failure(self, exc: sqlite3.Error) -> StorageError:
-        """A database the directory cannot use is a storage failure naming it, not a crash."""
-        return StorageError(
-            f"subject directory {self._path}: {failure_reason(exc, Path(self._path))}"
-        )
+    def _failure(self, exc: sqlite3.Error) -> StorageError | VaultClosed:
+        """A database the directory cannot use is a storage failure naming it, not a crash
+        (or, closed with its vault, says so)."""
+        return store_failure(f"subject directory {self._path}", exc, Path(self._path))
 
     def token(self, tenant: str, subject: str) -> str:
         """The keyed pseudonym of (tenant, subject) the directory files it under."""

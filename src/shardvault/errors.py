@@ -19,7 +19,9 @@ Grouped by what the caller can do about it::
     │   ├── AuditUnavailable  the audit entry could not be written
     │   ├── StorageError      a shard store failed (disk full, I/O error)
     │   └── NewerFormat       a file of the deployment is of a newer shardvault: upgrade
-    └── IntegrityError        alert: data damaged beyond what the code can repair (exit 1, HTTP 500)
+    ├── IntegrityError        alert: data damaged beyond what the code can repair (exit 1, HTTP 500)
+    └── VaultClosed           the program used a vault (or reader) after closing it: a bug,
+                              not a failure; also a RuntimeError (exit 1, HTTP 500)
 
 Adapters re-raise foreign exceptions as one of these with ``raise ... from exc``.
 """
@@ -133,6 +135,15 @@ class IntegrityError(ShardvaultError):
     """Stored data failed verification beyond what erasure coding can repair."""
 
 
+class VaultClosed(ShardvaultError, RuntimeError):
+    """A vault, or a reader, was used after it was closed: open it again.
+
+    Not `Unavailable` (retry later): retrying never helps, the program's own order of
+    calls is wrong. A `RuntimeError` too, as Python says of a shut executor or a closed
+    event loop, so ``except RuntimeError`` around a reader keeps catching it.
+    """
+
+
 __all__ = [
     "AccessDenied",
     "ApprovalRequired",
@@ -151,5 +162,6 @@ __all__ = [
     "SubjectForgotten",
     "TooFewNodes",
     "Unavailable",
+    "VaultClosed",
     "WriteRaced",
 ]

@@ -20,7 +20,7 @@ from tests.governance.helpers import SERVICE, SUPPORT, US_COURT, as_, register
 
 from governance_support import approve, ensure_approvers, forget_approved
 from shardvault.config import load
-from shardvault.errors import ApprovalRequired, NewerFormat, SubjectForgotten, Unavailable
+from shardvault.errors import ApprovalRequired, NewerFormat, SubjectForgotten, VaultClosed
 from shardvault.governance import Governance
 from shardvault.governance.approval_record import HOMED_ELSEWHERE
 from shardvault.governance.approval_schema import SCHEMA_VERSION
@@ -325,7 +325,7 @@ def test_a_scrub_that_answers_after_the_close_opens_no_directory_and_drops_no_ro
     book, hasher = vault.governance.approvals, vault.governance.cell("US").hasher
     vault.close()
     stamp(config_path, "US", SCHEMA_VERSION)  # the hung disk answers
-    with pytest.raises(Unavailable, match="the vault was closed"):
+    with pytest.raises(VaultClosed, match="the vault was closed"):
         book.scrub_apart("US", "intl", ZED, lambda: hasher.pseudonym, homed_elsewhere=True)
     assert owed(config_path) == ["US"]  # left for the next opener, who finds it done
     with Vault.open(load(config_path)) as again:

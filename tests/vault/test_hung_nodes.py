@@ -370,7 +370,7 @@ def closed_during(
     vault: Vault, call: Callable[[], object], entered: threading.Event, answer: threading.Event
 ) -> list[str]:
     """Close VAULT, within a bound, while CALL (on a thread of its own) is stuck in an open
-    (`entered`), then let the open answer: what CALL failed with."""
+    (`entered`), then let the open answer: what CALL failed with ("Class: message")."""
     failed: list[BaseException] = []
 
     def run() -> None:
@@ -386,7 +386,7 @@ def closed_during(
     answer.set()
     running.join(10)
     assert not running.is_alive()
-    return [str(exc) for exc in failed]
+    return [f"{type(exc).__name__}: {exc}" for exc in failed]
 
 
 def test_gc_skips_a_node_that_hangs_and_collects_on_the_others(
@@ -828,7 +828,7 @@ def test_stores_whose_open_ends_after_the_vault_closed_are_not_used(
     _, entered, answer = stalled_claims(monkeypatch, node)
     vault = Vault.open(load(config))
     failures = closed_during(vault, lambda: vault.get(ref), entered, answer)
-    assert failures == ["cell US: the vault is closed"]
+    assert failures == ["VaultClosed: cell US: the vault is closed: open it again"]
 
 
 def test_a_node_whose_open_answers_after_the_deadline_is_used_again(
@@ -1242,7 +1242,7 @@ def test_a_catalog_whose_open_ends_after_the_vault_closed_is_closed_by_that_open
 
     vault = Vault.open(load(config), catalogs=catalogs)
     failures = closed_during(vault, lambda: vault.gc(0), entered, answer)
-    assert failures == ["cell SG: the vault is closed"]
+    assert failures == ["VaultClosed: cell SG: the vault is closed: open it again"]
     assert open_files(state) == []
 
 

@@ -26,8 +26,9 @@ from shardvault.errors import (
     Conflict,
     InvalidInput,
     NotFound,
-    ShardvaultError,
     SubjectForgotten,
+    Unavailable,
+    VaultClosed,
 )
 from shardvault.model import ObjectRef
 from shardvault.vault import Vault
@@ -159,15 +160,17 @@ def test_a_reader_read_after_it_or_its_vault_closed_says_so_and_records_no_damag
 ) -> None:
     # a closed reader read its closed shards as damage: an IntegrityError that asked to
     # bring four nodes back or restore from a backup, and records queued for repair;
-    # once its vault closed, it said "cannot schedule new futures after shutdown"
+    # once its vault closed, it said "cannot schedule new futures after shutdown"; then
+    # both said so as a bare RuntimeError, which no `except ShardvaultError` caught
     vault.put(alice, b"d" * (3 * SEGMENT))
     reader = vault.open_read(alice)
     chunks = iter(reader)
     for _ in range(read_first):
         next(chunks)
     (reader if closed == "reader" else vault).close()
-    with pytest.raises(RuntimeError, match=said):
+    with pytest.raises(VaultClosed, match=said) as raised:
         next(chunks)
+    assert isinstance(raised.value, RuntimeError)  # what it was: `except RuntimeError` holds
     assert reader.damage == []
 
 
@@ -233,13 +236,18 @@ CALLS_AFTER_CLOSE: list[Callable[[Vault, ObjectRef], object]] = [
     lambda v, ref: v.list(ref.tenant, ref.subject),
     lambda v, ref: v.register_subject(ref.tenant, "carol", "US"),
     lambda v, ref: v.gc(),
+    lambda v, ref: v.open_read(ref),
+    lambda v, ref: list(v.iter_objects(ref.tenant, ref.subject)),
+    lambda v, ref: v.forget(ref.tenant, ref.subject),
+    lambda v, ref: v.repair(),
 ]
 
 
 @pytest.mark.parametrize("subject", ["alice", "bob"], ids=["used", "unused"])
 def test_every_call_after_close_says_the_vault_was_closed(config_path: Path, subject: str) -> None:
     # each said "Cannot operate on a closed database" of a catalog or the subject
-    # directory, which a caller could take for a failing disk
+    # directory, which a caller could take for a failing disk; then it said the vault
+    # was closed, but as a StorageError: an Unavailable, "retry later", which never helps
     with pytest.raises(_Stop), Vault.open(load(config_path)) as vault:
         vault.register_subject("intl", "alice", "US")
         vault.register_subject("intl", "bob", "US")
@@ -248,8 +256,9 @@ def test_every_call_after_close_says_the_vault_was_closed(config_path: Path, sub
     vault.close()  # a second close does nothing
     ref = ObjectRef("intl", subject, "k")
     for call in CALLS_AFTER_CLOSE:
-        with pytest.raises(ShardvaultError, match=r"vault (that opened it )?(is|was) closed"):
+        with pytest.raises(VaultClosed, match=r"vault (that opened it )?(is|was) closed") as raised:
             call(vault, ref)
+        assert not isinstance(raised.value, Unavailable)
     with Vault.open(load(config_path)) as again:
         assert again.get(ObjectRef("intl", "alice", "k")) == b"kept"
         assert [i.ref.key for i in again.iter_objects("intl", "bob")] == []

@@ -36,14 +36,13 @@ from shardvault.catalog.port import (
     VersionRecord,
     VersionState,
 )
-from shardvault.durability import failure_reason
+from shardvault.durability import store_failure
 from shardvault.errors import (
     Conflict,
     IntegrityError,
     NewerFormat,
     NotFound,
     ShardvaultError,
-    StorageError,
     SubjectForgotten,
     WriteRaced,
 )
@@ -165,7 +164,7 @@ def _failed(path: object, exc: sqlite3.Error | OSError) -> ShardvaultError:
             "again every subject forgotten since that backup"
         )
     where = path if isinstance(path, Path) else Path(".")
-    return StorageError(f"catalog {path}: {failure_reason(exc, where)}")
+    return store_failure(f"catalog {path}", exc, where)
 
 
 def _above_prefix(prefix: str) -> str | None:

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from shardvault.directory import SubjectDirectory
-from shardvault.errors import Unavailable
+from shardvault.errors import VaultClosed
 
 Pseudonym = Callable[[str, str], str]
 
@@ -59,12 +59,12 @@ class OwedLedger:
         self._closed = False
 
     def directory(self) -> SubjectDirectory | None:
-        """The directory; `Unavailable` once closed: a scrub thread given up on, whose
+        """The directory; `VaultClosed` once closed: a scrub thread given up on, whose
         hung disk answers after the close, must not open it again for nobody to close
         (and nothing may read approvals then without their owed rows)."""
         with self._lock:
             if self._closed:
-                raise Unavailable("the subject directory is closed: the vault was closed")
+                raise VaultClosed("the subject directory is closed: the vault was closed")
             if self._directory is None:
                 if not (self._state_dir / "directory.sqlite").exists():
                     return None

@@ -22,7 +22,7 @@ from shardvault.catalog.port import Catalog
 from shardvault.catalog.sqlite import SqliteCatalog
 from shardvault.config import Config
 from shardvault.durability import failure_reason, release_flock
-from shardvault.errors import StorageError
+from shardvault.errors import StorageError, VaultClosed
 from shardvault.keys.attestation import StatementSigner
 from shardvault.keys.keyring import KeyringCustodian
 from shardvault.keys.memory import MemoryCustodian
@@ -77,8 +77,8 @@ class _OpenedOnce(abc.ABC, Generic[_T]):
     def _release(self, opened: _T) -> None:
         """Close what an open made (each kind of thing opened closes its own way)."""
 
-    def _closed_error(self) -> StorageError:
-        return StorageError(f"cell {self.jurisdiction}: the vault is closed")
+    def _closed_error(self) -> VaultClosed:
+        return VaultClosed(f"cell {self.jurisdiction}: the vault is closed: open it again")
 
     def close(self) -> None:
         """Release what was opened; nothing is opened after. An open under way is not

@@ -47,7 +47,7 @@ from shardvault.codec.erasure import ErasureCode
 from shardvault.codec.hashing import block_matches
 from shardvault.codec.segment import TAG_BYTES, SegmentCipher
 from shardvault.codec.shardfile import block_offset
-from shardvault.errors import IntegrityError, NotFound, ShardvaultError
+from shardvault.errors import IntegrityError, NotFound, ShardvaultError, VaultClosed
 from shardvault.manifest import Manifest
 from shardvault.model import ObjectInfo
 from shardvault.nodes.port import ShardReader, ShardStore, shard_name
@@ -408,14 +408,19 @@ class ObjectReader:
             raise RuntimeError("an ObjectReader is read once")
         for segment in range(manifest.segments):
             if self._closed:  # its shards are closed: reading them would look like damage
-                raise RuntimeError(
+                raise VaultClosed(
                     f"the reader of {manifest.ref} v{manifest.version} was closed: "
                     "open another (Vault.open_read) to read it"
                 )
             current = upcoming
-            blocks = self._collect(segment, current)
-            if segment + 1 < manifest.segments:
-                upcoming = self._start(segment + 1)
+            try:
+                blocks = self._collect(segment, current)
+                if segment + 1 < manifest.segments:
+                    upcoming = self._start(segment + 1)
+            except RuntimeError as exc:  # the vault's I/O threads, shut as it closed
+                if self._deadline is None or not self._deadline.closed:
+                    raise
+                raise VaultClosed(str(exc)) from None
             sealed = self._code.decode(blocks)
             expected = manifest.segment_length(segment) + TAG_BYTES
             if len(sealed) != expected:

@@ -61,23 +61,34 @@ path = "nodes/US/us-n7"
 
 class HungDisk:
     """A stand-in for a hung disk under one node: its flushes and preads (and, with
-    ``stats``, stats of its paths) never return until `release` is set; `entered` says
-    a call has reached it."""
+    ``stats``, stats of its paths; with ``closes``, closes of its files, as a
+    hard-mounted NFS share's) never return until `release` is set; `entered` says a
+    call has reached it."""
 
     def __init__(
-        self, store: LocalDirShardStore, monkeypatch: pytest.MonkeyPatch, stats: bool = False
+        self,
+        store: LocalDirShardStore,
+        monkeypatch: pytest.MonkeyPatch,
+        stats: bool = False,
+        closes: bool = False,
     ) -> None:
         self.release = threading.Event()
         self.entered = threading.Event()
         shared = store.packs.group
         store.packs.group = GroupSync(lambda: self._block(shared), f"disk of {store.node_id}")
-        real_pread, real_stat = os.pread, os.stat
+        real_pread, real_stat, real_close = os.pread, os.stat, os.close
         root = f"{store.root}/"
 
         def pread(fd: int, length: int, offset: int) -> bytes:
             if os.readlink(f"/proc/self/fd/{fd}").startswith(root):
                 self._block(None)
             return real_pread(fd, length, offset)
+
+        def close(fd: int) -> None:
+            with contextlib.suppress(OSError):  # not a descriptor: the real close says so
+                if os.readlink(f"/proc/self/fd/{fd}").startswith(root):
+                    self._block(None)
+            real_close(fd)
 
         def stat(path: Any, *args: Any, **kwargs: Any) -> os.stat_result:
             if not isinstance(path, int) and os.fsdecode(path).startswith(root):
@@ -87,6 +98,8 @@ class HungDisk:
         monkeypatch.setattr(os, "pread", pread)
         if stats:
             monkeypatch.setattr(os, "stat", stat)
+        if closes:
+            monkeypatch.setattr(os, "close", close)
 
     def _block(self, shared: GroupSync | None) -> None:
         self.entered.set()
@@ -115,10 +128,16 @@ def first_node(vault: Vault, ref: ObjectRef) -> str:
     return place_stripe(placement_seed(ref), cell.placeable_nodes(), "US", 4, 2)[0].id
 
 
-def hang(vault: Vault, node: str, monkeypatch: pytest.MonkeyPatch, stats: bool = False) -> HungDisk:
+def hang(
+    vault: Vault,
+    node: str,
+    monkeypatch: pytest.MonkeyPatch,
+    stats: bool = False,
+    closes: bool = False,
+) -> HungDisk:
     store = vault.cells["US"].stores[node]
     assert isinstance(store, LocalDirShardStore)
-    return HungDisk(store, monkeypatch, stats)
+    return HungDisk(store, monkeypatch, stats, closes)
 
 
 def test_a_put_to_a_hung_node_fails_within_the_deadline_and_later_puts_go_around_it(
@@ -249,6 +268,41 @@ def test_a_vault_closes_without_a_look_at_a_pack_on_a_disk_that_hung_since_witho
     try:
         within(BOUND, spare_vault.close)
         assert not disk.entered.is_set()
+    finally:
+        disk.release.set()
+
+
+def test_a_vault_closes_within_the_deadline_though_a_node_hangs_in_its_close(
+    spare_vault: Vault, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A store was closed on the closing caller's own thread, which no deadline bounds: a
+    node whose disk hung in the close itself (a hard-mounted NFS share: its pack's
+    flock released, its descriptor closed) held the vault's close for as long as it
+    hung. It is given up on after the deadline and named; the rest still close."""
+    ref = ObjectRef("intl", "alice", "first")
+    spare_vault.put(ref, b"x" * 1000)
+    node = first_node(spare_vault, ref)
+    deploy = spare_vault.config.state_dir.parent
+
+    def nodes_held() -> set[str]:
+        return {path.split("/")[-3] for path in open_files(deploy / "nodes")}
+
+    assert len(nodes_held()) == 6  # each node of the stripe holds its pack open
+    disk = hang(spare_vault, node, monkeypatch, closes=True)
+    try:
+        within(BOUND, spare_vault.close)
+        assert disk.entered.is_set()  # the close did reach the hung disk
+        assert nodes_held() == {node}  # the other stores closed
+        assert not [p for p in open_files(deploy) if p.endswith("catalog.sqlite")]
+        assert node in spare_vault.deadline.hung
+        assert [n for n in spare_vault.deadline.hint_notices() if node in n] == [
+            f"node {node}: its store did not close within {DEADLINE:g} s "
+            "(storage.node_timeout): left to its thread, which the process's exit ends"
+        ]
+        notes = HungHints(spare_vault.config.state_dir).read()
+        assert list(notes) == [node]  # the processes after take it for hung from the start
+        within(BOUND, spare_vault.close)  # a second close closes nothing again
+        assert len([n for n in spare_vault.deadline.hint_notices() if node in n]) == 1
     finally:
         disk.release.set()
 

@@ -55,10 +55,10 @@ class _OpenedOnce(abc.ABC, Generic[_T]):
     def _get(self) -> _T:
         with self._opening:
             with self._state:
-                if self._opened is not None:
-                    return self._opened
                 if self._closed:  # what opened after close would stay open
                     raise self._closed_error()
+                if self._opened is not None:
+                    return self._opened
             opened = self._open_it()
             with self._state:
                 closed = self._closed
@@ -81,11 +81,11 @@ class _OpenedOnce(abc.ABC, Generic[_T]):
         return VaultClosed(f"cell {self.jurisdiction}: the vault is closed: open it again")
 
     def close(self) -> None:
-        """Release what was opened; nothing is opened after. An open under way is not
-        waited for: it releases what it opens itself."""
+        """Release what was opened, once; nothing is opened after. An open under way is
+        not waited for: it releases what it opens itself."""
         with self._state:
             self._closed = True
-            opened = self._opened
+            opened, self._opened = self._opened, None
         if opened is not None:
             self._release(opened)
 
@@ -120,6 +120,13 @@ class _OpenedOnUse:
 
 
 StoresOpened = Callable[[dict[str, ShardStore]], None]
+StoresClosing = Callable[[list[ShardStore]], None]
+
+
+def close_each(stores: list[ShardStore]) -> None:
+    """Close the stores in turn, on this thread: what a `StoreOpening` does unless told."""
+    for store in stores:
+        store.close()
 
 
 class StoreOpening(_OpenedOnce[dict[str, ShardStore]]):
@@ -135,6 +142,7 @@ class StoreOpening(_OpenedOnce[dict[str, ShardStore]]):
     ) -> None:
         super().__init__(jurisdiction, open_all, opened)
         self._watchers: list[StoresOpened] = []
+        self._close_stores: StoresClosing = close_each
 
     @classmethod
     def of(cls, jurisdiction: str, stores: dict[str, ShardStore]) -> StoreOpening:
@@ -160,10 +168,14 @@ class StoreOpening(_OpenedOnce[dict[str, ShardStore]]):
         if stores is not None:
             watcher(stores)
 
+    def close_by(self, close_stores: StoresClosing) -> None:
+        """Close the stores with ``close_stores`` (the vault's own, bounded by the nodes'
+        deadline: `NodeDeadline.close_stores`), not in turn on the closing thread."""
+        self._close_stores = close_stores
+
     def _release(self, opened: dict[str, ShardStore]) -> None:
         """The stores (and those put in their place since: `Cell.replace_store`)."""
-        for store in opened.values():
-            store.close()
+        self._close_stores(list(opened.values()))
 
 
 @dataclass

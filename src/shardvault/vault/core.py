@@ -191,7 +191,8 @@ class Vault:
     def close(self) -> None:
         """Close every store and catalog. Threads stuck on a node that hung, or opening a
         catalog whose disk hangs, are not waited for (nor is the store closed under
-        them): the process's exit ends them."""
+        them): the process's exit ends them. Nor is a store's close past the nodes'
+        deadline: its node is named in `deadline.hint_notices()` (`NodeDeadline.close_stores`)."""
         self.deadline.close()
         self._pool.shutdown(wait=not self.deadline.any_hung())
         for cell in self.cells.values():

@@ -19,17 +19,22 @@ come after: one that finds a fresh note takes the node for hung from the start
 (`node_opening.HintedStore`: not opened, not waited for) and tests it once the note is
 a deadline old, as this process probes it (`_retest`). A test or probe that gets
 an answer drops the note, in every process.
+
+Closing is bounded so too (`close_stores`): a store that does not close within the
+deadline (a hard-mounted NFS share holding a descriptor's close) is left to its
+thread, named for the user (`hint_notices`) and noted for the processes after.
 """
 
 from __future__ import annotations
 
 import functools
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from typing import Any
 
 from shardvault.errors import ShardvaultError, StorageError
+from shardvault.io_threads import IoThread, Stalled
 from shardvault.nodes.hints import HungHints
 from shardvault.nodes.port import ShardStore
 from shardvault.nodes.unavailable import UnavailableStore
@@ -59,8 +64,10 @@ class NodeDeadline:
         self.tests: dict[str, threading.Thread] = {}  # a node another process found hung
         self.hung: set[str] = set()  # every node that ran past it in this process
         self._stuck: dict[str, list[Future[Any]]] = {}  # calls given up on, still running
+        self._notices: list[str] = []  # stores given up on as they closed
         for cell in cells:  # a cell's stores open when it is first needed
             cell.node_opening.when_opened(functools.partial(self._unopened, cell))
+            cell.node_opening.close_by(functools.partial(self.close_stores, cell))
 
     def _unopened(self, cell: Cell, stores: dict[str, ShardStore]) -> None:
         """The cell's stores are open: a node whose open ran past the deadline, or that
@@ -184,10 +191,43 @@ class NodeDeadline:
             self._stuck[node_id] = running
             return bool(running)
 
+    def close_stores(self, cell: Cell, stores: Iterable[ShardStore]) -> None:
+        """Close the cell's stores, each on a thread of its own, all at once: one whose
+        thread has not run for a deadline (a hung disk) is left to it, as a put given up
+        on a hung node is, said in `hint_notices` and noted for the processes after
+        (each such node costs the close a deadline at most). A store's own error is
+        raised once the rest are closed."""
+        closing = [(store, IoThread(f"shardvault-close-{store.node_id}")) for store in stores]
+        calls = [(store, thread, thread.submit(store.close)) for store, thread in closing]
+        failed: list[BaseException] = []
+        for store, thread, call in calls:
+            thread.shutdown()  # once its close has run
+            try:
+                thread.wait(call, self.seconds)
+            except Stalled:
+                self._not_closed(cell, store.node_id)
+            except BaseException as exc:
+                failed.append(exc)
+        if failed:
+            raise failed[0]
+
+    def _not_closed(self, cell: Cell, node_id: str) -> None:
+        with self._lock:
+            self.hung.add(node_id)
+            self._notices.append(
+                f"node {node_id}: its store did not close within {self.seconds:g} s "
+                "(storage.node_timeout): left to its thread, which the process's exit ends"
+            )
+        if cell.hints is not None:
+            cell.hints.mark(node_id)  # for the processes after this one
+
     def hint_notices(self) -> list[str]:
-        """What went wrong with the deployment's notes of hung nodes (ignored, or not
-        written: nodes/hints.py), for the user."""
-        return [notice for hints in self._hints for notice in hints.notices()]
+        """What the user is told besides a call's own error: what went wrong with the
+        deployment's notes of hung nodes (ignored, or not written: nodes/hints.py), and
+        the nodes whose stores were given up on as they closed."""
+        with self._lock:
+            given_up = list(self._notices)
+        return [notice for hints in self._hints for notice in hints.notices()] + given_up
 
     def any_hung(self) -> bool:
         """Whether a node hung in this process and has not answered since: threads

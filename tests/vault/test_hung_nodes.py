@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import fcntl
 import json
 import os
@@ -305,6 +306,35 @@ def test_a_vault_closes_within_the_deadline_though_a_node_hangs_in_its_close(
         assert len([n for n in spare_vault.deadline.hint_notices() if node in n]) == 1
     finally:
         disk.release.set()
+
+
+def test_a_store_whose_close_fails_leaves_no_other_store_or_catalog_open(
+    spare_vault: Vault, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A store's close that failed (EIO from a descriptor's close) left the cell's stores
+    after it, and every catalog, open; they close all the same, then the error is
+    raised."""
+    ref = ObjectRef("intl", "alice", "first")
+    spare_vault.put(ref, b"x" * 1000)  # each node of its stripe holds its pack open
+    stripe = set(manifest_of(spare_vault, ref).nodes)
+    node = next(n for n in spare_vault.cells["US"].stores if n in stripe)  # closed first
+    deploy = spare_vault.config.state_dir.parent
+    root, real_close = f"{deploy}/nodes/US/{node}/", os.close
+
+    def close(fd: int) -> None:
+        target = ""
+        with contextlib.suppress(OSError):  # not a descriptor: the real close says so
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        if target.startswith(root):
+            raise OSError(errno.EIO, "Input/output error")  # and the file stays open
+        real_close(fd)
+
+    monkeypatch.setattr(os, "close", close)
+    with pytest.raises(OSError, match="Input/output error"):
+        spare_vault.close()
+    assert {path.split("/")[-3] for path in open_files(deploy / "nodes")} == {node}
+    assert not [p for p in open_files(deploy) if p.endswith("catalog.sqlite")]
+    assert not [p for p in open_files(deploy) if p.endswith("directory.sqlite")]
 
 
 def pack_path(vault: Vault, ref: ObjectRef, index: int) -> Path:

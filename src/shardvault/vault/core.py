@@ -25,6 +25,7 @@ a put goes through no call more than before.
 from __future__ import annotations
 
 import builtins
+import contextlib
 import time
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import replace
@@ -195,12 +196,15 @@ class Vault:
         deadline: its node is named in `deadline.hint_notices()` (`NodeDeadline.close_stores`)."""
         self.deadline.close()
         self._pool.shutdown(wait=not self.deadline.any_hung())
-        for cell in self.cells.values():
-            cell.opening.close()  # only a catalog a request opened
-            cell.node_opening.close()  # only the stores of a cell a request needed
-        self.directory.close()
-        if self._owns_governance:
-            self.governance.close()
+        # each part closes though one before it failed (its error is raised after): an
+        # exit stack calls the last pushed first, so they are pushed in reverse order
+        with contextlib.ExitStack() as closing:
+            if self._owns_governance:
+                closing.callback(self.governance.close)
+            closing.callback(self.directory.close)
+            for cell in reversed(self.cells.values()):
+                closing.callback(cell.node_opening.close)  # only of a cell a request needed
+                closing.callback(cell.opening.close)  # only a catalog a request opened
 
     def __enter__(self) -> Vault:
         return self

@@ -199,14 +199,14 @@ class NodeDeadline:
         raised once the rest are closed."""
         closing = [(store, IoThread(f"shardvault-close-{store.node_id}")) for store in stores]
         calls = [(store, thread, thread.submit(store.close)) for store, thread in closing]
-        failed: list[BaseException] = []
+        failed: list[Exception] = []
         for store, thread, call in calls:
-            thread.shutdown()  # once its close has run
+            thread.shutdown()  # the thread ends once its close has run
             try:
                 thread.wait(call, self.seconds)
             except Stalled:
                 self._not_closed(cell, store.node_id)
-            except BaseException as exc:
+            except Exception as exc:  # the store's own: the others are closed all the same
                 failed.append(exc)
         if failed:
             raise failed[0]

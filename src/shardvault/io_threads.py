@@ -20,6 +20,12 @@ from typing import ParamSpec, TypeVar
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
 _IDLE_SECONDS = 60.0  # an idle I/O thread ends after this long
+
+
+def _shut() -> BaseException:
+    return RuntimeError("cannot schedule new futures after shutdown")
+
+
 _Task = tuple[Future[object], Callable[..., object], tuple[object, ...], dict[str, object]]
 
 
@@ -34,10 +40,10 @@ class IoThreads(Executor):
     Daemon threads: one stuck on a hung disk must not hold up the process's exit.
     """
 
-    def __init__(self, name: str, shut: str = "cannot schedule new futures after shutdown") -> None:
-        """``shut``: what a task submitted after shutdown is told, in its owner's words."""
+    def __init__(self, name: str, shut: Callable[[], BaseException] = _shut) -> None:
+        """``shut``: the error a task submitted after shutdown gets, in its owner's terms."""
         self._name = name
-        self._shut_message = shut
+        self._shut_error = shut
         self._tasks: queue.SimpleQueue[_Task | None] = queue.SimpleQueue()
         # idle threads no task has claimed: a count under its own lock, as only ever
         # taken without waiting (a threading.Semaphore cost a put about 7 k instructions)
@@ -49,7 +55,7 @@ class IoThreads(Executor):
 
     def submit(self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> Future[_T]:
         if self._shut:
-            raise RuntimeError(self._shut_message)
+            raise self._shut_error()
         future: Future[_T] = Future()
         self._tasks.put((future, fn, args, kwargs))  # type: ignore[arg-type]
         if not self._claim_idle():

@@ -325,11 +325,11 @@ class PackSet(PackDeletion, PackCompaction):
 
     def _retire_unwaited(self) -> None:
         """Let the active pack go as the store closes, looked at only where /proc can say
-        (a readlink: nodes/held_file.py). Stores are closed on the closing caller's own
-        thread (the vault's `close`, vault/cells.py), which no deadline bounds: without
-        /proc the look is a stat of the pack's name, which a disk hung since the node's
-        last call (nothing has marked it) holds, and the close with it, for as long as
-        it hangs. None is made: what was appended since the last look is not known
+        (a readlink: nodes/held_file.py). Without /proc the look is a stat of the pack's
+        name, which a disk hung since the node's last call (nothing has marked it) holds
+        for as long as it hangs: the vault gives up on such a close after the nodes'
+        deadline (`NodeDeadline.close_stores`), but its thread stays stuck, with the
+        store's lock held. None is made: what was appended since the last look is not known
         durable (fail closed; in the vault, only a put given up on has a sync to come
         once its stores close)."""
         if self._active is None:

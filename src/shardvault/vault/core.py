@@ -35,7 +35,7 @@ from shardvault.catalog.port import Catalog, DamageRecord, SubjectRecord
 from shardvault.codec.erasure import ErasureCode
 from shardvault.config import Config
 from shardvault.directory import SubjectDirectory
-from shardvault.errors import IntegrityError, InvalidInput, NotFound
+from shardvault.errors import IntegrityError, InvalidInput, NotFound, VaultClosed
 from shardvault.governance.layer import Governance
 from shardvault.io_threads import IoThreads
 from shardvault.keys.port import KeyCustodian
@@ -139,9 +139,7 @@ class Vault:
         self._clock = clock
         self._on_step = on_step
         # shard I/O threads: none waits behind one a hung disk holds (vault/deadline.py)
-        self._pool = IoThreads(  # a reader still iterated once the vault closed asks it
-            "shardvault-io", shut="the vault was closed: open it again to read or write"
-        )
+        self._pool = IoThreads("shardvault-io", shut=_closed)  # (a reader, a put racing close)
         self.deadline = NodeDeadline(config.node_timeout, list(cells.values()))
 
     @classmethod
@@ -449,3 +447,8 @@ class Vault:
         and how many of those its active nodes (but UNREACHABLE ones) could spread now:
         from the manifests and the config alone, no shard read (`repair` spreads them)."""
         return [cell_crowding(cell, frozenset(unreachable)) for cell in self._every_cell()]
+
+
+def _closed() -> VaultClosed:
+    """What a reader still iterated, or a put racing the close, gets from the I/O threads."""
+    return VaultClosed("the vault was closed: open it again to read or write")

@@ -413,14 +413,9 @@ class ObjectReader:
                     "open another (Vault.open_read) to read it"
                 )
             current = upcoming
-            try:
-                blocks = self._collect(segment, current)
-                if segment + 1 < manifest.segments:
-                    upcoming = self._start(segment + 1)
-            except RuntimeError as exc:  # the vault's I/O threads, shut as it closed
-                if self._deadline is None or not self._deadline.closed:
-                    raise
-                raise VaultClosed(str(exc)) from None
+            blocks = self._collect(segment, current)  # (VaultClosed once the vault closed)
+            if segment + 1 < manifest.segments:
+                upcoming = self._start(segment + 1)
             sealed = self._code.decode(blocks)
             expected = manifest.segment_length(segment) + TAG_BYTES
             if len(sealed) != expected:

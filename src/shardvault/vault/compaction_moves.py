@@ -1,6 +1,6 @@
 """Where a gc's compaction moved shards, and the manifest rewrites that tell them.
 
-A compaction (nodes/packs.py) moves the records it keeps into new packs and names
+A compaction (nodes/pack_compaction.py) moves the records it keeps into new packs and names
 where each went; the manifests of those shards must then be given their new
 locations, or every process reading one would have to index the node's packs.
 Until gc has swept every node the moves wait in a private SQLite database in the

@@ -208,9 +208,9 @@ class PackSet(PackDeletion, PackCompaction):
         if self._watched is not None:  # before the close: a look under way may see its number
             self._watched[1].let_go()
             self._watched = None
-        if self._active_fd is not None:
-            release_flock(self._active_fd)  # compaction may take it now
-        self._active, self._active_fd = None, None
+        fd, self._active, self._active_fd = self._active_fd, None, None
+        if fd is not None:  # let go first: a close that fails has released it all the same
+            release_flock(fd)  # compaction may take it now
 
     def _append(self, kind: int, name: str, data: bytes) -> PackedShard:
         record = encode_record(kind, name, data)
@@ -679,9 +679,25 @@ class PackSet(PackDeletion, PackCompaction):
         return found if found is not None and found.pack == pack else None
 
     def close(self) -> None:
+        """Close every descriptor: one whose close fails (EIO from a network share; the
+        kernel releases it all the same) left the rest open, and said a bare OSError.
+        The first failure is raised once all are closed, naming the node."""
+        failures: list[OSError] = []
         with self._lock:
-            self._retire_unwaited()
-            for fd in [*self._fds.values(), *(fd for _, fd in self._retired.values())]:
-                os.close(fd)
+            try:
+                self._retire_unwaited()
+            except OSError as exc:
+                failures.append(exc)
+            fds = [*self._fds.values(), *(fd for _, fd in self._retired.values())]
             self._fds.clear()
             self._retired.clear()
+            for fd in fds:
+                try:
+                    os.close(fd)
+                except OSError as exc:
+                    failures.append(exc)
+        if failures:
+            first = failures[0]
+            raise StorageError(
+                f"node {self.node_id}: closing its packs failed: {first.strerror or first}"
+            ) from first

@@ -32,6 +32,7 @@ from shardvault.errors import (
 )
 from shardvault.model import ObjectRef
 from shardvault.vault import Vault
+from shardvault.vault.cells import memory_catalogs
 
 
 class _Stop(Exception):
@@ -262,6 +263,23 @@ def test_every_call_after_close_says_the_vault_was_closed(config_path: Path, sub
     with Vault.open(load(config_path)) as again:
         assert again.get(ObjectRef("intl", "alice", "k")) == b"kept"
         assert [i.ref.key for i in again.iter_objects("intl", "bob")] == []
+
+
+def test_a_closed_vault_refuses_calls_whatever_its_catalog_does_once_closed(
+    config_path: Path,
+) -> None:
+    # the cells kept the catalog and stores they had opened, so the vault's own refusal
+    # was the catalog's: one that still answers once closed (the in-memory one) gave
+    # stat, versions and list their answers after close, and a delete marked the object
+    with Vault.open(load(config_path), catalogs=memory_catalogs()) as vault:
+        vault.register_subject("intl", "alice", "US")
+        ref = ObjectRef("intl", "alice", "k")
+        vault.put(ref, b"kept")
+        catalog = vault.cells["US"].catalog
+    for call in CALLS_AFTER_CLOSE:
+        with pytest.raises(VaultClosed, match=r"vault (that opened it )?(is|was) closed"):
+            call(vault, ref)
+    assert [record.version for record in catalog.list_versions(ref)] == [1]  # not deleted
 
 
 KEYS = ["k0", "k1", "dir/k2", "\uff01", "\U0001f600"]  # U+FF01 < U+1F600, not in UTF-16

@@ -199,6 +199,11 @@ class Cell:
             stores = self._stores = self.node_opening.stores()
         return stores
 
+    def opened_stores(self) -> dict[str, ShardStore]:
+        """Its nodes' stores if a request opened them and the vault is not closed, else
+        none: never opens them, nor refuses."""
+        return self._stores or {}
+
     def store(self, node_id: str) -> ShardStore:
         """The node's store; one the config no longer lists reads as unavailable. The hot
         path: a plain attribute, not `stores` (a descriptor's attribute is not specialised)."""
@@ -211,6 +216,20 @@ class Cell:
         """Put a node's store in place of the one it had (a node that hung or came back:
         vault/deadline.py); placement sees it at the next put."""
         self.stores[store.node_id] = store
+        self._placeable = None
+
+    def close(self) -> None:
+        """Close its catalog and its nodes' stores (those a request opened), then forget
+        them: a request after asks the openings, which refuse (VaultClosed), rather than
+        the closed catalog kept here, which might still answer (an in-memory one does)."""
+        with contextlib.ExitStack() as closing:  # each closes though one before it failed
+            closing.callback(self._forget_opened)
+            closing.callback(self.node_opening.close)
+            closing.callback(self.opening.close)
+
+    def _forget_opened(self) -> None:
+        self.__dict__.pop("catalog", None)
+        self._stores = None
         self._placeable = None
 
     def usable_stores(self) -> dict[str, ShardStore]:

@@ -201,8 +201,7 @@ class Vault:
                 closing.callback(self.governance.close)
             closing.callback(self.directory.close)
             for cell in reversed(self.cells.values()):
-                closing.callback(cell.node_opening.close)  # only of a cell a request needed
-                closing.callback(cell.opening.close)  # only a catalog a request opened
+                closing.callback(cell.close)  # only what a request opened
 
     def __enter__(self) -> Vault:
         return self

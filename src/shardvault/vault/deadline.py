@@ -121,7 +121,7 @@ class NodeDeadline:
         (it may hold the store's lock: a store closed or called meanwhile waits for it)."""
         reason = f"no answer within {self.seconds:g} s (storage.node_timeout)"
         cell = self._cell_of.get(node_id)
-        stores = cell.stores if cell is not None else {}  # open: one of them was called
+        stores = cell.opened_stores() if cell is not None else {}  # one of them was called
         with self._lock:
             self.hung.add(node_id)
             if stuck is not None:

@@ -371,6 +371,76 @@ def test_dropping_a_custodian_keeps_the_locks_of_the_others(
     assert _lock_mid_lookup(path, monkeypatch, another_custodian_collected) == ["refused"]
 
 
+def test_closing_a_custodian_keeps_the_locks_of_the_others(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a custodian closed (its vault closed) gives its share of the descriptor up at once:
+    # the descriptor stays while another custodian of the process holds one
+    def another_custodian_closed() -> None:
+        other = KeyringCustodian(path)
+        other._tombstones._live.follow()
+        other.close()
+
+    assert _lock_mid_lookup(path, monkeypatch, another_custodian_closed) == ["refused"]
+
+
+def held_descriptors(database: Path) -> int:
+    """How many descriptors of the file this process holds."""
+    found = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            found += os.readlink(f"/proc/self/fd/{fd}") == str(database)
+        except OSError:  # the listing's own descriptor
+            continue
+    return found
+
+
+def test_a_closed_custodian_holds_no_descriptor_of_its_tombstones(path: Path) -> None:
+    # its connections (one per thread) and its descriptor were closed only when garbage
+    # collection found it: a vault in a reference cycle, opened and closed again and
+    # again, held one more connection to the file each time
+    custodian, key, blob = answered(path)
+    elsewhere = threading.Thread(target=custodian.unwrap, args=(US, "kid", blob, WHY))
+    elsewhere.start()
+    elsewhere.join()
+    database = tombstones_path(path)
+    gc.disable()  # nothing is released by a collection
+    try:
+        assert held_descriptors(database) >= 2
+        custodian.close()
+        assert held_descriptors(database) == 0
+        assert custodian.unwrap(US, "kid", blob, WHY) == key  # opened again
+        destroying = KeyringCustodian(path)
+        destroying.destroy(US, "kid", WHY)
+        destroying.close()
+        with pytest.raises(SubjectForgotten):
+            custodian.unwrap(US, "kid", blob, WHY)
+        custodian.close()
+        custodian.close()  # a second close closes nothing again
+        assert held_descriptors(database) == 0
+    finally:
+        gc.enable()
+
+
+def test_a_descriptor_no_custodian_holds_stays_open_under_a_connection_of_the_process(
+    path: Path,
+) -> None:
+    # closing it would drop the read lock of a connection not made by a custodian (a
+    # check reading the file, say): another process could commit under that read
+    KeyringCustodian(path).wrap(US, "kid", hierarchy.new_key(), WHY, subject="alice")
+    database = tombstones_path(path)
+    with closing(sqlite3.connect(database, isolation_level=None)) as reading:
+        reading.execute("BEGIN")
+        reading.execute("SELECT count(*) FROM destroyed").fetchone()  # a shared lock
+        assert _try_exclusive(database) == "refused"
+        answers = LiveAnswers(database)
+        answers.follow()
+        answers.close()  # the last share of its descriptor given up
+        assert _try_exclusive(database) == "refused"
+        reading.execute("COMMIT")
+    assert _try_exclusive(database) == "granted"
+
+
 def test_answers_found_before_a_change_are_not_carried_past_it(path: Path) -> None:
     custodian, _, blob = answered(path)  # remembered at c
     KeyringCustodian(path).destroy(US, "kid", WHY)  # c + 1

@@ -416,3 +416,8 @@ class KeyringCustodian:
         while batch := list(itertools.islice(rows, _EARLIER_BATCH)):
             self._subjects.record_earlier(batch)
         self._subjects.finish_earlier()
+
+    def close(self) -> None:
+        """Close the tombstones' connections and descriptor now, not when garbage
+        collection finds the keyring; a later call opens them again."""
+        self._tombstones.close()

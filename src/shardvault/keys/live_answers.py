@@ -119,6 +119,23 @@ class LiveAnswers:
         """Drop every answer (after a failed query)."""
         self._answers = (None, -1, set())
 
+    def close(self) -> None:
+        """Give up the shares now, as garbage collection would (a vault held in a reference
+        cycle is collected late, or never, by a process that opens many): the caller has
+        closed every connection it made on the files followed."""
+        self._drop(self._file)
+        with _descriptors_lock:
+            for identity in self._shares:
+                fds, holders = _descriptors[identity]
+                holders[0] -= 1
+                # (kept, unshared, if a connection not this one's is on the file)
+                if holders[0] == 0 and not _opened_elsewhere(identity, fds):
+                    del _descriptors[identity]
+                    for fd in fds:
+                        os.close(fd)
+            self._shares.clear()  # the finalizer has none left to give up
+            _drain()
+
     def _drop(self, held: tuple[int, Identity] | None) -> None:
         if held is not None and self._file is held:
             self._file = None
@@ -193,7 +210,7 @@ def _release(held: set[Identity]) -> None:
 
 
 def _drain() -> None:
-    """Holding the lock: count down every share given up."""
+    """Holding the lock: count down every share given up; close what no one holds."""
     while _pending:
         held = _pending.pop()
         for identity in held:
@@ -203,3 +220,28 @@ def _drain() -> None:
                 del _descriptors[identity]
                 for fd in fds:
                     os.close(fd)
+
+
+_FD_LINKS = "/proc/self/fd"
+
+
+def _opened_elsewhere(identity: Identity, ours: list[int]) -> bool:
+    """Whether a descriptor of the file other than `ours` is open in the process (a
+    connection not made for a LiveAnswers, whose locks a close of ours would drop); True
+    if the process's descriptors cannot be listed. (Not asked in garbage collection: a
+    collected Tombstones' connections, outside any transaction, may be collected after
+    its LiveAnswers.)"""
+    try:
+        names = os.listdir(_FD_LINKS)
+    except OSError:
+        return True
+    for name in names:
+        if not name.isdigit() or int(name) in ours:
+            continue
+        try:
+            info = os.stat(f"{_FD_LINKS}/{name}")
+        except OSError:
+            continue  # closed meanwhile (the listing's own descriptor among them)
+        if (info.st_dev, info.st_ino) == identity:
+            return True
+    return False

@@ -125,3 +125,6 @@ class MemoryCustodian:
 
     def record_subjects(self, keys: Iterable[tuple[KeyScope, str, str]]) -> None:
         """Takes none: every key it holds was recorded when it was wrapped."""
+
+    def close(self) -> None:
+        """Holds no file: nothing to close (its keys stay, for a vault opened on it again)."""

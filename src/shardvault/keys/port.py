@@ -91,3 +91,7 @@ class KeyCustodian(Protocol):
     def record_subjects(self, keys: Iterable[tuple[KeyScope, str, str]]) -> None:
         """Record the subject of each (scope, key id, subject) wrapped before the custodian
         recorded subjects, then take no more: a key that has one keeps it."""
+
+    def close(self) -> None:
+        """Release the files it holds open (the vault that opened it closes it); a call
+        after it opens them again."""

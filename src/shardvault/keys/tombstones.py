@@ -56,6 +56,7 @@ _SCHEMA = """CREATE TABLE IF NOT EXISTS destroyed (
 _HOLDS = "SELECT 1 FROM destroyed WHERE scope = ? AND key_id = ?"
 _INSERT = "INSERT OR IGNORE INTO destroyed (scope, key_id) VALUES (?, ?)"
 _BUSY_SECONDS = 10.0
+_CLOSED: Identity = (-1, -1)  # a closed connection's: on no file there is
 
 
 def tombstones_path(keyring: Path) -> Path:
@@ -97,6 +98,22 @@ class Tombstones:
         self.path = path
         self._local = threading.local()
         self._live = LiveAnswers(path)
+        self._opened: weakref.WeakSet[_Handle] = weakref.WeakSet()  # every thread's
+
+    def close(self) -> None:
+        """Close every thread's connection, then give up the share of the file's descriptor
+        (`live_answers`), now rather than when garbage collection finds this: a process
+        that opens and closes many vaults holds no file of one it closed. A query running
+        ends first; a later call opens the file anew."""
+        with _registry_lock:
+            opened = list(self._opened)
+            self._opened.clear()
+        for handle in opened:
+            if handle.pid == os.getpid():  # a parent's is never closed in a child
+                with handle.lock:
+                    handle.db.close()
+                    handle.identity = _CLOSED  # its thread's next call opens another
+        self._live.close()
 
     def holds(self, scope: str, key_id: str) -> bool:
         """Whether the key id was destroyed, as committed by any process up to now.
@@ -181,6 +198,7 @@ class Tombstones:
         handle = _Handle(*self._connect(create, there))
         with _registry_lock:
             _handles.add(handle)
+            self._opened.add(handle)
         self._local.handle = handle
         return handle
 

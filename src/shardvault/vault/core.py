@@ -134,6 +134,7 @@ class Vault:
         self.custodian = custodian
         self.directory = directory
         self._owns_governance = governance is None
+        self._owns_custodian = False  # one `open` opened is closed with the vault
         self.governance = governance or Governance.open(config, clock)
         self.code = ErasureCode(config.k, config.m)
         self._clock = clock
@@ -156,6 +157,7 @@ class Vault:
         """Open every cell; the custodian's gate is the partner's custodian policy."""
         owned = governance is None
         governance = governance or Governance.open(config, clock)
+        opened_custodian: KeyCustodian | None = None
         try:
             directory = SubjectDirectory.open(config.state_dir)
             # a lost catalog is not made anew where the directory homes subjects
@@ -166,10 +168,11 @@ class Vault:
             _refuse_lost_directory(directory, cells)
             # a keyring is made only for a deployment with no subject yet: one that has
             # some lost its keyring, and a new one would bring destroyed keys back
-            custodian = custodian or open_custodian(
-                config, gate=governance.custodian_gate(), may_create=directory.empty,
-                signer=governance.custodian_key,
-            )  # fmt: skip
+            if custodian is None:
+                custodian = opened_custodian = open_custodian(
+                    config, gate=governance.custodian_gate(), may_create=directory.empty,
+                    signer=governance.custodian_key,
+                )  # fmt: skip
             name_earlier_keys(custodian, cells)
             vault = cls(
                 config,
@@ -181,17 +184,23 @@ class Vault:
                 governance=governance,
             )
         except BaseException:
+            if opened_custodian is not None:
+                opened_custodian.close()
             if owned:
                 governance.close()
             raise
         vault._owns_governance = owned
+        vault._owns_custodian = opened_custodian is not None
         return vault
 
     def close(self) -> None:
-        """Close every store and catalog. Threads stuck on a node that hung, or opening a
-        catalog whose disk hangs, are not waited for (nor is the store closed under
-        them): the process's exit ends them. Nor is a store's close past the nodes'
-        deadline: its node is named in `deadline.hint_notices()` (`NodeDeadline.close_stores`)."""
+        """Close every store and catalog, and the keyring `open` opened (a custodian given
+        is the caller's), now: a process that opens many vaults holds no file of one it
+        closed but the descriptor each filesystem is synced through (`filesystem_sync`).
+        Threads stuck on a node that hung, or opening a catalog whose disk hangs, are not
+        waited for (nor is the store closed under them): the process's exit ends them.
+        Nor is a store's close past the nodes' deadline: its node is named in
+        `deadline.hint_notices()` (`NodeDeadline.close_stores`)."""
         self.deadline.close()
         self._pool.shutdown(wait=not self.deadline.any_hung())
         # each part closes though one before it failed (its error is raised after): an
@@ -199,6 +208,8 @@ class Vault:
         with contextlib.ExitStack() as closing:
             if self._owns_governance:
                 closing.callback(self.governance.close)
+            if self._owns_custodian:
+                closing.callback(self.custodian.close)
             closing.callback(self.directory.close)
             for cell in reversed(self.cells.values()):
                 closing.callback(cell.close)  # only what a request opened

@@ -151,17 +151,21 @@ class IoThread(Executor):
                     future.set_exception(exc)
             del task, future, fn, args, kwargs
 
-    def wait(self, future: Future[_T], seconds: float) -> _T:
+    def wait(self, future: Future[_T], seconds: float, since: float | None = None) -> _T:
         """The task's result, waited for while the thread runs; raises `Stalled` once it
         has not run for `seconds`. Where the kernel does not say how often a thread
-        ran (no /proc/self/task/ID/schedstat), once the task has taken `seconds`."""
+        ran (no /proc/self/task/ID/schedstat), once the task has taken `seconds`.
+        ``since`` (`time.monotonic`): when the caller began waiting, if before this call:
+        one waiting for several threads in turn gives up on each stalled since then at
+        one common end, not a whole wait after its turn came."""
+        began = time.monotonic() if since is None else since
         step = seconds / 4
-        try:
-            return future.result(step)  # most calls: the thread's counts are not read
+        try:  # most calls: the thread's counts are not read
+            return future.result(max(0.0, began + step - time.monotonic()))
         except TimeoutError:
             if future.done():  # the task's own TimeoutError
                 raise
-        seen, progress = self._runs(), time.monotonic() - step
+        seen, progress = self._runs(), began
         while True:
             try:
                 return future.result(step)

@@ -308,6 +308,36 @@ def test_a_vault_closes_within_the_deadline_though_a_node_hangs_in_its_close(
         disk.release.set()
 
 
+def test_nodes_hung_in_their_close_together_cost_the_close_one_deadline(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stores' closes all started at once, but each was waited for a whole deadline
+    after the one before it was given up on: three nodes hung in their close held the
+    vault's close three deadlines. (A deadline long beside the test's own overhead: the
+    waits in turn take three at least, whatever the load.)"""
+    seconds = 1.5
+
+    def edit(text: str) -> str:
+        return text.replace("k = 4\n", f"k = 4\nnode_timeout = {seconds}\n", 1)
+
+    vault = Vault.open(load(make_deployment(tmp_path / "deploy", pack_limit=64 << 10, edit=edit)))
+    vault.register_subject("intl", "alice", "US")
+    ref = ObjectRef("intl", "alice", "first")
+    vault.put(ref, b"x" * 1000)  # each node of its stripe holds its pack open
+    hung = manifest_of(vault, ref).nodes[:3]
+    disks = [hang(vault, node, monkeypatch, closes=True) for node in hung]
+    try:
+        started = time.monotonic()
+        within(4 * seconds + 3, vault.close)
+        took = time.monotonic() - started
+        assert all(disk.entered.is_set() for disk in disks)  # each close reached its disk
+        assert vault.deadline.hung >= set(hung)
+        assert seconds <= took < 2 * seconds, f"the close took {took:.1f} s"
+    finally:
+        for disk in disks:
+            disk.release.set()
+
+
 def test_a_store_whose_close_fails_leaves_nothing_open_and_says_which_node(
     spare_vault: Vault, monkeypatch: pytest.MonkeyPatch
 ) -> None:

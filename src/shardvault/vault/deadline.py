@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import functools
 import threading
+import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from typing import Any
@@ -195,15 +196,16 @@ class NodeDeadline:
         """Close the cell's stores, each on a thread of its own, all at once: one whose
         thread has not run for a deadline (a hung disk) is left to it, as a put given up
         on a hung node is, said in `hint_notices` and noted for the processes after
-        (each such node costs the close a deadline at most). A store's own error is
+        (together they cost the close one deadline, not one each). A store's own error is
         raised once the rest are closed."""
         closing = [(store, IoThread(f"shardvault-close-{store.node_id}")) for store in stores]
         calls = [(store, thread, thread.submit(store.close)) for store, thread in closing]
+        started = time.monotonic()  # one deadline for all: not one more per node hung
         failed: list[Exception] = []
         for store, thread, call in calls:
             thread.shutdown()  # the thread ends once its close has run
             try:
-                thread.wait(call, self.seconds)
+                thread.wait(call, self.seconds, since=started)
             except Stalled:
                 self._not_closed(cell, store.node_id)
             except Exception as exc:  # the store's own: the others are closed all the same

@@ -311,27 +311,34 @@ def test_a_vault_closes_within_the_deadline_though_a_node_hangs_in_its_close(
 def test_nodes_hung_in_their_close_together_cost_the_close_one_deadline(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The stores' closes all started at once, but each was waited for a whole deadline
-    after the one before it was given up on: three nodes hung in their close held the
-    vault's close three deadlines. (A deadline long beside the test's own overhead: the
-    waits in turn take three at least, whatever the load.)"""
+    """The stores' closes were waited for in turn, each a whole deadline after the one
+    before it was given up on (a cell's started at once; the next cell's only then):
+    two nodes of one cell and one of another, hung in their close, held the vault's
+    close three deadlines. (A deadline long beside the test's own overhead: the waits
+    in turn take two at least, whatever the load.)"""
     seconds = 1.5
 
     def edit(text: str) -> str:
         return text.replace("k = 4\n", f"k = 4\nnode_timeout = {seconds}\n", 1)
 
     vault = Vault.open(load(make_deployment(tmp_path / "deploy", pack_limit=64 << 10, edit=edit)))
-    vault.register_subject("intl", "alice", "US")
-    ref = ObjectRef("intl", "alice", "first")
-    vault.put(ref, b"x" * 1000)  # each node of its stripe holds its pack open
-    hung = manifest_of(vault, ref).nodes[:3]
-    disks = [hang(vault, node, monkeypatch, closes=True) for node in hung]
+    hung: list[tuple[str, str]] = []
+    for subject, cell, count in (("alice", "US", 2), ("bob", "SG", 1)):
+        vault.register_subject("intl", subject, cell)
+        ref = ObjectRef("intl", subject, "first")
+        vault.put(ref, b"x" * 1000)  # each node of its stripe holds its pack open
+        hung += [(cell, node) for node in manifest_of(vault, ref).nodes[:count]]
+    disks = []
+    for cell, node in hung:
+        store = vault.cells[cell].stores[node]
+        assert isinstance(store, LocalDirShardStore)
+        disks.append(HungDisk(store, monkeypatch, closes=True))
     try:
         started = time.monotonic()
         within(4 * seconds + 3, vault.close)
         took = time.monotonic() - started
         assert all(disk.entered.is_set() for disk in disks)  # each close reached its disk
-        assert vault.deadline.hung >= set(hung)
+        assert vault.deadline.hung >= {node for _, node in hung}
         assert seconds <= took < 2 * seconds, f"the close took {took:.1f} s"
     finally:
         for disk in disks:

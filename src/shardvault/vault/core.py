@@ -211,6 +211,8 @@ class Vault:
             if self._owns_custodian:
                 closing.callback(self.custodian.close)
             closing.callback(self.directory.close)
+            # every cell's stores start closing, then are waited for until one common end
+            closing.enter_context(self.deadline.closing_together())
             for cell in reversed(self.cells.values()):
                 closing.callback(cell.close)  # only what a request opened
 

@@ -23,16 +23,20 @@ an answer drops the note, in every process.
 Closing is bounded so too (`close_stores`): a store that does not close within the
 deadline (a hard-mounted NFS share holding a descriptor's close) is left to its
 thread, named for the user (`hint_notices`) and noted for the processes after.
+Every store of every cell starts closing before any is waited for, and all are
+waited for until one common end (`closing_together`): nodes hung in their close
+cost the vault's close one deadline, however many.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
-from typing import Any
+from typing import Any, NamedTuple
 
 from shardvault.errors import ShardvaultError, StorageError
 from shardvault.io_threads import IoThread, Stalled
@@ -41,6 +45,15 @@ from shardvault.nodes.port import ShardStore
 from shardvault.nodes.unavailable import UnavailableStore
 from shardvault.vault.cells import Cell
 from shardvault.vault.node_opening import HintedStore, UnopenedStore
+
+
+class _Closing(NamedTuple):
+    """A store's close under way on a thread of its own."""
+
+    cell: Cell
+    store: ShardStore
+    thread: IoThread
+    call: Future[None]
 
 
 class HungStore(UnavailableStore):
@@ -66,6 +79,7 @@ class NodeDeadline:
         self.hung: set[str] = set()  # every node that ran past it in this process
         self._stuck: dict[str, list[Future[Any]]] = {}  # calls given up on, still running
         self._notices: list[str] = []  # stores given up on as they closed
+        self._gathered: list[_Closing] | None = None  # closes started, within `closing_together`
         for cell in cells:  # a cell's stores open when it is first needed
             cell.node_opening.when_opened(functools.partial(self._unopened, cell))
             cell.node_opening.close_by(functools.partial(self.close_stores, cell))
@@ -195,19 +209,43 @@ class NodeDeadline:
     def close_stores(self, cell: Cell, stores: Iterable[ShardStore]) -> None:
         """Close the cell's stores, each on a thread of its own, all at once: one whose
         thread has not run for a deadline (a hung disk) is left to it, as a put given up
-        on a hung node is, said in `hint_notices` and noted for the processes after
-        (together they cost the close one deadline, not one each). A store's own error is
-        raised once the rest are closed."""
-        closing = [(store, IoThread(f"shardvault-close-{store.node_id}")) for store in stores]
-        calls = [(store, thread, thread.submit(store.close)) for store, thread in closing]
-        started = time.monotonic()  # one deadline for all: not one more per node hung
-        failed: list[Exception] = []
-        for store, thread, call in calls:
+        on a hung node is, said in `hint_notices` and noted for the processes after.
+        Within `closing_together`, waited for with every other cell's as it ends. A
+        store's own error is raised once the rest are closed."""
+        calls = []
+        for store in stores:
+            thread = IoThread(f"shardvault-close-{store.node_id}")
+            calls.append(_Closing(cell, store, thread, thread.submit(store.close)))
             thread.shutdown()  # the thread ends once its close has run
+        with self._lock:
+            if self._gathered is not None:
+                self._gathered.extend(calls)
+                return
+        self._wait_closed(calls)
+
+    @contextlib.contextmanager
+    def closing_together(self) -> Iterator[None]:
+        """The stores every cell closes meanwhile are waited for as it ends, until one
+        common end: nodes hung in their close, in one cell or several, cost the vault's
+        close one deadline, not one each in turn."""
+        with self._lock:
+            self._gathered = []
+        try:
+            yield
+        finally:
+            with self._lock:  # a cell whose open ends after this closes its own stores
+                gathered, self._gathered = self._gathered, None
+            self._wait_closed(gathered or [])
+
+    def _wait_closed(self, calls: list[_Closing]) -> None:
+        """Each close started by now is given a deadline from now at least."""
+        started = time.monotonic()
+        failed: list[Exception] = []
+        for closing in calls:
             try:
-                thread.wait(call, self.seconds, since=started)
+                closing.thread.wait(closing.call, self.seconds, since=started)
             except Stalled:
-                self._not_closed(cell, store.node_id)
+                self._not_closed(closing.cell, closing.store.node_id)
             except Exception as exc:  # the store's own: the others are closed all the same
                 failed.append(exc)
         if failed:

@@ -17,6 +17,7 @@ import pytest
 
 from conftest import make_deployment
 from shardvault.config import load
+from shardvault.errors import IntegrityError
 from shardvault.keys.keyring import KeyringCustodian
 from shardvault.model import ObjectRef
 from shardvault.vault import Vault
@@ -92,3 +93,25 @@ def test_a_custodian_given_to_the_vault_is_left_open_by_its_close(tmp_path: Path
     assert [path for path in held_under(tmp_path) if path.endswith("destroyed.sqlite")]
     custodian.close()
     assert not [path for path in held_under(tmp_path) if "/keys/" in path]
+
+
+def test_a_vault_that_fails_to_open_holds_nothing_it_opened(tmp_path: Path) -> None:
+    # a failed open left the subject directory and the catalogs it had read open: a
+    # host retrying while a lost directory is restored held one set more each time
+    config_path = make_deployment(tmp_path / "deploy")
+    used_once(config_path, 0)
+    first = held_under(tmp_path)
+    config = load(config_path)
+    kept = tmp_path / "directory-backup"
+    kept.mkdir()
+    for path in config.state_dir.glob("directory.sqlite*"):
+        path.rename(kept / path.name)
+    for attempt in range(3):
+        with pytest.raises(IntegrityError, match="subject directory"):
+            Vault.open(config)
+        assert held_under(tmp_path) == first, f"after {attempt + 1} failed opens"
+    for path in config.state_dir.glob("directory.sqlite*"):
+        path.unlink()  # the blank one the failed opens made
+    for path in kept.iterdir():
+        path.rename(config.state_dir / path.name)
+    used_once(config_path, 1)  # and the deployment opens again once it is back

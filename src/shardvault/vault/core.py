@@ -158,13 +158,16 @@ class Vault:
         owned = governance is None
         governance = governance or Governance.open(config, clock)
         opened_custodian: KeyCustodian | None = None
+        opened: list[Callable[[], None]] = []  # closed again if the open fails
         try:
             directory = SubjectDirectory.open(config.state_dir)
+            opened.append(directory.close)
             # a lost catalog is not made anew where the directory homes subjects
             catalogs = catalogs or sqlite_catalogs(
                 config.state_dir, lambda cell: not directory.homes_in(cell)
             )
             cells = open_cells(config, catalogs)
+            opened.extend(cell.close for cell in cells.values())
             _refuse_lost_directory(directory, cells)
             # a keyring is made only for a deployment with no subject yet: one that has
             # some lost its keyring, and a new one would bring destroyed keys back
@@ -184,10 +187,15 @@ class Vault:
                 governance=governance,
             )
         except BaseException:
+            # a host that retries (a keyring being restored) must not hold a directory
+            # and catalogs more each time; the open's own error is the one raised
             if opened_custodian is not None:
-                opened_custodian.close()
+                opened.append(opened_custodian.close)
             if owned:
-                governance.close()
+                opened.append(governance.close)
+            for close in reversed(opened):
+                with contextlib.suppress(Exception):
+                    close()
             raise
         vault._owns_governance = owned
         vault._owns_custodian = opened_custodian is not None

@@ -126,13 +126,8 @@ class LiveAnswers:
         self._drop(self._file)
         with _descriptors_lock:
             for identity in self._shares:
-                fds, holders = _descriptors[identity]
-                holders[0] -= 1
                 # (kept, unshared, if a connection not this one's is on the file)
-                if holders[0] == 0 and not _opened_elsewhere(identity, fds):
-                    del _descriptors[identity]
-                    for fd in fds:
-                        os.close(fd)
+                _give_up(identity, look_elsewhere=True)
             self._shares.clear()  # the finalizer has none left to give up
             _drain()
 
@@ -214,12 +209,19 @@ def _drain() -> None:
     while _pending:
         held = _pending.pop()
         for identity in held:
-            fds, holders = _descriptors[identity]
-            holders[0] -= 1
-            if holders[0] == 0:
-                del _descriptors[identity]
-                for fd in fds:
-                    os.close(fd)
+            _give_up(identity)
+
+
+def _give_up(identity: Identity, *, look_elsewhere: bool = False) -> None:
+    """Holding the lock: one share of the file's descriptor fewer; it is closed once no
+    one holds a share (and, with `look_elsewhere`, no other descriptor of the file is
+    open in the process: `_opened_elsewhere`)."""
+    fds, holders = _descriptors[identity]
+    holders[0] -= 1
+    if holders[0] == 0 and not (look_elsewhere and _opened_elsewhere(identity, fds)):
+        del _descriptors[identity]
+        for fd in fds:
+            os.close(fd)
 
 
 _FD_LINKS = "/proc/self/fd"

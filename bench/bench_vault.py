@@ -37,6 +37,7 @@ from shardvault.config import load
 from shardvault.demo import write_demo
 from shardvault.model import ObjectRef
 from shardvault.vault import Vault
+from shardvault.worker_cores import pin_worker
 
 MIB = 1 << 20
 SEGMENT = MIB
@@ -157,8 +158,12 @@ def small_objects(vault: Vault, count: int, clients: int) -> list[tuple[float, f
     return _rates([[put, get]], count)
 
 
-def _small_worker(config: Path, keys: list[str], clients: int, barrier: Any, results: Any) -> None:
+def _small_worker(
+    config: Path, keys: list[str], clients: int, pin: int | None, barrier: Any, results: Any
+) -> None:
     """One worker process: its own vault on the shared deployment, puts then gets."""
+    if pin is not None:
+        pin_worker(pin)
     with Vault.open(load(config)) as vault:
         payload = os.urandom(1024)
         refs = [ObjectRef("intl", "bench", key) for key in keys]
@@ -171,15 +176,17 @@ def _small_worker(config: Path, keys: list[str], clients: int, barrier: Any, res
 
 
 def small_objects_processes(
-    config: Path, count: int, processes: int, clients: int
+    config: Path, count: int, processes: int, clients: int, *, pinned: bool = False
 ) -> list[tuple[float, float]]:
-    """As `small_objects`, from `processes` workers sharing the deployment, as `serve` would."""
+    """As `small_objects`, from `processes` workers sharing the deployment, as `serve` would;
+    pinned: each worker on a core of its own (shardvault.worker_cores)."""
     fork = multiprocessing.get_context("fork")
     barrier, results = fork.Barrier(processes), fork.Queue()
-    keys = [f"small/p{processes}x{clients}/{i}" for i in range(count)]
+    keys = [f"small/p{processes}x{clients}{'-pinned' if pinned else ''}/{i}" for i in range(count)]
     workers = [
         fork.Process(
-            target=_small_worker, args=(config, keys[n::processes], clients, barrier, results)
+            target=_small_worker,
+            args=(config, keys[n::processes], clients, n if pinned else None, barrier, results),
         )
         for n in range(processes)
     ]
@@ -278,10 +285,14 @@ def run(args: argparse.Namespace, work: Path, tuned: bool) -> None:
     vault.close()
     config = work / "vault" / "shardvault.toml"
     for threads in (4, 16):
-        report_small(
-            f"2 worker processes x {threads} threads on one deployment",
-            small_objects_processes(config, args.small_count, 2, threads),
-        )
+        free = small_objects_processes(config, args.small_count, 2, threads)
+        report_small(f"2 worker processes x {threads} threads on one deployment", free)
+    pinned = small_objects_processes(config, args.small_count, 2, 16, pinned=True)
+    report_small("2 worker processes x 16 threads, each pinned to a core", pinned)
+    print(
+        f"    pinned against not, 2 x 16 in this run: puts x{pinned[0][0] / free[0][0]:.2f}, "
+        f"gets x{pinned[1][0] / free[1][0]:.2f}"
+    )
     child = subprocess.run(
         [
             sys.executable,

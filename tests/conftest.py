@@ -11,7 +11,10 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import sys
+import threading
 import time
+import types
 from collections.abc import Callable, Generator, Iterator, Mapping
 from pathlib import Path
 
@@ -112,6 +115,14 @@ def shard_paths(vault: Vault, ref: ObjectRef, version: int | None = None) -> lis
         name = shard_name(manifest.object_id, manifest.version, index, generation)
         paths.append(store.shard_path(name))
     return paths
+
+
+def frames_of(thread: threading.Thread) -> Iterator[types.FrameType]:
+    """THREAD's frames, innermost first: where a thread a test started waits."""
+    frame = sys._current_frames().get(thread.ident or 0)
+    while frame is not None:
+        yield frame
+        frame = frame.f_back
 
 
 def files_under(root: Path) -> set[Path]:

@@ -20,14 +20,13 @@ import subprocess
 import sys
 import threading
 import time
-import types
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 
-from conftest import make_deployment, manifest_of, tmpfs_mounted
+from conftest import frames_of, make_deployment, manifest_of, tmpfs_mounted
 from governance_support import approve, forget_approved
 from shardvault.catalog.port import Catalog
 from shardvault.config import load
@@ -934,14 +933,6 @@ def test_a_cells_stores_asked_by_two_threads_at_once_are_opened_once(
         assert sorted(claimed) == sorted(n.id for n in vault.config.nodes_in("US"))
         vault.put(ObjectRef("intl", "alice", "new"), b"n")
         assert len(claimed) == 6  # once per process
-
-
-def frames_of(thread: threading.Thread) -> Iterator[types.FrameType]:
-    """THREAD's frames, innermost first."""
-    frame = sys._current_frames().get(thread.ident or 0)
-    while frame is not None:
-        yield frame
-        frame = frame.f_back
 
 
 def test_stores_whose_open_ends_after_the_vault_closed_are_not_used(

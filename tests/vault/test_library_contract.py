@@ -14,18 +14,20 @@ import contextlib
 import io
 import random
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from conftest import SEGMENT, files_under, make_deployment
+from conftest import SEGMENT, files_under, frames_of, make_deployment
 from governance_support import forget_approved
 from shardvault.config import load
 from shardvault.errors import (
     Conflict,
     InvalidInput,
     NotFound,
+    StorageError,
     SubjectForgotten,
     Unavailable,
     VaultClosed,
@@ -280,6 +282,65 @@ def test_a_closed_vault_refuses_calls_whatever_its_catalog_does_once_closed(
         with pytest.raises(VaultClosed, match=r"vault (that opened it )?(is|was) closed"):
             call(vault, ref)
     assert [record.version for record in catalog.list_versions(ref)] == [1]  # not deleted
+
+
+def _waits_for_another_close(thread: threading.Thread) -> bool:
+    """Whether THREAD, in `Vault.close`, waits (for the close under way on another)."""
+    codes = {frame.f_code for frame in frames_of(thread)}
+    return Vault.close.__code__ in codes and threading.Condition.wait.__code__ in codes
+
+
+@pytest.mark.parametrize("fails", [False, True], ids=["closes", "fails"])
+def test_a_close_racing_another_returns_once_the_vault_is_closed_or_raises_its_error(
+    config_path: Path, monkeypatch: pytest.MonkeyPatch, fails: bool
+) -> None:
+    # the second close found each part closed, or being closed, by the first and
+    # returned at once, while the first still closed the subject directory: a host that
+    # then removed the deployment's files did so under open descriptors
+    vault = Vault.open(load(config_path))
+    vault.register_subject("intl", "alice", "US")
+    vault.put(ObjectRef("intl", "alice", "k"), b"kept")
+    entered, release, first_done = threading.Event(), threading.Event(), threading.Event()
+    close_directory = vault.directory.close
+
+    def directory_close() -> None:  # the first close's waits for `release`
+        if entered.is_set():
+            return close_directory()
+        entered.set()
+        release.wait(30)
+        close_directory()
+        first_done.set()
+        if fails:
+            raise StorageError("the directory's close failed")
+
+    monkeypatch.setattr(vault.directory, "close", directory_close)
+    outcomes: dict[str, str] = {}
+
+    def close(name: str) -> None:
+        try:
+            vault.close()
+        except StorageError as exc:
+            outcomes[name] = f"raised {exc}"
+        else:
+            outcomes[name] = "returned"
+        if not first_done.is_set():
+            outcomes[name] += " while the first close was still closing"
+
+    first = threading.Thread(target=close, args=("first",))
+    first.start()
+    assert entered.wait(10)
+    second = threading.Thread(target=close, args=("second",))
+    second.start()
+    while second.is_alive() and not _waits_for_another_close(second):
+        time.sleep(0.01)
+    release.set()
+    first.join(10)
+    second.join(10)
+    said = "raised the directory's close failed" if fails else "returned"
+    assert outcomes == {"first": said, "second": said}
+    outcomes.clear()
+    close("later")  # closes nothing again, and says what the close said
+    assert outcomes == {"later": said}
 
 
 KEYS = ["k0", "k1", "dir/k2", "\uff01", "\U0001f600"]  # U+FF01 < U+1F600, not in UTF-16

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import threading
 import time
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import replace
@@ -142,6 +143,9 @@ class Vault:
         # shard I/O threads: none waits behind one a hung disk holds (vault/deadline.py)
         self._pool = IoThreads("shardvault-io", shut=_closed)  # (a reader, a put racing close)
         self.deadline = NodeDeadline(config.node_timeout, list(cells.values()))
+        self._close_lock = threading.Lock()  # held for a moment only: see `close`
+        self._close_ended: threading.Event | None = None  # set once the close under way ends
+        self._close_error: Exception | None = None  # what it raised
 
     @classmethod
     def open(
@@ -208,7 +212,36 @@ class Vault:
         Threads stuck on a node that hung, or opening a catalog whose disk hangs, are not
         waited for (nor is the store closed under them): the process's exit ends them.
         Nor is a store's close past the nodes' deadline: its node is named in
-        `deadline.hint_notices()` (`NodeDeadline.close_stores`)."""
+        `deadline.hint_notices()` (`NodeDeadline.close_stores`).
+
+        Once: a close while another is under way (on another thread) waits for it, and
+        every close after returns, or raises what the first raised; each part's own
+        second close returns at once, and so did the vault's, while the first was still
+        closing (its caller might remove the files under it). A close a signal ended is
+        finished by the next."""
+        with self._close_lock:
+            ended, first = self._close_ended, self._close_ended is None
+            if ended is None:
+                ended = self._close_ended = threading.Event()
+        if not first:
+            ended.wait()
+            if self._close_ended is not ended:  # a signal ended it: finish it
+                self.close()
+                return
+        else:
+            try:
+                self._close_parts()
+            except Exception as exc:
+                self._close_error = exc
+            except BaseException:
+                self._close_ended = None
+                raise
+            finally:
+                ended.set()
+        if self._close_error is not None:
+            raise self._close_error
+
+    def _close_parts(self) -> None:
         self.deadline.close()
         self._pool.shutdown(wait=not self.deadline.any_hung())
         # each part closes though one before it failed (its error is raised after): an

@@ -36,3 +36,41 @@ def test_a_pool_still_runs_its_tasks_and_shuts_down() -> None:
     pool = IoThreads("test-io")
     assert [pool.submit(pow, 2, n).result(10) for n in range(4)] == [1, 2, 4, 8]
     pool.shutdown(wait=True)
+
+
+class _ShutAsItQueues:
+    """A pool's queue that lets the pool shut down (every thread told to end, and ended)
+    just as a task submitted before the shutdown is queued."""
+
+    def __init__(self, pool: IoThreads) -> None:
+        self._pool = pool
+        self._queue = pool._tasks
+        self.shut = False
+
+    def put(self, item: object) -> None:
+        if item is not None and not self.shut:
+            self.shut = True
+            self._pool.shutdown(wait=True)
+        self._queue.put(item)  # type: ignore[arg-type]
+
+    def get(self, timeout: float | None = None) -> object:
+        return self._queue.get(timeout=timeout)
+
+
+@pytest.mark.parametrize("idle", [True, False], ids=["idle-thread", "no-thread"])
+def test_a_task_submitted_as_the_pool_shuts_down_is_refused_not_left_pending(idle: bool) -> None:
+    # submit read the shutdown flag, then queued its task: a shutdown in between told
+    # every thread to end, an idle one was counted on to run the task, and none ever
+    # did, so its future stayed pending and its caller waited for ever; with no thread
+    # idle, one was started after the shutdown, which no end was queued for
+    pool = IoThreads("test-io", shut=lambda: RuntimeError("the pool was shut down"))
+    if idle:
+        assert pool.submit(pow, 2, 3).result(10) == 8
+    queue = _ShutAsItQueues(pool)
+    pool._tasks = queue  # type: ignore[assignment]
+    ran: list[int] = []
+    with pytest.raises(RuntimeError, match="the pool was shut down"):
+        pool.submit(ran.append, 1)
+    assert queue.shut
+    assert ran == []
+    assert not [thread for thread in threading.enumerate() if thread.name.startswith("test-io")]

@@ -60,6 +60,10 @@ class IoThreads(Executor):
         self._tasks.put((future, fn, args, kwargs))  # type: ignore[arg-type]
         if not self._claim_idle():
             self._start_thread()
+        # shut down since the check (no lock is taken per task): every thread may have
+        # been told to end before the task was queued, and none would ever run it
+        if self._shut and future.cancel():
+            raise self._shut_error()
         return future
 
     def _claim_idle(self) -> bool:
@@ -72,6 +76,8 @@ class IoThreads(Executor):
 
     def _start_thread(self) -> None:
         with self._lock:
+            if self._shut:  # no end is queued for it: it would idle on, or take another's
+                return
             thread = threading.Thread(
                 target=self._work, name=f"{self._name}-{len(self._threads)}", daemon=True
             )

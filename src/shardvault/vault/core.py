@@ -214,32 +214,35 @@ class Vault:
         Nor is a store's close past the nodes' deadline: its node is named in
         `deadline.hint_notices()` (`NodeDeadline.close_stores`).
 
-        Once: a close while another is under way (on another thread) waits for it, and
-        every close after returns, or raises what the first raised; each part's own
-        second close returns at once, and so did the vault's, while the first was still
-        closing (its caller might remove the files under it). A close a signal ended is
-        finished by the next."""
+        Once: a close called while another is under way (on another thread) waits for
+        it and raises what it raised; each part's own second close returns at once, and
+        so did the vault's, while the first was still closing (its caller might remove
+        the files under it). A close after one that ended does nothing; after one a
+        signal ended, it finishes it."""
         with self._close_lock:
-            ended, first = self._close_ended, self._close_ended is None
+            ended = self._close_ended
+            if ended is not None and ended.is_set():
+                return
+            first = ended is None
             if ended is None:
                 ended = self._close_ended = threading.Event()
         if not first:
             ended.wait()
             if self._close_ended is not ended:  # a signal ended it: finish it
                 self.close()
-                return
-        else:
-            try:
-                self._close_parts()
-            except Exception as exc:
-                self._close_error = exc
-            except BaseException:
-                self._close_ended = None
-                raise
-            finally:
-                ended.set()
-        if self._close_error is not None:
-            raise self._close_error
+            elif self._close_error is not None:
+                raise self._close_error
+            return
+        try:
+            self._close_parts()
+        except Exception as exc:
+            self._close_error = exc
+            raise
+        except BaseException:
+            self._close_ended = None  # a signal: the next close finishes it
+            raise
+        finally:
+            ended.set()
 
     def _close_parts(self) -> None:
         self.deadline.close()

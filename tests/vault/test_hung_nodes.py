@@ -36,6 +36,7 @@ from shardvault.errors import (
     StorageError,
     SubjectForgotten,
     TooFewNodes,
+    VaultClosed,
 )
 from shardvault.group_commit import GroupSync
 from shardvault.model import NodeSpec, ObjectRef
@@ -108,16 +109,21 @@ class HungDisk:
             shared.sync(shared.note_write())
 
 
-@pytest.fixture
-def spare_vault(tmp_path: Path) -> Iterator[Vault]:
-    """A packed deployment whose US cell has a seventh node, and a short deadline."""
+def spare_deployment(tmp_path: Path, deadline: float) -> Path:
+    """A packed deployment whose US cell has a seventh node; its config's path."""
 
     def edit(text: str) -> str:
-        return text.replace("k = 4\n", f"k = 4\nnode_timeout = {DEADLINE}\n", 1) + SPARE
+        return text.replace("k = 4\n", f"k = 4\nnode_timeout = {deadline}\n", 1) + SPARE
 
     config_path = make_deployment(tmp_path / "deploy", pack_limit=64 << 10, edit=edit)
     (tmp_path / "deploy" / "nodes" / "US" / "us-n7").mkdir()
-    with Vault.open(load(config_path)) as vault:
+    return config_path
+
+
+@pytest.fixture
+def spare_vault(tmp_path: Path) -> Iterator[Vault]:
+    """A packed deployment whose US cell has a seventh node, and a short deadline."""
+    with Vault.open(load(spare_deployment(tmp_path, DEADLINE))) as vault:
         vault.register_subject("intl", "alice", "US")
         vault.register_subject("intl", "bob", "SG")
         yield vault
@@ -253,6 +259,42 @@ def test_a_vault_closes_without_waiting_for_a_thread_stuck_on_a_hung_node(
         assert not closing.is_alive(), "close waited for the hung disk"
     finally:
         disk.release.set()
+
+
+def test_a_read_whose_healthy_node_closes_under_it_says_the_vault_closed_not_damage(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a node hung, the close does not wait for the I/O threads, so it closed a
+    healthy node's packs under a fetch still reading them: the fetch failed (EBADF) and
+    the reader took it for damage, a record "read failed: Bad file descriptor" queued
+    for repair of a shard nothing was wrong with. (A deadline no test waits for: the
+    node is marked hung as a fetch past it marks it.)"""
+    vault = Vault.open(load(spare_deployment(tmp_path, 60)))
+    vault.register_subject("intl", "alice", "US")
+    ref, data = ObjectRef("intl", "alice", "large"), os.urandom(3 * 65536)
+    vault.put(ref, data)  # its blocks packed, read on I/O threads
+    nodes = manifest_of(vault, ref).nodes
+    vault.deadline.expired(next(n.id for n in vault.config.nodes_in("US") if n.id not in nodes))
+    assert vault.deadline.any_hung()
+    healthy = vault.cells["US"].stores[nodes[0]]  # a data shard's: read first
+    assert isinstance(healthy, LocalDirShardStore)
+    reading, closed = threading.Event(), threading.Event()
+    real_pread, root = os.pread, f"{healthy.root}/"
+
+    def pread(fd: int, length: int, offset: int) -> bytes:
+        if not reading.is_set() and os.readlink(f"/proc/self/fd/{fd}").startswith(root):
+            reading.set()
+            closed.wait(30)  # the vault closes meanwhile
+        return real_pread(fd, length, offset)
+
+    monkeypatch.setattr(os, "pread", pread)
+    stream = vault.open_read(ref)  # its first segment's fetches start
+    assert reading.wait(10)
+    within(BOUND, vault.close)
+    closed.set()
+    with pytest.raises(VaultClosed, match="the vault was closed"):
+        stream.read_all()
+    assert stream.damage == []
 
 
 def test_a_vault_closes_without_a_look_at_a_pack_on_a_disk_that_hung_since_without_proc(

@@ -333,6 +333,7 @@ class ObjectReader:
             for fetched in self._waited(pending):
                 tried.add(fetched.shard)
                 if fetched.block is None:
+                    self._refuse_if_closed(segment)
                     self._note_damage(segment, fetched)
                 else:
                     good[fetched.shard] = fetched.block
@@ -354,6 +355,16 @@ class ObjectReader:
                     (d for d in self.damage if d.segment == segment and d.index in tried),
                 )
             pending = [(i, self._submit(segment, i)) for i in spare[:missing]]
+
+    def _refuse_if_closed(self, segment: int) -> None:
+        """A fetch failed after the vault closed: its store may have been closed under it
+        (the close does not wait for the I/O threads while a node is hung), so the
+        failure is the close's, not damage: no record sends repair after a sound shard."""
+        if self._deadline is not None and self._deadline.closed:
+            raise VaultClosed(
+                f"the vault was closed while {self._segment_name(segment)} was read: "
+                "open it again to read it"
+            )
 
     def _gone(self, segment: int) -> NotFound:
         """The version was deleted (or its subject forgotten) since the get looked it up,

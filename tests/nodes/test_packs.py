@@ -1675,3 +1675,16 @@ def test_a_lock_that_fails_otherwise_than_held_leaves_no_descriptor_open(
     monkeypatch.undo()
     compactor.close()
     assert _descriptors_under(tmp_path) == []
+
+
+def test_a_read_after_its_store_closed_fails_rather_than_open_its_pack_again(root: Path) -> None:
+    # a fetch the vault's close does not wait for (a node was hung) read a shard of a
+    # healthy node after its store closed: its pack was opened again, and the
+    # descriptor held for the process's life, the store that would close it closed
+    store = LocalDirShardStore("n", root)
+    put(store, name(1), b"one" * 50)
+    reader = store.open_reader(name(1))
+    store.close()
+    with pytest.raises(OSError, match="its store is closed"):
+        reader.read_at(0, 10)
+    assert not [path for path in open_files() if path.startswith(f"{root}/")]

@@ -141,6 +141,7 @@ class PackSet(PackDeletion, PackCompaction):
         self._strays: set[str] = set()  # named like a pack, not a file: left alone
         self.group = group
         self._check_root = check_root
+        self._closed = False  # no pack is opened again: nothing would close it
 
     # -- writing ---------------------------------------------------------------
 
@@ -488,6 +489,8 @@ class PackSet(PackDeletion, PackCompaction):
         with self._lock:
             fd = self._fds.get(pack)
             if fd is None:
+                if self._closed:  # a read the vault's close did not wait for
+                    raise OSError(errno.EBADF, f"node {self.node_id}: its store is closed")
                 retired = self._retired.get(pack)
                 if retired is not None:  # a read that located it before it was forgotten
                     return retired[1]
@@ -684,6 +687,7 @@ class PackSet(PackDeletion, PackCompaction):
         The first failure is raised once all are closed, naming the node."""
         failures: list[OSError] = []
         with self._lock:
+            self._closed = True
             try:
                 self._retire_unwaited()
             except OSError as exc:

@@ -10,6 +10,7 @@ import io
 import re
 import shutil
 import tarfile
+import threading
 from collections.abc import Callable
 
 import pytest
@@ -266,3 +267,63 @@ def test_get_reads_through_the_reader_itself_not_a_file_wrapper(
     monkeypatch.setattr(object_stream.ObjectStream, "__init__", wrapped)
     assert vault.get(alice) == payload(SEGMENT + 1)
     assert not issubclass(ObjectReader, io.IOBase)
+
+
+def test_next_gives_the_segment_a_for_loop_gives(vault: Vault, alice: ObjectRef) -> None:
+    """next(reader) and `for segment in reader` are one iteration, by segment: io's
+    __next__ alone would give a line, and the loop its own generator."""
+    data = b"line\n" * (3 * SEGMENT // 5 + 1)
+    vault.put(alice, data)
+    with vault.open_read(alice) as reader:
+        first = next(reader)
+        rest = list(reader)
+    assert len(first) == SEGMENT
+    assert first + b"".join(rest) == data
+    assert [len(segment) for segment in rest] == [SEGMENT, SEGMENT, len(data) - 3 * SEGMENT]
+
+
+@pytest.mark.parametrize("way", ["read", "readinto", "next", "readline"])
+def test_two_threads_reading_one_reader_share_the_object_out_exactly_once(
+    vault: Vault, alice: ObjectRef, way: str
+) -> None:
+    """Each read is whole, as io.BufferedReader's are under its lock: two threads reading
+    one reader get pieces that are each a run of the object, and together all of it
+    once, never one segment fetched by both (a generator already executing)."""
+    size = 24 * SEGMENT + SEGMENT // 2  # no piece so short it could be found elsewhere
+    data = payload(size) if way != "readline" else (b"x" * 99 + b"\n") * (size // 100)
+    vault.put(alice, data)
+    reader = vault.open_read(alice)
+    pieces: list[tuple[int, bytes]] = []
+    failures: list[BaseException] = []
+    start = threading.Barrier(2)
+
+    def take() -> bytes:
+        if way == "read":
+            return reader.read(SEGMENT // 3)
+        if way == "readinto":
+            buffer = bytearray(SEGMENT // 3)
+            return bytes(buffer[: reader.readinto(buffer)])
+        if way == "readline":
+            return reader.readline()
+        return next(reader, b"")
+
+    def work() -> None:
+        start.wait()
+        try:
+            while piece := take():
+                pieces.append((data.find(piece) if way != "readline" else 0, piece))
+        except BaseException as exc:  # reported by the main thread
+            failures.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    reader.close()
+    assert failures == []
+    if way == "readline":
+        assert [piece for _, piece in pieces] == data.splitlines(keepends=True)
+        return
+    assert all(at >= 0 for at, _ in pieces)  # each piece is a run of the object
+    assert b"".join(piece for _, piece in sorted(pieces)) == data

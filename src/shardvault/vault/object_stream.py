@@ -29,14 +29,9 @@ class ObjectStream(SegmentStream):
         self._reader = reader
 
     def _segments(self) -> Iterator[bytes]:
-        return iter(self)
-
-    def __iter__(self) -> Iterator[bytes]:
-        """Segments, not lines (`readline` gives lines). A generator of this object's
-        own, so that `for segment in vault.open_read(ref)` keeps the stream, and with it
-        the reader, open: the reader's iterator alone would let it be collected, and
-        closed, before the first segment."""
-        yield from self._reader
+        """The reader's segments: it refuses a second pass, so reading after iterating,
+        or iterating after reading, raises rather than start again or midway."""
+        return iter(self._reader)
 
     def __enter__(self) -> ObjectStream:
         return self

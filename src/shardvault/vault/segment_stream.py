@@ -11,13 +11,19 @@ stream cannot seek.
 
 Iterating it yields segments (its first API, and the one with no copy), not
 lines as a file's iteration does: `readline`, `readlines` and `io.TextIOWrapper`
-give lines.
+give lines. `next(stream)` is that same iteration, as a file's is its lines.
+
+Two threads may read one stream, as they may an `io.BufferedReader`: each read,
+line or segment is taken whole under a lock, so the pieces are runs of the
+plaintext and together all of it once. The lock costs a read call an uncontended
+acquire, nothing beside a segment's fetch; `Vault.get` never takes it.
 """
 
 from __future__ import annotations
 
 import abc
 import io
+import threading
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -36,10 +42,26 @@ class SegmentStream(io.BufferedIOBase):
         self._held = _NOTHING
         self._at = 0  # in the segment held
         self._failed: BaseException | None = None
+        self._iteration: Iterator[bytes] | None = None
+        # reentrant: io's readline, taken whole under it, calls peek and read
+        self._lock = threading.RLock()
 
     @abc.abstractmethod
     def _segments(self) -> Iterator[bytes]:
-        """The plaintext, a segment at a time: asked for once, by the first read."""
+        """The plaintext, a segment at a time: asked for by the first read, and by the
+        first `next`; a source that can be read once refuses the second asking."""
+
+    def __iter__(self) -> SegmentStream:
+        """The stream itself, as a file's iter() is: so `next(stream)` and a loop over
+        it take from one iteration, and the loop holds the stream open."""
+        return self
+
+    def __next__(self) -> bytes:
+        """The next segment, not the next line (`readline` gives lines)."""
+        with self._lock:
+            if self._iteration is None:
+                self._iteration = self._segments()
+            return next(self._iteration)
 
     def _take(self, limit: int) -> memoryview:
         """Up to `limit` bytes of the segment held (all it has left if `limit` is
@@ -76,19 +98,21 @@ class SegmentStream(io.BufferedIOBase):
         """`size` bytes, fewer only at the end; the rest of the object if `size` is
         None or negative (all of it in memory, as a file's read() holds a file)."""
         parts = []
-        if size is None or size < 0:
-            while part := self._take(-1):
+        with self._lock:
+            if size is None or size < 0:
+                while part := self._take(-1):
+                    parts.append(part)
+                return b"".join(parts)
+            while size > 0 and (part := self._take(size)):
                 parts.append(part)
-            return b"".join(parts)
-        while size > 0 and (part := self._take(size)):
-            parts.append(part)
-            size -= len(part)
+                size -= len(part)
         return b"".join(parts)
 
     def read1(self, size: int = -1, /) -> bytes:
         """Up to `size` bytes, with at most one segment fetched: the rest of the segment
         held, or the next one's, if `size` is negative."""
-        return bytes(self._take(size))
+        with self._lock:
+            return bytes(self._take(size))
 
     def readinto(self, buffer: WriteableBuffer, /) -> int:
         return self._fill(buffer, whole=True)
@@ -99,7 +123,7 @@ class SegmentStream(io.BufferedIOBase):
     def _fill(self, buffer: WriteableBuffer, *, whole: bool) -> int:
         """Bytes copied into buffer: until it is full or the object ends if `whole`,
         else from one segment."""
-        with memoryview(buffer) as view, view.cast("B") as target:
+        with self._lock, memoryview(buffer) as view, view.cast("B") as target:
             filled = 0
             while filled < len(target) and (part := self._take(len(target) - filled)):
                 target[filled : filled + len(part)] = part
@@ -112,18 +136,26 @@ class SegmentStream(io.BufferedIOBase):
         """Bytes the next read returns, not taken: of the segment held, or of the next
         one if it is used up; at most what a buffered reader holds (io's readline peeks
         once a line, and a whole segment's copy each time would cost the line's)."""
-        part = self._take(max(size, io.DEFAULT_BUFFER_SIZE))
-        self._at -= len(part)
-        return bytes(part)
+        with self._lock:
+            part = self._take(max(size, io.DEFAULT_BUFFER_SIZE))
+            self._at -= len(part)
+            return bytes(part)
+
+    def readline(self, size: int | None = -1, /) -> bytes:
+        """A line, taken whole: io's readline peeks and reads in turn, and another
+        thread's read between them would tear it."""
+        with self._lock:
+            return super().readline(size)
 
     def readlines(self, hint: int = -1, /) -> list[bytes]:
         """Lines, as a file's readlines gives (io's iterates, which gives segments here),
         until their length reaches `hint` if it is positive."""
         lines: list[bytes] = []
         length = 0
-        while line := self.readline():
-            lines.append(line)
-            length += len(line)
-            if 0 < hint <= length:
-                break
+        with self._lock:
+            while line := self.readline():
+                lines.append(line)
+                length += len(line)
+                if 0 < hint <= length:
+                    break
         return lines

@@ -138,6 +138,21 @@ def test_the_help_of_every_command_names_what_the_docs_name(
         assert not re.search(r"<(?!bool>)[^>]+>", panel), (path, panel)  # a flag's is <bool>
 
 
+def test_an_option_several_commands_take_names_its_value_alike_in_each() -> None:
+    """`--policy FILE` in scan and policy check is `--policy FILE` in policy test too:
+    one option, one name for its value, wherever it is taken. (A list of choices, as
+    `--format`'s, is what each command accepts, and may differ.)"""
+    named: dict[str, set[tuple[str, str]]] = {}
+    for path, command in _commands().items():
+        for param in command.params:
+            if param.param_type_name != "option" or param.is_flag or "|" in param.metavar:
+                continue
+            for option in (opt for opt in param.opts if opt.startswith("--")):
+                named.setdefault(option, set()).add((param.metavar, path))
+    differing = {opt: sorted(uses) for opt, uses in named.items() if len(dict(uses)) > 1}
+    assert differing == {}
+
+
 def test_ci_runs_the_readme_test_command() -> None:
     readme = (ROOT / "README.md").read_text()
     assert "make test" in readme and "make demo" in readme

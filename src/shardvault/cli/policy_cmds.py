@@ -63,7 +63,8 @@ def policy_check(
         str | None, typer.Option("--principal-tenant", metavar="T", help="Inline: its tenant.")
     ] = None,
     location: Annotated[
-        str | None, typer.Option("--location", metavar="L", help="Inline: location.")
+        str | None,
+        typer.Option("--location", metavar="J", help="Inline: where it acts from, e.g. US."),
     ] = None,
     role: Roles = None,
     authority: Authority = None,
@@ -139,7 +140,7 @@ def policy_test(
         Path | None,
         typer.Option(
             "--policy",
-            metavar="POLICY",
+            metavar="FILE",
             help="Policy file (default: the deployment's).",
             parser=path_named("--policy"),
         ),

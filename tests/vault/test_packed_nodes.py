@@ -178,6 +178,35 @@ def test_packs_removed_on_several_nodes_fail_one_put_naming_each(packed: Vault, 
     assert packed.get(after) == data
 
 
+@pytest.mark.parametrize("size", [3000, 3 * SEGMENT], ids=["one segment", "three segments"])
+def test_directories_made_again_on_two_nodes_fail_a_put_naming_each_advice_once(
+    packed: Vault, size: int
+) -> None:
+    """Two nodes' disks unmounted under the process (their shards/ and packs/ made again
+    on the mount points): the put that needs a new pack names both, and says to reopen
+    the vault once, as a put naming packs lost on several nodes says to scrub once. It
+    named only the first, the other found by the next put."""
+    packed.put(ObjectRef("intl", "alice", "before"), os.urandom(size))
+    cell = packed.cells["US"]
+    unmounted = sorted(node.id for node in cell.nodes[:2])
+    for node in unmounted:
+        store = cell.store(node)
+        assert isinstance(store, LocalDirShardStore)
+        for kept in (store.shard_dir, store.packs.directory):
+            kept.rename(kept.with_name(f"{kept.name}.aside"))
+            kept.mkdir()
+    with pytest.raises(StorageError, match="repair --scrub"):  # the packs it was writing
+        packed.put(ObjectRef("intl", "alice", "found the packs gone"), os.urandom(size))
+    with pytest.raises(StorageError) as failed:
+        packed.put(ObjectRef("intl", "alice", "found the directories"), os.urandom(size))
+    said = str(failed.value)
+    named = re.findall(r"node (\S+): \S+ is not the directory this process opened", said)
+    assert sorted(named) == unmounted, said
+    assert "\n" not in said
+    assert said.count("reopen the vault") == 1, said
+    assert said.endswith("reopen the vault once the nodes' own directories are back"), said
+
+
 def test_the_cli_says_packs_removed_on_two_nodes_in_one_line_with_its_advice_once(
     packed_config: Path,
     tmp_path: Path,

@@ -30,7 +30,12 @@ from shardvault.errors import NotFound, StorageError
 from shardvault.group_commit import filesystem_sync
 from shardvault.nodes.pack_records import PackedShard
 from shardvault.nodes.packs import PackSet
-from shardvault.nodes.port import Compacted, check_shard_name, is_shard_name
+from shardvault.nodes.port import (
+    AdvisedStorageError,
+    Compacted,
+    check_shard_name,
+    is_shard_name,
+)
 
 DEFAULT_PACK_LIMIT = 64 << 10
 WRITEBACK_CHUNK = 4 << 20  # measured best of 2-16 MiB for 256 MiB puts here
@@ -361,10 +366,11 @@ class LocalDirShardStore:
         except OSError as exc:
             raise _storage_error(self.node_id, f"finding {self.shard_dir}", exc) from exc
         if (found.st_dev, found.st_ino) != self._shard_root_id:
-            raise StorageError(
+            raise AdvisedStorageError(
                 f"node {self.node_id}: {self.shard_dir} is not the directory this process "
-                "opened (a disk unmounted, or the directory made again): reopen the vault "
-                "once the node's own directory is back"
+                "opened (a disk unmounted, or the directory made again)",
+                "reopen the vault once the node's own directory is back",
+                "reopen the vault once the nodes' own directories are back",
             )
 
     def names(self) -> Iterator[str]:

@@ -18,21 +18,45 @@ from shardvault.errors import InvalidInput, StorageError
 _SHARD_NAME = re.compile(r"[0-9a-f]{32}\.v[0-9]{1,19}\.s[0-9]{1,2}(?:\.g[1-9][0-9]{0,9})?")
 
 
-class PackLost(StorageError):
+class AdvisedStorageError(StorageError):
+    """A node's failure said in two parts, what befell it and what to do about it: an
+    error over several nodes that failed alike names each, then says what to do once
+    (`said_together`), where per node it made one line long. In the port, so the
+    vault's writer does not depend on one store's kind."""
+
+    def __init__(self, what: str, advice: str, advice_for_several: str | None = None) -> None:
+        super().__init__(f"{what}: {advice}")
+        self.what = what
+        self.advice = advice
+        self.advice_for_several = advice_for_several or advice
+
+
+def said_together(failures: Iterable[StorageError]) -> str:
+    """Each failure's message once; those giving the same advice as what befell each,
+    then the advice once, where the first of them was."""
+    alike: dict[tuple[bool, str], list[StorageError]] = {}
+    for failure in failures:
+        if isinstance(failure, AdvisedStorageError):
+            alike.setdefault((True, failure.advice), []).append(failure)
+        else:
+            alike.setdefault((False, str(failure)), []).append(failure)
+    return "; ".join(_said_alike(group) for group in alike.values())
+
+
+def _said_alike(group: list[StorageError]) -> str:
+    first = group[0]
+    if not isinstance(first, AdvisedStorageError):
+        return str(first)
+    said = list(dict.fromkeys(each.what for each in group if isinstance(each, AdvisedStorageError)))
+    return f"{'; '.join(said)}: {first.advice_for_several if len(said) > 1 else first.advice}"
+
+
+class PackLost(AdvisedStorageError):
     """A committed write a store can no longer vouch for (a pack file removed under the
-    process, or let go unlooked at): what befell it, then what to do, which a put failing
-    so on several nodes says once (`together`). In the port, so the vault's writer does
-    not depend on one store's kind."""
+    process, or let go unlooked at): what befell it, then what to do."""
 
     def __init__(self, what: str) -> None:
-        super().__init__(f"{what}: {_advice('it')}")
-        self.what = what
-
-    @staticmethod
-    def together(lost: Iterable[PackLost]) -> str:
-        """What befell each, then the advice once: said per node, it made one line long."""
-        said = list(dict.fromkeys(each.what for each in lost))
-        return f"{'; '.join(said)}: {_advice('they' if len(said) > 1 else 'it')}"
+        super().__init__(what, _advice("it"), _advice("they"))
 
 
 def _advice(packs: str) -> str:

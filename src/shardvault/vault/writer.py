@@ -29,7 +29,7 @@ from shardvault.codec.hashing import block_hash
 from shardvault.codec.segment import TAG_BYTES, SegmentCipher
 from shardvault.codec.shardfile import ShardHeader
 from shardvault.errors import InvalidInput, StorageError
-from shardvault.nodes.port import PackLost, ShardStore, ShardWriter, shard_name
+from shardvault.nodes.port import ShardStore, ShardWriter, said_together, shard_name
 from shardvault.slot_init import slot_init
 from shardvault.vault.deadline import NodeDeadline
 
@@ -151,16 +151,11 @@ def _when_all_done(futures: list[Future[bytes]], then: Callable[[], None]) -> No
 
 def _raise_all(failures: list[StorageError]) -> NoReturn:
     """Raise one error saying each node's, once: nodes on one disk share a failed flush's,
-    and nodes whose packs went share what to do about it (`PackLost.together`), said
-    where the first of them was."""
-    said = list(dict.fromkeys(str(failure) for failure in failures))
-    if len(said) == 1:
+    and nodes that failed alike (their packs gone, their directories made again) share
+    what to do about it, said once (`said_together`)."""
+    if len(set(map(str, failures))) == 1:
         raise failures[0]
-    lost = [failure for failure in failures if isinstance(failure, PackLost)]
-    if len(lost) > 1:
-        each, together = {str(failure) for failure in lost}, PackLost.together(lost)
-        said = list(dict.fromkeys(together if one in each else one for one in said))
-    raise StorageError("; ".join(said)) from failures[0]
+    raise StorageError(said_together(failures)) from failures[0]
 
 
 class ShardSetWriter:
@@ -295,11 +290,17 @@ class ShardSetWriter:
         naming each, not a put per node; a put given up on a node that hangs after
         them names them with it (`_wait_finishing`)."""
         if commit:
+            failed: list[StorageError] = []
             for index in range(len(self._writers)):
                 self._at = index
                 if self._abandoned:
                     return b""
-                self._commit(index)
+                try:
+                    self._commit(index)
+                except StorageError as exc:  # the others still tried: each node named
+                    failed.append(exc)
+            if failed:
+                _raise_all(failed)
         for index, writer in enumerate(self._writers):  # the first flush covers the rest
             self._at = index
             if self._abandoned:
@@ -334,21 +335,25 @@ class ShardSetWriter:
 
     def _wait_each(self, futures: list[Future[bytes]]) -> None:
         """Wait for one task per shard, in shard order, until the nodes' deadline at most;
-        the first failure is raised once all have finished."""
+        once all have finished, the nodes' failures are raised as one if all are storage
+        errors (`_raise_all`), else the first."""
         seconds = self._seconds()
         end = None if seconds is None else time.monotonic() + seconds
-        error: BaseException | None = None
+        errors: list[BaseException] = []
         for index, future in enumerate(futures):
             try:
                 future.result(timeout=None if end is None else max(0.0, end - time.monotonic()))
-            except TimeoutError:
+            except TimeoutError as exc:
                 if not future.done():
                     raise self._expired(index) from None
-                error = error or future.exception()
+                errors.append(exc)
             except BaseException as exc:
-                error = error or exc
-        if error is not None:
-            raise error
+                errors.append(exc)
+        failed = [error for error in errors if isinstance(error, StorageError)]
+        if failed and len(failed) == len(errors):
+            _raise_all(failed)
+        if errors:
+            raise errors[0]
 
     def discard(self) -> None:
         """Remove every shard of this version, committed or not (best effort).

@@ -380,6 +380,9 @@ def test_nodes_hung_in_their_close_together_cost_the_close_one_deadline(
         took = time.monotonic() - started
         assert all(disk.entered.is_set() for disk in disks)  # each close reached its disk
         assert vault.deadline.hung >= {node for _, node in hung}
+        # not tighter: a close is found stalled a deadline after its thread last ran, as
+        # seen every quarter deadline (io_threads.py), so one wait takes 1.25-1.5 deadlines
+        # (2.28 s here, idle); waits in turn take two at least
         assert seconds <= took < 2 * seconds, f"the close took {took:.1f} s"
     finally:
         for disk in disks:

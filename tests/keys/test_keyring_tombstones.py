@@ -214,17 +214,20 @@ def test_no_unwrap_after_a_returned_destroy_while_destroyers_are_killed(path: Pa
     ]
     for reader in readers:
         reader.start()
-    rng, kills, hot = random.Random(7), 0, 0
+    rng, kills, hot, stalled = random.Random(7), 0, 0, 0
     journal = tombstones_path(path).with_name(tombstones_path(path).name + "-journal")
     while not all(returned):
         first = next(n for n in range(count) if not returned[n])
         destroyer = fork.Process(target=_destroying, args=(path, first, count, returned))
         destroyer.start()
-        destroyer.join(rng.random() * 0.05)
+        # a destroyer killed before its first destroy returns gets longer next time: on a
+        # loaded machine a fixed 50 ms could kill every one before it made progress
+        destroyer.join(rng.random() * 0.05 * 2 ** min(stalled, 8))
         if destroyer.is_alive():
             os.kill(destroyer.pid, signal.SIGKILL)
             destroyer.join()
             kills, hot = kills + 1, hot + journal.exists()
+        stalled = 0 if returned[first] else stalled + 1
     stop.set()
     for reader in readers:
         reader.join(30)

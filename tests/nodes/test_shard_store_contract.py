@@ -23,6 +23,7 @@ from shardvault.nodes.port import (
 
 OID = bytes.fromhex("0123456789abcdef0123456789abcdef")
 NAME = shard_name(OID, 1, 0)
+OTHER = shard_name(OID, 2, 0)
 
 
 @pytest.fixture(params=["memory", "localdir-files", "localdir-packs"])
@@ -368,6 +369,31 @@ def test_a_localdir_store_tells_its_directory_from_one_made_again_in_its_place(
     (tmp_path / "aside").rename(root)  # its own disk back
     assert store.has_trace(NAME)
     assert store.delete(NAME, location)
+    store.close()
+
+
+def test_a_file_shard_is_not_committed_into_a_directory_made_again(tmp_path: Path) -> None:
+    # a shard too large for a pack, written while the node's disk was unmounted and its
+    # shards/ made again on the mount point, was renamed in there and acknowledged: the
+    # real disk, mounted back, hid it from every read
+    root = tmp_path / "node"
+    store, _ = reopened_with_a_shard(root, pack_limit=0)
+    store.shard_dir.rename(tmp_path / "aside")
+    store.shard_dir.mkdir()  # made again
+    writer = store.open_writer(OTHER)
+    writer.write(b"a large shard")
+    with pytest.raises(StorageError) as refused:
+        writer.commit()
+    assert str(refused.value) == (
+        f"node node: {store.shard_dir} is not the directory this process opened (a disk "
+        "unmounted, or the directory made again): reopen the vault once the node's own "
+        "directory is back"
+    )
+    assert [p for p in root.rglob("*") if p.is_file()] == []  # nothing left, tmp/ included
+    store.shard_dir.rmdir()
+    (tmp_path / "aside").rename(store.shard_dir)  # its own disk back
+    put(store, OTHER, b"a large shard")
+    assert read(store, OTHER) == b"a large shard"
     store.close()
 
 

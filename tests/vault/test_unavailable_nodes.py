@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import sqlite3
 import sys
@@ -29,6 +30,7 @@ from shardvault.errors import (
 )
 from shardvault.governance.receipts import verify_receipt
 from shardvault.model import ObjectRef
+from shardvault.nodes.localdir import LocalDirShardStore
 from shardvault.vault import Vault
 from shardvault.vault import cells as cells_module
 
@@ -99,6 +101,41 @@ def test_puts_go_around_a_broken_node_while_the_cell_has_enough_others(tmp_path:
         for ref in refs:
             assert "us-n2" not in manifest_of(vault, ref).nodes
             assert vault.get(ref) == ref.key.encode()
+
+
+def test_a_put_of_file_shards_fails_on_nodes_whose_directories_were_made_again(
+    vault: Vault, alice: ObjectRef
+) -> None:
+    """Disks unmounted under the process, each node's shards/ made again on its mount
+    point: a put of shards too large for packs renamed them in there and was
+    acknowledged, its shards hidden once the disks were back. It fails now, naming each
+    node and saying what to do once, and leaves no shard, nor any version."""
+    cell = vault.cells["US"]
+    made_again = sorted(node.id for node in cell.nodes[:2])
+    for node in made_again:
+        store = cell.store(node)
+        assert isinstance(store, LocalDirShardStore)
+        store.shard_dir.rename(store.shard_dir.with_name("shards.aside"))
+        store.shard_dir.mkdir()
+    data = os.urandom(100_000)
+    with pytest.raises(StorageError) as failed:
+        vault.put(alice, data)
+    said = str(failed.value)
+    named = re.findall(r"node (\S+): \S+ is not the directory this process opened", said)
+    assert sorted(named) == made_again, said
+    assert said.endswith("reopen the vault once the nodes' own directories are back"), said
+    nodes = Path(vault.config.nodes[0].location).parent.parent
+    left = [p for p in nodes.rglob("*") if p.is_file() and p.name != "NODE"]  # its marker
+    assert left == []  # no shard, no temporary
+    with pytest.raises(NotFound):
+        vault.get(alice)
+    for node in made_again:  # the disks back
+        store = cell.store(node)
+        assert isinstance(store, LocalDirShardStore)
+        store.shard_dir.rmdir()
+        store.shard_dir.with_name("shards.aside").rename(store.shard_dir)
+    vault.put(alice, data)
+    assert vault.get(alice) == data
 
 
 def test_gc_skips_a_broken_node_and_says_so(

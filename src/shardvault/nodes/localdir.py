@@ -8,7 +8,8 @@ Layout under the node's root::
     tmp/<name>.<random>    large shards being written
 
 A large shard goes to tmp/, is fsynced, renamed into place and its directory
-fsynced, so it is either wholly there or not there at all. A small one is
+fsynced, so it is either wholly there or not there at all; never into a shards/
+other than the one the store opened (`check_root`). A small one is
 held in memory until commit, appended to the pack in one write, and made
 durable by group commit on the pack (shardvault.durability), so many small
 puts share one fdatasync. No path is ever built from user input:
@@ -140,6 +141,11 @@ class LocalShardWriter:
             os.fsync(self._fd)
             os.close(self._fd)
             self._fd = None
+            # checked as before a new pack (`PackSet._open_active`): renamed into a shards/
+            # made again on an unmounted disk's mount point, the shard was acknowledged,
+            # then hidden once the disk was back. One stat beside the fsync, made last
+            # so that only a directory replaced between it and the rename goes unseen
+            self._store.check_root()
             try:
                 os.rename(self._temp, final)
             except FileNotFoundError:
@@ -149,6 +155,9 @@ class LocalShardWriter:
         except OSError as exc:
             self.abort()
             raise _storage_error(self._store.node_id, "committing a shard", exc) from exc
+        except StorageError:  # its directory is not the one opened: the temporary goes
+            self.abort()
+            raise
 
     def sync(self) -> None:
         """Wait for this shard's own ticket: a flush that failed for it raises here even
@@ -215,7 +224,7 @@ class LocalDirShardStore:
             self._shard_root_id = (opened.st_dev, opened.st_ino)
         except OSError as exc:
             raise _storage_error(node_id, f"opening {root}", exc) from exc
-        self.packs = PackSet(root / "packs", node_id, filesystem_sync(root), self._check_root)
+        self.packs = PackSet(root / "packs", node_id, filesystem_sync(root), self.check_root)
 
     def owe_sync(self, ticket: int) -> None:
         """Note a write the calling thread's next `sync` must make durable."""
@@ -280,7 +289,7 @@ class LocalDirShardStore:
         except FileNotFoundError:
             located = self._locate(name)
             if located is None:
-                self._check_root()
+                self.check_root()
                 raise NotFound(f"shard {name} not on node {self.node_id}") from None
             return PackedShardReader(self.packs, located)
         except OSError as exc:
@@ -295,7 +304,7 @@ class LocalDirShardStore:
             return True
         packed = packed or self._locate(name)
         if packed is None:
-            self._check_root()
+            self.check_root()
             raise NotFound(f"shard {name} not on node {self.node_id}")
         try:
             return self.packs.intact(name, packed)
@@ -335,7 +344,7 @@ class LocalDirShardStore:
         except OSError as exc:
             raise _storage_error(self.node_id, "deleting a packed shard", exc) from exc
         if tombstone is None:
-            self._check_root()
+            self.check_root()
             return False
         # its tombstone and zeroed bytes are durable at the next sync(), which looks
         # that the tombstone's pack is still at its name
@@ -351,10 +360,10 @@ class LocalDirShardStore:
         except OSError as exc:
             raise _storage_error(self.node_id, "reading packs", exc) from exc
         if not traced:
-            self._check_root()
+            self.check_root()
         return traced
 
-    def _check_root(self) -> None:
+    def check_root(self) -> None:
         """Raise unless the store's directory is still the one it opened: a shard found
         nowhere is gone only then. One that went after the store was opened (a disk
         unmounted, a directory moved) hides its shards, and "no such shard" would let
@@ -379,7 +388,7 @@ class LocalDirShardStore:
         took it for an orphan, and failed on it, the whole run or the node every run.
         Nor is anything named like a shard that is not a file (a directory a person or a
         restore tool made): its delete failed so, and it is kept for `strays`."""
-        self._check_root()  # a directory gone lists as empty: gc would see nothing to do
+        self.check_root()  # a directory gone lists as empty: gc would see nothing to do
         strays: list[str] = []
         try:
             found = set(self._shard_files(strays))
@@ -413,7 +422,7 @@ class LocalDirShardStore:
     def probe(self) -> None:
         """Its directory, then a flush of its disk that begins now (a fresh ticket):
         a hung disk answers neither."""
-        self._check_root()
+        self.check_root()
         group = self.packs.group
         group.sync(group.note_write())
 

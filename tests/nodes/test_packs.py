@@ -1688,3 +1688,21 @@ def test_a_read_after_its_store_closed_fails_rather_than_open_its_pack_again(roo
     with pytest.raises(OSError, match="its store is closed"):
         reader.read_at(0, 10)
     assert not [path for path in open_files() if path.startswith(f"{root}/")]
+
+
+def test_a_put_after_its_store_closed_fails_rather_than_make_a_pack_for_good(root: Path) -> None:
+    # a put the vault's close does not wait for (a node was hung) appended to a healthy
+    # node's store after it closed: the close had let the active pack go, so a new one
+    # was made, its descriptors held for the process's life and the shard left in it
+    store = LocalDirShardStore("n", root)
+    put(store, name(1), b"one" * 50)
+    before = sorted(store.packs.directory.iterdir())
+    store.close()
+    writer = store.open_writer(name(2))
+    writer.write(b"two" * 50)
+    with pytest.raises(
+        StorageError, match=r"^node n: appending to a pack failed: its store is closed$"
+    ):
+        writer.commit()
+    assert not [path for path in open_files() if path.startswith(f"{root}/")]
+    assert sorted(store.packs.directory.iterdir()) == before  # no pack made

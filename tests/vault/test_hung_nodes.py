@@ -12,6 +12,7 @@ import contextlib
 import ctypes
 import errno
 import fcntl
+import functools
 import json
 import os
 import re
@@ -43,6 +44,8 @@ from shardvault.model import NodeSpec, ObjectRef
 from shardvault.nodes import held_file
 from shardvault.nodes.hints import HungHints
 from shardvault.nodes.localdir import LocalDirShardStore
+from shardvault.nodes.pack_records import PackedShard
+from shardvault.nodes.packs import PackSet
 from shardvault.nodes.port import shard_name
 from shardvault.placement import place_stripe, placement_seed
 from shardvault.vault import Vault, node_opening
@@ -295,6 +298,39 @@ def test_a_read_whose_healthy_node_closes_under_it_says_the_vault_closed_not_dam
     with pytest.raises(VaultClosed, match="the vault was closed"):
         stream.read_all()
     assert stream.damage == []
+
+
+def test_a_put_whose_healthy_nodes_close_under_it_says_the_vault_closed_and_holds_no_pack(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a node hung, the close does not wait for the I/O threads, so a put's appends
+    that ran after it made each healthy node a new pack, whose descriptors nothing would
+    close. A store once closed makes none, and the put's failure is the close's."""
+    deploy = tmp_path / "deploy"
+    vault = Vault.open(load(spare_deployment(tmp_path, 60)))
+    vault.register_subject("intl", "alice", "US")
+    first = ObjectRef("intl", "alice", "first")
+    vault.put(first, b"x")  # the cell's stores opened
+    nodes = manifest_of(vault, first).nodes  # a hung node's store is left open: none of these
+    vault.deadline.expired(next(n.id for n in vault.config.nodes_in("US") if n.id not in nodes))
+    assert vault.deadline.any_hung()
+    appending, closed = threading.Event(), threading.Event()
+    real_add = PackSet.add
+
+    def add(packs: PackSet, name: str, data: bytes) -> tuple[int, PackedShard]:
+        if not appending.is_set():
+            appending.set()
+            closed.wait(30)  # the vault closes meanwhile
+        return real_add(packs, name, data)
+
+    monkeypatch.setattr(PackSet, "add", add)
+    put = functools.partial(vault.put, ObjectRef("intl", "alice", "small"), b"x" * 1000)
+    failed = closed_during(vault, put, appending, closed)
+    assert open_files(deploy / "nodes") == []
+    assert failed == [  # not each node's "its store is closed"
+        "VaultClosed: the vault was closed while the put was under way: open it again "
+        "and put the object again"
+    ]
 
 
 def test_a_vault_closes_without_a_look_at_a_pack_on_a_disk_that_hung_since_without_proc(

@@ -148,6 +148,9 @@ class PackSet(PackDeletion, PackCompaction):
     def _open_active(self) -> int:
         if self._active_fd is not None and self._active_size < ROTATE_AT:
             return self._active_fd
+        if self._closed:  # a put the vault's close did not wait for: `close` let go of
+            # the active pack, and a new one would stay open, and locked, for good
+            raise OSError(errno.EBADF, "its store is closed")
         if self._active_fd is not None:  # full: once retired, `confirm` no longer looks at it
             self._check_linked()
         self._retire_active()

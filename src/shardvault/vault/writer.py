@@ -28,7 +28,7 @@ from shardvault.codec.erasure import ErasureCode
 from shardvault.codec.hashing import block_hash
 from shardvault.codec.segment import TAG_BYTES, SegmentCipher
 from shardvault.codec.shardfile import ShardHeader
-from shardvault.errors import InvalidInput, StorageError
+from shardvault.errors import InvalidInput, StorageError, VaultClosed
 from shardvault.nodes.port import ShardStore, ShardWriter, said_together, shard_name
 from shardvault.slot_init import slot_init
 from shardvault.vault.deadline import NodeDeadline
@@ -205,9 +205,21 @@ class ShardSetWriter:
     ) -> WrittenShards:
         try:
             return self._write(source, progress)
-        except BaseException:
+        except BaseException as exc:
             self.discard()
+            self._refuse_if_closed(exc)
             raise
+
+    def _refuse_if_closed(self, failure: BaseException) -> None:
+        """A node failed the put once the vault closed: its store may have been closed
+        under it (the close does not wait for the I/O threads while a node is hung), so
+        the failure is the close's, as a read's is (`ObjectReader._refuse_if_closed`)."""
+        closed = self._deadline is not None and self._deadline.closed
+        if closed and isinstance(failure, StorageError):
+            raise VaultClosed(
+                "the vault was closed while the put was under way: open it again "
+                "and put the object again"
+            ) from failure
 
     def _write(self, source: BinaryIO | memoryview, progress: Progress | None) -> WrittenShards:
         for index, store in enumerate(self._stores):

@@ -153,6 +153,18 @@ def test_an_option_several_commands_take_names_its_value_alike_in_each() -> None
     assert differing == {}
 
 
+def test_a_short_option_stands_for_one_long_option_in_every_command() -> None:
+    """`-j` was `--jurisdiction` in subject add and `--jobs` in scan: a hand used to one
+    typed the other's meaning, the value refused at best (`-j US` for a job count)."""
+    meant: dict[str, set[str]] = {}
+    for command in _commands().values():
+        for param in (param for param in command.params if param.param_type_name == "option"):
+            longs = [opt for opt in param.opts if opt.startswith("--")]
+            for short in (opt for opt in param.opts if not opt.startswith("--")):
+                meant.setdefault(short, set()).update(longs)
+    assert {short: sorted(longs) for short, longs in meant.items() if len(longs) > 1} == {}
+
+
 def test_ci_runs_the_readme_test_command() -> None:
     readme = (ROOT / "README.md").read_text()
     assert "make test" in readme and "make demo" in readme

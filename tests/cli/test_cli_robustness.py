@@ -1736,7 +1736,7 @@ INTEGER, NUMBER = "is not a valid integer", "is not a valid number"
         (["gc", "--grace", X_FF], f"'--grace': 'x\\xff' {NUMBER}"),
         (["principal", "token", "p", "--ttl-days", "1\udcff"], f"'--ttl-days': '1\\xff' {NUMBER}"),
         (["audit", "prove-inclusion", "--cell", "US", X_FF], f"'INDEX': 'x\\xff' {INTEGER}"),
-        (["scan", ".", "--jobs", X_FF], f"'--jobs' / '-j': 'x\\xff' {INTEGER}"),
+        (["scan", ".", "--jobs", X_FF], f"'--jobs': 'x\\xff' {INTEGER}"),
     ],
     ids=["--limit", "ascii", "--version", "--if-match", "--grace", "--ttl-days", "INDEX", "--jobs"],
 )

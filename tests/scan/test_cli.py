@@ -20,7 +20,7 @@ def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
 
 def test_findings_at_or_above_fail_on_exit_1(capsys: pytest.CaptureFixture[str]) -> None:
     tree = str(FIXTURES / "config")
-    code, out, err = run(capsys, tree, "--policy", str(POLICY), "-j", "1")
+    code, out, err = run(capsys, tree, "--policy", str(POLICY), "--jobs", "1")
     assert code == 1
     assert err == "error: 3 finding(s) at or above --fail-on high\n"
     assert out.startswith("geo data: iptocc ")
@@ -83,7 +83,7 @@ def test_baseline_workflow(capsys: pytest.CaptureFixture[str], tmp_path: Path) -
     tree = tmp_path / "app"
     shutil.copytree(FIXTURES / "kotlin", tree)
     baseline = tmp_path / "baseline.json"
-    common = ["--policy", str(POLICY), "-j", "1", "--fail-on", "low"]
+    common = ["--policy", str(POLICY), "--jobs", "1", "--fail-on", "low"]
 
     code, _, err = run(capsys, str(tree), *common, "--write-baseline", str(baseline))
     assert (code, err) == (0, f"wrote 5 finding(s) to baseline {baseline}\n")
@@ -172,7 +172,7 @@ def test_a_scan_that_read_no_source_file_is_exit_2(
     (tmp_path / "min").mkdir()
     (tmp_path / "min" / "a.js").write_text("x=1;" * 6000 + "\n")
     for root in ("empty", "notes.txt", "min"):
-        code, _, err = run(capsys, str(tmp_path / root), "-j", "1")
+        code, _, err = run(capsys, str(tmp_path / root), "--jobs", "1")
         assert code == 2, root
         assert err.startswith(f"error: no source file scanned under {tmp_path / root} ")
     baseline = tmp_path / "b.json"

@@ -58,9 +58,7 @@ def scan(
     output: str | None = typer.Option(
         None, "--output", "-o", metavar="FILE", help="Write the report here."
     ),
-    jobs: int = typer.Option(
-        0, "--jobs", "-j", metavar="N", help="Worker processes (0: one per CPU)."
-    ),
+    jobs: int = typer.Option(0, "--jobs", metavar="N", help="Worker processes (0: one per CPU)."),
     include_vendored: bool = typer.Option(
         False, "--include-vendored", help="Also scan node_modules, vendor, Pods, ..."
     ),

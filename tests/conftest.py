@@ -125,6 +125,16 @@ def frames_of(thread: threading.Thread) -> Iterator[types.FrameType]:
         frame = frame.f_back
 
 
+def open_files(under: Path) -> list[str]:
+    """The files under UNDER this process holds open."""
+    found = []
+    for fd in Path("/proc/self/fd").iterdir():
+        with contextlib.suppress(OSError):
+            if (target := os.readlink(fd)).startswith(f"{under}/"):
+                found.append(target)
+    return found
+
+
 def files_under(root: Path) -> set[Path]:
     """Every file under root but the node markers (nodes/marker.py): those name the node,
     written on first open, and hold no user data."""

@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from conftest import frames_of, make_deployment, manifest_of, tmpfs_mounted
+from conftest import frames_of, make_deployment, manifest_of, open_files, tmpfs_mounted
 from governance_support import approve, forget_approved
 from shardvault.catalog.port import Catalog
 from shardvault.config import load
@@ -1410,16 +1410,6 @@ def test_a_vault_closes_without_waiting_for_a_thread_stuck_opening_a_hung_catalo
         release()  # its open fails now; nothing it opened stays open
         collecting.join(10)
     assert not collecting.is_alive() and len(failed) == 1  # its open failed: ENOTCONN
-
-
-def open_files(under: Path) -> list[str]:
-    """The files under UNDER this process holds open."""
-    found = []
-    for fd in Path("/proc/self/fd").iterdir():
-        with contextlib.suppress(OSError):
-            if (target := os.readlink(fd)).startswith(f"{under}/"):
-                found.append(target)
-    return found
 
 
 def test_a_catalog_whose_open_ends_after_the_vault_closed_is_closed_by_that_open(

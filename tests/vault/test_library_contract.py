@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SEGMENT, files_under, frames_of, make_deployment
+from conftest import SEGMENT, files_under, frames_of, make_deployment, open_files
 from governance_support import forget_approved
 from shardvault.config import load
 from shardvault.errors import (
@@ -341,6 +341,33 @@ def test_a_close_racing_another_returns_once_the_vault_is_closed_or_raises_its_e
     outcomes.clear()
     close("later")  # closes nothing again
     assert outcomes == {"later": "returned"}
+
+
+def test_a_close_ctrl_c_stopped_is_finished_by_the_next(
+    config_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Ctrl-C while the close waits for the I/O threads stops it before any store or
+    # catalog is closed; were that close taken for one that ended, the next would do
+    # nothing, and every file of the deployment stay open
+    vault = Vault.open(load(config_path))
+    vault.register_subject("intl", "alice", "US")
+    vault.put(ObjectRef("intl", "alice", "k"), b"kept")
+    deploy = config_path.parent
+    assert any(path.endswith(".sqlite") for path in open_files(deploy))
+    shutdown = vault._pool.shutdown
+
+    def interrupted(wait: bool = True, *, cancel_futures: bool = False) -> None:
+        monkeypatch.setattr(vault._pool, "shutdown", shutdown)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(vault._pool, "shutdown", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        vault.close()
+    vault.close()
+    # but the directories each filesystem is synced through (`filesystem_sync`)
+    assert [path for path in open_files(deploy) if not Path(path).is_dir()] == []
+    with pytest.raises(VaultClosed):
+        vault.get(ObjectRef("intl", "alice", "k"))
 
 
 KEYS = ["k0", "k1", "dir/k2", "\uff01", "\U0001f600"]  # U+FF01 < U+1F600, not in UTF-16

@@ -7,7 +7,7 @@ import io
 import os
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -208,3 +208,26 @@ def test_a_put_whose_append_a_flush_failed_for_fails_though_a_later_flush_succee
             writer.write(memoryview(b"small object"))
     for store in stores:
         store.close()
+
+
+class EndsAsItsWaitTimesOut(Future[bytes]):
+    """A task that succeeds just as the wait for it times out: the race, made certain."""
+
+    def result(self, timeout: float | None = None) -> bytes:
+        if not self.done():
+            self.set_result(b"written")
+            raise TimeoutError
+        return super().result(timeout)
+
+
+def test_a_write_that_ends_as_its_wait_times_out_is_no_failure() -> None:
+    # the wait timed out, the task then succeeded before `done()` was asked: the wait's
+    # own TimeoutError was kept as the write's failure, and a put that wrote every
+    # shard failed with a bare TimeoutError
+    problems: list[str] = []
+    with ThreadPoolExecutor(2) as pool:
+        writer = shard_set_writer([SlowStore(problems) for _ in range(6)], pool)
+        done: Future[bytes] = Future()
+        done.set_result(b"written")
+        writer._wait_each([done, EndsAsItsWaitTimesOut(), done])
+    assert problems == []

@@ -355,10 +355,12 @@ class ShardSetWriter:
         for index, future in enumerate(futures):
             try:
                 future.result(timeout=None if end is None else max(0.0, end - time.monotonic()))
-            except TimeoutError as exc:
+            except TimeoutError:
                 if not future.done():
                     raise self._expired(index) from None
-                errors.append(exc)
+                # its own error, or none: it may have ended well after the wait gave up
+                if (error := future.exception()) is not None:
+                    errors.append(error)
             except BaseException as exc:
                 errors.append(exc)
         failed = [error for error in errors if isinstance(error, StorageError)]

@@ -282,7 +282,7 @@ def test_next_gives_the_segment_a_for_loop_gives(vault: Vault, alice: ObjectRef)
     assert [len(segment) for segment in rest] == [SEGMENT, SEGMENT, len(data) - 3 * SEGMENT]
 
 
-@pytest.mark.parametrize("way", ["read", "readinto", "next", "readline"])
+@pytest.mark.parametrize("way", ["read", "read1", "readinto", "next", "readline", "readlines"])
 def test_two_threads_reading_one_reader_share_the_object_out_exactly_once(
     vault: Vault, alice: ObjectRef, way: str
 ) -> None:
@@ -290,7 +290,12 @@ def test_two_threads_reading_one_reader_share_the_object_out_exactly_once(
     one reader get pieces that are each a run of the object, and together all of it
     once, never one segment fetched by both (a generator already executing)."""
     size = 24 * SEGMENT + SEGMENT // 2  # no piece so short it could be found elsewhere
-    data = payload(size) if way != "readline" else (b"x" * 99 + b"\n") * (size // 100)
+    if way == "readline":
+        data = (b"x" * 99 + b"\n") * (size // 100)
+    elif way == "readlines":  # lines told apart: each call's lines must be one run
+        data = b"".join(b"%099d\n" % line for line in range(size // 100))
+    else:
+        data = payload(size)
     vault.put(alice, data)
     reader = vault.open_read(alice)
     pieces: list[tuple[int, bytes]] = []
@@ -300,6 +305,10 @@ def test_two_threads_reading_one_reader_share_the_object_out_exactly_once(
     def take() -> bytes:
         if way == "read":
             return reader.read(SEGMENT // 3)
+        if way == "read1":
+            return reader.read1(SEGMENT // 2)  # a segment's end leaves no short piece
+        if way == "readlines":
+            return b"".join(reader.readlines(SEGMENT // 3))
         if way == "readinto":
             buffer = bytearray(SEGMENT // 3)
             return bytes(buffer[: reader.readinto(buffer)])

@@ -290,6 +290,23 @@ def _waits_for_another_close(thread: threading.Thread) -> bool:
     return Vault.close.__code__ in codes and threading.Condition.wait.__code__ in codes
 
 
+def _close_racing(
+    close: Callable[[str], None], entered: threading.Event, release: threading.Event
+) -> None:
+    """close("first") on a thread until it is `entered`, then close("second") on another
+    until it waits for the first; then `release` the first, and wait for both."""
+    first = threading.Thread(target=close, args=("first",))
+    first.start()
+    assert entered.wait(10)
+    second = threading.Thread(target=close, args=("second",))
+    second.start()
+    while second.is_alive() and not _waits_for_another_close(second):
+        time.sleep(0.01)
+    release.set()
+    first.join(10)
+    second.join(10)
+
+
 @pytest.mark.parametrize("fails", [False, True], ids=["closes", "fails"])
 def test_a_close_racing_another_returns_once_the_vault_is_closed_or_raises_its_error(
     config_path: Path, monkeypatch: pytest.MonkeyPatch, fails: bool
@@ -326,16 +343,7 @@ def test_a_close_racing_another_returns_once_the_vault_is_closed_or_raises_its_e
         if not first_done.is_set():
             outcomes[name] += " while the first close was still closing"
 
-    first = threading.Thread(target=close, args=("first",))
-    first.start()
-    assert entered.wait(10)
-    second = threading.Thread(target=close, args=("second",))
-    second.start()
-    while second.is_alive() and not _waits_for_another_close(second):
-        time.sleep(0.01)
-    release.set()
-    first.join(10)
-    second.join(10)
+    _close_racing(close, entered, release)
     said = "raised the directory's close failed" if fails else "returned"
     assert outcomes == {"first": said, "second": said}
     outcomes.clear()
@@ -343,27 +351,45 @@ def test_a_close_racing_another_returns_once_the_vault_is_closed_or_raises_its_e
     assert outcomes == {"later": "returned"}
 
 
+@pytest.mark.parametrize("waiting", [False, True], ids=["after", "waiting"])
 def test_a_close_ctrl_c_stopped_is_finished_by_the_next(
-    config_path: Path, monkeypatch: pytest.MonkeyPatch
+    config_path: Path, monkeypatch: pytest.MonkeyPatch, waiting: bool
 ) -> None:
     # Ctrl-C while the close waits for the I/O threads stops it before any store or
-    # catalog is closed; were that close taken for one that ended, the next would do
-    # nothing, and every file of the deployment stay open
+    # catalog is closed; were that close taken for one that ended, the next (called
+    # after it, or already waiting for it on another thread) would do nothing, and
+    # every file of the deployment stay open
     vault = Vault.open(load(config_path))
     vault.register_subject("intl", "alice", "US")
     vault.put(ObjectRef("intl", "alice", "k"), b"kept")
     deploy = config_path.parent
     assert any(path.endswith(".sqlite") for path in open_files(deploy))
-    shutdown = vault._pool.shutdown
+    shutdown, entered, release = vault._pool.shutdown, threading.Event(), threading.Event()
 
     def interrupted(wait: bool = True, *, cancel_futures: bool = False) -> None:
         monkeypatch.setattr(vault._pool, "shutdown", shutdown)
+        entered.set()
+        release.wait(30)
         raise KeyboardInterrupt
 
     monkeypatch.setattr(vault._pool, "shutdown", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        vault.close()
-    vault.close()
+    outcomes: dict[str, str] = {}
+
+    def close(name: str) -> None:
+        try:
+            vault.close()
+        except KeyboardInterrupt:
+            outcomes[name] = "interrupted"
+        else:
+            outcomes[name] = "returned"
+
+    if waiting:
+        _close_racing(close, entered, release)
+    else:
+        release.set()
+        close("first")
+        close("second")
+    assert outcomes == {"first": "interrupted", "second": "returned"}
     # but the directories each filesystem is synced through (`filesystem_sync`)
     assert [path for path in open_files(deploy) if not Path(path).is_dir()] == []
     with pytest.raises(VaultClosed):

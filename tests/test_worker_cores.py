@@ -68,6 +68,39 @@ def test_every_thread_before_and_after_is_pinned_to_the_cpu_returned() -> None:
     assert seen["masks"] == [[cpus[1]]] * 5  # three started before, one after, the caller
 
 
+def test_a_thread_started_while_the_threads_are_pinned_is_pinned_too() -> None:
+    cpus = _cpus()
+    seen = _in_child(
+        """
+        import json, os, threading
+        from shardvault import worker_cores
+        asked, started, go, late = threading.Event(), threading.Event(), threading.Event(), []
+        def wait():
+            late.append(threading.get_native_id())
+            started.set()
+            go.wait()
+        def starter():  # starts a thread once the pinning has read the list
+            asked.wait()
+            threading.Thread(target=wait).start()
+            go.wait()
+        threading.Thread(target=starter).start()
+        listed = worker_cores._threads
+        def threads():
+            found = listed()
+            if not asked.is_set():  # the race, made certain
+                asked.set()
+                started.wait()
+            return found
+        worker_cores._threads = threads
+        cpu = worker_cores.pin_worker(1)
+        mask = sorted(os.sched_getaffinity(late[0]))
+        go.set()
+        print(json.dumps({"cpu": cpu, "mask": mask}))
+        """
+    )
+    assert seen == {"cpu": cpus[1], "mask": [cpus[1]]}
+
+
 def test_index_counts_round_the_cpus_the_process_may_use() -> None:
     cpus = _cpus()
     allowed = cpus[1:]  # a process already kept off the first CPU chooses among the rest

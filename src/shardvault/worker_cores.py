@@ -32,11 +32,16 @@ def pin_worker(index: int) -> int | None:
         return None
     allowed = sorted(os.sched_getaffinity(0))
     cpu = allowed[index % len(allowed)]
-    for thread in _threads():
-        try:
-            os.sched_setaffinity(thread, {cpu})
-        except ProcessLookupError:
-            continue  # it ended meanwhile
+    # a thread takes its starter's CPUs: one started by a thread not yet pinned, after
+    # the list was read, is found by the next list; none is once all are pinned
+    pinned: set[int] = set()
+    while unpinned := set(_threads()) - pinned:
+        for thread in unpinned:
+            try:
+                os.sched_setaffinity(thread, {cpu})
+            except ProcessLookupError:
+                continue  # it ended meanwhile
+        pinned |= unpinned
     return cpu
 
 

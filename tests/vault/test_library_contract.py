@@ -396,6 +396,28 @@ def test_a_close_ctrl_c_stopped_is_finished_by_the_next(
         vault.get(ObjectRef("intl", "alice", "k"))
 
 
+def test_a_close_called_within_the_close_returns_and_the_close_goes_on(
+    config_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a host's signal handler that closes the vault (SIGTERM: close and exit) runs on the
+    # thread the signal finds, maybe within that vault's close; that close waited for the
+    # close under way, its own thread's, for ever
+    vault = Vault.open(load(config_path))
+    vault.register_subject("intl", "alice", "US")
+    close_directory = vault.directory.close
+
+    def directory_close() -> None:  # a signal handler's close, run as this one goes on
+        vault.close()
+        close_directory()
+
+    monkeypatch.setattr(vault.directory, "close", directory_close)
+    closing = threading.Thread(target=vault.close, daemon=True)
+    closing.start()
+    closing.join(10)
+    assert not closing.is_alive(), "the close waited for itself"
+    assert [path for path in open_files(config_path.parent) if not Path(path).is_dir()] == []
+
+
 KEYS = ["k0", "k1", "dir/k2", "\uff01", "\U0001f600"]  # U+FF01 < U+1F600, not in UTF-16
 SIZES = [0, 1, 100, SEGMENT - 1, SEGMENT, SEGMENT + 1, 3 * SEGMENT + 5]
 

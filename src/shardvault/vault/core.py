@@ -145,6 +145,7 @@ class Vault:
         self.deadline = NodeDeadline(config.node_timeout, list(cells.values()))
         self._close_lock = threading.Lock()  # held for a moment only: see `close`
         self._close_ended: threading.Event | None = None  # set once the close under way ends
+        self._closing_thread: int | None = None  # the thread it is under way on
         self._close_error: Exception | None = None  # what it raised
 
     @classmethod
@@ -218,7 +219,8 @@ class Vault:
         it and raises what it raised; each part's own second close returns at once, and
         so did the vault's, while the first was still closing (its caller might remove
         the files under it). A close after one that ended does nothing; after one a
-        signal ended, it finishes it."""
+        signal ended, it finishes it. One called within the close, as a signal handler's
+        may be, returns at once: waiting, it would wait for itself."""
         with self._close_lock:
             ended = self._close_ended
             if ended is not None and ended.is_set():
@@ -226,7 +228,10 @@ class Vault:
             first = ended is None
             if ended is None:
                 ended = self._close_ended = threading.Event()
+                self._closing_thread = threading.get_ident()
         if not first:
+            if self._closing_thread == threading.get_ident():
+                return  # called within it (a signal handler's): it goes on once this returns
             ended.wait()
             if self._close_ended is not ended:  # a signal ended it: finish it
                 self.close()

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import threading
+from concurrent.futures import Future
 
 import pytest
 
-from shardvault.io_threads import IoThreads
+from shardvault.io_threads import IoThread, IoThreads
 
 
 class Terminated(BaseException):
@@ -74,3 +75,22 @@ def test_a_task_submitted_as_the_pool_shuts_down_is_refused_not_left_pending(idl
     assert queue.shut
     assert ran == []
     assert not [thread for thread in threading.enumerate() if thread.name.startswith("test-io")]
+
+
+class _EndsAsItsWaitTimesOut(Future[str]):
+    """A task that succeeds just as a wait for it times out: the race, made certain."""
+
+    def result(self, timeout: float | None = None) -> str:
+        if not self.done():
+            self.set_result("done")
+            raise TimeoutError
+        return super().result(timeout)
+
+
+def test_a_task_that_ends_as_the_wait_for_it_times_out_gives_its_result() -> None:
+    # the wait's own TimeoutError was raised for a task that had succeeded
+    thread = IoThread("shardvault-test")
+    try:
+        assert thread.wait(_EndsAsItsWaitTimesOut(), 1.0) == "done"
+    finally:
+        thread.shutdown()

@@ -169,15 +169,15 @@ class IoThread(Executor):
         try:  # most calls: the thread's counts are not read
             return future.result(max(0.0, began + step - time.monotonic()))
         except TimeoutError:
-            if future.done():  # the task's own TimeoutError
-                raise
+            if future.done():  # it ended as the wait gave up: its own outcome, not the wait's
+                return future.result()
         seen, progress = self._runs(), began
         while True:
             try:
                 return future.result(step)
             except TimeoutError:
                 if future.done():
-                    raise
+                    return future.result()
             now = self._runs()
             if now is not None and now != seen:
                 seen, progress = now, time.monotonic()

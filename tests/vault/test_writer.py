@@ -231,3 +231,13 @@ def test_a_write_that_ends_as_its_wait_times_out_is_no_failure() -> None:
         done.set_result(b"written")
         writer._wait_each([done, EndsAsItsWaitTimesOut(), done])
     assert problems == []
+
+
+def test_a_finishing_task_that_ends_as_its_wait_times_out_is_no_failure() -> None:
+    # as above, for the task that commits and syncs a put's shards: the wait's own
+    # TimeoutError was raised, failing a put whose shards were all written and synced
+    problems: list[str] = []
+    with ThreadPoolExecutor(2) as pool:
+        writer = shard_set_writer([SlowStore(problems) for _ in range(6)], pool)
+        writer._wait_finishing(EndsAsItsWaitTimesOut())
+    assert problems == []

@@ -338,8 +338,9 @@ class ShardSetWriter:
         try:
             task.result(timeout=self._seconds())
         except TimeoutError:
-            if task.done():  # the task's own TimeoutError
-                raise
+            if task.done():  # it ended as the wait gave up: its own outcome, not the wait's
+                task.result()
+                return
             expired = self._expired(self._at)
             if self._failed_syncs:  # the nodes whose syncs failed before it: said once
                 _raise_all([*self._failed_syncs, expired])

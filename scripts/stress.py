@@ -215,6 +215,7 @@ class Harness:
 
     def _summary(self) -> int:
         checker = self.checker
+        checker.settle()
         print(f"seed {self.args.seed}, {self.args.minutes} min, {self.args.workers} workers, "
               f"{self.args.maints} maintenance, in {self.root}")  # fmt: skip
         print("kills: " + ", ".join(f"{role} {n}" for role, n in self.kills.items()))

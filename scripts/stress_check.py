@@ -65,6 +65,8 @@ class Checker:
     _consumed: dict[str, int] = field(default_factory=dict)
     _peeks: list[tuple[str, dict[str, object]]] = field(default_factory=list)
     _offset: int = 0  # where the record being fed ends in its journal
+    _deleted_packs: set[tuple[str, str]] = field(default_factory=set)  # (node, pack) by chaos
+    _lost_pack_skips: list[tuple[str, str, list[tuple[str, str]]]] = field(default_factory=list)
 
     def subject(self, name: str, status: str = "live", owner: str = "") -> SubjectTrack:
         """The track of subject NAME, begun with STATUS if new (a setup's subject is live)."""
@@ -121,13 +123,33 @@ class Checker:
             assert isinstance(problems, list)
             self.notes += [f"{journal}: repair: {problem}" for problem in problems]
         elif kind == "problem":
-            self.problems.append(f"{journal}: {record['what']}")
+            lost = record.get("lost_packs")
+            if lost:  # a gc that wrote into a pack removed under it: the damage's, or not
+                assert isinstance(lost, list)
+                packs = [(str(node), str(pack)) for node, pack in lost]
+                self._lost_pack_skips.append((journal, str(record["what"]), packs))
+            else:
+                self.problems.append(f"{journal}: {record['what']}")
         elif kind == "damage":  # the chaos process's (stress_chaos.py)
             self.acked["damage"] = self.acked.get("damage", 0) + 1
+            if record["how"] == "delete" and str(record["file"]).startswith("packs/"):
+                self._deleted_packs.add((str(record["node"]), str(record["file"])[6:]))
         elif kind in ("wait", "repaired"):
             pass
         else:
             raise ValueError(f"unknown journal record {record!r}")
+
+    def settle(self) -> None:
+        """Once every journal is read: a gc that found the pack it wrote into removed
+        under it did right to skip the node if the chaos process deleted that pack (a
+        disk losing a file); any other pack removed is a problem. Settled at the end:
+        the deletion's record may be read after the skip it caused."""
+        for journal, what, packs in self._lost_pack_skips:
+            if all(pack in self._deleted_packs for pack in packs):
+                self.notes.append(f"{journal}: a pack the damage deleted: {what}")
+            else:
+                self.problems.append(f"{journal}: {what}")
+        self._lost_pack_skips.clear()
 
     def observe(self, subject: str, key: str, seen: State, where: str) -> None:
         """Check one observation of a key against the states acceptable now."""

@@ -17,6 +17,7 @@ import itertools
 import json
 import os
 import random
+import re
 import threading
 import time
 from dataclasses import replace
@@ -36,6 +37,7 @@ from shardvault.governance.approval_signatures import load_signing_key
 from shardvault.model import ObjectRef, RequestContext, local_context, new_request_id
 from shardvault.policy import Principal, PrincipalKind
 from shardvault.vault import Vault
+from shardvault.vault.gc import GcReport
 
 TENANT = "intl"
 SHARED_SUBJECTS = {"US": "user-us", "SG": "user-sg", "EU": "user-eu"}
@@ -263,6 +265,19 @@ def count_starts(path: Path) -> int:
     return sum(1 for line in path.read_text().splitlines() if '"t": "start"' in line)
 
 
+_PACK_LOST = re.compile(r"pack (\S+\.pack) was removed or replaced under this process")
+
+
+def _lost_packs(gc: GcReport) -> list[tuple[str, str]]:
+    """(node, pack) of each skipped node's pack found removed under the gc, if that is
+    why every skipped node was skipped (the checker asks whether the damage did it);
+    else none."""
+    found = [(f.node, _PACK_LOST.search(f.error)) for f in gc.failed_nodes]
+    if gc.unavailable_nodes or not found or not all(match for _, match in found):
+        return []
+    return [(node, match.group(1)) for node, match in found if match]
+
+
 def maintain(config: Path, journal_path: Path, index: int, seed: int) -> None:
     """Sweep and repair in a loop, journalling what each run reported (one that raises ends
     the process, which the harness reports as a problem)."""
@@ -279,7 +294,8 @@ def maintain(config: Path, journal_path: Path, index: int, seed: int) -> None:
                 if gc.skipped_nodes:
                     why = [f"{failed.node}: {failed.error}" for failed in gc.failed_nodes]
                     why += [f"{node}: could not be opened" for node in gc.unavailable_nodes]
-                    journal.write(t="problem", what=f"gc skipped {gc.skipped_nodes}: {why}")
+                    journal.write(t="problem", what=f"gc skipped {gc.skipped_nodes}: {why}",
+                                  lost_packs=_lost_packs(gc))  # fmt: skip
             else:
                 began, scrub = time.time(), roll > 0.9
                 repair = vault.repair(scrub=scrub)

@@ -143,6 +143,50 @@ def test_a_torn_record_is_skipped_and_the_next_one_read() -> None:
     assert len(checker.problems) == 1 and "wrong bytes" in checker.problems[0]
 
 
+def _gc_skip(node: str, pack: str) -> dict[str, object]:
+    return {"t": "problem", "what": f"gc skipped ('{node}',): pack {pack}...",
+            "lost_packs": [[node, pack]]}  # fmt: skip
+
+
+def _deleted(node: str, pack: str) -> dict[str, object]:
+    return {"t": "damage", "node": node, "file": f"packs/{pack}", "how": "delete"}
+
+
+@pytest.mark.parametrize("chaos_first", [True, False], ids=["deleted-then-skip", "read-later"])
+def test_a_gc_skipping_a_node_whose_pack_the_damage_deleted_is_a_note(chaos_first: bool) -> None:
+    # the chaos process deleted the pack a gc was writing into: the gc was right to skip
+    # the node; the deletion's record may be read after the skip it caused
+    checker = stress_check.Checker()
+    feeds = [
+        ("chaos-0", _deleted("us-n4", "p1.pack")),
+        ("maintenance-0", _gc_skip("us-n4", "p1.pack")),
+    ]
+    for journal, record in feeds if chaos_first else feeds[::-1]:
+        checker.feed(journal, record)
+    checker.settle()
+    assert checker.problems == []
+    assert len(checker.notes) == 1 and "a pack the damage deleted" in checker.notes[0]
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        _deleted("us-n4", "p2.pack"),  # another pack
+        _deleted("us-n5", "p1.pack"),  # the same name on another node
+        {**_deleted("us-n4", "p1.pack"), "how": "truncate"},  # not removed
+    ],
+    ids=["other-pack", "other-node", "truncated"],
+)
+def test_a_gc_skipping_a_node_for_a_pack_the_damage_did_not_delete_is_a_problem(
+    damage: dict[str, object],
+) -> None:
+    checker = stress_check.Checker()
+    checker.feed("chaos-0", damage)
+    checker.feed("maintenance-0", _gc_skip("us-n4", "p1.pack"))
+    checker.settle()
+    assert len(checker.problems) == 1 and "gc skipped" in checker.problems[0]
+
+
 @pytest.mark.slow
 def test_a_short_stress_run_kills_processes_and_finds_no_problem(tmp_path: Path) -> None:
     command = [sys.executable, str(SCRIPTS / "stress.py"), "--seed", "7", "--minutes", "0.2"]

@@ -16,6 +16,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -349,6 +350,42 @@ def test_a_close_racing_another_returns_once_the_vault_is_closed_or_raises_its_e
     outcomes.clear()
     close("later")  # closes nothing again
     assert outcomes == {"later": "returned"}
+
+
+def test_a_close_racing_one_stuck_gives_up_on_it_past_its_bounds_and_says_so(
+    config_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the second close waited for the first without bound: one stuck on a disk that
+    # hangs (its directory's, here) held it for ever, where it once returned at once
+    config = replace(load(config_path), node_timeout=0.1, state_timeout=0.1)
+    vault = Vault.open(config)
+    vault.register_subject("intl", "alice", "US")
+    entered, release = threading.Event(), threading.Event()
+    close_directory = vault.directory.close
+
+    def stuck_directory_close() -> None:  # until the test ends
+        entered.set()
+        release.wait(60)
+        close_directory()
+
+    monkeypatch.setattr(vault.directory, "close", stuck_directory_close)
+    first = threading.Thread(target=vault.close, daemon=True)
+    first.start()
+    try:
+        assert entered.wait(10)
+        second = threading.Thread(target=vault.close, daemon=True)
+        second.start()
+        second.join(30)
+        assert not second.is_alive(), "the second close waits for the stuck first for ever"
+        assert first.is_alive()
+        assert vault.deadline.hint_notices() == [
+            "the vault's close under way on another thread did not end within 0.3 s (twice "
+            "storage.node_timeout, plus storage.state_timeout): left to its thread, which "
+            "the process's exit ends"
+        ]
+    finally:
+        release.set()
+        first.join(10)
 
 
 @pytest.mark.parametrize("waiting", [False, True], ids=["after", "waiting"])

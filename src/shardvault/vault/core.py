@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import builtins
 import contextlib
-import threading
 import time
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import replace
@@ -71,6 +70,7 @@ from shardvault.vault.cells import (
     open_custodian,
     sqlite_catalogs,
 )
+from shardvault.vault.close_once import CloseOnce
 from shardvault.vault.deadline import NodeDeadline
 from shardvault.vault.gc import GcReport, collect_cell
 from shardvault.vault.object_stream import ObjectStream
@@ -143,10 +143,15 @@ class Vault:
         # shard I/O threads: none waits behind one a hung disk holds (vault/deadline.py)
         self._pool = IoThreads("shardvault-io", shut=_closed)  # (a reader, a put racing close)
         self.deadline = NodeDeadline(config.node_timeout, list(cells.values()))
-        self._close_lock = threading.Lock()  # held for a moment only: see `close`
-        self._close_ended: threading.Event | None = None  # set once the close under way ends
-        self._closing_thread: int | None = None  # the thread it is under way on
-        self._close_error: Exception | None = None  # what it raised
+        # its own bounds: the I/O threads' tasks, each a node call given up on after the
+        # nodes' deadline; the stores' closes, one deadline together; then its own disks'
+        # calls (catalogs, directory, audit logs), one a command gives up on after
+        # state_timeout (cli/watchdog.py)
+        self._close_once = CloseOnce(
+            self._close_parts,
+            2 * config.node_timeout + config.state_timeout,
+            self.deadline.close_given_up,
+        )
 
     @classmethod
     def open(
@@ -215,39 +220,14 @@ class Vault:
         Nor is a store's close past the nodes' deadline: its node is named in
         `deadline.hint_notices()` (`NodeDeadline.close_stores`).
 
-        Once: a close called while another is under way (on another thread) waits for
-        it and raises what it raised; each part's own second close returns at once, and
-        so did the vault's, while the first was still closing (its caller might remove
-        the files under it). A close after one that ended does nothing; after one a
-        signal ended, it finishes it. One called within the close, as a signal handler's
-        may be, returns at once: waiting, it would wait for itself."""
-        with self._close_lock:
-            ended = self._close_ended
-            if ended is not None and ended.is_set():
-                return
-            first = ended is None
-            if ended is None:
-                ended = self._close_ended = threading.Event()
-                self._closing_thread = threading.get_ident()
-        if not first:
-            if self._closing_thread == threading.get_ident():
-                return  # called within it (a signal handler's): it goes on once this returns
-            ended.wait()
-            if self._close_ended is not ended:  # a signal ended it: finish it
-                self.close()
-            elif self._close_error is not None:
-                raise self._close_error
-            return
-        try:
-            self._close_parts()
-        except Exception as exc:
-            self._close_error = exc
-            raise
-        except BaseException:
-            self._close_ended = None  # a signal: the next close finishes it
-            raise
-        finally:
-            ended.set()
+        Once (vault/close_once.py): a close called while another is under way (on another
+        thread) waits for it and raises what it raised, anew; past what the first may
+        take by its own bounds (twice `node_timeout`, then `state_timeout`), it returns,
+        and `deadline.hint_notices()` says the first was left to its thread. A close
+        after one that ended does nothing; after one a signal ended, it finishes it.
+        One called within the close, as a signal handler's may be, returns at once:
+        waiting, it would wait for itself."""
+        self._close_once()
 
     def _close_parts(self) -> None:
         self.deadline.close()

@@ -261,6 +261,18 @@ class NodeDeadline:
         if cell.hints is not None:
             cell.hints.mark(node_id)  # for the processes after this one
 
+    def close_given_up(self, seconds: float) -> None:
+        """A close waiting for the vault's close under way on another thread gave up on it
+        past what it may take (vault/close_once.py): said as a store's close given up on is."""
+        notice = (
+            f"the vault's close under way on another thread did not end within {seconds:g} s "
+            "(twice storage.node_timeout, plus storage.state_timeout): left to its thread, "
+            "which the process's exit ends"
+        )
+        with self._lock:
+            if notice not in self._notices:  # said once, however many closes gave up
+                self._notices.append(notice)
+
     def hint_notices(self) -> list[str]:
         """What the user is told besides a call's own error: what went wrong with the
         deployment's notes of hung nodes (ignored, or not written: nodes/hints.py), and

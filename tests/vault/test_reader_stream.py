@@ -282,13 +282,16 @@ def test_next_gives_the_segment_a_for_loop_gives(vault: Vault, alice: ObjectRef)
     assert [len(segment) for segment in rest] == [SEGMENT, SEGMENT, len(data) - 3 * SEGMENT]
 
 
-@pytest.mark.parametrize("way", ["read", "read1", "readinto", "next", "readline", "readlines"])
+@pytest.mark.parametrize(
+    "way", ["read", "read1", "readinto", "next", "readline", "readlines", "peek"]
+)
 def test_two_threads_reading_one_reader_share_the_object_out_exactly_once(
     vault: Vault, alice: ObjectRef, way: str
 ) -> None:
     """Each read is whole, as io.BufferedReader's are under its lock: two threads reading
     one reader get pieces that are each a run of the object, and together all of it
-    once, never one segment fetched by both (a generator already executing)."""
+    once, never one segment fetched by both (a generator already executing). A peek
+    takes bytes and puts them back: one read between would be read again, or lost."""
     size = 24 * SEGMENT + SEGMENT // 2  # no piece so short it could be found elsewhere
     if way == "readline":
         data = (b"x" * 99 + b"\n") * (size // 100)
@@ -300,6 +303,7 @@ def test_two_threads_reading_one_reader_share_the_object_out_exactly_once(
     reader = vault.open_read(alice)
     pieces: list[tuple[int, bytes]] = []
     failures: list[BaseException] = []
+    peeked: list[bytes] = []
     start = threading.Barrier(2)
 
     def take() -> bytes:
@@ -314,6 +318,9 @@ def test_two_threads_reading_one_reader_share_the_object_out_exactly_once(
             return bytes(buffer[: reader.readinto(buffer)])
         if way == "readline":
             return reader.readline()
+        if way == "peek":  # at each segment's end, the peek fetches the next
+            peeked.append(reader.peek())
+            return reader.read(SEGMENT // 2)
         return next(reader, b"")
 
     def work() -> None:
@@ -336,3 +343,4 @@ def test_two_threads_reading_one_reader_share_the_object_out_exactly_once(
         return
     assert all(at >= 0 for at, _ in pieces)  # each piece is a run of the object
     assert b"".join(piece for _, piece in sorted(pieces)) == data
+    assert all(data.find(bytes_) >= 0 for bytes_ in peeked)

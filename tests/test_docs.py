@@ -143,14 +143,34 @@ def test_an_option_several_commands_take_names_its_value_alike_in_each() -> None
     one option, one name for its value, wherever it is taken. (A list of choices, as
     `--format`'s, is what each command accepts, and may differ.)"""
     named: dict[str, set[tuple[str, str]]] = {}
-    for path, command in _commands().items():
-        for param in command.params:
-            if param.param_type_name != "option" or param.is_flag or "|" in param.metavar:
-                continue
-            for option in (opt for opt in param.opts if opt.startswith("--")):
-                named.setdefault(option, set()).add((param.metavar, path))
+    for path, param in _value_options():
+        if param.metavar is None or "|" in param.metavar:  # unnamed: the test below
+            continue
+        for option in (opt for opt in param.opts if opt.startswith("--")):
+            named.setdefault(option, set()).add((param.metavar, path))
     differing = {opt: sorted(uses) for opt, uses in named.items() if len(dict(uses)) > 1}
     assert differing == {}
+
+
+def test_every_option_that_takes_a_value_names_it() -> None:
+    """`--jurisdiction J`, not Typer's `--jurisdiction TEXT` (or `<str>`): the docs name
+    each value, and the help must name it alike (a `metavar`)."""
+    unnamed = [
+        f"shardvault {path} {'/'.join(param.opts)}".replace("  ", " ")
+        for path, param in _value_options()
+        if param.metavar is None
+    ]
+    assert unnamed == [], "these options take a value their help does not name (metavar=)"
+
+
+def _value_options() -> list[tuple[str, Any]]:
+    """(command path, option) of every option of every command that takes a value."""
+    return [
+        (path, param)
+        for path, command in _commands().items()
+        for param in command.params
+        if param.param_type_name == "option" and not param.is_flag
+    ]
 
 
 def test_a_short_option_stands_for_one_long_option_in_every_command() -> None:

@@ -143,9 +143,10 @@ class Vault:
         # shard I/O threads: none waits behind one a hung disk holds (vault/deadline.py)
         self._pool = IoThreads("shardvault-io", shut=_closed)  # (a reader, a put racing close)
         self.deadline = NodeDeadline(config.node_timeout, list(cells.values()))
-        # its own bounds: the I/O threads' tasks, each a node call given up on after the
-        # nodes' deadline; the stores' closes, one deadline together; then its own disks'
-        # calls (catalogs, directory, audit logs), one a command gives up on after
+        # a close racing another waits what the first may take by the first's own bounds:
+        # the I/O threads' tasks, each a node call given up on after the nodes' deadline;
+        # the stores' closes, one deadline together; then the calls into its own disks
+        # (catalogs, directory, audit logs), each given up on by a command after
         # state_timeout (cli/watchdog.py)
         self._close_once = CloseOnce(
             self._close_parts,

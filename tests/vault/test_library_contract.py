@@ -285,6 +285,15 @@ def test_a_closed_vault_refuses_calls_whatever_its_catalog_does_once_closed(
     assert [record.version for record in catalog.list_versions(ref)] == [1]  # not deleted
 
 
+def _holding_one_object(config_path: Path) -> Vault:
+    """A vault opened on the deployment, alice registered and one object put: every
+    part a close closes has been opened."""
+    vault = Vault.open(load(config_path))
+    vault.register_subject("intl", "alice", "US")
+    vault.put(ObjectRef("intl", "alice", "k"), b"kept")
+    return vault
+
+
 def _waits_for_another_close(thread: threading.Thread) -> bool:
     """Whether THREAD, in `Vault.close`, waits (for the close under way on another)."""
     codes = {frame.f_code for frame in frames_of(thread)}
@@ -315,9 +324,7 @@ def test_a_close_racing_another_returns_once_the_vault_is_closed_or_raises_its_e
     # the second close found each part closed, or being closed, by the first and
     # returned at once, while the first still closed the subject directory: a host that
     # then removed the deployment's files did so under open descriptors
-    vault = Vault.open(load(config_path))
-    vault.register_subject("intl", "alice", "US")
-    vault.put(ObjectRef("intl", "alice", "k"), b"kept")
+    vault = _holding_one_object(config_path)
     entered, release, first_done = threading.Event(), threading.Event(), threading.Event()
     close_directory = vault.directory.close
 
@@ -396,9 +403,7 @@ def test_a_close_ctrl_c_stopped_is_finished_by_the_next(
     # catalog is closed; were that close taken for one that ended, the next (called
     # after it, or already waiting for it on another thread) would do nothing, and
     # every file of the deployment stay open
-    vault = Vault.open(load(config_path))
-    vault.register_subject("intl", "alice", "US")
-    vault.put(ObjectRef("intl", "alice", "k"), b"kept")
+    vault = _holding_one_object(config_path)
     deploy = config_path.parent
     assert any(path.endswith(".sqlite") for path in open_files(deploy))
     shutdown, entered, release = vault._pool.shutdown, threading.Event(), threading.Event()

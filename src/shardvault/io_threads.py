@@ -109,18 +109,23 @@ class IoThreads(Executor):
         with self._lock:
             self._threads.discard(threading.current_thread())
 
-    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        """Stop taking tasks; with ``wait``, wait for those running (none may be stuck)."""
+    def shutdown(
+        self, wait: bool = True, *, cancel_futures: bool = False, timeout: float | None = None
+    ) -> None:
+        """Stop taking tasks; with ``wait``, wait for those running, until ``timeout``
+        seconds at most if given (a task may be stuck on a disk no one saw hang yet:
+        its daemon thread is left to it, as a hung node's are)."""
         with self._lock:
             self._shut = True
             threads = list(self._threads)
         for _ in threads:
             self._tasks.put(None)
         if wait:
+            end = None if timeout is None else time.monotonic() + timeout
             for thread in threads:
                 # not one a signal stopped before it started: join would raise
                 if thread.is_alive():
-                    thread.join()
+                    thread.join(None if end is None else max(0.0, end - time.monotonic()))
 
 
 class Stalled(Exception):

@@ -395,6 +395,24 @@ def test_a_close_racing_one_stuck_gives_up_on_it_past_its_bounds_and_says_so(
         first.join(10)
 
 
+def test_a_close_waits_for_a_stuck_io_task_a_deadline_at_most(config_path: Path) -> None:
+    # a task stuck on a disk no one had seen hang yet (no node marked hung) held the
+    # close for as long as the disk hung: it waited for every I/O thread without bound
+    vault = Vault.open(replace(load(config_path), node_timeout=0.2))
+    vault.register_subject("intl", "alice", "US")
+    release = threading.Event()
+    vault._pool.submit(release.wait, 60)
+    closing = threading.Thread(target=vault.close, daemon=True)
+    closing.start()
+    try:
+        closing.join(30)
+        assert not closing.is_alive(), "the close waits for the stuck task for ever"
+        with pytest.raises(VaultClosed):
+            vault.stat(ObjectRef("intl", "alice", "k"))
+    finally:
+        release.set()
+
+
 @pytest.mark.parametrize("waiting", [False, True], ids=["after", "waiting"])
 def test_a_close_ctrl_c_stopped_is_finished_by_the_next(
     config_path: Path, monkeypatch: pytest.MonkeyPatch, waiting: bool

@@ -218,6 +218,8 @@ class Vault:
         closed but the descriptor each filesystem is synced through (`filesystem_sync`).
         Threads stuck on a node that hung, or opening a catalog whose disk hangs, are not
         waited for (nor is the store closed under them): the process's exit ends them.
+        One stuck on a disk no request has seen hang yet is waited for `node_timeout`
+        at most; its store is then closed under it, and its failure is the close's.
         Nor is a store's close past the nodes' deadline: its node is named in
         `deadline.hint_notices()` (`NodeDeadline.close_stores`).
 
@@ -232,7 +234,9 @@ class Vault:
 
     def _close_parts(self) -> None:
         self.deadline.close()
-        self._pool.shutdown(wait=not self.deadline.any_hung())
+        # a task stuck on a disk not yet seen hung is waited for a deadline, no more:
+        # the store is then closed under it, and its failure is the close's (VaultClosed)
+        self._pool.shutdown(wait=not self.deadline.any_hung(), timeout=self.deadline.seconds)
         # each part closes though one before it failed (its error is raised after): an
         # exit stack calls the last pushed first, so they are pushed in reverse order
         with contextlib.ExitStack() as closing:

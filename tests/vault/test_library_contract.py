@@ -426,7 +426,9 @@ def test_a_close_ctrl_c_stopped_is_finished_by_the_next(
     assert any(path.endswith(".sqlite") for path in open_files(deploy))
     shutdown, entered, release = vault._pool.shutdown, threading.Event(), threading.Event()
 
-    def interrupted(wait: bool = True, *, cancel_futures: bool = False) -> None:
+    def interrupted(
+        wait: bool = True, *, cancel_futures: bool = False, timeout: float | None = None
+    ) -> None:
         monkeypatch.setattr(vault._pool, "shutdown", shutdown)
         entered.set()
         release.wait(30)

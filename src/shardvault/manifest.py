@@ -192,6 +192,7 @@ class Manifest:
             locations=_locations(doc.get("locations", [])),
             generations=_generations(doc.get("generations")) if version >= 3 else (),
         )
+        _check_kinds(doc)  # after: a missing field is named in the order above
         if manifest.locations and len(manifest.locations) != manifest.n:
             raise IntegrityError("manifest has a location list of the wrong length")
         if version >= 3 and len(manifest.generations) != manifest.n:
@@ -199,6 +200,41 @@ class Manifest:
         if len(hashes) != manifest.segments * manifest.n * HASH_BYTES:
             raise IntegrityError("manifest block hash table has the wrong length")
         return manifest
+
+
+_WHOLE_NUMBERS = {  # field: (lowest, highest), the highest what the shard header holds
+    "version": (1, 2**64 - 1),
+    "size": (0, 2**64 - 1),
+    "segment_size": (1, 2**32 - 1),
+    "segments": (1, 2**64 - 1),
+    "k": (1, 255),
+    "m": (0, 255),
+    "block_size": (0, 2**32 - 1),
+    "last_block_size": (0, 2**32 - 1),
+}
+_OBJECT_ID_HEX = 32
+
+
+def _check_kinds(doc: dict[str, Any]) -> None:
+    """Refuse a field of another kind here, as damage: taken as it was, a string size or a
+    boolean version met arithmetic later as a TypeError (a traceback), and a short object
+    id made a header no shard of the stripe could match (docs/formats.md, "Manifest")."""
+    for field, (lowest, highest) in _WHOLE_NUMBERS.items():
+        value = doc[field]
+        if type(value) is not int or not lowest <= value <= highest:
+            raise ValueError(f"{field} is {value!r}, not a whole number from {lowest}")
+    for field in ("tenant", "subject", "key", "backend", "subject_key_id", "wrapped_data_key"):
+        if not isinstance(doc[field], str):
+            raise ValueError(f"{field} is {doc[field]!r}, not a string")
+    nodes = doc["nodes"]
+    if not isinstance(nodes, list) or not all(isinstance(node, str) for node in nodes):
+        raise ValueError(f"nodes is {nodes!r}, not a list of node ids")
+    created = doc["created_at"]
+    if type(created) not in (int, float):
+        raise ValueError(f"created_at is {created!r}, not a number of seconds")
+    object_id = doc["object_id"]
+    if not isinstance(object_id, str) or len(object_id) != _OBJECT_ID_HEX:
+        raise ValueError(f"object_id is {object_id!r}, not 16 bytes in hex")
 
 
 _CACHED_BYTES = 2048  # a single-segment manifest is about 900 bytes

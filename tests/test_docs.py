@@ -12,16 +12,28 @@ from typing import Any
 import pytest
 import typer
 
-from shardvault import config, directory, manifest
-from shardvault.audit import log
+from shardvault import config, custodian_policy, directory, manifest
+from shardvault.audit import entry, export, log, tree
 from shardvault.catalog.sqlite import SCHEMA_VERSION
 from shardvault.cli import app as cli_app
 from shardvault.codec import shardfile
+from shardvault.codec.segment import SegmentBinding
 from shardvault.custodian_policy import parse_custodian_policy
 from shardvault.demo import write_demo
-from shardvault.governance import approval_schema, principals, receipts, verdicts_file
-from shardvault.keys import key_subjects, keyring, tombstones
-from shardvault.nodes import journal, marker, pack_records
+from shardvault.governance import (
+    approval_schema,
+    approval_signatures,
+    principals,
+    receipts,
+    seen,
+    verdicts_file,
+)
+from shardvault.keys import attestation, hierarchy, key_subjects, keyring, rootkey, tombstones
+from shardvault.model import ObjectRef
+from shardvault.nodes import hints, journal, marker, pack_records
+from shardvault.policy import loader
+from shardvault.scan import baseline, render
+from shardvault.scan import policy as scan_policy
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -210,14 +222,45 @@ def test_every_persisted_format_is_documented_with_its_version() -> None:
         "Approvals (schema": approval_schema.SCHEMA_VERSION,
         "Partner's verdicts (schema": verdicts_file.SCHEMA_VERSION,
         "Deletion receipt": receipts.RECEIPT_VERSION,
+        "Hung-node notes": hints.VERSION,
+        "Segment encryption": _tag_version(_segment_label()),
+        "Wrapped data key": hierarchy.DATA_KEY_BLOB_VERSION,
+        "Wrapped subject key": rootkey.BLOB_VERSION,
+        "Access policy and custodian policy": loader.POLICY_VERSION,
+        "Signed approval statement": _tag_version(approval_signatures.STATEMENT_TAG),
+        "Signed withdrawal statement": _tag_version(approval_signatures.WITHDRAWAL_TAG),
+        "Seen audit positions": seen.SEEN_VERSION,
+        "Destroy attestation": _tag_version(attestation.HEADER.encode()),
+        "Scan policy, baseline and report": scan_policy.POLICY_VERSION,
     }
     for title, version in headings.items():
         if "(" not in title:
             title += " (version"
         assert re.search(rf"^## {re.escape(title)} {version}\)", formats, re.M), title
+    # and no format is described without its version pinned here
+    titles = re.findall(r"^## (.*?) \((?:version|schema) [0-9]+\)", formats, re.M)
+    assert len(titles) == len(re.findall(r"^## ", formats, re.M))
+    assert sorted(titles) == sorted(title.split(" (")[0] for title in headings)
+    # a heading naming several formats names one version: theirs
+    assert loader.POLICY_VERSION == custodian_policy.CUSTODIAN_POLICY_VERSION
+    assert scan_policy.POLICY_VERSION == baseline.BASELINE_VERSION == render.JSON_VERSION
+    assert log.LOG_VERSION == entry.ENTRY_VERSION == export.EXPORT_VERSION == tree.TREE_VERSION
     assert tombstones.SCHEMA_VERSION == key_subjects.SCHEMA_VERSION == 2
     assert "`PRAGMA user_version` = 2 (a newer one\nis refused" in formats
     assert "`PRAGMA user_version`\n= 2 (a newer one is refused)" in formats
+
+
+def _tag_version(tag: bytes) -> int:
+    """The N of a domain tag ending `/vN` (a newline after it or not)."""
+    found = re.fullmatch(rb".*/v([0-9]+)\n?", tag)
+    assert found is not None, tag
+    return int(found[1])
+
+
+def _segment_label() -> bytes:
+    """The label that opens every segment's associated data, read from a binding's bytes."""
+    prefix = SegmentBinding(ObjectRef("t", "s", "k"), 1, bytes(16)).prefix()
+    return prefix[4 : 4 + int.from_bytes(prefix[:4], "big")]
 
 
 def test_the_architecture_layers_name_every_module() -> None:

@@ -7,6 +7,7 @@ interfaces. A test of the imports stands in for an import-linter contract.
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -84,6 +85,42 @@ def test_pure_modules_do_no_io(path: Path) -> None:
 def test_core_and_ports_never_import_upper_layers(path: Path) -> None:
     upward = {name for name in _imports(path) if name.startswith(UPPER)}
     assert not upward, f"{path.relative_to(SRC)} imports {upward}"
+
+
+def _diagram_rows() -> dict[str, int]:
+    """Each top-level module or package of the Layers diagram in docs/architecture.md by
+    its row, counted from the top: a row is a line at the margin (its names joined by
+    ` · ` before the description), with the names its indented lines open with."""
+    text = (SRC.parents[1] / "docs" / "architecture.md").read_text()
+    start = text.index("```\n", text.index("## Layers")) + 4
+    rows: dict[str, int] = {}
+    row = -1
+    for line in text[start : text.index("```", start)].splitlines():
+        if not line.startswith(" "):
+            row += 1
+            names = re.split(r"\s{2,}", line)[0].split(" · ")
+        else:
+            names = line.split()[:1]
+        for name in names:
+            rows.setdefault(name.split()[0].rstrip("/").removesuffix(".py"), row)
+    return rows
+
+
+def test_no_module_imports_from_a_row_above_its_own_in_the_layers_diagram() -> None:
+    # the diagram said "dependencies point downward only" while config, in its bottom row,
+    # imported keys, and custodian_policy, in the row above, keys' port
+    rows = _diagram_rows()
+    tops = {p.name.removesuffix(".py") for p in SRC.iterdir() if p.suffix == ".py" or p.is_dir()}
+    placed = sorted(tops & rows.keys())
+    assert len(placed) > 30
+    upward = []
+    for top in placed:
+        for path in _modules(top if (SRC / top).is_dir() else f"{top}.py"):
+            for name in _imports(path):
+                used = name.split(".")[1] if name.startswith("shardvault.") else ""
+                if rows.get(used, rows[top]) < rows[top]:
+                    upward.append(f"{path.relative_to(SRC)} imports {name}")
+    assert upward == []
 
 
 def test_the_checks_see_the_modules_they_guard() -> None:

@@ -333,6 +333,7 @@ def test_policy_check_of_a_tenant_or_jurisdiction_not_in_the_deployment_is_exit_
 
 def test_forget_prints_a_receipt_an_outsider_verifies(cli: Cli, tmp_path: Path) -> None:
     pending = cli.fails(1, "forget", "intl", "alice")
+    assert "retry with the global option (before the command) --approval" in pending
     approval = pending.rsplit("--approval ", 1)[1]
     tokens = {
         ident: add(cli, ident, "--kind", kind, "--location", "US")

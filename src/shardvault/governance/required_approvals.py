@@ -196,7 +196,8 @@ class RequiredApprovals:
         raise ApprovalRequired(
             f"{action} needs approval ({decision.rule}): approval {approval_id} is pending; "
             f"{self._spec.approval_quorum} of [{approvers}] must run 'shardvault approval "
-            f"approve {approval_id}{signed}', then retry with --approval {approval_id}",
+            f"approve {approval_id}{signed}', then retry with the global option (before the "
+            f"command) --approval {approval_id}",
             approval_id=approval_id,
         )
 

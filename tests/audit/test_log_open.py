@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import struct
+import subprocess
+import sys
 import zlib
 from pathlib import Path
 
@@ -208,3 +210,19 @@ def test_a_frontier_larger_than_the_index_is_ignored_not_a_crash(
     count, log = leaves_taken_on_open(path, monkeypatch)
     assert count == 3 and log.size == 3
     log.close()
+
+
+def test_opening_removes_the_frontier_temporary_a_killed_process_left(tmp_path: Path) -> None:
+    """A process killed between writing its frontier's temporary and renaming it left the
+    file for ever; one of a live process (saving as this one opens) stays."""
+    path = tmp_path / "log"
+    filled(path, 3).close()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    left = path / f"frontier.{int(dead.stdout)}.140000.tmp"
+    live = path / "frontier.1.140000.tmp"  # pid 1 is always running
+    for temporary in (left, live):
+        temporary.write_bytes(b"half a frontier")
+    AuditLog.open(path).close()
+    assert not left.exists()
+    assert live.read_bytes() == b"half a frontier"

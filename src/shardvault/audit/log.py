@@ -184,6 +184,28 @@ class AuditTicket:
         return self._batch.leaves[0]
 
 
+def _frontier_temporary(directory: Path) -> Path:
+    """Where this thread writes the frontier before renaming it into place."""
+    return directory / f"frontier.{os.getpid()}.{threading.get_ident()}.tmp"
+
+
+def _remove_frontier_temporaries_of_the_dead(directory: Path) -> None:
+    """Remove the frontier temporaries of processes no longer running: one killed between
+    writing its temporary and renaming it left the file, and nothing else looks for it.
+    A live process's is left alone: it may be saving its frontier as this one opens (a
+    close saves outside the flock)."""
+    for temporary in directory.glob("frontier.*.*.tmp"):
+        pid = temporary.name.split(".")[1]
+        if not pid.isdecimal():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            temporary.unlink(missing_ok=True)
+        except (PermissionError, OverflowError):  # another user's process: running
+            continue
+
+
 class AuditLog:
     """One cell's audit log. Thread-safe, and processes may share it (flock per batch)."""
 
@@ -206,6 +228,7 @@ class AuditLog:
         self._frontier = merkle.Frontier()
         self._entries_end = _HEADER  # end of the last entry in the frontier
         self._tree = TreeNodes(directory, self.leaf_hashes)
+        _remove_frontier_temporaries_of_the_dead(directory)
         self._saved_size = self._restore_frontier()
         if not self._saved_size:
             self._tree.drop()  # rebuilt from the whole index: what it summarised may differ
@@ -424,7 +447,7 @@ class AuditLog:
         data = _FRONTIER_HEAD.pack(_FRONTIER_MAGIC, 1, size, end, last, len(stack))
         data += b"".join(stack)
         data += _CRC.pack(zlib.crc32(data))
-        temporary = self.directory / f"frontier.{os.getpid()}.{threading.get_ident()}.tmp"
+        temporary = _frontier_temporary(self.directory)
         try:
             temporary.write_bytes(data)
             os.replace(temporary, self.directory / "frontier")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
@@ -26,6 +27,7 @@ from tests.interrupts import (
     wait_for,
 )
 
+from conftest import tmpfs_mounted
 from shardvault.audit import log as audit_log
 from shardvault.audit import merkle
 from shardvault.audit.log import AuditLog
@@ -803,3 +805,27 @@ def test_a_caller_woken_to_write_that_leaves_hands_the_write_on(tmp_path: Path) 
     assert not later.is_alive(), "the other caller's append hung"
     assert writers == ["first", "later"] and log.size == 3
     log.close()
+
+
+def test_an_entry_a_full_disk_refuses_names_the_log_and_says_make_room(tmp_path: Path) -> None:
+    """A full disk under the log is the operator's to fix: the refusal names the log and
+    says to make room, as the catalog's and the registries' do, not a bare errno."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    with tmpfs_mounted(disk):
+        log = AuditLog.open(disk / "log")
+        try:
+            filler = os.open(disk / "filler", os.O_WRONLY | os.O_CREAT, 0o600)
+            with contextlib.suppress(OSError):
+                while True:
+                    os.write(filler, bytes(4096))
+            os.close(filler)
+            with pytest.raises(AuditUnavailable) as refused:  # once past the last page
+                for i in range(4096):
+                    log.append(make_entry(i))
+            assert str(refused.value) == (
+                f"audit entry not written to {disk / 'log'}: No space left on device "
+                "(its disk has 0 KiB free: make room)"
+            )
+        finally:
+            log.close()

@@ -65,7 +65,7 @@ from shardvault.audit.checkpoint import Checkpoint
 from shardvault.audit.entry import MAX_ENTRY_BYTES, AuditEntry
 from shardvault.audit.note import SignedNote
 from shardvault.audit.tree import TreeNodes
-from shardvault.durability import fsync_directory, read_own, replace_whole
+from shardvault.durability import failure_reason, fsync_directory, read_own, replace_whole
 from shardvault.errors import AuditUnavailable, IntegrityError, InvalidInput, NewerFormat
 from shardvault.group_commit import WaitRoom, reacquire
 
@@ -511,6 +511,11 @@ class AuditLog:
                 if not self._writing:
                     self._room.hand_on()
                 raise
+        if isinstance(batch.error, OSError):  # its disk's: name it, and say to make room
+            reason = failure_reason(batch.error, self.directory)
+            raise AuditUnavailable(
+                f"audit entry not written to {self.directory}: {reason}"
+            ) from batch.error
         if batch.error is not None:
             raise AuditUnavailable(f"audit entry not written: {batch.error}") from batch.error
         return batch.first

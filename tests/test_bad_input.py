@@ -257,6 +257,18 @@ def test_a_new_key_may_not_hold_an_invisible_letter_or_mark(vault: Vault, key: s
     assert object_key(key) == key
 
 
+def stored_before_the_rule_stays_usable(vault: Vault, ref: ObjectRef) -> None:
+    """REF, refused as a new key, was not written; stored as the code before a rule
+    stored it, it is read, listed and deleted as any key is (every get checks the key)."""
+    assert vault.list(ref.tenant, ref.subject).items == []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(writing, "new_object_key", lambda key: key)  # as the code before stored it
+        vault.put(ref, b"data")
+    assert vault.get(ref) == b"data"
+    assert [item.ref.key for item in vault.list(ref.tenant, ref.subject).items] == [ref.key]
+    assert vault.delete(ref) is not None
+
+
 @pytest.mark.parametrize(
     ("char", "passes_for"), LOOK_ALIKE_SEPARATORS.items(), ids=[
         unicodedata.name(char).lower().replace(" ", "-") for char in LOOK_ALIKE_SEPARATORS
@@ -277,18 +289,50 @@ def test_a_new_key_may_not_hold_a_look_alike_of_a_slash(
         f": character 7 is U+{ord(char):04X} {unicodedata.name(char)}, which looks like "
         f"'{passes_for}' but is not: use '/' to separate path segments"
     )
-    assert vault.list("intl", "alice").items == []
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(writing, "new_object_key", lambda key: key)  # as the code before stored it
-        vault.put(ref, b"data")
-    assert vault.get(ref) == b"data"
-    assert [item.ref.key for item in vault.list("intl", "alice").items] == [key]
-    assert vault.delete(ref) is not None
+    stored_before_the_rule_stays_usable(vault, ref)
     # Katakana NO and the ideographs U+4E3F, U+4E36 look like them too, but are letters
     # Japanese and Chinese keys need: not refused
     letters = ObjectRef("intl", "alice", "photos/2024/\u30ce\u30fc\u30c8/\u4e3f\u4e36")
     vault.put(letters, b"kept")
     assert vault.get(letters) == b"kept"
+
+
+@pytest.mark.parametrize(
+    ("segment", "looks_like"),
+    [
+        ("\uff0e\uff0e", ".."),  # FULLWIDTH FULL STOP: an East Asian input method's '.'
+        ("\uff0e", "."),
+        (".\uff0e", ".."),
+        ("\u2025", ".."),  # TWO DOT LEADER
+        ("\u2024", "."),  # ONE DOT LEADER
+        ("\ufe52\ufe52", ".."),  # SMALL FULL STOP
+    ],
+    ids=["fullwidth-two", "fullwidth-one", "mixed", "two-dot-leader", "one-dot-leader", "small"],
+)
+def test_a_new_key_may_not_hold_a_segment_of_look_alike_dots(
+    vault: Vault, segment: str, looks_like: str
+) -> None:
+    """'photos/\uff0e\uff0e/x' lists as 'photos/../x' would, a key no one may write,
+    and is '..' to whatever folds it to compatibility form (NFKC) on its way to a file
+    name. Refused when written, naming the segment; a key stored before the rule stays
+    readable, listable and removable, and a dot look-alike within a name is kept."""
+    vault.register_subject("intl", "alice", "US")
+    key = f"photos/{segment}/x"
+    ref = ObjectRef("intl", "alice", key)
+    with pytest.raises(InvalidInput) as caught:
+        vault.put(ref, b"data")
+    assert str(caught.value) == (
+        f"invalid object key {key!a}: path segment 2, {segment!a}, looks like "
+        f"'{looks_like}', which no path segment may be: give it a name, not dots"
+    )
+    stored_before_the_rule_stays_usable(vault, ref)
+    for kept in (
+        f"photos/a{segment}b",
+        "photos/\u2026",
+        "\u0660/\u0660\u0660",
+    ):  # ellipsis, Arabic 0
+        vault.put(ObjectRef("intl", "alice", kept), b"kept")
+        assert vault.get(ObjectRef("intl", "alice", kept)) == b"kept"
 
 
 def test_vault_refuses_bad_input_before_touching_anything(vault: Vault, config_path: Path) -> None:

@@ -168,8 +168,9 @@ def new_object_key(key: str) -> str:
     ends with a space, no invisible letter or mark ('ca\\u3164t' shows as 'cat') and
     nothing that looks like a separator and is not ('a\\u2215b' shows as 'a/b'), since
     keys differing only by what nobody sees are a mistake to report; nor a segment that
-    starts with a combining mark, which shows on what is before it. Keys stored before
-    these rules stay readable, listable and removable."""
+    starts with a combining mark, which shows on what is before it, nor one of dots in
+    another form ('\\uff0e\\uff0e' shows as '..'). Keys stored before these rules stay
+    readable, listable and removable."""
     if " " in key and any(part != part.strip(" ") for part in key.split("/")):
         raise InvalidInput(
             f"invalid object key {shown(key)}: a path segment starts or ends with a space"
@@ -196,7 +197,23 @@ def new_object_key(key: str) -> str:
             f"is U+{ord(char):04X} {unicodedata.name(char)}, which looks like "
             f"'{LOOK_ALIKE_SEPARATORS[char]}' but is not: use '/' to separate path segments"
         )
+    _refuse_look_alike_dots(key)
     return key
+
+
+def _refuse_look_alike_dots(key: str) -> None:
+    """Refuse a segment of KEY that is dots in another form ('\\uff0e\\uff0e', a Japanese
+    input method's '..'): it lists as the '.' or '..' no key may hold, and is one to
+    whatever folds it to compatibility form (NFKC) on its way to a file name."""
+    for number, part in enumerate(key.split("/"), 1):
+        if not part.isascii():
+            dots = unicodedata.normalize("NFKC", part)
+            if dots in (".", ".."):
+                raise InvalidInput(
+                    f"invalid object key {shown(key, escaped=True)}: path segment {number}, "
+                    f"{shown(part, escaped=True)}, looks like '{dots}', which no path "
+                    "segment may be: give it a name, not dots"
+                )
 
 
 def _segment_leading_mark(key: str) -> int | None:

@@ -798,6 +798,20 @@ def test_put_of_a_key_with_a_look_alike_slash_is_one_line_and_exit_2(
     assert b"photos" not in alice.ok("ls", "intl", "alice")
 
 
+def test_put_of_a_key_with_a_segment_of_fullwidth_dots_is_one_line_and_exit_2(
+    alice: Cli, tmp_path: Path
+) -> None:
+    source = tmp_path / "in.txt"
+    source.write_bytes(b"x")
+    line = alice.fails(2, "put", "intl", "alice", "photos/\uff0e\uff0e/x", str(source))
+    assert line == (
+        "error: invalid object key 'photos/\\uff0e\\uff0e/x': path segment 2, "
+        "'\\uff0e\\uff0e', looks like '..', which no path segment may be: give it a "
+        "name, not dots"
+    )
+    assert b"photos" not in alice.ok("ls", "intl", "alice")
+
+
 def test_a_subject_id_of_letters_not_ascii_is_refused_saying_ascii(alice: Cli) -> None:
     """'josé' was refused with "1-128 characters of letters, digits ...": é is a
     letter, so the line contradicted itself. It says ASCII letters now; 128 of them

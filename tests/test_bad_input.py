@@ -177,13 +177,20 @@ def test_bad_names_are_refused(check: object, value: str) -> None:
     assert len(str(caught.value)) < 250, "an overlong name is named, not echoed"
 
 
+TENANT_RULE = "1-63 lower-case ASCII letters, digits and - (a letter first)"
+JURISDICTION_RULE = "use an upper-case code of 2-8 ASCII letters, such as US or EU"
+NODE_ID_RULE = "1-63 lower-case ASCII letters, digits and . _ - (not first)"
+FACILITY_RULE = "1-63 ASCII letters, digits and . _ - (not first)"
+TOKEN_RULE = "1-128 ASCII letters, digits and . _ @ : / - (not first)"
+
+
 @pytest.mark.parametrize(
     ("check", "value", "message"),
     [
-        (tenant_name, "Intl", "invalid tenant 'Intl': use lower-case letters, digits and '-'"),
-        (jurisdiction_code, 7, "invalid jurisdiction 7: use an upper-case code such as US or EU"),
-        (node_id, "N1", "invalid node id 'N1': use lower-case letters, digits, '.', '_', '-'"),
-        (facility_name, "-f", "invalid facility '-f': use letters, digits, '.', '_', '-'"),
+        (tenant_name, "Intl", f"invalid tenant 'Intl': {TENANT_RULE}"),
+        (jurisdiction_code, 7, f"invalid jurisdiction 7: {JURISDICTION_RULE}"),
+        (node_id, "N1", f"invalid node id 'N1': {NODE_ID_RULE}"),
+        (facility_name, "-f", f"invalid facility '-f': {FACILITY_RULE}"),
         (
             subject_id,
             None,
@@ -200,6 +207,35 @@ def test_each_check_says_what_it_refused_and_why(
     with pytest.raises(InvalidInput) as caught:
         check(value)  # type: ignore[operator]
     assert str(caught.value) == message
+
+
+@pytest.mark.parametrize(
+    ("check", "value", "rule"),
+    [
+        (tenant_name, "t" * 64, TENANT_RULE),
+        (tenant_name, "1intl", TENANT_RULE),
+        (jurisdiction_code, "USAAAAAAA", JURISDICTION_RULE),
+        (jurisdiction_code, "U", JURISDICTION_RULE),
+        (node_id, "n" * 64, NODE_ID_RULE),
+        (node_id, "-n1", NODE_ID_RULE),
+        (facility_name, "f" * 64, FACILITY_RULE),
+        (lambda value: token(value, "purpose"), "p" * 129, TOKEN_RULE),
+        (lambda value: token(value, "purpose"), "-why", TOKEN_RULE),
+    ],
+    ids=[
+        "tenant-long", "tenant-digit-first", "jurisdiction-long", "jurisdiction-short",
+        "node-long", "node-dash-first", "facility-long", "token-long", "token-dash-first",
+    ],
+)  # fmt: skip
+def test_a_name_of_allowed_characters_refused_for_its_length_or_first_says_that_rule(
+    check: object, value: str, rule: str
+) -> None:
+    """'ppp...' (129 letters) was refused as a purpose with 'letters, digits and . _ @ :
+    / - only', which it is: the hint named the characters and not the length or the
+    first character the value broke. Each hint now states the whole rule."""
+    with pytest.raises(InvalidInput) as caught:
+        check(value)  # type: ignore[operator]
+    assert str(caught.value).endswith(f": {rule}")
 
 
 def test_an_overlong_unknown_tenant_or_approval_id_is_named_not_echoed(vault: Vault) -> None:

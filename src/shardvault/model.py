@@ -49,32 +49,34 @@ def jurisdiction_code(value: object) -> str:
     """A jurisdiction code: ISO 3166-1 alpha-2 (``US``) or a declared group (``EU``)."""
     if isinstance(value, str) and _JURISDICTION.fullmatch(value):
         return value
-    raise _invalid(value, "jurisdiction", "use an upper-case code such as US or EU")
+    raise _invalid(
+        value, "jurisdiction", "use an upper-case code of 2-8 ASCII letters, such as US or EU"
+    )
 
 
 def tenant_name(value: object) -> str:
     if isinstance(value, str) and _TENANT.fullmatch(value):
         return value
-    raise _invalid(value, "tenant", "use lower-case letters, digits and '-'")
+    raise _invalid(value, "tenant", "1-63 lower-case ASCII letters, digits and - (a letter first)")
 
 
 def node_id(value: object) -> str:
     if isinstance(value, str) and _NODE_ID.fullmatch(value):
         return value
-    raise _invalid(value, "node id", "use lower-case letters, digits, '.', '_', '-'")
+    raise _invalid(value, "node id", "1-63 lower-case ASCII letters, digits and . _ - (not first)")
 
 
 def facility_name(value: object) -> str:
     if isinstance(value, str) and _FACILITY.fullmatch(value):
         return value
-    raise _invalid(value, "facility", "use letters, digits, '.', '_', '-'")
+    raise _invalid(value, "facility", "1-63 ASCII letters, digits and . _ - (not first)")
 
 
 def token(value: object, what: str) -> str:
     """A principal id, role or purpose: short, printable, no spaces. Here, below the
     policy, so that the config checks its approvers by the rule a principal is added by."""
     if not isinstance(value, str) or not _TOKEN.fullmatch(value):
-        raise InvalidInput(f"invalid {what} {shown(value)}: letters, digits and . _ @ : / - only")
+        raise _invalid(value, what, "1-128 ASCII letters, digits and . _ @ : / - (not first)")
     return value
 
 

@@ -39,7 +39,7 @@ def refused(tmp_path: Path, capsys: pytest.CaptureFixture[bytes], old: str, new:
         (
             'approvers = ["dpo", "partner-officer"]',
             'approvers = ["../x", "dpo"]',
-            "governance.approvers: invalid principal id '../x': letters, digits and",
+            "governance.approvers: invalid principal id '../x': 1-128 ASCII letters, digits and",
         ),
         # the CLI acts as local-admin for anyone without a token: the operator would
         # approve alone, as an approver of requests a principal they made asked

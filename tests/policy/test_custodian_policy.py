@@ -147,12 +147,13 @@ def test_require_unwrap_raises_access_denied_with_the_rule() -> None:
         (
             'principals = ["analytics"]',
             'principals = ["an alyst"]',
-            r"principals: invalid principal id 'an alyst': letters, digits and \. _ @ : / - only",
+            r"principals: invalid principal id 'an alyst': 1-128 ASCII letters, digits and "
+            r"\. _ @ : / - \(not first\)",
         ),
         (
             'purposes = ["incident"]',
             'purposes = ["in cident"]',
-            r"purposes: invalid purpose 'in cident': letters, digits",
+            r"purposes: invalid purpose 'in cident': 1-128 ASCII letters, digits",
         ),
         ("approval_purposes", "approval_purpose", "unknown keys"),
         ("requires_approval = true", "requires_aproval = true", "unknown keys"),
@@ -229,7 +230,7 @@ def test_the_partner_names_its_approvers_and_their_quorum() -> None:
          r"same key as dpo"),
         # by the rule `principal add` and the config's approvers hold an id to, said
         (f'dpo = "{DPO_KEY}"', f'"Bad Id" = "{DPO_KEY}"', r"approvers: invalid principal id "
-         r"'Bad Id': letters, digits and \. _ @ : / - only"),
+         r"'Bad Id': 1-128 ASCII letters, digits and \. _ @ : / - \(not first\)"),
         ("[approvers]", "[approvers.x]", r"approvers\.x must be a string"),
         ("[approvers]", "[approver]", r"unknown keys \['approver'\]"),
     ],

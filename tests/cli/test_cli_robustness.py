@@ -1014,8 +1014,17 @@ def test_a_source_that_fails_to_read_is_one_line_and_stores_nothing(alice: Cli) 
 @pytest.mark.parametrize(
     ("argv", "env", "said"),
     [
-        (["--token", ""], None, "error: --token is empty"),
-        (["--as", ""], None, "error: --as is empty"),
+        (
+            ["--token", ""],
+            None,
+            "error: --token is empty: pass a principal's token, or leave it out to act as "
+            "the local administrator",
+        ),
+        (
+            ["--as", ""],
+            None,
+            "error: --as is empty: name the principal whose token is given, or leave it out",
+        ),
         ([], "", "error: SHARDVAULT_TOKEN is set but empty: set it to a token, or unset it"),
         # the command's default purpose was used instead, and recorded in the audit log
         (["--purpose", ""], None, "error: --purpose is empty"),

@@ -60,8 +60,15 @@ class CliState:
         An empty token or principal is refused, not read as none: a script whose
         token variable came out empty would otherwise act as the administrator.
         So is an empty purpose, which would otherwise be the command's default."""
-        if self.token == "" or self.principal == "":
-            raise InvalidInput(f"{'--token' if self.token == '' else '--as'} is empty")
+        if self.token == "":
+            raise InvalidInput(
+                "--token is empty: pass a principal's token, or leave it out to act as the "
+                "local administrator"
+            )
+        if self.principal == "":
+            raise InvalidInput(
+                "--as is empty: name the principal whose token is given, or leave it out"
+            )
         if self.purpose == "":  # else the command's default was audited as the purpose
             raise InvalidInput(
                 "--purpose is empty: say why (the audit log records it), or leave it out "

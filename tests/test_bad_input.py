@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import posixpath
+import re
 import subprocess
 import unicodedata
 from collections.abc import Iterator
@@ -453,6 +454,9 @@ def test_full_disk_refuses_the_write_and_keeps_the_old_version(
         vault.put(ref, io.BytesIO(os.urandom(8 << 20)))
     assert isinstance(caught.value, Unavailable)
     assert "\n" not in str(caught.value)
+    # each full node named, then what to do, once
+    assert re.search(r": make room on (its disk|their disks) and retry$", str(caught.value))
+    assert str(caught.value).count("make room") == 1
 
     assert files_under(base / "nodes") == on_nodes  # no shard, no temp file left
     assert outside_nodes(base) == elsewhere

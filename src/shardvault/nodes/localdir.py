@@ -34,6 +34,7 @@ from shardvault.nodes.packs import PackSet
 from shardvault.nodes.port import (
     AdvisedStorageError,
     Compacted,
+    DiskFull,
     check_shard_name,
     is_shard_name,
 )
@@ -43,8 +44,9 @@ WRITEBACK_CHUNK = 4 << 20  # measured best of 2-16 MiB for 256 MiB puts here
 
 
 def _storage_error(node_id: str, what: str, exc: OSError) -> StorageError:
-    reason = "disk full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
-    return StorageError(f"node {node_id}: {what} failed: {reason}")
+    if exc.errno == errno.ENOSPC:
+        return DiskFull(f"node {node_id}: {what} failed")
+    return StorageError(f"node {node_id}: {what} failed: {exc.strerror or exc}")
 
 
 def _make_fanout(folder: Path) -> None:

@@ -59,6 +59,18 @@ class PackLost(AdvisedStorageError):
         super().__init__(what, _advice("it"), _advice("they"))
 
 
+class DiskFull(AdvisedStorageError):
+    """A write its node's disk had no room for: which node, then to make room, said once
+    over every node that filled (a put's six shards may fill six)."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(
+            f"{what}: disk full",
+            "make room on its disk and retry",
+            "make room on their disks and retry",
+        )
+
+
 def _advice(packs: str) -> str:
     return (
         "retry (the next write makes a new pack), and run 'shardvault repair --scrub' for "

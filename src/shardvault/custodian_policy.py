@@ -312,6 +312,11 @@ def _check_version(version: object, source: str) -> None:
             f"{named(source)} is of format version {version}; this shardvault reads version "
             f"{CUSTODIAN_POLICY_VERSION}: upgrade shardvault"
         )
+    if version is None:  # emptied, or cut short before it: "version None" said neither
+        raise ConfigError(
+            f"{source} has no version: restore it from a backup if it was emptied or cut "
+            f"short, else add 'version = {CUSTODIAN_POLICY_VERSION}'"
+        )
     if type(version) is not int or version != CUSTODIAN_POLICY_VERSION:  # not 1.0, nor true
         raise ConfigError(f"{source} has version {version!r}; this reader knows version 1")
 

@@ -370,6 +370,26 @@ def test_a_file_of_a_newer_format_says_to_upgrade_and_a_bad_version_is_bad_input
         assert "version" in line and "upgrade" not in line
 
 
+@pytest.mark.parametrize(
+    "where",
+    ["{demo}/policy.toml", "{demo}/partner/custodian-policy.toml"],
+    ids=["access", "custodian"],
+)
+@pytest.mark.parametrize("text", ["", "# cut short before its version\n"], ids=["empty", "cut"])
+def test_a_policy_emptied_or_cut_short_says_it_has_no_version_and_what_to_do(
+    alice: Cli, where: str, text: str
+) -> None:
+    # it said "has version None; this reader knows version 1": neither what was wrong
+    # with the file nor what to do
+    file = Path(where.format(demo=alice.config.parent))
+    file.write_text(text)
+    line = alice.fails(2, "ls", "intl", "alice")
+    assert line == (
+        f"error: {file} has no version: restore it from a backup if it was emptied or cut "
+        "short, else add 'version = 1'"
+    )
+
+
 def _lose_shards(alice: Cli, deleted: int, unavailable: int) -> list[str]:
     """Delete k's shard on DELETED of its nodes and move the directories of the next
     UNAVAILABLE away; returns the ids of those made unavailable."""

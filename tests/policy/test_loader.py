@@ -28,7 +28,7 @@ def test_minimal_policy_and_wildcards() -> None:
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        (RULE, "version None"),
+        (RULE, "has no version: restore it"),
         ("version = 0\n" + RULE, "version 0"),  # version 2 is NewerFormat (tests/cli)
         ("version = 1\n" + RULE + "colour = 'red'\n", "unknown keys \\['colour'\\]"),
         ("version = 1\n" + RULE.replace('"read"', '"raed"'), "'raed' is not one of"),

@@ -60,6 +60,11 @@ def _toml(text: str, what: str) -> dict[str, Any]:
             f"{named(what)} is of format version {version}; this shardvault reads version "
             f"{POLICY_VERSION}: upgrade shardvault"
         )
+    if version is None:  # emptied, or cut short before it: "version None" said neither
+        raise ConfigError(
+            f"{what} has no version: restore it from a backup if it was emptied or cut "
+            f"short, else add 'version = {POLICY_VERSION}'"
+        )
     if type(version) is not int or version != POLICY_VERSION:  # not 1.0, nor true
         raise ConfigError(
             f"{what} has version {version!r}; this reader knows version {POLICY_VERSION}"

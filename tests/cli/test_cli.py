@@ -220,9 +220,15 @@ def test_listing_and_metadata_commands(alice: Cli, tmp_path: Path) -> None:
     assert all(n["shards"] == 0 for n in nodes if n["jurisdiction"] != "US")
     assert {n["state"] for n in nodes} == {"active"}
 
-    assert alice.json("rm", "intl", "alice", "b", "--version", "2") == {"deleted_versions": 1}
+    assert alice.json("rm", "intl", "alice", "b", "--version", "2") == {
+        "tenant": "intl",
+        "subject": "alice",
+        "key": "b",
+        "deleted_versions": 1,
+    }
     assert alice.json("stat", "intl", "alice", "b")["version"] == 1
-    assert alice.json("rm", "intl", "alice", "b") == {"deleted_versions": 1}
+    removed = alice.json("rm", "intl", "alice", "b")
+    assert (removed["key"], removed["deleted_versions"]) == ("b", 1)
     report = alice.json("gc", "--grace", "0")
     assert (report["versions"], report["shards"]) == (2, 12)
     assert "no object" in alice.fails(1, "stat", "intl", "alice", "b")

@@ -257,7 +257,12 @@ def test_rm_if_match_deletes_only_the_version_the_caller_saw(alice: Cli, tmp_pat
     )
     line = alice.fails(2, "rm", "intl", "alice", "doc", "--if-match", "2", "--version", "2")
     assert "give one or the other" in line
-    assert alice.json("rm", "intl", "alice", "doc", "--if-match", "2") == {"deleted_versions": 2}
+    assert alice.json("rm", "intl", "alice", "doc", "--if-match", "2") == {
+        "tenant": "intl",
+        "subject": "alice",
+        "key": "doc",
+        "deleted_versions": 2,
+    }
     assert "no object" in alice.fails(1, "stat", "intl", "alice", "doc")
 
 

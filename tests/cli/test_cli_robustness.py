@@ -218,7 +218,12 @@ def test_keys_that_look_like_markup_round_trip_exactly(alice: Cli, tmp_path: Pat
         assert f"intl/alice/{key} " in alice.ok("stat", "intl", "alice", key).decode()
         assert alice.json("where", "intl", "alice", key)["key"] == key
         assert f"intl/alice/{key} v2" in alice.ok("where", "intl", "alice", key).decode()
-        assert alice.json("rm", "intl", "alice", key, "--version", "2") == {"deleted_versions": 1}
+        assert alice.json("rm", "intl", "alice", key, "--version", "2") == {
+            "tenant": "intl",
+            "subject": "alice",
+            "key": key,
+            "deleted_versions": 1,
+        }
         code, _, err = alice("rm", "intl", "alice", key)
         assert (code, err.strip()) == (0, f"deleted 1 version(s) of intl/alice/{key}")
 

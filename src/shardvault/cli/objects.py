@@ -183,7 +183,7 @@ def rm(
     ref = ObjectRef(tenant, subject, key)
     removed = cli.vault().delete(ref, version, cli.request(), if_match=if_match)
     if json_out:
-        print_json({"deleted_versions": removed})
+        print_json({"tenant": tenant, "subject": subject, "key": key, "deleted_versions": removed})
     else:
         say(f"deleted {removed} version(s) of {tenant}/{subject}/{key}")
 

@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 
 from shardvault import placement
 from shardvault.errors import ResidencyRefused, TooFewNodes
-from shardvault.model import NodeSpec, NodeState
-from shardvault.placement import place_stripe, rank_nodes
+from shardvault.model import NodeSpec, NodeState, ObjectRef
+from shardvault.placement import place_stripe, placement_seed, rank_nodes
 
 CODES = ["US", "SG", "EU"]
 
@@ -203,3 +203,78 @@ def test_extreme_hash_values_rank_first_and_last_without_error(
     monkeypatch.setattr(placement, "blake3", FixedHash)
     nodes = [node("bottom"), node("mid"), node("top")]
     assert [x.id for x in rank_nodes(b"seed", nodes)] == ["top", "mid", "bottom"]
+
+
+@pytest.mark.parametrize(
+    ("sizes", "k", "m", "spread"),
+    [((5, 3), 4, 2, [2, 4]), ((3, 3), 4, 1, [2, 3]), ((4, 2, 2), 5, 1, [1, 1, 4])],
+    ids=["one-facility-can-take-it-all", "two-facilities-needed", "biggest-first"],
+)
+def test_the_shards_past_m_go_to_the_facilities_with_most_nodes_left(
+    sizes: tuple[int, ...], k: int, m: int, spread: list[int]
+) -> None:
+    """Facilities of 5 and 3 nodes hold a 4+2 stripe as 4+2, not 3+3: then losing the
+    smaller keeps the object, where with 3+3 losing either lost it. The biggest take them
+    first, and when they need two facilities, the second takes only the ones wanted."""
+    nodes = [
+        node(f"f{f}n{i}", facility=f"f{f}") for f, size in enumerate(sizes) for i in range(size)
+    ]
+    for number in range(200):
+        chosen = place_stripe(number.to_bytes(4, "big"), nodes, "US", k, m)
+        assert len({x.id for x in chosen}) == k + m
+        assert sorted(Counter(x.facility for x in chosen).values()) == spread
+
+
+def test_which_of_two_equal_facilities_takes_the_extra_shard_follows_the_rank() -> None:
+    """Facilities of 3, 3 and 1 nodes: one of the two big ones holds 3 shards of a 4+2
+    stripe, chosen per object by its ranking, so neither holds 3 of every object."""
+    nodes = [node(f"a{i}", facility="fa") for i in range(3)]
+    nodes += [node(f"b{i}", facility="fb") for i in range(3)] + [node("c0", facility="fc")]
+    holding_three: Counter[str] = Counter()
+    for number in range(200):
+        chosen = place_stripe(number.to_bytes(4, "big"), nodes, "US", 4, 2)
+        holding_three.update(
+            f for f, count in Counter(x.facility for x in chosen).items() if count == 3
+        )
+    assert set(holding_three) == {"fa", "fb"}
+    assert min(holding_three.values()) > 50
+
+
+@given(seed=st.binary(min_size=1, max_size=16))
+def test_a_cell_of_one_facility_takes_its_best_ranked_nodes(seed: bytes) -> None:
+    """Nothing to spread: the stripe is the top n of the ranking, so capacity still counts."""
+    nodes = [node(f"n{i}", facility="only", capacity=1 + i % 4) for i in range(10)]
+    chosen = place_stripe(seed, nodes, "US", 4, 2)
+    assert chosen == rank_nodes(seed, nodes)[:6]
+
+
+def test_facility_shortfall_counts_only_the_home_cells_active_nodes() -> None:
+    """A cell of one facility is short by n - m whatever other cells and down nodes hold."""
+    nodes = [node(f"us{i}", facility="f") for i in range(6)]
+    nodes += [node(f"sg{i}", "SG", f"sg-f{i}") for i in range(20)]
+    nodes += [node(f"down{i}", facility=f"g{i}", state=NodeState.DOWN) for i in range(6)]
+    assert placement.facility_shortfall(nodes, "US", 4, 2) == 4
+    chosen = place_stripe(b"seed", nodes, "US", 4, 2)
+    assert Counter(x.facility for x in chosen) == {"f": 6}
+
+
+@pytest.mark.parametrize(
+    "other",
+    [
+        ObjectRef("other", "alice", "a.txt"),
+        ObjectRef("intl", "bob", "a.txt"),
+        ObjectRef("intl", "alice", "b.txt"),
+    ],
+    ids=["tenant", "subject", "key"],
+)
+def test_each_part_of_an_objects_name_changes_its_placement_seed(other: ObjectRef) -> None:
+    """Each object its own ranking: a subject's objects spread over the cell rather than
+    all landing on the same n nodes, and so do the same names under other tenants."""
+    assert placement_seed(other) != placement_seed(ObjectRef("intl", "alice", "a.txt"))
+
+
+def test_the_placement_seed_keeps_its_fields_apart() -> None:
+    assert placement_seed(ObjectRef("intl", "ab", "c")) != placement_seed(
+        ObjectRef("intl", "a", "bc")
+    )
+    assert placement_seed(ObjectRef("ab", "c", "k")) != placement_seed(ObjectRef("a", "bc", "k"))

@@ -98,3 +98,24 @@ def test_random_segment_and_loss_pattern(
     blocks = code.encode(segment)
     keep = data.draw(st.sets(st.integers(0, k + m - 1), min_size=k, max_size=k + m))
     assert code.decode([blocks[i] for i in sorted(keep)]) == segment
+
+
+def test_blocks_that_fail_pyeclibs_own_check_are_an_integrity_error() -> None:
+    code = ErasureCode(4, 2)
+    blocks = [bytes(len(block)) for block in code.encode(os.urandom(1000))]
+    with pytest.raises(IntegrityError, match="erasure decode failed"):
+        code.decode(blocks[:4])
+
+
+def test_an_object_of_another_code_is_decoded_with_its_own() -> None:
+    """An object written under an earlier storage.k/m, or another backend, reads with the
+    code its manifest names: decoding another backend's parity gives wrong bytes."""
+    code = ErasureCode(4, 2)
+    assert code.matching(4, 2, BACKEND) is code
+    segment = os.urandom(1000)
+    narrower = code.matching(3, 2, BACKEND)
+    assert (narrower.k, narrower.m) == (3, 2)
+    assert narrower.decode(ErasureCode(3, 2).encode(segment)[2:]) == segment
+    cauchy = code.matching(4, 2, "isa_l_rs_cauchy")
+    assert cauchy.backend == "isa_l_rs_cauchy"
+    assert cauchy.decode(ErasureCode(4, 2, "isa_l_rs_cauchy").encode(segment)[2:]) == segment

@@ -45,3 +45,13 @@ def test_appended_or_cut_bytes_change_the_hash(block: bytes, extra: bytes) -> No
     digest = block_hash(block + extra)
     assert not block_matches(block, digest)
     assert not block_matches(block + extra + b"\x00", digest)
+
+
+def test_a_digest_differing_in_any_byte_or_cut_short_does_not_match() -> None:
+    digest = block_hash(b"block")
+    for position in (0, HASH_BYTES // 2, HASH_BYTES - 1):
+        other = bytearray(digest)
+        other[position] ^= 1
+        assert not block_matches(b"block", bytes(other))
+    assert not block_matches(b"block", digest[:16])
+    assert not block_matches(b"block", b"")

@@ -152,6 +152,7 @@ def test_manifest_round_trip() -> None:
     assert Manifest.from_bytes(MANIFEST_BYTES) == MANIFEST
     assert MANIFEST.block_hash(0, 1) == b"\x22" * 32
     assert MANIFEST.segment_length(0) == 5
+    assert [MANIFEST.location(i) for i in range(2)] == ["0123456789abcdef.pack:60", None]
 
 
 def test_small_manifests_are_parsed_once_and_large_ones_every_time() -> None:
@@ -182,6 +183,18 @@ def test_manifest_stripe_header_is_the_header_each_shard_was_written_with() -> N
     for index in range(MANIFEST.n):
         written = ShardHeader(index, 1, 1, bytes(range(16)), 2, 65536, 64)
         assert header.to_bytes(index) == written.to_bytes()
+    wider = replace(MANIFEST, k=4, m=2).stripe_header()  # k and m each in its own byte
+    assert wider.to_bytes(5) == ShardHeader(5, 4, 2, bytes(range(16)), 2, 65536, 64).to_bytes()
+
+
+def test_a_manifest_names_only_its_own_copy_of_each_shard() -> None:
+    """gc deletes a copy its manifest does not name: the node and the generation both count
+    (a repair's rebuild on the same node is generation 2, the bad copy it replaced 0)."""
+    rebuilt = replace(MANIFEST, generations=(0, 2))
+    assert rebuilt.names_copy(0, "us-n1", 0) and rebuilt.names_copy(1, "us-n2", 2)
+    assert not rebuilt.names_copy(1, "us-n2", 0)  # the copy the repair replaced
+    assert not rebuilt.names_copy(1, "us-n1", 2)  # another node's
+    assert not rebuilt.names_copy(2, "us-n1", 0)  # no such shard in a 1+1 stripe
 
 
 def test_manifest_with_unknown_version_is_refused() -> None:
@@ -228,6 +241,12 @@ def test_a_version_3_manifest_with_bad_generations_is_refused(generations: bytes
         Manifest.from_bytes(raw)
 
 
+def test_the_highest_generation_is_read() -> None:
+    body = V3_BODY.replace(b"[0,2]", b"[0,2147483647]")
+    raw = bytes.fromhex("53564d4603") + len(body).to_bytes(4, "big") + body + b"\x11" * 64
+    assert Manifest.from_bytes(raw).generation(1) == 2**31 - 1
+
+
 def test_a_version_2_manifest_is_read_as_every_shard_of_generation_0() -> None:
     body = V3_BODY
     raw = bytes.fromhex("53564d4602") + len(body).to_bytes(4, "big") + body + b"\x11" * 64
@@ -238,7 +257,9 @@ def test_a_version_2_manifest_is_read_as_every_shard_of_generation_0() -> None:
     ("raw", "message"),
     [
         (b"SVM", "truncated"),
+        (MANIFEST_BYTES[:8], "truncated"),  # the tag and version, not the body's length
         (b"XXXX" + MANIFEST_BYTES[4:], "not a shardvault manifest"),
+        (b"SVMG" + MANIFEST_BYTES[4:], "not a shardvault manifest"),
         (MANIFEST_BYTES[:-1], "block hash table has the wrong length"),
         (MANIFEST_BYTES + b"\x00", "block hash table has the wrong length"),
         (MANIFEST_BYTES[:9] + b"[" + MANIFEST_BYTES[10:], "not valid JSON"),
@@ -309,6 +330,13 @@ def test_a_manifest_with_a_field_of_another_kind_is_refused(field: bytes, value:
     assert field in MANIFEST_BODY
     with pytest.raises(IntegrityError, match="malformed"):
         Manifest.parse(_with_body(MANIFEST_BODY.replace(field, value)))
+
+
+def test_a_manifest_body_is_read_as_utf8() -> None:
+    """JSON is UTF-8: a name written unescaped is the name, not its bytes read as Latin-1
+    (the name is what every segment's associated data binds)."""
+    body = MANIFEST_BODY.replace(b'"key":"a.txt"', '"key":"café/日本.txt"'.encode())
+    assert Manifest.from_bytes(_with_body(body)).ref.key == "café/日本.txt"
 
 
 def test_manifest_header_layout() -> None:

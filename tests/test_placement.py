@@ -256,6 +256,8 @@ def test_facility_shortfall_counts_only_the_home_cells_active_nodes() -> None:
     assert placement.facility_shortfall(nodes, "US", 4, 2) == 4
     chosen = place_stripe(b"seed", nodes, "US", 4, 2)
     assert Counter(x.facility for x in chosen) == {"f": 6}
+    spread = [node(f"n{i}", facility=f"f{i}") for i in range(12)]
+    assert placement.facility_shortfall(spread, "US", 4, 2) == 0  # room to spare is not below 0
 
 
 @pytest.mark.parametrize(

@@ -18,7 +18,6 @@ shard names are checked against the vault's own pattern.
 
 from __future__ import annotations
 
-import errno
 import os
 import secrets
 import threading
@@ -34,19 +33,13 @@ from shardvault.nodes.packs import PackSet
 from shardvault.nodes.port import (
     AdvisedStorageError,
     Compacted,
-    DiskFull,
     check_shard_name,
     is_shard_name,
+    storage_error,
 )
 
 DEFAULT_PACK_LIMIT = 64 << 10
 WRITEBACK_CHUNK = 4 << 20  # measured best of 2-16 MiB for 256 MiB puts here
-
-
-def _storage_error(node_id: str, what: str, exc: OSError) -> StorageError:
-    if exc.errno == errno.ENOSPC:
-        return DiskFull(f"node {node_id}: {what} failed")
-    return StorageError(f"node {node_id}: {what} failed: {exc.strerror or exc}")
 
 
 def _make_fanout(folder: Path) -> None:
@@ -91,7 +84,7 @@ class LocalShardWriter:
                 self._temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600
             )
         except OSError as exc:
-            raise _storage_error(self._store.node_id, "creating a shard", exc) from exc
+            raise storage_error(self._store.node_id, "creating a shard", exc) from exc
         self._flush = BackgroundFlush(self._fd, WRITEBACK_CHUNK)
         pending, self._buffer = self._buffer, None
         if pending:
@@ -106,7 +99,7 @@ class LocalShardWriter:
             self._flush.wrote(len(data))
         except OSError as exc:
             self.abort()
-            raise _storage_error(self._store.node_id, "writing a shard", exc) from exc
+            raise storage_error(self._store.node_id, "writing a shard", exc) from exc
 
     def write(self, data: bytes | memoryview) -> None:
         if self._done:
@@ -156,7 +149,7 @@ class LocalShardWriter:
             fsync_directory(final.parent)
         except OSError as exc:
             self.abort()
-            raise _storage_error(self._store.node_id, "committing a shard", exc) from exc
+            raise storage_error(self._store.node_id, "committing a shard", exc) from exc
         except StorageError:  # its directory is not the one opened: the temporary goes
             self.abort()
             raise
@@ -225,7 +218,7 @@ class LocalDirShardStore:
             opened = os.stat(self.shard_dir)
             self._shard_root_id = (opened.st_dev, opened.st_ino)
         except OSError as exc:
-            raise _storage_error(node_id, f"opening {root}", exc) from exc
+            raise storage_error(node_id, f"opening {root}", exc) from exc
         self.packs = PackSet(root / "packs", node_id, filesystem_sync(root), self.check_root)
 
     def owe_sync(self, ticket: int) -> None:
@@ -278,7 +271,7 @@ class LocalDirShardStore:
         try:  # the manifest's: straight to the record
             return self.packs.at(name, location)
         except OSError as exc:
-            raise _storage_error(self.node_id, "reading a pack", exc) from exc
+            raise storage_error(self.node_id, "reading a pack", exc) from exc
 
     def open_reader(
         self, name: str, location: str | None = None
@@ -295,7 +288,7 @@ class LocalDirShardStore:
                 raise NotFound(f"shard {name} not on node {self.node_id}") from None
             return PackedShardReader(self.packs, located)
         except OSError as exc:
-            raise _storage_error(self.node_id, "opening a shard", exc) from exc
+            raise storage_error(self.node_id, "opening a shard", exc) from exc
         return LocalShardReader(fd)
 
     def intact(self, name: str, location: str | None = None) -> bool:
@@ -311,7 +304,7 @@ class LocalDirShardStore:
         try:
             return self.packs.intact(name, packed)
         except OSError as exc:
-            raise _storage_error(self.node_id, "reading a pack", exc) from exc
+            raise storage_error(self.node_id, "reading a pack", exc) from exc
 
     def read_cached(self, name: str, location: str | None, length: int) -> bytes | None:
         """A packed shard from the page cache, through a pack this store has open (nodes/
@@ -328,7 +321,7 @@ class LocalDirShardStore:
         try:
             return self.packs.locate(name)
         except OSError as exc:
-            raise _storage_error(self.node_id, "reading packs", exc) from exc
+            raise storage_error(self.node_id, "reading packs", exc) from exc
 
     def delete(self, name: str, location: str | None = None) -> bool:
         failures = self.packs.group.failures()  # before writing: see GroupSync.failures
@@ -337,14 +330,14 @@ class LocalDirShardStore:
         except (FileNotFoundError, IsADirectoryError):  # none, or a directory: not a shard
             pass
         except OSError as exc:
-            raise _storage_error(self.node_id, "deleting a shard", exc) from exc
+            raise storage_error(self.node_id, "deleting a shard", exc) from exc
         else:  # the unlink is durable at the next sync() too: the group syncs the filesystem
             self.owe_sync(self.packs.group.note_write(failures))
             return True
         try:
             tombstone = self.packs.delete(name, location)
         except OSError as exc:
-            raise _storage_error(self.node_id, "deleting a packed shard", exc) from exc
+            raise storage_error(self.node_id, "deleting a packed shard", exc) from exc
         if tombstone is None:
             self.check_root()
             return False
@@ -360,7 +353,7 @@ class LocalDirShardStore:
         try:
             traced = self.packs.has_trace(name)
         except OSError as exc:
-            raise _storage_error(self.node_id, "reading packs", exc) from exc
+            raise storage_error(self.node_id, "reading packs", exc) from exc
         if not traced:
             self.check_root()
         return traced
@@ -375,7 +368,7 @@ class LocalDirShardStore:
         try:
             found = os.stat(self._shard_root)
         except OSError as exc:
-            raise _storage_error(self.node_id, f"finding {self.shard_dir}", exc) from exc
+            raise storage_error(self.node_id, f"finding {self.shard_dir}", exc) from exc
         if (found.st_dev, found.st_ino) != self._shard_root_id:
             raise AdvisedStorageError(
                 f"node {self.node_id}: {self.shard_dir} is not the directory this process "
@@ -396,7 +389,7 @@ class LocalDirShardStore:
             found = set(self._shard_files(strays))
             found.update(self.packs.names())
         except OSError as exc:
-            raise _storage_error(self.node_id, "listing shards", exc) from exc
+            raise storage_error(self.node_id, "listing shards", exc) from exc
         self._strays["shards"] = strays
         return iter(sorted(found))
 
@@ -433,7 +426,7 @@ class LocalDirShardStore:
         try:
             found = list(self.tmp_dir.iterdir())
         except OSError as exc:
-            raise _storage_error(self.node_id, f"listing {self.tmp_dir}", exc) from exc
+            raise storage_error(self.node_id, f"listing {self.tmp_dir}", exc) from exc
         strays = []
         for path in found:
             try:
@@ -456,7 +449,7 @@ class LocalDirShardStore:
             done = self.packs.compact()
             return Compacted(done.moved, tuple(done.damaged))
         except OSError as exc:
-            raise _storage_error(self.node_id, "compacting packs", exc) from exc
+            raise storage_error(self.node_id, "compacting packs", exc) from exc
 
     def close(self) -> None:
         self.packs.close()

@@ -72,7 +72,7 @@ from shardvault.nodes.pack_records import (
     record_in,
 )
 from shardvault.nodes.pack_tombstones import Tombstones
-from shardvault.nodes.port import DiskFull, PackLost, is_shard_name
+from shardvault.nodes.port import PackLost, is_shard_name, storage_error
 
 ROTATE_AT = 64 << 20
 RETIRED_FD_SECONDS = 60.0  # far longer than any read between taking an fd and its pread
@@ -227,10 +227,7 @@ class PackSet(PackDeletion, PackCompaction):
                     raise OSError(errno.ENOSPC, "short write")
             except OSError as exc:
                 self._undo_tail()
-                what = f"node {self.node_id}: appending to a pack failed"
-                if exc.errno == errno.ENOSPC:
-                    raise DiskFull(what) from exc
-                raise StorageError(f"{what}: {exc.strerror}") from exc
+                raise storage_error(self.node_id, "appending to a pack", exc) from exc
             assert self._active is not None
             self._active_size += len(record)
             self._scanned[self._active] = self._active_size

@@ -8,6 +8,7 @@ anyway, so no adapter can be steered outside its root.
 
 from __future__ import annotations
 
+import errno
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -69,6 +70,17 @@ class DiskFull(AdvisedStorageError):
             "make room on its disk and retry",
             "make room on their disks and retry",
         )
+
+
+_DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})  # no room, or no quota left
+
+
+def storage_error(node_id: str, what: str, exc: OSError) -> StorageError:
+    """``node N: <what> failed: <why>``; a disk with no room left is `DiskFull`, whose
+    advice (make room) a put failing so on several nodes gives once."""
+    if exc.errno in _DISK_FULL:
+        return DiskFull(f"node {node_id}: {what} failed")
+    return StorageError(f"node {node_id}: {what} failed: {exc.strerror or exc}")
 
 
 def _advice(packs: str) -> str:

@@ -21,7 +21,7 @@ from shardvault.nodes import pack_compaction, pack_records, packs
 from shardvault.nodes.localdir import LocalDirShardStore
 from shardvault.nodes.pack_records import FILE_HEADER, RECORD, encode_record
 from shardvault.nodes.packs import PackSet
-from shardvault.nodes.port import shard_name
+from shardvault.nodes.port import DiskFull, shard_name
 
 OID = bytes.fromhex("00112233445566778899aabbccddeeff")
 
@@ -1706,3 +1706,25 @@ def test_a_put_after_its_store_closed_fails_rather_than_make_a_pack_for_good(roo
         writer.commit()
     assert not [path for path in open_files() if path.startswith(f"{root}/")]
     assert sorted(store.packs.directory.iterdir()) == before  # no pack made
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EDQUOT])
+def test_an_append_a_disk_without_room_or_quota_refuses_says_to_make_room(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int
+) -> None:
+    """Out of quota is out of room for this node, as durability.write_failure says for
+    the state disk: the put's message names the node and says to make room."""
+    pack_set = packset(tmp_path)
+    pack_set.add("A", b"a")  # the pack exists: the append's pwrite is what fails
+
+    def refused(fd: int, data: bytes, offset: int) -> int:
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(os, "pwrite", refused)
+    with pytest.raises(DiskFull) as raised:
+        pack_set.add("B", b"b" * 100)
+    assert str(raised.value) == (
+        "node n1: appending to a pack failed: disk full: make room on its disk and retry"
+    )
+    monkeypatch.undo()
+    pack_set.close()

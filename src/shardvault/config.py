@@ -15,7 +15,8 @@ from typing import Any
 
 from shardvault.config_layout import Layout, layout_problems
 from shardvault.durability import open_regular
-from shardvault.errors import ConfigError, InvalidInput, NewerFormat
+from shardvault.errors import ConfigError, InvalidInput
+from shardvault.format_version import refuse_newer
 from shardvault.keys.keyring import keyring_files
 from shardvault.model import (
     LOCAL_ADMIN,
@@ -200,12 +201,7 @@ def _refuse_newer(doc: dict[str, Any], path: Path) -> None:
     """A file of a later format is `NewerFormat` (exit 1: upgrade), as the deployment's
     other files are, not bad input: it is fine, this shardvault is too old for it. Its
     other keys are not judged: they are that format's."""
-    version = doc.get("version")
-    if type(version) is int and version > FORMAT_VERSION:
-        raise NewerFormat(
-            f"config {named(str(path))} is of format version {version}; this shardvault reads "
-            f"version {FORMAT_VERSION}: upgrade shardvault"
-        )
+    refuse_newer(doc.get("version"), FORMAT_VERSION, f"config {named(str(path))}")
 
 
 class _Problems:

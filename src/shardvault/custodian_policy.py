@@ -47,7 +47,8 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from shardvault.durability import read_bounded
-from shardvault.errors import AccessDenied, ConfigError, InvalidInput, NewerFormat
+from shardvault.errors import AccessDenied, ConfigError, InvalidInput
+from shardvault.format_version import check_version
 from shardvault.keys.port import KeyOperation, KeyScope
 from shardvault.model import (
     Justification,
@@ -304,30 +305,13 @@ def _purpose(value: str) -> str:
     return token(value, "purpose")
 
 
-def _check_version(version: object, source: str) -> None:
-    """Version 1; a later one is `NewerFormat` (exit 1: the partner's file is fine, this
-    shardvault too old for it), judged before the keys that version may add."""
-    if type(version) is int and version > CUSTODIAN_POLICY_VERSION:
-        raise NewerFormat(
-            f"{named(source)} is of format version {version}; this shardvault reads version "
-            f"{CUSTODIAN_POLICY_VERSION}: upgrade shardvault"
-        )
-    if version is None:  # emptied, or cut short before it: "version None" said neither
-        raise ConfigError(
-            f"{source} has no version: restore it from a backup if it was emptied or cut "
-            f"short, else add 'version = {CUSTODIAN_POLICY_VERSION}'"
-        )
-    if type(version) is not int or version != CUSTODIAN_POLICY_VERSION:  # not 1.0, nor true
-        raise ConfigError(f"{source} has version {version!r}; this reader knows version 1")
-
-
 def parse_custodian_policy(text: str, source: str = "custodian policy") -> CustodianPolicy:
     """Parse and validate a whole custodian policy file (`ConfigError` on any problem)."""
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{source} is not valid TOML: {exc}") from None
-    _check_version(data.get("version"), source)
+    check_version(data.get("version"), CUSTODIAN_POLICY_VERSION, source)
     extra = set(data) - {
         "version", "approval_purposes", "grant", "approvers", "approval_quorum", "veto_days",
     }  # fmt: skip

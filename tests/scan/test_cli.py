@@ -60,7 +60,9 @@ def test_bad_usage_is_one_line_and_exit_2(
     ("text", "fragment"),
     [
         ("version = 1\n[jurisdictions]\nallowed = ['cn']\n", "is not a jurisdiction code"),
-        ("version = 0\n", "version must be 1"),  # 3: NewerFormat, exit 1 (tests/cli)
+        ("version = 0\n", "has version 0; this reader knows version 1"),  # 3: NewerFormat
+        # emptied or cut short: it said "version must be 1, got None", not what to do
+        ("# cut short\n", "has no version: restore it from a backup"),
         ("version = 1\n[jurisdictions\n", "is not valid TOML"),
     ],
 )

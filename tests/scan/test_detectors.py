@@ -277,9 +277,9 @@ def test_no_policy_reports_public_addresses_at_low() -> None:
 @pytest.mark.parametrize(
     ("doc", "message"),
     [
-        ({"version": 0}, "version must be 1"),  # 2: NewerFormat (tests/cli)
-        ({"version": True}, "version must be 1"),  # true == 1: it was read as version 1
-        ({"version": 1.0}, "version must be 1"),
+        ({"version": 0}, "this reader knows version 1"),  # 2: NewerFormat (tests/cli)
+        ({"version": True}, "this reader knows version 1"),  # true == 1: it was read as version 1
+        ({"version": 1.0}, "this reader knows version 1"),
         ({"version": 1, "jurisdictions": {"allowed": ["cn"]}}, "upper-case"),
         ({"version": 1, "jurisdictions": {"allowed": ["US"], "disallowed": ["US"]}}, "both"),
         ({"version": 1, "domain": {}}, "unknown key"),

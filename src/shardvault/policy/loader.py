@@ -15,7 +15,8 @@ from enum import StrEnum
 from typing import Any, TypeVar
 
 from shardvault.durability import read_bounded
-from shardvault.errors import ConfigError, InvalidInput, NewerFormat
+from shardvault.errors import ConfigError, InvalidInput
+from shardvault.format_version import check_version
 from shardvault.model import DataClass, jurisdiction_code, named, tenant_name, token
 from shardvault.path_limits import os_reason
 from shardvault.policy.model import (
@@ -53,22 +54,7 @@ def _toml(text: str, what: str) -> dict[str, Any]:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{what} is not valid TOML: {exc}") from None
-    version = data.get("version")
-    if type(version) is int and version > POLICY_VERSION:
-        # the file is fine, this shardvault too old for it: exit 1, as the config says it
-        raise NewerFormat(
-            f"{named(what)} is of format version {version}; this shardvault reads version "
-            f"{POLICY_VERSION}: upgrade shardvault"
-        )
-    if version is None:  # emptied, or cut short before it: "version None" said neither
-        raise ConfigError(
-            f"{what} has no version: restore it from a backup if it was emptied or cut "
-            f"short, else add 'version = {POLICY_VERSION}'"
-        )
-    if type(version) is not int or version != POLICY_VERSION:  # not 1.0, nor true
-        raise ConfigError(
-            f"{what} has version {version!r}; this reader knows version {POLICY_VERSION}"
-        )
+    check_version(data.get("version"), POLICY_VERSION, what)
     return data
 
 

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from shardvault.durability import read_bounded
-from shardvault.errors import ConfigError, NewerFormat
+from shardvault.errors import ConfigError
+from shardvault.format_version import check_version
 from shardvault.model import named
 from shardvault.path_limits import os_reason
 
@@ -179,25 +180,10 @@ def load_policy(path: Path) -> Policy:
     return parse_policy(data, source=str(path))
 
 
-def _refuse_newer(version: object, source: str) -> None:
-    """A later version is `NewerFormat` (exit 1: the file is fine, this shardvault too old
-    for it), judged before the keys that version may add, as the config's is."""
-    if type(version) is int and version > POLICY_VERSION:
-        raise NewerFormat(
-            f"{named(source)} is of format version {version}; this shardvault reads version "
-            f"{POLICY_VERSION}: upgrade shardvault"
-        )
-
-
 def parse_policy(data: Mapping[str, object], source: str = "policy") -> Policy:
     """Validate a decoded policy document; unknown keys are errors, not silently ignored."""
-    _refuse_newer(data.get("version"), source)
+    check_version(data.get("version"), POLICY_VERSION, source)
     _only(data, {"version", "jurisdictions", "domains", "scan"}, source)
-    version = data.get("version")
-    if type(version) is not int or version != POLICY_VERSION:  # not true, nor 1.0
-        raise ConfigError(
-            f"{source}: version must be {POLICY_VERSION}, got {data.get('version')!r}"
-        )
     jur = _table(data, "jurisdictions", source)
     _only(jur, {"allowed", "disallowed"}, f"{source} [jurisdictions]")
     dom = _table(data, "domains", source)

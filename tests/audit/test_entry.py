@@ -13,7 +13,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from shardvault.audit.entry import AuditEntry, AuditHasher, format_time, new_entry
+from shardvault.audit.entry import AuditEntry, AuditHasher, entry_time, format_time, new_entry
 from shardvault.errors import IntegrityError, InvalidInput
 
 KEY = bytes(range(32))
@@ -80,6 +80,21 @@ def test_time_is_normalised_to_utc() -> None:
     assert format_time(local) == "2026-03-01T12:30:05.250000Z"
     with pytest.raises(InvalidInput, match="timezone"):
         format_time(datetime(2026, 1, 1))
+
+
+@given(st.floats(min_value=-62_135_596_800.0, max_value=253_402_300_799.0))
+@example(1_733_580_000.9999995)  # rounds up into the next second
+@example(1_733_580_000.0000025)  # half a microsecond, rounded to even
+@example(-0.5e-6)  # before the epoch: the second before, not -0
+@example(1_733_580_000)  # an int clock
+def test_entry_time_spells_an_instant_as_format_time_does(seconds: float) -> None:
+    assert entry_time(seconds) == format_time(datetime.fromtimestamp(seconds, UTC))
+
+
+def test_an_entry_stamped_in_seconds_is_the_one_stamped_with_its_datetime() -> None:
+    seconds = AT.timestamp()
+    assert sample(at=seconds) == sample()
+    assert sample(at=seconds).to_bytes() == sample().to_bytes()
 
 
 def raw() -> dict:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import math
 import operator
 import re
 from collections.abc import Mapping
@@ -61,6 +62,27 @@ def format_time(at: datetime) -> str:
     if at.tzinfo is None or at.utcoffset() is None:
         raise InvalidInput("audit time must be timezone-aware (pass a UTC datetime)")
     return at.astimezone(UTC).isoformat(timespec="microseconds")[:-6] + "Z"  # drop +00:00
+
+
+def entry_time(seconds: float) -> str:
+    """``format_time(datetime.fromtimestamp(seconds, UTC))``, spelt without the datetime:
+    every entry is stamped, and that route cost a get about 20 k instructions, this one
+    about 4 k. The microseconds are rounded as ``fromtimestamp`` rounds them (the
+    fraction alone, half to even, carrying into the second); the second's text is
+    `format_time`'s own, made once a second."""
+    fraction, whole = math.modf(seconds)
+    micro = round(fraction * 1e6)
+    if micro >= 1_000_000:
+        micro, whole = micro - 1_000_000, whole + 1
+    elif micro < 0:
+        micro, whole = micro + 1_000_000, whole - 1
+    return f"{_second_text(whole)}.{micro:06d}Z"
+
+
+@lru_cache(maxsize=64)
+def _second_text(whole: float) -> str:
+    """``YYYY-MM-DDTHH:MM:SS`` of a whole POSIX second, as `format_time` spells it."""
+    return format_time(datetime.fromtimestamp(whole, UTC))[:19]
 
 
 def _check_time(value: str) -> None:
@@ -296,7 +318,7 @@ class AuditHasher:
 
 def new_entry(
     *,
-    at: datetime,
+    at: datetime | float,
     hasher: AuditHasher,
     request_id: str,
     principal: str,
@@ -310,9 +332,10 @@ def new_entry(
     key: str | None = None,
     details: Mapping[str, DetailValue] | None = None,
 ) -> AuditEntry:
-    """Build an entry from plaintext request values; subject and key are pseudonymised here."""
+    """Build an entry from plaintext request values; subject and key are pseudonymised here.
+    AT is a datetime or POSIX seconds (`entry_time`)."""
     return AuditEntry(
-        time=format_time(at),
+        time=format_time(at) if isinstance(at, datetime) else entry_time(at),
         request_id=request_id,
         principal=principal,
         tenant=tenant,
@@ -332,6 +355,7 @@ __all__ = [
     "AuditEntry",
     "AuditHasher",
     "canonical_json",
+    "entry_time",
     "format_time",
     "new_entry",
 ]

@@ -10,7 +10,6 @@ a head signed on demand) and goes through the same cells.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
 
 from shardvault.audit import AuditEntry, AuditTicket, SignedNote, new_entry
 from shardvault.audit.entry import PSEUDONYM_PREFIX
@@ -108,7 +107,7 @@ class AuditLogs:
         """Queue one entry in the resource's cell; `.wait()` on it before acting on it."""
         cell = self.cell(resource.jurisdiction)
         entry = new_entry(
-            at=datetime.fromtimestamp(self._clock(), UTC),
+            at=self._clock(),
             hasher=cell.hasher,
             request_id=request_id,
             principal=principal,

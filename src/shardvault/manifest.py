@@ -18,17 +18,19 @@ byte as before, and versions 1 and 2 are read as every shard of generation 0.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import functools
 import json
 import struct
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from shardvault.codec.hashing import HASH_BYTES
 from shardvault.codec.shardfile import ShardHeader
 from shardvault.compact_json import one_shot
 from shardvault.errors import IntegrityError, InvalidInput, NewerFormat
 from shardvault.model import ObjectRef
+from shardvault.nodes.port import shard_name
 from shardvault.slot_init import slot_init
 
 MAGIC = b"SVMF"
@@ -38,6 +40,15 @@ MAX_GENERATION = 2**31 - 1  # far above the repairs one shard will ever see
 _HEAD = struct.Struct(">4sBI")
 _ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"))  # one, not one per put
 _encoded = one_shot(_ENCODER)  # and its C encoder made once (compact_json)
+
+
+class ShardCopy(NamedTuple):
+    """Shard index's copy as a manifest names it: its name on its node (`shard_name`),
+    where its store put it, and the bytes its header must be."""
+
+    name: str
+    location: str | None
+    header: bytes
 
 
 @slot_init
@@ -61,6 +72,9 @@ class Manifest:
     created_at: float
     locations: tuple[str | None, ...] = ()  # per shard index; () when none were kept
     generations: tuple[int, ...] = ()  # per shard index; () when every one is 0
+    _copies: tuple[ShardCopy, ...] | None = dataclasses.field(
+        default=None, init=False, repr=False, compare=False
+    )
 
     def location(self, index: int) -> str | None:
         return self.locations[index] if self.locations else None
@@ -88,6 +102,24 @@ class Manifest:
         return ShardHeader(
             0, self.k, self.m, self.object_id, self.version, self.segment_size, self.block_size
         )
+
+    def copies(self) -> tuple[ShardCopy, ...]:
+        """Every shard's copy (`ShardCopy`), by index. Made once per manifest: a small
+        one is parsed once per process, and each of its reads named its shards and
+        built their headers again, about 15 k instructions a get."""
+        copies = self._copies
+        if copies is None:
+            header = self.stripe_header()
+            copies = tuple(
+                ShardCopy(
+                    shard_name(self.object_id, self.version, i, self.generation(i)),
+                    self.location(i),
+                    header.to_bytes(i),
+                )
+                for i in range(self.n)
+            )
+            object.__setattr__(self, "_copies", copies)  # the same value, however often
+        return copies
 
     def block_length(self, segment: int) -> int:
         return self.last_block_size if segment == self.segments - 1 else self.block_size

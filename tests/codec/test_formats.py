@@ -197,6 +197,26 @@ def test_a_manifest_names_only_its_own_copy_of_each_shard() -> None:
     assert not rebuilt.names_copy(2, "us-n1", 0)  # no such shard in a 1+1 stripe
 
 
+def test_a_manifest_names_each_shards_copy_once_and_a_changed_one_anew() -> None:
+    """What a read looks each shard up by and checks its header against, made once per
+    manifest; a manifest made from it with other copies (a reader's reload after a
+    repair) names those, not the ones made for the first."""
+    first = replace(MANIFEST, generations=(0, 2))
+    assert first.copies() == (
+        ("000102030405060708090a0b0c0d0e0f.v2.s0", "0123456789abcdef.pack:60",
+         first.stripe_header().to_bytes(0)),
+        ("000102030405060708090a0b0c0d0e0f.v2.s1.g2", None, first.stripe_header().to_bytes(1)),
+    )  # fmt: skip
+    assert first.copies() is first.copies()
+    moved = replace(first, generations=(3, 0), locations=(None, "fedcba9876543210.pack:0"))
+    assert [copy.name for copy in moved.copies()] == [
+        "000102030405060708090a0b0c0d0e0f.v2.s0.g3",
+        "000102030405060708090a0b0c0d0e0f.v2.s1",
+    ]
+    assert [copy.location for copy in moved.copies()] == [None, "fedcba9876543210.pack:0"]
+    assert first == replace(MANIFEST, generations=(0, 2))  # made copies or not: equal
+
+
 def test_manifest_with_unknown_version_is_refused() -> None:
     raw = bytearray(MANIFEST_BYTES)
     raw[4] = 0

@@ -50,7 +50,7 @@ from shardvault.codec.shardfile import block_offset
 from shardvault.errors import IntegrityError, NotFound, ShardvaultError, VaultClosed
 from shardvault.manifest import Manifest
 from shardvault.model import ObjectInfo
-from shardvault.nodes.port import ShardReader, ShardStore, shard_name
+from shardvault.nodes.port import ShardReader, ShardStore
 from shardvault.vault.deadline import NodeDeadline
 from shardvault.vault.unreadable_segment import unreadable_segment
 from shardvault.vault.views import info_of
@@ -155,7 +155,6 @@ class ObjectReader:
         self._bad: set[int] = set()
         self._closed = False
         self._inline = manifest.segments == 1 and manifest.last_block_size <= INLINE_BLOCK
-        self._header = manifest.stripe_header()
         self._first = self._start(0)
 
     @functools.cached_property
@@ -189,12 +188,12 @@ class ObjectReader:
         if found is not None:
             return found
         manifest, stores = self._manifest, self._stores
-        name = shard_name(manifest.object_id, manifest.version, index, manifest.generation(index))
+        copy = manifest.copies()[index]
         handle = _ShardHandle(
             stores[index],
-            name,
-            manifest.location(index),
-            self._header.to_bytes(index),
+            copy.name,
+            copy.location,
+            copy.header,
             manifest.block_length(0) if segment == 0 else 0,
         )
         with self._handles_lock:
@@ -226,11 +225,10 @@ class ObjectReader:
         the disk (the page cache); None if not: it is then read on an I/O thread, where
         a node that hangs costs no more than the deadline."""
         manifest = self._manifest
-        header = self._header.to_bytes(index)
-        name = shard_name(manifest.object_id, manifest.version, index, manifest.generation(index))
+        name, location, header = manifest.copies()[index]
         length = len(header) + manifest.block_length(0)
         try:
-            head = self._stores[index].read_cached(name, manifest.location(index), length)
+            head = self._stores[index].read_cached(name, location, length)
         except ShardvaultError as exc:  # unavailable, or marked hung
             return _Fetched(index, None, f"unreadable: {exc}")
         return None if head is None else self._checked(index, 0, head, len(header), header)
@@ -242,10 +240,9 @@ class ObjectReader:
         that lets a large object's segments share an open shard.
         """
         manifest = self._manifest
-        header = self._header.to_bytes(index)
+        name, location, header = manifest.copies()[index]
         length = manifest.block_length(0)
-        name = shard_name(manifest.object_id, manifest.version, index, manifest.generation(index))
-        reader, problem = _open_shard(self._stores[index], name, manifest.location(index))
+        reader, problem = _open_shard(self._stores[index], name, location)
         if reader is None:
             return _Fetched(index, None, problem)
         try:

@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from shardvault.codec.segment import SegmentBinding
 from shardvault.codec.shardfile import HEADER, ShardHeader, block_offset
 from shardvault.errors import IntegrityError, NewerFormat
 from shardvault.manifest import Manifest
@@ -215,6 +216,19 @@ def test_a_manifest_names_each_shards_copy_once_and_a_changed_one_anew() -> None
     ]
     assert [copy.location for copy in moved.copies()] == [None, "fedcba9876543210.pack:0"]
     assert first == replace(MANIFEST, generations=(0, 2))  # made copies or not: equal
+
+
+def test_a_manifest_binds_its_own_object_once_and_another_anew() -> None:
+    """The binding a read unwraps the data key under: kept for the manifest's own object;
+    for another (a manifest filed under another object's row) that object's, so the
+    unwrap fails rather than decrypt the other object's data as this one's."""
+    own = MANIFEST.binding(ObjectRef("intl", "alice", "a.txt"))
+    assert own == SegmentBinding(MANIFEST.ref, 2, bytes(range(16)))
+    assert MANIFEST.binding(ObjectRef("intl", "alice", "a.txt")) is own
+    other = MANIFEST.binding(ObjectRef("intl", "bob", "a.txt"))
+    assert other == SegmentBinding(ObjectRef("intl", "bob", "a.txt"), 2, bytes(range(16)))
+    assert other.prefix() != own.prefix()
+    assert MANIFEST.binding(MANIFEST.ref) is own
 
 
 def test_manifest_with_unknown_version_is_refused() -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from shardvault.catalog.port import SubjectRecord, VersionRecord
-from shardvault.codec.segment import SegmentBinding, SegmentCipher
+from shardvault.codec.segment import SegmentCipher
 from shardvault.errors import IntegrityError, NotFound
 from shardvault.governance.guard import Access
 from shardvault.keys import hierarchy
@@ -72,7 +72,7 @@ def open_reader(
     )
     try:
         subject_key = subject_key_of(vault, subject, access)
-        binding = SegmentBinding(ref, manifest.version, manifest.object_id)
+        binding = manifest.binding(ref)
         data_key = hierarchy.unwrap_data_key(subject_key, manifest.wrapped_data_key, binding)
         reader.unlock(SegmentCipher(data_key, binding))
     except BaseException:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import pyeclib_c  # the extension ECDriver wraps (pyeclib is pinned: pyproject.toml)
 from pyeclib.ec_iface import ECDriver, ECDriverError
 
 from shardvault.errors import IntegrityError, InvalidInput
@@ -31,6 +32,7 @@ class ErasureCode:
         self.n = k + m
         self.backend = backend
         self._driver = ECDriver(k=k, m=m, ec_type=backend)
+        self._handle = self._driver.ec_lib_reference.handle
         self._block_sizes: dict[int, int] = {}  # a few keys: segment sizes of the config
 
     def encode(self, segment: bytes | memoryview) -> list[bytes]:
@@ -40,8 +42,13 @@ class ErasureCode:
         """Rebuild the segment from at least k verified blocks (any indices)."""
         if len(blocks) < self.k:
             raise IntegrityError(f"need {self.k} blocks to decode, have {len(blocks)}")
+        lengths = set(map(len, blocks))
+        if len(lengths) != 1 or 0 in lengths:  # what pyeclib's Python layers would refuse
+            raise IntegrityError("erasure decode failed: the blocks are not of one length")
         try:
-            return bytes(self._driver.decode(list(blocks)))
+            # the extension called as pyeclib's two Python layers call it, without them
+            # (their checks are the two above): about 6 k instructions a get
+            return bytes(pyeclib_c.decode(self._handle, list(blocks), len(blocks[0]), None, False))
         except ECDriverError as exc:
             raise IntegrityError(f"erasure decode failed: {exc}") from exc
 

@@ -210,9 +210,21 @@ class AuditEntry:
         object.__setattr__(self, "details", dict(self.details))
 
     def as_dict(self) -> dict[str, Any]:
-        data: dict[str, Any] = {"v": ENTRY_VERSION}
-        for name in _FIELDS:
-            data[name] = getattr(self, name)
+        # spelt out rather than a loop of getattr over _FIELDS: half the instructions,
+        # and every entry written is encoded from it (the known-answer test holds its keys)
+        data: dict[str, Any] = {
+            "v": ENTRY_VERSION,
+            "time": self.time,
+            "request_id": self.request_id,
+            "principal": self.principal,
+            "tenant": self.tenant,
+            "action": self.action,
+            "resource": self.resource,
+            "purpose": self.purpose,
+            "decision": self.decision,
+            "rule": self.rule,
+            "result": self.result,
+        }
         if self.details:
             data["details"] = dict(self.details)
         return data

@@ -23,7 +23,7 @@ import functools
 import json
 import struct
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, TypeAlias
 
 from shardvault.codec.hashing import HASH_BYTES
 from shardvault.codec.segment import SegmentBinding
@@ -43,13 +43,10 @@ _ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"))  # one, not o
 _encoded = one_shot(_ENCODER)  # and its C encoder made once (compact_json)
 
 
-class ShardCopy(NamedTuple):
-    """Shard index's copy as a manifest names it: its name on its node (`shard_name`),
-    where its store put it, and the bytes its header must be."""
-
-    name: str
-    location: str | None
-    header: bytes
+ShardCopy: TypeAlias = tuple[str, str | None, bytes]
+"""Shard index's copy as a manifest names it: its name on its node (`shard_name`), where
+its store put it, and the bytes its header must be. A plain tuple: a first read makes
+four, and a NamedTuple's Python ``__new__`` cost it about 2 k instructions each."""
 
 
 @slot_init
@@ -73,7 +70,10 @@ class Manifest:
     created_at: float
     locations: tuple[str | None, ...] = ()  # per shard index; () when none were kept
     generations: tuple[int, ...] = ()  # per shard index; () when every one is 0
-    _copies: tuple[ShardCopy, ...] | None = dataclasses.field(
+    _stripe: ShardHeader | None = dataclasses.field(
+        default=None, init=False, repr=False, compare=False
+    )
+    _copies: list[ShardCopy | None] | None = dataclasses.field(
         default=None, init=False, repr=False, compare=False
     )
     _binding: SegmentBinding | None = dataclasses.field(
@@ -102,28 +102,32 @@ class Manifest:
 
     def stripe_header(self) -> ShardHeader:
         """The header of this version's shards: ``.to_bytes(index)`` is shard index's, byte for
-        byte (built once per read rather than once per shard)."""
-        return ShardHeader(
-            0, self.k, self.m, self.object_id, self.version, self.segment_size, self.block_size
-        )
+        byte (built once per manifest rather than once per shard)."""
+        header = self._stripe
+        if header is None:
+            header = ShardHeader(
+                0, self.k, self.m, self.object_id, self.version, self.segment_size, self.block_size
+            )
+            object.__setattr__(self, "_stripe", header)  # the same value, however often
+        return header
 
-    def copies(self) -> tuple[ShardCopy, ...]:
-        """Every shard's copy (`ShardCopy`), by index. Made once per manifest: a small
-        one is parsed once per process, and each of its reads named its shards and
-        built their headers again, about 15 k instructions a get."""
+    def copy(self, index: int) -> ShardCopy:
+        """Shard index's copy (`ShardCopy`). Made on its first use and kept: a small
+        manifest is parsed once per process, and each read named its shards and packed
+        their headers again (about 25 k instructions a get). One at a time, so that a
+        first read makes only the copies it reads (all of them cost it 15 k more)."""
         copies = self._copies
         if copies is None:
-            header = self.stripe_header()
-            copies = tuple(
-                ShardCopy(
-                    shard_name(self.object_id, self.version, i, self.generation(i)),
-                    self.location(i),
-                    header.to_bytes(i),
-                )
-                for i in range(self.n)
+            copies = [None] * self.n
+            object.__setattr__(self, "_copies", copies)
+        found = copies[index]
+        if found is None:  # two threads may both make it: the same value
+            found = copies[index] = (
+                shard_name(self.object_id, self.version, index, self.generation(index)),
+                self.location(index),
+                self.stripe_header().to_bytes(index),
             )
-            object.__setattr__(self, "_copies", copies)  # the same value, however often
-        return copies
+        return found
 
     def binding(self, ref: ObjectRef) -> SegmentBinding:
         """What this version's data key and segments are bound to, read as REF. Made once

@@ -188,13 +188,9 @@ class ObjectReader:
         if found is not None:
             return found
         manifest, stores = self._manifest, self._stores
-        copy = manifest.copies()[index]
+        name, location, header = manifest.copy(index)
         handle = _ShardHandle(
-            stores[index],
-            copy.name,
-            copy.location,
-            copy.header,
-            manifest.block_length(0) if segment == 0 else 0,
+            stores[index], name, location, header, manifest.block_length(0) if segment == 0 else 0
         )
         with self._handles_lock:
             # a fetch given up on a hung node may finish after a reload: its copy is not kept
@@ -225,7 +221,7 @@ class ObjectReader:
         the disk (the page cache); None if not: it is then read on an I/O thread, where
         a node that hangs costs no more than the deadline."""
         manifest = self._manifest
-        name, location, header = manifest.copies()[index]
+        name, location, header = manifest.copy(index)
         length = len(header) + manifest.block_length(0)
         try:
             head = self._stores[index].read_cached(name, location, length)
@@ -240,7 +236,7 @@ class ObjectReader:
         that lets a large object's segments share an open shard.
         """
         manifest = self._manifest
-        name, location, header = manifest.copies()[index]
+        name, location, header = manifest.copy(index)
         length = manifest.block_length(0)
         reader, problem = _open_shard(self._stores[index], name, location)
         if reader is None:

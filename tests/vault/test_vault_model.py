@@ -512,6 +512,14 @@ class VaultModel(RuleBasedStateMachine):
                         self.check_read(ref, version.number)
 
     @invariant()
+    def listings_join_to_the_model(self) -> None:
+        """Each subject's listing, a key a page and two, is the model's latest versions."""
+        for tenant in TENANTS:
+            for subject in SUBJECTS:
+                for limit in (1, 2):
+                    self.list_pages(tenant, subject, limit, "")
+
+    @invariant()
     def shards_stay_home_and_spread(self) -> None:
         """`where` names only nodes of the subject's home, no facility holding more than
         m shards of a stripe, and each node named holds that shard's file."""

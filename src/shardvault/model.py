@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from shardvault.errors import InvalidInput
+from shardvault.name_rules import NameRule
 
 # shown and the rest of shown_text stay importable from here, where callers found them
 from shardvault.shown_text import named as named
@@ -31,12 +32,13 @@ from shardvault.slot_init import slot_init
 MAX_KEY_BYTES = 1024
 MAX_SUBJECT_CHARS = 128
 
-_JURISDICTION = re.compile(r"[A-Z]{2,8}")
-_TENANT = re.compile(r"[a-z][a-z0-9-]{0,62}")
-_NODE_ID = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")
-_SUBJECT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]{0,127}")
-_FACILITY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
-_TOKEN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@:/-]{0,127}")
+# each check looks a name up among those its rule passed before matching it (name_rules)
+_JURISDICTION = NameRule(r"[A-Z]{2,8}")
+_TENANT = NameRule(r"[a-z][a-z0-9-]{0,62}")
+_NODE_ID = NameRule(r"[a-z0-9][a-z0-9_.-]{0,62}")
+_SUBJECT = NameRule(r"[A-Za-z0-9][A-Za-z0-9._@+-]{0,127}")
+_FACILITY = NameRule(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
+_TOKEN = NameRule(r"[A-Za-z0-9][A-Za-z0-9._@:/-]{0,127}")
 
 
 def _invalid(value: object, what: str, hint: str) -> InvalidInput:
@@ -47,7 +49,7 @@ def _invalid(value: object, what: str, hint: str) -> InvalidInput:
 
 def jurisdiction_code(value: object) -> str:
     """A jurisdiction code: ISO 3166-1 alpha-2 (``US``) or a declared group (``EU``)."""
-    if isinstance(value, str) and _JURISDICTION.fullmatch(value):
+    if (type(value) is str and value in _JURISDICTION.passed) or _JURISDICTION.matches(value):
         return value
     raise _invalid(
         value, "jurisdiction", "use an upper-case code of 2-8 ASCII letters, such as US or EU"
@@ -55,19 +57,19 @@ def jurisdiction_code(value: object) -> str:
 
 
 def tenant_name(value: object) -> str:
-    if isinstance(value, str) and _TENANT.fullmatch(value):
+    if (type(value) is str and value in _TENANT.passed) or _TENANT.matches(value):
         return value
     raise _invalid(value, "tenant", "1-63 lower-case ASCII letters, digits and - (a letter first)")
 
 
 def node_id(value: object) -> str:
-    if isinstance(value, str) and _NODE_ID.fullmatch(value):
+    if (type(value) is str and value in _NODE_ID.passed) or _NODE_ID.matches(value):
         return value
     raise _invalid(value, "node id", "1-63 lower-case ASCII letters, digits and . _ - (not first)")
 
 
 def facility_name(value: object) -> str:
-    if isinstance(value, str) and _FACILITY.fullmatch(value):
+    if (type(value) is str and value in _FACILITY.passed) or _FACILITY.matches(value):
         return value
     raise _invalid(value, "facility", "1-63 ASCII letters, digits and . _ - (not first)")
 
@@ -75,9 +77,9 @@ def facility_name(value: object) -> str:
 def token(value: object, what: str) -> str:
     """A principal id, role or purpose: short, printable, no spaces. Here, below the
     policy, so that the config checks its approvers by the rule a principal is added by."""
-    if not isinstance(value, str) or not _TOKEN.fullmatch(value):
-        raise _invalid(value, what, "1-128 ASCII letters, digits and . _ @ : / - (not first)")
-    return value
+    if (type(value) is str and value in _TOKEN.passed) or _TOKEN.matches(value):
+        return value
+    raise _invalid(value, what, "1-128 ASCII letters, digits and . _ @ : / - (not first)")
 
 
 def principal_id(value: object) -> str:
@@ -89,7 +91,7 @@ _SUBJECT_HINT = f"1-{MAX_SUBJECT_CHARS} ASCII letters, digits and . _ @ + - (not
 
 
 def subject_id(value: object) -> str:
-    if isinstance(value, str) and _SUBJECT.fullmatch(value):
+    if (type(value) is str and value in _SUBJECT.passed) or _SUBJECT.matches(value):
         return value
     raise _invalid(value, "subject id", _SUBJECT_HINT)
 

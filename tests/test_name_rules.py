@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from shardvault.errors import InvalidInput
-from shardvault.model import jurisdiction_code, tenant_name, token
+from shardvault.model import is_token, jurisdiction_code, tenant_name, token
 from shardvault.name_rules import PASSED_LIMIT, NameRule
 
 
@@ -50,3 +50,15 @@ def test_the_public_checks_still_refuse_bad_names_after_good_ones() -> None:
             token(bad, "principal id")
     with pytest.raises(InvalidInput, match="jurisdiction"):
         jurisdiction_code("us")
+
+
+@pytest.mark.parametrize(
+    "value", ["svc:reader", "a", "x" * 128, "x" * 129, "svc reader", "", "-x", None, 7, "é"]
+)
+def test_is_token_says_what_token_would(value: object) -> None:
+    try:
+        token(value, "purpose")
+    except InvalidInput:
+        assert not is_token(value)
+    else:
+        assert is_token(value)

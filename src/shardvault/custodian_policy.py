@@ -52,6 +52,7 @@ from shardvault.format_version import check_version
 from shardvault.keys.port import KeyOperation, KeyScope
 from shardvault.model import (
     Justification,
+    is_token,
     jurisdiction_code,
     named,
     principal_id,
@@ -141,16 +142,6 @@ def _valid(value: str | None, pattern: re.Pattern[str]) -> bool:
     return isinstance(value, str) and pattern.fullmatch(value) is not None
 
 
-def _is_token(value: str | None) -> bool:
-    """Whether VALUE is a principal id, purpose or request id by the one rule
-    (`model.token`) a principal is added and an approver configured by."""
-    try:
-        token(value, "name")
-    except InvalidInput:
-        return False
-    return True
-
-
 def decide_key_use(
     policy: CustodianPolicy,
     operation: KeyOperation,
@@ -164,7 +155,7 @@ def decide_key_use(
     def decision(allowed: bool, rule: str, reason: str) -> CustodianDecision:
         return CustodianDecision(allowed, rule, reason, operation)
 
-    if not (_is_token(j.principal) and _is_token(j.purpose) and _is_token(j.request_id)):
+    if not (is_token(j.principal) and is_token(j.purpose) and is_token(j.request_id)):
         return decision(
             False, JUSTIFICATION_REQUIRED, "principal, purpose and request id are required"
         )
@@ -175,13 +166,15 @@ def decide_key_use(
             f"requester jurisdiction {j.requester_jurisdiction!r} is not the key's "
             f"({key.jurisdiction})",
         )
-    grant = next((g for g in policy.grants if g.covers(operation, j, key)), None)
-    if grant is None:
+    for grant in policy.grants:  # the first that covers it (a loop: no generator per use)
+        if grant.covers(operation, j, key):
+            break
+    else:
         return decision(
             False, DEFAULT_DENY, f"no grant covers the {operation} for purpose {j.purpose!r}"
         )
     needs_approval = grant.requires_approval or j.purpose in policy.approval_purposes
-    if needs_approval and not _is_token(j.approval_id):
+    if needs_approval and not is_token(j.approval_id):
         return decision(False, APPROVAL_REQUIRED, f"purpose {j.purpose!r} needs an approval id")
     return decision(
         True, grant.id, f"grant {grant.id} covers the {operation} for purpose {j.purpose!r}"

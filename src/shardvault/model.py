@@ -82,6 +82,12 @@ def token(value: object, what: str) -> str:
     raise _invalid(value, what, "1-128 ASCII letters, digits and . _ @ : / - (not first)")
 
 
+def is_token(value: object) -> bool:
+    """Whether `token` would take VALUE: for a party that refuses by its own rule rather
+    than by `InvalidInput` (the key custodian; a raise and its catch cost it more)."""
+    return (type(value) is str and value in _TOKEN.passed) or _TOKEN.matches(value)
+
+
 def principal_id(value: object) -> str:
     """The rule `principal add` holds an id to, and the config its approvers."""
     return token(value, "principal id")

@@ -346,18 +346,18 @@ def new_entry(
 ) -> AuditEntry:
     """Build an entry from plaintext request values; subject and key are pseudonymised here.
     AT is a datetime or POSIX seconds (`entry_time`)."""
-    return AuditEntry(
-        time=format_time(at) if isinstance(at, datetime) else entry_time(at),
-        request_id=request_id,
-        principal=principal,
-        tenant=tenant,
-        action=str(action),
-        resource=hasher.resource(tenant, subject, key),
-        purpose=purpose,
-        decision=str(decision),
-        rule=rule,
-        result=result,
-        details=details or {},
+    return AuditEntry(  # in field order, by position: eleven keywords cost 3.5 k an entry
+        format_time(at) if isinstance(at, datetime) else entry_time(at),
+        request_id,
+        principal,
+        tenant,
+        str(action),
+        hasher.resource(tenant, subject, key),
+        purpose,
+        str(decision),
+        rule,
+        result,
+        details or {},
     )
 
 

@@ -83,13 +83,13 @@ class Access:
         """What the key custodian is shown with every key use for this access: with where
         the decision's entry is, once durable (the custodian keeps it: `governance.seen`)."""
         index = self.audit.wait()
-        return Justification(
-            principal=self.principal.id,
-            purpose=self.purpose,
-            request_id=self.request_id,
-            requester_jurisdiction=self.principal.location,
-            approval_id=self.approval_id,
-            audit=AuditPosition(self.resource.jurisdiction, index, self.audit.leaf),
+        return Justification(  # in field order, by position: keywords cost 2 k a get
+            self.principal.id,
+            self.purpose,
+            self.request_id,
+            self.principal.location,
+            self.approval_id,
+            AuditPosition(self.resource.jurisdiction, index, self.audit.leaf),
         )
 
 

@@ -259,7 +259,7 @@ def replace_once(old: str, new: str) -> str:
             "jurisdictions.US: expected a table",
         ),
         (  # signatures count once per approver: a quorum of 2 over [dpo, dpo] is never met
-            replace_once('approvers = ["dpo", "partner-officer"]', 'approvers = ["dpo", "dpo"]'),
+            replace_once('approvers = ["dpo", "partner-officer"', 'approvers = ["dpo", "dpo"'),
             "governance.approvers: 'dpo' is listed twice",
         ),
         (

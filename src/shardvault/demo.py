@@ -2,10 +2,11 @@
 
 Besides the deployment file it writes the operator's access policy
 (``policy.toml``), in the partner's directory the custodian's own policy
-(``partner/custodian-policy.toml``), and a key pair per demo approver: the
-private key in ``approvers/<id>.skey`` (0600, outside ``partner/``: each approver
-holds their own), the public key in the custodian's policy, so the governed
-vault works out of the box.
+(``partner/custodian-policy.toml``), and a key pair per demo approver, two of
+each tenant (an approver signs only its own tenant's approvals): the private key
+in ``approvers/<id>.skey`` (0600, outside ``partner/``: each approver holds
+their own), the public key in the custodian's policy, so the governed vault
+works out of the box, for either tenant.
 """
 
 from __future__ import annotations
@@ -24,7 +25,13 @@ from shardvault.governance.approval_signatures import signing_key_pem
 
 DEMO_JURISDICTIONS = {"US": "United States", "SG": "Singapore", "EU": "European Union"}
 DEMO_TENANTS = {"intl": "International social app", "domestic": "Domestic social app"}
-DEMO_APPROVERS = ("dpo", "partner-officer")
+DEMO_APPROVERS = {
+    "intl": ("dpo", "partner-officer"),
+    "domestic": ("domestic-dpo", "domestic-officer"),
+}
+"""Each tenant's approvers, an operator officer and a partner officer: approvers of
+one tenant only could never approve a forget of the other's users."""
+DEMO_QUORUM = 2
 NODES_PER_CELL = 6
 
 DEMO_POLICY = """\
@@ -87,7 +94,7 @@ DEMO_CUSTODIAN_POLICY = """\
 # read or write) and destroy (a forget) again, whatever the operator's policy
 # said. Support tickets are deliberately not granted: the partner does not let
 # support staff read user data, even where the operator would. Nothing
-# destroys a key without an approval the partner's officer signed.
+# destroys a key without an approval two of the approvers below signed.
 version = 1
 approval_purposes = ["lawful-request", "user-request"]
 
@@ -127,15 +134,20 @@ def demo_custodian_policy(approvers: dict[str, Ed25519PrivateKey]) -> str:
     """The demo's custodian policy, naming each approver's public key: the partner, not
     the operator's config, says whose signatures on an approval count, and how many."""
     purposes = 'approval_purposes = ["lawful-request", "user-request"]\n'
-    quorum = f"approval_quorum = {len(approvers)}  # signatures of [approvers] an approval needs\n"
+    quorum = f"approval_quorum = {DEMO_QUORUM}  # signatures of [approvers] an approval needs\n"
     lines = [
         "",
         "# Whose signatures on an approval the custodian counts: each approver signs with",
-        "# the private key only they hold (approvers/<id>.skey in the demo).",
+        "# the private key only they hold (approvers/<id>.skey in the demo); two of",
+        "# each tenant, as the operator lets an approver sign only its own tenant's.",
         "[approvers]",
         *(f'{ident} = "{public_key_text(key.public_key())}"' for ident, key in approvers.items()),
     ]
     return DEMO_CUSTODIAN_POLICY.replace(purposes, purposes + quorum, 1) + "\n".join(lines) + "\n"
+
+
+def _all_approvers() -> tuple[str, ...]:
+    return tuple(ident for idents in DEMO_APPROVERS.values() for ident in idents)
 
 
 def demo_config_text() -> str:
@@ -161,8 +173,8 @@ def demo_config_text() -> str:
         'partner_name = "partner.demo.shardvault.local/witness"',
         'custodian_name = "partner.demo.shardvault.local/custodian"',
         "local_admin = true",
-        f"approvers = {list(DEMO_APPROVERS)!r}".replace("'", '"'),
-        "approval_quorum = 2",
+        f"approvers = {list(_all_approvers())!r}".replace("'", '"'),
+        f"approval_quorum = {DEMO_QUORUM}",
         "approval_ttl = 86400",
         "",
     ]
@@ -193,7 +205,7 @@ def write_demo(directory: Path) -> Path:
     path, a full disk) it removes what it made, so running it again works.
     """
     config_path = directory / "shardvault.toml"
-    approvers = {ident: Ed25519PrivateKey.generate() for ident in DEMO_APPROVERS}
+    approvers = {ident: Ed25519PrivateKey.generate() for ident in _all_approvers()}
     keys = {directory / "approvers" / f"{ident}.skey": k for ident, k in approvers.items()}
     files = {
         directory / "policy.toml": DEMO_POLICY,

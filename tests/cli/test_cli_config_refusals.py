@@ -37,15 +37,15 @@ def refused(tmp_path: Path, capsys: pytest.CaptureFixture[bytes], old: str, new:
     [
         # `principal add` refuses such an id: a quorum counting it could never be met
         (
-            'approvers = ["dpo", "partner-officer"]',
-            'approvers = ["../x", "dpo"]',
+            'approvers = ["dpo", "partner-officer"',
+            'approvers = ["../x", "dpo"',
             "governance.approvers: invalid principal id '../x': 1-128 ASCII letters, digits and",
         ),
         # the CLI acts as local-admin for anyone without a token: the operator would
         # approve alone, as an approver of requests a principal they made asked
         (
-            'approvers = ["dpo", "partner-officer"]',
-            'approvers = ["dpo", "local-admin"]',
+            'approvers = ["dpo", "partner-officer"',
+            'approvers = ["dpo", "local-admin"',
             "governance.approvers: 'local-admin' is the CLI's built-in principal",
         ),
         # the partner's files must stay apart from the operator's (docs/trust-model.md)

@@ -25,6 +25,7 @@ from tests.governance.test_signed_approvals import APPROVAL, book_of_schema_1, u
 from conftest import make_deployment
 from shardvault.config import load
 from shardvault.custodian_policy import load_custodian_policy
+from shardvault.demo import DEMO_APPROVERS
 from shardvault.governance import Governance
 from shardvault.governance.approval_signatures import load_signing_key, verifies
 
@@ -37,8 +38,8 @@ def cli(tmp_path: Path, capsysbinary: pytest.CaptureFixture[bytes]) -> Cli:
     no key for; alice is registered, and the officers have tokens."""
 
     def three_approvers(text: str) -> str:
-        return text.replace('approvers = ["dpo", "partner-officer"]', 'approvers = ["dpo", '
-                            '"partner-officer", "cfo"]')  # fmt: skip
+        return text.replace('approvers = ["dpo", "partner-officer"', 'approvers = ["dpo", '
+                            '"partner-officer", "cfo"')  # fmt: skip
 
     cli = Cli(make_deployment(tmp_path / "deploy", edit=three_approvers), capsysbinary)
     cli.ok("subject", "add", "intl", "alice", "-j", "US")
@@ -186,11 +187,13 @@ def test_the_demo_gives_each_approver_a_key_the_partner_holds(tmp_path: Path) ->
     config = load(make_deployment(tmp_path / "deploy"))
     policy = load_custodian_policy(config.base_dir / "partner" / "custodian-policy.toml")
     assert config.governance is not None
-    assert set(policy.approvers) == set(config.governance.approvers) == set(OFFICERS)
-    assert policy.approval_quorum == 2
+    named = {ident for idents in DEMO_APPROVERS.values() for ident in idents}
+    assert set(policy.approvers) == set(config.governance.approvers) == named
+    assert set(OFFICERS) == set(DEMO_APPROVERS["intl"]) and len(named) == 4
+    assert policy.approval_quorum == config.governance.approval_quorum == 2
     approvers = config.base_dir / "approvers"
     assert approvers.stat().st_mode & 0o777 == 0o700
-    for ident in OFFICERS:
+    for ident in named:
         path = approvers / f"{ident}.skey"
         assert path.stat().st_mode & 0o777 == 0o600
         public = load_signing_key(path).public_key().public_bytes_raw()

@@ -625,8 +625,8 @@ def test_a_signature_by_a_key_the_partner_does_not_hold_does_not_count(tmp_path:
     policy does not name: their signature meets the operator's quorum, not the partner's."""
 
     def with_cfo(text: str) -> str:
-        return text.replace('approvers = ["dpo", "partner-officer"]', 'approvers = ["dpo", '
-                            '"partner-officer", "cfo"]')  # fmt: skip
+        return text.replace('approvers = ["dpo", "partner-officer"', 'approvers = ["dpo", '
+                            '"partner-officer", "cfo"')  # fmt: skip
 
     config = load(make_deployment(tmp_path / "deploy", edit=with_cfo))
     cfo_key = write_signing_key(tmp_path / "cfo.skey")
@@ -822,7 +822,7 @@ def test_a_signed_verdict_the_partner_holds_no_key_for_makes_its_record(tmp_path
     that needs an approval was refused until a backup that never existed was restored."""
 
     def three_approvers(text: str) -> str:
-        return text.replace('"partner-officer"]', '"partner-officer", "cfo"]')
+        return text.replace('"domestic-officer"]', '"domestic-officer", "cfo"]', 1)
 
     config = load(make_deployment(tmp_path / "deploy", edit=three_approvers))
     with Vault.open(config) as vault:

@@ -72,8 +72,8 @@ class Governance:
         self.logs = AuditLogs(cells, partner, clock)
         self.requesters = Requesters(spec, registry)
         required = RequiredApprovals(
-            spec, logs=self.logs, approvals=approvals, partner_verdicts=self.partner_verdicts,
-            custodian_policy=custodian_policy, clock=clock,
+            spec, registry=registry, logs=self.logs, approvals=approvals,
+            partner_verdicts=self.partner_verdicts, custodian_policy=custodian_policy, clock=clock,
         )  # fmt: skip
         self.guard = Guard(
             policy, logs=self.logs, requesters=self.requesters, registry=registry,

@@ -3,8 +3,12 @@
 A decision that requires a k-of-n approval is allowed only with one met for
 exactly this request (checked by the subject's and key's names, or by the
 pseudonyms a forget leaves); without one, a pending approval is booked and the
-request refused with its id. Either way a signed denial the partner holds for
-the same request refuses it first (`partner_verdicts`), as the custodian would.
+request refused with its id, naming the approvers who could sign it: not one
+registered as another tenant's principal (`approval_record.check_signer`), nor a
+revoked one, nor the requester. Where fewer than the quorum could, the request is
+refused instead, and nothing booked: that approval could never be met. Either
+way a signed denial the partner holds for the same request refuses it first
+(`partner_verdicts`), as the custodian would.
 Every refusal here is audited before it is raised.
 """
 
@@ -24,18 +28,21 @@ from shardvault.governance.approval_record import (
 from shardvault.governance.approvals import ApprovalBook
 from shardvault.governance.audit_logs import AuditLogs, entry_details, request_fields
 from shardvault.governance.partner_verdicts import PartnerVerdicts, Veto
+from shardvault.governance.principals import PrincipalRegistry
 from shardvault.governance.vetoed_request import VetoedRequest
 from shardvault.model import RequestContext
 from shardvault.policy import Action, Decision, Effect, Principal, Resource
 
 
 class RequiredApprovals:
-    """The approvals book, the partner's signed verdicts and the approval rules in force."""
+    """The approvals book, the partner's signed verdicts and the approval rules in force,
+    and the registry, which says whose tenant an approver is."""
 
     def __init__(
         self,
         spec: GovernanceSpec,
         *,
+        registry: PrincipalRegistry,
         logs: AuditLogs,
         approvals: ApprovalBook,
         partner_verdicts: PartnerVerdicts,
@@ -43,6 +50,7 @@ class RequiredApprovals:
         clock: Callable[[], float],
     ) -> None:
         self._spec = spec
+        self._registry = registry
         self._logs = logs
         self._approvals = approvals
         self._partner_verdicts = partner_verdicts
@@ -173,7 +181,11 @@ class RequiredApprovals:
         decision: Decision,
     ) -> None:
         """Book a pending approval for the request, its entry durable first, and refuse the
-        request with its id (`ApprovalRequired`), saying who must sign it and how."""
+        request with its id (`ApprovalRequired`), saying who could sign it and how; or,
+        if too few could, refuse it (`AccessDenied`, audited) and book nothing."""
+        able, unable = self._possible_approvers(principal, resource.tenant)
+        if len(able) < self._spec.approval_quorum:
+            raise self._unsignable(ctx, action, principal, resource, able, unable)
         approval_id = self._approvals.new_id(resource.jurisdiction)
         self._logs.audit(
             resource, principal=principal.id, request_id=ctx.request_id, action=str(action),
@@ -191,7 +203,7 @@ class RequiredApprovals:
                 quorum=self._spec.approval_quorum, approvers=self._spec.approvers,
             )
         )  # fmt: skip
-        approvers = ", ".join(self._spec.approvers) or "no approvers configured"
+        approvers = ", ".join(able)
         signed = " --signing-key THEIR-KEY" if self._custodian_policy.approvers else ""
         raise ApprovalRequired(
             f"{action} needs approval ({decision.rule}): approval {approval_id} is pending; "
@@ -199,6 +211,52 @@ class RequiredApprovals:
             f"approve {approval_id}{signed}', then retry with the global option (before the "
             f"command) --approval {approval_id}",
             approval_id=approval_id,
+        )
+
+    def _possible_approvers(self, principal: Principal, tenant: str) -> tuple[list[str], list[str]]:
+        """The configured approvers who could sign an approval of ``principal``'s request
+        in ``tenant``, and why each other could not. One not registered may yet be, to
+        this tenant; one registered to another, or revoked (never to be registered
+        again), or the requester, may not sign (`approval_record.check_signer`)."""
+        able: list[str] = []
+        unable: list[str] = []
+        for ident in self._spec.approvers:
+            record = self._registry.find(ident)
+            if ident == principal.id:
+                unable.append(f"{ident} is the requester")
+            elif record is not None and record.revoked_at is not None:
+                unable.append(f"{ident} is revoked")
+            elif record is not None and record.principal.tenant != tenant:
+                unable.append(f"{ident} is of tenant {record.principal.tenant}")
+            else:
+                able.append(ident)
+        return able, unable
+
+    def _unsignable(
+        self,
+        ctx: RequestContext,
+        action: Action,
+        principal: Principal,
+        resource: Resource,
+        able: list[str],
+        unable: list[str],
+    ) -> AccessDenied:
+        """Audit (durably) the refusal of a request whose approval too few could sign,
+        and return the error that says so and what to do."""
+        rule = "approval:no-approvers"
+        self._logs.audit(
+            resource, **request_fields(ctx, action), decision="deny", rule=rule,
+            result="refused", details=entry_details(principal, resource, "policy"),
+        ).wait()  # fmt: skip
+        tenant, quorum = resource.tenant, self._spec.approval_quorum
+        could = f"only {', '.join(able)}" if able else "none"
+        why = "; ".join(unable) if self._spec.approvers else "it names none"
+        return AccessDenied(
+            f"{action} refused ({rule}): its approval needs {quorum} signatures by approvers "
+            f"of tenant {tenant}, and {could} of the config's governance.approvers could sign "
+            f"it ({why}): name principals of tenant {tenant} there, and their keys in the "
+            "partner's policy [approvers]",
+            rule=rule,
         )
 
 

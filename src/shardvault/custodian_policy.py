@@ -22,13 +22,17 @@ comes with it and the scope of the key, under its own versioned file::
     [approvers]                 # approver principal id = its Ed25519 public key:
     dpo = "<base64 of the 32-byte key>"   # the partner decides whose signatures count
 
+    [approver_tenants]          # optional: the tenants whose approvals each one's
+    dpo = ["chat"]              # signature counts for (absent or "*": every tenant)
+
 Fixed rules, not configurable: the justification must name a principal, a
 purpose and a request id; the requester's jurisdiction must be given and equal
 the key's; a purpose in ``approval_purposes`` (or a grant that requires it)
 needs an approval id. Anything no grant covers is refused (default deny). The
 approval an id names counts only with ``approval_quorum`` signatures that verify
-under ``[approvers]`` (`shardvault.governance.approval_signatures`); a policy
-without that table lets no approval count. A signed denial refuses every approval
+under ``[approvers]`` (`shardvault.governance.approval_signatures`), of approvers
+``[approver_tenants]`` binds to no other tenant than the approval's; a policy
+without ``[approvers]`` lets no approval count. A signed denial refuses every approval
 for the same request until ``veto_days`` after it was delivered, or until the
 denied approval's expiry if that is later (`shardvault.governance.partner_verdicts`).
 """
@@ -114,10 +118,24 @@ class CustodianPolicy:
     approvers: Mapping[str, bytes] = field(default_factory=dict)
     approval_quorum: int = 0
     veto_days: int = DEFAULT_VETO_DAYS
+    approver_tenants: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    """The tenants whose approvals an approver's signature counts for; one not named
+    here, for every tenant."""
 
     @property
     def veto_seconds(self) -> float:
         return self.veto_days * 86400.0
+
+    def approvers_of(self, tenant: str) -> Mapping[str, bytes]:
+        """The keys whose signatures count on an approval of ``tenant``: the operator lets
+        an approver sign only its own tenant's approvals, and the partner need not trust
+        it to (``[approver_tenants]``)."""
+        bound = self.approver_tenants
+        return {
+            ident: key
+            for ident, key in self.approvers.items()
+            if ident not in bound or tenant in bound[ident]
+        }
 
 
 @slot_init
@@ -281,6 +299,28 @@ def _approvers(data: dict[str, Any], source: str) -> tuple[dict[str, bytes], int
     return keys, quorum
 
 
+def _approver_tenants(
+    data: dict[str, Any], approvers: Mapping[str, bytes], source: str
+) -> dict[str, frozenset[str]]:
+    """``[approver_tenants]``: the tenants whose approvals each approver's signature counts
+    for. Without it the partner counted any ``approval_quorum`` of its keys on any
+    tenant's approval, two approvers of one tenant on another's included."""
+    table = data.get("approver_tenants")
+    if table is None:
+        return {}
+    where = f"{source}: approver_tenants"
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where} must be a table: approver id = [tenants]")
+    bound: dict[str, frozenset[str]] = {}
+    for name in table:
+        if name not in approvers:
+            raise ConfigError(f"{where}.{name} is not an approver of [approvers]")
+        tenants = _names(table, name, where, tenant_name)
+        if tenants is not None:  # "*": every tenant, as if not named
+            bound[name] = tenants
+    return bound
+
+
 def _veto_days(data: dict[str, Any], source: str) -> int:
     """``veto_days``: the partner's, as the quorum is, since it bounds what one approver's
     denial is worth. Absent, a month: long enough to outlast the approvals asked again
@@ -307,6 +347,7 @@ def parse_custodian_policy(text: str, source: str = "custodian policy") -> Custo
     check_version(data.get("version"), CUSTODIAN_POLICY_VERSION, source)
     extra = set(data) - {
         "version", "approval_purposes", "grant", "approvers", "approval_quorum", "veto_days",
+        "approver_tenants",
     }  # fmt: skip
     if extra:
         raise ConfigError(f"{source}: unknown keys {sorted(extra)}")
@@ -347,6 +388,7 @@ def parse_custodian_policy(text: str, source: str = "custodian policy") -> Custo
     return CustodianPolicy(
         tuple(grants), approval, approvers=approvers, approval_quorum=quorum,
         veto_days=_veto_days(data, source),
+        approver_tenants=_approver_tenants(data, approvers, source),
     )  # fmt: skip
 
 

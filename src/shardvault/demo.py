@@ -94,7 +94,7 @@ DEMO_CUSTODIAN_POLICY = """\
 # read or write) and destroy (a forget) again, whatever the operator's policy
 # said. Support tickets are deliberately not granted: the partner does not let
 # support staff read user data, even where the operator would. Nothing
-# destroys a key without an approval two of the approvers below signed.
+# destroys a key without an approval two of its tenant's approvers signed.
 version = 1
 approval_purposes = ["lawful-request", "user-request"]
 
@@ -142,6 +142,15 @@ def demo_custodian_policy(approvers: dict[str, Ed25519PrivateKey]) -> str:
         "# each tenant, as the operator lets an approver sign only its own tenant's.",
         "[approvers]",
         *(f'{ident} = "{public_key_text(key.public_key())}"' for ident, key in approvers.items()),
+        "",
+        "# And whose approvals each one's signature counts for: its own tenant's only, as",
+        "# the operator has them sign; so two approvers of one tenant meet no other's.",
+        "[approver_tenants]",
+        *(
+            f'{ident} = ["{tenant}"]'
+            for tenant, idents in DEMO_APPROVERS.items()
+            for ident in idents
+        ),
     ]
     return DEMO_CUSTODIAN_POLICY.replace(purposes, purposes + quorum, 1) + "\n".join(lines) + "\n"
 

@@ -191,6 +191,9 @@ def test_the_demo_gives_each_approver_a_key_the_partner_holds(tmp_path: Path) ->
     assert set(policy.approvers) == set(config.governance.approvers) == named
     assert set(OFFICERS) == set(DEMO_APPROVERS["intl"]) and len(named) == 4
     assert policy.approval_quorum == config.governance.approval_quorum == 2
+    assert policy.approver_tenants == {
+        ident: frozenset({tenant}) for tenant, idents in DEMO_APPROVERS.items() for ident in idents
+    }
     approvers = config.base_dir / "approvers"
     assert approvers.stat().st_mode & 0o777 == 0o700
     for ident in named:

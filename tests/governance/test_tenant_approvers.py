@@ -8,9 +8,15 @@ from pathlib import Path
 
 import pytest
 from tests.cli.test_cli import Cli
+from tests.governance import test_signed_approvals as signed
 
+from governance_support import ensure_approvers, signing_key
 from shardvault.config import load
+from shardvault.errors import AccessDenied
 from shardvault.governance import Governance
+from shardvault.governance.approval_signatures import sign_verdict
+from shardvault.policy import Principal, PrincipalKind
+from shardvault.vault import Vault
 
 OFFICERS = {
     "intl": {"dpo": "employee", "partner-officer": "partner-auditor"},
@@ -161,3 +167,31 @@ def test_the_requester_is_not_named_to_sign_their_own_request(
                  "employee", "--location", "EU", "--role", "privacy").decode().strip()  # fmt: skip
     code, _, err = cli("--token", dpo, "--purpose", "user-request", "forget", "domestic", "bob")
     assert code == 1 and "2 of [dpo, partner-officer, domestic-officer, cfo] must run" in err
+
+
+def test_the_partner_counts_no_signature_of_another_tenants_approver(tmp_path: Path) -> None:
+    # the operator lets an approver sign only its own tenant's approvals, but the partner
+    # counted any two of its four keys: dpo and domestic-dpo, both the operator's officers,
+    # met an intl forget at the custodian without the partner's officer once operator code
+    # of its own booked domestic-dpo's signature, which the guard had refused
+    from conftest import make_deployment
+
+    config = load(make_deployment(tmp_path / "deploy"))
+    with Vault.open(config) as vault:
+        governance = vault.governance
+        ensure_approvers(governance)
+        theirs = Principal("domestic-dpo", "domestic", PrincipalKind.EMPLOYEE, "US")
+        governance.registry.add(theirs, token_ttl=None)
+        vault.register_subject("intl", "alice", "US")
+        vault.put(signed.REF, b"alice's note")
+        approval = signed.pending_forget(vault)
+        signed.sign_as(vault, approval, "dpo")
+        with pytest.raises(AccessDenied, match=r"belongs to tenant domestic, not intl"):
+            signed.sign_as(vault, approval, "domestic-dpo")
+        key = signing_key(governance, "domestic-dpo")
+        signature = sign_verdict(key, governance.approvals.get(approval), theirs.id, "approve")
+        governance.approvals.sign(approval, theirs, "approve", signature)
+        signed.assert_refused_and_untouched(
+            config, vault, approval, "1 of the 2 signatures the partner requires that verify "
+            "under its [approvers] keys of tenant intl's approvers",
+        )  # fmt: skip

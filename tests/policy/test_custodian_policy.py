@@ -247,6 +247,34 @@ def test_bad_approvers_are_refused_at_load_naming_the_key(
         load_custodian_policy(path)
 
 
+def test_the_partner_binds_approvers_to_the_tenants_whose_approvals_they_count_for() -> None:
+    tenants = '\n[approver_tenants]\ndpo = ["intl"]\npartner-officer = ["*"]\n'
+    policy = parse_custodian_policy(APPROVERS_TEXT + tenants)
+    assert policy.approver_tenants == {"dpo": frozenset({"intl"})}
+    assert set(policy.approvers_of("intl")) == {"dpo", "partner-officer"}
+    assert set(policy.approvers_of("domestic")) == {"partner-officer"}
+    unbound = parse_custodian_policy(APPROVERS_TEXT)
+    assert unbound.approvers_of("domestic") == unbound.approvers  # absent: every tenant
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ('cfo = ["intl"]', r"approver_tenants\.cfo is not an approver of \[approvers\]"),
+        ("dpo = []", r"approver_tenants\.dpo must be a non-empty list of strings"),
+        ('dpo = "intl"', r"approver_tenants\.dpo must be a non-empty list of strings"),
+        ('dpo = ["Intl!"]', r"approver_tenants\.dpo: invalid tenant"),
+    ],
+)
+def test_bad_approver_tenants_are_refused_at_load_naming_the_key(table: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_custodian_policy(f"{APPROVERS_TEXT}\n[approver_tenants]\n{table}\n")
+    with pytest.raises(ConfigError, match=r"approver_tenants must be a table"):
+        parse_custodian_policy(
+            APPROVERS_TEXT.replace("[approvers]", "approver_tenants = 1\n[approvers]")
+        )
+
+
 @pytest.mark.parametrize(
     "text",
     ["version = 1\napproval_quorum = 1\n", "version = 1\napproval_quorum = 1\n[approvers]\n",

@@ -93,17 +93,20 @@ def _for_operation(approval: Approval, operation: KeyOperation) -> bool:
 
 def _unsigned(approval: Approval, policy: cp.CustodianPolicy) -> str | None:
     """Why the partner does not count ``approval`` as met (None: it does). Only verdicts
-    signed under its own ``[approvers]`` keys count, whatever the book's rows say."""
+    signed under its own ``[approvers]`` keys count, whatever the book's rows say, and
+    only of approvers it binds to the approval's tenant, if it binds them."""
     if not policy.approvers:
         return (
             "its policy names no [approvers], so no approval counts (docs/trust-model.md, "
             "signed approvals)"
         )
-    approved, _ = counted_verdicts(approval, policy.approvers)  # a denial: `_matches`
+    counted = policy.approvers_of(approval.tenant)
+    approved, _ = counted_verdicts(approval, counted)  # a denial: `_matches`
     if len(approved) < policy.approval_quorum:
+        of = f" of tenant {approval.tenant}'s approvers" if policy.approver_tenants else ""
         return (
             f"approval {approval.id} has {len(approved)} of the {policy.approval_quorum} "
-            "signatures the partner requires that verify under its [approvers] keys"
+            f"signatures the partner requires that verify under its [approvers] keys{of}"
         )
     return None
 

@@ -176,8 +176,8 @@ def sign(officer: str, approval: str) -> None:
     run("--token", TOKENS[officer], "approval", "approve", approval, "--signing-key", str(key))
 
 
-def principal(ident: str, *options: str) -> None:
-    TOKENS[ident] = run("principal", "add", ident, "--tenant", "intl", *options, show=False).strip()
+def principal(ident: str, *options: str, tenant: str = "intl") -> None:
+    TOKENS[ident] = run("principal", "add", ident, "--tenant", tenant, *options, show=False).strip()
 
 
 def governance(files: Path) -> None:
@@ -186,6 +186,9 @@ def governance(files: Path) -> None:
     principal("sam", "--kind", "employee", "--location", "US", "--role", "support")
     principal("dpo", "--kind", "employee", "--location", "US", "--role", "privacy")
     principal("partner-officer", "--kind", "partner-auditor", "--location", "US")
+    # the other tenant's approvers: an approver signs only its own tenant's approvals
+    for ident, kind in (("domestic-dpo", "employee"), ("domestic-officer", "partner-auditor")):
+        principal(ident, "--kind", kind, "--location", "EU", tenant="domestic")
     for ident, authority, country in (
         ("cn-mps", "ministry-of-public-security", "CN"),
         ("us-doj", "us-department-of-justice", "US"),

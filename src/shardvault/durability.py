@@ -62,11 +62,12 @@ _SQLITE_READONLY = 8  # sqlite3.SQLITE_READONLY; its extended codes share the lo
 def store_failure(what: str, exc: BaseException, path: Path) -> StorageError | VaultClosed:
     """``<what>: <why>`` of a database at ``path`` that failed: a `StorageError` (its
     disk, retry), or `VaultClosed` for one its vault closed, where a retry never helps."""
-    error = VaultClosed if _closed_database(exc) else StorageError
+    error = VaultClosed if closed_database(exc) else StorageError
     return error(f"{what}: {failure_reason(exc, path)}")
 
 
-def _closed_database(exc: BaseException) -> bool:
+def closed_database(exc: BaseException) -> bool:
+    """Whether ``exc`` is SQLite's refusal of a connection its vault has closed."""
     return isinstance(exc, sqlite3.ProgrammingError) and "closed database" in str(exc)
 
 
@@ -74,7 +75,7 @@ def failure_reason(exc: BaseException, path: Path) -> str:
     """Why a store at ``path`` failed, in words, noting when its disk is (nearly) full:
     SQLite reports a full disk under WAL as a mere "disk I/O error"; a database used
     after its vault was closed said only "Cannot operate on a closed database"."""
-    if _closed_database(exc):
+    if closed_database(exc):
         return "the vault that opened it was closed: open the vault again"
     reason = (exc.strerror or str(exc)) if isinstance(exc, OSError) else str(exc)
     if (getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF == _SQLITE_READONLY:

@@ -30,8 +30,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shardvault import sqlite_connections
-from shardvault.durability import failure_reason
-from shardvault.errors import AccessDenied, Conflict, InvalidInput, NotFound, Unavailable
+from shardvault.durability import closed_database, failure_reason
+from shardvault.errors import (
+    AccessDenied,
+    Conflict,
+    InvalidInput,
+    NotFound,
+    Unavailable,
+    VaultClosed,
+)
 from shardvault.model import LOCAL_ADMIN, shown
 from shardvault.model import token as checked_name
 from shardvault.policy import Principal, PrincipalKind
@@ -128,6 +135,8 @@ class PrincipalRegistry:
         except sqlite3.IntegrityError as exc:
             raise Conflict(str(exc)) from exc
         except sqlite3.Error as exc:
+            if closed_database(exc):  # used after its vault closed: no retry helps
+                raise VaultClosed(f"principal registry: {failure_reason(exc, self.path)}") from exc
             raise Unavailable(f"principal registry: {exc}") from exc
 
     # principals ---------------------------------------------------------------

@@ -155,6 +155,22 @@ def test_an_approval_too_few_approvers_of_its_tenant_could_sign_is_not_booked(
     assert cli.ok("get", "domestic", "bob", "note") == b"hello"
 
 
+def test_a_revoked_approver_is_not_named_to_sign(
+    tmp_path: Path, capsysbinary: pytest.CaptureFixture[bytes]
+) -> None:
+    # a revoked principal signs nothing, and its id cannot be registered again
+    cli = deployment(tmp_path, capsysbinary)
+    officers(cli, "intl", "domestic")
+    cli.ok("principal", "revoke", "domestic-officer")
+    said = cli.fails(1, "forget", "domestic", "bob")
+    assert "and only domestic-dpo of the config's governance.approvers could sign it" in said
+    assert (
+        "(dpo is of tenant intl; partner-officer is of tenant intl; domestic-officer is "
+        "revoked)" in said
+    )
+    assert cli.json("approval", "ls", "--all") == []
+
+
 def test_the_requester_is_not_named_to_sign_their_own_request(
     tmp_path: Path, capsysbinary: pytest.CaptureFixture[bytes]
 ) -> None:

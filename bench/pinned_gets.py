@@ -1,0 +1,98 @@
+"""Steady small gets from two pinned worker processes: CPU a get, for A/B of two trees.
+
+Each worker (16 threads, pinned to a core of its own) puts 2,000 1 KiB objects, then
+reads them over and over for SECONDS; the run prints puts/s, gets/s and the CPU
+(user + sys) a get took over both workers. Longer than `make bench`'s one pass of
+gets, so a difference of a few percent in CPU shows. To compare two trees, run it
+alternately against each, the older one's source first on the path:
+
+    PYTHONPATH=../old/src .venv/bin/python bench/pinned_gets.py --seconds 6
+    .venv/bin/python bench/pinned_gets.py --seconds 6
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import resource
+import shutil
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from bench_vault import open_vault
+from shardvault.allocator import tune_allocator
+from shardvault.config import load
+from shardvault.model import ObjectRef
+from shardvault.vault import Vault
+from shardvault.worker_cores import pin_worker
+
+OBJECTS, CLIENTS, WORKERS = 2000, 16, 2
+
+
+def _cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _worker(config: Path, index: int, seconds: float, barrier: Any, results: Any) -> None:
+    pin_worker(index)
+    with Vault.open(load(config)) as vault, ThreadPoolExecutor(CLIENTS) as pool:
+        payload = os.urandom(1024)
+        refs = [ObjectRef("intl", "bench", f"pinned/{index}/{i}") for i in range(OBJECTS)]
+        barrier.wait()
+        put_start, put_cpu = time.time(), _cpu()
+        list(pool.map(lambda ref: vault.put(ref, payload), refs))
+        put_span = (put_start, time.time(), _cpu() - put_cpu)
+        list(pool.map(vault.get, refs))  # each manifest parsed once before the timing
+        barrier.wait()
+        start, cpu, gets = time.time(), _cpu(), 0
+        while time.time() - start < seconds:
+            list(pool.map(vault.get, refs))
+            gets += len(refs)
+        results.put((put_span, gets, time.time() - start, _cpu() - cpu))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=6.0)
+    parser.add_argument("--dir", type=Path, default=None, help="where the node directories go")
+    args = parser.parse_args()
+    tune_allocator()
+    root = Path(tempfile.mkdtemp(prefix="pinned-", dir=args.dir))
+    try:
+        open_vault(root / "v").close()
+        fork = multiprocessing.get_context("fork")
+        barrier, results = fork.Barrier(WORKERS + 1), fork.Queue()
+        workers = [
+            fork.Process(
+                target=_worker,
+                args=(root / "v" / "shardvault.toml", n, args.seconds, barrier, results),
+            )
+            for n in range(WORKERS)
+        ]
+        for worker in workers:
+            worker.start()
+        barrier.wait()
+        barrier.wait()
+        spans = [results.get(timeout=600) for _ in workers]
+        for worker in workers:
+            worker.join()
+    finally:
+        shutil.rmtree(root)
+    put_wall = max(s[0][1] for s in spans) - min(s[0][0] for s in spans)
+    put_cpu = sum(s[0][2] for s in spans) / (WORKERS * OBJECTS)
+    gets = sum(s[1] for s in spans)
+    get_wall = max(s[2] for s in spans)
+    get_cpu = sum(s[3] for s in spans) / gets
+    print(
+        f"{WORKERS * OBJECTS / put_wall:,.0f} puts/s ({put_cpu * 1e3:.2f} ms CPU each), "
+        f"{gets / get_wall:,.0f} gets/s ({get_cpu * 1e6:.0f} us CPU each)"
+    )
+
+
+if __name__ == "__main__":
+    main()

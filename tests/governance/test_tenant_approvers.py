@@ -155,6 +155,25 @@ def test_an_approval_too_few_approvers_of_its_tenant_could_sign_is_not_booked(
     assert cli.ok("get", "domestic", "bob", "note") == b"hello"
 
 
+def test_an_approver_the_partner_counts_for_another_tenant_is_not_named_to_sign(
+    tmp_path: Path, capsysbinary: pytest.CaptureFixture[bytes]
+) -> None:
+    # the refusal named every approver registered to the tenant, though the partner's
+    # policy bound one of them to another: an approval its signature could not meet
+    cli = deployment(tmp_path, capsysbinary)
+    partner_policy = cli.config.parent / "partner" / "custodian-policy.toml"
+    text = partner_policy.read_text()
+    assert 'domestic-dpo = ["domestic"]' in text
+    partner_policy.write_text(
+        text.replace('domestic-dpo = ["domestic"]', 'domestic-dpo = ["intl"]')
+    )
+    officers(cli, "intl", "domestic")
+    said = cli.fails(1, "forget", "domestic", "bob")
+    assert "and only domestic-officer of the config's governance.approvers could sign it" in said
+    assert "the partner's policy counts domestic-dpo for intl only" in said
+    assert cli.json("approval", "ls", "--all") == []
+
+
 def test_a_revoked_approver_is_not_named_to_sign(
     tmp_path: Path, capsysbinary: pytest.CaptureFixture[bytes]
 ) -> None:
@@ -182,7 +201,8 @@ def test_the_requester_is_not_named_to_sign_their_own_request(
     dpo = cli.ok("principal", "add", "domestic-dpo", "--tenant", "domestic", "--kind",
                  "employee", "--location", "EU", "--role", "privacy").decode().strip()  # fmt: skip
     code, _, err = cli("--token", dpo, "--purpose", "user-request", "forget", "domestic", "bob")
-    assert code == 1 and "2 of [dpo, partner-officer, domestic-officer, cfo] must run" in err
+    # nor dpo and partner-officer, whom the partner counts for intl only
+    assert code == 1 and "2 of [domestic-officer, cfo] must run" in err
 
 
 def test_the_partner_counts_no_signature_of_another_tenants_approver(tmp_path: Path) -> None:

@@ -217,9 +217,11 @@ class RequiredApprovals:
         """The configured approvers who could sign an approval of ``principal``'s request
         in ``tenant``, and why each other could not. One not registered may yet be, to
         this tenant; one registered to another, or revoked (never to be registered
-        again), or the requester, may not sign (`approval_record.check_signer`)."""
+        again), or the requester, may not sign (`approval_record.check_signer`); nor
+        counts one the partner's policy binds to other tenants (``[approver_tenants]``)."""
         able: list[str] = []
         unable: list[str] = []
+        bound = self._custodian_policy.approver_tenants
         for ident in self._spec.approvers:
             record = self._registry.find(ident)
             if ident == principal.id:
@@ -228,6 +230,9 @@ class RequiredApprovals:
                 unable.append(f"{ident} is revoked")
             elif record is not None and record.principal.tenant != tenant:
                 unable.append(f"{ident} is of tenant {record.principal.tenant}")
+            elif ident in bound and tenant not in bound[ident]:
+                counted = ", ".join(sorted(bound[ident])) or "no tenant"
+                unable.append(f"the partner's policy counts {ident} for {counted} only")
             else:
                 able.append(ident)
         return able, unable

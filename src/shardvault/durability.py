@@ -19,7 +19,7 @@ import shutil
 import sqlite3
 from pathlib import Path
 
-from shardvault.errors import InvalidInput, ShardvaultError, StorageError, VaultClosed
+from shardvault.errors import DISK_FULL, InvalidInput, ShardvaultError, StorageError, VaultClosed
 
 # the guarded reads stay importable from here, where callers found them
 from shardvault.file_reads import MAX_GIVEN_BYTES as MAX_GIVEN_BYTES
@@ -32,8 +32,7 @@ from shardvault.model import named
 from shardvault.path_limits import os_reason
 
 LOW_DISK_BYTES = 1 << 20
-_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
-_NO_ROOM = _FULL | {errno.EIO}
+_NO_ROOM = DISK_FULL | {errno.EIO}
 
 
 def write_failure(what: str, exc: OSError) -> ShardvaultError:
@@ -44,7 +43,7 @@ def write_failure(what: str, exc: OSError) -> ShardvaultError:
     if exc.filename is None and exc.errno == errno.ENAMETOOLONG:  # refused before a call
         exc = OSError(exc.errno, exc.strerror, what)
     message = f"cannot write {named(what)}: {os_reason(exc)}"
-    if exc.errno in _FULL:
+    if exc.errno in DISK_FULL:
         message += "; make room and retry"
     return StorageError(message) if exc.errno in _NO_ROOM else InvalidInput(message)
 

@@ -28,6 +28,8 @@ Adapters re-raise foreign exceptions as one of these with ``raise ... from exc``
 
 from __future__ import annotations
 
+import errno
+
 
 class ShardvaultError(Exception):
     """Root of every error shardvault raises on purpose."""
@@ -123,6 +125,11 @@ class AuditUnavailable(Unavailable):
 
 class StorageError(Unavailable):
     """A shard store failed: disk full, permission, I/O error."""
+
+
+DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+"""The errnos of a write its disk had no room for, or no quota left: one rule for the
+state disk's files (`durability.write_failure`) and the nodes' (`nodes.port`)."""
 
 
 class NewerFormat(Unavailable):

@@ -8,13 +8,12 @@ anyway, so no adapter can be steered outside its root.
 
 from __future__ import annotations
 
-import errno
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
-from shardvault.errors import InvalidInput, StorageError
+from shardvault.errors import DISK_FULL, InvalidInput, StorageError
 
 _SHARD_NAME = re.compile(r"[0-9a-f]{32}\.v[0-9]{1,19}\.s[0-9]{1,2}(?:\.g[1-9][0-9]{0,9})?")
 
@@ -72,13 +71,10 @@ class DiskFull(AdvisedStorageError):
         )
 
 
-_DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})  # no room, or no quota left
-
-
 def storage_error(node_id: str, what: str, exc: OSError) -> StorageError:
     """``node N: <what> failed: <why>``; a disk with no room left is `DiskFull`, whose
     advice (make room) a put failing so on several nodes gives once."""
-    if exc.errno in _DISK_FULL:
+    if exc.errno in DISK_FULL:
         return DiskFull(f"node {node_id}: {what} failed")
     return StorageError(f"node {node_id}: {what} failed: {exc.strerror or exc}")
 

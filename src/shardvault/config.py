@@ -197,13 +197,6 @@ def _read_config(path: Path, absolute: Path) -> bytes:
     return raw
 
 
-def _refuse_newer(doc: dict[str, Any], path: Path) -> None:
-    """A file of a later format is `NewerFormat` (exit 1: upgrade), as the deployment's
-    other files are, not bad input: it is fine, this shardvault is too old for it. Its
-    other keys are not judged: they are that format's."""
-    refuse_newer(doc.get("version"), FORMAT_VERSION, f"config {named(str(path))}")
-
-
 class _Problems:
     def __init__(self) -> None:
         self.items: list[str] = []
@@ -269,8 +262,10 @@ def _check_name(check: Any, value: Any, where: str, problems: _Problems) -> bool
 
 
 def parse(doc: dict[str, Any], path: Path) -> Config:
-    """Validate a parsed TOML document; raises ConfigError naming every bad key."""
-    _refuse_newer(doc, path)
+    """Validate a parsed TOML document; raises ConfigError naming every bad key. A file of
+    a later format is `NewerFormat` (exit 1: upgrade), its other keys not judged: they
+    are that format's."""
+    refuse_newer(doc.get("version"), FORMAT_VERSION, f"config {named(str(path))}")
     problems = _Problems()
     known_top = {
         "version",

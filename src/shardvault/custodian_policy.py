@@ -130,12 +130,12 @@ class CustodianPolicy:
         """The keys whose signatures count on an approval of ``tenant``: the operator lets
         an approver sign only its own tenant's approvals, and the partner need not trust
         it to (``[approver_tenants]``)."""
-        bound = self.approver_tenants
-        return {
-            ident: key
-            for ident, key in self.approvers.items()
-            if ident not in bound or tenant in bound[ident]
-        }
+        return {ident: key for ident, key in self.approvers.items() if self.counts(ident, tenant)}
+
+    def counts(self, approver: str, tenant: str) -> bool:
+        """Whether ``[approver_tenants]`` lets APPROVER's signature count for TENANT."""
+        bound = self.approver_tenants.get(approver)
+        return bound is None or tenant in bound
 
 
 @slot_init

@@ -221,7 +221,7 @@ class RequiredApprovals:
         counts one the partner's policy binds to other tenants (``[approver_tenants]``)."""
         able: list[str] = []
         unable: list[str] = []
-        bound = self._custodian_policy.approver_tenants
+        partner = self._custodian_policy
         for ident in self._spec.approvers:
             record = self._registry.find(ident)
             if ident == principal.id:
@@ -230,8 +230,8 @@ class RequiredApprovals:
                 unable.append(f"{ident} is revoked")
             elif record is not None and record.principal.tenant != tenant:
                 unable.append(f"{ident} is of tenant {record.principal.tenant}")
-            elif ident in bound and tenant not in bound[ident]:
-                counted = ", ".join(sorted(bound[ident])) or "no tenant"
+            elif not partner.counts(ident, tenant):
+                counted = ", ".join(sorted(partner.approver_tenants[ident])) or "no tenant"
                 unable.append(f"the partner's policy counts {ident} for {counted} only")
             else:
                 able.append(ident)

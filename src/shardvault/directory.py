@@ -123,7 +123,7 @@ class SubjectDirectory:
             self._db = sqlite_connections.connect(
                 str(db_path), f"subject directory {db_path}", timeout=30.0
             )
-            self._db.execute("PRAGMA journal_mode=WAL")
+            sqlite_connections.use_wal(self._db, timeout=30.0)
             if migrate:
                 self._migrate()
             else:

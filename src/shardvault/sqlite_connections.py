@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import stat
+import time
 import weakref
 from contextlib import suppress
 from pathlib import Path
@@ -82,6 +83,26 @@ def connect(path: str | Path, what: str, timeout: float = 5.0) -> Connection:
     connection.closed = False
     _open.add(connection)
     return connection
+
+
+def use_wal(connection: sqlite3.Connection, timeout: float = 5.0) -> None:
+    """Put the database in WAL mode (kept in the file: a no-op after its first open).
+
+    SQLite does not wait (its busy timeout) for the lock this change takes while
+    another connection holds a write lock on a file not yet in WAL mode: it fails at
+    once, "database is locked". Two processes opening a new deployment at once did so
+    in about one open in five, and one of them refused to start. So the change is
+    tried again, for up to TIMEOUT seconds.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            connection.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY or time.monotonic() >= deadline:
+                raise
+        time.sleep(0.001)
 
 
 def _make_private(path: Path) -> None:

@@ -174,6 +174,33 @@ def test_an_empty_mount_point_of_a_node_marked_before_is_not_marked_again(
     assert (mount_point / MARKER).exists() and record.exists()
 
 
+def test_a_node_another_process_marks_meanwhile_is_not_taken_for_a_disk_away(
+    config_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two processes opening a new deployment at once: one read no marker, the other
+    then marked the node and recorded it, and the first took the record for a disk
+    not mounted and served without the node (found by a benchmark's two workers)."""
+    from shardvault.nodes import marker
+
+    config = load(config_path)
+    node = config.nodes[0]
+    marked = config.state_dir / "nodes"
+    real_read = marker.read_own
+
+    def no_marker_yet_then_the_other_process_marks(path: Path, what: str) -> bytes:
+        monkeypatch.setattr(marker, "read_own", real_read)
+        try:
+            return real_read(path, what)  # FileNotFoundError: not marked yet
+        finally:
+            marker.claim(Path(node.location), node, marked)  # the other process, whole
+
+    monkeypatch.setattr(marker, "read_own", no_marker_yet_then_the_other_process_marks)
+    marker.claim(Path(node.location), node, marked)
+    assert marker.read_own is real_read  # the race ran
+    assert (marked / node.id).exists()
+    assert json.loads((Path(node.location) / MARKER).read_text())["node"] == node.id
+
+
 def test_nodes_marked_before_records_were_kept_are_recorded_at_the_next_open(
     config_path: Path,
 ) -> None:

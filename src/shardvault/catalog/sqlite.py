@@ -320,7 +320,7 @@ class SqliteCatalog:
                 )
             self._db = sqlite_connections.connect(str(path), f"catalog {path}", timeout=30.0)
             try:
-                self._db.execute("PRAGMA journal_mode=WAL")
+                sqlite_connections.use_wal(self._db, timeout=30.0)
                 self._db.execute("PRAGMA synchronous=NORMAL")
                 # a deleted row's bytes are zeroed, and so are pages it frees: a purged
                 # (forgotten) object's name does not linger in the file (FAST left it

@@ -11,6 +11,7 @@ from __future__ import annotations
 import sqlite3
 from dataclasses import dataclass
 
+from shardvault.sqlite_connections import use_wal
 from shardvault.sqlite_schema import stamp_schema
 
 SCHEMA_VERSION = 3  # PRAGMA user_version of approvals.sqlite (docs/formats.md)
@@ -62,7 +63,7 @@ def migrate_book(db: sqlite3.Connection, what: str) -> None:
     """The book at this schema, for a command that writes it: WAL, the stamp, the
     tables, then each column a book from before lacks (every step a no-op on a
     book already migrated)."""
-    db.execute("PRAGMA journal_mode=WAL")
+    use_wal(db)
     stamp_schema(db, SCHEMA_VERSION, what)
     db.executescript(_SCHEMA)
     _add_column(db, "signatures", "signature BLOB")

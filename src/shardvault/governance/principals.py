@@ -118,8 +118,7 @@ class PrincipalRegistry:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite_connections.connect(path, f"principal registry {path}")
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA busy_timeout=5000")
+            sqlite_connections.use_wal(self._db)
             stamp_schema(self._db, SCHEMA_VERSION, f"principal registry {path}")
             self._db.executescript(_SCHEMA)
         except (sqlite3.Error, OSError) as exc:

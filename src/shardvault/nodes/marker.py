@@ -55,15 +55,7 @@ def claim(root: Path, node: NodeSpec, marked: Path | None = None) -> None:
     content = json.dumps(expected, sort_keys=True, separators=(",", ":")).encode()
     record = None if marked is None else marked / node.id
     try:
-        raw = read_own(path, "node marker")
-    except FileNotFoundError:
-        if record is not None and record.exists():
-            raise StorageError(
-                f"{root} has no node marker, but node {node.id} was marked before: mount its "
-                f"disk (or, to take an empty replacement disk, remove {record})"
-            ) from None
-        _write(path, content)
-        raw = read_own(path, "node marker")  # another process may have claimed it first
+        raw = _marker_of(root, node, path, record, content)
     except OSError as exc:
         raise StorageError(f"opening {root} failed: {exc.strerror}") from exc
     try:
@@ -83,6 +75,33 @@ def claim(root: Path, node: NodeSpec, marked: Path | None = None) -> None:
         _drop_leftovers(record)
         if not record.exists():  # marked now, or before records were kept
             _remember(record, content)
+
+
+def _marker_of(
+    root: Path, node: NodeSpec, path: Path, record: Path | None, content: bytes
+) -> bytes:
+    """The marker's bytes, marking the directory first if its node was never marked.
+
+    A process that marks a node writes its record only after the marker, so a record
+    seen means the marker is there if that process made it: it is read once more. Two
+    processes opening a new deployment at once took the other's record, made between
+    their own read of no marker and their look for a record, for a disk not mounted,
+    and served without the node until restarted.
+    """
+    try:
+        return read_own(path, "node marker")
+    except FileNotFoundError:
+        pass
+    if record is not None and record.exists():
+        try:
+            return read_own(path, "node marker")  # marked by another process meanwhile
+        except FileNotFoundError:
+            raise StorageError(
+                f"{root} has no node marker, but node {node.id} was marked before: mount "
+                f"its disk (or, to take an empty replacement disk, remove {record})"
+            ) from None
+    _write(path, content)
+    return read_own(path, "node marker")  # another process may have claimed it first
 
 
 def _check_version(version: object, path: Path) -> None:

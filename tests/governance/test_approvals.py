@@ -709,6 +709,21 @@ def test_an_approver_is_not_shown_another_tenants_approvals(court: Vault) -> Non
                    for e in entries(court))  # fmt: skip
 
 
+def test_an_approval_names_only_the_approvers_who_could_sign_it(court: Vault) -> None:
+    # it named every approver of the config: `approval ls` showed each of the demo's
+    # four on both tenants' approvals, two of whom were then refused as of another tenant
+    court.register_subject("domestic", "dana", "US")
+    with pytest.raises(ApprovalRequired) as caught:
+        court.forget("domestic", "dana", local_context("forget-subject"))
+    theirs = court.governance.approvals.get(caught.value.approval_id or "")
+    ours = court.governance.approvals.get(pending(court))
+    assert theirs.approvers == ("domestic-dpo", "domestic-officer")
+    assert ours.approvers == ("dpo", "partner-officer")
+    with pytest.raises(AccessDenied, match="dpo is not an approver of") as refused:
+        sign(court, theirs.id, "dpo")
+    assert refused.value.rule == "approval:not-an-approver"
+
+
 def cell_files(config_path: Path, cell: str) -> bytes:
     """Every byte of a cell's state: its approval book, audit log and catalog."""
     root = config_path.parent / "state" / "cells" / cell

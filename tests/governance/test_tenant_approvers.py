@@ -105,7 +105,7 @@ def test_two_approvers_of_one_tenant_cannot_approve_the_others_request(
     assert f"2 of [{', '.join(OFFICERS[tenant])}] must run" in said
     for ident in OFFICERS[other]:
         code, _, err = approve(cli, tokens[ident], ident, approval)
-        assert code == 1 and f"{ident} belongs to tenant {other}, not {tenant}" in err
+        assert code == 1 and f"{ident} is not an approver of {approval}" in err
     (shown,) = cli.json("approval", "ls", "--all")
     assert (shown["status"], shown["signatures"]) == ("pending", [])
     refused = cli.fails(1, "--approval", approval, "forget", tenant, subject)
@@ -205,6 +205,22 @@ def test_the_requester_is_not_named_to_sign_their_own_request(
     assert code == 1 and "2 of [domestic-officer, cfo] must run" in err
 
 
+def test_an_approver_registered_to_another_tenant_after_the_booking_may_not_sign(
+    tmp_path: Path, capsysbinary: pytest.CaptureFixture[bytes]
+) -> None:
+    # one not registered may yet be, to the approval's tenant, so the approval names it;
+    # registered to another tenant since, it is refused as of that tenant
+    def with_cfo(text: str) -> str:
+        return text.replace('"domestic-officer"]', '"domestic-officer", "cfo"]', 1)
+
+    cli = deployment(tmp_path, capsysbinary, edit=with_cfo)
+    said, approval = pending_forget(cli, "intl", "alice")
+    assert "2 of [dpo, partner-officer, cfo] must run" in said
+    token = officer(cli, "cfo", "domestic", "employee")
+    code, _, err = cli("--token", token, "approval", "approve", approval)
+    assert code == 1 and "cfo belongs to tenant domestic, not intl" in err
+
+
 def test_the_partner_counts_no_signature_of_another_tenants_approver(tmp_path: Path) -> None:
     # the operator lets an approver sign only its own tenant's approvals, but the partner
     # counted any two of its four keys: dpo and domestic-dpo, both the operator's officers,
@@ -222,7 +238,7 @@ def test_the_partner_counts_no_signature_of_another_tenants_approver(tmp_path: P
         vault.put(signed.REF, b"alice's note")
         approval = signed.pending_forget(vault)
         signed.sign_as(vault, approval, "dpo")
-        with pytest.raises(AccessDenied, match=r"belongs to tenant domestic, not intl"):
+        with pytest.raises(AccessDenied, match=r"domestic-dpo is not an approver of"):
             signed.sign_as(vault, approval, "domestic-dpo")
         key = signing_key(governance, "domestic-dpo")
         signature = sign_verdict(key, governance.approvals.get(approval), theirs.id, "approve")

@@ -71,10 +71,8 @@ class ApprovalDesk:
 
         They name subjects and object keys: the local administrator sees every one,
         any other principal those of its own tenant it requested or is named to sign.
-        The approvers are named once for the deployment, so an approver of one tenant
-        is named on every tenant's approvals, but may sign only its own tenant's
-        (`approval_record.check_signer`): it is shown no other tenant's subjects. Pending
-        ones only, unless ``decided``.
+        An approval names only approvers of its own tenant, so an approver is shown
+        no other tenant's subjects. Pending ones only, unless ``decided``.
         """
         self._requesters.registered(ctx)  # an unknown or revoked principal sees nothing at all
         shown = []

@@ -200,7 +200,7 @@ class RequiredApprovals:
                 action=str(action), tenant=resource.tenant, subject=resource.subject,
                 key=resource.key, purpose=ctx.purpose, request_id=ctx.request_id,
                 created_at=now, expires_at=now + self._spec.approval_ttl,
-                quorum=self._spec.approval_quorum, approvers=self._spec.approvers,
+                quorum=self._spec.approval_quorum, approvers=tuple(able),
             )
         )  # fmt: skip
         approvers = ", ".join(able)

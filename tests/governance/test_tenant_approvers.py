@@ -39,6 +39,11 @@ def deployment(
     return cli
 
 
+def with_cfo(text: str) -> str:
+    """The config's approvers, and cfo: bound to no tenant by the partner's policy."""
+    return text.replace('"domestic-officer"]', '"domestic-officer", "cfo"]', 1)
+
+
 def officer(cli: Cli, ident: str, tenant: str, kind: str) -> str:
     """Register IDENT as a principal of TENANT, as the walkthrough does; its token."""
     added = cli.ok(
@@ -193,11 +198,8 @@ def test_a_revoked_approver_is_not_named_to_sign(
 def test_the_requester_is_not_named_to_sign_their_own_request(
     tmp_path: Path, capsysbinary: pytest.CaptureFixture[bytes]
 ) -> None:
-    def three_approvers(text: str) -> str:
-        return text.replace('"domestic-officer"]', '"domestic-officer", "cfo"]', 1)
-
     # a forget asked by an approver told them to be one of the two of three to sign it
-    cli = deployment(tmp_path, capsysbinary, edit=three_approvers)
+    cli = deployment(tmp_path, capsysbinary, edit=with_cfo)
     dpo = cli.ok("principal", "add", "domestic-dpo", "--tenant", "domestic", "--kind",
                  "employee", "--location", "EU", "--role", "privacy").decode().strip()  # fmt: skip
     code, _, err = cli("--token", dpo, "--purpose", "user-request", "forget", "domestic", "bob")
@@ -210,9 +212,6 @@ def test_an_approver_registered_to_another_tenant_after_the_booking_may_not_sign
 ) -> None:
     # one not registered may yet be, to the approval's tenant, so the approval names it;
     # registered to another tenant since, it is refused as of that tenant
-    def with_cfo(text: str) -> str:
-        return text.replace('"domestic-officer"]', '"domestic-officer", "cfo"]', 1)
-
     cli = deployment(tmp_path, capsysbinary, edit=with_cfo)
     said, approval = pending_forget(cli, "intl", "alice")
     assert "2 of [dpo, partner-officer, cfo] must run" in said

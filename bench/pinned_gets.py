@@ -2,9 +2,11 @@
 
 Each worker (16 threads, pinned to a core of its own) puts 2,000 1 KiB objects, then
 reads them over and over for SECONDS; the run prints puts/s, gets/s and the CPU
-(user + sys) a get took over both workers. Longer than `make bench`'s one pass of
-gets, so a difference of a few percent in CPU shows. To compare two trees, run it
-alternately against each, the older one's source first on the path:
+(user + sys, and sys alone) a get took over both workers. --clients and --workers
+change the 2 x 16: fewer client threads share fewer of each audit write's fsync.
+Longer than `make bench`'s one pass of gets, so a difference of a few percent in
+CPU shows. To compare two trees, run it alternately against each, the older one's
+source first on the path:
 
     PYTHONPATH=../old/src .venv/bin/python bench/pinned_gets.py --seconds 6
     .venv/bin/python bench/pinned_gets.py --seconds 6
@@ -30,49 +32,61 @@ from shardvault.model import ObjectRef
 from shardvault.vault import Vault
 from shardvault.worker_cores import pin_worker
 
-OBJECTS, CLIENTS, WORKERS = 2000, 16, 2
+OBJECTS = 2000
 
 
-def _cpu() -> float:
+def _cpu() -> tuple[float, float]:
+    """The process's CPU seconds so far: user + sys, and sys."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
+    return usage.ru_utime + usage.ru_stime, usage.ru_stime
 
 
-def _worker(config: Path, index: int, seconds: float, barrier: Any, results: Any) -> None:
+def _since(start: tuple[float, float]) -> tuple[float, float]:
+    now = _cpu()
+    return now[0] - start[0], now[1] - start[1]
+
+
+def _worker(
+    config: Path, index: int, clients: int, seconds: float, barrier: Any, results: Any
+) -> None:
     pin_worker(index)
-    with Vault.open(load(config)) as vault, ThreadPoolExecutor(CLIENTS) as pool:
+    with Vault.open(load(config)) as vault, ThreadPoolExecutor(clients) as pool:
         payload = os.urandom(1024)
         refs = [ObjectRef("intl", "bench", f"pinned/{index}/{i}") for i in range(OBJECTS)]
         barrier.wait()
         put_start, put_cpu = time.time(), _cpu()
         list(pool.map(lambda ref: vault.put(ref, payload), refs))
-        put_span = (put_start, time.time(), _cpu() - put_cpu)
+        put_span = (put_start, time.time(), _since(put_cpu)[0])
         list(pool.map(vault.get, refs))  # each manifest parsed once before the timing
         barrier.wait()
         start, cpu, gets = time.time(), _cpu(), 0
         while time.time() - start < seconds:
             list(pool.map(vault.get, refs))
             gets += len(refs)
-        results.put((put_span, gets, time.time() - start, _cpu() - cpu))
+        results.put((put_span, gets, time.time() - start, _since(cpu)))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=6.0)
+    parser.add_argument("--clients", type=int, default=16, help="client threads a worker")
+    parser.add_argument("--workers", type=int, default=2, help="worker processes")
     parser.add_argument("--dir", type=Path, default=None, help="where the node directories go")
     args = parser.parse_args()
     tune_allocator()
     root = Path(tempfile.mkdtemp(prefix="pinned-", dir=args.dir))
+    workers_n = args.workers
     try:
         open_vault(root / "v").close()
+        config = root / "v" / "shardvault.toml"
         fork = multiprocessing.get_context("fork")
-        barrier, results = fork.Barrier(WORKERS + 1), fork.Queue()
+        barrier, results = fork.Barrier(workers_n + 1), fork.Queue()
         workers = [
             fork.Process(
                 target=_worker,
-                args=(root / "v" / "shardvault.toml", n, args.seconds, barrier, results),
+                args=(config, n, args.clients, args.seconds, barrier, results),
             )
-            for n in range(WORKERS)
+            for n in range(workers_n)
         ]
         for worker in workers:
             worker.start()
@@ -84,13 +98,16 @@ def main() -> None:
     finally:
         shutil.rmtree(root)
     put_wall = max(s[0][1] for s in spans) - min(s[0][0] for s in spans)
-    put_cpu = sum(s[0][2] for s in spans) / (WORKERS * OBJECTS)
+    put_cpu = sum(s[0][2] for s in spans) / (workers_n * OBJECTS)
     gets = sum(s[1] for s in spans)
     get_wall = max(s[2] for s in spans)
-    get_cpu = sum(s[3] for s in spans) / gets
+    get_cpu = sum(s[3][0] for s in spans) / gets
+    get_sys = sum(s[3][1] for s in spans) / gets
     print(
-        f"{WORKERS * OBJECTS / put_wall:,.0f} puts/s ({put_cpu * 1e3:.2f} ms CPU each), "
-        f"{gets / get_wall:,.0f} gets/s ({get_cpu * 1e6:.0f} us CPU each)"
+        f"{workers_n} x {args.clients}: "
+        f"{workers_n * OBJECTS / put_wall:,.0f} puts/s ({put_cpu * 1e3:.2f} ms CPU each), "
+        f"{gets / get_wall:,.0f} gets/s ({get_cpu * 1e6:.0f} us CPU each, "
+        f"{get_sys * 1e6:.0f} us of it sys)"
     )
 
 

@@ -4,9 +4,9 @@ An approval is created, pending, when the policy answers ``approval-required``.
 It names the request it covers (requesting principal, action, tenant, subject,
 object key or none, purpose), the approvers who may sign (those of the config's
 who could when it is created: not another tenant's, a revoked one, the requester,
-or one the partner's policy binds to other tenants), the quorum ``k`` and an expiry. Each named
-approver signs once, approve or deny; one denial ends it (a veto), ``k``
-approvals make it met. A met approval lets exactly the request it names through
+or one the partner's policy binds to other tenants), the quorum ``k`` and an
+expiry. Each named approver signs once, approve or deny; one denial ends it (a
+veto), ``k`` approvals make it met. A met approval lets exactly the request it names through
 until it expires. Nobody approves their own request, and approvers belong to
 the request's tenant. This module is one approval, its statuses and its id;
 `approvals.ApprovalBook` keeps them, a book per cell.

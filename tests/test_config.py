@@ -397,3 +397,84 @@ def test_half_written_config_is_refused_or_a_clean_prefix(
         assert "\n" not in str(exc)
         return
     assert cfg.nodes == full.nodes[: len(cfg.nodes)]
+
+
+def test_two_inits_at_once_leave_the_one_that_succeeds_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two `init --demo DIR` at once: the one behind made the node directories, the
+    other (checked before they existed) then skipped them and wrote every file, and the
+    one behind, refused its first key, removed the directories it had made: the init
+    that reported success left a deployment without its nodes' directories."""
+    import fcntl
+    import threading
+
+    from shardvault import demo
+
+    target = tmp_path / "deploy"
+    real_make_dirs, real_create, real_flock = demo._make_dirs, demo.create_whole, fcntl.flock
+    other_paused, other_waits, dirs_made = (threading.Event() for _ in range(3))
+    outcome: dict[str, str] = {}
+
+    def the_other_init() -> None:  # as another process: its own lock, its own made list
+        try:
+            write_demo(target)
+            outcome["other"] = "ok"
+        except InvalidInput as exc:
+            outcome["other"] = str(exc)
+        finally:
+            other_paused.set()
+            other_waits.set()
+
+    other = threading.Thread(target=the_other_init)
+
+    def make_dirs(path: Path, made: list[Path], mode: int = 0o777) -> None:
+        if threading.current_thread() is other and not dirs_made.is_set():
+            other_paused.set()  # checked, nothing made yet: held until this init made its
+            dirs_made.wait(10)
+        elif not other.is_alive() and "other" not in outcome:
+            other.start()
+            other_paused.wait(10)
+        real_make_dirs(path, made, mode)
+
+    def create_whole(path: Path, content: bytes, mode: int = 0o600) -> bool:
+        if threading.current_thread() is not other and not dirs_made.is_set():
+            dirs_made.set()  # let the other go on, and wait until it is done or waits
+            other_waits.wait(10)
+        return real_create(path, content, mode)
+
+    def flock(fd: int, operation: int) -> None:
+        if threading.current_thread() is other and operation == fcntl.LOCK_EX:
+            other_waits.set()
+        real_flock(fd, operation)
+
+    monkeypatch.setattr(demo, "_make_dirs", make_dirs)
+    monkeypatch.setattr(demo, "create_whole", create_whole)
+    monkeypatch.setattr(fcntl, "flock", flock)
+    try:
+        write_demo(target)
+        outcome["this"] = "ok"
+    except InvalidInput as exc:
+        outcome["this"] = str(exc)
+    other.join(30)
+    assert sorted(outcome.values())[-1] == "ok" and "already exists" in sorted(outcome.values())[0]
+    config = load(target / "shardvault.toml")
+    assert [n.id for n in config.nodes if not Path(n.location).is_dir()] == []
+
+
+def test_a_directory_another_init_makes_meanwhile_is_written_in(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two inits at once into a new DIR: the one whose mkdir came second refused
+    ("cannot create DIR: File exists") rather than wait its turn in it."""
+    target = tmp_path / "deploy"
+    real_mkdir = Path.mkdir
+
+    def mkdir(self: Path, mode: int = 0o777, parents: bool = False, exist_ok: bool = False) -> None:
+        if self == target and not target.exists():
+            real_mkdir(self)  # the other init, between this one's look and its mkdir
+        real_mkdir(self, mode, parents, exist_ok)
+
+    monkeypatch.setattr(Path, "mkdir", mkdir)
+    config = load(write_demo(target))
+    assert all(Path(node.location).is_dir() for node in config.nodes)

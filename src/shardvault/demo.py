@@ -12,14 +12,16 @@ works out of the box, for either tenant.
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
-from contextlib import suppress
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from shardvault.custodian_policy import public_key_text
-from shardvault.durability import create_whole, write_failure
+from shardvault.durability import create_whole, release_flock, write_failure
 from shardvault.errors import InvalidInput
 from shardvault.governance.approval_signatures import signing_key_pem
 
@@ -224,15 +226,17 @@ def write_demo(directory: Path) -> Path:
     _refuse_to_overwrite(directory, [*files, *keys])
     made: list[Path] = []
     try:
-        for code in DEMO_JURISDICTIONS:
-            for number in range(1, NODES_PER_CELL + 1):
-                _make_dirs(directory / "nodes" / code / f"{code.lower()}-n{number}", made)
-        _make_dirs(directory / "partner", made, mode=0o700)
-        _make_dirs(directory / "approvers", made, mode=0o700)
-        for path, key in keys.items():
-            _write_new(path, signing_key_pem(key), made, mode=0o600)
-        for path, text in files.items():
-            _write_new(path, text.encode(), made)
+        with _alone_in(directory, made):
+            _refuse_to_overwrite(directory, [*files, *keys])  # another init's, meanwhile
+            for code in DEMO_JURISDICTIONS:
+                for number in range(1, NODES_PER_CELL + 1):
+                    _make_dirs(directory / "nodes" / code / f"{code.lower()}-n{number}", made)
+            _make_dirs(directory / "partner", made, mode=0o700)
+            _make_dirs(directory / "approvers", made, mode=0o700)
+            for path, key in keys.items():
+                _write_new(path, signing_key_pem(key), made, mode=0o600)
+            for path, text in files.items():
+                _write_new(path, text.encode(), made)
     except BaseException as exc:
         _remove(made)
         if isinstance(exc, OSError):
@@ -240,6 +244,45 @@ def write_demo(directory: Path) -> Path:
             raise write_failure(f"the demo deployment in {directory}", why) from None
         raise
     return config_path
+
+
+@contextmanager
+def _alone_in(directory: Path, made: list[Path]) -> Iterator[None]:
+    """Hold DIRECTORY (made if missing) under an exclusive flock while the demo is
+    written in it, removing what was MADE should that fail: of two inits at once, the
+    second waits, then finds the first's files and refuses. Without it the init refused
+    removed the directories it had made, which the other, finding them there, had
+    taken for its own: the init that succeeded left a deployment with no node
+    directories."""
+    while True:
+        _make_dirs(directory, made)
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            if _still_at(fd, directory):  # not removed by an init that failed meanwhile
+                break
+        except BaseException:
+            release_flock(fd)
+            raise
+        release_flock(fd)
+    try:
+        yield
+    except BaseException:
+        _remove(made)  # while still alone: no other init has taken what is removed
+        made.clear()
+        raise
+    finally:
+        release_flock(fd)
+
+
+def _still_at(fd: int, directory: Path) -> bool:
+    """Whether the directory open as FD is still the one at DIRECTORY."""
+    try:
+        there = os.stat(directory)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(fd)
+    return (held.st_dev, held.st_ino) == (there.st_dev, there.st_ino)
 
 
 def _refuse_to_overwrite(directory: Path, paths: list[Path]) -> None:
@@ -288,7 +331,12 @@ def _make_dirs(path: Path, made: list[Path], mode: int = 0o777) -> None:
     """mkdir -p, recording each directory it creates (parents first) for `_remove`."""
     missing = [p for p in (path, *path.parents) if not p.exists()]
     for each in reversed(missing):
-        each.mkdir(mode=mode if each == path else 0o777)
+        try:
+            each.mkdir(mode=mode if each == path else 0o777)
+        except FileExistsError:
+            if each.is_dir() and not each.is_symlink():
+                continue  # another init made it meanwhile: its own, not removed on failure
+            raise
         made.append(each)
 
 

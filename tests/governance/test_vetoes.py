@@ -32,7 +32,7 @@ from shardvault.errors import (
     Unavailable,
 )
 from shardvault.governance.approval_signatures import sign_verdict, sign_withdrawal
-from shardvault.governance.partner_verdicts import Withdrawal
+from shardvault.governance.partner_verdicts import PartnerVerdicts, Withdrawal
 from shardvault.governance.vetoed_request import VetoedRequest
 from shardvault.keys.port import KeyScope
 from shardvault.model import Justification, ObjectRef, RequestContext, new_request_id
@@ -692,3 +692,29 @@ def test_a_withdrawal_the_partner_cannot_check_is_refused_and_not_audited(
     path.write_bytes(kept)
     path.chmod(0o600)
     assert vault.governance.withdraw_denial(denied, ctx, key).approver == "partner-officer"
+
+
+def test_a_record_another_process_makes_meanwhile_is_not_taken_for_lost(
+    tmp_path: Path,
+) -> None:
+    """A process that found no record, and then a book holding a signed verdict, took the
+    record for lost ("restore it from the partner's backup"), though the process that
+    signed that verdict had made it in between: it makes the record before it books."""
+    partner = tmp_path / "partner"
+    verdicts = PartnerVerdicts(partner)
+
+    def first_signed_meanwhile() -> bool:
+        PartnerVerdicts(partner).made(lambda: True)  # the other process, then its booking
+        return False  # so a book now holds a signed verdict
+
+    for read in (
+        lambda: verdicts.made(first_signed_meanwhile),
+        lambda: verdicts.standing_vetoes([], DAY, first_signed_meanwhile),
+        lambda: verdicts.withdrawable("apr-us-0123456789abcdef", "dpo", first_signed_meanwhile),
+    ):
+        verdicts.path.unlink(missing_ok=True)
+        try:
+            read()
+        except AccessDenied as exc:  # withdrawable: no veto to withdraw, in a record there
+            assert "apr-us-0123456789abcdef" in str(exc)
+        assert verdicts.path.exists()

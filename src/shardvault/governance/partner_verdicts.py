@@ -161,10 +161,22 @@ class PartnerVerdicts:
         given before: a signed verdict the partner holds no key for is not kept, but booked
         with its signature it tells every later reader that the record exists. Missing
         otherwise, it was lost (`IntegrityError`)."""
-        if not self.path.exists():
-            if not first():
-                raise self._file.lost()
+        if self._missing(first):
             self._file.make()
+
+    def _missing(self, first: Callable[[], bool] | None) -> bool:
+        """Whether the record is missing while ``first()`` says no signed verdict was given
+        before; `IntegrityError` if it is missing otherwise (lost). Looked for again once
+        a book is found holding one: the process that signed it made the record before
+        booking it, maybe between this one's look and its question, and a process that
+        read the deployment's first signed verdict so took the record for lost."""
+        if self.path.exists():
+            return False
+        if first is not None and first():
+            return True
+        if self.path.exists():  # made by the process whose verdict was booked meanwhile
+            return False
+        raise self._file.lost()
 
     def denials(self, approval_id: str) -> frozenset[str]:
         """The approvers whose signed denial of ``approval_id`` the partner holds.
@@ -194,10 +206,8 @@ class PartnerVerdicts:
     ) -> list[Veto | None]:
         """`standing_veto` of each of ``requests``, the file opened once for them all: a
         listing of approvals opened it once per row."""
-        if not self.path.exists():
-            if first is not None and first():
-                return [None] * len(requests)
-            raise self._file.lost()
+        if self._missing(first):
+            return [None] * len(requests)
         with self._file.connected() as db:
             if self._file.version(db) < 2:  # empty, or kept before denials bound their request
                 return [None] * len(requests)
@@ -219,10 +229,8 @@ class PartnerVerdicts:
         someone else did, or they withdrew it). A missing file holds none if ``first()``
         says no signed verdict was ever given, else `IntegrityError`; `Unavailable` if it
         cannot be read."""
-        if not self.path.exists():
-            if first():
-                raise _not_withdrawable(approval_id, [])
-            raise self._file.lost()
+        if self._missing(first):
+            raise _not_withdrawable(approval_id, [])
         with self._file.connected() as db:
             return self._withdrawable(db, approval_id, approver)
 

@@ -19,6 +19,7 @@ from conftest import make_deployment, manifest_of
 from governance_support import forget_approved
 from shardvault import group_commit
 from shardvault.catalog.port import Catalog
+from shardvault.catalog.sqlite import SqliteCatalog
 from shardvault.config import Config, load
 from shardvault.errors import (
     IntegrityError,
@@ -396,3 +397,19 @@ def test_a_catalog_whose_stat_fails_is_a_storage_error_naming_it(
         assert again.get(alice) == b"us"
         with pytest.raises(StorageError, match=f"catalog {catalog}: .*symbolic links"):
             again.get(bob)
+
+
+def test_a_catalog_another_process_makes_meanwhile_is_not_taken_for_lost(
+    tmp_path: Path,
+) -> None:
+    """Two processes on a cell nobody used yet: one found no catalog, then the directory
+    homing a subject there, whom the other registered in between (it makes the catalog
+    before the home), and refused the cell as if its catalog were lost."""
+    state = tmp_path / "state"
+
+    def registered_meanwhile(code: str) -> bool:
+        SqliteCatalog(state / "cells" / code / "catalog.sqlite").close()  # the other process
+        return False  # then homed its subject in the cell
+
+    catalog = cells_module.sqlite_catalogs(state, registered_meanwhile)("SG")
+    catalog.close()

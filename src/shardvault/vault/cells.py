@@ -296,11 +296,14 @@ def sqlite_catalogs(
 ) -> CatalogFactory:
     """Each cell's SQLite catalog. One that is missing or empty is made anew only if
     ``may_create(cell)``: a cell whose subjects' catalog was lost must not start a
-    blank one, or gc would take every shard on its nodes for an orphan."""
+    blank one, or gc would take every shard on its nodes for an orphan. Looked at
+    again once the cell homes a subject: a registration opens the catalog before it
+    homes the subject, so another process may have made it in between, and a process
+    opening a cell nobody used before took the catalog so made for a lost one."""
 
     def open_catalog(code: str) -> SqliteCatalog:
         path = state_dir / "cells" / code / "catalog.sqlite"
-        if may_create is not None and _blank(path) and not may_create(code):
+        if may_create is not None and _blank(path) and not may_create(code) and _blank(path):
             raise StorageError(
                 f"catalog {path} is missing or empty, though subjects live in cell {code}: "
                 "restore it (with its -wal file) from a backup; a new one would lose "

@@ -11,6 +11,7 @@ import pytest
 from tests.governance_support import forget_approved
 
 from conftest import SEGMENT, files_under, make_deployment, manifest_of
+from shardvault.catalog.port import Catalog
 from shardvault.config import Config, load
 from shardvault.errors import (
     Conflict,
@@ -24,6 +25,7 @@ from shardvault.errors import (
 from shardvault.keys.port import KeyScope
 from shardvault.model import LOCAL_ADMIN, ObjectRef, RequestContext
 from shardvault.vault import Vault
+from shardvault.vault.cells import sqlite_catalogs
 
 SUBJECT = "resident-7f3a9c"
 KEY = "diary/entry-4b1d2e.txt"
@@ -308,6 +310,26 @@ def test_a_lost_directory_is_refused_not_taken_for_a_new_one(config_path: Path) 
         path.unlink()
     with pytest.raises(IntegrityError, match=r"holds no home, though cell US holds subjects"):
         Vault.open(load(config_path))
+
+
+def test_a_first_registration_meanwhile_is_not_taken_for_a_lost_directory(
+    config_path: Path,
+) -> None:
+    """A process opening the vault found the directory empty, then, opening each cell,
+    one holding the subject another process had registered in between (the home first,
+    then the cell's row), and refused to open: "restore it from a backup"."""
+    factory = sqlite_catalogs(load(config_path).state_dir)
+    registered: list[str] = []
+
+    def catalogs(code: str) -> Catalog:
+        if not registered:  # the other process registers its first subject, here
+            registered.append(code)
+            with Vault.open(load(config_path)) as other:
+                other.register_subject("intl", SUBJECT, code)
+        return factory(code)
+
+    with Vault.open(load(config_path), catalogs=catalogs) as vault:
+        assert registered and vault.subject("intl", SUBJECT).jurisdiction == registered[0]
 
 
 def _temporary_files_opened(db: sqlite3.Connection) -> set[str]:

@@ -96,11 +96,15 @@ def _refuse_lost_directory(directory: SubjectDirectory, cells: dict[str, Cell]) 
     """A directory with no home while a cell holds subjects was lost (or replaced by a
     blank one): every subject would read as unregistered, and could be registered again
     in another jurisdiction, its data left behind in the first. Every subject a catalog
-    holds has its home in the directory (a home goes only with nothing behind it)."""
+    holds has its home in the directory (a home goes only with nothing behind it), made
+    before the cell's row: a cell found holding one while the directory was found empty
+    before is a registration by another process meanwhile once the directory has a home
+    now (a process opening the vault as the deployment's first subject was registered
+    refused to open)."""
     if not directory.empty():
         return
     for code, cell in cells.items():
-        if cell.catalog.holds_subjects():
+        if cell.catalog.holds_subjects() and directory.empty():
             raise IntegrityError(
                 f"subject directory {directory.location} holds no home, though cell {code} "
                 "holds subjects: restore it (with its -wal file) from a backup; a blank one "

@@ -14,6 +14,7 @@ import os
 import sys
 import threading
 import time
+import traceback
 import types
 from collections.abc import Callable, Generator, Iterator, Mapping
 from pathlib import Path
@@ -123,6 +124,21 @@ def frames_of(thread: threading.Thread) -> Iterator[types.FrameType]:
     while frame is not None:
         yield frame
         frame = frame.f_back
+
+
+def wait_until_inside(
+    thread: threading.Thread, code: types.CodeType, seconds: float = 30.0
+) -> None:
+    """Return once THREAD runs CODE (a frame of it on THREAD's stack). Fail, showing
+    where THREAD is, if it ends or SECONDS pass first: a poll without a bound hung
+    the whole suite once, where it should have failed."""
+    deadline = time.monotonic() + seconds
+    while not any(frame.f_code is code for frame in frames_of(thread)):
+        if not thread.is_alive() or time.monotonic() >= deadline:
+            stack = sys._current_frames().get(thread.ident or 0)
+            where = "".join(traceback.format_stack(stack)) if stack else "it ended\n"
+            pytest.fail(f"{thread.name} never ran {code.co_name}; where it is:\n{where}")
+        time.sleep(0.01)
 
 
 def open_files(under: Path) -> list[str]:

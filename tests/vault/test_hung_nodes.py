@@ -27,7 +27,13 @@ from typing import Any, TypeVar
 
 import pytest
 
-from conftest import frames_of, make_deployment, manifest_of, open_files, tmpfs_mounted
+from conftest import (
+    make_deployment,
+    manifest_of,
+    open_files,
+    tmpfs_mounted,
+    wait_until_inside,
+)
 from governance_support import approve, forget_approved
 from shardvault.catalog.port import Catalog
 from shardvault.config import load
@@ -1003,10 +1009,7 @@ def test_a_cells_stores_asked_by_two_threads_at_once_are_opened_once(
         first.start()
         assert entered.wait(10)
         second.start()
-        while not any(frame.f_code is cells_module.StoreOpening.stores.__code__
-                      for frame in frames_of(second)):  # fmt: skip
-            assert second.is_alive()
-            time.sleep(0.01)
+        wait_until_inside(second, cells_module.StoreOpening.stores.__code__)
         answer.set()
         first.join(10)
         second.join(10)

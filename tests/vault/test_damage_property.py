@@ -11,7 +11,6 @@ repairs, then deletes and collects them, so the examples share two deployments.
 from __future__ import annotations
 
 import os
-import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,13 +20,12 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from conftest import SEGMENT, make_deployment, manifest_of
+from shard_spots import Spot, spots
 from shardvault.config import Config, load
 from shardvault.errors import IntegrityError
 from shardvault.manifest import Manifest
 from shardvault.model import ObjectRef
-from shardvault.nodes.localdir import LocalDirShardStore
 from shardvault.nodes.pack_records import CRC, RECORD, RECORD_MAGIC
-from shardvault.nodes.port import shard_name
 from shardvault.vault import Vault
 
 K, M = 4, 2
@@ -36,65 +34,6 @@ HEADER = 40
 SIZES = {1: 3000, 3: 2 * SEGMENT + 777}  # segments: bytes (shards packed under 64 KiB)
 WHOLE = ("delete", "header", "framing", "cut", "other-object", "older-version", "position")
 OPS = (*WHOLE, "block", "duplicate", "crc")
-
-
-@dataclass(frozen=True)
-class Spot:
-    """Where a shard's bytes are on its node: a file of its own, or a pack record."""
-
-    store: LocalDirShardStore
-    name: str
-    location: str | None
-    path: Path
-    start: int  # of the shard's data in the file
-    length: int
-
-    @property
-    def packed(self) -> bool:
-        return self.location is not None
-
-    @property
-    def record(self) -> int:
-        return self.start - RECORD.size - len(self.name)
-
-    def data(self) -> bytes:
-        with self.path.open("rb") as handle:
-            handle.seek(self.start)
-            return handle.read(self.length)
-
-    def replace(self, data: bytes) -> None:
-        """Put other bytes of the same length in place, a pack record kept whole (CRC)."""
-        raw = bytearray(self.path.read_bytes())
-        raw[self.start : self.start + self.length] = data
-        if self.packed:
-            end = self.start + self.length
-            raw[end : end + CRC.size] = CRC.pack(zlib.crc32(raw[self.record : end]))
-        self.path.write_bytes(bytes(raw))
-
-    def flip(self, offset: int, bit: int) -> None:
-        raw = bytearray(self.path.read_bytes())
-        raw[offset] ^= 1 << bit
-        self.path.write_bytes(bytes(raw))
-
-
-def spots(vault: Vault, ref: ObjectRef, version: int) -> list[Spot]:
-    manifest = manifest_of(vault, ref, version)
-    cell = vault.cells["US"]
-    found = []
-    for index, node in enumerate(manifest.nodes):
-        store = cell.store(node)
-        assert isinstance(store, LocalDirShardStore)
-        name = shard_name(manifest.object_id, version, index, manifest.generation(index))
-        location = manifest.location(index)
-        if location is None:
-            path = store.shard_path(name)
-            found.append(Spot(store, name, None, path, 0, path.stat().st_size))
-        else:
-            located = store.packs.locate(name)
-            assert located is not None and located.location == location
-            path = store.packs.directory / located.pack
-            found.append(Spot(store, name, location, path, located.offset, located.length))
-    return found
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,8 @@
 The demo writes 1 MiB segments; tests rewrite it to SEGMENT bytes so that
 multi-segment objects stay small and the suite stays fast. Nodes keep every
 shard as its own file here (``pack_limit = 0``), so tests can damage a shard
-by path; tests/vault/test_packs.py covers the packed layout the demo uses.
+by path; tests/nodes/test_packs.py covers the packed layout the demo uses, and
+tests that damage packed shards find their records with tests/shard_spots.py.
 """
 
 from __future__ import annotations

@@ -1,28 +1,32 @@
 """A model-based test of the vault: random sequences of calls against a plain model.
 
-Hypothesis drives a real `Vault` on the demo deployment (local-directory nodes, each
-shard a file of its own, 4 KiB segments so a few KiB span several) through
-registrations in both tenants and every cell, puts (bytes and streams, conditional
-or not), gets, stats, paged listings, deletes, forgets, damage to shards on disk,
-the loss of a whole node, gc, repair and reopening; after each step every object
-must read as the model says, or fail as documented, never with wrong bytes. A
-failing sequence is shrunk to a short one. SHARDVAULT_MODEL_EXAMPLES and
-SHARDVAULT_MODEL_STEPS run it longer to hunt.
+Hypothesis drives a real `Vault` on the demo deployment (local-directory nodes, 4 KiB
+segments so a few KiB span several) in both layouts a node keeps shards in: each a
+file of its own (``pack_limit = 0``), and packed (the default ``pack_limit``, under
+which every shard here is a pack record). Steps: registrations in both tenants and
+every cell, puts (bytes and streams, conditional or not), gets, stats, paged
+listings, deletes, forgets, damage to shards on disk (a file or a pack record), the
+loss of a whole node, gc, a compaction of the packs a closed vault wrote, repair and
+reopening; after each step every object must read as the model says, or fail as
+documented, never with wrong bytes. A failing sequence is shrunk to a short one.
+SHARDVAULT_MODEL_EXAMPLES and SHARDVAULT_MODEL_STEPS (per layout) run it longer to hunt.
 """
 
 from __future__ import annotations
 
+import fcntl
 import io
 import os
 import random
 import shutil
 import tempfile
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -30,39 +34,58 @@ from hypothesis.stateful import (
     invariant,
     precondition,
     rule,
+    run_state_machine_as_test,
 )
 
 from conftest import make_deployment, manifest_of
 from governance_support import forget_approved
+from shard_spots import Spot, held_shards, spot
 from shardvault.config import load
 from shardvault.errors import Conflict, IntegrityError, NotFound, SubjectForgotten
 from shardvault.model import ObjectRef
-from shardvault.vault import Vault
+from shardvault.nodes.localdir import DEFAULT_PACK_LIMIT
+from shardvault.vault import GcReport, Vault
 
 SEGMENT = 4096
 K, M = 4, 2
 N = K + M
-HEADER = 40  # a shard file's header, before its blocks (docs/formats.md)
+HEADER = 40  # a shard's header, before its blocks (docs/formats.md)
 TENANTS = ("intl", "domestic")
 SUBJECTS = ("alice", "bob")
 JURISDICTIONS = ("US", "SG", "EU")
 KEYS = ("a", "ab", "d/x", "d/y")
 SIZES = (0, 1, 1000, SEGMENT - 1, SEGMENT, SEGMENT + 1, 3 * SEGMENT + 5, 10_000)
-EXAMPLES = int(os.environ.get("SHARDVAULT_MODEL_EXAMPLES", "20"))
+EXAMPLES = int(os.environ.get("SHARDVAULT_MODEL_EXAMPLES", "10"))  # per layout
 STEPS = int(os.environ.get("SHARDVAULT_MODEL_STEPS", "30"))
+
+
+def packs_no_writer_holds(node: Path) -> list[str]:
+    """The node's packs whose flock is free: no live writer appends to them."""
+    free = []
+    for pack in sorted(node.glob("packs/*.pack")):
+        fd = os.open(pack, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            continue
+        else:
+            free.append(pack.name)
+        finally:
+            os.close(fd)  # lets the flock go with it
+    return free
 
 
 def payload(seed: int, size: int) -> bytes:
     return random.Random(seed).randbytes(size)
 
 
-@dataclass
+@dataclass(eq=False)  # one object per version: told apart by identity, and hashed so
 class Version:
     """One version as the model holds it: its bytes, and what befell its shards."""
 
     number: int
     data: bytes
-    object_id: str  # from its shard files' names, read off the node directories
+    object_id: str  # from its shards' names, read off the node directories
     deleted: bool = False
     bad: set[int] = field(default_factory=set)  # shard indices damaged, in any segment
     lost: bool = False  # more than m shards of one segment damaged
@@ -75,12 +98,17 @@ class Subject:
 
 
 class VaultModel(RuleBasedStateMachine):
-    """The vault against dicts of what each (tenant, subject, key) should hold."""
+    """The vault against dicts of what each (tenant, subject, key) should hold; its nodes
+    keep each shard as a file of its own."""
+
+    pack_limit = 0
 
     def __init__(self) -> None:
         super().__init__()
         self.root = Path(tempfile.mkdtemp(prefix="vault-model-"))
-        self.config_path = make_deployment(self.root, segment_size=SEGMENT)
+        self.config_path = make_deployment(
+            self.root, segment_size=SEGMENT, pack_limit=self.pack_limit
+        )
         self.vault = Vault.open(load(self.config_path))
         self.subjects: dict[tuple[str, str], Subject] = {}
         self.objects: dict[ObjectRef, list[Version]] = {}
@@ -113,24 +141,17 @@ class VaultModel(RuleBasedStateMachine):
     def cell_dir(self, jurisdiction: str) -> Path:
         return self.root / "nodes" / jurisdiction
 
-    def shard_files(self, jurisdiction: str) -> set[Path]:
-        return set((self.cell_dir(jurisdiction)).glob("*/shards/*/*/*"))
+    def held(self, jurisdiction: str) -> set[str]:
+        """The names of the shards the cell's node directories hold, files or records."""
+        return {n for node in self.cell_dir(jurisdiction).iterdir() for n in held_shards(node)}
 
-    def shard_file(self, ref: ObjectRef, version: Version, index: int) -> Path:
-        """The file of shard INDEX: its node from `where`, its name from the node's directory
-        (a repaired shard's name has a generation: the highest is the one in use)."""
+    def spot(self, ref: ObjectRef, version: Version, index: int) -> Spot:
+        """Where shard INDEX is (asserted there): the node `where` names for it, under the
+        name (a repaired shard's has a generation) and location its manifest keeps."""
         node = next(s.node for s in self.vault.where(ref, version.number) if s.index == index)
-        jurisdiction = self.subjects[ref.tenant, ref.subject].jurisdiction
-        oid = version.object_id
-        folder = self.cell_dir(jurisdiction) / node / "shards" / oid[:2] / oid[2:4]
-        base = f"{oid}.v{version.number}.s{index}"
-        found = [
-            p
-            for p in folder.glob(f"{base}*")
-            if p.name == base or p.name[len(base) :].startswith(".g")
-        ]
-        assert found, f"no file of {ref} v{version.number} shard {index} on {node}"
-        return max(found, key=lambda p: int(p.name[len(base) + 2 :] or 0))
+        found = spot(self.vault, ref, version.number, index)
+        assert found.store.node_id == node, (ref, version.number, index, node)
+        return found
 
     def expect_missing(self, ref: ObjectRef) -> type[Exception] | None:
         """The error any call on REF's subject gets before looking at the object, if any."""
@@ -214,7 +235,7 @@ class VaultModel(RuleBasedStateMachine):
             if (ref.tenant, ref.subject) == (tenant, subject)
             for v in versions
         }
-        left = [p for p in self.shard_files(found.jurisdiction) if p.name.split(".")[0] in theirs]
+        left = [n for n in self.held(found.jurisdiction) if n.split(".")[0] in theirs]
         assert not left, f"a forget left shards: {left}"
 
     # writes ---------------------------------------------------------------------
@@ -262,18 +283,18 @@ class VaultModel(RuleBasedStateMachine):
                 self.vault.put(ref, source, if_match=if_match)
             return
         home = self.subjects[tenant, subject].jurisdiction
-        before = self.shard_files(home)
+        before = self.held(home)
         if if_match is not None and if_match != current:
             with pytest.raises(Conflict):
                 self.vault.put(ref, source, if_match=if_match)
-            assert self.shard_files(home) - before == set(), "a refused put left shards"
+            assert self.held(home) - before == set(), "a refused put left shards"
             return
         info = self.vault.put(ref, source, if_match=if_match)
         assert info.size == size and info.version > self.highest[ref], "a version number reused"
         self.highest[ref] = info.version
-        new = self.shard_files(home) - before
-        assert sorted(p.name.split(".s")[1] for p in new) == [str(i) for i in range(N)], new
-        (oid,) = {p.name.split(".")[0] for p in new}
+        new = self.held(home) - before
+        assert sorted(n.split(".s")[1] for n in new) == [str(i) for i in range(N)], new
+        (oid,) = {n.split(".")[0] for n in new}
         self.objects.setdefault(ref, []).append(Version(info.version, data, oid))
 
     @rule(
@@ -383,34 +404,107 @@ class VaultModel(RuleBasedStateMachine):
     @rule(data=st.data())
     def damage_within_m(self, data: st.DataObject) -> None:
         """Up to m shards of a version deleted, a bit flipped, cut short or swapped for
-        another object's: it still reads exactly."""
+        another object's: it still reads exactly.
+
+        A pack cut inside a record loses the records after it too, whose order a
+        compaction left as the packs' random names sorted: what the cut reached is
+        read, then scrubbed away, so that no later draw hangs on that order (Hypothesis
+        replays an example's draws)."""
         ref, version = data.draw(st.sampled_from(self.damageable()))
         room = M - len(version.bad)
         good = [i for i in range(N) if i not in version.bad]
         indices = data.draw(st.lists(st.sampled_from(good), min_size=1, max_size=room, unique=True))
-        others = [(r, v) for r, v in self.live_versions() if v.object_id != version.object_id]
+        others = [
+            (r, v, i)
+            for r, v in self.live_versions()
+            if v.object_id != version.object_id
+            for i in range(N)
+            if i not in v.bad
+        ]
+        packs_cut = False
         for index in indices:
-            path = self.shard_file(ref, version, index)
-            ops = ["delete", "flip", "truncate", "position", *(["swap"] if others else [])]
-            op = data.draw(st.sampled_from(ops))
-            if op == "delete":
-                path.unlink()
-            elif op == "flip":
-                raw = bytearray(path.read_bytes())
-                at = data.draw(st.integers(0, len(raw) - 1))
-                raw[at] ^= 1 << data.draw(st.integers(0, 7))
-                path.write_bytes(bytes(raw))
-            elif op == "truncate":
-                os.truncate(path, data.draw(st.integers(0, path.stat().st_size - 1)))
-            elif op == "position":  # another shard of the version, good still, in its place
-                spare = [i for i in range(N) if i not in version.bad and i not in indices]
-                path.write_bytes(self.shard_file(ref, version, spare[0]).read_bytes())
-            else:
-                other_ref, other = data.draw(st.sampled_from(others))
-                source = self.shard_file(other_ref, other, data.draw(st.integers(0, N - 1)))
-                path.write_bytes(source.read_bytes())
-            version.bad.add(index)
+            packs_cut |= self.damage_one(ref, version, index, set(indices), others, data)
         self.check_read(ref, version.number)
+        if packs_cut:
+            for other_ref, other in self.live_versions():
+                self.check_read(other_ref, other.number)
+            self.repair(scrub=True)
+
+    def damage_one(
+        self,
+        ref: ObjectRef,
+        version: Version,
+        index: int,
+        chosen: set[int],
+        others: list[tuple[ObjectRef, Version, int]],
+        data: st.DataObject,
+    ) -> bool:
+        """Damage shard INDEX (one of CHOSEN) of the version; whether a pack was to be
+        cut. Packed, a delete zeroes its record and tombstones it, a flip or a cut hits
+        anywhere in its record (framing and CRC too), and a swap puts in as many of the
+        other shard's bytes as the record holds, its CRC made to match. A pack is cut
+        only if that leaves no version with more than m bad shards: if not, the shard
+        is deleted instead."""
+        target = self.spot(ref, version, index)
+        ops = ["delete", "flip", "truncate", "position", *(["swap"] if others else [])]
+        op = data.draw(st.sampled_from(ops))
+        event(f"damage: {op}, {'packed' if target.packed else 'a file'}")
+        pack_cut = target.packed and op == "truncate"
+        if op == "flip":
+            at = target.record + data.draw(st.integers(0, target.end - target.record - 1))
+            target.flip(at, data.draw(st.integers(0, 7)))
+        elif op == "truncate":
+            cut = target.record + data.draw(st.integers(0, target.end - target.record - 1))
+            after = self.by_version(self.records_after(target, cut))
+            if all(
+                len(v.bad | hit | (chosen if v is version else set())) <= M
+                for v, hit in after.items()
+                if not v.lost
+            ):
+                os.truncate(target.path, cut)
+                for other, hit in after.items():
+                    other.bad |= hit
+            else:
+                op = "delete"
+        elif op == "swap":
+            other_ref, other, other_index = data.draw(st.sampled_from(others))
+            if other_index in other.bad:  # cut off by this step's cut of a pack
+                op = "position"
+            else:
+                source = self.spot(other_ref, other, other_index).data()
+                if target.packed:  # as many bytes as the record holds
+                    source = (source * (target.length // len(source) + 1))[: target.length]
+                target.replace(source)
+        if op == "position":  # another shard of the version, good still, in its place
+            spare = [i for i in range(N) if i not in version.bad and i not in chosen]
+            target.replace(self.spot(ref, version, spare[0]).data())
+        if op == "delete":
+            if target.packed:
+                assert target.store.delete(target.name, target.location)
+            else:
+                target.path.unlink()
+        version.bad.add(index)
+        return pack_cut
+
+    def records_after(self, target: Spot, cut: int) -> list[tuple[Version, int, Spot]]:
+        """The good shards of live versions whose records TARGET's pack cut at CUT loses
+        (those after it in the pack); none for a file of its own."""
+        if not target.packed:
+            return []
+        found = []
+        for ref, version in self.live_versions():
+            for index in set(range(N)) - version.bad:
+                where = self.spot(ref, version, index)
+                if where.path == target.path and where.start > target.start and where.end > cut:
+                    found.append((version, index, where))
+        return found
+
+    @staticmethod
+    def by_version(shards: Iterable[tuple[Version, int, Spot]]) -> dict[Version, set[int]]:
+        grouped: dict[Version, set[int]] = {}
+        for version, index, _ in shards:
+            grouped.setdefault(version, set()).add(index)
+        return grouped
 
     @precondition(lambda self: bool(self.damageable()))
     @rule(data=st.data())
@@ -427,12 +521,10 @@ class VaultModel(RuleBasedStateMachine):
             st.lists(st.sampled_from(good), min_size=M + 1, max_size=M + 1, unique=True)
         )
         for index in indices:
-            path = self.shard_file(ref, version, index)
-            raw = bytearray(path.read_bytes())
-            start = HEADER + segment * manifest.block_size
+            target = self.spot(ref, version, index)
+            start = target.start + HEADER + segment * manifest.block_size
             at = start + data.draw(st.integers(0, manifest.block_length(segment) - 1))
-            raw[at] ^= 1 << data.draw(st.integers(0, 7))
-            path.write_bytes(bytes(raw))
+            target.flip(at, data.draw(st.integers(0, 7)))
         named = f"{ref} v{version.number} segment {segment}:"
         assert self.read_until_lost(ref, version.number, named) == version.data[: segment * SEGMENT]
         version.lost = True
@@ -464,14 +556,32 @@ class VaultModel(RuleBasedStateMachine):
 
     @rule()
     def gc(self) -> None:
-        """Deleted versions are collected: no file of theirs is left on any node."""
-        self.vault.gc(grace_seconds=0)
+        self.collect()
+
+    def collect(self) -> GcReport:
+        """Deleted versions are collected: no shard of theirs is left on any node."""
+        report = self.vault.gc(grace_seconds=0)
         for ref, versions in self.objects.items():
             home = self.subjects[ref.tenant, ref.subject].jurisdiction
             gone = {v.object_id for v in versions if v.deleted}
-            left = [p for p in self.shard_files(home) if p.name.split(".")[0] in gone]
+            left = [n for n in self.held(home) if n.split(".")[0] in gone]
             assert not left, f"gc left shards of deleted versions: {left}"
             self.objects[ref] = [v for v in versions if not v.deleted]
+        return report
+
+    @rule()
+    def compact(self) -> None:
+        """A maintainer's gc once the vault that wrote the packs is closed (no live writer
+        holds them then): it folds each node's small packs into one, moving the live
+        shards, and the manifests follow them (the invariants read every shard where
+        its manifest says). Only the reopened vault's own pack (its gc's tombstones,
+        the copies) may stand beside the one left."""
+        self.reopen()
+        report = self.collect()
+        event("compaction moved shards" if report.moved else "compaction moved none")
+        nodes = [node for j in JURISDICTIONS for node in self.cell_dir(j).iterdir()]
+        unheld = {node.name: packs_no_writer_holds(node) for node in nodes}
+        assert all(len(packs) <= 1 for packs in unheld.values()), f"left unfolded: {unheld}"
 
     @rule(scrub=st.booleans())
     def repair(self, scrub: bool) -> None:
@@ -522,24 +632,33 @@ class VaultModel(RuleBasedStateMachine):
     @invariant()
     def shards_stay_home_and_spread(self) -> None:
         """`where` names only nodes of the subject's home, no facility holding more than
-        m shards of a stripe, and each node named holds that shard's file."""
+        m shards of a stripe, and each node named holds that shard (a file or record)."""
         for ref, version in self.live_versions():
             home = self.subjects[ref.tenant, ref.subject].jurisdiction
             places = self.vault.where(ref, version.number)
             assert {p.jurisdiction for p in places} <= {home}, places
             assert all(p.node.startswith(home.lower() + "-") for p in places), places
-            for index in set(range(N)) - version.bad:  # a file there, under its name
-                self.shard_file(ref, version, index)
+            for index in set(range(N)) - version.bad:  # there, under its name
+                self.spot(ref, version, index)
             for segment in {p.segment for p in places}:
                 facilities = Counter(p.facility for p in places if p.segment == segment)
                 assert max(facilities.values()) <= M, (ref, version.number, facilities)
 
 
-def test_vault_against_its_model() -> None:
-    VaultModel.TestCase.settings = settings(
-        max_examples=EXAMPLES,
-        stateful_step_count=STEPS,
-        deadline=None,
-        suppress_health_check=list(HealthCheck),
+class PackedVaultModel(VaultModel):
+    """The same, its nodes keeping shards as the product does by default: in packs."""
+
+    pack_limit = DEFAULT_PACK_LIMIT
+
+
+@pytest.mark.parametrize("machine", [VaultModel, PackedVaultModel], ids=["files", "packed"])
+def test_vault_against_its_model(machine: type[VaultModel]) -> None:
+    run_state_machine_as_test(
+        machine,
+        settings=settings(
+            max_examples=EXAMPLES,
+            stateful_step_count=STEPS,
+            deadline=None,
+            suppress_health_check=list(HealthCheck),
+        ),
     )
-    VaultModel.TestCase().runTest()

@@ -17,6 +17,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -821,6 +822,23 @@ def situated(deployment: Path, node: str, situation: str, into: Path) -> Path:
     return config
 
 
+def run_or_show_stacks(argv: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+    """Run ARGV; past TIMEOUT, fail with where each of its threads is (faulthandler, on
+    SIGABRT), not a bare timeout: `nodes` with a down node that hangs outlived 60 s once
+    in a CI run, and never in a hundred runs since."""
+    env = {**os.environ, "PYTHONFAULTHANDLER": "1"}
+    with subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    ) as child:
+        try:
+            out, err = child.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            child.send_signal(signal.SIGABRT)
+            _, err = child.communicate()
+            pytest.fail(f"{' '.join(argv[3:])} outlived {timeout:g} s; its threads:\n{err}")
+    return subprocess.CompletedProcess(argv, child.returncode, out, err)
+
+
 @pytest.mark.parametrize("command", [["gc", "--grace", "0"], ["repair", "--scrub"], ["nodes"]])
 @pytest.mark.parametrize("situation", list(EXIT_CODES))
 def test_gc_repair_and_nodes_exit_1_only_for_a_node_not_marked_down_that_was_skipped(
@@ -831,7 +849,7 @@ def test_gc_repair_and_nodes_exit_1_only_for_a_node_not_marked_down_that_was_ski
     deployment, node = exit_code_deployment
     config = situated(deployment, node, situation, tmp_path)
     argv = [sys.executable, "-m", "shardvault.cli.app", "--config", str(config), *command]
-    done = subprocess.run([*argv, "--json"], capture_output=True, text=True, timeout=60)
+    done = run_or_show_stacks([*argv, "--json"], timeout=60)
     assert done.returncode == EXIT_CODES[situation], done.stderr
     assert "Traceback" not in done.stderr
     json.loads(done.stdout)  # the report, whatever the exit code

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -83,9 +84,7 @@ def _child_opens_at_once(config: str, start: Any, answers: Any) -> None:
     try:
         start.wait(30)
         with Vault.open(load(Path(config))) as vault:
-            vault.register_subject(
-                "intl", f"user-{id(start)}-{multiprocessing.current_process().pid}", "US"
-            )
+            vault.register_subject("intl", f"user-{os.getpid()}", "US")
             unavailable = {u.node.id: u.unavailable for u in vault.node_usage() if u.unavailable}
         answers.put(repr(unavailable) if unavailable else "")
     except Exception as exc:  # the parent shows it

@@ -197,6 +197,37 @@ def test_a_short_option_stands_for_one_long_option_in_every_command() -> None:
     assert {short: sorted(longs) for short, longs in meant.items() if len(longs) > 1} == {}
 
 
+def _references() -> dict[str, str]:
+    """Each command's part of the reference by its path: its section of docs/cli.md (the
+    root's, the text before the first command's), and for scan docs/scanner.md too."""
+    reference = (ROOT / "docs" / "cli.md").read_text()
+    sections = re.split(r"^(?=## `shardvault )", reference, flags=re.M)
+    found = {"": sections[0]}
+    for path in _commands():
+        for section in sections[1:]:
+            if re.match(rf"## `shardvault {re.escape(path)}[ `]", section):
+                found[path] = section
+    found["scan"] += (ROOT / "docs" / "scanner.md").read_text()
+    return found
+
+
+def test_every_option_a_command_takes_is_named_in_its_reference() -> None:
+    """`-v`, short for `--version` in get, stat, rm and where, was in no doc: an option
+    the code takes and its reference never names is found only by a slip of the hand.
+    (`--json` is named once for all, in the reference's opening.)"""
+    references = _references()
+    unnamed = [
+        f"shardvault {path} {option}".replace("  ", " ")
+        for path, command in _commands().items()
+        for param in command.params
+        if param.param_type_name == "option"
+        for option in param.opts
+        if option not in ("--help", "--json")
+        and not re.search(rf"(?<![\w-]){re.escape(option)}(?![\w-])", references[path])
+    ]
+    assert unnamed == []
+
+
 def test_ci_runs_the_readme_test_command() -> None:
     readme = (ROOT / "README.md").read_text()
     assert "make test" in readme and "make demo" in readme

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -323,6 +324,16 @@ def test_the_custodian_policy_example_loads_as_written() -> None:
     policy = parse_custodian_policy(example)
     assert policy.approval_quorum == 2
     assert set(policy.approvers) == {"dpo", "partner-officer"}
+
+
+def test_the_config_reference_quotes_the_demos_approvers(tmp_path: Path) -> None:
+    """docs/formats.md quoted the demo's two approvers after it had four."""
+    write_demo(tmp_path)
+    written = config.load(tmp_path / "shardvault.toml").governance.approvers
+    formats = (ROOT / "docs" / "formats.md").read_text()
+    quoted = re.search(r"init --demo` writes both, with `approvers = (\[.*?\])`", formats)
+    assert quoted is not None
+    assert json.loads(quoted[1]) == list(written)
 
 
 def test_the_readmes_commands_run_as_written(tmp_path: Path) -> None:

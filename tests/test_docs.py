@@ -336,6 +336,23 @@ def test_the_config_reference_quotes_the_demos_approvers(tmp_path: Path) -> None
     assert json.loads(quoted[1]) == list(written)
 
 
+def test_the_audit_entry_format_names_every_result_governance_writes() -> None:
+    """An auditor reads `result` by the table of docs/audit-log.md: a withdrawal that
+    failed wrote `failed`, which the table did not name."""
+    row = next(
+        line
+        for line in (ROOT / "docs" / "audit-log.md").read_text().splitlines()
+        if line.startswith("| `result`")
+    )
+    written = {
+        found
+        for module in (ROOT / "src" / "shardvault").rglob("*.py")
+        for found in re.findall(r'\bresult="([a-z-]+)"', module.read_text())
+    }
+    assert len(written) >= 5
+    assert sorted(result for result in written if f"`{result}`" not in row) == []
+
+
 def test_the_readmes_commands_run_as_written(tmp_path: Path) -> None:
     # all but the two that need what a reader must first make: approvals, a token
     commands = [

@@ -151,6 +151,16 @@ def test_the_help_of_every_command_names_what_the_docs_name(
         assert not re.search(r"<(?!bool>)[^>]+>", panel), (path, panel)  # a flag's is <bool>
 
 
+def test_the_signing_key_says_what_each_command_signs(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`approval withdraw --help` said its key signed the verdict: it signs the
+    withdrawal, a statement of its own kind (docs/formats.md), never a verdict."""
+    for path, signs in (("approval approve", "verdict"), ("approval withdraw", "withdrawal")):
+        shown = " ".join(_help(path, monkeypatch, capsys).replace("│", " ").split())
+        assert f"signs the {signs}." in shown, path
+
+
 def test_an_option_several_commands_take_names_its_value_alike_in_each() -> None:
     """`--policy FILE` in scan and policy check is `--policy FILE` in policy test too:
     one option, one name for its value, wherever it is taken. (A list of choices, as

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -114,15 +114,21 @@ def _vetoes(governance: Governance, found: list[Approval]) -> list[Veto | None]:
 
 
 ApprovalId = Annotated[str, typer.Argument(metavar="ID")]
-SigningKey = Annotated[
-    Path | None,
-    typer.Option(
+
+
+def _signing_key(signs: str) -> Any:
+    """The `--signing-key` option, its help naming what the command signs: a verdict
+    and a withdrawal are statements of different kinds (docs/formats.md)."""
+    return typer.Option(
         "--signing-key",
         metavar="FILE",
-        help="Your Ed25519 private key (PKCS#8 PEM, mode 0600): signs the verdict.",
+        help=f"Your Ed25519 private key (PKCS#8 PEM, mode 0600): signs the {signs}.",
         parser=path_named("--signing-key"),
-    ),
-]
+    )
+
+
+SigningKey = Annotated[Path | None, _signing_key("verdict")]
+WithdrawalKey = Annotated[Path | None, _signing_key("withdrawal")]
 
 
 def _sign(
@@ -173,7 +179,7 @@ def approval_deny(
 def approval_withdraw(
     ctx: typer.Context,
     approval_id: ApprovalId,
-    signing_key: SigningKey = None,
+    signing_key: WithdrawalKey = None,
     json_out: JsonFlag = False,
 ) -> None:
     """Withdraw your own signed denial of approval ID, so its request may be asked again.

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
-import fcntl
 import functools
-import os
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
@@ -21,7 +19,7 @@ from shardvault.catalog.memory import MemoryCatalog
 from shardvault.catalog.port import Catalog
 from shardvault.catalog.sqlite import SqliteCatalog
 from shardvault.config import Config
-from shardvault.durability import failure_reason, release_flock
+from shardvault.durability import failure_reason
 from shardvault.errors import StorageError, VaultClosed
 from shardvault.keys.attestation import StatementSigner
 from shardvault.keys.keyring import KeyringCustodian
@@ -32,6 +30,7 @@ from shardvault.model import NodeSpec, NodeState
 from shardvault.nodes.hints import HungHints
 from shardvault.nodes.port import ShardStore
 from shardvault.nodes.unavailable import UnavailableStore
+from shardvault.vault.cell_locks import flocked
 from shardvault.vault.node_opening import open_stores
 
 _T = TypeVar("_T")
@@ -185,6 +184,10 @@ class Cell:
     nodes: list[NodeSpec]
     node_opening: StoreOpening
     maintenance_lock: Path | None = None
+    collection_lock: Path | None = None  # `collection`: None for a cell of memory catalogs
+    collection_turns: threading.Lock = field(
+        default_factory=threading.Lock, repr=False, compare=False
+    )
     work_dir: Path | None = None  # where maintenance keeps its working files (the cell's)
     hints: HungHints | None = None  # the deployment's notes of nodes found hung
     _placeable: list[NodeSpec] | None = field(default=None, init=False, repr=False)
@@ -251,22 +254,24 @@ class Cell:
         if self.maintenance_lock is None:
             yield True
             return
-        try:
-            self.maintenance_lock.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.maintenance_lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        except OSError as exc:
-            raise StorageError(f"cell {self.jurisdiction}: maintenance lock: {exc}") from exc
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                yield False
-                return
-            except OSError as exc:
-                raise StorageError(f"cell {self.jurisdiction}: maintenance lock: {exc}") from exc
-            yield True
-        finally:
-            release_flock(fd)
+        what = f"cell {self.jurisdiction}: maintenance lock"
+        with flocked(self.maintenance_lock, wait=wait, what=what) as held:
+            yield held
+
+    @contextlib.contextmanager
+    def collection(self) -> Iterator[None]:
+        """Collectors of the cell (gc, forget) take turns, across processes, at a step
+        that deletes shards and the rows or notes naming them (`vault/gc.py`): each
+        deletes, and counts in its report, only what no other collector has. Two at
+        once each found the same rows, deleted the same shards (a packed one's delete
+        says it was there to each), and both counted them."""
+        if self.collection_lock is None:  # a memory catalog: this process's alone
+            with self.collection_turns:
+                yield
+            return
+        what = f"cell {self.jurisdiction}: collection lock"
+        with flocked(self.collection_lock, wait=True, what=what):
+            yield
 
     def placeable_nodes(self) -> list[NodeSpec]:
         """The nodes as placement should see them: one whose store could not be opened
@@ -345,6 +350,7 @@ def open_cells(config: Config, catalogs: CatalogFactory) -> dict[str, Cell]:
             nodes=nodes,
             node_opening=StoreOpening(code, open_all),
             maintenance_lock=config.state_dir / "cells" / code / "maintenance.lock",
+            collection_lock=config.state_dir / "cells" / code / "collection.lock",
             work_dir=config.state_dir / "cells" / code,
             hints=hints,
         )

@@ -102,10 +102,11 @@ def collect_claimed(
     versions = shards = 0
     skipped: set[str] = set()
     while True:
-        batch = cell.catalog.claim_collectable(
-            pending_before, created_until=created_until, subject=subject, limit=_CLAIM_BATCH
-        )
-        removed, missed = collect_versions(cell, batch, n)
+        with cell.collection():  # what it claims is its own until its rows are gone
+            batch = cell.catalog.claim_collectable(
+                pending_before, created_until=created_until, subject=subject, limit=_CLAIM_BATCH
+            )
+            removed, missed = collect_versions(cell, batch, n)
         if counted is not None and removed:
             counted(removed)
         shards += removed

@@ -119,3 +119,36 @@ def test_two_gcs_at_once_report_together_what_was_collected(
     assert total.shards + total.orphans + total.stale == len(shards_before - shards_after)
     assert not shards_after - shards_before
     _check_live(config)
+
+
+def test_a_version_collected_while_gc_sweeps_its_node_is_not_counted_again_as_orphans(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the sweep listed the node's shards, another collector then deleted a version's
+    # shards and its row: the sweep found them listed and known to no row, and each
+    # delete of a packed one said it was there
+    config = _deployment_with_garbage(tmp_path)
+    gone = ObjectRef("intl", "alice", "k1")
+    reports: list[GcReport] = []
+    with Vault.open(load(config)) as first, Vault.open(load(config)) as second:
+        first.gc()  # nothing left to collect but what is deleted while it sweeps
+        rows_before, shards_before = _held(config)
+
+        def delete_and_collect() -> None:
+            second.delete(gone)
+            reports.append(second.gc())
+
+        other = _other_goes_within(
+            first.cells["US"].catalog, "known_among", delete_and_collect, monkeypatch, found=False
+        )
+        reports.append(first.gc(grace_seconds=0))  # the version is older than its cutoff
+        other.join()
+    assert len(reports) == 2
+    rows_after, shards_after = _held(config)
+    total = sum(reports, GcReport())
+    assert total.versions == rows_before - rows_after == 1
+    assert total.shards + total.orphans + total.stale == len(shards_before - shards_after)
+    assert not shards_after - shards_before
+    with Vault.open(load(config)) as vault:
+        for key in range(2, _KEYS):
+            assert vault.get(ObjectRef("intl", "alice", f"k{key}")) == _data(key)

@@ -262,6 +262,20 @@ def _sweep_node(cell: Cell, store: ShardStore, cutoff: float) -> tuple[int, int,
     """One node's orphans and temporaries, then its compaction: (orphans, temporaries,
     what it moved and kept damaged). The store then lets go of what it learned of its
     shards meanwhile."""
+    with cell.collection():
+        orphans = _collect_orphans(cell, store, cutoff)
+    temporaries = store.collect_temporaries(cutoff)
+    store.sync()
+    compacted = store.compact()
+    store.drop_caches()
+    return orphans, temporaries, compacted
+
+
+def _collect_orphans(cell: Cell, store: ShardStore, cutoff: float) -> int:
+    """Delete the node's shards no row names, minted before the cutoff: how many. Taking
+    its turn with the cell's other collectors (`Cell.collection`): one that collected a
+    version between the listing and the look would leave its shards listed here, and
+    not known, and a packed shard's delete says it was there to each."""
     # List shards before reading the known ids: a reserved shard was reserved
     # before it was written, and an unreserved one committed by now is known.
     names = list(store.names())
@@ -274,11 +288,7 @@ def _sweep_node(cell: Cell, store: ShardStore, cutoff: float) -> tuple[int, int,
         for name, object_id in batch.items():
             if object_id in candidates and object_id not in known and store.delete(name):
                 orphans += 1
-    temporaries = store.collect_temporaries(cutoff)
-    store.sync()
-    compacted = store.compact()
-    store.drop_caches()
-    return orphans, temporaries, compacted
+    return orphans
 
 
 def _resolve_leftovers(cell: Cell, cutoff: float) -> int:

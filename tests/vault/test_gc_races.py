@@ -3,17 +3,19 @@ its own run collected, and together they say what was really collected."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from conftest import make_deployment
-from shardvault.catalog.port import Catalog
+from conftest import make_deployment, manifest_of
+from shardvault.catalog.port import Catalog, Leftover
 from shardvault.config import load
 from shardvault.model import ObjectRef
+from shardvault.nodes.port import shard_name
 from shardvault.vault import Vault
 from shardvault.vault.gc import GcReport
 
@@ -42,6 +44,16 @@ def _deployment_with_garbage(tmp_path: Path) -> Path:
     return config
 
 
+@contextlib.contextmanager
+def _collected_twice_open(tmp_path: Path) -> Iterator[tuple[Path, Vault, Vault]]:
+    """The deployment of `_deployment_with_garbage` collected, nothing left to collect
+    but what a test leaves, and open twice: (config, one vault, another)."""
+    config = _deployment_with_garbage(tmp_path)
+    with Vault.open(load(config)) as first, Vault.open(load(config)) as second:
+        first.gc()
+        yield config, first, second
+
+
 def _held(config: Path) -> tuple[int, set[tuple[str, str]]]:
     """Counted apart from any report: the catalog rows of every cell, and every shard
     name its nodes hold."""
@@ -53,6 +65,24 @@ def _held(config: Path) -> tuple[int, set[tuple[str, str]]]:
             for node, store in cell.stores.items():
                 shards.update((node, name) for name in store.names())
     return rows, shards
+
+
+def _assert_reports_add_up(
+    config: Path,
+    reports: list[GcReport],
+    before: tuple[int, set[tuple[str, str]]],
+    versions: int,
+) -> set[tuple[str, str]]:
+    """The two reports add up to what `_held` finds gone since BEFORE: VERSIONS rows, and
+    every shard they removed, each once; the shards held after."""
+    assert len(reports) == 2
+    rows_before, shards_before = before
+    rows_after, shards_after = _held(config)
+    total = sum(reports, GcReport())
+    assert total.versions == rows_before - rows_after == versions
+    assert total.shards + total.orphans + total.stale == len(shards_before - shards_after)
+    assert not shards_after - shards_before
+    return shards_after
 
 
 def _other_goes_within(
@@ -100,7 +130,7 @@ def test_two_gcs_at_once_report_together_what_was_collected(
     # found by two `shardvault gc` started at once: both said versions 1, shards 6,
     # for the one version (of six shards) there was
     config = _deployment_with_garbage(tmp_path)
-    rows_before, shards_before = _held(config)
+    before = _held(config)
     reports: list[GcReport] = []
     with Vault.open(load(config)) as first, Vault.open(load(config)) as second:
         other = _other_goes_within(
@@ -112,12 +142,7 @@ def test_two_gcs_at_once_report_together_what_was_collected(
         )
         reports.append(first.gc())
         other.join()
-    assert len(reports) == 2
-    rows_after, shards_after = _held(config)
-    total = sum(reports, GcReport())
-    assert total.versions == rows_before - rows_after == len(_SUBJECTS) * (_KEYS + 1)
-    assert total.shards + total.orphans + total.stale == len(shards_before - shards_after)
-    assert not shards_after - shards_before
+    _assert_reports_add_up(config, reports, before, len(_SUBJECTS) * (_KEYS + 1))
     _check_live(config)
 
 
@@ -127,12 +152,10 @@ def test_a_version_collected_while_gc_sweeps_its_node_is_not_counted_again_as_or
     # the sweep listed the node's shards, another collector then deleted a version's
     # shards and its row: the sweep found them listed and known to no row, and each
     # delete of a packed one said it was there
-    config = _deployment_with_garbage(tmp_path)
     gone = ObjectRef("intl", "alice", "k1")
     reports: list[GcReport] = []
-    with Vault.open(load(config)) as first, Vault.open(load(config)) as second:
-        first.gc()  # nothing left to collect but what is deleted while it sweeps
-        rows_before, shards_before = _held(config)
+    with _collected_twice_open(tmp_path) as (config, first, second):
+        before = _held(config)
 
         def delete_and_collect() -> None:
             second.delete(gone)
@@ -143,12 +166,41 @@ def test_a_version_collected_while_gc_sweeps_its_node_is_not_counted_again_as_or
         )
         reports.append(first.gc(grace_seconds=0))  # the version is older than its cutoff
         other.join()
-    assert len(reports) == 2
-    rows_after, shards_after = _held(config)
-    total = sum(reports, GcReport())
-    assert total.versions == rows_before - rows_after == 1
-    assert total.shards + total.orphans + total.stale == len(shards_before - shards_after)
-    assert not shards_after - shards_before
+    _assert_reports_add_up(config, reports, before, 1)
     with Vault.open(load(config)) as vault:
         for key in range(2, _KEYS):
             assert vault.get(ObjectRef("intl", "alice", f"k{key}")) == _data(key)
+
+
+def test_a_copy_repair_left_of_a_version_collected_meanwhile_is_counted_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # one gc resolving repair's leftovers looked them up, another then collected the
+    # version with its noted copy (`_replaced_copies`): the first deleted the copy
+    # again, and a packed one's delete said it was there to each
+    ref = ObjectRef("intl", "alice", "k1")
+    reports: list[GcReport] = []
+    with _collected_twice_open(tmp_path) as (config, first, second):
+        cell = first.cells["US"]
+        record = cell.catalog.get_version(ref)
+        assert record is not None
+        manifest = manifest_of(first, ref)
+        node = manifest.nodes[0]
+        writer = cell.stores[node].open_writer(shard_name(record.object_id, record.version, 0, 1))
+        writer.write(b"a copy a repair wrote and never named")
+        writer.commit()
+        copy = Leftover(record.object_id, record.version, 0, node, writer.location, 1)
+        cell.catalog.note_leftovers([copy])
+        before = _held(config)
+
+        def delete_and_collect() -> None:
+            first.delete(ref)
+            reports.append(first.gc())
+
+        other = _other_goes_within(
+            second.cells["US"].catalog, "leftovers", delete_and_collect, monkeypatch, found=True
+        )
+        reports.append(second.gc())
+        other.join()
+    shards_after = _assert_reports_add_up(config, reports, before, 1)
+    assert (node, shard_name(record.object_id, record.version, 0, 1)) not in shards_after

@@ -219,7 +219,8 @@ def collect_cell(cell: Cell, cutoff: float, started: float, n: int) -> GcReport:
     versions, shards, _ = collect_claimed(cell, n, cutoff, started)
     cell.catalog.note_sweep(cutoff)  # from here, unreserved shards minted by then cannot commit
     orphans = temporaries = 0
-    with cell.maintenance(wait=False) as turn:  # held only for this: repairs need not wait
+    # held only for this: repairs need not wait
+    with cell.maintenance(wait=False) as turn, cell.collection():
         stale_copies = _resolve_leftovers(cell, cutoff) if turn else 0  # not while repairs run
     failing: list[NodeFailure] = []
     strays: list[str] = []
@@ -297,7 +298,9 @@ def _resolve_leftovers(cell: Cell, cutoff: float) -> int:
     version still committed is kept, for the gets that loaded the manifest before the
     swap; any other, on a node that can be reached, is deleted (a repair killed before
     or after its swap, a node it could not reach). How many were. Holding the cell's
-    maintenance lock, so no repair is between its steps."""
+    maintenance lock, so no repair is between its steps, and its collection turn
+    (`Cell.collection`), so no collector deletes a collected version's copies here too
+    (`_replaced_copies`), each of them counting it."""
     leftovers = cell.catalog.leftovers()
     stores = cell.usable_stores()
     reachable = [x for x in leftovers if x.node in stores]

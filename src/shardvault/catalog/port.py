@@ -202,7 +202,8 @@ class Catalog(Protocol):
         Only versions created at or before `created_until`, of one (tenant, subject) if
         given, and at most `limit` of them, oldest first: a caller that purges what
         it is given and asks again works through any backlog in bounded memory, and
-        stops, since what is created meanwhile is left for the next time."""
+        stops, since what is created meanwhile is left for the next time. Two callers
+        at once are given the same rows: collectors take turns (`Cell.collection`)."""
 
     def purge(self, versions: Iterable[tuple[ObjectRef, int]]) -> None:
         """Remove deleted versions' rows for good (after their shards are gone), in one

@@ -22,6 +22,11 @@ without that, every process reading one of them would have to index the
 node's packs (nodes/packs.py). Until then the moves wait on disk, not in
 memory, and each version is rewritten once, however many of its nodes moved
 it (vault/compaction_moves.py).
+
+Each step that deletes shards and then the rows or notes naming them (a claimed
+batch, a node's orphan sweep, the leftovers' resolution) takes its turn with the
+cell's other collectors, gcs and forgets of other processes (`Cell.collection`):
+so each deletes, and counts in its report, only what no other has.
 """
 
 from __future__ import annotations

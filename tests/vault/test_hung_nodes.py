@@ -1082,6 +1082,41 @@ def test_a_node_whose_open_answers_after_the_deadline_is_used_again(
         assert hung in manifest_of(vault, new).nodes and vault.get(new) == b"n"
 
 
+def test_a_node_whose_open_answers_before_its_cells_other_nodes_are_open_is_used_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A node given up on at its open whose open ended while a later node of the cell
+    was still opening: the open was done when the vault came to put it back, which it
+    did then and there, asking the cell for its stores while their open held the lock,
+    and waited for ever (most likely how `shardvault nodes` outlived 60 s once, in a
+    busy CI run). The cell's last node's open lets the first one's answer, and waits
+    until the thread that ran it has ended."""
+    config, _, _ = hung_node_deployment(tmp_path)
+    nodes = load(config).nodes_in("US")
+    late, last = nodes[0].id, nodes[-1].id  # opened first and last
+    answer = threading.Event()
+    late_thread: list[threading.Thread] = []
+    checked = node_opening.claim
+
+    def claim(root: Path, node: NodeSpec, marked: Path | None = None) -> None:
+        if node.id == late:  # given up on, a deadline after
+            late_thread.append(threading.current_thread())
+            answer.wait(30)
+        elif node.id == last:  # opened on a thread of its own, once the late one was given up on
+            answer.set()
+            late_thread[0].join(30)  # its open has ended: the first thread has no more to do
+            assert not late_thread[0].is_alive()
+        checked(root, node, marked)
+
+    monkeypatch.setattr(node_opening, "claim", claim)
+    vault = within(BOUND, lambda: Vault.open(load(config)))
+    try:
+        assert within(BOUND, vault.cells["US"].unavailable_nodes) == []
+        assert vault.deadline.hung == {late}  # it did not answer in time: the CLI names it
+    finally:
+        within(BOUND, vault.close)
+
+
 def test_a_get_in_a_process_of_its_own_reads_around_a_node_whose_disk_hangs(
     tmp_path: Path,
 ) -> None:

@@ -66,11 +66,14 @@ class _OpenedOnce(abc.ABC, Generic[_T]):
             if closed:  # while it opened: the close did not wait for it
                 self._release(opened)
                 raise self._closed_error()
-            self._kept(opened)
-            return opened
+        # out of the open's lock: a watcher asking for what was opened (a node whose open
+        # answered meanwhile, put back at once: vault/deadline.py) waited for ever for it
+        self._kept(opened)
+        return opened
 
     def _kept(self, opened: _T) -> None:
-        """Told, out of the locks, of what an open kept."""
+        """Told, out of the locks, of what an open kept (a request on another thread may
+        use it meanwhile)."""
 
     @abc.abstractmethod
     def _release(self, opened: _T) -> None:

@@ -54,6 +54,7 @@ from shardvault.nodes.localdir import LocalDirShardStore
 from shardvault.nodes.pack_records import PackedShard
 from shardvault.nodes.packs import PackSet
 from shardvault.nodes.port import shard_name
+from shardvault.nodes.unavailable import UnavailableStore
 from shardvault.placement import place_stripe, placement_seed
 from shardvault.vault import Vault, node_opening
 from shardvault.vault import cells as cells_module
@@ -1115,6 +1116,24 @@ def test_a_node_whose_open_answers_before_its_cells_other_nodes_are_open_is_used
         assert vault.deadline.hung == {late}  # it did not answer in time: the CLI names it
     finally:
         within(BOUND, vault.close)
+
+
+def test_a_store_put_in_place_of_a_nodes_never_opens_the_cells_stores(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The deadline puts a store in place of a node's (hung, or back) under its lock, which
+    an open's watchers take: one that opened the cell's stores there could wait for
+    itself, as a node put back by the thread opening its cell did. Before the cell's
+    stores are open there is nothing to replace; once they are, the one given is used."""
+    config, _, node = hung_node_deployment(tmp_path)
+    claimed, _, _ = stalled_claims(monkeypatch, "none")
+    with Vault.open(load(config)) as vault:
+        cell = vault.cells["US"]
+        placed = cell.replace_store(UnavailableStore(node, "given up on"))
+        assert claimed == [] and placed is False  # not opened, so nothing to replace
+        assert cell.unavailable_nodes() == []  # opened now: its own store
+        assert cell.replace_store(UnavailableStore(node, "given up on")) is True
+        assert cell.unavailable_reasons() == f"{node} (given up on)"
 
 
 def test_a_get_in_a_process_of_its_own_reads_around_a_node_whose_disk_hangs(

@@ -161,6 +161,12 @@ class StoreOpening(_OpenedOnce[dict[str, ShardStore]]):
         for watcher in watchers:  # out of the lock: a watcher may ask for the stores
             watcher(opened)
 
+    def opened(self) -> dict[str, ShardStore] | None:
+        """The stores if they are open (and not closed), else None: never opens them, so
+        a caller holding a lock an open's watcher takes cannot wait for itself."""
+        with self._state:
+            return self._opened
+
     def when_opened(self, watcher: StoresOpened) -> None:
         """Call ``watcher`` with the stores once they are opened (now, if they are)."""
         with self._state:
@@ -218,11 +224,17 @@ class Cell:
             return UnavailableStore(node_id, "it is not in the configuration")
         return found
 
-    def replace_store(self, store: ShardStore) -> None:
+    def replace_store(self, store: ShardStore) -> bool:
         """Put a node's store in place of the one it had (a node that hung or came back:
-        vault/deadline.py); placement sees it at the next put."""
-        self.stores[store.node_id] = store
+        vault/deadline.py); placement sees it at the next put. False, and nothing done,
+        if the stores are not open (or closed): it never opens them, as the deadline
+        calls it under the lock an open's watchers take (opening, it waited for itself)."""
+        stores = self.node_opening.opened()
+        if stores is None:
+            return False
+        stores[store.node_id] = store
         self._placeable = None
+        return True
 
     def close(self) -> None:
         """Close its catalog and its nodes' stores (those a request opened), then forget

@@ -155,7 +155,8 @@ class NodeDeadline:
         """Holding the lock: route around the node, and probe it, unless already so (False)."""
         if isinstance(store, UnavailableStore):
             return False
-        cell.replace_store(HungStore(store, reason))
+        if not cell.replace_store(HungStore(store, reason)):  # the vault closed meanwhile
+            return False
         probe = threading.Thread(
             target=self._probe,
             args=(cell, store),
@@ -194,10 +195,8 @@ class NodeDeadline:
         if cell.hints is not None:  # it answered, if only to say it cannot be opened
             cell.hints.clear(node_id, cell.hints.now())
         with self._lock:
-            if self._closed.is_set():
-                store.close()
-                return
-            cell.replace_store(store)
+            if self._closed.is_set() or not cell.replace_store(store):
+                store.close()  # the vault closed meanwhile: it would stay open
 
     def _holds(self, node_id: str) -> bool:
         """Whether a call given up on is still stuck in the node."""

@@ -37,6 +37,7 @@ from conftest import (
 )
 from governance_support import approve, forget_approved
 from shardvault.catalog.port import Catalog
+from shardvault.cli.app import main
 from shardvault.config import load
 from shardvault.errors import (
     ApprovalRequired,
@@ -1083,6 +1084,32 @@ def test_a_node_whose_open_answers_after_the_deadline_is_used_again(
         assert hung in manifest_of(vault, new).nodes and vault.get(new) == b"n"
 
 
+def answers_late(monkeypatch: pytest.MonkeyPatch, config: Path) -> str:
+    """The US cell's first node answers each open of the cell late: given up on a deadline
+    after, its open ends while the cell's last node opens (on a thread of its own, once
+    the late one was given up on), which waits until the thread that ran it has ended.
+    Returns the late node."""
+    nodes = load(config).nodes_in("US")
+    late, last = nodes[0].id, nodes[-1].id  # opened first and last
+    waiting: list[tuple[threading.Thread, threading.Event]] = []  # the late open's, and its answer
+    checked = node_opening.claim
+
+    def claim(root: Path, node: NodeSpec, marked: Path | None = None) -> None:
+        if node.id == late:
+            answer = threading.Event()
+            waiting.append((threading.current_thread(), answer))
+            answer.wait(30)
+        elif node.id == last:
+            thread, answer = waiting.pop()
+            answer.set()
+            thread.join(30)  # its open has ended: the first thread has no more to do
+            assert not thread.is_alive()
+        checked(root, node, marked)
+
+    monkeypatch.setattr(node_opening, "claim", claim)
+    return late
+
+
 def test_a_node_whose_open_answers_before_its_cells_other_nodes_are_open_is_used_at_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -1090,32 +1117,34 @@ def test_a_node_whose_open_answers_before_its_cells_other_nodes_are_open_is_used
     was still opening: the open was done when the vault came to put it back, which it
     did then and there, asking the cell for its stores while their open held the lock,
     and waited for ever (most likely how `shardvault nodes` outlived 60 s once, in a
-    busy CI run). The cell's last node's open lets the first one's answer, and waits
-    until the thread that ran it has ended."""
+    busy CI run)."""
     config, _, _ = hung_node_deployment(tmp_path)
-    nodes = load(config).nodes_in("US")
-    late, last = nodes[0].id, nodes[-1].id  # opened first and last
-    answer = threading.Event()
-    late_thread: list[threading.Thread] = []
-    checked = node_opening.claim
-
-    def claim(root: Path, node: NodeSpec, marked: Path | None = None) -> None:
-        if node.id == late:  # given up on, a deadline after
-            late_thread.append(threading.current_thread())
-            answer.wait(30)
-        elif node.id == last:  # opened on a thread of its own, once the late one was given up on
-            answer.set()
-            late_thread[0].join(30)  # its open has ended: the first thread has no more to do
-            assert not late_thread[0].is_alive()
-        checked(root, node, marked)
-
-    monkeypatch.setattr(node_opening, "claim", claim)
+    late = answers_late(monkeypatch, config)
     vault = within(BOUND, lambda: Vault.open(load(config)))
     try:
         assert within(BOUND, vault.cells["US"].unavailable_nodes) == []
-        assert vault.deadline.hung == {late}  # it did not answer in time: the CLI names it
+        assert vault.deadline.hung == {late}  # it did not answer in time (the CLI: below)
     finally:
         within(BOUND, vault.close)
+
+
+def test_the_cli_names_no_node_as_skipped_whose_open_answered_before_it_was_used(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsysbinary: pytest.CaptureFixture[bytes]
+) -> None:
+    """A node given up on at its open that answered before `nodes` counted it, or before gc
+    swept it, was counted and swept: neither command names it as skipped, and both exit 0.
+    Both named it ("did not answer ...: skipped"), and gc exited 1."""
+    config, _, _ = hung_node_deployment(tmp_path)
+    late = answers_late(monkeypatch, config)
+    given = ["--config", str(config)]
+    assert within(BOUND, lambda: main([*given, "nodes", "--json"])) == 0
+    out, err = capsysbinary.readouterr()
+    by_id = {node["id"]: node for node in json.loads(out)["nodes"]}
+    assert (by_id[late]["unavailable"], by_id[late]["shards"]) == (None, 1)
+    assert late not in err.decode() and "did not answer" not in err.decode()
+    assert within(BOUND, lambda: main([*given, "gc", "--grace", "0"])) == 0
+    _, err = capsysbinary.readouterr()
+    assert late not in err.decode() and "did not answer" not in err.decode()
 
 
 def test_a_store_put_in_place_of_a_nodes_never_opens_the_cells_stores(

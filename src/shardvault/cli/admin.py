@@ -159,7 +159,7 @@ def nodes(ctx: typer.Context, json_out: JsonFlag = False) -> None:
             warn(f"node {u.node.id} is unavailable: {u.unavailable}")
     warn_about_cells(cli.config(), unreachable)
     warn_about_crowding(crowding)
-    warn_if_any_hung(cli)
+    warn_if_any_hung(cli, unreachable)
     if any(alarming(u) for u in usage) or any(c.unreadable for c in crowding):
         raise typer.Exit(1)
 
@@ -258,8 +258,8 @@ def gc(
                 f"{failed.error}; run gc again once that is mended"
             )
     warn_about_strays(report.strays)
-    warn_if_any_hung(cli)
-    if not_down(cli, report.skipped_nodes) or not_down(cli, hung):
+    warn_if_any_hung(cli, report.skipped_nodes)  # a node that hung in the run is skipped
+    if not_down(cli, report.skipped_nodes):
         raise typer.Exit(1)
 
 

@@ -32,13 +32,16 @@ def not_down(cli: CliState, nodes: Iterable[str]) -> list[str]:
     return sorted({node for node in nodes if node not in down})
 
 
-def warn_if_any_hung(cli: CliState) -> None:
+def warn_if_any_hung(cli: CliState, skipped: Iterable[str]) -> None:
     """Name the nodes (not marked down) that did not answer within storage.node_timeout
-    during the command (a hung disk): what it had to do there is not done."""
-    hung = not_down(cli, cli.vault().deadline.hung)
-    if hung:
+    during the command (a hung disk) and that it SKIPPED: what it had to do there is
+    not done. One given up on at its open that answered before the command came to
+    it was used: saying it was skipped would be false."""
+    hung = cli.vault().deadline.hung
+    hung_skipped = not_down(cli, (node for node in skipped if node in hung))
+    if hung_skipped:
         warn(
-            f"node(s) {', '.join(hung)} did not answer within "
+            f"node(s) {', '.join(hung_skipped)} did not answer within "
             f"{cli.config().node_timeout:g} s (storage.node_timeout): skipped; "
             "run again once they answer"
         )

@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -237,6 +238,79 @@ def test_every_option_a_command_takes_is_named_in_its_reference() -> None:
         and not re.search(rf"(?<![\w-]){re.escape(option)}(?![\w-])", references[path])
     ]
     assert unnamed == []
+
+
+_LONG_OPTION = re.compile(r"(?<![\w-])--[a-z][a-z-]*")
+_FENCED = re.compile(r"^```[a-z]*\n(.*?)^```", re.S | re.M)
+_INLINE = re.compile(r"`([^`]+)`")
+
+
+def _options_of(command: Any) -> set[str]:
+    return {
+        opt for param in command.params if param.param_type_name == "option" for opt in param.opts
+    }
+
+
+def _spans(text: str) -> Iterator[tuple[str, bool]]:
+    """(a part of TEXT, whether it is code): each line of a fenced block, each `inline`
+    span (which may wrap), and the prose around them, as one."""
+    for block in _FENCED.findall(text):
+        yield from ((line, True) for line in block.splitlines())
+    unfenced = _FENCED.sub(" ", text)
+    yield from ((span, True) for span in _INLINE.findall(unfenced))
+    yield _INLINE.sub(" ", unfenced), False
+
+
+def _named_options(text: str, commands: dict[str, Any]) -> Iterator[tuple[str | None, str]]:
+    """(the command its code names before it, if any; option) of each long option TEXT
+    names: `repair --scrub` in gc's section is repair's option, not gc's."""
+    for span, code in _spans(text):
+        words = span.split()
+        named: str | None = None
+        at = 0
+        while at < len(words):
+            pair = " ".join(words[at : at + 2])
+            if code and pair in commands and " " in pair:
+                named, at = pair, at + 2
+                continue
+            if code and words[at] in commands:
+                named = words[at]
+            for option in _LONG_OPTION.findall(words[at]):
+                yield named, option
+            at += 1
+
+
+def test_every_option_a_reference_names_is_one_its_command_takes() -> None:
+    """The converse of the test above: an option a command's section names (but one it
+    names after another command, `repair --scrub`) is one that command takes, or a
+    global one; one the opening names, which speaks of every command, is some
+    command's. An option renamed or dropped and left in the docs sends a reader to
+    a usage error."""
+    commands = _commands()
+    every = set().union(*map(_options_of, commands.values()))
+    wrong = []
+    for path, text in _references().items():
+        for named, option in _named_options(text, commands):
+            command = path if named is None else named
+            takes = every if command == "" else _options_of(commands[command])
+            takes = takes | _options_of(commands[""]) | {"--help"}
+            if option not in takes:
+                wrong.append(f"{option} in the reference of '{path}' (taken for '{command}')")
+    assert wrong == []
+
+
+def test_the_commands_without_json_are_those_the_reference_names() -> None:
+    """The reference's opening says which commands take no `--json`, and what each does
+    instead: one added without it, or given it, leaves that sentence false."""
+    opening = _references()[""]
+    sentence = re.search(r"Every command that reads or reports\s.*? take none\.", opening, re.S)
+    assert sentence is not None
+    named = {" ".join(span.split()) for span in _INLINE.findall(sentence[0])}
+    listed = {span for span in named if not span.startswith("-")}  # not `--format json`
+    without = {
+        path for path, cmd in _commands().items() if path and "--json" not in _options_of(cmd)
+    }
+    assert listed == without
 
 
 def test_ci_runs_the_readme_test_command() -> None:

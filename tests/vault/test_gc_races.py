@@ -4,15 +4,14 @@ its own run collected, and together they say what was really collected."""
 from __future__ import annotations
 
 import contextlib
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from conftest import make_deployment, manifest_of
-from shardvault.catalog.port import Catalog, Leftover
+from race_support import held, other_goes_within
+from shardvault.catalog.port import Leftover
 from shardvault.config import load
 from shardvault.model import ObjectRef
 from shardvault.nodes.port import shard_name
@@ -21,7 +20,6 @@ from shardvault.vault.gc import GcReport
 
 _SUBJECTS = {"alice": "US", "sue": "SG"}
 _KEYS = 5
-_LATE = 10.0  # seconds a collector waits for the other it let go (`_other_goes_within`)
 
 
 def _data(key: int) -> bytes:
@@ -54,67 +52,22 @@ def _collected_twice_open(tmp_path: Path) -> Iterator[tuple[Path, Vault, Vault]]
         yield config, first, second
 
 
-def _held(config: Path) -> tuple[int, set[tuple[str, str]]]:
-    """Counted apart from any report: the catalog rows of every cell, and every shard
-    name its nodes hold."""
-    rows, shards = 0, set()
-    with Vault.open(load(config)) as vault:
-        for cell in vault.cells.values():
-            catalog = cell.catalog
-            rows += len(catalog.versions_with(catalog.known_object_ids()))
-            for node, store in cell.stores.items():
-                shards.update((node, name) for name in store.names())
-    return rows, shards
-
-
 def _assert_reports_add_up(
     config: Path,
     reports: list[GcReport],
     before: tuple[int, set[tuple[str, str]]],
     versions: int,
 ) -> set[tuple[str, str]]:
-    """The two reports add up to what `_held` finds gone since BEFORE: VERSIONS rows, and
+    """The two reports add up to what `held` finds gone since BEFORE: VERSIONS rows, and
     every shard they removed, each once; the shards held after."""
     assert len(reports) == 2
     rows_before, shards_before = before
-    rows_after, shards_after = _held(config)
+    rows_after, shards_after = held(config)
     total = sum(reports, GcReport())
     assert total.versions == rows_before - rows_after == versions
     assert total.shards + total.orphans + total.stale == len(shards_before - shards_after)
     assert not shards_after - shards_before
     return shards_after
-
-
-def _other_goes_within(
-    catalog: Catalog,
-    call: str,
-    run: Callable[[], None],
-    monkeypatch: pytest.MonkeyPatch,
-    *,
-    found: bool,
-) -> threading.Thread:
-    """RUN (another collector) on its thread, let go within the first CALL of CATALOG
-    (once it has found something, if FOUND; before it looks, if not) and waited for
-    there, for up to `_LATE` seconds, before the caller goes on: unless collectors take
-    turns, the other then collects what the caller is amid collecting."""
-    method = getattr(catalog, call)
-    other = threading.Thread(target=run)
-
-    def let_the_other_go() -> None:
-        if other.ident is None:
-            other.start()
-            other.join(_LATE)
-
-    def hooked(*args: Any, **kwargs: Any) -> Any:
-        if not found:
-            let_the_other_go()
-        answer = method(*args, **kwargs)
-        if found and answer:
-            let_the_other_go()
-        return answer
-
-    monkeypatch.setattr(catalog, call, hooked)
-    return other
 
 
 def _check_live(config: Path) -> None:
@@ -130,10 +83,10 @@ def test_two_gcs_at_once_report_together_what_was_collected(
     # found by two `shardvault gc` started at once: both said versions 1, shards 6,
     # for the one version (of six shards) there was
     config = _deployment_with_garbage(tmp_path)
-    before = _held(config)
+    before = held(config)
     reports: list[GcReport] = []
     with Vault.open(load(config)) as first, Vault.open(load(config)) as second:
-        other = _other_goes_within(
+        other = other_goes_within(
             first.cells["US"].catalog,
             "claim_collectable",
             lambda: reports.append(second.gc()),
@@ -155,13 +108,13 @@ def test_a_version_collected_while_gc_sweeps_its_node_is_not_counted_again_as_or
     gone = ObjectRef("intl", "alice", "k1")
     reports: list[GcReport] = []
     with _collected_twice_open(tmp_path) as (config, first, second):
-        before = _held(config)
+        before = held(config)
 
         def delete_and_collect() -> None:
             second.delete(gone)
             reports.append(second.gc())
 
-        other = _other_goes_within(
+        other = other_goes_within(
             first.cells["US"].catalog, "known_among", delete_and_collect, monkeypatch, found=False
         )
         reports.append(first.gc(grace_seconds=0))  # the version is older than its cutoff
@@ -191,13 +144,13 @@ def test_a_copy_repair_left_of_a_version_collected_meanwhile_is_counted_once(
         writer.commit()
         copy = Leftover(record.object_id, record.version, 0, node, writer.location, 1)
         cell.catalog.note_leftovers([copy])
-        before = _held(config)
+        before = held(config)
 
         def delete_and_collect() -> None:
             first.delete(ref)
             reports.append(first.gc())
 
-        other = _other_goes_within(
+        other = other_goes_within(
             second.cells["US"].catalog, "leftovers", delete_and_collect, monkeypatch, found=True
         )
         reports.append(second.gc())

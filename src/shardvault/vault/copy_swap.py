@@ -8,7 +8,8 @@ swap's time: gets that loaded the manifest before the swap may still read them, 
 gc deletes them only after its grace period. A run killed at any step,
 or a node it cannot reach, leaves notes, and gc deletes each noted copy its
 version's manifest does not name, once it reaches the node. A swap that found the
-row changed deletes its new copies and raises `VersionChanged`; `until_unchanged`
+row changed deletes its new copies, and drops their notes, in its turn with the
+cell's collectors (`undo_copies`), and raises `VersionChanged`; `until_unchanged`
 begins the version again from the row as it is now, a few times.
 """
 
@@ -112,7 +113,7 @@ def swap_in_copies(
     cell.catalog.note_leftovers([*written, *old])  # and the copies the swap will replace
     updated = with_copies(manifest, targets, locations)
     if not cell.catalog.replace_manifests([(record, updated.to_bytes())], durable=True):
-        cell.catalog.drop_leftovers([*delete_copies(cell, written), *old])
+        undo_copies(cell, written, old)
         if moved_on(cell, record):
             return False
         raise VersionChanged(f"{manifest.ref} v{manifest.version}")
@@ -193,6 +194,17 @@ def moved_on(cell: Cell, record: VersionRecord) -> bool:
     delete, a forget or a gc, which is no damage. (A manifest changed by gc's
     relocation is the same version, still to be repaired.)"""
     return cell.catalog.get_version(record.ref, record.version) is None
+
+
+def undo_copies(cell: Cell, copies: list[Leftover], noted_too: list[Leftover]) -> None:
+    """Delete these copies and drop their notes, and NOTED_TOO's, in the cell's collection
+    turn (`Cell.collection`). A collector of the version between the deletes and the
+    drop found them noted (`gc._replaced_copies`) and deleted them again, and a packed
+    copy's delete, in a process that had indexed its pack, said it was there: counted
+    in its report though the repair had removed it. A collector now waits for one
+    version's deletes; the repair, for a collector's batch or a node's orphan sweep."""
+    with cell.collection():
+        cell.catalog.drop_leftovers([*delete_copies(cell, copies), *noted_too])
 
 
 def delete_copies(cell: Cell, copies: list[Leftover]) -> list[Leftover]:

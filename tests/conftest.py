@@ -19,12 +19,14 @@ import traceback
 import types
 from collections.abc import Callable, Generator, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from shardvault import durability
 from shardvault.config import Config, load
 from shardvault.demo import write_demo
+from shardvault.errors import StorageError
 from shardvault.manifest import Manifest
 from shardvault.model import ObjectRef
 from shardvault.nodes.localdir import LocalDirShardStore
@@ -117,6 +119,26 @@ def shard_paths(vault: Vault, ref: ObjectRef, version: int | None = None) -> lis
         name = shard_name(manifest.object_id, manifest.version, index, generation)
         paths.append(store.shard_path(name))
     return paths
+
+
+def syncs_failing(
+    monkeypatch: pytest.MonkeyPatch, vault: Vault, before: Callable[[], None] = lambda: None
+) -> None:
+    """Every writer the vault's US nodes open fails its sync, after BEFORE: a disk gone
+    between a copy's commit and its sync, wherever a rebuild puts it."""
+
+    def broken_sync() -> None:
+        before()
+        raise StorageError("the disk went away")
+
+    for store in vault.cells["US"].stores.values():
+
+        def open_writer(shard: str, real: Any = store.open_writer) -> Any:
+            writer = real(shard)
+            writer.sync = broken_sync
+            return writer
+
+        monkeypatch.setattr(store, "open_writer", open_writer)
 
 
 def frames_of(thread: threading.Thread) -> Iterator[types.FrameType]:

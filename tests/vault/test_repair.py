@@ -23,6 +23,7 @@ from conftest import (
     manifest_of,
     named_copies,
     shard_paths,
+    syncs_failing,
     with_nodes,
 )
 from governance_support import forget_approved
@@ -423,18 +424,7 @@ def test_a_rebuild_that_fails_after_a_commit_leaves_no_copy(
     with Vault.open(load(config)) as vault:
         lose(vault, REFS[3], 4)
         object_id = manifest_of(vault, REFS[3]).object_id
-
-        def broken_sync() -> None:
-            raise StorageError("the disk went away")
-
-        for store in vault.cells["US"].stores.values():  # wherever it could go
-
-            def open_writer(shard: str, real: Any = store.open_writer) -> Any:
-                writer = real(shard)
-                writer.sync = broken_sync
-                return writer
-
-            monkeypatch.setattr(store, "open_writer", open_writer)
+        syncs_failing(monkeypatch, vault)
         report = vault.repair(scrub=True)
         assert [p.split(": ", 1)[1] for p in report.problems] == [
             "rebuild failed: the disk went away"

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from conftest import make_deployment, manifest_of
+from conftest import make_deployment, manifest_of, syncs_failing
 from governance_support import forget_approved
 from race_support import held, other_goes_within
 from shardvault.catalog.port import Catalog
@@ -90,3 +90,31 @@ def test_copies_a_repair_undoes_are_not_counted_again_by_a_collector(
     assert removed == [len(before[1] - shards_after)]
     with Vault.open(load(config)) as fresh:
         assert fresh.get(_LIVE) == _data(_LIVE)
+
+
+def test_copies_a_failed_rebuild_removed_are_not_counted_again_by_gc(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a rebuild whose sync failed deleted the copies it had committed and left them
+    # noted: a gc of a process that had indexed their pack deleted them again, and
+    # each delete said it was there, counted as stale copies though none was
+    config = _deployment_with_a_lost_shard(tmp_path)
+    before = held(config)
+    with Vault.open(load(config)) as repairer, Vault.open(load(config)) as collector:
+
+        def index_the_copy() -> None:
+            for store in collector.cells["US"].stores.values():
+                list(store.names())
+
+        syncs_failing(monkeypatch, repairer, index_the_copy)
+        report = repairer.repair(scrub=True)
+        assert [p.split(": ", 1)[1] for p in report.problems] == [
+            "rebuild failed: the disk went away"
+        ]
+        gc = collector.gc(grace_seconds=0)
+    _, shards_after = held(config)
+    assert gc.shards + gc.orphans + gc.stale == len(before[1] - shards_after) == 0
+    assert not shards_after - before[1]
+    with Vault.open(load(config)) as fresh:
+        for ref in [*_REFS, _LIVE]:
+            assert fresh.get(ref) == _data(ref)

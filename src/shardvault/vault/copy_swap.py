@@ -155,8 +155,9 @@ def write_copies(
 ) -> dict[int, str | None]:
     """A writer per target under its name's generation, filled by FILL, then committed
     and synced each; their locations. If this fails, what was written is removed (a
-    committed copy deleted, leaving a trace the next repair keeps away from; one that
-    cannot be stays noted for gc). The rebuild and the spread write their copies so."""
+    committed copy deleted and its note dropped, `undo_copies`, leaving a trace the
+    next repair keeps away from; one that cannot be stays noted for gc). The rebuild
+    and the spread write their copies so."""
     writers: dict[int, ShardWriter] = {}
     committed: dict[int, str | None] = {}
     try:
@@ -173,12 +174,13 @@ def write_copies(
     except BaseException:
         for writer in writers.values():
             writer.abort()
-        delete_copies(
+        undo_copies(
             cell,
             [
                 leftover(manifest, i, targets[i].node.id, at, targets[i].generation)
                 for i, at in committed.items()
             ],
+            [],
         )
         raise
 
@@ -198,11 +200,12 @@ def moved_on(cell: Cell, record: VersionRecord) -> bool:
 
 def undo_copies(cell: Cell, copies: list[Leftover], noted_too: list[Leftover]) -> None:
     """Delete these copies and drop their notes, and NOTED_TOO's, in the cell's collection
-    turn (`Cell.collection`). A collector of the version between the deletes and the
-    drop found them noted (`gc._replaced_copies`) and deleted them again, and a packed
-    copy's delete, in a process that had indexed its pack, said it was there: counted
-    in its report though the repair had removed it. A collector now waits for one
-    version's deletes; the repair, for a collector's batch or a node's orphan sweep."""
+    turn (`Cell.collection`). A copy deleted and left noted, or a collector of the
+    version between the deletes and the drop (`gc._replaced_copies`), had gc delete it
+    again, and a packed copy's delete, in a process that had indexed its pack, said it
+    was there: counted in its report though the repair had removed it. A collector now
+    waits for one version's deletes; the repair, for a collector's batch or a node's
+    orphan sweep. Those whose delete failed stay noted, for gc."""
     with cell.collection():
         cell.catalog.drop_leftovers([*delete_copies(cell, copies), *noted_too])
 

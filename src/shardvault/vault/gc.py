@@ -224,9 +224,11 @@ def collect_cell(cell: Cell, cutoff: float, started: float, n: int) -> GcReport:
     versions, shards, _ = collect_claimed(cell, n, cutoff, started)
     cell.catalog.note_sweep(cutoff)  # from here, unreserved shards minted by then cannot commit
     orphans = temporaries = 0
-    # held only for this: repairs need not wait
-    with cell.maintenance(wait=False) as turn, cell.collection():
-        stale_copies = _resolve_leftovers(cell, cutoff) if turn else 0  # not while repairs run
+    stale_copies = 0  # not while repairs run
+    with cell.maintenance(wait=False) as turn:  # held only for this: repairs need not wait
+        if turn:
+            with cell.collection():
+                stale_copies = _resolve_leftovers(cell, cutoff)
     failing: list[NodeFailure] = []
     strays: list[str] = []
     damaged = 0

@@ -37,7 +37,7 @@ from shardvault.nodes.localdir import LocalDirShardStore
 from shardvault.nodes.port import shard_name
 from shardvault.vault import Vault, copy_swap, repair, shard_check
 from shardvault.vault.cells import Cell
-from shardvault.vault.reader import ObjectReader
+from shardvault.vault.reader import READ_AHEAD, ObjectReader
 
 K, M = 4, 2
 REFS = [ObjectRef("intl", "alice", f"k{i}") for i in range(12)]
@@ -1091,6 +1091,28 @@ def test_a_get_longer_than_the_grace_period_reads_the_copies_the_swap_put_in_pla
         ]
         assert moved == [3, 4, 5]
         assert copies(vault, before.object_id) == named_copies(after)
+
+
+def test_segments_fetched_ahead_of_a_swap_are_read_again_from_the_copies_it_put_in_place(
+    tmp_path: Path,
+) -> None:
+    # the segments a get had started reading ahead before its reload went to the old
+    # copies, which gc had zeroed in their packs: each found a shard bad that was sound
+    # and recorded damage for repair to chase
+    config = deployment(tmp_path, pack_limit=1 << 20)  # every shard of the object packed
+    ref, data = REFS[0], os.urandom((READ_AHEAD + 4) * SEGMENT)
+    now = [time.time()]
+    with Vault.open(load(config), clock=lambda: now[0]) as vault:
+        three_shards_bad_in_different_segments(vault, ref, data)
+        with vault.open_read(ref) as reader:
+            segments = iter(reader)
+            first = next(segments)
+            assert vault.repair(scrub=True).rebuilt == 3
+            now[0] += 3601.0
+            assert vault.gc(grace_seconds=3600).stale == 3  # the copies the get reads
+            rest = b"".join(segments)
+        assert first + rest == data
+        assert reader.damage == []
 
 
 def test_a_get_whose_reloaded_manifest_names_the_same_copies_fails_once(

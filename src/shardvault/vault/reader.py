@@ -5,8 +5,11 @@ systematic, so those decode by concatenation). A block that is missing,
 short, or whose hash differs from the manifest is an erasure: the reader takes
 another shard and records the damage for repair. With fewer than k good
 blocks it raises IntegrityError naming the object and segment; it never
-returns bytes that did not verify. The next segment is fetched while the
-current one is decoded and decrypted.
+returns bytes that did not verify. The next segments are fetched while the
+current one is decoded and decrypted (`READ_AHEAD`); a segment started before
+the reader learned that a shard is unusable, or that the catalog moved a copy,
+is started again as it would be now, so reading ahead records no damage and
+waits for no hung node that reading one segment at a time would not.
 
 The first segment's fetch starts when the reader is made, before it holds a
 key: the vault hands over the cipher (`unlock`) only once the access's audit
@@ -37,6 +40,7 @@ from __future__ import annotations
 import functools
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, Future
 from dataclasses import replace
@@ -56,6 +60,10 @@ from shardvault.vault.unreadable_segment import unreadable_segment
 from shardvault.vault.views import info_of
 
 INLINE_BLOCK = 64 << 10
+READ_AHEAD = 2
+"""Segments fetched ahead of the one being decrypted. Two kept a 256 MiB get's I/O
+threads busy where one left them idle while the calling thread took its results
+(docs/performance.md, twenty-eighth round); each costs a segment's blocks of memory."""
 _UNUSABLE = frozenset({"missing", "bad header", "truncated"})  # for every later segment too
 
 
@@ -69,6 +77,8 @@ class _Fetched(NamedTuple):
 
 
 _Pending: TypeAlias = "Future[_Fetched] | _Fetched"
+_Started: TypeAlias = "tuple[Manifest, list[tuple[int, _Pending]]]"
+"""A segment's fetches, with the manifest they were started under."""
 Reload: TypeAlias = Callable[[], "tuple[Manifest, list[ShardStore]] | None"]
 """The version's manifest as the catalog holds it now, with its nodes' stores; None
 if the version is no longer committed (deleted or forgotten)."""
@@ -117,6 +127,14 @@ class _ShardHandle:
         self.first_block = head[len(header) :] if first_length else None
 
 
+def _cancel(fetches: list[tuple[int, _Pending]]) -> None:
+    """Cancel the fetches not yet running; one running finishes, and nothing takes its
+    result (its shard's handle is kept only if it is still this reader's)."""
+    for _, item in fetches:
+        if isinstance(item, Future):
+            item.cancel()
+
+
 def _copy_of(manifest: Manifest, index: int) -> tuple[str, str | None, int]:
     """Which copy of shard index the manifest names: its node, location and generation."""
     return manifest.nodes[index], manifest.location(index), manifest.generation(index)
@@ -155,7 +173,8 @@ class ObjectReader:
         self._bad: set[int] = set()
         self._closed = False
         self._inline = manifest.segments == 1 and manifest.last_block_size <= INLINE_BLOCK
-        self._first = self._start(0)
+        self._read = False
+        self._ahead: deque[_Started] = deque([(manifest, self._start(0))])
 
     @functools.cached_property
     def info(self) -> ObjectInfo:
@@ -277,6 +296,17 @@ class ObjectReader:
         wanted = [i for i in range(self._manifest.n) if i not in self._bad][: self._code.k]
         return [(index, self._submit(segment, index)) for index in wanted]
 
+    def _current(self, segment: int, started: _Started) -> list[tuple[int, _Pending]]:
+        """The segment's fetches as `_start` would make them now: if since they were
+        started a shard they read was found unusable (or its node hung), or the catalog
+        named other copies, they are dropped and the segment started again. Rare: only
+        after damage or a repair's swap."""
+        manifest, fetches = started
+        if manifest is self._manifest and self._bad.isdisjoint(i for i, _ in fetches):
+            return fetches
+        _cancel(fetches)
+        return self._start(segment)
+
     def _note_damage(self, segment: int, fetched: _Fetched) -> None:
         """Record the damage; a shard unusable for the rest of the object is not read again.
 
@@ -355,9 +385,11 @@ class ObjectReader:
             pending = [(i, self._submit(segment, i)) for i in spare[:missing]]
 
     def _refuse_if_closed(self, segment: int) -> None:
-        """A fetch failed after the vault closed: its store may have been closed under it
-        (the close does not wait for the I/O threads while a node is hung), so the
-        failure is the close's, not damage: no record sends repair after a sound shard."""
+        """Refuse a segment once the vault closed. A fetch that failed then may have had
+        its store closed under it (the close does not wait for the I/O threads while a
+        node is hung), so the failure is the close's, not damage: no record sends repair
+        after a sound shard. A segment fetched ahead before the close is refused too, so
+        what a reader gives after its vault closed does not hang on how far it read ahead."""
         if self._deadline is not None and self._deadline.closed:
             raise VaultClosed(
                 f"the vault was closed while {self._segment_name(segment)} was read: "
@@ -412,19 +444,23 @@ class ObjectReader:
         manifest, cipher = self._manifest, self._cipher
         if cipher is None:
             raise RuntimeError("ObjectReader iterated before unlock(): no key was released")
-        upcoming, self._first = self._first, []
-        if not upcoming:
+        if self._read:
             raise RuntimeError("an ObjectReader is read once")
+        self._read = True
+        ahead = self._ahead
+        for segment in range(1, min(READ_AHEAD, manifest.segments)):
+            ahead.append((self._manifest, self._start(segment)))
         for segment in range(manifest.segments):
             if self._closed:  # its shards are closed: reading them would look like damage
                 raise VaultClosed(
                     f"the reader of {manifest.ref} v{manifest.version} was closed: "
                     "open another (Vault.open_read) to read it"
                 )
-            current = upcoming
-            blocks = self._collect(segment, current)  # (VaultClosed once the vault closed)
-            if segment + 1 < manifest.segments:
-                upcoming = self._start(segment + 1)
+            if segment:  # (a small get's one segment pays no look)
+                self._refuse_if_closed(segment)
+            blocks = self._collect(segment, self._current(segment, ahead.popleft()))
+            if segment + READ_AHEAD < manifest.segments:
+                ahead.append((self._manifest, self._start(segment + READ_AHEAD)))
             sealed = self._code.decode(blocks)
             expected = manifest.segment_length(segment) + TAG_BYTES
             if len(sealed) != expected:
@@ -443,9 +479,8 @@ class ObjectReader:
         return b"".join(self)
 
     def close(self) -> None:
-        for _, item in self._first:  # a refused read need not finish its prefetch
-            if isinstance(item, Future):
-                item.cancel()
+        for _, fetches in list(self._ahead):  # a refused or abandoned read need not finish them
+            _cancel(fetches)
         with self._handles_lock:
             if self._closed:
                 return

@@ -568,6 +568,11 @@ def test_a_small_get_on_a_node_just_hung_waits_for_an_uncached_shard_until_the_d
 # maintenance: gc, repair and node usage call the stores themselves ----------------
 
 
+def warned_about(node: str, err: str) -> list[str]:
+    """The lines of ERR that name NODE."""
+    return [line for line in err.splitlines() if node in line]
+
+
 def within(seconds: float, call: Callable[[], T]) -> T:
     """call(), on a thread of its own: the test fails, rather than hangs, if it takes longer."""
     got: list[T] = []
@@ -746,10 +751,10 @@ def test_the_cli_names_a_node_whose_disk_hangs_and_exits_1(tmp_path: Path) -> No
     assert (
         sum(node["shards"] for node in by_id.values()) == 5
     )  # the deleted version's, on the others
-    assert done.stderr.endswith(
-        f"warning: node(s) {hung} did not answer within 0.5 s (storage.node_timeout): "
-        "skipped; run again once they answer\n"
-    )
+    assert warned_about(hung, done.stderr) == [  # once: its reason says it hung
+        f"warning: node {hung} is unavailable: no answer within 0.5 s (storage.node_timeout); "
+        "it is unavailable to this process until it answers"
+    ]
     # `nodes` noted the node for the processes after it (`hints_file`). A gc starting
     # within a deadline of that would trust the note and skip the node whole (as a get
     # reads around it: test_a_fresh_note_is_trusted_...), so the note goes: this gc
@@ -1145,6 +1150,34 @@ def test_the_cli_names_no_node_as_skipped_whose_open_answered_before_it_was_used
     assert within(BOUND, lambda: main([*given, "gc", "--grace", "0"])) == 0
     _, err = capsysbinary.readouterr()
     assert late not in err.decode() and "did not answer" not in err.decode()
+
+
+def test_the_cli_names_a_node_still_unopened_once_saying_what_befell_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsysbinary: pytest.CaptureFixture[bytes]
+) -> None:
+    """A node whose store did not open within the deadline was named twice by `nodes` (as
+    unavailable, then as not answering) and by gc (as a skipped unavailable node, then
+    as not answering): once is enough, in the line that says what befell it. `nodes`
+    gives each node's reason; gc's unavailable line gives none, its deadline's does."""
+    config, _, hung = hung_node_deployment(tmp_path)
+    _, _, answer = stalled_claims(monkeypatch, hung)  # its open never answers, here
+    given = ["--config", str(config)]
+    try:
+        assert within(BOUND, lambda: main([*given, "nodes"])) == 1
+        assert warned_about(hung, capsysbinary.readouterr().err.decode()) == [
+            f"warning: node {hung} is unavailable: no answer within 0.5 s (storage.node_timeout)"
+        ]
+        hints_file(config).unlink()  # as a gc with no process before it: its own open gives up
+        assert within(BOUND, lambda: main([*given, "gc", "--grace", "0"])) == 1
+        assert warned_about(hung, capsysbinary.readouterr().err.decode()) == [
+            f"warning: node(s) {hung} did not answer within 0.5 s (storage.node_timeout): "
+            "skipped; run again once they answer"
+        ]
+        assert within(BOUND, lambda: main([*given, "nodes"])) == 1  # the gc's note trusted
+        (line,) = warned_about(hung, capsysbinary.readouterr().err.decode())
+        assert line.startswith(f"warning: node {hung} is unavailable: found hung by another ")
+    finally:
+        answer.set()
 
 
 def test_a_store_put_in_place_of_a_nodes_never_opens_the_cells_stores(

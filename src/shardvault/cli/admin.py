@@ -155,11 +155,10 @@ def nodes(ctx: typer.Context, json_out: JsonFlag = False) -> None:
     crowding = cli.vault().crowding(unreachable)
     _list_nodes(usage, crowding, json_out)
     for u in usage:  # in both modes: the exit code says one is, stderr which and why
-        if alarming(u):
+        if alarming(u):  # one that hung too: the reason says so, so named once, here
             warn(f"node {u.node.id} is unavailable: {u.unavailable}")
     warn_about_cells(cli.config(), unreachable)
     warn_about_crowding(crowding)
-    warn_if_any_hung(cli, unreachable)
     if any(alarming(u) for u in usage) or any(c.unreadable for c in crowding):
         raise typer.Exit(1)
 
@@ -243,13 +242,14 @@ def gc(
             f"{report.damaged} packed shard record(s) failed their checksum: kept, and "
             "queued for repair; run 'shardvault repair'"
         )
-    unavailable = not_down(cli, report.unavailable_nodes)
+    hung = set(cli.vault().deadline.hung)  # named below, with the deadline
+    # one whose store did not open in time is unavailable too: named once, as hung
+    unavailable = not_down(cli, (node for node in report.unavailable_nodes if node not in hung))
     if unavailable:
         warn(
             f"skipped unavailable node(s) {', '.join(unavailable)}: "
             "see 'shardvault nodes'; run gc again once they are back"
         )
-    hung = set(cli.vault().deadline.hung)  # named below, with the deadline
     down = down_nodes(cli.config())
     for failed in report.failed_nodes:
         if failed.node not in hung and failed.node not in down:

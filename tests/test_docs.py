@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import re
@@ -18,6 +19,7 @@ from shardvault import config, custodian_policy, directory, manifest
 from shardvault.audit import entry, export, log, tree
 from shardvault.catalog.sqlite import SCHEMA_VERSION
 from shardvault.cli import app as cli_app
+from shardvault.cli.state import CliState
 from shardvault.codec import shardfile
 from shardvault.codec.segment import SegmentBinding
 from shardvault.custodian_policy import parse_custodian_policy
@@ -435,6 +437,28 @@ def test_the_audit_entry_format_names_every_result_governance_writes() -> None:
     }
     assert len(written) >= 5
     assert sorted(result for result in written if f"`{result}`" not in row) == []
+
+
+def test_the_global_options_name_every_default_purpose_a_command_takes() -> None:
+    """A command's default purpose is what the audit log records and the custodian is
+    shown when `--purpose` is left out: `policy check` resolved its caller with the
+    purpose `policy`, which the reference did not name (and which nothing recorded)."""
+    row = next(
+        line
+        for line in (ROOT / "docs" / "cli.md").read_text().splitlines()
+        if line.startswith("| `--purpose P`")
+    )
+    listed = re.search(r"\(default per command: ([^)]*)\)", row)
+    assert listed is not None
+    named = set(re.findall(r"`([a-z-]+)`", listed[1]))
+    taken = {
+        found
+        for module in (ROOT / "src" / "shardvault" / "cli").glob("*.py")
+        for found in re.findall(r'\brequest\("([a-z-]+)"\)', module.read_text())
+    }
+    otherwise = inspect.signature(CliState.request).parameters["default_purpose"].default
+    assert len(taken) >= 4
+    assert sorted(taken | {otherwise}) == sorted(named)
 
 
 def test_the_readmes_commands_run_as_written(tmp_path: Path) -> None:

@@ -30,8 +30,10 @@ def _registered_principal(cli: CliState, ident: str, tenant: str, jurisdiction: 
     """A registered principal, for the local administrator or for itself (with a live
     token). A registration is the administrator's to show (`principal ls`): the trace
     would tell anyone else whether ``ident`` exists and which roles it holds. The
-    built-in local administrator, registered nowhere, is the one the guard makes."""
-    request = cli.request("policy")
+    built-in local administrator, registered nowhere, is the one the guard makes.
+    Only the caller is asked for: a check records nothing and shows no custodian a
+    purpose, so it takes the default one, as `require_local_admin` does."""
+    request = cli.request()
     if request.principal != ident or request.refused_credential is not None:
         cli.require_local_admin("policy check of another registered principal")
     if ident == LOCAL_ADMIN:

@@ -55,6 +55,12 @@ def pending_forget(cli: Cli) -> str:
     return cli.fails(1, "forget", "intl", "alice").rsplit("--approval ", 1)[1]
 
 
+def pending_listing(cli: Cli, court: str) -> str:
+    """The approval a court's `ls` of alice (a lawful request) is sent for."""
+    said = cli.fails(1, "--token", court, "--purpose", "lawful-request", "ls", "intl", "alice")
+    return said.rsplit("--approval ", 1)[1]
+
+
 def verdicts(cli: Cli, approval: str) -> list[dict[str, object]]:
     (shown,) = [a for a in cli.json("approval", "ls", "--all") if a["id"] == approval]
     return list(shown["signatures"])
@@ -141,8 +147,13 @@ def test_bad_key_files_are_one_line_and_exit_2_with_nothing_signed(
 def test_an_approver_the_partner_holds_no_key_for_is_counted_by_the_operator_only(
     cli: Cli, tmp_path: Path
 ) -> None:
+    # a court's listing, which uses no key: the custodian never counts its approval
+    # (a forget's names no approver it holds no key for: test_tenant_approvers)
     cfo = tokens(cli, "cfo")["cfo"]
-    first, second = pending_forget(cli), pending_forget(cli)
+    court = add(cli, "us-doj", "--kind", "external-requester", "--location", "US",
+                "--authority", "us-doj", "--authority-country", "US")  # fmt: skip
+    first, second = pending_listing(cli, court), pending_listing(cli, court)
+    assert "cfo" in cli.json("approval", "ls")[0]["approvers"]
     code, _, said = cli("--token", cfo, "approval", "approve", first)
     assert code == 0 and "approve recorded, not signed; 1 of 2" in said
     key = tmp_path / "cfo.skey"

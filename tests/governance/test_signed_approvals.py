@@ -622,7 +622,9 @@ def test_the_quorum_is_the_partners_not_the_operators(tmp_path: Path) -> None:
 
 def test_a_signature_by_a_key_the_partner_does_not_hold_does_not_count(tmp_path: Path) -> None:
     """cfo is an approver in the operator's config, with a key of their own the partner's
-    policy does not name: their signature meets the operator's quorum, not the partner's."""
+    policy does not name: the guard names them on no forget's approval, and their
+    signature, booked by operator code of its own, meets the operator's quorum, not the
+    partner's."""
 
     def with_cfo(text: str) -> str:
         return text.replace('approvers = ["dpo", "partner-officer"', 'approvers = ["dpo", '
@@ -638,9 +640,12 @@ def test_a_signature_by_a_key_the_partner_does_not_hold_does_not_count(tmp_path:
         vault.register_subject("intl", "alice", "US")
         vault.put(REF, b"alice's note")
         approval = pending_forget(vault)
-        for who, key in (("dpo", signing_key(vault.governance, "dpo")), ("cfo", cfo_key)):
-            ctx = RequestContext(who, "approval", new_request_id())
-            vault.governance.sign_approval(approval, ctx, "approve", key)
+        assert vault.governance.approvals.get(approval).approvers == ("dpo", "partner-officer")
+        sign_as(vault, approval, "dpo")
+        cfo = vault.governance.registry.get("cfo").principal
+        signature = sign_verdict(cfo_key, vault.governance.approvals.get(approval), "cfo",
+                                 "approve")  # fmt: skip
+        vault.governance.approvals.sign(approval, cfo, "approve", signature)
         assert signatures_of(config, approval)["cfo"] is not None  # signed, and stored
         assert_refused_and_untouched(config, vault, approval, "1 of the 2 signatures")
 
@@ -819,7 +824,9 @@ def test_a_signed_verdict_the_partner_holds_no_key_for_makes_its_record(tmp_path
     """The gap: an approver the partner holds no key for (cfo) signed the deployment's
     first signed verdict with a key of their own; nothing was delivered, so no record
     was made, yet the book held a signature, which read as a record lost: every request
-    that needs an approval was refused until a backup that never existed was restored."""
+    that needs an approval was refused until a backup that never existed was restored.
+    (cfo is named on a court's listing, which uses no key: the custodian never counts
+    its approval, so cfo's verdict is the operator's to count.)"""
 
     def three_approvers(text: str) -> str:
         return text.replace('"domestic-officer"]', '"domestic-officer", "cfo"]', 1)
@@ -829,9 +836,13 @@ def test_a_signed_verdict_the_partner_holds_no_key_for_makes_its_record(tmp_path
         ensure_approvers(vault.governance)
         vault.governance.registry.add(Principal("cfo", "intl", PrincipalKind.EMPLOYEE, "US"),
                                       token_ttl=None)  # fmt: skip
+        register(vault, US_COURT)
         vault.register_subject("intl", "alice", "US")
         vault.register_subject("intl", "bob", "US")
-        approval = pending_forget(vault)
+        with pytest.raises(ApprovalRequired) as listing:
+            vault.list("intl", "alice", ctx=as_(US_COURT, "lawful-request"))
+        approval = listing.value.approval_id
+        assert approval is not None
         ctx = RequestContext("cfo", "approval", new_request_id())
         vault.governance.sign_approval(approval, ctx, "deny", OTHER_KEY)
         assert vault.governance.approvals.get(approval).signature_of("cfo") is not None

@@ -40,8 +40,19 @@ def deployment(
 
 
 def with_cfo(text: str) -> str:
-    """The config's approvers, and cfo: bound to no tenant by the partner's policy."""
+    """The config's approvers, and cfo: the partner's policy holds no key for cfo (unless
+    `partner_holds_a_key_for_cfo`)."""
     return text.replace('"domestic-officer"]', '"domestic-officer", "cfo"]', 1)
+
+
+def partner_holds_a_key_for_cfo(cli: Cli) -> None:
+    """cfo makes a key pair, and the partner's policy holds its public key, bound to no
+    tenant: an approver whose signature the custodian counts, as the demo's are."""
+    key = cli.config.parent / "approvers" / "cfo.skey"
+    public = cli.ok("approval", "keygen", str(key)).decode().strip()
+    partner_policy = cli.config.parent / "partner" / "custodian-policy.toml"
+    text = partner_policy.read_text()
+    partner_policy.write_text(text.replace("[approvers]\n", f'[approvers]\ncfo = "{public}"\n', 1))
 
 
 def officer(cli: Cli, ident: str, tenant: str, kind: str) -> str:
@@ -179,6 +190,26 @@ def test_an_approver_the_partner_counts_for_another_tenant_is_not_named_to_sign(
     assert cli.json("approval", "ls", "--all") == []
 
 
+def test_an_approver_the_partner_holds_no_key_for_is_not_named_to_sign_a_forget(
+    tmp_path: Path, capsysbinary: pytest.CaptureFixture[bytes]
+) -> None:
+    # the refusal named cfo, whom the partner's policy holds no key for: with cfo's
+    # signature the operator showed the approval met, and the custodian refused the destroy
+    cli = deployment(tmp_path, capsysbinary, edit=with_cfo)
+    officers(cli, "intl")
+    cfo = officer(cli, "cfo", "intl", "employee")
+    said, approval = pending_forget(cli, "intl", "alice")
+    assert "2 of [dpo, partner-officer] must run" in said
+    code, _, err = cli("--token", cfo, "approval", "approve", approval)
+    assert code == 1 and f"cfo is not an approver of {approval}" in err
+    cli.ok("principal", "revoke", "partner-officer")
+    said = cli.fails(1, "forget", "intl", "alice")
+    assert "and only dpo of the config's governance.approvers could sign it" in said
+    assert "(partner-officer is revoked; " in said
+    assert "; the partner's policy holds no key for cfo)" in said
+    assert len(cli.json("approval", "ls", "--all")) == 1  # the first, not another
+
+
 def test_a_revoked_approver_is_not_named_to_sign(
     tmp_path: Path, capsysbinary: pytest.CaptureFixture[bytes]
 ) -> None:
@@ -200,6 +231,7 @@ def test_the_requester_is_not_named_to_sign_their_own_request(
 ) -> None:
     # a forget asked by an approver told them to be one of the two of three to sign it
     cli = deployment(tmp_path, capsysbinary, edit=with_cfo)
+    partner_holds_a_key_for_cfo(cli)
     dpo = cli.ok("principal", "add", "domestic-dpo", "--tenant", "domestic", "--kind",
                  "employee", "--location", "EU", "--role", "privacy").decode().strip()  # fmt: skip
     code, _, err = cli("--token", dpo, "--purpose", "user-request", "forget", "domestic", "bob")
@@ -213,6 +245,7 @@ def test_an_approver_registered_to_another_tenant_after_the_booking_may_not_sign
     # one not registered may yet be, to the approval's tenant, so the approval names it;
     # registered to another tenant since, it is refused as of that tenant
     cli = deployment(tmp_path, capsysbinary, edit=with_cfo)
+    partner_holds_a_key_for_cfo(cli)
     said, approval = pending_forget(cli, "intl", "alice")
     assert "2 of [dpo, partner-officer, cfo] must run" in said
     token = officer(cli, "cfo", "domestic", "employee")

@@ -52,6 +52,10 @@ _ACTIONS_OF = {
 """The actions an approval used for this operation may be of: what the vault does it for
 (a registration wraps, a get or put unwraps, a forget destroys)."""
 
+KEY_USE_ACTIONS = frozenset().union(*_ACTIONS_OF.values())
+"""The actions whose approval the custodian counts again, by its own keys: an approval of
+any other (a list, a stat, a delete) names no key use, and the operator's count is all."""
+
 
 def _refused(operation: KeyOperation, reason: str) -> AccessDenied:
     return AccessDenied(
@@ -182,4 +186,4 @@ def custodian_gate(
     return gate
 
 
-__all__ = ["custodian_gate"]
+__all__ = ["KEY_USE_ACTIONS", "custodian_gate"]

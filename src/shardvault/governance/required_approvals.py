@@ -5,10 +5,11 @@ exactly this request (checked by the subject's and key's names, or by the
 pseudonyms a forget leaves); without one, a pending approval is booked and the
 request refused with its id, naming the approvers who could sign it: not one
 registered as another tenant's principal (`approval_record.check_signer`), nor a
-revoked one, nor the requester. Where fewer than the quorum could, the request is
-refused instead, and nothing booked: that approval could never be met. Either
-way a signed denial the partner holds for the same request refuses it first
-(`partner_verdicts`), as the custodian would.
+revoked one, nor the requester, nor, for a request the custodian checks the approval
+of again (a key use's), one the partner's policy holds no key for. Where fewer
+than the quorum could, the request is refused instead, and nothing booked: that
+approval could never be met. Either way a signed denial the partner holds for
+the same request refuses it first (`partner_verdicts`), as the custodian would.
 Every refusal here is audited before it is raised.
 """
 
@@ -27,6 +28,7 @@ from shardvault.governance.approval_record import (
 )
 from shardvault.governance.approvals import ApprovalBook
 from shardvault.governance.audit_logs import AuditLogs, entry_details, request_fields
+from shardvault.governance.custodian_gate import KEY_USE_ACTIONS
 from shardvault.governance.partner_verdicts import PartnerVerdicts, Veto
 from shardvault.governance.principals import PrincipalRegistry
 from shardvault.governance.vetoed_request import VetoedRequest
@@ -183,7 +185,7 @@ class RequiredApprovals:
         """Book a pending approval for the request, its entry durable first, and refuse the
         request with its id (`ApprovalRequired`), saying who could sign it and how; or,
         if too few could, refuse it (`AccessDenied`, audited) and book nothing."""
-        able, unable = self._possible_approvers(principal, resource.tenant)
+        able, unable = self._possible_approvers(principal, resource.tenant, action)
         if len(able) < self._spec.approval_quorum:
             raise self._unsignable(ctx, action, principal, resource, able, unable)
         approval_id = self._approvals.new_id(resource.jurisdiction)
@@ -213,15 +215,21 @@ class RequiredApprovals:
             approval_id=approval_id,
         )
 
-    def _possible_approvers(self, principal: Principal, tenant: str) -> tuple[list[str], list[str]]:
-        """The configured approvers who could sign an approval of ``principal``'s request
+    def _possible_approvers(
+        self, principal: Principal, tenant: str, action: Action
+    ) -> tuple[list[str], list[str]]:
+        """The configured approvers who could sign an approval of ``principal``'s ``action``
         in ``tenant``, and why each other could not. One not registered may yet be, to
         this tenant; one registered to another, or revoked (never to be registered
-        again), or the requester, may not sign (`approval_record.check_signer`); nor
-        counts one the partner's policy binds to other tenants (``[approver_tenants]``)."""
+        again), or the requester, may not sign (`approval_record.check_signer`). Of a
+        key use's approval, which the custodian counts again, no signature counts there
+        but under a key its policy holds (``[approvers]``), for an approver it does not
+        bind to other tenants (``[approver_tenants]``): the operator would show met an
+        approval the custodian refuses."""
         able: list[str] = []
         unable: list[str] = []
         partner = self._custodian_policy
+        key_use = str(action) in KEY_USE_ACTIONS
         for ident in self._spec.approvers:
             record = self._registry.find(ident)
             if ident == principal.id:
@@ -230,6 +238,8 @@ class RequiredApprovals:
                 unable.append(f"{ident} is revoked")
             elif record is not None and record.principal.tenant != tenant:
                 unable.append(f"{ident} is of tenant {record.principal.tenant}")
+            elif key_use and ident not in partner.approvers:
+                unable.append(f"the partner's policy holds no key for {ident}")
             elif not partner.counts(ident, tenant):
                 counted = ", ".join(sorted(partner.approver_tenants[ident])) or "no tenant"
                 unable.append(f"the partner's policy counts {ident} for {counted} only")

@@ -60,10 +60,11 @@ from shardvault.vault.unreadable_segment import unreadable_segment
 from shardvault.vault.views import info_of
 
 INLINE_BLOCK = 64 << 10
-READ_AHEAD = 2
-"""Segments fetched ahead of the one being decrypted. Two kept a 256 MiB get's I/O
-threads busy where one left them idle while the calling thread took its results
-(docs/performance.md, twenty-eighth round); each costs a segment's blocks of memory."""
+READ_AHEAD = 4
+"""Segments fetched ahead of the one being decrypted: with one, a 256 MiB get's calling
+thread waited for blocks half the time, the I/O threads idle while it took their
+results; four read it up to a third faster on a slowed VM (docs/performance.md,
+twenty-eighth round). Each costs a segment's k blocks of memory."""
 _UNUSABLE = frozenset({"missing", "bad header", "truncated"})  # for every later segment too
 
 

@@ -40,7 +40,6 @@ from __future__ import annotations
 import functools
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, Future
 from dataclasses import replace
@@ -175,7 +174,7 @@ class ObjectReader:
         self._closed = False
         self._inline = manifest.segments == 1 and manifest.last_block_size <= INLINE_BLOCK
         self._read = False
-        self._ahead: deque[_Started] = deque([(manifest, self._start(0))])
+        self._ahead: list[_Started] = [(manifest, self._start(0))]  # a few: no deque
 
     @functools.cached_property
     def info(self) -> ObjectInfo:
@@ -303,7 +302,9 @@ class ObjectReader:
         named other copies, they are dropped and the segment started again. Rare: only
         after damage or a repair's swap."""
         manifest, fetches = started
-        if manifest is self._manifest and self._bad.isdisjoint(i for i, _ in fetches):
+        if manifest is self._manifest and (
+            not self._bad or self._bad.isdisjoint(i for i, _ in fetches)
+        ):
             return fetches
         _cancel(fetches)
         return self._start(segment)
@@ -459,7 +460,7 @@ class ObjectReader:
                 )
             if segment:  # (a small get's one segment pays no look)
                 self._refuse_if_closed(segment)
-            blocks = self._collect(segment, self._current(segment, ahead.popleft()))
+            blocks = self._collect(segment, self._current(segment, ahead.pop(0)))
             if segment + READ_AHEAD < manifest.segments:
                 ahead.append((self._manifest, self._start(segment + READ_AHEAD)))
             sealed = self._code.decode(blocks)

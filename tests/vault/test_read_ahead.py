@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from conftest import SEGMENT
+from shardvault.errors import VaultClosed
 from shardvault.model import ObjectRef
 from shardvault.vault import Vault
 from shardvault.vault.reader import READ_AHEAD
@@ -62,3 +63,17 @@ def test_objects_about_as_long_as_the_read_ahead_are_fetched_once_each(
         assert vault.get(alice) == data
         assert Counter(asked) == {segment: K for segment in range(segments)}
         monkeypatch.undo()
+
+
+def test_a_reader_closed_before_it_is_read_starts_no_fetch(
+    vault: Vault, alice: ObjectRef, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # its first read started the segments ahead, k shards' opens and reads each, and
+    # only then refused: I/O on shards after close(), on a hung node a thread each
+    vault.put(alice, os.urandom(SEGMENTS * SEGMENT))
+    reader = vault.open_read(alice)
+    reader.close()
+    asked = fetches_asked(vault, monkeypatch)
+    with pytest.raises(VaultClosed, match="was closed: open another"):
+        next(iter(reader))
+    assert asked == []

@@ -386,6 +386,15 @@ class ObjectReader:
                 )
             pending = [(i, self._submit(segment, i)) for i in spare[:missing]]
 
+    def _refuse_if_reader_closed(self) -> None:
+        """Its shards are closed: reading them would look like damage, and a read started
+        after close() would do I/O (on a hung node, a thread each) only to be refused."""
+        if self._closed:
+            raise VaultClosed(
+                f"the reader of {self._manifest.ref} v{self._manifest.version} was closed: "
+                "open another (Vault.open_read) to read it"
+            )
+
     def _refuse_if_closed(self, segment: int) -> None:
         """Refuse a segment once the vault closed. A fetch that failed then may have had
         its store closed under it (the close does not wait for the I/O threads while a
@@ -449,15 +458,12 @@ class ObjectReader:
         if self._read:
             raise RuntimeError("an ObjectReader is read once")
         self._read = True
+        self._refuse_if_reader_closed()  # before the segments ahead are started
         ahead = self._ahead
         for segment in range(1, min(READ_AHEAD, manifest.segments)):
             ahead.append((self._manifest, self._start(segment)))
         for segment in range(manifest.segments):
-            if self._closed:  # its shards are closed: reading them would look like damage
-                raise VaultClosed(
-                    f"the reader of {manifest.ref} v{manifest.version} was closed: "
-                    "open another (Vault.open_read) to read it"
-                )
+            self._refuse_if_reader_closed()
             if segment:  # (a small get's one segment pays no look)
                 self._refuse_if_closed(segment)
             blocks = self._collect(segment, self._current(segment, ahead.pop(0)))

@@ -7,18 +7,21 @@ from __future__ import annotations
 import gc
 import hashlib
 import io
+import os
 import re
 import shutil
 import tarfile
 import threading
+import time
 from collections.abc import Callable
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import SEGMENT, shard_paths
+from conftest import SEGMENT, frames_of, shard_paths
 from shardvault.catalog.port import DamageRecord
+from shardvault.errors import VaultClosed
 from shardvault.model import ObjectRef
 from shardvault.vault import Vault, object_stream
 from shardvault.vault.reader import ObjectReader
@@ -344,3 +347,49 @@ def test_two_threads_reading_one_reader_share_the_object_out_exactly_once(
     assert all(at >= 0 for at, _ in pieces)  # each piece is a run of the object
     assert b"".join(piece for _, piece in sorted(pieces)) == data
     assert all(data.find(bytes_) >= 0 for bytes_ in peeked)
+
+
+def test_a_stream_closed_by_another_thread_mid_read_says_so_and_records_no_damage(
+    vault: Vault, alice: ObjectRef, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the close closed the shard a block was being read from: the read failed (EBADF),
+    # the reader took it for damage, and the spares (refused: closed) too, and raised an
+    # IntegrityError asking to bring a node back or restore from a backup, its records
+    # sending repair after three sound shards
+    data = payload(3 * SEGMENT)
+    vault.put(alice, data)
+    shard = str(shard_paths(vault, alice)[0])
+    reading, closed = threading.Event(), threading.Event()
+    real_pread = os.pread
+
+    def pread(fd: int, length: int, offset: int) -> bytes:
+        if offset and not reading.is_set() and os.readlink(f"/proc/self/fd/{fd}") == shard:
+            reading.set()  # segment 1's block of shard 0: the caller waits for it
+            closed.wait(30)
+        return real_pread(fd, length, offset)
+
+    monkeypatch.setattr(os, "pread", pread)
+    stream = vault.open_read(alice)
+    failed: list[BaseException] = []
+
+    def read() -> None:
+        try:
+            stream.read()
+        except BaseException as exc:
+            failed.append(exc)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    assert reading.wait(10)
+    collect, end = ObjectReader._collect.__code__, time.monotonic() + 30
+    while not any(  # the caller waits for segment 1's blocks: the close comes now
+        frame.f_code is collect and frame.f_locals["segment"] == 1 for frame in frames_of(reader)
+    ):
+        assert reader.is_alive() and time.monotonic() < end, list(frames_of(reader))
+        time.sleep(0.01)
+    stream.close()
+    closed.set()
+    reader.join(10)
+    assert [type(exc) for exc in failed] == [VaultClosed], failed
+    assert "was closed: open another" in str(failed[0])
+    assert stream.damage == []

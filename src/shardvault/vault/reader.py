@@ -362,7 +362,8 @@ class ObjectReader:
         while True:
             for fetched in self._waited(pending):
                 tried.add(fetched.shard)
-                if fetched.block is None:
+                if fetched.block is None:  # its shard closed under it, perhaps: not damage
+                    self._refuse_if_reader_closed()
                     self._refuse_if_closed(segment)
                     self._note_damage(segment, fetched)
                 else:
@@ -388,7 +389,8 @@ class ObjectReader:
 
     def _refuse_if_reader_closed(self) -> None:
         """Its shards are closed: reading them would look like damage, and a read started
-        after close() would do I/O (on a hung node, a thread each) only to be refused."""
+        after close() would do I/O (on a hung node, a thread each) only to be refused. A
+        fetch that failed once another thread closed the reader failed for the close."""
         if self._closed:
             raise VaultClosed(
                 f"the reader of {self._manifest.ref} v{self._manifest.version} was closed: "

@@ -362,8 +362,9 @@ class ObjectReader:
         while True:
             for fetched in self._waited(pending):
                 tried.add(fetched.shard)
-                if fetched.block is None:  # its shard closed under it, perhaps: not damage
-                    self._refuse_if_reader_closed()
+                if fetched.block is None:
+                    if self._closed:  # its shard closed under it, perhaps: not damage
+                        raise self._reader_closed()
                     self._refuse_if_closed(segment)
                     self._note_damage(segment, fetched)
                 else:
@@ -387,15 +388,15 @@ class ObjectReader:
                 )
             pending = [(i, self._submit(segment, i)) for i in spare[:missing]]
 
-    def _refuse_if_reader_closed(self) -> None:
-        """Its shards are closed: reading them would look like damage, and a read started
-        after close() would do I/O (on a hung node, a thread each) only to be refused. A
-        fetch that failed once another thread closed the reader failed for the close."""
-        if self._closed:
-            raise VaultClosed(
-                f"the reader of {self._manifest.ref} v{self._manifest.version} was closed: "
-                "open another (Vault.open_read) to read it"
-            )
+    def _reader_closed(self) -> VaultClosed:
+        """What a closed reader raises: its shards are closed, so reading them would look
+        like damage, and a read started after close() would do I/O (on a hung node, a
+        thread each) only to be refused. A fetch that failed once another thread closed
+        the reader failed for the close. (Looked for inline: a small get pays no call.)"""
+        return VaultClosed(
+            f"the reader of {self._manifest.ref} v{self._manifest.version} was closed: "
+            "open another (Vault.open_read) to read it"
+        )
 
     def _refuse_if_closed(self, segment: int) -> None:
         """Refuse a segment once the vault closed. A fetch that failed then may have had
@@ -460,12 +461,14 @@ class ObjectReader:
         if self._read:
             raise RuntimeError("an ObjectReader is read once")
         self._read = True
-        self._refuse_if_reader_closed()  # before the segments ahead are started
+        if self._closed:  # before the segments ahead are started
+            raise self._reader_closed()
         ahead = self._ahead
         for segment in range(1, min(READ_AHEAD, manifest.segments)):
             ahead.append((self._manifest, self._start(segment)))
         for segment in range(manifest.segments):
-            self._refuse_if_reader_closed()
+            if self._closed:
+                raise self._reader_closed()
             if segment:  # (a small get's one segment pays no look)
                 self._refuse_if_closed(segment)
             blocks = self._collect(segment, self._current(segment, ahead.pop(0)))

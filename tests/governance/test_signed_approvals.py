@@ -602,22 +602,66 @@ def quorum_of_one(text: str) -> str:
 
 def test_the_quorum_is_the_partners_not_the_operators(tmp_path: Path) -> None:
     """The operator's config asks one approval; the partner's policy asks two, and
-    decides: a destroy with one signature is refused until the partner asks one too."""
+    decides: a destroy with one signature is refused until the partner asks one too,
+    though operator code of its own lowered the booked approval's quorum to one."""
     config = load(make_deployment(tmp_path / "deploy", edit=quorum_of_one))
     with Vault.open(config) as vault:
         ensure_approvers(vault.governance)
         vault.register_subject("intl", "alice", "US")
         vault.put(REF, b"alice's note")
         approval = pending_forget(vault)
-        ctx = RequestContext("dpo", "approval", new_request_id())
-        vault.governance.sign_approval(
-            approval, ctx, "approve", signing_key(vault.governance, "dpo")
-        )
+        with closing(sqlite3.connect(book(config))) as db, db:  # booked needing the partner's 2
+            db.execute("UPDATE approvals SET quorum = 1")
+        sign_as(vault, approval, "dpo")
         assert vault.governance.approvals.get(approval).status == "approved"  # for the operator
         assert_refused_and_untouched(config, vault, approval, "1 of the 2 signatures")
     with reopened(config, quorum_of_one) as vault:  # now the partner's quorum is 1
         assert vault.governance.custodian_policy.approval_quorum == 1
         assert vault.forget("intl", "alice", forget_with(vault, approval)).subject == "alice"
+
+
+def test_a_key_uses_approval_needs_the_partners_quorum_where_it_is_the_larger(
+    tmp_path: Path,
+) -> None:
+    """The operator's config asks one signature, the partner's policy two: a forget's
+    approval was booked needing one, shown met with dpo's alone, and the custodian then
+    refused the destroy, a dead end. It needs two now, and says why; a listing's, which
+    the custodian never counts, still the config's one."""
+    config = load(make_deployment(tmp_path / "deploy", edit=quorum_of_one))
+    with Vault.open(config) as vault:
+        register(vault, US_COURT)
+        ensure_approvers(vault.governance)
+        vault.register_subject("intl", "alice", "US")
+        vault.register_subject("intl", "bob", "US")
+        vault.put(REF, b"alice's note")
+        with pytest.raises(ApprovalRequired) as pending:
+            vault.forget("intl", "alice")
+        assert (
+            "; 2 of [dpo, partner-officer] (the partner's approval_quorum, by which the "
+            "custodian counts it; the config's is 1) must run" in str(pending.value)
+        )
+        approval = pending.value.approval_id
+        assert approval is not None
+        assert vault.governance.approvals.get(approval).quorum == 2
+        sign_as(vault, approval, "dpo")
+        assert vault.governance.approvals.get(approval).status == "pending"
+        assert_guard_refuses(vault, approval, "approval:pending")
+        sign_as(vault, approval, "partner-officer")
+        assert vault.forget("intl", "alice", forget_with(vault, approval)).subject == "alice"
+        with pytest.raises(ApprovalRequired) as listing:
+            vault.list("intl", "bob", ctx=as_(US_COURT, "lawful-request"))
+        assert "; 1 of [dpo, partner-officer] must run" in str(listing.value)
+        assert listing.value.approval_id is not None
+        assert vault.governance.approvals.get(listing.value.approval_id).quorum == 1
+        vault.governance.registry.revoke("partner-officer")
+        with pytest.raises(AccessDenied, match=r"forget refused \(approval:no-approvers\)") as no:
+            vault.forget("intl", "bob")
+        assert (
+            "its approval needs 2 signatures (the partner's approval_quorum, by which the "
+            "custodian counts it; the config's is 1) by approvers of tenant intl, and only dpo "
+            "of the config's governance.approvers could sign it (partner-officer is revoked; "
+            in str(no.value)
+        )
 
 
 def test_a_signature_by_a_key_the_partner_does_not_hold_does_not_count(tmp_path: Path) -> None:

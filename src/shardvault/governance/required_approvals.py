@@ -6,11 +6,13 @@ pseudonyms a forget leaves); without one, a pending approval is booked and the
 request refused with its id, naming the approvers who could sign it: not one
 registered as another tenant's principal (`approval_record.check_signer`), nor a
 revoked one, nor the requester, nor, for a request the custodian checks the approval
-of again (a key use's), one the partner's policy holds no key for. Where fewer
-than the quorum could, the request is refused instead, and nothing booked: that
-approval could never be met. Either way a signed denial the partner holds for
-the same request refuses it first (`partner_verdicts`), as the custodian would.
-Every refusal here is audited before it is raised.
+of again (a key use's), one the partner's policy holds no key for. Such an approval
+needs the larger of the config's quorum and the partner's, which the custodian counts
+it by (`_quorum`): booked with the config's smaller one, it was shown met, and the key
+use refused. Where fewer than the quorum could sign it, the request is refused
+instead, and nothing booked: that approval could never be met. Either way a signed
+denial the partner holds for the same request refuses it first (`partner_verdicts`),
+as the custodian would. Every refusal here is audited before it is raised.
 """
 
 from __future__ import annotations
@@ -186,7 +188,8 @@ class RequiredApprovals:
         request with its id (`ApprovalRequired`), saying who could sign it and how; or,
         if too few could, refuse it (`AccessDenied`, audited) and book nothing."""
         able, unable = self._possible_approvers(principal, resource.tenant, action)
-        if len(able) < self._spec.approval_quorum:
+        quorum, why = self._quorum(action)
+        if len(able) < quorum:
             raise self._unsignable(ctx, action, principal, resource, able, unable)
         approval_id = self._approvals.new_id(resource.jurisdiction)
         self._logs.audit(
@@ -202,18 +205,29 @@ class RequiredApprovals:
                 action=str(action), tenant=resource.tenant, subject=resource.subject,
                 key=resource.key, purpose=ctx.purpose, request_id=ctx.request_id,
                 created_at=now, expires_at=now + self._spec.approval_ttl,
-                quorum=self._spec.approval_quorum, approvers=tuple(able),
+                quorum=quorum, approvers=tuple(able),
             )
         )  # fmt: skip
         approvers = ", ".join(able)
         signed = " --signing-key THEIR-KEY" if self._custodian_policy.approvers else ""
         raise ApprovalRequired(
             f"{action} needs approval ({decision.rule}): approval {approval_id} is pending; "
-            f"{self._spec.approval_quorum} of [{approvers}] must run 'shardvault approval "
+            f"{quorum} of [{approvers}]{why} must run 'shardvault approval "
             f"approve {approval_id}{signed}', then retry with the global option (before the "
             f"command) --approval {approval_id}",
             approval_id=approval_id,
         )
+
+    def _quorum(self, action: Action) -> tuple[int, str]:
+        """The signatures an approval of ``action`` needs, and why, where not simply the
+        config's: a key use's, which the custodian counts again by the partner's own
+        ``approval_quorum``, needs that one where it is the larger. The partner's policy
+        is the partner's file, so a config asking fewer is not refused for it."""
+        ours, partners = self._spec.approval_quorum, self._custodian_policy.approval_quorum
+        if str(action) in KEY_USE_ACTIONS and partners > ours:
+            counted = "the partner's approval_quorum, by which the custodian counts it"
+            return partners, f" ({counted}; the config's is {ours})"
+        return ours, ""
 
     def _possible_approvers(
         self, principal: Principal, tenant: str, action: Action
@@ -263,14 +277,14 @@ class RequiredApprovals:
             resource, **request_fields(ctx, action), decision="deny", rule=rule,
             result="refused", details=entry_details(principal, resource, "policy"),
         ).wait()  # fmt: skip
-        tenant, quorum = resource.tenant, self._spec.approval_quorum
+        tenant, (quorum, why_quorum) = resource.tenant, self._quorum(action)
         could = f"only {', '.join(able)}" if able else "none"
         why = "; ".join(unable) if self._spec.approvers else "it names none"
         return AccessDenied(
-            f"{action} refused ({rule}): its approval needs {quorum} signatures by approvers "
-            f"of tenant {tenant}, and {could} of the config's governance.approvers could sign "
-            f"it ({why}): name principals of tenant {tenant} there, and their keys in the "
-            "partner's policy [approvers]",
+            f"{action} refused ({rule}): its approval needs {quorum} signatures{why_quorum} by "
+            f"approvers of tenant {tenant}, and {could} of the config's governance.approvers "
+            f"could sign it ({why}): name principals of tenant {tenant} there, and their keys in "
+            "the partner's policy [approvers]",
             rule=rule,
         )
 

@@ -50,6 +50,7 @@ LOWER = [
     "catalog",
     "directory.py",
     "durability.py",
+    "file_locks.py",
     "group_commit.py",
     "background_flush.py",
     "file_reads.py",

@@ -21,8 +21,9 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from shardvault.custodian_policy import public_key_text
-from shardvault.durability import create_whole, release_flock, write_failure
+from shardvault.durability import create_whole, write_failure
 from shardvault.errors import InvalidInput
+from shardvault.file_locks import release_flock
 from shardvault.governance.approval_signatures import signing_key_pem
 
 DEMO_JURISDICTIONS = {"US": "United States", "SG": "Singapore", "EU": "European Union"}

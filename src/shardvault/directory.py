@@ -25,8 +25,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from shardvault import sqlite_connections
-from shardvault.durability import create_whole, read_own, release_flock, store_failure
+from shardvault.durability import create_whole, read_own, store_failure
 from shardvault.errors import Conflict, IntegrityError, StorageError, VaultClosed
+from shardvault.file_locks import release_flock
 from shardvault.sqlite_schema import refuse_newer, stamp_schema
 
 KEY_BYTES = 32

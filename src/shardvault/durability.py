@@ -2,16 +2,14 @@
 
 A file is written to a temporary of its own beside it, fsynced, then linked or
 renamed into place and its directory fsynced (`create_whole`, `replace_whole`):
-a crash leaves the old content or the new, never a short file; `release_flock`
-unlocks a file's lock before closing it. Many small writes made durable by one
-flush are `group_commit`'s; a large file flushed as it grows is
-`background_flush`'s.
+a crash leaves the old content or the new, never a short file. Many small
+writes made durable by one flush are `group_commit`'s; a large file flushed as
+it grows is `background_flush`'s; a lock file is `file_locks`'.
 """
 
 from __future__ import annotations
 
 import errno
-import fcntl
 import os
 import re
 import secrets
@@ -175,15 +173,5 @@ def fsync_directory(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def release_flock(fd: int) -> None:
-    """Unlock FD's flock, then close it. Closing alone is not enough: a child forked
-    while the lock was held keeps a copy of FD, and the flock, which belongs to the
-    open file, would stay held until that child exits."""
-    try:
-        fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)

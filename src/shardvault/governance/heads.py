@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import fcntl
 import os
 import threading
 from collections.abc import Iterator
@@ -45,8 +44,9 @@ from shardvault.audit import (
     signer_from_skey,
 )
 from shardvault.audit.note import COSIGNATURE_V1, ED25519, NoteVerifier, key_id
-from shardvault.durability import create_whole, read_own, release_flock, replace_whole
+from shardvault.durability import create_whole, read_own, replace_whole
 from shardvault.errors import AuditUnavailable, ConfigError, IntegrityError, InvalidInput
+from shardvault.file_locks import flocked
 from shardvault.governance.seen import SeenBefore, SeenRecorder, check_head
 from shardvault.partner_files import COSIGNED, SEEN, WITNESS_KEY
 
@@ -220,15 +220,9 @@ class PartnerWitness:
 
         Yields the audit positions the partner holds before the head is taken (this
         process's written out first): the head must hold them all (`cosign`)."""
-        path = self._last_path(jurisdiction).with_suffix(".lock")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        with flocked(self._last_path(jurisdiction).with_suffix(".lock"), make_parent=True):
             self.seen.write_out()
             yield self.seen.file.read(jurisdiction)
-        finally:
-            release_flock(fd)
 
     def last(self, cell: CellAudit) -> Checkpoint | None:
         path = self._last_path(cell.jurisdiction)

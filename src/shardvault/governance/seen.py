@@ -32,20 +32,19 @@ append; a whole record whose CRC fails refuses every head of the cell
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import struct
 import threading
 import weakref
 import zlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from shardvault.audit import AuditLog, Checkpoint
 from shardvault.audit.merkle import verify_inclusion
-from shardvault.durability import fsync_directory, release_flock, replace_whole
+from shardvault.durability import fsync_directory, replace_whole
 from shardvault.errors import IntegrityError, KeyUnavailable, NewerFormat, ShardvaultError
+from shardvault.file_locks import flocked
 from shardvault.model import AuditPosition
 
 SEEN_VERSION = 1
@@ -113,15 +112,9 @@ class SeenFile:
     def path(self, cell: str) -> Path:
         return self.directory / f"{cell}.seen"
 
-    @contextlib.contextmanager
-    def _flocked(self, cell: str) -> Iterator[None]:
+    def _flocked(self, cell: str) -> contextlib.AbstractContextManager[bool]:
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(self.directory / f"{cell}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            release_flock(fd)
+        return flocked(self.directory / f"{cell}.lock")
 
     def append(self, cell: str, records: bytes) -> None:
         """Append whole records durably; a record a killed writer left cut short goes first."""

@@ -41,7 +41,6 @@ loses none (the next open inserts them again, harmlessly, and rewrites it).
 from __future__ import annotations
 
 import base64
-import fcntl
 import hmac
 import itertools
 import json
@@ -54,8 +53,8 @@ from pathlib import Path
 from typing import Any
 
 from shardvault import durability
-from shardvault.durability import release_flock
 from shardvault.errors import IntegrityError, KeyUnavailable, NewerFormat
+from shardvault.file_locks import flocked
 from shardvault.keys.attestation import StatementSigner, sign_destroy
 from shardvault.keys.key_subjects import KeySubjects, key_subjects_path
 from shardvault.keys.port import KeyOperation, KeyScope
@@ -206,18 +205,9 @@ class KeyringCustodian:
     @contextmanager
     def _flocked(self) -> Iterator[None]:
         """Hold the cross-process lock for a change."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        lock = os.open(
-            lock_path(self.path),
-            os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
-            0o600,
-        )
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        with flocked(lock_path(self.path), make_parent=True):
             self._drop_stale_temporaries()
             yield
-        finally:
-            release_flock(lock)
 
     def _drop_stale_temporaries(self) -> None:
         """Holding the flock: a temporary copy of the keyring beside it (root keys and

@@ -25,19 +25,18 @@ synced: a note lost costs a deadline) under an exclusive flock of
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import os
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from shardvault.durability import leftover_temporaries, read_own, release_flock
+from shardvault.durability import leftover_temporaries, read_own
 from shardvault.errors import ShardvaultError
+from shardvault.file_locks import flocked
 
 FILE = "hung-nodes.json"
 LOCK = "hung-nodes.lock"
@@ -157,7 +156,7 @@ class HungHints:
         of a newer version is left alone, a damaged one replaced, and a state disk that
         cannot take the write costs later processes a deadline, no more (`notices`)."""
         try:
-            with self._locked():
+            with flocked(self._lock_path):
                 try:
                     notes = _parse(self._raw())
                 except _Unusable as exc:
@@ -170,15 +169,6 @@ class HungHints:
                     self._write(changed)
         except OSError as exc:
             self._notice(f"{self.path}: cannot be written: {exc.strerror or exc}")
-
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            release_flock(fd)
 
     def _write(self, notes: dict[str, Hint]) -> None:
         """The notes, whole (a temporary renamed over the file); no file at all once none is

@@ -48,8 +48,8 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from shardvault.durability import release_flock
 from shardvault.errors import StorageError
+from shardvault.file_locks import release_flock
 from shardvault.group_commit import GroupSync
 from shardvault.nodes.held_file import HeldFile
 from shardvault.nodes.journal import Journal

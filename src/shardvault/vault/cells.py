@@ -21,6 +21,7 @@ from shardvault.catalog.sqlite import SqliteCatalog
 from shardvault.config import Config
 from shardvault.durability import failure_reason
 from shardvault.errors import StorageError, VaultClosed
+from shardvault.file_locks import flocked
 from shardvault.keys.attestation import StatementSigner
 from shardvault.keys.keyring import KeyringCustodian
 from shardvault.keys.memory import MemoryCustodian
@@ -30,7 +31,6 @@ from shardvault.model import NodeSpec, NodeState
 from shardvault.nodes.hints import HungHints
 from shardvault.nodes.port import ShardStore
 from shardvault.nodes.unavailable import UnavailableStore
-from shardvault.vault.cell_locks import flocked
 from shardvault.vault.node_opening import open_stores
 
 _T = TypeVar("_T")

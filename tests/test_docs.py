@@ -301,6 +301,22 @@ def test_every_option_a_reference_names_is_one_its_command_takes() -> None:
     assert wrong == []
 
 
+def test_every_option_the_changelog_names_is_one_a_command_takes() -> None:
+    """The changelog is where a user learns what changed for them: an option it names
+    (after its command, `rm --if-match`, or alone) that the command does not take, or no
+    command takes, sends them to a usage error."""
+    of_other_programs = {"--strict", "--damage"}  # mypy's; scripts/stress.py's
+    commands = _commands()
+    every = set().union(*map(_options_of, commands.values())) | {"--help"} | of_other_programs
+    global_options = _options_of(commands[""]) | {"--help"}
+    wrong = [
+        f"{named or 'shardvault'} {option}"
+        for named, option in _named_options((ROOT / "CHANGELOG.md").read_text(), commands)
+        if option not in (every if named is None else _options_of(commands[named]) | global_options)
+    ]
+    assert wrong == []
+
+
 def test_the_commands_without_json_are_those_the_reference_names() -> None:
     """The reference's opening says which commands take no `--json`, and what each does
     instead: one added without it, or given it, leaves that sentence false."""

@@ -301,11 +301,21 @@ def test_every_option_a_reference_names_is_one_its_command_takes() -> None:
     assert wrong == []
 
 
+_DECLARED_OPTION = re.compile(r"""add_argument\(\s*["'](--[a-z][a-z-]*)["']""")
+
+
+def _script_options() -> set[str]:
+    """The long options the project's own scripts and benchmarks declare (argparse)."""
+    sources = [*(ROOT / "bench").glob("*.py"), *(ROOT / "scripts").glob("*.py")]
+    return {option for path in sources for option in _DECLARED_OPTION.findall(path.read_text())}
+
+
 def test_every_option_the_changelog_names_is_one_a_command_takes() -> None:
     """The changelog is where a user learns what changed for them: an option it names
-    (after its command, `rm --if-match`, or alone) that the command does not take, or no
-    command takes, sends them to a usage error."""
-    of_other_programs = {"--strict", "--damage"}  # mypy's; scripts/stress.py's
+    (after its command, `rm --if-match`, or alone) that the command does not take, or
+    neither a command nor one of the project's scripts takes, sends them to a usage
+    error."""
+    of_other_programs = {"--strict"} | _script_options()  # mypy's; bench/ and scripts/
     commands = _commands()
     every = set().union(*map(_options_of, commands.values())) | {"--help"} | of_other_programs
     global_options = _options_of(commands[""]) | {"--help"}

@@ -100,7 +100,7 @@ class PackCompaction:
     confirm: Callable[[PackedShard], None]
     _scan: Callable[[str], None]
     _fd: Callable[[str], int]
-    _erase: Callable[[PackedShard], bool]
+    _erase: Callable[[str, PackedShard], bool]
     _indexed: Callable[[str, str], PackedShard | None]
     _note_damaged_tail: Callable[[str], None]
     _forget_pack: _ForgetPack
@@ -242,7 +242,7 @@ class PackCompaction:
             name = body[at + RECORD.size : at + RECORD.size + name_len].decode()
             if name in self._dead:
                 start = len(FILE_HEADER) + at + RECORD.size + name_len
-                self._erase(PackedShard(pack, start, data_len))
+                self._erase(name, PackedShard(pack, start, data_len))
 
     def _fold(
         self, claimed: list[tuple[str, int]], done: Compaction, carried: Iterable[str] = ()
@@ -330,7 +330,7 @@ class PackCompaction:
         self.refresh()
         for name, copy in copies.items():
             if name in self._dead:
-                self._erase(copy)
+                self._erase(name, copy)
 
     def _names_in(self, pack: str) -> list[str]:
         """Every name indexed in `pack`, perhaps with some since dropped or moved (callers

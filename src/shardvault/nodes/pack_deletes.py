@@ -19,7 +19,18 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from shardvault.nodes.journal import JOURNAL, read_journal
-from shardvault.nodes.pack_records import TOMBSTONE, PackedShard, shard_records
+from shardvault.nodes.pack_records import (
+    CRC,
+    RECORD,
+    TOMBSTONE,
+    Erasure,
+    PackedShard,
+    erasure_at,
+    erasure_of,
+    frames,
+    parse_location,
+    shard_records,
+)
 from shardvault.nodes.pack_tombstones import Tombstones
 
 _ERASE_TRIES = 3  # a shard moved by a compaction each time it is looked up, in a row
@@ -35,47 +46,47 @@ class PackDeletion:
     _lock: threading.RLock
     _index: dict[str, PackedShard]
     _dead: Tombstones
+    _damaged: dict[str, dict[str, PackedShard]]
     refresh: Callable[[], None]
-    at: Callable[[str, str], PackedShard | None]
+    _prune_gone: Callable[[], None]
+    _fd: Callable[[str], int]
     locate: Callable[[str], PackedShard | None]
     _append: Callable[[int, str, bytes], PackedShard]
     _dead_on_disk: Callable[[str], bool]
     _forget_pack: Callable[[str], None]
 
     def delete(self, name: str, location: str | None = None) -> PackedShard | None:
-        """Overwrite the shard's bytes with zeros, then tombstone it (neither synced yet);
-        where the tombstone went, for the caller to `confirm` once synced, or None if
-        the shard was not found.
+        """Overwrite the shard's record with zeros, name and data, then tombstone it
+        (neither synced yet); where the tombstone went, for the caller to `confirm` once
+        synced, or None if no record of the shard was found.
 
         Compaction alone would leave a deleted (or forgotten) user's ciphertext in a
-        pack for as long as the pack is live, or more than a quarter alive. Zeroing
-        comes first, so a failure leaves the shard live for the next attempt. With
-        the location its manifest kept, the shard is found without indexing every
-        pack: a forget then costs what the subject holds, not what the node does.
+        pack for as long as the pack is live, or more than a quarter alive, and the
+        name (its object id: when it was minted) for as long as the pack is there.
+        Zeroing comes first, so a failure leaves the shard live for the next attempt.
+        With the location its manifest kept, the shard is found without indexing every
+        pack: a forget then costs what the subject holds, not what the node does; and
+        a damaged record there is found too (`erasure_at`), which no index holds.
         The tombstone needs the look a shard's append gets: a compaction that copied
         the record before it was zeroed, or one settling a dead compaction, zeroes
         its copy only by the tombstones it finds on disk.
         """
         with self._lock:
-            located = self._index.get(name)
-            if located is None and location is not None and not self._dead_on_disk(name):
-                located = self.at(name, location)
-            if located is None:
-                located = self.locate(name)
-            if located is None:
+            found = self._erasure_of(name, location)
+            if found is None:
                 return None
             erased = None  # the pack whose record was zeroed
             for _ in range(_ERASE_TRIES):
-                if self._erase(located):
-                    erased = located.pack
+                if self._overwrite(found):
+                    erased = found.pack
                     break
                 # another process compacted that pack: the shard was copied elsewhere
-                self._forget_pack(located.pack)
+                self._forget_pack(found.pack)
                 self.refresh()
-                found = self._index.get(name)
-                if found is None:
+                located = self._index.get(name)
+                if located is None:
                     break
-                located = found
+                found = erasure_of(name, located)
             tombstone = self._append(TOMBSTONE, name, b"")
             self._index.pop(name, None)
             self._dead.add(name, tombstone.pack)
@@ -88,15 +99,62 @@ class PackDeletion:
                 self._erase_other_copies(name)
             return tombstone
 
-    def _erase(self, located: PackedShard) -> bool:
-        """Zero a record's data in place; False if its pack is gone (compacted). Its CRC
-        then fails, and the scan steps over it (its framing is intact)."""
+    def _erasure_of(self, name: str, location: str | None) -> Erasure | None:
+        """What zeroes the shard's record: the one its index or its location names, else
+        a damaged one of its name a scan noted (a shard whose manifest kept no location:
+        a version 1 manifest, a pending write's)."""
+        located = self._index.get(name)
+        if located is None and location is not None and not self._dead_on_disk(name):
+            found = self._erasure_at(name, location)
+            if found is not None:
+                return found
+        if located is None:
+            located = self.locate(name)
+        if located is not None:
+            return erasure_of(name, located)
+        for noted in self._damaged.values():
+            damaged = noted.pop(name, None)
+            if damaged is not None:
+                return erasure_of(name, damaged)
+        return None
+
+    def _erasure_at(self, name: str, location: str) -> Erasure | None:
+        """The erasure of the record at the location the shard's manifest kept, whole or
+        damaged, if it is the shard's (`erasure_at`). Read up to where the record
+        frames, else, damaged, to the end of its pack: rare, and bounded by it."""
+        encoded = name.encode()
+        parsed = parse_location(location, encoded)
+        if parsed is None:
+            return None
+        pack, _, record = parsed
+        self._prune_gone()
         try:
-            fd = os.open(self.directory / located.pack, os.O_WRONLY | os.O_CLOEXEC)
+            fd = self._fd(pack)
+            head = os.pread(fd, RECORD.size, record)
+            if len(head) < RECORD.size:
+                return None
+            framed = RECORD.size + len(encoded) + RECORD.unpack(head)[4] + 2 * CRC.size
+            rest = os.fstat(fd).st_size - record  # a damaged length may say gigabytes
+            view = os.pread(fd, min(framed, rest), record)  # to the next record's magic
+            if len(view) < rest and not frames(view, len(encoded)):
+                view = os.pread(fd, rest, record)
+        except FileNotFoundError:
+            return None
+        return erasure_at(view, pack, record, encoded)
+
+    def _erase(self, name: str, located: PackedShard) -> bool:
+        """Zero a whole record's name and data in place; False if its pack is gone."""
+        return self._overwrite(erasure_of(name, located))
+
+    def _overwrite(self, erasure: Erasure) -> bool:
+        """Write an erasure in place; False if its pack is gone (compacted). Its CRC then
+        fails, and the scan steps over it (its framing is intact)."""
+        try:
+            fd = os.open(self.directory / erasure.pack, os.O_WRONLY | os.O_CLOEXEC)
         except FileNotFoundError:
             return False
         try:
-            if os.pwrite(fd, bytes(located.length), located.offset) != located.length:
+            if os.pwrite(fd, erasure.data, erasure.offset) != len(erasure.data):
                 raise OSError(errno.ENOSPC, "short write")
             if os.fstat(fd).st_nlink == 0:  # compacted away while we wrote: find the copy
                 return False
@@ -134,4 +192,4 @@ class PackDeletion:
             except (FileNotFoundError, IsADirectoryError, ValueError):  # gone, not a pack, empty
                 continue
             for located in found:
-                self._erase(located)
+                self._erase(name, located)

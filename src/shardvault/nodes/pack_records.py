@@ -7,6 +7,9 @@ Pack file (docs/formats.md, "pack file"), version 1::
     b"SVPK" | u8 version (1) | 3 zero bytes
     record*: b"SVPR" | u8 kind (1 shard, 2 tombstone) | u8 0 | u16 BE name length
              | u32 BE data length | name | data | u32 BE CRC-32 of everything before it
+
+A deleted shard's record keeps its framing alone (`erasure`): its name and data are
+zeros, its CRC one that fails.
 """
 
 from __future__ import annotations
@@ -18,6 +21,9 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from shardvault.codec.shardfile import HEADER as SHARD_HEADER
+from shardvault.errors import InvalidInput
+from shardvault.nodes.port import parse_shard_name
 from shardvault.slot_init import slot_init
 
 FILE_MAGIC = b"SVPK"
@@ -43,6 +49,95 @@ class PackedShard:
     def location(self) -> str:
         """What a manifest keeps to find the shard again: ``<pack>:<data offset>``."""
         return f"{self.pack}:{self.offset}"
+
+
+@dataclass(frozen=True, slots=True)
+class Erasure:
+    """What a delete writes over a shard's record, and where: from its name's first byte."""
+
+    pack: str
+    offset: int
+    data: bytes
+
+
+def erasure(header: bytes, name_length: int, data_length: int) -> bytes:
+    """Zeros over a record's name and data, then a CRC that fails (the complement of the
+    one zeros would have under `header`): nothing of the shard is left but the framing,
+    which the scan needs, and the record never reads as whole again."""
+    zeros = bytes(name_length + data_length)
+    return zeros + CRC.pack(zlib.crc32(header + zeros) ^ 0xFFFFFFFF)
+
+
+def erasure_of(name: str, located: PackedShard) -> Erasure:
+    """The erasure of a record that frames (its header's lengths hold): a whole one."""
+    encoded = name.encode()
+    header = RECORD.pack(RECORD_MAGIC, SHARD, 0, len(encoded), located.length)
+    overwrite = erasure(header, len(encoded), located.length)
+    return Erasure(located.pack, located.offset - len(encoded), overwrite)
+
+
+def frames(view: bytes, name_length: int) -> bool:
+    """Whether the record `view` begins with, its header's data length read after a name
+    of `name_length`, ends where the view does or the next record's magic begins."""
+    after = RECORD.size + name_length + RECORD.unpack_from(view)[4] + CRC.size
+    return after == len(view) or view[after : after + len(RECORD_MAGIC)] == RECORD_MAGIC
+
+
+def erasure_at(view: bytes, pack: str, record: int, encoded: bytes) -> Erasure | None:
+    """The erasure of the shard named `encoded` whose record a location its manifest kept
+    puts at `record`; None if the bytes there are not its own. `view`: the pack's bytes
+    from `record` on, up to where the record `frames`, else to the end of the file.
+
+    A pack's records never move and its name is never given again, so the location
+    says where the shard's record is even once damage garbled its name or header. A
+    whole record there is the shard's only if it bears the name: one bearing another
+    is another shard's, intact (a wrong location). A damaged one is the shard's if it
+    bears the name, or if its data begins with the shard's own file header (object id,
+    version, index: an object id is minted afresh for each version); either way,
+    never one already zeroed. Its extent is taken from its header only if the record
+    so framed ends where the next record (or the file) begins, with no whole record
+    inside; else it runs to the next record's magic (a record whose own magic is
+    damaged no read can find), short of the 4 bytes before it (the CRC, or what an
+    append under way may have shown of its magic at the end of the file)."""
+    start = RECORD.size + len(encoded)
+    if start > len(view):
+        return None
+    magic, kind, _, name_length, data_length = RECORD.unpack_from(view)
+    end = RECORD.size + name_length + data_length
+    if (
+        magic == RECORD_MAGIC
+        and end + CRC.size <= len(view)
+        and CRC.unpack_from(view, end)[0] == zlib.crc32(view[:end])
+    ):  # whole
+        if (kind, name_length) != (SHARD, len(encoded)) or view[RECORD.size : start] != encoded:
+            return None
+        return Erasure(
+            pack, record + RECORD.size, erasure(view[: RECORD.size], name_length, data_length)
+        )
+    named = view[RECORD.size : start] == encoded
+    if not named and not names_shard(encoded, view[start : start + SHARD_HEADER.size]):
+        return None
+    after = start + data_length + CRC.size
+    inside = next_whole_record(view, start)
+    if frames(view, len(encoded)) and (inside is None or inside >= after):
+        overwrite = erasure(view[: RECORD.size], len(encoded), data_length)
+        return Erasure(pack, record + RECORD.size, overwrite)
+    bound = view.find(RECORD_MAGIC, start)
+    stop = max(start, (len(view) if bound == -1 else bound) - CRC.size)
+    return Erasure(pack, record + RECORD.size, bytes(stop - RECORD.size))
+
+
+def names_shard(encoded: bytes, data: bytes) -> bool:
+    """Whether `data` begins with the shard file header of the shard `encoded` names: its
+    object id, version and index (a generation is in the name alone)."""
+    try:
+        object_id, version, index, _ = parse_shard_name(encoded.decode("ascii"))
+    except (UnicodeDecodeError, InvalidInput):
+        return False
+    if len(data) < SHARD_HEADER.size:
+        return False
+    _, _, shard, _, _, its_id, its_version, _, _ = SHARD_HEADER.unpack_from(data)
+    return (its_id, its_version, shard) == (object_id, version, index)
 
 
 def shard_records(view: mmap.mmap, encoded: bytes) -> Iterator[tuple[int, int]]:

@@ -15,11 +15,12 @@ from pathlib import Path
 import pytest
 
 from conftest import Flushes
+from shardvault.codec.shardfile import ShardHeader
 from shardvault.errors import NotFound, StorageError
 from shardvault.group_commit import GroupSync
 from shardvault.nodes import pack_compaction, pack_records, packs
 from shardvault.nodes.localdir import LocalDirShardStore
-from shardvault.nodes.pack_records import FILE_HEADER, RECORD, encode_record
+from shardvault.nodes.pack_records import FILE_HEADER, FRAMING, RECORD, encode_record
 from shardvault.nodes.packs import PackSet
 from shardvault.nodes.port import DiskFull, shard_name
 
@@ -148,11 +149,18 @@ def test_a_damaged_record_does_not_hide_the_records_after_it(root: Path) -> None
     reopened.close()
 
 
+def shard_bytes(version: int) -> bytes:
+    """Shard 0 of a version as a put writes it: its data begins with its shard header, as
+    a damaged record's must for compaction to keep it."""
+    header = ShardHeader(0, 4, 2, OID, version, 140, 140).to_bytes()
+    return header + f"shard {version}".encode() * 20
+
+
 def four_shards_packed(root: Path) -> tuple[Path, bytearray]:
     """Shards 1-4 in one pack whose writer is gone: the pack, and its bytes to damage."""
     store = LocalDirShardStore("n", root)
     for version in (1, 2, 3, 4):
-        put(store, name(version), f"shard {version}".encode() * 20)
+        put(store, name(version), shard_bytes(version))
     store.close()
     (pack,) = (root / "packs").glob("*.pack")
     return pack, bytearray(pack.read_bytes())
@@ -162,11 +170,12 @@ def test_compaction_keeps_a_damaged_record_and_drops_a_deleted_one(root: Path) -
     """A record failing its CRC is damaged unless a delete zeroed its data (its tombstone
     perhaps lost in a crash): compaction dropped both, a node's shard lost unreported."""
     pack, data = four_shards_packed(root)
-    size = len(encode_record(1, name(1), b"shard 1" * 20))
+    size = len(encode_record(1, name(1), shard_bytes(1)))
     damaged = len(FILE_HEADER) + size + RECORD.size + len(name(2))  # the second's data
-    data[damaged + 5] ^= 0x10
+    data[damaged + 45] ^= 0x10
     zeroed = len(FILE_HEADER) + 2 * size + RECORD.size + len(name(3))  # the third's
-    data[zeroed : zeroed + 7 * 20] = bytes(7 * 20)  # as a delete killed before its tombstone
+    data[zeroed : zeroed + size - FRAMING - len(name(3))] = bytes(size - FRAMING - len(name(3)))
+    # as a delete killed before its tombstone
     pack.write_bytes(bytes(data))
     collector = LocalDirShardStore("n", root)
     compacted = collector.compact()
@@ -178,8 +187,8 @@ def test_compaction_keeps_a_damaged_record_and_drops_a_deleted_one(root: Path) -
     collector.close()
     after = LocalDirShardStore("n", root)
     assert list(after.names()) == [name(1), name(2), name(4)]
-    kept = bytearray(b"shard 2" * 20)
-    kept[5] ^= 0x10  # its bytes as they were: the manifest's block hashes judge them
+    kept = bytearray(shard_bytes(2))
+    kept[45] ^= 0x10  # its bytes as they were: the manifest's block hashes judge them
     assert read(after, name(2)) == bytes(kept)
     assert after.intact(name(2))  # copied with a CRC of its own, and named for repair
     after.close()
@@ -199,7 +208,7 @@ def test_a_record_whose_framing_is_damaged_hides_no_record_after_it_even_from_co
     One in its reserved byte leaves it framed, failing its CRC: compaction keeps it as
     damage (its data not zeroed by a delete), and names it."""
     pack, data = four_shards_packed(root)
-    second_record = len(FILE_HEADER) + len(encode_record(1, name(1), b"shard 1" * 20))
+    second_record = len(FILE_HEADER) + len(encode_record(1, name(1), shard_bytes(1)))
     data[second_record + field] ^= 1 << bit
     pack.write_bytes(bytes(data))
     reopened = LocalDirShardStore("n", root)
@@ -211,7 +220,7 @@ def test_a_record_whose_framing_is_damaged_hides_no_record_after_it_even_from_co
     kept = sorted([name(1), name(3), name(4), *damaged])
     assert list(after.names()) == kept
     for version in (1, 2, 3, 4) if damaged else (1, 3, 4):
-        assert read(after, name(version)) == f"shard {version}".encode() * 20
+        assert read(after, name(version)) == shard_bytes(version)
     after.close()
 
 

@@ -170,3 +170,28 @@ def test_a_location_that_is_not_the_shards_zeroes_nothing(root: Path, damaged: b
     assert not deleter.delete(shard_name(ALICE, 1, 2), packed.locations[bob])
     deleter.close()
     assert packed.path.read_bytes() == bytes(raw)
+
+
+def test_compaction_drops_a_damaged_record_whose_name_its_data_does_not_bear(
+    root: Path,
+) -> None:
+    """Compaction copied a damaged record under whatever shard name it bore: one damaged
+    into an id minted in the far future was never an orphan gc could take (it takes only
+    ids minted before its cutoff), so a deleted user's bytes stayed for good. One whose
+    data's header is not its name's shard's serves no read: its name is asked for by
+    nobody, or its header matches no manifest. Named for repair all the same; one whose
+    data's header names it is still kept too."""
+    packed = Packed(root)
+    packed.flip(*DAMAGE["name-time"])
+    raw = bytearray(packed.path.read_bytes())
+    bob = shard_name(BOB, 1, 3)
+    raw[int(packed.locations[bob].split(":")[1]) + 60] ^= 4  # bob's: kept, for repair
+    packed.path.write_bytes(bytes(raw))
+    collector = LocalDirShardStore("n", root)
+    compacted = collector.compact()
+    garbled = f"1{GONE[1:]}"
+    assert sorted(compacted.damaged) == sorted([bob, garbled])  # named, for repair
+    assert sorted(compacted.moved) == sorted(set(packed.shards) - {GONE})
+    collector.close()
+    assert ALICE.hex()[1:].encode() not in _everything(root)
+    assert packed.shards[GONE][40:] not in _everything(root)

@@ -8,7 +8,7 @@ the locations manifests keep (shardvault.vault.gc). Between its copies and the
 removal a shard is in two packs; a compaction journal names them for that long
 (nodes/journal.py), so that a delete meanwhile zeroes both copies, and one a dead
 compaction left is settled by the next compaction. A damaged record a scan noted
-is copied and named too (nodes/packs.py says which, and why).
+is named too, and copied if a read could use it (nodes/packs.py says which, and why).
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from shardvault.nodes.pack_records import (
     SHARD,
     PackedShard,
     framed_records,
+    names_shard,
 )
 from shardvault.nodes.pack_tombstones import Tombstones
 
@@ -47,7 +48,7 @@ LOCK_FILE = "compact.lock"  # held by the one process compacting the node's pack
 class Compaction:
     packs: int  # removed
     moved: dict[str, str]  # shard name -> its new location, for each shard copied
-    damaged: list[str] = field(default_factory=list)  # copied though failing their CRC
+    damaged: list[str] = field(default_factory=list)  # failing their CRC: for repair
 
 
 class NamesByPack(dict[str, list[str]]):
@@ -275,10 +276,12 @@ class PackCompaction:
                         first = first or last
                 for name, located in self._damaged.get(pack, {}).items():
                     data = self._damaged_data(name, located)
-                    if data is not None:
+                    if data is None:
+                        continue
+                    damaged.append(name)
+                    if names_shard(name.encode(), data):  # else no read can use it
                         last, copies[name] = self.add(name, data)
                         first = first or last
-                        damaged.append(name)
             self.group.sync(last, since=first)
             for copy in copies.values():  # in our pack, not removed under us with it
                 self.confirm(copy)

@@ -32,8 +32,9 @@ left by a truncation under its writer) up to the next whole record: a deleted
 shard's data is zeroed in place (``delete``), and damage must not hide the shards
 after it (compaction copies only what a scan finds). A record failing its CRC
 whose data is not all zeros and whose name no tombstone kills was damaged, not
-deleted: compaction copies its data, with a CRC of its own, and names it, so that
-gc queues its version for repair (docs/formats.md, "pack file", says why a copy).
+deleted: compaction names it, so that gc queues its version for repair, and copies
+its data, with a CRC of its own, if it begins with the header of its name's shard
+(docs/formats.md, "pack file", says why a copy, and why only then).
 """
 
 from __future__ import annotations
@@ -632,10 +633,10 @@ class PackSet(PackDeletion, PackCompaction):
         self, pack: str, data: bytes, at: int, name_len: int, data_len: int, position: int
     ) -> None:
         """Note a shard record failing its CRC whose data a delete did not zero: damage,
-        which compaction copies rather than drop (`_fold`). Kept apart from the index:
-        found by name, it would be read as whole. A name that is not a shard's (damaged
-        itself) is no record any read asks for: the shard reads as missing, and is
-        repaired so."""
+        which compaction names for repair, and copies rather than drop if a read could
+        use it (`_fold`). Kept apart from the index: found by name, it would be read as
+        whole. A name that is not a shard's (damaged itself) is no record any read asks
+        for: the shard reads as missing, and is repaired so."""
         start = at + RECORD.size + name_len
         if data.count(0, start, start + data_len) == data_len:
             return  # deleted: zeroed in place (its tombstone perhaps lost in a crash)

@@ -1,8 +1,9 @@
-"""Damage a node's compaction found: shards kept though their stored record failed the
-store's own check (a pack record's CRC), queued for repair as a read's damage is.
+"""Damage a node's compaction found: shards whose stored record failed the store's own
+check (a pack record's CRC), queued for repair as a read's damage is.
 
 Compaction cannot ask a manifest whether the record is one a version still needs: it
-keeps the bytes (nodes/pack_compaction.py) and names them; this looks each name up. Only a
+keeps the bytes (nodes/pack_compaction.py), unless their shard header is not the
+one their name says (no read could use them), and names them; this looks each name up. Only a
 shard its committed version's manifest names on that node is queued: a record of a
 deleted version, or a stale copy, is gc's to take, not repair's. Repair then checks
 the shard block by block, and rebuilds it unless every block matches its hash.

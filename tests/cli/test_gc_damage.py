@@ -34,8 +34,8 @@ def test_gc_names_a_packed_shard_record_failing_its_checksum_and_queues_it(
     assert json.loads(out)["damaged"] == 1
     (line,) = err.strip().splitlines()
     assert line == (
-        "warning: 1 packed shard record(s) failed their checksum: kept, and queued for "
-        "repair; run 'shardvault repair'"
+        "warning: 1 packed shard record(s) failed their checksum: queued for repair; "
+        "run 'shardvault repair'"
     )
     assert cli.ok("get", "intl", "alice", "k") == b"payload\n"
     repaired = cli.json("repair")  # the queue: the shard's blocks all match, nothing to do

@@ -239,8 +239,8 @@ def gc(
         )
     if report.damaged:
         warn(
-            f"{report.damaged} packed shard record(s) failed their checksum: kept, and "
-            "queued for repair; run 'shardvault repair'"
+            f"{report.damaged} packed shard record(s) failed their checksum: queued for "
+            "repair; run 'shardvault repair'"
         )
     hung = set(cli.vault().deadline.hung)  # named below, with the deadline
     # one whose store did not open in time is unavailable too: named once, as hung

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import threading
+import time
+import weakref
 from concurrent.futures import Future
 
 import pytest
@@ -37,6 +39,27 @@ def test_a_pool_still_runs_its_tasks_and_shuts_down() -> None:
     pool = IoThreads("test-io")
     assert [pool.submit(pow, 2, n).result(10) for n in range(4)] == [1, 2, 4, 8]
     pool.shutdown(wait=True)
+
+
+class _Block:
+    """A task's result that can be watched for being let go of."""
+
+
+def test_an_idle_thread_holds_no_result_of_the_task_it_ran() -> None:
+    # its last result stayed a local of the idle thread, for up to a minute: a block a
+    # get had let go of (a closed reader's fetch, say), on each idle I/O thread
+    pool = IoThreads("test-io")
+    try:
+        future = pool.submit(_Block)
+        result = weakref.ref(future.result(10))
+        del future
+        end = time.monotonic() + 10
+        while pool._idle == 0:  # the thread is idle once it counts itself so
+            assert time.monotonic() < end
+            time.sleep(0.01)
+        assert result() is None
+    finally:
+        pool.shutdown(wait=True)
 
 
 class _ShutAsItQueues:

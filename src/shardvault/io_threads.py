@@ -103,6 +103,7 @@ class IoThreads(Executor):
                     future.set_exception(exc)
                 else:
                     future.set_result(result)
+                    del result  # an idle thread would hold it (a block a get let go of)
             del future, fn, args, kwargs
             with self._idle_lock:
                 self._idle += 1

@@ -216,9 +216,10 @@ class ObjectReader:
             current = manifest is self._manifest
             found = self._handles.setdefault(index, handle) if current else handle
             if handle.reader is not None and (found is not handle or self._closed or not current):
-                # opened twice, or a prefetch that finished after close(): do not leak it
+                # opened twice, or a prefetch that finished after close(): do not leak it,
+                # nor keep its first block in a closed reader's handles
                 handle.reader.close()
-                handle.reader, handle.problem = None, "reader closed"
+                handle.reader, handle.problem, handle.first_block = None, "reader closed", None
             return found
 
     def _fetch(self, segment: int, index: int) -> _Fetched:
@@ -471,9 +472,15 @@ class ObjectReader:
                 raise self._reader_closed()
             if segment:  # (a small get's one segment pays no look)
                 self._refuse_if_closed(segment)
-            blocks = self._collect(segment, self._current(segment, ahead.pop(0)))
+            try:
+                started = ahead.pop(0)
+            except IndexError:  # close() let go of it since the look above
+                raise self._reader_closed() from None
+            blocks = self._collect(segment, self._current(segment, started))
             if segment + READ_AHEAD < manifest.segments:
                 ahead.append((self._manifest, self._start(segment + READ_AHEAD)))
+                if self._closed:  # close() may have let go of the others before this one
+                    self._let_go()
             sealed = self._code.decode(blocks)
             expected = manifest.segment_length(segment) + TAG_BYTES
             if len(sealed) != expected:
@@ -482,23 +489,37 @@ class ObjectReader:
                     f"{len(sealed)} bytes, expected {expected}"
                 )
             try:
-                yield cipher.open(segment, sealed)
+                plaintext = cipher.open(segment, sealed)
             except IntegrityError:
                 raise IntegrityError(
                     f"{self._segment_name(segment)}: failed authentication"
                 ) from None
+            # not held while the caller holds the segment: a stream kept after close() would
+            # keep them (a segment's blocks and its ciphertext) until it is dropped
+            del started, blocks, sealed
+            yield plaintext
 
     def read_all(self) -> bytes:
         return b"".join(self)
 
-    def close(self) -> None:
-        for _, fetches in list(self._ahead):  # a refused or abandoned read need not finish them
-            _cancel(fetches)
-        with self._handles_lock:
-            if self._closed:
+    def _let_go(self) -> None:
+        """Cancel the fetches started ahead and drop them, the finished ones' blocks with
+        them: a reader kept after close() (a server's, a caller's) held up to
+        `READ_AHEAD` segments' blocks until it was itself dropped. One running finishes
+        on its I/O thread, and nothing keeps its result."""
+        ahead = self._ahead
+        while ahead:
+            try:
+                _, fetches = ahead.pop()
+            except IndexError:  # the read took the last one meanwhile
                 return
-            self._closed = True
-            handles = list(self._handles.values())
+            _cancel(fetches)
+
+    def close(self) -> None:
+        with self._handles_lock:
+            first, self._closed = not self._closed, True
+            handles = list(self._handles.values()) if first else []
+        self._let_go()  # after the flag: the read lets go of a segment it starts after this
         for handle in handles:
             if handle.reader is not None:
                 handle.reader.close()

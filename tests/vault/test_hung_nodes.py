@@ -22,13 +22,14 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 
 from conftest import (
+    SEGMENT,
     make_deployment,
     manifest_of,
     open_files,
@@ -36,11 +37,14 @@ from conftest import (
     wait_until_inside,
 )
 from governance_support import approve, forget_approved
+from shard_spots import spot
 from shardvault.catalog.port import Catalog
 from shardvault.cli.app import main
+from shardvault.codec.shardfile import block_offset
 from shardvault.config import load
 from shardvault.errors import (
     ApprovalRequired,
+    IntegrityError,
     NotFound,
     StorageError,
     SubjectForgotten,
@@ -59,6 +63,7 @@ from shardvault.nodes.unavailable import UnavailableStore
 from shardvault.placement import place_stripe, placement_seed
 from shardvault.vault import Vault, node_opening
 from shardvault.vault import cells as cells_module
+from shardvault.vault.reader import READ_AHEAD
 
 DEADLINE = 0.5
 T = TypeVar("T")
@@ -76,7 +81,7 @@ class HungDisk:
     """A stand-in for a hung disk under one node: its flushes and preads (and, with
     ``stats``, stats of its paths; with ``closes``, closes of its files, as a
     hard-mounted NFS share's) never return until `release` is set; `entered` says a
-    call has reached it."""
+    call has reached it, `reads` holds each pread's offset."""
 
     def __init__(
         self,
@@ -87,6 +92,7 @@ class HungDisk:
     ) -> None:
         self.release = threading.Event()
         self.entered = threading.Event()
+        self.reads: list[int] = []
         shared = store.packs.group
         store.packs.group = GroupSync(lambda: self._block(shared), f"disk of {store.node_id}")
         real_pread, real_stat, real_close = os.pread, os.stat, os.close
@@ -94,6 +100,7 @@ class HungDisk:
 
         def pread(fd: int, length: int, offset: int) -> bytes:
             if os.readlink(f"/proc/self/fd/{fd}").startswith(root):
+                self.reads.append(offset)
                 self._block(None)
             return real_pread(fd, length, offset)
 
@@ -255,6 +262,64 @@ def test_a_get_reads_around_a_node_that_hangs_within_the_deadline(
     assert not probe.is_alive() and cell.unavailable_nodes() == []
     with vault.open_read(large) as reader:
         assert reader.read_all() == data and reader.damage == []
+
+
+def flip_blocks(vault: Vault, ref: ObjectRef, index: int, segments: Iterable[int]) -> None:
+    """A bit flipped in shard INDEX's block of each of SEGMENTS: a hash mismatch each."""
+    manifest = manifest_of(vault, ref)
+    where = spot(vault, ref, manifest.version, index)
+    for segment in segments:
+        where.flip(where.start + block_offset(segment, manifest.block_size), 0)
+
+
+def test_a_get_asks_a_node_it_found_hung_no_more_though_another_shard_fails_each_segment(
+    spare_vault: Vault, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # each segment whose block failed on another shard took the hung node's shard for
+    # its spare again: a deadline's wait, a damage record and a thread stuck each time
+    vault = spare_vault
+    ref, segments = ObjectRef("intl", "alice", "large"), READ_AHEAD + 4
+    data = os.urandom(segments * SEGMENT)
+    vault.put(ref, data)
+    hung = manifest_of(vault, ref).nodes[0]  # a data shard: read first
+    flip_blocks(vault, ref, 1, range(segments))
+    disk = hang(vault, hung, monkeypatch)
+    try:
+        with vault.open_read(ref) as reader:
+            assert reader.read_all() == data
+        assert [d.segment for d in reader.damage if d.node == hung] == [0]
+        assert len(disk.reads) <= READ_AHEAD  # the segments started before it was found
+        assert [(d.index, d.reason) for d in reader.damage if d.node != hung] == [
+            (1, "hash mismatch")
+        ] * segments
+    finally:
+        disk.release.set()
+
+
+def test_a_segment_lost_once_a_node_was_found_hung_says_to_bring_the_node_back(
+    spare_vault: Vault, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hung node's shard is not asked again for a later segment, so that segment's
+    failure is told with the record that found the node hung: the advice is to bring
+    the node back, not that the shards were deleted or damaged."""
+    vault = spare_vault
+    ref = ObjectRef("intl", "alice", "large")
+    vault.put(ref, os.urandom(4 * SEGMENT))
+    hung = manifest_of(vault, ref).nodes[0]
+    for index in (1, 2):
+        flip_blocks(vault, ref, index, [2])
+    disk = hang(vault, hung, monkeypatch)
+    try:
+        with vault.open_read(ref) as reader, pytest.raises(IntegrityError) as failed:
+            reader.read_all()
+        assert re.search(
+            r"segment 2: only 3 of the 4 shards needed are intact \(1 on a node that could "
+            rf"not be read, 2 hash mismatch\); .* bring node\(s\) {hung} back",
+            str(failed.value),
+        ), failed.value
+        assert [d.segment for d in reader.damage if d.node == hung] == [0]
+    finally:
+        disk.release.set()
 
 
 def test_a_vault_closes_without_waiting_for_a_thread_stuck_on_a_hung_node(

@@ -358,7 +358,9 @@ class ObjectReader:
         if len(here) == self._code.k and None not in here:
             return here  # type: ignore[return-value]  # None is not in it
         good: dict[int, bytes] = {}
-        tried: set[int] = set()
+        # a shard unusable for the rest of the object is not asked again, not even as a
+        # spare: one on a hung node cost a deadline's wait and a stuck thread each time
+        tried = set(self._bad)
         pending = started
         while True:
             for fetched in self._waited(pending):
@@ -385,9 +387,20 @@ class ObjectReader:
                     self._segment_name(segment),
                     len(good),
                     self._code.k,
-                    (d for d in self.damage if d.segment == segment and d.index in tried),
+                    self._failures(segment, tried),
                 )
             pending = [(i, self._submit(segment, i)) for i in spare[:missing]]
+
+    def _failures(self, segment: int, tried: set[int]) -> list[DamageRecord]:
+        """Why each shard tried for the segment gave no block: its record of the segment,
+        or, for one unusable since an earlier segment (not asked again), the record that
+        found it so, its last."""
+        last = {
+            d.index: d
+            for d in self.damage
+            if d.index in tried and (d.segment == segment or d.index in self._bad)
+        }
+        return list(last.values())
 
     def _reader_closed(self) -> VaultClosed:
         """What a closed reader raises: its shards are closed, so reading them would look

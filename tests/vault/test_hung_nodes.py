@@ -296,6 +296,44 @@ def test_a_get_asks_a_node_it_found_hung_no_more_though_another_shard_fails_each
         disk.release.set()
 
 
+def test_a_reader_opened_before_a_node_was_found_hung_asks_it_no_more_until_it_is_back(
+    spare_vault: Vault, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a reader opened before another found the node hung kept the node's real store:
+    # it went on asking it, a deadline's wait and up to READ_AHEAD stuck threads more
+    vault, cell = spare_vault, spare_vault.cells["US"]
+    ref, segments = ObjectRef("intl", "alice", "large"), READ_AHEAD + 4
+    data = os.urandom(segments * SEGMENT)
+    vault.put(ref, data)
+    hung = manifest_of(vault, ref).nodes[0]  # a data shard: read first
+    disk = hang(vault, hung, monkeypatch)
+    try:
+        with vault.open_read(ref) as first, vault.open_read(ref) as second:
+            assert first.read_all() == data  # finds the node hung, past the deadline
+            asked = READ_AHEAD + 1  # stuck: the first's segments ahead, the second's first
+            deadline = time.monotonic() + 10
+            while len(disk.reads) < asked and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert len(disk.reads) == asked and cell.unavailable_nodes() == [hung]
+            chunks = iter(second)
+            assert next(chunks) == data[:SEGMENT]  # its stuck fetch dropped, not waited for
+            assert len(disk.reads) == asked  # the segments ahead were started around it
+            probe = vault.deadline.probes[hung]
+            disk.release.set()
+            probe.join(10)  # the hang ended: the next probe answers
+            assert not probe.is_alive() and cell.unavailable_nodes() == []
+            assert b"".join(chunks) == data[SEGMENT:]
+            assert len(disk.reads) > asked  # back: read again by a reader opened before
+        assert [d.node for d in first.damage] == [hung]
+        # each segment started while it was hung: as one opened after, whose `HungStore`
+        # fails at once; the first READ_AHEAD were started ahead, the last as it read one
+        started_hung = [(segment, hung) for segment in range(READ_AHEAD + 1)]
+        assert [(d.segment, d.node) for d in second.damage] == started_hung
+        assert second.damage[0].reason == first.damage[0].reason
+    finally:
+        disk.release.set()
+
+
 def test_a_segment_lost_once_a_node_was_found_hung_says_to_bring_the_node_back(
     spare_vault: Vault, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -74,7 +74,8 @@ class NodeDeadline:
         self._hints = list({id(cell.hints): cell.hints for cell in cells if cell.hints}.values())
         self._lock = threading.Lock()
         self._closed = threading.Event()
-        self.probes: dict[str, threading.Thread] = {}  # a hung node's, until it answers
+        # a hung node's, until it answers: its keys are the nodes hung now (readers look)
+        self.probes: dict[str, threading.Thread] = {}
         self.tests: dict[str, threading.Thread] = {}  # a node another process found hung
         self.hung: set[str] = set()  # every node that ran past it in this process
         self._stuck: dict[str, list[Future[Any]]] = {}  # calls given up on, still running
@@ -134,7 +135,7 @@ class NodeDeadline:
         it until it answers. Returns the error for the caller that gave up on it.
         ``stuck``: the call given up on, if the node must not come back before it ends
         (it may hold the store's lock: a store closed or called meanwhile waits for it)."""
-        reason = f"no answer within {self.seconds:g} s (storage.node_timeout)"
+        reason = self._reason()
         cell = self._cell_of.get(node_id)
         stores = cell.opened_stores() if cell is not None else {}  # one of them was called
         with self._lock:
@@ -147,8 +148,16 @@ class NodeDeadline:
                 marked = self._mark(cell, store, reason)
         if marked and cell is not None and cell.hints is not None:
             cell.hints.mark(node_id)  # for the processes after this one
+        return self.unanswered(node_id)
+
+    def _reason(self) -> str:
+        return f"no answer within {self.seconds:g} s (storage.node_timeout)"
+
+    def unanswered(self, node_id: str) -> StorageError:
+        """The error of a call to a node marked hung: a reader opened before it was so
+        tells a shard it does not ask it for as the reader that found it hung did."""
         return StorageError(
-            f"node {node_id}: {reason}; it is unavailable to this process until it answers"
+            f"node {node_id}: {self._reason()}; it is unavailable to this process until it answers"
         )
 
     def _mark(self, cell: Cell, store: ShardStore, reason: str) -> bool:

@@ -19,10 +19,14 @@ block, in one read.
 
 A block fetched on an I/O thread is waited for until the nodes' deadline at most
 (vault/deadline.py): a node whose disk hangs is then marked unavailable, its
-shard counted as an erasure, and another read. A small object's shards are read
-in the calling thread when the page cache holds them (`ShardStore.read_cached`:
-a read that cannot wait for the disk; a hand-off per get would cost more than
-the reads), and otherwise on an I/O thread, waited for as a large object's.
+shard counted as an erasure, and another read. A reader opened before another
+marked a node so keeps its real store, but asks it nothing while it is hung: its
+shard fails at once, as with the `HungStore` that readers opened after hold, and a
+segment started ahead that waits on it is started again. A small object's shards
+are read in the calling thread when the page cache holds them
+(`ShardStore.read_cached`: a read that cannot wait for the disk; a hand-off per get
+would cost more than the reads), and otherwise on an I/O thread, waited for as a
+large object's.
 
 A segment that cannot be read with the copies the reader's manifest names has the
 catalog asked for the version's manifest as it is now (`reload`): a get that loaded
@@ -40,7 +44,7 @@ from __future__ import annotations
 import functools
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from concurrent.futures import Executor, Future
 from dataclasses import replace
 from typing import NamedTuple, TypeAlias
@@ -168,6 +172,8 @@ class ObjectReader:
         self._code = code
         self._pool = pool
         self._deadline = deadline
+        # the nodes hung now, found by any reader of the process: usually empty
+        self._hung: Collection[str] = () if deadline is None else deadline.probes
         self._handles: dict[int, _ShardHandle] = {}
         self._handles_lock = threading.Lock()
         self._bad: set[int] = set()
@@ -295,16 +301,41 @@ class ObjectReader:
 
     def _start(self, segment: int) -> list[tuple[int, _Pending]]:
         wanted = [i for i in range(self._manifest.n) if i not in self._bad][: self._code.k]
+        if self._hung:  # rare: a node is hung now
+            return [(index, self._submit_unless_hung(segment, index)) for index in wanted]
         return [(index, self._submit(segment, index)) for index in wanted]
+
+    def _submit_unless_hung(self, segment: int, index: int) -> _Pending:
+        """`_submit`, but a shard on a node hung now fails at once, as with the
+        `HungStore` that readers opened after the node was marked hold: this one may
+        hold the real store, and asking it cost a deadline's wait and a stuck thread a
+        segment, though another reader had found the node hung. Looked up at each
+        fetch, so a node a probe brings back is read again."""
+        node = self._manifest.nodes[index]
+        if node in self._hung and self._deadline is not None:
+            return _Fetched(index, None, f"unreadable: {self._deadline.unanswered(node)}")
+        return self._submit(segment, index)
+
+    def _waits_on_hung(self, fetches: list[tuple[int, _Pending]]) -> bool:
+        """Whether a fetch not yet done asks a node hung now (found so by another reader,
+        perhaps, after the fetch was started)."""
+        nodes, hung = self._manifest.nodes, self._hung
+        return any(
+            isinstance(item, Future) and not item.done() and nodes[index] in hung
+            for index, item in fetches
+        )
 
     def _current(self, segment: int, started: _Started) -> list[tuple[int, _Pending]]:
         """The segment's fetches as `_start` would make them now: if since they were
-        started a shard they read was found unusable (or its node hung), or the catalog
-        named other copies, they are dropped and the segment started again. Rare: only
-        after damage or a repair's swap."""
+        started a shard they read was found unusable (or its node hung), one waits on a
+        node any reader found hung since, or the catalog named other copies, they are
+        dropped and the segment started again. Rare: only after damage, a hang or a
+        repair's swap."""
         manifest, fetches = started
-        if manifest is self._manifest and (
-            not self._bad or self._bad.isdisjoint(i for i, _ in fetches)
+        if (
+            manifest is self._manifest
+            and (not self._bad or self._bad.isdisjoint(i for i, _ in fetches))
+            and (not self._hung or not self._waits_on_hung(fetches))
         ):
             return fetches
         _cancel(fetches)
@@ -389,7 +420,7 @@ class ObjectReader:
                     self._code.k,
                     self._failures(segment, tried),
                 )
-            pending = [(i, self._submit(segment, i)) for i in spare[:missing]]
+            pending = [(i, self._submit_unless_hung(segment, i)) for i in spare[:missing]]
 
     def _failures(self, segment: int, tried: set[int]) -> list[DamageRecord]:
         """Why each shard tried for the segment gave no block: its record of the segment,

@@ -334,6 +334,35 @@ def test_a_reader_opened_before_a_node_was_found_hung_asks_it_no_more_until_it_i
         disk.release.set()
 
 
+def test_a_node_whose_flush_answers_stays_hung_while_a_read_given_up_on_is_stuck_in_it(
+    spare_vault: Vault, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the reader did not say which read it gave up on: a probe's flush that answered
+    # brought the node back with the read still stuck (a bad sector, a share whose reads
+    # hang), and every get after sent it reads that stuck too, a thread each, for a
+    # deadline until it was found hung again, and again after each probe
+    vault, cell = spare_vault, spare_vault.cells["US"]
+    ref = ObjectRef("intl", "alice", "large")
+    data = os.urandom(3 * SEGMENT)
+    vault.put(ref, data)
+    hung = manifest_of(vault, ref).nodes[0]  # a data shard: read first
+    store = cell.stores[hung]
+    assert isinstance(store, LocalDirShardStore)
+    flushes = store.packs.group
+    disk = hang(vault, hung, monkeypatch)
+    try:
+        with vault.open_read(ref) as reader:
+            assert reader.read_all() == data
+        store.packs.group = flushes  # its flushes answer again; its reads still hang
+        probe = vault.deadline.probes[hung]
+        probe.join(4 * DEADLINE)
+        assert probe.is_alive() and cell.unavailable_nodes() == [hung]
+    finally:
+        disk.release.set()
+    probe.join(10)  # the read ended: the next probe brings the node back
+    assert not probe.is_alive() and cell.unavailable_nodes() == []
+
+
 def test_a_segment_lost_once_a_node_was_found_hung_says_to_bring_the_node_back(
     spare_vault: Vault, monkeypatch: pytest.MonkeyPatch
 ) -> None:

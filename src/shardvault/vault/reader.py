@@ -19,14 +19,14 @@ block, in one read.
 
 A block fetched on an I/O thread is waited for until the nodes' deadline at most
 (vault/deadline.py): a node whose disk hangs is then marked unavailable, its
-shard counted as an erasure, and another read. A reader opened before another
-marked a node so keeps its real store, but asks it nothing while it is hung: its
-shard fails at once, as with the `HungStore` that readers opened after hold, and a
-segment started ahead that waits on it is started again. A small object's shards
-are read in the calling thread when the page cache holds them
-(`ShardStore.read_cached`: a read that cannot wait for the disk; a hand-off per get
-would cost more than the reads), and otherwise on an I/O thread, waited for as a
-large object's.
+shard counted as an erasure, and another read; the read given up on keeps the node
+so until it ends. A reader opened before another marked a node so keeps its real
+store, but asks it nothing while it is hung: its shard fails at once, as with the
+`HungStore` that readers opened after hold, and a segment started ahead that waits
+on it is started again. A small object's shards are read in the calling thread
+when the page cache holds them (`ShardStore.read_cached`: a read that cannot wait
+for the disk; a hand-off per get would cost more than the reads), and otherwise on
+an I/O thread, waited for as a large object's.
 
 A segment that cannot be read with the copies the reader's manifest names has the
 catalog asked for the version's manifest as it is now (`reload`): a get that loaded
@@ -379,7 +379,9 @@ class ObjectReader:
                 assert self._deadline is not None
                 item.cancel()
                 self._bad.add(index)  # not asked again for the rest of the object
-                hung = self._deadline.expired(self._manifest.nodes[index])
+                # the read stuck in it keeps the node hung: a probe's flush may answer
+                # while the read does not, and the gets after would stick there too
+                hung = self._deadline.expired(self._manifest.nodes[index], item)
                 yield _Fetched(index, None, f"unreadable: {hung}")
 
     def _collect(self, segment: int, started: list[tuple[int, _Pending]]) -> list[bytes]:

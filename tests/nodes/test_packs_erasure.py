@@ -65,14 +65,20 @@ class Packed:
         raw[self.record + offset] ^= 1 << bit
         self.path.write_bytes(bytes(raw))
 
-    def others_unchanged(self, before: bytes, after: bytes) -> None:
-        """Every byte outside GONE's record as it was: bob's records untouched."""
+    def delete_gone(self, root: Path, by_location: bool = True) -> LocalDirShardStore:
+        """Delete GONE from a store opened anew (by its location, or by name alone) and
+        check that its name and data are zeros and every byte outside its record is as
+        it was (its header and CRC are framing). The deleting store, still open."""
+        before = self.path.read_bytes()
+        deleter = LocalDirShardStore("n", root)
+        assert deleter.delete(GONE, self.locations[GONE] if by_location else None)
+        deleter.sync()
+        after = self.path.read_bytes()
         assert after[: self.record] == before[: self.record]
         assert after[self.end :] == before[self.end :]
-
-    def gone_left(self, data: bytes) -> bytes:
-        """What is left of GONE's name and data (its header and CRC are framing)."""
-        return data[self.record + RECORD.size : self.end - CRC.size]
+        gone_left = after[self.record + RECORD.size : self.end - CRC.size]
+        assert gone_left == bytes(NAME_LENGTH + len(self.shards[GONE]))
+        return deleter
 
 
 @pytest.fixture
@@ -88,13 +94,7 @@ def test_a_delete_zeroes_its_records_name_as_well_as_its_data(root: Path) -> Non
     """The name stayed in the zeroed record for as long as its pack was not compacted:
     a forgotten subject's object ids (when each was minted) readable in the packs."""
     packed = Packed(root)
-    before = packed.path.read_bytes()
-    deleter = LocalDirShardStore("n", root)
-    assert deleter.delete(GONE, packed.locations[GONE])
-    deleter.sync()
-    after = packed.path.read_bytes()
-    packed.others_unchanged(before, after)
-    assert packed.gone_left(after) == bytes(NAME_LENGTH + len(packed.shards[GONE]))
+    deleter = packed.delete_gone(root)
     assert _everything(root).count(GONE.encode()) == 1  # its tombstone, until compacted
     deleter.close()
     reader = LocalDirShardStore("n", root)
@@ -126,13 +126,7 @@ def test_a_delete_by_location_zeroes_a_damaged_record_and_no_other(root: Path, k
     says the bytes there are its own: attributed by its name or its data's shard header."""
     packed = Packed(root)
     packed.flip(*DAMAGE[kind])
-    before = packed.path.read_bytes()
-    deleter = LocalDirShardStore("n", root)
-    assert deleter.delete(GONE, packed.locations[GONE])
-    deleter.sync()
-    after = packed.path.read_bytes()
-    packed.others_unchanged(before, after)
-    assert packed.gone_left(after) == bytes(NAME_LENGTH + len(packed.shards[GONE]))
+    deleter = packed.delete_gone(root)
     deleter.close()
     reader = LocalDirShardStore("n", root)
     for name, data in packed.shards.items():
@@ -146,13 +140,7 @@ def test_a_delete_without_a_location_zeroes_a_damaged_record_of_its_name(root: P
     found by name: a damaged record is not indexed, so the delete found nothing."""
     packed = Packed(root)
     packed.flip(*DAMAGE["data"])
-    before = packed.path.read_bytes()
-    deleter = LocalDirShardStore("n", root)
-    assert deleter.delete(GONE)
-    deleter.sync()
-    after = packed.path.read_bytes()
-    packed.others_unchanged(before, after)
-    assert packed.gone_left(after) == bytes(NAME_LENGTH + len(packed.shards[GONE]))
+    deleter = packed.delete_gone(root, by_location=False)
     deleter.close()
 
 
